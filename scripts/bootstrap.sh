@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what Telepath needs on a fresh machine, and nothing twice:
+#   - a Python venv in .venv with the package (editable) and, with --test, its dev extras;
+#   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip),
+#     via apt-get when they are missing and we may install them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+pick_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "Telepath needs Python >= 3.11" >&2; return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+  "$(pick_python)" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+fi
+
+extras=""
+[ $want_test = 1 ] && extras="[dev]"
+stamp=".venv/.installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q -e ".${extras}"
+  touch "$stamp"
+fi
+
+if [ $want_test = 1 ]; then
+  missing=()
+  command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+  command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "bootstrap: installing ${missing[*]} with apt-get" >&2
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || echo "bootstrap: WARNING could not install ${missing[*]}; interop tests will be skipped loudly" >&2
+    else
+      echo "bootstrap: WARNING no apt-get; interop tests need ${missing[*]} and will be skipped loudly" >&2
+    fi
+  fi
+fi

@@ -1,0 +1,1 @@
+"""Telepath api routers layer."""

@@ -1,0 +1,1 @@
+"""Telepath bridges layer."""

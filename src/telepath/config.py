@@ -1,0 +1,69 @@
+"""Settings, read once from ``TELEPATH_*`` environment variables.
+
+Every name here is part of the public contract documented in the README. The hot path receives
+the frozen ``Settings`` object (or the values it needs); nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="TELEPATH_", frozen=True, extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # empty: sqlite+aiosqlite:///{data_dir}/telepath.db
+
+    # --- HTTP API ------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    api_rate_limit_per_minute: int = Field(default=600, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- secrets -------------------------------------------------------------------------
+    secret_key: str = ""  # base64 (urlsafe or std) of 32 bytes; empty: generated into data_dir
+
+    # --- SIP -----------------------------------------------------------------------------
+    sip_domain: str = "sip.telepath.local"
+    sip_host: str = "0.0.0.0"
+    sip_port: int = Field(default=5060, ge=0, le=65535)
+    sip_tls_port: int = Field(default=5061, ge=0, le=65535)
+    sip_tls_cert: Path | None = None
+    sip_tls_key: Path | None = None
+    public_address: str = ""  # advertised in Contact and SDP when behind NAT
+    sip_enabled: bool = True
+
+    # --- media ---------------------------------------------------------------------------
+    rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(default=30000, ge=1025, le=65535)
+
+    # --- providers -----------------------------------------------------------------------
+    openai_api_base: str = "https://api.openai.com/v1"
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    openai_model: str = "gpt-realtime"
+    elevenlabs_api_base: str = "https://api.elevenlabs.io"
+    elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
+    validate_provider_keys: bool = True
+    provider_timeout_s: float = Field(default=10.0, gt=0)
+    allow_insecure_agent_urls: bool = False
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Settings:
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("TELEPATH_RTP_PORT_MIN must be below TELEPATH_RTP_PORT_MAX")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL in use: the configured one, else SQLite in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'telepath.db').resolve()}"

@@ -1,0 +1,1 @@
+"""Telepath rtp layer."""

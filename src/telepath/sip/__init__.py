@@ -1,0 +1,1 @@
+"""Telepath sip layer."""
