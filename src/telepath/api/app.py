@@ -1,0 +1,65 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from telepath import __version__
+from telepath.api.errors import install_error_handlers
+from telepath.api.routers import trunks
+from telepath.api.state import ApiState
+
+
+def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a 422 for every parameterised route; we answer 400 instead."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in spec.get("paths", {}).values():
+            for op in path.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            spec.get("components", {}).get("schemas", {}).pop(name, None)
+        spec["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+        spec["security"] = [{"bearerAuth": []}]
+        app.openapi_schema = spec
+        return spec
+
+    return build
+
+
+def create_app(state: ApiState) -> FastAPI:
+    """Build the API around already-opened services (the caller owns their lifecycle)."""
+    app = FastAPI(
+        title="Telepath API",
+        version=__version__,
+        description="Manage SIP trunks that bridge phone calls to AI voice agents.",
+    )
+    app.state.telepath = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _rate_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        headers = getattr(request.state, "rate_headers", None)
+        if headers:
+            for name, value in headers.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    app.include_router(trunks.router)
+    app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,85 @@
+"""Request dependencies: a database session and the authenticated account."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from telepath.api.errors import ApiError
+from telepath.api.state import ApiState
+from telepath.db.base import utcnow
+from telepath.db.repository import AccountRepository
+
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def get_state(request: Request) -> ApiState:
+    """The ApiState attached to the application."""
+    state: ApiState = request.app.state.telepath
+    return state
+
+
+async def get_session(
+    state: Annotated[ApiState, Depends(get_state)],
+) -> AsyncIterator[AsyncSession]:
+    """One session per request; committed by the handler that writes."""
+    async with state.sessions() as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and the account it belongs to."""
+
+    key_id: str
+    account_id: str
+
+
+async def authenticate(
+    request: Request,
+    state: Annotated[ApiState, Depends(get_state)],
+    session: Annotated[AsyncSession, Depends(get_session)],
+) -> Principal:
+    """Resolve ``Authorization: Bearer <key>`` to a principal and apply the rate limit."""
+    header = request.headers.get("authorization")
+    if not header or not header.strip():
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "Missing API key: send 'Authorization: Bearer <key>'",
+            BEARER_CHALLENGE,
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    invalid = ApiError(401, "invalid_api_key", "The API key provided is invalid", BEARER_CHALLENGE)
+    if scheme.lower() != "bearer" or not token or len(token) > 200:
+        raise invalid
+    repo = AccountRepository(session)
+    key = await repo.authenticate(token)
+    if key is None:
+        raise invalid
+    decision = state.limiter.hit(key.id)
+    request.state.rate_headers = decision.headers()
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Rate limit exceeded; retry after the time in X-RateLimit-Reset",
+            decision.headers(),
+        )
+    minute = int(time.monotonic()) // 60
+    if state.key_touch.get(key.id) != minute:
+        state.key_touch[key.id] = minute
+        await repo.touch(key.id, utcnow())
+        await session.commit()
+    return Principal(key_id=key.id, account_id=key.account_id)
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+StateDep = Annotated[ApiState, Depends(get_state)]

@@ -1,0 +1,114 @@
+"""The one error envelope of the API, ``{"error": {"code", "message", "status"}}``, and the
+exception handlers that guarantee every failure is rendered in it (never a bare 500 page).
+
+Codes are lower-case snake (the seed's convention). Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the API answers with; rendered as the envelope."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class ErrorBody(BaseModel):
+    """The inside of the error envelope."""
+
+    code: str
+    message: str
+    status: int
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error response body."""
+
+    error: ErrorBody
+
+
+def envelope(status: int, code: str, message: str) -> dict[str, Any]:
+    """Build the JSON body of an error."""
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Render an error as a response."""
+    return JSONResponse(envelope(status, code, message), status_code=status, headers=headers)
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    """The documented 404: ``Trunk 'conn_x' not found``."""
+    return ApiError(404, "not_found", f"{kind} '{ident}' not found")
+
+
+_QUERY_RULES = {
+    "limit": "limit must be an integer between 1 and 100",
+    "offset": "offset must be an integer of at least 0",
+    "status": "status must be one of: active, inactive, error",
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type the stack can raise into the envelope."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only query and path parameters reach FastAPI's validation: bodies are parsed by hand
+        # (see telepath.api.trunk_input) so that every field gets its documented error code.
+        for err in exc.errors():
+            loc = err.get("loc", ())
+            name = str(loc[-1]) if loc else "parameter"
+            message = _QUERY_RULES.get(name, f"Invalid {name} parameter")
+            return error_response(400, "invalid_parameter", message)
+        return error_response(400, "invalid_parameter", "Invalid request parameters")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed"
+        if exc.status_code == 404:
+            message = "No such endpoint"
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        # Log the type only: a message or traceback could carry request data (keys, numbers).
+        logger.error("unhandled error in API request: %s", type(exc).__name__)
+        return error_response(500, "internal_error", "Internal server error")

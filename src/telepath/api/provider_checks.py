@@ -1,0 +1,128 @@
+"""Pre-flight validation of provider credentials when a trunk is created or its keys change.
+
+How each answer is read (``reference/providers.md`` §2.10 and §3.10):
+
+OpenAI ``GET {TELEPATH_OPENAI_API_BASE}/models/{model}`` with ``Authorization: Bearer``:
+  200 valid. 401 invalid key -> 401 ``invalid_provider_credentials``. 403 is a *restricted* key
+  without Models:Read, which may still work for Realtime: accepted (inconclusive, not wrong).
+  404 the model is not available to this key -> 400 ``model_not_available``. 429 means the key
+  authenticated (rate limit or quota): accepted. 5xx or unreachable -> 502 ``provider_unavailable``.
+
+ElevenLabs ``GET {TELEPATH_ELEVENLABS_API_BASE}/v1/convai/agents/{agent_id}`` with ``xi-api-key``:
+  200 valid. 401 ``invalid_api_key`` -> 401 ``invalid_provider_credentials``. 401
+  ``missing_permissions`` is a scoped key without ``convai_read``: we then ask for a signed URL
+  (``/v1/convai/conversation/get-signed-url``), the exact capability a call needs; 200 there is
+  valid. 404/422 -> 400 ``invalid_elevenlabs_agent_id``. 5xx or unreachable -> 502.
+
+No key, URL query or provider response body is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+import httpx
+
+from telepath.api.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+
+def _invalid(field: str) -> ApiError:
+    return ApiError(
+        401, "invalid_provider_credentials", f"The provided {field} could not be validated"
+    )
+
+
+def _unavailable(provider: str) -> ApiError:
+    return ApiError(
+        502,
+        "provider_unavailable",
+        f"{provider} could not be reached to validate the credentials; no trunk was changed",
+    )
+
+
+class ProviderValidator:
+    """Checks provider keys against the configured API base URLs."""
+
+    def __init__(
+        self, *, openai_api_base: str, elevenlabs_api_base: str, timeout_s: float, enabled: bool
+    ) -> None:
+        self.openai_api_base = openai_api_base.rstrip("/")
+        self.elevenlabs_api_base = elevenlabs_api_base.rstrip("/")
+        self.enabled = enabled
+        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        """Release the HTTP connection pool."""
+        await self._client.aclose()
+
+    async def _get(self, provider: str, url: str, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self._client.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            logger.warning(
+                "provider check failed: %s unreachable (%s)", provider, type(exc).__name__
+            )
+            raise _unavailable(provider) from None
+
+    async def check_openai(self, api_key: str, model: str) -> None:
+        """Raise the documented ApiError unless ``api_key`` can be used for ``model``."""
+        if not self.enabled:
+            return
+        url = f"{self.openai_api_base}/models/{quote(model, safe='')}"
+        resp = await self._get("OpenAI", url, {"Authorization": f"Bearer {api_key}"})
+        status = resp.status_code
+        if status in (200, 403, 429):
+            return
+        if status == 401:
+            raise _invalid("openai_api_key")
+        if status == 404:
+            raise ApiError(
+                400,
+                "model_not_available",
+                f"Model '{model}' is not available to the provided openai_api_key",
+            )
+        logger.warning("provider check: OpenAI answered HTTP %d", status)
+        raise _unavailable("OpenAI")
+
+    async def check_elevenlabs(self, api_key: str, agent_id: str) -> None:
+        """Raise the documented ApiError unless ``api_key`` can start ``agent_id`` conversations."""
+        if not self.enabled:
+            return
+        headers = {"xi-api-key": api_key}
+        url = f"{self.elevenlabs_api_base}/v1/convai/agents/{quote(agent_id, safe='')}"
+        resp = await self._get("ElevenLabs", url, headers)
+        status = resp.status_code
+        if status == 401 and _detail_status(resp) == "missing_permissions":
+            signed = f"{self.elevenlabs_api_base}/v1/convai/conversation/get-signed-url"
+            try:
+                resp = await self._client.get(
+                    signed, headers=headers, params={"agent_id": agent_id}
+                )
+            except httpx.HTTPError:
+                raise _unavailable("ElevenLabs") from None
+            status = resp.status_code
+        if status == 200:
+            return
+        if status in (401, 403):
+            raise _invalid("elevenlabs_api_key")
+        if status in (400, 404, 422):
+            raise ApiError(
+                400,
+                "invalid_elevenlabs_agent_id",
+                f"Agent '{agent_id}' was not found for the provided elevenlabs_api_key",
+            )
+        logger.warning("provider check: ElevenLabs answered HTTP %d", status)
+        raise _unavailable("ElevenLabs")
+
+
+def _detail_status(resp: httpx.Response) -> str | None:
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    status = detail.get("status") if isinstance(detail, dict) else None
+    return status if isinstance(status, str) else None

@@ -1,0 +1,26 @@
+"""What the API needs at run time, built once by ``telepath serve`` (or a test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from telepath.api.provider_checks import ProviderValidator
+from telepath.api.ratelimit import RateLimiter
+from telepath.config import Settings
+from telepath.secrets.keyring import Keyring
+
+
+@dataclass
+class ApiState:
+    """Shared services of the API process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    keyring: Keyring
+    validator: ProviderValidator
+    limiter: RateLimiter
+    # key id -> last time (monotonic minute) its last_used_at was written; throttles writes.
+    key_touch: dict[str, int] = field(default_factory=dict)

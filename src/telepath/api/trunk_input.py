@@ -1,0 +1,277 @@
+"""Validation of trunk request bodies, field by field, with the seed's error codes and messages.
+
+Bodies are parsed here rather than by a pydantic model in the route signature because the
+contract fixes the *first* error's code and wording (``missing_required_field`` with
+``"<field> is required"``, ``invalid_sip_username`` with the seed's sentence, ...), in a
+deterministic order, including requirements that depend on ``ai_provider``. The pydantic models in
+``schemas.py`` document the same rules in the OpenAPI spec.
+
+Order of checks: body is a JSON object -> no unknown fields -> types -> required fields ->
+``ai_provider`` -> ``sip_username`` -> ``sip_password`` -> provider-conditional fields -> values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from telepath.api.errors import ApiError
+
+PROVIDERS: Final = ("openai", "elevenlabs", "custom")
+CUSTOM_PROTOCOLS: Final = ("telepath", "twilio")
+SETTABLE_STATUSES: Final = ("active", "inactive")
+
+SIP_USERNAME_CHARS = re.compile(r"[A-Za-z0-9-]+")
+SIP_USERNAME_MIN, SIP_USERNAME_MAX = 3, 30
+SIP_PASSWORD_MIN, SIP_PASSWORD_MAX = 8, 128
+NAME_MAX = 200
+SYSTEM_PROMPT_MAX = 32_000
+API_KEY_MAX = 512
+URL_MAX = 2048
+MAX_CUSTOM_HEADERS = 20
+HEADER_VALUE_MAX = 4096
+MAX_BODY_BYTES = 128 * 1024
+
+IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
+# Headers the WebSocket client itself must control (RFC 6455 §4.1).
+RESERVED_HEADERS = frozenset(
+    {"host", "connection", "upgrade", "content-length", "transfer-encoding"}
+)
+
+# Which optional field belongs to which provider; a field for another provider is an error.
+PROVIDER_FIELDS: Final[dict[str, str]] = {
+    "openai_api_key": "openai",
+    "openai_model": "openai",
+    "openai_voice": "openai",
+    "elevenlabs_api_key": "elevenlabs",
+    "elevenlabs_agent_id": "elevenlabs",
+    "custom_endpoint": "custom",
+    "custom_protocol": "custom",
+    "custom_headers": "custom",
+}
+REQUIRED_BY_PROVIDER: Final[dict[str, tuple[str, ...]]] = {
+    "openai": ("openai_api_key",),
+    "elevenlabs": ("elevenlabs_api_key", "elevenlabs_agent_id"),
+    "custom": ("custom_endpoint",),
+}
+CREATE_FIELDS: Final = (
+    "name",
+    "ai_provider",
+    "sip_username",
+    "sip_password",
+    "openai_api_key",
+    "openai_model",
+    "openai_voice",
+    "elevenlabs_api_key",
+    "elevenlabs_agent_id",
+    "custom_endpoint",
+    "custom_protocol",
+    "custom_headers",
+    "system_prompt",
+)
+UPDATE_FIELDS: Final = (
+    "name",
+    "status",
+    "openai_api_key",
+    "openai_model",
+    "openai_voice",
+    "elevenlabs_api_key",
+    "elevenlabs_agent_id",
+    "custom_endpoint",
+    "custom_protocol",
+    "custom_headers",
+    "system_prompt",
+)
+IMMUTABLE_FIELDS: Final = {
+    "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
+    "sip_username": "sip_username cannot be changed; create a new trunk instead",
+    "sip_password": "sip_password cannot be set here; use POST /v1/trunks/{id}/rotate-password",
+}
+# Optional fields that PATCH may clear with null.
+CLEARABLE: Final = frozenset({"openai_model", "openai_voice", "custom_headers", "system_prompt"})
+
+
+def _bad(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"Request body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("invalid_json", "Request body must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad("invalid_json", "Request body must be a JSON object")
+    return body
+
+
+def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in body:
+        if key not in allowed:
+            if key in IMMUTABLE_FIELDS:
+                raise _bad("immutable_field", IMMUTABLE_FIELDS[key])
+            raise _bad("unknown_field", f"Unknown field: {key[:64]}")
+    for key, value in body.items():
+        if value is None:
+            continue
+        if key == "custom_headers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise _bad("invalid_field_type", "custom_headers must be an object of strings")
+        elif not isinstance(value, str):
+            raise _bad("invalid_field_type", f"{key} must be a string")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _check_sip_username(value: str) -> None:
+    if not SIP_USERNAME_CHARS.fullmatch(value):
+        raise _bad(
+            "invalid_sip_username",
+            "sip_username may only contain alphanumeric characters and hyphens",
+        )
+    if not SIP_USERNAME_MIN <= len(value) <= SIP_USERNAME_MAX:
+        raise _bad(
+            "invalid_sip_username",
+            f"sip_username must be {SIP_USERNAME_MIN}-{SIP_USERNAME_MAX} characters long",
+        )
+
+
+def check_sip_password(value: str) -> None:
+    """Enforce the password rules (length, printable characters)."""
+    if len(value) < SIP_PASSWORD_MIN:
+        raise _bad("invalid_sip_password", "sip_password must be at least 8 characters")
+    if len(value) > SIP_PASSWORD_MAX or not value.isprintable():
+        raise _bad(
+            "invalid_sip_password",
+            f"sip_password must be at most {SIP_PASSWORD_MAX} printable characters",
+        )
+
+
+def _check_endpoint(value: str, allow_insecure: bool) -> None:
+    schemes = ("wss", "ws") if allow_insecure else ("wss",)
+    message = (
+        "custom_endpoint must be a wss:// (or ws://) URL"
+        if allow_insecure
+        else "custom_endpoint must be a wss:// URL"
+    )
+    if len(value) > URL_MAX or any(c.isspace() for c in value):
+        raise _bad("invalid_custom_endpoint", message)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise _bad("invalid_custom_endpoint", message) from None
+    if parts.scheme.lower() not in schemes or not parts.hostname or parts.username:
+        raise _bad("invalid_custom_endpoint", message)
+
+
+def _check_headers(value: dict[str, str]) -> None:
+    if len(value) > MAX_CUSTOM_HEADERS:
+        raise _bad("invalid_field", f"custom_headers may hold at most {MAX_CUSTOM_HEADERS} headers")
+    for name, val in value.items():
+        if not HEADER_TOKEN.fullmatch(name) or name.lower() in RESERVED_HEADERS:
+            raise _bad("invalid_field", "custom_headers has an invalid or reserved header name")
+        if name.lower().startswith("sec-websocket-"):
+            raise _bad("invalid_field", "custom_headers has an invalid or reserved header name")
+        if len(val) > HEADER_VALUE_MAX or any(c in val for c in "\r\n\0"):
+            raise _bad("invalid_field", "custom_headers has an invalid header value")
+
+
+def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
+    """Length and format checks shared by create and update (``fields`` has no None values)."""
+    if "name" in fields and len(fields["name"]) > NAME_MAX:
+        raise _bad("invalid_field", f"name must be at most {NAME_MAX} characters")
+    if "system_prompt" in fields and len(fields["system_prompt"]) > SYSTEM_PROMPT_MAX:
+        raise _bad("invalid_field", f"system_prompt must be at most {SYSTEM_PROMPT_MAX} characters")
+    for key in ("openai_api_key", "elevenlabs_api_key"):
+        if key in fields:
+            v = fields[key]
+            if len(v) > API_KEY_MAX or not v.isprintable() or any(c.isspace() for c in v):
+                raise _bad("invalid_field", f"{key} is not a well-formed API key")
+    for key in ("elevenlabs_agent_id", "openai_model", "openai_voice"):
+        if key in fields and not IDENT.fullmatch(fields[key]):
+            raise _bad("invalid_field", f"{key} has invalid characters")
+    if "custom_protocol" in fields and fields["custom_protocol"] not in CUSTOM_PROTOCOLS:
+        raise _bad("invalid_field", "custom_protocol must be one of: telepath, twilio")
+    if "custom_endpoint" in fields:
+        _check_endpoint(fields["custom_endpoint"], allow_insecure)
+    if "custom_headers" in fields:
+        _check_headers(fields["custom_headers"])
+
+
+def _check_applicable(fields: dict[str, Any], provider: str) -> None:
+    for key in fields:
+        owner = PROVIDER_FIELDS.get(key)
+        if owner is not None and owner != provider:
+            raise _bad("invalid_field", f"{key} does not apply when ai_provider is '{provider}'")
+
+
+@dataclass
+class TrunkCreateInput:
+    """A validated create request. Secrets are still plaintext here, in memory only."""
+
+    name: str
+    ai_provider: str
+    sip_username: str
+    sip_password: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_create(raw: bytes, *, allow_insecure: bool) -> TrunkCreateInput:
+    """Validate a ``POST /v1/trunks`` body; raise the documented ApiError on the first problem."""
+    body = parse_json_object(raw)
+    _check_types(body, CREATE_FIELDS)
+    for key in ("name", "ai_provider", "sip_username", "sip_password"):
+        if _blank(body.get(key)):
+            raise _bad("missing_required_field", f"{key} is required")
+    provider = body["ai_provider"]
+    if provider not in PROVIDERS:
+        raise _bad("invalid_ai_provider", "ai_provider must be one of: openai, elevenlabs, custom")
+    _check_sip_username(body["sip_username"])
+    check_sip_password(body["sip_password"])
+    for key in REQUIRED_BY_PROVIDER[provider]:
+        if _blank(body.get(key)):
+            raise _bad("missing_required_field", f"{key} is required")
+    present = {k: v for k, v in body.items() if v is not None}
+    _check_applicable(present, provider)
+    present["name"] = present["name"].strip()
+    _check_values(present, allow_insecure)
+    options = {k: v for k, v in present.items() if k not in CREATE_FIELDS[:4]}
+    return TrunkCreateInput(
+        name=present["name"],
+        ai_provider=provider,
+        sip_username=body["sip_username"],
+        sip_password=body["sip_password"],
+        options=options,
+    )
+
+
+def parse_update(raw: bytes, *, provider: str, allow_insecure: bool) -> dict[str, Any]:
+    """Validate a ``PATCH /v1/trunks/{id}`` body for a trunk of ``provider``.
+
+    Returns:
+        The fields to change; a ``None`` value means "clear" (only for clearable fields).
+    """
+    body = parse_json_object(raw)
+    _check_types(body, UPDATE_FIELDS)
+    for key, value in body.items():
+        if key in CLEARABLE:
+            continue
+        if _blank(value):
+            raise _bad("invalid_field", f"{key} cannot be empty")
+    _check_applicable(body, provider)
+    if "status" in body and body["status"] not in SETTABLE_STATUSES:
+        raise _bad("invalid_field", "status must be one of: active, inactive")
+    if "name" in body:
+        body["name"] = body["name"].strip()
+    _check_values({k: v for k, v in body.items() if v is not None}, allow_insecure)
+    return body

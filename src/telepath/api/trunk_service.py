@@ -1,0 +1,203 @@
+"""Trunk lifecycle: create, read, update, delete and rotate, with secrets handled at rest.
+
+The SIP password is turned into digest HA1 values at once and discarded; provider keys and custom
+headers are sealed with the master keyring, bound to the trunk id and column.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from telepath.api import schemas
+from telepath.api.errors import ApiError, not_found
+from telepath.api.state import ApiState
+from telepath.api.trunk_input import TrunkCreateInput
+from telepath.db.base import utcnow
+from telepath.db.models import Trunk, trunk_secret_context
+from telepath.db.repository import TrunkRepository
+from telepath.secrets.digest import compute_ha1
+from telepath.secrets.keyring import Keyring
+from telepath.secrets.tokens import mask_secret, new_id, new_sip_password
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z`` suffix and second precision, as in the seed."""
+    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def seal(keyring: Keyring, trunk_id: str, column: str, value: str) -> str:
+    """Encrypt one trunk secret."""
+    return keyring.encrypt(value, trunk_secret_context(trunk_id, column))
+
+
+def open_secret(keyring: Keyring, trunk_id: str, column: str, envelope: str) -> str:
+    """Decrypt one trunk secret."""
+    return keyring.decrypt(envelope, trunk_secret_context(trunk_id, column))
+
+
+def set_password(trunk: Trunk, password: str) -> None:
+    """Store the digest HA1 values of ``password`` for the trunk's username and realm."""
+    trunk.ha1_md5 = compute_ha1("MD5", trunk.sip_username, trunk.sip_realm, password)
+    trunk.ha1_sha256 = compute_ha1("SHA-256", trunk.sip_username, trunk.sip_realm, password)
+
+
+class TrunkService:
+    """Trunk operations for one request, scoped to one account."""
+
+    def __init__(self, state: ApiState, session: AsyncSession, account_id: str) -> None:
+        self.state = state
+        self.session = session
+        self.account_id = account_id
+        self.repo = TrunkRepository(session)
+
+    def sip_endpoint(self, trunk: Trunk) -> str:
+        """``{sip_username}@{TELEPATH_SIP_DOMAIN}``."""
+        return f"{trunk.sip_username}@{self.state.settings.sip_domain}"
+
+    def created_view(self, trunk: Trunk) -> schemas.TrunkCreated:
+        """The seed's create response."""
+        return schemas.TrunkCreated(
+            id=trunk.id,
+            name=trunk.name,
+            status=trunk.status,
+            ai_provider=trunk.ai_provider,
+            sip_username=trunk.sip_username,
+            sip_endpoint=self.sip_endpoint(trunk),
+            created_at=iso(trunk.created_at) or "",
+        )
+
+    def view(self, trunk: Trunk) -> schemas.Trunk:
+        """The full read view (secrets masked)."""
+        header_names: list[str] | None = None
+        if trunk.custom_headers_enc:
+            raw = open_secret(
+                self.state.keyring, trunk.id, "custom_headers", trunk.custom_headers_enc
+            )
+            header_names = sorted(json.loads(raw))
+        base = self.created_view(trunk).model_dump()
+        return schemas.Trunk(
+            **base,
+            updated_at=iso(trunk.updated_at) or "",
+            system_prompt=trunk.system_prompt,
+            openai_api_key_hint=trunk.openai_api_key_hint,
+            openai_model=trunk.openai_model,
+            openai_voice=trunk.openai_voice,
+            elevenlabs_api_key_hint=trunk.elevenlabs_api_key_hint,
+            elevenlabs_agent_id=trunk.elevenlabs_agent_id,
+            custom_endpoint=trunk.custom_endpoint,
+            custom_protocol=trunk.custom_protocol,
+            custom_header_names=header_names,
+            password_rotated_at=iso(trunk.password_rotated_at),
+        )
+
+    def _conflict(self, sip_username: str) -> ApiError:
+        return ApiError(
+            409, "conflict", f"A trunk with sip_username '{sip_username}' already exists"
+        )
+
+    async def _validate_provider(self, trunk: Trunk, changed: dict[str, Any]) -> None:
+        """Check credentials that are new or changed, using the stored values for the rest."""
+        validator = self.state.validator
+        keyring = self.state.keyring
+        if trunk.ai_provider == "openai" and (
+            "openai_api_key" in changed or "openai_model" in changed
+        ):
+            key = changed.get("openai_api_key") or open_secret(
+                keyring, trunk.id, "openai_api_key", trunk.openai_api_key_enc or ""
+            )
+            model = changed.get("openai_model", trunk.openai_model)
+            await validator.check_openai(key, model or self.state.settings.openai_model)
+        elif trunk.ai_provider == "elevenlabs" and (
+            "elevenlabs_api_key" in changed or "elevenlabs_agent_id" in changed
+        ):
+            key = changed.get("elevenlabs_api_key") or open_secret(
+                keyring, trunk.id, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc or ""
+            )
+            agent = changed.get("elevenlabs_agent_id") or trunk.elevenlabs_agent_id or ""
+            await validator.check_elevenlabs(key, agent)
+
+    def _apply(self, trunk: Trunk, fields: dict[str, Any]) -> None:
+        keyring = self.state.keyring
+        for key, value in fields.items():
+            if key == "openai_api_key":
+                trunk.openai_api_key_enc = seal(keyring, trunk.id, key, value)
+                trunk.openai_api_key_hint = mask_secret(value)
+            elif key == "elevenlabs_api_key":
+                trunk.elevenlabs_api_key_enc = seal(keyring, trunk.id, key, value)
+                trunk.elevenlabs_api_key_hint = mask_secret(value)
+            elif key == "custom_headers":
+                trunk.custom_headers_enc = (
+                    None if not value else seal(keyring, trunk.id, key, json.dumps(value))
+                )
+            elif key == "system_prompt":
+                trunk.system_prompt = value or None
+            else:
+                setattr(trunk, key, value)
+
+    async def create(self, data: TrunkCreateInput) -> Trunk:
+        """Create a trunk after the uniqueness and provider checks."""
+        if await self.repo.username_taken(data.sip_username):
+            raise self._conflict(data.sip_username)
+        now = utcnow()
+        trunk = Trunk(
+            id=new_id("conn"),
+            account_id=self.account_id,
+            name=data.name,
+            status="active",
+            ai_provider=data.ai_provider,
+            sip_username=data.sip_username,
+            sip_realm=self.state.settings.sip_domain,
+            created_at=now,
+            updated_at=now,
+        )
+        if data.ai_provider == "custom":
+            trunk.custom_protocol = "telepath"
+        set_password(trunk, data.sip_password)
+        await self._validate_provider(trunk, data.options)
+        self._apply(trunk, data.options)
+        self.repo.add(trunk)
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            await self.session.rollback()
+            raise self._conflict(data.sip_username) from None
+        return trunk
+
+    async def get(self, trunk_id: str) -> Trunk:
+        """The account's trunk, or the documented 404."""
+        trunk = await self.repo.get(self.account_id, trunk_id)
+        if trunk is None:
+            raise not_found("Trunk", trunk_id)
+        return trunk
+
+    async def update(self, trunk_id: str, fields: dict[str, Any]) -> Trunk:
+        """Apply a validated PATCH; changed credentials are re-validated first."""
+        trunk = await self.get(trunk_id)
+        await self._validate_provider(trunk, fields)
+        self._apply(trunk, fields)
+        trunk.updated_at = utcnow()
+        await self.session.commit()
+        return trunk
+
+    async def delete(self, trunk_id: str) -> None:
+        """Delete the account's trunk."""
+        trunk = await self.get(trunk_id)
+        await self.repo.delete(trunk)
+        await self.session.commit()
+
+    async def rotate_password(self, trunk_id: str) -> tuple[Trunk, str]:
+        """Replace the SIP password with a generated one; the old one stops working at once."""
+        trunk = await self.get(trunk_id)
+        password = new_sip_password()
+        trunk.sip_realm = self.state.settings.sip_domain
+        set_password(trunk, password)
+        now = utcnow()
+        trunk.password_rotated_at = now
+        trunk.updated_at = now
+        await self.session.commit()
+        return trunk, password

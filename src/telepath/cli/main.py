@@ -1,0 +1,119 @@
+"""The ``telepath`` command line: serve, API keys, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from telepath.api.state import ApiState
+from telepath.cli.runtime import open_state
+from telepath.config import Settings
+from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Telepath SIP-to-AI gateway")
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys")
+secrets_app = typer.Typer(no_args_is_help=True, help="Manage the master key for secrets at rest")
+app.add_typer(keys_app, name="keys")
+app.add_typer(secrets_app, name="secrets")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _with_state(fn: Callable[[ApiState], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with open_state(_settings()) as state:
+            return await fn(state)
+
+    return asyncio.run(run())
+
+
+@app.command()
+def serve() -> None:
+    """Run the HTTP API, SIP and media servers in one process (configured by TELEPATH_*)."""
+    from telepath.cli.serve import run_serve
+
+    run_serve(_settings())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="What the key is for, e.g. 'production'"),
+    account: str = typer.Option(DEFAULT_ACCOUNT_NAME, "--account", help="Account name"),
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+
+    async def run(state: ApiState) -> str:
+        async with state.sessions() as session:
+            issued = await AccountRepository(session).issue_key(account, name)
+            await session.commit()
+            typer.echo(f"Created key {issued.key.id} for account '{issued.account.name}'.")
+            return issued.plaintext
+
+    plaintext = _with_state(run)
+    typer.echo("Store it now; it will not be shown again:")
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (id, account, name, hint, status); never the keys themselves."""
+
+    async def run(state: ApiState) -> None:
+        async with state.sessions() as session:
+            for key, account in await AccountRepository(session).list_keys():
+                status = "revoked" if key.revoked_at else "active"
+                used = key.last_used_at.isoformat() if key.last_used_at else "never"
+                typer.echo(
+                    f"{key.id}  {account.name:<16} {key.name:<16} {key.hint:<16} "
+                    f"{status:<8} last used {used}"
+                )
+
+    _with_state(run)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id (key_...)")) -> None:
+    """Revoke an API key; requests with it get 401 at once."""
+
+    async def run(state: ApiState) -> bool:
+        async with state.sessions() as session:
+            done = await AccountRepository(session).revoke(key_id)
+            await session.commit()
+            return done
+
+    if not _with_state(run):
+        typer.echo(f"no active key with id {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Revoked {key_id}.")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under a new master key.
+
+    With the generated key file: a new key is created, everything is re-encrypted, and the old
+    key is removed. With TELEPATH_SECRET_KEY: put the new key first (``new,old``), run this, then
+    drop the old key from the variable.
+    """
+    from telepath.db.rekey import rotate_master_key
+
+    settings = _settings()
+    message = asyncio.run(rotate_master_key(settings))
+    typer.echo(message)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

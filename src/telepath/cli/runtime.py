@@ -1,0 +1,65 @@
+"""The composition root: opens storage and secrets, builds the services, runs them together.
+
+``telepath serve`` and the tests use the same functions, so what is tested is what runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from telepath.api.provider_checks import ProviderValidator
+from telepath.api.ratelimit import RateLimiter
+from telepath.api.state import ApiState
+from telepath.config import Settings
+from telepath.db.engine import make_engine, migrate, sessionmaker_for
+from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository, IssuedKey
+from telepath.secrets.keyring import key_file, load_keyring
+
+logger = logging.getLogger("telepath")
+
+
+@asynccontextmanager
+async def open_state(settings: Settings) -> AsyncIterator[ApiState]:
+    """Open the database (migrated), keyring and provider client; close them on exit."""
+    keyring, generated = load_keyring(settings.secret_key, settings.data_dir)
+    if generated:
+        logger.warning(
+            "generated a new master key in %s (mode 0600): back it up, or set "
+            "TELEPATH_SECRET_KEY; without it stored provider keys cannot be decrypted",
+            key_file(settings.data_dir),
+        )
+    engine = make_engine(settings.effective_database_url)
+    try:
+        await migrate(engine)
+        validator = ProviderValidator(
+            openai_api_base=settings.openai_api_base,
+            elevenlabs_api_base=settings.elevenlabs_api_base,
+            timeout_s=settings.provider_timeout_s,
+            enabled=settings.validate_provider_keys,
+        )
+        try:
+            yield ApiState(
+                settings=settings,
+                engine=engine,
+                sessions=sessionmaker_for(engine),
+                keyring=keyring,
+                validator=validator,
+                limiter=RateLimiter(settings.api_rate_limit_per_minute),
+            )
+        finally:
+            await validator.aclose()
+    finally:
+        await engine.dispose()
+
+
+async def bootstrap_first_key(state: ApiState) -> IssuedKey | None:
+    """On an empty installation, create the first account and key (returned once)."""
+    async with state.sessions() as session:
+        repo = AccountRepository(session)
+        if await repo.count() > 0:
+            return None
+        issued = await repo.issue_key(DEFAULT_ACCOUNT_NAME, "bootstrap")
+        await session.commit()
+        return issued

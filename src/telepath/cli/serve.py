@@ -1,0 +1,69 @@
+"""``telepath serve``: the HTTP API (and, as they land, the SIP and media servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from telepath.api.app import create_app
+from telepath.cli.runtime import bootstrap_first_key, open_state
+from telepath.config import Settings
+
+logger = logging.getLogger("telepath")
+
+
+def install_event_loop() -> str:
+    """Use uvloop when it is installed (the media path needs it); return the loop's name."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def serve(settings: Settings) -> None:
+    """Run every server until SIGINT/SIGTERM."""
+    async with open_state(settings) as state:
+        issued = await bootstrap_first_key(state)
+        if issued is not None:
+            # Printed to stdout once, deliberately not logged: it is the only copy of the key.
+            print(
+                "\nTelepath: created account 'default' and its first API key "
+                "(shown only this once):\n\n"
+                f"    {issued.plaintext}\n\n"
+                "Use it as 'Authorization: Bearer <key>'. More keys: telepath keys create\n",
+                flush=True,
+            )
+        app = create_app(state)
+        config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        logger.info(
+            "HTTP API on http://%s:%d (database: %s)",
+            settings.http_host,
+            settings.http_port,
+            settings.effective_database_url.split("://", 1)[0],
+        )
+        await server.serve()
+
+
+def run_serve(settings: Settings) -> None:
+    """Entry point used by the CLI."""
+    loop_name = install_event_loop()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logger.info("starting Telepath on %s", loop_name)
+    asyncio.run(serve(settings))

@@ -1,0 +1,149 @@
+"""Queries over accounts, API keys and trunks. Every trunk query is scoped to an account."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from telepath.db.base import utcnow
+from telepath.db.models import Account, ApiKey, Trunk
+from telepath.secrets.tokens import hash_api_key, new_api_key, new_id
+
+DEFAULT_ACCOUNT_NAME = "default"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly created API key: the plaintext exists only in this object."""
+
+    key: ApiKey
+    account: Account
+    plaintext: str
+
+
+class AccountRepository:
+    """Accounts and their API keys."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def count(self) -> int:
+        """Number of accounts in the installation."""
+        return int(await self.session.scalar(select(func.count()).select_from(Account)) or 0)
+
+    async def get_or_create(self, name: str) -> Account:
+        """Return the account called ``name``, creating it if needed."""
+        account = await self.session.scalar(select(Account).where(Account.name == name))
+        if account is None:
+            account = Account(id=new_id("acct"), name=name, created_at=utcnow())
+            self.session.add(account)
+            await self.session.flush()
+        return account
+
+    async def issue_key(self, account_name: str, key_name: str) -> IssuedKey:
+        """Create a key for ``account_name`` (created if missing); only its hash is stored."""
+        account = await self.get_or_create(account_name)
+        plaintext = new_api_key()
+        key = ApiKey(
+            id=new_id("key"),
+            account_id=account.id,
+            name=key_name,
+            key_hash=hash_api_key(plaintext),
+            hint=plaintext[:12] + "...",
+            created_at=utcnow(),
+        )
+        self.session.add(key)
+        await self.session.flush()
+        return IssuedKey(key=key, account=account, plaintext=plaintext)
+
+    async def authenticate(self, plaintext: str) -> ApiKey | None:
+        """Return the live key matching ``plaintext``, or None (unknown or revoked)."""
+        key = await self.session.scalar(
+            select(ApiKey).where(ApiKey.key_hash == hash_api_key(plaintext))
+        )
+        if key is None or key.revoked_at is not None:
+            return None
+        return key
+
+    async def touch(self, key_id: str, when: datetime) -> None:
+        """Record that a key was used."""
+        await self.session.execute(
+            update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
+        )
+
+    async def list_keys(self) -> Sequence[tuple[ApiKey, Account]]:
+        """Every key with its account, oldest first."""
+        rows = await self.session.execute(
+            select(ApiKey, Account)
+            .join(Account, Account.id == ApiKey.account_id)
+            .order_by(ApiKey.created_at, ApiKey.id)
+        )
+        return [(k, a) for k, a in rows.tuples()]
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key by id; False when no live key has that id."""
+        result = await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class TrunkRepository:
+    """Trunk persistence, always within one account (except SIP lookups by username)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, account_id: str, trunk_id: str) -> Trunk | None:
+        """The account's trunk with this id, or None (another account's trunk is None too)."""
+        return await self.session.scalar(
+            select(Trunk).where(Trunk.id == trunk_id, Trunk.account_id == account_id)
+        )
+
+    async def username_taken(self, sip_username: str) -> bool:
+        """Whether any trunk in the installation uses this SIP username (case-insensitive)."""
+        found = await self.session.scalar(
+            select(Trunk.id).where(func.lower(Trunk.sip_username) == sip_username.lower())
+        )
+        return found is not None
+
+    async def by_sip_username(self, sip_username: str) -> Trunk | None:
+        """The trunk that owns a SIP username, for the SIP layer's digest lookups."""
+        return await self.session.scalar(
+            select(Trunk).where(func.lower(Trunk.sip_username) == sip_username.lower())
+        )
+
+    async def list(
+        self, account_id: str, *, status: str | None, limit: int, offset: int
+    ) -> tuple[Sequence[Trunk], int]:
+        """A page of the account's trunks (newest first) and the total matching count."""
+        where = [Trunk.account_id == account_id]
+        if status is not None:
+            where.append(Trunk.status == status)
+        total = await self.session.scalar(select(func.count()).select_from(Trunk).where(*where))
+        rows = await self.session.scalars(
+            select(Trunk)
+            .where(*where)
+            .order_by(Trunk.created_at.desc(), Trunk.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return rows.all(), int(total or 0)
+
+    async def all_trunks(self) -> Sequence[Trunk]:
+        """Every trunk of every account (for maintenance commands such as key rotation)."""
+        return (await self.session.scalars(select(Trunk).order_by(Trunk.id))).all()
+
+    def add(self, trunk: Trunk) -> None:
+        """Stage a new trunk."""
+        self.session.add(trunk)
+
+    async def delete(self, trunk: Trunk) -> None:
+        """Delete a trunk."""
+        await self.session.delete(trunk)
