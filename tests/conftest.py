@@ -1,0 +1,52 @@
+"""Fixtures shared by every test: real databases, loudly skipped when a server is absent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TELEPATH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_skipped_services: set[str] = set()
+
+
+def skip_loudly(service: str, reason: str) -> None:
+    """Skip the current test and remember to print a banner at the end of the run."""
+    _skipped_services.add(f"{service}: {reason}")
+    pytest.skip(f"{service} unavailable: {reason}")
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session (dropped afterwards)."""
+    name = f"telepath_test_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # any failure to reach the server means "absent"
+        skip_loudly("PostgreSQL", f"{POSTGRES_ADMIN_URL}: {type(exc).__name__}: {exc}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly which real services were missing, so a skip is never mistaken for a pass."""
+    if _skipped_services:
+        terminalreporter.section("SERVICES MISSING: these tests were SKIPPED, not passed", red=True)
+        for line in sorted(_skipped_services):
+            terminalreporter.line(line, red=True)

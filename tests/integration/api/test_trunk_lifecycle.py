@@ -1,0 +1,313 @@
+"""Auth, tenancy, list/get/update/delete/rotate, rate limits, and secrets at rest."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from tests.integration.api.conftest import Api
+from tests.integration.api.seed import CUSTOM, ELEVENLABS, ISO_UTC, OPENAI_EXAMPLE
+from tests.integration.api.test_trunk_create import err
+
+from telepath.db.models import trunk_secret_context
+from telepath.secrets.digest import compute_ha1
+
+pytestmark = pytest.mark.integration
+
+
+async def create(api: Api, payload: dict[str, Any] = OPENAI_EXAMPLE, **over: Any) -> str:
+    resp = await api.post("/v1/trunks", {**payload, **over})
+    assert resp.status_code == 201, resp.text
+    trunk_id: str = resp.json()["id"]
+    return trunk_id
+
+
+async def raw_row(api: Api, trunk_id: str) -> dict[str, Any]:
+    async with api.state.engine.connect() as conn:
+        row = (
+            (await conn.execute(text("SELECT * FROM trunks WHERE id = :id"), {"id": trunk_id}))
+            .mappings()
+            .one()
+        )
+        return dict(row)
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+async def test_missing_key(api: Api) -> None:
+    resp = await api.client.get("/v1/trunks")
+    err(resp, 401, "missing_api_key")
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer sk_live_nope", "Basic abc", "Bearer", "sk_live_x", "Bearer " + "x" * 300]
+)
+async def test_invalid_key(api: Api, header: str) -> None:
+    err(
+        await api.client.get("/v1/trunks", headers={"Authorization": header}),
+        401,
+        "invalid_api_key",
+    )
+
+
+async def test_every_v1_route_requires_a_key(api: Api) -> None:
+    trunk_id = await create(api)
+    for method, path in [
+        ("GET", "/v1/trunks"),
+        ("POST", "/v1/trunks"),
+        ("GET", f"/v1/trunks/{trunk_id}"),
+        ("PATCH", f"/v1/trunks/{trunk_id}"),
+        ("DELETE", f"/v1/trunks/{trunk_id}"),
+        ("POST", f"/v1/trunks/{trunk_id}/rotate-password"),
+        ("POST", f"/v1/trunks/{trunk_id}/rotate-sip-password"),
+    ]:
+        err(await api.client.request(method, path), 401, "missing_api_key")
+
+
+async def test_revoked_key_stops_working(api: Api) -> None:
+    from telepath.db.repository import AccountRepository
+
+    key = await api.new_account_key("acme")
+    assert (await api.get("/v1/trunks", key=key)).status_code == 200
+    async with api.state.sessions() as session:
+        repo = AccountRepository(session)
+        live = await repo.authenticate(key)
+        assert live is not None
+        assert await repo.revoke(live.id)
+        await session.commit()
+    err(await api.get("/v1/trunks", key=key), 401, "invalid_api_key")
+
+
+async def test_api_keys_stored_only_as_hashes(api: Api) -> None:
+    async with api.state.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT * FROM api_keys"))).mappings().all()
+    assert rows
+    for row in rows:
+        assert api.key not in " ".join(str(v) for v in row.values())
+        assert re.fullmatch(r"[0-9a-f]{64}", row["key_hash"])
+
+
+# --- tenancy ---------------------------------------------------------------------------------
+
+
+async def test_other_account_sees_nothing(api: Api) -> None:
+    trunk_id = await create(api)
+    other = await api.new_account_key("other")
+    listed = (await api.get("/v1/trunks", key=other)).json()
+    assert listed["trunks"] == [] and listed["pagination"]["total"] == 0
+    message = f"Trunk '{trunk_id}' not found"
+    err(await api.get(f"/v1/trunks/{trunk_id}", key=other), 404, "not_found", message)
+    err(await api.patch(f"/v1/trunks/{trunk_id}", {"name": "x"}, key=other), 404, "not_found")
+    err(await api.delete(f"/v1/trunks/{trunk_id}", key=other), 404, "not_found")
+    resp = await api.post(f"/v1/trunks/{trunk_id}/rotate-password", key=other)
+    err(resp, 404, "not_found", message)
+    # The owner still has it, unchanged.
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["name"] == OPENAI_EXAMPLE["name"]
+
+
+async def test_unknown_id(api: Api) -> None:
+    err(
+        await api.get("/v1/trunks/conn_doesnotexist"),
+        404,
+        "not_found",
+        "Trunk 'conn_doesnotexist' not found",
+    )
+
+
+# --- list ------------------------------------------------------------------------------------
+
+
+async def test_list_pagination_and_filter(api: Api) -> None:
+    ids = [await create(api, sip_username=f"user-{i:02d}") for i in range(5)]
+    await api.patch(f"/v1/trunks/{ids[0]}", {"status": "inactive"})
+    page = (await api.get("/v1/trunks", limit=2, offset=1)).json()
+    assert page["pagination"] == {"limit": 2, "offset": 1, "total": 5}
+    assert [t["id"] for t in page["trunks"]] == list(reversed(ids))[1:3]
+    default = (await api.get("/v1/trunks")).json()
+    assert default["pagination"]["limit"] == 20 and len(default["trunks"]) == 5
+    inactive = (await api.get("/v1/trunks", status="inactive")).json()
+    assert [t["id"] for t in inactive["trunks"]] == [ids[0]]
+    assert inactive["pagination"]["total"] == 1
+    item = default["trunks"][0]
+    assert re.fullmatch(ISO_UTC, item["updated_at"])
+    assert "sip_password" not in item and "openai_api_key" not in item
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"limit": 0}, "limit must be an integer between 1 and 100"),
+        ({"limit": 101}, "limit must be an integer between 1 and 100"),
+        ({"limit": "ten"}, "limit must be an integer between 1 and 100"),
+        ({"offset": -1}, "offset must be an integer of at least 0"),
+        ({"status": "deleted"}, "status must be one of: active, inactive, error"),
+    ],
+)
+async def test_list_bad_params(api: Api, params: dict[str, Any], message: str) -> None:
+    err(await api.get("/v1/trunks", **params), 400, "invalid_parameter", message)
+
+
+# --- update ----------------------------------------------------------------------------------
+
+
+async def test_patch_changes_only_given_fields(api: Api) -> None:
+    trunk_id = await create(api)
+    before = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    resp = await api.patch(
+        f"/v1/trunks/{trunk_id}",
+        {"name": "Production OpenAI Agent v2", "system_prompt": "You are a specialist."},
+    )
+    assert resp.status_code == 200, resp.text
+    after = resp.json()
+    assert after["name"] == "Production OpenAI Agent v2"
+    assert after["system_prompt"] == "You are a specialist."
+    for same in ("id", "sip_username", "ai_provider", "created_at", "openai_api_key_hint"):
+        assert after[same] == before[same]
+    cleared = (await api.patch(f"/v1/trunks/{trunk_id}", {"system_prompt": None})).json()
+    assert cleared["system_prompt"] is None and cleared["name"] == after["name"]
+
+
+async def test_patch_status_and_key(api: Api) -> None:
+    trunk_id = await create(api)
+    resp = await api.patch(
+        f"/v1/trunks/{trunk_id}", {"status": "inactive", "openai_api_key": "sk-new-key-9876"}
+    )
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "inactive"
+    assert resp.json()["openai_api_key_hint"] == "sk-...9876"
+    row = await raw_row(api, trunk_id)
+    plain = api.state.keyring.decrypt(
+        row["openai_api_key_enc"], trunk_secret_context(trunk_id, "openai_api_key")
+    )
+    assert plain == "sk-new-key-9876"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"sip_password": "newpassword"}, "immutable_field"),
+        ({"sip_username": "other-name"}, "immutable_field"),
+        ({"ai_provider": "custom"}, "immutable_field"),
+        ({"status": "error"}, "invalid_field"),
+        ({"name": ""}, "invalid_field"),
+        ({"openai_api_key": None}, "invalid_field"),
+        ({"elevenlabs_agent_id": "a"}, "invalid_field"),
+        ({"name": 3}, "invalid_field_type"),
+        ({"bogus": 1}, "unknown_field"),
+    ],
+)
+async def test_patch_rejections(api: Api, body: dict[str, Any], code: str) -> None:
+    trunk_id = await create(api)
+    err(await api.patch(f"/v1/trunks/{trunk_id}", body), 400, code)
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["name"] == OPENAI_EXAMPLE["name"]
+
+
+async def test_patch_custom_endpoint_validated(api: Api) -> None:
+    trunk_id = await create(api, CUSTOM)
+    err(
+        await api.patch(f"/v1/trunks/{trunk_id}", {"custom_endpoint": "http://x"}),
+        400,
+        "invalid_custom_endpoint",
+    )
+    ok = await api.patch(f"/v1/trunks/{trunk_id}", {"custom_endpoint": "wss://b.example/v2"})
+    assert ok.json()["custom_endpoint"] == "wss://b.example/v2"
+
+
+# --- delete and rotate -----------------------------------------------------------------------
+
+
+async def test_delete(api: Api) -> None:
+    trunk_id = await create(api)
+    resp = await api.delete(f"/v1/trunks/{trunk_id}")
+    assert resp.status_code == 204 and resp.content == b""
+    err(await api.get(f"/v1/trunks/{trunk_id}"), 404, "not_found")
+    err(await api.delete(f"/v1/trunks/{trunk_id}"), 404, "not_found")
+    # The SIP username is free again.
+    await create(api)
+
+
+@pytest.mark.parametrize("path", ["rotate-password", "rotate-sip-password"])
+async def test_rotate_password(api: Api, path: str) -> None:
+    trunk_id = await create(api)
+    resp = await api.post(f"/v1/trunks/{trunk_id}/{path}")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert set(body) == {"id", "sip_username", "sip_password", "rotated_at"}
+    assert body["id"] == trunk_id and body["sip_username"] == "agent-prod-01"
+    assert re.fullmatch(ISO_UTC, body["rotated_at"])
+    new = body["sip_password"]
+    assert len(new) >= 20 and new != OPENAI_EXAMPLE["sip_password"]
+    row = await raw_row(api, trunk_id)
+    realm = "sip.example.test"
+    assert row["ha1_md5"] == compute_ha1("MD5", "agent-prod-01", realm, new)
+    assert row["ha1_sha256"] == compute_ha1("SHA-256", "agent-prod-01", realm, new)
+    old = compute_ha1("MD5", "agent-prod-01", realm, OPENAI_EXAMPLE["sip_password"])
+    assert row["ha1_md5"] != old
+    again = (await api.post(f"/v1/trunks/{trunk_id}/{path}")).json()["sip_password"]
+    assert again != new
+    assert "sip_password" not in (await api.get(f"/v1/trunks/{trunk_id}")).json()
+
+
+# --- secrets at rest -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [OPENAI_EXAMPLE, ELEVENLABS])
+async def test_no_plaintext_secret_in_database(api: Api, payload: dict[str, Any]) -> None:
+    trunk_id = await create(api, payload)
+    row = await raw_row(api, trunk_id)
+    dump = " ".join(str(v) for v in row.values())
+    assert payload["sip_password"] not in dump
+    key_field = "openai_api_key" if payload["ai_provider"] == "openai" else "elevenlabs_api_key"
+    assert payload[key_field] not in dump
+    realm = "sip.example.test"
+    user = payload["sip_username"]
+    assert row["ha1_md5"] == compute_ha1("MD5", user, realm, payload["sip_password"])
+    assert row["ha1_sha256"] == compute_ha1("SHA-256", user, realm, payload["sip_password"])
+    envelope = row[f"{key_field}_enc"]
+    assert envelope.startswith(f"v1:{api.state.keyring.active_kid}:")
+    context = trunk_secret_context(trunk_id, key_field)
+    assert api.state.keyring.decrypt(envelope, context) == payload[key_field]
+    # Bound to its row: the same envelope does not open as another trunk's secret.
+    from telepath.secrets.keyring import SecretDecryptionError
+
+    with pytest.raises(SecretDecryptionError):
+        api.state.keyring.decrypt(envelope, trunk_secret_context("conn_other", key_field))
+
+
+async def test_responses_never_echo_secrets(api: Api) -> None:
+    created = await api.post("/v1/trunks", OPENAI_EXAMPLE)
+    trunk_id = created.json()["id"]
+    for resp in [
+        created,
+        await api.get(f"/v1/trunks/{trunk_id}"),
+        await api.get("/v1/trunks"),
+        await api.patch(f"/v1/trunks/{trunk_id}", {"name": "n"}),
+    ]:
+        assert OPENAI_EXAMPLE["sip_password"] not in resp.text
+        assert OPENAI_EXAMPLE["openai_api_key"] not in resp.text
+
+
+# --- rate limit ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"api_rate_limit_per_minute": 3}])
+async def test_rate_limit(api: Api) -> None:
+    seen = []
+    for _ in range(3):
+        resp = await api.get("/v1/trunks")
+        assert resp.status_code == 200
+        seen.append(int(resp.headers["x-ratelimit-remaining"]))
+        assert resp.headers["x-ratelimit-limit"] == "3"
+        assert int(resp.headers["x-ratelimit-reset"]) % 60 == 0
+    assert seen == [2, 1, 0]
+    limited = await api.get("/v1/trunks")
+    err(limited, 429, "rate_limited")
+    assert limited.headers["x-ratelimit-remaining"] == "0"
+    assert int(limited.headers["retry-after"]) >= 1
+    # Limits are per key: another key is unaffected.
+    other = await api.new_account_key("other")
+    assert (await api.get("/v1/trunks", key=other)).status_code == 200
