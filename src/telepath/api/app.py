@@ -27,12 +27,27 @@ def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 op.get("responses", {}).pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
             spec.get("components", {}).get("schemas", {}).pop(name, None)
+        _link_created_trunk(spec)
         spec["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
         spec["security"] = [{"bearerAuth": []}]
         app.openapi_schema = spec
         return spec
 
     return build
+
+
+def _link_created_trunk(spec: dict[str, Any]) -> None:
+    """OpenAPI links from the 201 of ``POST /v1/trunks`` to every ``{trunk_id}`` operation."""
+    created = spec["paths"]["/v1/trunks"]["post"]["responses"]["201"]
+    links = created.setdefault("links", {})
+    for path, ops in spec["paths"].items():
+        if "{trunk_id}" not in path:
+            continue
+        for op in ops.values():
+            links[op["operationId"]] = {
+                "operationId": op["operationId"],
+                "parameters": {"trunk_id": "$response.body#/id"},
+            }
 
 
 def create_app(state: ApiState) -> FastAPI:

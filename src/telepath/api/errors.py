@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ _HTTP_CODES = {
 }
 
 
+def _allowed_methods(req: Request) -> list[str]:
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**req.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in req.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception type the stack can raise into the envelope."""
 
@@ -100,12 +110,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, "invalid_parameter", "Invalid request parameters")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             message = "No such endpoint"
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; RFC 9110 §15.5.6 wants them all.
+            headers["Allow"] = ", ".join(_allowed_methods(req))
+        return error_response(exc.status_code, code, message, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

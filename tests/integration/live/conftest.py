@@ -1,0 +1,100 @@
+"""A real ``telepath serve`` process on a free port, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    """A running service and the first API key it printed."""
+
+    base_url: str
+    api_key: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(
+    data_dir: Path, extra_env: dict[str, str], api_key: str | None = None
+) -> LiveServer:
+    """Start the service; wait for its first key (or, given ``api_key``, for health only)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TELEPATH_DATA_DIR": str(data_dir),
+        "TELEPATH_HTTP_HOST": "127.0.0.1",
+        "TELEPATH_HTTP_PORT": str(port),
+        "TELEPATH_SIP_HOST": "127.0.0.1",
+        "TELEPATH_SIP_PORT": str(free_port(socket.SOCK_DGRAM)),
+        "TELEPATH_SIP_TLS_PORT": str(free_port()),
+        "TELEPATH_SIP_DOMAIN": "sip.example.test",
+        "TELEPATH_OPENAI_API_BASE": "http://127.0.0.1:9/v1",
+        "TELEPATH_ELEVENLABS_API_BASE": "http://127.0.0.1:9",
+        **extra_env,
+    }
+    if "TELEPATH_SECRET_KEY" not in extra_env:
+        env.pop("TELEPATH_SECRET_KEY", None)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "server.log"
+    with log_path.open("a") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "telepath", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{log_path.read_text()}")
+        match = re.search(r"sk_live_[A-Za-z0-9_-]+", log_path.read_text())
+        key = api_key or (match.group(0) if match else "")
+        if key:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return LiveServer(base, key, proc, log_path)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = start_server(tmp_path / "data", {"TELEPATH_VALIDATE_PROVIDER_KEYS": "false"})
+    yield server
+    stop_server(server)
