@@ -82,7 +82,7 @@ class AccountRepository:
             .join(Account, Account.id == ApiKey.account_id)
             .order_by(ApiKey.created_at, ApiKey.id)
         )
-        return [(k, a) for k, a in rows.tuples()]
+        return [(k, a) for k, a in rows]
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key by id; False when no live key has that id."""

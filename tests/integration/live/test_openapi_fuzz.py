@@ -55,6 +55,7 @@ def test_schemathesis_finds_no_violation(fuzz_server: LiveServer) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=fuzz_server.log_path.parent,
     )
     report = result.stdout[-6000:]
     assert result.returncode == 0, report

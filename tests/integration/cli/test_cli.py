@@ -1,0 +1,108 @@
+"""The ``telepath`` CLI: API keys and master-key rotation, on a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from telepath.cli.main import app
+from telepath.config import Settings
+from telepath.db.engine import make_engine
+from telepath.db.models import trunk_secret_context
+from telepath.secrets.keyring import encode_key, load_keyring, new_key, parse_keyring
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data = tmp_path / "data"
+    monkeypatch.setenv("TELEPATH_DATA_DIR", str(data))
+    monkeypatch.delenv("TELEPATH_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TELEPATH_SECRET_KEY", raising=False)
+    return data
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_keys_create_list_revoke(env: Path) -> None:
+    out = run("keys", "create", "--name", "production", "--account", "acme")
+    key = re.search(r"sk_live_\S+", out)
+    assert key
+    key_id = re.search(r"key_[0-9a-z]{26}", out)
+    assert key_id
+    listing = run("keys", "list")
+    assert key_id.group(0) in listing and "acme" in listing and "production" in listing
+    assert key.group(0) not in listing
+    assert "active" in listing
+    run("keys", "revoke", key_id.group(0))
+    assert "revoked" in run("keys", "list")
+    again = CliRunner().invoke(app, ["keys", "revoke", key_id.group(0)])
+    assert again.exit_code == 1
+
+
+async def _seed_secret(settings: Settings) -> tuple[str, str]:
+    """Insert one trunk row with an encrypted key under the current keyring."""
+    ring, _ = load_keyring(settings.secret_key, settings.data_dir)
+    engine = make_engine(settings.effective_database_url)
+    env = ring.encrypt("sk-rotate-me", trunk_secret_context("conn_x", "openai_api_key"))
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO accounts VALUES ('acct_x', 'x', '2026-01-01')"))
+        await conn.execute(
+            text(
+                "INSERT INTO trunks (id, account_id, name, status, ai_provider, sip_username,"
+                " sip_realm, ha1_md5, ha1_sha256, openai_api_key_enc, created_at, updated_at)"
+                " VALUES ('conn_x', 'acct_x', 'n', 'active', 'openai', 'user-x', 'r', 'a', 'b',"
+                " :env, '2026-01-01', '2026-01-01')"
+            ),
+            {"env": env},
+        )
+    await engine.dispose()
+    return env, ring.active_kid
+
+
+async def _stored(settings: Settings) -> str:
+    engine = make_engine(settings.effective_database_url)
+    async with engine.connect() as conn:
+        value = (await conn.execute(text("SELECT openai_api_key_enc FROM trunks"))).scalar_one()
+    await engine.dispose()
+    return str(value)
+
+
+def test_secrets_rotate_with_key_file(env: Path) -> None:
+    run("keys", "list")  # creates the database and the key file
+    settings = Settings()
+    before, old_kid = asyncio.run(_seed_secret(settings))
+    out = run("secrets", "rotate")
+    assert "Re-encrypted 1 secret(s)" in out
+    ring = parse_keyring((env / "secret.key").read_text())
+    assert len(ring.keys) == 1 and ring.active_kid != old_kid
+    after = asyncio.run(_stored(settings))
+    assert after != before and after.startswith(f"v1:{ring.active_kid}:")
+    assert ring.decrypt(after, trunk_secret_context("conn_x", "openai_api_key")) == "sk-rotate-me"
+
+
+def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = encode_key(new_key())
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", old)
+    run("keys", "list")
+    asyncio.run(_seed_secret(Settings()))
+    new = encode_key(new_key())
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", f"{new},{old}")
+    assert "Re-encrypted 1 secret(s)" in run("secrets", "rotate")
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", new)
+    stored = asyncio.run(_stored(Settings()))
+    assert (
+        parse_keyring(new).decrypt(stored, trunk_secret_context("conn_x", "openai_api_key"))
+        == "sk-rotate-me"
+    )
+    assert not (env / "secret.key").exists()
