@@ -1,0 +1,87 @@
+"""What call control knows about a call, independent of storage: the record and its vocabulary.
+
+The call-control layer fills a ``CallRecord`` as the call progresses and hands it to a
+``CallRecorder`` (implemented by ``telepath.db``) when the call starts and when it ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class CallStatus(StrEnum):
+    """The API's call status vocabulary (``reference/telepath-product.md`` §1.6)."""
+
+    CONNECTED = "connected"  # answered and in progress
+    DISCONNECTED = "disconnected"  # answered, then ended
+    FAILED = "failed"  # never got both legs up (agent unreachable, no media, ...)
+
+
+class DisconnectReason(StrEnum):
+    """Why a call ended: one vocabulary for call records, webhooks and metrics labels."""
+
+    CALLER_HANGUP = "caller_hangup"  # BYE or CANCEL from the carrier side
+    AGENT_HANGUP = "agent_hangup"  # the AI agent asked to end the call
+    TRANSFERRED = "transferred"  # the agent transferred the call (REFER accepted)
+    MEDIA_TIMEOUT = "media_timeout"  # no RTP from the caller for the inactivity timeout
+    CONNECTION_FAILED = "connection_failed"  # the agent could not be reached at all
+    AI_PROVIDER_ERROR = "ai_provider_error"  # the agent failed or dropped mid-call
+    SESSION_LIMIT = "session_limit"  # the provider's maximum session length was reached
+    CARRIER_ERROR = "carrier_error"  # SIP-level failure towards the carrier
+    SHUTDOWN = "shutdown"  # the gateway was stopped and the drain time ran out
+    TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class Turn:
+    """One conversational turn, as measured at the gateway."""
+
+    turn_number: int
+    speaker: str  # "caller" | "agent"
+    duration_ms: int
+    processing_time_ms: int  # agent turns: caller end-of-speech to first agent audio
+
+
+@dataclass
+class CallMetrics:
+    """Per-call measurements (all measured at the gateway, none estimated)."""
+
+    carrier_lag_ms: int | None = None  # INVITE received -> first RTP packet from the carrier
+    ai_latency_ms: int | None = None  # mean of agent turns' processing_time_ms
+    gateway_processing_ms: float | None = None  # mean per-packet time inside the gateway
+    packet_loss_percent: float | None = None
+    jitter_ms: float | None = None  # RFC 3550 interarrival jitter, ms
+    codec_used: str | None = None  # "PCMU" | "PCMA" | "G722"
+    gateway_processing_p99_ms: float | None = None
+    setup_ms: int | None = None  # INVITE received -> 200 OK sent
+
+
+@dataclass
+class CallRecord:
+    """A call as it will appear in ``GET /v1/calls/{id}``."""
+
+    id: str
+    account_id: str
+    trunk_id: str
+    from_number: str | None
+    to_number: str | None
+    start_time: datetime
+    status: CallStatus = CallStatus.CONNECTED
+    answer_time: datetime | None = None
+    end_time: datetime | None = None
+    disconnect_reason: DisconnectReason | None = None
+    metrics: CallMetrics = field(default_factory=CallMetrics)
+    turns: list[Turn] = field(default_factory=list)
+    sip_trace: str = ""  # credentials already redacted by the SIP layer
+    ai_provider: str = ""
+    error_message: str | None = None
+
+    @property
+    def duration_seconds(self) -> int:
+        """Answered-to-end duration, whole seconds (0 if never answered)."""
+        if self.answer_time is None or self.end_time is None:
+            return 0
+        return max(0, round((self.end_time - self.answer_time).total_seconds()))
