@@ -135,7 +135,7 @@ def load_keyring(secret_key_setting: str, data_dir: Path) -> tuple[Keyring, bool
     path = key_file(data_dir)
     if path.exists():
         return parse_keyring(path.read_text(encoding="ascii")), False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_key_file(path, (new_key(),))
     return parse_keyring(path.read_text(encoding="ascii")), True
 
