@@ -6,6 +6,7 @@ these implementations in. Dependencies only point inward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from telepath.calls.model import CallRecord
@@ -29,4 +30,38 @@ class EventSink(Protocol):
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints; must not block on delivery."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """Everything call control needs about one trunk, secrets decrypted, held only in memory."""
+
+    trunk_id: str
+    account_id: str
+    sip_username: str
+    active: bool
+    realm: str
+    ha1_md5: str
+    ha1_sha256: str
+    ai_provider: str  # "openai" | "elevenlabs" | "custom"
+    system_prompt: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str | None = None
+    openai_voice: str | None = None
+    elevenlabs_api_key: str | None = None
+    elevenlabs_agent_id: str | None = None
+    custom_endpoint: str | None = None
+    custom_protocol: str | None = None
+    custom_headers: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never print secrets by accident
+        return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"
+
+
+class TrunkDirectory(Protocol):
+    """Finds the trunk that owns a SIP username (the Request-URI user part)."""
+
+    async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
+        """The trunk, or None when no trunk has this username."""
         ...

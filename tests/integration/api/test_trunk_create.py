@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 import pytest
-from tests.integration.api.conftest import Api
 from tests.integration.api.seed import (
     CREATE_RESPONSE_FIELDS,
     CUSTOM,
@@ -15,6 +14,7 @@ from tests.integration.api.seed import (
     OPENAI_EXAMPLE,
     OPENAI_REALTIME,
 )
+from tests.integration.conftest import Api
 
 pytestmark = pytest.mark.integration
 

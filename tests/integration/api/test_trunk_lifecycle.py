@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from tests.integration.api.conftest import Api
 from tests.integration.api.seed import CUSTOM, ELEVENLABS, ISO_UTC, OPENAI_EXAMPLE
 from tests.integration.api.test_trunk_create import err
+from tests.integration.conftest import Api
 
 from telepath.db.models import trunk_secret_context
 from telepath.secrets.digest import compute_ha1

@@ -1,0 +1,66 @@
+"""The database implementation of ``calls.ports.TrunkDirectory``.
+
+Each lookup reads the row afresh (one indexed query), so a rotated password, a deactivated or
+deleted trunk takes effect on the very next INVITE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from telepath.calls.ports import TrunkConfig
+from telepath.db.models import Trunk, trunk_secret_context
+from telepath.db.repository import TrunkRepository
+from telepath.secrets.keyring import Keyring, SecretDecryptionError
+
+logger = logging.getLogger(__name__)
+
+
+class DbTrunkDirectory:
+    """Trunk lookups for the SIP layer and call control."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
+        self._sessions = sessions
+        self._keyring = keyring
+
+    def _open(self, trunk: Trunk, column: str, envelope: str | None) -> str | None:
+        if not envelope:
+            return None
+        return self._keyring.decrypt(envelope, trunk_secret_context(trunk.id, column))
+
+    async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
+        """The trunk owning ``sip_username`` with its secrets decrypted, or None."""
+        async with self._sessions() as session:
+            trunk = await TrunkRepository(session).by_sip_username(sip_username)
+        if trunk is None:
+            return None
+        try:
+            headers_raw = self._open(trunk, "custom_headers", trunk.custom_headers_enc)
+            return TrunkConfig(
+                trunk_id=trunk.id,
+                account_id=trunk.account_id,
+                sip_username=trunk.sip_username,
+                active=trunk.status == "active",
+                realm=trunk.sip_realm,
+                ha1_md5=trunk.ha1_md5,
+                ha1_sha256=trunk.ha1_sha256,
+                ai_provider=trunk.ai_provider,
+                system_prompt=trunk.system_prompt,
+                openai_api_key=self._open(trunk, "openai_api_key", trunk.openai_api_key_enc),
+                openai_model=trunk.openai_model,
+                openai_voice=trunk.openai_voice,
+                elevenlabs_api_key=self._open(
+                    trunk, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc
+                ),
+                elevenlabs_agent_id=trunk.elevenlabs_agent_id,
+                custom_endpoint=trunk.custom_endpoint,
+                custom_protocol=trunk.custom_protocol,
+                custom_headers=json.loads(headers_raw) if headers_raw else {},
+            )
+        except SecretDecryptionError:
+            # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.
+            logger.error("trunk secrets cannot be decrypted with the current master key")
+            return None

@@ -1,0 +1,50 @@
+"""The SIP/call-control view of trunks, read through the real API and database."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.db.trunk_directory import DbTrunkDirectory
+from telepath.secrets.digest import compute_ha1
+from tests.integration.api.seed import CUSTOM, OPENAI_EXAMPLE
+from tests.integration.conftest import Api
+
+pytestmark = pytest.mark.integration
+
+
+async def test_lookup_decrypts_and_follows_changes(api: Api) -> None:
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    assert await directory.find_by_sip_username("agent-prod-01") is None
+    created = (await api.post("/v1/trunks", OPENAI_EXAMPLE)).json()
+    found = await directory.find_by_sip_username("agent-prod-01")
+    assert found is not None
+    assert found.trunk_id == created["id"] and found.active
+    assert found.openai_api_key == OPENAI_EXAMPLE["openai_api_key"]
+    assert found.system_prompt == OPENAI_EXAMPLE["system_prompt"]
+    assert found.realm == "sip.example.test"
+    assert found.ha1_md5 == compute_ha1(
+        "MD5", "agent-prod-01", "sip.example.test", OPENAI_EXAMPLE["sip_password"]
+    )
+    assert "sk-openai" not in repr(found)
+    await api.patch(f"/v1/trunks/{created['id']}", {"status": "inactive"})
+    inactive = await directory.find_by_sip_username("agent-prod-01")
+    assert inactive is not None and not inactive.active
+    rotated = (await api.post(f"/v1/trunks/{created['id']}/rotate-password")).json()
+    after = await directory.find_by_sip_username("agent-prod-01")
+    assert after is not None
+    assert after.ha1_sha256 == compute_ha1(
+        "SHA-256", "agent-prod-01", "sip.example.test", rotated["sip_password"]
+    )
+    await api.delete(f"/v1/trunks/{created['id']}")
+    assert await directory.find_by_sip_username("agent-prod-01") is None
+
+
+async def test_custom_headers_decrypted(api: Api) -> None:
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    body = {**CUSTOM, "custom_headers": {"Authorization": "Bearer agent-token"}}
+    assert (await api.post("/v1/trunks", body)).status_code == 201
+    found = await directory.find_by_sip_username("CUSTOM-agent-01")
+    assert found is not None
+    assert found.custom_headers == {"Authorization": "Bearer agent-token"}
+    assert found.custom_protocol == "telepath"
+    assert found.custom_endpoint == CUSTOM["custom_endpoint"]
