@@ -1,0 +1,143 @@
+"""Receiver statistics for one RTP source (RFC 3550 §A.1, §A.3, §A.8), pure and synchronous.
+
+Tracks the extended highest sequence number (with wrap cycles), packets expected and received,
+cumulative and interval loss for RTCP report blocks, and the interarrival jitter estimate
+``J += (|D| - J) / 16`` in timestamp units. Arrival times are passed in (seconds, monotonic).
+A new SSRC, or a sequence jump larger than the jitter buffer's ``MAX_DROPOUT``, restarts the
+counters for the new stream and keeps the totals of the previous one in ``prior_*``.
+"""
+
+from __future__ import annotations
+
+from telepath.rtp.jitter import MAX_DROPOUT, MAX_MISORDER
+from telepath.rtp.rtcp import RtcpReportBlock
+from telepath.rtp.seq import SEQ_MODULUS, seq_diff
+
+
+class ReceiverStats:
+    """Reception statistics of one incoming stream.
+
+    Args:
+        clock_rate: the RTP clock rate (8000 for PCMU/PCMA/G.722).
+    """
+
+    def __init__(self, clock_rate: int = 8000) -> None:
+        self.clock_rate = clock_rate
+        self.ssrc: int | None = None
+        self._base_seq = 0
+        self._max_seq = 0
+        self._cycles = 0
+        self._received = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._transit: float | None = None
+        self._jitter = 0.0  # timestamp units
+        self.prior_expected = 0
+        self.prior_received = 0
+
+    def update(self, ssrc: int, sequence_number: int, timestamp: int, arrival: float) -> None:
+        """Account for one received RTP packet (before any duplicate filtering, as RFC 3550
+        counts; duplicates therefore lower the loss, which may go negative)."""
+        if ssrc != self.ssrc:
+            self._restart(ssrc, sequence_number)
+        delta = seq_diff(sequence_number, self._max_seq)
+        if delta > 0:
+            if delta > MAX_DROPOUT:
+                self._restart(ssrc, sequence_number)
+            else:
+                if sequence_number < self._max_seq:
+                    self._cycles += SEQ_MODULUS
+                self._max_seq = sequence_number
+        elif -delta > MAX_MISORDER:
+            self._restart(ssrc, sequence_number)
+        self._received += 1
+        # §A.8: transit = arrival (in timestamp units) - RTP timestamp; the constant offset
+        # between the clocks cancels in D.
+        transit = arrival * self.clock_rate - timestamp
+        if self._transit is not None:
+            d = abs(transit - self._transit)
+            if d < self.clock_rate * 10:  # a timestamp jump is not jitter
+                self._jitter += (d - self._jitter) / 16
+        self._transit = transit
+
+    def _restart(self, ssrc: int, sequence_number: int) -> None:
+        if self.ssrc is not None:
+            self.prior_expected += self.expected
+            self.prior_received += self._received
+        self.ssrc = ssrc
+        self._base_seq = sequence_number
+        self._max_seq = sequence_number
+        self._cycles = 0
+        self._received = 0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._transit = None
+
+    @property
+    def extended_highest_sequence(self) -> int:
+        """Cycles of wrap-around times 65536 plus the highest sequence number seen."""
+        return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        """Packets expected from the current source (§A.3)."""
+        if self.ssrc is None:
+            return 0
+        return self.extended_highest_sequence - self._base_seq + 1
+
+    @property
+    def received(self) -> int:
+        """Packets received from the current source (duplicates included, per §A.3)."""
+        return self._received
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost over every source this session has seen."""
+        return (self.prior_expected + self.expected) - (self.prior_received + self._received)
+
+    @property
+    def loss_percent(self) -> float:
+        """Cumulative loss as a percentage of expected packets (0 when nothing expected)."""
+        expected = self.prior_expected + self.expected
+        return max(0.0, 100.0 * self.lost / expected) if expected else 0.0
+
+    @property
+    def jitter(self) -> int:
+        """Interarrival jitter in timestamp units, as carried in report blocks."""
+        return int(self._jitter)
+
+    @property
+    def jitter_ms(self) -> float:
+        """Interarrival jitter in milliseconds."""
+        return self._jitter * 1000 / self.clock_rate
+
+    def report_block(self, lsr: int = 0, dlsr: int = 0) -> RtcpReportBlock | None:
+        """Build a reception report block and start a new reporting interval (§A.3).
+
+        Args:
+            lsr: middle 32 bits of the last SR received from this source, 0 if none.
+            dlsr: delay since that SR in 1/65536 s, 0 if none.
+
+        Returns:
+            The block, or None before any packet was received.
+        """
+        if self.ssrc is None:
+            return None
+        expected = self.expected
+        expected_interval = expected - self._expected_prior
+        received_interval = self._received - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self._received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        return RtcpReportBlock(
+            ssrc=self.ssrc,
+            fraction_lost=fraction,
+            packets_lost=expected - self._received,
+            highest_sequence=self.extended_highest_sequence & 0xFFFFFFFF,
+            jitter=self.jitter,
+            lsr=lsr,
+            dlsr=dlsr,
+        )
