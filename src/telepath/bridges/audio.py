@@ -1,0 +1,124 @@
+"""The little audio conversion the bridges need, kept in one place so it can be swapped later.
+
+The happy path converts nothing: the call's G.711 payload goes to the provider as it is. A
+``WireFormat`` describes what a provider speaks; ``AudioConverter`` converts between it and the
+call's codec (A-law and μ-law via PCM16, and integer-ratio resampling with ``audioop.ratecv``).
+
+``audioop`` is deprecated since Python 3.11 and gone from the stdlib in 3.13, where the
+``audioop-lts`` package (a conditional dependency) provides it under the same name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from telepath.bridges.base import Codec
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+__all__ = ["AudioConverter", "Encoding", "WireFormat", "duration_ms"]
+
+Encoding = Literal["ulaw", "alaw", "pcm16"]
+
+_SAMPLE_WIDTH = 2  # PCM16
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """An audio format on a provider's wire: encoding and sample rate (mono)."""
+
+    encoding: Encoding
+    rate: int = 8000
+
+    @classmethod
+    def for_codec(cls, codec: Codec) -> WireFormat:
+        """The G.711 wire format of a call codec."""
+        return cls("ulaw" if codec == "pcmu" else "alaw", 8000)
+
+    @property
+    def bytes_per_ms(self) -> float:
+        """Bytes per millisecond of audio."""
+        width = 1 if self.encoding in ("ulaw", "alaw") else _SAMPLE_WIDTH
+        return self.rate * width / 1000
+
+
+def duration_ms(data: bytes, fmt: WireFormat) -> float:
+    """Duration of ``data`` in ``fmt``, in milliseconds."""
+    return len(data) / fmt.bytes_per_ms
+
+
+def _to_pcm16(data: bytes, encoding: Encoding) -> bytes:
+    if encoding == "ulaw":
+        return audioop.ulaw2lin(data, _SAMPLE_WIDTH)
+    if encoding == "alaw":
+        return audioop.alaw2lin(data, _SAMPLE_WIDTH)
+    return data
+
+
+def _from_pcm16(pcm: bytes, encoding: Encoding) -> bytes:
+    if encoding == "ulaw":
+        return audioop.lin2ulaw(pcm, _SAMPLE_WIDTH)
+    if encoding == "alaw":
+        return audioop.lin2alaw(pcm, _SAMPLE_WIDTH)
+    return pcm
+
+
+class _OneWay:
+    """Stateful conversion in one direction (resampler state and odd PCM bytes carried over)."""
+
+    def __init__(self, src: WireFormat, dst: WireFormat) -> None:
+        self.src = src
+        self.dst = dst
+        self._state: Any = None
+        self._odd = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.src == self.dst:
+            return data
+        if self.src.encoding == "pcm16":
+            data = self._odd + data
+            cut = len(data) - len(data) % _SAMPLE_WIDTH
+            data, self._odd = data[:cut], data[cut:]
+        pcm = _to_pcm16(data, self.src.encoding)
+        if self.src.rate != self.dst.rate:
+            pcm, self._state = audioop.ratecv(
+                pcm, _SAMPLE_WIDTH, 1, self.src.rate, self.dst.rate, self._state
+            )
+        return _from_pcm16(pcm, self.dst.encoding)
+
+
+class AudioConverter:
+    """Converts caller audio to a provider's format and agent audio back to the call's codec.
+
+    Args:
+        codec: the call's G.711 law.
+        to_agent: the format the agent expects for caller audio.
+        from_agent: the format the agent sends; defaults to ``to_agent``.
+    """
+
+    def __init__(
+        self, codec: Codec, to_agent: WireFormat, from_agent: WireFormat | None = None
+    ) -> None:
+        call = WireFormat.for_codec(codec)
+        self.call_format = call
+        self.agent_in = to_agent
+        self.agent_out = from_agent or to_agent
+        self._up = _OneWay(call, self.agent_in)
+        self._down = _OneWay(self.agent_out, call)
+
+    @property
+    def passthrough(self) -> bool:
+        """True when neither direction converts anything."""
+        return self.agent_in == self.call_format == self.agent_out
+
+    def to_agent(self, payload: bytes) -> bytes:
+        """Caller G.711 payload -> agent input format."""
+        return self._up(payload)
+
+    def from_agent(self, data: bytes) -> bytes:
+        """Agent output audio -> call G.711 payload."""
+        return self._down(data)

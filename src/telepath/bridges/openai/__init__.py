@@ -1,0 +1,1 @@
+"""OpenAI Realtime (GA) bridge."""

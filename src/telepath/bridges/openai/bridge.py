@@ -1,0 +1,381 @@
+"""OpenAI Realtime (GA) bridge: G.711 passes through both ways as ``audio/pcmu``/``audio/pcma``.
+
+Session: ``wss://.../v1/realtime?model=...`` with ``Authorization: Bearer``; ``session.update``
+with ``type: "realtime"``, the call's G.711 format in and out, the trunk's system prompt as
+``instructions``, server VAD and two function tools, ``end_call`` and ``transfer_call``.
+
+Barge-in (``reference/providers.md`` §2.7): on ``input_audio_buffer.speech_started`` the bridge
+reads the playout progress, emits ``AgentClear`` and sends ``conversation.item.truncate`` for
+the current assistant item with ``audio_end_ms`` = what the caller heard of that item, clamped
+to the audio received for it (``conversation.item.delete`` when nothing was heard). Late deltas
+of an interrupted item are dropped.
+
+Errors: an ``error`` event answering one of our best-effort requests (truncate, delete, cancel,
+an extra ``response.create``) or a benign code is logged and ignored; any other ``error`` and a
+``failed`` response end the session with ``ai_provider_error``. ``session_expired`` and the
+1001 close at the 60-minute cap end it with ``session_limit``; before that the bridge asks the
+agent to say goodbye at ``session_limit_s`` and then hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from urllib.parse import quote
+
+from telepath.bridges.base import (
+    BYTES_PER_MS,
+    AgentAudio,
+    AgentClear,
+    AgentConnected,
+    AgentError,
+    AgentEvent,
+    AgentHangup,
+    AgentTranscript,
+    AgentTransfer,
+    BridgeConnectError,
+    BridgeError,
+    BridgeProtocolError,
+    BridgeReason,
+    CallMetadata,
+    OpenAIConfig,
+    PlayoutProgress,
+    ProviderError,
+    RealTimePlayout,
+)
+from telepath.bridges.openai import events as ev
+from telepath.bridges.ws import WebSocketBridge
+
+__all__ = ["END_CALL_TOOL", "TRANSFER_CALL_TOOL", "OpenAIRealtimeBridge"]
+
+logger = logging.getLogger(__name__)
+
+END_CALL_TOOL = ev.FunctionTool(
+    name="end_call",
+    description="Hang up the phone call. Say goodbye to the caller before calling this.",
+    parameters={"type": "object", "properties": {}, "required": []},
+)
+TRANSFER_CALL_TOOL = ev.FunctionTool(
+    name="transfer_call",
+    description="Transfer the caller to another number or SIP address.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "target": {
+                "type": "string",
+                "description": "Destination as a tel: or sip: URI, e.g. tel:+14155550123",
+            }
+        },
+        "required": ["target"],
+    },
+)
+BENIGN_ERROR_CODES = frozenset(
+    {"response_cancel_not_active", "conversation_already_has_active_response"}
+)
+RETRYABLE_ERROR_TYPES = frozenset({"server_error", "rate_limit_exceeded", "tokens", "requests"})
+GOODBYE_INSTRUCTIONS = (
+    "The call has reached its maximum length. Tell the caller briefly that you have to end "
+    "the call now and say goodbye."
+)
+
+
+class OpenAIRealtimeBridge(WebSocketBridge):
+    """Bridge to an OpenAI Realtime session (GA protocol only).
+
+    Args:
+        config: the trunk's OpenAI settings.
+        connect_timeout_s: bound on the upgrade and on waiting for ``session.updated``.
+    """
+
+    provider = "openai"
+
+    def __init__(self, config: OpenAIConfig, *, connect_timeout_s: float = 10.0) -> None:
+        super().__init__(connect_timeout_s=connect_timeout_s)
+        self.config = config
+        self._meta: CallMetadata | None = None
+        self._playout: PlayoutProgress = RealTimePlayout()
+        self._estimator: RealTimePlayout | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._seq = 0
+        self._session_update_id = ""
+        self._best_effort_ids: set[str] = set()
+        self._item: str | None = None  # assistant item currently playing
+        self._item_offset_ms = 0.0  # emitted ms (since last clear) when that item began
+        self._item_received_ms = 0.0
+        self._item_done = False  # response.output_audio.done seen for that item
+        self._emitted_ms = 0.0  # agent audio emitted since the last clear
+        self._interrupted: set[str] = set()
+        self._goodbye_pending = False
+        self._timer: asyncio.Task[None] | None = None
+
+    # --- AgentBridge -----------------------------------------------------------------------
+
+    async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:
+        """Connect, configure the session and wait for ``session.updated``."""
+        self._meta = meta
+        if playout is None:
+            self._estimator = RealTimePlayout()
+            self._playout = self._estimator
+        else:
+            self._playout = playout
+        self._ready = asyncio.get_running_loop().create_future()
+        self._ready.add_done_callback(_retrieve)
+        sep = "&" if "?" in self.config.realtime_url else "?"
+        url = f"{self.config.realtime_url}{sep}model={quote(self.config.model, safe='')}"
+        await self._open(url, {"Authorization": f"Bearer {self.config.api_key}"})
+        await self._send_event(self._session_update(meta))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
+        except TimeoutError:
+            await self._fail_start(
+                BridgeConnectError("no session.updated from OpenAI", retryable=True, code="timeout")
+            )
+        except BridgeError as err:
+            await self._fail_start(err)
+        await self._emit(AgentConnected(self.provider))
+        await self._send_event(ev.ResponseCreate(event_id=self._next_id()))
+        self._timer = asyncio.create_task(self._session_limit(), name="openai-session-limit")
+
+    async def send_audio(self, payload: bytes) -> None:
+        """Append one caller frame (already in the session's G.711 format)."""
+        if self._ready is None or not self._ready.done() or self.finished:
+            return
+        audio = base64.b64encode(payload).decode("ascii")
+        await self._send(ev.InputAudioBufferAppend(audio=audio).to_json())
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Tell the model about a key press as a user text item, and let it respond."""
+        text = f"[The caller pressed the {digit} key on the phone keypad.]"
+        item = ev.MessageItem(role="user", content=[ev.InputText(text=text)])
+        await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
+        await self._send_event(ev.ResponseCreate(event_id=self._best_effort_id()))
+
+    async def send_transfer_result(
+        self, request_id: str, ok: bool, detail: str | None = None
+    ) -> None:
+        """Answer the ``transfer_call`` function call and let the model speak about it."""
+        output = json.dumps({"ok": ok, "detail": detail or ("transferred" if ok else "failed")})
+        item = ev.FunctionCallOutputItem(call_id=request_id, output=output)
+        await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
+        await self._send_event(ev.ResponseCreate(event_id=self._best_effort_id()))
+
+    async def close(self, reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+        """Stop the session timer and close the socket."""
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        await super().close(reason)
+
+    # --- outgoing helpers ------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"evt_telepath_{self._seq}"
+
+    def _best_effort_id(self) -> str:
+        event_id = self._next_id()
+        self._best_effort_ids.add(event_id)
+        return event_id
+
+    async def _send_event(self, event: ev.ClientEvent) -> None:
+        await self._send(event.to_json())
+
+    def _session_update(self, meta: CallMetadata) -> ev.SessionUpdate:
+        fmt: ev.PcmuFormat | ev.PcmaFormat = (
+            ev.PcmuFormat() if meta.codec == "pcmu" else ev.PcmaFormat()
+        )
+        self._session_update_id = self._next_id()
+        session = ev.Session(
+            instructions=meta.system_prompt,
+            audio=ev.SessionAudio(
+                input=ev.AudioInput(format=fmt, noise_reduction=ev.NoiseReduction()),
+                output=ev.AudioOutput(format=fmt, voice=self.config.voice),
+            ),
+            tools=[END_CALL_TOOL, TRANSFER_CALL_TOOL],
+        )
+        return ev.SessionUpdate(event_id=self._session_update_id, session=session)
+
+    async def _session_limit(self) -> None:
+        await asyncio.sleep(self.config.session_limit_s)
+        if self.finished:
+            return
+        logger.info("openai bridge: session limit reached, asking the agent to say goodbye")
+        self._goodbye_pending = True
+        params = ev.ResponseParams(instructions=GOODBYE_INSTRUCTIONS)
+        await self._send_event(ev.ResponseCreate(event_id=self._next_id(), response=params))
+        await asyncio.sleep(self.config.goodbye_timeout_s)
+        self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
+
+    # --- incoming --------------------------------------------------------------------------
+
+    async def _handle_text(self, text: str) -> None:
+        event = ev.parse_server_event(text)
+        if event is None:
+            return
+        match event:
+            case ev.ResponseOutputAudioDelta():
+                await self._on_audio(event)
+            case ev.SpeechStarted():
+                await self._on_speech_started()
+            case ev.ResponseOutputAudioDone():
+                if event.item_id == self._item:
+                    self._item_done = True
+            case ev.SessionUpdated():
+                self._on_session_updated(event)
+            case ev.FunctionCallArgumentsDone():
+                await self._on_function_call(event)
+            case ev.ResponseDone():
+                self._on_response_done(event)
+            case ev.ErrorEvent():
+                self._on_error(event)
+            case ev.ResponseOutputAudioTranscriptDone():
+                await self._emit(AgentTranscript("agent", event.transcript))
+            case ev.InputTranscriptionCompleted():
+                await self._emit(AgentTranscript("caller", event.transcript))
+            case _:
+                pass
+
+    def _on_session_updated(self, event: ev.SessionUpdated) -> None:
+        if self._ready is None or self._ready.done() or self._meta is None:
+            return
+        expected = "audio/pcmu" if self._meta.codec == "pcmu" else "audio/pcma"
+        audio = event.session.get("audio") or {}
+        for direction in ("input", "output"):
+            fmt = (audio.get(direction) or {}).get("format") or {}
+            if fmt.get("type") != expected:
+                raise BridgeProtocolError("OpenAI session does not use the call's G.711 format")
+        self._ready.set_result(None)
+
+    async def _on_audio(self, event: ev.ResponseOutputAudioDelta) -> None:
+        if event.item_id in self._interrupted:
+            return  # late audio of an answer the caller already talked over
+        try:
+            payload = base64.b64decode(event.delta, validate=True)
+        except binascii.Error:
+            raise BridgeProtocolError("malformed audio delta: not base64") from None
+        if event.item_id != self._item:
+            self._item = event.item_id
+            self._item_offset_ms = self._emitted_ms
+            self._item_received_ms = 0.0
+            self._item_done = False
+        ms = len(payload) / BYTES_PER_MS
+        self._item_received_ms += ms
+        self._emitted_ms += ms
+        if self._estimator is not None:
+            self._estimator.emitted(ms)
+        await self._emit(AgentAudio(payload, event.item_id))
+
+    async def _on_speech_started(self) -> None:
+        played_total = self._playout()
+        await self._emit(AgentClear())
+        item = self._item
+        self._item = None
+        self._emitted_ms = 0.0
+        if self._estimator is not None:
+            self._estimator.cleared()
+        if item is None:
+            return
+        heard = min(max(0.0, played_total - self._item_offset_ms), self._item_received_ms)
+        if self._item_done and heard >= self._item_received_ms:
+            return  # complete and fully played before the caller spoke: nothing to cut
+        self._interrupted.add(item)
+        if heard < 1:
+            # truncating at 0 ms is rejected by the service; drop the unheard item instead
+            await self._send_event(
+                ev.ConversationItemDelete(event_id=self._best_effort_id(), item_id=item)
+            )
+            return
+        await self._send_event(
+            ev.ConversationItemTruncate(
+                event_id=self._best_effort_id(), item_id=item, audio_end_ms=int(heard)
+            )
+        )
+
+    async def _on_function_call(self, event: ev.FunctionCallArgumentsDone) -> None:
+        if event.name == "end_call":
+            self._finish(AgentHangup(BridgeReason.AGENT_HANGUP))
+            return
+        if event.name == "transfer_call":
+            target = _transfer_target(event.arguments)
+            if target is not None:
+                await self._emit(AgentTransfer(target, event.call_id))
+                return
+            await self.send_transfer_result(
+                event.call_id, False, "target must be a sip: or tel: URI"
+            )
+            return
+        output = json.dumps({"error": f"unknown function {event.name}"})
+        item = ev.FunctionCallOutputItem(call_id=event.call_id, output=output)
+        await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
+
+    def _on_response_done(self, event: ev.ResponseDone) -> None:
+        response = event.response
+        if response.status == "failed":
+            error = response.status_details.error if response.status_details else None
+            kind = error.type if error and error.type else None
+            code = (error.code if error else None) or kind
+            raise ProviderError(
+                "OpenAI response failed", retryable=kind in RETRYABLE_ERROR_TYPES, code=code
+            )
+        if self._goodbye_pending and response.status in ("completed", "cancelled", "incomplete"):
+            self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
+
+    def _on_error(self, event: ev.ErrorEvent) -> None:
+        error = event.error
+        if error.code == "session_expired":
+            self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
+            return
+        if error.event_id in self._best_effort_ids or error.code in BENIGN_ERROR_CODES:
+            logger.debug("openai bridge: ignoring error %s", error.code)
+            return
+        raise ProviderError(
+            "OpenAI reported an error",
+            retryable=error.type in RETRYABLE_ERROR_TYPES,
+            code=error.code or error.type,
+        )
+
+    def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
+        if self._ready is not None and not self._ready.done():
+            return AgentError(
+                BridgeReason.CONNECTION_FAILED,
+                "OpenAI closed the session during setup",
+                True,
+                str(code) if code is not None else "1006",
+            )
+        if code == 1001 and "maximum duration" in reason:
+            return AgentHangup(BridgeReason.SESSION_LIMIT)
+        return super()._on_remote_close(code, reason)
+
+    def _finish(self, event: AgentEvent) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            if isinstance(event, AgentError):
+                err: BridgeError = BridgeError(
+                    event.message, reason=event.reason, retryable=event.retryable, code=event.code
+                )
+            else:
+                err = BridgeConnectError("OpenAI session ended during setup", retryable=False)
+            ready.set_exception(err)
+        super()._finish(event)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a setup failure as seen even when ``start`` timed out first."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _transfer_target(arguments: str) -> str | None:
+    try:
+        args = json.loads(arguments)
+    except ValueError:
+        return None
+    target = args.get("target") if isinstance(args, dict) else None
+    if isinstance(target, str) and target.startswith(("sip:", "sips:", "tel:")):
+        return target
+    return None

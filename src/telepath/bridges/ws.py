@@ -1,0 +1,244 @@
+"""WebSocket plumbing shared by every bridge: connect, read loop, event queue, termination.
+
+Provider bridges subclass ``WebSocketBridge`` and implement ``_handle_text`` (parse one frame
+with their ``events.py`` models and emit agent events) and, when the default is wrong for them,
+``_on_remote_close``. Everything that can go wrong on the socket ends up here as exactly one
+terminal event, so call control never waits on a dead session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import NoReturn
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from telepath.bridges.base import (
+    AgentBridge,
+    AgentDisconnected,
+    AgentError,
+    AgentEvent,
+    BridgeAuthError,
+    BridgeConnectError,
+    BridgeError,
+    BridgeProtocolError,
+    BridgeReason,
+    is_terminal,
+)
+
+__all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # OpenAI allows 15 MiB client events; bound what we accept
+MAX_EVENT_QUEUE = 1024  # agent events buffered before the reader waits for call control
+CLOSE_TIMEOUT_S = 2.0
+
+
+def connect_error(exc: BaseException) -> BridgeConnectError:
+    """Map a failed WebSocket (or HTTP) connection attempt onto a ``BridgeConnectError``.
+
+    401/403/404 are permanent (``BridgeAuthError``); 408/429/5xx, timeouts and refused
+    connections are retryable; anything else about the handshake is permanent.
+    """
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in (401, 403, 404):
+            return BridgeAuthError(
+                f"agent rejected the handshake (HTTP {status})", code=str(status)
+            )
+        retryable = status in (408, 429) or status >= 500
+        return BridgeConnectError(
+            f"agent refused the handshake (HTTP {status})", retryable=retryable, code=str(status)
+        )
+    if isinstance(exc, TimeoutError):
+        return BridgeConnectError("agent connect timed out", retryable=True, code="timeout")
+    if isinstance(exc, InvalidURI):
+        return BridgeConnectError("agent URL is invalid", retryable=False, code="invalid_uri")
+    if isinstance(exc, InvalidHandshake):
+        return BridgeConnectError("agent handshake failed", retryable=False, code="handshake")
+    if isinstance(exc, OSError):
+        return BridgeConnectError("agent unreachable", retryable=True, code="unreachable")
+    return BridgeConnectError("agent connect failed", retryable=False, code=type(exc).__name__)
+
+
+class WebSocketBridge(AgentBridge):
+    """Base for bridges whose provider session is one WebSocket.
+
+    Args:
+        connect_timeout_s: bound on TCP + TLS + HTTP upgrade (and on REST pre-steps).
+    """
+
+    def __init__(self, *, connect_timeout_s: float = 10.0) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._events: collections.deque[AgentEvent] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._terminal: AgentEvent | None = None
+        self._closing = False
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def _open(self, url: str, headers: Mapping[str, str] | None = None) -> None:
+        """Connect and start the read loop; raises ``BridgeConnectError`` (and finishes)."""
+        try:
+            self._ws = await connect(
+                url,
+                additional_headers=dict(headers or {}),
+                open_timeout=self.connect_timeout_s,
+                close_timeout=CLOSE_TIMEOUT_S,
+                max_size=MAX_FRAME_BYTES,
+                compression=None,
+                user_agent_header="telepath",
+            )
+        except Exception as exc:  # every connect failure becomes a classified BridgeError
+            err = connect_error(exc)
+            logger.warning("%s bridge: connect failed (%s)", self.provider, err.code)
+            self._finish(err.to_event())
+            raise err from None
+        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.provider}-bridge")
+
+    async def _fail_start(self, err: BridgeError) -> NoReturn:
+        """Abort ``start`` after the socket opened: close it, finish, raise."""
+        self._finish(err.to_event())
+        await self._shutdown_socket()
+        raise err
+
+    async def _send(self, text: str) -> None:
+        """Send one text frame; a closed socket is reported by the read loop, not here."""
+        ws = self._ws
+        if ws is None or self._terminal is not None:
+            return
+        try:
+            await ws.send(text)
+        except ConnectionClosed:
+            return
+
+    # --- the read loop ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    await self._handle_binary(message)
+                else:
+                    await self._handle_text(message)
+                if self._terminal is not None:
+                    break
+        except ConnectionClosed as exc:
+            if not self._closing and self._terminal is None:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                self._finish(self._on_remote_close(code, reason))
+        except BridgeError as err:
+            logger.warning("%s bridge: %s", self.provider, err)
+            self._finish(err.to_event())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s bridge: unexpected failure in the read loop", self.provider)
+            self._finish(AgentError(BridgeReason.AI_PROVIDER_ERROR, "internal bridge error", False))
+        if not self._closing:
+            await self._shutdown_socket()
+
+    async def _handle_text(self, text: str) -> None:
+        """Parse one text frame and emit events; raise ``BridgeError`` to end the session."""
+        raise NotImplementedError
+
+    async def _handle_binary(self, data: bytes) -> None:
+        """Binary frames are not part of any JSON protocol we speak."""
+        raise BridgeProtocolError("unexpected binary frame")
+
+    def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
+        """The terminal event for a close we did not ask for (default: provider error)."""
+        if code is None:
+            return AgentError(
+                BridgeReason.AI_PROVIDER_ERROR, "agent connection dropped", True, "1006"
+            )
+        if code == 1000:
+            return AgentDisconnected(BridgeReason.AI_PROVIDER_ERROR, code)
+        retryable = code in (1001, 1011, 1012, 1013)
+        return AgentError(
+            BridgeReason.AI_PROVIDER_ERROR, "agent closed the connection", retryable, str(code)
+        )
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def _emit(self, event: AgentEvent) -> None:
+        """Queue a non-terminal event, waiting while call control is behind."""
+        while len(self._events) >= MAX_EVENT_QUEUE and self._terminal is None:
+            self._space.clear()
+            await self._space.wait()
+        if self._terminal is None:
+            self._events.append(event)
+            self._wakeup.set()
+
+    def _finish(self, event: AgentEvent) -> None:
+        """Record the terminal event (first one wins)."""
+        if self._terminal is None:
+            assert is_terminal(event)
+            self._terminal = event
+            self._wakeup.set()
+            self._space.set()
+
+    @property
+    def finished(self) -> bool:
+        """True once the terminal event is known."""
+        return self._terminal is not None
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        """Agent events in order, then the terminal event; see ``AgentBridge.events``."""
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                self._space.set()
+                yield event
+                continue
+            if self._terminal is not None:
+                yield self._terminal
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def _goodbye(self, reason: BridgeReason) -> None:
+        """Protocol-specific last words before a close we initiate (e.g. ``stop``)."""
+        return None
+
+    async def _shutdown_socket(self) -> None:
+        ws = self._ws
+        if ws is not None:
+            try:
+                await asyncio.wait_for(ws.close(1000), CLOSE_TIMEOUT_S * 2)
+            except (TimeoutError, ConnectionClosed, OSError):
+                pass
+
+    async def close(self, reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+        """End the session (idempotent); the stream ends with ``AgentDisconnected(reason)``."""
+        if self._closing:
+            return
+        if self._terminal is None and self._ws is not None:
+            try:
+                await self._goodbye(reason)
+            except (ConnectionClosed, OSError):
+                pass
+        self._closing = True
+        await self._shutdown_socket()
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                pass
+        self._finish(AgentDisconnected(reason, 1000))

@@ -1,0 +1,317 @@
+"""A local fake of the OpenAI Realtime API (GA WebSocket protocol).
+
+It validates every client event strictly against ``telepath.bridges.openai.events`` (unknown
+types, unknown fields, a ``session.update`` without ``type: "realtime"`` ...): each violation is
+answered with an ``error`` event, as the real service does, and recorded in
+``protocol_errors``. Everything received is kept in ``received`` (decoded JSON), everything
+sent in ``sent``, so tests can check both against the official SDK types.
+
+Behaviour switches (constructor arguments):
+
+* ``agent``: ``"tone"`` answers each ``response.create`` with ``response_ms`` of a sine at
+  ``tone_hz`` in the session's G.711 format; ``"echo"`` streams caller audio straight back as
+  one long response; ``"silent"`` sends no audio.
+* ``barge_in_after_ms``: in a tone response, after that much audio, send
+  ``input_audio_buffer.speech_started``, two late deltas of the interrupted item, then
+  ``response.done`` (cancelled, ``turn_detected``).
+* ``end_call``: after the first response's audio, call the ``end_call`` function.
+* ``transfer_to``: after the first response's audio, call ``transfer_call`` with this target.
+* ``after_setup``: once ``session.updated`` is sent: ``"error"`` (an ``error`` event),
+  ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
+  ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
+  (close 1011).
+* ``setup``: ``"reject_session"`` answers ``session.update`` with an ``error``; ``"silent"``
+  never answers it.
+* ``reject_status`` / ``handshake_delay_s``: see ``FakeAgentServer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+from typing import Any, Literal
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from telepath.bridges.base import BridgeProtocolError
+from telepath.bridges.openai import events as ev
+from telepath.testing.tones import sine_g711
+from telepath.testing.ws_server import FakeAgentServer, json_response
+
+__all__ = ["FakeOpenAIRealtime"]
+
+CHUNK_MS = 100
+
+
+class FakeOpenAIRealtime(FakeAgentServer):
+    """Fake OpenAI Realtime server; ``url`` is the value for ``OpenAIConfig.realtime_url``."""
+
+    ws_path = "/v1/realtime"
+
+    def __init__(
+        self,
+        *,
+        agent: Literal["tone", "echo", "silent"] = "tone",
+        tone_hz: float = 440.0,
+        response_ms: int = 1000,
+        barge_in_after_ms: int | None = None,
+        end_call: bool = False,
+        transfer_to: str | None = None,
+        after_setup: str | None = None,
+        setup: str | None = None,
+        reject_status: int | None = None,
+        handshake_delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(reject_status=reject_status, handshake_delay_s=handshake_delay_s)
+        self.agent = agent
+        self.tone_hz = tone_hz
+        self.response_ms = response_ms
+        self.barge_in_after_ms = barge_in_after_ms
+        self.end_call = end_call
+        self.transfer_to = transfer_to
+        self.after_setup = after_setup
+        self.setup = setup
+        self.received: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
+        self.caller_audio = bytearray()
+        self.session: dict[str, Any] | None = None
+        self.item_audio_ms: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._responses = 0
+
+    def check_handshake(self, request: Request) -> Response | None:
+        """Require ``?model=`` and a Bearer token, refuse the retired beta header."""
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            return json_response(401, {"error": {"code": "invalid_api_key"}})
+        if "model=" not in request.path:
+            return json_response(400, {"error": {"code": "missing_model"}})
+        if "OpenAI-Beta" in request.headers:
+            self.violation("OpenAI-Beta header sent")
+        return None
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids)}"
+
+    async def _send(self, ws: ServerConnection, event: dict[str, Any]) -> None:
+        event.setdefault("event_id", self._id("event"))
+        self.sent.append(event)
+        await ws.send(json.dumps(event))
+
+    async def _error(
+        self, ws: ServerConnection, code: str, message: str, event_id: str | None = None
+    ) -> None:
+        error = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "event_id": event_id,
+        }
+        await self._send(ws, {"type": "error", "error": error})
+
+    @property
+    def _format(self) -> str:
+        if self.session is None:
+            return "audio/pcmu"
+        return str(self.session["audio"]["output"]["format"]["type"])
+
+    # --- session ---------------------------------------------------------------------------
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """Run one Realtime session."""
+        session = {"type": "realtime", "object": "realtime.session", "id": self._id("sess")}
+        await self._send(ws, {"type": "session.created", "session": session})
+        echo_item: str | None = None
+        async for message in ws:
+            try:
+                event = ev.parse_client_event(message)
+            except BridgeProtocolError as exc:
+                self.violation(str(exc))
+                await self._error(ws, "invalid_value", str(exc))
+                continue
+            self.received.append(json.loads(message))
+            match event:
+                case ev.SessionUpdate():
+                    if await self._on_session_update(ws, event):
+                        return
+                case ev.InputAudioBufferAppend():
+                    chunk = base64.b64decode(event.audio)
+                    self.caller_audio += chunk
+                    if self.agent == "echo" and self.session is not None:
+                        echo_item = echo_item or self._id("item")
+                        await self._delta(ws, "resp_echo", echo_item, chunk)
+                case ev.ResponseCreate():
+                    await self._respond(ws)
+                case ev.ConversationItemTruncate():
+                    await self._on_truncate(ws, event)
+                case ev.ConversationItemDelete():
+                    await self._send(
+                        ws, {"type": "conversation.item.deleted", "item_id": event.item_id}
+                    )
+                case ev.ResponseCancel():
+                    await self._error(ws, "response_cancel_not_active", "no active response")
+                case _:
+                    pass
+
+    async def _on_session_update(self, ws: ServerConnection, event: ev.SessionUpdate) -> bool:
+        session = event.session
+        if session.audio.input.format.type != session.audio.output.format.type:
+            self.violation("input and output formats differ")
+        if self.setup == "silent":
+            return False
+        if self.setup == "reject_session":
+            await self._error(ws, "invalid_value", "Invalid session", event.event_id)
+            return False
+        self.session = session.model_dump(exclude_none=True)
+        await self._send(ws, {"type": "session.updated", "session": self.session})
+        return await self._after_setup(ws)
+
+    async def _after_setup(self, ws: ServerConnection) -> bool:
+        match self.after_setup:
+            case "error":
+                await self._error(ws, "invalid_api_key", "The key was revoked")
+            case "failed_response":
+                details = {
+                    "type": "failed",
+                    "error": {"type": "server_error", "code": "server_error", "message": "boom"},
+                }
+                response = {
+                    "object": "realtime.response",
+                    "id": self._id("resp"),
+                    "status": "failed",
+                    "status_details": details,
+                    "output": [],
+                }
+                await self._send(ws, {"type": "response.done", "response": response})
+            case "drop":
+                self.drop(ws)
+                return True
+            case "malformed":
+                await ws.send("{not json")
+            case "session_expired":
+                await self._error(ws, "session_expired", "Your session hit the maximum duration")
+                await ws.close(1001, "Your session hit the maximum duration of 60 minutes.")
+                return True
+            case "close":
+                await ws.close(1011, "internal error")
+                return True
+        return False
+
+    # --- responses -------------------------------------------------------------------------
+
+    async def _delta(self, ws: ServerConnection, response_id: str, item: str, audio: bytes) -> None:
+        self.item_audio_ms[item] = self.item_audio_ms.get(item, 0.0) + len(audio) / 8
+        await self._send(
+            ws,
+            {
+                "type": "response.output_audio.delta",
+                "response_id": response_id,
+                "item_id": item,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": base64.b64encode(audio).decode("ascii"),
+            },
+        )
+
+    async def _respond(self, ws: ServerConnection) -> None:
+        self._responses += 1
+        response_id, item = self._id("resp"), self._id("item")
+        response = {"object": "realtime.response", "id": response_id, "status": "in_progress"}
+        await self._send(ws, {"type": "response.created", "response": response})
+        status, reason = "completed", None
+        if self.agent == "tone":
+            codec: Literal["pcmu", "pcma"] = "pcma" if self._format == "audio/pcma" else "pcmu"
+            for sent_ms in range(0, self.response_ms, CHUNK_MS):
+                if self.barge_in_after_ms is not None and sent_ms >= self.barge_in_after_ms:
+                    await self._barge_in(ws, response_id, item, codec, sent_ms)
+                    status, reason = "cancelled", "turn_detected"
+                    break
+                chunk = sine_g711(self.tone_hz, CHUNK_MS, codec, phase=sent_ms * 8)
+                await self._delta(ws, response_id, item, chunk)
+                await asyncio.sleep(0)
+        ids = {"response_id": response_id, "item_id": item, "output_index": 0}
+        if status == "completed":
+            await self._send(ws, {"type": "response.output_audio.done", **ids, "content_index": 0})
+            await self._send(
+                ws,
+                {
+                    "type": "response.output_audio_transcript.done",
+                    **ids,
+                    "content_index": 0,
+                    "transcript": "Hello from the fake agent.",
+                },
+            )
+            if self._responses == 1:
+                await self._maybe_call_function(ws, response_id)
+        done: dict[str, Any] = {
+            "object": "realtime.response",
+            "id": response_id,
+            "status": status,
+            "output": [],
+        }
+        if reason is not None:
+            done["status_details"] = {"type": status, "reason": reason}
+        await self._send(ws, {"type": "response.done", "response": done})
+
+    async def _barge_in(
+        self, ws: ServerConnection, response_id: str, item: str, codec: Any, sent_ms: int
+    ) -> None:
+        await self._send(
+            ws,
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": sent_ms,
+                "item_id": self._id("item"),
+            },
+        )
+        for n in range(2):  # late audio the gateway must drop
+            chunk = sine_g711(self.tone_hz, CHUNK_MS, codec, phase=(sent_ms + n * CHUNK_MS) * 8)
+            await self._delta(ws, response_id, item, chunk)
+
+    async def _maybe_call_function(self, ws: ServerConnection, response_id: str) -> None:
+        if self.end_call:
+            name, arguments = "end_call", "{}"
+        elif self.transfer_to is not None:
+            name, arguments = "transfer_call", json.dumps({"target": self.transfer_to})
+        else:
+            return
+        await self._send(
+            ws,
+            {
+                "type": "response.function_call_arguments.done",
+                "response_id": response_id,
+                "item_id": self._id("item"),
+                "output_index": 1,
+                "call_id": self._id("call"),
+                "name": name,
+                "arguments": arguments,
+            },
+        )
+
+    async def _on_truncate(self, ws: ServerConnection, event: ev.ConversationItemTruncate) -> None:
+        have = self.item_audio_ms.get(event.item_id)
+        if have is None:
+            await self._error(ws, "item_not_found", "Item not found", event.event_id)
+            return
+        if event.audio_end_ms > have:
+            message = (
+                f"Audio content of {have:.0f}ms is already shorter than {event.audio_end_ms}ms"
+            )
+            await self._error(ws, "invalid_value", message, event.event_id)
+            self.violation("truncate beyond the audio sent")
+            return
+        await self._send(
+            ws,
+            {
+                "type": "conversation.item.truncated",
+                "item_id": event.item_id,
+                "content_index": event.content_index,
+                "audio_end_ms": event.audio_end_ms,
+            },
+        )

@@ -1,0 +1,70 @@
+"""Shared helpers for bridge integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+from telepath.bridges.base import AgentAudio, AgentBridge, AgentEvent, CallMetadata, is_terminal
+
+TIMEOUT_S = 10.0  # a bound so a broken bridge fails the test instead of hanging it
+
+META = CallMetadata(
+    call_id="call_test1",
+    trunk_id="trunk_test1",
+    caller="+14155550123",
+    called="+18005551212",
+    codec="pcmu",
+    system_prompt="You are a test agent.",
+    sip_call_id="abc@127.0.0.1",
+)
+
+
+async def collect_until(
+    bridge: AgentBridge, stop: type[Any] | None = None, *, audio_ms: float | None = None
+) -> list[AgentEvent]:
+    """Read events until one of type ``stop``, ``audio_ms`` of audio, or a terminal event."""
+    events: list[AgentEvent] = []
+    received = 0.0
+
+    async def run() -> None:
+        nonlocal received
+        async for event in bridge.events():
+            events.append(event)
+            if isinstance(event, AgentAudio):
+                received += len(event.payload) / 8
+            if stop is not None and isinstance(event, stop):
+                return
+            if audio_ms is not None and received >= audio_ms:
+                return
+            if is_terminal(event):
+                return
+
+    await asyncio.wait_for(run(), TIMEOUT_S)
+    return events
+
+
+async def wait_for(predicate: Any) -> None:
+    """Poll ``predicate()`` on the loop until true (bounded by ``TIMEOUT_S``)."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while not predicate():  # noqa: ASYNC110 - the fakes expose plain lists, not events
+            await asyncio.sleep(0.01)
+
+
+def audio_of(events: list[AgentEvent]) -> bytes:
+    """All agent audio in ``events``, concatenated."""
+    return b"".join(e.payload for e in events if isinstance(e, AgentAudio))
+
+
+def assert_no_extra(model: BaseModel, path: str = "") -> None:
+    """Fail if an SDK model (extra="allow") carries fields its type does not declare."""
+    extra = model.model_extra or {}
+    assert not extra, f"unknown fields at {path or '<root>'}: {sorted(extra)}"
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, BaseModel):
+                assert_no_extra(item, f"{path}.{name}")

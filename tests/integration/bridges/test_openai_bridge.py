@@ -1,0 +1,312 @@
+"""The OpenAI Realtime bridge against the local fake, over real loopback WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from telepath.bridges.base import (
+    AgentClear,
+    AgentConnected,
+    AgentDisconnected,
+    AgentError,
+    AgentHangup,
+    AgentTranscript,
+    AgentTransfer,
+    BridgeAuthError,
+    BridgeConnectError,
+    BridgeError,
+    BridgeReason,
+    OpenAIConfig,
+)
+from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
+from telepath.testing.fake_openai import FakeOpenAIRealtime
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+
+from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
+
+CLIENT = TypeAdapter[Any](RealtimeClientEvent)
+SERVER = TypeAdapter[Any](RealtimeServerEvent)
+
+
+def bridge_for(fake: FakeOpenAIRealtime, **config: Any) -> OpenAIRealtimeBridge:
+    cfg = OpenAIConfig(api_key="sk-valid-test", realtime_url=fake.url, **config)
+    return OpenAIRealtimeBridge(cfg, connect_timeout_s=2.0)
+
+
+@pytest.fixture
+async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeOpenAIRealtime]:
+    kwargs = getattr(request, "param", {})
+    async with FakeOpenAIRealtime(**kwargs) as server:
+        yield server
+
+
+def assert_sdk_valid(fake: FakeOpenAIRealtime) -> None:
+    """Both directions validate against the official openai SDK's realtime types."""
+    assert fake.protocol_errors == []
+    for raw in fake.received:
+        assert_no_extra(CLIENT.validate_python(raw))
+    for raw in fake.sent:
+        SERVER.validate_python(raw)
+
+
+async def test_tone_agent_audio_both_ways_and_session_shape(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, audio_ms=1000)
+    assert isinstance(events[0], AgentConnected)
+    audio = audio_of(events)
+    assert len(audio) == 8000
+    assert dominant_frequency(g711_to_pcm16(audio)) == pytest.approx(440, abs=8)
+
+    frames = [sine_g711(1000, 20, phase=n * 160) for n in range(5)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    await wait_for(lambda: len(fake.caller_audio) == 800)
+    assert bytes(fake.caller_audio) == b"".join(frames)
+
+    await bridge.close()
+    rest = await collect_until(bridge)
+    assert rest[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
+
+    handshake = fake.handshakes[0]
+    assert handshake.path == "/v1/realtime?model=gpt-realtime"
+    assert handshake.headers["authorization"] == "Bearer sk-valid-test"
+    update = fake.received[0]
+    assert update["type"] == "session.update"
+    session = update["session"]
+    assert session["type"] == "realtime"
+    assert session["instructions"] == "You are a test agent."
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert session["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert [t["name"] for t in session["tools"]] == ["end_call", "transfer_call"]
+    assert fake.received[1]["type"] == "response.create"
+    assert_sdk_valid(fake)
+
+
+async def test_pcma_call_uses_pcma_both_ways(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake, model="gpt-realtime-2.1", voice="cedar")
+    await bridge.start(replace(META, codec="pcma", system_prompt=None))
+    audio = audio_of(await collect_until(bridge, audio_ms=500))
+    assert dominant_frequency(g711_to_pcm16(audio, "pcma")) == pytest.approx(440, abs=8)
+    await bridge.close()
+    session = fake.received[0]["session"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcma"}
+    assert session["audio"]["output"]["voice"] == "cedar"
+    assert "instructions" not in session
+    assert fake.handshakes[0].path.endswith("model=gpt-realtime-2.1")
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"agent": "echo"}], indirect=True)
+async def test_echo_agent_returns_caller_audio(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    frames = [sine_g711(700, 20, phase=n * 160) for n in range(10)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    events = await collect_until(bridge, audio_ms=200)
+    assert audio_of(events) == b"".join(frames)
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    ("played_ms", "expected"),
+    [(300, ("truncate", 300)), (10_000, ("truncate", 500)), (0, ("delete", None))],
+)
+async def test_barge_in_clears_and_truncates_at_played_audio(
+    played_ms: int, expected: tuple[str, int | None]
+) -> None:
+    async with FakeOpenAIRealtime(response_ms=2000, barge_in_after_ms=500) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META, playout=lambda: played_ms)
+        events = await collect_until(bridge, AgentClear)
+        # exactly the audio sent before speech_started; the late deltas are dropped
+        assert len(audio_of(events)) == 500 * 8
+        kind, end_ms = expected
+        if kind == "truncate":
+            await wait_for(
+                lambda: any(e["type"] == "conversation.item.truncate" for e in fake.received)
+            )
+            truncate = next(e for e in fake.received if e["type"] == "conversation.item.truncate")
+            assert truncate["audio_end_ms"] == end_ms
+            assert truncate["content_index"] == 0
+            assert truncate["item_id"] in fake.item_audio_ms
+        else:
+            await wait_for(
+                lambda: any(e["type"] == "conversation.item.delete" for e in fake.received)
+            )
+        await asyncio.sleep(0.05)  # let the late deltas arrive: they must not surface
+        await bridge.close()
+        rest = await collect_until(bridge)
+        assert audio_of(rest) == b""
+        assert_sdk_valid(fake)
+
+
+async def test_barge_in_without_playout_callback_uses_real_time_estimate() -> None:
+    async with FakeOpenAIRealtime(response_ms=2000, barge_in_after_ms=500) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        await collect_until(bridge, AgentClear)
+        await wait_for(
+            lambda: any(
+                e["type"] in ("conversation.item.truncate", "conversation.item.delete")
+                for e in fake.received
+            )
+        )
+        await bridge.close()
+        assert fake.protocol_errors == []  # never truncates beyond the audio received
+
+
+async def test_dtmf_reaches_agent_as_text_item(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await bridge.send_dtmf("5")
+    await wait_for(lambda: any(e["type"] == "conversation.item.create" for e in fake.received))
+    item = next(e for e in fake.received if e["type"] == "conversation.item.create")["item"]
+    assert item["role"] == "user"
+    assert "5" in item["content"][0]["text"]
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"end_call": True}], indirect=True)
+async def test_end_call_tool_hangs_up_after_the_goodbye_audio(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge)
+    assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
+    assert len(audio_of(events)) == 8000
+    assert AgentTranscript("agent", "Hello from the fake agent.") in events
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"transfer_to": "tel:+14155550199"}], indirect=True)
+async def test_transfer_request_and_result(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, AgentTransfer)
+    transfer = events[-1]
+    assert isinstance(transfer, AgentTransfer)
+    assert transfer.target == "tel:+14155550199"
+    await bridge.send_transfer_result(transfer.request_id, ok=False, detail="486 Busy Here")
+    await wait_for(
+        lambda: any(e.get("item", {}).get("type") == "function_call_output" for e in fake.received)
+    )
+    output = next(
+        e["item"] for e in fake.received if e.get("item", {}).get("type") == "function_call_output"
+    )
+    assert output["call_id"] == transfer.request_id
+    assert json.loads(output["output"]) == {"ok": False, "detail": "486 Busy Here"}
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(401, False), (403, False), (404, False), (503, True)]
+)
+async def test_handshake_rejection_is_connection_failed(status: int, retryable: bool) -> None:
+    async with FakeOpenAIRealtime(reject_status=status) as fake:
+        bridge = bridge_for(fake)
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert info.value.reason == BridgeReason.CONNECTION_FAILED
+        assert info.value.retryable is retryable
+        assert isinstance(info.value, BridgeAuthError) is (not retryable)
+        events = await collect_until(bridge)
+        assert events == [info.value.to_event()]
+        await bridge.close()  # still safe
+
+
+async def test_slow_handshake_times_out() -> None:
+    async with FakeOpenAIRealtime(handshake_delay_s=5) as fake:
+        bridge = OpenAIRealtimeBridge(
+            OpenAIConfig(api_key="sk-valid", realtime_url=fake.url), connect_timeout_s=0.3
+        )
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert (info.value.code, info.value.retryable) == ("timeout", True)
+
+
+async def test_unreachable_agent_is_connection_failed() -> None:
+    async with FakeOpenAIRealtime() as fake:
+        url = fake.url
+    bridge = OpenAIRealtimeBridge(OpenAIConfig(api_key="sk-valid", realtime_url=url))
+    with pytest.raises(BridgeConnectError) as info:
+        await bridge.start(META)
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason", "code"),
+    [
+        ("silent", BridgeReason.CONNECTION_FAILED, "timeout"),
+        ("reject_session", BridgeReason.AI_PROVIDER_ERROR, "invalid_value"),
+    ],
+)
+async def test_session_setup_failures(setup: str, reason: BridgeReason, code: str) -> None:
+    async with FakeOpenAIRealtime(setup=setup) as fake:
+        bridge = OpenAIRealtimeBridge(
+            OpenAIConfig(api_key="sk-valid", realtime_url=fake.url), connect_timeout_s=0.5
+        )
+        with pytest.raises(BridgeError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.code) == (reason, code)
+        events = await collect_until(bridge)
+        assert isinstance(events[-1], AgentError)
+        assert events[-1].reason == reason
+
+
+@pytest.mark.parametrize(
+    ("after_setup", "expected"),
+    [
+        ("error", AgentError(BridgeReason.AI_PROVIDER_ERROR, "", False, "invalid_api_key")),
+        ("failed_response", AgentError(BridgeReason.AI_PROVIDER_ERROR, "", True, "server_error")),
+        ("drop", AgentError(BridgeReason.AI_PROVIDER_ERROR, "", True, "1006")),
+        ("malformed", AgentError(BridgeReason.AI_PROVIDER_ERROR, "", False, None)),
+        ("close", AgentError(BridgeReason.AI_PROVIDER_ERROR, "", True, "1011")),
+        ("session_expired", AgentHangup(BridgeReason.SESSION_LIMIT)),
+    ],
+)
+async def test_mid_call_failures_end_with_one_terminal_event(
+    after_setup: str, expected: AgentError | AgentHangup
+) -> None:
+    async with FakeOpenAIRealtime(agent="silent", after_setup=after_setup) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge)
+        terminal = events[-1]
+        if isinstance(expected, AgentError):
+            assert isinstance(terminal, AgentError)
+            assert (terminal.reason, terminal.retryable, terminal.code) == (
+                expected.reason,
+                expected.retryable,
+                expected.code,
+            )
+            assert terminal.message
+        else:
+            assert terminal == expected
+        await bridge.send_audio(b"\xff" * 160)  # no-op after the end, never raises
+        await bridge.close()
+
+
+async def test_session_limit_ends_politely(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake, session_limit_s=0.2, goodbye_timeout_s=5)
+    await bridge.start(META)
+    events = await collect_until(bridge)
+    assert events[-1] == AgentHangup(BridgeReason.SESSION_LIMIT)
+    goodbye = [e for e in fake.received if e["type"] == "response.create" and "response" in e]
+    assert goodbye and "goodbye" in goodbye[0]["response"]["instructions"]
+    assert len(audio_of(events)) == 2 * 8000  # greeting and goodbye both delivered
+    await bridge.close()
+    assert_sdk_valid(fake)
