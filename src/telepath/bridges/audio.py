@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["AudioConverter", "Encoding", "WireFormat", "duration_ms"]
+__all__ = ["AudioConverter", "Encoding", "WireFormat", "convert", "duration_ms"]
 
 Encoding = Literal["ulaw", "alaw", "pcm16"]
 
@@ -89,6 +89,11 @@ class _OneWay:
                 pcm, _SAMPLE_WIDTH, 1, self.src.rate, self.dst.rate, self._state
             )
         return _from_pcm16(pcm, self.dst.encoding)
+
+
+def convert(data: bytes, src: WireFormat, dst: WireFormat) -> bytes:
+    """Convert one self-contained buffer (no state carried to the next call)."""
+    return _OneWay(src, dst)(data)
 
 
 class AudioConverter:

@@ -132,6 +132,9 @@ class FakeAgentServer:
         is_upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if not is_upgrade:
             route = self.http_routes.get(path)
+            for prefix, handler in self.http_routes.items():  # "/x/" routes match "/x/<id>"
+                if route is None and prefix.endswith("/") and path.startswith(prefix):
+                    route = handler
             if route is None:
                 return json_response(404, {"detail": "Not Found"})
             return json_response(*route(request))

@@ -136,7 +136,6 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             )
         except BridgeError as err:
             await self._fail_start(err)
-        await self._emit(AgentConnected(self.provider))
         await self._send_event(ev.ResponseCreate(event_id=self._next_id()))
         self._timer = asyncio.create_task(self._session_limit(), name="openai-session-limit")
 
@@ -226,7 +225,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
                 if event.item_id == self._item:
                     self._item_done = True
             case ev.SessionUpdated():
-                self._on_session_updated(event)
+                await self._on_session_updated(event)
             case ev.FunctionCallArgumentsDone():
                 await self._on_function_call(event)
             case ev.ResponseDone():
@@ -240,7 +239,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             case _:
                 pass
 
-    def _on_session_updated(self, event: ev.SessionUpdated) -> None:
+    async def _on_session_updated(self, event: ev.SessionUpdated) -> None:
         if self._ready is None or self._ready.done() or self._meta is None:
             return
         expected = "audio/pcmu" if self._meta.codec == "pcmu" else "audio/pcma"
@@ -250,6 +249,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             if fmt.get("type") != expected:
                 raise BridgeProtocolError("OpenAI session does not use the call's G.711 format")
         self._ready.set_result(None)
+        await self._emit(AgentConnected(self.provider))
 
     async def _on_audio(self, event: ev.ResponseOutputAudioDelta) -> None:
         if event.item_id in self._interrupted:

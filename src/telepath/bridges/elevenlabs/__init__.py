@@ -1,0 +1,1 @@
+"""ElevenLabs Conversational AI bridge."""

@@ -1,0 +1,245 @@
+"""A local fake of ElevenLabs Conversational AI: REST endpoints and the conversation socket.
+
+One port serves both. HTTP ``GET`` routes (answers as in ``fake_provider_http``, keyed by the
+``xi-api-key`` prefix, e.g. ``sk-valid...``):
+
+* ``/v1/convai/conversation/get-signed-url?agent_id=...`` -> a signed URL to this server;
+* ``/v1/convai/agents/{agent_id}`` -> the agent, announcing this fake's audio formats.
+
+The WebSocket ``/v1/convai/conversation?agent_id=...`` requires a ``conversation_signature``
+unless ``public=True``. Every client frame is validated strictly against
+``telepath.bridges.elevenlabs.events`` and the first one must be
+``conversation_initiation_client_data``; violations land in ``protocol_errors``. Received
+frames are kept in ``received``, sent ones in ``sent``; ``pongs`` holds answered ping ids.
+
+Behaviour switches:
+
+* ``formats``: ``(user_input_audio_format, agent_output_audio_format)`` announced in the
+  metadata; audio is produced and expected in these formats (default ``ulaw_8000`` both).
+* ``agent``: ``"tone"`` speaks a ``response_ms`` first message at ``tone_hz``; ``"echo"``
+  returns caller audio (formats must match); ``"silent"`` says nothing.
+* ``barge_in_after_ms``: interrupt the first message after that much audio, send two late
+  chunks of the interrupted turn (to be dropped), then a 200 ms new turn (to be played).
+* ``end_call``: after the first message, report the system ``end_call`` tool and close 1000.
+* ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
+* ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
+  ``"close"`` (1011).
+* ``setup``: ``"override_error"`` (error + close 1008 after the initiation) or ``"silent"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from telepath.bridges.audio import WireFormat, convert
+from telepath.bridges.base import BridgeProtocolError
+from telepath.bridges.elevenlabs import events as ev
+from telepath.testing.fake_provider_http import (
+    elevenlabs_agent_answer,
+    elevenlabs_signed_url_answer,
+)
+from telepath.testing.tones import sine_pcm16
+from telepath.testing.ws_server import FakeAgentServer, json_response
+
+__all__ = ["FakeElevenLabs"]
+
+CHUNK_MS = 100
+
+
+class FakeElevenLabs(FakeAgentServer):
+    """Fake ElevenLabs; use ``base_http`` as ``api_base`` and ``url`` as ``ws_url``."""
+
+    ws_path = "/v1/convai/conversation"
+
+    def __init__(
+        self,
+        *,
+        formats: tuple[ev.AudioFormat, ev.AudioFormat] = ("ulaw_8000", "ulaw_8000"),
+        agent: Literal["tone", "echo", "silent"] = "tone",
+        tone_hz: float = 440.0,
+        response_ms: int = 1000,
+        barge_in_after_ms: int | None = None,
+        end_call: bool = False,
+        transfer_to: str | None = None,
+        hangup_tool: bool = False,
+        after_setup: str | None = None,
+        setup: str | None = None,
+        public: bool = False,
+        reject_status: int | None = None,
+        handshake_delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(reject_status=reject_status, handshake_delay_s=handshake_delay_s)
+        self.formats = formats
+        self.agent = agent
+        self.tone_hz = tone_hz
+        self.response_ms = response_ms
+        self.barge_in_after_ms = barge_in_after_ms
+        self.end_call = end_call
+        self.transfer_to = transfer_to
+        self.hangup_tool = hangup_tool
+        self.after_setup = after_setup
+        self.setup = setup
+        self.public = public
+        self.received: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []
+        self.caller_audio = bytearray()
+        self.pongs: list[int] = []
+        self.tool_results: list[dict[str, Any]] = []
+        self._event_ids = itertools.count(1)
+        self.http_routes["/v1/convai/conversation/get-signed-url"] = self._signed_url
+        self.http_routes["/v1/convai/agents/"] = self._agent
+
+    # --- REST ------------------------------------------------------------------------------
+
+    def _signed_url(self, request: Request) -> tuple[int, Any]:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.path).query).items()}
+        key = request.headers.get("xi-api-key")
+        return elevenlabs_signed_url_answer(key, query.get("agent_id"), self.url)
+
+    def _agent(self, request: Request) -> tuple[int, Any]:
+        agent_id = urlsplit(request.path).path.rsplit("/", 1)[-1]
+        return elevenlabs_agent_answer(request.headers.get("xi-api-key"), agent_id, self.formats)
+
+    def check_handshake(self, request: Request) -> Response | None:
+        """Require ``agent_id`` and (unless public) a signature."""
+        query = parse_qs(urlsplit(request.path).query)
+        if "agent_id" not in query:
+            return json_response(400, {"detail": "agent_id required"})
+        if not self.public and "conversation_signature" not in query:
+            return json_response(403, {"detail": "signature required"})
+        return None
+
+    # --- session ---------------------------------------------------------------------------
+
+    async def _send(self, ws: ServerConnection, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        await ws.send(json.dumps(message))
+
+    async def _audio(self, ws: ServerConnection, data: bytes, event_id: int) -> None:
+        chunk = base64.b64encode(data).decode("ascii")
+        audio_event = {"audio_base_64": chunk, "event_id": event_id}
+        await self._send(ws, {"type": "audio", "audio_event": audio_event})
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """Run one conversation."""
+        first = True
+        async for message in ws:
+            try:
+                parsed = ev.parse_client_message(message)
+            except BridgeProtocolError as exc:
+                self.violation(str(exc))
+                continue
+            self.received.append(json.loads(message))
+            if first != isinstance(parsed, ev.ConversationInitiationClientData):
+                self.violation("conversation_initiation_client_data must come first, once")
+            first = False
+            match parsed:
+                case ev.ConversationInitiationClientData():
+                    if await self._start_conversation(ws):
+                        return
+                case ev.UserAudioChunk():
+                    data = base64.b64decode(parsed.user_audio_chunk)
+                    self.caller_audio += data
+                    if self.agent == "echo":
+                        await self._audio(ws, data, 1)
+                case ev.Pong():
+                    self.pongs.append(parsed.event_id)
+                case ev.ClientToolResult():
+                    self.tool_results.append(parsed.model_dump())
+                case _:
+                    pass
+
+    async def _start_conversation(self, ws: ServerConnection) -> bool:
+        if self.setup == "silent":
+            return False
+        if self.setup == "override_error":
+            error = {"code": 1008, "message": "Override not allowed"}
+            error["error_type"] = "override_error"
+            await self._send(ws, {"type": "error", "error_event": error})
+            await ws.close(1008, "override_error")
+            return True
+        metadata = {
+            "conversation_id": "conv_fake_1",
+            "agent_output_audio_format": self.formats[1],
+            "user_input_audio_format": self.formats[0],
+        }
+        await self._send(
+            ws,
+            {
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": metadata,
+            },
+        )
+        await self._send(ws, {"type": "ping", "ping_event": {"event_id": 1, "ping_ms": None}})
+        if await self._after_setup(ws):
+            return True
+        if self.agent == "tone":
+            await self._first_message(ws)
+        return await self._after_first_message(ws)
+
+    async def _after_setup(self, ws: ServerConnection) -> bool:
+        match self.after_setup:
+            case "error":
+                error = {"code": 1002, "message": "LLM failed", "error_type": "llm_error"}
+                await self._send(ws, {"type": "error", "error_event": error})
+                await ws.close(1008, "error")
+                return True
+            case "drop":
+                self.drop(ws)
+                return True
+            case "malformed":
+                await ws.send("not json at all")
+            case "close":
+                await ws.close(1011, "internal error")
+                return True
+        return False
+
+    async def _first_message(self, ws: ServerConnection) -> None:
+        turn = next(self._event_ids)
+        response = {"agent_response": "Hello from the fake agent.", "event_id": turn}
+        await self._send(ws, {"type": "agent_response", "agent_response_event": response})
+        out = ev.wire_format(self.formats[1])
+        for sent_ms in range(0, self.response_ms, CHUNK_MS):
+            if self.barge_in_after_ms is not None and sent_ms >= self.barge_in_after_ms:
+                await self._send(
+                    ws, {"type": "interruption", "interruption_event": {"event_id": turn}}
+                )
+                for _ in range(2):  # late audio of the interrupted turn
+                    await self._audio(ws, _convert(sine_pcm16(self.tone_hz, CHUNK_MS), out), turn)
+                new_turn = next(self._event_ids)
+                await self._audio(ws, _convert(sine_pcm16(self.tone_hz, 200), out), new_turn)
+                return
+            pcm = sine_pcm16(self.tone_hz, CHUNK_MS, phase=sent_ms * 8)
+            await self._audio(ws, _convert(pcm, out), turn)
+            await asyncio.sleep(0)
+
+    async def _after_first_message(self, ws: ServerConnection) -> bool:
+        if self.end_call:
+            tool: dict[str, Any] = {"tool_name": "end_call", "tool_call_id": "tool_1"}
+            tool["tool_type"] = "system"
+            tool["is_error"] = False
+            await self._send(ws, {"type": "agent_tool_response", "agent_tool_response": tool})
+            await ws.close(1000, "end_call")
+            return True
+        call: dict[str, Any] | None = None
+        if self.transfer_to is not None:
+            call = {"tool_name": "transfer_call", "parameters": {"target": self.transfer_to}}
+        elif self.hangup_tool:
+            call = {"tool_name": "end_call", "parameters": {}}
+        if call is not None:
+            call.update(tool_call_id="tool_call_1", event_id=next(self._event_ids))
+            await self._send(ws, {"type": "client_tool_call", "client_tool_call": call})
+        return False
+
+
+def _convert(pcm16_8k: bytes, out: WireFormat) -> bytes:
+    """8 kHz PCM16 -> ``out``."""
+    return convert(pcm16_8k, WireFormat("pcm16", 8000), out)

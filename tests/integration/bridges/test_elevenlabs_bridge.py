@@ -1,0 +1,253 @@
+"""The ElevenLabs bridge against the local fake, over real loopback HTTP and WebSockets."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from elevenlabs.types.client_event import ClientEvent
+from elevenlabs.types.conversation_initiation_client_data_request_input import (
+    ConversationInitiationClientDataRequestInput,
+)
+
+from telepath.bridges.base import (
+    AgentClear,
+    AgentConnected,
+    AgentDisconnected,
+    AgentError,
+    AgentHangup,
+    AgentTranscript,
+    AgentTransfer,
+    BridgeAuthError,
+    BridgeConnectError,
+    BridgeError,
+    BridgeReason,
+    ElevenLabsConfig,
+)
+from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
+from telepath.testing.fake_elevenlabs import FakeElevenLabs
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+
+from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
+
+SERVER_TYPES = set(typing.get_args(typing.get_args(ClientEvent)[0])) | {"error"}
+
+
+def bridge_for(
+    fake: FakeElevenLabs, key: str | None = "sk-valid-el", **kw: Any
+) -> ElevenLabsBridge:
+    cfg = ElevenLabsConfig(
+        api_key=key, agent_id="agent_1", api_base=fake.base_http, ws_url=fake.url, **kw
+    )
+    return ElevenLabsBridge(cfg, connect_timeout_s=2.0)
+
+
+@pytest.fixture
+async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeElevenLabs]:
+    async with FakeElevenLabs(**getattr(request, "param", {})) as server:
+        yield server
+
+
+def assert_sdk_valid(fake: FakeElevenLabs) -> None:
+    """Both directions match the official elevenlabs SDK's types."""
+    assert fake.protocol_errors == []
+    init = dict(fake.received[0])
+    assert init.pop("type") == "conversation_initiation_client_data"
+    assert_no_extra(ConversationInitiationClientDataRequestInput.model_validate(init))
+    for message in fake.sent:
+        assert message["type"] in SERVER_TYPES
+
+
+async def test_ulaw_agent_passes_audio_through_both_ways(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, audio_ms=1000)
+    assert events[0] == AgentConnected("elevenlabs", "conv_fake_1")
+    assert AgentTranscript("agent", "Hello from the fake agent.") in events
+    audio = audio_of(events)
+    assert len(audio) == 8000
+    assert dominant_frequency(g711_to_pcm16(audio)) == pytest.approx(440, abs=8)
+    frames = [sine_g711(1000, 20, phase=n * 160) for n in range(5)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    await wait_for(lambda: len(fake.caller_audio) == 800)
+    assert bytes(fake.caller_audio) == b"".join(frames)  # untouched μ-law
+    await wait_for(lambda: fake.pongs == [1])
+    await bridge.close()
+    assert (await collect_until(bridge))[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
+
+    signed = [h for h in fake.handshakes if "conversation_signature" in h.path]
+    assert len(signed) == 1 and "agent_id=agent_1" in signed[0].path
+    init = fake.received[0]
+    assert init["conversation_config_override"] == {
+        "agent": {"prompt": {"prompt": "You are a test agent."}}
+    }
+    assert init["dynamic_variables"] == {
+        "caller_number": "+14155550123",
+        "called_number": "+18005551212",
+        "call_id": "call_test1",
+    }
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"formats": ("pcm_16000", "pcm_16000")}], indirect=True)
+async def test_pcm16_agent_is_converted(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(replace(META, system_prompt=None))
+    audio = audio_of(await collect_until(bridge, audio_ms=900))
+    assert dominant_frequency(g711_to_pcm16(audio)) == pytest.approx(440, abs=8)
+    frames = [sine_g711(1000, 20, phase=n * 160) for n in range(10)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    await wait_for(lambda: len(fake.caller_audio) >= 3000)
+    assert dominant_frequency(bytes(fake.caller_audio), 16000) == pytest.approx(1000, abs=16)
+    await bridge.close()
+    assert "conversation_config_override" not in fake.received[0]
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"public": True}], indirect=True)
+async def test_public_agent_without_key(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake, key=None)
+    await bridge.start(META)
+    await collect_until(bridge, AgentConnected)
+    await bridge.close()
+    assert fake.handshakes[0].path == "/v1/convai/conversation?agent_id=agent_1"
+
+
+@pytest.mark.parametrize("fake", [{"barge_in_after_ms": 500}], indirect=True)
+async def test_interruption_clears_and_drops_late_audio(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    before = await collect_until(bridge, AgentClear)
+    assert len(audio_of(before)) == 500 * 8
+    after = await collect_until(bridge, audio_ms=200)
+    assert len(audio_of(after)) == 200 * 8  # only the new turn; the late chunks were dropped
+    assert {e.segment for e in after if hasattr(e, "segment")} == {"2"}
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"agent": "silent"}], indirect=True)
+async def test_dtmf_is_a_contextual_update(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await bridge.send_dtmf("#")
+    await wait_for(lambda: any(m.get("type") == "contextual_update" for m in fake.received))
+    update = next(m for m in fake.received if m.get("type") == "contextual_update")
+    assert "#" in update["text"]
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"end_call": True}], indirect=True)
+async def test_system_end_call_closes_with_1000_and_hangs_up(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge)
+    assert len(audio_of(events)) == 8000
+    assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
+    await bridge.close()
+
+
+@pytest.mark.parametrize("fake", [{"hangup_tool": True}], indirect=True)
+async def test_client_end_call_tool_hangs_up(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge)
+    assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
+    await wait_for(lambda: len(fake.tool_results) == 1)
+    await bridge.close()
+
+
+@pytest.mark.parametrize("fake", [{"transfer_to": "sip:desk@example.com"}], indirect=True)
+async def test_transfer_client_tool_and_result(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, AgentTransfer)
+    transfer = events[-1]
+    assert transfer == AgentTransfer("sip:desk@example.com", "tool_call_1")
+    await bridge.send_transfer_result("tool_call_1", ok=True)
+    await wait_for(lambda: len(fake.tool_results) == 1)
+    assert fake.tool_results[0] == {
+        "type": "client_tool_result",
+        "tool_call_id": "tool_call_1",
+        "result": "transferred",
+        "is_error": False,
+    }
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    ("key", "agent_id", "retryable"),
+    [("bad-key", "agent_1", False), ("sk-valid", "agent_missing", False), ("sk-outage", "a", True)],
+)
+async def test_signed_url_failures(key: str, agent_id: str, retryable: bool) -> None:
+    async with FakeElevenLabs() as fake:
+        cfg = ElevenLabsConfig(api_key=key, agent_id=agent_id, api_base=fake.base_http)
+        bridge = ElevenLabsBridge(cfg, connect_timeout_s=2.0)
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert info.value.reason == BridgeReason.CONNECTION_FAILED
+        assert info.value.retryable is retryable
+        assert isinstance(info.value, BridgeAuthError) is (not retryable)
+        assert await collect_until(bridge) == [info.value.to_event()]
+        assert fake.handshakes == []
+
+
+async def test_unreachable_api_is_retryable_connection_failure() -> None:
+    async with FakeElevenLabs() as fake:
+        base = fake.base_http
+    bridge = ElevenLabsBridge(ElevenLabsConfig(api_key="sk-valid", agent_id="a", api_base=base))
+    with pytest.raises(BridgeConnectError) as info:
+        await bridge.start(META)
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_websocket_rejection(status: int) -> None:
+    async with FakeElevenLabs(reject_status=status) as fake:
+        with pytest.raises(BridgeAuthError):
+            await bridge_for(fake).start(META)
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"), [("override_error", "override_error"), ("silent", "timeout")]
+)
+async def test_setup_failures(setup: str, code: str) -> None:
+    async with FakeElevenLabs(setup=setup) as fake:
+        bridge = ElevenLabsBridge(
+            ElevenLabsConfig(api_key="sk-valid", agent_id="a", api_base=fake.base_http),
+            connect_timeout_s=0.5,
+        )
+        with pytest.raises(BridgeError) as info:
+            await bridge.start(META)
+        assert info.value.code == code
+        assert isinstance((await collect_until(bridge))[-1], AgentError)
+
+
+@pytest.mark.parametrize(
+    ("after_setup", "retryable", "code"),
+    [
+        ("error", False, "llm_error"),
+        ("drop", True, "1006"),
+        ("malformed", False, None),
+        ("close", True, "1011"),
+    ],
+)
+async def test_mid_call_failures(after_setup: str, retryable: bool, code: str | None) -> None:
+    async with FakeElevenLabs(agent="silent", after_setup=after_setup) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert (terminal.reason, terminal.retryable, terminal.code) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            retryable,
+            code,
+        )
+        await bridge.close()
