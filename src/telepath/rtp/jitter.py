@@ -55,6 +55,7 @@ class JitterFrame:
         payload: the encoded payload; empty when ``lost``.
         lost: True for a concealment slot.
         marker: the packet's marker bit (start of talkspurt).
+        payload_type: the packet's payload type (0 for a concealment slot).
     """
 
     sequence_number: int
@@ -62,6 +63,7 @@ class JitterFrame:
     payload: bytes
     lost: bool = False
     marker: bool = False
+    payload_type: int = 0
 
 
 @dataclass(slots=True)
@@ -118,7 +120,9 @@ class JitterBuffer:
         self._ssrc: int | None = None
         self._next_seq: int | None = None
         self._last_ts: int | None = None
-        self._slots: dict[int, tuple[int, bytes, bool, float]] = {}  # seq -> (ts, payload, M, t)
+        self._slots: dict[
+            int, tuple[int, bytes, bool, int, float]
+        ] = {}  # seq -> (ts, data, M, PT, t)
         self._played: list[int] = []  # recent released sequence numbers (real packets)
 
     @property
@@ -143,8 +147,13 @@ class JitterBuffer:
         payload: bytes,
         now: float,
         marker: bool = False,
+        payload_type: int = 0,
     ) -> list[JitterFrame]:
-        """Add a received packet; return the frames that became playable, in order."""
+        """Add a received packet; return the frames that became playable, in order.
+
+        Telephone-event packets share the audio stream's sequence space (RFC 4733 §2.1), so
+        they are pushed here too (to keep their slots) and skipped by the caller on release.
+        """
         self.stats.received += 1
         out: list[JitterFrame] = []
         if self._ssrc != ssrc or self._next_seq is None:
@@ -175,7 +184,7 @@ class JitterBuffer:
         if sequence_number in self._slots:
             self.stats.duplicates += 1
             return out
-        self._slots[sequence_number] = (timestamp, payload, marker, now)
+        self._slots[sequence_number] = (timestamp, payload, marker, payload_type, now)
         out += self._release(now)
         return out
 
@@ -202,7 +211,7 @@ class JitterBuffer:
         self._played.clear()
 
     def _emit(self, seq: int) -> JitterFrame:
-        ts, payload, marker, _ = self._slots.pop(seq)
+        ts, payload, marker, pt, _ = self._slots.pop(seq)
         self._next_seq = seq_add(seq, 1)
         self._last_ts = ts
         self._played.append(seq)
@@ -213,7 +222,7 @@ class JitterBuffer:
         if self._late_boost_ms and self._frames_since_late >= self.decay_frames:
             self._late_boost_ms -= self.ptime_ms
             self._frames_since_late = 0
-        return JitterFrame(seq, ts, payload, False, marker)
+        return JitterFrame(seq, ts, payload, False, marker, pt)
 
     def _release(self, now: float) -> list[JitterFrame]:
         out: list[JitterFrame] = []
@@ -229,7 +238,7 @@ class JitterBuffer:
             newest = max(slots, key=lambda s: seq_diff(s, base))
             depth = self.depth_ms
             queued_ms = seq_diff(newest, base) * self.ptime_ms
-            waited_ms = (now - slots[first][3]) * 1000
+            waited_ms = (now - slots[first][4]) * 1000
             full = len(slots) >= self.capacity
             if not (full or queued_ms > depth or waited_ms >= depth):
                 break

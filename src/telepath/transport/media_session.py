@@ -1,0 +1,663 @@
+"""Per-call media session: RTP/RTCP sockets, symmetric latching, paced playout, inbound events.
+
+API for call control
+--------------------
+::
+
+    allocator = RtpPortAllocator.from_settings(settings)          # once per process
+    session = await MediaSession.open(
+        allocator.allocate(),                                      # raises RtpPortsExhausted (503)
+        remote=("203.0.113.5", 40000),                             # from the SDP c=/m= lines
+        codec=CodecSpec.static("PCMU"),                            # negotiated codec
+        dtmf_payload_type=101, ptime_ms=20,
+        signalling_ip="203.0.113.5",                               # source IP of the INVITE
+    )
+    session.play(ulaw_bytes)               # pass-through: audio already in the call's codec
+    session.play_pcm(pcm16, sample_rate=24000)   # or PCM16 at 8/16/24 kHz (resampled, encoded)
+    session.mark("item-42")                # MarkPlayed("item-42") once playout passes here
+    played_ms = session.flush()            # barge-in: queue emptied now; ms actually played
+    session.send_dtmf("5")                 # RFC 4733 to the caller
+    async for event in session.events():   # AudioReceived / DtmfReceived / MarkPlayed / MediaEnded
+        ...
+    session.update_remote(("198.51.100.7", 50000))   # re-INVITE moved the media
+    session.hold(True); session.hold(False)          # sendonly/inactive: stop sending, keep call
+    session.stats()                        # live MediaStats; final after close
+    await session.close()                  # idempotent; releases the ports; MediaEnded("closed")
+
+``open`` takes ownership of the lease: the ports are released on every exit path (close, a
+failure inside ``open``, media timeout). Alternatively pass ``on_event=`` to receive events
+synchronously from the protocol callback instead of through the bounded queue.
+
+Latching policy (symmetric RTP without RTP Bleed)
+-------------------------------------------------
+We send to the SDP address until media from the peer tells us otherwise. A datagram from
+another address is accepted, and becomes the destination ("latched"), only when:
+
+1. it comes from the SDP address itself (always preferred; seeing it ends first-packet latching),
+2. its IP equals the SDP address's IP or the signalling source IP (a NAT rewrote only the port),
+3. or no packet has yet come from the SDP address and nothing has latched yet: the first valid
+   RTP packet with a negotiated payload type wins, once (an endpoint behind NAT that put its
+   private address in SDP).
+
+Anything else is dropped and counted in ``rejected_source``; it never redirects our audio, so
+a third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
+caller's audio nor inject its own once the call's media is flowing. ``update_remote`` (a
+re-INVITE) resets the policy for the new address.
+
+Inbound path, per datagram: source check, parse, RFC 4733 events straight to the DTMF decoder,
+audio through the jitter buffer (reorder, loss and duplicate detection, concealment), decode,
+deliver. Outbound path, per tick of the shared deadline pacer: one frame from
+:class:`telepath.rtp.playout.Playout` (agent audio, silence, or DTMF), one ``sendto``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from time import perf_counter_ns
+
+from telepath.rtp.codecs import CodecSpec, make_codec
+from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
+from telepath.rtp.errors import RtpError
+from telepath.rtp.jitter import Concealer, JitterBuffer, JitterFrame
+from telepath.rtp.packet import RtpPacket, pack_rtp
+from telepath.rtp.playout import Playout
+from telepath.rtp.rtcp import (
+    SDES_CNAME,
+    RtcpBye,
+    RtcpPacket,
+    RtcpReceiverReport,
+    RtcpSdes,
+    RtcpSenderReport,
+    RtcpSourceDescription,
+    ntp_from_unix,
+    ntp_middle32,
+    parse_compound,
+    serialize_compound,
+)
+from telepath.rtp.stats import ReceiverStats
+from telepath.transport.media_pacer import Pacer
+from telepath.transport.media_stats import DirectionStats, MediaStats, ProcessingTimer
+from telepath.transport.ports import PortLease
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+DEFAULT_EVENT_QUEUE = 100  # 2 s of 20 ms frames
+DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
+RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
+DTMF_EXPIRE_S = 0.3
+
+
+class MediaEndReason(StrEnum):
+    """Why a media session ended."""
+
+    CLOSED = "closed"
+    MEDIA_TIMEOUT = "media-timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioReceived:
+    """One inbound frame, in playout order.
+
+    Attributes:
+        pcm: decoded PCM16 at ``sample_rate`` (concealment when ``lost``).
+        payload: the codec payload (re-encoded concealment when ``lost``) for pass-through.
+        sample_rate: PCM rate in Hz.
+        timestamp: RTP timestamp.
+        lost: True when the packet never arrived and this frame was concealed.
+    """
+
+    pcm: bytes
+    payload: bytes
+    sample_rate: int
+    timestamp: int
+    lost: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfReceived:
+    """A key press from the caller (RFC 4733), reported once when it ends."""
+
+    digit: DtmfDigit
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """Playout passed a mark, or a flush cleared it (``cleared=True``) before it was reached."""
+
+    name: str
+    cleared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MediaEnded:
+    """The session ended; always the last event."""
+
+    reason: MediaEndReason
+
+
+MediaEvent = AudioReceived | DtmfReceived | MarkPlayed | MediaEnded
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, handler: Callable[[bytes, Address], None]) -> None:
+        self.datagram_received = handler  # type: ignore[method-assign,assignment]
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable while the peer is not yet listening: expected, not fatal.
+        logger.debug("media socket error: %s", type(exc).__name__)
+
+
+class MediaSession:
+    """One call's RTP/RTCP media. Create with :meth:`open`; see the module docstring."""
+
+    def __init__(
+        self,
+        lease: PortLease,
+        remote: Address | None,
+        codec: CodecSpec,
+        *,
+        dtmf_payload_type: int | None,
+        ptime_ms: int,
+        signalling_ip: str | None,
+        inactivity_timeout_s: float,
+        jitter_min_ms: int,
+        jitter_max_ms: int,
+        event_queue_size: int,
+        on_event: Callable[[MediaEvent], None] | None,
+        cname: str,
+        rtcp_interval_s: float,
+    ) -> None:
+        self.lease = lease
+        self.codec = codec
+        self.ptime_ms = ptime_ms
+        self.dtmf_payload_type = dtmf_payload_type
+        self.inactivity_timeout_s = inactivity_timeout_s
+        self._signalling_ip = signalling_ip
+        self._codec = make_codec(codec)
+        self.ssrc = secrets.randbits(32)
+        self._seq = secrets.randbits(16)
+        self._playout = Playout(self._codec, ptime_ms, secrets.randbits(32), dtmf_payload_type)
+        self._jitter = JitterBuffer(
+            ptime_ms,
+            self._playout.samples_per_frame,
+            min_depth_ms=jitter_min_ms,
+            max_depth_ms=jitter_max_ms,
+        )
+        self._concealer = Concealer(codec.pcm_bytes(ptime_ms))
+        self._dtmf = DtmfDecoder()
+        self._rx = ReceiverStats(codec.clock_rate)
+        self._in_timer = ProcessingTimer()
+        self._out_timer = ProcessingTimer()
+        self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(event_queue_size)
+        self._on_event = on_event
+        self._cname = cname.encode()
+        self._rtcp_interval = rtcp_interval_s
+        self._loop = asyncio.get_running_loop()
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._rtcp: asyncio.DatagramTransport | None = None
+        self._pacer = Pacer.for_loop(ptime_ms, self._loop)
+        self._tick_handle: int | None = None
+        self._held = False
+        self._ended: MediaEndReason | None = None
+        self._final: MediaStats | None = None
+        # addressing
+        self._sdp: Address | None = None
+        self._rtcp_sdp: Address | None = None
+        self._dest: Address | None = None
+        self._rtcp_dest: Address | None = None
+        self._seen_sdp = False
+        self._latched_foreign = False
+        self._set_remote(remote, None)
+        # counters
+        now = self._loop.time()
+        self._last_rx = now
+        self._last_dtmf_rx = now
+        self._packets_sent = 0
+        self._octets_sent = 0
+        self._sent_since_report = False
+        self._packets_received = 0
+        self._bytes_received = 0
+        self._concealed = 0
+        self._dtmf_count = 0
+        self._rejected = 0
+        self._malformed = 0
+        self._events_dropped = 0
+        self._next_rtcp = now + rtcp_interval_s * random.uniform(0.5, 1.5)
+        self._last_sr: tuple[int, float] | None = None  # (LSR, loop time received)
+        self._remote_loss = 0.0
+        self._remote_jitter_ms = 0.0
+        self._rtt_ms: float | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        lease: PortLease,
+        *,
+        remote: Address | None,
+        codec: CodecSpec,
+        dtmf_payload_type: int | None = 101,
+        ptime_ms: int = 20,
+        signalling_ip: str | None = None,
+        inactivity_timeout_s: float = DEFAULT_INACTIVITY_TIMEOUT_S,
+        jitter_min_ms: int = 20,
+        jitter_max_ms: int = 60,
+        event_queue_size: int = DEFAULT_EVENT_QUEUE,
+        on_event: Callable[[MediaEvent], None] | None = None,
+        cname: str = "telepath",
+        rtcp_interval_s: float = RTCP_INTERVAL_S,
+    ) -> MediaSession:
+        """Start media on a leased port pair and begin paced sending.
+
+        Args:
+            lease: the ports; owned by the session from now on (released on every exit path).
+            remote: the peer's RTP address from SDP; None to wait for an offer (nothing is sent
+                until :meth:`update_remote`).
+            codec: the negotiated audio codec.
+            dtmf_payload_type: negotiated telephone-event payload type, None if not offered.
+            ptime_ms: packet time (20 unless SDP says otherwise).
+            signalling_ip: source IP of the SIP request, trusted for latching.
+            inactivity_timeout_s: end the session when no RTP arrives for this long (not on
+                hold); 0 disables.
+            jitter_min_ms: least jitter-buffer depth.
+            jitter_max_ms: greatest jitter-buffer depth.
+            event_queue_size: bound of the inbound event queue (oldest audio is dropped).
+            on_event: receive events synchronously instead of through :meth:`events`.
+            cname: RTCP SDES CNAME.
+            rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
+
+        Returns:
+            The running session.
+        """
+        try:
+            session = cls(
+                lease,
+                remote,
+                codec,
+                dtmf_payload_type=dtmf_payload_type,
+                ptime_ms=ptime_ms,
+                signalling_ip=signalling_ip,
+                inactivity_timeout_s=inactivity_timeout_s,
+                jitter_min_ms=jitter_min_ms,
+                jitter_max_ms=jitter_max_ms,
+                event_queue_size=event_queue_size,
+                on_event=on_event,
+                cname=cname,
+                rtcp_interval_s=rtcp_interval_s,
+            )
+        except BaseException:
+            lease.release()
+            raise
+        loop = session._loop
+        try:
+            session._rtp, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(session._on_rtp), sock=lease.rtp_socket
+            )
+            session._rtcp, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(session._on_rtcp), sock=lease.rtcp_socket
+            )
+        except BaseException:
+            if session._rtp is not None:
+                session._rtp.close()
+            lease.release()
+            raise
+        session._tick_handle = session._pacer.subscribe(session._on_tick)
+        return session
+
+    async def close(self) -> MediaStats:
+        """Stop media, send RTCP BYE, release the ports. Idempotent.
+
+        Returns:
+            The final statistics.
+        """
+        self._end(MediaEndReason.CLOSED)
+        await asyncio.sleep(0)  # let the transports finish closing
+        assert self._final is not None
+        return self._final
+
+    async def __aenter__(self) -> MediaSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def local_port(self) -> int:
+        """The RTP port to put in our SDP."""
+        return self.lease.port
+
+    @property
+    def ended(self) -> MediaEndReason | None:
+        """Why the session ended, or None while it runs."""
+        return self._ended
+
+    @property
+    def remote(self) -> Address | None:
+        """Where RTP is being sent now (the SDP address or the latched one)."""
+        return self._dest
+
+    # ---- outbound API ----------------------------------------------------------------------
+
+    def play(self, payload: bytes) -> None:
+        """Queue agent audio already encoded in the call's codec (pass-through, no transcode).
+
+        Raises:
+            PlayoutOverflow: more than two minutes of audio would be queued.
+        """
+        self._playout.enqueue(payload)
+
+    def play_pcm(self, pcm: bytes, sample_rate: int = 8000) -> None:
+        """Queue agent audio as PCM16 at 8, 16 or 24 kHz (resampled and encoded here)."""
+        self._playout.enqueue_pcm(pcm, sample_rate)
+
+    def mark(self, name: str) -> None:
+        """Emit ``MarkPlayed(name)`` once everything queued so far has been sent."""
+        self._playout.mark(name)
+
+    def flush(self) -> float:
+        """Barge-in: drop queued agent audio now; the next frame is silence.
+
+        Returns:
+            Agent audio actually sent since the previous flush, in ms.
+        """
+        played, cleared = self._playout.flush()
+        for name in cleared:
+            self._emit(MarkPlayed(name, cleared=True))
+        return played
+
+    @property
+    def queued_ms(self) -> float:
+        """Agent audio waiting to be played, in ms."""
+        return self._playout.queued_ms
+
+    def send_dtmf(self, key: str, duration_ms: int = 100) -> None:
+        """Send an RFC 4733 key press to the caller, starting on the next frame."""
+        self._playout.send_dtmf(key, duration_ms)
+
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) sending RTP; the call and RTCP continue.
+
+        Use for SDP sendonly/inactive from the peer (we must not send) and for resuming. The
+        RTP clock keeps running, so timestamps after resume reflect the elapsed time, and the
+        first packet after resume carries the marker bit. Queued agent audio is kept.
+        """
+        self._held = held
+        if not held:
+            self._last_rx = self._loop.time()  # the peer may have been silent while held
+
+    def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
+        """Follow a re-INVITE's new media address (and optional a=rtcp address)."""
+        self._set_remote(remote, rtcp)
+
+    # ---- inbound API -----------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[MediaEvent]:
+        """Yield inbound events until (and including) :class:`MediaEnded`."""
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, MediaEnded):
+                return
+
+    def stats(self) -> MediaStats:
+        """Live statistics (the final snapshot once closed)."""
+        if self._final is not None:
+            return self._final
+        return MediaStats(
+            packets_sent=self._packets_sent,
+            packets_received=self._packets_received,
+            bytes_received=self._bytes_received,
+            packets_lost=max(0, self._rx.lost),
+            loss_percent=self._rx.loss_percent,
+            jitter_ms=self._rx.jitter_ms,
+            late=self._jitter.stats.late,
+            duplicates=self._jitter.stats.duplicates,
+            concealed_frames=self._concealed,
+            jitter_buffer_ms=self._jitter.depth_ms,
+            dtmf_received=self._dtmf_count,
+            rejected_source=self._rejected,
+            malformed=self._malformed,
+            audio_played_ms=self._playout.played_ms,
+            remote_loss_fraction=self._remote_loss,
+            remote_jitter_ms=self._remote_jitter_ms,
+            rtt_ms=self._rtt_ms,
+            inbound=DirectionStats.of(self._in_timer),
+            outbound=DirectionStats.of(self._out_timer),
+        )
+
+    # ---- internals: addressing ---------------------------------------------------------------
+
+    def _set_remote(self, remote: Address | None, rtcp: Address | None) -> None:
+        self._sdp = remote
+        self._dest = remote
+        if remote is not None and rtcp is None:
+            rtcp = (remote[0], remote[1] + 1)
+        self._rtcp_sdp = rtcp
+        self._rtcp_dest = rtcp
+        self._seen_sdp = False
+        self._latched_foreign = False
+
+    def _accept_source(self, addr: Address) -> bool:
+        """The latching policy from the module docstring; True if ``addr`` may be latched."""
+        sdp = self._sdp
+        if sdp is not None and addr == sdp:
+            return True
+        ip = addr[0]
+        if (sdp is not None and ip == sdp[0]) or ip == self._signalling_ip:
+            return True
+        return not self._seen_sdp and not self._latched_foreign
+
+    def _latch(self, addr: Address) -> None:
+        if self._sdp is not None and addr == self._sdp:
+            self._seen_sdp = True
+        elif (self._sdp is None or addr[0] != self._sdp[0]) and addr[0] != self._signalling_ip:
+            self._latched_foreign = True
+        if addr != self._dest:
+            logger.info("RTP latched to the observed source address")
+            self._dest = addr
+            rtcp_port = self._rtcp_sdp[1] if self._rtcp_sdp is not None else addr[1] + 1
+            self._rtcp_dest = (addr[0], rtcp_port)
+
+    # ---- internals: inbound --------------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes, addr: Address) -> None:
+        started = perf_counter_ns()
+        if self._ended is not None:
+            return
+        known = addr == self._dest
+        if not known and not self._accept_source(addr):
+            self._rejected += 1
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            self._malformed += 1
+            return
+        pt = packet.payload_type
+        is_dtmf = pt == self.dtmf_payload_type
+        if pt != self.codec.payload_type and not is_dtmf:
+            if not known:
+                self._rejected += 1
+            return  # comfort noise or an unnegotiated type: ignored
+        if not known or (not self._seen_sdp and addr == self._sdp):
+            self._latch(addr)
+        now = self._loop.time()
+        self._last_rx = now
+        self._packets_received += 1
+        self._bytes_received += len(packet.payload)
+        seq, ts = packet.sequence_number, packet.timestamp
+        self._rx.update(packet.ssrc, seq, ts, now)
+        if is_dtmf:
+            self._last_dtmf_rx = now
+            try:
+                digits = self._dtmf.feed(ts, packet.payload)
+            except RtpError:
+                self._malformed += 1
+                digits = []
+            for digit in digits:
+                self._dtmf_count += 1
+                self._emit(DtmfReceived(digit))
+        frames = self._jitter.push(packet.ssrc, seq, ts, packet.payload, now, packet.marker, pt)
+        if frames:
+            self._deliver(frames)
+        self._in_timer.record(perf_counter_ns() - started)
+
+    def _deliver(self, frames: list[JitterFrame]) -> None:
+        codec = self._codec
+        rate = self.codec.sample_rate
+        for frame in frames:
+            if frame.lost:
+                self._concealed += 1
+                pcm = self._concealer.conceal()
+                self._emit(AudioReceived(pcm, codec.encode(pcm), rate, frame.timestamp, True))
+            elif frame.payload_type == self.dtmf_payload_type:
+                continue  # a telephone-event packet only kept its slot in the sequence space
+            else:
+                pcm = self._concealer.good(codec.decode(frame.payload))
+                self._emit(AudioReceived(pcm, frame.payload, rate, frame.timestamp, False))
+
+    def _emit(self, event: MediaEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+            return
+        queue = self._queue
+        if queue.full():
+            if isinstance(event, AudioReceived):
+                self._events_dropped += 1
+                return
+            queue.get_nowait()  # control events displace the oldest entry
+            self._events_dropped += 1
+        queue.put_nowait(event)
+
+    # ---- internals: outbound, timers -----------------------------------------------------------
+
+    def _on_tick(self, now: float, frames: int) -> None:
+        started = perf_counter_ns()
+        playout = self._playout
+        send = not self._held and self._dest is not None and self._rtp is not None
+        for _ in range(frames - 1):
+            playout.next_frame(send=False)  # a stall: keep the RTP clock on real time
+        frame, reached = playout.next_frame(send=send)
+        if frame is not None and self._rtp is not None and self._dest is not None:
+            data = pack_rtp(
+                frame.payload_type,
+                self._seq,
+                frame.timestamp,
+                self.ssrc,
+                frame.payload,
+                frame.marker,
+            )
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._rtp.sendto(data, self._dest)
+            self._packets_sent += 1
+            self._octets_sent += len(frame.payload)
+            self._sent_since_report = True
+            self._out_timer.record(perf_counter_ns() - started)
+        for name in reached:
+            self._emit(MarkPlayed(name))
+        released = self._jitter.poll(now)
+        if released:
+            self._deliver(released)
+        if self._dtmf.active is not None and now - self._last_dtmf_rx > DTMF_EXPIRE_S:
+            for digit in self._dtmf.expire():
+                self._dtmf_count += 1
+                self._emit(DtmfReceived(digit))
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + self._rtcp_interval * random.uniform(0.5, 1.5)
+            self._jitter.adapt(self._rx.jitter_ms)
+            self._send_rtcp([])
+        timeout = self.inactivity_timeout_s
+        if timeout and not self._held and now - self._last_rx > timeout:
+            logger.info("media inactivity timeout")
+            self._end(MediaEndReason.MEDIA_TIMEOUT)
+
+    def _report(self) -> list[RtcpPacket]:
+        lsr = dlsr = 0
+        if self._last_sr is not None:
+            lsr = self._last_sr[0]
+            dlsr = int((self._loop.time() - self._last_sr[1]) * 65536)
+        block = self._rx.report_block(lsr, dlsr)
+        blocks = [block] if block is not None else []
+        head: RtcpPacket
+        if self._sent_since_report:
+            head = RtcpSenderReport(
+                self.ssrc,
+                ntp_from_unix(time.time()),  # NTP is wall time by definition (RFC 3550 §4)
+                self._playout.timestamp,
+                self._packets_sent & 0xFFFFFFFF,
+                self._octets_sent & 0xFFFFFFFF,
+                blocks,
+            )
+        else:
+            head = RtcpReceiverReport(self.ssrc, blocks)
+        self._sent_since_report = False
+        return [head, RtcpSdes([RtcpSourceDescription(self.ssrc, [(SDES_CNAME, self._cname)])])]
+
+    def _send_rtcp(self, extra: list[RtcpPacket]) -> None:
+        if self._rtcp is None or self._rtcp_dest is None or self._held and not extra:
+            return
+        self._rtcp.sendto(serialize_compound(self._report() + extra), self._rtcp_dest)
+
+    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+        if self._ended is not None:
+            return
+        dest = self._dest
+        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._signalling_ip
+        if not trusted:
+            self._rejected += 1
+            return
+        try:
+            packets = parse_compound(data)
+        except RtpError:
+            self._malformed += 1
+            return
+        self._rtcp_dest = addr  # symmetric RTCP
+        now = self._loop.time()
+        for packet in packets:
+            if isinstance(packet, RtcpSenderReport):
+                self._last_sr = (ntp_middle32(packet.ntp_timestamp), now)
+            if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
+                for block in packet.reports:
+                    if block.ssrc == self.ssrc:
+                        self._on_report_block(
+                            block.fraction_lost, block.jitter, block.lsr, block.dlsr
+                        )
+
+    def _on_report_block(self, fraction: int, jitter: int, lsr: int, dlsr: int) -> None:
+        self._remote_loss = fraction / 256
+        self._remote_jitter_ms = jitter * 1000 / self.codec.clock_rate
+        if lsr:
+            # RFC 3550 §6.4.1: RTT = A - LSR - DLSR, all in 1/65536 s.
+            arrival = ntp_middle32(ntp_from_unix(time.time()))
+            rtt = (arrival - lsr - dlsr) & 0xFFFFFFFF
+            if rtt < 0x80000000:
+                self._rtt_ms = rtt * 1000 / 65536
+
+    def _end(self, reason: MediaEndReason) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        if self._tick_handle is not None:
+            self._pacer.unsubscribe(self._tick_handle)
+        try:
+            self._send_rtcp([RtcpBye([self.ssrc])])
+        except OSError:
+            logger.debug("RTCP BYE not sent")
+        self._final = self.stats()
+        for transport in (self._rtp, self._rtcp):
+            if transport is not None:
+                transport.close()
+        self.lease.release()
+        _, cleared = self._playout.flush()
+        for name in cleared:
+            self._emit(MarkPlayed(name, cleared=True))
+        self._emit(MediaEnded(reason))

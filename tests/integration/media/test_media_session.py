@@ -1,0 +1,377 @@
+"""MediaSession over real loopback UDP sockets: audio both ways, DTMF, flush, marks, latching,
+hold, re-INVITE, RTCP, inactivity and port release."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from telepath.rtp import g711
+from telepath.rtp.codecs import CodecSpec
+from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey
+from telepath.rtp.packet import RtpPacket
+from telepath.rtp.rtcp import (
+    RtcpBye,
+    RtcpReceiverReport,
+    RtcpReportBlock,
+    RtcpSenderReport,
+    ntp_middle32,
+    parse_compound,
+)
+from telepath.transport.media_session import (
+    AudioReceived,
+    DtmfReceived,
+    MarkPlayed,
+    MediaEnded,
+    MediaEndReason,
+    MediaEvent,
+    MediaSession,
+)
+from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
+from tests.unit.rtp.audio import dominant_hz, tone
+from tests.unit.rtp.captures import load_capture
+
+from .peer import UdpPeer, rtp_stream, until
+
+pytestmark = pytest.mark.integration
+
+PCMU = CodecSpec.static("PCMU")
+
+
+def ulaw_frames(freq: float, seconds: float) -> list[bytes]:
+    data = g711.pcm16_to_ulaw(tone(freq, 8000, seconds))
+    return [data[i : i + 160] for i in range(0, len(data), 160)]
+
+
+async def collect(
+    session: MediaSession, count: int, kind: type = AudioReceived
+) -> list[MediaEvent]:
+    out: list[MediaEvent] = []
+    async with asyncio.timeout(10):
+        async for event in session.events():
+            if isinstance(event, kind):
+                out.append(event)
+                if len(out) >= count:
+                    return out
+    return out
+
+
+async def open_session(
+    allocator: RtpPortAllocator, peer: UdpPeer | None, **kwargs: object
+) -> MediaSession:
+    remote = peer.address if peer is not None else None
+    return await MediaSession.open(allocator.allocate(), remote=remote, codec=PCMU, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_tone_from_peer_arrives_decoded_at_the_right_frequency(
+    allocator: RtpPortAllocator,
+) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 1.0)):
+            peer.send(data, ("127.0.0.1", session.local_port))
+        frames = await collect(session, 50)
+        pcm = b"".join(f.pcm for f in frames if isinstance(f, AudioReceived))
+        assert dominant_hz(pcm, 8000) == pytest.approx(1000, abs=10)
+        stats = session.stats()
+        assert stats.packets_received == 50
+        assert stats.packets_lost == 0
+        assert stats.inbound.packets == 50
+        assert stats.inbound.p50_us > 0
+    finally:
+        await session.close()
+        peer.close()
+    assert allocator.in_use == 0
+
+
+async def test_played_audio_reaches_peer_paced_with_marker_and_continuous_timestamps(
+    allocator: RtpPortAllocator,
+) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        await peer.wait_for(2)  # silence while idle
+        session.play(b"".join(ulaw_frames(440, 0.5)))
+        session.mark("end")
+        await collect(session, 1, MarkPlayed)
+        await peer.wait_for(session.stats().packets_sent)
+        packets = peer.packets()
+        audio = [p for p in packets if p.payload != b"\xff" * 160]
+        assert len(audio) == 25
+        assert audio[0].marker and not any(p.marker for p in audio[1:])
+        for a, b in zip(packets, packets[1:], strict=False):
+            assert (b.sequence_number - a.sequence_number) & 0xFFFF == 1
+            assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160
+        pcm = b"".join(g711.ulaw_to_pcm16(p.payload) for p in audio)
+        assert dominant_hz(pcm, 8000) == pytest.approx(440, abs=10)
+        assert session.stats().audio_played_ms == 500
+        assert session.stats().outbound.packets >= len(packets)
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_flush_reports_played_ms_and_clears_pending_marks(
+    allocator: RtpPortAllocator,
+) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        frames = ulaw_frames(300, 2.0)
+        session.play(b"".join(frames[:10]))
+        session.mark("first-200ms")
+        session.play(b"".join(frames[10:]))
+        session.mark("end")
+        (reached,) = await collect(session, 1, MarkPlayed)
+        assert reached == MarkPlayed("first-200ms")
+        played = session.flush()
+        sent = session.stats().packets_sent
+        assert played % 20 == 0 and 200 <= played < 2000
+        assert session.queued_ms == 0
+        (cleared,) = await collect(session, 1, MarkPlayed)
+        assert cleared == MarkPlayed("end", cleared=True)
+        # Every packet sent after the flush is silence: it took effect within one frame.
+        await peer.wait_for(sent + 3)
+        tail = peer.packets()[sent:]
+        assert all(p.payload == b"\xff" * 160 for p in tail)
+        assert session.flush() == 0  # nothing played since the previous flush
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_pcm_at_24khz_is_resampled_and_encoded(allocator: RtpPortAllocator) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        session.play_pcm(tone(1000, 24000, 0.4), sample_rate=24000)
+        session.mark("done")
+        await collect(session, 1, MarkPlayed)
+        await peer.wait_for(session.stats().packets_sent)
+        audio = [p for p in peer.packets() if p.payload != b"\xff" * 160]
+        pcm = b"".join(g711.ulaw_to_pcm16(p.payload) for p in audio)
+        assert len(pcm) == 2 * 3200
+        assert dominant_hz(pcm, 8000) == pytest.approx(1000, abs=10)
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_dtmf_from_sipp_capture_is_reported_once(allocator: RtpPortAllocator) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        for data in load_capture("dtmf_2833_pound"):
+            peer.send(data, ("127.0.0.1", session.local_port))
+        (event,) = await collect(session, 1, DtmfReceived)
+        assert isinstance(event, DtmfReceived)
+        assert event.digit.key == DtmfKey.POUND
+        assert event.digit.duration_ms == 280
+        assert session.stats().dtmf_received == 1
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_send_dtmf_reaches_peer_as_rfc4733(allocator: RtpPortAllocator) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        session.send_dtmf("7", duration_ms=100)
+        decoder = DtmfDecoder()
+        digits: list[DtmfDigit] = []
+        async with asyncio.timeout(10):
+            while not digits:
+                await peer.wait_for(len(peer.recorder.received) + 1)
+                packet = RtpPacket.parse(peer.recorder.received[-1][0])
+                if packet.payload_type == 101:
+                    digits += decoder.feed(packet.timestamp, packet.payload)
+        assert digits[0].key == "7"
+        assert digits[0].duration_ms == 100
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_latching_follows_first_packet_then_refuses_third_parties(
+    allocator: RtpPortAllocator,
+) -> None:
+    silent = await UdpPeer.bind("127.0.0.1")  # the SDP address; never speaks first
+    natted = await UdpPeer.bind("127.0.0.2")  # the real endpoint behind NAT
+    attacker = await UdpPeer.bind("127.0.0.3")
+    session = await open_session(allocator, silent, signalling_ip="127.0.0.9")
+    port = ("127.0.0.1", session.local_port)
+    try:
+        assert session.remote == silent.address
+        natted.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        assert session.remote == natted.address  # rule 3: first packet, SDP address silent
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], port)
+        await natted.wait_for(3)
+        assert session.remote == natted.address
+        assert session.stats().rejected_source == 1
+        # The SDP address itself is always preferred once it speaks.
+        silent.send(rtp_stream(ulaw_frames(500, 0.02), seq=5000)[0], port)
+        await collect(session, 1)
+        assert session.remote == silent.address
+        natted.send(rtp_stream(ulaw_frames(500, 0.02), seq=9000)[0], port)
+        await silent.wait_for(2)
+        assert session.remote == silent.address  # no re-latching to a foreign address
+    finally:
+        await session.close()
+        for p in (silent, natted, attacker):
+            p.close()
+
+
+async def test_latching_accepts_signalling_ip_with_new_port(allocator: RtpPortAllocator) -> None:
+    sdp = await UdpPeer.bind("127.0.0.1")
+    rewritten = await UdpPeer.bind("127.0.0.4")
+    session = await open_session(allocator, sdp, signalling_ip="127.0.0.4")
+    port = ("127.0.0.1", session.local_port)
+    try:
+        sdp.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        rewritten.send(rtp_stream(ulaw_frames(500, 0.02), seq=1001)[0], port)
+        await collect(session, 1)
+        assert session.remote == rewritten.address  # rule 2: the signalling IP
+    finally:
+        await session.close()
+        sdp.close()
+        rewritten.close()
+
+
+async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
+    allocator: RtpPortAllocator,
+) -> None:
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        await peer.wait_for(2)
+        session.hold(True)
+        held_at = session.stats().packets_sent
+        await asyncio.sleep(0.1)
+        assert session.stats().packets_sent == held_at
+        before = len(peer.recorder.received)
+        last = peer.packets()[-1]
+        session.play(b"".join(ulaw_frames(440, 0.1)))
+        session.hold(False)
+        await peer.wait_for(before + 1)
+        resumed = peer.packets()[before]
+        assert resumed.marker
+        assert (resumed.sequence_number - last.sequence_number) & 0xFFFF == 1
+        gap = (resumed.timestamp - last.timestamp) & 0xFFFFFFFF
+        assert gap % 160 == 0 and gap > 160
+        assert session.ended is None
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_update_remote_moves_outbound_media(allocator: RtpPortAllocator) -> None:
+    first, second = await UdpPeer.bind(), await UdpPeer.bind()
+    session = await open_session(allocator, first)
+    try:
+        await first.wait_for(1)
+        session.update_remote(second.address)
+        await second.wait_for(2)
+        assert session.remote == second.address
+    finally:
+        await session.close()
+        first.close()
+        second.close()
+
+
+async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> None:
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer, rtcp_interval_s=0.1)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 0.2)):
+            peer.send(data, ("127.0.0.1", session.local_port))
+        await collect(session, 10)
+        await peer_rtcp.wait_for(2)
+        reports = [p for d, _ in peer_rtcp.recorder.received for p in parse_compound(d)]
+        srs = [p for p in reports if isinstance(p, RtcpSenderReport)]
+        assert srs and srs[-1].ssrc == session.ssrc
+        block = [b for sr in srs for b in sr.reports if b.ssrc == 0x5EED][-1]
+        assert block.packets_lost == 0
+        assert block.highest_sequence == 1009
+        rr = RtcpReceiverReport(
+            0x5EED,
+            [RtcpReportBlock(session.ssrc, 64, 3, 0, 80, ntp_middle32(srs[-1].ntp_timestamp), 0)],
+        )
+        peer_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().rtt_ms is not None)
+        stats = session.stats()
+        assert stats.remote_loss_fraction == 0.25
+        assert stats.remote_jitter_ms == 10.0
+        assert stats.rtt_ms is not None and stats.rtt_ms >= 0
+        before = len(peer_rtcp.recorder.received)
+        await session.close()
+        await peer_rtcp.wait_for(before + 1)
+        bye = parse_compound(peer_rtcp.recorder.received[-1][0])[-1]
+        assert isinstance(bye, RtcpBye) and bye.sources == [session.ssrc]
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
+async def test_inactivity_timeout_ends_with_reason_and_releases_ports(
+    allocator: RtpPortAllocator,
+) -> None:
+    session = await open_session(allocator, None, inactivity_timeout_s=0.1)
+    (ended,) = await collect(session, 1, MediaEnded)
+    assert ended == MediaEnded(MediaEndReason.MEDIA_TIMEOUT)
+    assert session.ended == MediaEndReason.MEDIA_TIMEOUT
+    assert session.lease.released
+    assert allocator.in_use == 0
+    await session.close()  # idempotent
+
+
+async def test_on_event_callback_receives_frames(allocator: RtpPortAllocator) -> None:
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 0.1)):
+            peer.send(data, ("127.0.0.1", session.local_port))
+        await until(lambda: len(got) >= 5)
+        assert all(isinstance(e, AudioReceived) for e in got)
+    finally:
+        await session.close()
+        peer.close()
+
+
+def test_port_allocator_pairs_exhaustion_and_release() -> None:
+    allocator = RtpPortAllocator(43001, 43006, host="127.0.0.1")  # pairs 43002/3, 43004/5
+    assert allocator.capacity == 2
+    a = allocator.allocate()
+    b = allocator.allocate()
+    assert {a.port, b.port} == {43002, 43004}
+    assert a.rtcp_port == a.port + 1
+    with pytest.raises(RtpPortsExhausted) as excinfo:
+        allocator.allocate()
+    assert excinfo.value.status_hint == 503
+    a.release()
+    a.release()  # idempotent
+    with allocator.allocate() as c:
+        assert c.port == a.port
+    assert allocator.in_use == 1
+    b.release()
+    assert allocator.in_use == 0
+
+
+def test_port_held_by_another_process_is_skipped() -> None:
+    import socket
+
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", 43011))  # the RTCP half of the first pair
+    try:
+        allocator = RtpPortAllocator(43010, 43013, host="127.0.0.1")
+        with allocator.allocate() as lease:
+            assert lease.port == 43012
+    finally:
+        squatter.close()

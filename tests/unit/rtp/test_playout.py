@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+
+from telepath.rtp.codecs import CodecSpec, make_codec
+from telepath.rtp.dtmf import TelephoneEvent
+from telepath.rtp.playout import Playout, PlayoutOverflow
+
+from .audio import tone
+
+pytestmark = pytest.mark.unit
+
+SILENCE = b"\xff" * 160
+
+
+def make(dtmf: int | None = 101) -> Playout:
+    return Playout(make_codec(CodecSpec.static("PCMU")), 20, 0xFFFFFF00, dtmf)
+
+
+def test_idle_sends_silence_with_continuous_timestamps_across_wrap() -> None:
+    playout = make()
+    frames = [playout.next_frame()[0] for _ in range(3)]
+    assert [f.payload for f in frames if f] == [SILENCE] * 3
+    assert [f.timestamp for f in frames if f] == [0xFFFFFF00, 0xFFFFFFA0, 0x00000040]
+    assert not any(f.marker for f in frames if f)
+
+
+def test_marker_on_first_audio_after_silence_and_partial_frame_padding() -> None:
+    playout = make()
+    playout.next_frame()
+    playout.enqueue(b"\x01" * 200)
+    first, _ = playout.next_frame()
+    second, _ = playout.next_frame()
+    third, _ = playout.next_frame()
+    assert first and first.marker and first.agent_audio
+    assert second and not second.marker and second.payload == b"\x01" * 40 + b"\xff" * 120
+    assert third and third.payload == SILENCE and not third.agent_audio
+    assert playout.played_ms == 25
+    playout.enqueue(b"\x02" * 160)
+    fourth, _ = playout.next_frame()
+    assert fourth and fourth.marker  # new talkspurt after silence
+
+
+def test_marks_fire_when_playout_passes_them() -> None:
+    playout = make()
+    playout.mark("empty")  # nothing queued: fires on the next frame
+    assert playout.next_frame()[1] == ["empty"]
+    playout.enqueue(b"\x01" * 320)
+    playout.mark("a")
+    playout.enqueue(b"\x01" * 160)
+    playout.mark("b")
+    assert playout.next_frame()[1] == []
+    assert playout.next_frame()[1] == ["a"]
+    assert playout.next_frame()[1] == ["b"]
+
+
+def test_flush_reports_played_ms_and_cleared_marks() -> None:
+    playout = make()
+    playout.enqueue(b"\x01" * 800)
+    playout.mark("end")
+    playout.next_frame()
+    playout.next_frame()
+    played, cleared = playout.flush()
+    assert (played, cleared) == (40.0, ["end"])
+    assert playout.queued_ms == 0
+    frame, marks = playout.next_frame()
+    assert frame and frame.payload == SILENCE and marks == []
+    assert playout.flush() == (0.0, [])
+    # New audio after a flush plays from the start and marks count from there.
+    playout.enqueue(b"\x03" * 160)
+    playout.mark("next")
+    assert playout.next_frame()[1] == ["next"]
+
+
+def test_hold_advances_clock_without_consuming_audio() -> None:
+    playout = make()
+    playout.enqueue(b"\x01" * 160)
+    before = playout.timestamp
+    assert playout.next_frame(send=False) == (None, [])
+    assert playout.queued_ms == 20
+    frame, _ = playout.next_frame()
+    assert frame and frame.timestamp == (before + 160) & 0xFFFFFFFF and frame.marker
+
+
+def test_dtmf_interleaves_and_pauses_audio() -> None:
+    playout = make()
+    playout.enqueue(b"\x01" * 160)
+    playout.send_dtmf("5", duration_ms=40)
+    frames = [playout.next_frame()[0] for _ in range(5)]
+    assert [f.payload_type for f in frames if f] == [101, 101, 101, 101, 0]
+    events = [TelephoneEvent.parse(f.payload) for f in frames[:4] if f]
+    assert [(e.event, e.end, e.duration) for e in events] == [
+        (5, False, 160),
+        (5, True, 320),
+        (5, True, 320),
+        (5, True, 320),
+    ]
+    assert len({f.timestamp for f in frames[:4] if f}) == 1  # one event, one timestamp
+    last = frames[4]
+    assert last and last.marker and last.payload == b"\x01" * 160
+    with pytest.raises(RuntimeError):
+        make(dtmf=None).send_dtmf("1")
+
+
+def test_pcm_input_is_resampled_and_encoded() -> None:
+    playout = make()
+    playout.enqueue_pcm(tone(1000, 16000, 0.1), 16000)
+    assert playout.queued_ms == 100
+    with pytest.raises(ValueError):
+        playout.enqueue_pcm(b"\x00", 8000)
+
+
+def test_g722_pcm_input_keeps_odd_samples() -> None:
+    playout = Playout(make_codec(CodecSpec.static("G722")), 20, 0)
+    playout.enqueue_pcm(b"\x00\x00" * 321, 16000)  # 321 samples: one carried over
+    assert playout.queued_ms == 20
+    frame, _ = playout.next_frame()
+    assert frame and frame.payload_type == 9 and len(frame.payload) == 160
+
+
+def test_queue_is_bounded() -> None:
+    playout = make()
+    with pytest.raises(PlayoutOverflow):
+        playout.enqueue(b"\x00" * (8 * 120_001))
