@@ -1,0 +1,1 @@
+"""Custom WebSocket agents: the telepath protocol and Twilio Media Streams."""

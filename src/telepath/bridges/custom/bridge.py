@@ -1,0 +1,310 @@
+"""Custom WebSocket agents: the ``telepath`` protocol (ours) and ``twilio`` (Media Streams).
+
+The gateway is the WebSocket client; the trunk's ``custom_headers`` go on the handshake. In
+both protocols a normal close (1000) by the agent means "hang up" (as with Twilio streams) and
+any other close or a drop is ``ai_provider_error``. There is no reconnect within a call (see
+``docs/custom-agent-protocol.md``, "Reconnect policy").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+
+from telepath.bridges.audio import AudioConverter, WireFormat
+from telepath.bridges.base import (
+    AgentAudio,
+    AgentClear,
+    AgentConnected,
+    AgentError,
+    AgentEvent,
+    AgentHangup,
+    AgentMark,
+    AgentTranscript,
+    AgentTransfer,
+    BridgeConnectError,
+    BridgeError,
+    BridgeProtocolError,
+    BridgeReason,
+    CallMetadata,
+    Codec,
+    CustomConfig,
+    PlayoutProgress,
+    ProviderError,
+)
+from telepath.bridges.custom import events as ev
+from telepath.bridges.ws import WebSocketBridge
+
+__all__ = ["TelepathAgentBridge", "TwilioStreamBridge"]
+
+logger = logging.getLogger(__name__)
+
+FRAME_MS = 20
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise BridgeProtocolError("malformed audio payload: not base64") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _CustomBridge(WebSocketBridge):
+    provider = "custom"
+
+    def __init__(self, config: CustomConfig, *, connect_timeout_s: float = 10.0) -> None:
+        super().__init__(connect_timeout_s=connect_timeout_s)
+        self.config = config
+        self._converter: AudioConverter | None = None
+        self._sent_ms = 0
+
+    def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
+        if code == 1000:
+            return AgentHangup(BridgeReason.AGENT_HANGUP)
+        return super()._on_remote_close(code, reason)
+
+
+class TelepathAgentBridge(_CustomBridge):
+    """Bridge speaking the ``telepath`` custom-agent protocol, version 1."""
+
+    def __init__(self, config: CustomConfig, *, connect_timeout_s: float = 10.0) -> None:
+        super().__init__(config, connect_timeout_s=connect_timeout_s)
+        self._offered: list[ev.MediaFormat] = []
+        self._codec_name: Codec = "pcmu"
+        self._ready: asyncio.Future[None] | None = None
+        self._seq = 0
+        self._transfers = 0
+
+    async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:
+        """Connect, send ``start`` and wait for the agent's ``ready``."""
+        law = "ulaw" if meta.codec == "pcmu" else "alaw"
+        other = "alaw" if law == "ulaw" else "ulaw"
+        self._offered = [
+            ev.MediaFormat(encoding=law),
+            ev.MediaFormat(encoding="pcm16", sample_rate=8000),
+            ev.MediaFormat(encoding="pcm16", sample_rate=16000),
+            ev.MediaFormat(encoding=other),
+        ]
+        self._codec_name = meta.codec
+        self._ready = asyncio.get_running_loop().create_future()
+        self._ready.add_done_callback(_retrieve)
+        await self._open(self.config.endpoint, self.config.headers)
+        call = ev.CallInfo(
+            call_id=meta.call_id,
+            trunk_id=meta.trunk_id,
+            caller=meta.caller,
+            called=meta.called,
+            codec=meta.codec,
+            sip_call_id=meta.sip_call_id,
+        )
+        start = ev.Start(call=call, system_prompt=meta.system_prompt, media_formats=self._offered)
+        await self._send(start.to_json())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
+        except TimeoutError:
+            await self._fail_start(
+                BridgeConnectError("agent sent no ready", retryable=True, code="timeout")
+            )
+        except BridgeError as err:
+            await self._fail_start(err)
+
+    async def send_audio(self, payload: bytes) -> None:
+        """Send caller audio as an ``audio`` message in the negotiated format."""
+        if self._converter is None or self.finished:
+            return
+        self._seq += 1
+        data = self._converter.to_agent(payload)
+        message = ev.GatewayAudio(seq=self._seq, timestamp_ms=self._sent_ms, payload=_b64(data))
+        self._sent_ms += round(len(payload) / 8)
+        await self._send(message.to_json())
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a ``dtmf`` message."""
+        await self._send(ev.Dtmf(digit=digit).to_json())
+
+    async def notify_mark(self, name: str) -> None:
+        """Echo a ``mark`` the agent placed, now played (or cleared)."""
+        await self._send(ev.Mark(name=name).to_json())
+
+    async def send_transfer_result(
+        self, request_id: str, ok: bool, detail: str | None = None
+    ) -> None:
+        """Send ``transfer_result``."""
+        result = ev.TransferResult(request_id=request_id, ok=ok, detail=detail)
+        await self._send(result.to_json())
+
+    async def _goodbye(self, reason: BridgeReason) -> None:
+        await self._send(ev.Stop(reason=reason.value).to_json())
+
+    async def _handle_text(self, text: str) -> None:
+        message = ev.parse_agent_message(text)
+        match message:
+            case ev.AgentAudioMessage():
+                if self._converter is None:
+                    raise BridgeProtocolError("audio before ready")
+                payload = self._converter.from_agent(_b64decode(message.payload))
+                if payload:
+                    await self._emit(AgentAudio(payload))
+            case ev.Ready():
+                await self._on_ready(message)
+            case ev.Mark():
+                await self._emit(AgentMark(message.name))
+            case ev.Clear():
+                await self._emit(AgentClear())
+            case ev.Hangup():
+                self._finish(AgentHangup(BridgeReason.AGENT_HANGUP))
+            case ev.Transfer():
+                self._transfers += 1
+                request_id = message.request_id or f"transfer-{self._transfers}"
+                await self._emit(AgentTransfer(message.target, request_id))
+            case ev.Transcript():
+                await self._emit(AgentTranscript(message.role, message.text))
+            case ev.AgentErrorMessage():
+                raise ProviderError("agent reported an error", code=message.code)
+
+    async def _on_ready(self, message: ev.Ready) -> None:
+        if self._ready is None or self._ready.done():
+            raise BridgeProtocolError("ready sent twice")
+        if message.media_format not in self._offered:
+            raise BridgeProtocolError("agent chose a media format that was not offered")
+        fmt = message.media_format
+        wire = WireFormat(fmt.encoding, fmt.sample_rate)
+        self._converter = AudioConverter(self._codec_name, wire)
+        self._ready.set_result(None)
+        await self._emit(AgentConnected(self.provider))
+
+    def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
+        if self._ready is not None and not self._ready.done():
+            return AgentError(
+                BridgeReason.CONNECTION_FAILED,
+                "agent closed before ready",
+                code != 1000,
+                str(code) if code is not None else "1006",
+            )
+        return super()._on_remote_close(code, reason)
+
+    def _finish(self, event: AgentEvent) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            if isinstance(event, AgentError):
+                err: BridgeError = BridgeError(
+                    event.message, reason=event.reason, retryable=event.retryable, code=event.code
+                )
+            else:
+                err = BridgeConnectError("agent ended during setup", retryable=False)
+            ready.set_exception(err)
+        super()._finish(event)
+
+
+def _sid(prefix: str) -> str:
+    """A Twilio-looking SID: two letters and 32 hex digits."""
+    return prefix + secrets.token_hex(16)
+
+
+class TwilioStreamBridge(_CustomBridge):
+    """Bridge playing Twilio's role in a bidirectional Media Stream."""
+
+    def __init__(self, config: CustomConfig, *, connect_timeout_s: float = 10.0) -> None:
+        super().__init__(config, connect_timeout_s=connect_timeout_s)
+        self.stream_sid = _sid("MZ")
+        self.call_sid = _sid("CA")
+        self.account_sid = _sid("AC")
+        self._sequence = 0
+        self._chunk = 0
+
+    def _next_sequence(self) -> str:
+        self._sequence += 1
+        return str(self._sequence)
+
+    async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:
+        """Connect and send ``connected`` and ``start`` (customParameters carry the call)."""
+        self._converter = AudioConverter(meta.codec, WireFormat("ulaw", 8000))
+        await self._open(self.config.endpoint, self.config.headers)
+        await self._emit(AgentConnected(self.provider, self.stream_sid))
+        params = {"From": meta.caller, "To": meta.called, "CallId": meta.call_id}
+        params["TrunkId"] = meta.trunk_id
+        if meta.sip_call_id:
+            params["SipCallId"] = meta.sip_call_id
+        if meta.system_prompt:
+            params["SystemPrompt"] = meta.system_prompt
+        info = ev.TwStartInfo(
+            accountSid=self.account_sid,
+            streamSid=self.stream_sid,
+            callSid=self.call_sid,
+            customParameters=params,
+        )
+        await self._send(ev.TwConnected().to_json())
+        sequence = self._next_sequence()
+        start = ev.TwStart(sequenceNumber=sequence, start=info, streamSid=self.stream_sid)
+        await self._send(start.to_json())
+
+    async def send_audio(self, payload: bytes) -> None:
+        """Send a ``media`` message (μ-law 8 kHz; A-law calls are converted)."""
+        if self._converter is None or self.finished:
+            return
+        self._chunk += 1
+        media = ev.TwMediaOut(
+            chunk=str(self._chunk),
+            timestamp=str(self._sent_ms),
+            payload=_b64(self._converter.to_agent(payload)),
+        )
+        self._sent_ms += round(len(payload) / 8)
+        sequence = self._next_sequence()
+        message = ev.TwMedia(sequenceNumber=sequence, media=media, streamSid=self.stream_sid)
+        await self._send(message.to_json())
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a ``dtmf`` message."""
+        message = ev.TwDtmf(
+            streamSid=self.stream_sid,
+            sequenceNumber=self._next_sequence(),
+            dtmf=ev.TwDtmfInfo(digit=digit),
+        )
+        await self._send(message.to_json())
+
+    async def notify_mark(self, name: str) -> None:
+        """Echo a ``mark`` once playout reached it (or ``clear`` dropped it)."""
+        message = ev.TwMark(
+            sequenceNumber=self._next_sequence(),
+            streamSid=self.stream_sid,
+            mark=ev.TwMarkInfo(name=name),
+        )
+        await self._send(message.to_json())
+
+    async def _goodbye(self, reason: BridgeReason) -> None:
+        stop = ev.TwStop(
+            sequenceNumber=self._next_sequence(),
+            stop=ev.TwStopInfo(accountSid=self.account_sid, callSid=self.call_sid),
+            streamSid=self.stream_sid,
+        )
+        await self._send(stop.to_json())
+
+    async def _handle_binary(self, data: bytes) -> None:
+        return None  # Twilio ignores binary frames
+
+    async def _handle_text(self, text: str) -> None:
+        message = ev.parse_twilio_agent_event(text)
+        match message:
+            case ev.TwAgentMedia():
+                assert self._converter is not None
+                payload = self._converter.from_agent(_b64decode(message.media.payload))
+                if payload:
+                    await self._emit(AgentAudio(payload))
+            case ev.TwMark():
+                await self._emit(AgentMark(message.mark.name))
+            case ev.TwClear():
+                await self._emit(AgentClear())
+            case None:
+                pass
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,207 @@
+"""Custom agents (telepath and Twilio Media Streams protocols) against the local fakes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import pytest
+
+from telepath.bridges.base import (
+    AgentBridge,
+    AgentClear,
+    AgentConnected,
+    AgentDisconnected,
+    AgentError,
+    AgentHangup,
+    AgentMark,
+    AgentTransfer,
+    BridgeAuthError,
+    BridgeConnectError,
+    BridgeReason,
+    CustomConfig,
+)
+from telepath.bridges.custom.events import MediaFormat
+from telepath.bridges.registry import create_bridge
+from telepath.testing.fake_custom import GREETING_MARK, FakeTelepathAgent, FakeTwilioAgent
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+
+from .helpers import META, audio_of, collect_until, wait_for
+
+HEADERS = {"Authorization": "Bearer agent-token", "X-Tenant": "acme"}
+
+
+def bridge_for(fake: FakeTelepathAgent | FakeTwilioAgent, timeout_s: float = 2.0) -> AgentBridge:
+    protocol: Literal["telepath", "twilio"] = (
+        "twilio" if isinstance(fake, FakeTwilioAgent) else "telepath"
+    )
+    config = CustomConfig(endpoint=fake.url, protocol=protocol, headers=HEADERS)
+    return create_bridge("custom", config, connect_timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate"),
+    [(None, 8000), (MediaFormat(encoding="pcm16", sample_rate=16000), 16000)],
+)
+async def test_telepath_audio_both_ways_marks_dtmf_stop(fmt: MediaFormat | None, rate: int) -> None:
+    async with FakeTelepathAgent(media_format=fmt) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        assert isinstance(events[0], AgentConnected)
+        assert events[-1] == AgentMark(GREETING_MARK)
+        audio = audio_of(events)
+        assert dominant_frequency(g711_to_pcm16(audio)) == pytest.approx(440, abs=8)
+        for n in range(10):
+            await bridge.send_audio(sine_g711(1000, 20, phase=n * 160))
+        await bridge.send_dtmf("7")
+        await bridge.notify_mark(GREETING_MARK)
+        await wait_for(lambda: fake.digits == ["7"] and fake.mark_echoes == [GREETING_MARK])
+        received = bytes(fake.caller_audio)
+        if rate == 8000:
+            assert received == b"".join(sine_g711(1000, 20, phase=n * 160) for n in range(10))
+        else:
+            assert dominant_frequency(received, 16000) == pytest.approx(1000, abs=16)
+        await bridge.close()
+        assert (await collect_until(bridge))[-1] == AgentDisconnected(
+            BridgeReason.CALLER_HANGUP, 1000
+        )
+        await wait_for(lambda: fake.stops == [{"type": "stop", "reason": "caller_hangup"}])
+        assert fake.protocol_errors == []
+        start = fake.received[0]
+        assert start["call"]["caller"] == "+14155550123"
+        assert start["system_prompt"] == "You are a test agent."
+        assert fake.handshakes[0].headers["authorization"] == "Bearer agent-token"
+        assert fake.handshakes[0].headers["x-tenant"] == "acme"
+        audio_msgs = [m for m in fake.received if m["type"] == "audio"]
+        assert [m["seq"] for m in audio_msgs] == list(range(1, 11))
+        assert [m["timestamp_ms"] for m in audio_msgs] == list(range(0, 200, 20))
+
+
+async def test_telepath_pcma_call_offers_alaw_first() -> None:
+    async with FakeTelepathAgent(agent="echo") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, codec="pcma"))
+        frame = sine_g711(500, 20, "pcma")
+        await bridge.send_audio(frame)
+        events = await collect_until(bridge, audio_ms=20)
+        assert audio_of(events) == frame
+        assert fake.received[0]["media_formats"][0] == {"encoding": "alaw", "sample_rate": 8000}
+        await bridge.close()
+
+
+async def test_telepath_clear_hangup_transfer() -> None:
+    async with FakeTelepathAgent(clear_after_ms=300) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentClear)
+        assert len(audio_of(events)) == 300 * 8
+        await bridge.close()
+    async with FakeTelepathAgent(transfer_to="sip:sales@example.com", hangup=True) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentTransfer)
+        assert events[-1] == AgentTransfer("sip:sales@example.com", "xfer-1")
+        await bridge.send_transfer_result("xfer-1", ok=True)
+        assert (await collect_until(bridge))[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
+        await wait_for(
+            lambda: (
+                fake.transfer_results
+                == [{"type": "transfer_result", "request_id": "xfer-1", "ok": True}]
+            )
+        )
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
+@pytest.mark.parametrize(
+    ("after_start", "code", "retryable"),
+    [
+        ("error", "quota", False),
+        ("drop", "1006", True),
+        ("malformed", None, False),
+        ("close", "1011", True),
+    ],
+)
+async def test_telepath_failures(after_start: str, code: str | None, retryable: bool) -> None:
+    async with FakeTelepathAgent(agent="silent", after_start=after_start) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert (terminal.reason, terminal.code, terminal.retryable) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            code,
+            retryable,
+        )
+        await bridge.close()
+
+
+async def test_connect_failures() -> None:
+    async with FakeTelepathAgent(reject_status=401) as fake:
+        with pytest.raises(BridgeAuthError):
+            await bridge_for(fake).start(META)
+    async with FakeTelepathAgent(no_ready=True) as fake:
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge_for(fake, timeout_s=0.3).start(META)
+        assert info.value.code == "timeout"
+    async with FakeTwilioAgent(handshake_delay_s=5) as fake:
+        bridge = bridge_for(fake, timeout_s=0.3)
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.code) == (BridgeReason.CONNECTION_FAILED, "timeout")
+        assert isinstance((await collect_until(bridge))[-1], AgentError)
+
+
+async def test_twilio_agent_works_unchanged() -> None:
+    async with FakeTwilioAgent() as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        assert dominant_frequency(g711_to_pcm16(audio_of(events))) == pytest.approx(440, abs=8)
+        frames = [sine_g711(1000, 20, phase=n * 160) for n in range(5)]
+        for frame in frames:
+            await bridge.send_audio(frame)
+        await bridge.send_dtmf("1")
+        await bridge.notify_mark(GREETING_MARK)
+        await wait_for(lambda: fake.digits == ["1"] and fake.mark_echoes == [GREETING_MARK])
+        assert bytes(fake.caller_audio) == b"".join(frames)
+        await bridge.close()
+        await wait_for(lambda: len(fake.stops) == 1)
+        assert fake.protocol_errors == []
+        assert fake.custom_parameters["From"] == "+14155550123"
+        assert fake.custom_parameters["To"] == "+18005551212"
+        assert fake.custom_parameters["SystemPrompt"] == "You are a test agent."
+        media = [m for m in fake.received if m["event"] == "media"]
+        assert [m["media"]["chunk"] for m in media] == ["1", "2", "3", "4", "5"]
+        assert [m["media"]["timestamp"] for m in media] == ["0", "20", "40", "60", "80"]
+        assert all(m["media"]["track"] == "inbound" for m in media)
+        start = fake.received[1]["start"]
+        assert start["streamSid"].startswith("MZ") and len(start["streamSid"]) == 34
+
+
+async def test_twilio_clear_hangup_and_alaw_conversion() -> None:
+    async with FakeTwilioAgent(clear_after_ms=200) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentClear)
+        assert len(audio_of(events)) == 1600
+        await bridge.close()
+    async with FakeTwilioAgent(hangup=True) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, codec="pcma"))
+        events = await collect_until(bridge)
+        assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
+        pcm = g711_to_pcm16(audio_of(events), "pcma")
+        assert dominant_frequency(pcm) == pytest.approx(440, abs=8)
+        await bridge.close()
+
+
+@pytest.mark.parametrize(("after_start", "code"), [("drop", "1006"), ("close", "1011")])
+async def test_twilio_failures(after_start: str, code: str) -> None:
+    async with FakeTwilioAgent(agent="silent", after_start=after_start) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError) and terminal.code == code
+        await bridge.close()
