@@ -376,7 +376,7 @@ class RealTimePlayout:
     def __call__(self) -> int:
         """Milliseconds played since the last clear."""
         pending_ms = max(0.0, self._busy_until - self._now()) * 1000
-        return int(max(0.0, self._emitted_ms - pending_ms))
+        return round(max(0.0, self._emitted_ms - pending_ms))
 
 
 # --- the interface ---------------------------------------------------------------------------
