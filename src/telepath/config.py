@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # --- media ---------------------------------------------------------------------------
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=30000, ge=1025, le=65535)
+    rtp_inactivity_timeout_s: float = Field(default=30.0, ge=0)  # 0 disables
+    rtp_jitter_min_ms: int = Field(default=20, ge=1, le=500)
+    rtp_jitter_max_ms: int = Field(default=60, ge=1, le=1000)
 
     # --- providers -----------------------------------------------------------------------
     openai_api_base: str = "https://api.openai.com/v1"
