@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     provider_timeout_s: float = Field(default=10.0, gt=0)
     allow_insecure_agent_urls: bool = False
 
+    # --- call records, webhooks ------------------------------------------------------------
+    call_retention_hours: float = Field(default=72.0, ge=0)  # sip_trace/turns kept this long
+    allow_insecure_webhook_urls: bool = False  # allow http:// webhook endpoints (testing only)
+    webhook_timeout_s: float = Field(default=30.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
+
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
         if self.rtp_port_min >= self.rtp_port_max:

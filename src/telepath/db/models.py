@@ -1,4 +1,4 @@
-"""ORM models: accounts, API keys and trunks.
+"""ORM models: accounts, API keys, trunks, call records and webhooks.
 
 Secrets columns hold only what is safe at rest: SIP digest HA1 values (never the password),
 AES-256-GCM envelopes for provider keys and custom headers (see ``telepath.secrets.keyring``),
@@ -8,8 +8,20 @@ and SHA-256 hashes of API keys.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, func
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from telepath.db.base import Base, UTCDateTime
@@ -88,3 +100,88 @@ TRUNK_SECRET_COLUMNS = {
 def trunk_secret_context(trunk_id: str, column: str) -> str:
     """Associated data binding an encrypted value to its trunk and column."""
     return f"trunk:{trunk_id}:{column}"
+
+
+class CallRow(Base):
+    """One call record (``GET /v1/calls``). Outlives its trunk: ``trunk_id`` is not a foreign key.
+
+    ``sip_trace`` and ``turns`` are the per-call detail purged after the retention period
+    (``detail_purged_at`` is then set); the aggregate columns are kept.
+    """
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_account_start", "account_id", "start_time"),
+        Index("ix_calls_account_trunk", "account_id", "trunk_id"),
+        Index("ix_calls_end_time", "end_time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    trunk_id: Mapped[str] = mapped_column(String(40))
+    from_number: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    to_number: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    ai_provider: Mapped[str] = mapped_column(String(16))
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    answer_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    duration_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    disconnect_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    carrier_lag_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ai_latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gateway_processing_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gateway_processing_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    packet_loss_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    jitter_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    codec_used: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    setup_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    turns: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    sip_trace: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookEndpoint(Base):
+    """An account's webhook subscription; the signing secret is an AES-GCM envelope."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_account_created", "account_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret_enc: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(Base):
+    """The durable outbox: one row per (event, endpoint), retried until delivered or failed."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    account_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(40))  # evt_...: the receiver's idempotency key
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+def webhook_secret_context(endpoint_id: str) -> str:
+    """Associated data binding an encrypted signing secret to its endpoint."""
+    return f"webhook:{endpoint_id}:secret"

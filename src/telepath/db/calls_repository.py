@@ -1,0 +1,133 @@
+"""Queries over call records, always scoped to an account, and their JSON views.
+
+The views are shared by ``GET /v1/calls`` and ``telepath calls``, so both print the same shape
+(``reference/telepath-product.md`` §1.6-1.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from telepath.db.models import CallRow
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z`` suffix and second precision (as trunk timestamps)."""
+    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class CallRepository:
+    """Call record reads; ``account_id=None`` (CLI only) means every account."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, account_id: str | None, call_id: str) -> CallRow | None:
+        """The account's record with this id, or None (another account's record is None too)."""
+        query = select(CallRow).where(CallRow.id == call_id)
+        if account_id is not None:
+            query = query.where(CallRow.account_id == account_id)
+        return await self.session.scalar(query)
+
+    async def list(
+        self,
+        account_id: str | None,
+        *,
+        trunk_id: str | None = None,
+        status: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[Sequence[CallRow], int]:
+        """A page of records (newest first) and the total matching count.
+
+        ``start_date`` and ``end_date`` bound ``start_time``, both inclusive.
+        """
+        where = []
+        if account_id is not None:
+            where.append(CallRow.account_id == account_id)
+        if trunk_id is not None:
+            where.append(CallRow.trunk_id == trunk_id)
+        if status is not None:
+            where.append(CallRow.status == status)
+        if start_date is not None:
+            where.append(CallRow.start_time >= start_date)
+        if end_date is not None:
+            where.append(CallRow.start_time <= end_date)
+        total = await self.session.scalar(select(func.count()).select_from(CallRow).where(*where))
+        rows = await self.session.scalars(
+            select(CallRow)
+            .where(*where)
+            .order_by(CallRow.start_time.desc(), CallRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return rows.all(), int(total or 0)
+
+
+def call_metrics(row: CallRow) -> dict[str, Any]:
+    """The ``metrics`` object of a call's details."""
+    return {
+        "carrier_lag_ms": row.carrier_lag_ms,
+        "ai_latency_ms": row.ai_latency_ms,
+        "gateway_processing_ms": _round(row.gateway_processing_ms, 3),
+        "gateway_processing_p99_ms": _round(row.gateway_processing_p99_ms, 3),
+        "packet_loss_percent": _round(row.packet_loss_percent, 3),
+        "jitter_ms": _round(row.jitter_ms, 2),
+        "codec_used": row.codec_used,
+        "setup_ms": row.setup_ms,
+    }
+
+
+def call_summary(row: CallRow) -> dict[str, Any]:
+    """A call as listed by ``GET /v1/calls``: the documented flat latency fields, no detail."""
+    return {
+        "id": row.id,
+        "trunk_id": row.trunk_id,
+        "from": row.from_number,
+        "to": row.to_number,
+        "status": row.status,
+        "duration_seconds": row.duration_seconds,
+        "start_time": iso(row.start_time),
+        "end_time": iso(row.end_time),
+        "disconnect_reason": row.disconnect_reason,
+        "carrier_lag_ms": row.carrier_lag_ms,
+        "ai_latency_ms": row.ai_latency_ms,
+        "gateway_processing_ms": _round(row.gateway_processing_ms, 3),
+    }
+
+
+def call_detail(row: CallRow) -> dict[str, Any]:
+    """A call as returned by ``GET /v1/calls/{id}``.
+
+    After the retention period ``turns`` is empty, ``sip_trace`` is null and
+    ``detail_purged_at`` says when they were removed.
+    """
+    return {
+        "id": row.id,
+        "trunk_id": row.trunk_id,
+        "from": row.from_number,
+        "to": row.to_number,
+        "status": row.status,
+        "ai_provider": row.ai_provider,
+        "duration_seconds": row.duration_seconds,
+        "start_time": iso(row.start_time),
+        "answer_time": iso(row.answer_time),
+        "end_time": iso(row.end_time),
+        "disconnect_reason": row.disconnect_reason,
+        "error_message": row.error_message,
+        "metrics": call_metrics(row),
+        "turns": list(row.turns or []),
+        "sip_trace": row.sip_trace,
+        "detail_purged_at": iso(row.detail_purged_at),
+    }

@@ -1,0 +1,162 @@
+"""Prometheus metrics of one gateway process, served at ``GET /metrics``.
+
+Every metric lives in a ``CollectorRegistry`` owned by a ``Metrics`` instance, never in
+prometheus_client's global registry, so each test (and each embedded gateway) gets a fresh set.
+Labels have small fixed vocabularies (disconnect reasons, SIP methods, status codes, rejection
+reasons): never phone numbers, URIs or trunk ids.
+
+This module imports nothing from Telepath, so any layer may record into it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+SETUP_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Per-packet time inside the gateway: 10 µs .. 50 ms.
+GATEWAY_LATENCY_BUCKETS_S = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+)
+PACKET_LOSS_BUCKETS_PERCENT = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
+JITTER_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0)
+# How many ended call ids are remembered so that a repeated "ended" is not counted twice.
+ENDED_MEMORY = 10_000
+
+
+class Metrics:
+    """The gateway's metrics, registered in a registry of their own.
+
+    Call control (or ``DbCallRecorder``, given this object) reports call starts and ends with
+    ``record_call_started``/``record_call_ended``; the SIP and media layers use the counters and
+    histograms directly, e.g. ``metrics.sip_requests.labels(method="INVITE").inc()``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.active_calls = Gauge(
+            "telepath_active_calls", "Calls in progress (started, not yet ended)", registry=r
+        )
+        self.calls = Counter(
+            "telepath_calls",
+            "Ended calls by outcome (the disconnect reason)",
+            ["outcome"],
+            registry=r,
+        )
+        self.call_setup = Histogram(
+            "telepath_call_setup_seconds",
+            "INVITE received to 200 OK sent",
+            buckets=SETUP_BUCKETS_S,
+            registry=r,
+        )
+        self.gateway_latency = Histogram(
+            "telepath_gateway_latency_seconds",
+            "Time one audio packet spends inside the gateway",
+            ["direction"],  # caller_to_agent | agent_to_caller
+            buckets=GATEWAY_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.rtp_packet_loss = Histogram(
+            "telepath_rtp_packet_loss_percent",
+            "Per-call RTP packet loss from the caller, percent",
+            buckets=PACKET_LOSS_BUCKETS_PERCENT,
+            registry=r,
+        )
+        self.rtp_jitter = Histogram(
+            "telepath_rtp_jitter_ms",
+            "Per-call RFC 3550 interarrival jitter, milliseconds",
+            buckets=JITTER_BUCKETS_MS,
+            registry=r,
+        )
+        self.sip_auth_failures = Counter(
+            "telepath_sip_auth_failures",
+            "SIP digest authentication failures by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.sip_requests = Counter(
+            "telepath_sip_requests", "SIP requests received by method", ["method"], registry=r
+        )
+        self.sip_responses = Counter(
+            "telepath_sip_responses", "SIP responses sent by status code", ["status"], registry=r
+        )
+        self.calls_rejected = Counter(
+            "telepath_calls_rejected",
+            "INVITEs rejected before a call was set up, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.call_record_failures = Counter(
+            "telepath_call_record_failures",
+            "Call record writes that failed (the call itself went on)",
+            ["operation"],
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "telepath_webhook_backlog", "Webhook deliveries pending in the outbox", registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "telepath_webhook_deliveries",
+            "Webhook delivery attempts by result (delivered, retry, failed)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_enqueue_failures = Counter(
+            "telepath_webhook_enqueue_failures",
+            "Events that could not be written to the webhook outbox",
+            registry=r,
+        )
+        self._active: set[str] = set()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def record_call_started(self, call_id: str) -> None:
+        """Count a call as active (idempotent per call id)."""
+        if call_id in self._ended:
+            return
+        self._active.add(call_id)
+        self.active_calls.set(len(self._active))
+
+    def record_call_ended(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        setup_ms: float | None = None,
+        packet_loss_percent: float | None = None,
+        jitter_ms: float | None = None,
+    ) -> None:
+        """Count an ended call and observe its per-call measurements (once per call id)."""
+        self._active.discard(call_id)
+        self.active_calls.set(len(self._active))
+        if call_id in self._ended:
+            return
+        self._ended[call_id] = None
+        if len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        self.calls.labels(outcome=outcome).inc()
+        if setup_ms is not None:
+            self.call_setup.observe(setup_ms / 1000.0)
+        if packet_loss_percent is not None:
+            self.rtp_packet_loss.observe(packet_loss_percent)
+        if jitter_ms is not None:
+            self.rtp_jitter.observe(jitter_ms)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
