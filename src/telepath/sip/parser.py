@@ -1,0 +1,243 @@
+"""Bytes → :class:`Request` / :class:`Response` (RFC 3261 §7 and §25), and stream framing.
+
+Written by hand because no maintained Python SIP parser is sans-IO, strict where RFC 4475 asks
+and fast enough (``../shared/reference/sip-stack.md``). Datagram mode lets Content-Length bound
+the body and ignores extra octets (§18.3); :class:`StreamFramer` cuts TCP/TLS byte streams into
+messages by Content-Length, which is mandatory there (§18.3, §20.14).
+"""
+
+from __future__ import annotations
+
+import re
+
+from telepath.sip.errors import SipParseError
+from telepath.sip.headers import TOKEN, parse_cseq, parse_name_addr, parse_via, split_list
+from telepath.sip.message import SINGLE_HEADERS, Headers, Request, Response, canonical_name
+from telepath.sip.uri import SipUri, parse_uri
+
+#: Largest message accepted on any transport (a UDP datagram's payload cannot exceed 65,507).
+MAX_MESSAGE_SIZE = 65_535
+MAX_HEADER_FIELDS = 256
+
+# RFC 3261 §25.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF — exactly one SP
+# (RFC 4475 §3.1.2.8 `lwsstart`, §3.1.2.9 `trws`).
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) (SIP/[0-9]+\.[0-9]+)")
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (reason may be empty, `noreason`).
+_STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.DOTALL)
+_SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]+")
+_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
+
+_SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
+
+
+def _split_head_body(data: bytes) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end], data[end + 4 :]
+    end = data.find(b"\n\n")  # bare-LF leniency: some test tools and old phones send it
+    if end >= 0:
+        return data[:end], data[end + 2 :]
+    return data.rstrip(b"\r\n"), b""
+
+
+def _header_lines(head: str) -> list[str]:
+    """Split and unfold (§7.3.1: a line starting with SP/HT continues the previous one)."""
+    lines: list[str] = []
+    for raw in head.replace("\r\n", "\n").split("\n"):
+        if raw[:1] in (" ", "\t") and lines:
+            lines[-1] = lines[-1].rstrip(" \t") + " " + raw.strip(" \t")
+        else:
+            lines.append(raw)
+    return lines
+
+
+def _parse_headers(lines: list[str]) -> Headers:
+    if len(lines) > MAX_HEADER_FIELDS:
+        raise SipParseError("too many header fields", 513)
+    items: list[tuple[str, str]] = []
+    for line in lines:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not TOKEN.fullmatch(name):
+            raise SipParseError(f"malformed header line {line[:40]!r}")
+        items.append((name, value.strip(" \t")))
+    return Headers(items)
+
+
+def _content_length(headers: Headers) -> int | None:
+    values = {v.strip() for v in headers.get_all("Content-Length")}
+    if not values:
+        return None
+    if len(values) > 1 or headers.count("Content-Length") > 1:
+        raise SipParseError("multiple Content-Length values")  # RFC 4475 §3.3.11 `mcl01`
+    value = values.pop()
+    if not _DIGITS.fullmatch(value) or len(value) > 10:
+        raise SipParseError("invalid Content-Length")  # `scalar02`, `scalarlg`
+    return int(value)
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """Parse one datagram (or one framed stream message)."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large", 513)
+    data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line
+    if not data:
+        raise SipParseError("empty message")
+    head_bytes, body = _split_head_body(data)
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    lines = _header_lines(head)
+    start = lines[0]
+    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
+        return _parse_response(start, lines[1:], body)
+    return _parse_request(start, lines[1:], body)
+
+
+def _bounded_body(headers: Headers, body: bytes, request: Request | None) -> bytes:
+    try:
+        length = _content_length(headers)
+    except SipParseError as exc:
+        exc.request = request
+        raise
+    if length is None:
+        return body
+    if length > len(body):
+        raise SipParseError("Content-Length larger than the body", 400, request)  # `clerr`
+    return body[:length]  # §18.3: octets after the body are discarded (`dblreq`)
+
+
+def _parse_response(start: str, lines: list[str], body: bytes) -> Response:
+    m = _STATUS_LINE.fullmatch(start)
+    if not m:
+        raise SipParseError("malformed Status-Line")  # `bigcode`, bad versions
+    headers = _parse_headers(lines)
+    body = _bounded_body(headers, body, None)
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if headers.get(name) is None:
+            raise SipParseError(f"response without {name}")
+    parse_cseq(headers.get("CSeq") or "")
+    return Response(headers, body, int(m.group(1)), m.group(2))
+
+
+def _parse_request(start: str, lines: list[str], body: bytes) -> Request:
+    m = _REQUEST_LINE.fullmatch(start)
+    if not m:
+        raise SipParseError("malformed Request-Line")
+    method, uri_text, version = m.groups()
+    headers = _parse_headers(lines)
+    # Keep what we read so far: the transport answers with the status, §8.2 / §21.
+    placeholder = Request(headers, b"", method, SipUri("sip", None, "invalid"))
+    if not _SIP_VERSION.fullmatch(version):
+        raise SipParseError(f"unsupported version {version}", 505, placeholder)  # `badvers`
+    try:
+        uri = parse_uri(uri_text)
+    except SipParseError as exc:
+        exc.request = placeholder
+        raise
+    request = Request(headers, b"", method, uri)
+    request.body = _bounded_body(headers, body, request)
+    try:
+        validate_request(request)
+    except SipParseError as exc:
+        exc.request = request
+        raise
+    return request
+
+
+def validate_request(request: Request) -> None:
+    """RFC 3261 §8.1.1 mandatory fields and the checks RFC 4475 expects of a parser."""
+    headers = request.headers
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if headers.get(name) is None:
+            raise SipParseError(f"missing {name}")  # RFC 4475 §3.3.1 `insuf`
+    for name in SINGLE_HEADERS:
+        if headers.count(name) > 1:
+            raise SipParseError(f"{canonical_name(name)} appears more than once")  # `multi01`
+    if request.uri.scheme not in _SCHEMES_WE_ROUTE:
+        raise SipParseError(f"unsupported URI scheme {request.uri.scheme}", 416)  # `unkscm`
+    if request.uri.headers is not None:
+        raise SipParseError("headers are not allowed in a Request-URI")  # §19.1.5 `escruri`
+    cseq = parse_cseq(headers.get("CSeq") or "")
+    if cseq.method != request.method:
+        raise SipParseError("CSeq method does not match the request method")  # `mismatch01`
+    vias = headers.get_all("Via")
+    if not vias:
+        raise SipParseError("missing Via")
+    for via in vias:
+        parse_via(via)
+    if not request.call_id:
+        raise SipParseError("empty Call-ID")
+    parse_name_addr(headers.get("From") or "")
+    parse_name_addr(headers.get("To") or "")
+    for contact in headers.get_all("Contact"):
+        if contact != "*":
+            parse_name_addr(contact)
+    max_forwards = headers.get("Max-Forwards")
+    if max_forwards is not None and (
+        not _DIGITS.fullmatch(max_forwards) or int(max_forwards) > 255
+    ):
+        raise SipParseError("invalid Max-Forwards")  # §20.22: 0-255 (`scalarlg`)
+    expires = headers.get("Expires")
+    if expires is not None and (not _DIGITS.fullmatch(expires) or int(expires) >= 2**32):
+        raise SipParseError("invalid Expires")  # §20.19 (`scalarlg`)
+    date = headers.get("Date")
+    if date is not None and not date.rstrip().endswith("GMT"):
+        raise SipParseError("Date must be in GMT")  # §20.17 (`baddate`)
+    for name in ("Require", "Supported", "Proxy-Require", "Allow"):
+        for item in headers.get_all(name):
+            if not TOKEN.fullmatch(item):
+                raise SipParseError(f"malformed {name}")
+    split_list(headers.get("Contact") or "")
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages (RFC 3261 §18.3).
+
+    ``feed`` returns the complete messages found so far; partial data waits for more. CRLF
+    keep-alives between messages (RFC 5626 §3.5.1) are skipped. A missing Content-Length or an
+    oversized message raises :class:`SipParseError`: the connection cannot be resynchronised and
+    must be closed.
+    """
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+        self._buffer = bytearray()
+        self._max = max_size
+        self.keepalives = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered but not yet framed."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the complete messages it finished."""
+        self._buffer += data
+        out: list[bytes] = []
+        while True:
+            stripped = self._buffer.lstrip(b"\r\n")
+            if len(stripped) != len(self._buffer):
+                self.keepalives += 1
+                self._buffer = bytearray(stripped)
+            if not self._buffer:
+                return out
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > self._max:
+                    raise SipParseError("header block too large", 513)
+                return out
+            head = bytes(self._buffer[:end])
+            m = _CONTENT_LENGTH.search(head)
+            if m is None:
+                raise SipParseError("Content-Length is required on stream transports")
+            value = m.group(1).strip()
+            if not value.isdigit() or len(value) > 10:
+                raise SipParseError("invalid Content-Length")
+            total = end + 4 + int(value)
+            if total > self._max:
+                raise SipParseError("message too large", 513)
+            if len(self._buffer) < total:
+                return out
+            out.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
