@@ -1,0 +1,565 @@
+"""Digest authentication for a UAS (RFC 3261 §22.4, RFC 7616, RFC 8760). Pure: no I/O.
+
+Theory of operation
+-------------------
+The caller owns the SIP messages; this module only sees header *values*:
+
+1. A request arrives without credentials. The UAS answers 401 (or 407 as a proxy) with one
+   ``WWW-Authenticate`` (``Proxy-Authenticate``) header per value of
+   :meth:`DigestAuthenticator.challenge_headers`: SHA-256 first, then MD5, because RFC 8760 §2.4
+   says a server offering several algorithms sends one challenge per algorithm, most preferred
+   first. Both challenges carry the same nonce.
+2. The client retries with ``Authorization``; the caller runs :func:`parse_authorization` on the
+   value (an :class:`AuthHeaderError` means "answer 400") and hands the result to
+   :meth:`DigestAuthenticator.verify`, with a function returning the stored HA1 for
+   ``(username, algorithm)`` (the trunk store keeps HA1s, see ``telepath.secrets.digest``).
+3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` re-challenge
+   with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3); ``FAILED`` and ``REPLAY``
+   re-challenge without ``stale`` (and count a failure in :mod:`telepath.sip.defence`);
+   ``MALFORMED`` answer 400.
+
+Nonces are stateless (no table of issued nonces, so challenges cost no memory and a flood of
+unauthenticated requests cannot grow state)::
+
+    nonce = base64url(ts_ms[8] || random[12] || HMAC-SHA256(secret, ts_ms || random || realm)[:16])
+
+``ts_ms`` is the injected :class:`~telepath.clock.Clock` in milliseconds (monotonic, so it is only
+meaningful within one process; a nonce with a valid MAC but a timestamp in the future, e.g. issued
+before a reboot with a persistent secret, is treated as expired). The only state is the replay
+table: the highest ``nc`` seen per nonce, recorded only after a *correct* response, so only
+authenticated peers can grow it, and it is bounded (see :class:`DigestAuthenticator`).
+
+Decisions
+---------
+* **qop-less responses** (RFC 2069 compatibility, RFC 7616 §3.4.1 without qop) are accepted
+  because some SIP phones still send them, but each nonce then authenticates exactly one request:
+  without ``nc`` there is nothing else to stop a replay. We always *offer* ``qop="auth"``.
+* **``-sess`` algorithms** (``MD5-sess``, ``SHA-256-sess``) and anything else we did not offer
+  (``SHA-512-256``, ``qop=auth-int``) give ``MALFORMED``: we never offer them, so a client sending
+  them is broken, and a 400 is more useful to its operator than an endless 401 loop.
+* **No ``opaque``**: all server state lives in the nonce. A client echoing some ``opaque`` anyway
+  is not penalised.
+* **No user enumeration**: an unknown username is verified against a dummy HA1 with the same
+  hashing work, and the outcome is identical to a wrong password.
+* The ``uri`` parameter is hashed as sent; checking it against the Request-URI (RFC 3261 §22.4
+  suggests it) is left to the caller, which has the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from telepath.clock import Clock
+from telepath.errors import ProtocolError
+
+__all__ = [
+    "Algorithm",
+    "AuthHeaderError",
+    "AuthOutcome",
+    "AuthResult",
+    "DigestAuthenticator",
+    "DigestCredentials",
+    "digest_response",
+    "parse_authorization",
+    "redact_authorization",
+]
+
+Algorithm = Literal["SHA-256", "MD5"]
+
+#: Algorithms we offer, in RFC 8760 §2.4 preference order (most preferred first).
+OFFERED_ALGORITHMS: tuple[Algorithm, ...] = ("SHA-256", "MD5")
+
+#: Header values longer than this are rejected outright (a real one is well under 1 KiB).
+MAX_HEADER_LENGTH = 8192
+
+_HASH_NAMES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
+
+# Nonce layout (see module docstring).
+_TS_LEN = 8
+_RAND_LEN = 12
+_MAC_LEN = 16  # 128 bits of HMAC-SHA256 is plenty against forgery (RFC 2104 §5 truncation)
+_NONCE_RAW_LEN = _TS_LEN + _RAND_LEN + _MAC_LEN  # 36 bytes -> 48 base64url chars, no padding
+_NONCE_TEXT_LEN = 48
+
+# RFC 7230 §3.2.6 token (RFC 7616 §3.4 auth-param names and unquoted values use it), ASCII only.
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Linear whitespace, including the CRLF of a folded header line (RFC 3261 §7.3.1).
+_LWS_RE = re.compile(r"[ \t\r\n]*")
+# Tolerant unquoted value: anything up to a comma, whitespace or quote (SIPp sends
+# ``algorithm=MD5,...`` and ``nc=00000001`` unquoted; some phones leave uri unquoted).
+_BARE_VALUE_RE = re.compile(r"[^,\s\"]+")
+_NC_RE = re.compile(r"[0-9A-Fa-f]{1,8}")  # RFC 7616 §3.4: nc-value = 8LHEX; we take 1..8, any case
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+
+
+class AuthHeaderError(ProtocolError):
+    """An ``Authorization``/``Proxy-Authorization`` value is not a usable Digest credential.
+
+    The UAS answers 400 (``status_hint``); the message never contains credential values.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_hint=400)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestCredentials:
+    """A parsed Digest ``Authorization`` header (RFC 7616 §3.4, RFC 3261 §22.4).
+
+    Parameters:
+        username: the ``username`` parameter (unescaped).
+        realm: the ``realm`` the client answered.
+        nonce: the server nonce echoed back.
+        uri: the ``uri`` (digest-uri) parameter, hashed verbatim.
+        response: the hex digest the client computed.
+        algorithm: as sent (``MD5`` when absent, RFC 7616 §3.4); matched case-insensitively by
+            :meth:`DigestAuthenticator.verify`, which rejects what it does not support.
+        cnonce: client nonce, required with ``qop``.
+        nc: nonce count as an integer, required with ``qop``.
+        qop: quality of protection as sent (``auth``), or ``None`` for RFC 2069 style.
+        opaque: echoed ``opaque``, if any (we never send one).
+        nc_value: ``nc`` exactly as sent, since the response hash covers the text; when ``None``
+            it is derived from ``nc`` as eight lower-case hex digits.
+    """
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str = "MD5"
+    cnonce: str | None = None
+    nc: int | None = None
+    qop: str | None = None
+    opaque: str | None = None
+    nc_value: str | None = None
+
+    def nc_text(self) -> str | None:
+        """Return the nonce count as it enters the response hash (RFC 7616 §3.4.1)."""
+        if self.nc_value is not None:
+            return self.nc_value
+        return None if self.nc is None else f"{self.nc:08x}"
+
+
+_REQUIRED = ("username", "realm", "nonce", "uri", "response")
+
+
+def _skip_lws(value: str, pos: int) -> int:
+    """Return the index of the first non-LWS character at or after ``pos``."""
+    match = _LWS_RE.match(value, pos)
+    return pos if match is None else match.end()
+
+
+def _parse_params(value: str, pos: int) -> dict[str, str]:
+    """Parse ``#auth-param`` (RFC 7235 §2.1) starting at ``pos``; names are lower-cased."""
+    params: dict[str, str] = {}
+    end = len(value)
+    while True:
+        pos = _skip_lws(value, pos)
+        # Tolerate empty list elements (``a=1,,b=2``, trailing comma), RFC 7230 §7.
+        while pos < end and value[pos] == ",":
+            pos = _skip_lws(value, pos + 1)
+        if pos >= end:
+            return params
+        name_match = _TOKEN_RE.match(value, pos)
+        if name_match is None:
+            raise AuthHeaderError("expected a parameter name")
+        name = name_match.group().lower()
+        pos = _skip_lws(value, name_match.end())
+        if pos >= end or value[pos] != "=":
+            raise AuthHeaderError(f"parameter {name!r} has no value")
+        pos = _skip_lws(value, pos + 1)
+        if pos < end and value[pos] == '"':
+            param_value, pos = _parse_quoted(value, pos)
+        else:
+            bare = _BARE_VALUE_RE.match(value, pos)
+            if bare is None:
+                raise AuthHeaderError(f"parameter {name!r} has an empty value")
+            param_value, pos = bare.group(), bare.end()
+        if name in params:
+            # Ambiguous: which one did the client hash? RFC 7616 §3.4 allows each at most once.
+            raise AuthHeaderError(f"parameter {name!r} appears twice")
+        params[name] = param_value
+        pos = _skip_lws(value, pos)
+        if pos < end and value[pos] != ",":
+            raise AuthHeaderError(f"expected ',' after parameter {name!r}")
+
+
+def _parse_quoted(value: str, pos: int) -> tuple[str, int]:
+    """Parse a quoted-string at ``value[pos] == '"'`` (RFC 3261 §25.1); return (text, next pos).
+
+    ``\\x`` quoted-pairs are unescaped. Linear time: one pass, no backtracking.
+    """
+    out: list[str] = []
+    i = pos + 1
+    end = len(value)
+    while i < end:
+        ch = value[i]
+        if ch == '"':
+            return "".join(out), i + 1
+        if ch == "\\":
+            if i + 1 >= end:
+                break
+            out.append(value[i + 1])
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    raise AuthHeaderError("unterminated quoted-string")
+
+
+def parse_authorization(value: str) -> DigestCredentials:
+    """Parse an ``Authorization``/``Proxy-Authorization`` header value (RFC 7616 §3.4).
+
+    Tolerant of what real clients send: quoted or bare values, any parameter order, extra
+    whitespace (including folded lines), a case-insensitive ``Digest`` scheme and parameter names,
+    and quoted-pair escapes. Unknown parameters are ignored.
+
+    Raises:
+        AuthHeaderError: for anything else (wrong scheme, syntax errors, duplicated or missing
+            required parameters, a bad ``nc``). No other exception escapes, whatever the input.
+    """
+    if len(value) > MAX_HEADER_LENGTH:
+        raise AuthHeaderError("header value too long")
+    pos = _skip_lws(value, 0)
+    scheme = _TOKEN_RE.match(value, pos)
+    if scheme is None or scheme.group().lower() != "digest":
+        raise AuthHeaderError("not a Digest credential")
+    after = scheme.end()
+    if after < len(value) and value[after] not in " \t\r\n":
+        raise AuthHeaderError("not a Digest credential")
+    params = _parse_params(value, after)
+
+    missing = [name for name in _REQUIRED if name not in params]
+    if missing:
+        raise AuthHeaderError(f"missing parameter(s): {', '.join(missing)}")
+
+    nc: int | None = None
+    nc_value = params.get("nc")
+    if nc_value is not None:
+        if _NC_RE.fullmatch(nc_value) is None:
+            raise AuthHeaderError("nc is not 1-8 hex digits")
+        nc = int(nc_value, 16)
+        if nc == 0:
+            raise AuthHeaderError("nc starts at 00000001")  # RFC 7616 §3.4
+
+    return DigestCredentials(
+        username=params["username"],
+        realm=params["realm"],
+        nonce=params["nonce"],
+        uri=params["uri"],
+        response=params["response"],
+        algorithm=params.get("algorithm", "MD5"),
+        cnonce=params.get("cnonce"),
+        nc=nc,
+        qop=params.get("qop"),
+        opaque=params.get("opaque"),
+        nc_value=nc_value,
+    )
+
+
+def _b(text: str) -> bytes:
+    # Header text that came from bytes via surrogateescape must still hash deterministically.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def digest_response(
+    algorithm: Algorithm,
+    ha1: str,
+    *,
+    nonce: str,
+    method: str,
+    uri: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+) -> str:
+    """Return the expected ``response`` (lower-case hex), RFC 7616 §3.4.1 / RFC 2617 §3.2.2.1.
+
+    ``HA2 = H(method ":" uri)``; with ``qop`` the response is
+    ``H(HA1 ":" nonce ":" nc ":" cnonce ":" qop ":" HA2)``, without it (RFC 2069)
+    ``H(HA1 ":" nonce ":" HA2)``. ``nc`` is the text as sent (eight hex digits).
+    """
+    name = _HASH_NAMES[algorithm]
+    ha2 = hashlib.new(name, _b(f"{method}:{uri}")).hexdigest()
+    if qop is None:
+        data = f"{ha1}:{nonce}:{ha2}"
+    else:
+        data = f"{ha1}:{nonce}:{nc or ''}:{cnonce or ''}:{qop}:{ha2}"
+    return hashlib.new(name, _b(data)).hexdigest()
+
+
+class AuthResult(StrEnum):
+    """What :meth:`DigestAuthenticator.verify` concluded, and so what the UAS answers.
+
+    Parameters:
+        OK: credentials valid; proceed.
+        STALE: the response is correct but the nonce expired: re-challenge with ``stale=true``.
+        FAILED: wrong password, unknown user, wrong realm or a forged nonce: re-challenge (401/407)
+            and count an authentication failure.
+        REPLAY: a correct response reusing a nonce count already seen: re-challenge and count a
+            failure (a legitimate client never does this).
+        MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
+            a qop without nc/cnonce: answer 400.
+    """
+
+    OK = "ok"
+    STALE = "stale"
+    FAILED = "failed"
+    REPLAY = "replay"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOutcome:
+    """The result of one verification.
+
+    Parameters:
+        result: the verdict.
+        username: the username the client claimed (the same for unknown users and wrong
+            passwords), ``None`` only for ``MALFORMED``.
+        algorithm: the algorithm used, ``None`` only for ``MALFORMED``.
+    """
+
+    result: AuthResult
+    username: str | None
+    algorithm: Algorithm | None
+
+
+def _normalise_algorithm(name: str) -> Algorithm | None:
+    upper = name.strip().upper()
+    if upper == "MD5":
+        return "MD5"
+    if upper == "SHA-256":
+        return "SHA-256"
+    return None  # including MD5-sess / SHA-256-sess, see the module docstring
+
+
+def _quote(text: str) -> str:
+    """Render ``text`` as a quoted-string (RFC 3261 §25.1)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Marks a nonce used qop-less: any further use of it is a replay, whatever its nc.
+_NONCE_SPENT = 1 << 32
+
+
+class DigestAuthenticator:
+    """Issues Digest challenges and verifies responses for one realm.
+
+    Args:
+        realm: the protection realm (RFC 3261 §22.1); HA1s are only valid for this realm.
+        secret: HMAC key for nonces; at least 16 bytes. Keep it stable across restarts if nonces
+            should survive them (they will still be reported stale, see the module docstring).
+        clock: monotonic time source, in seconds.
+        nonce_ttl_s: a nonce older than this gives ``STALE``.
+        max_tracked_nonces: bound on the replay table. If it is ever exceeded, the oldest
+            entries are dropped and every untracked nonce issued no later than the newest dropped
+            one is treated as stale, so eviction never opens a replay window.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes,
+        clock: Clock,
+        *,
+        nonce_ttl_s: float = 300.0,
+        max_tracked_nonces: int = 100_000,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        if nonce_ttl_s <= 0 or max_tracked_nonces < 1:
+            raise ValueError("nonce_ttl_s and max_tracked_nonces must be positive")
+        self.realm = realm
+        self._secret = secret
+        self._clock = clock
+        self._ttl_ms = int(nonce_ttl_s * 1000)
+        self._max_tracked = max_tracked_nonces
+        # nonce -> (issued_ms, highest nc seen), in first-use order; first use happens after
+        # issue, so the front is (roughly) the oldest and expires first.
+        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._evicted_floor_ms: int | None = None
+        # Per-instance key for dummy HA1s of unknown users (never equals a real HA1).
+        self._dummy_key = hmac.new(secret, b"telepath-dummy-ha1", hashlib.sha256).digest()
+
+    # -- nonces -----------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock.now() * 1000)
+
+    def _mac(self, head: bytes) -> bytes:
+        return hmac.new(self._secret, head + _b(self.realm), hashlib.sha256).digest()[:_MAC_LEN]
+
+    def _new_nonce(self) -> str:
+        head = struct.pack(">q", self._now_ms()) + secrets.token_bytes(_RAND_LEN)
+        return base64.urlsafe_b64encode(head + self._mac(head)).decode("ascii")
+
+    def _nonce_issued_ms(self, nonce: str) -> int | None:
+        """Return the issue time of a nonce we minted, or ``None`` if it is not ours/tampered."""
+        if len(nonce) != _NONCE_TEXT_LEN:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(nonce.encode("ascii"))
+        except (UnicodeEncodeError, binascii.Error, ValueError):
+            return None
+        if len(raw) != _NONCE_RAW_LEN:
+            return None
+        head, mac = raw[: _TS_LEN + _RAND_LEN], raw[_TS_LEN + _RAND_LEN :]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            return None
+        (issued_ms,) = struct.unpack(">q", head[:_TS_LEN])
+        return int(issued_ms)
+
+    def _is_expired(self, issued_ms: int, now_ms: int) -> bool:
+        age = now_ms - issued_ms
+        return age < 0 or age > self._ttl_ms
+
+    # -- public API -------------------------------------------------------------------------
+
+    def challenge_headers(self, *, stale: bool = False) -> list[str]:
+        """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
+
+        One challenge per algorithm, SHA-256 first then MD5 (RFC 8760 §2.4), sharing a fresh
+        nonce, each offering ``qop="auth"`` (RFC 7616 §3.3). ``stale=True`` tells the client its
+        previous credentials were right but the nonce expired, so it can retry without asking
+        the user (RFC 7616 §3.3).
+        """
+        nonce = self._new_nonce()
+        values = []
+        for algorithm in OFFERED_ALGORITHMS:
+            value = (
+                f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
+                f'algorithm={algorithm}, qop="auth"'
+            )
+            if stale:
+                value += ", stale=true"
+            values.append(value)
+        return values
+
+    def verify(
+        self,
+        creds: DigestCredentials,
+        *,
+        method: str,
+        ha1_lookup: Callable[[str, Algorithm], str | None],
+    ) -> AuthOutcome:
+        """Check ``creds`` for a request with ``method`` (RFC 3261 §22.4, RFC 7616 §3.4).
+
+        ``ha1_lookup(username, algorithm)`` returns the stored lower-case hex HA1
+        (``H(username:realm:password)`` with the same algorithm) or ``None`` for an unknown
+        user. Only a correct response ever changes state (the replay table).
+        """
+        algorithm = _normalise_algorithm(creds.algorithm)
+        if algorithm is None:
+            return AuthOutcome(AuthResult.MALFORMED, None, None)
+        qop: str | None = None
+        if creds.qop is not None:
+            if creds.qop.strip().lower() != "auth":
+                return AuthOutcome(AuthResult.MALFORMED, None, None)  # auth-int: never offered
+            if creds.nc is None or creds.cnonce is None:
+                # RFC 7616 §3.4: cnonce and nc MUST be sent with qop.
+                return AuthOutcome(AuthResult.MALFORMED, None, None)
+            qop = creds.qop
+        failed = AuthOutcome(AuthResult.FAILED, creds.username, algorithm)
+
+        if creds.realm != self.realm:
+            return failed  # HA1 is bound to our realm; another realm can never verify
+        issued_ms = self._nonce_issued_ms(creds.nonce)
+        if issued_ms is None:
+            return failed  # forged, truncated or another server's nonce
+
+        stored = ha1_lookup(creds.username, algorithm)
+        # Unknown user: same hashing work against an HA1 nobody knows, then the same outcome.
+        ha1 = stored if stored is not None else self._dummy_ha1(creds.username, algorithm)
+        expected = digest_response(
+            algorithm,
+            ha1.lower(),
+            nonce=creds.nonce,
+            method=method,
+            uri=creds.uri,
+            qop=qop,
+            nc=creds.nc_text(),
+            cnonce=creds.cnonce,
+        )
+        matches = hmac.compare_digest(_b(expected), _b(creds.response.lower()))
+        if not matches or stored is None:
+            return failed
+
+        now_ms = self._now_ms()
+        if self._is_expired(issued_ms, now_ms):
+            return AuthOutcome(AuthResult.STALE, creds.username, algorithm)
+        if not self._record_use(creds.nonce, issued_ms, creds.nc if qop else None, now_ms):
+            return AuthOutcome(AuthResult.REPLAY, creds.username, algorithm)
+        return AuthOutcome(AuthResult.OK, creds.username, algorithm)
+
+    def _dummy_ha1(self, username: str, algorithm: Algorithm) -> str:
+        digest = hmac.new(self._dummy_key, _b(f"{algorithm}:{username}"), hashlib.sha256)
+        return digest.hexdigest()[: 32 if algorithm == "MD5" else 64]
+
+    def _record_use(self, nonce: str, issued_ms: int, nc: int | None, now_ms: int) -> bool:
+        """Record a correct use of ``nonce``; return ``False`` if it is a replay.
+
+        With qop the nonce count must strictly increase (RFC 7616 §3.4, §5.12); without qop a
+        nonce authenticates once.
+        """
+        entry = self._seen.get(nonce)
+        if entry is None:
+            if self._evicted_floor_ms is not None and issued_ms <= self._evicted_floor_ms:
+                return False  # may have been used and evicted: refuse rather than risk a replay
+            highest = 0
+        else:
+            highest = entry[1]
+        count = _NONCE_SPENT if nc is None else nc
+        if count <= highest or highest == _NONCE_SPENT:
+            return False
+        self._seen[nonce] = (issued_ms, count)
+        if entry is None:
+            self._evict(now_ms)
+        return True
+
+    def _evict(self, now_ms: int) -> None:
+        while self._seen:
+            oldest_nonce, (issued_ms, _) = next(iter(self._seen.items()))
+            if self._is_expired(issued_ms, now_ms):
+                del self._seen[oldest_nonce]  # expired nonces are STALE anyway; no need to track
+            elif len(self._seen) > self._max_tracked:
+                del self._seen[oldest_nonce]
+                floor = self._evicted_floor_ms
+                self._evicted_floor_ms = issued_ms if floor is None else max(floor, issued_ms)
+            else:
+                return
+
+    def tracked_nonces(self) -> int:
+        """Return how many nonces the replay table holds (for metrics and tests)."""
+        return len(self._seen)
+
+    def redact(self, header_value: str) -> str:
+        """Return ``header_value`` with secrets hidden; see :func:`redact_authorization`."""
+        return redact_authorization(header_value)
+
+
+_REDACT_RE = re.compile(
+    r"(?<![\w-])(response|cnonce|nonce)([ \t]*=[ \t]*)(\"(?:[^\"\\]|\\.|\\$)*\"?|[^,\s]*)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def redact_authorization(value: str) -> str:
+    """Replace ``response``, ``cnonce`` and ``nonce`` values with ``"<redacted>"`` for traces.
+
+    Works on any text (it does not parse), so it is safe on garbage and on full SIP messages;
+    it covers ``WWW-Authenticate`` challenges too.
+    """
+    return _REDACT_RE.sub(lambda m: f'{m.group(1)}{m.group(2)}"<redacted>"', value)
