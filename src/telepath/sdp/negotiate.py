@@ -1,0 +1,496 @@
+"""RFC 3264 offer/answer for one audio stream: G.722, PCMU or PCMA plus RFC 4733 DTMF.
+
+Telepath accepts exactly one audio stream per call: the first ``m=audio`` line over plain
+``RTP/AVP`` that has a codec in common with us. Every other ``m=`` line is answered with port
+0 (RFC 3264 §6: the answer has the same number of ``m=`` lines, in the same order, and a
+stream is rejected by setting its port to zero). We never do SRTP, so ``RTP/SAVP`` streams
+are rejected the same way; an offer with nothing acceptable raises :class:`NoCommonCodec`
+(answer 488 with its ``warning`` header).
+
+Codecs are matched by encoding name (case-insensitively) and clock rate from the ``a=rtpmap``
+lines, or from the RFC 3551 §6 static payload types 0 (PCMU), 8 (PCMA) and 9 (G722) when a
+peer omits the rtpmap. We choose by *our* preference order among what the offer contains and
+answer with the offer's payload type numbers (RFC 3264 §6.1: for sendrecv streams the answer
+uses the offer's payload type numbers). We always send 20 ms packets (``a=ptime:20``).
+
+Session versions (RFC 3264 §8): the caller owns ``o=`` session id and version. For a new
+dialog pass any id and a starting version; for a re-INVITE/UPDATE, build the answer with the
+previous version and call :func:`next_session_version` to learn whether it must be bumped
+(only when the answer differs from the previous one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from telepath.rtp.codecs import STATIC_PAYLOAD_TYPES, CodecName, CodecSpec
+from telepath.sdp.errors import (
+    WARN_INCOMPATIBLE_MEDIA_FORMAT,
+    WARN_INCOMPATIBLE_TRANSPORT,
+    WARN_MEDIA_TYPE_NOT_AVAILABLE,
+    NoCommonCodec,
+    SdpError,
+)
+from telepath.sdp.model import (
+    Direction,
+    MediaDescription,
+    Origin,
+    SessionDescription,
+    address_type,
+    is_hold_address,
+)
+
+#: Our codec order when the caller configures none: wideband first.
+DEFAULT_PREFERENCE: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+
+#: The packetization time we send (and announce with a=ptime, RFC 4566 §6).
+PTIME_MS = 20
+
+#: The RTP clock rate of every codec we support (G.722's is 8000 too, RFC 3551 §4.5.2).
+_CLOCK_RATE = 8000
+
+#: RFC 4733 §3.2: the DTMF events 0-9, *, #, A-D (0-15) and flash (16).
+DTMF_EVENTS = "0-16"
+
+_SUPPORTED: dict[str, CodecName] = {"PCMU": "PCMU", "PCMA": "PCMA", "G722": "G722"}
+_PLAIN_RTP = "RTP/AVP"
+
+_CAPS: dict[Direction, frozenset[str]] = {
+    "sendrecv": frozenset({"send", "recv"}),
+    "sendonly": frozenset({"send"}),
+    "recvonly": frozenset({"recv"}),
+    "inactive": frozenset(),
+}
+_FLIP = {"send": "recv", "recv": "send"}
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiatedMedia:
+    """What an offer/answer exchange settled for the call's audio stream.
+
+    Attributes:
+        codec: the codec and payload type both sides use.
+        dtmf_payload_type: the telephone-event/8000 payload type (RFC 4733), None if absent.
+        remote_address: where to send RTP (the stream's effective ``c=`` address).
+        remote_port: where to send RTP; 0 means the stream is disabled.
+        remote_rtcp_port: where to send RTCP: ``a=rtcp`` (RFC 3605) or else RTP port + 1
+            (RFC 3550 §11); None when the stream is disabled.
+        direction: OUR direction (``sendonly``: we send but do not expect media, ...).
+        ptime: the packetization time we send, always 20 ms.
+        on_hold: the peer put us on hold (it will not receive: sendonly/inactive, or the
+            RFC 2543 ``c=0.0.0.0`` form, RFC 3264 §8.4).
+    """
+
+    codec: CodecSpec
+    dtmf_payload_type: int | None
+    remote_address: str
+    remote_port: int
+    remote_rtcp_port: int | None
+    direction: Direction
+    ptime: int
+    on_hold: bool
+
+    @property
+    def may_send(self) -> bool:
+        """True if we should send RTP to the peer."""
+        return "send" in _CAPS[self.direction]
+
+    @property
+    def may_receive(self) -> bool:
+        """True if the peer may send RTP to us."""
+        return "recv" in _CAPS[self.direction]
+
+
+def _codec_names(preference: Sequence[str]) -> list[CodecName]:
+    names: list[CodecName] = []
+    for raw in preference:
+        name = _SUPPORTED.get(raw.upper())
+        if name is None:
+            raise ValueError(f"unsupported codec in preference: {raw!r}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError("codec preference is empty")
+    return names
+
+
+def _from_caps(caps: frozenset[str]) -> Direction:
+    for direction, value in _CAPS.items():
+        if value == caps:
+            return direction
+    raise AssertionError(caps)  # pragma: no cover - _CAPS covers every subset
+
+
+def _reverse(direction: Direction) -> frozenset[str]:
+    return frozenset(_FLIP[c] for c in _CAPS[direction])
+
+
+def _is_plain_audio(m: MediaDescription) -> bool:
+    return m.media.lower() == "audio" and m.proto.upper() == _PLAIN_RTP
+
+
+def _find_codec(
+    m: MediaDescription, names: Sequence[CodecName], fallback: MediaDescription | None = None
+) -> CodecSpec | None:
+    """The first of ``names`` present in ``m``, with ``m``'s payload type number."""
+    rtpmap = m.rtpmap()
+    extra = fallback.rtpmap() if fallback is not None else {}
+    pts = m.payload_types()
+    for name in names:
+        for pt in pts:
+            encoding, clock, channels = rtpmap.get(pt) or extra.get(pt) or ("", 0, 0)
+            if encoding.upper() == name and clock == _CLOCK_RATE and channels == 1:
+                return CodecSpec(name, pt)
+    return None
+
+
+def _telephone_event(m: MediaDescription, fallback: MediaDescription | None = None) -> int | None:
+    """The payload type of telephone-event/8000 in ``m`` (RFC 4733 §7.1.1), if any."""
+    rtpmap = m.rtpmap()
+    extra = fallback.rtpmap() if fallback is not None else {}
+    for pt in m.payload_types():
+        encoding, clock, _ = rtpmap.get(pt) or extra.get(pt) or ("", 0, 0)
+        if encoding.lower() == "telephone-event" and clock == _CLOCK_RATE:
+            return pt
+    return None
+
+
+def _rtcp_port(m: MediaDescription) -> int | None:
+    if m.port == 0:
+        return None
+    if m.rtcp_port is not None:
+        return m.rtcp_port
+    # RFC 3550 §11: RTCP uses the next higher port. We never answer a=rtcp-mux, so a peer
+    # offering it must fall back to separate ports (RFC 5761 §5.1.1).
+    return m.port + 1 if m.port < 65535 else None
+
+
+def _audio_section(
+    port: int, codecs: Sequence[CodecSpec], dtmf_pt: int | None, direction: Direction
+) -> MediaDescription:
+    formats = [str(c.payload_type) for c in codecs]
+    attributes: list[tuple[str, str | None]] = [
+        ("rtpmap", f"{c.payload_type} {c.name}/{_CLOCK_RATE}") for c in codecs
+    ]
+    if dtmf_pt is not None:
+        formats.append(str(dtmf_pt))
+        attributes.append(("rtpmap", f"{dtmf_pt} telephone-event/{_CLOCK_RATE}"))
+        attributes.append(("fmtp", f"{dtmf_pt} {DTMF_EVENTS}"))
+    attributes.append(("ptime", str(PTIME_MS)))
+    attributes.append((direction, None))
+    return MediaDescription(
+        media="audio", port=port, proto=_PLAIN_RTP, formats=formats, attributes=attributes
+    )
+
+
+def _session(
+    *,
+    local_address: str,
+    session_id: int,
+    session_version: int,
+    username: str,
+    media: list[MediaDescription],
+) -> SessionDescription:
+    if not local_address or any(c in local_address for c in " \t\r\n/"):
+        raise ValueError(f"invalid local address: {local_address!r}")
+    addrtype = address_type(local_address)
+    return SessionDescription(
+        version=0,
+        origin=Origin(username, session_id, session_version, "IN", addrtype, local_address),
+        session_name="Telepath",
+        connection_address=local_address,
+        timing="0 0",  # RFC 3264 §5: t= SHOULD be 0 0 for SIP sessions
+        media=media,
+        connection_addrtype=addrtype,
+    )
+
+
+def _check_port(local_port: int) -> None:
+    if not 1 <= local_port <= 65535:
+        raise ValueError(f"local RTP port out of range: {local_port}")
+
+
+def _no_common(offer: SessionDescription, names: Sequence[CodecName]) -> NoCommonCodec:
+    live_audio = [m for m in offer.media if m.media.lower() == "audio" and m.port != 0]
+    if not live_audio:
+        return NoCommonCodec(
+            "offer has no active audio stream", warn_code=WARN_MEDIA_TYPE_NOT_AVAILABLE
+        )
+    if not any(m.proto.upper() == _PLAIN_RTP for m in live_audio):
+        protos = ", ".join(sorted({m.proto for m in live_audio}))
+        return NoCommonCodec(
+            f"offer requires {protos}; Telepath only supports plain RTP/AVP (no SRTP)",
+            warn_code=WARN_INCOMPATIBLE_TRANSPORT,
+        )
+    offered = sorted(
+        {f"{enc}/{clock}" for m in live_audio for enc, clock, _ in m.rtpmap().values()}
+    )
+    return NoCommonCodec(
+        f"no common audio codec: offered {', '.join(offered) or 'nothing known'}; "
+        f"we support {', '.join(f'{n}/{_CLOCK_RATE}' for n in names)}",
+        warn_code=WARN_INCOMPATIBLE_MEDIA_FORMAT,
+    )
+
+
+def _answer(
+    offer: SessionDescription,
+    *,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    session_version: int,
+    names: Sequence[CodecName],
+    username: str,
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    _check_port(local_port)
+    accepted: tuple[int, CodecSpec] | None = None
+    for index, m in enumerate(offer.media):
+        if m.port == 0 or not _is_plain_audio(m):
+            continue
+        codec = _find_codec(m, names)
+        if codec is not None:
+            accepted = index, codec
+            break
+    if accepted is None:
+        raise _no_common(offer, names)
+    index, codec = accepted
+    offered = offer.media[index]
+    remote_address = offer.media_connection_address(offered)
+    if remote_address is None:
+        raise SdpError("offered audio stream has no c= line (RFC 4566 §5.7)")
+    dtmf_pt = _telephone_event(offered)
+    offer_direction = offer.media_direction(offered)
+    hold_address = is_hold_address(remote_address)
+    # RFC 3264 §6.1: sendonly is answered recvonly, recvonly sendonly, inactive inactive.
+    caps = _reverse(offer_direction)
+    if hold_address:
+        # RFC 3264 §8.4: c=0.0.0.0 means "do not send to me", whatever the attribute says.
+        caps -= {"send"}
+    direction = _from_caps(caps)
+
+    media: list[MediaDescription] = []
+    for i, m in enumerate(offer.media):
+        if i == index:
+            media.append(_audio_section(local_port, [codec], dtmf_pt, direction))
+        else:
+            # RFC 3264 §6: rejected streams keep media, proto and formats, with port 0.
+            media.append(
+                MediaDescription(media=m.media, port=0, proto=m.proto, formats=list(m.formats))
+            )
+    answer = _session(
+        local_address=local_address,
+        session_id=session_id,
+        session_version=session_version,
+        username=username,
+        media=media,
+    )
+    negotiated = NegotiatedMedia(
+        codec=codec,
+        dtmf_payload_type=dtmf_pt,
+        remote_address=remote_address,
+        remote_port=offered.port,
+        remote_rtcp_port=_rtcp_port(offered),
+        direction=direction,
+        ptime=PTIME_MS,
+        on_hold=offer_direction in ("sendonly", "inactive") or hold_address,
+    )
+    return answer, negotiated
+
+
+def negotiate_answer(
+    offer: SessionDescription,
+    *,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    session_version: int,
+    preference: Sequence[str] = DEFAULT_PREFERENCE,
+    username: str = "telepath",
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    """Answer an initial offer (RFC 3264 §6).
+
+    Args:
+        offer: the parsed offer (INVITE or UPDATE body).
+        local_address: our RTP address, written to ``c=`` and ``o=`` (IP4/IP6 by its form).
+        local_port: our RTP port for the accepted stream.
+        session_id: the ``o=`` session id for this dialog.
+        session_version: the ``o=`` session version.
+        preference: codec names in our order of preference (default G722, PCMU, PCMA).
+        username: the ``o=`` username.
+
+    Returns:
+        The answer and what it settled for the audio stream.
+
+    Raises:
+        NoCommonCodec: nothing acceptable (no audio, SRTP only, no common codec): answer 488.
+        SdpError: the accepted stream has no ``c=`` address: answer 400.
+        ValueError: ``preference``, ``local_address`` or ``local_port`` is invalid (our bug).
+    """
+    return _answer(
+        offer,
+        local_address=local_address,
+        local_port=local_port,
+        session_id=session_id,
+        session_version=session_version,
+        names=_codec_names(preference),
+        username=username,
+    )
+
+
+def negotiate_reoffer(
+    offer: SessionDescription,
+    *,
+    current: NegotiatedMedia,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    session_version: int,
+    preference: Sequence[str] = DEFAULT_PREFERENCE,
+    username: str = "telepath",
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    """Answer an offer inside an established dialog (re-INVITE or UPDATE, RFC 3264 §8).
+
+    Handles hold/unhold (§8.4), a new remote address or port (§8.3.1), a codec change
+    (§8.3.2) and a session refresh repeating the same SDP. The current codec is kept when
+    the offer still contains it, so media does not switch codec needlessly; otherwise the
+    usual preference applies.
+
+    Pass the *previous* answer's ``session_version``; then call
+    :func:`next_session_version` with the previous and new answers and, when it differs,
+    set ``answer.origin.session_version`` to it (RFC 3264 §8: bump only if anything changed).
+
+    Raises:
+        NoCommonCodec: the re-offer is unacceptable; answer 488 and keep the current session
+            (RFC 3261 §14.2).
+        SdpError: the accepted stream has no ``c=`` address.
+    """
+    names = _codec_names(preference)
+    names = [current.codec.name, *(n for n in names if n != current.codec.name)]
+    return _answer(
+        offer,
+        local_address=local_address,
+        local_port=local_port,
+        session_id=session_id,
+        session_version=session_version,
+        names=names,
+        username=username,
+    )
+
+
+def next_session_version(previous: SessionDescription, answer: SessionDescription) -> int:
+    """The ``o=`` version ``answer`` should carry, given the ``previous`` one we sent.
+
+    RFC 3264 §8: a new description that differs from the previous one MUST increment the
+    version by one; an identical one (e.g. a session refresh) keeps it.
+    """
+    same_origin = replace(answer.origin, session_version=previous.origin.session_version)
+    if replace(answer, origin=same_origin) == previous:
+        return previous.origin.session_version
+    return previous.origin.session_version + 1
+
+
+def create_offer(
+    *,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    session_version: int,
+    preference: Sequence[str] = DEFAULT_PREFERENCE,
+    dtmf_payload_type: int = 101,
+    direction: Direction = "sendrecv",
+    username: str = "telepath",
+) -> SessionDescription:
+    """Build an offer with our codecs in preference order plus telephone-event (RFC 3264 §5).
+
+    Used for an INVITE without SDP (we offer in the 200 OK and the answer comes in the ACK)
+    and for outbound test calls. Codecs use their RFC 3551 static payload types; DTMF uses
+    ``dtmf_payload_type`` from the dynamic range 96-127 (RFC 3551 §3).
+    """
+    _check_port(local_port)
+    if not 96 <= dtmf_payload_type <= 127:
+        raise ValueError(f"telephone-event payload type must be 96-127: {dtmf_payload_type}")
+    codecs = [CodecSpec(n, STATIC_PAYLOAD_TYPES[n]) for n in _codec_names(preference)]
+    return _session(
+        local_address=local_address,
+        session_id=session_id,
+        session_version=session_version,
+        username=username,
+        media=[_audio_section(local_port, codecs, dtmf_payload_type, direction)],
+    )
+
+
+def negotiate_offer_answer(
+    offer_we_sent: SessionDescription, answer: SessionDescription
+) -> NegotiatedMedia:
+    """Interpret the peer's answer to our offer (ACK body, or a 200 OK to our INVITE).
+
+    The first stream that we offered as plain RTP audio and the peer accepted (port != 0) is
+    used, with the first payload type in the answer that is one of our codecs (RFC 3264
+    §6.1: the answer lists formats in the answerer's preference order).
+
+    Raises:
+        SdpError: the answer does not match the offer's ``m=`` lines (RFC 3264 §6) or the
+            accepted stream has no ``c=`` address.
+        NoCommonCodec: the peer rejected every audio stream or answered none of our codecs.
+    """
+    if len(answer.media) != len(offer_we_sent.media):
+        raise SdpError(
+            f"answer has {len(answer.media)} m= lines, our offer had "
+            f"{len(offer_we_sent.media)} (RFC 3264 §6)"
+        )
+    for ours, theirs in zip(offer_we_sent.media, answer.media, strict=True):
+        if ours.port == 0 or theirs.port == 0 or not _is_plain_audio(ours):
+            continue
+        if not _is_plain_audio(theirs):
+            raise SdpError(f"answer changed the stream to {theirs.media} {theirs.proto}")
+        offered = [c.name for c in _offered_codecs(ours)]
+        codec = _first_answered_codec(theirs, ours, offered)
+        if codec is None:
+            continue
+        remote_address = answer.media_connection_address(theirs)
+        if remote_address is None:
+            raise SdpError("answered audio stream has no c= line (RFC 4566 §5.7)")
+        hold_address = is_hold_address(remote_address)
+        answer_direction = answer.media_direction(theirs)
+        caps = _CAPS[offer_we_sent.media_direction(ours)] & _reverse(answer_direction)
+        if hold_address:
+            caps -= {"send"}
+        return NegotiatedMedia(
+            codec=codec,
+            dtmf_payload_type=_telephone_event(theirs, ours),
+            remote_address=remote_address,
+            remote_port=theirs.port,
+            remote_rtcp_port=_rtcp_port(theirs),
+            direction=_from_caps(caps),
+            ptime=PTIME_MS,
+            on_hold=answer_direction in ("sendonly", "inactive") or hold_address,
+        )
+    raise NoCommonCodec("the answer accepted no audio stream with a codec we offered")
+
+
+def _offered_codecs(m: MediaDescription) -> list[CodecSpec]:
+    found: list[CodecSpec] = []
+    for name in _SUPPORTED.values():
+        codec = _find_codec(m, [name])
+        if codec is not None:
+            found.append(codec)
+    return found
+
+
+def _first_answered_codec(
+    theirs: MediaDescription, ours: MediaDescription, offered: Sequence[CodecName]
+) -> CodecSpec | None:
+    """The first payload type in the answer that maps to a codec we offered."""
+    for pt in theirs.payload_types():
+        single = MediaDescription(
+            media=theirs.media,
+            port=theirs.port,
+            proto=theirs.proto,
+            formats=[str(pt)],
+            attributes=theirs.attributes,
+        )
+        codec = _find_codec(single, offered, fallback=ours)
+        if codec is not None:
+            return codec
+    return None
