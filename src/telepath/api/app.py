@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
 from telepath import __version__
-from telepath.api.errors import install_error_handlers
-from telepath.api.routers import trunks
+from telepath.api.errors import error_response, install_error_handlers
+from telepath.api.routers import calls, trunks, webhooks
 from telepath.api.state import ApiState
+from telepath.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+READY_TIMEOUT_S = 2.0
+logger = logging.getLogger(__name__)
 
 
 def _openapi_without_422(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -75,6 +82,22 @@ def create_app(state: ApiState) -> FastAPI:
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S), state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            logger.warning("readiness check failed: %s", type(exc).__name__)
+            return error_response(503, "not_ready", "The database is not answering")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     app.include_router(trunks.router)
+    app.include_router(calls.router)
+    app.include_router(webhooks.router)
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     return app

@@ -118,3 +118,118 @@ class PasswordRotated(BaseModel):
     sip_username: str
     sip_password: str
     rotated_at: str
+
+
+CallStatus = Literal["connected", "disconnected", "failed"]
+
+
+class CallMetrics(BaseModel):
+    """Per-call measurements, all taken at the gateway (null when not measured)."""
+
+    carrier_lag_ms: int | None = Field(None, description="INVITE received to first caller RTP")
+    ai_latency_ms: int | None = Field(None, description="Mean agent response time over turns")
+    gateway_processing_ms: float | None = Field(None, description="Mean per-packet gateway time")
+    gateway_processing_p99_ms: float | None = None
+    packet_loss_percent: float | None = None
+    jitter_ms: float | None = Field(None, description="RFC 3550 interarrival jitter")
+    codec_used: str | None = Field(None, examples=["PCMU", "PCMA", "G722"])
+    setup_ms: int | None = Field(None, description="INVITE received to 200 OK sent")
+
+
+class CallTurn(BaseModel):
+    """One conversational turn."""
+
+    turn_number: int
+    speaker: Literal["caller", "agent"]
+    duration_ms: int
+    processing_time_ms: int
+
+
+class CallSummary(BaseModel):
+    """A call as listed by ``GET /v1/calls``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str = Field(examples=["call_01jdq3v7w5x8y9z0a1b2c3d4e5"])
+    trunk_id: str
+    from_: str | None = Field(None, alias="from", description="Caller number (From user part)")
+    to: str | None = Field(None, description="Called number (To user part)")
+    status: CallStatus
+    duration_seconds: int = Field(description="Answer to end, whole seconds")
+    start_time: str = Field(description="ISO 8601, UTC")
+    end_time: str | None = None
+    disconnect_reason: str | None = None
+    carrier_lag_ms: int | None = None
+    ai_latency_ms: int | None = None
+    gateway_processing_ms: float | None = None
+
+
+class CallDetail(BaseModel):
+    """``GET /v1/calls/{id}``: the record with metrics, turns and the SIP trace.
+
+    Past the retention period (``TELEPATH_CALL_RETENTION_HOURS``) ``turns`` is empty,
+    ``sip_trace`` is null and ``detail_purged_at`` is set.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    trunk_id: str
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    status: CallStatus
+    ai_provider: str
+    duration_seconds: int
+    start_time: str
+    answer_time: str | None = None
+    end_time: str | None = None
+    disconnect_reason: str | None = None
+    error_message: str | None = None
+    metrics: CallMetrics
+    turns: list[CallTurn]
+    sip_trace: str | None = None
+    detail_purged_at: str | None = None
+
+
+class CallList(BaseModel):
+    """``GET /v1/calls`` response."""
+
+    calls: list[CallSummary]
+    pagination: Pagination
+
+
+WebhookEvent = Literal[
+    "call.started", "call.ended", "agent.connected", "agent.disconnected", "call.error", "*"
+]
+
+
+class WebhookCreate(BaseModel):
+    """Body of ``POST /v1/webhooks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="https:// URL that accepts POST")
+    events: list[WebhookEvent] = Field(min_length=1, description="Event types, or '*' for all")
+
+
+class Webhook(BaseModel):
+    """A webhook endpoint; its signing secret is never shown again after creation."""
+
+    id: str = Field(examples=["wh_01jdq3v7w5x8y9z0a1b2c3d4e5"])
+    url: str
+    events: list[str]
+    active: bool
+    created_at: str
+
+
+class WebhookCreated(Webhook):
+    """``POST /v1/webhooks`` response: the only time the signing secret is shown."""
+
+    secret: str = Field(examples=["whsec_..."], description="HMAC-SHA256 signing secret")
+
+
+class WebhookList(BaseModel):
+    """``GET /v1/webhooks`` response."""
+
+    webhooks: list[Webhook]
+    pagination: Pagination

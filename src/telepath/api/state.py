@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from telepath.api.provider_checks import ProviderValidator
 from telepath.api.ratelimit import RateLimiter
 from telepath.config import Settings
+from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring
 
 
@@ -24,3 +25,4 @@ class ApiState:
     limiter: RateLimiter
     # key id -> last time (monotonic minute) its last_used_at was written; throttles writes.
     key_touch: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)

@@ -1,0 +1,210 @@
+"""Webhook endpoints (scoped to an account) and the delivery outbox.
+
+The outbox is claimed with a lease: a claimed row's ``next_attempt_at`` moves past the delivery
+timeout, so a process that dies mid-delivery leaves the row to be retried after a restart (at
+least once; receivers de-duplicate on the event id). PostgreSQL claims with ``SKIP LOCKED`` so
+several dispatchers never claim the same row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from telepath.db.models import WebhookDelivery, WebhookEndpoint
+from telepath.secrets.tokens import new_id
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery taken for one attempt, with what sending it needs."""
+
+    delivery_id: str
+    event_id: str
+    event: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int  # attempts made before this one
+    endpoint_id: str
+    url: str
+    secret_enc: str
+
+
+class WebhookRepository:
+    """Endpoint CRUD within one account, and outbox operations."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    async def get_endpoint(self, account_id: str, endpoint_id: str) -> WebhookEndpoint | None:
+        """The account's endpoint with this id, or None (another account's is None too)."""
+        return await self.session.scalar(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.id == endpoint_id, WebhookEndpoint.account_id == account_id
+            )
+        )
+
+    async def list_endpoints(
+        self, account_id: str, *, limit: int, offset: int
+    ) -> tuple[Sequence[WebhookEndpoint], int]:
+        """A page of the account's endpoints (newest first) and their total."""
+        where = WebhookEndpoint.account_id == account_id
+        total = await self.session.scalar(
+            select(func.count()).select_from(WebhookEndpoint).where(where)
+        )
+        rows = await self.session.scalars(
+            select(WebhookEndpoint)
+            .where(where)
+            .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return rows.all(), int(total or 0)
+
+    async def count_endpoints(self, account_id: str) -> int:
+        """How many endpoints the account has."""
+        total = await self.session.scalar(
+            select(func.count())
+            .select_from(WebhookEndpoint)
+            .where(WebhookEndpoint.account_id == account_id)
+        )
+        return int(total or 0)
+
+    def add_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Stage a new endpoint."""
+        self.session.add(endpoint)
+
+    async def delete_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Delete an endpoint; its undelivered outbox rows go with it."""
+        await self.session.execute(
+            delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
+        )
+        await self.session.delete(endpoint)
+
+    async def active_endpoints(self, account_id: str) -> Sequence[WebhookEndpoint]:
+        """The account's active endpoints (event filtering is done by the caller)."""
+        rows = await self.session.scalars(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.account_id == account_id, WebhookEndpoint.active.is_(True)
+            )
+        )
+        return rows.all()
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        endpoint_ids: Sequence[str],
+        *,
+        account_id: str,
+        event_id: str,
+        event: str,
+        payload: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Stage one pending delivery of the event per endpoint, due at once."""
+        for endpoint_id in endpoint_ids:
+            self.session.add(
+                WebhookDelivery(
+                    id=new_id("whd"),
+                    endpoint_id=endpoint_id,
+                    account_id=account_id,
+                    event_id=event_id,
+                    event=event,
+                    payload=payload,
+                    created_at=now,
+                    status=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+
+    async def claim_due(self, now: datetime, *, limit: int, lease: timedelta) -> list[Claimed]:
+        """Take up to ``limit`` due deliveries, leasing them until ``now + lease``."""
+        query = (
+            select(WebhookDelivery, WebhookEndpoint)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+        claimed: list[Claimed] = []
+        for delivery, endpoint in (await self.session.execute(query)).tuples():
+            claimed.append(
+                Claimed(
+                    delivery_id=delivery.id,
+                    event_id=delivery.event_id,
+                    event=delivery.event,
+                    payload=dict(delivery.payload),
+                    created_at=delivery.created_at,
+                    attempts=delivery.attempts,
+                    endpoint_id=endpoint.id,
+                    url=endpoint.url,
+                    secret_enc=endpoint.secret_enc,
+                )
+            )
+        if claimed:
+            await self.session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_([c.delivery_id for c in claimed]))
+                .values(next_attempt_at=now + lease)
+                .execution_options(synchronize_session=False)
+            )
+        return claimed
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime,
+        attempted_at: datetime,
+        status_code: int | None,
+        error: str | None,
+    ) -> None:
+        """Store the outcome of one attempt."""
+        await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(
+                status=status,
+                attempts=attempts,
+                next_attempt_at=next_attempt_at,
+                last_attempt_at=attempted_at,
+                last_status_code=status_code,
+                last_error=error,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    async def pending_count(self) -> int:
+        """Deliveries not yet delivered nor given up."""
+        total = await self.session.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.status == PENDING)
+        )
+        return int(total or 0)
+
+    async def deliveries_for(self, event_id: str) -> Sequence[WebhookDelivery]:
+        """Every outbox row of one event (for tests and diagnostics)."""
+        rows = await self.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.event_id == event_id)
+            .order_by(WebhookDelivery.id)
+        )
+        return rows.all()

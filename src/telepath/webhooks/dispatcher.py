@@ -1,0 +1,239 @@
+"""``WebhookDispatcher``: delivers the outbox with signatures, retries and backoff.
+
+Each round claims the due rows (leased, see ``telepath.db.webhook_store``), POSTs them
+concurrently and stores each outcome: a 2xx answer means delivered; anything else (another
+status, a timeout, a refused connection, a redirect) schedules a retry after
+``backoff_base_s * 2**(attempts - 1)`` (capped at ``backoff_max_s``) until ``max_attempts``
+attempts were made, when the row is marked ``failed``. Rows live in the database, so a restarted
+gateway resumes where the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from telepath import __version__
+from telepath.config import Settings
+from telepath.db.base import utcnow
+from telepath.db.models import webhook_secret_context
+from telepath.db.webhook_store import DELIVERED, FAILED, PENDING, Claimed, WebhookRepository
+from telepath.metrics import Metrics
+from telepath.secrets.keyring import Keyring, SecretDecryptionError
+from telepath.webhooks.events import iso_ms
+from telepath.webhooks.signing import (
+    EVENT_ID_HEADER,
+    EVENT_TYPE_HEADER,
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    signature_header,
+)
+
+logger = logging.getLogger(__name__)
+
+ERROR_MAX_CHARS = 200
+
+
+def event_body(claimed: Claimed) -> bytes:
+    """The exact bytes POSTed (and signed) for a delivery; identical on every retry."""
+    envelope = {
+        "id": claimed.event_id,
+        "type": claimed.event,
+        "created_at": iso_ms(claimed.created_at),
+        "data": claimed.payload,
+    }
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class WebhookDispatcher:
+    """Polls the outbox and delivers it.
+
+    Args:
+        sessions: the session factory.
+        keyring: decrypts endpoint signing secrets.
+        metrics: optional; ``telepath_webhook_backlog`` and ``..._deliveries_total`` go here.
+        client: an ``httpx.AsyncClient`` to send with (closed by ``aclose`` only if created here).
+        timeout_s: per-request timeout (the documented limit is 30 s).
+        max_attempts: attempts before a delivery is marked ``failed``.
+        backoff_base_s: delay after the first failure; doubles after each further failure.
+        backoff_max_s: the longest delay between attempts.
+        poll_interval_s: how often the outbox is checked when nobody calls ``wake``.
+        batch_size: deliveries claimed per round.
+        concurrency: requests in flight at once.
+        now: the wall clock (UTC, aware), replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        *,
+        metrics: Metrics | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout_s: float = 30.0,
+        max_attempts: int = 8,
+        backoff_base_s: float = 30.0,
+        backoff_max_s: float = 6 * 3600.0,
+        poll_interval_s: float = 1.0,
+        batch_size: int = 50,
+        concurrency: int = 16,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._keyring = keyring
+        self._metrics = metrics
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._poll_interval_s = poll_interval_s
+        self._batch_size = batch_size
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._now = now
+        self._wakeup = asyncio.Event()
+
+    @classmethod
+    def from_settings(
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> WebhookDispatcher:
+        """A dispatcher configured by ``TELEPATH_WEBHOOK_*``."""
+        return cls(
+            sessions,
+            keyring,
+            metrics=metrics,
+            timeout_s=settings.webhook_timeout_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_base_s=settings.webhook_backoff_base_s,
+        )
+
+    def wake(self) -> None:
+        """Check the outbox now rather than at the next poll (pass to ``DbEventSink``)."""
+        self._wakeup.set()
+
+    def backoff(self, attempts: int) -> timedelta:
+        """The delay before the next attempt after ``attempts`` failed ones."""
+        delay = self._backoff_base_s * (2 ** max(0, attempts - 1))
+        return timedelta(seconds=min(delay, self._backoff_max_s))
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Deliver until ``stop_event`` is set; errors are logged and the loop goes on."""
+        while not stop_event.is_set():
+            self._wakeup.clear()
+            try:
+                await self.run_once()
+            except Exception as exc:
+                logger.error("webhook dispatch round failed: %s", type(exc).__name__)
+            stop_wait = asyncio.ensure_future(stop_event.wait())
+            wake_wait = asyncio.ensure_future(self._wakeup.wait())
+            try:
+                await asyncio.wait(
+                    {stop_wait, wake_wait},
+                    timeout=self._poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for task in (stop_wait, wake_wait):
+                    task.cancel()
+                await asyncio.gather(stop_wait, wake_wait, return_exceptions=True)
+
+    async def run_once(self) -> int:
+        """Claim and attempt every due delivery (one batch at a time); return how many."""
+        total = 0
+        while True:
+            now = self._now()
+            lease = timedelta(seconds=self._timeout_s * 2 + 30)
+            async with self._sessions() as session:
+                claimed = await WebhookRepository(session).claim_due(
+                    now, limit=self._batch_size, lease=lease
+                )
+                await session.commit()
+            if claimed:
+                await asyncio.gather(*(self._attempt(c) for c in claimed))
+                total += len(claimed)
+            if len(claimed) < self._batch_size:
+                break
+        await self._update_backlog()
+        return total
+
+    async def _update_backlog(self) -> None:
+        if self._metrics is None:
+            return
+        async with self._sessions() as session:
+            self._metrics.webhook_backlog.set(await WebhookRepository(session).pending_count())
+
+    async def _attempt(self, claimed: Claimed) -> None:
+        async with self._semaphore:
+            status_code, error = await self._send(claimed)
+        attempts = claimed.attempts + 1
+        now = self._now()
+        if status_code is not None and 200 <= status_code < 300:
+            status, result, next_at = DELIVERED, "delivered", now
+        elif attempts >= self._max_attempts:
+            status, result, next_at = FAILED, "failed", now
+        else:
+            status, result, next_at = PENDING, "retry", now + self.backoff(attempts)
+        async with self._sessions() as session:
+            await WebhookRepository(session).record_attempt(
+                claimed.delivery_id,
+                status=status,
+                attempts=attempts,
+                next_attempt_at=next_at,
+                attempted_at=now,
+                status_code=status_code,
+                error=error,
+            )
+            await session.commit()
+        if self._metrics is not None:
+            self._metrics.webhook_deliveries.labels(result=result).inc()
+        if status == FAILED:
+            logger.warning(
+                "webhook delivery %s gave up after %d attempts", claimed.delivery_id, attempts
+            )
+
+    async def _send(self, claimed: Claimed) -> tuple[int | None, str | None]:
+        """POST one delivery; return (HTTP status or None, error summary or None)."""
+        try:
+            secret = self._keyring.decrypt(
+                claimed.secret_enc, webhook_secret_context(claimed.endpoint_id)
+            )
+        except SecretDecryptionError:
+            return None, "signing secret cannot be decrypted with the current master key"
+        body = event_body(claimed)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"Telepath-Webhooks/{__version__}",
+            SIGNATURE_HEADER: signature_header(secret, body),
+            EVENT_ID_HEADER: claimed.event_id,
+            EVENT_TYPE_HEADER: claimed.event,
+            IDEMPOTENCY_HEADER: claimed.event_id,
+        }
+        try:
+            response = await self._client.post(
+                claimed.url, content=body, headers=headers, timeout=self._timeout_s
+            )
+        except httpx.TimeoutException:
+            return None, "timeout"
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__
+        status_code = response.status_code
+        if 200 <= status_code < 300:
+            return status_code, None
+        return status_code, f"HTTP {status_code}"[:ERROR_MAX_CHARS]
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this dispatcher created it."""
+        if self._own_client:
+            await self._client.aclose()

@@ -1,0 +1,101 @@
+"""``DbEventSink``: call control's ``EventSink``, writing events to the webhook outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from telepath.db.base import utcnow
+from telepath.db.webhook_store import WebhookRepository
+from telepath.metrics import Metrics
+from telepath.secrets.tokens import new_id
+from telepath.webhooks.events import iso_ms, subscribed
+
+logger = logging.getLogger(__name__)
+
+ENQUEUE_TIMEOUT_S = 10.0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_ms(value)
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as plain JSON types (datetimes as ISO 8601 UTC, enums as their values)."""
+    result: dict[str, Any] = json.loads(json.dumps(payload, default=_jsonable))
+    return result
+
+
+class DbEventSink:
+    """Queues each event once per subscribed, active endpoint of the account.
+
+    ``emit`` only writes outbox rows (one short transaction); delivery happens in the
+    ``WebhookDispatcher``. It never raises into call control: a failed write is logged and
+    counted (``failures`` and ``telepath_webhook_enqueue_failures_total``).
+
+    Args:
+        sessions: the session factory.
+        metrics: optional metrics to count failures in.
+        on_enqueued: called after rows were written, e.g. ``dispatcher.wake`` for low latency.
+        timeout_s: the longest ``emit`` may wait for the database.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        metrics: Metrics | None = None,
+        on_enqueued: Callable[[], None] | None = None,
+        timeout_s: float = ENQUEUE_TIMEOUT_S,
+    ) -> None:
+        self._sessions = sessions
+        self._metrics = metrics
+        self._on_enqueued = on_enqueued
+        self._timeout_s = timeout_s
+        self.failures = 0
+
+    async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
+        """Queue ``event`` for the account's subscribed endpoints."""
+        try:
+            queued = await asyncio.wait_for(
+                self._enqueue(account_id, event, payload), self._timeout_s
+            )
+        except Exception as exc:  # never into call control; CancelledError still propagates
+            self.failures += 1
+            if self._metrics is not None:
+                self._metrics.webhook_enqueue_failures.inc()
+            logger.error("webhook event %s not queued: %s", event, type(exc).__name__)
+            return
+        if queued and self._on_enqueued is not None:
+            self._on_enqueued()
+
+    async def _enqueue(self, account_id: str, event: str, payload: dict[str, Any]) -> int:
+        data = normalize_payload(payload)
+        async with self._sessions() as session:
+            repo = WebhookRepository(session)
+            targets = [
+                e.id for e in await repo.active_endpoints(account_id) if subscribed(e.events, event)
+            ]
+            if not targets:
+                return 0
+            repo.enqueue(
+                targets,
+                account_id=account_id,
+                event_id=new_id("evt"),
+                event=event,
+                payload=data,
+                now=utcnow(),
+            )
+            await session.commit()
+            return len(targets)
