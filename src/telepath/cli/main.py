@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from telepath.api.state import ApiState
+from telepath.cli.calls import calls_app
 from telepath.cli.runtime import open_state
 from telepath.config import Settings
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
@@ -19,6 +20,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys")
 secrets_app = typer.Typer(no_args_is_help=True, help="Manage the master key for secrets at rest")
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(calls_app, name="calls")
 
 T = TypeVar("T")
 
