@@ -1,0 +1,497 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from telepath.rtp.codecs import CodecSpec
+from telepath.sdp import (
+    DEFAULT_PREFERENCE,
+    Direction,
+    NegotiatedMedia,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    create_offer,
+    negotiate_answer,
+    negotiate_offer_answer,
+    negotiate_reoffer,
+    next_session_version,
+    parse,
+)
+
+from .samples import load_sample
+
+pytestmark = pytest.mark.unit
+
+LOCAL = "203.0.113.5"
+
+
+def answer(
+    offer: SessionDescription | bytes | str, **kwargs: object
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    sd = offer if isinstance(offer, SessionDescription) else parse(offer)
+    return negotiate_answer(
+        sd,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def offer_text(*, direction: str | None = "sendrecv", address: str = "198.51.100.1") -> str:
+    text = (
+        f"v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 {address}\r\nt=0 0\r\n"
+        "m=audio 5000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
+    if direction is not None:
+        text += f"a={direction}\r\n"
+    return text
+
+
+def test_default_preference() -> None:
+    assert DEFAULT_PREFERENCE == ("G722", "PCMU", "PCMA")
+
+
+def test_twilio_answer_is_complete_and_parseable() -> None:
+    sd, media = answer(load_sample("twilio"))
+    assert media == NegotiatedMedia(
+        codec=CodecSpec("PCMU", 0),
+        dtmf_payload_type=101,
+        remote_address="54.172.60.1",
+        remote_port=17940,
+        remote_rtcp_port=17941,
+        direction="sendrecv",
+        ptime=20,
+        on_hold=False,
+    )
+    assert str(sd) == (
+        "v=0\r\n"
+        "o=telepath 777 1 IN IP4 203.0.113.5\r\n"
+        "s=Telepath\r\n"
+        "c=IN IP4 203.0.113.5\r\n"
+        "t=0 0\r\n"
+        "m=audio 40000 RTP/AVP 0 101\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\n"
+        "a=fmtp:101 0-16\r\n"
+        "a=ptime:20\r\n"
+        "a=sendrecv\r\n"
+    )
+    assert parse(sd.to_bytes()) == sd
+
+
+def test_g722_chosen_when_offered() -> None:
+    sd, media = answer(load_sample("telnyx"))
+    assert media.codec == CodecSpec("G722", 9)
+    assert sd.media[0].formats == ["9", "101"]
+    assert sd.media[0].rtpmap()[9] == ("G722", 8000, 1)
+    assert media.remote_rtcp_port == 30125  # from a=rtcp, RFC 3605
+
+
+@pytest.mark.parametrize(
+    ("preference", "expected"),
+    [
+        (("PCMA", "PCMU", "G722"), "PCMA"),
+        (("pcmu",), "PCMU"),
+        (("G722", "PCMA"), "G722"),
+        (("PCMU", "PCMU", "PCMA"), "PCMU"),
+    ],
+)
+def test_preference_is_configurable(preference: tuple[str, ...], expected: str) -> None:
+    _, media = answer(load_sample("telnyx"), preference=preference)
+    assert media.codec.name == expected
+
+
+def test_our_preference_beats_offer_order() -> None:
+    # Asterisk lists PCMA first; we prefer PCMU over PCMA (no G722 offered).
+    _, media = answer(load_sample("asterisk"))
+    assert media.codec == CodecSpec("PCMU", 0)
+    _, media = answer(load_sample("asterisk"), preference=["PCMA"])
+    assert media.codec == CodecSpec("PCMA", 8)
+
+
+def test_invalid_preference_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unsupported codec"):
+        answer(load_sample("twilio"), preference=["opus"])
+    with pytest.raises(ValueError, match="empty"):
+        answer(load_sample("twilio"), preference=[])
+
+
+@pytest.mark.parametrize(
+    ("sample", "dtmf_pt"),
+    [("twilio", 101), ("freeswitch", 96), ("baresip", 126), ("ipv6", 127), ("sipp_uac", None)],
+)
+def test_dynamic_telephone_event_payload_type_is_echoed(sample: str, dtmf_pt: int | None) -> None:
+    sd, media = answer(load_sample(sample))
+    assert media.dtmf_payload_type == dtmf_pt
+    m = sd.media[0]
+    if dtmf_pt is None:
+        assert m.formats == [str(media.codec.payload_type)]
+        assert m.fmtp() == {}
+    else:
+        assert m.formats == [str(media.codec.payload_type), str(dtmf_pt)]
+        assert m.rtpmap()[dtmf_pt] == ("telephone-event", 8000, 1)
+        assert m.fmtp() == {dtmf_pt: "0-16"}
+
+
+def test_freeswitch_telephone_event_48k_is_ignored() -> None:
+    sd, media = answer(load_sample("freeswitch"))
+    assert media.codec == CodecSpec("G722", 9)  # opus first in the offer; we skip it
+    assert "103" not in sd.media[0].formats
+
+
+def test_static_payload_types_without_rtpmap() -> None:
+    sd, media = answer(load_sample("static_no_rtpmap"))
+    assert media.codec == CodecSpec("PCMU", 0)
+    assert sd.media[0].attributes[0] == ("rtpmap", "0 PCMU/8000")
+    _, media = answer(load_sample("sipp_uac"), preference=["PCMA", "PCMU"])
+    assert media.codec == CodecSpec("PCMU", 0)
+    assert media.remote_address == "127.0.0.1"
+    assert media.remote_port == 6000
+
+
+def test_codec_on_nonstandard_dynamic_payload_type_uses_offer_pt() -> None:
+    text = offer_text().replace("RTP/AVP 0 8 101", "RTP/AVP 100 101") + "a=rtpmap:100 pcma/8000\r\n"
+    sd, media = answer(text)
+    assert media.codec == CodecSpec("PCMA", 100)
+    assert sd.media[0].formats == ["100", "101"]
+    assert ("rtpmap", "100 PCMA/8000") in sd.media[0].attributes
+
+
+def test_wrong_clock_rate_does_not_match() -> None:
+    text = offer_text().replace("RTP/AVP 0 8 101", "RTP/AVP 96") + "a=rtpmap:96 PCMU/16000\r\n"
+    with pytest.raises(NoCommonCodec):
+        answer(text)
+
+
+@pytest.mark.parametrize(
+    ("offered", "ours", "on_hold"),
+    [
+        ("sendrecv", "sendrecv", False),
+        (None, "sendrecv", False),
+        ("sendonly", "recvonly", True),
+        ("recvonly", "sendonly", False),
+        ("inactive", "inactive", True),
+    ],
+)
+def test_direction_mapping(offered: str | None, ours: Direction, on_hold: bool) -> None:
+    sd, media = answer(offer_text(direction=offered))
+    assert media.direction == ours
+    assert sd.media[0].direction == ours
+    assert sd.media[0].explicit_direction == ours  # always written explicitly
+    assert media.on_hold is on_hold
+    assert media.may_send is (ours in ("sendrecv", "sendonly"))
+    assert media.may_receive is (ours in ("sendrecv", "recvonly"))
+
+
+def test_session_level_direction_is_honoured() -> None:
+    text = offer_text(direction=None).replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n")
+    _, media = answer(text)
+    assert media.direction == "recvonly"
+    assert media.on_hold
+
+
+def test_hold_sample_sendonly() -> None:
+    sd, media = answer(load_sample("hold_sendonly"))
+    assert media.on_hold
+    assert media.direction == "recvonly"
+    assert sd.media[0].attributes[-1] == ("recvonly", None)
+
+
+@pytest.mark.parametrize(
+    ("offered", "ours"),
+    [("sendrecv", "recvonly"), ("recvonly", "inactive"), ("sendonly", "recvonly")],
+)
+def test_hold_via_zero_address(offered: str, ours: Direction) -> None:
+    # RFC 3264 §8.4 / RFC 2543: c=0.0.0.0 means "do not send to me".
+    sd, media = answer(offer_text(direction=offered, address="0.0.0.0"))
+    assert media.on_hold
+    assert media.direction == ours
+    assert media.remote_address == "0.0.0.0"
+    assert sd.connection_address == LOCAL  # our own c= is unaffected
+
+
+def test_cisco_hold_sample() -> None:
+    _, media = answer(load_sample("hold_c0"))
+    assert media.on_hold
+    assert media.direction == "recvonly"
+    assert media.dtmf_payload_type == 101
+
+
+def test_other_streams_rejected_with_port_zero() -> None:
+    offer = parse(load_sample("audio_video"))
+    sd, media = answer(offer)
+    assert len(sd.media) == len(offer.media) == 4
+    video, audio, audio2, text = sd.media
+    assert (video.media, video.port, video.proto, video.formats) == (
+        "video",
+        0,
+        "RTP/AVP",
+        ["96", "97"],
+    )
+    assert video.attributes == []
+    assert (audio.port, audio.formats) == (40000, ["0", "101"])
+    assert (audio2.media, audio2.port, audio2.formats) == ("audio", 0, ["0"])
+    assert (text.media, text.port, text.formats) == ("text", 0, ["98"])
+    assert media.remote_port == 7078
+    assert [m.port != 0 for m in sd.media].count(True) == 1
+    assert parse(str(sd)) == sd
+
+
+def test_disabled_first_audio_stream_is_skipped() -> None:
+    text = offer_text() + "m=audio 0 RTP/AVP 0\r\nm=audio 6000 RTP/AVP 8\r\n"
+    text = text.replace("m=audio 5000 RTP/AVP 0 8 101", "m=audio 0 RTP/AVP 0 8 101")
+    sd, media = answer(text)
+    assert [m.port for m in sd.media] == [0, 0, 40000]
+    assert media.codec == CodecSpec("PCMA", 8)
+    assert media.remote_port == 6000
+
+
+def test_first_audio_without_common_codec_falls_through_to_second() -> None:
+    text = (
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n"
+        "m=audio 5000 RTP/AVP 18\r\nm=audio 5002 RTP/AVP 8\r\nc=IN IP4 198.51.100.2\r\n"
+    )
+    sd, media = answer(text)
+    assert [m.port for m in sd.media] == [0, 40000]
+    assert media.remote_address == "198.51.100.2"
+
+
+def test_no_common_codec_is_488_with_warning() -> None:
+    with pytest.raises(NoCommonCodec) as info:
+        answer(load_sample("g729_only"))
+    err = info.value
+    assert err.status_hint == 488
+    assert isinstance(err, SdpError)
+    assert err.warn_code == 305
+    assert err.warning == '305 telepath "Incompatible media format"'
+    assert err.warning_header("sip.example.com:5060") == (
+        '305 sip.example.com:5060 "Incompatible media format"'
+    )
+    assert "G729/8000" in str(err)
+    assert "PCMU/8000" in str(err)
+
+
+def test_srtp_only_offer_is_rejected() -> None:
+    with pytest.raises(NoCommonCodec) as info:
+        answer(load_sample("srtp_only"))
+    assert info.value.status_hint == 488
+    assert info.value.warn_code == 302
+    assert "RTP/SAVP" in str(info.value)
+    assert "SRTP" in str(info.value)
+    assert info.value.warning_header("gw") == '302 gw "Incompatible transport protocol"'
+
+
+def test_srtp_stream_rejected_when_plain_alternative_exists() -> None:
+    savp = load_sample("srtp_only").decode()
+    text = savp + "m=audio 16386 RTP/AVP 0\r\n"
+    sd, media = answer(text)
+    assert [(m.proto, m.port) for m in sd.media] == [("RTP/SAVP", 0), ("RTP/AVP", 40000)]
+    assert media.remote_port == 16386
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nt=0 0\r\n",
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n"
+        "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+        offer_text().replace("m=audio 5000", "m=audio 0"),
+    ],
+    ids=["no media", "video only", "audio disabled"],
+)
+def test_no_audio_is_304(text: str) -> None:
+    with pytest.raises(NoCommonCodec) as info:
+        answer(text)
+    assert info.value.warn_code == 304
+    assert info.value.warning == '304 telepath "Media type not available"'
+
+
+def test_missing_connection_address_is_400() -> None:
+    text = offer_text().replace("c=IN IP4 198.51.100.1\r\n", "")
+    with pytest.raises(SdpError) as info:
+        answer(text)
+    assert not isinstance(info.value, NoCommonCodec)
+    assert info.value.status_hint == 400
+
+
+def test_ipv6_answer() -> None:
+    sd = parse(load_sample("ipv6"))
+    ans, media = negotiate_answer(
+        sd, local_address="2001:db8::1", local_port=30000, session_id=1, session_version=9
+    )
+    assert "c=IN IP6 2001:db8::1\r\n" in str(ans)
+    assert ans.origin.addrtype == "IP6"
+    assert ans.origin.session_version == 9
+    assert media.direction == "sendonly"  # the offer was recvonly
+    assert media.remote_address == "2001:db8::10"
+    assert media.ptime == 20  # we always send 20 ms even if the peer asks for 30
+
+
+def test_answer_validates_local_parameters() -> None:
+    offer = parse(load_sample("twilio"))
+    with pytest.raises(ValueError):
+        negotiate_answer(offer, local_address=LOCAL, local_port=0, session_id=1, session_version=1)
+    with pytest.raises(ValueError):
+        negotiate_answer(offer, local_address="", local_port=5, session_id=1, session_version=1)
+
+
+def test_username_is_used_in_origin() -> None:
+    sd, _ = answer(load_sample("twilio"), username="gw")
+    assert str(sd.origin) == "gw 777 1 IN IP4 203.0.113.5"
+
+
+# --- re-INVITE / UPDATE ------------------------------------------------------------------
+
+
+def reanswer(
+    offer: str | bytes, current: NegotiatedMedia, version: int = 1
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    return negotiate_reoffer(
+        parse(offer),
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=version,
+    )
+
+
+def test_reoffer_keeps_current_codec() -> None:
+    _, current = answer(load_sample("telnyx"), preference=["PCMA"])
+    assert current.codec.name == "PCMA"
+    _, media = reanswer(load_sample("telnyx"), current)
+    assert media.codec == CodecSpec("PCMA", 8)  # G722 preferred, but we keep PCMA
+
+
+def test_reoffer_switches_codec_when_current_is_gone() -> None:
+    _, current = answer(load_sample("telnyx"))
+    assert current.codec.name == "G722"
+    _, media = reanswer(load_sample("asterisk"), current)
+    assert media.codec == CodecSpec("PCMU", 0)
+
+
+def test_reoffer_hold_unhold_and_address_change() -> None:
+    first, current = answer(load_sample("asterisk"))
+    held, on_hold = reanswer(load_sample("hold_sendonly"), current)
+    assert on_hold.on_hold and on_hold.direction == "recvonly"
+    assert next_session_version(first, held) == 2
+    resumed_text = load_sample("asterisk").replace(b"192.168.1.20", b"192.168.1.21")
+    resumed, unheld = reanswer(resumed_text, on_hold, version=2)
+    assert not unheld.on_hold and unheld.direction == "sendrecv"
+    assert unheld.remote_address == "192.168.1.21"
+    assert unheld.codec == current.codec
+    # The answer is back to the original one: a change relative to the hold answer.
+    held.origin.session_version = 2
+    assert next_session_version(held, resumed) == 3
+
+
+def test_session_refresh_keeps_version() -> None:
+    first, current = answer(load_sample("twilio"))
+    again, media = reanswer(load_sample("twilio"), current)
+    assert media == current
+    assert next_session_version(first, again) == 1
+    assert again == first
+
+
+def test_reoffer_without_common_codec_raises() -> None:
+    _, current = answer(load_sample("twilio"))
+    with pytest.raises(NoCommonCodec):
+        reanswer(load_sample("g729_only"), current)
+
+
+# --- we offer ----------------------------------------------------------------------------
+
+
+def test_create_offer_default() -> None:
+    sd = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    m = sd.media[0]
+    assert m.formats == ["9", "0", "8", "101"]
+    assert m.rtpmap() == {
+        9: ("G722", 8000, 1),
+        0: ("PCMU", 8000, 1),
+        8: ("PCMA", 8000, 1),
+        101: ("telephone-event", 8000, 1),
+    }
+    assert m.fmtp() == {101: "0-16"}
+    assert m.ptime == 20
+    assert m.direction == "sendrecv"
+    assert sd.origin == dataclasses.replace(
+        sd.origin, username="telepath", session_id=5, session_version=6
+    )
+    assert parse(sd.to_bytes()) == sd
+
+
+def test_create_offer_options() -> None:
+    sd = create_offer(
+        local_address=LOCAL,
+        local_port=41000,
+        session_id=5,
+        session_version=6,
+        preference=["PCMA"],
+        dtmf_payload_type=96,
+        direction="sendonly",
+        username="probe",
+    )
+    assert sd.media[0].formats == ["8", "96"]
+    assert sd.media[0].direction == "sendonly"
+    assert sd.origin.username == "probe"
+    with pytest.raises(ValueError):
+        create_offer(
+            local_address=LOCAL, local_port=1, session_id=1, session_version=1, dtmf_payload_type=8
+        )
+
+
+def test_offer_answer_round_trip_with_ourselves() -> None:
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    ans, theirs = negotiate_answer(
+        offer, local_address="198.51.100.9", local_port=42000, session_id=1, session_version=1
+    )
+    ours = negotiate_offer_answer(offer, ans)
+    assert ours == dataclasses.replace(
+        theirs, remote_address="198.51.100.9", remote_port=42000, remote_rtcp_port=42001
+    )
+    assert ours.codec == CodecSpec("G722", 9)
+    assert ours.dtmf_payload_type == 101
+
+
+def test_offer_answer_takes_first_answered_codec() -> None:
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    ans = parse(
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.9\r\ns=-\r\nc=IN IP4 198.51.100.9\r\nt=0 0\r\n"
+        "m=audio 42000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n"
+    )
+    media = negotiate_offer_answer(offer, ans)
+    assert media.codec == CodecSpec("PCMA", 8)  # static PT without rtpmap in the answer
+    assert media.direction == "sendonly"
+    assert not media.on_hold
+    assert media.dtmf_payload_type == 101
+
+
+def test_offer_answer_direction_intersection_and_hold() -> None:
+    offer = create_offer(
+        local_address=LOCAL, local_port=41000, session_id=5, session_version=6, direction="sendonly"
+    )
+    ans = parse(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+        "m=audio 42000 RTP/AVP 0\r\na=recvonly\r\n"
+    )
+    media = negotiate_offer_answer(offer, ans)
+    assert media.direction == "inactive"
+    assert media.on_hold
+
+
+def test_offer_answer_errors() -> None:
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    base = "v=0\r\no=- 1 1 IN IP4 198.51.100.9\r\ns=-\r\nc=IN IP4 198.51.100.9\r\nt=0 0\r\n"
+    with pytest.raises(SdpError, match="m= lines"):
+        negotiate_offer_answer(offer, parse(base))
+    with pytest.raises(NoCommonCodec):
+        negotiate_offer_answer(offer, parse(base + "m=audio 0 RTP/AVP 0\r\n"))
+    with pytest.raises(NoCommonCodec):
+        negotiate_offer_answer(offer, parse(base + "m=audio 42000 RTP/AVP 18\r\n"))
+    with pytest.raises(SdpError, match="RTP/SAVP"):
+        negotiate_offer_answer(offer, parse(base + "m=audio 42000 RTP/SAVP 0\r\n"))
