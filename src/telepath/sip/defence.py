@@ -45,6 +45,10 @@ from telepath.errors import ConfigurationError
 
 __all__ = ["DefencePolicy", "SourceGuard", "Verdict"]
 
+# Float slack so a client sending at exactly the allowed rate is not limited by rounding
+# (e.g. 100.1 - 100.0 = 0.0999...).
+_TOKEN_EPSILON = 1e-9
+
 
 @dataclass(frozen=True, slots=True)
 class DefencePolicy:
@@ -176,7 +180,7 @@ class SourceGuard:
         source.tokens = min(
             float(self.policy.burst), source.tokens + elapsed * self.policy.requests_per_second
         )
-        if source.tokens >= 1.0:
+        if source.tokens >= 1.0 - _TOKEN_EPSILON:
             source.tokens -= 1.0
             return Verdict.ALLOW
         self.rate_limited += 1
