@@ -1,0 +1,172 @@
+"""``DbCallRecorder`` idempotency and failure isolation; detail retention."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from telepath.calls.model import CallStatus, DisconnectReason
+from telepath.config import Settings
+from telepath.db.base import utcnow
+from telepath.db.call_recorder import DbCallRecorder, purge_call_details, retention_loop
+from telepath.db.engine import make_engine, sessionmaker_for
+from telepath.db.models import CallRow
+from telepath.metrics import Metrics
+from tests.integration.calls_api.records import account_of, ended, started
+from tests.integration.conftest import Api
+
+pytestmark = pytest.mark.integration
+
+
+async def count_rows(api: Api) -> int:
+    async with api.state.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(CallRow)) or 0)
+
+
+async def test_started_twice_and_ended_twice_is_one_record(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    record = started(account)
+    await recorder.call_started(record)
+    await recorder.call_started(record)
+    final = ended(record)
+    await recorder.call_ended(final)
+    await recorder.call_ended(final)
+    assert await count_rows(api) == 1
+    assert recorder.failures == 0
+    detail = (await api.get(f"/v1/calls/{record.id}")).json()
+    assert detail["status"] == "disconnected" and detail["duration_seconds"] == 342
+
+
+async def test_ended_without_started_inserts_the_full_record(api: Api) -> None:
+    record = ended(started(await account_of(api)), seconds=10)
+    await DbCallRecorder(api.state.sessions).call_ended(record)
+    detail = (await api.get(f"/v1/calls/{record.id}")).json()
+    assert detail["duration_seconds"] == 10
+    assert detail["metrics"]["codec_used"] == "G722"
+    assert len(detail["turns"]) == 2
+
+
+async def test_late_start_does_not_undo_the_end(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    record = started(account)
+    snapshot = started(account, id=record.id)  # what call_started would have carried
+    await recorder.call_ended(ended(record))
+    await recorder.call_started(snapshot)
+    detail = (await api.get(f"/v1/calls/{record.id}")).json()
+    assert detail["status"] == "disconnected" and detail["end_time"] is not None
+
+
+async def test_failed_call_is_recorded(api: Api) -> None:
+    record = started(await account_of(api))
+    record.status = CallStatus.FAILED
+    record.disconnect_reason = DisconnectReason.CONNECTION_FAILED
+    record.error_message = "agent unreachable"
+    record.end_time = record.start_time + timedelta(seconds=2)
+    await DbCallRecorder(api.state.sessions).call_ended(record)
+    detail = (await api.get(f"/v1/calls/{record.id}")).json()
+    assert detail["status"] == "failed"
+    assert detail["disconnect_reason"] == "connection_failed"
+    assert detail["error_message"] == "agent unreachable"
+    assert detail["duration_seconds"] == 0 and detail["answer_time"] is None
+    assert detail["sip_trace"] is None and detail["turns"] == []
+
+
+async def test_write_failures_never_reach_call_control(tmp_path: Path) -> None:
+    # A database without the schema: every write fails.
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    try:
+        metrics = Metrics()
+        recorder = DbCallRecorder(sessionmaker_for(engine), metrics)
+        record = started("acct_x")
+        await recorder.call_started(record)
+        await recorder.call_ended(ended(record))
+        assert recorder.failures == 2
+        text = metrics.render().decode()
+        assert 'telepath_call_record_failures_total{operation="call_started"} 1.0' in text
+        assert 'telepath_call_record_failures_total{operation="call_ended"} 1.0' in text
+        # The call was still counted.
+        assert 'telepath_calls_total{outcome="caller_hangup"} 1.0' in text
+        assert "telepath_active_calls 0.0" in text
+    finally:
+        await engine.dispose()
+
+
+async def test_recorder_keeps_call_metrics(api: Api) -> None:
+    metrics = Metrics()
+    recorder = DbCallRecorder(api.state.sessions, metrics)
+    account = await account_of(api)
+    one, two = started(account), started(account)
+    await recorder.call_started(one)
+    await recorder.call_started(two)
+    assert "telepath_active_calls 2.0" in metrics.render().decode()
+    await recorder.call_ended(ended(one))
+    await recorder.call_ended(ended(one))  # a repeat is not counted twice
+    text = metrics.render().decode()
+    assert "telepath_active_calls 1.0" in text
+    assert 'telepath_calls_total{outcome="caller_hangup"} 1.0' in text
+    assert "telepath_call_setup_seconds_count 1.0" in text
+    assert 'telepath_call_setup_seconds_bucket{le="0.25"} 1.0' in text
+    assert "telepath_rtp_jitter_ms_count 1.0" in text
+    assert "telepath_rtp_packet_loss_percent_count 1.0" in text
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    now = utcnow()
+    old = ended(started(account, start=now - timedelta(hours=100)))
+    recent = ended(started(account, start=now - timedelta(hours=1)), seconds=60)
+    stuck = started(account, start=now - timedelta(hours=80))  # never ended (crash)
+    for record in (old, recent):
+        await recorder.call_ended(record)
+    await recorder.call_started(stuck)
+
+    purged = await purge_call_details(api.state.sessions, timedelta(hours=72))
+    assert purged == 2
+    assert await purge_call_details(api.state.sessions, timedelta(hours=72)) == 0
+
+    gone = (await api.get(f"/v1/calls/{old.id}")).json()
+    assert gone["sip_trace"] is None and gone["turns"] == []
+    assert gone["detail_purged_at"] is not None
+    assert gone["duration_seconds"] == 342 and gone["disconnect_reason"] == "caller_hangup"
+    assert gone["metrics"]["ai_latency_ms"] == 215 and gone["metrics"]["codec_used"] == "G722"
+    kept = (await api.get(f"/v1/calls/{recent.id}")).json()
+    assert kept["sip_trace"] and len(kept["turns"]) == 2 and kept["detail_purged_at"] is None
+    assert (await api.get(f"/v1/calls/{stuck.id}")).json()["detail_purged_at"] is not None
+
+    # A late end of a purged call updates aggregates but never brings the detail back.
+    await recorder.call_ended(ended(stuck, seconds=5))
+    late = (await api.get(f"/v1/calls/{stuck.id}")).json()
+    assert late["duration_seconds"] == 5 and late["sip_trace"] is None and late["turns"] == []
+
+
+async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> None:
+    account = await account_of(api)
+    old = ended(
+        started(account, start=utcnow() - timedelta(hours=settings.call_retention_hours + 5))
+    )
+    await DbCallRecorder(api.state.sessions).call_ended(old)
+    stop = asyncio.Event()
+    task = asyncio.create_task(retention_loop(api.state.sessions, settings, stop, interval_s=0.05))
+    for _ in range(100):
+        if (await api.get(f"/v1/calls/{old.id}")).json()["detail_purged_at"]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("retention loop did not purge")
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_retention_disabled_with_zero_hours(api: Api, settings: Settings) -> None:
+    disabled = settings.model_copy(update={"call_retention_hours": 0})
+    await asyncio.wait_for(retention_loop(api.state.sessions, disabled, asyncio.Event()), 1)
