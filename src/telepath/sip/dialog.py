@@ -1,0 +1,55 @@
+"""A UAS dialog (RFC 3261 §12): identifiers, route set, CSeq spaces and the 2xx retransmission
+and session-timer state that belong to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from telepath.sip.transaction import Source
+from telepath.sip.uri import SipUri
+
+
+class DialogState(StrEnum):
+    """§12: early (not used by this UAS: we never send 1xx with a To tag and SDP) or confirmed."""
+
+    CONFIRMED = "confirmed"
+    TERMINATING = "terminating"  # our BYE is in flight
+    TERMINATED = "terminated"
+
+
+@dataclass(eq=False)
+class Dialog:
+    """One dialog created by a 2xx to an INVITE (§12.1.1)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # To header of the INVITE, with our tag
+    remote_uri: str  # From header of the INVITE
+    remote_target: SipUri  # Contact of the INVITE (§12.1.1)
+    route_set: list[str]  # Record-Route of the INVITE, in order (§12.1.1)
+    remote_cseq: int
+    source: Source  # where the carrier's signalling comes from; in-dialog requests go there
+    invite_cseq: int
+    local_cseq: int = 1
+    state: DialogState = DialogState.CONFIRMED
+    acked: bool = False
+    timer_generation: dict[str, int] = field(default_factory=dict)
+    # 2xx retransmission (§13.3.1.4): the last 2xx sent to an INVITE and its CSeq
+    pending_2xx: bytes | None = None
+    pending_2xx_cseq: int = 0
+    retransmit_interval: float = 0.0
+    session_expires: int | None = None  # RFC 4028 negotiated interval, seconds
+    reoffer_pending: bool = False  # a re-INVITE/UPDATE awaits the application's answer
+    app_data: object = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(Call-ID, local tag, remote tag): the dialog id of §12."""
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    def next_cseq(self) -> int:
+        """The CSeq for our next request in this dialog (§12.2.1.1)."""
+        self.local_cseq += 1
+        return self.local_cseq

@@ -1,0 +1,215 @@
+"""Server and client transactions (RFC 3261 §17), with RFC 6026's Accepted state.
+
+State names follow the RFC figures (Figure 7 INVITE server, Figure 8 non-INVITE server,
+Figure 6 non-INVITE client). Timers are scheduled in the core's :class:`TimerQueue`; sends and
+outcomes go to a :class:`TransactionUser` (the UA core), so nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from telepath.sip.message import Request, Response
+from telepath.sip.timers import SipTimers, TimerQueue
+
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from / goes to: transport name, address, stream connection id."""
+
+    transport: str  # "UDP" | "TCP" | "TLS"
+    addr: tuple[str, int]
+    conn: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """True for stream transports (no retransmission timers, §17.1.1.2)."""
+        return self.transport != "UDP"
+
+
+class TransactionUser(Protocol):
+    """What transactions need from the UA core."""
+
+    timers: TimerQueue
+    sip_timers: SipTimers
+
+    def send_bytes(self, data: bytes, dest: Source) -> None:
+        """Queue ``data`` for ``dest``."""
+        ...
+
+    def transaction_ended(self, tx: ServerTransaction | ClientTransaction, timed_out: bool) -> None:
+        """``tx`` reached Terminated (``timed_out``: Timer H/F fired)."""
+        ...
+
+    def client_response(self, tx: ClientTransaction, response: Response) -> None:
+        """A response for a client transaction, passed up once per status (retransmits absorbed)."""
+        ...
+
+
+class TxState(StrEnum):
+    """RFC 3261 §17 transaction states (+ RFC 6026 Accepted)."""
+
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+def server_key(request: Request) -> tuple[str, ...]:
+    """§17.2.3 matching key: branch + sent-by + method (ACK and CANCEL map to INVITE's)."""
+    via = request.top_via
+    method = "INVITE" if request.method in ("ACK", "CANCEL") else request.method
+    branch = via.branch or ""
+    sent_by = f"{via.host}:{via.port or ''}".lower()
+    if branch.startswith(MAGIC_COOKIE):
+        return (branch, sent_by, method)
+    # RFC 2543 peers (§17.2.3 last paragraphs): Request-URI, tags, Call-ID, CSeq, top Via.
+    from_tag = request.from_.tag or ""
+    return (
+        "2543",
+        str(request.uri) if request.method != "ACK" else "",
+        from_tag,
+        request.call_id,
+        str(request.cseq.seq),
+        sent_by,
+        method,
+    )
+
+
+class ServerTransaction:
+    """An INVITE or non-INVITE server transaction."""
+
+    def __init__(self, tu: TransactionUser, request: Request, source: Source, now: float) -> None:
+        self.tu = tu
+        self.request = request
+        self.source = source
+        self.key = server_key(request)
+        self.is_invite = request.method == "INVITE"
+        self.state = TxState.PROCEEDING if self.is_invite else TxState.TRYING
+        self.timer_generation: dict[str, int] = {}
+        self.last_response: Response | None = None
+        self._wire: bytes | None = None
+        self._interval = tu.sip_timers.t1
+        self.created = now
+        self.to_tag: str | None = None
+
+    @property
+    def final_sent(self) -> bool:
+        """True once a final response went out."""
+        return self.state not in (TxState.TRYING, TxState.PROCEEDING)
+
+    def respond(self, response: Response, now: float) -> None:
+        """Send ``response`` and move the state machine (Figure 7 / Figure 8)."""
+        if self.state == TxState.TERMINATED or (self.final_sent and response.status >= 200):
+            return
+        timers = self.tu.sip_timers
+        self.last_response = response
+        self._wire = response.to_bytes()
+        self.tu.send_bytes(self._wire, self.source)
+        if response.status < 200:
+            if self.state == TxState.TRYING:
+                self.state = TxState.PROCEEDING
+            return
+        q = self.tu.timers
+        if self.is_invite and response.status < 300:
+            # RFC 6026 §7.1: Accepted; the TU retransmits the 2xx; Timer L ends this state.
+            self.state = TxState.ACCEPTED
+            q.schedule(self, "L", now + timers.b)
+        elif self.is_invite:
+            self.state = TxState.COMPLETED
+            if not self.source.reliable:
+                q.schedule(self, "G", now + self._interval)
+            q.schedule(self, "H", now + timers.b)
+        else:
+            self.state = TxState.COMPLETED
+            q.schedule(self, "J", now + (0 if self.source.reliable else timers.b))
+
+    def on_retransmission(self) -> None:
+        """A retransmitted request: resend the last response (§17.2.1, §17.2.2)."""
+        if self.state == TxState.ACCEPTED:
+            return  # RFC 6026 §8.5: absorbed; the 2xx is retransmitted by the TU
+        if self._wire is not None and self.state in (TxState.PROCEEDING, TxState.COMPLETED):
+            self.tu.send_bytes(self._wire, self.source)
+
+    def on_ack(self, now: float) -> None:
+        """ACK for a non-2xx final: Completed → Confirmed, Timer I (§17.2.1)."""
+        if self.state != TxState.COMPLETED:
+            return
+        q = self.tu.timers
+        q.cancel(self, "G")
+        q.cancel(self, "H")
+        self.state = TxState.CONFIRMED
+        q.schedule(self, "I", now + (0 if self.source.reliable else self.tu.sip_timers.t4))
+
+    def on_timer(self, name: str, now: float) -> None:
+        """Timers G (retransmit), H (no ACK), I, J, L (end)."""
+        if name == "G" and self.state == TxState.COMPLETED and self._wire is not None:
+            self.tu.send_bytes(self._wire, self.source)
+            self._interval = min(2 * self._interval, self.tu.sip_timers.t2)
+            self.tu.timers.schedule(self, "G", now + self._interval)
+            return
+        timed_out = name == "H"
+        self.terminate()
+        self.tu.transaction_ended(self, timed_out)
+
+    def terminate(self) -> None:
+        """Go to Terminated and drop every timer."""
+        self.state = TxState.TERMINATED
+        for name in list(self.timer_generation):
+            self.tu.timers.cancel(self, name)
+
+
+class ClientTransaction:
+    """A non-INVITE client transaction (Figure 6): our BYE, REFER, NOTIFY answers, OPTIONS."""
+
+    def __init__(self, tu: TransactionUser, request: Request, dest: Source, now: float) -> None:
+        self.tu = tu
+        self.request = request
+        self.dest = dest
+        self.branch = request.top_via.branch or ""
+        self.state = TxState.TRYING
+        self.timer_generation: dict[str, int] = {}
+        self._wire = request.to_bytes()
+        self._interval = tu.sip_timers.t1
+        self.response: Response | None = None
+        tu.send_bytes(self._wire, dest)
+        if not dest.reliable:
+            tu.timers.schedule(self, "E", now + self._interval)
+        tu.timers.schedule(self, "F", now + tu.sip_timers.b)
+
+    def on_response(self, response: Response, now: float) -> None:
+        """A response matched by branch and CSeq method (§17.1.3)."""
+        if self.state in (TxState.COMPLETED, TxState.TERMINATED):
+            return  # retransmitted final: absorbed
+        if response.status < 200:
+            if self.state == TxState.TRYING:
+                self.state = TxState.PROCEEDING
+                self.tu.client_response(self, response)
+            return
+        self.response = response
+        self.tu.timers.cancel(self, "E")
+        self.tu.timers.cancel(self, "F")
+        self.state = TxState.COMPLETED
+        self.tu.client_response(self, response)
+        delay = 0 if self.dest.reliable else self.tu.sip_timers.t4
+        self.tu.timers.schedule(self, "K", now + delay)
+
+    def on_timer(self, name: str, now: float) -> None:
+        """Timers E (retransmit), F (timeout), K (end)."""
+        if name == "E" and self.state in (TxState.TRYING, TxState.PROCEEDING):
+            self.tu.send_bytes(self._wire, self.dest)
+            base = self.tu.sip_timers.t2 if self.state == TxState.PROCEEDING else 2 * self._interval
+            self._interval = min(base, self.tu.sip_timers.t2)
+            self.tu.timers.schedule(self, "E", now + self._interval)
+            return
+        timed_out = name == "F"
+        self.state = TxState.TERMINATED
+        for timer in list(self.timer_generation):
+            self.tu.timers.cancel(self, timer)
+        self.tu.transaction_ended(self, timed_out)

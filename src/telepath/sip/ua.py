@@ -1,0 +1,749 @@
+"""The UAS core (RFC 3261 §8.2, §12, §13.3, §15, §16-less): requests in, responses and call
+events out. Pure: the transport feeds bytes and time, and sends what comes back.
+
+What the core decides on its own: transaction matching and retransmissions, 100 Trying, CANCEL
+(§9.2), in-dialog routing and CSeq checks (§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards,
+``Require`` (§8.2.2.3), RFC 4028 session timers and 405/481 answers. What it hands to the
+application (call control) as events: a new INVITE (authenticate, route, answer or reject),
+re-offers (re-INVITE/UPDATE, to be answered with SDP), call confirmation and ends, DTMF, and
+the progress of a transfer we asked for.
+
+Decision (documented in the README): requests we send inside a dialog (BYE, REFER, UPDATE) go to
+the address the carrier's INVITE came from (the same connection on TCP/TLS), while their
+Request-URI and Route headers follow §12.2.1.1. Carriers send from their SBC and often put
+private or unresolvable addresses in Contact, so symmetric signalling is what works behind NAT.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from telepath.clock import Clock
+from telepath.sip.dialog import Dialog, DialogState
+from telepath.sip.errors import SipParseError
+from telepath.sip.headers import parse_name_addr
+from telepath.sip.message import Headers, Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.timers import SipTimers, TimerQueue
+from telepath.sip.transaction import (
+    MAGIC_COOKIE,
+    ClientTransaction,
+    ServerTransaction,
+    Source,
+    server_key,
+)
+from telepath.sip.uri import SipUri
+
+ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY")
+SUPPORTED = ("timer",)
+_TRACE_LIMIT_MESSAGES = 64
+_TRACE_LIMIT_CALLS = 4096
+_REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*)$")
+_DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*(1[0-6]|[0-9A-D*#])[ \t\r]*$")
+_DTMF_RELAY_DURATION = re.compile(r"(?im)^duration[ \t]*=[ \t]*([0-9]{1,6})")
+_SIPFRAG_STATUS = re.compile(r"SIP/2\.0[ \t]+([1-6][0-9]{2})")
+_EVENT_CODES = "0123456789*#ABCD"
+
+
+@dataclass(frozen=True)
+class UaConfig:
+    """Static settings of the UA core."""
+
+    contact_host: str = "127.0.0.1"
+    contact_ports: dict[str, int] = field(default_factory=lambda: {"UDP": 5060, "TCP": 5060})
+    user_agent: str = "Telepath"
+    timers: SipTimers = field(default_factory=SipTimers)
+    min_se: int = 90  # RFC 4028 §4 default Min-SE
+    session_expires: int = 1800  # what we ask for when the UAC supports timers
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes to send to ``dest``."""
+
+    data: bytes
+    dest: Source
+
+
+@dataclass(frozen=True, slots=True)
+class InviteReceived:
+    """A new INVITE (no To tag): authenticate it, then :meth:`UserAgentCore.respond` or
+    :meth:`UserAgentCore.accept`. 100 Trying has already been sent."""
+
+    tx: ServerTransaction
+
+    @property
+    def request(self) -> Request:
+        """The INVITE."""
+        return self.tx.request
+
+
+@dataclass(frozen=True, slots=True)
+class InviteCancelled:
+    """The caller sent CANCEL before our final answer; 487 has been sent (§9.2)."""
+
+    tx: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfirmed:
+    """The ACK for our 2xx arrived (§13.3.1.4)."""
+
+    dialog: Dialog
+
+
+CallEndReason = Literal["remote_bye", "local_bye", "ack_timeout", "session_expired", "bye_failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The dialog is over."""
+
+    dialog: Dialog
+    reason: CallEndReason
+
+
+@dataclass(frozen=True, slots=True)
+class ReofferReceived:
+    """A re-INVITE or UPDATE in the dialog (hold, address/codec change, session refresh).
+
+    Answer with :meth:`UserAgentCore.respond` (2xx with SDP, or 488); a body-less re-INVITE
+    needs an offer in the 2xx (§14.2)."""
+
+    dialog: Dialog
+    tx: ServerTransaction
+
+    @property
+    def request(self) -> Request:
+        """The re-INVITE/UPDATE."""
+        return self.tx.request
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfInfo:
+    """A digit from SIP INFO (``application/dtmf-relay`` or ``application/dtmf``)."""
+
+    dialog: Dialog
+    digit: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferUpdate:
+    """Progress of a transfer we asked for: the REFER's response, then NOTIFY sipfrag status."""
+
+    dialog: Dialog
+    status: int
+    final: bool
+
+
+Event = (
+    InviteReceived
+    | InviteCancelled
+    | CallConfirmed
+    | CallEnded
+    | ReofferReceived
+    | DtmfInfo
+    | ReferUpdate
+)
+Output = Send | Event
+
+
+def new_tag() -> str:
+    """A random tag (§19.3: at least 32 bits of randomness)."""
+    return secrets.token_hex(8)
+
+
+def new_branch() -> str:
+    """A branch with the RFC 3261 magic cookie (§8.1.1.7)."""
+    return MAGIC_COOKIE + secrets.token_hex(10)
+
+
+def redact_trace(text: str) -> str:
+    """Remove digest credentials from a SIP trace (usernames are kept; responses are not)."""
+    return _REDACT.sub(lambda m: m.group(1) + "Digest <redacted>", text)
+
+
+class UserAgentCore:
+    """All SIP state of the gateway: transactions, dialogs and timers."""
+
+    def __init__(self, config: UaConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.sip_timers = config.timers
+        self.timers = TimerQueue()
+        self.counters: Counter[str] = Counter()
+        self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
+        self._client_txs: dict[tuple[str, str], ClientTransaction] = {}
+        self._client_tx_dialog: dict[ClientTransaction, Dialog] = {}
+        self._dialogs: dict[tuple[str, str, str], Dialog] = {}
+        self._traces: OrderedDict[str, list[str]] = OrderedDict()
+        self._out: list[Output] = []
+        self._pending_bye: set[Dialog] = set()
+
+    # ---------------------------------------------------------------- transport-facing API
+
+    def receive(self, data: bytes, source: Source) -> list[Output]:
+        """Feed one datagram or framed stream message from ``source``."""
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            self.counters["parse_errors"] += 1
+            self._answer_parse_error(exc, source)
+            return self._take()
+        if isinstance(message, Response):
+            self.counters[f"response_in_{message.status}"] += 1
+            self._on_response(message)
+        else:
+            self.counters[f"request_{message.method}"] += 1
+            self._on_request(message, source)
+        return self._take()
+
+    def poll(self) -> list[Output]:
+        """Fire the timers due now."""
+        self.timers.fire_due(self.clock.now())
+        return self._take()
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` should next be called (monotonic seconds), or None."""
+        return self.timers.next_deadline()
+
+    @property
+    def dialog_count(self) -> int:
+        """Live dialogs."""
+        return len(self._dialogs)
+
+    @property
+    def transaction_count(self) -> int:
+        """Live server and client transactions."""
+        return len(self._server_txs) + len(self._client_txs)
+
+    def pop_trace(self, call_id: str) -> str:
+        """The SIP messages of ``call_id`` seen so far, credentials redacted, then forgotten."""
+        return redact_trace("\n".join(self._traces.pop(call_id, [])))
+
+    # ---------------------------------------------------------------- application API
+
+    def respond(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> list[Output]:
+        """Answer a server transaction (a rejection, a provisional, or a re-offer's answer)."""
+        self._respond(tx, status, reason, headers=headers, body=body)
+        return self._take()
+
+    def _respond(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        extra = list(headers or [])
+        if body and not any(k.lower() == "content-type" for k, _ in extra):
+            extra.append(("Content-Type", "application/sdp"))
+        dialog = self._dialog_of(tx.request)
+        if dialog is not None and 200 <= status < 300:
+            extra = self._with_contact(extra, tx.source) + self._session_headers(dialog, tx.request)
+        to_tag = tx.to_tag
+        if to_tag is None and status > 100:
+            to_tag = tx.to_tag = new_tag()
+        response = make_response(
+            tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
+        )
+        self._trace(tx.request.call_id, response.to_bytes(), "out")
+        tx.respond(response, self.clock.now())
+        if dialog is not None and status >= 200 and tx.request.method in ("INVITE", "UPDATE"):
+            dialog.reoffer_pending = False
+        if dialog is not None and tx.is_invite and 200 <= status < 300:
+            self._start_2xx_retransmission(dialog, response, tx.request.cseq.seq)
+
+    def accept(
+        self, tx: ServerTransaction, body: bytes, *, headers: list[tuple[str, str]] | None = None
+    ) -> tuple[Dialog, list[Output]]:
+        """Answer a new INVITE with 200 OK and ``body`` (the SDP answer); create the dialog."""
+        request = tx.request
+        local_tag = tx.to_tag or new_tag()
+        tx.to_tag = local_tag
+        contacts = request.headers.get_all("Contact")
+        remote_target = parse_name_addr(contacts[0]).uri if contacts else request.from_.uri
+        dialog = Dialog(
+            call_id=request.call_id,
+            local_tag=local_tag,
+            remote_tag=request.from_.tag or "",
+            local_uri=f"{request.headers.get('To')};tag={local_tag}",
+            remote_uri=request.headers.get("From") or "",
+            remote_target=remote_target,
+            route_set=request.headers.get_all("Record-Route"),
+            remote_cseq=request.cseq.seq,
+            source=tx.source,
+            invite_cseq=request.cseq.seq,
+        )
+        dialog.session_expires = self._negotiate_session_timer(request)
+        self._dialogs[dialog.key] = dialog
+        extra = self._with_contact(list(headers or []), tx.source)
+        extra += self._session_headers(dialog, request)
+        extra.append(("Content-Type", "application/sdp"))
+        response = make_response(
+            request, 200, to_tag=local_tag, headers=self._common(extra), body=body
+        )
+        self._trace(request.call_id, response.to_bytes(), "out")
+        tx.respond(response, self.clock.now())
+        self._start_2xx_retransmission(dialog, response, request.cseq.seq)
+        self._arm_session_timer(dialog)
+        return dialog, self._take()
+
+    def hangup(self, dialog: Dialog) -> list[Output]:
+        """Send BYE (§15.1.1); deferred until the ACK when our 2xx is not yet acknowledged."""
+        self._hangup(dialog)
+        return self._take()
+
+    def _hangup(self, dialog: Dialog) -> None:
+        if dialog.state != DialogState.CONFIRMED:
+            return
+        if not dialog.acked:
+            self._pending_bye.add(dialog)  # §15: no BYE before the ACK or its timeout
+            return
+        dialog.state = DialogState.TERMINATING
+        self._send_in_dialog(dialog, "BYE")
+
+    def refer(self, dialog: Dialog, target: str) -> list[Output]:
+        """Ask the carrier to transfer the caller to ``target`` (RFC 3515)."""
+        if dialog.state == DialogState.CONFIRMED:
+            local = parse_name_addr(dialog.local_uri)
+            self._send_in_dialog(
+                dialog,
+                "REFER",
+                [("Refer-To", f"<{target}>"), ("Referred-By", f"<{local.uri}>")],
+                contact=True,
+            )
+        return self._take()
+
+    # ---------------------------------------------------------------- TransactionUser
+
+    def send_bytes(self, data: bytes, dest: Source) -> None:
+        """Queue bytes for the transport."""
+        self._out.append(Send(data, dest))
+
+    def transaction_ended(self, tx: ServerTransaction | ClientTransaction, timed_out: bool) -> None:
+        """Forget a finished transaction; a timed-out BYE still ends the dialog."""
+        if isinstance(tx, ServerTransaction):
+            if self._server_txs.get(tx.key) is tx:
+                del self._server_txs[tx.key]
+            return
+        self._client_txs.pop((tx.branch, tx.request.method), None)
+        dialog = self._client_tx_dialog.pop(tx, None)
+        if timed_out:
+            self.counters["client_tx_timeouts"] += 1
+            if dialog is not None and tx.request.method == "BYE":
+                self._end_dialog(dialog, "bye_failed")
+            elif dialog is not None and tx.request.method == "REFER":
+                self._out.append(ReferUpdate(dialog, 408, True))
+
+    def client_response(self, tx: ClientTransaction, response: Response) -> None:
+        """A response to our BYE/REFER/UPDATE."""
+        dialog = self._client_tx_dialog.get(tx)
+        if dialog is None:
+            return
+        method = tx.request.method
+        if method == "BYE" and response.status >= 200:
+            self._end_dialog(dialog, "local_bye")
+        elif method == "REFER" and response.status >= 200:
+            self._out.append(ReferUpdate(dialog, response.status, response.status >= 300))
+
+    # ---------------------------------------------------------------- requests
+
+    def _on_request(self, request: Request, source: Source) -> None:
+        self._trace(request.call_id, request.to_bytes(), "in", source)
+        if request.method == "ACK":
+            self._on_ack(request)
+            return
+        key = server_key(request)
+        if request.method == "CANCEL":
+            self._on_cancel(request, source)
+            return
+        existing = self._server_txs.get(key)
+        if existing is not None:
+            self.counters["retransmissions_absorbed"] += 1
+            existing.on_retransmission()
+            return
+        tx = ServerTransaction(self, request, source, self.clock.now())
+        self._server_txs[key] = tx
+        max_forwards = (request.headers.get("Max-Forwards") or "").strip()
+        if max_forwards.isdigit() and int(max_forwards) == 0:
+            self._respond(tx, 483)  # §16.3 item 2 applies to us as the last hop
+            return
+        unsupported = [
+            opt for opt in request.headers.get_all("Require") if opt.lower() not in SUPPORTED
+        ]
+        if unsupported:
+            self._respond(tx, 420, headers=[("Unsupported", ", ".join(unsupported))])  # §8.2.2.3
+            return
+        if request.to.tag is not None:
+            self._on_in_dialog(tx)
+        else:
+            self._on_out_of_dialog(tx)
+
+    def _on_out_of_dialog(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        method = request.method
+        if method == "INVITE":
+            self._respond(tx, 100)  # §17.2.1: at once, so the carrier stops retransmitting
+            if request.body and request.content_type not in ("application/sdp", None):
+                self._respond(tx, 415, headers=[("Accept", "application/sdp")])
+                return
+            se = _session_expires(request)
+            if se is not None and se < self.config.min_se:
+                self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
+                return
+            self._out.append(InviteReceived(tx))
+        elif method == "OPTIONS":
+            self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+        elif method in ("BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
+            self._respond(tx, 481)  # §15.1.2 / §12.2.2: no such dialog
+        else:
+            self._respond(tx, 405)
+
+    def _on_in_dialog(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        dialog = self._dialog_of(request)
+        if dialog is None or dialog.state == DialogState.TERMINATED:
+            self._respond(tx, 481)
+            return
+        cseq = request.cseq.seq
+        if cseq <= dialog.remote_cseq:
+            self._respond(tx, 500, "Out of Order CSeq")  # §12.2.2
+            return
+        dialog.remote_cseq = cseq
+        method = request.method
+        if method == "BYE":
+            self._respond(tx, 200)
+            self._end_dialog(dialog, "remote_bye")
+        elif method in ("INVITE", "UPDATE"):
+            if dialog.reoffer_pending or (method == "INVITE" and dialog.pending_2xx is not None):
+                self._respond(tx, 491)  # RFC 3261 §14.2: an offer is already in progress
+                return
+            if method == "INVITE":
+                self._respond(tx, 100)
+            self._arm_session_timer(dialog)
+            dialog.reoffer_pending = True
+            self._out.append(ReofferReceived(dialog, tx))
+        elif method == "INFO":
+            self._on_info(dialog, tx)
+        elif method == "OPTIONS":
+            self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+        elif method == "NOTIFY":
+            self._respond(tx, 200)
+            m = _SIPFRAG_STATUS.search(request.body.decode("utf-8", "replace"))
+            if m and (request.headers.get("Event") or "").lower().startswith("refer"):
+                status = int(m.group(1))
+                self._out.append(ReferUpdate(dialog, status, status >= 200))
+        else:
+            self._respond(tx, 405)
+
+    def _on_info(self, dialog: Dialog, tx: ServerTransaction) -> None:
+        request = tx.request
+        ctype = request.content_type
+        text = request.body.decode("utf-8", "replace")
+        digit: str | None = None
+        duration = 250
+        if ctype == "application/dtmf-relay":
+            m = _DTMF_RELAY_SIGNAL.search(text)
+            if m:
+                sig = m.group(1)
+                digit = _EVENT_CODES[int(sig)] if sig.isdigit() and int(sig) > 9 else sig
+            d = _DTMF_RELAY_DURATION.search(text)
+            if d:
+                duration = int(d.group(1))
+        elif ctype == "application/dtmf":
+            value = text.strip()
+            if value.isdigit() and 0 <= int(value) <= 15:
+                digit = _EVENT_CODES[int(value)]
+            elif len(value) == 1 and value.upper() in _EVENT_CODES:
+                digit = value.upper()
+        elif not request.body:
+            self._respond(tx, 200)  # an empty INFO is a keep-alive probe (RFC 6086 §4.2.1)
+            return
+        else:
+            self._respond(tx, 415, headers=[("Accept", "application/dtmf-relay, application/dtmf")])
+            return
+        if digit is None:
+            self._respond(tx, 400, "Bad DTMF Body")
+            return
+        self._respond(tx, 200)
+        self._out.append(DtmfInfo(dialog, digit, duration))
+
+    def _on_ack(self, request: Request) -> None:
+        tx = self._server_txs.get(server_key(request))
+        if (
+            tx is not None
+            and tx.final_sent
+            and (tx.last_response is not None)
+            and (tx.last_response.status >= 300)
+        ):
+            tx.on_ack(self.clock.now())  # ACK for a non-2xx final is part of the transaction
+            return
+        dialog = self._dialog_of(request)
+        if dialog is None:
+            self.counters["stray_acks"] += 1  # §17.2.3: no match, no dialog: dropped
+            return
+        if dialog.pending_2xx is not None and request.cseq.seq == dialog.pending_2xx_cseq:
+            dialog.pending_2xx = None
+            self.timers.cancel(dialog, "2xx")
+            self.timers.cancel(dialog, "2xx-timeout")
+            if not dialog.acked:
+                dialog.acked = True
+                self._out.append(CallConfirmed(dialog))
+                if dialog in self._pending_bye:
+                    self._pending_bye.discard(dialog)
+                    self._hangup(dialog)
+
+    def _on_cancel(self, request: Request, source: Source) -> None:
+        cancel_tx = ServerTransaction(self, request, source, self.clock.now())
+        key = ("CANCEL",) + server_key(request)
+        existing = self._server_txs.get(key)
+        if existing is not None:
+            existing.on_retransmission()
+            return
+        cancel_tx.key = key
+        self._server_txs[key] = cancel_tx
+        invite_tx = self._server_txs.get(server_key(request))
+        if invite_tx is None or not invite_tx.is_invite:
+            self._respond(cancel_tx, 481)  # §9.2
+            return
+        self._respond(cancel_tx, 200)
+        if not invite_tx.final_sent:
+            self._respond(invite_tx, 487)
+            self._out.append(InviteCancelled(invite_tx))
+
+    # ---------------------------------------------------------------- responses
+
+    def _on_response(self, response: Response) -> None:
+        try:
+            branch = response.top_via.branch or ""
+            method = response.cseq.method
+        except SipParseError:
+            self.counters["bad_responses"] += 1
+            return
+        tx = self._client_txs.get((branch, method))
+        if tx is None:
+            self.counters["stray_responses"] += 1
+            return
+        self._trace(response.call_id, response.to_bytes(), "in")
+        tx.on_response(response, self.clock.now())
+
+    # ---------------------------------------------------------------- dialogs
+
+    def _dialog_of(self, request: Request) -> Dialog | None:
+        try:
+            to_tag = request.to.tag
+            from_tag = request.from_.tag or ""
+        except SipParseError:
+            return None
+        if to_tag is None:
+            return None
+        return self._dialogs.get((request.call_id, to_tag, from_tag))
+
+    def _start_2xx_retransmission(self, dialog: Dialog, response: Response, cseq: int) -> None:
+        dialog.pending_2xx = response.to_bytes()
+        dialog.pending_2xx_cseq = cseq
+        dialog.retransmit_interval = self.sip_timers.t1
+        now = self.clock.now()
+        self.timers.schedule(_DialogTimers(self, dialog), "2xx", now + self.sip_timers.t1)
+        self.timers.schedule(_DialogTimers(self, dialog), "2xx-timeout", now + self.sip_timers.b)
+
+    def on_dialog_timer(self, dialog: Dialog, name: str, now: float) -> None:
+        """Dialog-level timers: 2xx retransmission and give-up (§13.3.1.4), session expiry."""
+        if name == "2xx" and dialog.pending_2xx is not None:
+            self.send_bytes(dialog.pending_2xx, dialog.source)
+            dialog.retransmit_interval = min(2 * dialog.retransmit_interval, self.sip_timers.t2)
+            self.timers.schedule(
+                _DialogTimers(self, dialog), "2xx", now + dialog.retransmit_interval
+            )
+        elif name == "2xx-timeout" and dialog.pending_2xx is not None:
+            dialog.pending_2xx = None
+            self.timers.cancel(dialog, "2xx")
+            if not dialog.acked:
+                # §13.3.1.4: no ACK: the UAS SHOULD end the session with a BYE.
+                dialog.acked = True
+                self._pending_bye.discard(dialog)
+                dialog.state = DialogState.TERMINATING
+                self._send_in_dialog(dialog, "BYE")
+                self._end_dialog(dialog, "ack_timeout")
+        elif name == "session" and dialog.state == DialogState.CONFIRMED:
+            # RFC 4028 §10: no refresh before expiry: send BYE.
+            dialog.state = DialogState.TERMINATING
+            self._send_in_dialog(dialog, "BYE")
+            self._end_dialog(dialog, "session_expired")
+
+    def _end_dialog(self, dialog: Dialog, reason: CallEndReason) -> None:
+        if dialog.state == DialogState.TERMINATED:
+            return
+        dialog.state = DialogState.TERMINATED
+        for name in list(dialog.timer_generation):
+            self.timers.cancel(dialog, name)
+        self._pending_bye.discard(dialog)
+        self._dialogs.pop(dialog.key, None)
+        self._out.append(CallEnded(dialog, reason))
+
+    def _send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        contact: bool = False,
+        body: bytes = b"",
+    ) -> None:
+        """Build and send a request inside ``dialog`` (§12.2.1.1)."""
+        route_set = list(dialog.route_set)
+        target: SipUri = dialog.remote_target
+        if route_set and ";lr" not in route_set[0].lower():
+            # strict router (§12.2.1.1): first route becomes the Request-URI
+            target = parse_name_addr(route_set[0]).uri
+            route_set = route_set[1:] + [f"<{dialog.remote_target}>"]
+        transport = dialog.source.transport
+        port = self.config.contact_ports.get(transport, 5060)
+        h = Headers()
+        h.add(
+            "Via",
+            f"SIP/2.0/{transport} {self.config.contact_host}:{port};branch={new_branch()};rport",
+        )
+        h.add("Max-Forwards", "70")
+        h.add("From", dialog.local_uri)
+        h.add("To", dialog.remote_uri)
+        h.add("Call-ID", dialog.call_id)
+        h.add("CSeq", f"{dialog.next_cseq()} {method}")
+        for route in route_set:
+            h.add("Route", route)
+        extra = list(headers or [])
+        if contact:
+            extra = self._with_contact(extra, dialog.source)
+        for k, v in self._common(extra):
+            h.add(k, v)
+        request = Request(h, body, method, target)
+        self._trace(dialog.call_id, request.to_bytes(), "out")
+        tx = ClientTransaction(self, request, dialog.source, self.clock.now())
+        self._client_txs[(tx.branch, method)] = tx
+        self._client_tx_dialog[tx] = dialog
+
+    # ---------------------------------------------------------------- session timers (RFC 4028)
+
+    def _negotiate_session_timer(self, request: Request) -> int | None:
+        supported = {s.lower() for s in request.headers.get_all("Supported")}
+        se = _session_expires(request)
+        if "timer" not in supported:
+            return None  # §9: without UAC support we do not ask for refreshes we cannot get
+        return max(self.config.min_se, se if se is not None else self.config.session_expires)
+
+    def _session_headers(self, dialog: Dialog, request: Request) -> list[tuple[str, str]]:
+        if dialog.session_expires is None:
+            return []
+        se = _session_expires(request)
+        if se is not None:
+            dialog.session_expires = max(self.config.min_se, se)
+        # §9: the UAC refreshes (it supports timers); Require: timer tells it so.
+        return [
+            ("Require", "timer"),
+            ("Session-Expires", f"{dialog.session_expires};refresher=uac"),
+        ]
+
+    def _arm_session_timer(self, dialog: Dialog) -> None:
+        if dialog.session_expires is None:
+            return
+        se = dialog.session_expires
+        # §10: the side that does not refresh sends BYE at expiry minus min(32, SE/3).
+        deadline = self.clock.now() + se - min(32.0, se / 3)
+        self.timers.schedule(_DialogTimers(self, dialog), "session", deadline)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _with_contact(
+        self, headers: list[tuple[str, str]], source: Source
+    ) -> list[tuple[str, str]]:
+        port = self.config.contact_ports.get(source.transport, 5060)
+        transport = "" if source.transport == "UDP" else f";transport={source.transport.lower()}"
+        scheme = "sips" if source.transport == "TLS" else "sip"
+        contact = f"<{scheme}:telepath@{self.config.contact_host}:{port}{transport}>"
+        return [*headers, ("Contact", contact)]
+
+    def _common(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [
+            *headers,
+            ("Allow", ", ".join(ALLOW)),
+            ("Supported", ", ".join(SUPPORTED)),
+            ("Server", self.config.user_agent),
+        ]
+
+    def _answer_parse_error(self, exc: SipParseError, source: Source) -> None:
+        request = exc.request
+        if not isinstance(request, Request) or request.method == "ACK":
+            return  # responses and ACKs are never answered (§17.2.3, §18.1.2)
+        try:
+            response = make_response(
+                request,
+                exc.status_hint,
+                headers=[("Warning", f'399 {self.config.contact_host} "{_quote(str(exc))}"')],
+            )
+            self.send_bytes(response.to_bytes(), source)
+        except SipParseError:
+            return  # too broken to answer at all
+
+    def _trace(
+        self, call_id: str, data: bytes, direction: str, source: Source | None = None
+    ) -> None:
+        if not call_id:
+            return
+        trace = self._traces.get(call_id)
+        if trace is None:
+            trace = self._traces[call_id] = []
+            if len(self._traces) > _TRACE_LIMIT_CALLS:
+                self._traces.popitem(last=False)
+        if len(trace) < _TRACE_LIMIT_MESSAGES:
+            text = data[:4096].decode("utf-8", "replace")
+            via = f" {source.transport} {source.addr[0]}:{source.addr[1]}" if source else ""
+            trace.append(f"--- {direction}{via}\n{text}")
+
+    def _take(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+
+class _DialogTimers:
+    """Adapter giving a Dialog the :class:`TimerOwner` shape (timers live on the dialog)."""
+
+    __slots__ = ("core", "dialog")
+
+    def __init__(self, core: UserAgentCore, dialog: Dialog) -> None:
+        self.core = core
+        self.dialog = dialog
+
+    @property
+    def timer_generation(self) -> dict[str, int]:
+        return self.dialog.timer_generation
+
+    def on_timer(self, name: str, now: float) -> None:
+        self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _session_expires(request: Request) -> int | None:
+    value = request.headers.get("Session-Expires")
+    if value is None:
+        return None
+    number = value.split(";", 1)[0].strip()
+    return int(number) if number.isdigit() and len(number) < 10 else None
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')[:120]

@@ -1,0 +1,350 @@
+"""The UAS core driven with bytes and a fake clock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.clock import FakeClock
+from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.transaction import Source
+from telepath.sip.ua import (
+    CallConfirmed,
+    CallEnded,
+    DtmfInfo,
+    InviteCancelled,
+    InviteReceived,
+    Output,
+    ReferUpdate,
+    ReofferReceived,
+    Send,
+    UaConfig,
+    UserAgentCore,
+)
+
+pytestmark = pytest.mark.unit
+
+SRC = Source("UDP", ("192.0.2.10", 5070))
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/AVP 0\r\n"
+)
+
+
+def request(
+    method: str = "INVITE",
+    *,
+    branch: str = "z9hG4bK-1",
+    cseq: int = 1,
+    to_tag: str | None = None,
+    call_id: str = "call-1@192.0.2.10",
+    body: bytes = b"",
+    extra: str = "",
+    cseq_method: str | None = None,
+) -> bytes:
+    to = "<sip:alice@gw.example>" + (f";tag={to_tag}" if to_tag else "")
+    head = (
+        f"{method} sip:alice@gw.example SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.10:5070;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        'From: "Bob" <sip:+15551230000@carrier.example>;tag=from1\r\n'
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {cseq_method or method}\r\n"
+        "Contact: <sip:bob@192.0.2.10:5070>\r\n"
+        f"{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def reply(req: object, status: int) -> bytes:
+    assert isinstance(req, Request)
+    return make_response(req, status).to_bytes()
+
+
+def sent(outputs: list[Output]) -> list[Response]:
+    out: list[Response] = []
+    for o in outputs:
+        if isinstance(o, Send):
+            msg = parse_message(o.data)
+            if isinstance(msg, Response):
+                out.append(msg)
+    return out
+
+
+def events(outputs: list[Output]) -> list[object]:
+    return [o for o in outputs if not isinstance(o, Send)]
+
+
+@pytest.fixture
+def core() -> tuple[UserAgentCore, FakeClock]:
+    clock = FakeClock(100.0)
+    return UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock), clock
+
+
+def answered(ua: UserAgentCore) -> tuple[InviteReceived, list[Output]]:
+    out = ua.receive(request(body=SDP, extra="Content-Type: application/sdp\r\n"), SRC)
+    assert [r.status for r in sent(out)] == [100]
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    return ev, out
+
+
+def test_invite_answer_ack_bye(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    ev, _ = answered(ua)
+    dialog, out = ua.accept(ev.tx, b"v=0\r\n")
+    (ok,) = sent(out)
+    assert ok.status == 200 and ok.to.tag == dialog.local_tag
+    assert ok.headers.get("Contact") == "<sip:telepath@203.0.113.5:5060>"
+    assert "INVITE" in (ok.headers.get("Allow") or "")
+    out = ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    assert events(out) == [CallConfirmed(dialog)]
+    out = ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag=dialog.local_tag), SRC)
+    assert [r.status for r in sent(out)] == [200]
+    assert events(out) == [CallEnded(dialog, "remote_bye")]
+    assert ua.dialog_count == 0
+
+
+def test_retransmitted_invite_gets_last_response_again(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, _ = core
+    ev, _ = answered(ua)
+    ua.respond(ev.tx, 401, headers=[("WWW-Authenticate", 'Digest realm="x", nonce="n"')])
+    out = ua.receive(request(body=SDP, extra="Content-Type: application/sdp\r\n"), SRC)
+    assert [r.status for r in sent(out)] == [401]
+    assert events(out) == []
+    assert ua.counters["retransmissions_absorbed"] == 1
+
+
+def test_non_2xx_final_retransmitted_until_ack(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    ev, _ = answered(ua)
+    ua.respond(ev.tx, 403)
+    clock.advance(0.5)
+    assert [r.status for r in sent(ua.poll())] == [403]  # Timer G = T1
+    clock.advance(1.0)
+    assert [r.status for r in sent(ua.poll())] == [403]  # 2*T1
+    ua.receive(request("ACK", to_tag=ev.tx.to_tag), SRC)
+    clock.advance(10)
+    assert sent(ua.poll()) == []
+    assert ua.transaction_count == 0  # Timer I ended it
+
+
+def test_2xx_retransmitted_then_bye_without_ack(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    ev, _ = answered(ua)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    statuses: list[int] = []
+    ended: list[object] = []
+    requests: list[bytes] = []
+    while clock.now() < 100 + 64 * 0.5 + 1:
+        clock.advance(0.25)
+        out = ua.poll()
+        statuses += [r.status for r in sent(out)]
+        ended += events(out)
+        requests += [o.data for o in out if isinstance(o, Send) and not o.data.startswith(b"SIP/")]
+    assert statuses.count(200) >= 6
+    assert ended == [CallEnded(dialog, "ack_timeout")]
+    # the BYE itself is retransmitted by its client transaction (Timer E) until answered
+    assert requests and all(r.startswith(b"BYE sip:bob@192.0.2.10:5070 SIP/2.0") for r in requests)
+    assert len({r.split(b"branch=")[1][:30] for r in requests}) == 1
+
+
+def test_cancel_before_answer(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    ev, _ = answered(ua)
+    out = ua.receive(request("CANCEL"), SRC)
+    assert sorted(r.status for r in sent(out)) == [200, 487]
+    assert events(out) == [InviteCancelled(ev.tx)]
+
+
+def test_cancel_without_invite_is_481(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    out = ua.receive(request("CANCEL", branch="z9hG4bK-none"), SRC)
+    assert [r.status for r in sent(out)] == [481]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (request("OPTIONS"), 200),
+        (request("BYE", to_tag="nope"), 481),
+        (request("SUBSCRIBE"), 405),
+        (request("OPTIONS", extra="Require: foo\r\n"), 420),
+        (request("OPTIONS").replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), 483),
+        (request("OPTIONS", cseq_method="INVITE"), 400),
+        (request("INVITE", extra="Session-Expires: 30\r\nSupported: timer\r\n"), 422),
+        (request("OPTIONS").replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1), 505),
+    ],
+)
+def test_out_of_dialog_answers(
+    core: tuple[UserAgentCore, FakeClock], raw: bytes, status: int
+) -> None:
+    ua, _ = core
+    statuses = [r.status for r in sent(ua.receive(raw, SRC))]
+    assert statuses[-1] == status
+
+
+def test_options_advertises_capabilities(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    (resp,) = sent(ua.receive(request("OPTIONS"), SRC))
+    assert resp.headers.get("Accept") == "application/sdp"
+    assert "INFO" in (resp.headers.get("Allow") or "")
+    assert resp.headers.get("Supported") == "timer"
+
+
+def _confirmed(ua: UserAgentCore) -> object:
+    ev, _ = answered(ua)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    return dialog
+
+
+def test_info_dtmf_relay_and_dtmf(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    out = ua.receive(
+        request(
+            "INFO",
+            branch="z9hG4bK-i1",
+            cseq=2,
+            to_tag=tag,
+            body=b"Signal=5\r\nDuration=160\r\n",
+            extra="Content-Type: application/dtmf-relay\r\n",
+        ),
+        SRC,
+    )
+    assert [r.status for r in sent(out)] == [200]
+    assert events(out) == [DtmfInfo(dialog, "5", 160)]  # type: ignore[arg-type]
+    out = ua.receive(
+        request(
+            "INFO",
+            branch="z9hG4bK-i2",
+            cseq=3,
+            to_tag=tag,
+            body=b"11",
+            extra="Content-Type: application/dtmf\r\n",
+        ),
+        SRC,
+    )
+    assert events(out) == [DtmfInfo(dialog, "#", 250)]  # type: ignore[arg-type]
+
+
+def test_reinvite_hold_is_offered_to_the_application(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    out = ua.receive(
+        request(
+            "INVITE",
+            branch="z9hG4bK-re",
+            cseq=2,
+            to_tag=tag,
+            body=SDP,
+            extra="Content-Type: application/sdp\r\n",
+        ),
+        SRC,
+    )
+    assert [r.status for r in sent(out)] == [100]
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived)
+    # a second offer while the first is pending gets 491
+    out = ua.receive(request("UPDATE", branch="z9hG4bK-up", cseq=3, to_tag=tag), SRC)
+    assert [r.status for r in sent(out)] == [491]
+    out = ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    (ok,) = sent(out)
+    assert ok.status == 200 and ok.headers.get("Contact")
+    assert ua.dialog_count == 1
+
+
+def test_out_of_order_cseq_is_500(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.receive(request("BYE", branch="z9hG4bK-b", cseq=1, to_tag=dialog.local_tag), SRC)  # type: ignore[attr-defined]
+    assert [r.status for r in sent(out)] == [500]
+
+
+def test_local_hangup_sends_bye_and_ends_on_200(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.hangup(dialog)  # type: ignore[arg-type]
+    (send,) = [o for o in out if isinstance(o, Send)]
+    bye = parse_message(send.data)
+    assert bye.method == "BYE"  # type: ignore[union-attr]
+    assert send.dest == SRC
+    resp = reply(bye, 200)
+    out = ua.receive(resp, SRC)
+    assert events(out) == [CallEnded(dialog, "local_bye")]  # type: ignore[arg-type]
+
+
+def test_refer_reports_progress(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.refer(dialog, "sip:+15550001111@carrier.example")  # type: ignore[arg-type]
+    (send,) = [o for o in out if isinstance(o, Send)]
+    refer = parse_message(send.data)
+    assert refer.headers.get("Refer-To") == "<sip:+15550001111@carrier.example>"
+    resp = reply(refer, 202)
+    assert events(ua.receive(resp, SRC)) == [ReferUpdate(dialog, 202, False)]  # type: ignore[arg-type]
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    notify = request(
+        "NOTIFY",
+        branch="z9hG4bK-n",
+        cseq=2,
+        to_tag=tag,
+        body=b"SIP/2.0 200 OK\r\n",
+        extra="Event: refer\r\nContent-Type: message/sipfrag\r\n",
+    )
+    out = ua.receive(notify, SRC)
+    assert [r.status for r in sent(out)] == [200]
+    assert events(out) == [ReferUpdate(dialog, 200, True)]  # type: ignore[arg-type]
+
+
+def test_malformed_request_gets_400_with_warning(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"Call-ID: call-1@192.0.2.10\r\n", b"")
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400
+    assert "Call-ID" in (resp.headers.get("Warning") or "")
+
+
+def test_garbage_is_dropped(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    assert ua.receive(b"\x00\xffgarbage", SRC) == []
+    assert ua.counters["parse_errors"] == 1
+
+
+def test_session_timer_expiry_sends_bye(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    out = ua.receive(
+        request(
+            body=SDP,
+            extra="Content-Type: application/sdp\r\nSupported: timer\r\nSession-Expires: 120\r\n",
+        ),
+        SRC,
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    dialog, out = ua.accept(ev.tx, b"v=0\r\n")
+    (ok,) = sent(out)
+    assert ok.headers.get("Session-Expires") == "120;refresher=uac"
+    assert ok.headers.get("Require") == "timer"
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    clock.advance(120 - 32 + 0.1)
+    out = ua.poll()
+    assert events(out) == [CallEnded(dialog, "session_expired")]
+    assert any(isinstance(o, Send) and o.data.startswith(b"BYE ") for o in out)
+
+
+def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    ua.receive(
+        request(extra='Authorization: Digest username="alice", response="deadbeef"\r\n'), SRC
+    )
+    trace = ua.pop_trace("call-1@192.0.2.10")
+    assert "INVITE sip:alice@gw.example" in trace
+    assert "deadbeef" not in trace and "Digest <redacted>" in trace
