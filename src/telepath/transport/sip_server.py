@@ -1,0 +1,219 @@
+"""UDP, TCP and TLS listeners around the pure :class:`UserAgentCore` (RFC 3261 §18).
+
+The only SIP code that touches sockets: datagrams and framed stream messages go into the core,
+``Send`` outputs go out (responses to the source address/connection, §18.2.2 with RFC 3581
+rport), and the core's next timer deadline is kept armed with one ``loop.call_at``. Events are
+handed to the application callback synchronously; the application schedules its own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telepath.sip.defence import SourceGuard, Verdict
+from telepath.sip.errors import SipParseError
+from telepath.sip.parser import StreamFramer
+from telepath.sip.transaction import Source
+from telepath.sip.ua import Event, Output, Send, UserAgentCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where one transport listens."""
+
+    transport: str  # "UDP" | "TCP" | "TLS"
+    host: str
+    port: int
+
+
+class LoopClock:
+    """The event loop's clock, so core deadlines and ``loop.call_at`` agree exactly."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def now(self) -> float:
+        """``loop.time()``."""
+        return self._loop.time()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.feed(data, Source("UDP", (addr[0], addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.counters_inc("udp_errors")
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, server: SipServer, transport_name: str) -> None:
+        self.server = server
+        self.name = transport_name
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.conn_id = next(server.conn_ids)
+        self.peer: tuple[str, int] = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        self.server.connections[self.conn_id] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError:
+            # §18.3: a stream that cannot be framed cannot be resynchronised: close it.
+            self.server.counters_inc("stream_framing_errors")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        source = Source(self.name, self.peer, self.conn_id)
+        for message in messages:
+            self.server.feed(message, source)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.pop(self.conn_id, None)
+
+
+class SipServer:
+    """Runs the UA core on real sockets."""
+
+    def __init__(
+        self,
+        core: UserAgentCore,
+        on_event: Callable[[Event], None],
+        *,
+        guard: SourceGuard | None = None,
+    ) -> None:
+        self.core = core
+        self.on_event = on_event
+        self.guard = guard
+        self.conn_ids = itertools.count(1)
+        self.connections: dict[int, _Stream] = {}
+        self._udp: _Udp | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    def counters_inc(self, name: str) -> None:
+        """Count a transport-level event in the core's counters."""
+        self.core.counters[name] += 1
+
+    async def start(
+        self, listen: list[ListenAddress], tls_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Bind every listener (port 0 picks a free port; see :attr:`bound`)."""
+        loop = asyncio.get_running_loop()
+        for addr in listen:
+            if addr.transport == "UDP":
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(addr.host, addr.port)
+                )
+                self._udp = protocol
+                sock = transport.get_extra_info("sockname")
+            else:
+                name = addr.transport
+                if name == "TLS" and tls_context is None:
+                    continue
+                server = await loop.create_server(
+                    lambda name=name: _Stream(self, name),
+                    addr.host,
+                    addr.port,
+                    ssl=tls_context if name == "TLS" else None,
+                    reuse_address=True,
+                )
+                self._servers.append(server)
+                sock = server.sockets[0].getsockname()
+            self.bound[addr.transport] = (str(sock[0]), int(sock[1]))
+
+    async def stop(self) -> None:
+        """Close every listener and connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2)
+            except TimeoutError:
+                pass
+
+    # ---------------------------------------------------------------- data path
+
+    def feed(self, data: bytes, source: Source) -> None:
+        """One message from the network."""
+        if self.guard is not None:
+            verdict = self.guard.check_request(source.addr[0])
+            if verdict != Verdict.ALLOW:
+                # defence.py: floods are dropped silently; answering amplifies them.
+                self.counters_inc(f"dropped_{verdict.value}")
+                return
+        self.dispatch(self.core.receive(data, source))
+
+    def dispatch(self, outputs: list[Output]) -> None:
+        """Send what the core produced, deliver its events, re-arm the timer."""
+        for output in outputs:
+            if isinstance(output, Send):
+                self._send(output)
+        for output in outputs:
+            if not isinstance(output, Send):
+                try:
+                    self.on_event(output)
+                except Exception:  # the application must never take the SIP stack down
+                    log.exception("SIP event handler failed")
+        self._rearm()
+
+    def _send(self, send: Send) -> None:
+        dest = send.dest
+        if dest.transport == "UDP":
+            if self._udp is not None and self._udp.transport is not None:
+                self._udp.transport.sendto(send.data, dest.addr)
+            return
+        conn = self.connections.get(dest.conn or -1)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            # §18.2.2: the connection is gone; a UAS would open a new one to the Via sent-by.
+            # Carriers keep their connection open, so we count and drop instead.
+            self.counters_inc("stream_send_no_connection")
+            return
+        conn.transport.write(send.data)
+
+    def _rearm(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.dispatch(self.core.poll())
