@@ -142,7 +142,7 @@ class WebhookRepository:
         if self.session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
         claimed: list[Claimed] = []
-        for delivery, endpoint in (await self.session.execute(query)).tuples():
+        for delivery, endpoint in await self.session.execute(query):
             claimed.append(
                 Claimed(
                     delivery_id=delivery.id,

@@ -51,6 +51,11 @@ def event_body(claimed: Claimed) -> bytes:
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def backoff_delay(attempts: int, base_s: float, max_s: float) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: ``base_s * 2**(attempts-1)``, capped."""
+    return float(min(base_s * (2 ** max(0, attempts - 1)), max_s))
+
+
 class WebhookDispatcher:
     """Polls the outbox and delivers it.
 
@@ -125,8 +130,7 @@ class WebhookDispatcher:
 
     def backoff(self, attempts: int) -> timedelta:
         """The delay before the next attempt after ``attempts`` failed ones."""
-        delay = self._backoff_base_s * (2 ** max(0, attempts - 1))
-        return timedelta(seconds=min(delay, self._backoff_max_s))
+        return timedelta(seconds=backoff_delay(attempts, self._backoff_base_s, self._backoff_max_s))
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Deliver until ``stop_event`` is set; errors are logged and the loop goes on."""

@@ -1,0 +1,326 @@
+"""Outbox delivery against a real HTTP receiver: signatures, retries, backoff, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from telepath.db.base import utcnow
+from telepath.db.engine import make_engine, sessionmaker_for
+from telepath.db.models import WebhookDelivery
+from telepath.db.webhook_store import WebhookRepository
+from telepath.metrics import Metrics
+from telepath.webhooks.dispatcher import WebhookDispatcher
+from telepath.webhooks.signing import verify_signature
+from telepath.webhooks.sink import DbEventSink
+from tests.integration.calls_api.records import account_of
+from tests.integration.conftest import Api
+from tests.integration.webhooks.receiver import Receiver, running
+
+pytestmark = pytest.mark.integration
+
+PAYLOAD = {"call_id": "call_1", "connection_id": "conn_1", "from": "+14155550100"}
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"allow_insecure_webhook_urls": True}
+
+
+class Clock:
+    """Real UTC time plus an offset the test moves forward (no sleeping for backoff)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def make_dispatcher(
+    api: Api,
+) -> AsyncIterator[Callable[..., WebhookDispatcher]]:
+    made: list[WebhookDispatcher] = []
+
+    def make(**kwargs: Any) -> WebhookDispatcher:
+        options: dict[str, Any] = {"timeout_s": 5.0, "backoff_base_s": 10.0}
+        options.update(kwargs)
+        dispatcher = WebhookDispatcher(api.state.sessions, api.state.keyring, **options)
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        await dispatcher.aclose()
+
+
+async def subscribe(
+    api: Api, url: str, events: list[str], key: str | None = None
+) -> dict[str, Any]:
+    resp = await api.post("/v1/webhooks", {"url": url, "events": events}, key=key)
+    assert resp.status_code == 201, resp.text
+    created: dict[str, Any] = resp.json()
+    return created
+
+
+async def rows(api: Api) -> list[WebhookDelivery]:
+    async with api.state.sessions() as session:
+        return list(
+            (await session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))).all()
+        )
+
+
+async def test_delivers_a_signed_event(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    metrics = Metrics()
+    with running(Receiver()) as receiver:
+        hook = await subscribe(api, receiver.url, ["call.started"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.started", PAYLOAD)
+        dispatcher = make_dispatcher(metrics=metrics)
+        assert await dispatcher.run_once() == 1
+        assert await dispatcher.run_once() == 0  # delivered once only
+
+    [req] = receiver.requests
+    assert req.path == "/hook"
+    assert req.headers["content-type"] == "application/json"
+    assert verify_signature(hook["secret"], req.headers["telepath-signature"], req.body)
+    assert not verify_signature("whsec_wrong", req.headers["telepath-signature"], req.body)
+    body = json.loads(req.body)
+    assert set(body) == {"id", "type", "created_at", "data"}
+    assert re.fullmatch(r"evt_[0-9a-z]{26}", body["id"])
+    assert body["type"] == "call.started"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["created_at"])
+    assert body["data"] == PAYLOAD
+    assert req.headers["telepath-event-id"] == req.headers["idempotency-key"] == body["id"]
+    assert req.headers["telepath-event-type"] == "call.started"
+
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code, row.last_error) == (
+        "delivered",
+        1,
+        200,
+        None,
+    )
+    text = metrics.render().decode()
+    assert 'telepath_webhook_deliveries_total{result="delivered"} 1.0' in text
+    assert "telepath_webhook_backlog 0.0" in text
+
+
+async def test_retry_after_500_then_success(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    clock = Clock()
+    metrics = Metrics()
+    with running(Receiver(script=[(500, 0.0)])) as receiver:
+        hook = await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(now=clock, metrics=metrics, backoff_base_s=10.0)
+        assert await dispatcher.run_once() == 1
+        [row] = await rows(api)
+        assert (row.status, row.attempts, row.last_status_code, row.last_error) == (
+            "pending",
+            1,
+            500,
+            "HTTP 500",
+        )
+        assert "telepath_webhook_backlog 1.0" in metrics.render().decode()
+        clock.advance(9)
+        assert await dispatcher.run_once() == 0  # backing off
+        clock.advance(2)
+        assert await dispatcher.run_once() == 1
+
+    first, second = receiver.requests
+    assert first.body == second.body  # same bytes, same event id: receivers can de-duplicate
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    for req in (first, second):
+        assert verify_signature(hook["secret"], req.headers["telepath-signature"], req.body)
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 2, 200)
+    text = metrics.render().decode()
+    assert 'telepath_webhook_deliveries_total{result="retry"} 1.0' in text
+    assert 'telepath_webhook_deliveries_total{result="delivered"} 1.0' in text
+
+
+async def test_timeout_is_retried(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    clock = Clock()
+    with running(Receiver(script=[(200, 1.0)])) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.error", PAYLOAD)
+        dispatcher = make_dispatcher(now=clock, timeout_s=0.2)
+        await dispatcher.run_once()
+        [row] = await rows(api)
+        assert (row.status, row.last_error, row.last_status_code) == ("pending", "timeout", None)
+        clock.advance(11)
+        await dispatcher.run_once()
+    [row] = await rows(api)
+    assert row.status == "delivered" and len(receiver.requests) == 2
+
+
+async def test_gives_up_after_max_attempts(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    clock = Clock()
+    metrics = Metrics()
+    with running(Receiver(default=503)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(now=clock, metrics=metrics, max_attempts=3)
+        for _ in range(5):
+            await dispatcher.run_once()
+            clock.advance(3600)
+    assert len(receiver.requests) == 3
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_error) == ("failed", 3, "HTTP 503")
+    text = metrics.render().decode()
+    assert 'telepath_webhook_deliveries_total{result="retry"} 2.0' in text
+    assert 'telepath_webhook_deliveries_total{result="failed"} 1.0' in text
+    assert "telepath_webhook_backlog 0.0" in text
+
+
+async def test_unreachable_endpoint_is_retried(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    with running(Receiver()) as receiver:
+        url = receiver.url  # nothing listens there once the block ends
+    await subscribe(api, url, ["*"])
+    await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+    await make_dispatcher().run_once()
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "ConnectError")
+
+
+async def test_pending_rows_survive_a_restart(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    clock = Clock()
+    account = await account_of(api)
+    sink = DbEventSink(api.state.sessions)
+    with running(Receiver(script=[(500, 0.0)])) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await sink.emit(account, "call.started", PAYLOAD)
+        first = make_dispatcher(now=clock)
+        await first.run_once()
+        await first.aclose()  # the gateway stops with one retry pending...
+        await sink.emit(account, "call.ended", PAYLOAD)  # ...and one event never attempted
+        clock.advance(60)
+        second = make_dispatcher(now=clock)  # a new process
+        assert await second.run_once() == 2
+    assert sorted(json.loads(r.body)["type"] for r in receiver.requests) == [
+        "call.ended",
+        "call.started",
+        "call.started",
+    ]
+    assert {r.status for r in await rows(api)} == {"delivered"}
+
+
+async def test_a_crashed_claim_is_retried_after_its_lease(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    clock = Clock()
+    with running(Receiver()) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        async with api.state.sessions() as session:  # a dispatcher claims, then dies
+            claimed = await WebhookRepository(session).claim_due(
+                clock(), limit=10, lease=timedelta(seconds=70)
+            )
+            await session.commit()
+        assert len(claimed) == 1
+        dispatcher = make_dispatcher(now=clock)
+        assert await dispatcher.run_once() == 0  # leased
+        clock.advance(71)
+        assert await dispatcher.run_once() == 1
+    assert len(receiver.requests) == 1
+
+
+async def test_only_subscribed_endpoints_of_the_account_get_events(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    other_key = await api.new_account_key("other")
+    with running(Receiver()) as receiver:
+        ended_only = await subscribe(api, receiver.url + "/ended", ["call.ended"])
+        everything = await subscribe(api, receiver.url + "/all", ["*"])
+        await subscribe(api, receiver.url + "/other", ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        account = await account_of(api)
+        await sink.emit(account, "call.started", PAYLOAD)
+        await sink.emit(account, "call.ended", PAYLOAD)
+        await sink.emit(account, "agent.connected", {"agent_type": "openai"})
+        assert await make_dispatcher().run_once() == 4
+    got = sorted((r.path, json.loads(r.body)["type"]) for r in receiver.requests)
+    assert got == [
+        ("/hook/all", "agent.connected"),
+        ("/hook/all", "call.ended"),
+        ("/hook/all", "call.started"),
+        ("/hook/ended", "call.ended"),
+    ]
+    by_endpoint = {r.endpoint_id for r in await rows(api)}
+    assert by_endpoint == {ended_only["id"], everything["id"]}
+    # One event fanned out to two endpoints keeps one id.
+    ended_ids = {json.loads(r.body)["id"] for r in receiver.requests if b"call.ended" in r.body}
+    assert len(ended_ids) == 1
+
+
+async def test_deleting_an_endpoint_drops_its_pending_events(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    with running(Receiver()) as receiver:
+        hook = await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        assert (await api.delete(f"/v1/webhooks/{hook['id']}")).status_code == 204
+        assert await make_dispatcher().run_once() == 0
+    assert receiver.requests == [] and await rows(api) == []
+
+
+async def test_run_loop_is_woken_by_the_sink(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    with running(Receiver()) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        dispatcher = make_dispatcher(poll_interval_s=30.0)
+        sink = DbEventSink(api.state.sessions, on_enqueued=dispatcher.wake)
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.sleep(0.05)  # the first round found nothing; now it waits 30 s
+        await sink.emit(await account_of(api), "call.started", PAYLOAD)
+        for _ in range(200):
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert len(receiver.requests) == 1
+
+
+async def test_sink_failures_never_reach_call_control(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")  # no schema
+    try:
+        metrics = Metrics()
+        sink = DbEventSink(sessionmaker_for(engine), metrics=metrics)
+        await sink.emit("acct_x", "call.started", PAYLOAD)
+        assert sink.failures == 1
+        assert "telepath_webhook_enqueue_failures_total 1.0" in metrics.render().decode()
+    finally:
+        await engine.dispose()
+
+
+async def test_no_subscribers_writes_nothing(api: Api) -> None:
+    woken: list[bool] = []
+    sink = DbEventSink(api.state.sessions, on_enqueued=lambda: woken.append(True))
+    await sink.emit(await account_of(api), "call.started", PAYLOAD)
+    assert await rows(api) == [] and woken == [] and sink.failures == 0

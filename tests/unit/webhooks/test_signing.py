@@ -1,0 +1,92 @@
+"""The webhook signature scheme: what receivers verify."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from telepath.webhooks.signing import (
+    SECRET_PREFIX,
+    compute_signature,
+    new_secret,
+    signature_header,
+    verify_signature,
+)
+
+pytestmark = pytest.mark.unit
+
+SECRET = "whsec_test_secret"
+BODY = b'{"id":"evt_1","type":"call.started","created_at":"2026-03-05T10:30:00.000Z","data":{}}'
+T = 1_772_706_600
+
+
+def test_scheme_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    expected = hmac.new(SECRET.encode(), f"{T}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert compute_signature(SECRET, T, BODY) == expected
+    assert signature_header(SECRET, BODY, T) == f"t={T},v1={expected}"
+
+
+def test_good_signature() -> None:
+    header = signature_header(SECRET, BODY, T)
+    assert verify_signature(SECRET, header, BODY, now=T + 10)
+    assert verify_signature(SECRET, header, BODY, 300, now=T - 10)  # small clock skew
+
+
+def test_current_time_by_default() -> None:
+    assert verify_signature(SECRET, signature_header(SECRET, BODY), BODY)
+
+
+@pytest.mark.parametrize(
+    "body", [BODY + b" ", BODY.replace(b"evt_1", b"evt_2"), b"", BODY.decode().upper().encode()]
+)
+def test_tampered_body(body: bytes) -> None:
+    assert not verify_signature(SECRET, signature_header(SECRET, BODY, T), body, now=T)
+
+
+def test_wrong_secret() -> None:
+    header = signature_header("whsec_other", BODY, T)
+    assert not verify_signature(SECRET, header, BODY, now=T)
+
+
+def test_stale_and_future_timestamps() -> None:
+    header = signature_header(SECRET, BODY, T)
+    assert not verify_signature(SECRET, header, BODY, 300, now=T + 301)
+    assert not verify_signature(SECRET, header, BODY, 300, now=T - 301)
+    assert verify_signature(SECRET, header, BODY, 300, now=T + 300)
+
+
+def test_timestamp_is_signed() -> None:
+    sig = compute_signature(SECRET, T, BODY)
+    assert not verify_signature(SECRET, f"t={T + 5},v1={sig}", BODY, now=T + 5)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "garbage",
+        f"v1={compute_signature(SECRET, T, BODY)}",  # no timestamp
+        f"t={T}",  # no signature
+        f"t=abc,v1={compute_signature(SECRET, T, BODY)}",
+        f"t=-{T},v1={compute_signature(SECRET, T, BODY)}",
+        f"t={T},v1=",
+        f"t={T};v1={compute_signature(SECRET, T, BODY)}",
+    ],
+)
+def test_malformed_headers(header: str) -> None:
+    assert not verify_signature(SECRET, header, BODY, now=T)
+
+
+def test_any_of_several_signatures_matches() -> None:
+    good = compute_signature(SECRET, T, BODY)
+    other = compute_signature("whsec_old", T, BODY)
+    assert verify_signature(SECRET, f"t={T},v1={other},v1={good}", BODY, now=T)
+    assert verify_signature(SECRET, f"t={T}, v1={good}, v0=legacy", BODY, now=T)
+
+
+def test_new_secrets() -> None:
+    a, b = new_secret(), new_secret()
+    assert a.startswith(SECRET_PREFIX) and len(a) >= len(SECRET_PREFIX) + 40
+    assert a != b
