@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from telepath.config import Settings
 from telepath.db.engine import make_engine, migrate, sessionmaker_for
-from telepath.db.models import TRUNK_SECRET_COLUMNS, trunk_secret_context
+from telepath.db.models import (
+    TRUNK_SECRET_COLUMNS,
+    WebhookEndpoint,
+    trunk_secret_context,
+    webhook_secret_context,
+)
 from telepath.db.repository import TrunkRepository
 from telepath.secrets.keyring import (
     Keyring,
@@ -16,7 +23,7 @@ from telepath.secrets.keyring import (
 
 
 async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
-    """Re-seal every trunk secret not sealed by ``keyring``'s active key; return how many."""
+    """Re-seal every trunk and webhook secret not under ``keyring``'s active key; count them."""
     engine = make_engine(settings.effective_database_url)
     try:
         await migrate(engine)
@@ -33,6 +40,13 @@ async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
                             keyring.encrypt(keyring.decrypt(envelope, context), context),
                         )
                         count += 1
+            for endpoint in (await session.scalars(select(WebhookEndpoint))).all():
+                if keyring.needs_reencryption(endpoint.secret_enc):
+                    context = webhook_secret_context(endpoint.id)
+                    endpoint.secret_enc = keyring.encrypt(
+                        keyring.decrypt(endpoint.secret_enc, context), context
+                    )
+                    count += 1
             await session.commit()
             return count
     finally:

@@ -65,7 +65,13 @@ async def list_calls(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     trunk_id: Annotated[str | None, Query(max_length=64)] = None,
-    status: Annotated[str | None, Query(description="connected, disconnected or failed")] = None,
+    status: Annotated[
+        str | None,
+        Query(
+            description="connected, disconnected or failed",
+            json_schema_extra={"enum": list(CALL_STATUSES)},
+        ),
+    ] = None,
     start_date: Annotated[
         str | None, Query(description="ISO 8601; calls that started on or after")
     ] = None,
