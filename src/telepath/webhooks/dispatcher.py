@@ -225,17 +225,23 @@ class WebhookDispatcher:
             IDEMPOTENCY_HEADER: claimed.event_id,
         }
         try:
-            response = await self._client.post(
-                claimed.url, content=body, headers=headers, timeout=self._timeout_s
-            )
-        except httpx.TimeoutException:
+            # One deadline for the whole exchange; the response body is never read, so a
+            # receiver cannot hold the dispatcher with a slow or endless answer.
+            async with asyncio.timeout(self._timeout_s):
+                status_code = await self._post(claimed.url, body, headers)
+        except (TimeoutError, httpx.TimeoutException):
             return None, "timeout"
         except httpx.HTTPError as exc:
             return None, type(exc).__name__
-        status_code = response.status_code
         if 200 <= status_code < 300:
             return status_code, None
         return status_code, f"HTTP {status_code}"[:ERROR_MAX_CHARS]
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        async with self._client.stream(
+            "POST", url, content=body, headers=headers, timeout=self._timeout_s
+        ) as response:
+            return response.status_code
 
     async def aclose(self) -> None:
         """Close the HTTP client if this dispatcher created it."""
