@@ -40,6 +40,19 @@ class Settings(BaseSettings):
     sip_tls_key: Path | None = None
     public_address: str = ""  # advertised in Contact and SDP when behind NAT
     sip_enabled: bool = True
+    sip_codecs: str = "G722,PCMU,PCMA"  # SDP answer preference order
+    sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
+    sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
+    sip_drain_timeout_s: float = Field(default=30.0, ge=0)  # SIGTERM: live calls may finish
+    sip_nonce_ttl_s: float = Field(default=300.0, gt=0)
+    sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)
+    sip_session_expires: int = Field(default=1800, ge=90)  # RFC 4028, when the UAC supports it
+    sip_rate_limit_per_s: float = Field(default=50.0, gt=0)  # per source IP
+    sip_rate_burst: int = Field(default=200, ge=1)
+    sip_auth_failures_before_ban: int = Field(default=10, ge=1)
+    sip_auth_failure_window_s: float = Field(default=60.0, gt=0)
+    sip_ban_seconds: float = Field(default=300.0, ge=0)
+    sip_allowlist: str = ""  # comma-separated IPs/CIDRs never rate-limited or banned
 
     # --- media ---------------------------------------------------------------------------
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)

@@ -1,14 +1,22 @@
-"""``telepath serve``: the HTTP API (and, as they land, the SIP and media servers)."""
+"""``telepath serve``: the HTTP API, the SIP/media gateway, webhooks and retention in one process.
+
+SIGTERM/SIGINT: the HTTP server stops, then the gateway drains — new INVITEs get 503 while live
+calls may finish for ``TELEPATH_SIP_DRAIN_TIMEOUT_S``; the rest are ended with BYE and recorded
+with reason ``shutdown``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
 from telepath.api.app import create_app
+from telepath.cli.gateway import Gateway, start_gateway
 from telepath.cli.runtime import bootstrap_first_key, open_state
 from telepath.config import Settings
 
@@ -38,6 +46,9 @@ async def serve(settings: Settings) -> None:
                 "Use it as 'Authorization: Bearer <key>'. More keys: telepath keys create\n",
                 flush=True,
             )
+        gateway: Gateway | None = None
+        if settings.sip_enabled:
+            gateway = await start_gateway(settings, state)
         app = create_app(state)
         config = uvicorn.Config(
             app,
@@ -54,7 +65,22 @@ async def serve(settings: Settings) -> None:
             settings.http_port,
             settings.effective_database_url.split("://", 1)[0],
         )
-        await server.serve()
+        signals: list[int] = []
+
+        def remember(sig: int, frame: FrameType | None) -> None:
+            # uvicorn handles the signal while it runs and re-raises it after shutting down;
+            # we take it here instead of dying, so the gateway can drain.
+            signals.append(sig)
+
+        previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            await server.serve()
+        finally:
+            if gateway is not None:
+                logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
+                await gateway.stop(settings.sip_drain_timeout_s)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def run_serve(settings: Settings) -> None:

@@ -377,7 +377,11 @@ class DigestAuthenticator:
         *,
         nonce_ttl_s: float = 300.0,
         max_tracked_nonces: int = 100_000,
+        algorithms: tuple[Algorithm, ...] = OFFERED_ALGORITHMS,
     ) -> None:
+        if not algorithms or any(a not in OFFERED_ALGORITHMS for a in algorithms):
+            raise ValueError(f"algorithms must be a non-empty subset of {OFFERED_ALGORITHMS}")
+        self.algorithms = algorithms
         if len(secret) < 16:
             raise ValueError("nonce secret must be at least 16 bytes")
         if nonce_ttl_s <= 0 or max_tracked_nonces < 1:
@@ -431,14 +435,15 @@ class DigestAuthenticator:
     def challenge_headers(self, *, stale: bool = False) -> list[str]:
         """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
 
-        One challenge per algorithm, SHA-256 first then MD5 (RFC 8760 §2.4), sharing a fresh
+        One challenge per algorithm, in the configured order of preference — by default SHA-256
+        first then MD5 (RFC 8760 §2.4) — sharing a fresh
         nonce, each offering ``qop="auth"`` (RFC 7616 §3.3). ``stale=True`` tells the client its
         previous credentials were right but the nonce expired, so it can retry without asking
         the user (RFC 7616 §3.3).
         """
         nonce = self._new_nonce()
         values = []
-        for algorithm in OFFERED_ALGORITHMS:
+        for algorithm in self.algorithms:
             value = (
                 f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
                 f'algorithm={algorithm}, qop="auth"'

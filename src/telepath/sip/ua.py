@@ -16,6 +16,7 @@ private or unresolvable addresses in Contact, so symmetric signalling is what wo
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
 from collections import Counter, OrderedDict
@@ -184,6 +185,10 @@ class UserAgentCore:
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
         self._out: list[Output] = []
         self._pending_bye: set[Dialog] = set()
+        self._tag_key = secrets.token_bytes(16)
+        # ACKs for non-2xx finals that do not match by branch (seen from SIPp): Call-ID, From
+        # tag, CSeq number and our To tag identify the INVITE transaction (RFC 2543 style).
+        self._ack_fallback: dict[tuple[str, str, int, str], ServerTransaction] = {}
 
     # ---------------------------------------------------------------- transport-facing API
 
@@ -200,6 +205,7 @@ class UserAgentCore:
             self._on_response(message)
         else:
             self.counters[f"request_{message.method}"] += 1
+            self._trace(message.call_id, data, "in", source)
             self._on_request(message, source)
         return self._take()
 
@@ -258,12 +264,14 @@ class UserAgentCore:
             extra = self._with_contact(extra, tx.source) + self._session_headers(dialog, tx.request)
         to_tag = tx.to_tag
         if to_tag is None and status > 100:
-            to_tag = tx.to_tag = new_tag()
+            to_tag = tx.to_tag = self._tag_for(tx.request)
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )
         self._trace(tx.request.call_id, response.to_bytes(), "out")
         tx.respond(response, self.clock.now())
+        if tx.is_invite and status >= 300 and to_tag is not None:
+            self._ack_fallback[_ack_key(tx.request, to_tag)] = tx
         if dialog is not None and status >= 200 and tx.request.method in ("INVITE", "UPDATE"):
             dialog.reoffer_pending = False
         if dialog is not None and tx.is_invite and 200 <= status < 300:
@@ -274,7 +282,7 @@ class UserAgentCore:
     ) -> tuple[Dialog, list[Output]]:
         """Answer a new INVITE with 200 OK and ``body`` (the SDP answer); create the dialog."""
         request = tx.request
-        local_tag = tx.to_tag or new_tag()
+        local_tag = tx.to_tag or self._tag_for(request)
         tx.to_tag = local_tag
         contacts = request.headers.get_all("Contact")
         remote_target = parse_name_addr(contacts[0]).uri if contacts else request.from_.uri
@@ -341,6 +349,8 @@ class UserAgentCore:
         if isinstance(tx, ServerTransaction):
             if self._server_txs.get(tx.key) is tx:
                 del self._server_txs[tx.key]
+            if tx.is_invite and tx.to_tag is not None:
+                self._ack_fallback.pop(_ack_key(tx.request, tx.to_tag), None)
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
         dialog = self._client_tx_dialog.pop(tx, None)
@@ -365,7 +375,6 @@ class UserAgentCore:
     # ---------------------------------------------------------------- requests
 
     def _on_request(self, request: Request, source: Source) -> None:
-        self._trace(request.call_id, request.to_bytes(), "in", source)
         if request.method == "ACK":
             self._on_ack(request)
             return
@@ -486,6 +495,8 @@ class UserAgentCore:
 
     def _on_ack(self, request: Request) -> None:
         tx = self._server_txs.get(server_key(request))
+        if tx is None and request.to.tag is not None:
+            tx = self._ack_fallback.get(_ack_key(request, request.to.tag))
         if (
             tx is not None
             and tx.final_sent
@@ -540,7 +551,7 @@ class UserAgentCore:
         if tx is None:
             self.counters["stray_responses"] += 1
             return
-        self._trace(response.call_id, response.to_bytes(), "in")
+        self._trace(response.call_id, response.to_bytes(), "in")  # re-serialized: small
         tx.on_response(response, self.clock.now())
 
     # ---------------------------------------------------------------- dialogs
@@ -715,6 +726,14 @@ class UserAgentCore:
             via = f" {source.transport} {source.addr[0]}:{source.addr[1]}" if source else ""
             trace.append(f"--- {direction}{via}\n{text}")
 
+    def _tag_for(self, request: Request) -> str:
+        """Our To tag for ``request``: the same for every INVITE of one call (Call-ID + From
+        tag), so a UAC that keeps the tag of a 401 challenge still matches the 2xx's dialog.
+        Keyed with a per-process secret, so tags stay unguessable (§19.3)."""
+        from_tag = request.headers.get("From") or ""
+        digest = hmac.new(self._tag_key, f"{request.call_id}\x00{from_tag}".encode(), "sha256")
+        return digest.hexdigest()[:16]
+
     def _take(self) -> list[Output]:
         out, self._out = self._out, []
         return out
@@ -735,6 +754,10 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _ack_key(request: Request, to_tag: str) -> tuple[str, str, int, str]:
+    return (request.call_id, request.from_.tag or "", request.cseq.seq, to_tag)
 
 
 def _session_expires(request: Request) -> int | None:

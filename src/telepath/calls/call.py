@@ -1,0 +1,336 @@
+"""One bridged call: the SIP dialog, the RTP session and the agent bridge, and the tasks that
+move audio and events between them until one side ends the call.
+
+Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio`` unchanged when the call is
+G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → μ-law. Agent audio →
+``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from telepath.bridges.base import (
+    AgentAudio,
+    AgentBridge,
+    AgentClear,
+    AgentConnected,
+    AgentDisconnected,
+    AgentError,
+    AgentHangup,
+    AgentMark,
+    AgentTranscript,
+    AgentTransfer,
+    BridgeReason,
+)
+from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, Turn
+from telepath.rtp import g711
+from telepath.rtp.resample import Resampler
+from telepath.sdp.negotiate import NegotiatedMedia
+from telepath.transport.media_session import (
+    AudioReceived,
+    DtmfReceived,
+    MarkPlayed,
+    MediaEnded,
+    MediaEndReason,
+    MediaSession,
+)
+
+log = logging.getLogger(__name__)
+
+_VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
+_TURN_GAP_S = 0.6  # silence that separates turns
+
+
+@dataclass
+class CallEnd:
+    """Why and how the call ended."""
+
+    reason: DisconnectReason
+    error: str | None = None
+    send_bye: bool = True
+
+
+@dataclass
+class TurnTracker:
+    """Measures turns at the gateway: caller speech (by energy) and agent audio bursts."""
+
+    turns: list[Turn] = field(default_factory=list)
+    last_caller_voice: float | None = None
+    caller_turn_start: float | None = None
+    agent_turn_start: float | None = None
+    agent_last_audio: float = 0.0
+    agent_audio_ms: float = 0.0
+
+    def caller_frame(self, now: float, voiced: bool) -> None:
+        """A caller frame arrived."""
+        if voiced:
+            if self.caller_turn_start is None:
+                self.caller_turn_start = now
+            self.last_caller_voice = now
+        elif (
+            self.caller_turn_start is not None
+            and self.last_caller_voice is not None
+            and now - self.last_caller_voice > _TURN_GAP_S
+        ):
+            self._close("caller", self.last_caller_voice - self.caller_turn_start, 0)
+            self.caller_turn_start = None
+
+    def agent_audio(self, now: float, ms: float) -> None:
+        """Agent audio arrived from the bridge."""
+        if self.agent_turn_start is None or now - self.agent_last_audio > _TURN_GAP_S:
+            self.finish_agent_turn()
+            self.agent_turn_start = now
+            self.agent_audio_ms = 0.0
+            processing = 0
+            if self.last_caller_voice is not None and now > self.last_caller_voice:
+                processing = round((now - self.last_caller_voice) * 1000)
+            self._pending_processing = processing
+        self.agent_last_audio = now
+        self.agent_audio_ms += ms
+
+    def finish_agent_turn(self) -> None:
+        """Close the current agent turn, if any."""
+        if self.agent_turn_start is not None and self.agent_audio_ms > 0:
+            self._close(
+                "agent", self.agent_audio_ms / 1000, getattr(self, "_pending_processing", 0)
+            )
+        self.agent_turn_start = None
+        self.agent_audio_ms = 0.0
+
+    def _close(self, speaker: str, seconds: float, processing_ms: int) -> None:
+        self.turns.append(
+            Turn(len(self.turns) + 1, speaker, max(0, round(seconds * 1000)), processing_ms)
+        )
+
+    def ai_latency_ms(self) -> int | None:
+        """Mean processing time of agent turns that followed caller speech."""
+        values = [t.processing_time_ms for t in self.turns if t.speaker == "agent"]
+        values = [v for v in values if v > 0]
+        return round(sum(values) / len(values)) if values else None
+
+
+class Call:
+    """A call that is up: owns its media session and bridge until :meth:`run` returns."""
+
+    def __init__(
+        self,
+        record: CallRecord,
+        media: MediaSession,
+        bridge: AgentBridge,
+        negotiated: NegotiatedMedia,
+        *,
+        hangup_sip: Callable[[], None],
+        refer_sip: Callable[[str], None],
+        on_finished: Callable[[Call, CallEnd], Awaitable[None]],
+        hangup_drain_max_s: float = 10.0,
+    ) -> None:
+        self.record = record
+        self.media = media
+        self.bridge = bridge
+        self.negotiated = negotiated
+        self._hangup_sip = hangup_sip
+        self._refer_sip = refer_sip
+        self._on_finished = on_finished
+        self._hangup_drain_max_s = hangup_drain_max_s
+        self._end: asyncio.Future[CallEnd] = asyncio.get_running_loop().create_future()
+        self._played_base_ms = 0.0
+        self._transfer_request: str | None = None
+        self.turns = TurnTracker()
+        self.first_rtp_at: float | None = None
+        self.invite_at: float = 0.0
+        self._wideband = negotiated.codec.name == "G722"
+        self._down = Resampler(16000, 8000) if self._wideband else None
+        self._law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
+        self.ended: CallEnd | None = None
+        self.sip_call_id = ""
+        self.answer_sdp = b""
+        self.session_id = 1
+        self.session_version = 1
+
+    # ---------------------------------------------------------------- control from SIP
+
+    def end(
+        self, reason: DisconnectReason, error: str | None = None, send_bye: bool = True
+    ) -> None:
+        """Ask the call to end (idempotent; the first reason wins)."""
+        if not self._end.done():
+            self._end.set_result(CallEnd(reason, error, send_bye))
+
+    def playout_ms(self) -> int:
+        """Agent audio played since the last flush (the bridges' ``PlayoutProgress``)."""
+        return max(0, round(self.media.stats().audio_played_ms - self._played_base_ms))
+
+    def dtmf(self, digit: str) -> None:
+        """A digit from SIP INFO."""
+        asyncio.get_running_loop().create_task(self.bridge.send_dtmf(digit))
+
+    def refer_update(self, status: int, final: bool) -> None:
+        """Progress of our REFER: a 2xx final NOTIFY means the carrier took the caller."""
+        request = self._transfer_request
+        if request is None or not final:
+            return
+        self._transfer_request = None
+        ok = 200 <= status < 300
+        asyncio.get_running_loop().create_task(
+            self.bridge.send_transfer_result(request, ok, f"SIP {status}")
+        )
+        if ok:
+            self.end(DisconnectReason.TRANSFERRED)
+
+    def update_media(self, negotiated: NegotiatedMedia) -> None:
+        """A re-INVITE/UPDATE changed the media: follow address and hold state."""
+        self.negotiated = negotiated
+        if negotiated.remote_port:
+            rtcp = (
+                (negotiated.remote_address, negotiated.remote_rtcp_port)
+                if negotiated.remote_rtcp_port
+                else None
+            )
+            self.media.update_remote((negotiated.remote_address, negotiated.remote_port), rtcp)
+        self.media.hold(negotiated.on_hold or negotiated.remote_port == 0)
+
+    # ---------------------------------------------------------------- the call's life
+
+    async def run(self) -> None:
+        """Pump audio and events until the call ends, then release everything."""
+        pumps = [
+            asyncio.create_task(self._media_pump(), name=f"media-{self.record.id}"),
+            asyncio.create_task(self._agent_pump(), name=f"agent-{self.record.id}"),
+        ]
+        try:
+            end = await self._end
+        except asyncio.CancelledError:
+            end = CallEnd(DisconnectReason.SHUTDOWN)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.ended = end
+        await self._close(end)
+
+    async def _close(self, end: CallEnd) -> None:
+        if end.send_bye:
+            self._hangup_sip()
+        bridge_reason = _bridge_reason(end.reason)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.bridge.close(bridge_reason), 5)
+        stats = await self.media.close()
+        self.turns.finish_agent_turn()
+        record = self.record
+        record.end_time = datetime.now(UTC)
+        record.status = CallStatus.DISCONNECTED
+        record.disconnect_reason = end.reason
+        record.error_message = end.error
+        m = record.metrics
+        m.packet_loss_percent = round(stats.loss_percent, 2)
+        m.jitter_ms = round(stats.jitter_ms, 2)
+        m.gateway_processing_ms = round(stats.gateway_processing_ms, 4)
+        m.gateway_processing_p99_ms = round(
+            max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 4
+        )
+        m.ai_latency_ms = self.turns.ai_latency_ms()
+        record.turns = list(self.turns.turns)
+        await self._on_finished(self, end)
+
+    async def _media_pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in self.media.events():
+            if isinstance(event, AudioReceived):
+                now = loop.time()
+                if self.first_rtp_at is None and not event.lost:
+                    self.first_rtp_at = now
+                    self.record.metrics.carrier_lag_ms = round((now - self.invite_at) * 1000)
+                self.turns.caller_frame(now, _rms(event.pcm) > _VOICE_RMS)
+                await self.bridge.send_audio(self._to_agent(event))
+            elif isinstance(event, DtmfReceived):
+                await self.bridge.send_dtmf(event.digit.key)
+            elif isinstance(event, MarkPlayed):
+                await self.bridge.notify_mark(event.name)
+            elif isinstance(event, MediaEnded):
+                if event.reason == MediaEndReason.MEDIA_TIMEOUT:
+                    self.end(DisconnectReason.MEDIA_TIMEOUT, "no RTP from the caller")
+                return
+
+    async def _agent_pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in self.bridge.events():
+            if isinstance(event, AgentAudio):
+                self.turns.agent_audio(loop.time(), len(event.payload) / 8)
+                if self._wideband:
+                    self.media.play_pcm(self._from_agent(event.payload), 8000)
+                else:
+                    self.media.play(event.payload)
+            elif isinstance(event, AgentClear):
+                self.media.flush()
+                self._played_base_ms = self.media.stats().audio_played_ms
+                self.turns.finish_agent_turn()
+            elif isinstance(event, AgentMark):
+                self.media.mark(event.name)
+            elif isinstance(event, AgentTransfer):
+                self._transfer_request = event.request_id
+                self._refer_sip(event.target)
+            elif isinstance(event, AgentHangup):
+                await self._drain_playout()
+                self.end(DisconnectReason.AGENT_HANGUP)
+                return
+            elif isinstance(event, AgentError):
+                self.end(DisconnectReason(event.reason.value), event.message)
+                return
+            elif isinstance(event, AgentDisconnected):
+                reason = event.reason
+                if reason == BridgeReason.CALLER_HANGUP:
+                    return  # we closed it
+                self.end(DisconnectReason(reason.value))
+                return
+            elif isinstance(event, AgentTranscript):
+                log.debug("transcript %s: %s", event.role, event.text)  # PII: DEBUG only
+            elif isinstance(event, AgentConnected):
+                continue
+
+    async def _drain_playout(self) -> None:
+        # Queued audio plays out in real time: wait that long (bounded), plus two frames.
+        if self.media.queued_ms > 0:
+            await asyncio.sleep(min(self.media.queued_ms / 1000 + 0.04, self._hangup_drain_max_s))
+
+    def _to_agent(self, event: AudioReceived) -> bytes:
+        if not self._wideband:
+            return event.payload
+        assert self._down is not None
+        return g711.pcm16_to_ulaw(self._down.process(event.pcm))
+
+    def _from_agent(self, payload: bytes) -> bytes:
+        return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
+
+
+def _rms(pcm: bytes) -> int:
+    if not pcm:
+        return 0
+    # Cheap energy estimate on every 8th sample: enough for turn detection.
+    view = memoryview(pcm).cast("h")
+    step = 8
+    total = 0
+    count = 0
+    for i in range(0, len(view), step):
+        s = view[i]
+        total += s * s
+        count += 1
+    return int((total / count) ** 0.5) if count else 0
+
+
+def _bridge_reason(reason: DisconnectReason) -> BridgeReason:
+    try:
+        return BridgeReason(reason.value)
+    except ValueError:
+        return (
+            BridgeReason.CALLER_HANGUP
+            if reason == DisconnectReason.MEDIA_TIMEOUT
+            else (BridgeReason.UNKNOWN)
+        )

@@ -1,0 +1,47 @@
+"""Call-control settings, taken from :class:`telepath.config.Settings` once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from telepath.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CallControlConfig:
+    """What call control needs to know about the installation."""
+
+    realm: str = "sip.telepath.local"
+    media_address: str = "127.0.0.1"  # advertised in SDP c=
+    codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    max_calls: int = 500
+    overload_lag_s: float = 0.2
+    provider_timeout_s: float = 10.0
+    rtp_inactivity_timeout_s: float = 30.0
+    jitter_min_ms: int = 20
+    jitter_max_ms: int = 60
+    openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
+    openai_model: str = "gpt-realtime"
+    elevenlabs_api_base: str = "https://api.elevenlabs.io"
+    elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
+    hangup_drain_max_s: float = 10.0  # agent hang-up: let queued audio play up to this long
+
+    @classmethod
+    def from_settings(cls, settings: Settings, media_address: str) -> CallControlConfig:
+        """Build from ``TELEPATH_*`` settings."""
+        codecs = tuple(c.strip().upper() for c in settings.sip_codecs.split(",") if c.strip())
+        return cls(
+            realm=settings.sip_domain,
+            media_address=media_address,
+            codecs=codecs or ("PCMU",),
+            max_calls=settings.sip_max_calls,
+            overload_lag_s=settings.sip_overload_lag_ms / 1000,
+            provider_timeout_s=settings.provider_timeout_s,
+            rtp_inactivity_timeout_s=settings.rtp_inactivity_timeout_s,
+            jitter_min_ms=settings.rtp_jitter_min_ms,
+            jitter_max_ms=settings.rtp_jitter_max_ms,
+            openai_realtime_url=settings.openai_realtime_url,
+            openai_model=settings.openai_model,
+            elevenlabs_api_base=settings.elevenlabs_api_base,
+            elevenlabs_ws_url=settings.elevenlabs_ws_url,
+        )

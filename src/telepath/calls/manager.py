@@ -1,0 +1,662 @@
+"""Routes each INVITE to its trunk and agent, and owns every call's life.
+
+Setup order (decision, documented in the README): authenticate → trunk → SDP → RTP ports →
+``180 Ringing`` → connect the agent → ``200 OK``. The call is answered only once the agent is
+reachable, so a caller never sits in dead air and an unreachable agent becomes a clean SIP
+failure (480) the carrier can fail over on, instead of an answered call that drops. The cost is
+the agent's connect time inside the caller's ring time; ``bench/`` measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from telepath.bridges.base import (
+    AgentBridge,
+    BridgeError,
+    CallMetadata,
+    CustomConfig,
+    ElevenLabsConfig,
+    OpenAIConfig,
+    ProviderConfig,
+)
+from telepath.bridges.registry import create_bridge
+from telepath.calls.call import Call, CallEnd
+from telepath.calls.config import CallControlConfig
+from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
+from telepath.calls.ports import CallRecorder, EventSink, TrunkConfig, TrunkDirectory
+from telepath.errors import TelepathError
+from telepath.metrics import Metrics
+from telepath.rtp.codecs import CodecSpec
+from telepath.sdp import NoCommonCodec, SdpError, negotiate_answer, negotiate_reoffer, parse
+from telepath.sdp.negotiate import NegotiatedMedia
+from telepath.secrets.tokens import new_id
+from telepath.sip.auth import AuthHeaderError, AuthResult, DigestAuthenticator, parse_authorization
+from telepath.sip.defence import SourceGuard
+from telepath.sip.transaction import ServerTransaction
+from telepath.sip.ua import (
+    CallConfirmed,
+    CallEnded,
+    DtmfInfo,
+    Event,
+    InviteCancelled,
+    InviteReceived,
+    ReferUpdate,
+    ReofferReceived,
+)
+from telepath.sip.uri import SipUri
+from telepath.transport.media_session import MediaSession
+from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
+from telepath.transport.sip_server import SipServer
+
+log = logging.getLogger(__name__)
+
+BridgeFactory = Callable[[str, ProviderConfig, float], AgentBridge]
+
+
+def _default_factory(provider: str, config: ProviderConfig, timeout: float) -> AgentBridge:
+    return create_bridge(provider, config, connect_timeout_s=timeout)
+
+
+class _Setup:
+    """An INVITE being set up (between 100 Trying and 200 OK)."""
+
+    def __init__(self, tx: ServerTransaction) -> None:
+        self.tx = tx
+        self.cancelled = asyncio.Event()
+
+
+class LagMonitor:
+    """Measures event-loop lag; past the threshold new calls are shed with 503."""
+
+    def __init__(self, threshold_s: float, interval_s: float = 0.05) -> None:
+        self.threshold_s = threshold_s
+        self.interval_s = interval_s
+        self.lag_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def overloaded(self) -> bool:
+        """True while the last measured lag is above the threshold."""
+        return self.lag_s > self.threshold_s
+
+    def start(self) -> None:
+        """Begin measuring."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop measuring."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag = loop.time() - before - self.interval_s
+            # decay slowly so one slow tick does not flap admission
+            self.lag_s = max(lag, self.lag_s * 0.8)
+
+
+class CallManager:
+    """Call control for the whole gateway."""
+
+    def __init__(
+        self,
+        config: CallControlConfig,
+        directory: TrunkDirectory,
+        ports: RtpPortAllocator,
+        authenticator: DigestAuthenticator,
+        *,
+        guard: SourceGuard | None = None,
+        recorder: CallRecorder | None = None,
+        events: EventSink | None = None,
+        metrics: Metrics | None = None,
+        bridge_factory: BridgeFactory = _default_factory,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.ports = ports
+        self.auth = authenticator
+        self.guard = guard
+        self.recorder = recorder
+        self.sink = events
+        self.metrics = metrics
+        self.bridge_factory = bridge_factory
+        self.server: SipServer | None = None
+        self.lag = LagMonitor(config.overload_lag_s)
+        self.calls: dict[str, Call] = {}
+        self._setups: dict[int, _Setup] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self.counters: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- wiring
+
+    def attach(self, server: SipServer) -> None:
+        """Use ``server`` for SIP I/O."""
+        self.server = server
+        self.lag.start()
+
+    @property
+    def active_calls(self) -> int:
+        """Calls answered and not yet ended."""
+        return len(self.calls)
+
+    def on_sip_event(self, event: Event) -> None:
+        """Entry point for SIP events (called synchronously by :class:`SipServer`)."""
+        if isinstance(event, InviteReceived):
+            setup = _Setup(event.tx)
+            self._setups[id(event.tx)] = setup
+            self._spawn(self._setup_call(setup))
+        elif isinstance(event, InviteCancelled):
+            pending = self._setups.get(id(event.tx))
+            if pending is not None:
+                pending.cancelled.set()
+        elif isinstance(event, CallEnded):
+            call = _call_of(event.dialog.app_data)
+            if call is not None:
+                reason = {
+                    "remote_bye": DisconnectReason.CALLER_HANGUP,
+                    "ack_timeout": DisconnectReason.CARRIER_ERROR,
+                    "session_expired": DisconnectReason.CARRIER_ERROR,
+                    "bye_failed": DisconnectReason.CARRIER_ERROR,
+                }.get(event.reason)
+                if reason is not None:
+                    error = None if event.reason == "remote_bye" else f"SIP {event.reason}"
+                    call.end(reason, error, send_bye=False)
+        elif isinstance(event, ReofferReceived):
+            self._on_reoffer(event)
+        elif isinstance(event, DtmfInfo):
+            call = _call_of(event.dialog.app_data)
+            if call is not None:
+                call.dtmf(event.digit)
+        elif isinstance(event, ReferUpdate):
+            call = _call_of(event.dialog.app_data)
+            if call is not None:
+                if event.final and event.status >= 300:
+                    self._count("transfer_failed")
+                call.refer_update(event.status, event.final)
+        elif isinstance(event, CallConfirmed):
+            return
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ---------------------------------------------------------------- SIP helpers
+
+    def _respond(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        reason: str | None = None,
+    ) -> None:
+        assert self.server is not None
+        self.server.dispatch(
+            self.server.core.respond(tx, status, reason, headers=headers, body=body)
+        )
+        if self.metrics is not None:
+            self.metrics.sip_responses.labels(status=str(status)).inc()
+
+    def _reject(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
+        self._count(f"rejected_{why}")
+        if self.metrics is not None:
+            self.metrics.calls_rejected.labels(reason=why).inc()
+        self._respond(tx, status, **kw)
+
+    def _challenge(self, tx: ServerTransaction, *, stale: bool = False) -> None:
+        headers = [("WWW-Authenticate", v) for v in self.auth.challenge_headers(stale=stale)]
+        self._respond(tx, 401, headers=headers)
+
+    # ---------------------------------------------------------------- setup
+
+    async def _setup_call(self, setup: _Setup) -> None:
+        tx = setup.tx
+        try:
+            await self._setup(setup)
+        except Exception:
+            log.exception("call setup failed")
+            if not tx.final_sent:
+                self._reject(tx, 500, "internal_error")
+        finally:
+            self._setups.pop(id(tx), None)
+
+    async def _setup(self, setup: _Setup) -> None:
+        tx = setup.tx
+        request = tx.request
+        started = tx.created
+        if self.metrics is not None:
+            self.metrics.sip_requests.labels(method="INVITE").inc()
+        if self.draining:
+            self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+            return
+        if len(self.calls) + len(self._setups) > self.config.max_calls or self.lag.overloaded:
+            why = "overload" if self.lag.overloaded else "capacity"
+            self._reject(tx, 503, why, headers=[("Retry-After", "5")])
+            return
+
+        trunk = await self._authenticate(tx)
+        if trunk is None or setup.cancelled.is_set():
+            return
+        if not trunk.active:
+            self._reject(tx, 480, "trunk_inactive")
+            return
+        if not request.body:
+            # Offerless INVITE (§13.2.1 allows it): not supported; carriers always offer.
+            self._reject(
+                tx, 488, "no_offer", headers=[("Warning", '399 telepath "SDP offer required"')]
+            )
+            return
+        try:
+            offer = parse(request.body)
+            session_id = random.randint(1, 2**31)
+            answer, negotiated = negotiate_answer(
+                offer,
+                local_address=self.config.media_address,
+                local_port=9,  # replaced below once the port is leased
+                session_id=session_id,
+                session_version=1,
+                preference=self.config.codecs,
+            )
+        except NoCommonCodec as exc:
+            self._reject(
+                tx, 488, "no_common_codec", headers=[("Warning", exc.warning_header("telepath"))]
+            )
+            return
+        except SdpError as exc:
+            self._reject(tx, 400, "bad_sdp", reason=f"Bad SDP: {str(exc)[:60]}")
+            return
+        try:
+            lease = self.ports.allocate()
+        except RtpPortsExhausted:
+            self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
+            return
+        try:
+            answer, negotiated = negotiate_answer(
+                offer,
+                local_address=self.config.media_address,
+                local_port=lease.port,
+                session_id=session_id,
+                session_version=1,
+                preference=self.config.codecs,
+            )
+            await self._connect_and_answer(
+                setup, trunk, lease, answer.to_bytes(), negotiated, session_id, started
+            )
+        except BaseException:
+            lease.release()
+            raise
+
+    async def _authenticate(self, tx: ServerTransaction) -> TrunkConfig | None:
+        request = tx.request
+        value = request.headers.get("Authorization")
+        source_ip = tx.source.addr[0]
+        if value is None:
+            self._challenge(tx)
+            return None
+        try:
+            creds = parse_authorization(value)
+        except AuthHeaderError:
+            self._challenge(tx)  # e.g. an unknown scheme (RFC 4475 regaut01): challenge again
+            return None
+        trunk = await self.directory.find_by_sip_username(creds.username)
+
+        def ha1(username: str, algorithm: str) -> str | None:
+            if trunk is None or trunk.sip_username.lower() != username.lower():
+                return None
+            return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
+
+        outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
+        if outcome.result == AuthResult.OK and trunk is not None:
+            if self.guard is not None:
+                self.guard.record_auth_success(source_ip)
+            return trunk
+        if outcome.result == AuthResult.STALE:
+            self._challenge(tx, stale=True)
+            return None
+        if outcome.result == AuthResult.MALFORMED:
+            self._reject(tx, 400, "auth_malformed", reason="Bad Authorization")
+            return None
+        if self.metrics is not None:
+            self.metrics.sip_auth_failures.labels(reason=outcome.result.value.lower()).inc()
+        if self.guard is not None and self.guard.record_auth_failure(source_ip):
+            log.warning("banned a SIP source after repeated authentication failures")
+        self._reject(tx, 403, "auth_failed")
+        return None
+
+    async def _connect_and_answer(
+        self,
+        setup: _Setup,
+        trunk: TrunkConfig,
+        lease: Any,
+        answer_sdp: bytes,
+        negotiated: NegotiatedMedia,
+        session_id: int,
+        started: float,
+    ) -> None:
+        tx = setup.tx
+        request = tx.request
+        loop = asyncio.get_running_loop()
+        self._respond(tx, 180)
+        call_id = new_id("call")
+        caller = _number(request.from_.uri)
+        called = _number(request.uri) if request.uri.user else _number(request.to.uri)
+        law: Literal["pcmu", "pcma"] = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
+        meta = CallMetadata(
+            call_id=call_id,
+            trunk_id=trunk.trunk_id,
+            caller=caller or "",
+            called=called or "",
+            codec=law,
+            system_prompt=trunk.system_prompt,
+            sip_call_id=request.call_id,
+        )
+        record = CallRecord(
+            id=call_id,
+            account_id=trunk.account_id,
+            trunk_id=trunk.trunk_id,
+            from_number=caller,
+            to_number=called,
+            start_time=datetime.now(UTC),
+            ai_provider=trunk.ai_provider,
+        )
+        record.metrics.codec_used = negotiated.codec.name
+        bridge = self.bridge_factory(
+            trunk.ai_provider, self._provider_config(trunk), self.config.provider_timeout_s
+        )
+        holder: dict[str, Call] = {}
+
+        def playout() -> int:
+            call = holder.get("call")
+            return call.playout_ms() if call is not None else 0
+
+        connect = asyncio.ensure_future(bridge.start(meta, playout))
+        cancel_wait = asyncio.ensure_future(setup.cancelled.wait())
+        done, _ = await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+        cancel_wait.cancel()
+        if connect not in done:
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            with contextlib.suppress(Exception):
+                await bridge.close()
+            lease.release()
+            self._count("cancelled_during_setup")
+            return
+        try:
+            connect.result()
+        except (BridgeError, TelepathError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await bridge.close()
+            lease.release()
+            reason = getattr(exc, "reason", None)
+            record.status = CallStatus.FAILED
+            record.end_time = datetime.now(UTC)
+            record.disconnect_reason = DisconnectReason(
+                reason.value if reason is not None else "connection_failed"
+            )
+            record.error_message = type(exc).__name__
+            record.sip_trace = self._trace(request.call_id)
+            self._reject(tx, 480, "agent_unreachable", headers=[("Retry-After", "10")])
+            await self._record_failed(record)
+            return
+        if setup.cancelled.is_set() or tx.final_sent:
+            with contextlib.suppress(Exception):
+                await bridge.close()
+            lease.release()
+            return
+        remote = (
+            (negotiated.remote_address, negotiated.remote_port) if negotiated.remote_port else None
+        )
+        media = await MediaSession.open(
+            lease,
+            remote=remote,
+            codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
+            dtmf_payload_type=negotiated.dtmf_payload_type,
+            signalling_ip=tx.source.addr[0],
+            inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,
+            jitter_min_ms=self.config.jitter_min_ms,
+            jitter_max_ms=self.config.jitter_max_ms,
+        )
+        if negotiated.on_hold:
+            media.hold(True)
+        assert self.server is not None
+        dialog, outs = self.server.core.accept(tx, answer_sdp)
+        self.server.dispatch(outs)
+        answered = loop.time()
+        record.answer_time = datetime.now(UTC)
+        record.metrics.setup_ms = round((answered - started) * 1000)
+        core = self.server.core
+        server = self.server
+
+        def hangup() -> None:
+            server.dispatch(core.hangup(dialog))
+
+        def refer(target: str) -> None:
+            server.dispatch(core.refer(dialog, target))
+
+        call = Call(
+            record,
+            media,
+            bridge,
+            negotiated,
+            hangup_sip=hangup,
+            refer_sip=refer,
+            on_finished=self._finished,
+            hangup_drain_max_s=self.config.hangup_drain_max_s,
+        )
+        call.invite_at = started
+        call.sip_call_id = request.call_id
+        call.answer_sdp = answer_sdp
+        call.session_id = session_id
+        holder["call"] = call
+        dialog.app_data = call
+        self.calls[call_id] = call
+        if self.metrics is not None:
+            self.metrics.record_call_started(call_id)
+        log.info(
+            "call %s answered on trunk %s (%s, %s)",
+            call_id,
+            trunk.trunk_id,
+            trunk.ai_provider,
+            negotiated.codec.name,
+        )
+        await self._safe(self._recorder_started(record))
+        await self._emit(record, "call.started", {"call_id": call_id, "trunk_id": trunk.trunk_id})
+        await self._emit(
+            record, "agent.connected", {"call_id": call_id, "ai_provider": trunk.ai_provider}
+        )
+        self._spawn(call.run())
+
+    def _on_reoffer(self, event: ReofferReceived) -> None:
+        assert self.server is not None
+        call = _call_of(event.dialog.app_data)
+        request = event.request
+        if call is None:
+            self._respond(event.tx, 481)
+            return
+        if not request.body:
+            # §14.2: an offerless re-INVITE/UPDATE (session refresh): repeat our last answer.
+            self._respond(event.tx, 200, body=call.answer_sdp)
+            return
+        try:
+            offer = parse(request.body)
+            answer, negotiated = negotiate_reoffer(
+                offer,
+                current=call.negotiated,
+                local_address=self.config.media_address,
+                local_port=call.media.local_port,
+                session_id=call.session_id,
+                session_version=call.session_version,
+                preference=self.config.codecs,
+            )
+        except NoCommonCodec as exc:
+            self._respond(event.tx, 488, headers=[("Warning", exc.warning_header("telepath"))])
+            return
+        except SdpError:
+            self._respond(event.tx, 400, reason="Bad SDP")
+            return
+        if negotiated.codec != call.negotiated.codec:
+            # Changing codec mid-call would need a new media pipeline; keep ours (RFC 3264 §8.3.2
+            # lets the answerer keep the current codec when it is still offered).
+            self._respond(
+                event.tx, 488, headers=[("Warning", '305 telepath "codec change not supported"')]
+            )
+            return
+        body = answer.to_bytes()
+        if body != call.answer_sdp:
+            call.session_version += 1
+            answer.origin.session_version = call.session_version
+            body = answer.to_bytes()
+        call.answer_sdp = body
+        call.update_media(negotiated)
+        self._respond(event.tx, 200, body=body)
+
+    # ---------------------------------------------------------------- records and events
+
+    def _provider_config(self, trunk: TrunkConfig) -> ProviderConfig:
+        c = self.config
+        if trunk.ai_provider == "openai":
+            return OpenAIConfig(
+                api_key=trunk.openai_api_key or "",
+                model=trunk.openai_model or c.openai_model,
+                voice=trunk.openai_voice or "marin",
+                realtime_url=c.openai_realtime_url,
+            )
+        if trunk.ai_provider == "elevenlabs":
+            return ElevenLabsConfig(
+                api_key=trunk.elevenlabs_api_key,
+                agent_id=trunk.elevenlabs_agent_id or "",
+                api_base=c.elevenlabs_api_base,
+                ws_url=c.elevenlabs_ws_url,
+            )
+        protocol: Literal["telepath", "twilio"] = (
+            "twilio" if trunk.custom_protocol == "twilio" else "telepath"
+        )
+        return CustomConfig(
+            endpoint=trunk.custom_endpoint or "", protocol=protocol, headers=trunk.custom_headers
+        )
+
+    def _trace(self, sip_call_id: str) -> str:
+        assert self.server is not None
+        return self.server.core.pop_trace(sip_call_id)
+
+    async def _finished(self, call: Call, end: CallEnd) -> None:
+        record = call.record
+        self.calls.pop(record.id, None)
+        record.sip_trace = self._trace(call.sip_call_id)
+        log.info("call %s ended: %s", record.id, end.reason.value)
+        if self.metrics is not None:
+            m = record.metrics
+            self.metrics.record_call_ended(
+                record.id,
+                outcome=end.reason.value,
+                setup_ms=m.setup_ms,
+                packet_loss_percent=m.packet_loss_percent,
+                jitter_ms=m.jitter_ms,
+            )
+            stats = call.media.stats()
+            self.metrics.gateway_latency.labels(direction="caller_to_agent").observe(
+                stats.inbound.p50_us / 1e6
+            )
+            self.metrics.gateway_latency.labels(direction="agent_to_caller").observe(
+                stats.outbound.p50_us / 1e6
+            )
+        if self.recorder is not None:
+            await self._safe(self.recorder.call_ended(record))
+        payload = _ended_payload(record)
+        await self._emit(
+            record, "agent.disconnected", {"call_id": record.id, "reason": end.reason.value}
+        )
+        if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
+            await self._emit(record, "call.error", {**payload, "error": record.error_message})
+        await self._emit(record, "call.ended", payload)
+
+    async def _record_failed(self, record: CallRecord) -> None:
+        if self.recorder is not None:
+            await self._safe(self.recorder.call_ended(record))
+        await self._emit(
+            record, "call.error", {**_ended_payload(record), "error": record.error_message}
+        )
+
+    async def _recorder_started(self, record: CallRecord) -> None:
+        if self.recorder is not None:
+            await self.recorder.call_started(record)
+
+    async def _emit(self, record: CallRecord, event: str, payload: dict[str, Any]) -> None:
+        if self.sink is not None:
+            await self._safe(self.sink.emit(record.account_id, event, payload))
+
+    @staticmethod
+    async def _safe(coro: Any) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("call record or event write failed (the call goes on)")
+
+    # ---------------------------------------------------------------- shutdown
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting calls (503), let live calls finish for ``timeout_s``, then end them."""
+        self.draining = True
+        if self._tasks and timeout_s > 0:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for call in list(self.calls.values()):
+            call.end(DisconnectReason.SHUTDOWN)
+        if self._tasks:  # let the calls send BYE and write their records
+            await asyncio.wait(set(self._tasks), timeout=5)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.lag.stop()
+
+
+def _call_of(data: object) -> Call | None:
+    return data if isinstance(data, Call) else None
+
+
+def _number(uri: SipUri) -> str | None:
+    """E.164 when the user part looks like a phone number, else the user part (§19.1.6)."""
+    user = uri.user_unescaped
+    if not user:
+        return None
+    user = user.split(";", 1)[0]
+    digits = user.lstrip("+")
+    if digits.isdigit() and 6 <= len(digits) <= 15:
+        return "+" + digits if user.startswith("+") or len(digits) > 10 else user
+    return user
+
+
+def _ended_payload(record: CallRecord) -> dict[str, Any]:
+    m = record.metrics
+    return {
+        "call_id": record.id,
+        "trunk_id": record.trunk_id,
+        "status": record.status.value,
+        "disconnect_reason": record.disconnect_reason.value if record.disconnect_reason else None,
+        "duration_seconds": record.duration_seconds,
+        "metrics": {
+            "carrier_lag_ms": m.carrier_lag_ms,
+            "ai_latency_ms": m.ai_latency_ms,
+            "gateway_processing_ms": m.gateway_processing_ms,
+            "packet_loss_percent": m.packet_loss_percent,
+            "jitter_ms": m.jitter_ms,
+            "codec_used": m.codec_used,
+        },
+    }

@@ -1,0 +1,148 @@
+"""Builds the SIP/media/agent gateway from settings and the outer ring's implementations.
+
+This is the one place where call control meets the database and webhooks: it hands
+``DbTrunkDirectory``, ``DbCallRecorder`` and ``DbEventSink`` to :class:`CallManager` through the
+``calls.ports`` interfaces, so the hot path never imports the outer ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import cast
+
+from telepath.api.state import ApiState
+from telepath.calls.config import CallControlConfig
+from telepath.calls.manager import CallManager
+from telepath.clock import MonotonicClock
+from telepath.config import Settings
+from telepath.db.call_recorder import DbCallRecorder, retention_loop
+from telepath.db.trunk_directory import DbTrunkDirectory
+from telepath.sip.auth import Algorithm, DigestAuthenticator
+from telepath.sip.defence import DefencePolicy, SourceGuard
+from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport.ports import RtpPortAllocator
+from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
+from telepath.webhooks.dispatcher import WebhookDispatcher
+from telepath.webhooks.sink import DbEventSink
+
+log = logging.getLogger(__name__)
+
+
+def advertised_address(settings: Settings) -> str:
+    """``TELEPATH_PUBLIC_ADDRESS``, else the bound SIP host, else this host's primary IP."""
+    if settings.public_address:
+        return settings.public_address
+    if settings.sip_host not in ("0.0.0.0", "::", ""):
+        return settings.sip_host
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, the kernel picks a route
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server TLS context when a certificate and key are configured."""
+    if settings.sip_tls_cert is None or settings.sip_tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.sip_tls_cert), str(settings.sip_tls_key))
+    return ctx
+
+
+@dataclass
+class Gateway:
+    """The running SIP + media + call-control stack and its background tasks."""
+
+    server: SipServer
+    manager: CallManager
+    dispatcher: WebhookDispatcher
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, drain_s: float) -> None:
+        """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop."""
+        await self.manager.drain(drain_s)
+        await asyncio.sleep(0.2)  # BYE retransmissions and final records
+        await self.server.stop()
+        self.stop_event.set()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
+        await self.dispatcher.aclose()
+
+
+async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
+    """Bind SIP listeners and start call control, webhooks and retention."""
+    loop = asyncio.get_running_loop()
+    address = advertised_address(settings)
+    tls = tls_context(settings)
+    listen = [
+        ListenAddress("UDP", settings.sip_host, settings.sip_port),
+        ListenAddress("TCP", settings.sip_host, settings.sip_port),
+    ]
+    if tls is not None:
+        listen.append(ListenAddress("TLS", settings.sip_host, settings.sip_tls_port))
+    ports = {"UDP": settings.sip_port, "TCP": settings.sip_port, "TLS": settings.sip_tls_port}
+    core = UserAgentCore(
+        UaConfig(
+            contact_host=address,
+            contact_ports=ports,
+            session_expires=settings.sip_session_expires,
+        ),
+        LoopClock(loop),
+    )
+    guard = SourceGuard(
+        DefencePolicy(
+            requests_per_second=settings.sip_rate_limit_per_s,
+            burst=settings.sip_rate_burst,
+            auth_failures_before_ban=settings.sip_auth_failures_before_ban,
+            auth_failure_window_s=settings.sip_auth_failure_window_s,
+            ban_seconds=settings.sip_ban_seconds,
+            allowlist=frozenset(a.strip() for a in settings.sip_allowlist.split(",") if a.strip()),
+        ),
+        MonotonicClock(),
+    )
+    algorithms = tuple(
+        a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()
+    )
+    authenticator = DigestAuthenticator(
+        settings.sip_domain,
+        os.urandom(32),
+        MonotonicClock(),
+        nonce_ttl_s=settings.sip_nonce_ttl_s,
+        algorithms=cast(tuple[Algorithm, ...], algorithms),
+    )
+    dispatcher = WebhookDispatcher.from_settings(
+        state.sessions, state.keyring, settings, metrics=state.metrics
+    )
+    manager = CallManager(
+        CallControlConfig.from_settings(settings, address),
+        DbTrunkDirectory(state.sessions, state.keyring),
+        RtpPortAllocator.from_settings(settings, settings.sip_host),
+        authenticator,
+        guard=guard,
+        recorder=DbCallRecorder(state.sessions, state.metrics),
+        events=DbEventSink(state.sessions, metrics=state.metrics, on_enqueued=dispatcher.wake),
+        metrics=state.metrics,
+    )
+    server = SipServer(core, manager.on_sip_event, guard=guard)
+    await server.start(listen, tls)
+    # Bound ports may differ from the configured ones when 0 was asked for (tests).
+    for name, (_, port) in server.bound.items():
+        core.config.contact_ports[name] = port
+    manager.attach(server)
+    gateway = Gateway(server, manager, dispatcher)
+    gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
+    gateway.tasks.append(
+        loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))
+    )
+    bound = ", ".join(f"{k} {h}:{p}" for k, (h, p) in server.bound.items())
+    log.info("SIP listening on %s (advertised address %s)", bound, address)
+    return gateway

@@ -1,0 +1,59 @@
+"""Fixtures for end-to-end calls: API + gateway in-process on real sockets, SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway, start_gateway
+from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
+from tests.interop.media.sipp import require_sipp
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {
+        "sip_host": "127.0.0.1",
+        "sip_port": 0,
+        "rtp_port_min": 31000,
+        "rtp_port_max": 32998,
+        "allow_insecure_agent_urls": True,
+        "allow_insecure_webhook_urls": True,
+        "sip_codecs": "PCMU,PCMA,G722",
+        "rtp_inactivity_timeout_s": 4.0,
+        "provider_timeout_s": 3.0,
+        "webhook_backoff_base_s": 0.2,
+        # SIPp 3.6 answers only the first challenge and only does MD5 (see sip/auth.py).
+        "sip_digest_algorithms": "MD5,SHA-256",
+    }
+
+
+@pytest.fixture
+async def gateway(api: Api) -> AsyncIterator[Gateway]:  # noqa: F811
+    require_sipp()
+    gw = await start_gateway(api.state.settings, api.state)
+    try:
+        yield gw
+    finally:
+        await gw.stop(0)
+
+
+async def create_trunk(api: Api, username: str, password: str, **fields: Any) -> dict[str, Any]:  # noqa: F811
+    body = {
+        "name": f"trunk {username}",
+        "sip_username": username,
+        "sip_password": password,
+        **fields,
+    }
+    resp = await api.post("/v1/trunks", body)
+    assert resp.status_code == 201, resp.text
+    data: dict[str, Any] = resp.json()
+    return data
