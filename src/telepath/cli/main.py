@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -114,6 +115,46 @@ def secrets_rotate() -> None:
     settings = _settings()
     message = asyncio.run(rotate_master_key(settings))
     typer.echo(message)
+
+
+@app.command("call")
+def call(
+    target: str = typer.Argument(..., help="SIP URI of the trunk, e.g. sip:alice@127.0.0.1:5060"),
+    password: str = typer.Option(..., "--password", prompt=True, hide_input=True),
+    username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
+    duration: float = typer.Option(10.0, "--duration", help="Seconds to stay on the call"),
+    tone: float = typer.Option(440.0, "--tone", help="Tone to play as the caller (Hz); 0: silence"),
+    play: Path | None = typer.Option(None, "--play", help="Mono 16-bit WAV to play instead"),
+    record: Path | None = typer.Option(None, "--record", help="Save the agent's audio as WAV"),
+    local_ip: str = typer.Option("127.0.0.1", "--local-ip", help="Our address for SIP and RTP"),
+) -> None:
+    """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
+    from telepath.cli.dialer import Dialer, write_wav
+    from telepath.sip.errors import SipParseError
+
+    try:
+        dialer = Dialer(target, username=username or "", password=password, local_ip=local_ip)
+    except SipParseError as exc:
+        typer.echo(f"bad SIP URI: {exc}", err=True)
+        raise typer.Exit(2) from None
+    dialer.username = username or dialer.uri.user or ""
+    try:
+        result = asyncio.run(dialer.run(duration_s=duration, tone_hz=tone or None, play=play))
+    except TimeoutError:
+        typer.echo("no answer from the gateway (timeout)", err=True)
+        raise typer.Exit(1) from None
+    for line in result.log:
+        typer.echo(line)
+    if result.setup_ms is None:
+        typer.echo(f"call failed: {result.status} {result.reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"answered in {result.setup_ms:.0f} ms, codec {result.codec}, "
+        f"received {result.received_ms / 1000:.1f} s of agent audio, ended by {result.ended_by}"
+    )
+    if record is not None:
+        write_wav(record, result.recorded)
+        typer.echo(f"agent audio saved to {record}")
 
 
 def main() -> None:

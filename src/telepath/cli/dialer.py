@@ -1,0 +1,338 @@
+"""``telepath call``: a small SIP test dialler (a UAC) for checking a trunk without a carrier.
+
+It places one call over UDP with digest authentication (SHA-256 when offered, else MD5), plays a
+tone or a WAV file as the caller, records what the agent says to a WAV file, hangs up after
+``duration`` seconds (or when the agent hangs up) and prints a summary. Built from the same pure
+SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it exercises real code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from telepath.rtp.codecs import CodecSpec
+from telepath.sdp import create_offer, negotiate_offer_answer, parse
+from telepath.secrets.digest import compute_ha1
+from telepath.sip.auth import Algorithm, digest_response
+from telepath.sip.errors import SipParseError
+from telepath.sip.headers import parse_name_addr
+from telepath.sip.message import Headers, Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.uri import SipUri, parse_uri
+from telepath.testing.tones import sine_pcm16
+from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
+from telepath.transport.ports import RtpPortAllocator
+
+
+@dataclass
+class DialResult:
+    """What happened on the call."""
+
+    status: int = 0
+    reason: str = ""
+    setup_ms: float | None = None
+    codec: str | None = None
+    received_ms: float = 0.0
+    ended_by: str = ""
+    recorded: bytes = b""
+    log: list[str] = field(default_factory=list)
+
+
+class _Sip(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Request | Response] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(SipParseError):
+            self.queue.put_nowait(parse_message(data))
+
+
+def _challenge_params(value: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    body = value.split(" ", 1)[1] if " " in value else ""
+    for part in _split_commas(body):
+        key, _, val = part.strip().partition("=")
+        params[key.strip().lower()] = val.strip().strip('"')
+    return params
+
+
+def _split_commas(text: str) -> list[str]:
+    out, cur, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+class Dialer:
+    """One outbound test call."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        username: str,
+        password: str,
+        local_ip: str = "127.0.0.1",
+        caller: str = "+15550000000",
+        rtp_ports: tuple[int, int] = (40000, 40998),
+    ) -> None:
+        self.uri: SipUri = parse_uri(target)
+        self.username = username
+        self.password = password
+        self.local_ip = local_ip
+        self.caller = caller
+        self.rtp_ports = rtp_ports
+        self.call_id = secrets.token_hex(12) + "@telepath-dialer"
+        self.from_tag = secrets.token_hex(6)
+        self.cseq = 0
+        self.result = DialResult()
+
+    def _request(
+        self,
+        method: str,
+        local_port: int,
+        *,
+        uri: SipUri | None = None,
+        branch: str | None = None,
+        to_tag: str | None = None,
+        body: bytes = b"",
+        auth: str | None = None,
+        cseq: int | None = None,
+    ) -> Request:
+        h = Headers()
+        branch = branch or "z9hG4bK" + secrets.token_hex(8)
+        h.add("Via", f"SIP/2.0/UDP {self.local_ip}:{local_port};branch={branch};rport")
+        h.add("Max-Forwards", "70")
+        h.add("From", f"<sip:{self.caller}@{self.local_ip}>;tag={self.from_tag}")
+        to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
+        h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")
+        h.add("Contact", f"<sip:dialer@{self.local_ip}:{local_port}>")
+        h.add("User-Agent", "telepath-dialer")
+        if auth:
+            h.add("Authorization", auth)
+        if body:
+            h.add("Content-Type", "application/sdp")
+        return Request(h, body, method, uri or self.uri)
+
+    def _authorization(self, challenges: list[str], method: str) -> str:
+        parsed = [_challenge_params(c) for c in challenges]
+        by_alg = {p.get("algorithm", "MD5").upper(): p for p in parsed}
+        algorithm: Algorithm = "SHA-256" if "SHA-256" in by_alg else "MD5"
+        ch = by_alg.get(algorithm) or parsed[0]
+        realm, nonce = ch.get("realm", ""), ch.get("nonce", "")
+        ha1 = compute_ha1(algorithm, self.username, realm, self.password)
+        uri = str(self.uri)
+        cnonce = secrets.token_hex(8)
+        response = digest_response(
+            algorithm,
+            ha1,
+            nonce=nonce,
+            method=method,
+            uri=uri,
+            qop="auth",
+            nc="00000001",
+            cnonce=cnonce,
+        )
+        return (
+            f'Digest username="{self.username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, '
+            "nc=00000001"
+        )
+
+    async def run(
+        self,
+        *,
+        duration_s: float,
+        tone_hz: float | None = 440.0,
+        play: Path | None = None,
+        timeout_s: float = 15.0,
+    ) -> DialResult:
+        """Place the call; returns when it has ended."""
+        loop = asyncio.get_running_loop()
+        result = self.result
+        host = self.uri.host.strip("[]")
+        dest = (host, self.uri.port or 5060)
+        transport, sip = await loop.create_datagram_endpoint(_Sip, local_addr=(self.local_ip, 0))
+        local_port = int(transport.get_extra_info("sockname")[1])
+        allocator = RtpPortAllocator(*self.rtp_ports, host=self.local_ip)
+        lease = allocator.allocate()
+        media: MediaSession | None = None
+        try:
+            offer = create_offer(
+                local_address=self.local_ip,
+                local_port=lease.port,
+                session_id=random.randint(1, 2**31),
+                session_version=1,
+                preference=("PCMU", "PCMA"),
+            )
+            started = loop.time()
+            auth: str | None = None
+            answer: Response | None = None
+            for _attempt in range(3):
+                self.cseq += 1
+                branch = "z9hG4bK" + secrets.token_hex(8)
+                invite = self._request(
+                    "INVITE", local_port, branch=branch, body=offer.to_bytes(), auth=auth
+                )
+                final = await self._transact(sip, invite, dest, timeout_s)
+                result.status, result.reason = final.status, final.reason
+                result.log.append(f"INVITE → {final.status} {final.reason}")
+                if final.status >= 300:
+                    ack = self._request(
+                        "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
+                    )
+                    assert sip.transport is not None
+                    sip.transport.sendto(ack.to_bytes(), dest)
+                if final.status in (401, 407) and auth is None:
+                    name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
+                    auth = self._authorization(final.headers.get_all(name), "INVITE")
+                    continue
+                if 200 <= final.status < 300:
+                    answer = final
+                break
+            if answer is None:
+                return result
+            result.setup_ms = (loop.time() - started) * 1000
+            to_tag = answer.to.tag
+            contacts = answer.headers.get_all("Contact")
+            target = parse_name_addr(contacts[0]).uri if contacts else self.uri
+            ack = self._request("ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq)
+            assert sip.transport is not None
+            sip.transport.sendto(ack.to_bytes(), dest)
+            negotiated = negotiate_offer_answer(offer, parse(answer.body))
+            result.codec = negotiated.codec.name
+            media = await MediaSession.open(
+                lease,
+                remote=(negotiated.remote_address, negotiated.remote_port),
+                codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
+                dtmf_payload_type=negotiated.dtmf_payload_type,
+                inactivity_timeout_s=0,
+            )
+            if play is not None:
+                pcm, rate = _read_wav(play)
+                media.play_pcm(pcm, rate)
+            elif tone_hz:
+                media.play_pcm(sine_pcm16(tone_hz, int(duration_s * 1000)), 8000)
+            recorded = bytearray()
+            ended_by = await self._converse(sip, media, recorded, duration_s, dest, local_port)
+            result.recorded = bytes(recorded)
+            result.received_ms = len(recorded) / 16
+            result.ended_by = ended_by
+            if ended_by == "dialer":
+                self.cseq += 1
+                bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
+                with contextlib.suppress(TimeoutError):
+                    final = await self._transact(sip, bye, dest, 5)
+                    result.log.append(f"BYE → {final.status} {final.reason}")
+            return result
+        finally:
+            if media is not None:
+                await media.close()
+            else:
+                lease.release()
+            transport.close()
+
+    async def _transact(
+        self, sip: _Sip, request: Request, dest: tuple[str, int], timeout_s: float
+    ) -> Response:
+        """Send with RFC 3261 Timer A/E style retransmission until a final response."""
+        assert sip.transport is not None
+        data = request.to_bytes()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        interval = 0.5
+        provisional = False
+        sip.transport.sendto(data, dest)
+        next_retransmit = loop.time() + interval
+        while True:
+            remaining = min(deadline, next_retransmit) - loop.time()
+            try:
+                msg = await asyncio.wait_for(sip.queue.get(), max(0.01, remaining))
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise
+                if not provisional:
+                    sip.transport.sendto(data, dest)
+                interval = min(interval * 2, 4.0)
+                next_retransmit = loop.time() + interval
+                continue
+            if isinstance(msg, Response) and msg.call_id == self.call_id:
+                if msg.cseq.seq != request.cseq.seq:
+                    continue
+                if msg.status < 200:
+                    provisional = True
+                    continue
+                return msg
+
+    async def _converse(
+        self,
+        sip: _Sip,
+        media: MediaSession,
+        recorded: bytearray,
+        duration_s: float,
+        dest: tuple[str, int],
+        local_port: int,
+    ) -> str:
+        loop = asyncio.get_running_loop()
+
+        async def record() -> None:
+            async for event in media.events():
+                if isinstance(event, AudioReceived):
+                    recorded.extend(event.pcm if event.sample_rate == 8000 else b"")
+                elif isinstance(event, MediaEnded):
+                    return
+
+        async def watch_bye() -> str:
+            while True:
+                msg = await sip.queue.get()
+                if isinstance(msg, Request) and msg.method == "BYE":
+                    assert sip.transport is not None
+                    sip.transport.sendto(make_response(msg, 200).to_bytes(), dest)
+                    return "agent"
+
+        rec = loop.create_task(record())
+        bye = loop.create_task(watch_bye())
+        try:
+            done, _ = await asyncio.wait({bye}, timeout=duration_s)
+            return "agent" if bye in done else "dialer"
+        finally:
+            bye.cancel()
+            rec.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rec
+
+
+def _read_wav(path: Path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError("play a mono 16-bit WAV file (8, 16 or 24 kHz)")
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+def write_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:
+    """Save PCM16 mono as a WAV file."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
