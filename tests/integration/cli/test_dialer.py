@@ -8,13 +8,11 @@ from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
-    api,
     create_trunk,
     database_url,
     gateway,
-    settings,
     settings_overrides,
 )
 
