@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     api_rate_limit_per_minute: int = Field(default=600, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with call_id
 
     # --- secrets -------------------------------------------------------------------------
     secret_key: str = ""  # base64 (urlsafe or std) of 32 bytes; empty: generated into data_dir

@@ -32,6 +32,7 @@ from telepath.calls.config import CallControlConfig
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.calls.ports import CallRecorder, EventSink, TrunkConfig, TrunkDirectory
 from telepath.errors import TelepathError
+from telepath.log import call_id_var
 from telepath.metrics import Metrics
 from telepath.rtp.codecs import CodecSpec
 from telepath.sdp import NoCommonCodec, SdpError, negotiate_answer, negotiate_reoffer, parse
@@ -356,6 +357,7 @@ class CallManager:
         loop = asyncio.get_running_loop()
         self._respond(tx, 180)
         call_id = new_id("call")
+        call_id_var.set(call_id)  # every log line of this call (and its tasks) carries it
         caller = _number(request.from_.uri)
         called = _number(request.uri) if request.uri.user else _number(request.to.uri)
         law: Literal["pcmu", "pcma"] = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"

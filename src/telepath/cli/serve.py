@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from types import FrameType
 
 import uvicorn
@@ -19,6 +18,7 @@ from telepath.api.app import create_app
 from telepath.cli.gateway import Gateway, start_gateway
 from telepath.cli.runtime import bootstrap_first_key, open_state
 from telepath.config import Settings
+from telepath.log import configure_logging
 
 logger = logging.getLogger("telepath")
 
@@ -86,10 +86,6 @@ async def serve(settings: Settings) -> None:
 def run_serve(settings: Settings) -> None:
     """Entry point used by the CLI."""
     loop_name = install_event_loop()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     logger.info("starting Telepath on %s", loop_name)
     asyncio.run(serve(settings))

@@ -1,0 +1,59 @@
+"""Logging set-up: one line per event, each carrying the call id of the call it belongs to.
+
+The call id lives in a context variable that call control sets when it starts handling an
+INVITE; asyncio copies context into the tasks a call spawns, so every line those tasks log is
+tagged without passing the id around. Phone numbers, audio, transcripts and secrets are never
+logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Literal
+
+call_id_var: ContextVar[str] = ContextVar("telepath_call_id", default="-")
+
+
+class CallIdFilter(logging.Filter):
+    """Adds ``record.call_id`` from the context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag and keep the record."""
+        record.call_id = call_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, call_id, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Serialize ``record``."""
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "call_id": getattr(record, "call_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
+    """Install the root handler (stderr) with call ids on every line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CallIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
