@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from telepath.cli.gateway import Gateway, start_gateway
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
+from tests.integration.webhooks.receiver import Receiver, running
 from tests.interop.media.sipp import require_sipp
 
 
@@ -55,5 +57,38 @@ async def create_trunk(api: Api, username: str, password: str, **fields: Any) ->
     }
     resp = await api.post("/v1/trunks", body)
     assert resp.status_code == 201, resp.text
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def configure(gateway: Gateway, **changes: Any) -> None:
+    """Point call control at the provider fakes (``openai_realtime_url``, ``elevenlabs_*``...).
+
+    The fakes listen on ports chosen at start, after the settings were built, so the test
+    replaces the fields ``CallControlConfig.from_settings`` took from them.
+    """
+    gateway.manager.config = dataclasses.replace(gateway.manager.config, **changes)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP server that records webhook deliveries."""
+    with running(Receiver()) as r:
+        yield r
+
+
+async def subscribe(api: Api, url: str, events: list[str] | None = None) -> dict[str, Any]:  # noqa: F811
+    """Register a webhook endpoint; the answer carries the signing secret (shown once)."""
+    resp = await api.post("/v1/webhooks", {"url": url, "events": events or ["*"]})
+    assert resp.status_code == 201, resp.text
+    created: dict[str, Any] = resp.json()
+    assert created["secret"].startswith("whsec_")
+    return created
+
+
+async def record(api: Api, call_id: str) -> dict[str, Any]:  # noqa: F811
+    """``GET /v1/calls/{id}``."""
+    resp = await api.get(f"/v1/calls/{call_id}")
+    assert resp.status_code == 200, resp.text
     data: dict[str, Any] = resp.json()
     return data

@@ -5,13 +5,20 @@ provider fakes as agents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+from telepath.bridges.base import Codec
+from telepath.calls.call import Call
+from telepath.cli.gateway import Gateway
+from telepath.rtp.dtmf import encode_dtmf
+from telepath.rtp.g722 import G722Decoder, G722Encoder
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.interop.media.sipp import require_sipp
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -37,11 +44,7 @@ INVITE = """  <send retrans="500"%(txn)s>
       c=IN IP4 127.0.0.1
       t=0 0
       m=audio %(media_port)d RTP/AVP %(formats)s
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-16
-      a=ptime:20
+%(rtpmaps)s      a=ptime:20
     ]]>
   </send>
 """
@@ -102,7 +105,12 @@ def authenticated_call(
 ) -> str:
     """INVITE → 401 → ACK → INVITE with digest → 200 → ACK → [middle] → pause → BYE."""
     parts = [HEADER]
-    common = {"user": user, "media_port": media_port, "formats": formats}
+    common = {
+        "user": user,
+        "media_port": media_port,
+        "formats": formats,
+        "rtpmaps": _rtpmaps(formats),
+    }
     parts.append(INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""})
     parts.append('  <recv response="100" optional="true" response_txn="inv1"/>\n')
     parts.append('  <recv response="401" auth="true" response_txn="inv1"/>\n')
@@ -135,6 +143,19 @@ def authenticated_call(
         )
     parts.append("</scenario>\n")
     return "".join(parts)
+
+
+RTPMAPS = {
+    "0": ["a=rtpmap:0 PCMU/8000"],
+    "8": ["a=rtpmap:8 PCMA/8000"],
+    "9": ["a=rtpmap:9 G722/8000"],
+    "101": ["a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16"],
+}
+
+
+def _rtpmaps(formats: str) -> str:
+    lines = [line for pt in formats.split() for line in RTPMAPS.get(pt, [])]
+    return "".join(f"      {line}\n" for line in lines)
 
 
 @dataclass
@@ -222,15 +243,22 @@ class _PhoneProtocol(asyncio.DatagramProtocol):
         self.phone.source = addr
 
 
+PT_CODEC = {0: "pcmu", 8: "pcma", 9: "g722"}
+TONE_RMS = 1000  # a received frame louder than this counts as agent tone (silence is ~0)
+
+
 @dataclass
 class Phone:
-    """The caller's RTP endpoint: sends a PCMU tone, records what the gateway sends."""
+    """The caller's RTP endpoint: sends a tone (PCMU, PCMA or G.722) and RFC 4733 key presses
+    in one RTP stream, records every packet the gateway sends."""
 
     port: int = 0
     received: list[tuple[int, bytes]] = field(default_factory=list)
     source: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
+    dtmf_pt: int = 101
     _task: asyncio.Task[None] | None = None
+    _presses: list[str] = field(default_factory=list)
 
     async def open(self) -> Phone:
         loop = asyncio.get_running_loop()
@@ -246,31 +274,170 @@ class Phone:
     ) -> None:
         self._task = asyncio.get_running_loop().create_task(self._send(dest, freq_hz, seconds, pt))
 
+    def press(self, key: str) -> None:
+        """Send ``key`` as RFC 4733 telephone-events (100 ms, end bit x3) in the tone stream."""
+        self._presses.append(key)
+
+    async def stop_sending(self) -> None:
+        """Stop the tone now (the caller's media goes silent: no more RTP)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
     async def _send(self, dest: tuple[str, int], freq: float, seconds: float, pt: int) -> None:
         loop = asyncio.get_running_loop()
         ssrc = random.randrange(1 << 32)
         start = loop.time()
-        for i in range(int(seconds * 50)):
-            payload = sine_g711(freq, 20, "pcmu" if pt == 0 else "pcma", phase=i * 160)
+        encoder = G722Encoder() if pt == 9 else None
+        seq = 0
+        i = 0
+        frames = int(seconds * 50)
+        while i < frames:
+            if self._presses:
+                key = self._presses.pop(0)
+                event_ts = i * 160  # every packet of one event carries its start timestamp
+                for packet in encode_dtmf(key, 100):
+                    marker = 0x80 if packet.marker else 0
+                    header = struct.pack(
+                        "!BBHII", 0x80, self.dtmf_pt | marker, seq & 0xFFFF, event_ts, ssrc
+                    )
+                    self._sendto(header + packet.payload, dest)
+                    seq += 1
+                    i += 1
+                    await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+                continue
+            if encoder is not None:
+                payload = encoder.encode(sine_pcm16(freq, 20, 16000, phase=i * 320))
+            else:
+                payload = sine_g711(freq, 20, "pcmu" if pt == 0 else "pcma", phase=i * 160)
             header = struct.pack(
-                "!BBHII", 0x80, pt | (0x80 if i == 0 else 0), i & 0xFFFF, i * 160, ssrc
+                "!BBHII", 0x80, pt | (0x80 if i == 0 else 0), seq & 0xFFFF, i * 160, ssrc
             )
-            assert self.transport is not None
-            self.transport.sendto(header + payload, dest)
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+            self._sendto(header + payload, dest)
+            seq += 1
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+
+    def _sendto(self, data: bytes, dest: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, dest)
 
     def audio(self, pt: int = 0) -> bytes:
         """Everything received with payload type ``pt``, concatenated."""
         return b"".join(p for t, p in self.received if t == pt)
 
-    def dominant(self, pt: int = 0) -> float:
-        """Dominant frequency of the non-silent received audio."""
+    def pcm(self, pt: int = 0) -> tuple[bytes, int]:
+        """The received audio of payload type ``pt`` decoded to PCM16, and its sample rate."""
         data = self.audio(pt)
-        pcm = g711_to_pcm16(data, "pcmu" if pt == 0 else "pcma")
-        return dominant_frequency(pcm)
+        if pt == 9:
+            return G722Decoder().decode(data), 16000
+        return g711_to_pcm16(data, "pcmu" if pt == 0 else "pcma"), 8000
+
+    def dominant(self, pt: int = 0, *, voiced_only: bool = False) -> float:
+        """Dominant frequency of the received audio (optionally of its loud frames only)."""
+        if voiced_only:
+            codec: Codec = "pcmu" if pt == 0 else "pcma"
+            pcm = b"".join(g711_to_pcm16(p, codec) for p in self.frames(pt) if _loud(p, codec))
+            return dominant_frequency(pcm)
+        pcm, rate = self.pcm(pt)
+        return dominant_frequency(pcm, rate)
+
+    def frames(self, pt: int = 0) -> list[bytes]:
+        """Received payloads of type ``pt``, in arrival order."""
+        return [p for t, p in self.received if t == pt]
+
+    def loud_frames(self, pt: int = 0) -> int:
+        """How many received G.711 frames carried sound (agent audio rather than silence)."""
+        codec: Codec = "pcmu" if pt == 0 else "pcma"
+        return sum(1 for p in self.frames(pt) if _loud(p, codec))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await self.stop_sending()
         if self.transport is not None:
             self.transport.close()
+
+
+def _loud(payload: bytes, codec: Codec) -> bool:
+    view = memoryview(g711_to_pcm16(payload, codec)).cast("h")
+    if not len(view):
+        return False
+    rms = (sum(s * s for s in view) / len(view)) ** 0.5
+    return bool(rms > TONE_RMS)
+
+
+async def wait_until(
+    condition: Callable[[], object], within_s: float = 10, what: str = "condition"
+) -> None:
+    """Poll ``condition`` every 20 ms until it is truthy (fails after ``within_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class PlacedCall:
+    """A SIPp call in progress: its task, the caller's phone and the gateway's call."""
+
+    sipp: asyncio.Task[SippResult]
+    phone: Phone
+    call: Call
+
+    @property
+    def rtp(self) -> tuple[str, int]:
+        """Where the phone sends its RTP (the gateway's media port)."""
+        return ("127.0.0.1", self.call.media.local_port)
+
+    @property
+    def call_id(self) -> str:
+        return self.call.record.id
+
+
+async def place_call(
+    gateway: Gateway,
+    tmp: Path,
+    user: str,
+    password: str,
+    *,
+    hold_ms: int = 2500,
+    formats: str = "0 8 101",
+    caller_hangs_up: bool = True,
+    middle: str = "",
+) -> PlacedCall:
+    """Start SIPp dialling ``user`` and wait until the gateway has answered the call."""
+    phone = await Phone().open()
+    scenario = authenticated_call(
+        user,
+        phone.port,
+        hold_ms=hold_ms,
+        formats=formats,
+        caller_hangs_up=caller_hangs_up,
+        middle=middle,
+    )
+    sipp = asyncio.create_task(
+        run_sipp(scenario, tmp, gateway.server.bound["UDP"], user=user, password=password)
+    )
+    try:
+        await wait_until(lambda: gateway.manager.calls or sipp.done(), what="an answered call")
+    except BaseException:
+        await phone.close()
+        raise
+    if not gateway.manager.calls:
+        await phone.close()
+        result = await sipp
+        raise AssertionError("no call was set up:\n" + result.stdout + result.errors)
+    call = next(iter(gateway.manager.calls.values()))
+    return PlacedCall(sipp, phone, call)
+
+
+async def settled(gateway: Gateway) -> None:
+    """Wait until every call and setup task finished (records and events written)."""
+    manager = gateway.manager
+    await wait_until(
+        lambda: not manager._tasks and not manager.calls and not manager._setups,
+        what="the gateway to settle",
+    )

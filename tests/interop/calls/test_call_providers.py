@@ -1,0 +1,145 @@
+"""One real call per provider kind and codec: SIPp dials with MD5 digest, the caller's 1 kHz tone
+reaches the agent (FFT) and the agent's 440 Hz tone reaches the caller (FFT), and the record
+says how the call went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTwilioAgent
+from telepath.testing.fake_elevenlabs import FakeElevenLabs
+from telepath.testing.fake_openai import FakeOpenAIRealtime
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import configure, create_trunk, record
+from tests.interop.calls.harness import Phone, place_call, settled
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "correct-horse-9"
+CALLER_HZ = 1000
+AGENT_HZ = 440
+
+
+async def _call(
+    api: Api, gateway: Gateway, tmp: Path, *, formats: str = "0 8 101", pt: int = 0
+) -> tuple[Phone, dict[str, Any]]:
+    """Dial the trunk ``alice``, send 2 s of tone, hang up; return the phone and the record."""
+    placed = await place_call(gateway, tmp, "alice", PASSWORD, hold_ms=2500, formats=formats)
+    placed.phone.start_tone(placed.rtp, CALLER_HZ, 2.0, pt=pt)
+    result = await placed.sipp
+    await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "caller_hangup"
+    assert detail["error_message"] is None
+    assert detail["answer_time"] is not None and detail["end_time"] is not None
+    assert detail["metrics"]["packet_loss_percent"] == 0
+    assert detail["metrics"]["gateway_processing_ms"] is not None
+    assert "Digest <redacted>" in detail["sip_trace"]
+    assert 'response="' not in detail["sip_trace"]
+    assert gateway.manager.ports.in_use == 0
+    return placed.phone, detail
+
+
+def _heard(caller_audio: bytes | bytearray, codec: str = "pcmu") -> float:
+    pcm = g711_to_pcm16(bytes(caller_audio), "pcma" if codec == "pcma" else "pcmu")
+    assert len(pcm) > 8000 * 2 // 2  # more than 0.5 s reached the agent
+    return dominant_frequency(pcm)
+
+
+async def test_openai(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    async with FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
+        configure(gateway, openai_realtime_url=fake.url)
+        await create_trunk(
+            api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-valid-test-key"
+        )
+        phone, detail = await _call(api, gateway, tmp_path)
+    assert fake.protocol_errors == []
+    assert fake.handshakes[0].headers["authorization"] == "Bearer sk-valid-test-key"
+    assert fake.session is not None
+    assert fake.session["audio"]["input"]["format"]["type"] == "audio/pcmu"
+    assert abs(_heard(fake.caller_audio) - CALLER_HZ) < 15
+    assert abs(phone.dominant(0) - AGENT_HZ) < 15
+    assert detail["ai_provider"] == "openai"
+    assert detail["metrics"]["codec_used"] == "PCMU"
+
+
+async def test_elevenlabs(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    async with FakeElevenLabs(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
+        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="elevenlabs",
+            elevenlabs_agent_id="agent_fake",
+            elevenlabs_api_key="sk-valid-el-key",
+        )
+        phone, detail = await _call(api, gateway, tmp_path)
+    assert fake.protocol_errors == []
+    assert "conversation_signature" in fake.handshakes[0].path  # came through the signed URL
+    assert abs(_heard(fake.caller_audio) - CALLER_HZ) < 15
+    assert abs(phone.dominant(0) - AGENT_HZ) < 15
+    assert detail["ai_provider"] == "elevenlabs"
+
+
+async def test_custom_twilio(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    async with FakeTwilioAgent(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as agent:
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            custom_protocol="twilio",
+        )
+        phone, detail = await _call(api, gateway, tmp_path)
+    assert agent.protocol_errors == []
+    assert [m["event"] for m in agent.received[:2]] == ["connected", "start"]
+    assert agent.stops  # the gateway said goodbye with "stop"
+    assert abs(_heard(agent.caller_audio) - CALLER_HZ) < 15
+    assert abs(phone.dominant(0) - AGENT_HZ) < 15
+    assert detail["ai_provider"] == "custom"
+
+
+async def test_pcma_only_offer(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    """A PCMA-only offer: the gateway answers PCMA, OpenAI is told audio/pcma, A-law both ways."""
+    async with FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
+        configure(gateway, openai_realtime_url=fake.url)
+        await create_trunk(
+            api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-valid-test-key"
+        )
+        phone, detail = await _call(api, gateway, tmp_path, formats="8 101", pt=8)
+    assert fake.protocol_errors == []
+    assert fake.session is not None
+    assert fake.session["audio"]["output"]["format"]["type"] == "audio/pcma"
+    assert abs(_heard(fake.caller_audio, "pcma") - CALLER_HZ) < 15
+    assert phone.frames(0) == []  # nothing in PCMU
+    assert abs(phone.dominant(8) - AGENT_HZ) < 15
+    assert detail["metrics"]["codec_used"] == "PCMA"
+
+
+async def test_g722_offer(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    """A G.722 offer: wideband on the wire, 8 kHz μ-law to the agent, tones survive both ways."""
+    async with FakeTwilioAgent(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as agent:
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            custom_protocol="twilio",
+        )
+        phone, detail = await _call(api, gateway, tmp_path, formats="9 101", pt=9)
+    assert agent.protocol_errors == []
+    assert abs(_heard(agent.caller_audio) - CALLER_HZ) < 15
+    assert phone.frames(0) == [] and phone.frames(9)
+    assert abs(phone.dominant(9) - AGENT_HZ) < 15
+    assert detail["metrics"]["codec_used"] == "G722"
