@@ -33,7 +33,7 @@ API_KEY_MAX = 512
 URL_MAX = 2048
 MAX_CUSTOM_HEADERS = 20
 HEADER_VALUE_MAX = 4096
-MAX_BODY_BYTES = 128 * 1024
+MAX_BODY_BYTES = 256 * 1024  # a 32,000-character prompt, \uXXXX-escaped, still fits
 
 IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -245,3 +246,20 @@ async def test_overlong_values(api: Api) -> None:
     )
     big = {**OPENAI_EXAMPLE, "system_prompt": "p" * 200_000}
     err(await api.post("/v1/trunks", big), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(("length", "status"), [(32_000, 201), (32_001, 400)])
+async def test_longest_system_prompt_fits_even_when_escaped(
+    api: Api, length: int, status: int
+) -> None:
+    """Found by schemathesis: a 32,000-character non-ASCII prompt sent \\u-escaped is ~192 KB and
+    must get the field's own answer, not a body-size 413."""
+    body = {**CUSTOM, "system_prompt": "\u00b8" * length}
+    raw = json.dumps(body, ensure_ascii=True)
+    assert len(raw) > 128 * 1024
+    resp = await api.client.post(
+        "/v1/trunks", content=raw, headers={**api.auth(), "Content-Type": "application/json"}
+    )
+    assert resp.status_code == status, resp.text
+    if status == 400:
+        assert resp.json()["error"]["code"] == "invalid_field"
