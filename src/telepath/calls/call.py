@@ -232,9 +232,10 @@ class Call:
         m = record.metrics
         m.packet_loss_percent = round(stats.loss_percent, 2)
         m.jitter_ms = round(stats.jitter_ms, 2)
-        m.gateway_processing_ms = round(stats.gateway_processing_ms, 4)
+        # µs resolution, as the API reports it: the call.ended webhook and the record agree
+        m.gateway_processing_ms = round(stats.gateway_processing_ms, 3)
         m.gateway_processing_p99_ms = round(
-            max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 4
+            max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 3
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)

@@ -415,8 +415,8 @@ class CallManager:
                 reason.value if reason is not None else "connection_failed"
             )
             record.error_message = type(exc).__name__
-            record.sip_trace = self._trace(request.call_id)
             self._reject(tx, 480, "agent_unreachable", headers=[("Retry-After", "10")])
+            record.sip_trace = self._trace(request.call_id)  # after the 480, so it shows
             await self._record_failed(record)
             return
         if setup.cancelled.is_set() or tx.final_sent:

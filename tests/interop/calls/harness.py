@@ -145,6 +145,37 @@ def authenticated_call(
     return "".join(parts)
 
 
+def rejected_call(user: str, media_port: int, status: int, formats: str = "0 8 101") -> str:
+    """INVITE → 401 → ACK → INVITE with digest → ``status`` → ACK (a call the gateway refuses)."""
+    common = {
+        "user": user,
+        "media_port": media_port,
+        "formats": formats,
+        "rtpmaps": _rtpmaps(formats),
+    }
+    return "".join(
+        [
+            HEADER,
+            INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+            '  <recv response="100" optional="true" response_txn="inv1"/>\n',
+            '  <recv response="401" auth="true" response_txn="inv1"/>\n',
+            ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+            INVITE
+            % {
+                **common,
+                "txn": ' start_txn="inv2"',
+                "cseq": 2,
+                "auth": "\n      [authentication]",
+            },
+            '  <recv response="100" optional="true" response_txn="inv2"/>\n',
+            '  <recv response="180" optional="true" response_txn="inv2"/>\n',
+            f'  <recv response="{status}" response_txn="inv2"/>\n',
+            ACK_TXN % {**common, "txn": "inv2", "cseq": 2},
+            "</scenario>\n",
+        ]
+    )
+
+
 RTPMAPS = {
     "0": ["a=rtpmap:0 PCMU/8000"],
     "8": ["a=rtpmap:8 PCMA/8000"],
@@ -221,6 +252,13 @@ async def run_sipp(
         errors.read_text(errors="replace") if errors.exists() else "",
         messages.read_text(errors="replace") if messages.exists() else "",
     )
+
+
+def free_tcp_port() -> int:
+    """A TCP port nothing listens on (for an unreachable agent)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def free_udp_port() -> int:
@@ -339,7 +377,7 @@ class Phone:
         """Dominant frequency of the received audio (optionally of its loud frames only)."""
         if voiced_only:
             codec: Codec = "pcmu" if pt == 0 else "pcma"
-            pcm = b"".join(g711_to_pcm16(p, codec) for p in self.frames(pt) if _loud(p, codec))
+            pcm = b"".join(g711_to_pcm16(p, codec) for p in self.frames(pt) if is_loud(p, codec))
             return dominant_frequency(pcm)
         pcm, rate = self.pcm(pt)
         return dominant_frequency(pcm, rate)
@@ -351,7 +389,7 @@ class Phone:
     def loud_frames(self, pt: int = 0) -> int:
         """How many received G.711 frames carried sound (agent audio rather than silence)."""
         codec: Codec = "pcmu" if pt == 0 else "pcma"
-        return sum(1 for p in self.frames(pt) if _loud(p, codec))
+        return sum(1 for p in self.frames(pt) if is_loud(p, codec))
 
     async def close(self) -> None:
         await self.stop_sending()
@@ -359,7 +397,8 @@ class Phone:
             self.transport.close()
 
 
-def _loud(payload: bytes, codec: Codec) -> bool:
+def is_loud(payload: bytes, codec: Codec = "pcmu") -> bool:
+    """Whether a G.711 frame carries sound (agent audio rather than silence)."""
     view = memoryview(g711_to_pcm16(payload, codec)).cast("h")
     if not len(view):
         return False

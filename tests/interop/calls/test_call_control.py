@@ -1,0 +1,316 @@
+"""Call control end to end: barge-in, DTMF, agent hang-up, provider failure, an unreachable
+agent, media timeout and the webhooks of a normal call — each with real SIPp signalling, real
+RTP from a ``Phone`` and a provider fake, each checked against the call record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.fake_openai import FakeOpenAIRealtime
+from telepath.webhooks.signing import verify_signature
+from tests.integration.conftest import Api
+from tests.integration.webhooks.receiver import Receiver
+from tests.interop.calls.conftest import configure, create_trunk, record, subscribe
+from tests.interop.calls.harness import (
+    Phone,
+    free_tcp_port,
+    is_loud,
+    place_call,
+    rejected_call,
+    run_sipp,
+    settled,
+    wait_until,
+)
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "correct-horse-9"
+AGENT_HZ = 440
+FRAME_MS = 20
+
+
+def _events(receiver: Receiver, secret: str) -> dict[str, list[dict[str, Any]]]:
+    """Delivered webhooks by type; every one must carry a valid signature."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for req in list(receiver.requests):
+        assert verify_signature(secret, req.headers["telepath-signature"], req.body)
+        assert req.headers["idempotency-key"]
+        envelope = json.loads(req.body)
+        by_type.setdefault(envelope["type"], []).append(envelope["data"])
+    return by_type
+
+
+async def _delivered(receiver: Receiver, secret: str, *types: str) -> dict[str, list[Any]]:
+    await wait_until(lambda: set(types) <= set(_events(receiver, secret)), what=f"webhooks {types}")
+    return _events(receiver, secret)
+
+
+async def _custom_trunk(api: Api, url: str) -> None:
+    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=url)
+
+
+# --- barge-in ------------------------------------------------------------------------------
+
+
+class _LateClearAgent(FakeTelepathAgent):
+    """Sends a long answer at once, then ``clear`` after ``delay_s`` of real time (the caller
+    talked over it); ``frames_at_clear`` is what the phone had received at that moment."""
+
+    def __init__(self, phone: Phone, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.phone = phone
+        self.delay_s = delay_s
+        self.frames_at_clear: int | None = None
+
+    async def send_clear(self, ws: ServerConnection) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.frames_at_clear = len(self.phone.received)
+        await super().send_clear(ws)
+
+
+async def test_barge_in_custom_agent_stops_playout(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    phone = await Phone().open()
+    # 4 s of answer queued, cleared after 0.6 s of real time
+    agent = _LateClearAgent(phone, 0.6, tone_hz=AGENT_HZ, response_ms=5000, clear_after_ms=4000)
+    async with agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2000)
+        await placed.phone.close()  # place_call's own phone is unused: we answer from ours
+        placed.phone = phone
+        phone.start_tone(placed.rtp, 1000, 1.8)
+        result = await placed.sipp
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert agent.frames_at_clear is not None
+    after_clear = phone.received[agent.frames_at_clear :]
+    before_clear = phone.received[: agent.frames_at_clear]
+    loud_before = sum(1 for pt, p in before_clear if pt == 0 and is_loud(p))
+    loud_after = sum(1 for pt, p in after_clear if pt == 0 and is_loud(p))
+    assert loud_before >= 15  # the caller heard the start of the answer (~0.6 s)
+    assert loud_after <= 2  # and at most the frame in flight after the clear
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "caller_hangup"
+    agent_turns = [t for t in detail["turns"] if t["speaker"] == "agent"]
+    assert agent_turns and agent_turns[0]["duration_ms"] >= 4000  # received, not played
+
+
+class _LateBargeInOpenAI(FakeOpenAIRealtime):
+    """Speech starts ``delay_s`` after the answer was sent (OpenAI sends audio faster than
+    real time, so only part of it has been played by then)."""
+
+    def __init__(self, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay_s = delay_s
+
+    async def _barge_in(
+        self, ws: ServerConnection, response_id: str, item: str, codec: Any, sent_ms: int
+    ) -> None:
+        await asyncio.sleep(self.delay_s)
+        await super()._barge_in(ws, response_id, item, codec, sent_ms)
+
+
+async def test_barge_in_openai_truncates_at_what_was_heard(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    fake = _LateBargeInOpenAI(0.7, tone_hz=AGENT_HZ, response_ms=5000, barge_in_after_ms=4000)
+    async with fake:
+        configure(gateway, openai_realtime_url=fake.url)
+        await create_trunk(api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-x")
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2200)
+        placed.phone.start_tone(placed.rtp, 1000, 2.0)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert fake.protocol_errors == []
+    truncates = [e for e in fake.received if e["type"] == "conversation.item.truncate"]
+    assert len(truncates) == 1, [e["type"] for e in fake.received]
+    heard_ms = placed.phone.loud_frames(0) * FRAME_MS
+    # what the caller heard of the answer, nothing more (the late deltas were dropped)
+    assert 400 <= heard_ms <= 1000
+    assert abs(truncates[0]["audio_end_ms"] - heard_ms) <= 3 * FRAME_MS
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "caller_hangup"
+
+
+# --- DTMF ----------------------------------------------------------------------------------
+
+
+async def test_rfc4733_digit_reaches_the_agent(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2000)
+        placed.phone.start_tone(placed.rtp, 1000, 1.8)
+        await asyncio.sleep(0.4)
+        placed.phone.press("5")
+        await wait_until(lambda: agent.digits, what="the digit at the agent")
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert agent.digits == ["5"]  # once, although the end packet was sent three times
+    assert agent.protocol_errors == []
+    await settled(gateway)
+    assert (await record(api, placed.call_id))["disconnect_reason"] == "caller_hangup"
+
+
+# --- agent hang-up -------------------------------------------------------------------------
+
+
+async def test_agent_hangup_plays_queued_audio_then_bye(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=1000, hangup=True) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 3.0)
+        result = await placed.sipp  # returns once our BYE was answered
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    # the whole 1 s goodbye reached the caller before the BYE
+    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2
+    assert abs(placed.phone.dominant(0, voiced_only=True) - AGENT_HZ) < 15
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "agent_hangup"
+    assert detail["error_message"] is None
+    assert agent.protocol_errors == []
+
+
+# --- provider failure ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["drop", "close", "error"])
+async def test_provider_failure_mid_call(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, failure: str
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    async with FakeTelepathAgent(agent="silent", after_start=failure) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=2000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 1.0)
+        result = await placed.sipp  # our BYE, answered
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert "BYE sip:" in result.messages
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "ai_provider_error"
+    assert detail["error_message"]
+    events = await _delivered(receiver, hook["secret"], "call.error", "call.ended")
+    assert events["call.error"][0]["call_id"] == placed.call_id
+    assert events["call.error"][0]["error"] == detail["error_message"]
+    assert events["call.ended"][0]["disconnect_reason"] == "ai_provider_error"
+    assert gateway.manager.ports.in_use == 0
+
+
+# --- agent unreachable ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["http_401", "closed_port"])
+async def test_unreachable_agent_is_refused_with_480(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, how: str
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    async with FakeTelepathAgent(reject_status=401) as agent:
+        url = agent.url if how == "http_401" else f"ws://127.0.0.1:{free_tcp_port()}/agent"
+        await _custom_trunk(api, url)
+        phone = await Phone().open()
+        scenario = rejected_call("alice", phone.port, 480)
+        result = await run_sipp(
+            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+        )
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert "SIP/2.0 200 OK" not in result.messages
+    await settled(gateway)
+    assert gateway.manager.ports.in_use == 0
+    assert not gateway.manager._tasks
+    assert phone.received == []
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert detail["status"] == "failed"
+    assert detail["disconnect_reason"] == "connection_failed"
+    assert detail["error_message"]
+    assert detail["answer_time"] is None
+    assert "SIP/2.0 480" in detail["sip_trace"]
+    assert "Digest <redacted>" in detail["sip_trace"]
+    events = await _delivered(receiver, hook["secret"], "call.error")
+    assert events["call.error"][0]["disconnect_reason"] == "connection_failed"
+    assert "call.started" not in events
+
+
+# --- media timeout -------------------------------------------------------------------------
+
+
+async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    configure(gateway, rtp_inactivity_timeout_s=1.0)
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 0.5)  # then the caller's media goes silent
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "media_timeout"
+    assert agent.stops  # the agent was told the call ended
+    assert gateway.manager.ports.in_use == 0
+
+
+# --- webhooks of a normal call -------------------------------------------------------------
+
+
+async def test_webhooks_of_a_normal_call(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
+        placed.phone.start_tone(placed.rtp, 1000, 1.4)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    events = await _delivered(
+        receiver,
+        hook["secret"],
+        "call.started",
+        "agent.connected",
+        "agent.disconnected",
+        "call.ended",
+    )
+    assert "call.error" not in events
+    for kind in ("call.started", "agent.connected", "agent.disconnected", "call.ended"):
+        assert [e["call_id"] for e in events[kind]] == [placed.call_id]
+    assert events["agent.connected"][0]["ai_provider"] == "custom"
+    assert events["agent.disconnected"][0]["reason"] == "caller_hangup"
+    ended = events["call.ended"][0]
+    detail = await record(api, placed.call_id)
+    assert ended["disconnect_reason"] == detail["disconnect_reason"] == "caller_hangup"
+    assert ended["metrics"]["codec_used"] == "PCMU"
+    assert ended["metrics"]["packet_loss_percent"] == 0
+    assert ended["metrics"]["gateway_processing_ms"] == detail["metrics"]["gateway_processing_ms"]
+    assert ended["duration_seconds"] == detail["duration_seconds"]
+    assert len({r.headers["telepath-event-id"] for r in receiver.requests}) == 4
