@@ -26,7 +26,7 @@ from typing import Literal
 from telepath.clock import Clock
 from telepath.sip.dialog import Dialog, DialogState
 from telepath.sip.errors import SipParseError
-from telepath.sip.headers import parse_name_addr
+from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.timers import SipTimers, TimerQueue
@@ -206,6 +206,7 @@ class UserAgentCore:
         else:
             self.counters[f"request_{message.method}"] += 1
             self._trace(message.call_id, data, "in", source)
+            _stamp_received(message, source)
             self._on_request(message, source)
         return self._take()
 
@@ -758,6 +759,18 @@ class _DialogTimers:
 
 def _ack_key(request: Request, to_tag: str) -> tuple[str, str, int, str]:
     return (request.call_id, request.from_.tag or "", request.cseq.seq, to_tag)
+
+
+def _stamp_received(request: Request, source: Source) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581 §4: the top Via gets ``received`` (when the sent-by host
+    differs from the source, or rport was asked for) and ``rport`` filled with the source
+    port, so every response copied from it tells a NATed caller where it was seen from."""
+    vias = request.headers.get_all("Via")
+    try:
+        top = parse_via(vias[0]).with_received(source.addr[0], source.addr[1])
+    except (IndexError, SipParseError):
+        return
+    request.headers.set("Via", ", ".join([str(top), *vias[1:]]))
 
 
 def _session_expires(request: Request) -> int | None:

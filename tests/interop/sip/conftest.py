@@ -1,0 +1,46 @@
+"""Fixtures for the SIP front-door tests: the in-process gateway on real sockets (UDP, TCP and,
+when a test asks for it, TLS), an SQLite store and the API to create trunks.
+
+Unlike ``tests/interop/calls``, the gateway here does not need SIPp (raw-socket, TLS and baresip
+tests use it too); SIPp tests call ``require_sipp`` themselves. RTP ports come from a range of
+their own so these tests can run beside the call tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway, start_gateway
+from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
+from tests.interop.calls.conftest import database_url  # noqa: F401  (fixture: SQLite only)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {
+        "sip_host": "127.0.0.1",
+        "sip_port": 0,
+        "rtp_port_min": 33000,
+        "rtp_port_max": 34998,
+        "allow_insecure_agent_urls": True,
+        "allow_insecure_webhook_urls": True,
+        "sip_codecs": "PCMU,PCMA,G722",
+        "rtp_inactivity_timeout_s": 6.0,
+        "provider_timeout_s": 5.0,
+        "webhook_backoff_base_s": 0.2,
+        # SIPp 3.6 answers only the first challenge and only does MD5 (see sip/auth.py); tests
+        # of the default order (SHA-256 first, RFC 8760 §2.4) override this.
+        "sip_digest_algorithms": "MD5,SHA-256",
+    }
+
+
+@pytest.fixture
+async def gateway(api: Api) -> AsyncIterator[Gateway]:  # noqa: F811
+    gw = await start_gateway(api.state.settings, api.state)
+    try:
+        yield gw
+    finally:
+        await gw.stop(0)

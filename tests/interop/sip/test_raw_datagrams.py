@@ -1,0 +1,273 @@
+"""Raw UDP datagrams against the running gateway: what SIPp cannot stage cleanly.
+
+Retransmitted INVITE and BYE are answered again from the transaction (RFC 3261 §17.2.1,
+§17.2.2) without a second call; a late ACK stops the 2xx retransmissions (§13.3.1.4); bad
+requests get the RFC's status codes; garbage never takes the listener down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.sip.message import Response
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.sip.uac import (
+    CallLeg,
+    Uac,
+    challenge_params,
+    new_branch,
+    new_call_id,
+    sdp_offer,
+)
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "raw-secret-42"
+MEDIA_PORT = 40000  # the caller's RTP port in the offers (nothing listens: media is not tested)
+
+
+@pytest.fixture
+async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
+    client = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def agent(api: Api) -> AsyncIterator[FakeTelepathAgent]:
+    async with FakeTelepathAgent(agent="silent") as fake:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=fake.url)
+        yield fake
+
+
+async def test_retransmitted_invite_is_absorbed(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent, api: Api
+) -> None:
+    leg = CallLeg(uac, "alice")
+    # The unauthenticated INVITE, twice: the same 401 (byte for byte) comes back twice.
+    branch = new_branch()
+    first = leg.build("INVITE", branch=branch, body=sdp_offer(MEDIA_PORT))
+    uac.send(first)
+    r401 = await uac.response(401, leg.call_id)
+    uac.send(first)
+    await uac.wait_for(lambda m: len(_finals(uac, leg.call_id, 401)) == 2)
+    a, b = _finals(uac, leg.call_id, 401)
+    assert a == b
+    assert gateway.server.core.counters["retransmissions_absorbed"] == 1
+    uac.send(leg.build("ACK", branch=branch, to_tag=r401.to.tag))
+    leg.challenges = r401.headers.get_all("WWW-Authenticate")
+
+    # The authenticated INVITE, retransmitted after 180 and again after 200: one call only.
+    invite = leg.authenticated_invite(PASSWORD, MEDIA_PORT)
+    start = len(uac.received)
+    uac.send(invite)
+    ringing = await uac.response(180, leg.call_id, after=start)
+    uac.send(invite)  # Proceeding: the last provisional is sent again (§17.2.1)
+    ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+    uac.send(invite)  # Accepted (RFC 6026 §8.5): absorbed, the TU's 2xx timer covers it
+    leg.to_tag = ok.to.tag
+    uac.send(leg.ack())
+    assert ringing.to.tag == ok.to.tag
+    assert len(agent.handshakes) == 1
+    assert gateway.manager.active_calls == 1
+    await leg.bye()
+    await _until(lambda: gateway.manager.active_calls == 0)
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    assert len(calls) == 1 and calls[0]["disconnect_reason"] == "caller_hangup"
+    assert gateway.server.core.counters["retransmissions_absorbed"] >= 3
+
+
+async def test_retransmitted_bye_gets_200_again(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    leg = await _call_up(uac)
+    leg.cseq += 1
+    bye = leg.build("BYE")
+    uac.send(bye)
+    await uac.response(200, leg.call_id, method="BYE")
+    uac.send(bye)  # the carrier lost our 200: Completed answers it again (§17.2.2)
+    await uac.wait_for(lambda m: len(uac.responses(leg.call_id, "BYE")) == 2)
+    first, second = uac.responses(leg.call_id, "BYE")
+    assert first.raw == second.raw
+    assert first.message.status == 200  # type: ignore[union-attr]
+    await _until(lambda: gateway.manager.active_calls == 0)
+    assert gateway.server.core.dialog_count == 0
+
+
+async def test_late_ack_stops_2xx_retransmissions(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    start = len(uac.received)
+    uac.send(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+    leg.to_tag = ok.to.tag
+    # No ACK: the 2xx comes again at T1 and 2*T1 after (§13.3.1.4) ...
+    await uac.wait_for(lambda m: len(_oks(uac, leg.call_id)) >= 3)
+    oks = _oks(uac, leg.call_id)
+    assert len(set(oks)) == 1  # the very same 200 OK, byte for byte
+    # ... and the late ACK stops it: no further 2xx, and the call is confirmed, not torn down.
+    uac.send(leg.ack())
+    count = len(_oks(uac, leg.call_id))
+    (dialog,) = gateway.server.core._dialogs.values()
+    await _until(lambda: dialog.acked)
+    assert dialog.pending_2xx is None and "2xx" not in dialog.timer_generation
+    with pytest.raises(TimeoutError):  # the next retransmission would be due 4*T1 after
+        await uac.wait_for(lambda m: len(_oks(uac, leg.call_id)) > count, within_s=2.5)
+    assert gateway.manager.active_calls == 1
+    await leg.bye()
+
+
+async def test_malformed_request_gets_400_with_warning(gateway: Gateway, uac: Uac) -> None:
+    call_id = new_call_id()
+    raw = uac.request("OPTIONS", "alice", call_id=new_call_id(), cseq=1)
+    # Two Call-IDs (RFC 4475 §3.1.2.19 multi01 style): the answer copies the first one.
+    broken = raw.replace(b"Max-Forwards: 70", f"Call-ID: {call_id}\r\nMax-Forwards: 70".encode())
+    uac.send(broken)
+    resp = await uac.response(400, call_id)
+    warning = resp.headers.get("Warning") or ""
+    assert warning.startswith("399 ") and "Call-ID" in warning, warning
+    assert gateway.server.core.counters["parse_errors"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "max_forwards", "status", "check"),
+    [
+        ("OPTIONS", [], 0, 483, None),
+        ("OPTIONS", [("Require", "100rel, x-unknown-ext")], 70, 420, "Unsupported"),
+        ("INVITE", [("Require", "x-unknown-ext")], 70, 420, "Unsupported"),
+        ("SUBSCRIBE", [("Event", "presence")], 70, 405, "Allow"),
+        ("MESSAGE", [], 70, 405, "Allow"),
+    ],
+)
+async def test_rfc_rejections(
+    gateway: Gateway,
+    uac: Uac,
+    method: str,
+    headers: list[tuple[str, str]],
+    max_forwards: int,
+    status: int,
+    check: str | None,
+) -> None:
+    call_id = new_call_id()
+    uac.send(
+        uac.request(
+            method, "alice", call_id=call_id, cseq=1, headers=headers, max_forwards=max_forwards
+        )
+    )
+    resp = await uac.wait_for(
+        lambda m: isinstance(m, Response) and m.call_id == call_id and m.status >= 200
+    )
+    assert isinstance(resp.message, Response)
+    assert resp.message.status == status
+    if check == "Unsupported":  # §8.2.2.3: list the options we do not support, and only those
+        assert resp.message.headers.get_all("Unsupported") == [
+            h.strip() for h in headers[0][1].split(",") if h.strip() != "timer"
+        ]
+    elif check == "Allow":  # §8.2.2.1: 405 MUST carry Allow
+        allow = resp.message.headers.get_all("Allow")
+        assert {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS"} <= set(allow)
+        assert method not in allow
+    assert gateway.manager.active_calls == 0
+
+
+async def test_garbage_never_crashes_the_listener(gateway: Gateway, uac: Uac) -> None:
+    rng = random.Random(4475)
+    valid = uac.request("OPTIONS", "alice", call_id=new_call_id(), cseq=1)
+    junk = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 1400))) for _ in range(40)]
+    junk += [valid[:n] for n in range(0, len(valid), 37)]  # every truncation of a request
+    junk += [b"SIP/2.0 200 OK\r\n\r\n", b"\r\n\r\n", b"INVITE\r\n", b"\x00" * 64]
+    junk += [valid.replace(b"Via:", b"Via: \xff\xfe")]
+    junk += [valid.replace(b"Content-Length: 0", b"Content-Length: 99999")]
+    for data in junk:
+        uac.send(data)
+    call_id = new_call_id()
+    uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+    ok = await uac.response(200, call_id)
+    assert "INVITE" in ok.headers.get_all("Allow")
+    assert gateway.server.core.counters["parse_errors"] >= 40
+    assert gateway.manager.active_calls == 0
+
+
+async def test_garbage_on_tcp_closes_only_that_connection(gateway: Gateway) -> None:
+    target = gateway.server.bound["TCP"]
+    bad = await Uac.open("TCP", target)
+    bad.send(b"\x16\x03\x01 not sip at all\r\nContent-Length: x\r\n\r\n")
+    await bad.close()
+    good = await Uac.open("TCP", target)
+    try:
+        call_id = new_call_id()
+        good.send(good.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+        await good.response(200, call_id)
+    finally:
+        await good.close()
+
+
+async def test_unknown_user_is_challenged_like_a_known_one(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    shapes = []
+    for user in ("alice", "mallory"):
+        leg = CallLeg(uac, user)
+        r401 = await leg.challenge(MEDIA_PORT)
+        shapes.append(_shape(r401))
+        start = len(uac.received)
+        uac.send(leg.authenticated_invite("wrong-password", MEDIA_PORT))
+        forbidden = await uac.response(403, leg.call_id, after=start)
+        shapes.append(_shape(forbidden))
+        uac.send(leg.build("ACK", to_tag=forbidden.to.tag, branch=forbidden.top_via.branch))
+    assert shapes[0] == shapes[2]  # the 401s
+    assert shapes[1] == shapes[3]  # the 403s
+    assert len(agent.handshakes) == 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _finals(uac: Uac, call_id: str, status: int) -> list[bytes]:
+    return [
+        r.raw
+        for r in uac.responses(call_id, "INVITE")
+        if isinstance(r.message, Response) and r.message.status == status
+    ]
+
+
+def _oks(uac: Uac, call_id: str) -> list[bytes]:
+    return _finals(uac, call_id, 200)
+
+
+def _shape(resp: Response) -> tuple[object, ...]:
+    """Status, header names and challenge parameters without per-request values."""
+    names = tuple(name for name, _ in resp.headers)
+    challenges = tuple(
+        tuple(sorted((k, v) for k, v in challenge_params(c).items() if k != "nonce"))
+        for c in resp.headers.get_all("WWW-Authenticate")
+    )
+    return resp.status, resp.reason, names, challenges
+
+
+async def _call_up(uac: Uac) -> CallLeg:
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    uac.send(leg.ack())
+    return leg
+
+
+async def _until(predicate: Callable[[], bool], within_s: float = 5) -> None:
+    """Poll gateway state that has no event to await (call records, dialog flags)."""
+    for _ in range(int(within_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
