@@ -48,7 +48,11 @@ def test_output_does_not_depend_on_chunking(src: int, dst: int) -> None:
     pcm = tone(700, src, 0.3)
     whole = _run(Resampler(src, dst), pcm, src // 50)
     odd = _run(Resampler(src, dst), pcm, 37)
-    assert odd == whole
+    assert len(odd) == len(whole)
+    # Same samples up to float rounding: numpy may sum a block's products in a different order
+    # for different block sizes, which can flip the last bit of a rounded sample.
+    diff = np.abs(samples(odd).astype(np.int32) - samples(whole).astype(np.int32))
+    assert int(diff.max()) <= 1
 
 
 def test_anti_aliasing_rejects_a_6khz_tone_going_to_8khz() -> None:
