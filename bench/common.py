@@ -1,0 +1,105 @@
+"""Shared helpers for the benchmarks: process CPU/RSS from /proc, ports, percentiles, tables."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` (all threads), seconds; psutil is not a dependency."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds of several processes over one wall-clock window."""
+
+    pids: dict[str, int]
+    wall0: float = 0.0
+    cpu0: dict[str, float] | None = None
+
+    def start(self) -> None:
+        self.cpu0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self.wall0 = time.perf_counter()
+
+    def stop(self) -> tuple[float, dict[str, float]]:
+        """Wall seconds and CPU seconds per process since ``start``."""
+        assert self.cpu0 is not None
+        wall = time.perf_counter() - self.wall0
+        return wall, {k: proc_cpu_s(p) - self.cpu0[k] for k, p in self.pids.items()}
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:
+    """A free loopback port (``both``: free for UDP and TCP)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not both:
+            return port
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0-100, nearest rank) or None for no data."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned table."""
+    cells = [[fmt(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def verdict(ok: bool | None) -> str:
+    """PASS / FAIL / n/a."""
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")

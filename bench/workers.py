@@ -1,0 +1,291 @@
+"""Helper processes for the benchmarks, so their CPU is never counted as the gateway's.
+
+``python -m bench.workers agent``   the echo agent (FakeTelepathAgent(agent="echo")), stamping
+                                    when each marked frame arrives and when it is echoed
+``python -m bench.workers phones``  many callers' RTP endpoints in one process: 20 ms PCMU frames
+                                    on a monotonic deadline, every frame marked (phone, tick)
+``python -m bench.workers udpecho`` the baseline: a minimal asyncio UDP echo per stream
+
+Commands arrive as stdin lines, answers leave as stdout lines (JSON where structured). Times are
+``time.monotonic()``, which is one clock for every process on the machine, so a frame can be
+followed phone → gateway → agent → gateway → phone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import struct
+import sys
+import time
+from typing import Any
+
+MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
+PTIME = 0.020
+FILL = b"\x5a" * 154
+
+
+def marker(phone: int, tick: int) -> bytes:
+    """MAGIC + 4 bytes of 6-bit digits (10 bits phone, 14 bits tick), all in 0x20..0x5f."""
+    v = (phone & 0x3FF) << 14 | (tick & 0x3FFF)
+    return MAGIC + bytes(0x20 + ((v >> s) & 0x3F) for s in (18, 12, 6, 0))
+
+
+def read_marker(payload: bytes) -> tuple[int, int] | None:
+    at = payload.find(MAGIC)
+    if at < 0 or at + 6 > len(payload):
+        return None
+    v = 0
+    for b in payload[at + 2 : at + 6]:
+        v = v << 6 | (b - 0x20) & 0x3F
+    return v >> 14, v & 0x3FFF
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+
+async def _lines() -> Any:
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        yield line.strip()
+
+
+def _say(obj: Any) -> None:
+    print(obj if isinstance(obj, str) else json.dumps(obj), flush=True)
+
+
+# ------------------------------------------------------------------------------- echo agent
+
+
+async def agent_main() -> None:
+    from websockets.asyncio.server import ServerConnection
+
+    from telepath.bridges.base import BridgeProtocolError
+    from telepath.bridges.custom import events as ev
+    from telepath.testing.fake_custom import FakeTelepathAgent
+
+    stamps: dict[str, list[float]] = {}  # "phone:tick" -> [received, echoed]
+
+    class BenchEchoAgent(FakeTelepathAgent):
+        """FakeTelepathAgent(agent="echo") with a lean audio path and per-frame stamps.
+
+        The parent's handler validates every frame with pydantic and keeps all caller audio;
+        at 10,000 frames/s that would make the agent, not the gateway, the bottleneck.
+        """
+
+        async def handle(self, ws: ServerConnection) -> None:
+            async for raw in ws:
+                t = time.monotonic()
+                data = json.loads(raw)
+                if data.get("type") == "audio":
+                    payload = data["payload"]
+                    m = read_marker(base64.b64decode(payload))
+                    # the same frame the parent's echo sends: AgentAudioMessage(payload=...)
+                    await ws.send('{"type":"audio","payload":"' + payload + '"}')
+                    if m is not None:
+                        stamps[f"{m[0]}:{m[1]}"] = [t, time.monotonic()]
+                    continue
+                try:
+                    message = ev.parse_gateway_message(raw)
+                except BridgeProtocolError as exc:
+                    self.violation(str(exc))
+                    continue
+                if isinstance(message, ev.Start):
+                    self.start_message = message
+                    await self._on_start(ws, message)
+                elif isinstance(message, ev.Stop):
+                    self.stops.append(message.model_dump())
+
+    agent = BenchEchoAgent(agent="echo")
+    await agent.start()
+    _say({"url": f"ws://127.0.0.1:{agent.port}/agent"})
+    async for line in _lines():
+        cmd, _, arg = line.partition(" ")
+        if cmd == "dump":
+            with open(arg, "w") as f:
+                json.dump(stamps, f)
+            stamps.clear()
+            _say({"protocol_errors": agent.protocol_errors[:5], "stops": len(agent.stops)})
+    await agent.stop()
+
+
+# ------------------------------------------------------------------------------- phones
+
+
+class _Phone(asyncio.DatagramProtocol):
+    def __init__(self, index: int, owner: Phones) -> None:
+        self.index = index
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dest: tuple[str, int] | None = None
+        self.seq = random.randrange(1 << 16)
+        self.ssrc = random.randrange(1 << 32)
+        self.arrivals: list[tuple[float, int]] = []  # (time, rtp seq) inside the window
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        t = time.monotonic()
+        if len(data) < 12:
+            return
+        if self.dest is None and self.owner.latching:
+            self.dest = addr
+            self.owner.latched += 1
+        if self.owner.in_window:
+            self.arrivals.append((t, struct.unpack_from("!H", data, 2)[0]))
+        m = read_marker(data[12:])
+        if m is not None:
+            key = f"{m[0]}:{m[1]}"
+            if key not in self.owner.recv:
+                self.owner.recv[key] = t
+
+
+class Phones:
+    def __init__(self) -> None:
+        self.phones: list[_Phone] = []
+        self.latching = False
+        self.latched = 0
+        self.in_window = False
+        self.sent: dict[str, float] = {}  # markers sent inside the window
+        self.recv: dict[str, float] = {}  # every marker received back
+        self.tick = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """One deadline-paced loop sends every phone's frame each 20 ms tick."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += PTIME
+            delay = deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tick = self.tick = self.tick + 1
+            for p in self.phones:
+                if p.dest is None or p.transport is None:
+                    continue
+                p.seq = (p.seq + 1) & 0xFFFF
+                header = struct.pack("!BBHII", 0x80, 0, p.seq, (p.seq * 160) & 0xFFFFFFFF, p.ssrc)
+                p.transport.sendto(header + marker(p.index, tick) + FILL, p.dest)
+                if self.in_window:
+                    self.sent[f"{p.index}:{tick & 0x3FFF}"] = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        devs: list[float] = []
+        lost = expected = 0
+        for p in self.phones:
+            a = p.arrivals
+            devs += [abs((b[0] - c[0]) - PTIME) * 1000 for c, b in zip(a, a[1:], strict=False)]
+            if len(a) > 1:
+                seqs = {s for _, s in a}
+                span = ((a[-1][1] - a[0][1]) & 0xFFFF) + 1
+                expected += span
+                lost += max(0, span - len(seqs))
+        devs.sort()
+
+        def q(v: float) -> float | None:
+            return round(devs[min(len(devs) - 1, int(len(devs) * v))], 3) if devs else None
+
+        echoed = sum(1 for k in self.sent if k in self.recv)
+        rtt = sorted(self.recv[k] - t for k, t in self.sent.items() if k in self.recv)
+        return {
+            "phones": len(self.phones),
+            "latched": self.latched,
+            "rx_packets": sum(len(p.arrivals) for p in self.phones),
+            "jitter_p50_ms": q(0.5),
+            "jitter_p99_ms": q(0.99),
+            "jitter_max_ms": round(devs[-1], 3) if devs else None,
+            "rx_loss_pct": round(100 * lost / expected, 3) if expected else None,
+            "echo_sent": len(self.sent),
+            "echo_returned": echoed,
+            "echo_loss_pct": round(100 * (1 - echoed / len(self.sent)), 3) if self.sent else None,
+            "rtt_p50_ms": round(1000 * rtt[len(rtt) // 2], 3) if rtt else None,
+            "rtt_p99_ms": round(1000 * rtt[int(len(rtt) * 0.99)], 3) if rtt else None,
+        }
+
+
+async def phones_main() -> None:
+    loop = asyncio.get_running_loop()
+    ph = Phones()
+    async for line in _lines():
+        cmd, _, arg = line.partition(" ")
+        if cmd == "open":
+            for i in range(int(arg)):
+                p = _Phone(i, ph)
+                await loop.create_datagram_endpoint(lambda p=p: p, local_addr=("127.0.0.1", 0))
+                ph.phones.append(p)
+            ports = [p.transport.get_extra_info("sockname")[1] for p in ph.phones if p.transport]
+            ph.task = loop.create_task(ph.run())
+            _say(ports)
+        elif cmd == "latch":  # send to whoever sends to us first (the gateway's silence)
+            ph.latching = True
+            deadline = loop.time() + float(arg or 60)
+            while ph.latched < len(ph.phones) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            _say({"latched": ph.latched})
+        elif cmd == "target":  # baseline: fixed destinations
+            for p, port in zip(ph.phones, json.loads(arg), strict=True):
+                p.dest = ("127.0.0.1", port)
+            ph.latched = len(ph.phones)
+            _say({"latched": ph.latched})
+        elif cmd == "mark":
+            ph.in_window = True
+            _say("ok")
+        elif cmd == "end":
+            ph.in_window = False
+            for p in ph.phones:
+                p.dest = None  # stop sending; in-flight echoes may still arrive
+            await asyncio.sleep(0.5)
+            with open(arg, "w") as f:
+                json.dump({"sent": ph.sent, "recv": ph.recv}, f)
+            _say(ph.summary())
+    if ph.task is not None:
+        ph.task.cancel()
+
+
+# ------------------------------------------------------------------------------- baseline
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
+async def udpecho_main() -> None:
+    loop = asyncio.get_running_loop()
+    transports = []
+    async for line in _lines():
+        cmd, _, arg = line.partition(" ")
+        if cmd == "open":
+            for _ in range(int(arg)):
+                t, _p = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+                transports.append(t)
+            _say([t.get_extra_info("sockname")[1] for t in transports])
+    for t in transports:
+        t.close()
+
+
+def main() -> None:
+    _use_uvloop()
+    role = sys.argv[1]
+    entry = {"agent": agent_main, "phones": phones_main, "udpecho": udpecho_main}[role]
+    asyncio.run(entry())
+
+
+if __name__ == "__main__":
+    main()
