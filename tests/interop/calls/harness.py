@@ -176,6 +176,22 @@ def rejected_call(user: str, media_port: int, status: int, formats: str = "0 8 1
     )
 
 
+def refused_call(user: str, media_port: int, status: int) -> str:
+    """INVITE (no credentials) → ``status`` → ACK: what a draining or full gateway answers."""
+    common = {"user": user, "media_port": media_port, "formats": "0 101"}
+    common["rtpmaps"] = _rtpmaps("0 101")
+    return "".join(
+        [
+            HEADER,
+            INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+            '  <recv response="100" optional="true" response_txn="inv1"/>\n',
+            f'  <recv response="{status}" response_txn="inv1"/>\n',
+            ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+            "</scenario>\n",
+        ]
+    )
+
+
 RTPMAPS = {
     "0": ["a=rtpmap:0 PCMU/8000"],
     "8": ["a=rtpmap:8 PCMA/8000"],
