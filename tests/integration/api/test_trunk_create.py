@@ -244,7 +244,7 @@ async def test_overlong_values(api: Api) -> None:
         400,
         "invalid_field",
     )
-    big = {**OPENAI_EXAMPLE, "system_prompt": "p" * 200_000}
+    big = {**OPENAI_EXAMPLE, "system_prompt": "p" * 300_000}
     err(await api.post("/v1/trunks", big), 413, "payload_too_large")
 
 
