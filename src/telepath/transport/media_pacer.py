@@ -5,6 +5,11 @@ call (``reference/sip-stack.md`` §4 item 6). The deadline advances by exactly `
 tick (``next += ptime``; never ``sleep(ptime)`` after work), so there is no drift. After a stall
 longer than ``MAX_CATCH_UP`` packet times the clock jumps ahead instead of bursting, and tells
 subscribers how many frames elapsed so RTP timestamps keep following real time.
+
+Subscribers are spread over ``ptime / SLOT_MS`` slots (4 for 20 ms): each wake-up serves one
+slot, so a tick sends a quarter of the streams instead of all of them in one burst. A stream's
+packets still leave exactly one ``ptime`` apart, and the lateness of the last stream in a burst
+(the RTP send jitter it sees) is cut by the number of slots.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 TickCallback = Callable[[float, int], None]
 MAX_CATCH_UP = 3
+SLOT_MS = 5
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] = (
     weakref.WeakKeyDictionary()
@@ -35,7 +41,10 @@ class Pacer:
     def __init__(self, ptime_ms: int, loop: asyncio.AbstractEventLoop) -> None:
         self.ptime = ptime_ms / 1000
         self._loop = loop
-        self._subscribers: dict[int, TickCallback] = {}
+        self.slots = max(1, ptime_ms // SLOT_MS)
+        self._slot_time = self.ptime / self.slots
+        self._subscribers: list[dict[int, TickCallback]] = [{} for _ in range(self.slots)]
+        self._slot_of: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
 
@@ -53,34 +62,47 @@ class Pacer:
         """Start calling ``callback`` every tick; returns a handle for :meth:`unsubscribe`."""
         handle = self._next_id
         self._next_id += 1
-        self._subscribers[handle] = callback
+        slot = min(range(self.slots), key=lambda i: len(self._subscribers[i]))  # least loaded
+        self._subscribers[slot][handle] = callback
+        self._slot_of[handle] = slot
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._run(), name="telepath-media-pacer")
         return handle
 
     def unsubscribe(self, handle: int) -> None:
         """Stop calling a subscriber (the task exits when none is left)."""
-        self._subscribers.pop(handle, None)
+        slot = self._slot_of.pop(handle, None)
+        if slot is not None:
+            self._subscribers[slot].pop(handle, None)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many sessions are subscribed."""
+        return len(self._slot_of)
 
     async def _run(self) -> None:
         loop = self._loop
         ptime = self.ptime
         deadline = loop.time()
-        while self._subscribers:
-            deadline += ptime
+        # The deadline each slot was last served at, so a stall counts its frames per slot.
+        last = [deadline - ptime + i * self._slot_time for i in range(self.slots)]
+        slot = 0
+        while self._slot_of:
+            deadline += self._slot_time
             delay = deadline - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             now = loop.time()
-            frames = 1
             behind = now - deadline
             if behind > MAX_CATCH_UP * ptime:
                 skipped = int(behind / ptime)
                 deadline += skipped * ptime
-                frames += skipped
                 logger.warning("media pacer stalled; skipping frames")
-            for callback in list(self._subscribers.values()):
+            frames = max(1, round((deadline - last[slot]) / ptime))
+            last[slot] = deadline
+            for callback in list(self._subscribers[slot].values()):
                 try:
                     callback(now, frames)
                 except Exception:  # one broken session must not stop every call's audio
                     logger.exception("media session tick failed")
+            slot = (slot + 1) % self.slots
