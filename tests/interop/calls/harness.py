@@ -109,7 +109,7 @@ def authenticated_call(
         "user": user,
         "media_port": media_port,
         "formats": formats,
-        "rtpmaps": _rtpmaps(formats),
+        "rtpmaps": rtpmaps(formats),
     }
     parts.append(INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""})
     parts.append('  <recv response="100" optional="true" response_txn="inv1"/>\n')
@@ -151,7 +151,7 @@ def rejected_call(user: str, media_port: int, status: int, formats: str = "0 8 1
         "user": user,
         "media_port": media_port,
         "formats": formats,
-        "rtpmaps": _rtpmaps(formats),
+        "rtpmaps": rtpmaps(formats),
     }
     return "".join(
         [
@@ -179,7 +179,7 @@ def rejected_call(user: str, media_port: int, status: int, formats: str = "0 8 1
 def refused_call(user: str, media_port: int, status: int) -> str:
     """INVITE (no credentials) → ``status`` → ACK: what a draining or full gateway answers."""
     common = {"user": user, "media_port": media_port, "formats": "0 101"}
-    common["rtpmaps"] = _rtpmaps("0 101")
+    common["rtpmaps"] = rtpmaps("0 101")
     return "".join(
         [
             HEADER,
@@ -200,7 +200,7 @@ RTPMAPS = {
 }
 
 
-def _rtpmaps(formats: str) -> str:
+def rtpmaps(formats: str) -> str:
     lines = [line for pt in formats.split() for line in RTPMAPS.get(pt, [])]
     return "".join(f"      {line}\n" for line in lines)
 

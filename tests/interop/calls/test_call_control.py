@@ -14,17 +14,23 @@ from websockets.asyncio.server import ServerConnection
 
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.conftest import configure, create_trunk, record, subscribe
 from tests.interop.calls.harness import (
+    ACK_TXN,
+    HEADER,
+    IN_DIALOG,
+    INVITE,
     Phone,
     free_tcp_port,
     is_loud,
     place_call,
     rejected_call,
+    rtpmaps,
     run_sipp,
     settled,
     wait_until,
@@ -314,3 +320,176 @@ async def test_webhooks_of_a_normal_call(
     assert ended["metrics"]["gateway_processing_ms"] == detail["metrics"]["gateway_processing_ms"]
     assert ended["duration_seconds"] == detail["duration_seconds"]
     assert len({r.headers["telepath-event-id"] for r in receiver.requests}) == 4
+
+
+# --- the same endings through the provider bridges --------------------------------------------
+
+
+async def _provider_trunk(
+    api: Api, gateway: Gateway, fake: FakeOpenAIRealtime | FakeElevenLabs
+) -> None:
+    if isinstance(fake, FakeOpenAIRealtime):
+        configure(gateway, openai_realtime_url=fake.url)
+        await create_trunk(api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-x")
+    else:
+        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="elevenlabs",
+            elevenlabs_agent_id="agent_fake",
+            elevenlabs_api_key="sk-valid-el-key",
+        )
+
+
+@pytest.mark.parametrize(
+    ("provider", "failure"),
+    [
+        ("openai", "drop"),
+        ("openai", "error"),
+        ("openai", "failed_response"),
+        ("elevenlabs", "error"),
+        ("elevenlabs", "close"),
+    ],
+)
+async def test_provider_bridge_failure_mid_call(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, provider: str, failure: str
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    fake: FakeOpenAIRealtime | FakeElevenLabs = (
+        FakeOpenAIRealtime(agent="silent", after_setup=failure)
+        if provider == "openai"
+        else FakeElevenLabs(agent="silent", after_setup=failure)
+    )
+    async with fake:
+        await _provider_trunk(api, gateway, fake)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=2000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 1.0)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "ai_provider_error"
+    assert detail["error_message"]
+    events = await _delivered(receiver, hook["secret"], "call.error", "call.ended")
+    assert events["call.ended"][0]["disconnect_reason"] == "ai_provider_error"
+
+
+@pytest.mark.parametrize("provider", ["openai", "elevenlabs"])
+async def test_provider_end_call_hangs_up_after_playout(
+    api: Api, gateway: Gateway, tmp_path: Path, provider: str
+) -> None:
+    fake: FakeOpenAIRealtime | FakeElevenLabs = (
+        FakeOpenAIRealtime(tone_hz=AGENT_HZ, response_ms=1000, end_call=True)
+        if provider == "openai"
+        else FakeElevenLabs(tone_hz=AGENT_HZ, response_ms=1000, end_call=True)
+    )
+    async with fake:
+        await _provider_trunk(api, gateway, fake)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 3.0)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert fake.protocol_errors == []
+    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2  # the goodbye was heard
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "agent_hangup"
+
+
+# --- DTMF by SIP INFO, CANCEL while the agent connects ----------------------------------------
+
+
+async def test_sip_info_digit_reaches_the_agent(api: Api, gateway: Gateway, tmp_path: Path) -> None:
+    info = IN_DIALOG % {
+        "user": "alice",
+        "method": "INFO",
+        "cseq": 5,
+        "extra": "Content-Type: application/dtmf-relay",
+        "body": "\n      Signal=7\n      Duration=160",
+    }
+    middle = '  <pause milliseconds="500"/>\n' + info + '  <recv response="200"/>\n'
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000, middle=middle)
+        placed.phone.start_tone(placed.rtp, 1000, 2.0)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert agent.digits == ["7"]
+
+
+CANCEL = """  <send>
+    <![CDATA[
+      CANCEL sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 2 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def _cancelled_call(user: str, media_port: int) -> str:
+    common = {
+        "user": user,
+        "media_port": media_port,
+        "formats": "0 101",
+        "rtpmaps": rtpmaps("0 101"),
+    }
+    cancel = CANCEL % {"user": user}
+    return "".join(
+        [
+            HEADER,
+            INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+            '  <recv response="100" optional="true" response_txn="inv1"/>\n',
+            '  <recv response="401" auth="true" response_txn="inv1"/>\n',
+            ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+            INVITE
+            % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"},
+            '  <recv response="100" optional="true" response_txn="inv2"/>\n',
+            '  <recv response="180" response_txn="inv2"/>\n',
+            '  <pause milliseconds="300"/>\n',
+            cancel,
+            '  <recv response="200"/>\n',
+            '  <recv response="487" response_txn="inv2"/>\n',
+            ACK_TXN % {**common, "txn": "inv2", "cseq": 2},
+            "</scenario>\n",
+        ]
+    )
+
+
+async def test_cancel_while_the_agent_connects(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    async with FakeTelepathAgent(handshake_delay_s=5) as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        result = await run_sipp(
+            _cancelled_call("alice", phone.port),
+            tmp_path,
+            gateway.server.bound["UDP"],
+            user="alice",
+            password=PASSWORD,
+        )
+        await phone.close()
+        await settled(gateway)
+    assert result.returncode == 0, result.stdout + result.errors
+    assert len(agent.handshakes) == 1  # the agent was being dialled when the caller gave up
+    assert gateway.manager.ports.in_use == 0
+    assert phone.received == []
+    assert (await api.get("/v1/calls")).json()["calls"] == []
+    assert receiver.requests == [] and hook["id"]
