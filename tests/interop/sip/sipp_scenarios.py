@@ -1,0 +1,350 @@
+"""SIPp scenarios for the SIP front door, built from the call harness's message templates, and a
+runner that takes extra SIPp options (``-lost``) and a transport (``u1`` / ``t1``)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from pathlib import Path
+
+from tests.interop.calls.harness import SippResult, free_udp_port
+from tests.interop.media.sipp import require_sipp
+
+HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="telepath front door">
+"""
+
+FOOTER = "</scenario>\n"
+
+INVITE = """  <send retrans="500"%(txn)s>
+    <![CDATA[
+      INVITE sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: %(cseq)d INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70%(auth)s
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio %(media_port)d RTP/AVP 0 8 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+      a=ptime:20
+    ]]>
+  </send>
+"""
+
+ACK_TXN = """  <send ack_txn="%(txn)s">
+    <![CDATA[
+      ACK sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: %(cseq)d ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+# In-dialog request; ``extra`` is zero or more complete header lines, each ending in a newline
+# (an empty line would end the header section: on TCP that loses Content-Length, §18.3).
+IN_DIALOG = """  <send retrans="500">
+    <![CDATA[
+      %(method)s [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: %(cseq)d %(method)s
+      Max-Forwards: 70
+%(extra)s      Content-Length: [len]
+%(body)s
+    ]]>
+  </send>
+"""
+
+OK_TO_REQUEST = """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+ACK_2XX = """  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: %(cseq)d ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+CANCEL = """  <send>
+    <![CDATA[
+      CANCEL sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-%(offset)d];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: %(cseq)d CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+OPTIONS = """  <send retrans="500">
+    <![CDATA[
+      OPTIONS sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:monitor@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Accept: application/sdp
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+SDP_BODY = """
+      v=0
+      o=caller 53655765 %(version)d IN IP4 [local_ip]
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio %(media_port)d RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-16
+      a=ptime:20
+      a=%(direction)s"""
+
+
+def check(regexp: str, *, header: str | None = None, var: int = 1) -> str:
+    """A SIPp action failing the call unless ``regexp`` matches the body (or ``header``)."""
+    where = f'search_in="hdr" header="{header}"' if header else 'search_in="body"'
+    return f'      <ereg regexp="{regexp}" {where} check_it="true" assign_to="v{var}"/>\n'
+
+
+def expect(response: int, actions: str = "", extra: str = "") -> str:
+    """A ``<recv response=...>`` with optional checks (SIPp reads one ``<action>`` per message,
+    so every check goes into the same one)."""
+    if not actions:
+        return f'  <recv response="{response}"{extra}/>\n'
+    return (
+        f'  <recv response="{response}"{extra}>\n    <action>\n{actions}    </action>\n  </recv>\n'
+    )
+
+
+def reinvite(user: str, media_port: int, cseq: int, direction: str, answer: str) -> str:
+    """An in-dialog re-INVITE with ``a=direction``; its 200 must say ``a=answer``; then ACK."""
+    body = SDP_BODY % {"version": cseq, "media_port": media_port, "direction": direction}
+    common = {"user": user, "cseq": cseq}
+    return (
+        IN_DIALOG
+        % {
+            **common,
+            "method": "INVITE",
+            "extra": "      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>\n"
+            "      Content-Type: application/sdp\n",
+            "body": body,
+        }
+        + expect(100, extra=' optional="true"')
+        + expect(
+            200, check(f"a={answer}", var=cseq) + check("m=audio [0-9]+ RTP/AVP 0 ", var=90 + cseq)
+        )
+        + ACK_2XX % common
+    )
+
+
+def info_dtmf(user: str, cseq: int, signal: str) -> str:
+    """An in-dialog INFO with ``application/dtmf-relay`` (the de-facto carrier format)."""
+    return IN_DIALOG % {
+        "user": user,
+        "cseq": cseq,
+        "method": "INFO",
+        "extra": "      Content-Type: application/dtmf-relay\n",
+        "body": f"\n      Signal={signal}\n      Duration=160",
+    } + expect(200)
+
+
+def call(
+    user: str,
+    media_port: int,
+    *,
+    hold_ms: int = 500,
+    middle: str = "",
+    caller_hangs_up: bool = True,
+) -> str:
+    """INVITE → 401 → ACK → INVITE with digest → 200 → ACK → [middle] → BYE (either side)."""
+    common = {"user": user, "media_port": media_port}
+    parts = [
+        HEADER,
+        INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+        expect(100, extra=' optional="true" response_txn="inv1"'),
+        '  <recv response="401" auth="true" response_txn="inv1"/>\n',
+        ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+        INVITE % {**common, "txn": "", "cseq": 2, "auth": "\n      [authentication]"},
+        expect(100, extra=' optional="true"'),
+        expect(180, extra=' optional="true"'),
+        expect(200, extra=' rrs="true" rtd="true"'),
+        ACK_2XX % {"user": user, "cseq": 2},
+        middle,
+    ]
+    if caller_hangs_up:
+        parts.append(f'  <pause milliseconds="{hold_ms}"/>\n')
+        parts.append(
+            IN_DIALOG % {"user": user, "method": "BYE", "cseq": 10, "extra": "", "body": ""}
+        )
+        parts.append(expect(200))
+    else:
+        parts.append(f'  <recv request="BYE" timeout="{hold_ms + 15000}"/>\n')
+        parts.append(OK_TO_REQUEST)
+    parts.append(FOOTER)
+    return "".join(parts)
+
+
+def rejected_call(user: str, media_port: int, status: int) -> str:
+    """INVITE → 401 → ACK → INVITE with digest → ``status`` → ACK (same transaction)."""
+    common = {"user": user, "media_port": media_port}
+    return (
+        HEADER
+        + INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""}
+        + expect(100, extra=' optional="true" response_txn="inv1"')
+        + '  <recv response="401" auth="true" response_txn="inv1"/>\n'
+        + ACK_TXN % {**common, "txn": "inv1", "cseq": 1}
+        + INVITE
+        % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"}
+        + expect(100, extra=' optional="true" response_txn="inv2"')
+        + expect(status, extra=' response_txn="inv2"')
+        + ACK_TXN % {**common, "txn": "inv2", "cseq": 2}
+        + FOOTER
+    )
+
+
+def cancelled_call(user: str, media_port: int) -> str:
+    """The authenticated INVITE rings (180), the caller cancels: 200 to CANCEL, 487, ACK."""
+    common = {"user": user, "media_port": media_port}
+    # Scenario elements: 0 INVITE, 1 100, 2 401, 3 ACK, 4 INVITE, 5 100, 6 180, 7 CANCEL:
+    # [branch-3] on the CANCEL repeats the second INVITE's branch (§9.1).
+    return (
+        HEADER
+        + INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""}
+        + expect(100, extra=' optional="true" response_txn="inv1"')
+        + '  <recv response="401" auth="true" response_txn="inv1"/>\n'
+        + ACK_TXN % {**common, "txn": "inv1", "cseq": 1}
+        + INVITE
+        % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"}
+        + expect(100, extra=' optional="true" response_txn="inv2"')
+        + expect(180, extra=' response_txn="inv2"')
+        + CANCEL % {"user": user, "cseq": 2, "offset": 3}
+        + expect(200, check("CANCEL", header="CSeq:"))
+        + expect(487, extra=' response_txn="inv2"')
+        + ACK_TXN % {**common, "txn": "inv2", "cseq": 2}
+        + FOOTER
+    )
+
+
+def options_ping(user: str) -> str:
+    """OPTIONS → 200 (no challenge) with Allow, Accept and Supported."""
+    checks = (
+        check("INVITE.*BYE.*CANCEL.*OPTIONS.*INFO", header="Allow:", var=1)
+        + check("application/sdp", header="Accept:", var=2)
+        + check("timer", header="Supported:", var=3)
+    )
+    return HEADER + OPTIONS % {"user": user} + expect(200, checks) + FOOTER
+
+
+def _with_references(scenario: str) -> str:
+    """Declare the check variables used (SIPp fails a scenario whose variables are set once and
+    never read)."""
+    names = sorted(set(re.findall(r'assign_to="([^"]+)"', scenario)))
+    if not names:
+        return scenario
+    ref = f'  <Reference variables="{",".join(names)}"/>\n'
+    return scenario.replace(FOOTER, ref + FOOTER)
+
+
+async def run_sipp(
+    scenario: str,
+    tmp: Path,
+    target: tuple[str, int],
+    *,
+    user: str,
+    password: str,
+    transport: str = "u1",
+    extra: tuple[str, ...] = (),
+    timeout_s: float = 30,
+) -> SippResult:
+    """Run one SIPp call (``-m 1``) against the gateway and wait for it to finish."""
+    path = tmp / f"scenario-{random.randrange(1 << 30)}.xml"
+    path.write_text(_with_references(scenario))
+    errors = tmp / "sipp_errors.log"
+    messages = tmp / "sipp_messages.log"
+    proc = await asyncio.create_subprocess_exec(
+        require_sipp(),
+        f"{target[0]}:{target[1]}",
+        "-sf",
+        str(path),
+        "-m",
+        "1",
+        "-l",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_udp_port()),
+        "-t",
+        transport,
+        "-au",
+        user,
+        "-ap",
+        password,
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(errors),
+        "-trace_msg",
+        "-message_file",
+        str(messages),
+        "-nd",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
+    return SippResult(
+        proc.returncode or 0,
+        out.decode(errors="replace"),
+        errors.read_text(errors="replace") if errors.exists() else "",
+        messages.read_text(errors="replace") if messages.exists() else "",
+    )
