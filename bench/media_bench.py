@@ -209,7 +209,7 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
     return row
 
 
-async def _main(streams: list[int], seconds: float) -> None:
+async def _main(streams: list[int], seconds: float) -> list[dict[str, Any]]:
     rows = []
     for n in streams:
         for mode in ("baseline", "session"):
@@ -227,6 +227,7 @@ async def _main(streams: list[int], seconds: float) -> None:
             f"{r['cpu_pct_total']:>8.1f} {inp:>14} {out:>15} "
             f"{r['dev_p50']:>9.2f}/{r['dev_p99']:<11.2f} {r['drift_max']:>8.2f}"
         )
+    return rows
 
 
 def main() -> None:

@@ -46,7 +46,9 @@ def delay_ms(process: Callable[[bytes], bytes], src: int, dst: int) -> float:
     return (int(np.argmax(corr)) - (len(ref) - 1)) * 1000 / dst
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the tables; return µs per frame by name (for ``python -m bench media``)."""
+    results: dict[str, float] = {}
     pcm8 = tone(8000, 0.02)
     ulaw, alaw = g711.pcm16_to_ulaw(pcm8), g711.pcm16_to_alaw(pcm8)
     print(f"G.711 backend: {g711.BACKEND}")
@@ -73,6 +75,7 @@ def main() -> None:
     ]
     for name, us in rows:
         print(f"{name:32} {us:8.2f} µs/frame")
+        results[name] = round(us, 3)
     print()
     print(f"{'resampler':28} {'µs/frame':>9} {'delay ms':>9}")
     pairs = [
@@ -89,11 +92,13 @@ def main() -> None:
         us = per_frame_us(lambda r=r, frame=frame: r.process(frame), 5000)
         d = delay_ms(Resampler(src, dst).process, src, dst)
         print(f"{'polyphase ' + str(src) + '->' + str(dst):28} {us:9.1f} {d:9.2f}")
+        results[f"polyphase {src}->{dst} us"] = round(us, 2)
+        results[f"polyphase {src}->{dst} delay ms"] = round(d, 2)
     try:
         import samplerate
     except ImportError:
         print("samplerate (libsamplerate) not installed: comparison skipped")
-        return
+        return results
 
     def make(src: int, dst: int) -> Callable[[bytes], bytes]:
         conv = samplerate.Resampler("sinc_fastest", channels=1)
@@ -112,6 +117,8 @@ def main() -> None:
         # libsamplerate emits fewer samples while its filter fills, so position in the output
         # is not time and the correlation method cannot see its lag (about 2.5 ms, §3.11).
         print(f"{'libsamplerate ' + str(src) + '->' + str(dst):28} {us:9.1f} {'n/a':>9}")
+        results[f"libsamplerate {src}->{dst} us"] = round(us, 2)
+    return results
 
 
 if __name__ == "__main__":

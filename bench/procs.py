@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
 from bench.common import ROOT, free_port
 
 

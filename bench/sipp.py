@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port
 from tests.interop.calls.harness import ACK_TXN, authenticated_call
+
+from bench.common import free_port
 
 SIPP = shutil.which("sipp") or "sipp"
 
@@ -206,9 +207,11 @@ def collect(proc: subprocess.Popen[bytes], timeout_s: float) -> SippRun:
             for k, v in zip(rows[0], rows[-1], strict=False):
                 if v.strip().isdigit():
                     counts[k] = int(v)
-    errors = (work / "errors.log").read_text(errors="replace")[-2000:] if (
-        work / "errors.log"
-    ).exists() else ""
+    errors = (
+        (work / "errors.log").read_text(errors="replace")[-2000:]
+        if (work / "errors.log").exists()
+        else ""
+    )
     return SippRun(proc.bench_attempted, stats, counts, wall, rc, errors)  # type: ignore[attr-defined]
 
 

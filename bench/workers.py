@@ -61,6 +61,11 @@ async def _lines() -> Any:
         yield line.strip()
 
 
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
 def _say(obj: Any) -> None:
     print(obj if isinstance(obj, str) else json.dumps(obj), flush=True)
 
@@ -113,8 +118,7 @@ async def agent_main() -> None:
     async for line in _lines():
         cmd, _, arg = line.partition(" ")
         if cmd == "dump":
-            with open(arg, "w") as f:
-                json.dump(stamps, f)
+            _write_json(arg, stamps)
             stamps.clear()
             _say({"protocol_errors": agent.protocol_errors[:5], "stops": len(agent.stops)})
     await agent.stop()
@@ -232,7 +236,7 @@ async def phones_main() -> None:
         elif cmd == "latch":  # send to whoever sends to us first (the gateway's silence)
             ph.latching = True
             deadline = loop.time() + float(arg or 60)
-            while ph.latched < len(ph.phones) and loop.time() < deadline:
+            while ph.latched < len(ph.phones) and loop.time() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             _say({"latched": ph.latched})
         elif cmd == "target":  # baseline: fixed destinations
@@ -245,11 +249,11 @@ async def phones_main() -> None:
             _say("ok")
         elif cmd == "end":
             ph.in_window = False
+            ph.latching = False
             for p in ph.phones:
                 p.dest = None  # stop sending; in-flight echoes may still arrive
             await asyncio.sleep(0.5)
-            with open(arg, "w") as f:
-                json.dump({"sent": ph.sent, "recv": ph.recv}, f)
+            _write_json(arg, {"sent": ph.sent, "recv": ph.recv})
             _say(ph.summary())
     if ph.task is not None:
         ph.task.cancel()

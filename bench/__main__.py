@@ -1,0 +1,109 @@
+"""``python -m bench [all|cps|calls|media] [--quick]``: run, print tables, write JSON.
+
+  cps     calls/s with digest auth + agent connect (SIPp → ``telepath serve``), vs ``sipp -sn uas``
+  calls   N concurrent bridged calls with an echo agent, vs a minimal asyncio UDP echo
+  media   the MediaSession pacing benchmark and the codec/resampler micro-benchmarks
+
+Results go to ``bench/results/<date>.json`` (one file per day; a run replaces the sections it
+ran). The whole run takes about 10 minutes, ``--quick`` about 2. The machine's load average is
+recorded around every step: re-run when the machine is quiet if it is high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import loadavg
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "event_loop": loop,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("suite", nargs="?", default="all", choices=["all", "cps", "calls", "media"])
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute run")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: by date)")
+    args = parser.parse_args()
+    suites = ["cps", "calls", "media"] if args.suite == "all" else [args.suite]
+    now = datetime.now(UTC)
+    info = machine()
+    print(
+        f"telepath bench {now:%Y-%m-%d %H:%M} UTC; {info['cpu']} x{info['cores']}; "
+        f"python {info['python']} ({info['event_loop']}); load {loadavg()}"
+        + ("; --quick" if args.quick else ""),
+        flush=True,
+    )
+    results: dict[str, Any] = {}
+    t0 = time.monotonic()
+    for name in suites:
+        started = time.monotonic()
+        load_before = loadavg()
+        if name == "cps":
+            from bench import cps as mod
+        elif name == "calls":
+            from bench import calls as mod  # type: ignore[no-redef]
+        else:
+            from bench import media as mod  # type: ignore[no-redef]
+        print(f"\n== {name} ==", flush=True)
+        section = mod.run(quick=args.quick)
+        section["load_before"] = load_before
+        section["load_after"] = loadavg()
+        section["seconds"] = round(time.monotonic() - started, 1)
+        section["quick"] = args.quick
+        results[name] = section
+    out = args.out or RESULTS / f"{now:%Y-%m-%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {}
+    if out.exists():
+        try:
+            doc = json.loads(out.read_text())
+        except ValueError:
+            doc = {}
+    doc.update({"date": now.isoformat(timespec="seconds"), "machine": info, **results})
+    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print("\n== goals ==")
+    for name, section in results.items():
+        goals = section.get("summary", {}).get("goals", {})
+        for key, value in goals.items():
+            if isinstance(value, dict):
+                for goal, v in value.items():
+                    print(f"  {v:4}  [{name} {key}] {goal}")
+            else:
+                print(f"  {value:4}  [{name}] {key}")
+    print(f"\nload {loadavg()}; {time.monotonic() - t0:.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    main()

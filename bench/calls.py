@@ -1,0 +1,315 @@
+"""N concurrent bridged calls through ``telepath serve`` with an echo agent, on loopback.
+
+Each call is placed by SIPp (digest auth, one phone port per call from an injection file) and its
+media is a phone in ONE separate process (``bench.workers phones``): 20 ms PCMU frames on a
+monotonic deadline, each frame marked (phone, tick) so it can be followed phone → gateway →
+agent → gateway → phone. The agent (``FakeTelepathAgent`` echo, separate process) stamps when
+each marked frame arrives and when it echoes it. Over a steady window with all N calls up:
+
+  CPU %/call     gateway process CPU (all threads) as % of one core, divided by N
+  RSS/call       (RSS with N calls up - RSS before the step) / N
+  gw proc        gateway's own per-packet time from the call records (GET /v1/calls/{id}):
+                 mean of gateway_processing_ms and p99 of gateway_processing_p99_ms
+  in/out p50     per-direction per-call p50 from /metrics telepath_gateway_latency_seconds
+  →agent p50/p99 phone send → agent receive (wire, jitter buffer, WebSocket, both loops)
+  agent→ p50/p95 agent send → phone receive (WebSocket, playout queue and pacing, wire)
+  1st audio p95  per call, the agent's first audio message → its arrival at the phone
+  jitter p99     |inter-arrival − 20 ms| of the gateway's RTP at the phones
+  loss           gateway RTP lost at the phone (sequence gaps) / echo frames never returned
+
+Baseline: the same phones against a minimal asyncio UDP echo process (``bench.workers
+udpecho``) at the same packet rate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    CpuWindow,
+    loadavg,
+    pct,
+    print_table,
+    proc_rss_mb,
+    verdict,
+)
+from bench.procs import Gateway, Worker
+from bench.sipp import SippRun, bench_scenario, collect, run_sipp
+
+USER = "benchcalls"
+PASSWORD = "Bench-Passw0rd!"
+SETUP_RATE = 40  # calls/s while ramping up (well under the CPS capacity)
+GOAL_CPU_PCT_PER_CALL = 0.4
+GOAL_P99_ADDED_MS = 5.0
+GOAL_JITTER_P99_MS = 2.0
+
+
+def _histogram_p50(metrics: str, direction: str) -> float | None:
+    """Median (bucket upper bound, ms) of telepath_gateway_latency_seconds for a direction."""
+    buckets: list[tuple[float, float]] = []
+    pat = re.compile(
+        r'telepath_gateway_latency_seconds_bucket\{direction="' + direction + r'",le="([^"]+)"\}'
+        r" ([0-9.e+]+)"
+    )
+    for m in pat.finditer(metrics):
+        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+        buckets.append((le, float(m.group(2))))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for le, count in buckets:
+        if count >= total / 2:
+            return round(le * 1000, 3)
+    return None
+
+
+def _merge(phones_file: Path, agent_file: Path) -> dict[str, Any]:
+    ph = json.loads(phones_file.read_text())
+    ag = json.loads(agent_file.read_text())
+    sent, recv = ph["sent"], ph["recv"]
+    to_agent = [1000 * (ag[k][0] - t) for k, t in sent.items() if k in ag]
+    from_agent = [1000 * (recv[k] - ag[k][1]) for k in sent if k in ag and k in recv]
+    firsts: dict[str, tuple[float, str]] = {}
+    for k, (_, t_send) in ag.items():
+        phone = k.split(":")[0]
+        if phone not in firsts or t_send < firsts[phone][0]:
+            firsts[phone] = (t_send, k)
+    first = [1000 * (recv[k] - t) for t, k in firsts.values() if k in recv]
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 3)
+
+    return {
+        "to_agent_p50_ms": r(pct(to_agent, 50)),
+        "to_agent_p99_ms": r(pct(to_agent, 99)),
+        "from_agent_p50_ms": r(pct(from_agent, 50)),
+        "from_agent_p95_ms": r(pct(from_agent, 95)),
+        "from_agent_p99_ms": r(pct(from_agent, 99)),
+        "first_audio_p95_ms": r(pct(first, 95)),
+        "first_audio_calls": len(first),
+    }
+
+
+def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dict[str, Any]:
+    phones = Worker("phones")
+    try:
+        phones.send(f"open {n}")
+        ports = phones.recv_json()
+        rss0 = proc_rss_mb(gw.pid)
+        started = datetime.now(UTC).isoformat()
+        ramp_s = n / SETUP_RATE
+        hold_ms = int((ramp_s + window_s + 6) * 1000)
+        scenario = bench_scenario(USER, "[field0]", hold_ms)
+        proc = run_sipp(
+            ("127.0.0.1", gw.sip_port),
+            SETUP_RATE,
+            n,
+            scenario=scenario,
+            user=USER,
+            password=PASSWORD,
+            injection=[str(p) for p in ports],
+            timeout_s=ramp_s + hold_ms / 1000 + 30,
+            background=True,
+        )
+        assert not isinstance(proc, SippRun)
+        phones.send(f"latch {ramp_s + 15}")
+        latched = phones.recv_json(ramp_s + 30)["latched"]
+        time.sleep(1.0)  # settle: jitter buffers, playout queues
+        phones.send("mark")
+        phones.recv()
+        window = CpuWindow({"gateway": gw.pid, "agent": agent.pid, "phones": phones.pid})
+        window.start()
+        rss_samples = []
+        end = time.monotonic() + window_s
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            rss_samples.append(proc_rss_mb(gw.pid))
+        wall, cpu = window.stop()
+        load = loadavg()
+        phones_file = tmp / f"phones-{n}.json"
+        phones.send(f"end {phones_file}")
+        ph = phones.recv_json(60)
+        sipp = collect(proc, hold_ms / 1000 + ramp_s + 60)
+    finally:
+        phones.close()
+    agent_file = tmp / f"agent-{n}.json"
+    agent.send(f"dump {agent_file}")
+    agent.recv_json()
+    time.sleep(1.0)  # last call records
+    records = gw.calls_since(started)
+    metrics = gw.metrics()
+    proc_mean = [
+        c["metrics"]["gateway_processing_ms"]
+        for c in records
+        if c.get("metrics", {}).get("gateway_processing_ms") is not None
+    ]
+    proc_p99 = [
+        c["metrics"]["gateway_processing_p99_ms"]
+        for c in records
+        if c.get("metrics", {}).get("gateway_processing_p99_ms") is not None
+    ]
+    rss = statistics.median(rss_samples) if rss_samples else proc_rss_mb(gw.pid)
+    row: dict[str, Any] = {
+        "kind": "telepath",
+        "calls": n,
+        "calls_up": latched,
+        "sipp_completed": sipp.completed,
+        "sipp_failed": sipp.failed,
+        "setup_ms_mean": sipp.response_time_ms,
+        "cpu_pct_total": round(100 * cpu["gateway"] / wall, 2),
+        "cpu_pct_per_call": round(100 * cpu["gateway"] / wall / n, 4),
+        "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1),
+        "phones_cpu_pct": round(100 * cpu["phones"] / wall, 1),
+        "rss_mb": round(rss, 1),
+        "rss_mb_per_call": round((rss - rss0) / n, 3),
+        "gw_proc_mean_ms": round(statistics.fmean(proc_mean), 4) if proc_mean else None,
+        "gw_proc_p99_ms": pct(proc_p99, 99),
+        "records": len(records),
+        "in_p50_ms_metrics": _histogram_p50(metrics, "caller_to_agent"),
+        "out_p50_ms_metrics": _histogram_p50(metrics, "agent_to_caller"),
+        **_merge(phones_file, agent_file),
+        **ph,
+        "load": load,
+    }
+    return row
+
+
+def _baseline(n: int, window_s: float) -> dict[str, Any]:
+    echo = Worker("udpecho")
+    phones = Worker("phones")
+    try:
+        echo.send(f"open {n}")
+        targets = echo.recv_json()
+        phones.send(f"open {n}")
+        phones.recv_json()
+        phones.send(f"target {json.dumps(targets)}")
+        phones.recv_json()
+        time.sleep(1.0)
+        phones.send("mark")
+        phones.recv()
+        window = CpuWindow({"echo": echo.pid, "phones": phones.pid})
+        window.start()
+        time.sleep(window_s)
+        wall, cpu = window.stop()
+        load = loadavg()
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            phones.send(f"end {f.name}")
+            ph = phones.recv_json(60)
+    finally:
+        phones.close()
+        echo.close()
+    return {
+        "kind": "udp-echo",
+        "calls": n,
+        "cpu_pct_total": round(100 * cpu["echo"] / wall, 2),
+        "cpu_pct_per_call": round(100 * cpu["echo"] / wall / n, 4),
+        "phones_cpu_pct": round(100 * cpu["phones"] / wall, 1),
+        **ph,
+        "load": load,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    steps = [10, 100] if quick else [10, 50, 100, 200]
+    window_s = 5.0 if quick else 10.0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-calls-"))
+    agent = Worker("agent")
+    url = agent.recv_json()["url"]
+    gw = Gateway(rtp_span=4 * max(steps) + 200)
+    rows: list[dict[str, Any]] = []
+    try:
+        gw.create_trunk(USER, PASSWORD, url)
+        for n in steps:
+            row = _step(gw, agent, n, window_s, tmp)
+            rows.append(row)
+            print(f"  calls telepath N={n}: {_brief(row)}", flush=True)
+            time.sleep(2)
+    finally:
+        gw.stop()
+        agent.close()
+    for n in steps:
+        row = _baseline(n, window_s)
+        rows.append(row)
+        print(f"  calls baseline N={n}: {_brief(row)}", flush=True)
+    return summarize(rows)
+
+
+def _brief(r: dict[str, Any]) -> str:
+    return (
+        f"CPU {r['cpu_pct_total']} % ({r['cpu_pct_per_call']} %/call), jitter p99 "
+        f"{r.get('jitter_p99_ms')} ms, loss {r.get('rx_loss_pct')} %, load {r['load']}"
+    )
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    headers = [
+        "server",
+        "N",
+        "up",
+        "CPU %/call",
+        "CPU % tot",
+        "RSS MB/call",
+        "gw proc mean/p99 ms",
+        "in/out p50 ms",
+        "→agent p50/p99",
+        "agent→ p50/p95",
+        "1st audio p95",
+        "jitter p50/p99",
+        "loss % rx/echo",
+        "agent/phones CPU %",
+        "load1",
+    ]
+
+    def pair(a: Any, b: Any) -> str:
+        f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+        return f"{f(a)}/{f(b)}"
+
+    table = [
+        [
+            r["kind"],
+            r["calls"],
+            r.get("calls_up", r["calls"]),
+            r["cpu_pct_per_call"],
+            r["cpu_pct_total"],
+            r.get("rss_mb_per_call"),
+            pair(r.get("gw_proc_mean_ms"), r.get("gw_proc_p99_ms")),
+            pair(r.get("in_p50_ms_metrics"), r.get("out_p50_ms_metrics")),
+            pair(r.get("to_agent_p50_ms"), r.get("to_agent_p99_ms")),
+            pair(r.get("from_agent_p50_ms"), r.get("from_agent_p95_ms")),
+            r.get("first_audio_p95_ms"),
+            pair(r.get("jitter_p50_ms"), r.get("jitter_p99_ms")),
+            pair(r.get("rx_loss_pct"), r.get("echo_loss_pct")),
+            pair(r.get("agent_cpu_pct"), r.get("phones_cpu_pct")),
+            r["load"][0],
+        ]
+        for r in rows
+    ]
+    print_table("Concurrent bridged calls, echo agent, loopback (20 ms PCMU)", headers, table)
+    tp = [r for r in rows if r["kind"] == "telepath"]
+    goals: dict[str, dict[str, str]] = {}
+    for r in tp:
+        goals[f"N={r['calls']}"] = {
+            f"<= {GOAL_CPU_PCT_PER_CALL} % of a core per call": verdict(
+                r["cpu_pct_per_call"] <= GOAL_CPU_PCT_PER_CALL
+            ),
+            f"p99 added latency (gateway per-packet p99) <= {GOAL_P99_ADDED_MS} ms": verdict(
+                None if r["gw_proc_p99_ms"] is None else r["gw_proc_p99_ms"] <= GOAL_P99_ADDED_MS
+            ),
+            f"RTP send jitter p99 <= {GOAL_JITTER_P99_MS} ms": verdict(
+                None if r.get("jitter_p99_ms") is None else r["jitter_p99_ms"] <= GOAL_JITTER_P99_MS
+            ),
+        }
+    broken = next(
+        (n for n, g in goals.items() if any(v == "FAIL" for v in g.values())), "none (all pass)"
+    )
+    for n, g in goals.items():
+        print(f"  {n}: " + "; ".join(f"{v} {k}" for k, v in g.items()))
+    print(f"first N where a goal breaks: {broken}")
+    return {"rows": rows, "summary": {"goals": goals, "first_failing_step": broken}}

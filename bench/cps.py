@@ -1,0 +1,213 @@
+"""Calls per second with digest auth and agent connect, against SIPp's own UAS as the baseline.
+
+Each call: INVITE → 401 → ACK → INVITE (MD5 digest) → 100/180 → agent WebSocket connect → 200 →
+ACK → short pause → BYE → 200 (the interop harness's ``authenticated_call``, no RTP from the
+caller). The rate is stepped up; the highest rate with zero failed calls is the capacity. Past it
+we count 503s (clean shedding) against timeouts and other failures. The baseline is SIPp's built-in
+``uac`` against ``sipp -sn uas`` at the same rates (no auth, no agent), so the CPU ratio survives a
+noisy machine.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from bench.common import CpuWindow, loadavg, print_table, proc_cpu_s, verdict
+from bench.procs import Gateway, Worker
+from bench.sipp import SippRun, bench_scenario, collect, run_sipp, start_uas
+
+USER = "benchcps"
+PASSWORD = "Bench-Passw0rd!"
+GOAL_CPS = 500
+
+
+def _wait_idle(pid: int, max_s: float = 15) -> None:
+    """Until ``pid`` uses < 5 % of a core over 0.5 s (calls ended, records written)."""
+    end = time.monotonic() + max_s
+    while time.monotonic() < end:
+        c0 = proc_cpu_s(pid)
+        time.sleep(0.5)
+        if proc_cpu_s(pid) - c0 < 0.025:
+            return
+
+
+def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float]) -> dict[str, Any]:
+    server = cpu.get("gateway", cpu.get("uas", 0.0))
+    return {
+        "kind": kind,
+        "target_cps": rate,
+        "attempted": run.attempted,
+        "completed": run.completed,
+        "failed": run.failed,
+        "shed_503": run.shed_503,
+        "timeouts": run.timeouts,
+        "unexpected": run.stat("FailedUnexpectedMessage"),
+        "retransmissions": run.stat("Retransmissions"),
+        "achieved_cps": round(run.completed / max(run.wall_s, 1e-9), 1),
+        "setup_ms_mean": run.response_time_ms,
+        "server_cpu_ms_per_call": round(1000 * server / max(run.attempted, 1), 3),
+        "server_cpu_pct": round(100 * server / wall, 1),
+        "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1) if "agent" in cpu else None,
+        "wall_s": round(wall, 2),
+        "load": loadavg(),
+        "errors_tail": run.errors[-300:] if run.failed else "",
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    rates = [50, 100, 200, 400] if quick else [50, 100, 200, 400, 600, 800]
+    seconds = 3.0 if quick else 6.0
+    pause_ms = 200
+    agent = Worker("agent")
+    url = agent.recv_json()["url"]
+    gw = Gateway()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the gateway's RTP goes here
+    sink.bind(("127.0.0.1", 0))
+    rows: list[dict[str, Any]] = []
+    try:
+        gw.create_trunk(USER, PASSWORD, url)
+        scenario = bench_scenario(USER, sink.getsockname()[1], pause_ms)
+        # warm-up: imports, DB connections, first WebSocket
+        run_sipp(
+            ("127.0.0.1", gw.sip_port), 10, 10, scenario=scenario, user=USER, password=PASSWORD
+        )
+        _wait_idle(gw.pid)
+        failing_steps = 0
+        tested: list[int] = []
+        for rate in rates:
+            calls = int(rate * seconds)
+            window = CpuWindow({"gateway": gw.pid, "agent": agent.pid})
+            window.start()
+            proc = run_sipp(
+                ("127.0.0.1", gw.sip_port),
+                rate,
+                calls,
+                scenario=scenario,
+                user=USER,
+                password=PASSWORD,
+                timeout_s=seconds + 30,
+                background=True,
+            )
+            assert not isinstance(proc, SippRun)
+            result = collect(proc, seconds + 45)
+            _wait_idle(gw.pid, 5)  # the tail of the work (call records) belongs to the step
+            wall, cpu = window.stop()
+            row = _row("telepath", rate, result, result.wall_s, cpu)
+            rows.append(row)
+            tested.append(rate)
+            print(f"  cps telepath {rate}/s: {_brief(row)}", flush=True)
+            _wait_idle(gw.pid)
+            if row["completed"] < row["attempted"]:
+                failing_steps += 1
+                if failing_steps >= 2:
+                    break
+        sipp_uas, port = start_uas()
+        try:
+            for rate in tested:
+                calls = int(rate * seconds)
+                window = CpuWindow({"uas": sipp_uas.pid})
+                window.start()
+                result = run_sipp(
+                    ("127.0.0.1", port),
+                    rate,
+                    calls,
+                    builtin="uac",
+                    pause_ms=pause_ms,
+                    timeout_s=seconds + 30,
+                )
+                assert isinstance(result, SippRun)
+                wall, cpu = window.stop()
+                row = _row("sipp-uas", rate, result, result.wall_s, cpu)
+                row["completed"] = result.successful
+                row["achieved_cps"] = round(result.successful / max(result.wall_s, 1e-9), 1)
+                rows.append(row)
+                print(f"  cps baseline {rate}/s: {_brief(row)}", flush=True)
+        finally:
+            sipp_uas.terminate()
+            sipp_uas.wait()
+    finally:
+        gw.stop()
+        agent.close()
+        sink.close()
+    return summarize(rows)
+
+
+def _brief(r: dict[str, Any]) -> str:
+    return (
+        f"{r['completed']}/{r['attempted']} ok, {r['shed_503']} x 503, {r['timeouts']} timeouts, "
+        f"{r['server_cpu_ms_per_call']} ms CPU/call, {r['server_cpu_pct']} % CPU, load {r['load']}"
+    )
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    tp = [r for r in rows if r["kind"] == "telepath"]
+    base = {r["target_cps"]: r for r in rows if r["kind"] == "sipp-uas"}
+    clean = [r for r in tp if r["completed"] == r["attempted"] and r["failed"] == 0]
+    capacity = max((r["target_cps"] for r in clean), default=0)
+    past = [r for r in tp if r["completed"] < r["attempted"]]
+    shedding: str | None = None
+    clean_shed: bool | None = None
+    if past:
+        p = past[-1]
+        lost = p["attempted"] - p["completed"]
+        clean_shed = p["timeouts"] == 0 and p["shed_503"] >= lost
+        shedding = (
+            f"at {p['target_cps']}/s: {p['shed_503']} x 503, {p['timeouts']} timeouts, "
+            f"{p['unexpected']} unexpected, {p['retransmissions']} retransmissions of "
+            f"{lost} not completed"
+        )
+    at_cap = next((r for r in clean if r["target_cps"] == capacity), None)
+    ratio = None
+    if at_cap is not None and capacity in base and base[capacity]["server_cpu_ms_per_call"]:
+        ratio = round(
+            at_cap["server_cpu_ms_per_call"] / base[capacity]["server_cpu_ms_per_call"], 1
+        )
+    headers = [
+        "server",
+        "target/s",
+        "ok/attempted",
+        "503",
+        "timeouts",
+        "retrans",
+        "achieved/s",
+        "setup ms",
+        "CPU ms/call",
+        "CPU %",
+        "agent CPU %",
+        "load1",
+    ]
+    table = [
+        [
+            r["kind"],
+            r["target_cps"],
+            f"{r['completed']}/{r['attempted']}",
+            r["shed_503"],
+            r["timeouts"],
+            r["retransmissions"],
+            r["achieved_cps"],
+            r["setup_ms_mean"],
+            r["server_cpu_ms_per_call"],
+            r["server_cpu_pct"],
+            r["agent_cpu_pct"],
+            r["load"][0],
+        ]
+        for r in rows
+    ]
+    print_table("CPS with digest auth + agent connect (SIPp, UDP)", headers, table)
+    summary = {
+        "capacity_cps_zero_failures": capacity,
+        "cpu_ms_per_call_at_capacity": at_cap["server_cpu_ms_per_call"] if at_cap else None,
+        "cpu_ratio_vs_sipp_uas": ratio,
+        "past_capacity": shedding,
+        "goals": {
+            f">= {GOAL_CPS} CPS with auth": verdict(capacity >= GOAL_CPS),
+            "clean 503 shedding past capacity": verdict(clean_shed),
+        },
+    }
+    print(f"capacity at zero failures: {capacity}/s; CPU/call vs SIPp uas: {ratio}x")
+    print(f"past capacity: {shedding or 'not reached'}")
+    for goal, v in summary["goals"].items():
+        print(f"  {v}  {goal}")
+    return {"rows": rows, "summary": summary}
