@@ -213,8 +213,6 @@ class CallManager:
         self.server.dispatch(
             self.server.core.respond(tx, status, reason, headers=headers, body=body)
         )
-        if self.metrics is not None:
-            self.metrics.sip_responses.labels(status=str(status)).inc()
 
     def _reject(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
         self._count(f"rejected_{why}")
@@ -243,8 +241,6 @@ class CallManager:
         tx = setup.tx
         request = tx.request
         started = tx.created
-        if self.metrics is not None:
-            self.metrics.sip_requests.labels(method="INVITE").inc()
         if self.draining:
             self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
             return

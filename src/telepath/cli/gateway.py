@@ -97,6 +97,8 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
             session_expires=settings.sip_session_expires,
         ),
         LoopClock(loop),
+        on_request=lambda method: state.metrics.sip_requests.labels(method=method).inc(),
+        on_response=lambda status: state.metrics.sip_responses.labels(status=str(status)).inc(),
     )
     guard = SourceGuard(
         DefencePolicy(

@@ -20,6 +20,7 @@ import hmac
 import re
 import secrets
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +40,25 @@ from telepath.sip.transaction import (
 )
 from telepath.sip.uri import SipUri
 
+#: Methods counted by name in metrics; anything else is "OTHER" (bounded label cardinality).
+KNOWN_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "INFO",
+        "UPDATE",
+        "NOTIFY",
+        "REFER",
+        "PRACK",
+        "REGISTER",
+        "SUBSCRIBE",
+        "MESSAGE",
+        "PUBLISH",
+    }
+)
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY")
 SUPPORTED = ("timer",)
 _TRACE_LIMIT_MESSAGES = 64
@@ -172,8 +192,18 @@ def redact_trace(text: str) -> str:
 class UserAgentCore:
     """All SIP state of the gateway: transactions, dialogs and timers."""
 
-    def __init__(self, config: UaConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: UaConfig,
+        clock: Clock,
+        *,
+        on_request: Callable[[str], None] | None = None,
+        on_response: Callable[[int], None] | None = None,
+    ) -> None:
         self.config = config
+        # Observers for metrics: method of every request received, status of every response sent.
+        self._observe_request = on_request
+        self._observe_response = on_response
         self.clock = clock
         self.sip_timers = config.timers
         self.timers = TimerQueue()
@@ -205,6 +235,8 @@ class UserAgentCore:
             self._on_response(message)
         else:
             self.counters[f"request_{message.method}"] += 1
+            if self._observe_request is not None:
+                self._observe_request(message.method if message.method in KNOWN_METHODS else "OTHER")
             self._trace(message.call_id, data, "in", source)
             _stamp_received(message, source)
             self._on_request(message, source)
@@ -271,6 +303,8 @@ class UserAgentCore:
         )
         self._trace(tx.request.call_id, response.to_bytes(), "out")
         tx.respond(response, self.clock.now())
+        if self._observe_response is not None:
+            self._observe_response(status)
         if tx.is_invite and status >= 300 and to_tag is not None:
             self._ack_fallback[_ack_key(tx.request, to_tag)] = tx
         if dialog is not None and status >= 200 and tx.request.method in ("INVITE", "UPDATE"):
@@ -309,6 +343,8 @@ class UserAgentCore:
         )
         self._trace(request.call_id, response.to_bytes(), "out")
         tx.respond(response, self.clock.now())
+        if self._observe_response is not None:
+            self._observe_response(200)
         self._start_2xx_retransmission(dialog, response, request.cseq.seq)
         self._arm_session_timer(dialog)
         return dialog, self._take()
@@ -709,6 +745,8 @@ class UserAgentCore:
                 headers=[("Warning", f'399 {self.config.contact_host} "{_quote(str(exc))}"')],
             )
             self.send_bytes(response.to_bytes(), source)
+            if self._observe_response is not None:
+                self._observe_response(exc.status_hint)
         except SipParseError:
             return  # too broken to answer at all
 

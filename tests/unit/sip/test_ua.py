@@ -348,3 +348,16 @@ def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock]) -> Non
     trace = ua.pop_trace("call-1@192.0.2.10")
     assert "INVITE sip:alice@gw.example" in trace
     assert "deadbeef" not in trace and "Digest <redacted>" in trace
+
+
+def test_observers_see_every_request_and_response() -> None:
+    methods: list[str] = []
+    statuses: list[int] = []
+    ua = UserAgentCore(
+        UaConfig(), FakeClock(), on_request=methods.append, on_response=statuses.append
+    )
+    ua.receive(request("OPTIONS"), SRC)
+    ua.receive(request("FOOBAR", branch="z9hG4bK-2"), SRC)
+    ua.receive(request("OPTIONS", branch="z9hG4bK-3").replace(b"Call-ID", b"X-Call-ID"), SRC)
+    assert methods == ["OPTIONS", "OTHER"]  # unknown methods do not grow label sets
+    assert statuses == [200, 405, 400]
