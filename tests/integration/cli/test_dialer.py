@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from telepath.cli.dialer import Dialer
@@ -19,7 +21,12 @@ from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
 pytestmark = pytest.mark.interop
 
 
-async def test_dialer_call_both_ways(api: Api, gateway: Gateway) -> None:  # noqa: F811
+async def test_dialer_call_both_ways(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
     async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=1500) as agent:
         await create_trunk(
             api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
@@ -39,6 +46,11 @@ async def test_dialer_call_both_ways(api: Api, gateway: Gateway) -> None:  # noq
     detail = (await api.get(f"/v1/calls/{calls[0]['id']}")).json()
     assert detail["disconnect_reason"] == "caller_hangup"
     assert "Digest <redacted>" in detail["sip_trace"]
+    # nothing personal or secret at INFO: no phone number, no password, no SIP payloads
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "call_" in logged  # the call was logged...
+    assert "+15550000000" not in logged and "5550000000" not in logged  # ...without the caller
+    assert "dialer-pass-1" not in logged and "Digest" not in logged
 
 
 async def test_dialer_wrong_password_is_403(api: Api, gateway: Gateway) -> None:  # noqa: F811
