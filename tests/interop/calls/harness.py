@@ -476,17 +476,41 @@ async def place_call(
     sipp = asyncio.create_task(
         run_sipp(scenario, tmp, gateway.server.bound["UDP"], user=user, password=password)
     )
+    seen = _watch_calls(gateway)
     try:
-        await wait_until(lambda: gateway.manager.calls or sipp.done(), what="an answered call")
+        await wait_until(lambda: seen or sipp.done(), what="an answered call")
     except BaseException:
         await phone.close()
+        sipp.cancel()
         raise
-    if not gateway.manager.calls:
+    if not seen:
         await phone.close()
         result = await sipp
         raise AssertionError("no call was set up:\n" + result.stdout + result.errors)
-    call = next(iter(gateway.manager.calls.values()))
-    return PlacedCall(sipp, phone, call)
+    return PlacedCall(sipp, phone, seen[0])
+
+
+class _SeenCalls(dict[str, Call]):
+    """``CallManager.calls`` that also remembers every call ever added (a call that fails
+    right after its 200 OK may be gone before a poll could see it)."""
+
+    def __init__(self, current: dict[str, Call]) -> None:
+        super().__init__(current)
+        self.seen: list[Call] = list(current.values())
+
+    def __setitem__(self, key: str, value: Call) -> None:
+        self.seen.append(value)
+        super().__setitem__(key, value)
+
+
+def _watch_calls(gateway: Gateway) -> list[Call]:
+    manager = gateway.manager
+    if not isinstance(manager.calls, _SeenCalls):
+        manager.calls = _SeenCalls(manager.calls)
+    calls = manager.calls
+    assert isinstance(calls, _SeenCalls)
+    calls.seen.clear()
+    return calls.seen
 
 
 async def settled(gateway: Gateway) -> None:

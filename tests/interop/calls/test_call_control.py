@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,12 @@ def _events(receiver: Receiver, secret: str) -> dict[str, list[dict[str, Any]]]:
 async def _delivered(receiver: Receiver, secret: str, *types: str) -> dict[str, list[Any]]:
     await wait_until(lambda: set(types) <= set(_events(receiver, secret)), what=f"webhooks {types}")
     return _events(receiver, secret)
+
+
+def _first_lines(trace: str) -> list[str]:
+    """Method (or ``SIP/2.0 <status>``) of every message in a record's SIP trace."""
+    found = re.findall(r"^--- (?:in|out).*\n(\S+) (\S+)", trace, re.M)
+    return [f"{a} {b}" if a == "SIP/2.0" else a for a, b in found]
 
 
 async def _custom_trunk(api: Api, url: str) -> None:
@@ -375,6 +382,9 @@ async def test_provider_bridge_failure_mid_call(
     detail = await record(api, placed.call_id)
     assert detail["disconnect_reason"] == "ai_provider_error"
     assert detail["error_message"]
+    # RFC 3261 §15: the callee sends BYE only once the caller's ACK arrived
+    methods = _first_lines(detail["sip_trace"])
+    assert methods.index("ACK", methods.index("SIP/2.0 200")) < methods.index("BYE")
     events = await _delivered(receiver, hook["secret"], "call.error", "call.ended")
     assert events["call.ended"][0]["disconnect_reason"] == "ai_provider_error"
 
