@@ -45,7 +45,7 @@ from bench.sipp import SippRun, bench_scenario, collect, run_sipp
 
 USER = "benchcalls"
 PASSWORD = "Bench-Passw0rd!"
-SETUP_RATE = 40  # calls/s while ramping up (well under the CPS capacity)
+SETUP_RATE = 20  # calls/s while ramping up (well under the CPS capacity)
 GOAL_CPU_PCT_PER_CALL = 0.4
 GOAL_P99_ADDED_MS = 5.0
 GOAL_JITTER_P99_MS = 2.0
@@ -105,7 +105,8 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
         rss0 = proc_rss_mb(gw.pid)
         started = datetime.now(UTC).isoformat()
         ramp_s = n / SETUP_RATE
-        hold_ms = int((ramp_s + window_s + 6) * 1000)
+        latch_s = ramp_s + 5  # every phone has heard the gateway, or we go on without it
+        hold_ms = int((ramp_s + latch_s + window_s + 6) * 1000)
         scenario = bench_scenario(USER, "[field0]", hold_ms)
         proc = run_sipp(
             ("127.0.0.1", gw.sip_port),
@@ -119,8 +120,8 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
             background=True,
         )
         assert not isinstance(proc, SippRun)
-        phones.send(f"latch {ramp_s + 15}")
-        latched = phones.recv_json(ramp_s + 30)["latched"]
+        phones.send(f"latch {latch_s}")
+        latched = phones.recv_json(latch_s + 30)["latched"]
         time.sleep(1.0)  # settle: jitter buffers, playout queues
         phones.send("mark")
         phones.recv()

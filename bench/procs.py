@@ -98,8 +98,11 @@ class Gateway:
             **(extra_env or {}),
         }
         self.log = open(self.tmp / "gateway.log", "w")
+        # BENCH_GATEWAY_PROFILE=/path/out.prof: run the gateway under cProfile (written on exit)
+        profile = os.environ.get("BENCH_GATEWAY_PROFILE")
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "telepath", "serve"],
+            [sys.executable, *prefix, "-m", "telepath", "serve"],
             cwd=self.tmp,
             env=env,
             stdout=subprocess.PIPE,
