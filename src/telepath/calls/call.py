@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from telepath.bridges.base import (
     AgentAudio,
@@ -148,6 +149,8 @@ class Call:
         self._down = Resampler(16000, 8000) if self._wideband else None
         self._law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
         self.ended: CallEnd | None = None
+        self.sip_done = asyncio.Event()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self.sip_call_id = ""
         self.answer_sdp = b""
         self.session_id = 1
@@ -168,7 +171,22 @@ class Call:
 
     def dtmf(self, digit: str) -> None:
         """A digit from SIP INFO."""
-        asyncio.get_running_loop().create_task(self.bridge.send_dtmf(digit))
+        self._side_task(self.bridge.send_dtmf(digit))
+
+    def sip_ended(self) -> None:
+        """The SIP dialog is over (BYE answered or timed out): the trace is complete."""
+        self.sip_done.set()
+
+    def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short bridge call owned by this call: cancelled when the call ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("bridge call failed: %s", type(task.exception()).__name__)
 
     def refer_update(self, status: int, final: bool) -> None:
         """Progress of our REFER: a 2xx final NOTIFY means the carrier took the caller."""
@@ -177,9 +195,7 @@ class Call:
             return
         self._transfer_request = None
         ok = 200 <= status < 300
-        asyncio.get_running_loop().create_task(
-            self.bridge.send_transfer_result(request, ok, f"SIP {status}")
-        )
+        self._side_task(self.bridge.send_transfer_result(request, ok, f"SIP {status}"))
         if ok:
             self.end(DisconnectReason.TRANSFERRED)
 
@@ -208,9 +224,10 @@ class Call:
         except asyncio.CancelledError:
             end = CallEnd(DisconnectReason.SHUTDOWN)
         finally:
-            for task in pumps:
+            tasks = [*pumps, *self._side_tasks]
+            for task in tasks:
                 task.cancel()
-            for task in pumps:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self.ended = end
@@ -239,6 +256,10 @@ class Call:
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)
+        if end.send_bye:
+            # Let the carrier answer our BYE so the SIP trace in the record is complete.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sip_done.wait(), 2.0)
         await self._on_finished(self, end)
 
     async def _media_pump(self) -> None:

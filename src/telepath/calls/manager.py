@@ -166,6 +166,7 @@ class CallManager:
         elif isinstance(event, CallEnded):
             call = _call_of(event.dialog.app_data)
             if call is not None:
+                call.sip_ended()
                 reason = {
                     "remote_bye": DisconnectReason.CALLER_HANGUP,
                     "ack_timeout": DisconnectReason.CARRIER_ERROR,
@@ -410,7 +411,7 @@ class CallManager:
             record.disconnect_reason = DisconnectReason(
                 reason.value if reason is not None else "connection_failed"
             )
-            record.error_message = type(exc).__name__
+            record.error_message = str(exc) or type(exc).__name__  # static, key-free texts
             self._reject(tx, 480, "agent_unreachable", headers=[("Retry-After", "10")])
             record.sip_trace = self._trace(request.call_id)  # after the 480, so it shows
             await self._record_failed(record)

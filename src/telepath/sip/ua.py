@@ -213,6 +213,7 @@ class UserAgentCore:
         self._client_tx_dialog: dict[ClientTransaction, Dialog] = {}
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
+        self._closed_traces: OrderedDict[str, None] = OrderedDict()
         self._out: list[Output] = []
         self._pending_bye: set[Dialog] = set()
         self._tag_key = secrets.token_bytes(16)
@@ -236,7 +237,9 @@ class UserAgentCore:
         else:
             self.counters[f"request_{message.method}"] += 1
             if self._observe_request is not None:
-                self._observe_request(message.method if message.method in KNOWN_METHODS else "OTHER")
+                self._observe_request(
+                    message.method if message.method in KNOWN_METHODS else "OTHER"
+                )
             self._trace(message.call_id, data, "in", source)
             _stamp_received(message, source)
             self._on_request(message, source)
@@ -263,6 +266,10 @@ class UserAgentCore:
 
     def pop_trace(self, call_id: str) -> str:
         """The SIP messages of ``call_id`` seen so far, credentials redacted, then forgotten."""
+        # Late retransmissions of a finished call must not start a new trace entry.
+        self._closed_traces[call_id] = None
+        if len(self._closed_traces) > _TRACE_LIMIT_CALLS:
+            self._closed_traces.popitem(last=False)
         return redact_trace("\n".join(self._traces.pop(call_id, [])))
 
     # ---------------------------------------------------------------- application API
@@ -477,8 +484,14 @@ class UserAgentCore:
             self._respond(tx, 200)
             self._end_dialog(dialog, "remote_bye")
         elif method in ("INVITE", "UPDATE"):
-            if dialog.reoffer_pending or (method == "INVITE" and dialog.pending_2xx is not None):
-                self._respond(tx, 491)  # RFC 3261 §14.2: an offer is already in progress
+            if dialog.reoffer_pending:
+                # RFC 3261 §14.2 (re-INVITE) and RFC 3311 §5.2 (UPDATE): we still owe an answer
+                # to an offer we received: 500 with a random Retry-After of 0-10 s.
+                retry = str(secrets.randbelow(11))
+                self._respond(tx, 500, headers=[("Retry-After", retry)])
+                return
+            if method == "INVITE" and dialog.pending_2xx is not None:
+                self._respond(tx, 491)  # our 2xx is not yet ACKed: the exchange is in progress
                 return
             if method == "INVITE":
                 self._respond(tx, 100)
@@ -753,7 +766,7 @@ class UserAgentCore:
     def _trace(
         self, call_id: str, data: bytes, direction: str, source: Source | None = None
     ) -> None:
-        if not call_id:
+        if not call_id or call_id in self._closed_traces:
             return
         trace = self._traces.get(call_id)
         if trace is None:

@@ -252,9 +252,9 @@ def test_reinvite_hold_is_offered_to_the_application(core: tuple[UserAgentCore, 
     assert [r.status for r in sent(out)] == [100]
     (ev,) = events(out)
     assert isinstance(ev, ReofferReceived)
-    # a second offer while the first is pending gets 491
+    # a second offer while the first is unanswered: 500 + Retry-After (RFC 3311 §5.2)
     out = ua.receive(request("UPDATE", branch="z9hG4bK-up", cseq=3, to_tag=tag), SRC)
-    assert [r.status for r in sent(out)] == [491]
+    assert [r.status for r in sent(out)] == [500]
     out = ua.respond(ev.tx, 200, body=b"v=0\r\n")
     (ok,) = sent(out)
     assert ok.status == 200 and ok.headers.get("Contact")
@@ -361,3 +361,11 @@ def test_observers_see_every_request_and_response() -> None:
     ua.receive(request("OPTIONS", branch="z9hG4bK-3").replace(b"Call-ID", b"X-Call-ID"), SRC)
     assert methods == ["OPTIONS", "OTHER"]  # unknown methods do not grow label sets
     assert statuses == [200, 405, 400]
+
+
+def test_no_new_trace_after_a_call_is_popped(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    ua.receive(request("OPTIONS"), SRC)
+    assert "OPTIONS" in ua.pop_trace("call-1@192.0.2.10")
+    ua.receive(request("OPTIONS", branch="z9hG4bK-late"), SRC)  # a late retransmission
+    assert ua.pop_trace("call-1@192.0.2.10") == ""
