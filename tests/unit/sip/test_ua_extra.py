@@ -1,0 +1,275 @@
+"""More of the UAS core with a fake clock: To-tag stability, ACK matching, overlapping INVITEs,
+Timer H, CANCEL after 2xx, and the TimerQueue itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from telepath.clock import FakeClock
+from telepath.sip.dialog import Dialog
+from telepath.sip.timers import TimerQueue
+from telepath.sip.transaction import TxState
+from telepath.sip.ua import (
+    CallEnded,
+    InviteReceived,
+    ReofferReceived,
+    Send,
+    UaConfig,
+    UserAgentCore,
+)
+from tests.unit.sip.test_ua import SDP, SRC, events, request, sent
+
+pytestmark = pytest.mark.unit
+
+CT = "Content-Type: application/sdp\r\n"
+
+
+@pytest.fixture
+def core() -> tuple[UserAgentCore, FakeClock]:
+    clock = FakeClock(100.0)
+    return UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock), clock
+
+
+def _invite(ua: UserAgentCore, **kw: object) -> InviteReceived:
+    out = ua.receive(request(body=SDP, extra=CT, **kw), SRC)  # type: ignore[arg-type]
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    return ev
+
+
+def _confirmed(ua: UserAgentCore) -> Dialog:
+    ev = _invite(ua)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    return dialog
+
+
+# ---------------------------------------------------------------- To tag
+
+
+def test_to_tag_is_stable_across_invites_of_one_call(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """The 401's To tag is the 200's To tag: a UAC that keeps the challenge's tag still
+    matches the dialog (§8.2.6.2 only asks for a tag; stability is what SIPp needs)."""
+    ua, _ = core
+    first = _invite(ua, branch="z9hG4bK-a")
+    (r401,) = sent(ua.respond(first.tx, 401))
+    ua.receive(request("ACK", branch="z9hG4bK-a", to_tag=r401.to.tag), SRC)
+    second = _invite(ua, branch="z9hG4bK-b", cseq=2)
+    dialog, out = ua.accept(second.tx, b"v=0\r\n")
+    (ok,) = sent(out)
+    assert r401.to.tag == ok.to.tag == dialog.local_tag
+    assert r401.to.tag is not None and len(r401.to.tag) >= 8  # §19.3: 32 bits of randomness
+
+
+def test_to_tag_differs_per_call_and_per_from_tag(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    a = _invite(ua, branch="z9hG4bK-1", call_id="one@x")
+    b = _invite(ua, branch="z9hG4bK-2", call_id="two@x")
+    c = _invite(ua, branch="z9hG4bK-3", call_id="one@x", cseq=5)
+    tags = [sent(ua.respond(ev.tx, 486))[0].to.tag for ev in (a, b, c)]
+    assert tags[0] != tags[1]  # another Call-ID
+    assert tags[0] == tags[2]  # same Call-ID and From tag
+    other = UserAgentCore(UaConfig(), FakeClock())
+    d = _invite(other, branch="z9hG4bK-1", call_id="one@x")
+    assert sent(other.respond(d.tx, 486))[0].to.tag != tags[0]  # keyed per process (§19.3)
+
+
+# ---------------------------------------------------------------- ACK matching
+
+
+def test_ack_with_another_branch_matches_by_fallback_key(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """An ACK for a non-2xx final whose branch differs from the INVITE's (SIPp, RFC 2543
+    peers) still stops Timer G and moves the transaction to Confirmed (§17.2.1)."""
+    ua, clock = core
+    ev = _invite(ua, branch="z9hG4bK-inv")
+    (r403,) = sent(ua.respond(ev.tx, 403))
+    ua.receive(request("ACK", branch="z9hG4bK-other", to_tag=r403.to.tag), SRC)
+    assert ev.tx.state == TxState.CONFIRMED
+    assert ua.counters["stray_acks"] == 0
+    clock.advance(1.0)
+    assert sent(ua.poll()) == []  # no Timer G retransmission after the ACK
+    clock.advance(5.0)  # Timer I = T4
+    ua.poll()
+    assert ua.transaction_count == 0
+
+
+def test_ack_fallback_needs_the_right_to_tag_and_cseq(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    ev = _invite(ua, branch="z9hG4bK-inv")
+    (r403,) = sent(ua.respond(ev.tx, 403))
+    ua.receive(request("ACK", branch="z9hG4bK-x", to_tag="not-ours"), SRC)
+    ua.receive(request("ACK", branch="z9hG4bK-y", to_tag=r403.to.tag, cseq=7), SRC)
+    assert ev.tx.state == TxState.COMPLETED
+    assert ua.counters["stray_acks"] == 2
+    clock.advance(0.5)
+    assert [r.status for r in sent(ua.poll())] == [403]  # still retransmitting
+
+
+# ---------------------------------------------------------------- overlapping INVITEs
+
+
+def test_reinvite_while_a_reinvite_is_pending_is_500_with_retry_after(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§14.2: a second INVITE before our final response to a first one with a lower CSeq on
+    the same dialog gets 500 with a Retry-After of 0-10 s (491 is for glare with our offer)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag
+    out = ua.receive(request(branch="z9hG4bK-r1", cseq=2, to_tag=tag, body=SDP, extra=CT), SRC)
+    (first,) = events(out)
+    assert isinstance(first, ReofferReceived)
+    out = ua.receive(request(branch="z9hG4bK-r2", cseq=3, to_tag=tag, body=SDP, extra=CT), SRC)
+    assert events(out) == []
+    (busy,) = [r for r in sent(out) if r.status >= 200]
+    assert busy.status == 500
+    retry = busy.headers.get("Retry-After") or ""
+    assert retry.isdigit() and 0 <= int(retry) <= 10
+    # the first re-INVITE is still answerable, and the dialog lives on
+    (ok,) = sent(ua.respond(first.tx, 200, body=b"v=0\r\n"))
+    assert ok.status == 200 and ua.dialog_count == 1
+
+
+def test_update_while_a_reinvite_is_pending_is_500_with_retry_after(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3311 §5.2: an UPDATE offer while we owe an answer to a received offer: 500 +
+    Retry-After."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag
+    ua.receive(request(branch="z9hG4bK-r1", cseq=2, to_tag=tag, body=SDP, extra=CT), SRC)
+    out = ua.receive(
+        request("UPDATE", branch="z9hG4bK-u", cseq=3, to_tag=tag, body=SDP, extra=CT), SRC
+    )
+    (resp,) = sent(out)
+    assert resp.status == 500 and resp.headers.get("Retry-After") is not None
+
+
+def test_new_invite_while_the_first_is_pending(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """A second out-of-dialog INVITE (new branch, higher CSeq) while the first is unanswered is
+    its own transaction: both are handed up, and answering one leaves the other intact."""
+    ua, _ = core
+    first = _invite(ua, branch="z9hG4bK-1")
+    second = _invite(ua, branch="z9hG4bK-2", cseq=2)
+    assert first.tx is not second.tx
+    assert ua.transaction_count == 2
+    dialog, _ = ua.accept(second.tx, b"v=0\r\n")
+    (r, *_) = sent(ua.respond(first.tx, 486))
+    assert r.status == 486 and r.to.tag == dialog.local_tag
+    assert ua.dialog_count == 1
+
+
+# ---------------------------------------------------------------- Timer H, CANCEL after 2xx
+
+
+def test_timer_h_ends_a_non_2xx_final_never_acked(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """§17.2.1: Timer G retransmits at T1, 2T1, ... capped at T2; Timer H (64*T1) gives up."""
+    ua, clock = core
+    ev = _invite(ua)
+    ua.respond(ev.tx, 486)
+    times: list[float] = []
+    while clock.now() < 100 + 32 + 1:
+        clock.advance(0.25)
+        if any(r.status == 486 for r in sent(ua.poll())):
+            times.append(round(clock.now() - 100, 2))
+    assert times[:5] == [0.5, 1.5, 3.5, 7.5, 11.5]  # intervals 0.5, 1, 2, 4, 4 (T2)
+    assert times[-1] < 32
+    assert ev.tx.state == TxState.TERMINATED
+    assert ua.transaction_count == 0
+    assert ua.next_deadline() is None
+
+
+def test_cancel_after_200_gets_200_and_no_487(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """§9.2: a CANCEL after the final response has no effect on the INVITE; the CANCEL itself
+    still gets 200 (its INVITE transaction still exists, in RFC 6026 Accepted)."""
+    ua, _ = core
+    ev = _invite(ua)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    out = ua.receive(request("CANCEL"), SRC)
+    statuses = [(r.status, r.cseq.method) for r in sent(out)]
+    assert statuses == [(200, "CANCEL")]
+    assert events(out) == []
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    out = ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag=dialog.local_tag), SRC)
+    assert events(out) == [CallEnded(dialog, "remote_bye")]
+
+
+# ---------------------------------------------------------------- TimerQueue
+
+
+@dataclass(eq=False)
+class Owner:
+    timer_generation: dict[str, int] = field(default_factory=dict)
+    fired: list[tuple[str, float]] = field(default_factory=list)
+    queue: TimerQueue | None = None
+    reschedule: float | None = None
+
+    def on_timer(self, name: str, now: float) -> None:
+        self.fired.append((name, now))
+        if self.queue is not None and self.reschedule is not None:
+            self.queue.schedule(self, name, now + self.reschedule)
+
+
+def test_timer_queue_orders_cancels_and_rearms() -> None:
+    q = TimerQueue()
+    a, b = Owner(), Owner()
+    q.schedule(a, "x", 5.0)
+    q.schedule(b, "y", 3.0)
+    q.schedule(a, "z", 4.0)
+    assert q.next_deadline() == 3.0
+    q.cancel(b, "y")
+    assert q.next_deadline() == 4.0  # cancelled entries are skipped lazily
+    q.schedule(a, "x", 10.0)  # re-arming replaces the earlier deadline
+    assert q.fire_due(6.0) == 1
+    assert a.fired == [("z", 6.0)] and b.fired == []
+    assert q.fire_due(9.99) == 0
+    assert q.fire_due(10.0) == 1
+    assert a.fired[-1] == ("x", 10.0)
+    assert q.next_deadline() is None and a.timer_generation == {}
+    q.cancel(a, "never-armed")  # no-op
+
+
+def test_timer_queue_fires_due_timers_in_deadline_order_and_reschedules() -> None:
+    q = TimerQueue()
+    order: list[str] = []
+
+    @dataclass(eq=False)
+    class Recorder:
+        name: str
+        timer_generation: dict[str, int] = field(default_factory=dict)
+
+        def on_timer(self, timer: str, now: float) -> None:
+            order.append(self.name)
+
+    for i, deadline in enumerate([3.0, 1.0, 2.0, 1.0]):
+        q.schedule(Recorder(f"r{i}"), "t", deadline)
+    assert q.fire_due(5.0) == 4
+    assert order == ["r1", "r3", "r2", "r0"]  # ties in scheduling order
+    periodic = Owner(queue=q, reschedule=1.0)
+    q.schedule(periodic, "tick", 1.0)
+    assert q.fire_due(1.5) == 1  # the re-armed tick (2.0) is not due yet
+    assert q.fire_due(3.0) == 1  # the 2.5 deadline fires (at 3.0) and re-arms for 4.0
+    assert [t for _, t in periodic.fired] == [1.5, 3.0]
+    assert q.next_deadline() == 4.0
+
+
+def test_ua_next_deadline_follows_its_timers(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    assert ua.next_deadline() is None
+    ev = _invite(ua)
+    ua.respond(ev.tx, 486)
+    assert ua.next_deadline() == pytest.approx(100.5)  # Timer G
+    ua.receive(request("ACK", to_tag=ev.tx.to_tag), SRC)
+    assert ua.next_deadline() == pytest.approx(105.0)  # only Timer I (T4) remains
+    clock.advance(5)
+    assert [o for o in ua.poll() if isinstance(o, Send)] == []
+    assert ua.next_deadline() is None
