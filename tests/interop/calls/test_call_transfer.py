@@ -1,0 +1,99 @@
+"""Transfer end to end: the agent asks for a transfer, we send REFER (RFC 3515) to the carrier
+(SIPp), the carrier accepts (202) and reports success in a NOTIFY sipfrag; the agent gets the
+result, the call ends with BYE and the record says ``transferred``. A refused REFER is reported
+to the agent as a failure and the call goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk, record
+from tests.interop.calls.harness import place_call, settled, wait_until
+
+pytestmark = pytest.mark.interop
+
+TARGET = "sip:+15550001111@carrier.example"
+
+ANSWER_REFER = """  <recv request="REFER" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 %(status)s
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+NOTIFY = """  <send retrans="500">
+    <![CDATA[
+      NOTIFY [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 5 NOTIFY
+      Max-Forwards: 70
+      Event: refer
+      Subscription-State: terminated;reason=noresource
+      Content-Type: message/sipfrag
+      Content-Length: [len]
+
+      SIP/2.0 200 OK
+    ]]>
+  </send>
+  <recv response="200"/>
+"""
+
+
+async def test_refer_accepted_ends_the_call_as_transferred(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "xfer", "xfer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = ANSWER_REFER % {"status": "202 Accepted"} + NOTIFY % {"user": "xfer"}
+        placed = await place_call(
+            gateway, tmp_path, "xfer", "xfer-pass-1", caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await wait_until(lambda: agent.transfer_results, what="the transfer result")
+        await settled(gateway)
+    assert agent.transfer_results[0]["request_id"] == "xfer-1"
+    assert agent.transfer_results[0]["ok"] is True
+    refer = [m for m in result.messages.split("\n\n") if m.lstrip().startswith("REFER ")]
+    assert refer and f"Refer-To: <{TARGET}>" in refer[0]
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"
+    assert "REFER " in rec["sip_trace"] and "NOTIFY " in rec["sip_trace"]
+
+
+async def test_refer_refused_is_reported_and_the_call_goes_on(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "noxfer", "xfer-pass-2", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = ANSWER_REFER % {"status": "603 Decline"}
+        placed = await place_call(
+            gateway, tmp_path, "noxfer", "xfer-pass-2", hold_ms=1500, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert agent.transfer_results and agent.transfer_results[0]["ok"] is False
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned
