@@ -24,6 +24,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.conftest import skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
+from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
 
@@ -104,11 +105,7 @@ async def test_baresip_md5_call(api: Api, gateway: Gateway, tmp_path: Path, orde
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         out = await _dial(config, port, 2)
         assert "Call established" in out, out
-        for _ in range(500):
-            if gateway.manager.active_calls == 0 and agent.stops:
-                break
-            await asyncio.sleep(0.01)
-    calls = (await api.get("/v1/calls")).json()["calls"]
+        calls = await ended_records(api, gateway)
     assert len(calls) == 1, out
     record = calls[0]
     assert record["status"] == "disconnected" and record["disconnect_reason"] == "caller_hangup"

@@ -18,6 +18,7 @@ from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import call, run_sipp
 from tests.interop.sip.uac import CallLeg, Uac, new_branch
+from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
 
@@ -84,7 +85,7 @@ async def test_second_invite_gets_503_and_first_call_is_unaffected(
     assert abs(dominant_frequency(heard) - 1000) < 15
     assert abs(phone.dominant(0) - 440) < 15
     assert len(agent.handshakes) == 1
-    calls = (await api.get("/v1/calls")).json()["calls"]
+    calls = await ended_records(api, gateway)
     assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
 
 
@@ -100,10 +101,7 @@ async def test_capacity_frees_when_the_call_ends(api: Api, gateway: Gateway) -> 
                 await leg.answered(leg.authenticated_invite(PASSWORD, 40004))
                 uac.send(leg.ack())
                 await leg.bye()
-                for _ in range(500):
-                    if gateway.manager.active_calls == 0:
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: gateway.manager.active_calls == 0)
         finally:
             await uac.close()
     assert len(agent.handshakes) == 2

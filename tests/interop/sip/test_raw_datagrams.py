@@ -7,9 +7,8 @@ requests get the RFC's status codes; garbage never takes the listener down.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -26,6 +25,7 @@ from tests.interop.sip.uac import (
     new_call_id,
     sdp_offer,
 )
+from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
 
@@ -80,8 +80,7 @@ async def test_retransmitted_invite_is_absorbed(
     assert len(agent.handshakes) == 1
     assert gateway.manager.active_calls == 1
     await leg.bye()
-    await _until(lambda: gateway.manager.active_calls == 0)
-    calls = (await api.get("/v1/calls")).json()["calls"]
+    calls = await ended_records(api, gateway)
     assert len(calls) == 1 and calls[0]["disconnect_reason"] == "caller_hangup"
     assert gateway.server.core.counters["retransmissions_absorbed"] >= 3
 
@@ -99,7 +98,7 @@ async def test_retransmitted_bye_gets_200_again(
     first, second = uac.responses(leg.call_id, "BYE")
     assert first.raw == second.raw
     assert first.message.status == 200  # type: ignore[union-attr]
-    await _until(lambda: gateway.manager.active_calls == 0)
+    await until(lambda: gateway.manager.active_calls == 0)
     assert gateway.server.core.dialog_count == 0
 
 
@@ -120,7 +119,7 @@ async def test_late_ack_stops_2xx_retransmissions(
     uac.send(leg.ack())
     count = len(_oks(uac, leg.call_id))
     (dialog,) = gateway.server.core._dialogs.values()
-    await _until(lambda: dialog.acked)
+    await until(lambda: dialog.acked)
     assert dialog.pending_2xx is None and "2xx" not in dialog.timer_generation
     with pytest.raises(TimeoutError):  # the next retransmission would be due 4*T1 after
         await uac.wait_for(lambda m: len(_oks(uac, leg.call_id)) > count, within_s=2.5)
@@ -262,12 +261,3 @@ async def _call_up(uac: Uac) -> CallLeg:
     await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
     uac.send(leg.ack())
     return leg
-
-
-async def _until(predicate: Callable[[], bool], within_s: float = 5) -> None:
-    """Poll gateway state that has no event to await (call records, dialog flags)."""
-    for _ in range(int(within_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")

@@ -4,7 +4,7 @@ through the API: every way a call gets in, is refused, or changes mid-call."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tests.interop.sip.sipp_scenarios import (
     rejected_call,
     run_sipp,
 )
+from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
 
@@ -52,22 +53,9 @@ async def _calls(api: Api) -> list[dict[str, Any]]:
     return calls
 
 
-async def _until(predicate: Callable[[], bool], within_s: float = 5) -> None:
-    for _ in range(int(within_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def _ended_record(api: Api, gateway: Gateway) -> dict[str, Any]:
-    await _until(lambda: gateway.manager.active_calls == 0)
-    for _ in range(200):  # the record is written just after the call leaves the table
-        calls = await _calls(api)
-        if calls and calls[0]["status"] != "in_progress":
-            return calls[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no finished call record: {await _calls(api)}")
+    (record,) = await ended_records(api, gateway)
+    return record
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -167,7 +155,7 @@ async def test_cancel_before_answer_gets_487(
             transport=transport,
         )
         assert result.returncode == 0, result.stdout + result.errors
-        await _until(lambda: gateway.manager.counters.get("cancelled_during_setup") == 1)
+        await until(lambda: gateway.manager.counters.get("cancelled_during_setup") == 1)
     assert gateway.manager.active_calls == 0
     assert gateway.server.core.dialog_count == 0
     assert "SIP/2.0 200 OK" not in _responses_to(result.messages, "INVITE")
@@ -241,7 +229,7 @@ async def test_info_dtmf_reaches_the_agent(
         )
         assert result.returncode == 0, result.stdout + result.errors
         await _ended_record(api, gateway)
-        await _until(lambda: len(agent.digits) == 3)
+        await until(lambda: len(agent.digits) == 3)
     assert agent.digits == ["1", "#", "*"]  # Signal=11 is '#' (RFC 4733 event code)
 
 

@@ -4,7 +4,6 @@ order, and hangs up. Also SHA-256 over UDP, and MD5 still accepted from the same
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import ssl
@@ -23,6 +22,7 @@ from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.uac import CallLeg, Uac, challenge_params
+from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
 
@@ -114,8 +114,7 @@ async def test_tls_call_with_sha256_digest(
         await leg.bye()
     finally:
         await uac.close()
-    await _until_no_calls(gateway)
-    calls = (await api.get("/v1/calls")).json()["calls"]
+    calls = await ended_records(api, gateway)
     assert len(calls) == 1 and calls[0]["disconnect_reason"] == "caller_hangup"
     detail = (await api.get(f"/v1/calls/{calls[0]['id']}")).json()
     assert "--- in TLS 127.0.0.1:" in detail["sip_trace"]
@@ -134,7 +133,7 @@ async def test_udp_call_with_default_challenge_order(
         await leg.bye()
     finally:
         await uac.close()
-    await _until_no_calls(gateway)
+    await ended_records(api, gateway)
 
 
 async def test_sha256_wrong_password_is_403(gateway: Gateway, agent: FakeTelepathAgent) -> None:
@@ -154,11 +153,3 @@ async def test_tls_rejects_a_client_that_does_not_trust_it(gateway: Gateway) -> 
     """The listener really is TLS: a verifying client without our CA fails the handshake."""
     with pytest.raises(ssl.SSLCertVerificationError):
         await Uac.open("TLS", gateway.server.bound["TLS"], ssl.create_default_context())
-
-
-async def _until_no_calls(gateway: Gateway) -> None:
-    for _ in range(500):
-        if gateway.manager.active_calls == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("call did not end")
