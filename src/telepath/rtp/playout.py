@@ -86,6 +86,7 @@ class Playout:
         self._queued_total = 0  # bytes ever enqueued (absolute offsets for marks)
         self._sent_total = 0  # bytes ever consumed
         self._marks: deque[tuple[int, str]] = deque()
+        self.skipped_bytes = 0  # agent audio dropped because the sender stalled
         self._played_since_flush = 0
         self._played_total = 0
         self._talkspurt = True  # next agent-audio frame starts a talkspurt
@@ -232,6 +233,23 @@ class Playout:
         self._talkspurt = False
         frame = OutboundFrame(self._codec.spec.payload_type, payload, marker, timestamp, True)
         return frame, self._reached()
+
+    def skip_frame(self) -> list[str]:
+        """A packet time that passed without a send (the sender stalled): advance the clock and
+        drop the audio that should have played in it, so agent audio stays on real time instead
+        of being delayed by every stall. Counts as played for barge-in truncation (the caller
+        will never hear it). Returns the marks passed."""
+        self._timestamp = ts_add(self._timestamp, self.samples_per_frame)
+        self._talkspurt = True
+        if self._dtmf:
+            self._dtmf.popleft()
+            return []
+        dropped = min(len(self._queue), self.frame_bytes)
+        del self._queue[:dropped]
+        self._sent_total += dropped
+        self._played_since_flush += dropped
+        self.skipped_bytes += dropped
+        return self._reached()
 
     def _reached(self) -> list[str]:
         reached: list[str] = []

@@ -544,9 +544,14 @@ class MediaSession:
         started = perf_counter_ns()
         playout = self._playout
         send = not self._held and self._dest is not None and self._rtp is not None
+        skipped_marks: list[str] = []
         for _ in range(frames - 1):
-            playout.next_frame(send=False)  # a stall: keep the RTP clock on real time
+            if send:  # a stall: keep the clock and the agent's audio on real time
+                skipped_marks += playout.skip_frame()
+            else:
+                playout.next_frame(send=False)  # on hold: the clock runs, audio is kept
         frame, reached = playout.next_frame(send=send)
+        reached = skipped_marks + reached
         if frame is not None and self._rtp is not None and self._dest is not None:
             data = pack_rtp(
                 frame.payload_type,

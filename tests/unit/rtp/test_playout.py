@@ -122,3 +122,21 @@ def test_queue_is_bounded() -> None:
     playout = make()
     with pytest.raises(PlayoutOverflow):
         playout.enqueue(b"\x00" * (8 * 120_001))
+
+
+def test_a_stall_drops_the_audio_it_should_have_played() -> None:
+    playout = make()
+    audio = bytes(range(160)) * 5  # 100 ms, each 20 ms frame identical
+    marked = bytes([7]) * 160
+    playout.enqueue(audio[:320])  # frames 1-2
+    playout.mark("after-two")
+    playout.enqueue(marked + audio[:320])  # frames 3-5
+    start = playout.timestamp
+    assert playout.skip_frame() == []
+    assert playout.skip_frame() == ["after-two"]  # the mark was passed during the stall
+    frame, _ = playout.next_frame()
+    assert frame is not None and frame.payload == marked  # real time: frame 3, not frame 1
+    assert frame.marker  # a new talkspurt after the gap
+    assert frame.timestamp == (start + 2 * 160) & 0xFFFFFFFF
+    assert playout.queued_ms == pytest.approx(40)
+    assert playout.skipped_bytes == 320
