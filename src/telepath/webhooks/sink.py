@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
@@ -37,6 +38,16 @@ def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+ENDPOINT_CACHE_TTL_S = 5.0
+_generation = 0
+
+
+def endpoints_changed() -> None:
+    """Tell every sink in this process that webhook endpoints were created or deleted."""
+    global _generation
+    _generation += 1
+
+
 class DbEventSink:
     """Queues each event once per subscribed, active endpoint of the account.
 
@@ -64,6 +75,7 @@ class DbEventSink:
         self._on_enqueued = on_enqueued
         self._timeout_s = timeout_s
         self.failures = 0
+        self._cache: dict[str, tuple[int, float, list[tuple[str, list[str]]]]] = {}
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints."""
@@ -80,15 +92,32 @@ class DbEventSink:
         if queued and self._on_enqueued is not None:
             self._on_enqueued()
 
+    async def _endpoints(self, account_id: str) -> list[tuple[str, list[str]]]:
+        """The account's active endpoints as (id, events), cached: every call emits several
+        events, and most accounts have no or few endpoints. The cache is dropped at once when
+        this process changes endpoints (:func:`endpoints_changed`) and after
+        ``ENDPOINT_CACHE_TTL_S`` otherwise (another process may have changed them)."""
+        now = time.monotonic()
+        cached = self._cache.get(account_id)
+        if cached is not None and cached[0] == _generation and cached[1] > now:
+            return cached[2]
+        async with self._sessions() as session:
+            rows = await WebhookRepository(session).active_endpoints(account_id)
+            endpoints = [(e.id, list(e.events)) for e in rows]
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[account_id] = (_generation, now + ENDPOINT_CACHE_TTL_S, endpoints)
+        return endpoints
+
     async def _enqueue(self, account_id: str, event: str, payload: dict[str, Any]) -> int:
         data = normalize_payload(payload)
+        targets = [
+            eid for eid, events in await self._endpoints(account_id) if subscribed(events, event)
+        ]
+        if not targets:
+            return 0
         async with self._sessions() as session:
             repo = WebhookRepository(session)
-            targets = [
-                e.id for e in await repo.active_endpoints(account_id) if subscribed(e.events, event)
-            ]
-            if not targets:
-                return 0
             repo.enqueue(
                 targets,
                 account_id=account_id,

@@ -22,6 +22,7 @@ from telepath.db.webhook_store import WebhookRepository
 from telepath.secrets.tokens import new_id
 from telepath.webhooks.events import ALL_EVENTS, EVENT_TYPES
 from telepath.webhooks.signing import new_secret
+from telepath.webhooks.sink import endpoints_changed
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -145,6 +146,7 @@ async def create_webhook(
     )
     repo.add_endpoint(endpoint)
     await session.commit()
+    endpoints_changed()
     return schemas.WebhookCreated(**_view(endpoint).model_dump(), secret=secret)
 
 
@@ -201,4 +203,5 @@ async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: Sess
         raise not_found("Webhook", webhook_id[:64])
     await repo.delete_endpoint(endpoint)
     await session.commit()
+    endpoints_changed()
     return Response(status_code=204)
