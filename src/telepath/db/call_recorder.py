@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -114,15 +114,31 @@ class DbCallRecorder:
 
     async def _insert(self, record: CallRecord) -> None:
         async with self._sessions() as session:
-            if await session.get(CallRow, record.id) is not None:
-                return
-            session.add(CallRow(id=record.id, updated_at=utcnow(), **_final_fields(record)))
+            # One statement, no read first: an existing row (a concurrent writer, a retry)
+            # raises IntegrityError and that row wins.
             try:
+                await session.execute(
+                    insert(CallRow).values(
+                        id=record.id, updated_at=utcnow(), **_final_fields(record)
+                    )
+                )
                 await session.commit()
-            except IntegrityError:  # a concurrent writer got there first: that row wins
+            except IntegrityError:
                 await session.rollback()
 
     async def _upsert(self, record: CallRecord) -> None:
+        # Fast path: one UPDATE of a row whose detail was not purged (the usual case).
+        fields = _final_fields(record)
+        async with self._sessions() as session:
+            result = await session.execute(
+                update(CallRow)
+                .where(CallRow.id == record.id, CallRow.detail_purged_at.is_(None))
+                .values(updated_at=utcnow(), **fields)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+            if int(result.rowcount or 0) == 1:  # type: ignore[attr-defined]
+                return
         for _ in range(2):  # a lost insert race turns into an update on the second pass
             async with self._sessions() as session:
                 row = await session.get(CallRow, record.id)

@@ -27,6 +27,9 @@ def make_engine(url: str) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: no fsync per commit, still never corrupt (a power cut may lose the
+            # last transactions). Call records are written twice per call: this halves setup cost.
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 

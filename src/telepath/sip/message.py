@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import (
@@ -83,6 +84,7 @@ SINGLE_HEADERS = frozenset(
 )
 
 
+@lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str:
     """``v`` → ``Via``, ``call-id`` → ``Call-ID``, ``x-foo-bar`` → ``X-Foo-Bar``."""
     lower = name.lower()
