@@ -46,6 +46,13 @@ class TrunkCreate(BaseModel):
         None, description="Headers sent on the agent WebSocket handshake (stored encrypted)"
     )
     system_prompt: str | None = Field(None, max_length=32000)
+    sip_digest_algorithms: str | None = Field(
+        None,
+        max_length=32,
+        description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
+        "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
+        "abort on a SHA-256 challenge",
+    )
 
 
 class TrunkUpdate(BaseModel):
@@ -64,6 +71,13 @@ class TrunkUpdate(BaseModel):
     custom_protocol: CustomProtocol | None = None
     custom_headers: dict[str, str] | None = None
     system_prompt: str | None = Field(None, max_length=32000)
+    sip_digest_algorithms: str | None = Field(
+        None,
+        max_length=32,
+        description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
+        "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
+        "abort on a SHA-256 challenge",
+    )
 
 
 class TrunkCreated(BaseModel):
@@ -94,6 +108,7 @@ class Trunk(TrunkCreated):
         None, description="Names of the stored custom headers (values are never returned)"
     )
     password_rotated_at: str | None = None
+    sip_digest_algorithms: str | None = None
 
 
 class Pagination(BaseModel):

@@ -72,6 +72,7 @@ CREATE_FIELDS: Final = (
     "custom_protocol",
     "custom_headers",
     "system_prompt",
+    "sip_digest_algorithms",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -85,6 +86,7 @@ UPDATE_FIELDS: Final = (
     "custom_protocol",
     "custom_headers",
     "system_prompt",
+    "sip_digest_algorithms",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -92,7 +94,10 @@ IMMUTABLE_FIELDS: Final = {
     "sip_password": "sip_password cannot be set here; use POST /v1/trunks/{id}/rotate-password",
 }
 # Optional fields that PATCH may clear with null.
-CLEARABLE: Final = frozenset({"openai_model", "openai_voice", "custom_headers", "system_prompt"})
+CLEARABLE: Final = frozenset(
+    {"openai_model", "openai_voice", "custom_headers", "system_prompt", "sip_digest_algorithms"}
+)
+DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -206,6 +211,21 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         _check_endpoint(fields["custom_endpoint"], allow_insecure)
     if "custom_headers" in fields:
         _check_headers(fields["custom_headers"])
+    if "sip_digest_algorithms" in fields:
+        fields["sip_digest_algorithms"] = normalize_digest_algorithms(
+            fields["sip_digest_algorithms"]
+        )
+
+
+def normalize_digest_algorithms(value: str) -> str:
+    """``"md5, sha-256"`` → ``"MD5,SHA-256"``; order is the challenge order (preferred first)."""
+    names = [part.strip().upper() for part in value.split(",")]
+    if not names or any(n not in DIGEST_ALGORITHMS for n in names) or len(set(names)) != len(names):
+        raise _bad(
+            "invalid_field",
+            "sip_digest_algorithms must list SHA-256 and/or MD5, comma-separated, preferred first",
+        )
+    return ",".join(names)
 
 
 def _check_applicable(fields: dict[str, Any], provider: str) -> None:
@@ -273,5 +293,7 @@ def parse_update(raw: bytes, *, provider: str, allow_insecure: bool) -> dict[str
         raise _bad("invalid_field", "status must be one of: active, inactive")
     if "name" in body:
         body["name"] = body["name"].strip()
-    _check_values({k: v for k, v in body.items() if v is not None}, allow_insecure)
+    present = {k: v for k, v in body.items() if v is not None}
+    _check_values(present, allow_insecure)  # validates, and normalises some values in place
+    body.update(present)
     return body

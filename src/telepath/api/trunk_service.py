@@ -20,6 +20,7 @@ from telepath.api.trunk_input import TrunkCreateInput
 from telepath.db.base import utcnow
 from telepath.db.models import Trunk, trunk_secret_context
 from telepath.db.repository import TrunkRepository
+from telepath.db.trunk_directory import trunks_changed
 from telepath.secrets.digest import compute_ha1
 from telepath.secrets.keyring import Keyring
 from telepath.secrets.tokens import mask_secret, new_id, new_sip_password
@@ -93,6 +94,7 @@ class TrunkService:
             custom_protocol=trunk.custom_protocol,
             custom_header_names=header_names,
             password_rotated_at=iso(trunk.password_rotated_at),
+            sip_digest_algorithms=trunk.sip_digest_algorithms,
         )
 
     def _conflict(self, sip_username: str) -> ApiError:
@@ -166,6 +168,7 @@ class TrunkService:
         except IntegrityError:
             await self.session.rollback()
             raise self._conflict(data.sip_username) from None
+        trunks_changed()
         return trunk
 
     async def get(self, trunk_id: str) -> Trunk:
@@ -182,6 +185,7 @@ class TrunkService:
         self._apply(trunk, fields)
         trunk.updated_at = utcnow()
         await self.session.commit()
+        trunks_changed()
         return trunk
 
     async def delete(self, trunk_id: str) -> None:
@@ -189,6 +193,7 @@ class TrunkService:
         trunk = await self.get(trunk_id)
         await self.repo.delete(trunk)
         await self.session.commit()
+        trunks_changed()
 
     async def rotate_password(self, trunk_id: str) -> tuple[Trunk, str]:
         """Replace the SIP password with a generated one; the old one stops working at once."""
@@ -200,4 +205,5 @@ class TrunkService:
         trunk.password_rotated_at = now
         trunk.updated_at = now
         await self.session.commit()
+        trunks_changed()
         return trunk, password

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from telepath.bridges.base import (
     AgentBridge,
@@ -38,7 +38,13 @@ from telepath.rtp.codecs import CodecSpec
 from telepath.sdp import NoCommonCodec, SdpError, negotiate_answer, negotiate_reoffer, parse
 from telepath.sdp.negotiate import NegotiatedMedia
 from telepath.secrets.tokens import new_id
-from telepath.sip.auth import AuthHeaderError, AuthResult, DigestAuthenticator, parse_authorization
+from telepath.sip.auth import (
+    Algorithm,
+    AuthHeaderError,
+    AuthResult,
+    DigestAuthenticator,
+    parse_authorization,
+)
 from telepath.sip.defence import SourceGuard
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
@@ -221,9 +227,13 @@ class CallManager:
             self.metrics.calls_rejected.labels(reason=why).inc()
         self._respond(tx, status, **kw)
 
-    def _challenge(self, tx: ServerTransaction, *, stale: bool = False) -> None:
-        headers = [("WWW-Authenticate", v) for v in self.auth.challenge_headers(stale=stale)]
-        self._respond(tx, 401, headers=headers)
+    def _challenge(
+        self, tx: ServerTransaction, trunk: TrunkConfig | None, *, stale: bool = False
+    ) -> None:
+        # A trunk may narrow the challenge (e.g. MD5 only, for UACs that abort on SHA-256).
+        algorithms = _algorithms(trunk)
+        values = self.auth.challenge_headers(stale=stale, algorithms=algorithms)
+        self._respond(tx, 401, headers=[("WWW-Authenticate", v) for v in values])
 
     # ---------------------------------------------------------------- setup
 
@@ -307,12 +317,13 @@ class CallManager:
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
         if value is None:
-            self._challenge(tx)
+            self._challenge(tx, await self._trunk_of(request))
             return None
         try:
             creds = parse_authorization(value)
         except AuthHeaderError:
-            self._challenge(tx)  # e.g. an unknown scheme (RFC 4475 regaut01): challenge again
+            # e.g. an unknown scheme (RFC 4475 regaut01): challenge again
+            self._challenge(tx, await self._trunk_of(request))
             return None
         trunk = await self.directory.find_by_sip_username(creds.username)
 
@@ -327,7 +338,7 @@ class CallManager:
                 self.guard.record_auth_success(source_ip)
             return trunk
         if outcome.result == AuthResult.STALE:
-            self._challenge(tx, stale=True)
+            self._challenge(tx, trunk, stale=True)
             return None
         if outcome.result == AuthResult.MALFORMED:
             self._reject(tx, 400, "auth_malformed", reason="Bad Authorization")
@@ -338,6 +349,13 @@ class CallManager:
             log.warning("banned a SIP source after repeated authentication failures")
         self._reject(tx, 403, "auth_failed")
         return None
+
+    async def _trunk_of(self, request: Any) -> TrunkConfig | None:
+        """The trunk named by the Request-URI user, to choose its challenge (None if none)."""
+        user = request.uri.user_unescaped
+        if not user:
+            return None
+        return await self.directory.find_by_sip_username(user.split(";", 1)[0])
 
     async def _connect_and_answer(
         self,
@@ -624,6 +642,13 @@ class CallManager:
         for task in list(self._tasks):
             task.cancel()
         await self.lag.stop()
+
+
+def _algorithms(trunk: TrunkConfig | None) -> tuple[Algorithm, ...] | None:
+    if trunk is None or not trunk.digest_algorithms:
+        return None
+    chosen = tuple(a for a in trunk.digest_algorithms if a in ("SHA-256", "MD5"))
+    return cast(tuple[Algorithm, ...], chosen) or None
 
 
 def _call_of(data: object) -> Call | None:

@@ -54,6 +54,7 @@ class TrunkConfig:
     custom_endpoint: str | None = None
     custom_protocol: str | None = None
     custom_headers: dict[str, str] = field(default_factory=dict)
+    digest_algorithms: tuple[str, ...] | None = None  # None: the installation default
 
     def __repr__(self) -> str:  # never print secrets by accident
         return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"

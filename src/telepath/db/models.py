@@ -82,6 +82,9 @@ class Trunk(Base):
     custom_protocol: Mapped[str | None] = mapped_column(String(16), nullable=True)
     custom_headers_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Digest algorithms challenged for this trunk, preferred first ("MD5", "SHA-256,MD5"...);
+    # None: TELEPATH_SIP_DIGEST_ALGORITHMS.
+    sip_digest_algorithms: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,12 +20,32 @@ from telepath.secrets.keyring import Keyring, SecretDecryptionError
 logger = logging.getLogger(__name__)
 
 
+CACHE_TTL_S = 1.0
+_generation = 0
+
+
+def trunks_changed() -> None:
+    """Drop every cached trunk in this process (a trunk was created, changed or deleted)."""
+    global _generation
+    _generation += 1
+
+
 class DbTrunkDirectory:
     """Trunk lookups for the SIP layer and call control."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        *,
+        cache_ttl_s: float = CACHE_TTL_S,
+    ) -> None:
         self._sessions = sessions
         self._keyring = keyring
+        self._ttl = cache_ttl_s
+        # lower(username) -> (generation, expiry, trunk or None). A call looks its trunk up
+        # twice within milliseconds (to choose the challenge, then to verify the answer).
+        self._cache: dict[str, tuple[int, float, TrunkConfig | None]] = {}
 
     def _open(self, trunk: Trunk, column: str, envelope: str | None) -> str | None:
         if not envelope:
@@ -32,7 +53,23 @@ class DbTrunkDirectory:
         return self._keyring.decrypt(envelope, trunk_secret_context(trunk.id, column))
 
     async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
-        """The trunk owning ``sip_username`` with its secrets decrypted, or None."""
+        """The trunk owning ``sip_username`` with its secrets decrypted, or None.
+
+        Cached for ``cache_ttl_s`` (1 s): a change made through this process's API is seen at
+        once (:func:`trunks_changed`); one made by another process within a second.
+        """
+        key = sip_username.lower()
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == _generation and hit[1] > now:
+            return hit[2]
+        found = await self._load(sip_username)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (_generation, now + self._ttl, found)
+        return found
+
+    async def _load(self, sip_username: str) -> TrunkConfig | None:
         async with self._sessions() as session:
             trunk = await TrunkRepository(session).by_sip_username(sip_username)
         if trunk is None:
@@ -59,6 +96,11 @@ class DbTrunkDirectory:
                 custom_endpoint=trunk.custom_endpoint,
                 custom_protocol=trunk.custom_protocol,
                 custom_headers=json.loads(headers_raw) if headers_raw else {},
+                digest_algorithms=(
+                    tuple(trunk.sip_digest_algorithms.split(","))
+                    if trunk.sip_digest_algorithms
+                    else None
+                ),
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

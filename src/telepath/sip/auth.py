@@ -55,7 +55,7 @@ import re
 import secrets
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -432,7 +432,9 @@ class DigestAuthenticator:
 
     # -- public API -------------------------------------------------------------------------
 
-    def challenge_headers(self, *, stale: bool = False) -> list[str]:
+    def challenge_headers(
+        self, *, stale: bool = False, algorithms: Sequence[Algorithm] | None = None
+    ) -> list[str]:
         """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
 
         One challenge per algorithm, in the configured order of preference — by default SHA-256
@@ -443,7 +445,7 @@ class DigestAuthenticator:
         """
         nonce = self._new_nonce()
         values = []
-        for algorithm in self.algorithms:
+        for algorithm in algorithms or self.algorithms:
             value = (
                 f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
                 f'algorithm={algorithm}, qop="auth"'

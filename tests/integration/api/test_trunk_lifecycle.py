@@ -311,3 +311,20 @@ async def test_rate_limit(api: Api) -> None:
     # Limits are per key: another key is unaffected.
     other = await api.new_account_key("other")
     assert (await api.get("/v1/trunks", key=other)).status_code == 200
+
+
+async def test_per_trunk_digest_algorithms(api: Api) -> None:
+    body = {**OPENAI_EXAMPLE, "sip_digest_algorithms": " md5 "}
+    created = await api.post("/v1/trunks", body)
+    assert created.status_code == 201, created.text
+    trunk_id = created.json()["id"]
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert got["sip_digest_algorithms"] == "MD5"
+    both = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_digest_algorithms": "MD5,sha-256"})
+    assert both.status_code == 200 and both.json()["sip_digest_algorithms"] == "MD5,SHA-256"
+    for bad in ("SHA1", "MD5,MD5", "", "MD5;SHA-256"):
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_digest_algorithms": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] in ("invalid_field", "missing_required_field")
+    cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_digest_algorithms": None})
+    assert cleared.status_code == 200 and cleared.json()["sip_digest_algorithms"] is None
