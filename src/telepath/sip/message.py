@@ -7,9 +7,10 @@ same field. Typed views (``Via``, ``NameAddr``, ``CSeq``) are parsed on demand f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import (
@@ -23,6 +24,8 @@ from telepath.sip.headers import (
 )
 from telepath.sip.status import reason_phrase
 from telepath.sip.uri import SipUri
+
+_T = TypeVar("_T")
 
 # RFC 3261 §7.3.3 and the IANA SIP parameters registry "compact form" column.
 COMPACT_FORMS: dict[str, str] = {
@@ -173,6 +176,21 @@ class _Message:
     headers: Headers
     body: bytes
 
+    # Typed views are parsed once per message (the UA reads From/To/Via/CSeq many times).
+    # Whoever changes ``headers`` afterwards calls :meth:`forget_parsed`.
+    def _memo(self, key: str, parse: Callable[[], _T]) -> _T:
+        cache: dict[str, Any] | None = self.__dict__.get("_parsed")
+        if cache is None:
+            cache = self.__dict__["_parsed"] = {}
+        if key not in cache:
+            cache[key] = parse()
+        value: _T = cache[key]
+        return value
+
+    def forget_parsed(self) -> None:
+        """Drop the typed views after changing ``headers``."""
+        self.__dict__.pop("_parsed", None)
+
     @property
     def call_id(self) -> str:
         """The Call-ID (empty if absent; requests are validated by the parser)."""
@@ -181,20 +199,17 @@ class _Message:
     @property
     def cseq(self) -> CSeq:
         """The parsed CSeq."""
-        value = self.headers.get("CSeq")
-        if value is None:
-            raise SipParseError("missing CSeq")
-        return parse_cseq(value)
+        return self._memo("cseq", lambda: parse_cseq(self._required("CSeq")))
 
     @property
     def from_(self) -> NameAddr:
         """The parsed From."""
-        return parse_name_addr(self._required("From"))
+        return self._memo("from", lambda: parse_name_addr(self._required("From")))
 
     @property
     def to(self) -> NameAddr:
         """The parsed To."""
-        return parse_name_addr(self._required("To"))
+        return self._memo("to", lambda: parse_name_addr(self._required("To")))
 
     @property
     def vias(self) -> list[Via]:
@@ -204,6 +219,9 @@ class _Message:
     @property
     def top_via(self) -> Via:
         """The topmost Via."""
+        return self._memo("top_via", self._parse_top_via)
+
+    def _parse_top_via(self) -> Via:
         values = self.headers.get_all("Via")
         if not values:
             raise SipParseError("missing Via")

@@ -822,6 +822,7 @@ def _stamp_received(request: Request, source: Source) -> None:
     except (IndexError, SipParseError):
         return
     request.headers.set("Via", ", ".join([str(top), *vias[1:]]))
+    request.forget_parsed()
 
 
 def _session_expires(request: Request) -> int | None:
