@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -80,7 +81,13 @@ class _Setup:
 
 
 class LagMonitor:
-    """Measures event-loop lag; past the threshold new calls are shed with 503."""
+    """Measures event-loop lag; past the threshold new calls are shed with 503.
+
+    The decision uses a moving average (about half a second), so one slow tick — a garbage
+    collection, a burst of setups — does not refuse calls; sustained lag does.
+    """
+
+    AVERAGE_S = 0.5
 
     def __init__(self, threshold_s: float, interval_s: float = 0.05) -> None:
         self.threshold_s = threshold_s
@@ -109,9 +116,10 @@ class LagMonitor:
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval_s)
-            lag = loop.time() - before - self.interval_s
-            # decay slowly so one slow tick does not flap admission
-            self.lag_s = max(lag, self.lag_s * 0.8)
+            lag = max(0.0, loop.time() - before - self.interval_s)
+            # continuous-time EWMA (time constant AVERAGE_S): a sample weighs what it lasted
+            weight = 1.0 - math.exp(-(self.interval_s + lag) / self.AVERAGE_S)
+            self.lag_s += weight * (lag - self.lag_s)
 
 
 class CallManager:
