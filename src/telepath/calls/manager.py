@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -83,11 +82,11 @@ class _Setup:
 class LagMonitor:
     """Measures event-loop lag; past the threshold new calls are shed with 503.
 
-    The decision uses a moving average (about half a second), so one slow tick — a garbage
-    collection, a burst of setups — does not refuse calls; sustained lag does.
+    The decision uses a moving average over samples, so one slow tick — a garbage collection,
+    a burst of setups, a stall at start-up — does not refuse calls; lag on tick after tick does.
     """
 
-    AVERAGE_S = 0.5
+    ALPHA = 0.2
 
     def __init__(self, threshold_s: float, interval_s: float = 0.05) -> None:
         self.threshold_s = threshold_s
@@ -117,9 +116,9 @@ class LagMonitor:
             before = loop.time()
             await asyncio.sleep(self.interval_s)
             lag = max(0.0, loop.time() - before - self.interval_s)
-            # continuous-time EWMA (time constant AVERAGE_S): a sample weighs what it lasted
-            weight = 1.0 - math.exp(-(self.interval_s + lag) / self.AVERAGE_S)
-            self.lag_s += weight * (lag - self.lag_s)
+            # Per-sample moving average: one stall, however long, is one sample (the loop is
+            # free again when it is measured); lag on every tick adds up within a few ticks.
+            self.lag_s += self.ALPHA * (lag - self.lag_s)
 
 
 class CallManager:
@@ -231,6 +230,8 @@ class CallManager:
 
     def _reject(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
         self._count(f"rejected_{why}")
+        if status == 503:
+            log.info("INVITE refused with 503: %s (loop lag %.0f ms)", why, self.lag.lag_s * 1000)
         if self.metrics is not None:
             self.metrics.calls_rejected.labels(reason=why).inc()
         self._respond(tx, status, **kw)
