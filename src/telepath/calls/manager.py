@@ -29,6 +29,7 @@ from telepath.bridges.base import (
 from telepath.bridges.registry import create_bridge
 from telepath.calls.call import Call, CallEnd
 from telepath.calls.config import CallControlConfig
+from telepath.calls.events import call_ended_payload, call_started_payload
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.calls.ports import CallRecorder, EventSink, TrunkConfig, TrunkDirectory
 from telepath.errors import TelepathError
@@ -505,9 +506,11 @@ class CallManager:
             negotiated.codec.name,
         )
         await self._safe(self._recorder_started(record))
-        await self._emit(record, "call.started", {"call_id": call_id, "trunk_id": trunk.trunk_id})
+        await self._emit(record, "call.started", call_started_payload(record))
         await self._emit(
-            record, "agent.connected", {"call_id": call_id, "ai_provider": trunk.ai_provider}
+            record,
+            "agent.connected",
+            {"call_id": call_id, "trunk_id": trunk.trunk_id, "ai_provider": trunk.ai_provider},
         )
         self._spawn(call.run())
 
@@ -607,9 +610,11 @@ class CallManager:
             )
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
-        payload = _ended_payload(record)
+        payload = call_ended_payload(record)
         await self._emit(
-            record, "agent.disconnected", {"call_id": record.id, "reason": end.reason.value}
+            record,
+            "agent.disconnected",
+            {"call_id": record.id, "trunk_id": record.trunk_id, "reason": end.reason.value},
         )
         if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
             await self._emit(record, "call.error", {**payload, "error": record.error_message})
@@ -619,7 +624,7 @@ class CallManager:
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
         await self._emit(
-            record, "call.error", {**_ended_payload(record), "error": record.error_message}
+            record, "call.error", {**call_ended_payload(record), "error": record.error_message}
         )
 
     async def _recorder_started(self, record: CallRecord) -> None:
@@ -674,22 +679,3 @@ def _number(uri: SipUri) -> str | None:
     if digits.isdigit() and 6 <= len(digits) <= 15:
         return "+" + digits if user.startswith("+") or len(digits) > 10 else user
     return user
-
-
-def _ended_payload(record: CallRecord) -> dict[str, Any]:
-    m = record.metrics
-    return {
-        "call_id": record.id,
-        "trunk_id": record.trunk_id,
-        "status": record.status.value,
-        "disconnect_reason": record.disconnect_reason.value if record.disconnect_reason else None,
-        "duration_seconds": record.duration_seconds,
-        "metrics": {
-            "carrier_lag_ms": m.carrier_lag_ms,
-            "ai_latency_ms": m.ai_latency_ms,
-            "gateway_processing_ms": m.gateway_processing_ms,
-            "packet_loss_percent": m.packet_loss_percent,
-            "jitter_ms": m.jitter_ms,
-            "codec_used": m.codec_used,
-        },
-    }
