@@ -221,9 +221,11 @@ async def run_sipp(
     user: str,
     password: str,
     transport: str = "u1",
+    extra: tuple[str, ...] = (),
     timeout_s: float = 30,
 ) -> SippResult:
-    """Run one SIPp call against the gateway and wait for it to finish."""
+    """Run one SIPp call against the gateway and wait for it to finish (``extra``: more SIPp
+    arguments, e.g. ``-lost 10``)."""
     path = tmp / f"scenario-{random.randrange(1 << 30)}.xml"
     path.write_text(scenario)
     errors = tmp / "sipp_errors.log"
@@ -257,7 +259,8 @@ async def run_sipp(
         "-trace_msg",
         "-message_file",
         str(messages),
-        "-bg" if False else "-nd",
+        "-nd",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

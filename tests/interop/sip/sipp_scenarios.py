@@ -3,13 +3,11 @@ runner that takes extra SIPp options (``-lost``) and a transport (``u1`` / ``t1`
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
 from pathlib import Path
 
-from tests.interop.calls.harness import SippResult, free_udp_port
-from tests.interop.media.sipp import require_sipp
+from tests.interop.calls.harness import SippResult
+from tests.interop.calls.harness import run_sipp as harness_run_sipp
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="telepath front door">
@@ -303,48 +301,13 @@ async def run_sipp(
     timeout_s: float = 30,
 ) -> SippResult:
     """Run one SIPp call (``-m 1``) against the gateway and wait for it to finish."""
-    path = tmp / f"scenario-{random.randrange(1 << 30)}.xml"
-    path.write_text(_with_references(scenario))
-    errors = tmp / "sipp_errors.log"
-    messages = tmp / "sipp_messages.log"
-    proc = await asyncio.create_subprocess_exec(
-        require_sipp(),
-        f"{target[0]}:{target[1]}",
-        "-sf",
-        str(path),
-        "-m",
-        "1",
-        "-l",
-        "1",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_udp_port()),
-        "-t",
-        transport,
-        "-au",
-        user,
-        "-ap",
-        password,
-        "-timeout",
-        f"{int(timeout_s)}s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(errors),
-        "-trace_msg",
-        "-message_file",
-        str(messages),
-        "-nd",
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
-    return SippResult(
-        proc.returncode or 0,
-        out.decode(errors="replace"),
-        errors.read_text(errors="replace") if errors.exists() else "",
-        messages.read_text(errors="replace") if messages.exists() else "",
+    return await harness_run_sipp(
+        _with_references(scenario),
+        tmp,
+        target,
+        user=user,
+        password=password,
+        transport=transport,
+        extra=extra,
+        timeout_s=timeout_s,
     )
