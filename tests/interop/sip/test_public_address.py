@@ -1,0 +1,52 @@
+"""Behind NAT: with TELEPATH_PUBLIC_ADDRESS set, the 200 OK's Contact and the SDP answer carry
+that address (RFC 3261 §8.1.1.8 Contact, RFC 4566 c=), not the bound one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.sip.uac import CallLeg, Uac
+
+pytestmark = pytest.mark.interop
+
+PUBLIC = "203.0.113.9"
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**settings_overrides, "public_address": PUBLIC}
+
+
+@pytest.fixture
+async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
+    client = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_contact_and_sdp_carry_the_public_address(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api, "natted", "nat-pass-123", ai_provider="custom", custom_endpoint=agent.url
+        )
+        leg = CallLeg(uac, "natted")
+        await leg.challenge(40004)
+        ok = await leg.answered(leg.authenticated_invite("nat-pass-123", 40004))
+        uac.send(leg.ack())
+    contact = ok.headers.get("Contact") or ""
+    assert f"@{PUBLIC}:" in contact
+    sdp = ok.body.decode()
+    assert f"c=IN IP4 {PUBLIC}" in sdp
+    assert f"IN IP4 {PUBLIC}" in sdp.split("o=", 1)[1].splitlines()[0]
+    assert "127.0.0.1" not in sdp
