@@ -47,6 +47,7 @@ from telepath.sip.auth import (
     parse_authorization,
 )
 from telepath.sip.defence import SourceGuard
+from telepath.sip.message import Request
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
     CallConfirmed,
@@ -60,7 +61,7 @@ from telepath.sip.ua import (
 )
 from telepath.sip.uri import SipUri
 from telepath.transport.media_session import MediaSession
-from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
+from telepath.transport.ports import PortLease, RtpPortAllocator, RtpPortsExhausted
 from telepath.transport.sip_server import SipServer
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ class CallManager:
         self._reject(tx, 403, "auth_failed")
         return None
 
-    async def _trunk_of(self, request: Any) -> TrunkConfig | None:
+    async def _trunk_of(self, request: Request) -> TrunkConfig | None:
         """The trunk named by the Request-URI user, to choose its challenge (None if none)."""
         user = request.uri.user_unescaped
         if not user:
@@ -371,7 +372,7 @@ class CallManager:
         self,
         setup: _Setup,
         trunk: TrunkConfig,
-        lease: Any,
+        lease: PortLease,
         answer_sdp: bytes,
         negotiated: NegotiatedMedia,
         session_id: int,
