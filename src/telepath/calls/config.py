@@ -15,6 +15,7 @@ class CallControlConfig:
     media_address: str = "127.0.0.1"  # advertised in SDP c=
     codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
     max_calls: int = 500
+    max_cps: float = 0.0  # new call attempts per second (0: unlimited)
     overload_lag_s: float = 0.2
     provider_timeout_s: float = 10.0
     rtp_inactivity_timeout_s: float = 30.0
@@ -35,6 +36,7 @@ class CallControlConfig:
             media_address=media_address,
             codecs=codecs or ("PCMU",),
             max_calls=settings.sip_max_calls,
+            max_cps=settings.sip_max_cps,
             overload_lag_s=settings.sip_overload_lag_ms / 1000,
             provider_timeout_s=settings.provider_timeout_s,
             rtp_inactivity_timeout_s=settings.rtp_inactivity_timeout_s,

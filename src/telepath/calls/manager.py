@@ -155,6 +155,8 @@ class CallManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.counters: dict[str, int] = {}
+        self._tokens = config.max_cps
+        self._tokens_at = 0.0
 
     # ---------------------------------------------------------------- wiring
 
@@ -205,6 +207,19 @@ class CallManager:
                 call.refer_update(event.status, event.final)
         elif isinstance(event, CallConfirmed):
             return
+
+    def _admit_new_call(self) -> bool:
+        """Token bucket of ``max_cps`` new calls per second (burst: one second's worth)."""
+        rate = self.config.max_cps
+        if rate <= 0:
+            return True
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -269,6 +284,12 @@ class CallManager:
         if len(self.calls) + len(self._setups) > self.config.max_calls or self.lag.overloaded:
             why = "overload" if self.lag.overloaded else "capacity"
             self._reject(tx, 503, why, headers=[("Retry-After", "5")])
+            return
+        if request.headers.get("Authorization") is None and not self._admit_new_call():
+            # A new attempt (not yet challenged) past the configured rate: refused before any
+            # work, so shedding stays cheap and clean. Authenticated retries of admitted
+            # attempts are not counted again.
+            self._reject(tx, 503, "rate", headers=[("Retry-After", "1")])
             return
 
         trunk = await self._authenticate(tx)
