@@ -16,6 +16,7 @@ import pytest
 from telepath.cli.gateway import Gateway, start_gateway
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import database_url  # noqa: F401  (fixture: SQLite only)
+from tests.interop.sip.uac import Uac
 
 
 @pytest.fixture
@@ -44,3 +45,13 @@ async def gateway(api: Api) -> AsyncIterator[Gateway]:  # noqa: F811
         yield gw
     finally:
         await gw.stop(0)
+
+
+@pytest.fixture
+async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
+    """A raw UDP SIP client aimed at the gateway."""
+    client = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        yield client
+    finally:
+        await client.close()

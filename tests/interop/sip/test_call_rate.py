@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,15 +22,6 @@ pytestmark = pytest.mark.interop
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "sip_max_cps": 2}
-
-
-@pytest.fixture
-async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
-    client = await Uac.open("UDP", gateway.server.bound["UDP"])
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_attempts_past_the_rate_get_503_admitted_ones_complete(

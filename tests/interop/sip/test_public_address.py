@@ -3,7 +3,6 @@ that address (RFC 3261 §8.1.1.8 Contact, RFC 4566 c=), not the bound one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,6 @@ PUBLIC = "203.0.113.9"
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "public_address": PUBLIC}
-
-
-@pytest.fixture
-async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
-    client = await Uac.open("UDP", gateway.server.bound["UDP"])
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_contact_and_sdp_carry_the_public_address(

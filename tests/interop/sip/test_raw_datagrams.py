@@ -34,15 +34,6 @@ MEDIA_PORT = 40000  # the caller's RTP port in the offers (nothing listens: medi
 
 
 @pytest.fixture
-async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
-    client = await Uac.open("UDP", gateway.server.bound["UDP"])
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 async def agent(api: Api) -> AsyncIterator[FakeTelepathAgent]:
     async with FakeTelepathAgent(agent="silent") as fake:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=fake.url)

@@ -5,7 +5,6 @@ only the first one (SIPp 3.6) can authenticate; other trunks and unknown users k
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,6 @@ MEDIA_PORT = 40002
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "sip_digest_algorithms": "SHA-256,MD5"}  # the default
-
-
-@pytest.fixture
-async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
-    client = await Uac.open("UDP", gateway.server.bound["UDP"])
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def algorithms(leg: CallLeg) -> list[str]:
