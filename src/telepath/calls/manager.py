@@ -305,43 +305,35 @@ class CallManager:
             )
             return
         try:
-            offer = parse(request.body)
-            session_id = random.randint(1, 2**31)
-            answer, negotiated = negotiate_answer(
-                offer,
-                local_address=self.config.media_address,
-                local_port=9,  # replaced below once the port is leased
-                session_id=session_id,
-                session_version=1,
-                preference=self.config.codecs,
-            )
-        except NoCommonCodec as exc:
-            self._reject(
-                tx, 488, "no_common_codec", headers=[("Warning", exc.warning_header("telepath"))]
-            )
-            return
-        except SdpError as exc:
-            self._reject(tx, 400, "bad_sdp", reason=f"Bad SDP: {str(exc)[:60]}")
-            return
-        try:
             lease = self.ports.allocate()
         except RtpPortsExhausted:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
         try:
-            answer, negotiated = negotiate_answer(
-                offer,
-                local_address=self.config.media_address,
-                local_port=lease.port,
-                session_id=session_id,
-                session_version=1,
-                preference=self.config.codecs,
-            )
+            session_id = random.randint(1, 2**31)
+            try:
+                answer, negotiated = negotiate_answer(
+                    parse(request.body),
+                    local_address=self.config.media_address,
+                    local_port=lease.port,
+                    session_id=session_id,
+                    session_version=1,
+                    preference=self.config.codecs,
+                )
+            except NoCommonCodec as exc:
+                warning = exc.warning_header("telepath")
+                self._reject(tx, 488, "no_common_codec", headers=[("Warning", warning)])
+                lease.release()
+                return
+            except SdpError as exc:
+                self._reject(tx, 400, "bad_sdp", reason=f"Bad SDP: {str(exc)[:60]}")
+                lease.release()
+                return
             await self._connect_and_answer(
                 setup, trunk, lease, answer.to_bytes(), negotiated, session_id, started
             )
         except BaseException:
-            lease.release()
+            lease.release()  # idempotent; on success the media session owns the lease
             raise
 
     async def _authenticate(self, tx: ServerTransaction) -> TrunkConfig | None:

@@ -8,6 +8,7 @@ requests get the RFC's status codes; garbage never takes the listener down.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -252,3 +253,23 @@ async def _call_up(uac: Uac) -> CallLeg:
     await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
     uac.send(leg.ack())
     return leg
+
+
+async def test_no_common_codec_is_488_with_warning_and_releases_the_port(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    raw = leg.authenticated_invite(PASSWORD, MEDIA_PORT)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    g729 = (
+        body.split(b"m=audio")[0]
+        + f"m=audio {MEDIA_PORT} RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n".encode()
+    )
+    head = re.sub(rb"Content-Length: \d+", f"Content-Length: {len(g729)}".encode(), head)
+    start = len(uac.received)
+    uac.send(head + b"\r\n\r\n" + g729)
+    resp = await uac.response(488, leg.call_id, after=start)
+    assert (resp.headers.get("Warning") or "").startswith("305 ")
+    assert gateway.manager.ports.in_use == 0  # the RTP pair leased for the call went back
+    assert len(agent.handshakes) == 0  # the agent was never dialled
