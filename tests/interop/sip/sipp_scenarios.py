@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.interop.calls.harness import SippResult
+from tests.interop.calls.harness import ACK_TXN, SippResult
 from tests.interop.calls.harness import run_sipp as harness_run_sipp
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -39,20 +39,6 @@ INVITE = """  <send retrans="500"%(txn)s>
       a=rtpmap:101 telephone-event/8000
       a=fmtp:101 0-16
       a=ptime:20
-    ]]>
-  </send>
-"""
-
-ACK_TXN = """  <send ack_txn="%(txn)s">
-    <![CDATA[
-      ACK sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: %(cseq)d ACK
-      Max-Forwards: 70
-      Content-Length: 0
     ]]>
   </send>
 """
