@@ -161,22 +161,38 @@ def check_sip_password(value: str) -> None:
         )
 
 
-def _check_endpoint(value: str, allow_insecure: bool) -> None:
-    schemes = ("wss", "ws") if allow_insecure else ("wss",)
+def check_url(
+    value: str, *, field: str, code: str, schemes: tuple[str, str], allow_insecure: bool
+) -> str:
+    """An absolute URL with the secure scheme ``schemes[0]`` (also ``schemes[1]`` when insecure
+    URLs are allowed), a host, a valid port and no credentials; else 400 ``code``."""
+    allowed = schemes if allow_insecure else schemes[:1]
+    article = "an" if schemes[0][0] in "aeiouh" else "a"  # "an https://", "a wss://"
     message = (
-        "custom_endpoint must be a wss:// (or ws://) URL"
+        f"{field} must be {article} {schemes[0]}:// (or {schemes[1]}://) URL"
         if allow_insecure
-        else "custom_endpoint must be a wss:// URL"
+        else f"{field} must be {article} {schemes[0]}:// URL"
     )
     if len(value) > URL_MAX or any(c.isspace() for c in value):
-        raise _bad("invalid_custom_endpoint", message)
+        raise _bad(code, message)
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises ValueError on a bad port
     except ValueError:
-        raise _bad("invalid_custom_endpoint", message) from None
-    if parts.scheme.lower() not in schemes or not parts.hostname or parts.username:
-        raise _bad("invalid_custom_endpoint", message)
+        raise _bad(code, message) from None
+    if parts.scheme.lower() not in allowed or not parts.hostname or parts.username is not None:
+        raise _bad(code, message)
+    return value
+
+
+def _check_endpoint(value: str, allow_insecure: bool) -> None:
+    check_url(
+        value,
+        field="custom_endpoint",
+        code="invalid_custom_endpoint",
+        schemes=("wss", "ws"),
+        allow_insecure=allow_insecure,
+    )
 
 
 def _check_headers(value: dict[str, str]) -> None:

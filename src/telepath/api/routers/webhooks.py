@@ -7,14 +7,14 @@ master keyring, bound to the endpoint id.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request, Response
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
 from telepath.api.errors import ApiError, ErrorEnvelope, not_found
-from telepath.api.trunk_input import URL_MAX, parse_json_object
+from telepath.api.trunk_input import check_url as check_absolute_url
+from telepath.api.trunk_input import parse_json_object
 from telepath.db.base import utcnow
 from telepath.db.calls_repository import iso
 from telepath.db.models import WebhookEndpoint, webhook_secret_context
@@ -49,22 +49,13 @@ def _bad(code: str, message: str) -> ApiError:
 
 def check_url(value: str, *, allow_insecure: bool) -> str:
     """An absolute https:// URL (http:// too when insecure URLs are allowed), no credentials."""
-    schemes = ("https", "http") if allow_insecure else ("https",)
-    message = (
-        "url must be an https:// (or http://) URL"
-        if allow_insecure
-        else "url must be an https:// URL"
+    return check_absolute_url(
+        value,
+        field="url",
+        code="invalid_url",
+        schemes=("https", "http"),
+        allow_insecure=allow_insecure,
     )
-    if len(value) > URL_MAX or any(c.isspace() for c in value):
-        raise _bad("invalid_url", message)
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise _bad("invalid_url", message) from None
-    if parts.scheme.lower() not in schemes or not parts.hostname or parts.username is not None:
-        raise _bad("invalid_url", message)
-    return value
 
 
 def check_events(value: list[Any]) -> list[str]:
