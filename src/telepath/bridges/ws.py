@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import NoReturn
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from telepath.bridges.base import (
     AgentBridge,
@@ -66,6 +69,19 @@ def connect_error(exc: BaseException) -> BridgeConnectError:
     return BridgeConnectError("agent connect failed", retryable=False, code=type(exc).__name__)
 
 
+@functools.lru_cache(maxsize=256)
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment configures for ``url`` (``*_proxy``/``no_proxy``), or None.
+
+    websockets reads the whole environment on every connect; the answer depends on the URL
+    and the process environment only, so it is worked out once per endpoint.
+    """
+    try:
+        return get_proxy(parse_uri(url))
+    except InvalidURI:
+        return None  # connect reports the bad URL itself
+
+
 class WebSocketBridge(AgentBridge):
     """Base for bridges whose provider session is one WebSocket.
 
@@ -96,6 +112,7 @@ class WebSocketBridge(AgentBridge):
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
                 user_agent_header="telepath",
+                proxy=_proxy_for(url),
             )
         except Exception as exc:  # every connect failure becomes a classified BridgeError
             err = connect_error(exc)

@@ -8,6 +8,7 @@ with reason ``shutdown``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from types import FrameType
@@ -33,6 +34,17 @@ def install_event_loop() -> str:
     return "uvloop"
 
 
+def settle_heap() -> None:
+    """Move everything allocated at start-up out of the garbage collector's sight.
+
+    Imports, the ORM mappers and FastAPI's routes are a few hundred thousand long-lived objects;
+    every full collection would walk them again (measured: a few percent of the CPU at 100
+    calls/s). A call's short-lived objects still get collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings) -> None:
     """Run every server until SIGINT/SIGTERM."""
     async with open_state(settings) as state:
@@ -50,6 +62,7 @@ async def serve(settings: Settings) -> None:
         if settings.sip_enabled:
             gateway = await start_gateway(settings, state)
         app = create_app(state)
+        settle_heap()
         config = uvicorn.Config(
             app,
             host=settings.http_host,

@@ -6,6 +6,7 @@ deleted trunk takes effect on the very next INVITE.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -46,6 +47,10 @@ class DbTrunkDirectory:
         # lower(username) -> (generation, expiry, trunk or None). A call looks its trunk up
         # twice within milliseconds (to choose the challenge, then to verify the answer).
         self._cache: dict[str, tuple[int, float, TrunkConfig | None]] = {}
+        # Single flight: when an entry expires under load, the INVITEs that arrive while it is
+        # being read again wait for that one read instead of each starting their own.
+        self._loading: dict[str, asyncio.Future[TrunkConfig | None]] = {}
+        self.loads = 0  # database reads (the cache and single flight keep this low)
 
     def _open(self, trunk: Trunk, column: str, envelope: str | None) -> str | None:
         if not envelope:
@@ -63,10 +68,36 @@ class DbTrunkDirectory:
         hit = self._cache.get(key)
         if hit is not None and hit[0] == _generation and hit[1] > now:
             return hit[2]
-        found = await self._load(sip_username)
+        generation = _generation
+        flight = f"{generation}:{key}"  # a lookup after a change never joins one from before
+        pending = self._loading.get(flight)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or task is None or task.cancelling():
+                    raise  # we were cancelled ourselves
+                return await self._load(sip_username)  # the loader was cancelled, not us
+        pending = asyncio.get_running_loop().create_future()
+        self._loading[flight] = pending
+        try:
+            self.loads += 1
+            found = await self._load(sip_username)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # nobody may be waiting
+            raise
+        else:
+            pending.set_result(found)
+        finally:
+            del self._loading[flight]
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (_generation, now + self._ttl, found)
+        self._cache[key] = (generation, now + self._ttl, found)
         return found
 
     async def _load(self, sip_username: str) -> TrunkConfig | None:

@@ -170,3 +170,41 @@ async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> 
 async def test_retention_disabled_with_zero_hours(api: Api, settings: Settings) -> None:
     disabled = settings.model_copy(update={"call_retention_hours": 0})
     await asyncio.wait_for(retention_loop(api.state.sessions, disabled, asyncio.Event()), 1)
+
+
+# --- group commit -------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions_and_all_land(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    records = [started(account) for _ in range(40)]
+    await asyncio.gather(*(recorder.call_started(r) for r in records))
+    # the same records end while others start: starts and ends share batches
+    late = [started(account) for _ in range(10)]
+    await asyncio.gather(
+        *(recorder.call_ended(ended(r, seconds=7)) for r in records),
+        *(recorder.call_started(r) for r in late),
+    )
+    assert recorder.failures == 0
+    assert await count_rows(api) == 50
+    # 90 writes issued together: the first goes alone, the rest queue behind it
+    assert recorder.transactions < 90 / 4
+    for r in records[:3]:
+        detail = (await api.get(f"/v1/calls/{r.id}")).json()
+        assert detail["duration_seconds"] == 7 and detail["status"] == "disconnected"
+    assert (await api.get(f"/v1/calls/{late[0].id}")).json()["status"] == "connected"
+
+
+async def test_a_bad_row_in_a_batch_costs_no_other_row(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    good = [started(account) for _ in range(5)]
+    orphan = started("acct_does_not_exist")  # the foreign key fails
+    await asyncio.gather(
+        *(recorder.call_started(r) for r in good[:2]),
+        recorder.call_ended(ended(orphan)),
+        *(recorder.call_started(r) for r in good[2:]),
+    )
+    assert recorder.failures == 1
+    assert await count_rows(api) == 5

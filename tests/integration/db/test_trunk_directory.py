@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from telepath.db.trunk_directory import DbTrunkDirectory
@@ -48,3 +50,20 @@ async def test_custom_headers_decrypted(api: Api) -> None:
     assert found.custom_headers == {"Authorization": "Bearer agent-token"}
     assert found.custom_protocol == "telepath"
     assert found.custom_endpoint == CUSTOM["custom_endpoint"]
+
+
+async def test_concurrent_misses_read_the_database_once(api: Api) -> None:
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    created = (await api.post("/v1/trunks", OPENAI_EXAMPLE)).json()
+    found = await asyncio.gather(
+        *(directory.find_by_sip_username("agent-prod-01") for _ in range(20))
+    )
+    assert {f.trunk_id if f else None for f in found} == {created["id"]}
+    assert directory.loads == 1
+    # a change while nothing is cached: the next lookups read again, once
+    await api.patch(f"/v1/trunks/{created['id']}", {"status": "inactive"})
+    after = await asyncio.gather(
+        *(directory.find_by_sip_username("agent-prod-01") for _ in range(5))
+    )
+    assert all(f is not None and not f.active for f in after)
+    assert directory.loads == 2
