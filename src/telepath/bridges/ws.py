@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import NoReturn
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
@@ -32,6 +32,7 @@ from telepath.bridges.base import (
     BridgeReason,
     is_terminal,
 )
+from telepath.bridges.ws_socket import AgentSocket, MessageSocket
 
 __all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
 
@@ -91,7 +92,7 @@ class WebSocketBridge(AgentBridge):
 
     def __init__(self, *, connect_timeout_s: float = 10.0) -> None:
         self.connect_timeout_s = connect_timeout_s
-        self._ws: ClientConnection | None = None
+        self._ws: MessageSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._events: collections.deque[AgentEvent] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -104,16 +105,22 @@ class WebSocketBridge(AgentBridge):
     async def _open(self, url: str, headers: Mapping[str, str] | None = None) -> None:
         """Connect and start the read loop; raises ``BridgeConnectError`` (and finishes)."""
         try:
-            self._ws = await connect(
-                url,
-                additional_headers=dict(headers or {}),
-                open_timeout=self.connect_timeout_s,
-                close_timeout=CLOSE_TIMEOUT_S,
-                max_size=MAX_FRAME_BYTES,
-                compression=None,
-                user_agent_header="telepath",
-                proxy=_proxy_for(url),
-            )
+            proxy = _proxy_for(url)
+            if proxy is None:  # the usual case: the lean socket (see ws_socket.py)
+                self._ws = await AgentSocket.open(
+                    url, headers, timeout_s=self.connect_timeout_s, max_size=MAX_FRAME_BYTES
+                )
+            else:
+                self._ws = await connect(
+                    url,
+                    additional_headers=dict(headers or {}),
+                    open_timeout=self.connect_timeout_s,
+                    close_timeout=CLOSE_TIMEOUT_S,
+                    max_size=MAX_FRAME_BYTES,
+                    compression=None,
+                    user_agent_header="telepath",
+                    proxy=proxy,
+                )
         except Exception as exc:  # every connect failure becomes a classified BridgeError
             err = connect_error(exc)
             logger.warning("%s bridge: connect failed (%s)", self.provider, err.code)

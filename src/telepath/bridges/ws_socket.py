@@ -1,0 +1,298 @@
+"""A lean asyncio WebSocket client over the ``websockets`` Sans-I/O protocol.
+
+Why not ``websockets.asyncio.client.connect``: an agent WebSocket carries a frame every 20 ms
+each way for the whole call, and the library's general-purpose asyncio layer (a send lock and
+an async context manager per send, a thread-safe message assembler and queue per receive,
+flow-control futures) cost about a fifth of the gateway's CPU per call in the calls benchmark.
+What a bridge needs is narrower: send a text frame, receive whole messages in order, close.
+
+So this module keeps everything that is protocol from ``websockets`` — the opening handshake
+and its checks (RFC 6455 §4.1), framing and client masking (§5.2–5.3), control frames, pong
+replies (§5.5.2) and the closing handshake (§7) all come from its documented Sans-I/O
+``ClientProtocol`` — and writes by hand only the transport glue: an ``asyncio.Protocol`` that
+feeds bytes in and writes bytes out, reassembles fragmented messages (§5.4), validates UTF-8
+(§8.1: fail with 1007), applies back-pressure both ways, and sends keepalive pings.
+
+Not supported here (``ws.py`` falls back to ``websockets.connect`` when a proxy is configured):
+HTTP proxies, redirects, compression (off for audio anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Mapping
+from typing import Protocol, cast
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+__all__ = ["AgentSocket", "MessageSocket"]
+
+READ_HIGH_WATER = 64  # whole messages buffered before the socket stops reading
+READ_LOW_WATER = 16
+PING_INTERVAL_S = 20.0  # websockets' default; no pong within one interval fails the socket
+CLOSE_TIMEOUT_S = 2.0
+
+
+class MessageSocket(Protocol):
+    """What a bridge uses of a WebSocket client connection (also ``websockets``' own)."""
+
+    async def send(self, message: str) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self, code: int = 1000) -> None: ...
+
+
+class AgentSocket(asyncio.Protocol):
+    """One client WebSocket connection; open it with :meth:`open`.
+
+    ``send``/``recv``/``close`` behave like ``websockets``' ``ClientConnection``: ``recv``
+    returns whole text (``str``) or binary (``bytes``) messages in order and raises
+    ``ConnectionClosed`` (with the close frame received, if any) once the connection is closed;
+    ``send`` raises ``ConnectionClosed`` when the connection is no longer open.
+    """
+
+    def __init__(self, protocol: ClientProtocol, *, ping_interval_s: float = PING_INTERVAL_S):
+        self._p = protocol
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._messages: collections.deque[str | bytes] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._writable: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._ping_interval_s = ping_interval_s
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_outstanding: bytes | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._pings_sent = 0
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout_s: float,
+        max_size: int,
+        user_agent: str = "telepath",
+        ping_interval_s: float = PING_INTERVAL_S,
+    ) -> AgentSocket:
+        """Connect (TCP, TLS for ``wss``) and complete the opening handshake within ``timeout_s``.
+
+        Raises what ``websockets.connect`` raises: ``InvalidURI``, ``InvalidStatus`` (non-101
+        answer), ``InvalidHandshake``, ``TimeoutError``, ``OSError``.
+        """
+        uri = parse_uri(url)
+        protocol = ClientProtocol(uri, max_size=max_size)
+        context = ssl.create_default_context() if uri.secure else None
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            transport, conn = await loop.create_connection(
+                lambda: cls(protocol, ping_interval_s=ping_interval_s),
+                uri.host,
+                uri.port,
+                ssl=context,
+                server_hostname=uri.host if context is not None else None,
+            )
+            try:
+                request = protocol.connect()
+                for name, value in (headers or {}).items():
+                    request.headers[name] = value
+                request.headers["User-Agent"] = user_agent
+                protocol.send_request(request)
+                conn._flush()
+                await conn._handshake
+            except BaseException:
+                transport.abort()
+                raise
+        conn._schedule_ping()
+        return conn
+
+    # --- the application's side --------------------------------------------------------------
+
+    async def send(self, message: str) -> None:
+        """Send one text frame; waits while the kernel's send buffer is full."""
+        if self._p.state is not State.OPEN:
+            raise ConnectionClosed(
+                self._p.close_rcvd, self._p.close_sent, self._p.close_rcvd_then_sent
+            )
+        self._p.send_text(message.encode())
+        self._flush()
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    async def recv(self) -> str | bytes:
+        """The next whole message; ``ConnectionClosed`` once the connection has closed."""
+        while True:
+            if self._messages:
+                message = self._messages.popleft()
+                if self._reading_paused and len(self._messages) <= READ_LOW_WATER:
+                    self._reading_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+                return message
+            if self._p.state is State.CLOSED:
+                raise self._p.close_exc
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def close(self, code: int = 1000) -> None:
+        """Start the closing handshake (§7.1.2) and wait for the TCP close, at most 2 s."""
+        if self._p.state is State.OPEN:
+            self._p.send_close(code)
+            self._flush()
+            self._expect_close()
+        if not self._lost.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                if self._transport is not None:
+                    self._transport.abort()
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._p.receive_data(data)
+        self._after_receive()
+
+    def eof_received(self) -> bool | None:
+        self._p.receive_eof()
+        self._after_receive()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._p.receive_eof()  # idempotent; the protocol is now CLOSED
+        self._p.data_to_send()
+        for timer in (self._ping_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        if not self._handshake.done():
+            failure = self._p.handshake_exc or exc or ConnectionError("connection closed")
+            self._handshake.set_exception(failure)
+            self._handshake.exception()  # open() may have timed out already
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for data in self._p.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():  # SEND_EOF: half-close after our close frame
+                transport.write_eof()
+
+    def _after_receive(self) -> None:
+        self._flush()  # pong replies, the echo of a close frame
+        for event in self._p.events_received():
+            if isinstance(event, Response):
+                if self._handshake.done():
+                    continue
+                if self._p.handshake_exc is not None:
+                    self._handshake.set_exception(self._p.handshake_exc)
+                else:  # frames after the 101 in the same read may already be closing it
+                    self._handshake.set_result(None)
+            elif isinstance(event, Frame):
+                self._on_frame(event)
+        if self._p.close_expected():
+            self._expect_close()
+        if self._p.state is not State.OPEN:
+            self._wake()
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.PONG:
+            if frame.data == self._ping_outstanding:
+                self._ping_outstanding = None
+            return
+        if opcode not in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            return  # PING is answered and CLOSE handled by the protocol
+        if opcode is not Opcode.CONT:
+            self._fragment_text = opcode is Opcode.TEXT
+        if not frame.fin:
+            self._fragments.append(bytes(frame.data))
+            return
+        data = bytes(frame.data)
+        if self._fragments:
+            self._fragments.append(data)
+            data = b"".join(self._fragments)
+            self._fragments = []
+        message: str | bytes = data
+        if self._fragment_text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:
+                self._p.fail(CloseCode.INVALID_DATA, "invalid UTF-8")  # RFC 6455 §8.1
+                self._flush()
+                self._expect_close()
+                return
+        self._messages.append(message)
+        if len(self._messages) >= READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _expect_close(self) -> None:
+        """The peer should close TCP now (§7.1.1); abort if it has not within the timeout."""
+        if self._abort_timer is None and self._transport is not None:
+            self._abort_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
+
+    def _schedule_ping(self) -> None:
+        if self._ping_interval_s > 0:
+            self._ping_timer = self._loop.call_later(self._ping_interval_s, self._keepalive)
+
+    def _keepalive(self) -> None:
+        if self._p.state is not State.OPEN:
+            return
+        if self._ping_outstanding is not None:  # no pong within a whole interval
+            self._p.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self._flush()
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._pings_sent += 1
+        self._ping_outstanding = self._pings_sent.to_bytes(4, "big")
+        self._p.send_ping(self._ping_outstanding)
+        self._flush()
+        self._schedule_ping()

@@ -1,0 +1,188 @@
+"""``AgentSocket`` against a real ``websockets`` server and a raw TCP peer on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.http11 import Request, Response
+from websockets.utils import accept_key
+
+from telepath.bridges.ws_socket import AgentSocket
+
+pytestmark = pytest.mark.integration
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def server(handler: Handler, **kwargs: object) -> AsyncIterator[str]:
+    async with serve(handler, "127.0.0.1", 0, **kwargs) as srv:  # type: ignore[arg-type]
+        port = next(iter(srv.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/agent"
+
+
+async def open_socket(url: str, ping_interval_s: float = 20) -> AgentSocket:
+    return await AgentSocket.open(
+        url, {"X-Tenant": "acme"}, timeout_s=2, max_size=1 << 20, ping_interval_s=ping_interval_s
+    )
+
+
+async def test_messages_both_ways_headers_and_a_clean_close() -> None:
+    seen: list[str] = []
+    headers: dict[str, str] = {}
+
+    async def echo(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        for name in ("X-Tenant", "User-Agent"):
+            headers[name] = ws.request.headers[name]
+        async for message in ws:
+            assert isinstance(message, str)
+            seen.append(message)
+            await ws.send(f"echo {message}")
+            await ws.send(b"\x00\x01")
+        seen.append(f"closed {ws.close_code}")
+
+    async with server(echo) as url:
+        sock = await open_socket(url)
+        await sock.send("héllo")
+        assert await sock.recv() == "echo héllo"
+        assert await sock.recv() == b"\x00\x01"
+        await sock.close()
+        with pytest.raises(ConnectionClosed) as closed:
+            await sock.recv()
+        await asyncio.sleep(0.05)
+    assert closed.value.sent is not None and closed.value.sent.code == 1000
+    assert seen == ["héllo", "closed 1000"]
+    assert headers["X-Tenant"] == "acme" and headers["User-Agent"] == "telepath"
+
+
+async def test_fragmented_messages_are_reassembled() -> None:
+    async def fragments(ws: ServerConnection) -> None:
+        await ws.send(["par", "ti", "al"])
+        await ws.send([b"\x01", b"\x02\x03"])
+        await ws.wait_closed()
+
+    async with server(fragments) as url:
+        sock = await open_socket(url)
+        assert await sock.recv() == "partial"
+        assert await sock.recv() == b"\x01\x02\x03"
+        await sock.close()
+
+
+async def test_server_close_code_reaches_recv_and_send_then_refuses() -> None:
+    async def goodbye(ws: ServerConnection) -> None:
+        await ws.close(1011, "boom")
+
+    async with server(goodbye) as url:
+        sock = await open_socket(url)
+        with pytest.raises(ConnectionClosed) as closed:
+            await sock.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "boom")
+        with pytest.raises(ConnectionClosed):
+            await sock.send("too late")
+
+
+async def test_handshake_refusal_and_unreachable_and_bad_url() -> None:
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("not reached")
+
+    def reject(conn: ServerConnection, request: Request) -> Response:
+        return conn.respond(403, "no\n")
+
+    async with server(never, process_request=reject) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            await open_socket(url)
+    assert refused.value.response.status_code == 403
+    with pytest.raises(OSError):
+        await open_socket(url)  # the server is gone: connection refused
+    with pytest.raises(InvalidURI):
+        await open_socket("http://127.0.0.1:1/not-a-websocket")
+
+
+# --- a raw peer, for what a well-behaved server never sends ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(after_handshake: bytes, keep_open_s: float = 5) -> AsyncIterator[str]:
+    """Completes the upgrade, writes ``after_handshake`` verbatim, then reads and ignores."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key).encode()
+            + b"\r\n\r\n"
+            + after_handshake
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.read(1 << 16), keep_open_s)
+            while await asyncio.wait_for(reader.read(1 << 16), keep_open_s):
+                pass
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with srv:
+        yield f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/"
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    assert len(payload) < 126
+    return struct.pack("!BB", (0x80 if fin else 0) | opcode, len(payload)) + payload
+
+
+async def test_invalid_utf8_fails_the_connection_with_1007() -> None:
+    async with raw_peer(frame(0x1, b"ok") + frame(0x1, b"\xff\xfe")) as url:
+        sock = await open_socket(url)
+        assert await sock.recv() == "ok"
+        with pytest.raises(ConnectionClosed) as closed:
+            await sock.recv()
+    assert closed.value.sent is not None and closed.value.sent.code == 1007
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped() -> None:
+    async with raw_peer(b"") as url:
+        sock = await open_socket(url, ping_interval_s=0.05)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(sock.recv(), 3)
+    assert closed.value.rcvd is None  # no close frame: the bridge reports a dropped agent
+
+
+async def test_pings_from_the_peer_are_answered_and_reading_pauses_when_full() -> None:
+    pongs: list[bytes] = []
+
+    async def flood(ws: ServerConnection) -> None:
+        pong = await ws.ping(b"are-you-there")
+        await pong
+        pongs.append(b"are-you-there")
+        for i in range(500):
+            await ws.send(f"m{i}")
+        await ws.wait_closed()
+
+    async with server(flood) as url:
+        sock = await open_socket(url)
+        await asyncio.sleep(0.3)  # the peer floods while nobody reads
+        assert sock._reading_paused  # back-pressure instead of an unbounded buffer
+        received = [await sock.recv() for _ in range(500)]
+        assert received == [f"m{i}" for i in range(500)]
+        assert pongs == [b"are-you-there"]
+        await sock.close()
+
+
+def test_under_uvloop_as_in_production() -> None:
+    """uvloop's transports are not ``asyncio.Transport`` subclasses: run the basics on it."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test_messages_both_ways_headers_and_a_clean_close())
+    uvloop.run(test_fragmented_messages_are_reassembled())
