@@ -6,16 +6,15 @@ deleted trunk takes effect on the very next INVITE.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.ports import TrunkConfig
 from telepath.db.models import Trunk, trunk_secret_context
 from telepath.db.repository import TrunkRepository
+from telepath.lookup_cache import LookupCache
 from telepath.secrets.keyring import Keyring, SecretDecryptionError
 
 logger = logging.getLogger(__name__)
@@ -43,14 +42,16 @@ class DbTrunkDirectory:
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
-        self._ttl = cache_ttl_s
-        # lower(username) -> (generation, expiry, trunk or None). A call looks its trunk up
-        # twice within milliseconds (to choose the challenge, then to verify the answer).
-        self._cache: dict[str, tuple[int, float, TrunkConfig | None]] = {}
-        # Single flight: when an entry expires under load, the INVITEs that arrive while it is
-        # being read again wait for that one read instead of each starting their own.
-        self._loading: dict[str, asyncio.Future[TrunkConfig | None]] = {}
-        self.loads = 0  # database reads (the cache and single flight keep this low)
+        # lower(username) -> trunk or None. A call looks its trunk up twice within
+        # milliseconds (to choose the challenge, then to verify the answer).
+        self._cache: LookupCache[str, TrunkConfig | None] = LookupCache(
+            cache_ttl_s, lambda: _generation
+        )
+
+    @property
+    def loads(self) -> int:
+        """Database reads so far (the cache and single flight keep this low)."""
+        return self._cache.loads
 
     def _open(self, trunk: Trunk, column: str, envelope: str | None) -> str | None:
         if not envelope:
@@ -63,42 +64,7 @@ class DbTrunkDirectory:
         Cached for ``cache_ttl_s`` (1 s): a change made through this process's API is seen at
         once (:func:`trunks_changed`); one made by another process within a second.
         """
-        key = sip_username.lower()
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == _generation and hit[1] > now:
-            return hit[2]
-        generation = _generation
-        flight = f"{generation}:{key}"  # a lookup after a change never joins one from before
-        pending = self._loading.get(flight)
-        if pending is not None:
-            try:
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not pending.cancelled() or task is None or task.cancelling():
-                    raise  # we were cancelled ourselves
-                return await self._load(sip_username)  # the loader was cancelled, not us
-        pending = asyncio.get_running_loop().create_future()
-        self._loading[flight] = pending
-        try:
-            self.loads += 1
-            found = await self._load(sip_username)
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        except Exception as exc:
-            pending.set_exception(exc)
-            pending.exception()  # nobody may be waiting
-            raise
-        else:
-            pending.set_result(found)
-        finally:
-            del self._loading[flight]
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (generation, now + self._ttl, found)
-        return found
+        return await self._cache.get(sip_username.lower(), lambda: self._load(sip_username))
 
     async def _load(self, sip_username: str) -> TrunkConfig | None:
         async with self._sessions() as session:

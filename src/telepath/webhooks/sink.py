@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.base import utcnow
 from telepath.db.webhook_store import WebhookRepository
+from telepath.lookup_cache import LookupCache
 from telepath.metrics import Metrics
 from telepath.secrets.tokens import new_id
 from telepath.webhooks.events import iso_ms, subscribed
@@ -75,7 +75,9 @@ class DbEventSink:
         self._on_enqueued = on_enqueued
         self._timeout_s = timeout_s
         self.failures = 0
-        self._cache: dict[str, tuple[int, float, list[tuple[str, list[str]]]]] = {}
+        self._cache: LookupCache[str, list[tuple[str, list[str]]]] = LookupCache(
+            ENDPOINT_CACHE_TTL_S, lambda: _generation
+        )
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints."""
@@ -97,17 +99,12 @@ class DbEventSink:
         events, and most accounts have no or few endpoints. The cache is dropped at once when
         this process changes endpoints (:func:`endpoints_changed`) and after
         ``ENDPOINT_CACHE_TTL_S`` otherwise (another process may have changed them)."""
-        now = time.monotonic()
-        cached = self._cache.get(account_id)
-        if cached is not None and cached[0] == _generation and cached[1] > now:
-            return cached[2]
+        return await self._cache.get(account_id, lambda: self._load_endpoints(account_id))
+
+    async def _load_endpoints(self, account_id: str) -> list[tuple[str, list[str]]]:
         async with self._sessions() as session:
             rows = await WebhookRepository(session).active_endpoints(account_id)
-            endpoints = [(e.id, list(e.events)) for e in rows]
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[account_id] = (_generation, now + ENDPOINT_CACHE_TTL_S, endpoints)
-        return endpoints
+            return [(e.id, list(e.events)) for e in rows]
 
     async def _enqueue(self, account_id: str, event: str, payload: dict[str, Any]) -> int:
         data = normalize_payload(payload)

@@ -1,0 +1,79 @@
+"""A small read-through cache for database lookups on the call path, with single flight.
+
+Trunks (two lookups per INVITE) and webhook endpoints (several events per call) are read far
+more often than they change. Entries live for a short TTL so that a change made by another
+process is seen soon; a change made by this process bumps a *generation* and is seen at once.
+When an entry expires under load, the lookups that arrive while it is being read again wait
+for that one read instead of each starting their own (measured at 100 calls/s: dozens of
+identical queries per expiry without it).
+
+Hand-written because the few maintained asyncio caches (``aiocache``, ``async-lru``) either
+lack the generation check or add a backend abstraction we do not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["LookupCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+MAX_ENTRIES = 10_000
+
+
+class LookupCache(Generic[K, V]):
+    """``await cache.get(key, load)``: cached value, or ``load()`` once for concurrent misses.
+
+    Args:
+        ttl_s: how long a value is served without reading again.
+        generation: returns the current generation; entries from an older one are stale.
+    """
+
+    def __init__(self, ttl_s: float, generation: Callable[[], int] = lambda: 0) -> None:
+        self._ttl_s = ttl_s
+        self._generation = generation
+        self._entries: dict[K, tuple[int, float, V]] = {}
+        self._flights: dict[tuple[int, K], asyncio.Future[V]] = {}
+        self.loads = 0  # reads that reached ``load`` (tests and diagnostics)
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        now = time.monotonic()
+        generation = self._generation()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == generation and hit[1] > now:
+            return hit[2]
+        flight = (generation, key)  # a lookup after a change never joins one from before
+        pending = self._flights.get(flight)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or task is None or task.cancelling():
+                    raise  # we were cancelled ourselves
+                return await load()  # the task that was loading was cancelled, not us
+        pending = asyncio.get_running_loop().create_future()
+        self._flights[flight] = pending
+        try:
+            self.loads += 1
+            value = await load()
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # nobody may be waiting: not "never retrieved"
+            raise
+        else:
+            pending.set_result(value)
+        finally:
+            del self._flights[flight]
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (generation, now + self._ttl_s, value)
+        return value

@@ -1,0 +1,76 @@
+"""``LookupCache``: TTL, generations, single flight, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from telepath.lookup_cache import LookupCache
+
+pytestmark = pytest.mark.unit
+
+
+class Source:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def load(self) -> int:
+        self.calls += 1
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return self.calls
+
+
+async def test_concurrent_misses_share_one_load_then_hit() -> None:
+    cache: LookupCache[str, int] = LookupCache(60)
+    src = Source()
+    waiting = [asyncio.create_task(cache.get("k", src.load)) for _ in range(10)]
+    await asyncio.sleep(0)
+    src.gate.set()
+    assert await asyncio.gather(*waiting) == [1] * 10
+    assert await cache.get("k", src.load) == 1
+    assert src.calls == cache.loads == 1
+
+
+async def test_a_new_generation_or_an_expired_entry_reads_again() -> None:
+    generation = 0
+    cache: LookupCache[str, int] = LookupCache(60, lambda: generation)
+    src = Source()
+    src.gate.set()
+    assert await cache.get("k", src.load) == 1
+    generation += 1
+    assert await cache.get("k", src.load) == 2
+    expired: LookupCache[str, int] = LookupCache(0)
+    assert await expired.get("k", src.load) == 3
+    assert await expired.get("k", src.load) == 4
+
+
+async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
+    cache: LookupCache[str, int] = LookupCache(60)
+    src = Source()
+    src.fail = RuntimeError("database down")
+    waiting = [asyncio.create_task(cache.get("k", src.load)) for _ in range(3)]
+    await asyncio.sleep(0)
+    src.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    src.fail = None
+    assert await cache.get("k", src.load) == 2
+
+
+async def test_a_cancelled_loader_does_not_cancel_the_waiters() -> None:
+    cache: LookupCache[str, int] = LookupCache(60)
+    src = Source()
+    loader = asyncio.create_task(cache.get("k", src.load))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.get("k", src.load))
+    await asyncio.sleep(0)
+    loader.cancel()
+    await asyncio.sleep(0)
+    src.gate.set()
+    assert await waiter == 2  # it loaded for itself
+    assert loader.cancelled()
