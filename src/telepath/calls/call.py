@@ -2,8 +2,11 @@
 move audio and events between them until one side ends the call.
 
 Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio`` unchanged when the call is
-G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → μ-law. Agent audio →
-``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in between.
+G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law. Agent
+audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in
+between. One exception: after a delayed offer the bridge is started before the caller has
+chosen a codec, so a G.711 call may end up in a different law from the bridge's; its frames
+then go through PCM16 both ways (A-law ↔ μ-law).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from telepath.bridges.base import (
     AgentTranscript,
     AgentTransfer,
     BridgeReason,
+    Codec,
 )
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, Turn
 from telepath.rtp import g711
@@ -130,6 +134,7 @@ class Call:
         refer_sip: Callable[[str], None],
         on_finished: Callable[[Call, CallEnd], Awaitable[None]],
         hangup_drain_max_s: float = 10.0,
+        agent_law: Codec | None = None,
     ) -> None:
         self.record = record
         self.media = media
@@ -147,7 +152,11 @@ class Call:
         self.invite_at: float = 0.0
         self._wideband = negotiated.codec.name == "G722"
         self._down = Resampler(16000, 8000) if self._wideband else None
-        self._law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
+        call_law: Codec = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
+        # The law the bridge speaks: the call's own unless the bridge was started before the
+        # codec was known (delayed offer), in which case call control says which one it chose.
+        self._law: Codec = agent_law or call_law
+        self._transcode = self._wideband or self._law != call_law
         self.ended: CallEnd | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -286,7 +295,7 @@ class Call:
         async for event in self.bridge.events():
             if isinstance(event, AgentAudio):
                 self.turns.agent_audio(loop.time(), len(event.payload) / 8)
-                if self._wideband:
+                if self._transcode:
                     self.media.play_pcm(self._from_agent(event.payload), 8000)
                 else:
                     self.media.play(event.payload)
@@ -323,10 +332,10 @@ class Call:
             await asyncio.sleep(min(self.media.queued_ms / 1000 + 0.04, self._hangup_drain_max_s))
 
     def _to_agent(self, event: AudioReceived) -> bytes:
-        if not self._wideband:
+        if not self._transcode:
             return event.payload
-        assert self._down is not None
-        return g711.pcm16_to_ulaw(self._down.process(event.pcm))
+        pcm = self._down.process(event.pcm) if self._down is not None else event.pcm
+        return g711.pcm16_to_ulaw(pcm) if self._law == "pcmu" else g711.pcm16_to_alaw(pcm)
 
     def _from_agent(self, payload: bytes) -> bytes:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)

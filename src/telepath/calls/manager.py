@@ -5,6 +5,12 @@ Setup order (decision, documented in the README): authenticate → trunk → SDP
 reachable, so a caller never sits in dead air and an unreachable agent becomes a clean SIP
 failure (480) the carrier can fail over on, instead of an answered call that drops. The cost is
 the agent's connect time inside the caller's ring time; ``bench/`` measures it.
+
+An INVITE without SDP ("delayed offer", RFC 3261 §13.2.1; Cisco CUCM sends these by default)
+follows the same order, but the ``200 OK`` carries *our* offer and the caller's answer arrives
+in the ACK: media starts only once that answer is read (RFC 3264 §7). An ACK without a usable
+answer ends the call with BYE (§13.2.2.4 asks the UAC to do the same) and a ``failed`` record
+with reason ``carrier_error``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from telepath.bridges.base import (
     AgentBridge,
     BridgeError,
     CallMetadata,
+    Codec,
     CustomConfig,
     ElevenLabsConfig,
     OpenAIConfig,
@@ -36,7 +43,16 @@ from telepath.errors import TelepathError
 from telepath.log import call_id_var
 from telepath.metrics import Metrics
 from telepath.rtp.codecs import CodecSpec
-from telepath.sdp import NoCommonCodec, SdpError, negotiate_answer, negotiate_reoffer, parse
+from telepath.sdp import (
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    create_offer,
+    negotiate_answer,
+    negotiate_offer_answer,
+    negotiate_reoffer,
+    parse,
+)
 from telepath.sdp.negotiate import NegotiatedMedia
 from telepath.secrets.tokens import new_id
 from telepath.sip.auth import (
@@ -47,11 +63,13 @@ from telepath.sip.auth import (
     parse_authorization,
 )
 from telepath.sip.defence import SourceGuard
+from telepath.sip.dialog import Dialog
 from telepath.sip.message import Request
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
     CallConfirmed,
     CallEnded,
+    CallEndReason,
     DtmfInfo,
     Event,
     InviteCancelled,
@@ -74,11 +92,28 @@ def _default_factory(provider: str, config: ProviderConfig, timeout: float) -> A
 
 
 class _Setup:
-    """An INVITE being set up (between 100 Trying and 200 OK)."""
+    """An INVITE being set up: from 100 Trying to 200 OK, or to the ACK after a delayed offer."""
 
     def __init__(self, tx: ServerTransaction) -> None:
         self.tx = tx
         self.cancelled = asyncio.Event()
+        # Delayed offer only: the ACK's body (the answer to our offer) once it has arrived,
+        # and why the dialog ended if it did before the call was up.
+        self.ack_body: bytes | None = None
+        self.sip_end: CallEndReason | None = None
+        self.acked_or_ended = asyncio.Event()
+        self.sip_done = asyncio.Event()
+
+    def confirmed(self, ack_body: bytes) -> None:
+        """The ACK for our 2xx arrived (SIP event, on the loop)."""
+        self.ack_body = ack_body
+        self.acked_or_ended.set()
+
+    def ended(self, reason: CallEndReason) -> None:
+        """The dialog ended before the call was up (SIP event, on the loop)."""
+        self.sip_end = reason
+        self.acked_or_ended.set()
+        self.sip_done.set()
 
 
 class LagMonitor:
@@ -181,6 +216,8 @@ class CallManager:
             if pending is not None:
                 pending.cancelled.set()
         elif isinstance(event, CallEnded):
+            if isinstance(event.dialog.app_data, _Setup):
+                event.dialog.app_data.ended(event.reason)
             call = _call_of(event.dialog.app_data)
             if call is not None:
                 call.sip_ended()
@@ -206,7 +243,8 @@ class CallManager:
                     self._count("transfer_failed")
                 call.refer_update(event.status, event.final)
         elif isinstance(event, CallConfirmed):
-            return
+            if isinstance(event.dialog.app_data, _Setup):
+                event.dialog.app_data.confirmed(event.body)
 
     def _admit_new_call(self) -> bool:
         """Token bucket of ``max_cps`` new calls per second (burst: one second's worth)."""
@@ -298,12 +336,6 @@ class CallManager:
         if not trunk.active:
             self._reject(tx, 480, "trunk_inactive")
             return
-        if not request.body:
-            # Offerless INVITE (§13.2.1 allows it): not supported; carriers always offer.
-            self._reject(
-                tx, 488, "no_offer", headers=[("Warning", '399 telepath "SDP offer required"')]
-            )
-            return
         try:
             lease = self.ports.allocate()
         except RtpPortsExhausted:
@@ -311,6 +343,21 @@ class CallManager:
             return
         try:
             session_id = random.randint(1, 2**31)
+            if not request.body:
+                # Delayed offer (RFC 3261 §13.2.1): we offer in the 200 OK, every configured
+                # codec plus telephone-event on the port just leased (RFC 3264 §5), and the
+                # caller answers in the ACK.
+                offer = create_offer(
+                    local_address=self.config.media_address,
+                    local_port=lease.port,
+                    session_id=session_id,
+                    session_version=1,
+                    preference=self.config.codecs,
+                )
+                await self._connect_and_answer(
+                    setup, trunk, lease, offer, None, session_id, started
+                )
+                return
             try:
                 answer, negotiated = negotiate_answer(
                     parse(request.body),
@@ -330,7 +377,7 @@ class CallManager:
                 lease.release()
                 return
             await self._connect_and_answer(
-                setup, trunk, lease, answer.to_bytes(), negotiated, session_id, started
+                setup, trunk, lease, answer, negotiated, session_id, started
             )
         except BaseException:
             lease.release()  # idempotent; on success the media session owns the lease
@@ -386,20 +433,28 @@ class CallManager:
         setup: _Setup,
         trunk: TrunkConfig,
         lease: PortLease,
-        answer_sdp: bytes,
-        negotiated: NegotiatedMedia,
+        local_sdp: SessionDescription,
+        negotiated: NegotiatedMedia | None,
         session_id: int,
         started: float,
     ) -> None:
+        """Connect the agent, answer 200 OK and start the call.
+
+        ``local_sdp`` is our answer, or our offer when ``negotiated`` is None (delayed offer:
+        the codec is known only once the ACK's answer is read).
+        """
         tx = setup.tx
         request = tx.request
-        loop = asyncio.get_running_loop()
         self._respond(tx, 180)
         call_id = new_id("call")
         call_id_var.set(call_id)  # every log line of this call (and its tasks) carries it
         caller = _number(request.from_.uri)
         called = _number(request.uri) if request.uri.user else _number(request.to.uri)
-        law: Literal["pcmu", "pcma"] = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
+        law: Codec
+        if negotiated is None:
+            law = _agent_law(self.config.codecs)  # Call transcodes if the answer picks the other
+        else:
+            law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
         meta = CallMetadata(
             call_id=call_id,
             trunk_id=trunk.trunk_id,
@@ -418,7 +473,8 @@ class CallManager:
             start_time=datetime.now(UTC),
             ai_provider=trunk.ai_provider,
         )
-        record.metrics.codec_used = negotiated.codec.name
+        if negotiated is not None:
+            record.metrics.codec_used = negotiated.codec.name
         bridge = self.bridge_factory(
             trunk.ai_provider, self._provider_config(trunk), self.config.provider_timeout_s
         )
@@ -463,29 +519,37 @@ class CallManager:
                 await bridge.close()
             lease.release()
             return
-        remote = (
-            (negotiated.remote_address, negotiated.remote_port) if negotiated.remote_port else None
-        )
-        media = await MediaSession.open(
-            lease,
-            remote=remote,
-            codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
-            dtmf_payload_type=negotiated.dtmf_payload_type,
-            signalling_ip=tx.source.addr[0],
-            inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,
-            jitter_min_ms=self.config.jitter_min_ms,
-            jitter_max_ms=self.config.jitter_max_ms,
-        )
-        if negotiated.on_hold:
-            media.hold(True)
         assert self.server is not None
-        dialog, outs = self.server.core.accept(tx, answer_sdp)
-        self.server.dispatch(outs)
-        answered = loop.time()
-        record.answer_time = datetime.now(UTC)
-        record.metrics.setup_ms = round((answered - started) * 1000)
         core = self.server.core
         server = self.server
+        session_version = 1
+        if negotiated is not None:
+            media = await self._open_media(lease, negotiated, tx)
+            dialog = self._accept(tx, local_sdp, record, started)
+        else:
+            dialog = self._accept(tx, local_sdp, record, started)
+            negotiated = await self._answer_in_ack(setup, dialog, local_sdp, record, bridge, lease)
+            if negotiated is None:
+                return  # ended cleanly: BYE sent, bridge closed, port released, record written
+            record.metrics.codec_used = negotiated.codec.name
+            try:
+                media = await self._open_media(lease, negotiated, tx)
+            except BaseException:
+                server.dispatch(core.hangup(dialog))
+                with contextlib.suppress(Exception):
+                    await bridge.close()
+                raise
+            # What a session refresh repeats (offerless re-INVITE, §14.2): our offer narrowed
+            # to the codec in use, so a refresh cannot switch codec mid-call. It differs from
+            # the offer we sent, hence version 2 (RFC 3264 §8).
+            session_version = 2
+            local_sdp = create_offer(
+                local_address=self.config.media_address,
+                local_port=lease.port,
+                session_id=session_id,
+                session_version=session_version,
+                preference=(negotiated.codec.name,),
+            )
 
         def hangup() -> None:
             server.dispatch(core.hangup(dialog))
@@ -502,11 +566,13 @@ class CallManager:
             refer_sip=refer,
             on_finished=self._finished,
             hangup_drain_max_s=self.config.hangup_drain_max_s,
+            agent_law=law,
         )
         call.invite_at = started
         call.sip_call_id = request.call_id
-        call.answer_sdp = answer_sdp
+        call.answer_sdp = local_sdp.to_bytes()
         call.session_id = session_id
+        call.session_version = session_version
         holder["call"] = call
         dialog.app_data = call
         self.calls[call_id] = call
@@ -527,6 +593,102 @@ class CallManager:
             {"call_id": call_id, "trunk_id": trunk.trunk_id, "ai_provider": trunk.ai_provider},
         )
         self._spawn(call.run())
+
+    async def _open_media(
+        self, lease: PortLease, negotiated: NegotiatedMedia, tx: ServerTransaction
+    ) -> MediaSession:
+        remote = (
+            (negotiated.remote_address, negotiated.remote_port) if negotiated.remote_port else None
+        )
+        media = await MediaSession.open(
+            lease,
+            remote=remote,
+            codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
+            dtmf_payload_type=negotiated.dtmf_payload_type,
+            signalling_ip=tx.source.addr[0],
+            inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,
+            jitter_min_ms=self.config.jitter_min_ms,
+            jitter_max_ms=self.config.jitter_max_ms,
+        )
+        if negotiated.on_hold:
+            media.hold(True)
+        return media
+
+    def _accept(
+        self, tx: ServerTransaction, sdp: SessionDescription, record: CallRecord, started: float
+    ) -> Dialog:
+        """Send 200 OK with ``sdp`` (our answer or our offer); the call counts as answered."""
+        assert self.server is not None
+        dialog, outs = self.server.core.accept(tx, sdp.to_bytes())
+        self.server.dispatch(outs)
+        record.answer_time = datetime.now(UTC)
+        record.metrics.setup_ms = round((asyncio.get_running_loop().time() - started) * 1000)
+        return dialog
+
+    async def _answer_in_ack(
+        self,
+        setup: _Setup,
+        dialog: Dialog,
+        offer: SessionDescription,
+        record: CallRecord,
+        bridge: AgentBridge,
+        lease: PortLease,
+    ) -> NegotiatedMedia | None:
+        """Delayed offer: wait for the ACK and read its answer to our offer (RFC 3264 §7).
+
+        The wait is bounded by the SIP core: no ACK within 64*T1 ends the dialog with BYE
+        (RFC 3261 §13.3.1.4). When there is no usable answer the call is ended here — BYE,
+        bridge closed, port released, a ``failed`` record written — and None is returned.
+        """
+        assert self.server is not None
+        core = self.server.core
+        dialog.app_data = setup
+        try:
+            await setup.acked_or_ended.wait()
+        except BaseException:
+            self.server.dispatch(core.hangup(dialog))  # shutdown while waiting for the ACK
+            raise
+        error: str | None = None
+        reason = DisconnectReason.CARRIER_ERROR
+        if setup.sip_end == "remote_bye":
+            reason = DisconnectReason.CALLER_HANGUP
+        elif setup.sip_end is not None:
+            error = f"SIP {setup.sip_end}"  # no ACK: the core has already sent BYE
+        elif not setup.ack_body:
+            # RFC 3261 §13.2.1: the answer MUST be in the ACK; without one there is no media.
+            error = "the ACK carried no SDP answer to our offer"
+        else:
+            try:
+                return negotiate_offer_answer(offer, parse(setup.ack_body))
+            except NoCommonCodec:
+                error = "the SDP answer in the ACK has no codec in common with our offer"
+            except SdpError as exc:
+                log.debug("SDP answer in ACK rejected: %s", exc)  # may quote addresses: DEBUG
+                error = "the SDP answer in the ACK is malformed"
+        # §13.2.2.4: a UAC that cannot use the offer answers and then sends BYE; as the UAS we
+        # end such a call the same way.
+        log.info("call %s ended before media started: %s", record.id, error or reason.value)
+        self._count("delayed_offer_failed")
+        sent_bye = setup.sip_end is None
+        if sent_bye:
+            self.server.dispatch(core.hangup(dialog))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bridge.close(), 5)
+        lease.release()
+        record.status = CallStatus.FAILED
+        record.end_time = datetime.now(UTC)
+        record.disconnect_reason = reason
+        record.error_message = error
+        if sent_bye:  # let the caller answer our BYE, so the record's SIP trace is complete
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(setup.sip_done.wait(), 2.0)
+        record.sip_trace = self._trace(dialog.call_id)
+        if self.metrics is not None:
+            self.metrics.record_call_ended(
+                record.id, outcome=reason.value, setup_ms=record.metrics.setup_ms
+            )
+        await self._record_failed(record)
+        return None
 
     def _on_reoffer(self, event: ReofferReceived) -> None:
         assert self.server is not None
@@ -677,6 +839,15 @@ def _algorithms(trunk: TrunkConfig | None) -> tuple[Algorithm, ...] | None:
         return None
     chosen = tuple(a for a in trunk.digest_algorithms if a in ("SHA-256", "MD5"))
     return cast(tuple[Algorithm, ...], chosen) or None
+
+
+def _agent_law(codecs: tuple[str, ...]) -> Codec:
+    """The law to start an agent bridge in before the caller has chosen a codec: that of our
+    first G.711 codec (a G.722 call is transcoded anyway), μ-law when there is none."""
+    for name in codecs:
+        if name in ("PCMU", "PCMA"):
+            return "pcma" if name == "PCMA" else "pcmu"
+    return "pcmu"
 
 
 def _call_of(data: object) -> Call | None:

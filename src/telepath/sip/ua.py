@@ -112,9 +112,15 @@ class InviteCancelled:
 
 @dataclass(frozen=True, slots=True)
 class CallConfirmed:
-    """The ACK for our 2xx arrived (§13.3.1.4)."""
+    """The ACK for our 2xx arrived (§13.3.1.4).
+
+    ``body`` is the ACK's SDP (empty when it has none, or a body of another type). It matters
+    when the INVITE had no offer and our 2xx carried one: the answer MUST then be in the ACK
+    (§13.2.1), and a UAC that cannot accept our offer still answers and then sends BYE
+    (§13.2.2.4)."""
 
     dialog: Dialog
+    body: bytes = b""
 
 
 CallEndReason = Literal["remote_bye", "local_bye", "ack_timeout", "session_expired", "bye_failed"]
@@ -322,7 +328,11 @@ class UserAgentCore:
     def accept(
         self, tx: ServerTransaction, body: bytes, *, headers: list[tuple[str, str]] | None = None
     ) -> tuple[Dialog, list[Output]]:
-        """Answer a new INVITE with 200 OK and ``body`` (the SDP answer); create the dialog."""
+        """Answer a new INVITE with 200 OK and ``body``; create the dialog.
+
+        ``body`` is the SDP answer, or our offer when the INVITE had none (§13.2.1); the
+        caller's answer then arrives as :attr:`CallConfirmed.body`. Retransmissions of the
+        2xx (§13.3.1.4) repeat the same bytes, so every copy carries the same offer."""
         request = tx.request
         local_tag = tx.to_tag or self._tag_for(request)
         tx.to_tag = local_tag
@@ -565,7 +575,8 @@ class UserAgentCore:
             self.timers.cancel(dialog, "2xx-timeout")
             if not dialog.acked:
                 dialog.acked = True
-                self._out.append(CallConfirmed(dialog))
+                sdp = request.content_type in (None, "application/sdp")
+                self._out.append(CallConfirmed(dialog, request.body if sdp else b""))
                 if dialog in self._pending_bye:
                     self._pending_bye.discard(dialog)
                     self._hangup(dialog)

@@ -16,6 +16,7 @@ import pytest
 from telepath.cli.gateway import Gateway, start_gateway
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import database_url  # noqa: F401  (fixture: SQLite only)
+from tests.interop.calls.harness import Phone
 from tests.interop.sip.uac import Uac
 
 
@@ -55,3 +56,13 @@ async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def phone() -> AsyncIterator[Phone]:
+    """The caller's RTP endpoint (the media port SIPp's SDP points at)."""
+    p = await Phone().open()
+    try:
+        yield p
+    finally:
+        await p.close()

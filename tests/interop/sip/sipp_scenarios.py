@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.interop.calls.harness import ACK_TXN, SippResult
+from tests.interop.calls.harness import ACK_TXN, SippResult, rtpmaps
 from tests.interop.calls.harness import run_sipp as harness_run_sipp
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -263,6 +263,95 @@ def options_ping(user: str) -> str:
         + check("timer", header="Supported:", var=3)
     )
     return HEADER + OPTIONS % {"user": user} + expect(200, checks) + FOOTER
+
+
+# Delayed offer (RFC 3261 §13.2.1): an INVITE without SDP; the 200 OK carries the gateway's
+# offer and the ACK the caller's answer (or, in the failure case, nothing).
+OFFERLESS_INVITE = """  <send retrans="500"%(txn)s>
+    <![CDATA[
+      INVITE sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: %(cseq)d INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70%(auth)s
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+ACK_2XX_WITH_ANSWER = """  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: %(cseq)d ACK
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio %(media_port)d RTP/AVP %(formats)s
+%(rtpmaps)s      a=ptime:20
+    ]]>
+  </send>
+"""
+
+
+def offerless_call(
+    user: str,
+    *,
+    offer_checks: str = "",
+    answer: tuple[int, str] | None,
+    hold_ms: int = 500,
+    caller_hangs_up: bool = True,
+) -> str:
+    """INVITE without SDP → 401 → ACK → the same with digest → 200 with the gateway's offer
+    (``offer_checks`` run on it) → ACK carrying ``answer`` (media port, formats), or no SDP
+    when ``answer`` is None → BYE from the caller after ``hold_ms``, or from the gateway."""
+    common = {"user": user}
+    parts = [
+        HEADER,
+        OFFERLESS_INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+        expect(100, extra=' optional="true" response_txn="inv1"'),
+        '  <recv response="401" auth="true" response_txn="inv1"/>\n',
+        ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+        OFFERLESS_INVITE % {**common, "txn": "", "cseq": 2, "auth": "\n      [authentication]"},
+        expect(100, extra=' optional="true"'),
+        expect(180, extra=' optional="true"'),
+        expect(200, offer_checks, extra=' rrs="true" rtd="true"'),
+    ]
+    if answer is None:
+        parts.append(ACK_2XX % {**common, "cseq": 2})
+    else:
+        port, formats = answer
+        parts.append(
+            ACK_2XX_WITH_ANSWER
+            % {
+                **common,
+                "cseq": 2,
+                "media_port": port,
+                "formats": formats,
+                "rtpmaps": rtpmaps(formats),
+            }
+        )
+    if caller_hangs_up:
+        parts.append(f'  <pause milliseconds="{hold_ms}"/>\n')
+        parts.append(IN_DIALOG % {**common, "method": "BYE", "cseq": 10, "extra": "", "body": ""})
+        parts.append(expect(200))
+    else:
+        parts.append(f'  <recv request="BYE" timeout="{hold_ms + 5000}"/>\n')
+        parts.append(OK_TO_REQUEST)
+    parts.append(FOOTER)
+    return "".join(parts)
 
 
 def _with_references(scenario: str) -> str:

@@ -4,7 +4,6 @@ through the API: every way a call gets in, is refused, or changes mid-call."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,6 @@ TRANSPORTS = [pytest.param("u1", id="udp"), pytest.param("t1", id="tcp")]
 
 def _target(gateway: Gateway, transport: str) -> tuple[str, int]:
     return gateway.server.bound["UDP" if transport == "u1" else "TCP"]
-
-
-@pytest.fixture
-async def phone() -> AsyncIterator[Phone]:
-    p = await Phone().open()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _calls(api: Api) -> list[dict[str, Any]]:

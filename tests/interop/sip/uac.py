@@ -39,6 +39,10 @@ def sdp_offer(port: int, direction: str = "") -> bytes:
     return SDP_OFFER.format(port=port, direction=line).encode()
 
 
+def _offer_or_nothing(port: int | None) -> bytes:
+    return b"" if port is None else sdp_offer(port)
+
+
 @dataclass
 class Received:
     """One message from the gateway, with its exact bytes."""
@@ -292,17 +296,18 @@ class CallLeg:
             **kw,  # type: ignore[arg-type]
         )
 
-    async def challenge(self, media_port: int) -> Response:
-        """Send the first INVITE; return the 401 after ACKing it (§17.1.1.3)."""
+    async def challenge(self, media_port: int | None) -> Response:
+        """Send the first INVITE (``media_port`` None: without SDP, a delayed offer); return
+        the 401 after ACKing it (§17.1.1.3)."""
         branch = new_branch()
-        self.uac.send(self.build("INVITE", branch=branch, body=sdp_offer(media_port)))
+        self.uac.send(self.build("INVITE", branch=branch, body=_offer_or_nothing(media_port)))
         r401 = await self.uac.response(401, self.call_id)
         self.challenges = r401.headers.get_all("WWW-Authenticate")
         self.uac.send(self.build("ACK", branch=branch, to_tag=r401.to.tag, cseq_method="ACK"))
         return r401
 
     def authenticated_invite(
-        self, password: str, media_port: int, *, algorithm: str = "MD5"
+        self, password: str, media_port: int | None, *, algorithm: str = "MD5"
     ) -> bytes:
         """The INVITE answering the challenge with ``algorithm`` (CSeq + 1, new branch)."""
         self.cseq += 1
@@ -319,7 +324,9 @@ class CallLeg:
             method="INVITE",
             uri=request_uri(probe),
         )
-        return self.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(media_port))
+        return self.build(
+            "INVITE", headers=[("Authorization", auth)], body=_offer_or_nothing(media_port)
+        )
 
     async def answered(self, raw_invite: bytes) -> Response:
         """Send ``raw_invite``, wait for its 200 OK and keep the dialog's To tag."""

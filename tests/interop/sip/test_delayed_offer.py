@@ -1,0 +1,193 @@
+"""Delayed offer over UDP (RFC 3261 §13.2.1, Cisco CUCM's default): an INVITE without SDP gets
+the gateway's offer in its 200 OK, the caller's answer in the ACK starts media, and an ACK
+without a usable answer ends the call with BYE. SIPp plays the carrier; a raw UAC stages what
+SIPp cannot (a malformed answer, 2xx retransmissions, BYE before ACK)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+
+from telepath.bridges.audio import WireFormat
+from telepath.cli.gateway import Gateway
+from telepath.sip.message import Request, Response, make_response
+from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import Phone
+from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.sipp_scenarios import check, offerless_call, run_sipp
+from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.waits import ended_records, until
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "s1pp-Secret"
+CALLER_HZ = 1000
+AGENT_HZ = 440
+# The offer: TELEPATH_SIP_CODECS (PCMU,PCMA,G722 in conftest) in order, then telephone-event.
+OFFER_CHECKS = (
+    check("m=audio [0-9]+ RTP/AVP 0 8 9 101", var=1)
+    + check("a=rtpmap:101 telephone-event/8000", var=2)
+    + check("a=fmtp:101 0-16", var=3)
+)
+
+
+def _offered_port(messages: str) -> int:
+    ports = re.findall(r"m=audio ([0-9]+) RTP/AVP 0 8 9 101", messages)
+    assert ports, "no offer in SIPp's message log"
+    return int(ports[0])
+
+
+@pytest.mark.parametrize(
+    ("formats", "pt", "codec"),
+    [
+        pytest.param("0 101", 0, "PCMU", id="pcmu"),
+        # The agent was started in μ-law before the answer chose A-law: the call transcodes.
+        pytest.param("8 101", 8, "PCMA", id="pcma"),
+    ],
+)
+async def test_answer_in_ack_starts_media_both_ways(
+    api: Api, gateway: Gateway, tmp_path: Path, phone: Phone, formats: str, pt: int, codec: str
+) -> None:
+    require_sipp()
+    async with FakeTelepathAgent(agent="tone", tone_hz=AGENT_HZ, response_ms=800) as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        scenario = offerless_call(
+            "alice", offer_checks=OFFER_CHECKS, answer=(phone.port, formats), hold_ms=2000
+        )
+        sipp = asyncio.create_task(
+            run_sipp(
+                scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+            )
+        )
+        try:
+            await until(lambda: bool(gateway.manager.calls) or sipp.done())
+        except AssertionError:
+            sipp.cancel()
+            raise
+        if not gateway.manager.calls:
+            result = await sipp
+            raise AssertionError("no call came up:\n" + result.stdout + result.errors)
+        (call,) = gateway.manager.calls.values()
+        media_port = call.media.local_port
+        phone.start_tone(("127.0.0.1", media_port), CALLER_HZ, 1.2, pt=pt)
+        result = await sipp
+        assert result.returncode == 0, result.stdout + result.errors
+        (record,) = await ended_records(api, gateway)
+
+    assert _offered_port(result.messages) == media_port  # the leased port went in the offer
+    assert record["status"] == "disconnected"
+    assert record["disconnect_reason"] == "caller_hangup"
+    detail = (await api.get(f"/v1/calls/{record['id']}")).json()
+    assert detail["metrics"]["codec_used"] == codec
+    # gateway → caller: the agent's tone, in the codec the ACK's answer chose
+    assert [p for p in {t for t, _ in phone.received} if p != pt] == []
+    assert abs(phone.dominant(pt) - AGENT_HZ) < 15
+    # caller → agent: the phone's tone, in the law the agent was started in
+    assert agent.wire == WireFormat("ulaw", 8000)
+    heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
+    assert len(heard) > 8000  # > 0.5 s of the caller reached the agent
+    assert abs(dominant_frequency(heard) - CALLER_HZ) < 15
+    assert agent.protocol_errors == []
+    assert gateway.manager.ports.in_use == 0
+
+
+@pytest.mark.parametrize(
+    "answer_formats",
+    [
+        pytest.param(None, id="ack-without-sdp"),
+        pytest.param("18", id="ack-with-no-common-codec"),  # G.729 only: we did not offer it
+    ],
+)
+async def test_ack_without_usable_answer_gets_bye_and_a_failed_record(
+    api: Api, gateway: Gateway, tmp_path: Path, phone: Phone, answer_formats: str | None
+) -> None:
+    require_sipp()
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        answer = None if answer_formats is None else (phone.port, answer_formats)
+        result = await run_sipp(
+            offerless_call(
+                "alice", offer_checks=OFFER_CHECKS, answer=answer, caller_hangs_up=False
+            ),
+            tmp_path,
+            gateway.server.bound["UDP"],
+            user="alice",
+            password=PASSWORD,
+        )
+        assert result.returncode == 0, result.stdout + result.errors  # SIPp got our BYE
+        (record,) = await ended_records(api, gateway)
+        await until(lambda: bool(agent.stops))  # the bridge was closed, not just dropped
+
+    assert "BYE sip:caller@127.0.0.1" in result.messages
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == "carrier_error"
+    detail = (await api.get(f"/v1/calls/{record['id']}")).json()
+    assert "answer" in detail["error_message"]
+    assert detail["metrics"]["codec_used"] is None
+    assert detail["answer_time"] is not None and detail["end_time"] is not None
+    trace = detail["sip_trace"]
+    assert "ACK sip:" in trace and "BYE sip:" in trace and "CSeq: 2 BYE" in trace
+    assert "SIP/2.0 200 OK" in trace.split("BYE sip:")[-1]  # the caller's answer to our BYE
+    assert phone.received == []  # no media was ever sent
+    assert len(agent.handshakes) == 1
+    assert gateway.manager.ports.in_use == 0
+    assert gateway.manager.active_calls == 0
+    assert gateway.server.core.dialog_count == 0
+    assert gateway.manager.counters.get("delayed_offer_failed") == 1
+
+
+async def _offered(uac: Uac, api: Api, agent: FakeTelepathAgent) -> tuple[CallLeg, Response]:
+    """An offerless INVITE through the challenge, answered with 200 OK (not yet ACKed)."""
+    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(None)
+    ok = await leg.answered(leg.authenticated_invite(PASSWORD, None))
+    assert ok.content_type == "application/sdp"
+    assert re.search(rb"m=audio [0-9]+ RTP/AVP 0 8 9 101", ok.body)
+    return leg, ok
+
+
+async def test_malformed_answer_in_ack_gets_bye(api: Api, gateway: Gateway, uac: Uac) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        start = len(uac.received)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=b"v=0\r\nnot an SDP answer\r\n"))
+        bye = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+        )
+        assert isinstance(bye.message, Request)
+        uac.send(make_response(bye.message, 200).to_bytes())
+        (record,) = await ended_records(api, gateway)
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == "carrier_error"
+    detail = (await api.get(f"/v1/calls/{record['id']}")).json()
+    assert detail["error_message"] == "the SDP answer in the ACK is malformed"
+    assert gateway.manager.ports.in_use == 0
+
+
+async def test_2xx_retransmissions_repeat_the_offer_and_bye_before_ack_ends_the_call(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, ok = await _offered(uac, api, agent)
+
+        # No ACK: the gateway retransmits its 200 OK (§13.3.1.4), each copy the same offer.
+        def oks() -> list[Response]:
+            sent = [r.message for r in uac.responses(leg.call_id, "INVITE")]
+            return [m for m in sent if isinstance(m, Response) and m.status == 200]
+
+        await uac.wait_for(lambda _: len(oks()) >= 2)
+        assert {m.body for m in oks()} == {ok.body}
+        await leg.bye()  # the caller gives up before ACKing
+        (record,) = await ended_records(api, gateway)
+        await until(lambda: bool(agent.stops))
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == "caller_hangup"
+    assert gateway.manager.ports.in_use == 0
+    assert gateway.server.core.dialog_count == 0
