@@ -91,7 +91,7 @@ class Gateway:
             "TELEPATH_SIP_RATE_BURST": "1000000",
             "TELEPATH_SIP_MAX_CALLS": "100000",
             # new calls/s admitted: set to the capacity measured at zero failures (README)
-            "TELEPATH_SIP_MAX_CPS": os.environ.get("BENCH_MAX_CPS", "100"),
+            "TELEPATH_SIP_MAX_CPS": os.environ.get("BENCH_MAX_CPS", "150"),
             "TELEPATH_API_RATE_LIMIT_PER_MINUTE": "1000000",
             "TELEPATH_LOG_LEVEL": "WARNING",
             "TELEPATH_SIP_CODECS": "PCMU,PCMA",
