@@ -57,7 +57,7 @@ def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float])
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    rates = [50, 100, 200, 400] if quick else [50, 100, 200, 400, 600, 800]
+    rates = [50, 100, 150, 200, 400] if quick else [50, 100, 150, 200, 400, 600, 800]
     seconds = 3.0 if quick else 6.0
     pause_ms = 200
     agent = Worker("agent")

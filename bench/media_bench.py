@@ -159,7 +159,8 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
         received[0] += 1
 
     if mode == "session":
-        allocator = RtpPortAllocator(PORT_BASE, PORT_BASE + 2 * streams + 10, host="127.0.0.1")
+        # slack: other processes' ephemeral ports (32768-60999 here) may sit in the range
+        allocator = RtpPortAllocator(PORT_BASE, PORT_BASE + 4 * streams + 200, host="127.0.0.1")
         tone = b"\x00\x10\x20\x30\x40\x30\x20\x10" * 20  # 20 ms of μ-law, repeated
         for port in remotes:
             s = await MediaSession.open(
