@@ -103,10 +103,16 @@ class _Setup:
         self.sip_end: CallEndReason | None = None
         self.acked_or_ended = asyncio.Event()
         self.sip_done = asyncio.Event()
+        self.shutting_down = False  # the gateway is stopping: give up waiting for the ACK
 
     def confirmed(self, ack_body: bytes) -> None:
         """The ACK for our 2xx arrived (SIP event, on the loop)."""
         self.ack_body = ack_body
+        self.acked_or_ended.set()
+
+    def shutdown(self) -> None:
+        """The gateway is stopping while this call waits for its ACK."""
+        self.shutting_down = True
         self.acked_or_ended.set()
 
     def ended(self, reason: CallEndReason) -> None:
@@ -188,6 +194,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._setups: dict[int, _Setup] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._awaiting_ack: set[_Setup] = set()  # delayed offers answered, ACK not yet in
         self.draining = False
         self.counters: dict[str, int] = {}
         self._tokens = config.max_cps
@@ -643,17 +650,24 @@ class CallManager:
         assert self.server is not None
         core = self.server.core
         dialog.app_data = setup
+        self._awaiting_ack.add(setup)
         try:
+            if self.draining:
+                setup.shutdown()
             await setup.acked_or_ended.wait()
         except BaseException:
-            self.server.dispatch(core.hangup(dialog))  # shutdown while waiting for the ACK
+            self.server.dispatch(core.hangup(dialog))  # cancelled while waiting for the ACK
             raise
+        finally:
+            self._awaiting_ack.discard(setup)
         error: str | None = None
         reason = DisconnectReason.CARRIER_ERROR
         if setup.sip_end == "remote_bye":
             reason = DisconnectReason.CALLER_HANGUP
         elif setup.sip_end is not None:
             error = f"SIP {setup.sip_end}"  # no ACK: the core has already sent BYE
+        elif setup.shutting_down and setup.ack_body is None:
+            reason = DisconnectReason.SHUTDOWN  # drain: BYE, bridge closed, record written
         elif not setup.ack_body:
             # RFC 3261 §13.2.1: the answer MUST be in the ACK; without one there is no media.
             error = "the ACK carried no SDP answer to our offer"
@@ -827,6 +841,8 @@ class CallManager:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
         for call in list(self.calls.values()):
             call.end(DisconnectReason.SHUTDOWN)
+        for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
+            setup.shutdown()
         if self._tasks:  # let the calls send BYE and write their records
             await asyncio.wait(set(self._tasks), timeout=5)
         for task in list(self._tasks):

@@ -191,3 +191,25 @@ async def test_2xx_retransmissions_repeat_the_offer_and_bye_before_ack_ends_the_
     assert record["disconnect_reason"] == "caller_hangup"
     assert gateway.manager.ports.in_use == 0
     assert gateway.server.core.dialog_count == 0
+
+
+async def test_shutdown_while_waiting_for_the_ack_ends_the_call_cleanly(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        # The gateway is stopped before the caller ACKs (drain time 0: nothing to wait for).
+        await asyncio.wait_for(gateway.manager.drain(0), 10)
+        (record,) = await ended_records(api, gateway)
+        await until(lambda: bool(agent.stops))  # the agent was told, not just dropped
+        assert gateway.manager.ports.in_use == 0
+        # §15: no BYE before the ACK; once the late ACK arrives, the BYE follows at once.
+        start = len(uac.received)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        bye = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+        )
+        assert isinstance(bye.message, Request)
+        uac.send(make_response(bye.message, 200).to_bytes())
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == "shutdown"
