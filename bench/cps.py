@@ -51,6 +51,7 @@ def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float])
         "server_cpu_pct": round(100 * server / wall, 1),
         "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1) if "agent" in cpu else None,
         "wall_s": round(wall, 2),
+        "sipp_crashed": run.crashed,
         "load": loadavg(),
         "errors_tail": run.errors[-300:] if run.failed else "",
     }
@@ -138,11 +139,13 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"{r['completed']}/{r['attempted']} ok, {r['shed_503']} x 503, {r['timeouts']} timeouts, "
         f"{r['server_cpu_ms_per_call']} ms CPU/call, {r['server_cpu_pct']} % CPU, load {r['load']}"
+        + (" — SIPp CRASHED, step not counted" if r.get("sipp_crashed") else "")
     )
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    tp = [r for r in rows if r["kind"] == "telepath"]
+    tp = [r for r in rows if r["kind"] == "telepath" and not r.get("sipp_crashed")]
+    crashed = [r["target_cps"] for r in rows if r.get("sipp_crashed")]
     base = {r["target_cps"]: r for r in rows if r["kind"] == "sipp-uas"}
     clean = [r for r in tp if r["completed"] == r["attempted"] and r["failed"] == 0]
     capacity = max((r["target_cps"] for r in clean), default=0)
@@ -196,6 +199,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rows
     ]
     print_table("CPS with digest auth + agent connect (SIPp, UDP)", headers, table)
+    if crashed:
+        print(f"SIPp crashed at {crashed} calls/s: those steps are left out of the verdicts")
     summary = {
         "capacity_cps_zero_failures": capacity,
         "cpu_ms_per_call_at_capacity": at_cap["server_cpu_ms_per_call"] if at_cap else None,

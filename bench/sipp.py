@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -97,6 +98,12 @@ class SippRun:
     @property
     def shed_503(self) -> int:
         return sum(v for k, v in self.counts.items() if "_503_" in k and k.endswith("_Recv"))
+
+    @property
+    def crashed(self) -> bool:
+        """SIPp itself died (seen: SIGABRT at 400 calls/s with auth on this VM); its periodic
+        statistics stop at the crash, so the step says nothing about the server."""
+        return self.returncode < 0 and self.returncode != -signal.SIGKILL  # SIGKILL: our timeout
 
     @property
     def completed(self) -> int:
