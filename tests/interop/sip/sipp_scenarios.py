@@ -267,43 +267,17 @@ def options_ping(user: str) -> str:
 
 # Delayed offer (RFC 3261 §13.2.1): an INVITE without SDP; the 200 OK carries the gateway's
 # offer and the ACK the caller's answer (or, in the failure case, nothing).
-OFFERLESS_INVITE = """  <send retrans="500"%(txn)s>
-    <![CDATA[
-      INVITE sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:%(user)s@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: %(cseq)d INVITE
-      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70%(auth)s
-      Content-Length: 0
-    ]]>
-  </send>
-"""
-
-ACK_2XX_WITH_ANSWER = """  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: %(cseq)d ACK
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=caller 53655765 1 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 127.0.0.1
-      t=0 0
-      m=audio %(media_port)d RTP/AVP %(formats)s
-%(rtpmaps)s      a=ptime:20
-    ]]>
-  </send>
-"""
+# Delayed offer (RFC 3261 §13.2.1): the INVITE above without its SDP, and the 2xx ACK above
+# carrying the caller's answer (any codecs: ``formats``/``rtpmaps``, the harness's helpers).
+_CT = "      Content-Type: application/sdp\n"
+OFFERLESS_INVITE = INVITE.split(_CT)[0] + "      Content-Length: 0\n    ]]>\n  </send>\n"
+_ANSWER = (
+    "      Content-Length: [len]\n\n"
+    + INVITE.split("      Content-Length: [len]\n\n")[1].split("      m=audio")[0]
+    + "      m=audio %(media_port)d RTP/AVP %(formats)s\n%(rtpmaps)s      a=ptime:20\n"
+    + "    ]]>\n  </send>\n"
+)
+ACK_2XX_WITH_ANSWER = ACK_2XX.split("      Content-Length: 0\n")[0] + _CT + _ANSWER
 
 
 def offerless_call(
