@@ -153,16 +153,19 @@ async def _offered(uac: Uac, api: Api, agent: FakeTelepathAgent) -> tuple[CallLe
     return leg, ok
 
 
+async def _answer_bye(uac: Uac, *, after: int) -> None:
+    """Wait for the gateway's BYE (a message index >= ``after``) and answer it 200."""
+    bye = await uac.wait_for(lambda m: isinstance(m, Request) and m.method == "BYE", after=after)
+    assert isinstance(bye.message, Request)
+    uac.send(make_response(bye.message, 200).to_bytes())
+
+
 async def test_malformed_answer_in_ack_gets_bye(api: Api, gateway: Gateway, uac: Uac) -> None:
     async with FakeTelepathAgent(agent="silent") as agent:
         leg, _ = await _offered(uac, api, agent)
         start = len(uac.received)
         uac.send(leg.build("ACK", cseq_method="ACK", body=b"v=0\r\nnot an SDP answer\r\n"))
-        bye = await uac.wait_for(
-            lambda m: isinstance(m, Request) and m.method == "BYE", after=start
-        )
-        assert isinstance(bye.message, Request)
-        uac.send(make_response(bye.message, 200).to_bytes())
+        await _answer_bye(uac, after=start)
         (record,) = await ended_records(api, gateway)
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "carrier_error"
@@ -206,10 +209,6 @@ async def test_shutdown_while_waiting_for_the_ack_ends_the_call_cleanly(
         # §15: no BYE before the ACK; once the late ACK arrives, the BYE follows at once.
         start = len(uac.received)
         uac.send(leg.build("ACK", cseq_method="ACK"))
-        bye = await uac.wait_for(
-            lambda m: isinstance(m, Request) and m.method == "BYE", after=start
-        )
-        assert isinstance(bye.message, Request)
-        uac.send(make_response(bye.message, 200).to_bytes())
+        await _answer_bye(uac, after=start)
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "shutdown"
