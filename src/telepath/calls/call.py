@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from telepath.bridges.base import (
     AgentAudio,
@@ -344,16 +347,10 @@ class Call:
 def _rms(pcm: bytes) -> int:
     if not pcm:
         return 0
-    # Cheap energy estimate on every 8th sample: enough for turn detection.
-    view = memoryview(pcm).cast("h")
-    step = 8
-    total = 0
-    count = 0
-    for i in range(0, len(view), step):
-        s = view[i]
-        total += s * s
-        count += 1
-    return int((total / count) ** 0.5) if count else 0
+    # Every sample, not a stride: every 8th sample of a 1 kHz tone at 8 kHz is the same point
+    # of its cycle, so a stride of 8 measured a test tone as silence (NumPy costs the same).
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return int(math.sqrt(float(np.dot(samples, samples)) / samples.size))
 
 
 def _bridge_reason(reason: DisconnectReason) -> BridgeReason:

@@ -19,7 +19,12 @@ Behaviour switches:
 * ``agent``: ``"tone"`` speaks a ``response_ms`` first message at ``tone_hz``; ``"echo"``
   returns caller audio (formats must match); ``"silent"`` says nothing.
 * ``barge_in_after_ms``: interrupt the first message after that much audio, send two late
-  chunks of the interrupted turn (to be dropped), then a 200 ms new turn (to be played).
+  chunks of the interrupted turn (to be dropped), then a ``reply_ms`` new turn at ``reply_hz``
+  (default ``tone_hz``) (to be played).
+* ``barge_in_on_speech_ms``: send the whole first message, then interrupt it as the server's
+  VAD would, once that much caller speech (``user_audio_chunk`` audio louder than
+  ``SPEECH_RMS``, counted in ``caller_speech_ms``) has arrived; then the same late chunks and
+  new turn (announced by its ``agent_response``) as above.
 * ``end_call``: after the first message, report the system ``end_call`` tool and close 1000.
 * ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
 * ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
@@ -52,6 +57,7 @@ from telepath.testing.ws_server import FakeAgentServer, json_response
 __all__ = ["FakeElevenLabs"]
 
 CHUNK_MS = 100
+SPEECH_RMS = 500  # PCM16 RMS above which caller audio counts as speech (a tone, not silence)
 
 
 class FakeElevenLabs(FakeAgentServer):
@@ -67,6 +73,9 @@ class FakeElevenLabs(FakeAgentServer):
         tone_hz: float = 440.0,
         response_ms: int = 1000,
         barge_in_after_ms: int | None = None,
+        barge_in_on_speech_ms: int | None = None,
+        reply_ms: int = 200,
+        reply_hz: float | None = None,
         end_call: bool = False,
         transfer_to: str | None = None,
         hangup_tool: bool = False,
@@ -82,6 +91,9 @@ class FakeElevenLabs(FakeAgentServer):
         self.tone_hz = tone_hz
         self.response_ms = response_ms
         self.barge_in_after_ms = barge_in_after_ms
+        self.barge_in_on_speech_ms = barge_in_on_speech_ms
+        self.reply_ms = reply_ms
+        self.reply_hz = tone_hz if reply_hz is None else reply_hz
         self.end_call = end_call
         self.transfer_to = transfer_to
         self.hangup_tool = hangup_tool
@@ -93,7 +105,9 @@ class FakeElevenLabs(FakeAgentServer):
         self.caller_audio = bytearray()
         self.pongs: list[int] = []
         self.tool_results: list[dict[str, Any]] = []
+        self.caller_speech_ms = 0.0
         self._event_ids = itertools.count(1)
+        self._speaking_turn: int | None = None  # the turn a caller's speech would interrupt
         self.http_routes["/v1/convai/conversation/get-signed-url"] = self._signed_url
         self.http_routes["/v1/convai/agents/"] = self._agent
 
@@ -150,6 +164,7 @@ class FakeElevenLabs(FakeAgentServer):
                     self.caller_audio += data
                     if self.agent == "echo":
                         await self._audio(ws, data, 1)
+                    await self._on_caller_audio(ws, data)
                 case ev.Pong():
                     self.pongs.append(parsed.event_id)
                 case ev.ClientToolResult():
@@ -209,17 +224,37 @@ class FakeElevenLabs(FakeAgentServer):
         out = ev.wire_format(self.formats[1])
         for sent_ms in range(0, self.response_ms, CHUNK_MS):
             if self.barge_in_after_ms is not None and sent_ms >= self.barge_in_after_ms:
-                await self._send(
-                    ws, {"type": "interruption", "interruption_event": {"event_id": turn}}
-                )
-                for _ in range(2):  # late audio of the interrupted turn
-                    await self._audio(ws, _convert(sine_pcm16(self.tone_hz, CHUNK_MS), out), turn)
-                new_turn = next(self._event_ids)
-                await self._audio(ws, _convert(sine_pcm16(self.tone_hz, 200), out), new_turn)
+                await self._interrupt(ws, turn)
                 return
             pcm = sine_pcm16(self.tone_hz, CHUNK_MS, phase=sent_ms * 8)
             await self._audio(ws, _convert(pcm, out), turn)
             await asyncio.sleep(0)
+        if self.barge_in_on_speech_ms is not None:
+            self._speaking_turn = turn
+
+    async def _on_caller_audio(self, ws: ServerConnection, data: bytes) -> None:
+        """Server-side VAD: enough caller speech during the agent's turn interrupts it."""
+        if self.barge_in_on_speech_ms is None:
+            return
+        fmt = ev.wire_format(self.formats[0])
+        pcm = convert(data, fmt, WireFormat("pcm16", fmt.rate))
+        if _rms(pcm) > SPEECH_RMS:
+            self.caller_speech_ms += len(pcm) / 2 * 1000 / fmt.rate
+        turn = self._speaking_turn
+        if turn is not None and self.caller_speech_ms >= self.barge_in_on_speech_ms:
+            self._speaking_turn = None
+            await self._interrupt(ws, turn)
+
+    async def _interrupt(self, ws: ServerConnection, turn: int) -> None:
+        """``interruption`` of ``turn``, two late chunks of it (to be dropped), a new turn."""
+        out = ev.wire_format(self.formats[1])
+        await self._send(ws, {"type": "interruption", "interruption_event": {"event_id": turn}})
+        for _ in range(2):  # late audio of the interrupted turn
+            await self._audio(ws, _convert(sine_pcm16(self.tone_hz, CHUNK_MS), out), turn)
+        new_turn = next(self._event_ids)
+        response = {"agent_response": "Sorry, go ahead.", "event_id": new_turn}
+        await self._send(ws, {"type": "agent_response", "agent_response_event": response})
+        await self._audio(ws, _convert(sine_pcm16(self.reply_hz, self.reply_ms), out), new_turn)
 
     async def _after_first_message(self, ws: ServerConnection) -> bool:
         if self.end_call:
@@ -243,3 +278,8 @@ class FakeElevenLabs(FakeAgentServer):
 def _convert(pcm16_8k: bytes, out: WireFormat) -> bytes:
     """8 kHz PCM16 -> ``out``."""
     return convert(pcm16_8k, WireFormat("pcm16", 8000), out)
+
+
+def _rms(pcm16: bytes) -> float:
+    view = memoryview(pcm16).cast("h")
+    return (sum(s * s for s in view) / len(view)) ** 0.5 if len(view) else 0.0

@@ -327,9 +327,19 @@ class Phone:
         return self
 
     def start_tone(
-        self, dest: tuple[str, int], freq_hz: float, seconds: float, pt: int = 0
+        self,
+        dest: tuple[str, int],
+        freq_hz: float,
+        seconds: float,
+        pt: int = 0,
+        *,
+        then_silence_s: float = 0.0,
     ) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._send(dest, freq_hz, seconds, pt))
+        """Send ``seconds`` of tone, then ``then_silence_s`` of silence in the same stream (the
+        caller stops talking, the line stays up)."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._send(dest, freq_hz, seconds, pt, then_silence_s)
+        )
 
     def press(self, key: str) -> None:
         """Send ``key`` as RFC 4733 telephone-events (100 ms, end bit x3) in the tone stream."""
@@ -343,14 +353,17 @@ class Phone:
                 await self._task
             self._task = None
 
-    async def _send(self, dest: tuple[str, int], freq: float, seconds: float, pt: int) -> None:
+    async def _send(
+        self, dest: tuple[str, int], freq: float, seconds: float, pt: int, silence_s: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         ssrc = random.randrange(1 << 32)
         start = loop.time()
         encoder = G722Encoder() if pt == 9 else None
         seq = 0
         i = 0
-        frames = int(seconds * 50)
+        tone_frames = int(seconds * 50)
+        frames = tone_frames + int(silence_s * 50)
         while i < frames:
             if self._presses:
                 key = self._presses.pop(0)
@@ -365,10 +378,12 @@ class Phone:
                     i += 1
                     await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
                 continue
+            level = 0.5 if i < tone_frames else 0.0
             if encoder is not None:
-                payload = encoder.encode(sine_pcm16(freq, 20, 16000, phase=i * 320))
+                payload = encoder.encode(sine_pcm16(freq, 20, 16000, level, phase=i * 320))
             else:
-                payload = sine_g711(freq, 20, "pcmu" if pt == 0 else "pcma", phase=i * 160)
+                law: Codec = "pcmu" if pt == 0 else "pcma"
+                payload = sine_g711(freq, 20, law, level, phase=i * 160)
             header = struct.pack(
                 "!BBHII", 0x80, pt | (0x80 if i == 0 else 0), seq & 0xFFFF, i * 160, ssrc
             )
@@ -423,6 +438,13 @@ def is_loud(payload: bytes, codec: Codec = "pcmu") -> bool:
         return False
     rms = (sum(s * s for s in view) / len(view)) ** 0.5
     return bool(rms > TONE_RMS)
+
+
+def frame_tone(payload: bytes, codec: Codec = "pcmu") -> float | None:
+    """Dominant frequency of one G.711 frame (50 Hz resolution at 20 ms), ``None`` if silent."""
+    if not is_loud(payload, codec):
+        return None
+    return dominant_frequency(g711_to_pcm16(payload, codec))
 
 
 async def wait_until(

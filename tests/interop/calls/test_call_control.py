@@ -27,6 +27,7 @@ from tests.interop.calls.harness import (
     IN_DIALOG,
     INVITE,
     Phone,
+    frame_tone,
     free_tcp_port,
     is_loud,
     place_call,
@@ -155,6 +156,86 @@ async def test_barge_in_openai_truncates_at_what_was_heard(
     assert abs(truncates[0]["audio_end_ms"] - heard_ms) <= 3 * FRAME_MS
     detail = await record(api, placed.call_id)
     assert detail["disconnect_reason"] == "caller_hangup"
+
+
+class _WatchedElevenLabs(FakeElevenLabs):
+    """Notes how many packets the caller's phone had received when ``interruption`` went out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.phone: Phone | None = None
+        self.frames_at_interruption: int | None = None
+
+    async def _interrupt(self, ws: ServerConnection, turn: int) -> None:
+        assert self.phone is not None
+        self.frames_at_interruption = len(self.phone.received)
+        await super()._interrupt(ws, turn)
+
+
+REPLY_HZ = 880
+
+
+async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    hook = await subscribe(api, receiver.url)
+    # a 6 s answer, sent at once (queued at the gateway); 200 ms of caller speech interrupts it,
+    # then come two late chunks of it (to be dropped) and a 600 ms reply at another pitch
+    fake = _WatchedElevenLabs(
+        tone_hz=AGENT_HZ,
+        response_ms=6000,
+        barge_in_on_speech_ms=200,
+        reply_ms=600,
+        reply_hz=REPLY_HZ,
+    )
+    async with fake:
+        await _provider_trunk(api, gateway, fake)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=3500)
+        fake.phone = placed.phone
+        # the caller hears 0.5 s of the answer, then talks over it for 1 s, then listens
+        await wait_until(lambda: placed.phone.loud_frames(0) >= 25, what="the agent's answer")
+        placed.phone.start_tone(placed.rtp, 1000, 1.0, then_silence_s=3.0)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert fake.protocol_errors == []
+    assert [m["type"] for m in fake.sent].count("interruption") == 1
+    cut = fake.frames_at_interruption
+    assert cut is not None
+    assert {pt for pt, _ in placed.phone.received} == {0}
+    tones = [frame_tone(payload) for _, payload in placed.phone.received]
+
+    def answer(hz: float | None) -> bool:
+        return hz is not None and abs(hz - AGENT_HZ) < 100
+
+    def reply(hz: float | None) -> bool:
+        return hz is not None and abs(hz - REPLY_HZ) < 100
+
+    before, after = tones[:cut], tones[cut:]
+    assert sum(map(answer, before)) >= 25  # the caller heard the start of the answer
+    # Over 5 s of the answer was still queued (~250 frames) and the late chunks add 10 more:
+    # after the interruption only the frames already in flight may carry it.
+    assert sum(map(answer, after)) <= 3, tones[cut - 5 : cut + 40]
+    replied = [i for i, hz in enumerate(after) if reply(hz)]
+    assert len(replied) >= 600 // FRAME_MS - 2  # the call went on: the new turn was played
+    assert not any(map(answer, after[replied[0] :]))  # and the old one never came back
+    assert not any(map(reply, before))
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "caller_hangup"
+    assert detail["error_message"] is None
+    assert [t["speaker"] for t in detail["turns"]] == ["agent", "caller", "agent"]
+    interrupted, caller, new_turn = detail["turns"]
+    assert interrupted["duration_ms"] >= 500 and caller["duration_ms"] > 0
+    assert new_turn["duration_ms"] == 600  # the reply alone: the late chunks were dropped
+    events = await _delivered(receiver, hook["secret"], "agent.connected", "call.ended")
+    assert "call.error" not in events
+    assert events["agent.connected"][0]["ai_provider"] == "elevenlabs"
+    ended = events["call.ended"][0]
+    assert ended["call_id"] == placed.call_id
+    assert ended["status"] == "disconnected"
+    assert ended["disconnect_reason"] == "caller_hangup"
 
 
 # --- DTMF ----------------------------------------------------------------------------------
