@@ -38,6 +38,7 @@ READ_HIGH_WATER = 64  # whole messages buffered before the socket stops reading
 READ_LOW_WATER = 16
 PING_INTERVAL_S = 20.0  # websockets' default; no pong within one interval fails the socket
 CLOSE_TIMEOUT_S = 2.0
+BURST = 16  # messages ``recv`` hands out back to back before it lets the event loop run
 
 
 class MessageSocket(Protocol):
@@ -76,6 +77,7 @@ class AgentSocket(asyncio.Protocol):
         self._ping_outstanding: bytes | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._pings_sent = 0
+        self._streak = 0
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -138,6 +140,14 @@ class AgentSocket(asyncio.Protocol):
         """The next whole message; ``ConnectionClosed`` once the connection has closed."""
         while True:
             if self._messages:
+                self._streak += 1
+                if self._streak >= BURST:
+                    # An agent may send seconds of audio at once (OpenAI streams faster than
+                    # real time): without a pause here the reader would hold the loop for the
+                    # whole burst and every other call's pacer would stall.
+                    self._streak = 0
+                    await asyncio.sleep(0)
+                    continue
                 message = self._messages.popleft()
                 if self._reading_paused and len(self._messages) <= READ_LOW_WATER:
                     self._reading_paused = False
@@ -146,6 +156,7 @@ class AgentSocket(asyncio.Protocol):
                 return message
             if self._p.state is State.CLOSED:
                 raise self._p.close_exc
+            self._streak = 0
             waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter

@@ -186,3 +186,29 @@ def test_under_uvloop_as_in_production() -> None:
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(test_messages_both_ways_headers_and_a_clean_close())
     uvloop.run(test_fragmented_messages_are_reassembled())
+
+
+async def test_a_burst_of_messages_lets_other_tasks_run() -> None:
+    async def burst(ws: ServerConnection) -> None:
+        for i in range(200):
+            await ws.send(f"m{i}")
+        await ws.wait_closed()
+
+    async with server(burst) as url:
+        sock = await open_socket(url)
+        await asyncio.sleep(0.3)  # all 200 are buffered before anyone reads
+        ticks: list[int] = []
+        received: list[str | bytes] = []
+
+        def tick() -> None:  # stands in for the media pacer of the other calls
+            ticks.append(len(received))
+            if len(received) < 200:
+                asyncio.get_running_loop().call_soon(tick)
+
+        asyncio.get_running_loop().call_soon(tick)
+        for _ in range(200):
+            received.append(await sock.recv())
+        await sock.close()
+    assert received == [f"m{i}" for i in range(200)]
+    # the reader paused at least every 16 messages: the "pacer" ran throughout the burst
+    assert len([t for t in ticks if t < 200]) >= 200 // 16
