@@ -70,7 +70,7 @@ ACK_2XX = """  <send>
       From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 2 ACK
+      CSeq: %(cseq)d ACK
       Max-Forwards: 70
       Content-Length: 0
     ]]>
@@ -119,7 +119,7 @@ def authenticated_call(
     parts.append('  <recv response="100" optional="true"/>\n')
     parts.append('  <recv response="180" optional="true"/>\n')
     parts.append('  <recv response="200" rrs="true" rtd="true"/>\n')
-    parts.append(ACK_2XX % common)
+    parts.append(ACK_2XX % {**common, "cseq": 2})
     parts.append(middle)
     if caller_hangs_up:
         parts.append(f'  <pause milliseconds="{hold_ms}"/>\n')

@@ -6,8 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.interop.calls.harness import ACK_TXN, SippResult, rtpmaps
+from tests.interop.calls.harness import ACK_2XX, ACK_TXN, SippResult, rtpmaps
+from tests.interop.calls.harness import INVITE as _ANY_CODECS_INVITE
 from tests.interop.calls.harness import run_sipp as harness_run_sipp
+
+# The harness's INVITE with the front-door tests' fixed offer (PCMU, PCMA, telephone-event).
+INVITE = _ANY_CODECS_INVITE.replace("%(formats)s", "0 8 101").replace(
+    "%(rtpmaps)s", rtpmaps("0 8 101")
+)
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="telepath front door">
@@ -15,33 +21,6 @@ HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 FOOTER = "</scenario>\n"
 
-INVITE = """  <send retrans="500"%(txn)s>
-    <![CDATA[
-      INVITE sip:%(user)s@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:%(user)s@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: %(cseq)d INVITE
-      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70%(auth)s
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=caller 53655765 1 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 127.0.0.1
-      t=0 0
-      m=audio %(media_port)d RTP/AVP 0 8 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-16
-      a=ptime:20
-    ]]>
-  </send>
-"""
 
 # In-dialog request; ``extra`` is zero or more complete header lines, each ending in a newline
 # (an empty line would end the header section: on TCP that loses Content-Length, §18.3).
@@ -73,19 +52,6 @@ OK_TO_REQUEST = """  <send>
   </send>
 """
 
-ACK_2XX = """  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: %(cseq)d ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-"""
 
 CANCEL = """  <send>
     <![CDATA[
