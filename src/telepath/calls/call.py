@@ -102,12 +102,15 @@ class TurnTracker:
         self.agent_last_audio = now
         self.agent_audio_ms += ms
 
-    def finish_agent_turn(self) -> None:
-        """Close the current agent turn, if any."""
-        if self.agent_turn_start is not None and self.agent_audio_ms > 0:
-            self._close(
-                "agent", self.agent_audio_ms / 1000, getattr(self, "_pending_processing", 0)
-            )
+    def finish_agent_turn(self, unplayed_ms: float = 0.0) -> None:
+        """Close the current agent turn, if any.
+
+        ``unplayed_ms``: audio of this turn still queued, never to be played (barge-in, hang-up):
+        a turn lasts as long as the caller heard it, not as long as the agent sent.
+        """
+        heard_ms = self.agent_audio_ms - unplayed_ms
+        if self.agent_turn_start is not None and heard_ms > 0:
+            self._close("agent", heard_ms / 1000, getattr(self, "_pending_processing", 0))
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
 
@@ -251,8 +254,9 @@ class Call:
         bridge_reason = _bridge_reason(end.reason)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.bridge.close(bridge_reason), 5)
+        unplayed_ms = self.media.queued_ms
         stats = await self.media.close()
-        self.turns.finish_agent_turn()
+        self.turns.finish_agent_turn(unplayed_ms)
         record = self.record
         record.end_time = datetime.now(UTC)
         record.status = CallStatus.DISCONNECTED
@@ -303,9 +307,10 @@ class Call:
                 else:
                     self.media.play(event.payload)
             elif isinstance(event, AgentClear):
+                unplayed_ms = self.media.queued_ms
                 self.media.flush()
                 self._played_base_ms = self.media.stats().audio_played_ms
-                self.turns.finish_agent_turn()
+                self.turns.finish_agent_turn(unplayed_ms)
             elif isinstance(event, AgentMark):
                 self.media.mark(event.name)
             elif isinstance(event, AgentTransfer):

@@ -116,7 +116,8 @@ async def test_barge_in_custom_agent_stops_playout(
     detail = await record(api, placed.call_id)
     assert detail["disconnect_reason"] == "caller_hangup"
     agent_turns = [t for t in detail["turns"] if t["speaker"] == "agent"]
-    assert agent_turns and agent_turns[0]["duration_ms"] >= 4000  # received, not played
+    # what the caller heard (~0.6 s before the clear), not the 5 s the agent sent
+    assert agent_turns and 300 <= agent_turns[0]["duration_ms"] <= 1500
 
 
 class _LateBargeInOpenAI(FakeOpenAIRealtime):
@@ -227,7 +228,8 @@ async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
     assert detail["error_message"] is None
     assert [t["speaker"] for t in detail["turns"]] == ["agent", "caller", "agent"]
     interrupted, caller, new_turn = detail["turns"]
-    assert interrupted["duration_ms"] >= 500 and caller["duration_ms"] > 0
+    # heard before the interruption (~0.7 s), not the 6 s the agent sent
+    assert 500 <= interrupted["duration_ms"] <= 2000 and caller["duration_ms"] > 0
     assert new_turn["duration_ms"] == 600  # the reply alone: the late chunks were dropped
     events = await _delivered(receiver, hook["secret"], "agent.connected", "call.ended")
     assert "call.error" not in events
