@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -14,6 +16,7 @@ from websockets.http11 import Request, Response
 from websockets.utils import accept_key
 
 from telepath.bridges.ws_socket import AgentSocket
+from tests.certs import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -212,3 +215,27 @@ async def test_a_burst_of_messages_lets_other_tasks_run() -> None:
     assert received == [f"m{i}" for i in range(200)]
     # the reader paused at least every 16 messages: the "pacer" ran throughout the burst
     assert len([t for t in ticks if t < 200]) >= 200 // 16
+
+
+async def test_wss_verifies_the_agent_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            await ws.send(f"echo {message}")
+
+    async with server(echo, ssl=context) as url:
+        secure = url.replace("ws://", "wss://")
+        with pytest.raises(ssl.SSLCertVerificationError):  # not trusted: no connection
+            await open_socket(secure)
+        # trusted through the system's CA bundle setting, as a private CA would be
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        sock = await open_socket(secure)
+        await sock.send("over TLS")
+        assert await sock.recv() == "echo over TLS"
+        await sock.close()
