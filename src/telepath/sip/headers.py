@@ -39,6 +39,8 @@ def format_params(params: Params) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value (RFC 3261 §7.3.1) outside quotes and ``<…>``."""
+    if "," not in value and '"' not in value:  # the usual case: one item, nothing to scan
+        return [value.strip(_LWS)]
     items: list[str] = []
     depth = 0
     quoted = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from telepath.sip.errors import SipParseError
-from telepath.sip.headers import TOKEN, parse_cseq, parse_name_addr, parse_via, split_list
+from telepath.sip.headers import TOKEN, parse_cseq, parse_name_addr, parse_via
 from telepath.sip.message import SINGLE_HEADERS, Headers, Request, Response, canonical_name
 from telepath.sip.uri import SipUri, parse_uri
 
@@ -152,25 +152,27 @@ def validate_request(request: Request) -> None:
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if headers.get(name) is None:
             raise SipParseError(f"missing {name}")  # RFC 4475 §3.3.1 `insuf`
+    names = [name for name, _ in headers]  # canonical names, one pass
     for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
+        if names.count(canonical_name(name)) > 1:
             raise SipParseError(f"{canonical_name(name)} appears more than once")  # `multi01`
     if request.uri.scheme not in _SCHEMES_WE_ROUTE:
         raise SipParseError(f"unsupported URI scheme {request.uri.scheme}", 416)  # `unkscm`
     if request.uri.headers is not None:
         raise SipParseError("headers are not allowed in a Request-URI")  # §19.1.5 `escruri`
-    cseq = parse_cseq(headers.get("CSeq") or "")
-    if cseq.method != request.method:
+    # The memoized views: what is parsed to validate is what the UA core reads afterwards.
+    if request.cseq.method != request.method:
         raise SipParseError("CSeq method does not match the request method")  # `mismatch01`
     vias = headers.get_all("Via")
     if not vias:
         raise SipParseError("missing Via")
-    for via in vias:
+    request.top_via  # noqa: B018 - parses and keeps the first
+    for via in vias[1:]:
         parse_via(via)
     if not request.call_id:
         raise SipParseError("empty Call-ID")
-    parse_name_addr(headers.get("From") or "")
-    parse_name_addr(headers.get("To") or "")
+    request.from_  # noqa: B018 - parse and keep
+    request.to  # noqa: B018
     for contact in headers.get_all("Contact"):
         if contact != "*":
             parse_name_addr(contact)
@@ -189,7 +191,6 @@ def validate_request(request: Request) -> None:
         for item in headers.get_all(name):
             if not TOKEN.fullmatch(item):
                 raise SipParseError(f"malformed {name}")
-    split_list(headers.get("Contact") or "")
 
 
 class StreamFramer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 from telepath.sip.errors import SipParseError
@@ -100,10 +101,13 @@ def _split_params(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
+@lru_cache(maxsize=4096)
 def parse_uri(text: str) -> SipUri:
     """Parse a URI; raise :class:`SipParseError` (status 400) when it is malformed.
 
-    Embedded whitespace is never allowed (RFC 4475 §3.1.2.7 ``lwsruri``).
+    Embedded whitespace is never allowed (RFC 4475 §3.1.2.7 ``lwsruri``). Cached: a carrier's
+    messages repeat the same URIs (Request-URI, From/To without their tags, Contact), and a
+    ``SipUri`` is immutable. Failures are not cached.
     """
     if not text or not _URI_CHARS.fullmatch(text):
         raise SipParseError(f"malformed URI {text[:80]!r}")
