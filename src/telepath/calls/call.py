@@ -170,6 +170,8 @@ class Call:
         self.answer_sdp = b""
         self.session_id = 1
         self.session_version = 1
+        # Our 2xx to an offerless re-INVITE carried an offer: its answer comes in the ACK.
+        self.offer_in_2xx = False
 
     # ---------------------------------------------------------------- control from SIP
 

@@ -75,6 +75,7 @@ from telepath.sip.ua import (
     InviteCancelled,
     InviteReceived,
     ReferUpdate,
+    ReinviteAcked,
     ReofferReceived,
 )
 from telepath.sip.uri import SipUri
@@ -252,6 +253,11 @@ class CallManager:
         elif isinstance(event, CallConfirmed):
             if isinstance(event.dialog.app_data, _Setup):
                 event.dialog.app_data.confirmed(event.body)
+        elif isinstance(event, ReinviteAcked):
+            call = _call_of(event.dialog.app_data)
+            if call is not None and call.offer_in_2xx:
+                call.offer_in_2xx = False
+                self._on_answer_in_reinvite_ack(call, event.body)
 
     def _admit_new_call(self) -> bool:
         """Token bucket of ``max_cps`` new calls per second (burst: one second's worth)."""
@@ -704,6 +710,27 @@ class CallManager:
         await self._record_failed(record)
         return None
 
+    def _on_answer_in_reinvite_ack(self, call: Call, body: bytes) -> None:
+        """The answer to the offer in our 2xx to an offerless re-INVITE (RFC 3264 §7, §8).
+
+        The offer was the SDP we last sent (one codec), so the answer can move the caller's
+        address or put the call on hold, not change the codec. An ACK without a usable answer
+        leaves the media as it was (logged and counted): the call goes on.
+        """
+        try:
+            if not body:
+                raise SdpError("the ACK carried no answer")  # §13.2.1: it MUST
+            negotiated = negotiate_offer_answer(parse(call.answer_sdp), parse(body))
+        except (SdpError, NoCommonCodec) as exc:
+            self._count("reinvite_answer_ignored")
+            log.info("call %s: answer in the re-INVITE ACK not used", call.record.id)
+            log.debug("re-INVITE ACK answer rejected: %s", exc)  # may quote addresses: DEBUG
+            return
+        if negotiated.codec != call.negotiated.codec:
+            self._count("reinvite_answer_ignored")
+            return
+        call.update_media(negotiated)
+
     def _on_reoffer(self, event: ReofferReceived) -> None:
         assert self.server is not None
         call = _call_of(event.dialog.app_data)
@@ -712,9 +739,17 @@ class CallManager:
             self._respond(event.tx, 481)
             return
         if not request.body:
-            # §14.2: an offerless re-INVITE/UPDATE (session refresh): repeat our last answer.
+            if request.method == "UPDATE":
+                # RFC 3311 §5.2, RFC 6337 §2.1: an UPDATE without an offer is answered
+                # without SDP (there is no ACK that could carry an answer to ours).
+                self._respond(event.tx, 200)
+                return
+            # RFC 3261 §14.2 (a session refresh, typically): our 2xx carries an offer — the
+            # SDP we last sent — and the caller's answer comes in the ACK (ReinviteAcked).
+            call.offer_in_2xx = True
             self._respond(event.tx, 200, body=call.answer_sdp)
             return
+        call.offer_in_2xx = False
         try:
             offer = parse(request.body)
             answer, negotiated = negotiate_reoffer(

@@ -135,6 +135,17 @@ class CallEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class ReinviteAcked:
+    """The ACK for our 2xx to a re-INVITE arrived, with ``body`` its SDP (empty if none).
+
+    It matters when the re-INVITE had no offer and our 2xx carried one: the answer is in this
+    ACK (§14.2, §13.2.1)."""
+
+    dialog: Dialog
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class ReofferReceived:
     """A re-INVITE or UPDATE in the dialog (hold, address/codec change, session refresh).
 
@@ -174,6 +185,7 @@ Event = (
     | CallConfirmed
     | CallEnded
     | ReofferReceived
+    | ReinviteAcked
     | DtmfInfo
     | ReferUpdate
 )
@@ -573,13 +585,15 @@ class UserAgentCore:
             dialog.pending_2xx = None
             self.timers.cancel(dialog, "2xx")
             self.timers.cancel(dialog, "2xx-timeout")
+            sdp = request.body if request.content_type in (None, "application/sdp") else b""
             if not dialog.acked:
                 dialog.acked = True
-                sdp = request.content_type in (None, "application/sdp")
-                self._out.append(CallConfirmed(dialog, request.body if sdp else b""))
+                self._out.append(CallConfirmed(dialog, sdp))
                 if dialog in self._pending_bye:
                     self._pending_bye.discard(dialog)
                     self._hangup(dialog)
+            else:
+                self._out.append(ReinviteAcked(dialog, sdp))
 
     def _on_cancel(self, request: Request, source: Source) -> None:
         cancel_tx = ServerTransaction(self, request, source, self.clock.now())

@@ -273,3 +273,35 @@ async def test_no_common_codec_is_488_with_warning_and_releases_the_port(
     assert (resp.headers.get("Warning") or "").startswith("305 ")
     assert gateway.manager.ports.in_use == 0  # the RTP pair leased for the call went back
     assert len(agent.handshakes) == 0  # the agent was never dialled
+
+
+async def test_offerless_reinvite_answer_in_ack_moves_and_holds_the_media(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    """§14.2: a body-less re-INVITE gets our last SDP as an offer in the 200 OK; the caller's
+    answer in the ACK is applied (new RTP port, on hold). A body-less UPDATE gets a 200
+    without SDP (RFC 3311 §5.2: no ACK could carry an answer)."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
+
+    leg.cseq += 1
+    start = len(uac.received)
+    uac.send(leg.build("INVITE", body=b""))
+    ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+    assert ok.content_type == "application/sdp" and b"m=audio" in ok.body
+    uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(MEDIA_PORT + 2, "sendonly")))
+    await until(lambda: call.negotiated.on_hold)
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT + 2)
+
+    leg.cseq += 1
+    start = len(uac.received)
+    uac.send(leg.build("UPDATE", body=b""))
+    updated = await uac.response(200, leg.call_id, method="UPDATE", after=start)
+    assert not updated.body
+    assert gateway.manager.active_calls == 1
+    await leg.bye()

@@ -14,6 +14,7 @@ from telepath.sip.transaction import TxState
 from telepath.sip.ua import (
     CallEnded,
     InviteReceived,
+    ReinviteAcked,
     ReofferReceived,
     Send,
     UaConfig,
@@ -152,6 +153,23 @@ def test_update_while_a_reinvite_is_pending_is_500_with_retry_after(
     )
     (resp,) = sent(out)
     assert resp.status == 500 and resp.headers.get("Retry-After") is not None
+
+
+def test_ack_of_a_reinvite_2xx_carries_its_answer_up(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§14.2: an offerless re-INVITE gets our offer in the 2xx; the answer in its ACK is handed
+    to call control (the initial ACK is CallConfirmed, a re-INVITE's is ReinviteAcked)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.receive(request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag), SRC)
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived) and not ev.tx.request.body
+    ua.respond(ev.tx, 200, body=SDP)
+    ack = request("ACK", branch="z9hG4bK-a2", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT)
+    assert events(ua.receive(ack, SRC)) == [ReinviteAcked(dialog, SDP)]
+    # a retransmitted ACK is not handed up twice
+    assert events(ua.receive(ack, SRC)) == []
 
 
 def test_new_invite_while_the_first_is_pending(core: tuple[UserAgentCore, FakeClock]) -> None:
