@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from telepath.cli.gateway import Gateway, start_gateway
+from telepath.testing.fake_elevenlabs import FakeElevenLabs
+from telepath.testing.fake_openai import FakeOpenAIRealtime
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.integration.webhooks.receiver import Receiver, running
 from tests.interop.media.sipp import require_sipp
@@ -68,6 +70,31 @@ def configure(gateway: Gateway, **changes: Any) -> None:
     replaces the fields ``CallControlConfig.from_settings`` took from them.
     """
     gateway.manager.config = dataclasses.replace(gateway.manager.config, **changes)
+
+
+async def provider_trunk(
+    api: Api,  # noqa: F811  (shadows the imported fixture, as in create_trunk)
+    gateway: Gateway,
+    fake: FakeOpenAIRealtime | FakeElevenLabs,
+    password: str,
+    *,
+    api_key: str | None = None,
+) -> None:
+    """Point the gateway at a provider fake and create trunk ``alice`` for that provider."""
+    if isinstance(fake, FakeOpenAIRealtime):
+        configure(gateway, openai_realtime_url=fake.url)
+        key = api_key or "sk-valid-test-key"
+        await create_trunk(api, "alice", password, ai_provider="openai", openai_api_key=key)
+    else:
+        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
+        await create_trunk(
+            api,
+            "alice",
+            password,
+            ai_provider="elevenlabs",
+            elevenlabs_agent_id="agent_fake",
+            elevenlabs_api_key=api_key or "sk-valid-el-key",
+        )
 
 
 @pytest.fixture

@@ -20,7 +20,13 @@ from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
-from tests.interop.calls.conftest import configure, create_trunk, record, subscribe
+from tests.interop.calls.conftest import (
+    configure,
+    create_trunk,
+    provider_trunk,
+    record,
+    subscribe,
+)
 from tests.interop.calls.harness import (
     ACK_TXN,
     HEADER,
@@ -140,8 +146,7 @@ async def test_barge_in_openai_truncates_at_what_was_heard(
 ) -> None:
     fake = _LateBargeInOpenAI(0.7, tone_hz=AGENT_HZ, response_ms=5000, barge_in_after_ms=4000)
     async with fake:
-        configure(gateway, openai_realtime_url=fake.url)
-        await create_trunk(api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-x")
+        await provider_trunk(api, gateway, fake, PASSWORD)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2200)
         placed.phone.start_tone(placed.rtp, 1000, 2.0)
         result = await placed.sipp
@@ -190,7 +195,7 @@ async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
         reply_hz=REPLY_HZ,
     )
     async with fake:
-        await _provider_trunk(api, gateway, fake)
+        await provider_trunk(api, gateway, fake, PASSWORD)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=3500)
         fake.phone = placed.phone
         # the caller hears 0.5 s of the answer, then talks over it for 1 s, then listens
@@ -415,24 +420,6 @@ async def test_webhooks_of_a_normal_call(
 # --- the same endings through the provider bridges --------------------------------------------
 
 
-async def _provider_trunk(
-    api: Api, gateway: Gateway, fake: FakeOpenAIRealtime | FakeElevenLabs
-) -> None:
-    if isinstance(fake, FakeOpenAIRealtime):
-        configure(gateway, openai_realtime_url=fake.url)
-        await create_trunk(api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-x")
-    else:
-        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
-        await create_trunk(
-            api,
-            "alice",
-            PASSWORD,
-            ai_provider="elevenlabs",
-            elevenlabs_agent_id="agent_fake",
-            elevenlabs_api_key="sk-valid-el-key",
-        )
-
-
 @pytest.mark.parametrize(
     ("provider", "failure"),
     [
@@ -453,7 +440,7 @@ async def test_provider_bridge_failure_mid_call(
         else FakeElevenLabs(agent="silent", after_setup=failure)
     )
     async with fake:
-        await _provider_trunk(api, gateway, fake)
+        await provider_trunk(api, gateway, fake, PASSWORD)
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=2000, caller_hangs_up=False
         )
@@ -482,7 +469,7 @@ async def test_provider_end_call_hangs_up_after_playout(
         else FakeElevenLabs(tone_hz=AGENT_HZ, response_ms=1000, end_call=True)
     )
     async with fake:
-        await _provider_trunk(api, gateway, fake)
+        await provider_trunk(api, gateway, fake, PASSWORD)
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
         )

@@ -15,7 +15,7 @@ from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import configure, create_trunk, record
+from tests.interop.calls.conftest import create_trunk, provider_trunk, record
 from tests.interop.calls.harness import Phone, place_call, settled
 
 pytestmark = pytest.mark.interop
@@ -56,10 +56,7 @@ def _heard(caller_audio: bytes | bytearray, codec: str = "pcmu") -> float:
 
 async def test_openai(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     async with FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
-        configure(gateway, openai_realtime_url=fake.url)
-        await create_trunk(
-            api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-valid-test-key"
-        )
+        await provider_trunk(api, gateway, fake, PASSWORD)
         phone, detail = await _call(api, gateway, tmp_path)
     assert fake.protocol_errors == []
     assert fake.handshakes[0].headers["authorization"] == "Bearer sk-valid-test-key"
@@ -73,15 +70,7 @@ async def test_openai(api: Api, gateway: Gateway, tmp_path: Path) -> None:
 
 async def test_elevenlabs(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     async with FakeElevenLabs(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
-        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
-        await create_trunk(
-            api,
-            "alice",
-            PASSWORD,
-            ai_provider="elevenlabs",
-            elevenlabs_agent_id="agent_fake",
-            elevenlabs_api_key="sk-valid-el-key",
-        )
+        await provider_trunk(api, gateway, fake, PASSWORD)
         phone, detail = await _call(api, gateway, tmp_path)
     assert fake.protocol_errors == []
     assert "conversation_signature" in fake.handshakes[0].path  # came through the signed URL
@@ -112,10 +101,7 @@ async def test_custom_twilio(api: Api, gateway: Gateway, tmp_path: Path) -> None
 async def test_pcma_only_offer(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     """A PCMA-only offer: the gateway answers PCMA, OpenAI is told audio/pcma, A-law both ways."""
     async with FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
-        configure(gateway, openai_realtime_url=fake.url)
-        await create_trunk(
-            api, "alice", PASSWORD, ai_provider="openai", openai_api_key="sk-valid-test-key"
-        )
+        await provider_trunk(api, gateway, fake, PASSWORD)
         phone, detail = await _call(api, gateway, tmp_path, formats="8 101", pt=8)
     assert fake.protocol_errors == []
     assert fake.session is not None
