@@ -180,18 +180,26 @@ def call(
     return "".join(parts)
 
 
-def rejected_call(user: str, media_port: int, status: int) -> str:
-    """INVITE → 401 → ACK → INVITE with digest → ``status`` → ACK (same transaction)."""
-    common = {"user": user, "media_port": media_port}
+def _through_challenge(common: dict[str, object]) -> str:
+    """INVITE → (100) → 401 → ACK → INVITE with digest → (100): the authenticated INVITE is
+    transaction ``inv2``, its 100 optional."""
     return (
-        HEADER
-        + INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""}
+        INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""}
         + expect(100, extra=' optional="true" response_txn="inv1"')
         + '  <recv response="401" auth="true" response_txn="inv1"/>\n'
         + ACK_TXN % {**common, "txn": "inv1", "cseq": 1}
         + INVITE
         % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"}
         + expect(100, extra=' optional="true" response_txn="inv2"')
+    )
+
+
+def rejected_call(user: str, media_port: int, status: int) -> str:
+    """INVITE → 401 → ACK → INVITE with digest → ``status`` → ACK (same transaction)."""
+    common = {"user": user, "media_port": media_port}
+    return (
+        HEADER
+        + _through_challenge(common)
         + expect(status, extra=' response_txn="inv2"')
         + ACK_TXN % {**common, "txn": "inv2", "cseq": 2}
         + FOOTER
@@ -205,13 +213,7 @@ def cancelled_call(user: str, media_port: int) -> str:
     # [branch-3] on the CANCEL repeats the second INVITE's branch (§9.1).
     return (
         HEADER
-        + INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""}
-        + expect(100, extra=' optional="true" response_txn="inv1"')
-        + '  <recv response="401" auth="true" response_txn="inv1"/>\n'
-        + ACK_TXN % {**common, "txn": "inv1", "cseq": 1}
-        + INVITE
-        % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"}
-        + expect(100, extra=' optional="true" response_txn="inv2"')
+        + _through_challenge(common)
         + expect(180, extra=' response_txn="inv2"')
         + CANCEL % {"user": user, "cseq": 2, "offset": 3}
         + expect(200, check("CANCEL", header="CSeq:"))
