@@ -63,6 +63,21 @@ ACK_TXN = """  <send ack_txn="%(txn)s">
   </send>
 """
 
+# The answer to the last request SIPp received (``status``: "200 OK", "202 Accepted", ...).
+ANSWER_REQUEST = """  <send>
+    <![CDATA[
+      SIP/2.0 %(status)s
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+OK_TO_REQUEST = ANSWER_REQUEST % {"status": "200 OK"}
+
 ACK_2XX = """  <send>
     <![CDATA[
       ACK [next_url] SIP/2.0
@@ -127,20 +142,7 @@ def authenticated_call(
         parts.append('  <recv response="200"/>\n')
     else:
         parts.append(f'  <recv request="BYE" timeout="{hold_ms + 15000}"/>\n')
-        parts.append(
-            """  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
-        )
+        parts.append(OK_TO_REQUEST)
     parts.append("</scenario>\n")
     return "".join(parts)
 

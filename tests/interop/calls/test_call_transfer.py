@@ -13,25 +13,13 @@ from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk, record
-from tests.interop.calls.harness import place_call, settled, wait_until
+from tests.interop.calls.harness import ANSWER_REQUEST, place_call, settled, wait_until
 
 pytestmark = pytest.mark.interop
 
 TARGET = "sip:+15550001111@carrier.example"
 
-ANSWER_REFER = """  <recv request="REFER" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 %(status)s
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+ANSWER_REFER = '  <recv request="REFER" crlf="true"/>\n' + ANSWER_REQUEST
 
 NOTIFY = """  <send retrans="500">
     <![CDATA[

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.interop.calls.harness import ACK_2XX, ACK_TXN, SippResult, rtpmaps
+from tests.interop.calls.harness import ACK_2XX, ACK_TXN, OK_TO_REQUEST, SippResult, rtpmaps
 from tests.interop.calls.harness import INVITE as _ANY_CODECS_INVITE
 from tests.interop.calls.harness import run_sipp as harness_run_sipp
 
@@ -35,19 +35,6 @@ IN_DIALOG = """  <send retrans="500">
       Max-Forwards: 70
 %(extra)s      Content-Length: [len]
 %(body)s
-    ]]>
-  </send>
-"""
-
-OK_TO_REQUEST = """  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
     ]]>
   </send>
 """
