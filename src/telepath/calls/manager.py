@@ -77,6 +77,7 @@ from telepath.sip.ua import (
     ReferUpdate,
     ReinviteAcked,
     ReofferReceived,
+    SessionRefreshed,
 )
 from telepath.sip.uri import SipUri
 from telepath.transport.media_session import MediaSession
@@ -233,6 +234,7 @@ class CallManager:
                     "remote_bye": DisconnectReason.CALLER_HANGUP,
                     "ack_timeout": DisconnectReason.CARRIER_ERROR,
                     "session_expired": DisconnectReason.CARRIER_ERROR,
+                    "refresh_failed": DisconnectReason.CARRIER_ERROR,
                     "bye_failed": DisconnectReason.CARRIER_ERROR,
                 }.get(event.reason)
                 if reason is not None:
@@ -257,6 +259,11 @@ class CallManager:
             call = _call_of(event.dialog.app_data)
             if call is not None and call.offer_in_2xx:
                 call.offer_in_2xx = False
+                self._on_answer_in_reinvite_ack(call, event.body)
+        elif isinstance(event, SessionRefreshed):
+            # our re-INVITE refresh offered the SDP we last sent: same handling as above
+            call = _call_of(event.dialog.app_data)
+            if call is not None:
                 self._on_answer_in_reinvite_ack(call, event.body)
 
     def _admit_new_call(self) -> bool:
@@ -711,7 +718,8 @@ class CallManager:
         return None
 
     def _on_answer_in_reinvite_ack(self, call: Call, body: bytes) -> None:
-        """The answer to the offer in our 2xx to an offerless re-INVITE (RFC 3264 §7, §8).
+        """The answer to the offer in our 2xx to an offerless re-INVITE (RFC 3264 §7, §8), or
+        in the 2xx to our own re-INVITE session refresh (which offers the same SDP).
 
         The offer was the SDP we last sent (one codec), so the answer can move the caller's
         address or put the call on hold, not change the codec. An ACK without a usable answer

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from telepath.sip.session_timer import Timer
 from telepath.sip.transaction import Source
 from telepath.sip.uri import SipUri
 
@@ -40,8 +41,14 @@ class Dialog:
     pending_2xx: bytes | None = None
     pending_2xx_cseq: int = 0
     retransmit_interval: float = 0.0
-    session_expires: int | None = None  # RFC 4028 negotiated interval, seconds
     reoffer_pending: bool = False  # a re-INVITE/UPDATE awaits the application's answer
+    # session timer (RFC 4028) as last negotiated, and our own refreshes when we are refresher
+    session_timer: Timer | None = None
+    peer_allows_update: bool = False  # the caller's Allow listed UPDATE (RFC 3311 §5.1)
+    local_sdp: bytes = b""  # the SDP of our last 2xx: what a re-INVITE refresh offers again
+    refresh_method: str | None = None  # our refresh in flight ("UPDATE" / "INVITE"), if any
+    refresh_asked: int = 0  # the interval that refresh asked for
+    last_ack: tuple[int, bytes] | None = None  # our ACK to a 2xx of our re-INVITE (CSeq, wire)
     app_data: object = None
 
     @property

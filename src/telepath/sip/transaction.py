@@ -1,8 +1,9 @@
 """Server and client transactions (RFC 3261 §17), with RFC 6026's Accepted state.
 
 State names follow the RFC figures (Figure 7 INVITE server, Figure 8 non-INVITE server,
-Figure 6 non-INVITE client). Timers are scheduled in the core's :class:`TimerQueue`; sends and
-outcomes go to a :class:`TransactionUser` (the UA core), so nothing here does I/O.
+Figure 5 INVITE client, Figure 6 non-INVITE client). Timers are scheduled in the core's
+:class:`TimerQueue`; sends and outcomes go to a :class:`TransactionUser` (the UA core), so nothing
+here does I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from telepath.sip.message import Request, Response
+from telepath.sip.message import Headers, Request, Response
 from telepath.sip.timers import SipTimers, TimerQueue
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
@@ -53,6 +54,7 @@ class TransactionUser(Protocol):
 class TxState(StrEnum):
     """RFC 3261 §17 transaction states (+ RFC 6026 Accepted)."""
 
+    CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
     COMPLETED = "Completed"
@@ -179,9 +181,12 @@ class ClientTransaction:
         self._interval = tu.sip_timers.t1
         self.response: Response | None = None
         tu.send_bytes(self._wire, dest)
-        if not dest.reliable:
-            tu.timers.schedule(self, "E", now + self._interval)
-        tu.timers.schedule(self, "F", now + tu.sip_timers.b)
+        self._start(now)
+
+    def _start(self, now: float) -> None:
+        if not self.dest.reliable:
+            self.tu.timers.schedule(self, "E", now + self._interval)
+        self.tu.timers.schedule(self, "F", now + self.tu.sip_timers.b)
 
     def on_response(self, response: Response, now: float) -> None:
         """A response matched by branch and CSeq method (§17.1.3)."""
@@ -208,8 +213,88 @@ class ClientTransaction:
             self._interval = min(base, self.tu.sip_timers.t2)
             self.tu.timers.schedule(self, "E", now + self._interval)
             return
-        timed_out = name == "F"
+        self._end(timed_out=name == "F")
+
+    def _end(self, *, timed_out: bool) -> None:
         self.state = TxState.TERMINATED
         for timer in list(self.timer_generation):
             self.tu.timers.cancel(self, timer)
         self.tu.transaction_ended(self, timed_out)
+
+
+class InviteClientTransaction(ClientTransaction):
+    """An INVITE client transaction (Figure 5, with RFC 6026 §7.2's Accepted state): our
+    re-INVITE session refreshes.
+
+    Every 2xx (retransmissions included) goes to the TU, which acknowledges it (§13.2.2.4: the
+    ACK for a 2xx is the TU's, not the transaction's). A 3xx-6xx is acknowledged here, on the
+    same branch (§17.1.1.3), and its retransmissions re-acknowledged until Timer D. Timer B
+    also bounds Proceeding: a refresh that got a 1xx but no final answer in 64*T1 has failed,
+    which RFC 3261 leaves to the TU (Timer C exists only for proxies, §16.6).
+    """
+
+    _ack: bytes | None = None
+
+    def _start(self, now: float) -> None:
+        self.state = TxState.CALLING
+        if not self.dest.reliable:
+            self.tu.timers.schedule(self, "A", now + self._interval)
+        self.tu.timers.schedule(self, "B", now + self.tu.sip_timers.b)
+
+    def on_response(self, response: Response, now: float) -> None:
+        """1xx → Proceeding; 2xx → Accepted (each passed up); 3xx-6xx → ACK, Completed."""
+        q = self.tu.timers
+        if self.state == TxState.TERMINATED:
+            return
+        if response.status < 200:
+            if self.state == TxState.CALLING:
+                q.cancel(self, "A")
+                self.state = TxState.PROCEEDING
+                self.tu.client_response(self, response)
+            return
+        if response.status < 300:
+            if self.state in (TxState.CALLING, TxState.PROCEEDING):
+                q.cancel(self, "A")
+                q.cancel(self, "B")
+                self.state = TxState.ACCEPTED
+                self.response = response
+                q.schedule(self, "M", now + self.tu.sip_timers.b)  # RFC 6026 §7.2: 64*T1
+            if self.state == TxState.ACCEPTED:
+                self.tu.client_response(self, response)
+            return
+        if self.state == TxState.COMPLETED and self._ack is not None:
+            self.tu.send_bytes(self._ack, self.dest)  # retransmitted final: ACK again
+            return
+        if self.state not in (TxState.CALLING, TxState.PROCEEDING):
+            return
+        q.cancel(self, "A")
+        q.cancel(self, "B")
+        self.state = TxState.COMPLETED
+        self.response = response
+        self._ack = _ack_for_non_2xx(self.request, response).to_bytes()
+        self.tu.send_bytes(self._ack, self.dest)
+        self.tu.client_response(self, response)
+        q.schedule(self, "D", now + (0 if self.dest.reliable else 32.0))
+
+    def on_timer(self, name: str, now: float) -> None:
+        """Timers A (retransmit, doubling without cap §17.1.1.2), B (timeout), D, M (end)."""
+        if name == "A" and self.state == TxState.CALLING:
+            self.tu.send_bytes(self._wire, self.dest)
+            self._interval *= 2
+            self.tu.timers.schedule(self, "A", now + self._interval)
+            return
+        self._end(timed_out=name == "B")
+
+
+def _ack_for_non_2xx(request: Request, response: Response) -> Request:
+    """§17.1.1.3: the ACK a client transaction sends for a 3xx-6xx to its INVITE."""
+    h = Headers()
+    h.add("Via", request.headers.get_all("Via")[0])
+    h.add("Max-Forwards", "70")
+    h.add("From", request.headers.get("From") or "")
+    h.add("To", response.headers.get("To") or "")
+    h.add("Call-ID", request.call_id)
+    h.add("CSeq", f"{request.cseq.seq} ACK")
+    for route in request.headers.get_all("Route"):
+        h.add("Route", route)
+    return Request(h, b"", "ACK", request.uri)

@@ -8,6 +8,11 @@ application (call control) as events: a new INVITE (authenticate, route, answer 
 re-offers (re-INVITE/UPDATE, to be answered with SDP), call confirmation and ends, DTMF, and
 the progress of a transfer we asked for.
 
+Session timers (RFC 4028): the caller refreshes unless it asks us to (``refresher=uas``) or
+cannot (no ``Supported: timer`` behind a proxy that asked for a timer); then we refresh at half
+the interval with an UPDATE when the caller's Allow lists it, else with a re-INVITE repeating
+our last SDP, and send BYE when a refresh times out or gets 408/481 (§10).
+
 Decision (documented in the README): requests we send inside a dialog (BYE, REFER, UPDATE) go to
 the address the carrier's INVITE came from (the same connection on TCP/TLS), while their
 Request-URI and Route headers follow §12.2.1.1. Carriers send from their SBC and often put
@@ -30,10 +35,22 @@ from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
+from telepath.sip.session_timer import (
+    Timer,
+    after_refresh,
+    expiry_margin,
+    min_se_of,
+    negotiate_as_uas,
+    parse_session_expires,
+    refresh_at,
+    refresh_headers,
+    response_headers,
+)
 from telepath.sip.timers import SipTimers, TimerQueue
 from telepath.sip.transaction import (
     MAGIC_COOKIE,
     ClientTransaction,
+    InviteClientTransaction,
     ServerTransaction,
     Source,
     server_key,
@@ -123,7 +140,9 @@ class CallConfirmed:
     body: bytes = b""
 
 
-CallEndReason = Literal["remote_bye", "local_bye", "ack_timeout", "session_expired", "bye_failed"]
+CallEndReason = Literal[
+    "remote_bye", "local_bye", "ack_timeout", "session_expired", "refresh_failed", "bye_failed"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +162,15 @@ class ReinviteAcked:
 
     dialog: Dialog
     body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRefreshed:
+    """The 2xx to our re-INVITE session refresh, with ``body`` its SDP: the caller's answer to
+    the SDP we last sent (RFC 4028 §10, RFC 3264 §8), which may move its media address."""
+
+    dialog: Dialog
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +214,7 @@ Event = (
     | CallEnded
     | ReofferReceived
     | ReinviteAcked
+    | SessionRefreshed
     | DtmfInfo
     | ReferUpdate
 )
@@ -318,8 +347,17 @@ class UserAgentCore:
         if body and not any(k.lower() == "content-type" for k, _ in extra):
             extra.append(("Content-Type", "application/sdp"))
         dialog = self._dialog_of(tx.request)
+        refresh = (
+            dialog is not None
+            and 200 <= status < 300
+            and tx.request.method in ("INVITE", "UPDATE")
+            and dialog.state == DialogState.CONFIRMED
+        )
         if dialog is not None and 200 <= status < 300:
-            extra = self._with_contact(extra, tx.source) + self._session_headers(dialog, tx.request)
+            extra = self._with_contact(extra, tx.source)
+        if refresh:
+            assert dialog is not None
+            extra += self._renegotiate(dialog, tx.request, body)
         to_tag = tx.to_tag
         if to_tag is None and status > 100:
             to_tag = tx.to_tag = self._tag_for(tx.request)
@@ -336,6 +374,9 @@ class UserAgentCore:
             dialog.reoffer_pending = False
         if dialog is not None and tx.is_invite and 200 <= status < 300:
             self._start_2xx_retransmission(dialog, response, tx.request.cseq.seq)
+        if refresh:
+            assert dialog is not None
+            self._arm_session_timer(dialog)  # §10: a 2xx to a re-INVITE/UPDATE is a refresh
 
     def accept(
         self, tx: ServerTransaction, body: bytes, *, headers: list[tuple[str, str]] | None = None
@@ -362,10 +403,15 @@ class UserAgentCore:
             source=tx.source,
             invite_cseq=request.cseq.seq,
         )
-        dialog.session_expires = self._negotiate_session_timer(request)
+        dialog.session_timer = negotiate_as_uas(
+            request, min_se=self.config.min_se, default_interval=self.config.session_expires
+        )
+        dialog.peer_allows_update = _allows(request, "UPDATE")
+        dialog.local_sdp = body
         self._dialogs[dialog.key] = dialog
         extra = self._with_contact(list(headers or []), tx.source)
-        extra += self._session_headers(dialog, request)
+        if dialog.session_timer is not None:
+            extra += response_headers(dialog.session_timer)
         extra.append(("Content-Type", "application/sdp"))
         response = make_response(
             request, 200, to_tag=local_tag, headers=self._common(extra), body=body
@@ -426,6 +472,8 @@ class UserAgentCore:
                 self._end_dialog(dialog, "bye_failed")
             elif dialog is not None and tx.request.method == "REFER":
                 self._out.append(ReferUpdate(dialog, 408, True))
+            elif dialog is not None and tx.request.method in ("INVITE", "UPDATE"):
+                self._refresh_failed(dialog)  # RFC 4028 §10: a refresh that timed out
 
     def client_response(self, tx: ClientTransaction, response: Response) -> None:
         """A response to our BYE/REFER/UPDATE."""
@@ -437,6 +485,8 @@ class UserAgentCore:
             self._end_dialog(dialog, "local_bye")
         elif method == "REFER" and response.status >= 200:
             self._out.append(ReferUpdate(dialog, response.status, response.status >= 300))
+        elif method in ("INVITE", "UPDATE") and response.status >= 200:
+            self._on_refresh_response(dialog, tx.request, response)
 
     # ---------------------------------------------------------------- requests
 
@@ -478,8 +528,8 @@ class UserAgentCore:
             if request.body and request.content_type not in ("application/sdp", None):
                 self._respond(tx, 415, headers=[("Accept", "application/sdp")])
                 return
-            se = _session_expires(request)
-            if se is not None and se < self.config.min_se:
+            parsed = parse_session_expires(request.headers.get("Session-Expires"))
+            if parsed is not None and parsed[0] < self.config.min_se:
                 self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
                 return
             self._out.append(InviteReceived(tx))
@@ -515,9 +565,12 @@ class UserAgentCore:
             if method == "INVITE" and dialog.pending_2xx is not None:
                 self._respond(tx, 491)  # our 2xx is not yet ACKed: the exchange is in progress
                 return
+            if dialog.refresh_method == "INVITE" and (method == "INVITE" or request.body):
+                # §14.2, RFC 3311 §5.2: our re-INVITE's offer is outstanding: glare
+                self._respond(tx, 491)
+                return
             if method == "INVITE":
                 self._respond(tx, 100)
-            self._arm_session_timer(dialog)
             dialog.reoffer_pending = True
             self._out.append(ReofferReceived(dialog, tx))
         elif method == "INFO":
@@ -667,6 +720,8 @@ class UserAgentCore:
                 dialog.state = DialogState.TERMINATING
                 self._send_in_dialog(dialog, "BYE")
                 self._end_dialog(dialog, "ack_timeout")
+        elif name == "refresh" and dialog.state == DialogState.CONFIRMED:
+            self._send_refresh(dialog)
         elif name == "session" and dialog.state == DialogState.CONFIRMED:
             # RFC 4028 §10: no refresh before expiry: send BYE.
             dialog.state = DialogState.TERMINATING
@@ -692,7 +747,28 @@ class UserAgentCore:
         contact: bool = False,
         body: bytes = b"",
     ) -> None:
-        """Build and send a request inside ``dialog`` (§12.2.1.1)."""
+        """Build and send a request inside ``dialog`` (§12.2.1.1) in a new client transaction."""
+        extra = list(headers or [])
+        if contact:
+            extra = self._with_contact(extra, dialog.source)
+        request = self._in_dialog_request(
+            dialog, method, dialog.next_cseq(), self._common(extra), body
+        )
+        self._trace(dialog.call_id, request.to_bytes(), "out")
+        kind = InviteClientTransaction if method == "INVITE" else ClientTransaction
+        tx = kind(self, request, dialog.source, self.clock.now())
+        self._client_txs[(tx.branch, method)] = tx
+        self._client_tx_dialog[tx] = dialog
+
+    def _in_dialog_request(
+        self,
+        dialog: Dialog,
+        method: str,
+        cseq: int,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+    ) -> Request:
+        """A request inside ``dialog`` (§12.2.1.1): target, Route set, tags, a fresh branch."""
         route_set = list(dialog.route_set)
         target: SipUri = dialog.remote_target
         if route_set and ";lr" not in route_set[0].lower():
@@ -710,48 +786,116 @@ class UserAgentCore:
         h.add("From", dialog.local_uri)
         h.add("To", dialog.remote_uri)
         h.add("Call-ID", dialog.call_id)
-        h.add("CSeq", f"{dialog.next_cseq()} {method}")
+        h.add("CSeq", f"{cseq} {method}")
         for route in route_set:
             h.add("Route", route)
-        extra = list(headers or [])
-        if contact:
-            extra = self._with_contact(extra, dialog.source)
-        for k, v in self._common(extra):
+        for k, v in headers:
             h.add(k, v)
-        request = Request(h, body, method, target)
-        self._trace(dialog.call_id, request.to_bytes(), "out")
-        tx = ClientTransaction(self, request, dialog.source, self.clock.now())
-        self._client_txs[(tx.branch, method)] = tx
-        self._client_tx_dialog[tx] = dialog
+        return Request(h, body, method, target)
 
     # ---------------------------------------------------------------- session timers (RFC 4028)
 
-    def _negotiate_session_timer(self, request: Request) -> int | None:
-        supported = {s.lower() for s in request.headers.get_all("Supported")}
-        se = _session_expires(request)
-        if "timer" not in supported:
-            return None  # §9: without UAC support we do not ask for refreshes we cannot get
-        return max(self.config.min_se, se if se is not None else self.config.session_expires)
-
-    def _session_headers(self, dialog: Dialog, request: Request) -> list[tuple[str, str]]:
-        if dialog.session_expires is None:
-            return []
-        se = _session_expires(request)
-        if se is not None:
-            dialog.session_expires = max(self.config.min_se, se)
-        # §9: the UAC refreshes (it supports timers); Require: timer tells it so.
-        return [
-            ("Require", "timer"),
-            ("Session-Expires", f"{dialog.session_expires};refresher=uac"),
-        ]
+    def _renegotiate(self, dialog: Dialog, request: Request, body: bytes) -> list[tuple[str, str]]:
+        """Our 2xx to the caller's re-INVITE/UPDATE: the timer it sets (§9) and its headers."""
+        if request.headers.get("Allow") is not None:
+            dialog.peer_allows_update = _allows(request, "UPDATE")
+        if body:
+            dialog.local_sdp = body
+        dialog.session_timer = negotiate_as_uas(
+            request,
+            min_se=self.config.min_se,
+            default_interval=self.config.session_expires,
+            current=dialog.session_timer,
+        )
+        return [] if dialog.session_timer is None else response_headers(dialog.session_timer)
 
     def _arm_session_timer(self, dialog: Dialog) -> None:
-        if dialog.session_expires is None:
+        self.timers.cancel(dialog, "refresh")
+        self.timers.cancel(dialog, "session")
+        timer = dialog.session_timer
+        if timer is None:
             return
-        se = dialog.session_expires
-        # §10: the side that does not refresh sends BYE at expiry minus min(32, SE/3).
-        deadline = self.clock.now() + se - min(32.0, se / 3)
-        self.timers.schedule(_DialogTimers(self, dialog), "session", deadline)
+        now = self.clock.now()
+        owner = _DialogTimers(self, dialog)
+        if timer.we_refresh:
+            self.timers.schedule(owner, "refresh", now + refresh_at(timer.interval))
+        # §10: without a refresh (ours failing, or the caller's missing) the session ends here.
+        self.timers.schedule(owner, "session", now + expiry_margin(timer.interval))
+
+    def _send_refresh(self, dialog: Dialog) -> None:
+        """§10: UPDATE when the caller allows it (no offer/answer needed), else re-INVITE."""
+        timer = dialog.session_timer
+        if timer is None:
+            return
+        if (
+            dialog.refresh_method is not None
+            or dialog.pending_2xx is not None
+            or (dialog.reoffer_pending)
+        ):
+            # an exchange is in progress (ours, or the caller's awaiting our answer or its ACK)
+            self.timers.schedule(_DialogTimers(self, dialog), "refresh", self.clock.now() + 2.0)
+            return
+        method = "UPDATE" if dialog.peer_allows_update else "INVITE"
+        headers = refresh_headers(timer.interval)
+        body = b""
+        if method == "INVITE":
+            body = dialog.local_sdp  # RFC 3264 §8: the same session, version unchanged
+            headers.append(("Content-Type", "application/sdp"))
+        dialog.refresh_method = method
+        dialog.refresh_asked = timer.interval
+        self._send_in_dialog(dialog, method, headers, contact=True, body=body)
+
+    def _on_refresh_response(self, dialog: Dialog, request: Request, response: Response) -> None:
+        if dialog.state != DialogState.CONFIRMED:
+            return
+        status = response.status
+        cseq = request.cseq.seq
+        if request.method == "INVITE" and status < 300:
+            if dialog.last_ack is not None and dialog.last_ack[0] == cseq:
+                self.send_bytes(dialog.last_ack[1], dialog.source)  # a retransmitted 2xx
+                return
+            ack = self._in_dialog_request(dialog, "ACK", cseq, [])  # §13.2.2.4
+            dialog.last_ack = (cseq, ack.to_bytes())
+            self._trace(dialog.call_id, dialog.last_ack[1], "out")
+            self.send_bytes(dialog.last_ack[1], dialog.source)
+        if dialog.refresh_method != request.method:
+            return  # a stale response (an earlier refresh)
+        dialog.refresh_method = None
+        if status < 300:
+            dialog.session_timer = after_refresh(
+                response, dialog.refresh_asked, min_se=self.config.min_se
+            )
+            self._arm_session_timer(dialog)
+            if request.method == "INVITE" and response.body:
+                self._out.append(SessionRefreshed(dialog, response.body))
+            return
+        timer = dialog.session_timer
+        if status == 422 and timer is not None:
+            # §7.4 / §6: too short for the caller: ask again with its Min-SE
+            wanted = min_se_of(response)
+            if wanted is not None and wanted > dialog.refresh_asked:
+                dialog.session_timer = Timer(wanted, True, timer.peer_supports)
+                self._send_refresh(dialog)
+                return
+        if status in (405, 501) and request.method == "UPDATE":
+            dialog.peer_allows_update = False  # RFC 3311 not supported after all
+            self._send_refresh(dialog)
+        elif status == 491:
+            # §14.1: the other side's exchange won; we do not own the Call-ID: 0-2 s
+            delay = secrets.randbelow(2001) / 1000
+            self.timers.schedule(_DialogTimers(self, dialog), "refresh", self.clock.now() + delay)
+        elif status in (408, 481):
+            self._refresh_failed(dialog)
+        # any other failure: the session still ends at its expiry unless refreshed (§10)
+
+    def _refresh_failed(self, dialog: Dialog) -> None:
+        """§10: a refresh that timed out or got 408/481 ends the session with a BYE."""
+        dialog.refresh_method = None
+        if dialog.state != DialogState.CONFIRMED:
+            return
+        dialog.state = DialogState.TERMINATING
+        self._send_in_dialog(dialog, "BYE")
+        self._end_dialog(dialog, "refresh_failed")
 
     # ---------------------------------------------------------------- helpers
 
@@ -850,12 +994,13 @@ def _stamp_received(request: Request, source: Source) -> None:
     request.forget_parsed()
 
 
-def _session_expires(request: Request) -> int | None:
-    value = request.headers.get("Session-Expires")
-    if value is None:
-        return None
-    number = value.split(";", 1)[0].strip()
-    return int(number) if number.isdigit() and len(number) < 10 else None
+def _allows(request: Request, method: str) -> bool:
+    """Whether the Allow header of ``request`` lists ``method`` (§20.5)."""
+    return any(
+        m.strip().upper() == method
+        for value in request.headers.get_all("Allow")
+        for m in value.split(",")
+    )
 
 
 def _quote(text: str) -> str:

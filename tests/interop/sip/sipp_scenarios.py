@@ -138,19 +138,25 @@ def call(
     hold_ms: int = 500,
     middle: str = "",
     caller_hangs_up: bool = True,
+    headers: tuple[str, ...] = (),
+    answer_checks: str = "",
 ) -> str:
-    """INVITE → 401 → ACK → INVITE with digest → 200 → ACK → [middle] → BYE (either side)."""
+    """INVITE → 401 → ACK → INVITE with digest → 200 → ACK → [middle] → BYE (either side).
+
+    ``headers`` are extra header lines of both INVITEs; ``answer_checks`` (``check(...)``)
+    apply to the 200 OK."""
     common = {"user": user, "media_port": media_port}
+    extra = "".join(f"\n      {h}" for h in headers)
     parts = [
         HEADER,
-        INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+        INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": extra},
         expect(100, extra=' optional="true" response_txn="inv1"'),
         '  <recv response="401" auth="true" response_txn="inv1"/>\n',
         ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
-        INVITE % {**common, "txn": "", "cseq": 2, "auth": "\n      [authentication]"},
+        INVITE % {**common, "txn": "", "cseq": 2, "auth": extra + "\n      [authentication]"},
         expect(100, extra=' optional="true"'),
         expect(180, extra=' optional="true"'),
-        expect(200, extra=' rrs="true" rtd="true"'),
+        expect(200, answer_checks, extra=' rrs="true" rtd="true"'),
         ACK_2XX % {"user": user, "cseq": 2},
         middle,
     ]

@@ -1,0 +1,117 @@
+"""RFC 4028 with SIPp as a carrier that asks the gateway to refresh (``refresher=uas``): the
+gateway's UPDATEs (or re-INVITEs, when the carrier's Allow lacks UPDATE) arrive at half the
+interval over real sockets, and the call lives on until the caller hangs up.
+
+RFC 4028 §4 puts Min-SE at 90 s at least; to see refreshes within seconds, the test lowers the
+running UA core's floor (only its ``min_se``) and asks for a 6 s interval: refreshes every 3 s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import Phone
+from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.sipp_scenarios import SDP_BODY, call, check, run_sipp
+from tests.interop.sip.waits import ended_records
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "s1pp-Secret"
+INTERVAL = 6
+ASK_US_TO_REFRESH = ("Supported: timer", f"Session-Expires: {INTERVAL};refresher=uas")
+
+# The carrier's 200 to a refresh: it keeps the interval and leaves refreshing to the gateway.
+OK_TO_REFRESH = """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Require: timer
+      Session-Expires: %(interval)d;refresher=uac
+%(extra)s      Content-Length: [len]
+%(body)s
+    ]]>
+  </send>
+"""
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    # SIPp sends no RTP here: the media timeout must not end the call before the refreshes
+    return {**settings_overrides, "rtp_inactivity_timeout_s": 30.0}
+
+
+def _expect_refresh(method: str, var: int) -> str:
+    checks = check(f"{INTERVAL};refresher=uac", header="Session-Expires", var=var)
+    if method == "INVITE":
+        checks += check("m=audio [0-9]+ RTP/AVP 0", var=var + 1)  # our last SDP, offered again
+    return (
+        f'  <recv request="{method}" timeout="{INTERVAL * 1000}">\n'
+        f"    <action>\n{checks}    </action>\n  </recv>\n"
+    )
+
+
+def _answer_refresh(method: str, media_port: int) -> str:
+    if method == "UPDATE":
+        return OK_TO_REFRESH % {"interval": INTERVAL, "extra": "", "body": ""}
+    body = SDP_BODY % {"version": 1, "media_port": media_port, "direction": "sendrecv"}
+    return OK_TO_REFRESH % {
+        "interval": INTERVAL,
+        "extra": "      Content-Type: application/sdp\n",
+        "body": body,
+    } + ('  <recv request="ACK"/>\n')
+
+
+@pytest.mark.parametrize(
+    ("allow", "method"),
+    [
+        pytest.param("INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE", "UPDATE", id="update"),
+        pytest.param("INVITE, ACK, BYE, CANCEL, OPTIONS", "INVITE", id="reinvite"),
+    ],
+)
+async def test_gateway_refreshes_when_the_carrier_asks_it_to(
+    api: Api, gateway: Gateway, tmp_path: Path, phone: Phone, allow: str, method: str
+) -> None:
+    require_sipp()
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    middle = "".join(
+        _expect_refresh(method, 10 * n) + _answer_refresh(method, phone.port) for n in (1, 2)
+    )
+    scenario = call(
+        "alice",
+        phone.port,
+        hold_ms=500,
+        middle=middle,
+        headers=(*ASK_US_TO_REFRESH, f"Allow: {allow}"),
+        # §9: the refresher the carrier asked for is the one the 200 names
+        answer_checks=check(f"{INTERVAL};refresher=uas", header="Session-Expires", var=1)
+        + check("timer", header="Require", var=2),
+    )
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        result = await run_sipp(
+            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+        )
+        assert result.returncode == 0, result.stdout + result.errors
+    (record,) = await ended_records(api, gateway)
+    # refreshed twice past the first expiry (6 - 2 s): the caller, not the timer, ended it
+    assert record["disconnect_reason"] == "caller_hangup"
+    assert record["duration_seconds"] >= INTERVAL
+    trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    refreshes = re.findall(rf"^{method} sip:caller@127\.0\.0\.1:[0-9]+", trace, re.M)
+    assert len(refreshes) == 2

@@ -1,0 +1,254 @@
+"""RFC 4028 session timers when the caller asks us to refresh: UPDATE or re-INVITE at half the
+interval, and what each answer to our refresh does. The UA core with bytes and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.clock import FakeClock
+from telepath.sip.dialog import Dialog
+from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.ua import (
+    CallEnded,
+    InviteReceived,
+    Output,
+    ReofferReceived,
+    Send,
+    SessionRefreshed,
+    UaConfig,
+    UserAgentCore,
+)
+from tests.unit.sip.test_ua import SDP, SRC, events, request, sent
+
+pytestmark = pytest.mark.unit
+
+ANSWER = (
+    b"v=0\r\no=- 7 1 IN IP4 203.0.113.5\r\ns=-\r\nc=IN IP4 203.0.113.5\r\nt=0 0\r\n"
+    b"m=audio 20000 RTP/AVP 0\r\n"
+)
+WITH_UPDATE = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE\r\n"
+WITHOUT_UPDATE = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n"
+
+
+@pytest.fixture
+def core() -> tuple[UserAgentCore, FakeClock]:
+    clock = FakeClock(100.0)
+    return UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock), clock
+
+
+def call(ua: UserAgentCore, timer: str, allow: str = WITH_UPDATE) -> tuple[Dialog, Response]:
+    """An answered, acknowledged call whose INVITE carried ``timer`` headers; our 200 with it."""
+    out = ua.receive(
+        request(body=SDP, extra=f"Content-Type: application/sdp\r\n{allow}{timer}"), SRC
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    dialog, out = ua.accept(ev.tx, ANSWER)
+    (ok,) = sent(out)
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    return dialog, ok
+
+
+def requests(outputs: list[Output]) -> list[Request]:
+    found: list[Request] = []
+    for o in outputs:
+        if isinstance(o, Send):
+            msg = parse_message(o.data)
+            if isinstance(msg, Request):
+                found.append(msg)
+    return found
+
+
+def advance(ua: UserAgentCore, clock: FakeClock, seconds: float) -> list[Output]:
+    """Time passes in 0.25 s steps (so retransmission timers fire in order)."""
+    out: list[Output] = []
+    end = clock.now() + seconds
+    while clock.now() < end:
+        clock.advance(min(0.25, end - clock.now()))
+        out += ua.poll()
+    return out
+
+
+def answer(req: Request, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    if body:
+        headers = [*headers, ("Content-Type", "application/sdp")]
+    return make_response(req, status, headers=headers, to_tag="from1", body=body).to_bytes()
+
+
+REFRESH_ME = "Supported: timer\r\nSession-Expires: 90;refresher=uas\r\n"
+
+
+def test_refresher_uas_is_honoured_and_refreshed_by_update(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, ok = call(ua, REFRESH_ME)
+    # §9: a refresher parameter in the request is copied; Require: timer as the UAC supports it
+    assert ok.headers.get("Session-Expires") == "90;refresher=uas"
+    assert ok.headers.get("Require") == "timer"
+    assert requests(advance(ua, clock, 44.9)) == []
+    (update,) = requests(advance(ua, clock, 0.2))  # §10: half the interval
+    assert update.method == "UPDATE" and update.body == b""
+    assert update.headers.get("Session-Expires") == "90;refresher=uac"  # we, its UAC, refresh
+    assert "timer" in (update.headers.get("Supported") or "")
+    assert update.headers.get("Contact") == "<sip:telepath@203.0.113.5:5060>"  # target refresh
+    assert str(update.uri) == "sip:bob@192.0.2.10:5070"  # the caller's Contact (§12.2.1.1)
+    assert update.from_.tag == dialog.local_tag and update.to.tag == "from1"
+    assert update.cseq.seq == 2
+    out = ua.receive(answer(update, 200, [("Session-Expires", "90;refresher=uac")]), SRC)
+    assert events(out) == []
+    # refreshed: nothing at the old expiry, the next UPDATE half an interval after the 200
+    out = advance(ua, clock, 45.1)
+    (again,) = requests(out)
+    assert again.method == "UPDATE" and again.cseq.seq == 3
+    assert events(out) == []
+
+
+def test_without_update_in_allow_the_refresh_is_a_reinvite_with_our_last_sdp(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
+    (invite,) = requests(advance(ua, clock, 45.1))
+    assert invite.method == "INVITE"
+    assert invite.body == ANSWER  # the same session, version unchanged (RFC 3264 §8)
+    assert invite.headers.get("Session-Expires") == "90;refresher=uac"
+    assert ua.receive(answer(invite, 100, []), SRC) == []
+    ok = answer(invite, 200, [("Session-Expires", "90;refresher=uac")], body=SDP)
+    out = ua.receive(ok, SRC)
+    (ack,) = requests(out)
+    assert ack.method == "ACK" and ack.cseq.seq == invite.cseq.seq and ack.cseq.method == "ACK"
+    assert ack.top_via.branch != invite.top_via.branch  # §13.2.2.4: its own transaction
+    assert events(out) == [SessionRefreshed(dialog, SDP)]
+    # a retransmitted 2xx is acknowledged again, and is no new refresh
+    out = ua.receive(ok, SRC)
+    assert [r.method for r in requests(out)] == ["ACK"] and events(out) == []
+    (next_one,) = requests(advance(ua, clock, 45.1))
+    assert next_one.method == "INVITE" and next_one.cseq.seq == invite.cseq.seq + 1
+
+
+def test_update_refused_falls_back_to_reinvite(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    call(ua, REFRESH_ME)
+    (update,) = requests(advance(ua, clock, 45.1))
+    (invite,) = requests(ua.receive(answer(update, 501, []), SRC))
+    assert invite.method == "INVITE" and invite.body == ANSWER
+
+
+@pytest.mark.parametrize("status", [408, 481])
+def test_refresh_answered_408_or_481_ends_the_call_with_bye(
+    core: tuple[UserAgentCore, FakeClock], status: int
+) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, REFRESH_ME)
+    (update,) = requests(advance(ua, clock, 45.1))
+    out = ua.receive(answer(update, status, []), SRC)
+    assert [r.method for r in requests(out)] == ["BYE"]
+    assert events(out) == [CallEnded(dialog, "refresh_failed")]
+
+
+def test_refresh_without_any_answer_ends_the_call(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 1800;refresher=uas\r\n")
+    assert requests(advance(ua, clock, 899.9)) == []
+    out = advance(ua, clock, 0.2 + 32.5)  # Timer F: 64*T1
+    methods = [r.method for r in requests(out)]
+    assert methods.count("UPDATE") > 3  # retransmitted over UDP (Timer E)
+    assert methods[-1] == "BYE"
+    assert events(out) == [CallEnded(dialog, "refresh_failed")]
+
+
+def test_reinvite_refresh_rejected_is_acknowledged_and_the_call_goes_on(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
+    (invite,) = requests(advance(ua, clock, 45.1))
+    rejected = answer(invite, 488, [])
+    (ack,) = requests(ua.receive(rejected, SRC))
+    # §17.1.1.3: the transaction's own ACK, on the INVITE's branch
+    assert ack.method == "ACK" and ack.top_via.branch == invite.top_via.branch
+    assert [r.method for r in requests(ua.receive(rejected, SRC))] == ["ACK"]
+    # not refreshed: the session expires as §10 says, with a BYE
+    out = advance(ua, clock, 90 - 30 - 45.1 + 0.2)
+    assert events(out) == [CallEnded(dialog, "session_expired")]
+    assert requests(out)[-1].method == "BYE"
+
+
+def test_422_to_a_refresh_asks_again_with_the_callers_min_se(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    call(ua, REFRESH_ME)
+    (update,) = requests(advance(ua, clock, 45.1))
+    (retry,) = requests(ua.receive(answer(update, 422, [("Min-SE", "150")]), SRC))
+    assert retry.method == "UPDATE" and retry.headers.get("Session-Expires") == "150;refresher=uac"
+    ua.receive(answer(retry, 200, [("Session-Expires", "150;refresher=uac")]), SRC)
+    assert requests(advance(ua, clock, 74.8)) == []
+    assert [r.method for r in requests(advance(ua, clock, 0.4))] == ["UPDATE"]
+
+
+def test_caller_taking_over_refreshes_stops_ours(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, REFRESH_ME)
+    (update,) = requests(advance(ua, clock, 45.1))
+    ua.receive(answer(update, 200, [("Session-Expires", "90;refresher=uas")]), SRC)
+    out = advance(ua, clock, 59.8)  # its UAS (the caller) refreshes now: no UPDATE from us
+    assert requests(out) == [] and events(out) == []
+    out = advance(ua, clock, 0.4)
+    assert events(out) == [CallEnded(dialog, "session_expired")]
+
+
+def test_uac_without_timer_support_behind_a_proxy_that_asked_for_one(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    _, ok = call(ua, "Session-Expires: 100\r\n")
+    # §9: the UAC cannot refresh, so we do; no Require: timer towards a UAC without it
+    assert ok.headers.get("Session-Expires") == "100;refresher=uas"
+    assert ok.headers.get("Require") is None
+    (update,) = requests(advance(ua, clock, 50.1))
+    assert update.method == "UPDATE"
+
+
+def test_callers_refresh_renegotiates_and_only_invite_update_2xx_carry_the_timer(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, ok = call(ua, "Supported: timer\r\nSession-Expires: 120\r\n")
+    assert ok.headers.get("Session-Expires") == "120;refresher=uac"
+    tag = dialog.local_tag
+    (opt,) = sent(ua.receive(request("OPTIONS", branch="z9hG4bK-o", cseq=2, to_tag=tag), SRC))
+    assert opt.status == 200 and opt.headers.get("Session-Expires") is None
+    clock.advance(80)
+    ua.poll()
+    # the caller refreshes with an UPDATE and hands refreshing to us
+    upd = request(
+        "UPDATE", branch="z9hG4bK-u", cseq=3, to_tag=tag, extra=f"{WITH_UPDATE}{REFRESH_ME}"
+    )
+    (ev,) = events(ua.receive(upd, SRC))
+    assert isinstance(ev, ReofferReceived)
+    (ok,) = sent(ua.respond(ev.tx, 200))
+    assert ok.headers.get("Session-Expires") == "90;refresher=uas"
+    # the old expiry (t = 88 s) passes: the refresh re-armed the timer; our UPDATE comes at 45 s
+    out = advance(ua, clock, 45.1)
+    assert [r.method for r in requests(out)] == ["UPDATE"] and events(out) == []
+
+
+def test_callers_reinvite_while_our_reinvite_refresh_is_pending_is_491(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
+    (invite,) = requests(advance(ua, clock, 45.1))
+    assert invite.method == "INVITE"
+    reinvite = request(
+        "INVITE",
+        branch="z9hG4bK-re",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        body=SDP,
+        extra="Content-Type: application/sdp\r\n",
+    )
+    assert [r.status for r in sent(ua.receive(reinvite, SRC))] == [491]  # RFC 3261 §14.2
