@@ -743,6 +743,11 @@ class CallManager:
         assert self.server is not None
         call = _call_of(event.dialog.app_data)
         request = event.request
+        if call is None and isinstance(event.dialog.app_data, _Setup):
+            # Delayed offer, our offer in the 200 still unanswered (no ACK yet): RFC 3311 §5.2,
+            # an UPDATE with an offer gets 491; without one (a session refresh) 200.
+            self._respond(event.tx, 491 if request.body else 200)
+            return
         if call is None:
             self._respond(event.tx, 481)
             return

@@ -21,7 +21,7 @@ from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import check, offerless_call, run_sipp
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
 from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
@@ -212,3 +212,35 @@ async def test_shutdown_while_waiting_for_the_ack_ends_the_call_cleanly(
         await _answer_bye(uac, after=start)
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "shutdown"
+
+
+async def test_update_before_the_ack_gets_491_with_an_offer_and_200_without(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        invite_cseq = leg.cseq
+
+        async def update(body: bytes) -> int:
+            leg.cseq += 1
+            start = len(uac.received)
+            uac.send(leg.build("UPDATE", body=body))
+            got = await uac.wait_for(
+                lambda m: isinstance(m, Response) and m.cseq.method == "UPDATE", after=start
+            )
+            assert isinstance(got.message, Response)
+            return got.message.status
+
+        # RFC 3311 §5.2: our offer (in the 200) is unanswered until the ACK: a new offer is
+        # glare; a session refresh without SDP is fine. Neither is 481: the dialog exists.
+        assert await update(sdp_offer(phone.port)) == 491
+        assert await update(b"") == 200
+        last = leg.cseq
+        leg.cseq = invite_cseq
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        leg.cseq = last
+        await until(lambda: gateway.manager.active_calls == 1 and bool(gateway.manager.calls))
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["status"] == "disconnected"
+    assert record["disconnect_reason"] == "caller_hangup"
