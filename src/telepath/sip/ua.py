@@ -53,6 +53,7 @@ from telepath.sip.transaction import (
     InviteClientTransaction,
     ServerTransaction,
     Source,
+    TxState,
     server_key,
 )
 from telepath.sip.uri import SipUri
@@ -267,6 +268,8 @@ class UserAgentCore:
         # ACKs for non-2xx finals that do not match by branch (seen from SIPp): Call-ID, From
         # tag, CSeq number and our To tag identify the INVITE transaction (RFC 2543 style).
         self._ack_fallback: dict[tuple[str, str, int, str], ServerTransaction] = {}
+        # INVITE server transactions by (Call-ID, From tag, CSeq): merged requests (§8.2.2.2)
+        self._invites: dict[tuple[str, str, int], ServerTransaction] = {}
 
     # ---------------------------------------------------------------- transport-facing API
 
@@ -463,6 +466,8 @@ class UserAgentCore:
                 del self._server_txs[tx.key]
             if tx.is_invite and tx.to_tag is not None:
                 self._ack_fallback.pop(_ack_key(tx.request, tx.to_tag), None)
+            if tx.is_invite and self._invites.get(_merge_key(tx.request)) is tx:
+                del self._invites[_merge_key(tx.request)]
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
         dialog = self._client_tx_dialog.pop(tx, None)
@@ -505,6 +510,10 @@ class UserAgentCore:
             return
         tx = ServerTransaction(self, request, source, self.clock.now())
         self._server_txs[key] = tx
+        if request.method == "INVITE" and request.to.tag is None and self._merged(tx):
+            self.counters["merged_requests"] += 1
+            self._respond(tx, 482)
+            return
         max_forwards = (request.headers.get("Max-Forwards") or "").strip()
         if max_forwards.isdigit() and int(max_forwards) == 0:
             self._respond(tx, 483)  # §16.3 item 2 applies to us as the last hop
@@ -519,6 +528,21 @@ class UserAgentCore:
             self._on_in_dialog(tx)
         else:
             self._on_out_of_dialog(tx)
+
+    def _merged(self, tx: ServerTransaction) -> bool:
+        """§8.2.2.2: the same INVITE (Call-ID, From tag, CSeq) on another branch while the first
+        is still being set up (Proceeding) or answered (Accepted) — it reached us twice, over two
+        paths or from a UAC that changed the branch of a retransmission. Answering both would
+        make two calls with one dialog id. A first transaction already rejected (Completed, e.g.
+        the 401 of a challenge) does not count: a UAC resending the authenticated INVITE with
+        the same CSeq (against §22.2) still gets through.
+        """
+        key = _merge_key(tx.request)
+        first = self._invites.get(key)
+        if first is not None and first.state in (TxState.PROCEEDING, TxState.ACCEPTED):
+            return True
+        self._invites[key] = tx
+        return False
 
     def _on_out_of_dialog(self, tx: ServerTransaction) -> None:
         request = tx.request
@@ -975,6 +999,10 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _merge_key(request: Request) -> tuple[str, str, int]:
+    return (request.call_id, request.from_.tag or "", request.cseq.seq)
 
 
 def _ack_key(request: Request, to_tag: str) -> tuple[str, str, int, str]:

@@ -186,6 +186,38 @@ def test_new_invite_while_the_first_is_pending(core: tuple[UserAgentCore, FakeCl
     assert ua.dialog_count == 1
 
 
+def test_merged_invite_on_another_branch_is_482(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """§8.2.2.2: the same INVITE (Call-ID, From tag, CSeq) arriving on a second branch while
+    the first is being set up, or after it was answered, is refused with 482: one call, one
+    dialog, not two."""
+    ua, clock = core
+    first = _invite(ua, branch="z9hG4bK-1")
+    out = ua.receive(request(body=SDP, extra=CT, branch="z9hG4bK-2"), SRC)
+    assert [r.status for r in sent(out)] == [482] and events(out) == []
+    dialog, _ = ua.accept(first.tx, b"v=0\r\n")
+    out = ua.receive(request(body=SDP, extra=CT, branch="z9hG4bK-3"), SRC)
+    assert [r.status for r in sent(out)] == [482] and events(out) == []
+    assert ua.dialog_count == 1 and ua.counters["merged_requests"] == 2
+    # once the first transaction is over (Timer L), the key is forgotten: no leak
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    clock.advance(40)
+    ua.poll()
+    assert ua._invites == {}
+
+
+def test_resent_invite_after_a_challenge_with_the_same_cseq_is_not_merged(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """A UAC that answers the 401 without incrementing CSeq (against §22.2) is still served:
+    the rejected first transaction does not make the second a merged request."""
+    ua, _ = core
+    first = _invite(ua, branch="z9hG4bK-a")
+    (r401,) = sent(ua.respond(first.tx, 401))
+    ua.receive(request("ACK", branch="z9hG4bK-a", to_tag=r401.to.tag), SRC)
+    second = _invite(ua, branch="z9hG4bK-b")
+    assert second.tx is not first.tx
+
+
 # ---------------------------------------------------------------- Timer H, CANCEL after 2xx
 
 
