@@ -591,6 +591,7 @@ class CallManager:
         call.invite_at = started
         call.sip_call_id = request.call_id
         call.answer_sdp = local_sdp.to_bytes()
+        dialog.local_sdp = call.answer_sdp  # what our own re-INVITE session refresh offers
         call.session_id = session_id
         call.session_version = session_version
         holder["call"] = call

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from telepath.cli.gateway import Gateway
+from telepath.sip.message import Request, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import SDP_BODY, call, check, run_sipp
+from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
 from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
@@ -115,3 +117,51 @@ async def test_gateway_refreshes_when_the_carrier_asks_it_to(
     trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
     refreshes = re.findall(rf"^{method} sip:caller@127\.0\.0\.1:[0-9]+", trace, re.M)
     assert len(refreshes) == 2
+
+
+async def test_delayed_offer_refresh_offers_only_the_codec_in_use(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """After an offerless INVITE our 200 offered every codec; the re-INVITE refresh must offer
+    only the one the caller's answer chose, or a refresh could switch codec mid-call."""
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    timer = [
+        ("Supported", "timer"),
+        ("Session-Expires", f"{INTERVAL};refresher=uas"),
+        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
+    ]
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        leg = CallLeg(uac, "alice")
+        await leg.challenge(None, timer)
+        ok = await leg.answered(leg.authenticated_invite(PASSWORD, None, headers=timer))
+        assert re.search(rb"m=audio [0-9]+ RTP/AVP 0 8 9 101", ok.body)  # every codec offered
+        answer = sdp_offer(phone.port).replace(b"RTP/AVP 0 8 101", b"RTP/AVP 8 101")
+        start = len(uac.received)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=answer))  # the caller picks PCMA
+        got = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
+        )
+        refresh = got.message
+        assert isinstance(refresh, Request)
+        assert re.search(rb"m=audio [0-9]+ RTP/AVP 8 101\r\n", refresh.body), refresh.body
+        start = len(uac.received)
+        uac.send(
+            make_response(
+                refresh,
+                200,
+                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
+                body=answer,
+            ).to_bytes()
+        )
+        ack = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "ACK", after=start
+        )
+        assert isinstance(ack.message, Request) and ack.message.cseq.seq == refresh.cseq.seq
+        leg.cseq += 1  # our BYE comes after the caller's INVITEs (CSeq is per direction)
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"
+    detail = (await api.get(f"/v1/calls/{record['id']}")).json()
+    assert detail["metrics"]["codec_used"] == "PCMA"

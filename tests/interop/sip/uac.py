@@ -296,18 +296,26 @@ class CallLeg:
             **kw,  # type: ignore[arg-type]
         )
 
-    async def challenge(self, media_port: int | None) -> Response:
-        """Send the first INVITE (``media_port`` None: without SDP, a delayed offer); return
-        the 401 after ACKing it (§17.1.1.3)."""
+    async def challenge(
+        self, media_port: int | None, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        """Send the first INVITE (``media_port`` None: without SDP, a delayed offer; ``headers``
+        extra); return the 401 after ACKing it (§17.1.1.3)."""
         branch = new_branch()
-        self.uac.send(self.build("INVITE", branch=branch, body=_offer_or_nothing(media_port)))
+        body = _offer_or_nothing(media_port)
+        self.uac.send(self.build("INVITE", branch=branch, headers=headers or [], body=body))
         r401 = await self.uac.response(401, self.call_id)
         self.challenges = r401.headers.get_all("WWW-Authenticate")
         self.uac.send(self.build("ACK", branch=branch, to_tag=r401.to.tag, cseq_method="ACK"))
         return r401
 
     def authenticated_invite(
-        self, password: str, media_port: int | None, *, algorithm: str = "MD5"
+        self,
+        password: str,
+        media_port: int | None,
+        *,
+        algorithm: str = "MD5",
+        headers: list[tuple[str, str]] | None = None,
     ) -> bytes:
         """The INVITE answering the challenge with ``algorithm`` (CSeq + 1, new branch)."""
         self.cseq += 1
@@ -325,7 +333,9 @@ class CallLeg:
             uri=request_uri(probe),
         )
         return self.build(
-            "INVITE", headers=[("Authorization", auth)], body=_offer_or_nothing(media_port)
+            "INVITE",
+            headers=[*(headers or []), ("Authorization", auth)],
+            body=_offer_or_nothing(media_port),
         )
 
     async def answered(self, raw_invite: bytes) -> Response:
