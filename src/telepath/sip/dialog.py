@@ -34,6 +34,7 @@ class Dialog:
     source: Source  # where the carrier's signalling comes from; in-dialog requests go there
     invite_cseq: int
     local_cseq: int = 1
+    secure: bool = False  # §12.1.1: the INVITE's Request-URI was SIPS (our Contact is SIPS too)
     state: DialogState = DialogState.CONFIRMED
     acked: bool = False
     timer_generation: dict[str, int] = field(default_factory=dict)

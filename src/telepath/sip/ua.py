@@ -357,7 +357,7 @@ class UserAgentCore:
             and dialog.state == DialogState.CONFIRMED
         )
         if dialog is not None and 200 <= status < 300:
-            extra = self._with_contact(extra, tx.source)
+            extra = self._with_contact(extra, tx.source, _secure(tx.request))
         if refresh:
             assert dialog is not None
             extra += self._renegotiate(dialog, tx.request, body)
@@ -405,6 +405,7 @@ class UserAgentCore:
             remote_cseq=request.cseq.seq,
             source=tx.source,
             invite_cseq=request.cseq.seq,
+            secure=_secure(request),
         )
         dialog.session_timer = negotiate_as_uas(
             request, min_se=self.config.min_se, default_interval=self.config.session_expires
@@ -412,7 +413,7 @@ class UserAgentCore:
         dialog.peer_allows_update = _allows(request, "UPDATE")
         dialog.local_sdp = body
         self._dialogs[dialog.key] = dialog
-        extra = self._with_contact(list(headers or []), tx.source)
+        extra = self._with_contact(list(headers or []), tx.source, dialog.secure)
         if dialog.session_timer is not None:
             extra += response_headers(dialog.session_timer)
         extra.append(("Content-Type", "application/sdp"))
@@ -774,7 +775,7 @@ class UserAgentCore:
         """Build and send a request inside ``dialog`` (§12.2.1.1) in a new client transaction."""
         extra = list(headers or [])
         if contact:
-            extra = self._with_contact(extra, dialog.source)
+            extra = self._with_contact(extra, dialog.source, dialog.secure)
         request = self._in_dialog_request(
             dialog, method, dialog.next_cseq(), self._common(extra), body
         )
@@ -924,12 +925,17 @@ class UserAgentCore:
     # ---------------------------------------------------------------- helpers
 
     def _with_contact(
-        self, headers: list[tuple[str, str]], source: Source
+        self, headers: list[tuple[str, str]], source: Source, secure: bool
     ) -> list[tuple[str, str]]:
+        """Our Contact: a SIPS URI only when the dialog is secure (RFC 3261 §12.1.1: the
+        request's Request-URI was SIPS); a ``sip:`` request over TLS gets
+        ``sip:…;transport=tls``, as that UAC asked for (a SIPS Contact there is refused by
+        some stacks, libre 1.x among them)."""
         port = self.config.contact_ports.get(source.transport, 5060)
         transport = "" if source.transport == "UDP" else f";transport={source.transport.lower()}"
-        scheme = "sips" if source.transport == "TLS" else "sip"
-        contact = f"<{scheme}:telepath@{self.config.contact_host}:{port}{transport}>"
+        if secure and source.transport == "TLS":
+            return [*headers, ("Contact", f"<sips:telepath@{self.config.contact_host}:{port}>")]
+        contact = f"<sip:telepath@{self.config.contact_host}:{port}{transport}>"
         return [*headers, ("Contact", contact)]
 
     def _common(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -999,6 +1005,11 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _secure(request: Request) -> bool:
+    """§12.1.1: a dialog is secure when its INVITE's Request-URI is a SIPS URI."""
+    return request.uri.scheme.lower() == "sips"
 
 
 def _merge_key(request: Request) -> tuple[str, str, int]:

@@ -81,7 +81,7 @@ def settings_overrides(settings_overrides: dict[str, Any], order: str) -> dict[s
     return {**settings_overrides, "sip_digest_algorithms": installation}
 
 
-async def _dial(config_dir: Path, port: int, seconds: int) -> str:
+async def _dial(config_dir: Path, port: int, seconds: int, scheme_params: str = "") -> str:
     """Run baresip, dial the trunk at once, quit (BYE) after ``seconds``."""
     proc = await asyncio.create_subprocess_exec(
         require_baresip(),
@@ -90,7 +90,7 @@ async def _dial(config_dir: Path, port: int, seconds: int) -> str:
         "-t",
         str(seconds),
         "-e",
-        f"/dial sip:alice@127.0.0.1:{port}",
+        f"/dial sip:alice@127.0.0.1:{port}{scheme_params}",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -72,7 +72,9 @@ async def test_tls_call_with_sha256_digest(
         assert all(c["qop"] == "auth" for c in offered)
         assert leg.ok is not None
         contact = leg.ok.headers.get("Contact") or ""
-        assert contact == f"<sips:telepath@127.0.0.1:{target[1]};transport=tls>"
+        # a SIPS Request-URI makes the dialog secure: our Contact is SIPS too (§12.1.1), and
+        # without the deprecated transport=tls (RFC 5630 §3.1.3)
+        assert contact == f"<sips:telepath@127.0.0.1:{target[1]}>"
         assert gateway.manager.active_calls == 1
         await leg.bye()
     finally:
