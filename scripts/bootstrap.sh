@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Telepath needs on a fresh machine, and nothing twice:
 #   - a Python venv in .venv with the package (editable) and, with --test, its dev extras;
-#   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip),
+#   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip,
+#     kamailio as a record-routing proxy),
 #     via apt-get when they are missing and we may install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ if [ $want_test = 1 ]; then
   missing=()
   command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
   command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+  command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
@@ -43,6 +45,11 @@ if [ $want_test = 1 ]; then
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
         || echo "bootstrap: WARNING could not install ${missing[*]}; interop tests will be skipped loudly" >&2
+      # The tests run their own kamailio on a loopback port; the packaged service (port 5060 on
+      # every interface, where `make run` listens) must not stay up where systemd started it.
+      if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null 2>&1; then
+        $sudo systemctl disable --now kamailio >/dev/null 2>&1 || true
+      fi
     else
       echo "bootstrap: WARNING no apt-get; interop tests need ${missing[*]} and will be skipped loudly" >&2
     fi

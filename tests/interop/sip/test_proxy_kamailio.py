@@ -1,0 +1,205 @@
+"""A record-routing proxy between the caller and the gateway, as a carrier's SBC or a PBX edge
+is: Debian's kamailio (stateful, ``record_route()`` + ``loose_route()``) in front of the
+in-process gateway, baresip dialling through it.
+
+What must hold (RFC 3261 §12.1.1, §12.2.1.1, §16.12): the gateway keeps the Record-Route in
+its 200 OK, the caller's ACK and BYE reach it through the proxy, and the gateway's own BYE (the
+agent hangs up) carries the route set as Route headers and reaches the caller through the
+proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.conftest import skip_loudly
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.sip.test_baresip import CONFIG, MODULES, PASSWORD, _dial, require_baresip
+from tests.interop.sip.waits import ended_records
+
+pytestmark = pytest.mark.interop
+
+KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+KAMAILIO_CFG = """#!KAMAILIO
+debug=1
+log_stderror=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "pv.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    record_route();
+    $du = "sip:127.0.0.1:{gateway}";
+    t_relay();
+}}
+"""
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**settings_overrides, "sip_digest_algorithms": "MD5"}  # libre 1.x: MD5 only
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _answers_options(port: int) -> bool:
+    """An OPTIONS through the proxy is answered (by the gateway, relayed back)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        local = s.getsockname()[1]
+        probe = (
+            f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-probe{local}\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p\r\n"
+            f"To: <sip:probe@127.0.0.1:{port}>\r\nCall-ID: probe-{local}\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        s.sendto(probe, ("127.0.0.1", port))
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(s, 4096), 0.5)
+        except TimeoutError:
+            return False
+        return data.startswith(b"SIP/2.0 200")
+
+
+@pytest.fixture
+async def proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[int]:
+    """kamailio on a loopback port, relaying to the gateway's UDP port; yields its port."""
+    exe = shutil.which("kamailio")
+    if exe is None or not (KAMAILIO_MODULES / "rr.so").exists():
+        skip_loudly("kamailio", "kamailio (Debian package kamailio) is missing")
+    assert exe is not None
+    port = _free_udp_port()
+    work = tmp_path / "kamailio"
+    work.mkdir()
+    cfg = work / "kamailio.cfg"
+    cfg.write_text(
+        KAMAILIO_CFG.format(
+            port=port, modules=KAMAILIO_MODULES, gateway=gateway.server.bound["UDP"][1]
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "-f",
+        str(cfg),
+        "-DD",
+        "-E",
+        "-m",
+        "32",
+        "-M",
+        "8",
+        "-Y",
+        str(work),
+        "-P",
+        str(work / "kamailio.pid"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        for _ in range(50):
+            if proc.returncode is not None:
+                break
+            if await _answers_options(port):
+                break
+        else:
+            raise AssertionError("kamailio did not relay an OPTIONS to the gateway")
+        if proc.returncode is not None:
+            assert proc.stderr is not None
+            raise AssertionError((await proc.stderr.read()).decode(errors="replace"))
+        yield port
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+def _baresip_config(tmp_path: Path, proxy_port: int) -> Path:
+    config = tmp_path / "baresip"
+    config.mkdir()
+    (config / "config").write_text(CONFIG.format(modules=MODULES))
+    (config / "accounts").write_text(
+        f"<sip:alice@127.0.0.1:{proxy_port};transport=udp>;auth_pass={PASSWORD};regint=0\n"
+    )
+    return config
+
+
+async def _trace(api: Api, record: dict[str, object]) -> str:
+    trace: str = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    return trace
+
+
+async def test_call_through_a_record_routing_proxy_caller_hangs_up(
+    api: Api, gateway: Gateway, proxy: int, tmp_path: Path
+) -> None:
+    require_baresip()
+    config = _baresip_config(tmp_path, proxy)
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        out = await _dial(config, proxy, 2)
+        assert "Call established" in out, out
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup", out
+    heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
+    assert abs(dominant_frequency(heard) - 440) < 15  # media goes direct, not via the proxy
+    trace = await _trace(api, record)
+    # kamailio's route: <sip:127.0.0.1:PORT;lr;ftag=...> (rr's append_fromtag)
+    routes = re.findall(rf"^Record-Route: <sip:127\.0\.0\.1:{proxy};lr[^>]*>", trace, re.M)
+    assert len(routes) >= 2  # in the INVITE, and echoed in our 200 OK (§12.1.1)
+    assert f"--- in UDP 127.0.0.1:{proxy}" in trace  # the BYE came through the proxy
+    assert gateway.server.core.dialog_count == 0
+
+
+async def test_gateway_bye_follows_the_route_set_through_the_proxy(
+    api: Api, gateway: Gateway, proxy: int, tmp_path: Path
+) -> None:
+    require_baresip()
+    config = _baresip_config(tmp_path, proxy)
+    async with FakeTelepathAgent(agent="tone", response_ms=300, hangup=True) as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        out = await _dial(config, proxy, 6)
+        assert "Call established" in out, out
+        (record,) = await ended_records(api, gateway, within_s=10)
+    assert record["disconnect_reason"] == "agent_hangup", out
+    trace = await _trace(api, record)
+    bye = trace[trace.index("BYE sip:") :]
+    # §12.2.1.1: Request-URI = the caller's Contact, Route = the record-routed proxy (loose)
+    head = bye.split("\r\n\r\n", 1)[0]
+    assert re.search(rf"^Route: <sip:127\.0\.0\.1:{proxy};lr[^>]*>", head, re.M), head
+    assert "SIP/2.0 200 OK" in bye  # the caller answered our BYE, through the proxy
+    assert gateway.server.core.dialog_count == 0
