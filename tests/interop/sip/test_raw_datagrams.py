@@ -113,7 +113,7 @@ async def test_late_ack_stops_2xx_retransmissions(
     (dialog,) = gateway.server.core._dialogs.values()
     await until(lambda: dialog.acked)
     assert dialog.pending_2xx is None and "2xx" not in dialog.timer_generation
-    with pytest.raises(TimeoutError):  # the next retransmission would be due 4*T1 after
+    with pytest.raises(AssertionError, match="nothing matched"):  # next one due 4*T1 after
         await uac.wait_for(lambda m: len(_oks(uac, leg.call_id)) > count, within_s=2.5)
     assert gateway.manager.active_calls == 1
     await leg.bye()

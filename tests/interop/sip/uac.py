@@ -151,7 +151,11 @@ class Uac:
                 self._arrived.clear()
                 await self._arrived.wait()
 
-        return await asyncio.wait_for(scan(), within_s)
+        try:
+            return await asyncio.wait_for(scan(), within_s)
+        except TimeoutError:
+            seen = [_summary(r.message) for r in self.received[after:]]
+            raise AssertionError(f"nothing matched within {within_s} s; received: {seen}") from None
 
     async def response(
         self, status: int, call_id: str, *, method: str | None = None, after: int = 0
@@ -219,6 +223,12 @@ class Uac:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _summary(message: Message) -> str:
+    if isinstance(message, Response):
+        return f"{message.status} {message.cseq.method}"
+    return f"{message.method} (CSeq {message.cseq.seq})"
 
 
 def new_branch() -> str:
