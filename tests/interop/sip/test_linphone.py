@@ -1,7 +1,8 @@
 """linphone (Debian's linphonec, liblinphone 5.1 on belle-sip) as the caller: a second real
 phone stack, and one that answers the default challenge order (SHA-256 first, RFC 8760 §2.4)
 with SHA-256 — what neither Debian's SIPp nor baresip 1.0 can. It plays a 440 Hz WAV file
-into the call ("soundcard use files") and hangs up."""
+into the call ("soundcard use files"), sends DTMF by SIP INFO or RFC 4733 as configured, and
+hangs up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import shutil
 import socket
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,13 @@ def _free_udp_port() -> int:
         return port
 
 
-def _config(directory: Path) -> Path:
+def _config(directory: Path, extra_sip: str = "") -> Path:
     rc = directory / "linphonerc"
     rc.write_text(
         "[sip]\n"
         "use_ipv6=0\n"
         'contact="Caller" <sip:alice@127.0.0.1>\n'
+        f"{extra_sip}"
         "[rtp]\naudio_rtp_port=41000-41999\n"
         "[auth_info_0]\n"
         f"username=alice\npasswd={PASSWORD}\nrealm={REALM}\ndomain=127.0.0.1\n"
@@ -74,13 +77,69 @@ def _tone_wav(path: Path) -> Path:
     return path
 
 
+class Linphone:
+    """linphonec driven line by line on stdin, as a user would type."""
+
+    def __init__(self, tmp_path: Path, gateway: Gateway, extra_sip: str = "") -> None:
+        self.tmp_path = tmp_path
+        self.gateway = gateway
+        self.rc = _config(tmp_path, extra_sip)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Linphone:
+        self.proc = await asyncio.create_subprocess_exec(
+            require_linphonec(),
+            "-c",
+            str(self.rc),
+            "-d",
+            "0",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={"HOME": str(self.tmp_path), "PATH": "/usr/bin:/bin"},
+        )
+        await self.say(f"ports sip {_free_udp_port()}")  # linphonec ignores sip_port in its rc
+        await self.say("soundcard use files")
+        await self.say(f"play {_tone_wav(self.tmp_path / 'tone.wav')}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def say(self, line: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{line}\n".encode())
+        await self.proc.stdin.drain()
+
+    async def call(self) -> None:
+        """Dial the trunk and wait until the gateway has the call up."""
+        await self.say(f"call sip:alice@127.0.0.1:{self.gateway.server.bound['UDP'][1]}")
+        await self._until(lambda: self.gateway.manager.active_calls == 1)
+
+    async def hang_up(self) -> str:
+        """``terminate``, wait for the gateway to see it, quit; linphonec's output."""
+        await self.say("terminate")
+        await self._until(lambda: self.gateway.manager.active_calls == 0)
+        await self.say("quit")
+        assert self.proc is not None
+        out, _ = await asyncio.wait_for(self.proc.communicate(), 15)
+        return out.decode(errors="replace")
+
+    async def _until(self, predicate: Callable[[], bool]) -> None:
+        try:
+            await until(predicate, within_s=10)
+        except AssertionError:
+            assert self.proc is not None
+            self.proc.kill()
+            out, _ = await self.proc.communicate()
+            raise AssertionError(out.decode(errors="replace")[-4000:]) from None
+
+
 async def test_linphone_call_answers_the_sha256_challenge(
     api: Api, gateway: Gateway, tmp_path: Path
 ) -> None:
-    exe = require_linphonec()
-    port = gateway.server.bound["UDP"][1]
-    rc = _config(tmp_path)
-    wav = _tone_wav(tmp_path / "tone.wav")
     # A spy on the real verifier (behaviour unchanged): which algorithm linphone answered with.
     outcomes: list[AuthOutcome] = []
     verify = gateway.manager.auth.verify
@@ -92,41 +151,11 @@ async def test_linphone_call_answers_the_sha256_challenge(
     gateway.manager.auth.verify = spy  # type: ignore[method-assign]
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
-        proc = await asyncio.create_subprocess_exec(
-            exe,
-            "-c",
-            str(rc),
-            "-d",
-            "0",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        )
-        assert proc.stdin is not None
-
-        async def say(line: str) -> None:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{line}\n".encode())
-            await proc.stdin.drain()
-
-        try:
-            await say(f"ports sip {_free_udp_port()}")  # linphonec ignores sip_port in its rc
-            await say("soundcard use files")
-            await say(f"play {wav}")
-            await say(f"call sip:alice@127.0.0.1:{port}")
-            await until(lambda: gateway.manager.active_calls == 1, within_s=10)
+        async with Linphone(tmp_path, gateway) as phone:
+            await phone.call()
             await asyncio.sleep(2.0)
-            await say("terminate")
-            await until(lambda: gateway.manager.active_calls == 0, within_s=10)
-            await say("quit")
-            out, _ = await asyncio.wait_for(proc.communicate(), 15)
-        except AssertionError:
-            proc.kill()
-            out, _ = await proc.communicate()
-            raise AssertionError(out.decode(errors="replace")[-4000:]) from None
+            log = await phone.hang_up()
         (record,) = await ended_records(api, gateway)
-    log = out.decode(errors="replace")
     assert record["status"] == "disconnected", log
     assert record["disconnect_reason"] == "caller_hangup"
     # RFC 8760 §2.4: linphone took the first (SHA-256) of our two challenges
@@ -134,3 +163,30 @@ async def test_linphone_call_answers_the_sha256_challenge(
     heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
     assert len(heard) > 8000, log  # a second of the caller's audio reached the agent
     assert abs(dominant_frequency(heard) - 440) < 15
+
+
+@pytest.mark.parametrize(
+    ("method", "extra_sip"),
+    [
+        pytest.param("INFO", "use_info=1\nuse_rfc2833=0\n", id="sip-info"),
+        pytest.param("RFC 4733", "use_info=0\nuse_rfc2833=1\n", id="rfc4733"),
+    ],
+)
+async def test_linphone_dtmf_reaches_the_agent(
+    api: Api, gateway: Gateway, tmp_path: Path, method: str, extra_sip: str
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        async with Linphone(tmp_path, gateway, extra_sip) as phone:
+            await phone.call()
+            await asyncio.sleep(0.5)
+            for digit in "19#":
+                await phone.say(digit)  # a lone digit in a call: linphonec sends it as DTMF
+                await asyncio.sleep(0.4)
+            await until(lambda: len(agent.digits) >= 3, within_s=5)
+            log = await phone.hang_up()
+        (record,) = await ended_records(api, gateway)
+    assert agent.digits == ["1", "9", "#"], log
+    infos = gateway.server.core.counters["request_INFO"]
+    assert infos == (3 if method == "INFO" else 0)  # each digit came the configured way
+    assert record["disconnect_reason"] == "caller_hangup"
