@@ -7,6 +7,8 @@ hangs up."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import shutil
 import socket
 import wave
@@ -190,3 +192,41 @@ async def test_linphone_dtmf_reaches_the_agent(
     infos = gateway.server.core.counters["request_INFO"]
     assert infos == (3 if method == "INFO" else 0)  # each digit came the configured way
     assert record["disconnect_reason"] == "caller_hangup"
+
+
+@pytest.mark.parametrize(
+    ("setting", "refresher"),
+    [pytest.param(1, "uas", id="we-refresh"), pytest.param(2, "uac", id="linphone-refreshes")],
+)
+async def test_session_timer_with_linphone_keeps_the_call_up(
+    api: Api, gateway: Gateway, tmp_path: Path, setting: int, refresher: str
+) -> None:
+    """RFC 4028 with a real UAC, either side the refresher: the refreshes keep the call up past
+    its interval. (Min-SE is 90 s by §4; the running core's floor is lowered so the interval
+    can be 6 s and the refreshes come every 3 s.)"""
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    timers = (
+        "session_expires_enabled=1\nsession_expires_value=6\nsession_expires_min_value=2\n"
+        f"session_expires_refresher_value={setting}\n"  # liblinphone: 1 uas, 2 uac
+    )
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        async with Linphone(tmp_path, gateway, timers) as phone:
+            await phone.call()
+            await asyncio.sleep(8.0)  # past the interval: only refreshes keep it alive
+            assert gateway.manager.active_calls == 1
+            log = await phone.hang_up()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup", log
+    trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    assert f"Session-Expires: 6;refresher={refresher}" in trace  # our 200 OK (§9)
+    sent_by = "out" if refresher == "uas" else "in"
+    # in-dialog refreshes (UPDATE, or re-INVITE carrying our To tag) in the expected direction
+    refreshes = re.findall(
+        rf"^--- {sent_by}[^\n]*\n(?:UPDATE|INVITE) sip:[^\n]*\n(?:[^\n]+\n)*?To: [^\n]*tag=",
+        trace,
+        re.M,
+    )
+    assert len(refreshes) >= 2, trace
+    assert len(agent.handshakes) == 1
