@@ -1,0 +1,135 @@
+"""What the UA core hands out (RFC 3261 terms): bytes to send, and call events for the
+application — a new INVITE, its cancellation, confirmation (the ACK), the end of the dialog,
+re-offers, session refreshes, DTMF by INFO and transfer progress. Frozen dataclasses: the class
+is the meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from telepath.sip.dialog import Dialog
+from telepath.sip.message import Request
+from telepath.sip.transaction import ServerTransaction, Source
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes to send to ``dest``."""
+
+    data: bytes
+    dest: Source
+
+
+@dataclass(frozen=True, slots=True)
+class InviteReceived:
+    """A new INVITE (no To tag): authenticate it, then :meth:`UserAgentCore.respond` or
+    :meth:`UserAgentCore.accept`. 100 Trying has already been sent."""
+
+    tx: ServerTransaction
+
+    @property
+    def request(self) -> Request:
+        """The INVITE."""
+        return self.tx.request
+
+
+@dataclass(frozen=True, slots=True)
+class InviteCancelled:
+    """The caller sent CANCEL before our final answer; 487 has been sent (§9.2)."""
+
+    tx: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfirmed:
+    """The ACK for our 2xx arrived (§13.3.1.4).
+
+    ``body`` is the ACK's SDP (empty when it has none, or a body of another type). It matters
+    when the INVITE had no offer and our 2xx carried one: the answer MUST then be in the ACK
+    (§13.2.1), and a UAC that cannot accept our offer still answers and then sends BYE
+    (§13.2.2.4)."""
+
+    dialog: Dialog
+    body: bytes = b""
+
+
+CallEndReason = Literal[
+    "remote_bye", "local_bye", "ack_timeout", "session_expired", "refresh_failed", "bye_failed"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The dialog is over."""
+
+    dialog: Dialog
+    reason: CallEndReason
+
+
+@dataclass(frozen=True, slots=True)
+class ReinviteAcked:
+    """The ACK for our 2xx to a re-INVITE arrived, with ``body`` its SDP (empty if none).
+
+    It matters when the re-INVITE had no offer and our 2xx carried one: the answer is in this
+    ACK (§14.2, §13.2.1)."""
+
+    dialog: Dialog
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRefreshed:
+    """The 2xx to our re-INVITE session refresh, with ``body`` its SDP: the caller's answer to
+    the SDP we last sent (RFC 4028 §10, RFC 3264 §8), which may move its media address."""
+
+    dialog: Dialog
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReofferReceived:
+    """A re-INVITE or UPDATE in the dialog (hold, address/codec change, session refresh).
+
+    Answer with :meth:`UserAgentCore.respond` (2xx with SDP, or 488); a body-less re-INVITE
+    needs an offer in the 2xx (§14.2)."""
+
+    dialog: Dialog
+    tx: ServerTransaction
+
+    @property
+    def request(self) -> Request:
+        """The re-INVITE/UPDATE."""
+        return self.tx.request
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfInfo:
+    """A digit from SIP INFO (``application/dtmf-relay`` or ``application/dtmf``)."""
+
+    dialog: Dialog
+    digit: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferUpdate:
+    """Progress of a transfer we asked for: the REFER's response, then NOTIFY sipfrag status."""
+
+    dialog: Dialog
+    status: int
+    final: bool
+
+
+Event = (
+    InviteReceived
+    | InviteCancelled
+    | CallConfirmed
+    | CallEnded
+    | ReofferReceived
+    | ReinviteAcked
+    | SessionRefreshed
+    | DtmfInfo
+    | ReferUpdate
+)
+Output = Send | Event
