@@ -106,6 +106,7 @@ class _Setup:
         self.acked_or_ended = asyncio.Event()
         self.sip_done = asyncio.Event()
         self.shutting_down = False  # the gateway is stopping: give up waiting for the ACK
+        self.digits: list[str] = []  # DTMF by INFO before the call is up (delayed offer)
 
     def confirmed(self, ack_body: bytes) -> None:
         """The ACK for our 2xx arrived (SIP event, on the loop)."""
@@ -246,6 +247,8 @@ class CallManager:
             call = _call_of(event.dialog.app_data)
             if call is not None:
                 call.dtmf(event.digit)
+            elif isinstance(event.dialog.app_data, _Setup):
+                event.dialog.app_data.digits.append(event.digit)  # delivered once the call is up
         elif isinstance(event, ReferUpdate):
             call = _call_of(event.dialog.app_data)
             if call is not None:
@@ -597,6 +600,8 @@ class CallManager:
         holder["call"] = call
         dialog.app_data = call
         self.calls[call_id] = call
+        for digit in setup.digits:  # pressed between our 200 and the call being up
+            call.dtmf(digit)
         if self.metrics is not None:
             self.metrics.record_call_started(call_id)
         log.info(

@@ -244,3 +244,31 @@ async def test_update_before_the_ack_gets_491_with_an_offer_and_200_without(
         (record,) = await ended_records(api, gateway)
     assert record["status"] == "disconnected"
     assert record["disconnect_reason"] == "caller_hangup"
+
+
+async def test_dtmf_info_before_the_ack_reaches_the_agent_once_the_call_is_up(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """A digit sent by INFO between our 200 (with the offer) and the caller's ACK is answered
+    200 and delivered when the call is up, not dropped."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        invite_cseq = leg.cseq
+        leg.cseq += 1
+        start = len(uac.received)
+        info = leg.build(
+            "INFO",
+            headers=[("Content-Type", "application/dtmf-relay")],
+            body=b"Signal=5\r\nDuration=160\r\n",
+        )
+        uac.send(info)
+        ok = await uac.response(200, leg.call_id, method="INFO", after=start)
+        assert ok.status == 200
+        last = leg.cseq
+        leg.cseq = invite_cseq
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        leg.cseq = last
+        await until(lambda: agent.digits == ["5"])
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"

@@ -219,7 +219,7 @@ class Uac:
             f"Contact: <{scheme}:caller@{lhost}:{lport}{tp}>",
         ]
         lines += [f"{k}: {v}" for k, v in headers or []]
-        if body:
+        if body and not any(k.lower() == "content-type" for k, _ in headers or []):
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
