@@ -8,18 +8,16 @@ import pytest
 from telepath.clock import FakeClock
 from telepath.sip.dialog import Dialog
 from telepath.sip.message import Request, Response, make_response
-from telepath.sip.parser import parse_message
 from telepath.sip.ua import (
     CallEnded,
     InviteReceived,
     Output,
     ReofferReceived,
-    Send,
     SessionRefreshed,
     UaConfig,
     UserAgentCore,
 )
-from tests.unit.sip.test_ua import SDP, SRC, events, request, sent
+from tests.unit.sip.test_ua import SDP, SRC, events, request, requests, sent
 
 pytestmark = pytest.mark.unit
 
@@ -50,16 +48,6 @@ def call(ua: UserAgentCore, timer: str, allow: str = WITH_UPDATE) -> tuple[Dialo
     return dialog, ok
 
 
-def requests(outputs: list[Output]) -> list[Request]:
-    found: list[Request] = []
-    for o in outputs:
-        if isinstance(o, Send):
-            msg = parse_message(o.data)
-            if isinstance(msg, Request):
-                found.append(msg)
-    return found
-
-
 def advance(ua: UserAgentCore, clock: FakeClock, seconds: float) -> list[Output]:
     """Time passes in 0.25 s steps (so retransmission timers fire in order)."""
     out: list[Output] = []
@@ -77,6 +65,16 @@ def answer(req: Request, status: int, headers: list[tuple[str, str]], body: byte
 
 
 REFRESH_ME = "Supported: timer\r\nSession-Expires: 90;refresher=uas\r\n"
+
+
+def first_refresh(
+    ua: UserAgentCore, clock: FakeClock, allow: str = WITH_UPDATE
+) -> tuple[Dialog, Request]:
+    """A call whose caller asks us to refresh (90 s), and our refresh 45 s later."""
+    dialog, _ = call(ua, REFRESH_ME, allow=allow)
+    (refresh,) = requests(advance(ua, clock, 45.1))
+    assert refresh.method == ("UPDATE" if allow == WITH_UPDATE else "INVITE")
+    return dialog, refresh
 
 
 def test_refresher_uas_is_honoured_and_refreshed_by_update(
@@ -109,9 +107,7 @@ def test_without_update_in_allow_the_refresh_is_a_reinvite_with_our_last_sdp(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
     ua, clock = core
-    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
-    (invite,) = requests(advance(ua, clock, 45.1))
-    assert invite.method == "INVITE"
+    dialog, invite = first_refresh(ua, clock, WITHOUT_UPDATE)
     assert invite.body == ANSWER  # the same session, version unchanged (RFC 3264 §8)
     assert invite.headers.get("Session-Expires") == "90;refresher=uac"
     assert ua.receive(answer(invite, 100, []), SRC) == []
@@ -130,8 +126,7 @@ def test_without_update_in_allow_the_refresh_is_a_reinvite_with_our_last_sdp(
 
 def test_update_refused_falls_back_to_reinvite(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, clock = core
-    call(ua, REFRESH_ME)
-    (update,) = requests(advance(ua, clock, 45.1))
+    _, update = first_refresh(ua, clock)
     (invite,) = requests(ua.receive(answer(update, 501, []), SRC))
     assert invite.method == "INVITE" and invite.body == ANSWER
 
@@ -141,8 +136,7 @@ def test_refresh_answered_408_or_481_ends_the_call_with_bye(
     core: tuple[UserAgentCore, FakeClock], status: int
 ) -> None:
     ua, clock = core
-    dialog, _ = call(ua, REFRESH_ME)
-    (update,) = requests(advance(ua, clock, 45.1))
+    dialog, update = first_refresh(ua, clock)
     out = ua.receive(answer(update, status, []), SRC)
     assert [r.method for r in requests(out)] == ["BYE"]
     assert events(out) == [CallEnded(dialog, "refresh_failed")]
@@ -163,8 +157,7 @@ def test_reinvite_refresh_rejected_is_acknowledged_and_the_call_goes_on(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
     ua, clock = core
-    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
-    (invite,) = requests(advance(ua, clock, 45.1))
+    dialog, invite = first_refresh(ua, clock, WITHOUT_UPDATE)
     rejected = answer(invite, 488, [])
     (ack,) = requests(ua.receive(rejected, SRC))
     # §17.1.1.3: the transaction's own ACK, on the INVITE's branch
@@ -180,8 +173,7 @@ def test_422_to_a_refresh_asks_again_with_the_callers_min_se(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
     ua, clock = core
-    call(ua, REFRESH_ME)
-    (update,) = requests(advance(ua, clock, 45.1))
+    _, update = first_refresh(ua, clock)
     (retry,) = requests(ua.receive(answer(update, 422, [("Min-SE", "150")]), SRC))
     assert retry.method == "UPDATE" and retry.headers.get("Session-Expires") == "150;refresher=uac"
     ua.receive(answer(retry, 200, [("Session-Expires", "150;refresher=uac")]), SRC)
@@ -191,8 +183,7 @@ def test_422_to_a_refresh_asks_again_with_the_callers_min_se(
 
 def test_caller_taking_over_refreshes_stops_ours(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, clock = core
-    dialog, _ = call(ua, REFRESH_ME)
-    (update,) = requests(advance(ua, clock, 45.1))
+    dialog, update = first_refresh(ua, clock)
     ua.receive(answer(update, 200, [("Session-Expires", "90;refresher=uas")]), SRC)
     out = advance(ua, clock, 59.8)  # its UAS (the caller) refreshes now: no UPDATE from us
     assert requests(out) == [] and events(out) == []
@@ -240,9 +231,7 @@ def test_callers_reinvite_while_our_reinvite_refresh_is_pending_is_491(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
     ua, clock = core
-    dialog, _ = call(ua, REFRESH_ME, allow=WITHOUT_UPDATE)
-    (invite,) = requests(advance(ua, clock, 45.1))
-    assert invite.method == "INVITE"
+    dialog, invite = first_refresh(ua, clock, WITHOUT_UPDATE)
     reinvite = request(
         "INVITE",
         branch="z9hG4bK-re",

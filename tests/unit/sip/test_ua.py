@@ -63,14 +63,18 @@ def reply(req: object, status: int) -> bytes:
     return make_response(req, status).to_bytes()
 
 
+def _parsed(outputs: list[Output]) -> list[Request | Response]:
+    return [parse_message(o.data) for o in outputs if isinstance(o, Send)]
+
+
 def sent(outputs: list[Output]) -> list[Response]:
-    out: list[Response] = []
-    for o in outputs:
-        if isinstance(o, Send):
-            msg = parse_message(o.data)
-            if isinstance(msg, Response):
-                out.append(msg)
-    return out
+    """The responses among what the core sent."""
+    return [m for m in _parsed(outputs) if isinstance(m, Response)]
+
+
+def requests(outputs: list[Output]) -> list[Request]:
+    """The requests among what the core sent (BYE, REFER, refreshes, ACKs)."""
+    return [m for m in _parsed(outputs) if isinstance(m, Request)]
 
 
 def events(outputs: list[Output]) -> list[object]:
