@@ -272,7 +272,7 @@ class UserAgentCore:
             and dialog.state == DialogState.CONFIRMED
         )
         if dialog is not None and 200 <= status < 300:
-            extra = self._with_contact(extra, tx.source, _secure(tx.request))
+            extra = self._with_contact(extra, tx.source, dialog.secure)  # §12.1.1: per dialog
         if refresh:
             assert dialog is not None
             extra += self._renegotiate(dialog, tx.request, body)
@@ -397,7 +397,7 @@ class UserAgentCore:
                 self._refresh_failed(dialog)  # RFC 4028 §10: a refresh that timed out
 
     def client_response(self, tx: ClientTransaction, response: Response) -> None:
-        """A response to our BYE/REFER/UPDATE."""
+        """A final response (or an INVITE's 1xx) to our BYE, REFER or refresh."""
         dialog = self._client_tx_dialog.get(tx)
         if dialog is None:
             return
@@ -770,7 +770,7 @@ class UserAgentCore:
         if (
             dialog.refresh_method is not None
             or dialog.pending_2xx is not None
-            or (dialog.reoffer_pending)
+            or dialog.reoffer_pending
         ):
             # an exchange is in progress (ours, or the caller's awaiting our answer or its ACK)
             self.timers.schedule(_DialogTimers(self, dialog), "refresh", self.clock.now() + 2.0)
