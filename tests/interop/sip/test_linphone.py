@@ -1,8 +1,8 @@
 """linphone (Debian's linphonec, liblinphone 5.1 on belle-sip) as the caller: a second real
 phone stack, and one that answers the default challenge order (SHA-256 first, RFC 8760 §2.4)
 with SHA-256 — what neither Debian's SIPp nor baresip 1.0 can. It plays a 440 Hz WAV file
-into the call ("soundcard use files"), sends DTMF by SIP INFO or RFC 4733 as configured, and
-hangs up."""
+into the call ("soundcard use files"), sends DTMF by SIP INFO or RFC 4733 as configured, runs
+session timers either way, follows our REFER to a transfer target, and hangs up."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_pcm16
 from tests.conftest import skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
+from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
@@ -230,3 +231,56 @@ async def test_session_timer_with_linphone_keeps_the_call_up(
     )
     assert len(refreshes) >= 2, trace
     assert len(agent.handshakes) == 1
+
+
+async def test_transfer_by_refer_to_a_real_phone(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The agent transfers the call: our REFER (RFC 3515) reaches linphone, which calls the
+    target (SIPp's built-in UAS) and reports the outcome by NOTIFY sipfrag; the agent gets the
+    result and the record says ``transferred``."""
+    sipp = require_sipp()
+    target_port = _free_udp_port()
+    uas = await asyncio.create_subprocess_exec(
+        sipp,
+        "-sn",
+        "uas",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(target_port),
+        "-m",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "30s",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    target = f"sip:desk@127.0.0.1:{target_port}"
+    try:
+        async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=target) as agent:
+            await create_trunk(
+                api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
+            )
+            async with Linphone(tmp_path, gateway) as phone:
+                await phone.call()
+                await until(lambda: bool(agent.transfer_results), within_s=10)
+                (record,) = await ended_records(api, gateway, within_s=10)
+                await phone.say("terminate")  # linphone's new call, to the target
+                # the target saw a whole call: INVITE, ACK, BYE from linphone
+                assert await asyncio.wait_for(uas.wait(), 15) == 0
+                await phone.say("quit")
+    finally:
+        if uas.returncode is None:
+            uas.kill()
+            await uas.wait()
+    # the final sipfrag status, reported to the agent
+    assert agent.transfer_results == [
+        {"type": "transfer_result", "request_id": "xfer-1", "ok": True, "detail": "SIP 200"}
+    ]
+    assert record["disconnect_reason"] == "transferred"
+    trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    assert f"Refer-To: <{target}>" in trace
+    assert re.search(r"^NOTIFY sip:", trace, re.M)  # linphone's progress report reached us
