@@ -284,3 +284,33 @@ async def test_transfer_by_refer_to_a_real_phone(
     trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
     assert f"Refer-To: <{target}>" in trace
     assert re.search(r"^NOTIFY sip:", trace, re.M)  # linphone's progress report reached us
+
+
+async def test_hold_and_resume_from_a_real_phone(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """linphone's ``pause`` / ``resume`` re-INVITEs (a=sendonly, then sendrecv): we answer each
+    (recvonly, sendrecv; RFC 3264 §8.4), the call and the agent session survive both."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        async with Linphone(tmp_path, gateway) as phone:
+            await phone.call()
+            await asyncio.sleep(1.0)
+            await phone.say("pause")
+            await asyncio.sleep(1.5)
+            await phone.say("resume")
+            await asyncio.sleep(1.5)
+            log = await phone.hang_up()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup", log
+    assert len(agent.handshakes) == 1
+    trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    messages = re.split(r"^--- ", trace, flags=re.M)
+    ours = [
+        m
+        for m in messages
+        if m.startswith("out\nSIP/2.0 200") and re.search(r"^CSeq: \d+ INVITE", m, re.M)
+    ]
+    directions = [re.findall(r"^a=(sendrecv|recvonly|sendonly|inactive)", b, re.M) for b in ours]
+    # the first answer, the hold answer, the resume answer
+    assert [d[-1] if d else "sendrecv" for d in directions] == ["sendrecv", "recvonly", "sendrecv"]
