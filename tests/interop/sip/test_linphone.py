@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import re
 import shutil
-import socket
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_pcm16
 from tests.conftest import skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import free_udp_port
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.waits import ended_records, until
 
@@ -47,13 +47,6 @@ def require_linphonec() -> str:
         skip_loudly("linphone", "linphonec (Debian package linphone-cli) is missing")
     assert exe is not None
     return exe
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _config(directory: Path, extra_sip: str = "") -> Path:
@@ -101,7 +94,7 @@ class Linphone:
             stderr=asyncio.subprocess.STDOUT,
             env={"HOME": str(self.tmp_path), "PATH": "/usr/bin:/bin"},
         )
-        await self.say(f"ports sip {_free_udp_port()}")  # linphonec ignores sip_port in its rc
+        await self.say(f"ports sip {free_udp_port()}")  # linphonec ignores sip_port in its rc
         await self.say("soundcard use files")
         await self.say(f"play {_tone_wav(self.tmp_path / 'tone.wav')}")
         return self
@@ -240,7 +233,7 @@ async def test_transfer_by_refer_to_a_real_phone(
     target (SIPp's built-in UAS) and reports the outcome by NOTIFY sipfrag; the agent gets the
     result and the record says ``transferred``."""
     sipp = require_sipp()
-    target_port = _free_udp_port()
+    target_port = free_udp_port()
     uas = await asyncio.create_subprocess_exec(
         sipp,
         "-sn",

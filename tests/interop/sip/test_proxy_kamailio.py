@@ -26,6 +26,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.conftest import skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import free_udp_port
 from tests.interop.sip.test_baresip import CONFIG, MODULES, PASSWORD, _dial, require_baresip
 from tests.interop.sip.waits import ended_records
 
@@ -68,13 +69,6 @@ def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "sip_digest_algorithms": "MD5"}  # libre 1.x: MD5 only
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _answers_options(port: int) -> bool:
     """An OPTIONS through the proxy is answered (by the gateway, relayed back)."""
     loop = asyncio.get_running_loop()
@@ -104,7 +98,7 @@ async def proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[int]:
     if exe is None or not (KAMAILIO_MODULES / "rr.so").exists():
         skip_loudly("kamailio", "kamailio (Debian package kamailio) is missing")
     assert exe is not None
-    port = _free_udp_port()
+    port = free_udp_port()
     work = tmp_path / "kamailio"
     work.mkdir()
     cfg = work / "kamailio.cfg"
