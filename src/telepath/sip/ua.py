@@ -35,6 +35,7 @@ from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.session_timer import (
+    SESSION_EXPIRES,
     Timer,
     after_refresh,
     expiry_margin,
@@ -468,7 +469,7 @@ class UserAgentCore:
             if request.body and request.content_type not in ("application/sdp", None):
                 self._respond(tx, 415, headers=[("Accept", "application/sdp")])
                 return
-            parsed = parse_session_expires(request.headers.get("Session-Expires"))
+            parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
             if parsed is not None and parsed[0] < self.config.min_se:
                 self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
                 return
