@@ -15,6 +15,19 @@ when the call is answered and then:
 4. ``send_dtmf``, ``notify_mark`` and ``send_transfer_result`` as the call goes on, and finally
    ``await bridge.close(reason)`` (idempotent; always call it).
 
+The per-frame fast path. A call moves a frame each way every 20 ms; going through a task for each
+(``send_audio`` awaited by a pump task, ``AgentAudio`` queued for another) costs a task wake-up
+per frame per direction, which the calls benchmark showed to be a large share of the gateway's
+CPU per call. So call control may instead, once the call is up:
+
+- call ``bridge.send_audio_nowait(payload)`` straight from the RTP receive path. It never waits
+  and never raises; it returns False when the frame was dropped because the agent is not
+  reading (the socket's send buffer is full) — real-time audio is dropped, not queued;
+- ``bridge.set_audio_sink(sink)``: the bridge may then hand ``AgentAudio`` to ``sink``
+  synchronously, from the socket's receive callback, instead of through ``events()``. It does so
+  only when nothing is queued in ``events()`` ahead of that audio, so the order of audio, marks
+  and clears is the agent's order either way. Other events always go through ``events()``.
+
 Playout and barge-in. ``AgentAudio`` arrives faster than real time; call control queues it and
 paces it out as RTP. ``AgentClear`` means "drop everything queued for the caller now" (barge-in).
 For OpenAI's ``conversation.item.truncate`` the bridge must know how much of an answer the
@@ -406,6 +419,20 @@ class AgentBridge(ABC):
 
         Never raises for a closed session: a failure is reported as a terminal event.
         """
+
+    @abstractmethod
+    def send_audio_nowait(self, payload: bytes) -> bool:
+        """``send_audio`` without waiting: False when the frame was dropped (agent not reading).
+
+        Never raises; a closed session counts as sent (its end is reported by ``events()``).
+        """
+
+    def set_audio_sink(self, sink: Callable[[AgentAudio], None] | None) -> None:
+        """Let the bridge deliver ``AgentAudio`` to ``sink`` directly (see the module docstring).
+
+        The default keeps every event in ``events()``.
+        """
+        return None
 
     @abstractmethod
     def events(self) -> AsyncIterator[AgentEvent]:

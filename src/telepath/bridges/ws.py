@@ -1,9 +1,12 @@
 """WebSocket plumbing shared by every bridge: connect, read loop, event queue, termination.
 
 Provider bridges subclass ``WebSocketBridge`` and implement ``_handle_text`` (parse one frame
-with their ``events.py`` models and emit agent events) and, when the default is wrong for them,
-``_on_remote_close``. Everything that can go wrong on the socket ends up here as exactly one
-terminal event, so call control never waits on a dead session.
+with their ``events.py`` models and emit agent events), ``_audio_message`` (one caller frame as
+the provider's wire message) and, when the default is wrong for them, ``_on_remote_close``.
+For the per-frame fast path (``base.py``) they may also implement ``_audio_now``: take an
+agent audio message synchronously from the socket's receive callback. Everything that can go
+wrong on the socket ends up here as exactly one terminal event, so call control never waits on
+a dead session.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import collections
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NoReturn
 
 from websockets.asyncio.client import connect
@@ -21,6 +24,7 @@ from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
 
 from telepath.bridges.base import (
+    AgentAudio,
     AgentBridge,
     AgentDisconnected,
     AgentError,
@@ -99,6 +103,9 @@ class WebSocketBridge(AgentBridge):
         self._space = asyncio.Event()
         self._terminal: AgentEvent | None = None
         self._closing = False
+        self._audio_sink: Callable[[AgentAudio], None] | None = None
+        self._handling = False  # the read loop is inside a handler (it may await)
+        self._sends: set[asyncio.Task[None]] = set()  # send_audio_nowait behind a proxy
 
     # --- connection ------------------------------------------------------------------------
 
@@ -107,9 +114,11 @@ class WebSocketBridge(AgentBridge):
         try:
             proxy = _proxy_for(url)
             if proxy is None:  # the usual case: the lean socket (see ws_socket.py)
-                self._ws = await AgentSocket.open(
+                socket = await AgentSocket.open(
                     url, headers, timeout_s=self.connect_timeout_s, max_size=MAX_FRAME_BYTES
                 )
+                socket.on_message = self._take_now
+                self._ws = socket
             else:
                 self._ws = await connect(
                     url,
@@ -134,6 +143,72 @@ class WebSocketBridge(AgentBridge):
         await self._shutdown_socket()
         raise err
 
+    # --- caller audio ----------------------------------------------------------------------
+
+    def _audio_message(self, payload: bytes) -> str | None:
+        """One caller frame as the provider's message; None when there is nothing to send."""
+        raise NotImplementedError
+
+    async def send_audio(self, payload: bytes) -> None:
+        """Forward caller audio, waiting while the socket's send buffer is full."""
+        if self._ws is None or self._terminal is not None:
+            return
+        text = self._audio_message(payload)
+        if text is not None:
+            await self._send(text)
+
+    def send_audio_nowait(self, payload: bytes) -> bool:
+        """Forward caller audio now; False (frame dropped) while the send buffer is full."""
+        ws = self._ws
+        if ws is None or self._terminal is not None:
+            return True
+        if isinstance(ws, AgentSocket):
+            # Built even when it is then dropped: the frame's sequence number and media time
+            # are used up, so the agent sees the gap.
+            text = self._audio_message(payload)
+            if text is None:
+                return True
+            try:
+                return ws.send_nowait(text)
+            except ConnectionClosed:
+                return True  # the read loop reports the close
+        # websockets' own client (proxy configured) can only send from a coroutine; tasks
+        # start in creation order, so frames still leave in order.
+        text = self._audio_message(payload)
+        if text is not None:
+            task = asyncio.get_running_loop().create_task(self._send(text))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+        return True
+
+    # --- agent audio fast path -------------------------------------------------------------
+
+    def set_audio_sink(self, sink: Callable[[AgentAudio], None] | None) -> None:
+        """Deliver agent audio to ``sink`` directly when nothing is queued ahead of it."""
+        self._audio_sink = sink
+
+    def _take_now(self, message: str | bytes) -> bool:
+        """The socket's first taker: handle an audio message on the spot, if order allows."""
+        if (
+            self._audio_sink is None
+            or self._terminal is not None
+            or self._events  # call control has not caught up: queue behind those events
+            or self._handling  # the read loop is mid-message: it goes first
+            or not isinstance(message, str)
+        ):
+            return False
+        try:
+            return self._audio_now(message)
+        except Exception:  # anything odd goes the slow way, which reports it properly
+            return False
+
+    def _audio_now(self, text: str) -> bool:
+        """Deliver ``text`` to the sink if it is a well-formed audio message; else False.
+
+        Must not emit anything else: a message it declines is handled by ``_handle_text``.
+        """
+        return False
+
     async def _send(self, text: str) -> None:
         """Send one text frame; a closed socket is reported by the read loop, not here."""
         ws = self._ws
@@ -152,10 +227,14 @@ class WebSocketBridge(AgentBridge):
         try:
             while True:
                 message = await ws.recv()
-                if isinstance(message, bytes):
-                    await self._handle_binary(message)
-                else:
-                    await self._handle_text(message)
+                self._handling = True
+                try:
+                    if isinstance(message, bytes):
+                        await self._handle_binary(message)
+                    else:
+                        await self._handle_text(message)
+                finally:
+                    self._handling = False
                 if self._terminal is not None:
                     break
         except ConnectionClosed as exc:

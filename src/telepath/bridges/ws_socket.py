@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, cast
 
 from websockets.client import ClientProtocol
@@ -78,6 +78,8 @@ class AgentSocket(asyncio.Protocol):
         self._abort_timer: asyncio.TimerHandle | None = None
         self._pings_sent = 0
         self._streak = 0
+        # A synchronous first taker for incoming messages (see ``_on_frame``).
+        self.on_message: Callable[[str | bytes], bool] | None = None
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -135,6 +137,24 @@ class AgentSocket(asyncio.Protocol):
         self._flush()
         if self._writable is not None:
             await asyncio.shield(self._writable)
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport's write buffer is over its high-water mark."""
+        return self._writable is not None and not self._writable.done()
+
+    def send_nowait(self, message: str) -> bool:
+        """Send one text frame now, unless the kernel's send buffer is full: then return False
+        and send nothing (real-time audio is dropped, not queued behind a stalled reader)."""
+        if self._p.state is not State.OPEN:
+            raise ConnectionClosed(
+                self._p.close_rcvd, self._p.close_sent, self._p.close_rcvd_then_sent
+            )
+        if self.writing_paused:
+            return False
+        self._p.send_text(message.encode())
+        self._flush()
+        return True
 
     async def recv(self) -> str | bytes:
         """The next whole message; ``ConnectionClosed`` once the connection has closed."""
@@ -272,6 +292,11 @@ class AgentSocket(asyncio.Protocol):
                 self._flush()
                 self._expect_close()
                 return
+        # The bridge may take a message on the spot (agent audio, once nothing is queued ahead
+        # of it, so order holds): no reader-task wake-up per 20 ms frame.
+        taker = self.on_message
+        if taker is not None and not self._messages and taker(message):
+            return
         self._messages.append(message)
         if len(self._messages) >= READ_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True

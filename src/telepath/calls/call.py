@@ -1,12 +1,14 @@
 """One bridged call: the SIP dialog, the RTP session and the agent bridge, and the tasks that
 move audio and events between them until one side ends the call.
 
-Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio`` unchanged when the call is
-G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law. Agent
-audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in
-between. One exception: after a delayed offer the bridge is started before the caller has
-chosen a codec, so a G.711 call may end up in a different law from the bridge's; its frames
-then go through PCM16 both ways (A-law ↔ μ-law).
+Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio_nowait`` unchanged when the
+call is G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law.
+Agent audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in
+between, not even a task: both directions run synchronously in the receive callbacks (the
+"per-frame fast path" of ``bridges/base.py``); the two pump tasks carry the other events.
+One exception: after a delayed offer the bridge is started before the caller has chosen a
+codec, so a G.711 call may end up in a different law from the bridge's; its frames then go
+through PCM16 both ways (A-law ↔ μ-law).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,7 +151,9 @@ class Call:
         self._refer_sip = refer_sip
         self._on_finished = on_finished
         self._hangup_drain_max_s = hangup_drain_max_s
-        self._end: asyncio.Future[CallEnd] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._end: asyncio.Future[CallEnd] = self._loop.create_future()
+        self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None
         self.turns = TurnTracker()
@@ -241,6 +244,8 @@ class Call:
         except asyncio.CancelledError:
             end = CallEnd(DisconnectReason.SHUTDOWN)
         finally:
+            self.media.set_audio_sink(None)
+            self.bridge.set_audio_sink(None)
             tasks = [*pumps, *self._side_tasks]
             for task in tasks:
                 task.cancel()
@@ -281,15 +286,13 @@ class Call:
         await self._on_finished(self, end)
 
     async def _media_pump(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Caller audio goes to the agent from the RTP receive path from now on (no task
+        # wake-up per frame); frames queued before this point are drained below first, without
+        # waiting, so they still leave in order. Other media events come through here.
+        self.media.set_audio_sink(self._on_caller_audio)
         async for event in self.media.events():
             if isinstance(event, AudioReceived):
-                now = loop.time()
-                if self.first_rtp_at is None and not event.lost:
-                    self.first_rtp_at = now
-                    self.record.metrics.carrier_lag_ms = round((now - self.invite_at) * 1000)
-                self.turns.caller_frame(now, _rms(event.pcm) > _VOICE_RMS)
-                await self.bridge.send_audio(self._to_agent(event))
+                self._on_caller_audio(event)
             elif isinstance(event, DtmfReceived):
                 await self.bridge.send_dtmf(event.digit.key)
             elif isinstance(event, MarkPlayed):
@@ -299,15 +302,31 @@ class Call:
                     self.end(DisconnectReason.MEDIA_TIMEOUT, "no RTP from the caller")
                 return
 
+    def _on_caller_audio(self, event: AudioReceived) -> None:
+        now = self._loop.time()
+        if self.first_rtp_at is None and not event.lost:
+            self.first_rtp_at = now
+            self.record.metrics.carrier_lag_ms = round((now - self.invite_at) * 1000)
+        self.turns.caller_frame(now, _voiced(event.pcm))
+        if not self.bridge.send_audio_nowait(self._to_agent(event)):
+            self.agent_frames_dropped += 1
+            if self.agent_frames_dropped == 1:
+                log.warning("call %s: agent not reading; dropping caller audio", self.record.id)
+
+    def _on_agent_audio(self, event: AgentAudio) -> None:
+        self.turns.agent_audio(self._loop.time(), len(event.payload) / 8)
+        if self._transcode:
+            self.media.play_pcm(self._from_agent(event.payload), 8000)
+        else:
+            self.media.play(event.payload)
+
     async def _agent_pump(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Agent audio may come straight from the socket's receive path (the bridge keeps the
+        # order with the events below); events queued before this point come through here.
+        self.bridge.set_audio_sink(self._on_agent_audio)
         async for event in self.bridge.events():
             if isinstance(event, AgentAudio):
-                self.turns.agent_audio(loop.time(), len(event.payload) / 8)
-                if self._transcode:
-                    self.media.play_pcm(self._from_agent(event.payload), 8000)
-                else:
-                    self.media.play(event.payload)
+                self._on_agent_audio(event)
             elif isinstance(event, AgentClear):
                 unplayed_ms = self.media.queued_ms
                 self.media.flush()
@@ -351,13 +370,15 @@ class Call:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
 
 
-def _rms(pcm: bytes) -> int:
+def _voiced(pcm: bytes) -> bool:
+    """Whether a PCM16 frame's RMS is above the speech threshold (turn detection)."""
     if not pcm:
-        return 0
+        return False
     # Every sample, not a stride: every 8th sample of a 1 kHz tone at 8 kHz is the same point
-    # of its cycle, so a stride of 8 measured a test tone as silence (NumPy costs the same).
+    # of its cycle, so a stride of 8 measured a test tone as silence. No square root: compare
+    # the mean square.
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return int(math.sqrt(float(np.dot(samples, samples)) / samples.size))
+    return float(np.dot(samples, samples)) > _VOICE_RMS * _VOICE_RMS * samples.size
 
 
 def _bridge_reason(reason: DisconnectReason) -> BridgeReason:

@@ -21,6 +21,7 @@ API for call control
         ...
     session.update_remote(("198.51.100.7", 50000))   # re-INVITE moved the media
     session.hold(True); session.hold(False)          # sendonly/inactive: stop sending, keep call
+    session.set_audio_sink(callback)       # AudioReceived synchronously (per-frame fast path)
     session.stats()                        # live MediaStats; final after close
     await session.close()                  # idempotent; releases the ports; MediaEnded("closed")
 
@@ -198,6 +199,7 @@ class MediaSession:
         self._out_timer = ProcessingTimer()
         self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(event_queue_size)
         self._on_event = on_event
+        self._audio_sink: Callable[[AudioReceived], None] | None = None
         self._cname = cname.encode()
         self._rtcp_interval = rtcp_interval_s
         self._loop = asyncio.get_running_loop()
@@ -400,6 +402,13 @@ class MediaSession:
 
     # ---- inbound API -----------------------------------------------------------------------
 
+    def set_audio_sink(self, sink: Callable[[AudioReceived], None] | None) -> None:
+        """Deliver ``AudioReceived`` to ``sink`` synchronously, from the receive path, instead
+        of through :meth:`events` (which keeps every other event). Frames already queued stay
+        queued: consume them from :meth:`events` first — it yields them without waiting — so
+        that order holds."""
+        self._audio_sink = sink
+
     async def events(self) -> AsyncIterator[MediaEvent]:
         """Yield inbound events until (and including) :class:`MediaEnded`."""
         while True:
@@ -528,6 +537,9 @@ class MediaSession:
     def _emit(self, event: MediaEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
+            return
+        if self._audio_sink is not None and type(event) is AudioReceived:
+            self._audio_sink(event)
             return
         queue = self._queue
         if queue.full():

@@ -239,3 +239,35 @@ async def test_wss_verifies_the_agent_certificate(
         await sock.send("over TLS")
         assert await sock.recv() == "echo over TLS"
         await sock.close()
+
+
+async def test_the_first_taker_gets_a_message_only_when_nothing_is_queued_ahead() -> None:
+    release = asyncio.Event()
+
+    async def talk(ws: ServerConnection) -> None:
+        await ws.recv()  # the client's taker is in place
+        await ws.send("take-1")
+        await release.wait()
+        await ws.send("keep-2")  # the taker declines it: it queues
+        await asyncio.sleep(0.05)
+        await ws.send("take-3")  # would be taken, but keep-2 is still queued ahead of it
+        await ws.wait_closed()
+
+    async with server(talk) as url:
+        sock = await open_socket(url)
+        taken: list[str | bytes] = []
+
+        def taker(message: str | bytes) -> bool:
+            if isinstance(message, str) and message.startswith("take"):
+                taken.append(message)
+                return True
+            return False
+
+        sock.on_message = taker
+        await sock.send("go")
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.sleep(0.2)
+        assert taken == ["take-1"]
+        assert [await sock.recv(), await sock.recv()] == ["keep-2", "take-3"]
+        await sock.close()

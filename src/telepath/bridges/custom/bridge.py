@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 import secrets
 
@@ -70,6 +71,20 @@ class _CustomBridge(WebSocketBridge):
             return AgentHangup(BridgeReason.AGENT_HANGUP)
         return super()._on_remote_close(code, reason)
 
+    def _deliver_audio(self, payload_b64: str) -> bool:
+        """Fast path: decode agent audio and hand it to the sink; False leaves it to the parser."""
+        sink = self._audio_sink
+        if self._converter is None or sink is None:
+            return False
+        try:
+            data = base64.b64decode(payload_b64, validate=True)
+        except binascii.Error:
+            return False  # the parser's path reports it
+        payload = self._converter.from_agent(data)
+        if payload:
+            sink(AgentAudio(payload))
+        return True
+
 
 class TelepathAgentBridge(_CustomBridge):
     """Bridge speaking the ``telepath`` custom-agent protocol, version 1."""
@@ -115,15 +130,19 @@ class TelepathAgentBridge(_CustomBridge):
         except BridgeError as err:
             await self._fail_start(err)
 
-    async def send_audio(self, payload: bytes) -> None:
-        """Send caller audio as an ``audio`` message in the negotiated format."""
-        if self._converter is None or self.finished:
-            return
+    def _audio_message(self, payload: bytes) -> str | None:
+        """Caller audio as an ``audio`` message in the negotiated format."""
+        if self._converter is None:
+            return None
         self._seq += 1
         data = self._converter.to_agent(payload)
-        message = ev.GatewayAudio(seq=self._seq, timestamp_ms=self._sent_ms, payload=_b64(data))
+        text = ev.gateway_audio_json(self._seq, self._sent_ms, _b64(data))
         self._sent_ms += round(len(payload) / 8)
-        await self._send(message.to_json())
+        return text
+
+    def _audio_now(self, text: str) -> bool:
+        payload = ev.agent_audio_payload(text)
+        return payload is not None and self._deliver_audio(payload)
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf`` message."""
@@ -214,6 +233,7 @@ class TwilioStreamBridge(_CustomBridge):
     def __init__(self, config: CustomConfig, *, connect_timeout_s: float = 10.0) -> None:
         super().__init__(config, connect_timeout_s=connect_timeout_s)
         self.stream_sid = _sid("MZ")
+        self._sid_json = json.dumps(self.stream_sid)
         self.call_sid = _sid("CA")
         self.account_sid = _sid("AC")
         self._sequence = 0
@@ -245,20 +265,25 @@ class TwilioStreamBridge(_CustomBridge):
         start = ev.TwStart(sequenceNumber=sequence, start=info, streamSid=self.stream_sid)
         await self._send(start.to_json())
 
-    async def send_audio(self, payload: bytes) -> None:
-        """Send a ``media`` message (μ-law 8 kHz; A-law calls are converted)."""
-        if self._converter is None or self.finished:
-            return
+    def _audio_message(self, payload: bytes) -> str | None:
+        """A ``media`` message (μ-law 8 kHz; A-law calls are converted)."""
+        if self._converter is None:
+            return None
         self._chunk += 1
-        media = ev.TwMediaOut(
-            chunk=str(self._chunk),
-            timestamp=str(self._sent_ms),
-            payload=_b64(self._converter.to_agent(payload)),
-        )
+        data = _b64(self._converter.to_agent(payload))
+        timestamp = self._sent_ms
         self._sent_ms += round(len(payload) / 8)
-        sequence = self._next_sequence()
-        message = ev.TwMedia(sequenceNumber=sequence, media=media, streamSid=self.stream_sid)
-        await self._send(message.to_json())
+        # TwMedia(...).to_json() byte for byte, without a model per frame (a unit test holds
+        # them together); the stream SID is ours and JSON-escaped once.
+        return (
+            f'{{"event":"media","sequenceNumber":"{self._next_sequence()}","media":'
+            f'{{"track":"inbound","chunk":"{self._chunk}","timestamp":"{timestamp}",'
+            f'"payload":"{data}"}},"streamSid":{self._sid_json}}}'
+        )
+
+    def _audio_now(self, text: str) -> bool:
+        payload = ev.twilio_media_payload(text)
+        return payload is not None and self._deliver_audio(payload)
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf`` message."""

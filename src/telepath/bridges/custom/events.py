@@ -168,6 +168,51 @@ def _load(text: str | bytes) -> Any:
         raise BridgeProtocolError("malformed frame: not JSON") from None
 
 
+def gateway_audio_json(seq: int, timestamp_ms: int, payload_b64: str) -> str:
+    """``GatewayAudio(...).to_json()``, byte for byte, without building a model (per frame).
+
+    Base64 and integers need no JSON escaping; a unit test holds it to the model's output.
+    """
+    return f'{{"type":"audio","seq":{seq},"timestamp_ms":{timestamp_ms},"payload":"{payload_b64}"}}'
+
+
+def agent_audio_payload(text: str) -> str | None:
+    """The base64 payload when ``text`` is a well-formed ``audio`` message, else None.
+
+    The per-frame shortcut around :func:`parse_agent_message`: it accepts exactly what that
+    accepts as an :class:`AgentAudioMessage` (a unit test holds them together) and declines
+    everything else, which then takes the strict parser's path.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if type(data) is not dict or len(data) != 2 or data.get("type") != "audio":
+        return None
+    payload = data.get("payload")
+    return payload if type(payload) is str else None
+
+
+def twilio_media_payload(text: str) -> str | None:
+    """The base64 payload when ``text`` is a well-formed Twilio ``media`` event, else None.
+
+    The per-frame shortcut around :func:`parse_twilio_agent_event` (extra fields are ignored
+    there too); anything else is declined and takes the parser's path.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if type(data) is not dict or data.get("event") != "media":
+        return None
+    sid = data.get("streamSid")
+    media = data.get("media")
+    if (sid is not None and type(sid) is not str) or type(media) is not dict:
+        return None
+    payload = media.get("payload")
+    return payload if type(payload) is str else None
+
+
 def parse_agent_message(text: str | bytes) -> AgentMessage:
     """Parse an agent -> gateway frame of the telepath protocol (strict).
 

@@ -100,13 +100,12 @@ class ElevenLabsBridge(WebSocketBridge):
             await self._fail_start(err)
         self.conversation_id = conversation_id
 
-    async def send_audio(self, payload: bytes) -> None:
-        """Send one caller frame as ``user_audio_chunk`` in the agent's input format."""
-        if self._converter is None or self.finished:
-            return
-        data = self._converter.to_agent(payload)
-        chunk = base64.b64encode(data).decode("ascii")
-        await self._send(ev.UserAudioChunk(user_audio_chunk=chunk).to_json())
+    def _audio_message(self, payload: bytes) -> str | None:
+        """One caller frame as ``user_audio_chunk`` in the agent's input format."""
+        if self._converter is None:
+            return None
+        chunk = base64.b64encode(self._converter.to_agent(payload)).decode("ascii")
+        return ev.user_audio_chunk_json(chunk)
 
     async def send_dtmf(self, digit: str) -> None:
         """Tell the agent about a key press (``contextual_update``)."""

@@ -88,6 +88,14 @@ class UserAudioChunk(_Client):
     user_audio_chunk: str
 
 
+def user_audio_chunk_json(chunk_b64: str) -> str:
+    """``UserAudioChunk(user_audio_chunk=...).to_json()`` byte for byte, without a model.
+
+    Base64 needs no JSON escaping; a unit test holds it to the model's output.
+    """
+    return f'{{"user_audio_chunk":"{chunk_b64}"}}'
+
+
 class Pong(_Client):
     """``pong``: the answer to ``ping``, same ``event_id``."""
 

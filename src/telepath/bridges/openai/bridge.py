@@ -139,12 +139,11 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._send_event(ev.ResponseCreate(event_id=self._next_id()))
         self._timer = asyncio.create_task(self._session_limit(), name="openai-session-limit")
 
-    async def send_audio(self, payload: bytes) -> None:
-        """Append one caller frame (already in the session's G.711 format)."""
-        if self._ready is None or not self._ready.done() or self.finished:
-            return
-        audio = base64.b64encode(payload).decode("ascii")
-        await self._send(ev.InputAudioBufferAppend(audio=audio).to_json())
+    def _audio_message(self, payload: bytes) -> str | None:
+        """One caller frame (already in the session's G.711 format) as an append event."""
+        if self._ready is None or not self._ready.done():
+            return None
+        return ev.input_audio_append_json(base64.b64encode(payload).decode("ascii"))
 
     async def send_dtmf(self, digit: str) -> None:
         """Tell the model about a key press as a user text item, and let it respond."""

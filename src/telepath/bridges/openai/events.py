@@ -139,6 +139,14 @@ class InputAudioBufferAppend(_Client):
     audio: str
 
 
+def input_audio_append_json(audio_b64: str) -> str:
+    """``InputAudioBufferAppend(audio=...).to_json()`` byte for byte, without a model per frame.
+
+    Base64 needs no JSON escaping; a unit test holds it to the model's output.
+    """
+    return f'{{"type":"input_audio_buffer.append","audio":"{audio_b64}"}}'
+
+
 class ConversationItemTruncate(_Client):
     """``conversation.item.truncate``: cut an assistant item at what the caller heard."""
 
