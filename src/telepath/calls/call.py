@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from telepath.bridges.base import (
     AgentAudio,
     AgentBridge,
@@ -371,14 +369,10 @@ class Call:
 
 
 def _voiced(pcm: bytes) -> bool:
-    """Whether a PCM16 frame's RMS is above the speech threshold (turn detection)."""
-    if not pcm:
-        return False
+    """Whether a PCM16 frame's RMS (over every sample) is above the speech threshold."""
     # Every sample, not a stride: every 8th sample of a 1 kHz tone at 8 kHz is the same point
-    # of its cycle, so a stride of 8 measured a test tone as silence. No square root: compare
-    # the mean square.
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.dot(samples, samples)) > _VOICE_RMS * _VOICE_RMS * samples.size
+    # of its cycle, so a stride of 8 measured a test tone as silence.
+    return g711.pcm16_rms(pcm) > _VOICE_RMS
 
 
 def _bridge_reason(reason: DisconnectReason) -> BridgeReason:

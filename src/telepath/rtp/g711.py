@@ -6,12 +6,14 @@ mono. The fast path is the C ``audioop`` module: the standard library on 3.11/3.
 When neither is importable, a table-driven pure-Python fallback with identical output is used;
 :data:`BACKEND` says which one is active. The fallback's encode table reproduces audioop's
 rounding (the classic Sun ``g711.c`` algorithm on a 14-bit/13-bit input) so behaviour never
-depends on the Python version.
+depends on the Python version. ``pcm16_rms`` (a frame's level, for turn detection) comes from
+the same backend.
 """
 
 from __future__ import annotations
 
 import array
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -141,6 +143,20 @@ def table_pcm16_to_alaw(pcm: bytes) -> bytes:
     return bytes([table[s] for s in _samples(pcm)])
 
 
+def table_pcm16_rms(pcm: bytes) -> int:
+    """Root mean square of PCM16 samples, truncated to an int, without audioop."""
+    if len(pcm) % 2:
+        raise ValueError("PCM16 data has an odd number of bytes")
+    samples = array.array("h")
+    samples.frombytes(pcm)
+    if sys.byteorder == "big":  # pragma: no cover - PCM16 on the wire is little-endian
+        samples.byteswap()
+    if not samples:
+        return 0
+    # floor(sqrt(floor(mean))) == floor(sqrt(mean)): the same value as audioop.rms
+    return math.isqrt(sum(s * s for s in samples) // len(samples))
+
+
 def _load_audioop() -> ModuleType | None:
     # audioop warns on import (PEP 594) on 3.11/3.12; audioop-lts on 3.13+ does not.
     with warnings.catch_warnings():
@@ -190,8 +206,14 @@ if _audioop is not None:
         result: bytes = _ao.lin2alaw(pcm, 2)
         return result
 
+    def pcm16_rms(pcm: bytes) -> int:
+        """Root mean square of PCM16 samples, truncated to an int (0 for no samples)."""
+        result: int = _ao.rms(pcm, 2)
+        return result
+
 else:  # pragma: no cover - exercised through the table_* functions in tests
     BACKEND = "table"
+    pcm16_rms = table_pcm16_rms
     ulaw_to_pcm16 = table_ulaw_to_pcm16
     alaw_to_pcm16 = table_alaw_to_pcm16
     pcm16_to_ulaw = table_pcm16_to_ulaw

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import array
+import math
 
 import pytest
 
@@ -71,3 +72,27 @@ def test_odd_pcm_length_is_rejected() -> None:
         g711.pcm16_to_ulaw(b"\x00")
     with pytest.raises(ValueError, match="odd number of bytes"):
         g711.table_pcm16_to_alaw(b"\x00")
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        [],
+        [0] * 160,
+        [-32768] * 160,  # the extreme square must not overflow anything
+        [32767, -32768] * 80,
+        [3, -4],
+        [500] * 159 + [501],
+        [(i * 7919) % 65536 - 32768 for i in range(160)],
+    ],
+)
+def test_pcm16_rms_is_the_truncated_root_mean_square(samples: list[int]) -> None:
+    pcm = array.array("h", samples).tobytes()
+    expected = math.isqrt(sum(s * s for s in samples) // len(samples)) if samples else 0
+    assert g711.pcm16_rms(pcm) == expected
+    assert g711.table_pcm16_rms(pcm) == expected
+
+
+def test_pcm16_rms_rejects_half_a_sample() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        g711.table_pcm16_rms(b"\x00\x01\x02")
