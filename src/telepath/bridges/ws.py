@@ -198,16 +198,19 @@ class WebSocketBridge(AgentBridge):
         ):
             return False
         try:
-            return self._audio_now(message)
+            payload = self._audio_now(message)
         except Exception:  # anything odd goes the slow way, which reports it properly
             return False
+        if payload is None:
+            return False
+        if payload:
+            self._audio_sink(AgentAudio(payload))  # its own errors are not the agent's
+        return True
 
-    def _audio_now(self, text: str) -> bool:
-        """Deliver ``text`` to the sink if it is a well-formed audio message; else False.
-
-        Must not emit anything else: a message it declines is handled by ``_handle_text``.
-        """
-        return False
+    def _audio_now(self, text: str) -> bytes | None:
+        """The audio in ``text`` (call's codec; may be empty) if it is a well-formed audio
+        message the bridge can take now; None to leave the message to ``_handle_text``."""
+        return None
 
     async def _send(self, text: str) -> None:
         """Send one text frame; a closed socket is reported by the read loop, not here."""

@@ -37,6 +37,7 @@ from telepath.bridges.base import (
 )
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, Turn
 from telepath.rtp import g711
+from telepath.rtp.playout import PlayoutOverflow
 from telepath.rtp.resample import Resampler
 from telepath.sdp.negotiate import NegotiatedMedia
 from telepath.transport.media_session import (
@@ -152,6 +153,7 @@ class Call:
         self._loop = asyncio.get_running_loop()
         self._end: asyncio.Future[CallEnd] = self._loop.create_future()
         self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
+        self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None
         self.turns = TurnTracker()
@@ -312,11 +314,20 @@ class Call:
                 log.warning("call %s: agent not reading; dropping caller audio", self.record.id)
 
     def _on_agent_audio(self, event: AgentAudio) -> None:
+        try:
+            if self._transcode:
+                self.media.play_pcm(self._from_agent(event.payload), 8000)
+            else:
+                self.media.play(event.payload)
+        except PlayoutOverflow:
+            # Decision: past the playout bound (minutes of audio ahead) the excess is dropped
+            # and the call goes on; the agent's later messages (clear, marks, hang-up) still
+            # apply. Only an answer longer than the bound loses its tail.
+            self.agent_audio_dropped_ms += len(event.payload) / 8
+            if self.agent_audio_dropped_ms == len(event.payload) / 8:
+                log.warning("call %s: agent audio beyond the playout bound dropped", self.record.id)
+            return
         self.turns.agent_audio(self._loop.time(), len(event.payload) / 8)
-        if self._transcode:
-            self.media.play_pcm(self._from_agent(event.payload), 8000)
-        else:
-            self.media.play(event.payload)
 
     async def _agent_pump(self) -> None:
         # Agent audio may come straight from the socket's receive path (the bridge keeps the

@@ -7,11 +7,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
 from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
+from telepath.rtp.playout import MAX_QUEUED_MS
 from telepath.testing.fake_custom import FakeTelepathAgent
-from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone, authenticated_call, run_sipp
@@ -72,3 +74,44 @@ async def test_tone_both_ways_and_record(api: Api, gateway: Gateway, tmp_path: P
     assert "Digest <redacted>" in detail["sip_trace"]
     assert 'response="' not in detail["sip_trace"]
     assert gateway.manager.active_calls == 0
+
+
+class FloodAgent(FakeTelepathAgent):
+    """Sends more audio at once than playout holds (two minutes), then ``clear`` and a mark."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        second = sine_g711(300, 1000)
+        for _ in range(MAX_QUEUED_MS // 1000 + 5):
+            await self.send_audio(ws, second)
+        await self.send_clear(ws)
+        await self.send_mark(ws, "after-clear")
+        return False
+
+
+async def test_an_agent_sending_more_than_playout_holds_keeps_its_call(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    # Audio past the playout bound is dropped (an answer of over two minutes loses its tail);
+    # the call and the agent's later messages go on: the clear empties the queue and the mark
+    # after it is echoed at once. Before, the excess broke the agent's event handling for the
+    # rest of the call.
+    async with FloodAgent() as agent:
+        await create_trunk(api, "flood", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        phone = await Phone().open()
+        scenario = authenticated_call("flood", phone.port, hold_ms=4000)
+        sipp = asyncio.create_task(
+            run_sipp(
+                scenario, tmp_path, gateway.server.bound["UDP"], user="flood", password=PASSWORD
+            )
+        )
+        rtp_port = await _media_port_of_call(gateway)
+        phone.start_tone(("127.0.0.1", rtp_port), 1000, 3.5)
+        async with asyncio.timeout(10):
+            while "after-clear" not in agent.mark_echoes:  # noqa: ASYNC110 - the fake's list
+                await asyncio.sleep(0.05)
+        result = await sipp
+        await phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    assert [c["disconnect_reason"] for c in calls] == [DisconnectReason.CALLER_HANGUP.value]
+    assert agent.protocol_errors == []

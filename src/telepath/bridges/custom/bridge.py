@@ -71,19 +71,15 @@ class _CustomBridge(WebSocketBridge):
             return AgentHangup(BridgeReason.AGENT_HANGUP)
         return super()._on_remote_close(code, reason)
 
-    def _deliver_audio(self, payload_b64: str) -> bool:
-        """Fast path: decode agent audio and hand it to the sink; False leaves it to the parser."""
-        sink = self._audio_sink
-        if self._converter is None or sink is None:
-            return False
+    def _decode_audio(self, payload_b64: str | None) -> bytes | None:
+        """Fast path: agent audio in the call's codec, or None to leave it to the parser."""
+        if payload_b64 is None or self._converter is None:
+            return None
         try:
             data = base64.b64decode(payload_b64, validate=True)
         except binascii.Error:
-            return False  # the parser's path reports it
-        payload = self._converter.from_agent(data)
-        if payload:
-            sink(AgentAudio(payload))
-        return True
+            return None  # the parser's path reports it
+        return self._converter.from_agent(data)
 
 
 class TelepathAgentBridge(_CustomBridge):
@@ -140,9 +136,8 @@ class TelepathAgentBridge(_CustomBridge):
         self._sent_ms += round(len(payload) / 8)
         return text
 
-    def _audio_now(self, text: str) -> bool:
-        payload = ev.agent_audio_payload(text)
-        return payload is not None and self._deliver_audio(payload)
+    def _audio_now(self, text: str) -> bytes | None:
+        return self._decode_audio(ev.agent_audio_payload(text))
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf`` message."""
@@ -281,9 +276,8 @@ class TwilioStreamBridge(_CustomBridge):
             f'"payload":"{data}"}},"streamSid":{self._sid_json}}}'
         )
 
-    def _audio_now(self, text: str) -> bool:
-        payload = ev.twilio_media_payload(text)
-        return payload is not None and self._deliver_audio(payload)
+    def _audio_now(self, text: str) -> bytes | None:
+        return self._decode_audio(ev.twilio_media_payload(text))
 
     async def send_dtmf(self, digit: str) -> None:
         """Send a ``dtmf`` message."""
