@@ -239,6 +239,8 @@ class Call:
             asyncio.create_task(self._media_pump(), name=f"media-{self.record.id}"),
             asyncio.create_task(self._agent_pump(), name=f"agent-{self.record.id}"),
         ]
+        for pump in pumps:
+            pump.add_done_callback(self._pump_done)
         try:
             end = await self._end
         except asyncio.CancelledError:
@@ -254,6 +256,18 @@ class Call:
                     await task
         self.ended = end
         await self._close(end)
+
+    def _pump_done(self, task: asyncio.Task[None]) -> None:
+        # A bug in a pump must not leave a half-dead call (no media timeout or agent hang-up
+        # would ever be acted on): end it, with BYE and a record.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        kind = task.get_name().split("-")[0]
+        # the exception's text may quote call data: its type at ERROR, the rest at DEBUG
+        log.error("call %s: %s task failed: %s", self.record.id, kind, type(exc).__name__)
+        log.debug("call %s: %s task failure", self.record.id, kind, exc_info=exc)
+        self.end(DisconnectReason.UNKNOWN, "internal error")
 
     async def _close(self, end: CallEnd) -> None:
         if end.send_bye:

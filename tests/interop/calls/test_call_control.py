@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection
 
+from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
@@ -573,3 +574,33 @@ async def test_cancel_while_the_agent_connects(
     assert phone.received == []
     assert (await api.get("/v1/calls")).json()["calls"] == []
     assert receiver.requests == [] and hook["id"]
+
+
+# --- an internal failure ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pump", ["_media_pump", "_agent_pump"])
+async def test_a_failing_call_task_ends_the_call_cleanly(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pump: str
+) -> None:
+    # A bug in one of a call's tasks must not leave a half-dead call behind (no media timeout,
+    # no agent hang-up would ever be acted on): the call ends with BYE and a record.
+    async def broken(self: Call) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(Call, pump, broken)
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=5000, caller_hangs_up=False
+        )
+        placed.phone.start_tone(placed.rtp, 1000, 1.0)
+        result = await placed.sipp  # our BYE, answered
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "unknown"
+    assert detail["error_message"] == "internal error"
+    assert gateway.manager.ports.in_use == 0
