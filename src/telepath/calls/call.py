@@ -263,11 +263,8 @@ class Call:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        kind = task.get_name().split("-")[0]
-        # the exception's text may quote call data: its type at ERROR, the rest at DEBUG
-        log.error("call %s: %s task failed: %s", self.record.id, kind, type(exc).__name__)
-        log.debug("call %s: %s task failure", self.record.id, kind, exc_info=exc)
-        self.end(DisconnectReason.UNKNOWN, "internal error")
+        assert exc is not None
+        self._internal_error(f"{task.get_name().split('-')[0]} task", exc)
 
     async def _close(self, end: CallEnd) -> None:
         if end.send_bye:
@@ -303,7 +300,7 @@ class Call:
         # Caller audio goes to the agent from the RTP receive path from now on (no task
         # wake-up per frame); frames queued before this point are drained below first, without
         # waiting, so they still leave in order. Other media events come through here.
-        self.media.set_audio_sink(self._on_caller_audio)
+        self.media.set_audio_sink(self._caller_audio_sink)
         async for event in self.media.events():
             if isinstance(event, AudioReceived):
                 self._on_caller_audio(event)
@@ -315,6 +312,29 @@ class Call:
                 if event.reason == MediaEndReason.MEDIA_TIMEOUT:
                     self.end(DisconnectReason.MEDIA_TIMEOUT, "no RTP from the caller")
                 return
+
+    # The sinks run inside the sockets' receive callbacks: a bug there must end this call, not
+    # close the socket under it (the event loop's reaction) or reach other calls.
+
+    def _caller_audio_sink(self, event: AudioReceived) -> None:
+        try:
+            self._on_caller_audio(event)
+        except Exception as exc:
+            self._internal_error("caller audio", exc)
+
+    def _agent_audio_sink(self, event: AgentAudio) -> None:
+        try:
+            self._on_agent_audio(event)
+        except Exception as exc:
+            self._internal_error("agent audio", exc)
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        # the exception's text may quote call data: its type at ERROR, the rest at DEBUG
+        log.error("call %s: %s failed: %s", self.record.id, where, type(exc).__name__)
+        log.debug("call %s: %s failure", self.record.id, where, exc_info=exc)
+        self.media.set_audio_sink(None)
+        self.bridge.set_audio_sink(None)
+        self.end(DisconnectReason.UNKNOWN, "internal error")
 
     def _on_caller_audio(self, event: AudioReceived) -> None:
         now = self._loop.time()
@@ -346,7 +366,7 @@ class Call:
     async def _agent_pump(self) -> None:
         # Agent audio may come straight from the socket's receive path (the bridge keeps the
         # order with the events below); events queued before this point come through here.
-        self.bridge.set_audio_sink(self._on_agent_audio)
+        self.bridge.set_audio_sink(self._agent_audio_sink)
         async for event in self.bridge.events():
             if isinstance(event, AgentAudio):
                 self._on_agent_audio(event)

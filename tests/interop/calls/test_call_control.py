@@ -18,6 +18,7 @@ from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
+from telepath.testing.tones import sine_g711
 from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
@@ -579,17 +580,40 @@ async def test_cancel_while_the_agent_connects(
 # --- an internal failure ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pump", ["_media_pump", "_agent_pump"])
-async def test_a_failing_call_task_ends_the_call_cleanly(
-    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pump: str
+class RealTimeAgent(FakeTelepathAgent):
+    """Speaks in 20 ms messages at real-time pace for two seconds."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        for n in range(100):
+            await self.send_audio(ws, sine_g711(AGENT_HZ, 20, phase=n * 160))
+            await asyncio.sleep(0.02)
+        return False
+
+
+@pytest.mark.parametrize(
+    "part", ["_media_pump", "_agent_pump", "_on_caller_audio", "_on_agent_audio"]
+)
+async def test_a_failing_part_of_a_call_ends_the_call_cleanly(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str
 ) -> None:
-    # A bug in one of a call's tasks must not leave a half-dead call behind (no media timeout,
-    # no agent hang-up would ever be acted on): the call ends with BYE and a record.
-    async def broken(self: Call) -> None:
+    # A bug in one of a call's tasks, or in the audio handlers the sockets call, must not leave
+    # a half-dead call behind (no media timeout or agent hang-up would ever be acted on, or the
+    # event loop closes the socket under it): the call ends with BYE and a record.
+    calls = 0
+    original = getattr(Call, part)
+
+    def broken(self: Call, *args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 25:  # half a second into the audio: by then it comes through the sinks
+            raise RuntimeError("simulated bug")
+        original(self, *args)
+
+    async def broken_task(self: Call) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(Call, pump, broken)
-    async with FakeTelepathAgent(agent="silent") as agent:
+    monkeypatch.setattr(Call, part, broken_task if part.endswith("pump") else broken)
+    async with RealTimeAgent() as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=5000, caller_hangs_up=False
