@@ -15,6 +15,8 @@ from telepath.bridges.custom.bridge import TelepathAgentBridge, TwilioStreamBrid
 from telepath.bridges.elevenlabs import events as eev
 from telepath.bridges.openai import events as oev
 
+pytestmark = pytest.mark.unit
+
 PAYLOADS = [base64.b64encode(os.urandom(n)).decode() for n in (0, 1, 2, 3, 160, 320)]
 
 
