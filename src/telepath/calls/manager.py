@@ -133,6 +133,7 @@ class LagMonitor:
     """
 
     ALPHA = 0.2
+    SAMPLE_CAP = 2.0  # one sample counts for at most this many thresholds
 
     def __init__(self, threshold_s: float, interval_s: float = 0.05) -> None:
         self.threshold_s = threshold_s
@@ -161,10 +162,18 @@ class LagMonitor:
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval_s)
-            lag = max(0.0, loop.time() - before - self.interval_s)
-            # Per-sample moving average: one stall, however long, is one sample (the loop is
-            # free again when it is measured); lag on every tick adds up within a few ticks.
-            self.lag_s += self.ALPHA * (lag - self.lag_s)
+            self.sample(max(0.0, loop.time() - before - self.interval_s))
+
+    def sample(self, lag_s: float) -> None:
+        """Fold one measured lag into the moving average.
+
+        One stall, however long, is one sample (the loop is free again when it is measured),
+        and it is capped so that it alone cannot cross the threshold: a 1.5 s stall (a start-up
+        import, a VM pause) used to shed the next calls. Lag on tick after tick still crosses it
+        within a few ticks.
+        """
+        lag = min(lag_s, self.SAMPLE_CAP * self.threshold_s)
+        self.lag_s += self.ALPHA * (lag - self.lag_s)
 
 
 class CallManager:

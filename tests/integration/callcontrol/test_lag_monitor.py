@@ -29,3 +29,19 @@ async def test_sustained_lag_reads_as_overloaded_a_single_stall_does_not() -> No
         assert not monitor.overloaded
     finally:
         await monitor.stop()
+
+
+def test_one_long_stall_alone_never_sheds_calls_repeated_lag_does() -> None:
+    monitor = LagMonitor(threshold_s=0.2)
+    monitor.sample(5.0)  # a VM pause or a slow start-up import: one sample
+    assert not monitor.overloaded
+    for _ in range(3):
+        monitor.sample(0.0)
+    monitor.sample(1.5)
+    assert not monitor.overloaded
+    for _ in range(5):  # the loop is late by 300 ms on every tick: that is overload
+        monitor.sample(0.3)
+    assert monitor.overloaded
+    for _ in range(10):
+        monitor.sample(0.0)
+    assert not monitor.overloaded
