@@ -478,6 +478,13 @@ class PlacedCall:
     def call_id(self) -> str:
         return self.call.record.id
 
+    async def tone_until_end(self, seconds: float, hz: float = 1000) -> SippResult:
+        """Play a tone from the phone, then wait for SIPp's scenario to end; close the phone."""
+        self.phone.start_tone(self.rtp, hz, seconds)
+        result = await self.sipp
+        await self.phone.close()
+        return result
+
 
 async def place_call(
     gateway: Gateway,

@@ -150,9 +150,7 @@ async def test_barge_in_openai_truncates_at_what_was_heard(
     async with fake:
         await provider_trunk(api, gateway, fake, PASSWORD)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2200)
-        placed.phone.start_tone(placed.rtp, 1000, 2.0)
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(2.0)
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     assert fake.protocol_errors == []
@@ -278,9 +276,7 @@ async def test_agent_hangup_plays_queued_audio_then_bye(
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 3.0)
-        result = await placed.sipp  # returns once our BYE was answered
-        await placed.phone.close()
+        result = await placed.tone_until_end(3.0)  # returns once our BYE was answered
     assert result.returncode == 0, result.stdout + result.errors
     # the whole 1 s goodbye reached the caller before the BYE
     assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2
@@ -306,9 +302,7 @@ async def test_provider_failure_mid_call(
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=2000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 1.0)
-        result = await placed.sipp  # our BYE, answered
-        await placed.phone.close()
+        result = await placed.tone_until_end(1.0)  # our BYE, answered
     assert result.returncode == 0, result.stdout + result.errors
     assert "BYE sip:" in result.messages
     await settled(gateway)
@@ -369,9 +363,7 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 0.5)  # then the caller's media goes silent
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(0.5)  # then the caller's media goes silent
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
@@ -391,9 +383,7 @@ async def test_webhooks_of_a_normal_call(
     async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
-        placed.phone.start_tone(placed.rtp, 1000, 1.4)
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(1.4)
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     events = await _delivered(
@@ -446,9 +436,7 @@ async def test_provider_bridge_failure_mid_call(
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=2000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 1.0)
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(1.0)
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
@@ -475,9 +463,7 @@ async def test_provider_end_call_hangs_up_after_playout(
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 3.0)
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(3.0)
     assert result.returncode == 0, result.stdout + result.errors
     assert fake.protocol_errors == []
     assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2  # the goodbye was heard
@@ -501,9 +487,7 @@ async def test_sip_info_digit_reaches_the_agent(api: Api, gateway: Gateway, tmp_
     async with FakeTelepathAgent(agent="silent") as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000, middle=middle)
-        placed.phone.start_tone(placed.rtp, 1000, 2.0)
-        result = await placed.sipp
-        await placed.phone.close()
+        result = await placed.tone_until_end(2.0)
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     assert agent.digits == ["7"]
@@ -618,9 +602,7 @@ async def test_a_failing_part_of_a_call_ends_the_call_cleanly(
         placed = await place_call(
             gateway, tmp_path, "alice", PASSWORD, hold_ms=5000, caller_hangs_up=False
         )
-        placed.phone.start_tone(placed.rtp, 1000, 1.0)
-        result = await placed.sipp  # our BYE, answered
-        await placed.phone.close()
+        result = await placed.tone_until_end(1.0)  # our BYE, answered
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
