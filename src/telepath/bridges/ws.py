@@ -162,23 +162,21 @@ class WebSocketBridge(AgentBridge):
         ws = self._ws
         if ws is None or self._terminal is not None:
             return True
+        # Built even when it is then dropped: the frame's sequence number and media time are
+        # used up, so the agent sees the gap.
+        text = self._audio_message(payload)
+        if text is None:
+            return True
         if isinstance(ws, AgentSocket):
-            # Built even when it is then dropped: the frame's sequence number and media time
-            # are used up, so the agent sees the gap.
-            text = self._audio_message(payload)
-            if text is None:
-                return True
             try:
                 return ws.send_nowait(text)
             except ConnectionClosed:
                 return True  # the read loop reports the close
         # websockets' own client (proxy configured) can only send from a coroutine; tasks
         # start in creation order, so frames still leave in order.
-        text = self._audio_message(payload)
-        if text is not None:
-            task = asyncio.get_running_loop().create_task(self._send(text))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+        task = asyncio.get_running_loop().create_task(self._send(text))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
         return True
 
     # --- agent audio fast path -------------------------------------------------------------

@@ -11,7 +11,9 @@ and its checks (RFC 6455 §4.1), framing and client masking (§5.2–5.3), contr
 replies (§5.5.2) and the closing handshake (§7) all come from its documented Sans-I/O
 ``ClientProtocol`` — and writes by hand only the transport glue: an ``asyncio.Protocol`` that
 feeds bytes in and writes bytes out, reassembles fragmented messages (§5.4), validates UTF-8
-(§8.1: fail with 1007), applies back-pressure both ways, and sends keepalive pings.
+(§8.1: fail with 1007), applies back-pressure both ways, and sends keepalive pings. For the
+per-frame path it also sends without waiting (``send_nowait``) and offers each whole message to
+a synchronous taker (``on_message``) before queueing it for ``recv``.
 
 Not supported here (``ws.py`` falls back to ``websockets.connect`` when a proxy is configured):
 HTTP proxies, redirects, compression (off for audio anyway).
@@ -144,8 +146,9 @@ class AgentSocket(asyncio.Protocol):
         return self._writable is not None and not self._writable.done()
 
     def send_nowait(self, message: str) -> bool:
-        """Send one text frame now, unless the kernel's send buffer is full: then return False
-        and send nothing (real-time audio is dropped, not queued behind a stalled reader)."""
+        """Send one text frame now, unless writing is paused (the kernel's buffer is full and
+        ours over its high-water mark): then return False and send nothing — real-time audio is
+        dropped, not queued behind a stalled reader."""
         if self._p.state is not State.OPEN:
             raise ConnectionClosed(
                 self._p.close_rcvd, self._p.close_sent, self._p.close_rcvd_then_sent
