@@ -260,11 +260,9 @@ class Call:
     def _pump_done(self, task: asyncio.Task[None]) -> None:
         # A bug in a pump must not leave a half-dead call (no media timeout or agent hang-up
         # would ever be acted on): end it, with BYE and a record.
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        assert exc is not None
-        self._internal_error(f"{task.get_name().split('-')[0]} task", exc)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self._internal_error(f"{task.get_name().split('-')[0]} task", exc)
 
     async def _close(self, end: CallEnd) -> None:
         if end.send_bye:
@@ -357,9 +355,9 @@ class Call:
             # Decision: past the playout bound (minutes of audio ahead) the excess is dropped
             # and the call goes on; the agent's later messages (clear, marks, hang-up) still
             # apply. Only an answer longer than the bound loses its tail.
-            self.agent_audio_dropped_ms += len(event.payload) / 8
-            if self.agent_audio_dropped_ms == len(event.payload) / 8:
+            if not self.agent_audio_dropped_ms:
                 log.warning("call %s: agent audio beyond the playout bound dropped", self.record.id)
+            self.agent_audio_dropped_ms += len(event.payload) / 8
             return
         self.turns.agent_audio(self._loop.time(), len(event.payload) / 8)
 
