@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from telepath.bridges.audio import AudioConverter, WireFormat
 from telepath.bridges.base import AgentAudio, AgentHangup, AgentMark, BridgeReason, CustomConfig
 from telepath.bridges.base import BridgeProtocolError as ProtocolError
 from telepath.bridges.custom import events as cev
@@ -37,9 +38,7 @@ async def test_twilio_media_message_matches_the_model_byte_for_byte() -> None:
     bridge = TwilioStreamBridge(CustomConfig(endpoint="ws://127.0.0.1:1/", protocol="twilio"))
     bridge.stream_sid = 'MZ"odd\\sid'  # whatever the SID, it is escaped like the model does
     bridge._sid_json = json.dumps(bridge.stream_sid)
-    bridge._converter = __import__("telepath.bridges.audio", fromlist=["x"]).AudioConverter(
-        "pcmu", __import__("telepath.bridges.audio", fromlist=["x"]).WireFormat("ulaw", 8000)
-    )
+    bridge._converter = AudioConverter("pcmu", WireFormat("ulaw", 8000))
     frame = os.urandom(160)
     text = bridge._audio_message(frame)
     expected = cev.TwMedia(
@@ -111,8 +110,6 @@ def test_twilio_shortcut_takes_exactly_what_the_parser_calls_media(text: str) ->
 
 
 async def _ready_bridge() -> tuple[TelepathAgentBridge, list[AgentAudio]]:
-    from telepath.bridges.audio import AudioConverter, WireFormat
-
     bridge = TelepathAgentBridge(CustomConfig(endpoint="ws://127.0.0.1:1/"))
     bridge._converter = AudioConverter("pcmu", WireFormat("ulaw", 8000))
     taken: list[AgentAudio] = []
