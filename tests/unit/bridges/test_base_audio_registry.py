@@ -26,6 +26,8 @@ from telepath.calls.model import DisconnectReason
 from telepath.errors import ConfigurationError, TelepathError
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 
+pytestmark = pytest.mark.unit
+
 
 def test_reasons_are_the_call_record_vocabulary() -> None:
     for reason in BridgeReason:

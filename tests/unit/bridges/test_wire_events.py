@@ -13,6 +13,8 @@ from telepath.bridges.custom import events as custom
 from telepath.bridges.elevenlabs import events as el
 from telepath.bridges.openai import events as oai
 
+pytestmark = pytest.mark.unit
+
 OPENAI_CLIENT = [
     {"type": "input_audio_buffer.append", "audio": "AAAA"},
     {
