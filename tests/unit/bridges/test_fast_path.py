@@ -68,19 +68,6 @@ TELEPATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text", TELEPATH_CASES)
-def test_telepath_shortcut_takes_exactly_what_the_strict_parser_calls_audio(text: str) -> None:
-    try:
-        strict: object = cev.parse_agent_message(text)
-    except ProtocolError:
-        strict = None
-    fast = cev.agent_audio_payload(text)
-    if isinstance(strict, cev.AgentAudioMessage):
-        assert fast == strict.payload
-    else:
-        assert fast is None
-
-
 TWILIO_CASES = [
     '{"event":"media","streamSid":"MZ1","media":{"payload":"AAEC"}}',
     '{"event":"media","media":{"payload":"AAEC","track":"outbound"},"x":1}',
@@ -96,17 +83,29 @@ TWILIO_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text", TWILIO_CASES)
-def test_twilio_shortcut_takes_exactly_what_the_parser_calls_media(text: str) -> None:
+def _strict_payload(protocol: str, text: str) -> str | None:
+    """The audio payload the strict parser finds in ``text``, None for anything else."""
     try:
-        strict: object = cev.parse_twilio_agent_event(text)
+        if protocol == "telepath":
+            message: object = cev.parse_agent_message(text)
+            return message.payload if isinstance(message, cev.AgentAudioMessage) else None
+        event = cev.parse_twilio_agent_event(text)
+        return event.media.payload if isinstance(event, cev.TwAgentMedia) else None
     except ProtocolError:
-        strict = None
-    fast = cev.twilio_media_payload(text)
-    if isinstance(strict, cev.TwAgentMedia):
-        assert fast == strict.media.payload
-    else:
-        assert fast is None
+        return None
+
+
+SHORTCUTS = {"telepath": cev.agent_audio_payload, "twilio": cev.twilio_media_payload}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "text"),
+    [("telepath", t) for t in TELEPATH_CASES] + [("twilio", t) for t in TWILIO_CASES],
+)
+def test_shortcut_takes_exactly_what_the_strict_parser_calls_audio(
+    protocol: str, text: str
+) -> None:
+    assert SHORTCUTS[protocol](text) == _strict_payload(protocol, text)
 
 
 async def _ready_bridge() -> tuple[TelepathAgentBridge, list[AgentAudio]]:
