@@ -16,7 +16,7 @@ from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.calls.harness import Phone, authenticated_call, run_sipp
+from tests.interop.calls.harness import Phone, authenticated_call, place_call, run_sipp
 
 pytestmark = pytest.mark.interop
 
@@ -97,20 +97,15 @@ async def test_an_agent_sending_more_than_playout_holds_keeps_its_call(
     # rest of the call.
     async with FloodAgent() as agent:
         await create_trunk(api, "flood", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
-        phone = await Phone().open()
-        scenario = authenticated_call("flood", phone.port, hold_ms=4000)
-        sipp = asyncio.create_task(
-            run_sipp(
-                scenario, tmp_path, gateway.server.bound["UDP"], user="flood", password=PASSWORD
-            )
+        placed = await place_call(
+            gateway, tmp_path, "flood", PASSWORD, hold_ms=4000, caller_hangs_up=True
         )
-        rtp_port = await _media_port_of_call(gateway)
-        phone.start_tone(("127.0.0.1", rtp_port), 1000, 3.5)
+        placed.phone.start_tone(placed.rtp, 1000, 3.5)
         async with asyncio.timeout(10):
             while "after-clear" not in agent.mark_echoes:  # noqa: ASYNC110 - the fake's list
                 await asyncio.sleep(0.05)
-        result = await sipp
-        await phone.close()
+        result = await placed.sipp
+        await placed.phone.close()
         assert result.returncode == 0, result.stdout + result.errors
     calls = (await api.get("/v1/calls")).json()["calls"]
     assert [c["disconnect_reason"] for c in calls] == [DisconnectReason.CALLER_HANGUP.value]
