@@ -75,9 +75,10 @@ class _OneWay:
         self.dst = dst
         self._state: Any = None
         self._odd = b""
+        self.identity = src == dst
 
     def __call__(self, data: bytes) -> bytes:
-        if self.src == self.dst:
+        if self.identity:
             return data
         if self.src.encoding == "pcm16":
             data = self._odd + data
@@ -122,8 +123,10 @@ class AudioConverter:
 
     def to_agent(self, payload: bytes) -> bytes:
         """Caller G.711 payload -> agent input format."""
-        return self._up(payload)
+        up = self._up
+        return payload if up.identity else up(payload)
 
     def from_agent(self, data: bytes) -> bytes:
         """Agent output audio -> call G.711 payload."""
-        return self._down(data)
+        down = self._down
+        return data if down.identity else down(data)

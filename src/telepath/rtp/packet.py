@@ -71,6 +71,8 @@ class RtpPacket:
         if length < RTP_HEADER_LENGTH:
             raise RtpError("RTP packet length is less than 12 bytes")
         first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+        if first == 0x80:  # version 2 without padding, extension or CSRC: nearly every packet
+            return cls(second & 0x7F, seq, ts, ssrc, data[RTP_HEADER_LENGTH:], second > 0x7F, [])
         version = first >> 6
         if version != RTP_VERSION:
             raise RtpError(f"RTP packet has invalid version {version}")

@@ -38,7 +38,7 @@ class PlayoutOverflow(TelepathError):
     """More agent audio was queued than :data:`MAX_QUEUED_MS` allows."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per 20 ms frame (frozen costs 3x)
 class OutboundFrame:
     """One RTP packet's worth of outbound media.
 

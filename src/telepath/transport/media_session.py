@@ -103,7 +103,7 @@ class MediaEndReason(StrEnum):
     MEDIA_TIMEOUT = "media-timeout"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per 20 ms frame (frozen costs 3x)
 class AudioReceived:
     """One inbound frame, in playout order.
 

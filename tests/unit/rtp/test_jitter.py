@@ -37,6 +37,24 @@ def test_in_order_packets_are_released_immediately() -> None:
     assert feed.buffer.depth_ms == 20  # default: one packet time
 
 
+def test_released_frames_keep_marker_and_payload_type_in_order_and_after_a_hole() -> None:
+    buffer = JitterBuffer()
+    (first,) = buffer.push(SSRC, 1, 160, b"a", 0.0, True, 0)  # in order: released at once
+    assert (first.sequence_number, first.payload, first.marker, first.payload_type) == (
+        1,
+        b"a",
+        True,
+        0,
+    )
+    assert buffer.push(SSRC, 3, 480, b"c", 0.0, False, 101) == []  # waits for 2
+    frames = buffer.push(SSRC, 2, 320, b"b", 0.0, True, 0)
+    assert [(f.sequence_number, f.marker, f.payload_type) for f in frames] == [
+        (2, True, 0),
+        (3, False, 101),
+    ]
+    assert buffer.stats.released == 3
+
+
 def test_one_packet_reorder_is_repaired_without_loss() -> None:
     feed = Feeder(JitterBuffer())
     feed.push(1)

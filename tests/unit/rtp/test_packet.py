@@ -60,6 +60,24 @@ def test_pack_rtp_matches_full_serializer() -> None:
     assert fast == bytes(RtpPacket(8, 7, 1600, 42, b"\xd5" * 160, marker=True))
 
 
+@pytest.mark.parametrize("marker", [False, True])
+@pytest.mark.parametrize("payload_type", [0, 8, 101, 127])
+def test_plain_packets_parse_the_same_on_the_short_path(marker: bool, payload_type: int) -> None:
+    # A plain header (0x80) takes a shortcut; the same packet with an empty header extension
+    # takes the full path: every field must agree.
+    plain = pack_rtp(payload_type, 65535, 0xFFFFFFFF, 0xCAFEBABE, b"\x7f" * 160, marker)
+    extended = bytes([0x90]) + plain[1:12] + b"\xbe\xde\x00\x00" + plain[12:]
+    short, full = RtpPacket.parse(plain), RtpPacket.parse(extended)
+    assert short == RtpPacket(payload_type, 65535, 0xFFFFFFFF, 0xCAFEBABE, b"\x7f" * 160, marker)
+    assert (short.payload_type, short.marker, short.payload) == (
+        full.payload_type,
+        full.marker,
+        full.payload,
+    )
+    assert short.marker is marker
+    assert bytes(short) == plain
+
+
 HEADER = bytes.fromhex("80000001000000a000000001")
 
 
