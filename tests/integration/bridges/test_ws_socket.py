@@ -271,3 +271,42 @@ async def test_the_first_taker_gets_a_message_only_when_nothing_is_queued_ahead(
         assert taken == ["take-1"]
         assert [await sock.recv(), await sock.recv()] == ["keep-2", "take-3"]
         await sock.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+async def test_frames_sent_without_waiting_arrive_intact_at_every_length_encoding(
+    size: int,
+) -> None:
+    # send_nowait frames by hand (7-bit, 16-bit and 64-bit lengths, §5.2; masked, §5.3): the
+    # library's server, which refuses unmasked or malformed client frames, must read them back.
+    got: list[str] = []
+
+    async def collect(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            got.append(message)
+            if len(got) == 3:
+                await ws.send("done")
+
+    text = "é" + "a" * (size - 2) if size >= 2 else "a" * size  # exactly ``size`` bytes
+    assert len(text.encode()) == size
+    async with server(collect) as url:
+        sock = await open_socket(url)
+        for message in (text, "next", text):
+            assert sock.send_nowait(message)
+        assert await sock.recv() == "done"
+        await sock.close()
+    assert got == [text, "next", text]
+
+
+async def test_each_hand_built_frame_has_its_own_mask() -> None:
+    async def idle(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with server(idle) as url:
+        sock = await open_socket(url)
+        frames = [sock._text_frame(b"same payload") for _ in range(2000)]  # crosses a pool refill
+        await sock.close()
+    masks = {frame[2:6] for frame in frames}
+    assert len(masks) > 1990  # 32 random bits each: a collision or two at most
+    assert all(frame[:2] == bytes((0x81, 0x80 | 12)) for frame in frames)
