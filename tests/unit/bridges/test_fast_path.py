@@ -65,6 +65,13 @@ TELEPATH_CASES = [
     '"audio"',
     "{oops",
     '{"type":"Audio","payload":"AAEC"}',
+    '{"type":"audio","payload":"}',  # the compact prefix, but not JSON
+    '{"type":"audio","payload":""}',
+    '{"type":"audio","payload":"AA\nEC"}',  # a raw control character: not JSON
+    '{"type":"audio","payload":"AA\\u0045C"}',  # an escape: JSON decodes it
+    '{"type":"audio","payload":"AAEC","x":"}',
+    '{"type":"audio","payload":"AA"}EC"}',
+    '{"type":"audio","payload":"AAEC"} ',
 ]
 
 

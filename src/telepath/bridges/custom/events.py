@@ -13,6 +13,7 @@ unknown events and fields are ignored, as Twilio does.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -176,6 +177,11 @@ def gateway_audio_json(seq: int, timestamp_ms: int, payload_b64: str) -> str:
     return f'{{"type":"audio","seq":{seq},"timestamp_ms":{timestamp_ms},"payload":"{payload_b64}"}}'
 
 
+_AUDIO_HEAD = '{"type":"audio","payload":"'
+_AUDIO_MIN_LEN = len(_AUDIO_HEAD) + 2
+_BASE64_CHARS = re.compile(r"[A-Za-z0-9+/=]*")
+
+
 def agent_audio_payload(text: str) -> str | None:
     """The base64 payload when ``text`` is a well-formed ``audio`` message, else None.
 
@@ -183,6 +189,13 @@ def agent_audio_payload(text: str) -> str | None:
     accepts as an :class:`AgentAudioMessage` (a unit test holds them together) and declines
     everything else, which then takes the strict parser's path.
     """
+    # The compact form our own examples and SDK models send, read without a JSON parse: the
+    # payload is taken only when it is nothing but base64 characters, which JSON would return
+    # unchanged; every other spelling goes through ``json.loads`` below.
+    if text.startswith(_AUDIO_HEAD) and text.endswith('"}'):
+        compact = text[len(_AUDIO_HEAD) : -2]
+        if len(text) >= _AUDIO_MIN_LEN and _BASE64_CHARS.fullmatch(compact):
+            return compact
     try:
         data = json.loads(text)
     except ValueError:
