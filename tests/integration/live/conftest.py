@@ -15,12 +15,36 @@ from pathlib import Path
 import httpx
 import pytest
 
+_handed_out: set[int] = set()  # never the same port twice in one test process
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port free for ``kind`` now and not handed out before."""
+    return _free_port(kind, also=None)
+
+
+def free_sip_port() -> int:
+    """A port free for both UDP and TCP: the SIP server listens on both (RFC 3261 §18). A port
+    checked for UDP alone was once taken on TCP and the server failed to start (fresh-clone CI)."""
+    return _free_port(socket.SOCK_DGRAM, also=socket.SOCK_STREAM)
+
+
+def _free_port(kind: int, also: int | None) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port in _handed_out:
+            continue
+        if also is not None:
+            try:
+                with socket.socket(socket.AF_INET, also) as t:
+                    t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free loopback port")
 
 
 @dataclass
@@ -47,7 +71,7 @@ def start_server(
         "TELEPATH_HTTP_HOST": "127.0.0.1",
         "TELEPATH_HTTP_PORT": str(port),
         "TELEPATH_SIP_HOST": "127.0.0.1",
-        "TELEPATH_SIP_PORT": str(free_port(socket.SOCK_DGRAM)),
+        "TELEPATH_SIP_PORT": str(free_sip_port()),
         "TELEPATH_SIP_TLS_PORT": str(free_port()),
         "TELEPATH_SIP_DOMAIN": "sip.example.test",
         "TELEPATH_OPENAI_API_BASE": "http://127.0.0.1:9/v1",

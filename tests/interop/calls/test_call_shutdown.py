@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.integration.live.conftest import LiveServer, free_port, start_server, stop_server
+from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
 from tests.interop.calls.harness import (
     Phone,
     authenticated_call,
@@ -56,7 +55,7 @@ async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> 
 async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     require_sipp()
     data_dir = tmp_path / "data"
-    sip_port = free_port(socket.SOCK_DGRAM)
+    sip_port = free_sip_port()
     server = await asyncio.to_thread(start_server, data_dir, _env(sip_port))
     phone = await Phone().open()
     try:
@@ -113,7 +112,7 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
             await asyncio.to_thread(stop_server, server)
 
     restarted = await asyncio.to_thread(
-        start_server, data_dir, _env(free_port(socket.SOCK_DGRAM)), server.api_key
+        start_server, data_dir, _env(free_sip_port()), server.api_key
     )
     try:
         calls = (await _api(restarted, "GET", "/v1/calls"))["calls"]
