@@ -123,10 +123,8 @@ class AudioConverter:
 
     def to_agent(self, payload: bytes) -> bytes:
         """Caller G.711 payload -> agent input format."""
-        up = self._up
-        return payload if up.identity else up(payload)
+        return self._up(payload)
 
     def from_agent(self, data: bytes) -> bytes:
         """Agent output audio -> call G.711 payload."""
-        down = self._down
-        return data if down.identity else down(data)
+        return self._down(data)

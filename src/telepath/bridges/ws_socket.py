@@ -20,8 +20,8 @@ single unfragmented text frame itself (§5.2 header, §5.3 client mask from a po
 ``os.urandom`` bytes, masking by the library's own C ``apply_mask``) instead of going through
 ``send_text`` — 0.5 µs instead of 2.0 µs, the largest single cost left on that path. It does so
 only while the connection is OPEN, no fragmented message is in progress and no extension is
-negotiated (none is offered), i.e. exactly when the library would emit the same bytes; a unit
-test parses those frames with the library's server side.
+negotiated (none is offered), i.e. exactly when the library would emit the same bytes; a test
+has the library's own server read those frames back at every length encoding.
 
 Not supported here (``ws.py`` falls back to ``websockets.connect`` when a proxy is configured):
 HTTP proxies, redirects, compression (off for audio anyway).
