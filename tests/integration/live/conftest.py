@@ -18,18 +18,8 @@ import pytest
 _handed_out: set[int] = set()  # never the same port twice in one test process
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port free for ``kind`` now and not handed out before."""
-    return _free_port(kind, also=None)
-
-
-def free_sip_port() -> int:
-    """A port free for both UDP and TCP: the SIP server listens on both (RFC 3261 §18). A port
-    checked for UDP alone was once taken on TCP and the server failed to start (fresh-clone CI)."""
-    return _free_port(socket.SOCK_DGRAM, also=socket.SOCK_STREAM)
-
-
-def _free_port(kind: int, also: int | None) -> int:
+def free_port(kind: int = socket.SOCK_STREAM, *, also: int | None = None) -> int:
+    """A loopback port free for ``kind`` (and ``also``) now, and not handed out before."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
@@ -45,6 +35,12 @@ def _free_port(kind: int, also: int | None) -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError("no free loopback port")
+
+
+def free_sip_port() -> int:
+    """A port free for both UDP and TCP: the SIP server listens on both (RFC 3261 §18). A port
+    checked for UDP alone was once taken on TCP and the server failed to start (fresh-clone CI)."""
+    return free_port(socket.SOCK_DGRAM, also=socket.SOCK_STREAM)
 
 
 @dataclass
