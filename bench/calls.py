@@ -17,8 +17,17 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
   jitter p99     |inter-arrival − 20 ms| of the gateway's RTP at the phones
   loss           gateway RTP lost at the phone (sequence gaps) / echo frames never returned
 
-Baseline: the same phones against a minimal asyncio UDP echo process (``bench.workers
-udpecho``) at the same packet rate.
+  kernel %       the system (kernel) share of that process's CPU
+
+Baselines, the same phones at the same packet rate, each a separate process on uvloop:
+  udp-echo       a minimal UDP echo per stream (``bench.workers udpecho``): the packet path
+  relay          the bridge floor (``bench.workers relay``): per stream, RTP in → one TCP write
+                 to a TCP echo peer → one TCP read → the packet out again — the system calls
+                 and wake-ups any bridge with one agent connection per call makes per frame pair,
+                 with no media work at all. Its CPU/call is what this design costs on this
+                 machine before a line of Telepath runs; the summary prints the gateway's ratio
+                 to it. (On loopback a sender also pays for the receiver's network stack, so
+                 these floors, like the gateway, include the peers' receive paths.)
 """
 
 from __future__ import annotations
@@ -166,6 +175,7 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
         "setup_ms_mean": sipp.response_time_ms,
         "cpu_pct_total": round(100 * cpu["gateway"] / wall, 2),
         "cpu_pct_per_call": round(100 * cpu["gateway"] / wall / n, 4),
+        "sys_pct": window.system_share("gateway", cpu["gateway"]),
         "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1),
         "phones_cpu_pct": round(100 * cpu["phones"] / wall, 1),
         "rss_mb": round(rss, 1),
@@ -182,12 +192,22 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
     return row
 
 
-def _baseline(n: int, window_s: float) -> dict[str, Any]:
-    echo = Worker("udpecho")
+def _baseline(n: int, window_s: float, kind: str) -> dict[str, Any]:
+    """The same phones against ``udp-echo`` (one recv + one send per packet) or ``relay``
+    (the bridge floor: UDP → TCP peer → UDP, two receives and two sends per frame pair)."""
+    helpers: list[Worker] = []
+    if kind == "udp-echo":
+        server = Worker("udpecho")
+        server.send(f"open {n}")
+    else:
+        peer = Worker("tcpecho")
+        helpers.append(peer)
+        server = Worker("relay")
+        server.send(f"open {n} {peer.recv_json()['port']}")
+    helpers.append(server)
     phones = Worker("phones")
     try:
-        echo.send(f"open {n}")
-        targets = echo.recv_json()
+        targets = server.recv_json()
         phones.send(f"open {n}")
         phones.recv_json()
         phones.send(f"target {json.dumps(targets)}")
@@ -195,7 +215,7 @@ def _baseline(n: int, window_s: float) -> dict[str, Any]:
         time.sleep(1.0)
         phones.send("mark")
         phones.recv()
-        window = CpuWindow({"echo": echo.pid, "phones": phones.pid})
+        window = CpuWindow({"server": server.pid, "phones": phones.pid})
         window.start()
         time.sleep(window_s)
         wall, cpu = window.stop()
@@ -205,12 +225,14 @@ def _baseline(n: int, window_s: float) -> dict[str, Any]:
             ph = phones.recv_json(60)
     finally:
         phones.close()
-        echo.close()
+        for helper in helpers:
+            helper.close()
     return {
-        "kind": "udp-echo",
+        "kind": kind,
         "calls": n,
-        "cpu_pct_total": round(100 * cpu["echo"] / wall, 2),
-        "cpu_pct_per_call": round(100 * cpu["echo"] / wall / n, 4),
+        "cpu_pct_total": round(100 * cpu["server"] / wall, 2),
+        "cpu_pct_per_call": round(100 * cpu["server"] / wall / n, 4),
+        "sys_pct": window.system_share("server", cpu["server"]),
         "phones_cpu_pct": round(100 * cpu["phones"] / wall, 1),
         **ph,
         "load": load,
@@ -236,9 +258,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         gw.stop()
         agent.close()
     for n in steps:
-        row = _baseline(n, window_s)
-        rows.append(row)
-        print(f"  calls baseline N={n}: {_brief(row)}", flush=True)
+        for kind in ("udp-echo", "relay"):
+            row = _baseline(n, window_s, kind)
+            rows.append(row)
+            print(f"  calls {kind} N={n}: {_brief(row)}", flush=True)
     return summarize(rows)
 
 
@@ -256,6 +279,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "up",
         "CPU %/call",
         "CPU % tot",
+        "kernel %",
         "RSS MB/call",
         "gw proc mean/p99 ms",
         "in/out p50 ms",
@@ -279,6 +303,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             r.get("calls_up", r["calls"]),
             r["cpu_pct_per_call"],
             r["cpu_pct_total"],
+            r.get("sys_pct"),
             r.get("rss_mb_per_call"),
             pair(r.get("gw_proc_mean_ms"), r.get("gw_proc_p99_ms")),
             pair(r.get("in_p50_ms_metrics"), r.get("out_p50_ms_metrics")),
@@ -307,10 +332,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 None if r.get("jitter_p99_ms") is None else r["jitter_p99_ms"] <= GOAL_JITTER_P99_MS
             ),
         }
-    broken = next(
-        (n for n, g in goals.items() if any(v == "FAIL" for v in g.values())), "none (all pass)"
-    )
+    broken = next((n for n, g in goals.items() if "FAIL" in g.values()), "none (all pass)")
+    floor = {r["calls"]: r["cpu_pct_per_call"] for r in rows if r["kind"] == "relay"}
+    vs_floor = {
+        f"N={r['calls']}": round(r["cpu_pct_per_call"] / floor[r["calls"]], 2)
+        for r in tp
+        if floor.get(r["calls"])
+    }
     for n, g in goals.items():
-        print(f"  {n}: " + "; ".join(f"{v} {k}" for k, v in g.items()))
+        ratio = f"; CPU/call {vs_floor[n]}x the relay floor" if n in vs_floor else ""
+        print(f"  {n}: " + "; ".join(f"{v} {k}" for k, v in g.items()) + ratio)
     print(f"first N where a goal breaks: {broken}")
-    return {"rows": rows, "summary": {"goals": goals, "first_failing_step": broken}}
+    return {
+        "rows": rows,
+        "summary": {"goals": goals, "first_failing_step": broken, "cpu_vs_relay_floor": vs_floor},
+    }

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` (all threads), seconds; psutil is not a dependency."""
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` (all threads), seconds; psutil is not a dependency."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is state (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` (all threads), seconds."""
+    return sum(proc_cpu_split(pid))
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -39,21 +44,31 @@ def loadavg() -> list[float]:
 
 @dataclass
 class CpuWindow:
-    """CPU seconds of several processes over one wall-clock window."""
+    """CPU seconds of several processes over one wall-clock window.
+
+    ``stop`` returns user + system time; ``system`` then holds the system (kernel) part alone.
+    """
 
     pids: dict[str, int]
     wall0: float = 0.0
-    cpu0: dict[str, float] | None = None
+    cpu0: dict[str, tuple[float, float]] | None = None
+    system: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.cpu0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self.cpu0 = {k: proc_cpu_split(p) for k, p in self.pids.items()}
         self.wall0 = time.perf_counter()
 
     def stop(self) -> tuple[float, dict[str, float]]:
         """Wall seconds and CPU seconds per process since ``start``."""
         assert self.cpu0 is not None
         wall = time.perf_counter() - self.wall0
-        return wall, {k: proc_cpu_s(p) - self.cpu0[k] for k, p in self.pids.items()}
+        now = {k: proc_cpu_split(p) for k, p in self.pids.items()}
+        self.system = {k: now[k][1] - self.cpu0[k][1] for k in now}
+        return wall, {k: sum(now[k]) - sum(self.cpu0[k]) for k in now}
+
+    def system_share(self, name: str, total: float) -> float | None:
+        """The kernel's share (%) of ``name``'s CPU in the window, None without CPU."""
+        return round(100 * self.system[name] / total, 1) if total > 0 else None
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:

@@ -5,6 +5,12 @@
 ``python -m bench.workers phones``  many callers' RTP endpoints in one process: 20 ms PCMU frames
                                     on a monotonic deadline, every frame marked (phone, tick)
 ``python -m bench.workers udpecho`` the baseline: a minimal asyncio UDP echo per stream
+``python -m bench.workers relay``   the bridge floor: per stream, RTP in → one TCP write to a
+                                    ``tcpecho`` peer → one TCP read → the same RTP packet out,
+                                    i.e. the system calls a bridge with an agent connection makes
+                                    per frame pair, and nothing else (no jitter buffer, no pacing,
+                                    no WebSocket/JSON/base64, no codec)
+``python -m bench.workers tcpecho`` the relay's peer: echoes each TCP connection's bytes
 
 Commands arrive as stdin lines, answers leave as stdout lines (JSON where structured). Times are
 ``time.monotonic()``, which is one clock for every process on the machine, so a frame can be
@@ -296,10 +302,93 @@ async def udpecho_main() -> None:
         t.close()
 
 
+# ------------------------------------------------------------------------------- bridge floor
+
+
+class _TcpEcho(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def tcpecho_main() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_TcpEcho, "127.0.0.1", 0)
+    _say({"port": server.sockets[0].getsockname()[1]})
+    async for _line in _lines():
+        pass
+    server.close()
+
+
+class _RelayUdp(asyncio.DatagramProtocol):
+    """One stream's RTP side: each packet goes to the TCP peer as ``u16 length + packet``."""
+
+    def __init__(self) -> None:
+        self.peer: tuple[str, int] | None = None
+        self.tcp: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.peer = addr
+        self.tcp.write(len(data).to_bytes(2, "big") + data)
+
+
+class _RelayTcp(asyncio.Protocol):
+    """One stream's agent side: each echoed record goes back out as one RTP packet."""
+
+    def __init__(self, udp: _RelayUdp) -> None:
+        self.udp = udp
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        while len(buf) >= 2:
+            end = 2 + int.from_bytes(buf[:2], "big")
+            if len(buf) < end:
+                break
+            if self.udp.peer is not None:
+                self.udp.transport.sendto(buf[2:end], self.udp.peer)
+            buf = buf[end:]
+        self.buf = buf
+
+
+async def relay_main() -> None:
+    loop = asyncio.get_running_loop()
+    transports: list[Any] = []
+    async for line in _lines():
+        cmd, _, arg = line.partition(" ")
+        if cmd == "open":
+            count, port = (int(v) for v in arg.split())
+            ports = []
+            for _ in range(count):
+                udp, proto = await loop.create_datagram_endpoint(
+                    _RelayUdp, local_addr=("127.0.0.1", 0)
+                )
+                tcp, _p = await loop.create_connection(
+                    lambda proto=proto: _RelayTcp(proto), "127.0.0.1", port
+                )
+                proto.tcp = tcp
+                transports += [udp, tcp]
+                ports.append(udp.get_extra_info("sockname")[1])
+            _say(ports)
+    for t in transports:
+        t.close()
+
+
 def main() -> None:
     _use_uvloop()
     role = sys.argv[1]
-    entry = {"agent": agent_main, "phones": phones_main, "udpecho": udpecho_main}[role]
+    entry = {
+        "agent": agent_main,
+        "phones": phones_main,
+        "udpecho": udpecho_main,
+        "relay": relay_main,
+        "tcpecho": tcpecho_main,
+    }[role]
     asyncio.run(entry())
 
 
