@@ -23,6 +23,19 @@ only while the connection is OPEN, no fragmented message is in progress and no e
 negotiated (none is offered), i.e. exactly when the library would emit the same bytes; a test
 has the library's own server read those frames back at every length encoding.
 
+The receiving side has the matching shortcut. While the library is between frames — OPEN, no
+extension, no fragmented message in progress, nothing buffered, its parser waiting for the
+next frame header — ``data_received`` splits the byte stream into frames itself (§5.2 header
+and payload lengths) and takes a final, unmasked text frame with no reserved bit set (§5.2:
+what every agent audio message is) and within the size limit directly: the one case in which
+the library would do nothing but hand the same payload on. Every other frame (control,
+binary, fragmented, masked, oversized, reserved bits) is fed to the library whole, so it is
+still the library that answers pings, closes, reassembles and fails the connection, and it is
+always left at a frame boundary. Cold, as the event of a gateway with few calls meets it, the
+library's generator-based parser costs more than the rest of the message's handling; a
+property test holds the two paths to the same messages, close codes and state for frames of
+every kind split at every byte.
+
 Not supported here (``ws.py`` falls back to ``websockets.connect`` when a proxy is configured):
 HTTP proxies, redirects, compression (off for audio anyway).
 """
@@ -99,6 +112,11 @@ class AgentSocket(asyncio.Protocol):
         self._streak = 0
         self._masks = b""
         self._mask_at = 0
+        self._failed = False  # we failed the connection (§7.1.7: process no more data)
+        self._rx_fast = False  # frames split here (module docstring) rather than by the library
+        self._rx_buf = bytearray()  # the start of a frame not yet whole, while ``_rx_fast``
+        sizes = (protocol.max_message_size, protocol.max_fragment_size)
+        self._rx_limit = min((v for v in sizes if v is not None), default=None)
         # A synchronous first taker for incoming messages (see ``_on_frame``).
         self.on_message: Callable[[str | bytes], bool] | None = None
 
@@ -246,10 +264,13 @@ class AgentSocket(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._p.receive_data(data)
-        self._after_receive()
+        if self._rx_fast:
+            self._split(data)
+        else:
+            self._library_receive(data)
 
     def eof_received(self) -> bool | None:
+        self._to_library()
         self._p.receive_eof()
         self._after_receive()
         return None  # let the transport close itself
@@ -291,6 +312,88 @@ class AgentSocket(asyncio.Protocol):
             elif transport.can_write_eof():  # SEND_EOF: half-close after our close frame
                 transport.write_eof()
 
+    def _library_receive(self, data: bytes | bytearray) -> None:
+        self._p.receive_data(data)
+        self._after_receive()
+        self._rx_fast = self._between_frames()
+
+    def _to_library(self) -> None:
+        """Hand a partial frame kept here to the library (before EOF)."""
+        if self._rx_buf:
+            data = bytes(self._rx_buf)
+            self._rx_buf.clear()
+            self._rx_fast = False
+            self._library_receive(data)
+
+    def _between_frames(self) -> bool:
+        """Whether the library is OPEN, outside any message, and waits for a frame header."""
+        p = self._p
+        if p.state is not State.OPEN or p.extensions or p.current_size is not None:
+            return False
+        if p.reader.buffer:
+            return False
+        # The innermost generator the parser delegates to is where it waits; any other
+        # layout (a future version of the library) simply leaves every frame to the library.
+        parser: object = p.parser
+        while (inner := getattr(parser, "gi_yieldfrom", None)) is not None:
+            parser = inner
+        code = getattr(parser, "gi_code", None)
+        return getattr(code, "co_name", None) == "at_eof"
+
+    def _split(self, data: bytes) -> None:
+        """Split the stream into frames (§5.2); take plain text frames, feed the rest whole."""
+        rx = self._rx_buf
+        buf: bytes | bytearray
+        if rx:
+            rx += data
+            buf = rx
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        limit = self._rx_limit
+        oversized = False
+        while end - pos >= 2:
+            head1 = buf[pos]
+            head2 = buf[pos + 1]
+            length = head2 & 0x7F
+            at = pos + 2
+            if length == 126:
+                if end - at < 2:
+                    break
+                length = int.from_bytes(buf[at : at + 2], "big")
+                at += 2
+            elif length == 127:
+                if end - at < 8:
+                    break
+                length = int.from_bytes(buf[at : at + 8], "big")
+                at += 8
+            if limit is not None and length > limit:
+                oversized = True  # the library refuses it from the header alone (1009)
+                break
+            if head2 & 0x80:
+                at += 4  # a masking key: a protocol error from a server, the library's to report
+            stop = at + length
+            if stop > end:
+                break  # wait for the rest of the frame
+            if head1 == _FIN_TEXT and not head2 & 0x80:
+                self._on_text(buf[at:stop])
+            else:
+                self._library_receive(buf[pos:stop])
+            pos = stop
+            if not self._rx_fast or self._p.state is not State.OPEN:
+                break  # the library is inside a message or closing: it reads the rest
+        if oversized or not self._rx_fast or self._p.state is not State.OPEN:
+            rest = bytes(buf[pos:])
+            rx.clear()
+            self._rx_fast = False
+            if rest:
+                self._library_receive(rest)
+        elif buf is rx:
+            del rx[:pos]
+        else:
+            rx += buf[pos:]
+
     def _after_receive(self) -> None:
         self._flush()  # pong replies, the echo of a close frame
         for event in self._p.events_received():
@@ -301,7 +404,7 @@ class AgentSocket(asyncio.Protocol):
                     self._handshake.set_exception(self._p.handshake_exc)
                 else:  # frames after the 101 in the same read may already be closing it
                     self._handshake.set_result(None)
-            elif isinstance(event, Frame):
+            elif isinstance(event, Frame) and not self._failed:
                 self._on_frame(event)
         if self._p.close_expected():
             self._expect_close()
@@ -326,15 +429,23 @@ class AgentSocket(asyncio.Protocol):
             self._fragments.append(data)
             data = b"".join(self._fragments)
             self._fragments = []
-        message: str | bytes = data
         if self._fragment_text:
-            try:
-                message = data.decode()
-            except UnicodeDecodeError:
-                self._p.fail(CloseCode.INVALID_DATA, "invalid UTF-8")  # RFC 6455 §8.1
-                self._flush()
-                self._expect_close()
-                return
+            self._on_text(data)
+        else:
+            self._on_message(data)
+
+    def _on_text(self, data: bytes | bytearray) -> None:
+        try:
+            message = data.decode()
+        except UnicodeDecodeError:
+            self._failed = True
+            self._p.fail(CloseCode.INVALID_DATA, "invalid UTF-8")  # RFC 6455 §8.1
+            self._flush()
+            self._expect_close()
+            return
+        self._on_message(message)
+
+    def _on_message(self, message: str | bytes) -> None:
         # The bridge may take a message on the spot (agent audio, once nothing is queued ahead
         # of it, so order holds): no reader-task wake-up per 20 ms frame.
         taker = self.on_message
