@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -113,6 +114,16 @@ def _handshake() -> tuple[ClientProtocol, bytes]:
     return client, b"".join(server.data_to_send())
 
 
+def _taker(into: list[str | bytes]) -> Callable[[str | bytes], bool]:
+    """An ``on_message`` that takes every message into a list."""
+
+    def take(message: str | bytes) -> bool:
+        into.append(message)
+        return True
+
+    return take
+
+
 @dataclass
 class Outcome:
     messages: list[str | bytes]
@@ -127,7 +138,7 @@ async def _run(cls: type[AgentSocket], chunks: list[bytes], eof: bool) -> Outcom
     client, response = _handshake()
     sock = cls(client, ping_interval_s=0)
     messages: list[str | bytes] = []
-    sock.on_message = lambda m: messages.append(m) or True
+    sock.on_message = _taker(messages)
     transport = Recorder()
     sock.connection_made(transport)  # type: ignore[arg-type]
     for chunk in [response[:7], response[7:], *chunks]:
@@ -199,12 +210,17 @@ async def test_plain_text_frames_bypass_the_library_once_open() -> None:
     client, response = _handshake()
     sock = AgentSocket(client, ping_interval_s=0)
     messages: list[str | bytes] = []
-    sock.on_message = lambda m: messages.append(m) or True
+    sock.on_message = _taker(messages)
     sock.connection_made(Recorder())  # type: ignore[arg-type]
     sock.data_received(response)
     fed: list[bytes] = []
     real = client.receive_data
-    client.receive_data = lambda data: (fed.append(bytes(data)), real(data))[1]  # type: ignore[method-assign]
+
+    def counting(data: bytes | bytearray) -> None:
+        fed.append(bytes(data))
+        real(data)
+
+    client.receive_data = counting  # type: ignore[method-assign]
     two = _frame(0x1, b"two")
     sock.data_received(_frame(0x1, b"one") + two[:-1])
     sock.data_received(two[-1:])
