@@ -6,11 +6,11 @@ tick (``next += ptime``; never ``sleep(ptime)`` after work), so there is no drif
 longer than ``MAX_CATCH_UP`` packet times the clock jumps ahead instead of bursting, and tells
 subscribers how many frames elapsed so RTP timestamps keep following real time.
 
-The clock is a chain of ``loop.call_at`` timers rather than a task that sleeps: a timer callback
-runs in the loop's timer phase, before the datagrams and WebSocket reads of that iteration,
-whereas a sleeping task is only woken through the ready queue, behind them, and costs a future
-and a task step per wake-up. (A/B on this VM, ``bench/media_bench.py``: send deviation p50 a
-few percent lower; the p99 difference is inside the machine's noise.)
+The clock is a chain of one-shot timers at absolute deadlines rather than a task that sleeps
+(a sleeping task is woken through the ready queue and costs a future and a task step per
+wake-up). The timer is a kernel ``timerfd`` (``deadline_timer.py``): uvloop's own timers keep
+whole milliseconds, which put up to a millisecond of error into every send interval; where
+there is no timerfd it is ``loop.call_at``.
 
 Subscribers are spread over ``ptime / SLOT_MS`` slots (4 for 20 ms): each wake-up serves one
 slot, so a tick sends a quarter of the streams instead of all of them in one burst. A stream's
@@ -24,6 +24,8 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
+
+from telepath.transport.deadline_timer import DeadlineTimer
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +44,20 @@ class Pacer:
     Args:
         ptime_ms: the tick interval.
         loop: the event loop to run on.
+        precise: False: ``loop.call_at`` (millisecond grain under uvloop) instead of a timerfd.
     """
 
-    def __init__(self, ptime_ms: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, ptime_ms: int, loop: asyncio.AbstractEventLoop, *, precise: bool = True
+    ) -> None:
         self.ptime = ptime_ms / 1000
         self._loop = loop
         self.slots = max(1, ptime_ms // SLOT_MS)
         self._slot_time = self.ptime / self.slots
         self._subscribers: list[dict[int, TickCallback]] = [{} for _ in range(self.slots)]
         self._slot_of: dict[int, int] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = DeadlineTimer(loop, self._tick, precise=precise)
+        self._running = False
         self._deadline = 0.0
         self._last: list[float] = []
         self._slot = 0
@@ -74,7 +80,7 @@ class Pacer:
         slot = min(range(self.slots), key=lambda i: len(self._subscribers[i]))  # least loaded
         self._subscribers[slot][handle] = callback
         self._slot_of[handle] = slot
-        if self._timer is None:
+        if not self._running:
             self._start()
         return handle
 
@@ -90,6 +96,7 @@ class Pacer:
         return len(self._slot_of)
 
     def _start(self) -> None:
+        self._running = True
         now = self._loop.time()
         self._deadline = now
         # The deadline each slot was last served at, so a stall counts its frames per slot.
@@ -99,12 +106,13 @@ class Pacer:
 
     def _schedule(self) -> None:
         self._deadline += self._slot_time
-        self._timer = self._loop.call_at(self._deadline, self._tick)
+        self._timer.arm(self._deadline)
 
     def _tick(self) -> None:
-        """One slot's wake-up: a timer callback, so it runs in the loop's timer phase."""
-        self._timer = None
+        """One slot's wake-up."""
         if not self._slot_of:
+            self._running = False
+            self._timer.disarm()
             return  # nobody left: stop; the next subscribe starts again
         ptime = self.ptime
         now = self._loop.time()

@@ -1,0 +1,116 @@
+"""The pacer's deadline timer: once per arm, re-armable from its callback, never early with the
+kernel's timer, disarmed cleanly — on asyncio's loop and on uvloop, precise and fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from telepath.transport.deadline_timer import DeadlineTimer
+from telepath.transport.media_pacer import Pacer
+
+pytestmark = pytest.mark.integration
+
+LINUX = sys.platform.startswith("linux")
+
+
+def on_both_loops(test: Callable[[bool], Coroutine[Any, Any, None]]) -> Callable[[bool], None]:
+    """Run an async test under asyncio's loop and under uvloop (production)."""
+
+    def run(precise: bool) -> None:
+        asyncio.run(test(precise))
+        uvloop.run(test(precise))
+
+    run.__name__ = test.__name__
+    return run
+
+
+@pytest.mark.parametrize("precise", [True, False])
+@on_both_loops
+async def test_fires_once_per_arm_and_can_be_rearmed_from_its_callback(precise: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    deadlines: list[float] = []
+    done = asyncio.Event()
+
+    def callback() -> None:
+        fired.append(time.monotonic())
+        if len(fired) < 5:
+            deadlines.append(deadlines[-1] + 0.004)
+            timer.arm(deadlines[-1])
+        else:
+            done.set()
+
+    timer = DeadlineTimer(loop, callback, precise=precise)
+    assert timer.precise is (precise and LINUX)
+    deadlines.append(loop.time() + 0.004)
+    timer.arm(deadlines[0])
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.02)
+    assert len(fired) == 5  # once per arm: no repeats, none lost
+    if timer.precise:
+        # the kernel's timer is never early (loop.time() is CLOCK_MONOTONIC, as is monotonic())
+        assert all(f >= d for f, d in zip(fired, deadlines, strict=True))
+    timer.disarm()
+
+
+@pytest.mark.parametrize("precise", [True, False])
+@on_both_loops
+async def test_disarm_cancels_and_rearming_replaces_the_deadline(precise: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    timer = DeadlineTimer(loop, lambda: fired.append("x"), precise=precise)
+    timer.arm(loop.time() + 0.02)
+    timer.disarm()
+    timer.disarm()  # idempotent
+    await asyncio.sleep(0.05)
+    assert fired == []
+    timer.arm(loop.time() + 10)  # far away, then replaced by a near deadline
+    timer.arm(loop.time() + 0.005)
+    await asyncio.sleep(0.05)
+    assert fired == ["x"]
+    if timer.precise:
+        assert timer._reading  # still watched until disarmed
+    timer.disarm()
+    if timer.precise:
+        assert not loop.remove_reader(timer._fd)  # an idle timer holds no reader on the loop
+
+
+@pytest.mark.parametrize("precise", [True, False])
+@on_both_loops
+async def test_a_past_deadline_fires_at_once(precise: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fired = asyncio.Event()
+    timer = DeadlineTimer(loop, fired.set, precise=precise)
+    timer.arm(loop.time() - 1.0)
+    await asyncio.wait_for(fired.wait(), 1)
+    timer.disarm()
+
+
+@pytest.mark.parametrize("precise", [True, False])
+@on_both_loops
+async def test_the_pacer_ticks_stops_and_restarts_on_either_timer(precise: bool) -> None:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(20, loop, precise=precise)
+    ticks: list[int] = []
+    handle = pacer.subscribe(lambda now, frames: ticks.append(frames))
+    await asyncio.sleep(0.2)
+    pacer.unsubscribe(handle)
+    await asyncio.sleep(0.05)  # the next wake-up finds nobody and stops the clock
+    assert not pacer._running
+    if pacer._timer.precise:
+        assert not loop.remove_reader(pacer._timer._fd)  # nothing left watched on the loop
+    count = len(ticks)
+    assert count >= 3 and set(ticks) == {1}
+    await asyncio.sleep(0.1)
+    assert len(ticks) == count  # stopped: no more ticks
+    handle = pacer.subscribe(lambda now, frames: ticks.append(frames))
+    await asyncio.sleep(0.1)
+    assert len(ticks) > count  # restarted by the next subscriber
+    pacer.unsubscribe(handle)
