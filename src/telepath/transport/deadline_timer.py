@@ -114,7 +114,16 @@ class DeadlineTimer:
         spec.it_value.tv_sec = int(whole)
         spec.it_value.tv_nsec = int(frac * 1e9)
         if _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+            # Never leave the caller without its timer (the media pacer would stop every call's
+            # audio): fall back to the loop's own for good.
+            logger.warning(
+                "timerfd_settime failed (errno %d); falling back to loop timers",
+                ctypes.get_errno(),
+            )
+            self.disarm()
+            self._fd = -1  # the finalizer still closes the descriptor
+            self.arm(deadline)
+            return
         self._armed = True
         if not self._reading:
             self._loop.add_reader(self._fd, self._readable)

@@ -114,3 +114,34 @@ async def test_the_pacer_ticks_stops_and_restarts_on_either_timer(precise: bool)
     await asyncio.sleep(0.1)
     assert len(ticks) > count  # restarted by the next subscriber
     pacer.unsubscribe(handle)
+
+
+class FailingSettime:
+    """Stands in for libc when the kernel refuses to arm the timer."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def timerfd_settime(self, *args: Any) -> int:
+        return -1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.skipif(not LINUX, reason="the kernel timer exists only on Linux")
+async def test_a_timer_the_kernel_refuses_to_arm_falls_back_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from telepath.transport import deadline_timer
+
+    loop = asyncio.get_running_loop()
+    fired = asyncio.Event()
+    timer = DeadlineTimer(loop, fired.set)
+    assert timer.precise
+    monkeypatch.setattr(deadline_timer, "_LIBC", FailingSettime(deadline_timer._LIBC))
+    timer.arm(loop.time() + 0.005)  # must not raise: the pacer's tick would die with it
+    await asyncio.wait_for(fired.wait(), 1)
+    assert not timer.precise
+    assert "falling back" in caplog.text
+    timer.disarm()
