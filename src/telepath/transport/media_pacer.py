@@ -12,10 +12,13 @@ wake-up). The timer is a kernel ``timerfd`` (``deadline_timer.py``): uvloop's ow
 whole milliseconds, which put up to a millisecond of error into every send interval; where
 there is no timerfd it is ``loop.call_at``.
 
-Subscribers are spread over ``ptime / SLOT_MS`` slots (4 for 20 ms): each wake-up serves one
-slot, so a tick sends a quarter of the streams instead of all of them in one burst. A stream's
-packets still leave exactly one ``ptime`` apart, and the lateness of the last stream in a burst
-(the RTP send jitter it sees) is cut by the number of slots.
+Subscribers are placed in ``ptime / SLOT_MS`` slots (4 for 20 ms), each woken on its own 5 ms
+phase. A slot takes up to ``SLOT_CAPACITY`` streams before the next one is opened, and a slot
+with no streams costs no wake-up: with few calls one wake-up per ``ptime`` serves them all
+(fewer wake-ups, and each finds the code it runs still in cache — at small N, per-event cache
+misses are most of the cost), while past ``SLOT_CAPACITY`` streams each burst stays bounded, so
+the lateness of the last stream in a burst stays small. A stream never changes slot, so its
+packets always leave exactly one ``ptime`` apart.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 TickCallback = Callable[[float, int], None]
 MAX_CATCH_UP = 3
 SLOT_MS = 5
+SLOT_CAPACITY = 16  # streams a slot takes before the next one is opened (~0.3 ms of sends)
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] = (
     weakref.WeakKeyDictionary()
@@ -62,6 +66,7 @@ class Pacer:
         self._last: list[float] = []
         self._slot = 0
         self._next_id = 0
+        self.wakeups = 0  # timer wake-ups so far (tests, debugging)
 
     @classmethod
     def for_loop(cls, ptime_ms: int, loop: asyncio.AbstractEventLoop | None = None) -> Pacer:
@@ -77,7 +82,10 @@ class Pacer:
         """Start calling ``callback`` every tick; returns a handle for :meth:`unsubscribe`."""
         handle = self._next_id
         self._next_id += 1
-        slot = min(range(self.slots), key=lambda i: len(self._subscribers[i]))  # least loaded
+        slots = self._subscribers
+        slot = next((i for i, subs in enumerate(slots) if len(subs) < SLOT_CAPACITY), None)
+        if slot is None:  # every slot full: the least loaded
+            slot = min(range(self.slots), key=lambda i: len(slots[i]))
         self._subscribers[slot][handle] = callback
         self._slot_of[handle] = slot
         if not self._running:
@@ -105,11 +113,20 @@ class Pacer:
         self._schedule()
 
     def _schedule(self) -> None:
-        self._deadline += self._slot_time
+        """Arm the clock for the next slot with streams. An empty slot is passed over without a
+        wake-up, its clock advanced as if served, so a stream that joins it later counts one
+        frame, not the whole time it was empty."""
+        for _ in range(self.slots):
+            self._deadline += self._slot_time
+            if self._subscribers[self._slot]:
+                break
+            self._last[self._slot] = self._deadline
+            self._slot = (self._slot + 1) % self.slots
         self._timer.arm(self._deadline)
 
     def _tick(self) -> None:
         """One slot's wake-up."""
+        self.wakeups += 1
         if not self._slot_of:
             self._running = False
             self._timer.disarm()

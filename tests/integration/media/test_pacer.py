@@ -8,15 +8,16 @@ from collections.abc import Callable
 
 import pytest
 
-from telepath.transport.media_pacer import Pacer
+from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer
 
 pytestmark = pytest.mark.integration
 
 
-async def test_subscribers_are_spread_over_slots_and_paced() -> None:
+async def test_slots_fill_before_the_next_opens_and_streams_are_paced() -> None:
     loop = asyncio.get_running_loop()
     pacer = Pacer(20, loop)
-    calls: dict[int, list[float]] = {i: [] for i in range(8)}
+    assert pacer.slots == 4
+    calls: dict[int, list[float]] = {i: [] for i in range(70)}
     frames_seen: list[int] = []
 
     def make(i: int) -> Callable[[float, int], None]:
@@ -26,10 +27,14 @@ async def test_subscribers_are_spread_over_slots_and_paced() -> None:
 
         return tick
 
-    handles = [pacer.subscribe(make(i)) for i in range(8)]
-    assert pacer.slots == 4
-    # two sessions per 5 ms slot: each wake-up serves a quarter of them, not all at once
-    assert sorted(pacer._slot_of.values()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    handles = [pacer.subscribe(make(i)) for i in range(40)]
+
+    def sizes() -> list[int]:
+        return [list(pacer._slot_of.values()).count(slot) for slot in range(pacer.slots)]
+
+    assert sizes() == [SLOT_CAPACITY, SLOT_CAPACITY, 40 - 2 * SLOT_CAPACITY, 0]
+    handles += [pacer.subscribe(make(i)) for i in range(40, 70)]
+    assert sizes() == [18, 18, 17, 17]  # all full: then the least loaded, bursts stay even
     await asyncio.sleep(0.5)
     for h in handles:
         pacer.unsubscribe(h)
@@ -38,6 +43,35 @@ async def test_subscribers_are_spread_over_slots_and_paced() -> None:
     assert min(counts) > 0
     assert max(counts) - min(counts) <= 1  # every session ticks at the same rate
     assert set(frames_seen) == {1}
+
+
+async def test_with_few_streams_one_wakeup_serves_them_all() -> None:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(20, loop)
+    ticks: list[int] = []
+    handles = [pacer.subscribe(lambda now, frames: ticks.append(frames)) for _ in range(5)]
+    await asyncio.sleep(0.3)
+    for h in handles:
+        pacer.unsubscribe(h)
+    per_stream = len(ticks) / 5
+    assert per_stream >= 1
+    # one wake-up per 20 ms for all five (empty slots are passed over), not one per 5 ms slot;
+    # +1: the wake-up that finds nobody left and stops the clock
+    assert pacer.wakeups <= per_stream + 1
+
+
+async def test_a_stream_joining_a_passed_over_slot_counts_one_frame() -> None:
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(20, loop)
+    handles = [pacer.subscribe(lambda now, frames: None) for _ in range(SLOT_CAPACITY)]
+    await asyncio.sleep(0.15)  # slots 1-3 empty all along: passed over ~7 times each
+    late: list[int] = []
+    handles.append(pacer.subscribe(lambda now, frames: late.append(frames)))
+    assert pacer._slot_of[handles[-1]] == 1
+    await asyncio.sleep(0.1)
+    for h in handles:
+        pacer.unsubscribe(h)
+    assert late and set(late) == {1}  # not the 150 ms its slot stood empty
 
 
 async def test_a_stall_is_counted_in_frames_not_burst() -> None:
