@@ -145,3 +145,19 @@ async def test_a_timer_the_kernel_refuses_to_arm_falls_back_instead_of_failing(
     assert not timer.precise
     assert "falling back" in caplog.text
     timer.disarm()
+
+
+@pytest.mark.skipif(not LINUX, reason="the kernel timer exists only on Linux")
+def test_finding_libc_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ctypes.util.find_library runs ``ldconfig -p`` (tens of ms at start-up, and it may be
+    missing from a minimal container): libc's symbols are already in the process."""
+    import subprocess
+
+    from telepath.transport import deadline_timer
+
+    def no_process(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"started a process: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    libc = deadline_timer._load_libc()
+    assert libc is not None and hasattr(libc, "timerfd_create")
