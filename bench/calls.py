@@ -19,6 +19,12 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
 
   kernel %       the system (kernel) share of that process's CPU
 
+With ``BENCH_PROBE=1`` the gateway also times its per-frame callbacks in situ (thread CPU
+clock; ``bench/probe/sitecustomize.py``) and each step prints µs per call and per frame pair
+for RTP in, agent bytes in, the pacer's wake-up and the two sends inside them. The probe costs a
+few µs per call, so that run's CPU figures read high: use it to see where time goes, not for
+the table.
+
 Baselines, the same phones at the same packet rate, each a separate process on uvloop:
   udp-echo       a minimal UDP echo per stream (``bench.workers udpecho``): the packet path
   relay          the bridge floor (``bench.workers relay``): per stream, RTP in → one TCP write
@@ -106,6 +112,28 @@ def _merge(phones_file: Path, agent_file: Path) -> dict[str, Any]:
     }
 
 
+def _probe(path: Path | None, t0: float, t1: float) -> dict[str, dict[str, float]]:
+    """Per-callback CPU over the window from the gateway's probe file (``BENCH_PROBE=1``)."""
+    if path is None or not path.exists():
+        return {}
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    before = [x for x in lines if x["t"] <= t0] or lines[:1]
+    after = [x for x in lines if x["t"] >= t1] or lines[-1:]
+    if not before or not after:
+        return {}
+    a, b = before[-1]["acc"], after[0]["acc"]
+    pairs = b.get("rtp_in", [0, 0])[1] - a.get("rtp_in", [0, 0])[1]
+    out = {}
+    for name, (ns, count) in b.items():
+        ns0, count0 = a.get(name, [0, 0])
+        calls = count - count0
+        out[name] = {
+            "us_per_call": round((ns - ns0) / 1000 / calls, 1) if calls else 0.0,
+            "us_per_frame_pair": round((ns - ns0) / 1000 / pairs, 1) if pairs else 0.0,
+        }
+    return out
+
+
 def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dict[str, Any]:
     phones = Worker("phones")
     try:
@@ -136,12 +164,14 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
         phones.recv()
         window = CpuWindow({"gateway": gw.pid, "agent": agent.pid, "phones": phones.pid})
         window.start()
+        probe_t0 = time.monotonic()
         rss_samples = []
         end = time.monotonic() + window_s
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             rss_samples.append(proc_rss_mb(gw.pid))
         wall, cpu = window.stop()
+        probe_t1 = time.monotonic()
         load = loadavg()
         phones_file = tmp / f"phones-{n}.json"
         phones.send(f"end {phones_file}")
@@ -189,6 +219,16 @@ def _step(gw: Gateway, agent: Worker, n: int, window_s: float, tmp: Path) -> dic
         **ph,
         "load": load,
     }
+    probe = _probe(gw.probe_file, probe_t0, probe_t1)
+    if probe:
+        row["probe"] = probe
+        print(
+            f"  probe N={n} (µs per call / per frame pair): "
+            + ", ".join(
+                f"{k} {v['us_per_call']}/{v['us_per_frame_pair']}" for k, v in probe.items()
+            ),
+            flush=True,
+        )
     return row
 
 

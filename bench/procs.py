@@ -99,6 +99,13 @@ class Gateway:
             "TELEPATH_RTP_PORT_MAX": str(rtp_min + rtp_span),
             **(extra_env or {}),
         }
+        # BENCH_PROBE=1: time the per-frame callbacks in situ (bench/probe/sitecustomize.py)
+        self.probe_file: Path | None = None
+        if os.environ.get("BENCH_PROBE") == "1":
+            self.probe_file = self.tmp / "probe.jsonl"
+            probe_dir = str(ROOT / "bench" / "probe")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [probe_dir, env.get("PYTHONPATH")]))
+            env["BENCH_PROBE_OUT"] = str(self.probe_file)
         self.log = open(self.tmp / "gateway.log", "w")
         # BENCH_GATEWAY_PROFILE=/path/out.prof: run the gateway under cProfile (written on exit)
         profile = os.environ.get("BENCH_GATEWAY_PROFILE")
