@@ -26,13 +26,13 @@ import logging
 import math
 import os
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_CLOCK_MONOTONIC = 1  # <time.h>; time.CLOCK_MONOTONIC is the same constant on Linux
 _TFD_TIMER_ABSTIME = 1  # <sys/timerfd.h>
 
 
@@ -91,7 +91,7 @@ class DeadlineTimer:
         self._reading = False
         self._spec = _Itimerspec()
         if precise and _LIBC is not None:
-            fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = _LIBC.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
             if fd >= 0:
                 self._fd = fd
                 weakref.finalize(self, os.close, fd)
