@@ -276,6 +276,9 @@ class AgentSocket(asyncio.Protocol):
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Nothing more can arrive: drop the taker, a bound method of the bridge that holds this
+        # socket (a reference cycle only a full collection would free — test_call_memory.py).
+        self.on_message = None
         self._p.receive_eof()  # idempotent; the protocol is now CLOSED
         self._p.data_to_send()
         for timer in (self._ping_timer, self._abort_timer):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -510,10 +511,11 @@ class CallManager:
         bridge = self.bridge_factory(
             trunk.ai_provider, self._provider_config(trunk), self.config.provider_timeout_s
         )
-        holder: dict[str, Call] = {}
 
         def playout() -> int:
-            call = holder.get("call")
+            # Looked up, not captured: the bridge holds this function, and a call captured here
+            # (which holds the bridge) would be a cycle that outlives the call.
+            call = self.calls.get(call_id)
             return call.playout_ms() if call is not None else 0
 
         connect = asyncio.ensure_future(bridge.start(meta, playout))
@@ -606,8 +608,10 @@ class CallManager:
         dialog.local_sdp = call.answer_sdp  # what our own re-INVITE session refresh offers
         call.session_id = session_id
         call.session_version = session_version
-        holder["call"] = call
-        dialog.app_data = call
+        # Weakly: the call's SIP callbacks close over the dialog, and a dialog outlives its
+        # call for a while (our BYE's transaction): a strong reference back would keep the
+        # whole call alive, then leave it to a full collection (test_call_memory.py).
+        dialog.app_data = weakref.ref(call)
         self.calls[call_id] = call
         for digit in setup.digits:  # pressed between our 200 and the call being up
             call.dtmf(digit)
@@ -930,6 +934,9 @@ def _agent_law(codecs: tuple[str, ...]) -> Codec:
 
 
 def _call_of(data: object) -> Call | None:
+    """The call a dialog's ``app_data`` refers to (weakly), if it is still alive."""
+    if isinstance(data, weakref.ref):
+        data = data()
     return data if isinstance(data, Call) else None
 
 

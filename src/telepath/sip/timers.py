@@ -44,44 +44,64 @@ class TimerOwner(HasTimers, Protocol):
 
 
 class TimerQueue:
-    """A heap of (deadline, owner, name); cancelling bumps a generation (lazy deletion)."""
+    """A heap of deadlines; cancelling is lazy (the heap entry stays until it comes up).
+
+    The heap holds only ``(deadline, generation)``; the owner of a live timer is found through
+    ``_armed``, which cancelling and re-arming clear at once. So a cancelled timer keeps no
+    reference to its owner: a dialog's 32 s give-up timer, cancelled when the ACK comes, must not
+    keep the dialog — and through it the whole call — alive until it would have fired. Dead
+    entries are dropped when they reach the top, and the heap is rebuilt from the live ones when
+    they are outnumbered (long timers cancelled at a high call rate would otherwise pile up).
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, TimerOwner, str]] = []
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, tuple[TimerOwner, str]] = {}
         self._counter = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """How many timers are armed."""
+        return len(self._armed)
 
     def schedule(self, owner: TimerOwner, name: str, deadline: float) -> None:
         """(Re)arm ``owner``'s timer ``name`` for ``deadline``."""
+        previous = owner.timer_generation.get(name)
+        if previous is not None:
+            self._armed.pop(previous, None)
         gen = next(self._counter)
         owner.timer_generation[name] = gen
-        heapq.heappush(self._heap, (deadline, gen, gen, owner, name))
+        self._armed[gen] = (owner, name)
+        heapq.heappush(self._heap, (deadline, gen))
+        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._armed):
+            # in place: fire_due may be iterating this list (an owner re-arming from on_timer)
+            self._heap[:] = [entry for entry in self._heap if entry[1] in self._armed]
+            heapq.heapify(self._heap)
 
-    @staticmethod
-    def cancel(owner: HasTimers, name: str) -> None:
+    def cancel(self, owner: HasTimers, name: str) -> None:
         """Disarm ``owner``'s timer ``name`` (no-op when not armed)."""
-        owner.timer_generation.pop(name, None)
-
-    def _live(self, entry: tuple[float, int, int, TimerOwner, str]) -> bool:
-        _, _, gen, owner, name = entry
-        return owner.timer_generation.get(name) == gen
+        gen = owner.timer_generation.pop(name, None)
+        if gen is not None:
+            self._armed.pop(gen, None)
 
     def next_deadline(self) -> float | None:
         """The earliest live deadline, or None."""
-        while self._heap and not self._live(self._heap[0]):
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        while heap and heap[0][1] not in self._armed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def fire_due(self, now: float) -> int:
         """Fire every timer due at ``now``; return how many fired."""
         fired = 0
-        while self._heap and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)
-            if not self._live(entry):
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, gen = heapq.heappop(heap)
+            armed = self._armed.pop(gen, None)
+            if armed is None:
                 continue
-            _, _, _, owner, name = entry
+            owner, name = armed
+            if owner.timer_generation.get(name) != gen:
+                continue  # disarmed behind our back
             del owner.timer_generation[name]
             owner.on_timer(name, now)
             fired += 1

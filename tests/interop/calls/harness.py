@@ -547,6 +547,13 @@ def _watch_calls(gateway: Gateway) -> list[Call]:
     return calls.seen
 
 
+def forget_seen_calls(gateway: Gateway) -> None:
+    """Drop the harness's own references to the calls it saw (for tests of what frees them)."""
+    calls = gateway.manager.calls
+    if isinstance(calls, _SeenCalls):
+        calls.seen.clear()
+
+
 async def settled(gateway: Gateway) -> None:
     """Wait until every call and setup task finished (records and events written)."""
     manager = gateway.manager

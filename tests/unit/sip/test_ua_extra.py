@@ -3,6 +3,7 @@ Timer H, CANCEL after 2xx, and the TimerQueue itself."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import pytest
@@ -286,6 +287,74 @@ def test_timer_queue_orders_cancels_and_rearms() -> None:
     assert a.fired[-1] == ("x", 10.0)
     assert q.next_deadline() is None and a.timer_generation == {}
     q.cancel(a, "never-armed")  # no-op
+
+
+def test_a_cancelled_timer_keeps_no_reference_to_its_owner() -> None:
+    # A dialog's 32 s give-up timer is cancelled by the ACK: it must not keep the dialog (and
+    # the call hanging off it) alive until it would have fired.
+    q = TimerQueue()
+    keep = Owner()
+    q.schedule(keep, "later", 100.0)
+    owner = Owner()
+    q.schedule(owner, "give-up", 32.0)
+    q.schedule(owner, "retransmit", 0.5)
+    q.schedule(owner, "retransmit", 1.0)  # re-armed: the first entry is dead too
+    gone = weakref.ref(owner)
+    q.cancel(owner, "give-up")
+    q.cancel(owner, "retransmit")
+    del owner
+    assert gone() is None
+    assert len(q) == 1 and q.next_deadline() == 100.0
+    assert q.fire_due(100.0) == 1 and keep.fired == [("later", 100.0)]
+
+
+def test_dead_timer_entries_do_not_pile_up() -> None:
+    q = TimerQueue()
+    live = [Owner() for _ in range(10)]
+    for i, owner in enumerate(live):
+        q.schedule(owner, "t", 1000.0 + i)
+    for _ in range(5000):  # long timers armed and cancelled, as at a high call rate
+        owner = Owner()
+        q.schedule(owner, "session", 1800.0)
+        q.cancel(owner, "session")
+    assert len(q) == 10
+    assert len(q._heap) <= 2 * 10 + 64 + 1
+    assert q.fire_due(2000.0) == 10
+    assert all(o.fired == [("t", 2000.0)] for o in live)
+
+
+def test_timers_armed_while_the_heap_is_rebuilt_inside_fire_due() -> None:
+    # on_timer arms and cancels timers (as the UA does), so schedule() rebuilds the heap that
+    # fire_due is walking: every live timer must still fire exactly once, re-armed ones too.
+    q = TimerQueue()
+
+    @dataclass(eq=False)
+    class Churner:
+        timer_generation: dict[str, int] = field(default_factory=dict)
+        fired: list[float] = field(default_factory=list)
+
+        def on_timer(self, name: str, now: float) -> None:
+            self.fired.append(now)
+            for _ in range(100):
+                dead = Owner()
+                q.schedule(dead, "x", now + 50)
+                q.cancel(dead, "x")
+            q.schedule(self, name, now + 1.0)
+            if len(self.fired) == 1:
+                q.schedule(late, "due-now", now)  # armed after the rebuild, due at once
+
+    late = Owner()
+    churner = Churner()
+    q.schedule(churner, "tick", 1.0)
+    others = [Owner() for _ in range(5)]
+    for owner in others:
+        q.schedule(owner, "once", 1.0)
+    assert q.fire_due(1.0) == 7
+    assert late.fired == [("due-now", 1.0)]
+    assert q.fire_due(2.0) == 1
+    assert churner.fired == [1.0, 2.0]
+    assert all(o.fired == [("once", 1.0)] for o in others)
+    assert q.next_deadline() == 3.0 and len(q) == 1
 
 
 def test_timer_queue_fires_due_timers_in_deadline_order_and_reschedules() -> None:
