@@ -10,7 +10,11 @@ This module imports nothing from Telepath, so any layer may record into it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -35,6 +39,8 @@ GATEWAY_LATENCY_BUCKETS_S = (
 )
 PACKET_LOSS_BUCKETS_PERCENT = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 JITTER_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0)
+# A collection's pause: 0.5 ms (young objects) .. 1 s (a full collection of a large heap).
+GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # How many ended call ids are remembered so that a repeated "ended" is not counted twice.
 ENDED_MEMORY = 10_000
 
@@ -122,8 +128,38 @@ class Metrics:
             "Events that could not be written to the webhook outbox",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "telepath_gc_pause_seconds",
+            "How long each garbage collection stopped the process, by generation (2: a full "
+            "collection, which every live call's audio waits for)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS_S,
+            registry=r,
+        )
         self._active: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every garbage collection into ``gc_pause``; returns the function that stops it.
+
+        One ``gc.callbacks`` entry per call: a server process calls this once.
+        """
+        children = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
+        started = [0.0]
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                children[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(timed)
+
+        return unwatch
 
     def record_call_started(self, call_id: str) -> None:
         """Count a call as active (idempotent per call id)."""

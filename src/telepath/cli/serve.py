@@ -63,6 +63,7 @@ async def serve(settings: Settings) -> None:
             gateway = await start_gateway(settings, state)
         app = create_app(state)
         settle_heap()
+        unwatch_gc = state.metrics.watch_gc()
         config = uvicorn.Config(
             app,
             host=settings.http_host,
@@ -94,6 +95,7 @@ async def serve(settings: Settings) -> None:
                 await gateway.stop(settings.sip_drain_timeout_s)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            unwatch_gc()
 
 
 def run_serve(settings: Settings) -> None:

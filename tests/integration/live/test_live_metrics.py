@@ -1,0 +1,21 @@
+"""``GET /metrics`` of a real ``telepath serve``: the serve-time collectors are wired in."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.integration.live.conftest import LiveServer
+
+
+def test_gc_pauses_are_exported(live_server: LiveServer) -> None:
+    resp = httpx.get(
+        f"{live_server.base_url}/metrics",
+        headers={"Authorization": f"Bearer {live_server.api_key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    for generation in range(3):
+        pattern = rf'^telepath_gc_pause_seconds_count\{{generation="{generation}"\}} ([0-9.e+]+)$'
+        assert re.search(pattern, resp.text, re.M), f"no pause series for generation {generation}"
