@@ -132,16 +132,25 @@ class WebSocketBridge(AgentBridge):
                 )
         except Exception as exc:  # every connect failure becomes a classified BridgeError
             err = connect_error(exc)
+            # The socket keeps the original error (its handshake result) and the error's
+            # traceback holds the socket's frames: a cycle, unless the traceback goes.
+            exc.__traceback__ = None
             logger.warning("%s bridge: connect failed (%s)", self.provider, err.code)
             self._finish(err.to_event())
-            raise err from None
+            try:
+                raise err from None
+            finally:
+                del err  # this frame is in err's traceback: no local may hold err (a cycle)
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.provider}-bridge")
 
     async def _fail_start(self, err: BridgeError) -> NoReturn:
         """Abort ``start`` after the socket opened: close it, finish, raise."""
         self._finish(err.to_event())
         await self._shutdown_socket()
-        raise err
+        try:
+            raise err
+        finally:
+            del err  # as in _open: no cycle through this frame's locals
 
     # --- caller audio ----------------------------------------------------------------------
 

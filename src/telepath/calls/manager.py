@@ -531,9 +531,14 @@ class CallManager:
             lease.release()
             self._count("cancelled_during_setup")
             return
-        try:
-            connect.result()
-        except (BridgeError, TelepathError, OSError) as exc:
+        # Read the failure without raising it here: re-raised in this frame, its traceback
+        # would hold this frame, whose ``connect`` holds the failure — a cycle that keeps the
+        # whole refused call (record, SDP, bridge) for a full collection (test_call_memory.py).
+        exc = connect.exception()
+        del connect
+        if exc is not None and not isinstance(exc, BridgeError | TelepathError | OSError):
+            raise exc
+        if exc is not None:
             with contextlib.suppress(Exception):
                 await bridge.close()
             lease.release()

@@ -8,6 +8,7 @@ import gc
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 @contextmanager
@@ -24,27 +25,41 @@ def collector_off() -> Iterator[None]:
         gc.collect()
 
 
-def cyclic_garbage(prefix: str = "telepath.") -> list[object]:
+@dataclass
+class Garbage:
+    """What a collection found unreachable: our objects among everything."""
+
+    ours: list[object]
+    everything: list[object]
+
+    def __bool__(self) -> bool:
+        return bool(self.ours)
+
+
+def cyclic_garbage(prefix: str = "telepath.") -> Garbage:
     """Objects of modules under ``prefix`` that only the cyclic collector would free now."""
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
-        return [o for o in gc.garbage if type(o).__module__.startswith(prefix)]
+        everything = list(gc.garbage)
+        ours = [o for o in everything if type(o).__module__.startswith(prefix)]
+        return Garbage(ours, everything)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
 
 
-def describe(garbage: list[object], cycles: int = 3) -> str:
+def describe(garbage: Garbage, cycles: int = 3) -> str:
     """How many of each type, and the first few cycles as chains of types and attributes."""
-    counts = collections.Counter(_name(o) for o in garbage)
+    counts = collections.Counter(_name(o) for o in garbage.ours)
     lines = [f"{n} x {name}" for name, n in counts.most_common(20)]
+    within = {id(o) for o in garbage.everything}
     shown: set[str] = set()
-    for obj in garbage:
+    for obj in garbage.ours:
         name = _name(obj)
         if name in shown or len(shown) >= cycles:
             continue
-        path = _cycle_through(obj)
+        path = _cycle_through(obj, within)
         if path is None:
             continue
         shown.add(name)
@@ -87,11 +102,11 @@ def _via(holder: object, held: object) -> str:
     return ",".join(names) or "?"
 
 
-def _cycle_through(start: object, limit: int = 20000) -> list[object] | None:
-    """A shortest path of references from ``start`` back to itself (breadth first)."""
+def _cycle_through(start: object, within: set[int]) -> list[object] | None:
+    """A shortest path of references from ``start`` back to itself through garbage only."""
     parent: dict[int, object | None] = {id(start): None}
     queue: collections.deque[object] = collections.deque([start])
-    while queue and len(parent) < limit:
+    while queue:
         obj = queue.popleft()
         for ref in gc.get_referents(obj):
             if ref is start:
@@ -102,7 +117,7 @@ def _cycle_through(start: object, limit: int = 20000) -> list[object] | None:
                     back = parent[id(back)]
                 path.reverse()
                 return path
-            if id(ref) not in parent and not isinstance(ref, type):
+            if id(ref) in within and id(ref) not in parent:
                 parent[id(ref)] = obj
                 queue.append(ref)
     return None

@@ -29,7 +29,15 @@ from telepath.testing.fake_openai import FakeOpenAIRealtime
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk, provider_trunk
 from tests.interop.calls.cycles import collector_off, cyclic_garbage, describe, referrers
-from tests.interop.calls.harness import forget_seen_calls, place_call, settled
+from tests.interop.calls.harness import (
+    Phone,
+    forget_seen_calls,
+    free_tcp_port,
+    place_call,
+    rejected_call,
+    run_sipp,
+    settled,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -109,3 +117,31 @@ async def test_provider_call_is_freed(
             assert result.returncode == 0, result.stdout + result.errors
             del placed
             await _assert_freed(gateway, refs)
+
+
+@pytest.mark.parametrize("how", ["http_401", "closed_port", "wrong_password"])
+async def test_refused_call_leaves_no_cycles(
+    api: Api, gateway: Gateway, tmp_path: Path, how: str
+) -> None:
+    # Failed set-ups are what a flood or a broken agent produces at high rate: none of them
+    # may leave work for the cyclic collector either.
+    async with FakeTelepathAgent(reject_status=401) as fake:
+        url = fake.url if how == "http_401" else f"ws://127.0.0.1:{free_tcp_port()}/agent"
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=url)
+        with collector_off():
+            phone = await Phone().open()
+            password = "not-the-password" if how == "wrong_password" else PASSWORD
+            status = 403 if how == "wrong_password" else 480
+            for _ in range(3):
+                result = await run_sipp(
+                    rejected_call("alice", phone.port, status),
+                    tmp_path,
+                    gateway.server.bound["UDP"],
+                    user="alice",
+                    password=password,
+                )
+                assert result.returncode == 0, result.stdout + result.errors
+            await phone.close()
+            await settled(gateway)
+            garbage = cyclic_garbage()
+            assert not garbage, "in reference cycles after refused calls:\n" + describe(garbage)
