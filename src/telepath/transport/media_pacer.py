@@ -28,6 +28,7 @@ import logging
 import weakref
 from collections.abc import Callable
 
+from telepath.transport import gc_schedule
 from telepath.transport.deadline_timer import DeadlineTimer
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Pacer:
 
     def _start(self) -> None:
         self._running = True
+        gc_schedule.clock_started()
         now = self._loop.time()
         self._deadline = now
         # The deadline each slot was last served at, so a stall counts its frames per slot.
@@ -130,6 +132,7 @@ class Pacer:
         if not self._slot_of:
             self._running = False
             self._timer.disarm()
+            gc_schedule.clock_stopped()
             return  # nobody left: stop; the next subscribe starts again
         ptime = self.ptime
         now = self._loop.time()
@@ -147,3 +150,6 @@ class Pacer:
                 logger.exception("media session tick failed")
         self._slot = (slot + 1) % self.slots
         self._schedule()
+        # The garbage collector's young generations run here, in the gap after the burst,
+        # rather than wherever an allocation crosses the threshold (gc_schedule.py).
+        gc_schedule.after_tick()
