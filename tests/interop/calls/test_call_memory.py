@@ -58,6 +58,18 @@ def _refs(placed_call: Any) -> dict[str, weakref.ref[Any]]:
     return refs
 
 
+async def _call_is_freed(gateway: Gateway, tmp: Path, **place: Any) -> None:
+    """Place a call with the collector off, let it end, and require it gone without it."""
+    with collector_off():
+        placed = await place_call(gateway, tmp, "alice", PASSWORD, **place)
+        refs = _refs(placed)
+        forget_seen_calls(gateway)
+        result = await placed.tone_until_end(1.0)
+        assert result.returncode == 0, result.stdout + result.errors
+        del placed
+        await _assert_freed(gateway, refs)
+
+
 async def _assert_freed(gateway: Gateway, refs: dict[str, weakref.ref[Any]]) -> None:
     await settled(gateway)
     alive = [name for name, ref in refs.items() if ref() is not None]  # before any collection
@@ -75,21 +87,12 @@ async def test_custom_agent_call_is_freed(
     hangup = ending == "agent"  # after its 300 ms greeting
     async with FakeTelepathAgent(agent="tone", response_ms=300, hangup=hangup) as fake:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=fake.url)
-        with collector_off():
-            placed = await place_call(
-                gateway,
-                tmp_path,
-                "alice",
-                PASSWORD,
-                hold_ms=1500 if ending == "caller" else 3000,
-                caller_hangs_up=ending == "caller",
-            )
-            refs = _refs(placed)
-            forget_seen_calls(gateway)
-            result = await placed.tone_until_end(1.0)
-            assert result.returncode == 0, result.stdout + result.errors
-            del placed
-            await _assert_freed(gateway, refs)
+        await _call_is_freed(
+            gateway,
+            tmp_path,
+            hold_ms=1500 if ending == "caller" else 3000,
+            caller_hangs_up=ending == "caller",
+        )
 
 
 def _openai() -> AbstractAsyncContextManager[Any]:
@@ -109,14 +112,7 @@ async def test_provider_call_is_freed(
 ) -> None:
     async with make_fake() as fake:
         await provider_trunk(api, gateway, fake, PASSWORD)
-        with collector_off():
-            placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
-            refs = _refs(placed)
-            forget_seen_calls(gateway)
-            result = await placed.tone_until_end(1.0)
-            assert result.returncode == 0, result.stdout + result.errors
-            del placed
-            await _assert_freed(gateway, refs)
+        await _call_is_freed(gateway, tmp_path, hold_ms=1500)
 
 
 @pytest.mark.parametrize("how", ["http_401", "closed_port", "wrong_password"])
