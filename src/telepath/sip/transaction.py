@@ -95,7 +95,10 @@ class ServerTransaction:
         self.is_invite = request.method == "INVITE"
         self.state = TxState.PROCEEDING if self.is_invite else TxState.TRYING
         self.timer_generation: dict[str, int] = {}
-        self.last_response: Response | None = None
+        # The last response as sent, and its status: the parsed Response is not kept (a
+        # transaction lingers 32 s after it, RFC 3261 §17.2.2 / RFC 6026, and only these are
+        # needed to answer retransmissions and match the ACK).
+        self.status: int | None = None
         self._wire: bytes | None = None
         self._interval = tu.sip_timers.t1
         self.created = now
@@ -111,7 +114,7 @@ class ServerTransaction:
         if self.state == TxState.TERMINATED or (self.final_sent and response.status >= 200):
             return
         timers = self.tu.sip_timers
-        self.last_response = response
+        self.status = response.status
         self._wire = response.to_bytes()
         self.tu.send_bytes(self._wire, self.source)
         if response.status < 200:

@@ -566,8 +566,8 @@ class UserAgentCore:
         if (
             tx is not None
             and tx.final_sent
-            and (tx.last_response is not None)
-            and (tx.last_response.status >= 300)
+            and (tx.status is not None)
+            and (tx.status >= 300)
         ):
             tx.on_ack(self.clock.now())  # ACK for a non-2xx final is part of the transaction
             return

@@ -7,7 +7,7 @@ import pytest
 from telepath.clock import FakeClock
 from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import parse_message
-from telepath.sip.transaction import Source
+from telepath.sip.transaction import Source, TxState
 from telepath.sip.ua import (
     CallConfirmed,
     CallEnded,
@@ -121,6 +121,19 @@ def test_retransmitted_invite_gets_last_response_again(
     assert [r.status for r in sent(out)] == [401]
     assert events(out) == []
     assert ua.counters["retransmissions_absorbed"] == 1
+
+
+def test_a_lingering_transaction_keeps_the_response_as_bytes_only(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    # It lingers 32 s after its final response (RFC 6026): bytes and status, no parsed objects.
+    ua, _ = core
+    ev, _ = answered(ua)
+    ua.respond(ev.tx, 486)
+    assert ev.tx.status == 486
+    assert not [v for v in vars(ev.tx).values() if isinstance(v, Response)]
+    ua.receive(request("ACK", to_tag=ev.tx.to_tag), SRC)  # the non-2xx ACK still matches
+    assert ev.tx.state == TxState.CONFIRMED
 
 
 def test_non_2xx_final_retransmitted_until_ack(core: tuple[UserAgentCore, FakeClock]) -> None:
