@@ -563,12 +563,7 @@ class UserAgentCore:
         tx = self._server_txs.get(server_key(request))
         if tx is None and request.to.tag is not None:
             tx = self._ack_fallback.get(_ack_key(request, request.to.tag))
-        if (
-            tx is not None
-            and tx.final_sent
-            and (tx.status is not None)
-            and (tx.status >= 300)
-        ):
+        if tx is not None and tx.final_sent and (tx.status is not None) and (tx.status >= 300):
             tx.on_ack(self.clock.now())  # ACK for a non-2xx final is part of the transaction
             return
         dialog = self._dialog_of(request)
