@@ -253,7 +253,9 @@ class WebSocketBridge(AgentBridge):
                 reason = exc.rcvd.reason if exc.rcvd is not None else ""
                 self._finish(self._on_remote_close(code, reason))
         except BridgeError as err:
-            logger.warning("%s bridge: %s", self.provider, err)
+            # its text, not the error: a log record that keeps the error (a capturing handler
+            # does) would keep its traceback's frames, and with them this bridge and its call
+            logger.warning("%s bridge: %s", self.provider, str(err))
             self._finish(err.to_event())
         except asyncio.CancelledError:
             raise

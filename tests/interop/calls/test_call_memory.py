@@ -27,7 +27,7 @@ from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk, provider_trunk
+from tests.interop.calls.conftest import configure, create_trunk, provider_trunk
 from tests.interop.calls.cycles import collector_off, cyclic_garbage, describe, referrers
 from tests.interop.calls.harness import (
     Phone,
@@ -58,13 +58,13 @@ def _refs(placed_call: Any) -> dict[str, weakref.ref[Any]]:
     return refs
 
 
-async def _call_is_freed(gateway: Gateway, tmp: Path, **place: Any) -> None:
+async def _call_is_freed(gateway: Gateway, tmp: Path, *, tone_s: float = 1.0, **place: Any) -> None:
     """Place a call with the collector off, let it end, and require it gone without it."""
     with collector_off():
         placed = await place_call(gateway, tmp, "alice", PASSWORD, **place)
         refs = _refs(placed)
         forget_seen_calls(gateway)
-        result = await placed.tone_until_end(1.0)
+        result = await placed.tone_until_end(tone_s)
         assert result.returncode == 0, result.stdout + result.errors
         del placed
         await _assert_freed(gateway, refs)
@@ -113,6 +113,24 @@ async def test_provider_call_is_freed(
     async with make_fake() as fake:
         await provider_trunk(api, gateway, fake, PASSWORD)
         await _call_is_freed(gateway, tmp_path, hold_ms=1500)
+
+
+@pytest.mark.parametrize("failure", ["drop", "close", "error"])
+async def test_call_ended_by_a_provider_failure_is_freed(
+    api: Api, gateway: Gateway, tmp_path: Path, failure: str
+) -> None:
+    async with FakeTelepathAgent(agent="silent", after_start=failure) as fake:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=fake.url)
+        await _call_is_freed(gateway, tmp_path, hold_ms=2000, caller_hangs_up=False)
+
+
+async def test_call_ended_by_media_timeout_is_freed(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    configure(gateway, rtp_inactivity_timeout_s=1.0)
+    async with FakeTelepathAgent(agent="silent") as fake:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=fake.url)
+        await _call_is_freed(gateway, tmp_path, hold_ms=3000, caller_hangs_up=False, tone_s=0.5)
 
 
 @pytest.mark.parametrize("how", ["http_401", "closed_port", "wrong_password"])
