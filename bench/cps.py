@@ -126,6 +126,13 @@ def _within_capacity(row: dict[str, Any]) -> bool:
     )
 
 
+def _ready(gw: Gateway, url: str, scenario: str) -> None:
+    """The bench trunk, and a warm-up (imports, DB connections, first WebSocket)."""
+    gw.create_trunk(USER, PASSWORD, url)
+    run_sipp(("127.0.0.1", gw.sip_port), 10, 10, scenario=scenario, user=USER, password=PASSWORD)
+    _wait_idle(gw.pid)
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     rates = [50, 100, 200, 300] if quick else [50, 100, 150, 200, 250, 300, 400, 500, 600]
     seconds = 3.0 if quick else 6.0
@@ -141,12 +148,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         # 1. Capacity: no admission limit, the rate stepped up until two steps fail.
         gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0"})
         try:
-            gw.create_trunk(USER, PASSWORD, url)
-            # warm-up: imports, DB connections, first WebSocket
-            run_sipp(
-                ("127.0.0.1", gw.sip_port), 10, 10, scenario=scenario, user=USER, password=PASSWORD
-            )
-            _wait_idle(gw.pid)
+            _ready(gw, url, scenario)
             failing_steps = 0
             for rate in rates:
                 row = _measure(gw, agent, "telepath", rate, seconds, scenario)
@@ -164,11 +166,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         limit = max(10, int(capacity * LIMIT_SHARE) // 10 * 10) if capacity else 100
         gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": str(limit)})
         try:
-            gw.create_trunk(USER, PASSWORD, url)
-            run_sipp(
-                ("127.0.0.1", gw.sip_port), 10, 10, scenario=scenario, user=USER, password=PASSWORD
-            )
-            _wait_idle(gw.pid)
+            _ready(gw, url, scenario)
             for factor in (1.5, 2):
                 row = _measure(
                     gw, agent, "telepath-limited", int(limit * factor), seconds, scenario
