@@ -41,6 +41,13 @@ class LookupCache(Generic[K, V]):
         self._flights: dict[tuple[int, K], asyncio.Future[V]] = {}
         self.loads = 0  # reads that reached ``load`` (tests and diagnostics)
 
+    def peek(self, key: K) -> V | None:
+        """The cached value if it is fresh, else None; never loads (no await, no task)."""
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == self._generation() and hit[1] > time.monotonic():
+            return hit[2]
+        return None
+
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         now = time.monotonic()
         generation = self._generation()

@@ -74,3 +74,19 @@ async def test_a_cancelled_loader_does_not_cancel_the_waiters() -> None:
     src.gate.set()
     assert await waiter == 2  # it loaded for itself
     assert loader.cancelled()
+
+
+async def test_peek_returns_only_a_fresh_entry_and_never_loads() -> None:
+    generation = 0
+    cache: LookupCache[str, int] = LookupCache(60, lambda: generation)
+    src = Source()
+    src.gate.set()
+    assert cache.peek("k") is None
+    assert await cache.get("k", src.load) == 1
+    assert cache.peek("k") == 1 and cache.peek("other") is None
+    generation += 1
+    assert cache.peek("k") is None  # a change in this process: stale at once
+    expired: LookupCache[str, int] = LookupCache(0)
+    assert await expired.get("k", src.load) == 2
+    assert expired.peek("k") is None
+    assert src.calls == 2

@@ -334,7 +334,8 @@ class WebSocketBridge(AgentBridge):
         ws = self._ws
         if ws is not None:
             try:
-                await asyncio.wait_for(ws.close(1000), CLOSE_TIMEOUT_S * 2)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S * 2):  # no task, unlike wait_for
+                    await ws.close(1000)
             except (TimeoutError, ConnectionClosed, OSError):
                 pass
 

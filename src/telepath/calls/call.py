@@ -269,7 +269,8 @@ class Call:
             self._hangup_sip()
         bridge_reason = _bridge_reason(end.reason)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.bridge.close(bridge_reason), 5)
+            async with asyncio.timeout(5):  # not wait_for: no task per call for this
+                await self.bridge.close(bridge_reason)
         unplayed_ms = self.media.queued_ms
         stats = await self.media.close()
         self.turns.finish_agent_turn(unplayed_ms)
@@ -291,7 +292,8 @@ class Call:
         if end.send_bye:
             # Let the carrier answer our BYE so the SIP trace in the record is complete.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.sip_done.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.sip_done.wait()
         await self._on_finished(self, end)
 
     async def _media_pump(self) -> None:

@@ -724,7 +724,8 @@ class CallManager:
         if sent_bye:
             self.server.dispatch(core.hangup(dialog))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(bridge.close(), 5)
+            async with asyncio.timeout(5):
+                await bridge.close()
         lease.release()
         record.status = CallStatus.FAILED
         record.end_time = datetime.now(UTC)
@@ -732,7 +733,8 @@ class CallManager:
         record.error_message = error
         if sent_bye:  # let the caller answer our BYE, so the record's SIP trace is complete
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(setup.sip_done.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await setup.sip_done.wait()
         record.sip_trace = self._trace(dialog.call_id)
         if self.metrics is not None:
             self.metrics.record_call_ended(

@@ -324,3 +324,19 @@ async def test_no_subscribers_writes_nothing(api: Api) -> None:
     sink = DbEventSink(api.state.sessions, on_enqueued=lambda: woken.append(True))
     await sink.emit(await account_of(api), "call.started", PAYLOAD)
     assert await rows(api) == [] and woken == [] and sink.failures == 0
+
+
+async def test_an_event_nobody_subscribes_to_is_dropped_without_suspending(api: Api) -> None:
+    # The call path emits four events per call; with the account's endpoints cached and none
+    # subscribed, emit must finish in its first step (no task, no timer, no database).
+    with running(Receiver()) as receiver:
+        await subscribe(api, receiver.url, ["call.ended"])
+        sink = DbEventSink(api.state.sessions)
+        account = await account_of(api)
+        await sink.emit(account, "call.started", PAYLOAD)  # loads the endpoint cache
+        step = sink.emit(account, "agent.connected", {"agent_type": "openai"})
+        with pytest.raises(StopIteration):
+            step.send(None)
+        await sink.emit(account, "call.ended", PAYLOAD)  # a subscribed one is still queued
+    assert [r.event for r in await rows(api)] == ["call.ended"]
+    assert sink.failures == 0
