@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     rtp_inactivity_timeout_s: float = Field(default=30.0, ge=0)  # 0 disables
     rtp_jitter_min_ms: int = Field(default=20, ge=1, le=500)
     rtp_jitter_max_ms: int = Field(default=60, ge=1, le=1000)
+    # the longest a call may stay up, from the answer (0: no limit); Twilio's cap is also 4 h
+    call_max_duration_s: float = Field(default=14400.0, ge=0)
 
     # --- providers -----------------------------------------------------------------------
     openai_api_base: str = "https://api.openai.com/v1"

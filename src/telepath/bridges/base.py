@@ -108,6 +108,7 @@ class BridgeReason(enum.StrEnum):
     CALLER_HANGUP = "caller_hangup"  # call control closed the bridge because the caller left
     TRANSFERRED = "transferred"
     SHUTDOWN = "shutdown"
+    MAX_DURATION = "max_duration"  # the gateway's call duration limit
     UNKNOWN = "unknown"
 
 

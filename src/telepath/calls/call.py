@@ -140,6 +140,7 @@ class Call:
         refer_sip: Callable[[str], None],
         on_finished: Callable[[Call, CallEnd], Awaitable[None]],
         hangup_drain_max_s: float = 10.0,
+        max_duration_s: float = 0.0,
         agent_law: Codec | None = None,
     ) -> None:
         self.record = record
@@ -150,6 +151,7 @@ class Call:
         self._refer_sip = refer_sip
         self._on_finished = on_finished
         self._hangup_drain_max_s = hangup_drain_max_s
+        self._max_duration_s = max_duration_s
         self._loop = asyncio.get_running_loop()
         self._end: asyncio.Future[CallEnd] = self._loop.create_future()
         self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
@@ -241,11 +243,21 @@ class Call:
         ]
         for pump in pumps:
             pump.add_done_callback(self._pump_done)
+        limit = None
+        if self._max_duration_s > 0:  # counted from here, i.e. from the answer
+            limit = self._loop.call_later(
+                self._max_duration_s,
+                self.end,
+                DisconnectReason.MAX_DURATION,
+                f"call longer than {self._max_duration_s:g} s",
+            )
         try:
             end = await self._end
         except asyncio.CancelledError:
             end = CallEnd(DisconnectReason.SHUTDOWN)
         finally:
+            if limit is not None:
+                limit.cancel()
             self.media.set_audio_sink(None)
             self.bridge.set_audio_sink(None)
             tasks = [*pumps, *self._side_tasks]

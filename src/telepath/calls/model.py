@@ -31,6 +31,7 @@ class DisconnectReason(StrEnum):
     SESSION_LIMIT = "session_limit"  # the provider's maximum session length was reached
     CARRIER_ERROR = "carrier_error"  # SIP-level failure towards the carrier
     SHUTDOWN = "shutdown"  # the gateway was stopped and the drain time ran out
+    MAX_DURATION = "max_duration"  # up longer than TELEPATH_CALL_MAX_DURATION_S
     TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call
     UNKNOWN = "unknown"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,36 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
     assert detail["disconnect_reason"] == "media_timeout"
     assert agent.stops  # the agent was told the call ended
     assert gateway.manager.ports.in_use == 0
+
+
+# --- maximum call duration -----------------------------------------------------------------
+
+
+async def test_max_call_duration_ends_a_live_call(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    # The caller keeps talking and the agent keeps answering: only the limit ends the call.
+    configure(gateway, max_call_duration_s=1.5)
+    hook = await subscribe(api, receiver.url, ["call.ended"])
+    async with FakeTelepathAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=6000, caller_hangs_up=False
+        )
+        result = await placed.tone_until_end(6.0)
+    assert result.returncode == 0, result.stdout + result.errors  # SIPp got our BYE
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "max_duration"
+    answered = detail["answer_time"] or detail["start_time"]
+    lasted = datetime.fromisoformat(detail["end_time"]) - datetime.fromisoformat(answered)
+    assert 1.4 <= lasted.total_seconds() < 4.0, lasted  # the limit, not the caller's 6 s
+    assert "BYE" in _first_lines(detail["sip_trace"])
+    assert [s.get("reason") for s in agent.stops] == ["max_duration"]
+    ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"]
+    assert ended[0]["disconnect_reason"] == "max_duration"
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
 
 
 # --- webhooks of a normal call -------------------------------------------------------------
