@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,3 +27,6 @@ class ApiState:
     # key id -> last time (monotonic minute) its last_used_at was written; throttles writes.
     key_touch: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # Told the id of a trunk deleted or deactivated through this process: the gateway in the
+    # same process ends that trunk's live calls (``CallManager.trunk_removed``).
+    trunk_removed: list[Callable[[str], object]] = field(default_factory=list)

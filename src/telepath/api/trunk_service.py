@@ -182,10 +182,13 @@ class TrunkService:
         """Apply a validated PATCH; changed credentials are re-validated first."""
         trunk = await self.get(trunk_id)
         await self._validate_provider(trunk, fields)
+        was_active = trunk.status == "active"
         self._apply(trunk, fields)
         trunk.updated_at = utcnow()
         await self.session.commit()
         trunks_changed()
+        if was_active and trunk.status != "active":
+            self._removed(trunk.id)
         return trunk
 
     async def delete(self, trunk_id: str) -> None:
@@ -194,6 +197,12 @@ class TrunkService:
         await self.repo.delete(trunk)
         await self.session.commit()
         trunks_changed()
+        self._removed(trunk_id)
+
+    def _removed(self, trunk_id: str) -> None:
+        """The trunk takes no calls any more: its live calls end too (``trunk_deleted``)."""
+        for listener in self.state.trunk_removed:
+            listener(trunk_id)
 
     async def rotate_password(self, trunk_id: str) -> tuple[Trunk, str]:
         """Replace the SIP password with a generated one; the old one stops working at once."""

@@ -109,6 +109,7 @@ class BridgeReason(enum.StrEnum):
     TRANSFERRED = "transferred"
     SHUTDOWN = "shutdown"
     MAX_DURATION = "max_duration"  # the gateway's call duration limit
+    TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call
     UNKNOWN = "unknown"
 
 

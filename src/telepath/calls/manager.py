@@ -907,6 +907,17 @@ class CallManager:
         except Exception:
             log.exception("call record or event write failed (the call goes on)")
 
+    def trunk_removed(self, trunk_id: str) -> int:
+        """The trunk was deleted or deactivated: end its live calls with BYE and the reason
+        ``trunk_deleted`` (e.g. its credentials leaked); returns how many. Calls still being
+        set up were admitted a moment earlier and finish normally."""
+        doomed = [c for c in self.calls.values() if c.record.trunk_id == trunk_id]
+        for call in doomed:
+            call.end(DisconnectReason.TRUNK_DELETED, "trunk deleted or deactivated")
+        if doomed:
+            log.info("trunk %s removed: ending %d live call(s)", trunk_id, len(doomed))
+        return len(doomed)
+
     # ---------------------------------------------------------------- shutdown
 
     async def drain(self, timeout_s: float) -> None:

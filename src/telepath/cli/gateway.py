@@ -63,11 +63,14 @@ class Gateway:
     server: SipServer
     manager: CallManager
     dispatcher: WebhookDispatcher
+    state: ApiState | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, drain_s: float) -> None:
         """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop."""
+        if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
+            self.state.trunk_removed.remove(self.manager.trunk_removed)
         await self.manager.drain(drain_s)
         await asyncio.sleep(0.2)  # BYE retransmissions and final records
         await self.server.stop()
@@ -140,7 +143,8 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
     for name, (_, port) in server.bound.items():
         core.config.contact_ports[name] = port
     manager.attach(server)
-    gateway = Gateway(server, manager, dispatcher)
+    gateway = Gateway(server, manager, dispatcher, state)
+    state.trunk_removed.append(manager.trunk_removed)
     gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
     gateway.tasks.append(
         loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -394,13 +393,54 @@ async def test_max_call_duration_ends_a_live_call(
     detail = await record(api, placed.call_id)
     assert detail["status"] == "disconnected"
     assert detail["disconnect_reason"] == "max_duration"
-    answered = detail["answer_time"] or detail["start_time"]
-    lasted = datetime.fromisoformat(detail["end_time"]) - datetime.fromisoformat(answered)
-    assert 1.4 <= lasted.total_seconds() < 4.0, lasted  # the limit, not the caller's 6 s
+    kept = placed.call.record  # the API's times are whole seconds; the record's are not
+    assert kept.answer_time is not None and kept.end_time is not None
+    lasted = (kept.end_time - kept.answer_time).total_seconds()
+    assert 1.4 <= lasted < 4.0, lasted  # the limit, not the caller's 6 s
     assert "BYE" in _first_lines(detail["sip_trace"])
     assert [s.get("reason") for s in agent.stops] == ["max_duration"]
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"]
     assert ended[0]["disconnect_reason"] == "max_duration"
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+
+
+# --- a trunk removed mid-call --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("removal", ["delete", "deactivate"])
+async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
+    api: Api, gateway: Gateway, tmp_path: Path, removal: str
+) -> None:
+    # Leaked credentials: the operator deletes or deactivates the trunk, and the calls placed
+    # with them must stop now, not when the caller tires. Other trunks' calls go on.
+    async with FakeTelepathAgent() as agent:
+        doomed = await create_trunk(
+            api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
+        )
+        await create_trunk(api, "bob", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        kept = await place_call(gateway, tmp_path / "b", "bob", PASSWORD, hold_ms=4000)
+        ended = await place_call(
+            gateway, tmp_path / "a", "alice", PASSWORD, hold_ms=8000, caller_hangs_up=False
+        )
+        path = f"/v1/trunks/{doomed['id']}"
+        if removal == "delete":
+            assert (await api.delete(path)).status_code == 204
+        else:
+            assert (await api.patch(path, {"status": "inactive"})).status_code == 200
+        ended_result, kept_result = await asyncio.gather(
+            ended.tone_until_end(8.0), kept.tone_until_end(4.0)
+        )
+    assert ended_result.returncode == 0, ended_result.stdout + ended_result.errors  # our BYE
+    assert kept_result.returncode == 0, kept_result.stdout + kept_result.errors
+    await settled(gateway)
+    gone = await record(api, ended.call_id)
+    assert gone["disconnect_reason"] == "trunk_deleted"
+    assert gone["duration_seconds"] < 4  # not the caller's 8 s
+    assert "BYE" in _first_lines(gone["sip_trace"])
+    assert [s.get("reason") for s in agent.stops if s.get("reason") == "trunk_deleted"]
+    assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
     assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
 
 
