@@ -94,6 +94,34 @@ def _histogram_p50(metrics: str, direction: str) -> float | None:
     return None
 
 
+def _lateness_buckets(metrics: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound s, count) of ``telepath_media_tick_lateness_seconds``."""
+    pat = re.compile(
+        r"^telepath_media_tick_lateness_seconds_bucket\{le=\"([^\"]+)\"\} ([0-9.e+]+)$", re.M
+    )
+    return [
+        (float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+        for m in pat.finditer(metrics)
+    ]
+
+
+def _lateness(before: str, after: str) -> dict[str, Any]:
+    """The media clock's lateness over a window, from two scrapes: the p99 as its bucket's
+    upper bound (ms), and the share of wake-ups more than 2 ms late. How late the clock woke
+    is the gateway's own share of the jitter the phones measure; the rest is the host."""
+    b0 = dict(_lateness_buckets(before))
+    delta = [(le, count - b0.get(le, 0.0)) for le, count in _lateness_buckets(after)]
+    if not delta or delta[-1][1] <= 0:
+        return {}
+    total = delta[-1][1]
+    p99 = next(le for le, count in delta if count >= 0.99 * total)
+    within_2ms = next((count for le, count in delta if le >= 0.002), total)
+    return {
+        "tick_late_p99_ms": None if p99 == float("inf") else round(p99 * 1000, 3),
+        "tick_late_over_2ms_pct": round(100 * (total - within_2ms) / total, 3),
+    }
+
+
 def _merge(phones_file: Path, agent_file: Path) -> dict[str, Any]:
     ph = json.loads(phones_file.read_text())
     ag = json.loads(agent_file.read_text())
@@ -191,6 +219,7 @@ def _step(
             assert not isinstance(churner, SippRun)
         window = CpuWindow({"gateway": gw.pid, "agent": agent.pid, "phones": phones.pid})
         window.start()
+        metrics_t0 = gw.metrics()
         probe_t0 = time.monotonic()
         rss_samples = []
         end = time.monotonic() + window_s
@@ -198,6 +227,7 @@ def _step(
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             rss_samples.append(proc_rss_mb(gw.pid))
         wall, cpu = window.stop()
+        metrics_t1 = gw.metrics()
         probe_t1 = time.monotonic()
         load = loadavg()
         phones_file = tmp / f"phones-{n}.json"
@@ -246,6 +276,7 @@ def _step(
         "in_p50_ms_metrics": _histogram_p50(metrics, "caller_to_agent"),
         "out_p50_ms_metrics": _histogram_p50(metrics, "agent_to_caller"),
         **_merge(phones_file, agent_file),
+        **_lateness(metrics_t0, metrics_t1),
         **ph,
         "load": load,
     }
@@ -351,7 +382,12 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"CPU {r['cpu_pct_total']} % ({r['cpu_pct_per_call']} %/call), jitter p99 "
         f"{r.get('jitter_p99_ms')} ms (max {r.get('jitter_max_ms')}), "
-        f"loss {r.get('rx_loss_pct')} %, load {r['load']}"
+        + (
+            f"clock late p99 <= {r.get('tick_late_p99_ms')} ms, "
+            if "tick_late_p99_ms" in r
+            else ""
+        )
+        + f"loss {r.get('rx_loss_pct')} %, load {r['load']}"
     )
 
 
@@ -370,6 +406,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "agent→ p50/p95",
         "1st audio p95",
         "jitter p50/p99/max",
+        "clock late p99/>2ms%",
         "loss % rx/echo",
         "agent/phones CPU %",
         "load1",
@@ -394,6 +431,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             pair(r.get("from_agent_p50_ms"), r.get("from_agent_p95_ms")),
             r.get("first_audio_p95_ms"),
             pair(r.get("jitter_p50_ms"), r.get("jitter_p99_ms")) + f"/{r.get('jitter_max_ms')}",
+            pair(r.get("tick_late_p99_ms"), r.get("tick_late_over_2ms_pct")),
             pair(r.get("rx_loss_pct"), r.get("echo_loss_pct")),
             pair(r.get("agent_cpu_pct"), r.get("phones_cpu_pct")),
             r["load"][0],

@@ -41,6 +41,8 @@ PACKET_LOSS_BUCKETS_PERCENT = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 1
 JITTER_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0)
 # A collection's pause: 0.5 ms (young objects) .. 1 s (a full collection of a large heap).
 GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# The RTP goal is send jitter p99 <= 2 ms: fine buckets below it, coarse ones for stalls.
+TICK_LATENESS_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # How many ended call ids are remembered so that a repeated "ended" is not counted twice.
 ENDED_MEMORY = 10_000
 
@@ -134,6 +136,13 @@ class Metrics:
             "collection, which every live call's audio waits for)",
             ["generation"],
             buckets=GC_PAUSE_BUCKETS_S,
+            registry=r,
+        )
+        self.media_tick_lateness = Histogram(
+            "telepath_media_tick_lateness_seconds",
+            "How late the media clock woke for each 5 ms slot of streams: every RTP packet "
+            "of that slot leaves this much late (the gateway's share of send jitter)",
+            buckets=TICK_LATENESS_BUCKETS_S,
             registry=r,
         )
         self._active: set[str] = set()

@@ -26,6 +26,7 @@ from telepath.db.trunk_directory import DbTrunkDirectory
 from telepath.sip.auth import Algorithm, DigestAuthenticator
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport import media_pacer
 from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
 from telepath.webhooks.dispatcher import WebhookDispatcher
@@ -79,6 +80,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
         await self.dispatcher.aclose()
+        media_pacer.observe_lateness(None)  # the media clocks stopped with the calls
 
 
 async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
@@ -145,6 +147,7 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
     manager.attach(server)
     gateway = Gateway(server, manager, dispatcher, state)
     state.trunk_removed.append(manager.trunk_removed)
+    media_pacer.observe_lateness(state.metrics.media_tick_lateness.observe)
     gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
     gateway.tasks.append(
         loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))

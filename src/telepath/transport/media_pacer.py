@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 
@@ -37,6 +38,17 @@ TickCallback = Callable[[float, int], None]
 MAX_CATCH_UP = 3
 SLOT_MS = 5
 SLOT_CAPACITY = 16  # streams a slot takes before the next one is opened (~0.3 ms of sends)
+
+_observe_lateness: Callable[[float], None] | None = None
+
+
+def observe_lateness(observer: Callable[[float], None] | None) -> None:
+    """Have every pacer report each wake-up's lateness, in seconds, to ``observer`` (None:
+    stop). How late the clock wakes is how late every stream of that slot sends: the gateway's
+    own share of the jitter a phone measures (``telepath_media_tick_lateness_seconds``)."""
+    global _observe_lateness
+    _observe_lateness = observer
+
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] = (
     weakref.WeakKeyDictionary()
@@ -137,6 +149,11 @@ class Pacer:
         ptime = self.ptime
         now = self._loop.time()
         behind = now - self._deadline
+        observe = _observe_lateness
+        if observe is not None:
+            # time.monotonic, not loop.time: uvloop's clock is the same one in whole ms
+            late = time.monotonic() - self._deadline
+            observe(late if late > 0 else 0.0)
         if behind > MAX_CATCH_UP * ptime:
             self._deadline += int(behind / ptime) * ptime
             logger.warning("media pacer stalled; skipping frames")

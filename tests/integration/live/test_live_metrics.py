@@ -19,3 +19,10 @@ def test_gc_pauses_are_exported(live_server: LiveServer) -> None:
     for generation in range(3):
         pattern = rf'^telepath_gc_pause_seconds_count\{{generation="{generation}"\}} ([0-9.e+]+)$'
         assert re.search(pattern, resp.text, re.M), f"no pause series for generation {generation}"
+
+
+def test_media_clock_lateness_is_exported(live_server: LiveServer) -> None:
+    resp = httpx.get(f"{live_server.base_url}/metrics", timeout=10)
+    assert resp.status_code == 200
+    assert re.search(r"^telepath_media_tick_lateness_seconds_count [0-9.e+]+$", resp.text, re.M)
+    assert 'telepath_media_tick_lateness_seconds_bucket{le="0.002"}' in resp.text

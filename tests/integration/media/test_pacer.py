@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer
+from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +92,26 @@ async def test_a_stall_is_counted_in_frames_not_burst() -> None:
         # every stream learns once that ~10 frames elapsed, instead of getting 10 calls at once
         assert max(frames) >= 8
         assert len(frames) < sum(frames)  # fewer calls than frames: the stall was not replayed
+
+
+async def test_every_wakeup_reports_how_late_it_was() -> None:
+    seen: list[float] = []
+    served: list[float] = []
+
+    def tick(now: float, frames: int) -> None:
+        if len(served) == 3:
+            time.sleep(0.045)  # a 45 ms stall: the next wake-up, due 20 ms on, is 25 ms late
+        served.append(now)
+
+    observe_lateness(seen.append)
+    try:
+        pacer = Pacer(20, asyncio.get_running_loop())
+        handle = pacer.subscribe(tick)
+        await asyncio.sleep(0.3)
+        pacer.unsubscribe(handle)
+    finally:
+        observe_lateness(None)
+    assert len(seen) == len(served) >= 8  # one observation per wake-up that served streams
+    assert min(seen) >= 0
+    assert max(seen) >= 0.02
+    assert sorted(seen)[len(seen) // 2] < 0.01  # the others were on time

@@ -401,6 +401,9 @@ async def test_max_call_duration_ends_a_live_call(
     assert [s.get("reason") for s in agent.stops] == ["max_duration"]
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"]
     assert ended[0]["disconnect_reason"] == "max_duration"
+    # the media clock's lateness is measured for the gateway's metrics (one per wake-up)
+    late = api.state.metrics.registry.get_sample_value("telepath_media_tick_lateness_seconds_count")
+    assert late is not None and late >= 50  # 1.5 s of calls at one wake-up per 20 ms
     assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
 
 
