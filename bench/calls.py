@@ -382,11 +382,7 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"CPU {r['cpu_pct_total']} % ({r['cpu_pct_per_call']} %/call), jitter p99 "
         f"{r.get('jitter_p99_ms')} ms (max {r.get('jitter_max_ms')}), "
-        + (
-            f"clock late p99 <= {r.get('tick_late_p99_ms')} ms, "
-            if "tick_late_p99_ms" in r
-            else ""
-        )
+        + (f"clock late p99 <= {r.get('tick_late_p99_ms')} ms, " if "tick_late_p99_ms" in r else "")
         + f"loss {r.get('rx_loss_pct')} %, load {r['load']}"
     )
 

@@ -57,6 +57,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from telepath.transport import media_pacer
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - the library ships the C extension for CPython
@@ -264,6 +266,7 @@ class AgentSocket(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        media_pacer.serve_due()  # an RTP send that is due goes before this frame's work
         if self._rx_fast:
             self._split(data)
         else:

@@ -50,6 +50,32 @@ def observe_lateness(observer: Callable[[float], None] | None) -> None:
     _observe_lateness = observer
 
 
+_live: list[Pacer] = []  # running clocks (one per loop and ptime; normally one)
+
+
+def serve_due() -> None:
+    """Serve a clock whose deadline has passed, from inside another I/O callback.
+
+    The loop runs every callback that is ready in one iteration before it looks at the next: at
+    200 calls that is hundreds of RTP datagrams and agent frames (~40 µs each), and a clock due
+    in the middle of them used to wait for all of them — measured with
+    ``telepath_media_tick_lateness_seconds``: 20–31 % of wake-ups more than 2 ms late at N=200
+    on a 2-vCPU AMD EPYC VM. The per-packet and per-frame receive paths call this first, so a
+    due slot waits for at most one callback (A/B, three pairs at N=200: wake-ups > 2 ms late
+    20–25 % → 0.65–0.85 %, the phones' jitter p99 14–19 → 3.5–4.6 ms, CPU per call unchanged).
+    Costs one clock read per call; the timer's own wake-up, if already pending, then finds the
+    clock re-armed and does nothing (``DeadlineTimer._readable``).
+    """
+    if _live:
+        now = time.monotonic()
+        for pacer in _live:
+            if now >= pacer._deadline and not pacer._in_tick:
+                if pacer._loop.is_closed():  # left running when its loop ended (tests)
+                    _live.remove(pacer)
+                    return
+                pacer._tick()
+
+
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] = (
     weakref.WeakKeyDictionary()
 )
@@ -79,6 +105,7 @@ class Pacer:
         self._last: list[float] = []
         self._slot = 0
         self._next_id = 0
+        self._in_tick = False
         self.wakeups = 0  # timer wake-ups so far (tests, debugging)
 
     @classmethod
@@ -118,6 +145,7 @@ class Pacer:
 
     def _start(self) -> None:
         self._running = True
+        _live.append(self)
         gc_schedule.clock_started()
         now = self._loop.time()
         self._deadline = now
@@ -143,6 +171,8 @@ class Pacer:
         self.wakeups += 1
         if not self._slot_of:
             self._running = False
+            if self in _live:
+                _live.remove(self)
             self._timer.disarm()
             gc_schedule.clock_stopped()
             return  # nobody left: stop; the next subscribe starts again
@@ -160,11 +190,15 @@ class Pacer:
         slot = self._slot
         frames = max(1, round((self._deadline - self._last[slot]) / ptime))
         self._last[slot] = self._deadline
-        for callback in list(self._subscribers[slot].values()):
-            try:
-                callback(now, frames)
-            except Exception:  # one broken session must not stop every call's audio
-                logger.exception("media session tick failed")
+        self._in_tick = True  # a subscriber's own sends must not re-enter (serve_due)
+        try:
+            for callback in list(self._subscribers[slot].values()):
+                try:
+                    callback(now, frames)
+                except Exception:  # one broken session must not stop every call's audio
+                    logger.exception("media session tick failed")
+        finally:
+            self._in_tick = False
         self._slot = (slot + 1) % self.slots
         self._schedule()
         # The garbage collector's young generations run here, in the gap after the burst,

@@ -83,6 +83,7 @@ from telepath.rtp.rtcp import (
     serialize_compound,
 )
 from telepath.rtp.stats import ReceiverStats
+from telepath.transport import media_pacer
 from telepath.transport.media_pacer import Pacer
 from telepath.transport.media_stats import DirectionStats, MediaStats, ProcessingTimer
 from telepath.transport.ports import PortLease
@@ -479,6 +480,7 @@ class MediaSession:
     # ---- internals: inbound --------------------------------------------------------------------
 
     def _on_rtp(self, data: bytes, addr: Address) -> None:
+        media_pacer.serve_due()  # a send that is due goes before this packet (serve_due)
         started = perf_counter_ns()
         if self._ended is not None:
             return

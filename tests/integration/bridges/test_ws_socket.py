@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from websockets.utils import accept_key
 
 from telepath.bridges.ws_socket import AgentSocket
+from telepath.transport import media_pacer
 from tests.certs import self_signed
 
 pytestmark = pytest.mark.integration
@@ -311,3 +312,23 @@ async def test_each_hand_built_frame_has_its_own_mask() -> None:
     masks = {frame[2:6] for frame in frames}
     assert len(masks) > 1990  # 32 random bits each: a collision or two at most
     assert all(frame[:2] == bytes((0x81, 0x80 | 12)) for frame in frames)
+
+
+async def test_each_received_chunk_first_serves_a_due_media_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(media_pacer, "serve_due", lambda: calls.append(None))
+
+    async def talk(ws: ServerConnection) -> None:
+        for i in range(5):
+            await ws.send(f"m{i}")
+            await asyncio.sleep(0.01)  # separate TCP reads
+        await ws.wait_closed()
+
+    async with server(talk) as url:
+        sock = await open_socket(url)
+        got = [await sock.recv() for _ in range(5)]
+        await sock.close()
+    assert got == [f"m{i}" for i in range(5)]
+    assert len(calls) >= 5

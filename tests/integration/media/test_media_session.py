@@ -19,6 +19,7 @@ from telepath.rtp.rtcp import (
     ntp_middle32,
     parse_compound,
 )
+from telepath.transport import media_pacer
 from telepath.transport.media_session import (
     AudioReceived,
     DtmfReceived,
@@ -375,3 +376,20 @@ def test_port_held_by_another_process_is_skipped() -> None:
             assert lease.port == 43012
     finally:
         squatter.close()
+
+
+async def test_each_received_packet_first_serves_a_due_media_clock(
+    allocator: RtpPortAllocator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(media_pacer, "serve_due", lambda: calls.append(None))
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 0.2)):
+            peer.send(data, ("127.0.0.1", session.local_port))
+        await collect(session, 10)
+    finally:
+        await session.close()
+        peer.close()
+    assert len(calls) >= 10

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness
+from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness, serve_due
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +115,36 @@ async def test_every_wakeup_reports_how_late_it_was() -> None:
     assert min(seen) >= 0
     assert max(seen) >= 0.02
     assert sorted(seen)[len(seen) // 2] < 0.01  # the others were on time
+
+
+async def test_a_due_clock_is_served_from_inside_a_long_batch_of_callbacks() -> None:
+    # One loop iteration can hold hundreds of receive callbacks; each calls serve_due first,
+    # so a slot falling due in the middle is served there, not after the whole batch.
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(20, loop)
+    served: list[float] = []
+    handle = pacer.subscribe(lambda now, frames: served.append(time.monotonic()))
+    await asyncio.sleep(0.05)
+    inside: list[float] = []
+
+    def busy_batch() -> None:  # 45 ms of ~1 ms callbacks in one go
+        end = time.monotonic() + 0.045
+        while time.monotonic() < end:
+            before = len(served)
+            serve_due()
+            if len(served) > before:
+                inside.append(served[-1])
+            time.sleep(0.001)
+
+    loop.call_soon(busy_batch)
+    await asyncio.sleep(0.12)
+    pacer.unsubscribe(handle)
+    await asyncio.sleep(0.05)
+    assert len(inside) >= 2  # every slot due during the 45 ms was served inside it
+    gaps = [b - a for a, b in zip(served, served[1:], strict=False)]
+    assert max(gaps) < 0.03, gaps  # none waited for the end of the batch
+    # the timer's own wake-up, already pending when serve_due served its slot, serves nothing
+    assert min(gaps) > 0.01, gaps
+    ticks = len(served)
+    serve_due()  # a stopped clock is no longer served
+    assert len(served) == ticks and pacer.subscriber_count == 0
