@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     rtp_jitter_max_ms: int = Field(default=60, ge=1, le=1000)
     # the longest a call may stay up, from the answer (0: no limit); Twilio's cap is also 4 h
     call_max_duration_s: float = Field(default=14400.0, ge=0)
+    # how often the gateway asks the database whether the trunks of its live calls still exist
+    # and are active (0: never; a change through the API of the same process acts at once)
+    trunk_recheck_s: float = Field(default=5.0, ge=0)
 
     # --- providers -----------------------------------------------------------------------
     openai_api_base: str = "https://api.openai.com/v1"

@@ -27,6 +27,7 @@ class CallControlConfig:
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
     hangup_drain_max_s: float = 10.0  # agent hang-up: let queued audio play up to this long
     max_call_duration_s: float = 14400.0  # from the answer; then BYE, ``max_duration`` (0: off)
+    trunk_recheck_s: float = 5.0  # live calls' trunks still active? (0: only same-process news)
 
     @classmethod
     def from_settings(cls, settings: Settings, media_address: str) -> CallControlConfig:
@@ -44,6 +45,7 @@ class CallControlConfig:
             jitter_min_ms=settings.rtp_jitter_min_ms,
             jitter_max_ms=settings.rtp_jitter_max_ms,
             max_call_duration_s=settings.call_max_duration_s,
+            trunk_recheck_s=settings.trunk_recheck_s,
             openai_realtime_url=settings.openai_realtime_url,
             openai_model=settings.openai_model,
             elevenlabs_api_base=settings.elevenlabs_api_base,

@@ -918,6 +918,34 @@ class CallManager:
             log.info("trunk %s removed: ending %d live call(s)", trunk_id, len(doomed))
         return len(doomed)
 
+    async def recheck_trunks(self) -> int:
+        """Ask the directory whether the trunks of the live calls still exist and are active,
+        and end the calls of those that are not (:meth:`trunk_removed`); returns how many.
+
+        This reaches a trunk deleted by another process — a second API instance, a gateway-only
+        ``telepath serve``, an admin script — which :meth:`trunk_removed` is never told about.
+        A directory that cannot answer ends nothing: only a trunk known to be gone does.
+        """
+        live = {call.record.trunk_id for call in self.calls.values()}
+        if not live:
+            return 0
+        try:
+            gone = await self.directory.inactive_among(live)
+        except Exception:
+            log.warning("could not recheck the trunks of live calls; they go on", exc_info=True)
+            return 0
+        return sum(self.trunk_removed(trunk_id) for trunk_id in gone)
+
+    async def watch_trunks(self, stop: asyncio.Event) -> None:
+        """:meth:`recheck_trunks` every ``trunk_recheck_s`` until ``stop`` (0: never)."""
+        while self.config.trunk_recheck_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.trunk_recheck_s):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            await self.recheck_trunks()
+
     # ---------------------------------------------------------------- shutdown
 
     async def drain(self, timeout_s: float) -> None:

@@ -6,6 +6,7 @@ these implementations in. Dependencies only point inward.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,4 +66,8 @@ class TrunkDirectory(Protocol):
 
     async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
         """The trunk, or None when no trunk has this username."""
+        ...
+
+    async def inactive_among(self, trunk_ids: Collection[str]) -> set[str]:
+        """Those of ``trunk_ids`` that no longer exist or are no longer active."""
         ...

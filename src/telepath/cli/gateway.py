@@ -149,6 +149,7 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
     state.trunk_removed.append(manager.trunk_removed)
     media_pacer.observe_lateness(state.metrics.media_tick_lateness.observe)
     gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
+    gateway.tasks.append(loop.create_task(manager.watch_trunks(gateway.stop_event)))
     gateway.tasks.append(
         loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,6 +118,13 @@ class TrunkRepository:
         return await self.session.scalar(
             select(Trunk).where(func.lower(Trunk.sip_username) == sip_username.lower())
         )
+
+    async def active_ids(self, trunk_ids: Collection[str]) -> set[str]:
+        """Which of ``trunk_ids`` exist and are active (any account: the gateway's question)."""
+        rows = await self.session.scalars(
+            select(Trunk.id).where(Trunk.id.in_(list(trunk_ids)), Trunk.status == "active")
+        )
+        return set(rows)
 
     async def list(
         self, account_id: str, *, status: str | None, limit: int, offset: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -65,6 +66,16 @@ class DbTrunkDirectory:
         once (:func:`trunks_changed`); one made by another process within a second.
         """
         return await self._cache.get(sip_username.lower(), lambda: self._load(sip_username))
+
+    async def inactive_among(self, trunk_ids: Collection[str]) -> set[str]:
+        """Those of ``trunk_ids`` deleted or not ``active``: one indexed query, never cached
+        (the gateway asks every few seconds about the trunks of its live calls)."""
+        wanted = set(trunk_ids)
+        if not wanted:
+            return set()
+        async with self._sessions() as session:
+            active = await TrunkRepository(session).active_ids(wanted)
+        return wanted - active
 
     async def _load(self, sip_username: str) -> TrunkConfig | None:
         async with self._sessions() as session:

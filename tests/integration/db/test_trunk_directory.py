@@ -67,3 +67,19 @@ async def test_concurrent_misses_read_the_database_once(api: Api) -> None:
     )
     assert all(f is not None and not f.active for f in after)
     assert directory.loads == 2
+
+
+async def test_inactive_among_names_deleted_and_inactive_trunks(api: Api) -> None:
+    # The gateway's periodic question about the trunks of its live calls, never cached.
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    kept = (await api.post("/v1/trunks", OPENAI_EXAMPLE)).json()["id"]
+    paused = (await api.post("/v1/trunks", CUSTOM)).json()["id"]
+    assert await directory.inactive_among({kept, paused}) == set()
+    await api.patch(f"/v1/trunks/{paused}", {"status": "inactive"})
+    assert await directory.inactive_among({kept, paused}) == {paused}
+    await api.delete(f"/v1/trunks/{kept}")
+    never = "trk_doesnotexist0000000000"
+    assert await directory.inactive_among([kept, paused, never]) == {kept, paused, never}
+    await api.patch(f"/v1/trunks/{paused}", {"status": "active"})
+    assert await directory.inactive_among([paused]) == set()
+    assert await directory.inactive_among([]) == set()

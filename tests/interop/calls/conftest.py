@@ -22,22 +22,26 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}"
 
 
+GATEWAY_SETTINGS: dict[str, Any] = {
+    "sip_host": "127.0.0.1",
+    "sip_port": 0,
+    "rtp_port_min": 31000,
+    "rtp_port_max": 32998,
+    "allow_insecure_agent_urls": True,
+    "allow_insecure_webhook_urls": True,
+    "sip_codecs": "PCMU,PCMA,G722",
+    "rtp_inactivity_timeout_s": 4.0,
+    "provider_timeout_s": 3.0,
+    "webhook_backoff_base_s": 0.2,
+    # SIPp 3.6 answers only the first challenge and only does MD5 (see sip/auth.py).
+    "sip_digest_algorithms": "MD5,SHA-256",
+}
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {
-        "sip_host": "127.0.0.1",
-        "sip_port": 0,
-        "rtp_port_min": 31000,
-        "rtp_port_max": 32998,
-        "allow_insecure_agent_urls": True,
-        "allow_insecure_webhook_urls": True,
-        "sip_codecs": "PCMU,PCMA,G722",
-        "rtp_inactivity_timeout_s": 4.0,
-        "provider_timeout_s": 3.0,
-        "webhook_backoff_base_s": 0.2,
-        # SIPp 3.6 answers only the first challenge and only does MD5 (see sip/auth.py).
-        "sip_digest_algorithms": "MD5,SHA-256",
-    }
+    """The gateway's test settings; a test parametrizes ``settings_overrides`` to change them."""
+    return dict(GATEWAY_SETTINGS)
 
 
 @pytest.fixture

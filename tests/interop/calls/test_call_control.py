@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.server import ServerConnection
 
 from telepath.calls.call import Call
@@ -23,6 +25,7 @@ from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.conftest import (
+    GATEWAY_SETTINGS,
     configure,
     create_trunk,
     provider_trunk,
@@ -416,11 +419,12 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
 ) -> None:
     # Leaked credentials: the operator deletes or deactivates the trunk, and the calls placed
     # with them must stop now, not when the caller tires. Other trunks' calls go on.
-    async with FakeTelepathAgent() as agent:
+    # One fake agent per trunk: a fake checks the message order of one call at a time.
+    async with FakeTelepathAgent() as agent, FakeTelepathAgent() as other:
         doomed = await create_trunk(
             api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
         )
-        await create_trunk(api, "bob", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        await create_trunk(api, "bob", PASSWORD, ai_provider="custom", custom_endpoint=other.url)
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         kept = await place_call(gateway, tmp_path / "b", "bob", PASSWORD, hold_ms=4000)
@@ -445,6 +449,84 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
     assert [s.get("reason") for s in agent.stops if s.get("reason") == "trunk_deleted"]
     assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
     assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+    assert not agent.protocol_errors and not other.protocol_errors
+
+
+async def _outside_the_api(database_url: str, statement: str, **params: Any) -> None:
+    """A change another process makes (a second API instance, an admin script): this
+    process's API never hears of it."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            assert (await conn.execute(text(statement), params)).rowcount == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{**GATEWAY_SETTINGS, "trunk_recheck_s": 0.5}], ids=["recheck 0.5 s"]
+)
+@pytest.mark.parametrize(
+    "statement",
+    ["DELETE FROM trunks WHERE id = :id", "UPDATE trunks SET status = 'inactive' WHERE id = :id"],
+    ids=["deleted", "deactivated"],
+)
+async def test_a_trunk_removed_by_another_process_ends_its_live_calls(
+    api: Api, gateway: Gateway, tmp_path: Path, statement: str
+) -> None:
+    # The API that deletes the trunk may not be the gateway's process: the gateway rechecks
+    # the trunks of its live calls itself, and other trunks' calls go on.
+    # One fake agent per trunk: a fake checks the message order of one call at a time.
+    async with FakeTelepathAgent() as agent, FakeTelepathAgent() as other:
+        doomed = await create_trunk(
+            api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
+        )
+        await create_trunk(api, "bob", PASSWORD, ai_provider="custom", custom_endpoint=other.url)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        kept = await place_call(gateway, tmp_path / "b", "bob", PASSWORD, hold_ms=4000)
+        ended = await place_call(
+            gateway, tmp_path / "a", "alice", PASSWORD, hold_ms=8000, caller_hangs_up=False
+        )
+        await _outside_the_api(api.state.settings.database_url, statement, id=doomed["id"])
+        ended_result, kept_result = await asyncio.gather(
+            ended.tone_until_end(8.0), kept.tone_until_end(4.0)
+        )
+    assert ended_result.returncode == 0, ended_result.stdout + ended_result.errors  # our BYE
+    assert kept_result.returncode == 0, kept_result.stdout + kept_result.errors
+    await settled(gateway)
+    gone = await record(api, ended.call_id)
+    assert gone["disconnect_reason"] == "trunk_deleted"
+    assert gone["duration_seconds"] < 4  # not the caller's 8 s
+    assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+    assert not agent.protocol_errors and not other.protocol_errors
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{**GATEWAY_SETTINGS, "trunk_recheck_s": 0.2}], ids=["recheck 0.2 s"]
+)
+async def test_live_calls_go_on_when_the_trunk_recheck_fails(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database that cannot answer is no reason to drop calls: only a trunk known to be gone
+    # or inactive ends them.
+    checked = 0
+
+    async def unreachable(trunk_ids: object) -> set[str]:
+        nonlocal checked
+        checked += 1
+        raise OSError("database unreachable")
+
+    async with FakeTelepathAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=2500)
+        monkeypatch.setattr(gateway.manager.directory, "inactive_among", unreachable)
+        result = await placed.tone_until_end(2.5)
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert checked >= 3  # it was asked, and failed, several times while the call was up
+    assert (await record(api, placed.call_id))["disconnect_reason"] == "caller_hangup"
 
 
 # --- webhooks of a normal call -------------------------------------------------------------
