@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit
     sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
+    # SIP datagrams waiting this long to be read, for 100 ms on end, shed new calls (503)
+    sip_overload_wait_ms: float = Field(default=25.0, gt=0)
     sip_drain_timeout_s: float = Field(default=30.0, ge=0)  # SIGTERM: live calls may finish
     sip_nonce_ttl_s: float = Field(default=300.0, gt=0)
     sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)

@@ -42,6 +42,21 @@ JITTER_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0)
 # A collection's pause: 0.5 ms (young objects) .. 1 s (a full collection of a large heap).
 GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # The RTP goal is send jitter p99 <= 2 ms: fine buckets below it, coarse ones for stalls.
+# how long SIP datagrams waited before being read: ~1 ms normally, 50+ ms when saturated
+SIP_RECEIVE_WAIT_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 TICK_LATENESS_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 # How many ended call ids are remembered so that a repeated "ended" is not counted twice.
 ENDED_MEMORY = 10_000
@@ -143,6 +158,13 @@ class Metrics:
             "How late the media clock woke for each 5 ms slot of streams: every RTP packet "
             "of that slot leaves this much late (the gateway's share of send jitter)",
             buckets=TICK_LATENESS_BUCKETS_S,
+            registry=r,
+        )
+        self.sip_receive_wait = Histogram(
+            "telepath_sip_receive_wait_seconds",
+            "How long each SIP datagram (UDP) waited between arriving and being read: "
+            "queueing in the gateway, the first sign of a saturated one",
+            buckets=SIP_RECEIVE_WAIT_BUCKETS_S,
             registry=r,
         )
         self._active: set[str] = set()

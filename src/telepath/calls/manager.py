@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -210,6 +211,8 @@ class CallManager:
         self._awaiting_ack: set[_Setup] = set()  # delayed offers answered, ACK not yet in
         self.draining = False
         self.counters: dict[str, int] = {}
+        self._shed_logged_at = -1e9  # monotonic time of the last 503 log line
+        self._shed_unlogged = 0
         self._tokens = config.max_cps
         self._tokens_at = 0.0
 
@@ -319,10 +322,26 @@ class CallManager:
     def _reject(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
         self._count(f"rejected_{why}")
         if status == 503:
-            log.info("INVITE refused with 503: %s (loop lag %.0f ms)", why, self.lag.lag_s * 1000)
+            self._log_shed(why)
         if self.metrics is not None:
             self.metrics.calls_rejected.labels(reason=why).inc()
         self._respond(tx, status, **kw)
+
+    def _log_shed(self, why: str) -> None:
+        """One INFO line per second at most: shedding hundreds of INVITEs a second must not
+        also write hundreds of log lines."""
+        self._shed_unlogged += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at < 1.0:
+            return
+        log.info(
+            "INVITE refused with 503: %s (%d since the last line; loop lag %.0f ms)",
+            why,
+            self._shed_unlogged,
+            self.lag.lag_s * 1000,
+        )
+        self._shed_logged_at = now
+        self._shed_unlogged = 0
 
     def _challenge(
         self, tx: ServerTransaction, trunk: TrunkConfig | None, *, stale: bool = False
@@ -356,12 +375,16 @@ class CallManager:
             why = "overload" if self.lag.overloaded else "capacity"
             self._reject(tx, 503, why, headers=[("Retry-After", "5")])
             return
-        if request.headers.get("Authorization") is None and not self._admit_new_call():
-            # A new attempt (not yet challenged) past the configured rate: refused before any
-            # work, so shedding stays cheap and clean. Authenticated retries of admitted
-            # attempts are not counted again.
-            self._reject(tx, 503, "rate", headers=[("Retry-After", "1")])
-            return
+        if request.headers.get("Authorization") is None:
+            # A new attempt (not yet challenged) past the configured rate, or while SIP
+            # datagrams queue before being read: refused before any work, so shedding stays
+            # cheap and the queue drains. Authenticated retries of admitted attempts go on.
+            if self.server is not None and self.server.backlog.overloaded:
+                self._reject(tx, 503, "backlog", headers=[("Retry-After", "1")])
+                return
+            if not self._admit_new_call():
+                self._reject(tx, 503, "rate", headers=[("Retry-After", "1")])
+                return
 
         trunk = await self._authenticate(tx)
         if trunk is None or setup.cancelled.is_set():

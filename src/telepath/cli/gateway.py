@@ -28,6 +28,7 @@ from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.ua import UaConfig, UserAgentCore
 from telepath.transport import media_pacer
 from telepath.transport.ports import RtpPortAllocator
+from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
@@ -139,7 +140,13 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
         events=DbEventSink(state.sessions, metrics=state.metrics, on_enqueued=dispatcher.wake),
         metrics=state.metrics,
     )
-    server = SipServer(core, manager.on_sip_event, guard=guard)
+    server = SipServer(
+        core,
+        manager.on_sip_event,
+        guard=guard,
+        backlog=BacklogMonitor(threshold_s=settings.sip_overload_wait_ms / 1000),
+        on_receive_wait=state.metrics.sip_receive_wait.observe,
+    )
     await server.start(listen, tls)
     # Bound ports may differ from the configured ones when 0 was asked for (tests).
     for name, (_, port) in server.bound.items():

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -21,6 +22,7 @@ from telepath.sip.errors import SipParseError
 from telepath.sip.parser import StreamFramer
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Event, Output, Send, UserAgentCore
+from telepath.transport.receive_backlog import BacklogMonitor, KernelReceiveTime
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,16 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: SipServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
+        self.stamp: KernelReceiveTime | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # CPython's selector datagram transport does not subclass DatagramTransport: cast.
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.stamp = KernelReceiveTime(transport.get_extra_info("socket").fileno())
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.stamp is not None:
+            self.server.received_after(self.stamp.waited_s())
         self.server.feed(data, Source("UDP", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
@@ -102,10 +108,15 @@ class SipServer:
         on_event: Callable[[Event], None],
         *,
         guard: SourceGuard | None = None,
+        backlog: BacklogMonitor | None = None,
+        on_receive_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.core = core
         self.on_event = on_event
         self.guard = guard
+        # how long UDP datagrams waited to be read: call control sheds new calls on it
+        self.backlog = backlog or BacklogMonitor(threshold_s=0.025)
+        self.on_receive_wait = on_receive_wait
         self.conn_ids = itertools.count(1)
         self.connections: dict[int, _Stream] = {}
         self._udp: _Udp | None = None
@@ -163,6 +174,12 @@ class SipServer:
                 pass
 
     # ---------------------------------------------------------------- data path
+
+    def received_after(self, waited_s: float) -> None:
+        """A UDP datagram was read ``waited_s`` after it arrived (``receive_backlog``)."""
+        self.backlog.sample(waited_s, time.monotonic())
+        if self.on_receive_wait is not None:
+            self.on_receive_wait(waited_s)
 
     def feed(self, data: bytes, source: Source) -> None:
         """One message from the network."""
