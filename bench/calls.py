@@ -384,6 +384,12 @@ def _brief(r: dict[str, Any]) -> str:
         f"{r.get('jitter_p99_ms')} ms (max {r.get('jitter_max_ms')}), "
         + (f"clock late p99 <= {r.get('tick_late_p99_ms')} ms, " if "tick_late_p99_ms" in r else "")
         + f"loss {r.get('rx_loss_pct')} %, load {r['load']}"
+        + (
+            f" — {r['rx_seq_jumps']} RTP sequence jumps, "
+            f"{r['rx_phones_with_two_sources']} phones hearing two streams"
+            if r.get("rx_seq_jumps") or r.get("rx_phones_with_two_sources")
+            else ""
+        )
     )
 
 

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
+MAX_GAP = 100  # packets: a larger sequence step is a discontinuity, not loss
 PTIME = 0.020
 PHASES = 4  # phones' 20 ms clocks fall on 4 phases 5 ms apart
 FILL = b"\x5a" * 154
@@ -143,7 +144,8 @@ class _Phone(asyncio.DatagramProtocol):
         self.dest: tuple[str, int] | None = None
         self.seq = random.randrange(1 << 16)
         self.ssrc = random.randrange(1 << 32)
-        self.arrivals: list[tuple[float, int]] = []  # (time, rtp seq) inside the window
+        # (time, rtp seq, ssrc, source port) of each packet received inside the window
+        self.arrivals: list[tuple[float, int, int, int]] = []
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -156,12 +158,45 @@ class _Phone(asyncio.DatagramProtocol):
             self.dest = addr
             self.owner.latched += 1
         if self.owner.in_window:
-            self.arrivals.append((t, struct.unpack_from("!H", data, 2)[0]))
+            seq, ssrc = struct.unpack_from("!H4xI", data, 2)
+            self.arrivals.append((t, seq, ssrc, addr[1]))
         m = read_marker(data[12:])
         if m is not None:
             key = f"{m[0]}:{m[1]}"
             if key not in self.owner.recv:
                 self.owner.recv[key] = t
+
+
+def stream_loss(arrivals: list[tuple[float, int, int, int]]) -> tuple[int, int, int]:
+    """(expected, lost, jumps) of one phone's received RTP, per SSRC and source port.
+
+    Sequence numbers are unwrapped (RFC 3550 §A.1); a step of more than ``MAX_GAP`` either way
+    is not loss but a discontinuity (another stream, a restarted sender) — counted as a jump,
+    and each side measured on its own, so one odd stream cannot pass for thousands of losses.
+    """
+    expected = lost = jumps = 0
+    segments: dict[tuple[int, int], list[set[int]]] = {}
+    last: dict[tuple[int, int], int] = {}
+    for _t, seq, ssrc, port in arrivals:
+        key = (ssrc, port)
+        segs = segments.setdefault(key, [])
+        if key not in last:
+            segs.append(set())
+            ext = seq
+        else:
+            step = ((seq - last[key] + 0x8000) & 0xFFFF) - 0x8000
+            ext = last[key] + step
+            if abs(step) > MAX_GAP:
+                jumps += 1
+                segs.append(set())
+        last[key] = ext
+        segs[-1].add(ext)
+    for segs in segments.values():
+        for seg in segs:
+            span = max(seg) - min(seg) + 1
+            expected += span
+            lost += span - len(seg)
+    return expected, lost, jumps
 
 
 class Phones:
@@ -206,15 +241,15 @@ class Phones:
 
     def summary(self) -> dict[str, Any]:
         devs: list[float] = []
-        lost = expected = 0
+        lost = expected = jumps = odd_sources = 0
         for p in self.phones:
             a = p.arrivals
             devs += [abs((b[0] - c[0]) - PTIME) * 1000 for c, b in zip(a, a[1:], strict=False)]
-            if len(a) > 1:
-                seqs = {s for _, s in a}
-                span = ((a[-1][1] - a[0][1]) & 0xFFFF) + 1
-                expected += span
-                lost += max(0, span - len(seqs))
+            e, lo, j = stream_loss(a)
+            expected += e
+            lost += lo
+            jumps += j
+            odd_sources += len({x[2:] for x in a}) > 1
         devs.sort()
 
         def q(v: float) -> float | None:
@@ -230,6 +265,8 @@ class Phones:
             "jitter_p99_ms": q(0.99),
             "jitter_max_ms": round(devs[-1], 3) if devs else None,
             "rx_loss_pct": round(100 * lost / expected, 3) if expected else None,
+            "rx_seq_jumps": jumps,
+            "rx_phones_with_two_sources": odd_sources,
             "echo_sent": len(self.sent),
             "echo_returned": echoed,
             "echo_loss_pct": round(100 * (1 - echoed / len(self.sent)), 3) if self.sent else None,
