@@ -11,8 +11,11 @@ caller).
    pass: the "capacity" printed was the limit.)
 2. Shedding: a second gateway with ``TELEPATH_SIP_MAX_CPS`` at 80 % of that capacity (headroom
    for the retransmissions and records of a saturated second), offered 1.5x and 2x the limit:
-   the calls past the limit must get 503 + Retry-After, none may time out.
-3. Baseline: SIPp's built-in ``uac`` against ``sipp -sn uas`` at the same rates (no auth, no
+   the calls past the limit must get 503 + Retry-After, none may time out. Steps 1 and 2 run
+   without the load admission (``TELEPATH_SIP_MAX_LOOP_LOAD=0``).
+3. Default settings: a third gateway as installed (no rate limit; the load admission on),
+   offered 1.5x and 2x the capacity: the same rule, with no limit configured.
+4. Baseline: SIPp's built-in ``uac`` against ``sipp -sn uas`` at the same rates (no auth, no
    agent), so the CPU ratio survives a noisy machine.
 """
 
@@ -32,6 +35,9 @@ PASSWORD = "Bench-Passw0rd!"
 GOAL_CPS = 500
 CRASH_RETRIES = 1  # re-runs of a step in which SIPp itself crashed
 MAX_SETUP_MS = 100  # mean INVITE → 200 OK past which calls are queueing, not keeping up
+# the capacity and the configured limit are measured without the load admission (it is on by
+# default: TELEPATH_SIP_MAX_LOOP_LOAD); the default settings get their own step
+NO_LOAD_ADMISSION = {"TELEPATH_SIP_MAX_LOOP_LOAD": "0"}
 LIMIT_SHARE = 0.8  # the shedding step's admission limit, as a share of the measured capacity
 CAPACITY_RULE = f"no admission limit; every call completed, mean set-up <= {MAX_SETUP_MS} ms"
 
@@ -146,7 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     tested: list[int] = []
     try:
         # 1. Capacity: no admission limit, the rate stepped up until two steps fail.
-        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0"})
+        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0", **NO_LOAD_ADMISSION})
         try:
             _ready(gw, url, scenario)
             failing_steps = 0
@@ -164,7 +170,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         # 2. Shedding: the admission limit with headroom under that capacity (as the README
         # advises), offered 1.5x and 2x the limit.
         limit = max(10, int(capacity * LIMIT_SHARE) // 10 * 10) if capacity else 100
-        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": str(limit)})
+        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": str(limit), **NO_LOAD_ADMISSION})
         try:
             _ready(gw, url, scenario)
             for factor in (1.5, 2):
@@ -175,7 +181,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                 rows.append(row)
         finally:
             gw.stop()
-        # 3. Baseline: SIPp's own UAS at the same rates.
+        # 3. The default settings (no rate limit, the load admission on), offered as much.
+        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0"})
+        try:
+            _ready(gw, url, scenario)
+            for factor in (1.5, 2):
+                offered = int((capacity or 200) * factor)
+                rows.append(_measure(gw, agent, "telepath-default", offered, seconds, scenario))
+        finally:
+            gw.stop()
+        # 4. Baseline: SIPp's own UAS at the same rates.
         sipp_uas, port = start_uas()
         try:
             for rate in tested:
@@ -231,17 +246,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     crashed = [r["target_cps"] for r in rows if r.get("sipp_crashed")]
     base = {r["target_cps"]: r for r in rows if r["kind"] == "sipp-uas"}
     capacity = _capacity(rows)
-    limited = [r for r in rows if r["kind"] == "telepath-limited" and not r.get("sipp_crashed")]
     shedding: list[str] = []
-    clean_shed: bool | None = None
-    for p in limited:
+    clean_shed: dict[str, bool | None] = {"telepath-limited": None, "telepath-default": None}
+    for p in rows:
+        if p["kind"] not in clean_shed or p.get("sipp_crashed"):
+            continue
         lost = p["attempted"] - p["completed"]
         clean = p["timeouts"] == 0 and p["shed_503"] >= lost
-        clean_shed = clean if clean_shed is None else clean_shed and clean
+        before = clean_shed[p["kind"]]
+        clean_shed[p["kind"]] = clean if before is None else before and clean
+        how = f"limit {p['limit_cps']}/s" if "limit_cps" in p else "default settings"
         shedding.append(
-            f"limit {p['limit_cps']}/s, offered {p['target_cps']}/s: {p['completed']} completed, "
+            f"{how}, offered {p['target_cps']}/s: {p['completed']} completed, "
             f"{p['shed_503']} x 503, {p['timeouts']} timeouts, {p['unexpected']} unexpected, "
-            f"{p['retransmissions']} retransmissions"
+            f"{p['retransmissions']} retransmissions, set-up {p['setup_ms_mean']} ms"
         )
     at_cap = next((r for r in tp if r["target_cps"] == capacity), None)
     ratio = None
@@ -291,7 +309,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "past_capacity": shedding,
         "goals": {
             f">= {GOAL_CPS} CPS with auth": verdict(capacity >= GOAL_CPS),
-            "clean 503 shedding past capacity": verdict(clean_shed),
+            "clean 503 shedding past capacity": verdict(clean_shed["telepath-limited"]),
+            "clean 503 shedding past capacity, default settings (no limit configured)": verdict(
+                clean_shed["telepath-default"]
+            ),
         },
     }
     print(f"capacity ({CAPACITY_RULE}): {capacity}/s; CPU/call vs SIPp uas: {ratio}x")

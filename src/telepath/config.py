@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit
     sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
+    # the event-loop thread's CPU share past which new attempts are rate-limited (0: off)
+    sip_max_loop_load: float = Field(default=0.97, ge=0, le=1)
     # SIP datagrams waiting this long to be read, for 100 ms on end, shed new calls (503)
     sip_overload_wait_ms: float = Field(default=25.0, gt=0)
     sip_drain_timeout_s: float = Field(default=30.0, ge=0)  # SIGTERM: live calls may finish

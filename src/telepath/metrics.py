@@ -167,6 +167,17 @@ class Metrics:
             buckets=SIP_RECEIVE_WAIT_BUCKETS_S,
             registry=r,
         )
+        self.loop_busy = Gauge(
+            "telepath_event_loop_busy_ratio",
+            "Share of the last half second the event-loop thread spent on a CPU (1: saturated)",
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "telepath_sip_admission_limit_cps",
+            "New call attempts per second admitted while the event loop is saturated "
+            "(TELEPATH_SIP_MAX_LOOP_LOAD; 0: no limit in force)",
+            registry=r,
+        )
         self._active: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
 

@@ -17,6 +17,7 @@ class CallControlConfig:
     max_calls: int = 500
     max_cps: float = 0.0  # new call attempts per second (0: unlimited)
     overload_lag_s: float = 0.2
+    max_loop_load: float = 0.0  # loop thread CPU share that limits new attempts (0: off)
     provider_timeout_s: float = 10.0
     rtp_inactivity_timeout_s: float = 30.0
     jitter_min_ms: int = 20
@@ -40,6 +41,7 @@ class CallControlConfig:
             max_calls=settings.sip_max_calls,
             max_cps=settings.sip_max_cps,
             overload_lag_s=settings.sip_overload_lag_ms / 1000,
+            max_loop_load=settings.sip_max_loop_load,
             provider_timeout_s=settings.provider_timeout_s,
             rtp_inactivity_timeout_s=settings.rtp_inactivity_timeout_s,
             jitter_min_ms=settings.rtp_jitter_min_ms,

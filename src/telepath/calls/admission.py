@@ -1,0 +1,91 @@
+"""Admission by the event-loop thread's load: new call attempts at a rate the loop can serve.
+
+Call set-up and every call's media run on one event-loop thread. Offered more new calls than
+that thread can set up, the work queues (first in the kernel's socket buffer, where the loop
+cannot see it), set-up time grows for every call and the callers' retransmissions add load:
+on this project's 2-vCPU VM, capacity 250/s, 400/s offered with no limit gave 273 ms set-up
+and 81 retransmissions even with the receive-backlog guard. A fixed ``TELEPATH_SIP_MAX_CPS``
+avoids that, but has to be measured on each machine; this controller measures instead.
+
+Every period it reads the share of wall time the loop thread spent on a CPU
+(``time.thread_time`` counts this thread only; the process's other threads — the database
+driver's — used 0.05–0.1 of a core at capacity, the loop thread 0.96–0.98):
+
+- at or above ``high`` (saturated), the rate of new attempts admitted falls to ``DECREASE`` of
+  what the loop served in that period: the calls it answered, or the attempts it admitted if
+  fewer. Answered calls are the loop's throughput, so the first saturated period already puts
+  the limit under capacity; the admitted rate alone, at 600/s offered to a 250/s gateway, took
+  3 s to come down, and the queue built meanwhile;
+- below ``low``, it is lifted if no attempt was refused in that period (callers asked for less
+  than it), and otherwise rises by ``INCREASE`` per period;
+- in between, it holds.
+
+Live calls' media count too: with the loop saturated by media alone, new attempts are admitted
+at ``floor_cps`` — more calls would degrade every call's audio. FreeSWITCH's ``min-idle-cpu``
+refuses calls on the same principle, from the machine's idle CPU; the loop thread is what
+saturates first here. Pure: the caller passes the clocks in (no asyncio, no clock reads).
+
+Hand-written: a token bucket and a few lines of arithmetic; no maintained library controls an
+admission rate from a thread's CPU share.
+"""
+
+from __future__ import annotations
+
+DECREASE = 0.8  # saturated: admit this share of the last period's admitted rate
+INCREASE = 1.1  # idle enough: raise the limit by this factor per period
+BURST_S = 0.1  # the token bucket holds this many seconds of the limit (at least one token)
+
+
+class LoadAdmission:
+    """Admits new call attempts at a rate that keeps the loop thread below saturation."""
+
+    def __init__(self, high: float = 0.95, low: float = 0.85, floor_cps: float = 1.0) -> None:
+        if not 0 < low < high:
+            raise ValueError("need 0 < low < high")
+        self.high = high
+        self.low = low
+        self.floor_cps = floor_cps
+        self.limit_cps: float | None = None  # None: every attempt is admitted
+        self.busy = 0.0  # the loop thread's CPU share in the last period
+        self._admitted = 0  # attempts admitted since the last update
+        self._refused = 0  # attempts refused since the last update
+        self._answered = 0  # calls answered since the last update
+        self._last: tuple[float, float] | None = None  # (wall, thread cpu) at the last update
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+
+    def update(self, wall: float, cpu: float) -> None:
+        """End a period: ``wall`` a monotonic time, ``cpu`` the loop thread's CPU time (s)."""
+        last, self._last = self._last, (wall, cpu)
+        refused, self._refused = self._refused, 0
+        admitted, self._admitted = self._admitted, 0
+        answered, self._answered = self._answered, 0
+        if last is None or wall <= last[0]:
+            return
+        elapsed = wall - last[0]
+        self.busy = (cpu - last[1]) / elapsed
+        served = min(admitted, answered) if answered else admitted
+        if self.busy >= self.high:
+            if self.limit_cps is None:
+                self._tokens, self._tokens_at = 0.0, wall
+            self.limit_cps = max(self.floor_cps, DECREASE * served / elapsed)
+        elif self.busy < self.low and self.limit_cps is not None:
+            self.limit_cps = self.limit_cps * INCREASE if refused else None
+
+    def answered(self) -> None:
+        """A call was answered: one set-up the loop got through."""
+        self._answered += 1
+
+    def admit(self, now: float) -> bool:
+        """May a new call attempt arriving at ``now`` (monotonic) go on?"""
+        limit = self.limit_cps
+        if limit is not None:
+            burst = max(1.0, limit * BURST_S)
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * limit)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                self._refused += 1
+                return False
+            self._tokens -= 1.0
+        self._admitted += 1
+        return True
