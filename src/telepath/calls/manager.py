@@ -244,6 +244,8 @@ class CallManager:
     def on_sip_event(self, event: Event) -> None:
         """Entry point for SIP events (called synchronously by :class:`SipServer`)."""
         if isinstance(event, InviteReceived):
+            if self._refused_at_once(event.tx):
+                return
             setup = _Setup(event.tx)
             self._setups[id(event.tx)] = setup
             self._spawn(self._setup_call(setup))
@@ -378,6 +380,36 @@ class CallManager:
 
     # ---------------------------------------------------------------- setup
 
+    def _refused_at_once(self, tx: ServerTransaction) -> bool:
+        """Refuse an INVITE that cannot be taken now, before any per-call object or task.
+
+        Past capacity most INVITEs end here, so this path must stay cheap: the queue behind it
+        drains only as fast as it runs.
+        """
+        if self.draining:
+            self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+            return True
+        if len(self.calls) + len(self._setups) >= self.config.max_calls or self.lag.overloaded:
+            why = "overload" if self.lag.overloaded else "capacity"
+            self._reject(tx, 503, why, headers=[("Retry-After", "5")])
+            return True
+        if tx.request.headers.get("Authorization") is not None:
+            return False  # an admitted attempt's authenticated retry goes on
+        # A new attempt (not yet challenged) past the configured rate, while SIP datagrams
+        # queue before being read, or while the loop thread is saturated: refused before any
+        # work, so shedding stays cheap and the queue drains.
+        if self.server is not None and self.server.backlog.overloaded:
+            self._reject(tx, 503, "backlog", headers=[("Retry-After", "1")])
+            return True
+        if not self._admit_new_call():
+            self._reject(tx, 503, "rate", headers=[("Retry-After", "1")])
+            return True
+        if self.load is not None and not self.load.admit(time.monotonic()):
+            # the loop thread is saturated: admit what it can set up (calls/admission.py)
+            self._reject(tx, 503, "load", headers=[("Retry-After", "1")])
+            return True
+        return False
+
     async def _setup_call(self, setup: _Setup) -> None:
         tx = setup.tx
         try:
@@ -393,28 +425,6 @@ class CallManager:
         tx = setup.tx
         request = tx.request
         started = tx.created
-        if self.draining:
-            self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
-            return
-        if len(self.calls) + len(self._setups) > self.config.max_calls or self.lag.overloaded:
-            why = "overload" if self.lag.overloaded else "capacity"
-            self._reject(tx, 503, why, headers=[("Retry-After", "5")])
-            return
-        if request.headers.get("Authorization") is None:
-            # A new attempt (not yet challenged) past the configured rate, or while SIP
-            # datagrams queue before being read: refused before any work, so shedding stays
-            # cheap and the queue drains. Authenticated retries of admitted attempts go on.
-            if self.server is not None and self.server.backlog.overloaded:
-                self._reject(tx, 503, "backlog", headers=[("Retry-After", "1")])
-                return
-            if not self._admit_new_call():
-                self._reject(tx, 503, "rate", headers=[("Retry-After", "1")])
-                return
-            if self.load is not None and not self.load.admit(time.monotonic()):
-                # the loop thread is saturated: admit what it can set up (calls/admission.py)
-                self._reject(tx, 503, "load", headers=[("Retry-After", "1")])
-                return
-
         trunk = await self._authenticate(tx)
         if trunk is None or setup.cancelled.is_set():
             return
