@@ -169,7 +169,7 @@ class Metrics:
         )
         self.loop_busy = Gauge(
             "telepath_event_loop_busy_ratio",
-            "Share of the last half second the event-loop thread spent on a CPU (1: saturated)",
+            "Share of the last quarter second the event-loop thread spent on a CPU (1: saturated)",
             registry=r,
         )
         self.admission_limit = Gauge(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -413,12 +414,15 @@ async def test_max_call_duration_ends_a_live_call(
 # --- a trunk removed mid-call --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("removal", ["delete", "deactivate"])
-async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
-    api: Api, gateway: Gateway, tmp_path: Path, removal: str
-) -> None:
-    # Leaked credentials: the operator deletes or deactivates the trunk, and the calls placed
-    # with them must stop now, not when the caller tires. Other trunks' calls go on.
+async def _two_calls_one_trunk_removed(
+    api: Api,
+    gateway: Gateway,
+    tmp_path: Path,
+    remove: Callable[[dict[str, Any]], Awaitable[None]],
+) -> dict[str, Any]:
+    """Calls on trunks alice and bob; ``remove`` takes alice's trunk away mid-call. Checks that
+    alice's call ended at once (our BYE, ``trunk_deleted``) and bob's went on to its end;
+    returns alice's call record."""
     # One fake agent per trunk: a fake checks the message order of one call at a time.
     async with FakeTelepathAgent() as agent, FakeTelepathAgent() as other:
         doomed = await create_trunk(
@@ -431,11 +435,7 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
         ended = await place_call(
             gateway, tmp_path / "a", "alice", PASSWORD, hold_ms=8000, caller_hangs_up=False
         )
-        path = f"/v1/trunks/{doomed['id']}"
-        if removal == "delete":
-            assert (await api.delete(path)).status_code == 204
-        else:
-            assert (await api.patch(path, {"status": "inactive"})).status_code == 200
+        await remove(doomed)
         ended_result, kept_result = await asyncio.gather(
             ended.tone_until_end(8.0), kept.tone_until_end(4.0)
         )
@@ -445,22 +445,28 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
     gone = await record(api, ended.call_id)
     assert gone["disconnect_reason"] == "trunk_deleted"
     assert gone["duration_seconds"] < 4  # not the caller's 8 s
-    assert "BYE" in _first_lines(gone["sip_trace"])
     assert [s.get("reason") for s in agent.stops if s.get("reason") == "trunk_deleted"]
     assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
     assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
     assert not agent.protocol_errors and not other.protocol_errors
+    return gone
 
 
-async def _outside_the_api(database_url: str, statement: str, **params: Any) -> None:
-    """A change another process makes (a second API instance, an admin script): this
-    process's API never hears of it."""
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            assert (await conn.execute(text(statement), params)).rowcount == 1
-    finally:
-        await engine.dispose()
+@pytest.mark.parametrize("removal", ["delete", "deactivate"])
+async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
+    api: Api, gateway: Gateway, tmp_path: Path, removal: str
+) -> None:
+    # Leaked credentials: the operator deletes or deactivates the trunk, and the calls placed
+    # with them must stop now, not when the caller tires. Other trunks' calls go on.
+    async def through_the_api(trunk: dict[str, Any]) -> None:
+        path = f"/v1/trunks/{trunk['id']}"
+        if removal == "delete":
+            assert (await api.delete(path)).status_code == 204
+        else:
+            assert (await api.patch(path, {"status": "inactive"})).status_code == 200
+
+    gone = await _two_calls_one_trunk_removed(api, gateway, tmp_path, through_the_api)
+    assert "BYE" in _first_lines(gone["sip_trace"])
 
 
 @pytest.mark.parametrize(
@@ -476,31 +482,18 @@ async def test_a_trunk_removed_by_another_process_ends_its_live_calls(
 ) -> None:
     # The API that deletes the trunk may not be the gateway's process: the gateway rechecks
     # the trunks of its live calls itself, and other trunks' calls go on.
-    # One fake agent per trunk: a fake checks the message order of one call at a time.
-    async with FakeTelepathAgent() as agent, FakeTelepathAgent() as other:
-        doomed = await create_trunk(
-            api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
-        )
-        await create_trunk(api, "bob", PASSWORD, ai_provider="custom", custom_endpoint=other.url)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        kept = await place_call(gateway, tmp_path / "b", "bob", PASSWORD, hold_ms=4000)
-        ended = await place_call(
-            gateway, tmp_path / "a", "alice", PASSWORD, hold_ms=8000, caller_hangs_up=False
-        )
-        await _outside_the_api(api.state.settings.database_url, statement, id=doomed["id"])
-        ended_result, kept_result = await asyncio.gather(
-            ended.tone_until_end(8.0), kept.tone_until_end(4.0)
-        )
-    assert ended_result.returncode == 0, ended_result.stdout + ended_result.errors  # our BYE
-    assert kept_result.returncode == 0, kept_result.stdout + kept_result.errors
-    await settled(gateway)
-    gone = await record(api, ended.call_id)
-    assert gone["disconnect_reason"] == "trunk_deleted"
-    assert gone["duration_seconds"] < 4  # not the caller's 8 s
-    assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
-    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
-    assert not agent.protocol_errors and not other.protocol_errors
+    async def outside_the_api(trunk: dict[str, Any]) -> None:
+        # A change another process makes (a second API instance, an admin script): this
+        # process's API never hears of it.
+        engine = create_async_engine(api.state.settings.database_url)
+        try:
+            async with engine.begin() as conn:
+                changed = await conn.execute(text(statement), {"id": trunk["id"]})
+                assert changed.rowcount == 1
+        finally:
+            await engine.dispose()
+
+    await _two_calls_one_trunk_removed(api, gateway, tmp_path, outside_the_api)
 
 
 @pytest.mark.parametrize(
