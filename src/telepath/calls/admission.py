@@ -31,7 +31,7 @@ admission rate from a thread's CPU share.
 
 from __future__ import annotations
 
-DECREASE = 0.8  # saturated: admit this share of the last period's admitted rate
+DECREASE = 0.8  # saturated: admit this share of what the loop served in the last period
 INCREASE = 1.1  # idle enough: raise the limit by this factor per period
 BURST_S = 0.1  # the token bucket holds this many seconds of the limit (at least one token)
 
@@ -39,7 +39,7 @@ BURST_S = 0.1  # the token bucket holds this many seconds of the limit (at least
 class LoadAdmission:
     """Admits new call attempts at a rate that keeps the loop thread below saturation."""
 
-    def __init__(self, high: float = 0.95, low: float = 0.85, floor_cps: float = 1.0) -> None:
+    def __init__(self, *, high: float, low: float, floor_cps: float = 1.0) -> None:
         if not 0 < low < high:
             raise ValueError("need 0 < low < high")
         self.high = high
