@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 
@@ -26,3 +27,19 @@ def test_media_clock_lateness_is_exported(live_server: LiveServer) -> None:
     assert resp.status_code == 200
     assert re.search(r"^telepath_media_tick_lateness_seconds_count [0-9.e+]+$", resp.text, re.M)
     assert 'telepath_media_tick_lateness_seconds_bucket{le="0.002"}' in resp.text
+
+
+def test_the_load_admission_runs_by_default(live_server: LiveServer) -> None:
+    # TELEPATH_SIP_MAX_LOOP_LOAD defaults to on: the loop thread's CPU share is read (and
+    # exported) every quarter second, and an idle gateway limits nothing.
+    deadline = time.monotonic() + 10
+    busy = 0.0
+    while busy == 0.0:
+        assert time.monotonic() < deadline, "the loop's CPU share was never read"
+        time.sleep(0.1)
+        text = httpx.get(f"{live_server.base_url}/metrics", timeout=10).text
+        found = re.search(r"^telepath_event_loop_busy_ratio ([0-9.e+-]+)$", text, re.M)
+        assert found, "telepath_event_loop_busy_ratio is not exported"
+        busy = float(found.group(1))
+    assert 0 < busy < 0.9
+    assert re.search(r"^telepath_sip_admission_limit_cps 0\.0$", text, re.M)
