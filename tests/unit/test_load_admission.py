@@ -96,3 +96,17 @@ def test_a_saturated_loop_limits_to_what_it_answered_when_that_is_less() -> None
     offer(adm, PERIOD, PERIOD, 600)
     adm.update(2 * PERIOD, 2 * PERIOD)
     assert adm.limit_cps == pytest.approx(DECREASE * DECREASE * 250, rel=0.05)
+
+
+def test_a_one_off_saturation_of_a_quiet_loop_is_forgotten_at_once() -> None:
+    # A long API request on the loop saturates one period of a gateway taking 4 calls/s: the
+    # limit falls to the floor, and with the loop nearly idle again it is lifted in the next
+    # period, though attempts were refused meanwhile.
+    adm = LoadAdmission(high=0.95, low=0.85)
+    adm.update(0.0, 0.0)
+    period(adm, 0.0, 0.0, 1.0, 0)
+    assert adm.limit_cps == adm.floor_cps
+    admitted, refused = period(adm, PERIOD, PERIOD, 0.1, 8)
+    assert refused > 0
+    assert adm.limit_cps is None
+    assert period(adm, 2 * PERIOD, PERIOD + 0.05, 0.1, 8) == (4, 0)

@@ -17,7 +17,9 @@ driver's — used 0.05–0.1 of a core at capacity, the loop thread 0.96–0.98)
   the limit under capacity; the admitted rate alone, at 600/s offered to a 250/s gateway, took
   3 s to come down, and the queue built meanwhile;
 - below ``low``, it is lifted if no attempt was refused in that period (callers asked for less
-  than it), and otherwise rises by ``INCREASE`` per period;
+  than it) or if the loop was less than half that busy (the saturation was a one-off: a long
+  API request on the same loop, say — rising 10 % a period from the 1/s floor would refuse a
+  quiet gateway's calls for seconds), and otherwise rises by ``INCREASE`` per period;
 - in between, it holds.
 
 Live calls' media count too: with the loop saturated by media alone, new attempts are admitted
@@ -70,7 +72,8 @@ class LoadAdmission:
                 self._tokens, self._tokens_at = 0.0, wall
             self.limit_cps = max(self.floor_cps, DECREASE * served / elapsed)
         elif self.busy < self.low and self.limit_cps is not None:
-            self.limit_cps = self.limit_cps * INCREASE if refused else None
+            limited = refused and self.busy >= self.low / 2
+            self.limit_cps = self.limit_cps * INCREASE if limited else None
 
     def answered(self) -> None:
         """A call was answered: one set-up the loop got through."""
