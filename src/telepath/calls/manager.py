@@ -362,10 +362,13 @@ class CallManager:
         if now - self._shed_logged_at < 1.0:
             return
         log.info(
-            "INVITE refused with 503: %s (%d since the last line; loop lag %.0f ms)",
+            "INVITE refused with 503: %s (%d since the last line; loop lag %.0f ms, "
+            "loop busy %.0f %%, admitting %s)",
             why,
             self._shed_unlogged,
             self.lag.lag_s * 1000,
+            100 * self.load.busy if self.load is not None else 0,
+            f"{self.load.limit_cps:.0f}/s" if self.load and self.load.limit_cps else "all",
         )
         self._shed_logged_at = now
         self._shed_unlogged = 0

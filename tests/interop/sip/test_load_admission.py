@@ -5,6 +5,8 @@ attempt is challenged as before."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from functools import partial
 from typing import Any, cast
@@ -51,8 +53,9 @@ async def _until(condition: Any, timeout_s: float) -> None:
 
 
 async def test_a_saturated_loop_sheds_new_attempts_and_serves_them_again_with_room(
-    api: Api, gateway: Gateway
+    api: Api, gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="telepath.calls.manager")
     load = gateway.manager.load
     assert load is not None
     # only this guard: datagrams waiting behind the spinning are the other one's business
@@ -87,6 +90,13 @@ async def test_a_saturated_loop_sheds_new_attempts_and_serves_them_again_with_ro
             assert set(statuses) <= {401, 503}, statuses
             refused = registry.get_sample_value("telepath_calls_rejected_total", {"reason": "load"})
             assert refused == statuses.count(503)
+            # one line for the operator (at most one a second), with the loop's state
+            messages = [r.getMessage() for r in caplog.records]
+            lines = [m for m in messages if "refused with 503" in m]
+            assert 1 <= len(lines) < statuses.count(503), lines
+            line = lines[0]
+            assert line.startswith("INVITE refused with 503: load (1 since the last line;")
+            assert re.search(r"loop busy \d+ %, admitting \d+/s\)$", line), line
 
             # Room again: the limit is lifted within a period or two, attempts are challenged.
             stop.set()
