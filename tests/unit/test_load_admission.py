@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telepath.calls.admission import DECREASE, INCREASE, LoadAdmission
+from telepath.calls.admission import DECREASE, INCREASE, LoadAdmission, TokenBucket
 
 PERIOD = 0.5
 
@@ -110,3 +110,20 @@ def test_a_one_off_saturation_of_a_quiet_loop_is_forgotten_at_once() -> None:
     assert refused > 0
     assert adm.limit_cps is None
     assert period(adm, 2 * PERIOD, PERIOD + 0.05, 0.1, 8) == (4, 0)
+
+
+def test_a_token_bucket_below_one_a_second_still_admits() -> None:
+    # TELEPATH_SIP_MAX_CPS=0.5: one call every two seconds (the bucket holds at least one token;
+    # capped at the rate itself, it could never hold one and admitted nothing)
+    bucket = TokenBucket(0.5, 1.0, 0.0)
+    assert [bucket.take(t / 2) for t in range(9)] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]

@@ -38,6 +38,28 @@ INCREASE = 1.1  # idle enough: raise the limit by this factor per period
 BURST_S = 0.1  # the token bucket holds this many seconds of the limit (at least one token)
 
 
+class TokenBucket:
+    """``rate`` tokens a second, holding ``burst_s`` seconds of them (at least one token)."""
+
+    def __init__(self, rate: float, burst_s: float, now: float, *, full: bool = True) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._tokens = self._burst() if full else 0.0
+        self._at = now
+
+    def _burst(self) -> float:
+        return max(1.0, self.rate * self.burst_s)
+
+    def take(self, now: float) -> bool:
+        """One token at ``now`` (monotonic), if there is one."""
+        self._tokens = min(self._burst(), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class LoadAdmission:
     """Admits new call attempts at a rate that keeps the loop thread below saturation."""
 
@@ -53,8 +75,7 @@ class LoadAdmission:
         self._refused = 0  # attempts refused since the last update
         self._answered = 0  # calls answered since the last update
         self._last: tuple[float, float] | None = None  # (wall, thread cpu) at the last update
-        self._tokens = 0.0
-        self._tokens_at = 0.0
+        self._bucket = TokenBucket(0.0, BURST_S, 0.0, full=False)  # the limit, when there is one
 
     def update(self, wall: float, cpu: float) -> None:
         """End a period: ``wall`` a monotonic time, ``cpu`` the loop thread's CPU time (s)."""
@@ -68,8 +89,8 @@ class LoadAdmission:
         self.busy = (cpu - last[1]) / elapsed
         served = min(admitted, answered) if answered else admitted
         if self.busy >= self.high:
-            if self.limit_cps is None:
-                self._tokens, self._tokens_at = 0.0, wall
+            if self.limit_cps is None:  # newly limited: the bucket starts empty
+                self._bucket = TokenBucket(0.0, BURST_S, wall, full=False)
             self.limit_cps = max(self.floor_cps, DECREASE * served / elapsed)
         elif self.busy < self.low and self.limit_cps is not None:
             limited = refused and self.busy >= self.low / 2
@@ -81,14 +102,10 @@ class LoadAdmission:
 
     def admit(self, now: float) -> bool:
         """May a new call attempt arriving at ``now`` (monotonic) go on?"""
-        limit = self.limit_cps
-        if limit is not None:
-            burst = max(1.0, limit * BURST_S)
-            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * limit)
-            self._tokens_at = now
-            if self._tokens < 1.0:
+        if self.limit_cps is not None:
+            self._bucket.rate = self.limit_cps
+            if not self._bucket.take(now):
                 self._refused += 1
                 return False
-            self._tokens -= 1.0
         self._admitted += 1
         return True

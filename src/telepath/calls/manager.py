@@ -36,7 +36,7 @@ from telepath.bridges.base import (
     ProviderConfig,
 )
 from telepath.bridges.registry import create_bridge
-from telepath.calls.admission import LoadAdmission
+from telepath.calls.admission import LoadAdmission, TokenBucket
 from telepath.calls.call import Call, CallEnd
 from telepath.calls.config import CallControlConfig
 from telepath.calls.events import call_ended_payload, call_started_payload
@@ -219,8 +219,8 @@ class CallManager:
         self.counters: dict[str, int] = {}
         self._shed_logged_at = -1e9  # monotonic time of the last 503 log line
         self._shed_unlogged = 0
-        self._tokens = config.max_cps
-        self._tokens_at = 0.0
+        # TELEPATH_SIP_MAX_CPS: new attempts a second, a second's worth of burst
+        self._rate = TokenBucket(config.max_cps, 1.0, 0.0) if config.max_cps > 0 else None
         self.load: LoadAdmission | None = None
         if config.max_loop_load > 0:
             high = config.max_loop_load
@@ -298,17 +298,8 @@ class CallManager:
                 self._on_answer_in_reinvite_ack(call, event.body)
 
     def _admit_new_call(self) -> bool:
-        """Token bucket of ``max_cps`` new calls per second (burst: one second's worth)."""
-        rate = self.config.max_cps
-        if rate <= 0:
-            return True
-        now = asyncio.get_running_loop().time()
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+        """``max_cps`` new calls per second (burst: one second's worth, at least one call)."""
+        return self._rate is None or self._rate.take(asyncio.get_running_loop().time())
 
     async def _watch_load(self) -> None:
         """Feed the loop thread's CPU share to the load admission every ``LOAD_PERIOD_S``."""
