@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,33 @@ def test_hot_path_never_imports_the_outer_ring(package: str) -> None:
     for path in modules(package):
         for name in imports(path):
             assert not name.startswith(OUTER_RING), f"{path.relative_to(SRC)} imports {name}"
+
+
+# Run in a fresh interpreter: this one has imported every bridge already (other tests).
+_NO_IMPORT_AT_CALL_TIME = """
+import sys
+import telepath.calls.manager  # what the gateway imports before it takes calls
+from telepath.bridges.base import CustomConfig, ElevenLabsConfig, OpenAIConfig
+from telepath.bridges.registry import create_bridge
+
+imported = []
+sys.addaudithook(lambda event, args: imported.append(args[0]) if event == "import" else None)
+create_bridge("openai", OpenAIConfig(api_key="k"))
+create_bridge("elevenlabs", ElevenLabsConfig(api_key=None, agent_id="a"))
+create_bridge("custom", CustomConfig("wss://a"))
+create_bridge("custom", CustomConfig("wss://a", protocol="twilio"))
+print(",".join(imported))
+"""
+
+
+def test_a_call_imports_nothing_on_the_event_loop() -> None:
+    """The first call of each provider kind must not import its bridge: an import runs on the
+    loop thread (35-45 ms per provider module, measured), stalling every call's media."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_IMPORT_AT_CALL_TIME],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "", f"imported while building bridges: {out.stdout.strip()}"
