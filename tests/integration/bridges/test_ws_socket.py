@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.http11 import Request, Response
 from websockets.utils import accept_key
@@ -18,6 +20,7 @@ from websockets.utils import accept_key
 from telepath.bridges.ws_socket import AgentSocket
 from telepath.transport import media_pacer
 from tests.certs import self_signed
+from tests.interop.calls.cycles import collector_off
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +111,39 @@ async def test_handshake_refusal_and_unreachable_and_bad_url() -> None:
         await open_socket(url)  # the server is gone: connection refused
     with pytest.raises(InvalidURI):
         await open_socket("http://127.0.0.1:1/not-a-websocket")
+
+
+def _client_protocols() -> int:
+    return sum(type(o) is ClientProtocol for o in gc.get_objects())
+
+
+async def test_a_finished_connection_is_freed_without_the_cyclic_collector() -> None:
+    """After EOF the library's parser waits, suspended, in a generator that holds its protocol:
+    a cycle only a full collection frees. One per call, and as a full collection waits for 100
+    generation-1 collections while calls are up (``gc_schedule``), they piled up: ~1,700 after
+    10,000 calls. (A failed opening still leaves one: the library keeps the exception, whose
+    traceback holds the protocol.)"""
+
+    async def echo_then_close(ws: ServerConnection) -> None:
+        await ws.send(await ws.recv())
+        await ws.close(1011, "bye")
+
+    with collector_off():
+        before = _client_protocols()
+        async with server(echo_then_close) as url:
+            ours = await open_socket(url)  # we close
+            await ours.send("x")
+            assert await ours.recv() == "x"
+            await ours.close()
+            theirs = await open_socket(url)  # the agent closes
+            await theirs.send("y")
+            assert await theirs.recv() == "y"
+            with pytest.raises(ConnectionClosed):
+                await theirs.recv()
+            await asyncio.sleep(0.05)
+            assert _client_protocols() == before + 2
+            del ours, theirs
+            assert _client_protocols() == before
 
 
 # --- a raw peer, for what a well-behaved server never sends ------------------------------
