@@ -31,6 +31,7 @@ from typing import Any
 
 MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
 MAX_GAP = 100  # packets: a larger sequence step is a discontinuity, not loss
+RTCP_TYPES = (192, 223)  # second byte of an RTCP packet (RFC 5761 §4), never of RTP audio here
 PTIME = 0.020
 PHASES = 4  # phones' 20 ms clocks fall on 4 phases 5 ms apart
 FILL = b"\x5a" * 154
@@ -154,6 +155,13 @@ class _Phone(asyncio.DatagramProtocol):
         t = time.monotonic()
         if len(data) < 12:
             return
+        if RTCP_TYPES[0] <= data[1] <= RTCP_TYPES[1]:
+            # RTCP meant for a neighbour: the gateway sends a call's RTCP to the phone's port + 1
+            # (RFC 3550 §11), and the OS may have given that port to another phone. It is not
+            # this phone's audio: counted, kept out of jitter and loss.
+            if self.owner.in_window:
+                self.owner.rtcp_received += 1
+            return
         if self.dest is None and self.owner.latching:
             self.dest = addr
             self.owner.latched += 1
@@ -209,6 +217,7 @@ class Phones:
         self.recv: dict[str, float] = {}  # every marker received back
         self.tick = 0
         self.task: asyncio.Task[None] | None = None
+        self.rtcp_received = 0  # RTCP packets that reached a phone's RTP port (not audio)
 
     async def run(self) -> None:
         """One deadline-paced loop sends every phone's frame each 20 ms tick.
@@ -261,6 +270,7 @@ class Phones:
             "phones": len(self.phones),
             "latched": self.latched,
             "rx_packets": sum(len(p.arrivals) for p in self.phones),
+            "rx_rtcp_packets": self.rtcp_received,
             "jitter_p50_ms": q(0.5),
             "jitter_p99_ms": q(0.99),
             "jitter_max_ms": round(devs[-1], 3) if devs else None,
