@@ -36,6 +36,7 @@ from telepath.bridges.base import (
     BridgeReason,
     is_terminal,
 )
+from telepath.bridges.tls import client_context
 from telepath.bridges.ws_socket import AgentSocket, MessageSocket
 
 __all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
@@ -129,6 +130,7 @@ class WebSocketBridge(AgentBridge):
                     compression=None,
                     user_agent_header="telepath",
                     proxy=proxy,
+                    ssl=client_context() if parse_uri(url).secure else None,
                 )
         except Exception as exc:  # every connect failure becomes a classified BridgeError
             err = connect_error(exc)

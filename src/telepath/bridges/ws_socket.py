@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import ssl
 import struct
 from collections.abc import Callable, Mapping
 from typing import Protocol, cast
@@ -57,6 +56,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from telepath.bridges.tls import client_context
 from telepath.transport import media_pacer
 
 try:
@@ -152,7 +152,7 @@ class AgentSocket(asyncio.Protocol):
         """
         uri = parse_uri(url)
         protocol = ClientProtocol(uri, max_size=max_size)
-        context = ssl.create_default_context() if uri.secure else None
+        context = client_context() if uri.secure else None
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):
             transport, conn = await loop.create_connection(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from telepath.api.state import ApiState
+from telepath.bridges.tls import client_context
 from telepath.calls.config import CallControlConfig
 from telepath.calls.manager import CallManager
 from telepath.clock import MonotonicClock
@@ -89,6 +90,7 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
     loop = asyncio.get_running_loop()
     address = advertised_address(settings)
     tls = tls_context(settings)
+    client_context()  # built now (~33 ms), not on the event loop at the first wss:// agent call
     listen = [
         ListenAddress("UDP", settings.sip_host, settings.sip_port),
         ListenAddress("TCP", settings.sip_host, settings.sip_port),
