@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -28,6 +29,7 @@ from telepath.bridges.base import (
     ElevenLabsConfig,
 )
 from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
+from telepath.bridges.tls import client_context
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
 
@@ -251,3 +253,27 @@ async def test_mid_call_failures(after_setup: str, retryable: bool, code: str | 
             code,
         )
         await bridge.close()
+
+
+async def test_the_signed_url_request_builds_no_tls_context(
+    fake: FakeElevenLabs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new HTTP client builds its TLS context (the CA bundle parsed, ~20 ms measured) on the
+    event loop; every call with an API key did that for the signed-URL request."""
+    client_context()  # the gateway builds the shared one at start
+    built: list[object] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(args or kwargs)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    assert (await collect_until(bridge, audio_ms=20))[0] == AgentConnected(
+        "elevenlabs", "conv_fake_1"
+    )
+    await bridge.close()
+    assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 1
+    assert built == []

@@ -49,6 +49,7 @@ from telepath.bridges.base import (
     ProviderError,
 )
 from telepath.bridges.elevenlabs import events as ev
+from telepath.bridges.tls import client_context
 from telepath.bridges.ws import WebSocketBridge
 
 __all__ = ["ElevenLabsBridge"]
@@ -128,7 +129,9 @@ class ElevenLabsBridge(WebSocketBridge):
             return f"{cfg.ws_url}?{urlencode({'agent_id': cfg.agent_id})}"
         endpoint = f"{cfg.api_base.rstrip('/')}/v1/convai/conversation/get-signed-url"
         try:
-            async with httpx.AsyncClient(timeout=self.connect_timeout_s) as client:
+            # the shared TLS context: a client's own would parse the CA bundle (~20 ms) per call
+            client = httpx.AsyncClient(timeout=self.connect_timeout_s, verify=client_context())
+            async with client:
                 resp = await client.get(
                     endpoint, params={"agent_id": cfg.agent_id}, headers={"xi-api-key": cfg.api_key}
                 )
