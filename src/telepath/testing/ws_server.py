@@ -18,6 +18,7 @@ import contextlib
 import http
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -58,6 +59,8 @@ class FakeAgentServer:
     Args:
         reject_status: answer every upgrade with this HTTP status instead of 101.
         handshake_delay_s: delay before answering an upgrade.
+
+    Set ``tls`` (a server context) before ``start()`` to serve ``wss://`` and ``https://``.
     """
 
     ws_path = "/"
@@ -71,6 +74,7 @@ class FakeAgentServer:
         self.sessions_ended = asyncio.Event()
         self._server: Server | None = None
         self._stopping = asyncio.Event()
+        self.tls: ssl.SSLContext | None = None
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -83,6 +87,7 @@ class FakeAgentServer:
             process_request=self._process_request,
             compression=None,
             max_size=16 * 1024 * 1024,
+            ssl=self.tls,
         )
         return self
 
@@ -115,13 +120,15 @@ class FakeAgentServer:
 
     @property
     def base_http(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:<port>`` (``https`` with ``tls``)."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        """The WebSocket URL of the agent endpoint."""
-        return f"ws://127.0.0.1:{self.port}{self.ws_path}"
+        """The WebSocket URL of the agent endpoint (``wss`` with ``tls``)."""
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}{self.ws_path}"
 
     # --- handshake -------------------------------------------------------------------------
 

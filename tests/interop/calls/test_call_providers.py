@@ -4,6 +4,7 @@ says how the call went."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from telepath.testing.fake_custom import FakeTwilioAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.certs import self_signed
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk, provider_trunk, record
 from tests.interop.calls.harness import Phone, place_call, settled
@@ -54,8 +56,28 @@ def _heard(caller_audio: bytes | bytearray, codec: str = "pcmu") -> float:
     return dominant_frequency(pcm)
 
 
-async def test_openai(api: Api, gateway: Gateway, tmp_path: Path) -> None:
-    async with FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
+@pytest.fixture(params=["ws", "wss"])
+def tls(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ssl.SSLContext | None:
+    """The provider over plain WebSocket/HTTP, or over TLS as the real ones are, its certificate
+    trusted through ``SSL_CERT_FILE`` (as a private CA would be)."""
+    if request.param == "ws":
+        return None
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return context
+
+
+async def test_openai(
+    api: Api, gateway: Gateway, tmp_path: Path, tls: ssl.SSLContext | None
+) -> None:
+    fake = FakeOpenAIRealtime(agent="tone", tone_hz=AGENT_HZ, response_ms=1500)
+    fake.tls = tls
+    async with fake:
+        assert fake.url.startswith("wss://" if tls else "ws://")
         await provider_trunk(api, gateway, fake, PASSWORD)
         phone, detail = await _call(api, gateway, tmp_path)
     assert fake.protocol_errors == []
@@ -68,8 +90,13 @@ async def test_openai(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     assert detail["metrics"]["codec_used"] == "PCMU"
 
 
-async def test_elevenlabs(api: Api, gateway: Gateway, tmp_path: Path) -> None:
-    async with FakeElevenLabs(agent="tone", tone_hz=AGENT_HZ, response_ms=1500) as fake:
+async def test_elevenlabs(
+    api: Api, gateway: Gateway, tmp_path: Path, tls: ssl.SSLContext | None
+) -> None:
+    fake = FakeElevenLabs(agent="tone", tone_hz=AGENT_HZ, response_ms=1500)
+    fake.tls = tls  # the signed-URL request over https, the conversation over wss
+    async with fake:
+        assert fake.base_http.startswith("https://" if tls else "http://")
         await provider_trunk(api, gateway, fake, PASSWORD)
         phone, detail = await _call(api, gateway, tmp_path)
     assert fake.protocol_errors == []
