@@ -1,10 +1,12 @@
-"""``python -m bench [all|cps|calls|media|frame|tls] [--quick]``: run, print tables, write JSON.
+"""``python -m bench [all|cps|calls|media|frame|tls|providers] [--quick]``: run, print tables,
+write JSON.
 
   cps     calls/s with digest auth + agent connect (SIPp → ``telepath serve``), vs ``sipp -sn uas``
   calls   N concurrent bridged calls with an echo agent, vs a minimal asyncio UDP echo
   media   the MediaSession pacing benchmark and the codec/resampler micro-benchmarks
   frame   the per-frame Python of both directions without sockets, vs the library calls alone
   tls     CPU of a wss:// agent connection, shared client context vs one per connection
+  providers  call set-up CPU per provider kind (local fakes, plain and TLS) vs the custom agent
 
 Results go to ``bench/results/<date>.json`` (one file per day; a run replaces the sections it
 ran). The whole run takes about 10 minutes, ``--quick`` about 2. The machine's load average is
@@ -55,12 +57,16 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "cps", "calls", "media", "frame", "tls"]
+        "suite",
+        nargs="?",
+        default="all",
+        choices=["all", "cps", "calls", "media", "frame", "tls", "providers"],
     )
     parser.add_argument("--quick", action="store_true", help="a ~2 minute run")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: by date)")
     args = parser.parse_args()
-    suites = ["cps", "calls", "media", "frame", "tls"] if args.suite == "all" else [args.suite]
+    everything = ["cps", "calls", "media", "frame", "tls", "providers"]
+    suites = everything if args.suite == "all" else [args.suite]
     now = datetime.now(UTC)
     info = machine()
     print(
@@ -82,6 +88,8 @@ def main() -> None:
             from bench import frame_path as mod  # type: ignore[no-redef]
         elif name == "tls":
             from bench import tls_connect as mod  # type: ignore[no-redef]
+        elif name == "providers":
+            from bench import providers as mod  # type: ignore[no-redef]
         else:
             from bench import media as mod  # type: ignore[no-redef]
         print(f"\n== {name} ==", flush=True)

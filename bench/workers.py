@@ -426,6 +426,41 @@ async def relay_main() -> None:
         t.close()
 
 
+# ---------------------------------------------------------------------- provider fakes
+
+
+async def provider_main() -> None:
+    """``provider KIND CERT KEY``: the OpenAI or ElevenLabs fake (silent agent), over TLS when
+    CERT and KEY are given; what it records is dropped every second (long runs)."""
+    import ssl
+
+    from telepath.testing.fake_elevenlabs import FakeElevenLabs
+    from telepath.testing.fake_openai import FakeOpenAIRealtime
+
+    kind, *tls = sys.argv[2:]
+    fake: FakeOpenAIRealtime | FakeElevenLabs = (
+        FakeOpenAIRealtime(agent="silent") if kind == "openai" else FakeElevenLabs(agent="silent")
+    )
+    if tls:
+        fake.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        fake.tls.load_cert_chain(tls[0], tls[1])
+
+    async def forget() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            fake.handshakes.clear()
+            fake.received.clear()
+            fake.sent.clear()
+            fake.caller_audio.clear()
+
+    async with fake:
+        _say({"url": fake.url, "http": fake.base_http})
+        forgetting = asyncio.get_running_loop().create_task(forget())
+        async for _line in _lines():  # until stdin closes
+            pass
+        forgetting.cancel()
+
+
 def main() -> None:
     _use_uvloop()
     role = sys.argv[1]
@@ -435,6 +470,7 @@ def main() -> None:
         "udpecho": udpecho_main,
         "relay": relay_main,
         "tcpecho": tcpecho_main,
+        "provider": provider_main,
     }[role]
     asyncio.run(entry())
 
