@@ -39,6 +39,19 @@ class Claimed:
     secret_enc: str
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to, to be stored."""
+
+    delivery_id: str
+    status: str  # PENDING (retry at next_attempt_at), DELIVERED or FAILED
+    attempts: int  # attempts made, this one included
+    next_attempt_at: datetime
+    attempted_at: datetime
+    status_code: int | None
+    error: str | None
+
+
 class WebhookRepository:
     """Endpoint CRUD within one account, and outbox operations."""
 
@@ -165,30 +178,25 @@ class WebhookRepository:
             )
         return claimed
 
-    async def record_attempt(
-        self,
-        delivery_id: str,
-        *,
-        status: str,
-        attempts: int,
-        next_attempt_at: datetime,
-        attempted_at: datetime,
-        status_code: int | None,
-        error: str | None,
-    ) -> None:
-        """Store the outcome of one attempt."""
+    async def record_attempts(self, outcomes: Sequence[Outcome]) -> None:
+        """Store the outcomes of a round of attempts (an ORM bulk UPDATE by primary key: one
+        statement, executed for each row)."""
+        if not outcomes:
+            return
         await self.session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
-            .values(
-                status=status,
-                attempts=attempts,
-                next_attempt_at=next_attempt_at,
-                last_attempt_at=attempted_at,
-                last_status_code=status_code,
-                last_error=error,
-            )
-            .execution_options(synchronize_session=False)
+            update(WebhookDelivery),
+            [
+                {
+                    "id": o.delivery_id,
+                    "status": o.status,
+                    "attempts": o.attempts,
+                    "next_attempt_at": o.next_attempt_at,
+                    "last_attempt_at": o.attempted_at,
+                    "last_status_code": o.status_code,
+                    "last_error": o.error,
+                }
+                for o in outcomes
+            ],
         )
 
     async def pending_count(self) -> int:

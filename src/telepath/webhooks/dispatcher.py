@@ -11,9 +11,10 @@ gateway resumes where the previous one stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import httpx
@@ -23,7 +24,14 @@ from telepath import __version__
 from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.models import webhook_secret_context
-from telepath.db.webhook_store import DELIVERED, FAILED, PENDING, Claimed, WebhookRepository
+from telepath.db.webhook_store import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Claimed,
+    Outcome,
+    WebhookRepository,
+)
 from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring, SecretDecryptionError
 from telepath.webhooks.events import iso_ms
@@ -38,6 +46,10 @@ from telepath.webhooks.signing import (
 logger = logging.getLogger(__name__)
 
 ERROR_MAX_CHARS = 200
+# of a receiver's answer, read (and ignored) to keep the connection for the next delivery
+MAX_ANSWER_BYTES = 64 * 1024
+ANSWER_READ_S = 1.0
+RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
 
 
 def event_body(claimed: Claimed) -> bytes:
@@ -165,7 +177,8 @@ class WebhookDispatcher:
                 )
                 await session.commit()
             if claimed:
-                await asyncio.gather(*(self._attempt(c) for c in claimed))
+                outcomes = await asyncio.gather(*(self._attempt(c) for c in claimed))
+                await self._record(outcomes)
                 total += len(claimed)
             if len(claimed) < self._batch_size:
                 break
@@ -178,34 +191,43 @@ class WebhookDispatcher:
         async with self._sessions() as session:
             self._metrics.webhook_backlog.set(await WebhookRepository(session).pending_count())
 
-    async def _attempt(self, claimed: Claimed) -> None:
+    async def _attempt(self, claimed: Claimed) -> Outcome:
         async with self._semaphore:
             status_code, error = await self._send(claimed)
         attempts = claimed.attempts + 1
         now = self._now()
         if status_code is not None and 200 <= status_code < 300:
-            status, result, next_at = DELIVERED, "delivered", now
+            status, next_at = DELIVERED, now
         elif attempts >= self._max_attempts:
-            status, result, next_at = FAILED, "failed", now
+            status, next_at = FAILED, now
         else:
-            status, result, next_at = PENDING, "retry", now + self.backoff(attempts)
+            status, next_at = PENDING, now + self.backoff(attempts)
+        return Outcome(
+            delivery_id=claimed.delivery_id,
+            status=status,
+            attempts=attempts,
+            next_attempt_at=next_at,
+            attempted_at=now,
+            status_code=status_code,
+            error=error,
+        )
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+        """Store a round's outcomes in one transaction (one per delivery was most of the
+        dispatcher's CPU). Until then the rows stay leased; a crash before it re-sends them,
+        which the idempotency id lets the receiver recognise."""
         async with self._sessions() as session:
-            await WebhookRepository(session).record_attempt(
-                claimed.delivery_id,
-                status=status,
-                attempts=attempts,
-                next_attempt_at=next_at,
-                attempted_at=now,
-                status_code=status_code,
-                error=error,
-            )
+            await WebhookRepository(session).record_attempts(outcomes)
             await session.commit()
-        if self._metrics is not None:
-            self._metrics.webhook_deliveries.labels(result=result).inc()
-        if status == FAILED:
-            logger.warning(
-                "webhook delivery %s gave up after %d attempts", claimed.delivery_id, attempts
-            )
+        for outcome in outcomes:
+            if self._metrics is not None:
+                self._metrics.webhook_deliveries.labels(result=RESULTS[outcome.status]).inc()
+            if outcome.status == FAILED:
+                logger.warning(
+                    "webhook delivery %s gave up after %d attempts",
+                    outcome.delivery_id,
+                    outcome.attempts,
+                )
 
     async def _send(self, claimed: Claimed) -> tuple[int | None, str | None]:
         """POST one delivery; return (HTTP status or None, error summary or None)."""
@@ -225,8 +247,9 @@ class WebhookDispatcher:
             IDEMPOTENCY_HEADER: claimed.event_id,
         }
         try:
-            # One deadline for the whole exchange; the response body is never read, so a
-            # receiver cannot hold the dispatcher with a slow or endless answer.
+            # One deadline for the whole exchange, and at most MAX_ANSWER_BYTES or
+            # ANSWER_READ_S of the answer read: a receiver cannot hold the dispatcher with a
+            # slow or endless answer.
             async with asyncio.timeout(self._timeout_s):
                 status_code = await self._post(claimed.url, body, headers)
         except (TimeoutError, httpx.TimeoutException):
@@ -241,6 +264,16 @@ class WebhookDispatcher:
         async with self._client.stream(
             "POST", url, content=body, headers=headers, timeout=self._timeout_s
         ) as response:
+            # A short answer is read to its end: a response closed unread closes its
+            # connection, and every delivery paid a new TCP (and TLS) handshake. A longer or
+            # slower one is dropped with its connection.
+            read = 0
+            with contextlib.suppress(TimeoutError):  # the status stands either way
+                async with asyncio.timeout(ANSWER_READ_S):
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER_BYTES:
+                            break
             return response.status_code
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ class Received:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    peer: tuple[str, int]  # the sender's address: one per TCP connection
 
 
 class Receiver:
@@ -31,6 +32,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as any real receiver
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
@@ -40,6 +43,7 @@ class Receiver:
                             path=self.path,
                             headers={k.lower(): v for k, v in self.headers.items()},
                             body=body,
+                            peer=self.client_address[:2],
                         )
                     )
                     status, delay = (

@@ -340,3 +340,89 @@ async def test_an_event_nobody_subscribes_to_is_dropped_without_suspending(api: 
         await sink.emit(account, "call.ended", PAYLOAD)  # a subscribed one is still queued
     assert [r.event for r in await rows(api)] == ["call.ended"]
     assert sink.failures == 0
+
+
+async def test_a_round_is_recorded_in_one_transaction(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """Each delivery's outcome in its own session and commit was most of the dispatcher's CPU
+    (and more pooled connections than SQLite keeps, each a new thread): a round of attempts is
+    stored at once, whatever each outcome was."""
+    opened: list[int] = []
+
+    def counting_sessions() -> Any:
+        opened.append(1)
+        return api.state.sessions()
+
+    with running(Receiver(script=[(404, 0.0)] * 6)) as receiver:  # 6 retried later
+        await subscribe(api, receiver.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        account = await account_of(api)
+        for _ in range(12):
+            await sink.emit(account, "call.started", PAYLOAD)
+        dispatcher = WebhookDispatcher(api.state.sessions, api.state.keyring, timeout_s=5.0)
+        dispatcher._sessions = counting_sessions  # type: ignore[assignment]
+        try:
+            assert await dispatcher.run_once() == 12
+        finally:
+            await dispatcher.aclose()
+    assert len(receiver.requests) == 12
+    assert len(opened) == 2  # the claim, the outcomes
+    outcome = sorted((r.status, r.attempts, r.last_status_code) for r in await rows(api))
+    assert outcome == [("delivered", 1, 200)] * 6 + [("pending", 1, 404)] * 6
+
+
+async def test_deliveries_reuse_the_connection(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """A response closed unread closes its connection: every delivery paid a new TCP (and, to
+    an https endpoint, TLS) handshake. A short answer is read to its end, so the next delivery
+    to the endpoint goes over the same connection."""
+    with running(Receiver()) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        account = await account_of(api)
+        dispatcher = make_dispatcher(concurrency=1)
+        for _ in range(3):
+            await sink.emit(account, "call.started", PAYLOAD)
+            await sink.emit(account, "call.ended", PAYLOAD)
+            assert await dispatcher.run_once() == 2
+    assert len(receiver.requests) == 6
+    assert len({r.peer for r in receiver.requests}) == 1
+
+
+@pytest.mark.parametrize("answer", ["huge", "endless"])
+async def test_a_long_or_endless_answer_does_not_hold_the_dispatcher(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], answer: str
+) -> None:
+    """The status line decides; of the body at most 64 KiB or 1 s is read (to keep the
+    connection), so a receiver streaming forever neither holds nor fails the delivery."""
+
+    hung_up = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        try:
+            while True:  # until the dispatcher hangs up
+                writer.write(b"x" * (65536 if answer == "huge" else 1))
+                await writer.drain()
+                await asyncio.sleep(0 if answer == "huge" else 0.05)
+        except ConnectionError:
+            hung_up.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await subscribe(api, f"http://127.0.0.1:{port}/hook", ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(timeout_s=30.0)
+        # well before the 30 s deadline: the read limits end it, not the deadline
+        assert await asyncio.wait_for(dispatcher.run_once(), 10) == 1
+        await asyncio.wait_for(hung_up.wait(), 10)  # the connection was dropped, not kept
+    finally:
+        server.close()
+    [row] = await rows(api)
+    assert (row.status, row.last_status_code) == ("delivered", 200)
