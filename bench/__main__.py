@@ -1,5 +1,5 @@
-"""``python -m bench [all|cps|calls|media|frame|tls|providers] [--quick]``: run, print tables,
-write JSON.
+"""``python -m bench [all|cps|calls|media|frame|tls|providers|webhooks] [--quick]``: run, print
+tables, write JSON.
 
   cps     calls/s with digest auth + agent connect (SIPp → ``telepath serve``), vs ``sipp -sn uas``
   calls   N concurrent bridged calls with an echo agent, vs a minimal asyncio UDP echo
@@ -7,6 +7,7 @@ write JSON.
   frame   the per-frame Python of both directions without sockets, vs the library calls alone
   tls     CPU of a wss:// agent connection, shared client context vs one per connection
   providers  call set-up CPU per provider kind (local fakes, plain and TLS) vs the custom agent
+  webhooks   CPU per outbox write and per delivery, vs a bare httpx POST
 
 Results go to ``bench/results/<date>.json`` (one file per day; a run replaces the sections it
 ran). The whole run takes about 10 minutes, ``--quick`` about 2. The machine's load average is
@@ -60,12 +61,12 @@ def main() -> None:
         "suite",
         nargs="?",
         default="all",
-        choices=["all", "cps", "calls", "media", "frame", "tls", "providers"],
+        choices=["all", "cps", "calls", "media", "frame", "tls", "providers", "webhooks"],
     )
     parser.add_argument("--quick", action="store_true", help="a ~2 minute run")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: by date)")
     args = parser.parse_args()
-    everything = ["cps", "calls", "media", "frame", "tls", "providers"]
+    everything = ["cps", "calls", "media", "frame", "tls", "providers", "webhooks"]
     suites = everything if args.suite == "all" else [args.suite]
     now = datetime.now(UTC)
     info = machine()
@@ -90,6 +91,8 @@ def main() -> None:
             from bench import tls_connect as mod  # type: ignore[no-redef]
         elif name == "providers":
             from bench import providers as mod  # type: ignore[no-redef]
+        elif name == "webhooks":
+            from bench import webhooks as mod  # type: ignore[no-redef]
         else:
             from bench import media as mod  # type: ignore[no-redef]
         print(f"\n== {name} ==", flush=True)

@@ -1,0 +1,131 @@
+"""Webhook cost: CPU per event written to the outbox and per delivery sent, against the HTTP
+client alone as the baseline of the same run.
+
+In one process (``time.process_time``: the event loop and the database threads): a SQLite
+store with one endpoint subscribed to everything, ``DbEventSink.emit`` N times, then one
+``WebhookDispatcher.run_once`` that delivers the N rows (signed, recorded) to a keep-alive HTTP
+receiver in another process; the baseline POSTs the same number of bodies with a bare
+``httpx.AsyncClient`` at the same concurrency. Every call emits four events (``call.started``,
+``agent.connected``, ``agent.disconnected``, ``call.ended``), so per call multiply by four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from bench.common import print_table
+from telepath.cli.runtime import bootstrap_first_key, open_state
+from telepath.config import Settings
+from telepath.db.base import utcnow
+from telepath.db.models import Account, WebhookEndpoint, webhook_secret_context
+from telepath.secrets.tokens import new_id
+from telepath.webhooks.dispatcher import WebhookDispatcher
+from telepath.webhooks.sink import DbEventSink
+
+RECEIVER = r"""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer.request_queue_size = 256
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_port, flush=True)
+s.serve_forever()
+"""
+PAYLOAD = {
+    "call_id": "call_bench",
+    "trunk_id": "trk_bench",
+    "status": "completed",
+    "disconnect_reason": "caller_hangup",
+    "metrics": {"carrier_lag_ms": 12.5, "ai_latency_ms": 310.0, "packet_loss_percent": 0.0},
+}
+CONCURRENCY = 16  # the dispatcher's default
+
+
+async def _measure(url: str, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as data:
+        async with open_state(Settings(data_dir=Path(data))) as state:
+            await bootstrap_first_key(state)
+            async with state.sessions() as session:
+                account = (await session.scalars(select(Account))).one().id
+                endpoint = new_id("wh")
+                secret = state.keyring.encrypt("whsec_bench", webhook_secret_context(endpoint))
+                session.add(
+                    WebhookEndpoint(
+                        id=endpoint,
+                        account_id=account,
+                        url=url,
+                        events=["*"],
+                        secret_enc=secret,
+                        active=True,
+                        created_at=utcnow(),
+                    )
+                )
+                await session.commit()
+            sink = DbEventSink(state.sessions)
+            await sink.emit(account, "call.started", PAYLOAD)  # warm: endpoint cache, pool
+            c0 = time.process_time()
+            for _ in range(n):
+                await sink.emit(account, "call.ended", PAYLOAD)
+            c1 = time.process_time()
+            dispatcher = WebhookDispatcher(state.sessions, state.keyring, concurrency=CONCURRENCY)
+            delivered = await dispatcher.run_once()
+            c2 = time.process_time()
+            await dispatcher.aclose()
+    async with httpx.AsyncClient() as client:
+        gate = asyncio.Semaphore(CONCURRENCY)
+        body = b'{"type":"call.ended","data":' + repr(PAYLOAD).encode() + b"}"
+
+        async def post() -> None:
+            async with gate, client.stream("POST", url, content=body) as response:
+                await response.aread()
+
+        await post()
+        c3 = time.process_time()
+        await asyncio.gather(*(post() for _ in range(n)))
+        c4 = time.process_time()
+    return {
+        "events": n,
+        "delivered": delivered,
+        "emit_ms": 1000 * (c1 - c0) / n,
+        "deliver_ms": 1000 * (c2 - c1) / max(delivered, 1),
+        "bare_post_ms": 1000 * (c4 - c3) / n,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n = 300 if quick else 1000
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None
+        url = f"http://127.0.0.1:{int(receiver.stdout.readline())}/hook"
+        rounds = [asyncio.run(_measure(url, n)) for _ in range(1 if quick else 2)]
+    finally:
+        receiver.kill()
+    best = {k: min(r[k] for r in rounds) for k in ("emit_ms", "deliver_ms", "bare_post_ms")}
+    best = {k: round(v, 3) for k, v in best.items()}
+    print_table(
+        f"Webhooks: CPU per event (one endpoint, {n} events, concurrency {CONCURRENCY}; best of "
+        f"{len(rounds)})",
+        ["outbox write (emit)", "delivery (sign, POST, record)", "bare httpx POST (baseline)"],
+        [[best["emit_ms"], best["deliver_ms"], best["bare_post_ms"]]],
+    )
+    per_call = 4 * (best["emit_ms"] + best["deliver_ms"])
+    print(f"  a call's four events to one endpoint: {per_call:.1f} ms of CPU", flush=True)
+    return {"rows": rounds, "best_ms": best, "summary": {"goals": {}}}
