@@ -85,16 +85,6 @@ class MessageSocket(Protocol):
     async def close(self, code: int = 1000) -> None: ...
 
 
-def _release_parser(protocol: ClientProtocol) -> None:
-    """Close the library's parser once no byte can arrive any more.
-
-    At EOF its parser generator stays suspended for good, holding the protocol that holds it: a
-    reference cycle only a full collection frees, one per call (``test_ws_socket.py``). The
-    library steps the parser only while its reader is not at EOF, so nothing steps it again.
-    """
-    protocol.parser.close()
-
-
 class AgentSocket(asyncio.Protocol):
     """One client WebSocket connection; open it with :meth:`open`.
 
@@ -294,7 +284,10 @@ class AgentSocket(asyncio.Protocol):
         self.on_message = None
         self._p.receive_eof()  # idempotent; the protocol is now CLOSED
         self._p.data_to_send()
-        _release_parser(self._p)
+        # At EOF the library's parser generator stays suspended for good, holding the protocol
+        # that holds it: a cycle only a full collection frees, one per call. The library steps
+        # it only while its reader is not at EOF, so closing it now is safe.
+        self._p.parser.close()
         for timer in (self._ping_timer, self._abort_timer):
             if timer is not None:
                 timer.cancel()

@@ -213,9 +213,9 @@ class WebhookDispatcher:
         )
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
-        """Store a round's outcomes in one transaction (one per delivery was most of the
-        dispatcher's CPU). Until then the rows stay leased; a crash before it re-sends them,
-        which the idempotency id lets the receiver recognise."""
+        """Store a round's outcomes in one transaction, not a session and a commit each. Until
+        then the rows stay leased; a crash before it re-sends them, which the idempotency id
+        lets the receiver recognise."""
         async with self._sessions() as session:
             await WebhookRepository(session).record_attempts(outcomes)
             await session.commit()
@@ -268,7 +268,8 @@ class WebhookDispatcher:
             # connection, and every delivery paid a new TCP (and TLS) handshake. A longer or
             # slower one is dropped with its connection.
             read = 0
-            with contextlib.suppress(TimeoutError):  # the status stands either way
+            # the status stands whatever happens to the rest of the answer
+            with contextlib.suppress(TimeoutError, httpx.TransportError):
                 async with asyncio.timeout(ANSWER_READ_S):
                     async for chunk in response.aiter_raw():
                         read += len(chunk)
