@@ -71,6 +71,20 @@ class CpuWindow:
         return round(100 * self.system[name] / total, 1) if total > 0 else None
 
 
+def trusted_test_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and a CA bundle trusting it beside the system's
+    CAs, as a production gateway loads them (``SSL_CERT_FILE``): (cert, key, bundle)."""
+    import ssl
+
+    from tests.certs import self_signed
+
+    cert, key = self_signed(directory)
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    bundle = directory / "bundle.pem"
+    bundle.write_bytes(system.read_bytes() + cert.read_bytes())
+    return cert, key, bundle
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:
     """A free loopback port (``both``: free for UDP and TCP)."""
     for _ in range(50):

@@ -12,20 +12,16 @@ connection); this is the benchmark that shows such a thing.
 from __future__ import annotations
 
 import socket
-import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.certs import self_signed
-
-from bench.common import print_table
+from bench.common import print_table, trusted_test_ca
 from bench.cps import PASSWORD, USER, _measure, _wait_idle
 from bench.procs import Gateway, Worker
 from bench.sipp import bench_scenario, run_sipp
 
 RATE = 50  # calls/s: well under capacity, so CPU per call is the set-up's own cost
-SYSTEM_BUNDLE = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
 
 
 def _trunk(gw: Gateway, kind: str, url: str) -> None:
@@ -48,9 +44,7 @@ def _trunk(gw: Gateway, kind: str, url: str) -> None:
 def run(quick: bool = False) -> dict[str, Any]:
     seconds = 3.0 if quick else 6.0
     tmp = Path(tempfile.mkdtemp(prefix="bench-providers-"))
-    cert, key = self_signed(tmp)
-    bundle = tmp / "bundle.pem"
-    bundle.write_bytes(SYSTEM_BUNDLE.read_bytes() + cert.read_bytes())
+    cert, key, bundle = trusted_test_ca(tmp)
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the gateway's RTP goes here
     sink.bind(("127.0.0.1", 0))
     scenario = bench_scenario(USER, sink.getsockname()[1], 200)

@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.certs import self_signed
 from websockets.asyncio.server import ServerConnection, serve
 
-from bench.common import print_table
+from bench.common import print_table, trusted_test_ca
 from telepath.bridges import ws_socket
 from telepath.bridges.tls import client_context
 from telepath.bridges.ws_socket import AgentSocket
-
-SYSTEM_BUNDLE = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
 
 
 def _server(cert: Path, key: Path, ready: threading.Event, port: list[int]) -> None:
@@ -61,9 +58,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     n = 20 if quick else 50
     rounds = 2 if quick else 3
     tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
-    cert, key = self_signed(tmp)
-    bundle = tmp / "bundle.pem"
-    bundle.write_bytes(SYSTEM_BUNDLE.read_bytes() + cert.read_bytes())
+    cert, key, bundle = trusted_test_ca(tmp)
     previous = os.environ.get("SSL_CERT_FILE")
     os.environ["SSL_CERT_FILE"] = str(bundle)
     ready, port = threading.Event(), []
@@ -90,7 +85,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for mode, v in ms.items()
     ]
     print_table(
-        f"wss:// agent connection, gateway side (CA bundle: {SYSTEM_BUNDLE} + local CA)",
+        "wss:// agent connection, gateway side (CA bundle: the system's + the local CA)",
         ["client context", "connections", "CPU ms each (best of rounds)"],
         [[r["mode"], r["connections"], r["cpu_ms_per_connection"]] for r in rows],
     )
