@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     sip_tls_key: Path | None = None
     public_address: str = ""  # advertised in Contact and SDP when behind NAT
     sip_enabled: bool = True
+    # processes serving SIP and media (one UDP port, calls spread by Call-ID; TCP/TLS: the first)
+    sip_workers: int = Field(default=1, ge=1, le=64)
     sip_codecs: str = "G722,PCMU,PCMA"  # SDP answer preference order
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit

@@ -27,6 +27,19 @@ class CallIdFilter(logging.Filter):
         return True
 
 
+class WorkerFilter(logging.Filter):
+    """Adds ``record.worker``: which SIP worker process logged (``cli/workers.py``)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag and keep the record."""
+        record.worker = self.worker
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, call_id, message (+ exception)."""
 
@@ -39,20 +52,32 @@ class JsonFormatter(logging.Formatter):
             "call_id": getattr(record, "call_id", "-"),
             "message": record.getMessage(),
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            data["worker"] = worker
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
 
 
-def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
-    """Install the root handler (stderr) with call ids on every line."""
+def configure_logging(
+    level: str, fmt: Literal["text", "json"] = "text", worker: int | None = None
+) -> None:
+    """Install the root handler (stderr) with call ids on every line.
+
+    ``worker``: in a SIP worker process, its index, on every line too (``w1``, JSON ``worker``).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CallIdFilter())
+    tag = ""
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
+        tag = "w%(worker)s "
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s")
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s {tag}[%(call_id)s] %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

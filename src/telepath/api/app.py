@@ -17,6 +17,7 @@ from telepath.api.errors import error_response, install_error_handlers
 from telepath.api.routers import calls, trunks, webhooks
 from telepath.api.state import ApiState
 from telepath.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from telepath.metrics import merge_expositions
 
 READY_TIMEOUT_S = 2.0
 logger = logging.getLogger(__name__)
@@ -94,7 +95,11 @@ def create_app(state: ApiState) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        own = state.metrics.render()
+        if state.more_metrics is None:
+            return Response(own, media_type=METRICS_CONTENT_TYPE)
+        merged = merge_expositions([own, *await state.more_metrics()])
+        return Response(merged, media_type=METRICS_CONTENT_TYPE)
 
     app.include_router(trunks.router)
     app.include_router(calls.router)

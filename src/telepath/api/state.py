@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -30,3 +30,5 @@ class ApiState:
     # Told the id of a trunk deleted or deactivated through this process: the gateway in the
     # same process ends that trunk's live calls (``CallManager.trunk_removed``).
     trunk_removed: list[Callable[[str], object]] = field(default_factory=list)
+    # With SIP worker processes: their metrics (Prometheus text), merged into ``/metrics``.
+    more_metrics: Callable[[], Awaitable[list[bytes]]] | None = None

@@ -59,6 +59,17 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """A ``telepath sip-worker`` process's part (``cli/workers.py``): no listeners of its own."""
+
+    index: int
+    udp: socket.socket  # the front's SIP UDP socket: replies go out on it, nothing is read
+    inbox: socket.socket  # datagrams of this worker's calls, forwarded by the front
+    udp_bound: tuple[str, int]
+    ports: dict[str, int]  # the front's bound SIP ports (Via, Contact)
+
+
 @dataclass
 class Gateway:
     """The running SIP + media + call-control stack and its background tasks."""
@@ -85,8 +96,14 @@ class Gateway:
         media_pacer.observe_lateness(None)  # the media clocks stopped with the calls
 
 
-async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
-    """Bind SIP listeners and start call control, webhooks and retention."""
+async def start_gateway(
+    settings: Settings, state: ApiState, role: WorkerRole | None = None
+) -> Gateway:
+    """Bind SIP listeners and start call control, webhooks and retention.
+
+    With ``role`` (a SIP worker process): no listeners, webhook dispatcher or retention — the
+    front process has them — only call control on the datagrams the front forwards.
+    """
     loop = asyncio.get_running_loop()
     address = advertised_address(settings)
     tls = tls_context(settings)
@@ -98,6 +115,8 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
     if tls is not None:
         listen.append(ListenAddress("TLS", settings.sip_host, settings.sip_tls_port))
     ports = {"UDP": settings.sip_port, "TCP": settings.sip_port, "TLS": settings.sip_tls_port}
+    if role is not None:
+        ports = dict(role.ports)
     core = UserAgentCore(
         UaConfig(
             contact_host=address,
@@ -149,16 +168,22 @@ async def start_gateway(settings: Settings, state: ApiState) -> Gateway:
         backlog=BacklogMonitor(threshold_s=settings.sip_overload_wait_ms / 1000),
         on_receive_wait=state.metrics.sip_receive_wait.observe,
     )
-    await server.start(listen, tls)
-    # Bound ports may differ from the configured ones when 0 was asked for (tests).
-    for name, (_, port) in server.bound.items():
-        core.config.contact_ports[name] = port
+    if role is None:
+        await server.start(listen, tls)
+        # Bound ports may differ from the configured ones when 0 was asked for (tests).
+        for name, (_, port) in server.bound.items():
+            core.config.contact_ports[name] = port
+    else:
+        server.adopt(role.udp, role.inbox, role.udp_bound)
     manager.attach(server)
     gateway = Gateway(server, manager, dispatcher, state)
     state.trunk_removed.append(manager.trunk_removed)
     media_pacer.observe_lateness(state.metrics.media_tick_lateness.observe)
-    gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
     gateway.tasks.append(loop.create_task(manager.watch_trunks(gateway.stop_event)))
+    if role is not None:
+        log.info("SIP worker %d serving its calls", role.index)
+        return gateway
+    gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
     gateway.tasks.append(
         loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))
     )

@@ -50,6 +50,14 @@ def serve() -> None:
     run_serve(_settings())
 
 
+@app.command("sip-worker", hidden=True)
+def sip_worker(udp_fd: int, inbox_fd: int, control_fd: int) -> None:
+    """A SIP worker process, started by 'telepath serve' when TELEPATH_SIP_WORKERS > 1."""
+    from telepath.cli.workers import main as worker_main
+
+    worker_main(udp_fd, inbox_fd, control_fd)
+
+
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Option(..., "--name", help="What the key is for, e.g. 'production'"),

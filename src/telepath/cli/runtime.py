@@ -13,7 +13,8 @@ from telepath.api.provider_checks import ProviderValidator
 from telepath.api.ratelimit import RateLimiter
 from telepath.api.state import ApiState
 from telepath.config import Settings
-from telepath.db.engine import make_engine, migrate, sessionmaker_for
+from telepath.db.engine import make_engine, sessionmaker_for
+from telepath.db.engine import migrate as migrate_schema
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository, IssuedKey
 from telepath.secrets.keyring import key_file, load_keyring
 
@@ -21,8 +22,9 @@ logger = logging.getLogger("telepath")
 
 
 @asynccontextmanager
-async def open_state(settings: Settings) -> AsyncIterator[ApiState]:
-    """Open the database (migrated), keyring and provider client; close them on exit."""
+async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[ApiState]:
+    """Open the database (migrated, unless ``migrate`` is off: a SIP worker, started after the
+    front migrated), keyring and provider client; close them on exit."""
     keyring, generated = load_keyring(settings.secret_key, settings.data_dir)
     if generated:
         logger.warning(
@@ -32,7 +34,8 @@ async def open_state(settings: Settings) -> AsyncIterator[ApiState]:
         )
     engine = make_engine(settings.effective_database_url)
     try:
-        await migrate(engine)
+        if migrate:
+            await migrate_schema(engine)
         validator = ProviderValidator(
             openai_api_base=settings.openai_api_base,
             elevenlabs_api_base=settings.elevenlabs_api_base,

@@ -16,8 +16,10 @@ from types import FrameType
 import uvicorn
 
 from telepath.api.app import create_app
+from telepath.api.state import ApiState
 from telepath.cli.gateway import Gateway, start_gateway
 from telepath.cli.runtime import bootstrap_first_key, open_state
+from telepath.cli.workers import WorkerPool, worker_settings
 from telepath.config import Settings
 from telepath.log import configure_logging
 
@@ -45,6 +47,21 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+async def start_workers(settings: Settings, state: ApiState, gateway: Gateway) -> WorkerPool:
+    """Start SIP workers 1 .. N-1 beside this process's gateway (``cli/workers.py``)."""
+    udp = gateway.server.udp_fileno()
+    if udp is None:
+        raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
+    ports = dict(gateway.server.core.config.contact_ports)
+    pool = WorkerPool(settings, udp, gateway.server.bound["UDP"], ports)
+    await pool.start()
+    gateway.server.router = pool.forwarder
+    state.trunk_removed.append(pool.trunk_removed)
+    state.more_metrics = pool.metrics
+    logger.info("SIP: %d worker processes share the UDP port", settings.sip_workers)
+    return pool
+
+
 async def serve(settings: Settings) -> None:
     """Run every server until SIGINT/SIGTERM."""
     async with open_state(settings) as state:
@@ -59,8 +76,11 @@ async def serve(settings: Settings) -> None:
                 flush=True,
             )
         gateway: Gateway | None = None
+        pool: WorkerPool | None = None
         if settings.sip_enabled:
-            gateway = await start_gateway(settings, state)
+            gateway = await start_gateway(worker_settings(settings, 0, settings.sip_workers), state)
+            if settings.sip_workers > 1:
+                pool = await start_workers(settings, state, gateway)
         app = create_app(state)
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()
@@ -92,7 +112,10 @@ async def serve(settings: Settings) -> None:
         finally:
             if gateway is not None:
                 logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
-                await gateway.stop(settings.sip_drain_timeout_s)
+                stopping = [gateway.stop(settings.sip_drain_timeout_s)]
+                if pool is not None:
+                    stopping.append(pool.stop(settings.sip_drain_timeout_s))
+                await asyncio.gather(*stopping)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             unwatch_gc()

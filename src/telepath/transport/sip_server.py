@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,11 @@ from telepath.sip.parser import StreamFramer
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Event, Output, Send, UserAgentCore
 from telepath.transport.receive_backlog import BacklogMonitor, KernelReceiveTime
+from telepath.transport.sip_fanout import Inbox, UdpSender
+
+#: Given each UDP datagram read (data, peer, seconds it waited); True when it was taken
+#: elsewhere (handed to the worker process that owns its call) and must not be fed here.
+Router = Callable[[bytes, tuple[str, int], float], bool]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,13 @@ class _Udp(asyncio.DatagramProtocol):
         self.stamp = KernelReceiveTime(transport.get_extra_info("socket").fileno())
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        waited = 0.0
         if self.stamp is not None:
-            self.server.received_after(self.stamp.waited_s())
+            waited = self.stamp.waited_s()
+            self.server.received_after(waited)
+        router = self.server.router
+        if router is not None and router(data, addr, waited):
+            return  # another worker process owns this call (sip_fanout)
         self.server.feed(data, Source("UDP", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
@@ -110,8 +121,10 @@ class SipServer:
         guard: SourceGuard | None = None,
         backlog: BacklogMonitor | None = None,
         on_receive_wait: Callable[[float], None] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.core = core
+        self.router = router
         self.on_event = on_event
         self.guard = guard
         # how long UDP datagrams waited to be read: call control sheds new calls on it
@@ -120,6 +133,8 @@ class SipServer:
         self.conn_ids = itertools.count(1)
         self.connections: dict[int, _Stream] = {}
         self._udp: _Udp | None = None
+        self._udp_sender: UdpSender | None = None  # a worker: sends on the front's socket
+        self._inbox: Inbox | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -156,10 +171,36 @@ class SipServer:
                 sock = server.sockets[0].getsockname()
             self.bound[addr.transport] = (str(sock[0]), int(sock[1]))
 
+    def udp_fileno(self) -> int | None:
+        """The bound UDP socket's descriptor (handed to SIP worker processes), if any."""
+        if self._udp is None or self._udp.transport is None:
+            return None
+        return int(self._udp.transport.get_extra_info("socket").fileno())
+
+    def adopt(self, udp: socket.socket, inbox: socket.socket, bound: tuple[str, int]) -> None:
+        """Serve as a worker: datagrams come from ``inbox``, replies go out on ``udp``.
+
+        ``udp`` is the front's bound SIP socket (inherited; never read here) and ``bound`` its
+        address, ``inbox`` this worker's end of the socket pair the front forwards on
+        (:mod:`telepath.transport.sip_fanout`).
+        """
+        self._udp_sender = UdpSender(udp)
+        self._inbox = Inbox(inbox, self._forwarded)
+        self._inbox.start()
+        self.bound["UDP"] = bound
+
+    def _forwarded(self, data: bytes, addr: tuple[str, int], waited_s: float) -> None:
+        self.received_after(waited_s)
+        self.feed(data, Source("UDP", addr))
+
     async def stop(self) -> None:
         """Close every listener and connection."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._inbox is not None:
+            self._inbox.stop()
+        if self._udp_sender is not None:
+            self._udp_sender.close()
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         for server in self._servers:
@@ -209,6 +250,8 @@ class SipServer:
         if dest.transport == "UDP":
             if self._udp is not None and self._udp.transport is not None:
                 self._udp.transport.sendto(send.data, dest.addr)
+            elif self._udp_sender is not None:
+                self._udp_sender.sendto(send.data, dest.addr)
             return
         conn = self.connections.get(dest.conn or -1)
         if conn is None or conn.transport is None or conn.transport.is_closing():

@@ -1,0 +1,300 @@
+"""SIP worker processes: ``TELEPATH_SIP_WORKERS`` > 1 runs calls in several processes.
+
+One Python process sets up about 300-400 calls per second on the benchmark's VMs (its event
+loop thread saturates), whatever the number of cores. With ``N`` workers, ``telepath serve``
+(worker 0, the *front*) binds the SIP port as before and starts ``N - 1`` more processes
+(``telepath sip-worker``); the front reads every UDP datagram and hands the ones whose call
+another worker owns to that worker (:mod:`telepath.transport.sip_fanout`). Each worker runs its
+own calls end to end — SIP dialogs, media, agent connections, call records and webhook events
+in the database — so nothing about a call crosses processes after its datagrams.
+
+What stays in the front: the HTTP API (``/metrics`` merges every worker's metrics), the webhook
+dispatcher (the outbox is in the database; it sees the workers' events at its next poll, ≤ 1 s),
+retention, and SIP over TCP and TLS (a connection's calls stay with the process holding it).
+Limits that are per process — ``TELEPATH_SIP_MAX_CALLS``, ``TELEPATH_SIP_MAX_CPS``, the per-source
+rate limit and burst, the RTP port range — are split evenly between the workers; the Call-ID
+hash spreads calls evenly. Digest nonces are per worker (a call's challenge and its answer share
+the Call-ID, hence the worker); a nonce reused on another call may be answered as stale.
+
+A worker that exits unexpectedly is started again after a second (its live calls are lost:
+their datagrams reach the new process, which answers ``481``). On shutdown the front sends every
+worker SIGTERM, and each drains its calls as ``telepath serve`` does.
+
+Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
+settings, the SIP ports); then lines ``metrics`` (answered with a 4-byte length and the
+Prometheus text) and ``trunk_removed <id>``. End of file tells the worker the front is gone.
+
+Hand-written over ``asyncio`` subprocesses: ``multiprocessing`` would fork an event loop or pickle
+sockets; here the socket file descriptors are passed with ``pass_fds`` and nothing else is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from telepath.config import Settings
+from telepath.transport.sip_fanout import Forwarder
+
+log = logging.getLogger(__name__)
+
+RESPAWN_DELAY_S = 1.0
+METRICS_TIMEOUT_S = 2.0
+STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
+_LENGTH = struct.Struct("!I")
+
+
+def worker_settings(settings: Settings, index: int, count: int) -> Settings:
+    """``settings`` with the per-process limits and the RTP port range split ``count`` ways."""
+    if count == 1:
+        return settings
+    span = (settings.rtp_port_max - settings.rtp_port_min + 1) // count
+    span -= span % 2  # RTP even, RTCP the odd port above (RFC 3550 §11)
+    if span < 2:
+        raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
+    low = settings.rtp_port_min + index * span
+    high = settings.rtp_port_max if index == count - 1 else low + span - 1
+    return settings.model_copy(
+        update={
+            "rtp_port_min": low,
+            "rtp_port_max": high,
+            "sip_max_calls": max(1, math.ceil(settings.sip_max_calls / count)),
+            "sip_max_cps": settings.sip_max_cps / count,
+            "sip_rate_limit_per_s": settings.sip_rate_limit_per_s / count,
+            "sip_rate_burst": max(1, settings.sip_rate_burst // count),
+        }
+    )
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    starts: int = 0
+
+
+class WorkerPool:
+    """The front's view of workers ``1 .. count - 1``: starts, restarts, asks and stops them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        udp_fd: int,
+        udp_bound: tuple[str, int],
+        ports: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.count = settings.sip_workers
+        self._udp_fd = udp_fd  # the front's bound SIP UDP socket, inherited by every worker
+        self._udp_bound = udp_bound
+        self._ports = ports
+        self.forwarder = Forwarder(self.count, {})
+        self._workers = {i: _Worker(i) for i in range(1, self.count)}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has its settings."""
+        for worker in self._workers.values():
+            await self._spawn(worker)
+            self._watchers.append(asyncio.create_task(self._watch(worker)))
+
+    async def _spawn(self, worker: _Worker) -> None:
+        inbox_front, inbox_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ctl_front, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (self._udp_fd, inbox_worker.fileno(), ctl_worker.fileno())
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "telepath",
+                "sip-worker",
+                *(str(fd) for fd in fds),
+                pass_fds=fds,
+            )
+        finally:
+            inbox_worker.close()
+            ctl_worker.close()
+        worker.starts += 1
+        inbox_front.setblocking(False)
+        old = self.forwarder.outboxes.get(worker.index)
+        self.forwarder.outboxes[worker.index] = inbox_front
+        if old is not None:
+            old.close()
+        worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
+        hello = {
+            "index": worker.index,
+            "count": self.count,
+            "settings": worker_settings(self.settings, worker.index, self.count).model_dump(
+                mode="json"
+            ),
+            "ports": self._ports,
+            "udp": list(self._udp_bound),
+        }
+        worker.writer.write(json.dumps(hello).encode() + b"\n")
+        await worker.writer.drain()
+        log.info("SIP worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    async def _watch(self, worker: _Worker) -> None:
+        while True:
+            assert worker.process is not None
+            code = await worker.process.wait()
+            if self._stopping:
+                return
+            log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
+            self._close_control(worker)
+            await asyncio.sleep(RESPAWN_DELAY_S)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(worker)
+            except OSError:
+                log.exception("SIP worker %d could not be started", worker.index)
+                return
+
+    @staticmethod
+    def _close_control(worker: _Worker) -> None:
+        if worker.writer is not None:
+            worker.writer.close()
+        worker.reader = worker.writer = None
+
+    async def metrics(self) -> list[bytes]:
+        """Every live worker's metrics (Prometheus text); one that does not answer is left out."""
+        answers = await asyncio.gather(*(self._metrics(w) for w in self._workers.values()))
+        return [a for a in answers if a is not None]
+
+    async def _metrics(self, worker: _Worker) -> bytes | None:
+        async with worker.lock:
+            if worker.reader is None or worker.writer is None:
+                return None
+            try:
+                async with asyncio.timeout(METRICS_TIMEOUT_S):
+                    worker.writer.write(b"metrics\n")
+                    await worker.writer.drain()
+                    (length,) = _LENGTH.unpack(await worker.reader.readexactly(_LENGTH.size))
+                    return await worker.reader.readexactly(length)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                log.warning("SIP worker %d did not report its metrics", worker.index)
+                self._close_control(worker)  # a half-read answer would desynchronise the next
+                return None
+
+    def trunk_removed(self, trunk_id: str) -> None:
+        """Tell every worker a trunk was deleted or deactivated: its live calls end."""
+        for worker in self._workers.values():
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(f"trunk_removed {trunk_id}\n".encode())
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (tests, the benchmark)."""
+        return [w.process.pid for w in self._workers.values() if w.process is not None]
+
+    async def stop(self, drain_s: float) -> None:
+        """SIGTERM every worker (each drains its calls), then wait; kill what is left."""
+        self._stopping = True
+        procs = [w.process for w in self._workers.values() if w.process is not None]
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.ensure_future(p.wait()) for p in procs]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=drain_s + STOP_GRACE_S)
+            for proc in procs:
+                if proc.returncode is None:
+                    log.error("SIP worker (pid %d) did not stop: killed", proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for watcher in self._watchers:
+            watcher.cancel()
+        for worker in self._workers.values():
+            self._close_control(worker)
+        for outbox in self.forwarder.outboxes.values():
+            outbox.close()
+        self.forwarder.outboxes.clear()
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+async def _serve_control(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    render: Callable[[], bytes],
+    trunk_removed: Callable[[str], object],
+    stop: asyncio.Event,
+) -> None:
+    while True:
+        line = await reader.readline()
+        if not line:
+            log.warning("the front process is gone: stopping")
+            stop.set()
+            return
+        command, _, arg = line.decode().strip().partition(" ")
+        if command == "metrics":
+            body = render()
+            writer.write(_LENGTH.pack(len(body)) + body)
+            await writer.drain()
+        elif command == "trunk_removed" and arg:
+            trunk_removed(arg)
+
+
+async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
+    """``telepath sip-worker``: one worker's calls, until SIGTERM or the front goes away."""
+    from telepath.cli.gateway import WorkerRole, start_gateway
+    from telepath.cli.runtime import open_state
+    from telepath.cli.serve import settle_heap
+    from telepath.log import configure_logging
+
+    udp = socket.socket(fileno=udp_fd)
+    inbox = socket.socket(fileno=inbox_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=ctl_fd))
+    hello = json.loads(await reader.readline())
+    settings = Settings(**hello["settings"])
+    configure_logging(settings.log_level, settings.log_format, int(hello["index"]))
+    role = WorkerRole(
+        index=int(hello["index"]),
+        udp=udp,
+        inbox=inbox,
+        udp_bound=(str(hello["udp"][0]), int(hello["udp"][1])),
+        ports={str(k): int(v) for k, v in hello["ports"].items()},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_state(settings, migrate=False) as state:
+        gateway = await start_gateway(settings, state, role)
+        settle_heap()
+        ended = gateway.manager.trunk_removed
+        control = asyncio.create_task(
+            _serve_control(reader, writer, state.metrics.render, ended, stop)
+        )
+        await stop.wait()
+        log.info("SIP worker %d: draining calls", role.index)
+        await gateway.stop(settings.sip_drain_timeout_s)
+        control.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await control
+    writer.close()
+
+
+def main(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
+    """Entry point of ``telepath sip-worker`` (started by :class:`WorkerPool`, not by hand)."""
+    from telepath.cli.serve import install_event_loop
+
+    install_event_loop()
+    asyncio.run(run_worker(udp_fd, inbox_fd, ctl_fd))

@@ -1,0 +1,169 @@
+"""``TELEPATH_SIP_WORKERS=2``: a real ``telepath serve`` with a second SIP worker process.
+
+Calls whose Call-ID the front owns and calls the worker owns both connect, carry a tone each
+way and leave a record; ``/metrics`` adds the two processes up; the worker's log lines say
+``w1``; a worker killed is started again and takes its calls; SIGTERM stops both processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from telepath.sip.routing import owner_of
+from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
+from tests.interop.calls.harness import Phone, authenticated_call, run_sipp, wait_until
+from tests.interop.media.sipp import require_sipp
+
+pytestmark = pytest.mark.interop
+
+PASSWORD = "correct-horse-9"
+
+
+def _env(sip_port: int) -> dict[str, str]:
+    return {
+        "TELEPATH_SIP_WORKERS": "2",
+        "TELEPATH_SIP_HOST": "127.0.0.1",
+        "TELEPATH_SIP_PORT": str(sip_port),
+        "TELEPATH_SIP_DRAIN_TIMEOUT_S": "2",
+        "TELEPATH_ALLOW_INSECURE_AGENT_URLS": "true",
+        "TELEPATH_SIP_DIGEST_ALGORITHMS": "MD5,SHA-256",
+        "TELEPATH_VALIDATE_PROVIDER_KEYS": "false",
+        "TELEPATH_RTP_PORT_MIN": "34000",
+        "TELEPATH_RTP_PORT_MAX": "34998",
+    }
+
+
+def _call_id(owner: int, tag: str) -> str:
+    """A Call-ID that worker ``owner`` of two owns."""
+    for i in range(1000):
+        call_id = f"{tag}-{i}@127.0.0.1"
+        if owner_of(call_id.encode(), 2) == owner:
+            return call_id
+    raise AssertionError("no call id")
+
+
+async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        resp = await client.request(method, path, json=body, headers=headers)
+        assert resp.status_code < 300, resp.text
+        return resp.json() if resp.headers["content-type"].startswith("application/json") else resp
+
+
+def _worker_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        children += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _tone_call(
+    tmp: Path, sip_port: int, user: str, call_id: str, agent: FakeTelepathAgent, hz: int
+) -> None:
+    """One call with ``call_id``: a tone from the phone reaches the agent, the agent's back."""
+    phone = await Phone().open()
+    (tmp / call_id).mkdir()
+    try:
+        sipp = asyncio.create_task(
+            run_sipp(
+                authenticated_call(user, phone.port, hold_ms=2500),
+                tmp / call_id,
+                ("127.0.0.1", sip_port),
+                user=user,
+                password=PASSWORD,
+                extra=("-cid_str", call_id),
+            )
+        )
+        await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+        assert phone.source is not None, (await sipp).stdout
+        phone.start_tone(phone.source, hz, 2)
+        result = await sipp
+        assert result.returncode == 0, result.stdout + result.errors
+        assert f"Call-ID: {call_id}" in result.messages
+    finally:
+        await phone.close()
+    heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
+    assert abs(dominant_frequency(heard) - hz) < 15
+    assert abs(phone.dominant(0) - 440) < 15
+
+
+async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
+    require_sipp()
+    sip_port = free_sip_port()
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
+    try:
+        await wait_until(
+            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+        )
+        async with (
+            FakeTelepathAgent(tone_hz=440, response_ms=1500) as front_agent,
+            FakeTelepathAgent(tone_hz=440, response_ms=1500) as worker_agent,
+        ):
+            trunks = {}
+            for user, agent in (("alice", front_agent), ("bob", worker_agent)):
+                body = {
+                    "name": f"trunk {user}",
+                    "sip_username": user,
+                    "sip_password": PASSWORD,
+                    "ai_provider": "custom",
+                    "custom_endpoint": agent.url,
+                }
+                trunks[user] = (await _api(server, "POST", "/v1/trunks", body))["id"]
+            front_id, worker_id = _call_id(0, "front"), _call_id(1, "worker")
+            await asyncio.gather(
+                _tone_call(tmp_path, sip_port, "alice", front_id, front_agent, 1000),
+                _tone_call(tmp_path, sip_port, "bob", worker_id, worker_agent, 700),
+            )
+            calls = (await _api(server, "GET", "/v1/calls"))["calls"]
+            assert sorted(c["trunk_id"] for c in calls) == sorted(trunks.values())
+            assert {c["status"] for c in calls} == {"disconnected"}
+            assert {c["disconnect_reason"] for c in calls} == {"caller_hangup"}
+            by_trunk = {c["trunk_id"]: c["id"] for c in calls}
+            log = server.log()
+            # each call was handled where its Call-ID says: the worker tags its lines "w1"
+            assert re.search(rf"manager w1 \[{by_trunk[trunks['bob']]}\] .*ended", log), log
+            assert re.search(rf"manager \[{by_trunk[trunks['alice']]}\] .*ended", log), log
+            assert f"w1 [{by_trunk[trunks['alice']]}]" not in log
+
+            metrics = (await _api(server, "GET", "/metrics")).text
+            assert 'telepath_calls_total{outcome="caller_hangup"} 2.0' in metrics, metrics
+            assert "telepath_active_calls 0.0" in metrics
+
+            # A worker that dies is started again and serves its share of the calls.
+            (worker,) = _worker_pids(server.process.pid)
+            os.kill(worker, signal.SIGKILL)
+            await wait_until(lambda: "SIP worker 1 exited" in server.log(), what="the exit")
+            await wait_until(
+                lambda: server.log().count("SIP worker 1 serving its calls") == 2,
+                what="the new worker",
+            )
+            (restarted,) = _worker_pids(server.process.pid)
+            assert restarted != worker
+            await _tone_call(tmp_path, sip_port, "bob", _call_id(1, "again"), worker_agent, 700)
+    finally:
+        if server.process.poll() is None:
+            pids = _worker_pids(server.process.pid)
+            server.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(server.process.wait, 30)
+            assert code == 0, server.log()
+            assert pids and not any(_alive(pid) for pid in pids)  # no worker left behind
+        else:
+            await asyncio.to_thread(stop_server, server)
