@@ -9,6 +9,8 @@ caller).
    stayed under ``MAX_SETUP_MS`` — past that the calls still complete, but they queue. (Until
    2026-12-03 the steps ran with the admission limit at 150/s, so no step above 150/s could
    pass: the "capacity" printed was the limit.)
+   The same steps again with ``TELEPATH_SIP_WORKERS=2`` (two processes share the SIP port; the
+   CPU is the sum of both), from the single process's capacity up.
 2. Shedding: a second gateway with ``TELEPATH_SIP_MAX_CPS`` at 80 % of that capacity (headroom
    for the retransmissions and records of a saturated second), offered 1.5x and 2x the limit:
    the calls past the limit must get 503 + Retry-After, none may time out. Steps 1 and 2 run
@@ -40,15 +42,17 @@ MAX_SETUP_MS = 100  # mean INVITE → 200 OK past which calls are queueing, not 
 NO_LOAD_ADMISSION = {"TELEPATH_SIP_MAX_LOOP_LOAD": "0"}
 LIMIT_SHARE = 0.8  # the shedding step's admission limit, as a share of the measured capacity
 CAPACITY_RULE = f"no admission limit; every call completed, mean set-up <= {MAX_SETUP_MS} ms"
+WORKERS = 2  # SIP worker processes of the second capacity series (TELEPATH_SIP_WORKERS)
+WORKERS_KIND = f"telepath-{WORKERS}-workers"
 
 
-def _wait_idle(pid: int, max_s: float = 15) -> None:
-    """Until ``pid`` uses < 5 % of a core over 0.5 s (calls ended, records written)."""
+def _wait_idle(pids: list[int], max_s: float = 15) -> None:
+    """Until ``pids`` use < 5 % of a core over 0.5 s (calls ended, records written)."""
     end = time.monotonic() + max_s
     while time.monotonic() < end:
-        c0 = proc_cpu_s(pid)
+        c0 = sum(proc_cpu_s(p) for p in pids)
         time.sleep(0.5)
-        if proc_cpu_s(pid) - c0 < 0.025:
+        if sum(proc_cpu_s(p) for p in pids) - c0 < 0.025:
             return
 
 
@@ -60,11 +64,12 @@ def _wait_no_calls(gw: Gateway, max_s: float = 60) -> None:
         if match is None or float(match.group(1)) == 0:
             break
         time.sleep(1)
-    _wait_idle(gw.pid)
+    _wait_idle(gw.pids)
 
 
 def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float]) -> dict[str, Any]:
-    server = cpu.get("gateway", cpu.get("uas", 0.0))
+    gateway = [v for k, v in cpu.items() if k.startswith("gateway")]  # and its SIP workers
+    server = sum(gateway) if gateway else cpu.get("uas", 0.0)
     return {
         "kind": kind,
         "target_cps": rate,
@@ -93,7 +98,8 @@ def _measure(
     """One step: ``rate`` calls/s for ``seconds``; the CPU of the tail (records) included."""
     calls = int(rate * seconds)
     for attempt in range(1 + CRASH_RETRIES):
-        window = CpuWindow({"gateway": gw.pid, "agent": agent.pid})
+        gateway = {f"gateway{i}": pid for i, pid in enumerate(gw.pids)}
+        window = CpuWindow({**gateway, "agent": agent.pid})
         window.start()
         proc = run_sipp(
             ("127.0.0.1", gw.sip_port),
@@ -107,7 +113,7 @@ def _measure(
         )
         assert not isinstance(proc, SippRun)
         result = collect(proc, seconds + 45)
-        _wait_idle(gw.pid, 5)  # the tail of the work (call records) belongs to the step
+        _wait_idle(gw.pids, 5)  # the tail of the work (call records) belongs to the step
         wall, cpu = window.stop()
         row = _row(kind, rate, result, result.wall_s, cpu)
         if not result.crashed or attempt == CRASH_RETRIES:
@@ -117,7 +123,7 @@ def _measure(
         _wait_no_calls(gw)  # the calls SIPp abandoned end by RTP inactivity (30 s)
     row["sipp_attempts"] = attempt + 1
     print(f"  cps {kind} {rate}/s: {_brief(row)}", flush=True)
-    _wait_idle(gw.pid)
+    _wait_idle(gw.pids)
     return row
 
 
@@ -136,11 +142,12 @@ def _ready(gw: Gateway, url: str, scenario: str) -> None:
     """The bench trunk, and a warm-up (imports, DB connections, first WebSocket)."""
     gw.create_trunk(USER, PASSWORD, url)
     run_sipp(("127.0.0.1", gw.sip_port), 10, 10, scenario=scenario, user=USER, password=PASSWORD)
-    _wait_idle(gw.pid)
+    _wait_idle(gw.pids)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     rates = [50, 100, 200, 300] if quick else [50, 100, 150, 200, 250, 300, 400, 500, 600]
+    worker_rates = [300, 400, 500] if quick else [300, 400, 500, 600, 700, 800]
     seconds = 3.0 if quick else 6.0
     pause_ms = 200
     agent = Worker("agent")
@@ -167,6 +174,27 @@ def run(quick: bool = False) -> dict[str, Any]:
         finally:
             gw.stop()
         capacity = _capacity(rows)
+        # 1b. The same with two SIP worker processes (TELEPATH_SIP_WORKERS=2), from the
+        # single process's capacity up.
+        gw = Gateway(
+            extra_env={
+                "TELEPATH_SIP_MAX_CPS": "0",
+                "TELEPATH_SIP_WORKERS": str(WORKERS),
+                **NO_LOAD_ADMISSION,
+            }
+        )
+        try:
+            _ready(gw, url, scenario)
+            failing_steps = 0
+            for rate in [r for r in worker_rates if r >= min(capacity or 100, 300)]:
+                row = _measure(gw, agent, WORKERS_KIND, rate, seconds, scenario)
+                rows.append(row)
+                if not row["sipp_crashed"] and not _within_capacity(row):
+                    failing_steps += 1
+                    if failing_steps >= 2:
+                        break
+        finally:
+            gw.stop()
         # 2. Shedding: the admission limit with headroom under that capacity (as the README
         # advises), offered 1.5x and 2x the limit.
         limit = max(10, int(capacity * LIMIT_SHARE) // 10 * 10) if capacity else 100
@@ -221,11 +249,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     return summarize(rows)
 
 
-def _capacity(rows: list[dict[str, Any]]) -> int:
+def _capacity(rows: list[dict[str, Any]], kind: str = "telepath") -> int:
     """The highest offered rate within capacity, below the first rate that was not."""
     capacity = 0
     for r in rows:
-        if r["kind"] != "telepath" or r.get("sipp_crashed"):
+        if r["kind"] != kind or r.get("sipp_crashed"):
             continue
         if not _within_capacity(r):
             break
@@ -246,6 +274,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     crashed = [r["target_cps"] for r in rows if r.get("sipp_crashed")]
     base = {r["target_cps"]: r for r in rows if r["kind"] == "sipp-uas"}
     capacity = _capacity(rows)
+    capacity_workers = _capacity(rows, WORKERS_KIND)
+    at_cap_workers = next(
+        (
+            r
+            for r in rows
+            if r["kind"] == WORKERS_KIND
+            and r["target_cps"] == capacity_workers
+            and not r.get("sipp_crashed")
+        ),
+        None,
+    )
     shedding: list[str] = []
     clean_shed: dict[str, bool | None] = {"telepath-limited": None, "telepath-default": None}
     for p in rows:
@@ -305,10 +344,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "capacity_cps_zero_failures": capacity,
         "capacity_rule": CAPACITY_RULE,
         "cpu_ms_per_call_at_capacity": at_cap["server_cpu_ms_per_call"] if at_cap else None,
+        f"capacity_cps_{WORKERS}_workers": capacity_workers,
+        f"cpu_ms_per_call_at_capacity_{WORKERS}_workers": (
+            at_cap_workers["server_cpu_ms_per_call"] if at_cap_workers else None
+        ),
         "cpu_ratio_vs_sipp_uas": ratio,
         "past_capacity": shedding,
         "goals": {
-            f">= {GOAL_CPS} CPS with auth": verdict(capacity >= GOAL_CPS),
+            f">= {GOAL_CPS} CPS with auth (one process)": verdict(capacity >= GOAL_CPS),
+            f">= {GOAL_CPS} CPS with auth ({WORKERS} SIP worker processes)": verdict(
+                capacity_workers >= GOAL_CPS
+            ),
             "clean 503 shedding past capacity": verdict(clean_shed["telepath-limited"]),
             "clean 503 shedding past capacity, default settings (no limit configured)": verdict(
                 clean_shed["telepath-default"]
@@ -316,6 +362,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         },
     }
     print(f"capacity ({CAPACITY_RULE}): {capacity}/s; CPU/call vs SIPp uas: {ratio}x")
+    print(f"capacity with {WORKERS} SIP worker processes: {capacity_workers}/s")
     for line in shedding or ["shedding: not measured"]:
         print(f"past capacity: {line}")
     for goal, v in summary["goals"].items():

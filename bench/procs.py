@@ -130,6 +130,16 @@ class Gateway:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """``telepath serve`` and its SIP worker processes (TELEPATH_SIP_WORKERS)."""
+        children: list[int] = []
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                    children += [int(c) for c in f.read().split()]
+        return [self.pid, *children]
+
     def _read_key(self) -> str:
         assert self.proc.stdout is not None
         stdout: IO[str] = self.proc.stdout

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     def _check_ranges(self) -> Settings:
         if self.rtp_port_min >= self.rtp_port_max:
             raise ValueError("TELEPATH_RTP_PORT_MIN must be below TELEPATH_RTP_PORT_MAX")
+        if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
+            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
         return self
 
     @property

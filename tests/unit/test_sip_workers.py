@@ -51,9 +51,10 @@ def test_limits_are_split() -> None:
     assert part.sip_port == s.sip_port and part.database_url == s.database_url
 
 
-def test_a_range_too_small_to_split_is_refused() -> None:
-    with pytest.raises(ValueError, match="TELEPATH_RTP_PORT"):
-        worker_settings(_settings(rtp_port_min=20000, rtp_port_max=20003), 0, 3)
+def test_a_range_too_small_to_split_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="too small for TELEPATH_SIP_WORKERS"):
+        _settings(rtp_port_min=20000, rtp_port_max=20003)
+    _settings(rtp_port_min=20000, rtp_port_max=20005)  # two ports each: enough
 
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -60,6 +60,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 @dataclass(frozen=True)
+class NonceKeys:
+    """This process's digest nonce secret and its sibling SIP workers' (``sip/auth.py``)."""
+
+    own: bytes
+    siblings: tuple[bytes, ...] = ()
+
+    @classmethod
+    def split(cls, secrets: list[bytes], index: int) -> NonceKeys:
+        """Worker ``index``'s view of every worker's secrets."""
+        return cls(secrets[index], tuple(s for i, s in enumerate(secrets) if i != index))
+
+
+@dataclass(frozen=True)
 class WorkerRole:
     """A ``telepath sip-worker`` process's part (``cli/workers.py``): no listeners of its own."""
 
@@ -97,7 +110,10 @@ class Gateway:
 
 
 async def start_gateway(
-    settings: Settings, state: ApiState, role: WorkerRole | None = None
+    settings: Settings,
+    state: ApiState,
+    role: WorkerRole | None = None,
+    nonce_keys: NonceKeys | None = None,
 ) -> Gateway:
     """Bind SIP listeners and start call control, webhooks and retention.
 
@@ -141,12 +157,14 @@ async def start_gateway(
     algorithms = tuple(
         a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()
     )
+    keys = nonce_keys or NonceKeys(os.urandom(32))
     authenticator = DigestAuthenticator(
         settings.sip_domain,
-        os.urandom(32),
+        keys.own,
         MonotonicClock(),
         nonce_ttl_s=settings.sip_nonce_ttl_s,
         algorithms=cast(tuple[Algorithm, ...], algorithms),
+        sibling_secrets=keys.siblings,
     )
     dispatcher = WebhookDispatcher.from_settings(
         state.sessions, state.keyring, settings, metrics=state.metrics

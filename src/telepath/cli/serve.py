@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from types import FrameType
 
@@ -17,7 +18,7 @@ import uvicorn
 
 from telepath.api.app import create_app
 from telepath.api.state import ApiState
-from telepath.cli.gateway import Gateway, start_gateway
+from telepath.cli.gateway import Gateway, NonceKeys, start_gateway
 from telepath.cli.runtime import bootstrap_first_key, open_state
 from telepath.cli.workers import WorkerPool, worker_settings
 from telepath.config import Settings
@@ -47,13 +48,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def start_workers(settings: Settings, state: ApiState, gateway: Gateway) -> WorkerPool:
+async def start_workers(
+    settings: Settings, state: ApiState, gateway: Gateway, nonce_secrets: list[bytes]
+) -> WorkerPool:
     """Start SIP workers 1 .. N-1 beside this process's gateway (``cli/workers.py``)."""
     udp = gateway.server.udp_fileno()
     if udp is None:
         raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
     ports = dict(gateway.server.core.config.contact_ports)
-    pool = WorkerPool(settings, udp, gateway.server.bound["UDP"], ports)
+    pool = WorkerPool(settings, udp, gateway.server.bound["UDP"], ports, nonce_secrets)
     await pool.start()
     gateway.server.router = pool.forwarder
     state.trunk_removed.append(pool.trunk_removed)
@@ -78,9 +81,14 @@ async def serve(settings: Settings) -> None:
         gateway: Gateway | None = None
         pool: WorkerPool | None = None
         if settings.sip_enabled:
-            gateway = await start_gateway(worker_settings(settings, 0, settings.sip_workers), state)
+            nonce_secrets = [os.urandom(32) for _ in range(settings.sip_workers)]
+            gateway = await start_gateway(
+                worker_settings(settings, 0, settings.sip_workers),
+                state,
+                nonce_keys=NonceKeys.split(nonce_secrets, 0),
+            )
             if settings.sip_workers > 1:
-                pool = await start_workers(settings, state, gateway)
+                pool = await start_workers(settings, state, gateway, nonce_secrets)
         app = create_app(state)
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()

@@ -14,14 +14,16 @@ retention, and SIP over TCP and TLS (a connection's calls stay with the process 
 Limits that are per process — ``TELEPATH_SIP_MAX_CALLS``, ``TELEPATH_SIP_MAX_CPS``, the per-source
 rate limit and burst, the RTP port range — are split evenly between the workers; the Call-ID
 hash spreads calls evenly. Digest nonces are per worker (a call's challenge and its answer share
-the Call-ID, hence the worker); a nonce reused on another call may be answered as stale.
+the Call-ID, hence the worker); each knows its siblings' nonce secrets, so a nonce reused on a
+call another worker owns is answered ``stale=true`` there, not counted as a failed login.
 
 A worker that exits unexpectedly is started again after a second (its live calls are lost:
 their datagrams reach the new process, which answers ``481``). On shutdown the front sends every
 worker SIGTERM, and each drains its calls as ``telepath serve`` does.
 
 Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
-settings, the SIP ports); then lines ``metrics`` (answered with a 4-byte length and the
+settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
+API only then); then the front sends lines ``metrics`` (answered with a 4-byte length and the
 Prometheus text) and ``trunk_removed <id>``. End of file tells the worker the front is gone.
 
 Hand-written over ``asyncio`` subprocesses: ``multiprocessing`` would fork an event loop or pickle
@@ -48,6 +50,7 @@ from telepath.transport.sip_fanout import Forwarder
 log = logging.getLogger(__name__)
 
 RESPAWN_DELAY_S = 1.0
+READY_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
 _LENGTH = struct.Struct("!I")
@@ -58,9 +61,7 @@ def worker_settings(settings: Settings, index: int, count: int) -> Settings:
     if count == 1:
         return settings
     span = (settings.rtp_port_max - settings.rtp_port_min + 1) // count
-    span -= span % 2  # RTP even, RTCP the odd port above (RFC 3550 §11)
-    if span < 2:
-        raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
+    span -= span % 2  # RTP even, RTCP the odd port above (RFC 3550 §11); Settings: span >= 2
     low = settings.rtp_port_min + index * span
     high = settings.rtp_port_max if index == count - 1 else low + span - 1
     return settings.model_copy(
@@ -94,8 +95,10 @@ class WorkerPool:
         udp_fd: int,
         udp_bound: tuple[str, int],
         ports: dict[str, int],
+        nonce_secrets: list[bytes],
     ) -> None:
         self.settings = settings
+        self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
         self.count = settings.sip_workers
         self._udp_fd = udp_fd  # the front's bound SIP UDP socket, inherited by every worker
         self._udp_bound = udp_bound
@@ -141,10 +144,21 @@ class WorkerPool:
                 mode="json"
             ),
             "ports": self._ports,
+            "nonce_secrets": [secret.hex() for secret in self._nonce_secrets],
             "udp": list(self._udp_bound),
         }
         worker.writer.write(json.dumps(hello).encode() + b"\n")
         await worker.writer.drain()
+        try:  # until the worker serves: the front's HTTP API (readiness) waits for it
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                ready = await worker.reader.readline()
+        except TimeoutError:
+            ready = b""
+        if ready != b"ready\n":
+            log.error("SIP worker %d did not start (pid %d)", worker.index, worker.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            return
         log.info("SIP worker %d started (pid %d)", worker.index, worker.process.pid)
 
     async def _watch(self, worker: _Worker) -> None:
@@ -254,7 +268,7 @@ async def _serve_control(
 
 async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
     """``telepath sip-worker``: one worker's calls, until SIGTERM or the front goes away."""
-    from telepath.cli.gateway import WorkerRole, start_gateway
+    from telepath.cli.gateway import NonceKeys, WorkerRole, start_gateway
     from telepath.cli.runtime import open_state
     from telepath.cli.serve import settle_heap
     from telepath.log import configure_logging
@@ -277,8 +291,12 @@ async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_state(settings, migrate=False) as state:
-        gateway = await start_gateway(settings, state, role)
+        secrets = [bytes.fromhex(secret) for secret in hello["nonce_secrets"]]
+        gateway = await start_gateway(settings, state, role, NonceKeys.split(secrets, role.index))
         settle_heap()
+        unwatch_gc = state.metrics.watch_gc()
+        writer.write(b"ready\n")
+        await writer.drain()
         ended = gateway.manager.trunk_removed
         control = asyncio.create_task(
             _serve_control(reader, writer, state.metrics.render, ended, stop)
@@ -289,6 +307,7 @@ async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
         control.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await control
+        unwatch_gc()
     writer.close()
 
 

@@ -29,6 +29,11 @@ before a reboot with a persistent secret, is treated as expired). The only state
 table: the highest ``nc`` seen per nonce, recorded only after a *correct* response, so only
 authenticated peers can grow it, and it is bounded (see :class:`DigestAuthenticator`).
 
+With several SIP worker processes, each mints nonces with its own secret and also knows its
+siblings' (``sibling_secrets``): a correct answer to a sibling's nonce — a client re-using a
+nonce on a call another worker owns — is ``STALE``, so the client re-signs with a nonce of
+this worker, instead of a failure that would count towards a ban.
+
 Decisions
 ---------
 * **qop-less responses** (RFC 2069 compatibility, RFC 7616 §3.4.1 without qop) are accepted
@@ -88,6 +93,7 @@ _HASH_NAMES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
 # Nonce layout (see module docstring).
 _TS_LEN = 8
 _RAND_LEN = 12
+_SIBLING = -(1 << 62)  # "issued" time of a sibling worker's nonce: never ours to accept
 _MAC_LEN = 16  # 128 bits of HMAC-SHA256 is plenty against forgery (RFC 2104 §5 truncation)
 _NONCE_RAW_LEN = _TS_LEN + _RAND_LEN + _MAC_LEN  # 36 bytes -> 48 base64url chars, no padding
 _NONCE_TEXT_LEN = 48
@@ -378,6 +384,7 @@ class DigestAuthenticator:
         nonce_ttl_s: float = 300.0,
         max_tracked_nonces: int = 100_000,
         algorithms: tuple[Algorithm, ...] = OFFERED_ALGORITHMS,
+        sibling_secrets: tuple[bytes, ...] = (),
     ) -> None:
         if not algorithms or any(a not in OFFERED_ALGORITHMS for a in algorithms):
             raise ValueError(f"algorithms must be a non-empty subset of {OFFERED_ALGORITHMS}")
@@ -388,6 +395,10 @@ class DigestAuthenticator:
             raise ValueError("nonce_ttl_s and max_tracked_nonces must be positive")
         self.realm = realm
         self._secret = secret
+        # Other SIP worker processes' secrets: a correct answer to one of their nonces is
+        # STALE here (re-challenged with our own), never a failure, and never accepted — only
+        # the issuer's replay table can tell a replay (``cli/workers.py``).
+        self._siblings = sibling_secrets
         self._clock = clock
         self._ttl_ms = int(nonce_ttl_s * 1000)
         self._max_tracked = max_tracked_nonces
@@ -403,15 +414,19 @@ class DigestAuthenticator:
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 
-    def _mac(self, head: bytes) -> bytes:
-        return hmac.new(self._secret, head + _b(self.realm), hashlib.sha256).digest()[:_MAC_LEN]
+    def _mac(self, head: bytes, secret: bytes | None = None) -> bytes:
+        key = self._secret if secret is None else secret
+        return hmac.new(key, head + _b(self.realm), hashlib.sha256).digest()[:_MAC_LEN]
 
     def _new_nonce(self) -> str:
         head = struct.pack(">q", self._now_ms()) + secrets.token_bytes(_RAND_LEN)
         return base64.urlsafe_b64encode(head + self._mac(head)).decode("ascii")
 
     def _nonce_issued_ms(self, nonce: str) -> int | None:
-        """Return the issue time of a nonce we minted, or ``None`` if it is not ours/tampered."""
+        """Return the issue time of a nonce we minted, or ``None`` if it is not ours/tampered.
+
+        A sibling's nonce (``sibling_secrets``) gives ``-1``.
+        """
         if len(nonce) != _NONCE_TEXT_LEN:
             return None
         try:
@@ -422,6 +437,9 @@ class DigestAuthenticator:
             return None
         head, mac = raw[: _TS_LEN + _RAND_LEN], raw[_TS_LEN + _RAND_LEN :]
         if not hmac.compare_digest(mac, self._mac(head)):
+            for sibling in self._siblings:
+                if hmac.compare_digest(mac, self._mac(head, sibling)):
+                    return _SIBLING
             return None
         (issued_ms,) = struct.unpack(">q", head[:_TS_LEN])
         return int(issued_ms)
@@ -505,7 +523,7 @@ class DigestAuthenticator:
             return failed
 
         now_ms = self._now_ms()
-        if self._is_expired(issued_ms, now_ms):
+        if issued_ms == _SIBLING or self._is_expired(issued_ms, now_ms):
             return AuthOutcome(AuthResult.STALE, creds.username, algorithm)
         if not self._record_use(creds.nonce, issued_ms, creds.nc if qop else None, now_ms):
             return AuthOutcome(AuthResult.REPLAY, creds.username, algorithm)

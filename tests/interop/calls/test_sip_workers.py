@@ -2,7 +2,8 @@
 
 Calls whose Call-ID the front owns and calls the worker owns both connect, carry a tone each
 way and leave a record; ``/metrics`` adds the two processes up; the worker's log lines say
-``w1``; a worker killed is started again and takes its calls; SIGTERM stops both processes.
+``w1``; a nonce one process issued is ``stale`` in the other; a worker killed is started again
+and takes its calls; SIGTERM stops both processes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
 from tests.interop.calls.harness import Phone, authenticated_call, run_sipp, wait_until
 from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.uac import CallLeg, Uac
 
 pytestmark = pytest.mark.interop
 
@@ -146,6 +148,20 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
             metrics = (await _api(server, "GET", "/metrics")).text
             assert 'telepath_calls_total{outcome="caller_hangup"} 2.0' in metrics, metrics
             assert "telepath_active_calls 0.0" in metrics
+
+            # A nonce the front issued, re-used on a call the worker owns: stale, not a failure.
+            uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
+            try:
+                first = CallLeg(uac, "bob", call_id=_call_id(0, "nonce"))
+                await first.challenge(None)
+                reuse = CallLeg(uac, "bob", call_id=_call_id(1, "reuse"))
+                reuse.challenges = first.challenges
+                uac.send(reuse.authenticated_invite(PASSWORD, None))
+                again = await uac.response(401, reuse.call_id)
+                assert "stale=true" in again.headers.get_all("WWW-Authenticate")[0]
+                uac.send(reuse.build("ACK", to_tag=again.to.tag, cseq_method="ACK"))
+            finally:
+                await uac.close()
 
             # A worker that dies is started again and serves its share of the calls.
             (worker,) = _worker_pids(server.process.pid)

@@ -359,6 +359,23 @@ def test_nonce_from_the_future_is_stale() -> None:
     assert verify(after_reboot, answer(before_reboot)).result is AuthResult.STALE
 
 
+def test_a_sibling_workers_nonce_is_stale_never_accepted_or_a_failure() -> None:
+    """SIP workers: a client re-using another worker's nonce is re-challenged (stale=true)."""
+    clock = FakeClock(1000.0)
+    other_secret = b"another-worker-secret-0123456789"
+    sibling = DigestAuthenticator(REALM, other_secret, clock)
+    worker = DigestAuthenticator(REALM, SECRET, clock, sibling_secrets=(other_secret,))
+    alone = DigestAuthenticator(REALM, SECRET, clock)  # knows no sibling
+    good = answer(sibling)
+    assert verify(worker, good) == AuthOutcome(AuthResult.STALE, "alice", "SHA-256")
+    assert verify(worker, good).result is AuthResult.STALE  # and again: nothing was recorded
+    assert verify(worker, answer(sibling, password="guess")).result is AuthResult.FAILED
+    assert verify(alone, good).result is AuthResult.FAILED
+    assert verify(sibling, good).result is AuthResult.OK  # the issuer accepts it, once
+    assert verify(sibling, good).result is AuthResult.REPLAY
+    assert verify(worker, answer(worker)).result is AuthResult.OK  # its own nonces still work
+
+
 # -- replay ----------------------------------------------------------------------------------
 
 
