@@ -167,7 +167,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 row = _measure(gw, agent, "telepath", rate, seconds, scenario)
                 rows.append(row)
                 tested.append(rate)
-                if not row["sipp_crashed"] and not _within_capacity(row):
+                if row["sipp_crashed"] or not _within_capacity(row):  # crashed: overloaded too
                     failing_steps += 1
                     if failing_steps >= 2:
                         break
@@ -189,7 +189,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             for rate in [r for r in worker_rates if r >= min(capacity or 100, 300)]:
                 row = _measure(gw, agent, WORKERS_KIND, rate, seconds, scenario)
                 rows.append(row)
-                if not row["sipp_crashed"] and not _within_capacity(row):
+                if row["sipp_crashed"] or not _within_capacity(row):  # crashed: overloaded too
                     failing_steps += 1
                     if failing_steps >= 2:
                         break

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from telepath.cli import workers
 from telepath.cli.workers import worker_settings
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions
@@ -96,3 +101,29 @@ def test_merging_one_exposition_changes_nothing() -> None:
     metrics.record_call_started("a")
     metrics.record_call_ended("a", outcome="caller_hangup", setup_ms=20)
     assert _samples(merge_expositions([metrics.render()])) == _samples(metrics.render())
+
+
+async def test_a_late_metrics_answer_is_not_taken_for_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers, "METRICS_TIMEOUT_S", 0.2)
+    pool = workers.WorkerPool(_settings(sip_workers=2), -1, ("127.0.0.1", 5060), {}, [b"k"] * 2)
+    front, worker_end = socket.socketpair()
+    worker = pool._workers[1]
+    worker.reader, worker.writer = await asyncio.open_connection(sock=front)
+    reader, writer = await asyncio.open_connection(sock=worker_end)
+    try:
+        assert await pool.metrics() == []  # the worker is slow: nothing, and no error
+        assert await reader.readline() == b"metrics 1\n"
+        writer.write(struct.pack("!II", 1, 4) + b"late")  # the answer to the first, too late
+
+        async def answer_second() -> None:
+            assert await reader.readline() == b"metrics 2\n"
+            writer.write(struct.pack("!II", 2, 5) + b"fresh")
+
+        answering = asyncio.create_task(answer_second())
+        assert await pool.metrics() == [b"fresh"]
+        await answering
+    finally:
+        writer.close()
+        worker.writer.close()

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -94,11 +95,18 @@ class Gateway:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def stop(self, drain_s: float) -> None:
-        """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop."""
+    async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:
+        """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop.
+
+        ``alongside`` (the SIP workers stopping) runs with the drain, and the listeners stay
+        open until it is done too: the workers' calls still get their datagrams through them.
+        """
         if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
             self.state.trunk_removed.remove(self.manager.trunk_removed)
-        await self.manager.drain(drain_s)
+        if alongside is None:
+            await self.manager.drain(drain_s)
+        else:
+            await asyncio.gather(self.manager.drain(drain_s), alongside)
         await asyncio.sleep(0.2)  # BYE retransmissions and final records
         await self.server.stop()
         self.stop_event.set()

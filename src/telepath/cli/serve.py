@@ -120,10 +120,8 @@ async def serve(settings: Settings) -> None:
         finally:
             if gateway is not None:
                 logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
-                stopping = [gateway.stop(settings.sip_drain_timeout_s)]
-                if pool is not None:
-                    stopping.append(pool.stop(settings.sip_drain_timeout_s))
-                await asyncio.gather(*stopping)
+                workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
+                await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             unwatch_gc()

@@ -23,8 +23,9 @@ worker SIGTERM, and each drains its calls as ``telepath serve`` does.
 
 Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
-API only then); then the front sends lines ``metrics`` (answered with a 4-byte length and the
-Prometheus text) and ``trunk_removed <id>``. End of file tells the worker the front is gone.
+API only then); then the front sends lines ``metrics <n>`` (answered with ``n`` and the length
+as two 4-byte integers, then the Prometheus text; an answer to an earlier ``n`` that timed out is
+skipped) and ``trunk_removed <id>``. End of file tells the worker the front is gone.
 
 Hand-written over ``asyncio`` subprocesses: ``multiprocessing`` would fork an event loop or pickle
 sockets; here the socket file descriptors are passed with ``pass_fds`` and nothing else is shared.
@@ -53,7 +54,7 @@ RESPAWN_DELAY_S = 1.0
 READY_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
-_LENGTH = struct.Struct("!I")
+_ANSWER = struct.Struct("!II")  # the request's number, the length of the text that follows
 
 
 def worker_settings(settings: Settings, index: int, count: int) -> Settings:
@@ -83,7 +84,7 @@ class _Worker:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    starts: int = 0
+    asked: int = 0  # metrics requests sent; answers carry the number
 
 
 class WorkerPool:
@@ -130,7 +131,6 @@ class WorkerPool:
         finally:
             inbox_worker.close()
             ctl_worker.close()
-        worker.starts += 1
         inbox_front.setblocking(False)
         old = self.forwarder.outboxes.get(worker.index)
         self.forwarder.outboxes[worker.index] = inbox_front
@@ -193,16 +193,22 @@ class WorkerPool:
         async with worker.lock:
             if worker.reader is None or worker.writer is None:
                 return None
+            worker.asked += 1
             try:
                 async with asyncio.timeout(METRICS_TIMEOUT_S):
-                    worker.writer.write(b"metrics\n")
+                    worker.writer.write(f"metrics {worker.asked}\n".encode())
                     await worker.writer.drain()
-                    (length,) = _LENGTH.unpack(await worker.reader.readexactly(_LENGTH.size))
-                    return await worker.reader.readexactly(length)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError):
-                log.warning("SIP worker %d did not report its metrics", worker.index)
-                self._close_control(worker)  # a half-read answer would desynchronise the next
+                    while True:  # an answer too late for an earlier request is skipped
+                        head = await worker.reader.readexactly(_ANSWER.size)
+                        number, length = _ANSWER.unpack(head)
+                        body = await worker.reader.readexactly(length)
+                        if number == worker.asked:
+                            return body
+            except TimeoutError:  # a busy worker: its answer is skipped when it comes
+                log.warning("SIP worker %d did not report its metrics in time", worker.index)
                 return None
+            except (OSError, asyncio.IncompleteReadError):
+                return None  # the worker is gone; its watcher starts it again
 
     def trunk_removed(self, trunk_id: str) -> None:
         """Tell every worker a trunk was deleted or deactivated: its live calls end."""
@@ -258,9 +264,9 @@ async def _serve_control(
             stop.set()
             return
         command, _, arg = line.decode().strip().partition(" ")
-        if command == "metrics":
+        if command == "metrics" and arg.isdigit():
             body = render()
-            writer.write(_LENGTH.pack(len(body)) + body)
+            writer.write(_ANSWER.pack(int(arg), len(body)) + body)
             await writer.drain()
         elif command == "trunk_removed" and arg:
             trunk_removed(arg)

@@ -183,3 +183,48 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
             assert pids and not any(_alive(pid) for pid in pids)  # no worker left behind
         else:
             await asyncio.to_thread(stop_server, server)
+
+
+async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> None:
+    """A worker's call outlives the front's own drain: its caller's BYE must still get through."""
+    require_sipp()
+    sip_port = free_sip_port()
+    env = {**_env(sip_port), "TELEPATH_SIP_DRAIN_TIMEOUT_S": "8"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await wait_until(
+            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+        )
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            body = {
+                "name": "trunk bob",
+                "sip_username": "bob",
+                "sip_password": PASSWORD,
+                "ai_provider": "custom",
+                "custom_endpoint": agent.url,
+            }
+            await _api(server, "POST", "/v1/trunks", body)
+            (tmp_path / "call").mkdir()
+            sipp = asyncio.create_task(
+                run_sipp(
+                    authenticated_call("bob", phone.port, hold_ms=2500),
+                    tmp_path / "call",
+                    ("127.0.0.1", sip_port),
+                    user="bob",
+                    password=PASSWORD,
+                    extra=("-cid_str", _call_id(1, "drain")),
+                )
+            )
+            await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+            assert phone.source is not None, (await sipp).stdout
+            server.process.send_signal(signal.SIGTERM)
+            result = await sipp  # the caller hangs up 2.5 s in, inside the 8 s drain
+            assert result.returncode == 0, result.stdout + result.errors
+            code = await asyncio.to_thread(server.process.wait, 30)
+            assert code == 0, server.log()
+        assert re.search(r"manager w1 \[call_\w+\] call \w+ ended: caller_hangup", server.log())
+    finally:
+        await phone.close()
+        if server.process.poll() is None:
+            await asyncio.to_thread(stop_server, server)
