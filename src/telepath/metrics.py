@@ -181,6 +181,23 @@ class Metrics:
             "(TELEPATH_SIP_MAX_LOOP_LOAD; 0: no limit in force)",
             registry=r,
         )
+        self.sip_workers_up = Gauge(
+            "telepath_sip_workers_up",
+            "SIP worker processes serving calls besides the first (TELEPATH_SIP_WORKERS - 1 "
+            "when all are up)",
+            registry=r,
+        )
+        self.sip_worker_restarts = Counter(
+            "telepath_sip_worker_restarts",
+            "SIP worker processes that exited unexpectedly and were started again",
+            registry=r,
+        )
+        self.sip_forward_dropped = Counter(
+            "telepath_sip_forward_dropped",
+            "SIP datagrams not handed to the worker owning their call (its queue full, or it "
+            "was restarting); the sender retransmits",
+            registry=r,
+        )
         self._active: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
 

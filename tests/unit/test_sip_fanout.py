@@ -69,9 +69,10 @@ def test_forwarder_drops_when_the_worker_is_missing_or_behind() -> None:
             assert forward(theirs, ("10.0.0.1", 5060), 0.0) is True
         assert forward.dropped > 0
         assert forward.forwarded + forward.dropped == 5_000
-    closed = Forwarder(2, {1: front})  # the worker's end is gone
+    drops: list[None] = []
+    closed = Forwarder(2, {1: front}, on_drop=lambda: drops.append(None))  # the worker is gone
     assert closed(theirs, ("10.0.0.1", 5060), 0.0) is True
-    assert closed.dropped == 1
+    assert closed.dropped == 1 and len(drops) == 1  # counted in the metrics too
 
 
 async def test_inbox_feeds_forwarded_datagrams_with_their_peer_and_wait() -> None:

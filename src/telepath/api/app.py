@@ -91,6 +91,8 @@ def create_app(state: ApiState) -> FastAPI:
         except Exception as exc:
             logger.warning("readiness check failed: %s", type(exc).__name__)
             return error_response(503, "not_ready", "The database is not answering")
+        if state.workers_ready is not None and not state.workers_ready():
+            return error_response(503, "not_ready", "A SIP worker process is being restarted")
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)

@@ -32,3 +32,5 @@ class ApiState:
     trunk_removed: list[Callable[[str], object]] = field(default_factory=list)
     # With SIP worker processes: their metrics (Prometheus text), merged into ``/metrics``.
     more_metrics: Callable[[], Awaitable[list[bytes]]] | None = None
+    # With SIP worker processes: False while one is not serving (``/readyz`` answers 503).
+    workers_ready: Callable[[], bool] | None = None

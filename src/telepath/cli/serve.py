@@ -56,11 +56,14 @@ async def start_workers(
     if udp is None:
         raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
     ports = dict(gateway.server.core.config.contact_ports)
-    pool = WorkerPool(settings, udp, gateway.server.bound["UDP"], ports, nonce_secrets)
+    pool = WorkerPool(
+        settings, udp, gateway.server.bound["UDP"], ports, nonce_secrets, state.metrics
+    )
     await pool.start()
     gateway.server.router = pool.forwarder
     state.trunk_removed.append(pool.trunk_removed)
     state.more_metrics = pool.metrics
+    state.workers_ready = pool.all_up
     logger.info("SIP: %d worker processes share the UDP port", settings.sip_workers)
     return pool
 

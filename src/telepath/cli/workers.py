@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telepath.config import Settings
+from telepath.metrics import Metrics
 from telepath.transport.sip_fanout import Forwarder
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     asked: int = 0  # metrics requests sent; answers carry the number
+    up: bool = False  # started and answered "ready", not exited since
 
 
 class WorkerPool:
@@ -97,6 +99,7 @@ class WorkerPool:
         udp_bound: tuple[str, int],
         ports: dict[str, int],
         nonce_secrets: list[bytes],
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
@@ -104,7 +107,10 @@ class WorkerPool:
         self._udp_fd = udp_fd  # the front's bound SIP UDP socket, inherited by every worker
         self._udp_bound = udp_bound
         self._ports = ports
-        self.forwarder = Forwarder(self.count, {})
+        self._metrics_of_front = metrics or Metrics()
+        self.forwarder = Forwarder(
+            self.count, {}, on_drop=self._metrics_of_front.sip_forward_dropped.inc
+        )
         self._workers = {i: _Worker(i) for i in range(1, self.count)}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -159,14 +165,19 @@ class WorkerPool:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
             return
+        worker.up = True
+        self._count_up()
         log.info("SIP worker %d started (pid %d)", worker.index, worker.process.pid)
 
     async def _watch(self, worker: _Worker) -> None:
         while True:
             assert worker.process is not None
             code = await worker.process.wait()
+            worker.up = False
+            self._count_up()
             if self._stopping:
                 return
+            self._metrics_of_front.sip_worker_restarts.inc()
             log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
             self._close_control(worker)
             await asyncio.sleep(RESPAWN_DELAY_S)
@@ -177,6 +188,13 @@ class WorkerPool:
             except OSError:
                 log.exception("SIP worker %d could not be started", worker.index)
                 return
+
+    def _count_up(self) -> None:
+        self._metrics_of_front.sip_workers_up.set(sum(w.up for w in self._workers.values()))
+
+    def all_up(self) -> bool:
+        """Every worker serves (``/readyz``): False while one is being started again."""
+        return all(w.up for w in self._workers.values())
 
     @staticmethod
     def _close_control(worker: _Worker) -> None:

@@ -65,11 +65,22 @@ class Forwarder:
     or dropped because that worker's inbox is full or gone — the sender retransmits, §17.1.1.2).
     """
 
-    def __init__(self, workers: int, outboxes: dict[int, socket.socket]) -> None:
+    def __init__(
+        self,
+        workers: int,
+        outboxes: dict[int, socket.socket],
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
         self.workers = workers
         self.outboxes = outboxes  # worker index -> our end of its inbox pair (not 0: us)
         self.forwarded = 0
         self.dropped = 0
+        self._on_drop = on_drop
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop()
 
     def __call__(self, data: bytes, addr: tuple[str, int], waited_s: float) -> bool:
         call_id = call_id_of(data)
@@ -80,12 +91,12 @@ class Forwarder:
             return False
         outbox = self.outboxes.get(owner)
         if outbox is None:
-            self.dropped += 1
+            self._drop()
             return True
         try:
             outbox.send(pack(data, addr, time.time() - waited_s))
         except OSError:  # full (the worker is behind) or gone (restarting): like a lost packet
-            self.dropped += 1
+            self._drop()
         else:
             self.forwarded += 1
         return True

@@ -165,12 +165,27 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
 
             # A worker that dies is started again and serves its share of the calls.
             (worker,) = _worker_pids(server.process.pid)
+            assert "telepath_sip_workers_up 1.0" in metrics
             os.kill(worker, signal.SIGKILL)
             await wait_until(lambda: "SIP worker 1 exited" in server.log(), what="the exit")
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+                restarting = await client.get("/readyz")  # the restart waits a second
+            assert restarting.status_code == 503
+            assert restarting.json()["error"]["code"] == "not_ready"
             await wait_until(
                 lambda: server.log().count("SIP worker 1 serving its calls") == 2,
                 what="the new worker",
             )
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+                for _ in range(250):  # "ready" reaches the front just after that log line
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("not ready again after the worker's restart")
+            metrics = (await _api(server, "GET", "/metrics")).text
+            assert "telepath_sip_worker_restarts_total 1.0" in metrics
+            assert "telepath_sip_workers_up 1.0" in metrics
             (restarted,) = _worker_pids(server.process.pid)
             assert restarted != worker
             await _tone_call(tmp_path, sip_port, "bob", _call_id(1, "again"), worker_agent, 700)
