@@ -83,6 +83,11 @@ class WorkerRole:
     udp_bound: tuple[str, int]
     ports: dict[str, int]  # the front's bound SIP ports (Via, Contact)
 
+    def wake_front(self) -> None:
+        """An event is in the outbox: the front's webhook dispatcher should look now."""
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            self.inbox.send(b"w")  # the socket pair's other way (cli/workers.py)
+
 
 @dataclass
 class Gateway:
@@ -184,7 +189,11 @@ async def start_gateway(
         authenticator,
         guard=guard,
         recorder=DbCallRecorder(state.sessions, state.metrics),
-        events=DbEventSink(state.sessions, metrics=state.metrics, on_enqueued=dispatcher.wake),
+        events=DbEventSink(
+            state.sessions,
+            metrics=state.metrics,
+            on_enqueued=dispatcher.wake if role is None else role.wake_front,
+        ),
         metrics=state.metrics,
     )
     server = SipServer(

@@ -57,7 +57,13 @@ async def start_workers(
         raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
     ports = dict(gateway.server.core.config.contact_ports)
     pool = WorkerPool(
-        settings, udp, gateway.server.bound["UDP"], ports, nonce_secrets, state.metrics
+        settings,
+        udp,
+        gateway.server.bound["UDP"],
+        ports,
+        nonce_secrets,
+        state.metrics,
+        on_wake=gateway.dispatcher.wake,
     )
     await pool.start()
     gateway.server.router = pool.forwarder

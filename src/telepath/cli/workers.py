@@ -9,7 +9,8 @@ own calls end to end — SIP dialogs, media, agent connections, call records and
 in the database — so nothing about a call crosses processes after its datagrams.
 
 What stays in the front: the HTTP API (``/metrics`` merges every worker's metrics), the webhook
-dispatcher (the outbox is in the database; it sees the workers' events at its next poll, ≤ 1 s),
+dispatcher (the outbox is in the database; a worker that adds an event writes one byte the other
+way on its inbox pair, which wakes the dispatcher as the front's own events do),
 retention, and SIP over TCP and TLS (a connection's calls stay with the process holding it).
 Limits that are per process — ``TELEPATH_SIP_MAX_CALLS``, ``TELEPATH_SIP_MAX_CPS``, the per-source
 rate limit and burst, the RTP port range — are split evenly between the workers; the Call-ID
@@ -100,6 +101,7 @@ class WorkerPool:
         ports: dict[str, int],
         nonce_secrets: list[bytes],
         metrics: Metrics | None = None,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
@@ -107,6 +109,7 @@ class WorkerPool:
         self._udp_fd = udp_fd  # the front's bound SIP UDP socket, inherited by every worker
         self._udp_bound = udp_bound
         self._ports = ports
+        self._on_wake = on_wake  # a worker put a webhook event in the outbox
         self._metrics_of_front = metrics or Metrics()
         self.forwarder = Forwarder(
             self.count, {}, on_drop=self._metrics_of_front.sip_forward_dropped.inc
@@ -140,8 +143,11 @@ class WorkerPool:
         inbox_front.setblocking(False)
         old = self.forwarder.outboxes.get(worker.index)
         self.forwarder.outboxes[worker.index] = inbox_front
+        loop = asyncio.get_running_loop()
         if old is not None:
+            loop.remove_reader(old.fileno())
             old.close()
+        loop.add_reader(inbox_front.fileno(), self._woken, inbox_front)
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
         hello = {
             "index": worker.index,
@@ -188,6 +194,16 @@ class WorkerPool:
             except OSError:
                 log.exception("SIP worker %d could not be started", worker.index)
                 return
+
+    def _woken(self, sock: socket.socket) -> None:
+        """The worker wrote on its inbox pair the other way: webhook events are waiting."""
+        for _ in range(64):  # one wake-up stands for any number of events
+            try:
+                sock.recv(16)
+            except OSError:  # drained
+                break
+        if self._on_wake is not None:
+            self._on_wake()
 
     def _count_up(self) -> None:
         self._metrics_of_front.sip_workers_up.set(sum(w.up for w in self._workers.values()))
@@ -260,7 +276,9 @@ class WorkerPool:
             watcher.cancel()
         for worker in self._workers.values():
             self._close_control(worker)
+        loop = asyncio.get_running_loop()
         for outbox in self.forwarder.outboxes.values():
+            loop.remove_reader(outbox.fileno())
             outbox.close()
         self.forwarder.outboxes.clear()
 

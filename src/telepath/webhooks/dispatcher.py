@@ -134,6 +134,7 @@ class WebhookDispatcher:
             timeout_s=settings.webhook_timeout_s,
             max_attempts=settings.webhook_max_attempts,
             backoff_base_s=settings.webhook_backoff_base_s,
+            poll_interval_s=settings.webhook_poll_s,
         )
 
     def wake(self) -> None:

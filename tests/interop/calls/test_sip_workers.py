@@ -2,13 +2,15 @@
 
 Calls whose Call-ID the front owns and calls the worker owns both connect, carry a tone each
 way and leave a record; ``/metrics`` adds the two processes up; the worker's log lines say
-``w1``; a nonce one process issued is ``stale`` in the other; a worker killed is started again
-and takes its calls; SIGTERM stops both processes.
+``w1``; the worker's webhook events wake the front's dispatcher; a nonce one process issued is
+``stale`` in the other; a worker killed is started again and takes its calls; SIGTERM stops
+both processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -22,6 +24,7 @@ from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
+from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.harness import Phone, authenticated_call, run_sipp, wait_until
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.uac import CallLeg, Uac
@@ -42,6 +45,9 @@ def _env(sip_port: int) -> dict[str, str]:
         "TELEPATH_VALIDATE_PROVIDER_KEYS": "false",
         "TELEPATH_RTP_PORT_MIN": "34000",
         "TELEPATH_RTP_PORT_MAX": "34998",
+        # the dispatcher never polls the outbox by itself here: a worker's events must wake it
+        "TELEPATH_WEBHOOK_POLL_S": "3600",
+        "TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS": "true",
     }
 
 
@@ -107,7 +113,7 @@ async def _tone_call(
     assert abs(phone.dominant(0) - 440) < 15
 
 
-async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
+async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver: Receiver) -> None:
     require_sipp()
     sip_port = free_sip_port()
     server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
@@ -119,6 +125,8 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
             FakeTelepathAgent(tone_hz=440, response_ms=1500) as front_agent,
             FakeTelepathAgent(tone_hz=440, response_ms=1500) as worker_agent,
         ):
+            hook = {"url": receiver.url, "events": ["call.started", "call.ended"]}
+            await _api(server, "POST", "/v1/webhooks", hook)
             trunks = {}
             for user, agent in (("alice", front_agent), ("bob", worker_agent)):
                 body = {
@@ -144,6 +152,14 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path) -> None:
             assert re.search(rf"manager w1 \[{by_trunk[trunks['bob']]}\] .*ended", log), log
             assert re.search(rf"manager \[{by_trunk[trunks['alice']]}\] .*ended", log), log
             assert f"w1 [{by_trunk[trunks['alice']]}]" not in log
+
+            # both calls' events delivered: the worker's woke the front's dispatcher
+            def delivered() -> set[tuple[str, str]]:
+                events = [json.loads(r.body) for r in receiver.requests]
+                return {(e["type"], e["data"]["call_id"]) for e in events}
+
+            expected = {(t, c["id"]) for t in ("call.started", "call.ended") for c in calls}
+            await wait_until(lambda: delivered() >= expected, what="the webhooks")
 
             metrics = (await _api(server, "GET", "/metrics")).text
             assert 'telepath_calls_total{outcome="caller_hangup"} 2.0' in metrics, metrics
