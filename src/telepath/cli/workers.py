@@ -119,9 +119,9 @@ class WorkerPool:
         self._stopping = False
 
     async def start(self) -> None:
-        """Start every worker and wait until each has its settings."""
+        """Start every worker (at once: each takes about a second) and wait until each serves."""
+        await asyncio.gather(*(self._spawn(worker) for worker in self._workers.values()))
         for worker in self._workers.values():
-            await self._spawn(worker)
             self._watchers.append(asyncio.create_task(self._watch(worker)))
 
     async def _spawn(self, worker: _Worker) -> None:
