@@ -33,6 +33,7 @@ class DisconnectReason(StrEnum):
     SHUTDOWN = "shutdown"  # the gateway was stopped and the drain time ran out
     MAX_DURATION = "max_duration"  # up longer than TELEPATH_CALL_MAX_DURATION_S
     TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call
+    LOST = "lost"  # its process stopped without ending it (killed, crashed): found by a sweep
     UNKNOWN = "unknown"
 
 

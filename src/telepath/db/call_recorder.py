@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.model import CallRecord
+from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.models import CallRow
@@ -298,6 +298,48 @@ async def purge_call_details(
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+LOST_AFTER_MAX_DURATION = timedelta(minutes=10)  # set-up, drain and clock slack past the cap
+LOST_MESSAGE = "the gateway process handling the call stopped without ending it"
+
+
+async def close_lost_calls(
+    sessions: async_sessionmaker[AsyncSession],
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Close the records of calls that started more than ``older_than`` ago and never ended.
+
+    No call outlives ``TELEPATH_CALL_MAX_DURATION_S`` (the gateway ends it), so a record still
+    open past it belongs to a process that stopped without ending its calls — killed, crashed,
+    or a SIP worker that died — on this or any instance sharing the database. Its status becomes
+    ``disconnected`` (``failed`` if it was never answered), its reason ``lost``; the end time and
+    duration stay unknown, and no ``call.ended`` is sent. Returns the number of records closed.
+    """
+    current = now or utcnow()
+    async with sessions() as session:
+        result = await session.execute(
+            update(CallRow)
+            .where(
+                CallRow.end_time.is_(None),
+                CallRow.disconnect_reason.is_(None),  # not closed yet (by call control or here)
+                CallRow.start_time < current - older_than,
+            )
+            .values(
+                status=case(
+                    (CallRow.answer_time.is_(None), CallStatus.FAILED.value),
+                    else_=CallStatus.DISCONNECTED.value,
+                ),
+                disconnect_reason=DisconnectReason.LOST.value,
+                error_message=LOST_MESSAGE,
+                updated_at=current,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 RETENTION_INTERVAL_S = 300.0
 
 
@@ -308,21 +350,31 @@ async def retention_loop(
     *,
     interval_s: float = RETENTION_INTERVAL_S,
 ) -> None:
-    """Purge expired call detail now and then every ``interval_s`` until ``stop_event`` is set.
+    """Purge expired call detail and close lost calls' records, now and then every
+    ``interval_s``, until ``stop_event`` is set.
 
-    ``TELEPATH_CALL_RETENTION_HOURS=0`` disables purging. Errors are logged and retried on the
-    next round.
+    ``TELEPATH_CALL_RETENTION_HOURS=0`` disables purging; ``TELEPATH_CALL_MAX_DURATION_S=0`` (no
+    cap, so no age at which a call must have ended) disables closing lost calls. Errors are
+    logged and retried on the next round.
     """
-    if settings.call_retention_hours <= 0:
-        return
     older_than = timedelta(hours=settings.call_retention_hours)
+    lost_after = timedelta(seconds=settings.call_max_duration_s) + LOST_AFTER_MAX_DURATION
+    purge = settings.call_retention_hours > 0
+    sweep = settings.call_max_duration_s > 0
+    if not purge and not sweep:
+        return
     while not stop_event.is_set():
         try:
-            purged = await purge_call_details(sessions, older_than)
-            if purged:
-                logger.info("purged call detail of %d record(s) past retention", purged)
+            if sweep:
+                lost = await close_lost_calls(sessions, lost_after)
+                if lost:
+                    logger.warning("closed %d call record(s) left open by a stopped process", lost)
+            if purge:
+                purged = await purge_call_details(sessions, older_than)
+                if purged:
+                    logger.info("purged call detail of %d record(s) past retention", purged)
         except Exception as exc:
-            logger.error("call detail purge failed: %s", type(exc).__name__)
+            logger.error("call record maintenance failed: %s", type(exc).__name__)
         try:
             await asyncio.wait_for(stop_event.wait(), interval_s)
         except TimeoutError:

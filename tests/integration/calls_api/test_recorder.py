@@ -12,7 +12,12 @@ from sqlalchemy import func, select
 from telepath.calls.model import CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
-from telepath.db.call_recorder import DbCallRecorder, purge_call_details, retention_loop
+from telepath.db.call_recorder import (
+    DbCallRecorder,
+    close_lost_calls,
+    purge_call_details,
+    retention_loop,
+)
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.models import CallRow
 from telepath.metrics import Metrics
@@ -168,8 +173,56 @@ async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> 
 
 
 async def test_retention_disabled_with_zero_hours(api: Api, settings: Settings) -> None:
-    disabled = settings.model_copy(update={"call_retention_hours": 0})
+    disabled = settings.model_copy(update={"call_retention_hours": 0, "call_max_duration_s": 0})
     await asyncio.wait_for(retention_loop(api.state.sessions, disabled, asyncio.Event()), 1)
+
+
+async def test_records_left_open_past_the_longest_call_are_closed_as_lost(api: Api) -> None:
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    now = utcnow()
+    answered = started(account, start=now - timedelta(hours=5))
+    answered.answer_time = answered.start_time + timedelta(seconds=1)
+    never_answered = started(account, start=now - timedelta(hours=5))
+    live = started(account, start=now - timedelta(hours=3))  # may still be up
+    done = ended(started(account, start=now - timedelta(hours=6)))
+    for record in (answered, never_answered, live):
+        await recorder.call_started(record)
+    await recorder.call_ended(done)
+
+    assert await close_lost_calls(api.state.sessions, timedelta(hours=4, minutes=10)) == 2
+    assert await close_lost_calls(api.state.sessions, timedelta(hours=4, minutes=10)) == 0
+    lost = (await api.get(f"/v1/calls/{answered.id}")).json()
+    assert lost["status"] == "disconnected" and lost["disconnect_reason"] == "lost"
+    assert lost["end_time"] is None  # not known
+    failed = (await api.get(f"/v1/calls/{never_answered.id}")).json()
+    assert failed["status"] == "failed" and failed["disconnect_reason"] == "lost"
+    still = (await api.get(f"/v1/calls/{live.id}")).json()
+    assert still["status"] == "connected" and still["disconnect_reason"] is None
+    kept = (await api.get(f"/v1/calls/{done.id}")).json()
+    assert kept["disconnect_reason"] == "caller_hangup"
+
+
+async def test_retention_loop_closes_lost_calls_even_without_purging(
+    api: Api, settings: Settings
+) -> None:
+    only_sweep = settings.model_copy(
+        update={"call_retention_hours": 0, "call_max_duration_s": 3600}
+    )
+    stuck = started(await account_of(api), start=utcnow() - timedelta(hours=2))
+    await DbCallRecorder(api.state.sessions).call_started(stuck)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        retention_loop(api.state.sessions, only_sweep, stop, interval_s=0.05)
+    )
+    for _ in range(100):
+        if (await api.get(f"/v1/calls/{stuck.id}")).json()["disconnect_reason"] == "lost":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("retention loop did not close the lost call")
+    stop.set()
+    await asyncio.wait_for(task, 2)
 
 
 # --- group commit -------------------------------------------------------------------------
