@@ -127,6 +127,20 @@ def _measure(
     return row
 
 
+def _step_up(
+    gw: Gateway, agent: Worker, kind: str, rates: list[int], seconds: float, scenario: str
+) -> list[dict[str, Any]]:
+    """One row per rate, in order, until two steps were past capacity (a step in which SIPp
+    crashed counts too: it crashes under overload)."""
+    rows: list[dict[str, Any]] = []
+    for rate in rates:
+        row = _measure(gw, agent, kind, rate, seconds, scenario)
+        rows.append(row)
+        if sum(1 for r in rows if r["sipp_crashed"] or not _within_capacity(r)) >= 2:
+            break
+    return rows
+
+
 def _within_capacity(row: dict[str, Any]) -> bool:
     """Every call completed, and before a set-up queue built up."""
     setup = row["setup_ms_mean"]
@@ -156,43 +170,22 @@ def run(quick: bool = False) -> dict[str, Any]:
     sink.bind(("127.0.0.1", 0))
     scenario = bench_scenario(USER, sink.getsockname()[1], pause_ms)
     rows: list[dict[str, Any]] = []
-    tested: list[int] = []
     try:
         # 1. Capacity: no admission limit, the rate stepped up until two steps fail.
         gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0", **NO_LOAD_ADMISSION})
         try:
             _ready(gw, url, scenario)
-            failing_steps = 0
-            for rate in rates:
-                row = _measure(gw, agent, "telepath", rate, seconds, scenario)
-                rows.append(row)
-                tested.append(rate)
-                if row["sipp_crashed"] or not _within_capacity(row):  # crashed: overloaded too
-                    failing_steps += 1
-                    if failing_steps >= 2:
-                        break
+            rows += _step_up(gw, agent, "telepath", rates, seconds, scenario)
         finally:
             gw.stop()
+        tested = [r["target_cps"] for r in rows]
         capacity = _capacity(rows)
-        # 1b. The same with two SIP worker processes (TELEPATH_SIP_WORKERS=2), from the
-        # single process's capacity up.
-        gw = Gateway(
-            extra_env={
-                "TELEPATH_SIP_MAX_CPS": "0",
-                "TELEPATH_SIP_WORKERS": str(WORKERS),
-                **NO_LOAD_ADMISSION,
-            }
-        )
+        # 1b. The same with two SIP worker processes (TELEPATH_SIP_WORKERS=2).
+        workers = {"TELEPATH_SIP_WORKERS": str(WORKERS)}
+        gw = Gateway(extra_env={"TELEPATH_SIP_MAX_CPS": "0", **workers, **NO_LOAD_ADMISSION})
         try:
             _ready(gw, url, scenario)
-            failing_steps = 0
-            for rate in [r for r in worker_rates if r >= min(capacity or 100, 300)]:
-                row = _measure(gw, agent, WORKERS_KIND, rate, seconds, scenario)
-                rows.append(row)
-                if row["sipp_crashed"] or not _within_capacity(row):  # crashed: overloaded too
-                    failing_steps += 1
-                    if failing_steps >= 2:
-                        break
+            rows += _step_up(gw, agent, WORKERS_KIND, worker_rates, seconds, scenario)
         finally:
             gw.stop()
         # 2. Shedding: the admission limit with headroom under that capacity (as the README

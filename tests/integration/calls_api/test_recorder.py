@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -160,14 +162,27 @@ async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> 
         started(account, start=utcnow() - timedelta(hours=settings.call_retention_hours + 5))
     )
     await DbCallRecorder(api.state.sessions).call_ended(old)
+    await _run_retention_until(
+        api, settings, lambda: _field(api, old.id, "detail_purged_at"), "purged"
+    )
+
+
+async def _field(api: Api, call_id: str, name: str) -> Any:
+    return (await api.get(f"/v1/calls/{call_id}")).json()[name]
+
+
+async def _run_retention_until(
+    api: Api, settings: Settings, check: Callable[[], Awaitable[Any]], what: str
+) -> None:
+    """Run the retention loop (every 50 ms) until ``check()`` is truthy, then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(retention_loop(api.state.sessions, settings, stop, interval_s=0.05))
     for _ in range(100):
-        if (await api.get(f"/v1/calls/{old.id}")).json()["detail_purged_at"]:
+        if await check():
             break
         await asyncio.sleep(0.02)
     else:
-        pytest.fail("retention loop did not purge")
+        pytest.fail(f"retention loop: not {what}")
     stop.set()
     await asyncio.wait_for(task, 2)
 
@@ -211,18 +226,11 @@ async def test_retention_loop_closes_lost_calls_even_without_purging(
     )
     stuck = started(await account_of(api), start=utcnow() - timedelta(hours=2))
     await DbCallRecorder(api.state.sessions).call_started(stuck)
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        retention_loop(api.state.sessions, only_sweep, stop, interval_s=0.05)
-    )
-    for _ in range(100):
-        if (await api.get(f"/v1/calls/{stuck.id}")).json()["disconnect_reason"] == "lost":
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("retention loop did not close the lost call")
-    stop.set()
-    await asyncio.wait_for(task, 2)
+
+    async def closed() -> bool:
+        return bool(await _field(api, stuck.id, "disconnect_reason") == "lost")
+
+    await _run_retention_until(api, only_sweep, closed, "closed as lost")
 
 
 # --- group commit -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -102,6 +103,27 @@ def start_server(
         time.sleep(0.1)
     proc.kill()
     raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+
+
+async def live_api(server: LiveServer, method: str, path: str, body: Any = None) -> httpx.Response:
+    """One authenticated request to a live server; fails the test unless it succeeded."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        resp = await client.request(method, path, json=body, headers=headers)
+    assert resp.status_code < 300, resp.text
+    return resp
+
+
+def custom_trunk(user: str, password: str, agent_url: str) -> dict[str, str]:
+    """``POST /v1/trunks`` body: ``user`` authenticates with ``password``; calls reach the
+    custom WebSocket agent at ``agent_url``."""
+    return {
+        "name": f"trunk {user}",
+        "sip_username": user,
+        "sip_password": password,
+        "ai_provider": "custom",
+        "custom_endpoint": agent_url,
+    }
 
 
 def stop_server(server: LiveServer) -> None:

@@ -11,11 +11,17 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
+from tests.integration.live.conftest import (
+    LiveServer,
+    custom_trunk,
+    free_sip_port,
+    live_api,
+    start_server,
+    stop_server,
+)
 from tests.interop.calls.harness import (
     Phone,
     authenticated_call,
@@ -45,11 +51,7 @@ def _env(sip_port: int) -> dict[str, str]:
 
 
 async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-        headers = {"Authorization": f"Bearer {server.api_key}"}
-        resp = await client.request(method, path, json=body, headers=headers)
-        assert resp.status_code < 300, resp.text
-        return resp.json()
+    return (await live_api(server, method, path, body)).json()
 
 
 async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
@@ -60,14 +62,7 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     phone = await Phone().open()
     try:
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            trunk = {
-                "name": "trunk alice",
-                "sip_username": "alice",
-                "sip_password": PASSWORD,
-                "ai_provider": "custom",
-                "custom_endpoint": agent.url,
-            }
-            await _api(server, "POST", "/v1/trunks", trunk)
+            await _api(server, "POST", "/v1/trunks", custom_trunk("alice", PASSWORD, agent.url))
             scenario = authenticated_call("alice", phone.port, caller_hangs_up=False)
             (tmp_path / "call").mkdir()
             sipp = asyncio.create_task(

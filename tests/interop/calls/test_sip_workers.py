@@ -23,7 +23,14 @@ import pytest
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
-from tests.integration.live.conftest import LiveServer, free_sip_port, start_server, stop_server
+from tests.integration.live.conftest import (
+    LiveServer,
+    custom_trunk,
+    free_sip_port,
+    live_api,
+    start_server,
+    stop_server,
+)
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.harness import Phone, authenticated_call, run_sipp, wait_until
 from tests.interop.media.sipp import require_sipp
@@ -61,11 +68,7 @@ def _call_id(owner: int, tag: str) -> str:
 
 
 async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-        headers = {"Authorization": f"Bearer {server.api_key}"}
-        resp = await client.request(method, path, json=body, headers=headers)
-        assert resp.status_code < 300, resp.text
-        return resp.json() if resp.headers["content-type"].startswith("application/json") else resp
+    return (await live_api(server, method, path, body)).json()
 
 
 def _worker_pids(pid: int) -> list[int]:
@@ -129,13 +132,7 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             await _api(server, "POST", "/v1/webhooks", hook)
             trunks = {}
             for user, agent in (("alice", front_agent), ("bob", worker_agent)):
-                body = {
-                    "name": f"trunk {user}",
-                    "sip_username": user,
-                    "sip_password": PASSWORD,
-                    "ai_provider": "custom",
-                    "custom_endpoint": agent.url,
-                }
+                body = custom_trunk(user, PASSWORD, agent.url)
                 trunks[user] = (await _api(server, "POST", "/v1/trunks", body))["id"]
             front_id, worker_id = _call_id(0, "front"), _call_id(1, "worker")
             await asyncio.gather(
@@ -161,7 +158,7 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             expected = {(t, c["id"]) for t in ("call.started", "call.ended") for c in calls}
             await wait_until(lambda: delivered() >= expected, what="the webhooks")
 
-            metrics = (await _api(server, "GET", "/metrics")).text
+            metrics = (await live_api(server, "GET", "/metrics")).text
             assert 'telepath_calls_total{outcome="caller_hangup"} 2.0' in metrics, metrics
             assert "telepath_active_calls 0.0" in metrics
 
@@ -199,7 +196,7 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
                     await asyncio.sleep(0.02)
                 else:
                     raise AssertionError("not ready again after the worker's restart")
-            metrics = (await _api(server, "GET", "/metrics")).text
+            metrics = (await live_api(server, "GET", "/metrics")).text
             assert "telepath_sip_worker_restarts_total 1.0" in metrics
             assert "telepath_sip_workers_up 1.0" in metrics
             (restarted,) = _worker_pids(server.process.pid)
@@ -228,14 +225,7 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
             lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
         )
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            body = {
-                "name": "trunk bob",
-                "sip_username": "bob",
-                "sip_password": PASSWORD,
-                "ai_provider": "custom",
-                "custom_endpoint": agent.url,
-            }
-            await _api(server, "POST", "/v1/trunks", body)
+            await _api(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             (tmp_path / "call").mkdir()
             sipp = asyncio.create_task(
                 run_sipp(
