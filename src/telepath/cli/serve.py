@@ -65,8 +65,10 @@ async def start_workers(
         state.metrics,
         on_wake=gateway.dispatcher.wake,
     )
-    await pool.start()
+    # Route first: until a worker serves, datagrams of its calls are dropped (the caller
+    # retransmits), not answered here — the dialog would then live in the wrong process.
     gateway.server.router = pool.forwarder
+    await pool.start()
     state.trunk_removed.append(pool.trunk_removed)
     state.more_metrics = pool.metrics
     state.workers_ready = pool.all_up
