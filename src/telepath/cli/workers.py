@@ -151,7 +151,6 @@ class WorkerPool:
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
         hello = {
             "index": worker.index,
-            "count": self.count,
             "settings": worker_settings(self.settings, worker.index, self.count).model_dump(
                 mode="json"
             ),
@@ -249,10 +248,6 @@ class WorkerPool:
         for worker in self._workers.values():
             if worker.writer is not None and not worker.writer.is_closing():
                 worker.writer.write(f"trunk_removed {trunk_id}\n".encode())
-
-    def pids(self) -> list[int]:
-        """The workers' process ids (tests, the benchmark)."""
-        return [w.process.pid for w in self._workers.values() if w.process is not None]
 
     async def stop(self, drain_s: float) -> None:
         """SIGTERM every worker (each drains its calls), then wait; kill what is left."""
