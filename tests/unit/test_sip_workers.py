@@ -121,6 +121,7 @@ async def test_a_late_metrics_answer_is_not_taken_for_the_next(
             assert await reader.readline() == b"metrics 2\n"
             writer.write(struct.pack("!II", 2, 5) + b"fresh")
 
+        monkeypatch.setattr(workers, "METRICS_TIMEOUT_S", 10)  # this one is answered
         answering = asyncio.create_task(answer_second())
         assert await pool.metrics() == [b"fresh"]
         await answering

@@ -179,12 +179,18 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             # A worker that dies is started again and serves its share of the calls.
             (worker,) = _worker_pids(server.process.pid)
             assert "telepath_sip_workers_up 1.0" in metrics
-            os.kill(worker, signal.SIGKILL)
-            await wait_until(lambda: "SIP worker 1 exited" in server.log(), what="the exit")
             async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as client:
-                restarting = await client.get("/readyz")  # the restart waits a second
+                os.kill(worker, signal.SIGKILL)
+                # not ready from the exit until the new worker serves (over a second: the
+                # restart waits one, then the worker starts)
+                for _ in range(250):
+                    restarting = await client.get("/readyz")
+                    if restarting.status_code == 503:
+                        break
+                    await asyncio.sleep(0.02)
             assert restarting.status_code == 503
             assert restarting.json()["error"]["code"] == "not_ready"
+            await wait_until(lambda: "SIP worker 1 exited" in server.log(), what="the exit")
             await wait_until(
                 lambda: server.log().count("SIP worker 1 serving its calls") == 2,
                 what="the new worker",
