@@ -172,7 +172,8 @@ class Metrics:
         )
         self.loop_busy = Gauge(
             "telepath_event_loop_busy_ratio",
-            "Share of the last quarter second the event-loop thread spent on a CPU (1: saturated)",
+            "Share of the last quarter second the event-loop thread was on a CPU or waiting "
+            "for one (1: saturated)",
             registry=r,
         )
         self.admission_limit = Gauge(

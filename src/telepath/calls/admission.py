@@ -7,9 +7,11 @@ on this project's 2-vCPU VM, capacity 250/s, 400/s offered with no limit gave 27
 and 81 retransmissions even with the receive-backlog guard. A fixed ``TELEPATH_SIP_MAX_CPS``
 avoids that, but has to be measured on each machine; this controller measures instead.
 
-Every period it reads the share of wall time the loop thread spent on a CPU
-(``time.thread_time`` counts this thread only; the process's other threads — the database
-driver's — used 0.05–0.1 of a core at capacity, the loop thread 0.96–0.98):
+Every period it reads the share of wall time the loop thread was busy: on a CPU, or runnable
+and waiting for one (``transport/thread_clock.py``; this thread only — the process's other
+threads, the database driver's, used 0.05–0.1 of a core at capacity, the loop thread
+0.96–0.98). Counting the wait matters where other processes share the cores: there a saturated
+loop's CPU share alone stayed under the threshold (two SIP workers on 2 vCPUs, below):
 
 - at or above ``high`` (saturated), the rate of new attempts admitted falls to ``DECREASE`` of
   what the loop served in that period: the calls it answered, or the attempts it admitted if

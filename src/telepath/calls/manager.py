@@ -86,6 +86,7 @@ from telepath.sip.uri import SipUri
 from telepath.transport.media_session import MediaSession
 from telepath.transport.ports import PortLease, RtpPortAllocator, RtpPortsExhausted
 from telepath.transport.sip_server import SipServer
+from telepath.transport.thread_clock import BusyClock
 
 log = logging.getLogger(__name__)
 
@@ -302,16 +303,21 @@ class CallManager:
         return self._rate is None or self._rate.take(asyncio.get_running_loop().time())
 
     async def _watch_load(self) -> None:
-        """Feed the loop thread's CPU share to the load admission every ``LOAD_PERIOD_S``."""
+        """Feed the loop thread's busy share (on a CPU or waiting for one: ``thread_clock``)
+        to the load admission every ``LOAD_PERIOD_S``."""
         load = self.load
         assert load is not None
-        load.update(time.monotonic(), time.thread_time())
-        while True:
-            await asyncio.sleep(LOAD_PERIOD_S)
-            load.update(time.monotonic(), time.thread_time())
-            if self.metrics is not None:
-                self.metrics.loop_busy.set(load.busy)
-                self.metrics.admission_limit.set(load.limit_cps or 0)
+        busy = BusyClock()  # built here: on the loop thread
+        try:
+            load.update(time.monotonic(), busy())
+            while True:
+                await asyncio.sleep(LOAD_PERIOD_S)
+                load.update(time.monotonic(), busy())
+                if self.metrics is not None:
+                    self.metrics.loop_busy.set(load.busy)
+                    self.metrics.admission_limit.set(load.limit_cps or 0)
+        finally:
+            busy.close()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
