@@ -77,7 +77,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     _trunk(gw, kind, agent_url)
                     warm_up = ("127.0.0.1", gw.sip_port)
                     run_sipp(warm_up, 10, 10, scenario=scenario, user=USER, password=PASSWORD)
-                    _wait_idle(gw.pid)
+                    _wait_idle(gw.pids)
                     label = f"{kind} ({'TLS' if tls else 'plain'})"
                     row = _measure(gw, agent, label, RATE, seconds, scenario)
                     row["provider"], row["tls"] = kind, tls
