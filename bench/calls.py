@@ -48,6 +48,7 @@ import json
 import re
 import socket
 import statistics
+import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -204,9 +205,9 @@ def _step(
         time.sleep(1.0)  # settle: jitter buffers, playout queues
         phones.send("mark")
         phones.recv()
-        churner = None
+        churner: subprocess.Popen[bytes] | None = None
         if churn_cps:
-            churner = run_sipp(
+            started_churn = run_sipp(
                 ("127.0.0.1", gw.sip_port),
                 churn_cps,
                 int(churn_cps * window_s),
@@ -216,7 +217,8 @@ def _step(
                 timeout_s=window_s + 30,
                 background=True,
             )
-            assert not isinstance(churner, SippRun)
+            assert not isinstance(started_churn, SippRun)
+            churner = started_churn
         window = CpuWindow({"gateway": gw.pid, "agent": agent.pid, "phones": phones.pid})
         window.start()
         metrics_t0 = gw.metrics()
@@ -393,6 +395,10 @@ def _brief(r: dict[str, Any]) -> str:
     )
 
 
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     headers = [
         "server",
@@ -415,8 +421,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ]
 
     def pair(a: Any, b: Any) -> str:
-        f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-        return f"{f(a)}/{f(b)}"
+        return f"{_g(a)}/{_g(b)}"
 
     table = [
         [

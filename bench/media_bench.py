@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
@@ -176,7 +177,7 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
     else:
         for port in remotes:
             t, p = await loop.create_datagram_endpoint(
-                lambda port=port: _Baseline(("127.0.0.1", port)), local_addr=("127.0.0.1", 0)
+                functools.partial(_Baseline, ("127.0.0.1", port)), local_addr=("127.0.0.1", 0)
             )
             baselines.append((t, p))
         local = [t.get_extra_info("sockname")[1] for t, _ in baselines]

@@ -24,6 +24,7 @@ class Worker:
     """A ``python -m bench.workers ROLE`` subprocess spoken to over stdin/stdout lines."""
 
     def __init__(self, role: str, *args: str) -> None:
+        self.role = role
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.workers", role, *args],
             cwd=ROOT,
@@ -51,7 +52,7 @@ class Worker:
         t.start()
         t.join(timeout_s)
         if not out or not out[0]:
-            raise RuntimeError(f"worker {self.proc.args[3]} gave no answer")
+            raise RuntimeError(f"worker {self.role} gave no answer")
         return out[0].strip()
 
     def recv_json(self, timeout_s: float = 60) -> Any:

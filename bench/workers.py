@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import random
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
 MAX_GAP = 100  # packets: a larger sequence step is a discontinuity, not loss
@@ -135,6 +138,11 @@ async def agent_main() -> None:
 
 
 # ------------------------------------------------------------------------------- phones
+
+
+def _same(protocol: _T) -> _T:
+    """A protocol factory's body for a protocol built beforehand."""
+    return protocol
 
 
 class _Phone(asyncio.DatagramProtocol):
@@ -293,7 +301,9 @@ async def phones_main() -> None:
         if cmd == "open":
             for i in range(int(arg)):
                 p = _Phone(i, ph)
-                await loop.create_datagram_endpoint(lambda p=p: p, local_addr=("127.0.0.1", 0))
+                await loop.create_datagram_endpoint(
+                    functools.partial(_same, p), local_addr=("127.0.0.1", 0)
+                )
                 ph.phones.append(p)
             ports = [p.transport.get_extra_info("sockname")[1] for p in ph.phones if p.transport]
             ph.task = loop.create_task(ph.run())
@@ -416,7 +426,7 @@ async def relay_main() -> None:
                     _RelayUdp, local_addr=("127.0.0.1", 0)
                 )
                 tcp, _p = await loop.create_connection(
-                    lambda proto=proto: _RelayTcp(proto), "127.0.0.1", port
+                    functools.partial(_RelayTcp, proto), "127.0.0.1", port
                 )
                 proto.tcp = tcp
                 transports += [udp, tcp]
