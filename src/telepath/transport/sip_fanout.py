@@ -148,19 +148,17 @@ class Inbox:
 class UdpSender:
     """In a worker: sends on the front's UDP socket without ever reading from it."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, on_error: Callable[[], None]) -> None:
         sock.setblocking(False)
         self._sock = sock
-        self.dropped = 0
+        self._on_error = on_error  # counted as the front's transport counts its send errors
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         """Send one datagram; a full socket buffer drops it, as the network might (§17)."""
         try:
             self._sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.dropped += 1
         except OSError as exc:
-            self.dropped += 1
+            self._on_error()
             log.debug("SIP send to a peer failed: %s", exc)
 
     def close(self) -> None:

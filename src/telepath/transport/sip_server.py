@@ -184,7 +184,7 @@ class SipServer:
         address, ``inbox`` this worker's end of the socket pair the front forwards on
         (:mod:`telepath.transport.sip_fanout`).
         """
-        self._udp_sender = UdpSender(udp)
+        self._udp_sender = UdpSender(udp, lambda: self.counters_inc("udp_errors"))
         self._inbox = Inbox(inbox, self._forwarded)
         self._inbox.start()
         self.bound["UDP"] = bound
