@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from telepath.calls.model import CallRecord
+from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 
 
 def iso_ms(ts: datetime) -> str:
@@ -55,4 +55,46 @@ def call_ended_payload(record: CallRecord) -> dict[str, Any]:
             "jitter_ms": m.jitter_ms,
             "codec_used": m.codec_used,
         },
+    }
+
+
+def agent_connected_payload(record: CallRecord, agent_id: str | None) -> dict[str, Any]:
+    """``data`` of ``agent.connected``: ``agent_type`` is the provider (``openai``,
+    ``elevenlabs``, ``custom``); ``agent_id`` the ElevenLabs agent or the OpenAI model (null
+    for a custom agent, whose URL may carry credentials)."""
+    return {
+        "call_id": record.id,
+        "trunk_id": record.trunk_id,
+        "timestamp": iso_ms(record.answer_time or record.start_time),
+        "ai_provider": record.ai_provider,
+        "agent_type": record.ai_provider,
+        "agent_id": agent_id,
+    }
+
+
+def agent_disconnected_payload(record: CallRecord) -> dict[str, Any]:
+    """``data`` of ``agent.disconnected``: the call's disconnect reason and error message."""
+    reason = str(record.disconnect_reason) if record.disconnect_reason is not None else None
+    return {
+        "call_id": record.id,
+        "trunk_id": record.trunk_id,
+        "timestamp": iso_ms(record.end_time or record.start_time),
+        "reason": reason,
+        "error_message": record.error_message,
+    }
+
+
+def call_error_payload(record: CallRecord) -> dict[str, Any]:
+    """``data`` of ``call.error``: ``call.ended``'s, plus ``error_code`` (the disconnect reason),
+    ``error_message`` (also as ``error``) and ``severity``: ``critical`` when the caller got no
+    agent at all (the call failed) or the gateway process died with the call (``lost``),
+    ``warning`` when an answered call's agent failed mid-call."""
+    ended = call_ended_payload(record)
+    failed = record.status == CallStatus.FAILED or record.disconnect_reason == DisconnectReason.LOST
+    return {
+        **ended,
+        "error_code": ended["disconnect_reason"],
+        "error_message": record.error_message,
+        "error": record.error_message,
+        "severity": "critical" if failed else "warning",
     }

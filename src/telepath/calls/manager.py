@@ -39,7 +39,13 @@ from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
 from telepath.calls.call import Call, CallEnd
 from telepath.calls.config import CallControlConfig
-from telepath.calls.events import call_ended_payload, call_started_payload
+from telepath.calls.events import (
+    agent_connected_payload,
+    agent_disconnected_payload,
+    call_ended_payload,
+    call_error_payload,
+    call_started_payload,
+)
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.calls.ports import CallRecorder, EventSink, TrunkConfig, TrunkDirectory
 from telepath.errors import TelepathError
@@ -696,10 +702,14 @@ class CallManager:
         )
         await self._safe(self._recorder_started(record))
         await self._emit(record, "call.started", call_started_payload(record))
+        agent_id = {
+            "elevenlabs": trunk.elevenlabs_agent_id,
+            "openai": trunk.openai_model or self.config.openai_model,
+        }
         await self._emit(
             record,
             "agent.connected",
-            {"call_id": call_id, "trunk_id": trunk.trunk_id, "ai_provider": trunk.ai_provider},
+            agent_connected_payload(record, agent_id.get(trunk.ai_provider)),
         )
         self._spawn(call.run())
 
@@ -939,22 +949,15 @@ class CallManager:
             )
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
-        payload = call_ended_payload(record)
-        await self._emit(
-            record,
-            "agent.disconnected",
-            {"call_id": record.id, "trunk_id": record.trunk_id, "reason": end.reason.value},
-        )
+        await self._emit(record, "agent.disconnected", agent_disconnected_payload(record))
         if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
-            await self._emit(record, "call.error", {**payload, "error": record.error_message})
-        await self._emit(record, "call.ended", payload)
+            await self._emit(record, "call.error", call_error_payload(record))
+        await self._emit(record, "call.ended", call_ended_payload(record))
 
     async def _record_failed(self, record: CallRecord) -> None:
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
-        await self._emit(
-            record, "call.error", {**call_ended_payload(record), "error": record.error_message}
-        )
+        await self._emit(record, "call.error", call_error_payload(record))
 
     async def _recorder_started(self, record: CallRecord) -> None:
         if self.recorder is not None:

@@ -127,8 +127,11 @@ async def start_gateway(
     state: ApiState,
     role: WorkerRole | None = None,
     nonce_keys: NonceKeys | None = None,
+    instance_id: str | None = None,
 ) -> Gateway:
     """Bind SIP listeners and start call control, webhooks and retention.
+
+    ``instance_id`` (``cli/instances.py``) is stored with every call record this process writes.
 
     With ``role`` (a SIP worker process): no listeners, webhook dispatcher or retention — the
     front process has them — only call control on the datagrams the front forwards.
@@ -188,7 +191,7 @@ async def start_gateway(
         RtpPortAllocator.from_settings(settings, settings.sip_host),
         authenticator,
         guard=guard,
-        recorder=DbCallRecorder(state.sessions, state.metrics),
+        recorder=DbCallRecorder(state.sessions, state.metrics, instance_id=instance_id),
         events=DbEventSink(
             state.sessions,
             metrics=state.metrics,

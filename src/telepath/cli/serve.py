@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT: the HTTP server stops, then the gateway drains — new INVITEs get 503 while live
 calls may finish for ``TELEPATH_SIP_DRAIN_TIMEOUT_S``; the rest are ended with BYE and recorded
-with reason ``shutdown``.
+with reason ``shutdown``. A run that died instead (SIGKILL, crash) left its live calls' records
+open: the next run on the same data directory closes them as ``lost`` (``cli/instances.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uvicorn
 from telepath.api.app import create_app
 from telepath.api.state import ApiState
 from telepath.cli.gateway import Gateway, NonceKeys, start_gateway
+from telepath.cli.instances import InstanceFile, claim_and_recover, close_calls_of, new_instance_id
 from telepath.cli.runtime import bootstrap_first_key, open_state
 from telepath.cli.workers import WorkerPool, worker_settings
 from telepath.config import Settings
@@ -49,13 +51,22 @@ def settle_heap() -> None:
 
 
 async def start_workers(
-    settings: Settings, state: ApiState, gateway: Gateway, nonce_secrets: list[bytes]
+    settings: Settings,
+    state: ApiState,
+    gateway: Gateway,
+    nonce_secrets: list[bytes],
+    instances: InstanceFile | None = None,
 ) -> WorkerPool:
     """Start SIP workers 1 .. N-1 beside this process's gateway (``cli/workers.py``)."""
     udp = gateway.server.udp_fileno()
     if udp is None:
         raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
     ports = dict(gateway.server.core.config.contact_ports)
+    sink = gateway.manager.sink
+
+    async def exited(instance_id: str) -> int:
+        return await close_calls_of([instance_id], state.sessions, sink, state.metrics)
+
     pool = WorkerPool(
         settings,
         udp,
@@ -64,6 +75,8 @@ async def start_workers(
         nonce_secrets,
         state.metrics,
         on_wake=gateway.dispatcher.wake,
+        instances=instances,
+        on_exit=exited,
     )
     # Route first: until a worker serves, datagrams of its calls are dropped (the caller
     # retransmits), not answered here — the dialog would then live in the wrong process.
@@ -91,15 +104,29 @@ async def serve(settings: Settings) -> None:
             )
         gateway: Gateway | None = None
         pool: WorkerPool | None = None
+        instances = InstanceFile(settings.data_dir)
+        recovery: asyncio.Task[None] | None = None
         if settings.sip_enabled:
+            instance_id = new_instance_id()
+            instances.add(instance_id)
             nonce_secrets = [os.urandom(32) for _ in range(settings.sip_workers)]
             gateway = await start_gateway(
                 worker_settings(settings, 0, settings.sip_workers),
                 state,
                 nonce_keys=NonceKeys.split(nonce_secrets, 0),
+                instance_id=instance_id,
             )
+            # before the workers start (they inherit the lock) and before the API serves
+            left = instances.claim()  # the previous run's process ids
+            sink = gateway.manager.sink
+            if left is None:  # a previous run's process still lives: later
+                recovery = asyncio.create_task(
+                    claim_and_recover(instances, state.sessions, sink, state.metrics)
+                )
+            elif left:
+                await close_calls_of(left, state.sessions, sink, state.metrics)
             if settings.sip_workers > 1:
-                pool = await start_workers(settings, state, gateway, nonce_secrets)
+                pool = await start_workers(settings, state, gateway, nonce_secrets, instances)
         app = create_app(state)
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()
@@ -133,6 +160,9 @@ async def serve(settings: Settings) -> None:
                 logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
                 workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
                 await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
+            if recovery is not None:
+                recovery.cancel()
+            instances.close()  # every call was ended: the next run has nothing to close
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             unwatch_gc()

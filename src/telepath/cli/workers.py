@@ -19,8 +19,10 @@ the Call-ID, hence the worker); each knows its siblings' nonce secrets, so a non
 call another worker owns is answered ``stale=true`` there, not counted as a failed login.
 
 A worker that exits unexpectedly is started again after a second (its live calls are lost:
-their datagrams reach the new process, which answers ``481``). On shutdown the front sends every
-worker SIGTERM, and each drains its calls as ``telepath serve`` does.
+their datagrams reach the new process, which answers ``481``). Each start of a worker has its own
+instance id, stored with its call records: when a worker exits, the front closes the records it
+left open as ``lost`` at once and sends their ``call.ended`` (``cli/instances.py``). On shutdown
+the front sends every worker SIGTERM, and each drains its calls as ``telepath serve`` does.
 
 Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
@@ -43,9 +45,10 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from telepath.cli.instances import InstanceFile, new_instance_id
 from telepath.config import Settings
 from telepath.metrics import Metrics
 from telepath.transport.sip_fanout import Forwarder
@@ -88,6 +91,7 @@ class _Worker:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     asked: int = 0  # metrics requests sent; answers carry the number
     up: bool = False  # started and answered "ready", not exited since
+    instance_id: str = ""  # this start's (cli/instances.py); its call records carry it
 
 
 class WorkerPool:
@@ -102,6 +106,8 @@ class WorkerPool:
         nonce_secrets: list[bytes],
         metrics: Metrics | None = None,
         on_wake: Callable[[], None] | None = None,
+        instances: InstanceFile | None = None,
+        on_exit: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.settings = settings
         self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
@@ -110,6 +116,8 @@ class WorkerPool:
         self._udp_bound = udp_bound
         self._ports = ports
         self._on_wake = on_wake  # a worker put a webhook event in the outbox
+        self._instances = instances
+        self._on_exit = on_exit  # a worker's process is gone: close what it left (its id)
         self._metrics_of_front = metrics or Metrics()
         self.forwarder = Forwarder(
             self.count, {}, on_drop=self._metrics_of_front.sip_forward_dropped.inc
@@ -128,6 +136,11 @@ class WorkerPool:
         inbox_front, inbox_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         ctl_front, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = (self._udp_fd, inbox_worker.fileno(), ctl_worker.fileno())
+        # the instances file's lock is held by every worker too, for as long as it lives
+        lock = self._instances.fileno() if self._instances is not None else None
+        worker.instance_id = new_instance_id()
+        if self._instances is not None:
+            self._instances.add(worker.instance_id)
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -135,7 +148,7 @@ class WorkerPool:
                 "telepath",
                 "sip-worker",
                 *(str(fd) for fd in fds),
-                pass_fds=fds,
+                pass_fds=fds if lock is None else (*fds, lock),
             )
         finally:
             inbox_worker.close()
@@ -151,6 +164,7 @@ class WorkerPool:
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
         hello = {
             "index": worker.index,
+            "instance_id": worker.instance_id,
             "settings": worker_settings(self.settings, worker.index, self.count).model_dump(
                 mode="json"
             ),
@@ -180,10 +194,16 @@ class WorkerPool:
             code = await worker.process.wait()
             worker.up = False
             self._count_up()
+            if not self._stopping:
+                log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
+            # its records still open (none after a clean drain) can no longer be ended by it
+            if self._on_exit is not None:
+                await self._on_exit(worker.instance_id)
+            if self._instances is not None:
+                self._instances.discard(worker.instance_id)
             if self._stopping:
                 return
             self._metrics_of_front.sip_worker_restarts.inc()
-            log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
             self._close_control(worker)
             await asyncio.sleep(RESPAWN_DELAY_S)
             if self._stopping:
@@ -267,6 +287,8 @@ class WorkerPool:
                         proc.kill()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self._watchers:  # each closes its worker's records left open (a killed worker's)
+            await asyncio.wait(self._watchers, timeout=15)
         for watcher in self._watchers:
             watcher.cancel()
         for worker in self._workers.values():
@@ -329,7 +351,13 @@ async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with open_state(settings, migrate=False) as state:
         secrets = [bytes.fromhex(secret) for secret in hello["nonce_secrets"]]
-        gateway = await start_gateway(settings, state, role, NonceKeys.split(secrets, role.index))
+        gateway = await start_gateway(
+            settings,
+            state,
+            role,
+            NonceKeys.split(secrets, role.index),
+            instance_id=str(hello["instance_id"]),
+        )
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()
         writer.write(b"ready\n")

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Executable, Table, and_, case, insert, null, or_, update
+from sqlalchemy import Executable, Table, and_, case, insert, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
+from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.models import CallRow
@@ -120,6 +121,9 @@ class DbCallRecorder:
         metrics: when given, ``record_call_started``/``record_call_ended`` are reported here
             (call control must then not report them itself).
         timeout_s: the longest a write may hold up call control before it is abandoned.
+        instance_id: this process's id (``cli/instances.py``), stored with each record so that
+            the records a dead process left open can be found and closed
+            (:func:`close_instance_calls`).
     """
 
     def __init__(
@@ -128,10 +132,12 @@ class DbCallRecorder:
         metrics: Metrics | None = None,
         *,
         timeout_s: float = WRITE_TIMEOUT_S,
+        instance_id: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._timeout_s = timeout_s
+        self._instance_id = instance_id
         self.failures = 0
         self.transactions = 0  # batches committed (group commit: fewer than writes under load)
         bind = sessions.kw.get("bind")
@@ -160,7 +166,12 @@ class DbCallRecorder:
         await self._submit("call_ended", record)
 
     async def _submit(self, kind: Kind, record: CallRecord) -> None:
-        values = {"id": record.id, "updated_at": utcnow(), **_final_fields(record)}
+        values = {
+            "id": record.id,
+            "updated_at": utcnow(),
+            "instance_id": self._instance_id,
+            **_final_fields(record),
+        }
         write = _Write(kind, record, values)
         self._queue.append(write)
         if self._writer is None or self._writer.done():
@@ -311,8 +322,9 @@ async def close_lost_calls(
     """Close the records of calls that started more than ``older_than`` ago and never ended.
 
     No call outlives ``TELEPATH_CALL_MAX_DURATION_S`` (the gateway ends it), so a record still
-    open past it belongs to a process that stopped without ending its calls — killed, crashed,
-    or a SIP worker that died — on this or any instance sharing the database. Its status becomes
+    open past it belongs to a process that stopped without ending its calls — killed, crashed —
+    on this or any instance sharing the database, and that no later run closed at once
+    (:func:`close_instance_calls`: e.g. its data directory was lost). Its status becomes
     ``disconnected`` (``failed`` if it was never answered), its reason ``lost``; the end time and
     duration stay unknown, and no ``call.ended`` is sent. Returns the number of records closed.
     """
@@ -338,6 +350,82 @@ async def close_lost_calls(
         )
         await session.commit()
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+LOST_INSTANCE_MESSAGE = "the gateway process handling the call stopped; it ended then"
+
+
+def _record_of(row: CallRow) -> CallRecord:
+    """A stored row as call control's record (what the ``call.*`` event payloads are built
+    from); turns and trace are left out."""
+    return CallRecord(
+        id=row.id,
+        account_id=row.account_id,
+        trunk_id=row.trunk_id,
+        from_number=row.from_number,
+        to_number=row.to_number,
+        start_time=row.start_time,
+        status=CallStatus(row.status),
+        answer_time=row.answer_time,
+        end_time=row.end_time,
+        disconnect_reason=(
+            DisconnectReason(row.disconnect_reason) if row.disconnect_reason else None
+        ),
+        metrics=CallMetrics(
+            carrier_lag_ms=row.carrier_lag_ms,
+            ai_latency_ms=row.ai_latency_ms,
+            gateway_processing_ms=row.gateway_processing_ms,
+            packet_loss_percent=row.packet_loss_percent,
+            jitter_ms=row.jitter_ms,
+            codec_used=row.codec_used,
+            gateway_processing_p99_ms=row.gateway_processing_p99_ms,
+            setup_ms=row.setup_ms,
+        ),
+        ai_provider=row.ai_provider,
+        error_message=row.error_message,
+    )
+
+
+async def close_instance_calls(
+    sessions: async_sessionmaker[AsyncSession],
+    instance_ids: Collection[str],
+    *,
+    now: datetime | None = None,
+) -> list[CallRecord]:
+    """Close the open records of the gateway processes ``instance_ids``, which are known to be
+    dead (a SIP worker that exited; the previous run of this installation, whose lock is now
+    ours: ``cli/instances.py``). Their calls ended when the process did, so unlike
+    :func:`close_lost_calls` the end is known to within the detection delay: ``now``. Status
+    ``disconnected`` (``failed`` if never answered), reason ``lost``. Returns the closed records,
+    for the caller to send ``call.ended`` for each.
+    """
+    if not instance_ids:
+        return []
+    current = now or utcnow()
+    async with sessions() as session:
+        rows = (
+            await session.scalars(
+                select(CallRow).where(
+                    CallRow.instance_id.in_(list(instance_ids)),
+                    CallRow.end_time.is_(None),
+                    CallRow.disconnect_reason.is_(None),
+                )
+            )
+        ).all()
+        records: list[CallRecord] = []
+        for row in rows:
+            row.status = (
+                CallStatus.FAILED if row.answer_time is None else CallStatus.DISCONNECTED
+            ).value
+            row.disconnect_reason = DisconnectReason.LOST.value
+            row.error_message = LOST_INSTANCE_MESSAGE
+            row.end_time = current
+            record = _record_of(row)
+            row.duration_seconds = record.duration_seconds
+            row.updated_at = current
+            records.append(record)
+        await session.commit()
+    return records
 
 
 RETENTION_INTERVAL_S = 300.0

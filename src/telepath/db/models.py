@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -117,6 +118,15 @@ class CallRow(Base):
         Index("ix_calls_account_start", "account_id", "start_time"),
         Index("ix_calls_account_trunk", "account_id", "trunk_id"),
         Index("ix_calls_end_time", "end_time"),
+        # Open records by the process that holds them: a process that died leaves some, which
+        # its successor closes at once (``close_instance_calls``). Partial: ended calls are
+        # the bulk of the table and are never looked up this way.
+        Index(
+            "ix_calls_open_instance",
+            "instance_id",
+            sqlite_where=text("end_time IS NULL"),
+            postgresql_where=text("end_time IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -144,6 +154,8 @@ class CallRow(Base):
     sip_trace: Mapped[str | None] = mapped_column(Text, nullable=True)
     detail_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The gateway process that carried the call (``cli/instances.py``); never shown in the API.
+    instance_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class WebhookEndpoint(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import (
     DbCallRecorder,
+    close_instance_calls,
     close_lost_calls,
     purge_call_details,
     retention_loop,
@@ -216,6 +218,41 @@ async def test_records_left_open_past_the_longest_call_are_closed_as_lost(api: A
     assert still["status"] == "connected" and still["disconnect_reason"] is None
     kept = (await api.get(f"/v1/calls/{done.id}")).json()
     assert kept["disconnect_reason"] == "caller_hangup"
+
+
+async def test_the_open_records_of_a_dead_process_are_closed_with_an_end(api: Api) -> None:
+    account = await account_of(api)
+    dead = DbCallRecorder(api.state.sessions, instance_id="gw_dead")
+    alive = DbCallRecorder(api.state.sessions, instance_id="gw_alive")
+    now = utcnow()
+    answered = started(account, start=now - timedelta(seconds=70))
+    answered.answer_time = answered.start_time + timedelta(seconds=1)
+    answered.metrics.codec_used = "PCMU"
+    ringing = started(account, start=now - timedelta(seconds=2))
+    done = ended(started(account, start=now - timedelta(minutes=9)), seconds=60)
+    other = started(account, start=now - timedelta(seconds=30))
+    for record in (answered, ringing, done):
+        await dead.call_started(record)
+    await dead.call_ended(done)
+    await alive.call_started(other)
+
+    closed = await close_instance_calls(api.state.sessions, ["gw_dead"], now=now)
+    assert sorted(r.id for r in closed) == sorted([answered.id, ringing.id])
+    assert await close_instance_calls(api.state.sessions, ["gw_dead"], now=now) == []
+    by_id = {r.id: r for r in closed}
+    assert by_id[answered.id].duration_seconds == 69
+    assert by_id[answered.id].metrics.codec_used == "PCMU"  # what the events are built from
+    lost = (await api.get(f"/v1/calls/{answered.id}")).json()
+    assert lost["status"] == "disconnected" and lost["disconnect_reason"] == "lost"
+    assert lost["end_time"] is not None and lost["duration_seconds"] == 69
+    assert "instance" not in json.dumps(lost)  # internal: never shown
+    failed = (await api.get(f"/v1/calls/{ringing.id}")).json()
+    assert failed["status"] == "failed" and failed["disconnect_reason"] == "lost"
+    assert failed["duration_seconds"] == 0
+    kept = (await api.get(f"/v1/calls/{done.id}")).json()
+    assert kept["disconnect_reason"] == "caller_hangup" and kept["duration_seconds"] == 60
+    untouched = (await api.get(f"/v1/calls/{other.id}")).json()
+    assert untouched["status"] == "connected" and untouched["disconnect_reason"] is None
 
 
 async def test_retention_loop_closes_lost_calls_even_without_purging(

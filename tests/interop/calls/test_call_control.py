@@ -242,7 +242,8 @@ async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
     assert new_turn["duration_ms"] == 600  # the reply alone: the late chunks were dropped
     events = await _delivered(receiver, hook["secret"], "agent.connected", "call.ended")
     assert "call.error" not in events
-    assert events["agent.connected"][0]["ai_provider"] == "elevenlabs"
+    assert events["agent.connected"][0]["agent_type"] == "elevenlabs"
+    assert events["agent.connected"][0]["agent_id"] == "agent_fake"
     ended = events["call.ended"][0]
     assert ended["call_id"] == placed.call_id
     assert ended["status"] == "disconnected"
@@ -316,7 +317,10 @@ async def test_provider_failure_mid_call(
     assert detail["error_message"]
     events = await _delivered(receiver, hook["secret"], "call.error", "call.ended")
     assert events["call.error"][0]["call_id"] == placed.call_id
-    assert events["call.error"][0]["error"] == detail["error_message"]
+    error = events["call.error"][0]
+    assert error["error"] == error["error_message"] == detail["error_message"]
+    assert error["error_code"] == "ai_provider_error"
+    assert error["severity"] == "warning"  # answered; the agent failed mid-call
     assert events["call.ended"][0]["disconnect_reason"] == "ai_provider_error"
     assert gateway.manager.ports.in_use == 0
 
@@ -354,6 +358,7 @@ async def test_unreachable_agent_is_refused_with_480(
     assert "Digest <redacted>" in detail["sip_trace"]
     events = await _delivered(receiver, hook["secret"], "call.error")
     assert events["call.error"][0]["disconnect_reason"] == "connection_failed"
+    assert events["call.error"][0]["severity"] == "critical"  # the caller got no agent
     assert "call.started" not in events
 
 
@@ -546,8 +551,11 @@ async def test_webhooks_of_a_normal_call(
     assert "call.error" not in events
     for kind in ("call.started", "agent.connected", "agent.disconnected", "call.ended"):
         assert [e["call_id"] for e in events[kind]] == [placed.call_id]
-    assert events["agent.connected"][0]["ai_provider"] == "custom"
-    assert events["agent.disconnected"][0]["reason"] == "caller_hangup"
+    connected = events["agent.connected"][0]
+    assert connected["ai_provider"] == connected["agent_type"] == "custom"
+    assert connected["agent_id"] is None  # a custom agent's URL may carry credentials
+    disconnected = events["agent.disconnected"][0]
+    assert disconnected["reason"] == "caller_hangup" and disconnected["error_message"] is None
     ended = events["call.ended"][0]
     detail = await record(api, placed.call_id)
     assert ended["disconnect_reason"] == detail["disconnect_reason"] == "caller_hangup"

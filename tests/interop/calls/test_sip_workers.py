@@ -3,8 +3,8 @@
 Calls whose Call-ID the front owns and calls the worker owns both connect, carry a tone each
 way and leave a record; ``/metrics`` adds the two processes up; the worker's log lines say
 ``w1``; the worker's webhook events wake the front's dispatcher; a nonce one process issued is
-``stale`` in the other; a worker killed is started again and takes its calls; SIGTERM stops
-both processes.
+``stale`` in the other; a worker killed is started again and takes its calls, and the calls it
+had up are recorded as ``lost`` at once, with their events; SIGTERM stops both processes.
 """
 
 from __future__ import annotations
@@ -255,3 +255,82 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
         await phone.close()
         if server.process.poll() is None:
             await asyncio.to_thread(stop_server, server)
+
+
+async def connected_call(sip_port: int, user: str, call_id: str, media_port: int) -> CallLeg:
+    """A call answered and ACKed, placed from a raw UAC (close ``leg.uac`` afterwards)."""
+    uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
+    leg = CallLeg(uac, user, call_id=call_id)
+    await leg.challenge(media_port)
+    await leg.answered(leg.authenticated_invite(PASSWORD, media_port))
+    uac.send(leg.ack())
+    return leg
+
+
+def events_of(receiver: Receiver, call_id: str) -> dict[str, dict[str, Any]]:
+    """The webhook events delivered for ``call_id``, by type."""
+    events = [json.loads(r.body) for r in receiver.requests]
+    return {e["type"]: e["data"] for e in events if e["data"].get("call_id") == call_id}
+
+
+async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    require_sipp()
+    sip_port = free_sip_port()
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
+    phone = await Phone().open()
+    try:
+        await wait_until(
+            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+        )
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await _api(server, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
+            await _api(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            leg = await connected_call(sip_port, "bob", _call_id(1, "doomed"), phone.port)
+            try:
+                (call,) = (await _api(server, "GET", "/v1/calls"))["calls"]
+                assert call["status"] == "connected"
+                await wait_until(lambda: "call.started" in events_of(receiver, call["id"]))
+                (worker,) = _worker_pids(server.process.pid)
+                os.kill(worker, signal.SIGKILL)
+
+                async def closed() -> bool:
+                    found = await _api(server, "GET", f"/v1/calls/{call['id']}")
+                    return bool(found["disconnect_reason"] == "lost")
+
+                for _ in range(300):  # the front closes it as soon as it sees the exit
+                    if await closed():
+                        break
+                    await asyncio.sleep(0.02)
+                lost = await _api(server, "GET", f"/v1/calls/{call['id']}")
+                assert lost["disconnect_reason"] == "lost", lost
+                assert lost["status"] == "disconnected" and lost["end_time"] is not None
+                await wait_until(
+                    lambda: (
+                        {"agent.disconnected", "call.error", "call.ended"}
+                        <= set(events_of(receiver, call["id"]))
+                    ),
+                    what="the lost call's events",
+                )
+                ended = events_of(receiver, call["id"])["call.ended"]
+                assert ended["disconnect_reason"] == "lost" and ended["status"] == "disconnected"
+                assert ended["duration_seconds"] == lost["duration_seconds"]
+                assert events_of(receiver, call["id"])["agent.disconnected"]["reason"] == "lost"
+                error = events_of(receiver, call["id"])["call.error"]
+                assert error["error_code"] == "lost" and error["severity"] == "critical"
+                metrics = (await live_api(server, "GET", "/metrics")).text
+                assert 'telepath_calls_total{outcome="lost"} 1.0' in metrics, metrics
+                # the restarted worker knows nothing of the call: the caller's BYE gets 481
+                await wait_until(
+                    lambda: server.log().count("SIP worker 1 serving its calls") == 2,
+                    what="the new worker",
+                )
+                leg.cseq += 1
+                leg.uac.send(leg.build("BYE"))
+                await leg.uac.response(481, leg.call_id, method="BYE")
+            finally:
+                await leg.uac.close()
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)

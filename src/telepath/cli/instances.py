@@ -1,0 +1,179 @@
+"""Which gateway processes run on this data directory, so that what a dead one left is closed.
+
+Each gateway process — ``telepath serve`` and every SIP worker it starts — has a random
+*instance id*, stored with each call record it writes (``calls.instance_id``). A process that dies
+with calls up (SIGKILL, the OOM killer, a crash, a power cut) cannot end them: their records stay
+open. Two cases are known at once, and those records are then closed as ``lost`` with the
+detection time as their end, and ``agent.disconnected``, ``call.error`` and ``call.ended`` are
+sent as for any failed call:
+
+- a SIP worker exits: the front sees it (``cli/workers.py``) and closes that worker's records;
+- ``telepath serve`` itself died: the ids of the processes it ran are in
+  ``<data_dir>/instances``, which every one of them keeps locked (``flock``; the workers inherit
+  the descriptor) for as long as it lives. The next ``telepath serve`` on that directory takes
+  the lock — proof that none of them still runs — reads the ids and closes their records. If the
+  lock is held (the old workers still draining), it tries again every few seconds.
+
+Anything else (a data directory that was lost, a process that shared none) is closed by the
+retention sweep once no call can still be up (``close_lost_calls``: the end then stays unknown).
+
+Hand-written: a few lines over ``fcntl.flock``, which no maintained library wraps better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Collection
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from telepath.calls.events import (
+    agent_disconnected_payload,
+    call_ended_payload,
+    call_error_payload,
+)
+from telepath.calls.ports import EventSink
+from telepath.db.call_recorder import close_instance_calls
+from telepath.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "instances"
+RETRY_CLAIM_S = 5.0
+
+
+def new_instance_id() -> str:
+    """A random id for one gateway process (80 bits: never reused)."""
+    return "gw_" + secrets.token_hex(10)
+
+
+class InstanceFile:
+    """``<data_dir>/instances``: the ids of this run's processes, locked while any lives.
+
+    ``claim`` takes the lock and returns the ids the previous run left; until it succeeds the
+    file is not written (another run holds it). ``add``/``discard`` keep it current.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / FILE_NAME
+        self._ids: list[str] = []
+        self._fd: int | None = None
+
+    @property
+    def claimed(self) -> bool:
+        return self._fd is not None
+
+    def fileno(self) -> int | None:
+        """The locked descriptor (for SIP workers to inherit, so the lock outlives the front
+        while they drain), or None when not claimed."""
+        return self._fd
+
+    def claim(self) -> list[str] | None:
+        """Take the lock: the ids the previous run recorded (it is dead), or None if the lock is
+        held by a live process."""
+        if self._fd is not None:
+            return []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        with os.fdopen(os.dup(fd), "r", encoding="ascii", errors="replace") as f:
+            previous = [line.strip() for line in f if line.strip()]
+        self._fd = fd
+        self._write()
+        return [i for i in previous if i not in self._ids]
+
+    def add(self, instance_id: str) -> None:
+        self._ids.append(instance_id)
+        self._write()
+
+    def discard(self, instance_id: str) -> None:
+        if instance_id in self._ids:
+            self._ids.remove(instance_id)
+            self._write()
+
+    def _write(self) -> None:
+        if self._fd is None:
+            return
+        data = "".join(f"{i}\n" for i in self._ids).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """A clean stop: every call was ended, nothing is left to close; release the lock."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+async def close_calls_of(
+    instance_ids: Collection[str],
+    sessions: async_sessionmaker[AsyncSession],
+    sink: EventSink | None,
+    metrics: Metrics | None = None,
+) -> int:
+    """Close the open records of the dead processes ``instance_ids`` as ``lost`` and send each
+    one's events; returns how many. Never raises (logged instead)."""
+    try:
+        records = await close_instance_calls(sessions, instance_ids)
+    except Exception as exc:
+        log.error("closing the call records of a stopped process failed: %s", type(exc).__name__)
+        return 0
+    for record in records:
+        if metrics is not None:
+            metrics.record_call_ended(record.id, outcome=str(record.disconnect_reason))
+        if sink is None:
+            continue
+        events = {
+            "agent.disconnected": agent_disconnected_payload(record),
+            "call.error": call_error_payload(record),
+            "call.ended": call_ended_payload(record),
+        }
+        for event, data in events.items():
+            try:
+                await sink.emit(record.account_id, event, data)
+            except Exception as exc:
+                log.error("queueing %s failed: %s", event, type(exc).__name__)
+    if records:
+        log.warning("closed %d call record(s) of a stopped gateway process as lost", len(records))
+    return len(records)
+
+
+async def claim_and_recover(
+    instances: InstanceFile,
+    sessions: async_sessionmaker[AsyncSession],
+    sink: EventSink | None,
+    metrics: Metrics | None = None,
+    *,
+    retry_s: float = RETRY_CLAIM_S,
+) -> None:
+    """Claim ``instances`` (retrying while a previous run's process still holds it) and close
+    what the previous run left open."""
+    warned = False
+    while True:
+        previous = instances.claim()
+        if previous is not None:
+            break
+        if not warned:
+            log.warning(
+                "%s is locked by a running process (a previous run's SIP workers still "
+                "draining?); trying again every %.0f s",
+                instances.path,
+                retry_s,
+            )
+            warned = True
+        await asyncio.sleep(retry_s)
+    if previous:
+        with contextlib.suppress(Exception):
+            await close_calls_of(previous, sessions, sink, metrics)

@@ -1,0 +1,90 @@
+"""``telepath serve`` killed with a call up: the next run on its data directory closes the record.
+
+SIGKILL leaves no chance to end anything: the call's record stays ``connected``. The restarted
+service finds the dead run's process ids in ``<data_dir>/instances`` (``cli/instances.py``),
+closes that record as ``lost`` with an end time and sends its events; a call that had ended
+before the crash keeps its record as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.live.conftest import (
+    LiveServer,
+    custom_trunk,
+    free_sip_port,
+    live_api,
+    start_server,
+    stop_server,
+)
+from tests.integration.webhooks.receiver import Receiver
+from tests.interop.calls.harness import Phone, wait_until
+from tests.interop.calls.test_sip_workers import PASSWORD, connected_call, events_of
+
+pytestmark = pytest.mark.interop
+
+
+def _env() -> dict[str, str]:
+    return {
+        "TELEPATH_SIP_PORT": str(free_sip_port()),
+        "TELEPATH_ALLOW_INSECURE_AGENT_URLS": "true",
+        "TELEPATH_VALIDATE_PROVIDER_KEYS": "false",
+        "TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS": "true",
+        "TELEPATH_WEBHOOK_POLL_S": "0.2",
+    }
+
+
+async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
+    return (await live_api(server, method, path, body)).json()
+
+
+async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    data = tmp_path / "data"
+    env = _env()
+    first = await asyncio.to_thread(start_server, data, env)
+    phone = await Phone().open()
+    try:
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await _api(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
+            await _api(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            sip_port = int(env["TELEPATH_SIP_PORT"])
+            done = await connected_call(sip_port, "bob", "before-crash@127.0.0.1", phone.port)
+            await done.bye()
+            await done.uac.close()
+            live = await connected_call(sip_port, "bob", "at-crash@127.0.0.1", phone.port)
+            await live.uac.close()
+            calls = {c["status"]: c for c in (await _api(first, "GET", "/v1/calls"))["calls"]}
+            assert set(calls) == {"connected", "disconnected"}
+            first.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.process.wait, 10)
+    finally:
+        await phone.close()
+
+    second = await asyncio.to_thread(start_server, data, env, first.api_key)
+    try:
+        call = calls["connected"]
+        lost = await _api(second, "GET", f"/v1/calls/{call['id']}")
+        assert lost["disconnect_reason"] == "lost", lost  # closed before the API served
+        assert lost["status"] == "disconnected" and lost["end_time"] is not None
+        assert lost["end_time"] >= call["start_time"]
+        kept = await _api(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
+        assert kept["disconnect_reason"] == "caller_hangup"
+        await wait_until(
+            lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
+            what="the lost call's events",
+        )
+        assert events_of(receiver, call["id"])["call.ended"]["disconnect_reason"] == "lost"
+        assert "closed 1 call record(s) of a stopped gateway process as lost" in second.log()
+    finally:
+        await asyncio.to_thread(stop_server, second)
+    assert second.process.returncode == 0
+    assert (data / "instances").read_text() == ""  # a clean stop leaves nothing to close

@@ -1,0 +1,111 @@
+"""The instances file: locked while any process of a run lives; the next run reads what it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from telepath.cli.instances import InstanceFile, new_instance_id
+
+pytestmark = pytest.mark.integration  # processes and file locks
+
+# A run in another process: claims the file, records two ids, optionally starts a child that
+# inherits the locked descriptor (as SIP workers do), says "ready" and waits to be killed.
+_RUN = """
+import os, subprocess, sys, time
+from pathlib import Path
+from telepath.cli.instances import InstanceFile
+f = InstanceFile(Path(sys.argv[1]))
+assert f.claim() is not None
+f.add("gw_front")
+f.add("gw_worker")
+if sys.argv[2] == "child":
+    fd = f.fileno()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,))
+    print(child.pid, flush=True)
+else:
+    print(0, flush=True)
+time.sleep(60)
+"""
+
+
+def _run(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN, str(tmp_path), mode], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    return proc, child
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_ids_are_unique() -> None:
+    assert len({new_instance_id() for _ in range(1000)}) == 1000
+
+
+def test_a_new_data_directory_has_nothing_to_recover(tmp_path: Path) -> None:
+    instances = InstanceFile(tmp_path / "data")
+    instances.add("gw_a")
+    assert instances.claim() == []
+    assert (tmp_path / "data" / "instances").read_text() == "gw_a\n"
+    assert oct((tmp_path / "data" / "instances").stat().st_mode & 0o777) == "0o600"
+    instances.close()
+
+
+def test_a_live_run_holds_the_file_and_a_killed_one_leaves_its_ids(tmp_path: Path) -> None:
+    proc, _ = _run(tmp_path, "alone")
+    try:
+        second = InstanceFile(tmp_path)
+        assert second.claim() is None  # the first run lives
+        assert not second.claimed
+        second.add("gw_second")  # not written while not claimed
+        assert (tmp_path / "instances").read_text() == "gw_front\ngw_worker\n"
+    finally:
+        _end(proc)
+    assert second.claim() == ["gw_front", "gw_worker"]
+    assert (tmp_path / "instances").read_text() == "gw_second\n"
+    second.discard("gw_second")
+    assert (tmp_path / "instances").read_text() == ""
+    second.close()
+
+
+def test_the_lock_lasts_while_a_child_that_inherited_it_lives(tmp_path: Path) -> None:
+    proc, child = _run(tmp_path, "child")
+    try:
+        _end(proc)
+        later = InstanceFile(tmp_path)
+        assert later.claim() is None  # the worker still drains: its calls are not lost yet
+        os.kill(child, signal.SIGKILL)
+        for _ in range(200):
+            previous = later.claim()
+            if previous is not None:
+                break
+            time.sleep(0.01)
+        assert previous == ["gw_front", "gw_worker"]
+        later.close()
+    finally:
+        _end(proc)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_clean_stop_leaves_nothing_to_close(tmp_path: Path) -> None:
+    first = InstanceFile(tmp_path)
+    first.add("gw_front")
+    assert first.claim() == []
+    first.close()
+    assert InstanceFile(tmp_path).claim() == []
