@@ -446,6 +446,7 @@ async def provider_main() -> None:
 
     from telepath.testing.fake_elevenlabs import FakeElevenLabs
     from telepath.testing.fake_openai import FakeOpenAIRealtime
+    from telepath.testing.fake_provider_http import FakeProviderHttp
 
     kind, *tls = sys.argv[2:]
     fake: FakeOpenAIRealtime | FakeElevenLabs = (
@@ -464,11 +465,16 @@ async def provider_main() -> None:
             fake.caller_audio.clear()
 
     async with fake:
-        _say({"url": fake.url, "http": fake.base_http})
+        # ElevenLabs' REST API keeps connections alive, which the WebSocket fake's own HTTP
+        # answers do not: the signed-URL endpoint is served by the threaded REST fake instead
+        rest = FakeProviderHttp(elevenlabs_ws_url=fake.url, tls=fake.tls).start()
+        http = rest.elevenlabs_api_base if kind == "elevenlabs" else fake.base_http
+        _say({"url": fake.url, "http": http})
         forgetting = asyncio.get_running_loop().create_task(forget())
         async for _line in _lines():  # until stdin closes
             pass
         forgetting.cancel()
+        rest.stop()
 
 
 def main() -> None:

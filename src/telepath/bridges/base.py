@@ -55,9 +55,12 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from telepath.errors import TelepathError
+
+if TYPE_CHECKING:
+    from telepath.bridges.http_client import SharedHttpClient
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -147,12 +150,15 @@ class ElevenLabsConfig:
         agent_id: the ElevenLabs agent id.
         api_base: REST base URL (``TELEPATH_ELEVENLABS_API_BASE``).
         ws_url: conversation WebSocket URL for public agents (``TELEPATH_ELEVENLABS_WS_URL``).
+        http: the gateway's kept-open client for the signed-URL request
+            (``bridges/http_client.py``); ``None``: a client per request.
     """
 
     api_key: str | None = field(repr=False)
     agent_id: str
     api_base: str = "https://api.elevenlabs.io"
     ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
+    http: SharedHttpClient | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from telepath.bridges.base import (
     OpenAIConfig,
     ProviderConfig,
 )
+from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
 from telepath.calls.call import Call, CallEnd
@@ -206,8 +207,10 @@ class CallManager:
         events: EventSink | None = None,
         metrics: Metrics | None = None,
         bridge_factory: BridgeFactory = _default_factory,
+        http: SharedHttpClient | None = None,
     ) -> None:
         self.config = config
+        self.http = http  # kept-open client for providers' set-up requests (ElevenLabs)
         self.directory = directory
         self.ports = ports
         self.auth = authenticator
@@ -914,6 +917,7 @@ class CallManager:
                 agent_id=trunk.elevenlabs_agent_id or "",
                 api_base=c.elevenlabs_api_base,
                 ws_url=c.elevenlabs_ws_url,
+                http=self.http,
             )
         protocol: Literal["telepath", "twilio"] = (
             "twilio" if trunk.custom_protocol == "twilio" else "telepath"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from telepath.api.state import ApiState
+from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.calls.config import CallControlConfig
 from telepath.calls.manager import CallManager
@@ -119,6 +120,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
         await self.dispatcher.aclose()
+        if self.manager.http is not None:
+            await self.manager.http.aclose()
         media_pacer.observe_lateness(None)  # the media clocks stopped with the calls
 
 
@@ -198,6 +201,7 @@ async def start_gateway(
             on_enqueued=dispatcher.wake if role is None else role.wake_front,
         ),
         metrics=state.metrics,
+        http=SharedHttpClient(),
     )
     server = SipServer(
         core,

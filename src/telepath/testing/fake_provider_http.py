@@ -42,12 +42,14 @@ The signed URL points at ``elevenlabs_ws_url`` (a constructor argument; defaults
 unreachable ``ws://127.0.0.1:9/...``) with ``agent_id`` and a ``conversation_signature``. The
 200 agent body announces ``ulaw_8000`` both ways unless ``agent_formats`` says otherwise.
 
-Every request is appended to ``requests`` (method, path, query, headers) for assertions.
+Every request is appended to ``requests`` (method, path, query, headers, the client's address)
+for assertions.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,6 +77,7 @@ class RecordedRequest:
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per TCP connection
 
 
 def _kind(key: str | None) -> str:
@@ -253,7 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
         with cfg.lock:
-            cfg.requests.append(RecordedRequest("GET", parts.path, query, headers))
+            peer = (str(self.client_address[0]), int(self.client_address[1]))
+            cfg.requests.append(RecordedRequest("GET", parts.path, query, headers, peer))
         path = parts.path
         if path == "/v1/models":
             self._send(*openai_model_answer(headers.get("authorization"), None))
@@ -290,6 +294,9 @@ class FakeProviderHttp:
         port: the port to bind; 0 picks a free one.
         elevenlabs_ws_url: where signed URLs point (e.g. a ``FakeElevenLabs`` WebSocket URL).
         agent_formats: per-agent ``(input, output)`` audio formats for the agent body.
+        tls: a server context to serve ``https://`` (each connection's handshake runs in its
+            own thread). Connections are kept alive between requests (HTTP/1.1), as the
+            providers' APIs do.
     """
 
     def __init__(
@@ -299,7 +306,9 @@ class FakeProviderHttp:
         *,
         elevenlabs_ws_url: str = "ws://127.0.0.1:9/v1/convai/conversation",
         agent_formats: dict[str, tuple[str, str]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self._tls = tls
         self._address = (host, port)
         self._config = _Config(elevenlabs_ws_url, dict(agent_formats or {}))
         self._server: _Server | None = None
@@ -310,6 +319,10 @@ class FakeProviderHttp:
         if self._server is not None:
             return self
         self._server = _Server(self._address, self._config)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # stop() waits up to one poll interval
@@ -343,11 +356,11 @@ class FakeProviderHttp:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``, the server root."""
+        """``http://127.0.0.1:<port>`` (``https`` with ``tls``), the server root."""
         if self._server is None:
             raise RuntimeError("FakeProviderHttp is not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self._tls is not None else 'http'}://{host!s}:{port}"
 
     @property
     def openai_api_base(self) -> str:

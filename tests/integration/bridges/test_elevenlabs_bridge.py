@@ -6,6 +6,7 @@ import ssl
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +30,12 @@ from telepath.bridges.base import (
     ElevenLabsConfig,
 )
 from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
+from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
+from telepath.testing.fake_provider_http import FakeProviderHttp
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+from tests.certs import self_signed
 
 from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
 
@@ -277,3 +281,42 @@ async def test_the_signed_url_request_builds_no_tls_context(
     await bridge.close()
     assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 1
     assert built == []
+
+
+@pytest.mark.parametrize("https", [False, True])
+async def test_calls_share_one_kept_open_connection_for_the_signed_url(
+    fake: FakeElevenLabs, https: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the gateway's client, the second call's signed-URL request reuses the first's
+    connection: no TCP or TLS handshake, two round trips less before the caller hears the agent.
+    Without it, each call opens its own."""
+    tls = None
+    if https:
+        cert, key = self_signed(tmp_path)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    shared = SharedHttpClient()
+    try:
+        with FakeProviderHttp(elevenlabs_ws_url=fake.url, tls=tls) as api:
+            assert api.elevenlabs_api_base.startswith("https://" if https else "http://")
+            for http in (shared, shared, shared, None, None):
+                cfg = ElevenLabsConfig(
+                    api_key="sk-valid-el",
+                    agent_id="agent_1",
+                    api_base=api.elevenlabs_api_base,
+                    http=http,
+                )
+                bridge = ElevenLabsBridge(cfg, connect_timeout_s=2.0)
+                await bridge.start(META)
+                assert (await collect_until(bridge, audio_ms=20))[0] == AgentConnected(
+                    "elevenlabs", "conv_fake_1"
+                )
+                await bridge.close()
+            peers = [r.peer for r in api.requests if r.path.endswith("/get-signed-url")]
+    finally:
+        await shared.aclose()
+    assert len(peers) == 5
+    assert len(set(peers[:3])) == 1  # one connection for the three calls of the shared client
+    assert len({*peers[3:], peers[0]}) == 3  # a new one each without it
+    assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 5

@@ -128,13 +128,17 @@ class ElevenLabsBridge(WebSocketBridge):
         if cfg.api_key is None:
             return f"{cfg.ws_url}?{urlencode({'agent_id': cfg.agent_id})}"
         endpoint = f"{cfg.api_base.rstrip('/')}/v1/convai/conversation/get-signed-url"
+        params, headers = {"agent_id": cfg.agent_id}, {"xi-api-key": cfg.api_key}
         try:
-            # the shared TLS context: a client's own would parse the CA bundle (~20 ms) per call
-            client = httpx.AsyncClient(timeout=self.connect_timeout_s, verify=client_context())
-            async with client:
-                resp = await client.get(
-                    endpoint, params={"agent_id": cfg.agent_id}, headers={"xi-api-key": cfg.api_key}
+            if cfg.http is not None:  # the gateway's: a kept-alive connection, no handshakes
+                resp = await cfg.http.get().get(
+                    endpoint, params=params, headers=headers, timeout=self.connect_timeout_s
                 )
+            else:
+                # the shared TLS context: a client's own would parse the CA bundle (~20 ms)
+                client = httpx.AsyncClient(timeout=self.connect_timeout_s, verify=client_context())
+                async with client:
+                    resp = await client.get(endpoint, params=params, headers=headers)
         except httpx.TimeoutException:
             err = BridgeConnectError("signed URL request timed out", retryable=True, code="timeout")
             self._finish(err.to_event())
