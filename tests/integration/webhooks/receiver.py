@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,13 @@ class Received:
 class Receiver:
     """Answers each POST with the next (status, delay_s) of ``script``, then ``default``."""
 
-    def __init__(self, script: list[tuple[int, float]] | None = None, default: int = 200) -> None:
+    def __init__(
+        self,
+        script: list[tuple[int, float]] | None = None,
+        default: int = 200,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.tls = tls  # a server context: https://
         self.script = list(script or [])
         self.default = default
         self.requests: list[Received] = []
@@ -69,6 +76,10 @@ class Receiver:
                 return
 
         self._server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:  # each connection's handshake runs in its own thread
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -76,7 +87,8 @@ class Receiver:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/hook"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host!s}:{port}/hook"
 
     def start(self) -> None:
         self._thread.start()

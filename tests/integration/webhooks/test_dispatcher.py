@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from telepath.metrics import Metrics
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.signing import verify_signature
 from telepath.webhooks.sink import DbEventSink
+from tests.certs import self_signed
 from tests.integration.calls_api.records import account_of
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver, running
@@ -201,7 +203,7 @@ async def test_unreachable_endpoint_is_retried(
     await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
     await make_dispatcher().run_once()
     [row] = await rows(api)
-    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "ConnectError")
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "connection_failed")
 
 
 async def test_pending_rows_survive_a_restart(
@@ -432,3 +434,36 @@ async def test_a_long_or_endless_answer_does_not_hold_the_dispatcher(
         server.close()
     [row] = await rows(api)
     assert (row.status, row.last_status_code) == ("delivered", 200)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_https_endpoints_are_verified_against_the_trusted_cas(
+    api: Api,
+    make_dispatcher: Callable[..., WebhookDispatcher],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trusted: bool,
+) -> None:
+    """An https:// receiver whose certificate the gateway trusts (here through SSL_CERT_FILE, as
+    a private CA would be) gets the event, over one kept connection; one it does not trust gets
+    nothing, and the delivery says why."""
+    cert, key = self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with running(Receiver(tls=context)) as receiver:
+        assert receiver.url.startswith("https://")
+        await subscribe(api, receiver.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(2):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        await make_dispatcher(concurrency=1).run_once()
+    outcomes = {(r.status, r.last_status_code, r.last_error) for r in await rows(api)}
+    if trusted:
+        assert outcomes == {("delivered", 200, None)}
+        assert len(receiver.requests) == 2
+        assert len({r.peer for r in receiver.requests}) == 1
+    else:
+        assert outcomes == {("pending", None, "tls_error")}
+        assert receiver.requests == []
