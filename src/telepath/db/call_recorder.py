@@ -4,14 +4,10 @@ Writes never raise into call control: a failed write is logged (without numbers 
 counted, and the call goes on. ``call_ended`` is an upsert, so a call whose ``call_started``
 write was lost is still recorded in full when it ends.
 
-Group commit: each write waits until its row is committed, but writes that arrive while a
-transaction is in flight are queued and committed together in the next one (one ``executemany``
-per kind). At one call a second that is one transaction per write, as before; at hundreds of
-calls a second it is a few transactions a second instead of two per call, which is what kept
-the SIP loop busy (SQLAlchemy statement building, a session and a pool checkout per write).
-There is no timer: a lone write is never delayed. The upsert is the dialect's
-``INSERT … ON CONFLICT`` (SQLite ≥ 3.24 and PostgreSQL); if a batch fails as a whole (a foreign
-key, a lock timeout) every item is retried alone so one bad row costs no other.
+Writes are group-committed (``db/group_commit.py``): at hundreds of calls a second, a few
+transactions a second instead of two per call, which is what kept the SIP loop busy (SQLAlchemy
+statement building, a session and a pool checkout per write). The upsert is the dialect's
+``INSERT … ON CONFLICT`` (SQLite ≥ 3.24 and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -31,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
+from telepath.db.group_commit import GroupCommit
 from telepath.db.models import CallRow
 from telepath.metrics import Metrics
 
@@ -82,14 +79,11 @@ Kind = Literal["call_started", "call_ended"]
 _DETAIL = ("turns", "sip_trace")  # never written back into a record whose detail was purged
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Write:
     kind: Kind
     record: CallRecord
     values: dict[str, Any]  # a snapshot: the record keeps changing after the call returns
-    done: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:
@@ -139,12 +133,19 @@ class DbCallRecorder:
         self._timeout_s = timeout_s
         self._instance_id = instance_id
         self.failures = 0
-        self.transactions = 0  # batches committed (group commit: fewer than writes under load)
         bind = sessions.kw.get("bind")
         dialect = bind.dialect.name if bind is not None else ""
         self._statements = _batch_statements(dialect)
-        self._queue: list[_Write] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(
+            self._commit_batch if self._statements is not None else None,
+            self._commit_one,
+            name="call-record-writer",
+        )
+
+    @property
+    def transactions(self) -> int:
+        """Transactions committed (group commit: fewer than writes under load)."""
+        return self._group.transactions
 
     async def call_started(self, record: CallRecord) -> None:
         """Insert the record; a repeat (or a start arriving after the end) changes nothing."""
@@ -172,59 +173,34 @@ class DbCallRecorder:
             "instance_id": self._instance_id,
             **_final_fields(record),
         }
-        write = _Write(kind, record, values)
-        self._queue.append(write)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(
-                self._drain(), name="call-record-writer"
-            )
+        done = self._group.submit(_Write(kind, record, values))
         try:
             # shield: a caller that gives up (timeout, cancelled call task) leaves the batch alone
-            await asyncio.wait_for(asyncio.shield(write.done), self._timeout_s)
+            await asyncio.wait_for(asyncio.shield(done), self._timeout_s)
         except Exception as exc:  # never into call control; CancelledError still propagates
             self.failures += 1
             if self._metrics is not None:
                 self._metrics.call_record_failures.labels(operation=kind).inc()
             logger.error("call record write failed (%s): %s", kind, type(exc).__name__)
 
-    async def _drain(self) -> None:
-        """Commit queued writes, a batch per transaction, until the queue is empty; then exit."""
-        while self._queue:
-            batch, self._queue = self._queue, []
-            await self._commit(batch)
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        assert self._statements is not None
+        start, end = self._statements
+        starts = [w.values for w in batch if w.kind == "call_started"]
+        ends = [w.values for w in batch if w.kind == "call_ended"]
+        async with self._sessions() as session:
+            # starts first: a start and an end of one call in one batch leave the end
+            if starts:
+                await session.execute(start, starts)
+            if ends:
+                await session.execute(end, ends)
+            await session.commit()
 
-    async def _commit(self, batch: list[_Write]) -> None:
-        if self._statements is not None:
-            start, end = self._statements
-            starts = [w.values for w in batch if w.kind == "call_started"]
-            ends = [w.values for w in batch if w.kind == "call_ended"]
-            try:
-                async with self._sessions() as session:
-                    # starts first: a start and an end of one call in one batch leave the end
-                    if starts:
-                        await session.execute(start, starts)
-                    if ends:
-                        await session.execute(end, ends)
-                    await session.commit()
-                self.transactions += 1
-                for w in batch:
-                    _resolve(w.done, None)
-                return
-            except Exception as exc:
-                if len(batch) == 1:
-                    _resolve(batch[0].done, exc)
-                    return
-                # one bad row (say, an account deleted mid-call) must not cost the others
-        for w in batch:
-            try:
-                if w.kind == "call_started":
-                    await self._insert(w.record, w.values)
-                else:
-                    await self._upsert(w.record, w.values)
-                self.transactions += 1
-                _resolve(w.done, None)
-            except Exception as exc:
-                _resolve(w.done, exc)
+    async def _commit_one(self, write: _Write) -> None:
+        if write.kind == "call_started":
+            await self._insert(write.record, write.values)
+        else:
+            await self._upsert(write.record, write.values)
 
     async def _insert(self, record: CallRecord, values: dict[str, Any]) -> None:
         async with self._sessions() as session:
@@ -267,16 +243,6 @@ class DbCallRecorder:
                 except IntegrityError:
                     await session.rollback()
         raise RuntimeError("call record upsert lost twice")
-
-
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-        future.exception()  # retrieved: a waiter that timed out must not log "never retrieved"
 
 
 async def purge_call_details(

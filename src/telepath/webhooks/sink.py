@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.base import utcnow
-from telepath.db.webhook_store import WebhookRepository
+from telepath.db.group_commit import GroupCommit
+from telepath.db.webhook_store import WebhookRepository, delivery_rows
 from telepath.lookup_cache import LookupCache
 from telepath.metrics import Metrics
 from telepath.secrets.tokens import new_id
@@ -51,7 +52,7 @@ def endpoints_changed() -> None:
 class DbEventSink:
     """Queues each event once per subscribed, active endpoint of the account.
 
-    ``emit`` only writes outbox rows (one short transaction); delivery happens in the
+    ``emit`` only writes outbox rows (group-committed with other events'); delivery happens in the
     ``WebhookDispatcher``. It never raises into call control: a failed write is logged and
     counted (``failures`` and ``telepath_webhook_enqueue_failures_total``).
 
@@ -75,9 +76,19 @@ class DbEventSink:
         self._on_enqueued = on_enqueued
         self._timeout_s = timeout_s
         self.failures = 0
+        # an event's outbox rows wait for the next transaction with the others' (a call writes
+        # several events at once; see db/group_commit.py)
+        self._group: GroupCommit[list[dict[str, Any]]] = GroupCommit(
+            self._insert, self._insert_one, name="webhook-outbox-writer"
+        )
         self._cache: LookupCache[str, list[tuple[str, list[str]]]] = LookupCache(
             ENDPOINT_CACHE_TTL_S, lambda: _generation
         )
+
+    @property
+    def transactions(self) -> int:
+        """Outbox transactions committed (group commit: fewer than events under load)."""
+        return self._group.transactions
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints.
@@ -120,15 +131,23 @@ class DbEventSink:
         ]
         if not targets:
             return 0
+        rows = delivery_rows(
+            targets,
+            account_id=account_id,
+            event_id=new_id("evt"),
+            event=event,
+            payload=data,
+            now=utcnow(),
+        )
+        # shield: a caller that gives up (timeout) leaves the batch alone
+        await asyncio.shield(self._group.submit(rows))
+        return len(targets)
+
+    async def _insert(self, batch: list[list[dict[str, Any]]]) -> None:
+        """One transaction for the rows of every event in ``batch`` (group commit)."""
         async with self._sessions() as session:
-            repo = WebhookRepository(session)
-            repo.enqueue(
-                targets,
-                account_id=account_id,
-                event_id=new_id("evt"),
-                event=event,
-                payload=data,
-                now=utcnow(),
-            )
+            await WebhookRepository(session).enqueue([row for rows in batch for row in rows])
             await session.commit()
-            return len(targets)
+
+    async def _insert_one(self, rows: list[dict[str, Any]]) -> None:
+        await self._insert([rows])

@@ -467,3 +467,34 @@ async def test_https_endpoints_are_verified_against_the_trusted_cas(
     else:
         assert outcomes == {("pending", None, "tls_error")}
         assert receiver.requests == []
+
+
+async def test_concurrent_events_share_transactions_and_a_bad_one_costs_no_other(
+    api: Api,
+) -> None:
+    """Events emitted while an outbox write is in flight go into the next transaction together;
+    an event whose endpoint vanished (deleted by another process, still in this sink's cache:
+    a foreign-key error) fails alone."""
+    good_key = await api.new_account_key("good")
+    await subscribe(api, "http://127.0.0.1:9/good", ["*"], key=good_key)
+    doomed = await subscribe(api, "http://127.0.0.1:9/doomed", ["*"])
+    good, bad = await account_of(api, good_key), await account_of(api)
+    sink = DbEventSink(api.state.sessions)
+    await asyncio.gather(sink.emit(good, "call.started", PAYLOAD), sink.emit(bad, "x", PAYLOAD))
+    async with api.state.sessions() as session:  # behind the sink's back: its cache keeps it
+        await WebhookRepository(session).delete_endpoint(
+            await WebhookRepository(session).get_endpoint(bad, doomed["id"])  # type: ignore[arg-type]
+        )
+        await session.commit()
+    before = sink.transactions
+
+    async def call(account: str) -> None:
+        for event in ("call.started", "agent.connected", "agent.disconnected", "call.ended"):
+            await sink.emit(account, event, PAYLOAD)
+
+    await asyncio.gather(*(call(good) for _ in range(30)))
+    assert sink.transactions - before < 30 * 4 / 4  # shared: far fewer than one per event
+    assert len([r for r in await rows(api) if r.account_id == good]) == 1 + 30 * 4
+    await asyncio.gather(*(call(good) for _ in range(30)), call(bad))
+    assert len([r for r in await rows(api) if r.account_id == good]) == 1 + 60 * 4  # all landed
+    assert sink.failures == 4  # the bad call's four, and only those
