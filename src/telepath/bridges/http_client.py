@@ -4,57 +4,59 @@ An ElevenLabs agent with an API key costs a REST request before every call: the 
 conversation URL. With a client per call, each request opened its own TCP and TLS connection to
 the API — two round trips more before the caller hears anything (tens to hundreds of
 milliseconds to a distant region) and a TLS handshake's CPU on the event loop. One client per
-gateway keeps connections alive between calls (httpx's pool), so a call set up within
-``KEEPALIVE_S`` of the last one reuses a connection.
+gateway keeps connections alive between calls, so a call set up within ``KEEPALIVE_S`` of the
+last one reuses a connection.
 
-The gateway owns it (``cli/gateway.py`` opens it, ``Gateway.stop`` closes it) and call control
-hands it to the bridges in their config; a bridge without one (tests, scripts) makes its own
-client per request, as before. The TLS context is the shared one (``bridges/tls.py``); when that
-changes (``SSL_CERT_FILE``), so does the client.
+The client is aiohttp, as the webhook dispatcher's (``webhooks/dispatcher.py``): this request
+runs on the event loop that carries the calls' media, and httpx costs about ten times more CPU
+per request. The gateway owns it (``cli/gateway.py`` makes it, ``Gateway.stop`` closes it) and
+call control hands it to the bridges in their config; without one (tests, scripts) a bridge
+makes a session for its one request. The TLS context is the shared one (``bridges/tls.py``); when
+that changes (``SSL_CERT_FILE``), so does the session.
 """
 
 from __future__ import annotations
 
 import ssl
 
-import httpx
+import aiohttp
 
 from telepath.bridges.tls import client_context
 
-__all__ = ["SharedHttpClient"]
+__all__ = ["SharedHttpClient", "new_session"]
 
 KEEPALIVE_S = 60.0  # idle connections kept this long (the APIs' own idle timeouts are longer)
-MAX_IDLE = 32  # idle connections kept per client
-DEFAULT_TIMEOUT_S = 10.0  # requests pass their own
+
+
+def new_session(limit: int = 100) -> aiohttp.ClientSession:
+    """A session verifying with the shared TLS context, honouring ``HTTPS_PROXY``."""
+    connector = aiohttp.TCPConnector(
+        limit=limit, ssl=client_context(), keepalive_timeout=KEEPALIVE_S
+    )
+    return aiohttp.ClientSession(connector=connector, trust_env=True)
 
 
 class SharedHttpClient:
-    """The gateway's HTTP client for set-up requests; :meth:`get` it per request."""
+    """The gateway's HTTP session for set-up requests; :meth:`get` it per request."""
 
     def __init__(self) -> None:
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._context: ssl.SSLContext | None = None
-        self._retired: list[httpx.AsyncClient] = []
+        self._retired: list[aiohttp.ClientSession] = []
 
-    def get(self) -> httpx.AsyncClient:
-        """The client for the current CA settings (made on first use)."""
+    def get(self) -> aiohttp.ClientSession:
+        """The session for the current CA settings (made on first use, on the event loop)."""
         context = client_context()
-        if self._client is None or context is not self._context:
-            if self._client is not None:
-                self._retired.append(self._client)  # in-flight requests finish; closed at stop
-            self._client = httpx.AsyncClient(
-                verify=context,
-                timeout=DEFAULT_TIMEOUT_S,
-                limits=httpx.Limits(
-                    max_keepalive_connections=MAX_IDLE, keepalive_expiry=KEEPALIVE_S
-                ),
-            )
+        if self._session is None or context is not self._context:
+            if self._session is not None:
+                self._retired.append(self._session)  # in-flight requests finish; closed at stop
+            self._session = new_session()
             self._context = context
-        return self._client
+        return self._session
 
     async def aclose(self) -> None:
         """Close every connection (the gateway stops)."""
-        clients = [*self._retired, *([self._client] if self._client is not None else [])]
-        self._client, self._context, self._retired = None, None, []
-        for client in clients:
-            await client.aclose()
+        sessions = [*self._retired, *([self._session] if self._session is not None else [])]
+        self._session, self._context, self._retired = None, None, []
+        for session in sessions:
+            await session.close()

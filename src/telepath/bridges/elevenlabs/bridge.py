@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 from urllib.parse import urlencode
 
-import httpx
+import aiohttp
 
 from telepath import __version__
 from telepath.bridges.audio import AudioConverter
@@ -49,7 +50,7 @@ from telepath.bridges.base import (
     ProviderError,
 )
 from telepath.bridges.elevenlabs import events as ev
-from telepath.bridges.tls import client_context
+from telepath.bridges.http_client import new_session
 from telepath.bridges.ws import WebSocketBridge
 
 __all__ = ["ElevenLabsBridge"]
@@ -130,26 +131,22 @@ class ElevenLabsBridge(WebSocketBridge):
         endpoint = f"{cfg.api_base.rstrip('/')}/v1/convai/conversation/get-signed-url"
         params, headers = {"agent_id": cfg.agent_id}, {"xi-api-key": cfg.api_key}
         try:
-            if cfg.http is not None:  # the gateway's: a kept-alive connection, no handshakes
-                resp = await cfg.http.get().get(
-                    endpoint, params=params, headers=headers, timeout=self.connect_timeout_s
-                )
-            else:
-                # the shared TLS context: a client's own would parse the CA bundle (~20 ms)
-                client = httpx.AsyncClient(timeout=self.connect_timeout_s, verify=client_context())
-                async with client:
-                    resp = await client.get(endpoint, params=params, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.connect_timeout_s):
+                if cfg.http is not None:  # the gateway's: a kept-alive connection, no handshakes
+                    status, body = await _get(cfg.http.get(), endpoint, params, headers)
+                else:
+                    async with new_session(limit=1) as session:
+                        status, body = await _get(session, endpoint, params, headers)
+        except TimeoutError:
             err = BridgeConnectError("signed URL request timed out", retryable=True, code="timeout")
             self._finish(err.to_event())
             raise err from None
-        except httpx.HTTPError:
+        except (aiohttp.ClientError, OSError):
             err = BridgeConnectError(
                 "ElevenLabs API unreachable", retryable=True, code="unreachable"
             )
             self._finish(err.to_event())
             raise err from None
-        status = resp.status_code
         if status != 200:
             if status in (401, 403, 404, 422):
                 err = BridgeAuthError(f"signed URL refused (HTTP {status})", code=str(status))
@@ -162,7 +159,7 @@ class ElevenLabsBridge(WebSocketBridge):
             self._finish(err.to_event())
             raise err
         try:
-            signed = resp.json()["signed_url"]
+            signed = json.loads(body)["signed_url"]
         except (ValueError, KeyError, TypeError):
             signed = None
         if not isinstance(signed, str):
@@ -294,3 +291,14 @@ class ElevenLabsBridge(WebSocketBridge):
 def _retrieve(fut: asyncio.Future[str]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+MAX_ANSWER_BYTES = 64 * 1024  # a signed-URL answer is ~300 bytes
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, params: dict[str, str], headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """Status and (the start of) the body of one GET; redirects are not followed."""
+    async with session.get(url, params=params, headers=headers, allow_redirects=False) as resp:
+        return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
