@@ -201,11 +201,12 @@ class UserAgentCore:
             self.counters[f"response_in_{message.status}"] += 1
             self._on_response(message)
         else:
-            self.counters[f"request_{message.method}"] += 1
+            # any token is a method (§25.1): made-up ones share one key, or a flood of them
+            # would grow the counters without bound
+            method = message.method if message.method in KNOWN_METHODS else "OTHER"
+            self.counters[f"request_{method}"] += 1
             if self._observe_request is not None:
-                self._observe_request(
-                    message.method if message.method in KNOWN_METHODS else "OTHER"
-                )
+                self._observe_request(method)
             self._trace(message.call_id, data, "in", source)
             _stamp_received(message, source)
             self._on_request(message, source)
