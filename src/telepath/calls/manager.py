@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -704,7 +705,7 @@ class CallManager:
             negotiated.codec.name,
         )
         await self._safe(self._recorder_started(record))
-        await self._emit(record, "call.started", call_started_payload(record))
+        await self._emit(record, "call.started", call_started_payload)
         agent_id = {
             "elevenlabs": trunk.elevenlabs_agent_id,
             "openai": trunk.openai_model or self.config.openai_model,
@@ -712,7 +713,7 @@ class CallManager:
         await self._emit(
             record,
             "agent.connected",
-            agent_connected_payload(record, agent_id.get(trunk.ai_provider)),
+            functools.partial(agent_connected_payload, agent_id=agent_id.get(trunk.ai_provider)),
         )
         self._spawn(call.run())
 
@@ -945,31 +946,31 @@ class CallManager:
                 jitter_ms=m.jitter_ms,
             )
             stats = call.media.stats()
-            self.metrics.gateway_latency.labels(direction="caller_to_agent").observe(
-                stats.inbound.p50_us / 1e6
-            )
-            self.metrics.gateway_latency.labels(direction="agent_to_caller").observe(
-                stats.outbound.p50_us / 1e6
-            )
+            self.metrics.gateway_latency_by("caller_to_agent").observe(stats.inbound.p50_us / 1e6)
+            self.metrics.gateway_latency_by("agent_to_caller").observe(stats.outbound.p50_us / 1e6)
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
-        await self._emit(record, "agent.disconnected", agent_disconnected_payload(record))
+        await self._emit(record, "agent.disconnected", agent_disconnected_payload)
         if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
-            await self._emit(record, "call.error", call_error_payload(record))
-        await self._emit(record, "call.ended", call_ended_payload(record))
+            await self._emit(record, "call.error", call_error_payload)
+        await self._emit(record, "call.ended", call_ended_payload)
 
     async def _record_failed(self, record: CallRecord) -> None:
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
-        await self._emit(record, "call.error", call_error_payload(record))
+        await self._emit(record, "call.error", call_error_payload)
 
     async def _recorder_started(self, record: CallRecord) -> None:
         if self.recorder is not None:
             await self.recorder.call_started(record)
 
-    async def _emit(self, record: CallRecord, event: str, payload: dict[str, Any]) -> None:
-        if self.sink is not None:
-            await self._safe(self.sink.emit(record.account_id, event, payload))
+    async def _emit(
+        self, record: CallRecord, event: str, payload: Callable[[CallRecord], dict[str, Any]]
+    ) -> None:
+        # the payload is built only for an account that may subscribe to the event: most have
+        # no endpoint, and a call emits four events
+        if self.sink is not None and self.sink.wants(record.account_id, event):
+            await self._safe(self.sink.emit(record.account_id, event, payload(record)))
 
     @staticmethod
     async def _safe(coro: Any) -> None:

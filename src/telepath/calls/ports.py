@@ -29,6 +29,11 @@ class EventSink(Protocol):
     """Receives account-level events (``call.started``, ``call.ended``, ``agent.connected``,
     ``agent.disconnected``, ``call.error``) for durable webhook delivery."""
 
+    def wants(self, account_id: str, event: str) -> bool:
+        """False when it is known that no endpoint of the account subscribes to ``event`` (the
+        payload need not be built); True otherwise, or when it is not known yet."""
+        ...
+
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints; must not block on delivery."""
         ...

@@ -159,8 +159,8 @@ async def start_gateway(
             session_expires=settings.sip_session_expires,
         ),
         LoopClock(loop),
-        on_request=lambda method: state.metrics.sip_requests.labels(method=method).inc(),
-        on_response=lambda status: state.metrics.sip_responses.labels(status=str(status)).inc(),
+        on_request=lambda method: state.metrics.sip_request_by(method).inc(),
+        on_response=lambda status: state.metrics.sip_response_by(str(status)).inc(),
     )
     guard = SourceGuard(
         DefencePolicy(

@@ -90,6 +90,11 @@ class DbEventSink:
         """Outbox transactions committed (group commit: fewer than events under load)."""
         return self._group.transactions
 
+    def wants(self, account_id: str, event: str) -> bool:
+        """False when the account's endpoints are cached and none subscribes to ``event``."""
+        known = self._cache.peek(account_id)
+        return known is None or any(subscribed(events, event) for _, events in known)
+
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints.
 
@@ -97,8 +102,7 @@ class DbEventSink:
         of most accounts — this returns without suspending: no task, no timer, no JSON (every
         call emits four events; at hundreds of calls a second that was measurable).
         """
-        known = self._cache.peek(account_id)
-        if known is not None and not any(subscribed(events, event) for _, events in known):
+        if not self.wants(account_id, event):
             return
         try:
             async with asyncio.timeout(self._timeout_s):

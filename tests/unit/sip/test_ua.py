@@ -357,13 +357,15 @@ def test_session_timer_expiry_sends_bye(core: tuple[UserAgentCore, FakeClock]) -
     assert any(isinstance(o, Send) and o.data.startswith(b"BYE ") for o in out)
 
 
-def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock]) -> None:
+@pytest.mark.parametrize(
+    "header", ["Authorization", "AUTHORIZATION", "authorization", "Proxy-Authorization"]
+)
+def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock], header: str) -> None:
     ua, _ = core
-    ua.receive(
-        request(extra='Authorization: Digest username="alice", response="deadbeef"\r\n'), SRC
-    )
+    ua.receive(request("OPTIONS", branch="z9hG4bK-0"), SRC)  # a message without any
+    ua.receive(request(extra=f'{header}: Digest username="alice", response="deadbeef"\r\n'), SRC)
     trace = ua.pop_trace("call-1@192.0.2.10")
-    assert "INVITE sip:alice@gw.example" in trace
+    assert "OPTIONS sip:alice@gw.example" in trace and "INVITE sip:alice@gw.example" in trace
     assert "deadbeef" not in trace and "Digest <redacted>" in trace
 
 
