@@ -109,3 +109,18 @@ def test_a_clean_stop_leaves_nothing_to_close(tmp_path: Path) -> None:
     assert first.claim() == []
     first.close()
     assert InstanceFile(tmp_path).claim() == []
+
+
+def test_an_unusable_data_directory_turns_recovery_off_but_not_the_service(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    instances = InstanceFile(blocker / "data")  # its parent is a file: cannot be created
+    instances.add("gw_a")
+    assert instances.claim() == []
+    assert not instances.claimed
+    instances.add("gw_b")
+    instances.discard("gw_a")
+    instances.close()
+    assert "retention sweep only" in caplog.text

@@ -79,8 +79,17 @@ class InstanceFile:
         held by a live process."""
         if self._fd is not None:
             return []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # e.g. a read-only data directory (PostgreSQL deployments)
+            log.warning(
+                "cannot keep %s (%s): records of calls a killed run leaves open will be closed "
+                "by the retention sweep only",
+                self.path,
+                type(exc).__name__,
+            )
+            return []
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
