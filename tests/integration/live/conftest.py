@@ -114,6 +114,11 @@ async def live_api(server: LiveServer, method: str, path: str, body: Any = None)
     return resp
 
 
+async def live_json(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
+    """:func:`live_api`'s answer, decoded."""
+    return (await live_api(server, method, path, body)).json()
+
+
 def custom_trunk(user: str, password: str, agent_url: str) -> dict[str, str]:
     """``POST /v1/trunks`` body: ``user`` authenticates with ``password``; calls reach the
     custom WebSocket agent at ``agent_url``."""

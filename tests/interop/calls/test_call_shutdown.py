@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.live.conftest import (
-    LiveServer,
     custom_trunk,
     free_sip_port,
-    live_api,
+    live_json,
     start_server,
     stop_server,
 )
@@ -50,10 +48,6 @@ def _env(sip_port: int) -> dict[str, str]:
     }
 
 
-async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    return (await live_api(server, method, path, body)).json()
-
-
 async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     require_sipp()
     data_dir = tmp_path / "data"
@@ -62,7 +56,9 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     phone = await Phone().open()
     try:
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            await _api(server, "POST", "/v1/trunks", custom_trunk("alice", PASSWORD, agent.url))
+            await live_json(
+                server, "POST", "/v1/trunks", custom_trunk("alice", PASSWORD, agent.url)
+            )
             scenario = authenticated_call("alice", phone.port, caller_hangs_up=False)
             (tmp_path / "call").mkdir()
             sipp = asyncio.create_task(
@@ -110,7 +106,7 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
         start_server, data_dir, _env(free_sip_port()), server.api_key
     )
     try:
-        calls = (await _api(restarted, "GET", "/v1/calls"))["calls"]
+        calls = (await live_json(restarted, "GET", "/v1/calls"))["calls"]
     finally:
         await asyncio.to_thread(stop_server, restarted)
     assert len(calls) == 1  # the refused INVITE never became a call

@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.live.conftest import (
-    LiveServer,
     custom_trunk,
     free_sip_port,
-    live_api,
+    live_json,
     start_server,
     stop_server,
 )
@@ -41,10 +39,6 @@ def _env() -> dict[str, str]:
     }
 
 
-async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    return (await live_api(server, method, path, body)).json()
-
-
 async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -54,15 +48,15 @@ async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
     phone = await Phone().open()
     try:
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            await _api(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
-            await _api(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            await live_json(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
+            await live_json(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             sip_port = int(env["TELEPATH_SIP_PORT"])
             done = await connected_call(sip_port, "bob", "before-crash@127.0.0.1", phone.port)
             await done.bye()
             await done.uac.close()
             live = await connected_call(sip_port, "bob", "at-crash@127.0.0.1", phone.port)
             await live.uac.close()
-            calls = {c["status"]: c for c in (await _api(first, "GET", "/v1/calls"))["calls"]}
+            calls = {c["status"]: c for c in (await live_json(first, "GET", "/v1/calls"))["calls"]}
             assert set(calls) == {"connected", "disconnected"}
             first.process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(first.process.wait, 10)
@@ -72,11 +66,11 @@ async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
     second = await asyncio.to_thread(start_server, data, env, first.api_key)
     try:
         call = calls["connected"]
-        lost = await _api(second, "GET", f"/v1/calls/{call['id']}")
+        lost = await live_json(second, "GET", f"/v1/calls/{call['id']}")
         assert lost["disconnect_reason"] == "lost", lost  # closed before the API served
         assert lost["status"] == "disconnected" and lost["end_time"] is not None
         assert lost["end_time"] >= call["start_time"]
-        kept = await _api(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
+        kept = await live_json(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
         assert kept["disconnect_reason"] == "caller_hangup"
         await wait_until(
             lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),

@@ -24,10 +24,10 @@ from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.integration.live.conftest import (
-    LiveServer,
     custom_trunk,
     free_sip_port,
     live_api,
+    live_json,
     start_server,
     stop_server,
 )
@@ -65,10 +65,6 @@ def _call_id(owner: int, tag: str) -> str:
         if owner_of(call_id.encode(), 2) == owner:
             return call_id
     raise AssertionError("no call id")
-
-
-async def _api(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
-    return (await live_api(server, method, path, body)).json()
 
 
 def _worker_pids(pid: int) -> list[int]:
@@ -129,17 +125,17 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             FakeTelepathAgent(tone_hz=440, response_ms=1500) as worker_agent,
         ):
             hook = {"url": receiver.url, "events": ["call.started", "call.ended"]}
-            await _api(server, "POST", "/v1/webhooks", hook)
+            await live_json(server, "POST", "/v1/webhooks", hook)
             trunks = {}
             for user, agent in (("alice", front_agent), ("bob", worker_agent)):
                 body = custom_trunk(user, PASSWORD, agent.url)
-                trunks[user] = (await _api(server, "POST", "/v1/trunks", body))["id"]
+                trunks[user] = (await live_json(server, "POST", "/v1/trunks", body))["id"]
             front_id, worker_id = _call_id(0, "front"), _call_id(1, "worker")
             await asyncio.gather(
                 _tone_call(tmp_path, sip_port, "alice", front_id, front_agent, 1000),
                 _tone_call(tmp_path, sip_port, "bob", worker_id, worker_agent, 700),
             )
-            calls = (await _api(server, "GET", "/v1/calls"))["calls"]
+            calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
             assert sorted(c["trunk_id"] for c in calls) == sorted(trunks.values())
             assert {c["status"] for c in calls} == {"disconnected"}
             assert {c["disconnect_reason"] for c in calls} == {"caller_hangup"}
@@ -231,7 +227,7 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
             lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
         )
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            await _api(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             (tmp_path / "call").mkdir()
             sipp = asyncio.create_task(
                 run_sipp(
@@ -285,25 +281,25 @@ async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
             lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
         )
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            await _api(server, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
-            await _api(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            await live_json(server, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             leg = await connected_call(sip_port, "bob", _call_id(1, "doomed"), phone.port)
             try:
-                (call,) = (await _api(server, "GET", "/v1/calls"))["calls"]
+                (call,) = (await live_json(server, "GET", "/v1/calls"))["calls"]
                 assert call["status"] == "connected"
                 await wait_until(lambda: "call.started" in events_of(receiver, call["id"]))
                 (worker,) = _worker_pids(server.process.pid)
                 os.kill(worker, signal.SIGKILL)
 
                 async def closed() -> bool:
-                    found = await _api(server, "GET", f"/v1/calls/{call['id']}")
+                    found = await live_json(server, "GET", f"/v1/calls/{call['id']}")
                     return bool(found["disconnect_reason"] == "lost")
 
                 for _ in range(300):  # the front closes it as soon as it sees the exit
                     if await closed():
                         break
                     await asyncio.sleep(0.02)
-                lost = await _api(server, "GET", f"/v1/calls/{call['id']}")
+                lost = await live_json(server, "GET", f"/v1/calls/{call['id']}")
                 assert lost["disconnect_reason"] == "lost", lost
                 assert lost["status"] == "disconnected" and lost["end_time"] is not None
                 await wait_until(
