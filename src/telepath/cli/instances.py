@@ -23,7 +23,6 @@ Hand-written: a few lines over ``fcntl.flock``, which no maintained library wrap
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -184,5 +183,4 @@ async def claim_and_recover(
             warned = True
         await asyncio.sleep(retry_s)
     if previous:
-        with contextlib.suppress(Exception):
-            await close_calls_of(previous, sessions, sink, metrics)
+        await close_calls_of(previous, sessions, sink, metrics)  # never raises

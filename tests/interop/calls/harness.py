@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from telepath.bridges.base import Codec
 from telepath.calls.call import Call
@@ -19,7 +21,9 @@ from telepath.cli.gateway import Gateway
 from telepath.rtp.dtmf import encode_dtmf
 from telepath.rtp.g722 import G722Decoder, G722Encoder
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
+from tests.integration.webhooks.receiver import Receiver
 from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.uac import CallLeg, Uac
 
 HEADER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="telepath e2e">
@@ -561,3 +565,21 @@ async def settled(gateway: Gateway) -> None:
         lambda: not manager._tasks and not manager.calls and not manager._setups,
         what="the gateway to settle",
     )
+
+
+async def connected_call(
+    sip_port: int, user: str, password: str, call_id: str, media_port: int
+) -> CallLeg:
+    """A call answered and ACKed, placed from a raw UAC (close ``leg.uac`` afterwards)."""
+    uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
+    leg = CallLeg(uac, user, call_id=call_id)
+    await leg.challenge(media_port)
+    await leg.answered(leg.authenticated_invite(password, media_port))
+    uac.send(leg.ack())
+    return leg
+
+
+def events_of(receiver: Receiver, call_id: str) -> dict[str, dict[str, Any]]:
+    """The webhook events delivered for ``call_id``, by type."""
+    events = [json.loads(r.body) for r in receiver.requests]
+    return {e["type"]: e["data"] for e in events if e["data"].get("call_id") == call_id}

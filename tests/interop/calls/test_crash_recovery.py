@@ -23,10 +23,11 @@ from tests.integration.live.conftest import (
     stop_server,
 )
 from tests.integration.webhooks.receiver import Receiver
-from tests.interop.calls.harness import Phone, wait_until
-from tests.interop.calls.test_sip_workers import PASSWORD, connected_call, events_of
+from tests.interop.calls.harness import Phone, connected_call, events_of, wait_until
 
 pytestmark = pytest.mark.interop
+
+PASSWORD = "correct-horse-9"
 
 
 def _env() -> dict[str, str]:
@@ -51,10 +52,12 @@ async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
             await live_json(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
             await live_json(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             sip_port = int(env["TELEPATH_SIP_PORT"])
-            done = await connected_call(sip_port, "bob", "before-crash@127.0.0.1", phone.port)
+            done = await connected_call(
+                sip_port, "bob", PASSWORD, "before-crash@127.0.0.1", phone.port
+            )
             await done.bye()
             await done.uac.close()
-            live = await connected_call(sip_port, "bob", "at-crash@127.0.0.1", phone.port)
+            live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
             await live.uac.close()
             calls = {c["status"]: c for c in (await live_json(first, "GET", "/v1/calls"))["calls"]}
             assert set(calls) == {"connected", "disconnected"}

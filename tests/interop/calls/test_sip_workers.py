@@ -15,7 +15,6 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +31,14 @@ from tests.integration.live.conftest import (
     stop_server,
 )
 from tests.integration.webhooks.receiver import Receiver
-from tests.interop.calls.harness import Phone, authenticated_call, run_sipp, wait_until
+from tests.interop.calls.harness import (
+    Phone,
+    authenticated_call,
+    connected_call,
+    events_of,
+    run_sipp,
+    wait_until,
+)
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.uac import CallLeg, Uac
 
@@ -253,22 +259,6 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
             await asyncio.to_thread(stop_server, server)
 
 
-async def connected_call(sip_port: int, user: str, call_id: str, media_port: int) -> CallLeg:
-    """A call answered and ACKed, placed from a raw UAC (close ``leg.uac`` afterwards)."""
-    uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
-    leg = CallLeg(uac, user, call_id=call_id)
-    await leg.challenge(media_port)
-    await leg.answered(leg.authenticated_invite(PASSWORD, media_port))
-    uac.send(leg.ack())
-    return leg
-
-
-def events_of(receiver: Receiver, call_id: str) -> dict[str, dict[str, Any]]:
-    """The webhook events delivered for ``call_id``, by type."""
-    events = [json.loads(r.body) for r in receiver.requests]
-    return {e["type"]: e["data"] for e in events if e["data"].get("call_id") == call_id}
-
-
 async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -283,7 +273,7 @@ async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
-            leg = await connected_call(sip_port, "bob", _call_id(1, "doomed"), phone.port)
+            leg = await connected_call(sip_port, "bob", PASSWORD, _call_id(1, "doomed"), phone.port)
             try:
                 (call,) = (await live_json(server, "GET", "/v1/calls"))["calls"]
                 assert call["status"] == "connected"
