@@ -28,12 +28,15 @@ __all__ = ["SharedHttpClient", "new_session"]
 KEEPALIVE_S = 60.0  # idle connections kept this long (the APIs' own idle timeouts are longer)
 
 
-def new_session(limit: int = 100) -> aiohttp.ClientSession:
-    """A session verifying with the shared TLS context, honouring ``HTTPS_PROXY``."""
+def new_session(limit: int = 100, *, auto_decompress: bool = True) -> aiohttp.ClientSession:
+    """A session verifying with the shared TLS context, honouring ``HTTPS_PROXY`` and friends,
+    with at most ``limit`` connections (also the webhook dispatcher's)."""
     connector = aiohttp.TCPConnector(
         limit=limit, ssl=client_context(), keepalive_timeout=KEEPALIVE_S
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=True)
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=True, auto_decompress=auto_decompress
+    )
 
 
 class SharedHttpClient:

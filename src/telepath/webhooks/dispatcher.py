@@ -7,8 +7,8 @@ status, a timeout, a refused connection, a redirect) schedules a retry after
 attempts were made, when the row is marked ``failed``. Rows live in the database, so a restarted
 gateway resumes where the previous one stopped.
 
-The HTTP client is aiohttp, not httpx (which the rest of Telepath uses where CPU does not
-matter): the dispatcher runs on the event loop that carries the calls' media, and a call's
+The HTTP client is aiohttp, not httpx (which only the API's provider-key checks still use):
+the dispatcher runs on the event loop that carries the calls' media, and a call's
 events cost more CPU to deliver than the call took to set up. A POST with keep-alive cost
 0.67-0.77 ms of CPU with httpx and 0.06 ms with aiohttp (C HTTP parser), same receiver, same
 concurrency (measured 2026-12-06, ``bench webhooks``' receiver). TLS trust is the agents'
@@ -31,7 +31,7 @@ import yarl
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath import __version__
-from telepath.bridges.tls import client_context
+from telepath.bridges.http_client import new_session
 from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.models import webhook_secret_context
@@ -288,11 +288,8 @@ class WebhookDispatcher:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=client_context()),
-                trust_env=True,  # HTTP(S)_PROXY, NO_PROXY
-                auto_decompress=False,  # the answer is read only to keep the connection
-            )
+            # the answer is read only to keep the connection: never decompressed
+            self._session = new_session(self._concurrency, auto_decompress=False)
         return self._session
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
