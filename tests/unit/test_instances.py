@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from telepath.cli.instances import InstanceFile, new_instance_id
+from telepath.cli.instances import HEARTBEAT_S, InstanceFile, new_instance_id
 
 pytestmark = pytest.mark.integration  # processes and file locks
 
@@ -124,3 +124,37 @@ def test_an_unusable_data_directory_turns_recovery_off_but_not_the_service(
     instances.discard("gw_a")
     instances.close()
     assert "retention sweep only" in caplog.text
+
+
+def test_the_end_of_a_dead_runs_calls_is_its_last_heartbeat_not_the_restart(
+    tmp_path: Path,
+) -> None:
+    """A run killed an hour ago: its calls ended then (within a heartbeat), not when the next
+    run started — the duration is what a carrier bills."""
+    path = tmp_path / "instances"
+    path.write_text("gw_dead\n")
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    instances = InstanceFile(tmp_path)
+    assert instances.claim() == ["gw_dead"]
+    assert instances.last_alive is not None
+    assert abs(instances.last_alive.timestamp() - an_hour_ago) < 1
+    end = instances.lost_calls_end()
+    assert end is not None
+    assert abs(end.timestamp() - (an_hour_ago + HEARTBEAT_S)) < 1
+    before = path.stat().st_mtime
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    instances.beat()  # the running front marks itself alive
+    assert path.stat().st_mtime >= before
+    instances.close()
+
+
+def test_a_clean_previous_run_leaves_no_end_to_estimate(tmp_path: Path) -> None:
+    first = InstanceFile(tmp_path)
+    first.add("gw_a")
+    first.claim()
+    first.close()
+    second = InstanceFile(tmp_path)
+    assert second.claim() == []
+    assert second.last_alive is None and second.lost_calls_end() is None
+    second.close()

@@ -12,7 +12,10 @@ sent as for any failed call:
   ``<data_dir>/instances``, which every one of them keeps locked (``flock``; the workers inherit
   the descriptor) for as long as it lives. The next ``telepath serve`` on that directory takes
   the lock — proof that none of them still runs — reads the ids and closes their records. If the
-  lock is held (the old workers still draining), it tries again every few seconds.
+  lock is held (the old workers still draining), it tries again every few seconds. The running
+  front touches the file every ``HEARTBEAT_S``, so its modification time says when that run was
+  last alive: the lost calls' end is put there (plus one interval), not at the restart, which
+  may come hours later — a duration is what a carrier bills.
 
 Anything else (a data directory that was lost, a process that shared none) is closed by the
 retention sweep once no call can still be up (``close_lost_calls``: the end then stays unknown).
@@ -28,6 +31,7 @@ import logging
 import os
 import secrets
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,6 +42,7 @@ from telepath.calls.events import (
     call_error_payload,
 )
 from telepath.calls.ports import EventSink
+from telepath.db.base import utcnow
 from telepath.db.call_recorder import close_instance_calls
 from telepath.metrics import Metrics
 
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "instances"
 RETRY_CLAIM_S = 5.0
+HEARTBEAT_S = 10.0  # the front touches the file this often: a lost call's end is this precise
 
 
 def new_instance_id() -> str:
@@ -63,6 +69,7 @@ class InstanceFile:
         self.path = data_dir / FILE_NAME
         self._ids: list[str] = []
         self._fd: int | None = None
+        self.last_alive: datetime | None = None  # the previous run's last heartbeat (claim)
 
     @property
     def claimed(self) -> bool:
@@ -96,6 +103,8 @@ class InstanceFile:
             return None
         with os.fdopen(os.dup(fd), "r", encoding="ascii", errors="replace") as f:
             previous = [line.strip() for line in f if line.strip()]
+        if previous:
+            self.last_alive = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
         self._fd = fd
         self._write()
         return [i for i in previous if i not in self._ids]
@@ -117,6 +126,23 @@ class InstanceFile:
         os.pwrite(self._fd, data, 0)
         os.fsync(self._fd)
 
+    def beat(self) -> None:
+        """Mark this run alive now (the file's modification time)."""
+        if self._fd is not None:
+            os.utime(self._fd)
+
+    def lost_calls_end(self) -> datetime | None:
+        """When the previous run's calls ended at the latest: one heartbeat after its last."""
+        if self.last_alive is None:
+            return None
+        return min(utcnow(), self.last_alive + timedelta(seconds=HEARTBEAT_S))
+
+    async def beat_forever(self) -> None:
+        """:meth:`beat` every ``HEARTBEAT_S`` (a task of the front, cancelled at stop)."""
+        while True:
+            self.beat()
+            await asyncio.sleep(HEARTBEAT_S)
+
     def close(self) -> None:
         """A clean stop: every call was ended, nothing is left to close; release the lock."""
         if self._fd is not None:
@@ -130,11 +156,14 @@ async def close_calls_of(
     sessions: async_sessionmaker[AsyncSession],
     sink: EventSink | None,
     metrics: Metrics | None = None,
+    *,
+    ended: datetime | None = None,
 ) -> int:
-    """Close the open records of the dead processes ``instance_ids`` as ``lost`` and send each
-    one's events; returns how many. Never raises (logged instead)."""
+    """Close the open records of the dead processes ``instance_ids`` as ``lost`` (ending at
+    ``ended``, default now) and send each one's events; returns how many. Never raises (logged
+    instead)."""
     try:
-        records = await close_instance_calls(sessions, instance_ids)
+        records = await close_instance_calls(sessions, instance_ids, now=ended)
     except Exception as exc:
         log.error("closing the call records of a stopped process failed: %s", type(exc).__name__)
         return 0
@@ -182,5 +211,5 @@ async def claim_and_recover(
             )
             warned = True
         await asyncio.sleep(retry_s)
-    if previous:
-        await close_calls_of(previous, sessions, sink, metrics)  # never raises
+    if previous:  # never raises
+        await close_calls_of(previous, sessions, sink, metrics, ended=instances.lost_calls_end())

@@ -106,6 +106,7 @@ async def serve(settings: Settings) -> None:
         pool: WorkerPool | None = None
         instances = InstanceFile(settings.data_dir)
         recovery: asyncio.Task[None] | None = None
+        heartbeat: asyncio.Task[None] | None = None
         if settings.sip_enabled:
             instance_id = new_instance_id()
             instances.add(instance_id)
@@ -124,7 +125,9 @@ async def serve(settings: Settings) -> None:
                     claim_and_recover(instances, state.sessions, sink, state.metrics)
                 )
             elif left:
-                await close_calls_of(left, state.sessions, sink, state.metrics)
+                ended = instances.lost_calls_end()
+                await close_calls_of(left, state.sessions, sink, state.metrics, ended=ended)
+            heartbeat = asyncio.create_task(instances.beat_forever())
             if settings.sip_workers > 1:
                 pool = await start_workers(settings, state, gateway, nonce_secrets, instances)
         app = create_app(state)
@@ -160,8 +163,9 @@ async def serve(settings: Settings) -> None:
                 logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
                 workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
                 await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
-            if recovery is not None:
-                recovery.cancel()
+            for task in (recovery, heartbeat):
+                if task is not None:
+                    task.cancel()
             instances.close()  # every call was ended: the next run has nothing to close
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

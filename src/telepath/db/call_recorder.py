@@ -361,7 +361,8 @@ async def close_instance_calls(
     """Close the open records of the gateway processes ``instance_ids``, which are known to be
     dead (a SIP worker that exited; the previous run of this installation, whose lock is now
     ours: ``cli/instances.py``). Their calls ended when the process did, so unlike
-    :func:`close_lost_calls` the end is known to within the detection delay: ``now``. Status
+    :func:`close_lost_calls` the end is known, to within the detection delay: ``now`` (the time
+    of death, or a bound on it; never before a call was set up). Status
     ``disconnected`` (``failed`` if never answered), reason ``lost``. Returns the closed records,
     for the caller to send ``call.ended`` for each.
     """
@@ -385,7 +386,9 @@ async def close_instance_calls(
             ).value
             row.disconnect_reason = DisconnectReason.LOST.value
             row.error_message = LOST_INSTANCE_MESSAGE
-            row.end_time = current
+            # never before the call was up (an end estimated from the process's last sign of
+            # life can precede a call set up just before it died)
+            row.end_time = max(current, row.answer_time or row.start_time)
             record = _record_of(row)
             row.duration_seconds = record.duration_seconds
             row.updated_at = current

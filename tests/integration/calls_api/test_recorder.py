@@ -254,6 +254,16 @@ async def test_the_open_records_of_a_dead_process_are_closed_with_an_end(api: Ap
     untouched = (await api.get(f"/v1/calls/{other.id}")).json()
     assert untouched["status"] == "connected" and untouched["disconnect_reason"] is None
 
+    # an end estimated from the process's last sign of life, before this call was answered
+    late = started(account, start=now - timedelta(seconds=5))
+    late.answer_time = now - timedelta(seconds=4)
+    await DbCallRecorder(api.state.sessions, instance_id="gw_late").call_started(late)
+    (closed_late,) = await close_instance_calls(
+        api.state.sessions, ["gw_late"], now=now - timedelta(seconds=20)
+    )
+    assert closed_late.end_time == late.answer_time  # never before the call was up
+    assert closed_late.duration_seconds == 0
+
 
 async def test_retention_loop_closes_lost_calls_even_without_purging(
     api: Api, settings: Settings
