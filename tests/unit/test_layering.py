@@ -92,3 +92,14 @@ def test_a_call_imports_nothing_on_the_event_loop() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "", f"imported while building bridges: {out.stdout.strip()}"
+
+
+def test_the_service_imports_no_test_only_dependency() -> None:
+    """httpx, requests and the providers' SDKs are dev dependencies (tests, benchmark): a fresh
+    ``pip install telepath`` does not have them."""
+    dev_only = {"httpx", "requests", "openai", "elevenlabs", "hypothesis", "schemathesis"}
+    for path in sorted(SRC.rglob("*.py")):
+        if "testing" in path.relative_to(SRC).parts:
+            continue  # the protocol fakes, used by tests and the benchmark only
+        for name in imports(path):
+            assert name.split(".")[0] not in dev_only, f"{path.relative_to(SRC)} imports {name}"

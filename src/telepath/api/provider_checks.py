@@ -14,19 +14,26 @@ ElevenLabs ``GET {TELEPATH_ELEVENLABS_API_BASE}/v1/convai/agents/{agent_id}`` wi
   (``/v1/convai/conversation/get-signed-url``), the exact capability a call needs; 200 there is
   valid. 404/422 -> 400 ``invalid_elevenlabs_agent_id``. 5xx or unreachable -> 502.
 
-No key, URL query or provider response body is ever logged or echoed.
+No key, URL query or provider response body is ever logged or echoed. The HTTP client is the
+gateway's (aiohttp, ``bridges/http_client.py``: the same TLS trust and proxy settings).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+import yarl
 
 from telepath.api.errors import ApiError
+from telepath.bridges.http_client import new_session
 
 logger = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 64 * 1024  # of a provider's answer: only its error detail is read
 
 
 def _invalid(field: str) -> ApiError:
@@ -52,16 +59,35 @@ class ProviderValidator:
         self.openai_api_base = openai_api_base.rstrip("/")
         self.elevenlabs_api_base = elevenlabs_api_base.rstrip("/")
         self.enabled = enabled
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None  # made on the first check
 
     async def aclose(self) -> None:
         """Release the HTTP connection pool."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _get(self, provider: str, url: str, headers: dict[str, str]) -> httpx.Response:
+    async def _get(
+        self,
+        provider: str,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Status and (the start of) the body; unreachable, a timeout or a bad URL -> 502."""
+        if self._session is None:
+            self._session = new_session(limit=16)
         try:
-            return await self._client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.get(
+                    yarl.URL(url, encoded=True),  # already quoted: not again
+                    headers=headers,
+                    params=params,
+                    allow_redirects=False,
+                ) as resp:
+                    return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             logger.warning(
                 "provider check failed: %s unreachable (%s)", provider, type(exc).__name__
             )
@@ -72,8 +98,7 @@ class ProviderValidator:
         if not self.enabled:
             return
         url = f"{self.openai_api_base}/models/{quote(model, safe='')}"
-        resp = await self._get("OpenAI", url, {"Authorization": f"Bearer {api_key}"})
-        status = resp.status_code
+        status, _ = await self._get("OpenAI", url, {"Authorization": f"Bearer {api_key}"})
         if status in (200, 403, 429):
             return
         if status == 401:
@@ -93,17 +118,10 @@ class ProviderValidator:
             return
         headers = {"xi-api-key": api_key}
         url = f"{self.elevenlabs_api_base}/v1/convai/agents/{quote(agent_id, safe='')}"
-        resp = await self._get("ElevenLabs", url, headers)
-        status = resp.status_code
-        if status == 401 and _detail_status(resp) == "missing_permissions":
+        status, body = await self._get("ElevenLabs", url, headers)
+        if status == 401 and _detail_status(body) == "missing_permissions":
             signed = f"{self.elevenlabs_api_base}/v1/convai/conversation/get-signed-url"
-            try:
-                resp = await self._client.get(
-                    signed, headers=headers, params={"agent_id": agent_id}
-                )
-            except httpx.HTTPError:
-                raise _unavailable("ElevenLabs") from None
-            status = resp.status_code
+            status, _ = await self._get("ElevenLabs", signed, headers, {"agent_id": agent_id})
         if status == 200:
             return
         if status in (401, 403):
@@ -118,9 +136,9 @@ class ProviderValidator:
         raise _unavailable("ElevenLabs")
 
 
-def _detail_status(resp: httpx.Response) -> str | None:
+def _detail_status(raw: bytes) -> str | None:
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         return None
     detail = body.get("detail") if isinstance(body, dict) else None
