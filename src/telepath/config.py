@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     # --- call records, webhooks ------------------------------------------------------------
     call_retention_hours: float = Field(default=72.0, ge=0)  # sip_trace/turns kept this long
+    # a gateway process whose database heartbeat stopped this long is dead: another closes the
+    # records of its calls as lost (cli/instances.py)
+    lost_instance_after_s: float = Field(default=60.0, gt=0)
     allow_insecure_webhook_urls: bool = False  # allow http:// webhook endpoints (testing only)
     webhook_timeout_s: float = Field(default=30.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)

@@ -22,8 +22,10 @@ from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.calls.config import CallControlConfig
 from telepath.calls.manager import CallManager
+from telepath.cli import instances
 from telepath.clock import MonotonicClock
 from telepath.config import Settings
+from telepath.db import instance_store
 from telepath.db.call_recorder import DbCallRecorder, retention_loop
 from telepath.db.trunk_directory import DbTrunkDirectory
 from telepath.sip.auth import Algorithm, DigestAuthenticator
@@ -98,8 +100,10 @@ class Gateway:
     manager: CallManager
     dispatcher: WebhookDispatcher
     state: ApiState | None = None
+    instance_id: str | None = None  # its heartbeat row goes once its calls have ended
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    beats: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at the end
 
     async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:
         """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop.
@@ -119,6 +123,15 @@ class Gateway:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 5)
+        for task in self.beats:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.state is not None and self.instance_id is not None:
+            try:  # every call of this process has ended: nothing for another to close
+                await instance_store.forget(self.state.sessions, [self.instance_id])
+            except Exception as exc:
+                log.warning("removing the gateway heartbeat failed: %s", type(exc).__name__)
         await self.dispatcher.aclose()
         if self.manager.http is not None:
             await self.manager.http.aclose()
@@ -134,7 +147,9 @@ async def start_gateway(
 ) -> Gateway:
     """Bind SIP listeners and start call control, webhooks and retention.
 
-    ``instance_id`` (``cli/instances.py``) is stored with every call record this process writes.
+    ``instance_id`` (``cli/instances.py``) is stored with every call record this process writes,
+    and beaten in ``gateway_instances`` from before the first call until the last has ended;
+    the front (no ``role``) also closes the calls of processes whose heartbeat stopped.
 
     With ``role`` (a SIP worker process): no listeners, webhook dispatcher or retention — the
     front process has them — only call control on the datagrams the front forwards.
@@ -210,6 +225,11 @@ async def start_gateway(
         backlog=BacklogMonitor(threshold_s=settings.sip_overload_wait_ms / 1000),
         on_receive_wait=state.metrics.sip_receive_wait.observe,
     )
+    if instance_id is not None:  # the row is there before the first call
+        try:
+            await instance_store.beat(state.sessions, instance_id)
+        except Exception as exc:  # the database is needed for calls anyway; say so, go on
+            log.warning("gateway heartbeat failed: %s; retrying", type(exc).__name__)
     if role is None:
         await server.start(listen, tls)
         # Bound ports may differ from the configured ones when 0 was asked for (tests).
@@ -218,7 +238,24 @@ async def start_gateway(
     else:
         server.adopt(role.udp, role.inbox, role.udp_bound)
     manager.attach(server)
-    gateway = Gateway(server, manager, dispatcher, state)
+    gateway = Gateway(server, manager, dispatcher, state, instance_id)
+    if instance_id is not None:
+        interval = instances.heartbeat_s(settings.lost_instance_after_s)
+        gateway.beats.append(
+            loop.create_task(instances.beat_forever(state.sessions, instance_id, interval))
+        )
+        if role is None:
+            gateway.beats.append(
+                loop.create_task(
+                    instances.reap_forever(
+                        state.sessions,
+                        manager.sink,
+                        state.metrics,
+                        instance_id,
+                        settings.lost_instance_after_s,
+                    )
+                )
+            )
     state.trunk_removed.append(manager.trunk_removed)
     media_pacer.observe_lateness(state.metrics.media_tick_lateness.observe)
     gateway.tasks.append(loop.create_task(manager.watch_trunks(gateway.stop_event)))

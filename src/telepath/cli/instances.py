@@ -17,7 +17,18 @@ sent as for any failed call:
   last alive: the lost calls' end is put there (plus one interval), not at the restart, which
   may come hours later — a duration is what a carrier bills.
 
-Anything else (a data directory that was lost, a process that shared none) is closed by the
+- any gateway process died, on any host sharing the database — the case the file cannot see (a
+  container restarted without its data directory, a PostgreSQL deployment of several hosts):
+  every process beats its own row in ``gateway_instances`` every ``heartbeat_s``
+  (``db/instance_store.py``); the front of each ``telepath serve`` watches the rows, and one
+  whose beat counter has not moved for ``TELEPATH_LOST_INSTANCE_AFTER_S`` (60 s) of its own
+  clock is taken (a conditional ``DELETE``: one taker) and that process's records are closed,
+  ending one heartbeat after its last. Trade-off: a process that stops beating that long while
+  alive (its database out of reach, the process frozen) gets its calls closed by another; its
+  row comes back with its next beat (an error is logged) and each call's record is rewritten
+  with its real end when the call ends — ``call.ended`` is then sent a second time.
+
+Anything else (a process of an older version, which has no heartbeat row) is closed by the
 retention sweep once no call can still be up (``close_lost_calls``: the end then stays unknown).
 
 Hand-written: a few lines over ``fcntl.flock``, which no maintained library wraps better.
@@ -30,6 +41,7 @@ import fcntl
 import logging
 import os
 import secrets
+import time
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +54,7 @@ from telepath.calls.events import (
     call_error_payload,
 )
 from telepath.calls.ports import EventSink
+from telepath.db import instance_store
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import close_instance_calls
 from telepath.metrics import Metrics
@@ -51,6 +64,12 @@ log = logging.getLogger(__name__)
 FILE_NAME = "instances"
 RETRY_CLAIM_S = 5.0
 HEARTBEAT_S = 10.0  # the front touches the file this often: a lost call's end is this precise
+BEATS_PER_LOST = 6  # database heartbeats in TELEPATH_LOST_INSTANCE_AFTER_S
+
+
+def heartbeat_s(lost_after_s: float) -> float:
+    """The database heartbeat interval for a given ``TELEPATH_LOST_INSTANCE_AFTER_S``."""
+    return min(HEARTBEAT_S, lost_after_s / BEATS_PER_LOST)
 
 
 def new_instance_id() -> str:
@@ -164,6 +183,7 @@ async def close_calls_of(
     instead)."""
     try:
         records = await close_instance_calls(sessions, instance_ids, now=ended)
+        await instance_store.forget(sessions, instance_ids)  # nothing of theirs is left open
     except Exception as exc:
         log.error("closing the call records of a stopped process failed: %s", type(exc).__name__)
         return 0
@@ -213,3 +233,53 @@ async def claim_and_recover(
         await asyncio.sleep(retry_s)
     if previous:  # never raises
         await close_calls_of(previous, sessions, sink, metrics, ended=instances.lost_calls_end())
+
+
+async def beat_forever(
+    sessions: async_sessionmaker[AsyncSession], instance_id: str, interval_s: float
+) -> None:
+    """Beat this process's ``gateway_instances`` row every ``interval_s`` (a task of every
+    gateway process; the first beat is made before it serves calls). Never raises."""
+    failing = False
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            found = await instance_store.beat(sessions, instance_id)
+        except Exception as exc:
+            if not failing:
+                log.warning("gateway heartbeat failed: %s; retrying", type(exc).__name__)
+            failing = True
+            continue
+        failing = False
+        if not found:
+            log.error(
+                "this gateway process's heartbeat row was gone: another process took it for "
+                "dead and closed its open call records as lost (each is rewritten when its call "
+                "ends)"
+            )
+
+
+async def reap_forever(
+    sessions: async_sessionmaker[AsyncSession],
+    sink: EventSink | None,
+    metrics: Metrics | None,
+    own_id: str,
+    lost_after_s: float,
+) -> None:
+    """Close the calls of gateway processes, on any host, whose heartbeat stopped for
+    ``lost_after_s`` (a task of the front of each ``telepath serve``). Never raises."""
+    interval = heartbeat_s(lost_after_s)
+    watch = instance_store.StaleWatch(lost_after_s)
+    while True:
+        try:
+            rows = await instance_store.read_all(sessions)
+            stale = watch.observe(rows, time.monotonic(), exclude=(own_id,))
+            for row in stale:
+                if await instance_store.claim(sessions, row):
+                    ended = min(utcnow(), row.last_seen_at + timedelta(seconds=interval))
+                    await close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
+        except Exception as exc:
+            log.warning(
+                "checking other gateway processes' heartbeats failed: %s", type(exc).__name__
+            )
+        await asyncio.sleep(interval)

@@ -1,4 +1,4 @@
-"""ORM models: accounts, API keys, trunks, call records and webhooks.
+"""ORM models: accounts, API keys, trunks, call records, webhooks and gateway processes.
 
 Secrets columns hold only what is safe at rest: SIP digest HA1 values (never the password),
 AES-256-GCM envelopes for provider keys and custom headers (see ``telepath.secrets.keyring``),
@@ -156,6 +156,20 @@ class CallRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The gateway process that carried the call (``cli/instances.py``); never shown in the API.
     instance_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class GatewayInstance(Base):
+    """A running gateway process's heartbeat (``cli/instances.py``): a row that stops beating
+    belongs to a process that died, whose open call records another process then closes."""
+
+    __tablename__ = "gateway_instances"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # calls.instance_id
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())  # the process's own clock
+    beats: Mapped[int] = mapped_column(Integer)  # compared, not the clocks: hosts may disagree
 
 
 class WebhookEndpoint(Base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,53 @@ async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
         await asyncio.to_thread(stop_server, second)
     assert second.process.returncode == 0
     assert (data / "instances").read_text() == ""  # a clean stop leaves nothing to close
+
+
+async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_database(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A container restarted without its data directory, or another host on the same
+    PostgreSQL: no instances file tells it, the stopped heartbeat in the database does."""
+    data = tmp_path / "data"
+    env = {**_env(), "TELEPATH_LOST_INSTANCE_AFTER_S": "2"}
+    first = await asyncio.to_thread(start_server, data, env)
+    phone = await Phone().open()
+    try:
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
+            await live_json(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            sip_port = int(env["TELEPATH_SIP_PORT"])
+            live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
+            await live.uac.close()
+            (call,) = (await live_json(first, "GET", "/v1/calls"))["calls"]
+            assert call["status"] == "connected"
+            first.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.process.wait, 10)
+    finally:
+        await phone.close()
+
+    elsewhere = {
+        **env,
+        "TELEPATH_SIP_PORT": str(free_sip_port()),
+        "TELEPATH_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'telepath.db'}",
+        "TELEPATH_SECRET_KEY": (data / "secret.key").read_text().split()[0],
+    }
+    second = await asyncio.to_thread(start_server, tmp_path / "other", elsewhere, first.api_key)
+    try:
+        for _ in range(100):  # it watches the dead heartbeat for 2 s first
+            record = await live_json(second, "GET", f"/v1/calls/{call['id']}")
+            if record["disconnect_reason"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert record["disconnect_reason"] == "lost", record
+        assert record["status"] == "disconnected" and record["end_time"] is not None
+        await wait_until(
+            lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
+            what="the lost call's events",
+        )
+        assert "closed 1 call record(s) of a stopped gateway process as lost" in second.log()
+    finally:
+        await asyncio.to_thread(stop_server, second)
+    assert second.process.returncode == 0
+    with sqlite3.connect(data / "telepath.db") as db:  # a clean stop leaves no heartbeat
+        assert db.execute("SELECT count(*) FROM gateway_instances").fetchone() == (0,)
