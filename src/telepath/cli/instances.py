@@ -1,11 +1,12 @@
-"""Which gateway processes run on this data directory, so that what a dead one left is closed.
+"""Which gateway processes run (on this data directory, or on this database), so that what a
+dead one left is closed.
 
 Each gateway process — ``telepath serve`` and every SIP worker it starts — has a random
 *instance id*, stored with each call record it writes (``calls.instance_id``). A process that dies
 with calls up (SIGKILL, the OOM killer, a crash, a power cut) cannot end them: their records stay
-open. Two cases are known at once, and those records are then closed as ``lost`` with the
-detection time as their end, and ``agent.disconnected``, ``call.error`` and ``call.ended`` are
-sent as for any failed call:
+open. Three cases are detected — the first two at once, the third about a minute later — and those
+records are then closed as ``lost`` with an end at or just after the death, and
+``agent.disconnected``, ``call.error`` and ``call.ended`` are sent as for any failed call:
 
 - a SIP worker exits: the front sees it (``cli/workers.py``) and closes that worker's records;
 - ``telepath serve`` itself died: the ids of the processes it ran are in
@@ -15,8 +16,7 @@ sent as for any failed call:
   lock is held (the old workers still draining), it tries again every few seconds. The running
   front touches the file every ``HEARTBEAT_S``, so its modification time says when that run was
   last alive: the lost calls' end is put there (plus one interval), not at the restart, which
-  may come hours later — a duration is what a carrier bills.
-
+  may come hours later — a duration is what a carrier bills;
 - any gateway process died, on any host sharing the database — the case the file cannot see (a
   container restarted without its data directory, a PostgreSQL deployment of several hosts):
   every process beats its own row in ``gateway_instances`` every ``heartbeat_s``
