@@ -77,10 +77,12 @@ async def start_workers(
         on_wake=gateway.dispatcher.wake,
         instances=instances,
         on_exit=exited,
+        on_stream_reply=gateway.server.write_stream,
     )
     # Route first: until a worker serves, datagrams of its calls are dropped (the caller
     # retransmits), not answered here — the dialog would then live in the wrong process.
     gateway.server.router = pool.forwarder
+    gateway.server.stream_router = pool.forwarder.stream
     await pool.start()
     state.trunk_removed.append(pool.trunk_removed)
     state.more_metrics = pool.metrics

@@ -10,8 +10,9 @@ in the database — so nothing about a call crosses processes after its datagram
 
 What stays in the front: the HTTP API (``/metrics`` merges every worker's metrics), the webhook
 dispatcher (the outbox is in the database; a worker that adds an event writes one byte the other
-way on its inbox pair, which wakes the dispatcher as the front's own events do),
-retention, and SIP over TCP and TLS (a connection's calls stay with the process holding it).
+way on its inbox pair, which wakes the dispatcher as the front's own events do), retention, and
+the TCP and TLS connections: their messages are handed to the worker that owns each call like
+datagrams, and what a worker sends on a connection comes back on its pair for the front to write.
 Limits that are per process — ``TELEPATH_SIP_MAX_CALLS``, ``TELEPATH_SIP_MAX_CPS``, the per-source
 rate limit and burst, the RTP port range — are split evenly between the workers; the Call-ID
 hash spreads calls evenly. Digest nonces are per worker (a call's challenge and its answer share
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from telepath.cli.instances import InstanceFile, new_instance_id
 from telepath.config import Settings
 from telepath.metrics import Metrics
-from telepath.transport.sip_fanout import Forwarder
+from telepath.transport.sip_fanout import MAX_MESSAGE, Forwarder, unpack_stream_reply
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class WorkerPool:
         on_wake: Callable[[], None] | None = None,
         instances: InstanceFile | None = None,
         on_exit: Callable[[str], Awaitable[object]] | None = None,
+        on_stream_reply: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.settings = settings
         self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
@@ -118,6 +120,7 @@ class WorkerPool:
         self._on_wake = on_wake  # a worker put a webhook event in the outbox
         self._instances = instances
         self._on_exit = on_exit  # a worker's process is gone: close what it left (its id)
+        self._on_stream_reply = on_stream_reply  # a worker's message for a TCP/TLS connection
         self._metrics_of_front = metrics or Metrics()
         self.forwarder = Forwarder(
             self.count, {}, on_drop=self._metrics_of_front.sip_forward_dropped.inc
@@ -154,13 +157,9 @@ class WorkerPool:
             inbox_worker.close()
             ctl_worker.close()
         inbox_front.setblocking(False)
-        old = self.forwarder.outboxes.get(worker.index)
-        self.forwarder.outboxes[worker.index] = inbox_front
-        loop = asyncio.get_running_loop()
-        if old is not None:
-            loop.remove_reader(old.fileno())
-            old.close()
-        loop.add_reader(inbox_front.fileno(), self._woken, inbox_front)
+        self._close_outbox(worker.index)
+        self.forwarder.attach(worker.index, inbox_front)
+        asyncio.get_running_loop().add_reader(inbox_front.fileno(), self._woken, inbox_front)
         worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
         hello = {
             "index": worker.index,
@@ -194,6 +193,7 @@ class WorkerPool:
             code = await worker.process.wait()
             worker.up = False
             self._count_up()
+            self._close_outbox(worker.index)  # its TCP/TLS messages wait for the next process
             if not self._stopping:
                 log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
             # its records still open (none after a clean drain) can no longer be ended by it
@@ -215,13 +215,20 @@ class WorkerPool:
                 return
 
     def _woken(self, sock: socket.socket) -> None:
-        """The worker wrote on its inbox pair the other way: webhook events are waiting."""
-        for _ in range(64):  # one wake-up stands for any number of events
+        """The worker wrote on its inbox pair the other way: webhook events are waiting, or
+        messages for the front's TCP/TLS connections."""
+        wake = False
+        for _ in range(64):  # bounded: the loop's other callbacks (media) must not starve
             try:
-                sock.recv(16)
+                message = sock.recv(MAX_MESSAGE)
             except OSError:  # drained
                 break
-        if self._on_wake is not None:
+            reply = unpack_stream_reply(message)
+            if reply is None:
+                wake = True  # one wake-up stands for any number of events
+            elif self._on_stream_reply is not None:
+                self._on_stream_reply(*reply)
+        if wake and self._on_wake is not None:
             self._on_wake()
 
     def _count_up(self) -> None:
@@ -293,11 +300,14 @@ class WorkerPool:
             watcher.cancel()
         for worker in self._workers.values():
             self._close_control(worker)
-        loop = asyncio.get_running_loop()
-        for outbox in self.forwarder.outboxes.values():
-            loop.remove_reader(outbox.fileno())
+        for index in list(self.forwarder.outboxes):
+            self._close_outbox(index)
+
+    def _close_outbox(self, index: int) -> None:
+        outbox = self.forwarder.detach(index)
+        if outbox is not None:
+            asyncio.get_running_loop().remove_reader(outbox.fileno())
             outbox.close()
-        self.forwarder.outboxes.clear()
 
 
 # ---------------------------------------------------------------- the worker process

@@ -1,4 +1,4 @@
-"""One SIP UDP port served by several worker processes: datagrams handed over by Call-ID.
+"""One SIP port served by several worker processes: messages handed over by Call-ID.
 
 A carrier sends every call from one address, so ``SO_REUSEPORT`` (which balances by source
 address) would give all of its calls to one process. Instead the process that binds the port
@@ -7,6 +7,13 @@ and, when another worker owns it, writes it to that worker's inbox — one end o
 datagram socket pair — with the peer's address and the kernel's arrival time. Workers answer
 from the same UDP socket, inherited from the front, so replies leave from the port the carrier
 sent to (RFC 3261 §18.2.2). A worker never reads that socket.
+
+TCP and TLS: a carrier keeps one connection for all its calls, and the connection (and its TLS
+session) stays in the front. The front frames each message off the stream and hands it over the
+same way, with the connection's id; what the worker sends on that connection comes back the
+other way on the pair (``s`` + the id + the message) and the front writes it. A stream is
+reliable — a peer does not retransmit over it (§17.1.1.2) — so unlike datagrams these messages
+are never dropped when a socket pair is full: they wait, in order (:class:`OrderedSender`).
 
 The arrival time travels as wall-clock seconds (``SIOCGSTAMP`` is ``CLOCK_REALTIME``), so the
 worker's :class:`~telepath.transport.receive_backlog.BacklogMonitor` sees the whole wait: in the
@@ -24,38 +31,140 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from telepath.sip.routing import call_id_of, owner_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Forwarder", "Inbox", "UdpSender", "pack", "unpack"]
+__all__ = [
+    "Forwarded",
+    "Forwarder",
+    "Inbox",
+    "OrderedSender",
+    "UdpSender",
+    "pack",
+    "pack_stream_reply",
+    "unpack",
+    "unpack_stream_reply",
+]
 
-# arrival (wall-clock seconds), peer port, length of the peer host; then the host, then the data
-_HEADER = struct.Struct("!dHB")
+# arrival (wall-clock seconds), peer port, length of the peer host, transport, stream connection
+# id (0 for UDP); then the host, then the message
+_HEADER = struct.Struct("!dHBBI")
+_TRANSPORTS = ("UDP", "TCP", "TLS")
+# the other way (worker to front): b"w" wakes the webhook dispatcher; b"s" + connection id +
+# message is a message for the front to write on that stream connection
+WAKE = b"w"
+_STREAM_REPLY = struct.Struct("!cI")
+MAX_MESSAGE = 70_000  # a forwarded SIP message with its header fits (the framer's cap is 64 KiB)
+HOLD_LIMIT = 1024  # stream messages kept for a worker being started again
 
 
-def pack(data: bytes, addr: tuple[str, int], arrival: float) -> bytes:
-    """One forwarded datagram."""
+class Forwarded(NamedTuple):
+    """A message the front handed over: what came, from where, when, on which transport."""
+
+    data: bytes
+    addr: tuple[str, int]
+    arrival: float
+    transport: str = "UDP"
+    conn: int = 0
+
+
+def pack(
+    data: bytes, addr: tuple[str, int], arrival: float, transport: str = "UDP", conn: int = 0
+) -> bytes:
+    """One forwarded message."""
     host = addr[0].encode("ascii")
-    return _HEADER.pack(arrival, addr[1], len(host)) + host + data
+    code = _TRANSPORTS.index(transport)
+    return _HEADER.pack(arrival, addr[1], len(host), code, conn) + host + data
 
 
-def unpack(message: bytes) -> tuple[bytes, tuple[str, int], float]:
-    """``(data, peer address, arrival)`` of a forwarded datagram.
+def unpack(message: bytes) -> Forwarded:
+    """A forwarded message.
 
     Raises:
-        ValueError: the message is shorter than its header says.
+        ValueError: the message is shorter than its header says, or names no transport.
     """
     if len(message) < _HEADER.size:
-        raise ValueError("forwarded datagram shorter than its header")
-    arrival, port, host_len = _HEADER.unpack_from(message)
+        raise ValueError("forwarded message shorter than its header")
+    arrival, port, host_len, code, conn = _HEADER.unpack_from(message)
     start = _HEADER.size + host_len
-    if len(message) < start:
-        raise ValueError("forwarded datagram shorter than its header")
+    if len(message) < start or code >= len(_TRANSPORTS):
+        raise ValueError("forwarded message shorter than its header or of no transport")
     host = message[_HEADER.size : start].decode("ascii")
-    return message[start:], (host, port), arrival
+    return Forwarded(message[start:], (host, port), arrival, _TRANSPORTS[code], conn)
+
+
+def pack_stream_reply(conn: int, data: bytes) -> bytes:
+    """A worker's message for the front to write on stream connection ``conn``."""
+    return _STREAM_REPLY.pack(b"s", conn) + data
+
+
+def unpack_stream_reply(message: bytes) -> tuple[int, bytes] | None:
+    """``(connection id, message)``, or None for anything else (a wake-up)."""
+    if len(message) < _STREAM_REPLY.size or message[:1] != b"s":
+        return None
+    _, conn = _STREAM_REPLY.unpack_from(message)
+    return conn, message[_STREAM_REPLY.size :]
+
+
+class OrderedSender:
+    """Sends on a non-blocking datagram socket without losing or reordering anything: what
+    the socket will not take now waits (up to ``limit`` messages) and goes when it is writable.
+    Past ``limit`` (the other process stopped reading) messages are dropped and counted."""
+
+    def __init__(self, sock: socket.socket, limit: int = 4096) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.limit = limit
+        self.dropped = 0
+        self._waiting: deque[bytes] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, message: bytes) -> bool:
+        """Send or queue ``message``; False when it had to be dropped."""
+        if not self._waiting:
+            try:
+                self.sock.send(message)
+                return True
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:  # the other end is gone (a worker restarting): like a lost packet
+                self.dropped += 1
+                return False
+        if len(self._waiting) >= self.limit:
+            self.dropped += 1
+            return False
+        self._waiting.append(message)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_writer(self.sock.fileno(), self._flush)
+        return True
+
+    def _flush(self) -> None:
+        while self._waiting:
+            try:
+                self.sock.send(self._waiting[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.dropped += len(self._waiting)
+                self._waiting.clear()
+                break
+            self._waiting.popleft()
+        self.close()
+
+    def close(self) -> None:
+        """Stop waiting for the socket (what still waits is dropped); the socket stays open."""
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self.sock.fileno())
+            self._loop = None
+        self.dropped += len(self._waiting)
+        self._waiting.clear()
 
 
 class Forwarder:
@@ -76,6 +185,36 @@ class Forwarder:
         self.forwarded = 0
         self.dropped = 0
         self._on_drop = on_drop
+        self._streams: dict[int, OrderedSender] = {}  # worker index -> its stream messages
+        # stream messages for a worker that is not there (being started again): a peer does not
+        # retransmit over a stream, so they wait for the next process (bounded)
+        self._held: dict[int, deque[bytes]] = {}
+
+    def attach(self, index: int, outbox: socket.socket) -> None:
+        """Worker ``index`` (started again) reads ``outbox`` now; what waited for it goes."""
+        self.outboxes[index] = outbox
+        old = self._streams.pop(index, None)
+        if old is not None:
+            old.close()
+        held = self._held.pop(index, None)
+        if held:
+            sender = self._streams[index] = OrderedSender(outbox)
+            for message in held:
+                self._count(sender.send(message))
+
+    def detach(self, index: int) -> socket.socket | None:
+        """Worker ``index`` exited: its datagrams are dropped and its stream messages held
+        until :meth:`attach`. Returns the socket it read (for the caller to close)."""
+        sender = self._streams.pop(index, None)
+        if sender is not None:
+            sender.close()
+        return self.outboxes.pop(index, None)
+
+    def _count(self, sent: bool) -> None:
+        if sent:
+            self.forwarded += 1
+        else:
+            self._drop()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -101,17 +240,37 @@ class Forwarder:
             self.forwarded += 1
         return True
 
+    def stream(self, data: bytes, transport: str, addr: tuple[str, int], conn: int) -> bool:
+        """A message framed off stream connection ``conn``: True when another worker owns its
+        call and it was handed over (or, that worker gone, dropped)."""
+        call_id = call_id_of(data)
+        if call_id is None:
+            return False
+        owner = owner_of(call_id, self.workers)
+        if owner == 0:
+            return False
+        message = pack(data, addr, time.time(), transport, conn)
+        outbox = self.outboxes.get(owner)
+        if outbox is None:  # until attach()
+            held = self._held.setdefault(owner, deque())
+            if len(held) < HOLD_LIMIT:
+                held.append(message)
+            else:
+                self._drop()
+            return True
+        sender = self._streams.get(owner)
+        if sender is None:
+            sender = self._streams[owner] = OrderedSender(outbox)
+        self._count(sender.send(message))
+        return True
+
 
 class Inbox:
-    """In a worker: reads forwarded datagrams and feeds them, as UDP from their peer, on."""
+    """In a worker: reads forwarded messages and feeds them on, as from their peer."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        on_datagram: Callable[[bytes, tuple[str, int], float], None],
-    ) -> None:
+    def __init__(self, sock: socket.socket, on_message: Callable[[Forwarded, float], None]) -> None:
         self._sock = sock
-        self._on_datagram = on_datagram
+        self._on_message = on_message  # the message and how long it waited since it arrived
         self._loop: asyncio.AbstractEventLoop | None = None
         self.malformed = 0
 
@@ -131,18 +290,18 @@ class Inbox:
     def _read(self) -> None:
         for _ in range(64):  # bounded: the loop's other callbacks (media) must not starve
             try:
-                message = self._sock.recv(70_000)
+                message = self._sock.recv(MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.stop()
                 return
             try:
-                data, addr, arrival = unpack(message)
+                forwarded = unpack(message)
             except ValueError:
                 self.malformed += 1
                 continue
-            self._on_datagram(data, addr, max(0.0, time.time() - arrival))
+            self._on_message(forwarded, max(0.0, time.time() - forwarded.arrival))
 
 
 class UdpSender:

@@ -24,11 +24,19 @@ from telepath.sip.parser import StreamFramer
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Event, Output, Send, UserAgentCore
 from telepath.transport.receive_backlog import BacklogMonitor, KernelReceiveTime
-from telepath.transport.sip_fanout import Inbox, UdpSender
+from telepath.transport.sip_fanout import (
+    Forwarded,
+    Inbox,
+    OrderedSender,
+    UdpSender,
+    pack_stream_reply,
+)
 
 #: Given each UDP datagram read (data, peer, seconds it waited); True when it was taken
 #: elsewhere (handed to the worker process that owns its call) and must not be fed here.
 Router = Callable[[bytes, tuple[str, int], float], bool]
+#: The same for each message framed off a TCP/TLS connection (data, transport, peer, conn id).
+StreamRouter = Callable[[bytes, str, tuple[str, int], int], bool]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +111,10 @@ class _Stream(asyncio.Protocol):
                 self.transport.close()
             return
         source = Source(self.name, self.peer, self.conn_id)
+        router = self.server.stream_router
         for message in messages:
+            if router is not None and router(message, self.name, self.peer, self.conn_id):
+                continue  # another worker process owns this call (sip_fanout)
             self.server.feed(message, source)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -125,6 +136,7 @@ class SipServer:
     ) -> None:
         self.core = core
         self.router = router
+        self.stream_router: StreamRouter | None = None
         self.on_event = on_event
         self.guard = guard
         # how long UDP datagrams waited to be read: call control sheds new calls on it
@@ -134,6 +146,7 @@ class SipServer:
         self.connections: dict[int, _Stream] = {}
         self._udp: _Udp | None = None
         self._udp_sender: UdpSender | None = None  # a worker: sends on the front's socket
+        self._stream_out: OrderedSender | None = None  # a worker: the front writes for it
         self._inbox: Inbox | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -185,13 +198,17 @@ class SipServer:
         (:mod:`telepath.transport.sip_fanout`).
         """
         self._udp_sender = UdpSender(udp, lambda: self.counters_inc("udp_errors"))
+        self._stream_out = OrderedSender(inbox)
         self._inbox = Inbox(inbox, self._forwarded)
         self._inbox.start()
         self.bound["UDP"] = bound
 
-    def _forwarded(self, data: bytes, addr: tuple[str, int], waited_s: float) -> None:
-        self.received_after(waited_s)
-        self.feed(data, Source("UDP", addr))
+    def _forwarded(self, message: Forwarded, waited_s: float) -> None:
+        if message.transport == "UDP":
+            self.received_after(waited_s)
+            self.feed(message.data, Source("UDP", message.addr))
+        else:  # framed off a connection the front holds; replies go back through the front
+            self.feed(message.data, Source(message.transport, message.addr, message.conn))
 
     async def stop(self) -> None:
         """Close every listener and connection."""
@@ -199,6 +216,8 @@ class SipServer:
             self._timer.cancel()
         if self._inbox is not None:
             self._inbox.stop()
+        if self._stream_out is not None:
+            self._stream_out.close()
         if self._udp_sender is not None:
             self._udp_sender.close()
         if self._udp is not None and self._udp.transport is not None:
@@ -253,13 +272,21 @@ class SipServer:
             elif self._udp_sender is not None:
                 self._udp_sender.sendto(send.data, dest.addr)
             return
-        conn = self.connections.get(dest.conn or -1)
+        if self._stream_out is not None:  # a worker: the connection is the front's
+            if not self._stream_out.send(pack_stream_reply(dest.conn or 0, send.data)):
+                self.counters_inc("stream_send_no_connection")
+            return
+        self.write_stream(dest.conn or -1, send.data)
+
+    def write_stream(self, conn_id: int, data: bytes) -> None:
+        """Write one message on stream connection ``conn_id`` (ours, or a worker's reply)."""
+        conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
             # §18.2.2: the connection is gone; a UAS would open a new one to the Via sent-by.
             # Carriers keep their connection open, so we count and drop instead.
             self.counters_inc("stream_send_no_connection")
             return
-        conn.transport.write(send.data)
+        conn.transport.write(data)
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()

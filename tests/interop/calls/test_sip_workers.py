@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import ssl
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.certs import self_signed
 from tests.integration.live.conftest import (
     custom_trunk,
     free_sip_port,
@@ -319,4 +321,60 @@ async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
                 await leg.uac.close()
     finally:
         await phone.close()
+        await asyncio.to_thread(stop_server, server)
+
+
+@pytest.mark.parametrize("transport", ["TCP", "TLS"])
+async def test_calls_over_one_stream_connection_are_shared_by_the_workers(
+    tmp_path: Path, transport: str
+) -> None:
+    """A carrier's one TCP/TLS connection carries calls of both processes: the front keeps the
+    connection, hands each message to the worker that owns its call, and writes the worker's
+    answers on the connection."""
+    cert, key = self_signed(tmp_path)
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_TLS_CERT": str(cert)}
+    env["TELEPATH_SIP_TLS_KEY"] = str(key)
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phones = [await Phone().open(), await Phone().open()]
+    try:
+        await wait_until(
+            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+        )
+        port = int(re.findall(rf"{transport} 127\.0\.0\.1:(\d+)", server.log())[0])
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            tls = ssl.create_default_context(cafile=str(cert)) if transport == "TLS" else None
+            uac = await Uac.open(transport, ("127.0.0.1", port), tls)
+            try:
+                legs = [
+                    CallLeg(uac, "bob", call_id=_call_id(owner, transport.lower()))
+                    for owner in (0, 1)
+                ]
+                for leg, phone in zip(legs, phones, strict=True):
+                    await leg.challenge(phone.port)
+                    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                    uac.send(leg.ack())
+                await wait_until(  # media set up in each process
+                    lambda: all(p.source is not None for p in phones), what="gateway RTP"
+                )
+                calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
+                assert [c["status"] for c in calls] == ["connected", "connected"]
+                for leg in legs:
+                    await leg.bye()
+            finally:
+                await uac.close()
+        calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
+        assert {c["disconnect_reason"] for c in calls} == {"caller_hangup"}
+        log = server.log()
+        for call in calls:  # the worker's call ended in the worker ("w1"), the other in the front
+            found = re.findall(rf"manager( w1)? \[{call['id']}\] .*ended", log)
+            assert found, log
+        assert sorted(
+            bool(re.search(rf"manager w1 \[{c['id']}\] .*ended", log)) for c in calls
+        ) == [False, True]
+        metrics = (await live_api(server, "GET", "/metrics")).text
+        assert 'telepath_calls_total{outcome="caller_hangup"} 2.0' in metrics, metrics
+    finally:
+        for phone in phones:
+            await phone.close()
         await asyncio.to_thread(stop_server, server)
