@@ -191,6 +191,17 @@ class JitterBuffer:
         out += self._release(now)
         return out
 
+    def take_next(self, ssrc: int, sequence_number: int, timestamp: int) -> bool:
+        """The common case of :meth:`push` without its objects: if this is the packet expected
+        next from the current source and nothing is waiting, count it as received and played
+        and return True (the caller plays its payload now); otherwise change nothing and return
+        False (the caller pushes it)."""
+        if sequence_number != self._next_seq or ssrc != self._ssrc or self._slots:
+            return False
+        self.stats.received += 1
+        self._advance(sequence_number, timestamp)
+        return True
+
     def poll(self, now: float) -> list[JitterFrame]:
         """Release frames whose hole has been waited for long enough (call once per ptime)."""
         return self._release(now) if self._slots else []
@@ -218,7 +229,11 @@ class JitterBuffer:
         return self._played_now(seq, ts, payload, marker, pt)
 
     def _played_now(self, seq: int, ts: int, payload: bytes, marker: bool, pt: int) -> JitterFrame:
-        self._next_seq = seq_add(seq, 1)
+        self._advance(seq, ts)
+        return JitterFrame(seq, ts, payload, False, marker, pt)
+
+    def _advance(self, seq: int, ts: int) -> None:
+        self._next_seq = (seq + 1) & 0xFFFF  # seq_add(seq, 1), inline: once per packet
         self._last_ts = ts
         self._played.append(seq)
         if len(self._played) > 2 * MAX_MISORDER:
@@ -228,7 +243,6 @@ class JitterBuffer:
         if self._late_boost_ms and self._frames_since_late >= self.decay_frames:
             self._late_boost_ms -= self.ptime_ms
             self._frames_since_late = 0
-        return JitterFrame(seq, ts, payload, False, marker, pt)
 
     def _release(self, now: float) -> list[JitterFrame]:
         out: list[JitterFrame] = []

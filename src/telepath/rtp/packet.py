@@ -22,6 +22,11 @@ RTCP_PACKET_TYPES = range(192, 224)
 DYNAMIC_PAYLOAD_TYPES = range(96, 128)
 
 _HEADER = struct.Struct("!BBHII")
+#: The fixed header (V/P/X/CC, M/PT, sequence, timestamp, SSRC), RFC 3550 §5.1. A packet whose
+#: first octet is ``PLAIN_V2`` (version 2; no padding, extension or CSRC — nearly every packet)
+#: is this header and then the payload: the receive path may read it in place.
+FIXED_HEADER = _HEADER
+PLAIN_V2 = 0x80
 _EXT_HEADER = struct.Struct("!HH")
 
 
@@ -71,7 +76,7 @@ class RtpPacket:
         if length < RTP_HEADER_LENGTH:
             raise RtpError("RTP packet length is less than 12 bytes")
         first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
-        if first == 0x80:  # version 2 without padding, extension or CSRC: nearly every packet
+        if first == PLAIN_V2:  # version 2 without padding, extension or CSRC: nearly every one
             return cls(second & 0x7F, seq, ts, ssrc, data[RTP_HEADER_LENGTH:], second > 0x7F, [])
         version = first >> 6
         if version != RTP_VERSION:

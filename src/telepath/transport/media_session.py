@@ -67,7 +67,7 @@ from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
 from telepath.rtp.errors import RtpError
 from telepath.rtp.jitter import Concealer, JitterBuffer, JitterFrame
-from telepath.rtp.packet import RtpPacket, pack_rtp
+from telepath.rtp.packet import FIXED_HEADER, PLAIN_V2, RTP_HEADER_LENGTH, RtpPacket, pack_rtp
 from telepath.rtp.playout import Playout
 from telepath.rtp.rtcp import (
     SDES_CNAME,
@@ -89,6 +89,8 @@ from telepath.transport.media_stats import DirectionStats, MediaStats, Processin
 from telepath.transport.ports import PortLease
 
 logger = logging.getLogger(__name__)
+
+_PLAIN = bytes((PLAIN_V2,))  # the first octet of a plain RTP packet
 
 Address = tuple[str, int]
 DEFAULT_EVENT_QUEUE = 100  # 2 s of 20 ms frames
@@ -184,6 +186,8 @@ class MediaSession:
         self.inactivity_timeout_s = inactivity_timeout_s
         self._signalling_ip = signalling_ip
         self._codec = make_codec(codec)
+        self._codec_pt = codec.payload_type
+        self._rate = codec.sample_rate
         self.ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
         self._playout = Playout(self._codec, ptime_ms, secrets.randbits(32), dtmf_payload_type)
@@ -485,6 +489,22 @@ class MediaSession:
         if self._ended is not None:
             return
         known = addr == self._dest
+        if known and self._seen_sdp and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
+            # The steady state: the next packet of the negotiated codec from the latched source,
+            # with a plain header (RFC 3550 §5.1) and nothing waiting in the jitter buffer. The
+            # same accounting as below, without the general path's packet and frame objects.
+            _, second, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
+            if second & 0x7F == self._codec_pt and self._jitter.take_next(ssrc, seq, ts):
+                payload = data[RTP_HEADER_LENGTH:]
+                now = self._loop.time()
+                self._last_rx = now
+                self._packets_received += 1
+                self._bytes_received += len(payload)
+                self._rx.update(ssrc, seq, ts, now)
+                pcm = self._concealer.good(self._codec.decode(payload))
+                self._emit(AudioReceived(pcm, payload, self._rate, ts, False))
+                self._in_timer.record(perf_counter_ns() - started)
+                return
         if not known and not self._accept_source(addr):
             self._rejected += 1
             return

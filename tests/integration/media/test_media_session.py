@@ -393,3 +393,44 @@ async def test_each_received_packet_first_serves_a_due_media_clock(
         await session.close()
         peer.close()
     assert len(calls) >= 10
+
+
+async def test_in_order_packets_and_the_general_path_give_one_stream(
+    allocator: RtpPortAllocator,
+) -> None:
+    """In-order packets take a shortcut (no packet or frame objects); reordered, duplicated,
+    CSRC-carrying and restarted-stream packets the general path. Both feed one stream: every
+    frame once, in order, and the same counters."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    frames = [bytes([i]) * 160 for i in range(12)]
+    plain = rtp_stream(frames)  # sequence 1000..1011
+
+    def with_csrc(i: int) -> bytes:
+        packet = RtpPacket.parse(plain[i])
+        packet.csrc = [0xC0FFEE]  # a mixer's packet: not the plain header
+        return bytes(packet)
+
+    order = [0, 1, 2, 3, 5, 4, 4, 6]  # 5 before 4, then 4 again
+    try:
+        for i in order:
+            peer.send(plain[i], ("127.0.0.1", session.local_port))
+            await asyncio.sleep(0.005)  # arrive in this order
+        peer.send(with_csrc(7), ("127.0.0.1", session.local_port))
+        for i in range(8, 12):
+            peer.send(plain[i], ("127.0.0.1", session.local_port))
+        await until(lambda: len(got) >= 12)
+        await asyncio.sleep(0.05)  # nothing more comes
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.payload for e in audio] == frames
+        assert [e.timestamp for e in audio] == [160 * i for i in range(12)]
+        assert not any(e.lost for e in audio)
+        assert [e.pcm for e in audio] == [g711.ulaw_to_pcm16(f) for f in frames]
+        stats = session.stats()
+        assert stats.packets_received == 13  # the duplicate included (RFC 3550 counts it)
+        assert stats.duplicates == 1 and stats.late == 0 and stats.packets_lost == 0
+        assert stats.inbound.packets == 13
+    finally:
+        await session.close()
+        peer.close()

@@ -9,13 +9,12 @@ any other close or a drop is ``ai_provider_error``. There is no reconnect within
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
 import secrets
 
-from telepath.bridges.audio import AudioConverter, WireFormat
+from telepath.bridges.audio import AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
     AgentAudio,
     AgentClear,
@@ -48,13 +47,9 @@ FRAME_MS = 20
 
 def _b64decode(text: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
+        return b64_decode(text)
     except binascii.Error:
         raise BridgeProtocolError("malformed audio payload: not base64") from None
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 class _CustomBridge(WebSocketBridge):
@@ -76,7 +71,7 @@ class _CustomBridge(WebSocketBridge):
         if payload_b64 is None or self._converter is None:
             return None
         try:
-            data = base64.b64decode(payload_b64, validate=True)
+            data = b64_decode(payload_b64)
         except binascii.Error:
             return None  # the parser's path reports it
         return self._converter.from_agent(data)
@@ -132,7 +127,7 @@ class TelepathAgentBridge(_CustomBridge):
             return None
         self._seq += 1
         data = self._converter.to_agent(payload)
-        text = ev.gateway_audio_json(self._seq, self._sent_ms, _b64(data))
+        text = ev.gateway_audio_json(self._seq, self._sent_ms, b64_encode(data))
         self._sent_ms += round(len(payload) / 8)
         return text
 
@@ -265,7 +260,7 @@ class TwilioStreamBridge(_CustomBridge):
         if self._converter is None:
             return None
         self._chunk += 1
-        data = _b64(self._converter.to_agent(payload))
+        data = b64_encode(self._converter.to_agent(payload))
         timestamp = self._sent_ms
         self._sent_ms += round(len(payload) / 8)
         # TwMedia(...).to_json() byte for byte, without a model per frame (a unit test holds

@@ -19,7 +19,6 @@ the gateway; the agent's system ``end_call`` tool closes the socket with 1000, r
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
@@ -28,7 +27,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from telepath import __version__
-from telepath.bridges.audio import AudioConverter
+from telepath.bridges.audio import AudioConverter, b64_decode, b64_encode
 from telepath.bridges.base import (
     AgentAudio,
     AgentClear,
@@ -106,7 +105,7 @@ class ElevenLabsBridge(WebSocketBridge):
         """One caller frame as ``user_audio_chunk`` in the agent's input format."""
         if self._converter is None:
             return None
-        chunk = base64.b64encode(self._converter.to_agent(payload)).decode("ascii")
+        chunk = b64_encode(self._converter.to_agent(payload))
         return ev.user_audio_chunk_json(chunk)
 
     async def send_dtmf(self, digit: str) -> None:
@@ -236,7 +235,7 @@ class ElevenLabsBridge(WebSocketBridge):
         if audio.event_id <= self._last_interrupt or self._converter is None:
             return  # audio of a turn the caller interrupted
         try:
-            data = base64.b64decode(audio.audio_base_64, validate=True)
+            data = b64_decode(audio.audio_base_64)
         except binascii.Error:
             raise BridgeProtocolError("malformed audio: not base64") from None
         payload = self._converter.from_agent(data)

@@ -20,13 +20,13 @@ agent to say goodbye at ``session_limit_s`` and then hangs up.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import json
 import logging
 from urllib.parse import quote
 
+from telepath.bridges.audio import b64_decode, b64_encode
 from telepath.bridges.base import (
     BYTES_PER_MS,
     AgentAudio,
@@ -143,7 +143,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         """One caller frame (already in the session's G.711 format) as an append event."""
         if self._ready is None or not self._ready.done():
             return None
-        return ev.input_audio_append_json(base64.b64encode(payload).decode("ascii"))
+        return ev.input_audio_append_json(b64_encode(payload))
 
     async def send_dtmf(self, digit: str) -> None:
         """Tell the model about a key press as a user text item, and let it respond."""
@@ -254,7 +254,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         if event.item_id in self._interrupted:
             return  # late audio of an answer the caller already talked over
         try:
-            payload = base64.b64decode(event.delta, validate=True)
+            payload = b64_decode(event.delta)
         except binascii.Error:
             raise BridgeProtocolError("malformed audio delta: not base64") from None
         if event.item_id != self._item:
