@@ -378,3 +378,53 @@ async def test_calls_over_one_stream_connection_are_shared_by_the_workers(
         for phone in phones:
             await phone.close()
         await asyncio.to_thread(stop_server, server)
+
+
+async def test_stream_messages_for_a_restarting_worker_wait_for_it(tmp_path: Path) -> None:
+    """Over TCP nothing is retransmitted: a message for a worker that is being started again
+    is held and reaches the new process, on the same connection."""
+    env = _env(free_sip_port())
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await wait_until(
+            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+        )
+        port = int(re.findall(r"TCP 127\.0\.0\.1:(\d+)", server.log())[0])
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            uac = await Uac.open("TCP", ("127.0.0.1", port))
+            try:
+                leg = CallLeg(uac, "bob", call_id=_call_id(1, "restart"))
+                await leg.challenge(phone.port)
+                await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                uac.send(leg.ack())
+                for _ in range(250):  # its record is written (then the kill loses nothing)
+                    if (await live_json(server, "GET", "/v1/calls"))["calls"]:
+                        break
+                    await asyncio.sleep(0.02)
+                (worker,) = _worker_pids(server.process.pid)
+                os.kill(worker, signal.SIGKILL)
+                await wait_until(lambda: "SIP worker 1 exited" in server.log(), what="the exit")
+                # sent while no worker 1 runs: held, then answered by the new one (481: the
+                # call died with the old process)
+                leg.cseq += 1
+                uac.send(leg.build("BYE"))
+                await uac.response(481, leg.call_id, method="BYE")
+                assert server.log().count("SIP worker 1 serving its calls") == 2
+                # the same connection carries the new worker's calls
+                again = CallLeg(uac, "bob", call_id=_call_id(1, "after"))
+                await again.challenge(phone.port)
+                await again.answered(again.authenticated_invite(PASSWORD, phone.port))
+                uac.send(again.ack())
+                await again.bye()
+            finally:
+                await uac.close()
+        records = {c["id"]: c for c in (await live_json(server, "GET", "/v1/calls"))["calls"]}
+        assert sorted(c["disconnect_reason"] for c in records.values()) == [
+            "caller_hangup",
+            "lost",
+        ]
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
