@@ -221,11 +221,13 @@ class Forwarder:
         if self._on_drop is not None:
             self._on_drop()
 
-    def __call__(self, data: bytes, addr: tuple[str, int], waited_s: float) -> bool:
+    def _owner(self, data: bytes) -> int:
+        """The worker that owns the message's call; 0 (this process) without a Call-ID."""
         call_id = call_id_of(data)
-        if call_id is None:
-            return False
-        owner = owner_of(call_id, self.workers)
+        return 0 if call_id is None else owner_of(call_id, self.workers)
+
+    def __call__(self, data: bytes, addr: tuple[str, int], waited_s: float) -> bool:
+        owner = self._owner(data)
         if owner == 0:
             return False
         outbox = self.outboxes.get(owner)
@@ -243,10 +245,7 @@ class Forwarder:
     def stream(self, data: bytes, transport: str, addr: tuple[str, int], conn: int) -> bool:
         """A message framed off stream connection ``conn``: True when another worker owns its
         call and it was handed over (or, that worker gone, dropped)."""
-        call_id = call_id_of(data)
-        if call_id is None:
-            return False
-        owner = owner_of(call_id, self.workers)
+        owner = self._owner(data)
         if owner == 0:
             return False
         message = pack(data, addr, time.time(), transport, conn)

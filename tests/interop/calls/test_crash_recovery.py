@@ -1,9 +1,11 @@
-"""``telepath serve`` killed with a call up: the next run on its data directory closes the record.
+"""``telepath serve`` killed with a call up: the next run closes the record.
 
-SIGKILL leaves no chance to end anything: the call's record stays ``connected``. The restarted
-service finds the dead run's process ids in ``<data_dir>/instances`` (``cli/instances.py``),
-closes that record as ``lost`` with an end time and sends its events; a call that had ended
-before the crash keeps its record as it was.
+SIGKILL leaves no chance to end anything: the call's record stays ``connected``. A restart on
+the same data directory finds the dead run's process ids in ``<data_dir>/instances``
+(``cli/instances.py``) and closes that record at once; a run that shares only the database
+closes it once the dead process's heartbeat row has stood still long enough. Either way the
+record is ``lost`` with an end time and its events are sent; a call that had ended before the
+crash keeps its record as it was.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import asyncio
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.live.conftest import (
+    LiveServer,
     custom_trunk,
     free_sip_port,
     live_json,
@@ -41,11 +45,11 @@ def _env() -> dict[str, str]:
     }
 
 
-async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    data = tmp_path / "data"
-    env = _env()
+async def _killed_with_a_call_up(
+    data: Path, env: dict[str, str], receiver: Receiver
+) -> tuple[LiveServer, dict[str, dict[str, Any]]]:
+    """A run on ``data`` with one call ended and one up, then SIGKILLed: the run and its two
+    records as they were, by status."""
     first = await asyncio.to_thread(start_server, data, env)
     phone = await Phone().open()
     try:
@@ -66,22 +70,37 @@ async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
             await asyncio.to_thread(first.process.wait, 10)
     finally:
         await phone.close()
+    return first, calls
 
+
+async def _check_closed(
+    second: LiveServer, calls: dict[str, dict[str, Any]], receiver: Receiver
+) -> None:
+    """The call that was up is ``lost`` with an end, and its events went out; the other kept."""
+    call = calls["connected"]
+    lost = await live_json(second, "GET", f"/v1/calls/{call['id']}")
+    assert lost["disconnect_reason"] == "lost", lost
+    assert lost["status"] == "disconnected" and lost["end_time"] is not None
+    assert lost["end_time"] >= call["start_time"]
+    kept = await live_json(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
+    assert kept["disconnect_reason"] == "caller_hangup"
+    await wait_until(
+        lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
+        what="the lost call's events",
+    )
+    assert events_of(receiver, call["id"])["call.ended"]["disconnect_reason"] == "lost"
+    assert "closed 1 call record(s) of a stopped gateway process as lost" in second.log()
+
+
+async def test_a_killed_runs_open_call_is_closed_by_the_next_run(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    data = tmp_path / "data"
+    env = _env()
+    first, calls = await _killed_with_a_call_up(data, env, receiver)
     second = await asyncio.to_thread(start_server, data, env, first.api_key)
     try:
-        call = calls["connected"]
-        lost = await live_json(second, "GET", f"/v1/calls/{call['id']}")
-        assert lost["disconnect_reason"] == "lost", lost  # closed before the API served
-        assert lost["status"] == "disconnected" and lost["end_time"] is not None
-        assert lost["end_time"] >= call["start_time"]
-        kept = await live_json(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
-        assert kept["disconnect_reason"] == "caller_hangup"
-        await wait_until(
-            lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
-            what="the lost call's events",
-        )
-        assert events_of(receiver, call["id"])["call.ended"]["disconnect_reason"] == "lost"
-        assert "closed 1 call record(s) of a stopped gateway process as lost" in second.log()
+        await _check_closed(second, calls, receiver)  # closed before the API served
     finally:
         await asyncio.to_thread(stop_server, second)
     assert second.process.returncode == 0
@@ -95,22 +114,7 @@ async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_d
     PostgreSQL: no instances file tells it, the stopped heartbeat in the database does."""
     data = tmp_path / "data"
     env = {**_env(), "TELEPATH_LOST_INSTANCE_AFTER_S": "2"}
-    first = await asyncio.to_thread(start_server, data, env)
-    phone = await Phone().open()
-    try:
-        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
-            await live_json(first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
-            await live_json(first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
-            sip_port = int(env["TELEPATH_SIP_PORT"])
-            live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
-            await live.uac.close()
-            (call,) = (await live_json(first, "GET", "/v1/calls"))["calls"]
-            assert call["status"] == "connected"
-            first.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(first.process.wait, 10)
-    finally:
-        await phone.close()
-
+    first, calls = await _killed_with_a_call_up(data, env, receiver)
     elsewhere = {
         **env,
         "TELEPATH_SIP_PORT": str(free_sip_port()),
@@ -119,18 +123,13 @@ async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_d
     }
     second = await asyncio.to_thread(start_server, tmp_path / "other", elsewhere, first.api_key)
     try:
+        call_id = calls["connected"]["id"]
         for _ in range(100):  # it watches the dead heartbeat for 2 s first
-            record = await live_json(second, "GET", f"/v1/calls/{call['id']}")
+            record = await live_json(second, "GET", f"/v1/calls/{call_id}")
             if record["disconnect_reason"] is not None:
                 break
             await asyncio.sleep(0.1)
-        assert record["disconnect_reason"] == "lost", record
-        assert record["status"] == "disconnected" and record["end_time"] is not None
-        await wait_until(
-            lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
-            what="the lost call's events",
-        )
-        assert "closed 1 call record(s) of a stopped gateway process as lost" in second.log()
+        await _check_closed(second, calls, receiver)
     finally:
         await asyncio.to_thread(stop_server, second)
     assert second.process.returncode == 0

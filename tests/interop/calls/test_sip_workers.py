@@ -25,6 +25,7 @@ from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.certs import self_signed
 from tests.integration.live.conftest import (
+    LiveServer,
     custom_trunk,
     free_sip_port,
     live_api,
@@ -82,6 +83,17 @@ def _worker_pids(pid: int) -> list[int]:
     return children
 
 
+async def _worker_serving(server: LiveServer) -> None:
+    await wait_until(
+        lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
+    )
+
+
+def _sip_port(server: LiveServer, transport: str) -> int:
+    """The port the server listens on for ``transport`` (its start-up log line)."""
+    return int(re.findall(rf"{transport} 127\.0\.0\.1:(\d+)", server.log())[0])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -125,9 +137,7 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
     sip_port = free_sip_port()
     server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
     try:
-        await wait_until(
-            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
-        )
+        await _worker_serving(server)
         async with (
             FakeTelepathAgent(tone_hz=440, response_ms=1500) as front_agent,
             FakeTelepathAgent(tone_hz=440, response_ms=1500) as worker_agent,
@@ -231,9 +241,7 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
     server = await asyncio.to_thread(start_server, tmp_path / "data", env)
     phone = await Phone().open()
     try:
-        await wait_until(
-            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
-        )
+        await _worker_serving(server)
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             (tmp_path / "call").mkdir()
@@ -269,9 +277,7 @@ async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
     server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
     phone = await Phone().open()
     try:
-        await wait_until(
-            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
-        )
+        await _worker_serving(server)
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]})
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
@@ -337,10 +343,8 @@ async def test_calls_over_one_stream_connection_are_shared_by_the_workers(
     server = await asyncio.to_thread(start_server, tmp_path / "data", env)
     phones = [await Phone().open(), await Phone().open()]
     try:
-        await wait_until(
-            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
-        )
-        port = int(re.findall(rf"{transport} 127\.0\.0\.1:(\d+)", server.log())[0])
+        await _worker_serving(server)
+        port = _sip_port(server, transport)
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             tls = ssl.create_default_context(cafile=str(cert)) if transport == "TLS" else None
@@ -387,10 +391,8 @@ async def test_stream_messages_for_a_restarting_worker_wait_for_it(tmp_path: Pat
     server = await asyncio.to_thread(start_server, tmp_path / "data", env)
     phone = await Phone().open()
     try:
-        await wait_until(
-            lambda: "SIP worker 1 serving its calls" in server.log(), what="the worker to start"
-        )
-        port = int(re.findall(r"TCP 127\.0\.0\.1:(\d+)", server.log())[0])
+        await _worker_serving(server)
+        port = _sip_port(server, "TCP")
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             uac = await Uac.open("TCP", ("127.0.0.1", port))
