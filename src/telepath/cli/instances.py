@@ -277,7 +277,10 @@ async def reap_forever(
             for row in stale:
                 if await instance_store.claim(sessions, row):
                     ended = min(utcnow(), row.last_seen_at + timedelta(seconds=interval))
-                    await close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
+                    # taken: no other process will close them, so a stop must not cut this short
+                    await asyncio.shield(
+                        close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
+                    )
         except Exception as exc:
             log.warning(
                 "checking other gateway processes' heartbeats failed: %s", type(exc).__name__
