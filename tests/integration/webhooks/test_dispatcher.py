@@ -250,6 +250,28 @@ async def test_a_crashed_claim_is_retried_after_its_lease(
     assert len(receiver.requests) == 1
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # several instances
+async def test_two_instances_claiming_at_once_take_disjoint_deliveries(api: Api) -> None:
+    """Several instances on one PostgreSQL database: a dispatcher's claim skips the rows another
+    holds in an open transaction (``SKIP LOCKED``) instead of sending them a second time."""
+    await subscribe(api, "http://127.0.0.1:9/hook", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    account = await account_of(api)
+    for _ in range(6):
+        await sink.emit(account, "call.ended", PAYLOAD)
+    now = utcnow()
+    async with api.state.sessions() as first, api.state.sessions() as second:
+        mine = await WebhookRepository(first).claim_due(now, limit=4, lease=timedelta(seconds=70))
+        async with asyncio.timeout(5):  # while the first transaction is still open
+            theirs = await WebhookRepository(second).claim_due(
+                now, limit=10, lease=timedelta(seconds=70)
+            )  # (without SKIP LOCKED it would wait for the first's row locks: a timeout)
+        await first.commit()
+        await second.commit()
+    assert len(mine) == 4 and len(theirs) == 2
+    assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
+
+
 async def test_only_subscribed_endpoints_of_the_account_get_events(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
 ) -> None:
