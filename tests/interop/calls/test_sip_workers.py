@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import ssl
 from pathlib import Path
 
@@ -92,6 +93,13 @@ async def _worker_serving(server: LiveServer) -> None:
 def _sip_port(server: LiveServer, transport: str) -> int:
     """The port the server listens on for ``transport`` (its start-up log line)."""
     return int(re.findall(rf"{transport} 127\.0\.0\.1:(\d+)", server.log())[0])
+
+
+def _heartbeats(data: Path) -> int:
+    """Rows in ``gateway_instances`` (``db/instance_store.py``) of the server on ``data``."""
+    with sqlite3.connect(data / "telepath.db") as db:
+        (count,) = db.execute("SELECT count(*) FROM gateway_instances").fetchone()
+    return int(count)
 
 
 def _alive(pid: int) -> bool:
@@ -257,12 +265,14 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
             )
             await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
             assert phone.source is not None, (await sipp).stdout
+            assert _heartbeats(tmp_path / "data") == 2  # the front and the worker beat
             server.process.send_signal(signal.SIGTERM)
             result = await sipp  # the caller hangs up 2.5 s in, inside the 8 s drain
             assert result.returncode == 0, result.stdout + result.errors
             code = await asyncio.to_thread(server.process.wait, 30)
             assert code == 0, server.log()
         assert re.search(r"manager w1 \[call_\w+\] call \w+ ended: caller_hangup", server.log())
+        assert _heartbeats(tmp_path / "data") == 0  # each removed its row once its calls ended
     finally:
         await phone.close()
         if server.process.poll() is None:
