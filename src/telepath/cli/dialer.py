@@ -1,9 +1,14 @@
 """``telepath call``: a small SIP test dialler (a UAC) for checking a trunk without a carrier.
 
-It places one call over UDP with digest authentication (SHA-256 when offered, else MD5), plays a
-tone or a WAV file as the caller, records what the agent says to a WAV file, hangs up after
+It places one call with digest authentication (SHA-256 when offered, else MD5), plays a tone or
+a WAV file as the caller, records what the agent says to a WAV file, hangs up after
 ``duration`` seconds (or when the agent hangs up) and prints a summary. Built from the same pure
 SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it exercises real code.
+
+Transport from the target URI (RFC 3261 §19.1, §18): UDP by default, ``;transport=tcp`` for TCP,
+``sips:`` or ``;transport=tls`` for TLS (port 5061 unless given; the gateway's certificate is
+verified against the system's trust store, or ``ca_file``). Over a stream nothing is
+retransmitted (§17.1.1.2) and every message of the call uses the one connection.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import ssl
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +30,7 @@ from telepath.sip.auth import Algorithm, digest_response
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
-from telepath.sip.parser import parse_message
+from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.uri import SipUri, parse_uri
 from telepath.testing.tones import sine_pcm16
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
@@ -45,17 +51,92 @@ class DialResult:
     log: list[str] = field(default_factory=list)
 
 
-class _Sip(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
+class _Link:
+    """Where the call's SIP messages go to and come from: a UDP socket or one connection."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # "UDP" | "TCP" | "TLS"
+        self.reliable = name != "UDP"
         self.queue: asyncio.Queue[Request | Response] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.dest: tuple[str, int] = ("", 0)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def received(self, data: bytes) -> None:
         with contextlib.suppress(SipParseError):
             self.queue.put_nowait(parse_message(data))
+
+    def send(self, data: bytes) -> None:
+        # by name: uvloop's transports do not subclass asyncio's transport classes
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.name == "UDP":
+            cast(asyncio.DatagramTransport, self.transport).sendto(data, self.dest)
+        else:
+            cast(asyncio.Transport, self.transport).write(data)
+
+    @property
+    def local_port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.link.received(data)
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.framer = StreamFramer()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except SipParseError:  # §18.3: a stream that cannot be framed is closed
+            self.link.close()
+            return
+        for message in messages:
+            self.link.received(message)
+
+
+def transport_of(uri: SipUri) -> str:
+    """The transport a target URI asks for (§19.1.1, §26.2: ``sips`` means TLS)."""
+    requested = (uri.param("transport") or "").upper()
+    if uri.scheme == "sips" or requested == "TLS":
+        return "TLS"
+    return "TCP" if requested == "TCP" else "UDP"
+
+
+async def _open_link(uri: SipUri, local_ip: str, ca_file: Path | None) -> _Link:
+    link = _Link(transport_of(uri))
+    host = uri.host.strip("[]")
+    link.dest = (host, uri.port or (5061 if link.name == "TLS" else 5060))
+    loop = asyncio.get_running_loop()
+    if link.name == "UDP":
+        link.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(link), local_addr=(local_ip, 0)
+        )
+        return link
+    tls: ssl.SSLContext | None = None
+    if link.name == "TLS":
+        tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    link.transport, _ = await loop.create_connection(
+        lambda: _Stream(link),
+        *link.dest,
+        ssl=tls,
+        server_hostname=host if tls is not None else None,
+        local_addr=(local_ip, 0),
+    )
+    return link
 
 
 def _challenge_params(value: str) -> dict[str, str]:
@@ -93,8 +174,11 @@ class Dialer:
         local_ip: str = "127.0.0.1",
         caller: str = "+15550000000",
         rtp_ports: tuple[int, int] = (40000, 40998),
+        ca_file: Path | None = None,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
+        self.transport = transport_of(self.uri)
+        self.ca_file = ca_file
         self.username = username
         self.password = password
         self.local_ip = local_ip
@@ -119,20 +203,26 @@ class Dialer:
     ) -> Request:
         h = Headers()
         branch = branch or "z9hG4bK" + secrets.token_hex(8)
-        h.add("Via", f"SIP/2.0/UDP {self.local_ip}:{local_port};branch={branch};rport")
+        h.add("Via", f"SIP/2.0/{self.transport} {self.local_ip}:{local_port};branch={branch};rport")
         h.add("Max-Forwards", "70")
         h.add("From", f"<sip:{self.caller}@{self.local_ip}>;tag={self.from_tag}")
         to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
         h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
         h.add("Call-ID", self.call_id)
         h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")
-        h.add("Contact", f"<sip:dialer@{self.local_ip}:{local_port}>")
+        h.add("Contact", f"<{self._contact(local_port)}>")
         h.add("User-Agent", "telepath-dialer")
         if auth:
             h.add("Authorization", auth)
         if body:
             h.add("Content-Type", "application/sdp")
         return Request(h, body, method, uri or self.uri)
+
+    def _contact(self, local_port: int) -> str:
+        if self.transport == "TLS":
+            return f"sips:dialer@{self.local_ip}:{local_port}"
+        suffix = ";transport=tcp" if self.transport == "TCP" else ""
+        return f"sip:dialer@{self.local_ip}:{local_port}{suffix}"
 
     def _authorization(self, challenges: list[str], method: str) -> str:
         parsed = [_challenge_params(c) for c in challenges]
@@ -170,10 +260,8 @@ class Dialer:
         """Place the call; returns when it has ended."""
         loop = asyncio.get_running_loop()
         result = self.result
-        host = self.uri.host.strip("[]")
-        dest = (host, self.uri.port or 5060)
-        transport, sip = await loop.create_datagram_endpoint(_Sip, local_addr=(self.local_ip, 0))
-        local_port = int(transport.get_extra_info("sockname")[1])
+        sip = await asyncio.wait_for(_open_link(self.uri, self.local_ip, self.ca_file), timeout_s)
+        local_port = sip.local_port
         allocator = RtpPortAllocator(*self.rtp_ports, host=self.local_ip)
         lease = allocator.allocate()
         media: MediaSession | None = None
@@ -194,15 +282,14 @@ class Dialer:
                 invite = self._request(
                     "INVITE", local_port, branch=branch, body=offer.to_bytes(), auth=auth
                 )
-                final = await self._transact(sip, invite, dest, timeout_s)
+                final = await self._transact(sip, invite, timeout_s)
                 result.status, result.reason = final.status, final.reason
                 result.log.append(f"INVITE → {final.status} {final.reason}")
                 if final.status >= 300:
                     ack = self._request(
                         "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
                     )
-                    assert sip.transport is not None
-                    sip.transport.sendto(ack.to_bytes(), dest)
+                    sip.send(ack.to_bytes())
                 if final.status in (401, 407) and auth is None:
                     name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
                     auth = self._authorization(final.headers.get_all(name), "INVITE")
@@ -217,8 +304,7 @@ class Dialer:
             contacts = answer.headers.get_all("Contact")
             target = parse_name_addr(contacts[0]).uri if contacts else self.uri
             ack = self._request("ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq)
-            assert sip.transport is not None
-            sip.transport.sendto(ack.to_bytes(), dest)
+            sip.send(ack.to_bytes())
             negotiated = negotiate_offer_answer(offer, parse(answer.body))
             result.codec = negotiated.codec.name
             media = await MediaSession.open(
@@ -234,7 +320,7 @@ class Dialer:
             elif tone_hz:
                 media.play_pcm(sine_pcm16(tone_hz, int(duration_s * 1000)), 8000)
             recorded = bytearray()
-            ended_by = await self._converse(sip, media, recorded, duration_s, dest, local_port)
+            ended_by = await self._converse(sip, media, recorded, duration_s)
             result.recorded = bytes(recorded)
             result.received_ms = len(recorded) / 16
             result.ended_by = ended_by
@@ -242,7 +328,7 @@ class Dialer:
                 self.cseq += 1
                 bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
                 with contextlib.suppress(TimeoutError):
-                    final = await self._transact(sip, bye, dest, 5)
+                    final = await self._transact(sip, bye, 5)
                     result.log.append(f"BYE → {final.status} {final.reason}")
             return result
         finally:
@@ -250,19 +336,17 @@ class Dialer:
                 await media.close()
             else:
                 lease.release()
-            transport.close()
+            sip.close()
 
-    async def _transact(
-        self, sip: _Sip, request: Request, dest: tuple[str, int], timeout_s: float
-    ) -> Response:
-        """Send with RFC 3261 Timer A/E style retransmission until a final response."""
-        assert sip.transport is not None
+    async def _transact(self, sip: _Link, request: Request, timeout_s: float) -> Response:
+        """Send until a final response: retransmitted over UDP (RFC 3261 Timer A/E style),
+        once over a stream (§17.1.1.2)."""
         data = request.to_bytes()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         interval = 0.5
-        provisional = False
-        sip.transport.sendto(data, dest)
+        provisional = sip.reliable  # nothing to retransmit over a stream
+        sip.send(data)
         next_retransmit = loop.time() + interval
         while True:
             remaining = min(deadline, next_retransmit) - loop.time()
@@ -272,7 +356,7 @@ class Dialer:
                 if loop.time() >= deadline:
                     raise
                 if not provisional:
-                    sip.transport.sendto(data, dest)
+                    sip.send(data)
                 interval = min(interval * 2, 4.0)
                 next_retransmit = loop.time() + interval
                 continue
@@ -285,13 +369,7 @@ class Dialer:
                 return msg
 
     async def _converse(
-        self,
-        sip: _Sip,
-        media: MediaSession,
-        recorded: bytearray,
-        duration_s: float,
-        dest: tuple[str, int],
-        local_port: int,
+        self, sip: _Link, media: MediaSession, recorded: bytearray, duration_s: float
     ) -> str:
         loop = asyncio.get_running_loop()
 
@@ -306,8 +384,7 @@ class Dialer:
             while True:
                 msg = await sip.queue.get()
                 if isinstance(msg, Request) and msg.method == "BYE":
-                    assert sip.transport is not None
-                    sip.transport.sendto(make_response(msg, 200).to_bytes(), dest)
+                    sip.send(make_response(msg, 200).to_bytes())
                     return "agent"
 
         rec = loop.create_task(record())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -127,7 +128,11 @@ def secrets_rotate() -> None:
 
 @app.command("call")
 def call(
-    target: str = typer.Argument(..., help="SIP URI of the trunk, e.g. sip:alice@127.0.0.1:5060"),
+    target: str = typer.Argument(
+        ...,
+        help="SIP URI of the trunk, e.g. sip:alice@127.0.0.1:5060 (UDP), "
+        "sip:alice@host;transport=tcp, sips:alice@host (TLS, port 5061)",
+    ),
     password: str = typer.Option(..., "--password", prompt=True, hide_input=True),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
     duration: float = typer.Option(10.0, "--duration", help="Seconds to stay on the call"),
@@ -135,13 +140,18 @@ def call(
     play: Path | None = typer.Option(None, "--play", help="Mono 16-bit WAV to play instead"),
     record: Path | None = typer.Option(None, "--record", help="Save the agent's audio as WAV"),
     local_ip: str = typer.Option("127.0.0.1", "--local-ip", help="Our address for SIP and RTP"),
+    ca_file: Path | None = typer.Option(
+        None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
+    ),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
     from telepath.cli.dialer import Dialer, write_wav
     from telepath.sip.errors import SipParseError
 
     try:
-        dialer = Dialer(target, username=username or "", password=password, local_ip=local_ip)
+        dialer = Dialer(
+            target, username=username or "", password=password, local_ip=local_ip, ca_file=ca_file
+        )
     except SipParseError as exc:
         typer.echo(f"bad SIP URI: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -150,6 +160,12 @@ def call(
         result = asyncio.run(dialer.run(duration_s=duration, tone_hz=tone or None, play=play))
     except TimeoutError:
         typer.echo("no answer from the gateway (timeout)", err=True)
+        raise typer.Exit(1) from None
+    except ssl.SSLError as exc:  # before OSError: a subclass
+        typer.echo(f"TLS with the gateway failed: {exc.reason or exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"cannot reach the gateway: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
     for line in result.log:
         typer.echo(line)

@@ -106,3 +106,18 @@ def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch
         == "sk-rotate-me"
     )
     assert not (env / "secret.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("sip:bob@127.0.0.1:1;transport=tcp", "cannot reach the gateway"),
+        ("sips:bob@127.0.0.1:1", "cannot reach the gateway"),
+        ("sip:bob@[not an address", "bad SIP URI"),
+    ],
+)
+def test_call_says_why_it_could_not_dial(target: str, message: str) -> None:
+    result = CliRunner().invoke(app, ["call", target, "--password", "any-pass-1"])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output
+    assert "Traceback" not in result.output

@@ -1,8 +1,12 @@
-"""``telepath call``'s dialler against the real gateway: SHA-256 digest, audio both ways."""
+"""``telepath call``'s dialler against the real gateway: SHA-256 digest, audio both ways, over
+UDP, TCP and TLS (the certificate verified against the test CA)."""
 
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,29 +14,50 @@ from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.certs import self_signed
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
+    GATEWAY_SETTINGS,
     create_trunk,
     database_url,
     gateway,
-    settings_overrides,
 )
 
 pytestmark = pytest.mark.interop
 
 
+@pytest.fixture
+def settings_overrides(tmp_path: Path) -> dict[str, Any]:
+    cert, key = self_signed(tmp_path)
+    return {**GATEWAY_SETTINGS, "sip_tls_cert": cert, "sip_tls_key": key, "sip_tls_port": 0}
+
+
+def _target(gateway: Gateway, user: str, transport: str) -> str:  # noqa: F811
+    host, port = gateway.server.bound[transport]
+    if transport == "TLS":
+        return f"sips:{user}@{host}:{port}"
+    return f"sip:{user}@{host}:{port}" + (";transport=tcp" if transport == "TCP" else "")
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP", "TLS"])
 async def test_dialer_call_both_ways(
     api: Api,  # noqa: F811
     gateway: Gateway,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
+    settings_overrides: dict[str, Any],
+    transport: str,
 ) -> None:
     caplog.set_level(logging.INFO)
     async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=1500) as agent:
         await create_trunk(
             api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
         )
-        host, port = gateway.server.bound["UDP"]
-        dialer = Dialer(f"sip:bob@{host}:{port}", username="bob", password="dialer-pass-1")
+        dialer = Dialer(
+            _target(gateway, "bob", transport),
+            username="bob",
+            password="dialer-pass-1",
+            ca_file=settings_overrides["sip_tls_cert"],
+        )
         result = await dialer.run(duration_s=2.5, tone_hz=1000)
     assert result.status == 200 and result.setup_ms is not None
     assert result.codec == "PCMU"
@@ -46,6 +71,7 @@ async def test_dialer_call_both_ways(
     detail = (await api.get(f"/v1/calls/{calls[0]['id']}")).json()
     assert detail["disconnect_reason"] == "caller_hangup"
     assert "Digest <redacted>" in detail["sip_trace"]
+    assert f"SIP/2.0/{transport} " in detail["sip_trace"]  # the INVITE came over it
     # nothing personal or secret at INFO: no phone number, no password, no SIP payloads
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "call_" in logged  # the call was logged...
@@ -62,3 +88,12 @@ async def test_dialer_wrong_password_is_403(api: Api, gateway: Gateway) -> None:
     result = await dialer.run(duration_s=1)
     assert result.status == 403
     assert result.setup_ms is None
+
+
+async def test_dialer_refuses_a_certificate_it_cannot_verify(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    dialer = Dialer(_target(gateway, "dave", "TLS"), username="dave", password="any-pass-1")
+    with pytest.raises(ssl.SSLCertVerificationError):  # the test CA is not trusted here
+        await dialer.run(duration_s=1)
