@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import logging
 import random
@@ -75,6 +76,8 @@ from telepath.sip.auth import (
 )
 from telepath.sip.defence import SourceGuard
 from telepath.sip.dialog import Dialog
+from telepath.sip.errors import SipParseError
+from telepath.sip.headers import param_value, parse_name_addr
 from telepath.sip.message import Request
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
@@ -86,6 +89,7 @@ from telepath.sip.ua import (
     InviteCancelled,
     InviteReceived,
     ReferUpdate,
+    RegisterReceived,
     ReinviteAcked,
     ReofferReceived,
     SessionRefreshed,
@@ -102,6 +106,11 @@ log = logging.getLogger(__name__)
 # to a 250/s gateway, 0.5 s let the queue build (set-up 128 ms, 60 retransmissions), 0.25 s
 # did not (74-104 ms, 1-5 retransmissions).
 LOAD_PERIOD_S = 0.25
+# REGISTER (RFC 3261 §10.3 step 7): the lifetime when none is asked for, the shortest we take
+# (shorter gets 423 with Min-Expires), and the longest we grant
+REGISTER_DEFAULT_S = 3600
+REGISTER_MIN_S = 60
+REGISTER_MAX_S = 3600
 
 BridgeFactory = Callable[[str, ProviderConfig, float], AgentBridge]
 
@@ -260,6 +269,8 @@ class CallManager:
             setup = _Setup(event.tx)
             self._setups[id(event.tx)] = setup
             self._spawn(self._setup_call(setup))
+        elif isinstance(event, RegisterReceived):
+            self._spawn(self._register(event.tx))
         elif isinstance(event, InviteCancelled):
             pending = self._setups.get(id(event.tx))
             if pending is not None:
@@ -488,7 +499,55 @@ class CallManager:
             lease.release()  # idempotent; on success the media session owns the lease
             raise
 
-    async def _authenticate(self, tx: ServerTransaction) -> TrunkConfig | None:
+    async def _register(self, tx: ServerTransaction) -> None:
+        """A PBX registering its trunk (RFC 3261 §10.3), so that it sends calls over it: some
+        (3CX, FreePBX with registration on) call a trunk that failed to register down.
+
+        Decision: authenticate with the trunk's credentials like an INVITE, and answer with the
+        contacts and lifetimes granted; no binding is stored, since the gateway never places a
+        call to the PBX. The address-of-record in To is not checked against the username:
+        PBXes may register a number with another authentication id.
+        """
+        trunk = await self._authenticate(tx, call=False)
+        if trunk is None:
+            return  # challenged or refused
+        request = tx.request
+        contacts = request.headers.get_all("Contact")
+        expires = _expires(request.headers.get("Expires"), REGISTER_DEFAULT_S)
+        if expires is None:
+            self._respond(tx, 400, reason="Bad Expires")
+            return
+        if "*" in contacts:  # §10.3 step 6: removing every binding, and nothing else
+            if len(contacts) > 1 or expires != 0:
+                self._respond(tx, 400, reason="Invalid Contact *")
+                return
+            self._respond(tx, 200, headers=[("Date", _http_date())])
+            return
+        granted: list[str] = []
+        for value in contacts:
+            try:
+                contact = parse_name_addr(value)
+            except SipParseError:
+                self._respond(tx, 400, reason="Bad Contact")
+                return
+            wanted = _expires(param_value(contact.params, "expires"), expires)
+            if wanted is None:
+                self._respond(tx, 400, reason="Bad Contact expires")
+                return
+            if 0 < wanted < REGISTER_MIN_S:  # §10.3 step 7
+                self._respond(tx, 423, headers=[("Min-Expires", str(REGISTER_MIN_S))])
+                return
+            if wanted:
+                granted.append(f"<{contact.uri}>;expires={min(wanted, REGISTER_MAX_S)}")
+        headers = [("Contact", c) for c in granted] + [("Date", _http_date())]
+        self._respond(tx, 200, headers=headers)
+        log.info("trunk %s registered (%d contact(s))", trunk.trunk_id, len(granted))
+
+    async def _authenticate(
+        self, tx: ServerTransaction, *, call: bool = True
+    ) -> TrunkConfig | None:
+        """The trunk whose credentials ``tx`` carries; otherwise it is challenged or refused
+        (counted as a rejected call unless ``call`` is False: a REGISTER is none)."""
         request = tx.request
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
@@ -516,19 +575,26 @@ class CallManager:
         if outcome.result == AuthResult.STALE:
             self._challenge(tx, trunk, stale=True)
             return None
+        refuse = self._reject if call else self._refuse
         if outcome.result == AuthResult.MALFORMED:
-            self._reject(tx, 400, "auth_malformed", reason="Bad Authorization")
+            refuse(tx, 400, "auth_malformed", reason="Bad Authorization")
             return None
         if self.metrics is not None:
             self.metrics.sip_auth_failures.labels(reason=outcome.result.value.lower()).inc()
         if self.guard is not None and self.guard.record_auth_failure(source_ip):
             log.warning("banned a SIP source after repeated authentication failures")
-        self._reject(tx, 403, "auth_failed")
+        refuse(tx, 403, "auth_failed")
         return None
 
+    def _refuse(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
+        """Answer a request that is not a call with a failure (nothing counted as a call)."""
+        self._respond(tx, status, **kw)
+
     async def _trunk_of(self, request: Request) -> TrunkConfig | None:
-        """The trunk named by the Request-URI user, to choose its challenge (None if none)."""
-        user = request.uri.user_unescaped
+        """The trunk named by the Request-URI user (a REGISTER's: the To user, its
+        address-of-record, §10.2), to choose its challenge (None if none)."""
+        uri = request.to.uri if request.method == "REGISTER" else request.uri
+        user = uri.user_unescaped
         if not user:
             return None
         return await self.directory.find_by_sip_username(user.split(";", 1)[0])
@@ -1061,6 +1127,22 @@ def _call_of(data: object) -> Call | None:
     if isinstance(data, weakref.ref):
         data = data()
     return data if isinstance(data, Call) else None
+
+
+def _expires(text: str | None, default: int) -> int | None:
+    """An Expires header or ``expires`` parameter (§20.19: delta-seconds), ``default`` when
+    absent, None when malformed."""
+    if text is None:
+        return default
+    text = text.strip()
+    if not text.isdigit() or len(text) > 10:
+        return None
+    return int(text)
+
+
+def _http_date() -> str:
+    """Now as a SIP ``Date`` value (§20.17: RFC 1123 form, GMT)."""
+    return email.utils.formatdate(usegmt=True)
 
 
 def _number(uri: SipUri) -> str | None:

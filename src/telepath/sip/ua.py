@@ -66,6 +66,7 @@ from telepath.sip.ua_events import (
     InviteReceived,
     Output,
     ReferUpdate,
+    RegisterReceived,
     ReinviteAcked,
     ReofferReceived,
     Send,
@@ -85,6 +86,7 @@ __all__ = [
     "InviteReceived",
     "Output",
     "ReferUpdate",
+    "RegisterReceived",
     "ReinviteAcked",
     "ReofferReceived",
     "Send",
@@ -115,7 +117,7 @@ KNOWN_METHODS = frozenset(
         "PUBLISH",
     }
 )
-ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY")
+ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY", "REGISTER")
 SUPPORTED = ("timer",)
 _TRACE_LIMIT_MESSAGES = 64
 _TRACE_LIMIT_CALLS = 4096
@@ -477,6 +479,8 @@ class UserAgentCore:
             self._out.append(InviteReceived(tx))
         elif method == "OPTIONS":
             self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+        elif method == "REGISTER":
+            self._out.append(RegisterReceived(tx))  # the application authenticates it
         elif method in ("BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
             self._respond(tx, 481)  # §15.1.2 / §12.2.2: no such dialog
         else:

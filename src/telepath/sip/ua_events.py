@@ -121,8 +121,17 @@ class ReferUpdate:
     final: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RegisterReceived:
+    """A REGISTER (RFC 3261 §10.3) from a PBX that registers its trunk: authenticate it, then
+    answer it. No binding is kept: the gateway never calls out."""
+
+    tx: ServerTransaction
+
+
 Event = (
     InviteReceived
+    | RegisterReceived
     | InviteCancelled
     | CallConfirmed
     | CallEnded
