@@ -4,9 +4,9 @@ events out. Pure: the transport feeds bytes and time, and sends what comes back.
 What the core decides on its own: transaction matching and retransmissions, 100 Trying, CANCEL
 (§9.2), in-dialog routing and CSeq checks (§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards,
 ``Require`` (§8.2.2.3), RFC 4028 session timers and 405/481 answers. What it hands to the
-application (call control) as events: a new INVITE (authenticate, route, answer or reject),
-a REGISTER (authenticate and answer; §10.3), re-offers (re-INVITE/UPDATE, to be answered with SDP), call confirmation and ends, DTMF, and
-the progress of a transfer we asked for.
+application (call control) as events: a new INVITE (authenticate, route, answer or reject), a
+REGISTER (authenticate and answer, §10.3), re-offers (re-INVITE/UPDATE, to be answered with
+SDP), call confirmation and ends, DTMF, and the progress of a transfer we asked for.
 
 Session timers (RFC 4028): the caller refreshes unless it asks us to (``refresher=uas``) or
 cannot (no ``Supported: timer`` behind a proxy that asked for a timer); then we refresh at half
