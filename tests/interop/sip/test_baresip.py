@@ -81,6 +81,26 @@ def settings_overrides(settings_overrides: dict[str, Any], order: str) -> dict[s
     return {**settings_overrides, "sip_digest_algorithms": installation}
 
 
+def baresip_config(
+    tmp_path: Path,
+    port: int,
+    *,
+    password: str = PASSWORD,
+    transport: str = "udp",
+    regint: int = 0,
+    extra: str = "",
+) -> Path:
+    """A baresip configuration directory with account ``alice`` at 127.0.0.1:``port``
+    (``regint`` 0: it does not register)."""
+    config = tmp_path / "baresip"
+    config.mkdir()
+    (config / "config").write_text(CONFIG.format(modules=MODULES) + extra)
+    (config / "accounts").write_text(
+        f"<sip:alice@127.0.0.1:{port};transport={transport}>;auth_pass={password};regint={regint}\n"
+    )
+    return config
+
+
 async def _dial(config_dir: Path, port: int, seconds: int, scheme_params: str = "") -> str:
     """Run baresip, dial the trunk at once, quit (BYE) after ``seconds``."""
     proc = await asyncio.create_subprocess_exec(
@@ -103,12 +123,7 @@ async def _dial(config_dir: Path, port: int, seconds: int, scheme_params: str = 
 async def test_baresip_md5_call(api: Api, gateway: Gateway, tmp_path: Path, order: str) -> None:
     require_baresip()
     port = gateway.server.bound["UDP"][1]
-    config = tmp_path / "baresip"
-    config.mkdir()
-    (config / "config").write_text(CONFIG.format(modules=MODULES))
-    (config / "accounts").write_text(
-        f"<sip:alice@127.0.0.1:{port};transport=udp>;auth_pass={PASSWORD};regint=0\n"
-    )
+    config = baresip_config(tmp_path, port)
     async with FakeTelepathAgent(agent="silent") as agent:
         per_trunk = {"sip_digest_algorithms": "MD5"} if order == TRUNK_MD5 else {}
         await create_trunk(

@@ -16,7 +16,7 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.certs import self_signed
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.sip.test_baresip import CONFIG, MODULES, PASSWORD, _dial, require_baresip
+from tests.interop.sip.test_baresip import PASSWORD, _dial, baresip_config, require_baresip
 from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
@@ -39,13 +39,8 @@ async def test_baresip_call_over_tls(
 ) -> None:
     require_baresip()
     port = gateway.server.bound["TLS"][1]
-    config = tmp_path / "baresip"
-    config.mkdir()
     cafile = settings_overrides["sip_tls_cert"]
-    (config / "config").write_text(CONFIG.format(modules=MODULES) + f"sip_cafile\t\t{cafile}\n")
-    (config / "accounts").write_text(
-        f"<sip:alice@127.0.0.1:{port};transport=tls>;auth_pass={PASSWORD};regint=0\n"
-    )
+    config = baresip_config(tmp_path, port, transport="tls", extra=f"sip_cafile\t\t{cafile}\n")
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         out = await _dial(config, port, 2, scheme_params=";transport=tls")

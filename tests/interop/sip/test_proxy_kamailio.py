@@ -27,7 +27,7 @@ from tests.conftest import skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import free_udp_port
-from tests.interop.sip.test_baresip import CONFIG, MODULES, PASSWORD, _dial, require_baresip
+from tests.interop.sip.test_baresip import PASSWORD, _dial, baresip_config, require_baresip
 from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
@@ -143,16 +143,6 @@ async def proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[int]:
             await asyncio.wait_for(proc.wait(), 10)
 
 
-def _baresip_config(tmp_path: Path, proxy_port: int) -> Path:
-    config = tmp_path / "baresip"
-    config.mkdir()
-    (config / "config").write_text(CONFIG.format(modules=MODULES))
-    (config / "accounts").write_text(
-        f"<sip:alice@127.0.0.1:{proxy_port};transport=udp>;auth_pass={PASSWORD};regint=0\n"
-    )
-    return config
-
-
 async def _trace(api: Api, record: dict[str, object]) -> str:
     trace: str = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
     return trace
@@ -162,7 +152,7 @@ async def test_call_through_a_record_routing_proxy_caller_hangs_up(
     api: Api, gateway: Gateway, proxy: int, tmp_path: Path
 ) -> None:
     require_baresip()
-    config = _baresip_config(tmp_path, proxy)
+    config = baresip_config(tmp_path, proxy)
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         out = await _dial(config, proxy, 2)
@@ -183,7 +173,7 @@ async def test_gateway_bye_follows_the_route_set_through_the_proxy(
     api: Api, gateway: Gateway, proxy: int, tmp_path: Path
 ) -> None:
     require_baresip()
-    config = _baresip_config(tmp_path, proxy)
+    config = baresip_config(tmp_path, proxy)
     async with FakeTelepathAgent(agent="tone", response_ms=300, hangup=True) as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         out = await _dial(config, proxy, 6)

@@ -13,7 +13,7 @@ from telepath.cli.gateway import Gateway
 from telepath.sip.message import Response
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.sip.test_baresip import CONFIG, MODULES, require_baresip
+from tests.interop.sip.test_baresip import baresip_config, require_baresip
 from tests.interop.sip.uac import Uac, challenge_params, digest_authorization, new_branch
 
 pytestmark = pytest.mark.interop
@@ -112,12 +112,7 @@ async def test_baresip_registers_to_an_md5_only_trunk(
     MD5-only challenge — chosen by the To user, as a REGISTER's Request-URI has none."""
     baresip = require_baresip()
     port = gateway.server.bound["UDP"][1]
-    config = tmp_path / "baresip"
-    config.mkdir()
-    (config / "config").write_text(CONFIG.format(modules=MODULES))
-    (config / "accounts").write_text(
-        f"<sip:alice@127.0.0.1:{port};transport=udp>;auth_pass={PASSWORD};regint=600\n"
-    )
+    config = baresip_config(tmp_path, port, password=PASSWORD, regint=600)
     await create_trunk(
         api,
         "alice",
