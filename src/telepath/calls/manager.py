@@ -156,6 +156,12 @@ class LagMonitor:
 
     The decision uses a moving average over samples, so one slow tick — a garbage collection,
     a burst of setups, a stall at start-up — does not refuse calls; lag on tick after tick does.
+
+    The clock is a chain of ``loop.call_at`` timers, not a task that sleeps: a sleeping task
+    costs a future, a timer and a task step per wake-up, and the step a second pass of the
+    loop. At 20 samples a second that was the largest part of an idle gateway's CPU (measured
+    with ``/proc/<pid>/task/*/schedstat`` over 15 s: 1.2 % of a core idle, 0.75 % without the
+    monitor). Other periodic work (:meth:`every`) rides on the same wake-ups.
     """
 
     ALPHA = 0.2
@@ -165,30 +171,48 @@ class LagMonitor:
         self.threshold_s = threshold_s
         self.interval_s = interval_s
         self.lag_s = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._ticks = 0
+        self._hooks: list[tuple[int, Callable[[], None]]] = []
 
     @property
     def overloaded(self) -> bool:
         """True while the last measured lag is above the threshold."""
         return self.lag_s > self.threshold_s
 
+    def every(self, period_s: float, hook: Callable[[], None]) -> None:
+        """Also call ``hook`` about every ``period_s`` (a whole number of samples, at least
+        one), from the monitor's own wake-ups; an exception is logged, not propagated."""
+        self._hooks.append((max(1, round(period_s / self.interval_s)), hook))
+
     def start(self) -> None:
-        """Begin measuring."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Begin measuring (on the running loop)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.interval_s
+        self._handle = loop.call_at(self._due, self._tick)
 
     async def stop(self) -> None:
-        """Stop measuring."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop measuring (idempotent)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.interval_s)
-            self.sample(max(0.0, loop.time() - before - self.interval_s))
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        self.sample(max(0.0, now - self._due))
+        self._ticks += 1
+        for period, hook in self._hooks:
+            if self._ticks % period == 0:
+                try:
+                    hook()
+                except Exception:  # a broken hook must not stop the lag measurement
+                    log.exception("periodic check on the lag monitor failed")
+        self._due = now + self.interval_s
+        self._handle = loop.call_at(self._due, self._tick)
 
     def sample(self, lag_s: float) -> None:
         """Fold one measured lag into the moving average.
@@ -245,16 +269,16 @@ class CallManager:
         if config.max_loop_load > 0:
             high = config.max_loop_load
             self.load = LoadAdmission(high=high, low=max(high - 0.05, high / 2))
-        self._load_task: asyncio.Task[None] | None = None
+        self._busy: BusyClock | None = None
 
     # ---------------------------------------------------------------- wiring
 
     def attach(self, server: SipServer) -> None:
         """Use ``server`` for SIP I/O."""
         self.server = server
-        self.lag.start()
         if self.load is not None:
-            self._load_task = asyncio.get_running_loop().create_task(self._watch_load())
+            self._watch_load()
+        self.lag.start()
 
     @property
     def active_calls(self) -> int:
@@ -323,22 +347,21 @@ class CallManager:
         """``max_cps`` new calls per second (burst: one second's worth, at least one call)."""
         return self._rate is None or self._rate.take(asyncio.get_running_loop().time())
 
-    async def _watch_load(self) -> None:
+    def _watch_load(self) -> None:
         """Feed the loop thread's busy share (on a CPU or waiting for one: ``thread_clock``)
-        to the load admission every ``LOAD_PERIOD_S``."""
+        to the load admission every ``LOAD_PERIOD_S``, from the lag monitor's wake-ups."""
         load = self.load
         assert load is not None
-        busy = BusyClock()  # built here: on the loop thread
-        try:
+        busy = self._busy = BusyClock()  # built here: on the loop thread
+        load.update(time.monotonic(), busy())
+
+        def update() -> None:
             load.update(time.monotonic(), busy())
-            while True:
-                await asyncio.sleep(LOAD_PERIOD_S)
-                load.update(time.monotonic(), busy())
-                if self.metrics is not None:
-                    self.metrics.loop_busy.set(load.busy)
-                    self.metrics.admission_limit.set(load.limit_cps or 0)
-        finally:
-            busy.close()
+            if self.metrics is not None:
+                self.metrics.loop_busy.set(load.busy)
+                self.metrics.admission_limit.set(load.limit_cps or 0)
+
+        self.lag.every(LOAD_PERIOD_S, update)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -1100,10 +1123,9 @@ class CallManager:
         for task in list(self._tasks):
             task.cancel()
         await self.lag.stop()
-        if self._load_task is not None:
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+        if self._busy is not None:
+            self._busy.close()
+            self._busy = None
 
 
 def _algorithms(trunk: TrunkConfig | None) -> tuple[Algorithm, ...] | None:

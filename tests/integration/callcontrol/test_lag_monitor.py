@@ -21,9 +21,9 @@ async def test_sustained_lag_reads_as_overloaded_a_single_stall_does_not() -> No
         time.sleep(0.03)  # noqa: ASYNC251  (one short stall: not overload)
         await asyncio.sleep(0.03)
         assert not monitor.overloaded
-        for _ in range(10):  # the loop is busy for 300 ms out of every ~310 ms
+        for _ in range(10):  # the loop is busy for 300 ms out of every ~301 ms
             time.sleep(0.3)  # noqa: ASYNC251
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.001)
         assert monitor.overloaded and monitor.lag_s > 0.2
         await asyncio.sleep(1.0)  # lag decays once the loop runs freely again
         assert not monitor.overloaded
@@ -45,3 +45,26 @@ def test_one_long_stall_alone_never_sheds_calls_repeated_lag_does() -> None:
     for _ in range(10):
         monitor.sample(0.0)
     assert not monitor.overloaded
+
+
+async def test_hooks_ride_on_the_monitors_wake_ups_and_a_failing_one_stops_nothing() -> None:
+    monitor = LagMonitor(threshold_s=0.2, interval_s=0.01)
+    calls: list[str] = []
+
+    def broken() -> None:
+        calls.append("broken")
+        raise RuntimeError("boom")
+
+    monitor.every(0.03, lambda: calls.append("every 3"))
+    monitor.every(0.001, broken)  # less than one sample: every sample
+    monitor.start()
+    try:
+        await asyncio.sleep(0.2)
+    finally:
+        await monitor.stop()
+    threes, broken_calls = calls.count("every 3"), calls.count("broken")
+    assert broken_calls >= 6  # the monitor kept ticking after the first exception
+    assert threes >= 2 and abs(broken_calls - 3 * threes) <= 3
+    after = len(calls)
+    await asyncio.sleep(0.05)
+    assert len(calls) == after  # stopped means stopped
