@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=30.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
-    webhook_poll_s: float = Field(default=1.0, gt=0)  # outbox check when nothing woke it
+    webhook_poll_s: float = Field(default=10.0, gt=0)  # outbox check when nothing woke it
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:

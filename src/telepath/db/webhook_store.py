@@ -211,12 +211,19 @@ class WebhookRepository:
 
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""
-        total = await self.session.scalar(
-            select(func.count())
-            .select_from(WebhookDelivery)
-            .where(WebhookDelivery.status == PENDING)
-        )
-        return int(total or 0)
+        return (await self.pending())[0]
+
+    async def pending(self) -> tuple[int, datetime | None]:
+        """How many deliveries are neither delivered nor given up, and the earliest time one of
+        them is due (its next attempt, or the end of its lease); None when there is none."""
+        row = (
+            await self.session.execute(
+                select(func.count(), func.min(WebhookDelivery.next_attempt_at)).where(
+                    WebhookDelivery.status == PENDING
+                )
+            )
+        ).one()
+        return int(row[0] or 0), row[1]
 
     async def deliveries_for(self, event_id: str) -> Sequence[WebhookDelivery]:
         """Every outbox row of one event (for tests and diagnostics)."""

@@ -141,6 +141,8 @@ class WebhookDispatcher:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._now = now
         self._wakeup = asyncio.Event()
+        self._next_due: datetime | None = None  # the earliest pending delivery's due time
+        self._claimed_at: datetime | None = None  # the last claim's clock
 
     @classmethod
     def from_settings(
@@ -183,7 +185,7 @@ class WebhookDispatcher:
             try:
                 await asyncio.wait(
                     {stop_wait, wake_wait},
-                    timeout=self._poll_interval_s,
+                    timeout=self.idle_wait_s(),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -195,27 +197,40 @@ class WebhookDispatcher:
         """Claim and attempt every due delivery (one batch at a time); return how many."""
         total = 0
         while True:
-            now = self._now()
+            now = self._claimed_at = self._now()
             lease = timedelta(seconds=self._timeout_s * 2 + 30)
             async with self._sessions() as session:
-                claimed = await WebhookRepository(session).claim_due(
-                    now, limit=self._batch_size, lease=lease
-                )
+                repo = WebhookRepository(session)
+                claimed = await repo.claim_due(now, limit=self._batch_size, lease=lease)
+                last = len(claimed) < self._batch_size
+                if not claimed:
+                    await self._look_ahead(repo)
                 await session.commit()
             if claimed:
                 outcomes = await asyncio.gather(*(self._attempt(c) for c in claimed))
-                await self._record(outcomes)
+                await self._record(outcomes, look_ahead=last)
                 total += len(claimed)
-            if len(claimed) < self._batch_size:
+            if last:
                 break
-        await self._update_backlog()
         return total
 
-    async def _update_backlog(self) -> None:
-        if self._metrics is None:
-            return
-        async with self._sessions() as session:
-            self._metrics.webhook_backlog.set(await WebhookRepository(session).pending_count())
+    def idle_wait_s(self) -> float:
+        """How long :meth:`run` waits after a round unless woken: until the earliest pending
+        delivery is due (a retry's back-off, an expired lease), at most the poll interval, which
+        is then only for rows another process wrote without waking this one."""
+        due = self._next_due
+        if due is None or (self._claimed_at is not None and due <= self._claimed_at):
+            # none pending, or one was due at the last claim and not taken: another process
+            # holds it (PostgreSQL's SKIP LOCKED) — the poll, not a busy loop
+            return self._poll_interval_s
+        due_in = (due - self._now()).total_seconds()
+        return min(self._poll_interval_s, max(0.0, due_in))
+
+    async def _look_ahead(self, repo: WebhookRepository) -> None:
+        """After the last claim of a round: the backlog gauge, and when to look again."""
+        backlog, self._next_due = await repo.pending()
+        if self._metrics is not None:
+            self._metrics.webhook_backlog.set(backlog)
 
     async def _attempt(self, claimed: Claimed) -> Outcome:
         async with self._semaphore:
@@ -238,12 +253,15 @@ class WebhookDispatcher:
             error=error,
         )
 
-    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+    async def _record(self, outcomes: Sequence[Outcome], *, look_ahead: bool) -> None:
         """Store a round's outcomes in one transaction, not a session and a commit each. Until
         then the rows stay leased; a crash before it re-sends them, which the idempotency id
         lets the receiver recognise."""
         async with self._sessions() as session:
-            await WebhookRepository(session).record_attempts(outcomes)
+            repo = WebhookRepository(session)
+            await repo.record_attempts(outcomes)
+            if look_ahead:
+                await self._look_ahead(repo)
             await session.commit()
         for outcome in outcomes:
             if self._metrics is not None:

@@ -122,7 +122,7 @@ async def test_delivers_a_signed_event(
 
 
 async def test_retry_after_500_then_success(
-    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     metrics = Metrics()
@@ -157,7 +157,7 @@ async def test_retry_after_500_then_success(
 
 
 async def test_timeout_is_retried(
-    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     with running(Receiver(script=[(200, 1.0)])) as receiver:
@@ -174,7 +174,7 @@ async def test_timeout_is_retried(
 
 
 async def test_gives_up_after_max_attempts(
-    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     metrics = Metrics()
@@ -207,7 +207,7 @@ async def test_unreachable_endpoint_is_retried(
 
 
 async def test_pending_rows_survive_a_restart(
-    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     account = await account_of(api)
@@ -231,7 +231,7 @@ async def test_pending_rows_survive_a_restart(
 
 
 async def test_a_crashed_claim_is_retried_after_its_lease(
-    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = Clock()
     with running(Receiver()) as receiver:
@@ -329,6 +329,57 @@ async def test_run_loop_is_woken_by_the_sink(
         stop.set()
         await asyncio.wait_for(task, 2)
     assert len(receiver.requests) == 1
+
+
+async def test_run_loop_wakes_for_a_retry_when_it_falls_due_not_at_the_next_poll(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    with running(Receiver(script=[(500, 0.0)])) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        dispatcher = make_dispatcher(poll_interval_s=30.0, backoff_base_s=0.3)
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        for _ in range(300):  # the first attempt fails (500); the retry is due 0.3 s later
+            if len(receiver.requests) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert len(receiver.requests) == 2
+    [row] = await rows(api)
+    assert (row.status, row.attempts) == ("delivered", 2)
+    assert dispatcher.idle_wait_s() == 30.0  # nothing pending: back to the poll
+
+
+async def test_idle_wait_follows_the_earliest_pending_delivery(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    with running(Receiver(default=503)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        dispatcher = make_dispatcher(poll_interval_s=60.0, backoff_base_s=20.0, now=clock)
+        assert dispatcher.idle_wait_s() == 60.0  # before any round
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        assert await dispatcher.run_once() == 1  # 503: the retry is due in 20 s
+        assert 19.0 < dispatcher.idle_wait_s() <= 20.0
+        clock.advance(15)
+        assert 4.0 < dispatcher.idle_wait_s() <= 5.0
+        short = make_dispatcher(poll_interval_s=2.0, now=clock)
+        await short.run_once()
+        assert short.idle_wait_s() == 2.0  # never longer than the poll
+        async with api.state.sessions() as session:  # another process holds a due row
+            [row] = (await session.scalars(select(WebhookDelivery))).all()
+            row.next_attempt_at = clock() - timedelta(seconds=1)
+            row.status = "pending"
+            await session.commit()
+        monkeypatch.setattr(WebhookRepository, "claim_due", _claims_nothing)
+        assert await dispatcher.run_once() == 0
+        assert dispatcher.idle_wait_s() == 60.0  # due but not ours to take: poll, no busy loop
+
+
+async def _claims_nothing(self: WebhookRepository, *args: Any, **kwargs: Any) -> list[Any]:
+    return []  # as PostgreSQL's SKIP LOCKED answers while another dispatcher holds the rows
 
 
 async def test_sink_failures_never_reach_call_control(tmp_path: Path) -> None:
