@@ -68,3 +68,21 @@ async def test_hooks_ride_on_the_monitors_wake_ups_and_a_failing_one_stops_nothi
     after = len(calls)
     await asyncio.sleep(0.05)
     assert len(calls) == after  # stopped means stopped
+
+
+async def test_an_idle_gateway_samples_at_the_idle_rate_and_speeds_up_with_work() -> None:
+    work = False
+    monitor = LagMonitor(threshold_s=0.2, interval_s=0.01, idle_interval_s=0.1, busy=lambda: work)
+    wakeups: list[float] = []
+    monitor.every(0.0, lambda: wakeups.append(asyncio.get_running_loop().time()))
+    monitor.start()
+    try:
+        await asyncio.sleep(0.55)
+        idle = len(wakeups)
+        work = True
+        await asyncio.sleep(0.3)
+        busy = len(wakeups) - idle
+    finally:
+        await monitor.stop()
+    assert 3 <= idle <= 6  # every 100 ms, not every 10
+    assert busy >= 15  # back to every 10 ms within one idle interval
