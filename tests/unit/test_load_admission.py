@@ -44,8 +44,30 @@ def test_a_saturated_loop_admits_a_share_of_what_it_admitted_and_converges() -> 
     # the bucket starts empty and holds 0.1 s: about the limit's worth of the period
     assert DECREASE * 400 * PERIOD - 2 <= admitted <= DECREASE * 400 * PERIOD + 1
     assert refused == 200 - admitted
-    # still saturated: down again from what was admitted
-    assert adm.limit_cps == pytest.approx(DECREASE * admitted / PERIOD)
+    # still saturated: down again, from what was admitted or by DECREASE, whichever is less
+    expected = max(DECREASE * admitted / PERIOD, DECREASE * DECREASE * 400)
+    assert adm.limit_cps == pytest.approx(expected)
+
+
+def test_once_limited_one_period_never_cuts_more_than_decrease() -> None:
+    # Set-ups take longer than a period when the loop is saturated, so a period can end with
+    # few of its calls answered: that count alone cut 280 -> 110/s in one step at 2x capacity
+    # offered, and the limit then climbed back 10 % a period (bench cps, default settings).
+    adm = LoadAdmission(high=0.95, low=0.85)
+    adm.update(0.0, 0.0)
+    offer(adm, 0.0, PERIOD, 600)
+    for _ in range(125):
+        adm.answered()
+    adm.update(PERIOD, PERIOD)  # first saturated period: the answered rate decides
+    assert adm.limit_cps == pytest.approx(DECREASE * 250)
+    offer(adm, PERIOD, PERIOD, 600)
+    for _ in range(10):  # this period's set-ups mostly answer in the next one
+        adm.answered()
+    adm.update(2 * PERIOD, 2 * PERIOD)
+    assert adm.limit_cps == pytest.approx(DECREASE * DECREASE * 250)
+    for k in range(3, 40):  # saturated period after period, nothing answered: down to the floor
+        adm.update(k * PERIOD, k * PERIOD)
+    assert adm.limit_cps == adm.floor_cps
 
 
 def test_media_alone_saturating_the_loop_leaves_the_floor() -> None:

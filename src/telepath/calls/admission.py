@@ -17,7 +17,11 @@ loop's CPU share alone stayed under the threshold (two SIP workers on 2 vCPUs, b
   what the loop served in that period: the calls it answered, or the attempts it admitted if
   fewer. Answered calls are the loop's throughput, so the first saturated period already puts
   the limit under capacity; the admitted rate alone, at 600/s offered to a 250/s gateway, took
-  3 s to come down, and the queue built meanwhile;
+  3 s to come down, and the queue built meanwhile. Once limited, one period lowers the limit
+  by ``DECREASE`` at most: a saturated loop's set-ups outlast a period, so a period's answered
+  count can read far below its throughput (280 → 110/s in one step at 2× capacity offered,
+  after which the limit climbed back 10 % a period: ~120–150 calls/s served of a 250/s
+  capacity; bounded, it settled at ~190/s);
 - below ``low``, it is lifted if no attempt was refused in that period (callers asked for less
   than it) or if the loop was less than half that busy (the saturation was a one-off: a long
   API request on the same loop, say — rising 10 % a period from the 1/s floor would refuse a
@@ -91,9 +95,12 @@ class LoadAdmission:
         self.busy = (cpu - last[1]) / elapsed
         served = min(admitted, answered) if answered else admitted
         if self.busy >= self.high:
+            cut = DECREASE * served / elapsed
             if self.limit_cps is None:  # newly limited: the bucket starts empty
                 self._bucket = TokenBucket(0.0, BURST_S, wall, full=False)
-            self.limit_cps = max(self.floor_cps, DECREASE * served / elapsed)
+            else:  # already limited: down by DECREASE at most per period
+                cut = max(cut, DECREASE * self.limit_cps)
+            self.limit_cps = max(self.floor_cps, cut)
         elif self.busy < self.low and self.limit_cps is not None:
             limited = refused and self.busy >= self.low / 2
             self.limit_cps = self.limit_cps * INCREASE if limited else None
