@@ -208,7 +208,9 @@ class LagMonitor:
         self._hooks.append(_Hook(period_s, hook))
 
     def start(self) -> None:
-        """Begin measuring (on the running loop)."""
+        """Begin measuring (on the running loop; again: restarts the clock)."""
+        if self._handle is not None:
+            self._handle.cancel()
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         for hook in self._hooks:

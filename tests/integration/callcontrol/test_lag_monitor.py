@@ -86,3 +86,16 @@ async def test_an_idle_gateway_samples_at_the_idle_rate_and_speeds_up_with_work(
         await monitor.stop()
     assert 3 <= idle <= 6  # every 100 ms, not every 10
     assert busy >= 15  # back to every 10 ms within one idle interval
+
+
+async def test_starting_twice_keeps_one_clock() -> None:
+    monitor = LagMonitor(threshold_s=0.2, interval_s=0.02)
+    ticks: list[int] = []
+    monitor.every(0.0, lambda: ticks.append(1))
+    monitor.start()
+    monitor.start()
+    try:
+        await asyncio.sleep(0.21)
+    finally:
+        await monitor.stop()
+    assert 5 <= len(ticks) <= 11  # one sample every 20 ms, not two
