@@ -23,6 +23,19 @@ def period(adm: LoadAdmission, t: float, cpu: float, busy: float, per_s: float) 
     return result
 
 
+def saturated_answering_250() -> LoadAdmission:
+    """A first saturated period: 600 attempts/s admitted, 250 calls/s answered; the answered
+    rate (the loop's throughput) sets the limit."""
+    adm = LoadAdmission(high=0.95, low=0.85)
+    adm.update(0.0, 0.0)
+    offer(adm, 0.0, PERIOD, 600)
+    for _ in range(125):
+        adm.answered()
+    adm.update(PERIOD, PERIOD)
+    assert adm.limit_cps == pytest.approx(DECREASE * 250)
+    return adm
+
+
 def test_everything_is_admitted_while_the_loop_has_room() -> None:
     adm = LoadAdmission(high=0.95, low=0.85)
     adm.update(0.0, 0.0)
@@ -53,13 +66,7 @@ def test_once_limited_one_period_never_cuts_more_than_decrease() -> None:
     # Set-ups take longer than a period when the loop is saturated, so a period can end with
     # few of its calls answered: that count alone cut 280 -> 110/s in one step at 2x capacity
     # offered, and the limit then climbed back 10 % a period (bench cps, default settings).
-    adm = LoadAdmission(high=0.95, low=0.85)
-    adm.update(0.0, 0.0)
-    offer(adm, 0.0, PERIOD, 600)
-    for _ in range(125):
-        adm.answered()
-    adm.update(PERIOD, PERIOD)  # first saturated period: the answered rate decides
-    assert adm.limit_cps == pytest.approx(DECREASE * 250)
+    adm = saturated_answering_250()
     offer(adm, PERIOD, PERIOD, 600)
     for _ in range(10):  # this period's set-ups mostly answer in the next one
         adm.answered()
@@ -107,13 +114,7 @@ def test_thresholds_must_be_ordered() -> None:
 
 def test_a_saturated_loop_limits_to_what_it_answered_when_that_is_less() -> None:
     # 600 attempts/s admitted but only 250 calls/s answered: the loop's throughput is the base
-    adm = LoadAdmission(high=0.95, low=0.85)
-    adm.update(0.0, 0.0)
-    offer(adm, 0.0, PERIOD, 600)
-    for _ in range(125):
-        adm.answered()
-    adm.update(PERIOD, PERIOD)
-    assert adm.limit_cps == pytest.approx(DECREASE * 250)
+    adm = saturated_answering_250()
     # answered counts are per period: the next one starts from zero
     offer(adm, PERIOD, PERIOD, 600)
     adm.update(2 * PERIOD, 2 * PERIOD)
