@@ -202,6 +202,11 @@ class LagMonitor:
         """True while the last measured lag is above the threshold."""
         return self.lag_s > self.threshold_s
 
+    @property
+    def next_sample_at(self) -> float | None:
+        """The loop time of the next sample (None: not running)."""
+        return self._handle.when() if self._handle is not None else None
+
     def every(self, period_s: float, hook: Callable[[], None]) -> None:
         """Also call ``hook`` about every ``period_s``, from the monitor's own wake-ups (so at
         least one sample interval apart); an exception is logged, not propagated."""
