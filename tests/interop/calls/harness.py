@@ -10,6 +10,7 @@ import json
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,7 @@ class Phone:
 
     port: int = 0
     received: list[tuple[int, bytes]] = field(default_factory=list)
+    sent: list[tuple[int, float]] = field(default_factory=list)  # audio: (RTP ts, monotonic)
     source: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
     dtmf_pt: int = 101
@@ -340,11 +342,18 @@ class Phone:
         pt: int = 0,
         *,
         then_silence_s: float = 0.0,
+        drop_every: int = 0,
+        odd_late_ms: float = 0.0,
     ) -> None:
         """Send ``seconds`` of tone, then ``then_silence_s`` of silence in the same stream (the
-        caller stops talking, the line stays up)."""
+        caller stops talking, the line stays up).
+
+        A lossy, jittery line: ``drop_every=k`` never sends frame ``i`` when ``i % k == k // 2``
+        (its sequence number is used up all the same: lost on the way); ``odd_late_ms`` sends
+        every odd frame that much after its slot. ``sent`` has the frames that left, and when.
+        """
         self._task = asyncio.get_running_loop().create_task(
-            self._send(dest, freq_hz, seconds, pt, then_silence_s)
+            self._send(dest, freq_hz, seconds, pt, then_silence_s, drop_every, odd_late_ms / 1000)
         )
 
     def press(self, key: str) -> None:
@@ -360,7 +369,14 @@ class Phone:
             self._task = None
 
     async def _send(
-        self, dest: tuple[str, int], freq: float, seconds: float, pt: int, silence_s: float
+        self,
+        dest: tuple[str, int],
+        freq: float,
+        seconds: float,
+        pt: int,
+        silence_s: float,
+        drop_every: int,
+        odd_late_s: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         ssrc = random.randrange(1 << 32)
@@ -393,10 +409,13 @@ class Phone:
             header = struct.pack(
                 "!BBHII", 0x80, pt | (0x80 if i == 0 else 0), seq & 0xFFFF, i * 160, ssrc
             )
-            self._sendto(header + payload, dest)
+            if not drop_every or i % drop_every != drop_every // 2:
+                self._sendto(header + payload, dest)
+                self.sent.append((i * 160, time.monotonic()))
             seq += 1
             i += 1
-            await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+            late = odd_late_s if i % 2 else 0.0
+            await asyncio.sleep(max(0.0, start + i * 0.02 + late - loop.time()))
 
     def _sendto(self, data: bytes, dest: tuple[str, int]) -> None:
         assert self.transport is not None

@@ -767,3 +767,69 @@ async def test_a_failing_part_of_a_call_ends_the_call_cleanly(
     assert detail["disconnect_reason"] == "unknown"
     assert detail["error_message"] == "internal error"
     assert gateway.manager.ports.in_use == 0
+
+
+# --- a lossy, jittery caller ------------------------------------------------------------------
+
+
+def _rfc3550_jitter_ms(sent: list[tuple[int, float]], clock_rate: int = 8000) -> float:
+    """The interarrival jitter (RFC 3550 §6.4.1, §A.8) of packets that arrive as they left."""
+    jitter = 0.0
+    previous: float | None = None
+    for timestamp, at in sent:
+        transit = at * clock_rate - timestamp
+        if previous is not None:
+            jitter += (abs(transit - previous) - jitter) / 16
+        previous = transit
+    return jitter * 1000 / clock_rate
+
+
+async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_metrics(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    """One frame in ten never arrives and every odd one is 6 ms late: the record, the
+    ``call.ended`` webhook and ``/metrics`` say 10 % loss and the line's RFC 3550 jitter, and
+    the agent still hears one frame per 20 ms (the lost ones concealed, no gap)."""
+    hook = await subscribe(api, receiver.url, ["call.ended"])
+    before = (await api.client.get("/metrics")).text
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=3000)
+        placed.phone.start_tone(placed.rtp, 1000, 2.0, drop_every=10, odd_late_ms=6)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    sent = placed.phone.sent
+    assert len(sent) == 90  # 100 frames, 10 of them lost on the way
+    expected_jitter = _rfc3550_jitter_ms(sent)
+    assert expected_jitter > 3  # the line really was jittery
+
+    detail = await record(api, placed.call_id)
+    metrics = detail["metrics"]
+    assert metrics["packet_loss_percent"] == 10.0
+    assert metrics["jitter_ms"] == pytest.approx(expected_jitter, abs=1.0)
+    ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
+    assert ended["metrics"]["packet_loss_percent"] == 10.0
+    assert ended["metrics"]["jitter_ms"] == metrics["jitter_ms"]
+
+    after = (await api.client.get("/metrics")).text
+    for name, value in (
+        ("telepath_rtp_packet_loss_percent", 10.0),
+        ("telepath_rtp_jitter_ms", metrics["jitter_ms"]),
+    ):
+        count = _sample(after, f"{name}_count") - _sample(before, f"{name}_count")
+        total = _sample(after, f"{name}_sum") - _sample(before, f"{name}_sum")
+        assert count == 1, name
+        assert total == pytest.approx(value, abs=0.01), name
+
+    audio = [m for m in agent.received if m["type"] == "audio"]
+    assert [m["seq"] for m in audio] == list(range(1, len(audio) + 1))
+    assert [m["timestamp_ms"] for m in audio] == [FRAME_MS * i for i in range(len(audio))]
+    assert len(audio) >= 100  # the ten lost frames were concealed, not skipped
+
+
+def _sample(exposition: str, name: str) -> float:
+    """One unlabelled sample of a Prometheus text exposition (0 when absent)."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", exposition, re.M)
+    return float(found.group(1)) if found else 0.0
