@@ -292,6 +292,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self._setups: dict[int, _Setup] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._announcing: dict[str, asyncio.Task[None]] = {}  # a call's start record + webhooks
         self._awaiting_ack: set[_Setup] = set()  # delayed offers answered, ACK not yet in
         self.draining = False
         self.counters: dict[str, int] = {}
@@ -827,18 +828,27 @@ class CallManager:
             trunk.ai_provider,
             negotiated.codec.name,
         )
-        await self._safe(self._recorder_started(record))
-        await self._emit(record, "call.started", call_started_payload)
         agent_id = {
             "elevenlabs": trunk.elevenlabs_agent_id,
             "openai": trunk.openai_model or self.config.openai_model,
-        }
-        await self._emit(
-            record,
-            "agent.connected",
-            functools.partial(agent_connected_payload, agent_id=agent_id.get(trunk.ai_provider)),
-        )
+        }.get(trunk.ai_provider)
+        # The audio starts now; the record's first write and the start webhooks go beside it,
+        # so a database that stalls (a lock, a failover) never holds up a call's media. The
+        # call's end waits for them (``_finished``): the end is written and sent after the start.
         self._spawn(call.run())
+        announce = asyncio.get_running_loop().create_task(self._announce(record, agent_id))
+        self._announcing[call_id] = announce
+        self._tasks.add(announce)
+        announce.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, record: CallRecord, agent_id: str | None) -> None:
+        """A call is up: its record's first write, then ``call.started`` and
+        ``agent.connected``."""
+        await self._safe(self._recorder_started(record))
+        await self._emit(record, "call.started", call_started_payload)
+        await self._emit(
+            record, "agent.connected", functools.partial(agent_connected_payload, agent_id=agent_id)
+        )
 
     async def _open_media(
         self, lease: PortLease, negotiated: NegotiatedMedia, tx: ServerTransaction
@@ -1071,6 +1081,9 @@ class CallManager:
             stats = call.media.stats()
             self.metrics.gateway_latency_by("caller_to_agent").observe(stats.inbound.p50_us / 1e6)
             self.metrics.gateway_latency_by("agent_to_caller").observe(stats.outbound.p50_us / 1e6)
+        announce = self._announcing.pop(record.id, None)
+        if announce is not None:
+            await asyncio.wait({announce})  # the start first (it never raises: ``_safe``)
         if self.recorder is not None:
             await self._safe(self.recorder.call_ended(record))
         await self._emit(record, "agent.disconnected", agent_disconnected_payload)

@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection
 
 from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
+from telepath.db.call_recorder import DbCallRecorder
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
@@ -833,3 +834,80 @@ def _sample(exposition: str, name: str) -> float:
     """One unlabelled sample of a Prometheus text exposition (0 when absent)."""
     found = re.search(rf"^{re.escape(name)} (\S+)$", exposition, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+# --- a slow database ----------------------------------------------------------------------------
+
+
+def _hold_start_writes(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make the call record's first write wait until the returned event is set (a database
+    that stalls: a lock held, a failover under way)."""
+    recorder = gateway.manager.recorder
+    assert isinstance(recorder, DbCallRecorder)
+    monkeypatch.setattr(recorder, "_timeout_s", 60.0)  # no giving up on the write meanwhile
+    original = recorder.call_started
+    release = asyncio.Event()
+
+    async def stalled(record: Any) -> None:
+        await release.wait()
+        await original(record)
+
+    monkeypatch.setattr(recorder, "call_started", stalled)
+    return release
+
+
+async def test_audio_flows_while_the_records_first_write_is_stalled(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's audio does not wait for the database: with the record's first write held, the
+    caller's tone reaches the agent and the agent's greeting the caller; once the write goes
+    through, the record and the webhooks are complete."""
+    hook = await subscribe(api, receiver.url, ["call.started", "call.ended"])
+    release = _hold_start_writes(gateway, monkeypatch)
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=4000)
+        placed.phone.start_tone(placed.rtp, 1000, 3.5)
+        await wait_until(
+            lambda: len(agent.caller_audio) >= 4000 and placed.phone.loud_frames() >= 10,
+            within_s=3.5,
+            what="audio both ways while the record's first write is held",
+        )
+        assert not release.is_set()
+        release.set()
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "caller_hangup"
+    events = await _delivered(receiver, hook["secret"], "call.started", "call.ended")
+    assert [e["call_id"] for e in events["call.started"]] == [placed.call_id]
+
+
+async def test_a_call_that_ends_while_its_first_write_is_stalled_keeps_the_order(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller hangs up before the record's first write went through: the end is written
+    (and ``call.ended`` sent) after the start, never overwritten by it, never before it."""
+    hook = await subscribe(api, receiver.url, ["call.started", "call.ended"])
+    release = _hold_start_writes(gateway, monkeypatch)
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=800)
+        result = await placed.tone_until_end(0.6)
+        await wait_until(lambda: not gateway.manager.calls, what="the call's end")
+        assert not release.is_set()
+        release.set()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert detail["end_time"] is not None
+    await _delivered(receiver, hook["secret"], "call.started", "call.ended")
+    order = [json.loads(r.body) for r in receiver.requests]
+    assert [e["type"] for e in sorted(order, key=lambda e: str(e["created_at"]))] == [
+        "call.started",
+        "call.ended",
+    ]
