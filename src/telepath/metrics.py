@@ -157,6 +157,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.db_writes_parked = Gauge(
+            "telepath_db_writes_parked",
+            "Call record and webhook event writes kept for retry after a transient database "
+            "failure (the database unreachable, restarting or locked)",
+            ["writer"],
+            registry=r,
+        )
         self.webhook_backlog = Gauge(
             "telepath_webhook_backlog", "Webhook deliveries pending in the outbox", registry=r
         )

@@ -62,3 +62,84 @@ async def test_without_a_batch_statement_every_item_is_its_own_transaction() -> 
     group = GroupCommit(None, store.single, name="t")
     await asyncio.gather(*(group.submit(i) for i in range(3)))
     assert store.transactions == [[0], [1], [2]]
+
+
+class Flaky(Store):
+    """A database that is unreachable (``ConnectionError``) until ``up`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+        self.attempts = 0
+
+    async def batch(self, items: list[int]) -> None:
+        self.attempts += 1
+        await asyncio.sleep(0)
+        if not self.up:
+            raise ConnectionError("database unreachable")
+        self.transactions.append(list(items))
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError)
+
+
+async def test_a_transient_failure_is_retried_until_the_write_lands() -> None:
+    store = Flaky()
+    group = GroupCommit(
+        store.batch, store.single, name="t", retryable=transient, first_retry_s=0.01
+    )
+    first = group.submit(1)
+    await asyncio.sleep(0.05)  # a few back-off rounds while the database is down
+    assert not first.done() and group.parked == 1
+    assert store.attempts >= 3
+    store.up = True
+    await asyncio.wait_for(first, 5)
+    assert store.transactions == [[1]] and group.parked == 0
+
+
+async def test_parked_writes_go_ahead_of_newer_ones_and_a_success_retries_them_at_once() -> None:
+    store = Flaky()
+    group = GroupCommit(store.batch, store.single, name="t", retryable=transient, first_retry_s=60)
+    parked = [group.submit(1), group.submit(2)]
+    await asyncio.sleep(0.01)
+    assert group.parked == 2
+    store.up = True
+    newer = group.submit(3)  # lands, and wakes the retry long before its 60 s back-off
+    await asyncio.wait_for(asyncio.gather(newer, *parked), 5)
+    assert store.transactions[0] == [3]
+    assert sorted(i for t in store.transactions for i in t) == [1, 2, 3]
+
+
+async def test_a_permanent_failure_is_not_retried() -> None:
+    store = Store(bad=1)
+    group = GroupCommit(
+        store.batch, store.single, name="t", retryable=transient, first_retry_s=0.01
+    )
+    with pytest.raises(ValueError):
+        await group.submit(1)
+    assert group.parked == 0
+
+
+async def test_past_the_bound_the_oldest_parked_write_fails() -> None:
+    store = Flaky()
+    group = GroupCommit(
+        store.batch, store.single, name="t", retryable=transient, max_parked=2, first_retry_s=60
+    )
+    futures = [group.submit(i) for i in range(4)]
+    await asyncio.sleep(0.01)
+    assert [f.done() for f in futures] == [True, True, False, False]
+    assert all(isinstance(f.exception(), ConnectionError) for f in futures[:2])
+    assert group.parked == 2 and group.dropped == 2
+    assert await group.close(1) == 2  # still down: the last attempt fails too
+
+
+async def test_close_makes_one_last_attempt() -> None:
+    store = Flaky()
+    group = GroupCommit(store.batch, store.single, name="t", retryable=transient, first_retry_s=60)
+    future = group.submit(1)
+    await asyncio.sleep(0.01)
+    store.up = True
+    assert await group.close(1) == 0
+    await asyncio.wait_for(future, 1)
+    assert store.transactions == [[1]]

@@ -40,6 +40,8 @@ from telepath.webhooks.sink import DbEventSink
 
 log = logging.getLogger(__name__)
 
+WRITERS_CLOSE_S = 5.0  # at shutdown: the last attempt for writes kept through a database outage
+
 
 def advertised_address(settings: Settings) -> str:
     """``TELEPATH_PUBLIC_ADDRESS``, else the bound SIP host, else this host's primary IP."""
@@ -104,6 +106,8 @@ class Gateway:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     beats: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at the end
+    # call records and webhook events, with the writes they keep through a database outage
+    writers: tuple[DbCallRecorder, DbEventSink] | None = None
 
     async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:
         """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop.
@@ -127,7 +131,13 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.state is not None and self.instance_id is not None:
+        lost = 0
+        if self.writers is not None:  # a last attempt for writes kept through an outage
+            for writer in self.writers:
+                lost += await writer.close(WRITERS_CLOSE_S)
+        if lost:  # the heartbeat stays: another instance's sweep closes this one's open records
+            log.error("shutdown: %d call record or webhook event write(s) lost", lost)
+        elif self.state is not None and self.instance_id is not None:
             try:  # every call of this process has ended: nothing for another to close
                 await instance_store.forget(self.state.sessions, [self.instance_id])
             except Exception as exc:
@@ -203,18 +213,20 @@ async def start_gateway(
     dispatcher = WebhookDispatcher.from_settings(
         state.sessions, state.keyring, settings, metrics=state.metrics
     )
+    recorder = DbCallRecorder(state.sessions, state.metrics, instance_id=instance_id)
+    sink = DbEventSink(
+        state.sessions,
+        metrics=state.metrics,
+        on_enqueued=dispatcher.wake if role is None else role.wake_front,
+    )
     manager = CallManager(
         CallControlConfig.from_settings(settings, address),
         DbTrunkDirectory(state.sessions, state.keyring),
         RtpPortAllocator.from_settings(settings, settings.sip_host),
         authenticator,
         guard=guard,
-        recorder=DbCallRecorder(state.sessions, state.metrics, instance_id=instance_id),
-        events=DbEventSink(
-            state.sessions,
-            metrics=state.metrics,
-            on_enqueued=dispatcher.wake if role is None else role.wake_front,
-        ),
+        recorder=recorder,
+        events=sink,
         metrics=state.metrics,
         http=SharedHttpClient(),
     )
@@ -238,7 +250,7 @@ async def start_gateway(
     else:
         server.adopt(role.udp, role.inbox, role.udp_bound)
     manager.attach(server)
-    gateway = Gateway(server, manager, dispatcher, state, instance_id)
+    gateway = Gateway(server, manager, dispatcher, state, instance_id, writers=(recorder, sink))
     if instance_id is not None:
         interval = instances.heartbeat_s(settings.lost_instance_after_s)
         gateway.beats.append(

@@ -2,7 +2,9 @@
 
 Writes never raise into call control: a failed write is logged (without numbers or traces) and
 counted, and the call goes on. ``call_ended`` is an upsert, so a call whose ``call_started``
-write was lost is still recorded in full when it ends.
+write was lost is still recorded in full when it ends. A write that fails on a transient error
+(the database restarting, unreachable, locked: ``engine.transient_error``) is kept and retried
+until it lands (``GroupCommit``); a caller waits for it at most ``timeout_s``.
 
 Writes are group-committed (``db/group_commit.py``): at hundreds of calls a second, a few
 transactions a second instead of two per call, which is what kept the SIP loop busy (SQLAlchemy
@@ -13,6 +15,7 @@ statement building, a session and a pool checkout per write). The upsert is the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -27,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
+from telepath.db.engine import transient_error
 from telepath.db.group_commit import GroupCommit
 from telepath.db.models import CallRow
 from telepath.metrics import Metrics
@@ -140,7 +144,12 @@ class DbCallRecorder:
             self._commit_batch if self._statements is not None else None,
             self._commit_one,
             name="call-record-writer",
+            retryable=transient_error,
         )
+        if metrics is not None:
+            metrics.db_writes_parked.labels(writer="call_records").set_function(
+                lambda: self._group.parked
+            )
 
     @property
     def transactions(self) -> int:
@@ -174,14 +183,33 @@ class DbCallRecorder:
             **_final_fields(record),
         }
         done = self._group.submit(_Write(kind, record, values))
+        done.add_done_callback(functools.partial(self._settled, kind))
         try:
             # shield: a caller that gives up (timeout, cancelled call task) leaves the batch alone
             await asyncio.wait_for(asyncio.shield(done), self._timeout_s)
-        except Exception as exc:  # never into call control; CancelledError still propagates
-            self.failures += 1
-            if self._metrics is not None:
-                self._metrics.call_record_failures.labels(operation=kind).inc()
-            logger.error("call record write failed (%s): %s", kind, type(exc).__name__)
+        except TimeoutError:
+            if not done.done():  # kept: retried until the database takes it
+                logger.warning("call record write (%s) still pending; kept for retry", kind)
+        except Exception:  # never into call control (``_settled`` counts it); not CancelledError
+            pass
+
+    def _settled(self, kind: Kind, done: asyncio.Future[None]) -> None:
+        """A write landed or was given up (a permanent error, or kept too long)."""
+        if done.cancelled() or done.exception() is None:
+            return
+        self.failures += 1
+        if self._metrics is not None:
+            self._metrics.call_record_failures.labels(operation=kind).inc()
+        logger.error("call record write failed (%s): %s", kind, type(done.exception()).__name__)
+
+    @property
+    def parked(self) -> int:
+        """Writes kept for retry after a transient database failure."""
+        return self._group.parked
+
+    async def close(self, timeout_s: float = 5.0) -> int:
+        """One last attempt for writes kept for retry; returns how many were lost."""
+        return await self._group.close(timeout_s)
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         assert self._statements is not None

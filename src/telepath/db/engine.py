@@ -8,10 +8,28 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# SQLite reports a missing schema as an OperationalError too: that one will not pass by itself.
+_PERMANENT = ("no such table", "no such column", "has no column")
+
+
+def transient_error(exc: BaseException) -> bool:
+    """Whether a failed write may succeed later as it is: the server unreachable, restarting or
+    failing over (a refused or reset connection, ``OperationalError``), a connection lost
+    mid-transaction, a lock held past SQLite's busy timeout. Constraint, data and SQL errors
+    (``IntegrityError``, ``DataError``, ``ProgrammingError``) are not."""
+    if isinstance(exc, OSError | TimeoutError):  # asyncpg raises these as they are
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        return not any(text in str(exc.orig).lower() for text in _PERMANENT)
+    return False
 
 
 def make_engine(url: str) -> AsyncEngine:

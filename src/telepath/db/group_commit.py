@@ -9,12 +9,20 @@ so a lone write is never delayed: at one call a second it is one transaction per
 before; under load, a few transactions a second.
 
 If a batch fails as a whole (a foreign key, a lock timeout), every item is retried alone, so one
-bad row costs no other. Hand-written: SQLAlchemy has no such queue, and it is a few lines.
+bad row costs no other. An item that fails alone on a *transient* error (``retryable``: the
+database unreachable, a connection lost, a lock held too long) is not given up: it is parked and
+retried with back-off (1 s doubling to 30 s, or at once when another write goes through) ahead
+of newer writes until it lands, its future resolving then, so a database restart or failover
+loses no call record or webhook event (a write that arrives while the database comes back may
+land before parked ones: the order of a call's writes is the writers' to keep). At
+most ``max_parked`` items wait (the oldest then fails); :meth:`close` makes one last attempt and
+fails the rest. Hand-written: SQLAlchemy has no such queue, and it is a few lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -23,6 +31,14 @@ T = TypeVar("T")
 
 __all__ = ["GroupCommit"]
 
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 30.0
+MAX_PARKED = 10_000  # writes kept through an outage (a call writes about three)
+
+
+def _never(_: BaseException) -> bool:
+    return False
+
 
 @dataclass(slots=True)
 class _Pending(Generic[T]):
@@ -30,6 +46,7 @@ class _Pending(Generic[T]):
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    error: BaseException | None = None  # the last transient failure, while parked
 
 
 class GroupCommit(Generic[T]):
@@ -40,6 +57,9 @@ class GroupCommit(Generic[T]):
             to write every item alone (a dialect without a batch statement).
         single: writes one item in its own transaction (the fallback).
         name: the writer task's name.
+        retryable: whether an item's own failure is transient (park and retry it).
+        max_parked: the most items kept for retry; past it the oldest fails.
+        first_retry_s: the first back-off; it doubles up to ``MAX_RETRY_S`` while writes fail.
     """
 
     def __init__(
@@ -48,13 +68,29 @@ class GroupCommit(Generic[T]):
         single: Callable[[T], Awaitable[None]],
         *,
         name: str,
+        retryable: Callable[[BaseException], bool] = _never,
+        max_parked: int = MAX_PARKED,
+        first_retry_s: float = FIRST_RETRY_S,
     ) -> None:
         self._batch = batch
         self._single = single
         self._name = name
+        self._retryable = retryable
+        self._max_parked = max_parked
+        self._first_retry_s = first_retry_s
+        self._delay = first_retry_s
         self._queue: list[_Pending[T]] = []
+        self._parked: list[_Pending[T]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._retrier: asyncio.Task[None] | None = None
+        self._recovered = asyncio.Event()  # a commit succeeded while items were parked
         self.transactions = 0  # committed: fewer than the items under load
+        self.dropped = 0  # parked items given up (the backlog overflowed, or closed)
+
+    @property
+    def parked(self) -> int:
+        """Items waiting to be retried after a transient failure."""
+        return len(self._parked)
 
     def submit(self, item: T) -> asyncio.Future[None]:
         """Queue ``item``; the future resolves once it is committed (or with its error).
@@ -63,9 +99,12 @@ class GroupCommit(Generic[T]):
         """
         pending = _Pending(item)
         self._queue.append(pending)
+        self._start_writer()
+        return pending.done
+
+    def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
-        return pending.done
 
     async def _drain(self) -> None:
         """Commit queued items, a batch per transaction, until the queue is empty; then exit."""
@@ -77,21 +116,84 @@ class GroupCommit(Generic[T]):
         if self._batch is not None:
             try:
                 await self._batch([p.item for p in batch])
-                self.transactions += 1
+                self._committed()
                 for p in batch:
                     _resolve(p.done, None)
                 return
             except Exception as exc:
                 if len(batch) == 1:
-                    _resolve(batch[0].done, exc)
+                    self._failed(batch[0], exc)
                     return
         for p in batch:
             try:
                 await self._single(p.item)
-                self.transactions += 1
+                self._committed()
                 _resolve(p.done, None)
             except Exception as exc:
-                _resolve(p.done, exc)
+                self._failed(p, exc)
+
+    def _committed(self) -> None:
+        self.transactions += 1
+        self._delay = self._first_retry_s  # the database is back: the next outage starts over
+        if self._parked:
+            self._recovered.set()  # retry the parked items now, not after the back-off
+
+    def _failed(self, pending: _Pending[T], error: Exception) -> None:
+        if not self._retryable(error):
+            _resolve(pending.done, error)
+            return
+        pending.error = error
+        self._parked.append(pending)
+        if len(self._parked) > self._max_parked:
+            self._give_up(self._parked.pop(0))
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(
+                self._retry(), name=f"{self._name}-retry"
+            )
+
+    async def _retry(self) -> None:
+        """Put parked items back at the head of the queue after a back-off, until none is left
+        (each round that fails parks them again and doubles the back-off)."""
+        while self._parked:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recovered.wait(), self._delay)
+            self._recovered.clear()
+            self._delay = min(self._delay * 2, MAX_RETRY_S)
+            parked, self._parked = self._parked, []
+            self._queue[:0] = parked  # ahead of newer writes: a call's start before its end
+            self._start_writer()
+            if self._writer is not None:
+                await asyncio.wait({self._writer})
+
+    def _give_up(self, pending: _Pending[T]) -> None:
+        self.dropped += 1
+        _resolve(pending.done, pending.error or RuntimeError("write given up"))
+
+    async def close(self, timeout_s: float) -> int:
+        """Stop retrying: one last attempt for parked items within ``timeout_s``; the ones that
+        still fail are given up (their futures fail). Returns how many were given up."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+            self._retrier = None
+        if self._parked:
+            parked, self._parked = self._parked, []
+            self._queue[:0] = parked
+            self._start_writer()
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer}, timeout=timeout_s)
+        lost, self._parked = self._parked, []
+        if self._retrier is not None:  # a failure of the last attempt parked them again
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+            self._retrier = None
+        for pending in lost:
+            self._give_up(pending)
+        if lost:
+            await asyncio.sleep(0)  # their futures' callbacks (the writers' failure counts) run
+        return len(lost)
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

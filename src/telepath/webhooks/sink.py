@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.base import utcnow
+from telepath.db.engine import transient_error
 from telepath.db.group_commit import GroupCommit
 from telepath.db.webhook_store import WebhookRepository, delivery_rows
 from telepath.lookup_cache import LookupCache
@@ -54,7 +56,8 @@ class DbEventSink:
 
     ``emit`` only writes outbox rows (group-committed with other events'); delivery happens in the
     ``WebhookDispatcher``. It never raises into call control: a failed write is logged and
-    counted (``failures`` and ``telepath_webhook_enqueue_failures_total``).
+    counted (``failures`` and ``telepath_webhook_enqueue_failures_total``); one that failed on a
+    transient database error is kept and retried until it lands (``db/group_commit.py``).
 
     Args:
         sessions: the session factory.
@@ -79,8 +82,12 @@ class DbEventSink:
         # an event's outbox rows wait for the next transaction with the others' (a call writes
         # several events at once; see db/group_commit.py)
         self._group: GroupCommit[list[dict[str, Any]]] = GroupCommit(
-            self._insert, self._insert_one, name="webhook-outbox-writer"
+            self._insert, self._insert_one, name="webhook-outbox-writer", retryable=transient_error
         )
+        if metrics is not None:
+            metrics.db_writes_parked.labels(writer="webhook_events").set_function(
+                lambda: self._group.parked
+            )
         self._cache: LookupCache[str, list[tuple[str, list[str]]]] = LookupCache(
             ENDPOINT_CACHE_TTL_S, lambda: _generation
         )
@@ -104,17 +111,47 @@ class DbEventSink:
         """
         if not self.wants(account_id, event):
             return
+        done: asyncio.Future[None] | None = None
         try:
             async with asyncio.timeout(self._timeout_s):
-                queued = await self._enqueue(account_id, event, payload)
+                rows = await self._rows(account_id, event, payload)
+                if not rows:
+                    return
+                done = self._group.submit(rows)
+                done.add_done_callback(functools.partial(self._settled, event))
+                # shield: a caller that gives up (timeout) leaves the batch alone
+                await asyncio.shield(done)
         except Exception as exc:  # never into call control; CancelledError still propagates
-            self.failures += 1
-            if self._metrics is not None:
-                self._metrics.webhook_enqueue_failures.inc()
-            logger.error("webhook event %s not queued: %s", event, type(exc).__name__)
+            if done is None:  # the endpoints could not be read: the event is lost
+                self._failed(event, exc)
+            elif not done.done():  # kept: retried until the database takes it
+                logger.warning("webhook event %s still pending; kept for retry", event)
+            # else: a failed write, counted by ``_settled``
+
+    def _settled(self, event: str, done: asyncio.Future[None]) -> None:
+        """An event's rows landed (wake the dispatcher) or were given up."""
+        if done.cancelled():
             return
-        if queued and self._on_enqueued is not None:
+        error = done.exception()
+        if error is not None:
+            self._failed(event, error)
+        elif self._on_enqueued is not None:
             self._on_enqueued()
+
+    def _failed(self, event: str, error: BaseException) -> None:
+        self.failures += 1
+        if self._metrics is not None:
+            self._metrics.webhook_enqueue_failures.inc()
+        logger.error("webhook event %s not queued: %s", event, type(error).__name__)
+
+    @property
+    def parked(self) -> int:
+        """Events kept for retry after a transient database failure."""
+        return self._group.parked
+
+    async def close(self, timeout_s: float = 5.0) -> int:
+        """One last attempt for events kept for retry; returns how many were lost."""
+        return await self._group.close(timeout_s)
 
     async def _endpoints(self, account_id: str) -> list[tuple[str, list[str]]]:
         """The account's active endpoints as (id, events), cached: every call emits several
@@ -128,14 +165,17 @@ class DbEventSink:
             rows = await WebhookRepository(session).active_endpoints(account_id)
             return [(e.id, list(e.events)) for e in rows]
 
-    async def _enqueue(self, account_id: str, event: str, payload: dict[str, Any]) -> int:
+    async def _rows(
+        self, account_id: str, event: str, payload: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The event's outbox rows, one per subscribed endpoint (none: nobody listens)."""
         data = normalize_payload(payload)
         targets = [
             eid for eid, events in await self._endpoints(account_id) if subscribed(events, event)
         ]
         if not targets:
-            return 0
-        rows = delivery_rows(
+            return []
+        return delivery_rows(
             targets,
             account_id=account_id,
             event_id=new_id("evt"),
@@ -143,9 +183,6 @@ class DbEventSink:
             payload=data,
             now=utcnow(),
         )
-        # shield: a caller that gives up (timeout) leaves the batch alone
-        await asyncio.shield(self._group.submit(rows))
-        return len(targets)
 
     async def _insert(self, batch: list[list[dict[str, Any]]]) -> None:
         """One transaction for the rows of every event in ``batch`` (group commit)."""

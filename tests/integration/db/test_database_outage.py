@@ -1,0 +1,124 @@
+"""A database outage while calls run: call records and webhook events written meanwhile are
+kept and land once the database is back (real PostgreSQL behind a proxy the test cuts)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from telepath.db.call_recorder import DbCallRecorder
+from telepath.db.engine import make_engine, sessionmaker_for, transient_error
+from telepath.db.models import CallRow, WebhookDelivery
+from telepath.metrics import Metrics
+from telepath.webhooks.sink import DbEventSink
+from tests.integration.calls_api.records import account_of, ended, started
+from tests.integration.conftest import Api
+from tests.integration.db.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+PAYLOAD = {"call_id": "call_1"}
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    return postgres_url  # an outage of a database server (SQLite has none)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"allow_insecure_webhook_urls": True}
+
+
+async def _count(api: Api, entity: Any) -> int:
+    async with api.state.sessions() as session:  # straight to the server, not through the proxy
+        return int(await session.scalar(select(func.count()).select_from(entity)) or 0)
+
+
+async def _until(condition: Any, what: str, within_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_records_and_events_written_during_an_outage_land_when_it_ends(api: Api) -> None:
+    account = await account_of(api)
+    resp = await api.post(
+        "/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["call.started", "call.ended"]}
+    )
+    assert resp.status_code == 201, resp.text
+    server = make_url(api.state.settings.database_url)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)))
+        sessions = sessionmaker_for(engine)
+        metrics = Metrics()
+        recorder = DbCallRecorder(sessions, metrics, timeout_s=0.5)
+        sink = DbEventSink(sessions, metrics=metrics, timeout_s=0.5)
+        try:
+            await sink.emit(account, "call.started", PAYLOAD)  # before: endpoints known
+            assert await _count(api, WebhookDelivery) == 1
+            call = started(account)
+
+            proxy.cut()  # the server restarts, fails over, or the network drops
+            await recorder.call_started(call)  # each gives up waiting after 0.5 s
+            await sink.emit(account, "call.ended", PAYLOAD)
+            await recorder.call_ended(ended(call))
+            assert (recorder.parked, sink.parked) == (2, 1)
+            assert recorder.failures == sink.failures == 0  # kept, not lost
+            text = metrics.render().decode()
+            assert 'telepath_db_writes_parked{writer="call_records"} 2.0' in text
+            assert 'telepath_db_writes_parked{writer="webhook_events"} 1.0' in text
+            assert await _count(api, CallRow) == 0
+
+            proxy.restore()
+            # the next write that goes through retries the kept ones at once (no back-off)
+            await recorder.call_started(started(account))
+            await sink.emit(account, "call.started", PAYLOAD)
+            await _until(lambda: recorder.parked == sink.parked == 0, "the kept writes")
+        finally:
+            await recorder.close()
+            await sink.close()
+            await engine.dispose()
+    assert recorder.failures == sink.failures == 0
+    detail = (await api.get(f"/v1/calls/{call.id}")).json()
+    assert detail["status"] == "disconnected" and detail["end_time"] is not None
+    assert detail["duration_seconds"] == 342
+    assert await _count(api, CallRow) == 2
+    assert await _count(api, WebhookDelivery) == 3
+
+
+async def test_what_the_database_never_takes_is_reported_lost_at_close(api: Api) -> None:
+    account = await account_of(api)
+    server = make_url(api.state.settings.database_url)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)))
+        metrics = Metrics()
+        recorder = DbCallRecorder(sessionmaker_for(engine), metrics, timeout_s=0.2)
+        try:
+            proxy.cut()
+            await recorder.call_ended(ended(started(account)))
+            assert recorder.parked == 1 and recorder.failures == 0
+            assert await recorder.close(timeout_s=0.5) == 1
+        finally:
+            await engine.dispose()
+    assert recorder.failures == 1  # given up: counted and logged as a failed write
+    assert 'telepath_call_record_failures_total{operation="call_ended"} 1.0' in (
+        metrics.render().decode()
+    )
+
+
+def test_which_errors_are_worth_retrying() -> None:
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    assert transient_error(ConnectionRefusedError())
+    assert transient_error(TimeoutError())
+    assert transient_error(OperationalError("INSERT", {}, Exception("database is locked")))
+    assert not transient_error(OperationalError("INSERT", {}, Exception("no such table: calls")))
+    assert not transient_error(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not transient_error(ProgrammingError("INSERT", {}, Exception("syntax error")))
+    assert not transient_error(ValueError("bug"))
