@@ -26,17 +26,35 @@ V = TypeVar("V")
 MAX_ENTRIES = 10_000
 
 
+def _never(_: BaseException) -> bool:
+    return False
+
+
 class LookupCache(Generic[K, V]):
     """``await cache.get(key, load)``: cached value, or ``load()`` once for concurrent misses.
 
     Args:
         ttl_s: how long a value is served without reading again.
         generation: returns the current generation; entries from an older one are stale.
+        stale_if_error_s: when ``load`` fails with an error ``stale_on`` accepts (the database
+            unreachable), an expired value of the current generation is served for up to this
+            long past its expiry instead of the error (RFC 5861's ``stale-if-error``).
+        stale_on: which load errors may be answered with a stale value.
     """
 
-    def __init__(self, ttl_s: float, generation: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        generation: Callable[[], int] = lambda: 0,
+        *,
+        stale_if_error_s: float = 0.0,
+        stale_on: Callable[[BaseException], bool] = _never,
+    ) -> None:
         self._ttl_s = ttl_s
         self._generation = generation
+        self._stale_if_error_s = stale_if_error_s
+        self._stale_on = stale_on
+        self.stale_served = 0  # lookups answered with a stale value (tests and diagnostics)
         self._entries: dict[K, tuple[int, float, V]] = {}
         self._flights: dict[tuple[int, K], asyncio.Future[V]] = {}
         self.loads = 0  # reads that reached ``load`` (tests and diagnostics)
@@ -73,6 +91,15 @@ class LookupCache(Generic[K, V]):
             pending.cancel()
             raise
         except Exception as exc:
+            if (
+                hit is not None
+                and hit[0] == generation
+                and now - hit[1] < self._stale_if_error_s
+                and self._stale_on(exc)
+            ):
+                self.stale_served += 1
+                pending.set_result(hit[2])  # the lookups that joined this one get it too
+                return hit[2]
             pending.set_exception(exc)
             pending.exception()  # nobody may be waiting: not "never retrieved"
             raise

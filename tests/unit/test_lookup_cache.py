@@ -90,3 +90,50 @@ async def test_peek_returns_only_a_fresh_entry_and_never_loads() -> None:
     assert await expired.get("k", src.load) == 2
     assert expired.peek("k") is None
     assert src.calls == 2
+
+
+def _down(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError)
+
+
+async def test_an_expired_value_is_served_while_the_source_is_down() -> None:
+    generation = 0
+    cache: LookupCache[str, int] = LookupCache(
+        0.0, lambda: generation, stale_if_error_s=60, stale_on=_down
+    )
+    src = Source()
+    src.gate.set()
+    assert await cache.get("k", src.load) == 1  # expires at once (ttl 0)
+    src.fail = ConnectionError("database unreachable")
+    assert await cache.get("k", src.load) == 1  # stale, instead of the error
+    assert (src.calls, cache.stale_served) == (2, 1)  # it did try the source first
+    with pytest.raises(ConnectionError):  # nothing known about this one
+        await cache.get("other", src.load)
+    src.fail = ValueError("a bug, not an outage")
+    with pytest.raises(ValueError):
+        await cache.get("k", src.load)
+    generation += 1  # changed through this process: the old value must not come back
+    src.fail = ConnectionError("database unreachable")
+    with pytest.raises(ConnectionError):
+        await cache.get("k", src.load)
+
+
+async def test_a_stale_value_is_served_only_within_its_window() -> None:
+    cache: LookupCache[str, int] = LookupCache(0.0, stale_if_error_s=0.05, stale_on=_down)
+    src = Source()
+    src.gate.set()
+    await cache.get("k", src.load)
+    await asyncio.sleep(0.1)
+    src.fail = ConnectionError("database unreachable")
+    with pytest.raises(ConnectionError):
+        await cache.get("k", src.load)
+
+
+async def test_without_stale_if_error_a_failure_is_raised() -> None:
+    cache: LookupCache[str, int] = LookupCache(0.0)
+    src = Source()
+    src.gate.set()
+    await cache.get("k", src.load)
+    src.fail = ConnectionError("database unreachable")
+    with pytest.raises(ConnectionError):
+        await cache.get("k", src.load)

@@ -13,8 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from telepath.db.engine import transient_error
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +129,19 @@ def install_error_handlers(app: FastAPI) -> None:
         # Log the type only: a message or traceback could carry request data (keys, numbers).
         logger.error("unhandled error in API request: %s", type(exc).__name__)
         return error_response(500, "internal_error", "Internal server error")
+
+    async def _database(req: Request, exc: Exception) -> JSONResponse:
+        if transient_error(exc):  # the database restarting or unreachable: not our bug
+            logger.warning("API request failed: database unavailable (%s)", type(exc).__name__)
+            return error_response(
+                503,
+                "service_unavailable",
+                "The database is not answering; try again shortly",
+                {"Retry-After": "5"},
+            )
+        return await _unexpected(req, exc)
+
+    # Registered by class (not only as the catch-all above, which Starlette's outermost
+    # middleware serves and then re-raises): these are answered like any API error.
+    for kind in (DBAPIError, OSError):
+        app.add_exception_handler(kind, _database)

@@ -51,7 +51,13 @@ from telepath.calls.events import (
     call_started_payload,
 )
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
-from telepath.calls.ports import CallRecorder, EventSink, TrunkConfig, TrunkDirectory
+from telepath.calls.ports import (
+    CallRecorder,
+    DirectoryUnavailable,
+    EventSink,
+    TrunkConfig,
+    TrunkDirectory,
+)
 from telepath.errors import TelepathError
 from telepath.log import call_id_var
 from telepath.metrics import Metrics
@@ -493,6 +499,11 @@ class CallManager:
         tx = setup.tx
         try:
             await self._setup(setup)
+        except DirectoryUnavailable:
+            # The database is unreachable and this trunk was not known: a temporary failure
+            # the carrier can fail over on (RFC 3261 §21.5.4), not an internal error.
+            if not tx.final_sent:
+                self._reject(tx, 503, "database_unavailable", headers=[("Retry-After", "5")])
         except Exception:
             log.exception("call setup failed")
             if not tx.final_sent:
@@ -566,7 +577,12 @@ class CallManager:
         call to the PBX. The address-of-record in To is not checked against the username:
         PBXes may register a number with another authentication id.
         """
-        trunk = await self._authenticate(tx, call=False)
+        try:
+            trunk = await self._authenticate(tx, call=False)
+        except DirectoryUnavailable:  # as for an INVITE: temporary, try again later
+            if not tx.final_sent:
+                self._respond(tx, 503, headers=[("Retry-After", "5")])
+            return
         if trunk is None:
             return  # challenged or refused
         request = tx.request

@@ -66,11 +66,19 @@ class TrunkConfig:
         return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"
 
 
+class DirectoryUnavailable(Exception):
+    """The trunks cannot be read now (the database is unreachable); a later attempt may work."""
+
+
 class TrunkDirectory(Protocol):
     """Finds the trunk that owns a SIP username (the Request-URI user part)."""
 
     async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
-        """The trunk, or None when no trunk has this username."""
+        """The trunk, or None when no trunk has this username.
+
+        Raises:
+            DirectoryUnavailable: the trunks cannot be read now (and none was known).
+        """
         ...
 
     async def inactive_among(self, trunk_ids: Collection[str]) -> set[str]:

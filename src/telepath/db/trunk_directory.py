@@ -1,7 +1,13 @@
 """The database implementation of ``calls.ports.TrunkDirectory``.
 
-Each lookup reads the row afresh (one indexed query), so a rotated password, a deactivated or
-deleted trunk takes effect on the very next INVITE.
+Lookups are cached for a second (``CACHE_TTL_S``; a change made through this process applies at
+once), so a rotated password, a deactivated or deleted trunk takes effect within a second.
+
+While the database is unreachable (a restart, a failover), a trunk read in the last
+``STALE_IF_ERROR_S`` is still served from the cache, so its calls are answered through the
+outage (their records and webhooks wait for the database: ``db/group_commit.py``); any other
+lookup raises ``DirectoryUnavailable`` (call control answers ``503``). Decision: a trunk
+deleted through *another* process just before an outage may take calls until it ends.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from collections.abc import Collection
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.ports import TrunkConfig
+from telepath.calls.ports import DirectoryUnavailable, TrunkConfig
+from telepath.db.engine import transient_error
 from telepath.db.models import Trunk, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.lookup_cache import LookupCache
@@ -22,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 CACHE_TTL_S = 1.0
+STALE_IF_ERROR_S = 600.0  # how old a trunk may be that is served while the database is down
 _generation = 0
 
 
@@ -46,7 +54,10 @@ class DbTrunkDirectory:
         # lower(username) -> trunk or None. A call looks its trunk up twice within
         # milliseconds (to choose the challenge, then to verify the answer).
         self._cache: LookupCache[str, TrunkConfig | None] = LookupCache(
-            cache_ttl_s, lambda: _generation
+            cache_ttl_s,
+            lambda: _generation,
+            stale_if_error_s=STALE_IF_ERROR_S,
+            stale_on=transient_error,
         )
 
     @property
@@ -65,7 +76,12 @@ class DbTrunkDirectory:
         Cached for ``cache_ttl_s`` (1 s): a change made through this process's API is seen at
         once (:func:`trunks_changed`); one made by another process within a second.
         """
-        return await self._cache.get(sip_username.lower(), lambda: self._load(sip_username))
+        try:
+            return await self._cache.get(sip_username.lower(), lambda: self._load(sip_username))
+        except Exception as exc:
+            if transient_error(exc):
+                raise DirectoryUnavailable(type(exc).__name__) from exc
+            raise
 
     async def inactive_among(self, trunk_ids: Collection[str]) -> set[str]:
         """Those of ``trunk_ids`` deleted or not ``active``: one indexed query, never cached

@@ -42,6 +42,7 @@ def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 ENDPOINT_CACHE_TTL_S = 5.0
+ENDPOINT_STALE_IF_ERROR_S = 600.0
 _generation = 0
 
 
@@ -88,8 +89,13 @@ class DbEventSink:
             metrics.db_writes_parked.labels(writer="webhook_events").set_function(
                 lambda: self._group.parked
             )
+        # While the database is unreachable, the endpoints known before still get the events
+        # (kept with them until it is back).
         self._cache: LookupCache[str, list[tuple[str, list[str]]]] = LookupCache(
-            ENDPOINT_CACHE_TTL_S, lambda: _generation
+            ENDPOINT_CACHE_TTL_S,
+            lambda: _generation,
+            stale_if_error_s=ENDPOINT_STALE_IF_ERROR_S,
+            stale_on=transient_error,
         )
 
     @property
