@@ -55,7 +55,8 @@ class LookupCache(Generic[K, V]):
         self._stale_if_error_s = stale_if_error_s
         self._stale_on = stale_on
         self.stale_served = 0  # lookups answered with a stale value (tests and diagnostics)
-        self._entries: dict[K, tuple[int, float, V]] = {}
+        # key -> (generation, fresh until, value, may be served stale until)
+        self._entries: dict[K, tuple[int, float, V, float]] = {}
         self._flights: dict[tuple[int, K], asyncio.Future[V]] = {}
         self.loads = 0  # reads that reached ``load`` (tests and diagnostics)
 
@@ -91,13 +92,11 @@ class LookupCache(Generic[K, V]):
             pending.cancel()
             raise
         except Exception as exc:
-            if (
-                hit is not None
-                and hit[0] == generation
-                and now - hit[1] < self._stale_if_error_s
-                and self._stale_on(exc)
-            ):
+            if hit is not None and hit[0] == generation and now < hit[3] and self._stale_on(exc):
                 self.stale_served += 1
+                # held for another ttl: while the source is down, one failed read per ttl,
+                # not one per lookup; the stale window still counts from the last good read
+                self._entries[key] = (generation, min(now + self._ttl_s, hit[3]), hit[2], hit[3])
                 pending.set_result(hit[2])  # the lookups that joined this one get it too
                 return hit[2]
             pending.set_exception(exc)
@@ -109,5 +108,6 @@ class LookupCache(Generic[K, V]):
             del self._flights[flight]
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        self._entries[key] = (generation, now + self._ttl_s, value)
+        expires = now + self._ttl_s
+        self._entries[key] = (generation, expires, value, expires + self._stale_if_error_s)
         return value

@@ -137,3 +137,14 @@ async def test_without_stale_if_error_a_failure_is_raised() -> None:
     src.fail = ConnectionError("database unreachable")
     with pytest.raises(ConnectionError):
         await cache.get("k", src.load)
+
+
+async def test_while_down_a_stale_value_is_tried_again_once_per_ttl_not_per_lookup() -> None:
+    cache: LookupCache[str, int] = LookupCache(0.2, stale_if_error_s=600, stale_on=_down)
+    src = Source()
+    src.gate.set()
+    await cache.get("k", src.load)
+    await asyncio.sleep(0.25)  # expired
+    src.fail = ConnectionError("database unreachable")
+    assert [await cache.get("k", src.load) for _ in range(5)] == [1] * 5
+    assert src.calls == 2  # one failed read, then the stale value is held for a ttl

@@ -8,15 +8,16 @@ while a commit runs go together into the next: one ``executemany`` per kind. The
 so a lone write is never delayed: at one call a second it is one transaction per write, as
 before; under load, a few transactions a second.
 
-If a batch fails as a whole (a foreign key, a lock timeout), every item is retried alone, so one
-bad row costs no other. An item that fails alone on a *transient* error (``retryable``: the
-database unreachable, a connection lost, a lock held too long) is not given up: it is parked and
-retried with back-off (1 s doubling to 30 s, or at once when another write goes through) ahead
-of newer writes until it lands, its future resolving then, so a database restart or failover
-loses no call record or webhook event (a write that arrives while the database comes back may
-land before parked ones: the order of a call's writes is the writers' to keep). At
-most ``max_parked`` items wait (the oldest then fails); :meth:`close` makes one last attempt and
-fails the rest. Hand-written: SQLAlchemy has no such queue, and it is a few lines.
+If a batch fails as a whole (a foreign key, say), every item is retried alone, so one bad row
+costs no other. A batch or an item that fails on a *transient* error (``retryable``: the
+database unreachable, a connection lost, a lock held too long) is not given up: its items are
+parked — not tried one by one, which would only repeat the failure once per item — and retried
+together after a back-off (1 s doubling to 5 s) until they land, their futures resolving then,
+so a database restart or failover loses no call record or webhook event. While items are parked
+new ones join them in order instead of trying the database themselves: during an outage a
+writer costs one failed attempt per back-off, not one per write. At most ``max_parked`` items
+wait (the oldest then fails); :meth:`close` makes one last attempt and fails the rest.
+Hand-written: SQLAlchemy has no such queue, and it is a few lines.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ T = TypeVar("T")
 __all__ = ["GroupCommit"]
 
 FIRST_RETRY_S = 1.0
-MAX_RETRY_S = 30.0
+MAX_RETRY_S = 5.0  # one attempt per writer this often while the database is down
 MAX_PARKED = 10_000  # writes kept through an outage (a call writes about three)
 
 
@@ -46,7 +47,8 @@ class _Pending(Generic[T]):
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    error: BaseException | None = None  # the last transient failure, while parked
+    error: BaseException | None = None  # the last transient failure, while kept
+    kept: bool = False  # failed transiently once: counted in ``GroupCommit.parked`` until done
 
 
 class GroupCommit(Generic[T]):
@@ -83,14 +85,20 @@ class GroupCommit(Generic[T]):
         self._parked: list[_Pending[T]] = []
         self._writer: asyncio.Task[None] | None = None
         self._retrier: asyncio.Task[None] | None = None
-        self._recovered = asyncio.Event()  # a commit succeeded while items were parked
         self.transactions = 0  # committed: fewer than the items under load
         self.dropped = 0  # parked items given up (the backlog overflowed, or closed)
+        self._kept = 0
 
     @property
     def parked(self) -> int:
-        """Items waiting to be retried after a transient failure."""
-        return len(self._parked)
+        """Items kept after a transient failure (or queued behind such) and not yet landed."""
+        return self._kept
+
+    def _done(self, pending: _Pending[T], error: BaseException | None) -> None:
+        if pending.kept:
+            pending.kept = False
+            self._kept -= 1
+        _resolve(pending.done, error)
 
     def submit(self, item: T) -> asyncio.Future[None]:
         """Queue ``item``; the future resolves once it is committed (or with its error).
@@ -98,6 +106,13 @@ class GroupCommit(Generic[T]):
         Await it through ``asyncio.shield``: a waiter that gives up leaves the batch alone.
         """
         pending = _Pending(item)
+        if self._parked:
+            # An outage is under way: wait with the others for the next attempt (one per
+            # back-off) rather than fail against the database once per write.
+            self._keep(pending)
+            self._parked.append(pending)
+            self._bound()
+            return pending.done
         self._queue.append(pending)
         self._start_writer()
         return pending.done
@@ -118,46 +133,58 @@ class GroupCommit(Generic[T]):
                 await self._batch([p.item for p in batch])
                 self._committed()
                 for p in batch:
-                    _resolve(p.done, None)
+                    self._done(p, None)
                 return
             except Exception as exc:
-                if len(batch) == 1:
-                    self._failed(batch[0], exc)
+                if len(batch) == 1 or self._retryable(exc):
+                    # Alone, or the database rather than a row failed: item by item would only
+                    # repeat the failure once per item (a failed connection each, on the loop).
+                    for p in batch:
+                        self._failed(p, exc)
                     return
-        for p in batch:
+        for i, p in enumerate(batch):
             try:
                 await self._single(p.item)
                 self._committed()
-                _resolve(p.done, None)
+                self._done(p, None)
             except Exception as exc:
+                if self._retryable(exc):  # the database is down: keep the rest untried
+                    for rest in batch[i:]:
+                        self._failed(rest, exc)
+                    return
                 self._failed(p, exc)
 
     def _committed(self) -> None:
         self.transactions += 1
         self._delay = self._first_retry_s  # the database is back: the next outage starts over
-        if self._parked:
-            self._recovered.set()  # retry the parked items now, not after the back-off
 
     def _failed(self, pending: _Pending[T], error: Exception) -> None:
         if not self._retryable(error):
-            _resolve(pending.done, error)
+            self._done(pending, error)
             return
         pending.error = error
+        self._keep(pending)
         self._parked.append(pending)
-        if len(self._parked) > self._max_parked:
-            self._give_up(self._parked.pop(0))
+        self._bound()
         if self._retrier is None or self._retrier.done():
             self._retrier = asyncio.get_running_loop().create_task(
                 self._retry(), name=f"{self._name}-retry"
             )
 
+    def _keep(self, pending: _Pending[T]) -> None:
+        if not pending.kept:
+            pending.kept = True
+            self._kept += 1
+
+    def _bound(self) -> None:
+        while len(self._parked) > self._max_parked:
+            self._give_up(self._parked.pop(0))
+
     async def _retry(self) -> None:
         """Put parked items back at the head of the queue after a back-off, until none is left
         (each round that fails parks them again and doubles the back-off)."""
         while self._parked:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recovered.wait(), self._delay)
-            self._recovered.clear()
+            await asyncio.sleep(self._delay)
             self._delay = min(self._delay * 2, MAX_RETRY_S)
             parked, self._parked = self._parked, []
             self._queue[:0] = parked  # ahead of newer writes: a call's start before its end
@@ -167,7 +194,7 @@ class GroupCommit(Generic[T]):
 
     def _give_up(self, pending: _Pending[T]) -> None:
         self.dropped += 1
-        _resolve(pending.done, pending.error or RuntimeError("write given up"))
+        self._done(pending, pending.error or RuntimeError("write given up"))
 
     async def close(self, timeout_s: float) -> int:
         """Stop retrying: one last attempt for parked items within ``timeout_s``; the ones that

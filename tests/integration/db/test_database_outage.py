@@ -75,10 +75,12 @@ async def test_records_and_events_written_during_an_outage_land_when_it_ends(api
             assert 'telepath_db_writes_parked{writer="webhook_events"} 1.0' in text
             assert await _count(api, CallRow) == 0
 
-            proxy.restore()
-            # the next write that goes through retries the kept ones at once (no back-off)
+            # new writes meanwhile wait behind the kept ones (no attempt each)
             await recorder.call_started(started(account))
             await sink.emit(account, "call.started", PAYLOAD)
+            assert (recorder.parked, sink.parked) == (3, 2)
+
+            proxy.restore()  # the next round (1-5 s later) writes them all, in order
             await _until(lambda: recorder.parked == sink.parked == 0, "the kept writes")
         finally:
             await recorder.close()
