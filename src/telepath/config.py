@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # --- storage -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: sqlite+aiosqlite:///{data_dir}/telepath.db
+    # PostgreSQL: the longest a connection attempt or a statement may take before the database
+    # counts as unavailable (a server or network gone silent); 0: no limit. Migrations and the
+    # retention sweep run without it.
+    database_timeout_s: float = Field(default=10.0, ge=0)
 
     # --- HTTP API ------------------------------------------------------------------------
     http_host: str = "127.0.0.1"

@@ -34,3 +34,6 @@ class ApiState:
     more_metrics: Callable[[], Awaitable[list[bytes]]] | None = None
     # With SIP worker processes: False while one is not serving (``/readyz`` answers 503).
     workers_ready: Callable[[], bool] | None = None
+    # For long maintenance statements (the retention sweep): no statement timeout. None: as
+    # ``sessions`` (SQLite, or no timeout configured).
+    maintenance_sessions: async_sessionmaker[AsyncSession] | None = None

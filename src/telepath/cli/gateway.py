@@ -276,7 +276,11 @@ async def start_gateway(
         return gateway
     gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
     gateway.tasks.append(
-        loop.create_task(retention_loop(state.sessions, settings, gateway.stop_event))
+        loop.create_task(
+            retention_loop(
+                state.maintenance_sessions or state.sessions, settings, gateway.stop_event
+            )
+        )
     )
     bound = ", ".join(f"{k} {h}:{p}" for k, (h, p) in server.bound.items())
     log.info("SIP listening on %s (advertised address %s)", bound, address)

@@ -32,10 +32,15 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
             "TELEPATH_SECRET_KEY; without it stored provider keys cannot be decrypted",
             key_file(settings.data_dir),
         )
-    engine = make_engine(settings.effective_database_url)
+    url = settings.effective_database_url
+    engine = make_engine(url, timeout_s=settings.database_timeout_s)
+    # Migrations and the retention sweep may run long on a big database: without the timeout.
+    maintenance = engine
+    if engine.dialect.name == "postgresql" and settings.database_timeout_s > 0:
+        maintenance = make_engine(url, pool_size=1)
     try:
         if migrate:
-            await migrate_schema(engine)
+            await migrate_schema(maintenance)
         validator = ProviderValidator(
             openai_api_base=settings.openai_api_base,
             elevenlabs_api_base=settings.elevenlabs_api_base,
@@ -50,11 +55,14 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
                 keyring=keyring,
                 validator=validator,
                 limiter=RateLimiter(settings.api_rate_limit_per_minute),
+                maintenance_sessions=sessionmaker_for(maintenance),
             )
         finally:
             await validator.aclose()
     finally:
         await engine.dispose()
+        if maintenance is not engine:
+            await maintenance.dispose()
 
 
 async def bootstrap_first_key(state: ApiState) -> IssuedKey | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -32,8 +32,14 @@ def transient_error(exc: BaseException) -> bool:
     return False
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout."""
+def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> AsyncEngine:
+    """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout.
+
+    ``timeout_s`` (PostgreSQL): asyncpg's connection and statement timeouts, enforced by the
+    client, so a server or network that goes silent (no refusal, no reset) fails a lookup or a
+    write within that time (a ``TimeoutError``: ``transient_error``) instead of hanging until
+    TCP gives up; 0 for none (migrations, the retention sweep).
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -52,7 +58,12 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, float] = {}
+    if timeout_s > 0 and make_url(url).get_driver_name() == "asyncpg":
+        connect_args = {"timeout": timeout_s, "command_timeout": timeout_s}
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, connect_args=connect_args
+    )
 
 
 def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

@@ -9,12 +9,15 @@ import contextlib
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` drops every connection and refuses
-    new ones (they are closed on accept); ``restore()`` forwards again."""
+    new ones (they are closed on accept); ``freeze()`` keeps every connection open but passes
+    nothing on either way, and new ones get nothing either (a server or network gone silent);
+    ``restore()`` forwards again."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
         self.up = True
+        self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -35,12 +38,22 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def freeze(self) -> None:
+        self.frozen = True
+
     def restore(self) -> None:
         self.up = True
+        self.frozen = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.transport.abort()
+            return
+        if self.frozen:  # accepted, and then silence
+            self._writers.add(writer)
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):
+                    pass
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -49,16 +62,20 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer, self), _pipe(up_reader, writer, self))
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: TcpProxy
+) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(65536):
+            if proxy.frozen:
+                continue  # swallowed
             writer.write(data)
             await writer.drain()
     writer.transport.abort()

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
 from telepath.db.call_recorder import DbCallRecorder
@@ -31,7 +31,7 @@ def database_url(postgres_url: str) -> str:
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"allow_insecure_webhook_urls": True}
+    return {"allow_insecure_webhook_urls": True, "database_timeout_s": 1.0}
 
 
 async def _count(api: Api, entity: Any) -> int:
@@ -124,3 +124,15 @@ def test_which_errors_are_worth_retrying() -> None:
     assert not transient_error(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not transient_error(ProgrammingError("INSERT", {}, Exception("syntax error")))
     assert not transient_error(ValueError("bug"))
+
+
+async def test_statements_time_out_but_maintenance_does_not(api: Api) -> None:
+    """``TELEPATH_DATABASE_TIMEOUT_S`` bounds the call path's and the API's statements (a
+    silent server counts as unavailable); migrations and the retention sweep run without it."""
+    async with api.state.sessions() as session:
+        with pytest.raises(TimeoutError) as raised:
+            await session.execute(text("SELECT pg_sleep(1.5)"))
+    assert transient_error(raised.value)
+    assert api.state.maintenance_sessions is not None
+    async with api.state.maintenance_sessions() as session:
+        assert (await session.execute(text("SELECT 1 FROM pg_sleep(1.5)"))).scalar() == 1

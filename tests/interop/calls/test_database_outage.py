@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -17,7 +18,7 @@ from telepath.db.trunk_directory import CACHE_TTL_S
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.integration.db.tcp_proxy import TcpProxy
-from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.calls.harness import (
     Phone,
     place_call,
@@ -44,9 +45,18 @@ def database_url(postgres_url: str, pg_proxy: TcpProxy) -> str:
     return str(make_url(postgres_url).set(host="127.0.0.1", port=pg_proxy.port))
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # a silent database counts as unavailable after 1 s (TELEPATH_DATABASE_TIMEOUT_S)
+    return {**GATEWAY_SETTINGS, "database_timeout_s": 1.0}
+
+
+@pytest.mark.parametrize("outage", ["refused", "silent"])
 async def test_a_known_trunks_calls_go_on_through_a_database_outage(
-    api: Api, gateway: Gateway, tmp_path: Path, pg_proxy: TcpProxy
+    api: Api, gateway: Gateway, tmp_path: Path, pg_proxy: TcpProxy, outage: str
 ) -> None:
+    """``refused``: a restart or failover (connections refused or reset); ``silent``: the
+    server or the network stops answering, with nothing refused (the statement timeout)."""
     recorder = gateway.manager.recorder
     assert isinstance(recorder, DbCallRecorder)
     async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
@@ -56,7 +66,10 @@ async def test_a_known_trunks_calls_go_on_through_a_database_outage(
         assert result.returncode == 0, result.stdout + result.errors
         await wait_until(lambda: not gateway.manager.calls, what="the first call's end")
 
-        pg_proxy.cut()  # PostgreSQL restarts or fails over
+        if outage == "refused":
+            pg_proxy.cut()  # PostgreSQL restarts or fails over
+        else:
+            pg_proxy.freeze()
         await asyncio.sleep(CACHE_TTL_S + 0.2)  # the cached trunk expires: it must be read again
         heard = len(agent.caller_audio)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
