@@ -96,14 +96,20 @@ def _down(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError)
 
 
+async def _loaded(cache: LookupCache[str, int]) -> Source:
+    """A source whose value of ``k`` (1) the cache has read once."""
+    src = Source()
+    src.gate.set()
+    assert await cache.get("k", src.load) == 1
+    return src
+
+
 async def test_an_expired_value_is_served_while_the_source_is_down() -> None:
     generation = 0
     cache: LookupCache[str, int] = LookupCache(
         0.0, lambda: generation, stale_if_error_s=60, stale_on=_down
     )
-    src = Source()
-    src.gate.set()
-    assert await cache.get("k", src.load) == 1  # expires at once (ttl 0)
+    src = await _loaded(cache)  # expires at once (ttl 0)
     src.fail = ConnectionError("database unreachable")
     assert await cache.get("k", src.load) == 1  # stale, instead of the error
     assert (src.calls, cache.stale_served) == (2, 1)  # it did try the source first
@@ -120,9 +126,7 @@ async def test_an_expired_value_is_served_while_the_source_is_down() -> None:
 
 async def test_a_stale_value_is_served_only_within_its_window() -> None:
     cache: LookupCache[str, int] = LookupCache(0.0, stale_if_error_s=0.05, stale_on=_down)
-    src = Source()
-    src.gate.set()
-    await cache.get("k", src.load)
+    src = await _loaded(cache)
     await asyncio.sleep(0.1)
     src.fail = ConnectionError("database unreachable")
     with pytest.raises(ConnectionError):
@@ -131,9 +135,7 @@ async def test_a_stale_value_is_served_only_within_its_window() -> None:
 
 async def test_without_stale_if_error_a_failure_is_raised() -> None:
     cache: LookupCache[str, int] = LookupCache(0.0)
-    src = Source()
-    src.gate.set()
-    await cache.get("k", src.load)
+    src = await _loaded(cache)
     src.fail = ConnectionError("database unreachable")
     with pytest.raises(ConnectionError):
         await cache.get("k", src.load)
@@ -141,9 +143,7 @@ async def test_without_stale_if_error_a_failure_is_raised() -> None:
 
 async def test_while_down_a_stale_value_is_tried_again_once_per_ttl_not_per_lookup() -> None:
     cache: LookupCache[str, int] = LookupCache(0.2, stale_if_error_s=600, stale_on=_down)
-    src = Source()
-    src.gate.set()
-    await cache.get("k", src.load)
+    src = await _loaded(cache)
     await asyncio.sleep(0.25)  # expired
     src.fail = ConnectionError("database unreachable")
     assert [await cache.get("k", src.load) for _ in range(5)] == [1] * 5

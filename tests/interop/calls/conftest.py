@@ -14,6 +14,7 @@ from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.integration.webhooks.receiver import Receiver, running
+from tests.interop.calls.harness import PlacedCall, settled
 from tests.interop.media.sipp import require_sipp
 
 
@@ -126,3 +127,15 @@ async def record(api: Api, call_id: str) -> dict[str, Any]:  # noqa: F811
     assert resp.status_code == 200, resp.text
     data: dict[str, Any] = resp.json()
     return data
+
+
+async def hung_up(api: Api, gateway: Gateway, placed: PlacedCall) -> dict[str, Any]:  # noqa: F811
+    """Wait for SIPp's caller to hang up as its scenario says; the call's record, checked to be
+    a caller hang-up."""
+    result = await placed.sipp
+    await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    return detail

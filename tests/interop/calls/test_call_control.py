@@ -30,6 +30,7 @@ from tests.interop.calls.conftest import (
     GATEWAY_SETTINGS,
     configure,
     create_trunk,
+    hung_up,
     provider_trunk,
     record,
     subscribe,
@@ -875,13 +876,7 @@ async def test_audio_flows_while_the_records_first_write_is_stalled(
         )
         assert not release.is_set()
         release.set()
-        result = await placed.sipp
-        await placed.phone.close()
-    assert result.returncode == 0, result.stdout + result.errors
-    await settled(gateway)
-    detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
-    assert detail["disconnect_reason"] == "caller_hangup"
+        await hung_up(api, gateway, placed)
     events = await _delivered(receiver, hook["secret"], "call.started", "call.ended")
     assert [e["call_id"] for e in events["call.started"]] == [placed.call_id]
 

@@ -17,8 +17,8 @@ from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.certs import self_signed
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk, provider_trunk, record
-from tests.interop.calls.harness import Phone, place_call, settled
+from tests.interop.calls.conftest import create_trunk, hung_up, provider_trunk
+from tests.interop.calls.harness import Phone, place_call
 
 pytestmark = pytest.mark.interop
 
@@ -33,13 +33,7 @@ async def _call(
     """Dial the trunk ``alice``, send 2 s of tone, hang up; return the phone and the record."""
     placed = await place_call(gateway, tmp, "alice", PASSWORD, hold_ms=2500, formats=formats)
     placed.phone.start_tone(placed.rtp, CALLER_HZ, 2.0, pt=pt)
-    result = await placed.sipp
-    await placed.phone.close()
-    assert result.returncode == 0, result.stdout + result.errors
-    await settled(gateway)
-    detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
-    assert detail["disconnect_reason"] == "caller_hangup"
+    detail = await hung_up(api, gateway, placed)
     assert detail["error_message"] is None
     assert detail["answer_time"] is not None and detail["end_time"] is not None
     assert detail["metrics"]["packet_loss_percent"] == 0
