@@ -124,18 +124,17 @@ async def test_an_expired_value_is_served_while_the_source_is_down() -> None:
         await cache.get("k", src.load)
 
 
-async def test_a_stale_value_is_served_only_within_its_window() -> None:
-    cache: LookupCache[str, int] = LookupCache(0.0, stale_if_error_s=0.05, stale_on=_down)
+@pytest.mark.parametrize(
+    ("stale_if_error_s", "wait_s"), [(0.0, 0.0), (0.05, 0.1)], ids=["off", "past-the-window"]
+)
+async def test_without_a_stale_value_to_serve_the_failure_is_raised(
+    stale_if_error_s: float, wait_s: float
+) -> None:
+    cache: LookupCache[str, int] = LookupCache(
+        0.0, stale_if_error_s=stale_if_error_s, stale_on=_down
+    )
     src = await _loaded(cache)
-    await asyncio.sleep(0.1)
-    src.fail = ConnectionError("database unreachable")
-    with pytest.raises(ConnectionError):
-        await cache.get("k", src.load)
-
-
-async def test_without_stale_if_error_a_failure_is_raised() -> None:
-    cache: LookupCache[str, int] = LookupCache(0.0)
-    src = await _loaded(cache)
+    await asyncio.sleep(wait_s)
     src.fail = ConnectionError("database unreachable")
     with pytest.raises(ConnectionError):
         await cache.get("k", src.load)
