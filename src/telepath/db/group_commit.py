@@ -59,7 +59,7 @@ class GroupCommit(Generic[T]):
             to write every item alone (a dialect without a batch statement).
         single: writes one item in its own transaction (the fallback).
         name: the writer task's name.
-        retryable: whether an item's own failure is transient (park and retry it).
+        retryable: whether a failure is transient — the database, not the data (keep and retry).
         max_parked: the most items kept for retry; past it the oldest fails.
         first_retry_s: the first back-off; it doubles up to ``MAX_RETRY_S`` while writes fail.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -80,6 +81,7 @@ class DbEventSink:
         self._on_enqueued = on_enqueued
         self._timeout_s = timeout_s
         self.failures = 0
+        self._jobs: set[asyncio.Future[None]] = set()  # events being queued
         # an event's outbox rows wait for the next transaction with the others' (a call writes
         # several events at once; see db/group_commit.py)
         self._group: GroupCommit[list[dict[str, Any]]] = GroupCommit(
@@ -117,22 +119,30 @@ class DbEventSink:
         """
         if not self.wants(account_id, event):
             return
-        done: asyncio.Future[None] | None = None
+        job = asyncio.ensure_future(self._queue(account_id, event, payload))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
         try:
+            # shield: a caller that gives up leaves the event to finish on its own (the endpoint
+            # lookup of a silent database takes longer than this wait)
             async with asyncio.timeout(self._timeout_s):
-                rows = await self._rows(account_id, event, payload)
-                if not rows:
-                    return
-                done = self._group.submit(rows)
-                done.add_done_callback(functools.partial(self._settled, event))
-                # shield: a caller that gives up (timeout) leaves the batch alone
-                await asyncio.shield(done)
-        except Exception as exc:  # never into call control; CancelledError still propagates
-            if done is None:  # the endpoints could not be read: the event is lost
-                self._failed(event, exc)
-            elif not done.done():  # kept: retried until the database takes it
-                logger.warning("webhook event %s still pending; kept for retry", event)
-            # else: a failed write, counted by ``_settled``
+                await asyncio.shield(job)
+        except TimeoutError:
+            logger.warning("webhook event %s still pending; kept for retry", event)
+
+    async def _queue(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
+        """Write the event's outbox rows; never raises (a failure is counted and logged)."""
+        try:
+            rows = await self._rows(account_id, event, payload)
+        except Exception as exc:  # the endpoints could not be read, nor served stale: lost
+            self._failed(event, exc)
+            return
+        if not rows:
+            return
+        done = self._group.submit(rows)
+        done.add_done_callback(functools.partial(self._settled, event))
+        with contextlib.suppress(Exception):  # counted by ``_settled``
+            await done
 
     def _settled(self, event: str, done: asyncio.Future[None]) -> None:
         """An event's rows landed (wake the dispatcher) or were given up."""
@@ -157,6 +167,8 @@ class DbEventSink:
 
     async def close(self, timeout_s: float = 5.0) -> int:
         """One last attempt for events kept for retry; returns how many were lost."""
+        if self._jobs:  # events still reading their endpoints
+            await asyncio.wait(set(self._jobs), timeout=timeout_s)
         return await self._group.close(timeout_s)
 
     async def _endpoints(self, account_id: str) -> list[tuple[str, list[str]]]:

@@ -14,6 +14,7 @@ from telepath.db.call_recorder import DbCallRecorder
 from telepath.db.engine import make_engine, sessionmaker_for, transient_error
 from telepath.db.models import CallRow, WebhookDelivery
 from telepath.metrics import Metrics
+from telepath.webhooks import sink as sink_module
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of, ended, started
 from tests.integration.conftest import Api
@@ -136,3 +137,34 @@ async def test_statements_time_out_but_maintenance_does_not(api: Api) -> None:
     assert api.state.maintenance_sessions is not None
     async with api.state.maintenance_sessions() as session:
         assert (await session.execute(text("SELECT 1 FROM pg_sleep(1.5)"))).scalar() == 1
+
+
+async def test_an_event_whose_endpoints_take_longer_than_the_wait_is_not_lost(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent database: the endpoint lookup outlasts ``emit``'s wait (the pool's check of
+    the dead connection, then a new one, each up to the 1 s timeout); the event is still
+    queued once the stale endpoints are served, and lands when the database is back."""
+    account = await account_of(api)
+    resp = await api.post(
+        "/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["call.ended"]}
+    )
+    assert resp.status_code == 201, resp.text
+    monkeypatch.setattr(sink_module, "ENDPOINT_CACHE_TTL_S", 0.1)
+    server = make_url(api.state.settings.database_url)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
+        sink = DbEventSink(sessionmaker_for(engine), timeout_s=0.3)
+        try:
+            await sink.emit(account, "call.ended", PAYLOAD)  # the endpoints, read and cached
+            await asyncio.sleep(0.2)  # and expired
+            proxy.freeze()
+            await sink.emit(account, "call.ended", PAYLOAD)  # gives up waiting after 0.3 s
+            await _until(lambda: sink.parked == 1, "the event kept for retry")
+            proxy.restore()
+            await _until(lambda: sink.parked == 0, "the kept event")
+        finally:
+            await sink.close()
+            await engine.dispose()
+    assert sink.failures == 0
+    assert await _count(api, WebhookDelivery) == 2
