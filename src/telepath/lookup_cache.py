@@ -40,6 +40,9 @@ class LookupCache(Generic[K, V]):
             unreachable), an expired value of the current generation is served for up to this
             long past its expiry instead of the error (RFC 5861's ``stale-if-error``).
         stale_on: which load errors may be answered with a stale value.
+        retry_after_error_s: how long a value served stale is then held before the source is
+            tried again (default ``ttl_s``): while the source is down, one failed read per key
+            this often — and with a silent source, one lookup that waits for its timeout.
     """
 
     def __init__(
@@ -49,11 +52,13 @@ class LookupCache(Generic[K, V]):
         *,
         stale_if_error_s: float = 0.0,
         stale_on: Callable[[BaseException], bool] = _never,
+        retry_after_error_s: float | None = None,
     ) -> None:
         self._ttl_s = ttl_s
         self._generation = generation
         self._stale_if_error_s = stale_if_error_s
         self._stale_on = stale_on
+        self._retry_after_error_s = ttl_s if retry_after_error_s is None else retry_after_error_s
         self.stale_served = 0  # lookups answered with a stale value (tests and diagnostics)
         # key -> (generation, fresh until, value, may be served stale until)
         self._entries: dict[K, tuple[int, float, V, float]] = {}
@@ -94,9 +99,10 @@ class LookupCache(Generic[K, V]):
         except Exception as exc:
             if hit is not None and hit[0] == generation and now < hit[3] and self._stale_on(exc):
                 self.stale_served += 1
-                # held for another ttl: while the source is down, one failed read per ttl,
+                # held a while: while the source is down, one failed read per key that often,
                 # not one per lookup; the stale window still counts from the last good read
-                self._entries[key] = (generation, min(now + self._ttl_s, hit[3]), hit[2], hit[3])
+                held = min(now + self._retry_after_error_s, hit[3])
+                self._entries[key] = (generation, held, hit[2], hit[3])
                 pending.set_result(hit[2])  # the lookups that joined this one get it too
                 return hit[2]
             pending.set_exception(exc)

@@ -147,3 +147,16 @@ async def test_while_down_a_stale_value_is_tried_again_once_per_ttl_not_per_look
     src.fail = ConnectionError("database unreachable")
     assert [await cache.get("k", src.load) for _ in range(5)] == [1] * 5
     assert src.calls == 2  # one failed read, then the stale value is held for a ttl
+
+
+async def test_after_a_failure_the_source_is_tried_again_only_after_the_retry_interval() -> None:
+    cache: LookupCache[str, int] = LookupCache(
+        0.05, stale_if_error_s=600, stale_on=_down, retry_after_error_s=60
+    )
+    src = await _loaded(cache)
+    await asyncio.sleep(0.1)  # expired
+    src.fail = ConnectionError("database unreachable")
+    assert await cache.get("k", src.load) == 1  # stale
+    await asyncio.sleep(0.1)  # past the ttl, not past the retry interval
+    assert await cache.get("k", src.load) == 1
+    assert src.calls == 2

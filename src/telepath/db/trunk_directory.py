@@ -4,10 +4,11 @@ Lookups are cached for a second (``CACHE_TTL_S``; a change made through this pro
 once), so a rotated password, a deactivated or deleted trunk takes effect within a second.
 
 While the database is unreachable (a restart, a failover), a trunk read in the last
-``STALE_IF_ERROR_S`` is still served from the cache, so its calls are answered through the
-outage (their records and webhooks wait for the database: ``db/group_commit.py``); any other
-lookup raises ``DirectoryUnavailable`` (call control answers ``503``). Decision: a trunk
-deleted through *another* process just before an outage may take calls until it ends.
+``STALE_IF_ERROR_S`` is still served from the cache (the database tried again for it every
+``RETRY_AFTER_ERROR_S``), so its calls are answered through the outage (their records and
+webhooks wait for the database: ``db/group_commit.py``); any other lookup raises
+``DirectoryUnavailable`` (call control answers ``503``). Decision: a trunk deleted through
+*another* process just before an outage may take calls until it ends.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_TTL_S = 1.0
 STALE_IF_ERROR_S = 600.0  # how old a trunk may be that is served while the database is down
+RETRY_AFTER_ERROR_S = 30.0  # meanwhile: one read attempt per trunk this often
 _generation = 0
 
 
@@ -58,6 +60,7 @@ class DbTrunkDirectory:
             lambda: _generation,
             stale_if_error_s=STALE_IF_ERROR_S,
             stale_on=transient_error,
+            retry_after_error_s=RETRY_AFTER_ERROR_S,
         )
 
     @property

@@ -44,6 +44,7 @@ def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 ENDPOINT_CACHE_TTL_S = 5.0
 ENDPOINT_STALE_IF_ERROR_S = 600.0
+RETRY_AFTER_ERROR_S = 30.0  # while the database is down: one read attempt per entry this often
 _generation = 0
 
 
@@ -98,6 +99,7 @@ class DbEventSink:
             lambda: _generation,
             stale_if_error_s=ENDPOINT_STALE_IF_ERROR_S,
             stale_on=transient_error,
+            retry_after_error_s=RETRY_AFTER_ERROR_S,
         )
 
     @property
