@@ -115,3 +115,6 @@ async def test_the_api_answers_503_while_the_database_is_down(api: Api, pg_proxy
         }
     }
     assert (await api.get("/v1/trunks")).status_code == 200
+    spec = (await api.client.get("/openapi.json")).json()  # and the answer is documented
+    for path, method in (("/v1/trunks", "get"), ("/v1/calls", "get"), ("/v1/webhooks", "post")):
+        assert "503" in spec["paths"][path][method]["responses"], (path, method)

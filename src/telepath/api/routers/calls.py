@@ -24,8 +24,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or invalid API key",
         404: "Call not found in this account",
         429: "Rate limit exceeded",
+        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in codes}
+    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
 
 
 def parse_date(name: str, value: str, *, end_of_day: bool) -> datetime:

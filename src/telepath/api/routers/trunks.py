@@ -25,8 +25,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         429: "Rate limit exceeded",
         502: "The AI provider could not be reached to validate credentials",
+        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in codes}
+    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:

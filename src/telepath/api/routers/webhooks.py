@@ -39,8 +39,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "Webhook not found in this account",
         413: "Request body too large",
         429: "Rate limit exceeded",
+        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in codes}
+    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
 
 
 def _bad(code: str, message: str) -> ApiError:
