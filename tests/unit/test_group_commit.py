@@ -103,9 +103,7 @@ async def test_a_transient_failure_is_retried_until_the_write_lands() -> None:
 async def test_during_an_outage_new_writes_wait_behind_the_parked_ones() -> None:
     """One failed attempt per back-off, not one per write; the order of writes holds."""
     store = Flaky()
-    group = GroupCommit(
-        store.batch, store.single, name="t", retryable=transient, first_retry_s=0.05
-    )
+    group = GroupCommit(store.batch, store.single, name="t", retryable=transient, first_retry_s=0.5)
     parked = [group.submit(1), group.submit(2)]
     await asyncio.sleep(0.01)
     assert group.parked == 2 and store.attempts == 1

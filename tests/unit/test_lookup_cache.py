@@ -141,9 +141,9 @@ async def test_without_a_stale_value_to_serve_the_failure_is_raised(
 
 
 async def test_while_down_a_stale_value_is_tried_again_once_per_ttl_not_per_lookup() -> None:
-    cache: LookupCache[str, int] = LookupCache(0.2, stale_if_error_s=600, stale_on=_down)
+    cache: LookupCache[str, int] = LookupCache(1.0, stale_if_error_s=600, stale_on=_down)
     src = await _loaded(cache)
-    await asyncio.sleep(0.25)  # expired
+    await asyncio.sleep(1.05)  # expired; the five lookups below then have a second to run
     src.fail = ConnectionError("database unreachable")
     assert [await cache.get("k", src.load) for _ in range(5)] == [1] * 5
     assert src.calls == 2  # one failed read, then the stale value is held for a ttl

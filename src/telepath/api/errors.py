@@ -61,6 +61,16 @@ def error_response(
     return JSONResponse(envelope(status, code, message), status_code=status, headers=headers)
 
 
+SERVICE_UNAVAILABLE = "The database is not answering (service_unavailable, with Retry-After)"
+
+
+def documented_errors(descriptions: dict[int, str], *codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error answers (OpenAPI ``responses``): ``codes`` described by the
+    router's ``descriptions``, and the 503 every route can give while the database is down."""
+    described = {**descriptions, 503: SERVICE_UNAVAILABLE}
+    return {c: {"model": ErrorEnvelope, "description": described[c]} for c in (*codes, 503)}
+
+
 def not_found(kind: str, ident: str) -> ApiError:
     """The documented 404: ``Trunk 'conn_x' not found``."""
     return ApiError(404, "not_found", f"{kind} '{ident}' not found")

@@ -23,7 +23,7 @@ def transient_error(exc: BaseException) -> bool:
     failing over (a refused or reset connection, ``OperationalError``), a connection lost
     mid-transaction, a lock held past SQLite's busy timeout. Constraint, data and SQL errors
     (``IntegrityError``, ``DataError``, ``ProgrammingError``) are not."""
-    if isinstance(exc, OSError | TimeoutError):  # asyncpg raises these as they are
+    if isinstance(exc, OSError):  # refused, reset, TimeoutError: asyncpg raises them as they are
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from telepath.calls.manager import LagMonitor
+from tests.interop.sip.waits import until
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +49,9 @@ def test_one_long_stall_alone_never_sheds_calls_repeated_lag_does() -> None:
     assert not monitor.overloaded
 
 
-async def _until(done: Callable[[], bool], limit_s: float = 10.0) -> None:
+async def _until(done: Callable[[], bool]) -> None:
     """Wait for ``done()``; a generous limit, so a loaded machine only makes it slower."""
-    for _ in range(int(limit_s / 0.005)):
-        if done():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("never happened")
+    await until(done, within_s=10.0)
 
 
 async def test_hooks_ride_on_the_monitors_wake_ups_and_a_failing_one_stops_nothing() -> None:

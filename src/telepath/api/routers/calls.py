@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep
-from telepath.api.errors import ApiError, ErrorEnvelope, not_found
+from telepath.api.errors import ApiError, documented_errors, not_found
 from telepath.db.calls_repository import CallRepository, call_detail, call_summary
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
@@ -24,9 +24,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or invalid API key",
         404: "Call not found in this account",
         429: "Rate limit exceeded",
-        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
+    return documented_errors(descriptions, *codes)
 
 
 def parse_date(name: str, value: str, *, end_of_day: bool) -> datetime:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
-from telepath.api.errors import ErrorEnvelope
+from telepath.api.errors import documented_errors
 from telepath.api.trunk_input import parse_create, parse_update
 from telepath.api.trunk_service import TrunkService, iso
 
@@ -25,9 +25,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         429: "Rate limit exceeded",
         502: "The AI provider could not be reached to validate credentials",
-        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
+    return documented_errors(descriptions, *codes)
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
-from telepath.api.errors import ApiError, ErrorEnvelope, not_found
+from telepath.api.errors import ApiError, documented_errors, not_found
 from telepath.api.trunk_input import check_url as check_absolute_url
 from telepath.api.trunk_input import parse_json_object
 from telepath.db.base import utcnow
@@ -39,9 +39,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "Webhook not found in this account",
         413: "Request body too large",
         429: "Rate limit exceeded",
-        503: "The database is not answering (service_unavailable, with Retry-After)",
     }
-    return {c: {"model": ErrorEnvelope, "description": descriptions[c]} for c in (*codes, 503)}
+    return documented_errors(descriptions, *codes)
 
 
 def _bad(code: str, message: str) -> ApiError:
