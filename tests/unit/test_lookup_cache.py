@@ -160,3 +160,50 @@ async def test_after_a_failure_the_source_is_tried_again_only_after_the_retry_in
     await asyncio.sleep(0.1)  # past the ttl, not past the retry interval
     assert await cache.get("k", src.load) == 1
     assert src.calls == 2
+
+
+async def test_a_source_that_stops_answering_is_waited_for_only_stale_wait_s() -> None:
+    """A silent database (no error until its timeout, seconds later): a lookup with a stale
+    value to fall back on waits ``stale_wait_s`` for it, not the whole timeout; the read goes
+    on, and what it brings replaces the stale value."""
+    cache: LookupCache[str, int] = LookupCache(
+        0.05, stale_if_error_s=600, stale_on=_down, stale_wait_s=0.05, retry_after_error_s=60
+    )
+    src = await _loaded(cache)
+    await asyncio.sleep(0.1)  # expired
+    src.gate.clear()  # the source stops answering
+    waiting = [asyncio.create_task(cache.get("k", src.load)) for _ in range(3)]
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [1, 1, 1]
+    assert await asyncio.wait_for(cache.get("k", src.load), 5) == 1  # held: no second read
+    assert (src.calls, cache.stale_served) == (2, 3)
+    src.gate.set()  # the read in flight answers at last
+    await asyncio.sleep(0)
+    assert cache.peek("k") == 2  # fresh again
+    assert await cache.get("k", src.load) == 2 and src.calls == 2
+
+
+async def test_a_read_still_in_flight_that_then_fails_keeps_the_stale_value() -> None:
+    cache: LookupCache[str, int] = LookupCache(
+        0.05, stale_if_error_s=600, stale_on=_down, stale_wait_s=0.05, retry_after_error_s=60
+    )
+    src = await _loaded(cache)
+    await asyncio.sleep(0.1)
+    src.gate.clear()
+    src.fail = ConnectionError("statement timeout")
+    assert await asyncio.wait_for(cache.get("k", src.load), 5) == 1
+    src.gate.set()  # the timeout, at last
+    await asyncio.sleep(0)
+    assert await cache.get("k", src.load) == 1  # still served, not tried again yet
+    assert src.calls == 2
+
+
+async def test_without_a_stale_value_a_slow_source_is_waited_for() -> None:
+    cache: LookupCache[str, int] = LookupCache(
+        0.05, stale_if_error_s=600, stale_on=_down, stale_wait_s=0.01
+    )
+    src = Source()
+    lookup = asyncio.create_task(cache.get("k", src.load))
+    await asyncio.sleep(0.05)
+    assert not lookup.done()
+    src.gate.set()
+    assert await lookup == 1

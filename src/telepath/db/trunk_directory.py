@@ -5,7 +5,8 @@ once), so a rotated password, a deactivated or deleted trunk takes effect within
 
 While the database is unreachable (a restart, a failover), a trunk read in the last
 ``STALE_IF_ERROR_S`` is still served from the cache (the database tried again for it every
-``RETRY_AFTER_ERROR_S``), so its calls are answered through the outage (their records and
+``RETRY_AFTER_ERROR_S``; a read that has not answered in ``STALE_WAIT_S`` is not waited for
+either), so its calls are answered through the outage (their records and
 webhooks wait for the database: ``db/group_commit.py``); any other lookup raises
 ``DirectoryUnavailable`` (call control answers ``503``). Decision: a trunk deleted through
 *another* process just before an outage may take calls until it ends.
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 CACHE_TTL_S = 1.0
 STALE_IF_ERROR_S = 600.0  # how old a trunk may be that is served while the database is down
 RETRY_AFTER_ERROR_S = 30.0  # meanwhile: one read attempt per trunk this often
+# A database that stops answering (nothing refused) fails a read only at its timeout
+# (TELEPATH_DATABASE_TIMEOUT_S, 10 s): a trunk read before is served after this long instead,
+# so the carrier's INVITE is not held for the timeout — long enough that a healthy but busy
+# database (an indexed read by key) is never taken for a silent one.
+STALE_WAIT_S = 2.0
 _generation = 0
 
 
@@ -61,12 +67,18 @@ class DbTrunkDirectory:
             stale_if_error_s=STALE_IF_ERROR_S,
             stale_on=transient_error,
             retry_after_error_s=RETRY_AFTER_ERROR_S,
+            stale_wait_s=STALE_WAIT_S,
         )
 
     @property
     def loads(self) -> int:
         """Database reads so far (the cache and single flight keep this low)."""
         return self._cache.loads
+
+    @property
+    def stale_reads_in_flight(self) -> int:
+        """Reads of trunks served stale meanwhile, still running (a silent database)."""
+        return self._cache.reads_in_flight
 
     def _open(self, trunk: Trunk, column: str, envelope: str | None) -> str | None:
         if not envelope:

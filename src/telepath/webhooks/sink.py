@@ -44,6 +44,7 @@ def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 ENDPOINT_CACHE_TTL_S = 5.0
 ENDPOINT_STALE_IF_ERROR_S = 600.0
+ENDPOINT_STALE_WAIT_S = 2.0  # a silent database: known endpoints served after this long
 RETRY_AFTER_ERROR_S = 30.0  # while the database is down: one read attempt per entry this often
 _generation = 0
 
@@ -100,6 +101,7 @@ class DbEventSink:
             stale_if_error_s=ENDPOINT_STALE_IF_ERROR_S,
             stale_on=transient_error,
             retry_after_error_s=RETRY_AFTER_ERROR_S,
+            stale_wait_s=ENDPOINT_STALE_WAIT_S,
         )
 
     @property
