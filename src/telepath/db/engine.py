@@ -29,7 +29,33 @@ def transient_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OperationalError | InterfaceError):
         return not any(text in str(exc.orig).lower() for text in _PERMANENT)
+    if isinstance(exc, DBAPIError):
+        # asyncpg's own error behind the dialect's generic one: its SQLSTATE says
+        return any(_transient_sqlstate(cause) for cause in _causes(exc))
     return False
+
+
+# SQLSTATE (PostgreSQL appendix A) of failures that are the server's state, not the statement's:
+# class 08 (connection exception, asyncpg's "connection was closed in the middle of operation"
+# included), the server shutting down or starting up (57P01-57P03), too many connections, and a
+# serialization failure or deadlock (the same write goes through when tried again).
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
+
+
+def _transient_sqlstate(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and (state.startswith("08") or state in _TRANSIENT_SQLSTATES)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the DBAPI error it wraps and what caused them, a few levels down."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 6 and current not in seen:
+        seen.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return seen
 
 
 def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> AsyncEngine:

@@ -127,6 +127,33 @@ def test_which_errors_are_worth_retrying() -> None:
     assert not transient_error(ValueError("bug"))
 
 
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        ("ConnectionDoesNotExistError", True),  # a connection closed in mid-statement (08003)
+        ("CannotConnectNowError", True),  # the server starting up (57P03)
+        ("AdminShutdownError", True),  # the server shutting down (57P01)
+        ("TooManyConnectionsError", True),  # 53300
+        ("DeadlockDetectedError", True),  # 40P01: the same write goes through next time
+        ("UniqueViolationError", False),  # 23505: the data, not the database
+        ("UndefinedTableError", False),  # 42P01
+    ],
+)
+def test_which_postgresql_errors_are_worth_retrying(error: str, transient: bool) -> None:
+    """As SQLAlchemy's asyncpg dialect hands them over: a ``DBAPIError`` around the dialect's
+    own error, caused by asyncpg's (measured: a PostgreSQL proxy cut in mid-statement gave a
+    plain ``DBAPIError`` that was not taken for an outage, and the event was lost)."""
+    import asyncpg.exceptions
+    from sqlalchemy.exc import DBAPIError
+
+    cause = getattr(asyncpg.exceptions, error)("the server said so")
+    adapted = Exception(str(cause))
+    adapted.__cause__ = cause
+    wrapped = DBAPIError("INSERT", {}, adapted)
+    wrapped.__cause__ = adapted
+    assert transient_error(wrapped) is transient
+
+
 async def test_statements_time_out_but_maintenance_does_not(api: Api) -> None:
     """``TELEPATH_DATABASE_TIMEOUT_S`` bounds the call path's and the API's statements (a
     silent server counts as unavailable); migrations and the retention sweep run without it."""
