@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from telepath.api.errors import ApiError
 from telepath.api.state import ApiState
 from telepath.db.base import utcnow
+from telepath.db.engine import transient_error
 from telepath.db.repository import AccountRepository
+
+logger = logging.getLogger(__name__)
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -27,9 +31,22 @@ def get_state(request: Request) -> ApiState:
 async def get_session(
     state: Annotated[ApiState, Depends(get_state)],
 ) -> AsyncIterator[AsyncSession]:
-    """One session per request; committed by the handler that writes."""
-    async with state.sessions() as session:
+    """One session per request; committed by the handler that writes.
+
+    The session is closed once the answer is on its way: a connection that dies just then (a
+    failover) is logged, not raised — the error handler cannot answer a second time."""
+    session = state.sessions()
+    try:
         yield session
+    finally:
+        try:
+            await session.close()
+        except Exception as exc:
+            if not transient_error(exc):
+                raise
+            logger.warning(
+                "database connection lost closing a request's session: %s", type(exc).__name__
+            )
 
 
 @dataclass(frozen=True)

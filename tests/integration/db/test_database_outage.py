@@ -195,3 +195,23 @@ async def test_an_event_whose_endpoints_take_longer_than_the_wait_is_not_lost(
             await engine.dispose()
     assert sink.failures == 0
     assert await _count(api, WebhookDelivery) == 2
+
+
+async def test_a_connection_lost_after_the_answer_is_sent_is_not_an_error(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request's session is closed once its answer is on its way; a connection that dies
+    just then (measured: a failover right after a ``GET /v1/calls``) made the error handler try
+    a second answer — "response already started", an unhandled error logged with a trace."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    real_close = AsyncSession.close
+
+    async def close_on_a_dead_connection(self: AsyncSession) -> None:
+        await real_close(self)
+        raise ConnectionResetError("connection was closed in the middle of operation")
+
+    monkeypatch.setattr(AsyncSession, "close", close_on_a_dead_connection)
+    resp = await api.get("/v1/trunks")
+    assert resp.status_code == 200, resp.text
+    assert "unhandled" not in caplog.text
