@@ -173,3 +173,19 @@ async def test_without_a_batch_statement_an_outage_costs_one_attempt_per_round()
     await asyncio.sleep(0.01)
     assert group.parked == 20 and store.attempts == 1
     await group.close(0.1)
+
+
+async def test_a_writer_waits_until_its_write_lands_or_is_kept_not_for_the_outage() -> None:
+    """During an outage waiting longer only holds call control up (a call's end writes its
+    record and three events, each waiting up to 10 s): ``write`` returns once it is kept."""
+    store = Flaky()
+    group = GroupCommit(store.batch, store.single, name="t", retryable=transient, first_retry_s=60)
+    kept = await asyncio.wait_for(group.write(1, 60), 5)
+    assert not kept.done() and group.parked == 1
+    joined = await asyncio.wait_for(group.write(2, 60), 5)  # behind the kept one: kept at once
+    assert not joined.done() and group.parked == 2
+    store.up = True
+    await group.close(1)
+    assert kept.done() and joined.done() and store.transactions == [[1, 2]]
+    landed = await group.write(3, 60)  # the database answering: waited for, as before
+    assert landed.done() and landed.exception() is None

@@ -13,8 +13,9 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 from telepath.api.state import ApiState
@@ -26,8 +27,10 @@ from telepath.cli import instances
 from telepath.clock import MonotonicClock
 from telepath.config import Settings
 from telepath.db import instance_store
+from telepath.db.call_recorder import JOURNAL as RECORDS_JOURNAL
 from telepath.db.call_recorder import DbCallRecorder, retention_loop
 from telepath.db.trunk_directory import DbTrunkDirectory
+from telepath.db.write_journal import journal_path, journals_of
 from telepath.sip.auth import Algorithm, DigestAuthenticator
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.ua import UaConfig, UserAgentCore
@@ -36,6 +39,7 @@ from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
 from telepath.webhooks.dispatcher import WebhookDispatcher
+from telepath.webhooks.sink import JOURNAL as EVENTS_JOURNAL
 from telepath.webhooks.sink import DbEventSink
 
 log = logging.getLogger(__name__)
@@ -108,6 +112,21 @@ class Gateway:
     beats: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at the end
     # call records and webhook events, with the writes they keep through a database outage
     writers: tuple[DbCallRecorder, DbEventSink] | None = None
+    journals: Path | None = None  # where the writers copy those writes (db/write_journal.py)
+
+    async def replay_journals(self, instance_ids: Collection[str]) -> None:
+        """Write what the dead processes ``instance_ids`` kept through an outage and left in
+        their journals (before their calls are closed as lost: ``cli/instances.py``)."""
+        if self.writers is None or self.journals is None:
+            return
+        recorder, sink = self.writers
+        try:
+            for path in journals_of(self.journals, instance_ids, RECORDS_JOURNAL):
+                await recorder.replay(path)
+            for path in journals_of(self.journals, instance_ids, EVENTS_JOURNAL):
+                await sink.replay(path)
+        except OSError as exc:
+            log.error("replaying a stopped process's journal failed: %s", type(exc).__name__)
 
     async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:
         """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop.
@@ -135,7 +154,15 @@ class Gateway:
         if self.writers is not None:  # a last attempt for writes kept through an outage
             for writer in self.writers:
                 lost += await writer.close(WRITERS_CLOSE_S)
-        if lost:  # the heartbeat stays: another instance's sweep closes this one's open records
+        if lost and self.journals is not None and self.instance_id is not None:
+            # the heartbeat stays, so the records are closed even if this directory is not reused
+            log.error(
+                "shutdown: %d call record or webhook event write(s) not taken by the database; "
+                "kept in %s for the next start",
+                lost,
+                self.journals,
+            )
+        elif lost:  # the heartbeat stays: another instance's sweep closes this one's open records
             log.error("shutdown: %d call record or webhook event write(s) lost", lost)
         elif self.state is not None and self.instance_id is not None:
             try:  # every call of this process has ended: nothing for another to close
@@ -146,6 +173,11 @@ class Gateway:
         if self.manager.http is not None:
             await self.manager.http.aclose()
         media_pacer.observe_lateness(None)  # the media clocks stopped with the calls
+
+
+def journal_dir(settings: Settings) -> Path:
+    """Where gateway processes copy the writes they keep through a database outage."""
+    return Path(settings.data_dir) / "journal"
 
 
 async def start_gateway(
@@ -213,11 +245,18 @@ async def start_gateway(
     dispatcher = WebhookDispatcher.from_settings(
         state.sessions, state.keyring, settings, metrics=state.metrics
     )
-    recorder = DbCallRecorder(state.sessions, state.metrics, instance_id=instance_id)
+    journals = journal_dir(settings)
+    recorder = DbCallRecorder(
+        state.sessions,
+        state.metrics,
+        instance_id=instance_id,
+        journal=journal_path(journals, instance_id, RECORDS_JOURNAL) if instance_id else None,
+    )
     sink = DbEventSink(
         state.sessions,
         metrics=state.metrics,
         on_enqueued=dispatcher.wake if role is None else role.wake_front,
+        journal=journal_path(journals, instance_id, EVENTS_JOURNAL) if instance_id else None,
     )
     manager = CallManager(
         CallControlConfig.from_settings(settings, address),
@@ -250,7 +289,15 @@ async def start_gateway(
     else:
         server.adopt(role.udp, role.inbox, role.udp_bound)
     manager.attach(server)
-    gateway = Gateway(server, manager, dispatcher, state, instance_id, writers=(recorder, sink))
+    gateway = Gateway(
+        server,
+        manager,
+        dispatcher,
+        state,
+        instance_id,
+        writers=(recorder, sink),
+        journals=journals,
+    )
     if instance_id is not None:
         interval = instances.heartbeat_s(settings.lost_instance_after_s)
         gateway.beats.append(

@@ -42,7 +42,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +65,9 @@ FILE_NAME = "instances"
 RETRY_CLAIM_S = 5.0
 HEARTBEAT_S = 10.0  # the front touches the file this often: a lost call's end is this precise
 BEATS_PER_LOST = 6  # database heartbeats in TELEPATH_LOST_INSTANCE_AFTER_S
+
+
+Replay = Callable[[Collection[str]], Awaitable[None]]
 
 
 def heartbeat_s(lost_after_s: float) -> float:
@@ -177,10 +180,20 @@ async def close_calls_of(
     metrics: Metrics | None = None,
     *,
     ended: datetime | None = None,
+    replay: Replay | None = None,
 ) -> int:
     """Close the open records of the dead processes ``instance_ids`` as ``lost`` (ending at
     ``ended``, default now) and send each one's events; returns how many. Never raises (logged
-    instead)."""
+    instead).
+
+    ``replay`` first writes what they kept through a database outage and left in their journals
+    (``Gateway.replay_journals``): a call that ended meanwhile is then recorded with its real
+    end, not closed as lost."""
+    if replay is not None:
+        try:
+            await replay(instance_ids)
+        except Exception as exc:
+            log.error("replaying a stopped process's journal failed: %s", type(exc).__name__)
     try:
         records = await close_instance_calls(sessions, instance_ids, now=ended)
         await instance_store.forget(sessions, instance_ids)  # nothing of theirs is left open
@@ -214,6 +227,7 @@ async def claim_and_recover(
     metrics: Metrics | None = None,
     *,
     retry_s: float = RETRY_CLAIM_S,
+    replay: Replay | None = None,
 ) -> None:
     """Claim ``instances`` (retrying while a previous run's process still holds it) and close
     what the previous run left open."""
@@ -232,7 +246,9 @@ async def claim_and_recover(
             warned = True
         await asyncio.sleep(retry_s)
     if previous:  # never raises
-        await close_calls_of(previous, sessions, sink, metrics, ended=instances.lost_calls_end())
+        await close_calls_of(
+            previous, sessions, sink, metrics, ended=instances.lost_calls_end(), replay=replay
+        )
 
 
 async def beat_forever(

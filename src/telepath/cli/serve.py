@@ -65,7 +65,9 @@ async def start_workers(
     sink = gateway.manager.sink
 
     async def exited(instance_id: str) -> int:
-        return await close_calls_of([instance_id], state.sessions, sink, state.metrics)
+        return await close_calls_of(
+            [instance_id], state.sessions, sink, state.metrics, replay=gateway.replay_journals
+        )
 
     pool = WorkerPool(
         settings,
@@ -124,11 +126,24 @@ async def serve(settings: Settings) -> None:
             sink = gateway.manager.sink
             if left is None:  # a previous run's process still lives: later
                 recovery = asyncio.create_task(
-                    claim_and_recover(instances, state.sessions, sink, state.metrics)
+                    claim_and_recover(
+                        instances,
+                        state.sessions,
+                        sink,
+                        state.metrics,
+                        replay=gateway.replay_journals,
+                    )
                 )
             elif left:
                 ended = instances.lost_calls_end()
-                await close_calls_of(left, state.sessions, sink, state.metrics, ended=ended)
+                await close_calls_of(
+                    left,
+                    state.sessions,
+                    sink,
+                    state.metrics,
+                    ended=ended,
+                    replay=gateway.replay_journals,
+                )
             heartbeat = asyncio.create_task(instances.beat_forever())
             if settings.sip_workers > 1:
                 pool = await start_workers(settings, state, gateway, nonce_secrets, instances)

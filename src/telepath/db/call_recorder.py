@@ -20,6 +20,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from sqlalchemy import Executable, Table, and_, case, insert, null, or_, select, update
@@ -33,11 +34,14 @@ from telepath.db.base import utcnow
 from telepath.db.engine import transient_error
 from telepath.db.group_commit import GroupCommit
 from telepath.db.models import CallRow
+from telepath.db.write_journal import WriteJournal, replay_journal
 from telepath.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 WRITE_TIMEOUT_S = 10.0
+REPLAY_TIMEOUT_S = 30.0  # a dead process's journal: how long its replay may hold up recovery
+JOURNAL = "call_records"  # the writer's name in journal files
 SIP_TRACE_MAX_CHARS = 256 * 1024  # a runaway re-INVITE loop must not fill the database
 
 
@@ -86,8 +90,18 @@ _DETAIL = ("turns", "sip_trace")  # never written back into a record whose detai
 @dataclass(frozen=True, slots=True)
 class _Write:
     kind: Kind
-    record: CallRecord
     values: dict[str, Any]  # a snapshot: the record keeps changing after the call returns
+
+
+def _journaled(write: _Write) -> dict[str, Any]:
+    return {"kind": write.kind, "values": write.values}
+
+
+def _from_journal(item: dict[str, Any]) -> _Write:
+    kind = item["kind"]
+    if kind not in ("call_started", "call_ended") or not isinstance(item.get("values"), dict):
+        raise ValueError("not a call record write")
+    return _Write(kind, item["values"])
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:
@@ -122,6 +136,7 @@ class DbCallRecorder:
         instance_id: this process's id (``cli/instances.py``), stored with each record so that
             the records a dead process left open can be found and closed
             (:func:`close_instance_calls`).
+        journal: where writes kept through an outage are copied (``db/write_journal.py``).
     """
 
     def __init__(
@@ -131,6 +146,7 @@ class DbCallRecorder:
         *,
         timeout_s: float = WRITE_TIMEOUT_S,
         instance_id: str | None = None,
+        journal: Path | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
@@ -145,6 +161,7 @@ class DbCallRecorder:
             self._commit_one,
             name="call-record-writer",
             retryable=transient_error,
+            journal=WriteJournal(journal, _journaled) if journal is not None else None,
         )
         if metrics is not None:
             metrics.db_writes_parked.labels(writer="call_records").set_function(
@@ -182,16 +199,12 @@ class DbCallRecorder:
             "instance_id": self._instance_id,
             **_final_fields(record),
         }
-        done = self._group.submit(_Write(kind, record, values))
-        done.add_done_callback(functools.partial(self._settled, kind))
-        try:
-            # shield: a caller that gives up (timeout, cancelled call task) leaves the batch alone
-            await asyncio.wait_for(asyncio.shield(done), self._timeout_s)
-        except TimeoutError:
-            if not done.done():  # kept: retried until the database takes it
-                logger.warning("call record write (%s) still pending; kept for retry", kind)
-        except Exception:  # never into call control (``_settled`` counts it); not CancelledError
-            pass
+        # until committed, failed (counted by ``_settled``: never into call control), or kept
+        done = await self._group.write(
+            _Write(kind, values), self._timeout_s, functools.partial(self._settled, kind)
+        )
+        if not done.done():  # kept: retried until the database takes it
+            logger.debug("call record write (%s) kept for retry", kind)
 
     def _settled(self, kind: Kind, done: asyncio.Future[None]) -> None:
         """A write landed or was given up (a permanent error, or kept too long)."""
@@ -208,8 +221,13 @@ class DbCallRecorder:
         return self._group.parked
 
     async def close(self, timeout_s: float = 5.0) -> int:
-        """One last attempt for writes kept for retry; returns how many were lost."""
+        """One last attempt for writes kept for retry; returns how many were lost (with a
+        journal: left on disk for the next start)."""
         return await self._group.close(timeout_s)
+
+    async def replay(self, path: Path, timeout_s: float = REPLAY_TIMEOUT_S) -> int:
+        """Write the records a dead process kept in its journal ``path``."""
+        return await replay_journal(path, _from_journal, self._group.submit, timeout_s)
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         assert self._statements is not None
@@ -226,11 +244,11 @@ class DbCallRecorder:
 
     async def _commit_one(self, write: _Write) -> None:
         if write.kind == "call_started":
-            await self._insert(write.record, write.values)
+            await self._insert(write.values)
         else:
-            await self._upsert(write.record, write.values)
+            await self._upsert(write.values)
 
-    async def _insert(self, record: CallRecord, values: dict[str, Any]) -> None:
+    async def _insert(self, values: dict[str, Any]) -> None:
         async with self._sessions() as session:
             # One statement, no read first: an existing row (a concurrent writer, a retry)
             # raises IntegrityError and that row wins.
@@ -240,13 +258,14 @@ class DbCallRecorder:
             except IntegrityError:
                 await session.rollback()
 
-    async def _upsert(self, record: CallRecord, values: dict[str, Any]) -> None:
+    async def _upsert(self, values: dict[str, Any]) -> None:
+        call_id = values["id"]
         # Fast path: one UPDATE of a row whose detail was not purged (the usual case).
         fields = {k: v for k, v in values.items() if k not in ("id", "updated_at")}
         async with self._sessions() as session:
             result = await session.execute(
                 update(CALLS)
-                .where(CALLS.c.id == record.id, CALLS.c.detail_purged_at.is_(None))
+                .where(CALLS.c.id == call_id, CALLS.c.detail_purged_at.is_(None))
                 .values(updated_at=utcnow(), **fields)
             )
             await session.commit()
@@ -254,10 +273,10 @@ class DbCallRecorder:
                 return
         for _ in range(2):  # a lost insert race turns into an update on the second pass
             async with self._sessions() as session:
-                row = await session.get(CallRow, record.id)
+                row = await session.get(CallRow, call_id)
                 fields = {k: v for k, v in values.items() if k not in ("id", "updated_at")}
                 if row is None:
-                    session.add(CallRow(id=record.id, updated_at=utcnow(), **fields))
+                    session.add(CallRow(id=call_id, updated_at=utcnow(), **fields))
                 else:
                     if row.detail_purged_at is not None:  # never resurrect purged detail
                         fields["turns"] = None

@@ -16,7 +16,9 @@ together after a back-off (1 s doubling to 5 s) until they land, their futures r
 so a database restart or failover loses no call record or webhook event. While items are parked
 new ones join them in order instead of trying the database themselves: during an outage a
 writer costs one failed attempt per back-off, not one per write. At most ``max_parked`` items
-wait (the oldest then fails); :meth:`close` makes one last attempt and fails the rest.
+wait (the oldest then fails); :meth:`close` makes one last attempt and fails the rest. With a
+``journal`` (``db/write_journal.py``) every kept item is also copied to disk, for the next start
+to replay if this process dies first.
 Hand-written: SQLAlchemy has no such queue, and it is a few lines.
 """
 
@@ -27,6 +29,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from telepath.db.write_journal import WriteJournal
 
 T = TypeVar("T")
 
@@ -49,6 +53,7 @@ class _Pending(Generic[T]):
     )
     error: BaseException | None = None  # the last transient failure, while kept
     kept: bool = False  # failed transiently once: counted in ``GroupCommit.parked`` until done
+    waiter: asyncio.Future[None] | None = None  # ``GroupCommit.write`` waiting for it to be kept
 
 
 class GroupCommit(Generic[T]):
@@ -62,6 +67,7 @@ class GroupCommit(Generic[T]):
         retryable: whether a failure is transient — the database, not the data (keep and retry).
         max_parked: the most items kept for retry; past it the oldest fails.
         first_retry_s: the first back-off; it doubles up to ``MAX_RETRY_S`` while writes fail.
+        journal: where kept items are copied to disk (None: in memory only).
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class GroupCommit(Generic[T]):
         retryable: Callable[[BaseException], bool] = _never,
         max_parked: int = MAX_PARKED,
         first_retry_s: float = FIRST_RETRY_S,
+        journal: WriteJournal[T] | None = None,
     ) -> None:
         self._batch = batch
         self._single = single
@@ -81,6 +88,7 @@ class GroupCommit(Generic[T]):
         self._max_parked = max_parked
         self._first_retry_s = first_retry_s
         self._delay = first_retry_s
+        self._journal = journal
         self._queue: list[_Pending[T]] = []
         self._parked: list[_Pending[T]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -98,6 +106,8 @@ class GroupCommit(Generic[T]):
         if pending.kept:
             pending.kept = False
             self._kept -= 1
+            if self._kept == 0 and self._journal is not None:
+                self._journal.emptied()
         _resolve(pending.done, error)
 
     def submit(self, item: T) -> asyncio.Future[None]:
@@ -105,6 +115,34 @@ class GroupCommit(Generic[T]):
 
         Await it through ``asyncio.shield``: a waiter that gives up leaves the batch alone.
         """
+        return self._submit(item).done
+
+    async def write(
+        self,
+        item: T,
+        timeout_s: float,
+        settled: Callable[[asyncio.Future[None]], object] | None = None,
+    ) -> asyncio.Future[None]:
+        """Submit ``item`` and wait until it is committed, has failed, or is *kept* for retry
+        (the database down: waiting longer would only hold the caller up), at most
+        ``timeout_s``; returns its future, done or not. Cancelling the caller leaves it be.
+        ``settled`` is called with the future once it is done (before this returns, if then)."""
+        pending = self._submit(item)
+        if settled is not None:
+            pending.done.add_done_callback(settled)
+        if not pending.kept and not pending.done.done():
+            pending.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait(
+                    {pending.done, pending.waiter},
+                    timeout=timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                pending.waiter = None
+        return pending.done
+
+    def _submit(self, item: T) -> _Pending[T]:
         pending = _Pending(item)
         if self._parked:
             # An outage is under way: wait with the others for the next attempt (one per
@@ -112,10 +150,10 @@ class GroupCommit(Generic[T]):
             self._keep(pending)
             self._parked.append(pending)
             self._bound()
-            return pending.done
+            return pending
         self._queue.append(pending)
         self._start_writer()
-        return pending.done
+        return pending
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -175,6 +213,10 @@ class GroupCommit(Generic[T]):
         if not pending.kept:
             pending.kept = True
             self._kept += 1
+            if self._journal is not None:
+                self._journal.kept(pending.item)
+            if pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_result(None)
 
     def _bound(self) -> None:
         while len(self._parked) > self._max_parked:
@@ -216,6 +258,8 @@ class GroupCommit(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retrier
             self._retrier = None
+        if lost and self._journal is not None:
+            self._journal.detach()  # given up here, but on disk for the next start
         for pending in lost:
             self._give_up(pending)
         if lost:

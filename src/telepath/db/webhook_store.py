@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from telepath.db.models import WebhookDelivery, WebhookEndpoint
@@ -149,9 +150,18 @@ class WebhookRepository:
     async def enqueue(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert pending deliveries (:func:`delivery_rows`) in one ``executemany``: Core, not
         ORM objects, since every call writes several (the ORM's unit of work cost several
-        times more CPU per row)."""
-        if rows:
-            await self.session.execute(insert(DELIVERIES), list(rows))
+        times more CPU per row). A row for an (endpoint, event) that is there already is left
+        alone: it is the same event written again (a journal replayed, ``db/write_journal.py``)."""
+        if not rows:
+            return
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            statement: Any = postgresql.insert(DELIVERIES).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            statement = sqlite.insert(DELIVERIES).on_conflict_do_nothing()
+        else:
+            statement = insert(DELIVERIES)
+        await self.session.execute(statement, list(rows))
 
     async def claim_due(self, now: datetime, *, limit: int, lease: timedelta) -> list[Claimed]:
         """Take up to ``limit`` due deliveries, leasing them until ``now + lease``."""

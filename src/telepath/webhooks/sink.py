@@ -1,15 +1,20 @@
-"""``DbEventSink``: call control's ``EventSink``, writing events to the webhook outbox."""
+"""``DbEventSink``: call control's ``EventSink``, writing events to the webhook outbox.
+
+An event is kept whole until it is written: its outbox rows (one per subscribed endpoint) are
+made in the writer, so an event whose account's endpoints cannot be read yet — the database
+down before this process ever read them — is kept and retried like any write, not lost."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +23,7 @@ from telepath.db.base import utcnow
 from telepath.db.engine import transient_error
 from telepath.db.group_commit import GroupCommit
 from telepath.db.webhook_store import WebhookRepository, delivery_rows
+from telepath.db.write_journal import WriteJournal, replay_journal
 from telepath.lookup_cache import LookupCache
 from telepath.metrics import Metrics
 from telepath.secrets.tokens import new_id
@@ -26,6 +32,8 @@ from telepath.webhooks.events import iso_ms, subscribed
 logger = logging.getLogger(__name__)
 
 ENQUEUE_TIMEOUT_S = 10.0
+REPLAY_TIMEOUT_S = 30.0  # a dead process's journal: how long its replay may hold up recovery
+JOURNAL = "webhook_events"  # the writer's name in journal files
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,6 +48,41 @@ def normalize_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as plain JSON types (datetimes as ISO 8601 UTC, enums as their values)."""
     result: dict[str, Any] = json.loads(json.dumps(payload, default=_jsonable))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One event as emitted; its outbox rows (one per subscribed endpoint) are made when it is
+    written, so an event whose endpoints cannot be read yet (the database down) is kept whole."""
+
+    account_id: str
+    event: str
+    event_id: str  # the receivers' idempotency key: the same however often it is written
+    payload: dict[str, Any]  # plain JSON (``normalize_payload``)
+    at: datetime
+
+
+def _journaled(item: _Event) -> dict[str, Any]:
+    return {
+        "account_id": item.account_id,
+        "event": item.event,
+        "event_id": item.event_id,
+        "payload": item.payload,
+        "at": item.at,
+    }
+
+
+def _from_journal(item: dict[str, Any]) -> _Event:
+    event = _Event(
+        str(item["account_id"]),
+        str(item["event"]),
+        str(item["event_id"]),
+        item["payload"],
+        item["at"],
+    )
+    if not isinstance(event.payload, dict) or not isinstance(event.at, datetime):
+        raise ValueError("not a webhook event")
+    return event
 
 
 ENDPOINT_CACHE_TTL_S = 5.0
@@ -68,6 +111,7 @@ class DbEventSink:
         metrics: optional metrics to count failures in.
         on_enqueued: called after rows were written, e.g. ``dispatcher.wake`` for low latency.
         timeout_s: the longest ``emit`` may wait for the database.
+        journal: where events kept through an outage are copied (``db/write_journal.py``).
     """
 
     def __init__(
@@ -77,17 +121,21 @@ class DbEventSink:
         metrics: Metrics | None = None,
         on_enqueued: Callable[[], None] | None = None,
         timeout_s: float = ENQUEUE_TIMEOUT_S,
+        journal: Path | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._on_enqueued = on_enqueued
         self._timeout_s = timeout_s
         self.failures = 0
-        self._jobs: set[asyncio.Future[None]] = set()  # events being queued
         # an event's outbox rows wait for the next transaction with the others' (a call writes
         # several events at once; see db/group_commit.py)
-        self._group: GroupCommit[list[dict[str, Any]]] = GroupCommit(
-            self._insert, self._insert_one, name="webhook-outbox-writer", retryable=transient_error
+        self._group: GroupCommit[_Event] = GroupCommit(
+            self._insert,
+            self._insert_one,
+            name="webhook-outbox-writer",
+            retryable=transient_error,
+            journal=WriteJournal(journal, _journaled) if journal is not None else None,
         )
         if metrics is not None:
             metrics.db_writes_parked.labels(writer="webhook_events").set_function(
@@ -123,40 +171,22 @@ class DbEventSink:
         """
         if not self.wants(account_id, event):
             return
-        job = asyncio.ensure_future(self._queue(account_id, event, payload))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-        try:
-            # shield: a caller that gives up leaves the event to finish on its own (the endpoint
-            # lookup of a silent database takes longer than this wait)
-            async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(job)
-        except TimeoutError:
-            logger.warning("webhook event %s still pending; kept for retry", event)
+        item = _Event(account_id, event, new_id("evt"), normalize_payload(payload), utcnow())
+        # until written, failed, or kept for retry (an outage: it is written once it is back)
+        await self._group.write(item, self._timeout_s, functools.partial(self._settled, event))
 
-    async def _queue(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
-        """Write the event's outbox rows; never raises (a failure is counted and logged)."""
-        try:
-            rows = await self._rows(account_id, event, payload)
-        except Exception as exc:  # the endpoints could not be read, nor served stale: lost
-            self._failed(event, exc)
-            return
-        if not rows:
-            return
-        done = self._group.submit(rows)
-        done.add_done_callback(functools.partial(self._settled, event))
-        with contextlib.suppress(Exception):  # counted by ``_settled``
-            await done
+    def _submit(self, item: _Event) -> asyncio.Future[None]:
+        done = self._group.submit(item)
+        done.add_done_callback(functools.partial(self._settled, item.event))
+        return done
 
     def _settled(self, event: str, done: asyncio.Future[None]) -> None:
-        """An event's rows landed (wake the dispatcher) or were given up."""
+        """An event's rows landed or were given up (counted)."""
         if done.cancelled():
             return
         error = done.exception()
         if error is not None:
             self._failed(event, error)
-        elif self._on_enqueued is not None:
-            self._on_enqueued()
 
     def _failed(self, event: str, error: BaseException) -> None:
         self.failures += 1
@@ -169,10 +199,13 @@ class DbEventSink:
         """Events kept for retry after a transient database failure."""
         return self._group.parked
 
+    async def replay(self, path: Path, timeout_s: float = REPLAY_TIMEOUT_S) -> int:
+        """Queue again the events a dead process kept in its journal ``path``."""
+        return await replay_journal(path, _from_journal, self._submit, timeout_s)
+
     async def close(self, timeout_s: float = 5.0) -> int:
-        """One last attempt for events kept for retry; returns how many were lost."""
-        if self._jobs:  # events still reading their endpoints
-            await asyncio.wait(set(self._jobs), timeout=timeout_s)
+        """One last attempt for events kept for retry; returns how many were lost (with a
+        journal: left on disk for the next start)."""
         return await self._group.close(timeout_s)
 
     async def _endpoints(self, account_id: str) -> list[tuple[str, list[str]]]:
@@ -187,30 +220,33 @@ class DbEventSink:
             rows = await WebhookRepository(session).active_endpoints(account_id)
             return [(e.id, list(e.events)) for e in rows]
 
-    async def _rows(
-        self, account_id: str, event: str, payload: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """The event's outbox rows, one per subscribed endpoint (none: nobody listens)."""
-        data = normalize_payload(payload)
+    async def _rows(self, item: _Event) -> list[dict[str, Any]]:
+        """The event's outbox rows, one per subscribed endpoint (none: nobody listens). Raises
+        when the endpoints can be neither read nor served stale (the event is then kept)."""
         targets = [
-            eid for eid, events in await self._endpoints(account_id) if subscribed(events, event)
+            eid
+            for eid, events in await self._endpoints(item.account_id)
+            if subscribed(events, item.event)
         ]
-        if not targets:
-            return []
         return delivery_rows(
             targets,
-            account_id=account_id,
-            event_id=new_id("evt"),
-            event=event,
-            payload=data,
-            now=utcnow(),
+            account_id=item.account_id,
+            event_id=item.event_id,
+            event=item.event,
+            payload=item.payload,
+            now=item.at,
         )
 
-    async def _insert(self, batch: list[list[dict[str, Any]]]) -> None:
+    async def _insert(self, batch: list[_Event]) -> None:
         """One transaction for the rows of every event in ``batch`` (group commit)."""
+        rows = [row for item in batch for row in await self._rows(item)]
+        if not rows:
+            return
         async with self._sessions() as session:
-            await WebhookRepository(session).enqueue([row for rows in batch for row in rows])
+            await WebhookRepository(session).enqueue(rows)
             await session.commit()
+        if self._on_enqueued is not None:
+            self._on_enqueued()  # the dispatcher, for low latency
 
-    async def _insert_one(self, rows: list[dict[str, Any]]) -> None:
-        await self._insert([rows])
+    async def _insert_one(self, item: _Event) -> None:
+        await self._insert([item])

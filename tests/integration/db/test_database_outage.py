@@ -4,6 +4,7 @@ kept and land once the database is back (real PostgreSQL behind a proxy the test
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,6 +198,56 @@ async def test_an_event_whose_endpoints_take_longer_than_the_wait_is_not_lost(
     assert await _count(api, WebhookDelivery) == 2
 
 
+async def test_writes_kept_when_the_process_stops_are_replayed_from_its_journal(
+    api: Api, tmp_path: Path
+) -> None:
+    """A process that stops (or dies) before the database is back leaves what it kept in its
+    journal; the next start writes it — the call's real end, the event — once, however often
+    the journal is replayed."""
+    account = await account_of(api)
+    resp = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+    assert resp.status_code == 201, resp.text
+    records, events = tmp_path / "i1.call_records.jsonl", tmp_path / "i1.webhook_events.jsonl"
+    server = make_url(api.state.settings.database_url)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
+        sessions = sessionmaker_for(engine)
+        recorder = DbCallRecorder(sessions, timeout_s=0.3, journal=records)
+        sink = DbEventSink(sessions, timeout_s=0.3, journal=events)
+        try:
+            await sink.emit(account, "call.started", PAYLOAD)  # the endpoints, read and cached
+            call = started(account)
+            proxy.cut()
+            await recorder.call_started(call)
+            await recorder.call_ended(ended(call))
+            await sink.emit(account, "call.ended", PAYLOAD)
+            assert (recorder.parked, sink.parked) == (2, 1)
+            # on disk as they are kept: a process killed now leaves them behind
+            assert len(records.read_text().splitlines()) == 2
+            assert len(events.read_text().splitlines()) == 1
+            assert await recorder.close(timeout_s=0.3) == 2  # shutdown: given up here…
+            assert await sink.close(timeout_s=0.3) == 1
+        finally:
+            await engine.dispose()
+    assert records.is_file() and events.is_file()  # …but left for the next start
+    copies = [path.read_bytes() for path in (records, events)]
+
+    after = DbCallRecorder(api.state.sessions)  # the next start, the database back
+    sink_after = DbEventSink(api.state.sessions)
+    for _ in range(2):  # replayed twice (a second crash mid-replay): nothing doubles
+        assert await after.replay(records) == 2
+        assert await sink_after.replay(events) == 1
+        assert not records.exists() and not events.exists()
+        records.write_bytes(copies[0])
+        events.write_bytes(copies[1])
+    assert after.failures == sink_after.failures == 0
+    detail = (await api.get(f"/v1/calls/{call.id}")).json()
+    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert detail["duration_seconds"] == 342  # its real end, not "lost"
+    assert await _count(api, CallRow) == 1
+    assert await _count(api, WebhookDelivery) == 2
+
+
 async def test_a_connection_lost_after_the_answer_is_sent_is_not_an_error(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,3 +266,26 @@ async def test_a_connection_lost_after_the_answer_is_sent_is_not_an_error(
     resp = await api.get("/v1/trunks")
     assert resp.status_code == 200, resp.text
     assert "unhandled" not in caplog.text
+
+
+async def test_an_event_whose_endpoints_were_never_read_is_kept_not_lost(api: Api) -> None:
+    """The outage starts before this process read the account's endpoints (a quiet account):
+    the event is kept whole and its endpoints read once the database is back."""
+    account = await account_of(api)
+    resp = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+    assert resp.status_code == 201, resp.text
+    server = make_url(api.state.settings.database_url)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
+        sink = DbEventSink(sessionmaker_for(engine), timeout_s=5)
+        try:
+            proxy.cut()
+            await asyncio.wait_for(sink.emit(account, "call.ended", PAYLOAD), 4)  # not 5 s
+            assert sink.parked == 1 and sink.failures == 0
+            proxy.restore()
+            await _until(lambda: sink.parked == 0, "the kept event")
+        finally:
+            await sink.close()
+            await engine.dispose()
+    assert sink.failures == 0
+    assert await _count(api, WebhookDelivery) == 1

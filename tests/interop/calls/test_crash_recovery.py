@@ -11,14 +11,19 @@ crash keeps its record as it was.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.conftest import POSTGRES_ADMIN_URL, _pg_admin, skip_loudly
+from tests.integration.db.tcp_proxy import TcpProxy
 from tests.integration.live.conftest import (
     LiveServer,
     custom_trunk,
@@ -135,3 +140,92 @@ async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_d
     assert second.process.returncode == 0
     with sqlite3.connect(data / "telepath.db") as db:  # a clean stop leaves no heartbeat
         assert db.execute("SELECT count(*) FROM gateway_instances").fetchone() == (0,)
+
+
+def _journal_text(journal: Path, writer: str) -> str:
+    return "".join(path.read_text() for path in journal.glob(f"*.{writer}.jsonl"))
+
+
+def _journaled(journal: Path, writer: str) -> int:
+    return len(_journal_text(journal, writer).splitlines())
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[str]:
+    """A PostgreSQL database of its own: a run bootstraps its account only on an empty one."""
+    name = f"telepath_test_{secrets.token_hex(4)}"
+    try:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # any failure to reach the server means "absent"
+        skip_loudly("PostgreSQL", f"{POSTGRES_ADMIN_URL}: {type(exc).__name__}: {exc}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run_is_killed(
+    tmp_path: Path, receiver: Receiver, own_postgres: str
+) -> None:
+    """The call ends while PostgreSQL is unreachable; the run is SIGKILLed before it is back.
+    Its end and events were journaled in the data directory: the next run writes them, so the
+    record says ``caller_hangup`` with its real end, not ``lost``."""
+    data = tmp_path / "data"
+    server = make_url(own_postgres)
+    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+        env = {
+            **_env(),
+            "TELEPATH_DATABASE_URL": str(server.set(host="127.0.0.1", port=proxy.port)),
+            "TELEPATH_DATABASE_TIMEOUT_S": "1",
+        }
+        first = await asyncio.to_thread(start_server, data, env)
+        phone = await Phone().open()
+        try:
+            async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+                await live_json(
+                    first, "POST", "/v1/webhooks", {"url": receiver.url, "events": ["*"]}
+                )
+                await live_json(
+                    first, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url)
+                )
+                sip_port = int(env["TELEPATH_SIP_PORT"])
+                call = await connected_call(
+                    sip_port, "bob", PASSWORD, "outage@127.0.0.1", phone.port
+                )
+                (record,) = (await live_json(first, "GET", "/v1/calls"))["calls"]
+                assert record["status"] == "connected"
+                proxy.cut()
+                await call.bye()
+                await call.uac.close()
+                journal = data / "journal"
+                await wait_until(  # the events follow the record's write (which waits 10 s)
+                    lambda: (
+                        _journaled(journal, "call_records") == 1
+                        and "call.ended" in (_journal_text(journal, "webhook_events"))
+                    ),
+                    within_s=30,
+                    what="the call's end and events journaled",
+                )
+            first.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.process.wait, 10)
+        finally:
+            await phone.close()
+        proxy.restore()
+        second = await asyncio.to_thread(start_server, data, env, first.api_key)
+        try:
+            ended = await live_json(second, "GET", f"/v1/calls/{record['id']}")
+            assert (ended["status"], ended["disconnect_reason"]) == (
+                "disconnected",
+                "caller_hangup",
+            ), ended
+            assert ended["end_time"] is not None
+            await wait_until(
+                lambda: "call.ended" in events_of(receiver, record["id"]),
+                what="the call's call.ended event",
+            )
+            sent = events_of(receiver, record["id"])["call.ended"]
+            assert sent["disconnect_reason"] == "caller_hangup"
+            assert not list(journal.iterdir())  # written: nothing left to replay
+            assert "replayed" in second.log()
+        finally:
+            await asyncio.to_thread(stop_server, second)
+    assert second.process.returncode == 0
