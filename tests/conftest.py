@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -31,9 +32,9 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test session (dropped afterwards)."""
+@contextlib.contextmanager
+def _fresh_postgres() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (dropped afterwards); skipped loudly if absent."""
     name = f"telepath_test_{secrets.token_hex(4)}"
     try:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
@@ -42,6 +43,21 @@ def postgres_url() -> Iterator[str]:
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session (dropped afterwards)."""
+    with _fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[str]:
+    """A PostgreSQL database of this test's own: a ``telepath serve`` creates its first account
+    and key only on an empty one."""
+    with _fresh_postgres() as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

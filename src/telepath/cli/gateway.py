@@ -30,7 +30,7 @@ from telepath.db import instance_store
 from telepath.db.call_recorder import JOURNAL as RECORDS_JOURNAL
 from telepath.db.call_recorder import DbCallRecorder, retention_loop
 from telepath.db.trunk_directory import DbTrunkDirectory
-from telepath.db.write_journal import journal_path, journals_of
+from telepath.db.write_journal import journal_owners, journal_path, journals_of
 from telepath.sip.auth import Algorithm, DigestAuthenticator
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.ua import UaConfig, UserAgentCore
@@ -114,18 +114,22 @@ class Gateway:
     writers: tuple[DbCallRecorder, DbEventSink] | None = None
     journals: Path | None = None  # where the writers copy those writes (db/write_journal.py)
 
-    async def replay_journals(self, instance_ids: Collection[str]) -> None:
+    async def replay_journals(self, instance_ids: Collection[str] | None = None) -> None:
         """Write what the dead processes ``instance_ids`` kept through an outage and left in
-        their journals (before their calls are closed as lost: ``cli/instances.py``)."""
+        their journals (before their calls are closed as lost: ``cli/instances.py``). None:
+        every journal but this process's own — only when no other process can be writing one
+        (a start that has claimed the instances file, before its workers start)."""
         if self.writers is None or self.journals is None:
             return
+        if instance_ids is None:
+            instance_ids = journal_owners(self.journals) - {self.instance_id}
         recorder, sink = self.writers
         try:
             for path in journals_of(self.journals, instance_ids, RECORDS_JOURNAL):
                 await recorder.replay(path)
             for path in journals_of(self.journals, instance_ids, EVENTS_JOURNAL):
                 await sink.replay(path)
-        except OSError as exc:
+        except Exception as exc:  # recovery goes on; the journal stays for the next start
             log.error("replaying a stopped process's journal failed: %s", type(exc).__name__)
 
     async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:

@@ -134,16 +134,13 @@ async def serve(settings: Settings) -> None:
                         replay=gateway.replay_journals,
                     )
                 )
-            elif left:
-                ended = instances.lost_calls_end()
-                await close_calls_of(
-                    left,
-                    state.sessions,
-                    sink,
-                    state.metrics,
-                    ended=ended,
-                    replay=gateway.replay_journals,
-                )
+            else:
+                # Every journal a stopped process left here, first: a clean stop during a
+                # database outage leaves one, with no id left in the instances file.
+                await gateway.replay_journals()
+                if left:
+                    ended = instances.lost_calls_end()
+                    await close_calls_of(left, state.sessions, sink, state.metrics, ended=ended)
             heartbeat = asyncio.create_task(instances.beat_forever())
             if settings.sip_workers > 1:
                 pool = await start_workers(settings, state, gateway, nonce_secrets, instances)

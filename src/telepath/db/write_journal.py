@@ -33,7 +33,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
-__all__ = ["WriteJournal", "journal_path", "journals_of", "read_journal", "replay_journal"]
+__all__ = [
+    "WriteJournal",
+    "journal_owners",
+    "journal_path",
+    "journals_of",
+    "read_journal",
+    "replay_journal",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,13 @@ def journals_of(directory: Path, instance_ids: Collection[str], writer: str) -> 
         for instance_id in instance_ids
         if (path := journal_path(directory, instance_id, writer)).is_file()
     ]
+
+
+def journal_owners(directory: Path) -> set[str]:
+    """The instance ids of every process that left a journal in ``directory``."""
+    if not directory.is_dir():
+        return set()
+    return {path.name.split(".", 1)[0] for path in directory.glob("*.*.jsonl")}
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:

@@ -602,3 +602,13 @@ def events_of(receiver: Receiver, call_id: str) -> dict[str, dict[str, Any]]:
     """The webhook events delivered for ``call_id``, by type."""
     events = [json.loads(r.body) for r in receiver.requests]
     return {e["type"]: e["data"] for e in events if e["data"].get("call_id") == call_id}
+
+
+def journaled_end(journal: Path) -> bool:
+    """Whether a gateway's journal (``<data_dir>/journal``) holds a call's end: its record's
+    start and end, and its ``call.ended`` event (written while the database is down)."""
+
+    def text(writer: str) -> str:
+        return "".join(path.read_text() for path in journal.glob(f"*.{writer}.jsonl"))
+
+    return '"call_ended"' in text("call_records") and '"call.ended"' in text("webhook_events")

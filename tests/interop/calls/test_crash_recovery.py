@@ -11,10 +11,8 @@ crash keeps its record as it was.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.conftest import POSTGRES_ADMIN_URL, _pg_admin, skip_loudly
 from tests.integration.db.tcp_proxy import TcpProxy
 from tests.integration.live.conftest import (
     LiveServer,
@@ -33,7 +30,13 @@ from tests.integration.live.conftest import (
     stop_server,
 )
 from tests.integration.webhooks.receiver import Receiver
-from tests.interop.calls.harness import Phone, connected_call, events_of, wait_until
+from tests.interop.calls.harness import (
+    Phone,
+    connected_call,
+    events_of,
+    journaled_end,
+    wait_until,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -142,33 +145,14 @@ async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_d
         assert db.execute("SELECT count(*) FROM gateway_instances").fetchone() == (0,)
 
 
-def _journal_text(journal: Path, writer: str) -> str:
-    return "".join(path.read_text() for path in journal.glob(f"*.{writer}.jsonl"))
-
-
-def _journaled(journal: Path, writer: str) -> int:
-    return len(_journal_text(journal, writer).splitlines())
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[str]:
-    """A PostgreSQL database of its own: a run bootstraps its account only on an empty one."""
-    name = f"telepath_test_{secrets.token_hex(4)}"
-    try:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # any failure to reach the server means "absent"
-        skip_loudly("PostgreSQL", f"{POSTGRES_ADMIN_URL}: {type(exc).__name__}: {exc}")
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run_is_killed(
-    tmp_path: Path, receiver: Receiver, own_postgres: str
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run_stops(
+    tmp_path: Path, receiver: Receiver, own_postgres: str, stop: signal.Signals
 ) -> None:
-    """The call ends while PostgreSQL is unreachable; the run is SIGKILLed before it is back.
-    Its end and events were journaled in the data directory: the next run writes them, so the
-    record says ``caller_hangup`` with its real end, not ``lost``."""
+    """The call ends while PostgreSQL is unreachable; the run is killed — or stopped cleanly,
+    which leaves no process id behind — before it is back. Its end and events were journaled
+    in the data directory: the next run writes them, so the record says ``caller_hangup`` with
+    its real end, not ``lost``."""
     data = tmp_path / "data"
     server = make_url(own_postgres)
     async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
@@ -197,18 +181,15 @@ async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run
                 await call.bye()
                 await call.uac.close()
                 journal = data / "journal"
-                await wait_until(  # the events follow the record's write (which waits 10 s)
-                    lambda: (
-                        _journaled(journal, "call_records") == 1
-                        and "call.ended" in (_journal_text(journal, "webhook_events"))
-                    ),
-                    within_s=30,
-                    what="the call's end and events journaled",
+                await wait_until(
+                    lambda: journaled_end(journal), what="the call's end and events journaled"
                 )
-            first.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(first.process.wait, 10)
+            first.process.send_signal(stop)
+            await asyncio.to_thread(first.process.wait, 30)
         finally:
             await phone.close()
+        if stop == signal.SIGTERM:
+            assert "kept in" in first.log() and (data / "instances").read_text() == ""
         proxy.restore()
         second = await asyncio.to_thread(start_server, data, env, first.api_key)
         try:

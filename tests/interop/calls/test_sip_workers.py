@@ -20,11 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.certs import self_signed
+from tests.integration.db.tcp_proxy import TcpProxy
 from tests.integration.live.conftest import (
     LiveServer,
     custom_trunk,
@@ -40,6 +42,7 @@ from tests.interop.calls.harness import (
     authenticated_call,
     connected_call,
     events_of,
+    journaled_end,
     run_sipp,
     wait_until,
 )
@@ -440,3 +443,63 @@ async def test_stream_messages_for_a_restarting_worker_wait_for_it(tmp_path: Pat
     finally:
         await phone.close()
         await asyncio.to_thread(stop_server, server)
+
+
+async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_front(
+    tmp_path: Path, receiver: Receiver, own_postgres: str
+) -> None:
+    """A worker's call ends while PostgreSQL is unreachable and the worker is then killed: the
+    end it kept is in its journal, which the front writes when it sees the exit — the record
+    says ``caller_hangup``, not ``lost``."""
+    sip_port = free_sip_port()
+    database = make_url(own_postgres)
+    data = tmp_path / "data"
+    async with TcpProxy((database.host or "127.0.0.1", database.port or 5432)) as proxy:
+        env = {
+            **_env(sip_port),
+            "TELEPATH_DATABASE_URL": str(database.set(host="127.0.0.1", port=proxy.port)),
+            "TELEPATH_DATABASE_TIMEOUT_S": "1",
+        }
+        server = await asyncio.to_thread(start_server, data, env)
+        phone = await Phone().open()
+        try:
+            await _worker_serving(server)
+            async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+                hook = {"url": receiver.url, "events": ["*"]}
+                await live_json(server, "POST", "/v1/webhooks", hook)
+                await live_json(
+                    server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url)
+                )
+                call_id = _call_id(1, "outage")
+                leg = await connected_call(sip_port, "bob", PASSWORD, call_id, phone.port)
+                try:
+                    (call,) = (await live_json(server, "GET", "/v1/calls"))["calls"]
+                    await wait_until(lambda: "call.started" in events_of(receiver, call["id"]))
+                    proxy.cut()
+                    await leg.bye()
+                    journal = data / "journal"
+                    await wait_until(lambda: journaled_end(journal), what="the end journaled")
+                    (worker,) = _worker_pids(server.process.pid)
+                    os.kill(worker, signal.SIGKILL)
+                    await wait_until(
+                        lambda: "SIP worker 1 exited" in server.log(), what="the exit seen"
+                    )
+                    proxy.restore()
+                    await wait_until(
+                        lambda: "call.ended" in events_of(receiver, call["id"]),
+                        within_s=30,
+                        what="the call's call.ended event",
+                    )
+                finally:
+                    await leg.uac.close()
+            ended = await live_json(server, "GET", f"/v1/calls/{call['id']}")
+            assert (ended["status"], ended["disconnect_reason"]) == (
+                "disconnected",
+                "caller_hangup",
+            ), ended
+            sent = events_of(receiver, call["id"])["call.ended"]
+            assert sent["disconnect_reason"] == "caller_hangup"
+            await wait_until(lambda: not list(journal.iterdir()), what="the journal written")
+        finally:
+            await phone.close()
+            await asyncio.to_thread(stop_server, server)
