@@ -22,6 +22,17 @@ def _item(i: int) -> dict[str, Any]:
     return {"n": i}
 
 
+def _group(store: Flaky, path: Path, first_retry_s: float) -> GroupCommit[int]:
+    return GroupCommit(
+        store.batch,
+        store.single,
+        name="t",
+        retryable=transient,
+        first_retry_s=first_retry_s,
+        journal=WriteJournal(path, _item),
+    )
+
+
 def _journaled(path: Path) -> list[int]:
     return [item["n"] for item in read_journal(path)] if path.exists() else []
 
@@ -29,14 +40,7 @@ def _journaled(path: Path) -> list[int]:
 async def test_kept_writes_are_on_disk_until_they_land(tmp_path: Path) -> None:
     path = tmp_path / "journal" / "i1.w.jsonl"
     store = Flaky()
-    group = GroupCommit(
-        store.batch,
-        store.single,
-        name="t",
-        retryable=transient,
-        first_retry_s=0.05,
-        journal=WriteJournal(path, _item),
-    )
+    group = _group(store, path, 0.05)
     done = [group.submit(1), group.submit(2)]
     await asyncio.sleep(0.01)
     assert group.parked == 2 and _journaled(path) == [1, 2]  # kept: copied at once
@@ -50,14 +54,7 @@ async def test_kept_writes_are_on_disk_until_they_land(tmp_path: Path) -> None:
 async def test_at_shutdown_what_is_given_up_stays_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "i1.w.jsonl"
     store = Flaky()
-    group = GroupCommit(
-        store.batch,
-        store.single,
-        name="t",
-        retryable=transient,
-        first_retry_s=60,
-        journal=WriteJournal(path, _item),
-    )
+    group = _group(store, path, 60)
     lost = group.submit(7)
     await asyncio.sleep(0.01)
     assert await group.close(0.1) == 1
@@ -70,14 +67,7 @@ async def test_at_shutdown_what_is_given_up_stays_on_disk(tmp_path: Path) -> Non
 async def test_a_journal_without_a_disk_never_fails_the_write(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     store = Flaky()
-    group = GroupCommit(
-        store.batch,
-        store.single,
-        name="t",
-        retryable=transient,
-        first_retry_s=0.05,
-        journal=WriteJournal(tmp_path / "file" / "i1.w.jsonl", _item),  # a directory it can't be
-    )
+    group = _group(store, tmp_path / "file" / "i1.w.jsonl", 0.05)  # a directory it can't be
     done = group.submit(1)
     await asyncio.sleep(0.01)
     assert group.parked == 1  # kept in memory as before

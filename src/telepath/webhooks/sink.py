@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -63,23 +63,11 @@ class _Event:
 
 
 def _journaled(item: _Event) -> dict[str, Any]:
-    return {
-        "account_id": item.account_id,
-        "event": item.event,
-        "event_id": item.event_id,
-        "payload": item.payload,
-        "at": item.at,
-    }
+    return asdict(item)
 
 
 def _from_journal(item: dict[str, Any]) -> _Event:
-    event = _Event(
-        str(item["account_id"]),
-        str(item["event"]),
-        str(item["event_id"]),
-        item["payload"],
-        item["at"],
-    )
+    event = _Event(**item)
     if not isinstance(event.payload, dict) or not isinstance(event.at, datetime):
         raise ValueError("not a webhook event")
     return event

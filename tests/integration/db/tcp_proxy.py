@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from sqlalchemy.engine import make_url
+
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` drops every connection and refuses
@@ -20,6 +22,17 @@ class TcpProxy:
         self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def in_front_of(cls, database_url: str) -> TcpProxy:
+        """A proxy to the server of ``database_url`` (:meth:`through` then names it)."""
+        server = make_url(database_url)
+        return cls((server.host or "127.0.0.1", server.port or 5432))
+
+    def through(self, database_url: str) -> str:
+        """``database_url`` by way of this proxy."""
+        proxied = make_url(database_url).set(host="127.0.0.1", port=self.port)
+        return proxied.render_as_string(hide_password=False)
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)

@@ -4,12 +4,14 @@ kept and land once the database is back (real PostgreSQL behind a proxy the test
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.call_recorder import DbCallRecorder
 from telepath.db.engine import make_engine, sessionmaker_for, transient_error
@@ -36,6 +38,20 @@ def settings_overrides() -> dict[str, Any]:
     return {"allow_insecure_webhook_urls": True, "database_timeout_s": 1.0}
 
 
+@contextlib.asynccontextmanager
+async def _through_proxy(
+    api: Api, timeout_s: float = 0.0
+) -> AsyncIterator[tuple[TcpProxy, async_sessionmaker[AsyncSession]]]:
+    """A proxy in front of the test's database, and sessions through it."""
+    url = api.state.settings.database_url
+    async with TcpProxy.in_front_of(url) as proxy:
+        engine = make_engine(proxy.through(url), timeout_s=timeout_s)
+        try:
+            yield proxy, sessionmaker_for(engine)
+        finally:
+            await engine.dispose()
+
+
 async def _count(api: Api, entity: Any) -> int:
     async with api.state.sessions() as session:  # straight to the server, not through the proxy
         return int(await session.scalar(select(func.count()).select_from(entity)) or 0)
@@ -54,10 +70,7 @@ async def test_records_and_events_written_during_an_outage_land_when_it_ends(api
         "/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["call.started", "call.ended"]}
     )
     assert resp.status_code == 201, resp.text
-    server = make_url(api.state.settings.database_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)))
-        sessions = sessionmaker_for(engine)
+    async with _through_proxy(api) as (proxy, sessions):
         metrics = Metrics()
         recorder = DbCallRecorder(sessions, metrics, timeout_s=0.5)
         sink = DbEventSink(sessions, metrics=metrics, timeout_s=0.5)
@@ -87,7 +100,6 @@ async def test_records_and_events_written_during_an_outage_land_when_it_ends(api
         finally:
             await recorder.close()
             await sink.close()
-            await engine.dispose()
     assert recorder.failures == sink.failures == 0
     detail = (await api.get(f"/v1/calls/{call.id}")).json()
     assert detail["status"] == "disconnected" and detail["end_time"] is not None
@@ -98,18 +110,13 @@ async def test_records_and_events_written_during_an_outage_land_when_it_ends(api
 
 async def test_what_the_database_never_takes_is_reported_lost_at_close(api: Api) -> None:
     account = await account_of(api)
-    server = make_url(api.state.settings.database_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)))
+    async with _through_proxy(api) as (proxy, sessions):
         metrics = Metrics()
-        recorder = DbCallRecorder(sessionmaker_for(engine), metrics, timeout_s=0.2)
-        try:
-            proxy.cut()
-            await recorder.call_ended(ended(started(account)))
-            assert recorder.parked == 1 and recorder.failures == 0
-            assert await recorder.close(timeout_s=0.5) == 1
-        finally:
-            await engine.dispose()
+        recorder = DbCallRecorder(sessions, metrics, timeout_s=0.2)
+        proxy.cut()
+        await recorder.call_ended(ended(started(account)))
+        assert recorder.parked == 1 and recorder.failures == 0
+        assert await recorder.close(timeout_s=0.5) == 1
     assert recorder.failures == 1  # given up: counted and logged as a failed write
     assert 'telepath_call_record_failures_total{operation="call_ended"} 1.0' in (
         metrics.render().decode()
@@ -179,10 +186,8 @@ async def test_an_event_whose_endpoints_take_longer_than_the_wait_is_not_lost(
     )
     assert resp.status_code == 201, resp.text
     monkeypatch.setattr(sink_module, "ENDPOINT_CACHE_TTL_S", 0.1)
-    server = make_url(api.state.settings.database_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
-        sink = DbEventSink(sessionmaker_for(engine), timeout_s=0.3)
+    async with _through_proxy(api, timeout_s=1.0) as (proxy, sessions):
+        sink = DbEventSink(sessions, timeout_s=0.3)
         try:
             await sink.emit(account, "call.ended", PAYLOAD)  # the endpoints, read and cached
             await asyncio.sleep(0.2)  # and expired
@@ -193,7 +198,6 @@ async def test_an_event_whose_endpoints_take_longer_than_the_wait_is_not_lost(
             await _until(lambda: sink.parked == 0, "the kept event")
         finally:
             await sink.close()
-            await engine.dispose()
     assert sink.failures == 0
     assert await _count(api, WebhookDelivery) == 2
 
@@ -208,27 +212,21 @@ async def test_writes_kept_when_the_process_stops_are_replayed_from_its_journal(
     resp = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]})
     assert resp.status_code == 201, resp.text
     records, events = tmp_path / "i1.call_records.jsonl", tmp_path / "i1.webhook_events.jsonl"
-    server = make_url(api.state.settings.database_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
-        sessions = sessionmaker_for(engine)
+    async with _through_proxy(api, timeout_s=1.0) as (proxy, sessions):
         recorder = DbCallRecorder(sessions, timeout_s=0.3, journal=records)
         sink = DbEventSink(sessions, timeout_s=0.3, journal=events)
-        try:
-            await sink.emit(account, "call.started", PAYLOAD)  # the endpoints, read and cached
-            call = started(account)
-            proxy.cut()
-            await recorder.call_started(call)
-            await recorder.call_ended(ended(call))
-            await sink.emit(account, "call.ended", PAYLOAD)
-            assert (recorder.parked, sink.parked) == (2, 1)
-            # on disk as they are kept: a process killed now leaves them behind
-            assert len(records.read_text().splitlines()) == 2
-            assert len(events.read_text().splitlines()) == 1
-            assert await recorder.close(timeout_s=0.3) == 2  # shutdown: given up here…
-            assert await sink.close(timeout_s=0.3) == 1
-        finally:
-            await engine.dispose()
+        await sink.emit(account, "call.started", PAYLOAD)  # the endpoints, read and cached
+        call = started(account)
+        proxy.cut()
+        await recorder.call_started(call)
+        await recorder.call_ended(ended(call))
+        await sink.emit(account, "call.ended", PAYLOAD)
+        assert (recorder.parked, sink.parked) == (2, 1)
+        # on disk as they are kept: a process killed now leaves them behind
+        assert len(records.read_text().splitlines()) == 2
+        assert len(events.read_text().splitlines()) == 1
+        assert await recorder.close(timeout_s=0.3) == 2  # shutdown: given up here…
+        assert await sink.close(timeout_s=0.3) == 1
     assert records.is_file() and events.is_file()  # …but left for the next start
     copies = [path.read_bytes() for path in (records, events)]
 
@@ -274,10 +272,8 @@ async def test_an_event_whose_endpoints_were_never_read_is_kept_not_lost(api: Ap
     account = await account_of(api)
     resp = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]})
     assert resp.status_code == 201, resp.text
-    server = make_url(api.state.settings.database_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        engine = make_engine(str(server.set(host="127.0.0.1", port=proxy.port)), timeout_s=1.0)
-        sink = DbEventSink(sessionmaker_for(engine), timeout_s=5)
+    async with _through_proxy(api, timeout_s=1.0) as (proxy, sessions):
+        sink = DbEventSink(sessions, timeout_s=5)
         try:
             proxy.cut()
             await asyncio.wait_for(sink.emit(account, "call.ended", PAYLOAD), 4)  # not 5 s
@@ -286,6 +282,5 @@ async def test_an_event_whose_endpoints_were_never_read_is_kept_not_lost(api: Ap
             await _until(lambda: sink.parked == 0, "the kept event")
         finally:
             await sink.close()
-            await engine.dispose()
     assert sink.failures == 0
     assert await _count(api, WebhookDelivery) == 1

@@ -22,6 +22,7 @@ from telepath.cli.gateway import Gateway
 from telepath.rtp.dtmf import encode_dtmf
 from telepath.rtp.g722 import G722Decoder, G722Encoder
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
+from tests.integration.db.tcp_proxy import TcpProxy
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.uac import CallLeg, Uac
@@ -612,3 +613,12 @@ def journaled_end(journal: Path) -> bool:
         return "".join(path.read_text() for path in journal.glob(f"*.{writer}.jsonl"))
 
     return '"call_ended"' in text("call_records") and '"call.ended"' in text("webhook_events")
+
+
+def through_proxy(proxy: TcpProxy, database_url: str) -> dict[str, str]:
+    """A live server's environment for ``database_url`` by way of ``proxy`` (which a test cuts
+    and restores), counting a silent database as unavailable after 1 s."""
+    return {
+        "TELEPATH_DATABASE_URL": proxy.through(database_url),
+        "TELEPATH_DATABASE_TIMEOUT_S": "1",
+    }

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.db.tcp_proxy import TcpProxy
@@ -35,6 +34,7 @@ from tests.interop.calls.harness import (
     connected_call,
     events_of,
     journaled_end,
+    through_proxy,
     wait_until,
 )
 
@@ -154,13 +154,8 @@ async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run
     in the data directory: the next run writes them, so the record says ``caller_hangup`` with
     its real end, not ``lost``."""
     data = tmp_path / "data"
-    server = make_url(own_postgres)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
-        env = {
-            **_env(),
-            "TELEPATH_DATABASE_URL": str(server.set(host="127.0.0.1", port=proxy.port)),
-            "TELEPATH_DATABASE_TIMEOUT_S": "1",
-        }
+    async with TcpProxy.in_front_of(own_postgres) as proxy:
+        env = {**_env(), **through_proxy(proxy, own_postgres)}
         first = await asyncio.to_thread(start_server, data, env)
         phone = await Phone().open()
         try:

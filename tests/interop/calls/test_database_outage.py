@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
@@ -34,14 +33,13 @@ PASSWORD = "correct-horse-9"
 
 @pytest.fixture
 async def pg_proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
-    server = make_url(postgres_url)
-    async with TcpProxy((server.host or "127.0.0.1", server.port or 5432)) as proxy:
+    async with TcpProxy.in_front_of(postgres_url) as proxy:
         yield proxy
 
 
 @pytest.fixture
 def database_url(postgres_url: str, pg_proxy: TcpProxy) -> str:
-    return str(make_url(postgres_url).set(host="127.0.0.1", port=pg_proxy.port))
+    return pg_proxy.through(postgres_url)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -44,6 +43,7 @@ from tests.interop.calls.harness import (
     events_of,
     journaled_end,
     run_sipp,
+    through_proxy,
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
@@ -452,14 +452,9 @@ async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_
     end it kept is in its journal, which the front writes when it sees the exit — the record
     says ``caller_hangup``, not ``lost``."""
     sip_port = free_sip_port()
-    database = make_url(own_postgres)
     data = tmp_path / "data"
-    async with TcpProxy((database.host or "127.0.0.1", database.port or 5432)) as proxy:
-        env = {
-            **_env(sip_port),
-            "TELEPATH_DATABASE_URL": str(database.set(host="127.0.0.1", port=proxy.port)),
-            "TELEPATH_DATABASE_TIMEOUT_S": "1",
-        }
+    async with TcpProxy.in_front_of(own_postgres) as proxy:
+        env = {**_env(sip_port), **through_proxy(proxy, own_postgres)}
         server = await asyncio.to_thread(start_server, data, env)
         phone = await Phone().open()
         try:
