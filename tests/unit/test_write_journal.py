@@ -113,3 +113,13 @@ async def test_a_replay_the_database_does_not_take_in_time_keeps_the_file(tmp_pa
 
     assert await replay_journal(path, dict, submit, 0.05) == 1
     assert path.exists()  # replayed again next time: the writes are idempotent
+
+
+def test_a_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds call records (phone numbers, SIP traces) and event payloads."""
+    path = tmp_path / "data" / "journal" / "i1.w.jsonl"
+    journal: WriteJournal[dict[str, Any]] = WriteJournal(path, lambda item: item)
+    journal.kept({"from_number": "+14155550100"})
+    journal.detach()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700

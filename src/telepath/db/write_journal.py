@@ -117,8 +117,10 @@ class WriteJournal(Generic[T]):
             return
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
+                # owner only: call records (numbers, SIP traces) and event payloads
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._file = os.fdopen(fd, "a", encoding="utf-8")
             self._file.write(json.dumps(self._encode(item), default=_default) + "\n")
             self._file.flush()  # in the kernel's hands: survives the process
             self.lines += 1
