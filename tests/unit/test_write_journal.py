@@ -123,3 +123,18 @@ def test_a_journal_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     journal.detach()
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_long_outage_does_not_fill_the_disk(tmp_path: Path) -> None:
+    """Past ``max_bytes`` nothing more is copied (the writes stay kept in memory, bounded as
+    before); the file is never larger than the bound."""
+    path = tmp_path / "i1.w.jsonl"
+    journal: WriteJournal[dict[str, Any]] = WriteJournal(path, lambda item: item, max_bytes=100)
+    for i in range(50):
+        journal.kept({"n": i, "pad": "x" * 10})
+    assert 0 < path.stat().st_size <= 100
+    assert [item["n"] for item in read_journal(path)] == list(range(journal.lines))
+    journal.emptied()  # it all landed: the next outage starts a new file
+    journal.kept({"n": 0})
+    journal.detach()
+    assert journal.lines == 1 and read_journal(path) == [{"n": 0}]

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A long outage under load must not fill the disk: past this a writer's journal takes no more
+# (what is kept is still bounded in memory by ``GroupCommit``'s ``max_parked``).
+MAX_BYTES = 256 * 1024 * 1024
+
 _DATETIME = "$datetime"
 
 
@@ -100,29 +104,46 @@ class WriteJournal(Generic[T]):
     """The on-disk copy of one writer's kept writes (``GroupCommit(journal=...)``).
 
     Never raises into the write path: a disk that refuses (full, read-only) is logged once and
-    the journal is off from then on — the writes are still kept in memory as before.
+    the journal is off from then on — the writes are still kept in memory as before. Past
+    ``max_bytes`` (``MAX_BYTES``) it takes no more until it is emptied.
     """
 
-    def __init__(self, path: Path, encode: Callable[[T], dict[str, Any]]) -> None:
+    def __init__(
+        self, path: Path, encode: Callable[[T], dict[str, Any]], *, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.path = path
         self._encode = encode
+        self._max_bytes = max_bytes
         self._file: IO[str] | None = None
         self._broken = False
         self._detached = False
+        self._full = False
+        self._bytes = 0
         self.lines = 0  # written since the file was last removed (tests and diagnostics)
 
     def kept(self, item: T) -> None:
         """``item`` is kept for retry: copy it to disk now."""
-        if self._broken:
+        if self._broken or self._full:
             return
         try:
+            line = json.dumps(self._encode(item), default=_default) + "\n"
+            size = len(line.encode())
+            if self._bytes + size > self._max_bytes:
+                self._full = True
+                logger.error(
+                    "journal %s: %d bytes, full; further kept writes are in memory only",
+                    self.path.name,
+                    self._bytes,
+                )
+                return
             if self._file is None:
                 # owner only: call records (numbers, SIP traces) and event payloads
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 self._file = os.fdopen(fd, "a", encoding="utf-8")
-            self._file.write(json.dumps(self._encode(item), default=_default) + "\n")
+            self._file.write(line)
             self._file.flush()  # in the kernel's hands: survives the process
+            self._bytes += size
             self.lines += 1
         except (OSError, TypeError, ValueError) as exc:
             self._broken = True
@@ -137,7 +158,8 @@ class WriteJournal(Generic[T]):
         if self._detached:
             return
         self._close()
-        self.lines = 0
+        self.lines = self._bytes = 0
+        self._full = False
         try:
             os.unlink(self.path)
         except FileNotFoundError:
