@@ -296,6 +296,7 @@ class CallManager:
             busy=lambda: bool(self.calls or self._setups or self._awaiting_ack),
         )
         self.calls: dict[str, Call] = {}
+        self._recheck_failing = False  # said once per outage, not every round
         self._setups: dict[int, _Setup] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._announcing: dict[str, asyncio.Task[None]] = {}  # a call's start record + webhooks
@@ -1155,9 +1156,19 @@ class CallManager:
             return 0
         try:
             gone = await self.directory.inactive_among(live)
-        except Exception:
-            log.warning("could not recheck the trunks of live calls; they go on", exc_info=True)
+        except Exception as exc:
+            if not self._recheck_failing:
+                self._recheck_failing = True
+                log.warning(
+                    "could not recheck the trunks of live calls (%s); they go on, and it is "
+                    "tried again every %.0f s",
+                    type(exc).__name__,
+                    self.config.trunk_recheck_s,
+                )
             return 0
+        if self._recheck_failing:
+            self._recheck_failing = False
+            log.info("the trunks of live calls are rechecked again")
         return sum(self.trunk_removed(trunk_id) for trunk_id in gone)
 
     async def watch_trunks(self, stop: asyncio.Event) -> None:
