@@ -82,3 +82,28 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Streak:
+    """A recurring task's failures, logged once per streak rather than once per round (a
+    database outage would otherwise log every few seconds for its whole length), with the
+    error's type only; and once when it works again."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._logger = logger
+        self._what = what
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        """This round failed with ``exc``."""
+        if not self.failing:
+            self.failing = True
+            self._logger.warning(
+                "%s failed (%s); trying again until it works", self._what, type(exc).__name__
+            )
+
+    def worked(self) -> None:
+        """This round worked."""
+        if self.failing:
+            self.failing = False
+            self._logger.info("%s works again", self._what)

@@ -59,7 +59,7 @@ from telepath.calls.ports import (
     TrunkDirectory,
 )
 from telepath.errors import TelepathError
-from telepath.log import call_id_var
+from telepath.log import Streak, call_id_var
 from telepath.metrics import Metrics
 from telepath.rtp.codecs import CodecSpec
 from telepath.sdp import (
@@ -296,7 +296,7 @@ class CallManager:
             busy=lambda: bool(self.calls or self._setups or self._awaiting_ack),
         )
         self.calls: dict[str, Call] = {}
-        self._recheck_failing = False  # said once per outage, not every round
+        self._recheck = Streak(log, "rechecking the trunks of live calls (they go on)")
         self._setups: dict[int, _Setup] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._announcing: dict[str, asyncio.Task[None]] = {}  # a call's start record + webhooks
@@ -1157,18 +1157,9 @@ class CallManager:
         try:
             gone = await self.directory.inactive_among(live)
         except Exception as exc:
-            if not self._recheck_failing:
-                self._recheck_failing = True
-                log.warning(
-                    "could not recheck the trunks of live calls (%s); they go on, and it is "
-                    "tried again every %.0f s",
-                    type(exc).__name__,
-                    self.config.trunk_recheck_s,
-                )
+            self._recheck.failed(exc)  # once per outage, not every round
             return 0
-        if self._recheck_failing:
-            self._recheck_failing = False
-            log.info("the trunks of live calls are rechecked again")
+        self._recheck.worked()
         return sum(self.trunk_removed(trunk_id) for trunk_id in gone)
 
     async def watch_trunks(self, stop: asyncio.Event) -> None:

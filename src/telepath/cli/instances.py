@@ -57,6 +57,7 @@ from telepath.calls.ports import EventSink
 from telepath.db import instance_store
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import close_instance_calls
+from telepath.log import Streak
 from telepath.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,7 @@ async def reap_forever(
     ``lost_after_s`` (a task of the front of each ``telepath serve``). Never raises."""
     interval = heartbeat_s(lost_after_s)
     watch = instance_store.StaleWatch(lost_after_s)
+    failures = Streak(log, "checking other gateway processes' heartbeats")
     while True:
         try:
             rows = await instance_store.read_all(sessions)
@@ -298,7 +300,7 @@ async def reap_forever(
                         close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
                     )
         except Exception as exc:
-            log.warning(
-                "checking other gateway processes' heartbeats failed: %s", type(exc).__name__
-            )
+            failures.failed(exc)
+        else:
+            failures.worked()
         await asyncio.sleep(interval)

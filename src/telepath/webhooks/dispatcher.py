@@ -43,6 +43,7 @@ from telepath.db.webhook_store import (
     Outcome,
     WebhookRepository,
 )
+from telepath.log import Streak
 from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring, SecretDecryptionError
 from telepath.webhooks.events import iso_ms
@@ -174,12 +175,15 @@ class WebhookDispatcher:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Deliver until ``stop_event`` is set; errors are logged and the loop goes on."""
+        failures = Streak(logger, "webhook dispatch")  # a database outage: said once
         while not stop_event.is_set():
             self._wakeup.clear()
             try:
                 await self.run_once()
             except Exception as exc:
-                logger.error("webhook dispatch round failed: %s", type(exc).__name__)
+                failures.failed(exc)
+            else:
+                failures.worked()
             stop_wait = asyncio.ensure_future(stop_event.wait())
             wake_wait = asyncio.ensure_future(self._wakeup.wait())
             try:

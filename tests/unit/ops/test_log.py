@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from telepath.log import CallIdFilter, JsonFormatter, call_id_var
+from telepath.log import CallIdFilter, JsonFormatter, Streak, call_id_var
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +44,26 @@ def test_json_lines() -> None:
     assert data["call_id"] == "call_xyz"
     assert data["message"] == "answered"
     assert data["level"] == "INFO"
+
+
+def test_a_recurring_failure_is_logged_once_per_streak(caplog: pytest.LogCaptureFixture) -> None:
+    """A database outage fails a periodic task every few seconds: said once when it starts
+    (the error's type, no trace), once when it ends — not once per round."""
+    streak = Streak(logging.getLogger("telepath.test"), "checking things")
+    with caplog.at_level(logging.INFO, logger="telepath.test"):
+        streak.worked()  # nothing to say
+        for _ in range(5):
+            streak.failed(ConnectionRefusedError("refused"))
+        streak.worked()
+        streak.worked()
+        streak.failed(TimeoutError())
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert said == [
+        (
+            "WARNING",
+            "checking things failed (ConnectionRefusedError); trying again until it works",
+            None,
+        ),
+        ("INFO", "checking things works again", None),
+        ("WARNING", "checking things failed (TimeoutError); trying again until it works", None),
+    ]
