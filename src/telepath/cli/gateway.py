@@ -156,8 +156,7 @@ class Gateway:
                 await task
         lost = 0
         if self.writers is not None:  # a last attempt for writes kept through an outage
-            for writer in self.writers:
-                lost += await writer.close(WRITERS_CLOSE_S)
+            lost = sum(await asyncio.gather(*(w.close(WRITERS_CLOSE_S) for w in self.writers)))
         if lost and self.journals is not None and self.instance_id is not None:
             # the heartbeat stays, so the records are closed even if this directory is not reused
             log.error(
