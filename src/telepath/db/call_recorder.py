@@ -31,10 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
-from telepath.db.engine import transient_error
-from telepath.db.group_commit import GroupCommit
+from telepath.db.group_commit import outage_proof
 from telepath.db.models import CallRow
-from telepath.db.write_journal import WriteJournal, replay_journal
+from telepath.db.write_journal import replay_journal
 from telepath.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -156,17 +155,15 @@ class DbCallRecorder:
         bind = sessions.kw.get("bind")
         dialect = bind.dialect.name if bind is not None else ""
         self._statements = _batch_statements(dialect)
-        self._group = GroupCommit(
+        self._group = outage_proof(
             self._commit_batch if self._statements is not None else None,
             self._commit_one,
             name="call-record-writer",
-            retryable=transient_error,
-            journal=WriteJournal(journal, _journaled) if journal is not None else None,
+            writer="call_records",
+            metrics=metrics,
+            journal=journal,
+            encode=_journaled,
         )
-        if metrics is not None:
-            metrics.db_writes_parked.labels(writer="call_records").set_function(
-                lambda: self._group.parked
-            )
 
     @property
     def transactions(self) -> int:

@@ -28,9 +28,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
+from telepath.db.engine import transient_error
 from telepath.db.write_journal import WriteJournal
+from telepath.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -265,6 +268,31 @@ class GroupCommit(Generic[T]):
         if lost:
             await asyncio.sleep(0)  # their futures' callbacks (the writers' failure counts) run
         return len(lost)
+
+
+def outage_proof(
+    batch: Callable[[list[T]], Awaitable[None]] | None,
+    single: Callable[[T], Awaitable[None]],
+    *,
+    name: str,
+    writer: str,
+    metrics: Metrics | None,
+    journal: Path | None,
+    encode: Callable[[T], dict[str, Any]],
+) -> GroupCommit[T]:
+    """A gateway writer's ``GroupCommit``: transient database errors kept and retried, kept
+    items copied to ``journal`` (``encode``: one as JSON), and ``metrics``'
+    ``telepath_db_writes_parked{writer}`` showing how many wait."""
+    group = GroupCommit(
+        batch,
+        single,
+        name=name,
+        retryable=transient_error,
+        journal=WriteJournal(journal, encode) if journal is not None else None,
+    )
+    if metrics is not None:
+        metrics.db_writes_parked.labels(writer=writer).set_function(lambda: group.parked)
+    return group
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.base import utcnow
 from telepath.db.engine import transient_error
-from telepath.db.group_commit import GroupCommit
+from telepath.db.group_commit import GroupCommit, outage_proof
 from telepath.db.webhook_store import WebhookRepository, delivery_rows
-from telepath.db.write_journal import WriteJournal, replay_journal
+from telepath.db.write_journal import replay_journal
 from telepath.lookup_cache import LookupCache
 from telepath.metrics import Metrics
 from telepath.secrets.tokens import new_id
@@ -118,17 +118,15 @@ class DbEventSink:
         self.failures = 0
         # an event's outbox rows wait for the next transaction with the others' (a call writes
         # several events at once; see db/group_commit.py)
-        self._group: GroupCommit[_Event] = GroupCommit(
+        self._group: GroupCommit[_Event] = outage_proof(
             self._insert,
             self._insert_one,
             name="webhook-outbox-writer",
-            retryable=transient_error,
-            journal=WriteJournal(journal, _journaled) if journal is not None else None,
+            writer="webhook_events",
+            metrics=metrics,
+            journal=journal,
+            encode=_journaled,
         )
-        if metrics is not None:
-            metrics.db_writes_parked.labels(writer="webhook_events").set_function(
-                lambda: self._group.parked
-            )
         # While the database is unreachable, the endpoints known before still get the events
         # (kept with them until it is back).
         self._cache: LookupCache[str, list[tuple[str, list[str]]]] = LookupCache(
