@@ -9,7 +9,6 @@ open: the next run on the same data directory closes them as ``lost`` (``cli/ins
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -38,35 +37,6 @@ def install_event_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
-
-
-class QuietServer(uvicorn.Server):
-    """uvicorn's server without its 10 Hz tick.
-
-    ``uvicorn.Server.main_loop`` wakes every 100 ms to see whether it should stop; its real
-    work (the ``Date`` header, ``on_tick(counter)`` with ``counter % 10 == 0``) is once a
-    second. Each wake of an idle process costs ~100-200 µs of CPU on these VMs, and at small N
-    that is the gateway's own overhead divided among few calls. Here it wakes once a second, or
-    at once when a signal asks it to stop (``handle_exit``).
-    """
-
-    _wake: asyncio.Event | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    async def main_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + 10) % 864000  # every call is a once-a-second one
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._wake.wait()
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
 
 
 def settle_heap() -> None:
@@ -185,7 +155,7 @@ async def serve(settings: Settings) -> None:
             access_log=False,
             lifespan="off",
         )
-        server = QuietServer(config)
+        server = uvicorn.Server(config)
         logger.info(
             "HTTP API on http://%s:%d (database: %s)",
             settings.http_host,
