@@ -107,10 +107,8 @@ class LookupCache(Generic[K, V]):
                 return await asyncio.wait_for(asyncio.shield(pending), self._stale_wait_s)
             except TimeoutError:
                 self.stale_served += 1
-                # held like a failed read: further lookups answered at once, without waiting
-                held = min(time.monotonic() + self._retry_after_error_s, stale[3])
-                if self._entries.get(key) == stale:
-                    self._entries[key] = (generation, held, stale[2], stale[3])
+                if self._entries.get(key) == stale:  # further lookups answered at once
+                    self._hold(key, stale, time.monotonic())
                 return stale[2]
         try:
             return await asyncio.shield(pending)
@@ -119,6 +117,13 @@ class LookupCache(Generic[K, V]):
             if not pending.cancelled() or task is None or task.cancelling():
                 raise  # we were cancelled ourselves
             return await load()  # the task that was loading was cancelled, not us
+
+    def _hold(self, key: K, stale: tuple[int, float, V, float], now: float) -> None:
+        """Serve ``stale`` without asking the source for ``retry_after_error_s``: while it is
+        down or silent, one read per key that often, not one per lookup. The stale window
+        still counts from the last good read."""
+        held = min(now + self._retry_after_error_s, stale[3])
+        self._entries[key] = (stale[0], held, stale[2], stale[3])
 
     def _reaped(self, task: asyncio.Task[V]) -> None:
         self._background.discard(task)
@@ -144,10 +149,7 @@ class LookupCache(Generic[K, V]):
         except Exception as exc:
             if stale is not None and self._stale_on(exc):
                 self.stale_served += 1
-                # held a while: while the source is down, one failed read per key that often,
-                # not one per lookup; the stale window still counts from the last good read
-                held = min(now + self._retry_after_error_s, stale[3])
-                self._entries[key] = (generation, held, stale[2], stale[3])
+                self._hold(key, stale, now)
                 pending.set_result(stale[2])  # the lookups that joined this one get it too
                 return stale[2]
             pending.set_exception(exc)
