@@ -14,6 +14,7 @@ from telepath.sdp.model import (
 )
 from telepath.sdp.negotiate import (
     DEFAULT_PREFERENCE,
+    MediaSecurity,
     NegotiatedMedia,
     create_offer,
     negotiate_answer,
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_SDP_SIZE",
     "Direction",
     "MediaDescription",
+    "MediaSecurity",
     "NegotiatedMedia",
     "NoCommonCodec",
     "Origin",

@@ -1,11 +1,17 @@
 """RFC 3264 offer/answer for one audio stream: G.722, PCMU or PCMA plus RFC 4733 DTMF.
 
-Telepath accepts exactly one audio stream per call: the first ``m=audio`` line over plain
-``RTP/AVP`` that has a codec in common with us. Every other ``m=`` line is answered with port
-0 (RFC 3264 §6: the answer has the same number of ``m=`` lines, in the same order, and a
-stream is rejected by setting its port to zero). We never do SRTP, so ``RTP/SAVP`` streams
-are rejected the same way; an offer with nothing acceptable raises :class:`NoCommonCodec`
-(answer 488 with its ``warning`` header).
+Telepath accepts exactly one audio stream per call: the first ``m=audio`` line that has a
+codec in common with us over a profile the call's :class:`MediaSecurity` allows — plain
+``RTP/AVP``, or ``RTP/SAVP`` (SRTP, RFC 3711) with an ``a=crypto`` line we can honour
+(SDES, RFC 4568; ``sdp/crypto.py``). Every other ``m=`` line is answered with port 0 (RFC 3264
+§6: the answer has the same number of ``m=`` lines, in the same order, and a stream is
+rejected by setting its port to zero); an offer with nothing acceptable raises
+:class:`NoCommonCodec` (answer 488 with its ``warning`` header).
+
+SRTP (RFC 4568 §6.1): the answer keeps the offered profile, repeats the tag and suite of the one
+``a=crypto`` line we chose and carries our own key; each side encrypts with its own key. The
+keys travel in the SDP, so the caller decides with :class:`MediaSecurity` whether this call's
+signalling is protected enough to carry them (RFC 4568 §8.3: TLS) — this module only follows it.
 
 Codecs are matched by encoding name (case-insensitively) and clock rate from the ``a=rtpmap``
 lines, or from the RFC 3551 §6 static payload types 0 (PCMU), 8 (PCMA) and 9 (G722) when a
@@ -25,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from telepath.rtp.codecs import STATIC_PAYLOAD_TYPES, CodecName, CodecSpec
+from telepath.rtp.srtp_keys import SUITES, SrtpKeys
+from telepath.sdp.crypto import format_crypto, usable_crypto
 from telepath.sdp.errors import (
     WARN_INCOMPATIBLE_MEDIA_FORMAT,
     WARN_INCOMPATIBLE_TRANSPORT,
@@ -55,6 +63,26 @@ DTMF_EVENTS = "0-16"
 
 _SUPPORTED: dict[str, CodecName] = {"PCMU": "PCMU", "PCMA": "PCMA", "G722": "G722"}
 _PLAIN_RTP = "RTP/AVP"
+_SECURE_RTP = "RTP/SAVP"  # RFC 3711 §12; the feedback profiles (SAVPF) are WebRTC's, not ours
+#: The suite we offer (RFC 4568 §6.2.1; every SDES implementation has it).
+OFFER_SUITE = SUITES["AES_CM_128_HMAC_SHA1_80"]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSecurity:
+    """What one negotiation may do about SRTP; the default is plain RTP only.
+
+    Attributes:
+        key: our SRTP master key || salt for this call (30 random octets), or None when SRTP
+            cannot be used here (SRTP off, or signalling that would expose the keys).
+        required: plain ``RTP/AVP`` is refused.
+        why_not: when ``key`` is None, why (the text of a 488's Warning).
+    """
+
+    key: bytes | None = None
+    required: bool = False
+    why_not: str = "SRTP is not enabled"
+
 
 _CAPS: dict[Direction, frozenset[str]] = {
     "sendrecv": frozenset({"send", "recv"}),
@@ -80,6 +108,7 @@ class NegotiatedMedia:
         ptime: the packetization time we send, always 20 ms.
         on_hold: the peer put us on hold (it will not receive: sendonly/inactive, or the
             RFC 2543 ``c=0.0.0.0`` form, RFC 3264 §8.4).
+        srtp: the SRTP keys when the stream is ``RTP/SAVP``; None for plain RTP.
     """
 
     codec: CodecSpec
@@ -90,6 +119,7 @@ class NegotiatedMedia:
     direction: Direction
     ptime: int
     on_hold: bool
+    srtp: SrtpKeys | None = None
 
     @property
     def may_send(self) -> bool:
@@ -126,8 +156,21 @@ def _reverse(direction: Direction) -> frozenset[str]:
     return frozenset(_FLIP[c] for c in _CAPS[direction])
 
 
-def _is_plain_audio(m: MediaDescription) -> bool:
-    return m.media.lower() == "audio" and m.proto.upper() == _PLAIN_RTP
+def _is_rtp_audio(m: MediaDescription) -> bool:
+    return m.media.lower() == "audio" and m.proto.upper() in (_PLAIN_RTP, _SECURE_RTP)
+
+
+def _acceptable(m: MediaDescription, security: MediaSecurity) -> tuple[bool, SrtpKeys | None]:
+    """Whether an offered audio stream's profile is acceptable, and its SRTP keys if secure."""
+    proto = m.proto.upper()
+    if proto == _PLAIN_RTP:
+        return not security.required, None
+    if proto != _SECURE_RTP or security.key is None:
+        return False, None
+    crypto = usable_crypto(m.attribute_values("crypto"))
+    if crypto is None:
+        return False, None
+    return True, SrtpKeys(crypto.suite, crypto.tag, security.key, crypto.key)
 
 
 def _find_codec(
@@ -167,7 +210,11 @@ def _rtcp_port(m: MediaDescription) -> int | None:
 
 
 def _audio_section(
-    port: int, codecs: Sequence[CodecSpec], dtmf_pt: int | None, direction: Direction
+    port: int,
+    codecs: Sequence[CodecSpec],
+    dtmf_pt: int | None,
+    direction: Direction,
+    crypto: str | None = None,
 ) -> MediaDescription:
     formats = [str(c.payload_type) for c in codecs]
     attributes: list[tuple[str, str | None]] = [
@@ -179,8 +226,14 @@ def _audio_section(
         attributes.append(("fmtp", f"{dtmf_pt} {DTMF_EVENTS}"))
     attributes.append(("ptime", str(PTIME_MS)))
     attributes.append((direction, None))
+    if crypto is not None:
+        attributes.append(("crypto", crypto))
     return MediaDescription(
-        media="audio", port=port, proto=_PLAIN_RTP, formats=formats, attributes=attributes
+        media="audio",
+        port=port,
+        proto=_PLAIN_RTP if crypto is None else _SECURE_RTP,
+        formats=formats,
+        attributes=attributes,
     )
 
 
@@ -211,17 +264,28 @@ def _check_port(local_port: int) -> None:
         raise ValueError(f"local RTP port out of range: {local_port}")
 
 
-def _no_common(offer: SessionDescription, names: Sequence[CodecName]) -> NoCommonCodec:
+def _no_common(
+    offer: SessionDescription, names: Sequence[CodecName], security: MediaSecurity
+) -> NoCommonCodec:
     live_audio = [m for m in offer.media if m.media.lower() == "audio" and m.port != 0]
     if not live_audio:
         return NoCommonCodec(
             "offer has no active audio stream", warn_code=WARN_MEDIA_TYPE_NOT_AVAILABLE
         )
-    if not any(m.proto.upper() == _PLAIN_RTP for m in live_audio):
-        protos = ", ".join(sorted({m.proto for m in live_audio}))
+    protos = {m.proto.upper() for m in live_audio}
+    if not any(_acceptable(m, security)[0] for m in live_audio):
+        profiles = ", ".join(sorted(protos))
+        if security.required and protos <= {_PLAIN_RTP}:
+            why = "plain RTP is refused here: SRTP (RTP/SAVP with a=crypto) is required"
+        elif _SECURE_RTP in protos and security.key is None:
+            why = security.why_not
+        elif _SECURE_RTP in protos:
+            suites = ", ".join(SUITES)
+            why = f"no usable a=crypto line: we take {suites}, one key, no MKI or session params"
+        else:
+            why = "Telepath supports RTP/AVP and RTP/SAVP"
         return NoCommonCodec(
-            f"offer requires {protos}; Telepath only supports plain RTP/AVP (no SRTP)",
-            warn_code=WARN_INCOMPATIBLE_TRANSPORT,
+            f"offer requires {profiles}; {why}", warn_code=WARN_INCOMPATIBLE_TRANSPORT
         )
     offered = sorted(
         {f"{enc}/{clock}" for m in live_audio for enc, clock, _ in m.rtpmap().values()}
@@ -242,19 +306,21 @@ def _answer(
     session_version: int,
     names: Sequence[CodecName],
     username: str,
+    security: MediaSecurity,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     _check_port(local_port)
-    accepted: tuple[int, CodecSpec] | None = None
+    accepted: tuple[int, CodecSpec, SrtpKeys | None] | None = None
     for index, m in enumerate(offer.media):
-        if m.port == 0 or not _is_plain_audio(m):
+        if m.port == 0 or not _is_rtp_audio(m):
             continue
-        codec = _find_codec(m, names)
+        ok, srtp = _acceptable(m, security)
+        codec = _find_codec(m, names) if ok else None
         if codec is not None:
-            accepted = index, codec
+            accepted = index, codec, srtp
             break
     if accepted is None:
-        raise _no_common(offer, names)
-    index, codec = accepted
+        raise _no_common(offer, names, security)
+    index, codec, srtp = accepted
     offered = offer.media[index]
     remote_address = offer.media_connection_address(offered)
     if remote_address is None:
@@ -272,7 +338,8 @@ def _answer(
     media: list[MediaDescription] = []
     for i, m in enumerate(offer.media):
         if i == index:
-            media.append(_audio_section(local_port, [codec], dtmf_pt, direction))
+            crypto = None if srtp is None else format_crypto(srtp.tag, srtp.suite, srtp.local_key)
+            media.append(_audio_section(local_port, [codec], dtmf_pt, direction, crypto))
         else:
             # RFC 3264 §6: rejected streams keep media, proto and formats, with port 0.
             media.append(
@@ -294,6 +361,7 @@ def _answer(
         direction=direction,
         ptime=PTIME_MS,
         on_hold=offer_direction in ("sendonly", "inactive") or hold_address,
+        srtp=srtp,
     )
     return answer, negotiated
 
@@ -307,6 +375,7 @@ def negotiate_answer(
     session_version: int,
     preference: Sequence[str] = DEFAULT_PREFERENCE,
     username: str = "telepath",
+    security: MediaSecurity = MediaSecurity(),
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer an initial offer (RFC 3264 §6).
 
@@ -318,12 +387,14 @@ def negotiate_answer(
         session_version: the ``o=`` session version.
         preference: codec names in our order of preference (default G722, PCMU, PCMA).
         username: the ``o=`` username.
+        security: whether SRTP may (or must) be used, with our key; default plain RTP only.
 
     Returns:
         The answer and what it settled for the audio stream.
 
     Raises:
-        NoCommonCodec: nothing acceptable (no audio, SRTP only, no common codec): answer 488.
+        NoCommonCodec: nothing acceptable (no audio, no acceptable profile or crypto line, no
+            common codec): answer 488.
         SdpError: the accepted stream has no ``c=`` address: answer 400.
         ValueError: ``preference``, ``local_address`` or ``local_port`` is invalid (our bug).
     """
@@ -335,6 +406,7 @@ def negotiate_answer(
         session_version=session_version,
         names=_codec_names(preference),
         username=username,
+        security=security,
     )
 
 
@@ -348,13 +420,15 @@ def negotiate_reoffer(
     session_version: int,
     preference: Sequence[str] = DEFAULT_PREFERENCE,
     username: str = "telepath",
+    security: MediaSecurity = MediaSecurity(),
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer an offer inside an established dialog (re-INVITE or UPDATE, RFC 3264 §8).
 
     Handles hold/unhold (§8.4), a new remote address or port (§8.3.1), a codec change
     (§8.3.2) and a session refresh repeating the same SDP. The current codec is kept when
     the offer still contains it, so media does not switch codec needlessly; otherwise the
-    usual preference applies.
+    usual preference applies. For an SRTP call pass ``security`` with the call's own key (RFC
+    4568 §7.1.4 lets us keep it); the caller refuses a change of profile or key it cannot apply.
 
     Pass the *previous* answer's ``session_version``; then call
     :func:`next_session_version` with the previous and new answers and, when it differs,
@@ -375,6 +449,7 @@ def negotiate_reoffer(
         session_version=session_version,
         names=names,
         username=username,
+        security=security,
     )
 
 
@@ -400,12 +475,14 @@ def create_offer(
     dtmf_payload_type: int = 101,
     direction: Direction = "sendrecv",
     username: str = "telepath",
+    srtp_key: bytes | None = None,
 ) -> SessionDescription:
     """Build an offer with our codecs in preference order plus telephone-event (RFC 3264 §5).
 
     Used for an INVITE without SDP (we offer in the 200 OK and the answer comes in the ACK)
     and for outbound test calls. Codecs use their RFC 3551 static payload types; DTMF uses
-    ``dtmf_payload_type`` from the dynamic range 96-127 (RFC 3551 §3).
+    ``dtmf_payload_type`` from the dynamic range 96-127 (RFC 3551 §3). With ``srtp_key`` the
+    stream is ``RTP/SAVP`` with one ``a=crypto`` line (tag 1, :data:`OFFER_SUITE`, that key).
     """
     _check_port(local_port)
     if not 96 <= dtmf_payload_type <= 127:
@@ -416,7 +493,15 @@ def create_offer(
         session_id=session_id,
         session_version=session_version,
         username=username,
-        media=[_audio_section(local_port, codecs, dtmf_payload_type, direction)],
+        media=[
+            _audio_section(
+                local_port,
+                codecs,
+                dtmf_payload_type,
+                direction,
+                None if srtp_key is None else format_crypto(1, OFFER_SUITE, srtp_key),
+            )
+        ],
     )
 
 
@@ -425,9 +510,11 @@ def negotiate_offer_answer(
 ) -> NegotiatedMedia:
     """Interpret the peer's answer to our offer (ACK body, or a 200 OK to our INVITE).
 
-    The first stream that we offered as plain RTP audio and the peer accepted (port != 0) is
+    The first stream that we offered as RTP audio and the peer accepted (port != 0) is
     used, with the first payload type in the answer that is one of our codecs (RFC 3264
-    §6.1: the answer lists formats in the answerer's preference order).
+    §6.1: the answer lists formats in the answerer's preference order). An ``RTP/SAVP``
+    stream's answer must keep the profile and name one of our ``a=crypto`` tags with the same
+    suite and a key of its own (RFC 4568 §6.1, §7.1.3).
 
     Raises:
         SdpError: the answer does not match the offer's ``m=`` lines (RFC 3264 §6) or the
@@ -440,10 +527,11 @@ def negotiate_offer_answer(
             f"{len(offer_we_sent.media)} (RFC 3264 §6)"
         )
     for ours, theirs in zip(offer_we_sent.media, answer.media, strict=True):
-        if ours.port == 0 or theirs.port == 0 or not _is_plain_audio(ours):
+        if ours.port == 0 or theirs.port == 0 or not _is_rtp_audio(ours):
             continue
-        if not _is_plain_audio(theirs):
+        if theirs.media.lower() != "audio" or theirs.proto.upper() != ours.proto.upper():
             raise SdpError(f"answer changed the stream to {theirs.media} {theirs.proto}")
+        srtp = _answered_keys(ours, theirs)
         offered = [c.name for c in _offered_codecs(ours)]
         codec = _first_answered_codec(theirs, ours, offered)
         if codec is None:
@@ -465,8 +553,29 @@ def negotiate_offer_answer(
             direction=_from_caps(caps),
             ptime=PTIME_MS,
             on_hold=answer_direction in ("sendonly", "inactive") or hold_address,
+            srtp=srtp,
         )
     raise NoCommonCodec("the answer accepted no audio stream with a codec we offered")
+
+
+def _answered_keys(ours: MediaDescription, theirs: MediaDescription) -> SrtpKeys | None:
+    """The SRTP keys of an answered ``RTP/SAVP`` stream (None for ``RTP/AVP``).
+
+    Raises:
+        SdpError: the answer names none of our tags, another suite, or an unusable key.
+    """
+    if ours.proto.upper() != _SECURE_RTP:
+        return None
+    answered = usable_crypto(theirs.attribute_values("crypto"))
+    if answered is None:
+        raise SdpError("the SRTP answer has no usable a=crypto line (RFC 4568 §6.1)")
+    for value in ours.attribute_values("crypto"):
+        offered = usable_crypto([value])
+        if offered is not None and offered.tag == answered.tag:
+            if offered.suite != answered.suite:
+                raise SdpError("the SRTP answer changed the crypto suite of its tag")
+            return SrtpKeys(answered.suite, answered.tag, offered.key, answered.key)
+    raise SdpError("the SRTP answer names a crypto tag we did not offer")
 
 
 def _offered_codecs(m: MediaDescription) -> list[CodecSpec]:

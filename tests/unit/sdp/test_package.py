@@ -13,7 +13,7 @@ from telepath.sdp.errors import WARN_MEDIA_TYPE_NOT_AVAILABLE
 pytestmark = pytest.mark.unit
 
 SDP_DIR = Path(telepath.sdp.__file__).parent
-ALLOWED_TELEPATH = {"telepath.errors", "telepath.rtp.codecs"}
+ALLOWED_TELEPATH = {"telepath.errors", "telepath.rtp.codecs", "telepath.rtp.srtp_keys"}
 FORBIDDEN = {"asyncio", "socket", "selectors", "threading"}
 
 

@@ -1,0 +1,92 @@
+"""SRTP and SRTCP (RFC 3711) for one call: protect what we send, authenticate and decrypt what
+we receive, with the keys settled by SDP security descriptions (RFC 4568, ``sdp/crypto.py``).
+
+The cryptography is libsrtp 2 (the reference implementation, as Asterisk, FreeSWITCH, baresip
+and aiortc use it) through ``pylibsrtp``, a small maintained binding with wheels that bundle
+libsrtp; nothing here is hand-written crypto. This module only maps the SDES suite names
+(``srtp_keys.py``) to libsrtp's profiles and keeps a call's two directions apart: bytes in,
+bytes out, no I/O.
+
+Each direction has its own master key: ours protects what we send (the key in our SDP), the
+peer's authenticates and decrypts what it sends (the key in its SDP), RFC 4568 §6.1. Inbound,
+libsrtp checks the authentication tag and the replay window (RFC 3711 §3.3.2): a forged,
+corrupted or replayed packet raises :class:`SrtpError` and must be dropped.
+"""
+
+from __future__ import annotations
+
+from pylibsrtp import Error, Policy, Session
+
+from telepath.rtp.errors import RtpError
+from telepath.rtp.srtp_keys import SrtpKeys
+
+__all__ = ["SrtpContext", "SrtpError"]
+
+
+class SrtpError(RtpError):
+    """A packet failed SRTP/SRTCP authentication, the replay check, or was too short."""
+
+
+#: libsrtp's profile for each suite of :data:`telepath.rtp.srtp_keys.SUITES`.
+_PROFILES: dict[str, int] = {
+    "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+}
+
+
+class SrtpContext:
+    """The two SRTP sessions of one stream (RFC 3711 §3.2.3: a cryptographic context per
+    direction). ``SSRC_ANY_*`` lets each side pick or change its SSRC freely (a re-INVITE, an
+    SBC restart), as SDES leaves the SSRCs unsignalled."""
+
+    __slots__ = ("keys", "_rx", "_tx")
+
+    def __init__(self, keys: SrtpKeys) -> None:
+        for key in (keys.local_key, keys.remote_key):
+            if len(key) != keys.suite.key_length:
+                raise ValueError(f"{keys.suite.name} needs a {keys.suite.key_length}-octet key")
+        self.keys = keys
+        self._tx = Session(
+            Policy(
+                key=keys.local_key,
+                ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=_PROFILES[keys.suite.name],
+            )
+        )
+        self._rx = Session(
+            Policy(
+                key=keys.remote_key,
+                ssrc_type=Policy.SSRC_ANY_INBOUND,
+                srtp_profile=_PROFILES[keys.suite.name],
+            )
+        )
+
+    def protect(self, packet: bytes) -> bytes:
+        """An RTP packet as SRTP (encrypted payload, authentication tag appended)."""
+        return self._tx.protect(packet)
+
+    def unprotect(self, packet: bytes) -> bytes:
+        """An SRTP packet authenticated and decrypted back to RTP.
+
+        Raises:
+            SrtpError: forged, corrupted, replayed, or not SRTP at all.
+        """
+        try:
+            return self._rx.unprotect(packet)
+        except Error as exc:
+            raise SrtpError(f"SRTP packet rejected: {exc}") from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        """A compound RTCP packet as SRTCP (RFC 3711 §3.4: encrypted, index, tag)."""
+        return self._tx.protect_rtcp(packet)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        """An SRTCP packet authenticated and decrypted back to compound RTCP.
+
+        Raises:
+            SrtpError: forged, corrupted, replayed, or not SRTCP at all.
+        """
+        try:
+            return self._rx.unprotect_rtcp(packet)
+        except Error as exc:
+            raise SrtpError(f"SRTCP packet rejected: {exc}") from None
