@@ -22,6 +22,7 @@ API for call control
     session.update_remote(("198.51.100.7", 50000))   # re-INVITE moved the media
     session.hold(True); session.hold(False)          # sendonly/inactive: stop sending, keep call
     session.set_audio_sink(callback)       # AudioReceived synchronously (per-frame fast path)
+    session.rekey(keys)                    # SRTP: a re-INVITE brought new keys
     session.stats()                        # live MediaStats; final after close
     await session.close()                  # idempotent; releases the ports; MediaEnded("closed")
 
@@ -44,6 +45,11 @@ Anything else is dropped and counted in ``rejected_source``; it never redirects 
 a third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
 caller's audio nor inject its own once the call's media is flowing. ``update_remote`` (a
 re-INVITE) resets the policy for the new address.
+
+SRTP (``srtp=`` keys from SDES, RFC 4568): every datagram is authenticated and decrypted
+first, and one that fails (forged, corrupted, replayed, or plain) is dropped and counted in
+``unauthenticated`` before it can latch, so with SRTP only the holder of the peer's key can
+move our media; every packet we send, RTCP included, is protected last.
 
 Inbound path, per datagram: source check, parse, RFC 4733 events straight to the DTMF decoder,
 audio through the jitter buffer (reorder, loss and duplicate detection, concealment), decode,
@@ -82,6 +88,8 @@ from telepath.rtp.rtcp import (
     parse_compound,
     serialize_compound,
 )
+from telepath.rtp.srtp import SrtpContext, SrtpError
+from telepath.rtp.srtp_keys import SrtpKeys
 from telepath.rtp.stats import ReceiverStats
 from telepath.transport import media_pacer
 from telepath.transport.media_pacer import Pacer
@@ -178,8 +186,10 @@ class MediaSession:
         on_event: Callable[[MediaEvent], None] | None,
         cname: str,
         rtcp_interval_s: float,
+        srtp: SrtpKeys | None,
     ) -> None:
         self.lease = lease
+        self._srtp = None if srtp is None else SrtpContext(srtp)
         self.codec = codec
         self.ptime_ms = ptime_ms
         self.dtmf_payload_type = dtmf_payload_type
@@ -236,6 +246,7 @@ class MediaSession:
         self._dtmf_count = 0
         self._rejected = 0
         self._malformed = 0
+        self._unauthenticated = 0
         self._events_dropped = 0
         self._next_rtcp = now + rtcp_interval_s * random.uniform(0.5, 1.5)
         self._last_sr: tuple[int, float] | None = None  # (LSR, loop time received)
@@ -262,6 +273,7 @@ class MediaSession:
         on_event: Callable[[MediaEvent], None] | None = None,
         cname: str = "telepath",
         rtcp_interval_s: float = RTCP_INTERVAL_S,
+        srtp: SrtpKeys | None = None,
     ) -> MediaSession:
         """Start media on a leased port pair and begin paced sending.
 
@@ -281,6 +293,7 @@ class MediaSession:
             on_event: receive events synchronously instead of through :meth:`events`.
             cname: RTCP SDES CNAME.
             rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
+            srtp: the SRTP keys of an ``RTP/SAVP`` stream; None for plain RTP.
 
         Returns:
             The running session.
@@ -300,6 +313,7 @@ class MediaSession:
                 on_event=on_event,
                 cname=cname,
                 rtcp_interval_s=rtcp_interval_s,
+                srtp=srtp,
             )
         except BaseException:
             lease.release()
@@ -405,6 +419,18 @@ class MediaSession:
         """Follow a re-INVITE's new media address (and optional a=rtcp address)."""
         self._set_remote(remote, rtcp)
 
+    @property
+    def srtp(self) -> SrtpKeys | None:
+        """The SRTP keys in use; None for plain RTP."""
+        return None if self._srtp is None else self._srtp.keys
+
+    def rekey(self, keys: SrtpKeys) -> None:
+        """New SRTP keys from a re-INVITE (RFC 4568 §7.1.4); both directions start afresh."""
+        if self._srtp is None:
+            raise ValueError("a plain RTP session cannot switch to SRTP")
+        if keys != self._srtp.keys:
+            self._srtp = SrtpContext(keys)
+
     # ---- inbound API -----------------------------------------------------------------------
 
     def set_audio_sink(self, sink: Callable[[AudioReceived], None] | None) -> None:
@@ -440,6 +466,7 @@ class MediaSession:
             dtmf_received=self._dtmf_count,
             rejected_source=self._rejected,
             malformed=self._malformed,
+            unauthenticated=self._unauthenticated,
             audio_played_ms=self._playout.played_ms,
             remote_loss_fraction=self._remote_loss,
             remote_jitter_ms=self._remote_jitter_ms,
@@ -488,6 +515,12 @@ class MediaSession:
         started = perf_counter_ns()
         if self._ended is not None:
             return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect(data)
+            except SrtpError:
+                self._unauthenticated += 1
+                return
         known = addr == self._dest
         if known and self._seen_sdp and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
             # The steady state: the next packet of the negotiated codec from the latched source,
@@ -596,6 +629,8 @@ class MediaSession:
                 frame.marker,
             )
             self._seq = (self._seq + 1) & 0xFFFF
+            if self._srtp is not None:
+                data = self._srtp.protect(data)
             self._rtp.sendto(data, self._dest)
             self._packets_sent += 1
             self._octets_sent += len(frame.payload)
@@ -644,7 +679,10 @@ class MediaSession:
     def _send_rtcp(self, extra: list[RtcpPacket]) -> None:
         if self._rtcp is None or self._rtcp_dest is None or self._held and not extra:
             return
-        self._rtcp.sendto(serialize_compound(self._report() + extra), self._rtcp_dest)
+        data = serialize_compound(self._report() + extra)
+        if self._srtp is not None:
+            data = self._srtp.protect_rtcp(data)
+        self._rtcp.sendto(data, self._rtcp_dest)
 
     def _on_rtcp(self, data: bytes, addr: Address) -> None:
         if self._ended is not None:
@@ -654,6 +692,12 @@ class MediaSession:
         if not trusted:
             self._rejected += 1
             return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect_rtcp(data)
+            except SrtpError:
+                self._unauthenticated += 1
+                return
         try:
             packets = parse_compound(data)
         except RtpError:

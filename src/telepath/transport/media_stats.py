@@ -104,6 +104,8 @@ class MediaStats:
         rejected_source: datagrams dropped because they came from an address the latching
             policy does not accept (RTP Bleed defence).
         malformed: datagrams that failed to parse.
+        unauthenticated: SRTP/SRTCP datagrams dropped by the SRTP check (forged, corrupted,
+            replayed, or sent in the clear), RFC 3711 §3.3.
         audio_played_ms: agent audio actually sent to the caller.
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
@@ -131,6 +133,7 @@ class MediaStats:
     rtt_ms: float | None
     inbound: DirectionStats
     outbound: DirectionStats
+    unauthenticated: int = 0
 
     @property
     def gateway_processing_ms(self) -> float:
