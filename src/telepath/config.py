@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     sip_nonce_ttl_s: float = Field(default=300.0, gt=0)
     sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)
     sip_session_expires: int = Field(default=1800, ge=90)  # RFC 4028, when the UAC supports it
+    # SRTP (SDES, RFC 4568): "allow" answers RTP/SAVP offers that arrive over TLS, "require"
+    # refuses plain RTP (488), "off" refuses SRTP (488)
+    sip_srtp: Literal["off", "allow", "require"] = "allow"
     sip_rate_limit_per_s: float = Field(default=50.0, gt=0)  # per source IP
     sip_rate_burst: int = Field(default=200, ge=1)
     sip_auth_failures_before_ban: int = Field(default=10, ge=1)

@@ -222,8 +222,11 @@ class Call:
             self.end(DisconnectReason.TRANSFERRED)
 
     def update_media(self, negotiated: NegotiatedMedia) -> None:
-        """A re-INVITE/UPDATE changed the media: follow address and hold state."""
+        """A re-INVITE/UPDATE changed the media: follow address, hold state and the peer's SRTP
+        key."""
         self.negotiated = negotiated
+        if negotiated.srtp is not None:
+            self.media.rekey(negotiated.srtp)
         if negotiated.remote_port:
             rtcp = (
                 (negotiated.remote_address, negotiated.remote_rtcp_port)

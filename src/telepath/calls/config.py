@@ -14,6 +14,7 @@ class CallControlConfig:
     realm: str = "sip.telepath.local"
     media_address: str = "127.0.0.1"  # advertised in SDP c=
     codecs: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+    srtp: str = "allow"  # "off" | "allow" | "require" (TELEPATH_SIP_SRTP)
     max_calls: int = 500
     max_cps: float = 0.0  # new call attempts per second (0: unlimited)
     overload_lag_s: float = 0.2
@@ -38,6 +39,7 @@ class CallControlConfig:
             realm=settings.sip_domain,
             media_address=media_address,
             codecs=codecs or ("PCMU",),
+            srtp=settings.sip_srtp,
             max_calls=settings.sip_max_calls,
             max_cps=settings.sip_max_cps,
             overload_lag_s=settings.sip_overload_lag_ms / 1000,

@@ -21,6 +21,7 @@ import email.utils
 import functools
 import logging
 import random
+import secrets
 import time
 import weakref
 from collections.abc import Callable
@@ -63,6 +64,7 @@ from telepath.log import Streak, call_id_var
 from telepath.metrics import Metrics
 from telepath.rtp.codecs import CodecSpec
 from telepath.sdp import (
+    MediaSecurity,
     NoCommonCodec,
     SdpError,
     SessionDescription,
@@ -72,6 +74,7 @@ from telepath.sdp import (
     negotiate_reoffer,
     parse,
 )
+from telepath.sdp.errors import WARN_INCOMPATIBLE_TRANSPORT
 from telepath.sdp.negotiate import NegotiatedMedia
 from telepath.secrets.tokens import new_id
 from telepath.sip.auth import (
@@ -529,16 +532,29 @@ class CallManager:
             return
         try:
             session_id = random.randint(1, 2**31)
+            security = self._media_security(tx)
             if not request.body:
                 # Delayed offer (RFC 3261 §13.2.1): we offer in the 200 OK, every configured
                 # codec plus telephone-event on the port just leased (RFC 3264 §5), and the
-                # caller answers in the ACK.
+                # caller answers in the ACK. SRTP only where it is required: a caller that
+                # left the offer to us may well not do it.
+                if security.required and security.key is None:
+                    refusal = NoCommonCodec(
+                        security.why_not,
+                        warn_code=WARN_INCOMPATIBLE_TRANSPORT,
+                        detail=security.why_not,
+                    )
+                    warning = refusal.warning_header("telepath")
+                    self._reject(tx, 488, "no_common_codec", headers=[("Warning", warning)])
+                    lease.release()
+                    return
                 offer = create_offer(
                     local_address=self.config.media_address,
                     local_port=lease.port,
                     session_id=session_id,
                     session_version=1,
                     preference=self.config.codecs,
+                    srtp_key=security.key if security.required else None,
                 )
                 await self._connect_and_answer(
                     setup, trunk, lease, offer, None, session_id, started
@@ -552,6 +568,7 @@ class CallManager:
                     session_id=session_id,
                     session_version=1,
                     preference=self.config.codecs,
+                    security=security,
                 )
             except NoCommonCodec as exc:
                 warning = exc.warning_header("telepath")
@@ -568,6 +585,22 @@ class CallManager:
         except BaseException:
             lease.release()  # idempotent; on success the media session owns the lease
             raise
+
+    def _media_security(self, tx: ServerTransaction) -> MediaSecurity:
+        """What SRTP this INVITE may negotiate (``TELEPATH_SIP_SRTP``).
+
+        Decision: SDES keys travel in the SDP, so we take and send them only over TLS — RFC
+        4568 §8.3 requires the signalling to be protected, and a key read off a UDP INVITE
+        protects nothing. Over UDP or TCP an ``RTP/SAVP`` offer gets 488 saying so.
+        """
+        mode = self.config.srtp
+        if mode == "off":
+            return MediaSecurity(why_not="SRTP is turned off here")
+        required = mode == "require"
+        if tx.source.transport != "TLS":
+            why = "SRTP keys are only exchanged over TLS signalling (RFC 4568 section 8.3)"
+            return MediaSecurity(required=required, why_not=why)
+        return MediaSecurity(key=secrets.token_bytes(30), required=required)
 
     async def _register(self, tx: ServerTransaction) -> None:
         """A PBX registering its trunk (RFC 3261 §10.3), so that it sends calls over it: some
@@ -801,6 +834,7 @@ class CallManager:
                 session_id=session_id,
                 session_version=session_version,
                 preference=(negotiated.codec.name,),
+                srtp_key=None if negotiated.srtp is None else negotiated.srtp.local_key,
             )
 
         def hangup() -> None:
@@ -878,6 +912,7 @@ class CallManager:
             remote=remote,
             codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
             dtmf_payload_type=negotiated.dtmf_payload_type,
+            srtp=negotiated.srtp,
             signalling_ip=tx.source.addr[0],
             inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,
             jitter_min_ms=self.config.jitter_min_ms,
@@ -989,7 +1024,7 @@ class CallManager:
             log.info("call %s: answer in the re-INVITE ACK not used", call.record.id)
             log.debug("re-INVITE ACK answer rejected: %s", exc)  # may quote addresses: DEBUG
             return
-        if negotiated.codec != call.negotiated.codec:
+        if negotiated.codec != call.negotiated.codec or not _same_srtp(call, negotiated):
             self._count("reinvite_answer_ignored")
             return
         call.update_media(negotiated)
@@ -1018,6 +1053,14 @@ class CallManager:
             self._respond(event.tx, 200, body=call.answer_sdp)
             return
         call.offer_in_2xx = False
+        current = call.negotiated.srtp
+        # The call keeps its profile: SRTP stays SRTP, with our key (RFC 4568 §7.1.4), and a
+        # plain call is not upgraded mid-call.
+        security = (
+            MediaSecurity(why_not="this call was set up without SRTP")
+            if current is None
+            else MediaSecurity(key=current.local_key, required=True)
+        )
         try:
             offer = parse(request.body)
             answer, negotiated = negotiate_reoffer(
@@ -1028,6 +1071,7 @@ class CallManager:
                 session_id=call.session_id,
                 session_version=call.session_version,
                 preference=self.config.codecs,
+                security=security,
             )
         except NoCommonCodec as exc:
             self._respond(event.tx, 488, headers=[("Warning", exc.warning_header("telepath"))])
@@ -1040,6 +1084,14 @@ class CallManager:
             # lets the answerer keep the current codec when it is still offered).
             self._respond(
                 event.tx, 488, headers=[("Warning", '305 telepath "codec change not supported"')]
+            )
+            return
+        if not _same_srtp(call, negotiated):
+            # Our key stays for the call, and libsrtp's suite with it (SrtpContext.rekey).
+            self._respond(
+                event.tx,
+                488,
+                headers=[("Warning", '302 telepath "SRTP crypto suite change not supported"')],
             )
             return
         body = answer.to_bytes()
@@ -1207,6 +1259,15 @@ def _agent_law(codecs: tuple[str, ...]) -> Codec:
         if name in ("PCMU", "PCMA"):
             return "pcma" if name == "PCMA" else "pcmu"
     return "pcmu"
+
+
+def _same_srtp(call: Call, negotiated: NegotiatedMedia) -> bool:
+    """A later offer/answer kept the call's media profile: plain RTP, or SRTP with our key and
+    the suite unchanged (the peer's key may change: ``Call.update_media`` takes it)."""
+    before, after = call.negotiated.srtp, negotiated.srtp
+    if before is None or after is None:
+        return before is after
+    return before.suite == after.suite and before.local_key == after.local_key
 
 
 def _call_of(data: object) -> Call | None:

@@ -34,6 +34,10 @@ _PROFILES: dict[str, int] = {
 }
 
 
+def _session(key: bytes, ssrc_type: int, keys: SrtpKeys) -> Session:
+    return Session(Policy(key=key, ssrc_type=ssrc_type, srtp_profile=_PROFILES[keys.suite.name]))
+
+
 class SrtpContext:
     """The two SRTP sessions of one stream (RFC 3711 §3.2.3: a cryptographic context per
     direction). ``SSRC_ANY_*`` lets each side pick or change its SSRC freely (a re-INVITE, an
@@ -46,20 +50,21 @@ class SrtpContext:
             if len(key) != keys.suite.key_length:
                 raise ValueError(f"{keys.suite.name} needs a {keys.suite.key_length}-octet key")
         self.keys = keys
-        self._tx = Session(
-            Policy(
-                key=keys.local_key,
-                ssrc_type=Policy.SSRC_ANY_OUTBOUND,
-                srtp_profile=_PROFILES[keys.suite.name],
-            )
-        )
-        self._rx = Session(
-            Policy(
-                key=keys.remote_key,
-                ssrc_type=Policy.SSRC_ANY_INBOUND,
-                srtp_profile=_PROFILES[keys.suite.name],
-            )
-        )
+        self._tx = _session(keys.local_key, Policy.SSRC_ANY_OUTBOUND, keys)
+        self._rx = _session(keys.remote_key, Policy.SSRC_ANY_INBOUND, keys)
+
+    def rekey(self, keys: SrtpKeys) -> None:
+        """Take the keys of a later offer/answer (a re-INVITE, RFC 4568 §7.1.4): the peer's key
+        may change, and its direction starts afresh; ours and the suite must stay — a new
+        outbound context with the same master key would repeat its keystream from index 0
+        (RFC 3711 §9.1)."""
+        if keys.suite != self.keys.suite or keys.local_key != self.keys.local_key:
+            raise ValueError("our SRTP key and suite stay the same for the whole call")
+        if len(keys.remote_key) != keys.suite.key_length:
+            raise ValueError(f"{keys.suite.name} needs a {keys.suite.key_length}-octet key")
+        if keys.remote_key != self.keys.remote_key:
+            self._rx = _session(keys.remote_key, Policy.SSRC_ANY_INBOUND, keys)
+        self.keys = keys
 
     def protect(self, packet: bytes) -> bytes:
         """An RTP packet as SRTP (encrypted payload, authentication tag appended)."""

@@ -38,6 +38,7 @@ class NoCommonCodec(SdpError):
         status_hint: always 488 (Not Acceptable Here, RFC 3261 §21.4.26).
         warn_code: the RFC 3261 §20.43 warn-code: 302, 304 or 305.
         agent: the warn-agent used for :attr:`warning`.
+        detail: what to change, appended to the warn-text (SRTP refusals), or None.
         warning: a ready-to-use SIP ``Warning`` header value, e.g.
             ``305 telepath "Incompatible media format"``.
     """
@@ -48,15 +49,19 @@ class NoCommonCodec(SdpError):
         *,
         warn_code: int = WARN_INCOMPATIBLE_MEDIA_FORMAT,
         agent: str = "telepath",
+        detail: str | None = None,
     ) -> None:
         super().__init__(message, status_hint=488)
         self.warn_code = warn_code
         self.agent = agent
+        self.detail = detail
 
     @property
     def warn_text(self) -> str:
-        """The RFC 3261 §20.43 text for :attr:`warn_code`."""
-        return _WARN_TEXT.get(self.warn_code, "Incompatible media format")
+        """The RFC 3261 §20.43 text for :attr:`warn_code`, then ``: detail`` when there is one
+        (the warn-text is free text; the detail tells a caller's operator what to change)."""
+        text = _WARN_TEXT.get(self.warn_code, "Incompatible media format")
+        return text if self.detail is None else f"{text}: {self.detail}"
 
     @property
     def warning(self) -> str:

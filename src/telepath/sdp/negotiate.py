@@ -284,8 +284,11 @@ def _no_common(
             why = f"no usable a=crypto line: we take {suites}, one key, no MKI or session params"
         else:
             why = "Telepath supports RTP/AVP and RTP/SAVP"
+        srtp_related = security.required or _SECURE_RTP in protos
         return NoCommonCodec(
-            f"offer requires {profiles}; {why}", warn_code=WARN_INCOMPATIBLE_TRANSPORT
+            f"offer requires {profiles}; {why}",
+            warn_code=WARN_INCOMPATIBLE_TRANSPORT,
+            detail=why if srtp_related else None,
         )
     offered = sorted(
         {f"{enc}/{clock}" for m in live_audio for enc, clock, _ in m.rtpmap().values()}

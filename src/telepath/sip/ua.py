@@ -122,6 +122,8 @@ SUPPORTED = ("timer",)
 _TRACE_LIMIT_MESSAGES = 64
 _TRACE_LIMIT_CALLS = 4096
 _REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*)$")
+# RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
+_REDACT_SDES = re.compile(r"(?i)(inline:)[A-Za-z0-9+/=]+")
 _DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*(1[0-6]|[0-9A-D*#])[ \t\r]*$")
 _DTMF_RELAY_DURATION = re.compile(r"(?im)^duration[ \t]*=[ \t]*([0-9]{1,6})")
 _SIPFRAG_STATUS = re.compile(r"SIP/2\.0[ \t]+([1-6][0-9]{2})")
@@ -151,8 +153,10 @@ def new_branch() -> str:
 
 
 def redact_trace(text: str) -> str:
-    """Remove digest credentials from a SIP trace (usernames are kept; responses are not)."""
-    return _REDACT.sub(lambda m: m.group(1) + "Digest <redacted>", text)
+    """Remove digest credentials and SRTP master keys from a SIP trace (usernames are kept;
+    responses and keys are not)."""
+    text = _REDACT.sub(lambda m: m.group(1) + "Digest <redacted>", text)
+    return _REDACT_SDES.sub(r"\1<redacted>", text)
 
 
 class UserAgentCore:
@@ -893,7 +897,8 @@ class UserAgentCore:
             text = head.decode("utf-8", "replace")
             # credentials are redacted here, per message and only where a header could carry
             # them (one C scan): the whole trace through the regex cost ~2.5 % of call set-up
-            if b"uthorization" in head.lower():  # Authorization, Proxy-Authorization, any case
+            lower = head.lower()
+            if b"uthorization" in lower or b"inline:" in lower:  # digest; SDES keys in SDP
                 text = redact_trace(text)
             via = f" {source.transport} {source.addr[0]}:{source.addr[1]}" if source else ""
             trace.append(f"--- {direction}{via}\n{text}")

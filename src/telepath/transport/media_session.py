@@ -425,11 +425,11 @@ class MediaSession:
         return None if self._srtp is None else self._srtp.keys
 
     def rekey(self, keys: SrtpKeys) -> None:
-        """New SRTP keys from a re-INVITE (RFC 4568 §7.1.4); both directions start afresh."""
+        """The SRTP keys of a re-INVITE (RFC 4568 §7.1.4): a new key of the peer's starts its
+        direction afresh; ours and the suite cannot change (:meth:`SrtpContext.rekey`)."""
         if self._srtp is None:
             raise ValueError("a plain RTP session cannot switch to SRTP")
-        if keys != self._srtp.keys:
-            self._srtp = SrtpContext(keys)
+        self._srtp.rekey(keys)
 
     # ---- inbound API -----------------------------------------------------------------------
 

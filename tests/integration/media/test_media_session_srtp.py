@@ -13,7 +13,7 @@ from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.errors import RtpError
 from telepath.rtp.packet import RtpPacket
 from telepath.rtp.rtcp import RtcpReceiverReport, RtcpReportBlock, parse_compound
-from telepath.rtp.srtp import SrtpContext, SrtpError
+from telepath.rtp.srtp import SrtpContext
 from telepath.rtp.srtp_keys import SUITES, SrtpKeys
 from telepath.transport.media_session import AudioReceived, MediaSession
 from telepath.transport.ports import RtpPortAllocator
@@ -145,18 +145,26 @@ async def test_rekey_takes_the_new_keys_and_refuses_the_old(allocator: RtpPortAl
         stream = rtp_stream(ulaw_frames(500, 0.2))
         peer.send(peer_srtp.protect(stream[0]), port)
         await collect(session, 1)
-        new_ours, new_peer = keys()
-        session.rekey(new_ours)
-        assert session.srtp == new_ours
-        peer.send(peer_srtp.protect(stream[1]), port)  # the old key: refused now
+        their_new_key = os.urandom(30)
+        rekeyed = SrtpKeys(SUITE, 2, ours.local_key, their_new_key)
+        session.rekey(rekeyed)
+        assert session.srtp == rekeyed
+        peer.send(peer_srtp.protect(stream[1]), port)  # the peer's old key: refused now
         await until(lambda: session.stats().unauthenticated == 1)
+        new_peer = SrtpContext(SrtpKeys(SUITE, 2, their_new_key, ours.local_key))
         peer.send(new_peer.protect(stream[2]), port)
         await until(lambda: session.stats().packets_received == 2)
+        # Our direction goes on in the same context: a fresh one under the same key would
+        # repeat the keystream (RFC 3711 §9.1). The peer's context of our key still reads it.
         count = len(peer.recorder.received)
         await peer.wait_for(count + 2)
-        new_peer.unprotect(peer.recorder.received[-1][0])  # we send with the new key
-        with pytest.raises(SrtpError):
-            peer_srtp.unprotect(peer.recorder.received[-1][0])
+        assert RtpPacket.parse(peer_srtp.unprotect(peer.recorder.received[-1][0]))
+        for changed in (
+            keys()[0],
+            SrtpKeys(SUITES["AES_CM_128_HMAC_SHA1_32"], 2, ours.local_key, their_new_key),
+        ):
+            with pytest.raises(ValueError, match="stay the same"):
+                session.rekey(changed)
     finally:
         await session.close()
         peer.close()

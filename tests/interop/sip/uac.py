@@ -307,12 +307,15 @@ class CallLeg:
         )
 
     async def challenge(
-        self, media_port: int | None, headers: list[tuple[str, str]] | None = None
+        self,
+        media_port: int | None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
     ) -> Response:
         """Send the first INVITE (``media_port`` None: without SDP, a delayed offer; ``headers``
-        extra); return the 401 after ACKing it (§17.1.1.3)."""
+        extra; ``body`` another SDP); return the 401 after ACKing it (§17.1.1.3)."""
         branch = new_branch()
-        body = _offer_or_nothing(media_port)
+        body = _offer_or_nothing(media_port) if body is None else body
         self.uac.send(self.build("INVITE", branch=branch, headers=headers or [], body=body))
         r401 = await self.uac.response(401, self.call_id)
         self.challenges = r401.headers.get_all("WWW-Authenticate")
@@ -326,8 +329,10 @@ class CallLeg:
         *,
         algorithm: str = "MD5",
         headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
     ) -> bytes:
-        """The INVITE answering the challenge with ``algorithm`` (CSeq + 1, new branch)."""
+        """The INVITE answering the challenge with ``algorithm`` (CSeq + 1, new branch), with
+        ``body`` instead of the usual offer when given."""
         self.cseq += 1
         chosen = next(
             challenge_params(c)
@@ -345,7 +350,7 @@ class CallLeg:
         return self.build(
             "INVITE",
             headers=[*(headers or []), ("Authorization", auth)],
-            body=_offer_or_nothing(media_port),
+            body=_offer_or_nothing(media_port) if body is None else body,
         )
 
     async def answered(self, raw_invite: bytes) -> Response:

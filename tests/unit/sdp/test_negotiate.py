@@ -282,7 +282,9 @@ def test_srtp_only_offer_is_rejected() -> None:
     assert info.value.warn_code == 302
     assert "RTP/SAVP" in str(info.value)
     assert "SRTP" in str(info.value)
-    assert info.value.warning_header("gw") == '302 gw "Incompatible transport protocol"'
+    assert info.value.warning_header("gw") == (
+        '302 gw "Incompatible transport protocol: SRTP is not enabled"'
+    )
 
 
 def test_srtp_stream_rejected_when_plain_alternative_exists() -> None:

@@ -369,6 +369,27 @@ def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock], header
     assert "deadbeef" not in trace and "Digest <redacted>" in trace
 
 
+def test_trace_redacts_srtp_keys_both_ways(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    theirs = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+    ours = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"
+    offer = (
+        SDP.rstrip(b"\r\n")
+        + (
+            f"\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}|2^20|1:4\r\n"
+            f"a=CRYPTO:2 AES_CM_128_HMAC_SHA1_32 INLINE:{theirs};inline:{theirs}\r\n"
+        ).encode()
+    )
+    out = ua.receive(request(body=offer, extra="Content-Type: application/sdp\r\n"), SRC)
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    ua.accept(ev.tx, f"v=0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{ours}\r\n".encode())
+    trace = ua.pop_trace("call-1@192.0.2.10")
+    assert theirs not in trace and ours not in trace
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:<redacted>|2^20|1:4" in trace
+    assert trace.count("<redacted>") == 4
+
+
 def test_observers_see_every_request_and_response() -> None:
     methods: list[str] = []
     statuses: list[int] = []
