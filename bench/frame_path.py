@@ -11,6 +11,10 @@ and transports that only swallow what is written to them:
   agent message  WebSocket bytes → frame parse → ``audio`` message → playout queue
   tick           pacer tick → next playout frame → RTP packet written
 
+The SRTP columns are the same steps for an SRTP call (the caller's packets authenticated and
+decrypted, ours protected, libsrtp through ``pylibsrtp``): their difference from the plain
+columns is what SRTP costs per frame.
+
 Baseline in the same run (``floor``): the same bytes each way with nothing but the primitives
 any Python bridge of this design must call — ``struct`` for the RTP header, ``json`` and
 ``base64`` both ways, the WebSocket header by hand (RFC 6455 §5.2) and the library's C
@@ -39,6 +43,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -60,6 +65,8 @@ from telepath.bridges.custom.bridge import TelepathAgentBridge
 from telepath.bridges.ws_socket import AgentSocket
 from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.packet import pack_rtp
+from telepath.rtp.srtp import SrtpContext
+from telepath.rtp.srtp_keys import SUITES, SrtpKeys
 from telepath.transport.media_session import AudioReceived, MediaSession
 from telepath.transport.ports import RtpPortAllocator
 
@@ -145,11 +152,21 @@ def _agent_frame(server: ServerProtocol) -> bytes:
     return b"".join(server.data_to_send())
 
 
-async def _telepath(rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+async def _telepath(rounds: int, srtp: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     allocator = RtpPortAllocator(46000, 46100, host="127.0.0.1")
+    keys = SrtpKeys(SUITES["AES_CM_128_HMAC_SHA1_80"], 1, os.urandom(30), os.urandom(30))
+    caller = SrtpContext(SrtpKeys(keys.suite, 1, keys.remote_key, keys.local_key))
     session = await MediaSession.open(
-        allocator.allocate(), remote=ADDR, codec=CodecSpec.static("PCMU"), inactivity_timeout_s=0
+        allocator.allocate(),
+        remote=ADDR,
+        codec=CodecSpec.static("PCMU"),
+        inactivity_timeout_s=0,
+        srtp=keys if srtp else None,
     )
+
+    def wire(packet: bytes) -> bytes:  # what the caller sends: SRTP when the call is
+        return caller.protect(packet) if srtp else packet
+
     session._rtp = _Sink()  # type: ignore[assignment]
     session._seen_sdp = True
     client, server = _open_protocols()
@@ -174,7 +191,7 @@ async def _telepath(rounds: int) -> tuple[dict[str, float], dict[str, float]]:
             spent = dict.fromkeys(best, 0.0)
             for _ in range(FRAMES // BLOCK):
                 packets = [
-                    pack_rtp(0, (seq + i) & 0xFFFF, (seq + i) * 160, 1234, PAYLOAD, False)
+                    wire(pack_rtp(0, (seq + i) & 0xFFFF, (seq + i) * 160, 1234, PAYLOAD, False))
                     for i in range(BLOCK)
                 ]
                 t0 = time.process_time()
@@ -194,7 +211,7 @@ async def _telepath(rounds: int) -> tuple[dict[str, float], dict[str, float]]:
             for key, value in spent.items():
                 best[key] = min(best[key], value * 1e6 / FRAMES)
         packets = [
-            pack_rtp(0, (seq + i) & 0xFFFF, (seq + i) * 160, 1234, PAYLOAD, False)
+            wire(pack_rtp(0, (seq + i) & 0xFFFF, (seq + i) * 160, 1234, PAYLOAD, False))
             for i in range(rounds * COLD_FRAMES)
         ]
         cold = _cold(
@@ -257,8 +274,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     # the pacer's own timer sees the loop blocked by the measurement and says so: not news here
     logging.getLogger("telepath").setLevel(logging.ERROR)
     ours, ours_cold = asyncio.run(_telepath(rounds))
+    srtp, srtp_cold = asyncio.run(_telepath(rounds, srtp=True))
     floor, floor_cold = _floor(rounds)
-    for figures in (ours, ours_cold, floor, floor_cold):
+    for figures in (ours, ours_cold, srtp, srtp_cold, floor, floor_cold):
         figures["frame pair"] = sum(figures.values())
     rows = [
         {
@@ -269,13 +287,25 @@ def run(quick: bool = False) -> dict[str, Any]:
             "telepath_cold_us": round(ours_cold[key], 1),
             "floor_cold_us": round(floor_cold[key], 1),
             "cold_ratio": round(ours_cold[key] / floor_cold[key], 2),
+            "srtp_us": round(srtp[key], 2),
+            "srtp_cold_us": round(srtp_cold[key], 1),
         }
         for key in ours
     ]
     print_table(
         f"Per-frame Python, no sockets (µs of CPU; hot: best of {rounds} x {FRAMES} frames; "
         f"cold: each call after an 8 MiB eviction, best of {rounds} x {COLD_FRAMES})",
-        ["step", "telepath µs", "floor µs", "ratio", "cold µs", "floor cold µs", "cold ratio"],
+        [
+            "step",
+            "telepath µs",
+            "floor µs",
+            "ratio",
+            "cold µs",
+            "floor cold µs",
+            "cold ratio",
+            "SRTP µs",
+            "SRTP cold µs",
+        ],
         [
             [
                 r["step"],
@@ -285,6 +315,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 r["telepath_cold_us"],
                 r["floor_cold_us"],
                 r["cold_ratio"],
+                r["srtp_us"],
+                r["srtp_cold_us"],
             ]
             for r in rows
         ],
@@ -294,6 +326,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "summary": {
             "frame_pair_us": rows[-1]["telepath_us"],
             "frame_pair_cold_us": rows[-1]["telepath_cold_us"],
+            "frame_pair_srtp_us": rows[-1]["srtp_us"],
+            "frame_pair_srtp_cold_us": rows[-1]["srtp_cold_us"],
             "goals": {},
         },
     }

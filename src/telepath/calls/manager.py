@@ -873,11 +873,12 @@ class CallManager:
         if self.metrics is not None:
             self.metrics.record_call_started(call_id)
         log.info(
-            "call %s answered on trunk %s (%s, %s)",
+            "call %s answered on trunk %s (%s, %s%s)",
             call_id,
             trunk.trunk_id,
             trunk.ai_provider,
             negotiated.codec.name,
+            "" if negotiated.srtp is None else f", SRTP {negotiated.srtp.suite.name}",
         )
         agent_id = {
             "elevenlabs": trunk.elevenlabs_agent_id,

@@ -9,6 +9,9 @@ Transport from the target URI (RFC 3261 §19.1, §18): UDP by default, ``;transp
 ``sips:`` or ``;transport=tls`` for TLS (port 5061 unless given; the gateway's certificate is
 verified against the system's trust store, or ``ca_file``). Over a stream nothing is
 retransmitted (§17.1.1.2) and every message of the call uses the one connection.
+
+``srtp``: the offer is ``RTP/SAVP`` with an SDES key (RFC 4568) and the media SRTP; only over
+TLS, as the gateway takes SDES keys nowhere else.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class DialResult:
     reason: str = ""
     setup_ms: float | None = None
     codec: str | None = None
+    srtp: str | None = None  # the SRTP suite the call used, None for plain RTP
     received_ms: float = 0.0
     ended_by: str = ""
     recorded: bytes = b""
@@ -175,9 +179,13 @@ class Dialer:
         caller: str = "+15550000000",
         rtp_ports: tuple[int, int] = (40000, 40998),
         ca_file: Path | None = None,
+        srtp: bool = False,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
         self.transport = transport_of(self.uri)
+        if srtp and self.transport != "TLS":
+            raise ValueError("SRTP needs a TLS target (sips: or ;transport=tls)")
+        self.srtp = srtp
         self.ca_file = ca_file
         self.username = username
         self.password = password
@@ -272,6 +280,7 @@ class Dialer:
                 session_id=random.randint(1, 2**31),
                 session_version=1,
                 preference=("PCMU", "PCMA"),
+                srtp_key=secrets.token_bytes(30) if self.srtp else None,
             )
             started = loop.time()
             auth: str | None = None
@@ -307,12 +316,14 @@ class Dialer:
             sip.send(ack.to_bytes())
             negotiated = negotiate_offer_answer(offer, parse(answer.body))
             result.codec = negotiated.codec.name
+            result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
             media = await MediaSession.open(
                 lease,
                 remote=(negotiated.remote_address, negotiated.remote_port),
                 codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
                 dtmf_payload_type=negotiated.dtmf_payload_type,
                 inactivity_timeout_s=0,
+                srtp=negotiated.srtp,
             )
             if play is not None:
                 pcm, rate = _read_wav(play)

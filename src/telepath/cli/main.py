@@ -143,6 +143,7 @@ def call(
     ca_file: Path | None = typer.Option(
         None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
     ),
+    srtp: bool = typer.Option(False, "--srtp", help="TLS: offer SRTP (SDES) for the media"),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
     from telepath.cli.dialer import Dialer, write_wav
@@ -150,10 +151,18 @@ def call(
 
     try:
         dialer = Dialer(
-            target, username=username or "", password=password, local_ip=local_ip, ca_file=ca_file
+            target,
+            username=username or "",
+            password=password,
+            local_ip=local_ip,
+            ca_file=ca_file,
+            srtp=srtp,
         )
     except SipParseError as exc:
         typer.echo(f"bad SIP URI: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     dialer.username = username or dialer.uri.user or ""
     try:
@@ -173,7 +182,8 @@ def call(
         typer.echo(f"call failed: {result.status} {result.reason}", err=True)
         raise typer.Exit(1)
     typer.echo(
-        f"answered in {result.setup_ms:.0f} ms, codec {result.codec}, "
+        f"answered in {result.setup_ms:.0f} ms, codec {result.codec}"
+        f"{f' over SRTP ({result.srtp})' if result.srtp else ''}, "
         f"received {result.received_ms / 1000:.1f} s of agent audio, ended by {result.ended_by}"
     )
     if record is not None:

@@ -39,13 +39,16 @@ def _target(gateway: Gateway, user: str, transport: str) -> str:  # noqa: F811
     return f"sip:{user}@{host}:{port}" + (";transport=tcp" if transport == "TCP" else "")
 
 
-@pytest.mark.parametrize("transport", ["UDP", "TCP", "TLS"])
+@pytest.mark.parametrize(
+    ("transport", "srtp"), [("UDP", False), ("TCP", False), ("TLS", False), ("TLS", True)]
+)
 async def test_dialer_call_both_ways(
     api: Api,  # noqa: F811
     gateway: Gateway,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
     settings_overrides: dict[str, Any],
     transport: str,
+    srtp: bool,
 ) -> None:
     caplog.set_level(logging.INFO)
     async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=1500) as agent:
@@ -57,10 +60,12 @@ async def test_dialer_call_both_ways(
             username="bob",
             password="dialer-pass-1",
             ca_file=settings_overrides["sip_tls_cert"],
+            srtp=srtp,
         )
         result = await dialer.run(duration_s=2.5, tone_hz=1000)
     assert result.status == 200 and result.setup_ms is not None
     assert result.codec == "PCMU"
+    assert result.srtp == ("AES_CM_128_HMAC_SHA1_80" if srtp else None)
     assert result.ended_by == "dialer"
     assert abs(dominant_frequency(result.recorded) - 440) < 15
     heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
@@ -77,6 +82,11 @@ async def test_dialer_call_both_ways(
     assert "call_" in logged  # the call was logged...
     assert "+15550000000" not in logged and "5550000000" not in logged  # ...without the caller
     assert "dialer-pass-1" not in logged and "Digest" not in logged
+
+
+def test_dialer_refuses_srtp_without_tls() -> None:
+    with pytest.raises(ValueError, match="TLS"):
+        Dialer("sip:bob@127.0.0.1:5060", username="bob", password="x", srtp=True)
 
 
 async def test_dialer_wrong_password_is_403(api: Api, gateway: Gateway) -> None:  # noqa: F811
