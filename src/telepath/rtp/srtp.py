@@ -67,7 +67,8 @@ class SrtpContext:
         self.keys = keys
 
     def protect(self, packet: bytes) -> bytes:
-        """An RTP packet as SRTP (encrypted payload, authentication tag appended)."""
+        """An RTP packet as SRTP (encrypted payload, authentication tag appended). Ours are at
+        most 172 octets; the binding takes up to ~1,350 (ValueError past that)."""
         return self._tx.protect(packet)
 
     def unprotect(self, packet: bytes) -> bytes:
@@ -78,7 +79,7 @@ class SrtpContext:
         """
         try:
             return self._rx.unprotect(packet)
-        except Error as exc:
+        except (Error, ValueError) as exc:  # ValueError: past the binding's 1500-octet buffer
             raise SrtpError(f"SRTP packet rejected: {exc}") from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
@@ -93,5 +94,5 @@ class SrtpContext:
         """
         try:
             return self._rx.unprotect_rtcp(packet)
-        except Error as exc:
+        except (Error, ValueError) as exc:
             raise SrtpError(f"SRTCP packet rejected: {exc}") from None

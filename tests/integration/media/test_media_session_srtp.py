@@ -83,13 +83,14 @@ async def test_forged_replayed_and_plain_packets_are_dropped_before_latching(
         attacker.send(bytes(forged), port)
         stranger = keys()[1]
         attacker.send(stranger.protect(stream[1]), port)  # another key
-        await until(lambda: session.stats().unauthenticated == 3)
+        attacker.send(b"\x80" + bytes(8999), port)  # a jumbo datagram
+        await until(lambda: session.stats().unauthenticated == 4)
         assert session.remote == sdp.address  # nothing unauthenticated moved our media
         assert session.stats().packets_received == 0
         sdp.send(sealed[0], port)
         await collect(session, 1)
         sdp.send(sealed[0], port)  # a replay (RFC 3711 §3.3.2)
-        await until(lambda: session.stats().unauthenticated == 4)
+        await until(lambda: session.stats().unauthenticated == 5)
         assert session.stats().packets_received == 1
         attacker.send(sealed[1], port)  # authentic, from a third party after the latch
         await until(lambda: session.stats().rejected_source == 1)

@@ -77,3 +77,15 @@ def test_keys_are_checked_and_never_printed() -> None:
     keys = SrtpKeys(SHA1_80, 3, key, key)
     assert key.hex() not in repr(keys) and repr(key) not in repr(keys)
     assert repr(keys) == "SrtpKeys(AES_CM_128_HMAC_SHA1_80, tag=3)"
+
+
+@pytest.mark.parametrize("size", [0, 1, 11, 12, 1503, 1504, 9000, 65507])
+def test_any_datagram_is_authentic_or_srtp_error(size: int) -> None:
+    """Whatever arrives on a media port (libsrtp's binding works in a 1500-octet buffer and
+    raises ValueError past it) ends as SrtpError, which the receive path counts and drops."""
+    _, peer = pair()
+    data = (b"\x80" + os.urandom(size))[:size]
+    with pytest.raises(SrtpError):
+        peer.unprotect(data)
+    with pytest.raises(SrtpError):
+        peer.unprotect_rtcp(data)
