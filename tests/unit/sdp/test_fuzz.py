@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telepath.sdp import SdpError, negotiate_answer, parse
+from telepath.sdp import MediaSecurity, SdpError, negotiate_answer, parse
+from telepath.sdp.crypto import parse_crypto
 
 from .samples import SAMPLE_NAMES, load_sample
 
@@ -61,6 +62,14 @@ TOKENS = [
 ]
 
 
+SECURITIES = [
+    MediaSecurity(),
+    MediaSecurity(key=bytes(30)),
+    MediaSecurity(key=bytes(30), required=True),
+]
+INLINE = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+
+
 def check(data: bytes | str) -> None:
     """The fuzz property shared by every generator."""
     try:
@@ -73,12 +82,18 @@ def check(data: bytes | str) -> None:
     assert again == sd
     assert str(again) == text
     assert text.endswith("\r\n")
-    try:
-        negotiate_answer(
-            sd, local_address="192.0.2.1", local_port=4000, session_id=1, session_version=1
-        )
-    except SdpError:
-        pass
+    for security in SECURITIES:  # plain only, SRTP allowed, SRTP required
+        try:
+            negotiate_answer(
+                sd,
+                local_address="192.0.2.1",
+                local_port=4000,
+                session_id=1,
+                session_version=1,
+                security=security,
+            )
+        except SdpError:
+            pass
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -152,6 +167,10 @@ LINE_VALUES = st.one_of(
             "audio 4000 RTP/AVP 0 8 101",
             "audio 4000/2 RTP/AVP 9",
             "video 0 RTP/SAVP 96",
+            "audio 4000 RTP/SAVP 0 101",
+            f"crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}",
+            f"crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{INLINE}|2^20|1:4",
+            f"crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{INLINE} KDR=1",
             "rtpmap:101 telephone-event/8000",
             "rtpmap:9 G722/8000/1",
             "rtcp:4001 IN IP4 192.0.2.1",
@@ -181,3 +200,16 @@ def test_arbitrary_bytes_fuzz(data: bytes) -> None:
 @given(st.text(max_size=300))
 def test_arbitrary_text_fuzz(data: str) -> None:
     check(data)
+
+
+CRYPTO_PARTS = st.sampled_from(
+    [" ", "\t", "1", "2^20", "2^", "|", ":", ";", "inline:", INLINE, "AES_CM_128_HMAC_SHA1_80"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(CRYPTO_PARTS, st.text(max_size=8)), max_size=12))
+def test_crypto_attribute_fuzz(parts: list[str]) -> None:
+    """An a=crypto value is either honoured with a key of the suite's length, or skipped."""
+    found = parse_crypto("".join(parts))
+    assert found is None or len(found.key) == found.suite.key_length
