@@ -53,6 +53,14 @@ class TrunkCreate(BaseModel):
         "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
         "abort on a SHA-256 challenge",
     )
+    allowed_addresses: list[str] | None = Field(
+        None,
+        max_length=32,
+        description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
+        "come from, e.g. your carrier's published signalling ranges; the digest check still "
+        "applies. Empty or absent: any source",
+        examples=[["203.0.113.0/24", "198.51.100.7"]],
+    )
 
 
 class TrunkUpdate(BaseModel):
@@ -77,6 +85,14 @@ class TrunkUpdate(BaseModel):
         description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
         "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
         "abort on a SHA-256 challenge",
+    )
+    allowed_addresses: list[str] | None = Field(
+        None,
+        max_length=32,
+        description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
+        "come from, e.g. your carrier's published signalling ranges; the digest check still "
+        "applies. Empty or absent: any source",
+        examples=[["203.0.113.0/24", "198.51.100.7"]],
     )
 
 
@@ -109,6 +125,9 @@ class Trunk(TrunkCreated):
     )
     password_rotated_at: str | None = None
     sip_digest_algorithms: str | None = None
+    allowed_addresses: list[str] | None = Field(
+        None, description="Canonical networks (a single address as /32 or /128); null: any"
+    )
 
 
 class Pagination(BaseModel):

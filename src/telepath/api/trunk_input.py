@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -73,6 +74,7 @@ CREATE_FIELDS: Final = (
     "custom_headers",
     "system_prompt",
     "sip_digest_algorithms",
+    "allowed_addresses",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -87,6 +89,7 @@ UPDATE_FIELDS: Final = (
     "custom_headers",
     "system_prompt",
     "sip_digest_algorithms",
+    "allowed_addresses",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -95,8 +98,17 @@ IMMUTABLE_FIELDS: Final = {
 }
 # Optional fields that PATCH may clear with null.
 CLEARABLE: Final = frozenset(
-    {"openai_model", "openai_voice", "custom_headers", "system_prompt", "sip_digest_algorithms"}
+    {
+        "openai_model",
+        "openai_voice",
+        "custom_headers",
+        "system_prompt",
+        "sip_digest_algorithms",
+        "allowed_addresses",
+    }
 )
+#: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
+MAX_ALLOWED_ADDRESSES: Final = 32
 DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
 
 
@@ -129,6 +141,9 @@ def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         if key == "custom_headers":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise _bad("invalid_field_type", "custom_headers must be an object of strings")
+        elif key == "allowed_addresses":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _bad("invalid_field_type", "allowed_addresses must be an array of strings")
         elif not isinstance(value, str):
             raise _bad("invalid_field_type", f"{key} must be a string")
 
@@ -231,6 +246,31 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         fields["sip_digest_algorithms"] = normalize_digest_algorithms(
             fields["sip_digest_algorithms"]
         )
+    if "allowed_addresses" in fields:
+        fields["allowed_addresses"] = normalize_addresses(fields["allowed_addresses"])
+
+
+def normalize_addresses(values: list[str]) -> str | None:
+    """``["192.0.2.7", "2001:DB8::/32"]`` → ``"192.0.2.7/32,2001:db8::/32"`` (canonical, in
+    order, duplicates dropped); an empty list → None (any source). Host bits set in a network
+    are an error: ``192.0.2.7/24`` is ambiguous (a typo for ``/32``, or ``192.0.2.0/24``?)."""
+    if len(values) > MAX_ALLOWED_ADDRESSES:
+        raise _bad(
+            "invalid_field",
+            f"allowed_addresses may hold at most {MAX_ALLOWED_ADDRESSES} addresses or networks",
+        )
+    networks: list[str] = []
+    for value in values:
+        try:
+            network = str(ip_network(value.strip()))
+        except ValueError:
+            raise _bad(
+                "invalid_field",
+                f"allowed_addresses entry '{value[:64]}' is not an IP address or network (CIDR)",
+            ) from None
+        if network not in networks:
+            networks.append(network)
+    return ",".join(networks) or None
 
 
 def normalize_digest_algorithms(value: str) -> str:

@@ -95,6 +95,9 @@ class TrunkService:
             custom_header_names=header_names,
             password_rotated_at=iso(trunk.password_rotated_at),
             sip_digest_algorithms=trunk.sip_digest_algorithms,
+            allowed_addresses=(
+                trunk.allowed_addresses.split(",") if trunk.allowed_addresses else None
+            ),
         )
 
     def _conflict(self, sip_username: str) -> ApiError:

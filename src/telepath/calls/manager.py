@@ -307,6 +307,7 @@ class CallManager:
         self.draining = False
         self.counters: dict[str, int] = {}
         self._shed_logged_at = -1e9  # monotonic time of the last 503 log line
+        self._source_refusals_logged: dict[str, float] = {}  # trunk id -> last warning
         self._shed_unlogged = 0
         # TELEPATH_SIP_MAX_CPS: new attempts a second, a second's worth of burst
         self._rate = TokenBucket(config.max_cps, 1.0, 0.0) if config.max_cps > 0 else None
@@ -677,6 +678,15 @@ class CallManager:
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
         if outcome.result == AuthResult.OK and trunk is not None:
+            if not trunk.allows_source(source_ip):
+                # The trunk's allowed_addresses: right credentials from elsewhere get the same
+                # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
+                # that is for guessing, and this is usually a carrier's new address.
+                self._warn_source_refused(trunk.trunk_id)
+                if self.metrics is not None:
+                    self.metrics.sip_auth_failures.labels(reason="source_not_allowed").inc()
+                (self._reject if call else self._refuse)(tx, 403, "source_not_allowed")
+                return None
             if self.guard is not None:
                 self.guard.record_auth_success(source_ip)
             return trunk
@@ -693,6 +703,20 @@ class CallManager:
             log.warning("banned a SIP source after repeated authentication failures")
         refuse(tx, 403, "auth_failed")
         return None
+
+    def _warn_source_refused(self, trunk_id: str) -> None:
+        """A warning per trunk per minute at most: a misconfigured carrier retries every call."""
+        now = time.monotonic()
+        if now - self._source_refusals_logged.get(trunk_id, -60.0) < 60.0:
+            return
+        self._source_refusals_logged[trunk_id] = now
+        if len(self._source_refusals_logged) > 10_000:  # bounded: forget the oldest
+            del self._source_refusals_logged[next(iter(self._source_refusals_logged))]
+        log.warning(
+            "trunk %s refused a request from a source outside its allowed_addresses "
+            "(the metric telepath_sip_auth_failures, reason source_not_allowed, counts each)",
+            trunk_id,
+        )
 
     def _refuse(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
         """Answer a request that is not a call with a failure (nothing counted as a call)."""

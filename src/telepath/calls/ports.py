@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 
 from telepath.calls.model import CallRecord
@@ -61,6 +62,21 @@ class TrunkConfig:
     custom_protocol: str | None = None
     custom_headers: dict[str, str] = field(default_factory=dict)
     digest_algorithms: tuple[str, ...] | None = None  # None: the installation default
+    # The sources its calls and registrations may come from; empty: any source.
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def allows_source(self, ip: str) -> bool:
+        """True if a request from ``ip`` may use this trunk (an IPv4-mapped IPv6 address
+        counts as its IPv4 address; an unparseable one is never allowed by a list)."""
+        if not self.allowed_networks:
+            return True
+        try:
+            address = ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed_networks)
 
     def __repr__(self) -> str:  # never print secrets by accident
         return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"

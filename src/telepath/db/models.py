@@ -86,6 +86,9 @@ class Trunk(Base):
     # Digest algorithms challenged for this trunk, preferred first ("MD5", "SHA-256,MD5"...);
     # None: TELEPATH_SIP_DIGEST_ALGORITHMS.
     sip_digest_algorithms: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Where the trunk's INVITEs and REGISTERs may come from: canonical networks, comma-separated
+    # ("203.0.113.0/24,2001:db8::/32"); None: any source.
+    allowed_addresses: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

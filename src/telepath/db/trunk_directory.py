@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection
+from ipaddress import ip_network
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -139,6 +140,9 @@ class DbTrunkDirectory:
                     tuple(trunk.sip_digest_algorithms.split(","))
                     if trunk.sip_digest_algorithms
                     else None
+                ),
+                allowed_networks=tuple(
+                    ip_network(n) for n in (trunk.allowed_addresses or "").split(",") if n
                 ),
             )
         except SecretDecryptionError:

@@ -328,3 +328,46 @@ async def test_per_trunk_digest_algorithms(api: Api) -> None:
         assert resp.json()["error"]["code"] in ("invalid_field", "missing_required_field")
     cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_digest_algorithms": None})
     assert cleared.status_code == 200 and cleared.json()["sip_digest_algorithms"] is None
+
+
+async def test_allowed_addresses(api: Api) -> None:
+    body = {
+        **OPENAI_EXAMPLE,
+        "allowed_addresses": [" 192.0.2.7", "2001:DB8::/32", "198.51.100.0/24", "192.0.2.7/32"],
+    }
+    created = await api.post("/v1/trunks", body)
+    assert created.status_code == 201, created.text
+    trunk_id = created.json()["id"]
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    # canonical, in order, the duplicate dropped
+    assert got["allowed_addresses"] == ["192.0.2.7/32", "2001:db8::/32", "198.51.100.0/24"]
+    listed = (await api.get("/v1/trunks")).json()["trunks"]
+    assert [t["allowed_addresses"] for t in listed if t["id"] == trunk_id] == [
+        got["allowed_addresses"]
+    ]
+    changed = await api.patch(f"/v1/trunks/{trunk_id}", {"allowed_addresses": ["10.0.0.0/8"]})
+    assert changed.status_code == 200 and changed.json()["allowed_addresses"] == ["10.0.0.0/8"]
+    bad_values: list[tuple[object, str]] = [
+        (["192.0.2.300"], "invalid_field"),
+        (["192.0.2.7/24"], "invalid_field"),  # host bits set: a typo for /32, or the network?
+        (["example.com"], "invalid_field"),
+        ([""], "invalid_field"),
+        ([f"10.0.{i}.0/24" for i in range(33)], "invalid_field"),
+        ("192.0.2.7", "invalid_field_type"),
+        ([7], "invalid_field_type"),
+        ({"a": "192.0.2.7"}, "invalid_field_type"),
+    ]
+    for bad, code in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"allowed_addresses": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+        assert resp.json()["error"]["status"] == 400
+    kept = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert kept["allowed_addresses"] == ["10.0.0.0/8"]  # a refused change changed nothing
+    clears: list[list[str] | None] = [None, []]
+    for clear in clears:
+        cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"allowed_addresses": clear})
+        assert cleared.status_code == 200 and cleared.json()["allowed_addresses"] is None
+    created_bad = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "allowed_addresses": ["x"]})
+    assert created_bad.status_code == 400
+    assert created_bad.json()["error"]["code"] == "invalid_field"

@@ -1,0 +1,50 @@
+"""TrunkConfig.allows_source: a trunk's allowed_addresses against a request's source."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+import pytest
+
+from telepath.calls.ports import TrunkConfig
+
+pytestmark = pytest.mark.unit
+
+
+def trunk(*networks: str) -> TrunkConfig:
+    return TrunkConfig(
+        trunk_id="conn_1",
+        account_id="acct_1",
+        sip_username="carrier",
+        active=True,
+        realm="sip.example.test",
+        ha1_md5="",
+        ha1_sha256="",
+        ai_provider="custom",
+        allowed_networks=tuple(ip_network(n) for n in networks),
+    )
+
+
+@pytest.mark.parametrize(
+    ("ip", "allowed"),
+    [
+        ("203.0.113.9", True),
+        ("203.0.113.255", True),
+        ("203.0.114.0", False),
+        ("198.51.100.7", True),
+        ("198.51.100.8", False),
+        ("::ffff:203.0.113.9", True),  # a dual-stack socket's view of an IPv4 peer
+        ("::ffff:192.0.2.1", False),
+        ("2001:db8:1::5", True),
+        ("2001:db9::5", False),
+        ("not-an-ip", False),
+        ("", False),
+    ],
+)
+def test_allowed_networks(ip: str, allowed: bool) -> None:
+    assert trunk("203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32").allows_source(ip) is allowed
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.9", "::1", "not-an-ip"])
+def test_no_list_allows_any_source(ip: str) -> None:
+    assert trunk().allows_source(ip)
