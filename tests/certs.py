@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,3 +43,9 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def tls_listener(directory: Path) -> dict[str, Any]:
+    """Settings for a SIP TLS listener on a free port with a fresh :func:`self_signed` pair."""
+    cert, key = self_signed(directory)
+    return {"sip_tls_cert": cert, "sip_tls_key": key, "sip_tls_port": 0}

@@ -6,13 +6,31 @@ seed's exact error codes); the request models here mirror those rules for the sp
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Provider = Literal["openai", "elevenlabs", "custom"]
 TrunkStatus = Literal["active", "inactive", "error"]
 CustomProtocol = Literal["telepath", "twilio"]
+
+
+# Optional trunk settings shared by create and update (the same schema in both).
+_DIGEST_ALGORITHMS: Any = Field(
+    None,
+    max_length=32,
+    description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
+    "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
+    "abort on a SHA-256 challenge",
+)
+_ALLOWED_ADDRESSES: Any = Field(
+    None,
+    max_length=32,
+    description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
+    "come from, e.g. your carrier's published signalling ranges; the digest check still "
+    "applies. Empty or absent: any source",
+    examples=[["203.0.113.0/24", "198.51.100.7"]],
+)
 
 
 class TrunkCreate(BaseModel):
@@ -46,21 +64,8 @@ class TrunkCreate(BaseModel):
         None, description="Headers sent on the agent WebSocket handshake (stored encrypted)"
     )
     system_prompt: str | None = Field(None, max_length=32000)
-    sip_digest_algorithms: str | None = Field(
-        None,
-        max_length=32,
-        description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
-        "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
-        "abort on a SHA-256 challenge",
-    )
-    allowed_addresses: list[str] | None = Field(
-        None,
-        max_length=32,
-        description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
-        "come from, e.g. your carrier's published signalling ranges; the digest check still "
-        "applies. Empty or absent: any source",
-        examples=[["203.0.113.0/24", "198.51.100.7"]],
-    )
+    sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
+    allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
 
 
 class TrunkUpdate(BaseModel):
@@ -79,21 +84,8 @@ class TrunkUpdate(BaseModel):
     custom_protocol: CustomProtocol | None = None
     custom_headers: dict[str, str] | None = None
     system_prompt: str | None = Field(None, max_length=32000)
-    sip_digest_algorithms: str | None = Field(
-        None,
-        max_length=32,
-        description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
-        "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
-        "abort on a SHA-256 challenge",
-    )
-    allowed_addresses: list[str] | None = Field(
-        None,
-        max_length=32,
-        description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
-        "come from, e.g. your carrier's published signalling ranges; the digest check still "
-        "applies. Empty or absent: any source",
-        examples=[["203.0.113.0/24", "198.51.100.7"]],
-    )
+    sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
+    allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
 
 
 class TrunkCreated(BaseModel):

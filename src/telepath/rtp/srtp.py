@@ -15,6 +15,8 @@ corrupted or replayed packet raises :class:`SrtpError` and must be dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pylibsrtp import Error, Policy, Session
 
 from telepath.rtp.errors import RtpError
@@ -36,6 +38,13 @@ _PROFILES: dict[str, int] = {
 
 def _session(key: bytes, ssrc_type: int, keys: SrtpKeys) -> Session:
     return Session(Policy(key=key, ssrc_type=ssrc_type, srtp_profile=_PROFILES[keys.suite.name]))
+
+
+def _checked(unprotect: Callable[[bytes], bytes], packet: bytes, what: str) -> bytes:
+    try:
+        return unprotect(packet)
+    except (Error, ValueError) as exc:  # ValueError: past the binding's 1500-octet buffer
+        raise SrtpError(f"{what} packet rejected: {exc}") from None
 
 
 class SrtpContext:
@@ -77,10 +86,7 @@ class SrtpContext:
         Raises:
             SrtpError: forged, corrupted, replayed, or not SRTP at all.
         """
-        try:
-            return self._rx.unprotect(packet)
-        except (Error, ValueError) as exc:  # ValueError: past the binding's 1500-octet buffer
-            raise SrtpError(f"SRTP packet rejected: {exc}") from None
+        return _checked(self._rx.unprotect, packet, "SRTP")
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """A compound RTCP packet as SRTCP (RFC 3711 §3.4: encrypted, index, tag)."""
@@ -92,7 +98,4 @@ class SrtpContext:
         Raises:
             SrtpError: forged, corrupted, replayed, or not SRTCP at all.
         """
-        try:
-            return self._rx.unprotect_rtcp(packet)
-        except (Error, ValueError) as exc:
-            raise SrtpError(f"SRTCP packet rejected: {exc}") from None
+        return _checked(self._rx.unprotect_rtcp, packet, "SRTCP")

@@ -14,7 +14,7 @@ from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
-from tests.certs import self_signed
+from tests.certs import tls_listener
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     GATEWAY_SETTINGS,
@@ -28,8 +28,7 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 def settings_overrides(tmp_path: Path) -> dict[str, Any]:
-    cert, key = self_signed(tmp_path)
-    return {**GATEWAY_SETTINGS, "sip_tls_cert": cert, "sip_tls_key": key, "sip_tls_port": 0}
+    return {**GATEWAY_SETTINGS, **tls_listener(tmp_path)}
 
 
 def _target(gateway: Gateway, user: str, transport: str) -> str:  # noqa: F811

@@ -15,7 +15,7 @@ import pytest
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
-from tests.certs import self_signed
+from tests.certs import tls_listener
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.test_baresip import MODULES, PASSWORD, _dial, require_baresip
@@ -27,13 +27,10 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    cert, key = self_signed(tmp_path)
     return {
         **settings_overrides,
         "sip_digest_algorithms": "MD5",
-        "sip_tls_cert": cert,
-        "sip_tls_key": key,
-        "sip_tls_port": 0,
+        **tls_listener(tmp_path),
     }
 
 

@@ -29,7 +29,7 @@ from telepath.sdp import (
 )
 from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.certs import self_signed
+from tests.certs import tls_listener
 from tests.integration.conftest import Api
 from tests.integration.media.peer import UdpPeer, rtp_stream
 from tests.interop.calls.conftest import create_trunk
@@ -52,12 +52,9 @@ def srtp_mode() -> str:
 def settings_overrides(
     settings_overrides: dict[str, Any], tmp_path: Path, srtp_mode: str
 ) -> dict[str, Any]:
-    cert, key = self_signed(tmp_path)
     return {
         **settings_overrides,
-        "sip_tls_cert": cert,
-        "sip_tls_key": key,
-        "sip_tls_port": 0,
+        **tls_listener(tmp_path),
         "sip_srtp": srtp_mode,
     }
 

@@ -13,7 +13,7 @@ import pytest
 
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.certs import self_signed
+from tests.certs import tls_listener
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.uac import CallLeg, Uac, challenge_params
@@ -27,10 +27,9 @@ MEDIA_PORT = 40002
 
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    cert, key = self_signed(tmp_path)
     overrides = dict(settings_overrides)
     overrides.pop("sip_digest_algorithms")  # the default order: SHA-256, then MD5
-    return {**overrides, "sip_tls_cert": cert, "sip_tls_key": key, "sip_tls_port": 0}
+    return {**overrides, **tls_listener(tmp_path)}
 
 
 @pytest.fixture
