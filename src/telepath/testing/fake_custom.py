@@ -150,7 +150,8 @@ class FakeTelepathAgent(_FakeCustom):
         await ws.send(ev.Mark(name=name).to_json())
 
     async def handle(self, ws: ServerConnection) -> None:
-        """Run one call."""
+        """Run one call (each session of the fake is one call: its own start comes first)."""
+        started = False
         async for raw in ws:
             try:
                 message = ev.parse_gateway_message(raw)
@@ -158,10 +159,11 @@ class FakeTelepathAgent(_FakeCustom):
                 self.violation(str(exc))
                 continue
             self.received.append(json.loads(raw))
-            if (self.start_message is None) != isinstance(message, ev.Start):
+            if started == isinstance(message, ev.Start):
                 self.violation("start must come first, once")
             match message:
                 case ev.Start():
+                    started = True
                     self.start_message = message
                     if await self._on_start(ws, message):
                         return

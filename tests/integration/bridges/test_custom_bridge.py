@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Literal
 
 import pytest
+import websockets
 
 from telepath.bridges.base import (
     AgentBridge,
@@ -205,3 +206,21 @@ async def test_twilio_failures(after_start: str, code: str) -> None:
         terminal = (await collect_until(bridge))[-1]
         assert isinstance(terminal, AgentError) and terminal.code == code
         await bridge.close()
+
+
+async def test_the_fake_checks_start_per_call() -> None:
+    """Each WebSocket session of the fake is one call with its own start: two calls in a row to
+    one fake are no violation (the fake once kept the first call's start, so every later call
+    on the same fake logged one); a session that does not start first still is."""
+    async with FakeTelepathAgent(agent="silent") as fake:
+        for _ in range(2):
+            bridge = bridge_for(fake)
+            await bridge.start(META)
+            await collect_until(bridge, AgentConnected)
+            await bridge.close()
+        await wait_for(lambda: len(fake.stops) == 2)
+        assert fake.protocol_errors == []
+        async with websockets.connect(fake.url) as ws:  # audio before any start
+            await ws.send('{"type": "audio", "seq": 1, "timestamp_ms": 0, "payload": ""}')
+            await wait_for(lambda: fake.protocol_errors != [])
+        assert fake.protocol_errors == ["start must come first, once"]

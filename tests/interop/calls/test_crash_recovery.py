@@ -70,15 +70,26 @@ async def _killed_with_a_call_up(
             )
             await done.bye()
             await done.uac.close()
+            await _until_ended(first)  # the record's end is written beside the teardown
             live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
             await live.uac.close()
             calls = {c["status"]: c for c in (await live_json(first, "GET", "/v1/calls"))["calls"]}
             assert set(calls) == {"connected", "disconnected"}
-            first.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(first.process.wait, 10)
     finally:
         await phone.close()
+        first.process.send_signal(signal.SIGKILL)  # also when the set-up failed: no orphan
+        await asyncio.to_thread(first.process.wait, 10)
     return first, calls
+
+
+async def _until_ended(server: LiveServer) -> None:
+    """Wait (10 s at most) until one of ``server``'s call records is ``disconnected``."""
+    for _ in range(100):
+        calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
+        if any(c["status"] == "disconnected" for c in calls):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no call record ended: {calls}")
 
 
 async def _check_closed(
