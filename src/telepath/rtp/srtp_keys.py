@@ -22,9 +22,10 @@ class SrtpSuite:
     key_length: int
 
 
-#: The suites we accept and offer, in our order of preference. RFC 4568 §6.2.1/§6.2.2: AES in
-#: counter mode with a 128-bit key and a 112-bit salt (30 octets), HMAC-SHA1 tags of 80 or 32
-#: bits. The 80-bit one is the suite every SDES implementation has (RFC 3711 §5's default).
+#: The suites we accept (among an offer's, its own order decides; we offer only the 80-bit one).
+#: RFC 4568 §6.2.1/§6.2.2: AES in counter mode with a 128-bit key and a 112-bit salt (30
+#: octets), HMAC-SHA1 tags of 80 or 32 bits. The 80-bit one is the suite every SDES
+#: implementation has (RFC 3711 §5's default).
 SUITES: dict[str, SrtpSuite] = {
     s.name: s
     for s in (
