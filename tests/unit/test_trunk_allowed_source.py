@@ -1,7 +1,9 @@
-"""TrunkConfig.allows_source: a trunk's allowed_addresses against a request's source."""
+"""TrunkConfig: a trunk's allowed_addresses against a request's source, its inbound_numbers
+against the called number, and when it authenticates by address."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_network
 
 import pytest
@@ -48,3 +50,24 @@ def test_allowed_networks(ip: str, allowed: bool) -> None:
 @pytest.mark.parametrize("ip", ["203.0.113.9", "::1", "not-an-ip"])
 def test_no_list_allows_any_source(ip: str) -> None:
     assert trunk().allows_source(ip)
+
+
+def numbered(
+    *numbers: str, sip_auth: str = "digest", networks: tuple[str, ...] = ()
+) -> TrunkConfig:
+    return replace(trunk(*networks), inbound_numbers=frozenset(numbers), sip_auth=sip_auth)
+
+
+def test_a_trunk_serves_its_numbers_or_any_when_it_lists_none() -> None:
+    assert trunk().serves("+14155550100") and trunk().serves(None)
+    listed = numbered("+14155550100", "+4930123456")
+    assert listed.serves("+14155550100") and listed.serves("+4930123456")
+    assert not listed.serves("+14155550101")
+    assert not listed.serves(None)  # an INVITE naming no number is not for a numbered trunk
+
+
+def test_address_auth_needs_both_lists() -> None:
+    assert numbered("+14155550100", sip_auth="address", networks=("192.0.2.0/24",)).address_auth
+    assert not numbered("+14155550100", sip_auth="address").address_auth  # any source: never
+    assert not numbered(sip_auth="address", networks=("192.0.2.0/24",)).address_auth
+    assert not numbered("+14155550100", networks=("192.0.2.0/24",)).address_auth  # digest

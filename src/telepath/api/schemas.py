@@ -32,6 +32,23 @@ _ALLOWED_ADDRESSES: Any = Field(
     examples=[["203.0.113.0/24", "198.51.100.7"]],
 )
 
+_SIP_AUTH: Any = Field(
+    None,
+    description="How the trunk's INVITEs authenticate: 'digest' (default: a challenge for "
+    "sip_username and sip_password) or 'address' (no challenge: calls to one of "
+    "inbound_numbers from one of allowed_addresses are taken as they come, for carriers that do "
+    "not answer challenges, such as Twilio Elastic SIP Trunking; both lists must be set). "
+    "REGISTER always uses the digest",
+)
+_INBOUND_NUMBERS: Any = Field(
+    None,
+    max_length=100,
+    description="The called numbers (E.164) this trunk serves; each may belong to one trunk "
+    "only. An INVITE whose Request-URI (or else To) names one of them is routed to this trunk; "
+    "when set, a call to another number is refused (404). Empty or absent: any number",
+    examples=[["+14155550100"]],
+)
+
 
 class TrunkCreate(BaseModel):
     """Body of ``POST /v1/trunks`` (the seed's fields plus optional provider settings)."""
@@ -66,6 +83,8 @@ class TrunkCreate(BaseModel):
     system_prompt: str | None = Field(None, max_length=32000)
     sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
     allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
+    sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
+    inbound_numbers: list[str] | None = _INBOUND_NUMBERS
 
 
 class TrunkUpdate(BaseModel):
@@ -86,6 +105,8 @@ class TrunkUpdate(BaseModel):
     system_prompt: str | None = Field(None, max_length=32000)
     sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
     allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
+    sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
+    inbound_numbers: list[str] | None = _INBOUND_NUMBERS
 
 
 class TrunkCreated(BaseModel):
@@ -119,6 +140,10 @@ class Trunk(TrunkCreated):
     sip_digest_algorithms: str | None = None
     allowed_addresses: list[str] | None = Field(
         None, description="Canonical networks (a single address as /32 or /128); null: any"
+    )
+    sip_auth: Literal["digest", "address"] = "digest"
+    inbound_numbers: list[str] | None = Field(
+        None, description="Canonical E.164 numbers this trunk serves; null: any"
     )
 
 

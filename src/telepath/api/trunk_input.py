@@ -20,6 +20,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from telepath.api.errors import ApiError
+from telepath.sip.numbers import canonical_number
 
 PROVIDERS: Final = ("openai", "elevenlabs", "custom")
 CUSTOM_PROTOCOLS: Final = ("telepath", "twilio")
@@ -75,6 +76,8 @@ CREATE_FIELDS: Final = (
     "system_prompt",
     "sip_digest_algorithms",
     "allowed_addresses",
+    "sip_auth",
+    "inbound_numbers",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -90,6 +93,8 @@ UPDATE_FIELDS: Final = (
     "system_prompt",
     "sip_digest_algorithms",
     "allowed_addresses",
+    "sip_auth",
+    "inbound_numbers",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -105,11 +110,20 @@ CLEARABLE: Final = frozenset(
         "system_prompt",
         "sip_digest_algorithms",
         "allowed_addresses",
+        "sip_auth",
+        "inbound_numbers",
     }
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
 MAX_ALLOWED_ADDRESSES: Final = 32
+#: At most this many ``inbound_numbers`` on one trunk.
+MAX_INBOUND_NUMBERS: Final = 100
 DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
+#: How a trunk's INVITEs authenticate: a digest challenge, or the source address (with
+#: ``allowed_addresses`` and ``inbound_numbers`` both set: ``TrunkService`` checks).
+SIP_AUTH_MODES: Final = ("digest", "address")
+#: Fields whose value is an array of strings.
+_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers")
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -141,9 +155,9 @@ def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         if key == "custom_headers":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise _bad("invalid_field_type", "custom_headers must be an object of strings")
-        elif key == "allowed_addresses":
+        elif key in _STRING_ARRAYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise _bad("invalid_field_type", "allowed_addresses must be an array of strings")
+                raise _bad("invalid_field_type", f"{key} must be an array of strings")
         elif not isinstance(value, str):
             raise _bad("invalid_field_type", f"{key} must be a string")
 
@@ -248,6 +262,31 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         )
     if "allowed_addresses" in fields:
         fields["allowed_addresses"] = normalize_addresses(fields["allowed_addresses"])
+    if "inbound_numbers" in fields:
+        fields["inbound_numbers"] = normalize_numbers(fields["inbound_numbers"])
+    if "sip_auth" in fields and fields["sip_auth"] not in SIP_AUTH_MODES:
+        raise _bad("invalid_field", "sip_auth must be one of: digest, address")
+
+
+def normalize_numbers(values: list[str]) -> list[str]:
+    """``["+1 415-555-0100", "+14155550100"]`` → ``["+14155550100"]``: E.164 with its ``+``
+    (visual separators dropped), in order, duplicates dropped; an empty list clears."""
+    if len(values) > MAX_INBOUND_NUMBERS:
+        raise _bad(
+            "invalid_field", f"inbound_numbers may hold at most {MAX_INBOUND_NUMBERS} numbers"
+        )
+    numbers: list[str] = []
+    for value in values:
+        number = canonical_number(value, plus_required=True) if ";" not in value else None
+        if number is None:
+            raise _bad(
+                "invalid_field",
+                f"inbound_numbers entry '{value[:64]}' is not an E.164 number "
+                "(a + and 6-15 digits, e.g. +14155550100)",
+            )
+        if number not in numbers:
+            numbers.append(number)
+    return numbers
 
 
 def normalize_addresses(values: list[str]) -> str | None:

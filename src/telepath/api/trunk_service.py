@@ -25,6 +25,9 @@ from telepath.secrets.digest import compute_ha1
 from telepath.secrets.keyring import Keyring
 from telepath.secrets.tokens import mask_secret, new_id, new_sip_password
 
+#: Trunk fields that decide how its INVITEs are routed and authenticated (``_set_routing``).
+ROUTING_FIELDS = ("sip_auth", "inbound_numbers")
+
 
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z`` suffix and second precision, as in the seed."""
@@ -98,12 +101,57 @@ class TrunkService:
             allowed_addresses=(
                 trunk.allowed_addresses.split(",") if trunk.allowed_addresses else None
             ),
+            sip_auth="address" if trunk.sip_auth == "address" else "digest",
+            inbound_numbers=trunk.inbound_numbers.split(",") if trunk.inbound_numbers else None,
         )
 
     def _conflict(self, sip_username: str) -> ApiError:
         return ApiError(
             409, "conflict", f"A trunk with sip_username '{sip_username}' already exists"
         )
+
+    async def _set_routing(self, trunk: Trunk, fields: dict[str, Any]) -> None:
+        """Apply ``sip_auth`` and ``inbound_numbers`` from ``fields``, then check the result.
+
+        Decision: a number belongs to one trunk in the whole installation, since an INVITE for
+        it is routed by it; another account's number is a ``409`` like a taken username (a
+        number is its carrier's customer's alone, so this reveals a misconfiguration, not a
+        secret).
+        """
+        if "sip_auth" in fields:
+            trunk.sip_auth = "address" if fields["sip_auth"] == "address" else None
+        if "inbound_numbers" in fields:
+            numbers: list[str] = fields["inbound_numbers"] or []
+            taken = await self.repo.numbers_taken(numbers, trunk.id)
+            if taken:
+                raise ApiError(
+                    409, "conflict", f"Number '{taken[0]}' is already served by another trunk"
+                )
+            await self.repo.set_numbers(trunk, numbers)
+        if trunk.sip_auth == "address" and not (trunk.allowed_addresses and trunk.inbound_numbers):
+            raise ApiError(
+                400,
+                "invalid_field",
+                "sip_auth 'address' needs allowed_addresses and inbound_numbers: calls are taken "
+                "without a challenge only for those numbers from those sources",
+            )
+
+    async def _save(self, trunk: Trunk, routing: dict[str, Any]) -> None:
+        """Apply the routing fields and commit; a unique key another request took meanwhile
+        (a username, a number) is the documented 409, never a 500."""
+        try:
+            await self._set_routing(trunk, routing)
+            await self.session.commit()
+        except IntegrityError:
+            await self.session.rollback()
+            if not routing.get("inbound_numbers"):
+                raise self._conflict(trunk.sip_username) from None
+            raise ApiError(
+                409,
+                "conflict",
+                f"A trunk with sip_username '{trunk.sip_username}' or one of these "
+                "inbound_numbers already exists",
+            ) from None
 
     async def _validate_provider(self, trunk: Trunk, changed: dict[str, Any]) -> None:
         """Check credentials that are new or changed, using the stored values for the rest."""
@@ -164,13 +212,10 @@ class TrunkService:
             trunk.custom_protocol = "telepath"
         set_password(trunk, data.sip_password)
         await self._validate_provider(trunk, data.options)
+        routing = {k: data.options.pop(k) for k in ROUTING_FIELDS if k in data.options}
         self._apply(trunk, data.options)
         self.repo.add(trunk)
-        try:
-            await self.session.commit()
-        except IntegrityError:
-            await self.session.rollback()
-            raise self._conflict(data.sip_username) from None
+        await self._save(trunk, routing)
         trunks_changed()
         return trunk
 
@@ -186,9 +231,10 @@ class TrunkService:
         trunk = await self.get(trunk_id)
         await self._validate_provider(trunk, fields)
         was_active = trunk.status == "active"
+        routing = {k: fields.pop(k) for k in ROUTING_FIELDS if k in fields}
         self._apply(trunk, fields)
         trunk.updated_at = utcnow()
-        await self.session.commit()
+        await self._save(trunk, routing)
         trunks_changed()
         if was_active and trunk.status != "active":
             self._removed(trunk.id)

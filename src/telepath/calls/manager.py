@@ -89,6 +89,7 @@ from telepath.sip.dialog import Dialog
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import param_value, parse_name_addr
 from telepath.sip.message import Request
+from telepath.sip.numbers import number_of
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
     CallConfirmed,
@@ -655,19 +656,30 @@ class CallManager:
     async def _authenticate(
         self, tx: ServerTransaction, *, call: bool = True
     ) -> TrunkConfig | None:
-        """The trunk whose credentials ``tx`` carries; otherwise it is challenged or refused
-        (counted as a rejected call unless ``call`` is False: a REGISTER is none)."""
+        """The trunk ``tx`` may use: by its credentials, or — an INVITE to a number of a trunk
+        with ``sip_auth`` "address" from one of its allowed sources — by address; otherwise it
+        is challenged or refused (counted as a rejected call unless ``call`` is False: a
+        REGISTER is none, and always authenticates by digest)."""
         request = tx.request
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
+        called = _called_number(request) if call else None
+        if called is not None:
+            routed = await self.directory.find_by_number(called)
+            # Decision: the number picks the trunk, never the address alone — a carrier's
+            # signalling addresses are shared by all its customers. From any other source the
+            # INVITE is challenged like every unknown one (no oracle for which numbers exist),
+            # and its credentials, right or wrong, end in the same 403.
+            if routed is not None and routed.address_auth and routed.allows_source(source_ip):
+                return routed
         if value is None:
-            self._challenge(tx, await self._trunk_of(request))
+            self._challenge(tx, await self._trunk_of(request, called))
             return None
         try:
             creds = parse_authorization(value)
         except AuthHeaderError:
             # e.g. an unknown scheme (RFC 4475 regaut01): challenge again
-            self._challenge(tx, await self._trunk_of(request))
+            self._challenge(tx, await self._trunk_of(request, called))
             return None
         trunk = await self.directory.find_by_sip_username(creds.username)
 
@@ -689,6 +701,10 @@ class CallManager:
                 return None
             if self.guard is not None:
                 self.guard.record_auth_success(source_ip)
+            if call and not trunk.serves(called):
+                # Its inbound_numbers: a call to another number (or to none) is not for it.
+                self._reject(tx, 404, "number_not_served")
+                return None
             return trunk
         if outcome.result == AuthResult.STALE:
             self._challenge(tx, trunk, stale=True)
@@ -722,14 +738,18 @@ class CallManager:
         """Answer a request that is not a call with a failure (nothing counted as a call)."""
         self._respond(tx, status, **kw)
 
-    async def _trunk_of(self, request: Request) -> TrunkConfig | None:
+    async def _trunk_of(self, request: Request, called: str | None = None) -> TrunkConfig | None:
         """The trunk named by the Request-URI user (a REGISTER's: the To user, its
-        address-of-record, §10.2), to choose its challenge (None if none)."""
+        address-of-record, §10.2), or else serving the ``called`` number, to choose its
+        challenge (None if none)."""
         uri = request.to.uri if request.method == "REGISTER" else request.uri
         user = uri.user_unescaped
-        if not user:
-            return None
-        return await self.directory.find_by_sip_username(user.split(";", 1)[0])
+        trunk = None
+        if user:
+            trunk = await self.directory.find_by_sip_username(user.split(";", 1)[0])
+        if trunk is None and called is not None:
+            trunk = await self.directory.find_by_number(called)
+        return trunk
 
     async def _connect_and_answer(
         self,
@@ -1316,6 +1336,15 @@ def _expires(text: str | None, default: int) -> int | None:
 def _http_date() -> str:
     """Now as a SIP ``Date`` value (§20.17: RFC 1123 form, GMT)."""
     return email.utils.formatdate(usegmt=True)
+
+
+def _called_number(request: Request) -> str | None:
+    """The E.164 number an INVITE calls: the Request-URI's user part, or else the To URI's
+    (a carrier sending to ``sip:<username>@host`` may name the dialled number only in To)."""
+    try:
+        return number_of(request.uri) or number_of(request.to.uri)
+    except SipParseError:  # a To the transaction layer let through but that does not parse
+        return number_of(request.uri)
 
 
 def _number(uri: SipUri) -> str | None:

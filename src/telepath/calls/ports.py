@@ -64,6 +64,21 @@ class TrunkConfig:
     digest_algorithms: tuple[str, ...] | None = None  # None: the installation default
     # The sources its calls and registrations may come from; empty: any source.
     allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    # The called numbers it serves (canonical E.164); empty: any.
+    inbound_numbers: frozenset[str] = frozenset()
+    # "digest" (challenge) or "address": its numbers' INVITEs from allowed_networks are taken
+    # without a challenge (carriers that answer none).
+    sip_auth: str = "digest"
+
+    @property
+    def address_auth(self) -> bool:
+        """True if its calls are authenticated by source address and called number."""
+        return self.sip_auth == "address" and bool(self.allowed_networks and self.inbound_numbers)
+
+    def serves(self, number: str | None) -> bool:
+        """True if a call to ``number`` (canonical E.164, or None when the INVITE names none)
+        may use this trunk: any number when it lists none."""
+        return not self.inbound_numbers or number in self.inbound_numbers
 
     def allows_source(self, ip: str) -> bool:
         """True if a request from ``ip`` may use this trunk (an IPv4-mapped IPv6 address
@@ -87,10 +102,18 @@ class DirectoryUnavailable(Exception):
 
 
 class TrunkDirectory(Protocol):
-    """Finds the trunk that owns a SIP username (the Request-URI user part)."""
+    """Finds the trunk that owns a SIP username (digest) or serves a called number."""
 
     async def find_by_sip_username(self, sip_username: str) -> TrunkConfig | None:
         """The trunk, or None when no trunk has this username.
+
+        Raises:
+            DirectoryUnavailable: the trunks cannot be read now (and none was known).
+        """
+        ...
+
+    async def find_by_number(self, number: str) -> TrunkConfig | None:
+        """The trunk serving a called number (canonical E.164), or None.
 
         Raises:
             DirectoryUnavailable: the trunks cannot be read now (and none was known).

@@ -89,12 +89,30 @@ class Trunk(Base):
     # Where the trunk's INVITEs and REGISTERs may come from: canonical networks, comma-separated
     # ("203.0.113.0/24,2001:db8::/32"); None: any source.
     allowed_addresses: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # How its INVITEs authenticate: None or "digest" (a challenge), or "address" (taken without a
+    # challenge from allowed_addresses for one of its inbound numbers: carriers that do not
+    # answer challenges, e.g. Twilio Elastic SIP Trunking origination).
+    sip_auth: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The called numbers it serves, canonical E.164, comma-separated ("+14155550100,..."); None:
+    # any. The same numbers are rows of ``trunk_numbers`` (unique: the routing index).
+    inbound_numbers: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 # SIP usernames are unique regardless of case, so "Agent-1" cannot shadow "agent-1".
 Index("uq_trunks_sip_username_ci", func.lower(Trunk.sip_username), unique=True)
+
+
+class TrunkNumber(Base):
+    """One called number a trunk serves: unique across the installation, since an INVITE for a
+    number is routed by it (``trunks.inbound_numbers`` holds the same list for reading)."""
+
+    __tablename__ = "trunk_numbers"
+
+    number: Mapped[str] = mapped_column(String(16), primary_key=True)  # "+" and 1-15 digits
+    trunk_id: Mapped[str] = mapped_column(ForeignKey("trunks.id", ondelete="CASCADE"), index=True)
+
 
 # Encrypted trunk columns: logical name -> attribute holding the AES-GCM envelope.
 TRUNK_SECRET_COLUMNS = {

@@ -6,11 +6,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from telepath.db.base import utcnow
-from telepath.db.models import Account, ApiKey, Trunk
+from telepath.db.models import Account, ApiKey, Trunk, TrunkNumber
 from telepath.secrets.tokens import hash_api_key, new_api_key, new_id
 
 DEFAULT_ACCOUNT_NAME = "default"
@@ -118,6 +118,50 @@ class TrunkRepository:
         return await self.session.scalar(
             select(Trunk).where(func.lower(Trunk.sip_username) == sip_username.lower())
         )
+
+    async def by_number(self, number: str) -> Trunk | None:
+        """The trunk serving a called number (canonical E.164), for routing an INVITE by it."""
+        return await self.session.scalar(
+            select(Trunk)
+            .join(TrunkNumber, TrunkNumber.trunk_id == Trunk.id)
+            .where(TrunkNumber.number == number)
+        )
+
+    async def numbers_taken(self, numbers: Collection[str], trunk_id: str) -> list[str]:
+        """Those of ``numbers`` another trunk (of any account) already serves, sorted."""
+        if not numbers:
+            return []
+        rows = await self.session.scalars(
+            select(TrunkNumber.number).where(
+                TrunkNumber.number.in_(list(numbers)), TrunkNumber.trunk_id != trunk_id
+            )
+        )
+        return sorted(rows)
+
+    async def set_numbers(self, trunk: Trunk, numbers: Sequence[str]) -> None:
+        """Make ``numbers`` the trunk's inbound numbers, in the column and the routing index.
+
+        Only the difference is written (a number kept stays the same row), so a change never
+        deletes and re-inserts one key in one flush. A number another trunk holds makes the
+        commit raise ``IntegrityError``.
+        """
+        await self.session.flush()  # a new trunk's row exists before rows that refer to it
+        held = set(
+            await self.session.scalars(
+                select(TrunkNumber.number).where(TrunkNumber.trunk_id == trunk.id)
+            )
+        )
+        gone = held - set(numbers)
+        if gone:
+            await self.session.execute(
+                delete(TrunkNumber).where(
+                    TrunkNumber.trunk_id == trunk.id, TrunkNumber.number.in_(gone)
+                )
+            )
+        self.session.add_all(
+            TrunkNumber(number=n, trunk_id=trunk.id) for n in numbers if n not in held
+        )
+        trunk.inbound_numbers = ",".join(numbers) or None
 
     async def active_ids(self, trunk_ids: Collection[str]) -> set[str]:
         """Which of ``trunk_ids`` exist and are active (any account: the gateway's question)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from ipaddress import ip_network
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -60,9 +60,10 @@ class DbTrunkDirectory:
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
-        # lower(username) -> trunk or None. A call looks its trunk up twice within
-        # milliseconds (to choose the challenge, then to verify the answer).
-        self._cache: LookupCache[str, TrunkConfig | None] = LookupCache(
+        # ("user", lower(username)) or ("number", number) -> trunk or None: two key spaces, as
+        # a Request-URI user may well look like a number. A call looks its trunk up twice
+        # within milliseconds (to choose the challenge, then to verify the answer).
+        self._cache: LookupCache[tuple[str, str], TrunkConfig | None] = LookupCache(
             cache_ttl_s,
             lambda: _generation,
             stale_if_error_s=STALE_IF_ERROR_S,
@@ -92,8 +93,17 @@ class DbTrunkDirectory:
         Cached for ``cache_ttl_s`` (1 s): a change made through this process's API is seen at
         once (:func:`trunks_changed`); one made by another process within a second.
         """
+        return await self._cached(("user", sip_username.lower()), lambda: self._load(sip_username))
+
+    async def find_by_number(self, number: str) -> TrunkConfig | None:
+        """The trunk serving the called ``number`` (canonical E.164), cached like a username."""
+        return await self._cached(("number", number), lambda: self._load_number(number))
+
+    async def _cached(
+        self, key: tuple[str, str], load: Callable[[], Awaitable[TrunkConfig | None]]
+    ) -> TrunkConfig | None:
         try:
-            return await self._cache.get(sip_username.lower(), lambda: self._load(sip_username))
+            return await self._cache.get(key, load)
         except Exception as exc:
             if transient_error(exc):
                 raise DirectoryUnavailable(type(exc).__name__) from exc
@@ -112,8 +122,15 @@ class DbTrunkDirectory:
     async def _load(self, sip_username: str) -> TrunkConfig | None:
         async with self._sessions() as session:
             trunk = await TrunkRepository(session).by_sip_username(sip_username)
-        if trunk is None:
-            return None
+        return None if trunk is None else self._config(trunk)
+
+    async def _load_number(self, number: str) -> TrunkConfig | None:
+        async with self._sessions() as session:
+            trunk = await TrunkRepository(session).by_number(number)
+        return None if trunk is None else self._config(trunk)
+
+    def _config(self, trunk: Trunk) -> TrunkConfig | None:
+        """What call control needs of ``trunk``, secrets decrypted (None if they cannot be)."""
         try:
             headers_raw = self._open(trunk, "custom_headers", trunk.custom_headers_enc)
             return TrunkConfig(
@@ -144,6 +161,8 @@ class DbTrunkDirectory:
                 allowed_networks=tuple(
                     ip_network(n) for n in (trunk.allowed_addresses or "").split(",") if n
                 ),
+                inbound_numbers=frozenset(n for n in (trunk.inbound_numbers or "").split(",") if n),
+                sip_auth=trunk.sip_auth or "digest",
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

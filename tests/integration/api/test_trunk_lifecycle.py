@@ -371,3 +371,122 @@ async def test_allowed_addresses(api: Api) -> None:
     created_bad = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "allowed_addresses": ["x"]})
     assert created_bad.status_code == 400
     assert created_bad.json()["error"]["code"] == "invalid_field"
+
+
+async def numbers_rows(api: Api) -> list[tuple[str, str]]:
+    async with api.state.engine.connect() as conn:
+        rows = await conn.execute(text("SELECT number, trunk_id FROM trunk_numbers ORDER BY 1"))
+        return [(r[0], r[1]) for r in rows]
+
+
+async def test_inbound_numbers(api: Api) -> None:
+    body = {**OPENAI_EXAMPLE, "inbound_numbers": ["+1 415-555-0100", "+4930123456", "+14155550100"]}
+    created = await api.post("/v1/trunks", body)
+    assert created.status_code == 201, created.text
+    trunk_id = created.json()["id"]
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    # canonical E.164, in order, the duplicate dropped; digest authentication by default
+    assert got["inbound_numbers"] == ["+14155550100", "+4930123456"]
+    assert got["sip_auth"] == "digest"
+    assert await numbers_rows(api) == [("+14155550100", trunk_id), ("+4930123456", trunk_id)]
+
+    # A number belongs to one trunk in the installation: another account's is a 409 too.
+    other_key = await api.new_account_key("other-tenant")
+    taken = await api.post(
+        "/v1/trunks",
+        {**OPENAI_EXAMPLE, "sip_username": "other-01", "inbound_numbers": ["+4930123456"]},
+        key=other_key,
+    )
+    assert taken.status_code == 409, taken.text
+    assert taken.json()["error"] == {
+        "code": "conflict",
+        "message": "Number '+4930123456' is already served by another trunk",
+        "status": 409,
+    }
+    second = await api.post(
+        "/v1/trunks",
+        {**OPENAI_EXAMPLE, "sip_username": "other-02", "inbound_numbers": ["+4930999999"]},
+        key=other_key,
+    )
+    assert second.status_code == 201, second.text
+    clash = await api.patch(
+        f"/v1/trunks/{second.json()['id']}", {"inbound_numbers": ["+14155550100"]}, key=other_key
+    )
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "conflict"
+
+    # A change keeps the numbers it keeps (one row each), adds and drops the others.
+    changed = await api.patch(
+        f"/v1/trunks/{trunk_id}", {"inbound_numbers": ["+4930123456", "+442071234567"]}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["inbound_numbers"] == ["+4930123456", "+442071234567"]
+    assert await numbers_rows(api) == [
+        ("+442071234567", trunk_id),
+        ("+4930123456", trunk_id),
+        ("+4930999999", second.json()["id"]),
+    ]
+    bad_values: list[tuple[object, str]] = [
+        (["4155550100"], "invalid_field"),  # no "+": not E.164
+        (["+0301234567"], "invalid_field"),
+        (["+12345"], "invalid_field"),
+        (["+14155550100;npdi"], "invalid_field"),
+        (["support-01"], "invalid_field"),
+        ([f"+1415555{i:04d}" for i in range(101)], "invalid_field"),
+        ("+14155550100", "invalid_field_type"),
+        ([14155550100], "invalid_field_type"),
+    ]
+    for bad, code in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"inbound_numbers": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+    kept = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert kept["inbound_numbers"] == ["+4930123456", "+442071234567"]
+
+    # null or [] clears (any number); the numbers are free again
+    clears: list[list[str] | None] = [None, []]
+    for clear in clears:
+        cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"inbound_numbers": clear})
+        assert cleared.status_code == 200 and cleared.json()["inbound_numbers"] is None
+    assert await numbers_rows(api) == [("+4930999999", second.json()["id"])]
+    # Deleting a trunk frees its numbers.
+    assert (await api.delete(f"/v1/trunks/{second.json()['id']}", key=other_key)).status_code == 204
+    assert await numbers_rows(api) == []
+    reused = await api.patch(f"/v1/trunks/{trunk_id}", {"inbound_numbers": ["+4930999999"]})
+    assert reused.status_code == 200 and reused.json()["inbound_numbers"] == ["+4930999999"]
+
+
+async def test_sip_auth_address_needs_addresses_and_numbers(api: Api) -> None:
+    for extra in (
+        {},
+        {"allowed_addresses": ["192.0.2.0/24"]},
+        {"inbound_numbers": ["+14155550100"]},
+    ):
+        resp = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "sip_auth": "address", **extra})
+        assert resp.status_code == 400, (extra, resp.text)
+        assert resp.json()["error"]["code"] == "invalid_field"
+        assert "allowed_addresses and inbound_numbers" in resp.json()["error"]["message"]
+    assert (await api.get("/v1/trunks")).json()["trunks"] == []  # nothing was created
+    assert await numbers_rows(api) == []
+    routed: dict[str, Any] = {
+        "sip_auth": "address",
+        "allowed_addresses": ["192.0.2.0/24"],
+        "inbound_numbers": ["+14155550100"],
+    }
+    trunk_id = await create(api, **routed)
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert got["sip_auth"] == "address" and got["inbound_numbers"] == ["+14155550100"]
+    # Clearing either list while authenticating by address is refused, and changes nothing.
+    clears: list[dict[str, Any]] = [{"allowed_addresses": None}, {"inbound_numbers": []}]
+    for clear in clears:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {**clear, "name": "renamed"})
+        assert resp.status_code == 400, (clear, resp.text)
+        assert resp.json()["error"]["code"] == "invalid_field"
+    kept = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert kept["name"] == got["name"] and kept["allowed_addresses"] == ["192.0.2.0/24"]
+    assert await numbers_rows(api) == [("+14155550100", trunk_id)]
+    bad = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_auth": "ip"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_field"
+    # Back to digest (null: the default), after which the lists may go.
+    back = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_auth": None, "inbound_numbers": None})
+    assert back.status_code == 200, back.text
+    assert back.json()["sip_auth"] == "digest" and back.json()["inbound_numbers"] is None

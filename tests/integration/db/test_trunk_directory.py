@@ -83,3 +83,26 @@ async def test_inactive_among_names_deleted_and_inactive_trunks(api: Api) -> Non
     await api.patch(f"/v1/trunks/{paused}", {"status": "active"})
     assert await directory.inactive_among([paused]) == set()
     assert await directory.inactive_among([]) == set()
+
+
+async def test_lookup_by_number_follows_changes_and_is_not_a_username(api: Api) -> None:
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    body = {
+        **OPENAI_EXAMPLE,
+        "sip_auth": "address",
+        "allowed_addresses": ["192.0.2.0/24"],
+        "inbound_numbers": ["+14155550100"],
+    }
+    created = (await api.post("/v1/trunks", body)).json()
+    found = await directory.find_by_number("+14155550100")
+    assert found is not None and found.trunk_id == created["id"]
+    assert found.inbound_numbers == frozenset({"+14155550100"}) and found.address_auth
+    # The same text as a username is another lookup (cached apart), and finds nothing.
+    assert await directory.find_by_sip_username("+14155550100") is None
+    assert await directory.find_by_number("+14155550101") is None
+    await api.patch(f"/v1/trunks/{created['id']}", {"inbound_numbers": ["+14155550101"]})
+    assert await directory.find_by_number("+14155550100") is None
+    moved = await directory.find_by_number("+14155550101")
+    assert moved is not None and moved.trunk_id == created["id"]
+    await api.delete(f"/v1/trunks/{created['id']}")
+    assert await directory.find_by_number("+14155550101") is None

@@ -173,6 +173,25 @@ def call(
     return "".join(parts)
 
 
+def unchallenged_call(user: str, media_port: int, *, hold_ms: int = 500) -> str:
+    """A carrier that answers no challenge: INVITE → 200 → ACK → BYE. A 401 fails it."""
+    common = {"user": user, "media_port": media_port}
+    return "".join(
+        [
+            HEADER,
+            INVITE % {**common, "txn": "", "cseq": 1, "auth": ""},
+            expect(100, extra=' optional="true"'),
+            expect(180, extra=' optional="true"'),
+            expect(200, extra=' rrs="true" rtd="true"'),
+            ACK_2XX % {"user": user, "cseq": 1},
+            f'  <pause milliseconds="{hold_ms}"/>\n',
+            IN_DIALOG % {"user": user, "method": "BYE", "cseq": 10, "extra": "", "body": ""},
+            expect(200),
+            FOOTER,
+        ]
+    )
+
+
 def _through_challenge(common: dict[str, object]) -> str:
     """INVITE → (100) → 401 → ACK → INVITE with digest → (100): the authenticated INVITE is
     transaction ``inv2``, its 100 optional."""

@@ -293,10 +293,13 @@ class CallLeg:
     cseq: int = 1
     ok: Response | None = None
     challenges: list[str] = field(default_factory=list)
+    uri: str | None = None  # the Request-URI of its INVITEs (default: sip:<user>@<target>)
 
     def build(self, method: str, **kw: object) -> bytes:
         """A request in this call (the To tag once we have one)."""
         kw.setdefault("to_tag", self.to_tag)
+        if method == "INVITE" and self.uri is not None:
+            kw.setdefault("uri", self.uri)
         return self.uac.request(
             method,
             self.user,

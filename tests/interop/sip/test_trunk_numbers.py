@@ -1,0 +1,147 @@
+"""Inbound numbers and address authentication over real SIP on loopback.
+
+A trunk with ``sip_auth`` "address" takes INVITEs for its numbers from its allowed sources
+without a challenge — a carrier that answers none (SIPp plays one). From anywhere else, or for
+another number, the INVITE is challenged like any unknown one. A digest trunk with
+``inbound_numbers`` is reached by its number in the Request-URI and refuses other numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.sip.message import Response
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import Phone
+from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.sipp_scenarios import run_sipp, unchallenged_call
+from tests.interop.sip.uac import (
+    CallLeg,
+    Message,
+    Uac,
+    challenge_params,
+    new_branch,
+    sdp_offer,
+)
+from tests.interop.sip.waits import ended_records
+
+pytestmark = pytest.mark.interop
+
+MEDIA_PORT = 40004
+PASSWORD = "numbers-pass-1"
+
+
+async def test_a_carrier_that_answers_no_challenge_reaches_its_number(
+    api: Api, gateway: Gateway, tmp_path: Path, phone: Phone
+) -> None:
+    require_sipp()
+    async with FakeTelepathAgent(agent="silent") as agent:
+        trunk = await create_trunk(
+            api,
+            "carrier-ip",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            sip_auth="address",
+            allowed_addresses=["127.0.0.0/8"],
+            inbound_numbers=["+14155550100"],
+        )
+        result = await run_sipp(
+            unchallenged_call("+14155550100", phone.port, hold_ms=800),
+            tmp_path,
+            gateway.server.bound["UDP"],
+            user="unused",
+            password="unused",
+        )
+        assert result.returncode == 0, result.stdout + result.errors
+        (record,) = await ended_records(api, gateway)
+    assert "SIP/2.0 401" not in result.messages  # never challenged
+    assert record["trunk_id"] == trunk["id"]
+    assert record["to"] == "+14155550100"
+    assert record["disconnect_reason"] == "caller_hangup"
+    assert len(agent.handshakes) == 1
+
+
+async def invite(
+    leg: CallLeg, status: int, *, password: str | None = PASSWORD, algorithm: str = "MD5"
+) -> int:
+    """Place ``leg``'s INVITE and return the first final status. A 401 is answered with
+    ``password``'s digest (unless None), whose final status must be ``status`` (200: ACKed)."""
+    branch = new_branch()
+    start = len(leg.uac.received)
+    leg.uac.send(leg.build("INVITE", branch=branch, body=sdp_offer(MEDIA_PORT)))
+
+    def final(message: Message) -> bool:
+        return (
+            isinstance(message, Response)
+            and message.call_id == leg.call_id
+            and (message.status >= 200)
+        )
+
+    first = (await leg.uac.wait_for(final, after=start)).message
+    assert isinstance(first, Response)
+    if first.status >= 300:  # the ACK of a failure is part of its transaction (§17.1.1.3)
+        leg.uac.send(leg.build("ACK", branch=branch, to_tag=first.to.tag, cseq_method="ACK"))
+    if first.status != 401 or password is None:
+        return first.status
+    leg.challenges = first.headers.get_all("WWW-Authenticate")
+    start = len(leg.uac.received)
+    leg.uac.send(leg.authenticated_invite(password, MEDIA_PORT, algorithm=algorithm))
+    answer = await leg.uac.response(status, leg.call_id, after=start)
+    if status == 200:
+        leg.to_tag = answer.to.tag
+        leg.uac.send(leg.ack())
+    return 401
+
+
+async def test_numbers_route_and_restrict(api: Api, gateway: Gateway, uac: Uac) -> None:
+    host, port = uac.target
+
+    def to(number: str) -> str:
+        return f"sip:{number}@{host}:{port}"
+
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "far-carrier",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            sip_auth="address",
+            allowed_addresses=["192.0.2.0/24"],
+            inbound_numbers=["+14155550111"],
+        )
+        numbered = await create_trunk(
+            api,
+            "numbered",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            inbound_numbers=["+14155550122"],
+            sip_digest_algorithms="SHA-256",
+        )
+        # Not from its carrier's addresses: challenged like any unknown INVITE; then even the
+        # right credentials end in 403.
+        assert await invite(CallLeg(uac, "far-carrier", uri=to("+14155550111")), 403) == 401
+        # A number nobody serves: challenged too (no oracle for which numbers exist).
+        assert await invite(CallLeg(uac, "nobody", uri=to("+14155550199")), 0, password=None) == 401
+
+        # A digest trunk reached by its number: the challenge is its own (SHA-256 only here).
+        leg = CallLeg(uac, "numbered", uri=to("+14155550122"))
+        assert await invite(leg, 200, algorithm="SHA-256") == 401
+        assert [challenge_params(c).get("algorithm") for c in leg.challenges] == ["SHA-256"]
+        await leg.bye()
+        # Its credentials for another number, or for no number at all, are refused with 404.
+        for other in (CallLeg(uac, "numbered", uri=to("+14155550123")), CallLeg(uac, "numbered")):
+            assert await invite(other, 404, algorithm="SHA-256") == 401
+        records = await ended_records(api, gateway)
+    assert [(r["trunk_id"], r["to"]) for r in records] == [(numbered["id"], "+14155550122")]
+    assert len(agent.handshakes) == 1
+    counters = gateway.manager.counters
+    assert counters.get("rejected_source_not_allowed") == 1
+    assert counters.get("rejected_number_not_served") == 2

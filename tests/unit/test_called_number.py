@@ -1,0 +1,44 @@
+"""The number an INVITE calls: the Request-URI's user part, or else the To URI's."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.calls.manager import _called_number
+from telepath.sip.message import Request
+from telepath.sip.parser import parse_message
+
+pytestmark = pytest.mark.unit
+
+
+def invite(ruri: str, to: str) -> Request:
+    raw = (
+        f"INVITE {ruri} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:+15551230000@192.0.2.1>;tag=1\r\n"
+        f"To: {to}\r\n"
+        "Call-ID: called-number-1\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    request = parse_message(raw)
+    assert isinstance(request, Request)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("ruri", "to", "number"),
+    [
+        ("sip:+14155550100@gw.test", "<sip:+14155550100@gw.test>", "+14155550100"),
+        # the Request-URI decides when both name a number (a retargeting proxy rewrites it)
+        ("sip:+14155550100@gw.test", "<sip:+4930123456@gw.test>", "+14155550100"),
+        # an origination URI with the trunk's username: the dialled number is in To
+        ("sip:support-01@gw.test", "<sip:+14155550100@gw.test>", "+14155550100"),
+        ("sip:support-01@gw.test", "<tel:+1-415-555-0100>", "+14155550100"),
+        ("sip:support-01@gw.test", "<sip:support-01@gw.test>", None),
+        ("sip:4155550100@gw.test", "<sip:4155550100@gw.test>", None),  # national: not E.164
+    ],
+)
+def test_called_number(ruri: str, to: str, number: str | None) -> None:
+    assert _called_number(invite(ruri, to)) == number
