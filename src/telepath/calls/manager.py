@@ -772,7 +772,11 @@ class CallManager:
         call_id = new_id("call")
         call_id_var.set(call_id)  # every log line of this call (and its tasks) carries it
         caller = _number(request.from_.uri)
-        called = _number(request.uri) if request.uri.user else _number(request.to.uri)
+        # The dialled number as routing saw it (Request-URI, else To) — what an agent serving
+        # several numbers needs; else the Request-URI's user (the trunk's username).
+        called = _called_number(request) or (
+            _number(request.uri) if request.uri.user else _number(request.to.uri)
+        )
         law: Codec
         if negotiated is None:
             law = _agent_law(self.config.codecs)  # Call transcodes if the answer picks the other

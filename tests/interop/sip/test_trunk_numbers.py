@@ -136,12 +136,18 @@ async def test_numbers_route_and_restrict(api: Api, gateway: Gateway, uac: Uac) 
         assert await invite(leg, 200, algorithm="SHA-256") == 401
         assert [challenge_params(c).get("algorithm") for c in leg.challenges] == ["SHA-256"]
         await leg.bye()
+        # Or by its username, the dialled number in To (an origination URI with the username).
+        leg = CallLeg(uac, "numbered", to_uri=to("+14155550122"))
+        assert await invite(leg, 200, algorithm="SHA-256") == 401
+        await leg.bye()
         # Its credentials for another number, or for no number at all, are refused with 404.
         for other in (CallLeg(uac, "numbered", uri=to("+14155550123")), CallLeg(uac, "numbered")):
             assert await invite(other, 404, algorithm="SHA-256") == 401
-        records = await ended_records(api, gateway)
-    assert [(r["trunk_id"], r["to"]) for r in records] == [(numbered["id"], "+14155550122")]
-    assert len(agent.handshakes) == 1
+        records = await ended_records(api, gateway, count=2)
+    assert [(r["trunk_id"], r["to"]) for r in records] == [(numbered["id"], "+14155550122")] * 2
+    # the agent is told the dialled number both times
+    starts = [m for m in agent.received if m["type"] == "start"]
+    assert [m["call"]["called"] for m in starts] == ["+14155550122"] * 2
     counters = gateway.manager.counters
     assert counters.get("rejected_source_not_allowed") == 1
     assert counters.get("rejected_number_not_served") == 2

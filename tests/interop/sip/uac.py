@@ -197,6 +197,7 @@ class Uac:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         uri: str | None = None,
+        to_uri: str | None = None,
         max_forwards: int = 70,
         cseq_method: str | None = None,
     ) -> bytes:
@@ -206,7 +207,9 @@ class Uac:
         tp = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
         ruri = uri or f"{scheme}:{user}@{host}:{port}{tp}"
         lhost, lport = self.local
-        to = f"<{scheme}:{user}@{host}:{port}>" + (f";tag={to_tag}" if to_tag else "")
+        to = f"<{to_uri or f'{scheme}:{user}@{host}:{port}'}>" + (
+            f";tag={to_tag}" if to_tag else ""
+        )
         lines = [
             f"{method} {ruri} SIP/2.0",
             f"Via: SIP/2.0/{self.transport_name} {lhost}:{lport};branch={branch or new_branch()}"
@@ -294,12 +297,15 @@ class CallLeg:
     ok: Response | None = None
     challenges: list[str] = field(default_factory=list)
     uri: str | None = None  # the Request-URI of its INVITEs (default: sip:<user>@<target>)
+    to_uri: str | None = None  # the To URI of its requests (default: sip:<user>@<target>)
 
     def build(self, method: str, **kw: object) -> bytes:
         """A request in this call (the To tag once we have one)."""
         kw.setdefault("to_tag", self.to_tag)
         if method == "INVITE" and self.uri is not None:
             kw.setdefault("uri", self.uri)
+        if self.to_uri is not None:
+            kw.setdefault("to_uri", self.to_uri)
         return self.uac.request(
             method,
             self.user,
