@@ -127,6 +127,14 @@ class Metrics:
             buckets=JITTER_BUCKETS_MS,
             registry=r,
         )
+        self.rtp_dropped = Counter(
+            "telepath_rtp_packets_dropped",
+            "RTP/RTCP datagrams a call's media socket dropped, by reason, counted as the call "
+            "ends: rejected_source (not from the caller's media address: spoofing, RTP bleed "
+            "probes), unauthenticated (failed SRTP authentication or replay), malformed",
+            ["reason"],
+            registry=r,
+        )
         self.sip_auth_failures = Counter(
             "telepath_sip_auth_failures",
             "SIP digest authentication failures by reason",
@@ -285,6 +293,12 @@ class Metrics:
             self.rtp_packet_loss.observe(packet_loss_percent)
         if jitter_ms is not None:
             self.rtp_jitter.observe(jitter_ms)
+
+    def record_rtp_dropped(self, **by_reason: int) -> None:
+        """Add one ended call's dropped media datagrams (``rejected_source=3, ...``)."""
+        for reason, count in by_reason.items():
+            if count:
+                self.rtp_dropped.labels(reason=reason).inc(count)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

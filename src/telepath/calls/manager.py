@@ -1197,6 +1197,11 @@ class CallManager:
                 jitter_ms=m.jitter_ms,
             )
             stats = call.media.stats()
+            self.metrics.record_rtp_dropped(
+                rejected_source=stats.rejected_source,
+                unauthenticated=stats.unauthenticated,
+                malformed=stats.malformed,
+            )
             self.metrics.gateway_latency_by("caller_to_agent").observe(stats.inbound.p50_us / 1e6)
             self.metrics.gateway_latency_by("agent_to_caller").observe(stats.outbound.p50_us / 1e6)
         announce = self._announcing.pop(record.id, None)

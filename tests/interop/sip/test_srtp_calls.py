@@ -177,9 +177,13 @@ async def test_srtp_call_both_ways_rekey_and_refusals(
     refused = await reinvite(leg, other_suite, status=488)
     assert "suite" in (refused.headers.get("Warning") or "")
     assert call.media.srtp is not None and call.media.srtp.suite.name.endswith("_80")
+    dropped = call.media.stats().unauthenticated
     await leg.bye()
     (record,) = await ended_records(api, gateway)
     assert record["disconnect_reason"] == "caller_hangup"
+    # what the call's media dropped reaches /metrics as it ends
+    metrics = api.state.metrics.render().decode()
+    assert f'telepath_rtp_packets_dropped_total{{reason="unauthenticated"}} {dropped}.0' in metrics
     trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
     assert "inline:<redacted>" in trace
     for key in (first, second, gateway_key):
