@@ -174,7 +174,7 @@ class Dialer:
         target: str,
         *,
         username: str,
-        password: str,
+        password: str | None,
         local_ip: str = "127.0.0.1",
         caller: str = "+15550000000",
         rtp_ports: tuple[int, int] = (40000, 40998),
@@ -232,13 +232,13 @@ class Dialer:
         suffix = ";transport=tcp" if self.transport == "TCP" else ""
         return f"sip:dialer@{self.local_ip}:{local_port}{suffix}"
 
-    def _authorization(self, challenges: list[str], method: str) -> str:
+    def _authorization(self, challenges: list[str], method: str, password: str) -> str:
         parsed = [_challenge_params(c) for c in challenges]
         by_alg = {p.get("algorithm", "MD5").upper(): p for p in parsed}
         algorithm: Algorithm = "SHA-256" if "SHA-256" in by_alg else "MD5"
         ch = by_alg.get(algorithm) or parsed[0]
         realm, nonce = ch.get("realm", ""), ch.get("nonce", "")
-        ha1 = compute_ha1(algorithm, self.username, realm, self.password)
+        ha1 = compute_ha1(algorithm, self.username, realm, password)
         uri = str(self.uri)
         cnonce = secrets.token_hex(8)
         response = digest_response(
@@ -300,8 +300,11 @@ class Dialer:
                     )
                     sip.send(ack.to_bytes())
                 if final.status in (401, 407) and auth is None:
+                    if self.password is None:  # e.g. meant for a trunk with sip_auth address
+                        result.log.append("the gateway asks for a digest password (--password)")
+                        break
                     name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
-                    auth = self._authorization(final.headers.get_all(name), "INVITE")
+                    auth = self._authorization(final.headers.get_all(name), "INVITE", self.password)
                     continue
                 if 200 <= final.status < 300:
                     answer = final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -133,7 +134,12 @@ def call(
         help="SIP URI of the trunk, e.g. sip:alice@127.0.0.1:5060 (UDP), "
         "sip:alice@host;transport=tcp, sips:alice@host (TLS, port 5061)",
     ),
-    password: str = typer.Option(..., "--password", prompt=True, hide_input=True),
+    password: str | None = typer.Option(
+        None,
+        "--password",
+        help="Digest password; asked for when omitted and the gateway challenges (a trunk with "
+        "sip_auth address is called by number without one: sip:+14155550100@host)",
+    ),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
     duration: float = typer.Option(10.0, "--duration", help="Seconds to stay on the call"),
     tone: float = typer.Option(440.0, "--tone", help="Tone to play as the caller (Hz); 0: silence"),
@@ -149,24 +155,35 @@ def call(
     from telepath.cli.dialer import Dialer, write_wav
     from telepath.sip.errors import SipParseError
 
+    def dialer_with(secret: str | None) -> Dialer:
+        try:
+            made = Dialer(
+                target,
+                username=username or "",
+                password=secret,
+                local_ip=local_ip,
+                ca_file=ca_file,
+                srtp=srtp,
+            )
+        except SipParseError as exc:
+            typer.echo(f"bad SIP URI: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+        made.username = username or made.uri.user or ""
+        return made
+
     try:
-        dialer = Dialer(
-            target,
-            username=username or "",
-            password=password,
-            local_ip=local_ip,
-            ca_file=ca_file,
-            srtp=srtp,
+        result = asyncio.run(
+            dialer_with(password).run(duration_s=duration, tone_hz=tone or None, play=play)
         )
-    except SipParseError as exc:
-        typer.echo(f"bad SIP URI: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    dialer.username = username or dialer.uri.user or ""
-    try:
-        result = asyncio.run(dialer.run(duration_s=duration, tone_hz=tone or None, play=play))
+        if password is None and result.status in (401, 407) and sys.stdin.isatty():
+            # Challenged without a password: ask, and place the call again (a new one).
+            secret = typer.prompt("Password", hide_input=True)
+            result = asyncio.run(
+                dialer_with(secret).run(duration_s=duration, tone_hz=tone or None, play=play)
+            )
     except TimeoutError:
         typer.echo("no answer from the gateway (timeout)", err=True)
         raise typer.Exit(1) from None

@@ -106,3 +106,32 @@ async def test_dialer_refuses_a_certificate_it_cannot_verify(
     dialer = Dialer(_target(gateway, "dave", "TLS"), username="dave", password="any-pass-1")
     with pytest.raises(ssl.SSLCertVerificationError):  # the test CA is not trusted here
         await dialer.run(duration_s=1)
+
+
+async def test_dialer_without_password_calls_an_address_trunk_by_number(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    host, port = gateway.server.bound["UDP"]
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api,
+            "by-number",
+            "dialer-pass-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            sip_auth="address",
+            allowed_addresses=["127.0.0.1"],
+            inbound_numbers=["+14155550100"],
+        )
+        answered = await Dialer(f"sip:+14155550100@{host}:{port}", username="", password=None).run(
+            duration_s=1.5, tone_hz=1000
+        )
+        # A digest trunk challenges; without a password the dialler stops there and says why.
+        challenged = await Dialer(
+            f"sip:by-number@{host}:{port}", username="by-number", password=None
+        ).run(duration_s=1)
+    assert answered.status == 200 and answered.setup_ms is not None
+    assert abs(dominant_frequency(answered.recorded) - 440) < 15
+    assert challenged.status == 401 and challenged.setup_ms is None
+    assert "--password" in challenged.log[-1]
