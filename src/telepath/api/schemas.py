@@ -49,6 +49,13 @@ _INBOUND_NUMBERS: Any = Field(
     examples=[["+14155550100"]],
 )
 
+_MEDIA_ENCRYPTION: Any = Field(
+    None,
+    description="SRTP (SDES, over TLS signalling) for this trunk's calls: 'allowed' (SRTP or "
+    "plain RTP, as the carrier offers), 'required' (plain RTP refused with 488) or 'disabled' "
+    "(SRTP offers refused); absent or null: the installation's TELEPATH_SIP_SRTP",
+)
+
 
 class TrunkCreate(BaseModel):
     """Body of ``POST /v1/trunks`` (the seed's fields plus optional provider settings)."""
@@ -85,6 +92,7 @@ class TrunkCreate(BaseModel):
     allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
     sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
+    media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
 
 
 class TrunkUpdate(BaseModel):
@@ -107,6 +115,7 @@ class TrunkUpdate(BaseModel):
     allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
     sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
+    media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
 
 
 class TrunkCreated(BaseModel):
@@ -144,6 +153,9 @@ class Trunk(TrunkCreated):
     sip_auth: Literal["digest", "address"] = "digest"
     inbound_numbers: list[str] | None = Field(
         None, description="Canonical E.164 numbers this trunk serves; null: any"
+    )
+    media_encryption: Literal["allowed", "required", "disabled"] | None = Field(
+        None, description="null: the installation's TELEPATH_SIP_SRTP"
     )
 
 

@@ -78,6 +78,7 @@ CREATE_FIELDS: Final = (
     "allowed_addresses",
     "sip_auth",
     "inbound_numbers",
+    "media_encryption",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -95,6 +96,7 @@ UPDATE_FIELDS: Final = (
     "allowed_addresses",
     "sip_auth",
     "inbound_numbers",
+    "media_encryption",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -112,6 +114,7 @@ CLEARABLE: Final = frozenset(
         "allowed_addresses",
         "sip_auth",
         "inbound_numbers",
+        "media_encryption",
     }
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
@@ -122,6 +125,9 @@ DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
 #: How a trunk's INVITEs authenticate: a digest challenge, or the source address (with
 #: ``allowed_addresses`` and ``inbound_numbers`` both set: ``TrunkService`` checks).
 SIP_AUTH_MODES: Final = ("digest", "address")
+#: SRTP for one trunk's calls (``TELEPATH_SIP_SRTP``'s allow / require / off, in the words
+#: peers' trunk APIs use).
+MEDIA_ENCRYPTION: Final = ("allowed", "required", "disabled")
 #: Fields whose value is an array of strings.
 _STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers")
 
@@ -264,6 +270,8 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         fields["allowed_addresses"] = normalize_addresses(fields["allowed_addresses"])
     if "inbound_numbers" in fields:
         fields["inbound_numbers"] = normalize_numbers(fields["inbound_numbers"])
+    if "media_encryption" in fields and fields["media_encryption"] not in MEDIA_ENCRYPTION:
+        raise _bad("invalid_field", "media_encryption must be one of: allowed, required, disabled")
     if "sip_auth" in fields and fields["sip_auth"] not in SIP_AUTH_MODES:
         raise _bad("invalid_field", "sip_auth must be one of: digest, address")
 

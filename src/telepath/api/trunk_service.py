@@ -103,6 +103,7 @@ class TrunkService:
             ),
             sip_auth="address" if trunk.sip_auth == "address" else "digest",
             inbound_numbers=trunk.inbound_numbers.split(",") if trunk.inbound_numbers else None,
+            media_encryption=trunk.media_encryption,
         )
 
     def _conflict(self, sip_username: str) -> ApiError:

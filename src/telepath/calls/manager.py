@@ -534,7 +534,7 @@ class CallManager:
             return
         try:
             session_id = random.randint(1, 2**31)
-            security = self._media_security(tx)
+            security = self._media_security(tx, trunk)
             if not request.body:
                 # Delayed offer (RFC 3261 §13.2.1): we offer in the 200 OK, every configured
                 # codec plus telephone-event on the port just leased (RFC 3264 §5), and the
@@ -588,16 +588,18 @@ class CallManager:
             lease.release()  # idempotent; on success the media session owns the lease
             raise
 
-    def _media_security(self, tx: ServerTransaction) -> MediaSecurity:
-        """What SRTP this INVITE may negotiate (``TELEPATH_SIP_SRTP``).
+    def _media_security(self, tx: ServerTransaction, trunk: TrunkConfig) -> MediaSecurity:
+        """What SRTP this INVITE may negotiate: the trunk's ``media_encryption``, or else
+        ``TELEPATH_SIP_SRTP`` (the trunk's choice overrides the installation's default).
 
         Decision: SDES keys travel in the SDP, so we take and send them only over TLS — RFC
         4568 §8.3 requires the signalling to be protected, and a key read off a UDP INVITE
         protects nothing. Over UDP or TCP an ``RTP/SAVP`` offer gets 488 saying so.
         """
-        mode = self.config.srtp
+        mode = _SRTP_MODES.get(trunk.media_encryption or "", self.config.srtp)
         if mode == "off":
-            return MediaSecurity(why_not="SRTP is turned off here")
+            where = "for this trunk" if trunk.media_encryption == "disabled" else "here"
+            return MediaSecurity(why_not=f"SRTP is turned off {where}")
         required = mode == "require"
         if tx.source.transport != "TLS":
             why = "SRTP keys are only exchanged over TLS signalling (RFC 4568 section 8.3)"
@@ -1345,6 +1347,10 @@ def _expires(text: str | None, default: int) -> int | None:
 def _http_date() -> str:
     """Now as a SIP ``Date`` value (§20.17: RFC 1123 form, GMT)."""
     return email.utils.formatdate(usegmt=True)
+
+
+# A trunk's media_encryption, in TELEPATH_SIP_SRTP's words.
+_SRTP_MODES = {"allowed": "allow", "required": "require", "disabled": "off"}
 
 
 def _called_number(request: Request) -> str | None:

@@ -69,6 +69,8 @@ class TrunkConfig:
     # "digest" (challenge) or "address": its numbers' INVITEs from allowed_networks are taken
     # without a challenge (carriers that answer none).
     sip_auth: str = "digest"
+    # SRTP for its calls: "allowed" | "required" | "disabled"; None: the installation's.
+    media_encryption: str | None = None
 
     @property
     def address_auth(self) -> bool:

@@ -96,6 +96,8 @@ class Trunk(Base):
     # The called numbers it serves, canonical E.164, comma-separated ("+14155550100,..."); None:
     # any. The same numbers are rows of ``trunk_numbers`` (unique: the routing index).
     inbound_numbers: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # SRTP for its calls: "allowed", "required" or "disabled"; None: TELEPATH_SIP_SRTP.
+    media_encryption: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -490,3 +490,24 @@ async def test_sip_auth_address_needs_addresses_and_numbers(api: Api) -> None:
     back = await api.patch(f"/v1/trunks/{trunk_id}", {"sip_auth": None, "inbound_numbers": None})
     assert back.status_code == 200, back.text
     assert back.json()["sip_auth"] == "digest" and back.json()["inbound_numbers"] is None
+
+
+async def test_media_encryption(api: Api) -> None:
+    trunk_id = await create(api, media_encryption="required")
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["media_encryption"] == "required"
+    changed = await api.patch(f"/v1/trunks/{trunk_id}", {"media_encryption": "disabled"})
+    assert changed.status_code == 200 and changed.json()["media_encryption"] == "disabled"
+    bad_values: list[tuple[object, str]] = [
+        ("require", "invalid_field"),  # TELEPATH_SIP_SRTP's word, not the API's
+        ("", "invalid_field"),
+        (True, "invalid_field_type"),
+    ]
+    for bad, code in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"media_encryption": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+    cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"media_encryption": None})
+    assert cleared.status_code == 200 and cleared.json()["media_encryption"] is None
+    created_bad = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "media_encryption": "srtp"})
+    assert created_bad.status_code == 400
+    assert created_bad.json()["error"]["code"] == "invalid_field"

@@ -34,7 +34,7 @@ from tests.integration.conftest import Api
 from tests.integration.media.peer import UdpPeer, rtp_stream
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.test_tls_sha256 import client_context
-from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
+from tests.interop.sip.uac import CallLeg, Message, Uac, sdp_offer
 from tests.interop.sip.waits import ended_records, until
 from tests.unit.rtp.audio import dominant_hz, tone
 
@@ -249,3 +249,55 @@ async def test_required_srtp_refuses_plain_and_offers_srtp_itself(
             assert "TLS" in (refused.headers.get("Warning") or "")
     finally:
         await udp.close()
+
+
+async def test_a_trunks_media_encryption_overrides_the_installations(
+    api: Api, gateway: Gateway, agent: FakeTelepathAgent, tls_uac: Uac, peer: UdpPeer
+) -> None:
+    """The installation allows SRTP (the default); one trunk requires it, another disables it."""
+
+    async def final_status(user: str, body: bytes) -> tuple[CallLeg, Response]:
+        leg = CallLeg(tls_uac, user)
+        await leg.challenge(None, body=body)
+        start = len(tls_uac.received)
+        tls_uac.send(leg.authenticated_invite(PASSWORD, None, body=body))
+
+        def final(message: Message) -> bool:
+            return (
+                isinstance(message, Response)
+                and message.call_id == leg.call_id
+                and (message.status >= 200)
+            )
+
+        response = (await tls_uac.wait_for(final, after=start)).message
+        assert isinstance(response, Response)
+        return leg, response
+
+    for user, mode in (("strict", "required"), ("plain", "disabled")):
+        await create_trunk(
+            api,
+            user,
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            media_encryption=mode,
+        )
+    plain = sdp_offer(peer.address[1])
+    secured = offer(peer.address[1], os.urandom(30)).to_bytes()
+    _, refused = await final_status("strict", plain)
+    assert refused.status == 488 and "required" in (refused.headers.get("Warning") or "")
+    _, refused = await final_status("plain", secured)
+    assert refused.status == 488
+    assert "turned off for this trunk" in (refused.headers.get("Warning") or "")
+    # what each does take (and the installation's default for a trunk that does not say)
+    for user, body, proto in (
+        ("strict", secured, "RTP/SAVP"),
+        ("plain", plain, "RTP/AVP"),
+        ("alice", secured, "RTP/SAVP"),
+    ):
+        leg, ok = await final_status(user, body)
+        assert ok.status == 200 and parse(ok.body).media[0].proto == proto
+        leg.to_tag = ok.to.tag
+        tls_uac.send(leg.ack())
+        await leg.bye()
+    await ended_records(api, gateway, count=3)
