@@ -56,6 +56,14 @@ _MEDIA_ENCRYPTION: Any = Field(
     "(SRTP offers refused); absent or null: the installation's TELEPATH_SIP_SRTP",
 )
 
+_CODECS: Any = Field(
+    None,
+    max_length=3,
+    description="Codecs for this trunk's calls, preferred first: G722, PCMU, PCMA (e.g. "
+    "['PCMA'] for a carrier whose G.722 is broken); absent or null: TELEPATH_SIP_CODECS",
+    examples=[["PCMU", "PCMA"]],
+)
+
 
 class TrunkCreate(BaseModel):
     """Body of ``POST /v1/trunks`` (the seed's fields plus optional provider settings)."""
@@ -93,6 +101,7 @@ class TrunkCreate(BaseModel):
     sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
     media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
 
 
 class TrunkUpdate(BaseModel):
@@ -116,6 +125,7 @@ class TrunkUpdate(BaseModel):
     sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
     media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
 
 
 class TrunkCreated(BaseModel):
@@ -156,6 +166,9 @@ class Trunk(TrunkCreated):
     )
     media_encryption: Literal["allowed", "required", "disabled"] | None = Field(
         None, description="null: the installation's TELEPATH_SIP_SRTP"
+    )
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = Field(
+        None, description="Preferred first; null: the installation's TELEPATH_SIP_CODECS"
     )
 
 

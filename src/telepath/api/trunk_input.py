@@ -79,6 +79,7 @@ CREATE_FIELDS: Final = (
     "sip_auth",
     "inbound_numbers",
     "media_encryption",
+    "codecs",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -97,6 +98,7 @@ UPDATE_FIELDS: Final = (
     "sip_auth",
     "inbound_numbers",
     "media_encryption",
+    "codecs",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -115,6 +117,7 @@ CLEARABLE: Final = frozenset(
         "sip_auth",
         "inbound_numbers",
         "media_encryption",
+        "codecs",
     }
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
@@ -129,7 +132,9 @@ SIP_AUTH_MODES: Final = ("digest", "address")
 #: peers' trunk APIs use).
 MEDIA_ENCRYPTION: Final = ("allowed", "required", "disabled")
 #: Fields whose value is an array of strings.
-_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers")
+_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers", "codecs")
+#: The codecs a trunk may list (``TELEPATH_SIP_CODECS``'s names).
+CODECS: Final = ("G722", "PCMU", "PCMA")
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -270,10 +275,20 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         fields["allowed_addresses"] = normalize_addresses(fields["allowed_addresses"])
     if "inbound_numbers" in fields:
         fields["inbound_numbers"] = normalize_numbers(fields["inbound_numbers"])
+    if "codecs" in fields:
+        fields["codecs"] = normalize_codecs(fields["codecs"])
     if "media_encryption" in fields and fields["media_encryption"] not in MEDIA_ENCRYPTION:
         raise _bad("invalid_field", "media_encryption must be one of: allowed, required, disabled")
     if "sip_auth" in fields and fields["sip_auth"] not in SIP_AUTH_MODES:
         raise _bad("invalid_field", "sip_auth must be one of: digest, address")
+
+
+def normalize_codecs(values: list[str]) -> str | None:
+    """``["pcma", "PCMU"]`` → ``"PCMA,PCMU"`` (preferred first); an empty list clears."""
+    names = [value.strip().upper() for value in values]
+    if any(n not in CODECS for n in names) or len(set(names)) != len(names):
+        raise _bad("invalid_field", "codecs must list G722, PCMU and/or PCMA, each once")
+    return ",".join(names) or None
 
 
 def normalize_numbers(values: list[str]) -> list[str]:

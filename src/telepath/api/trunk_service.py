@@ -104,6 +104,7 @@ class TrunkService:
             sip_auth="address" if trunk.sip_auth == "address" else "digest",
             inbound_numbers=trunk.inbound_numbers.split(",") if trunk.inbound_numbers else None,
             media_encryption=trunk.media_encryption,
+            codecs=trunk.codecs.split(",") if trunk.codecs else None,
         )
 
     def _conflict(self, sip_username: str) -> ApiError:

@@ -555,7 +555,7 @@ class CallManager:
                     local_port=lease.port,
                     session_id=session_id,
                     session_version=1,
-                    preference=self.config.codecs,
+                    preference=trunk.codecs or self.config.codecs,
                     srtp_key=security.key if security.required else None,
                 )
                 await self._connect_and_answer(
@@ -569,7 +569,7 @@ class CallManager:
                     local_port=lease.port,
                     session_id=session_id,
                     session_version=1,
-                    preference=self.config.codecs,
+                    preference=trunk.codecs or self.config.codecs,
                     security=security,
                 )
             except NoCommonCodec as exc:
@@ -781,7 +781,9 @@ class CallManager:
         )
         law: Codec
         if negotiated is None:
-            law = _agent_law(self.config.codecs)  # Call transcodes if the answer picks the other
+            law = _agent_law(
+                trunk.codecs or self.config.codecs
+            )  # Call transcodes if the answer picks the other
         else:
             law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
         meta = CallMetadata(

@@ -71,6 +71,8 @@ class TrunkConfig:
     sip_auth: str = "digest"
     # SRTP for its calls: "allowed" | "required" | "disabled"; None: the installation's.
     media_encryption: str | None = None
+    # Codecs for its calls, preferred first; None: the installation's.
+    codecs: tuple[str, ...] | None = None
 
     @property
     def address_auth(self) -> bool:

@@ -98,6 +98,8 @@ class Trunk(Base):
     inbound_numbers: Mapped[str | None] = mapped_column(Text, nullable=True)
     # SRTP for its calls: "allowed", "required" or "disabled"; None: TELEPATH_SIP_SRTP.
     media_encryption: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Codecs for its calls, preferred first ("PCMA,PCMU"); None: TELEPATH_SIP_CODECS.
+    codecs: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

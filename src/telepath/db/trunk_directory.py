@@ -164,6 +164,7 @@ class DbTrunkDirectory:
                 inbound_numbers=frozenset(n for n in (trunk.inbound_numbers or "").split(",") if n),
                 sip_auth=trunk.sip_auth or "digest",
                 media_encryption=trunk.media_encryption,
+                codecs=tuple(trunk.codecs.split(",")) if trunk.codecs else None,
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

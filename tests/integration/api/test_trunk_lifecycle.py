@@ -511,3 +511,26 @@ async def test_media_encryption(api: Api) -> None:
     created_bad = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "media_encryption": "srtp"})
     assert created_bad.status_code == 400
     assert created_bad.json()["error"]["code"] == "invalid_field"
+
+
+async def test_codecs(api: Api) -> None:
+    trunk_id = await create(api, codecs=["pcma", "PCMU"])
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["codecs"] == ["PCMA", "PCMU"]
+    changed = await api.patch(f"/v1/trunks/{trunk_id}", {"codecs": ["G722"]})
+    assert changed.status_code == 200 and changed.json()["codecs"] == ["G722"]
+    bad_values: list[tuple[object, str]] = [
+        (["OPUS"], "invalid_field"),
+        (["PCMU", "pcmu"], "invalid_field"),
+        ([""], "invalid_field"),
+        ("PCMU", "invalid_field_type"),
+        ([0], "invalid_field_type"),
+    ]
+    for bad, code in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"codecs": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["codecs"] == ["G722"]
+    clears: list[list[str] | None] = [None, []]
+    for clear in clears:
+        cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"codecs": clear})
+        assert cleared.status_code == 200 and cleared.json()["codecs"] is None
