@@ -9,6 +9,7 @@ another number, the INVITE is challenged like any unknown one. A digest trunk wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,21 +37,28 @@ MEDIA_PORT = 40004
 PASSWORD = "numbers-pass-1"
 
 
+async def address_trunk(
+    api: Api, user: str, agent_url: str, network: str, number: str
+) -> dict[str, Any]:
+    """A custom-agent trunk taking calls for ``number`` from ``network`` without a challenge."""
+    return await create_trunk(
+        api,
+        user,
+        PASSWORD,
+        ai_provider="custom",
+        custom_endpoint=agent_url,
+        sip_auth="address",
+        allowed_addresses=[network],
+        inbound_numbers=[number],
+    )
+
+
 async def test_a_carrier_that_answers_no_challenge_reaches_its_number(
     api: Api, gateway: Gateway, tmp_path: Path, phone: Phone
 ) -> None:
     require_sipp()
     async with FakeTelepathAgent(agent="silent") as agent:
-        trunk = await create_trunk(
-            api,
-            "carrier-ip",
-            PASSWORD,
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            sip_auth="address",
-            allowed_addresses=["127.0.0.0/8"],
-            inbound_numbers=["+14155550100"],
-        )
+        trunk = await address_trunk(api, "carrier-ip", agent.url, "127.0.0.0/8", "+14155550100")
         result = await run_sipp(
             unchallenged_call("+14155550100", phone.port, hold_ms=800),
             tmp_path,
@@ -106,16 +114,7 @@ async def test_numbers_route_and_restrict(api: Api, gateway: Gateway, uac: Uac) 
         return f"sip:{number}@{host}:{port}"
 
     async with FakeTelepathAgent(agent="silent") as agent:
-        await create_trunk(
-            api,
-            "far-carrier",
-            PASSWORD,
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            sip_auth="address",
-            allowed_addresses=["192.0.2.0/24"],
-            inbound_numbers=["+14155550111"],
-        )
+        await address_trunk(api, "far-carrier", agent.url, "192.0.2.0/24", "+14155550111")
         numbered = await create_trunk(
             api,
             "numbered",
