@@ -64,6 +64,16 @@ _CODECS: Any = Field(
     examples=[["PCMU", "PCMA"]],
 )
 
+_FORWARD_SIP_HEADERS: Any = Field(
+    None,
+    max_length=20,
+    description="Names of INVITE headers passed on to the agent (e.g. X-Customer-Id from your "
+    "PBX): a custom agent's start.call.sip_headers, a Twilio-protocol agent's customParameters, "
+    "ElevenLabs dynamic variables sip_<name> (lower case, '-' as '_'); not sent to OpenAI. "
+    "Authorization, Proxy-Authorization, Via, Route, Record-Route and Max-Forwards cannot be",
+    examples=[["X-Customer-Id"]],
+)
+
 
 class TrunkCreate(BaseModel):
     """Body of ``POST /v1/trunks`` (the seed's fields plus optional provider settings)."""
@@ -102,6 +112,7 @@ class TrunkCreate(BaseModel):
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
     media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
     codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
+    forward_sip_headers: list[str] | None = _FORWARD_SIP_HEADERS
 
 
 class TrunkUpdate(BaseModel):
@@ -126,6 +137,7 @@ class TrunkUpdate(BaseModel):
     inbound_numbers: list[str] | None = _INBOUND_NUMBERS
     media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
     codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
+    forward_sip_headers: list[str] | None = _FORWARD_SIP_HEADERS
 
 
 class TrunkCreated(BaseModel):
@@ -170,6 +182,7 @@ class Trunk(TrunkCreated):
     codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = Field(
         None, description="Preferred first; null: the installation's TELEPATH_SIP_CODECS"
     )
+    forward_sip_headers: list[str] | None = None
 
 
 class Pagination(BaseModel):

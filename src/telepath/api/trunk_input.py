@@ -80,6 +80,7 @@ CREATE_FIELDS: Final = (
     "inbound_numbers",
     "media_encryption",
     "codecs",
+    "forward_sip_headers",
 )
 UPDATE_FIELDS: Final = (
     "name",
@@ -99,6 +100,7 @@ UPDATE_FIELDS: Final = (
     "inbound_numbers",
     "media_encryption",
     "codecs",
+    "forward_sip_headers",
 )
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
@@ -118,6 +120,7 @@ CLEARABLE: Final = frozenset(
         "inbound_numbers",
         "media_encryption",
         "codecs",
+        "forward_sip_headers",
     }
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
@@ -132,7 +135,13 @@ SIP_AUTH_MODES: Final = ("digest", "address")
 #: peers' trunk APIs use).
 MEDIA_ENCRYPTION: Final = ("allowed", "required", "disabled")
 #: Fields whose value is an array of strings.
-_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers", "codecs")
+_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers", "codecs", "forward_sip_headers")
+#: At most this many ``forward_sip_headers``.
+MAX_FORWARDED_HEADERS: Final = 20
+#: Headers never passed to an agent: credentials, and what only routes the request.
+UNFORWARDABLE_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "via", "route", "record-route", "max-forwards"}
+)
 #: The codecs a trunk may list (``TELEPATH_SIP_CODECS``'s names).
 CODECS: Final = ("G722", "PCMU", "PCMA")
 
@@ -277,10 +286,34 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         fields["inbound_numbers"] = normalize_numbers(fields["inbound_numbers"])
     if "codecs" in fields:
         fields["codecs"] = normalize_codecs(fields["codecs"])
+    if "forward_sip_headers" in fields:
+        fields["forward_sip_headers"] = normalize_header_names(fields["forward_sip_headers"])
     if "media_encryption" in fields and fields["media_encryption"] not in MEDIA_ENCRYPTION:
         raise _bad("invalid_field", "media_encryption must be one of: allowed, required, disabled")
     if "sip_auth" in fields and fields["sip_auth"] not in SIP_AUTH_MODES:
         raise _bad("invalid_field", "sip_auth must be one of: digest, address")
+
+
+def normalize_header_names(values: list[str]) -> str | None:
+    """``["X-Customer-Id", "x-customer-id"]`` → ``"X-Customer-Id"``: SIP header names (RFC
+    3261 §25.1 token), as first written, case-insensitive duplicates dropped; [] clears."""
+    if len(values) > MAX_FORWARDED_HEADERS:
+        raise _bad(
+            "invalid_field",
+            f"forward_sip_headers may hold at most {MAX_FORWARDED_HEADERS} header names",
+        )
+    names: list[str] = []
+    for value in values:
+        name = value.strip()
+        if not HEADER_TOKEN.fullmatch(name) or len(name) > 64:
+            raise _bad(
+                "invalid_field", f"forward_sip_headers entry '{value[:64]}' is not a header name"
+            )
+        if name.lower() in UNFORWARDABLE_HEADERS:
+            raise _bad("invalid_field", f"{name} cannot be forwarded to an agent")
+        if name.lower() not in (n.lower() for n in names):
+            names.append(name)
+    return ",".join(names) or None
 
 
 def normalize_codecs(values: list[str]) -> str | None:

@@ -105,6 +105,9 @@ class TrunkService:
             inbound_numbers=trunk.inbound_numbers.split(",") if trunk.inbound_numbers else None,
             media_encryption=trunk.media_encryption,
             codecs=trunk.codecs.split(",") if trunk.codecs else None,
+            forward_sip_headers=(
+                trunk.forward_sip_headers.split(",") if trunk.forward_sip_headers else None
+            ),
         )
 
     def _conflict(self, sip_username: str) -> ApiError:

@@ -192,6 +192,8 @@ class CallMetadata:
         sample_rate: RTP clock rate (8000 for G.711).
         system_prompt: the trunk's system prompt, if any.
         sip_call_id: the SIP Call-ID, passed to agents that want it (never logged).
+        sip_headers: the INVITE headers the trunk forwards (``forward_sip_headers``), by the
+            configured name; only those present (never logged).
     """
 
     call_id: str
@@ -202,6 +204,7 @@ class CallMetadata:
     sample_rate: int = 8000
     system_prompt: str | None = None
     sip_call_id: str | None = None
+    sip_headers: dict[str, str] = field(default_factory=dict)
 
 
 # --- events ----------------------------------------------------------------------------------

@@ -794,6 +794,7 @@ class CallManager:
             codec=law,
             system_prompt=trunk.system_prompt,
             sip_call_id=request.call_id,
+            sip_headers=_forwarded_headers(request, trunk.forward_sip_headers),
         )
         record = CallRecord(
             id=call_id,
@@ -1349,6 +1350,22 @@ def _expires(text: str | None, default: int) -> int | None:
 def _http_date() -> str:
     """Now as a SIP ``Date`` value (§20.17: RFC 1123 form, GMT)."""
     return email.utils.formatdate(usegmt=True)
+
+
+#: A forwarded header's value is cut to this many characters.
+FORWARDED_HEADER_MAX = 1024
+
+
+def _forwarded_headers(request: Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The trunk's ``forward_sip_headers`` present in ``request``, by the configured name: the
+    first value of each, control characters dropped, at most ``FORWARDED_HEADER_MAX`` long."""
+    found: dict[str, str] = {}
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None:
+            clean = "".join(c for c in value if c.isprintable())[:FORWARDED_HEADER_MAX]
+            found[name] = clean.strip()
+    return found
 
 
 # A trunk's media_encryption, in TELEPATH_SIP_SRTP's words.

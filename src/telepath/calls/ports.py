@@ -73,6 +73,8 @@ class TrunkConfig:
     media_encryption: str | None = None
     # Codecs for its calls, preferred first; None: the installation's.
     codecs: tuple[str, ...] | None = None
+    # Names of INVITE headers passed on to its agent.
+    forward_sip_headers: tuple[str, ...] = ()
 
     @property
     def address_auth(self) -> bool:

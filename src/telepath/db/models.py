@@ -100,6 +100,8 @@ class Trunk(Base):
     media_encryption: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Codecs for its calls, preferred first ("PCMA,PCMU"); None: TELEPATH_SIP_CODECS.
     codecs: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # SIP headers of its INVITEs passed on to its agent ("X-Customer-Id,..."); None: none.
+    forward_sip_headers: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

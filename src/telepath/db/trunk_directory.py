@@ -165,6 +165,9 @@ class DbTrunkDirectory:
                 sip_auth=trunk.sip_auth or "digest",
                 media_encryption=trunk.media_encryption,
                 codecs=tuple(trunk.codecs.split(",")) if trunk.codecs else None,
+                forward_sip_headers=tuple(
+                    n for n in (trunk.forward_sip_headers or "").split(",") if n
+                ),
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

@@ -534,3 +534,25 @@ async def test_codecs(api: Api) -> None:
     for clear in clears:
         cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"codecs": clear})
         assert cleared.status_code == 200 and cleared.json()["codecs"] is None
+
+
+async def test_forward_sip_headers(api: Api) -> None:
+    trunk_id = await create(api, forward_sip_headers=[" X-Customer-Id", "x-customer-id", "X-Q"])
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert got["forward_sip_headers"] == ["X-Customer-Id", "X-Q"]  # as first written, once
+    bad_values: list[tuple[object, str]] = [
+        (["Authorization"], "invalid_field"),  # credentials are never forwarded
+        (["proxy-authorization"], "invalid_field"),
+        (["Via"], "invalid_field"),
+        (["X Customer"], "invalid_field"),
+        (["X-Customer:Id"], "invalid_field"),
+        ([""], "invalid_field"),
+        ([f"X-H{i}" for i in range(21)], "invalid_field"),
+        ("X-Customer-Id", "invalid_field_type"),
+    ]
+    for bad, code in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"forward_sip_headers": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+    cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"forward_sip_headers": []})
+    assert cleared.status_code == 200 and cleared.json()["forward_sip_headers"] is None

@@ -224,3 +224,35 @@ async def test_the_fake_checks_start_per_call() -> None:
             await ws.send('{"type": "audio", "seq": 1, "timestamp_ms": 0, "payload": ""}')
             await wait_for(lambda: fake.protocol_errors != [])
         assert fake.protocol_errors == ["start must come first, once"]
+
+
+async def test_forwarded_sip_headers_reach_both_protocols() -> None:
+    forwarded = {"X-Customer-Id": "cust-42", "From": "spoof"}  # a header named like a parameter
+    meta = replace(META, sip_headers=forwarded)
+    async with (
+        FakeTelepathAgent(agent="silent") as telepath,
+        FakeTwilioAgent(agent="silent") as twilio,
+    ):
+        for fake in (telepath, twilio):
+            bridge = bridge_for(fake)
+            await bridge.start(meta)
+            await collect_until(bridge, AgentConnected)
+            await bridge.close()
+        await wait_for(lambda: len(telepath.stops) == 1 and len(twilio.stops) == 1)
+    start = next(m for m in telepath.received if m["type"] == "start")
+    assert start["call"]["sip_headers"] == forwarded
+    # Twilio's customParameters carry them beside the call's own, which they never replace.
+    assert twilio.custom_parameters["X-Customer-Id"] == "cust-42"
+    assert twilio.custom_parameters["From"] == META.caller
+    assert telepath.protocol_errors == [] and twilio.protocol_errors == []
+
+
+async def test_no_forwarded_headers_no_field() -> None:
+    async with FakeTelepathAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        await collect_until(bridge, AgentConnected)
+        await bridge.close()
+        await wait_for(lambda: len(fake.stops) == 1)
+    start = next(m for m in fake.received if m["type"] == "start")
+    assert "sip_headers" not in start["call"]  # agents written before the field see nothing new

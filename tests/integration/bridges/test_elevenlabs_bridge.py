@@ -320,3 +320,14 @@ async def test_calls_share_one_kept_open_connection_for_the_signed_url(
     assert len(set(peers[:3])) == 1  # one connection for the three calls of the shared client
     assert len({*peers[3:], peers[0]}) == 3  # a new one each without it
     assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 5
+
+
+async def test_forwarded_sip_headers_are_dynamic_variables(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(replace(META, sip_headers={"X-Customer-Id": "cust-42"}))
+    await collect_until(bridge, audio_ms=20)
+    await bridge.close()
+    variables = fake.received[0]["dynamic_variables"]
+    assert variables["sip_x_customer_id"] == "cust-42"
+    assert variables["caller_number"] == META.caller
+    assert_sdk_valid(fake)

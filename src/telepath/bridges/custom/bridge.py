@@ -109,6 +109,7 @@ class TelepathAgentBridge(_CustomBridge):
             called=meta.called,
             codec=meta.codec,
             sip_call_id=meta.sip_call_id,
+            sip_headers=meta.sip_headers or None,
         )
         start = ev.Start(call=call, system_prompt=meta.system_prompt, media_formats=self._offered)
         await self._send(start.to_json())
@@ -244,6 +245,8 @@ class TwilioStreamBridge(_CustomBridge):
             params["SipCallId"] = meta.sip_call_id
         if meta.system_prompt:
             params["SystemPrompt"] = meta.system_prompt
+        for name, value in meta.sip_headers.items():
+            params.setdefault(name, value)  # never in place of the call's own parameters
         info = ev.TwStartInfo(
             accountSid=self.account_sid,
             streamSid=self.stream_sid,

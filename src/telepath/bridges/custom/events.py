@@ -49,6 +49,8 @@ class CallInfo(_Strict):
     called: str
     codec: Literal["pcmu", "pcma"]
     sip_call_id: str | None = None
+    # The INVITE headers the trunk forwards (forward_sip_headers), by name; absent when none.
+    sip_headers: dict[str, str] | None = None
 
 
 class Start(_Strict):

@@ -177,6 +177,8 @@ class ElevenLabsBridge(WebSocketBridge):
             "called_number": meta.called,
             "call_id": meta.call_id,
         }
+        for name, value in meta.sip_headers.items():  # X-Customer-Id -> sip_x_customer_id
+            variables["sip_" + name.lower().replace("-", "_")] = value
         return ev.ConversationInitiationClientData(
             conversation_config_override=override,
             dynamic_variables=variables,

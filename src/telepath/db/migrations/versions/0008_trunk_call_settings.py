@@ -1,5 +1,5 @@
-"""Per-trunk media settings: SRTP allowed, required or disabled, and the codecs offered and
-accepted, for one trunk's calls.
+"""Per-trunk call settings: SRTP allowed, required or disabled, the codecs offered and
+accepted, and the SIP headers of its INVITEs passed on to its agent.
 
 Revision ID: 0008
 Revises: 0007
@@ -18,14 +18,17 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``trunks.media_encryption`` and ``trunks.codecs`` (NULL: the installation's
-    TELEPATH_SIP_SRTP and TELEPATH_SIP_CODECS)."""
+    TELEPATH_SIP_SRTP and TELEPATH_SIP_CODECS) and ``trunks.forward_sip_headers`` (header
+    names, comma-separated; NULL: none)."""
     with op.batch_alter_table("trunks") as batch:
         batch.add_column(sa.Column("media_encryption", sa.String(16), nullable=True))
         batch.add_column(sa.Column("codecs", sa.String(32), nullable=True))
+        batch.add_column(sa.Column("forward_sip_headers", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the columns."""
     with op.batch_alter_table("trunks") as batch:
+        batch.drop_column("forward_sip_headers")
         batch.drop_column("codecs")
         batch.drop_column("media_encryption")
