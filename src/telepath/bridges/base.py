@@ -204,7 +204,7 @@ class CallMetadata:
     sample_rate: int = 8000
     system_prompt: str | None = None
     sip_call_id: str | None = None
-    sip_headers: dict[str, str] = field(default_factory=dict)
+    sip_headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 # --- events ----------------------------------------------------------------------------------
