@@ -6,7 +6,7 @@ seed's exact error codes); the request models here mirror those rules for the sp
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,67 +15,68 @@ TrunkStatus = Literal["active", "inactive", "error"]
 CustomProtocol = Literal["telepath", "twilio"]
 
 
-# Optional trunk settings shared by create and update (the same schema in both).
-_DIGEST_ALGORITHMS: Any = Field(
-    None,
-    max_length=32,
-    description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
-    "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
-    "abort on a SHA-256 challenge",
-)
-_ALLOWED_ADDRESSES: Any = Field(
-    None,
-    max_length=32,
-    description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
-    "come from, e.g. your carrier's published signalling ranges; the digest check still "
-    "applies. Empty or absent: any source",
-    examples=[["203.0.113.0/24", "198.51.100.7"]],
-)
+class _TrunkSettings(BaseModel):
+    """Optional SIP and media settings of a trunk, the same in create and update bodies."""
 
-_SIP_AUTH: Any = Field(
-    None,
-    description="How the trunk's INVITEs authenticate: 'digest' (default: a challenge for "
-    "sip_username and sip_password) or 'address' (no challenge: calls to one of "
-    "inbound_numbers from one of allowed_addresses are taken as they come, for carriers that do "
-    "not answer challenges, such as Twilio Elastic SIP Trunking; both lists must be set). "
-    "REGISTER always uses the digest",
-)
-_INBOUND_NUMBERS: Any = Field(
-    None,
-    max_length=100,
-    description="The called numbers (E.164) this trunk serves; each may belong to one trunk "
-    "only. An INVITE whose Request-URI (or else To) names one of them is routed to this trunk; "
-    "when set, a call to another number is refused (404). Empty or absent: any number",
-    examples=[["+14155550100"]],
-)
+    model_config = ConfigDict(extra="forbid")
 
-_MEDIA_ENCRYPTION: Any = Field(
-    None,
-    description="SRTP (SDES, over TLS signalling) for this trunk's calls: 'allowed' (SRTP or "
-    "plain RTP, as the carrier offers), 'required' (plain RTP refused with 488) or 'disabled' "
-    "(SRTP offers refused); absent or null: the installation's TELEPATH_SIP_SRTP",
-)
+    sip_digest_algorithms: str | None = Field(
+        None,
+        max_length=32,
+        description="Digest algorithms to challenge with, preferred first: 'SHA-256,MD5' "
+        "(default: TELEPATH_SIP_DIGEST_ALGORITHMS), or 'MD5' for carriers and devices that "
+        "abort on a SHA-256 challenge",
+    )
+    allowed_addresses: list[str] | None = Field(
+        None,
+        max_length=32,
+        description="Source addresses or networks (CIDR) this trunk's INVITEs and REGISTERs may "
+        "come from, e.g. your carrier's published signalling ranges; the digest check still "
+        "applies. Empty or absent: any source",
+        examples=[["203.0.113.0/24", "198.51.100.7"]],
+    )
+    sip_auth: Literal["digest", "address"] | None = Field(
+        None,
+        description="How the trunk's INVITEs authenticate: 'digest' (default: a challenge for "
+        "sip_username and sip_password) or 'address' (no challenge: calls to one of "
+        "inbound_numbers from one of allowed_addresses are taken as they come, for carriers "
+        "that do not answer challenges, such as Twilio Elastic SIP Trunking; both lists must "
+        "be set). REGISTER always uses the digest",
+    )
+    inbound_numbers: list[str] | None = Field(
+        None,
+        max_length=100,
+        description="The called numbers (E.164) this trunk serves; each may belong to one trunk "
+        "only. An INVITE whose Request-URI (or else To) names one of them is routed to this trunk; "
+        "when set, a call to another number is refused (404). Empty or absent: any number",
+        examples=[["+14155550100"]],
+    )
+    media_encryption: Literal["allowed", "required", "disabled"] | None = Field(
+        None,
+        description="SRTP (SDES, over TLS signalling) for this trunk's calls: 'allowed' (SRTP or "
+        "plain RTP, as the carrier offers), 'required' (plain RTP refused with 488) or 'disabled' "
+        "(SRTP offers refused); absent or null: the installation's TELEPATH_SIP_SRTP",
+    )
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = Field(
+        None,
+        max_length=3,
+        description="Codecs for this trunk's calls, preferred first: G722, PCMU, PCMA (e.g. "
+        "['PCMA'] for a carrier whose G.722 is broken); absent or null: TELEPATH_SIP_CODECS",
+        examples=[["PCMU", "PCMA"]],
+    )
+    forward_sip_headers: list[str] | None = Field(
+        None,
+        max_length=20,
+        description="Names of INVITE headers passed on to the agent (e.g. X-Customer-Id from "
+        "your PBX): a custom agent's start.call.sip_headers, a Twilio-protocol agent's "
+        "customParameters, ElevenLabs dynamic variables sip_<name> (lower case, '-' as '_'); "
+        "not sent to OpenAI. Authorization, Proxy-Authorization, Via, Route, Record-Route and "
+        "Max-Forwards cannot be",
+        examples=[["X-Customer-Id"]],
+    )
 
-_CODECS: Any = Field(
-    None,
-    max_length=3,
-    description="Codecs for this trunk's calls, preferred first: G722, PCMU, PCMA (e.g. "
-    "['PCMA'] for a carrier whose G.722 is broken); absent or null: TELEPATH_SIP_CODECS",
-    examples=[["PCMU", "PCMA"]],
-)
 
-_FORWARD_SIP_HEADERS: Any = Field(
-    None,
-    max_length=20,
-    description="Names of INVITE headers passed on to the agent (e.g. X-Customer-Id from your "
-    "PBX): a custom agent's start.call.sip_headers, a Twilio-protocol agent's customParameters, "
-    "ElevenLabs dynamic variables sip_<name> (lower case, '-' as '_'); not sent to OpenAI. "
-    "Authorization, Proxy-Authorization, Via, Route, Record-Route and Max-Forwards cannot be",
-    examples=[["X-Customer-Id"]],
-)
-
-
-class TrunkCreate(BaseModel):
+class TrunkCreate(_TrunkSettings):
     """Body of ``POST /v1/trunks`` (the seed's fields plus optional provider settings)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -106,16 +107,9 @@ class TrunkCreate(BaseModel):
         None, description="Headers sent on the agent WebSocket handshake (stored encrypted)"
     )
     system_prompt: str | None = Field(None, max_length=32000)
-    sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
-    allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
-    sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
-    inbound_numbers: list[str] | None = _INBOUND_NUMBERS
-    media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
-    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
-    forward_sip_headers: list[str] | None = _FORWARD_SIP_HEADERS
 
 
-class TrunkUpdate(BaseModel):
+class TrunkUpdate(_TrunkSettings):
     """Body of ``PATCH /v1/trunks/{id}``: only the fields present change."""
 
     model_config = ConfigDict(extra="forbid")
@@ -131,13 +125,6 @@ class TrunkUpdate(BaseModel):
     custom_protocol: CustomProtocol | None = None
     custom_headers: dict[str, str] | None = None
     system_prompt: str | None = Field(None, max_length=32000)
-    sip_digest_algorithms: str | None = _DIGEST_ALGORITHMS
-    allowed_addresses: list[str] | None = _ALLOWED_ADDRESSES
-    sip_auth: Literal["digest", "address"] | None = _SIP_AUTH
-    inbound_numbers: list[str] | None = _INBOUND_NUMBERS
-    media_encryption: Literal["allowed", "required", "disabled"] | None = _MEDIA_ENCRYPTION
-    codecs: list[Literal["G722", "PCMU", "PCMA"]] | None = _CODECS
-    forward_sip_headers: list[str] | None = _FORWARD_SIP_HEADERS
 
 
 class TrunkCreated(BaseModel):

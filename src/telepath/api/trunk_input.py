@@ -60,48 +60,37 @@ REQUIRED_BY_PROVIDER: Final[dict[str, tuple[str, ...]]] = {
     "elevenlabs": ("elevenlabs_api_key", "elevenlabs_agent_id"),
     "custom": ("custom_endpoint",),
 }
+# Provider settings (owner in PROVIDER_FIELDS) and the prompt, shared by create and update.
+PROVIDER_OPTIONS: Final = (
+    "openai_api_key",
+    "openai_model",
+    "openai_voice",
+    "elevenlabs_api_key",
+    "elevenlabs_agent_id",
+    "custom_endpoint",
+    "custom_protocol",
+    "custom_headers",
+    "system_prompt",
+)
+# Optional SIP and media settings beyond the seed, shared by create and update; all clearable.
+TRUNK_SETTINGS: Final = (
+    "sip_digest_algorithms",
+    "allowed_addresses",
+    "sip_auth",
+    "inbound_numbers",
+    "media_encryption",
+    "codecs",
+    "forward_sip_headers",
+)
 CREATE_FIELDS: Final = (
     "name",
     "ai_provider",
     "sip_username",
     "sip_password",
-    "openai_api_key",
-    "openai_model",
-    "openai_voice",
-    "elevenlabs_api_key",
-    "elevenlabs_agent_id",
-    "custom_endpoint",
-    "custom_protocol",
-    "custom_headers",
-    "system_prompt",
-    "sip_digest_algorithms",
-    "allowed_addresses",
-    "sip_auth",
-    "inbound_numbers",
-    "media_encryption",
-    "codecs",
-    "forward_sip_headers",
+    *PROVIDER_OPTIONS,
+    *TRUNK_SETTINGS,
 )
-UPDATE_FIELDS: Final = (
-    "name",
-    "status",
-    "openai_api_key",
-    "openai_model",
-    "openai_voice",
-    "elevenlabs_api_key",
-    "elevenlabs_agent_id",
-    "custom_endpoint",
-    "custom_protocol",
-    "custom_headers",
-    "system_prompt",
-    "sip_digest_algorithms",
-    "allowed_addresses",
-    "sip_auth",
-    "inbound_numbers",
-    "media_encryption",
-    "codecs",
-    "forward_sip_headers",
-)
+UPDATE_FIELDS: Final = ("name", "status", *PROVIDER_OPTIONS, *TRUNK_SETTINGS)
 IMMUTABLE_FIELDS: Final = {
     "ai_provider": "ai_provider cannot be changed; create a new trunk instead",
     "sip_username": "sip_username cannot be changed; create a new trunk instead",
@@ -109,19 +98,7 @@ IMMUTABLE_FIELDS: Final = {
 }
 # Optional fields that PATCH may clear with null.
 CLEARABLE: Final = frozenset(
-    {
-        "openai_model",
-        "openai_voice",
-        "custom_headers",
-        "system_prompt",
-        "sip_digest_algorithms",
-        "allowed_addresses",
-        "sip_auth",
-        "inbound_numbers",
-        "media_encryption",
-        "codecs",
-        "forward_sip_headers",
-    }
+    {"openai_model", "openai_voice", "custom_headers", "system_prompt", *TRUNK_SETTINGS}
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
 MAX_ALLOWED_ADDRESSES: Final = 32
