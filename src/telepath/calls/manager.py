@@ -781,9 +781,8 @@ class CallManager:
         )
         law: Codec
         if negotiated is None:
-            law = _agent_law(
-                trunk.codecs or self.config.codecs
-            )  # Call transcodes if the answer picks the other
+            # Call transcodes if the answer picks the other
+            law = _agent_law(trunk.codecs or self.config.codecs)
         else:
             law = "pcma" if negotiated.codec.name == "PCMA" else "pcmu"
         meta = CallMetadata(
