@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from telepath.bridges.base import Codec
+from telepath.rtp.resample import SUPPORTED_RATES, Resampler
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
 __all__ = [
+    "WIDEBAND",
     "AudioConverter",
     "Encoding",
     "WireFormat",
@@ -72,6 +74,10 @@ class WireFormat:
         return self.rate * width / 1000
 
 
+#: A G.722 caller's audio as the gateway decodes it.
+WIDEBAND = WireFormat("pcm16", 16000)
+
+
 def duration_ms(data: bytes, fmt: WireFormat) -> float:
     """Duration of ``data`` in ``fmt``, in milliseconds."""
     return len(data) / fmt.bytes_per_ms
@@ -102,6 +108,13 @@ class _OneWay:
         self._state: Any = None
         self._odd = b""
         self.identity = src == dst
+        # Down to a lower rate through a low-pass filter: ratecv only interpolates, so a 16 kHz
+        # G.722 caller's 4-8 kHz band would fold back into the telephone band (aliasing).
+        self._down = (
+            Resampler(src.rate, dst.rate)
+            if src.rate > dst.rate and {src.rate, dst.rate} <= set(SUPPORTED_RATES)
+            else None
+        )
 
     def __call__(self, data: bytes) -> bytes:
         if self.identity:
@@ -111,7 +124,9 @@ class _OneWay:
             cut = len(data) - len(data) % _SAMPLE_WIDTH
             data, self._odd = data[:cut], data[cut:]
         pcm = _to_pcm16(data, self.src.encoding)
-        if self.src.rate != self.dst.rate:
+        if self._down is not None:
+            pcm = self._down.process(pcm)
+        elif self.src.rate != self.dst.rate:
             pcm, self._state = audioop.ratecv(
                 pcm, _SAMPLE_WIDTH, 1, self.src.rate, self.dst.rate, self._state
             )
@@ -130,22 +145,29 @@ class AudioConverter:
         codec: the call's G.711 law.
         to_agent: the format the agent expects for caller audio.
         from_agent: the format the agent sends; defaults to ``to_agent``.
+        caller_wideband: caller audio comes as 16 kHz PCM16 (a G.722 call), not in ``codec``.
     """
 
     def __init__(
-        self, codec: Codec, to_agent: WireFormat, from_agent: WireFormat | None = None
+        self,
+        codec: Codec,
+        to_agent: WireFormat,
+        from_agent: WireFormat | None = None,
+        *,
+        caller_wideband: bool = False,
     ) -> None:
         call = WireFormat.for_codec(codec)
         self.call_format = call
+        self.caller_format = WIDEBAND if caller_wideband else call
         self.agent_in = to_agent
         self.agent_out = from_agent or to_agent
-        self._up = _OneWay(call, self.agent_in)
+        self._up = _OneWay(self.caller_format, self.agent_in)
         self._down = _OneWay(self.agent_out, call)
 
     @property
     def passthrough(self) -> bool:
         """True when neither direction converts anything."""
-        return self.agent_in == self.call_format == self.agent_out
+        return self.agent_in == self.caller_format and self.agent_out == self.call_format
 
     def to_agent(self, payload: bytes) -> bytes:
         """Caller G.711 payload -> agent input format."""

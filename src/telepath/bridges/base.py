@@ -194,6 +194,9 @@ class CallMetadata:
         sip_call_id: the SIP Call-ID, passed to agents that want it (never logged).
         sip_headers: the INVITE headers the trunk forwards (``forward_sip_headers``), by the
             configured name; only those present (never logged).
+        caller_wideband: caller audio comes as 16 kHz PCM16 frames (640 bytes per 20 ms) from
+            a G.722 call instead of G.711, for a bridge whose ``accepts_wideband`` is True; the
+            agent's audio is G.711 in ``codec`` either way.
     """
 
     call_id: str
@@ -205,6 +208,7 @@ class CallMetadata:
     system_prompt: str | None = None
     sip_call_id: str | None = None
     sip_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    caller_wideband: bool = False
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -410,6 +414,9 @@ class AgentBridge(ABC):
     """One call's session with an AI agent. See the module docstring for the life cycle."""
 
     provider: str = ""
+    #: True if caller audio may come as 16 kHz PCM16 (``CallMetadata.caller_wideband``): a
+    #: G.722 caller's full band then reaches an agent that takes 16 kHz audio.
+    accepts_wideband: bool = False
 
     @abstractmethod
     async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:

@@ -142,6 +142,7 @@ class Call:
         hangup_drain_max_s: float = 10.0,
         max_duration_s: float = 0.0,
         agent_law: Codec | None = None,
+        wideband_to_agent: bool = False,
     ) -> None:
         self.record = record
         self.media = media
@@ -168,6 +169,9 @@ class Call:
         # codec was known (delayed offer), in which case call control says which one it chose.
         self._law: Codec = agent_law or call_law
         self._transcode = self._wideband or self._law != call_law
+        # A G.722 caller's 16 kHz audio goes to the bridge as it is (CallMetadata
+        # caller_wideband); the agent's audio still comes in the bridge's law.
+        self._wideband_to_agent = self._wideband and wideband_to_agent
         self.ended: CallEnd | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -421,6 +425,8 @@ class Call:
     def _to_agent(self, event: AudioReceived) -> bytes:
         if not self._transcode:
             return event.payload
+        if self._wideband_to_agent:
+            return event.pcm
         pcm = self._down.process(event.pcm) if self._down is not None else event.pcm
         return g711.pcm16_to_ulaw(pcm) if self._law == "pcmu" else g711.pcm16_to_alaw(pcm)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import functools
 import logging
@@ -809,6 +810,13 @@ class CallManager:
         bridge = self.bridge_factory(
             trunk.ai_provider, self._provider_config(trunk), self.config.provider_timeout_s
         )
+        # A G.722 caller reaches a bridge that takes 16 kHz audio in full (the delayed offer's
+        # codec is not known yet: G.711 framing then, as before).
+        wideband = (
+            negotiated is not None and negotiated.codec.name == "G722" and bridge.accepts_wideband
+        )
+        if wideband:
+            meta = dataclasses.replace(meta, caller_wideband=True)
 
         def playout() -> int:
             # Looked up, not captured: the bridge holds this function, and a call captured here
@@ -906,6 +914,7 @@ class CallManager:
             hangup_drain_max_s=self.config.hangup_drain_max_s,
             max_duration_s=self.config.max_call_duration_s,
             agent_law=law,
+            wideband_to_agent=wideband,
         )
         call.invite_at = started
         call.sip_call_id = request.call_id

@@ -34,7 +34,7 @@ from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_provider_http import FakeProviderHttp
-from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
 from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
@@ -112,6 +112,22 @@ async def test_pcm16_agent_is_converted(fake: FakeElevenLabs) -> None:
     assert dominant_frequency(bytes(fake.caller_audio), 16000) == pytest.approx(1000, abs=16)
     await bridge.close()
     assert "conversation_config_override" not in fake.received[0]
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"formats": ("pcm_16000", "ulaw_8000")}], indirect=True)
+async def test_a_g722_caller_reaches_a_16_khz_agent_in_full(fake: FakeElevenLabs) -> None:
+    """Caller frames of 16 kHz PCM (a G.722 call) pass to a pcm_16000 agent untouched: a 6 kHz
+    tone, beyond 8 kHz audio, arrives; the agent's μ-law still comes back as it is."""
+    bridge = bridge_for(fake)
+    await bridge.start(replace(META, caller_wideband=True))
+    frames = [sine_pcm16(6000, 20, 16000, 0.5, phase=n * 320) for n in range(10)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    await wait_for(lambda: len(fake.caller_audio) >= 6400)
+    assert bytes(fake.caller_audio) == b"".join(frames)
+    assert dominant_frequency(bytes(fake.caller_audio), 16000) == pytest.approx(6000, abs=30)
+    await bridge.close()
     assert_sdk_valid(fake)
 
 

@@ -8,10 +8,12 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from telepath.bridges.custom.events import MediaFormat
 from telepath.cli.gateway import Gateway
-from telepath.testing.fake_custom import FakeTwilioAgent
+from telepath.testing.fake_custom import FakeTelepathAgent, FakeTwilioAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
@@ -28,11 +30,17 @@ AGENT_HZ = 440
 
 
 async def _call(
-    api: Api, gateway: Gateway, tmp: Path, *, formats: str = "0 8 101", pt: int = 0
+    api: Api,
+    gateway: Gateway,
+    tmp: Path,
+    *,
+    formats: str = "0 8 101",
+    pt: int = 0,
+    caller_hz: float = CALLER_HZ,
 ) -> tuple[Phone, dict[str, Any]]:
     """Dial the trunk ``alice``, send 2 s of tone, hang up; return the phone and the record."""
     placed = await place_call(gateway, tmp, "alice", PASSWORD, hold_ms=2500, formats=formats)
-    placed.phone.start_tone(placed.rtp, CALLER_HZ, 2.0, pt=pt)
+    placed.phone.start_tone(placed.rtp, caller_hz, 2.0, pt=pt)
     detail = await hung_up(api, gateway, placed)
     assert detail["error_message"] is None
     assert detail["answer_time"] is not None and detail["end_time"] is not None
@@ -150,3 +158,28 @@ async def test_g722_offer(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     assert phone.frames(0) == [] and phone.frames(9)
     assert abs(phone.dominant(9) - AGENT_HZ) < 15
     assert detail["metrics"]["codec_used"] == "G722"
+
+
+@pytest.mark.parametrize(("rate", "heard_hz"), [(16000, 6000), (8000, None)])
+async def test_g722_caller_reaches_a_16_khz_agent_in_full(
+    api: Api, gateway: Gateway, tmp_path: Path, rate: int, heard_hz: float | None
+) -> None:
+    """A 6 kHz tone — beyond what 8 kHz audio can carry — from a G.722 caller reaches an agent
+    that chose pcm16 at 16 kHz; an agent at 8 kHz hears only its band (no 6 kHz, no alias)."""
+    chosen = MediaFormat(encoding="pcm16", sample_rate=rate)
+    async with FakeTelepathAgent(agent="tone", tone_hz=AGENT_HZ, media_format=chosen) as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        phone, _ = await _call(api, gateway, tmp_path, formats="9 101", pt=9, caller_hz=6000)
+    assert agent.protocol_errors == []
+    pcm = bytes(agent.caller_audio)
+    assert len(pcm) >= rate * 2  # about 2 s of the caller reached the agent
+    # the agent's media timestamps follow the audio, not its byte count
+    audio = [m for m in agent.received if m["type"] == "audio"]
+    assert audio[-1]["timestamp_ms"] == (len(audio) - 1) * 20
+    if heard_hz is not None:
+        assert abs(dominant_frequency(pcm, rate) - heard_hz) < 30
+    else:
+        samples = np.frombuffer(pcm, "<i2").astype(np.float64)
+        rms = float(np.sqrt(np.mean(samples**2))) / 32768
+        assert rms < 0.01  # a 6 kHz tone has nothing below 4 kHz: filtered out, not folded in
+    assert abs(phone.dominant(9) - AGENT_HZ) < 15  # and the agent's tone still reaches the caller

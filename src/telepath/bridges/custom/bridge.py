@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 
-from telepath.bridges.audio import AudioConverter, WireFormat, b64_decode, b64_encode
+from telepath.bridges.audio import WIDEBAND, AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
     AgentAudio,
     AgentClear,
@@ -80,10 +80,14 @@ class _CustomBridge(WebSocketBridge):
 class TelepathAgentBridge(_CustomBridge):
     """Bridge speaking the ``telepath`` custom-agent protocol, version 1."""
 
+    accepts_wideband = True  # an agent that chose pcm16 at 16 kHz hears a G.722 caller in full
+
     def __init__(self, config: CustomConfig, *, connect_timeout_s: float = 10.0) -> None:
         super().__init__(config, connect_timeout_s=connect_timeout_s)
         self._offered: list[ev.MediaFormat] = []
         self._codec_name: Codec = "pcmu"
+        self._wideband = False
+        self._caller_bytes_per_ms = 8.0
         self._ready: asyncio.Future[None] | None = None
         self._seq = 0
         self._transfers = 0
@@ -99,6 +103,8 @@ class TelepathAgentBridge(_CustomBridge):
             ev.MediaFormat(encoding=other),
         ]
         self._codec_name = meta.codec
+        self._wideband = meta.caller_wideband
+        self._caller_bytes_per_ms = WIDEBAND.bytes_per_ms if meta.caller_wideband else 8.0
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.add_done_callback(_retrieve)
         await self._open(self.config.endpoint, self.config.headers)
@@ -129,7 +135,7 @@ class TelepathAgentBridge(_CustomBridge):
         self._seq += 1
         data = self._converter.to_agent(payload)
         text = ev.gateway_audio_json(self._seq, self._sent_ms, b64_encode(data))
-        self._sent_ms += round(len(payload) / 8)
+        self._sent_ms += round(len(payload) / self._caller_bytes_per_ms)
         return text
 
     def _audio_now(self, text: str) -> bytes | None:
@@ -186,7 +192,7 @@ class TelepathAgentBridge(_CustomBridge):
             raise BridgeProtocolError("agent chose a media format that was not offered")
         fmt = message.media_format
         wire = WireFormat(fmt.encoding, fmt.sample_rate)
-        self._converter = AudioConverter(self._codec_name, wire)
+        self._converter = AudioConverter(self._codec_name, wire, caller_wideband=self._wideband)
         self._ready.set_result(None)
         await self._emit(AgentConnected(self.provider))
 

@@ -69,6 +69,7 @@ class ElevenLabsBridge(WebSocketBridge):
     """
 
     provider = "elevenlabs"
+    accepts_wideband = True  # a pcm_16000 agent hears a G.722 caller in full
 
     def __init__(self, config: ElevenLabsConfig, *, connect_timeout_s: float = 10.0) -> None:
         super().__init__(connect_timeout_s=connect_timeout_s)
@@ -77,6 +78,7 @@ class ElevenLabsBridge(WebSocketBridge):
         self._ready: asyncio.Future[str] | None = None
         self._last_interrupt = -1
         self._meta_codec: Codec = "pcmu"
+        self._wideband = False
         self.conversation_id: str | None = None
 
     # --- AgentBridge -----------------------------------------------------------------------
@@ -85,6 +87,7 @@ class ElevenLabsBridge(WebSocketBridge):
         """Get a signed URL, connect, send the initiation data and wait for the metadata."""
         url = await self._conversation_url()
         self._meta_codec = meta.codec
+        self._wideband = meta.caller_wideband
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.add_done_callback(_retrieve)
         await self._open(url)
@@ -227,6 +230,7 @@ class ElevenLabsBridge(WebSocketBridge):
             self._meta_codec,
             ev.wire_format(meta.user_input_audio_format),
             ev.wire_format(meta.agent_output_audio_format),
+            caller_wideband=self._wideband,
         )
         if not self._converter.passthrough:
             logger.info("elevenlabs bridge: agent audio is not ulaw_8000, converting")
