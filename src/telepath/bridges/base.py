@@ -433,7 +433,8 @@ class AgentBridge(ABC):
 
     @abstractmethod
     async def send_audio(self, payload: bytes) -> None:
-        """Forward caller audio (G.711 in the call's codec, normally 20 ms = 160 bytes).
+        """Forward caller audio (G.711 in the call's codec, normally 20 ms = 160 bytes; 16 kHz
+        PCM16, 640 bytes, when ``CallMetadata.caller_wideband``).
 
         Never raises for a closed session: a failure is reported as a terminal event.
         """

@@ -2,7 +2,8 @@
 move audio and events between them until one side ends the call.
 
 Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio_nowait`` unchanged when the
-call is G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law.
+call is G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law
+(or the decoded 16 kHz PCM as it is, to a bridge that ``accepts_wideband``).
 Agent audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in
 between, not even a task: both directions run synchronously in the receive callbacks (the
 "per-frame fast path" of ``bridges/base.py``); the two pump tasks carry the other events.
