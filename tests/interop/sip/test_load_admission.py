@@ -81,7 +81,9 @@ async def test_a_saturated_loop_sheds_new_attempts_and_serves_them_again_with_ro
                 uac.send(leg.build("INVITE", branch=new_branch(), body=b""))
             statuses = []
             for leg in legs:
-                item = await uac.wait_for(partial(_final, leg.call_id))
+                # The admitted attempt is served by a loop the test keeps saturated, behind
+                # whatever else the machine runs: a generous harness bound, no timing asserted.
+                item = await uac.wait_for(partial(_final, leg.call_id), within_s=30)
                 answer = cast(Response, item.message)
                 statuses.append(answer.status)
                 if answer.status == 503:
