@@ -271,14 +271,16 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         raise _bad("invalid_field", "sip_auth must be one of: digest, address")
 
 
+def _at_most(values: list[str], limit: int, field: str, what: str) -> None:
+    """400 ``invalid_field`` when a list setting has more than ``limit`` entries."""
+    if len(values) > limit:
+        raise _bad("invalid_field", f"{field} may hold at most {limit} {what}")
+
+
 def normalize_header_names(values: list[str]) -> str | None:
     """``["X-Customer-Id", "x-customer-id"]`` → ``"X-Customer-Id"``: SIP header names (RFC
     3261 §25.1 token), as first written, case-insensitive duplicates dropped; [] clears."""
-    if len(values) > MAX_FORWARDED_HEADERS:
-        raise _bad(
-            "invalid_field",
-            f"forward_sip_headers may hold at most {MAX_FORWARDED_HEADERS} header names",
-        )
+    _at_most(values, MAX_FORWARDED_HEADERS, "forward_sip_headers", "header names")
     names: list[str] = []
     for value in values:
         name = value.strip()
@@ -304,10 +306,7 @@ def normalize_codecs(values: list[str]) -> str | None:
 def normalize_numbers(values: list[str]) -> list[str]:
     """``["+1 415-555-0100", "+14155550100"]`` → ``["+14155550100"]``: E.164 with its ``+``
     (visual separators dropped), in order, duplicates dropped; an empty list clears."""
-    if len(values) > MAX_INBOUND_NUMBERS:
-        raise _bad(
-            "invalid_field", f"inbound_numbers may hold at most {MAX_INBOUND_NUMBERS} numbers"
-        )
+    _at_most(values, MAX_INBOUND_NUMBERS, "inbound_numbers", "numbers")
     numbers: list[str] = []
     for value in values:
         number = canonical_number(value, plus_required=True) if ";" not in value else None
@@ -326,11 +325,7 @@ def normalize_addresses(values: list[str]) -> str | None:
     """``["192.0.2.7", "2001:DB8::/32"]`` → ``"192.0.2.7/32,2001:db8::/32"`` (canonical, in
     order, duplicates dropped); an empty list → None (any source). Host bits set in a network
     are an error: ``192.0.2.7/24`` is ambiguous (a typo for ``/32``, or ``192.0.2.0/24``?)."""
-    if len(values) > MAX_ALLOWED_ADDRESSES:
-        raise _bad(
-            "invalid_field",
-            f"allowed_addresses may hold at most {MAX_ALLOWED_ADDRESSES} addresses or networks",
-        )
+    _at_most(values, MAX_ALLOWED_ADDRESSES, "allowed_addresses", "addresses or networks")
     networks: list[str] = []
     for value in values:
         try:
