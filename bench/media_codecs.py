@@ -10,11 +10,14 @@ Usage:  .venv/bin/python bench/media_codecs.py
 from __future__ import annotations
 
 import functools
+import json
 import timeit
 from collections.abc import Callable
 
 import numpy as np
 
+from telepath.bridges.audio import AudioConverter, WireFormat, b64_decode, b64_encode
+from telepath.bridges.openai import events as openai_ev
 from telepath.rtp import g711
 from telepath.rtp.g722 import G722Decoder, G722Encoder
 from telepath.rtp.resample import Resampler
@@ -95,6 +98,7 @@ def main() -> dict[str, float]:
         print(f"{'polyphase ' + str(src) + '->' + str(dst):28} {us:9.1f} {d:9.2f}")
         results[f"polyphase {src}->{dst} us"] = round(us, 2)
         results[f"polyphase {src}->{dst} delay ms"] = round(d, 2)
+    results.update(wideband_rows())
     try:
         import samplerate
     except ImportError:
@@ -119,6 +123,79 @@ def main() -> dict[str, float]:
         # is not time and the correlation method cannot see its lag (about 2.5 ms, §3.11).
         print(f"{'libsamplerate ' + str(src) + '->' + str(dst):28} {us:9.1f} {'n/a':>9}")
         results[f"libsamplerate {src}->{dst} us"] = round(us, 2)
+    return results
+
+
+def wideband_rows() -> dict[str, float]:
+    """A G.722 call's audio work per 20 ms frame pair in the bridge and call control, as a
+    narrowband call (the agent at 8 kHz: what every G.722 call did before wideband calls, the
+    baseline) and as a wideband one, for OpenAI Realtime (G.711 vs 24 kHz PCM: resampling,
+    base64, the append message and the delta's parse) and for an agent at 16 kHz (custom or
+    ElevenLabs). G.722 coding is in both columns: it is the same either way."""
+    pcm16 = tone(16000, 0.02)
+    enc, dec = G722Encoder(), G722Decoder()
+    g722 = enc.encode(pcm16)
+
+    def delta(audio: bytes) -> str:
+        return json.dumps(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": "event_1",
+                "response_id": "resp_1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": b64_encode(audio),
+            }
+        )
+
+    # Narrowband: call control filters the caller to 8 kHz G.711, the agent's G.711 back up.
+    down, up = Resampler(16000, 8000), Resampler(8000, 16000)
+    ulaw_delta = delta(g711.pcm16_to_ulaw(tone(8000, 0.02)))
+
+    def openai_narrow() -> None:
+        caller = g711.pcm16_to_ulaw(down.process(dec.decode(g722)))
+        openai_ev.input_audio_append_json(b64_encode(caller))
+        event = openai_ev.parse_server_event(ulaw_delta)
+        assert isinstance(event, openai_ev.ResponseOutputAudioDelta)
+        enc.encode(up.process(g711.ulaw_to_pcm16(b64_decode(event.delta))))
+
+    wide = AudioConverter("pcmu", WireFormat("pcm16", 24000), wideband=True)
+    pcm_delta = delta(tone(24000, 0.02))
+
+    def openai_wide() -> None:
+        caller = wide.to_agent(dec.decode(g722))
+        openai_ev.input_audio_append_json(b64_encode(caller))
+        event = openai_ev.parse_server_event(pcm_delta)
+        assert isinstance(event, openai_ev.ResponseOutputAudioDelta)
+        enc.encode(wide.from_agent(b64_decode(event.delta)))
+
+    # A 16 kHz agent: before, its audio went 16 -> 8 kHz G.711 in the bridge, then back up.
+    agent16 = tone(16000, 0.02)
+    narrow16 = AudioConverter("pcmu", WireFormat("pcm16", 16000))
+    up16 = Resampler(8000, 16000)
+    same16 = AudioConverter("pcmu", WireFormat("pcm16", 16000), wideband=True)
+
+    def agent16_narrow() -> None:
+        dec.decode(g722)
+        played = g711.ulaw_to_pcm16(narrow16.from_agent(agent16))
+        enc.encode(up16.process(played))
+
+    def agent16_wide() -> None:
+        same16.to_agent(dec.decode(g722))
+        enc.encode(same16.from_agent(agent16))
+
+    print()
+    print(f"{'G.722 call, frame pair':28} {'8 kHz agent':>12} {'wideband':>9}  µs")
+    results: dict[str, float] = {}
+    for name, narrow, widened in (
+        ("OpenAI Realtime", openai_narrow, openai_wide),
+        ("16 kHz agent", agent16_narrow, agent16_wide),
+    ):
+        before, after = per_frame_us(narrow, 5000), per_frame_us(widened, 5000)
+        print(f"{name:28} {before:12.1f} {after:9.1f}")
+        results[f"g722 {name} narrowband us"] = round(before, 2)
+        results[f"g722 {name} wideband us"] = round(after, 2)
     return results
 
 

@@ -2,7 +2,9 @@
 
 The happy path converts nothing: the call's G.711 payload goes to the provider as it is. A
 ``WireFormat`` describes what a provider speaks; ``AudioConverter`` converts between it and the
-call's codec (A-law and μ-law via PCM16, and integer-ratio resampling with ``audioop.ratecv``).
+call's side (A-law and μ-law via PCM16; resampling through the project's low-pass FIR,
+``rtp/resample.py``, wherever the result must not alias or image; ``audioop.ratecv`` for a
+G.711 caller's audio to a 16/24 kHz agent, as before, and for rates the FIR does not take).
 
 ``audioop`` is deprecated since Python 3.11 and gone from the stdlib in 3.13, where the
 ``audioop-lts`` package (a conditional dependency) provides it under the same name.
@@ -102,30 +104,34 @@ def _from_pcm16(pcm: bytes, encoding: Encoding) -> bytes:
 class _OneWay:
     """Stateful conversion in one direction (resampler state and odd PCM bytes carried over)."""
 
-    def __init__(self, src: WireFormat, dst: WireFormat) -> None:
+    def __init__(self, src: WireFormat, dst: WireFormat, *, filter_up: bool = False) -> None:
         self.src = src
         self.dst = dst
         self._state: Any = None
         self._odd = b""
         self.identity = src == dst
         # Down to a lower rate through a low-pass filter: ratecv only interpolates, so a 16 kHz
-        # G.722 caller's 4-8 kHz band would fold back into the telephone band (aliasing).
-        self._down = (
+        # G.722 caller's 4-8 kHz band would fold back into the telephone band (aliasing). Up
+        # through it too where asked (wideband calls): linear interpolation leaves images of
+        # the band only ~13 dB down above it (a 3 kHz tone at 8 kHz -> a 5 kHz one at 16 kHz).
+        self._filter = (
             Resampler(src.rate, dst.rate)
-            if src.rate > dst.rate and {src.rate, dst.rate} <= set(SUPPORTED_RATES)
+            if (src.rate > dst.rate or (filter_up and src.rate < dst.rate))
+            and {src.rate, dst.rate} <= set(SUPPORTED_RATES)
             else None
         )
 
     def __call__(self, data: bytes) -> bytes:
-        if self.identity:
-            return data
-        if self.src.encoding == "pcm16":
+        if self.src.encoding == "pcm16" and (self._odd or len(data) % _SAMPLE_WIDTH):
+            # A sample split across two messages: whole samples only, even unconverted.
             data = self._odd + data
             cut = len(data) - len(data) % _SAMPLE_WIDTH
             data, self._odd = data[:cut], data[cut:]
+        if self.identity:
+            return data
         pcm = _to_pcm16(data, self.src.encoding)
-        if self._down is not None:
-            pcm = self._down.process(pcm)
+        if self._filter is not None:
+            pcm = self._filter.process(pcm)
         elif self.src.rate != self.dst.rate:
             pcm, self._state = audioop.ratecv(
                 pcm, _SAMPLE_WIDTH, 1, self.src.rate, self.dst.rate, self._state
@@ -139,13 +145,14 @@ def convert(data: bytes, src: WireFormat, dst: WireFormat) -> bytes:
 
 
 class AudioConverter:
-    """Converts caller audio to a provider's format and agent audio back to the call's codec.
+    """Converts caller audio to a provider's format and agent audio back to the call's side.
 
     Args:
         codec: the call's G.711 law.
         to_agent: the format the agent expects for caller audio.
         from_agent: the format the agent sends; defaults to ``to_agent``.
-        caller_wideband: caller audio comes as 16 kHz PCM16 (a G.722 call), not in ``codec``.
+        wideband: a wideband call (``CallMetadata.wideband``): caller audio comes as 16 kHz
+            PCM16, not in ``codec``, and agent audio goes back as 16 kHz PCM16 too.
     """
 
     def __init__(
@@ -154,25 +161,23 @@ class AudioConverter:
         to_agent: WireFormat,
         from_agent: WireFormat | None = None,
         *,
-        caller_wideband: bool = False,
+        wideband: bool = False,
     ) -> None:
-        call = WireFormat.for_codec(codec)
-        self.call_format = call
-        self.caller_format = WIDEBAND if caller_wideband else call
+        self.call_format = WIDEBAND if wideband else WireFormat.for_codec(codec)
         self.agent_in = to_agent
         self.agent_out = from_agent or to_agent
-        self._up = _OneWay(self.caller_format, self.agent_in)
-        self._down = _OneWay(self.agent_out, call)
+        self._up = _OneWay(self.call_format, self.agent_in, filter_up=wideband)
+        self._down = _OneWay(self.agent_out, self.call_format, filter_up=True)
 
     @property
     def passthrough(self) -> bool:
         """True when neither direction converts anything."""
-        return self.agent_in == self.caller_format and self.agent_out == self.call_format
+        return self.agent_in == self.call_format and self.agent_out == self.call_format
 
     def to_agent(self, payload: bytes) -> bytes:
-        """Caller G.711 payload -> agent input format."""
+        """Caller payload (G.711, or 16 kHz PCM16 when wideband) -> agent input format."""
         return self._up(payload)
 
     def from_agent(self, data: bytes) -> bytes:
-        """Agent output audio -> call G.711 payload."""
+        """Agent output audio -> call G.711 payload (16 kHz PCM16 when wideband)."""
         return self._down(data)

@@ -8,6 +8,8 @@ when the call is answered and then:
    is rejected (HTTP 401/403/404 on the upgrade) or nothing answers within the connect timeout.
 2. ``await bridge.send_audio(payload)`` for every inbound RTP payload: G.711 in the call's codec,
    normally 20 ms (160 bytes). The bridge converts only when the provider needs another format.
+   A G.722 call to a bridge that ``accepts_wideband`` is a *wideband* call
+   (``CallMetadata.wideband``): 16 kHz PCM16 both ways instead of G.711.
 3. ``async for event in bridge.events()`` consumes ``AgentEvent`` objects (below) until exactly
    one *terminal* event (``AgentHangup``, ``AgentError`` or ``AgentDisconnected``), after which the
    iterator ends. A bridge never ends its stream silently and never hangs: drops, malformed
@@ -194,9 +196,10 @@ class CallMetadata:
         sip_call_id: the SIP Call-ID, passed to agents that want it (never logged).
         sip_headers: the INVITE headers the trunk forwards (``forward_sip_headers``), by the
             configured name; only those present (never logged).
-        caller_wideband: caller audio comes as 16 kHz PCM16 frames (640 bytes per 20 ms) from
-            a G.722 call instead of G.711, for a bridge whose ``accepts_wideband`` is True; the
-            agent's audio is G.711 in ``codec`` either way.
+        wideband: a G.722 call to a bridge whose ``accepts_wideband`` is True: caller audio
+            comes as 16 kHz PCM16 frames (640 bytes per 20 ms) instead of G.711, and the
+            bridge's ``AgentAudio`` is 16 kHz PCM16 too (whatever the agent itself speaks), so
+            both directions keep the 50-7000 Hz band where the agent has it.
     """
 
     call_id: str
@@ -208,7 +211,7 @@ class CallMetadata:
     system_prompt: str | None = None
     sip_call_id: str | None = None
     sip_headers: dict[str, str] = field(default_factory=dict, repr=False)
-    caller_wideband: bool = False
+    wideband: bool = False
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -224,7 +227,8 @@ class AgentConnected:
 
 @dataclass(slots=True)  # not frozen: built per 20 ms frame (frozen costs 3x)
 class AgentAudio:
-    """Agent speech for the caller, in the call's codec; any length (call control re-frames).
+    """Agent speech for the caller, in the call's codec (16 kHz PCM16 little-endian on a
+    ``CallMetadata.wideband`` call); any length (call control re-frames).
 
     ``segment`` names the provider item it belongs to (OpenAI item id, ElevenLabs event id).
     """
@@ -414,8 +418,9 @@ class AgentBridge(ABC):
     """One call's session with an AI agent. See the module docstring for the life cycle."""
 
     provider: str = ""
-    #: True if caller audio may come as 16 kHz PCM16 (``CallMetadata.caller_wideband``): a
-    #: G.722 caller's full band then reaches an agent that takes 16 kHz audio.
+    #: True if the bridge can run a wideband call (``CallMetadata.wideband``): a G.722
+    #: caller's full band then reaches an agent that takes 16 kHz (or more) audio, and such an
+    #: agent's audio reaches the caller in full.
     accepts_wideband: bool = False
 
     @abstractmethod
@@ -434,7 +439,7 @@ class AgentBridge(ABC):
     @abstractmethod
     async def send_audio(self, payload: bytes) -> None:
         """Forward caller audio (G.711 in the call's codec, normally 20 ms = 160 bytes; 16 kHz
-        PCM16, 640 bytes, when ``CallMetadata.caller_wideband``).
+        PCM16, 640 bytes, when ``CallMetadata.wideband``).
 
         Never raises for a closed session: a failure is reported as a terminal event.
         """

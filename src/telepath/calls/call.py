@@ -3,8 +3,9 @@ move audio and events between them until one side ends the call.
 
 Audio path (per 20 ms frame): RTP payload → ``bridge.send_audio_nowait`` unchanged when the
 call is G.711 (the bridges speak the call's law), or decoded G.722 → 8 kHz → the bridge's law
-(or the decoded 16 kHz PCM as it is, to a bridge that ``accepts_wideband``).
-Agent audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls). Nothing else sits in
+(or, on a wideband call — a bridge that ``accepts_wideband`` — the decoded 16 kHz PCM as it is).
+Agent audio → ``media.play`` (pass-through) or ``play_pcm`` (G.722 calls: the bridge's law at
+8 kHz, or 16 kHz PCM on a wideband call, which the playout only encodes). Nothing else sits in
 between, not even a task: both directions run synchronously in the receive callbacks (the
 "per-frame fast path" of ``bridges/base.py``); the two pump tasks carry the other events.
 One exception: after a delayed offer the bridge is started before the caller has chosen a
@@ -143,7 +144,7 @@ class Call:
         hangup_drain_max_s: float = 10.0,
         max_duration_s: float = 0.0,
         agent_law: Codec | None = None,
-        wideband_to_agent: bool = False,
+        wideband: bool = False,
     ) -> None:
         self.record = record
         self.media = media
@@ -170,9 +171,10 @@ class Call:
         # codec was known (delayed offer), in which case call control says which one it chose.
         self._law: Codec = agent_law or call_law
         self._transcode = self._wideband or self._law != call_law
-        # A G.722 caller's 16 kHz audio goes to the bridge as it is (CallMetadata
-        # caller_wideband); the agent's audio still comes in the bridge's law.
-        self._wideband_to_agent = self._wideband and wideband_to_agent
+        # A wideband call (CallMetadata.wideband): the G.722 caller's 16 kHz audio goes to the
+        # bridge as it is, and the agent's comes back as 16 kHz PCM.
+        self._wideband_bridge = self._wideband and wideband
+        self._agent_bytes_per_ms = 32 if self._wideband_bridge else 8  # PCM16 or G.711
         self.ended: CallEnd | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -369,7 +371,9 @@ class Call:
 
     def _on_agent_audio(self, event: AgentAudio) -> None:
         try:
-            if self._transcode:
+            if self._wideband_bridge:
+                self.media.play_pcm(event.payload, 16000)
+            elif self._transcode:
                 self.media.play_pcm(self._from_agent(event.payload), 8000)
             else:
                 self.media.play(event.payload)
@@ -379,9 +383,9 @@ class Call:
             # apply. Only an answer longer than the bound loses its tail.
             if not self.agent_audio_dropped_ms:
                 log.warning("call %s: agent audio beyond the playout bound dropped", self.record.id)
-            self.agent_audio_dropped_ms += len(event.payload) / 8
+            self.agent_audio_dropped_ms += len(event.payload) / self._agent_bytes_per_ms
             return
-        self.turns.agent_audio(self._loop.time(), len(event.payload) / 8)
+        self.turns.agent_audio(self._loop.time(), len(event.payload) / self._agent_bytes_per_ms)
 
     async def _agent_pump(self) -> None:
         # Agent audio may come straight from the socket's receive path (the bridge keeps the
@@ -426,7 +430,7 @@ class Call:
     def _to_agent(self, event: AudioReceived) -> bytes:
         if not self._transcode:
             return event.payload
-        if self._wideband_to_agent:
+        if self._wideband_bridge:
             return event.pcm
         pcm = self._down.process(event.pcm) if self._down is not None else event.pcm
         return g711.pcm16_to_ulaw(pcm) if self._law == "pcmu" else g711.pcm16_to_alaw(pcm)

@@ -810,13 +810,13 @@ class CallManager:
         bridge = self.bridge_factory(
             trunk.ai_provider, self._provider_config(trunk), self.config.provider_timeout_s
         )
-        # A G.722 caller reaches a bridge that takes 16 kHz audio in full (the delayed offer's
-        # codec is not known yet: G.711 framing then, as before).
+        # A G.722 call to a bridge that takes 16 kHz audio is wideband both ways (the delayed
+        # offer's codec is not known yet: G.711 framing then, as before).
         wideband = (
             negotiated is not None and negotiated.codec.name == "G722" and bridge.accepts_wideband
         )
         if wideband:
-            meta = dataclasses.replace(meta, caller_wideband=True)
+            meta = dataclasses.replace(meta, wideband=True)
 
         def playout() -> int:
             # Looked up, not captured: the bridge holds this function, and a call captured here
@@ -914,7 +914,7 @@ class CallManager:
             hangup_drain_max_s=self.config.hangup_drain_max_s,
             max_duration_s=self.config.max_call_duration_s,
             agent_law=law,
-            wideband_to_agent=wideband,
+            wideband=wideband,
         )
         call.invite_at = started
         call.sip_call_id = request.call_id

@@ -99,8 +99,10 @@ class _FakeCustom(FakeAgentServer):
             if self.clear_after_ms is not None and sent_ms >= self.clear_after_ms:
                 await self.send_clear(ws)
                 return True
-            pcm = sine_pcm16(self.tone_hz, CHUNK_MS, phase=sent_ms * 8)
-            await self.send_audio(ws, convert(pcm, WireFormat("pcm16", 8000), self.wire))
+            # Made at the wire's own rate (a 6 kHz tone needs 16 kHz), then encoded.
+            rate = self.wire.rate
+            pcm = sine_pcm16(self.tone_hz, CHUNK_MS, rate, phase=sent_ms * rate // 1000)
+            await self.send_audio(ws, convert(pcm, WireFormat("pcm16", rate), self.wire))
             await asyncio.sleep(0)
         await self.send_mark(ws, GREETING_MARK)
         return False

@@ -226,8 +226,7 @@ class FakeElevenLabs(FakeAgentServer):
             if self.barge_in_after_ms is not None and sent_ms >= self.barge_in_after_ms:
                 await self._interrupt(ws, turn)
                 return
-            pcm = sine_pcm16(self.tone_hz, CHUNK_MS, phase=sent_ms * 8)
-            await self._audio(ws, _convert(pcm, out), turn)
+            await self._audio(ws, _tone(self.tone_hz, CHUNK_MS, out, sent_ms), turn)
             await asyncio.sleep(0)
         if self.barge_in_on_speech_ms is not None:
             self._speaking_turn = turn
@@ -250,11 +249,11 @@ class FakeElevenLabs(FakeAgentServer):
         out = ev.wire_format(self.formats[1])
         await self._send(ws, {"type": "interruption", "interruption_event": {"event_id": turn}})
         for _ in range(2):  # late audio of the interrupted turn
-            await self._audio(ws, _convert(sine_pcm16(self.tone_hz, CHUNK_MS), out), turn)
+            await self._audio(ws, _tone(self.tone_hz, CHUNK_MS, out), turn)
         new_turn = next(self._event_ids)
         response = {"agent_response": "Sorry, go ahead.", "event_id": new_turn}
         await self._send(ws, {"type": "agent_response", "agent_response_event": response})
-        await self._audio(ws, _convert(sine_pcm16(self.reply_hz, self.reply_ms), out), new_turn)
+        await self._audio(ws, _tone(self.reply_hz, self.reply_ms, out), new_turn)
 
     async def _after_first_message(self, ws: ServerConnection) -> bool:
         if self.end_call:
@@ -275,9 +274,10 @@ class FakeElevenLabs(FakeAgentServer):
         return False
 
 
-def _convert(pcm16_8k: bytes, out: WireFormat) -> bytes:
-    """8 kHz PCM16 -> ``out``."""
-    return convert(pcm16_8k, WireFormat("pcm16", 8000), out)
+def _tone(hz: float, ms: int, out: WireFormat, start_ms: int = 0) -> bytes:
+    """``ms`` of a sine from ``start_ms`` on, made at ``out``'s rate and encoded in it."""
+    pcm = sine_pcm16(hz, ms, out.rate, phase=start_ms * out.rate // 1000)
+    return convert(pcm, WireFormat("pcm16", out.rate), out)
 
 
 def _rms(pcm16: bytes) -> float:

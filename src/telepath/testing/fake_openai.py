@@ -9,8 +9,8 @@ sent in ``sent``, so tests can check both against the official SDK types.
 Behaviour switches (constructor arguments):
 
 * ``agent``: ``"tone"`` answers each ``response.create`` with ``response_ms`` of a sine at
-  ``tone_hz`` in the session's G.711 format; ``"echo"`` streams caller audio straight back as
-  one long response; ``"silent"`` sends no audio.
+  ``tone_hz`` in the session's format (G.711, or PCM16 at 24 kHz for ``audio/pcm``); ``"echo"``
+  streams caller audio straight back as one long response; ``"silent"`` sends no audio.
 * ``barge_in_after_ms``: in a tone response, after that much audio, send
   ``input_audio_buffer.speech_started``, two late deltas of the interrupted item, then
   ``response.done`` (cancelled, ``turn_detected``).
@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 
 from telepath.bridges.base import BridgeProtocolError
 from telepath.bridges.openai import events as ev
-from telepath.testing.tones import sine_g711
+from telepath.testing.tones import sine_g711, sine_pcm16
 from telepath.testing.ws_server import FakeAgentServer, json_response
 
 __all__ = ["FakeOpenAIRealtime"]
@@ -120,6 +120,17 @@ class FakeOpenAIRealtime(FakeAgentServer):
         if self.session is None:
             return "audio/pcmu"
         return str(self.session["audio"]["output"]["format"]["type"])
+
+    @property
+    def _bytes_per_ms(self) -> int:
+        return 48 if self._format == "audio/pcm" else 8  # PCM16 at 24 kHz, or G.711
+
+    def _tone(self, ms: int, start_ms: int) -> bytes:
+        """``ms`` of the agent's tone from ``start_ms`` on, in the session's output format."""
+        if self._format == "audio/pcm":
+            return sine_pcm16(self.tone_hz, ms, 24000, phase=start_ms * 24)
+        codec: Literal["pcmu", "pcma"] = "pcma" if self._format == "audio/pcma" else "pcmu"
+        return sine_g711(self.tone_hz, ms, codec, phase=start_ms * 8)
 
     # --- session ---------------------------------------------------------------------------
 
@@ -206,7 +217,8 @@ class FakeOpenAIRealtime(FakeAgentServer):
     # --- responses -------------------------------------------------------------------------
 
     async def _delta(self, ws: ServerConnection, response_id: str, item: str, audio: bytes) -> None:
-        self.item_audio_ms[item] = self.item_audio_ms.get(item, 0.0) + len(audio) / 8
+        ms = len(audio) / self._bytes_per_ms
+        self.item_audio_ms[item] = self.item_audio_ms.get(item, 0.0) + ms
         await self._send(
             ws,
             {
@@ -226,14 +238,12 @@ class FakeOpenAIRealtime(FakeAgentServer):
         await self._send(ws, {"type": "response.created", "response": response})
         status, reason = "completed", None
         if self.agent == "tone":
-            codec: Literal["pcmu", "pcma"] = "pcma" if self._format == "audio/pcma" else "pcmu"
             for sent_ms in range(0, self.response_ms, CHUNK_MS):
                 if self.barge_in_after_ms is not None and sent_ms >= self.barge_in_after_ms:
-                    await self._barge_in(ws, response_id, item, codec, sent_ms)
+                    await self._barge_in(ws, response_id, item, sent_ms)
                     status, reason = "cancelled", "turn_detected"
                     break
-                chunk = sine_g711(self.tone_hz, CHUNK_MS, codec, phase=sent_ms * 8)
-                await self._delta(ws, response_id, item, chunk)
+                await self._delta(ws, response_id, item, self._tone(CHUNK_MS, sent_ms))
                 await asyncio.sleep(0)
         ids = {"response_id": response_id, "item_id": item, "output_index": 0}
         if status == "completed":
@@ -260,7 +270,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
         await self._send(ws, {"type": "response.done", "response": done})
 
     async def _barge_in(
-        self, ws: ServerConnection, response_id: str, item: str, codec: Any, sent_ms: int
+        self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
     ) -> None:
         await self._send(
             ws,
@@ -271,7 +281,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
             },
         )
         for n in range(2):  # late audio the gateway must drop
-            chunk = sine_g711(self.tone_hz, CHUNK_MS, codec, phase=(sent_ms + n * CHUNK_MS) * 8)
+            chunk = self._tone(CHUNK_MS, sent_ms + n * CHUNK_MS)
             await self._delta(ws, response_id, item, chunk)
 
     async def _maybe_call_function(self, ws: ServerConnection, response_id: str) -> None:

@@ -23,9 +23,16 @@ META = CallMetadata(
 
 
 async def collect_until(
-    bridge: AgentBridge, stop: type[Any] | None = None, *, audio_ms: float | None = None
+    bridge: AgentBridge,
+    stop: type[Any] | None = None,
+    *,
+    audio_ms: float | None = None,
+    bytes_per_ms: int = 8,
 ) -> list[AgentEvent]:
-    """Read events until one of type ``stop``, ``audio_ms`` of audio, or a terminal event."""
+    """Read events until one of type ``stop``, ``audio_ms`` of audio, or a terminal event.
+
+    ``bytes_per_ms``: 8 for G.711 agent audio, 32 for a wideband call's 16 kHz PCM16.
+    """
     events: list[AgentEvent] = []
     received = 0.0
 
@@ -34,7 +41,7 @@ async def collect_until(
         async for event in bridge.events():
             events.append(event)
             if isinstance(event, AgentAudio):
-                received += len(event.payload) / 8
+                received += len(event.payload) / bytes_per_ms
             if stop is not None and isinstance(event, stop):
                 return
             if audio_ms is not None and received >= audio_ms:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 import typing
 from collections.abc import AsyncIterator
@@ -118,15 +119,39 @@ async def test_pcm16_agent_is_converted(fake: FakeElevenLabs) -> None:
 @pytest.mark.parametrize("fake", [{"formats": ("pcm_16000", "ulaw_8000")}], indirect=True)
 async def test_a_g722_caller_reaches_a_16_khz_agent_in_full(fake: FakeElevenLabs) -> None:
     """Caller frames of 16 kHz PCM (a G.722 call) pass to a pcm_16000 agent untouched: a 6 kHz
-    tone, beyond 8 kHz audio, arrives; the agent's μ-law still comes back as it is."""
+    tone, beyond 8 kHz audio, arrives; the agent's μ-law comes back as 16 kHz PCM (the call's
+    side of a wideband call), its tone intact."""
     bridge = bridge_for(fake)
-    await bridge.start(replace(META, caller_wideband=True))
+    await bridge.start(replace(META, wideband=True))
     frames = [sine_pcm16(6000, 20, 16000, 0.5, phase=n * 320) for n in range(10)]
     for frame in frames:
         await bridge.send_audio(frame)
     await wait_for(lambda: len(fake.caller_audio) >= 6400)
     assert bytes(fake.caller_audio) == b"".join(frames)
     assert dominant_frequency(bytes(fake.caller_audio), 16000) == pytest.approx(6000, abs=30)
+    audio = audio_of(await collect_until(bridge, audio_ms=500, bytes_per_ms=32))
+    assert len(audio) % 2 == 0 and len(audio) >= 500 * 32
+    assert dominant_frequency(audio, 16000) == pytest.approx(440, abs=16)
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    "fake", [{"formats": ("pcm_16000", "pcm_16000"), "tone_hz": 6000}], indirect=True
+)
+async def test_a_16_khz_agent_reaches_a_g722_caller_in_full(fake: FakeElevenLabs) -> None:
+    """On a wideband call a pcm_16000 agent's audio passes untouched: its 6 kHz tone, beyond
+    what G.711 carries, reaches call control as it was sent."""
+    bridge = bridge_for(fake)
+    await bridge.start(replace(META, wideband=True))
+    audio = audio_of(await collect_until(bridge, audio_ms=500, bytes_per_ms=32))
+    sent = b"".join(
+        base64.b64decode(m["audio_event"]["audio_base_64"])
+        for m in fake.sent
+        if m.get("type") == "audio"
+    )
+    assert audio == sent[: len(audio)] and len(audio) >= 500 * 32
+    assert dominant_frequency(audio, 16000) == pytest.approx(6000, abs=16)
     await bridge.close()
     assert_sdk_valid(fake)
 

@@ -28,7 +28,7 @@ from telepath.bridges.base import (
 )
 from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
-from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 
 from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
 
@@ -106,6 +106,30 @@ async def test_pcma_call_uses_pcma_both_ways(fake: FakeOpenAIRealtime) -> None:
     assert_sdk_valid(fake)
 
 
+@pytest.mark.parametrize("fake", [{"tone_hz": 6000}], indirect=True)
+async def test_a_wideband_call_speaks_24_khz_pcm_both_ways(fake: FakeOpenAIRealtime) -> None:
+    """A G.722 call: the session is audio/pcm at 24 kHz both ways; a 6 kHz tone — beyond what
+    G.711 carries — from the caller reaches the model, and the model's reaches the caller as
+    16 kHz PCM (resampled, not aliased: the tone stays at 6 kHz both ways)."""
+    bridge = bridge_for(fake)
+    await bridge.start(replace(META, wideband=True))
+    events = await collect_until(bridge, audio_ms=1000, bytes_per_ms=32)
+    audio = audio_of(events)
+    assert abs(len(audio) - 1000 * 32) <= 100 * 32  # a 100 ms delta at most past the second
+    assert dominant_frequency(audio, 16000) == pytest.approx(6000, abs=16)
+
+    frames = [sine_pcm16(6000, 20, 16000, phase=n * 320) for n in range(10)]
+    for frame in frames:
+        await bridge.send_audio(frame)
+    await wait_for(lambda: len(fake.caller_audio) >= 10 * 20 * 48 - 48)
+    assert dominant_frequency(bytes(fake.caller_audio), 24000) == pytest.approx(6000, abs=24)
+    await bridge.close()
+    session = fake.received[0]["session"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert_sdk_valid(fake)
+
+
 @pytest.mark.parametrize("fake", [{"agent": "echo"}], indirect=True)
 async def test_echo_agent_returns_caller_audio(fake: FakeOpenAIRealtime) -> None:
     bridge = bridge_for(fake)
@@ -119,19 +143,25 @@ async def test_echo_agent_returns_caller_audio(fake: FakeOpenAIRealtime) -> None
     assert_sdk_valid(fake)
 
 
+@pytest.mark.parametrize("wideband", [False, True])
 @pytest.mark.parametrize(
     ("played_ms", "expected"),
     [(300, ("truncate", 300)), (10_000, ("truncate", 500)), (0, ("delete", None))],
 )
 async def test_barge_in_clears_and_truncates_at_played_audio(
-    played_ms: int, expected: tuple[str, int | None]
+    played_ms: int, expected: tuple[str, int | None], wideband: bool
 ) -> None:
+    """The cut is in milliseconds of the item's audio whatever its format (24 kHz PCM carries
+    48 bytes per ms, G.711 8): never past what the model sent (the fake refuses that)."""
     async with FakeOpenAIRealtime(response_ms=2000, barge_in_after_ms=500) as fake:
         bridge = bridge_for(fake)
-        await bridge.start(META, playout=lambda: played_ms)
+        await bridge.start(replace(META, wideband=wideband), playout=lambda: played_ms)
         events = await collect_until(bridge, AgentClear)
         # exactly the audio sent before speech_started; the late deltas are dropped
-        assert len(audio_of(events)) == 500 * 8
+        if wideband:  # 500 ms as 16 kHz PCM16, give or take the resampler's last sample
+            assert abs(len(audio_of(events)) - 500 * 32) <= 2
+        else:
+            assert len(audio_of(events)) == 500 * 8
         kind, end_ms = expected
         if kind == "truncate":
             await wait_for(

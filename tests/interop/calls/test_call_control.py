@@ -143,10 +143,10 @@ class _LateBargeInOpenAI(FakeOpenAIRealtime):
         self.delay_s = delay_s
 
     async def _barge_in(
-        self, ws: ServerConnection, response_id: str, item: str, codec: Any, sent_ms: int
+        self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
     ) -> None:
         await asyncio.sleep(self.delay_s)
-        await super()._barge_in(ws, response_id, item, codec, sent_ms)
+        await super()._barge_in(ws, response_id, item, sent_ms)
 
 
 async def test_barge_in_openai_truncates_at_what_was_heard(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from telepath.bridges.custom.events import MediaFormat
+from telepath.bridges.elevenlabs.events import AudioFormat
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent, FakeTwilioAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
@@ -160,14 +161,17 @@ async def test_g722_offer(api: Api, gateway: Gateway, tmp_path: Path) -> None:
     assert detail["metrics"]["codec_used"] == "G722"
 
 
-@pytest.mark.parametrize(("rate", "heard_hz"), [(16000, 6000), (8000, None)])
+@pytest.mark.parametrize(
+    ("rate", "heard_hz", "agent_hz"), [(16000, 6000, 6000), (8000, None, AGENT_HZ)]
+)
 async def test_g722_caller_reaches_a_16_khz_agent_in_full(
-    api: Api, gateway: Gateway, tmp_path: Path, rate: int, heard_hz: float | None
+    api: Api, gateway: Gateway, tmp_path: Path, rate: int, heard_hz: float | None, agent_hz: int
 ) -> None:
     """A 6 kHz tone — beyond what 8 kHz audio can carry — from a G.722 caller reaches an agent
-    that chose pcm16 at 16 kHz; an agent at 8 kHz hears only its band (no 6 kHz, no alias)."""
+    that chose pcm16 at 16 kHz, and that agent's 6 kHz tone reaches the caller; an agent at
+    8 kHz hears only its band (no 6 kHz, no alias)."""
     chosen = MediaFormat(encoding="pcm16", sample_rate=rate)
-    async with FakeTelepathAgent(agent="tone", tone_hz=AGENT_HZ, media_format=chosen) as agent:
+    async with FakeTelepathAgent(agent="tone", tone_hz=agent_hz, media_format=chosen) as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         phone, _ = await _call(api, gateway, tmp_path, formats="9 101", pt=9, caller_hz=6000)
     assert agent.protocol_errors == []
@@ -182,4 +186,38 @@ async def test_g722_caller_reaches_a_16_khz_agent_in_full(
         samples = np.frombuffer(pcm, "<i2").astype(np.float64)
         rms = float(np.sqrt(np.mean(samples**2))) / 32768
         assert rms < 0.01  # a 6 kHz tone has nothing below 4 kHz: filtered out, not folded in
-    assert abs(phone.dominant(9) - AGENT_HZ) < 15  # and the agent's tone still reaches the caller
+    assert abs(phone.dominant(9) - agent_hz) < 15  # and the agent's tone reaches the caller
+
+
+async def test_g722_call_to_openai_is_wideband_both_ways(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """A G.722 caller and OpenAI Realtime: the session is audio/pcm at 24 kHz, the caller's
+    6 kHz tone reaches the model and the model's 6 kHz tone reaches the caller (G.711 would
+    have cut both at 4 kHz)."""
+    async with FakeOpenAIRealtime(agent="tone", tone_hz=6000, response_ms=1500) as fake:
+        await provider_trunk(api, gateway, fake, PASSWORD)
+        phone, detail = await _call(api, gateway, tmp_path, formats="9 101", pt=9, caller_hz=6000)
+    assert fake.protocol_errors == []
+    assert fake.session is not None
+    assert fake.session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    pcm = bytes(fake.caller_audio)
+    assert len(pcm) >= 24000 * 2  # about 2 s of the caller at 24 kHz
+    assert abs(dominant_frequency(pcm, 24000) - 6000) < 30
+    assert abs(phone.dominant(9) - 6000) < 15
+    assert detail["metrics"]["codec_used"] == "G722"
+    # the record counts the agent's answer in milliseconds of audio, not in bytes of PCM16
+    agent_turns = [t for t in detail["turns"] if t["speaker"] == "agent"]
+    assert agent_turns and 1400 <= agent_turns[0]["duration_ms"] <= 1500
+
+
+async def test_g722_call_to_a_16_khz_elevenlabs_agent_is_wideband_both_ways(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    formats: tuple[AudioFormat, AudioFormat] = ("pcm_16000", "pcm_16000")
+    async with FakeElevenLabs(agent="tone", tone_hz=6000, response_ms=1500, formats=formats) as f:
+        await provider_trunk(api, gateway, f, PASSWORD)
+        phone, _ = await _call(api, gateway, tmp_path, formats="9 101", pt=9, caller_hz=6000)
+    assert f.protocol_errors == []
+    assert abs(dominant_frequency(bytes(f.caller_audio), 16000) - 6000) < 30
+    assert abs(phone.dominant(9) - 6000) < 15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from telepath.bridges.audio import AudioConverter, WireFormat, duration_ms
@@ -79,6 +80,42 @@ def test_g711_passthrough_and_conversion(codec: str) -> None:
     back = wide.from_agent(sine_pcm16(440, 500, 16000)[:-1]) + wide.from_agent(b"\x00")
     assert duration_ms(back, WireFormat("ulaw")) == pytest.approx(500, abs=2)
     assert dominant_frequency(g711_to_pcm16(back, codec)) == pytest.approx(440, abs=8)  # type: ignore[arg-type]
+
+
+def _level_db(pcm: bytes, rate: int, hz: float) -> float:
+    """Spectral level at ``hz`` relative to the strongest component, in dB (Hann window)."""
+    samples = np.frombuffer(pcm, "<i2").astype(np.float64)[rate // 10 :]  # past the filter's start
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
+    near = spectrum[np.abs(freqs - hz) < 50].max()
+    return float(20 * np.log10(near / spectrum.max()))
+
+
+def test_a_wideband_call_takes_16_khz_pcm_both_ways_without_images() -> None:
+    """A wideband converter's call side is 16 kHz PCM16: a 16 kHz agent's audio passes as it
+    is (whole samples only, a split one carried to the next message); an 8 kHz agent's is
+    upsampled through the low-pass filter — linear interpolation would leave a 3 kHz tone's
+    image at 5 kHz only ~13 dB down — and so is the caller's to a 24 kHz agent."""
+    same = AudioConverter("pcmu", WireFormat("pcm16", 16000), wideband=True)
+    assert same.passthrough
+    data = sine_pcm16(6000, 100, 16000)
+    assert same.to_agent(data) == data
+    split = [same.from_agent(data[:101]), same.from_agent(data[101:])]
+    assert [len(part) % 2 for part in split] == [0, 0] and b"".join(split) == data
+
+    narrow = AudioConverter("pcmu", WireFormat("ulaw", 8000), wideband=True)
+    tone = sine_g711(3000, 1000)
+    up = b"".join(narrow.from_agent(tone[i : i + 160]) for i in range(0, len(tone), 160))
+    assert len(up) == 1000 * 32  # 1 s of 16 kHz PCM16
+    assert dominant_frequency(up, 16000) == pytest.approx(3000, abs=16)
+    assert _level_db(up, 16000, 5000) < -50
+
+    openai = AudioConverter("pcmu", WireFormat("pcm16", 24000), wideband=True)
+    caller = sine_pcm16(6000, 1000, 16000)
+    wide = b"".join(openai.to_agent(caller[i : i + 640]) for i in range(0, len(caller), 640))
+    assert len(wide) == 1000 * 48
+    assert dominant_frequency(wide, 24000) == pytest.approx(6000, abs=24)
+    assert _level_db(wide, 24000, 10000) < -50  # 16 kHz - 6 kHz: the image interpolation leaves
 
 
 def test_registry_builds_each_bridge() -> None:

@@ -103,8 +103,8 @@ class TelepathAgentBridge(_CustomBridge):
             ev.MediaFormat(encoding=other),
         ]
         self._codec_name = meta.codec
-        self._wideband = meta.caller_wideband
-        self._caller_bytes_per_ms = WIDEBAND.bytes_per_ms if meta.caller_wideband else 8.0
+        self._wideband = meta.wideband
+        self._caller_bytes_per_ms = WIDEBAND.bytes_per_ms if meta.wideband else 8.0
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.add_done_callback(_retrieve)
         await self._open(self.config.endpoint, self.config.headers)
@@ -192,7 +192,7 @@ class TelepathAgentBridge(_CustomBridge):
             raise BridgeProtocolError("agent chose a media format that was not offered")
         fmt = message.media_format
         wire = WireFormat(fmt.encoding, fmt.sample_rate)
-        self._converter = AudioConverter(self._codec_name, wire, caller_wideband=self._wideband)
+        self._converter = AudioConverter(self._codec_name, wire, wideband=self._wideband)
         self._ready.set_result(None)
         await self._emit(AgentConnected(self.provider))
 

@@ -87,7 +87,7 @@ class ElevenLabsBridge(WebSocketBridge):
         """Get a signed URL, connect, send the initiation data and wait for the metadata."""
         url = await self._conversation_url()
         self._meta_codec = meta.codec
-        self._wideband = meta.caller_wideband
+        self._wideband = meta.wideband
         self._ready = asyncio.get_running_loop().create_future()
         self._ready.add_done_callback(_retrieve)
         await self._open(url)
@@ -230,7 +230,7 @@ class ElevenLabsBridge(WebSocketBridge):
             self._meta_codec,
             ev.wire_format(meta.user_input_audio_format),
             ev.wire_format(meta.agent_output_audio_format),
-            caller_wideband=self._wideband,
+            wideband=self._wideband,
         )
         if not self._converter.passthrough:
             logger.info("elevenlabs bridge: agent audio is not ulaw_8000, converting")

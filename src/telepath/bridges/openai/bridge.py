@@ -4,6 +4,12 @@ Session: ``wss://.../v1/realtime?model=...`` with ``Authorization: Bearer``; ``s
 with ``type: "realtime"``, the call's G.711 format in and out, the trunk's system prompt as
 ``instructions``, server VAD and two function tools, ``end_call`` and ``transfer_call``.
 
+Wideband calls (``CallMetadata.wideband``, a G.722 caller): the session is ``audio/pcm`` at
+24 kHz both ways, the only PCM rate the service takes (``reference/providers.md`` §2), so the
+caller's 50-7000 Hz reach the model and its voice reaches the caller beyond 3.4 kHz. The bridge
+resamples 16 <-> 24 kHz through the project's low-pass FIR; 24 kHz PCM16 is six times the bytes
+of G.711 on the provider's wire (48 against 8 kB/s each way).
+
 Barge-in (``reference/providers.md`` §2.7): on ``input_audio_buffer.speech_started`` the bridge
 reads the playout progress, emits ``AgentClear`` and sends ``conversation.item.truncate`` for
 the current assistant item with ``audio_end_ms`` = what the caller heard of that item, clamped
@@ -26,7 +32,7 @@ import json
 import logging
 from urllib.parse import quote
 
-from telepath.bridges.audio import b64_decode, b64_encode
+from telepath.bridges.audio import AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
     BYTES_PER_MS,
     AgentAudio,
@@ -77,6 +83,8 @@ BENIGN_ERROR_CODES = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response"}
 )
 RETRYABLE_ERROR_TYPES = frozenset({"server_error", "rate_limit_exceeded", "tokens", "requests"})
+#: The session's format on a wideband call: ``audio/pcm`` takes only 24 kHz.
+PCM_24K = WireFormat("pcm16", 24000)
 GOODBYE_INSTRUCTIONS = (
     "The call has reached its maximum length. Tell the caller briefly that you have to end "
     "the call now and say goodbye."
@@ -92,11 +100,14 @@ class OpenAIRealtimeBridge(WebSocketBridge):
     """
 
     provider = "openai"
+    accepts_wideband = True  # audio/pcm at 24 kHz both ways for a G.722 caller
 
     def __init__(self, config: OpenAIConfig, *, connect_timeout_s: float = 10.0) -> None:
         super().__init__(connect_timeout_s=connect_timeout_s)
         self.config = config
         self._meta: CallMetadata | None = None
+        self._converter: AudioConverter | None = None  # wideband calls only
+        self._bytes_per_ms: float = BYTES_PER_MS  # of the session's audio format
         self._playout: PlayoutProgress = RealTimePlayout()
         self._estimator: RealTimePlayout | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -117,6 +128,9 @@ class OpenAIRealtimeBridge(WebSocketBridge):
     async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:
         """Connect, configure the session and wait for ``session.updated``."""
         self._meta = meta
+        if meta.wideband:
+            self._converter = AudioConverter(meta.codec, PCM_24K, wideband=True)
+            self._bytes_per_ms = PCM_24K.bytes_per_ms
         if playout is None:
             self._estimator = RealTimePlayout()
             self._playout = self._estimator
@@ -140,9 +154,12 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         self._timer = asyncio.create_task(self._session_limit(), name="openai-session-limit")
 
     def _audio_message(self, payload: bytes) -> str | None:
-        """One caller frame (already in the session's G.711 format) as an append event."""
+        """One caller frame (the session's G.711 format, or 16 kHz PCM16 on a wideband call,
+        resampled to 24 kHz here) as an append event."""
         if self._ready is None or not self._ready.done():
             return None
+        if self._converter is not None:
+            payload = self._converter.to_agent(payload)
         return ev.input_audio_append_json(b64_encode(payload))
 
     async def send_dtmf(self, digit: str) -> None:
@@ -184,9 +201,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._send(event.to_json())
 
     def _session_update(self, meta: CallMetadata) -> ev.SessionUpdate:
-        fmt: ev.PcmuFormat | ev.PcmaFormat = (
-            ev.PcmuFormat() if meta.codec == "pcmu" else ev.PcmaFormat()
-        )
+        fmt = _session_format(meta)
         self._session_update_id = self._next_id()
         session = ev.Session(
             instructions=meta.system_prompt,
@@ -241,12 +256,12 @@ class OpenAIRealtimeBridge(WebSocketBridge):
     async def _on_session_updated(self, event: ev.SessionUpdated) -> None:
         if self._ready is None or self._ready.done() or self._meta is None:
             return
-        expected = "audio/pcmu" if self._meta.codec == "pcmu" else "audio/pcma"
+        expected = _session_format(self._meta)
         audio = event.session.get("audio") or {}
         for direction in ("input", "output"):
             fmt = (audio.get(direction) or {}).get("format") or {}
-            if fmt.get("type") != expected:
-                raise BridgeProtocolError("OpenAI session does not use the call's G.711 format")
+            if fmt.get("type") != expected.type or fmt.get("rate", 24000) != 24000:
+                raise BridgeProtocolError("OpenAI session does not use the call's audio format")
         self._ready.set_result(None)
         await self._emit(AgentConnected(self.provider))
 
@@ -262,11 +277,15 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             self._item_offset_ms = self._emitted_ms
             self._item_received_ms = 0.0
             self._item_done = False
-        ms = len(payload) / BYTES_PER_MS
+        ms = len(payload) / self._bytes_per_ms
         self._item_received_ms += ms
         self._emitted_ms += ms
         if self._estimator is not None:
             self._estimator.emitted(ms)
+        if self._converter is not None:
+            payload = self._converter.from_agent(payload)
+            if not payload:
+                return
         await self._emit(AgentAudio(payload, event.item_id))
 
     async def _on_speech_started(self) -> None:
@@ -361,6 +380,13 @@ class OpenAIRealtimeBridge(WebSocketBridge):
                 err = BridgeConnectError("OpenAI session ended during setup", retryable=False)
             ready.set_exception(err)
         super()._finish(event)
+
+
+def _session_format(meta: CallMetadata) -> ev.PcmuFormat | ev.PcmaFormat | ev.PcmFormat:
+    """The session's audio format, both ways: the call's G.711 law, or 24 kHz PCM when wideband."""
+    if meta.wideband:
+        return ev.PcmFormat()
+    return ev.PcmuFormat() if meta.codec == "pcmu" else ev.PcmaFormat()
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
