@@ -28,8 +28,7 @@ from typing import cast
 
 from telepath.rtp.codecs import CodecSpec
 from telepath.sdp import create_offer, negotiate_offer_answer, parse
-from telepath.secrets.digest import compute_ha1
-from telepath.sip.auth import Algorithm, digest_response
+from telepath.sip.client_auth import answer_challenge
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
@@ -143,29 +142,6 @@ async def _open_link(uri: SipUri, local_ip: str, ca_file: Path | None) -> _Link:
     return link
 
 
-def _challenge_params(value: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    body = value.split(" ", 1)[1] if " " in value else ""
-    for part in _split_commas(body):
-        key, _, val = part.strip().partition("=")
-        params[key.strip().lower()] = val.strip().strip('"')
-    return params
-
-
-def _split_commas(text: str) -> list[str]:
-    out, cur, quoted = [], "", False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur)
-    return out
-
-
 class Dialer:
     """One outbound test call."""
 
@@ -232,31 +208,6 @@ class Dialer:
         suffix = ";transport=tcp" if self.transport == "TCP" else ""
         return f"sip:dialer@{self.local_ip}:{local_port}{suffix}"
 
-    def _authorization(self, challenges: list[str], method: str, password: str) -> str:
-        parsed = [_challenge_params(c) for c in challenges]
-        by_alg = {p.get("algorithm", "MD5").upper(): p for p in parsed}
-        algorithm: Algorithm = "SHA-256" if "SHA-256" in by_alg else "MD5"
-        ch = by_alg.get(algorithm) or parsed[0]
-        realm, nonce = ch.get("realm", ""), ch.get("nonce", "")
-        ha1 = compute_ha1(algorithm, self.username, realm, password)
-        uri = str(self.uri)
-        cnonce = secrets.token_hex(8)
-        response = digest_response(
-            algorithm,
-            ha1,
-            nonce=nonce,
-            method=method,
-            uri=uri,
-            qop="auth",
-            nc="00000001",
-            cnonce=cnonce,
-        )
-        return (
-            f'Digest username="{self.username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, '
-            "nc=00000001"
-        )
-
     async def run(
         self,
         *,
@@ -304,7 +255,17 @@ class Dialer:
                         result.log.append("the gateway asks for a digest password (--password)")
                         break
                     name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
-                    auth = self._authorization(final.headers.get_all(name), "INVITE", self.password)
+                    answered = answer_challenge(
+                        final.headers.get_all(name),
+                        method="INVITE",
+                        uri=str(self.uri),
+                        username=self.username,
+                        password=self.password,
+                    )
+                    if answered is None:
+                        result.log.append("the gateway's challenge uses no algorithm we support")
+                        break
+                    auth = answered[0]
                     continue
                 if 200 <= final.status < 300:
                     answer = final

@@ -77,6 +77,8 @@ __all__ = [
     "DigestCredentials",
     "digest_response",
     "parse_authorization",
+    "parse_scheme_params",
+    "quote_string",
     "redact_authorization",
 ]
 
@@ -225,6 +227,32 @@ def _parse_quoted(value: str, pos: int) -> tuple[str, int]:
     raise AuthHeaderError("unterminated quoted-string")
 
 
+def parse_scheme_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split a credentials or challenge value into its lower-cased scheme and its
+    ``#auth-param`` list (RFC 7235 §2.1; names lower-cased, quoted values unescaped).
+
+    Raises:
+        AuthHeaderError: too long, no scheme, or bad parameter syntax.
+    """
+    if len(value) > MAX_HEADER_LENGTH:
+        raise AuthHeaderError("header value too long")
+    scheme = _scheme(value)
+    if scheme is None:
+        raise AuthHeaderError("no scheme")
+    return scheme[0], _parse_params(value, scheme[1])
+
+
+def _scheme(value: str) -> tuple[str, int] | None:
+    """The lower-cased auth scheme leading ``value`` and where its parameters start."""
+    match = _TOKEN_RE.match(value, _skip_lws(value, 0))
+    if match is None:
+        return None
+    after = match.end()
+    if after < len(value) and value[after] not in " \t\r\n":
+        return None
+    return match.group().lower(), after
+
+
 def parse_authorization(value: str) -> DigestCredentials:
     """Parse an ``Authorization``/``Proxy-Authorization`` header value (RFC 7616 §3.4).
 
@@ -238,14 +266,10 @@ def parse_authorization(value: str) -> DigestCredentials:
     """
     if len(value) > MAX_HEADER_LENGTH:
         raise AuthHeaderError("header value too long")
-    pos = _skip_lws(value, 0)
-    scheme = _TOKEN_RE.match(value, pos)
-    if scheme is None or scheme.group().lower() != "digest":
+    scheme = _scheme(value)
+    if scheme is None or scheme[0] != "digest":
         raise AuthHeaderError("not a Digest credential")
-    after = scheme.end()
-    if after < len(value) and value[after] not in " \t\r\n":
-        raise AuthHeaderError("not a Digest credential")
-    params = _parse_params(value, after)
+    params = _parse_params(value, scheme[1])
 
     missing = [name for name in _REQUIRED if name not in params]
     if missing:
@@ -352,7 +376,7 @@ def _normalise_algorithm(name: str) -> Algorithm | None:
     return None  # including MD5-sess / SHA-256-sess, see the module docstring
 
 
-def _quote(text: str) -> str:
+def quote_string(text: str) -> str:
     """Render ``text`` as a quoted-string (RFC 3261 §25.1)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -465,7 +489,7 @@ class DigestAuthenticator:
         values = []
         for algorithm in algorithms or self.algorithms:
             value = (
-                f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
+                f"Digest realm={quote_string(self.realm)}, nonce={quote_string(nonce)}, "
                 f'algorithm={algorithm}, qop="auth"'
             )
             if stale:

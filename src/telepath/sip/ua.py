@@ -69,6 +69,7 @@ from telepath.sip.ua_events import (
     RegisterReceived,
     ReinviteAcked,
     ReofferReceived,
+    RequestAnswered,
     Send,
     SessionRefreshed,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "ReferUpdate",
     "RegisterReceived",
     "ReinviteAcked",
+    "RequestAnswered",
     "ReofferReceived",
     "Send",
     "SessionRefreshed",
@@ -181,6 +183,7 @@ class UserAgentCore:
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
         self._client_txs: dict[tuple[str, str], ClientTransaction] = {}
         self._client_tx_dialog: dict[ClientTransaction, Dialog] = {}
+        self._standalone: set[ClientTransaction] = set()  # send_request's (outbound REGISTER)
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
         self._closed_traces: OrderedDict[str, None] = OrderedDict()
@@ -365,6 +368,15 @@ class UserAgentCore:
         dialog.state = DialogState.TERMINATING
         self._send_in_dialog(dialog, "BYE")
 
+    def send_request(self, request: Request, dest: Source) -> list[Output]:
+        """Send ``request`` outside any dialog (an outbound REGISTER, RFC 3261 §10.2) in a new
+        non-INVITE client transaction (§17.1.2); its final answer, or its timeout, comes back
+        as :class:`RequestAnswered`. The caller builds the whole request, Via included."""
+        tx = ClientTransaction(self, request, dest, self.clock.now())
+        self._client_txs[(tx.branch, request.method)] = tx
+        self._standalone.add(tx)
+        return self._take()
+
     def refer(self, dialog: Dialog, target: str) -> list[Output]:
         """Ask the carrier to transfer the caller to ``target`` (RFC 3515)."""
         if dialog.state == DialogState.CONFIRMED:
@@ -394,6 +406,12 @@ class UserAgentCore:
                 del self._invites[_merge_key(tx.request)]
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
+        if tx in self._standalone:
+            self._standalone.discard(tx)
+            if timed_out:
+                self.counters["client_tx_timeouts"] += 1
+                self._out.append(RequestAnswered(tx.request, None))
+            return
         dialog = self._client_tx_dialog.pop(tx, None)
         if timed_out:
             self.counters["client_tx_timeouts"] += 1
@@ -405,7 +423,11 @@ class UserAgentCore:
                 self._refresh_failed(dialog)  # RFC 4028 §10: a refresh that timed out
 
     def client_response(self, tx: ClientTransaction, response: Response) -> None:
-        """A final response (or an INVITE's 1xx) to our BYE, REFER or refresh."""
+        """A final response (or an INVITE's 1xx) to our BYE, REFER, refresh or REGISTER."""
+        if tx in self._standalone:
+            if response.status >= 200:
+                self._out.append(RequestAnswered(tx.request, response))
+            return
         dialog = self._client_tx_dialog.get(tx)
         if dialog is None:
             return
@@ -624,7 +646,8 @@ class UserAgentCore:
         if tx is None:
             self.counters["stray_responses"] += 1
             return
-        self._trace(response.call_id, response.to_bytes(), "in")  # re-serialized: small
+        if tx not in self._standalone:  # call traces only
+            self._trace(response.call_id, response.to_bytes(), "in")  # re-serialized: small
         tx.on_response(response, self.clock.now())
 
     # ---------------------------------------------------------------- dialogs

@@ -1,6 +1,7 @@
 """What the UA core hands out (RFC 3261 terms): bytes to send, and call events for the
 application — a new INVITE, its cancellation, confirmation (the ACK), the end of the dialog,
-re-offers, session refreshes, DTMF by INFO and transfer progress. Frozen dataclasses: the class
+re-offers, session refreshes, DTMF by INFO, transfer progress and the answers to our own
+out-of-dialog requests. Frozen dataclasses: the class
 is the meaning."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from telepath.sip.dialog import Dialog
-from telepath.sip.message import Request
+from telepath.sip.message import Request, Response
 from telepath.sip.transaction import ServerTransaction, Source
 
 
@@ -129,9 +130,19 @@ class RegisterReceived:
     tx: ServerTransaction
 
 
+@dataclass(frozen=True, slots=True)
+class RequestAnswered:
+    """The final answer to a request we sent outside any dialog (an outbound REGISTER,
+    :meth:`UserAgentCore.send_request`); ``response`` None: no answer in time (Timer F)."""
+
+    request: Request
+    response: Response | None
+
+
 Event = (
     InviteReceived
     | RegisterReceived
+    | RequestAnswered
     | InviteCancelled
     | CallConfirmed
     | CallEnded

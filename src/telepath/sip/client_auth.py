@@ -1,0 +1,110 @@
+"""Answering a Digest challenge as a client (RFC 3261 §22.2-22.4, RFC 7616 §3.4, RFC 8760).
+
+Pure: header values in, a header value out. Used where Telepath itself is challenged: its
+outbound registrations (``sip/registration.py``) and the ``telepath call`` dialler.
+
+What it does with a 401/407's challenges (one ``WWW-Authenticate``/``Proxy-Authenticate`` value
+each): picks the most preferred algorithm it supports (SHA-256, then MD5; RFC 8760 §2.4 lets a
+server offer several, most preferred first, and a client use the first it supports), answers
+with ``qop=auth`` when the challenge offers it (with a fresh ``cnonce`` and ``nc=00000001``:
+each answer is to a new challenge) or in RFC 2069 form when it offers no ``qop``, and echoes
+``opaque``. ``-sess`` algorithms, ``auth-int`` only and other schemes are not answered (None):
+the caller reports the challenge as one it cannot meet.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from telepath.secrets.digest import compute_ha1
+from telepath.sip.auth import (
+    Algorithm,
+    AuthHeaderError,
+    digest_response,
+    parse_scheme_params,
+    quote_string,
+)
+
+__all__ = ["Challenge", "answer_challenge", "parse_challenge"]
+
+_PREFERENCE: tuple[Algorithm, ...] = ("SHA-256", "MD5")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """One Digest challenge (RFC 7616 §3.3)."""
+
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: tuple[str, ...] = ()  # the qop-options offered; empty: RFC 2069 form
+    opaque: str | None = None
+    stale: bool = False
+
+
+def parse_challenge(value: str) -> Challenge | None:
+    """A ``WWW-Authenticate``/``Proxy-Authenticate`` value, or None if it is not a usable
+    Digest challenge (another scheme, bad syntax, no realm or nonce)."""
+    try:
+        scheme, params = parse_scheme_params(value)
+    except AuthHeaderError:
+        return None
+    if scheme != "digest" or "realm" not in params or "nonce" not in params:
+        return None
+    qop = tuple(q.strip().lower() for q in params.get("qop", "").split(",") if q.strip())
+    return Challenge(
+        realm=params["realm"],
+        nonce=params["nonce"],
+        algorithm=params.get("algorithm", "MD5").upper(),
+        qop=qop,
+        opaque=params.get("opaque"),
+        stale=params.get("stale", "").lower() == "true",
+    )
+
+
+def answer_challenge(
+    values: list[str], *, method: str, uri: str, username: str, password: str
+) -> tuple[str, Challenge] | None:
+    """The ``Authorization`` (or ``Proxy-Authorization``) value answering the best challenge
+    among ``values``, and that challenge; None when none can be answered."""
+    challenges = [c for c in map(parse_challenge, values) if c is not None]
+    for algorithm in _PREFERENCE:
+        for challenge in challenges:
+            if challenge.algorithm != algorithm or (challenge.qop and "auth" not in challenge.qop):
+                continue
+            ha1 = compute_ha1(algorithm, username, challenge.realm, password)
+            parts = [
+                f"username={quote_string(username)}",
+                f"realm={quote_string(challenge.realm)}",
+                f"nonce={quote_string(challenge.nonce)}",
+                f"uri={quote_string(uri)}",
+            ]
+            if challenge.qop:
+                cnonce = secrets.token_hex(8)
+                response = digest_response(
+                    algorithm,
+                    ha1,
+                    nonce=challenge.nonce,
+                    method=method,
+                    uri=uri,
+                    qop="auth",
+                    nc="00000001",
+                    cnonce=cnonce,
+                )
+                parts += [
+                    f"response={quote_string(response)}",
+                    f"algorithm={algorithm}",
+                    f"cnonce={quote_string(cnonce)}",
+                    "qop=auth",
+                    "nc=00000001",
+                ]
+            else:
+                response = digest_response(
+                    algorithm, ha1, nonce=challenge.nonce, method=method, uri=uri
+                )
+                parts += [f"response={quote_string(response)}", f"algorithm={algorithm}"]
+            if challenge.opaque is not None:
+                parts.append(f"opaque={quote_string(challenge.opaque)}")
+            return "Digest " + ", ".join(parts), challenge
+    return None

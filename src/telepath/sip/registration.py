@@ -1,0 +1,269 @@
+"""One outbound registration as a client (RFC 3261 §10.2): REGISTER requests out, their answers
+in, what to do next out. Pure: no sockets, no clock of its own (times are passed in and
+returned as delays), no randomness but the injected one.
+
+Telepath registers a trunk's contact with the user's carrier or PBX, so calls reach it where
+the carrier learnt it — behind NAT too, the NAT binding being the one the REGISTER opened.
+
+Decisions, where RFC 3261 leaves a choice:
+
+- One Call-ID per registration for its whole life, CSeq + 1 per request (§10.2.4 SHOULD), so
+  refreshes replace the binding rather than add one.
+- The contact is ``sip:<contact_user>@host:port`` with the interval in an ``Expires`` header;
+  unregistering sends ``Expires: 0`` for that contact only, never ``*`` (other bindings of the
+  same address-of-record — the user's phones — are not ours to remove).
+- Digest challenges (401/407) are answered by ``sip/client_auth.py``; a second challenge in a
+  row is a refusal (wrong password), unless it says ``stale=true`` (§22.4: re-sign, no fault).
+- The interval granted is the ``expires`` parameter of our contact in the 2xx, else its
+  ``Expires`` header, else the one asked for (§10.2.4); the refresh is due 60 s before it ends
+  or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
+- 423 Interval Too Brief: once more with its ``Min-Expires`` (§10.3 step 7), up to a day.
+- Failures (timeouts, 4xx-6xx, 3xx — redirects are not followed) are retried with RFC 5626
+  §4.5's back-off: ``min(600 s, 30 s × 2^(failures-1))``, times a random 50-100 %; a 503 or
+  500 with ``Retry-After`` waits that long instead.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telepath.sip.client_auth import answer_challenge
+from telepath.sip.errors import SipParseError
+from telepath.sip.headers import param_value, parse_name_addr, split_list
+from telepath.sip.message import Headers, Request, Response
+from telepath.sip.uri import SipUri
+
+__all__ = ["Failed", "Outcome", "Registered", "Registration", "Resend", "Unregistered"]
+
+MAX_EXPIRES = 86400
+BACKOFF_BASE_S = 30.0
+BACKOFF_MAX_S = 600.0
+USER_AGENT = "Telepath"
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Send this REGISTER now (an answer to a challenge, or a longer interval after a 423)."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The registrar took the binding for ``expires`` s; refresh in ``refresh_in`` s."""
+
+    expires: int
+    refresh_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt failed (``detail`` says why, e.g. ``403 Forbidden``); retry in ``retry_in`` s."""
+
+    detail: str
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unregistered:
+    """The binding was removed (the answer to ``Expires: 0``, or its failure: we stop anyway)."""
+
+
+Outcome = Resend | Registered | Failed | Unregistered
+
+
+class Registration:
+    """The REGISTER transactions of one binding.
+
+    Args:
+        registrar: the registrar's URI (the Request-URI, §10.2: no user part).
+        aor: the address-of-record (``sip:user@domain``), in To and From.
+        contact: our contact URI (``sip:<contact_user>@host:port``).
+        via: ``SIP/2.0/UDP host:port`` — the Via sent-by, a branch is added per request.
+        auth_username, password: digest credentials.
+        expires: the interval to ask for.
+        call_id: defaults to a random one.
+        rng: ``random.random``-like, for the back-off's jitter.
+    """
+
+    def __init__(
+        self,
+        *,
+        registrar: SipUri,
+        aor: str,
+        contact: str,
+        via: str,
+        auth_username: str,
+        password: str,
+        expires: int,
+        call_id: str | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.registrar = registrar
+        self.aor = aor
+        self.contact = contact
+        self.via = via
+        self._auth_username = auth_username
+        self._password = password
+        self.expires = expires
+        self.call_id = call_id or f"{secrets.token_hex(12)}@telepath"
+        self._from_tag = secrets.token_hex(6)
+        self._rng = rng
+        self._cseq = 0
+        self._current: Request | None = None
+        self._answered_challenge = False
+        self._unregistering = False
+        self.failures = 0  # consecutive failed attempts (the back-off's exponent)
+
+    def __repr__(self) -> str:  # never the password
+        return f"Registration(aor={self.aor!r}, registrar={str(self.registrar)!r})"
+
+    # ------------------------------------------------------------------ requests
+
+    def register(self) -> Request:
+        """A REGISTER for the binding (the first, or a refresh)."""
+        self._unregistering = False
+        return self._new(self.expires, None)
+
+    def unregister(self) -> Request:
+        """A REGISTER removing the binding (``Expires: 0``, §10.2.2)."""
+        self._unregistering = True
+        return self._new(0, None)
+
+    def is_current(self, request: Request) -> bool:
+        """True if ``request`` is the one whose answer is awaited (not a stale one)."""
+        return self._current is not None and request.cseq.seq == self._current.cseq.seq
+
+    def _new(self, expires: int, authorization: tuple[str, str] | None) -> Request:
+        if authorization is None:
+            self._answered_challenge = False
+        self._cseq += 1
+        h = Headers()
+        h.add("Via", f"{self.via};branch=z9hG4bK{secrets.token_hex(10)};rport")
+        h.add("Max-Forwards", "70")
+        h.add("From", f"<{self.aor}>;tag={self._from_tag}")
+        h.add("To", f"<{self.aor}>")
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{self._cseq} REGISTER")
+        h.add("Contact", f"<{self.contact}>")
+        h.add("Expires", str(expires))
+        h.add("User-Agent", USER_AGENT)
+        if authorization is not None:
+            h.add(*authorization)
+        request = Request(h, b"", "REGISTER", self.registrar)
+        self._current = request
+        return request
+
+    # ------------------------------------------------------------------ answers
+
+    def on_response(self, response: Response) -> Outcome:
+        """What the final ``response`` to the current request means."""
+        assert self._current is not None
+        request = self._current
+        expires = int(request.headers.get("Expires") or 0)
+        status = response.status
+        if 200 <= status < 300:
+            if self._unregistering:
+                return Unregistered()
+            self.failures = 0
+            granted = self._granted(response, expires)
+            if granted <= 0:
+                return self._fail("the registrar granted no time")
+            return Registered(granted, refresh_delay(granted))
+        if status in (401, 407):
+            return self._on_challenge(response, expires)
+        if status == 423 and not self._unregistering:
+            minimum = _int(response.headers.get("Min-Expires"))
+            if minimum is not None and expires < minimum <= MAX_EXPIRES:
+                self.expires = minimum
+                return Resend(self._new(minimum, None))
+        if self._unregistering:
+            return Unregistered()
+        retry_after = _int((response.headers.get("Retry-After") or "").split(";")[0].strip())
+        if status in (500, 503) and retry_after is not None and retry_after > 0:
+            self.failures += 1
+            return Failed(f"{status} {response.reason}", float(min(retry_after, 3600)))
+        return self._fail(f"{status} {response.reason}")
+
+    def on_timeout(self) -> Outcome:
+        """No final answer within Timer F."""
+        if self._unregistering:
+            return Unregistered()
+        return self._fail("no response")
+
+    def _on_challenge(self, response: Response, expires: int) -> Outcome:
+        proxy = response.status == 407
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        answer = answer_challenge(
+            response.headers.get_all(name),
+            method="REGISTER",
+            uri=str(self.registrar),
+            username=self._auth_username,
+            password=self._password,
+        )
+        if answer is None:
+            return self._after_unregister() or self._fail(
+                f"{response.status} challenge with no supported digest algorithm"
+            )
+        value, challenge = answer
+        if self._answered_challenge and not challenge.stale:
+            return self._after_unregister() or self._fail(
+                f"{response.status} {response.reason} (credentials refused)"
+            )
+        header = ("Proxy-Authorization" if proxy else "Authorization", value)
+        resend = self._new(expires, header)
+        self._answered_challenge = True
+        return Resend(resend)
+
+    def _after_unregister(self) -> Outcome | None:
+        return Unregistered() if self._unregistering else None
+
+    def _granted(self, response: Response, asked: int) -> int:
+        """The interval the 2xx grants our contact (§10.2.4)."""
+        mine = _contact_uri(self.contact)
+        for value in response.headers.get_all("Contact"):
+            for item in split_list(value):
+                try:
+                    contact = parse_name_addr(item)
+                except SipParseError:
+                    continue
+                if _same_contact(contact.uri, mine):
+                    granted = _int(param_value(contact.params, "expires"))
+                    if granted is not None:
+                        return granted
+        header = _int(response.headers.get("Expires"))
+        return header if header is not None else asked
+
+    def _fail(self, detail: str) -> Failed:
+        self.failures += 1
+        return Failed(detail, backoff_delay(self.failures, self._rng))
+
+
+def refresh_delay(granted: int) -> float:
+    """When to refresh a binding granted for ``granted`` s (see the module docstring)."""
+    return float(granted - 60) if granted >= 120 else granted / 2
+
+
+def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """RFC 5626 §4.5: ``min(max, base × 2^(failures-1))`` times a random 50-100 %."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * float(2 ** max(0, failures - 1)))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text.strip())
+
+
+def _contact_uri(contact: str) -> SipUri:
+    return parse_name_addr(f"<{contact}>").uri
+
+
+def _same_contact(a: SipUri, b: SipUri) -> bool:
+    """Our contact in a registrar's list: a NAT-aware registrar may rewrite its host and port
+    to the address the REGISTER came from, so the user part — random per trunk — decides."""
+    return (a.user or "") == (b.user or "") and a.scheme in ("sip", "sips")

@@ -1,0 +1,274 @@
+"""The outbound registration state machine (RFC 3261 §10.2) and the client side of Digest,
+checked against the project's own server-side verifier (RFC 7616)."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.clock import FakeClock
+from telepath.secrets.digest import compute_ha1
+from telepath.sip.auth import AuthResult, DigestAuthenticator, parse_authorization
+from telepath.sip.client_auth import answer_challenge, parse_challenge
+from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.registration import (
+    Failed,
+    Registered,
+    Registration,
+    Resend,
+    Unregistered,
+    backoff_delay,
+    refresh_delay,
+)
+from telepath.sip.transaction import Source
+from telepath.sip.ua import RequestAnswered, Send, UaConfig, UserAgentCore
+from telepath.sip.uri import parse_uri
+
+REALM = "carrier.example"
+PASSWORD = "pa55-word"
+CONTACT = "sip:tpr-0123456789abcdef0123@203.0.113.5:5060"
+
+
+def registration(**over: object) -> Registration:
+    kwargs: dict[str, object] = {
+        "registrar": parse_uri("sip:sip.carrier.example"),
+        "aor": "sip:alice@carrier.example",
+        "contact": CONTACT,
+        "via": "SIP/2.0/UDP 203.0.113.5:5060",
+        "auth_username": "alice",
+        "password": PASSWORD,
+        "expires": 300,
+        "rng": lambda: 0.0,
+    } | over
+    return Registration(**kwargs)  # type: ignore[arg-type]
+
+
+def roundtrip(request: Request) -> Request:
+    parsed = parse_message(request.to_bytes())
+    assert isinstance(parsed, Request)
+    return parsed
+
+
+def answer(request: Request, status: int, headers: list[tuple[str, str]] | None = None) -> Response:
+    response = make_response(request, status, to_tag="reg1", headers=headers or [])
+    parsed = parse_message(response.to_bytes())
+    assert isinstance(parsed, Response)
+    return parsed
+
+
+def server() -> DigestAuthenticator:
+    return DigestAuthenticator(REALM, b"s" * 32, FakeClock())
+
+
+def verified(auth: DigestAuthenticator, request: Request, header: str = "Authorization") -> bool:
+    value = request.headers.get(header)
+    assert value is not None
+    creds = parse_authorization(value)
+
+    def ha1(username: str, algorithm: str) -> str | None:
+        if username != "alice":
+            return None
+        return compute_ha1(algorithm, "alice", REALM, PASSWORD)  # type: ignore[arg-type]
+
+    return auth.verify(creds, method="REGISTER", ha1_lookup=ha1).result == AuthResult.OK
+
+
+def test_the_register_request_follows_section_10_2() -> None:
+    reg = registration()
+    first = roundtrip(reg.register())
+    assert first.method == "REGISTER"
+    assert str(first.uri) == "sip:sip.carrier.example"  # no user part in the Request-URI
+    assert first.headers.get("To") == "<sip:alice@carrier.example>"
+    assert first.from_.uri == parse_uri("sip:alice@carrier.example") and first.from_.tag
+    assert first.headers.get("Contact") == f"<{CONTACT}>"
+    assert first.headers.get("Expires") == "300"
+    assert first.cseq.seq == 1
+    assert first.top_via.branch is not None and first.top_via.branch.startswith("z9hG4bK")
+    refresh = roundtrip(reg.register())
+    # a refresh replaces the binding: same Call-ID and From tag, the next CSeq, a new branch
+    assert refresh.call_id == first.call_id and refresh.from_.tag == first.from_.tag
+    assert refresh.cseq.seq == 2 and refresh.top_via.branch != first.top_via.branch
+    assert "pa55" not in repr(reg)
+
+
+def test_a_challenge_is_answered_with_sha_256_and_the_server_accepts_it() -> None:
+    auth = server()
+    reg = registration()
+    request = reg.register()
+    challenge = [("WWW-Authenticate", v) for v in auth.challenge_headers()]
+    outcome = reg.on_response(answer(request, 401, challenge))
+    assert isinstance(outcome, Resend)
+    signed = roundtrip(outcome.request)
+    assert signed.cseq.seq == 2 and signed.call_id == request.call_id
+    assert signed.headers.get("Expires") == "300"
+    creds = parse_authorization(signed.headers.get("Authorization") or "")
+    assert creds.algorithm == "SHA-256" and creds.uri == "sip:sip.carrier.example"
+    assert verified(auth, signed)
+    ok = reg.on_response(answer(signed, 200, [("Contact", f"<{CONTACT}>;expires=120")]))
+    assert ok == Registered(120, 60.0)
+    assert reg.failures == 0
+
+
+def test_a_proxy_challenge_gets_proxy_authorization() -> None:
+    auth = server()
+    reg = registration()
+    request = reg.register()
+    values = auth.challenge_headers(algorithms=["MD5"])
+    outcome = reg.on_response(answer(request, 407, [("Proxy-Authenticate", values[0])]))
+    assert isinstance(outcome, Resend)
+    assert outcome.request.headers.get("Authorization") is None
+    assert verified(auth, outcome.request, "Proxy-Authorization")
+
+
+def test_a_second_challenge_is_a_refusal_unless_stale() -> None:
+    auth = server()
+    reg = registration()
+    request = reg.register()
+    challenge = [("WWW-Authenticate", auth.challenge_headers()[0])]
+    signed = reg.on_response(answer(request, 401, challenge))
+    assert isinstance(signed, Resend)
+    stale = [("WWW-Authenticate", v) for v in auth.challenge_headers(stale=True)]
+    again = reg.on_response(answer(signed.request, 401, stale))
+    assert isinstance(again, Resend)  # stale=true: re-sign, no fault (§22.4)
+    refused = reg.on_response(answer(again.request, 401, challenge))
+    assert refused == Failed("401 Unauthorized (credentials refused)", 15.0)
+    # the next attempt starts afresh: its first challenge is answered again
+    retry = reg.register()
+    assert isinstance(reg.on_response(answer(retry, 401, challenge)), Resend)
+
+
+def test_a_challenge_it_cannot_meet_fails() -> None:
+    reg = registration()
+    request = reg.register()
+    value = 'Digest realm="r", nonce="n", algorithm=SHA-512-256, qop="auth"'
+    outcome = reg.on_response(answer(request, 401, [("WWW-Authenticate", value)]))
+    assert isinstance(outcome, Failed)
+    assert "no supported digest algorithm" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    ("headers", "granted"),
+    [
+        ([("Contact", f"<sip:phone@198.51.100.7>;expires=3600, <{CONTACT}>;expires=90")], 90),
+        # a NAT-aware registrar rewrote our host and port: the contact user still identifies us
+        ([("Contact", "<sip:tpr-0123456789abcdef0123@198.51.100.1:40123>;expires=200")], 200),
+        ([("Expires", "240"), ("Contact", "<sip:phone@198.51.100.7>;expires=3600")], 240),
+        ([], 300),
+    ],
+)
+def test_the_interval_granted(headers: list[tuple[str, str]], granted: int) -> None:
+    reg = registration()
+    outcome = reg.on_response(answer(reg.register(), 200, headers))
+    assert outcome == Registered(granted, refresh_delay(granted))
+
+
+def test_refresh_comes_a_minute_early_or_half_way() -> None:
+    assert refresh_delay(3600) == 3540
+    assert refresh_delay(300) == 240
+    assert refresh_delay(120) == 60
+    assert refresh_delay(60) == 30
+
+
+def test_interval_too_brief_retries_with_min_expires_once() -> None:
+    reg = registration(expires=60)
+    outcome = reg.on_response(answer(reg.register(), 423, [("Min-Expires", "600")]))
+    assert isinstance(outcome, Resend)
+    assert outcome.request.headers.get("Expires") == "600"
+    assert reg.expires == 600  # refreshes keep asking for it
+    # a registrar that asks for no more than what was sent, or says nothing, is a failure
+    again = reg.on_response(answer(outcome.request, 423, [("Min-Expires", "600")]))
+    assert isinstance(again, Failed) and again.detail.startswith("423")
+    plain = registration()
+    assert isinstance(plain.on_response(answer(plain.register(), 423)), Failed)
+
+
+def test_failures_back_off_and_retry_after_is_honoured() -> None:
+    reg = registration()
+    delays = []
+    for _ in range(7):
+        reg.register()
+        outcome = reg.on_timeout()
+        assert isinstance(outcome, Failed) and outcome.detail == "no response"
+        delays.append(outcome.retry_in)
+    assert delays == [15, 30, 60, 120, 240, 300, 300]  # rng 0: half of 30 s × 2^n, up to 600 s
+    assert backoff_delay(3, lambda: 1.0) == 120
+    busy = registration()
+    outcome = busy.on_response(answer(busy.register(), 503, [("Retry-After", "20")]))
+    assert outcome == Failed("503 Service Unavailable", 20.0)
+    moved = registration()
+    outcome = moved.on_response(answer(moved.register(), 302))
+    assert isinstance(outcome, Failed) and outcome.detail.startswith("302 ")
+    zero = registration()
+    outcome = zero.on_response(answer(zero.register(), 200, [("Expires", "0")]))
+    assert isinstance(outcome, Failed)
+
+
+def test_unregistering_sends_expires_zero_and_ends_whatever_the_answer() -> None:
+    auth = server()
+    reg = registration()
+    request = roundtrip(reg.unregister())
+    assert request.headers.get("Expires") == "0"
+    assert request.headers.get("Contact") == f"<{CONTACT}>"  # ours only, never "*"
+    challenge = [("WWW-Authenticate", v) for v in auth.challenge_headers()]
+    signed = reg.on_response(answer(request, 401, challenge))
+    assert isinstance(signed, Resend) and signed.request.headers.get("Expires") == "0"
+    assert verified(auth, signed.request)
+    assert reg.on_response(answer(signed.request, 200)) == Unregistered()
+    assert registration().on_timeout() == Failed("no response", 15.0)
+    leaving = registration()
+    leaving.unregister()
+    assert leaving.on_timeout() == Unregistered()
+    assert leaving.on_response(answer(leaving.unregister(), 403)) == Unregistered()
+
+
+def test_only_the_awaited_request_counts() -> None:
+    reg = registration()
+    old = reg.register()
+    new = reg.register()
+    assert reg.is_current(new) and not reg.is_current(old)
+
+
+def test_client_digest_forms() -> None:
+    """RFC 2069 form when no qop is offered; opaque echoed; other schemes ignored."""
+    value = 'Digest realm="r", nonce="abc", opaque="xyz"'
+    answered = answer_challenge(
+        ['Basic realm="x"', value], method="REGISTER", uri="sip:r", username="u", password="p"
+    )
+    assert answered is not None
+    creds = parse_authorization(answered[0])
+    assert creds.qop is None and creds.cnonce is None and creds.opaque == "xyz"
+    assert creds.algorithm == "MD5"
+    assert parse_challenge('Digest realm="r"') is None  # no nonce
+    assert parse_challenge("Digest realm=") is None  # bad syntax
+    only_int = 'Digest realm="r", nonce="n", qop="auth-int"'
+    assert answer_challenge([only_int], method="X", uri="u", username="u", password="p") is None
+
+
+def test_the_core_sends_an_out_of_dialog_request_and_reports_its_answer() -> None:
+    """``send_request``: retransmitted over UDP (Timer E), the final answer reported once
+    (retransmissions absorbed), a timeout reported as no answer (Timer F)."""
+    clock = FakeClock(100.0)
+    ua = UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock)
+    registrar = Source("UDP", ("198.51.100.1", 5060))
+    request = registration().register()
+    out = ua.send_request(request, registrar)
+    assert [o.dest for o in out if isinstance(o, Send)] == [registrar]
+    clock.advance(0.5)
+    assert len([o for o in ua.poll() if isinstance(o, Send)]) == 1  # Timer E
+    ok = make_response(request, 200, to_tag="r1").to_bytes()
+    (event,) = ua.receive(ok, registrar)
+    assert isinstance(event, RequestAnswered) and event.request is request
+    assert event.response is not None and event.response.status == 200
+    assert ua.receive(ok, registrar) == []  # a retransmitted final: absorbed
+    clock.advance(10)
+    ua.poll()
+    assert ua.transaction_count == 0  # Timer K ended it
+
+    lost = registration().register()
+    ua.send_request(lost, registrar)
+    answers: list[object] = []
+    while clock.now() < 100 + 10 + 33:
+        clock.advance(0.5)
+        answers += [o for o in ua.poll() if isinstance(o, RequestAnswered)]
+    assert answers == [RequestAnswered(lost, None)]
+    assert ua.transaction_count == 0
