@@ -290,6 +290,8 @@ class UserAgentCore:
         to_tag = tx.to_tag
         if to_tag is None and status > 100:
             to_tag = tx.to_tag = self._tag_for(tx.request)
+        if tx.is_invite and 100 < status < 200 and dialog is None:
+            extra = _record_route(tx.request) + extra  # an early dialog's (§12.1.1)
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )
@@ -339,7 +341,9 @@ class UserAgentCore:
         dialog.peer_allows_update = _allows(request, "UPDATE")
         dialog.local_sdp = body
         self._dialogs[dialog.key] = dialog
-        extra = self._with_contact(list(headers or []), tx.source, dialog.secure)
+        extra = _record_route(request) + self._with_contact(
+            list(headers or []), tx.source, dialog.secure
+        )
         if dialog.session_timer is not None:
             extra += response_headers(dialog.session_timer)
         extra.append(("Content-Type", "application/sdp"))
@@ -954,6 +958,12 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _record_route(request: Request) -> list[tuple[str, str]]:
+    """The Record-Route values a response establishing a dialog copies, in order (§12.1.1:
+    the caller's in-dialog requests then follow the proxies that asked to stay in the path)."""
+    return [("Record-Route", value) for value in request.headers.get_all("Record-Route")]
 
 
 def _secure(request: Request) -> bool:

@@ -409,3 +409,28 @@ def test_no_new_trace_after_a_call_is_popped(core: tuple[UserAgentCore, FakeCloc
     assert "OPTIONS" in ua.pop_trace("call-1@192.0.2.10")
     ua.receive(request("OPTIONS", branch="z9hG4bK-late"), SRC)  # a late retransmission
     assert ua.pop_trace("call-1@192.0.2.10") == ""
+
+
+def test_dialog_establishing_responses_copy_the_record_route(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §12.1.1: the UAS copies every Record-Route of the INVITE, in order, into the
+    responses that establish the dialog (the 18x and the 2xx), so the caller's ACK and BYE
+    follow the proxies' route; a rejection establishes none."""
+    ua, _ = core
+    routes = "Record-Route: <sip:p1.example;lr>\r\nRecord-Route: <sip:p2.example;lr;ftag=x>\r\n"
+    extra = "Content-Type: application/sdp\r\n" + routes
+    (ev,) = events(ua.receive(request(body=SDP, extra=extra), SRC))
+    assert isinstance(ev, InviteReceived)
+    expected = ["<sip:p1.example;lr>", "<sip:p2.example;lr;ftag=x>"]
+    (ringing,) = sent(ua.respond(ev.tx, 180))
+    assert ringing.headers.get_all("Record-Route") == expected
+    _, out = ua.accept(ev.tx, b"v=0\r\n")
+    (ok,) = sent(out)
+    assert ok.headers.get_all("Record-Route") == expected
+    (ev2,) = events(
+        ua.receive(request(body=SDP, extra=extra, call_id="call-2@x", branch="z9hG4bK-2"), SRC)
+    )
+    assert isinstance(ev2, InviteReceived)
+    (refused,) = sent(ua.respond(ev2.tx, 486))
+    assert refused.headers.get_all("Record-Route") == []
