@@ -15,6 +15,69 @@ TrunkStatus = Literal["active", "inactive", "error"]
 CustomProtocol = Literal["telepath", "twilio"]
 
 
+RegistrationStatus = Literal["pending", "registered", "failed", "unregistered"]
+
+
+class RegistrationSettings(BaseModel):
+    """A trunk's outbound registration: Telepath registers with your carrier or PBX as a SIP
+    client (RFC 3261 §10.2), so that its calls reach Telepath behind NAT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registrar: str = Field(
+        max_length=255,
+        description="The registrar: sip:host or sip:host:port (a DNS name, IPv4 address or "
+        "[IPv6]), no user part; ';transport=udp' only (UDP registration only for now)",
+        examples=["sip:sip.carrier.example:5060"],
+    )
+    username: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The address-of-record's user (sip:username@domain), and the digest's "
+        'unless auth_username is set; printable ASCII without spaces, @, :, <, >, " or ;',
+    )
+    password: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The digest password (stored encrypted, never returned). Required for a "
+        "new registration; omitted in a PATCH: the stored one is kept",
+    )
+    auth_username: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The digest username when it is not username (same characters)",
+    )
+    domain: str | None = Field(
+        None,
+        max_length=255,
+        description="The address-of-record's domain when it is not the registrar's host: a DNS "
+        "name or IP address",
+    )
+    expires: int | None = Field(
+        None, ge=60, le=86400, description="Registration interval asked for, seconds (300)"
+    )
+
+
+class Registration(BaseModel):
+    """A trunk's outbound registration as read: never the password."""
+
+    registrar: str
+    username: str
+    auth_username: str | None = None
+    domain: str | None = None
+    expires: int
+    status: RegistrationStatus = Field(
+        description="'pending' (new or changed, not yet reported), 'registered', 'failed' "
+        "(status_detail says why) or 'unregistered'"
+    )
+    status_detail: str | None = Field(None, examples=["403 Forbidden", "no response"])
+    registered_until: str | None = Field(
+        None, description="ISO 8601, UTC: when the current registration expires"
+    )
+
+
 class _TrunkSettings(BaseModel):
     """Optional SIP and media settings of a trunk, the same in create and update bodies."""
 
@@ -73,6 +136,12 @@ class _TrunkSettings(BaseModel):
         "not sent to OpenAI. Authorization, Proxy-Authorization, Via, Route, Record-Route and "
         "Max-Forwards cannot be",
         examples=[["X-Customer-Id"]],
+    )
+    registration: RegistrationSettings | None = Field(
+        None,
+        description="Register with your carrier or PBX as a SIP client so its calls reach "
+        "Telepath behind NAT; null in a PATCH removes it. An object given in a PATCH replaces "
+        "the settings",
     )
 
 
@@ -170,6 +239,9 @@ class Trunk(TrunkCreated):
         None, description="Preferred first; null: the installation's TELEPATH_SIP_CODECS"
     )
     forward_sip_headers: list[str] | None = None
+    registration: Registration | None = Field(
+        None, description="The outbound registration and its state; null: none"
+    )
 
 
 class Pagination(BaseModel):

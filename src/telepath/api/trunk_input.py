@@ -20,6 +20,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from telepath.api.errors import ApiError
+from telepath.api.registration_input import parse_registration
 from telepath.sip.numbers import canonical_number
 
 PROVIDERS: Final = ("openai", "elevenlabs", "custom")
@@ -81,6 +82,7 @@ TRUNK_SETTINGS: Final = (
     "media_encryption",
     "codecs",
     "forward_sip_headers",
+    "registration",
 )
 CREATE_FIELDS: Final = (
     "name",
@@ -152,6 +154,9 @@ def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         if key == "custom_headers":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise _bad("invalid_field_type", "custom_headers must be an object of strings")
+        elif key == "registration":
+            if not isinstance(value, dict):
+                raise _bad("invalid_field_type", "registration must be an object")
         elif key in _STRING_ARRAYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise _bad("invalid_field_type", f"{key} must be an array of strings")
@@ -269,6 +274,8 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         raise _bad("invalid_field", "media_encryption must be one of: allowed, required, disabled")
     if "sip_auth" in fields and fields["sip_auth"] not in SIP_AUTH_MODES:
         raise _bad("invalid_field", "sip_auth must be one of: digest, address")
+    if "registration" in fields:
+        fields["registration"] = parse_registration(fields["registration"])
 
 
 def _at_most(values: list[str], limit: int, field: str, what: str) -> None:

@@ -1,7 +1,8 @@
 """Trunk lifecycle: create, read, update, delete and rotate, with secrets handled at rest.
 
-The SIP password is turned into digest HA1 values at once and discarded; provider keys and custom
-headers are sealed with the master keyring, bound to the trunk id and column.
+The SIP password is turned into digest HA1 values at once and discarded; provider keys, custom
+headers and the outbound registration's password are sealed with the master keyring, bound to
+the trunk id and column.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from telepath.api import schemas
 from telepath.api.errors import ApiError, not_found
 from telepath.api.state import ApiState
 from telepath.api.trunk_input import TrunkCreateInput
+from telepath.api.trunk_registration import check_registration, set_registration
 from telepath.db.base import utcnow
-from telepath.db.models import Trunk, trunk_secret_context
+from telepath.db.models import Trunk, TrunkRegistration, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.db.trunk_directory import trunks_changed
 from telepath.secrets.digest import compute_ha1
@@ -32,6 +34,23 @@ ROUTING_FIELDS = ("sip_auth", "inbound_numbers")
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z`` suffix and second precision, as in the seed."""
     return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def registration_view(row: TrunkRegistration | None) -> schemas.Registration | None:
+    """A trunk's outbound registration as read: its settings and last reported state, never
+    the password or the contact user."""
+    if row is None:
+        return None
+    return schemas.Registration(
+        registrar=row.registrar,
+        username=row.username,
+        auth_username=row.auth_username,
+        domain=row.domain,
+        expires=row.expires,
+        status=row.status,
+        status_detail=row.status_detail,
+        registered_until=iso(row.registered_until),
+    )
 
 
 def seal(keyring: Keyring, trunk_id: str, column: str, value: str) -> str:
@@ -108,6 +127,7 @@ class TrunkService:
             forward_sip_headers=(
                 trunk.forward_sip_headers.split(",") if trunk.forward_sip_headers else None
             ),
+            registration=registration_view(trunk.registration),
         )
 
     def _conflict(self, sip_username: str) -> ApiError:
@@ -216,9 +236,13 @@ class TrunkService:
         if data.ai_provider == "custom":
             trunk.custom_protocol = "telepath"
         set_password(trunk, data.sip_password)
+        registration = data.options.pop("registration", None)
+        check_registration(trunk, registration)
         await self._validate_provider(trunk, data.options)
         routing = {k: data.options.pop(k) for k in ROUTING_FIELDS if k in data.options}
         self._apply(trunk, data.options)
+        if registration is not None:
+            set_registration(trunk, registration, self.state.keyring)
         self.repo.add(trunk)
         await self._save(trunk, routing)
         trunks_changed()
@@ -234,10 +258,16 @@ class TrunkService:
     async def update(self, trunk_id: str, fields: dict[str, Any]) -> Trunk:
         """Apply a validated PATCH; changed credentials are re-validated first."""
         trunk = await self.get(trunk_id)
+        registering = "registration" in fields  # null: remove it
+        registration = fields.pop("registration", None)
+        if registering:
+            check_registration(trunk, registration)
         await self._validate_provider(trunk, fields)
         was_active = trunk.status == "active"
         routing = {k: fields.pop(k) for k in ROUTING_FIELDS if k in fields}
         self._apply(trunk, fields)
+        if registering:
+            set_registration(trunk, registration, self.state.keyring)
         trunk.updated_at = utcnow()
         await self._save(trunk, routing)
         trunks_changed()

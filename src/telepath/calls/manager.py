@@ -60,6 +60,7 @@ from telepath.calls.ports import (
     TrunkConfig,
     TrunkDirectory,
 )
+from telepath.calls.registrations import CONTACT_USER_PREFIX, Registrations
 from telepath.errors import TelepathError
 from telepath.log import Streak, call_id_var
 from telepath.metrics import Metrics
@@ -104,6 +105,7 @@ from telepath.sip.ua import (
     RegisterReceived,
     ReinviteAcked,
     ReofferReceived,
+    RequestAnswered,
     SessionRefreshed,
 )
 from telepath.sip.uri import SipUri
@@ -295,6 +297,10 @@ class CallManager:
         self.metrics = metrics
         self.bridge_factory = bridge_factory
         self.server: SipServer | None = None
+        # The trunks' outbound registrations (calls/registrations.py), when this process keeps
+        # them up: the answers to their REGISTERs arrive here.
+        self.registrations: Registrations | None = None
+        self._registrar_addresses: dict[str, tuple[float, frozenset[str]]] = {}
         self.lag = LagMonitor(
             config.overload_lag_s,
             idle_interval_s=LOAD_PERIOD_S,
@@ -343,6 +349,9 @@ class CallManager:
             self._spawn(self._setup_call(setup))
         elif isinstance(event, RegisterReceived):
             self._spawn(self._register(event.tx))
+        elif isinstance(event, RequestAnswered):
+            if self.registrations is not None:
+                self.registrations.answered(event)
         elif isinstance(event, InviteCancelled):
             pending = self._setups.get(id(event.tx))
             if pending is not None:
@@ -667,6 +676,13 @@ class CallManager:
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
         called = _called_number(request) if call else None
+        if call:
+            registered = await self._registered_trunk(request, source_ip)
+            if registered is not None:
+                if not registered.serves(called):
+                    self._reject(tx, 404, "number_not_served")
+                    return None
+                return registered
         if called is not None:
             routed = await self.directory.find_by_number(called)
             # Decision: the number picks the trunk, never the address alone — a carrier's
@@ -722,6 +738,40 @@ class CallManager:
             log.warning("banned a SIP source after repeated authentication failures")
         refuse(tx, 403, "auth_failed")
         return None
+
+    async def _registered_trunk(self, request: Request, source_ip: str) -> TrunkConfig | None:
+        """The trunk whose registered contact an INVITE is sent to, when it comes from where
+        that trunk's calls may: its ``allowed_addresses`` if it has any, else its registrar's
+        addresses. Decision: the carrier learnt the contact from our REGISTER and sends to it
+        without answering challenges (a phone's registrar does not expect to be challenged),
+        so the random contact user and the source admit the call; from anywhere else the
+        INVITE is challenged like every unknown one."""
+        user = request.uri.user_unescaped
+        if not user or not user.startswith(CONTACT_USER_PREFIX):
+            return None
+        trunk = await self.directory.find_by_contact(user.split(";", 1)[0])
+        if trunk is None or trunk.registrar_host is None:
+            return None
+        if trunk.allowed_networks:
+            return trunk if trunk.allows_source(source_ip) else None
+        addresses = await self._addresses_of(trunk.registrar_host)
+        return trunk if _unmapped(source_ip) in addresses else None
+
+    async def _addresses_of(self, host: str) -> frozenset[str]:
+        """``host``'s addresses (the system resolver), kept for a minute; none if it fails."""
+        now = time.monotonic()
+        cached = self._registrar_addresses.get(host)
+        if cached is not None and now - cached[0] < 60.0:
+            return cached[1]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host.strip("[]"), None)
+            found = frozenset(_unmapped(str(info[4][0])) for info in infos)
+        except OSError:
+            found = frozenset()
+        if len(self._registrar_addresses) > 1000:  # bounded: forget the oldest
+            del self._registrar_addresses[next(iter(self._registrar_addresses))]
+        self._registrar_addresses[host] = (now, found)
+        return found
 
     def _warn_source_refused(self, trunk_id: str) -> None:
         """A warning per trunk per minute at most: a misconfigured carrier retries every call."""
@@ -1378,6 +1428,11 @@ def _forwarded_headers(request: Request, names: tuple[str, ...]) -> dict[str, st
 
 # A trunk's media_encryption, in TELEPATH_SIP_SRTP's words.
 _SRTP_MODES = {"allowed": "allow", "required": "require", "disabled": "off"}
+
+
+def _unmapped(ip: str) -> str:
+    """An IPv4-mapped IPv6 address as its IPv4 address; any other as it is."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def _called_number(request: Request) -> str | None:

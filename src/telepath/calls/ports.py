@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 
@@ -75,6 +76,11 @@ class TrunkConfig:
     codecs: tuple[str, ...] | None = None
     # Names of INVITE headers passed on to its agent.
     forward_sip_headers: tuple[str, ...] = ()
+    # Its outbound registration (``registration``), if it has one: the host of the registrar
+    # (an INVITE to the registered contact is taken from there without a challenge) and the
+    # contact's user part (``RegistrationConfig.contact_user``).
+    registrar_host: str | None = None
+    registration_contact: str | None = None
 
     @property
     def address_auth(self) -> bool:
@@ -103,6 +109,58 @@ class TrunkConfig:
         return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    """A trunk's outbound registration: Telepath registers with the carrier as a SIP client
+    (RFC 3261 §10.2), so calls reach it at a contact the carrier learns, NAT or not.
+
+    Attributes:
+        trunk_id: the trunk.
+        registrar: the registrar's URI, ``sip:host[:port]`` (no user part, §10.2).
+        username: the user of the address-of-record (``sip:username@domain``) and, unless
+            ``auth_username`` is set, of the digest.
+        password: the digest password, decrypted (held only in memory).
+        auth_username: the digest username when the carrier's differs from ``username``.
+        domain: the address-of-record's domain when it is not the registrar's host.
+        expires: the registration interval asked for, in seconds.
+        contact_user: the user part of the contact registered (``sip:<contact_user>@...``),
+            random and unique per trunk: an INVITE to it is this trunk's.
+    """
+
+    trunk_id: str
+    registrar: str
+    username: str
+    password: str = field(repr=False)
+    auth_username: str | None = None
+    domain: str | None = None
+    expires: int = 300
+    contact_user: str = ""
+
+
+class RegistrationStore(Protocol):
+    """The registrations to keep up, and where their state is reported (``GET /v1/trunks``)."""
+
+    async def registrations(self) -> list[RegistrationConfig]:
+        """Every registration of an active trunk, passwords decrypted.
+
+        Raises:
+            DirectoryUnavailable: the trunks cannot be read now.
+        """
+        ...
+
+    async def set_registration_status(
+        self,
+        trunk_id: str,
+        status: str,
+        detail: str | None,
+        registered_until: datetime | None,
+    ) -> None:
+        """Record a registration's state: ``registered`` (until ``registered_until``),
+        ``failed`` (``detail`` says why, e.g. ``403 Forbidden`` or ``no response``) or
+        ``unregistered``. A trunk or registration deleted meanwhile is ignored."""
+        ...
+
+
 class DirectoryUnavailable(Exception):
     """The trunks cannot be read now (the database is unreachable); a later attempt may work."""
 
@@ -120,6 +178,14 @@ class TrunkDirectory(Protocol):
 
     async def find_by_number(self, number: str) -> TrunkConfig | None:
         """The trunk serving a called number (canonical E.164), or None.
+
+        Raises:
+            DirectoryUnavailable: the trunks cannot be read now (and none was known).
+        """
+        ...
+
+    async def find_by_contact(self, contact_user: str) -> TrunkConfig | None:
+        """The trunk whose registration's contact user is ``contact_user``, or None.
 
         Raises:
             DirectoryUnavailable: the trunks cannot be read now (and none was known).

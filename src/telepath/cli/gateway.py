@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -23,13 +23,15 @@ from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.calls.config import CallControlConfig
 from telepath.calls.manager import CallManager
+from telepath.calls.registrations import Registrations
 from telepath.cli import instances
 from telepath.clock import MonotonicClock
 from telepath.config import Settings
 from telepath.db import instance_store
 from telepath.db.call_recorder import JOURNAL as RECORDS_JOURNAL
 from telepath.db.call_recorder import DbCallRecorder, retention_loop
-from telepath.db.trunk_directory import DbTrunkDirectory
+from telepath.db.registration_store import DbRegistrationStore
+from telepath.db.trunk_directory import DbTrunkDirectory, on_trunks_changed
 from telepath.db.write_journal import journal_owners, journal_path, journals_of
 from telepath.sip.auth import Algorithm, DigestAuthenticator
 from telepath.sip.defence import DefencePolicy, SourceGuard
@@ -113,6 +115,8 @@ class Gateway:
     # call records and webhook events, with the writes they keep through a database outage
     writers: tuple[DbCallRecorder, DbEventSink] | None = None
     journals: Path | None = None  # where the writers copy those writes (db/write_journal.py)
+    registrations: Registrations | None = None  # outbound, kept up by the front process
+    unlisten: list[Callable[[], object]] = field(default_factory=list)  # called when stopped
 
     async def replay_journals(self, instance_ids: Collection[str] | None = None) -> None:
         """Write what the dead processes ``instance_ids`` kept through an outage and left in
@@ -145,6 +149,10 @@ class Gateway:
         else:
             await asyncio.gather(self.manager.drain(drain_s), alongside)
         await asyncio.sleep(0.2)  # BYE retransmissions and final records
+        for unlisten in self.unlisten:
+            unlisten()
+        if self.registrations is not None:  # Expires: 0 while the SIP socket is still open
+            await self.registrations.close()
         await self.server.stop()
         self.stop_event.set()
         for task in self.tasks:
@@ -325,6 +333,15 @@ async def start_gateway(
         log.info("SIP worker %d serving its calls", role.index)
         return gateway
     gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
+    registrations = Registrations(
+        DbRegistrationStore(state.sessions, state.keyring),
+        core,
+        server.dispatch,
+        workers=settings.sip_workers,
+    )
+    manager.registrations = gateway.registrations = registrations
+    gateway.unlisten.append(on_trunks_changed(registrations.trunks_changed))
+    gateway.tasks.append(loop.create_task(registrations.run(gateway.stop_event)))
     gateway.tasks.append(
         loop.create_task(
             retention_loop(

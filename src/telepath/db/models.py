@@ -1,8 +1,8 @@
 """ORM models: accounts, API keys, trunks, call records, webhooks and gateway processes.
 
 Secrets columns hold only what is safe at rest: SIP digest HA1 values (never the password),
-AES-256-GCM envelopes for provider keys and custom headers (see ``telepath.secrets.keyring``),
-and SHA-256 hashes of API keys.
+AES-256-GCM envelopes for provider keys, custom headers and registration passwords (see
+``telepath.secrets.keyring``), and SHA-256 hashes of API keys.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from telepath.db.base import Base, UTCDateTime
 
@@ -104,6 +104,10 @@ class Trunk(Base):
     forward_sip_headers: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Its outbound registration, if any: loaded with the trunk (one join), deleted with it.
+    registration: Mapped[TrunkRegistration | None] = relationship(
+        lazy="joined", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 # SIP usernames are unique regardless of case, so "Agent-1" cannot shadow "agent-1".
@@ -120,12 +124,50 @@ class TrunkNumber(Base):
     trunk_id: Mapped[str] = mapped_column(ForeignKey("trunks.id", ondelete="CASCADE"), index=True)
 
 
+class TrunkRegistration(Base):
+    """A trunk's outbound registration: Telepath registers with the carrier as a SIP client
+    (RFC 3261 §10.2). The password is an AES-GCM envelope (``REGISTRATION_PASSWORD``)."""
+
+    __tablename__ = "trunk_registrations"
+
+    trunk_id: Mapped[str] = mapped_column(
+        ForeignKey("trunks.id", ondelete="CASCADE"), primary_key=True
+    )
+    registrar: Mapped[str] = mapped_column(String(255))  # "sip:host[:port]", normalised
+    username: Mapped[str] = mapped_column(String(64))
+    auth_username: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    expires: Mapped[int] = mapped_column(Integer)
+    password_enc: Mapped[str] = mapped_column(Text)
+    # The registered contact's user part ("tpr-" and 20 hex digits): an INVITE to it is this
+    # trunk's. Never shown in the API; kept when the settings change.
+    contact_user: Mapped[str] = mapped_column(String(32), unique=True)
+    # "pending", "registered", "failed" or "unregistered", as call control last reported it.
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    status_detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    registered_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    @property
+    def registrar_host(self) -> str:
+        """The registrar's host, without port or brackets: ``sip:[2001:db8::1]:5070`` →
+        ``2001:db8::1``."""
+        hostport = self.registrar.split(":", 1)[1]
+        if hostport.startswith("["):
+            return hostport[1 : hostport.index("]")]
+        return hostport.split(":", 1)[0]
+
+
 # Encrypted trunk columns: logical name -> attribute holding the AES-GCM envelope.
 TRUNK_SECRET_COLUMNS = {
     "openai_api_key": "openai_api_key_enc",
     "elevenlabs_api_key": "elevenlabs_api_key_enc",
     "custom_headers": "custom_headers_enc",
 }
+
+
+# The column name a registration password's envelope is bound to (``trunk_secret_context``).
+REGISTRATION_PASSWORD = "registration_password"
 
 
 def trunk_secret_context(trunk_id: str, column: str) -> str:

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from telepath.config import Settings
 from telepath.db.engine import make_engine, migrate, sessionmaker_for
 from telepath.db.models import (
+    REGISTRATION_PASSWORD,
     TRUNK_SECRET_COLUMNS,
     WebhookEndpoint,
     trunk_secret_context,
@@ -23,7 +24,8 @@ from telepath.secrets.keyring import (
 
 
 async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
-    """Re-seal every trunk and webhook secret not under ``keyring``'s active key; count them."""
+    """Re-seal every trunk secret (registration passwords included) and webhook secret not
+    under ``keyring``'s active key; count them."""
     engine = make_engine(settings.effective_database_url)
     try:
         await migrate(engine)
@@ -40,6 +42,13 @@ async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
                             keyring.encrypt(keyring.decrypt(envelope, context), context),
                         )
                         count += 1
+                registration = trunk.registration  # loaded with the trunk
+                if registration and keyring.needs_reencryption(registration.password_enc):
+                    context = trunk_secret_context(trunk.id, REGISTRATION_PASSWORD)
+                    registration.password_enc = keyring.encrypt(
+                        keyring.decrypt(registration.password_enc, context), context
+                    )
+                    count += 1
             for endpoint in (await session.scalars(select(WebhookEndpoint))).all():
                 if keyring.needs_reencryption(endpoint.secret_enc):
                     context = webhook_secret_context(endpoint.id)

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from telepath.db.base import utcnow
-from telepath.db.models import Account, ApiKey, Trunk, TrunkNumber
+from telepath.db.models import Account, ApiKey, Trunk, TrunkNumber, TrunkRegistration
 from telepath.secrets.tokens import hash_api_key, new_api_key, new_id
 
 DEFAULT_ACCOUNT_NAME = "default"
@@ -125,6 +125,15 @@ class TrunkRepository:
             select(Trunk)
             .join(TrunkNumber, TrunkNumber.trunk_id == Trunk.id)
             .where(TrunkNumber.number == number)
+        )
+
+    async def by_contact(self, contact_user: str) -> Trunk | None:
+        """The trunk whose outbound registration registered ``contact_user``, for routing an
+        INVITE sent to that contact."""
+        return await self.session.scalar(
+            select(Trunk)
+            .join(TrunkRegistration, TrunkRegistration.trunk_id == Trunk.id)
+            .where(TrunkRegistration.contact_user == contact_user)
         )
 
     async def numbers_taken(self, numbers: Collection[str], trunk_id: str) -> list[str]:

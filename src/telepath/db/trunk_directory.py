@@ -42,10 +42,22 @@ STALE_WAIT_S = 2.0
 _generation = 0
 
 
+_listeners: list[Callable[[], None]] = []
+
+
 def trunks_changed() -> None:
-    """Drop every cached trunk in this process (a trunk was created, changed or deleted)."""
+    """Drop every cached trunk in this process (a trunk was created, changed or deleted), and
+    tell the listeners (the outbound registrations look again at once)."""
     global _generation
     _generation += 1
+    for listener in list(_listeners):
+        listener()
+
+
+def on_trunks_changed(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` on every :func:`trunks_changed`; returns the function that stops it."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener) if listener in _listeners else None
 
 
 class DbTrunkDirectory:
@@ -60,9 +72,10 @@ class DbTrunkDirectory:
     ) -> None:
         self._sessions = sessions
         self._keyring = keyring
-        # ("user", lower(username)) or ("number", number) -> trunk or None: two key spaces, as
-        # a Request-URI user may well look like a number. A call looks its trunk up twice
-        # within milliseconds (to choose the challenge, then to verify the answer).
+        # ("user", lower(username)), ("number", number) or ("contact", contact user) -> trunk or
+        # None: key spaces apart, as a Request-URI user may well look like a number. A call
+        # looks its trunk up twice within milliseconds (to choose the challenge, then to verify
+        # the answer).
         self._cache: LookupCache[tuple[str, str], TrunkConfig | None] = LookupCache(
             cache_ttl_s,
             lambda: _generation,
@@ -99,6 +112,13 @@ class DbTrunkDirectory:
         """The trunk serving the called ``number`` (canonical E.164), cached like a username."""
         return await self._cached(("number", number), lambda: self._load_number(number))
 
+    async def find_by_contact(self, contact_user: str) -> TrunkConfig | None:
+        """The trunk whose outbound registration's contact user is ``contact_user``, cached like
+        a username (a key space of its own)."""
+        return await self._cached(
+            ("contact", contact_user), lambda: self._load_contact(contact_user)
+        )
+
     async def _cached(
         self, key: tuple[str, str], load: Callable[[], Awaitable[TrunkConfig | None]]
     ) -> TrunkConfig | None:
@@ -129,8 +149,14 @@ class DbTrunkDirectory:
             trunk = await TrunkRepository(session).by_number(number)
         return None if trunk is None else self._config(trunk)
 
+    async def _load_contact(self, contact_user: str) -> TrunkConfig | None:
+        async with self._sessions() as session:
+            trunk = await TrunkRepository(session).by_contact(contact_user)
+        return None if trunk is None else self._config(trunk)
+
     def _config(self, trunk: Trunk) -> TrunkConfig | None:
         """What call control needs of ``trunk``, secrets decrypted (None if they cannot be)."""
+        registration = trunk.registration
         try:
             headers_raw = self._open(trunk, "custom_headers", trunk.custom_headers_enc)
             return TrunkConfig(
@@ -168,6 +194,8 @@ class DbTrunkDirectory:
                 forward_sip_headers=tuple(
                     n for n in (trunk.forward_sip_headers or "").split(",") if n
                 ),
+                registrar_host=registration.registrar_host if registration else None,
+                registration_contact=registration.contact_user if registration else None,
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

@@ -14,10 +14,10 @@ the caller reports the challenge as one it cannot meet.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 
-from telepath.secrets.digest import compute_ha1
 from telepath.sip.auth import (
     Algorithm,
     AuthHeaderError,
@@ -63,6 +63,13 @@ def parse_challenge(value: str) -> Challenge | None:
     )
 
 
+def _ha1(algorithm: Algorithm, username: str, realm: str, password: str) -> str:
+    """``H(username:realm:password)`` (RFC 7616 §3.4.2), as ``secrets.digest.compute_ha1``
+    stores it for the server side — which the pure core may not import."""
+    name = "sha256" if algorithm == "SHA-256" else "md5"
+    return hashlib.new(name, f"{username}:{realm}:{password}".encode()).hexdigest()
+
+
 def answer_challenge(
     values: list[str], *, method: str, uri: str, username: str, password: str
 ) -> tuple[str, Challenge] | None:
@@ -73,7 +80,7 @@ def answer_challenge(
         for challenge in challenges:
             if challenge.algorithm != algorithm or (challenge.qop and "auth" not in challenge.qop):
                 continue
-            ha1 = compute_ha1(algorithm, username, challenge.realm, password)
+            ha1 = _ha1(algorithm, username, challenge.realm, password)
             parts = [
                 f"username={quote_string(username)}",
                 f"realm={quote_string(challenge.realm)}",

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from telepath.cli.main import app
 from telepath.config import Settings
 from telepath.db.engine import make_engine
-from telepath.db.models import trunk_secret_context
-from telepath.secrets.keyring import encode_key, load_keyring, new_key, parse_keyring
+from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context
+from telepath.secrets.keyring import Keyring, encode_key, load_keyring, new_key, parse_keyring
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +51,12 @@ def test_keys_create_list_revoke(env: Path) -> None:
 
 
 async def _seed_secret(settings: Settings) -> tuple[str, str]:
-    """Insert one trunk row with an encrypted key under the current keyring."""
+    """Insert one trunk row with an encrypted key, and its outbound registration with an
+    encrypted password, under the current keyring."""
     ring, _ = load_keyring(settings.secret_key, settings.data_dir)
     engine = make_engine(settings.effective_database_url)
     env = ring.encrypt("sk-rotate-me", trunk_secret_context("conn_x", "openai_api_key"))
+    password = ring.encrypt("reg-rotate-me", trunk_secret_context("conn_x", REGISTRATION_PASSWORD))
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO accounts VALUES ('acct_x', 'x', '2026-01-01')"))
         await conn.execute(
@@ -66,16 +68,30 @@ async def _seed_secret(settings: Settings) -> tuple[str, str]:
             ),
             {"env": env},
         )
+        await conn.execute(
+            text(
+                "INSERT INTO trunk_registrations (trunk_id, registrar, username, expires,"
+                " password_enc, contact_user, updated_at) VALUES ('conn_x', 'sip:192.0.2.1',"
+                " 'u', 300, :password, 'tpr-x', '2026-01-01')"
+            ),
+            {"password": password},
+        )
     await engine.dispose()
     return env, ring.active_kid
 
 
-async def _stored(settings: Settings) -> str:
+async def _stored(settings: Settings, column: str = "openai_api_key_enc") -> str:
+    table = "trunk_registrations" if column == "password_enc" else "trunks"
     engine = make_engine(settings.effective_database_url)
     async with engine.connect() as conn:
-        value = (await conn.execute(text("SELECT openai_api_key_enc FROM trunks"))).scalar_one()
+        value = (await conn.execute(text(f"SELECT {column} FROM {table}"))).scalar_one()
     await engine.dispose()
     return str(value)
+
+
+def _registration_password(ring: Keyring, settings: Settings) -> str:
+    stored = asyncio.run(_stored(settings, "password_enc"))
+    return ring.decrypt(stored, trunk_secret_context("conn_x", REGISTRATION_PASSWORD))
 
 
 def test_secrets_rotate_with_key_file(env: Path) -> None:
@@ -83,12 +99,15 @@ def test_secrets_rotate_with_key_file(env: Path) -> None:
     settings = Settings()
     before, old_kid = asyncio.run(_seed_secret(settings))
     out = run("secrets", "rotate")
-    assert "Re-encrypted 1 secret(s)" in out
+    assert "Re-encrypted 2 secret(s)" in out
     ring = parse_keyring((env / "secret.key").read_text())
     assert len(ring.keys) == 1 and ring.active_kid != old_kid
     after = asyncio.run(_stored(settings))
     assert after != before and after.startswith(f"v1:{ring.active_kid}:")
     assert ring.decrypt(after, trunk_secret_context("conn_x", "openai_api_key")) == "sk-rotate-me"
+    # The registration password, in a table of its own, is re-sealed too.
+    assert asyncio.run(_stored(settings, "password_enc")).startswith(f"v1:{ring.active_kid}:")
+    assert _registration_password(ring, settings) == "reg-rotate-me"
 
 
 def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,13 +117,14 @@ def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch
     asyncio.run(_seed_secret(Settings()))
     new = encode_key(new_key())
     monkeypatch.setenv("TELEPATH_SECRET_KEY", f"{new},{old}")
-    assert "Re-encrypted 1 secret(s)" in run("secrets", "rotate")
+    assert "Re-encrypted 2 secret(s)" in run("secrets", "rotate")
     monkeypatch.setenv("TELEPATH_SECRET_KEY", new)
     stored = asyncio.run(_stored(Settings()))
     assert (
         parse_keyring(new).decrypt(stored, trunk_secret_context("conn_x", "openai_api_key"))
         == "sk-rotate-me"
     )
+    assert _registration_password(parse_keyring(new), Settings()) == "reg-rotate-me"
     assert not (env / "secret.key").exists()
 
 

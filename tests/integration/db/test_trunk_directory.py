@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from telepath.db.registration_store import DbRegistrationStore
 from telepath.db.trunk_directory import DbTrunkDirectory
 from telepath.secrets.digest import compute_ha1
 from tests.integration.api.seed import CUSTOM, OPENAI_EXAMPLE
@@ -106,3 +107,41 @@ async def test_lookup_by_number_follows_changes_and_is_not_a_username(api: Api) 
     assert moved is not None and moved.trunk_id == created["id"]
     await api.delete(f"/v1/trunks/{created['id']}")
     assert await directory.find_by_number("+14155550101") is None
+
+
+async def test_lookup_by_contact_follows_changes_and_is_not_a_username(api: Api) -> None:
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    store = DbRegistrationStore(api.state.sessions, api.state.keyring)
+    registration = {"registrar": "sip:[2001:DB8::5]:5070", "username": "u1", "password": "p"}
+    created = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "registration": registration})
+    trunk_id = created.json()["id"]
+    [config] = await store.registrations()
+    contact = config.contact_user
+    found = await directory.find_by_contact(contact)
+    assert found is not None and found.trunk_id == trunk_id
+    assert found.registrar_host == "2001:db8::5" and found.registration_contact == contact
+    by_name = await directory.find_by_sip_username("agent-prod-01")
+    assert by_name is not None and by_name.registration_contact == contact
+    # Key spaces apart: the contact is no username, the username no contact.
+    assert await directory.find_by_sip_username(contact) is None
+    assert await directory.find_by_contact("agent-prod-01") is None
+    assert await directory.find_by_contact("tpr-00000000000000000000") is None
+    # A new registrar is seen at once; the contact stays.
+    moved = {"registrar": "SIP:Registrar.Example:5080", "username": "u1"}
+    await api.patch(f"/v1/trunks/{trunk_id}", {"registration": moved})
+    after = await directory.find_by_contact(contact)
+    assert after is not None and after.registrar_host == "registrar.example"
+    # Removed: the contact finds nothing, the trunk has no registrar any more.
+    await api.patch(f"/v1/trunks/{trunk_id}", {"registration": None})
+    assert await directory.find_by_contact(contact) is None
+    plain = await directory.find_by_sip_username("agent-prod-01")
+    assert plain is not None and plain.registrar_host is None
+    assert plain.registration_contact is None
+    # Added back (a new contact), then the trunk deleted.
+    await api.patch(f"/v1/trunks/{trunk_id}", {"registration": {**moved, "password": "p"}})
+    [again] = await store.registrations()
+    assert again.contact_user != contact
+    readded = await directory.find_by_contact(again.contact_user)
+    assert readded is not None and readded.registrar_host == "registrar.example"
+    await api.delete(f"/v1/trunks/{trunk_id}")
+    assert await directory.find_by_contact(again.contact_user) is None

@@ -81,4 +81,8 @@ async def kamailio(cfg: str, tmp_path: Path, port: int, *, ready: bytes) -> Asyn
     finally:
         if proc.returncode is None:
             proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10)
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:  # seen with a transaction still retransmitting: no grace
+                proc.kill()
+                await proc.wait()

@@ -29,11 +29,27 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return documented_errors(descriptions, *codes)
 
 
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/X"}`` replaced by ``X``'s schema."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
+
+
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    # The nested models' schemas inline: a "#/$defs/..." reference would point at the root of
+    # the OpenAPI document, not of this schema.
+    schema = model.model_json_schema()
+    schema = _inline(schema, schema.pop("$defs", {}))
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": schema}},
         }
     }
 

@@ -1,0 +1,313 @@
+"""Keeps the trunks' outbound registrations up (RFC 3261 §10.2): the asyncio side of
+``sip/registration.py``.
+
+Every ``poll_s`` it reads the registrations of active trunks (``RegistrationStore``) and starts,
+replaces or removes bindings to match; each binding sends its REGISTERs through the gateway's
+SIP socket — so the NAT binding they open is the one the carrier's INVITEs come back through —
+refreshes before expiry, retries failures with back-off, and reports its state to the store
+(``GET /v1/trunks`` shows it). On shutdown, and when a trunk or its registration goes, the
+binding is removed with ``Expires: 0`` (bounded wait).
+
+Decisions: the registrar's host is resolved with the system resolver (A/AAAA records; no
+RFC 3263 SRV/NAPTR lookups), once per attempt, and only UDP is used. With SIP worker processes
+only the front process (worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so
+the registrar's answers come back to it; every instance of a multi-instance installation
+registers its own contact (several bindings for one address-of-record; the registrar forks or
+picks one, and a dead instance's binding lapses at its expiry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from telepath.calls.ports import DirectoryUnavailable, RegistrationConfig, RegistrationStore
+from telepath.sip.errors import SipParseError
+from telepath.sip.registration import (
+    Failed,
+    Outcome,
+    Registered,
+    Registration,
+    Resend,
+    Unregistered,
+    backoff_delay,
+)
+from telepath.sip.routing import owner_of
+from telepath.sip.transaction import Source
+from telepath.sip.ua import Output, RequestAnswered, UserAgentCore
+from telepath.sip.uri import parse_uri
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONTACT_USER_PREFIX", "Registrations"]
+
+#: How the contact users of registrations begin (``RegistrationConfig.contact_user``): only
+#: an INVITE whose Request-URI user begins so is looked up as one (one that is not falls
+#: through to the usual digest path, so a trunk username may begin so too).
+CONTACT_USER_PREFIX = "tpr-"
+
+
+@dataclass
+class _Binding:
+    config: RegistrationConfig
+    machine: Registration
+    dest: Source | None = None
+    timer: asyncio.TimerHandle | None = None
+    status: tuple[str, str | None] | None = None  # last reported (status, detail)
+    leaving: asyncio.Future[None] | None = None  # set once it is being removed
+    resolve_failures: int = 0
+    resolving: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Registrations:
+    """The gateway's outbound registrations.
+
+    Args:
+        store: where the registrations come from and their state goes.
+        core: the gateway's SIP core (its contact host and UDP port name our contact).
+        send: hands the core's outputs to the transport (``SipServer.dispatch``).
+        poll_s: how often the store is read for changes.
+        workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
+    """
+
+    def __init__(
+        self,
+        store: RegistrationStore,
+        core: UserAgentCore,
+        send: Callable[[list[Output]], None],
+        *,
+        poll_s: float = 10.0,
+        workers: int = 1,
+    ) -> None:
+        self.store = store
+        self.core = core
+        self._send = send
+        self.poll_s = poll_s
+        self.workers = workers
+        self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
+        self._by_call_id: dict[str, _Binding] = {}
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._writes: set[asyncio.Task[None]] = set()  # state being stored
+        self._closed = False
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the store until ``stop`` is set, then remove every binding."""
+        try:
+            while not stop.is_set():
+                self._changed.clear()
+                await self.sync()
+                waits = {
+                    self._loop.create_task(stop.wait()),
+                    self._loop.create_task(self._changed.wait()),
+                }
+                await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+                for wait in waits:
+                    wait.cancel()
+        finally:
+            await self.close()
+
+    def trunks_changed(self) -> None:
+        """Read the store again now (a trunk was changed through this process's API)."""
+        self._changed.set()
+
+    async def sync(self) -> None:
+        """Match the bindings to the store's registrations."""
+        if self._closed:
+            return
+        try:
+            wanted = {c.trunk_id: c for c in await self.store.registrations()}
+        except DirectoryUnavailable:
+            return  # keep what is up; the next poll tries again
+        if self._closed:
+            return
+        for trunk_id, binding in list(self._bindings.items()):
+            config = wanted.get(trunk_id)
+            if config != binding.config:
+                self._remove(binding)
+        for trunk_id, config in wanted.items():
+            if trunk_id not in self._bindings:
+                self._start(config)
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Remove every binding (``Expires: 0``), waiting up to ``timeout_s`` for the answers
+        and for the state to be stored. Nothing is registered after this."""
+        self._closed = True
+        leaving = [f for f in (self._remove(b) for b in list(self._bindings.values())) if f]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                if leaving:
+                    await asyncio.gather(*leaving)
+                if self._writes:
+                    await asyncio.gather(*self._writes, return_exceptions=True)
+        for binding in list(self._by_call_id.values()):
+            self._forget(binding)
+
+    @property
+    def count(self) -> int:
+        """Bindings being kept up."""
+        return len(self._bindings)
+
+    def contact_of(self, trunk_id: str) -> str | None:
+        """The contact registered for ``trunk_id``'s trunk (None if none is kept up)."""
+        binding = self._bindings.get(trunk_id)
+        return None if binding is None else binding.machine.contact
+
+    # ------------------------------------------------------------------ one binding
+
+    def _start(self, config: RegistrationConfig) -> None:
+        registrar = parse_uri(config.registrar)
+        host = self.core.config.contact_host
+        port = self.core.config.contact_ports.get("UDP", 5060)
+        domain = config.domain or registrar.host
+        machine = Registration(
+            registrar=registrar,
+            aor=f"sip:{config.username}@{domain}",
+            contact=f"sip:{config.contact_user}@{host}:{port}",
+            via=f"SIP/2.0/UDP {host}:{port}",
+            auth_username=config.auth_username or config.username,
+            password=config.password,
+            expires=config.expires,
+            call_id=self._call_id(),
+        )
+        binding = _Binding(config, machine)
+        self._bindings[config.trunk_id] = binding
+        self._by_call_id[machine.call_id] = binding
+        self._attempt(binding)
+
+    def _call_id(self) -> str:
+        """A Call-ID that worker 0 (this process) owns, so the answers come back here."""
+        while True:
+            call_id = f"{secrets.token_hex(12)}@telepath"
+            if self.workers <= 1 or owner_of(call_id.encode(), self.workers) == 0:
+                return call_id
+
+    def _attempt(self, binding: _Binding) -> None:
+        """Resolve the registrar, then send a REGISTER (a first one or a refresh)."""
+        binding.timer = None
+        task = self._loop.create_task(self._resolve_and_register(binding))
+        binding.resolving.add(task)
+        task.add_done_callback(binding.resolving.discard)
+
+    def _kept(self, binding: _Binding) -> bool:
+        """True while ``binding`` is the one kept up for its trunk."""
+        return self._bindings.get(binding.config.trunk_id) is binding
+
+    async def _resolve_and_register(self, binding: _Binding) -> None:
+        registrar = binding.machine.registrar
+        port = registrar.port or 5060
+        try:
+            infos = await self._loop.getaddrinfo(
+                registrar.host.strip("[]"), port, type=socket.SOCK_DGRAM
+            )
+            address = str(infos[0][4][0])
+        except (OSError, IndexError):
+            if self._kept(binding):
+                binding.resolve_failures += 1
+                self._report(binding, "failed", f"cannot resolve {registrar.host}", None)
+                delay = backoff_delay(binding.resolve_failures)
+                binding.timer = self._loop.call_later(delay, self._attempt, binding)
+            return
+        if self._kept(binding):
+            binding.resolve_failures = 0
+            binding.dest = Source("UDP", (address, port))
+            self._send(self.core.send_request(binding.machine.register(), binding.dest))
+
+    def _remove(self, binding: _Binding) -> asyncio.Future[None] | None:
+        """Stop keeping ``binding`` up; unregister it if it may be registered."""
+        self._bindings.pop(binding.config.trunk_id, None)
+        if binding.timer is not None:
+            binding.timer.cancel()
+            binding.timer = None
+        for task in binding.resolving:
+            task.cancel()
+        if binding.dest is None:  # never sent anything
+            self._forget(binding)
+            return None
+        binding.leaving = self._loop.create_future()
+        self._send(self.core.send_request(binding.machine.unregister(), binding.dest))
+        return binding.leaving
+
+    def _forget(self, binding: _Binding) -> None:
+        self._by_call_id.pop(binding.machine.call_id, None)
+        if binding.leaving is not None and not binding.leaving.done():
+            binding.leaving.set_result(None)
+
+    # ------------------------------------------------------------------ answers
+
+    def answered(self, event: RequestAnswered) -> None:
+        """The final answer (or the timeout) of one of our REGISTERs."""
+        try:
+            call_id = event.request.call_id
+        except SipParseError:
+            return
+        binding = self._by_call_id.get(call_id)
+        if binding is None or not binding.machine.is_current(event.request):
+            return  # an answer to a request since replaced (or of a binding gone)
+        machine = binding.machine
+        outcome: Outcome = (
+            machine.on_timeout() if event.response is None else machine.on_response(event.response)
+        )
+        self._apply(binding, outcome)
+
+    def _apply(self, binding: _Binding, outcome: Outcome) -> None:
+        if isinstance(outcome, Resend):
+            assert binding.dest is not None
+            self._send(self.core.send_request(outcome.request, binding.dest))
+        elif isinstance(outcome, Unregistered):
+            self._forget(binding)
+            if binding.config.trunk_id not in self._bindings:  # not replaced by a new one
+                self._report(binding, "unregistered", None, None)
+        elif binding.leaving is not None:
+            return  # a late answer to a register sent before the removal
+        elif isinstance(outcome, Registered):
+            until = datetime.now(UTC) + timedelta(seconds=outcome.expires)
+            self._report(binding, "registered", None, until, always=True)
+            binding.timer = self._loop.call_later(outcome.refresh_in, self._attempt, binding)
+        elif isinstance(outcome, Failed):
+            if binding.status != ("failed", outcome.detail):
+                log.warning(
+                    "trunk %s: registration failed (%s); retrying in %.0f s",
+                    binding.config.trunk_id,
+                    outcome.detail,
+                    outcome.retry_in,
+                )
+            self._report(binding, "failed", outcome.detail, None)
+            binding.timer = self._loop.call_later(outcome.retry_in, self._attempt, binding)
+
+    def _report(
+        self,
+        binding: _Binding,
+        status: str,
+        detail: str | None,
+        until: datetime | None,
+        *,
+        always: bool = False,
+    ) -> None:
+        """Store the state when it changed (``always``: each refresh moves ``until`` on)."""
+        if binding.status == (status, detail) and not always:
+            return
+        if binding.status != (status, detail) and status == "registered":
+            log.info("trunk %s: registered", binding.config.trunk_id)
+        binding.status = (status, detail)
+        task = self._loop.create_task(self._store(binding.config.trunk_id, status, detail, until))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(
+        self, trunk_id: str, status: str, detail: str | None, until: datetime | None
+    ) -> None:
+        try:
+            await self.store.set_registration_status(trunk_id, status, detail, until)
+        except Exception as exc:  # the next change reports again; the binding goes on
+            log.warning(
+                "trunk %s: registration state not stored (%s)", trunk_id, type(exc).__name__
+            )

@@ -1,0 +1,420 @@
+"""Outbound registration against a real registrar: Debian's kamailio with ``auth``, ``registrar``
+and ``usrloc``, challenging every REGISTER and routing calls for the address-of-record to the
+contact registered, as a carrier or a PBX does for a SIP phone.
+
+What must hold (RFC 3261 §10.2): the gateway registers the trunk's contact with the digest
+credentials of its ``registration``; the trunk shows ``registered``; a call to the
+address-of-record reaches the trunk's agent through the registrar without being challenged by
+the gateway; wrong credentials show ``failed`` with the registrar's answer; removing the
+registration unregisters it (the registrar then knows no contact), and so does stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telepath.cli.gateway import Gateway
+from telepath.sip.message import Response
+from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
+from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import Phone, free_udp_port
+from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.kamailio import KAMAILIO_MODULES, kamailio
+from tests.interop.sip.sipp_scenarios import run_sipp, unchallenged_call
+from tests.interop.sip.uac import CallLeg, Uac, new_branch, sdp_offer
+from tests.interop.sip.waits import ended_records
+
+pytestmark = pytest.mark.interop
+
+REG_PASSWORD = "carrier-secret-7"
+REGISTRAR_CFG = """#!KAMAILIO
+debug=1
+log_stderror=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "pv.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", 10)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        # in-dialog: along the route set, or to the Request-URI (the caller's SIPp sends its
+        # ACK and BYE here, its outbound proxy, with our contact as the Request-URI)
+        loose_route();
+        t_relay();
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (is_method("REGISTER")) {{
+        if (!pv_www_authenticate("$td", "{password}", "0")) {{
+            www_challenge("$td", "1");
+            exit;
+        }}
+        save("location");
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    if (!lookup("location")) {{ sl_send_reply("404", "Not Registered"); exit; }}
+    record_route();
+    t_relay();
+}}
+"""
+
+
+@pytest.fixture
+async def registrar(tmp_path: Path) -> AsyncIterator[int]:
+    """kamailio as a registrar on a loopback port; yields its port."""
+    port = free_udp_port()
+    cfg = REGISTRAR_CFG.format(port=port, modules=KAMAILIO_MODULES, password=REG_PASSWORD)
+    async with kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"):
+        yield port
+
+
+async def registration_of(api: Api, trunk_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    registration: dict[str, Any] = body["registration"]
+    return registration
+
+
+async def until_status(
+    api: Api, gateway: Gateway, trunk_id: str, status: str, within_s: float = 10
+) -> dict[str, Any]:
+    """The trunk's registration once its status is ``status`` (the gateway told to look)."""
+    assert gateway.registrations is not None
+    gateway.registrations.trunks_changed()
+    registration: dict[str, Any] = {}
+    for _ in range(int(within_s / 0.05)):
+        registration = await registration_of(api, trunk_id)
+        if registration["status"] == status:
+            return registration
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"registration never {status}: {registration}")
+
+
+async def routed_to(port: int) -> int:
+    """The final status of a MESSAGE to ``alice`` at the registrar: its own 404 when it knows
+    no contact, else the gateway's answer, relayed (MESSAGE is not a method it allows)."""
+    uac = await Uac.open("UDP", ("127.0.0.1", port))
+    try:
+        call_id = f"probe-{new_branch()}"
+        uac.send(uac.request("MESSAGE", "alice", call_id=call_id, cseq=1))
+        answer = await uac.wait_for(
+            lambda m: isinstance(m, Response) and m.call_id == call_id and m.status >= 200
+        )
+        assert isinstance(answer.message, Response)
+        return answer.message.status
+    finally:
+        await uac.close()
+
+
+def registration_body(port: int, password: str = REG_PASSWORD) -> dict[str, Any]:
+    return {
+        "registrar": f"sip:127.0.0.1:{port}",
+        "username": "alice",
+        "password": password,
+        "expires": 60,
+    }
+
+
+async def test_a_registered_trunk_takes_calls_routed_by_the_registrar(
+    api: Api, gateway: Gateway, registrar: int, tmp_path: Path, phone: Phone
+) -> None:
+    require_sipp()
+    async with FakeTelepathAgent(agent="silent") as agent:
+        trunk = await create_trunk(
+            api,
+            "reg-trunk",
+            "trunk-password-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            registration=registration_body(registrar),
+        )
+        registered = await until_status(api, gateway, trunk["id"], "registered")
+        assert registered["status_detail"] is None
+        assert registered["registered_until"] is not None
+        # the caller dials the address-of-record at the registrar, which routes to our contact
+        result = await run_sipp(
+            unchallenged_call("alice", phone.port, hold_ms=800),
+            tmp_path,
+            ("127.0.0.1", registrar),
+            user="unused",
+            password="unused",
+        )
+        assert result.returncode == 0, result.stdout + result.errors
+        (record,) = await ended_records(api, gateway)
+        assert record["trunk_id"] == trunk["id"]
+        assert record["disconnect_reason"] == "caller_hangup"
+        assert "SIP/2.0 401" not in result.messages  # the gateway challenged nothing
+        assert len(agent.handshakes) == 1
+
+        # removing the registration removes the binding at the registrar
+        resp = await api.patch(f"/v1/trunks/{trunk['id']}", {"registration": None})
+        assert resp.status_code == 200, resp.text
+        assert gateway.registrations is not None
+        gateway.registrations.trunks_changed()
+        for _ in range(100):
+            if await routed_to(registrar) == 404:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the registrar still routes to the removed contact")
+        assert gateway.registrations.count == 0
+
+
+async def test_wrong_credentials_show_failed_and_stopping_unregisters(
+    api: Api, gateway: Gateway, registrar: int
+) -> None:
+    async with FakeTelepathAgent(agent="silent") as agent:
+        trunk = await create_trunk(
+            api,
+            "reg-wrong",
+            "trunk-password-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            registration=registration_body(registrar, "not-the-password"),
+        )
+        failed = await until_status(api, gateway, trunk["id"], "failed")
+        assert failed["status_detail"] == "401 Unauthorized (credentials refused)"
+        assert failed["registered_until"] is None
+        # the right password: registered; the gateway stopping removes the binding
+        body = registration_body(registrar)
+        resp = await api.patch(f"/v1/trunks/{trunk['id']}", {"registration": body})
+        assert resp.status_code == 200, resp.text
+        await until_status(api, gateway, trunk["id"], "registered")
+        assert await routed_to(registrar) == 405  # the gateway's answer, through the registrar
+        assert gateway.registrations is not None
+        await gateway.registrations.close()
+        assert await routed_to(registrar) == 404
+        assert (await registration_of(api, trunk["id"]))["status"] == "unregistered"
+
+
+# SIPp as a registrar that grants 2 s: the gateway must answer its challenge (RFC 2069 form
+# first, qop=auth on the refresh), refresh before the binding lapses, and unregister with
+# Expires: 0 when it stops. Any other order fails the scenario.
+def _challenge(qop: str) -> str:
+    return f"""  <send>
+    <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="carrier.test", nonce="n[clock_tick]x"{qop}, algorithm=MD5
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def _accept(expires: int, grant: int) -> str:
+    """The authenticated REGISTER (its digest checked by kamailio in the test above: SIPp's
+    ``verifyauth`` refused correct answers here) with ``Expires: expires``, granted ``grant``."""
+    return f"""  <recv request="REGISTER">
+    <action>
+      <ereg regexp="&lt;(sip:[^&gt;]*)&gt;" search_in="hdr" header="Contact:"
+        assign_to="c,contact"/>
+      <ereg regexp="^ *{expires}$" search_in="hdr" header="Expires:" check_it="true" assign_to="e"/>
+      <ereg regexp="^ *Digest .*response=" search_in="hdr" header="Authorization:"
+        check_it="true" assign_to="a"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <[$contact]>;expires={grant}
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def registrar_scenario() -> str:
+    steps = [
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="registrar">\n',
+        '  <recv request="REGISTER"/>\n',
+        _challenge(""),
+        _accept(60, 2),  # 2 s: refreshed after 1 s
+        '  <recv request="REGISTER" timeout="5000"/>\n',  # the refresh, about 1 s later
+        _challenge(', qop="auth"'),
+        _accept(60, 60),  # then not before 30 s
+        '  <recv request="REGISTER" timeout="20000"/>\n',  # the unregistration
+        _challenge(', qop="auth"'),
+        _accept(0, 0),
+        "</scenario>\n",
+    ]
+    return "".join(steps)
+
+
+async def test_refreshes_before_expiry_and_unregisters_on_stop(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    port = free_udp_port()
+    scenario = tmp_path / "registrar.xml"
+    scenario.write_text(registrar_scenario())
+    proc = await asyncio.create_subprocess_exec(
+        require_sipp(),
+        "-sf",
+        str(scenario),
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(tmp_path / "errors.log"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await asyncio.sleep(0.3)  # SIPp binds its port
+        async with FakeTelepathAgent(agent="silent") as agent:
+            trunk = await create_trunk(
+                api,
+                "reg-refresh",
+                "trunk-password-1",
+                ai_provider="custom",
+                custom_endpoint=agent.url,
+                registration=registration_body(port),
+            )
+            first = await until_status(api, gateway, trunk["id"], "registered")
+            # the 2 s binding is refreshed (SIPp's second 200) and its end moves on
+            for _ in range(100):
+                now = await registration_of(api, trunk["id"])
+                if now["registered_until"] != first["registered_until"]:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the registration was not refreshed")
+            assert now["status"] == "registered"
+            assert gateway.registrations is not None
+            await gateway.registrations.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    errors = tmp_path / "errors.log"
+    detail = out.decode(errors="replace") + (errors.read_text() if errors.exists() else "")
+    assert proc.returncode == 0, detail  # every step in order, each digest verified
+    assert (await registration_of(api, trunk["id"]))["status"] == "unregistered"
+
+
+def long_registrar_scenario() -> str:
+    """Grants an hour, then takes the unregistration."""
+    return "".join(
+        [
+            '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="registrar">\n',
+            '  <recv request="REGISTER"/>\n',
+            _challenge(""),
+            _accept(60, 3600),
+            '  <recv request="REGISTER" timeout="20000"/>\n',
+            _challenge(""),
+            _accept(0, 0),
+            "</scenario>\n",
+        ]
+    )
+
+
+async def test_the_contact_takes_calls_only_from_the_registrar_or_the_allowed_addresses(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The registrar on 127.0.0.2: an INVITE to the registered contact from 127.0.0.1 is
+    challenged like any unknown one — until the trunk's allowed_addresses name 127.0.0.1."""
+    port = free_udp_port()
+    scenario = tmp_path / "registrar.xml"
+    scenario.write_text(long_registrar_scenario())
+    proc = await asyncio.create_subprocess_exec(
+        require_sipp(),
+        "-sf",
+        str(scenario),
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.2",
+        "-p",
+        str(port),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        await asyncio.sleep(0.3)  # SIPp binds its port
+        trunk = await create_trunk(
+            api,
+            "reg-source",
+            "trunk-password-1",
+            ai_provider="custom",
+            custom_endpoint="ws://127.0.0.1:9/agent",
+            registration={**registration_body(port), "registrar": f"sip:127.0.0.2:{port}"},
+        )
+        await until_status(api, gateway, trunk["id"], "registered")
+        assert gateway.registrations is not None
+        contact = gateway.registrations.contact_of(trunk["id"])
+        assert contact is not None and contact.startswith("sip:tpr-")
+        leg = CallLeg(uac, "caller", uri=contact)
+        assert await first_final(leg) == 401  # from 127.0.0.1: not the registrar
+        resp = await api.patch(f"/v1/trunks/{trunk['id']}", {"allowed_addresses": ["127.0.0.1/32"]})
+        assert resp.status_code == 200, resp.text
+        # the registration itself is unchanged: the binding is kept, not redone
+        assert (await registration_of(api, trunk["id"]))["status"] == "registered"
+        # admitted without a challenge; the agent is unreachable, so a clean 480 follows
+        assert await first_final(CallLeg(uac, "caller2", uri=contact)) == 480
+        await gateway.registrations.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        await uac.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, out.decode(errors="replace")
+
+
+async def first_final(leg: CallLeg) -> int:
+    """Send ``leg``'s INVITE; its first final status (a failure is ACKed, §17.1.1.3)."""
+    branch = new_branch()
+    start = len(leg.uac.received)
+    leg.uac.send(leg.build("INVITE", branch=branch, body=sdp_offer(40010)))
+    item = await leg.uac.wait_for(
+        lambda m: isinstance(m, Response) and m.call_id == leg.call_id and m.status >= 200,
+        after=start,
+    )
+    assert isinstance(item.message, Response)
+    if item.message.status >= 300:
+        leg.uac.send(leg.build("ACK", branch=branch, to_tag=item.message.to.tag, cseq_method="ACK"))
+    return item.message.status
