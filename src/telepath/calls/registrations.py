@@ -104,7 +104,10 @@ class Registrations:
         try:
             while not stop.is_set():
                 self._changed.clear()
-                await self.sync()
+                try:
+                    await self.sync()
+                except Exception:  # one bad row must not end every registration
+                    log.exception("outbound registrations: reading the store failed")
                 waits = {
                     self._loop.create_task(stop.wait()),
                     self._loop.create_task(self._changed.wait()),
@@ -205,8 +208,11 @@ class Registrations:
         registrar = binding.machine.registrar
         port = registrar.port or 5060
         try:
+            # IPv4 unless the registrar is an IPv6 literal: the SIP socket is bound IPv4 by
+            # default, and a name with both records would otherwise pick by the resolver.
+            family = socket.AF_INET6 if registrar.host.startswith("[") else socket.AF_INET
             infos = await self._loop.getaddrinfo(
-                registrar.host.strip("[]"), port, type=socket.SOCK_DGRAM
+                registrar.host.strip("[]"), port, family=family, type=socket.SOCK_DGRAM
             )
             address = str(infos[0][4][0])
         except (OSError, IndexError):
