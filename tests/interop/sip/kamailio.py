@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +14,17 @@ from pathlib import Path
 from tests.conftest import skip_loudly
 
 KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+_BASE_MODULES = ("tm", "sl", "rr", "maxfwd", "pv", "siputils", "textops")
+
+
+def config(port: int, routing: str, *, modules: tuple[str, ...] = ()) -> str:
+    """A kamailio configuration listening on UDP ``port`` of 127.0.0.1, loading the stateful
+    proxy's modules and ``modules``, with ``routing`` (the rest: parameters, routes)."""
+    loads = "".join(f'loadmodule "{name}.so"\n' for name in _BASE_MODULES + modules)
+    return (
+        "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nauto_aliases=no\n"
+        f'listen=udp:127.0.0.1:{port}\nmpath="{KAMAILIO_MODULES}/"\n{loads}\n{routing}'
+    )
 
 
 async def _answers_options(port: int, ready: bytes) -> bool:
@@ -65,6 +78,7 @@ async def kamailio(cfg: str, tmp_path: Path, port: int, *, ready: bytes) -> Asyn
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its worker processes go with it (os.killpg below)
     )
     try:
         for _ in range(50):
@@ -79,10 +93,13 @@ async def kamailio(cfg: str, tmp_path: Path, port: int, *, ready: bytes) -> Asyn
             raise AssertionError((await proc.stderr.read()).decode(errors="replace"))
         yield port
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:  # seen with a transaction still retransmitting: no grace
-                proc.kill()
-                await proc.wait()
+        # the whole group: killing the main process alone left its workers running (seen
+        # with a transaction still retransmitting at the end of a test)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 5)

@@ -12,7 +12,9 @@ registration unregisters it (the registrar then knows no contact), and so does s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone, free_udp_port
 from tests.interop.media.sipp import require_sipp
-from tests.interop.sip.kamailio import KAMAILIO_MODULES, kamailio
+from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.sipp_scenarios import run_sipp, unchallenged_call
 from tests.interop.sip.uac import CallLeg, Uac, new_branch, sdp_offer
 from tests.interop.sip.waits import ended_records
@@ -33,24 +35,7 @@ from tests.interop.sip.waits import ended_records
 pytestmark = pytest.mark.interop
 
 REG_PASSWORD = "carrier-secret-7"
-REGISTRAR_CFG = """#!KAMAILIO
-debug=1
-log_stderror=yes
-children=1
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-mpath="{modules}/"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "maxfwd.so"
-loadmodule "pv.so"
-loadmodule "siputils.so"
-loadmodule "textops.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "auth.so"
-modparam("usrloc", "db_mode", 0)
+REGISTRAR_ROUTING = """modparam("usrloc", "db_mode", 0)
 modparam("registrar", "min_expires", 10)
 
 request_route {{
@@ -83,7 +68,8 @@ request_route {{
 async def registrar(tmp_path: Path) -> AsyncIterator[int]:
     """kamailio as a registrar on a loopback port; yields its port."""
     port = free_udp_port()
-    cfg = REGISTRAR_CFG.format(port=port, modules=KAMAILIO_MODULES, password=REG_PASSWORD)
+    routing = REGISTRAR_ROUTING.format(password=REG_PASSWORD)
+    cfg = config(port, routing, modules=("usrloc", "registrar", "auth"))
     async with kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"):
         yield port
 
@@ -125,13 +111,27 @@ async def routed_to(port: int) -> int:
         await uac.close()
 
 
-def registration_body(port: int, password: str = REG_PASSWORD) -> dict[str, Any]:
+def registration_body(registrar: str, password: str = REG_PASSWORD) -> dict[str, Any]:
     return {
-        "registrar": f"sip:127.0.0.1:{port}",
+        "registrar": registrar,
         "username": "alice",
         "password": password,
         "expires": 60,
     }
+
+
+async def registration_trunk(
+    api: Api, name: str, endpoint: str, registration: dict[str, Any]
+) -> dict[str, Any]:
+    """A custom-agent trunk with ``registration``."""
+    return await create_trunk(
+        api,
+        name,
+        "trunk-password-1",
+        ai_provider="custom",
+        custom_endpoint=endpoint,
+        registration=registration,
+    )
 
 
 async def test_a_registered_trunk_takes_calls_routed_by_the_registrar(
@@ -139,14 +139,8 @@ async def test_a_registered_trunk_takes_calls_routed_by_the_registrar(
 ) -> None:
     require_sipp()
     async with FakeTelepathAgent(agent="silent") as agent:
-        trunk = await create_trunk(
-            api,
-            "reg-trunk",
-            "trunk-password-1",
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            registration=registration_body(registrar),
-        )
+        registration = registration_body(f"sip:127.0.0.1:{registrar}")
+        trunk = await registration_trunk(api, "reg-trunk", agent.url, registration)
         registered = await until_status(api, gateway, trunk["id"], "registered")
         assert registered["status_detail"] is None
         assert registered["registered_until"] is not None
@@ -183,19 +177,13 @@ async def test_wrong_credentials_show_failed_and_stopping_unregisters(
     api: Api, gateway: Gateway, registrar: int
 ) -> None:
     async with FakeTelepathAgent(agent="silent") as agent:
-        trunk = await create_trunk(
-            api,
-            "reg-wrong",
-            "trunk-password-1",
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            registration=registration_body(registrar, "not-the-password"),
-        )
+        registration = registration_body(f"sip:127.0.0.1:{registrar}", "not-the-password")
+        trunk = await registration_trunk(api, "reg-wrong", agent.url, registration)
         failed = await until_status(api, gateway, trunk["id"], "failed")
         assert failed["status_detail"] == "401 Unauthorized (credentials refused)"
         assert failed["registered_until"] is None
         # the right password: registered; the gateway stopping removes the binding
-        body = registration_body(registrar)
+        body = registration_body(f"sip:127.0.0.1:{registrar}")
         resp = await api.patch(f"/v1/trunks/{trunk['id']}", {"registration": body})
         assert resp.status_code == 200, resp.text
         await until_status(api, gateway, trunk["id"], "registered")
@@ -271,63 +259,68 @@ def registrar_scenario() -> str:
     return "".join(steps)
 
 
-async def test_refreshes_before_expiry_and_unregisters_on_stop(
-    api: Api, gateway: Gateway, tmp_path: Path
-) -> None:
+@dataclass
+class SippRegistrar:
+    """A SIPp registrar running one scenario: where it listens, and how it ended."""
+
+    uri: str
+    proc: asyncio.subprocess.Process
+    errors: Path
+
+    async def finished(self) -> None:
+        """Wait for the scenario's end; fail unless every step happened, in order."""
+        out, _ = await asyncio.wait_for(self.proc.communicate(), 20)
+        detail = out.decode(errors="replace")
+        if self.errors.exists():
+            detail += self.errors.read_text(errors="replace")
+        assert self.proc.returncode == 0, detail
+
+
+@contextlib.asynccontextmanager
+async def sipp_registrar(
+    scenario: str, tmp_path: Path, host: str = "127.0.0.1"
+) -> AsyncIterator[SippRegistrar]:
+    """SIPp playing ``scenario`` as a registrar on ``host`` (killed if still running)."""
     port = free_udp_port()
-    scenario = tmp_path / "registrar.xml"
-    scenario.write_text(registrar_scenario())
+    path = tmp_path / f"registrar-{port}.xml"
+    path.write_text(scenario)
+    errors = tmp_path / f"registrar-{port}-errors.log"
     proc = await asyncio.create_subprocess_exec(
         require_sipp(),
-        "-sf",
-        str(scenario),
-        "-m",
-        "1",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-timeout",
-        "30s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(tmp_path / "errors.log"),
+        *("-sf", str(path), "-m", "1", "-i", host, "-p", str(port)),
+        *("-timeout", "30s", "-timeout_error", "-nostdin"),
+        *("-trace_err", "-error_file", str(errors)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
         await asyncio.sleep(0.3)  # SIPp binds its port
-        async with FakeTelepathAgent(agent="silent") as agent:
-            trunk = await create_trunk(
-                api,
-                "reg-refresh",
-                "trunk-password-1",
-                ai_provider="custom",
-                custom_endpoint=agent.url,
-                registration=registration_body(port),
-            )
-            first = await until_status(api, gateway, trunk["id"], "registered")
-            # the 2 s binding is refreshed (SIPp's second 200) and its end moves on
-            for _ in range(100):
-                now = await registration_of(api, trunk["id"])
-                if now["registered_until"] != first["registered_until"]:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the registration was not refreshed")
-            assert now["status"] == "registered"
-            assert gateway.registrations is not None
-            await gateway.registrations.close()
-        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        yield SippRegistrar(f"sip:{host}:{port}", proc, errors)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    errors = tmp_path / "errors.log"
-    detail = out.decode(errors="replace") + (errors.read_text() if errors.exists() else "")
-    assert proc.returncode == 0, detail  # every step in order, each digest verified
+
+
+async def test_refreshes_before_expiry_and_unregisters_on_stop(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    async with sipp_registrar(registrar_scenario(), tmp_path) as registrar:
+        registration = registration_body(registrar.uri)
+        trunk = await registration_trunk(api, "reg-refresh", "ws://127.0.0.1:9/a", registration)
+        first = await until_status(api, gateway, trunk["id"], "registered")
+        # the 2 s binding is refreshed (SIPp's second 200) and its end moves on
+        for _ in range(100):
+            now = await registration_of(api, trunk["id"])
+            if now["registered_until"] != first["registered_until"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the registration was not refreshed")
+        assert now["status"] == "registered"
+        assert gateway.registrations is not None
+        await gateway.registrations.close()
+        await registrar.finished()
     assert (await registration_of(api, trunk["id"]))["status"] == "unregistered"
 
 
@@ -352,57 +345,29 @@ async def test_the_contact_takes_calls_only_from_the_registrar_or_the_allowed_ad
 ) -> None:
     """The registrar on 127.0.0.2: an INVITE to the registered contact from 127.0.0.1 is
     challenged like any unknown one — until the trunk's allowed_addresses name 127.0.0.1."""
-    port = free_udp_port()
-    scenario = tmp_path / "registrar.xml"
-    scenario.write_text(long_registrar_scenario())
-    proc = await asyncio.create_subprocess_exec(
-        require_sipp(),
-        "-sf",
-        str(scenario),
-        "-m",
-        "1",
-        "-i",
-        "127.0.0.2",
-        "-p",
-        str(port),
-        "-timeout",
-        "30s",
-        "-timeout_error",
-        "-nostdin",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
     uac = await Uac.open("UDP", gateway.server.bound["UDP"])
     try:
-        await asyncio.sleep(0.3)  # SIPp binds its port
-        trunk = await create_trunk(
-            api,
-            "reg-source",
-            "trunk-password-1",
-            ai_provider="custom",
-            custom_endpoint="ws://127.0.0.1:9/agent",
-            registration={**registration_body(port), "registrar": f"sip:127.0.0.2:{port}"},
-        )
-        await until_status(api, gateway, trunk["id"], "registered")
-        assert gateway.registrations is not None
-        contact = gateway.registrations.contact_of(trunk["id"])
-        assert contact is not None and contact.startswith("sip:tpr-")
-        leg = CallLeg(uac, "caller", uri=contact)
-        assert await first_final(leg) == 401  # from 127.0.0.1: not the registrar
-        resp = await api.patch(f"/v1/trunks/{trunk['id']}", {"allowed_addresses": ["127.0.0.1/32"]})
-        assert resp.status_code == 200, resp.text
-        # the registration itself is unchanged: the binding is kept, not redone
-        assert (await registration_of(api, trunk["id"]))["status"] == "registered"
-        # admitted without a challenge; the agent is unreachable, so a clean 480 follows
-        assert await first_final(CallLeg(uac, "caller2", uri=contact)) == 480
-        await gateway.registrations.close()
-        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        async with sipp_registrar(long_registrar_scenario(), tmp_path, "127.0.0.2") as registrar:
+            registration = registration_body(registrar.uri)
+            trunk = await registration_trunk(api, "reg-source", "ws://127.0.0.1:9/a", registration)
+            await until_status(api, gateway, trunk["id"], "registered")
+            assert gateway.registrations is not None
+            contact = gateway.registrations.contact_of(trunk["id"])
+            assert contact is not None and contact.startswith("sip:tpr-")
+            # from 127.0.0.1, not the registrar: challenged
+            assert await first_final(CallLeg(uac, "caller", uri=contact)) == 401
+            resp = await api.patch(
+                f"/v1/trunks/{trunk['id']}", {"allowed_addresses": ["127.0.0.1/32"]}
+            )
+            assert resp.status_code == 200, resp.text
+            # the registration itself is unchanged: the binding is kept, not redone
+            assert (await registration_of(api, trunk["id"]))["status"] == "registered"
+            # admitted without a challenge; the agent is unreachable, so a clean 480 follows
+            assert await first_final(CallLeg(uac, "caller2", uri=contact)) == 480
+            await gateway.registrations.close()
+            await registrar.finished()
     finally:
         await uac.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, out.decode(errors="replace")
 
 
 async def first_final(leg: CallLeg) -> int:

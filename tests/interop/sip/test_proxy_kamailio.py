@@ -23,28 +23,13 @@ from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import free_udp_port
-from tests.interop.sip.kamailio import KAMAILIO_MODULES, kamailio
+from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.test_baresip import PASSWORD, _dial, baresip_config, require_baresip
 from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
 
-KAMAILIO_CFG = """#!KAMAILIO
-debug=1
-log_stderror=yes
-children=1
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-mpath="{modules}/"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "maxfwd.so"
-loadmodule "pv.so"
-loadmodule "siputils.so"
-loadmodule "textops.so"
-
-request_route {{
+ROUTING = """request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if (has_totag()) {{
         if (loose_route()) {{ t_relay(); exit; }}
@@ -69,9 +54,7 @@ def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
 async def proxy(gateway: Gateway, tmp_path: Path) -> AsyncIterator[int]:
     """kamailio on a loopback port, relaying to the gateway's UDP port; yields its port."""
     port = free_udp_port()
-    cfg = KAMAILIO_CFG.format(
-        port=port, modules=KAMAILIO_MODULES, gateway=gateway.server.bound["UDP"][1]
-    )
+    cfg = config(port, ROUTING.format(gateway=gateway.server.bound["UDP"][1]))
     # ready once an OPTIONS through it is answered by the gateway
     async with kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"):
         yield port
