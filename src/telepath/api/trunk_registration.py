@@ -11,6 +11,7 @@ import secrets
 
 from telepath.api.errors import ApiError
 from telepath.api.registration_input import RegistrationInput
+from telepath.calls.ports import CONTACT_USER_PREFIX
 from telepath.db.base import utcnow
 from telepath.db.models import (
     REGISTRATION_PASSWORD,
@@ -26,7 +27,7 @@ PENDING = "pending"
 
 def new_contact_user() -> str:
     """A registration's contact user: random, so that it names one trunk and cannot be guessed."""
-    return "tpr-" + secrets.token_hex(10)
+    return CONTACT_USER_PREFIX + secrets.token_hex(10)
 
 
 def check_registration(trunk: Trunk, value: RegistrationInput | None) -> None:

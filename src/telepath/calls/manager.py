@@ -54,13 +54,14 @@ from telepath.calls.events import (
 )
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.calls.ports import (
+    CONTACT_USER_PREFIX,
     CallRecorder,
     DirectoryUnavailable,
     EventSink,
     TrunkConfig,
     TrunkDirectory,
 )
-from telepath.calls.registrations import CONTACT_USER_PREFIX, Registrations
+from telepath.calls.registrations import Registrations
 from telepath.errors import TelepathError
 from telepath.log import Streak, call_id_var
 from telepath.metrics import Metrics

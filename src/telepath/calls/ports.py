@@ -109,6 +109,12 @@ class TrunkConfig:
         return f"TrunkConfig(trunk_id={self.trunk_id!r}, ai_provider={self.ai_provider!r})"
 
 
+#: How the contact users of registrations begin (``RegistrationConfig.contact_user``): only
+#: an INVITE whose Request-URI user begins so is looked up as one (one that is not falls
+#: through to the usual digest path, so a trunk username may begin so too).
+CONTACT_USER_PREFIX = "tpr-"
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrationConfig:
     """A trunk's outbound registration: Telepath registers with the carrier as a SIP client

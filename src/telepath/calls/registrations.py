@@ -45,12 +45,7 @@ from telepath.sip.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTACT_USER_PREFIX", "Registrations"]
-
-#: How the contact users of registrations begin (``RegistrationConfig.contact_user``): only
-#: an INVITE whose Request-URI user begins so is looked up as one (one that is not falls
-#: through to the usual digest path, so a trunk username may begin so too).
-CONTACT_USER_PREFIX = "tpr-"
+__all__ = ["Registrations"]
 
 
 @dataclass
