@@ -57,6 +57,7 @@ pytestmark = pytest.mark.interop
 PASSWORD = "correct-horse-9"
 AGENT_HZ = 440
 FRAME_MS = 20
+STALL_FRAMES = 5  # frames a host stall may cost (the pacer skips, never bursts)
 
 
 def _events(receiver: Receiver, secret: str) -> dict[str, list[dict[str, Any]]]:
@@ -285,8 +286,10 @@ async def test_agent_hangup_plays_queued_audio_then_bye(
         )
         result = await placed.tone_until_end(3.0)  # returns once our BYE was answered
     assert result.returncode == 0, result.stdout + result.errors
-    # the whole 1 s goodbye reached the caller before the BYE
-    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2
+    # the whole 1 s goodbye reached the caller before the BYE (a hang-up that did not wait for
+    # it cuts it after a few frames); up to five frames may go to a host stall, which the pacer
+    # skips rather than bursts (seen once in a full run: 47 of 50, "media pacer stalled")
+    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - STALL_FRAMES
     assert abs(placed.phone.dominant(0, voiced_only=True) - AGENT_HZ) < 15
     await settled(gateway)
     detail = await record(api, placed.call_id)
@@ -632,7 +635,7 @@ async def test_provider_end_call_hangs_up_after_playout(
         result = await placed.tone_until_end(3.0)
     assert result.returncode == 0, result.stdout + result.errors
     assert fake.protocol_errors == []
-    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - 2  # the goodbye was heard
+    assert placed.phone.loud_frames(0) >= 1000 // FRAME_MS - STALL_FRAMES  # the goodbye was heard
     await settled(gateway)
     detail = await record(api, placed.call_id)
     assert detail["disconnect_reason"] == "agent_hangup"
