@@ -71,3 +71,11 @@ def test_address_auth_needs_both_lists() -> None:
     assert not numbered("+14155550100", sip_auth="address").address_auth  # any source: never
     assert not numbered(sip_auth="address", networks=("192.0.2.0/24",)).address_auth
     assert not numbered("+14155550100", networks=("192.0.2.0/24",)).address_auth  # digest
+
+
+def test_a_trunk_takes_its_allowed_callers_or_any_when_it_lists_none() -> None:
+    assert trunk().allows_caller("+15551230000") and trunk().allows_caller(None)
+    listed = replace(trunk(), allowed_callers=frozenset({"+15551230000"}))
+    assert listed.allows_caller("+15551230000")
+    assert not listed.allows_caller("+15551230001")
+    assert not listed.allows_caller(None)  # anonymous, or not a number: refused by a list

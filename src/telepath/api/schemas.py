@@ -114,6 +114,14 @@ class _TrunkSettings(BaseModel):
         "when set, a call to another number is refused (404). Empty or absent: any number",
         examples=[["+14155550100"]],
     )
+    allowed_caller_numbers: list[str] | None = Field(
+        None,
+        max_length=100,
+        description="The caller numbers (E.164, the From URI's user) that may call this trunk; "
+        "when set, any other caller — anonymous ones too — is refused with 403 once the trunk "
+        "is known. Empty or absent: any caller",
+        examples=[["+14155550123"]],
+    )
     media_encryption: Literal["allowed", "required", "disabled"] | None = Field(
         None,
         description="SRTP (SDES, over TLS signalling) for this trunk's calls: 'allowed' (SRTP or "
@@ -231,6 +239,9 @@ class Trunk(TrunkCreated):
     sip_auth: Literal["digest", "address"] = "digest"
     inbound_numbers: list[str] | None = Field(
         None, description="Canonical E.164 numbers this trunk serves; null: any"
+    )
+    allowed_caller_numbers: list[str] | None = Field(
+        None, description="Canonical E.164 numbers that may call this trunk; null: any"
     )
     media_encryption: Literal["allowed", "required", "disabled"] | None = Field(
         None, description="null: the installation's TELEPATH_SIP_SRTP"

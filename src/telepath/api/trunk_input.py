@@ -79,6 +79,7 @@ TRUNK_SETTINGS: Final = (
     "allowed_addresses",
     "sip_auth",
     "inbound_numbers",
+    "allowed_caller_numbers",
     "media_encryption",
     "codecs",
     "forward_sip_headers",
@@ -104,7 +105,7 @@ CLEARABLE: Final = frozenset(
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
 MAX_ALLOWED_ADDRESSES: Final = 32
-#: At most this many ``inbound_numbers`` on one trunk.
+#: At most this many ``inbound_numbers`` (or ``allowed_caller_numbers``) on one trunk.
 MAX_INBOUND_NUMBERS: Final = 100
 DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
 #: How a trunk's INVITEs authenticate: a digest challenge, or the source address (with
@@ -114,7 +115,13 @@ SIP_AUTH_MODES: Final = ("digest", "address")
 #: peers' trunk APIs use).
 MEDIA_ENCRYPTION: Final = ("allowed", "required", "disabled")
 #: Fields whose value is an array of strings.
-_STRING_ARRAYS: Final = ("allowed_addresses", "inbound_numbers", "codecs", "forward_sip_headers")
+_STRING_ARRAYS: Final = (
+    "allowed_addresses",
+    "inbound_numbers",
+    "allowed_caller_numbers",
+    "codecs",
+    "forward_sip_headers",
+)
 #: At most this many ``forward_sip_headers``.
 MAX_FORWARDED_HEADERS: Final = 20
 #: Headers never passed to an agent: credentials, and what only routes the request.
@@ -266,6 +273,9 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
         fields["allowed_addresses"] = normalize_addresses(fields["allowed_addresses"])
     if "inbound_numbers" in fields:
         fields["inbound_numbers"] = normalize_numbers(fields["inbound_numbers"])
+    if "allowed_caller_numbers" in fields:
+        callers = normalize_numbers(fields["allowed_caller_numbers"], "allowed_caller_numbers")
+        fields["allowed_caller_numbers"] = ",".join(callers) or None
     if "codecs" in fields:
         fields["codecs"] = normalize_codecs(fields["codecs"])
     if "forward_sip_headers" in fields:
@@ -310,17 +320,17 @@ def normalize_codecs(values: list[str]) -> str | None:
     return ",".join(names) or None
 
 
-def normalize_numbers(values: list[str]) -> list[str]:
+def normalize_numbers(values: list[str], field: str = "inbound_numbers") -> list[str]:
     """``["+1 415-555-0100", "+14155550100"]`` → ``["+14155550100"]``: E.164 with its ``+``
     (visual separators dropped), in order, duplicates dropped; an empty list clears."""
-    _at_most(values, MAX_INBOUND_NUMBERS, "inbound_numbers", "numbers")
+    _at_most(values, MAX_INBOUND_NUMBERS, field, "numbers")
     numbers: list[str] = []
     for value in values:
         number = canonical_number(value, plus_required=True) if ";" not in value else None
         if number is None:
             raise _bad(
                 "invalid_field",
-                f"inbound_numbers entry '{value[:64]}' is not an E.164 number "
+                f"{field} entry '{value[:64]}' is not an E.164 number "
                 "(a + and 6-15 digits, e.g. +14155550100)",
             )
         if number not in numbers:

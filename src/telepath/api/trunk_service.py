@@ -122,6 +122,9 @@ class TrunkService:
             ),
             sip_auth="address" if trunk.sip_auth == "address" else "digest",
             inbound_numbers=trunk.inbound_numbers.split(",") if trunk.inbound_numbers else None,
+            allowed_caller_numbers=(
+                trunk.allowed_caller_numbers.split(",") if trunk.allowed_caller_numbers else None
+            ),
             media_encryption=trunk.media_encryption,
             codecs=trunk.codecs.split(",") if trunk.codecs else None,
             forward_sip_headers=(

@@ -538,6 +538,11 @@ class CallManager:
         if not trunk.active:
             self._reject(tx, 480, "trunk_inactive")
             return
+        if not trunk.allows_caller(_caller_number(request)):
+            # Its allowed_caller_numbers: decided once the trunk is known (authenticated), so
+            # an unauthenticated INVITE learns nothing about the list.
+            self._reject(tx, 403, "caller_not_allowed", reason="Caller Not Allowed")
+            return
         try:
             lease = self.ports.allocate()
         except RtpPortsExhausted:
@@ -1434,6 +1439,14 @@ _SRTP_MODES = {"allowed": "allow", "required": "require", "disabled": "off"}
 def _unmapped(ip: str) -> str:
     """An IPv4-mapped IPv6 address as its IPv4 address; any other as it is."""
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def _caller_number(request: Request) -> str | None:
+    """The E.164 number calling (the From URI's user), or None (anonymous, not a number)."""
+    try:
+        return number_of(request.from_.uri)
+    except SipParseError:
+        return None
 
 
 def _called_number(request: Request) -> str | None:

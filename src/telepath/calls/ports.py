@@ -67,6 +67,8 @@ class TrunkConfig:
     allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     # The called numbers it serves (canonical E.164); empty: any.
     inbound_numbers: frozenset[str] = frozenset()
+    # The caller numbers that may call it (canonical E.164); empty: any.
+    allowed_callers: frozenset[str] = frozenset()
     # "digest" (challenge) or "address": its numbers' INVITEs from allowed_networks are taken
     # without a challenge (carriers that answer none).
     sip_auth: str = "digest"
@@ -91,6 +93,11 @@ class TrunkConfig:
         """True if a call to ``number`` (canonical E.164, or None when the INVITE names none)
         may use this trunk: any number when it lists none."""
         return not self.inbound_numbers or number in self.inbound_numbers
+
+    def allows_caller(self, number: str | None) -> bool:
+        """True if a call from ``number`` (canonical E.164, or None for an anonymous or
+        non-E.164 caller) may use this trunk: any caller when it lists none."""
+        return not self.allowed_callers or number in self.allowed_callers
 
     def allows_source(self, ip: str) -> bool:
         """True if a request from ``ip`` may use this trunk (an IPv4-mapped IPv6 address

@@ -96,6 +96,7 @@ class Trunk(Base):
     # The called numbers it serves, canonical E.164, comma-separated ("+14155550100,..."); None:
     # any. The same numbers are rows of ``trunk_numbers`` (unique: the routing index).
     inbound_numbers: Mapped[str | None] = mapped_column(Text, nullable=True)
+    allowed_caller_numbers: Mapped[str | None] = mapped_column(Text, nullable=True)
     # SRTP for its calls: "allowed", "required" or "disabled"; None: TELEPATH_SIP_SRTP.
     media_encryption: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Codecs for its calls, preferred first ("PCMA,PCMU"); None: TELEPATH_SIP_CODECS.

@@ -188,6 +188,9 @@ class DbTrunkDirectory:
                     ip_network(n) for n in (trunk.allowed_addresses or "").split(",") if n
                 ),
                 inbound_numbers=frozenset(n for n in (trunk.inbound_numbers or "").split(",") if n),
+                allowed_callers=frozenset(
+                    n for n in (trunk.allowed_caller_numbers or "").split(",") if n
+                ),
                 sip_auth=trunk.sip_auth or "digest",
                 media_encryption=trunk.media_encryption,
                 codecs=tuple(trunk.codecs.split(",")) if trunk.codecs else None,

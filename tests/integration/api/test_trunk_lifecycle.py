@@ -455,6 +455,49 @@ async def test_inbound_numbers(api: Api) -> None:
     assert reused.status_code == 200 and reused.json()["inbound_numbers"] == ["+4930999999"]
 
 
+async def test_allowed_caller_numbers(api: Api) -> None:
+    """Canonical E.164, in order, duplicates dropped; unlike inbound numbers, a caller may be
+    allowed on any number of trunks; refusals change nothing; null or [] clears."""
+    callers = ["+1 415-555-0123", "+4930123456", "+14155550123"]
+    created = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "allowed_caller_numbers": callers})
+    assert created.status_code == 201, created.text
+    trunk_id = created.json()["id"]
+    got = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert got["allowed_caller_numbers"] == ["+14155550123", "+4930123456"]
+    other = await api.post(
+        "/v1/trunks",
+        {**OPENAI_EXAMPLE, "sip_username": "other-01", "allowed_caller_numbers": ["+4930123456"]},
+    )
+    assert other.status_code == 201, other.text
+    bad_values: list[tuple[object, str, str | None]] = [
+        (
+            ["4155550123"],
+            "invalid_field",
+            "allowed_caller_numbers entry '4155550123' is not an E.164 number "
+            "(a + and 6-15 digits, e.g. +14155550100)",
+        ),
+        (["anonymous"], "invalid_field", None),
+        (
+            [f"+1415555{i:04d}" for i in range(101)],
+            "invalid_field",
+            "allowed_caller_numbers may hold at most 100 numbers",
+        ),
+        ("+14155550123", "invalid_field_type", None),
+    ]
+    for bad, code, message in bad_values:
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"allowed_caller_numbers": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["code"] == code, (bad, resp.text)
+        if message is not None:
+            assert resp.json()["error"]["message"] == message
+    kept = (await api.get(f"/v1/trunks/{trunk_id}")).json()
+    assert kept["allowed_caller_numbers"] == ["+14155550123", "+4930123456"]
+    clears: list[list[str] | None] = [None, []]
+    for clear in clears:
+        cleared = await api.patch(f"/v1/trunks/{trunk_id}", {"allowed_caller_numbers": clear})
+        assert cleared.status_code == 200 and cleared.json()["allowed_caller_numbers"] is None
+
+
 async def test_sip_auth_address_needs_addresses_and_numbers(api: Api) -> None:
     for extra in (
         {},

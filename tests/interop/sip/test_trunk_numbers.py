@@ -150,3 +150,34 @@ async def test_numbers_route_and_restrict(api: Api, gateway: Gateway, uac: Uac) 
     counters = gateway.manager.counters
     assert counters.get("rejected_source_not_allowed") == 1
     assert counters.get("rejected_number_not_served") == 2
+
+
+async def test_allowed_caller_numbers_refuse_other_callers_after_the_digest(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """The test UAC calls as +15551230000: a trunk allowing it answers; one allowing only
+    another caller refuses with 403 — after the challenge, so the list is no oracle."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "callers-ok",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            allowed_caller_numbers=["+1 555 123 0000"],
+        )
+        await create_trunk(
+            api,
+            "callers-other",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            allowed_caller_numbers=["+15559990000"],
+        )
+        leg = CallLeg(uac, "callers-ok")
+        assert await invite(leg, 200) == 401
+        await leg.bye()
+        assert await invite(CallLeg(uac, "callers-other"), 403) == 401
+        records = await ended_records(api, gateway)
+    assert [r["disconnect_reason"] for r in records] == ["caller_hangup"]  # the 403: no call
+    assert len(agent.handshakes) == 1
