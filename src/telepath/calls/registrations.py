@@ -101,7 +101,7 @@ class Registrations:
                 self._changed.clear()
                 try:
                     await self.sync()
-                except Exception:  # one bad row must not end every registration
+                except Exception:  # the loop goes on: the next poll tries again
                     log.exception("outbound registrations: reading the store failed")
                 waits = {
                     self._loop.create_task(stop.wait()),
@@ -133,7 +133,10 @@ class Registrations:
                 self._remove(binding)
         for trunk_id, config in wanted.items():
             if trunk_id not in self._bindings:
-                self._start(config)
+                try:
+                    self._start(config)
+                except Exception:  # one bad row must not keep the others from registering
+                    log.exception("trunk %s: its registration cannot be started", trunk_id)
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Remove every binding (``Expires: 0``), waiting up to ``timeout_s`` for the answers

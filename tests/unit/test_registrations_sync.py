@@ -1,0 +1,58 @@
+"""The registrations driver's sync against an in-memory store: a registration that cannot be
+started (a registrar no URI parser takes) is skipped, and the others still register."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+
+from telepath.calls.ports import RegistrationConfig
+from telepath.calls.registrations import Registrations
+from telepath.clock import FakeClock
+from telepath.sip.message import Request
+from telepath.sip.parser import parse_message
+from telepath.sip.ua import Output, Send, UaConfig, UserAgentCore
+
+pytestmark = pytest.mark.unit
+
+
+class Store:
+    def __init__(self, configs: list[RegistrationConfig]) -> None:
+        self.configs = configs
+
+    async def registrations(self) -> list[RegistrationConfig]:
+        return self.configs
+
+    async def set_registration_status(
+        self, trunk_id: str, status: str, detail: str | None, until: datetime | None
+    ) -> None:
+        return None
+
+
+def config(trunk_id: str, registrar: str) -> RegistrationConfig:
+    return RegistrationConfig(
+        trunk_id, registrar, "alice", "secret", contact_user=f"tpr-{trunk_id}"
+    )
+
+
+async def test_a_registration_that_cannot_start_does_not_stop_the_others() -> None:
+    sent: list[Output] = []
+    arrived = asyncio.Event()
+
+    def send(outputs: list[Output]) -> None:
+        sent.extend(outputs)
+        arrived.set()
+
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    store = Store([config("bad", "sip:bad uri"), config("good", "sip:127.0.0.1:5999")])
+    registrations = Registrations(store, core, send)
+    await registrations.sync()
+    assert registrations.count == 1 and registrations.contact_of("good") is not None
+    async with asyncio.timeout(5):  # the registrar is resolved first (an IP literal: at once)
+        await arrived.wait()
+    (register,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
+    assert isinstance(register, Request) and register.method == "REGISTER"
+    assert str(register.uri) == "sip:127.0.0.1:5999"
+    await registrations.close(timeout_s=0.1)
