@@ -14,6 +14,13 @@ only the front process (worker 0) registers, choosing Call-IDs it owns (``sip/ro
 the registrar's answers come back to it; every instance of a multi-instance installation
 registers its own contact (several bindings for one address-of-record; the registrar forks or
 picks one, and a dead instance's binding lapses at its expiry).
+
+Behind a NAT (the registrar saw the REGISTER come from another address than our contact's,
+``sip/registration.py``) the contact moves to the address it saw, and a keep-alive — a
+double CRLF datagram, as SIP phones send (RFC 5626 §3.5.1 defines it for streams; registrars
+and proxies ignore it on UDP) — goes to the registrar every ``keepalive_s``, so the NAT keeps
+the mapping the carrier's INVITEs come back through between refreshes (UDP mappings often
+last 30-120 s). Without a NAT none is sent.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ from telepath.sip.registration import (
 from telepath.sip.routing import owner_of
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Output, RequestAnswered, UserAgentCore
+from telepath.sip.ua_events import Send
 from telepath.sip.uri import parse_uri
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Registrations"]
+__all__ = ["KEEPALIVE", "Registrations"]
+
+KEEPALIVE = b"\r\n\r\n"
 
 
 @dataclass
@@ -54,6 +64,7 @@ class _Binding:
     machine: Registration
     dest: Source | None = None
     timer: asyncio.TimerHandle | None = None
+    keepalive: asyncio.TimerHandle | None = None
     status: tuple[str, str | None] | None = None  # last reported (status, detail)
     leaving: asyncio.Future[None] | None = None  # set once it is being removed
     resolve_failures: int = 0
@@ -68,6 +79,7 @@ class Registrations:
         core: the gateway's SIP core (its contact host and UDP port name our contact).
         send: hands the core's outputs to the transport (``SipServer.dispatch``).
         poll_s: how often the store is read for changes.
+        keepalive_s: the keep-alive interval behind a NAT (0: none).
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
     """
 
@@ -78,12 +90,14 @@ class Registrations:
         send: Callable[[list[Output]], None],
         *,
         poll_s: float = 10.0,
+        keepalive_s: float = 20.0,
         workers: int = 1,
     ) -> None:
         self.store = store
         self.core = core
         self._send = send
         self.poll_s = poll_s
+        self.keepalive_s = keepalive_s
         self.workers = workers
         self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
         self._by_call_id: dict[str, _Binding] = {}
@@ -231,6 +245,9 @@ class Registrations:
         if binding.timer is not None:
             binding.timer.cancel()
             binding.timer = None
+        if binding.keepalive is not None:
+            binding.keepalive.cancel()
+            binding.keepalive = None
         for task in binding.resolving:
             task.cancel()
         if binding.dest is None:  # never sent anything
@@ -257,9 +274,16 @@ class Registrations:
         if binding is None or not binding.machine.is_current(event.request):
             return  # an answer to a request since replaced (or of a binding gone)
         machine = binding.machine
+        contact = machine.contact
         outcome: Outcome = (
             machine.on_timeout() if event.response is None else machine.on_response(event.response)
         )
+        if machine.contact != contact:
+            log.info(
+                "trunk %s: the registrar sees this gateway at %s (NAT); registering that contact",
+                binding.config.trunk_id,
+                machine.contact.partition("@")[2],
+            )
         self._apply(binding, outcome)
 
     def _apply(self, binding: _Binding, outcome: Outcome) -> None:
@@ -276,6 +300,8 @@ class Registrations:
             until = datetime.now(UTC) + timedelta(seconds=outcome.expires)
             self._report(binding, "registered", None, until, always=True)
             binding.timer = self._loop.call_later(outcome.refresh_in, self._attempt, binding)
+            if binding.machine.behind_nat and self.keepalive_s > 0 and binding.keepalive is None:
+                binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
         elif isinstance(outcome, Failed):
             if binding.status != ("failed", outcome.detail):
                 log.warning(
@@ -286,6 +312,14 @@ class Registrations:
                 )
             self._report(binding, "failed", outcome.detail, None)
             binding.timer = self._loop.call_later(outcome.retry_in, self._attempt, binding)
+
+    def _ping(self, binding: _Binding) -> None:
+        """A keep-alive to the registrar, then the next one (until the binding is removed)."""
+        binding.keepalive = None
+        if not self._kept(binding) or binding.dest is None:
+            return
+        self._send([Send(KEEPALIVE, binding.dest)])
+        binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
 
     def _report(
         self,

@@ -337,6 +337,7 @@ async def start_gateway(
         DbRegistrationStore(state.sessions, state.keyring),
         core,
         server.dispatch,
+        keepalive_s=settings.sip_keepalive_s,
         workers=settings.sip_workers,
     )
     manager.registrations = gateway.registrations = registrations

@@ -18,6 +18,14 @@ Decisions, where RFC 3261 leaves a choice:
   ``Expires`` header, else the one asked for (§10.2.4); the refresh is due 60 s before it ends
   or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
 - 423 Interval Too Brief: once more with its ``Min-Expires`` (§10.3 step 7), up to a day.
+- NAT (RFC 3581): every REGISTER asks for ``rport``. When a 2xx's top Via says the registrar saw
+  the request come from another address (``received``) or port (``rport``) than our contact's,
+  we are behind a NAT, and that address is the one calls can reach us at: the binding is redone
+  at once with the contact moved there, the old contact removed in the same request
+  (``;expires=0``, §10.2.1 allows several contacts). At most once per refresh, so a registrar
+  behind a NAT of its own cannot keep us re-registering. The Via keeps our own address
+  (RFC 3581 §3: the client does not rewrite it). :attr:`Registration.behind_nat` tells the
+  caller to keep the NAT binding open between refreshes (keep-alives).
 - Failures (timeouts, 4xx-6xx, 3xx — redirects are not followed) are retried with RFC 5626
   §4.5's back-off: ``min(600 s, 30 s × 2^(failures-1))``, times a random 50-100 %; a 503 or
   500 with ``Retry-After`` waits that long instead.
@@ -116,6 +124,8 @@ class Registration:
         self._current: Request | None = None
         self._answered_challenge = False
         self._unregistering = False
+        self._moved = False  # the contact was moved to a NAT's address since the last register()
+        self.behind_nat = False  # the registrar saw us at another address than our contact's
         self.failures = 0  # consecutive failed attempts (the back-off's exponent)
 
     def __repr__(self) -> str:  # never the password
@@ -126,6 +136,7 @@ class Registration:
     def register(self) -> Request:
         """A REGISTER for the binding (the first, or a refresh)."""
         self._unregistering = False
+        self._moved = False
         return self._new(self.expires, None)
 
     def unregister(self) -> Request:
@@ -137,9 +148,13 @@ class Registration:
         """True if ``request`` is the one whose answer is awaited (not a stale one)."""
         return self._current is not None and request.cseq.seq == self._current.cseq.seq
 
-    def _new(self, expires: int, authorization: tuple[str, str] | None) -> Request:
+    def _new(
+        self, expires: int, authorization: tuple[str, str] | None, *, remove: str | None = None
+    ) -> Request:
         if authorization is None:
             self._answered_challenge = False
+        if remove is None and authorization is not None and self._current is not None:
+            remove = self._removing(self._current)  # an answer to a challenge: the same request
         self._cseq += 1
         h = Headers()
         h.add("Via", f"{self.via};branch=z9hG4bK{secrets.token_hex(10)};rport")
@@ -149,6 +164,8 @@ class Registration:
         h.add("Call-ID", self.call_id)
         h.add("CSeq", f"{self._cseq} REGISTER")
         h.add("Contact", f"<{self.contact}>")
+        if remove is not None:
+            h.add("Contact", f"<{remove}>;expires=0")
         h.add("Expires", str(expires))
         h.add("User-Agent", USER_AGENT)
         if authorization is not None:
@@ -169,6 +186,13 @@ class Registration:
             if self._unregistering:
                 return Unregistered()
             self.failures = 0
+            public = _seen_at(response)
+            if public is not None and public != _host_port(self.contact):
+                self.behind_nat = True
+                if not self._moved:  # once per refresh: see the module docstring
+                    self._moved = True
+                    old, self.contact = self.contact, _moved_to(self.contact, *public)
+                    return Resend(self._new(expires, None, remove=old))
             granted = self._granted(response, expires)
             if granted <= 0:
                 return self._fail("the registrar granted no time")
@@ -218,22 +242,33 @@ class Registration:
         self._answered_challenge = True
         return Resend(resend)
 
+    @staticmethod
+    def _removing(request: Request) -> str | None:
+        """The contact ``request`` removes alongside ours (``;expires=0``), if any."""
+        values = request.headers.get_all("Contact")
+        if len(values) < 2:
+            return None
+        return str(parse_name_addr(values[1]).uri)
+
     def _after_unregister(self) -> Outcome | None:
         return Unregistered() if self._unregistering else None
 
     def _granted(self, response: Response, asked: int) -> int:
         """The interval the 2xx grants our contact (§10.2.4)."""
         mine = _contact_uri(self.contact)
+        candidates: list[tuple[bool, int]] = []  # (the very URI, granted)
         for value in response.headers.get_all("Contact"):
             for item in split_list(value):
                 try:
                     contact = parse_name_addr(item)
                 except SipParseError:
                     continue
-                if _same_contact(contact.uri, mine):
-                    granted = _int(param_value(contact.params, "expires"))
-                    if granted is not None:
-                        return granted
+                granted = _int(param_value(contact.params, "expires"))
+                if granted is not None and _same_contact(contact.uri, mine):
+                    exact = (contact.uri.host, contact.uri.port) == (mine.host, mine.port)
+                    candidates.append((exact, granted))
+        if candidates:  # a binding just moved away from may still be listed: ours first
+            return max(candidates, key=lambda c: c[0])[1]
         header = _int(response.headers.get("Expires"))
         return header if header is not None else asked
 
@@ -261,6 +296,34 @@ def _int(text: str | None) -> int | None:
 
 def _contact_uri(contact: str) -> SipUri:
     return parse_name_addr(f"<{contact}>").uri
+
+
+def _seen_at(response: Response) -> tuple[str, int] | None:
+    """Where the registrar saw our request come from (RFC 3581 §4: the top Via's ``received``
+    and ``rport``), or None when it says nothing about it."""
+    try:
+        via = response.top_via
+    except SipParseError:
+        return None
+    received, rport = via.received, _int(via.rport)
+    if received is None and rport is None:
+        return None
+    host = received if received is not None else via.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address, as a URI's host is written
+    port = rport if rport is not None and 0 < rport <= 65535 else (via.port or 5060)
+    return host.lower(), port
+
+
+def _host_port(contact: str) -> tuple[str, int]:
+    uri = _contact_uri(contact)
+    return uri.host.lower(), uri.port or 5060
+
+
+def _moved_to(contact: str, host: str, port: int) -> str:
+    """``contact`` (``sip:user@host:port``) with its host and port replaced."""
+    user = _contact_uri(contact).user
+    return f"sip:{user}@{host}:{port}"
 
 
 def _same_contact(a: SipUri, b: SipUri) -> bool:

@@ -20,16 +20,17 @@ from typing import Any
 
 import pytest
 
+from telepath.calls.registrations import KEEPALIVE
 from telepath.cli.gateway import Gateway
-from telepath.sip.message import Response
+from telepath.sip.message import Request, Response, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.calls.harness import Phone, free_udp_port
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.sipp_scenarios import run_sipp, unchallenged_call
-from tests.interop.sip.uac import CallLeg, Uac, new_branch, sdp_offer
+from tests.interop.sip.uac import CallLeg, Received, Uac, new_branch, sdp_offer
 from tests.interop.sip.waits import ended_records
 
 pytestmark = pytest.mark.interop
@@ -383,3 +384,102 @@ async def first_final(leg: CallLeg) -> int:
     if item.message.status >= 300:
         leg.uac.send(leg.build("ACK", branch=branch, to_tag=item.message.to.tag, cseq_method="ACK"))
     return item.message.status
+
+
+# Behind a NAT: the gateway advertises an address the registrar cannot reach (TEST-NET-2, as a
+# private address would be from a carrier), while its REGISTERs arrive from 127.0.0.1.
+UNREACHABLE = "198.51.100.7"
+BEHIND_NAT = {**GATEWAY_SETTINGS, "public_address": UNREACHABLE, "sip_keepalive_s": 0.1}
+
+
+@pytest.mark.parametrize("settings_overrides", [BEHIND_NAT])
+async def test_behind_a_nat_kamailio_routes_calls_to_the_address_it_saw(
+    api: Api, gateway: Gateway, registrar: int
+) -> None:
+    """RFC 3581: kamailio answers with ``received``/``rport``; the gateway registers that
+    address as its contact, so the registrar's requests for the address-of-record reach it —
+    with the advertised contact they would go to an address nothing listens on."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        registration = registration_body(f"sip:127.0.0.1:{registrar}")
+        trunk = await registration_trunk(api, "reg-nat", agent.url, registration)
+        await until_status(api, gateway, trunk["id"], "registered")
+        assert gateway.registrations is not None
+        port = gateway.server.bound["UDP"][1]
+        contact = gateway.registrations.contact_of(trunk["id"])
+        assert contact is not None and contact.endswith(f"@127.0.0.1:{port}"), contact
+        assert await routed_to(registrar) == 405  # the gateway's answer, through the registrar
+        await gateway.registrations.close()
+        assert await routed_to(registrar) == 404  # the moved contact was the one removed
+
+
+async def next_register(uac: Uac, after: int) -> tuple[int, Request]:
+    item: Received = await uac.wait_for(
+        lambda m: isinstance(m, Request) and m.method == "REGISTER", after=after
+    )
+    assert isinstance(item.message, Request)
+    return uac.received.index(item) + 1, item.message
+
+
+def grant(uac: Uac, request: Request, seen_from: tuple[str, int], contact: str) -> None:
+    """A 200 OK granting ``contact`` 60 s, saying where the request came from (RFC 3581)."""
+    response = make_response(
+        request, 200, to_tag="reg", headers=[("Contact", f"<{contact}>;expires=60")]
+    )
+    response.headers.set("Via", str(response.top_via.with_received(*seen_from)))
+    uac.send(response.to_bytes())
+
+
+def contacts(request: Request) -> list[str]:
+    return request.headers.get_all("Contact")
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "nat"),
+    [(BEHIND_NAT, True), ({**GATEWAY_SETTINGS, "sip_keepalive_s": 0.1}, False)],
+    ids=["behind-nat", "no-nat"],
+)
+async def test_keep_alives_hold_a_nat_binding_open_and_only_behind_a_nat(
+    api: Api, gateway: Gateway, nat: bool
+) -> None:
+    """A registrar on a raw socket: behind a NAT the contact moves to the address it saw, in
+    one request that also removes the unreachable one, and a keep-alive (CRLF CRLF) reaches the
+    registrar every ``sip_keepalive_s`` until the gateway unregisters; without a NAT, none."""
+    gw_address = gateway.server.bound["UDP"]
+    uac = await Uac.open("UDP", gw_address)
+    try:
+        registration = registration_body(f"sip:127.0.0.1:{uac.local[1]}")
+        trunk = await registration_trunk(api, "reg-keep", "ws://127.0.0.1:9/a", registration)
+        assert gateway.registrations is not None
+        gateway.registrations.trunks_changed()
+        seen, first = await next_register(uac, 0)
+        advertised = UNREACHABLE if nat else "127.0.0.1"
+        (ours,) = contacts(first)
+        assert ours.endswith(f"@{advertised}:{gw_address[1]}>"), ours
+        grant(uac, first, gw_address, ours[1:-1])
+        final = ours[1:-1]
+        if nat:
+            seen, moved = await next_register(uac, seen)
+            final = ours[1:-1].replace(UNREACHABLE, "127.0.0.1")
+            assert contacts(moved) == [f"<{final}>", f"{ours};expires=0"]
+            grant(uac, moved, gw_address, final)
+        await until_status(api, gateway, trunk["id"], "registered")
+        assert gateway.registrations.contact_of(trunk["id"]) == final
+        await asyncio.sleep(0.55)
+        keepalives = len(uac.unparsed)
+        assert uac.unparsed == [KEEPALIVE] * keepalives
+        if nat:
+            assert keepalives >= 3, keepalives  # every 0.1 s (a loaded host may skip some)
+        else:
+            assert keepalives == 0
+        assert [r.message for r in uac.received[seen:] if isinstance(r.message, Request)] == []
+        # unregistering: the contact in use only; no keep-alive after it
+        closing = asyncio.create_task(gateway.registrations.close())
+        seen, leaving = await next_register(uac, seen)
+        assert contacts(leaving) == [f"<{final}>"] and leaving.headers.get("Expires") == "0"
+        grant(uac, leaving, gw_address, final)
+        await closing
+        sent = len(uac.unparsed)
+        await asyncio.sleep(0.3)
+        assert len(uac.unparsed) == sent
+    finally:
+        await uac.close()

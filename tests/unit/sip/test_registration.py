@@ -272,3 +272,73 @@ def test_the_core_sends_an_out_of_dialog_request_and_reports_its_answer() -> Non
         answers += [o for o in ua.poll() if isinstance(o, RequestAnswered)]
     assert answers == [RequestAnswered(lost, None)]
     assert ua.transaction_count == 0
+
+
+def seen_from(
+    request: Request, ip: str, port: int, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    """A 200 from a registrar that saw ``request`` come from ``ip:port`` (RFC 3581 §4)."""
+    response = make_response(request, 200, to_tag="reg1", headers=headers or [])
+    response.headers.set("Via", str(response.top_via.with_received(ip, port)))
+    parsed = parse_message(response.to_bytes())
+    assert isinstance(parsed, Response)
+    return parsed
+
+
+MOVED = "sip:tpr-0123456789abcdef0123@198.51.100.9:40001"
+
+
+def test_a_nat_seen_by_the_registrar_moves_the_contact_there() -> None:
+    auth = server()
+    reg = registration()
+    first = reg.register()
+    assert (first.top_via.rport, first.top_via.received) == ("", None)  # rport asked for
+    outcome = reg.on_response(seen_from(first, "198.51.100.9", 40001))
+    assert isinstance(outcome, Resend) and reg.behind_nat
+    moved = roundtrip(outcome.request)
+    # the binding is redone at the NAT's address and the unreachable one removed, in one request
+    assert moved.headers.get_all("Contact") == [f"<{MOVED}>", f"<{CONTACT}>;expires=0"]
+    assert moved.headers.get("Expires") == "300"
+    assert moved.top_via.host == "203.0.113.5"  # the Via keeps our own address (RFC 3581 §3)
+    assert moved.call_id == first.call_id and moved.cseq.seq == first.cseq.seq + 1
+    # challenged: the signed request is the same one
+    challenge = [("WWW-Authenticate", v) for v in auth.challenge_headers()]
+    signed = reg.on_response(answer(moved, 401, challenge))
+    assert isinstance(signed, Resend) and verified(auth, signed.request)
+    assert signed.request.headers.get_all("Contact") == moved.headers.get_all("Contact")
+    # the registrar lists the new binding (and, say, the old one not yet gone): ours is the new
+    listed = [("Contact", f"<{CONTACT}>;expires=7, <{MOVED}>;expires=120")]
+    done = reg.on_response(seen_from(signed.request, "198.51.100.9", 40001, listed))
+    assert done == Registered(120, 60.0)
+    assert reg.contact == MOVED
+    # refreshes and the unregistration use the new contact alone
+    assert roundtrip(reg.register()).headers.get_all("Contact") == [f"<{MOVED}>"]
+    assert roundtrip(reg.unregister()).headers.get_all("Contact") == [f"<{MOVED}>"]
+
+
+def test_the_contact_moves_once_per_refresh_and_only_when_the_address_differs() -> None:
+    reg = registration()
+    moved = reg.on_response(seen_from(reg.register(), "198.51.100.9", 40001))
+    assert isinstance(moved, Resend)
+    # a registrar that sees yet another address: registered as is, no ping-pong
+    again = reg.on_response(seen_from(moved.request, "198.51.100.10", 40002))
+    assert again == Registered(300, 240.0) and reg.contact == MOVED
+    # the next refresh may move it again (the NAT's mapping changed)
+    assert isinstance(reg.on_response(seen_from(reg.register(), "198.51.100.10", 40002)), Resend)
+    assert reg.contact == "sip:tpr-0123456789abcdef0123@198.51.100.10:40002"
+    # no NAT: the registrar saw the contact's own address
+    direct = registration()
+    assert direct.on_response(seen_from(direct.register(), "203.0.113.5", 5060)) == Registered(
+        300, 240.0
+    )
+    assert not direct.behind_nat and direct.contact == CONTACT
+    # a port-changing NAT in front of the configured public address moves the port alone
+    port_only = registration()
+    assert isinstance(
+        port_only.on_response(seen_from(port_only.register(), "203.0.113.5", 1)), Resend
+    )
+    assert port_only.contact == "sip:tpr-0123456789abcdef0123@203.0.113.5:1"
+    # IPv6: written as a URI host
+    v6 = registration()
+    assert isinstance(v6.on_response(seen_from(v6.register(), "2001:db8::7", 5062)), Resend)
+    assert v6.contact == "sip:tpr-0123456789abcdef0123@[2001:db8::7]:5062"
