@@ -182,6 +182,7 @@ class Call:
         self.answer_sdp = b""
         self.session_id = 1
         self.session_version = 1
+        self.media_address: str | None = None  # our SDP's address when not the configured one
         # Our 2xx to an offerless re-INVITE carried an offer: its answer comes in the ACK.
         self.offer_in_2xx = False
 

@@ -148,6 +148,15 @@ class _Setup:
         self.sip_done = asyncio.Event()
         self.shutting_down = False  # the gateway is stopping: give up waiting for the ACK
         self.digits: list[str] = []  # DTMF by INFO before the call is up (delayed offer)
+        # The address a NAT gives us, when the call came to a contact registered from behind
+        # one (calls/registrations.py): our Contact and SDP give it instead of the configured
+        # address, which the carrier cannot reach.
+        self.nat: tuple[str, int] | None = None
+
+    @property
+    def media_address(self) -> str | None:
+        """The address our SDP gives when it is not the configured one."""
+        return None if self.nat is None else self.nat[0].strip("[]")
 
     def confirmed(self, ack_body: bytes) -> None:
         """The ACK for our 2xx arrived (SIP event, on the loop)."""
@@ -548,6 +557,8 @@ class CallManager:
         except RtpPortsExhausted:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
+        setup.nat = self._nat_address(request, trunk)
+        media_address = setup.media_address or self.config.media_address
         try:
             session_id = random.randint(1, 2**31)
             security = self._media_security(tx, trunk)
@@ -567,7 +578,7 @@ class CallManager:
                     lease.release()
                     return
                 offer = create_offer(
-                    local_address=self.config.media_address,
+                    local_address=media_address,
                     local_port=lease.port,
                     session_id=session_id,
                     session_version=1,
@@ -581,7 +592,7 @@ class CallManager:
             try:
                 answer, negotiated = negotiate_answer(
                     parse(request.body),
-                    local_address=self.config.media_address,
+                    local_address=media_address,
                     local_port=lease.port,
                     session_id=session_id,
                     session_version=1,
@@ -763,6 +774,14 @@ class CallManager:
         addresses = await self._addresses_of(trunk.registrar_host)
         return trunk if _unmapped(source_ip) in addresses else None
 
+    def _nat_address(self, request: Request, trunk: TrunkConfig) -> tuple[str, int] | None:
+        """The address a NAT gives us, when ``request`` came to ``trunk``'s registered contact
+        and the registration found us behind one (else None: the configured address)."""
+        user = request.uri.user_unescaped or ""
+        if self.registrations is None or not user.startswith(CONTACT_USER_PREFIX):
+            return None
+        return self.registrations.nat_address(trunk.trunk_id)
+
     async def _addresses_of(self, host: str) -> frozenset[str]:
         """``host``'s addresses (the system resolver), kept for a minute; none if it fails."""
         now = time.monotonic()
@@ -926,9 +945,9 @@ class CallManager:
         session_version = 1
         if negotiated is not None:
             media = await self._open_media(lease, negotiated, tx)
-            dialog = self._accept(tx, local_sdp, record, started)
+            dialog = self._accept(setup, local_sdp, record, started)
         else:
-            dialog = self._accept(tx, local_sdp, record, started)
+            dialog = self._accept(setup, local_sdp, record, started)
             negotiated = await self._answer_in_ack(setup, dialog, local_sdp, record, bridge, lease)
             if negotiated is None:
                 return  # ended cleanly: BYE sent, bridge closed, port released, record written
@@ -945,7 +964,7 @@ class CallManager:
             # the offer we sent, hence version 2 (RFC 3264 §8).
             session_version = 2
             local_sdp = create_offer(
-                local_address=self.config.media_address,
+                local_address=setup.media_address or self.config.media_address,
                 local_port=lease.port,
                 session_id=session_id,
                 session_version=session_version,
@@ -978,6 +997,7 @@ class CallManager:
         dialog.local_sdp = call.answer_sdp  # what our own re-INVITE session refresh offers
         call.session_id = session_id
         call.session_version = session_version
+        call.media_address = setup.media_address
         # Weakly: the call's SIP callbacks close over the dialog, and a dialog outlives its
         # call for a while (our BYE's transaction): a strong reference back would keep the
         # whole call alive, then leave it to a full collection (test_call_memory.py).
@@ -1041,11 +1061,12 @@ class CallManager:
         return media
 
     def _accept(
-        self, tx: ServerTransaction, sdp: SessionDescription, record: CallRecord, started: float
+        self, setup: _Setup, sdp: SessionDescription, record: CallRecord, started: float
     ) -> Dialog:
         """Send 200 OK with ``sdp`` (our answer or our offer); the call counts as answered."""
         assert self.server is not None
-        dialog, outs = self.server.core.accept(tx, sdp.to_bytes())
+        nat = None if setup.nat is None else f"{setup.nat[0]}:{setup.nat[1]}"
+        dialog, outs = self.server.core.accept(setup.tx, sdp.to_bytes(), contact_address=nat)
         self.server.dispatch(outs)
         record.answer_time = datetime.now(UTC)
         record.metrics.setup_ms = round((asyncio.get_running_loop().time() - started) * 1000)
@@ -1184,7 +1205,7 @@ class CallManager:
             answer, negotiated = negotiate_reoffer(
                 offer,
                 current=call.negotiated,
-                local_address=self.config.media_address,
+                local_address=call.media_address or self.config.media_address,
                 local_port=call.media.local_port,
                 session_id=call.session_id,
                 session_version=call.session_version,

@@ -35,6 +35,9 @@ class Dialog:
     invite_cseq: int
     local_cseq: int = 1
     secure: bool = False  # §12.1.1: the INVITE's Request-URI was SIPS (our Contact is SIPS too)
+    # host:port our Contact gives instead of the configured one (a NAT's address, learnt by an
+    # outbound registration: where the carrier reaches us)
+    contact_address: str | None = None
     state: DialogState = DialogState.CONFIRMED
     acked: bool = False
     timer_generation: dict[str, int] = field(default_factory=dict)

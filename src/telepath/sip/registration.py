@@ -24,8 +24,8 @@ Decisions, where RFC 3261 leaves a choice:
   at once with the contact moved there, the old contact removed in the same request
   (``;expires=0``, §10.2.1 allows several contacts). At most once per refresh, so a registrar
   behind a NAT of its own cannot keep us re-registering. The Via keeps our own address
-  (RFC 3581 §3 asks the client for an empty ``rport`` only). :attr:`Registration.behind_nat` tells the
-  caller to keep the NAT binding open between refreshes (keep-alives).
+  (RFC 3581 §3 asks the client for an empty ``rport`` only). :attr:`Registration.behind_nat`
+  tells the caller to keep the NAT binding open between refreshes (keep-alives).
 - Failures (timeouts, 4xx-6xx, 3xx — redirects are not followed) are retried with RFC 5626
   §4.5's back-off: ``min(600 s, 30 s × 2^(failures-1))``, times a random 50-100 %; a 503 or
   500 with ``Retry-After`` waits that long instead.

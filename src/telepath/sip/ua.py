@@ -283,7 +283,8 @@ class UserAgentCore:
             and dialog.state == DialogState.CONFIRMED
         )
         if dialog is not None and 200 <= status < 300:
-            extra = self._with_contact(extra, tx.source, dialog.secure)  # §12.1.1: per dialog
+            # §12.1.1: per dialog
+            extra = self._with_contact(extra, tx.source, dialog.secure, dialog.contact_address)
         if refresh:
             assert dialog is not None
             extra += self._renegotiate(dialog, tx.request, body)
@@ -310,9 +311,17 @@ class UserAgentCore:
             self._arm_session_timer(dialog)  # §10: a 2xx to a re-INVITE/UPDATE is a refresh
 
     def accept(
-        self, tx: ServerTransaction, body: bytes, *, headers: list[tuple[str, str]] | None = None
+        self,
+        tx: ServerTransaction,
+        body: bytes,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        contact_address: str | None = None,
     ) -> tuple[Dialog, list[Output]]:
         """Answer a new INVITE with 200 OK and ``body``; create the dialog.
+
+        ``contact_address`` (``host:port``) replaces the configured contact address in our
+        Contact for the dialog's life (the address a NAT gives us, as the carrier knows it).
 
         ``body`` is the SDP answer, or our offer when the INVITE had none (§13.2.1); the
         caller's answer then arrives as :attr:`CallConfirmed.body`. Retransmissions of the
@@ -334,6 +343,7 @@ class UserAgentCore:
             source=tx.source,
             invite_cseq=request.cseq.seq,
             secure=_secure(request),
+            contact_address=contact_address,
         )
         dialog.session_timer = negotiate_as_uas(
             request, min_se=self.config.min_se, default_interval=self.config.session_expires
@@ -342,7 +352,7 @@ class UserAgentCore:
         dialog.local_sdp = body
         self._dialogs[dialog.key] = dialog
         extra = _record_route(request) + self._with_contact(
-            list(headers or []), tx.source, dialog.secure
+            list(headers or []), tx.source, dialog.secure, dialog.contact_address
         )
         if dialog.session_timer is not None:
             extra += response_headers(dialog.session_timer)
@@ -722,7 +732,7 @@ class UserAgentCore:
         """Build and send a request inside ``dialog`` (§12.2.1.1) in a new client transaction."""
         extra = list(headers or [])
         if contact:
-            extra = self._with_contact(extra, dialog.source, dialog.secure)
+            extra = self._with_contact(extra, dialog.source, dialog.secure, dialog.contact_address)
         request = self._in_dialog_request(
             dialog, method, dialog.next_cseq(), self._common(extra), body
         )
@@ -872,18 +882,24 @@ class UserAgentCore:
     # ---------------------------------------------------------------- helpers
 
     def _with_contact(
-        self, headers: list[tuple[str, str]], source: Source, secure: bool
+        self,
+        headers: list[tuple[str, str]],
+        source: Source,
+        secure: bool,
+        address: str | None = None,
     ) -> list[tuple[str, str]]:
         """Our Contact: a SIPS URI only when the dialog is secure (RFC 3261 §12.1.1: the
         request's Request-URI was SIPS); a ``sip:`` request over TLS gets
         ``sip:…;transport=tls``, as that UAC asked for (a SIPS Contact there is refused by
-        some stacks, libre 1.x among them)."""
-        port = self.config.contact_ports.get(source.transport, 5060)
+        some stacks, libre 1.x among them). ``address`` (``host:port``) replaces the
+        configured host and port."""
+        if address is None:
+            port = self.config.contact_ports.get(source.transport, 5060)
+            address = f"{self.config.contact_host}:{port}"
         transport = "" if source.transport == "UDP" else f";transport={source.transport.lower()}"
         if secure and source.transport == "TLS":
-            return [*headers, ("Contact", f"<sips:telepath@{self.config.contact_host}:{port}>")]
-        contact = f"<sip:telepath@{self.config.contact_host}:{port}{transport}>"
-        return [*headers, ("Contact", contact)]
+            return [*headers, ("Contact", f"<sips:telepath@{address}>")]
+        return [*headers, ("Contact", f"<sip:telepath@{address}{transport}>")]
 
     def _common(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [

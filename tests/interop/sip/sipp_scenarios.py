@@ -173,8 +173,9 @@ def call(
     return "".join(parts)
 
 
-def unchallenged_call(user: str, media_port: int, *, hold_ms: int = 500) -> str:
-    """A carrier that answers no challenge: INVITE → 200 → ACK → BYE. A 401 fails it."""
+def unchallenged_call(user: str, media_port: int, *, hold_ms: int = 500, then: str = "") -> str:
+    """A carrier that answers no challenge: INVITE → 200 → ACK → (``then``) → BYE. A 401 fails
+    it. ``then``: in-dialog steps (e.g. :func:`reinvite` with CSeq 2-9)."""
     common = {"user": user, "media_port": media_port}
     return "".join(
         [
@@ -185,6 +186,7 @@ def unchallenged_call(user: str, media_port: int, *, hold_ms: int = 500) -> str:
             expect(200, extra=' rrs="true" rtd="true"'),
             ACK_2XX % {"user": user, "cseq": 1},
             f'  <pause milliseconds="{hold_ms}"/>\n',
+            then,
             IN_DIALOG % {"user": user, "method": "BYE", "cseq": 10, "extra": "", "body": ""},
             expect(200),
             FOOTER,

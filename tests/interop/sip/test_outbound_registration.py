@@ -29,7 +29,7 @@ from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.calls.harness import Phone, free_udp_port
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.kamailio import config, kamailio
-from tests.interop.sip.sipp_scenarios import run_sipp, unchallenged_call
+from tests.interop.sip.sipp_scenarios import reinvite, run_sipp, unchallenged_call
 from tests.interop.sip.uac import CallLeg, Received, Uac, new_branch, sdp_offer
 from tests.interop.sip.waits import ended_records
 
@@ -394,11 +394,13 @@ BEHIND_NAT = {**GATEWAY_SETTINGS, "public_address": UNREACHABLE, "sip_keepalive_
 
 @pytest.mark.parametrize("settings_overrides", [BEHIND_NAT])
 async def test_behind_a_nat_kamailio_routes_calls_to_the_address_it_saw(
-    api: Api, gateway: Gateway, registrar: int
+    api: Api, gateway: Gateway, registrar: int, tmp_path: Path, phone: Phone
 ) -> None:
     """RFC 3581: kamailio answers with ``received``/``rport``; the gateway registers that
     address as its contact, so the registrar's requests for the address-of-record reach it —
-    with the advertised contact they would go to an address nothing listens on."""
+    with the advertised contact they would go to an address nothing listens on. A call to the
+    address-of-record then gets that address in our Contact (so the caller's ACK and BYE,
+    routed by kamailio to it, arrive) and in our SDP (so the caller's RTP does)."""
     async with FakeTelepathAgent(agent="silent") as agent:
         registration = registration_body(f"sip:127.0.0.1:{registrar}")
         trunk = await registration_trunk(api, "reg-nat", agent.url, registration)
@@ -408,6 +410,20 @@ async def test_behind_a_nat_kamailio_routes_calls_to_the_address_it_saw(
         contact = gateway.registrations.contact_of(trunk["id"])
         assert contact is not None and contact.endswith(f"@127.0.0.1:{port}"), contact
         assert await routed_to(registrar) == 405  # the gateway's answer, through the registrar
+        hold = reinvite("alice", phone.port, 3, "sendonly", "recvonly")  # a re-offer's answer too
+        result = await run_sipp(
+            unchallenged_call("alice", phone.port, hold_ms=300, then=hold),
+            tmp_path,
+            ("127.0.0.1", registrar),
+            user="unused",
+            password="unused",
+        )
+        assert result.returncode == 0, result.stdout + result.errors  # the BYE was answered
+        assert f"Contact: <sip:telepath@127.0.0.1:{port}>" in result.messages
+        assert UNREACHABLE not in result.messages  # in no Contact, no SDP (c= and o=)
+        assert "a=recvonly" in result.messages
+        (record,) = await ended_records(api, gateway)
+        assert record["disconnect_reason"] == "caller_hangup"
         await gateway.registrations.close()
         assert await routed_to(registrar) == 404  # the moved contact was the one removed
 

@@ -410,3 +410,28 @@ def test_requests_with_made_up_methods_leave_bounded_state(
     assert len(ua.counters) < 20
     ua.receive(request("OPTIONS", branch="z9hG4bK-o"), SRC)
     assert ua.counters["request_OPTIONS"] == 1
+
+
+def test_a_dialog_s_contact_address_replaces_the_configured_one_for_its_life(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """A call that came to a contact registered from behind a NAT gives the NAT's address in
+    every Contact of the dialog (the 200, a re-INVITE's 2xx); other dialogs keep the
+    configured one."""
+    ua, _ = core
+    ev = _invite(ua)
+    dialog, out = ua.accept(ev.tx, b"v=0\r\n", contact_address="198.51.100.9:40001")
+    (ok,) = [r for r in sent(out) if r.status == 200]
+    assert ok.headers.get("Contact") == "<sip:telepath@198.51.100.9:40001>"
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    out = ua.receive(
+        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
+    )
+    (reoffer,) = events(out)
+    assert isinstance(reoffer, ReofferReceived)
+    (again,) = sent(ua.respond(reoffer.tx, 200, body=b"v=0\r\n"))
+    assert again.headers.get("Contact") == "<sip:telepath@198.51.100.9:40001>"
+    other = _invite(ua, call_id="call-2@192.0.2.10", branch="z9hG4bK-2")
+    _, out = ua.accept(other.tx, b"v=0\r\n")
+    (plain,) = [r for r in sent(out) if r.status == 200]
+    assert plain.headers.get("Contact") == "<sip:telepath@203.0.113.5:5060>"
