@@ -5,6 +5,7 @@ RTP from a ``Phone`` and a provider fake, each checked against the call record."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
@@ -734,13 +736,26 @@ async def test_cancel_while_the_agent_connects(
 
 
 class RealTimeAgent(FakeTelepathAgent):
-    """Speaks in 20 ms messages at real-time pace for two seconds."""
+    """Speaks in 20 ms messages at real-time pace for two seconds — from a task of its own, so
+    the connection goes on reading what the gateway sends meanwhile, as a provider does (a
+    handler that stopped reading for two seconds left the gateway's close frame unread behind
+    a full queue, and both sides waited out their close timeouts)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.speaking: set[asyncio.Task[None]] = set()
 
     async def _greet(self, ws: ServerConnection) -> bool:
-        for n in range(100):
-            await self.send_audio(ws, sine_g711(AGENT_HZ, 20, phase=n * 160))
-            await asyncio.sleep(0.02)
+        task = asyncio.get_running_loop().create_task(self._speak(ws))
+        self.speaking.add(task)
+        task.add_done_callback(self.speaking.discard)
         return False
+
+    async def _speak(self, ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for n in range(100):
+                await self.send_audio(ws, sine_g711(AGENT_HZ, 20, phase=n * 160))
+                await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(
