@@ -26,7 +26,12 @@ class Store:
         return self.configs
 
     async def set_registration_status(
-        self, trunk_id: str, status: str, detail: str | None, until: datetime | None
+        self,
+        trunk_id: str,
+        status: str,
+        detail: str | None,
+        until: datetime | None,
+        contact_address: str | None = None,
     ) -> None:
         return None
 

@@ -76,6 +76,12 @@ class Registration(BaseModel):
     registered_until: str | None = Field(
         None, description="ISO 8601, UTC: when the current registration expires"
     )
+    contact_address: str | None = Field(
+        None,
+        description="host:port registered as the trunk's contact, where the registrar sends "
+        "its calls: behind a NAT, the public address the registrar saw (null unless registered)",
+        examples=["203.0.113.5:40001"],
+    )
 
 
 class _TrunkSettings(BaseModel):

@@ -80,6 +80,7 @@ def set_registration(trunk: Trunk, value: RegistrationInput | None, keyring: Key
         current.status = PENDING
         current.status_detail = None
         current.registered_until = None
+        current.contact_address = None
         current.updated_at = now
 
 

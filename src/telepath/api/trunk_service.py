@@ -50,6 +50,7 @@ def registration_view(row: TrunkRegistration | None) -> schemas.Registration | N
         status=row.status,
         status_detail=row.status_detail,
         registered_until=iso(row.registered_until),
+        contact_address=row.contact_address,
     )
 
 

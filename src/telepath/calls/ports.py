@@ -167,10 +167,12 @@ class RegistrationStore(Protocol):
         status: str,
         detail: str | None,
         registered_until: datetime | None,
+        contact_address: str | None = None,
     ) -> None:
-        """Record a registration's state: ``registered`` (until ``registered_until``),
-        ``failed`` (``detail`` says why, e.g. ``403 Forbidden`` or ``no response``) or
-        ``unregistered``. A trunk or registration deleted meanwhile is ignored."""
+        """Record a registration's state: ``registered`` (until ``registered_until``, with
+        ``contact_address``, the ``host:port`` registered), ``failed`` (``detail`` says why,
+        e.g. ``403 Forbidden`` or ``no response``) or ``unregistered``. A trunk or
+        registration deleted meanwhile is ignored."""
         ...
 
 

@@ -345,15 +345,23 @@ class Registrations:
         if binding.status != (status, detail) and status == "registered":
             log.info("trunk %s: registered", binding.config.trunk_id)
         binding.status = (status, detail)
-        task = self._loop.create_task(self._store(binding.config.trunk_id, status, detail, until))
+        address = binding.machine.contact.partition("@")[2] if status == "registered" else None
+        task = self._loop.create_task(
+            self._store(binding.config.trunk_id, status, detail, until, address)
+        )
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _store(
-        self, trunk_id: str, status: str, detail: str | None, until: datetime | None
+        self,
+        trunk_id: str,
+        status: str,
+        detail: str | None,
+        until: datetime | None,
+        address: str | None,
     ) -> None:
         try:
-            await self.store.set_registration_status(trunk_id, status, detail, until)
+            await self.store.set_registration_status(trunk_id, status, detail, until, address)
         except Exception as exc:  # the next change reports again; the binding goes on
             log.warning(
                 "trunk %s: registration state not stored (%s)", trunk_id, type(exc).__name__

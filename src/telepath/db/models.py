@@ -147,6 +147,8 @@ class TrunkRegistration(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     status_detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
     registered_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # host:port of the contact registered (behind a NAT, the address the registrar saw)
+    contact_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     @property

@@ -86,6 +86,7 @@ class DbRegistrationStore:
         status: str,
         detail: str | None,
         registered_until: datetime | None,
+        contact_address: str | None = None,
     ) -> None:
         """Record what call control last saw of a registration (``detail`` cut to 200
         characters); nothing when the trunk or its registration is gone.
@@ -105,6 +106,7 @@ class DbRegistrationStore:
                         status=status,
                         status_detail=None if detail is None else detail[:STATUS_DETAIL_MAX],
                         registered_until=registered_until,
+                        contact_address=contact_address if status == "registered" else None,
                         updated_at=utcnow(),
                     )
                 )

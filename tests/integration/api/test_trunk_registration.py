@@ -35,6 +35,7 @@ READ_BACK: dict[str, Any] = {
     "status": "pending",
     "status_detail": None,
     "registered_until": None,
+    "contact_address": None,
 }
 
 
@@ -318,12 +319,13 @@ async def test_patch_replaces_settings_and_keeps_the_password(api: Api) -> None:
     assert config.contact_user == row["contact_user"]  # the contact stays the trunk's
 
     # Registered again, then only the password changes: pending, and the new one is used.
-    await store(api).set_registration_status(trunk_id, "registered", None, until)
+    await store(api).set_registration_status(trunk_id, "registered", None, until, "192.0.2.1:5")
     new_password = {"registrar": "sip:192.0.2.10", "username": "bob", "expires": 120}
     new_password["password"] = "another-Secret"
     changed = await api.patch(f"/v1/trunks/{trunk_id}", {"registration": new_password})
     assert changed.json()["registration"]["status"] == "pending"
     assert changed.json()["registration"]["registered_until"] is None
+    assert changed.json()["registration"]["contact_address"] is None
     assert "another-Secret" not in changed.text
     [config] = await store(api).registrations()
     assert config.password == "another-Secret"
@@ -390,17 +392,23 @@ async def test_store_reports_state_through_the_api(api: Api) -> None:
     assert failed["status_detail"] == ("403 Forbidden " + "x" * 300)[:200]
     assert failed["registered_until"] is None
     until = datetime(2031, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
-    await reports.set_registration_status(trunk_id, "registered", None, until)
+    await reports.set_registration_status(trunk_id, "registered", None, until, "203.0.113.5:40001")
     registered = await read(api, trunk_id)
     assert registered == {
         **READ_BACK,
         "status": "registered",
         "registered_until": "2031-05-06T07:08:09Z",
+        "contact_address": "203.0.113.5:40001",
     }
     listed = (await api.get("/v1/trunks")).json()["trunks"][0]["registration"]
     assert listed == registered
+    # no address is kept past the registration: failed, or unregistered
+    await reports.set_registration_status(trunk_id, "failed", "no response", None, "x:1")
+    assert (await read(api, trunk_id))["contact_address"] is None
+    await reports.set_registration_status(trunk_id, "registered", None, until, "203.0.113.5:1")
     await reports.set_registration_status(trunk_id, "unregistered", None, None)
-    assert (await read(api, trunk_id))["status"] == "unregistered"
+    unregistered = await read(api, trunk_id)
+    assert (unregistered["status"], unregistered["contact_address"]) == ("unregistered", None)
     # A trunk gone meanwhile, or never there: nothing happens.
     await reports.set_registration_status("conn_doesnotexist", "registered", None, until)
     await api.patch(f"/v1/trunks/{trunk_id}", {"registration": None})

@@ -409,6 +409,8 @@ async def test_behind_a_nat_kamailio_routes_calls_to_the_address_it_saw(
         port = gateway.server.bound["UDP"][1]
         contact = gateway.registrations.contact_of(trunk["id"])
         assert contact is not None and contact.endswith(f"@127.0.0.1:{port}"), contact
+        # the API shows where the registrar sends the calls
+        assert (await registration_of(api, trunk["id"]))["contact_address"] == f"127.0.0.1:{port}"
         assert await routed_to(registrar) == 405  # the gateway's answer, through the registrar
         hold = reinvite("alice", phone.port, 3, "sendonly", "recvonly")  # a re-offer's answer too
         result = await run_sipp(
