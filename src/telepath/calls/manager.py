@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import email.utils
 import functools
+import ipaddress
 import logging
 import random
 import secrets
@@ -93,7 +94,7 @@ from telepath.sip.errors import SipParseError
 from telepath.sip.headers import param_value, parse_name_addr
 from telepath.sip.message import Request
 from telepath.sip.numbers import number_of
-from telepath.sip.transaction import ServerTransaction
+from telepath.sip.transaction import ServerTransaction, Source
 from telepath.sip.ua import (
     CallConfirmed,
     CallEnded,
@@ -557,7 +558,7 @@ class CallManager:
         except RtpPortsExhausted:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
-        setup.nat = self._nat_address(request, trunk)
+        setup.nat = self._nat_address(request, tx.source)
         media_address = setup.media_address or self.config.media_address
         try:
             session_id = random.randint(1, 2**31)
@@ -774,13 +775,24 @@ class CallManager:
         addresses = await self._addresses_of(trunk.registrar_host)
         return trunk if _unmapped(source_ip) in addresses else None
 
-    def _nat_address(self, request: Request, trunk: TrunkConfig) -> tuple[str, int] | None:
-        """The address a NAT gives us, when ``request`` came to ``trunk``'s registered contact
-        and the registration found us behind one (else None: the configured address)."""
-        user = request.uri.user_unescaped or ""
-        if self.registrations is None or not user.startswith(CONTACT_USER_PREFIX):
+    def _nat_address(self, request: Request, source: Source) -> tuple[str, int] | None:
+        """The address a call to a registered contact gives in its Contact and SDP: the one it
+        was sent to (None for other calls: the configured address).
+
+        The registrar sends a call to the contact it holds, which is the address it saw our
+        REGISTER come from when that was a NAT's (calls/registrations.py): so the Request-URI
+        says where the carrier reaches us. Read from the request, it holds in every SIP worker
+        process and every instance, which know nothing of the front's registrations. Only an
+        IP literal is taken (an address for SDP, not a name)."""
+        uri = request.uri
+        user = uri.user_unescaped or ""
+        if not user.startswith(CONTACT_USER_PREFIX) or source.transport != "UDP":
             return None
-        return self.registrations.nat_address(trunk.trunk_id)
+        try:
+            ipaddress.ip_address(uri.host.strip("[]"))
+        except ValueError:
+            return None
+        return uri.host.lower(), uri.port or 5060
 
     async def _addresses_of(self, host: str) -> frozenset[str]:
         """``host``'s addresses (the system resolver), kept for a minute; none if it fails."""

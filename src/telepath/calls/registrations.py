@@ -176,15 +176,6 @@ class Registrations:
         binding = self._bindings.get(trunk_id)
         return None if binding is None else binding.machine.contact
 
-    def nat_address(self, trunk_id: str) -> tuple[str, int] | None:
-        """Where the registrar reaches ``trunk_id``'s contact when it found us behind a NAT
-        (the host and port it saw our REGISTER come from), else None."""
-        binding = self._bindings.get(trunk_id)
-        if binding is None or not binding.machine.behind_nat:
-            return None
-        uri = parse_uri(binding.machine.contact)
-        return uri.host, uri.port or 5060
-
     # ------------------------------------------------------------------ one binding
 
     def _start(self, config: RegistrationConfig) -> None:

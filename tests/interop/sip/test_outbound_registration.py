@@ -501,3 +501,47 @@ async def test_keep_alives_hold_a_nat_binding_open_and_only_behind_a_nat(
         assert len(uac.unparsed) == sent
     finally:
         await uac.close()
+
+
+@pytest.mark.parametrize("settings_overrides", [BEHIND_NAT])
+async def test_a_call_to_the_contact_answers_with_the_address_it_was_sent_to(
+    api: Api, gateway: Gateway
+) -> None:
+    """The address a call to a registered contact gives (Contact, SDP) is read from its
+    Request-URI, not from this process's registrations — so it holds in SIP worker processes,
+    which keep none: here the registrar never answers, and the contact at 127.0.0.1 is still
+    answered from there, while the same contact at the configured address keeps it."""
+    port = gateway.server.bound["UDP"][1]
+    registrar = await Uac.open("UDP", gateway.server.bound["UDP"])  # never answers
+    uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        async with FakeTelepathAgent(agent="silent") as agent:
+            registration = registration_body(f"sip:127.0.0.1:{registrar.local[1]}")
+            trunk = await registration_trunk(api, "reg-ruri", agent.url, registration)
+            assert gateway.registrations is not None
+            gateway.registrations.trunks_changed()
+            await next_register(registrar, 0)  # sent, never answered: nothing learnt
+            contact = gateway.registrations.contact_of(trunk["id"])
+            assert contact is not None and contact.endswith(f"@{UNREACHABLE}:{port}")
+            user = contact[4:].split("@")[0]
+            for host, advertised in (("127.0.0.1", "127.0.0.1"), (UNREACHABLE, UNREACHABLE)):
+                leg = CallLeg(uac, f"caller-{host}", uri=f"sip:{user}@{host}:{port}")
+                ok = await answered(leg)
+                assert ok.headers.get("Contact") == f"<sip:telepath@{advertised}:{port}>"
+                sdp = ok.body.decode()
+                assert f"c=IN IP4 {advertised}" in sdp
+                assert sdp.count(f"IN IP4 {advertised}") == 2  # o= and c=
+                leg.to_tag = ok.to.tag
+                leg.uac.send(leg.build("ACK", cseq_method="ACK"))
+                leg.cseq = 2
+                leg.uac.send(leg.build("BYE"))
+                await uac.response(200, leg.call_id, method="BYE")
+    finally:
+        await uac.close()
+        await registrar.close()
+
+
+async def answered(leg: CallLeg) -> Response:
+    """Send ``leg``'s INVITE; its 200 OK."""
+    leg.uac.send(leg.build("INVITE", branch=new_branch(), body=sdp_offer(40012)))
+    return await leg.uac.response(200, leg.call_id, method="INVITE")
