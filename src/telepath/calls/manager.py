@@ -558,7 +558,7 @@ class CallManager:
         except RtpPortsExhausted:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
-        setup.nat = self._nat_address(request, tx.source)
+        setup.nat = self._nat_address(request, trunk, tx.source)
         media_address = setup.media_address or self.config.media_address
         try:
             session_id = random.randint(1, 2**31)
@@ -687,9 +687,10 @@ class CallManager:
         self, tx: ServerTransaction, *, call: bool = True
     ) -> TrunkConfig | None:
         """The trunk ``tx`` may use: by its credentials, or — an INVITE to a number of a trunk
-        with ``sip_auth`` "address" from one of its allowed sources — by address; otherwise it
-        is challenged or refused (counted as a rejected call unless ``call`` is False: a
-        REGISTER is none, and always authenticates by digest)."""
+        with ``sip_auth`` "address" from one of its allowed sources, or of a trunk with a
+        registration from its registrar — by address; otherwise it is challenged or refused
+        (counted as a rejected call unless ``call`` is False: a REGISTER is none, and always
+        authenticates by digest)."""
         request = tx.request
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
@@ -708,6 +709,11 @@ class CallManager:
             # INVITE is challenged like every unknown one (no oracle for which numbers exist),
             # and its credentials, right or wrong, end in the same 403.
             if routed is not None and routed.address_auth and routed.allows_source(source_ip):
+                return routed
+            # A registrar that puts the dialled number in the Request-URI instead of our
+            # contact user (many carriers do, to the contact's address): the trunk it
+            # registered for, from the registrar, answers no challenge either.
+            if routed is not None and await self._from_registrar(routed, source_ip):
                 return routed
         if value is None:
             self._challenge(tx, await self._trunk_of(request, called))
@@ -768,25 +774,33 @@ class CallManager:
         if not user or not user.startswith(CONTACT_USER_PREFIX):
             return None
         trunk = await self.directory.find_by_contact(user.split(";", 1)[0])
-        if trunk is None or trunk.registrar_host is None:
+        if trunk is None or not await self._from_registrar(trunk, source_ip):
             return None
+        return trunk
+
+    async def _from_registrar(self, trunk: TrunkConfig, source_ip: str) -> bool:
+        """True if ``trunk`` has a registration and ``source_ip`` is where its calls come from:
+        its ``allowed_addresses`` if it has any, else its registrar's addresses."""
+        if trunk.registrar_host is None:
+            return False
         if trunk.allowed_networks:
-            return trunk if trunk.allows_source(source_ip) else None
-        addresses = await self._addresses_of(trunk.registrar_host)
-        return trunk if _unmapped(source_ip) in addresses else None
+            return trunk.allows_source(source_ip)
+        return _unmapped(source_ip) in await self._addresses_of(trunk.registrar_host)
 
-    def _nat_address(self, request: Request, source: Source) -> tuple[str, int] | None:
-        """The address a call to a registered contact gives in its Contact and SDP: the one it
-        was sent to (None for other calls: the configured address).
+    def _nat_address(
+        self, request: Request, trunk: TrunkConfig, source: Source
+    ) -> tuple[str, int] | None:
+        """The address a call to a trunk with a registration gives in its Contact and SDP: the
+        one it was sent to (None for other trunks' calls: the configured address).
 
-        The registrar sends a call to the contact it holds, which is the address it saw our
-        REGISTER come from when that was a NAT's (calls/registrations.py): so the Request-URI
-        says where the carrier reaches us. Read from the request, it holds in every SIP worker
-        process and every instance, which know nothing of the front's registrations. Only an
-        IP literal is taken (an address for SDP, not a name)."""
+        The registrar sends a call to the contact it holds — with our contact user or the
+        dialled number —, which is the address it saw our REGISTER come from when that was a
+        NAT's (calls/registrations.py): so the Request-URI says where the carrier reaches us.
+        Read from the request, it holds in every SIP worker process and every instance, which
+        know nothing of the front's registrations. Only an IP literal is taken (an address for
+        SDP, not a name), and only over UDP, the registrations' transport."""
         uri = request.uri
-        user = uri.user_unescaped or ""
-        if not user.startswith(CONTACT_USER_PREFIX) or source.transport != "UDP":
+        if trunk.registrar_host is None or source.transport != "UDP":
             return None
         try:
             ipaddress.ip_address(uri.host.strip("[]"))

@@ -545,3 +545,48 @@ async def answered(leg: CallLeg) -> Response:
     """Send ``leg``'s INVITE; its 200 OK."""
     leg.uac.send(leg.build("INVITE", branch=new_branch(), body=sdp_offer(40012)))
     return await leg.uac.response(200, leg.call_id, method="INVITE")
+
+
+async def test_calls_to_a_registered_trunk_s_numbers_from_its_registrar_are_its_own(
+    api: Api, gateway: Gateway
+) -> None:
+    """A carrier that sends a registered account's calls to the contact's address with the
+    dialled number in the Request-URI (not our contact user): from the registrar (127.0.0.2)
+    a number of the trunk's ``inbound_numbers`` is the trunk's, unchallenged, answered with the
+    address it was sent to; from elsewhere, or to another number, it is challenged."""
+    gw = gateway.server.bound["UDP"]
+    registrar = await Uac.open("UDP", gw, host="127.0.0.2")  # never answers: not needed
+    other = await Uac.open("UDP", gw)
+    try:
+        async with FakeTelepathAgent(agent="silent") as agent:
+            registration = registration_body(f"sip:127.0.0.2:{registrar.local[1]}")
+            await create_trunk(
+                api,
+                "reg-did",
+                "trunk-password-1",
+                ai_provider="custom",
+                custom_endpoint=agent.url,
+                registration=registration,
+                inbound_numbers=["+15551230001"],
+            )
+            did = f"sip:+15551230001@127.0.0.1:{gw[1]}"
+            leg = CallLeg(registrar, "did-caller", uri=did, to_uri=did)
+            ok = await answered(leg)
+            assert ok.headers.get("Contact") == f"<sip:telepath@127.0.0.1:{gw[1]}>"
+            assert b"SIP/2.0 401" not in b"".join(r.raw for r in registrar.received)
+            leg.to_tag = ok.to.tag
+            leg.uac.send(leg.build("ACK", cseq_method="ACK"))
+            leg.cseq = 2
+            leg.uac.send(leg.build("BYE"))
+            await registrar.response(200, leg.call_id, method="BYE")
+            assert len(agent.handshakes) == 1
+            # the same number from elsewhere, another number from the registrar: challenged
+            elsewhere = CallLeg(other, "not-the-registrar", uri=did, to_uri=did)
+            assert await first_final(elsewhere) == 401
+            unknown = f"sip:+15559990000@127.0.0.1:{gw[1]}"
+            stranger = CallLeg(registrar, "unknown-number", uri=unknown, to_uri=unknown)
+            assert await first_final(stranger) == 401
+            assert len(agent.handshakes) == 1
+    finally:
+        await other.close()
+        await registrar.close()

@@ -88,15 +88,18 @@ class Uac:
 
     @classmethod
     async def open(
-        cls, transport: str, target: tuple[str, int], tls: ssl.SSLContext | None = None
+        cls,
+        transport: str,
+        target: tuple[str, int],
+        tls: ssl.SSLContext | None = None,
+        *,
+        host: str = "127.0.0.1",
     ) -> Uac:
-        """Connect (stream) or bind (UDP) a client towards ``target``."""
+        """Connect (stream) or bind (UDP, on ``host``) a client towards ``target``."""
         uac = cls(transport, target)
         loop = asyncio.get_running_loop()
         if transport == "UDP":
-            dgram, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(uac), local_addr=("127.0.0.1", 0)
-            )
+            dgram, _ = await loop.create_datagram_endpoint(lambda: _Udp(uac), local_addr=(host, 0))
             uac._transport = dgram
         else:
             stream, proto = await loop.create_connection(
