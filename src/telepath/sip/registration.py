@@ -33,6 +33,7 @@ Decisions, where RFC 3261 leaves a choice:
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import secrets
 from collections.abc import Callable
@@ -306,6 +307,11 @@ def _seen_at(response: Response) -> tuple[str, int] | None:
     except SipParseError:
         return None
     received, rport = via.received, _int(via.rport)
+    if received is not None:
+        try:
+            ipaddress.ip_address(received)
+        except ValueError:  # §4: the source IP address; anything else: trust none of it
+            return None
     if received is None and rport is None:
         return None
     host = received if received is not None else via.host

@@ -342,3 +342,22 @@ def test_the_contact_moves_once_per_refresh_and_only_when_the_address_differs() 
     v6 = registration()
     assert isinstance(v6.on_response(seen_from(v6.register(), "2001:db8::7", 5062)), Resend)
     assert v6.contact == "sip:tpr-0123456789abcdef0123@[2001:db8::7]:5062"
+
+
+@pytest.mark.parametrize(
+    "via_params", [";received=registrar.example;rport=40001", ";received=203.0.113.5;rport=70000"]
+)
+def test_a_received_that_is_no_ip_address_or_an_impossible_port_is_ignored(
+    via_params: str,
+) -> None:
+    """RFC 3581 §4: ``received`` is the source IP address and ``rport`` its port: anything else
+    is the registrar's mistake, never a contact to register."""
+    reg = registration()
+    request = reg.register()
+    response = make_response(request, 200, to_tag="reg1")
+    via = request.headers.get("Via") or ""
+    response.headers.set("Via", via.replace(";rport", via_params))
+    parsed = parse_message(response.to_bytes())
+    assert isinstance(parsed, Response)
+    assert reg.on_response(parsed) == Registered(300, 240.0)
+    assert reg.contact == CONTACT and not reg.behind_nat
