@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     sip_tls_cert: Path | None = None
     sip_tls_key: Path | None = None
     public_address: str = ""  # advertised in Contact and SDP when behind NAT
-    # outbound registrations found behind a NAT: a keep-alive to the registrar this often (0: off)
+    # outbound registrations found behind a NAT, and over TCP: a keep-alive this often (0: off)
     sip_keepalive_s: float = Field(default=20.0, ge=0)
     sip_enabled: bool = True
     # processes serving SIP and media (one UDP port, calls spread by Call-ID; TCP/TLS: the first)

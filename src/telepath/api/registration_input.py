@@ -39,7 +39,8 @@ REGISTRAR_FORM = (
     "registration.registrar must be a SIP URI of the registrar: sip:host or sip:host:port"
 )
 UDP_ONLY = (
-    "registration.registrar must be a sip: URI over UDP: only UDP registration is supported for now"
+    "registration.registrar must be a sip: URI over UDP or TCP (transport=tcp): "
+    "TLS registration is not supported yet"
 )
 
 
@@ -120,10 +121,12 @@ def _check_password(value: str) -> None:
 
 
 def normalize_registrar(value: str) -> str:
-    """``SIP:Registrar.Example.COM:5060;transport=UDP`` → ``sip:registrar.example.com:5060``.
+    """``SIP:Registrar.Example.COM:5060;transport=UDP`` → ``sip:registrar.example.com:5060``
+    (``;transport=TCP`` → ``…;transport=tcp``).
 
     The registrar is named by a ``sip:`` URI without a user part (RFC 3261 §10.2: "the userinfo
-    and @ components MUST NOT be present"), parameters other than ``transport=udp`` or headers.
+    and @ components MUST NOT be present"), parameters other than ``transport=udp|tcp`` or
+    headers.
     """
     if len(value) > REGISTRAR_MAX:
         raise _bad(
@@ -143,23 +146,26 @@ def normalize_registrar(value: str) -> str:
             "registration.registrar must not have a user part: the registrar is "
             "sip:host[:port] (RFC 3261 §10.2)",
         )
-    _check_registrar_params(match["params"], match["headers"])
-    return "sip:" + _hostport(match["rest"])
+    tcp = _check_registrar_params(match["params"], match["headers"])
+    return "sip:" + _hostport(match["rest"]) + (";transport=tcp" if tcp else "")
 
 
-def _check_registrar_params(params: str | None, headers: str | None) -> None:
-    """Only ``;transport=udp`` (case-insensitive, RFC 3261 §19.1.4), and no headers."""
+def _check_registrar_params(params: str | None, headers: str | None) -> bool:
+    """Only ``;transport=udp`` or ``;transport=tcp`` (case-insensitive, RFC 3261 §19.1.4),
+    and no headers; True for TCP."""
     parts = (params or "").split(";")[1:]
     transports = [
         v.lower() for n, _, v in (p.partition("=") for p in parts) if n.lower() == "transport"
     ]
-    if any(t != "udp" for t in transports):
+    if any(t not in ("udp", "tcp") for t in transports):
         raise _bad("invalid_field", UDP_ONLY)
     if headers is not None or len(parts) > 1 or len(parts) > len(transports):
         raise _bad(
             "invalid_field",
-            "registration.registrar may have no URI parameters but transport=udp, and no headers",
+            "registration.registrar may have no URI parameters but transport=udp or "
+            "transport=tcp, and no headers",
         )
+    return transports == ["tcp"]
 
 
 def _hostport(value: str) -> str:

@@ -9,7 +9,11 @@ refreshes before expiry, retries failures with back-off, and reports its state t
 binding is removed with ``Expires: 0`` (bounded wait).
 
 Decisions: the registrar's host is resolved with the system resolver (A/AAAA records; no
-RFC 3263 SRV/NAPTR lookups), once per attempt, and only UDP is used. With SIP worker processes
+RFC 3263 SRV/NAPTR lookups), once per attempt. UDP by default; a registrar URI with
+``;transport=tcp`` gets a TCP connection of its own, opened by the gateway and kept (RFC 5923:
+the registrar sends the calls back on it, which is what makes TCP work behind a NAT), with a
+keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new
+connection and REGISTER as soon as one is found closed. With SIP worker processes
 only the front process (worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so
 the registrar's answers come back to it; every instance of a multi-instance installation
 registers its own contact (several bindings for one address-of-record; the registrar forks or
@@ -30,7 +34,7 @@ import contextlib
 import logging
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -79,7 +83,9 @@ class Registrations:
         core: the gateway's SIP core (its contact host and UDP port name our contact).
         send: hands the core's outputs to the transport (``SipServer.dispatch``).
         poll_s: how often the store is read for changes.
-        keepalive_s: the keep-alive interval behind a NAT (0: none).
+        keepalive_s: the keep-alive interval behind a NAT, and on TCP (0: none).
+        connect: opens a stream connection (``SipServer.connect``): TCP registrations need it.
+        is_open: whether a stream connection is still up (``SipServer.is_open``).
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
     """
 
@@ -91,6 +97,8 @@ class Registrations:
         *,
         poll_s: float = 10.0,
         keepalive_s: float = 20.0,
+        connect: Callable[[str, tuple[str, int]], Awaitable[int]] | None = None,
+        is_open: Callable[[int], bool] | None = None,
         workers: int = 1,
     ) -> None:
         self.store = store
@@ -98,6 +106,8 @@ class Registrations:
         self._send = send
         self.poll_s = poll_s
         self.keepalive_s = keepalive_s
+        self._connect = connect
+        self._is_open = is_open or (lambda conn: False)
         self.workers = workers
         self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
         self._by_call_id: dict[str, _Binding] = {}
@@ -180,14 +190,18 @@ class Registrations:
 
     def _start(self, config: RegistrationConfig) -> None:
         registrar = parse_uri(config.registrar)
+        transport = (registrar.param("transport") or "udp").upper()
+        if transport not in ("UDP", "TCP"):
+            raise ValueError(f"no registration over {transport}")
         host = self.core.config.contact_host
-        port = self.core.config.contact_ports.get("UDP", 5060)
+        port = self.core.config.contact_ports.get(transport, 5060)
         domain = config.domain or registrar.host
+        param = "" if transport == "UDP" else ";transport=tcp"
         machine = Registration(
             registrar=registrar,
             aor=f"sip:{config.username}@{domain}",
-            contact=f"sip:{config.contact_user}@{host}:{port}",
-            via=f"SIP/2.0/UDP {host}:{port}",
+            contact=f"sip:{config.contact_user}@{host}:{port}{param}",
+            via=f"SIP/2.0/{transport} {host}:{port}",
             auth_username=config.auth_username or config.username,
             password=config.password,
             expires=config.expires,
@@ -234,10 +248,34 @@ class Registrations:
                 delay = backoff_delay(binding.resolve_failures)
                 binding.timer = self._loop.call_later(delay, self._attempt, binding)
             return
-        if self._kept(binding):
-            binding.resolve_failures = 0
-            binding.dest = Source("UDP", (address, port))
-            self._send(self.core.send_request(binding.machine.register(), binding.dest))
+        if not self._kept(binding):
+            return
+        transport = (registrar.param("transport") or "udp").upper()
+        dest = Source("UDP", (address, port))
+        if transport != "UDP":
+            reuse = binding.dest
+            if reuse is not None and reuse.conn is not None and self._is_open(reuse.conn):
+                dest = reuse
+            else:
+                try:
+                    if self._connect is None:
+                        raise OSError("no stream connections here")
+                    dest = Source(
+                        transport, (address, port), await self._connect(transport, dest.addr)
+                    )
+                except OSError as exc:
+                    if self._kept(binding):
+                        binding.resolve_failures += 1
+                        why = f"cannot connect to {registrar.host} ({type(exc).__name__})"
+                        self._report(binding, "failed", why, None)
+                        delay = backoff_delay(binding.resolve_failures)
+                        binding.timer = self._loop.call_later(delay, self._attempt, binding)
+                    return
+                if not self._kept(binding):
+                    return
+        binding.resolve_failures = 0
+        binding.dest = dest
+        self._send(self.core.send_request(binding.machine.register(), binding.dest))
 
     def _remove(self, binding: _Binding) -> asyncio.Future[None] | None:
         """Stop keeping ``binding`` up; unregister it if it may be registered."""
@@ -300,7 +338,10 @@ class Registrations:
             until = datetime.now(UTC) + timedelta(seconds=outcome.expires)
             self._report(binding, "registered", None, until, always=True)
             binding.timer = self._loop.call_later(outcome.refresh_in, self._attempt, binding)
-            if binding.machine.behind_nat and self.keepalive_s > 0 and binding.keepalive is None:
+            wanted = binding.machine.behind_nat or (
+                binding.dest is not None and binding.dest.reliable
+            )
+            if wanted and self.keepalive_s > 0 and binding.keepalive is None:
                 binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
         elif isinstance(outcome, Failed):
             if binding.status != ("failed", outcome.detail):
@@ -314,11 +355,22 @@ class Registrations:
             binding.timer = self._loop.call_later(outcome.retry_in, self._attempt, binding)
 
     def _ping(self, binding: _Binding) -> None:
-        """A keep-alive to the registrar, then the next one (until the binding is removed)."""
+        """A keep-alive to the registrar, then the next one (until the binding is removed). A
+        TCP connection found closed is replaced at once, with a REGISTER on the new one."""
         binding.keepalive = None
-        if not self._kept(binding) or binding.dest is None:
+        dest = binding.dest
+        if not self._kept(binding) or dest is None:
             return
-        self._send([Send(KEEPALIVE, binding.dest)])
+        if dest.conn is not None and not self._is_open(dest.conn):
+            log.info(
+                "trunk %s: the registrar's connection closed; registering again",
+                binding.config.trunk_id,
+            )
+            if binding.timer is not None:
+                binding.timer.cancel()
+            self._attempt(binding)  # its Registered schedules the keep-alives again
+            return
+        self._send([Send(KEEPALIVE, dest)])
         binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
 
     def _report(
@@ -336,7 +388,10 @@ class Registrations:
         if binding.status != (status, detail) and status == "registered":
             log.info("trunk %s: registered", binding.config.trunk_id)
         binding.status = (status, detail)
-        address = binding.machine.contact.partition("@")[2] if status == "registered" else None
+        address = None
+        if status == "registered":
+            uri = parse_uri(binding.machine.contact)
+            address = f"{uri.host}:{uri.port or 5060}"
         task = self._loop.create_task(
             self._store(binding.config.trunk_id, status, detail, until, address)
         )

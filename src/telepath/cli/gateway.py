@@ -338,6 +338,8 @@ async def start_gateway(
         core,
         server.dispatch,
         keepalive_s=settings.sip_keepalive_s,
+        connect=server.connect,
+        is_open=server.is_open,
         workers=settings.sip_workers,
     )
     manager.registrations = gateway.registrations = registrations

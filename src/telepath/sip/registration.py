@@ -19,11 +19,11 @@ Decisions, where RFC 3261 leaves a choice:
   or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
 - 423 Interval Too Brief: once more with its ``Min-Expires`` (§10.3 step 7), up to a day.
 - NAT (RFC 3581): every REGISTER asks for ``rport``. When a 2xx's top Via says the registrar saw
-  the request come from another address (``received``) or port (``rport``) than our contact's,
-  we are behind a NAT, and that address is the one calls can reach us at: the binding is redone
-  at once with the contact moved there, the old contact removed in the same request
-  (``;expires=0``, §10.2.1 allows several contacts). At most once per refresh, so a registrar
-  behind a NAT of its own cannot keep us re-registering. The Via keeps our own address
+  the request come from another address (``received``) or, over UDP, port (``rport``) than our
+  contact's, we are behind a NAT, and that address is the one calls can reach us at: the
+  binding is redone at once with the contact moved there, the old contact removed in the same
+  request (``;expires=0``, §10.2.1 allows several contacts). At most once per refresh, so a
+  registrar behind a NAT of its own cannot keep us re-registering. The Via keeps our own address
   (RFC 3581 §3 asks the client for an empty ``rport`` only). :attr:`Registration.behind_nat`
   tells the caller to keep the NAT binding open between refreshes (keep-alives).
 - Failures (timeouts, 4xx-6xx, 3xx — redirects are not followed) are retried with RFC 5626
@@ -33,6 +33,7 @@ Decisions, where RFC 3261 leaves a choice:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import secrets
@@ -188,7 +189,7 @@ class Registration:
                 return Unregistered()
             self.failures = 0
             public = _seen_at(response)
-            if public is not None and public != _host_port(self.contact):
+            if public is not None and self._moved_from(public):
                 self.behind_nat = True
                 if not self._moved:  # once per refresh: see the module docstring
                     self._moved = True
@@ -242,6 +243,17 @@ class Registration:
         resend = self._new(expires, header)
         self._answered_challenge = True
         return Resend(resend)
+
+    def _moved_from(self, public: tuple[str, int]) -> bool:
+        """True if the registrar saw us at ``public``, not at our contact: over UDP another
+        address or port; over a connection (TCP) another address — its source port is always
+        a fresh one, not the contact's listening port, with or without a NAT — or, once behind
+        a NAT (the contact then being the connection's address), another port: a new
+        connection's."""
+        here = _host_port(self.contact)
+        if self.via.upper().startswith("SIP/2.0/UDP"):
+            return public != here
+        return public[0] != here[0] or (self.behind_nat and public[1] != here[1])
 
     @staticmethod
     def _removing(request: Request) -> str | None:
@@ -327,9 +339,8 @@ def _host_port(contact: str) -> tuple[str, int]:
 
 
 def _moved_to(contact: str, host: str, port: int) -> str:
-    """``contact`` (``sip:user@host:port``) with its host and port replaced."""
-    user = _contact_uri(contact).user
-    return f"sip:{user}@{host}:{port}"
+    """``contact`` (``sip:user@host:port;params``) with its host and port replaced."""
+    return str(dataclasses.replace(_contact_uri(contact), host=host, port=port))
 
 
 def _same_contact(a: SipUri, b: SipUri) -> bool:

@@ -184,6 +184,22 @@ class SipServer:
                 sock = server.sockets[0].getsockname()
             self.bound[addr.transport] = (str(sock[0]), int(sock[1]))
 
+    async def connect(self, transport: str, addr: tuple[str, int]) -> int:
+        """Open a ``transport`` ("TCP") connection to ``addr`` and serve it like an accepted
+        one (requests that come back on it are handled, responses matched); its id, for a
+        :class:`Source`. Raises OSError when it cannot be opened. (An outbound registration's:
+        RFC 5923's connection reuse is what a registrar behind which we sit does with it.)"""
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(
+            lambda: _Stream(self, transport), addr[0], addr[1]
+        )
+        return protocol.conn_id
+
+    def is_open(self, conn_id: int) -> bool:
+        """True while connection ``conn_id`` is up."""
+        conn = self.connections.get(conn_id)
+        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+
     def udp_fileno(self) -> int | None:
         """The bound UDP socket's descriptor (handed to SIP worker processes), if any."""
         if self._udp is None or self._udp.transport is None:

@@ -17,13 +17,15 @@ KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 _BASE_MODULES = ("tm", "sl", "rr", "maxfwd", "pv", "siputils", "textops")
 
 
-def config(port: int, routing: str, *, modules: tuple[str, ...] = ()) -> str:
-    """A kamailio configuration listening on UDP ``port`` of 127.0.0.1, loading the stateful
-    proxy's modules and ``modules``, with ``routing`` (the rest: parameters, routes)."""
+def config(port: int, routing: str, *, modules: tuple[str, ...] = (), tcp: bool = False) -> str:
+    """A kamailio configuration listening on UDP ``port`` of 127.0.0.1 (and TCP ``port`` with
+    ``tcp``), loading the stateful proxy's modules and ``modules``, with ``routing`` (the rest:
+    parameters, routes)."""
     loads = "".join(f'loadmodule "{name}.so"\n' for name in _BASE_MODULES + modules)
+    listen = f"listen=udp:127.0.0.1:{port}\n" + (f"listen=tcp:127.0.0.1:{port}\n" if tcp else "")
     return (
         "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nauto_aliases=no\n"
-        f'listen=udp:127.0.0.1:{port}\nmpath="{KAMAILIO_MODULES}/"\n{loads}\n{routing}'
+        f'{listen}mpath="{KAMAILIO_MODULES}/"\n{loads}\n{routing}'
     )
 
 

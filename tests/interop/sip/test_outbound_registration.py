@@ -67,10 +67,10 @@ request_route {{
 
 @pytest.fixture
 async def registrar(tmp_path: Path) -> AsyncIterator[int]:
-    """kamailio as a registrar on a loopback port; yields its port."""
+    """kamailio as a registrar on a loopback port, over UDP and TCP; yields its port."""
     port = free_udp_port()
     routing = REGISTRAR_ROUTING.format(password=REG_PASSWORD)
-    cfg = config(port, routing, modules=("usrloc", "registrar", "auth"))
+    cfg = config(port, routing, modules=("usrloc", "registrar", "auth"), tcp=True)
     async with kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"):
         yield port
 
@@ -590,3 +590,56 @@ async def test_calls_to_a_registered_trunk_s_numbers_from_its_registrar_are_its_
     finally:
         await other.close()
         await registrar.close()
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "nat"),
+    [({**GATEWAY_SETTINGS, "sip_keepalive_s": 0.1}, False), (BEHIND_NAT, True)],
+    ids=["no-nat", "behind-nat"],
+)
+async def test_over_tcp_the_registrar_sends_calls_back_on_the_gateway_s_connection(
+    api: Api, gateway: Gateway, registrar: int, nat: bool
+) -> None:
+    """``;transport=tcp``: the gateway opens a connection to kamailio and registers over it;
+    behind a NAT the contact moves to the connection's own address, which only that connection
+    reaches (RFC 5923 reuse) — kamailio's requests for the address-of-record arrive on it. A
+    connection that closes is found by the keep-alive and replaced, with a new REGISTER."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        registration = registration_body(f"sip:127.0.0.1:{registrar};transport=tcp")
+        trunk = await registration_trunk(api, "reg-tcp", agent.url, registration)
+        first = await until_status(api, gateway, trunk["id"], "registered")
+        assert gateway.registrations is not None
+        (conn,) = gateway.server.connections.values()
+        assert conn.peer == ("127.0.0.1", registrar)
+        assert conn.transport is not None
+        local = conn.transport.get_extra_info("sockname")[1]
+        listening = gateway.server.bound["TCP"][1]
+        assert first["contact_address"] == f"127.0.0.1:{local if nat else listening}"
+        contact = gateway.registrations.contact_of(trunk["id"])
+        assert contact is not None and contact.endswith(";transport=tcp")
+        assert await routed_to(registrar) == 405  # the gateway's answer, relayed over TCP
+
+        conn.transport.close()  # the connection drops: found, replaced, registered again
+        for _ in range(100):
+            again = await registration_of(api, trunk["id"])
+            replaced = [
+                c
+                for c in gateway.server.connections.values()
+                if c is not conn and c.peer == ("127.0.0.1", registrar)  # not kamailio's own
+            ]
+            if replaced and again["contact_address"] != (first["contact_address"] if nat else ""):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("not registered again on a new connection")
+        (new,) = replaced  # the gateway's own: a new connection is opened only to register
+        assert again["status"] == "registered"
+        assert new.transport is not None
+        if nat:  # the contact moved to the new connection's address: routed there
+            assert (
+                again["contact_address"]
+                == f"127.0.0.1:{new.transport.get_extra_info('sockname')[1]}"
+            )
+        assert await routed_to(registrar) == 405
+        await gateway.registrations.close()
+        assert await routed_to(registrar) == 404

@@ -361,3 +361,25 @@ def test_a_received_that_is_no_ip_address_or_an_impossible_port_is_ignored(
     assert isinstance(parsed, Response)
     assert reg.on_response(parsed) == Registered(300, 240.0)
     assert reg.contact == CONTACT and not reg.behind_nat
+
+
+def test_over_tcp_only_another_address_is_a_nat_then_the_connection_s_port_follows() -> None:
+    """A connection's source port is never the contact's listening port: over TCP a port of
+    its own is no NAT. Another address is: the contact moves to the connection's address
+    (transport kept), and after that to each new connection's port."""
+    tcp_contact = CONTACT + ";transport=tcp"
+    reg = registration(contact=tcp_contact, via="SIP/2.0/TCP 203.0.113.5:5060")
+    assert reg.on_response(seen_from(reg.register(), "203.0.113.5", 51000)) == Registered(
+        300, 240.0
+    )
+    assert reg.contact == tcp_contact and not reg.behind_nat
+    behind = registration(contact=tcp_contact, via="SIP/2.0/TCP 203.0.113.5:5060")
+    moved = behind.on_response(seen_from(behind.register(), "198.51.100.9", 51000))
+    assert isinstance(moved, Resend) and behind.behind_nat
+    assert behind.contact == "sip:tpr-0123456789abcdef0123@198.51.100.9:51000;transport=tcp"
+    assert moved.request.top_via.transport == "TCP"
+    behind.on_response(seen_from(moved.request, "198.51.100.9", 51000))
+    # a new connection (the old one dropped): the same address, another port
+    again = behind.on_response(seen_from(behind.register(), "198.51.100.9", 52000))
+    assert isinstance(again, Resend)
+    assert behind.contact == "sip:tpr-0123456789abcdef0123@198.51.100.9:52000;transport=tcp"
