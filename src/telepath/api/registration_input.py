@@ -39,8 +39,8 @@ REGISTRAR_FORM = (
     "registration.registrar must be a SIP URI of the registrar: sip:host or sip:host:port"
 )
 UDP_ONLY = (
-    "registration.registrar must be a sip: URI over UDP or TCP (transport=tcp): "
-    "TLS registration is not supported yet"
+    "registration.registrar must be a sip: URI over UDP, TCP (transport=tcp) or TLS "
+    "(transport=tls, or a sips: URI)"
 )
 
 
@@ -122,11 +122,11 @@ def _check_password(value: str) -> None:
 
 def normalize_registrar(value: str) -> str:
     """``SIP:Registrar.Example.COM:5060;transport=UDP`` → ``sip:registrar.example.com:5060``
-    (``;transport=TCP`` → ``…;transport=tcp``).
+    (``;transport=TCP`` → ``…;transport=tcp``, the same for TLS; ``SIPS:`` → ``sips:``).
 
-    The registrar is named by a ``sip:`` URI without a user part (RFC 3261 §10.2: "the userinfo
-    and @ components MUST NOT be present"), parameters other than ``transport=udp|tcp`` or
-    headers.
+    The registrar is named by a ``sip:`` or ``sips:`` URI without a user part (RFC 3261 §10.2:
+    "the userinfo and @ components MUST NOT be present"), parameters other than
+    ``transport=udp|tcp|tls`` (none for ``sips:``) or headers.
     """
     if len(value) > REGISTRAR_MAX:
         raise _bad(
@@ -136,9 +136,7 @@ def normalize_registrar(value: str) -> str:
     if match is None:
         raise _bad("invalid_field", REGISTRAR_FORM)
     scheme = match["scheme"].lower()
-    if scheme == "sips":
-        raise _bad("invalid_field", UDP_ONLY)
-    if scheme != "sip":
+    if scheme not in ("sip", "sips"):
         raise _bad("invalid_field", REGISTRAR_FORM)
     if "@" in match["rest"]:
         raise _bad(
@@ -146,26 +144,31 @@ def normalize_registrar(value: str) -> str:
             "registration.registrar must not have a user part: the registrar is "
             "sip:host[:port] (RFC 3261 §10.2)",
         )
-    tcp = _check_registrar_params(match["params"], match["headers"])
-    return "sip:" + _hostport(match["rest"]) + (";transport=tcp" if tcp else "")
+    transport = _check_registrar_params(match["params"], match["headers"])
+    if scheme == "sips" and transport is not None:
+        raise _bad("invalid_field", BAD_PARAMS)  # sips: is TLS already (§19.1.2)
+    param = "" if transport in (None, "udp") else f";transport={transport}"
+    return f"{scheme}:" + _hostport(match["rest"]) + param
 
 
-def _check_registrar_params(params: str | None, headers: str | None) -> bool:
-    """Only ``;transport=udp`` or ``;transport=tcp`` (case-insensitive, RFC 3261 §19.1.4),
-    and no headers; True for TCP."""
+BAD_PARAMS = (
+    "registration.registrar may have no URI parameters but transport=udp, tcp or tls "
+    "(none with sips:), and no headers"
+)
+
+
+def _check_registrar_params(params: str | None, headers: str | None) -> str | None:
+    """Only ``;transport=udp|tcp|tls`` (case-insensitive, RFC 3261 §19.1.4), and no headers;
+    the transport, lower-case, if given."""
     parts = (params or "").split(";")[1:]
     transports = [
         v.lower() for n, _, v in (p.partition("=") for p in parts) if n.lower() == "transport"
     ]
-    if any(t not in ("udp", "tcp") for t in transports):
+    if any(t not in ("udp", "tcp", "tls") for t in transports):
         raise _bad("invalid_field", UDP_ONLY)
     if headers is not None or len(parts) > 1 or len(parts) > len(transports):
-        raise _bad(
-            "invalid_field",
-            "registration.registrar may have no URI parameters but transport=udp or "
-            "transport=tcp, and no headers",
-        )
-    return transports == ["tcp"]
+        raise _bad("invalid_field", BAD_PARAMS)
+    return transports[0] if transports else None
 
 
 def _hostport(value: str) -> str:

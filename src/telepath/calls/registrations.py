@@ -8,16 +8,17 @@ refreshes before expiry, retries failures with back-off, and reports its state t
 (``GET /v1/trunks`` shows it). On shutdown, and when a trunk or its registration goes, the
 binding is removed with ``Expires: 0`` (bounded wait).
 
-Decisions: the registrar's host is resolved with the system resolver (A/AAAA records; no
-RFC 3263 SRV/NAPTR lookups), once per attempt. UDP by default; a registrar URI with
-``;transport=tcp`` gets a TCP connection of its own, opened by the gateway and kept (RFC 5923:
-the registrar sends the calls back on it, which is what makes TCP work behind a NAT), with a
-keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new
-connection and REGISTER as soon as one is found closed. With SIP worker processes
-only the front process (worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so
-the registrar's answers come back to it; every instance of a multi-instance installation
-registers its own contact (several bindings for one address-of-record; the registrar forks or
-picks one, and a dead instance's binding lapses at its expiry).
+Decisions: the registrar's host is resolved with the system resolver (A/AAAA records; no RFC 3263
+SRV/NAPTR lookups), once per attempt. UDP by default; a registrar URI with ``;transport=tcp`` gets
+a TCP connection of its own, ``;transport=tls`` or ``sips:`` a TLS one (the registrar's certificate
+verified against its host, as for ``wss://`` agents), opened by the gateway and kept (RFC 5923: the
+registrar sends the calls back on it, which is what makes a connection work behind a NAT), with a
+keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new connection
+and REGISTER as soon as one is found closed. With SIP worker processes only the front process
+(worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so the registrar's answers
+come back to it; every instance of a multi-instance installation registers its own contact (several
+bindings for one address-of-record; the registrar forks or picks one, and a dead instance's binding
+lapses at its expiry).
 
 Behind a NAT (the registrar saw the REGISTER come from another address than our contact's,
 ``sip/registration.py``) the contact moves to the address it saw, and a keep-alive — a
@@ -53,7 +54,7 @@ from telepath.sip.routing import owner_of
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Output, RequestAnswered, UserAgentCore
 from telepath.sip.ua_events import Send
-from telepath.sip.uri import parse_uri
+from telepath.sip.uri import SipUri, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class Registrations:
         send: hands the core's outputs to the transport (``SipServer.dispatch``).
         poll_s: how often the store is read for changes.
         keepalive_s: the keep-alive interval behind a NAT, and on TCP (0: none).
-        connect: opens a stream connection (``SipServer.connect``): TCP registrations need it.
+        connect: opens a stream connection (transport, address, the host whose certificate a
+            TLS one must show): TCP and TLS registrations need it.
         is_open: whether a stream connection is still up (``SipServer.is_open``).
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
     """
@@ -97,7 +99,7 @@ class Registrations:
         *,
         poll_s: float = 10.0,
         keepalive_s: float = 20.0,
-        connect: Callable[[str, tuple[str, int]], Awaitable[int]] | None = None,
+        connect: Callable[[str, tuple[str, int], str], Awaitable[int]] | None = None,
         is_open: Callable[[int], bool] | None = None,
         workers: int = 1,
     ) -> None:
@@ -190,13 +192,11 @@ class Registrations:
 
     def _start(self, config: RegistrationConfig) -> None:
         registrar = parse_uri(config.registrar)
-        transport = (registrar.param("transport") or "udp").upper()
-        if transport not in ("UDP", "TCP"):
-            raise ValueError(f"no registration over {transport}")
+        transport = _transport(registrar)
         host = self.core.config.contact_host
         port = self.core.config.contact_ports.get(transport, 5060)
         domain = config.domain or registrar.host
-        param = "" if transport == "UDP" else ";transport=tcp"
+        param = "" if transport == "UDP" else f";transport={transport.lower()}"
         machine = Registration(
             registrar=registrar,
             aor=f"sip:{config.username}@{domain}",
@@ -232,7 +232,7 @@ class Registrations:
 
     async def _resolve_and_register(self, binding: _Binding) -> None:
         registrar = binding.machine.registrar
-        port = registrar.port or 5060
+        port = registrar.port or (5061 if _transport(registrar) == "TLS" else 5060)
         try:
             # IPv4 unless the registrar is an IPv6 literal: the SIP socket is bound IPv4 by
             # default, and a name with both records would otherwise pick by the resolver.
@@ -250,7 +250,7 @@ class Registrations:
             return
         if not self._kept(binding):
             return
-        transport = (registrar.param("transport") or "udp").upper()
+        transport = _transport(registrar)
         dest = Source("UDP", (address, port))
         if transport != "UDP":
             reuse = binding.dest
@@ -261,7 +261,9 @@ class Registrations:
                     if self._connect is None:
                         raise OSError("no stream connections here")
                     dest = Source(
-                        transport, (address, port), await self._connect(transport, dest.addr)
+                        transport,
+                        (address, port),
+                        await self._connect(transport, dest.addr, registrar.host.strip("[]")),
                     )
                 except OSError as exc:
                     if self._kept(binding):
@@ -412,3 +414,13 @@ class Registrations:
             log.warning(
                 "trunk %s: registration state not stored (%s)", trunk_id, type(exc).__name__
             )
+
+
+def _transport(registrar: SipUri) -> str:
+    """ "UDP", "TCP" or "TLS": the registrar URI's ``transport``, TLS for ``sips:`` (§19.1.2)."""
+    if registrar.scheme == "sips":
+        return "TLS"
+    transport = (registrar.param("transport") or "udp").upper()
+    if transport not in ("UDP", "TCP", "TLS"):
+        raise ValueError(f"no registration over {transport}")
+    return transport

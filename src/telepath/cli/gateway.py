@@ -338,7 +338,9 @@ async def start_gateway(
         core,
         server.dispatch,
         keepalive_s=settings.sip_keepalive_s,
-        connect=server.connect,
+        connect=lambda transport, addr, host: server.connect(
+            transport, addr, client_context() if transport == "TLS" else None, host
+        ),
         is_open=server.is_open,
         workers=settings.sip_workers,
     )

@@ -184,14 +184,26 @@ class SipServer:
                 sock = server.sockets[0].getsockname()
             self.bound[addr.transport] = (str(sock[0]), int(sock[1]))
 
-    async def connect(self, transport: str, addr: tuple[str, int]) -> int:
-        """Open a ``transport`` ("TCP") connection to ``addr`` and serve it like an accepted
-        one (requests that come back on it are handled, responses matched); its id, for a
-        :class:`Source`. Raises OSError when it cannot be opened. (An outbound registration's:
-        RFC 5923's connection reuse is what a registrar behind which we sit does with it.)"""
+    async def connect(
+        self,
+        transport: str,
+        addr: tuple[str, int],
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> int:
+        """Open a ``transport`` ("TCP", or "TLS" with the client context ``tls``, checking the
+        certificate against ``server_hostname``) connection to ``addr`` and serve it like an
+        accepted one (requests that come back on it are handled, responses matched); its id,
+        for a :class:`Source`. Raises OSError (ssl.SSLError included) when it cannot be
+        opened. (An outbound registration's: the registrar sends our calls back on it,
+        RFC 5923.)"""
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
-            lambda: _Stream(self, transport), addr[0], addr[1]
+            lambda: _Stream(self, transport),
+            addr[0],
+            addr[1],
+            ssl=tls if transport == "TLS" else None,
+            server_hostname=server_hostname if transport == "TLS" else None,
         )
         return protocol.conn_id
 

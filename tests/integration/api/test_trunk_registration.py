@@ -123,6 +123,18 @@ async def test_every_setting(api: Api) -> None:
     over_tcp = await api.patch(f"/v1/trunks/{trunk_id}", {"registration": tcp})
     assert over_tcp.status_code == 200, over_tcp.text
     assert over_tcp.json()["registration"]["registrar"] == "sip:sip.carrier.example;transport=tcp"
+    for given, kept in (
+        (
+            "sip:sip.carrier.example:5071;Transport=TLS",
+            "sip:sip.carrier.example:5071;transport=tls",
+        ),
+        ("SIPS:Sip.Carrier.Example", "sips:sip.carrier.example"),
+    ):
+        over_tls = await api.patch(
+            f"/v1/trunks/{trunk_id}", {"registration": {**REGISTRATION, "registrar": given}}
+        )
+        assert over_tls.status_code == 200, over_tls.text
+        assert over_tls.json()["registration"]["registrar"] == kept
     assert changed.json()["registration"]["expires"] == 60
 
 
@@ -151,14 +163,14 @@ BAD_REGISTRAR = (
     "registration.registrar must be a SIP URI of the registrar: sip:host or sip:host:port"
 )
 UDP_ONLY = (
-    "registration.registrar must be a sip: URI over UDP or TCP (transport=tcp): "
-    "TLS registration is not supported yet"
+    "registration.registrar must be a sip: URI over UDP, TCP (transport=tcp) or TLS "
+    "(transport=tls, or a sips: URI)"
 )
 BAD_PORT = "registration.registrar has an invalid port (1-65535)"
 BAD_HOST = "registration.registrar has an invalid host: a DNS name, an IPv4 address or [IPv6]"
 BAD_PARAMS = (
-    "registration.registrar may have no URI parameters but transport=udp or transport=tcp, "
-    "and no headers"
+    "registration.registrar may have no URI parameters but transport=udp, tcp or tls "
+    "(none with sips:), and no headers"
 )
 BAD_USERNAME = (
     "registration.{} must be 1-64 of the characters SIP allows as they are in a user part: "
@@ -176,9 +188,9 @@ INVALID: list[tuple[Any, str, str]] = [
         "registration.registrar must not have a user part: the registrar is sip:host[:port] "
         "(RFC 3261 §10.2)",
     ),
-    ({"registrar": "sips:sip.carrier.example"}, "invalid_field", UDP_ONLY),
+    ({"registrar": "sips:sip.carrier.example;transport=tls"}, "invalid_field", BAD_PARAMS),
     ({"registrar": "sip:sip.carrier.example;transport=sctp"}, "invalid_field", UDP_ONLY),
-    ({"registrar": "sip:sip.carrier.example;transport=TLS"}, "invalid_field", UDP_ONLY),
+    ({"registrar": "sip:sip.carrier.example;transport=ws"}, "invalid_field", UDP_ONLY),
     ({"registrar": "sip:"}, "invalid_field", BAD_REGISTRAR),
     ({"registrar": "sip::5060"}, "invalid_field", BAD_REGISTRAR),
     ({"registrar": "sip.carrier.example"}, "invalid_field", BAD_REGISTRAR),

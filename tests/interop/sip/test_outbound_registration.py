@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ import pytest
 from telepath.calls.registrations import KEEPALIVE
 from telepath.cli.gateway import Gateway
 from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import StreamFramer, parse_message
 from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.certs import self_signed
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.calls.harness import Phone, free_udp_port
@@ -643,3 +646,112 @@ async def test_over_tcp_the_registrar_sends_calls_back_on_the_gateway_s_connecti
         assert await routed_to(registrar) == 405
         await gateway.registrations.close()
         assert await routed_to(registrar) == 404
+
+
+@dataclass
+class TlsRegistrar:
+    """A registrar over TLS on a raw socket: grants every REGISTER 60 s, saying where it came
+    from (RFC 3581), and can send a request back on the gateway's connection."""
+
+    port: int = 0
+    requests: list[Request] = field(default_factory=list)
+    answers: list[Response] = field(default_factory=list)
+    writer: asyncio.StreamWriter | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        framer = StreamFramer()
+        while data := await reader.read(65536):
+            for raw in framer.feed(data):
+                message = parse_message(raw)
+                if isinstance(message, Response):
+                    self.answers.append(message)
+                else:
+                    self.requests.append(message)
+                    if message.method == "REGISTER":
+                        contact = (message.headers.get("Contact") or "").split(">")[0] + ">"
+                        response = make_response(
+                            message,
+                            200,
+                            to_tag="reg",
+                            headers=[("Contact", f"{contact};expires=60")],
+                        )
+                        via = response.top_via.with_received(peer[0], peer[1])
+                        response.headers.set("Via", str(via))
+                        writer.write(response.to_bytes())
+                self.arrived.set()
+
+    async def until(self, check: Any) -> None:
+        for _ in range(200):
+            if check():
+                return
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), 0.05)
+        raise AssertionError("the registrar never saw it")
+
+
+@contextlib.asynccontextmanager
+async def tls_registrar(tmp_path: Path) -> AsyncIterator[tuple[TlsRegistrar, Path]]:
+    """A :class:`TlsRegistrar` with a fresh self-signed certificate for 127.0.0.1."""
+    cert, key = self_signed(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    registrar = TlsRegistrar()
+    server = await asyncio.start_server(registrar.serve, "127.0.0.1", 0, ssl=ctx)
+    registrar.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield registrar, cert
+    finally:
+        if registrar.writer is not None:
+            registrar.writer.close()
+        server.close()
+
+
+def message_to(contact: str, port: int) -> bytes:
+    """A MESSAGE to ``contact``, as a registrar routing a request would send it."""
+    return (
+        f"MESSAGE {contact} SIP/2.0\r\n"
+        f"Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-tls-msg\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:carrier@127.0.0.1>;tag=c\r\n"
+        f"To: <{contact}>\r\nCall-ID: tls-msg@127.0.0.1\r\nCSeq: 1 MESSAGE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_over_tls_the_registrar_s_certificate_is_checked_and_calls_come_back_on_it(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sips:``: the gateway connects over TLS, verifying the registrar's certificate against
+    its address — an untrusted one is a failed registration, nothing sent —, registers over
+    the connection and answers a request the registrar sends back on it; stopping unregisters
+    over it."""
+    async with tls_registrar(tmp_path) as (registrar, cert):
+        registration = registration_body(f"sips:127.0.0.1:{registrar.port}")
+        trunk = await registration_trunk(api, "reg-tls", "ws://127.0.0.1:9/a", registration)
+        failed = await until_status(api, gateway, trunk["id"], "failed")
+        assert failed["status_detail"] == "cannot connect to 127.0.0.1 (SSLCertVerificationError)"
+        assert registrar.requests == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trusted, as a private CA would be
+        changed = {**registration, "expires": 120}  # a change starts again at once
+        retry = await api.patch(f"/v1/trunks/{trunk['id']}", {"registration": changed})
+        assert retry.status_code == 200, retry.text
+        registered = await until_status(api, gateway, trunk["id"], "registered")
+        (register,) = registrar.requests
+        assert register.top_via.transport == "TLS"
+        assert gateway.registrations is not None
+        contact = gateway.registrations.contact_of(trunk["id"])
+        assert contact is not None and contact.endswith(";transport=tls")
+        assert register.headers.get("Contact") == f"<{contact}>"
+        assert registered["contact_address"] == contact.split("@")[1].split(";")[0]
+        # a request routed back on the gateway's connection is answered on it
+        assert registrar.writer is not None
+        registrar.writer.write(message_to(contact, registrar.port))
+        await registrar.until(lambda: registrar.answers)
+        assert [a.status for a in registrar.answers] == [405]
+        await gateway.registrations.close()
+        await registrar.until(lambda: len(registrar.requests) == 2)
+        assert registrar.requests[1].headers.get("Expires") == "0"
