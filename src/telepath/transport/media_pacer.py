@@ -40,6 +40,13 @@ SLOT_MS = 5
 SLOT_CAPACITY = 16  # streams a slot takes before the next one is opened (~0.3 ms of sends)
 
 _observe_lateness: Callable[[float], None] | None = None
+_skipped = 0  # frame times skipped after stalls, every pacer of the process
+
+
+def skipped_frames() -> int:
+    """Frame times the pacers of this process have skipped after a stall (a frame time per
+    stream: each stream's audio of that time was not sent) since it started."""
+    return _skipped
 
 
 def observe_lateness(observer: Callable[[float], None] | None) -> None:
@@ -185,7 +192,10 @@ class Pacer:
             late = time.monotonic() - self._deadline
             observe(late if late > 0 else 0.0)
         if behind > MAX_CATCH_UP * ptime:
-            self._deadline += int(behind / ptime) * ptime
+            global _skipped
+            skipped = int(behind / ptime)
+            _skipped += skipped
+            self._deadline += skipped * ptime
             logger.warning("media pacer stalled; skipping frames")
         slot = self._slot
         frames = max(1, round((self._deadline - self._last[slot]) / ptime))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from telepath.transport import media_pacer
 from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness, serve_due
 
 pytestmark = pytest.mark.integration
@@ -85,10 +86,12 @@ async def test_a_stall_is_counted_in_frames_not_burst() -> None:
 
     handles = [pacer.subscribe(make(i)) for i in range(4)]
     await asyncio.sleep(0.1)
+    skipped = media_pacer.skipped_frames()
     time.sleep(0.2)  # noqa: ASYNC251  (on purpose: the loop stalls for 10 packet times)
     await asyncio.sleep(0.1)
     for h in handles:
         pacer.unsubscribe(h)
+    assert 7 <= media_pacer.skipped_frames() - skipped <= 11  # counted, once per stall
     for frames in seen.values():
         # every stream learns once that ~10 frames elapsed, instead of getting 10 calls at once
         assert max(frames) >= 8
