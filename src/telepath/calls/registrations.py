@@ -88,6 +88,7 @@ class Registrations:
         connect: opens a stream connection (transport, address, the host whose certificate a
             TLS one must show): TCP and TLS registrations need it.
         is_open: whether a stream connection is still up (``SipServer.is_open``).
+        disconnect: closes a stream connection a binding no longer needs.
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
     """
 
@@ -101,6 +102,7 @@ class Registrations:
         keepalive_s: float = 20.0,
         connect: Callable[[str, tuple[str, int], str], Awaitable[int]] | None = None,
         is_open: Callable[[int], bool] | None = None,
+        disconnect: Callable[[int], None] | None = None,
         workers: int = 1,
     ) -> None:
         self.store = store
@@ -110,6 +112,7 @@ class Registrations:
         self.keepalive_s = keepalive_s
         self._connect = connect
         self._is_open = is_open or (lambda conn: False)
+        self._disconnect = disconnect or (lambda conn: None)
         self.workers = workers
         self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
         self._by_call_id: dict[str, _Binding] = {}
@@ -299,6 +302,8 @@ class Registrations:
 
     def _forget(self, binding: _Binding) -> None:
         self._by_call_id.pop(binding.machine.call_id, None)
+        if binding.dest is not None and binding.dest.conn is not None:
+            self._disconnect(binding.dest.conn)  # the connection was the binding's own
         if binding.leaving is not None and not binding.leaving.done():
             binding.leaving.set_result(None)
 

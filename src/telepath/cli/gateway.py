@@ -342,6 +342,7 @@ async def start_gateway(
             transport, addr, client_context() if transport == "TLS" else None, host
         ),
         is_open=server.is_open,
+        disconnect=server.disconnect,
         workers=settings.sip_workers,
     )
     manager.registrations = gateway.registrations = registrations

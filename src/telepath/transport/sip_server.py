@@ -207,6 +207,12 @@ class SipServer:
         )
         return protocol.conn_id
 
+    def disconnect(self, conn_id: int) -> None:
+        """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""
+        conn = self.connections.get(conn_id)
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+
     def is_open(self, conn_id: int) -> bool:
         """True while connection ``conn_id`` is up."""
         conn = self.connections.get(conn_id)

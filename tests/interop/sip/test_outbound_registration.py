@@ -646,6 +646,15 @@ async def test_over_tcp_the_registrar_sends_calls_back_on_the_gateway_s_connecti
         assert await routed_to(registrar) == 405
         await gateway.registrations.close()
         assert await routed_to(registrar) == 404
+        # the connection was the registration's own: closed with it
+        for _ in range(100):
+            if not any(
+                c.peer == ("127.0.0.1", registrar) for c in gateway.server.connections.values()
+            ):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the registration's connection was left open")
 
 
 @dataclass
