@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import pytest
 
 from telepath.calls.registrations import KEEPALIVE
 from telepath.cli.gateway import Gateway
+from telepath.sdp import create_offer, parse
 from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import StreamFramer, parse_message
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -736,10 +738,13 @@ async def test_over_tls_the_registrar_s_certificate_is_checked_and_calls_come_ba
     """``sips:``: the gateway connects over TLS, verifying the registrar's certificate against
     its address — an untrusted one is a failed registration, nothing sent —, registers over
     the connection and answers a request the registrar sends back on it; stopping unregisters
-    over it."""
-    async with tls_registrar(tmp_path) as (registrar, cert):
+    over it. A call it sends on the connection is TLS-signalled: its SRTP offer is answered."""
+    async with (
+        tls_registrar(tmp_path) as (registrar, cert),
+        FakeTelepathAgent(agent="silent") as agent,
+    ):
         registration = registration_body(f"sips:127.0.0.1:{registrar.port}")
-        trunk = await registration_trunk(api, "reg-tls", "ws://127.0.0.1:9/a", registration)
+        trunk = await registration_trunk(api, "reg-tls", agent.url, registration)
         failed = await until_status(api, gateway, trunk["id"], "failed")
         assert failed["status_detail"] == "cannot connect to 127.0.0.1 (SSLCertVerificationError)"
         assert registrar.requests == []
@@ -761,6 +766,41 @@ async def test_over_tls_the_registrar_s_certificate_is_checked_and_calls_come_ba
         registrar.writer.write(message_to(contact, registrar.port))
         await registrar.until(lambda: registrar.answers)
         assert [a.status for a in registrar.answers] == [405]
+        # a call on the connection, offering SRTP (SDES): answered with SRTP
+        caller = Uac("TLS", target=("127.0.0.1", 5061), local=("127.0.0.1", registrar.port))
+        user = contact[4:].split("@")[0]
+        offer = create_offer(
+            local_address="127.0.0.1",
+            local_port=40020,
+            session_id=1,
+            session_version=1,
+            preference=("PCMU",),
+            srtp_key=os.urandom(30),
+        )
+        call_id = "tls-call@127.0.0.1"
+        invite = caller.request(
+            "INVITE", user, call_id=call_id, cseq=1, uri=contact, body=offer.to_bytes()
+        )
+        registrar.writer.write(invite)
+
+        def final(method: str) -> Response | None:
+            found = [a for a in registrar.answers if a.call_id == call_id and a.status >= 200]
+            return next((a for a in found if a.cseq.method == method), None)
+
+        await registrar.until(lambda: final("INVITE") is not None)
+        ok = final("INVITE")
+        assert ok is not None and ok.status == 200, ok
+        answer = parse(ok.body)
+        assert answer.media[0].proto == "RTP/SAVP" and b"a=crypto:" in ok.body
+        tag = ok.to.tag
+        registrar.writer.write(
+            caller.request("ACK", user, call_id=call_id, cseq=1, to_tag=tag, uri=contact)
+        )
+        registrar.writer.write(
+            caller.request("BYE", user, call_id=call_id, cseq=2, to_tag=tag, uri=contact)
+        )
+        await registrar.until(lambda: final("BYE") is not None)
+        assert len(agent.handshakes) == 1
         await gateway.registrations.close()
         await registrar.until(lambda: len(registrar.requests) == 2)
         assert registrar.requests[1].headers.get("Expires") == "0"
