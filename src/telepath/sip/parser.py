@@ -197,15 +197,17 @@ class StreamFramer:
     """Cuts a TCP/TLS byte stream into messages (RFC 3261 §18.3).
 
     ``feed`` returns the complete messages found so far; partial data waits for more. CRLF
-    keep-alives between messages (RFC 5626 §3.5.1) are skipped. A missing Content-Length or an
-    oversized message raises :class:`SipParseError`: the connection cannot be resynchronised and
-    must be closed.
+    keep-alives between messages (RFC 5626 §3.5.1) are skipped, and double-CRLF pings counted
+    in :attr:`pings` (the transport answers each with a single-CRLF pong). A missing
+    Content-Length or an oversized message raises :class:`SipParseError`: the connection cannot
+    be resynchronised and must be closed.
     """
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buffer = bytearray()
         self._max = max_size
         self.keepalives = 0
+        self.pings = 0
 
     @property
     def pending(self) -> int:
@@ -218,8 +220,11 @@ class StreamFramer:
         out: list[bytes] = []
         while True:
             stripped = self._buffer.lstrip(b"\r\n")
-            if len(stripped) != len(self._buffer):
+            run = len(self._buffer) - len(stripped)
+            if run:
                 self.keepalives += 1
+                if b"\r\n\r\n" in self._buffer[:run]:
+                    self.pings += 1
                 self._buffer = bytearray(stripped)
             if not self._buffer:
                 return out

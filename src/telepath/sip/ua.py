@@ -203,6 +203,9 @@ class UserAgentCore:
         try:
             message = parse_message(data)
         except SipParseError as exc:
+            if not data.strip(b"\r\n"):  # a CRLF keep-alive (RFC 5626 §3.5.1, and on UDP)
+                self.counters["keepalives"] += 1
+                return self._take()
             self.counters["parse_errors"] += 1
             self._answer_parse_error(exc, source)
             return self._take()

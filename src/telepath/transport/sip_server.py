@@ -102,6 +102,7 @@ class _Stream(asyncio.Protocol):
         self.server.connections[self.conn_id] = self
 
     def data_received(self, data: bytes) -> None:
+        pings = self.framer.pings
         try:
             messages = self.framer.feed(data)
         except SipParseError:
@@ -110,6 +111,10 @@ class _Stream(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        if self.framer.pings != pings and self.transport is not None:
+            # RFC 5626 §3.5.1: each double-CRLF ping gets a single-CRLF pong, so a client
+            # keeping its flow alive sees it is (a pong is never answered: no ping-pong)
+            self.transport.write(b"\r\n" * (self.framer.pings - pings))
         source = Source(self.name, self.peer, self.conn_id)
         router = self.server.stream_router
         for message in messages:

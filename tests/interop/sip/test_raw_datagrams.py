@@ -7,6 +7,7 @@ requests get the RFC's status codes; garbage never takes the listener down.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import AsyncIterator
@@ -202,6 +203,33 @@ async def test_garbage_on_tcp_closes_only_that_connection(gateway: Gateway) -> N
         await good.response(200, call_id)
     finally:
         await good.close()
+
+
+async def test_a_tcp_ping_gets_a_pong_and_a_pong_nothing(gateway: Gateway, uac: Uac) -> None:
+    """RFC 5626 §3.5.1 on a connection: a double-CRLF ping is answered with a single-CRLF pong
+    (a client keeping its flow alive sees that it is), a pong is answered with nothing, and the
+    stream stays framed. On UDP a CRLF keep-alive is counted as one, not as a parse error."""
+    reader, writer = await asyncio.open_connection(*gateway.server.bound["TCP"])
+    try:
+        writer.write(b"\r\n\r\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
+        writer.write(b"\r\n")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.3)
+        call_id = new_call_id()
+        options = Uac("TCP", gateway.server.bound["TCP"], local=writer.get_extra_info("sockname"))
+        writer.write(options.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line == b"SIP/2.0 200 OK\r\n"
+    finally:
+        writer.close()
+    counters = gateway.server.core.counters
+    errors, keepalives = counters["parse_errors"], counters["keepalives"]
+    uac.send(b"\r\n\r\n")
+    call_id = new_call_id()
+    uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+    await uac.response(200, call_id)  # after the keep-alive: it has been read
+    assert (counters["parse_errors"], counters["keepalives"]) == (errors, keepalives + 1)
 
 
 async def test_unknown_user_is_challenged_like_a_known_one(

@@ -229,3 +229,16 @@ def test_stream_framer_garbage(chunks: list[bytes]) -> None:
 
 def test_frameable_corpus_is_not_empty() -> None:
     assert len(FRAMEABLE) >= 30
+
+
+def test_the_framer_counts_double_crlf_pings_apart_from_single_crlf_pongs() -> None:
+    """RFC 5626 §3.5.1: a double CRLF is a ping (to be answered), a single CRLF a pong (never
+    answered: two peers must not ping-pong forever)."""
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n\r\n") == []
+    assert framer.pings == 1
+    assert framer.feed(b"\r\n") == []
+    assert framer.pings == 1  # a pong
+    message = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert framer.feed(b"\r\n\r\n" + message + b"\r\n\r\n") == [message]
+    assert framer.pings == 3

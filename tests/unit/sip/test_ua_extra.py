@@ -435,3 +435,18 @@ def test_a_dialog_s_contact_address_replaces_the_configured_one_for_its_life(
     _, out = ua.accept(other.tx, b"v=0\r\n")
     (plain,) = [r for r in sent(out) if r.status == 200]
     assert plain.headers.get("Contact") == "<sip:telepath@203.0.113.5:5060>"
+
+
+def test_a_crlf_keep_alive_datagram_is_a_keep_alive_not_a_parse_error(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """Phones and carriers send CRLF CRLF (or a lone CRLF) to keep a NAT mapping open: counted
+    as keep-alives, nothing answered — not parse errors, which an operator watches for
+    broken peers."""
+    ua, _ = core
+    for data in (b"\r\n\r\n", b"\r\n", b"\n"):
+        assert ua.receive(data, SRC) == []
+    assert ua.counters["keepalives"] == 3
+    assert ua.counters["parse_errors"] == 0
+    ua.receive(b"\x00garbage\r\n\r\n", SRC)
+    assert ua.counters["parse_errors"] == 1
