@@ -94,7 +94,7 @@ from telepath.sip.errors import SipParseError
 from telepath.sip.headers import param_value, parse_name_addr
 from telepath.sip.message import Request
 from telepath.sip.numbers import number_of
-from telepath.sip.transaction import ServerTransaction, Source
+from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
     CallConfirmed,
     CallEnded,
@@ -149,9 +149,9 @@ class _Setup:
         self.sip_done = asyncio.Event()
         self.shutting_down = False  # the gateway is stopping: give up waiting for the ACK
         self.digits: list[str] = []  # DTMF by INFO before the call is up (delayed offer)
-        # The address a NAT gives us, when the call came to a contact registered from behind
-        # one (calls/registrations.py): our Contact and SDP give it instead of the configured
-        # address, which the carrier cannot reach.
+        # The address a call to a trunk with a registration was sent to — behind a NAT the
+        # NAT's, which the registrar learnt (calls/registrations.py): our Contact and SDP give
+        # it instead of the configured address, which the carrier may not reach.
         self.nat: tuple[str, int] | None = None
 
     @property
@@ -558,7 +558,7 @@ class CallManager:
         except RtpPortsExhausted:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
-        setup.nat = self._nat_address(request, trunk, tx.source)
+        setup.nat = self._nat_address(request, trunk)
         media_address = setup.media_address or self.config.media_address
         try:
             session_id = random.randint(1, 2**31)
@@ -787,9 +787,7 @@ class CallManager:
             return trunk.allows_source(source_ip)
         return _unmapped(source_ip) in await self._addresses_of(trunk.registrar_host)
 
-    def _nat_address(
-        self, request: Request, trunk: TrunkConfig, source: Source
-    ) -> tuple[str, int] | None:
+    def _nat_address(self, request: Request, trunk: TrunkConfig) -> tuple[str, int] | None:
         """The address a call to a trunk with a registration gives in its Contact and SDP: the
         one it was sent to (None for other trunks' calls: the configured address).
 
@@ -798,9 +796,10 @@ class CallManager:
         NAT's (calls/registrations.py): so the Request-URI says where the carrier reaches us.
         Read from the request, it holds in every SIP worker process and every instance, which
         know nothing of the front's registrations. Only an IP literal is taken (an address for
-        SDP, not a name), and only over UDP, the registrations' transport."""
+        SDP, not a name). Over TCP or TLS it is the registration connection's own address
+        behind a NAT, so the registrar's in-dialog requests come back on that connection."""
         uri = request.uri
-        if trunk.registrar_host is None or source.transport != "UDP":
+        if trunk.registrar_host is None:
             return None
         try:
             ipaddress.ip_address(uri.host.strip("[]"))
