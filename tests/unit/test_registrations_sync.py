@@ -1,5 +1,6 @@
-"""The registrations driver's sync against an in-memory store: a registration that cannot be
-started (a registrar no URI parser takes) is skipped, and the others still register."""
+"""The registrations driver against an in-memory store: a registration that cannot be started
+(a registrar no URI parser takes) is skipped, and the others still register; a REGISTER that
+times out on a connection closes it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from telepath.calls.registrations import Registrations
 from telepath.clock import FakeClock
 from telepath.sip.message import Request
 from telepath.sip.parser import parse_message
-from telepath.sip.ua import Output, Send, UaConfig, UserAgentCore
+from telepath.sip.ua import Output, RequestAnswered, Send, UaConfig, UserAgentCore
 
 pytestmark = pytest.mark.unit
 
@@ -60,4 +61,42 @@ async def test_a_registration_that_cannot_start_does_not_stop_the_others() -> No
     (register,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
     assert isinstance(register, Request) and register.method == "REGISTER"
     assert str(register.uri) == "sip:127.0.0.1:5999"
+    await registrations.close(timeout_s=0.1)
+
+
+async def test_a_register_unanswered_on_a_connection_closes_it() -> None:
+    """A TCP connection a NAT silently forgot stays "open" here (no RST ever comes): a REGISTER
+    that times out on it must close it, or every retry would be sent into it again (a closed
+    one is replaced: tests/interop/sip/test_outbound_registration.py)."""
+    sent: list[Output] = []
+    opened: list[int] = []
+    closed: list[int] = []
+    arrived = asyncio.Event()
+
+    def send(outputs: list[Output]) -> None:
+        sent.extend(outputs)
+        arrived.set()
+
+    async def connect(transport: str, addr: tuple[str, int], host: str) -> int:
+        opened.append(len(opened) + 1)
+        return opened[-1]
+
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    store = Store([config("tcp", "sip:127.0.0.1:5999;transport=tcp")])
+    registrations = Registrations(
+        store,
+        core,
+        send,
+        connect=connect,
+        is_open=lambda conn: conn not in closed,
+        disconnect=closed.append,
+    )
+    await registrations.sync()
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    (register,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
+    assert isinstance(register, Request) and register.top_via.transport == "TCP"
+    assert opened == [1] and closed == []
+    registrations.answered(RequestAnswered(register, None))  # Timer F: no answer at all
+    assert closed == [1]
     await registrations.close(timeout_s=0.1)

@@ -320,6 +320,11 @@ class Registrations:
             return  # an answer to a request since replaced (or of a binding gone)
         machine = binding.machine
         contact = machine.contact
+        dest = binding.dest
+        if event.response is None and dest is not None and dest.conn is not None:
+            # No answer on a connection: a NAT or firewall may have forgotten it without a
+            # reset, so it looks open forever. Closed, the next attempt opens another.
+            self._disconnect(dest.conn)
         outcome: Outcome = (
             machine.on_timeout() if event.response is None else machine.on_response(event.response)
         )
