@@ -67,6 +67,7 @@ from telepath.errors import TelepathError
 from telepath.log import Streak, call_id_var
 from telepath.metrics import Metrics
 from telepath.rtp.codecs import CodecSpec
+from telepath.rtp.srtp_keys import KEY_MATERIAL
 from telepath.sdp import (
     MediaSecurity,
     NoCommonCodec,
@@ -79,7 +80,7 @@ from telepath.sdp import (
     parse,
 )
 from telepath.sdp.errors import WARN_INCOMPATIBLE_TRANSPORT
-from telepath.sdp.negotiate import NegotiatedMedia
+from telepath.sdp.negotiate import OFFER_SUITE, NegotiatedMedia
 from telepath.secrets.tokens import new_id
 from telepath.sip.auth import (
     Algorithm,
@@ -584,7 +585,11 @@ class CallManager:
                     session_id=session_id,
                     session_version=1,
                     preference=trunk.codecs or self.config.codecs,
-                    srtp_key=security.key if security.required else None,
+                    srtp_key=(
+                        security.key[: OFFER_SUITE.key_length]
+                        if security.required and security.key is not None
+                        else None
+                    ),
                 )
                 await self._connect_and_answer(
                     setup, trunk, lease, offer, None, session_id, started
@@ -632,7 +637,7 @@ class CallManager:
         if tx.source.transport != "TLS":
             why = "SRTP keys are only exchanged over TLS signalling (RFC 4568 section 8.3)"
             return MediaSecurity(required=required, why_not=why)
-        return MediaSecurity(key=secrets.token_bytes(30), required=required)
+        return MediaSecurity(key=secrets.token_bytes(KEY_MATERIAL), required=required)
 
     async def _register(self, tx: ServerTransaction) -> None:
         """A PBX registering its trunk (RFC 3261 §10.3), so that it sends calls over it: some
@@ -995,6 +1000,7 @@ class CallManager:
                 session_version=session_version,
                 preference=(negotiated.codec.name,),
                 srtp_key=None if negotiated.srtp is None else negotiated.srtp.local_key,
+                srtp_suite=OFFER_SUITE if negotiated.srtp is None else negotiated.srtp.suite,
             )
 
         def hangup() -> None:
@@ -1223,7 +1229,7 @@ class CallManager:
         security = (
             MediaSecurity(why_not="this call was set up without SRTP")
             if current is None
-            else MediaSecurity(key=current.local_key, required=True)
+            else MediaSecurity(key=current.local_key, required=True, suite=current.suite)
         )
         try:
             offer = parse(request.body)

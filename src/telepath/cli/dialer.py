@@ -11,7 +11,9 @@ verified against the system's trust store, or ``ca_file``). Over a stream nothin
 retransmitted (§17.1.1.2) and every message of the call uses the one connection.
 
 ``srtp``: the offer is ``RTP/SAVP`` with an SDES key (RFC 4568) and the media SRTP; only over
-TLS, as the gateway takes SDES keys nowhere else.
+TLS, as the gateway takes SDES keys nowhere else. ``srtp_suite`` picks the offered suite
+(AES_CM_128_HMAC_SHA1_80 by default, every SDES peer has it; the AES-GCM ones of RFC 7714 to
+check a peer that should take them).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 from typing import cast
 
 from telepath.rtp.codecs import CodecSpec
+from telepath.rtp.srtp_keys import SUITES
 from telepath.sdp import create_offer, negotiate_offer_answer, parse
+from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
@@ -156,12 +160,16 @@ class Dialer:
         rtp_ports: tuple[int, int] = (40000, 40998),
         ca_file: Path | None = None,
         srtp: bool = False,
+        srtp_suite: str = OFFER_SUITE.name,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
         self.transport = transport_of(self.uri)
         if srtp and self.transport != "TLS":
             raise ValueError("SRTP needs a TLS target (sips: or ;transport=tls)")
+        if srtp_suite not in SUITES:
+            raise ValueError(f"unknown SRTP suite {srtp_suite!r}: one of {', '.join(SUITES)}")
         self.srtp = srtp
+        self.srtp_suite = SUITES[srtp_suite]
         self.ca_file = ca_file
         self.username = username
         self.password = password
@@ -231,7 +239,8 @@ class Dialer:
                 session_id=random.randint(1, 2**31),
                 session_version=1,
                 preference=("PCMU", "PCMA"),
-                srtp_key=secrets.token_bytes(30) if self.srtp else None,
+                srtp_key=secrets.token_bytes(self.srtp_suite.key_length) if self.srtp else None,
+                srtp_suite=self.srtp_suite,
             )
             started = loop.time()
             auth: str | None = None

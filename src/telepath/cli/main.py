@@ -150,6 +150,12 @@ def call(
         None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
     ),
     srtp: bool = typer.Option(False, "--srtp", help="TLS: offer SRTP (SDES) for the media"),
+    srtp_suite: str = typer.Option(
+        "AES_CM_128_HMAC_SHA1_80",
+        "--srtp-suite",
+        help="With --srtp: the suite to offer (AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, "
+        "AEAD_AES_128_GCM or AEAD_AES_256_GCM)",
+    ),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
     from telepath.cli.dialer import Dialer, write_wav
@@ -164,6 +170,7 @@ def call(
                 local_ip=local_ip,
                 ca_file=ca_file,
                 srtp=srtp,
+                srtp_suite=srtp_suite,
             )
         except SipParseError as exc:
             typer.echo(f"bad SIP URI: {exc}", err=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SUITES", "SrtpKeys", "SrtpSuite"]
+__all__ = ["KEY_MATERIAL", "SUITES", "SrtpKeys", "SrtpSuite"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,17 +22,28 @@ class SrtpSuite:
     key_length: int
 
 
-#: The suites we accept (among an offer's, its own order decides; we offer only the 80-bit one).
-#: RFC 4568 §6.2.1/§6.2.2: AES in counter mode with a 128-bit key and a 112-bit salt (30
-#: octets), HMAC-SHA1 tags of 80 or 32 bits. The 80-bit one is the suite every SDES
-#: implementation has (RFC 3711 §5's default).
+#: The suites we accept (among an offer's, its own order decides; we offer only the first
+#: unless told otherwise).
+#: - RFC 4568 §6.2.1/§6.2.2: AES in counter mode with a 128-bit key and a 112-bit salt (30
+#:   octets), HMAC-SHA1 tags of 80 or 32 bits. The 80-bit one is the suite every SDES
+#:   implementation has (RFC 3711 §5's default).
+#: - RFC 7714 §12 (AES-GCM, an AEAD with a 16-octet tag and no separate HMAC): a 128- or
+#:   256-bit key and a 96-bit salt, so 28 or 44 octets. The 96-bit salt enters the key
+#:   derivation of RFC 3711 §4.3 as a 112-bit salt with two zero octets appended (RFC 7714
+#:   erratum 4938), as libsrtp and libre do it.
 SUITES: dict[str, SrtpSuite] = {
     s.name: s
     for s in (
         SrtpSuite("AES_CM_128_HMAC_SHA1_80", 30),
         SrtpSuite("AES_CM_128_HMAC_SHA1_32", 30),
+        SrtpSuite("AEAD_AES_128_GCM", 28),
+        SrtpSuite("AEAD_AES_256_GCM", 44),
     )
 }
+
+#: Octets of random key material that cover every suite: a suite takes the first
+#: ``key_length`` of them, so a call can draw its key before it knows the suite.
+KEY_MATERIAL = max(s.key_length for s in SUITES.values())
 
 
 @dataclass(frozen=True, slots=True)

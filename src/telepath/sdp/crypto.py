@@ -10,7 +10,8 @@ Grammar (RFC 4568 §9.1; §4 for the fields)::
 What we accept (an offered line we cannot honour is skipped, and the answerer picks another,
 RFC 4568 §6.1; when none is left the stream is not acceptable):
 
-- the suites of :data:`telepath.rtp.srtp.SUITES`;
+- the suites of :data:`telepath.rtp.srtp_keys.SUITES` (AES-CM with HMAC-SHA1, RFC 4568 §6.2;
+  AES-GCM, RFC 7714 §12);
 - exactly one key, without an MKI: an MKI is only needed to switch between several master
   keys mid-stream, which SIP peers do not do in practice and our SRTP binding cannot;
 - any lifetime at or above 2^20 packets (over 5 hours at 50 packets/s; we never re-key
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from telepath.rtp.srtp_keys import SUITES, SrtpSuite
@@ -91,12 +93,15 @@ def parse_crypto(value: str) -> CryptoAttribute | None:
     return CryptoAttribute(int(tag_text), suite, key)
 
 
-def usable_crypto(values: list[str]) -> CryptoAttribute | None:
-    """The first of a stream's ``a=crypto`` values that we can honour (the offerer lists them
-    in its order of preference, RFC 4568 §5.1), or None."""
+def usable_crypto(
+    values: list[str], accept: Callable[[SrtpSuite], bool] = lambda suite: True
+) -> CryptoAttribute | None:
+    """The first of a stream's ``a=crypto`` values that we can honour and whose suite
+    ``accept`` takes (the offerer lists them in its order of preference, RFC 4568 §5.1), or
+    None."""
     for value in values:
         found = parse_crypto(value)
-        if found is not None:
+        if found is not None and accept(found.suite):
             return found
     return None
 

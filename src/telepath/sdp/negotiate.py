@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from telepath.rtp.codecs import STATIC_PAYLOAD_TYPES, CodecName, CodecSpec
-from telepath.rtp.srtp_keys import SUITES, SrtpKeys
+from telepath.rtp.srtp_keys import SUITES, SrtpKeys, SrtpSuite
 from telepath.sdp.crypto import format_crypto, usable_crypto
 from telepath.sdp.errors import (
     WARN_INCOMPATIBLE_MEDIA_FORMAT,
@@ -73,15 +73,28 @@ class MediaSecurity:
     """What one negotiation may do about SRTP; the default is plain RTP only.
 
     Attributes:
-        key: our SRTP master key || salt for this call (30 random octets), or None when SRTP
-            cannot be used here (SRTP off, or signalling that would expose the keys).
+        key: our SRTP key material for this call, or None when SRTP cannot be used here (SRTP
+            off, or signalling that would expose the keys). A suite takes its first
+            ``key_length`` octets (:data:`~telepath.rtp.srtp_keys.KEY_MATERIAL` random octets
+            serve every suite); a line whose suite needs more is passed over.
         required: plain ``RTP/AVP`` is refused.
         why_not: when ``key`` is None, why (the text of a 488's Warning).
+        suite: mid-call, the call's suite, which cannot change (our key and libsrtp's context
+            stay for the whole call): an offer's lines of other suites are passed over.
     """
 
     key: bytes | None = None
     required: bool = False
     why_not: str = "SRTP is not enabled"
+    suite: SrtpSuite | None = None
+
+    def takes(self, suite: SrtpSuite) -> bool:
+        """Whether an offered line of ``suite`` can be answered with our key."""
+        return (
+            self.key is not None
+            and len(self.key) >= suite.key_length
+            and self.suite in (None, suite)
+        )
 
 
 _CAPS: dict[Direction, frozenset[str]] = {
@@ -167,10 +180,11 @@ def _acceptable(m: MediaDescription, security: MediaSecurity) -> tuple[bool, Srt
         return not security.required, None
     if proto != _SECURE_RTP or security.key is None:
         return False, None
-    crypto = usable_crypto(m.attribute_values("crypto"))
+    crypto = usable_crypto(m.attribute_values("crypto"), security.takes)
     if crypto is None:
         return False, None
-    return True, SrtpKeys(crypto.suite, crypto.tag, security.key, crypto.key)
+    local_key = security.key[: crypto.suite.key_length]
+    return True, SrtpKeys(crypto.suite, crypto.tag, local_key, crypto.key)
 
 
 def _find_codec(
@@ -280,7 +294,10 @@ def _no_common(
         elif _SECURE_RTP in protos and security.key is None:
             why = security.why_not
         elif _SECURE_RTP in protos:
-            suites = ", ".join(SUITES)
+            if security.suite is None:
+                suites = ", ".join(SUITES)
+            else:
+                suites = f"this call's crypto suite {security.suite.name} (it cannot change)"
             why = f"no usable a=crypto line: we take {suites}, one key, no MKI or session params"
         else:
             why = "Telepath supports RTP/AVP and RTP/SAVP"
@@ -479,13 +496,15 @@ def create_offer(
     direction: Direction = "sendrecv",
     username: str = "telepath",
     srtp_key: bytes | None = None,
+    srtp_suite: SrtpSuite = OFFER_SUITE,
 ) -> SessionDescription:
     """Build an offer with our codecs in preference order plus telephone-event (RFC 3264 §5).
 
     Used for an INVITE without SDP (we offer in the 200 OK and the answer comes in the ACK)
     and for outbound test calls. Codecs use their RFC 3551 static payload types; DTMF uses
     ``dtmf_payload_type`` from the dynamic range 96-127 (RFC 3551 §3). With ``srtp_key`` the
-    stream is ``RTP/SAVP`` with one ``a=crypto`` line (tag 1, :data:`OFFER_SUITE`, that key).
+    stream is ``RTP/SAVP`` with one ``a=crypto`` line: tag 1, ``srtp_suite`` (by default
+    :data:`OFFER_SUITE`) and that key, which must be of the suite's length (ValueError).
     """
     _check_port(local_port)
     if not 96 <= dtmf_payload_type <= 127:
@@ -502,7 +521,7 @@ def create_offer(
                 codecs,
                 dtmf_payload_type,
                 direction,
-                None if srtp_key is None else format_crypto(1, OFFER_SUITE, srtp_key),
+                None if srtp_key is None else format_crypto(1, srtp_suite, srtp_key),
             )
         ],
     )

@@ -39,7 +39,14 @@ def _target(gateway: Gateway, user: str, transport: str) -> str:  # noqa: F811
 
 
 @pytest.mark.parametrize(
-    ("transport", "srtp"), [("UDP", False), ("TCP", False), ("TLS", False), ("TLS", True)]
+    ("transport", "srtp"),
+    [
+        ("UDP", None),
+        ("TCP", None),
+        ("TLS", None),
+        ("TLS", "AES_CM_128_HMAC_SHA1_80"),
+        ("TLS", "AEAD_AES_256_GCM"),  # RFC 7714, answered in the offered suite
+    ],
 )
 async def test_dialer_call_both_ways(
     api: Api,  # noqa: F811
@@ -47,7 +54,7 @@ async def test_dialer_call_both_ways(
     caplog: pytest.LogCaptureFixture,
     settings_overrides: dict[str, Any],
     transport: str,
-    srtp: bool,
+    srtp: str | None,
 ) -> None:
     caplog.set_level(logging.INFO)
     async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=1500) as agent:
@@ -59,12 +66,13 @@ async def test_dialer_call_both_ways(
             username="bob",
             password="dialer-pass-1",
             ca_file=settings_overrides["sip_tls_cert"],
-            srtp=srtp,
+            srtp=srtp is not None,
+            srtp_suite=srtp or "AES_CM_128_HMAC_SHA1_80",
         )
         result = await dialer.run(duration_s=2.5, tone_hz=1000)
     assert result.status == 200 and result.setup_ms is not None
     assert result.codec == "PCMU"
-    assert result.srtp == ("AES_CM_128_HMAC_SHA1_80" if srtp else None)
+    assert result.srtp == srtp
     assert result.ended_by == "dialer"
     assert abs(dominant_frequency(result.recorded) - 440) < 15
     heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
@@ -86,6 +94,8 @@ async def test_dialer_call_both_ways(
 def test_dialer_refuses_srtp_without_tls() -> None:
     with pytest.raises(ValueError, match="TLS"):
         Dialer("sip:bob@127.0.0.1:5060", username="bob", password="x", srtp=True)
+    with pytest.raises(ValueError, match="unknown SRTP suite"):
+        Dialer("sips:bob@127.0.0.1", username="bob", password="x", srtp=True, srtp_suite="F8")
 
 
 async def test_dialer_wrong_password_is_403(api: Api, gateway: Gateway) -> None:  # noqa: F811

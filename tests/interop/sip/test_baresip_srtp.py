@@ -1,22 +1,29 @@
-"""baresip (Debian's 1.0.0, libsrtp 2 through libre) calling over SIP/TLS with mandatory SRTP
-(``mediaenc=srtp-mand``: ``RTP/SAVP`` with SDES keys, RFC 4568): its tone reaches the agent
-through our SRTP decryption, the agent's tone reaches baresip through our encryption (libre
-logs every packet it cannot authenticate, and there is none), the record's SIP trace has
-the keys redacted. Over UDP the same offer gets 488: keys are only taken over TLS."""
+"""baresip (Debian's 1.0.0; its SRTP is libre's own implementation, not libsrtp) calling over
+SIP/TLS with mandatory SRTP (``mediaenc=srtp-mand``: ``RTP/SAVP`` with SDES keys, RFC 4568): its
+tone reaches the agent through our SRTP decryption, the agent's tone reaches baresip through
+our encryption (libre logs every packet it cannot authenticate, and there is none), the
+record's SIP trace has the keys redacted. Over UDP the same offer gets 488: keys are only taken
+over TLS. And the other way round, baresip called: each suite we can offer, AES-GCM included,
+taken by libre and echoed back through both implementations."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
+from telepath.rtp.srtp_keys import SUITES
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
-from tests.certs import tls_listener
+from tests.certs import self_signed, tls_listener
 from tests.integration.conftest import Api
+from tests.integration.live.conftest import free_sip_port
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.test_baresip import MODULES, PASSWORD, _dial, require_baresip
 from tests.interop.sip.test_baresip import baresip_config as _baresip_config
@@ -80,3 +87,104 @@ async def test_srtp_offer_over_udp_is_refused_with_a_reason(
         out = await _dial(config, port, 2)
     assert "Call established" not in out, out
     assert "488" in out, out
+
+
+def _listen_ports() -> int:
+    """A port ``p`` with UDP and TCP ``p`` and TCP ``p + 1`` free: baresip's ``sip_listen``
+    binds UDP and TCP there and TLS on the next port."""
+    for _ in range(50):
+        port = free_sip_port()
+        try:
+            with socket.socket() as tls:
+                tls.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+def echo_config(tmp_path: Path, port: int) -> Path:
+    """baresip as the called party over TLS with mandatory SRTP, its ``echo`` module answering
+    every call and sending back what it decrypted (``aubridge`` joins its player to its source),
+    so a tone comes back only through libre's SRTP both ways."""
+    cert, key = self_signed(tmp_path)
+    pem = tmp_path / "baresip.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    config = tmp_path / "baresip-echo"
+    config.mkdir()
+    (config / "config").write_text(
+        "poll_method\t\tepoll\n"
+        f"sip_listen\t\t127.0.0.1:{port}\n"
+        f"sip_certificate\t\t{pem}\n"
+        "audio_player\t\taubridge,nil\n"
+        "audio_source\t\taubridge,nil\n"
+        "audio_alert\t\taufile,/dev/null\n"
+        f"module_path\t\t{MODULES}\n"
+        "module\t\t\tg711.so\n"
+        "module\t\t\taubridge.so\n"
+        "module\t\t\taufile.so\n"
+        "module\t\t\tsrtp.so\n"
+        "module_app\t\techo.so\n"
+        "module\t\t\taccount.so\n"
+    )
+    (config / "accounts").write_text(
+        "<sip:alice@127.0.0.1;transport=tls>;regint=0;mediaenc=srtp-mand\n"
+    )
+    return cert
+
+
+async def test_our_srtp_offer_in_each_suite_is_taken_by_baresip(tmp_path: Path) -> None:
+    """Interop of every suite we offer with another implementation (libre's SRTP): the dialler
+    offers each suite to baresip; baresip's echo sends our 1000 Hz back, so the tone we record
+    went through our encryption, libre's decryption and encryption, and our decryption. AES-GCM
+    (RFC 7714) interop matters beyond libsrtp's self-test: implementations read the 96-bit salt
+    into the RFC 3711 key derivation differently (erratum 4938), and a mismatch is silence."""
+    exe = require_baresip()
+    if not (MODULES / "echo.so").exists() or not (MODULES / "aubridge.so").exists():
+        pytest.fail("baresip-core has no echo.so or aubridge.so module")
+    port = _listen_ports()
+    cafile = echo_config(tmp_path, port)
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "-f",
+        str(tmp_path / "baresip-echo"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await until_listening(port + 1)
+        for suite in SUITES:
+            dialer = Dialer(
+                f"sips:alice@127.0.0.1:{port + 1}",
+                username="alice",
+                password=None,
+                ca_file=cafile,
+                srtp=True,
+                srtp_suite=suite,
+            )
+            result = await dialer.run(duration_s=1.5, tone_hz=1000)
+            assert (result.status, result.srtp) == (200, suite)
+            assert len(result.recorded) > 8000, suite  # at least half a second came back
+            assert abs(dominant_frequency(result.recorded) - 1000) < 15, suite
+    finally:
+        proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    log = out.decode(errors="replace")
+    for suite in SUITES:
+        assert f"SRTP is Enabled (cryptosuite={suite})" in log, log
+    assert "failed to decrypt" not in log and "failed to encrypt" not in log, log
+
+
+async def until_listening(port: int) -> None:
+    """Wait (up to 10 s) until a TCP connection to 127.0.0.1:``port`` is accepted."""
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")

@@ -1,6 +1,7 @@
 """SRTP calls (SDES, RFC 4568) placed by a raw TLS client whose media is a real UDP socket with
 its own libsrtp context: a tone goes to an echo agent and comes back through both of the
-gateway's SRTP directions; re-INVITEs re-key, and may not drop SRTP or change its suite;
+gateway's SRTP directions; re-INVITEs re-key, and may not drop SRTP or change its suite (an
+AES-GCM call, RFC 7714, is refreshed and re-offered in its own suite);
 ``TELEPATH_SIP_SRTP=require`` refuses plain RTP and offers SRTP itself."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from telepath.cli.gateway import Gateway
 from telepath.rtp import g711
 from telepath.rtp.packet import RtpPacket
 from telepath.rtp.srtp import SrtpContext
+from telepath.rtp.srtp_keys import SUITES, SrtpKeys
 from telepath.sdp import (
     MediaSecurity,
     NegotiatedMedia,
@@ -27,6 +29,7 @@ from telepath.sdp import (
     negotiate_offer_answer,
     parse,
 )
+from telepath.sdp.crypto import format_crypto
 from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.certs import tls_listener
@@ -86,7 +89,9 @@ async def peer() -> AsyncIterator[UdpPeer]:
         p.close()
 
 
-def offer(port: int, key: bytes | None, version: int = 1) -> SessionDescription:
+def offer(
+    port: int, key: bytes | None, version: int = 1, suite: str = "AES_CM_128_HMAC_SHA1_80"
+) -> SessionDescription:
     return create_offer(
         local_address="127.0.0.1",
         local_port=port,
@@ -94,6 +99,7 @@ def offer(port: int, key: bytes | None, version: int = 1) -> SessionDescription:
         session_version=version,
         preference=("PCMU",),
         srtp_key=key,
+        srtp_suite=SUITES[suite],
     )
 
 
@@ -131,10 +137,10 @@ async def echo_heard(peer: UdpPeer, ours: SrtpContext, target: tuple[str, int], 
 
 
 async def srtp_call(
-    uac: Uac, peer: UdpPeer, key: bytes
+    uac: Uac, peer: UdpPeer, key: bytes, suite: str = "AES_CM_128_HMAC_SHA1_80"
 ) -> tuple[CallLeg, SessionDescription, NegotiatedMedia]:
     leg = CallLeg(uac, "alice")
-    sent = offer(peer.address[1], key)
+    sent = offer(peer.address[1], key, suite=suite)
     await leg.challenge(None, body=sent.to_bytes())
     ok = await leg.answered(leg.authenticated_invite(PASSWORD, None, body=sent.to_bytes()))
     uac.send(leg.ack())
@@ -188,6 +194,50 @@ async def test_srtp_call_both_ways_rekey_and_refusals(
     assert "inline:<redacted>" in trace
     for key in (first, second, gateway_key):
         assert base64.b64encode(key).decode() not in trace
+
+
+async def test_gcm_call_is_refreshed_and_reoffered_in_its_own_suite(
+    api: Api, gateway: Gateway, agent: FakeTelepathAgent, tls_uac: Uac, peer: UdpPeer
+) -> None:
+    mine = os.urandom(44)
+    leg, answer, negotiated = await srtp_call(tls_uac, peer, mine, suite="AEAD_AES_256_GCM")
+    assert negotiated.srtp is not None and negotiated.srtp.suite.name == "AEAD_AES_256_GCM"
+    gateway_key = negotiated.srtp.remote_key
+    assert len(gateway_key) == 44
+    ours, target = SrtpContext(negotiated.srtp), gateway_media(negotiated)
+    assert await echo_heard(peer, ours, target, seq=100) == pytest.approx(1000, abs=15)
+
+    # An offerless re-INVITE (a session refresh, RFC 3261 §14.2): the 2xx offers the call's
+    # suite with the gateway's key, and our answer in the ACK keeps the call as it was.
+    leg.cseq += 1
+    start = len(tls_uac.received)
+    tls_uac.send(leg.build("INVITE", body=b""))
+    ok = await tls_uac.response(200, leg.call_id, method="INVITE", after=start)
+    (crypto,) = parse(ok.body).media[0].attribute_values("crypto")
+    assert crypto == format_crypto(1, SUITES["AEAD_AES_256_GCM"], gateway_key)
+    reply, _ = negotiate_answer(
+        parse(ok.body),
+        local_address="127.0.0.1",
+        local_port=peer.address[1],
+        session_id=4242,
+        session_version=2,
+        security=MediaSecurity(key=mine),
+    )
+    tls_uac.send(leg.build("ACK", cseq_method="ACK", body=reply.to_bytes()))
+
+    # A re-offer listing another suite first is answered in the call's, with the same key.
+    two = offer(peer.address[1], os.urandom(30), version=3).to_bytes().decode()
+    gcm = format_crypto(2, SUITES["AEAD_AES_256_GCM"], mine)
+    two += f"a=crypto:{gcm}\r\n"
+    assert two.count("a=crypto:") == 2 and two.index("a=crypto:1") < two.index("a=crypto:2")
+    ok = await reinvite(leg, two.encode())
+    (crypto,) = parse(ok.body).media[0].attribute_values("crypto")
+    assert crypto == format_crypto(2, SUITES["AEAD_AES_256_GCM"], gateway_key)
+    again = SrtpContext(SrtpKeys(SUITES["AEAD_AES_256_GCM"], 2, mine, gateway_key))
+    assert await echo_heard(peer, again, target, seq=400) == pytest.approx(1000, abs=15)
+    await leg.bye()
+    (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"
 
 
 async def test_plain_rtp_call_over_tls_stays_plain_and_cannot_upgrade(

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from telepath.rtp.packet import pack_rtp
-from telepath.rtp.srtp import SrtpContext
-from telepath.rtp.srtp_keys import SUITES
+from telepath.rtp.srtp import SrtpContext, SrtpError
+from telepath.rtp.srtp_keys import KEY_MATERIAL, SUITES, SrtpKeys
 from telepath.sdp import (
     MediaSecurity,
     NegotiatedMedia,
@@ -225,3 +225,118 @@ def test_a_bad_answer_to_our_srtp_offer_is_an_sdp_error(answer_text: str, match:
     )
     with pytest.raises(SdpError, match=match):
         negotiate_offer_answer(offer, parse(HEAD + answer_text))
+
+
+# AES-GCM (RFC 7714 §12): a 128- or 256-bit key and a 96-bit salt in the inline key.
+GCM = {"AEAD_AES_128_GCM": 28, "AEAD_AES_256_GCM": 44}
+MATERIAL = bytes(range(200, 200 + KEY_MATERIAL))  # every suite takes a prefix
+
+
+@pytest.mark.parametrize(("name", "length"), GCM.items())
+def test_gcm_lines_need_the_suites_own_key_length(name: str, length: int) -> None:
+    key = os.urandom(length)
+    parsed = parse_crypto(f"1 {name} inline:{base64.b64encode(key).decode()}")
+    assert parsed is not None and (parsed.suite.name, parsed.key) == (name, key)
+    assert SUITES[name].key_length == length
+    for wrong in (length - 1, length + 1, 30):
+        if wrong != length:
+            text = base64.b64encode(os.urandom(wrong)).decode()
+            assert parse_crypto(f"1 {name} inline:{text}") is None, wrong
+
+
+@pytest.mark.parametrize(("name", "length"), GCM.items())
+def test_gcm_offer_is_answered_with_a_key_of_its_length(name: str, length: int) -> None:
+    theirs = os.urandom(length)
+    sd, media = answer(
+        savp(f"4 {name} inline:{base64.b64encode(theirs).decode()}"),
+        MediaSecurity(key=MATERIAL),
+    )
+    assert media.srtp is not None
+    assert (media.srtp.tag, media.srtp.suite.name) == (4, name)
+    assert (media.srtp.local_key, media.srtp.remote_key) == (MATERIAL[:length], theirs)
+    assert sd.media[0].attribute_values("crypto") == [
+        f"4 {name} inline:{base64.b64encode(MATERIAL[:length]).decode()}"
+    ]
+    # The two ends' contexts agree: what one protects the other reads, tampering is caught.
+    ours, peer = (
+        SrtpContext(media.srtp),
+        SrtpContext(SrtpKeys(media.srtp.suite, 4, theirs, MATERIAL[:length])),
+    )
+    packet = pack_rtp(0, 1, 160, 99, b"\x7f" * 160, False)
+    protected = ours.protect(packet)
+    assert len(protected) == len(packet) + 16  # the GCM tag (RFC 7714 §7.2), no HMAC
+    assert peer.unprotect(protected) == packet
+    tampered = protected[:20] + bytes([protected[20] ^ 1]) + protected[21:]
+    with pytest.raises(SrtpError):
+        SrtpContext(SrtpKeys(media.srtp.suite, 4, theirs, MATERIAL[:length])).unprotect(tampered)
+
+
+def test_the_offerers_order_decides_between_suites() -> None:
+    gcm = base64.b64encode(os.urandom(44)).decode()
+    _, media = answer(
+        savp(f"1 AEAD_AES_256_GCM inline:{gcm}", f"2 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}"),
+        MediaSecurity(key=MATERIAL),
+    )
+    assert media.srtp is not None and media.srtp.suite.name == "AEAD_AES_256_GCM"
+    # A key too short for a suite (a call's 30-octet key mid-call) passes its lines over.
+    _, media = answer(
+        savp(f"1 AEAD_AES_256_GCM inline:{gcm}", f"2 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}"),
+        MediaSecurity(key=KEY),
+    )
+    assert media.srtp is not None and media.srtp.suite.name == "AES_CM_128_HMAC_SHA1_80"
+
+
+def test_a_reoffer_is_answered_in_the_calls_suite_even_when_listed_second() -> None:
+    _, first = answer(savp(f"1 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}"))
+    assert first.srtp is not None
+    gcm = base64.b64encode(os.urandom(28)).decode()
+    midcall = MediaSecurity(key=first.srtp.local_key, required=True, suite=first.srtp.suite)
+    reoffer = savp(f"1 AEAD_AES_128_GCM inline:{gcm}", f"2 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}")
+    _, again = negotiate_reoffer(
+        parse(HEAD + reoffer),
+        current=first,
+        local_address="203.0.113.5",
+        local_port=40000,
+        session_id=7,
+        session_version=1,
+        security=midcall,
+    )
+    assert again.srtp is not None
+    assert (again.srtp.suite, again.srtp.tag, again.srtp.local_key) == (first.srtp.suite, 2, KEY)
+    with pytest.raises(NoCommonCodec, match="cannot change"):
+        negotiate_reoffer(
+            parse(HEAD + savp(f"1 AEAD_AES_128_GCM inline:{gcm}")),
+            current=first,
+            local_address="203.0.113.5",
+            local_port=40000,
+            session_id=7,
+            session_version=1,
+            security=midcall,
+        )
+
+
+@pytest.mark.parametrize("name", GCM)
+def test_our_offer_in_a_chosen_suite_needs_its_key_length(name: str) -> None:
+    key = MATERIAL[: GCM[name]]
+    offer = create_offer(
+        local_address="203.0.113.5",
+        local_port=40000,
+        session_id=1,
+        session_version=1,
+        srtp_key=key,
+        srtp_suite=SUITES[name],
+    )
+    assert offer.media[0].attribute_values("crypto") == [format_crypto(1, SUITES[name], key)]
+    theirs = os.urandom(GCM[name])
+    reply = savp(f"1 {name} inline:{base64.b64encode(theirs).decode()}")
+    media = negotiate_offer_answer(offer, parse(HEAD + reply))
+    assert media.srtp is not None and (media.srtp.local_key, media.srtp.remote_key) == (key, theirs)
+    with pytest.raises(ValueError, match="octet key"):  # another suite's key is no key for it
+        create_offer(
+            local_address="203.0.113.5",
+            local_port=40000,
+            session_id=1,
+            session_version=1,
+            srtp_key=MATERIAL[:30],
+            srtp_suite=SUITES[name],
+        )
