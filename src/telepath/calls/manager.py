@@ -154,6 +154,9 @@ class _Setup:
         # NAT's, which the registrar learnt (calls/registrations.py): our Contact and SDP give
         # it instead of the configured address, which the carrier may not reach.
         self.nat: tuple[str, int] | None = None
+        # A call its trunk's registrar sent: the registration's digest credentials, which
+        # answer the registrar's challenges to our BYE, REFER or refresh in the dialog.
+        self.credentials: tuple[str, str] | None = None
 
     @property
     def media_address(self) -> str | None:
@@ -560,6 +563,12 @@ class CallManager:
             self._reject(tx, 503, "rtp_ports", headers=[("Retry-After", "5")])
             return
         setup.nat = self._nat_address(request, trunk)
+        if trunk.registration_credentials is not None and await self._from_registrar(
+            trunk, tx.source.addr[0]
+        ):
+            # Decision: only the party we registered with gets an answer to its challenges;
+            # another peer in a call to the same trunk is not sent our credentials' digest.
+            setup.credentials = trunk.registration_credentials
         media_address = setup.media_address or self.config.media_address
         try:
             session_id = random.randint(1, 2**31)
@@ -1098,6 +1107,7 @@ class CallManager:
         assert self.server is not None
         nat = None if setup.nat is None else f"{setup.nat[0]}:{setup.nat[1]}"
         dialog, outs = self.server.core.accept(setup.tx, sdp.to_bytes(), contact_address=nat)
+        dialog.credentials = setup.credentials
         self.server.dispatch(outs)
         record.answer_time = datetime.now(UTC)
         record.metrics.setup_ms = round((asyncio.get_running_loop().time() - started) * 1000)

@@ -83,6 +83,9 @@ class TrunkConfig:
     # contact's user part (``RegistrationConfig.contact_user``).
     registrar_host: str | None = None
     registration_contact: str | None = None
+    # Its registration's digest username and password (decrypted): what we answer a
+    # challenge of the registrar's to our own in-dialog requests with (BYE, REFER, refresh).
+    registration_credentials: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def address_auth(self) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.ports import DirectoryUnavailable, TrunkConfig
 from telepath.db.engine import transient_error
-from telepath.db.models import Trunk, trunk_secret_context
+from telepath.db.models import REGISTRATION_PASSWORD, Trunk, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.lookup_cache import LookupCache
 from telepath.secrets.keyring import Keyring, SecretDecryptionError
@@ -199,6 +199,14 @@ class DbTrunkDirectory:
                 ),
                 registrar_host=registration.registrar_host if registration else None,
                 registration_contact=registration.contact_user if registration else None,
+                registration_credentials=(
+                    None
+                    if registration is None
+                    else (
+                        registration.auth_username or registration.username,
+                        self._open(trunk, REGISTRATION_PASSWORD, registration.password_enc) or "",
+                    )
+                ),
             )
         except SecretDecryptionError:
             # Treated as unusable rather than crashing the SIP layer; the operator must fix keys.

@@ -38,6 +38,9 @@ class Dialog:
     # host:port our Contact gives instead of the configured one (a NAT's address, learnt by an
     # outbound registration: where the carrier reaches us)
     contact_address: str | None = None
+    # Digest username and password answering a 401/407 to our own requests in this dialog
+    # (RFC 3261 §22.2-22.3); None: such a challenge ends the request like any other failure.
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
     state: DialogState = DialogState.CONFIRMED
     acked: bool = False
     timer_generation: dict[str, int] = field(default_factory=dict)

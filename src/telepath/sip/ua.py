@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telepath.clock import Clock
+from telepath.sip.client_auth import answer_challenge
 from telepath.sip.dialog import Dialog, DialogState
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr, parse_via
@@ -161,6 +162,13 @@ def redact_trace(text: str) -> str:
     return _REDACT_SDES.sub(r"\1<redacted>", text)
 
 
+#: Headers :meth:`UserAgentCore._in_dialog_request` writes itself (§12.2.1.1), left out when a
+#: challenged request is rebuilt; Content-Length follows the body.
+_REBUILT_IN_DIALOG = frozenset(
+    {"via", "max-forwards", "from", "to", "call-id", "cseq", "route", "content-length"}
+)
+
+
 class UserAgentCore:
     """All SIP state of the gateway: transactions, dialogs and timers."""
 
@@ -183,6 +191,8 @@ class UserAgentCore:
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
         self._client_txs: dict[tuple[str, str], ClientTransaction] = {}
         self._client_tx_dialog: dict[ClientTransaction, Dialog] = {}
+        # How many challenges were answered on the way to each in-dialog client transaction.
+        self._challenges_answered: dict[ClientTransaction, int] = {}
         self._standalone: set[ClientTransaction] = set()  # send_request's (outbound REGISTER)
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
@@ -430,6 +440,7 @@ class UserAgentCore:
                 self._out.append(RequestAnswered(tx.request, None))
             return
         dialog = self._client_tx_dialog.pop(tx, None)
+        self._challenges_answered.pop(tx, None)
         if timed_out:
             self.counters["client_tx_timeouts"] += 1
             if dialog is not None and tx.request.method == "BYE":
@@ -447,6 +458,8 @@ class UserAgentCore:
             return
         dialog = self._client_tx_dialog.get(tx)
         if dialog is None:
+            return
+        if response.status in (401, 407) and self._answer_challenge(tx, dialog, response):
             return
         method = tx.request.method
         if method == "BYE" and response.status >= 200:
@@ -744,6 +757,56 @@ class UserAgentCore:
         tx = kind(self, request, dialog.source, self.clock.now())
         self._client_txs[(tx.branch, method)] = tx
         self._client_tx_dialog[tx] = dialog
+
+    def _answer_challenge(self, tx: ClientTransaction, dialog: Dialog, response: Response) -> bool:
+        """Resend a challenged in-dialog request of ours with credentials (RFC 3261 §22.2 for
+        401, §22.3 for 407): same dialog, a new CSeq and branch (§8.1.3.5), the other headers
+        and the body as before. True if resent; False leaves the 401/407 a final failure.
+
+        Only dialogs given credentials (a call its trunk's registrar sent, answered with the
+        registration's) are answered; an answered challenge that comes back not ``stale``
+        means the credentials were refused, and at most two are answered per request, so a
+        peer cannot keep us resending."""
+        if dialog.credentials is None or dialog.state == DialogState.TERMINATED:
+            return False
+        answered = self._challenges_answered.get(tx, 0)
+        if answered >= 2:
+            return False
+        request = tx.request
+        proxy = response.status == 407
+        field = "Proxy-Authorization" if proxy else "Authorization"
+        username, password = dialog.credentials
+        found = answer_challenge(
+            response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"),
+            method=request.method,
+            uri=str(request.uri),
+            username=username,
+            password=password,
+        )
+        if found is None:
+            return False
+        value, challenge = found
+        if request.headers.get(field) is not None and not challenge.stale:
+            self.counters["challenges_refused"] += 1
+            return False
+        # _in_dialog_request writes the routing headers afresh; the answer replaces any earlier
+        headers = [
+            (k, v)
+            for k, v in request.headers
+            if k.lower() not in _REBUILT_IN_DIALOG and k.lower() != field.lower()
+        ]
+        headers.append((field, value))
+        retry = self._in_dialog_request(
+            dialog, request.method, dialog.next_cseq(), headers, request.body
+        )
+        self._trace(dialog.call_id, retry.to_bytes(), "out")
+        kind = InviteClientTransaction if request.method == "INVITE" else ClientTransaction
+        again = kind(self, retry, dialog.source, self.clock.now())
+        self._client_txs[(again.branch, request.method)] = again
+        self._client_tx_dialog[again] = dialog
+        self._challenges_answered[again] = answered + 1
+        self.counters["challenges_answered"] += 1
+        return True
 
     def _in_dialog_request(
         self,

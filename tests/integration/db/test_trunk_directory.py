@@ -120,6 +120,8 @@ async def test_lookup_by_contact_follows_changes_and_is_not_a_username(api: Api)
     found = await directory.find_by_contact(contact)
     assert found is not None and found.trunk_id == trunk_id
     assert found.registrar_host == "2001:db8::5" and found.registration_contact == contact
+    assert found.registration_credentials == ("u1", "p")  # decrypted, for in-dialog challenges
+    assert "'p'" not in repr(found)
     by_name = await directory.find_by_sip_username("agent-prod-01")
     assert by_name is not None and by_name.registration_contact == contact
     # Key spaces apart: the contact is no username, the username no contact.
@@ -131,11 +133,15 @@ async def test_lookup_by_contact_follows_changes_and_is_not_a_username(api: Api)
     await api.patch(f"/v1/trunks/{trunk_id}", {"registration": moved})
     after = await directory.find_by_contact(contact)
     assert after is not None and after.registrar_host == "registrar.example"
+    await api.patch(f"/v1/trunks/{trunk_id}", {"registration": {**moved, "auth_username": "a1"}})
+    signed = await directory.find_by_contact(contact)
+    assert signed is not None and signed.registration_credentials == ("a1", "p")
     # Removed: the contact finds nothing, the trunk has no registrar any more.
     await api.patch(f"/v1/trunks/{trunk_id}", {"registration": None})
     assert await directory.find_by_contact(contact) is None
     plain = await directory.find_by_sip_username("agent-prod-01")
     assert plain is not None and plain.registrar_host is None
+    assert plain.registration_credentials is None
     assert plain.registration_contact is None
     # Added back (a new contact), then the trunk deleted.
     await api.patch(f"/v1/trunks/{trunk_id}", {"registration": {**moved, "password": "p"}})

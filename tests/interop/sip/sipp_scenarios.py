@@ -173,25 +173,38 @@ def call(
     return "".join(parts)
 
 
-def unchallenged_call(user: str, media_port: int, *, hold_ms: int = 500, then: str = "") -> str:
-    """A carrier that answers no challenge: INVITE → 200 → ACK → (``then``) → BYE. A 401 fails
-    it. ``then``: in-dialog steps (e.g. :func:`reinvite` with CSeq 2-9)."""
+def unchallenged_call(
+    user: str,
+    media_port: int,
+    *,
+    hold_ms: int = 500,
+    then: str = "",
+    caller_hangs_up: bool = True,
+) -> str:
+    """A carrier that answers no challenge: INVITE → 200 → ACK → (``then``) → BYE (ours, or
+    the gateway's when not ``caller_hangs_up``). A 401 fails it. ``then``: in-dialog steps
+    (e.g. :func:`reinvite` with CSeq 2-9)."""
     common = {"user": user, "media_port": media_port}
-    return "".join(
-        [
-            HEADER,
-            INVITE % {**common, "txn": "", "cseq": 1, "auth": ""},
-            expect(100, extra=' optional="true"'),
-            expect(180, extra=' optional="true"'),
-            expect(200, extra=' rrs="true" rtd="true"'),
-            ACK_2XX % {"user": user, "cseq": 1},
-            f'  <pause milliseconds="{hold_ms}"/>\n',
-            then,
-            IN_DIALOG % {"user": user, "method": "BYE", "cseq": 10, "extra": "", "body": ""},
-            expect(200),
-            FOOTER,
-        ]
-    )
+    parts = [
+        HEADER,
+        INVITE % {**common, "txn": "", "cseq": 1, "auth": ""},
+        expect(100, extra=' optional="true"'),
+        expect(180, extra=' optional="true"'),
+        expect(200, extra=' rrs="true" rtd="true"'),
+        ACK_2XX % {"user": user, "cseq": 1},
+        f'  <pause milliseconds="{hold_ms}"/>\n',
+        then,
+    ]
+    if caller_hangs_up:
+        parts.append(
+            IN_DIALOG % {"user": user, "method": "BYE", "cseq": 10, "extra": "", "body": ""}
+        )
+        parts.append(expect(200))
+    else:
+        parts.append('  <recv request="BYE" timeout="15000"/>\n')
+        parts.append(OK_TO_REQUEST)
+    parts.append(FOOTER)
+    return "".join(parts)
 
 
 def _through_challenge(common: dict[str, object]) -> str:

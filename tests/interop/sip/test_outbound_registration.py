@@ -24,7 +24,10 @@ import pytest
 
 from telepath.calls.registrations import KEEPALIVE
 from telepath.cli.gateway import Gateway
+from telepath.clock import MonotonicClock
 from telepath.sdp import create_offer, parse
+from telepath.secrets.digest import compute_ha1
+from telepath.sip.auth import AuthResult, DigestAuthenticator, parse_authorization
 from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import StreamFramer, parse_message
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -46,7 +49,7 @@ modparam("registrar", "min_expires", 10)
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (has_totag()) {{
+    if (has_totag()) {{{in_dialog}
         # in-dialog: along the route set, or to the Request-URI (the caller's SIPp sends its
         # ACK and BYE here, its outbound proxy, with our contact as the Request-URI)
         loose_route();
@@ -74,7 +77,7 @@ request_route {{
 async def registrar(tmp_path: Path) -> AsyncIterator[int]:
     """kamailio as a registrar on a loopback port, over UDP and TCP; yields its port."""
     port = free_udp_port()
-    routing = REGISTRAR_ROUTING.format(password=REG_PASSWORD)
+    routing = REGISTRAR_ROUTING.format(password=REG_PASSWORD, in_dialog="")
     cfg = config(port, routing, modules=("usrloc", "registrar", "auth"), tcp=True)
     async with kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"):
         yield port
@@ -177,6 +180,113 @@ async def test_a_registered_trunk_takes_calls_routed_by_the_registrar(
         else:
             raise AssertionError("the registrar still routes to the removed contact")
         assert gateway.registrations.count == 0
+
+
+# The gateway's own in-dialog requests (From: the address-of-record) must carry credentials,
+# as a carrier's proxy that authenticates everything its customers send demands.
+CHALLENGE_OURS = """
+        if (is_method("BYE|REFER|INVITE|UPDATE") && $fU == "alice") {{
+            if (!pv_proxy_authenticate("$fd", "{password}", "0")) {{
+                proxy_challenge("$fd", "1");
+                exit;
+            }}
+            consume_credentials();
+        }}"""
+
+
+async def test_the_registrars_challenge_to_our_bye_is_answered_with_the_registration(
+    api: Api, gateway: Gateway, tmp_path: Path, phone: Phone
+) -> None:
+    require_sipp()
+    port = free_udp_port()
+    challenge = CHALLENGE_OURS.format(password=REG_PASSWORD)
+    routing = REGISTRAR_ROUTING.format(password=REG_PASSWORD, in_dialog=challenge)
+    cfg = config(port, routing, modules=("usrloc", "registrar", "auth"))
+    async with (
+        kamailio(cfg, tmp_path, port, ready=b"SIP/2.0 200"),
+        FakeTelepathAgent(agent="tone", response_ms=300, hangup=True) as agent,
+    ):
+        registration = registration_body(f"sip:127.0.0.1:{port}")
+        trunk = await registration_trunk(api, "reg-bye", agent.url, registration)
+        await until_status(api, gateway, trunk["id"], "registered")
+        result = await run_sipp(
+            unchallenged_call("alice", phone.port, hold_ms=0, caller_hangs_up=False),
+            tmp_path,
+            ("127.0.0.1", port),
+            user="unused",
+            password="unused",
+        )
+        # the caller got the agent's BYE: the registrar let it through once it was signed
+        assert result.returncode == 0, result.stdout + result.errors
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "agent_hangup"
+    trace = (await api.get(f"/v1/calls/{record['id']}")).json()["sip_trace"]
+    assert trace.count("BYE sip:") == 2 and "SIP/2.0 407 " in trace
+    signed = trace[trace.rindex("BYE sip:") :].split("\r\n\r\n", 1)[0]
+    assert "Proxy-Authorization: Digest <redacted>" in signed
+    assert REG_PASSWORD not in trace
+    assert gateway.server.core.counters["challenges_answered"] == 1
+    assert gateway.server.core.dialog_count == 0
+
+
+async def test_only_the_registrars_side_of_a_call_is_answered_with_credentials(
+    api: Api, gateway: Gateway
+) -> None:
+    """A call to the trunk by its own digest credentials from 127.0.0.1, not the registrar's
+    address (127.0.0.2, where nothing answers): a 407 to our BYE is not answered — the
+    registration's credentials are the registrar's business — until allowed_addresses names
+    127.0.0.1, and then it is, verifiably, with the registration's password."""
+    carrier = DigestAuthenticator("carrier.example", b"k" * 32, MonotonicClock())
+    uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        async with FakeTelepathAgent(agent="tone", response_ms=300, hangup=True) as agent:
+            registration = registration_body("sip:127.0.0.2:9")
+            trunk = await registration_trunk(api, "reg-direct", agent.url, registration)
+            for allowed, answered in ((False, 0), (True, 1)):
+                if allowed:
+                    body = {"allowed_addresses": ["127.0.0.1/32"]}
+                    assert (await api.patch(f"/v1/trunks/{trunk['id']}", body)).status_code == 200
+                leg = CallLeg(uac, "reg-direct")
+                await leg.challenge(40010)
+                await leg.answered(leg.authenticated_invite("trunk-password-1", 40010))
+                uac.send(leg.ack())
+                bye = await leg_request(uac, leg, "BYE")
+                start = len(uac.received)
+                values = carrier.challenge_headers()
+                uac.send(
+                    make_response(bye, 407, headers=[("Proxy-Authenticate", values[0])]).to_bytes()
+                )
+                if not allowed:
+                    await asyncio.sleep(0.5)
+                    assert not [r for r in uac.received[start:] if isinstance(r.message, Request)]
+                else:
+                    again = await leg_request(uac, leg, "BYE", after=start)
+                    creds = parse_authorization(again.headers.get("Proxy-Authorization") or "")
+                    assert creds.username == "alice"
+                    outcome = carrier.verify(
+                        creds,
+                        method="BYE",
+                        ha1_lookup=lambda user, algorithm: compute_ha1(
+                            algorithm, "alice", "carrier.example", REG_PASSWORD
+                        ),
+                    )
+                    assert outcome.result == AuthResult.OK
+                    uac.send(make_response(again, 200).to_bytes())
+                assert gateway.server.core.counters["challenges_answered"] == answered
+            records = await ended_records(api, gateway, count=2)
+        assert [r["disconnect_reason"] for r in records] == ["agent_hangup"] * 2
+    finally:
+        await uac.close()
+
+
+async def leg_request(uac: Uac, leg: CallLeg, method: str, *, after: int = 0) -> Request:
+    """The next ``method`` request the gateway sends in ``leg``'s call."""
+    item = await uac.wait_for(
+        lambda m: isinstance(m, Request) and m.method == method and m.call_id == leg.call_id,
+        after=after,
+    )
+    assert isinstance(item.message, Request)
+    return item.message
 
 
 async def test_wrong_credentials_show_failed_and_stopping_unregisters(
