@@ -71,6 +71,7 @@ __all__ = [
     "AgentClear",
     "AgentConnected",
     "AgentDisconnected",
+    "AgentReconnected",
     "AgentError",
     "AgentEvent",
     "AgentHangup",
@@ -171,11 +172,15 @@ class CustomConfig:
         endpoint: the agent's ``wss://`` URL (``ws://`` only when insecure URLs are allowed).
         protocol: ``telepath`` (docs/custom-agent-protocol.md) or ``twilio`` (Media Streams).
         headers: extra HTTP headers for the WebSocket handshake (e.g. ``Authorization``).
+        reconnect_s: see below.
     """
 
     endpoint: str
     protocol: Literal["telepath", "twilio"] = "telepath"
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Seconds to reconnect within after a dropped connection (the telepath protocol's
+    # ``start.reconnect``); 0: a drop ends the call.
+    reconnect_s: float = 0.0
 
 
 ProviderConfig = OpenAIConfig | ElevenLabsConfig | CustomConfig
@@ -223,6 +228,22 @@ class AgentConnected:
 
     provider: str
     session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReconnected:
+    """The agent's connection dropped and a new one took over the session (custom agents
+    with ``custom_reconnect``); audio flows again.
+
+    Attributes:
+        provider: the bridge's provider.
+        count: reconnects in this call so far.
+        dropped: messages to the agent lost so far because the backlog was full.
+    """
+
+    provider: str
+    count: int
+    dropped: int = 0
 
 
 @dataclass(slots=True)  # not frozen: built per 20 ms frame (frozen costs 3x)
@@ -299,6 +320,7 @@ class AgentDisconnected:
 
 AgentEvent = (
     AgentConnected
+    | AgentReconnected
     | AgentAudio
     | AgentClear
     | AgentMark

@@ -7,12 +7,20 @@ For the per-frame fast path (``base.py``) they may also implement ``_audio_now``
 agent audio message synchronously from the socket's receive callback. Everything that can go
 wrong on the socket ends up here as exactly one terminal event, so call control never waits on
 a dead session.
+
+A bridge that sets ``reconnect_s`` (custom agents that opt in) survives a dropped connection:
+the read loop dials again for up to that long, ``_resume`` re-opens the session on the new
+socket, and what the gateway sent meanwhile — kept in order, the last :data:`MAX_BACKLOG`
+messages — goes out before anything new. Only a drop qualifies (no close frame, or 1001, 1011,
+1012, 1013, which ask to come back); a normal close, an error message or a malformed frame
+still ends the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,6 +37,7 @@ from telepath.bridges.base import (
     AgentDisconnected,
     AgentError,
     AgentEvent,
+    AgentReconnected,
     BridgeAuthError,
     BridgeConnectError,
     BridgeError,
@@ -46,6 +55,12 @@ logger = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # OpenAI allows 15 MiB client events; bound what we accept
 MAX_EVENT_QUEUE = 1024  # agent events buffered before the reader waits for call control
 CLOSE_TIMEOUT_S = 2.0
+#: Messages to the agent kept while it reconnects (the oldest go first past it): 10 s of
+#: caller audio at 50 frames/s, as Twilio's applicationReconnect keeps 500 events.
+MAX_BACKLOG = 500
+#: Close codes after which reconnecting makes sense (RFC 6455 §7.4.1: going away, internal
+#: error; IANA: service restart, try again later); None is a drop without a close frame.
+RECONNECTABLE: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013})
 
 
 def connect_error(exc: BaseException) -> BridgeConnectError:
@@ -107,31 +122,46 @@ class WebSocketBridge(AgentBridge):
         self._audio_sink: Callable[[AgentAudio], None] | None = None
         self._handling = False  # the read loop is inside a handler (it may await)
         self._sends: set[asyncio.Task[None]] = set()  # send_audio_nowait behind a proxy
+        # Reconnecting (see the module docstring): the budget (0: never), whether the session
+        # is far enough along to resume, and what waits for the new socket meanwhile.
+        self.reconnect_s = 0.0
+        self._url: str = ""
+        self._headers: Mapping[str, str] | None = None
+        self._established = False
+        self._backlog: collections.deque[str] | None = None
+        self.reconnects = 0  # successful ones
+        self.backlog_dropped = 0  # messages the backlog could not keep
 
     # --- connection ------------------------------------------------------------------------
 
+    async def _connect(
+        self, url: str, headers: Mapping[str, str] | None, timeout_s: float
+    ) -> MessageSocket:
+        """A new connection to ``url`` (raises what the connection attempt raised)."""
+        proxy = _proxy_for(url)
+        if proxy is None:  # the usual case: the lean socket (see ws_socket.py)
+            socket = await AgentSocket.open(
+                url, headers, timeout_s=timeout_s, max_size=MAX_FRAME_BYTES
+            )
+            socket.on_message = self._take_now
+            return socket
+        return await connect(
+            url,
+            additional_headers=dict(headers or {}),
+            open_timeout=timeout_s,
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            user_agent_header="telepath",
+            proxy=proxy,
+            ssl=client_context() if parse_uri(url).secure else None,
+        )
+
     async def _open(self, url: str, headers: Mapping[str, str] | None = None) -> None:
         """Connect and start the read loop; raises ``BridgeConnectError`` (and finishes)."""
+        self._url, self._headers = url, headers
         try:
-            proxy = _proxy_for(url)
-            if proxy is None:  # the usual case: the lean socket (see ws_socket.py)
-                socket = await AgentSocket.open(
-                    url, headers, timeout_s=self.connect_timeout_s, max_size=MAX_FRAME_BYTES
-                )
-                socket.on_message = self._take_now
-                self._ws = socket
-            else:
-                self._ws = await connect(
-                    url,
-                    additional_headers=dict(headers or {}),
-                    open_timeout=self.connect_timeout_s,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                    max_size=MAX_FRAME_BYTES,
-                    compression=None,
-                    user_agent_header="telepath",
-                    proxy=proxy,
-                    ssl=client_context() if parse_uri(url).secure else None,
-                )
+            self._ws = await self._connect(url, headers, self.connect_timeout_s)
         except Exception as exc:  # every connect failure becomes a classified BridgeError
             err = connect_error(exc)
             # The socket keeps the original error (its handshake result) and the error's
@@ -168,6 +198,14 @@ class WebSocketBridge(AgentBridge):
         if text is not None:
             await self._send(text)
 
+    def _keep(self, text: str) -> None:
+        """Keep ``text`` for the agent's next connection (the backlog is open)."""
+        backlog = self._backlog
+        assert backlog is not None
+        if len(backlog) == backlog.maxlen:
+            self.backlog_dropped += 1
+        backlog.append(text)
+
     def send_audio_nowait(self, payload: bytes) -> bool:
         """Forward caller audio now; False (frame dropped) while the send buffer is full."""
         ws = self._ws
@@ -177,6 +215,9 @@ class WebSocketBridge(AgentBridge):
         # used up, so the agent sees the gap.
         text = self._audio_message(payload)
         if text is None:
+            return True
+        if self._backlog is not None:
+            self._keep(text)
             return True
         if isinstance(ws, AgentSocket):
             try:
@@ -226,6 +267,9 @@ class WebSocketBridge(AgentBridge):
         ws = self._ws
         if ws is None or self._terminal is not None:
             return
+        if self._backlog is not None:
+            self._keep(text)
+            return
         try:
             await ws.send(text)
         except ConnectionClosed:
@@ -234,6 +278,25 @@ class WebSocketBridge(AgentBridge):
     # --- the read loop ---------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        try:
+            while await self._read_socket():
+                pass
+        except BridgeError as err:
+            # its text, not the error: a log record that keeps the error (a capturing handler
+            # does) would keep its traceback's frames, and with them this bridge and its call
+            logger.warning("%s bridge: %s", self.provider, str(err))
+            self._finish(err.to_event())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s bridge: unexpected failure in the read loop", self.provider)
+            self._finish(AgentError(BridgeReason.AI_PROVIDER_ERROR, "internal bridge error", False))
+        if not self._closing:
+            await self._shutdown_socket()
+
+    async def _read_socket(self) -> bool:
+        """Read the current socket until the session ends (False) or, after a drop, another
+        socket has taken over (True)."""
         ws = self._ws
         assert ws is not None
         try:
@@ -248,24 +311,90 @@ class WebSocketBridge(AgentBridge):
                 finally:
                     self._handling = False
                 if self._terminal is not None:
-                    break
+                    return False
         except ConnectionClosed as exc:
-            if not self._closing and self._terminal is None:
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                self._finish(self._on_remote_close(code, reason))
-        except BridgeError as err:
-            # its text, not the error: a log record that keeps the error (a capturing handler
-            # does) would keep its traceback's frames, and with them this bridge and its call
-            logger.warning("%s bridge: %s", self.provider, str(err))
-            self._finish(err.to_event())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("%s bridge: unexpected failure in the read loop", self.provider)
-            self._finish(AgentError(BridgeReason.AI_PROVIDER_ERROR, "internal bridge error", False))
-        if not self._closing:
-            await self._shutdown_socket()
+            if self._closing or self._terminal is not None:
+                return False
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            if self.reconnect_s > 0 and self._established and code in RECONNECTABLE:
+                if await self._reconnect(code):
+                    return True
+                if self._closing or self._terminal is not None:
+                    return False
+                self._finish(
+                    AgentError(
+                        BridgeReason.AI_PROVIDER_ERROR,
+                        f"agent connection dropped; no reconnect within {self.reconnect_s:g} s",
+                        True,
+                        "1006" if code is None else str(code),
+                    )
+                )
+                return False
+            self._finish(self._on_remote_close(code, reason))
+            return False
+
+    async def _reconnect(self, code: int | None) -> bool:
+        """Dial the agent again until ``reconnect_s`` has passed; on a new socket, resume the
+        session (``_resume``) and send the backlog. True once the new socket has taken over."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_s
+        self._backlog = collections.deque(maxlen=MAX_BACKLOG)
+        logger.info("%s bridge: connection dropped (%s), reconnecting", self.provider, code)
+        pause, attempts = 0.1, 0
+        while not self._closing and self._terminal is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            attempts += 1
+            try:
+                socket = await self._connect(
+                    self._url, self._headers, min(left, self.connect_timeout_s)
+                )
+            except Exception as exc:  # every failed attempt is retried while time is left
+                exc.__traceback__ = None  # as in _open: no cycle through the socket
+                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+                pause = min(pause * 2, 1.0)
+                continue
+            self._ws = socket
+            try:
+                async with asyncio.timeout(max(0.05, deadline - loop.time())):
+                    await self._resume(self.reconnects + 1)
+                    await self._flush(socket)
+            except (BridgeError, ConnectionClosed, OSError, TimeoutError) as exc:
+                logger.warning(
+                    "%s bridge: resuming on a new connection failed (%s)",
+                    self.provider,
+                    type(exc).__name__,
+                )
+                with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await socket.close(1000)
+                continue
+            self.reconnects += 1
+            logger.info(
+                "%s bridge: reconnected after %d attempt(s); %d message(s) could not be kept",
+                self.provider,
+                attempts,
+                self.backlog_dropped,
+            )
+            await self._emit(AgentReconnected(self.provider, self.reconnects, self.backlog_dropped))
+            return True
+        self._backlog = None
+        return False
+
+    async def _flush(self, socket: MessageSocket) -> None:
+        """Send the backlog in order; what arrives meanwhile joins its end. Then close it."""
+        backlog = self._backlog
+        assert backlog is not None
+        while backlog:
+            await socket.send(backlog.popleft())
+        self._backlog = None
+
+    async def _resume(self, attempt: int) -> None:
+        """Re-open the session on the new socket ``self._ws`` (the ``attempt``-th reconnect);
+        raise ``BridgeError`` if the agent does not take it up."""
+        raise BridgeProtocolError("this bridge cannot resume a session")
 
     async def _handle_text(self, text: str) -> None:
         """Parse one text frame and emit events; raise ``BridgeError`` to end the session."""

@@ -19,7 +19,10 @@ Behaviour switches (both unless noted):
   the agent hangs up when the ``transfer_result`` arrives).
 * ``media_format`` (telepath): the format chosen in ``ready``; ``no_ready=True`` never answers.
 * ``after_start``: ``"error"`` (telepath ``error`` message), ``"drop"``, ``"malformed"``,
-  ``"close"`` (1011).
+  ``"close"`` (1011), ``"close-normal"`` (1000).
+* ``drop_after_ms`` (telepath): the first connection is aborted that long after ``ready``
+  (later ones, a reconnect's, are not): ``starts`` keeps every ``start``.
+* ``max_sessions``: handshakes past that many are answered 503.
 * ``reject_status`` / ``handshake_delay_s``: see ``FakeAgentServer``.
 """
 
@@ -31,12 +34,13 @@ import json
 from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
 
 from telepath.bridges.audio import WireFormat, convert
 from telepath.bridges.base import BridgeProtocolError
 from telepath.bridges.custom import events as ev
 from telepath.testing.tones import sine_pcm16
-from telepath.testing.ws_server import FakeAgentServer
+from telepath.testing.ws_server import FakeAgentServer, json_response
 
 __all__ = ["FakeTelepathAgent", "FakeTwilioAgent"]
 
@@ -66,8 +70,10 @@ class _FakeCustom(FakeAgentServer):
         after_start: str | None = None,
         reject_status: int | None = None,
         handshake_delay_s: float = 0.0,
+        max_sessions: int | None = None,
     ) -> None:
         super().__init__(reject_status=reject_status, handshake_delay_s=handshake_delay_s)
+        self.max_sessions = max_sessions
         self.agent = agent
         self.tone_hz = tone_hz
         self.response_ms = response_ms
@@ -81,6 +87,12 @@ class _FakeCustom(FakeAgentServer):
         self.stops: list[dict[str, Any]] = []
         self.wire = WireFormat("ulaw", 8000)
 
+    def check_handshake(self, request: Request) -> Response | None:
+        """503 past ``max_sessions`` handshakes."""
+        if self.max_sessions is not None and len(self.handshakes) > self.max_sessions:
+            return json_response(503, {"error": "no more sessions"})
+        return None
+
     async def _after_start(self, ws: ServerConnection) -> bool:
         match self.after_start:
             case "drop":
@@ -90,6 +102,9 @@ class _FakeCustom(FakeAgentServer):
                 await ws.send("{oops")
             case "close":
                 await ws.close(1011, "internal error")
+                return True
+            case "close-normal":
+                await ws.close(1000)
                 return True
         return False
 
@@ -129,14 +144,17 @@ class FakeTelepathAgent(_FakeCustom):
         media_format: ev.MediaFormat | None = None,
         no_ready: bool = False,
         transfer_to: str | None = None,
+        drop_after_ms: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.media_format = media_format
         self.no_ready = no_ready
         self.transfer_to = transfer_to
+        self.drop_after_ms = drop_after_ms
         self.transfer_results: list[dict[str, Any]] = []
         self.start_message: ev.Start | None = None
+        self.starts: list[ev.Start] = []
 
     async def send_audio(self, ws: ServerConnection, data: bytes) -> None:
         """Send an ``audio`` message."""
@@ -167,6 +185,7 @@ class FakeTelepathAgent(_FakeCustom):
                 case ev.Start():
                     started = True
                     self.start_message = message
+                    self.starts.append(message)
                     if await self._on_start(ws, message):
                         return
                 case ev.GatewayAudio():
@@ -191,6 +210,8 @@ class FakeTelepathAgent(_FakeCustom):
         chosen = self.media_format or start.media_formats[0]
         self.wire = WireFormat(chosen.encoding, chosen.sample_rate)
         await ws.send(ev.Ready(media_format=chosen).to_json())
+        if self.drop_after_ms is not None and len(self.starts) == 1:
+            asyncio.get_running_loop().call_later(self.drop_after_ms / 1000, self.drop, ws)
         if self.after_start == "error":
             await ws.send(
                 ev.AgentErrorMessage(message="LLM quota exceeded", code="quota").to_json()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Literal
 
 import pytest
 import websockets
 
+from telepath.bridges import ws as ws_module
 from telepath.bridges.base import (
     AgentBridge,
     AgentClear,
     AgentConnected,
     AgentDisconnected,
     AgentError,
+    AgentEvent,
     AgentHangup,
     AgentMark,
+    AgentReconnected,
     AgentTransfer,
     BridgeAuthError,
     BridgeConnectError,
@@ -256,3 +260,102 @@ async def test_no_forwarded_headers_no_field() -> None:
         await wait_for(lambda: len(fake.stops) == 1)
     start = next(m for m in fake.received if m["type"] == "start")
     assert "sip_headers" not in start["call"]  # agents written before the field see nothing new
+
+
+# --- reconnect (custom_reconnect) ---------------------------------------------------------
+
+
+def reconnecting(fake: FakeTelepathAgent, within_s: float) -> AgentBridge:
+    config = CustomConfig(endpoint=fake.url, headers=HEADERS, reconnect_s=within_s)
+    return create_bridge("custom", config, connect_timeout_s=2.0)
+
+
+async def test_a_dropped_agent_is_reconnected_and_nothing_sent_meanwhile_is_lost() -> None:
+    async with FakeTelepathAgent(agent="echo", drop_after_ms=200) as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        fake.handshake_delay_s = 0.3  # the new connection takes a while: frames wait for it
+        frame = sine_g711(1000, 20, "pcmu")
+        events: list[AgentEvent] = []
+
+        async def read() -> None:
+            async for event in bridge.events():
+                events.append(event)
+
+        reader = asyncio.create_task(read())
+        for _ in range(50):  # 1 s of caller audio, paced; the drop comes after 0.2 s
+            assert bridge.send_audio_nowait(frame)
+            await asyncio.sleep(0.02)
+        await wait_for(lambda: len(fake.caller_audio) >= 50 * 160)
+        await bridge.close()
+        await reader
+    reconnected = [e for e in events if isinstance(e, AgentReconnected)]
+    assert reconnected == [AgentReconnected("custom", 1, 0)]
+    # the second start is the first one again, with reconnect
+    first, second = fake.starts
+    assert first.reconnect is None and second.reconnect == 1
+    assert second.model_copy(update={"reconnect": None}) == first
+    # every caller frame reached the agent exactly once, in order, across both connections
+    seqs = [m["seq"] for m in fake.received if m["type"] == "audio"]
+    assert seqs == list(range(1, 51))
+    assert len(fake.handshakes) == 2 and fake.handshakes[1].headers["x-tenant"] == "acme"
+    # the echo came back on the new connection too, and the call ended as we closed it
+    after = events[events.index(reconnected[0]) :]
+    assert (
+        audio_of(after)
+        and abs(dominant_frequency(g711_to_pcm16(audio_of(after), "pcmu")) - 1000) < 15
+    )
+    assert isinstance(events[-1], AgentDisconnected) and fake.protocol_errors == []
+
+
+async def test_no_reconnect_within_the_budget_ends_the_session() -> None:
+    async with FakeTelepathAgent(agent="silent", drop_after_ms=100, max_sessions=1) as fake:
+        bridge = reconnecting(fake, 0.5)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert (terminal.reason, terminal.code) == (BridgeReason.AI_PROVIDER_ERROR, "1006")
+        assert "no reconnect within 0.5 s" in terminal.message
+        assert len(fake.handshakes) > 2  # it kept trying, each refused (503)
+        await bridge.close()
+
+
+@pytest.mark.parametrize("after_start", ["error", "malformed"])
+async def test_an_agents_error_is_not_a_reason_to_reconnect(after_start: str) -> None:
+    async with FakeTelepathAgent(agent="silent", after_start=after_start) as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        assert isinstance((await collect_until(bridge))[-1], AgentError)
+        assert len(fake.handshakes) == 1
+        await bridge.close()
+
+
+async def test_a_normal_close_still_hangs_up() -> None:
+    async with FakeTelepathAgent(agent="silent", after_start="close-normal") as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        assert isinstance((await collect_until(bridge))[-1], AgentHangup)
+        assert len(fake.handshakes) == 1
+        await bridge.close()
+
+
+async def test_a_full_backlog_keeps_the_newest_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ws_module, "MAX_BACKLOG", 5)
+    async with FakeTelepathAgent(agent="silent", drop_after_ms=100) as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        fake.handshake_delay_s = 0.4
+        frame = sine_g711(1000, 20, "pcmu")
+        for _ in range(40):
+            bridge.send_audio_nowait(frame)
+            await asyncio.sleep(0.02)
+        reconnected = await collect_until(bridge, AgentReconnected)
+        await wait_for(lambda: len(fake.starts) == 2 and fake.received[-1].get("seq") == 40)
+        await bridge.close()
+    event = reconnected[-1]
+    assert isinstance(event, AgentReconnected) and event.dropped > 0
+    seqs = [m["seq"] for m in fake.received if m["type"] == "audio"]
+    assert len(seqs) == 40 - event.dropped and seqs == sorted(seqs)  # a gap, never a reorder
+    assert seqs[-1] == 40

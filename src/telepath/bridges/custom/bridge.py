@@ -2,8 +2,10 @@
 
 The gateway is the WebSocket client; the trunk's ``custom_headers`` go on the handshake. In
 both protocols a normal close (1000) by the agent means "hang up" (as with Twilio streams) and
-any other close or a drop is ``ai_provider_error``. There is no reconnect within a call (see
-``docs/custom-agent-protocol.md``, "Reconnect policy").
+any other close or a drop is ``ai_provider_error`` — unless the trunk has ``custom_reconnect``
+and speaks the telepath protocol: then a drop is followed by a new connection, a ``start`` with
+``reconnect`` and the agent's ``ready`` in the same format, and the call goes on
+(``ws.py``; ``docs/custom-agent-protocol.md``, "Reconnect policy").
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class TelepathAgentBridge(_CustomBridge):
         self._ready: asyncio.Future[None] | None = None
         self._seq = 0
         self._transfers = 0
+        self._start: ev.Start | None = None
+        self._format: ev.MediaFormat | None = None
+        self.reconnect_s = config.reconnect_s
 
     async def start(self, meta: CallMetadata, playout: PlayoutProgress | None = None) -> None:
         """Connect, send ``start`` and wait for the agent's ``ready``."""
@@ -118,6 +123,7 @@ class TelepathAgentBridge(_CustomBridge):
             sip_headers=meta.sip_headers or None,
         )
         start = ev.Start(call=call, system_prompt=meta.system_prompt, media_formats=self._offered)
+        self._start = start
         await self._send(start.to_json())
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
@@ -193,8 +199,22 @@ class TelepathAgentBridge(_CustomBridge):
         fmt = message.media_format
         wire = WireFormat(fmt.encoding, fmt.sample_rate)
         self._converter = AudioConverter(self._codec_name, wire, wideband=self._wideband)
+        self._format = fmt
         self._ready.set_result(None)
+        self._established = True
         await self._emit(AgentConnected(self.provider))
+
+    async def _resume(self, attempt: int) -> None:
+        """The call's ``start`` again, with ``reconnect``; the agent answers ``ready`` in the
+        format it chose the first time (the audio on both sides is already in it)."""
+        ws, start = self._ws, self._start
+        assert ws is not None and start is not None
+        await ws.send(start.model_copy(update={"reconnect": attempt}).to_json())
+        message = ev.parse_agent_message(await ws.recv())
+        if not isinstance(message, ev.Ready):
+            raise BridgeProtocolError("the agent's first message after reconnecting is not ready")
+        if message.media_format != self._format:
+            raise BridgeProtocolError("the agent changed its media format on reconnecting")
 
     def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
         if self._ready is not None and not self._ready.done():

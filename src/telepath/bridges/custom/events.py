@@ -61,6 +61,9 @@ class Start(_Strict):
     call: CallInfo
     system_prompt: str | None = None
     media_formats: list[MediaFormat]
+    # On a new connection after a drop (the trunk's custom_reconnect): how many times this
+    # call has reconnected, this one included; absent on the call's first connection.
+    reconnect: int | None = Field(None, ge=1)
 
 
 class GatewayAudio(_Strict):
