@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     validate_provider_keys: bool = True
     provider_timeout_s: float = Field(default=10.0, gt=0)
     allow_insecure_agent_urls: bool = False
+    # a custom agent with custom_reconnect whose connection dropped is dialled again this long
+    agent_reconnect_s: float = Field(default=10.0, gt=0, le=60)
 
     # --- call records, webhooks ------------------------------------------------------------
     call_retention_hours: float = Field(default=72.0, ge=0)  # sip_trace/turns kept this long

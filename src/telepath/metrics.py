@@ -135,6 +135,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.agent_reconnects = Counter(
+            "telepath_agent_reconnects",
+            "Custom agents' dropped connections replaced mid-call (custom_reconnect), counted as "
+            "each call ends; a drop not replaced in time ends the call (ai_provider_error)",
+            registry=r,
+        )
         self.sip_auth_failures = Counter(
             "telepath_sip_auth_failures",
             "SIP digest authentication failures by reason",

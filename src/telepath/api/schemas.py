@@ -189,6 +189,11 @@ class TrunkCreate(_TrunkSettings):
     custom_headers: dict[str, str] | None = Field(
         None, description="Headers sent on the agent WebSocket handshake (stored encrypted)"
     )
+    custom_reconnect: bool | None = Field(
+        None,
+        description="Dial a custom agent again when its connection drops mid-call (telepath "
+        "protocol only; default false)",
+    )
     system_prompt: str | None = Field(None, max_length=32000)
 
 
@@ -207,6 +212,7 @@ class TrunkUpdate(_TrunkSettings):
     custom_endpoint: str | None = None
     custom_protocol: CustomProtocol | None = None
     custom_headers: dict[str, str] | None = None
+    custom_reconnect: bool | None = None
     system_prompt: str | None = Field(None, max_length=32000)
 
 
@@ -236,6 +242,9 @@ class Trunk(TrunkCreated):
     custom_protocol: CustomProtocol | None = None
     custom_header_names: list[str] | None = Field(
         None, description="Names of the stored custom headers (values are never returned)"
+    )
+    custom_reconnect: bool | None = Field(
+        None, description="Custom agents: whether a dropped connection is dialled again"
     )
     password_rotated_at: str | None = None
     sip_digest_algorithms: str | None = None

@@ -55,6 +55,7 @@ PROVIDER_FIELDS: Final[dict[str, str]] = {
     "custom_endpoint": "custom",
     "custom_protocol": "custom",
     "custom_headers": "custom",
+    "custom_reconnect": "custom",
 }
 REQUIRED_BY_PROVIDER: Final[dict[str, tuple[str, ...]]] = {
     "openai": ("openai_api_key",),
@@ -71,6 +72,7 @@ PROVIDER_OPTIONS: Final = (
     "custom_endpoint",
     "custom_protocol",
     "custom_headers",
+    "custom_reconnect",
     "system_prompt",
 )
 # Optional SIP and media settings beyond the seed, shared by create and update; all clearable.
@@ -101,7 +103,14 @@ IMMUTABLE_FIELDS: Final = {
 }
 # Optional fields that PATCH may clear with null.
 CLEARABLE: Final = frozenset(
-    {"openai_model", "openai_voice", "custom_headers", "system_prompt", *TRUNK_SETTINGS}
+    {
+        "openai_model",
+        "openai_voice",
+        "custom_headers",
+        "custom_reconnect",
+        "system_prompt",
+        *TRUNK_SETTINGS,
+    }
 )
 #: At most this many entries in ``allowed_addresses`` (a carrier publishes a handful of ranges).
 MAX_ALLOWED_ADDRESSES: Final = 32
@@ -164,6 +173,9 @@ def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         elif key == "registration":
             if not isinstance(value, dict):
                 raise _bad("invalid_field_type", "registration must be an object")
+        elif key == "custom_reconnect":
+            if not isinstance(value, bool):
+                raise _bad("invalid_field_type", "custom_reconnect must be a boolean")
         elif key in _STRING_ARRAYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise _bad("invalid_field_type", f"{key} must be an array of strings")

@@ -54,6 +54,20 @@ def registration_view(row: TrunkRegistration | None) -> schemas.Registration | N
     )
 
 
+def _check_reconnect(trunk: Trunk, changed: dict[str, Any]) -> None:
+    """``custom_reconnect`` with the protocol it will have: only the telepath protocol can
+    resume a call on a new connection (``start.reconnect``); Twilio Media Streams has no way."""
+    reconnect = changed.get("custom_reconnect", trunk.custom_reconnect)
+    protocol = changed.get("custom_protocol", trunk.custom_protocol)
+    if reconnect and protocol == "twilio":
+        raise ApiError(
+            400,
+            "invalid_field",
+            "custom_reconnect needs custom_protocol telepath: a Twilio Media Streams agent "
+            "cannot resume a call on a new connection",
+        )
+
+
 def seal(keyring: Keyring, trunk_id: str, column: str, value: str) -> str:
     """Encrypt one trunk secret."""
     return keyring.encrypt(value, trunk_secret_context(trunk_id, column))
@@ -116,6 +130,9 @@ class TrunkService:
             custom_endpoint=trunk.custom_endpoint,
             custom_protocol=trunk.custom_protocol,
             custom_header_names=header_names,
+            custom_reconnect=bool(trunk.custom_reconnect)
+            if trunk.ai_provider == "custom"
+            else None,
             password_rotated_at=iso(trunk.password_rotated_at),
             sip_digest_algorithms=trunk.sip_digest_algorithms,
             allowed_addresses=(
@@ -242,6 +259,7 @@ class TrunkService:
         set_password(trunk, data.sip_password)
         registration = data.options.pop("registration", None)
         check_registration(trunk, registration)
+        _check_reconnect(trunk, data.options)
         await self._validate_provider(trunk, data.options)
         routing = {k: data.options.pop(k) for k in ROUTING_FIELDS if k in data.options}
         self._apply(trunk, data.options)
@@ -266,6 +284,7 @@ class TrunkService:
         registration = fields.pop("registration", None)
         if registering:
             check_registration(trunk, registration)
+        _check_reconnect(trunk, fields)
         await self._validate_provider(trunk, fields)
         was_active = trunk.status == "active"
         routing = {k: fields.pop(k) for k in ROUTING_FIELDS if k in fields}

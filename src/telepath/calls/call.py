@@ -32,6 +32,7 @@ from telepath.bridges.base import (
     AgentError,
     AgentHangup,
     AgentMark,
+    AgentReconnected,
     AgentTranscript,
     AgentTransfer,
     BridgeReason,
@@ -158,6 +159,7 @@ class Call:
         self._loop = asyncio.get_running_loop()
         self._end: asyncio.Future[CallEnd] = self._loop.create_future()
         self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
+        self.agent_reconnects = 0  # the agent's connection dropped and was replaced
         self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None
@@ -420,6 +422,14 @@ class Call:
                 return
             elif isinstance(event, AgentTranscript):
                 log.debug("transcript %s: %s", event.role, event.text)  # PII: DEBUG only
+            elif isinstance(event, AgentReconnected):
+                self.agent_reconnects = event.count
+                log.info(
+                    "call %s: agent reconnected (%d so far, %d messages lost)",
+                    self.record.id,
+                    event.count,
+                    event.dropped,
+                )
             elif isinstance(event, AgentConnected):
                 continue
 

@@ -20,6 +20,7 @@ class CallControlConfig:
     overload_lag_s: float = 0.2
     max_loop_load: float = 0.0  # loop thread CPU share that limits new attempts (0: off)
     provider_timeout_s: float = 10.0
+    agent_reconnect_s: float = 10.0
     rtp_inactivity_timeout_s: float = 30.0
     jitter_min_ms: int = 20
     jitter_max_ms: int = 60
@@ -45,6 +46,7 @@ class CallControlConfig:
             overload_lag_s=settings.sip_overload_lag_ms / 1000,
             max_loop_load=settings.sip_max_loop_load,
             provider_timeout_s=settings.provider_timeout_s,
+            agent_reconnect_s=settings.agent_reconnect_s,
             rtp_inactivity_timeout_s=settings.rtp_inactivity_timeout_s,
             jitter_min_ms=settings.rtp_jitter_min_ms,
             jitter_max_ms=settings.rtp_jitter_max_ms,

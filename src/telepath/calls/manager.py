@@ -1306,7 +1306,10 @@ class CallManager:
             "twilio" if trunk.custom_protocol == "twilio" else "telepath"
         )
         return CustomConfig(
-            endpoint=trunk.custom_endpoint or "", protocol=protocol, headers=trunk.custom_headers
+            endpoint=trunk.custom_endpoint or "",
+            protocol=protocol,
+            headers=trunk.custom_headers,
+            reconnect_s=c.agent_reconnect_s if trunk.custom_reconnect else 0.0,
         )
 
     def _trace(self, sip_call_id: str) -> str:
@@ -1333,6 +1336,8 @@ class CallManager:
                 unauthenticated=stats.unauthenticated,
                 malformed=stats.malformed,
             )
+            if call.agent_reconnects:
+                self.metrics.agent_reconnects.inc(call.agent_reconnects)
             self.metrics.gateway_latency_by("caller_to_agent").observe(stats.inbound.p50_us / 1e6)
             self.metrics.gateway_latency_by("agent_to_caller").observe(stats.outbound.p50_us / 1e6)
         announce = self._announcing.pop(record.id, None)

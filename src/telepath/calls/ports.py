@@ -61,6 +61,7 @@ class TrunkConfig:
     elevenlabs_agent_id: str | None = None
     custom_endpoint: str | None = None
     custom_protocol: str | None = None
+    custom_reconnect: bool = False  # a dropped connection is dialled again (telepath protocol)
     custom_headers: dict[str, str] = field(default_factory=dict)
     digest_algorithms: tuple[str, ...] | None = None  # None: the installation default
     # The sources its calls and registrations may come from; empty: any source.

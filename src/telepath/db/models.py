@@ -81,6 +81,8 @@ class Trunk(Base):
     elevenlabs_agent_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     custom_endpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
     custom_protocol: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # a dropped agent connection is dialled again (telepath protocol only); NULL: no
+    custom_reconnect: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     custom_headers_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Digest algorithms challenged for this trunk, preferred first ("MD5", "SHA-256,MD5"...);

@@ -178,6 +178,7 @@ class DbTrunkDirectory:
                 elevenlabs_agent_id=trunk.elevenlabs_agent_id,
                 custom_endpoint=trunk.custom_endpoint,
                 custom_protocol=trunk.custom_protocol,
+                custom_reconnect=bool(trunk.custom_reconnect),
                 custom_headers=json.loads(headers_raw) if headers_raw else {},
                 digest_algorithms=(
                     tuple(trunk.sip_digest_algorithms.split(","))

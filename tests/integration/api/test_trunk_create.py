@@ -230,6 +230,43 @@ async def test_custom_headers_and_protocol(api: Api) -> None:
     assert "t0k3n" not in str(got)
 
 
+async def test_custom_reconnect_is_a_telepath_protocol_boolean(api: Api) -> None:
+    plain = (await api.post("/v1/trunks", CUSTOM)).json()
+    assert (await api.get(f"/v1/trunks/{plain['id']}")).json()["custom_reconnect"] is False
+    openai = (await api.post("/v1/trunks", OPENAI_EXAMPLE)).json()
+    assert (await api.get(f"/v1/trunks/{openai['id']}")).json()["custom_reconnect"] is None
+    body = {**CUSTOM, "sip_username": "reconnecting-1", "custom_reconnect": True}
+    resp = await api.post("/v1/trunks", body)
+    assert resp.status_code == 201, resp.text
+    trunk_id = resp.json()["id"]
+    assert (await api.get(f"/v1/trunks/{trunk_id}")).json()["custom_reconnect"] is True
+    err(
+        await api.post("/v1/trunks", {**body, "sip_username": "x-2", "custom_reconnect": "yes"}),
+        400,
+        "invalid_field_type",
+        "custom_reconnect must be a boolean",
+    )
+    err(
+        await api.post("/v1/trunks", {**OPENAI_EXAMPLE, "custom_reconnect": True}),
+        400,
+        "invalid_field",
+        "custom_reconnect does not apply when ai_provider is 'openai'",
+    )
+    twilio = {**body, "sip_username": "x-3", "custom_protocol": "twilio"}
+    err(await api.post("/v1/trunks", twilio), 400, "invalid_field")
+    # PATCH: the protocol it will have counts; null turns it off
+    err(
+        await api.patch(f"/v1/trunks/{trunk_id}", {"custom_protocol": "twilio"}),
+        400,
+        "invalid_field",
+    )
+    resp = await api.patch(f"/v1/trunks/{trunk_id}", {"custom_reconnect": None})
+    assert resp.status_code == 200 and resp.json()["custom_reconnect"] is False
+    resp = await api.patch(f"/v1/trunks/{trunk_id}", {"custom_protocol": "twilio"})
+    assert resp.status_code == 200, resp.text
+    err(await api.patch(f"/v1/trunks/{trunk_id}", {"custom_reconnect": True}), 400, "invalid_field")
+
+
 @pytest.mark.parametrize(
     "headers", [{"Host": "x"}, {"Sec-WebSocket-Key": "x"}, {"Bad Name": "x"}, {"X-A": "a\r\nb"}]
 )

@@ -145,3 +145,37 @@ async def test_dialer_without_password_calls_an_address_trunk_by_number(
     assert abs(dominant_frequency(answered.recorded) - 440) < 15
     assert challenged.status == 401 and challenged.setup_ms is None
     assert "--password" in challenged.log[-1]
+
+
+async def test_a_custom_agent_that_drops_is_reconnected_and_the_call_goes_on(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """custom_reconnect: the echo agent's first connection is aborted 0.8 s into the call; the
+    gateway dials again, resumes with start.reconnect, and the caller's tone keeps coming back
+    until the caller hangs up — one call, one record, ended by the caller."""
+    async with FakeTelepathAgent(agent="echo", drop_after_ms=800) as agent:
+        trunk = await create_trunk(
+            api,
+            "robin",
+            "dialer-pass-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            custom_reconnect=True,
+        )
+        assert trunk["id"]
+        shown = (await api.get(f"/v1/trunks/{trunk['id']}")).json()
+        assert shown["custom_reconnect"] is True
+        dialer = Dialer(
+            _target(gateway, "robin", "UDP"), username="robin", password="dialer-pass-1"
+        )
+        result = await dialer.run(duration_s=3.0, tone_hz=1000)
+    assert result.status == 200 and result.ended_by == "dialer"
+    assert [s.reconnect for s in agent.starts] == [None, 1]
+    # the echo came back after the reconnect: the last second of what the caller heard
+    last_second = result.recorded[-16000:]
+    assert abs(dominant_frequency(last_second) - 1000) < 15
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    assert len(calls) == 1 and calls[0]["disconnect_reason"] == "caller_hangup"
+    metrics = api.state.metrics.render().decode()
+    assert "telepath_agent_reconnects_total 1.0" in metrics
