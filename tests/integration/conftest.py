@@ -16,6 +16,7 @@ from telepath.api.state import ApiState
 from telepath.cli.runtime import bootstrap_first_key, open_state
 from telepath.config import Settings
 from telepath.db.repository import AccountRepository
+from tests.conftest import migrated_sqlite
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Api:
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}"
+        return migrated_sqlite(tmp_path)
     url: str = request.getfixturevalue("postgres_url")
     return url
 

@@ -12,6 +12,7 @@ import pytest
 from telepath.cli.gateway import Gateway, start_gateway
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
+from tests.conftest import migrated_sqlite
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.integration.webhooks.receiver import Receiver, running
 from tests.interop.calls.harness import PlacedCall, settled
@@ -20,7 +21,7 @@ from tests.interop.media.sipp import require_sipp
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}"
+    return migrated_sqlite(tmp_path)
 
 
 GATEWAY_SETTINGS: dict[str, Any] = {
