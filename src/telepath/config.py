@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # SIP datagrams waiting this long to be read, for 100 ms on end, shed new calls (503)
     sip_overload_wait_ms: float = Field(default=25.0, gt=0)
     sip_drain_timeout_s: float = Field(default=30.0, ge=0)  # SIGTERM: live calls may finish
+    # a call we end waits this long for the answer to its BYE, so its record's trace has it
+    sip_bye_wait_s: float = Field(default=2.0, ge=0, le=32)
     sip_nonce_ttl_s: float = Field(default=300.0, gt=0)
     sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)
     sip_session_expires: int = Field(default=1800, ge=90)  # RFC 4028, when the UAC supports it

@@ -143,6 +143,7 @@ class Call:
         refer_sip: Callable[[str], None],
         on_finished: Callable[[Call, CallEnd], Awaitable[None]],
         hangup_drain_max_s: float = 10.0,
+        bye_wait_s: float = 2.0,
         max_duration_s: float = 0.0,
         agent_law: Codec | None = None,
         wideband: bool = False,
@@ -155,6 +156,7 @@ class Call:
         self._refer_sip = refer_sip
         self._on_finished = on_finished
         self._hangup_drain_max_s = hangup_drain_max_s
+        self._bye_wait_s = bye_wait_s
         self._max_duration_s = max_duration_s
         self._loop = asyncio.get_running_loop()
         self._end: asyncio.Future[CallEnd] = self._loop.create_future()
@@ -317,7 +319,7 @@ class Call:
         if end.send_bye:
             # Let the carrier answer our BYE so the SIP trace in the record is complete.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(self._bye_wait_s):
                     await self.sip_done.wait()
         await self._on_finished(self, end)
 

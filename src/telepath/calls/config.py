@@ -29,6 +29,7 @@ class CallControlConfig:
     elevenlabs_api_base: str = "https://api.elevenlabs.io"
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
     hangup_drain_max_s: float = 10.0  # agent hang-up: let queued audio play up to this long
+    bye_wait_s: float = 2.0  # a call we end waits this long for the answer to its BYE
     max_call_duration_s: float = 14400.0  # from the answer; then BYE, ``max_duration`` (0: off)
     trunk_recheck_s: float = 5.0  # live calls' trunks still active? (0: only same-process news)
 
@@ -51,6 +52,7 @@ class CallControlConfig:
             jitter_min_ms=settings.rtp_jitter_min_ms,
             jitter_max_ms=settings.rtp_jitter_max_ms,
             max_call_duration_s=settings.call_max_duration_s,
+            bye_wait_s=settings.sip_bye_wait_s,
             trunk_recheck_s=settings.trunk_recheck_s,
             openai_realtime_url=settings.openai_realtime_url,
             openai_model=settings.openai_model,

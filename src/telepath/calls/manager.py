@@ -1027,6 +1027,7 @@ class CallManager:
             refer_sip=refer,
             on_finished=self._finished,
             hangup_drain_max_s=self.config.hangup_drain_max_s,
+            bye_wait_s=self.config.bye_wait_s,
             max_duration_s=self.config.max_call_duration_s,
             agent_law=law,
             wideband=wideband,

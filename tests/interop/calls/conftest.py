@@ -35,6 +35,10 @@ GATEWAY_SETTINGS: dict[str, Any] = {
     "rtp_inactivity_timeout_s": 4.0,
     "provider_timeout_s": 3.0,
     "webhook_backoff_base_s": 0.2,
+    # A test that ends with a call up leaves nobody to answer the gateway's BYE: the record is
+    # written after this wait (2 s by default, and many tests end so). Peers that answer do so
+    # on loopback in milliseconds.
+    "sip_bye_wait_s": 0.5,
     # SIPp 3.6 answers only the first challenge and only does MD5 (see sip/auth.py).
     "sip_digest_algorithms": "MD5,SHA-256",
     # These tests share the loop thread with the test code (FFTs, fakes): its CPU share says
