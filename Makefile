@@ -10,7 +10,7 @@ test:
 	.venv/bin/ruff check src tests bench
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
-	.venv/bin/pytest
+	.venv/bin/pytest -n auto --maxprocesses 2 --dist worksteal
 
 lint:
 	.venv/bin/ruff check src tests bench

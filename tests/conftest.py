@@ -94,8 +94,18 @@ def own_postgres() -> Iterator[str]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say plainly which real services were missing, so a skip is never mistaken for a pass."""
-    if _skipped_services:
+    """Say plainly which real services were missing, so a skip is never mistaken for a pass.
+
+    Read from the skip reports, not from this process's memory: with ``-n`` (pytest-xdist)
+    the tests skip in worker processes and only their reports reach this one."""
+    missing = set(_skipped_services)
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        service, marker, reason = str(message).removeprefix("Skipped: ").partition(" unavailable: ")
+        if marker:
+            missing.add(f"{service}: {reason}")
+    if missing:
         terminalreporter.section("SERVICES MISSING: these tests were SKIPPED, not passed", red=True)
-        for line in sorted(_skipped_services):
+        for line in sorted(missing):
             terminalreporter.line(line, red=True)

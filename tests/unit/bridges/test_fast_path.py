@@ -18,7 +18,11 @@ from telepath.bridges.openai import events as oev
 
 pytestmark = pytest.mark.unit
 
-PAYLOADS = [base64.b64encode(os.urandom(n)).decode() for n in (0, 1, 2, 3, 160, 320)]
+# random bytes, ids by length: every process collecting the tests names them alike
+PAYLOADS = [
+    pytest.param(base64.b64encode(os.urandom(n)).decode(), id=f"{n}-bytes")
+    for n in (0, 1, 2, 3, 160, 320)
+]
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
