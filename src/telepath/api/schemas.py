@@ -338,6 +338,51 @@ class CallSummary(BaseModel):
     gateway_processing_ms: float | None = None
 
 
+class MediaWarning(BaseModel):
+    """Something the call's media counters show, with its likely cause."""
+
+    code: Literal[
+        "no_inbound_rtp",
+        "rtp_from_unexpected_address",
+        "srtp_authentication_failed",
+        "caller_behind_nat",
+        "caller_hears_nothing",
+    ]
+    message: str
+
+
+class MediaDropped(BaseModel):
+    """Datagrams the call's media socket dropped, by reason."""
+
+    rejected_source: int
+    unauthenticated: int
+    malformed: int
+
+
+class CallMedia(BaseModel):
+    """A call's media report (null while the call is up, and past the retention period)."""
+
+    local_address: str = Field(description="Our SDP's address and RTP port")
+    remote_sdp_address: str | None = Field(description="Where the caller's SDP said to send")
+    remote_rtp_address: str | None = Field(
+        description="Where the caller's RTP came from (null: none was accepted)"
+    )
+    srtp: str | None = Field(description="The SRTP crypto suite; null for plain RTP")
+    packets_sent: int
+    packets_received: int
+    packets_lost: int
+    late: int
+    duplicates: int
+    concealed_frames: int
+    dropped: MediaDropped
+    dtmf_received: int
+    remote_loss_percent: float | None = Field(
+        description="Loss of our stream as the caller's RTCP last reported it"
+    )
+    rtt_ms: float | None = Field(description="Round-trip time from RTCP")
+    warnings: list[MediaWarning]
+
+
 class CallDetail(BaseModel):
     """``GET /v1/calls/{id}``: the record with metrics, turns and the SIP trace.
 
@@ -362,6 +407,9 @@ class CallDetail(BaseModel):
     metrics: CallMetrics
     turns: list[CallTurn]
     sip_trace: str | None = None
+    media: CallMedia | None = Field(
+        None, description="Where the call's RTP went and came from, and one-way-audio warnings"
+    )
     detail_purged_at: str | None = None
 
 

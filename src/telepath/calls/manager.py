@@ -46,6 +46,7 @@ from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
 from telepath.calls.call import Call, CallEnd
 from telepath.calls.config import CallControlConfig
+from telepath.calls.diagnosis import media_report
 from telepath.calls.events import (
     agent_connected_payload,
     agent_disconnected_payload,
@@ -1322,6 +1323,7 @@ class CallManager:
         self.calls.pop(record.id, None)
         record.sip_trace = self._trace(call.sip_call_id)
         log.info("call %s ended: %s", record.id, end.reason.value)
+        record.media = self._media_report(call)
         if self.metrics is not None:
             m = record.metrics
             self.metrics.record_call_ended(
@@ -1350,6 +1352,23 @@ class CallManager:
         if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
             await self._emit(record, "call.error", call_error_payload)
         await self._emit(record, "call.ended", call_ended_payload)
+
+    def _media_report(self, call: Call) -> dict[str, Any]:
+        negotiated, media = call.negotiated, call.media
+        answered = call.record.answer_time
+        answered_s = 0.0 if answered is None else (datetime.now(UTC) - answered).total_seconds()
+        return media_report(
+            media.stats(),
+            local=(call.media_address or self.config.media_address, media.local_port),
+            remote_sdp=(
+                (negotiated.remote_address, negotiated.remote_port)
+                if negotiated.remote_port
+                else None
+            ),
+            remote_rtp=media.remote,
+            srtp=None if negotiated.srtp is None else negotiated.srtp.suite.name,
+            answered_s=answered_s,
+        )
 
     async def _record_failed(self, record: CallRecord) -> None:
         if self.recorder is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class CallStatus(StrEnum):
@@ -77,6 +78,9 @@ class CallRecord:
     disconnect_reason: DisconnectReason | None = None
     metrics: CallMetrics = field(default_factory=CallMetrics)
     turns: list[Turn] = field(default_factory=list)
+    # where the call's RTP went and came from, what was dropped, one-way-audio warnings
+    # (calls/diagnosis.py); None until the call ends
+    media: dict[str, Any] | None = None
     sip_trace: str = ""  # credentials already redacted by the SIP layer
     ai_provider: str = ""
     error_message: str | None = None

@@ -79,11 +79,12 @@ def _final_fields(record: CallRecord) -> dict[str, Any]:
         "setup_ms": m.setup_ms,
         "turns": [asdict(t) for t in record.turns],
         "sip_trace": trace,
+        "media": record.media,
     }
 
 
 Kind = Literal["call_started", "call_ended"]
-_DETAIL = ("turns", "sip_trace")  # never written back into a record whose detail was purged
+_DETAIL = ("turns", "sip_trace", "media")  # never written back into a purged record's detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +313,7 @@ async def purge_call_details(
                     and_(CallRow.end_time.is_(None), CallRow.start_time < cutoff),
                 ),
             )
-            .values(turns=None, sip_trace=None, detail_purged_at=current)
+            .values(turns=None, sip_trace=None, media=None, detail_purged_at=current)
             .execution_options(synchronize_session=False)
         )
         await session.commit()

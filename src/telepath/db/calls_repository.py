@@ -110,7 +110,7 @@ def call_summary(row: CallRow) -> dict[str, Any]:
 def call_detail(row: CallRow) -> dict[str, Any]:
     """A call as returned by ``GET /v1/calls/{id}``.
 
-    After the retention period ``turns`` is empty, ``sip_trace`` is null and
+    After the retention period ``turns`` is empty, ``sip_trace`` and ``media`` are null and
     ``detail_purged_at`` says when they were removed.
     """
     return {
@@ -129,5 +129,6 @@ def call_detail(row: CallRow) -> dict[str, Any]:
         "metrics": call_metrics(row),
         "turns": list(row.turns or []),
         "sip_trace": row.sip_trace,
+        "media": row.media,
         "detail_purged_at": iso(row.detail_purged_at),
     }

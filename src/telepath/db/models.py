@@ -226,6 +226,7 @@ class CallRow(Base):
     setup_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     turns: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     sip_trace: Mapped[str | None] = mapped_column(Text, nullable=True)
+    media: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # a detail
     detail_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The gateway process that carried the call (``cli/instances.py``); never shown in the API.

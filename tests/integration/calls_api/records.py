@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from telepath.calls.diagnosis import media_report
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason, Turn
 from telepath.db.repository import AccountRepository
 from telepath.secrets.tokens import new_id
+from telepath.transport.media_stats import DirectionStats, MediaStats
 from tests.integration.conftest import Api
 
 T0 = datetime(2026, 3, 5, 10, 30, 0, tzinfo=UTC)
@@ -38,6 +40,9 @@ def started(
     return CallRecord(**values)
 
 
+NO_TIMES = DirectionStats(0, 0.0, 0.0, 0.0, 0.0)
+
+
 def ended(
     record: CallRecord,
     *,
@@ -64,5 +69,33 @@ def ended(
         Turn(turn_number=1, speaker="caller", duration_ms=2340, processing_time_ms=0),
         Turn(turn_number=2, speaker="agent", duration_ms=3210, processing_time_ms=285),
     ]
+    record.media = media_report(
+        MediaStats(
+            17100,
+            17050,
+            17050 * 160,
+            50,
+            0.29,
+            12.5,
+            3,
+            0,
+            50,
+            40,
+            0,
+            0,
+            0,
+            0.0,
+            0.0,
+            0.0,
+            38.2,
+            NO_TIMES,
+            NO_TIMES,
+        ),
+        local=("203.0.113.5", 40000),
+        remote_sdp=("198.51.100.9", 42000),
+        remote_rtp=("198.51.100.9", 42000),
+        srtp=None,
+        answered_s=seconds,
+    )
     record.sip_trace = "INVITE sip:agent@example.test SIP/2.0\r\nVia: SIP/2.0/UDP ...\r\n"
     return record

@@ -144,18 +144,20 @@ async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
     assert await purge_call_details(api.state.sessions, timedelta(hours=72)) == 0
 
     gone = (await api.get(f"/v1/calls/{old.id}")).json()
-    assert gone["sip_trace"] is None and gone["turns"] == []
+    assert gone["sip_trace"] is None and gone["turns"] == [] and gone["media"] is None
     assert gone["detail_purged_at"] is not None
     assert gone["duration_seconds"] == 342 and gone["disconnect_reason"] == "caller_hangup"
     assert gone["metrics"]["ai_latency_ms"] == 215 and gone["metrics"]["codec_used"] == "G722"
     kept = (await api.get(f"/v1/calls/{recent.id}")).json()
     assert kept["sip_trace"] and len(kept["turns"]) == 2 and kept["detail_purged_at"] is None
+    assert kept["media"] == recent.media
     assert (await api.get(f"/v1/calls/{stuck.id}")).json()["detail_purged_at"] is not None
 
     # A late end of a purged call updates aggregates but never brings the detail back.
     await recorder.call_ended(ended(stuck, seconds=5))
     late = (await api.get(f"/v1/calls/{stuck.id}")).json()
     assert late["duration_seconds"] == 5 and late["sip_trace"] is None and late["turns"] == []
+    assert late["media"] is None
 
 
 async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> None:

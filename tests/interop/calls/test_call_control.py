@@ -866,6 +866,37 @@ async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_
     assert [m["timestamp_ms"] for m in audio] == [FRAME_MS * i for i in range(len(audio))]
     assert len(audio) >= 100  # the ten lost frames were concealed, not skipped
 
+    media = detail["media"]  # the media report: counted, addressed, nothing to warn about
+    assert (media["packets_received"], media["packets_lost"]) == (90, 10)
+    assert media["concealed_frames"] >= 10 and media["packets_sent"] > 0
+    assert media["remote_sdp_address"] == f"127.0.0.1:{placed.phone.port}"
+    assert media["remote_rtp_address"] == media["remote_sdp_address"]
+    assert media["local_address"].startswith("127.0.0.1:") and media["srtp"] is None
+    assert media["warnings"] == []
+
+
+async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """One-way audio, the commonest trunk failure: the call is answered and the agent speaks,
+    but not one RTP packet of the caller's arrives (here it sends none). The record says so,
+    and where our audio went."""
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
+        result = await placed.sipp
+        await placed.phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    media = (await record(api, placed.call_id))["media"]
+    assert media["packets_received"] == 0 and media["packets_sent"] > 0
+    assert media["remote_rtp_address"] is None
+    assert media["remote_sdp_address"] == f"127.0.0.1:{placed.phone.port}"
+    (warning,) = media["warnings"]
+    assert warning["code"] == "no_inbound_rtp"
+    assert media["local_address"] in warning["message"]
+    assert placed.phone.loud_frames() > 0  # our side was fine: the agent's tone got through
+
 
 def _sample(exposition: str, name: str) -> float:
     """One unlabelled sample of a Prometheus text exposition (0 when absent)."""

@@ -1,0 +1,130 @@
+"""The call record's media report (calls/diagnosis.py): counters and addresses in, the report
+and its one-way-audio warnings out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from telepath.calls.diagnosis import media_report
+from telepath.transport.media_stats import DirectionStats, MediaStats
+
+pytestmark = pytest.mark.unit
+
+NONE = DirectionStats(0, 0.0, 0.0, 0.0, 0.0)
+FLOWING = MediaStats(
+    packets_sent=250,
+    packets_received=240,
+    bytes_received=240 * 160,
+    packets_lost=10,
+    loss_percent=4.0,
+    jitter_ms=1.5,
+    late=1,
+    duplicates=0,
+    concealed_frames=10,
+    jitter_buffer_ms=40,
+    dtmf_received=2,
+    rejected_source=0,
+    malformed=0,
+    audio_played_ms=4000.0,
+    remote_loss_fraction=0.0,
+    remote_jitter_ms=0.0,
+    rtt_ms=None,
+    inbound=NONE,
+    outbound=NONE,
+)
+LOCAL = ("203.0.113.5", 40000)
+SDP = ("198.51.100.9", 42000)
+SILENT = replace(FLOWING, packets_received=0, bytes_received=0, packets_lost=0)
+
+
+def report(stats: MediaStats, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "local": LOCAL,
+        "remote_sdp": SDP,
+        "remote_rtp": SDP,
+        "srtp": None,
+        "answered_s": 5.0,
+    }
+    return media_report(stats, **{**args, **kw})
+
+
+def codes(found: dict[str, Any]) -> list[str]:
+    return [w["code"] for w in found["warnings"]]
+
+
+def test_a_healthy_call_is_reported_without_warnings() -> None:
+    found = report(FLOWING, srtp="AEAD_AES_256_GCM")
+    assert found["local_address"] == "203.0.113.5:40000"
+    assert found["remote_sdp_address"] == found["remote_rtp_address"] == "198.51.100.9:42000"
+    assert (found["packets_sent"], found["packets_received"], found["packets_lost"]) == (
+        250,
+        240,
+        10,
+    )
+    assert found["srtp"] == "AEAD_AES_256_GCM" and found["dtmf_received"] == 2
+    assert found["remote_loss_percent"] is None and found["rtt_ms"] is None  # no RTCP yet
+    assert found["warnings"] == []
+
+
+def test_no_inbound_rtp_names_our_address_and_the_setting() -> None:
+    found = report(SILENT, remote_rtp=SDP)
+    assert found["remote_rtp_address"] is None  # where we sent is not where it came from
+    (warning,) = found["warnings"]
+    assert warning["code"] == "no_inbound_rtp"
+    assert "203.0.113.5:40000" in warning["message"]
+    assert "TELEPATH_PUBLIC_ADDRESS" in warning["message"]
+    # a call answered for a moment may end before the first packet: nothing to say
+    assert report(SILENT, answered_s=0.5)["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("dropped", "code"),
+    [
+        ({"unauthenticated": 120}, "srtp_authentication_failed"),
+        ({"rejected_source": 80}, "rtp_from_unexpected_address"),
+    ],
+)
+def test_the_reason_nothing_was_taken_is_said(dropped: dict[str, int], code: str) -> None:
+    (field, count) = next(iter(dropped.items()))
+    found = report(
+        replace(SILENT, unauthenticated=count)
+        if field == "unauthenticated"
+        else replace(SILENT, rejected_source=count)
+    )
+    assert codes(found) == [code]
+    assert str(count) in found["warnings"][0]["message"]
+    assert found["dropped"] == {
+        "rejected_source": 0,
+        "unauthenticated": 0,
+        "malformed": 0,
+        **dropped,
+    }
+
+
+def test_a_caller_behind_a_nat_is_named_with_both_addresses() -> None:
+    found = report(FLOWING, remote_rtp=("192.0.2.77", 61000))
+    assert codes(found) == ["caller_behind_nat"]
+    message = found["warnings"][0]["message"]
+    assert "192.0.2.77:61000" in message and "198.51.100.9:42000" in message
+
+
+def test_rtcp_saying_the_caller_hears_nothing_is_one_way_audio() -> None:
+    deaf = replace(FLOWING, remote_loss_fraction=1.0, rtt_ms=42.04)
+    found = report(deaf)
+    assert codes(found) == ["caller_hears_nothing"]
+    assert (found["remote_loss_percent"], found["rtt_ms"]) == (100.0, 42.0)
+    assert report(replace(deaf, remote_loss_fraction=0.5))["warnings"] == []
+
+
+def test_ipv6_addresses_are_bracketed() -> None:
+    found = report(
+        FLOWING,
+        local=("2001:db8::5", 40000),
+        remote_sdp=("2001:db8::9", 42000),
+        remote_rtp=("2001:db8::9", 42000),
+    )
+    assert found["local_address"] == "[2001:db8::5]:40000"
+    assert found["remote_rtp_address"] == "[2001:db8::9]:42000" and found["warnings"] == []
