@@ -1355,8 +1355,8 @@ class CallManager:
 
     def _media_report(self, call: Call) -> dict[str, Any]:
         negotiated, media = call.negotiated, call.media
-        answered = call.record.answer_time
-        answered_s = 0.0 if answered is None else (datetime.now(UTC) - answered).total_seconds()
+        answered, ended = call.record.answer_time, call.record.end_time or datetime.now(UTC)
+        answered_s = 0.0 if answered is None else (ended - answered).total_seconds()
         return media_report(
             media.stats(),
             local=(call.media_address or self.config.media_address, media.local_port),
