@@ -172,14 +172,14 @@ class CustomConfig:
         endpoint: the agent's ``wss://`` URL (``ws://`` only when insecure URLs are allowed).
         protocol: ``telepath`` (docs/custom-agent-protocol.md) or ``twilio`` (Media Streams).
         headers: extra HTTP headers for the WebSocket handshake (e.g. ``Authorization``).
-        reconnect_s: see below.
+        reconnect_s: how long to dial the agent again after a dropped connection (the
+            telepath protocol's ``start.reconnect``; the trunk's ``custom_reconnect``); 0: a
+            drop ends the call.
     """
 
     endpoint: str
     protocol: Literal["telepath", "twilio"] = "telepath"
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # Seconds to reconnect within after a dropped connection (the telepath protocol's
-    # ``start.reconnect``); 0: a drop ends the call.
     reconnect_s: float = 0.0
 
 

@@ -291,28 +291,25 @@ def test_a_reoffer_is_answered_in_the_calls_suite_even_when_listed_second() -> N
     assert first.srtp is not None
     gcm = base64.b64encode(os.urandom(28)).decode()
     midcall = MediaSecurity(key=first.srtp.local_key, required=True, suite=first.srtp.suite)
-    reoffer = savp(f"1 AEAD_AES_128_GCM inline:{gcm}", f"2 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}")
-    _, again = negotiate_reoffer(
-        parse(HEAD + reoffer),
-        current=first,
-        local_address="203.0.113.5",
-        local_port=40000,
-        session_id=7,
-        session_version=1,
-        security=midcall,
-    )
-    assert again.srtp is not None
-    assert (again.srtp.suite, again.srtp.tag, again.srtp.local_key) == (first.srtp.suite, 2, KEY)
-    with pytest.raises(NoCommonCodec, match="cannot change"):
-        negotiate_reoffer(
-            parse(HEAD + savp(f"1 AEAD_AES_128_GCM inline:{gcm}")),
+
+    def reoffer(*crypto: str) -> NegotiatedMedia:
+        return negotiate_reoffer(
+            parse(HEAD + savp(*crypto)),
             current=first,
             local_address="203.0.113.5",
             local_port=40000,
             session_id=7,
             session_version=1,
             security=midcall,
-        )
+        )[1]
+
+    again = reoffer(
+        f"1 AEAD_AES_128_GCM inline:{gcm}", f"2 AES_CM_128_HMAC_SHA1_80 inline:{INLINE}"
+    )
+    assert again.srtp is not None
+    assert (again.srtp.suite, again.srtp.tag, again.srtp.local_key) == (first.srtp.suite, 2, KEY)
+    with pytest.raises(NoCommonCodec, match="cannot change"):
+        reoffer(f"1 AEAD_AES_128_GCM inline:{gcm}")
 
 
 @pytest.mark.parametrize("name", GCM)
