@@ -384,11 +384,18 @@ class WebSocketBridge(AgentBridge):
         return False
 
     async def _flush(self, socket: MessageSocket) -> None:
-        """Send the backlog in order; what arrives meanwhile joins its end. Then close it."""
+        """Send the backlog in order; what arrives meanwhile joins its end. Then close it.
+
+        A message leaves the backlog only once ``send`` has taken it: if the new connection
+        fails meanwhile, the next one starts with the message that failed. (A full backlog
+        may have evicted the message while it was being sent: then its successor stays.)"""
         backlog = self._backlog
         assert backlog is not None
         while backlog:
-            await socket.send(backlog.popleft())
+            head = backlog[0]
+            await socket.send(head)
+            if backlog and backlog[0] is head:
+                backlog.popleft()
         self._backlog = None
 
     async def _resume(self, attempt: int) -> None:
