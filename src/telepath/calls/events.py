@@ -35,7 +35,9 @@ def call_started_payload(record: CallRecord) -> dict[str, Any]:
 
 
 def call_ended_payload(record: CallRecord) -> dict[str, Any]:
-    """``data`` of ``call.ended``, with the aggregate metrics (never the SIP trace or turns)."""
+    """``data`` of ``call.ended``, with the aggregate metrics (never the SIP trace or turns) and
+    the codes of the media report's warnings (``no_inbound_rtp``, ...; empty when it found
+    nothing wrong, null for a call that never had media)."""
     m = record.metrics
     reason = str(record.disconnect_reason) if record.disconnect_reason is not None else None
     return {
@@ -55,6 +57,11 @@ def call_ended_payload(record: CallRecord) -> dict[str, Any]:
             "jitter_ms": m.jitter_ms,
             "codec_used": m.codec_used,
         },
+        "media_warnings": (
+            None
+            if record.media is None
+            else [warning["code"] for warning in record.media.get("warnings", [])]
+        ),
     }
 
 

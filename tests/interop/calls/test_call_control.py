@@ -850,6 +850,7 @@ async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
     assert ended["metrics"]["packet_loss_percent"] == 10.0
     assert ended["metrics"]["jitter_ms"] == metrics["jitter_ms"]
+    assert ended["media_warnings"] == []
 
     after = (await api.client.get("/metrics")).text
     for name, value in (
@@ -876,11 +877,13 @@ async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_
 
 
 async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
-    api: Api, gateway: Gateway, tmp_path: Path
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
 ) -> None:
     """One-way audio, the commonest trunk failure: the call is answered and the agent speaks,
     but not one RTP packet of the caller's arrives (here it sends none). The record says so,
-    and where our audio went."""
+    and where our audio went; the ``call.ended`` webhook names the warning, so a user's system
+    can alert on it without fetching every record."""
+    hook = await subscribe(api, receiver.url, ["call.ended"])
     async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
@@ -896,6 +899,8 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
     assert warning["code"] == "no_inbound_rtp"
     assert media["local_address"] in warning["message"]
     assert placed.phone.loud_frames() > 0  # our side was fine: the agent's tone got through
+    ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
+    assert ended["media_warnings"] == ["no_inbound_rtp"]
 
 
 def _sample(exposition: str, name: str) -> float:
