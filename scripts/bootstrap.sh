@@ -2,7 +2,7 @@
 # Installs what Telepath needs on a fresh machine, and nothing twice:
 #   - a Python venv in .venv with the package (editable) and, with --test, its dev extras;
 #   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip,
-#     linphone, kamailio as a record-routing proxy),
+#     linphone, kamailio as a record-routing proxy, dnsmasq as a DNS server with SRV/NAPTR),
 #     via apt-get when they are missing and we may install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,7 @@ if [ $want_test = 1 ]; then
   command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
   command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
   command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
+  command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"

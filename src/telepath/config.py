@@ -13,6 +13,29 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def parse_servers(value: str) -> list[tuple[str, int]]:
+    """``"10.0.0.2, 127.0.0.1:5353, [::1]:53"`` → ``[(host, port), ...]`` (port 53 when none);
+    raises ``ValueError`` for anything else."""
+    servers: list[tuple[str, int]] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"not a DNS server: {item!r}")
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            host, _, text = item.partition(":")
+            port = int(text)
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"not a DNS server: {item!r}")
+        servers.append((host, port))
+    return servers
+
+
 class Settings(BaseSettings):
     """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
 
@@ -44,6 +67,9 @@ class Settings(BaseSettings):
     sip_tls_cert: Path | None = None
     sip_tls_key: Path | None = None
     public_address: str = ""  # advertised in Contact and SDP when behind NAT
+    # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): "host[:port]",
+    # comma-separated; empty: the system's (/etc/resolv.conf, and getaddrinfo for addresses)
+    dns_servers: str = ""
     # outbound registrations found behind a NAT, and over TCP: a keep-alive this often (0: off)
     sip_keepalive_s: float = Field(default=20.0, ge=0)
     sip_enabled: bool = True
@@ -114,7 +140,16 @@ class Settings(BaseSettings):
             raise ValueError("TELEPATH_RTP_PORT_MIN must be below TELEPATH_RTP_PORT_MAX")
         if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
             raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
+        try:
+            parse_servers(self.dns_servers)
+        except ValueError as exc:
+            raise ValueError(f"TELEPATH_DNS_SERVERS: {exc}") from None
         return self
+
+    @property
+    def dns_server_list(self) -> list[tuple[str, int]] | None:
+        """``TELEPATH_DNS_SERVERS`` as (host, port) pairs; None: the system's."""
+        return parse_servers(self.dns_servers) or None
 
     @property
     def effective_database_url(self) -> str:

@@ -113,6 +113,7 @@ from telepath.sip.ua import (
     SessionRefreshed,
 )
 from telepath.sip.uri import SipUri
+from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import MediaSession
 from telepath.transport.ports import PortLease, RtpPortAllocator, RtpPortsExhausted
 from telepath.transport.sip_server import SipServer
@@ -317,6 +318,7 @@ class CallManager:
         # them up: the answers to their REGISTERs arrive here.
         self.registrations: Registrations | None = None
         self._registrar_addresses: dict[str, tuple[float, frozenset[str]]] = {}
+        self.locator = SipLocator()  # the registrars' servers (RFC 3263); the gateway's own DNS
         self.lag = LagMonitor(
             config.overload_lag_s,
             idle_interval_s=LOAD_PERIOD_S,
@@ -823,16 +825,14 @@ class CallManager:
         return uri.host.lower(), uri.port or 5060
 
     async def _addresses_of(self, host: str) -> frozenset[str]:
-        """``host``'s addresses (the system resolver), kept for a minute; none if it fails."""
+        """Every address ``host``'s SIP servers may send from — its own and its NAPTR/SRV
+        targets' (``SipLocator.every_address``) —, kept for a minute; none if nothing
+        resolves."""
         now = time.monotonic()
         cached = self._registrar_addresses.get(host)
         if cached is not None and now - cached[0] < 60.0:
             return cached[1]
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host.strip("[]"), None)
-            found = frozenset(_unmapped(str(info[4][0])) for info in infos)
-        except OSError:
-            found = frozenset()
+        found = frozenset(_unmapped(a) for a in await self.locator.every_address(host))
         if len(self._registrar_addresses) > 1000:  # bounded: forget the oldest
             del self._registrar_addresses[next(iter(self._registrar_addresses))]
         self._registrar_addresses[host] = (now, found)

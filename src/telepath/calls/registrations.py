@@ -8,17 +8,23 @@ refreshes before expiry, retries failures with back-off, and reports its state t
 (``GET /v1/trunks`` shows it). On shutdown, and when a trunk or its registration goes, the
 binding is removed with ``Expires: 0`` (bounded wait).
 
-Decisions: the registrar's host is resolved with the system resolver (A/AAAA records; no RFC 3263
-SRV/NAPTR lookups), once per attempt. UDP by default; a registrar URI with ``;transport=tcp`` gets
-a TCP connection of its own, ``;transport=tls`` or ``sips:`` a TLS one (the registrar's certificate
-verified against its host, as for ``wss://`` agents), opened by the gateway and kept (RFC 5923: the
-registrar sends the calls back on it, which is what makes a connection work behind a NAT), with a
-keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new connection
-and REGISTER as soon as one is found closed. With SIP worker processes only the front process
-(worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so the registrar's answers
-come back to it; every instance of a multi-instance installation registers its own contact (several
-bindings for one address-of-record; the registrar forks or picks one, and a dead instance's binding
-lapses at its expiry).
+Decisions: the registrar URI is located as RFC 3263 says (``transport/dns.py``: NAPTR, then SRV,
+then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts and
+again whenever every server found has failed; a registered binding stays with its server until it
+fails (a timeout, a failed connection or a 503 moves it to the next one at once, §4.3; any other
+failure is retried with back-off at the same one). NAPTR may choose the transport of a URI that
+names none (the Contact and Via follow it); failover stays on that transport. The REGISTER's
+Request-URI stays the registrar URI, and a TLS registrar's certificate is checked against its
+domain, not the SRV target (RFC 5922 §4.1). UDP by default; a registrar URI with ``;transport=tcp``
+gets a TCP connection of its own, ``;transport=tls`` or ``sips:`` a TLS one (the registrar's
+certificate verified against its host, as for ``wss://`` agents), opened by the gateway and kept
+(RFC 5923: the registrar sends the calls back on it, which is what makes a connection work behind a
+NAT), with a keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new
+connection and REGISTER as soon as one is found closed. With SIP worker processes only the front
+process (worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so the registrar's
+answers come back to it; every instance of a multi-instance installation registers its own contact
+(several bindings for one address-of-record; the registrar forks or picks one, and a dead
+instance's binding lapses at its expiry).
 
 Behind a NAT (the registrar saw the REGISTER come from another address than our contact's,
 ``sip/registration.py``) the contact moves to the address it saw, and a keep-alive — a
@@ -34,13 +40,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from telepath.calls.ports import DirectoryUnavailable, RegistrationConfig, RegistrationStore
 from telepath.sip.errors import SipParseError
+from telepath.sip.locate import Target
 from telepath.sip.registration import (
     Failed,
     Outcome,
@@ -55,6 +61,7 @@ from telepath.sip.transaction import Source
 from telepath.sip.ua import Output, RequestAnswered, UserAgentCore
 from telepath.sip.ua_events import Send
 from telepath.sip.uri import SipUri, parse_uri
+from telepath.transport.dns import SipLocator
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,10 @@ class _Binding:
     leaving: asyncio.Future[None] | None = None  # set once it is being removed
     resolve_failures: int = 0
     resolving: set[asyncio.Task[None]] = field(default_factory=set)
+    # RFC 3263: where the registrar's domain said to go, best first, and the one in use; a
+    # timeout, a 503 or a failed connection moves on, the end of the list resolves again
+    targets: list[Target] = field(default_factory=list)
+    target_at: int = 0
 
 
 class Registrations:
@@ -90,6 +101,7 @@ class Registrations:
         is_open: whether a stream connection is still up (``SipServer.is_open``).
         disconnect: closes a stream connection a binding no longer needs.
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
+        locator: finds the registrar's servers (RFC 3263; the system's DNS by default).
     """
 
     def __init__(
@@ -104,8 +116,10 @@ class Registrations:
         is_open: Callable[[int], bool] | None = None,
         disconnect: Callable[[int], None] | None = None,
         workers: int = 1,
+        locator: SipLocator | None = None,
     ) -> None:
         self.store = store
+        self.locator = locator or SipLocator()
         self.core = core
         self._send = send
         self.poll_s = poll_s
@@ -195,12 +209,21 @@ class Registrations:
 
     def _start(self, config: RegistrationConfig) -> None:
         registrar = parse_uri(config.registrar)
-        transport = _transport(registrar)
+        machine = self._machine(config, registrar, _transport(registrar), self._call_id())
+        binding = _Binding(config, machine)
+        self._bindings[config.trunk_id] = binding
+        self._by_call_id[machine.call_id] = binding
+        self._attempt(binding)
+
+    def _machine(
+        self, config: RegistrationConfig, registrar: SipUri, transport: str, call_id: str
+    ) -> Registration:
+        """The binding's REGISTER state machine, its Contact and Via on ``transport``."""
         host = self.core.config.contact_host
         port = self.core.config.contact_ports.get(transport, 5060)
         domain = config.domain or registrar.host
         param = "" if transport == "UDP" else f";transport={transport.lower()}"
-        machine = Registration(
+        return Registration(
             registrar=registrar,
             aor=f"sip:{config.username}@{domain}",
             contact=f"sip:{config.contact_user}@{host}:{port}{param}",
@@ -208,12 +231,8 @@ class Registrations:
             auth_username=config.auth_username or config.username,
             password=config.password,
             expires=config.expires,
-            call_id=self._call_id(),
+            call_id=call_id,
         )
-        binding = _Binding(config, machine)
-        self._bindings[config.trunk_id] = binding
-        self._by_call_id[machine.call_id] = binding
-        self._attempt(binding)
 
     def _call_id(self) -> str:
         """A Call-ID that worker 0 (this process) owns, so the answers come back here."""
@@ -235,29 +254,42 @@ class Registrations:
 
     async def _resolve_and_register(self, binding: _Binding) -> None:
         registrar = binding.machine.registrar
-        port = registrar.port or (5061 if _transport(registrar) == "TLS" else 5060)
-        try:
-            # IPv4 unless the registrar is an IPv6 literal: the SIP socket is bound IPv4 by
-            # default, and a name with both records would otherwise pick by the resolver.
-            family = socket.AF_INET6 if registrar.host.startswith("[") else socket.AF_INET
-            infos = await self._loop.getaddrinfo(
-                registrar.host.strip("[]"), port, family=family, type=socket.SOCK_DGRAM
-            )
-            address = str(infos[0][4][0])
-        except (OSError, IndexError):
-            if self._kept(binding):
+        if not binding.targets:
+            try:
+                located = await self.locator.locate(registrar)
+            except ValueError:
+                located = []
+            if not self._kept(binding):
+                return
+            if binding.dest is None and located:
+                # Nothing sent yet: NAPTR may have chosen the transport (RFC 3263 §4.1) for
+                # a registrar URI that named none; the Contact and Via follow it.
+                chosen = located[0].transport
+                if chosen != _transport_of(binding.machine):
+                    binding.machine = self._machine(
+                        binding.config, registrar, chosen, binding.machine.call_id
+                    )
+            # Failover stays on the binding's transport: its Contact and Via name it.
+            transport = _transport_of(binding.machine)
+            binding.targets = [t for t in located if t.transport == transport]
+            binding.target_at = 0
+            if not binding.targets:
                 binding.resolve_failures += 1
                 self._report(binding, "failed", f"cannot resolve {registrar.host}", None)
                 delay = backoff_delay(binding.resolve_failures)
                 binding.timer = self._loop.call_later(delay, self._attempt, binding)
-            return
-        if not self._kept(binding):
-            return
-        transport = _transport(registrar)
-        dest = Source("UDP", (address, port))
+                return
+        target = binding.targets[binding.target_at]
+        transport, addr = target.transport, (target.host, target.port)
+        dest = Source("UDP", addr)
         if transport != "UDP":
             reuse = binding.dest
-            if reuse is not None and reuse.conn is not None and self._is_open(reuse.conn):
+            if (
+                reuse is not None
+                and reuse.conn is not None
+                and reuse.addr == addr
+                and self._is_open(reuse.conn)
+            ):
                 dest = reuse
             else:
                 try:
@@ -265,11 +297,11 @@ class Registrations:
                         raise OSError("no stream connections here")
                     dest = Source(
                         transport,
-                        (address, port),
-                        await self._connect(transport, dest.addr, registrar.host.strip("[]")),
+                        addr,
+                        await self._connect(transport, addr, registrar.host.strip("[]")),
                     )
                 except OSError as exc:
-                    if self._kept(binding):
+                    if self._kept(binding) and not self._fail_over(binding):
                         binding.resolve_failures += 1
                         why = f"cannot connect to {registrar.host} ({type(exc).__name__})"
                         self._report(binding, "failed", why, None)
@@ -279,8 +311,27 @@ class Registrations:
                 if not self._kept(binding):
                     return
         binding.resolve_failures = 0
+        if binding.dest is not None and binding.dest is not dest and binding.dest.conn is not None:
+            self._disconnect(binding.dest.conn)  # the previous server's connection
         binding.dest = dest
         self._send(self.core.send_request(binding.machine.register(), binding.dest))
+
+    def _fail_over(self, binding: _Binding) -> bool:
+        """Move to the binding's next server and register there now (RFC 3263 §4.3); False
+        when none is left (the list is resolved again at the next attempt)."""
+        if binding.target_at + 1 >= len(binding.targets):
+            binding.targets = []
+            return False
+        failed = binding.targets[binding.target_at]
+        binding.target_at += 1
+        log.info(
+            "trunk %s: no answer from the registrar's server %s:%d; trying the next",
+            binding.config.trunk_id,
+            failed.host,
+            failed.port,
+        )
+        self._attempt(binding)
+        return True
 
     def _remove(self, binding: _Binding) -> asyncio.Future[None] | None:
         """Stop keeping ``binding`` up; unregister it if it may be registered."""
@@ -328,6 +379,13 @@ class Registrations:
         outcome: Outcome = (
             machine.on_timeout() if event.response is None else machine.on_response(event.response)
         )
+        if (
+            isinstance(outcome, Failed)
+            and (event.response is None or event.response.status == 503)
+            and binding.leaving is None
+            and self._fail_over(binding)
+        ):
+            return  # a server that does not answer, or is overloaded: the next one
         if machine.contact != contact:
             log.info(
                 "trunk %s: the registrar sees this gateway at %s (NAT); registering that contact",
@@ -424,6 +482,11 @@ class Registrations:
             log.warning(
                 "trunk %s: registration state not stored (%s)", trunk_id, type(exc).__name__
             )
+
+
+def _transport_of(machine: Registration) -> str:
+    """The transport a machine's Via names (``SIP/2.0/UDP host:port``)."""
+    return machine.via.split(None, 1)[0].rsplit("/", 1)[1]
 
 
 def _transport(registrar: SipUri) -> str:

@@ -37,6 +37,7 @@ from telepath.sip.auth import Algorithm, DigestAuthenticator
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.ua import UaConfig, UserAgentCore
 from telepath.transport import media_pacer
+from telepath.transport.dns import SipLocator
 from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
@@ -280,6 +281,8 @@ async def start_gateway(
         metrics=state.metrics,
         http=SharedHttpClient(),
     )
+    locator = SipLocator(settings.dns_server_list)
+    manager.locator = locator
     server = SipServer(
         core,
         manager.on_sip_event,
@@ -344,6 +347,7 @@ async def start_gateway(
         is_open=server.is_open,
         disconnect=server.disconnect,
         workers=settings.sip_workers,
+        locator=locator,
     )
     manager.registrations = gateway.registrations = registrations
     gateway.unlisten.append(on_trunks_changed(registrations.trunks_changed))
