@@ -117,6 +117,21 @@ class TurnTracker:
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
 
+    def finish(self, unplayed_ms: float = 0.0) -> None:
+        """The call ended: close the turns still open, in the order they started — a caller
+        still speaking (hanging up mid-sentence) keeps a turn up to its last voiced frame.
+        ``unplayed_ms`` as for :meth:`finish_agent_turn`."""
+        start = self.caller_turn_start
+        caller_first = start is not None and (
+            self.agent_turn_start is None or start <= self.agent_turn_start
+        )
+        if not caller_first:
+            self.finish_agent_turn(unplayed_ms)
+        if start is not None and self.last_caller_voice is not None:
+            self._close("caller", self.last_caller_voice - start, 0)
+            self.caller_turn_start = None
+        self.finish_agent_turn(unplayed_ms)
+
     def _close(self, speaker: str, seconds: float, processing_ms: int) -> None:
         self.turns.append(
             Turn(len(self.turns) + 1, speaker, max(0, round(seconds * 1000)), processing_ms)
@@ -300,7 +315,7 @@ class Call:
                 await self.bridge.close(bridge_reason)
         unplayed_ms = self.media.queued_ms
         stats = await self.media.close()
-        self.turns.finish_agent_turn(unplayed_ms)
+        self.turns.finish(unplayed_ms)
         record = self.record
         record.end_time = datetime.now(UTC)
         record.status = CallStatus.DISCONNECTED

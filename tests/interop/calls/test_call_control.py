@@ -180,6 +180,9 @@ async def test_barge_in_openai_truncates_at_what_was_heard(
     assert abs(truncates[0]["audio_end_ms"] - heard_ms) <= 3 * FRAME_MS
     detail = await record(api, placed.call_id)
     assert detail["disconnect_reason"] == "caller_hangup"
+    # the caller spoke (2 s of tone) until it hung up, 0.2 s later: that is a turn of its own
+    (spoken,) = [t for t in detail["turns"] if t["speaker"] == "caller"]
+    assert 1800 <= spoken["duration_ms"] <= 2100, detail["turns"]
 
 
 class _WatchedElevenLabs(FakeElevenLabs):

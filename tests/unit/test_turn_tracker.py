@@ -1,0 +1,48 @@
+"""Turns as the gateway measures them (calls/call.py TurnTracker), with made-up times."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.calls.call import TurnTracker
+from telepath.calls.model import Turn
+
+pytestmark = pytest.mark.unit
+
+
+def speak(turns: TurnTracker, start: float, seconds: float) -> float:
+    """Voiced caller frames every 20 ms from ``start`` for ``seconds``; the last one's time."""
+    frames = round(seconds / 0.02)
+    for i in range(frames):
+        turns.caller_frame(start + i * 0.02, voiced=True)
+    return start + (frames - 1) * 0.02
+
+
+def test_a_pause_ends_the_callers_turn_and_the_agents_answer_measures_from_it() -> None:
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    turns.caller_frame(last + 0.7, voiced=False)  # over the 0.6 s turn gap: the turn ends
+    turns.agent_audio(last + 0.8, 500)
+    turns.finish()
+    assert turns.turns == [Turn(1, "caller", 980, 0), Turn(2, "agent", 500, 800)]
+
+
+def test_a_caller_still_speaking_at_the_end_keeps_the_turn() -> None:
+    """The caller talks and hangs up mid-sentence: that speech is a turn of the record."""
+    turns = TurnTracker()
+    turns.agent_audio(0.0, 1000)  # the greeting
+    last = speak(turns, 2.0, 1.5)
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "agent", 1000, 0),
+        Turn(2, "caller", round((last - 2.0) * 1000), 0),
+    ]
+
+
+def test_open_turns_close_in_the_order_they_started() -> None:
+    turns = TurnTracker()
+    speak(turns, 0.0, 0.5)  # the caller starts...
+    turns.agent_audio(0.3, 2000)  # ...the agent talks over it; both still open at the end
+    turns.finish(unplayed_ms=500)
+    assert [t.speaker for t in turns.turns] == ["caller", "agent"]
+    assert turns.turns[1].duration_ms == 1500  # the unplayed part was never heard
