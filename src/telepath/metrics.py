@@ -135,6 +135,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.media_warnings = Counter(
+            "telepath_call_media_warnings",
+            "Ended calls whose media report warned, by warning code (no_inbound_rtp, "
+            "srtp_authentication_failed, rtp_from_unexpected_address, caller_behind_nat, "
+            "caller_hears_nothing): alert on the rate of one-way-audio calls",
+            ["code"],
+            registry=r,
+        )
         self.agent_reconnects = Counter(
             "telepath_agent_reconnects",
             "Custom agents' dropped connections replaced mid-call (custom_reconnect), counted as "

@@ -1341,6 +1341,8 @@ class CallManager:
             )
             if call.agent_reconnects:
                 self.metrics.agent_reconnects.inc(call.agent_reconnects)
+            for warning in record.media["warnings"]:
+                self.metrics.media_warnings.labels(code=warning["code"]).inc()
             self.metrics.gateway_latency_by("caller_to_agent").observe(stats.inbound.p50_us / 1e6)
             self.metrics.gateway_latency_by("agent_to_caller").observe(stats.outbound.p50_us / 1e6)
         announce = self._announcing.pop(record.id, None)

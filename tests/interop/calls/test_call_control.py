@@ -887,6 +887,8 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
     and where our audio went; the ``call.ended`` webhook names the warning, so a user's system
     can alert on it without fetching every record."""
     hook = await subscribe(api, receiver.url, ["call.ended"])
+    warned = 'telepath_call_media_warnings_total{code="no_inbound_rtp"}'
+    before = _sample((await api.client.get("/metrics")).text, warned)
     async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=500) as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
@@ -904,10 +906,13 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
     assert placed.phone.loud_frames() > 0  # our side was fine: the agent's tone got through
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
     assert ended["media_warnings"] == ["no_inbound_rtp"]
+    # and Prometheus counts it, for an alert on the rate of one-way-audio calls
+    assert _sample((await api.client.get("/metrics")).text, warned) - before == 1
 
 
 def _sample(exposition: str, name: str) -> float:
-    """One unlabelled sample of a Prometheus text exposition (0 when absent)."""
+    """One sample (its name with any labels, as exposed) of a Prometheus text exposition (0
+    when absent)."""
     found = re.search(rf"^{re.escape(name)} (\S+)$", exposition, re.M)
     return float(found.group(1)) if found else 0.0
 
