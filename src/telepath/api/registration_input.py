@@ -15,7 +15,15 @@ from typing import Any, Final
 
 from telepath.api.errors import ApiError
 
-KEYS: Final = ("registrar", "username", "password", "auth_username", "domain", "expires")
+KEYS: Final = (
+    "registrar",
+    "username",
+    "password",
+    "auth_username",
+    "domain",
+    "outbound_proxy",
+    "expires",
+)
 REGISTRAR_MAX = 255
 DOMAIN_MAX = 255
 USERNAME_MAX = 64
@@ -42,6 +50,9 @@ UDP_ONLY = (
     "registration.registrar must be a sip: URI over UDP, TCP (transport=tcp) or TLS "
     "(transport=tls, or a sips: URI)"
 )
+# An outbound proxy's loose-routing flag (RFC 3261 §19.1.1): taken and dropped, as it is
+# always sent (the Route header is "<proxy;lr>").
+_LR: Final = re.compile(r";lr(?=;|\?|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class RegistrationInput:
     auth_username: str | None
     domain: str | None
     expires: int
+    outbound_proxy: str | None = None
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -80,6 +92,7 @@ def parse_registration(value: dict[str, Any]) -> RegistrationInput:
             raise _bad("missing_required_field", f"registration.{key} is required")
     auth_username = value.get("auth_username")
     domain = value.get("domain")
+    proxy = value.get("outbound_proxy")
     expires = value.get("expires")
     password = value.get("password")
     if password is not None:
@@ -98,6 +111,7 @@ def parse_registration(value: dict[str, Any]) -> RegistrationInput:
         ),
         domain=None if domain is None else normalize_domain(domain),
         expires=EXPIRES_DEFAULT if expires is None else expires,
+        outbound_proxy=None if proxy is None else normalize_proxy(proxy),
     )
 
 
@@ -118,6 +132,18 @@ def _check_password(value: str) -> None:
             f"registration.password must be 1-{PASSWORD_MAX} characters, "
             "without control characters",
         )
+
+
+def normalize_proxy(value: str) -> str:
+    """An outbound proxy (RFC 3261 §8.1.2: every REGISTER goes to it, with a Route header
+    naming it): a URI of the registrar's form, ``;lr`` allowed (and dropped: always sent)."""
+    try:
+        return normalize_registrar(_LR.sub("", value))
+    except ApiError as exc:
+        message = exc.message.replace(
+            "registration.registrar", "registration.outbound_proxy"
+        ).replace("the registrar", "the outbound proxy")
+        raise _bad(exc.code, message.replace(" (RFC 3261 §10.2)", "")) from None
 
 
 def normalize_registrar(value: str) -> str:

@@ -27,7 +27,8 @@ class RegistrationSettings(BaseModel):
     registrar: str = Field(
         max_length=255,
         description="The registrar: sip:host or sip:host:port (a DNS name, IPv4 address or "
-        "[IPv6]), no user part; ';transport=udp' only (UDP registration only for now)",
+        "[IPv6]), no user part; ';transport=tcp' or ';transport=tls' (or sips:) for TCP or "
+        "TLS. A DNS name without a port is located by its NAPTR and SRV records (RFC 3263)",
         examples=["sip:sip.carrier.example:5060"],
     )
     username: str = Field(
@@ -55,6 +56,15 @@ class RegistrationSettings(BaseModel):
         description="The address-of-record's domain when it is not the registrar's host: a DNS "
         "name or IP address",
     )
+    outbound_proxy: str | None = Field(
+        None,
+        max_length=255,
+        description="An outbound proxy every REGISTER goes through (with a Route header naming "
+        "it), as SIP phones have: a URI of the registrar's form (';lr' may be given: it is "
+        "always sent); its transport is the registration's. Calls from its addresses are the "
+        "registration's, as from the registrar's",
+        examples=["sip:proxy.carrier.example:5080"],
+    )
     expires: int | None = Field(
         None, ge=60, le=86400, description="Registration interval asked for, seconds (300)"
     )
@@ -67,6 +77,7 @@ class Registration(BaseModel):
     username: str
     auth_username: str | None = None
     domain: str | None = None
+    outbound_proxy: str | None = None
     expires: int
     status: RegistrationStatus = Field(
         description="'pending' (new or changed, not yet reported), 'registered', 'failed' "

@@ -54,6 +54,7 @@ def set_registration(trunk: Trunk, value: RegistrationInput | None, keyring: Key
         "username": value.username,
         "auth_username": value.auth_username,
         "domain": value.domain,
+        "outbound_proxy": value.outbound_proxy,
         "expires": value.expires,
     }
     context = trunk_secret_context(trunk.id, REGISTRATION_PASSWORD)

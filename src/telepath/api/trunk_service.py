@@ -46,6 +46,7 @@ def registration_view(row: TrunkRegistration | None) -> schemas.Registration | N
         username=row.username,
         auth_username=row.auth_username,
         domain=row.domain,
+        outbound_proxy=row.outbound_proxy,
         expires=row.expires,
         status=row.status,
         status_detail=row.status_detail,

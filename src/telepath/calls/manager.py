@@ -797,12 +797,18 @@ class CallManager:
 
     async def _from_registrar(self, trunk: TrunkConfig, source_ip: str) -> bool:
         """True if ``trunk`` has a registration and ``source_ip`` is where its calls come from:
-        its ``allowed_addresses`` if it has any, else its registrar's addresses."""
+        its ``allowed_addresses`` if it has any, else its registrar's addresses or its outbound
+        proxy's (a carrier that has its phones register through a proxy sends their calls
+        through it too)."""
         if trunk.registrar_host is None:
             return False
         if trunk.allowed_networks:
             return trunk.allows_source(source_ip)
-        return _unmapped(source_ip) in await self._addresses_of(trunk.registrar_host)
+        source = _unmapped(source_ip)
+        if source in await self._addresses_of(trunk.registrar_host):
+            return True
+        proxy = trunk.registration_proxy_host
+        return proxy is not None and source in await self._addresses_of(proxy)
 
     def _nat_address(self, request: Request, trunk: TrunkConfig) -> tuple[str, int] | None:
         """The address a call to a trunk with a registration gives in its Contact and SDP: the

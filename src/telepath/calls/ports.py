@@ -83,6 +83,7 @@ class TrunkConfig:
     # (an INVITE to the registered contact is taken from there without a challenge) and the
     # contact's user part (``RegistrationConfig.contact_user``).
     registrar_host: str | None = None
+    registration_proxy_host: str | None = None  # its outbound proxy's, which may send them too
     registration_contact: str | None = None
     # Its registration's digest username and password (decrypted): what we answer a
     # challenge of the registrar's to our own in-dialog requests with (BYE, REFER, refresh).
@@ -139,6 +140,8 @@ class RegistrationConfig:
         password: the digest password, decrypted (held only in memory).
         auth_username: the digest username when the carrier's differs from ``username``.
         domain: the address-of-record's domain when it is not the registrar's host.
+        outbound_proxy: where every REGISTER goes (with a Route header naming it), when not
+            to the registrar itself: ``sip:host[:port][;transport=…]``.
         expires: the registration interval asked for, in seconds.
         contact_user: the user part of the contact registered (``sip:<contact_user>@...``),
             random and unique per trunk: an INVITE to it is this trunk's.
@@ -152,6 +155,7 @@ class RegistrationConfig:
     domain: str | None = None
     expires: int = 300
     contact_user: str = ""
+    outbound_proxy: str | None = None
 
 
 class RegistrationStore(Protocol):

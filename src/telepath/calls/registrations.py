@@ -74,6 +74,7 @@ KEEPALIVE = b"\r\n\r\n"
 class _Binding:
     config: RegistrationConfig
     machine: Registration
+    next_hop: SipUri  # where its requests go: the outbound proxy if it has one, else the registrar
     dest: Source | None = None
     timer: asyncio.TimerHandle | None = None
     keepalive: asyncio.TimerHandle | None = None
@@ -209,8 +210,9 @@ class Registrations:
 
     def _start(self, config: RegistrationConfig) -> None:
         registrar = parse_uri(config.registrar)
-        machine = self._machine(config, registrar, _transport(registrar), self._call_id())
-        binding = _Binding(config, machine)
+        hop = registrar if config.outbound_proxy is None else parse_uri(config.outbound_proxy)
+        machine = self._machine(config, registrar, _transport(hop), self._call_id())
+        binding = _Binding(config, machine, hop)
         self._bindings[config.trunk_id] = binding
         self._by_call_id[machine.call_id] = binding
         self._attempt(binding)
@@ -232,6 +234,7 @@ class Registrations:
             password=config.password,
             expires=config.expires,
             call_id=call_id,
+            route=config.outbound_proxy,
         )
 
     def _call_id(self) -> str:
@@ -254,9 +257,10 @@ class Registrations:
 
     async def _resolve_and_register(self, binding: _Binding) -> None:
         registrar = binding.machine.registrar
+        hop = binding.next_hop
         if not binding.targets:
             try:
-                located = await self.locator.locate(registrar)
+                located = await self.locator.locate(hop)
             except ValueError:
                 located = []
             if not self._kept(binding):
@@ -275,7 +279,7 @@ class Registrations:
             binding.target_at = 0
             if not binding.targets:
                 binding.resolve_failures += 1
-                self._report(binding, "failed", f"cannot resolve {registrar.host}", None)
+                self._report(binding, "failed", f"cannot resolve {hop.host}", None)
                 delay = backoff_delay(binding.resolve_failures)
                 binding.timer = self._loop.call_later(delay, self._attempt, binding)
                 return
@@ -298,12 +302,12 @@ class Registrations:
                     dest = Source(
                         transport,
                         addr,
-                        await self._connect(transport, addr, registrar.host.strip("[]")),
+                        await self._connect(transport, addr, hop.host.strip("[]")),
                     )
                 except OSError as exc:
                     if self._kept(binding) and not self._fail_over(binding):
                         binding.resolve_failures += 1
-                        why = f"cannot connect to {registrar.host} ({type(exc).__name__})"
+                        why = f"cannot connect to {hop.host} ({type(exc).__name__})"
                         self._report(binding, "failed", why, None)
                         delay = backoff_delay(binding.resolve_failures)
                         binding.timer = self._loop.call_later(delay, self._attempt, binding)

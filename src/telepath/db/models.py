@@ -140,6 +140,8 @@ class TrunkRegistration(Base):
     username: Mapped[str] = mapped_column(String(64))
     auth_username: Mapped[str | None] = mapped_column(String(64), nullable=True)
     domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # every REGISTER goes through it (RFC 3261 §8.1.2): "sip:host[:port][;transport=…]"
+    outbound_proxy: Mapped[str | None] = mapped_column(String(255), nullable=True)
     expires: Mapped[int] = mapped_column(Integer)
     password_enc: Mapped[str] = mapped_column(Text)
     # The registered contact's user part ("tpr-" and 20 hex digits): an INVITE to it is this
@@ -157,10 +159,20 @@ class TrunkRegistration(Base):
     def registrar_host(self) -> str:
         """The registrar's host, without port or brackets: ``sip:[2001:db8::1]:5070`` →
         ``2001:db8::1``."""
-        hostport = self.registrar.split(":", 1)[1]
-        if hostport.startswith("["):
-            return hostport[1 : hostport.index("]")]
-        return hostport.split(":", 1)[0]
+        return uri_host(self.registrar)
+
+    @property
+    def proxy_host(self) -> str | None:
+        """The outbound proxy's host (as ``registrar_host``), if it has one."""
+        return None if self.outbound_proxy is None else uri_host(self.outbound_proxy)
+
+
+def uri_host(uri: str) -> str:
+    """The host of a normalised ``sip:host[:port][;params]`` URI, without port or brackets."""
+    hostport = uri.split(":", 1)[1].split(";", 1)[0]
+    if hostport.startswith("["):
+        return hostport[1 : hostport.index("]")]
+    return hostport.split(":", 1)[0]
 
 
 # Encrypted trunk columns: logical name -> attribute holding the AES-GCM envelope.

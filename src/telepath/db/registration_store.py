@@ -75,6 +75,7 @@ class DbRegistrationStore:
                     auth_username=row.auth_username,
                     domain=row.domain,
                     expires=row.expires,
+                    outbound_proxy=row.outbound_proxy,
                     contact_user=row.contact_user,
                 )
             )

@@ -199,6 +199,7 @@ class DbTrunkDirectory:
                     n for n in (trunk.forward_sip_headers or "").split(",") if n
                 ),
                 registrar_host=registration.registrar_host if registration else None,
+                registration_proxy_host=registration.proxy_host if registration else None,
                 registration_contact=registration.contact_user if registration else None,
                 registration_credentials=(
                     None

@@ -97,6 +97,8 @@ class Registration:
         expires: the interval to ask for.
         call_id: defaults to a random one.
         rng: ``random.random``-like, for the back-off's jitter.
+        route: an outbound proxy's URI: every request carries ``Route: <route;lr>`` (RFC 3261
+            §8.1.2, a preloaded route set of one loose router) and is sent there.
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class Registration:
         expires: int,
         call_id: str | None = None,
         rng: Callable[[], float] = random.random,
+        route: str | None = None,
     ) -> None:
         self.registrar = registrar
+        self.route = route
         self.aor = aor
         self.contact = contact
         self.via = via
@@ -161,6 +165,8 @@ class Registration:
         h = Headers()
         h.add("Via", f"{self.via};branch=z9hG4bK{secrets.token_hex(10)};rport")
         h.add("Max-Forwards", "70")
+        if self.route is not None:
+            h.add("Route", f"<{self.route};lr>")
         h.add("From", f"<{self.aor}>;tag={self._from_tag}")
         h.add("To", f"<{self.aor}>")
         h.add("Call-ID", self.call_id)

@@ -31,6 +31,7 @@ READ_BACK: dict[str, Any] = {
     "username": "4930123456",
     "auth_username": None,
     "domain": None,
+    "outbound_proxy": None,
     "expires": 300,
     "status": "pending",
     "status_detail": None,
@@ -100,6 +101,7 @@ async def test_every_setting(api: Api) -> None:
         "password": "  spaces and ünïcode ",
         "auth_username": "auth-alice",
         "domain": "Carrier.EXAMPLE",
+        "outbound_proxy": "SIP:Proxy.Carrier.Example:5080;LR;Transport=TCP",
         "expires": 86400,
     }
     trunk_id = await create(api, body)
@@ -109,11 +111,13 @@ async def test_every_setting(api: Api) -> None:
         "username": "Alice+1.x",
         "auth_username": "auth-alice",
         "domain": "carrier.example",
+        "outbound_proxy": "sip:proxy.carrier.example:5080;transport=tcp",  # lr: always sent
         "expires": 86400,
     }
     [config] = await store(api).registrations()
     assert config.password == "  spaces and ünïcode "
     assert config.auth_username == "auth-alice" and config.domain == "carrier.example"
+    assert config.outbound_proxy == "sip:proxy.carrier.example:5080;transport=tcp"
     ipv6_domain = {**REGISTRATION, "domain": "2001:DB8::1", "expires": 60}
     changed = await api.patch(f"/v1/trunks/{trunk_id}", {"registration": ipv6_domain})
     assert changed.status_code == 200, changed.text
@@ -243,6 +247,30 @@ INVALID: list[tuple[Any, str, str]] = [
     ({"domain": "alice@carrier.example"}, "invalid_field", BAD_DOMAIN),
     ({"domain": "carrier.example:5060"}, "invalid_field", BAD_DOMAIN),
     ({"domain": ""}, "invalid_field", BAD_DOMAIN),
+    # outbound_proxy: the registrar's rules, ;lr allowed
+    (
+        {"outbound_proxy": "sip:proxy.carrier.example;transport=sctp"},
+        "invalid_field",
+        UDP_ONLY.replace("registrar", "outbound_proxy"),
+    ),
+    (
+        {"outbound_proxy": "sip:proxy@carrier.example"},
+        "invalid_field",
+        "registration.outbound_proxy must not have a user part: the outbound proxy is "
+        "sip:host[:port]",
+    ),
+    (
+        {"outbound_proxy": "proxy.carrier.example"},
+        "invalid_field",
+        "registration.outbound_proxy must be a SIP URI of the outbound proxy: sip:host or "
+        "sip:host:port",
+    ),
+    (
+        {"outbound_proxy": "sip:proxy.carrier.example;lr=1"},
+        "invalid_field",
+        BAD_PARAMS.replace("registrar", "outbound_proxy"),
+    ),
+    ({"outbound_proxy": 1}, "invalid_field_type", "registration.outbound_proxy must be a string"),
     # expires
     ({"expires": 59}, "invalid_field", BAD_EXPIRES),
     ({"expires": 86401}, "invalid_field", BAD_EXPIRES),

@@ -917,3 +917,41 @@ async def test_over_tls_the_registrar_s_certificate_is_checked_and_calls_come_ba
         await gateway.registrations.close()
         await registrar.until(lambda: len(registrar.requests) == 2)
         assert registrar.requests[1].headers.get("Expires") == "0"
+
+
+async def test_an_outbound_proxy_gets_every_register_and_its_calls_are_the_trunks(
+    api: Api, gateway: Gateway
+) -> None:
+    """``outbound_proxy``: every REGISTER goes to the proxy (127.0.0.2, a raw socket) with the
+    registrar's Request-URI and ``Route: <proxy;lr>`` (RFC 3261 §8.1.2) — the registrar's own
+    name is never looked up —, and a call the proxy sends to the contact is the trunk's, while
+    one from elsewhere is challenged."""
+    gw = gateway.server.bound["UDP"]
+    proxy = await Uac.open("UDP", gw, host="127.0.0.2")
+    other = await Uac.open("UDP", gw)
+    try:
+        hop = f"sip:127.0.0.2:{proxy.local[1]}"
+        registration = {**registration_body("sip:registrar.invalid"), "outbound_proxy": hop}
+        trunk = await registration_trunk(api, "reg-proxy", "ws://127.0.0.1:9/a", registration)
+        assert gateway.registrations is not None
+        gateway.registrations.trunks_changed()
+        seen, first = await next_register(proxy, 0)
+        assert str(first.uri) == "sip:registrar.invalid"
+        assert first.headers.get_all("Route") == [f"<{hop};lr>"]
+        assert first.to.uri.host == "registrar.invalid"
+        (contact,) = contacts(first)
+        grant(proxy, first, gw, contact[1:-1])
+        await until_status(api, gateway, trunk["id"], "registered")
+        uri = contact[1:-1]
+        # admitted unchallenged (the agent is unreachable: a clean 480), and from elsewhere not
+        assert await first_final(CallLeg(proxy, "via-the-proxy", uri=uri)) == 480
+        assert await first_final(CallLeg(other, "from-elsewhere", uri=uri)) == 401
+        closing = asyncio.create_task(gateway.registrations.close())
+        _, leaving = await next_register(proxy, seen)
+        assert leaving.headers.get("Expires") == "0"
+        assert leaving.headers.get_all("Route") == [f"<{hop};lr>"]
+        grant(proxy, leaving, gw, contact[1:-1])
+        await closing
+    finally:
+        await proxy.close()
+        await other.close()
