@@ -138,8 +138,9 @@ class Metrics:
         self.media_warnings = Counter(
             "telepath_call_media_warnings",
             "Ended calls whose media report warned, by warning code (no_inbound_rtp, "
-            "srtp_authentication_failed, rtp_from_unexpected_address, caller_behind_nat, "
-            "caller_hears_nothing): alert on the rate of one-way-audio calls",
+            "private_address_advertised, srtp_authentication_failed, "
+            "rtp_from_unexpected_address, caller_behind_nat, caller_hears_nothing): alert on "
+            "the rate of one-way-audio calls",
             ["code"],
             registry=r,
         )

@@ -128,3 +128,35 @@ def test_ipv6_addresses_are_bracketed() -> None:
     )
     assert found["local_address"] == "[2001:db8::5]:40000"
     assert found["remote_rtp_address"] == "[2001:db8::9]:42000" and found["warnings"] == []
+
+
+PUBLIC_CALLER = ("93.184.216.34", 42000)
+
+
+@pytest.mark.parametrize("ours", ["10.0.0.5", "172.20.1.2", "192.168.1.20", "100.64.0.7"])
+def test_a_private_address_in_our_sdp_to_a_caller_on_the_internet_is_named(ours: str) -> None:
+    """The commonest cause of no_inbound_rtp: Telepath behind a NAT advertising its own
+    address (TELEPATH_PUBLIC_ADDRESS unset): said as the cause, with both addresses."""
+    found = report(SILENT, local=(ours, 40000), remote_sdp=PUBLIC_CALLER, remote_rtp=None)
+    assert codes(found) == ["no_inbound_rtp", "private_address_advertised"]
+    message = found["warnings"][1]["message"]
+    assert f"{ours}:40000" in message and "93.184.216.34" in message
+    assert "TELEPATH_PUBLIC_ADDRESS" in message
+
+
+def test_no_private_address_warning_when_it_is_not_the_explanation() -> None:
+    private = ("10.0.0.5", 40000)
+    # the caller is on the same private network (a PBX on the LAN): it can reach us
+    lan = report(SILENT, local=private, remote_sdp=("10.0.9.9", 42000), remote_rtp=None)
+    assert codes(lan) == ["no_inbound_rtp"]
+    # audio arrived anyway (the carrier latched onto where ours came from): nothing to explain
+    flowing = report(FLOWING, local=private, remote_sdp=PUBLIC_CALLER, remote_rtp=PUBLIC_CALLER)
+    assert codes(flowing) == []
+    # a public address of ours: another cause (a firewall), said by no_inbound_rtp alone
+    public = report(
+        SILENT, local=("93.184.216.40", 40000), remote_sdp=PUBLIC_CALLER, remote_rtp=None
+    )
+    assert codes(public) == ["no_inbound_rtp"]
+    ipv6 = ("2a00:1450::1", 42000)
+    ula = report(SILENT, local=("fd00::5", 40000), remote_sdp=ipv6, remote_rtp=None)
+    assert codes(ula) == ["no_inbound_rtp", "private_address_advertised"]
