@@ -111,8 +111,11 @@ class Gateway:
         # BENCH_GATEWAY_PROFILE=/path/out.prof: run the gateway under cProfile (written on exit)
         profile = os.environ.get("BENCH_GATEWAY_PROFILE")
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        # BENCH_GATEWAY_PYTHON=/path/python: the gateway on another interpreter (a venv of
+        # another Python version with the package installed), the rest of the bench unchanged
+        python = os.environ.get("BENCH_GATEWAY_PYTHON", sys.executable)
         self.proc = subprocess.Popen(
-            [sys.executable, *prefix, "-m", "telepath", "serve"],
+            [python, *prefix, "-m", "telepath", "serve"],
             cwd=self.tmp,
             env=env,
             stdout=subprocess.PIPE,
