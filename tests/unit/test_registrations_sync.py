@@ -12,9 +12,12 @@ import pytest
 from telepath.calls.ports import RegistrationConfig
 from telepath.calls.registrations import Registrations
 from telepath.clock import FakeClock
-from telepath.sip.message import Request
+from telepath.sip.locate import Target
+from telepath.sip.message import Request, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.ua import Output, RequestAnswered, Send, UaConfig, UserAgentCore
+from telepath.sip.uri import SipUri
+from telepath.transport.dns import SipLocator
 
 pytestmark = pytest.mark.unit
 
@@ -99,4 +102,54 @@ async def test_a_register_unanswered_on_a_connection_closes_it() -> None:
     assert opened == [1] and closed == []
     registrations.answered(RequestAnswered(register, None))  # Timer F: no answer at all
     assert closed == [1]
+    await registrations.close(timeout_s=0.1)
+
+
+class TwoServers(SipLocator):
+    """Two TCP servers for any registrar (as SRV records would give)."""
+
+    async def locate(self, uri: SipUri) -> list[Target]:
+        return [Target("TCP", "127.0.0.2", 5999), Target("TCP", "127.0.0.3", 5999)]
+
+
+@pytest.mark.parametrize("in_use", [False, True])
+async def test_failover_closes_the_old_connection_unless_a_call_uses_it(in_use: bool) -> None:
+    """A 503 moves the binding to the next server over a new connection; the old one is closed
+    — unless a call's dialog still signals over it (the registrar sends calls back on it)."""
+    sent: list[Output] = []
+    opened: list[tuple[str, int]] = []
+    closed: list[int] = []
+    arrived = asyncio.Event()
+
+    def send(outputs: list[Output]) -> None:
+        sent.extend(outputs)
+        arrived.set()
+
+    async def connect(transport: str, addr: tuple[str, int], host: str) -> int:
+        opened.append(addr)
+        return len(opened)
+
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    store = Store([config("tcp", "sip:carrier.example;transport=tcp")])
+    registrations = Registrations(
+        store,
+        core,
+        send,
+        connect=connect,
+        is_open=lambda conn: conn not in closed,
+        disconnect=closed.append,
+        locator=TwoServers(),
+        in_use=lambda conn: in_use and conn == 1,
+    )
+    await registrations.sync()
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    (first,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
+    assert isinstance(first, Request)
+    arrived.clear()
+    registrations.answered(RequestAnswered(first, make_response(first, 503)))
+    async with asyncio.timeout(5):  # the REGISTER to the next server: the old one let go first
+        await arrived.wait()
+    assert opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
+    assert closed == ([] if in_use else [1])
     await registrations.close(timeout_s=0.1)

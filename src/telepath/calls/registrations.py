@@ -103,6 +103,9 @@ class Registrations:
         disconnect: closes a stream connection a binding no longer needs.
         workers: SIP worker processes sharing the port (Call-IDs are chosen for worker 0).
         locator: finds the registrar's servers (RFC 3263; the system's DNS by default).
+        in_use: whether a call's dialog signals over a stream connection
+            (``UserAgentCore.uses_connection``): such a connection is left open when the
+            binding leaves it.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Registrations:
         disconnect: Callable[[int], None] | None = None,
         workers: int = 1,
         locator: SipLocator | None = None,
+        in_use: Callable[[int], bool] | None = None,
     ) -> None:
         self.store = store
         self.locator = locator or SipLocator()
@@ -128,6 +132,7 @@ class Registrations:
         self._connect = connect
         self._is_open = is_open or (lambda conn: False)
         self._disconnect = disconnect or (lambda conn: None)
+        self._in_use = in_use or (lambda conn: False)
         self.workers = workers
         self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
         self._by_call_id: dict[str, _Binding] = {}
@@ -316,7 +321,7 @@ class Registrations:
                     return
         binding.resolve_failures = 0
         if binding.dest is not None and binding.dest is not dest and binding.dest.conn is not None:
-            self._disconnect(binding.dest.conn)  # the previous server's connection
+            self._release(binding.dest.conn)  # the previous server's connection
         binding.dest = dest
         self._send(self.core.send_request(binding.machine.register(), binding.dest))
 
@@ -358,9 +363,18 @@ class Registrations:
     def _forget(self, binding: _Binding) -> None:
         self._by_call_id.pop(binding.machine.call_id, None)
         if binding.dest is not None and binding.dest.conn is not None:
-            self._disconnect(binding.dest.conn)  # the connection was the binding's own
+            self._release(binding.dest.conn)  # the connection was the binding's own
         if binding.leaving is not None and not binding.leaving.done():
             binding.leaving.set_result(None)
+
+    def _release(self, conn: int) -> None:
+        """Close a connection the binding no longer uses — unless a call signals over it (the
+        registrar sent the call on it): closing it would cut that call off; its peer or the
+        process's end closes it then."""
+        if self._in_use(conn):
+            log.info("a registration left a connection that a call still uses; kept open")
+            return
+        self._disconnect(conn)
 
     # ------------------------------------------------------------------ answers
 

@@ -348,6 +348,7 @@ async def start_gateway(
         disconnect=server.disconnect,
         workers=settings.sip_workers,
         locator=locator,
+        in_use=core.uses_connection,
     )
     manager.registrations = gateway.registrations = registrations
     gateway.unlisten.append(on_trunks_changed(registrations.trunks_changed))

@@ -248,6 +248,11 @@ class UserAgentCore:
         """Live dialogs."""
         return len(self._dialogs)
 
+    def uses_connection(self, conn: int) -> bool:
+        """Whether a live dialog signals over stream connection ``conn`` (where its INVITE
+        came from, and where its in-dialog requests go)."""
+        return any(dialog.source.conn == conn for dialog in self._dialogs.values())
+
     @property
     def transaction_count(self) -> int:
         """Live server and client transactions."""

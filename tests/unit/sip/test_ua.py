@@ -434,3 +434,20 @@ def test_dialog_establishing_responses_copy_the_record_route(
     assert isinstance(ev2, InviteReceived)
     (refused,) = sent(ua.respond(ev2.tx, 486))
     assert refused.headers.get_all("Record-Route") == []
+
+
+def test_a_dialog_holds_the_connection_its_invite_came_on(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """``uses_connection``: whether a stream connection still carries a call's signalling (a
+    registration must not close it under the call)."""
+    ua, _ = core
+    tcp = Source("TCP", ("192.0.2.10", 5070), conn=7)
+    assert not ua.uses_connection(7)
+    out = ua.receive(request(body=SDP, extra="Content-Type: application/sdp\r\n"), tcp)
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    assert ua.uses_connection(7) and not ua.uses_connection(8)
+    ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag=dialog.local_tag), tcp)
+    assert not ua.uses_connection(7)
