@@ -6,6 +6,7 @@ the frozen ``Settings`` object (or the values it needs); nothing reads the envir
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -14,25 +15,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def parse_servers(value: str) -> list[tuple[str, int]]:
-    """``"10.0.0.2, 127.0.0.1:5353, [::1]:53"`` → ``[(host, port), ...]`` (port 53 when none);
-    raises ``ValueError`` for anything else."""
+    """``"10.0.0.2, 127.0.0.1:5353, [::1]:53"`` → ``[(address, port), ...]`` (port 53 when
+    none); raises ``ValueError`` naming the first item that is not an IP address with an
+    optional port."""
     servers: list[tuple[str, int]] = []
     for item in (part.strip() for part in value.split(",")):
         if not item:
             continue
-        host, port = item, 53
+        host, port = item, "53"
         if item.startswith("["):
             host, _, rest = item[1:].partition("]")
-            if rest:
-                if not rest.startswith(":"):
-                    raise ValueError(f"not a DNS server: {item!r}")
-                port = int(rest[1:])
+            port = rest[1:] if rest.startswith(":") else ("" if rest else "53")
         elif item.count(":") == 1:
-            host, _, text = item.partition(":")
-            port = int(text)
-        if not host or not 0 < port < 65536:
-            raise ValueError(f"not a DNS server: {item!r}")
-        servers.append((host, port))
+            host, _, port = item.partition(":")
+        try:
+            address = ipaddress.ip_address(host)
+            number = int(port) if port.isdigit() else 0
+        except ValueError:
+            number = 0
+        if not 0 < number < 65536:
+            raise ValueError(
+                f"{item!r} is not a DNS server: an IP address, optionally with a port "
+                "(10.0.0.2, 10.0.0.2:5353, [2001:db8::53]:53)"
+            )
+        servers.append((str(address), number))
     return servers
 
 

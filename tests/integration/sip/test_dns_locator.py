@@ -101,6 +101,6 @@ def test_dns_servers_setting() -> None:
         ("2001:db8::1", 53),
     ]
     assert parse_servers("") == []
-    for bad in ("host:0", "a:b", "[::1]x", ":53"):
-        with pytest.raises(ValueError):
+    for bad in ("10.0.0.2:0", "10.0.0.2:x", "[::1]x", ":53", "dns.example", "1.2.3.4:70000"):
+        with pytest.raises(ValueError, match="is not a DNS server: an IP address"):
             parse_servers(bad)
