@@ -310,7 +310,7 @@ class Registrations:
                         await self._connect(transport, addr, hop.host.strip("[]")),
                     )
                 except OSError as exc:
-                    if self._kept(binding) and not self._fail_over(binding):
+                    if self._kept(binding) and not self._fail_over(binding, "no connection"):
                         binding.resolve_failures += 1
                         why = f"cannot connect to {hop.host} ({type(exc).__name__})"
                         self._report(binding, "failed", why, None)
@@ -325,7 +325,7 @@ class Registrations:
         binding.dest = dest
         self._send(self.core.send_request(binding.machine.register(), binding.dest))
 
-    def _fail_over(self, binding: _Binding) -> bool:
+    def _fail_over(self, binding: _Binding, why: str) -> bool:
         """Move to the binding's next server and register there now (RFC 3263 §4.3); False
         when none is left (the list is resolved again at the next attempt)."""
         if binding.target_at + 1 >= len(binding.targets):
@@ -334,10 +334,11 @@ class Registrations:
         failed = binding.targets[binding.target_at]
         binding.target_at += 1
         log.info(
-            "trunk %s: no answer from the registrar's server %s:%d; trying the next",
+            "trunk %s: the registrar's server %s:%d failed (%s); trying the next",
             binding.config.trunk_id,
             failed.host,
             failed.port,
+            why,
         )
         self._attempt(binding)
         return True
@@ -401,7 +402,7 @@ class Registrations:
             isinstance(outcome, Failed)
             and (event.response is None or event.response.status == 503)
             and binding.leaving is None
-            and self._fail_over(binding)
+            and self._fail_over(binding, "503" if event.response else "no answer")
         ):
             return  # a server that does not answer, or is overloaded: the next one
         if machine.contact != contact:

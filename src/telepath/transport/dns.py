@@ -147,6 +147,8 @@ class SipLocator:
         """Where to send a request for ``uri``, best first, each with an address (RFC 3263 §4);
         empty if nothing resolves. Raises ``ValueError`` for a transport we do not speak."""
         steps = plan(uri)
+        # IPv4 unless the URI is an IPv6 literal: the SIP socket is bound IPv4 by default, and
+        # a name with both kinds of records would otherwise be reached by the resolver's pick.
         family = socket.AF_INET6 if uri.host.startswith("[") else socket.AF_INET
         if steps.direct is not None:
             direct = steps.direct
