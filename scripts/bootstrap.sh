@@ -2,7 +2,8 @@
 # Installs what Telepath needs on a fresh machine, and nothing twice:
 #   - a Python venv in .venv with the package (editable) and, with --test, its dev extras;
 #   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip,
-#     linphone, kamailio as a record-routing proxy, dnsmasq as a DNS server with SRV/NAPTR),
+#     linphone, kamailio as a record-routing proxy, dnsmasq as a DNS server with SRV/NAPTR,
+#     coturn as a STUN server),
 #     via apt-get when they are missing and we may install them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ if [ $want_test = 1 ]; then
   command -v kamailio >/dev/null 2>&1 || missing+=(kamailio)
   command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
   command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+  command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
@@ -51,6 +53,10 @@ if [ $want_test = 1 ]; then
       # every interface, where `make run` listens) must not stay up where systemd started it.
       if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null 2>&1; then
         $sudo systemctl disable --now kamailio >/dev/null 2>&1 || true
+      fi
+      # Likewise coturn's service (port 3478): the tests run their own STUN server.
+      if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null 2>&1; then
+        $sudo systemctl disable --now coturn >/dev/null 2>&1 || true
       fi
     else
       echo "bootstrap: WARNING no apt-get; interop tests need ${missing[*]} and will be skipped loudly" >&2

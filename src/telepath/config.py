@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): "host[:port]",
     # comma-separated; empty: the system's (/etc/resolv.conf, and getaddrinfo for addresses)
     dns_servers: str = ""
+    # A STUN server ("host[:port]", port 3478) asked, per call, where a NAT maps its RTP port;
+    # that mapping goes in the SDP. Empty: none (TELEPATH_PUBLIC_ADDRESS and the RTP port).
+    stun_server: str = ""
     # outbound registrations found behind a NAT, and over TCP: a keep-alive this often (0: off)
     sip_keepalive_s: float = Field(default=20.0, ge=0)
     sip_enabled: bool = True
@@ -150,7 +153,23 @@ class Settings(BaseSettings):
             parse_servers(self.dns_servers)
         except ValueError as exc:
             raise ValueError(f"TELEPATH_DNS_SERVERS: {exc}") from None
+        if self.stun_server and self.stun_server_address is None:
+            raise ValueError(
+                "TELEPATH_STUN_SERVER must be host or host:port (an IPv4 address or a DNS name)"
+            )
         return self
+
+    @property
+    def stun_server_address(self) -> tuple[str, int] | None:
+        """``TELEPATH_STUN_SERVER`` as (host, port) (3478 when none given); None if unset or
+        not of that form."""
+        host, sep, port = self.stun_server.strip().partition(":")
+        if not host or any(c.isspace() or c in "[]/@" for c in host):
+            return None
+        if not sep:
+            return host, 3478
+        number = int(port) if port.isdigit() else 0
+        return (host, number) if 0 < number < 65536 else None
 
     @property
     def dns_server_list(self) -> list[tuple[str, int]] | None:

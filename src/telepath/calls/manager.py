@@ -117,6 +117,7 @@ from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import MediaSession
 from telepath.transport.ports import PortLease, RtpPortAllocator, RtpPortsExhausted
 from telepath.transport.sip_server import SipServer
+from telepath.transport.stun import StunClient
 from telepath.transport.thread_clock import BusyClock
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,9 @@ class _Setup:
         # NAT's, which the registrar learnt (calls/registrations.py): our Contact and SDP give
         # it instead of the configured address, which the carrier may not reach.
         self.nat: tuple[str, int] | None = None
+        # Where a NAT maps the call's RTP socket, by STUN (TELEPATH_STUN_SERVER): measured
+        # for this very socket, so it beats the registration's address for the SDP.
+        self.stun: tuple[str, int] | None = None
         # A call its trunk's registrar sent: the registration's digest credentials, which
         # answer the registrar's challenges to our BYE, REFER or refresh in the dialog.
         self.credentials: tuple[str, str] | None = None
@@ -163,6 +167,8 @@ class _Setup:
     @property
     def media_address(self) -> str | None:
         """The address our SDP gives when it is not the configured one."""
+        if self.stun is not None:
+            return self.stun[0]
         return None if self.nat is None else self.nat[0].strip("[]")
 
     def confirmed(self, ack_body: bytes) -> None:
@@ -319,6 +325,7 @@ class CallManager:
         self.registrations: Registrations | None = None
         self._registrar_addresses: dict[str, tuple[float, frozenset[str]]] = {}
         self.locator = SipLocator()  # the registrars' servers (RFC 3263); the gateway's own DNS
+        self.stun: StunClient | None = None  # asked for each call's RTP mapping, when set
         self.lag = LagMonitor(
             config.overload_lag_s,
             idle_interval_s=LOAD_PERIOD_S,
@@ -572,8 +579,10 @@ class CallManager:
             # Decision: only the party we registered with gets an answer to its challenges;
             # another peer in a call to the same trunk is not sent our credentials' digest.
             setup.credentials = trunk.registration_credentials
-        media_address = setup.media_address or self.config.media_address
         try:
+            if self.stun is not None:
+                setup.stun = lease.public = await self.stun.mapping(lease.rtp_socket)
+            media_address = setup.media_address or self.config.media_address
             session_id = random.randint(1, 2**31)
             security = self._media_security(tx, trunk)
             if not request.body:
@@ -593,7 +602,7 @@ class CallManager:
                     return
                 offer = create_offer(
                     local_address=media_address,
-                    local_port=lease.port,
+                    local_port=lease.sdp_port,
                     session_id=session_id,
                     session_version=1,
                     preference=trunk.codecs or self.config.codecs,
@@ -611,7 +620,7 @@ class CallManager:
                 answer, negotiated = negotiate_answer(
                     parse(request.body),
                     local_address=media_address,
-                    local_port=lease.port,
+                    local_port=lease.sdp_port,
                     session_id=session_id,
                     session_version=1,
                     preference=trunk.codecs or self.config.codecs,
@@ -1011,7 +1020,7 @@ class CallManager:
             session_version = 2
             local_sdp = create_offer(
                 local_address=setup.media_address or self.config.media_address,
-                local_port=lease.port,
+                local_port=lease.sdp_port,
                 session_id=session_id,
                 session_version=session_version,
                 preference=(negotiated.codec.name,),

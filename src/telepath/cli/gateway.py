@@ -41,6 +41,7 @@ from telepath.transport.dns import SipLocator
 from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
+from telepath.transport.stun import StunClient
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import JOURNAL as EVENTS_JOURNAL
 from telepath.webhooks.sink import DbEventSink
@@ -283,6 +284,9 @@ async def start_gateway(
     )
     locator = SipLocator(settings.dns_server_list)
     manager.locator = locator
+    stun_server = settings.stun_server_address
+    if stun_server is not None:
+        manager.stun = StunClient(*stun_server)
     server = SipServer(
         core,
         manager.on_sip_event,

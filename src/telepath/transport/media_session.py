@@ -353,8 +353,8 @@ class MediaSession:
 
     @property
     def local_port(self) -> int:
-        """The RTP port to put in our SDP."""
-        return self.lease.port
+        """The RTP port to put in our SDP (the NAT's outside port when STUN found one)."""
+        return self.lease.sdp_port
 
     @property
     def ended(self) -> MediaEndReason | None:

@@ -51,8 +51,15 @@ class PortLease:
         self.port = port
         self.rtp_socket = rtp_socket
         self.rtcp_socket = rtcp_socket
+        # Where a NAT in front of us maps the RTP socket (transport/stun.py), if asked.
+        self.public: tuple[str, int] | None = None
         self._allocator = allocator
         self._released = False
+
+    @property
+    def sdp_port(self) -> int:
+        """The RTP port our SDP gives: the NAT's outside port when STUN found one."""
+        return self.port if self.public is None else self.public[1]
 
     @property
     def rtcp_port(self) -> int:
