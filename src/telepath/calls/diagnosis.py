@@ -9,37 +9,15 @@ likely cause; none is a guess from one packet.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from telepath.addresses import is_private, is_public
 from telepath.transport.media_stats import MediaStats
 
 __all__ = ["MIN_SECONDS_FOR_SILENCE", "media_report"]
 
 #: A call answered for less than this may end before the caller's first packet: no warning.
 MIN_SECONDS_FOR_SILENCE = 1.0
-
-# Addresses only a NAT's inside can reach: RFC 1918, shared address space for carrier-grade NAT
-# (RFC 6598), IPv6 unique local (RFC 4193).
-_PRIVATE = tuple(
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
-)
-
-
-def _private(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in _PRIVATE)
-
-
-def _public(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
 
 
 def _hostport(addr: tuple[str, int] | None) -> str | None:
@@ -107,8 +85,8 @@ def media_report(
         received == 0
         and answered_s >= MIN_SECONDS_FOR_SILENCE
         and caller is not None
-        and _private(local[0])
-        and _public(caller[0])
+        and is_private(local[0])
+        and is_public(caller[0])
     ):
         warnings.append(
             {

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from telepath.addresses import is_private
 from telepath.bridges.base import (
     AgentBridge,
     BridgeError,
@@ -580,7 +581,9 @@ class CallManager:
             # another peer in a call to the same trunk is not sent our credentials' digest.
             setup.credentials = trunk.registration_credentials
         try:
-            if self.stun is not None:
+            if self.stun is not None and not is_private(tx.source.addr[0]):
+                # The NAT's mapping is for callers outside it: one on our private network
+                # (a PBX on the LAN) reaches the configured address directly.
                 setup.stun = lease.public = await self.stun.mapping(lease.rtp_socket)
             media_address = setup.media_address or self.config.media_address
             session_id = random.randint(1, 2**31)
