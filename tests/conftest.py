@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,13 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TELEPATH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 _skipped_services: set[str] = set()
+
+
+def free_udp_port() -> int:
+    """A UDP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def skip_loudly(service: str, reason: str) -> None:

@@ -12,13 +12,7 @@ from pathlib import Path
 
 from aioice import stun
 
-from tests.conftest import skip_loudly
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_udp_port, skip_loudly
 
 
 def _answers(port: int) -> bool:
@@ -42,7 +36,7 @@ async def stun_server(tmp_path: Path) -> AsyncIterator[int]:
     if exe is None:
         skip_loudly("coturn", "turnserver (Debian package coturn) is missing")
     assert exe is not None
-    port = _free_port()
+    port = free_udp_port()
     work = tmp_path / f"coturn-{port}"
     work.mkdir()
     proc = await asyncio.create_subprocess_exec(

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import dns.asyncresolver
 import dns.exception
 
-from tests.conftest import skip_loudly
+from tests.conftest import free_udp_port, skip_loudly
 
 ZONE = "test"  # names under it are ours: anything not configured is NXDOMAIN
 
@@ -40,12 +39,6 @@ class Naptr:
     preference: int
     service: str
     replacement: str
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _executable() -> str | None:
@@ -88,7 +81,7 @@ async def dnsmasq(
         for r in naptr or []
     ]
     for attempt in range(3):  # the free port may be taken between the probe and the bind
-        port = _free_port()
+        port = free_udp_port()
         proc = await asyncio.create_subprocess_exec(
             exe,
             "--keep-in-foreground",

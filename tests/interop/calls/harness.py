@@ -22,6 +22,7 @@ from telepath.cli.gateway import Gateway
 from telepath.rtp.dtmf import encode_dtmf
 from telepath.rtp.g722 import G722Decoder, G722Encoder
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
+from tests.conftest import free_udp_port
 from tests.integration.db.tcp_proxy import TcpProxy
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.media.sipp import require_sipp
@@ -284,12 +285,6 @@ async def run_sipp(
 def free_tcp_port() -> int:
     """A TCP port nothing listens on (for an unreachable agent)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -21,10 +21,9 @@ from telepath.cli.gateway import Gateway
 from telepath.sip.auth import AuthOutcome, AuthResult
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_pcm16
-from tests.conftest import skip_loudly
+from tests.conftest import free_udp_port, skip_loudly
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.calls.harness import free_udp_port
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.waits import ended_records, until
 

@@ -32,9 +32,10 @@ from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import StreamFramer, parse_message
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.certs import self_signed
+from tests.conftest import free_udp_port
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
-from tests.interop.calls.harness import Phone, free_udp_port
+from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.sipp_scenarios import reinvite, run_sipp, unchallenged_call

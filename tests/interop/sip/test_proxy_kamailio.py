@@ -20,9 +20,9 @@ import pytest
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from tests.conftest import free_udp_port
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.calls.harness import free_udp_port
 from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.test_baresip import PASSWORD, _dial, baresip_config, require_baresip
 from tests.interop.sip.waits import ended_records

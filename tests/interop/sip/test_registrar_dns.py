@@ -16,10 +16,10 @@ import pytest
 
 from telepath.cli.gateway import Gateway
 from telepath.sip.message import Request, make_response
+from tests.conftest import free_udp_port
 from tests.dnsmasq import Naptr, Srv, dnsmasq
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import GATEWAY_SETTINGS
-from tests.interop.calls.harness import free_udp_port
 from tests.interop.sip.kamailio import config, kamailio
 from tests.interop.sip.test_outbound_registration import (
     REG_PASSWORD,
