@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     sip_tls_cert: Path | None = None
     sip_tls_key: Path | None = None
     public_address: str = ""  # advertised in Contact and SDP when behind NAT
-    # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): "host[:port]",
-    # comma-separated; empty: the system's (/etc/resolv.conf, and getaddrinfo for addresses)
+    # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): IP addresses with
+    # an optional ":port", comma-separated; empty: the system's (/etc/resolv.conf, and
+    # getaddrinfo for addresses)
     dns_servers: str = ""
     # A STUN server ("host[:port]", port 3478) asked, per call, where a NAT maps its RTP port;
     # that mapping goes in the SDP. Empty: none (TELEPATH_PUBLIC_ADDRESS and the RTP port).
