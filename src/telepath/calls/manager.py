@@ -584,7 +584,10 @@ class CallManager:
             if self.stun is not None and not is_private(tx.source.addr[0]):
                 # The NAT's mapping is for callers outside it: one on our private network
                 # (a PBX on the LAN) reaches the configured address directly.
-                setup.stun = lease.public = await self.stun.mapping(lease.rtp_socket)
+                lease.public, lease.public_rtcp = await asyncio.gather(
+                    self.stun.mapping(lease.rtp_socket), self.stun.mapping(lease.rtcp_socket)
+                )
+                setup.stun = lease.public
             media_address = setup.media_address or self.config.media_address
             session_id = random.randint(1, 2**31)
             security = self._media_security(tx, trunk)
@@ -606,6 +609,7 @@ class CallManager:
                 offer = create_offer(
                     local_address=media_address,
                     local_port=lease.sdp_port,
+                    rtcp_port=lease.sdp_rtcp_port,
                     session_id=session_id,
                     session_version=1,
                     preference=trunk.codecs or self.config.codecs,
@@ -624,6 +628,7 @@ class CallManager:
                     parse(request.body),
                     local_address=media_address,
                     local_port=lease.sdp_port,
+                    rtcp_port=lease.sdp_rtcp_port,
                     session_id=session_id,
                     session_version=1,
                     preference=trunk.codecs or self.config.codecs,
@@ -1024,6 +1029,7 @@ class CallManager:
             local_sdp = create_offer(
                 local_address=setup.media_address or self.config.media_address,
                 local_port=lease.sdp_port,
+                rtcp_port=lease.sdp_rtcp_port,
                 session_id=session_id,
                 session_version=session_version,
                 preference=(negotiated.codec.name,),
@@ -1268,6 +1274,7 @@ class CallManager:
                 current=call.negotiated,
                 local_address=call.media_address or self.config.media_address,
                 local_port=call.media.local_port,
+                rtcp_port=call.media.local_rtcp_port,
                 session_id=call.session_id,
                 session_version=call.session_version,
                 preference=self.config.codecs,

@@ -229,6 +229,7 @@ def _audio_section(
     dtmf_pt: int | None,
     direction: Direction,
     crypto: str | None = None,
+    rtcp_port: int | None = None,
 ) -> MediaDescription:
     formats = [str(c.payload_type) for c in codecs]
     attributes: list[tuple[str, str | None]] = [
@@ -239,6 +240,9 @@ def _audio_section(
         attributes.append(("rtpmap", f"{dtmf_pt} telephone-event/{_CLOCK_RATE}"))
         attributes.append(("fmtp", f"{dtmf_pt} {DTMF_EVENTS}"))
     attributes.append(("ptime", str(PTIME_MS)))
+    if rtcp_port is not None and rtcp_port != port + 1:
+        # RFC 3605 §2.1: RTCP is not on the next port (a NAT mapped the two apart)
+        attributes.append(("rtcp", str(rtcp_port)))
     attributes.append((direction, None))
     if crypto is not None:
         attributes.append(("crypto", crypto))
@@ -327,6 +331,7 @@ def _answer(
     names: Sequence[CodecName],
     username: str,
     security: MediaSecurity,
+    rtcp_port: int | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     _check_port(local_port)
     accepted: tuple[int, CodecSpec, SrtpKeys | None] | None = None
@@ -359,7 +364,7 @@ def _answer(
     for i, m in enumerate(offer.media):
         if i == index:
             crypto = None if srtp is None else format_crypto(srtp.tag, srtp.suite, srtp.local_key)
-            media.append(_audio_section(local_port, [codec], dtmf_pt, direction, crypto))
+            media.append(_audio_section(local_port, [codec], dtmf_pt, direction, crypto, rtcp_port))
         else:
             # RFC 3264 §6: rejected streams keep media, proto and formats, with port 0.
             media.append(
@@ -396,6 +401,7 @@ def negotiate_answer(
     preference: Sequence[str] = DEFAULT_PREFERENCE,
     username: str = "telepath",
     security: MediaSecurity = MediaSecurity(),
+    rtcp_port: int | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer an initial offer (RFC 3264 §6).
 
@@ -408,6 +414,8 @@ def negotiate_answer(
         preference: codec names in our order of preference (default G722, PCMU, PCMA).
         username: the ``o=`` username.
         security: whether SRTP may (or must) be used, with our key; default plain RTP only.
+        rtcp_port: our RTCP port when it is not ``local_port + 1`` (then ``a=rtcp``, RFC
+            3605); None: the next port.
 
     Returns:
         The answer and what it settled for the audio stream.
@@ -427,6 +435,7 @@ def negotiate_answer(
         names=_codec_names(preference),
         username=username,
         security=security,
+        rtcp_port=rtcp_port,
     )
 
 
@@ -441,6 +450,7 @@ def negotiate_reoffer(
     preference: Sequence[str] = DEFAULT_PREFERENCE,
     username: str = "telepath",
     security: MediaSecurity = MediaSecurity(),
+    rtcp_port: int | None = None,
 ) -> tuple[SessionDescription, NegotiatedMedia]:
     """Answer an offer inside an established dialog (re-INVITE or UPDATE, RFC 3264 §8).
 
@@ -470,6 +480,7 @@ def negotiate_reoffer(
         names=names,
         username=username,
         security=security,
+        rtcp_port=rtcp_port,
     )
 
 
@@ -497,6 +508,7 @@ def create_offer(
     username: str = "telepath",
     srtp_key: bytes | None = None,
     srtp_suite: SrtpSuite = OFFER_SUITE,
+    rtcp_port: int | None = None,
 ) -> SessionDescription:
     """Build an offer with our codecs in preference order plus telephone-event (RFC 3264 §5).
 
@@ -505,6 +517,7 @@ def create_offer(
     ``dtmf_payload_type`` from the dynamic range 96-127 (RFC 3551 §3). With ``srtp_key`` the
     stream is ``RTP/SAVP`` with one ``a=crypto`` line: tag 1, ``srtp_suite`` (by default
     :data:`OFFER_SUITE`) and that key, which must be of the suite's length (ValueError).
+    ``rtcp_port``: as for :func:`negotiate_answer`.
     """
     _check_port(local_port)
     if not 96 <= dtmf_payload_type <= 127:
@@ -522,6 +535,7 @@ def create_offer(
                 dtmf_payload_type,
                 direction,
                 None if srtp_key is None else format_crypto(1, srtp_suite, srtp_key),
+                rtcp_port,
             )
         ],
     )

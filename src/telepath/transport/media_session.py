@@ -357,6 +357,11 @@ class MediaSession:
         return self.lease.sdp_port
 
     @property
+    def local_rtcp_port(self) -> int | None:
+        """The RTCP port to put in our SDP's ``a=rtcp`` (None: the RTP port + 1)."""
+        return self.lease.sdp_rtcp_port
+
+    @property
     def ended(self) -> MediaEndReason | None:
         """Why the session ended, or None while it runs."""
         return self._ended

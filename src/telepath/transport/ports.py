@@ -51,8 +51,9 @@ class PortLease:
         self.port = port
         self.rtp_socket = rtp_socket
         self.rtcp_socket = rtcp_socket
-        # Where a NAT in front of us maps the RTP socket (transport/stun.py), if asked.
+        # Where a NAT in front of us maps the RTP and RTCP sockets (transport/stun.py), if asked.
         self.public: tuple[str, int] | None = None
+        self.public_rtcp: tuple[str, int] | None = None
         self._allocator = allocator
         self._released = False
 
@@ -60,6 +61,14 @@ class PortLease:
     def sdp_port(self) -> int:
         """The RTP port our SDP gives: the NAT's outside port when STUN found one."""
         return self.port if self.public is None else self.public[1]
+
+    @property
+    def sdp_rtcp_port(self) -> int | None:
+        """The RTCP port our SDP gives (``a=rtcp``, RFC 3605) when STUN found both mappings;
+        None: the RTP port + 1, as RFC 3550 §11 has it."""
+        if self.public is None or self.public_rtcp is None:
+            return None
+        return self.public_rtcp[1]
 
     @property
     def rtcp_port(self) -> int:

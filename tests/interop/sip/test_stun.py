@@ -28,11 +28,13 @@ from tests.interop.sip.uac import CallLeg, Uac
 pytestmark = pytest.mark.interop
 
 PUBLIC = "203.0.113.9"  # the configured public address: what the SDP says without STUN
-SHIFT = 1000  # the test's "NAT" maps each port to this many above it
+SHIFT = 1000  # the test's "NAT" maps each even (RTP) port to this many above it
+RTCP_SHIFT = 3000  # and each odd (RTCP) port this many: RTCP no longer on the RTP port + 1
 
 
 class NattingStun(asyncio.DatagramProtocol):
-    """A STUN server behind which every client port looks ``SHIFT`` higher; or silent."""
+    """A STUN server behind which every client port looks ``SHIFT`` (even) or ``RTCP_SHIFT``
+    (odd) higher; or silent."""
 
     def __init__(self, silent: bool = False) -> None:
         self.silent = silent
@@ -52,7 +54,8 @@ class NattingStun(asyncio.DatagramProtocol):
             message_class=stun.Class.RESPONSE,
             transaction_id=request.transaction_id,
         )
-        response.attributes["XOR-MAPPED-ADDRESS"] = ("198.51.100.20", addr[1] + SHIFT)
+        shift = SHIFT if addr[1] % 2 == 0 else RTCP_SHIFT
+        response.attributes["XOR-MAPPED-ADDRESS"] = ("198.51.100.20", addr[1] + shift)
         self.transport.sendto(bytes(response), addr)
 
 
@@ -90,8 +93,12 @@ async def _answered_sdp(api: Api, gateway: Gateway, uac: Uac, name: str) -> tupl
         ok = await leg.answered(leg.authenticated_invite("stun-pass-123", 40006))
         (call,) = gateway.manager.calls.values()
         bound = call.media.lease.port
-        # what re-offers and the media report give as our port: the SDP's, not the bound one
+        # what re-offers and the media report give as our ports: the SDP's, not the bound ones
         assert call.media.local_port == _media(ok.body.decode())[1]
+        rtcp = call.media.local_rtcp_port
+        apart = rtcp is not None and rtcp != call.media.local_port + 1
+        assert ("a=rtcp:" in ok.body.decode()) == apart
+        assert not apart or f"a=rtcp:{rtcp}\r\n" in ok.body.decode()
         uac.send(leg.ack())
     return ok.headers.get("Contact") or "", ok.body.decode(), bound
 
@@ -107,6 +114,7 @@ async def test_the_sdp_gives_where_coturn_saw_the_rtp_socket(
 ) -> None:
     contact, sdp, bound = await _answered_sdp(api, gateway, uac, "stunned")
     assert _media(sdp) == ("127.0.0.1", bound)  # measured, not the configured 203.0.113.9
+    assert "a=rtcp:" not in sdp  # RTCP seen on the RTP port + 1: nothing to announce
     assert f"@{PUBLIC}:" in contact  # signalling keeps the configured address
 
 
@@ -116,7 +124,9 @@ async def test_a_nat_that_changes_the_port_is_followed(
 ) -> None:
     _, sdp, bound = await _answered_sdp(api, gateway, uac, "natted")
     assert _media(sdp) == ("198.51.100.20", bound + SHIFT)
-    assert request.node.stun_protocol.requests == 1
+    # RTCP's own mapping, apart from the RTP port + 1: announced (RFC 3605)
+    assert f"a=rtcp:{bound + 1 + RTCP_SHIFT}\r\n" in sdp
+    assert request.node.stun_protocol.requests == 2  # one per socket, at once
 
 
 @pytest.mark.parametrize("stun_port", ["silent"], indirect=True)

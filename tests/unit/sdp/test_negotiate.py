@@ -497,3 +497,30 @@ def test_offer_answer_errors() -> None:
         negotiate_offer_answer(offer, parse(base + "m=audio 42000 RTP/AVP 18\r\n"))
     with pytest.raises(SdpError, match="RTP/SAVP"):
         negotiate_offer_answer(offer, parse(base + "m=audio 42000 RTP/SAVP 0\r\n"))
+
+
+def test_rtcp_apart_from_rtp_is_announced_and_the_next_port_is_not() -> None:
+    """``a=rtcp`` (RFC 3605) only when a NAT mapped RTCP elsewhere than the RTP port + 1."""
+    apart = create_offer(
+        local_address=LOCAL, local_port=41000, session_id=5, session_version=6, rtcp_port=52013
+    )
+    assert apart.media[0].rtcp_port == 52013
+    assert b"a=rtcp:52013\r\n" in apart.to_bytes()
+    next_port = create_offer(
+        local_address=LOCAL, local_port=41000, session_id=5, session_version=6, rtcp_port=41001
+    )
+    assert next_port.media[0].rtcp_port is None
+    sd, _ = answer(offer_text(), rtcp_port=52013)
+    assert sd.media[0].rtcp_port == 52013
+    assert answer(offer_text())[0].media[0].rtcp_port is None
+    current = answer(offer_text())[1]
+    re_sd, _ = negotiate_reoffer(
+        parse(offer_text()),
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+        rtcp_port=52013,
+    )
+    assert re_sd.media[0].rtcp_port == 52013
