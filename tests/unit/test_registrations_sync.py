@@ -5,7 +5,9 @@ times out on a connection closes it."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -67,41 +69,61 @@ async def test_a_registration_that_cannot_start_does_not_stop_the_others() -> No
     await registrations.close(timeout_s=0.1)
 
 
+@dataclass
+class Streams:
+    """A registrations driver over fake stream connections: what it sent, which addresses it
+    connected to (connection ids count from 1) and which connections it closed."""
+
+    sent: list[Output] = field(default_factory=list)
+    opened: list[tuple[str, int]] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def send(self, outputs: list[Output]) -> None:
+        self.sent.extend(outputs)
+        self.arrived.set()
+
+    async def connect(self, transport: str, addr: tuple[str, int], host: str) -> int:
+        self.opened.append(addr)
+        return len(self.opened)
+
+    async def start(self, registrar: str, **options: Any) -> Registrations:
+        """A driver keeping one registration with ``registrar`` up, its REGISTER sent."""
+        core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+        registrations = Registrations(
+            Store([config("tcp", registrar)]),
+            core,
+            self.send,
+            connect=self.connect,
+            is_open=lambda conn: conn not in self.closed,
+            disconnect=self.closed.append,
+            **options,
+        )
+        await registrations.sync()
+        await self.next_register()
+        return registrations
+
+    async def next_register(self) -> Request:
+        """The REGISTER sent last, once it is (waited for)."""
+        async with asyncio.timeout(5):
+            await self.arrived.wait()
+        self.arrived.clear()
+        register = parse_message([o for o in self.sent if isinstance(o, Send)][-1].data)
+        assert isinstance(register, Request) and register.method == "REGISTER"
+        return register
+
+
 async def test_a_register_unanswered_on_a_connection_closes_it() -> None:
     """A TCP connection a NAT silently forgot stays "open" here (no RST ever comes): a REGISTER
     that times out on it must close it, or every retry would be sent into it again (a closed
     one is replaced: tests/interop/sip/test_outbound_registration.py)."""
-    sent: list[Output] = []
-    opened: list[int] = []
-    closed: list[int] = []
-    arrived = asyncio.Event()
-
-    def send(outputs: list[Output]) -> None:
-        sent.extend(outputs)
-        arrived.set()
-
-    async def connect(transport: str, addr: tuple[str, int], host: str) -> int:
-        opened.append(len(opened) + 1)
-        return opened[-1]
-
-    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
-    store = Store([config("tcp", "sip:127.0.0.1:5999;transport=tcp")])
-    registrations = Registrations(
-        store,
-        core,
-        send,
-        connect=connect,
-        is_open=lambda conn: conn not in closed,
-        disconnect=closed.append,
-    )
-    await registrations.sync()
-    async with asyncio.timeout(5):
-        await arrived.wait()
-    (register,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
+    streams = Streams()
+    registrations = await streams.start("sip:127.0.0.1:5999;transport=tcp")
+    (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
     assert isinstance(register, Request) and register.top_via.transport == "TCP"
-    assert opened == [1] and closed == []
+    assert streams.opened == [("127.0.0.1", 5999)] and streams.closed == []
     registrations.answered(RequestAnswered(register, None))  # Timer F: no answer at all
-    assert closed == [1]
+    assert streams.closed == [1]
     await registrations.close(timeout_s=0.1)
 
 
@@ -116,40 +138,16 @@ class TwoServers(SipLocator):
 async def test_failover_closes_the_old_connection_unless_a_call_uses_it(in_use: bool) -> None:
     """A 503 moves the binding to the next server over a new connection; the old one is closed
     — unless a call's dialog still signals over it (the registrar sends calls back on it)."""
-    sent: list[Output] = []
-    opened: list[tuple[str, int]] = []
-    closed: list[int] = []
-    arrived = asyncio.Event()
-
-    def send(outputs: list[Output]) -> None:
-        sent.extend(outputs)
-        arrived.set()
-
-    async def connect(transport: str, addr: tuple[str, int], host: str) -> int:
-        opened.append(addr)
-        return len(opened)
-
-    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
-    store = Store([config("tcp", "sip:carrier.example;transport=tcp")])
-    registrations = Registrations(
-        store,
-        core,
-        send,
-        connect=connect,
-        is_open=lambda conn: conn not in closed,
-        disconnect=closed.append,
+    streams = Streams()
+    registrations = await streams.start(
+        "sip:carrier.example;transport=tcp",
         locator=TwoServers(),
         in_use=lambda conn: in_use and conn == 1,
     )
-    await registrations.sync()
-    async with asyncio.timeout(5):
-        await arrived.wait()
-    (first,) = [parse_message(o.data) for o in sent if isinstance(o, Send)]
+    (first,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
     assert isinstance(first, Request)
-    arrived.clear()
     registrations.answered(RequestAnswered(first, make_response(first, 503)))
-    async with asyncio.timeout(5):  # the REGISTER to the next server: the old one let go first
-        await arrived.wait()
-    assert opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
-    assert closed == ([] if in_use else [1])
+    await streams.next_register()  # to the next server: the old connection let go first
+    assert streams.opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
+    assert streams.closed == ([] if in_use else [1])
     await registrations.close(timeout_s=0.1)
