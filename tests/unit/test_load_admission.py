@@ -135,6 +135,32 @@ def test_a_one_off_saturation_of_a_quiet_loop_is_forgotten_at_once() -> None:
     assert period(adm, 2 * PERIOD, PERIOD + 0.05, 0.1, 8) == (4, 0)
 
 
+def test_a_saturation_no_attempt_caused_still_lets_the_next_attempt_through() -> None:
+    # The loop saturated while no attempt was admitted (a trunk being created through the API,
+    # start-up, other processes holding the cores): there is no queue of set-ups behind it, so
+    # the floor's one token is there at once — the call a user places just after creating its
+    # trunk is challenged, not refused (seen in CI: 503 "load" to the first INVITE of a fresh
+    # server, busy 100 % from the API requests before it). Attempts beyond it wait for the floor.
+    adm = LoadAdmission(high=0.95, low=0.85)
+    adm.update(0.0, 0.0)
+    adm.update(PERIOD, PERIOD)  # busy 1.0, nothing offered
+    assert adm.limit_cps == adm.floor_cps
+    assert adm.admit(PERIOD + 0.01)
+    assert not adm.admit(PERIOD + 0.02)
+    # saturated again with that one attempt admitted: still limited (from what it served), and
+    # the bucket is not refilled at once
+    adm.update(2 * PERIOD, 2 * PERIOD)
+    assert adm.limit_cps == pytest.approx(DECREASE * 1 / PERIOD)
+    assert not adm.admit(2 * PERIOD + 0.01)
+    # whereas a saturation with an attempt admitted in it starts the limit with no token
+    queued = LoadAdmission(high=0.95, low=0.85)
+    queued.update(0.0, 0.0)
+    assert queued.admit(0.1)
+    queued.update(PERIOD, PERIOD)
+    assert queued.limit_cps == pytest.approx(DECREASE * 1 / PERIOD)
+    assert not queued.admit(PERIOD + 0.01)
+
+
 def test_a_token_bucket_below_one_a_second_still_admits() -> None:
     # TELEPATH_SIP_MAX_CPS=0.5: one call every two seconds (the bucket holds at least one token;
     # capped at the rate itself, it could never hold one and admitted nothing)

@@ -96,8 +96,13 @@ class LoadAdmission:
         served = min(admitted, answered) if answered else admitted
         if self.busy >= self.high:
             cut = DECREASE * served / elapsed
-            if self.limit_cps is None:  # newly limited: the bucket starts empty
-                self._bucket = TokenBucket(0.0, BURST_S, wall, full=False)
+            if self.limit_cps is None:
+                # Newly limited. Attempts admitted in the period have set-ups queued behind the
+                # saturation: the bucket starts empty. With none admitted nothing queues (the
+                # loop was busy with an API request, start-up, or other processes held the
+                # cores): one token, so the next caller is served, not refused (a 503 to the
+                # first call placed after creating a trunk, seen in CI).
+                self._bucket = TokenBucket(0.0, BURST_S, wall, full=admitted == 0)
             else:  # already limited: down by DECREASE at most per period
                 cut = max(cut, DECREASE * self.limit_cps)
             self.limit_cps = max(self.floor_cps, cut)
