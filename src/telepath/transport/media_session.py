@@ -70,6 +70,7 @@ from enum import StrEnum
 from time import perf_counter_ns
 
 from telepath.rtp.codecs import CodecSpec, make_codec
+from telepath.rtp.demux import is_stun
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
 from telepath.rtp.errors import RtpError
 from telepath.rtp.jitter import Concealer, JitterBuffer, JitterFrame
@@ -524,7 +525,8 @@ class MediaSession:
             try:
                 data = self._srtp.unprotect(data)
             except SrtpError:
-                self._unauthenticated += 1
+                if not is_stun(data):
+                    self._unauthenticated += 1
                 return
         known = addr == self._dest
         if known and self._seen_sdp and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
@@ -544,12 +546,14 @@ class MediaSession:
                 self._in_timer.record(perf_counter_ns() - started)
                 return
         if not known and not self._accept_source(addr):
-            self._rejected += 1
+            if not is_stun(data):
+                self._rejected += 1
             return
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
-            self._malformed += 1
+            if not is_stun(data):
+                self._malformed += 1
             return
         pt = packet.payload_type
         is_dtmf = pt == self.dtmf_payload_type
@@ -695,18 +699,21 @@ class MediaSession:
         dest = self._dest
         trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._signalling_ip
         if not trusted:
-            self._rejected += 1
+            if not is_stun(data):
+                self._rejected += 1
             return
         if self._srtp is not None:
             try:
                 data = self._srtp.unprotect_rtcp(data)
             except SrtpError:
-                self._unauthenticated += 1
+                if not is_stun(data):
+                    self._unauthenticated += 1
                 return
         try:
             packets = parse_compound(data)
         except RtpError:
-            self._malformed += 1
+            if not is_stun(data):
+                self._malformed += 1
             return
         self._rtcp_dest = addr  # symmetric RTCP
         now = self._loop.time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aioice import stun
 
 from telepath.rtp import g711
 from telepath.rtp.codecs import CodecSpec
@@ -224,6 +225,54 @@ async def test_latching_follows_first_packet_then_refuses_third_parties(
         await session.close()
         for p in (silent, natted, attacker):
             p.close()
+
+
+def stun_answer() -> bytes:
+    """A STUN Binding success response (RFC 8489), as a STUN server sends it."""
+    answer = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE)
+    answer.attributes["XOR-MAPPED-ADDRESS"] = ("198.51.100.20", 40000)
+    return bytes(answer)
+
+
+async def test_late_stun_answers_are_not_counted_as_dropped_media(
+    allocator: RtpPortAllocator,
+) -> None:
+    # Call control asks a STUN server for the RTP and RTCP sockets' mappings before media owns
+    # them (transport/stun.py): answers to retransmitted requests can arrive after that, from
+    # the STUN server's address. They are neither a third party's media nor malformed RTP, and
+    # counted as such they turned a call's "no_inbound_rtp" into "rtp_from_unexpected_address".
+    peer = await UdpPeer.bind("127.0.0.1")
+    server = await UdpPeer.bind("127.0.0.5")
+    session = await open_session(allocator, peer)
+    rtp = ("127.0.0.1", session.local_port)
+    rtcp = ("127.0.0.1", session.local_port + 1)
+    try:
+        for port in (rtp, rtcp):
+            server.send(stun_answer(), port)
+        peer.send(b"\x80\x00", rtp)  # then what is counted: a runt from the peer,
+        server.send(b"\x81\xc9" + bytes(6), rtcp)  # RTCP from a stranger
+        await until(lambda: session.stats().malformed >= 1)
+        await until(lambda: session.stats().rejected_source >= 1)
+        stats = session.stats()
+        assert (stats.malformed, stats.rejected_source) == (1, 1)
+        assert stats.packets_received == 0
+        # and once the caller's RTP is latched: the server's answer on RTP, one that arrived on
+        # RTCP from the caller's own address, then a counted packet of each kind
+        peer.send(rtp_stream(ulaw_frames(500, 0.02))[0], rtp)
+        await collect(session, 1)
+        server.send(stun_answer(), rtp)
+        peer.send(stun_answer(), rtcp)
+        server.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], rtp)
+        peer.send(b"\x81\xc9", rtcp)
+        await until(lambda: session.stats().malformed >= 2)
+        await until(lambda: session.stats().rejected_source >= 2)
+        stats = session.stats()
+        assert (stats.malformed, stats.rejected_source) == (2, 2)
+        assert session.remote == peer.address
+    finally:
+        await session.close()
+        peer.close()
+        server.close()
 
 
 async def test_latching_accepts_signalling_ip_with_new_port(allocator: RtpPortAllocator) -> None:

@@ -20,7 +20,7 @@ from telepath.transport.ports import RtpPortAllocator
 from tests.unit.rtp.audio import dominant_hz
 
 from .peer import UdpPeer, rtp_stream, until
-from .test_media_session import collect, ulaw_frames
+from .test_media_session import collect, stun_answer, ulaw_frames
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +99,30 @@ async def test_forged_replayed_and_plain_packets_are_dropped_before_latching(
         await session.close()
         sdp.close()
         attacker.close()
+
+
+async def test_late_stun_answers_are_not_counted_as_unauthenticated(
+    allocator: RtpPortAllocator,
+) -> None:
+    # An answer to a retransmitted STUN request (transport/stun.py) reaching an SRTP session's
+    # sockets is not a failed authentication (which the media report calls an SRTP key
+    # mismatch): the same rule as plain RTP's (test_media_session.py).
+    ours, peer_srtp = keys()
+    peer = await UdpPeer.bind()
+    session = await MediaSession.open(
+        allocator.allocate(), remote=peer.address, codec=CodecSpec.static("PCMU"), srtp=ours
+    )
+    rtp, rtcp = ("127.0.0.1", session.local_port), ("127.0.0.1", session.local_port + 1)
+    try:
+        for port in (rtp, rtcp):
+            peer.send(stun_answer(), port)
+            peer.send(b"\x80" + bytes(40), port)  # then what is counted: garbage
+        await until(lambda: session.stats().unauthenticated >= 2)
+        assert session.stats().unauthenticated == 2
+        assert session.stats().packets_received == 0
+    finally:
+        await session.close()
+        peer.close()
 
 
 async def test_rtcp_is_srtcp_both_ways(allocator: RtpPortAllocator) -> None:
