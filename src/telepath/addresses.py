@@ -17,18 +17,25 @@ _PRIVATE = tuple(
 )
 
 
-def is_private(host: str) -> bool:
-    """True for an address behind a NAT (``host`` may be a bracketed IPv6 address)."""
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address (an IPv4-mapped IPv6 address as its IPv4 one: what a dual-stack
+    socket reports for an IPv4 peer), or None for a name."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return any(address in network for network in _PRIVATE)
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_private(host: str) -> bool:
+    """True for an address behind a NAT (``host`` may be a bracketed IPv6 address)."""
+    address = _address(host)
+    return address is not None and any(address in network for network in _PRIVATE)
 
 
 def is_public(host: str) -> bool:
     """True for an address on the internet."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_global
-    except ValueError:
-        return False
+    address = _address(host)
+    return address is not None and address.is_global

@@ -27,6 +27,10 @@ pytestmark = pytest.mark.unit
         ("169.254.1.1", False, False),  # link-local
         ("203.0.113.9", False, False),  # documentation (TEST-NET-3)
         ("sip.carrier.example", False, False),  # a name
+        # IPv4-mapped (RFC 4291 §2.5.5.2): how a dual-stack socket (TELEPATH_SIP_HOST=::)
+        # reports an IPv4 peer
+        ("::ffff:192.168.1.20", True, False),
+        ("::ffff:93.184.216.34", False, True),
     ],
 )
 def test_sides_of_a_nat(host: str, private: bool, public: bool) -> None:

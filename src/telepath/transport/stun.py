@@ -24,19 +24,15 @@ import time
 
 from aioice import stun
 
-__all__ = ["DEFAULT_PORT", "StunClient", "is_stun"]
+from telepath.rtp.demux import is_stun
+
+__all__ = ["DEFAULT_PORT", "StunClient"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 3478
-_COOKIE = stun.COOKIE.to_bytes(4, "big")
 _RESOLVE_EVERY_S = 300.0
-
-
-def is_stun(packet: bytes) -> bool:
-    """Whether ``packet`` can be a STUN message: the first two bits zero and the magic cookie
-    (RFC 8489 §5; RFC 7983 §7 tells it from RTP and DTLS by the first byte)."""
-    return len(packet) >= 20 and packet[0] < 4 and packet[4:8] == _COOKIE
+_RETRY_RESOLVE_S = 30.0
 
 
 class StunClient:
@@ -53,20 +49,28 @@ class StunClient:
         self.port = port
         self.timeout_s = timeout_s
         self._server: tuple[str, int] | None = None
-        self._resolved_at = 0.0
+        self._resolve_after = -1e9  # monotonic time of the next lookup
         self._warned = False
 
     async def _address(self) -> tuple[str, int] | None:
+        """The server's address, resolved at most every ``_RESOLVE_EVERY_S``. The lookup is on
+        a call's set-up path: it may take ``timeout_s`` at most (a system resolver that does not
+        answer would hold the call for its own timeouts, seconds), and a failed one is not
+        tried again before ``_RETRY_RESOLVE_S`` — meanwhile the last address known is used, or
+        none (each call then goes on with the configured address at once)."""
         now = time.monotonic()
-        if self._server is None or now - self._resolved_at > _RESOLVE_EVERY_S:
-            try:
+        if now < self._resolve_after:
+            return self._server
+        try:
+            async with asyncio.timeout(self.timeout_s):
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     self.host, self.port, family=socket.AF_INET, type=socket.SOCK_DGRAM
                 )
-            except OSError:
-                return self._server  # the last one known, if any
-            self._server = (str(infos[0][4][0]), int(infos[0][4][1]))
-            self._resolved_at = now
+        except (OSError, TimeoutError):
+            self._resolve_after = now + _RETRY_RESOLVE_S
+            return self._server  # the last one known, if any
+        self._server = (str(infos[0][4][0]), int(infos[0][4][1]))
+        self._resolve_after = now + _RESOLVE_EVERY_S
         return self._server
 
     async def mapping(self, sock: socket.socket) -> tuple[str, int] | None:
@@ -76,6 +80,10 @@ class StunClient:
         if server is None:
             self._warn("cannot resolve the STUN server")
             return None
+        if sock.family == socket.AF_INET6:
+            # A dual-stack socket (TELEPATH_SIP_HOST=::) reaches an IPv4 server, and sees its
+            # answers come, at the server's IPv4-mapped address (RFC 4291 §2.5.5.2).
+            server = (f"::ffff:{server[0]}", server[1])
         loop = asyncio.get_running_loop()
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
         answered: asyncio.Future[tuple[str, int] | None] = loop.create_future()
@@ -110,13 +118,12 @@ class StunClient:
         try:
             deadline = loop.time() + self.timeout_s
             wait = 0.1
-            while True:
+            while (left := deadline - loop.time()) > 0:
+                # no request sent at the deadline: its answer would not be read here, and
+                # would reach the media session instead
                 try:
                     sock.sendto(bytes(request), server)
                 except OSError:
-                    break
-                left = deadline - loop.time()
-                if left <= 0:
                     break
                 try:
                     async with asyncio.timeout(min(wait, left)):
