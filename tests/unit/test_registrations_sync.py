@@ -83,8 +83,12 @@ class Streams:
         self.sent.extend(outputs)
         self.arrived.set()
 
+    hanging: set[tuple[str, int]] = field(default_factory=set)  # SYNs dropped: never connect
+
     async def connect(self, transport: str, addr: tuple[str, int], host: str) -> int:
         self.opened.append(addr)
+        if addr in self.hanging:
+            await asyncio.sleep(3600)
         return len(self.opened)
 
     async def start(self, registrar: str, **options: Any) -> Registrations:
@@ -113,17 +117,22 @@ class Streams:
         return register
 
 
-async def test_a_register_unanswered_on_a_connection_closes_it() -> None:
+@pytest.mark.parametrize("in_use", [False, True])
+async def test_a_register_unanswered_on_a_connection_closes_it(in_use: bool) -> None:
     """A TCP connection a NAT silently forgot stays "open" here (no RST ever comes): a REGISTER
     that times out on it must close it, or every retry would be sent into it again (a closed
-    one is replaced: tests/interop/sip/test_outbound_registration.py)."""
+    one is replaced: tests/interop/sip/test_outbound_registration.py) — unless a call's dialog
+    signals over it: then the registrar's registration side is what is silent, and closing it
+    would cut the call off."""
     streams = Streams()
-    registrations = await streams.start("sip:127.0.0.1:5999;transport=tcp")
+    registrations = await streams.start(
+        "sip:127.0.0.1:5999;transport=tcp", in_use=lambda conn: in_use and conn == 1
+    )
     (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
     assert isinstance(register, Request) and register.top_via.transport == "TCP"
     assert streams.opened == [("127.0.0.1", 5999)] and streams.closed == []
     registrations.answered(RequestAnswered(register, None))  # Timer F: no answer at all
-    assert streams.closed == [1]
+    assert streams.closed == ([] if in_use else [1])
     await registrations.close(timeout_s=0.1)
 
 
@@ -150,4 +159,17 @@ async def test_failover_closes_the_old_connection_unless_a_call_uses_it(in_use: 
     await streams.next_register()  # to the next server: the old connection let go first
     assert streams.opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
     assert streams.closed == ([] if in_use else [1])
+    await registrations.close(timeout_s=0.1)
+
+
+async def test_a_server_that_never_completes_the_connection_is_failed_over_in_time() -> None:
+    """A server behind a firewall that drops the SYN: the connection attempt is cut at the
+    connect timeout (not the system's two minutes) and the next server gets the REGISTER."""
+    streams = Streams(hanging={("127.0.0.2", 5999)})
+    registrations = await streams.start(
+        "sip:carrier.example;transport=tcp", locator=TwoServers(), connect_timeout_s=0.1
+    )
+    assert streams.opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
+    (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
+    assert isinstance(register, Request) and register.method == "REGISTER"
     await registrations.close(timeout_s=0.1)

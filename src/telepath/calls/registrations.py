@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 __all__ = ["KEEPALIVE", "Registrations"]
 
 KEEPALIVE = b"\r\n\r\n"
+# The longest a TCP connection and TLS handshake to a registrar's server may take before the
+# next server is tried (Kamailio's tcp_connect_timeout defaults to 10 s as well).
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -122,8 +125,10 @@ class Registrations:
         workers: int = 1,
         locator: SipLocator | None = None,
         in_use: Callable[[int], bool] | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.store = store
+        self.connect_timeout_s = connect_timeout_s
         self.locator = locator or SipLocator()
         self.core = core
         self._send = send
@@ -304,12 +309,12 @@ class Registrations:
                 try:
                     if self._connect is None:
                         raise OSError("no stream connections here")
-                    dest = Source(
-                        transport,
-                        addr,
-                        await self._connect(transport, addr, hop.host.strip("[]")),
-                    )
-                except OSError as exc:
+                    # Bounded: a server behind a firewall that drops the SYN would hold the
+                    # failover for the system's connect timeout (about two minutes on Linux).
+                    async with asyncio.timeout(self.connect_timeout_s):
+                        conn = await self._connect(transport, addr, hop.host.strip("[]"))
+                    dest = Source(transport, addr, conn)
+                except OSError as exc:  # TimeoutError (the bound above) is one
                     if self._kept(binding) and not self._fail_over(binding, "no connection"):
                         binding.resolve_failures += 1
                         why = f"cannot connect to {hop.host} ({type(exc).__name__})"
@@ -393,8 +398,9 @@ class Registrations:
         dest = binding.dest
         if event.response is None and dest is not None and dest.conn is not None:
             # No answer on a connection: a NAT or firewall may have forgotten it without a
-            # reset, so it looks open forever. Closed, the next attempt opens another.
-            self._disconnect(dest.conn)
+            # reset, so it looks open forever. Closed, the next attempt opens another — unless
+            # a call signals over it (then it is alive, and it is the registrar that is silent).
+            self._release(dest.conn)
         outcome: Outcome = (
             machine.on_timeout() if event.response is None else machine.on_response(event.response)
         )

@@ -160,13 +160,18 @@ class SipLocator:
         if not services:
             services = srv_fallback(steps)
         located: list[Target] = []
+        found_srv = False
         for transport, name in services:
-            for record in order_srv(await self.srv(name)):
+            records = await self.srv(name)
+            found_srv = found_srv or bool(records)
+            for record in order_srv(records):
                 for address in await self.addresses(record.target, family):
                     located.append(Target(transport, address, record.port))
                     if len(located) >= MAX_TARGETS:
                         return located
-        if located:
+        if located or found_srv:
+            # SRV records, even only "." ones (the service is not offered: RFC 2782), or
+            # targets that do not resolve, leave no place to the host's own address
             return located
         # No SRV record anywhere: the host's own addresses and the default port (§4.2).
         transport = steps.transport or ("TLS" if steps.secure else "UDP")
@@ -191,12 +196,15 @@ class SipLocator:
         )
         pointed = sorted({r.replacement for r in naptr if r.replacement} - srv_names)
         srvs += await asyncio.gather(*(self.srv(name) for name in pointed))
-        names = {bare} | {r.target for records in srvs for r in records if r.target.rstrip(".")}
+        # The domain's own name first, then the targets by priority: past the cap, what is
+        # left out is the least likely to send calls, never the registrar itself.
+        targets = sorted((r for records in srvs for r in records), key=lambda r: r.priority)
+        names = list(dict.fromkeys([bare, *(r.target for r in targets if r.target.rstrip("."))]))
         found: set[str] = set()
         for addresses in await asyncio.gather(
             *(
                 self.addresses(name, family)
-                for name in sorted(names)[:MAX_TARGETS]
+                for name in names[:MAX_TARGETS]
                 for family in (socket.AF_INET, socket.AF_INET6)
             )
         ):

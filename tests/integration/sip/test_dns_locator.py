@@ -9,7 +9,7 @@ import pytest
 from telepath.config import parse_servers
 from telepath.sip.locate import Target
 from telepath.sip.uri import parse_uri
-from telepath.transport.dns import SipLocator
+from telepath.transport.dns import MAX_TARGETS, SipLocator
 from tests.dnsmasq import Naptr, Srv, dnsmasq
 
 pytestmark = pytest.mark.integration
@@ -21,6 +21,7 @@ HOSTS = {
     "carrier.test": "127.0.0.9",
     "plain.test": "127.0.0.10",
     "tcp.naptr.test": "127.0.0.5",
+    "closed.test": "127.0.0.11",
 }
 SRV = [
     Srv("_sip._udp.carrier.test", "sip2.carrier.test", 5071, priority=20),
@@ -28,6 +29,7 @@ SRV = [
     Srv("_sip._tcp.carrier.test", "sip1.carrier.test", 5080, priority=10),
     Srv("_sips._tcp.carrier.test", "tls.carrier.test", 5081, priority=10),
     Srv("_sip._tcp.naptr.test", "tcp.naptr.test", 5090),
+    Srv("_sip._udp.closed.test", "", 0),  # target ".": "decidedly not available" (RFC 2782)
 ]
 NAPTR = [Naptr("naptr.test", 10, 50, "SIP+D2T", "_sip._tcp.naptr.test")]
 
@@ -70,6 +72,30 @@ async def test_without_srv_the_hosts_own_address_and_default_port() -> None:
     assert secure == [Target("TLS", "127.0.0.10", 5061)]
     assert explicit == [Target("UDP", "127.0.0.9", 5099)]
     assert nothing == []
+
+
+async def test_a_service_declared_unavailable_is_not_looked_for_at_the_host() -> None:
+    # RFC 3263 §4.2: the host's own address only when no SRV record was found; a record
+    # whose target is "." says there is no such service there (RFC 2782), not "no record".
+    async with dnsmasq(hosts=HOSTS, srv=SRV, naptr=NAPTR) as port:
+        locator = SipLocator([("127.0.0.1", port)])
+        assert [r.target for r in await locator.srv("_sip._udp.closed.test")] == ["."]
+        assert await locator.locate(parse_uri("sip:closed.test")) == []
+
+
+async def test_a_domain_with_more_servers_than_the_cap_keeps_its_own_address() -> None:
+    # Past MAX_TARGETS names, the ones left out are the last by priority — never the domain
+    # itself (here its name sorts after every target's).
+    many = [
+        Srv("_sip._udp.zz.test", f"s{k:02d}.zz.test", 5060, priority=k)
+        for k in range(MAX_TARGETS + 2)
+    ]
+    hosts = {f"s{k:02d}.zz.test": f"127.0.1.{k + 1}" for k in range(MAX_TARGETS + 2)}
+    async with dnsmasq(hosts={**hosts, "zz.test": "127.0.0.12"}, srv=many) as port:
+        found = await SipLocator([("127.0.0.1", port)]).every_address("zz.test")
+    assert "127.0.0.12" in found
+    assert {"127.0.1.1", "127.0.1.2"} <= found  # the first by priority
+    assert len(found) == MAX_TARGETS
 
 
 async def test_every_address_a_carriers_requests_may_come_from() -> None:
