@@ -5,6 +5,7 @@ times out on a connection closes it."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,11 +85,14 @@ class Streams:
         self.arrived.set()
 
     hanging: set[tuple[str, int]] = field(default_factory=set)  # SYNs dropped: never connect
+    refusing: set[tuple[str, int]] = field(default_factory=set)  # refused, or a bad certificate
 
     async def connect(self, transport: str, addr: tuple[str, int], host: str) -> int:
         self.opened.append(addr)
         if addr in self.hanging:
             await asyncio.sleep(3600)
+        if addr in self.refusing:
+            raise ssl.SSLCertVerificationError("certificate verify failed")
         return len(self.opened)
 
     async def start(self, registrar: str, **options: Any) -> Registrations:
@@ -172,4 +176,46 @@ async def test_a_server_that_never_completes_the_connection_is_failed_over_in_ti
     assert streams.opened == [("127.0.0.2", 5999), ("127.0.0.3", 5999)]
     (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
     assert isinstance(register, Request) and register.method == "REGISTER"
+    await registrations.close(timeout_s=0.1)
+
+
+class TlsThenUdp(SipLocator):
+    """What a carrier's NAPTR records may give a ``sip:`` registrar: TLS preferred, then UDP."""
+
+    async def locate(self, uri: SipUri) -> list[Target]:
+        return [Target("TLS", "127.0.0.2", 5061), Target("UDP", "127.0.0.3", 5060)]
+
+
+async def test_before_a_first_success_failover_crosses_transports() -> None:
+    """NAPTR preferred TLS, whose server's certificate does not verify: the binding, never
+    registered yet, goes on to the UDP server of the list, its Contact and Via on UDP and a
+    new Call-ID (it stayed on TLS, retrying it forever, before)."""
+    streams = Streams(refusing={("127.0.0.2", 5061)})
+    registrations = await streams.start("sip:carrier.example", locator=TlsThenUdp())
+    assert streams.opened == [("127.0.0.2", 5061)]
+    sends = [o for o in streams.sent if isinstance(o, Send)]
+    (register,) = [parse_message(o.data) for o in sends]
+    assert isinstance(register, Request)
+    assert (sends[0].dest.transport, sends[0].dest.addr) == ("UDP", ("127.0.0.3", 5060))
+    assert register.top_via.transport == "UDP"
+    assert "transport=" not in (register.headers.get("Contact") or "")
+    assert registrations.contact_of("tcp") == (register.headers.get("Contact") or "").strip("<>")
+    await registrations.close(timeout_s=0.1)
+
+
+async def test_once_registered_failover_keeps_the_transport() -> None:
+    """Registered over TLS (the first of a NAPTR list of TLS then UDP): when that server stops
+    answering, no other TLS server is left, so the list is resolved again after the back-off —
+    the binding does not move to UDP, whose Contact the registrar's routing would not expect."""
+    streams = Streams()
+    registrations = await streams.start("sip:carrier.example", locator=TlsThenUdp())
+    (first,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
+    assert isinstance(first, Request) and first.top_via.transport == "TLS"
+    contact = first.headers.get("Contact") or ""
+    ok = make_response(first, 200, to_tag="r1", headers=[("Contact", contact + ";expires=3600")])
+    registrations.answered(RequestAnswered(first, ok))
+    registrations.answered(RequestAnswered(first, None))  # then the server is silent
+    await asyncio.sleep(0.05)
+    assert len([o for o in streams.sent if isinstance(o, Send)]) == 1  # nothing over UDP
+    assert streams.opened == [("127.0.0.2", 5061)]
     await registrations.close(timeout_s=0.1)

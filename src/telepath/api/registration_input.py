@@ -147,8 +147,9 @@ def normalize_proxy(value: str) -> str:
 
 
 def normalize_registrar(value: str) -> str:
-    """``SIP:Registrar.Example.COM:5060;transport=UDP`` → ``sip:registrar.example.com:5060``
-    (``;transport=TCP`` → ``…;transport=tcp``, the same for TLS; ``SIPS:`` → ``sips:``).
+    """``SIP:Registrar.Example.COM:5060;transport=UDP`` → ``sip:registrar.example.com:5060;
+    transport=udp`` (the same for TCP and TLS; ``SIPS:`` → ``sips:``). A transport given is
+    kept: it is the user's choice, which DNS NAPTR records must not override (RFC 3263 §4.1).
 
     The registrar is named by a ``sip:`` or ``sips:`` URI without a user part (RFC 3261 §10.2:
     "the userinfo and @ components MUST NOT be present"), parameters other than
@@ -173,7 +174,7 @@ def normalize_registrar(value: str) -> str:
     transport = _check_registrar_params(match["params"], match["headers"])
     if scheme == "sips" and transport is not None:
         raise _bad("invalid_field", BAD_PARAMS)  # sips: is TLS already (§19.1.2)
-    param = "" if transport in (None, "udp") else f";transport={transport}"
+    param = "" if transport is None else f";transport={transport}"
     return f"{scheme}:" + _hostport(match["rest"]) + param
 
 

@@ -12,8 +12,11 @@ Decisions: the registrar URI is located as RFC 3263 says (``transport/dns.py``: 
 then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts and
 again whenever every server found has failed; a registered binding stays with its server until it
 fails (a timeout, a failed connection or a 503 moves it to the next one at once, §4.3; any other
-failure is retried with back-off at the same one). NAPTR may choose the transport of a URI that
-names none (the Contact and Via follow it); failover stays on that transport. The REGISTER's
+failure is retried with back-off at the same one; a TCP/TLS connection may take
+``CONNECT_TIMEOUT_S``). NAPTR may choose the transport of a URI that names none (the Contact and
+Via follow it); until the binding is first registered, failover goes on down the whole list,
+across transports (a TLS server whose certificate does not verify gives way to the UDP one after
+it); once registered, failover stays on its transport. The REGISTER's
 Request-URI stays the registrar URI, and a TLS registrar's certificate is checked against its
 domain, not the SRV target (RFC 5922 §4.1). UDP by default; a registrar URI with ``;transport=tcp``
 gets a TCP connection of its own, ``;transport=tls`` or ``sips:`` a TLS one (the registrar's
@@ -89,6 +92,7 @@ class _Binding:
     # timeout, a 503 or a failed connection moves on, the end of the list resolves again
     targets: list[Target] = field(default_factory=list)
     target_at: int = 0
+    settled: bool = False  # registered once: its transport is fixed
 
 
 class Registrations:
@@ -275,17 +279,15 @@ class Registrations:
                 located = []
             if not self._kept(binding):
                 return
-            if binding.dest is None and located:
-                # Nothing sent yet: NAPTR may have chosen the transport (RFC 3263 §4.1) for
-                # a registrar URI that named none; the Contact and Via follow it.
-                chosen = located[0].transport
-                if chosen != _transport_of(binding.machine):
-                    binding.machine = self._machine(
-                        binding.config, registrar, chosen, binding.machine.call_id
-                    )
-            # Failover stays on the binding's transport: its Contact and Via name it.
-            transport = _transport_of(binding.machine)
-            binding.targets = [t for t in located if t.transport == transport]
+            if binding.settled:
+                # Registered once: failover stays on the binding's transport (its Contact
+                # and Via name it; the registrar routes our calls by them).
+                transport = _transport_of(binding.machine)
+                located = [t for t in located if t.transport == transport]
+            # Before that, the whole list in its order: NAPTR may have chosen the transport
+            # (RFC 3263 §4.1) for a registrar URI that named none, and one that fails (a
+            # certificate that does not verify, a port firewalled) gives way to the next.
+            binding.targets = located
             binding.target_at = 0
             if not binding.targets:
                 binding.resolve_failures += 1
@@ -295,6 +297,12 @@ class Registrations:
                 return
         target = binding.targets[binding.target_at]
         transport, addr = target.transport, (target.host, target.port)
+        if transport != _transport_of(binding.machine):
+            # never registered (else the list holds its transport only): the Contact and Via
+            # follow the transport, under a new Call-ID (its CSeq starts again, §10.2.4)
+            self._by_call_id.pop(binding.machine.call_id, None)
+            binding.machine = self._machine(binding.config, registrar, transport, self._call_id())
+            self._by_call_id[binding.machine.call_id] = binding
         dest = Source("UDP", addr)
         if transport != "UDP":
             reuse = binding.dest
@@ -430,6 +438,8 @@ class Registrations:
         elif binding.leaving is not None:
             return  # a late answer to a register sent before the removal
         elif isinstance(outcome, Registered):
+            if not binding.settled:
+                _settle(binding)
             until = datetime.now(UTC) + timedelta(seconds=outcome.expires)
             self._report(binding, "registered", None, until, always=True)
             binding.timer = self._loop.call_later(outcome.refresh_in, self._attempt, binding)
@@ -507,6 +517,16 @@ class Registrations:
             log.warning(
                 "trunk %s: registration state not stored (%s)", trunk_id, type(exc).__name__
             )
+
+
+def _settle(binding: _Binding) -> None:
+    """Registered for the first time: the binding's transport is fixed, and so its failover
+    list keeps that transport's servers only (the one in use where it was in the order)."""
+    binding.settled = True
+    transport = _transport_of(binding.machine)
+    current = binding.targets[binding.target_at] if binding.targets else None
+    binding.targets = [t for t in binding.targets if t.transport == transport]
+    binding.target_at = binding.targets.index(current) if current in binding.targets else 0
 
 
 def _transport_of(machine: Registration) -> str:

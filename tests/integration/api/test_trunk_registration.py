@@ -27,7 +27,7 @@ REGISTRATION: dict[str, Any] = {
     "password": PASSWORD,
 }
 READ_BACK: dict[str, Any] = {
-    "registrar": "sip:sip.carrier.example:5062",
+    "registrar": "sip:sip.carrier.example:5062;transport=udp",  # named: no NAPTR choice
     "username": "4930123456",
     "auth_username": None,
     "domain": None,
@@ -421,7 +421,7 @@ async def test_store_lists_active_trunks_registrations(api: Api) -> None:
     configs = {c.trunk_id: c for c in await store(api).registrations()}
     assert paused not in configs and len(configs) == 2
     config = configs[active]
-    assert config.registrar == "sip:sip.carrier.example:5062"
+    assert config.registrar == "sip:sip.carrier.example:5062;transport=udp"
     assert config.username == "4930123456" and config.password == PASSWORD
     assert config.auth_username is None and config.domain == "carrier.example"
     assert config.expires == 600
