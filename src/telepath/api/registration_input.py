@@ -102,8 +102,21 @@ def parse_registration(value: dict[str, Any]) -> RegistrationInput:
             "invalid_field",
             f"registration.expires must be an integer from {EXPIRES_MIN} to {EXPIRES_MAX}",
         )
+    registrar = normalize_registrar(value["registrar"])
+    outbound_proxy = None if proxy is None else normalize_proxy(proxy)
+    if (
+        registrar.startswith("sips:")
+        and outbound_proxy is not None
+        and not (outbound_proxy.startswith("sips:") or outbound_proxy.endswith(";transport=tls"))
+    ):
+        # every hop to a sips: URI is TLS (RFC 3261 §26.2): the REGISTER's first hop is the proxy
+        raise _bad(
+            "invalid_field",
+            "registration.outbound_proxy must be reached over TLS (a sips: URI or "
+            "transport=tls) when the registrar is a sips: URI (RFC 3261 §26.2)",
+        )
     return RegistrationInput(
-        registrar=normalize_registrar(value["registrar"]),
+        registrar=registrar,
         username=_check_username(value["username"], "username"),
         password=password,
         auth_username=(
@@ -111,7 +124,7 @@ def parse_registration(value: dict[str, Any]) -> RegistrationInput:
         ),
         domain=None if domain is None else normalize_domain(domain),
         expires=EXPIRES_DEFAULT if expires is None else expires,
-        outbound_proxy=None if proxy is None else normalize_proxy(proxy),
+        outbound_proxy=outbound_proxy,
     )
 
 

@@ -139,6 +139,12 @@ async def test_every_setting(api: Api) -> None:
         )
         assert over_tls.status_code == 200, over_tls.text
         assert over_tls.json()["registration"]["registrar"] == kept
+    # a sips: registrar's outbound proxy over TLS too (the refusals: INVALID below)
+    for proxy in ("sips:proxy.carrier.example", "sip:proxy.carrier.example;transport=tls"):
+        secure = {**REGISTRATION, "registrar": "sips:sip.carrier.example", "outbound_proxy": proxy}
+        resp = await api.patch(f"/v1/trunks/{trunk_id}", {"registration": secure})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["registration"]["outbound_proxy"] == proxy
     assert changed.json()["registration"]["expires"] == 60
 
 
@@ -271,6 +277,15 @@ INVALID: list[tuple[Any, str, str]] = [
         BAD_PARAMS.replace("registrar", "outbound_proxy"),
     ),
     ({"outbound_proxy": 1}, "invalid_field_type", "registration.outbound_proxy must be a string"),
+    *(
+        (
+            {"registrar": "sips:sip.carrier.example", "outbound_proxy": proxy},
+            "invalid_field",
+            "registration.outbound_proxy must be reached over TLS (a sips: URI or "
+            "transport=tls) when the registrar is a sips: URI (RFC 3261 §26.2)",
+        )
+        for proxy in ("sip:proxy.carrier.example", "sip:proxy.carrier.example;transport=tcp")
+    ),
     # expires
     ({"expires": 59}, "invalid_field", BAD_EXPIRES),
     ({"expires": 86401}, "invalid_field", BAD_EXPIRES),
