@@ -144,6 +144,29 @@ def test_a_private_address_in_our_sdp_to_a_caller_on_the_internet_is_named(ours:
     assert "TELEPATH_PUBLIC_ADDRESS" in message
 
 
+def test_a_caller_on_the_internet_behind_its_own_nat_is_told_by_its_signalling() -> None:
+    """A softphone behind its NAT gives its private address in its SDP; where its INVITE came
+    from says it is on the internet, which our private address does not reach."""
+    found = report(
+        SILENT,
+        local=("192.168.1.20", 40000),
+        remote_sdp=("192.168.0.5", 42000),
+        remote_rtp=None,
+        signalling="93.184.216.34",
+    )
+    assert codes(found) == ["no_inbound_rtp", "private_address_advertised"]
+    assert "93.184.216.34" in found["warnings"][1]["message"]
+    # signalling from the same private network: a LAN PBX, not the explanation
+    lan = report(
+        SILENT,
+        local=("192.168.1.20", 40000),
+        remote_sdp=("192.168.0.5", 42000),
+        remote_rtp=None,
+        signalling="192.168.0.5",
+    )
+    assert codes(lan) == ["no_inbound_rtp"]
+
+
 def test_no_private_address_warning_when_it_is_not_the_explanation() -> None:
     private = ("10.0.0.5", 40000)
     # the caller is on the same private network (a PBX on the LAN): it can reach us

@@ -35,6 +35,7 @@ def media_report(
     remote_rtp: tuple[str, int] | None,
     srtp: str | None,
     answered_s: float,
+    signalling: str | None = None,
 ) -> dict[str, Any]:
     """The report of one ended call's media.
 
@@ -46,6 +47,7 @@ def media_report(
             one), None if none of its packets was accepted.
         srtp: the SRTP suite, None for plain RTP.
         answered_s: how long the call was up.
+        signalling: the IP address the caller's INVITE came from (None: unknown).
     """
     received = stats.packets_received
     rtp_from = _hostport(remote_rtp) if received else None
@@ -80,19 +82,21 @@ def media_report(
                     "(TELEPATH_PUBLIC_ADDRESS)",
                 }
             )
-    caller = remote_rtp or remote_sdp
+    # On the internet: where its media or SDP says, or where its INVITE came from (a
+    # softphone behind its own NAT gives its private address in the SDP).
+    seen = [a[0] for a in (remote_rtp, remote_sdp) if a is not None] + [signalling or ""]
+    caller = next((ip for ip in seen if is_public(ip)), None)
     if (
         received == 0
         and answered_s >= MIN_SECONDS_FOR_SILENCE
         and caller is not None
         and is_private(local[0])
-        and is_public(caller[0])
     ):
         warnings.append(
             {
                 "code": "private_address_advertised",
                 "message": f"our SDP named {_hostport(local)}, a private address, to a caller "
-                f"at {caller[0]} on the internet, which cannot send to it: behind a NAT set "
+                f"at {caller} on the internet, which cannot send to it: behind a NAT set "
                 "TELEPATH_PUBLIC_ADDRESS to the public address (and forward the RTP ports), or "
                 "register the trunk with the carrier",
             }

@@ -1395,6 +1395,7 @@ class CallManager:
             remote_rtp=media.remote,
             srtp=None if negotiated.srtp is None else negotiated.srtp.suite.name,
             answered_s=answered_s,
+            signalling=media.signalling_ip,
         )
 
     async def _record_failed(self, record: CallRecord) -> None:

@@ -368,6 +368,11 @@ class MediaSession:
         return self._ended
 
     @property
+    def signalling_ip(self) -> str | None:
+        """The IP address the call's signalling came from (given at open)."""
+        return self._signalling_ip
+
+    @property
     def remote(self) -> Address | None:
         """Where RTP is being sent now (the SDP address or the latched one)."""
         return self._dest
