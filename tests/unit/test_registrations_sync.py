@@ -219,3 +219,50 @@ async def test_once_registered_failover_keeps_the_transport() -> None:
     assert len([o for o in streams.sent if isinstance(o, Send)]) == 1  # nothing over UDP
     assert streams.opened == [("127.0.0.2", 5061)]
     await registrations.close(timeout_s=0.1)
+
+
+class Draining(SipLocator):
+    """Two UDP servers, until the carrier takes the first out of its SRV records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers_now = [Target("UDP", "127.0.0.2", 5060), Target("UDP", "127.0.0.3", 5060)]
+
+    async def locate(self, uri: SipUri) -> list[Target]:
+        return list(self.servers_now)
+
+
+async def test_a_refresh_follows_dns_when_the_server_is_taken_out() -> None:
+    """Registered with the first server; the carrier takes it out of DNS (to drain it). The
+    next refresh looks the servers up again and registers with one still listed — call
+    control, which follows DNS too, would soon challenge the drained server's calls."""
+    streams = Streams()
+    locator = Draining()
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    registrations = Registrations(
+        Store([config("udp", "sip:carrier.example")]),
+        core,
+        streams.send,
+        locator=locator,
+        relocate_s=0.0,
+    )
+    await registrations.sync()
+    first = await streams.next_register()
+    sends = [o for o in streams.sent if isinstance(o, Send)]
+    assert sends[-1].dest.addr == ("127.0.0.2", 5060)
+    contact = first.headers.get("Contact") or ""
+    locator.servers_now = [Target("UDP", "127.0.0.3", 5060)]
+    # granted 1 s: refreshed after 0.5 s
+    ok = make_response(first, 200, to_tag="r1", headers=[("Contact", contact + ";expires=1")])
+    registrations.answered(RequestAnswered(first, ok))
+    second = await streams.next_register()
+    sends = [o for o in streams.sent if isinstance(o, Send)]
+    assert sends[-1].dest.addr == ("127.0.0.3", 5060)
+    # a server added ahead of it: the binding stays where it is registered (sticky)
+    locator.servers_now = [Target("UDP", "127.0.0.4", 5060), Target("UDP", "127.0.0.3", 5060)]
+    ok = make_response(second, 200, to_tag="r1", headers=[("Contact", contact + ";expires=1")])
+    registrations.answered(RequestAnswered(second, ok))
+    await streams.next_register()
+    sends = [o for o in streams.sent if isinstance(o, Send)]
+    assert sends[-1].dest.addr == ("127.0.0.3", 5060)
+    await registrations.close(timeout_s=0.1)

@@ -9,25 +9,25 @@ refreshes before expiry, retries failures with back-off, and reports its state t
 binding is removed with ``Expires: 0`` (bounded wait).
 
 Decisions: the registrar URI is located as RFC 3263 says (``transport/dns.py``: NAPTR, then SRV,
-then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts and
-again whenever every server found has failed; a registered binding stays with its server until it
-fails (a timeout, a failed connection or a 503 moves it to the next one at once, §4.3; any other
-failure is retried with back-off at the same one; a TCP/TLS connection may take
-``CONNECT_TIMEOUT_S``). NAPTR may choose the transport of a URI that names none (the Contact and
-Via follow it); until the binding is first registered, failover goes on down the whole list,
-across transports (a TLS server whose certificate does not verify gives way to the UDP one after
-it); once registered, failover stays on its transport. The REGISTER's
-Request-URI stays the registrar URI, and a TLS registrar's certificate is checked against its
-domain, not the SRV target (RFC 5922 §4.1). UDP by default; a registrar URI with ``;transport=tcp``
-gets a TCP connection of its own, ``;transport=tls`` or ``sips:`` a TLS one (the registrar's
-certificate verified against its host, as for ``wss://`` agents), opened by the gateway and kept
-(RFC 5923: the registrar sends the calls back on it, which is what makes a connection work behind a
-NAT), with a keep-alive on it always (RFC 5626 §4.4.1 — it also finds a dead connection), and a new
-connection and REGISTER as soon as one is found closed. With SIP worker processes only the front
-process (worker 0) registers, choosing Call-IDs it owns (``sip/routing.py``), so the registrar's
-answers come back to it; every instance of a multi-instance installation registers its own contact
-(several bindings for one address-of-record; the registrar forks or picks one, and a dead
-instance's binding lapses at its expiry).
+then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts,
+again whenever every server found has failed, and at a refresh once ``RELOCATE_S`` old; a
+registered binding stays with its server until it fails or DNS no longer lists it (a timeout, a
+failed connection or a 503 moves it to the next one at once, §4.3; any other failure is retried
+with back-off at the same one; a TCP/TLS connection may take ``CONNECT_TIMEOUT_S``). NAPTR may
+choose the transport of a URI that names none (the Contact and Via follow it); until the binding is
+first registered, failover goes on down the whole list, across transports (a TLS server whose
+certificate does not verify gives way to the UDP one after it); once registered, failover stays on
+its transport. The REGISTER's Request-URI stays the registrar URI, and a TLS registrar's
+certificate is checked against its domain, not the SRV target (RFC 5922 §4.1). UDP by default; a
+registrar URI with ``;transport=tcp`` gets a TCP connection of its own, ``;transport=tls`` or
+``sips:`` a TLS one (the registrar's certificate verified against its host, as for ``wss://``
+agents), opened by the gateway and kept (RFC 5923: the registrar sends the calls back on it, which
+is what makes a connection work behind a NAT), with a keep-alive on it always (RFC 5626 §4.4.1 — it
+also finds a dead connection), and a new connection and REGISTER as soon as one is found closed.
+With SIP worker processes only the front process (worker 0) registers, choosing Call-IDs it owns
+(``sip/routing.py``), so the registrar's answers come back to it; every instance of a
+multi-instance installation registers its own contact (several bindings for one address-of-record;
+the registrar forks or picks one, and a dead instance's binding lapses at its expiry).
 
 Behind a NAT (the registrar saw the REGISTER come from another address than our contact's,
 ``sip/registration.py``) the contact moves to the address it saw, and a keep-alive — a
@@ -74,6 +74,9 @@ KEEPALIVE = b"\r\n\r\n"
 # The longest a TCP connection and TLS handshake to a registrar's server may take before the
 # next server is tried (Kamailio's tcp_connect_timeout defaults to 10 s as well).
 CONNECT_TIMEOUT_S = 10.0
+# A registered binding's servers are looked up again at a refresh once this old: as often as
+# call control looks up the addresses whose calls are the registration's (calls/manager.py).
+RELOCATE_S = 60.0
 
 
 @dataclass
@@ -93,6 +96,7 @@ class _Binding:
     targets: list[Target] = field(default_factory=list)
     target_at: int = 0
     settled: bool = False  # registered once: its transport is fixed
+    located_at: float = 0.0  # loop time of the last lookup of ``targets``
 
 
 class Registrations:
@@ -130,9 +134,11 @@ class Registrations:
         locator: SipLocator | None = None,
         in_use: Callable[[int], bool] | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        relocate_s: float = RELOCATE_S,
     ) -> None:
         self.store = store
         self.connect_timeout_s = connect_timeout_s
+        self.relocate_s = relocate_s
         self.locator = locator or SipLocator()
         self.core = core
         self._send = send
@@ -272,7 +278,13 @@ class Registrations:
     async def _resolve_and_register(self, binding: _Binding) -> None:
         registrar = binding.machine.registrar
         hop = binding.next_hop
-        if not binding.targets:
+        if binding.targets and binding.settled:
+            if self._loop.time() - binding.located_at >= self.relocate_s:
+                await self._relocate(binding)
+                if not self._kept(binding):
+                    return
+        elif not binding.targets:
+            binding.located_at = self._loop.time()
             try:
                 located = await self.locator.locate(hop)
             except ValueError:
@@ -337,6 +349,34 @@ class Registrations:
             self._release(binding.dest.conn)  # the previous server's connection
         binding.dest = dest
         self._send(self.core.send_request(binding.machine.register(), binding.dest))
+
+    async def _relocate(self, binding: _Binding) -> None:
+        """Look a registered binding's servers up again (RFC 3263 §4: DNS answers are held for
+        their TTL, not forever). Its server still listed: it stays there (sticky), with the new
+        list for failover; gone — a carrier draining it, whose calls call control would soon
+        challenge, since it follows DNS too — the binding moves to the first of the new list.
+        Nothing found (DNS not answering): the list as it was."""
+        binding.located_at = self._loop.time()
+        try:
+            located = await self.locator.locate(binding.next_hop)
+        except ValueError:
+            return
+        transport = _transport_of(binding.machine)
+        located = [t for t in located if t.transport == transport]
+        if not located or not binding.targets:
+            return
+        current = binding.targets[binding.target_at]
+        if current not in located:
+            log.info(
+                "trunk %s: the registrar's server %s:%d is no longer in DNS; moving to %s:%d",
+                binding.config.trunk_id,
+                current.host,
+                current.port,
+                located[0].host,
+                located[0].port,
+            )
+        binding.targets = located
+        binding.target_at = located.index(current) if current in located else 0
 
     def _fail_over(self, binding: _Binding, why: str) -> bool:
         """Move to the binding's next server and register there now (RFC 3263 §4.3); False
