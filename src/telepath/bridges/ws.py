@@ -131,6 +131,7 @@ class WebSocketBridge(AgentBridge):
         self._backlog: collections.deque[str] | None = None
         self.reconnects = 0  # successful ones
         self.backlog_dropped = 0  # messages the backlog could not keep
+        self._in_flight: str | None = None  # the backlog's head while _flush sends it
 
     # --- connection ------------------------------------------------------------------------
 
@@ -202,8 +203,8 @@ class WebSocketBridge(AgentBridge):
         """Keep ``text`` for the agent's next connection (the backlog is open)."""
         backlog = self._backlog
         assert backlog is not None
-        if len(backlog) == backlog.maxlen:
-            self.backlog_dropped += 1
+        if len(backlog) == backlog.maxlen and backlog[0] is not self._in_flight:
+            self.backlog_dropped += 1  # (the head being sent by _flush is not lost)
         backlog.append(text)
 
     def send_audio_nowait(self, payload: bytes) -> bool:
@@ -392,8 +393,11 @@ class WebSocketBridge(AgentBridge):
         backlog = self._backlog
         assert backlog is not None
         while backlog:
-            head = backlog[0]
-            await socket.send(head)
+            head = self._in_flight = backlog[0]
+            try:
+                await socket.send(head)
+            finally:
+                self._in_flight = None
             if backlog and backlog[0] is head:
                 backlog.popleft()
         self._backlog = None

@@ -70,3 +70,8 @@ async def test_a_message_evicted_while_it_was_being_sent_does_not_cost_the_next_
     socket = Busy(accepts=100)
     await bridge._flush(socket)
     assert socket.sent == ["m0", "m1", "m2", "m3"]
+    assert bridge.backlog_dropped == 0  # m0 was being sent: delivered, not dropped
+    # whereas a message evicted from a full backlog that nothing is sending is dropped
+    bridge._backlog = collections.deque(["m4"], maxlen=1)
+    bridge._keep("m5")
+    assert bridge.backlog_dropped == 1
