@@ -155,6 +155,7 @@ class Registrations:
         self._changed = asyncio.Event()
         self._writes: set[asyncio.Task[None]] = set()  # state being stored
         self._closed = False
+        self._lingering: set[int] = set()  # connections let go while a call still used them
 
     # ------------------------------------------------------------------ the loop
 
@@ -183,6 +184,7 @@ class Registrations:
 
     async def sync(self) -> None:
         """Match the bindings to the store's registrations."""
+        self._close_lingering()
         if self._closed:
             return
         try:
@@ -423,12 +425,24 @@ class Registrations:
 
     def _release(self, conn: int) -> None:
         """Close a connection the binding no longer uses — unless a call signals over it (the
-        registrar sent the call on it): closing it would cut that call off; its peer or the
-        process's end closes it then."""
+        registrar sent the call on it): closing it would cut that call off; it is closed once
+        no call uses it (``_close_lingering``), if its peer has not closed it before."""
         if self._in_use(conn):
             log.info("a registration left a connection that a call still uses; kept open")
+            self._lingering.add(conn)
             return
         self._disconnect(conn)
+
+    def _close_lingering(self) -> None:
+        """Close the connections ``_release`` left open for a call, once no call uses them (at
+        each poll) — unless a binding has taken one up again (it is the binding's then)."""
+        held = {b.dest.conn for b in self._by_call_id.values() if b.dest is not None}
+        for conn in list(self._lingering):
+            if conn in held or not self._is_open(conn):
+                self._lingering.discard(conn)
+            elif not self._in_use(conn):
+                self._lingering.discard(conn)
+                self._disconnect(conn)
 
     # ------------------------------------------------------------------ answers
 
