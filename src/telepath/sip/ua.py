@@ -249,9 +249,13 @@ class UserAgentCore:
         return len(self._dialogs)
 
     def uses_connection(self, conn: int) -> bool:
-        """Whether a live dialog signals over stream connection ``conn`` (where its INVITE
-        came from, and where its in-dialog requests go)."""
-        return any(dialog.source.conn == conn for dialog in self._dialogs.values())
+        """Whether a call signals over stream connection ``conn``: a live dialog's (where its
+        INVITE came from, and where its in-dialog requests go), or a request the peer sent on
+        it still being answered (an INVITE ringing while its agent connects has no dialog yet,
+        and its 200 OK goes back on the connection, RFC 3261 §18.2.2)."""
+        return any(dialog.source.conn == conn for dialog in self._dialogs.values()) or any(
+            tx.source.conn == conn for tx in self._server_txs.values()
+        )
 
     @property
     def transaction_count(self) -> int:

@@ -441,13 +441,17 @@ def test_a_dialog_holds_the_connection_its_invite_came_on(
 ) -> None:
     """``uses_connection``: whether a stream connection still carries a call's signalling (a
     registration must not close it under the call)."""
-    ua, _ = core
+    ua, clock = core
     tcp = Source("TCP", ("192.0.2.10", 5070), conn=7)
     assert not ua.uses_connection(7)
     out = ua.receive(request(body=SDP, extra="Content-Type: application/sdp\r\n"), tcp)
     (ev,) = events(out)
     assert isinstance(ev, InviteReceived)
+    # ringing, its agent being connected: no dialog yet, but the 200 OK must go out on it
+    assert ua.uses_connection(7) and not ua.uses_connection(8)
     dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
     assert ua.uses_connection(7) and not ua.uses_connection(8)
     ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag=dialog.local_tag), tcp)
+    clock.advance(64 * 0.5)  # the INVITE transaction's Accepted state ends (RFC 6026 Timer L)
+    ua.poll()
     assert not ua.uses_connection(7)
