@@ -279,3 +279,87 @@ async def test_a_refresh_follows_dns_when_the_server_is_taken_out() -> None:
     sends = [o for o in streams.sent if isinstance(o, Send)]
     assert sends[-1].dest.addr == ("127.0.0.3", 5060)
     await registrations.close(timeout_s=0.1)
+
+
+async def registered_with(
+    locator: SipLocator, streams: Streams, expires: int = 1
+) -> tuple[Registrations, Request]:
+    """A driver registered (200, granted ``expires`` s) with the first server ``locator``
+    gives, relocating at every refresh; its REGISTER."""
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    registrations = Registrations(
+        Store([config("udp", "sip:carrier.example")]),
+        core,
+        streams.send,
+        locator=locator,
+        relocate_s=0.0,
+    )
+    await registrations.sync()
+    first = await streams.next_register()
+    contact = first.headers.get("Contact") or ""
+    ok = make_response(
+        first, 200, to_tag="r1", headers=[("Contact", f"{contact};expires={expires}")]
+    )
+    registrations.answered(RequestAnswered(first, ok))
+    return registrations, first
+
+
+def last_dest(streams: Streams) -> tuple[str, int]:
+    return [o for o in streams.sent if isinstance(o, Send)][-1].dest.addr
+
+
+async def test_after_a_relocation_failover_still_reaches_every_other_server() -> None:
+    """Equal-priority servers come back in a random order: relocated, the server in use goes
+    first and the others after it, so a timeout there still moves on at once (with the old
+    index, one listed before it was skipped: a failure and a back-off instead)."""
+    streams = Streams()
+    locator = Draining()
+    registrations, _ = await registered_with(locator, streams)
+    assert last_dest(streams) == ("127.0.0.2", 5060)
+    locator.servers_now = [Target("UDP", "127.0.0.3", 5060), Target("UDP", "127.0.0.2", 5060)]
+    refresh = await streams.next_register()  # relocated: still the first server
+    assert last_dest(streams) == ("127.0.0.2", 5060)
+    registrations.answered(RequestAnswered(refresh, None))  # which stops answering
+    await streams.next_register()
+    assert last_dest(streams) == ("127.0.0.3", 5060)
+    await registrations.close(timeout_s=0.1)
+
+
+class LosesSrv(SipLocator):
+    """SRV records for two servers; then the SRV question fails and only the domain's own A
+    record (its website, say) is found — what a lost DNS answer looks like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    async def locate(self, uri: SipUri) -> list[Target]:
+        if self.lost:
+            return [Target("UDP", "192.0.2.80", 5060, fallback=True)]
+        return [Target("UDP", "127.0.0.2", 5060), Target("UDP", "127.0.0.3", 5060)]
+
+
+async def test_a_relocation_that_finds_only_the_domains_own_address_keeps_the_server() -> None:
+    streams = Streams()
+    locator = LosesSrv()
+    registrations, _ = await registered_with(locator, streams)
+    locator.lost = True
+    await streams.next_register()
+    assert last_dest(streams) == ("127.0.0.2", 5060)
+    await registrations.close(timeout_s=0.1)
+
+
+async def test_dns_is_asked_again_at_refreshes_not_at_failovers() -> None:
+    """A failover goes to the next server of the list at once, even though DNS changed since
+    (it says the failing server only): a lookup there could send the binding straight back to
+    the server that just failed."""
+    streams = Streams()
+    locator = Draining()
+    registrations, _ = await registered_with(locator, streams)
+    refresh = await streams.next_register()
+    assert last_dest(streams) == ("127.0.0.2", 5060)
+    locator.servers_now = [Target("UDP", "127.0.0.2", 5060)]
+    registrations.answered(RequestAnswered(refresh, None))
+    await streams.next_register()
+    assert last_dest(streams) == ("127.0.0.3", 5060)
+    await registrations.close(timeout_s=0.1)

@@ -266,10 +266,15 @@ class Registrations:
             if self.workers <= 1 or owner_of(call_id.encode(), self.workers) == 0:
                 return call_id
 
-    def _attempt(self, binding: _Binding) -> None:
-        """Resolve the registrar, then send a REGISTER (a first one or a refresh)."""
+    def _refresh(self, binding: _Binding) -> None:
+        """Refresh a registered binding (its servers looked up again first if due)."""
+        self._attempt(binding, refresh=True)
+
+    def _attempt(self, binding: _Binding, *, refresh: bool = False) -> None:
+        """Resolve the registrar, then send a REGISTER (a first one, a retry, a failover or, with
+        ``refresh``, the refresh of a registered binding)."""
         binding.timer = None
-        task = self._loop.create_task(self._resolve_and_register(binding))
+        task = self._loop.create_task(self._resolve_and_register(binding, refresh))
         binding.resolving.add(task)
         task.add_done_callback(binding.resolving.discard)
 
@@ -277,10 +282,10 @@ class Registrations:
         """True while ``binding`` is the one kept up for its trunk."""
         return self._bindings.get(binding.config.trunk_id) is binding
 
-    async def _resolve_and_register(self, binding: _Binding) -> None:
+    async def _resolve_and_register(self, binding: _Binding, refresh: bool = False) -> None:
         registrar = binding.machine.registrar
         hop = binding.next_hop
-        if binding.targets and binding.settled:
+        if binding.targets and binding.settled and refresh:
             if self._loop.time() - binding.located_at >= self.relocate_s:
                 await self._relocate(binding)
                 if not self._kept(binding):
@@ -353,11 +358,12 @@ class Registrations:
         self._send(self.core.send_request(binding.machine.register(), binding.dest))
 
     async def _relocate(self, binding: _Binding) -> None:
-        """Look a registered binding's servers up again (RFC 3263 §4: DNS answers are held for
-        their TTL, not forever). Its server still listed: it stays there (sticky), with the new
-        list for failover; gone — a carrier draining it, whose calls call control would soon
-        challenge, since it follows DNS too — the binding moves to the first of the new list.
-        Nothing found (DNS not answering): the list as it was."""
+        """Look a registered binding's servers up again at a refresh (RFC 3263 §4: DNS answers
+        are held for their TTL, not forever). Its server still listed: it stays there (sticky),
+        the new list after it for failover; gone — a carrier draining it, whose calls call
+        control would soon challenge, since it follows DNS too — the binding moves to the first
+        of the new list. Nothing found, or only the domain's own address (a NAPTR/SRV answer
+        lost looks like none): the list as it was."""
         binding.located_at = self._loop.time()
         try:
             located = await self.locator.locate(binding.next_hop)
@@ -368,7 +374,13 @@ class Registrations:
         if not located or not binding.targets:
             return
         current = binding.targets[binding.target_at]
-        if current not in located:
+        if current in located:
+            # in use first, then the rest in their new order: failover from it reaches them all
+            # (servers of one priority come back shuffled, RFC 2782)
+            binding.targets = [current, *(t for t in located if t != current)]
+        elif any(t.fallback for t in located):
+            return  # no NAPTR/SRV answer this time: maybe a lost one; the list stands
+        else:
             log.info(
                 "trunk %s: the registrar's server %s:%d is no longer in DNS; moving to %s:%d",
                 binding.config.trunk_id,
@@ -377,8 +389,8 @@ class Registrations:
                 located[0].host,
                 located[0].port,
             )
-        binding.targets = located
-        binding.target_at = located.index(current) if current in located else 0
+            binding.targets = located
+        binding.target_at = 0
 
     def _fail_over(self, binding: _Binding, why: str) -> bool:
         """Move to the binding's next server and register there now (RFC 3263 §4.3); False
@@ -496,7 +508,7 @@ class Registrations:
                 _settle(binding)
             until = datetime.now(UTC) + timedelta(seconds=outcome.expires)
             self._report(binding, "registered", None, until, always=True)
-            binding.timer = self._loop.call_later(outcome.refresh_in, self._attempt, binding)
+            binding.timer = self._loop.call_later(outcome.refresh_in, self._refresh, binding)
             wanted = binding.machine.behind_nat or (
                 binding.dest is not None and binding.dest.reliable
             )

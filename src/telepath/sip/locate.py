@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telepath.sip.uri import SipUri
 
@@ -47,11 +47,14 @@ _SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP", "SIPS+D2T": "TLS"}
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One place to try: ``host`` is an address literal or a name still to resolve (A/AAAA)."""
+    """One place to try: ``host`` is an address literal or a name still to resolve (A/AAAA).
+    ``fallback``: found as the domain's own address because no SRV record was (§4.2) — which
+    is also what a lost NAPTR/SRV answer looks like (not compared)."""
 
     transport: str
     host: str
     port: int
+    fallback: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,7 +177,7 @@ class SipLocator:
         transport = steps.transport or ("TLS" if steps.secure else "UDP")
         port = 5061 if transport == "TLS" else 5060
         return [
-            Target(transport, address, port)
+            Target(transport, address, port, fallback=True)
             for address in (await self.addresses(steps.domain, family))[:MAX_TARGETS]
         ]
 

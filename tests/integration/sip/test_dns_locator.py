@@ -43,6 +43,7 @@ async def test_srv_records_are_followed_in_priority_order_udp_before_tcp() -> No
         Target("UDP", "127.0.0.3", 5071),  # priority 20
         Target("TCP", "127.0.0.2", 5080),  # the other transport's records, after
     ]
+    assert not any(t.fallback for t in located)
 
 
 async def test_the_uris_transport_and_scheme_choose_the_srv_name() -> None:
@@ -69,6 +70,7 @@ async def test_without_srv_the_hosts_own_address_and_default_port() -> None:
         explicit = await locator.locate(parse_uri("sip:carrier.test:5099"))  # port: no SRV
         nothing = await locator.locate(parse_uri("sip:missing.test"))
     assert plain == [Target("UDP", "127.0.0.10", 5060)]
+    assert plain[0].fallback and not explicit[0].fallback  # the domain's own, for want of SRV
     assert secure == [Target("TLS", "127.0.0.10", 5061)]
     assert explicit == [Target("UDP", "127.0.0.9", 5099)]
     assert nothing == []
