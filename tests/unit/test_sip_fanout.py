@@ -177,7 +177,11 @@ async def test_forwarder_hands_stream_messages_over_and_holds_them_for_a_restart
         mine, theirs = _invite(_owned_by(0, 2)), _invite(_owned_by(1, 2))
         assert forward.stream(mine, "TCP", peer, 3) is False
         assert forward.stream(b"\r\n\r\n", "TCP", peer, 3) is False  # no Call-ID
+        assert not forward.carried(3)  # nothing of a worker's on it yet
         assert forward.stream(theirs, "TLS", peer, 3) is True
+        # a worker's call signals over connection 3: the front, which holds no dialog of it,
+        # must not close it (a registration letting it go asks this)
+        assert forward.carried(3) and not forward.carried(4)
         (message,) = [unpack(m) for m in _drain(worker)]
         assert (message.data, message.transport, message.addr, message.conn) == (
             theirs,

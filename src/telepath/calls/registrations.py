@@ -147,7 +147,7 @@ class Registrations:
         self._connect = connect
         self._is_open = is_open or (lambda conn: False)
         self._disconnect = disconnect or (lambda conn: None)
-        self._in_use = in_use or (lambda conn: False)
+        self.in_use = in_use or (lambda conn: False)
         self.workers = workers
         self._bindings: dict[str, _Binding] = {}  # trunk id -> binding
         self._by_call_id: dict[str, _Binding] = {}
@@ -439,7 +439,7 @@ class Registrations:
         """Close a connection the binding no longer uses — unless a call signals over it (the
         registrar sent the call on it): closing it would cut that call off; it is closed once
         no call uses it (``_close_lingering``), if its peer has not closed it before."""
-        if self._in_use(conn):
+        if self.in_use(conn):
             log.info("a registration left a connection that a call still uses; kept open")
             self._lingering.add(conn)
             return
@@ -452,7 +452,7 @@ class Registrations:
         for conn in list(self._lingering):
             if conn in held or not self._is_open(conn):
                 self._lingering.discard(conn)
-            elif not self._in_use(conn):
+            elif not self.in_use(conn):
                 self._lingering.discard(conn)
                 self._disconnect(conn)
 

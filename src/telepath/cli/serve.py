@@ -85,6 +85,12 @@ async def start_workers(
     # retransmits), not answered here — the dialog would then live in the wrong process.
     gateway.server.router = pool.forwarder
     gateway.server.stream_router = pool.forwarder.stream
+    if gateway.registrations is not None:
+        # A connection a registration lets go may carry a worker's call, of which this
+        # process holds no dialog: kept open then, as for its own calls.
+        own = gateway.registrations.in_use
+        forwarder = pool.forwarder
+        gateway.registrations.in_use = lambda conn: own(conn) or forwarder.carried(conn)
     await pool.start()
     state.trunk_removed.append(pool.trunk_removed)
     state.more_metrics = pool.metrics

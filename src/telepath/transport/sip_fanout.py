@@ -61,6 +61,7 @@ WAKE = b"w"
 _STREAM_REPLY = struct.Struct("!cI")
 MAX_MESSAGE = 70_000  # a forwarded SIP message with its header fits (the framer's cap is 64 KiB)
 HOLD_LIMIT = 1024  # stream messages kept for a worker being started again
+CARRIED_LIMIT = 65536  # stream connections remembered as having carried a worker's call
 
 
 class Forwarded(NamedTuple):
@@ -189,6 +190,9 @@ class Forwarder:
         # stream messages for a worker that is not there (being started again): a peer does not
         # retransmit over a stream, so they wait for the next process (bounded)
         self._held: dict[int, deque[bytes]] = {}
+        # stream connections that carried a worker's call (oldest first, bounded): the front
+        # holds no dialog of those calls, so only this says a connection may still be in use
+        self._carried: dict[int, None] = {}
 
     def attach(self, index: int, outbox: socket.socket) -> None:
         """Worker ``index`` (started again) reads ``outbox`` now; what waited for it goes."""
@@ -248,6 +252,10 @@ class Forwarder:
         owner = self._owner(data)
         if owner == 0:
             return False
+        if conn not in self._carried:
+            if len(self._carried) >= CARRIED_LIMIT:
+                del self._carried[next(iter(self._carried))]
+            self._carried[conn] = None
         message = pack(data, addr, time.time(), transport, conn)
         outbox = self.outboxes.get(owner)
         if outbox is None:  # until attach()
@@ -262,6 +270,12 @@ class Forwarder:
             sender = self._streams[owner] = OrderedSender(outbox)
         self._count(sender.send(message))
         return True
+
+
+    def carried(self, conn: int) -> bool:
+        """Whether stream connection ``conn`` carried a message of a worker's call: it may
+        still be that call's signalling path, whatever the front's own dialogs say."""
+        return conn in self._carried
 
 
 class Inbox:
