@@ -271,7 +271,6 @@ class Forwarder:
         self._count(sender.send(message))
         return True
 
-
     def carried(self, conn: int) -> bool:
         """Whether stream connection ``conn`` carried a message of a worker's call: it may
         still be that call's signalling path, whatever the front's own dialogs say."""
