@@ -76,6 +76,8 @@ class StunClient:
     async def mapping(self, sock: socket.socket) -> tuple[str, int] | None:
         """``sock``'s public (address, port), or None if the server did not say in time. The
         socket must be bound, non-blocking and not yet read by anything else."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s  # the name's lookup included
         server = await self._address()
         if server is None:
             self._warn("cannot resolve the STUN server")
@@ -84,7 +86,6 @@ class StunClient:
             # A dual-stack socket (TELEPATH_SIP_HOST=::) reaches an IPv4 server, and sees its
             # answers come, at the server's IPv4-mapped address (RFC 4291 §2.5.5.2).
             server = (f"::ffff:{server[0]}", server[1])
-        loop = asyncio.get_running_loop()
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
         answered: asyncio.Future[tuple[str, int] | None] = loop.create_future()
 
@@ -116,7 +117,6 @@ class StunClient:
         fd = sock.fileno()
         loop.add_reader(fd, readable)
         try:
-            deadline = loop.time() + self.timeout_s
             wait = 0.1
             while (left := deadline - loop.time()) > 0:
                 # no request sent at the deadline: its answer would not be read here, and

@@ -107,3 +107,30 @@ async def test_a_server_name_that_does_not_resolve_in_time_costs_one_timeout(
     finally:
         sock.close()
     assert lookups == 1
+
+
+async def test_the_name_lookup_comes_out_of_the_same_time_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A slow resolver (0.35 s of the 0.5 s): what is left is all the requests get — one or
+    # two of them, not the three a fresh 0.5 s would allow. No time is asserted: a loaded
+    # machine can only send fewer.
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: Responder(silent=True), local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    loop = asyncio.get_running_loop()
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.35)
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", slow)
+    sock = _socket(socket.AF_INET, "127.0.0.1")
+    try:
+        async with asyncio.timeout(10):
+            assert await StunClient("stun.example.test", port).mapping(sock) is None
+    finally:
+        sock.close()
+        transport.close()
+    assert 1 <= len(server.requests) <= 2, server.requests
