@@ -7,7 +7,9 @@ SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it exercises
 
 Transport from the target URI (RFC 3261 §19.1, §18): UDP by default, ``;transport=tcp`` for TCP,
 ``sips:`` or ``;transport=tls`` for TLS (port 5061 unless given; the gateway's certificate is
-verified against the system's trust store, or ``ca_file``). Over a stream nothing is
+verified against the system's trust store, or ``ca_file``, for the URI's host). A host name is
+located as RFC 3263 says (``transport/dns.py``: NAPTR — which may choose the transport —, SRV,
+then A records; ``TELEPATH_DNS_SERVERS`` as for the gateway). Over a stream nothing is
 retransmitted (§17.1.1.2) and every message of the call uses the one connection.
 
 ``srtp``: the offer is ``RTP/SAVP`` with an SDES key (RFC 4568) and the media SRTP; only over
@@ -35,10 +37,12 @@ from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
+from telepath.sip.locate import Target
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.uri import SipUri, parse_uri
 from telepath.testing.tones import sine_pcm16
+from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
 from telepath.transport.ports import RtpPortAllocator
 
@@ -122,10 +126,14 @@ def transport_of(uri: SipUri) -> str:
     return "TCP" if requested == "TCP" else "UDP"
 
 
-async def _open_link(uri: SipUri, local_ip: str, ca_file: Path | None) -> _Link:
-    link = _Link(transport_of(uri))
-    host = uri.host.strip("[]")
-    link.dest = (host, uri.port or (5061 if link.name == "TLS" else 5060))
+async def _open_link(
+    target: Target, server_name: str, local_ip: str, ca_file: Path | None
+) -> _Link:
+    """A socket for ``target`` (UDP), or a connection to it (TCP, TLS: the certificate checked
+    against ``server_name``, the URI's host — not an SRV target's, RFC 5922 §4.1)."""
+    link = _Link(target.transport)
+    host = server_name.strip("[]")
+    link.dest = (target.host, target.port)
     loop = asyncio.get_running_loop()
     if link.name == "UDP":
         link.transport, _ = await loop.create_datagram_endpoint(
@@ -161,8 +169,10 @@ class Dialer:
         ca_file: Path | None = None,
         srtp: bool = False,
         srtp_suite: str = OFFER_SUITE.name,
+        locator: SipLocator | None = None,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
+        self.locator = locator or SipLocator()
         self.transport = transport_of(self.uri)
         if srtp and self.transport != "TLS":
             raise ValueError("SRTP needs a TLS target (sips: or ;transport=tls)")
@@ -180,6 +190,30 @@ class Dialer:
         self.from_tag = secrets.token_hex(6)
         self.cseq = 0
         self.result = DialResult()
+
+    async def _connect(self) -> _Link:
+        """The link to the gateway, located as RFC 3263 says (NAPTR, SRV, then the host's
+        addresses; a literal address or an explicit port directly): over TCP or TLS the first
+        server that takes the connection; over UDP the first server (one call: no failover on
+        a timeout). A NAPTR record may choose the transport of a URI that names none."""
+        try:
+            targets = await self.locator.locate(self.uri)
+        except ValueError as exc:
+            raise OSError(str(exc)) from None
+        if not targets:
+            raise OSError(f"cannot resolve {self.uri.host}")
+        failure: OSError | None = None
+        for target in targets:
+            if self.srtp and target.transport != "TLS":
+                continue  # SRTP keys go over TLS only
+            try:
+                link = await _open_link(target, self.uri.host, self.local_ip, self.ca_file)
+            except OSError as exc:
+                failure = exc
+                continue
+            self.transport = target.transport
+            return link
+        raise failure or OSError(f"no TLS server for {self.uri.host}")
 
     def _request(
         self,
@@ -227,7 +261,7 @@ class Dialer:
         """Place the call; returns when it has ended."""
         loop = asyncio.get_running_loop()
         result = self.result
-        sip = await asyncio.wait_for(_open_link(self.uri, self.local_ip, self.ca_file), timeout_s)
+        sip = await asyncio.wait_for(self._connect(), timeout_s)
         local_port = sip.local_port
         allocator = RtpPortAllocator(*self.rtp_ports, host=self.local_ip)
         lease = allocator.allocate()

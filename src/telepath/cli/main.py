@@ -160,6 +160,7 @@ def call(
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
     from telepath.cli.dialer import Dialer, write_wav
     from telepath.sip.errors import SipParseError
+    from telepath.transport.dns import SipLocator
 
     def dialer_with(secret: str | None) -> Dialer:
         try:
@@ -171,6 +172,7 @@ def call(
                 ca_file=ca_file,
                 srtp=srtp,
                 srtp_suite=srtp_suite,
+                locator=SipLocator(_settings().dns_server_list),
             )
         except SipParseError as exc:
             typer.echo(f"bad SIP URI: {exc}", err=True)

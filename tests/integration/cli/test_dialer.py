@@ -14,7 +14,9 @@ from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from telepath.transport.dns import SipLocator
 from tests.certs import tls_listener
+from tests.dnsmasq import Naptr, Srv, dnsmasq
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     GATEWAY_SETTINGS,
@@ -179,3 +181,48 @@ async def test_a_custom_agent_that_drops_is_reconnected_and_the_call_goes_on(
     assert len(calls) == 1 and calls[0]["disconnect_reason"] == "caller_hangup"
     metrics = api.state.metrics.render().decode()
     assert "telepath_agent_reconnects_total 1.0" in metrics
+
+
+async def test_a_gateway_named_by_its_domain_is_located_through_dns(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """``sip:bob@gw.test``: NAPTR says TCP, SRV gives two servers — the first (127.0.0.2)
+    refuses the connection, the second is the gateway (RFC 3263 §4.3): the call goes through
+    over TCP, its Via and Contact saying so."""
+    _, port = gateway.server.bound["TCP"]
+    hosts = {"one.gw.test": "127.0.0.2", "two.gw.test": "127.0.0.1", "gw.test": "127.0.0.3"}
+    srv = [
+        Srv("_sip._tcp.gw.test", "one.gw.test", port, priority=10),
+        Srv("_sip._tcp.gw.test", "two.gw.test", port, priority=20),
+    ]
+    naptr = [Naptr("gw.test", 10, 50, "SIP+D2T", "_sip._tcp.gw.test")]
+    async with (
+        dnsmasq(hosts=hosts, srv=srv, naptr=naptr) as dns_port,
+        FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent,
+    ):
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(
+            "sip:bob@gw.test",
+            username="bob",
+            password="dialer-pass-1",
+            locator=SipLocator([("127.0.0.1", dns_port)]),
+        )
+        result = await dialer.run(duration_s=1.5, tone_hz=1000)
+    assert result.status == 200 and result.setup_ms is not None
+    assert dialer.transport == "TCP"
+    assert abs(dominant_frequency(result.recorded) - 440) < 15
+
+
+async def test_a_domain_that_does_not_resolve_is_said_so() -> None:
+    async with dnsmasq() as dns_port:
+        dialer = Dialer(
+            "sip:bob@nowhere.test",
+            username="bob",
+            password="x",
+            locator=SipLocator([("127.0.0.1", dns_port)]),
+        )
+        with pytest.raises(OSError, match="cannot resolve nowhere.test"):
+            await dialer.run(duration_s=1)
