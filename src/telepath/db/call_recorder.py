@@ -277,8 +277,7 @@ class DbCallRecorder:
                     session.add(CallRow(id=call_id, updated_at=utcnow(), **fields))
                 else:
                     if row.detail_purged_at is not None:  # never resurrect purged detail
-                        fields["turns"] = None
-                        fields["sip_trace"] = None
+                        fields.update(dict.fromkeys(_DETAIL))
                     for name, value in fields.items():
                         setattr(row, name, value)
                     row.updated_at = utcnow()

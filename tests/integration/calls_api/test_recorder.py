@@ -17,6 +17,7 @@ from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import (
     DbCallRecorder,
+    _final_fields,
     close_instance_calls,
     close_lost_calls,
     purge_call_details,
@@ -158,6 +159,13 @@ async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
     late = (await api.get(f"/v1/calls/{stuck.id}")).json()
     assert late["duration_seconds"] == 5 and late["sip_trace"] is None and late["turns"] == []
     assert late["media"] is None
+    # the same by the one-at-a-time path (a batch that failed, a database without ON CONFLICT)
+    values = {"id": old.id, "updated_at": utcnow(), **_final_fields(ended(old, seconds=7))}
+    assert values["media"] and values["sip_trace"]
+    await recorder._upsert(values)
+    again = (await api.get(f"/v1/calls/{old.id}")).json()
+    assert again["duration_seconds"] == 7
+    assert (again["sip_trace"], again["turns"], again["media"]) == (None, [], None)
 
 
 async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> None:
