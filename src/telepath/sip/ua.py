@@ -773,10 +773,20 @@ class UserAgentCore:
         and the body as before. True if resent; False leaves the 401/407 a final failure.
 
         Only dialogs given credentials (a call its trunk's registrar sent, answered with the
-        registration's) are answered; an answered challenge that comes back not ``stale``
-        means the credentials were refused, and at most two are answered per request, so a
-        peer cannot keep us resending."""
-        if dialog.credentials is None or dialog.state == DialogState.TERMINATED:
+        registration's) are answered, and only while the request ends where it is sent: its
+        remote target is the address the call came from (a carrier's B2BUA or SBC, the usual
+        case). A remote target elsewhere means the carrier proxies the dialog on to another
+        party — who could answer our request with a challenge of its own and collect a digest
+        of the registration's password: not answered. A BYE of ours still goes again after the
+        dialog ended on our side (a session that expired, a 2xx never ACKed). An answered
+        challenge that comes back not ``stale`` means the credentials were refused, and at
+        most two are answered per request, so a peer cannot keep us resending."""
+        if dialog.credentials is None:
+            return False
+        if dialog.state == DialogState.TERMINATED and tx.request.method != "BYE":
+            return False
+        if _bare_ip(dialog.remote_target.host) != _bare_ip(dialog.source.addr[0]):
+            self.counters["challenges_not_ours"] += 1
             return False
         answered = self._challenges_answered.get(tx, 0)
         if answered >= 2:
@@ -911,7 +921,13 @@ class UserAgentCore:
             if dialog.last_ack is not None and dialog.last_ack[0] == cseq:
                 self.send_bytes(dialog.last_ack[1], dialog.source)  # a retransmitted 2xx
                 return
-            ack = self._in_dialog_request(dialog, "ACK", cseq, [])  # §13.2.2.4
+            # §13.2.2.4: the ACK carries the INVITE's credentials, if it was authenticated
+            auth = [
+                (k, v)
+                for k, v in request.headers
+                if k.lower() in ("authorization", "proxy-authorization")
+            ]
+            ack = self._in_dialog_request(dialog, "ACK", cseq, auth)
             dialog.last_ack = (cseq, ack.to_bytes())
             self._trace(dialog.call_id, dialog.last_ack[1], "out")
             self.send_bytes(dialog.last_ack[1], dialog.source)
@@ -1094,3 +1110,9 @@ def _allows(request: Request, method: str) -> bool:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')[:120]
+
+
+def _bare_ip(host: str) -> str:
+    """``host`` without IPv6 brackets, an IPv4-mapped address as IPv4, lower-case."""
+    bare = host.strip("[]").lower()
+    return bare[7:] if bare.startswith("::ffff:") and "." in bare else bare

@@ -20,6 +20,7 @@ from telepath.sip.ua import (
     UaConfig,
     UserAgentCore,
 )
+from telepath.sip.uri import parse_uri
 from tests.unit.sip.test_session_refresh import (
     ANSWER,
     REFRESH_ME,
@@ -170,4 +171,41 @@ def test_a_challenged_reinvite_refresh_is_acknowledged_and_sent_again(
     out = ua.receive(ok, SRC)
     (ack,) = requests(out)
     assert ack.cseq.seq == again.cseq.seq
+    # §13.2.2.4: with the INVITE's credentials (a proxy that authenticates ACKs drops one
+    # without, and the peer ends the call after retransmitting its 2xx)
+    assert ack.headers.get("Proxy-Authorization") == again.headers.get("Proxy-Authorization")
     assert events(out) == [SessionRefreshed(dialog, SDP)]  # the refresh went through
+
+
+def test_a_challenge_from_beyond_a_proxying_carrier_is_not_answered(
+    ua: UserAgentCore, carrier: DigestAuthenticator
+) -> None:
+    """The carrier proxies the dialog on: its remote target (the far end's Contact) is not the
+    address the call came from. Whoever is there could challenge our BYE to collect a digest
+    of the registration's password: the challenge is the BYE's final failure instead."""
+    dialog = dialog_with(ua, (USER, PASSWORD))
+    dialog.remote_target = parse_uri("sip:caller@198.51.100.77:5060")  # a target refresh
+    (bye,) = requests(ua.hangup(dialog))
+    for status in (401, 407):
+        out = ua.receive(challenge(bye, carrier, status), SRC)
+        assert requests(out) == []
+    assert ua.counters["challenges_answered"] == 0
+    assert ua.counters["challenges_not_ours"] >= 1
+
+
+def test_our_bye_after_the_session_expired_still_answers_the_challenge(
+    ua: UserAgentCore, carrier: DigestAuthenticator
+) -> None:
+    """The session expired (RFC 4028 §10): the BYE goes and the dialog ends on our side at
+    once; a carrier that challenges that BYE still gets the answer, or its leg stays up."""
+    clock = ua.clock
+    assert isinstance(clock, FakeClock)
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n")
+    dialog.credentials = (USER, PASSWORD)
+    out = advance(ua, clock, 60.5)
+    assert events(out) == [CallEnded(dialog, "session_expired")]
+    bye = requests(out)[-1]
+    assert bye.method == "BYE"
+    (again,) = requests(ua.receive(challenge(bye, carrier, 407), SRC))
+    assert again.method == "BYE" and again.cseq.seq == bye.cseq.seq + 1
+    assert verified(again, carrier, "Proxy-Authorization") == AuthResult.OK
