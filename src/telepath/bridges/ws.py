@@ -223,8 +223,9 @@ class WebSocketBridge(AgentBridge):
         if isinstance(ws, AgentSocket):
             try:
                 return ws.send_nowait(text)
-            except ConnectionClosed:
-                return True  # the read loop reports the close
+            except ConnectionClosed as exc:
+                self._hold(text, exc)  # the read loop reports the close
+                return True
         # websockets' own client (proxy configured) can only send from a coroutine; tasks
         # start in creation order, so frames still leave in order.
         task = asyncio.get_running_loop().create_task(self._send(text))
@@ -273,8 +274,26 @@ class WebSocketBridge(AgentBridge):
             return
         try:
             await ws.send(text)
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            self._hold(text, exc)
+
+    def _hold(self, text: str, closed: ConnectionClosed) -> None:
+        """A send that found the connection closed before the read loop did: kept for the
+        next connection when the close is one that will be reconnected (``_reconnect`` opens
+        the backlog only once the read loop sees it, and a frame sent meanwhile was lost);
+        otherwise dropped, the session being over."""
+        code = closed.rcvd.code if closed.rcvd is not None else None
+        if (
+            self.reconnect_s <= 0
+            or not self._established
+            or code not in RECONNECTABLE
+            or self._closing
+            or self._terminal is not None
+        ):
             return
+        if self._backlog is None:
+            self._backlog = collections.deque(maxlen=MAX_BACKLOG)
+        self._keep(text)
 
     # --- the read loop ---------------------------------------------------------------------
 
@@ -340,7 +359,8 @@ class WebSocketBridge(AgentBridge):
         session (``_resume``) and send the backlog. True once the new socket has taken over."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_s
-        self._backlog = collections.deque(maxlen=MAX_BACKLOG)
+        if self._backlog is None:  # (a send may have found the close first: _hold)
+            self._backlog = collections.deque(maxlen=MAX_BACKLOG)
         logger.info("%s bridge: connection dropped (%s), reconnecting", self.provider, code)
         pause, attempts = 0.1, 0
         while not self._closing and self._terminal is None:
@@ -357,6 +377,12 @@ class WebSocketBridge(AgentBridge):
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 pause = min(pause * 2, 1.0)
                 continue
+            if self._closing or self._terminal is not None:
+                # the call ended while we dialled: no session to resume on it
+                with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await socket.close(1000)
+                break
             self._ws = socket
             try:
                 async with asyncio.timeout(max(0.05, deadline - loop.time())):
@@ -485,12 +511,17 @@ class WebSocketBridge(AgentBridge):
         """End the session (idempotent); the stream ends with ``AgentDisconnected(reason)``."""
         if self._closing:
             return
-        if self._terminal is None and self._ws is not None:
-            try:
-                await self._goodbye(reason)
-            except (ConnectionClosed, OSError):
-                pass
-        self._closing = True
+        try:
+            if self._terminal is None and self._ws is not None:
+                # bounded: an agent that stopped reading holds a send (its buffer full)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._goodbye(reason)
+        except (ConnectionClosed, OSError, TimeoutError):
+            pass
+        finally:
+            # Set even if this close is cancelled while saying goodbye (the call gives it a
+            # few seconds): a drop seen after it must not reconnect the ended call.
+            self._closing = True
         await self._shutdown_socket()
         reader = self._reader
         if reader is not None and reader is not asyncio.current_task():
