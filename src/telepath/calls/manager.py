@@ -1473,8 +1473,11 @@ class CallManager:
             call.end(DisconnectReason.SHUTDOWN)
         for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
             setup.shutdown()
-        if self._tasks:  # let the calls send BYE and write their records
-            await asyncio.wait(set(self._tasks), timeout=5)
+        if self._tasks:
+            # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
+            # and write their records: cancelled before that, a call leaves no final record
+            # and no call.ended
+            await asyncio.wait(set(self._tasks), timeout=5 + self.config.bye_wait_s)
         for task in list(self._tasks):
             task.cancel()
         await self.lag.stop()
