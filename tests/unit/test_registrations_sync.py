@@ -224,9 +224,7 @@ async def test_once_registered_failover_keeps_the_transport() -> None:
     registrations = await streams.start("sip:carrier.example", locator=TlsThenUdp())
     (first,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
     assert isinstance(first, Request) and first.top_via.transport == "TLS"
-    contact = first.headers.get("Contact") or ""
-    ok = make_response(first, 200, to_tag="r1", headers=[("Contact", contact + ";expires=3600")])
-    registrations.answered(RequestAnswered(first, ok))
+    registrations.answered(granted(first, 3600))
     registrations.answered(RequestAnswered(first, None))  # then the server is silent
     await asyncio.sleep(0.05)
     assert len([o for o in streams.sent if isinstance(o, Send)]) == 1  # nothing over UDP
@@ -245,40 +243,13 @@ class Draining(SipLocator):
         return list(self.servers_now)
 
 
-async def test_a_refresh_follows_dns_when_the_server_is_taken_out() -> None:
-    """Registered with the first server; the carrier takes it out of DNS (to drain it). The
-    next refresh looks the servers up again and registers with one still listed — call
-    control, which follows DNS too, would soon challenge the drained server's calls."""
-    streams = Streams()
-    locator = Draining()
-    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
-    registrations = Registrations(
-        Store([config("udp", "sip:carrier.example")]),
-        core,
-        streams.send,
-        locator=locator,
-        relocate_s=0.0,
+def granted(register: Request, expires: int = 1) -> RequestAnswered:
+    """The registrar's 200 to ``register``, granting ``expires`` s (1: refreshed in 0.5 s)."""
+    contact = register.headers.get("Contact") or ""
+    ok = make_response(
+        register, 200, to_tag="r1", headers=[("Contact", f"{contact};expires={expires}")]
     )
-    await registrations.sync()
-    first = await streams.next_register()
-    sends = [o for o in streams.sent if isinstance(o, Send)]
-    assert sends[-1].dest.addr == ("127.0.0.2", 5060)
-    contact = first.headers.get("Contact") or ""
-    locator.servers_now = [Target("UDP", "127.0.0.3", 5060)]
-    # granted 1 s: refreshed after 0.5 s
-    ok = make_response(first, 200, to_tag="r1", headers=[("Contact", contact + ";expires=1")])
-    registrations.answered(RequestAnswered(first, ok))
-    second = await streams.next_register()
-    sends = [o for o in streams.sent if isinstance(o, Send)]
-    assert sends[-1].dest.addr == ("127.0.0.3", 5060)
-    # a server added ahead of it: the binding stays where it is registered (sticky)
-    locator.servers_now = [Target("UDP", "127.0.0.4", 5060), Target("UDP", "127.0.0.3", 5060)]
-    ok = make_response(second, 200, to_tag="r1", headers=[("Contact", contact + ";expires=1")])
-    registrations.answered(RequestAnswered(second, ok))
-    await streams.next_register()
-    sends = [o for o in streams.sent if isinstance(o, Send)]
-    assert sends[-1].dest.addr == ("127.0.0.3", 5060)
-    await registrations.close(timeout_s=0.1)
+    return RequestAnswered(register, ok)
 
 
 async def registered_with(
@@ -296,12 +267,27 @@ async def registered_with(
     )
     await registrations.sync()
     first = await streams.next_register()
-    contact = first.headers.get("Contact") or ""
-    ok = make_response(
-        first, 200, to_tag="r1", headers=[("Contact", f"{contact};expires={expires}")]
-    )
-    registrations.answered(RequestAnswered(first, ok))
+    registrations.answered(granted(first, expires))
     return registrations, first
+
+
+async def test_a_refresh_follows_dns_when_the_server_is_taken_out() -> None:
+    """Registered with the first server; the carrier takes it out of DNS (to drain it). The
+    next refresh looks the servers up again and registers with one still listed — call
+    control, which follows DNS too, would soon challenge the drained server's calls."""
+    streams = Streams()
+    locator = Draining()
+    registrations, _ = await registered_with(locator, streams)
+    assert last_dest(streams) == ("127.0.0.2", 5060)
+    locator.servers_now = [Target("UDP", "127.0.0.3", 5060)]
+    second = await streams.next_register()  # the refresh, 0.5 s later
+    assert last_dest(streams) == ("127.0.0.3", 5060)
+    # a server added ahead of it: the binding stays where it is registered (sticky)
+    locator.servers_now = [Target("UDP", "127.0.0.4", 5060), Target("UDP", "127.0.0.3", 5060)]
+    registrations.answered(granted(second))
+    await streams.next_register()
+    assert last_dest(streams) == ("127.0.0.3", 5060)
+    await registrations.close(timeout_s=0.1)
 
 
 def last_dest(streams: Streams) -> tuple[str, int]:
