@@ -747,7 +747,13 @@ class CallManager:
             # A registrar that puts the dialled number in the Request-URI instead of our
             # contact user (many carriers do, to the contact's address): the trunk it
             # registered for, from the registrar, answers no challenge either.
-            if routed is not None and await self._from_registrar(routed, source_ip):
+            # (Not over UDP when its registration is over TCP/TLS: its registrar's calls come
+            # over the connection, and a UDP source address can be forged.)
+            if (
+                routed is not None
+                and not (routed.registration_streamed and tx.source.transport == "UDP")
+                and await self._from_registrar(routed, source_ip)
+            ):
                 return routed
         if value is None:
             self._challenge(tx, await self._trunk_of(request, called))

@@ -84,6 +84,10 @@ class TrunkConfig:
     # contact's user part (``RegistrationConfig.contact_user``).
     registrar_host: str | None = None
     registration_proxy_host: str | None = None  # its outbound proxy's, which may send them too
+    # Its registration's first hop is TCP or TLS (sips:, transport=tcp|tls): the registrar's
+    # calls come over that connection, and its numbers are not taken unchallenged over UDP,
+    # where a source address can be forged.
+    registration_streamed: bool = False
     registration_contact: str | None = None
     # Its registration's digest username and password (decrypted): what we answer a
     # challenge of the registrar's to our own in-dialog requests with (BYE, REFER, refresh).

@@ -166,6 +166,13 @@ class TrunkRegistration(Base):
         """The outbound proxy's host (as ``registrar_host``), if it has one."""
         return None if self.outbound_proxy is None else uri_host(self.outbound_proxy)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether its REGISTERs' first hop (the outbound proxy, else the registrar) is named
+        over TCP or TLS (both URIs are stored normalised: lower-case scheme and transport)."""
+        hop = self.outbound_proxy or self.registrar
+        return hop.startswith("sips:") or hop.endswith((";transport=tcp", ";transport=tls"))
+
 
 def uri_host(uri: str) -> str:
     """The host of a normalised ``sip:host[:port][;params]`` URI, without port or brackets."""

@@ -200,6 +200,7 @@ class DbTrunkDirectory:
                 ),
                 registrar_host=registration.registrar_host if registration else None,
                 registration_proxy_host=registration.proxy_host if registration else None,
+                registration_streamed=registration.streamed if registration else False,
                 registration_contact=registration.contact_user if registration else None,
                 registration_credentials=(
                     None

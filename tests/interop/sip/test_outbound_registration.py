@@ -711,6 +711,34 @@ async def test_calls_to_a_registered_trunk_s_numbers_from_its_registrar_are_its_
         await registrar.close()
 
 
+async def test_a_stream_registration_s_numbers_are_not_taken_unchallenged_over_udp(
+    api: Api, gateway: Gateway
+) -> None:
+    """A registration over TCP (or TLS): its registrar sends calls over that connection, so a
+    UDP INVITE to its number from the registrar's address — which anyone can forge on UDP — is
+    challenged like any unknown one instead of reaching the agent."""
+    gw = gateway.server.bound["UDP"]
+    forger = await Uac.open("UDP", gw, host="127.0.0.2")  # the registrar's address, on UDP
+    try:
+        async with FakeTelepathAgent(agent="silent") as agent:
+            registration = registration_body(f"sip:127.0.0.2:{forger.local[1]};transport=tcp")
+            await create_trunk(
+                api,
+                "reg-did-tcp",
+                "trunk-password-1",
+                ai_provider="custom",
+                custom_endpoint=agent.url,
+                registration=registration,
+                inbound_numbers=["+15551230002"],
+            )
+            did = f"sip:+15551230002@127.0.0.1:{gw[1]}"
+            forged = CallLeg(forger, "forged", uri=did, to_uri=did)
+            assert await first_final(forged) == 401
+            assert agent.handshakes == []
+    finally:
+        await forger.close()
+
+
 @pytest.mark.parametrize(
     ("settings_overrides", "nat"),
     [({**GATEWAY_SETTINGS, "sip_keepalive_s": 0.1}, False), (BEHIND_NAT, True)],
