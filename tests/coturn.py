@@ -15,6 +15,16 @@ from aioice import stun
 from tests.conftest import free_udp_port, skip_loudly
 
 
+def binding_response(mapped: tuple[str, int], transaction_id: bytes | None = None) -> bytes:
+    """A Binding success response (RFC 8489 §7.3.1) naming ``mapped`` in XOR-MAPPED-ADDRESS,
+    answering ``transaction_id`` (a fresh one when None: a stray answer)."""
+    answer = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE)
+    if transaction_id is not None:
+        answer.transaction_id = transaction_id
+    answer.attributes["XOR-MAPPED-ADDRESS"] = mapped
+    return bytes(answer)
+
+
 def _answers(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

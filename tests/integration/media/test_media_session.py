@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aioice import stun
 
 from telepath.rtp import g711
 from telepath.rtp.codecs import CodecSpec
@@ -31,6 +30,7 @@ from telepath.transport.media_session import (
     MediaSession,
 )
 from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
+from tests.coturn import binding_response
 from tests.unit.rtp.audio import dominant_hz, tone
 from tests.unit.rtp.captures import load_capture
 
@@ -229,9 +229,7 @@ async def test_latching_follows_first_packet_then_refuses_third_parties(
 
 def stun_answer() -> bytes:
     """A STUN Binding success response (RFC 8489), as a STUN server sends it."""
-    answer = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE)
-    answer.attributes["XOR-MAPPED-ADDRESS"] = ("198.51.100.20", 40000)
-    return bytes(answer)
+    return binding_response(("198.51.100.20", 40000))
 
 
 async def test_late_stun_answers_are_not_counted_as_dropped_media(

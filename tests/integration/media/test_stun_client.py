@@ -12,6 +12,7 @@ import pytest
 from aioice import stun
 
 from telepath.transport.stun import StunClient
+from tests.coturn import binding_response
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,7 @@ class Responder(asyncio.DatagramProtocol):
         self.requests.append(addr)
         if self.silent or self.transport is None:
             return
-        answer = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.RESPONSE,
-            transaction_id=request.transaction_id,
-        )
-        answer.attributes["XOR-MAPPED-ADDRESS"] = addr
-        self.transport.sendto(bytes(answer), addr)
+        self.transport.sendto(binding_response(addr, request.transaction_id), addr)
 
 
 @pytest.fixture(params=[False, True], ids=["answering", "silent"])

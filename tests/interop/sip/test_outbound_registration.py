@@ -666,6 +666,23 @@ async def answered(leg: CallLeg) -> Response:
     return await leg.uac.response(200, leg.call_id, method="INVITE")
 
 
+async def did_trunk(
+    api: Api, gateway: Gateway, name: str, agent_url: str, registrar: str, number: str
+) -> str:
+    """A custom-agent trunk registering with ``registrar`` and serving ``number``; the URI a
+    carrier sends that number's calls to (the dialled number at the gateway's UDP address)."""
+    await create_trunk(
+        api,
+        name,
+        "trunk-password-1",
+        ai_provider="custom",
+        custom_endpoint=agent_url,
+        registration=registration_body(registrar),
+        inbound_numbers=[number],
+    )
+    return f"sip:{number}@127.0.0.1:{gateway.server.bound['UDP'][1]}"
+
+
 async def test_calls_to_a_registered_trunk_s_numbers_from_its_registrar_are_its_own(
     api: Api, gateway: Gateway
 ) -> None:
@@ -678,17 +695,8 @@ async def test_calls_to_a_registered_trunk_s_numbers_from_its_registrar_are_its_
     other = await Uac.open("UDP", gw)
     try:
         async with FakeTelepathAgent(agent="silent") as agent:
-            registration = registration_body(f"sip:127.0.0.2:{registrar.local[1]}")
-            await create_trunk(
-                api,
-                "reg-did",
-                "trunk-password-1",
-                ai_provider="custom",
-                custom_endpoint=agent.url,
-                registration=registration,
-                inbound_numbers=["+15551230001"],
-            )
-            did = f"sip:+15551230001@127.0.0.1:{gw[1]}"
+            registrar_uri = f"sip:127.0.0.2:{registrar.local[1]}"
+            did = await did_trunk(api, gateway, "reg-did", agent.url, registrar_uri, "+15551230001")
             leg = CallLeg(registrar, "did-caller", uri=did, to_uri=did)
             ok = await answered(leg)
             assert ok.headers.get("Contact") == f"<sip:telepath@127.0.0.1:{gw[1]}>"
@@ -721,17 +729,10 @@ async def test_a_stream_registration_s_numbers_are_not_taken_unchallenged_over_u
     forger = await Uac.open("UDP", gw, host="127.0.0.2")  # the registrar's address, on UDP
     try:
         async with FakeTelepathAgent(agent="silent") as agent:
-            registration = registration_body(f"sip:127.0.0.2:{forger.local[1]};transport=tcp")
-            await create_trunk(
-                api,
-                "reg-did-tcp",
-                "trunk-password-1",
-                ai_provider="custom",
-                custom_endpoint=agent.url,
-                registration=registration,
-                inbound_numbers=["+15551230002"],
+            registrar_uri = f"sip:127.0.0.2:{forger.local[1]};transport=tcp"
+            did = await did_trunk(
+                api, gateway, "reg-did-tcp", agent.url, registrar_uri, "+15551230002"
             )
-            did = f"sip:+15551230002@127.0.0.1:{gw[1]}"
             forged = CallLeg(forger, "forged", uri=did, to_uri=did)
             assert await first_final(forged) == 401
             assert agent.handshakes == []

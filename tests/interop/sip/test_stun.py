@@ -20,7 +20,7 @@ from aioice import stun
 from telepath.cli.gateway import Gateway
 from telepath.config import Settings
 from telepath.testing.fake_custom import FakeTelepathAgent
-from tests.coturn import stun_server
+from tests.coturn import binding_response, stun_server
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.sip.uac import CallLeg, Uac
@@ -49,14 +49,9 @@ class NattingStun(asyncio.DatagramProtocol):
         self.requests += 1
         if self.silent or self.transport is None:
             return
-        response = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.RESPONSE,
-            transaction_id=request.transaction_id,
-        )
         shift = SHIFT if addr[1] % 2 == 0 else RTCP_SHIFT
-        response.attributes["XOR-MAPPED-ADDRESS"] = ("198.51.100.20", addr[1] + shift)
-        self.transport.sendto(bytes(response), addr)
+        mapped = ("198.51.100.20", addr[1] + shift)
+        self.transport.sendto(binding_response(mapped, request.transaction_id), addr)
 
 
 @pytest.fixture
