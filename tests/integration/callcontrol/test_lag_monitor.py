@@ -91,11 +91,12 @@ async def test_an_idle_gateway_samples_at_the_idle_rate_and_speeds_up_with_work(
         assert first is not None and before + 0.1 <= first <= loop.time() + 0.1  # idle: 100 ms
         await _until(lambda: len(wakeups) >= 1)
         idle_next = monitor.next_sample_at
-        assert idle_next is not None and 0.099 <= idle_next - wakeups[0] <= 0.1
+        assert idle_next is not None and 0.099 <= idle_next - wakeups[-1] <= 0.1
         work = True
         await _until(lambda: len(wakeups) >= 2)  # the idle sample already due, then 10 ms
+        # (on a crowded machine more samples may have come by the time this runs: the last)
         busy_next = monitor.next_sample_at
-        assert busy_next is not None and 0.009 <= busy_next - wakeups[1] <= 0.01
+        assert busy_next is not None and 0.009 <= busy_next - wakeups[-1] <= 0.01
     finally:
         await monitor.stop()
     assert monitor.next_sample_at is None
