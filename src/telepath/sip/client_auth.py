@@ -6,10 +6,13 @@ outbound registrations (``sip/registration.py``) and the ``telepath call`` diall
 What it does with a 401/407's challenges (one ``WWW-Authenticate``/``Proxy-Authenticate`` value
 each): picks the most preferred algorithm it supports (SHA-256, then MD5; RFC 8760 §2.4 lets a
 server offer several, most preferred first, and a client use the first it supports), answers
-with ``qop=auth`` when the challenge offers it (with a fresh ``cnonce`` and ``nc=00000001``:
-each answer is to a new challenge) or in RFC 2069 form when it offers no ``qop``, and echoes
-``opaque``. ``-sess`` algorithms, ``auth-int`` only and other schemes are not answered (None):
-the caller reports the challenge as one it cannot meet.
+with ``qop=auth`` when the challenge offers it (with a fresh ``cnonce`` and ``nc=00000001``
+for a new challenge) or in RFC 2069 form when it offers no ``qop``, and echoes ``opaque``.
+:func:`answer` answers one known challenge again, with the next nonce count — a request
+challenged by a proxy (407) and then by the server behind it (401) carries both answers, and
+the same ``nc`` with the same nonce is a replay to a server that checks counts (RFC 7616 §3.4).
+``-sess`` algorithms, ``auth-int`` only and other schemes are not answered (None): the caller
+reports the challenge as one it cannot meet.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from telepath.sip.auth import (
     quote_string,
 )
 
-__all__ = ["Challenge", "answer_challenge", "parse_challenge"]
+__all__ = ["Challenge", "answer", "answer_challenge", "parse_challenge"]
 
 _PREFERENCE: tuple[Algorithm, ...] = ("SHA-256", "MD5")
 
@@ -80,38 +83,47 @@ def answer_challenge(
         for challenge in challenges:
             if challenge.algorithm != algorithm or (challenge.qop and "auth" not in challenge.qop):
                 continue
-            ha1 = _ha1(algorithm, username, challenge.realm, password)
-            parts = [
-                f"username={quote_string(username)}",
-                f"realm={quote_string(challenge.realm)}",
-                f"nonce={quote_string(challenge.nonce)}",
-                f"uri={quote_string(uri)}",
-            ]
-            if challenge.qop:
-                cnonce = secrets.token_hex(8)
-                response = digest_response(
-                    algorithm,
-                    ha1,
-                    nonce=challenge.nonce,
-                    method=method,
-                    uri=uri,
-                    qop="auth",
-                    nc="00000001",
-                    cnonce=cnonce,
-                )
-                parts += [
-                    f"response={quote_string(response)}",
-                    f"algorithm={algorithm}",
-                    f"cnonce={quote_string(cnonce)}",
-                    "qop=auth",
-                    "nc=00000001",
-                ]
-            else:
-                response = digest_response(
-                    algorithm, ha1, nonce=challenge.nonce, method=method, uri=uri
-                )
-                parts += [f"response={quote_string(response)}", f"algorithm={algorithm}"]
-            if challenge.opaque is not None:
-                parts.append(f"opaque={quote_string(challenge.opaque)}")
-            return "Digest " + ", ".join(parts), challenge
+            value = answer(challenge, method=method, uri=uri, username=username, password=password)
+            return value, challenge
     return None
+
+
+def answer(
+    challenge: Challenge, *, method: str, uri: str, username: str, password: str, nc: int = 1
+) -> str:
+    """The credentials answering ``challenge`` (one :func:`answer_challenge` chose) as the
+    ``nc``-th request with its nonce; ``nc`` goes only into the ``qop`` form."""
+    algorithm: Algorithm = "SHA-256" if challenge.algorithm == "SHA-256" else "MD5"
+    ha1 = _ha1(algorithm, username, challenge.realm, password)
+    parts = [
+        f"username={quote_string(username)}",
+        f"realm={quote_string(challenge.realm)}",
+        f"nonce={quote_string(challenge.nonce)}",
+        f"uri={quote_string(uri)}",
+    ]
+    if challenge.qop:
+        cnonce = secrets.token_hex(8)
+        count = f"{nc:08x}"
+        response = digest_response(
+            algorithm,
+            ha1,
+            nonce=challenge.nonce,
+            method=method,
+            uri=uri,
+            qop="auth",
+            nc=count,
+            cnonce=cnonce,
+        )
+        parts += [
+            f"response={quote_string(response)}",
+            f"algorithm={algorithm}",
+            f"cnonce={quote_string(cnonce)}",
+            "qop=auth",
+            f"nc={count}",
+        ]
+    else:
+        response = digest_response(algorithm, ha1, nonce=challenge.nonce, method=method, uri=uri)
+        parts += [f"response={quote_string(response)}", f"algorithm={algorithm}"]
+    if challenge.opaque is not None:
+        parts.append(f"opaque={quote_string(challenge.opaque)}")
+    return "Digest " + ", ".join(parts)

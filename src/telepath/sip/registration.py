@@ -12,8 +12,10 @@ Decisions, where RFC 3261 leaves a choice:
 - The contact is ``sip:<contact_user>@host:port`` with the interval in an ``Expires`` header;
   unregistering sends ``Expires: 0`` for that contact only, never ``*`` (other bindings of the
   same address-of-record — the user's phones — are not ours to remove).
-- Digest challenges (401/407) are answered by ``sip/client_auth.py``; a second challenge in a
-  row is a refusal (wrong password), unless it says ``stale=true`` (§22.4: re-sign, no fault).
+- Digest challenges (401/407) are answered by ``sip/client_auth.py``; a second challenge of the
+  same kind is a refusal (wrong password), unless it says ``stale=true`` (§22.4: re-sign, no
+  fault). An outbound proxy's 407 and then the registrar's 401 are both answered (§22.3), the
+  resend carrying the two, the earlier with its nonce's next count; at most four per request.
 - The interval granted is the ``expires`` parameter of our contact in the 2xx, else its
   ``Expires`` header, else the one asked for (§10.2.4); the refresh is due 60 s before it ends
   or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
@@ -40,7 +42,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from telepath.sip.client_auth import answer_challenge
+from telepath.sip.client_auth import Challenge, answer_challenge
+from telepath.sip.client_auth import answer as client_answer
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import param_value, parse_name_addr, split_list
 from telepath.sip.message import Headers, Request, Response
@@ -52,6 +55,9 @@ MAX_EXPIRES = 86400
 BACKOFF_BASE_S = 30.0
 BACKOFF_MAX_S = 600.0
 USER_AGENT = "Telepath"
+# Challenges answered per request, stale ones included: a registrar that keeps saying
+# "stale" is not answered forever (two realms, each once stale, fit).
+_MAX_ANSWERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,10 @@ class Registration:
         self._rng = rng
         self._cseq = 0
         self._current: Request | None = None
-        self._answered_challenge = False
+        # The challenges answered for the current request, by header (a proxy's 407 and the
+        # registrar's 401 may both come), each with the nonce count last sent; and how many.
+        self._answered: dict[str, tuple[Challenge, int]] = {}
+        self._answers = 0
         self._unregistering = False
         self._moved = False  # the contact was moved to a NAT's address since the last register()
         self.behind_nat = False  # the registrar saw us at another address than our contact's
@@ -155,10 +164,14 @@ class Registration:
         return self._current is not None and request.cseq.seq == self._current.cseq.seq
 
     def _new(
-        self, expires: int, authorization: tuple[str, str] | None, *, remove: str | None = None
+        self,
+        expires: int,
+        authorization: list[tuple[str, str]] | None,
+        *,
+        remove: str | None = None,
     ) -> Request:
         if authorization is None:
-            self._answered_challenge = False
+            self._answered, self._answers = {}, 0
         if remove is None and authorization is not None and self._current is not None:
             remove = self._removing(self._current)  # an answer to a challenge: the same request
         self._cseq += 1
@@ -176,8 +189,8 @@ class Registration:
             h.add("Contact", f"<{remove}>;expires=0")
         h.add("Expires", str(expires))
         h.add("User-Agent", USER_AGENT)
-        if authorization is not None:
-            h.add(*authorization)
+        for header in authorization or ():
+            h.add(*header)
         request = Request(h, b"", "REGISTER", self.registrar)
         self._current = request
         return request
@@ -241,14 +254,39 @@ class Registration:
                 f"{response.status} challenge with no supported digest algorithm"
             )
         value, challenge = answer
-        if self._answered_challenge and not challenge.stale:
+        field = "Proxy-Authorization" if proxy else "Authorization"
+        if field in self._answered and not challenge.stale:
             return self._after_unregister() or self._fail(
                 f"{response.status} {response.reason} (credentials refused)"
             )
-        header = ("Proxy-Authorization" if proxy else "Authorization", value)
-        resend = self._new(expires, header)
-        self._answered_challenge = True
+        if self._answers >= _MAX_ANSWERS:
+            return self._after_unregister() or self._fail(
+                f"{response.status} {response.reason} (challenged {self._answers} times)"
+            )
+        # RFC 3261 §22.3: a 401 after an answered 407 (or the reverse) is the next hop's own
+        # challenge; the resend carries both answers, the earlier with its nonce's next count
+        # (a stale one replaces its header's earlier answer)
+        answered = {
+            other: (known, nc + 1)
+            for other, (known, nc) in self._answered.items()
+            if other != field
+        }
+        headers = [(other, self._answer(known, nc)) for other, (known, nc) in answered.items()]
+        answered[field] = (challenge, 1)
+        headers.append((field, value))
+        resend = self._new(expires, headers)
+        self._answered, self._answers = answered, self._answers + 1
         return Resend(resend)
+
+    def _answer(self, challenge: Challenge, nc: int) -> str:
+        return client_answer(
+            challenge,
+            method="REGISTER",
+            uri=str(self.registrar),
+            username=self._auth_username,
+            password=self._password,
+            nc=nc,
+        )
 
     def _moved_from(self, public: tuple[str, int]) -> bool:
         """True if the registrar saw us at ``public``, not at our contact: over UDP another

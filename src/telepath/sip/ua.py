@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telepath.clock import Clock
-from telepath.sip.client_auth import answer_challenge
+from telepath.sip.client_auth import Challenge, answer, answer_challenge
 from telepath.sip.dialog import Dialog, DialogState
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr, parse_via
@@ -123,6 +123,9 @@ KNOWN_METHODS = frozenset(
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY", "REGISTER")
 SUPPORTED = ("timer",)
 _TRACE_LIMIT_MESSAGES = 64
+# Challenges answered per in-dialog request of ours, stale ones included (a proxy's and the
+# server's, each once stale, fit); a peer cannot keep us resending.
+_MAX_CHALLENGES_ANSWERED = 4
 _TRACE_LIMIT_CALLS = 4096
 _REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*)$")
 # RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
@@ -191,8 +194,11 @@ class UserAgentCore:
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
         self._client_txs: dict[tuple[str, str], ClientTransaction] = {}
         self._client_tx_dialog: dict[ClientTransaction, Dialog] = {}
-        # How many challenges were answered on the way to each in-dialog client transaction.
-        self._challenges_answered: dict[ClientTransaction, int] = {}
+        # The challenges answered on the way to each in-dialog client transaction: how many,
+        # and by header the last answered with the nonce count it was sent with.
+        self._challenges_answered: dict[
+            ClientTransaction, tuple[int, dict[str, tuple[Challenge, int]]]
+        ] = {}
         self._standalone: set[ClientTransaction] = set()  # send_request's (outbound REGISTER)
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
@@ -780,7 +786,8 @@ class UserAgentCore:
         of the registration's password: not answered. A BYE of ours still goes again after the
         dialog ended on our side (a session that expired, a 2xx never ACKed). An answered
         challenge that comes back not ``stale`` means the credentials were refused, and at
-        most two are answered per request, so a peer cannot keep us resending."""
+        most four are answered per request (a proxy's and the server's
+        challenges, each once stale), so a peer cannot keep us resending."""
         if dialog.credentials is None:
             return False
         if dialog.state == DialogState.TERMINATED and tx.request.method != "BYE":
@@ -788,8 +795,8 @@ class UserAgentCore:
         if _bare_ip(dialog.remote_target.host) != _bare_ip(dialog.source.addr[0]):
             self.counters["challenges_not_ours"] += 1
             return False
-        answered = self._challenges_answered.get(tx, 0)
-        if answered >= 2:
+        answered, earlier = self._challenges_answered.get(tx, (0, {}))
+        if answered >= _MAX_CHALLENGES_ANSWERED:
             return False
         request = tx.request
         proxy = response.status == 407
@@ -808,12 +815,27 @@ class UserAgentCore:
         if request.headers.get(field) is not None and not challenge.stale:
             self.counters["challenges_refused"] += 1
             return False
-        # _in_dialog_request writes the routing headers afresh; the answer replaces any earlier
+        # A 401 after an answered 407 (or the reverse) is the next hop's own challenge: the
+        # earlier answer goes again with its nonce's next count (the same count is a replay to
+        # a server that checks counts, RFC 7616 §3.4). _in_dialog_request writes the routing
+        # headers afresh; this answer replaces any earlier one to its header.
+        kept = {other: (known, nc + 1) for other, (known, nc) in earlier.items() if other != field}
+        answers = {name.lower() for name in (*kept, field)}
         headers = [
             (k, v)
             for k, v in request.headers
-            if k.lower() not in _REBUILT_IN_DIALOG and k.lower() != field.lower()
+            if k.lower() not in _REBUILT_IN_DIALOG and k.lower() not in answers
         ]
+        for other, (known, nc) in kept.items():
+            again_value = answer(
+                known,
+                method=request.method,
+                uri=str(request.uri),
+                username=username,
+                password=password,
+                nc=nc,
+            )
+            headers.append((other, again_value))
         headers.append((field, value))
         retry = self._in_dialog_request(
             dialog, request.method, dialog.next_cseq(), headers, request.body
@@ -823,7 +845,7 @@ class UserAgentCore:
         again = kind(self, retry, dialog.source, self.clock.now())
         self._client_txs[(again.branch, request.method)] = again
         self._client_tx_dialog[again] = dialog
-        self._challenges_answered[again] = answered + 1
+        self._challenges_answered[again] = (answered + 1, kept | {field: (challenge, 1)})
         self.counters["challenges_answered"] += 1
         return True
 

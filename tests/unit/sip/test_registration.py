@@ -137,6 +137,54 @@ def test_a_second_challenge_is_a_refusal_unless_stale() -> None:
     assert isinstance(reg.on_response(answer(retry, 401, challenge)), Resend)
 
 
+def test_a_proxy_then_a_registrar_challenge_are_both_answered() -> None:
+    """An authenticating outbound proxy's 407, then the registrar's 401 (RFC 3261 §22.3): the
+    401 is no refusal — its realm was not answered yet — and the resend carries both answers;
+    the proxy's again with the next nonce count, so a proxy that checks counts takes it
+    (RFC 7616 §3.4: the same nc with the same nonce is a replay)."""
+    proxy, registrar = DigestAuthenticator(REALM, b"p" * 32, FakeClock()), server()
+    reg = registration()
+    request = reg.register()
+    first = reg.on_response(
+        answer(request, 407, [("Proxy-Authenticate", proxy.challenge_headers()[0])])
+    )
+    assert isinstance(first, Resend) and verified(proxy, first.request, "Proxy-Authorization")
+    challenge = [("WWW-Authenticate", registrar.challenge_headers()[0])]
+    second = reg.on_response(answer(first.request, 401, challenge))
+    assert isinstance(second, Resend)
+    signed = roundtrip(second.request)
+    assert signed.headers.count("Proxy-Authorization") == 1
+    assert signed.headers.count("Authorization") == 1
+    assert verified(proxy, signed, "Proxy-Authorization")  # nc 2: not a replay
+    assert verified(registrar, signed)
+    # the proxy's nonce goes stale: its answer is replaced, the registrar's counts on
+    stale = [("Proxy-Authenticate", proxy.challenge_headers(stale=True)[0])]
+    third = reg.on_response(answer(signed, 407, stale))
+    assert isinstance(third, Resend)
+    again = roundtrip(third.request)
+    assert again.headers.count("Proxy-Authorization") == again.headers.count("Authorization") == 1
+    assert verified(proxy, again, "Proxy-Authorization") and verified(registrar, again)
+    # each realm is refused once it was answered: a challenge, not stale, ends it
+    refused = reg.on_response(answer(again, 401, challenge))
+    assert refused == Failed("401 Unauthorized (credentials refused)", 15.0)
+
+
+def test_stale_challenges_are_answered_a_bounded_number_of_times() -> None:
+    auth = server()
+    reg = registration()
+    request = reg.register()
+    stale = [("WWW-Authenticate", v) for v in auth.challenge_headers(stale=True)]
+    outcomes = []
+    for _ in range(10):
+        outcome = reg.on_response(answer(request, 401, stale))
+        outcomes.append(outcome)
+        if not isinstance(outcome, Resend):
+            break
+        request = outcome.request
+    assert sum(isinstance(o, Resend) for o in outcomes) == 4
+    assert isinstance(outcomes[-1], Failed)
+
+
 def test_a_challenge_it_cannot_meet_fails() -> None:
     reg = registration()
     request = reg.register()

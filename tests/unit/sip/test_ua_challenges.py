@@ -119,6 +119,24 @@ def test_refused_credentials_are_not_sent_again(
     assert ua.counters["challenges_refused"] == 1
 
 
+def test_a_proxy_then_a_server_challenge_are_both_answered_with_fresh_counts(
+    ua: UserAgentCore, carrier: DigestAuthenticator
+) -> None:
+    """A carrier's proxy challenges our BYE (407), then the server behind it (401): the second
+    resend carries both answers, the proxy's with the next nonce count — the same nc with the
+    same nonce is a replay to a proxy that checks counts (RFC 7616 §3.4, RFC 2617 §3.2.2)."""
+    server = DigestAuthenticator(REALM, b"s" * 32, FakeClock(100.0))
+    dialog = dialog_with(ua, (USER, PASSWORD))
+    (bye,) = requests(ua.hangup(dialog))
+    (first,) = requests(ua.receive(challenge(bye, carrier, 407), SRC))
+    assert verified(first, carrier, "Proxy-Authorization") == AuthResult.OK
+    (second,) = requests(ua.receive(challenge(first, server, 401), SRC))
+    assert second.headers.count("Proxy-Authorization") == 1
+    assert verified(second, carrier, "Proxy-Authorization") == AuthResult.OK  # not REPLAY
+    assert verified(second, server, "Authorization") == AuthResult.OK
+    assert ua.counters["challenges_answered"] == 2
+
+
 def test_a_stale_nonce_is_answered_again_but_not_forever(
     ua: UserAgentCore, carrier: DigestAuthenticator
 ) -> None:
@@ -128,9 +146,12 @@ def test_a_stale_nonce_is_answered_again_but_not_forever(
     (second,) = requests(ua.receive(challenge(first, carrier, stale=True), SRC))
     assert second.headers.count("Proxy-Authorization") == 1  # replaced, not added
     assert second.cseq.seq == first.cseq.seq + 1
-    # a peer that keeps saying stale is answered twice per request, then given up on
-    out = ua.receive(challenge(second, carrier, stale=True), SRC)
+    # a peer that keeps saying stale is answered four times per request, then given up on
+    (third,) = requests(ua.receive(challenge(second, carrier, stale=True), SRC))
+    (fourth,) = requests(ua.receive(challenge(third, carrier, stale=True), SRC))
+    out = ua.receive(challenge(fourth, carrier, stale=True), SRC)
     assert requests(out) == [] and events(out) == [CallEnded(dialog, "local_bye")]
+    assert ua.counters["challenges_answered"] == 4
 
 
 def test_a_challenged_refer_keeps_its_headers(
