@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from telepath.calls.manager import _called_number
+from telepath.calls.manager import _called_number, _expires, _number
 from telepath.sip.message import Request
 from telepath.sip.parser import parse_message
+from telepath.sip.uri import parse_uri
 
 pytestmark = pytest.mark.unit
 
@@ -42,3 +43,12 @@ def invite(ruri: str, to: str) -> Request:
 )
 def test_called_number(ruri: str, to: str, number: str | None) -> None:
     assert _called_number(invite(ruri, to)) == number
+
+
+def test_digits_are_ascii_digits() -> None:
+    """``str.isdigit`` also takes "²" (which ``int()`` refuses) and other scripts' digits: a
+    REGISTER's ``expires`` of such is malformed (it raised), a user part of such no number."""
+    assert _expires("\u00b2", 3600) is None and _expires(" 60 ", 3600) == 60
+    arabic_indic = "\u0661\u0665\u0665\u0665\u0661\u0662\u0663\u0660\u0660\u0660\u0660"
+    escaped = "".join(f"%{byte:02X}" for byte in arabic_indic.encode())
+    assert _number(parse_uri(f"sip:{escaped}@h")) == arabic_indic  # kept as it is, no E.164

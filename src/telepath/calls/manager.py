@@ -1530,7 +1530,7 @@ def _expires(text: str | None, default: int) -> int | None:
     if text is None:
         return default
     text = text.strip()
-    if not text.isdigit() or len(text) > 10:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
         return None
     return int(text)
 
@@ -1589,6 +1589,6 @@ def _number(uri: SipUri) -> str | None:
         return None
     user = user.split(";", 1)[0]
     digits = user.lstrip("+")
-    if digits.isdigit() and 6 <= len(digits) <= 15:
+    if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15:
         return "+" + digits if user.startswith("+") or len(digits) > 10 else user
     return user

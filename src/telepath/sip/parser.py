@@ -174,8 +174,10 @@ def validate_request(request: Request) -> None:
     request.from_  # noqa: B018 - parse and keep
     request.to  # noqa: B018
     for contact in headers.get_all("Contact"):
-        if contact != "*":
+        if contact.strip() != "*":
             parse_name_addr(contact)
+        elif request.method != "REGISTER":
+            raise SipParseError("Contact: * is a REGISTER's only")  # §10.2.2, §20.10
     max_forwards = headers.get("Max-Forwards")
     if max_forwards is not None and (
         not _DIGITS.fullmatch(max_forwards) or int(max_forwards) > 255

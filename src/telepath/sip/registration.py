@@ -346,8 +346,8 @@ def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> fl
 
 
 def _int(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit():
-        return None
+    if text is None or not (text.strip().isascii() and text.strip().isdigit()):
+        return None  # str.isdigit takes "²", which int() does not
     return int(text.strip())
 
 

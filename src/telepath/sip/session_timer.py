@@ -29,7 +29,7 @@ def parse_session_expires(value: str | None) -> tuple[int, str | None] | None:
         return None
     number, _, params = value.partition(";")
     number = number.strip()
-    if not number.isdigit() or len(number) >= 10:
+    if not (number.isascii() and number.isdigit()) or len(number) >= 10:
         return None
     refresher: str | None = None
     for param in params.split(";"):
@@ -121,4 +121,4 @@ def expiry_margin(interval: int) -> float:
 def min_se_of(response: Response) -> int | None:
     """The Min-SE of a 422 (§6), or ``None`` when missing or malformed."""
     value = (response.headers.get("Min-SE") or "").split(";", 1)[0].strip()
-    return int(value) if value.isdigit() and len(value) < 10 else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None

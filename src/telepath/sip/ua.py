@@ -121,6 +121,9 @@ KNOWN_METHODS = frozenset(
     }
 )
 ALLOW = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "NOTIFY", "REGISTER")
+# Methods a SIP element may know of (RFC 3261 and its extensions): 405 Method Not Allowed for
+# these when not in ALLOW; any other is 501 Not Implemented (§21.5.2).
+_KNOWN_METHODS = frozenset((*ALLOW, "PRACK", "REFER", "SUBSCRIBE", "PUBLISH", "MESSAGE"))
 SUPPORTED = ("timer",)
 _TRACE_LIMIT_MESSAGES = 64
 # Challenges answered per in-dialog request of ours, stale ones included (a proxy's and the
@@ -505,10 +508,8 @@ class UserAgentCore:
             self.counters["merged_requests"] += 1
             self._respond(tx, 482)
             return
-        max_forwards = (request.headers.get("Max-Forwards") or "").strip()
-        if max_forwards.isdigit() and int(max_forwards) == 0:
-            self._respond(tx, 483)  # §16.3 item 2 applies to us as the last hop
-            return
+        # Max-Forwards: 0 reaching us is processed as any other: §16.3's 483 is a proxy's,
+        # which must not forward it; we forward nothing (RFC 4475 §3.3.11, OPTIONS pings)
         unsupported = [
             opt for opt in request.headers.get_all("Require") if opt.lower() not in SUPPORTED
         ]
@@ -555,7 +556,7 @@ class UserAgentCore:
         elif method in ("BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
             self._respond(tx, 481)  # §15.1.2 / §12.2.2: no such dialog
         else:
-            self._respond(tx, 405)
+            self._respond(tx, _not_allowed(request.method))
 
     def _on_in_dialog(self, tx: ServerTransaction) -> None:
         request = tx.request
@@ -601,7 +602,7 @@ class UserAgentCore:
                 status = int(m.group(1))
                 self._out.append(ReferUpdate(dialog, status, status >= 200))
         else:
-            self._respond(tx, 405)
+            self._respond(tx, _not_allowed(request.method))
 
     def _on_info(self, dialog: Dialog, tx: ServerTransaction) -> None:
         request = tx.request
@@ -619,7 +620,7 @@ class UserAgentCore:
                 duration = int(d.group(1))
         elif ctype == "application/dtmf":
             value = text.strip()
-            if value.isdigit() and 0 <= int(value) <= 15:
+            if value.isascii() and value.isdigit() and int(value) <= 15:
                 digit = _EVENT_CODES[int(value)]
             elif len(value) == 1 and value.upper() in _EVENT_CODES:
                 digit = value.upper()
@@ -1064,7 +1065,9 @@ class UserAgentCore:
         tag), so a UAC that keeps the tag of a 401 challenge still matches the 2xx's dialog.
         Keyed with a per-process secret, so tags stay unguessable (§19.3)."""
         from_tag = request.headers.get("From") or ""
-        digest = hmac.new(self._tag_key, f"{request.call_id}\x00{from_tag}".encode(), "sha256")
+        # the header text keeps bytes that are not UTF-8 as surrogates (``message.py``)
+        key = f"{request.call_id}\x00{from_tag}".encode("utf-8", "surrogateescape")
+        digest = hmac.new(self._tag_key, key, "sha256")
         return digest.hexdigest()[:16]
 
     def _take(self) -> list[Output]:
@@ -1132,6 +1135,11 @@ def _allows(request: Request, method: str) -> bool:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')[:120]
+
+
+def _not_allowed(method: str) -> int:
+    """405 for a method known but not taken here, 501 for one not known (§21.4.6, §21.5.2)."""
+    return 405 if method in _KNOWN_METHODS else 501
 
 
 def _bare_ip(host: str) -> str:

@@ -66,7 +66,7 @@ def verify_signature(
         if not sep:
             return False
         if key == "t":
-            if not value.isdigit() or len(value) > 12:
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:
                 return False
             timestamp = int(value)
         elif key == "v1":

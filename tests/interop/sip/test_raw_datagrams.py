@@ -135,11 +135,12 @@ async def test_malformed_request_gets_400_with_warning(gateway: Gateway, uac: Ua
 @pytest.mark.parametrize(
     ("method", "headers", "max_forwards", "status", "check"),
     [
-        ("OPTIONS", [], 0, 483, None),
+        ("OPTIONS", [], 0, 200, None),  # Max-Forwards 0 is a proxy's matter (RFC 4475 §3.3.11)
         ("OPTIONS", [("Require", "100rel, x-unknown-ext")], 70, 420, "Unsupported"),
         ("INVITE", [("Require", "x-unknown-ext")], 70, 420, "Unsupported"),
         ("SUBSCRIBE", [("Event", "presence")], 70, 405, "Allow"),
         ("MESSAGE", [], 70, 405, "Allow"),
+        ("FOO", [], 70, 501, "Allow"),  # §21.5.2: not known at all
     ],
 )
 async def test_rfc_rejections(
@@ -166,7 +167,7 @@ async def test_rfc_rejections(
         assert resp.message.headers.get_all("Unsupported") == [
             h.strip() for h in headers[0][1].split(",") if h.strip() != "timer"
         ]
-    elif check == "Allow":  # §8.2.2.1: 405 MUST carry Allow
+    elif check == "Allow":  # §8.2.2.1: 405 MUST carry Allow (and so does our 501)
         allow = resp.message.headers.get_all("Allow")
         assert {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS"} <= set(allow)
         assert method not in allow

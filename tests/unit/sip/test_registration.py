@@ -431,3 +431,14 @@ def test_over_tcp_only_another_address_is_a_nat_then_the_connection_s_port_follo
     again = behind.on_response(seen_from(behind.register(), "198.51.100.9", 52000))
     assert isinstance(again, Resend)
     assert behind.contact == "sip:tpr-0123456789abcdef0123@198.51.100.9:52000;transport=tcp"
+
+
+def test_unicode_digits_in_a_registrar_s_numbers_are_no_numbers() -> None:
+    """``str.isdigit`` takes "²", which ``int()`` refuses: a Retry-After or Min-Expires of
+    such is one not given (it raised)."""
+    reg = registration()
+    request = reg.register()
+    outcome = reg.on_response(answer(request, 503, [("Retry-After", "\u00b2")]))
+    assert isinstance(outcome, Failed) and outcome.retry_in == 15.0
+    outcome = reg.on_response(answer(reg.register(), 423, [("Min-Expires", "1\u00b2")]))
+    assert isinstance(outcome, Failed)

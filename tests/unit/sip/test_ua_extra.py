@@ -401,11 +401,11 @@ def test_requests_with_made_up_methods_leave_bounded_state(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
     """A method is any token (RFC 3261 §25.1): a flood of made-up ones must not grow the core's
-    counters by a key each (they are answered 405 and counted as OTHER)."""
+    counters by a key each (they are answered 501 and counted as OTHER)."""
     ua, _ = core
     for i in range(500):
         out = ua.receive(request(f"X{i}", branch=f"z9hG4bK-m{i}", call_id=f"m{i}@h"), SRC)
-        assert [r.status for r in sent(out)] == [405]
+        assert [r.status for r in sent(out)] == [501]
     assert ua.counters["request_OTHER"] == 500
     assert len(ua.counters) < 20
     ua.receive(request("OPTIONS", branch="z9hG4bK-o"), SRC)

@@ -70,6 +70,7 @@ def test_timestamp_is_signed() -> None:
         f"v1={compute_signature(SECRET, T, BODY)}",  # no timestamp
         f"t={T}",  # no signature
         f"t=abc,v1={compute_signature(SECRET, T, BODY)}",
+        f"t=\u00b2,v1={compute_signature(SECRET, T, BODY)}",  # a digit to isdigit, not to int
         f"t=-{T},v1={compute_signature(SECRET, T, BODY)}",
         f"t={T},v1=",
         f"t={T};v1={compute_signature(SECRET, T, BODY)}",

@@ -1,0 +1,112 @@
+"""Requests a carrier or an attacker may send that are odd but parse: the core answers each
+with the status RFC 3261 gives, never raises, and keeps no transaction beyond its timers."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.clock import FakeClock
+from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore
+from tests.unit.sip.test_ua import SDP, SRC, _confirmed, events, request, sent
+
+pytestmark = pytest.mark.unit
+
+LATIN1_FROM = b'From: "M\xfcller" <sip:+15551230000@carrier.example>;tag=from1\r\n'
+
+
+def latin1(raw: bytes) -> bytes:
+    """``raw`` with a display name in Latin-1, not UTF-8 — as some PBXs send it."""
+    start = raw.index(b"From: ")
+    end = raw.index(b"\r\n", start) + 2
+    return raw[:start] + LATIN1_FROM + raw[end:]
+
+
+@pytest.fixture
+def core() -> tuple[UserAgentCore, FakeClock]:
+    clock = FakeClock(100.0)
+    return UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock), clock
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [("OPTIONS", 200), ("BYE", 481), ("CANCEL", 481), ("SUBSCRIBE", 405)]
+)
+def test_a_display_name_that_is_not_utf_8_is_answered_and_forgotten(
+    core: tuple[UserAgentCore, FakeClock], method: str, status: int
+) -> None:
+    ua, clock = core
+    (resp,) = sent(ua.receive(latin1(request(method)), SRC))
+    assert resp.status == status and resp.to.tag  # a To tag made of the raw From (§8.2.6.2)
+    clock.advance(40.0)  # Timer J
+    ua.poll()
+    assert ua.transaction_count == 0
+
+
+def test_an_invite_from_a_latin_1_name_can_be_answered(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, _ = core
+    raw = latin1(request(body=SDP, extra="Content-Type: application/sdp\r\n"))
+    out = ua.receive(raw, SRC)
+    (ev,) = events(out)
+    assert isinstance(ev, InviteReceived)
+    assert [r.status for r in sent(ua.respond(ev.tx, 180))] == [180]
+    dialog, out = ua.accept(ev.tx, b"v=0\r\n")
+    (ok,) = sent(out)
+    assert ok.status == 200 and ok.to.tag == dialog.local_tag
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b9"])  # digits to str.isdigit, not to int()
+def test_a_session_expires_of_unicode_digits_is_ignored_like_any_unusable_one(
+    core: tuple[UserAgentCore, FakeClock], value: str
+) -> None:
+    ua, _ = core
+    raw = request(body=SDP, extra=f"Content-Type: application/sdp\r\nSession-Expires: {value}\r\n")
+    out = ua.receive(raw.replace(value.encode(), value.encode("utf-8")), SRC)
+    assert [r.status for r in sent(out)] == [100]
+    assert isinstance(events(out)[0], InviteReceived)
+
+
+def test_an_info_of_unicode_digits_is_a_bad_dtmf_body(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    raw = request(
+        "INFO",
+        branch="z9hG4bK-i1",
+        cseq=2,
+        to_tag=tag,
+        body="\u00b2".encode(),
+        extra="Content-Type: application/dtmf\r\n",
+    )
+    out = ua.receive(raw, SRC)
+    assert [(r.status, r.reason) for r in sent(out)] == [(400, "Bad DTMF Body")]
+    assert not any(isinstance(e, DtmfInfo) for e in events(out))
+
+
+def test_contact_star_outside_register_is_a_bad_request(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§10.2.2 / §20.10: ``*`` is a REGISTER's "all bindings" only; an INVITE's dialog needs a
+    URI to send its requests to."""
+    ua, _ = core
+    raw = request(body=SDP, extra="Content-Type: application/sdp\r\n").replace(
+        b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: *"
+    )
+    out = ua.receive(raw, SRC)
+    assert [r.status for r in sent(out)] == [400] and events(out) == []
+
+
+def test_a_method_not_known_is_501_and_one_known_but_not_taken_405(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§21.5.2 / §21.4.6, out of a dialog and in one; both list what we take in ``Allow``."""
+    ua, _ = core
+    for raw, status in [(request("FOO"), 501), (request("MESSAGE", branch="z9hG4bK-m"), 405)]:
+        (resp,) = sent(ua.receive(raw, SRC))
+        assert resp.status == status and "INVITE" in (resp.headers.get("Allow") or "")
+    tag = _confirmed(ua).local_tag  # type: ignore[attr-defined]
+    for cseq, (method, status) in enumerate([("FOO", 501), ("MESSAGE", 405)], start=5):
+        raw = request(method, branch=f"z9hG4bK-d{method}", cseq=cseq, to_tag=tag)
+        assert [r.status for r in sent(ua.receive(raw, SRC))] == [status]
