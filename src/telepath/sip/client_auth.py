@@ -68,9 +68,11 @@ def parse_challenge(value: str) -> Challenge | None:
 
 def _ha1(algorithm: Algorithm, username: str, realm: str, password: str) -> str:
     """``H(username:realm:password)`` (RFC 7616 §3.4.2), as ``secrets.digest.compute_ha1``
-    stores it for the server side — which the pure core may not import."""
+    stores it for the server side — which the pure core may not import. Over the bytes the
+    server sent: a realm that is not UTF-8 is header text with surrogates (``message.py``)."""
     name = "sha256" if algorithm == "SHA-256" else "md5"
-    return hashlib.new(name, f"{username}:{realm}:{password}".encode()).hexdigest()
+    text = f"{username}:{realm}:{password}"
+    return hashlib.new(name, text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def answer_challenge(

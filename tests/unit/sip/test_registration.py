@@ -3,6 +3,8 @@ checked against the project's own server-side verifier (RFC 7616)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from telepath.clock import FakeClock
@@ -442,3 +444,21 @@ def test_unicode_digits_in_a_registrar_s_numbers_are_no_numbers() -> None:
     assert isinstance(outcome, Failed) and outcome.retry_in == 15.0
     outcome = reg.on_response(answer(reg.register(), 423, [("Min-Expires", "1\u00b2")]))
     assert isinstance(outcome, Failed)
+
+
+def test_a_realm_that_is_not_utf_8_is_answered_over_its_bytes() -> None:
+    """Header text keeps bytes that are not UTF-8 as surrogates; the HA1 is over the bytes the
+    registrar sent (it raised UnicodeEncodeError, failing the registration's driver)."""
+    realm = b"M\xfcller GmbH".decode("utf-8", "surrogateescape")
+    found = answer_challenge(
+        [f'Digest realm="{realm}", nonce="n1"'],
+        method="REGISTER",
+        uri="sip:r",
+        username="u",
+        password="p",
+    )
+    assert found is not None
+    creds = parse_authorization(found[0])
+    ha1 = hashlib.md5(b"u:M\xfcller GmbH:p").hexdigest()
+    ha2 = hashlib.md5(b"REGISTER:sip:r").hexdigest()
+    assert creds.response == hashlib.md5(f"{ha1}:n1:{ha2}".encode()).hexdigest()
