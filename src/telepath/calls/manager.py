@@ -1014,6 +1014,13 @@ class CallManager:
         session_version = 1
         if negotiated is not None:
             media = await self._open_media(lease, negotiated, tx)
+            if setup.cancelled.is_set() or tx.final_sent:  # a CANCEL while the ports opened
+                await media.close()
+                with contextlib.suppress(Exception):
+                    await bridge.close()
+                lease.release()
+                self._count("cancelled_during_setup")
+                return
             dialog = self._accept(setup, local_sdp, record, started)
         else:
             dialog = self._accept(setup, local_sdp, record, started)

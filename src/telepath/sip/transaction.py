@@ -110,8 +110,9 @@ class ServerTransaction:
         return self.state not in (TxState.TRYING, TxState.PROCEEDING)
 
     def respond(self, response: Response, now: float) -> None:
-        """Send ``response`` and move the state machine (Figure 7 / Figure 8)."""
-        if self.state == TxState.TERMINATED or (self.final_sent and response.status >= 200):
+        """Send ``response`` and move the state machine (Figure 7 / Figure 8). Anything after
+        the final response is discarded (§17.2.1): its retransmissions repeat the final one."""
+        if self.final_sent:
             return
         timers = self.tu.sip_timers
         self.status = response.status

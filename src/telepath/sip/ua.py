@@ -303,6 +303,10 @@ class UserAgentCore:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> None:
+        if tx.final_sent:
+            # §17.2.1: discarded — e.g. the 180 of a call set-up a CANCEL already answered
+            self.counters["late_responses_discarded"] += 1
+            return
         extra = list(headers or [])
         if body and not any(k.lower() == "content-type" for k, _ in extra):
             extra.append(("Content-Type", "application/sdp"))
@@ -357,6 +361,8 @@ class UserAgentCore:
         ``body`` is the SDP answer, or our offer when the INVITE had none (§13.2.1); the
         caller's answer then arrives as :attr:`CallConfirmed.body`. Retransmissions of the
         2xx (§13.3.1.4) repeat the same bytes, so every copy carries the same offer."""
+        if tx.final_sent:  # a CANCEL's 487 (or another answer) went first: check before
+            raise ValueError("the INVITE was already answered")
         request = tx.request
         local_tag = tx.to_tag or self._tag_for(request)
         tx.to_tag = local_tag

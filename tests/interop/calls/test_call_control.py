@@ -26,6 +26,7 @@ from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import sine_g711
 from telepath.transport import media_pacer
+from telepath.transport.media_session import MediaSession
 from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
@@ -744,6 +745,45 @@ async def test_cancel_while_the_agent_connects(
     assert phone.received == []
     assert (await api.get("/v1/calls")).json()["calls"] == []
     assert receiver.requests == [] and hook["id"]
+
+
+async def test_cancel_while_the_call_s_ports_open_is_the_call_s_end(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CANCEL that comes once the agent is connected, while the call's media opens: the 487
+    it got is the INVITE's answer — no 200 after it (§17.2.1; one went, and a call came up
+    that the caller had given up), the agent and ports let go."""
+    opening = MediaSession.open.__func__  # type: ignore[attr-defined]
+    entered: list[bool] = []
+
+    async def after_the_cancel(cls: type[MediaSession], *args: Any, **kwargs: Any) -> Any:
+        entered.append(True)
+        await wait_until(lambda: gateway.server.core.counters["request_CANCEL"] >= 1)
+        return await opening(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MediaSession, "open", classmethod(after_the_cancel))
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        result = await run_sipp(
+            _cancelled_call("alice", phone.port),
+            tmp_path,
+            gateway.server.bound["UDP"],
+            user="alice",
+            password=PASSWORD,
+        )
+        await settled(gateway)
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert entered == [True] and len(agent.handshakes) == 1  # connected, then cancelled
+    assert gateway.manager.counters.get("cancelled_during_setup") == 1
+    assert gateway.server.core.dialog_count == 0
+    assert gateway.manager.ports.in_use == 0 and gateway.manager.active_calls == 0
+    assert phone.received == []
+    blocks = result.messages.split("-----------------------------------------------")
+    answers = [b for b in blocks if "CSeq: 2 INVITE" in b and "SIP/2.0 " in b]
+    assert any("SIP/2.0 487" in b for b in answers)
+    assert not any("SIP/2.0 200" in b for b in answers)  # no 200 to the cancelled INVITE
 
 
 # --- an internal failure ---------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from telepath.clock import FakeClock
+from telepath.sip.message import make_response
 from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore
-from tests.unit.sip.test_ua import SDP, SRC, _confirmed, events, request, sent
+from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, request, sent
 
 pytestmark = pytest.mark.unit
 
@@ -110,3 +111,39 @@ def test_a_method_not_known_is_501_and_one_known_but_not_taken_405(
     for cseq, (method, status) in enumerate([("FOO", 501), ("MESSAGE", 405)], start=5):
         raw = request(method, branch=f"z9hG4bK-d{method}", cseq=cseq, to_tag=tag)
         assert [r.status for r in sent(ua.receive(raw, SRC))] == [status]
+
+
+def test_nothing_goes_out_on_a_transaction_after_its_final_answer(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§17.2.1: once a final response went, the TU's later ones are discarded — a CANCEL's 487
+    while the application still set the call up must stay the answer its retransmissions
+    repeat and its ACK matches (a late 180 replaced it; a late 200 made a dialog)."""
+    ua, clock = core
+    ev, _ = answered(ua)
+    out = ua.receive(request("CANCEL"), SRC)
+    assert sorted(r.status for r in sent(out)) == [200, 487]
+    assert sent(ua.respond(ev.tx, 180)) == []
+    assert ua.counters["late_responses_discarded"] == 1
+    with pytest.raises(ValueError, match="already answered"):
+        ua.accept(ev.tx, b"v=0\r\n")
+    assert ua.dialog_count == 0
+    clock.advance(0.5)  # Timer G: the 487 again, not the 180
+    assert [r.status for r in sent(ua.poll())] == [487]
+    ack = request("ACK").replace(
+        b"To: <sip:alice@gw.example>", f"To: <sip:alice@gw.example>;tag={ev.tx.to_tag}".encode()
+    )
+    ua.receive(ack, SRC)
+    assert ua.counters["stray_acks"] == 0  # the ACK matched the 487's transaction
+
+
+def test_a_server_transaction_discards_a_provisional_after_its_final(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    ev, _ = answered(ua)
+    ua.receive(request("CANCEL"), SRC)  # 487
+    ev.tx.respond(make_response(ev.tx.request, 180, to_tag=ev.tx.to_tag), clock.now())
+    assert ev.tx.status == 487
+    clock.advance(0.5)
+    assert [r.status for r in sent(ua.poll())] == [487]  # Timer G repeats the final answer
