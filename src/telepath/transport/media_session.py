@@ -197,6 +197,10 @@ class MediaSession:
         self.inactivity_timeout_s = inactivity_timeout_s
         self._signalling_ip = signalling_ip
         self._codec = make_codec(codec)
+        # A concealed frame's payload gets an encoder of its own: through the outbound one (a
+        # stateful codec: G.722 is ADPCM) each lost inbound packet would put a frame into the
+        # state of the caller's stream.
+        self._conceal_codec = make_codec(codec)
         self._codec_pt = codec.payload_type
         self._rate = codec.sample_rate
         self.ssrc = secrets.randbits(32)
@@ -596,7 +600,8 @@ class MediaSession:
             if frame.lost:
                 self._concealed += 1
                 pcm = self._concealer.conceal()
-                self._emit(AudioReceived(pcm, codec.encode(pcm), rate, frame.timestamp, True))
+                payload = self._conceal_codec.encode(pcm)
+                self._emit(AudioReceived(pcm, payload, rate, frame.timestamp, True))
             elif frame.payload_type == self.dtmf_payload_type:
                 continue  # a telephone-event packet only kept its slot in the sequence space
             else:

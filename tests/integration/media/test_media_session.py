@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from telepath.rtp import g711
-from telepath.rtp.codecs import CodecSpec
+from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey
 from telepath.rtp.packet import RtpPacket
 from telepath.rtp.rtcp import (
@@ -481,3 +481,33 @@ async def test_in_order_packets_and_the_general_path_give_one_stream(
     finally:
         await session.close()
         peer.close()
+
+
+async def test_concealing_lost_g722_keeps_the_outbound_encoder_s_state(
+    allocator: RtpPortAllocator,
+) -> None:
+    """G.722 is ADPCM: each frame's encoding depends on the ones before. A concealed inbound
+    frame's payload is encoded by an encoder of its own — through the outbound one, every lost
+    packet put a frame into the caller's stream state, and the caller's decoder went wrong."""
+    g722 = CodecSpec.static("G722")
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await MediaSession.open(
+        allocator.allocate(), remote=peer.address, codec=g722, on_event=got.append
+    )
+    first, second = tone(700, 16000, 3.0), tone(900, 16000, 0.2)
+    try:
+        session.play_pcm(first, 16000)  # before the first tick: no silence ahead of it
+        inbound = rtp_stream([bytes([0x55]) * 160] * 20, pt=g722.payload_type)
+        for i in [*range(5), *range(8, 20)]:  # 5, 6 and 7 lost
+            peer.send(inbound[i], ("127.0.0.1", session.local_port))
+        await until(lambda: any(isinstance(e, AudioReceived) and e.lost for e in got))
+        session.play_pcm(second, 16000)  # while the first still plays: one continuous stream
+        frames = (len(first) + len(second)) // 640
+        await peer.wait_for(frames)
+    finally:
+        await session.close()
+        peer.close()
+    sent = peer.packets()[:frames]  # in order: loopback does not reorder
+    expected = make_codec(g722).encode(first + second)
+    assert b"".join(p.payload for p in sent) == expected
