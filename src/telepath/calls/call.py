@@ -42,6 +42,7 @@ from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, Turn
 from telepath.rtp import g711
 from telepath.rtp.playout import PlayoutOverflow
 from telepath.rtp.resample import Resampler
+from telepath.sdp.model import is_hold_address
 from telepath.sdp.negotiate import NegotiatedMedia
 from telepath.transport.media_session import (
     AudioReceived,
@@ -249,12 +250,14 @@ class Call:
             self.end(DisconnectReason.TRANSFERRED)
 
     def update_media(self, negotiated: NegotiatedMedia) -> None:
-        """A re-INVITE/UPDATE changed the media: follow address, hold state and the peer's SRTP
-        key."""
+        """A re-INVITE/UPDATE changed the media: follow address, hold state, whether the peer
+        sends, its telephone-event payload type and its SRTP key. An old-style hold's
+        ``c=0.0.0.0`` (RFC 3264 §8.4) keeps the address we know: media stays latched to it, and
+        it resumes there."""
         self.negotiated = negotiated
         if negotiated.srtp is not None:
             self.media.rekey(negotiated.srtp)
-        if negotiated.remote_port:
+        if negotiated.remote_port and not is_hold_address(negotiated.remote_address):
             rtcp = (
                 (negotiated.remote_address, negotiated.remote_rtcp_port)
                 if negotiated.remote_rtcp_port
@@ -262,6 +265,8 @@ class Call:
             )
             self.media.update_remote((negotiated.remote_address, negotiated.remote_port), rtcp)
         self.media.hold(negotiated.on_hold or negotiated.remote_port == 0)
+        self.media.expect_inbound(negotiated.may_receive)  # not from an a=recvonly peer
+        self.media.set_dtmf_payload_type(negotiated.dtmf_payload_type)
 
     # ---------------------------------------------------------------- the call's life
 

@@ -1121,9 +1121,11 @@ class CallManager:
     async def _open_media(
         self, lease: PortLease, negotiated: NegotiatedMedia, tx: ServerTransaction
     ) -> MediaSession:
-        remote = (
-            (negotiated.remote_address, negotiated.remote_port) if negotiated.remote_port else None
-        )
+        remote = rtcp = None
+        if negotiated.remote_port:
+            remote = (negotiated.remote_address, negotiated.remote_port)
+        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1
+            rtcp = (negotiated.remote_address, negotiated.remote_rtcp_port)
         media = await MediaSession.open(
             lease,
             remote=remote,
@@ -1134,9 +1136,11 @@ class CallManager:
             inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,
             jitter_min_ms=self.config.jitter_min_ms,
             jitter_max_ms=self.config.jitter_max_ms,
+            rtcp=rtcp,
         )
         if negotiated.on_hold:
             media.hold(True)
+        media.expect_inbound(negotiated.may_receive)  # an a=recvonly caller sends nothing
         return media
 
     def _accept(

@@ -22,7 +22,7 @@ rule below is unit-tested without sockets or sleeps.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from telepath.errors import TelepathError
 from telepath.rtp.codecs import FrameCodec
@@ -167,6 +167,14 @@ class Playout:
         self._marks.clear()
         return played, cleared
 
+    def set_dtmf_payload_type(self, payload_type: int | None) -> None:
+        """A re-offer's telephone-event payload type; None (no longer offered) drops the
+        press being sent."""
+        self.dtmf_payload_type = payload_type
+        if payload_type is None:
+            self._dtmf.clear()
+            self._talkspurt = True
+
     def send_dtmf(self, key: str, duration_ms: int = 100, volume: int = 10) -> None:
         """Queue an RFC 4733 key press; it starts on the next frame.
 
@@ -239,10 +247,17 @@ class Playout:
         drop the audio that should have played in it, so agent audio stays on real time instead
         of being delayed by every stall. Counts as played for barge-in truncation (the caller
         will never hear it). Returns the marks passed."""
-        self._timestamp = ts_add(self._timestamp, self.samples_per_frame)
+        timestamp = self._timestamp
+        self._timestamp = ts_add(timestamp, self.samples_per_frame)
         self._talkspurt = True
         if self._dtmf:
-            self._dtmf.popleft()
+            packet = self._dtmf.popleft()
+            if packet.marker:
+                # The press began in this packet time (RFC 4733 §2.5.1.2: every packet of an
+                # event carries its start); the first one sent gets the marker.
+                self._dtmf_timestamp = timestamp
+                if self._dtmf and not self._dtmf[0].marker:
+                    self._dtmf[0] = replace(self._dtmf[0], marker=True)
             return []
         dropped = min(len(self._queue), self.frame_bytes)
         del self._queue[:dropped]

@@ -106,6 +106,7 @@ DEFAULT_EVENT_QUEUE = 100  # 2 s of 20 ms frames
 DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
 RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
 DTMF_EXPIRE_S = 0.3
+_UNSPECIFIED = frozenset(("0.0.0.0", "::"))  # an SDP connection address meaning "none"
 
 
 class MediaEndReason(StrEnum):
@@ -228,6 +229,7 @@ class MediaSession:
         self._pacer = Pacer.for_loop(ptime_ms, self._loop)
         self._tick_handle: int | None = None
         self._held = False
+        self._inbound_expected = True  # False: the peer said it sends nothing (recvonly)
         self._ended: MediaEndReason | None = None
         self._final: MediaStats | None = None
         # addressing
@@ -279,6 +281,7 @@ class MediaSession:
         cname: str = "telepath",
         rtcp_interval_s: float = RTCP_INTERVAL_S,
         srtp: SrtpKeys | None = None,
+        rtcp: Address | None = None,
     ) -> MediaSession:
         """Start media on a leased port pair and begin paced sending.
 
@@ -299,6 +302,8 @@ class MediaSession:
             cname: RTCP SDES CNAME.
             rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
             srtp: the SRTP keys of an ``RTP/SAVP`` stream; None for plain RTP.
+            rtcp: the peer's RTCP address from SDP (``a=rtcp``, RFC 3605); None: the RTP
+                port + 1 (RFC 3550 §11).
 
         Returns:
             The running session.
@@ -323,6 +328,8 @@ class MediaSession:
         except BaseException:
             lease.release()
             raise
+        if rtcp is not None:
+            session._set_remote(remote, rtcp)
         loop = session._loop
         try:
             session._rtp, _ = await loop.create_datagram_endpoint(
@@ -429,6 +436,18 @@ class MediaSession:
         self._held = held
         if not held:
             self._last_rx = self._loop.time()  # the peer may have been silent while held
+
+    def set_dtmf_payload_type(self, payload_type: int | None) -> None:
+        """Follow a re-offer's telephone-event payload type, both ways (None: not offered)."""
+        self.dtmf_payload_type = payload_type
+        self._playout.set_dtmf_payload_type(payload_type)
+
+    def expect_inbound(self, expected: bool) -> None:
+        """Whether the peer is to send RTP: False for an ``a=recvonly`` peer (RFC 3264 §6.1),
+        whose silence is then no media timeout; True again restarts the timeout's clock."""
+        if expected and not self._inbound_expected:
+            self._last_rx = self._loop.time()
+        self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
         """Follow a re-INVITE's new media address (and optional a=rtcp address)."""
@@ -669,7 +688,7 @@ class MediaSession:
             self._jitter.adapt(self._rx.jitter_ms)
             self._send_rtcp([])
         timeout = self.inactivity_timeout_s
-        if timeout and not self._held and now - self._last_rx > timeout:
+        if timeout and not self._held and self._inbound_expected and now - self._last_rx > timeout:
             logger.info("media inactivity timeout")
             self._end(MediaEndReason.MEDIA_TIMEOUT)
 
@@ -696,12 +715,15 @@ class MediaSession:
         return [head, RtcpSdes([RtcpSourceDescription(self.ssrc, [(SDES_CNAME, self._cname)])])]
 
     def _send_rtcp(self, extra: list[RtcpPacket]) -> None:
-        if self._rtcp is None or self._rtcp_dest is None or self._held and not extra:
+        # On hold too: RTCP goes on whatever the stream's direction (RFC 3264 §5.1) — but not
+        # to an old-style hold's c=0.0.0.0 (RFC 3264 §8.4), which Linux would deliver locally.
+        dest = self._rtcp_dest
+        if self._rtcp is None or dest is None or dest[0] in _UNSPECIFIED:
             return
         data = serialize_compound(self._report() + extra)
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
-        self._rtcp.sendto(data, self._rtcp_dest)
+        self._rtcp.sendto(data, dest)
 
     def _on_rtcp(self, data: bytes, addr: Address) -> None:
         if self._ended is not None:

@@ -511,3 +511,55 @@ async def test_concealing_lost_g722_keeps_the_outbound_encoder_s_state(
     sent = peer.packets()[:frames]  # in order: loopback does not reorder
     expected = make_codec(g722).encode(first + second)
     assert b"".join(p.payload for p in sent) == expected
+
+
+async def test_rtcp_goes_on_while_held_and_to_the_a_rtcp_port_from_the_start(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RTCP continues whatever the direction (RFC 3264 §5.1: a peer that put us on hold keeps
+    its RTCP timers); an offer's a=rtcp port (RFC 3605) is used from the first report."""
+    peer, peer_rtcp = await UdpPeer.bind(), await UdpPeer.bind()  # not the RTP port + 1
+    session = await open_session(allocator, peer, rtcp_interval_s=0.05, rtcp=peer_rtcp.address)
+    try:
+        session.hold(True)
+        await peer_rtcp.wait_for(3)
+        reports = [p for d, _ in peer_rtcp.recorder.received for p in parse_compound(d)]
+        assert any(isinstance(p, RtcpReceiverReport | RtcpSenderReport) for p in reports)
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
+async def test_no_rtcp_goes_to_an_old_style_hold_address(allocator: RtpPortAllocator) -> None:
+    """c=0.0.0.0 (RFC 3264 §8.4) is no address: Linux would deliver there locally."""
+    local = await UdpPeer.bind("0.0.0.0")
+    session = await open_session(allocator, None, rtcp_interval_s=0.05)
+    try:
+        session.update_remote(("0.0.0.0", local.address[1] - 1), ("0.0.0.0", local.address[1]))
+        session.hold(True)
+        await asyncio.sleep(0.3)  # six report intervals
+        assert local.recorder.received == []
+    finally:
+        await session.close()
+        local.close()
+
+
+async def test_a_peer_that_sends_nothing_by_its_sdp_is_no_media_timeout(
+    allocator: RtpPortAllocator,
+) -> None:
+    """``expect_inbound(False)`` for an a=recvonly peer (RFC 3264 §6.1): we go on sending,
+    and its silence ends nothing; expected again, the timeout's clock starts afresh."""
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer, inactivity_timeout_s=0.1)
+    try:
+        session.expect_inbound(False)
+        await asyncio.sleep(0.3)
+        assert session.ended is None
+        before = len(peer.recorder.received)
+        await peer.wait_for(before + 2)  # still sending
+        session.expect_inbound(True)
+        await until(lambda: session.ended == MediaEndReason.MEDIA_TIMEOUT)
+    finally:
+        await session.close()
+        peer.close()

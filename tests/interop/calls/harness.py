@@ -514,9 +514,10 @@ async def place_call(
     hold_ms: int = 2500,
     formats: str = "0 8 101",
     caller_hangs_up: bool = True,
-    middle: str = "",
+    middle: str | Callable[[int], str] = "",
 ) -> PlacedCall:
-    """Start SIPp dialling ``user`` and wait until the gateway has answered the call."""
+    """Start SIPp dialling ``user`` and wait until the gateway has answered the call
+    (``middle`` may be made from the phone's RTP port, e.g. a re-INVITE's SDP)."""
     phone = await Phone().open()
     scenario = authenticated_call(
         user,
@@ -524,7 +525,7 @@ async def place_call(
         hold_ms=hold_ms,
         formats=formats,
         caller_hangs_up=caller_hangs_up,
-        middle=middle,
+        middle=middle if isinstance(middle, str) else middle(phone.port),
     )
     sipp = asyncio.create_task(
         run_sipp(scenario, tmp, gateway.server.bound["UDP"], user=user, password=password)

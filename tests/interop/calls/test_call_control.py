@@ -40,6 +40,7 @@ from tests.interop.calls.conftest import (
     subscribe,
 )
 from tests.interop.calls.harness import (
+    ACK_2XX,
     ACK_TXN,
     HEADER,
     IN_DIALOG,
@@ -55,6 +56,7 @@ from tests.interop.calls.harness import (
     settled,
     wait_until,
 )
+from tests.interop.sip.sipp_scenarios import SDP_BODY
 
 pytestmark = pytest.mark.interop
 
@@ -401,6 +403,36 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
     assert detail["disconnect_reason"] == "media_timeout"
     assert agent.stops  # the agent was told the call ended
     assert gateway.manager.ports.in_use == 0
+
+
+async def test_a_caller_that_only_receives_is_not_a_media_timeout(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """A re-INVITE offering a=recvonly (RFC 3264 §6.1: the caller will not send): we answer
+    sendonly and go on sending, and the caller's silence is no media timeout (it was one)."""
+    configure(gateway, rtp_inactivity_timeout_s=1.0)
+
+    def middle(port: int) -> str:
+        sdp = SDP_BODY % {"version": 3, "media_port": port, "direction": "recvonly"}
+        extra = "Content-Type: application/sdp"
+        return (
+            '  <pause milliseconds="200"/>\n'
+            + IN_DIALOG
+            % {"user": "alice", "cseq": 3, "method": "INVITE", "extra": extra, "body": sdp}
+            + '  <recv response="100" optional="true"/>\n'
+            + '  <recv response="200"/>\n'
+            + ACK_2XX % {"user": "alice", "cseq": 3}
+        )
+
+    async with FakeTelepathAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, middle=middle)
+        result = await placed.tone_until_end(0.3)  # then the caller says nothing
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "caller_hangup"  # at 3 s, not at the timeout's 1 s
+    assert "a=sendonly" in result.messages  # our answer to the re-INVITE
 
 
 # --- maximum call duration -----------------------------------------------------------------

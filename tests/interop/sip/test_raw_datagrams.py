@@ -334,3 +334,36 @@ async def test_offerless_reinvite_answer_in_ack_moves_and_holds_the_media(
     assert not updated.body
     assert gateway.manager.active_calls == 1
     await leg.bye()
+
+
+async def test_an_old_style_hold_keeps_the_media_address_and_a_new_dtmf_type_is_followed(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    """A re-INVITE with c=0.0.0.0 (RFC 3264 §8.4) holds the call without making 0.0.0.0 its
+    media address (RTP latching stayed open to anyone for the hold, and RTCP went there);
+    a re-offer that moves telephone-event to another payload type is applied, not only
+    answered (DTMF on the new type was dropped as unnegotiated)."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+
+    async def reoffer(body: bytes) -> None:
+        leg.cseq += 1
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", body=body))
+        await uac.response(200, leg.call_id, method="INVITE", after=start)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+
+    await reoffer(sdp_offer(MEDIA_PORT).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 0.0.0.0"))
+    await until(lambda: call.negotiated.on_hold)
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
+    moved = sdp_offer(MEDIA_PORT).replace(b"101", b"96")
+    await reoffer(moved)
+    await until(lambda: not call.negotiated.on_hold)
+    assert call.negotiated.dtmf_payload_type == 96
+    assert call.media.dtmf_payload_type == 96
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
+    await leg.bye()

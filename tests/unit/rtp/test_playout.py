@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from telepath.rtp.codecs import CodecSpec, make_codec
-from telepath.rtp.dtmf import TelephoneEvent
+from telepath.rtp.dtmf import DtmfDecoder, TelephoneEvent
 from telepath.rtp.playout import Playout, PlayoutOverflow
 
 from .audio import tone
@@ -140,3 +140,33 @@ def test_a_stall_drops_the_audio_it_should_have_played() -> None:
     assert frame.timestamp == (start + 2 * 160) & 0xFFFFFFFF
     assert playout.queued_ms == pytest.approx(40)
     assert playout.skipped_bytes == 320
+
+
+def test_a_stall_at_a_key_press_s_first_packet_keeps_the_press_its_own_timestamp() -> None:
+    """The stall drops the press's first packet; the rest must still carry the press's own
+    start (RFC 4733 §2.5.1.2) and a marker — with the previous press's timestamp they were
+    that press's retransmissions, and the far end heard one key, not two."""
+    playout = make()
+    playout.send_dtmf("1", duration_ms=60)
+    first = [playout.next_frame()[0] for _ in range(6)]
+    playout.send_dtmf("2", duration_ms=60)
+    playout.skip_frame()  # the sender stalled over the second press's first packet
+    second = [playout.next_frame()[0] for _ in range(5)]
+    decoder = DtmfDecoder()
+    keys = [
+        d.key
+        for f in first + second
+        if f is not None and f.payload_type == 101
+        for d in decoder.feed(f.timestamp, f.payload)
+    ]
+    assert keys == ["1", "2"]
+    assert second[0] is not None and second[0].marker
+    assert len({f.timestamp for f in second if f is not None and f.payload_type == 101}) == 1
+
+
+def test_a_re_offer_without_telephone_event_drops_the_queued_press() -> None:
+    playout = make()
+    playout.send_dtmf("5", duration_ms=60)
+    playout.set_dtmf_payload_type(None)
+    frame, _ = playout.next_frame()
+    assert frame is not None and frame.payload_type == 0  # audio (silence), no event on None
