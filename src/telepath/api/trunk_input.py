@@ -153,6 +153,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
         raise _bad("invalid_json", "Request body must be valid JSON") from None
+    except RecursionError:  # arrays or objects nested past the interpreter's recursion limit
+        raise _bad("invalid_json", "Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise _bad("invalid_json", "Request body must be a JSON object")
     return body
