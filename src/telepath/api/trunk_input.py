@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any, Final
@@ -157,7 +158,46 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise _bad("invalid_json", "Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise _bad("invalid_json", "Request body must be a JSON object")
+    _check_storable(body)
     return body
+
+
+def unstorable(text: str) -> bool:
+    """Whether ``text`` has a NUL (PostgreSQL refuses it in text) or an unpaired surrogate
+    (JSON's ``"\\ud800"``: no UTF-8 encoding, for the database, the keyring or the answer)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_storable(body: dict[str, Any]) -> None:
+    """Every string of the body, field names included, at any depth, can be stored: checked
+    once here rather than by each field's rules (400 ``invalid_field``, naming the field)."""
+    pending: deque[tuple[str, Any]] = deque([("", body)])
+    while pending:  # no recursion: the body may be nested as deep as json.loads allowed
+        where, value = pending.popleft()
+        if isinstance(value, str):
+            if unstorable(value):
+                raise _bad(
+                    "invalid_field",
+                    f"{where[:64]} must not contain NUL characters or unpaired surrogates",
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if unstorable(key):
+                    raise _bad(
+                        "invalid_field",
+                        "Field names must not contain NUL characters or unpaired surrogates",
+                    )
+                pending.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            pending.extend((where, item) for item in value)
 
 
 def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import pytest
-from tests.integration.api.seed import CUSTOM
+from tests.integration.api.seed import CUSTOM, OPENAI_EXAMPLE
 from tests.integration.api.test_trunk_create import err
+from tests.integration.api.test_trunk_registration import REGISTRATION
 from tests.integration.conftest import Api
 
 pytestmark = pytest.mark.integration
@@ -30,3 +34,83 @@ async def test_deeply_nested_json_is_invalid_json(api: Api, depth: int) -> None:
     raw = b'{"name": ' + b"[" * depth + b"]" * depth + b"}"
     for method, path in await _targets(api):
         err(await _send(api, method, path, raw), 400, "invalid_json")
+
+
+# Found by review: a lone surrogate cannot be encoded to UTF-8 (for the database, the keyring or
+# the JSON answer), and PostgreSQL refuses NUL in text: both were 500s.
+UNSTORABLE = ["\ud800", "\udfff", "\u0000"]
+
+
+def _raw(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=True).encode()  # \uXXXX escapes, as a client sends
+
+
+@pytest.mark.parametrize("char", UNSTORABLE)
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "name": "a{c}b"}),
+        ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "system_prompt": "a{c}b"}),
+        ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "openai_voice": "a{c}b"}),
+        (
+            "POST",
+            "/v1/trunks",
+            {**OPENAI_EXAMPLE, "registration": {**REGISTRATION, "password": "pw{c}pw"}},
+        ),
+        ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "inbound_numbers": ["+14155550100", "{c}"]}),
+        ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "x{c}": 1}),
+        ("PATCH", "{trunk}", {"name": "a{c}b"}),
+        ("PATCH", "{trunk}", {"system_prompt": "{c}"}),
+        ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/{c}", "events": ["*"]}),
+        ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/", "events": ["{c}"]}),
+    ],
+)
+async def test_unstorable_characters_are_invalid_field(
+    api: Api, char: str, method: str, path: str, body: dict[str, Any]
+) -> None:
+    created = await api.post("/v1/trunks", {**CUSTOM, "sip_username": "other-trunk"})
+    assert created.status_code == 201, created.text
+    path = path.format(trunk=f"/v1/trunks/{created.json()['id']}")
+    text = json.dumps(body).replace("{c}", json.dumps(char)[1:-1])
+    resp = await _send(api, method, path, text.encode())
+    err(resp, 400, "invalid_field")
+    assert "\\u" not in resp.json()["error"]["message"]  # the value is not echoed
+    listed = (await api.get("/v1/trunks")).json()["trunks"]
+    assert [t["id"] for t in listed] == [created.json()["id"]]
+
+
+async def test_a_surrogate_pair_is_one_character(api: Api) -> None:
+    body = {**OPENAI_EXAMPLE, "name": "Agent \U0001f600", "system_prompt": "Smile \U0001f600"}
+    resp = await _send(api, "POST", "/v1/trunks", _raw(body))  # sent as \ud83d\ude00
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["name"] == "Agent \U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/trunks/%00"),
+        ("GET", "/v1/trunks/conn_%00x"),
+        ("PATCH", "/v1/trunks/%00"),
+        ("DELETE", "/v1/trunks/%00"),
+        ("POST", "/v1/trunks/%00/rotate-password"),
+        ("GET", "/v1/calls/%00"),
+        ("GET", "/v1/webhooks/%00"),
+        ("DELETE", "/v1/webhooks/%00"),
+    ],
+)
+async def test_nul_in_a_path_id_is_not_found(api: Api, method: str, path: str) -> None:
+    err(await _send(api, method, path, b'{"name": "x"}'), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/v1/calls", "trunk_id=%00"),
+        ("/v1/calls", "trunk_id=conn_%00"),
+        ("/v1/trunks", "status=%00"),
+        ("/v1/webhooks", "limit=1%00"),
+    ],
+)
+async def test_nul_in_a_query_parameter_is_invalid(api: Api, path: str, query: str) -> None:
+    err(await api.client.get(f"{path}?{query}", headers=api.auth()), 400, "invalid_parameter")
