@@ -32,6 +32,8 @@ SIP_USERNAME_CHARS = re.compile(r"[A-Za-z0-9-]+")
 SIP_USERNAME_MIN, SIP_USERNAME_MAX = 3, 30
 SIP_PASSWORD_MIN, SIP_PASSWORD_MAX = 8, 128
 NAME_MAX = 200
+# The widths of their columns (VARCHAR(100) and VARCHAR(50)): PostgreSQL refuses longer values.
+OPENAI_MODEL_MAX, OPENAI_VOICE_MAX = 100, 50
 SYSTEM_PROMPT_MAX = 32_000
 API_KEY_MAX = 512
 URL_MAX = 2048
@@ -310,6 +312,9 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
             v = fields[key]
             if len(v) > API_KEY_MAX or not v.isprintable() or any(c.isspace() for c in v):
                 raise _bad("invalid_field", f"{key} is not a well-formed API key")
+    for key, limit in (("openai_model", OPENAI_MODEL_MAX), ("openai_voice", OPENAI_VOICE_MAX)):
+        if key in fields and len(fields[key]) > limit:
+            raise _bad("invalid_field", f"{key} must be at most {limit} characters")
     for key in ("elevenlabs_agent_id", "openai_model", "openai_voice"):
         if key in fields and not IDENT.fullmatch(fields[key]):
             raise _bad("invalid_field", f"{key} has invalid characters")

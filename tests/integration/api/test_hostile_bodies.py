@@ -114,3 +114,22 @@ async def test_nul_in_a_path_id_is_not_found(api: Api, method: str, path: str) -
 )
 async def test_nul_in_a_query_parameter_is_invalid(api: Api, path: str, query: str) -> None:
     err(await api.client.get(f"{path}?{query}", headers=api.auth()), 400, "invalid_parameter")
+
+
+@pytest.mark.parametrize(("field", "width"), [("openai_voice", 50), ("openai_model", 100)])
+async def test_values_fit_their_columns(api: Api, field: str, width: int) -> None:
+    """Found by review: the identifier rule allows 200 characters, the columns are narrower;
+    PostgreSQL refused a longer value (a 500) where SQLite silently stored it."""
+    err(
+        await api.post("/v1/trunks", {**OPENAI_EXAMPLE, field: "v" * (width + 1)}),
+        400,
+        "invalid_field",
+    )
+    created = await api.post("/v1/trunks", {**OPENAI_EXAMPLE, field: "v" * width})
+    assert created.status_code == 201, created.text
+    trunk = f"/v1/trunks/{created.json()['id']}"
+    err(await api.patch(trunk, {field: "w" * (width + 1)}), 400, "invalid_field")
+    assert (await api.get(trunk)).json()[field] == "v" * width
+    changed = await api.patch(trunk, {field: "w" * width})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()[field] == "w" * width
