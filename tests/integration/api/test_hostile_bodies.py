@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -11,6 +12,8 @@ from tests.integration.api.seed import CUSTOM, OPENAI_EXAMPLE
 from tests.integration.api.test_trunk_create import err
 from tests.integration.api.test_trunk_registration import REGISTRATION
 from tests.integration.conftest import Api
+
+from telepath.api.trunk_input import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +136,51 @@ async def test_values_fit_their_columns(api: Api, field: str, width: int) -> Non
     changed = await api.patch(trunk, {field: "w" * width})
     assert changed.status_code == 200, changed.text
     assert changed.json()[field] == "w" * width
+
+
+CHUNK = 64 * 1024
+
+
+class Body:
+    """A request body streamed in 64 KiB chunks (chunked unless a length is declared),
+    counting the chunks the server pulled."""
+
+    def __init__(self, total: int, prefix: bytes = b'{"name": "') -> None:
+        self.total = total
+        self.prefix = prefix
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < self.total:
+            chunk = (self.prefix if sent == 0 else b"") + b"n" * CHUNK
+            self.pulled += 1
+            sent += len(chunk)
+            yield chunk
+
+
+@pytest.mark.parametrize("declared", [False, True])
+async def test_oversized_bodies_are_refused_without_reading_them(api: Api, declared: bool) -> None:
+    """Found by review: bodies were read whole, however large, before the 413 check."""
+    targets = await _targets(api)
+    for method, path in targets:
+        body = Body(16 * 1024 * 1024)
+        headers = {**api.auth(), "Content-Type": "application/json"}
+        if declared:
+            headers["Content-Length"] = str(body.total)
+        resp = await api.client.request(method, path, content=body, headers=headers)
+        err(resp, 413, "payload_too_large", f"Request body exceeds {MAX_BODY_BYTES} bytes")
+        # Declared: refused before reading; streamed: reading stops past the limit.
+        assert body.pulled <= (0 if declared else MAX_BODY_BYTES // CHUNK + 1), (method, path)
+
+
+async def test_a_streamed_body_within_the_limit_is_read(api: Api) -> None:
+    raw = _raw({**CUSTOM, "system_prompt": "p" * 30_000})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 1000):
+            yield raw[start : start + 1000]
+
+    headers = {**api.auth(), "Content-Type": "application/json"}
+    resp = await api.client.post("/v1/trunks", content=chunks(), headers=headers)
+    assert resp.status_code == 201, resp.text

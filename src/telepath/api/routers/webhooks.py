@@ -14,7 +14,7 @@ from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
 from telepath.api.errors import ApiError, documented_errors, not_found
 from telepath.api.trunk_input import check_url as check_absolute_url
-from telepath.api.trunk_input import parse_json_object
+from telepath.api.trunk_input import parse_json_object, read_body
 from telepath.db.base import utcnow
 from telepath.db.calls_repository import iso
 from telepath.db.models import WebhookEndpoint, webhook_secret_context
@@ -116,7 +116,7 @@ async def create_webhook(
 ) -> schemas.WebhookCreated:
     """Subscribe a URL to events; the response holds the signing secret, shown only once."""
     url, events = parse_create(
-        await request.body(), allow_insecure=state.settings.allow_insecure_webhook_urls
+        await read_body(request), allow_insecure=state.settings.allow_insecure_webhook_urls
     )
     repo = WebhookRepository(session)
     if await repo.count_endpoints(principal.account_id) >= MAX_ENDPOINTS_PER_ACCOUNT:
