@@ -183,8 +183,12 @@ class TrunkCreate(_TrunkSettings):
     )
     sip_password: str = Field(min_length=8, max_length=128, description="SIP digest password")
     openai_api_key: str | None = Field(None, description="Required when ai_provider is openai")
-    openai_model: str | None = Field(None, description="Realtime model (default gpt-realtime)")
-    openai_voice: str | None = Field(None, description="Realtime voice (provider default)")
+    openai_model: str | None = Field(
+        None, max_length=100, description="Realtime model (default gpt-realtime)"
+    )
+    openai_voice: str | None = Field(
+        None, max_length=50, description="Realtime voice (provider default)"
+    )
     elevenlabs_api_key: str | None = Field(
         None, description="Required when ai_provider is elevenlabs"
     )
@@ -216,8 +220,8 @@ class TrunkUpdate(_TrunkSettings):
     name: str | None = Field(None, min_length=1, max_length=200)
     status: Literal["active", "inactive"] | None = None
     openai_api_key: str | None = None
-    openai_model: str | None = None
-    openai_voice: str | None = None
+    openai_model: str | None = Field(None, max_length=100)
+    openai_voice: str | None = Field(None, max_length=50)
     elevenlabs_api_key: str | None = None
     elevenlabs_agent_id: str | None = None
     custom_endpoint: str | None = None

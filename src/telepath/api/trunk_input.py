@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from fastapi import Request
 
 from telepath.api.errors import ApiError
 from telepath.api.registration_input import parse_registration
@@ -31,6 +34,8 @@ SIP_USERNAME_CHARS = re.compile(r"[A-Za-z0-9-]+")
 SIP_USERNAME_MIN, SIP_USERNAME_MAX = 3, 30
 SIP_PASSWORD_MIN, SIP_PASSWORD_MAX = 8, 128
 NAME_MAX = 200
+# The widths of their columns (VARCHAR(100) and VARCHAR(50)): PostgreSQL refuses longer values.
+OPENAI_MODEL_MAX, OPENAI_VOICE_MAX = 100, 50
 SYSTEM_PROMPT_MAX = 32_000
 API_KEY_MAX = 512
 URL_MAX = 2048
@@ -145,17 +150,79 @@ def _bad(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"Request body exceeds {MAX_BODY_BYTES} bytes")
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, at most ``MAX_BODY_BYTES`` of it: a larger declared Content-Length is
+    refused before reading, and a streamed (chunked) body no further than past the limit
+    (413 ``payload_too_large`` either way; found by review: bodies were read whole first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object."""
     if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"Request body exceeds {MAX_BODY_BYTES} bytes")
+        raise _too_large()
     try:
         body = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
         raise _bad("invalid_json", "Request body must be valid JSON") from None
+    except RecursionError:  # arrays or objects nested past the interpreter's recursion limit
+        raise _bad("invalid_json", "Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise _bad("invalid_json", "Request body must be a JSON object")
+    _check_storable(body)
     return body
+
+
+def unstorable(text: str) -> bool:
+    """Whether ``text`` has a NUL (PostgreSQL refuses it in text) or an unpaired surrogate
+    (JSON's ``"\\ud800"``: no UTF-8 encoding, for the database, the keyring or the answer)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_storable(body: dict[str, Any]) -> None:
+    """Every string of the body, field names included, at any depth, can be stored: checked
+    once here rather than by each field's rules (400 ``invalid_field``, naming the field)."""
+    pending: deque[tuple[str, Any]] = deque([("", body)])
+    while pending:  # no recursion: the body may be nested as deep as json.loads allowed
+        where, value = pending.popleft()
+        if isinstance(value, str):
+            if unstorable(value):
+                raise _bad(
+                    "invalid_field",
+                    f"{where[:64]} must not contain NUL characters or unpaired surrogates",
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if unstorable(key):
+                    raise _bad(
+                        "invalid_field",
+                        "Field names must not contain NUL characters or unpaired surrogates",
+                    )
+                pending.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            pending.extend((where, item) for item in value)
 
 
 def _check_types(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -268,6 +335,9 @@ def _check_values(fields: dict[str, Any], allow_insecure: bool) -> None:
             v = fields[key]
             if len(v) > API_KEY_MAX or not v.isprintable() or any(c.isspace() for c in v):
                 raise _bad("invalid_field", f"{key} is not a well-formed API key")
+    for key, limit in (("openai_model", OPENAI_MODEL_MAX), ("openai_voice", OPENAI_VOICE_MAX)):
+        if key in fields and len(fields[key]) > limit:
+            raise _bad("invalid_field", f"{key} must be at most {limit} characters")
     for key in ("elevenlabs_agent_id", "openai_model", "openai_voice"):
         if key in fields and not IDENT.fullmatch(fields[key]):
             raise _bad("invalid_field", f"{key} has invalid characters")

@@ -11,8 +11,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from telepath.api import schemas
 from telepath.api.errors import ApiError, not_found
@@ -185,10 +187,15 @@ class TrunkService:
 
     async def _save(self, trunk: Trunk, routing: dict[str, Any]) -> None:
         """Apply the routing fields and commit; a unique key another request took meanwhile
-        (a username, a number) is the documented 409, never a 500."""
+        (a username, a number) is the documented 409, never a 500, and a trunk deleted
+        meanwhile (its UPDATE matched no row) the documented 404."""
+        trunk_id = trunk.id  # a rollback expires a stored trunk's attributes
         try:
             await self._set_routing(trunk, routing)
             await self.session.commit()
+        except StaleDataError:
+            await self.session.rollback()
+            raise not_found("Trunk", trunk_id) from None
         except IntegrityError:
             await self.session.rollback()
             if not routing.get("inbound_numbers"):
@@ -313,14 +320,41 @@ class TrunkService:
             listener(trunk_id)
 
     async def rotate_password(self, trunk_id: str) -> tuple[Trunk, str]:
-        """Replace the SIP password with a generated one; the old one stops working at once."""
+        """Replace the SIP password with a generated one; the old one stops working at once.
+
+        Decision: two rotations at once must not both answer 200, since only the password of
+        the one written last would work. The write is conditional on the HA1 read (a
+        compare-and-set, the same on SQLite and PostgreSQL, with no lock held while the
+        request runs): the rotation that finds it already replaced writes nothing and answers
+        409 ``conflict``, so its caller knows to rotate again; the other's password works. A
+        trunk deleted meanwhile is the documented 404.
+        """
         trunk = await self.get(trunk_id)
+        read_ha1 = trunk.ha1_sha256
         password = new_sip_password()
-        trunk.sip_realm = self.state.settings.sip_domain
-        set_password(trunk, password)
+        realm = self.state.settings.sip_domain
         now = utcnow()
-        trunk.password_rotated_at = now
-        trunk.updated_at = now
+        result = await self.session.execute(
+            update(Trunk)
+            .where(Trunk.id == trunk.id, Trunk.ha1_sha256 == read_ha1)
+            .values(
+                sip_realm=realm,
+                ha1_md5=compute_ha1("MD5", trunk.sip_username, realm, password),
+                ha1_sha256=compute_ha1("SHA-256", trunk.sip_username, realm, password),
+                password_rotated_at=now,
+                updated_at=now,
+            )
+        )  # also updates ``trunk`` in the session (synchronize_session "auto": evaluated)
+        if int(result.rowcount or 0) != 1:  # type: ignore[attr-defined]
+            await self.session.rollback()
+            if await self.repo.get(self.account_id, trunk_id) is None:
+                raise not_found("Trunk", trunk_id)
+            raise ApiError(
+                409,
+                "conflict",
+                "The SIP password was rotated by another request at the same time; "
+                "rotate again to get one that works",
+            )
         await self.session.commit()
         trunks_changed()
         return trunk, password

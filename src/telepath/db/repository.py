@@ -35,6 +35,22 @@ class AccountRepository:
         """Number of accounts in the installation."""
         return int(await self.session.scalar(select(func.count()).select_from(Account)) or 0)
 
+    async def lock(self, account_id: str) -> None:
+        """Make this transaction the account's only writer of account-wide limits until it
+        ends, so that a count checked next stays true until the commit.
+
+        A no-op UPDATE of the account's row: on PostgreSQL it takes the row's lock (FOR NO KEY
+        UPDATE, which does not block inserts of rows that reference the account), and on
+        SQLite, which has no row locks, it begins the transaction with the database's write
+        lock. A concurrent caller waits here, then counts what the first one committed.
+        """
+        await self.session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(name=Account.name)
+            .execution_options(synchronize_session=False)
+        )
+
     async def get_or_create(self, name: str) -> Account:
         """Return the account called ``name``, creating it if needed."""
         account = await self.session.scalar(select(Account).where(Account.name == name))

@@ -137,6 +137,63 @@ async def test_filters(api: Api) -> None:
     assert await ids(start_date="2026-03-06T10:30:01") == {b1.id}  # naive means UTC
 
 
+async def test_end_date_covers_the_whole_second_it_names(api: Api) -> None:
+    """Found by review: the API shows whole seconds but stores microseconds, so a call shown
+    as ``...T10:30:00Z`` was left out by ``end_date=...T10:30:00Z`` ("on or before")."""
+    record = started(await account_of(api), start=T0 + timedelta(microseconds=500_000))
+    await DbCallRecorder(api.state.sessions).call_ended(ended(record))
+    shown = (await api.get(f"/v1/calls/{record.id}")).json()["start_time"]
+    assert shown == "2026-03-05T10:30:00Z"
+
+    async def total(**params: str) -> int:
+        resp = await api.get("/v1/calls", **params)
+        assert resp.status_code == 200, resp.text
+        count: int = resp.json()["pagination"]["total"]
+        return count
+
+    assert await total(end_date=shown) == 1
+    assert await total(start_date=shown, end_date=shown) == 1
+    assert await total(end_date="2026-03-05T11:30:00+01:00") == 1
+    assert await total(end_date="2026-03-05T10:30:00") == 1  # naive: UTC
+    assert await total(end_date="2026-03-05T10:29:59Z") == 0
+    # A fraction given is taken as written.
+    assert await total(end_date="2026-03-05T10:30:00.4Z") == 0
+    assert await total(end_date="2026-03-05T10:30:00.5Z") == 1
+    assert await total(start_date="0001-01-01", end_date="9999-12-31") == 1  # no overflow
+
+
+@pytest.mark.parametrize(
+    ("day", "week"),
+    [
+        ("2026-03-05", "2026-W10"),
+        ("20260305", "2026W10"),
+        ("2026-W10-4", "2026-W10"),
+        ("2026W104", "2026W10"),
+    ],
+)
+async def test_a_date_covers_the_whole_day_in_any_iso_form(api: Api, day: str, week: str) -> None:
+    """Found by review: compact dates (``20260305``, ``2026W104``) were midnight, so as an
+    end_date they left out that day's calls; a week without a day covers the whole week."""
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    thursday = started(account, start=T0)  # 2026-03-05 10:30, ISO week 10 day 4
+    sunday = started(account, start=T0 + timedelta(days=3, hours=13))  # 2026-03-08 23:30
+    monday = started(account, start=T0 + timedelta(days=4))  # week 11
+    for record in (thursday, sunday, monday):
+        await recorder.call_ended(ended(record))
+
+    async def ids(**params: str) -> set[str]:
+        resp = await api.get("/v1/calls", **params)
+        assert resp.status_code == 200, resp.text
+        return {c["id"] for c in resp.json()["calls"]}
+
+    assert await ids(start_date=day, end_date=day) == {thursday.id}
+    assert await ids(end_date=day) == {thursday.id}
+    assert await ids(start_date=day) == {thursday.id, sunday.id, monday.id}
+    assert await ids(end_date=week) == {thursday.id, sunday.id}
+    assert await ids(start_date=week, end_date=week) == {thursday.id, sunday.id}
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -152,6 +209,15 @@ async def test_filters(api: Api) -> None:
             "start_date must not be after end_date",
         ),
         ({"trunk_id": "x" * 65}, "Invalid trunk_id parameter"),
+        # Found by review: in range as written, out of range in UTC (astimezone overflowed: 500).
+        (
+            {"start_date": "0001-01-01T00:30:00+01:00"},
+            "start_date must be an ISO 8601 date or date-time",
+        ),
+        (
+            {"end_date": "9999-12-31T23:59:59-01:00"},
+            "end_date must be an ISO 8601 date or date-time",
+        ),
     ],
 )
 async def test_invalid_parameters(api: Api, params: dict[str, str], message: str) -> None:

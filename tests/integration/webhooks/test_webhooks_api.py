@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from telepath.db.models import webhook_secret_context
+from telepath.db.webhook_store import WebhookRepository
 from tests.integration.api.seed import ISO_UTC
 from tests.integration.api.test_trunk_create import err
 from tests.integration.conftest import Api
@@ -145,6 +147,31 @@ async def test_endpoint_limit(api: Api) -> None:
     err(await api.post("/v1/webhooks", {"url": URL, "events": ["*"]}), 400, "too_many_webhooks")
     page = (await api.get("/v1/webhooks", limit=5, offset=18)).json()
     assert len(page["webhooks"]) == 2 and page["pagination"]["total"] == 20
+
+
+async def test_endpoint_limit_holds_under_concurrent_creates(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the limit was count-then-insert, so creates that counted at once
+    could all insert (five at 18 made 23)."""
+    for _ in range(18):
+        await create(api)
+    counted = WebhookRepository.count_endpoints
+
+    async def count_slowly(self: WebhookRepository, account_id: str) -> int:
+        found = await counted(self, account_id)
+        await asyncio.sleep(0.05)  # the others count meanwhile, unless they must wait
+        return found
+
+    monkeypatch.setattr(WebhookRepository, "count_endpoints", count_slowly)
+    answers = await asyncio.gather(
+        *(api.post("/v1/webhooks", {"url": URL, "events": ["*"]}) for _ in range(5))
+    )
+    assert sorted(r.status_code for r in answers) == [201, 201, 400, 400, 400]
+    for resp in answers:
+        if resp.status_code == 400:
+            err(resp, 400, "too_many_webhooks")
+    assert (await api.get("/v1/webhooks")).json()["pagination"]["total"] == 20
 
 
 @pytest.mark.parametrize("settings_overrides", [{"allow_insecure_webhook_urls": True}])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,7 +16,8 @@ from telepath.db.calls_repository import CallRepository, call_detail, call_summa
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
 
 CALL_STATUSES = ("connected", "disconnected", "failed")
-_DATE_ONLY_LEN = len("2024-03-05")
+_WEEK_ONLY = re.compile(r"\d{4}-?W\d{2}")  # ISO 8601 week date without a day
+_FRACTION = re.compile(r"\d[.,]\d")  # a decimal fraction (of the seconds: dates have none)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -28,10 +30,21 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return documented_errors(descriptions, *codes)
 
 
-def parse_date(name: str, value: str, *, end_of_day: bool) -> datetime:
+def parse_date(name: str, value: str, *, inclusive_end: bool) -> datetime:
     """An ISO 8601 date or date-time as aware UTC (naive values are UTC).
 
-    A bare date means the start of that day, or its last instant for an inclusive upper bound.
+    A bound covers the whole of what it names, so an inclusive upper bound (``inclusive_end``)
+    is its last instant and a lower bound its first:
+
+    - a date, in any form ``date.fromisoformat`` takes (``2024-03-05``, ``20240305``,
+      ``2024-W10-2``, ``2024W102``), its whole day (in UTC);
+    - an ISO week without a day (``2024-W10``, ``2024W10``), its whole week;
+    - a date-time without a fraction of a second, its whole second: the API shows whole
+      seconds while records keep microseconds, so a call shown as ``...T10:36:42Z`` is in
+      ``end_date=...T10:36:42Z`` ("on or before"). A fraction given is taken as written.
+
+    A value outside the representable range once in UTC (``0001-01-01T00:30:00+01:00``) is
+    a 400 like any invalid one.
     """
     text = value.strip()
     # An unencoded '+' in a query string arrives as a space: "10:30:00 00:00".
@@ -41,16 +54,21 @@ def parse_date(name: str, value: str, *, end_of_day: bool) -> datetime:
     if len(text) > 40:
         raise invalid
     try:
-        if len(text) == _DATE_ONLY_LEN:
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1, microseconds=-1) if end_of_day else start
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+        try:
+            day: date | None = date.fromisoformat(text)
+        except ValueError:
+            day = None
+        if day is not None:
+            first = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            span = timedelta(days=7 if _WEEK_ONLY.fullmatch(text) else 1)
+        else:
+            parsed = datetime.fromisoformat(text)
+            first = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            span = timedelta(microseconds=1) if _FRACTION.search(text) else timedelta(seconds=1)
+        # (first + span) could overflow where its last instant does not: 9999-12-31.
+        return first + (span - timedelta(microseconds=1)) if inclusive_end else first
+    except (ValueError, OverflowError):
         raise invalid from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 @router.get(
@@ -84,8 +102,8 @@ async def list_calls(
         raise ApiError(
             400, "invalid_parameter", "status must be one of: connected, disconnected, failed"
         )
-    start = parse_date("start_date", start_date, end_of_day=False) if start_date else None
-    end = parse_date("end_date", end_date, end_of_day=True) if end_date else None
+    start = parse_date("start_date", start_date, inclusive_end=False) if start_date else None
+    end = parse_date("end_date", end_date, inclusive_end=True) if end_date else None
     if start is not None and end is not None and start > end:
         raise ApiError(400, "invalid_parameter", "start_date must not be after end_date")
     rows, total = await CallRepository(session).list(

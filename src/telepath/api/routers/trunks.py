@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
 from telepath.api.errors import documented_errors
-from telepath.api.trunk_input import parse_create, parse_update
+from telepath.api.trunk_input import parse_create, parse_update, read_body
 from telepath.api.trunk_service import TrunkService, iso
 
 router = APIRouter(prefix="/v1/trunks", tags=["trunks"])
@@ -67,7 +67,7 @@ async def create_trunk(
 ) -> schemas.TrunkCreated:
     """Create a SIP trunk linking a SIP identity to an AI agent."""
     data = parse_create(
-        await request.body(), allow_insecure=state.settings.allow_insecure_agent_urls
+        await read_body(request), allow_insecure=state.settings.allow_insecure_agent_urls
     )
     service = TrunkService(state, session, principal.account_id)
     return service.created_view(await service.create(data))
@@ -130,7 +130,7 @@ async def update_trunk(
     service = TrunkService(state, session, principal.account_id)
     trunk = await service.get(trunk_id)
     fields = parse_update(
-        await request.body(),
+        await read_body(request),
         provider=trunk.ai_provider,
         allow_insecure=state.settings.allow_insecure_agent_urls,
     )

@@ -14,10 +14,11 @@ from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
 from telepath.api.errors import ApiError, documented_errors, not_found
 from telepath.api.trunk_input import check_url as check_absolute_url
-from telepath.api.trunk_input import parse_json_object
+from telepath.api.trunk_input import parse_json_object, read_body
 from telepath.db.base import utcnow
 from telepath.db.calls_repository import iso
 from telepath.db.models import WebhookEndpoint, webhook_secret_context
+from telepath.db.repository import AccountRepository
 from telepath.db.webhook_store import WebhookRepository
 from telepath.secrets.tokens import new_id
 from telepath.webhooks.events import ALL_EVENTS, EVENT_TYPES
@@ -116,9 +117,12 @@ async def create_webhook(
 ) -> schemas.WebhookCreated:
     """Subscribe a URL to events; the response holds the signing secret, shown only once."""
     url, events = parse_create(
-        await request.body(), allow_insecure=state.settings.allow_insecure_webhook_urls
+        await read_body(request), allow_insecure=state.settings.allow_insecure_webhook_urls
     )
     repo = WebhookRepository(session)
+    # Count and insert as the account's only writer: concurrent creates must not all count
+    # below the limit and all insert (found by review).
+    await AccountRepository(session).lock(principal.account_id)
     if await repo.count_endpoints(principal.account_id) >= MAX_ENDPOINTS_PER_ACCOUNT:
         raise _bad(
             "too_many_webhooks",
