@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -199,25 +199,46 @@ class WebhookRepository:
         return claimed
 
     async def record_attempts(self, outcomes: Sequence[Outcome]) -> None:
-        """Store the outcomes of a round of attempts (an ORM bulk UPDATE by primary key: one
-        statement, executed for each row)."""
+        """Store the outcomes of attempts: one Core UPDATE by id, executed for each row. A row
+        that is gone — its endpoint deleted while the attempt was made, which drops its
+        undelivered events — is skipped, not an error: the ORM's bulk UPDATE by primary key
+        raised on it (``StaleDataError``), and the rest of the round was then never stored."""
         if not outcomes:
             return
+        statement = (
+            update(DELIVERIES)
+            .where(DELIVERIES.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                attempts=bindparam("b_attempts"),
+                next_attempt_at=bindparam("b_next_attempt_at"),
+                last_attempt_at=bindparam("b_last_attempt_at"),
+                last_status_code=bindparam("b_last_status_code"),
+                last_error=bindparam("b_last_error"),
+            )
+        )
         await self.session.execute(
-            update(WebhookDelivery),
+            statement,
             [
                 {
-                    "id": o.delivery_id,
-                    "status": o.status,
-                    "attempts": o.attempts,
-                    "next_attempt_at": o.next_attempt_at,
-                    "last_attempt_at": o.attempted_at,
-                    "last_status_code": o.status_code,
-                    "last_error": o.error,
+                    "b_id": o.delivery_id,
+                    "b_status": o.status,
+                    "b_attempts": o.attempts,
+                    "b_next_attempt_at": o.next_attempt_at,
+                    "b_last_attempt_at": o.attempted_at,
+                    "b_last_status_code": o.status_code,
+                    "b_last_error": o.error,
                 }
                 for o in outcomes
             ],
         )
+
+    async def endpoint_exists(self, endpoint_id: str) -> bool:
+        """Whether the endpoint is still there (not deleted)."""
+        found = await self.session.scalar(
+            select(WebhookEndpoint.id).where(WebhookEndpoint.id == endpoint_id)
+        )
+        return found is not None
 
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""

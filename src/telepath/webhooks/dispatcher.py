@@ -54,6 +54,7 @@ from telepath.webhooks.signing import (
     SIGNATURE_HEADER,
     signature_header,
 )
+from telepath.webhooks.sink import endpoints_generation
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class WebhookDispatcher:
         total = 0
         while True:
             now = self._claimed_at = self._now()
+            generation = endpoints_generation()
             lease = timedelta(seconds=self._timeout_s * 2 + 30)
             async with self._sessions() as session:
                 repo = WebhookRepository(session)
@@ -211,7 +213,8 @@ class WebhookDispatcher:
                     await self._look_ahead(repo)
                 await session.commit()
             if claimed:
-                outcomes = await asyncio.gather(*(self._attempt(c) for c in claimed))
+                attempted = await asyncio.gather(*(self._attempt(c, generation) for c in claimed))
+                outcomes = [o for o in attempted if o is not None]
                 await self._record(outcomes, look_ahead=last)
                 total += len(claimed)
             if last:
@@ -236,8 +239,14 @@ class WebhookDispatcher:
         if self._metrics is not None:
             self._metrics.webhook_backlog.set(backlog)
 
-    async def _attempt(self, claimed: Claimed) -> Outcome:
+    async def _attempt(self, claimed: Claimed, generation: int) -> Outcome | None:
+        """Send one claimed delivery; None when its endpoint was deleted since the claim (its
+        undelivered events are dropped: not sent)."""
         async with self._semaphore:
+            if generation != endpoints_generation() and not await self._endpoint_exists(
+                claimed.endpoint_id
+            ):
+                return None
             status_code, error = await self._send(claimed)
         attempts = claimed.attempts + 1
         now = self._now()
@@ -256,6 +265,11 @@ class WebhookDispatcher:
             status_code=status_code,
             error=error,
         )
+
+    async def _endpoint_exists(self, endpoint_id: str) -> bool:
+        """Asked only when endpoints changed in this process since the claim (rarely)."""
+        async with self._sessions() as session:
+            return await WebhookRepository(session).endpoint_exists(endpoint_id)
 
     async def _record(self, outcomes: Sequence[Outcome], *, look_ahead: bool) -> None:
         """Store a round's outcomes in one transaction, not a session and a commit each. Until

@@ -1,0 +1,107 @@
+"""The outbox when things change under it: endpoints deleted mid-round or behind a sink's cache,
+endpoints that hold requests, leases that run out, rows that pile up, keys that cannot decrypt."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from telepath.webhooks.dispatcher import WebhookDispatcher
+from telepath.webhooks.sink import DbEventSink
+from tests.integration.calls_api.records import account_of
+from tests.integration.conftest import Api
+from tests.integration.webhooks.receiver import Receiver, running
+from tests.integration.webhooks.test_dispatcher import PAYLOAD, rows, subscribe
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"allow_insecure_webhook_urls": True}
+
+
+@pytest.fixture
+async def make_dispatcher(api: Api) -> AsyncIterator[Callable[..., WebhookDispatcher]]:
+    made: list[WebhookDispatcher] = []
+
+    def make(**kwargs: Any) -> WebhookDispatcher:
+        options: dict[str, Any] = {"timeout_s": 10.0, "backoff_base_s": 10.0}
+        options.update(kwargs)
+        dispatcher = WebhookDispatcher(api.state.sessions, api.state.keyring, **options)
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        await dispatcher.aclose()
+
+
+async def arrived(receiver: Receiver, count: int) -> None:
+    """Until ``count`` requests reached the receiver (10 s at most: then the test fails)."""
+    for _ in range(1000):
+        if len(receiver.requests) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(receiver.requests)} request(s) arrived, not {count}")
+
+
+def paths(receiver: Receiver) -> list[str]:
+    return sorted(r.path for r in receiver.requests)
+
+
+@pytest.mark.parametrize("others", [0, 1])
+async def test_an_endpoint_deleted_mid_round_costs_the_round_nothing(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], others: int
+) -> None:
+    """DELETE /v1/webhooks/{id} while a delivery to it is in flight removes its claimed row; the
+    round's other outcomes (another account's, answered 2xx) are stored all the same. Before,
+    the whole round's UPDATE failed (StaleDataError: 0 rows matched), so every row of it stayed
+    leased and was sent again later with its attempt uncounted."""
+    other_key = await api.new_account_key("other")
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        gone = await subscribe(api, receiver.url + "/gone", ["*"])
+        await subscribe(api, receiver.url + "/kept", ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        for _ in range(others):
+            await sink.emit(await account_of(api, other_key), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher()
+        round_ = asyncio.create_task(dispatcher.run_once())
+        await arrived(receiver, 1 + others)  # every request held, unanswered
+        assert (await api.delete(f"/v1/webhooks/{gone['id']}")).status_code == 204
+        gate.set()
+        assert await round_ == 1 + others
+        assert await dispatcher.run_once() == 0  # nothing left leased to come back
+    outcomes = [(r.status, r.attempts, r.last_status_code) for r in await rows(api)]
+    assert outcomes == [("delivered", 1, 200)] * others
+
+
+async def test_an_endpoint_deleted_after_the_claim_is_not_sent_to(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """The README says a deleted endpoint's undelivered events are dropped: one claimed before
+    the delete, and still waiting for a free slot, is not sent."""
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        hooks = {
+            f"/hook/{name}": await subscribe(api, f"{receiver.url}/{name}", ["*"])
+            for name in ("one", "two")
+        }
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(concurrency=1)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        await arrived(receiver, 1)
+        [(sent, _)] = [(p, h) for p, h in hooks.items() if p in paths(receiver)]
+        [doomed] = [h for p, h in hooks.items() if p != sent]
+        assert (await api.delete(f"/v1/webhooks/{doomed['id']}")).status_code == 204
+        gate.set()
+        await round_
+        await dispatcher.run_once()
+    assert paths(receiver) == [sent]
+    assert [r.status for r in await rows(api)] == ["delivered"]
