@@ -151,16 +151,32 @@ class WebhookRepository:
         """Insert pending deliveries (:func:`delivery_rows`) in one ``executemany``: Core, not
         ORM objects, since every call writes several (the ORM's unit of work cost several
         times more CPU per row). A row for an (endpoint, event) that is there already is left
-        alone: it is the same event written again (a journal replayed, ``db/write_journal.py``)."""
+        alone: it is the same event written again (a journal replayed, ``db/write_journal.py``).
+
+        Each row is ``INSERT ... SELECT ... WHERE EXISTS`` its endpoint: the endpoints come from
+        a cache (``webhooks/sink.py``), and a row for one deleted meanwhile is dropped, as its
+        undelivered events are, instead of failing the transaction on the foreign key — and
+        with it the event's rows for the account's live endpoints."""
         if not rows:
             return
+        columns = list(rows[0])
+        source = select(
+            *(bindparam(name, type_=DELIVERIES.c[name].type).label(name) for name in columns)
+        ).where(
+            select(WebhookEndpoint.id)
+            .where(WebhookEndpoint.id == bindparam("endpoint_id"))
+            .exists()
+        )
         dialect = self.session.get_bind().dialect.name
         if dialect == "postgresql":
-            statement: Any = postgresql.insert(DELIVERIES).on_conflict_do_nothing()
+            statement: Any = (
+                postgresql.insert(DELIVERIES).from_select(columns, source).on_conflict_do_nothing()
+            )
         elif dialect == "sqlite":
-            statement = sqlite.insert(DELIVERIES).on_conflict_do_nothing()
+            statement = sqlite.insert(DELIVERIES).from_select(columns, source)
+            statement = statement.on_conflict_do_nothing()
         else:
-            statement = insert(DELIVERIES)
+            statement = insert(DELIVERIES).from_select(columns, source)
         await self.session.execute(statement, list(rows))
 
     async def claim_due(self, now: datetime, *, limit: int, lease: timedelta) -> list[Claimed]:

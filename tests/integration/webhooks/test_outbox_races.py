@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from telepath.db.webhook_store import WebhookRepository
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
@@ -105,3 +106,28 @@ async def test_an_endpoint_deleted_after_the_claim_is_not_sent_to(
         await dispatcher.run_once()
     assert paths(receiver) == [sent]
     assert [r.status for r in await rows(api)] == ["delivered"]
+
+
+async def test_an_endpoint_deleted_behind_the_sinks_cache_costs_only_its_own_row(
+    api: Api,
+) -> None:
+    """A sink serves an account's endpoints from a cache (up to 5 s; another process may have
+    deleted one meanwhile). Before, the deleted endpoint's row failed the whole event on its
+    foreign key, so the account's live endpoints lost it too."""
+    account = await account_of(api)
+    kept = await subscribe(api, "http://127.0.0.1:9/kept", ["*"])
+    gone = await subscribe(api, "http://127.0.0.1:9/gone", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    await sink.emit(account, "call.started", PAYLOAD)  # caches both endpoints
+    async with api.state.sessions() as session:  # another process deletes one
+        repo = WebhookRepository(session)
+        endpoint = await repo.get_endpoint(account, gone["id"])
+        assert endpoint is not None
+        await repo.delete_endpoint(endpoint)
+        await session.commit()
+    await sink.emit(account, "call.ended", PAYLOAD)
+    assert [(r.endpoint_id, r.event) for r in await rows(api)] == [
+        (kept["id"], "call.started"),
+        (kept["id"], "call.ended"),
+    ]
+    assert sink.failures == 0
