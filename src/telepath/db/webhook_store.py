@@ -3,12 +3,14 @@
 The outbox is claimed with a lease: a claimed row's ``next_attempt_at`` moves past the delivery
 timeout, so a process that dies mid-delivery leaves the row to be retried after a restart (at
 least once; receivers de-duplicate on the event id). PostgreSQL claims with ``SKIP LOCKED`` so
-several dispatchers never claim the same row.
+several dispatchers never claim the same row. An outcome is stored only if the row still carries
+the lease its claim set: a late one, after the lease ran out and the row was claimed again, is
+dropped rather than written over the newer claim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -38,6 +40,7 @@ class Claimed:
     endpoint_id: str
     url: str
     secret_enc: str
+    leased_until: datetime  # the claim's lease: its outcome is stored only while it still holds
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Outcome:
     attempted_at: datetime
     status_code: int | None
     error: str | None
+    leased_until: datetime  # the claim's (``Claimed.leased_until``)
 
 
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
@@ -179,51 +183,87 @@ class WebhookRepository:
             statement = insert(DELIVERIES).from_select(columns, source)
         await self.session.execute(statement, list(rows))
 
-    async def claim_due(self, now: datetime, *, limit: int, lease: timedelta) -> list[Claimed]:
-        """Take up to ``limit`` due deliveries, leasing them until ``now + lease``."""
-        query = (
-            select(WebhookDelivery, WebhookEndpoint)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(limit)
-        )
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease: timedelta,
+        per_endpoint: int | None = None,
+        busy: Mapping[str, int] | None = None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` due deliveries, oldest first, leasing them until ``now + lease``.
+
+        With ``per_endpoint``, at most that many per endpoint, counting ``busy`` (deliveries
+        per endpoint the caller has in flight): the rows of an endpoint at its share are passed
+        over for the next ones, so one endpoint's backlog cannot fill the claim.
+        """
+        taken: dict[str, int] = dict(busy or {})
         claimed: list[Claimed] = []
-        for delivery, endpoint in await self.session.execute(query):
-            claimed.append(
-                Claimed(
-                    delivery_id=delivery.id,
-                    event_id=delivery.event_id,
-                    event=delivery.event,
-                    payload=dict(delivery.payload),
-                    created_at=delivery.created_at,
-                    attempts=delivery.attempts,
-                    endpoint_id=endpoint.id,
-                    url=endpoint.url,
-                    secret_enc=endpoint.secret_enc,
+        while len(claimed) < limit:
+            window = limit - len(claimed)
+            full = [e for e, n in taken.items() if per_endpoint is not None and n >= per_endpoint]
+            query = (
+                select(WebhookDelivery, WebhookEndpoint)
+                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+                .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                .limit(window)
+            )
+            if full:
+                query = query.where(WebhookDelivery.endpoint_id.not_in(full))
+            if self.session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+            found = (await self.session.execute(query)).all()
+            picked: list[Claimed] = []
+            for delivery, endpoint in found:
+                if per_endpoint is not None and taken.get(endpoint.id, 0) >= per_endpoint:
+                    continue  # its share is taken: excluded from the next query
+                taken[endpoint.id] = taken.get(endpoint.id, 0) + 1
+                picked.append(
+                    Claimed(
+                        delivery_id=delivery.id,
+                        event_id=delivery.event_id,
+                        event=delivery.event,
+                        payload=dict(delivery.payload),
+                        created_at=delivery.created_at,
+                        attempts=delivery.attempts,
+                        endpoint_id=endpoint.id,
+                        url=endpoint.url,
+                        secret_enc=endpoint.secret_enc,
+                        leased_until=now + lease,
+                    )
                 )
-            )
-        if claimed:
-            await self.session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_([c.delivery_id for c in claimed]))
-                .values(next_attempt_at=now + lease)
-                .execution_options(synchronize_session=False)
-            )
+            if picked:  # leased: no longer due, so not found again by the next query
+                await self.session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_([c.delivery_id for c in picked]))
+                    .values(next_attempt_at=now + lease)
+                    .execution_options(synchronize_session=False)
+                )
+                claimed.extend(picked)
+            if len(found) < window:
+                break  # nothing more is due
         return claimed
 
     async def record_attempts(self, outcomes: Sequence[Outcome]) -> None:
         """Store the outcomes of attempts: one Core UPDATE by id, executed for each row. A row
         that is gone — its endpoint deleted while the attempt was made, which drops its
         undelivered events — is skipped, not an error: the ORM's bulk UPDATE by primary key
-        raised on it (``StaleDataError``), and the rest of the round was then never stored."""
+        raised on it (``StaleDataError``), and the rest of the round was then never stored.
+
+        So is a row whose claim is no longer the attempt's (its lease ran out and another
+        dispatcher claimed it again, or already stored its outcome): the claim's lease is in
+        the WHERE clause, so a late outcome never overwrites a newer claim's."""
         if not outcomes:
             return
         statement = (
             update(DELIVERIES)
-            .where(DELIVERIES.c.id == bindparam("b_id"))
+            .where(
+                DELIVERIES.c.id == bindparam("b_id"),
+                DELIVERIES.c.status == PENDING,
+                DELIVERIES.c.next_attempt_at == bindparam("b_leased_until"),
+            )
             .values(
                 status=bindparam("b_status"),
                 attempts=bindparam("b_attempts"),
@@ -244,17 +284,11 @@ class WebhookRepository:
                     "b_last_attempt_at": o.attempted_at,
                     "b_last_status_code": o.status_code,
                     "b_last_error": o.error,
+                    "b_leased_until": o.leased_until,
                 }
                 for o in outcomes
             ],
         )
-
-    async def endpoint_exists(self, endpoint_id: str) -> bool:
-        """Whether the endpoint is still there (not deleted)."""
-        found = await self.session.scalar(
-            select(WebhookEndpoint.id).where(WebhookEndpoint.id == endpoint_id)
-        )
-        return found is not None
 
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""

@@ -1,7 +1,8 @@
 """``WebhookDispatcher``: delivers the outbox with signatures, retries and backoff.
 
-Each round claims the due rows (leased, see ``telepath.db.webhook_store``), POSTs them
-concurrently and stores each outcome: a 2xx answer means delivered; anything else (another
+Due rows are claimed (leased, see ``telepath.db.webhook_store``) as request slots free up, at
+most ``endpoint_concurrency`` per endpoint, POSTed at once, and each outcome is stored with the
+next claim: a 2xx answer means delivered; anything else (another
 status, a timeout, a refused connection, a redirect) schedules a retry after
 ``backoff_base_s * 2**(attempts - 1)`` (capped at ``backoff_max_s``) until ``max_attempts``
 attempts were made, when the row is marked ``failed``. Rows live in the database, so a restarted
@@ -23,7 +24,8 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -54,7 +56,6 @@ from telepath.webhooks.signing import (
     SIGNATURE_HEADER,
     signature_header,
 )
-from telepath.webhooks.sink import endpoints_generation
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,9 @@ class WebhookDispatcher:
         backoff_base_s: delay after the first failure; doubles after each further failure.
         backoff_max_s: the longest delay between attempts.
         poll_interval_s: how often the outbox is checked when nobody calls ``wake``.
-        batch_size: deliveries claimed per round.
         concurrency: requests in flight at once.
+        endpoint_concurrency: requests in flight at once to one endpoint, so that one that
+            answers slowly or never cannot take every slot.
         now: the wall clock (UTC, aware), replaceable in tests.
     """
 
@@ -124,8 +126,8 @@ class WebhookDispatcher:
         backoff_base_s: float = 30.0,
         backoff_max_s: float = 6 * 3600.0,
         poll_interval_s: float = 1.0,
-        batch_size: int = 50,
         concurrency: int = 16,
+        endpoint_concurrency: int = 4,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
@@ -134,13 +136,12 @@ class WebhookDispatcher:
         self._own_session = session is None
         self._session = session
         self._concurrency = concurrency
+        self._endpoint_concurrency = endpoint_concurrency
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._poll_interval_s = poll_interval_s
-        self._batch_size = batch_size
-        self._semaphore = asyncio.Semaphore(concurrency)
         self._now = now
         self._wakeup = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest pending delivery's due time
@@ -180,7 +181,7 @@ class WebhookDispatcher:
         while not stop_event.is_set():
             self._wakeup.clear()
             try:
-                await self.run_once()
+                await self.run_once(stop_event)
             except Exception as exc:
                 failures.failed(exc)
             else:
@@ -198,28 +199,71 @@ class WebhookDispatcher:
                     task.cancel()
                 await asyncio.gather(stop_wait, wake_wait, return_exceptions=True)
 
-    async def run_once(self) -> int:
-        """Claim and attempt every due delivery (one batch at a time); return how many."""
+    async def run_once(self, stop_event: asyncio.Event | None = None) -> int:
+        """Attempt every due delivery; return how many were attempted.
+
+        A rolling pipeline, not rounds: only as many deliveries are claimed as can be sent at
+        once (``concurrency`` in flight, ``endpoint_concurrency`` of them per endpoint), and
+        whenever some finish their outcomes are stored and more are claimed, in one
+        transaction. An endpoint that answers slowly or never (until ``timeout_s``) takes its
+        share of the slots and no more; the rest go on. Since a claimed delivery is sent at
+        once, its lease (``2 * timeout_s + 30`` s) covers its send (at most ``timeout_s``) and
+        the storing of its outcome. Returns when nothing is in flight and nothing more could
+        be claimed (or ``stop_event`` is set: then no more is claimed).
+        """
         total = 0
-        while True:
-            now = self._claimed_at = self._now()
-            generation = endpoints_generation()
-            lease = timedelta(seconds=self._timeout_s * 2 + 30)
-            async with self._sessions() as session:
-                repo = WebhookRepository(session)
-                claimed = await repo.claim_due(now, limit=self._batch_size, lease=lease)
-                last = len(claimed) < self._batch_size
-                if not claimed:
-                    await self._look_ahead(repo)
-                await session.commit()
-            if claimed:
-                attempted = await asyncio.gather(*(self._attempt(c, generation) for c in claimed))
-                outcomes = [o for o in attempted if o is not None]
-                await self._record(outcomes, look_ahead=last)
+        in_flight: dict[asyncio.Task[Outcome], Claimed] = {}
+        finished: list[Outcome] = []
+        try:
+            while True:
+                stopping = stop_event is not None and stop_event.is_set()
+                free = 0 if stopping else self._concurrency - len(in_flight)
+                claimed: list[Claimed] = []
+                if free > 0 or finished:
+                    claimed = await self._exchange(finished, free, in_flight.values())
+                    finished = []
+                for c in claimed:
+                    task = asyncio.ensure_future(self._attempt(c))
+                    in_flight[task] = c
                 total += len(claimed)
-            if last:
-                break
-        return total
+                if not in_flight:
+                    return total
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del in_flight[task]
+                    finished.append(task.result())
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _exchange(
+        self, finished: Sequence[Outcome], free: int, in_flight: Iterable[Claimed]
+    ) -> list[Claimed]:
+        """Store ``finished`` outcomes and claim up to ``free`` due deliveries, in one
+        transaction. Until then the outcomes' rows stay leased; a crash before it re-sends
+        them, which the idempotency id lets the receiver recognise."""
+        now = self._claimed_at = self._now()
+        lease = timedelta(seconds=self._timeout_s * 2 + 30)
+        busy = Counter(c.endpoint_id for c in in_flight)
+        async with self._sessions() as session:
+            repo = WebhookRepository(session)
+            await repo.record_attempts(finished)
+            claimed: list[Claimed] = []
+            if free > 0:
+                claimed = await repo.claim_due(
+                    now,
+                    limit=free,
+                    lease=lease,
+                    per_endpoint=self._endpoint_concurrency,
+                    busy=busy,
+                )
+            if not claimed and not busy:
+                await self._look_ahead(repo)  # idle after this: the gauge, when to look again
+            await session.commit()
+        self._count(finished)
+        return claimed
 
     def idle_wait_s(self) -> float:
         """How long :meth:`run` waits after a round unless woken: until the earliest pending
@@ -239,15 +283,8 @@ class WebhookDispatcher:
         if self._metrics is not None:
             self._metrics.webhook_backlog.set(backlog)
 
-    async def _attempt(self, claimed: Claimed, generation: int) -> Outcome | None:
-        """Send one claimed delivery; None when its endpoint was deleted since the claim (its
-        undelivered events are dropped: not sent)."""
-        async with self._semaphore:
-            if generation != endpoints_generation() and not await self._endpoint_exists(
-                claimed.endpoint_id
-            ):
-                return None
-            status_code, error = await self._send(claimed)
+    async def _attempt(self, claimed: Claimed) -> Outcome:
+        status_code, error = await self._send(claimed)
         attempts = claimed.attempts + 1
         now = self._now()
         if status_code is not None and 200 <= status_code < 300:
@@ -264,23 +301,10 @@ class WebhookDispatcher:
             attempted_at=now,
             status_code=status_code,
             error=error,
+            leased_until=claimed.leased_until,
         )
 
-    async def _endpoint_exists(self, endpoint_id: str) -> bool:
-        """Asked only when endpoints changed in this process since the claim (rarely)."""
-        async with self._sessions() as session:
-            return await WebhookRepository(session).endpoint_exists(endpoint_id)
-
-    async def _record(self, outcomes: Sequence[Outcome], *, look_ahead: bool) -> None:
-        """Store a round's outcomes in one transaction, not a session and a commit each. Until
-        then the rows stay leased; a crash before it re-sends them, which the idempotency id
-        lets the receiver recognise."""
-        async with self._sessions() as session:
-            repo = WebhookRepository(session)
-            await repo.record_attempts(outcomes)
-            if look_ahead:
-                await self._look_ahead(repo)
-            await session.commit()
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
             if self._metrics is not None:
                 self._metrics.webhook_deliveries.labels(result=RESULTS[outcome.status]).inc()

@@ -86,11 +86,6 @@ def endpoints_changed() -> None:
     _generation += 1
 
 
-def endpoints_generation() -> int:
-    """Changes whenever :func:`endpoints_changed` is called (the dispatcher's claims compare)."""
-    return _generation
-
-
 class DbEventSink:
     """Queues each event once per subscribed, active endpoint of the account.
 

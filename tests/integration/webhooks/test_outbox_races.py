@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver, running
-from tests.integration.webhooks.test_dispatcher import PAYLOAD, rows, subscribe
+from tests.integration.webhooks.test_dispatcher import PAYLOAD, Clock, rows, subscribe
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +132,58 @@ async def test_an_endpoint_deleted_behind_the_sinks_cache_costs_only_its_own_row
         (kept["id"], "call.ended"),
     ]
     assert sink.failures == 0
+
+
+async def test_an_endpoint_that_never_answers_holds_up_nobody_else(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """An endpoint that accepts connections and answers nothing (until its timeout) takes at most
+    ``endpoint_concurrency`` slots, and the other slots go on claiming and sending as they free
+    up. Before, a round of 50 claimed deliveries went out only under the global limit and the
+    next round waited for the slowest: every account's events waited behind a dead endpoint's."""
+    other_key = await api.new_account_key("other")
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck, running(Receiver()) as fine:
+        await subscribe(api, stuck.url, ["*"])
+        await subscribe(api, fine.url, ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(10):  # first in the outbox: claimed first
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        for _ in range(3):  # more than the endpoint's share: claimed as earlier ones finish
+            await sink.emit(await account_of(api, other_key), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(concurrency=4, endpoint_concurrency=2, timeout_s=60.0)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(fine, 3)  # while the stuck endpoint still holds its two
+            assert len(stuck.requests) == 2
+        finally:
+            gate.set()
+        assert await round_ == 13
+    assert len(stuck.requests) == 10
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
+async def test_an_outcome_is_not_stored_over_another_dispatchers_claim(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """A delivery whose lease ran out while it was being sent is claimed again by another
+    dispatcher; the first one's late outcome must not overwrite the second's claim (and later
+    its outcome): it is stored only while the claim is still the one it made."""
+    clock = Clock()
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        first = make_dispatcher(now=clock, timeout_s=30.0)
+        round_ = asyncio.create_task(first.run_once())
+        await arrived(receiver, 1)
+        clock.advance(3600)  # the first claim's lease is over
+        async with api.state.sessions() as session:  # another instance takes the row
+            [theirs] = await WebhookRepository(session).claim_due(
+                clock(), limit=10, lease=timedelta(seconds=90)
+            )
+            await session.commit()
+        gate.set()
+        assert await round_ == 1
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, theirs.leased_until)
