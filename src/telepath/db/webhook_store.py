@@ -17,8 +17,9 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from telepath.db.base import utcnow
 from telepath.db.models import WebhookDelivery, WebhookEndpoint
 from telepath.secrets.tokens import new_id
 
@@ -290,6 +291,19 @@ class WebhookRepository:
             ],
         )
 
+    async def prune(self, settled_before: datetime) -> int:
+        """Delete delivered and failed deliveries whose last attempt was before
+        ``settled_before``; pending ones are kept however old. Returns how many were deleted."""
+        result = await self.session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.status.in_([DELIVERED, FAILED]),
+                WebhookDelivery.last_attempt_at < settled_before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""
         return (await self.pending())[0]
@@ -314,3 +328,18 @@ class WebhookRepository:
             .order_by(WebhookDelivery.id)
         )
         return rows.all()
+
+
+async def prune_deliveries(
+    sessions: async_sessionmaker[AsyncSession],
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Delete outbox rows delivered or given up more than ``older_than`` ago (their payloads
+    carry phone numbers; the retention sweep, ``db/call_recorder.py``, calls this with the call
+    detail retention). Returns how many were deleted."""
+    async with sessions() as session:
+        pruned = await WebhookRepository(session).prune((now or utcnow()) - older_than)
+        await session.commit()
+        return pruned

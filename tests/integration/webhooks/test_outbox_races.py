@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from telepath.config import Settings
+from telepath.db.base import utcnow
+from telepath.db.call_recorder import retention_loop
 from telepath.db.webhook_store import WebhookRepository
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
@@ -187,3 +190,35 @@ async def test_an_outcome_is_not_stored_over_another_dispatchers_claim(
         assert await round_ == 1
     [row] = await rows(api)
     assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, theirs.leased_until)
+
+
+async def test_settled_deliveries_are_pruned_after_the_call_retention_period(
+    api: Api, settings: Settings
+) -> None:
+    """Delivered and failed outbox rows (their payloads hold phone numbers) are deleted by the
+    retention sweep once settled longer than TELEPATH_CALL_RETENTION_HOURS ago; pending ones,
+    however old, are kept. Before, the outbox grew forever."""
+    await subscribe(api, "http://127.0.0.1:9/hook", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    for _ in range(5):
+        await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+    old = utcnow() - timedelta(hours=settings.call_retention_hours + 1)
+    recent = utcnow() - timedelta(hours=settings.call_retention_hours - 1)
+    fates = [("delivered", old), ("failed", old), ("pending", old), ("delivered", recent)]
+    async with api.state.sessions() as session:  # the fifth never attempted
+        for row, (status, at) in zip(await rows(api), fates, strict=False):
+            row.status, row.last_attempt_at = status, at
+            session.add(row)
+        await session.commit()
+    stop = asyncio.Event()
+    sweep = asyncio.create_task(retention_loop(api.state.sessions, settings, stop, interval_s=0.05))
+    try:
+        for _ in range(500):
+            if len(await rows(api)) < 5:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sweep, 5)
+    left = sorted((r.status, r.last_attempt_at is not None) for r in await rows(api))
+    assert left == [("delivered", True), ("pending", False), ("pending", True)]
