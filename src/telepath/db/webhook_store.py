@@ -52,10 +52,11 @@ class Outcome:
     status: str  # PENDING (retry at next_attempt_at), DELIVERED or FAILED
     attempts: int  # attempts made, this one included
     next_attempt_at: datetime
-    attempted_at: datetime
+    attempted_at: datetime | None  # None: not attempted (held back), last_attempt_at kept
     status_code: int | None
     error: str | None
     leased_until: datetime  # the claim's (``Claimed.leased_until``)
+    held: bool = False  # not sent (its secret cannot be decrypted): no attempt counted
 
 
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
@@ -269,7 +270,10 @@ class WebhookRepository:
                 status=bindparam("b_status"),
                 attempts=bindparam("b_attempts"),
                 next_attempt_at=bindparam("b_next_attempt_at"),
-                last_attempt_at=bindparam("b_last_attempt_at"),
+                last_attempt_at=func.coalesce(
+                    bindparam("b_last_attempt_at", type_=DELIVERIES.c.last_attempt_at.type),
+                    DELIVERIES.c.last_attempt_at,
+                ),
                 last_status_code=bindparam("b_last_status_code"),
                 last_error=bindparam("b_last_error"),
             )

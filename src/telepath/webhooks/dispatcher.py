@@ -63,6 +63,8 @@ ERROR_MAX_CHARS = 200
 # of a receiver's answer, read (and ignored) to keep the connection for the next delivery
 MAX_ANSWER_BYTES = 64 * 1024
 ANSWER_READ_S = 1.0
+SECRET_HOLD_S = 60.0  # a delivery whose signing secret cannot be decrypted: looked at again
+UNDECRYPTABLE = "signing secret cannot be decrypted with the current master key"
 RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
 
 
@@ -137,6 +139,7 @@ class WebhookDispatcher:
         self._session = session
         self._concurrency = concurrency
         self._endpoint_concurrency = endpoint_concurrency
+        self._secrets_unreadable = False  # said once, until a secret decrypts again
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
@@ -284,7 +287,14 @@ class WebhookDispatcher:
             self._metrics.webhook_backlog.set(backlog)
 
     async def _attempt(self, claimed: Claimed) -> Outcome:
-        status_code, error = await self._send(claimed)
+        try:
+            secret = self._keyring.decrypt(
+                claimed.secret_enc, webhook_secret_context(claimed.endpoint_id)
+            )
+        except SecretDecryptionError:
+            return self._held(claimed)
+        self._secrets_unreadable = False
+        status_code, error = await self._send(claimed, secret)
         attempts = claimed.attempts + 1
         now = self._now()
         if status_code is not None and 200 <= status_code < 300:
@@ -306,6 +316,8 @@ class WebhookDispatcher:
 
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
+            if outcome.held:
+                continue  # not an attempt
             if self._metrics is not None:
                 self._metrics.webhook_deliveries.labels(result=RESULTS[outcome.status]).inc()
             if outcome.status == FAILED:
@@ -315,14 +327,32 @@ class WebhookDispatcher:
                     outcome.attempts,
                 )
 
-    async def _send(self, claimed: Claimed) -> tuple[int | None, str | None]:
-        """POST one delivery; return (HTTP status or None, error summary or None)."""
-        try:
-            secret = self._keyring.decrypt(
-                claimed.secret_enc, webhook_secret_context(claimed.endpoint_id)
+    def _held(self, claimed: Claimed) -> Outcome:
+        """A delivery whose signing secret this process cannot decrypt — re-encrypted by
+        ``telepath secrets rotate`` under a running gateway, whose keyring lacks the new key
+        until it restarts — is not sent and not counted as an attempt (it would end ``failed``
+        without ever being sent): it is looked at again after ``SECRET_HOLD_S``. Said once
+        until a secret can be decrypted again, not once per delivery."""
+        if not self._secrets_unreadable:
+            self._secrets_unreadable = True
+            logger.error(
+                "webhook signing secrets cannot be decrypted with the current master key "
+                "(rotated under a running gateway? restart it): deliveries held back"
             )
-        except SecretDecryptionError:
-            return None, "signing secret cannot be decrypted with the current master key"
+        return Outcome(
+            delivery_id=claimed.delivery_id,
+            status=PENDING,
+            attempts=claimed.attempts,
+            next_attempt_at=self._now() + timedelta(seconds=SECRET_HOLD_S),
+            attempted_at=None,  # not attempted
+            status_code=None,
+            error=UNDECRYPTABLE,
+            leased_until=claimed.leased_until,
+            held=True,
+        )
+
+    async def _send(self, claimed: Claimed, secret: str) -> tuple[int | None, str | None]:
+        """POST one delivery; return (HTTP status or None, error summary or None)."""
         body = event_body(claimed)
         headers = {
             "Content-Type": "application/json",

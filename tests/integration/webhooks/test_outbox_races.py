@@ -4,6 +4,7 @@ endpoints that hold requests, leases that run out, rows that pile up, keys that 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -14,7 +15,9 @@ import pytest
 from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import retention_loop
+from telepath.db.models import WebhookEndpoint
 from telepath.db.webhook_store import WebhookRepository
+from telepath.secrets.keyring import Keyring, new_key
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
@@ -222,3 +225,47 @@ async def test_settled_deliveries_are_pruned_after_the_call_retention_period(
         await asyncio.wait_for(sweep, 5)
     left = sorted((r.status, r.last_attempt_at is not None) for r in await rows(api))
     assert left == [("delivered", True), ("pending", False), ("pending", True)]
+
+
+async def test_a_secret_the_key_cannot_decrypt_holds_deliveries_back_uncounted(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After ``telepath secrets rotate`` under a running gateway, its keyring cannot decrypt the
+    re-encrypted signing secrets. Before, each such delivery counted as an attempt and ended
+    ``failed`` without ever being sent; now it is held back (no attempt counted, tried again
+    later) and the condition is logged once, not once per delivery."""
+    clock = Clock()
+    with running(Receiver()) as receiver:
+        hook = await subscribe(api, receiver.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(3):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        readable = await secret_of(api, hook["id"])
+        await set_secret(api, hook["id"], Keyring((new_key(),)).encrypt("whsec_x", "elsewhere"))
+        dispatcher = make_dispatcher(now=clock, max_attempts=1)
+        with caplog.at_level(logging.WARNING, logger="telepath.webhooks.dispatcher"):
+            for _ in range(3):
+                await dispatcher.run_once()
+                clock.advance(3600)
+        assert receiver.requests == []
+        assert {(r.status, r.attempts) for r in await rows(api)} == {("pending", 0)}
+        assert len([r for r in caplog.records if "decrypt" in r.getMessage()]) == 1
+        await set_secret(api, hook["id"], readable)  # the gateway restarted with the new key
+        assert await dispatcher.run_once() == 3
+    assert len(receiver.requests) == 3
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
+async def secret_of(api: Api, endpoint_id: str) -> str:
+    async with api.state.sessions() as session:
+        endpoint = await session.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        return endpoint.secret_enc
+
+
+async def set_secret(api: Api, endpoint_id: str, secret_enc: str) -> None:
+    async with api.state.sessions() as session:
+        endpoint = await session.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        endpoint.secret_enc = secret_enc
+        await session.commit()
