@@ -93,8 +93,9 @@ async def test_an_endpoint_deleted_mid_round_costs_the_round_nothing(
 async def test_an_endpoint_deleted_after_the_claim_is_not_sent_to(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
 ) -> None:
-    """The README says a deleted endpoint's undelivered events are dropped: one claimed before
-    the delete, and still waiting for a free slot, is not sent."""
+    """The README says a deleted endpoint's undelivered events are dropped: one still waiting
+    for a free slot when its endpoint is deleted is not sent (a delivery is claimed only when
+    it can be sent at once, so the delete removes it first)."""
     gate = threading.Event()
     with running(Receiver(gate=gate)) as receiver:
         hooks = {
