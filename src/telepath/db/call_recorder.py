@@ -33,6 +33,7 @@ from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.group_commit import outage_proof
 from telepath.db.models import CallRow
+from telepath.db.webhook_store import prune_deliveries
 from telepath.db.write_journal import replay_journal
 from telepath.metrics import Metrics
 
@@ -451,12 +452,12 @@ async def retention_loop(
     *,
     interval_s: float = RETENTION_INTERVAL_S,
 ) -> None:
-    """Purge expired call detail and close lost calls' records, now and then every
-    ``interval_s``, until ``stop_event`` is set.
+    """Purge expired call detail, prune settled webhook deliveries (delivered or failed) as old,
+    and close lost calls' records, now and then every ``interval_s``, until ``stop_event`` is set.
 
-    ``TELEPATH_CALL_RETENTION_HOURS=0`` disables purging; ``TELEPATH_CALL_MAX_DURATION_S=0`` (no
-    cap, so no age at which a call must have ended) disables closing lost calls. Errors are
-    logged and retried on the next round.
+    ``TELEPATH_CALL_RETENTION_HOURS=0`` disables purging and pruning;
+    ``TELEPATH_CALL_MAX_DURATION_S=0`` (no cap, so no age at which a call must have ended)
+    disables closing lost calls. Errors are logged and retried on the next round.
     """
     older_than = timedelta(hours=settings.call_retention_hours)
     lost_after = timedelta(seconds=settings.call_max_duration_s) + LOST_AFTER_MAX_DURATION
@@ -474,6 +475,10 @@ async def retention_loop(
                 purged = await purge_call_details(sessions, older_than)
                 if purged:
                     logger.info("purged call detail of %d record(s) past retention", purged)
+                # the webhook outbox's settled rows carry the same numbers: the same retention
+                pruned = await prune_deliveries(sessions, older_than)
+                if pruned:
+                    logger.info("pruned %d settled webhook deliveries past retention", pruned)
         except Exception as exc:
             logger.error("call record maintenance failed: %s", type(exc).__name__)
         try:

@@ -3,20 +3,23 @@
 The outbox is claimed with a lease: a claimed row's ``next_attempt_at`` moves past the delivery
 timeout, so a process that dies mid-delivery leaves the row to be retried after a restart (at
 least once; receivers de-duplicate on the event id). PostgreSQL claims with ``SKIP LOCKED`` so
-several dispatchers never claim the same row.
+several dispatchers never claim the same row. An outcome is stored only if the row still carries
+the lease its claim set: a late one, after the lease ran out and the row was claimed again, is
+dropped rather than written over the newer claim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from telepath.db.base import utcnow
 from telepath.db.models import WebhookDelivery, WebhookEndpoint
 from telepath.secrets.tokens import new_id
 
@@ -38,6 +41,7 @@ class Claimed:
     endpoint_id: str
     url: str
     secret_enc: str
+    leased_until: datetime  # the claim's lease: its outcome is stored only while it still holds
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,11 @@ class Outcome:
     status: str  # PENDING (retry at next_attempt_at), DELIVERED or FAILED
     attempts: int  # attempts made, this one included
     next_attempt_at: datetime
-    attempted_at: datetime
+    attempted_at: datetime | None  # None: not attempted (held back), last_attempt_at kept
     status_code: int | None
     error: str | None
+    leased_until: datetime  # the claim's (``Claimed.leased_until``)
+    held: bool = False  # not sent (its secret cannot be decrypted): no attempt counted
 
 
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
@@ -151,73 +157,156 @@ class WebhookRepository:
         """Insert pending deliveries (:func:`delivery_rows`) in one ``executemany``: Core, not
         ORM objects, since every call writes several (the ORM's unit of work cost several
         times more CPU per row). A row for an (endpoint, event) that is there already is left
-        alone: it is the same event written again (a journal replayed, ``db/write_journal.py``)."""
+        alone: it is the same event written again (a journal replayed, ``db/write_journal.py``).
+
+        Each row is ``INSERT ... SELECT ... WHERE EXISTS`` its endpoint: the endpoints come from
+        a cache (``webhooks/sink.py``), and a row for one deleted meanwhile is dropped, as its
+        undelivered events are, instead of failing the transaction on the foreign key — and
+        with it the event's rows for the account's live endpoints."""
         if not rows:
             return
+        columns = list(rows[0])
+        source = select(
+            *(bindparam(name, type_=DELIVERIES.c[name].type).label(name) for name in columns)
+        ).where(
+            select(WebhookEndpoint.id)
+            .where(WebhookEndpoint.id == bindparam("endpoint_id"))
+            .exists()
+        )
         dialect = self.session.get_bind().dialect.name
         if dialect == "postgresql":
-            statement: Any = postgresql.insert(DELIVERIES).on_conflict_do_nothing()
+            statement: Any = (
+                postgresql.insert(DELIVERIES).from_select(columns, source).on_conflict_do_nothing()
+            )
         elif dialect == "sqlite":
-            statement = sqlite.insert(DELIVERIES).on_conflict_do_nothing()
+            statement = sqlite.insert(DELIVERIES).from_select(columns, source)
+            statement = statement.on_conflict_do_nothing()
         else:
-            statement = insert(DELIVERIES)
+            statement = insert(DELIVERIES).from_select(columns, source)
         await self.session.execute(statement, list(rows))
 
-    async def claim_due(self, now: datetime, *, limit: int, lease: timedelta) -> list[Claimed]:
-        """Take up to ``limit`` due deliveries, leasing them until ``now + lease``."""
-        query = (
-            select(WebhookDelivery, WebhookEndpoint)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(limit)
-        )
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+    async def claim_due(
+        self,
+        now: datetime,
+        *,
+        limit: int,
+        lease: timedelta,
+        per_endpoint: int | None = None,
+        busy: Mapping[str, int] | None = None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` due deliveries, oldest first, leasing them until ``now + lease``.
+
+        With ``per_endpoint``, at most that many per endpoint, counting ``busy`` (deliveries
+        per endpoint the caller has in flight): the rows of an endpoint at its share are passed
+        over for the next ones, so one endpoint's backlog cannot fill the claim.
+        """
+        taken: dict[str, int] = dict(busy or {})
         claimed: list[Claimed] = []
-        for delivery, endpoint in await self.session.execute(query):
-            claimed.append(
-                Claimed(
-                    delivery_id=delivery.id,
-                    event_id=delivery.event_id,
-                    event=delivery.event,
-                    payload=dict(delivery.payload),
-                    created_at=delivery.created_at,
-                    attempts=delivery.attempts,
-                    endpoint_id=endpoint.id,
-                    url=endpoint.url,
-                    secret_enc=endpoint.secret_enc,
+        while len(claimed) < limit:
+            window = limit - len(claimed)
+            full = [e for e, n in taken.items() if per_endpoint is not None and n >= per_endpoint]
+            query = (
+                select(WebhookDelivery, WebhookEndpoint)
+                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+                .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+                .limit(window)
+            )
+            if full:
+                query = query.where(WebhookDelivery.endpoint_id.not_in(full))
+            if self.session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
+            found = (await self.session.execute(query)).all()
+            picked: list[Claimed] = []
+            for delivery, endpoint in found:
+                if per_endpoint is not None and taken.get(endpoint.id, 0) >= per_endpoint:
+                    continue  # its share is taken: excluded from the next query
+                taken[endpoint.id] = taken.get(endpoint.id, 0) + 1
+                picked.append(
+                    Claimed(
+                        delivery_id=delivery.id,
+                        event_id=delivery.event_id,
+                        event=delivery.event,
+                        payload=dict(delivery.payload),
+                        created_at=delivery.created_at,
+                        attempts=delivery.attempts,
+                        endpoint_id=endpoint.id,
+                        url=endpoint.url,
+                        secret_enc=endpoint.secret_enc,
+                        leased_until=now + lease,
+                    )
                 )
-            )
-        if claimed:
-            await self.session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_([c.delivery_id for c in claimed]))
-                .values(next_attempt_at=now + lease)
-                .execution_options(synchronize_session=False)
-            )
+            if picked:  # leased: no longer due, so not found again by the next query
+                await self.session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_([c.delivery_id for c in picked]))
+                    .values(next_attempt_at=now + lease)
+                    .execution_options(synchronize_session=False)
+                )
+                claimed.extend(picked)
+            if len(found) < window:
+                break  # nothing more is due
         return claimed
 
     async def record_attempts(self, outcomes: Sequence[Outcome]) -> None:
-        """Store the outcomes of a round of attempts (an ORM bulk UPDATE by primary key: one
-        statement, executed for each row)."""
+        """Store the outcomes of attempts: one Core UPDATE by id, executed for each row. A row
+        that is gone — its endpoint deleted while the attempt was made, which drops its
+        undelivered events — is skipped, not an error: the ORM's bulk UPDATE by primary key
+        raised on it (``StaleDataError``), and the rest of the round was then never stored.
+
+        So is a row whose claim is no longer the attempt's (its lease ran out and another
+        dispatcher claimed it again, or already stored its outcome): the claim's lease is in
+        the WHERE clause, so a late outcome never overwrites a newer claim's."""
         if not outcomes:
             return
+        statement = (
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.id == bindparam("b_id"),
+                DELIVERIES.c.status == PENDING,
+                DELIVERIES.c.next_attempt_at == bindparam("b_leased_until"),
+            )
+            .values(
+                status=bindparam("b_status"),
+                attempts=bindparam("b_attempts"),
+                next_attempt_at=bindparam("b_next_attempt_at"),
+                last_attempt_at=func.coalesce(
+                    bindparam("b_last_attempt_at", type_=DELIVERIES.c.last_attempt_at.type),
+                    DELIVERIES.c.last_attempt_at,
+                ),
+                last_status_code=bindparam("b_last_status_code"),
+                last_error=bindparam("b_last_error"),
+            )
+        )
         await self.session.execute(
-            update(WebhookDelivery),
+            statement,
             [
                 {
-                    "id": o.delivery_id,
-                    "status": o.status,
-                    "attempts": o.attempts,
-                    "next_attempt_at": o.next_attempt_at,
-                    "last_attempt_at": o.attempted_at,
-                    "last_status_code": o.status_code,
-                    "last_error": o.error,
+                    "b_id": o.delivery_id,
+                    "b_status": o.status,
+                    "b_attempts": o.attempts,
+                    "b_next_attempt_at": o.next_attempt_at,
+                    "b_last_attempt_at": o.attempted_at,
+                    "b_last_status_code": o.status_code,
+                    "b_last_error": o.error,
+                    "b_leased_until": o.leased_until,
                 }
                 for o in outcomes
             ],
         )
+
+    async def prune(self, settled_before: datetime) -> int:
+        """Delete delivered and failed deliveries whose last attempt was before
+        ``settled_before``; pending ones are kept however old. Returns how many were deleted."""
+        result = await self.session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.status.in_([DELIVERED, FAILED]),
+                WebhookDelivery.last_attempt_at < settled_before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""
@@ -243,3 +332,18 @@ class WebhookRepository:
             .order_by(WebhookDelivery.id)
         )
         return rows.all()
+
+
+async def prune_deliveries(
+    sessions: async_sessionmaker[AsyncSession],
+    older_than: timedelta,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Delete outbox rows delivered or given up more than ``older_than`` ago (their payloads
+    carry phone numbers; the retention sweep, ``db/call_recorder.py``, calls this with the call
+    detail retention). Returns how many were deleted."""
+    async with sessions() as session:
+        pruned = await WebhookRepository(session).prune((now or utcnow()) - older_than)
+        await session.commit()
+        return pruned

@@ -1,7 +1,8 @@
 """``WebhookDispatcher``: delivers the outbox with signatures, retries and backoff.
 
-Each round claims the due rows (leased, see ``telepath.db.webhook_store``), POSTs them
-concurrently and stores each outcome: a 2xx answer means delivered; anything else (another
+Due rows are claimed (leased, see ``telepath.db.webhook_store``) as request slots free up, at
+most ``endpoint_concurrency`` per endpoint, POSTed at once, and each outcome is stored with the
+next claim: a 2xx answer means delivered; anything else (another
 status, a timeout, a refused connection, a redirect) schedules a retry after
 ``backoff_base_s * 2**(attempts - 1)`` (capped at ``backoff_max_s``) until ``max_attempts``
 attempts were made, when the row is marked ``failed``. Rows live in the database, so a restarted
@@ -23,7 +24,8 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -61,6 +63,8 @@ ERROR_MAX_CHARS = 200
 # of a receiver's answer, read (and ignored) to keep the connection for the next delivery
 MAX_ANSWER_BYTES = 64 * 1024
 ANSWER_READ_S = 1.0
+SECRET_HOLD_S = 60.0  # a delivery whose signing secret cannot be decrypted: looked at again
+UNDECRYPTABLE = "signing secret cannot be decrypted with the current master key"
 RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
 
 
@@ -106,8 +110,9 @@ class WebhookDispatcher:
         backoff_base_s: delay after the first failure; doubles after each further failure.
         backoff_max_s: the longest delay between attempts.
         poll_interval_s: how often the outbox is checked when nobody calls ``wake``.
-        batch_size: deliveries claimed per round.
         concurrency: requests in flight at once.
+        endpoint_concurrency: requests in flight at once to one endpoint, so that one that
+            answers slowly or never cannot take every slot.
         now: the wall clock (UTC, aware), replaceable in tests.
     """
 
@@ -123,8 +128,8 @@ class WebhookDispatcher:
         backoff_base_s: float = 30.0,
         backoff_max_s: float = 6 * 3600.0,
         poll_interval_s: float = 1.0,
-        batch_size: int = 50,
         concurrency: int = 16,
+        endpoint_concurrency: int = 4,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
@@ -133,13 +138,13 @@ class WebhookDispatcher:
         self._own_session = session is None
         self._session = session
         self._concurrency = concurrency
+        self._endpoint_concurrency = endpoint_concurrency
+        self._secrets_unreadable = False  # said once, until a secret decrypts again
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._poll_interval_s = poll_interval_s
-        self._batch_size = batch_size
-        self._semaphore = asyncio.Semaphore(concurrency)
         self._now = now
         self._wakeup = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest pending delivery's due time
@@ -179,7 +184,7 @@ class WebhookDispatcher:
         while not stop_event.is_set():
             self._wakeup.clear()
             try:
-                await self.run_once()
+                await self.run_once(stop_event)
             except Exception as exc:
                 failures.failed(exc)
             else:
@@ -197,26 +202,71 @@ class WebhookDispatcher:
                     task.cancel()
                 await asyncio.gather(stop_wait, wake_wait, return_exceptions=True)
 
-    async def run_once(self) -> int:
-        """Claim and attempt every due delivery (one batch at a time); return how many."""
+    async def run_once(self, stop_event: asyncio.Event | None = None) -> int:
+        """Attempt every due delivery; return how many were attempted.
+
+        A rolling pipeline, not rounds: only as many deliveries are claimed as can be sent at
+        once (``concurrency`` in flight, ``endpoint_concurrency`` of them per endpoint), and
+        whenever some finish their outcomes are stored and more are claimed, in one
+        transaction. An endpoint that answers slowly or never (until ``timeout_s``) takes its
+        share of the slots and no more; the rest go on. Since a claimed delivery is sent at
+        once, its lease (``2 * timeout_s + 30`` s) covers its send (at most ``timeout_s``) and
+        the storing of its outcome. Returns when nothing is in flight and nothing more could
+        be claimed (or ``stop_event`` is set: then no more is claimed).
+        """
         total = 0
-        while True:
-            now = self._claimed_at = self._now()
-            lease = timedelta(seconds=self._timeout_s * 2 + 30)
-            async with self._sessions() as session:
-                repo = WebhookRepository(session)
-                claimed = await repo.claim_due(now, limit=self._batch_size, lease=lease)
-                last = len(claimed) < self._batch_size
-                if not claimed:
-                    await self._look_ahead(repo)
-                await session.commit()
-            if claimed:
-                outcomes = await asyncio.gather(*(self._attempt(c) for c in claimed))
-                await self._record(outcomes, look_ahead=last)
+        in_flight: dict[asyncio.Task[Outcome], Claimed] = {}
+        finished: list[Outcome] = []
+        try:
+            while True:
+                stopping = stop_event is not None and stop_event.is_set()
+                free = 0 if stopping else self._concurrency - len(in_flight)
+                claimed: list[Claimed] = []
+                if free > 0 or finished:
+                    claimed = await self._exchange(finished, free, in_flight.values())
+                    finished = []
+                for c in claimed:
+                    task = asyncio.ensure_future(self._attempt(c))
+                    in_flight[task] = c
                 total += len(claimed)
-            if last:
-                break
-        return total
+                if not in_flight:
+                    return total
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del in_flight[task]
+                    finished.append(task.result())
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _exchange(
+        self, finished: Sequence[Outcome], free: int, in_flight: Iterable[Claimed]
+    ) -> list[Claimed]:
+        """Store ``finished`` outcomes and claim up to ``free`` due deliveries, in one
+        transaction. Until then the outcomes' rows stay leased; a crash before it re-sends
+        them, which the idempotency id lets the receiver recognise."""
+        now = self._claimed_at = self._now()
+        lease = timedelta(seconds=self._timeout_s * 2 + 30)
+        busy = Counter(c.endpoint_id for c in in_flight)
+        async with self._sessions() as session:
+            repo = WebhookRepository(session)
+            await repo.record_attempts(finished)
+            claimed: list[Claimed] = []
+            if free > 0:
+                claimed = await repo.claim_due(
+                    now,
+                    limit=free,
+                    lease=lease,
+                    per_endpoint=self._endpoint_concurrency,
+                    busy=busy,
+                )
+            if not claimed and not busy:
+                await self._look_ahead(repo)  # idle after this: the gauge, when to look again
+            await session.commit()
+        self._count(finished)
+        return claimed
 
     def idle_wait_s(self) -> float:
         """How long :meth:`run` waits after a round unless woken: until the earliest pending
@@ -237,8 +287,14 @@ class WebhookDispatcher:
             self._metrics.webhook_backlog.set(backlog)
 
     async def _attempt(self, claimed: Claimed) -> Outcome:
-        async with self._semaphore:
-            status_code, error = await self._send(claimed)
+        try:
+            secret = self._keyring.decrypt(
+                claimed.secret_enc, webhook_secret_context(claimed.endpoint_id)
+            )
+        except SecretDecryptionError:
+            return self._held(claimed)
+        self._secrets_unreadable = False
+        status_code, error = await self._send(claimed, secret)
         attempts = claimed.attempts + 1
         now = self._now()
         if status_code is not None and 200 <= status_code < 300:
@@ -255,19 +311,13 @@ class WebhookDispatcher:
             attempted_at=now,
             status_code=status_code,
             error=error,
+            leased_until=claimed.leased_until,
         )
 
-    async def _record(self, outcomes: Sequence[Outcome], *, look_ahead: bool) -> None:
-        """Store a round's outcomes in one transaction, not a session and a commit each. Until
-        then the rows stay leased; a crash before it re-sends them, which the idempotency id
-        lets the receiver recognise."""
-        async with self._sessions() as session:
-            repo = WebhookRepository(session)
-            await repo.record_attempts(outcomes)
-            if look_ahead:
-                await self._look_ahead(repo)
-            await session.commit()
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
+            if outcome.held:
+                continue  # not an attempt
             if self._metrics is not None:
                 self._metrics.webhook_deliveries.labels(result=RESULTS[outcome.status]).inc()
             if outcome.status == FAILED:
@@ -277,14 +327,32 @@ class WebhookDispatcher:
                     outcome.attempts,
                 )
 
-    async def _send(self, claimed: Claimed) -> tuple[int | None, str | None]:
-        """POST one delivery; return (HTTP status or None, error summary or None)."""
-        try:
-            secret = self._keyring.decrypt(
-                claimed.secret_enc, webhook_secret_context(claimed.endpoint_id)
+    def _held(self, claimed: Claimed) -> Outcome:
+        """A delivery whose signing secret this process cannot decrypt — re-encrypted by
+        ``telepath secrets rotate`` under a running gateway, whose keyring lacks the new key
+        until it restarts — is not sent and not counted as an attempt (it would end ``failed``
+        without ever being sent): it is looked at again after ``SECRET_HOLD_S``. Said once
+        until a secret can be decrypted again, not once per delivery."""
+        if not self._secrets_unreadable:
+            self._secrets_unreadable = True
+            logger.error(
+                "webhook signing secrets cannot be decrypted with the current master key "
+                "(rotated under a running gateway? restart it): deliveries held back"
             )
-        except SecretDecryptionError:
-            return None, "signing secret cannot be decrypted with the current master key"
+        return Outcome(
+            delivery_id=claimed.delivery_id,
+            status=PENDING,
+            attempts=claimed.attempts,
+            next_attempt_at=self._now() + timedelta(seconds=SECRET_HOLD_S),
+            attempted_at=None,  # not attempted
+            status_code=None,
+            error=UNDECRYPTABLE,
+            leased_until=claimed.leased_until,
+            held=True,
+        )
+
+    async def _send(self, claimed: Claimed, secret: str) -> tuple[int | None, str | None]:
+        """POST one delivery; return (HTTP status or None, error summary or None)."""
         body = event_body(claimed)
         headers = {
             "Content-Type": "application/json",

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+GATE_LIMIT_S = 30.0  # a gate nobody opens: the handler answers after this anyway
+
 
 @dataclass(frozen=True)
 class Received:
@@ -23,15 +25,20 @@ class Received:
 
 
 class Receiver:
-    """Answers each POST with the next (status, delay_s) of ``script``, then ``default``."""
+    """Answers each POST with the next (status, delay_s) of ``script``, then ``default``.
+
+    With ``gate``, every request is held (accepted, read, unanswered) until the test sets it.
+    """
 
     def __init__(
         self,
         script: list[tuple[int, float]] | None = None,
         default: int = 200,
         tls: ssl.SSLContext | None = None,
+        gate: threading.Event | None = None,
     ) -> None:
         self.tls = tls  # a server context: https://
+        self.gate = gate
         self.script = list(script or [])
         self.default = default
         self.requests: list[Received] = []
@@ -58,6 +65,8 @@ class Receiver:
                     )
                 if delay:
                     time.sleep(delay)
+                if receiver.gate is not None:
+                    receiver.gate.wait(GATE_LIMIT_S)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", "2")
@@ -94,6 +103,8 @@ class Receiver:
         self._thread.start()
 
     def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()  # no handler left hanging
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
