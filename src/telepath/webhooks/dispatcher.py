@@ -27,6 +27,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import aiohttp
 import yarl
@@ -231,8 +232,7 @@ class WebhookDispatcher:
                 total += len(claimed)
                 if not in_flight:
                     return total
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                for task in await self._until_next(in_flight, stopping):
                     del in_flight[task]
                     finished.append(task.result())
         finally:
@@ -240,6 +240,29 @@ class WebhookDispatcher:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _until_next(
+        self, in_flight: dict[asyncio.Task[Outcome], Claimed], stopping: bool
+    ) -> set[asyncio.Task[Outcome]]:
+        """Wait until a delivery in flight ends — or, with a slot free, until a wake (an
+        event written) or the poll interval: deliveries held by a slow endpoint must not
+        hold up the claim of new ones for the free slots. Returns the deliveries ended."""
+        if stopping or len(in_flight) >= self._concurrency:
+            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            return done
+        wake = asyncio.ensure_future(self._wakeup.wait())
+        waiting: set[asyncio.Future[Any]] = {*in_flight, wake}
+        try:
+            ready, _ = await asyncio.wait(
+                waiting,
+                timeout=self._poll_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            wake.cancel()
+            await asyncio.gather(wake, return_exceptions=True)
+        self._wakeup.clear()
+        return {task for task in in_flight if task in ready}
 
     async def _exchange(
         self, finished: Sequence[Outcome], free: int, in_flight: Iterable[Claimed]

@@ -170,6 +170,33 @@ async def test_an_endpoint_that_never_answers_holds_up_nobody_else(
     assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
 
 
+async def test_events_that_come_while_an_endpoint_holds_its_requests_go_out_at_once(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """A wake (a new event written) or the poll interval is acted on while deliveries are in
+    flight, not only when one of them ends: behind a request that an endpoint holds until its
+    timeout, another account's new event waited for that timeout."""
+    other_key = await api.new_account_key("other")
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck, running(Receiver()) as fine:
+        await subscribe(api, stuck.url, ["*"])
+        await subscribe(api, fine.url, ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(timeout_s=60.0, poll_interval_s=60.0)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(stuck, 1)
+            await sink.emit(await account_of(api, other_key), "call.ended", PAYLOAD)
+            dispatcher.wake()
+            await arrived(fine, 1)  # while the first is still held
+            assert not round_.done()
+        finally:
+            gate.set()
+        assert await round_ == 2
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
 async def test_an_outcome_is_not_stored_over_another_dispatchers_claim(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
 ) -> None:
