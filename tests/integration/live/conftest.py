@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -117,6 +118,19 @@ async def live_api(server: LiveServer, method: str, path: str, body: Any = None)
 async def live_json(server: LiveServer, method: str, path: str, body: Any = None) -> Any:
     """:func:`live_api`'s answer, decoded."""
     return (await live_api(server, method, path, body)).json()
+
+
+async def live_calls(server: LiveServer, count: int) -> list[dict[str, Any]]:
+    """``GET /v1/calls`` once it lists ``count`` calls (10 s at most): an answered call's record
+    is first written beside its media, just after the 200 OK, not before it."""
+    listed: list[dict[str, Any]] = []
+    for _ in range(100):
+        listed = (await live_json(server, "GET", "/v1/calls"))["calls"]
+        if len(listed) >= count:
+            break
+        await asyncio.sleep(0.1)
+    assert len(listed) == count, listed
+    return listed
 
 
 def custom_trunk(user: str, password: str, agent_url: str) -> dict[str, str]:

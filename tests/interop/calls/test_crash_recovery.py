@@ -24,6 +24,7 @@ from tests.integration.live.conftest import (
     LiveServer,
     custom_trunk,
     free_sip_port,
+    live_calls,
     live_json,
     start_server,
     stop_server,
@@ -73,7 +74,7 @@ async def _killed_with_a_call_up(
             await _until_ended(first)  # the record's end is written beside the teardown
             live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
             await live.uac.close()
-            calls = {c["status"]: c for c in (await live_json(first, "GET", "/v1/calls"))["calls"]}
+            calls = {c["status"]: c for c in await live_calls(first, 2)}
             assert set(calls) == {"connected", "disconnected"}
     finally:
         await phone.close()
@@ -181,7 +182,7 @@ async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run
                 call = await connected_call(
                     sip_port, "bob", PASSWORD, "outage@127.0.0.1", phone.port
                 )
-                (record,) = (await live_json(first, "GET", "/v1/calls"))["calls"]
+                (record,) = await live_calls(first, 1)
                 assert record["status"] == "connected"
                 proxy.cut()
                 await call.bye()
@@ -194,6 +195,9 @@ async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run
             await asyncio.to_thread(first.process.wait, 30)
         finally:
             await phone.close()
+            if first.process.poll() is None:  # failed before its stop: not left running
+                first.process.kill()
+                await asyncio.to_thread(first.process.wait, 30)
         if stop == signal.SIGTERM:
             assert "kept in" in first.log() and (data / "instances").read_text() == ""
         proxy.restore()

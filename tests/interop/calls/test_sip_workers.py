@@ -31,6 +31,7 @@ from tests.integration.live.conftest import (
     custom_trunk,
     free_sip_port,
     live_api,
+    live_calls,
     live_json,
     start_server,
     stop_server,
@@ -296,7 +297,7 @@ async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
             leg = await connected_call(sip_port, "bob", PASSWORD, _call_id(1, "doomed"), phone.port)
             try:
-                (call,) = (await live_json(server, "GET", "/v1/calls"))["calls"]
+                (call,) = await live_calls(server, 1)
                 assert call["status"] == "connected"
                 await wait_until(lambda: "call.started" in events_of(receiver, call["id"]))
                 (worker,) = _worker_pids(server.process.pid)
@@ -468,7 +469,7 @@ async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_
                 call_id = _call_id(1, "outage")
                 leg = await connected_call(sip_port, "bob", PASSWORD, call_id, phone.port)
                 try:
-                    (call,) = (await live_json(server, "GET", "/v1/calls"))["calls"]
+                    (call,) = await live_calls(server, 1)
                     await wait_until(lambda: "call.started" in events_of(receiver, call["id"]))
                     proxy.cut()
                     await leg.bye()
