@@ -113,7 +113,7 @@ from telepath.sip.ua import (
     RequestAnswered,
     SessionRefreshed,
 )
-from telepath.sip.uri import SipUri
+from telepath.sip.uri import SipUri, parse_uri
 from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import MediaSession
 from telepath.transport.ports import PortLease, RtpPortAllocator, RtpPortsExhausted
@@ -769,10 +769,21 @@ class CallManager:
         def ha1(username: str, algorithm: str) -> str | None:
             if trunk is None or trunk.sip_username.lower() != username.lower():
                 return None
+            if algorithm not in (_algorithms(trunk) or self.auth.algorithms):
+                return None  # not offered to it (a downgrade to MD5): like a wrong password
             return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
         if outcome.result == AuthResult.OK and trunk is not None:
+            if not _same_user(creds.uri, request.uri):
+                # RFC 7616 §3.4.6: the digest's uri is what was authorised — credentials
+                # computed for another dialled number place no call to this one. Only the
+                # user part, when it names one: UAs differ in the host, port and parameters
+                # they repeat (SIPp gives sip:host:port).
+                (self._reject if call else self._refuse)(
+                    tx, 400, "auth_uri_mismatch", reason="Digest URI Mismatch"
+                )
+                return None
             if not trunk.allows_source(source_ip):
                 # The trunk's allowed_addresses: right credentials from elsewhere get the same
                 # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
@@ -1501,6 +1512,16 @@ class CallManager:
         if self._busy is not None:
             self._busy.close()
             self._busy = None
+
+
+def _same_user(digest_uri: str, request_uri: SipUri) -> bool:
+    """Whether a digest's ``uri`` is for the Request-URI's user: the same user (unescaped), or
+    none named — SIPp, for one, answers with ``sip:host:port`` whatever the Request-URI."""
+    try:
+        user = parse_uri(digest_uri).user_unescaped
+    except SipParseError:
+        return False
+    return user is None or user == request_uri.user_unescaped
 
 
 def _algorithms(trunk: TrunkConfig | None) -> tuple[Algorithm, ...] | None:

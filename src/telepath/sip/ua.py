@@ -323,6 +323,9 @@ class UserAgentCore:
         if refresh:
             assert dialog is not None
             extra += self._renegotiate(dialog, tx.request, body)
+            contacts = tx.request.headers.get_all("Contact")
+            if contacts:  # §12.2.2: an accepted target refresh request moves the target
+                dialog.remote_target = parse_name_addr(contacts[0]).uri
         to_tag = tx.to_tag
         if to_tag is None and status > 100:
             to_tag = tx.to_tag = self._tag_for(tx.request)

@@ -13,7 +13,14 @@ from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
-from tests.interop.sip.uac import CallLeg, Uac, challenge_params
+from tests.interop.sip.uac import (
+    CallLeg,
+    Uac,
+    challenge_params,
+    digest_authorization,
+    request_uri,
+    sdp_offer,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -55,3 +62,55 @@ async def test_md5_trunk_is_challenged_with_md5_only(api: Api, gateway: Gateway,
         ok = await legacy.answered(legacy.authenticated_invite("legacy-pass-1", MEDIA_PORT))
         assert ok.status == 200
         uac.send(legacy.ack())
+
+
+async def test_an_algorithm_not_offered_to_the_trunk_is_refused(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """A trunk set to SHA-256 only is challenged with SHA-256 only; an answer computed with MD5
+    over that nonce (an on-path downgrade, or a UAC ignoring the challenge) is refused like a
+    wrong password — it was accepted, so the setting stopped nothing."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "strict",
+            "strict-pass-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            sip_digest_algorithms="SHA-256",
+        )
+        leg = CallLeg(uac, "strict")
+        await leg.challenge(MEDIA_PORT)
+        assert algorithms(leg) == ["SHA-256"]
+        leg.challenges = [c.replace("algorithm=SHA-256", "algorithm=MD5") for c in leg.challenges]
+        start = len(uac.received)
+        uac.send(leg.authenticated_invite("strict-pass-1", MEDIA_PORT, algorithm="MD5"))
+        await uac.response(403, leg.call_id, method="INVITE", after=start)
+        assert gateway.manager.active_calls == 0 and agent.handshakes == []
+
+
+async def test_credentials_for_another_number_are_refused(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """The digest's uri names what was authorised (RFC 7616 §3.4.6: the same resource as the
+    Request-URI, else 400): right credentials computed for another dialled number do not place
+    a call to this one. Only the user part is compared, when the uri names one — UAs differ in
+    the host, port and parameters they repeat (SIPp answers with ``sip:host:port``, and the
+    SIPp tests authenticate so)."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api, "alice2", "alice2-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        leg = CallLeg(uac, "alice2")
+        await leg.challenge(MEDIA_PORT)
+        leg.cseq += 1
+        chosen = challenge_params(leg.challenges[-1])
+        probe = leg.build("INVITE", body=b"")
+        elsewhere = request_uri(probe).replace("sip:alice2@", "sip:+19005550100@")
+        auth = digest_authorization(
+            chosen, username="alice2", password="alice2-pass-1", method="INVITE", uri=elsewhere
+        )
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
+        await uac.response(400, leg.call_id, method="INVITE", after=start)
+        assert gateway.manager.active_calls == 0 and agent.handshakes == []

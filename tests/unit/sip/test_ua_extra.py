@@ -21,7 +21,7 @@ from telepath.sip.ua import (
     UaConfig,
     UserAgentCore,
 )
-from tests.unit.sip.test_ua import SDP, SRC, events, request, sent
+from tests.unit.sip.test_ua import SDP, SRC, events, request, requests, sent
 
 pytestmark = pytest.mark.unit
 
@@ -450,3 +450,50 @@ def test_a_crlf_keep_alive_datagram_is_a_keep_alive_not_a_parse_error(
     assert ua.counters["parse_errors"] == 0
     ua.receive(b"\x00garbage\r\n\r\n", SRC)
     assert ua.counters["parse_errors"] == 1
+
+
+# ---------------------------------------------------------------- target refresh
+
+
+@pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
+def test_an_accepted_re_offer_s_contact_is_the_dialog_s_new_target(
+    core: tuple[UserAgentCore, FakeClock], method: str
+) -> None:
+    """§12.2.2 (and RFC 3311 §5.2 for UPDATE): a target refresh request's Contact replaces the
+    remote target once accepted; our BYE then goes to it (it went to the INVITE's Contact)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    assert isinstance(dialog, Dialog)
+    moved = request(
+        method,
+        branch="z9hG4bK-tr",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        body=SDP,
+        extra="Content-Type: application/sdp\r\n",
+    ).replace(b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: <sip:bob@192.0.2.99:5072>")
+    (ev,) = events(ua.receive(moved, SRC))
+    assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"  # not before the answer
+    ua.respond(ev.tx, 200, body=b"v=0\r\n")  # type: ignore[attr-defined]
+    assert str(dialog.remote_target) == "sip:bob@192.0.2.99:5072"
+    if method == "INVITE":
+        ua.receive(request("ACK", branch="z9hG4bK-tra", cseq=2, to_tag=dialog.local_tag), SRC)
+    (bye,) = requests(ua.hangup(dialog))
+    assert str(bye.uri) == "sip:bob@192.0.2.99:5072"
+
+
+def test_a_refused_re_offer_leaves_the_target(core: tuple[UserAgentCore, FakeClock]) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    assert isinstance(dialog, Dialog)
+    moved = request(
+        "INVITE",
+        branch="z9hG4bK-tr",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        body=SDP,
+        extra="Content-Type: application/sdp\r\n",
+    ).replace(b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: <sip:bob@192.0.2.99:5072>")
+    (ev,) = events(ua.receive(moved, SRC))
+    ua.respond(ev.tx, 488)  # type: ignore[attr-defined]
+    assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"
