@@ -116,6 +116,8 @@ class _Stream(asyncio.Protocol):
             return
         for message in messages:
             self.link.received(message)
+        if self.framer.error is not None:
+            self.link.close()
 
 
 def transport_of(uri: SipUri) -> str:

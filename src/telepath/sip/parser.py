@@ -210,6 +210,9 @@ class StreamFramer:
         self._max = max_size
         self.keepalives = 0
         self.pings = 0
+        # Set when the stream broke after messages were framed from the same data: those are
+        # returned first (the caller handles them, then closes); any later feed raises it.
+        self.error: SipParseError | None = None
 
     @property
     def pending(self) -> int:
@@ -217,9 +220,22 @@ class StreamFramer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the complete messages it finished."""
+        """Add ``data``; return the complete messages it finished. Raises
+        :class:`SipParseError` when the stream cannot be framed — unless messages were framed
+        from ``data`` before the fault: they are returned, and :attr:`error` set."""
+        if self.error is not None:
+            raise self.error
         self._buffer += data
         out: list[bytes] = []
+        try:
+            self._frame(out)
+        except SipParseError as exc:
+            if not out:
+                raise
+            self.error = exc
+        return out
+
+    def _frame(self, out: list[bytes]) -> None:
         while True:
             stripped = self._buffer.lstrip(b"\r\n")
             run = len(self._buffer) - len(stripped)
@@ -229,12 +245,12 @@ class StreamFramer:
                     self.pings += 1
                 self._buffer = bytearray(stripped)
             if not self._buffer:
-                return out
+                return
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > self._max:
                     raise SipParseError("header block too large", 513)
-                return out
+                return
             head = bytes(self._buffer[:end])
             m = _CONTENT_LENGTH.search(head)
             if m is None:
@@ -246,6 +262,6 @@ class StreamFramer:
             if total > self._max:
                 raise SipParseError("message too large", 513)
             if len(self._buffer) < total:
-                return out
+                return
             out.append(bytes(self._buffer[:total]))
             del self._buffer[:total]

@@ -130,6 +130,9 @@ _TRACE_LIMIT_MESSAGES = 64
 # server's, each once stale, fit); a peer cannot keep us resending.
 _MAX_CHALLENGES_ANSWERED = 4
 _TRACE_LIMIT_CALLS = 4096
+# Every parseable request is traced (challenged INVITEs, anyone's OPTIONS): the call and message
+# caps alone allowed 4096 x 64 x 4 KiB (~1 GiB) of traces under a flood.
+_TRACE_BUDGET_BYTES = 64 * 1024 * 1024
 _REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*)$")
 # RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
 _REDACT_SDES = re.compile(r"(?i)(inline:)[A-Za-z0-9+/=]+")
@@ -149,6 +152,8 @@ class UaConfig:
     timers: SipTimers = field(default_factory=SipTimers)
     min_se: int = 90  # RFC 4028 §4 default Min-SE
     session_expires: int = 1800  # what we ask for when the UAC supports timers
+    # All SIP traces kept at once (calls not yet popped): past it, the oldest calls' go
+    trace_budget_bytes: int = _TRACE_BUDGET_BYTES
 
 
 def new_tag() -> str:
@@ -205,6 +210,7 @@ class UserAgentCore:
         self._standalone: set[ClientTransaction] = set()  # send_request's (outbound REGISTER)
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
         self._traces: OrderedDict[str, list[str]] = OrderedDict()
+        self.trace_bytes = 0  # the size of what _traces holds (characters, ~bytes)
         self._closed_traces: OrderedDict[str, None] = OrderedDict()
         self._out: list[Output] = []
         self._pending_bye: set[Dialog] = set()
@@ -277,7 +283,9 @@ class UserAgentCore:
         self._closed_traces[call_id] = None
         if len(self._closed_traces) > _TRACE_LIMIT_CALLS:
             self._closed_traces.popitem(last=False)
-        return "\n".join(self._traces.pop(call_id, []))  # each message redacted as traced
+        trace = self._traces.pop(call_id, [])
+        self.trace_bytes -= sum(map(len, trace))
+        return "\n".join(trace)  # each message redacted as traced
 
     # ---------------------------------------------------------------- application API
 
@@ -1040,6 +1048,7 @@ class UserAgentCore:
             response = make_response(
                 request,
                 exc.status_hint,
+                to_tag=new_tag(),  # §8.2.6.2: a tag on every response but a 100
                 headers=[("Warning", f'399 {self.config.contact_host} "{_quote(str(exc))}"')],
             )
             self.send_bytes(response.to_bytes(), source)
@@ -1057,7 +1066,7 @@ class UserAgentCore:
         if trace is None:
             trace = self._traces[call_id] = []
             if len(self._traces) > _TRACE_LIMIT_CALLS:
-                self._traces.popitem(last=False)
+                self._drop_oldest_trace()
         if len(trace) < _TRACE_LIMIT_MESSAGES:
             head = data[:4096]
             text = head.decode("utf-8", "replace")
@@ -1067,7 +1076,15 @@ class UserAgentCore:
             if b"uthorization" in lower or b"inline:" in lower:  # digest; SDES keys in SDP
                 text = redact_trace(text)
             via = f" {source.transport} {source.addr[0]}:{source.addr[1]}" if source else ""
-            trace.append(f"--- {direction}{via}\n{text}")
+            entry = f"--- {direction}{via}\n{text}"
+            trace.append(entry)
+            self.trace_bytes += len(entry)
+            while self.trace_bytes > self.config.trace_budget_bytes and len(self._traces) > 1:
+                self._drop_oldest_trace()
+
+    def _drop_oldest_trace(self) -> None:
+        _, dropped = self._traces.popitem(last=False)
+        self.trace_bytes -= sum(map(len, dropped))
 
     def _tag_for(self, request: Request) -> str:
         """Our To tag for ``request``: the same for every INVITE of one call (Call-ID + From

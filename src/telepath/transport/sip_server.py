@@ -121,6 +121,10 @@ class _Stream(asyncio.Protocol):
             if router is not None and router(message, self.name, self.peer, self.conn_id):
                 continue  # another worker process owns this call (sip_fanout)
             self.server.feed(message, source)
+        if self.framer.error is not None:  # what came before the fault was handled: close
+            self.server.counters_inc("stream_framing_errors")
+            if self.transport is not None:
+                self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.pop(self.conn_id, None)

@@ -206,6 +206,26 @@ async def test_garbage_on_tcp_closes_only_that_connection(gateway: Gateway) -> N
         await good.close()
 
 
+async def test_a_request_before_a_broken_one_on_tcp_is_answered_then_the_stream_closed(
+    gateway: Gateway,
+) -> None:
+    """§18.3: a stream that cannot be framed is closed — after what was framed before the fault
+    in the same read is handled (it was dropped with the rest of the read)."""
+    reader, writer = await asyncio.open_connection(*gateway.server.bound["TCP"])
+    try:
+        call_id = new_call_id()
+        options = Uac("TCP", gateway.server.bound["TCP"], local=writer.get_extra_info("sockname"))
+        raw = options.request("OPTIONS", "alice", call_id=call_id, cseq=1)
+        writer.write(raw + b"OPTIONS sip:alice@x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line == b"SIP/2.0 200 OK\r\n"
+        await asyncio.wait_for(reader.read(), 5)  # then the gateway closes the connection
+        assert reader.at_eof()
+    finally:
+        writer.close()
+    assert gateway.server.core.counters["stream_framing_errors"] == 1
+
+
 async def test_a_tcp_ping_gets_a_pong_and_a_pong_nothing(gateway: Gateway, uac: Uac) -> None:
     """RFC 5626 §3.5.1 on a connection: a double-CRLF ping is answered with a single-CRLF pong
     (a client keeping its flow alive sees that it is), a pong is answered with nothing, and the

@@ -401,3 +401,15 @@ def test_stream_framer_valid_corpus_roundtrip() -> None:
     framer = StreamFramer()
     out = framer.feed(stream)
     assert out == [load("valid", n) for n in names]
+
+
+def test_stream_framer_hands_over_what_it_framed_before_a_broken_message() -> None:
+    """A good BYE and, in the same read, a header block without Content-Length: the BYE is
+    still delivered (it was lost with the rest of the read), then the stream is broken."""
+    good = load("valid", "dblreq")[: load("valid", "dblreq").index(b"\r\n\r\n") + 4]
+    broken = load("semantic", "inv2543")
+    framer = StreamFramer()
+    assert framer.feed(good + broken) == [good]
+    assert isinstance(framer.error, SipParseError)
+    with pytest.raises(SipParseError):
+        framer.feed(b"")  # broken for good: the connection is to be closed

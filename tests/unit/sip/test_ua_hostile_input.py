@@ -25,7 +25,8 @@ def latin1(raw: bytes) -> bytes:
 @pytest.fixture
 def core() -> tuple[UserAgentCore, FakeClock]:
     clock = FakeClock(100.0)
-    return UserAgentCore(UaConfig(contact_host="203.0.113.5"), clock), clock
+    config = UaConfig(contact_host="203.0.113.5", trace_budget_bytes=200_000)
+    return UserAgentCore(config, clock), clock
 
 
 @pytest.mark.parametrize(
@@ -147,3 +148,32 @@ def test_a_server_transaction_discards_a_provisional_after_its_final(
     assert ev.tx.status == 487
     clock.advance(0.5)
     assert [r.status for r in sent(ua.poll())] == [487]  # Timer G repeats the final answer
+
+
+def test_a_malformed_request_s_answer_carries_a_to_tag(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§8.2.6.2: every response but a 100 has a To tag — the 400 to a bad request too."""
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"Max-Forwards: 70", b"Max-Forwards: many")
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400 and resp.to.tag
+
+
+def test_traces_are_bounded_in_bytes_not_only_in_calls(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """Every parseable request is traced — challenged INVITEs and OPTIONS from anyone too: at
+    the call and message caps alone a flood could hold ~1 GB of traces. Past the byte budget
+    the oldest calls' traces go first; a call's own trace is whole or gone, never cut."""
+    ua, _ = core
+    padding = "X-Pad: " + "p" * 3000 + "\r\n"
+    for i in range(200):
+        raw = request("OPTIONS", branch=f"z9hG4bK-t{i}", call_id=f"t{i}@h", extra=padding)
+        ua.receive(raw, SRC)
+    assert ua.trace_bytes <= 200_000  # the budget set below, not 200 calls x 2 x 3 KB
+    assert ua.pop_trace("t0@h") == ""  # the oldest went
+    assert ua.pop_trace("t199@h").count("X-Pad") == 1  # the newest kept: request (+ answer)
+    for i in range(200):
+        ua.pop_trace(f"t{i}@h")
+    assert ua.trace_bytes == 0  # popped traces are no longer counted
