@@ -464,10 +464,13 @@ class CallManager:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         reason: str | None = None,
+        contact_address: str | None = None,
     ) -> None:
         assert self.server is not None
         self.server.dispatch(
-            self.server.core.respond(tx, status, reason, headers=headers, body=body)
+            self.server.core.respond(
+                tx, status, reason, headers=headers, body=body, contact_address=contact_address
+            )
         )
 
     def _reject(self, tx: ServerTransaction, status: int, why: str, **kw: Any) -> None:
@@ -926,7 +929,8 @@ class CallManager:
         """
         tx = setup.tx
         request = tx.request
-        self._respond(tx, 180)
+        nat = None if setup.nat is None else f"{setup.nat[0]}:{setup.nat[1]}"
+        self._respond(tx, 180, contact_address=nat)
         call_id = new_id("call")
         call_id_var.set(call_id)  # every log line of this call (and its tasks) carries it
         caller = _number(request.from_.uri)

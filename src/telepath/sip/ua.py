@@ -297,9 +297,14 @@ class UserAgentCore:
         *,
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        contact_address: str | None = None,
     ) -> list[Output]:
-        """Answer a server transaction (a rejection, a provisional, or a re-offer's answer)."""
-        self._respond(tx, status, reason, headers=headers, body=body)
+        """Answer a server transaction (a rejection, a provisional, or a re-offer's answer).
+        ``contact_address`` (``host:port``) goes in the Contact of a provisional response
+        that makes an early dialog (the address a NAT gives us, as for :meth:`accept`)."""
+        self._respond(
+            tx, status, reason, headers=headers, body=body, contact_address=contact_address
+        )
         return self._take()
 
     def _respond(
@@ -310,6 +315,7 @@ class UserAgentCore:
         *,
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        contact_address: str | None = None,
     ) -> None:
         if tx.final_sent:
             # §17.2.1: discarded — e.g. the 180 of a call set-up a CANCEL already answered
@@ -338,7 +344,10 @@ class UserAgentCore:
         if to_tag is None and status > 100:
             to_tag = tx.to_tag = self._tag_for(tx.request)
         if tx.is_invite and 100 < status < 200 and dialog is None:
-            extra = _record_route(tx.request) + extra  # an early dialog's (§12.1.1)
+            # an early dialog's (§12.1.1): the Record-Route copied, and a Contact (MUST)
+            extra = _record_route(tx.request) + self._with_contact(
+                extra, tx.source, _secure(tx.request), contact_address
+            )
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from telepath.cli.gateway import Gateway
+from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
@@ -36,6 +37,12 @@ async def test_contact_and_sdp_carry_the_public_address(
         uac.send(leg.ack())
     contact = ok.headers.get("Contact") or ""
     assert f"@{PUBLIC}:" in contact
+    (ringing,) = [
+        r.message
+        for r in uac.received
+        if isinstance(r.message, Response) and r.message.status == 180
+    ]
+    assert f"@{PUBLIC}:" in (ringing.headers.get("Contact") or "")  # an early dialog's (§12.1.1)
     sdp = ok.body.decode()
     assert f"c=IN IP4 {PUBLIC}" in sdp
     assert f"IN IP4 {PUBLIC}" in sdp.split("o=", 1)[1].splitlines()[0]

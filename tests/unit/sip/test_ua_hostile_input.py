@@ -177,3 +177,16 @@ def test_traces_are_bounded_in_bytes_not_only_in_calls(
     for i in range(200):
         ua.pop_trace(f"t{i}@h")
     assert ua.trace_bytes == 0  # popped traces are no longer counted
+
+
+def test_a_ringing_that_makes_an_early_dialog_has_a_contact(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§12.1.1: a response that creates a dialog — a 180 with a To tag makes an early one —
+    MUST carry a Contact; at the address a NAT gives us, when known, as the 200's."""
+    ua, _ = core
+    ev, _ = answered(ua)
+    (ringing,) = sent(ua.respond(ev.tx, 180, contact_address="198.51.100.7:6060"))
+    assert ringing.to.tag and ringing.headers.get("Contact") == "<sip:telepath@198.51.100.7:6060>"
+    (trying,) = sent(ua.receive(request("OPTIONS", branch="z9hG4bK-o"), SRC))
+    assert trying.status == 200
