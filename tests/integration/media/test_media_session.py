@@ -214,9 +214,11 @@ async def test_latching_follows_first_packet_then_refuses_third_parties(
         await natted.wait_for(3)
         assert session.remote == natted.address
         assert session.stats().rejected_source == 1
-        # The SDP address itself is always preferred once it speaks.
-        silent.send(rtp_stream(ulaw_frames(500, 0.02), seq=5000)[0], port)
-        await collect(session, 1)
+        # The SDP address itself is always preferred once it speaks. (Two packets: a lone one
+        # this far from the stream is a stray, dropped by RFC 3550 §A.1, though it latches.)
+        for data in rtp_stream(ulaw_frames(500, 0.04), seq=5000):
+            silent.send(data, port)
+        await collect(session, 2)
         assert session.remote == silent.address
         natted.send(rtp_stream(ulaw_frames(500, 0.02), seq=9000)[0], port)
         await silent.wait_for(2)
