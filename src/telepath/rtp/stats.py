@@ -38,10 +38,21 @@ class ReceiverStats:
         self.prior_expected = 0
         self.prior_received = 0
 
-    def update(self, ssrc: int, sequence_number: int, timestamp: int, arrival: float) -> None:
+    def update(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float | None
+    ) -> None:
         """Account for one received RTP packet (before any duplicate filtering, as RFC 3550
         counts; duplicates therefore lower the loss, which may go negative). A lone packet far
-        from the stream is not counted (§A.1, see the module docstring)."""
+        from the stream is not counted (§A.1, see the module docstring).
+
+        Args:
+            ssrc: the packet's SSRC.
+            sequence_number: its sequence number.
+            timestamp: its RTP timestamp.
+            arrival: when it arrived (s, monotonic); None to count it for sequence and loss
+                only, without a jitter sample — a telephone-event packet, which carries its
+                event's start timestamp (RFC 4733 §2.5.1.2), or one of another clock.
+        """
         if ssrc != self.ssrc:
             self._restart(ssrc, sequence_number)
         delta = seq_diff(sequence_number, self._max_seq)
@@ -63,6 +74,8 @@ class ReceiverStats:
                 self._cycles += SEQ_MODULUS
             self._max_seq = sequence_number
         self._received += 1
+        if arrival is None:
+            return
         # §A.8: transit = arrival (in timestamp units) - RTP timestamp; the constant offset
         # between the clocks cancels in D.
         transit = arrival * self.clock_rate - timestamp

@@ -122,3 +122,14 @@ def test_two_unrelated_strays_are_both_ignored() -> None:
     for i, seq in enumerate(stream):
         stats.update(1, seq, seq * 160, i * 0.02)
     assert (stats.expected, stats.received, stats.lost) == (40, 40, 0)
+
+
+def test_a_packet_without_arrival_time_counts_but_is_no_jitter_sample() -> None:
+    # RFC 4733 §2.5.1.2: every packet of an event carries its start timestamp; RFC 3550 §A.8's
+    # transit of such a packet is no measure of the network.
+    stats = ReceiverStats()
+    for i in range(20):
+        event = 5 <= i < 12
+        stats.update(1, i, 5 * 160 if event else i * 160, None if event else i * 0.02)
+    assert (stats.expected, stats.received, stats.lost) == (20, 20, 0)
+    assert stats.jitter_ms == pytest.approx(0, abs=1e-6)
