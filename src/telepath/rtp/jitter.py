@@ -293,11 +293,12 @@ class Concealer:
 
     The first lost frame repeats the last good one at half level, each further one halves again,
     and from the fourth on the output is silence (a simplified form of ITU-T G.711 Appendix I's
-    attenuation, without pitch-period repetition).
+    attenuation, without pitch-period repetition). A concealment frame is as long as the last
+    good one: the peer's packet time, which need not be ours (RFC 4566 §6 a=ptime:30 is 240
+    samples a packet at 8 kHz); ``frame_bytes`` only sizes the silence before any good frame.
     """
 
     def __init__(self, frame_bytes: int) -> None:
-        self._frame_bytes = frame_bytes
         self._last = b"\x00" * frame_bytes
         self._run = 0
 
@@ -310,9 +311,10 @@ class Concealer:
     def conceal(self) -> bytes:
         """Return a concealment frame for one lost packet."""
         self._run += 1
-        if self._run > 3 or len(self._last) != self._frame_bytes:
-            return b"\x00" * self._frame_bytes
+        last = self._last
+        if self._run > 3 or len(last) % 2:
+            return bytes(len(last))
         samples = array.array("h")
-        samples.frombytes(self._last)
+        samples.frombytes(last)
         shift = self._run
         return array.array("h", [s >> shift for s in samples]).tobytes()

@@ -644,3 +644,29 @@ async def test_telephone_events_count_but_are_no_jitter_samples(
     finally:
         await session.close()
         peer.close()
+
+
+async def test_a_lost_30_ms_packet_is_concealed_with_30_ms_of_faded_audio(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A peer that sends 30 ms packets (a=ptime:30, 240 samples) while we send 20 ms: a lost
+    one is a faded repeat of the last 30 ms, not 20 ms of silence."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    data = g711.pcm16_to_ulaw(tone(500, 8000, 0.3))
+    frames = [data[i : i + 240] for i in range(0, len(data), 240)]  # 10 packets of 30 ms
+    port = ("127.0.0.1", session.local_port)
+    try:
+        for i, payload in enumerate(frames):
+            if i != 4:  # lost
+                peer.send(pack_rtp(0, 3000 + i, 240 * i, 0x5EED, payload, i == 0), port)
+        await until(lambda: len(got) >= 10)
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.lost for e in audio] == [i == 4 for i in range(10)]
+        concealed = audio[4]
+        assert len(concealed.pcm) == len(audio[3].pcm) == 480
+        assert max(abs(s) for s in memoryview(concealed.pcm).cast("h")) > 1000  # not silence
+    finally:
+        await session.close()
+        peer.close()

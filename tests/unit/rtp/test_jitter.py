@@ -231,3 +231,18 @@ def test_concealer_fades_then_silences() -> None:
     assert levels == [500, 250, 125, 0]
     concealer.good(frame)
     assert int.from_bytes(concealer.conceal()[:2], "little", signed=True) == 500
+
+
+def test_concealer_repeats_a_frame_of_the_peer_s_packet_time() -> None:
+    # A peer sending 30 ms packets (a=ptime:30, 240 samples) while we send 20 ms: a lost packet
+    # is a faded repeat of the last 30 ms, not 20 ms of silence (a frame of another length).
+    concealer = Concealer(frame_bytes=320)  # our 20 ms at 8 kHz
+    frame = (1000).to_bytes(2, "little", signed=True) * 240
+    concealer.good(frame)
+    first = concealer.conceal()
+    assert len(first) == 480
+    assert int.from_bytes(first[:2], "little", signed=True) == 500
+    for _ in range(3):
+        last = concealer.conceal()
+    assert last == b"\x00" * 480
+    assert Concealer(frame_bytes=320).conceal() == b"\x00" * 320  # nothing received yet
