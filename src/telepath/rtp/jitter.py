@@ -23,9 +23,12 @@ concealed ("late"); that boost decays one packet time per ``decay_frames`` frame
 packet.
 
 Packets older than the playout point are *duplicates* when they were already played, else
-*late*. A new SSRC, or a sequence jump beyond ``MAX_DROPOUT`` ahead or ``MAX_MISORDER`` behind
-(re-INVITE, carrier switchover, a restarted sender), flushes what is buffered and resynchronises
-on the new stream instead of concealing thousands of frames (RFC 3550 §A.1 uses the same limits).
+*late*. A new SSRC flushes what is buffered and resynchronises on the new stream instead of
+concealing thousands of frames. So does a sequence jump beyond ``MAX_DROPOUT`` ahead or
+``MAX_MISORDER`` behind (re-INVITE, carrier switchover, a restarted sender), but only once the
+packet after it follows (RFC 3550 §A.1's ``bad_seq``): until then the packet that jumped is held
+aside, and if the stream goes on instead it was a *stray* (another stream's packet, a wild
+duplicate), dropped without touching the stream; confirmed, it plays first on the new stream.
 Ordering uses sequence numbers only, so timestamp jumps (silence suppression, a new timestamp
 base) never count as loss. Time (``now``) is passed in by the caller, in seconds.
 """
@@ -77,6 +80,7 @@ class JitterStats:
     duplicates: int = 0
     resyncs: int = 0
     overflows: int = 0
+    strays: int = 0  # lone packets far from the stream, dropped (RFC 3550 §A.1)
 
 
 class JitterBuffer:
@@ -124,6 +128,8 @@ class JitterBuffer:
             int, tuple[int, bytes, bool, int, float]
         ] = {}  # seq -> (ts, data, M, PT, t)
         self._played: list[int] = []  # recent released sequence numbers (real packets)
+        # RFC 3550 §A.1: the packet of a large jump, held until the next one confirms it
+        self._stray: tuple[int, int, bytes, bool, int] | None = None  # (seq, ts, data, M, PT)
 
     @property
     def depth_ms(self) -> int:
@@ -163,24 +169,30 @@ class JitterBuffer:
             self._reset(ssrc, sequence_number)
         assert self._next_seq is not None
         delta = seq_diff(sequence_number, self._next_seq)
-        if delta < 0:
-            if -delta <= MAX_MISORDER:
-                if sequence_number in self._played:
-                    self.stats.duplicates += 1
-                else:
-                    self.stats.late += 1
-                    self._late_boost_ms = min(
-                        self._late_boost_ms + self.ptime_ms, self.max_depth_ms - self.min_depth_ms
-                    )
-                    self._frames_since_late = 0
+        if delta < 0 and -delta <= MAX_MISORDER:
+            if sequence_number in self._played:
+                self.stats.duplicates += 1
+            else:
+                self.stats.late += 1
+                self._late_boost_ms = min(
+                    self._late_boost_ms + self.ptime_ms, self.max_depth_ms - self.min_depth_ms
+                )
+                self._frames_since_late = 0
+            return out
+        if delta < 0 or delta > MAX_DROPOUT:
+            # RFC 3550 §A.1: a very large jump is a restarted sender only if the next packet
+            # follows it; a lone one is dropped (it resynchronised us onto a stray packet).
+            stray = self._stray
+            if stray is None or sequence_number != (stray[0] + 1) & 0xFFFF:
+                self._stray = (sequence_number, timestamp, payload, marker, payload_type)
+                self.stats.strays += 1
                 return out
+            self.stats.strays -= 1  # it was the new stream's first packet after all
             out += self.flush()
             self.stats.resyncs += 1
-            self._reset(ssrc, sequence_number)
-        elif delta > MAX_DROPOUT:
-            out += self.flush()
-            self.stats.resyncs += 1
-            self._reset(ssrc, sequence_number)
+            self._reset(ssrc, stray[0])
+            out.append(self._played_now(*stray))
+            delta = 0
         if not delta and not self._slots:  # the expected packet, nothing waiting: play it
             out.append(self._played_now(sequence_number, timestamp, payload, marker, payload_type))
             return out
@@ -223,6 +235,7 @@ class JitterBuffer:
         self._last_ts = None
         self._slots.clear()
         self._played.clear()
+        self._stray = None
 
     def _emit(self, seq: int) -> JitterFrame:
         ts, payload, marker, pt, _ = self._slots.pop(seq)
@@ -280,11 +293,12 @@ class Concealer:
 
     The first lost frame repeats the last good one at half level, each further one halves again,
     and from the fourth on the output is silence (a simplified form of ITU-T G.711 Appendix I's
-    attenuation, without pitch-period repetition).
+    attenuation, without pitch-period repetition). A concealment frame is as long as the last
+    good one: the peer's packet time, which need not be ours (RFC 4566 §6 a=ptime:30 is 240
+    samples a packet at 8 kHz); ``frame_bytes`` only sizes the silence before any good frame.
     """
 
     def __init__(self, frame_bytes: int) -> None:
-        self._frame_bytes = frame_bytes
         self._last = b"\x00" * frame_bytes
         self._run = 0
 
@@ -297,9 +311,10 @@ class Concealer:
     def conceal(self) -> bytes:
         """Return a concealment frame for one lost packet."""
         self._run += 1
-        if self._run > 3 or len(self._last) != self._frame_bytes:
-            return b"\x00" * self._frame_bytes
+        last = self._last
+        if self._run > 3 or len(last) % 2:
+            return bytes(len(last))
         samples = array.array("h")
-        samples.frombytes(self._last)
+        samples.frombytes(last)
         shift = self._run
         return array.array("h", [s >> shift for s in samples]).tobytes()

@@ -3,8 +3,10 @@
 Tracks the extended highest sequence number (with wrap cycles), packets expected and received,
 cumulative and interval loss for RTCP report blocks, and the interarrival jitter estimate
 ``J += (|D| - J) / 16`` in timestamp units. Arrival times are passed in (seconds, monotonic).
-A new SSRC, or a sequence jump larger than the jitter buffer's ``MAX_DROPOUT``, restarts the
-counters for the new stream and keeps the totals of the previous one in ``prior_*``.
+A new SSRC restarts the counters for the new stream and keeps the totals of the previous one in
+``prior_*``. A sequence jump more than ``MAX_DROPOUT`` ahead or ``MAX_MISORDER`` behind does so
+only when the next packet follows the one that jumped (RFC 3550 §A.1's ``bad_seq``): a single
+stray packet (another stream's, a wild duplicate) is not counted at all.
 """
 
 from __future__ import annotations
@@ -32,25 +34,48 @@ class ReceiverStats:
         self._received_prior = 0
         self._transit: float | None = None
         self._jitter = 0.0  # timestamp units
+        self._bad_seq: int | None = None  # §A.1: the packet that would confirm a large jump
         self.prior_expected = 0
         self.prior_received = 0
 
-    def update(self, ssrc: int, sequence_number: int, timestamp: int, arrival: float) -> None:
+    def update(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float | None
+    ) -> None:
         """Account for one received RTP packet (before any duplicate filtering, as RFC 3550
-        counts; duplicates therefore lower the loss, which may go negative)."""
+        counts; duplicates therefore lower the loss, which may go negative). A lone packet far
+        from the stream is not counted (§A.1, see the module docstring).
+
+        Args:
+            ssrc: the packet's SSRC.
+            sequence_number: its sequence number.
+            timestamp: its RTP timestamp.
+            arrival: when it arrived (s, monotonic); None to count it for sequence and loss
+                only, without a jitter sample — a telephone-event packet, which carries its
+                event's start timestamp (RFC 4733 §2.5.1.2), or one of another clock.
+        """
         if ssrc != self.ssrc:
             self._restart(ssrc, sequence_number)
         delta = seq_diff(sequence_number, self._max_seq)
-        if delta > 0:
-            if delta > MAX_DROPOUT:
-                self._restart(ssrc, sequence_number)
-            else:
-                if sequence_number < self._max_seq:
-                    self._cycles += SEQ_MODULUS
-                self._max_seq = sequence_number
-        elif -delta > MAX_MISORDER:
-            self._restart(ssrc, sequence_number)
+        if 0 < delta <= MAX_DROPOUT:
+            if sequence_number < self._max_seq:
+                self._cycles += SEQ_MODULUS
+            self._max_seq = sequence_number
+        elif delta > MAX_DROPOUT or -delta > MAX_MISORDER:
+            # RFC 3550 §A.1: a very large jump. Two sequential packets mean the sender
+            # restarted without telling us: re-sync, counting the first of them too (§A.1
+            # counts only the second). A lone one is not counted, not even for jitter.
+            if sequence_number != self._bad_seq:
+                self._bad_seq = (sequence_number + 1) & 0xFFFF
+                return
+            stray = (sequence_number - 1) & 0xFFFF
+            self._restart(ssrc, stray)
+            self._received = 1
+            if sequence_number < stray:
+                self._cycles += SEQ_MODULUS
+            self._max_seq = sequence_number
         self._received += 1
+        if arrival is None:
+            return
         # §A.8: transit = arrival (in timestamp units) - RTP timestamp; the constant offset
         # between the clocks cancels in D.
         transit = arrival * self.clock_rate - timestamp
@@ -72,6 +97,7 @@ class ReceiverStats:
         self._expected_prior = 0
         self._received_prior = 0
         self._transit = None
+        self._bad_seq = None
 
     @property
     def extended_highest_sequence(self) -> int:

@@ -460,6 +460,11 @@ def negotiate_reoffer(
     usual preference applies. For an SRTP call pass ``security`` with the call's own key (RFC
     4568 §7.1.4 lets us keep it); the caller refuses a change of profile or key it cannot apply.
 
+    An offer that disables the audio stream (§8.2: its port 0, and no audio stream live) is
+    answered with port 0 on every ``m=`` line, same count and order (§6); the result has
+    ``remote_port`` 0 and direction ``inactive`` and keeps the current codec, telephone-event
+    type and SRTP keys, so the call keeps its media held until a later offer gives a port.
+
     Pass the *previous* answer's ``session_version``; then call
     :func:`next_session_version` with the previous and new answers and, when it differs,
     set ``answer.origin.session_version`` to it (RFC 3264 §8: bump only if anything changed).
@@ -471,6 +476,18 @@ def negotiate_reoffer(
     """
     names = _codec_names(preference)
     names = [current.codec.name, *(n for n in names if n != current.codec.name)]
+    if any(_is_rtp_audio(m) for m in offer.media) and not any(
+        m.port for m in offer.media if m.media.lower() == "audio"
+    ):
+        _check_port(local_port)
+        return _disabled(
+            offer,
+            current,
+            local_address=local_address,
+            session_id=session_id,
+            session_version=session_version,
+            username=username,
+        )
     return _answer(
         offer,
         local_address=local_address,
@@ -482,6 +499,33 @@ def negotiate_reoffer(
         security=security,
         rtcp_port=rtcp_port,
     )
+
+
+def _disabled(
+    offer: SessionDescription,
+    current: NegotiatedMedia,
+    *,
+    local_address: str,
+    session_id: int,
+    session_version: int,
+    username: str,
+) -> tuple[SessionDescription, NegotiatedMedia]:
+    """The answer to a re-offer that disables the audio stream (RFC 3264 §8.2): the same
+    ``m=`` lines, in the same order, each with port 0 (§6); what the call keeps, held."""
+    answer = _session(
+        local_address=local_address,
+        session_id=session_id,
+        session_version=session_version,
+        username=username,
+        media=[
+            MediaDescription(media=m.media, port=0, proto=m.proto, formats=list(m.formats))
+            for m in offer.media
+        ],
+    )
+    negotiated = replace(
+        current, remote_port=0, remote_rtcp_port=None, direction="inactive", on_hold=True
+    )
+    return answer, negotiated
 
 
 def next_session_version(previous: SessionDescription, answer: SessionDescription) -> int:

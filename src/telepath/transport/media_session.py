@@ -53,7 +53,9 @@ move our media; every packet we send, RTCP included, is protected last.
 
 Inbound path, per datagram: source check, parse, RFC 4733 events straight to the DTMF decoder,
 audio through the jitter buffer (reorder, loss and duplicate detection, concealment), decode,
-deliver. Outbound path, per tick of the shared deadline pacer: one frame from
+deliver; events and the latched source's packets of other types (comfort noise) count as
+received and keep their slots in the buffer, unplayed, and only audio is a jitter sample.
+Outbound path, per tick of the shared deadline pacer: one frame from
 :class:`telepath.rtp.playout.Playout` (agent audio, silence, or DTMF), one ``sendto``.
 """
 
@@ -584,19 +586,25 @@ class MediaSession:
                 self._malformed += 1
             return
         pt = packet.payload_type
+        is_audio = pt == self._codec_pt
         is_dtmf = pt == self.dtmf_payload_type
-        if pt != self.codec.payload_type and not is_dtmf:
-            if not known:
-                self._rejected += 1
-            return  # comfort noise or an unnegotiated type: ignored
-        if not known or (not self._seen_sdp and addr == self._sdp):
-            self._latch(addr)
+        if is_audio or is_dtmf:
+            if not known or (not self._seen_sdp and addr == self._sdp):
+                self._latch(addr)
+        elif not known:
+            self._rejected += 1
+            return  # an unnegotiated type from a source not latched: refused, latches nothing
+        # From here on comfort noise (RFC 3389) or another unnegotiated type from the latched
+        # source too: it takes a sequence number and counts as received (RFC 3550 §A.3), and
+        # keeps its slot in the jitter buffer (not played: _deliver), or it would be a loss.
         now = self._loop.time()
         self._last_rx = now
         self._packets_received += 1
         self._bytes_received += len(packet.payload)
         seq, ts = packet.sequence_number, packet.timestamp
-        self._rx.update(packet.ssrc, seq, ts, now)
+        # RFC 3550 §6.4.1/§A.8: only audio is a jitter sample. An RFC 4733 event's packets all
+        # carry its start timestamp (§2.5.1.2); an unnegotiated type's clock is unknown.
+        self._rx.update(packet.ssrc, seq, ts, now if is_audio else None)
         if is_dtmf:
             self._last_dtmf_rx = now
             try:
@@ -621,8 +629,8 @@ class MediaSession:
                 pcm = self._concealer.conceal()
                 payload = self._conceal_codec.encode(pcm)
                 self._emit(AudioReceived(pcm, payload, rate, frame.timestamp, True))
-            elif frame.payload_type == self.dtmf_payload_type:
-                continue  # a telephone-event packet only kept its slot in the sequence space
+            elif frame.payload_type != self._codec_pt:
+                continue  # telephone-event, comfort noise: only kept its slot in the sequence
             else:
                 pcm = self._concealer.good(codec.decode(frame.payload))
                 self._emit(AudioReceived(pcm, frame.payload, rate, frame.timestamp, False))

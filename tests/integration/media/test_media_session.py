@@ -9,8 +9,8 @@ import pytest
 
 from telepath.rtp import g711
 from telepath.rtp.codecs import CodecSpec, make_codec
-from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey
-from telepath.rtp.packet import RtpPacket
+from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey, encode_dtmf
+from telepath.rtp.packet import RtpPacket, pack_rtp
 from telepath.rtp.rtcp import (
     RtcpBye,
     RtcpReceiverReport,
@@ -214,9 +214,11 @@ async def test_latching_follows_first_packet_then_refuses_third_parties(
         await natted.wait_for(3)
         assert session.remote == natted.address
         assert session.stats().rejected_source == 1
-        # The SDP address itself is always preferred once it speaks.
-        silent.send(rtp_stream(ulaw_frames(500, 0.02), seq=5000)[0], port)
-        await collect(session, 1)
+        # The SDP address itself is always preferred once it speaks. (Two packets: a lone one
+        # this far from the stream is a stray, dropped by RFC 3550 §A.1, though it latches.)
+        for data in rtp_stream(ulaw_frames(500, 0.04), seq=5000):
+            silent.send(data, port)
+        await collect(session, 2)
         assert session.remote == silent.address
         natted.send(rtp_stream(ulaw_frames(500, 0.02), seq=9000)[0], port)
         await silent.wait_for(2)
@@ -560,6 +562,111 @@ async def test_a_peer_that_sends_nothing_by_its_sdp_is_no_media_timeout(
         await peer.wait_for(before + 2)  # still sending
         session.expect_inbound(True)
         await until(lambda: session.ended == MediaEndReason.MEDIA_TIMEOUT)
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_comfort_noise_keeps_its_slot_and_counts_as_received(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A packet of a payload type we did not negotiate (Comfort Noise, PT 13, RFC 3389) from
+    the peer still takes a sequence number and counts as received (RFC 3550 §A.3): it is not
+    played, but it is no loss. Dropped before the statistics and the jitter buffer, each one
+    was counted lost and concealed, and the next talkspurt waited out its hole and began with
+    a faded repeat. From anyone else it is refused, and latches nothing."""
+    peer = await UdpPeer.bind("127.0.0.1")
+    other = await UdpPeer.bind("127.0.0.2")
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    port = ("127.0.0.1", session.local_port)
+    frames = [bytes([0x10 + i]) * 160 for i in range(10)]
+    first = rtp_stream(frames[:5], seq=1000)
+    noise = pack_rtp(13, 1005, 800, 0x5EED, b"\x40", False)  # RFC 3389 §3: one SID octet
+    second = rtp_stream(frames[5:], seq=1006, ts=800 + 160 * 50)  # after 1 s of silence
+    try:
+        other.send(pack_rtp(13, 7, 0, 0x5EED, b"\x40", False), port)  # not latched: refused
+        await until(lambda: session.stats().rejected_source == 1)
+        assert session.remote == peer.address
+        for data in [*first, noise, *second]:
+            peer.send(data, port)
+            await asyncio.sleep(0.005)  # arrive in this order
+        await until(lambda: len(got) >= 10)
+        await asyncio.sleep(0.1)  # nothing more comes (no concealment of the noise's slot)
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.payload for e in audio] == frames
+        assert not any(e.lost for e in audio)
+        other.send(pack_rtp(13, 1011, 9000, 0x5EED, b"\x40", False), port)  # still refused
+        await until(lambda: session.stats().rejected_source == 2)
+        stats = session.stats()
+        assert (stats.packets_received, stats.packets_lost, stats.concealed_frames) == (11, 0, 0)
+        assert session.remote == peer.address
+    finally:
+        await session.close()
+        peer.close()
+        other.close()
+
+
+async def test_telephone_events_count_but_are_no_jitter_samples(
+    allocator: RtpPortAllocator,
+) -> None:
+    """Every packet of an RFC 4733 event carries the event's start timestamp (§2.5.1.2), so it
+    says nothing about network jitter (RFC 3550 §6.4.1, §A.8): three digits on a perfect
+    network took the estimate from 0 to about 11 ms (and the jitter buffer's depth with it).
+    They still count as received for sequence and loss."""
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    port = ("127.0.0.1", session.local_port)
+    loop = asyncio.get_running_loop()
+    packets: list[bytes] = []
+    seq, slot = 2000, 0
+    for key in "123":
+        for _ in range(5):  # 100 ms of audio
+            packets.append(pack_rtp(0, seq, slot * 160, 0x5EED, b"\xff" * 160, False))
+            seq, slot = seq + 1, slot + 1
+        start = slot * 160
+        for dtmf in encode_dtmf(key, 100):  # one packet per 20 ms, all at ``start``
+            packets.append(pack_rtp(101, seq, start, 0x5EED, dtmf.payload, dtmf.marker))
+            seq, slot = seq + 1, slot + 1
+    for _ in range(5):
+        packets.append(pack_rtp(0, seq, slot * 160, 0x5EED, b"\xff" * 160, False))
+        seq, slot = seq + 1, slot + 1
+    try:
+        begin = loop.time()
+        for i, data in enumerate(packets):  # paced like a real sender: one per 20 ms
+            await asyncio.sleep(max(0.0, begin + i * 0.020 - loop.time()))
+            peer.send(data, port)
+        await until(lambda: session.stats().packets_received == len(packets))
+        stats = session.stats()
+        assert stats.dtmf_received == 3
+        assert stats.packets_lost == 0
+        assert stats.jitter_ms < 4, stats.jitter_ms  # loopback scheduling only
+    finally:
+        await session.close()
+        peer.close()
+
+
+async def test_a_lost_30_ms_packet_is_concealed_with_30_ms_of_faded_audio(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A peer that sends 30 ms packets (a=ptime:30, 240 samples) while we send 20 ms: a lost
+    one is a faded repeat of the last 30 ms, not 20 ms of silence."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    data = g711.pcm16_to_ulaw(tone(500, 8000, 0.3))
+    frames = [data[i : i + 240] for i in range(0, len(data), 240)]  # 10 packets of 30 ms
+    port = ("127.0.0.1", session.local_port)
+    try:
+        for i, payload in enumerate(frames):
+            if i != 4:  # lost
+                peer.send(pack_rtp(0, 3000 + i, 240 * i, 0x5EED, payload, i == 0), port)
+        await until(lambda: len(got) >= 10)
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.lost for e in audio] == [i == 4 for i in range(10)]
+        concealed = audio[4]
+        assert len(concealed.pcm) == len(audio[3].pcm) == 480
+        assert max(abs(s) for s in memoryview(concealed.pcm).cast("h")) > 1000  # not silence
     finally:
         await session.close()
         peer.close()

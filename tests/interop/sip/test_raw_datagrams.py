@@ -387,3 +387,43 @@ async def test_an_old_style_hold_keeps_the_media_address_and_a_new_dtmf_type_is_
     assert call.media.dtmf_payload_type == 96
     assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
     await leg.bye()
+
+
+async def test_a_reinvite_disabling_audio_is_answered_with_port_zero_and_holds_the_call(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    """RFC 3264 §8.2: a re-offer with m=audio 0 disables the stream; the answer has port 0 for
+    it and the call goes on, its media held (it was answered 488 as "no active audio stream").
+    A later re-offer with a port enables it again."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+
+    async def reoffer(body: bytes) -> bytes:
+        leg.cseq += 1
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", body=body))
+        ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        return ok.body
+
+    disabled = await reoffer(sdp_offer(MEDIA_PORT).replace(b"m=audio 40000", b"m=audio 0"))
+    assert [line for line in disabled.split(b"\r\n") if line.startswith(b"m=")] == [
+        b"m=audio 0 RTP/AVP 0 8 101"
+    ]
+    assert call.negotiated.remote_port == 0
+    sent = call.media.stats().packets_sent
+    await asyncio.sleep(0.2)  # ten packet times
+    assert call.media.stats().packets_sent == sent  # held: nothing sent
+    assert gateway.manager.active_calls == 1
+
+    resumed = await reoffer(sdp_offer(MEDIA_PORT + 2))
+    (m_line,) = [line for line in resumed.split(b"\r\n") if line.startswith(b"m=")]
+    assert m_line.startswith(f"m=audio {call.media.local_port} ".encode())
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT + 2)
+    await until(lambda: call.media.stats().packets_sent > sent + 2)  # sending again
+    assert gateway.manager.active_calls == 1
+    await leg.bye()

@@ -118,15 +118,49 @@ def test_ssrc_change_flushes_and_resynchronises() -> None:
 
 
 def test_sequence_jump_resynchronises_instead_of_concealing() -> None:
+    # RFC 3550 §A.1: the jump is a new stream once the next packet follows it (then both
+    # play); until then the first packet is held aside.
     feed = Feeder(JitterBuffer())
     feed.push(10)
-    assert feed.seqs(feed.push(20000)) == [(20000, False)]
-    assert feed.seqs(feed.push(20001)) == [(20001, False)]
+    assert feed.push(20000) == []
+    assert feed.seqs(feed.push(20001)) == [(20000, False), (20001, False)]
+    assert feed.seqs(feed.push(20002)) == [(20002, False)]
     assert feed.buffer.stats.resyncs == 1
     assert feed.buffer.stats.lost == 0
     # A restarted sender far behind is also a new stream, not "late".
-    assert feed.seqs(feed.push(500)) == [(500, False)]
+    assert feed.push(500) == []
+    assert feed.seqs(feed.push(501)) == [(500, False), (501, False)]
     assert feed.buffer.stats.resyncs == 2
+    assert (feed.buffer.stats.late, feed.buffer.stats.strays) == (0, 0)
+
+
+@pytest.mark.parametrize("stray_offset", [-200, -101, 3500, 20000])
+def test_one_stray_packet_far_away_is_dropped_not_a_resync(stray_offset: int) -> None:
+    # RFC 3550 §A.1 (bad_seq): one packet 101-3000+ away from a perfect stream is dropped. It
+    # resynchronised the buffer on itself: the stream's next packet was then a hole of 200,
+    # waited for at full depth, 5 frames concealed and 200 counted lost.
+    feed = Feeder(JitterBuffer())
+    out: list[JitterFrame] = []
+    for i in range(500):
+        seq = (65100 + i) & 0xFFFF
+        out += feed.push(seq, ts=i * 160)
+        if seq == 65400:
+            assert feed.push((seq + stray_offset) & 0xFFFF, ts=12345678) == []
+    assert feed.seqs(out) == [((65100 + i) & 0xFFFF, False) for i in range(500)]
+    stats = feed.buffer.stats
+    assert (stats.lost, stats.resyncs, stats.late, stats.strays) == (0, 0, 0, 1)
+    assert len(feed.buffer) == 0
+
+
+def test_a_held_stray_is_replaced_by_the_next_one() -> None:
+    feed = Feeder(JitterBuffer())
+    feed.push(100)
+    assert feed.push(30000) == []
+    assert feed.seqs(feed.push(101)) == [(101, False)]
+    assert feed.push(40000) == []
+    assert feed.push(30001) == []  # 30000 is no longer the one held aside: held in its place
+    assert feed.seqs(feed.push(30002)) == [(30001, False), (30002, False)]
+    assert (feed.buffer.stats.strays, feed.buffer.stats.resyncs) == (2, 1)
 
 
 def test_timestamp_jump_is_not_loss() -> None:
@@ -197,3 +231,18 @@ def test_concealer_fades_then_silences() -> None:
     assert levels == [500, 250, 125, 0]
     concealer.good(frame)
     assert int.from_bytes(concealer.conceal()[:2], "little", signed=True) == 500
+
+
+def test_concealer_repeats_a_frame_of_the_peer_s_packet_time() -> None:
+    # A peer sending 30 ms packets (a=ptime:30, 240 samples) while we send 20 ms: a lost packet
+    # is a faded repeat of the last 30 ms, not 20 ms of silence (a frame of another length).
+    concealer = Concealer(frame_bytes=320)  # our 20 ms at 8 kHz
+    frame = (1000).to_bytes(2, "little", signed=True) * 240
+    concealer.good(frame)
+    first = concealer.conceal()
+    assert len(first) == 480
+    assert int.from_bytes(first[:2], "little", signed=True) == 500
+    for _ in range(3):
+        last = concealer.conceal()
+    assert last == b"\x00" * 480
+    assert Concealer(frame_bytes=320).conceal() == b"\x00" * 320  # nothing received yet

@@ -67,3 +67,69 @@ def test_new_ssrc_keeps_prior_totals() -> None:
     assert stats.received == 2
     assert ReceiverStats().report_block() is None
     assert ReceiverStats().loss_percent == 0.0
+
+
+def perfect_stream_with_stray(stray_offset: int) -> list[tuple[int, int]]:
+    """(sequence number, timestamp) of 500 packets from 65100 (wrapping at 65536), and after
+    65400 one stray packet ``stray_offset`` away from it (from another stream, or a wild
+    duplicate), with a timestamp of its own."""
+    stream = [((65100 + i) & 0xFFFF, i * 160) for i in range(500)]
+    return [*stream[:301], ((65400 + stray_offset) & 0xFFFF, 12345678), *stream[301:]]
+
+
+@pytest.mark.parametrize("stray_offset", [-200, -101, 3001, 20000])
+def test_one_stray_packet_far_away_is_ignored_not_a_restart(stray_offset: int) -> None:
+    # RFC 3550 §A.1: a large jump is a restart only when the next packet follows it
+    # (bad_seq); otherwise the stray packet is not counted. It made the RTCP report say
+    # packets_lost=200 (a restart at the stray's sequence number) on a perfect stream.
+    stats = ReceiverStats()
+    for i, (seq, ts) in enumerate(perfect_stream_with_stray(stray_offset)):
+        stats.update(1, seq, ts, i * 0.020)
+    assert (stats.expected, stats.received, stats.lost) == (500, 500, 0)
+    assert stats.prior_expected == 0
+    assert stats.extended_highest_sequence == 65536 + 63  # 65100 + 499, wrapped once
+    block = stats.report_block()
+    assert block is not None
+    assert (block.packets_lost, block.fraction_lost) == (0, 0)
+    assert stats.jitter_ms < 1  # its timestamp is no jitter sample either
+
+
+def test_a_jump_followed_by_its_next_packet_is_a_restart() -> None:
+    stats = ReceiverStats()
+    for seq in range(1000, 1010):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    for seq in (20000, 20001, 20002):  # §A.1: the second confirms the restart
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    assert (stats.prior_expected, stats.prior_received) == (10, 10)
+    assert (stats.expected, stats.received, stats.lost) == (3, 3, 0)
+    assert stats.extended_highest_sequence == 20002
+    # A sender restarted far behind: the same.
+    for seq in (5, 6):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    assert (stats.prior_expected, stats.prior_received) == (13, 13)
+    assert (stats.expected, stats.received, stats.lost) == (2, 2, 0)
+    # Restarted just before the wrap.
+    stats = ReceiverStats()
+    for seq in (30000, 30001, 65535, 0, 1):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    assert (stats.expected, stats.received, stats.lost) == (3, 3, 0)
+    assert stats.extended_highest_sequence == 65536 + 1
+
+
+def test_two_unrelated_strays_are_both_ignored() -> None:
+    stats = ReceiverStats()
+    stream = [*range(100, 120), 30000, *range(120, 130), 30001 + 5, *range(130, 140)]
+    for i, seq in enumerate(stream):
+        stats.update(1, seq, seq * 160, i * 0.02)
+    assert (stats.expected, stats.received, stats.lost) == (40, 40, 0)
+
+
+def test_a_packet_without_arrival_time_counts_but_is_no_jitter_sample() -> None:
+    # RFC 4733 §2.5.1.2: every packet of an event carries its start timestamp; RFC 3550 §A.8's
+    # transit of such a packet is no measure of the network.
+    stats = ReceiverStats()
+    for i in range(20):
+        event = 5 <= i < 12
+        stats.update(1, i, 5 * 160 if event else i * 160, None if event else i * 0.02)
+    assert (stats.expected, stats.received, stats.lost) == (20, 20, 0)
+    assert stats.jitter_ms == pytest.approx(0, abs=1e-6)

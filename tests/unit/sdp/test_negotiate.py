@@ -405,6 +405,40 @@ def test_reoffer_without_common_codec_raises() -> None:
         reanswer(load_sample("g729_only"), current)
 
 
+def test_reoffer_disabling_the_audio_stream_is_answered_with_port_zero() -> None:
+    # RFC 3264 §8.2: a stream the offerer disables (port 0) is answered with port 0, in the same
+    # m= line count and order; the call stays up. It was answered 488 (NoCommonCodec).
+    first, current = answer(offer_text())
+    text = offer_text().replace("m=audio 5000", "m=audio 0") + "m=video 0 RTP/AVP 96\r\n"
+    disabled, media = reanswer(text, current)
+    assert [(m.media, m.port, m.proto, m.formats) for m in disabled.media] == [
+        ("audio", 0, "RTP/AVP", ["0", "8", "101"]),
+        ("video", 0, "RTP/AVP", ["96"]),
+    ]
+    assert parse(str(disabled)) == disabled
+    assert (media.remote_port, media.remote_rtcp_port) == (0, None)
+    assert (media.codec, media.dtmf_payload_type, media.srtp) == (
+        current.codec,
+        current.dtmf_payload_type,
+        current.srtp,
+    )
+    assert media.direction == "inactive" and media.on_hold
+    assert not media.may_send and not media.may_receive
+    assert next_session_version(first, disabled) == 2
+    # A later re-offer with a port enables it again.
+    resumed, again = reanswer(offer_text(), media, version=2)
+    assert [m.port for m in resumed.media] == [40000]
+    assert (again.remote_port, again.direction, again.on_hold) == (5000, "sendrecv", False)
+    assert again.codec == current.codec
+
+
+def test_reoffer_with_a_live_but_unacceptable_audio_stream_still_raises() -> None:
+    _, current = answer(offer_text())
+    text = offer_text().replace("m=audio 5000", "m=audio 0") + "m=audio 6000 RTP/AVP 18\r\n"
+    with pytest.raises(NoCommonCodec):
+        reanswer(text, current)
+
+
 # --- we offer ----------------------------------------------------------------------------
 
 
