@@ -8,6 +8,7 @@ the trunk id and column.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from telepath.api.state import ApiState
 from telepath.api.trunk_input import TrunkCreateInput
 from telepath.api.trunk_registration import check_registration, set_registration
 from telepath.db.base import utcnow
+from telepath.db.calls_repository import NO_CALLS, CallRepository, TrunkCallStats
 from telepath.db.models import Trunk, TrunkRegistration, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.db.trunk_directory import trunks_changed
@@ -36,6 +38,20 @@ ROUTING_FIELDS = ("sip_auth", "inbound_numbers")
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z`` suffix and second precision, as in the seed."""
     return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def start_of_day(now: datetime) -> datetime:
+    """00:00 UTC of ``now``'s UTC day: where a trunk's ``metrics.calls_today`` begin."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def metrics_view(stats: TrunkCallStats) -> schemas.TrunkMetrics:
+    """A trunk's ``metrics`` from its calls' aggregates of today."""
+    return schemas.TrunkMetrics(
+        calls_today=stats.calls,
+        success_rate=stats.success_rate,
+        avg_latency_ms=stats.avg_latency_ms,
+    )
 
 
 def registration_view(row: TrunkRegistration | None) -> schemas.Registration | None:
@@ -112,8 +128,28 @@ class TrunkService:
             created_at=iso(trunk.created_at) or "",
         )
 
-    def view(self, trunk: Trunk) -> schemas.Trunk:
-        """The full read view (secrets masked)."""
+    async def views(self, trunks: Sequence[Trunk]) -> list[schemas.Trunk]:
+        """The full read views of ``trunks``, with their ``metrics``.
+
+        Decision (``reference/telepath-product.md`` §1.2 gives only the field names and types):
+        "today" is the current UTC day, the trunk's call records that started since 00:00 UTC.
+        ``success_rate`` is the share of those that ended without failing (see
+        ``calls_repository.FAILURE_REASONS``: an operator reads it as "did callers get a working
+        agent", so an agent dropping mid-call is a failure although the call was answered);
+        calls in progress have no outcome yet and are left out. With none ended it is 100 (no
+        call failed), keeping the documented number type; ``calls_today`` tells the two apart.
+        ``avg_latency_ms`` is the mean of the calls' ``ai_latency_ms`` (the agent's response
+        time: what a voice agent's "latency" means to its operator), over those that measured
+        one; 0 when none did, keeping the documented integer type. One grouped query for the
+        whole page, scoped to the account.
+        """
+        stats = await CallRepository(self.session).trunk_stats(
+            self.account_id, [t.id for t in trunks], start_of_day(utcnow())
+        )
+        return [self.view(t, stats.get(t.id, NO_CALLS)) for t in trunks]
+
+    def view(self, trunk: Trunk, stats: TrunkCallStats) -> schemas.Trunk:
+        """The full read view (secrets masked), with ``stats`` as its ``metrics``."""
         header_names: list[str] | None = None
         if trunk.custom_headers_enc:
             raw = open_secret(
@@ -152,6 +188,7 @@ class TrunkService:
                 trunk.forward_sip_headers.split(",") if trunk.forward_sip_headers else None
             ),
             registration=registration_view(trunk.registration),
+            metrics=metrics_view(stats),
         )
 
     def _conflict(self, sip_username: str) -> ApiError:

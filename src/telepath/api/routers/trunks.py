@@ -87,13 +87,14 @@ async def list_trunks(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[Literal["active", "inactive", "error"] | None, Query()] = None,
 ) -> schemas.TrunkList:
-    """Trunks of the caller's account, newest first."""
+    """Trunks of the caller's account, newest first, each with today's call ``metrics``
+    (since 00:00 UTC: calls, success rate, mean agent latency; see ``TrunkMetrics``)."""
     service = TrunkService(state, session, principal.account_id)
     rows, total = await service.repo.list(
         principal.account_id, status=status, limit=limit, offset=offset
     )
     return schemas.TrunkList(
-        trunks=[service.view(t) for t in rows],
+        trunks=await service.views(rows),
         pagination=schemas.Pagination(limit=limit, offset=offset, total=total),
     )
 
@@ -109,7 +110,8 @@ async def get_trunk(
 ) -> schemas.Trunk:
     """One trunk of the caller's account."""
     service = TrunkService(state, session, principal.account_id)
-    return service.view(await service.get(trunk_id))
+    [view] = await service.views([await service.get(trunk_id)])
+    return view
 
 
 @router.patch(
@@ -134,7 +136,8 @@ async def update_trunk(
         provider=trunk.ai_provider,
         allow_insecure=state.settings.allow_insecure_agent_urls,
     )
-    return service.view(await service.update(trunk_id, fields))
+    [view] = await service.views([await service.update(trunk_id, fields)])
+    return view
 
 
 @router.delete(
