@@ -344,9 +344,12 @@ class TrunkService:
         return trunk
 
     async def delete(self, trunk_id: str) -> None:
-        """Delete the account's trunk."""
-        trunk = await self.get(trunk_id)
-        await self.repo.delete(trunk)
+        """Delete the account's trunk; when two requests delete it at once, the one whose
+        DELETE finds it gone answers the documented 404."""
+        await self.get(trunk_id)
+        if not await self.repo.delete(self.account_id, trunk_id):
+            await self.session.rollback()
+            raise not_found("Trunk", trunk_id)
         await self.session.commit()
         trunks_changed()
         self._removed(trunk_id)

@@ -241,6 +241,16 @@ class TrunkRepository:
         """Stage a new trunk."""
         self.session.add(trunk)
 
-    async def delete(self, trunk: Trunk) -> None:
-        """Delete a trunk."""
-        await self.session.delete(trunk)
+    async def delete(self, account_id: str, trunk_id: str) -> bool:
+        """Delete the account's trunk (its numbers and registration go with it: ON DELETE
+        CASCADE); False when there was none, e.g. another request deleted it meanwhile.
+
+        One DELETE whose matched count is the answer: the ORM's delete of a loaded trunk that
+        another request had just deleted matched no row, warned, and answered 204 as well.
+        """
+        result = await self.session.execute(
+            delete(Trunk)
+            .where(Trunk.id == trunk_id, Trunk.account_id == account_id)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

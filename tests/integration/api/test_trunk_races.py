@@ -174,3 +174,18 @@ async def test_two_number_changes_at_once_leave_no_stray_routing_row(
     assert column is not None
     assert rows == column.split(",")  # the routing index is what the trunk lists
     assert rows == ["+14155550102"]  # the change committed last
+
+
+async def test_delete_racing_a_delete_is_not_found(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loser's DELETE matched no row: both answered 204, and SQLAlchemy warned."""
+    trunk = await _trunk(api, {**CUSTOM, "inbound_numbers": ["+14155550100"]})
+
+    async def delete() -> None:
+        assert (await api.delete(trunk)).status_code == 204
+
+    between_read_and_write(monkeypatch, 1, delete)
+    err(await api.delete(trunk), 404, "not_found")
+    err(await api.get(trunk), 404, "not_found")
+    assert await _numbers(api, trunk.rsplit("/", 1)[1]) == ([], None)
