@@ -226,7 +226,9 @@ class TrunkService:
         """Apply the routing fields and commit; a unique key another request took meanwhile
         (a username, a number) is the documented 409, never a 500, and a trunk deleted
         meanwhile (its UPDATE matched no row) the documented 404."""
-        trunk_id = trunk.id  # a rollback expires a stored trunk's attributes
+        # A rollback expires a stored trunk's attributes, and reading one then is a query
+        # (MissingGreenlet outside the awaited path: a 500 for the loser of a number's race).
+        trunk_id, sip_username = trunk.id, trunk.sip_username
         try:
             await self._set_routing(trunk, routing)
             await self.session.commit()
@@ -236,11 +238,11 @@ class TrunkService:
         except IntegrityError:
             await self.session.rollback()
             if not routing.get("inbound_numbers"):
-                raise self._conflict(trunk.sip_username) from None
+                raise self._conflict(sip_username) from None
             raise ApiError(
                 409,
                 "conflict",
-                f"A trunk with sip_username '{trunk.sip_username}' or one of these "
+                f"A trunk with sip_username '{sip_username}' or one of these "
                 "inbound_numbers already exists",
             ) from None
 

@@ -10,7 +10,7 @@ this one's writes are not committed yet (``while_uncommitted``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,3 +189,34 @@ async def test_delete_racing_a_delete_is_not_found(
     err(await api.delete(trunk), 404, "not_found")
     err(await api.get(trunk), 404, "not_found")
     assert await _numbers(api, trunk.rsplit("/", 1)[1]) == ([], None)
+
+
+async def test_two_trunks_claiming_one_number_at_once_is_a_conflict(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both PATCHes found the number free; the loser's commit broke the number's unique key,
+    and its IntegrityError branch read the trunk expired by the rollback: MissingGreenlet, a
+    500. (The clock is frozen so that the PATCH writes nothing before its check, as within one
+    millisecond; else SQLite's write lock orders them and the check answers.)"""
+    frozen = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
+    monkeypatch.setattr("telepath.api.trunk_service.utcnow", lambda: frozen)
+    first = await _trunk(api, {**CUSTOM, "sip_username": "claim-first"})
+    second = await _trunk(api, {**CUSTOM, "sip_username": "claim-second"})
+    original = TrunkRepository.numbers_taken
+    ran: list[int] = []
+
+    async def numbers_taken(
+        self: TrunkRepository, numbers: Collection[str], trunk_id: str
+    ) -> list[str]:
+        taken = await original(self, numbers, trunk_id)
+        if not ran:
+            ran.append(0)  # once: the other PATCH's own check runs this too
+            resp = await api.patch(second, {"inbound_numbers": ["+14155550100"]})
+            ran[0] = resp.status_code
+        return taken
+
+    monkeypatch.setattr(TrunkRepository, "numbers_taken", numbers_taken)
+    err(await api.patch(first, {"inbound_numbers": ["+14155550100"]}), 409, "conflict")
+    assert ran == [200]
+    assert await _numbers(api, first.rsplit("/", 1)[1]) == ([], None)
+    assert await _numbers(api, second.rsplit("/", 1)[1]) == (["+14155550100"], "+14155550100")

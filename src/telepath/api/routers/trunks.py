@@ -21,7 +21,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (see error.code)",
         401: "Missing or invalid API key, or provider credentials rejected",
         404: "Trunk not found in this account",
-        409: "sip_username already exists",
+        409: "sip_username already exists, or an inbound number is another trunk's",
         413: "Request body too large",
         429: "Rate limit exceeded",
         502: "The AI provider could not be reached to validate credentials",
@@ -117,7 +117,7 @@ async def get_trunk(
 @router.patch(
     "/{trunk_id}",
     response_model=schemas.Trunk,
-    responses=_errors(400, 401, 404, 413, 429, 502),
+    responses=_errors(400, 401, 404, 409, 413, 429, 502),
     openapi_extra=_body_doc(schemas.TrunkUpdate),
     summary="Update a trunk",
 )
