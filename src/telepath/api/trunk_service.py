@@ -247,7 +247,11 @@ class TrunkService:
             ) from None
 
     async def _validate_provider(self, trunk: Trunk, changed: dict[str, Any]) -> None:
-        """Check credentials that are new or changed, using the stored values for the rest."""
+        """Check credentials that are new or changed, using the stored values for the rest.
+
+        The provider may take up to ``provider_timeout_s`` to answer; the request's read-only
+        transaction is ended first (``_release_connection``), so no pooled connection waits
+        with it (the pool is shared with the gateway's trunk lookups)."""
         validator = self.state.validator
         keyring = self.state.keyring
         if trunk.ai_provider == "openai" and (
@@ -257,6 +261,7 @@ class TrunkService:
                 keyring, trunk.id, "openai_api_key", trunk.openai_api_key_enc or ""
             )
             model = changed.get("openai_model", trunk.openai_model)
+            await self._release_connection()
             await validator.check_openai(key, model or self.state.settings.openai_model)
         elif trunk.ai_provider == "elevenlabs" and (
             "elevenlabs_api_key" in changed or "elevenlabs_agent_id" in changed
@@ -265,7 +270,17 @@ class TrunkService:
                 keyring, trunk.id, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc or ""
             )
             agent = changed.get("elevenlabs_agent_id") or trunk.elevenlabs_agent_id or ""
+            await self._release_connection()
             await validator.check_elevenlabs(key, agent)
+
+    async def _release_connection(self) -> None:
+        """End the session's transaction, which has only read so far, returning its connection
+        to the pool; the next query checks one out again. Objects read stay loaded (no expiry
+        on commit). What was read is not held meanwhile either way: a change later writes only
+        its own columns, and a trunk deleted meanwhile is the documented 404 (``_save``)."""
+        if self.session.new or self.session.dirty or self.session.deleted:
+            raise RuntimeError("the provider check must run before anything is staged")
+        await self.session.commit()
 
     def _apply(self, trunk: Trunk, fields: dict[str, Any]) -> None:
         keyring = self.state.keyring
