@@ -243,6 +243,36 @@ class TrunkCreated(BaseModel):
     created_at: str = Field(description="ISO 8601, UTC")
 
 
+class TrunkMetrics(BaseModel):
+    """Today's calls of a trunk (``reference/telepath-product.md`` §1.2), from its call records.
+
+    "Today" is the current UTC day, since 00:00 UTC; the calls are the trunk's records whose
+    ``start_time`` is in it, whatever their status.
+    """
+
+    calls_today: int = Field(
+        description="Calls to this trunk that started today (since 00:00 UTC), including those "
+        "still in progress and those that failed",
+        examples=[142],
+    )
+    success_rate: float = Field(
+        ge=0,
+        le=100,
+        description="Percentage (0-100, one decimal) of today's ended calls that did not fail. "
+        "A call failed when its status is 'failed' (the caller never got the agent) or it ended "
+        "on an error: disconnect_reason 'ai_provider_error' (the agent failed mid-call), "
+        "'carrier_error' (SIP failure) or 'lost' (the gateway process died with it). Calls "
+        "still in progress are not counted yet. 100 when no call has ended today (none failed)",
+        examples=[97.2],
+    )
+    avg_latency_ms: int = Field(
+        description="Mean agent response time (each call's ai_latency_ms: the agent's mean "
+        "time from the caller's end of speech to its first audio) over today's calls that "
+        "measured one, rounded to whole milliseconds; 0 when none did",
+        examples=[245],
+    )
+
+
 class Trunk(TrunkCreated):
     """A trunk as read back. Secrets appear only as masked hints."""
 
@@ -283,6 +313,7 @@ class Trunk(TrunkCreated):
     registration: Registration | None = Field(
         None, description="The outbound registration and its state; null: none"
     )
+    metrics: TrunkMetrics = Field(description="Today's calls, success rate and agent latency")
 
 
 class Pagination(BaseModel):

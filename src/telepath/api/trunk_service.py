@@ -8,6 +8,7 @@ the trunk id and column.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from telepath.api.state import ApiState
 from telepath.api.trunk_input import TrunkCreateInput
 from telepath.api.trunk_registration import check_registration, set_registration
 from telepath.db.base import utcnow
+from telepath.db.calls_repository import NO_CALLS, CallRepository, TrunkCallStats
 from telepath.db.models import Trunk, TrunkRegistration, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.db.trunk_directory import trunks_changed
@@ -36,6 +38,20 @@ ROUTING_FIELDS = ("sip_auth", "inbound_numbers")
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z`` suffix and second precision, as in the seed."""
     return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def start_of_day(now: datetime) -> datetime:
+    """00:00 UTC of ``now``'s UTC day: where a trunk's ``metrics.calls_today`` begin."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def metrics_view(stats: TrunkCallStats) -> schemas.TrunkMetrics:
+    """A trunk's ``metrics`` from its calls' aggregates of today."""
+    return schemas.TrunkMetrics(
+        calls_today=stats.calls,
+        success_rate=stats.success_rate,
+        avg_latency_ms=stats.avg_latency_ms,
+    )
 
 
 def registration_view(row: TrunkRegistration | None) -> schemas.Registration | None:
@@ -112,8 +128,28 @@ class TrunkService:
             created_at=iso(trunk.created_at) or "",
         )
 
-    def view(self, trunk: Trunk) -> schemas.Trunk:
-        """The full read view (secrets masked)."""
+    async def views(self, trunks: Sequence[Trunk]) -> list[schemas.Trunk]:
+        """The full read views of ``trunks``, with their ``metrics``.
+
+        Decision (``reference/telepath-product.md`` §1.2 gives only the field names and types):
+        "today" is the current UTC day, the trunk's call records that started since 00:00 UTC.
+        ``success_rate`` is the share of those that ended without failing (see
+        ``calls_repository.FAILURE_REASONS``: an operator reads it as "did callers get a working
+        agent", so an agent dropping mid-call is a failure although the call was answered);
+        calls in progress have no outcome yet and are left out. With none ended it is 100 (no
+        call failed), keeping the documented number type; ``calls_today`` tells the two apart.
+        ``avg_latency_ms`` is the mean of the calls' ``ai_latency_ms`` (the agent's response
+        time: what a voice agent's "latency" means to its operator), over those that measured
+        one; 0 when none did, keeping the documented integer type. One grouped query for the
+        whole page, scoped to the account.
+        """
+        stats = await CallRepository(self.session).trunk_stats(
+            self.account_id, [t.id for t in trunks], start_of_day(utcnow())
+        )
+        return [self.view(t, stats.get(t.id, NO_CALLS)) for t in trunks]
+
+    def view(self, trunk: Trunk, stats: TrunkCallStats) -> schemas.Trunk:
+        """The full read view (secrets masked), with ``stats`` as its ``metrics``."""
         header_names: list[str] | None = None
         if trunk.custom_headers_enc:
             raw = open_secret(
@@ -152,6 +188,7 @@ class TrunkService:
                 trunk.forward_sip_headers.split(",") if trunk.forward_sip_headers else None
             ),
             registration=registration_view(trunk.registration),
+            metrics=metrics_view(stats),
         )
 
     def _conflict(self, sip_username: str) -> ApiError:
@@ -189,7 +226,9 @@ class TrunkService:
         """Apply the routing fields and commit; a unique key another request took meanwhile
         (a username, a number) is the documented 409, never a 500, and a trunk deleted
         meanwhile (its UPDATE matched no row) the documented 404."""
-        trunk_id = trunk.id  # a rollback expires a stored trunk's attributes
+        # A rollback expires a stored trunk's attributes, and reading one then is a query
+        # (MissingGreenlet outside the awaited path: a 500 for the loser of a number's race).
+        trunk_id, sip_username = trunk.id, trunk.sip_username
         try:
             await self._set_routing(trunk, routing)
             await self.session.commit()
@@ -199,16 +238,20 @@ class TrunkService:
         except IntegrityError:
             await self.session.rollback()
             if not routing.get("inbound_numbers"):
-                raise self._conflict(trunk.sip_username) from None
+                raise self._conflict(sip_username) from None
             raise ApiError(
                 409,
                 "conflict",
-                f"A trunk with sip_username '{trunk.sip_username}' or one of these "
+                f"A trunk with sip_username '{sip_username}' or one of these "
                 "inbound_numbers already exists",
             ) from None
 
     async def _validate_provider(self, trunk: Trunk, changed: dict[str, Any]) -> None:
-        """Check credentials that are new or changed, using the stored values for the rest."""
+        """Check credentials that are new or changed, using the stored values for the rest.
+
+        The provider may take up to ``provider_timeout_s`` to answer; the request's read-only
+        transaction is ended first (``_release_connection``), so no pooled connection waits
+        with it (the pool is shared with the gateway's trunk lookups)."""
         validator = self.state.validator
         keyring = self.state.keyring
         if trunk.ai_provider == "openai" and (
@@ -218,6 +261,7 @@ class TrunkService:
                 keyring, trunk.id, "openai_api_key", trunk.openai_api_key_enc or ""
             )
             model = changed.get("openai_model", trunk.openai_model)
+            await self._release_connection()
             await validator.check_openai(key, model or self.state.settings.openai_model)
         elif trunk.ai_provider == "elevenlabs" and (
             "elevenlabs_api_key" in changed or "elevenlabs_agent_id" in changed
@@ -226,7 +270,17 @@ class TrunkService:
                 keyring, trunk.id, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc or ""
             )
             agent = changed.get("elevenlabs_agent_id") or trunk.elevenlabs_agent_id or ""
+            await self._release_connection()
             await validator.check_elevenlabs(key, agent)
+
+    async def _release_connection(self) -> None:
+        """End the session's transaction, which has only read so far, returning its connection
+        to the pool; the next query checks one out again. Objects read stay loaded (no expiry
+        on commit). What was read is not held meanwhile either way: a change later writes only
+        its own columns, and a trunk deleted meanwhile is the documented 404 (``_save``)."""
+        if self.session.new or self.session.dirty or self.session.deleted:
+            raise RuntimeError("the provider check must run before anything is staged")
+        await self.session.commit()
 
     def _apply(self, trunk: Trunk, fields: dict[str, Any]) -> None:
         keyring = self.state.keyring
@@ -307,9 +361,12 @@ class TrunkService:
         return trunk
 
     async def delete(self, trunk_id: str) -> None:
-        """Delete the account's trunk."""
-        trunk = await self.get(trunk_id)
-        await self.repo.delete(trunk)
+        """Delete the account's trunk; when two requests delete it at once, the one whose
+        DELETE finds it gone answers the documented 404."""
+        await self.get(trunk_id)
+        if not await self.repo.delete(self.account_id, trunk_id):
+            await self.session.rollback()
+            raise not_found("Trunk", trunk_id)
         await self.session.commit()
         trunks_changed()
         self._removed(trunk_id)

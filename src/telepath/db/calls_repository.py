@@ -6,14 +6,27 @@ The views are shared by ``GET /v1/calls`` and ``telepath calls``, so both print 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from telepath.calls.model import CallStatus, DisconnectReason
 from telepath.db.models import CallRow
+
+#: Reasons an answered call ends on that make it a failure for a trunk's success rate: the
+#: agent failed mid-call, SIP failed, the gateway process died with it. A hang-up (either side),
+#: a transfer, the inactivity or duration limits, a shutdown or a deleted trunk are not failures
+#: of the call. A call never answered has status ``failed`` (``connection_failed`` and the
+#: like) whatever its reason.
+FAILURE_REASONS = (
+    DisconnectReason.AI_PROVIDER_ERROR,
+    DisconnectReason.CARRIER_ERROR,
+    DisconnectReason.LOST,
+)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -73,6 +86,72 @@ class CallRepository:
             .offset(offset)
         )
         return rows.all(), int(total or 0)
+
+    async def trunk_stats(
+        self, account_id: str, trunk_ids: Collection[str], since: datetime
+    ) -> dict[str, TrunkCallStats]:
+        """Aggregates of the account's calls to each of ``trunk_ids`` that started at or after
+        ``since``, in one grouped query (``ix_calls_account_trunk_start``); a trunk without
+        such calls is absent from the result (``NO_CALLS``)."""
+        if not trunk_ids:
+            return {}
+        ended = CallRow.status != CallStatus.CONNECTED.value
+        failed = or_(
+            CallRow.status == CallStatus.FAILED.value,
+            and_(ended, CallRow.disconnect_reason.in_([r.value for r in FAILURE_REASONS])),
+        )
+        rows = await self.session.execute(
+            select(
+                CallRow.trunk_id,
+                func.count(),
+                func.sum(case((ended, 1), else_=0)),
+                func.sum(case((failed, 1), else_=0)),
+                func.avg(CallRow.ai_latency_ms),  # NULLs (not measured) left out
+            )
+            .where(
+                CallRow.account_id == account_id,
+                CallRow.trunk_id.in_(list(trunk_ids)),
+                CallRow.start_time >= since,
+            )
+            .group_by(CallRow.trunk_id)
+        )
+        return {
+            trunk_id: TrunkCallStats(
+                calls=int(calls),
+                ended=int(ended_count or 0),
+                failed=int(failed_count or 0),
+                mean_ai_latency_ms=None if latency is None else float(latency),
+            )
+            for trunk_id, calls, ended_count, failed_count, latency in rows
+        }
+
+
+@dataclass(frozen=True)
+class TrunkCallStats:
+    """Aggregates of one trunk's calls over a period (``CallRepository.trunk_stats``)."""
+
+    calls: int  # every call that started in the period
+    ended: int  # of which ended (status not ``connected``)
+    failed: int  # of which failed: status ``failed``, or ended on one of FAILURE_REASONS
+    mean_ai_latency_ms: float | None  # mean ai_latency_ms of the calls that measured one
+
+    @property
+    def success_rate(self) -> float:
+        """Percentage of the ended calls that did not fail, to one decimal; 100 when none
+        ended (none failed)."""
+        if not self.ended:
+            return 100.0
+        return round(100.0 * (self.ended - self.failed) / self.ended, 1)
+
+    @property
+    def avg_latency_ms(self) -> int:
+        """The mean latency rounded half up to whole milliseconds; 0 when none was measured."""
+        if self.mean_ai_latency_ms is None:
+            return 0
+        return int(self.mean_ai_latency_ms + 0.5)
+
+
+NO_CALLS = TrunkCallStats(calls=0, ended=0, failed=0, mean_ai_latency_ms=None)
 
 
 def call_metrics(row: CallRow) -> dict[str, Any]:

@@ -209,7 +209,9 @@ class CallRow(Base):
     __tablename__ = "calls"
     __table_args__ = (
         Index("ix_calls_account_start", "account_id", "start_time"),
-        Index("ix_calls_account_trunk", "account_id", "trunk_id"),
+        # A trunk's calls by start: GET /v1/calls?trunk_id=, and each listed trunk's calls of
+        # today (GET /v1/trunks metrics: one range scan per trunk).
+        Index("ix_calls_account_trunk_start", "account_id", "trunk_id", "start_time"),
         Index("ix_calls_end_time", "end_time"),
         # Open records by the process that holds them: a process that died leaves some, which
         # its successor closes at once (``close_instance_calls``). Partial: ended calls are

@@ -163,26 +163,47 @@ class TrunkRepository:
         )
         return sorted(rows)
 
+    async def lock(self, trunk_id: str) -> None:
+        """Make this transaction the trunk's only writer until it ends.
+
+        A no-op UPDATE of the trunk's row, as ``AccountRepository.lock``: on PostgreSQL the
+        row's lock (FOR NO KEY UPDATE: rows referencing the trunk may still be inserted), on
+        SQLite the database's write lock. A concurrent caller waits here, then reads what the
+        first one committed.
+        """
+        await self.session.execute(
+            update(Trunk)
+            .where(Trunk.id == trunk_id)
+            .values(name=Trunk.name)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def numbers_of(self, trunk_id: str) -> set[str]:
+        """The numbers the routing index holds for the trunk."""
+        rows = await self.session.scalars(
+            select(TrunkNumber.number).where(TrunkNumber.trunk_id == trunk_id)
+        )
+        return set(rows)
+
     async def set_numbers(self, trunk: Trunk, numbers: Sequence[str]) -> None:
         """Make ``numbers`` the trunk's inbound numbers, in the column and the routing index.
 
-        Only the difference is written (a number kept stays the same row), so a change never
-        deletes and re-inserts one key in one flush. A number another trunk holds makes the
-        commit raise ``IntegrityError``.
+        The trunk is locked first (``lock``), so that two changes at once apply one after the
+        other: each removes what the other committed, and the routing index ends as the column
+        says. Without it, PATCH [B] and PATCH [C] both removed only the number they had read
+        and left {B, C} routed to the trunk, with B no longer listed. Every row of the trunk not
+        in ``numbers`` is deleted, not only those read. Only the difference is written (a number
+        kept stays the same row), so a change never deletes and re-inserts one key in one flush.
+        A number another trunk holds makes the commit raise ``IntegrityError``.
         """
         await self.session.flush()  # a new trunk's row exists before rows that refer to it
-        held = set(
-            await self.session.scalars(
-                select(TrunkNumber.number).where(TrunkNumber.trunk_id == trunk.id)
+        await self.lock(trunk.id)
+        await self.session.execute(
+            delete(TrunkNumber).where(
+                TrunkNumber.trunk_id == trunk.id, TrunkNumber.number.not_in(list(numbers))
             )
         )
-        gone = held - set(numbers)
-        if gone:
-            await self.session.execute(
-                delete(TrunkNumber).where(
-                    TrunkNumber.trunk_id == trunk.id, TrunkNumber.number.in_(gone)
-                )
-            )
+        held = await self.numbers_of(trunk.id)
         self.session.add_all(
             TrunkNumber(number=n, trunk_id=trunk.id) for n in numbers if n not in held
         )
@@ -220,6 +241,16 @@ class TrunkRepository:
         """Stage a new trunk."""
         self.session.add(trunk)
 
-    async def delete(self, trunk: Trunk) -> None:
-        """Delete a trunk."""
-        await self.session.delete(trunk)
+    async def delete(self, account_id: str, trunk_id: str) -> bool:
+        """Delete the account's trunk (its numbers and registration go with it: ON DELETE
+        CASCADE); False when there was none, e.g. another request deleted it meanwhile.
+
+        One DELETE whose matched count is the answer: the ORM's delete of a loaded trunk that
+        another request had just deleted matched no row, warned, and answered 204 as well.
+        """
+        result = await self.session.execute(
+            delete(Trunk)
+            .where(Trunk.id == trunk_id, Trunk.account_id == account_id)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -43,7 +43,8 @@ unreachable ``ws://127.0.0.1:9/...``) with ``agent_id`` and a ``conversation_sig
 200 agent body announces ``ulaw_8000`` both ways unless ``agent_formats`` says otherwise.
 
 Every request is appended to ``requests`` (method, path, query, headers, the client's address)
-for assertions.
+for assertions. ``hold_answers()`` makes it a slow provider: requests are recorded, then
+answered only once the event it returns is set.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ __all__ = [
 
 JsonBody = dict[str, Any]
 Answer = tuple[int, JsonBody]
+
+HOLD_MAX_S = 30.0  # a held answer is sent anyway after this long (a test that forgot to set it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,7 @@ class _Config:
     agent_formats: dict[str, tuple[str, str]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hold: threading.Event | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -261,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
         with cfg.lock:
             peer = (str(self.client_address[0]), int(self.client_address[1]))
             cfg.requests.append(RecordedRequest("GET", parts.path, query, headers, peer))
+            hold = cfg.hold
+        if hold is not None:
+            hold.wait(timeout=HOLD_MAX_S)
         path = parts.path
         if path == "/v1/models":
             self._send(*openai_model_answer(headers.get("authorization"), None))
@@ -374,6 +381,15 @@ class FakeProviderHttp:
     def elevenlabs_api_base(self) -> str:
         """Value for ``TELEPATH_ELEVENLABS_API_BASE`` (``{url}``)."""
         return self.url
+
+    def hold_answers(self) -> threading.Event:
+        """From now on, record each request but answer it only once the returned event is set
+        (at most ``HOLD_MAX_S`` later): a slow provider, to observe what a caller does while
+        it waits."""
+        hold = threading.Event()
+        with self._config.lock:
+            self._config.hold = hold
+        return hold
 
     @property
     def requests(self) -> list[RecordedRequest]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,3 +132,43 @@ async def test_unreachable_provider_is_502(
     assert resp.status_code == 502
     assert resp.json()["error"]["code"] == "provider_unavailable"
     assert await trunk_count(api) == 0
+
+
+async def _checkedout_while_checking(
+    api: Api, fake: FakeProviderHttp, method: str, path: str, body: dict[str, Any]
+) -> tuple[int, int]:
+    """The database connections the API holds while the provider is asked (it answers only
+    once they are counted), and the request's status."""
+    hold = fake.hold_answers()
+    before = len(fake.requests)
+    request = asyncio.create_task(api.client.request(method, path, json=body, headers=api.auth()))
+    try:
+        async with asyncio.timeout(10):
+            while len(fake.requests) == before:  # noqa: ASYNC110 - the fake runs in a thread
+                await asyncio.sleep(0.01)
+        checked_out = api.state.engine.pool.checkedout()  # type: ignore[attr-defined]
+    finally:
+        hold.set()
+    resp = await request
+    return checked_out, resp.status_code
+
+
+async def test_no_database_connection_is_held_while_a_key_is_checked(
+    api: Api, fake: FakeProviderHttp
+) -> None:
+    """A create or change waited for the provider (up to provider_timeout_s) holding a pooled
+    connection, which the gateway's trunk lookups share: a few slow checks starved calls."""
+    assert api.state.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    held, status = await _checkedout_while_checking(
+        api, fake, "POST", "/v1/trunks", openai_trunk("sk-valid-1")
+    )
+    assert (held, status) == (0, 201)
+    [created] = (await api.get("/v1/trunks")).json()["trunks"]
+    path = f"/v1/trunks/{created['id']}"
+    held, status = await _checkedout_while_checking(
+        api, fake, "PATCH", path, {"openai_api_key": "sk-valid-2", "name": "Renamed"}
+    )
+    assert (held, status) == (0, 200)
+    changed = (await api.get(path)).json()
+    assert changed["name"] == "Renamed"
+    assert changed["openai_api_key_hint"] != created["openai_api_key_hint"]

@@ -1,13 +1,18 @@
-"""Requests on one trunk that overlap (found by review): a change racing a delete, and two
-password rotations at once, on SQLite and PostgreSQL.
+"""Requests on one trunk that overlap (found by review): a change racing a delete, two
+password rotations at once, two changes of its inbound numbers at once, on SQLite and
+PostgreSQL.
 
 The overlap is made deterministic: the other request runs, to completion, right after this
-request has read the trunk and before it writes (``between_read_and_write``).
+request has read the trunk and before it writes (``between_read_and_write``), or starts while
+this one's writes are not committed yet (``while_uncommitted``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -39,8 +44,31 @@ def between_read_and_write(
     monkeypatch.setattr(TrunkRepository, "get", get)
 
 
-async def _trunk(api: Api) -> str:
-    created = await api.post("/v1/trunks", CUSTOM)
+#: How long the other request is given to finish before this one commits: it finishes within
+#: it unless it waits for a lock this one holds (then this one commits, and it goes on).
+BLOCKED_S = 1.0
+
+
+def while_uncommitted(
+    monkeypatch: pytest.MonkeyPatch, action: Callable[[], Coroutine[Any, Any, Any]]
+) -> list[asyncio.Task[Any]]:
+    """Start ``action`` once, right after the next ``set_numbers`` (its writes done, not yet
+    committed), and let it run until it ends or ``BLOCKED_S`` passes; returns its task."""
+    original = TrunkRepository.set_numbers
+    started: list[asyncio.Task[Any]] = []
+
+    async def set_numbers(self: TrunkRepository, trunk: Trunk, numbers: Sequence[str]) -> None:
+        await original(self, trunk, numbers)
+        if not started:
+            started.append(asyncio.create_task(action()))
+            await asyncio.wait(started, timeout=BLOCKED_S)
+
+    monkeypatch.setattr(TrunkRepository, "set_numbers", set_numbers)
+    return started
+
+
+async def _trunk(api: Api, body: dict[str, Any] = CUSTOM) -> str:
+    created = await api.post("/v1/trunks", body)
     assert created.status_code == 201, created.text
     return f"/v1/trunks/{created.json()['id']}"
 
@@ -106,3 +134,89 @@ async def test_two_rotations_at_once_never_both_succeed(
     assert again.status_code == 200, again.text
     username, realm, ha1 = await _stored_ha1(api, trunk.rsplit("/", 1)[1])
     assert ha1 == compute_ha1("SHA-256", username, realm, again.json()["sip_password"])
+
+
+async def _numbers(api: Api, trunk_id: str) -> tuple[list[str], str | None]:
+    """The trunk's routing rows and its ``inbound_numbers`` column."""
+    async with api.state.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT number FROM trunk_numbers WHERE trunk_id = :id ORDER BY number"),
+            {"id": trunk_id},
+        )
+        column = await conn.scalar(
+            text("SELECT inbound_numbers FROM trunks WHERE id = :id"), {"id": trunk_id}
+        )
+    return list(rows.scalars()), column
+
+
+async def test_two_number_changes_at_once_leave_no_stray_routing_row(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PATCH [B] and PATCH [C] at once left trunk_numbers {B, C} with the column C: each
+    deleted only the rows it had read (A), so B stayed routed to the trunk (unchallenged, with
+    sip_auth address) though no longer listed. The PATCH's own UPDATE of updated_at happened
+    to lock the row first, except within the same millisecond: the clock is frozen here."""
+    frozen = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
+    monkeypatch.setattr("telepath.api.trunk_service.utcnow", lambda: frozen)
+    trunk = await _trunk(api, {**CUSTOM, "inbound_numbers": ["+14155550100"]})
+    trunk_id = trunk.rsplit("/", 1)[1]
+    answers: list[int] = []
+
+    async def patch_c() -> None:
+        answers.append((await api.patch(trunk, {"inbound_numbers": ["+14155550102"]})).status_code)
+
+    other = while_uncommitted(monkeypatch, patch_c)
+    first = await api.patch(trunk, {"inbound_numbers": ["+14155550101"]})
+    assert first.status_code == 200, first.text
+    await asyncio.gather(*other)
+    assert answers == [200]
+    rows, column = await _numbers(api, trunk_id)
+    assert column is not None
+    assert rows == column.split(",")  # the routing index is what the trunk lists
+    assert rows == ["+14155550102"]  # the change committed last
+
+
+async def test_delete_racing_a_delete_is_not_found(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loser's DELETE matched no row: both answered 204, and SQLAlchemy warned."""
+    trunk = await _trunk(api, {**CUSTOM, "inbound_numbers": ["+14155550100"]})
+
+    async def delete() -> None:
+        assert (await api.delete(trunk)).status_code == 204
+
+    between_read_and_write(monkeypatch, 1, delete)
+    err(await api.delete(trunk), 404, "not_found")
+    err(await api.get(trunk), 404, "not_found")
+    assert await _numbers(api, trunk.rsplit("/", 1)[1]) == ([], None)
+
+
+async def test_two_trunks_claiming_one_number_at_once_is_a_conflict(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both PATCHes found the number free; the loser's commit broke the number's unique key,
+    and its IntegrityError branch read the trunk expired by the rollback: MissingGreenlet, a
+    500. (The clock is frozen so that the PATCH writes nothing before its check, as within one
+    millisecond; else SQLite's write lock orders them and the check answers.)"""
+    frozen = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
+    monkeypatch.setattr("telepath.api.trunk_service.utcnow", lambda: frozen)
+    first = await _trunk(api, {**CUSTOM, "sip_username": "claim-first"})
+    second = await _trunk(api, {**CUSTOM, "sip_username": "claim-second"})
+    original = TrunkRepository.numbers_taken
+    ran: list[int] = []
+
+    async def numbers_taken(
+        self: TrunkRepository, numbers: Collection[str], trunk_id: str
+    ) -> list[str]:
+        taken = await original(self, numbers, trunk_id)
+        if not ran:
+            ran.append(0)  # once: the other PATCH's own check runs this too
+            resp = await api.patch(second, {"inbound_numbers": ["+14155550100"]})
+            ran[0] = resp.status_code
+        return taken
+
+    monkeypatch.setattr(TrunkRepository, "numbers_taken", numbers_taken)
+    err(await api.patch(first, {"inbound_numbers": ["+14155550100"]}), 409, "conflict")
+    assert ran == [200]
+    assert await _numbers(api, first.rsplit("/", 1)[1]) == ([], None)
+    assert await _numbers(api, second.rsplit("/", 1)[1]) == (["+14155550100"], "+14155550100")

@@ -21,7 +21,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (see error.code)",
         401: "Missing or invalid API key, or provider credentials rejected",
         404: "Trunk not found in this account",
-        409: "sip_username already exists",
+        409: "sip_username already exists, or an inbound number is another trunk's",
         413: "Request body too large",
         429: "Rate limit exceeded",
         502: "The AI provider could not be reached to validate credentials",
@@ -87,13 +87,14 @@ async def list_trunks(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[Literal["active", "inactive", "error"] | None, Query()] = None,
 ) -> schemas.TrunkList:
-    """Trunks of the caller's account, newest first."""
+    """Trunks of the caller's account, newest first, each with today's call ``metrics``
+    (since 00:00 UTC: calls, success rate, mean agent latency; see ``TrunkMetrics``)."""
     service = TrunkService(state, session, principal.account_id)
     rows, total = await service.repo.list(
         principal.account_id, status=status, limit=limit, offset=offset
     )
     return schemas.TrunkList(
-        trunks=[service.view(t) for t in rows],
+        trunks=await service.views(rows),
         pagination=schemas.Pagination(limit=limit, offset=offset, total=total),
     )
 
@@ -109,13 +110,14 @@ async def get_trunk(
 ) -> schemas.Trunk:
     """One trunk of the caller's account."""
     service = TrunkService(state, session, principal.account_id)
-    return service.view(await service.get(trunk_id))
+    [view] = await service.views([await service.get(trunk_id)])
+    return view
 
 
 @router.patch(
     "/{trunk_id}",
     response_model=schemas.Trunk,
-    responses=_errors(400, 401, 404, 413, 429, 502),
+    responses=_errors(400, 401, 404, 409, 413, 429, 502),
     openapi_extra=_body_doc(schemas.TrunkUpdate),
     summary="Update a trunk",
 )
@@ -134,7 +136,8 @@ async def update_trunk(
         provider=trunk.ai_provider,
         allow_insecure=state.settings.allow_insecure_agent_urls,
     )
-    return service.view(await service.update(trunk_id, fields))
+    [view] = await service.views([await service.update(trunk_id, fields)])
+    return view
 
 
 @router.delete(
