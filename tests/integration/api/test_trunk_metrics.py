@@ -12,6 +12,7 @@ from tests.integration.api.seed import CUSTOM
 from tests.integration.calls_api.records import account_of, ended, started
 from tests.integration.conftest import Api
 
+from telepath.api import trunk_service
 from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
 from telepath.db.call_recorder import DbCallRecorder
 
@@ -20,9 +21,16 @@ pytestmark = pytest.mark.integration
 EMPTY = {"calls_today": 0, "success_rate": 100.0, "avg_latency_ms": 0}
 
 
+NOW = datetime.now(UTC)  # the service's "now" in these tests: no day may change under them
+
+
+@pytest.fixture(autouse=True)
+def _frozen_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trunk_service, "utcnow", lambda: NOW)
+
+
 def _midnight() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return NOW.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 async def _trunk(api: Api, username: str) -> str:
@@ -64,7 +72,7 @@ async def test_list_shows_todays_calls_success_rate_and_latency(api: Api) -> Non
     stranger = await account_of(api, await api.new_account_key("stranger"))
     recorder = DbCallRecorder(api.state.sessions)
     midnight = _midnight()
-    today = max(midnight, datetime.now(UTC) - timedelta(minutes=5))
+    today = max(midnight, NOW - timedelta(minutes=5))
 
     # busy, today: three successes (one at 00:00:00 exactly), two failures, one still up.
     await _call(recorder, account, busy, midnight, latency=200)
@@ -98,8 +106,6 @@ async def test_list_shows_todays_calls_success_rate_and_latency(api: Api) -> Non
 
     resp = await api.get("/v1/trunks")
     assert resp.status_code == 200, resp.text
-    if _midnight() != midnight:
-        pytest.skip("the UTC day changed during the test")
     metrics = _by_id(resp.json())
     # 6 calls today; 3 of the 5 that ended succeeded; latency: mean of 200, 300, 402 = 300.67
     assert metrics[busy] == {"calls_today": 6, "success_rate": 60.0, "avg_latency_ms": 301}
@@ -116,7 +122,7 @@ async def test_success_rate_is_rounded_to_one_decimal(api: Api) -> None:
     trunk = await _trunk(api, "metrics-third")
     account = await account_of(api)
     recorder = DbCallRecorder(api.state.sessions)
-    today = max(_midnight(), datetime.now(UTC) - timedelta(minutes=5))
+    today = max(_midnight(), NOW - timedelta(minutes=5))
     for reason in (DisconnectReason.CALLER_HANGUP, DisconnectReason.CALLER_HANGUP):
         await _call(recorder, account, trunk, today, latency=101, reason=reason)
     await _call(recorder, account, trunk, today, latency=100, reason=DisconnectReason.LOST)
