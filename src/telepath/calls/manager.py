@@ -778,15 +778,6 @@ class CallManager:
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
         if outcome.result == AuthResult.OK and trunk is not None:
-            if not _same_user(creds.uri, request.uri):
-                # RFC 7616 §3.4.6: the digest's uri is what was authorised — credentials
-                # computed for another dialled number place no call to this one. Only the
-                # user part, when it names one: UAs differ in the host, port and parameters
-                # they repeat (SIPp gives sip:host:port).
-                (self._reject if call else self._refuse)(
-                    tx, 400, "auth_uri_mismatch", reason="Digest URI Mismatch"
-                )
-                return None
             if not trunk.allows_source(source_ip):
                 # The trunk's allowed_addresses: right credentials from elsewhere get the same
                 # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
@@ -795,6 +786,17 @@ class CallManager:
                 if self.metrics is not None:
                     self.metrics.sip_auth_failures.labels(reason="source_not_allowed").inc()
                 (self._reject if call else self._refuse)(tx, 403, "source_not_allowed")
+                return None
+            if not _same_user(creds.uri, request.uri):
+                # RFC 7616 §3.4.6: the digest's uri is what was authorised — credentials
+                # computed for another dialled number place no call to this one. Only the
+                # user part, when it names one: UAs differ in the host, port and parameters
+                # they repeat (SIPp gives sip:host:port). After the source check: from a
+                # source not allowed, right credentials get the 403 of wrong ones whatever
+                # else is wrong (no oracle).
+                (self._reject if call else self._refuse)(
+                    tx, 400, "auth_uri_mismatch", reason="Digest URI Mismatch"
+                )
                 return None
             if self.guard is not None:
                 self.guard.record_auth_success(source_ip)
@@ -1524,7 +1526,7 @@ def _same_user(digest_uri: str, request_uri: SipUri) -> bool:
     try:
         user = parse_uri(digest_uri).user_unescaped
     except SipParseError:
-        return False
+        return True  # not a SIP URI (a tel: one, say): no user of ours to compare
     return user is None or user == request_uri.user_unescaped
 
 

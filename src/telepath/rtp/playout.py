@@ -91,6 +91,7 @@ class Playout:
         self._played_total = 0
         self._talkspurt = True  # next agent-audio frame starts a talkspurt
         self._dtmf: deque[DtmfPacket] = deque()
+        self._dtmf_started = False  # the press's start is set: its first packet was skipped
         self._dtmf_timestamp = 0
         self._resamplers: dict[int, Resampler] = {}
         self._odd_sample = b""
@@ -173,6 +174,7 @@ class Playout:
         self.dtmf_payload_type = payload_type
         if payload_type is None:
             self._dtmf.clear()
+            self._dtmf_started = False
             self._talkspurt = True
 
     def send_dtmf(self, key: str, duration_ms: int = 100, volume: int = 10) -> None:
@@ -203,8 +205,9 @@ class Playout:
         if self._dtmf:
             assert self.dtmf_payload_type is not None
             packet = self._dtmf.popleft()
-            if packet.marker:
+            if packet.marker and not self._dtmf_started:
                 self._dtmf_timestamp = timestamp
+            self._dtmf_started = False
             if not self._dtmf:
                 self._talkspurt = True
             return (
@@ -254,10 +257,12 @@ class Playout:
             packet = self._dtmf.popleft()
             if packet.marker:
                 # The press began in this packet time (RFC 4733 §2.5.1.2: every packet of an
-                # event carries its start); the first one sent gets the marker.
+                # event carries its start); the first one sent gets the marker, and keeps
+                # this start (its duration counts from it).
                 self._dtmf_timestamp = timestamp
                 if self._dtmf and not self._dtmf[0].marker:
                     self._dtmf[0] = replace(self._dtmf[0], marker=True)
+                    self._dtmf_started = True
             return []
         dropped = min(len(self._queue), self.frame_bytes)
         del self._queue[:dropped]

@@ -160,6 +160,14 @@ async def test_end_date_covers_the_whole_second_it_names(api: Api) -> None:
     assert await total(end_date="2026-03-05T10:30:00.4Z") == 0
     assert await total(end_date="2026-03-05T10:30:00.5Z") == 1
     assert await total(start_date="0001-01-01", end_date="9999-12-31") == 1  # no overflow
+    # A minute or an hour named covers the whole minute or hour (it was their first second).
+    later = started(await account_of(api), start=T0 + timedelta(minutes=5, seconds=30))
+    await DbCallRecorder(api.state.sessions).call_ended(ended(later))  # 10:35:30
+    assert await total(end_date="2026-03-05T10:35Z") == 2
+    assert await total(end_date="2026-03-05T1035Z") == 2
+    assert await total(end_date="2026-03-05T10Z") == 2
+    assert await total(start_date="2026-03-05T10:35", end_date="2026-03-05T10:35") == 1
+    assert await total(end_date="2026-03-05T10:34Z") == 1
 
 
 @pytest.mark.parametrize(

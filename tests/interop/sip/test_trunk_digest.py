@@ -114,3 +114,33 @@ async def test_credentials_for_another_number_are_refused(
         uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
         await uac.response(400, leg.call_id, method="INVITE", after=start)
         assert gateway.manager.active_calls == 0 and agent.handshakes == []
+
+
+async def test_right_credentials_from_a_source_not_allowed_learn_nothing_more(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """From an address the trunk does not allow, right credentials get the same 403 as wrong
+    ones (no oracle) — whatever else is wrong with the request, its digest uri included (a
+    400 for the uri told a password-guesser its guess was right)."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "fenced",
+            "fenced-pass-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            allowed_addresses=["10.0.0.0/8"],
+        )
+        leg = CallLeg(uac, "fenced")
+        await leg.challenge(MEDIA_PORT)
+        leg.cseq += 1
+        chosen = challenge_params(leg.challenges[-1])
+        probe = leg.build("INVITE", body=b"")
+        elsewhere = request_uri(probe).replace("sip:fenced@", "sip:+19005550100@")
+        auth = digest_authorization(
+            chosen, username="fenced", password="fenced-pass-1", method="INVITE", uri=elsewhere
+        )
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
+        await uac.response(403, leg.call_id, method="INVITE", after=start)
+        assert agent.handshakes == []

@@ -18,6 +18,9 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"])
 CALL_STATUSES = ("connected", "disconnected", "failed")
 _WEEK_ONLY = re.compile(r"\d{4}-?W\d{2}")  # ISO 8601 week date without a day
 _FRACTION = re.compile(r"\d[.,]\d")  # a decimal fraction (of the seconds: dates have none)
+# The time of a date-time, up to its fraction or offset: "10", "10:36", "1036", "10:36:42"...
+_TIME = re.compile(r"[T ](\d{2}(?::?\d{2}){0,2})(?:[.,]\d+)?(?:Z|[+-]\d{2}(?::?\d{2})?)?$")
+_TIME_SPANS = {2: timedelta(hours=1), 4: timedelta(minutes=1)}  # by digits named; else 1 s
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -39,9 +42,10 @@ def parse_date(name: str, value: str, *, inclusive_end: bool) -> datetime:
     - a date, in any form ``date.fromisoformat`` takes (``2024-03-05``, ``20240305``,
       ``2024-W10-2``, ``2024W102``), its whole day (in UTC);
     - an ISO week without a day (``2024-W10``, ``2024W10``), its whole week;
-    - a date-time without a fraction of a second, its whole second: the API shows whole
-      seconds while records keep microseconds, so a call shown as ``...T10:36:42Z`` is in
-      ``end_date=...T10:36:42Z`` ("on or before"). A fraction given is taken as written.
+    - a date-time without a fraction of a second, its whole second — or minute, or hour, when
+      it names no finer (``...T10:36``, ``...T10``): the API shows whole seconds while records
+      keep microseconds, so a call shown as ``...T10:36:42Z`` is in ``end_date=...T10:36:42Z``
+      ("on or before"). A fraction given is taken as written.
 
     A value outside the representable range once in UTC (``0001-01-01T00:30:00+01:00``) is
     a 400 like any invalid one.
@@ -64,7 +68,12 @@ def parse_date(name: str, value: str, *, inclusive_end: bool) -> datetime:
         else:
             parsed = datetime.fromisoformat(text)
             first = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-            span = timedelta(microseconds=1) if _FRACTION.search(text) else timedelta(seconds=1)
+            if _FRACTION.search(text):
+                span = timedelta(microseconds=1)
+            else:
+                named = _TIME.search(text)
+                digits = len(named.group(1).replace(":", "")) if named else 6
+                span = _TIME_SPANS.get(digits, timedelta(seconds=1))
         # (first + span) could overflow where its last instant does not: 9999-12-31.
         return first + (span - timedelta(microseconds=1)) if inclusive_end else first
     except (ValueError, OverflowError):
