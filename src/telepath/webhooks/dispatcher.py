@@ -141,6 +141,7 @@ class WebhookDispatcher:
         self._concurrency = concurrency
         self._endpoint_concurrency = endpoint_concurrency
         self._secrets_unreadable = False  # said once, until a secret decrypts again
+        self._unstored: list[Outcome] = []  # outcomes a database error kept from being stored
         self._timeout_s = timeout_s
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
@@ -217,14 +218,28 @@ class WebhookDispatcher:
         """
         total = 0
         in_flight: dict[asyncio.Task[Outcome], Claimed] = {}
-        finished: list[Outcome] = []
+        # outcomes not stored yet: a database error kept them (from this round or the last)
+        finished, self._unstored = self._unstored, []
         try:
             while True:
                 stopping = stop_event is not None and stop_event.is_set()
                 free = 0 if stopping else self._concurrency - len(in_flight)
                 claimed: list[Claimed] = []
                 if free > 0 or finished:
-                    claimed = await self._exchange(finished, free, in_flight.values())
+                    try:
+                        claimed = await self._exchange(finished, free, in_flight.values())
+                    except Exception:
+                        # A database error (a failover, a lock timeout): the requests in flight
+                        # finish (each within timeout_s) rather than being cut, and every
+                        # outcome is kept for the next exchange — their rows stay leased, and
+                        # an outcome stored late is still the claim's (the lease checks it).
+                        done = await asyncio.gather(*in_flight, return_exceptions=True)
+                        in_flight.clear()
+                        self._unstored = [
+                            *finished,
+                            *(o for o in done if isinstance(o, Outcome)),
+                        ]
+                        raise
                     finished = []
                 for c in claimed:
                     task = asyncio.ensure_future(self._attempt(c))

@@ -297,3 +297,40 @@ async def set_secret(api: Api, endpoint_id: str, secret_enc: str) -> None:
         assert endpoint is not None
         endpoint.secret_enc = secret_enc
         await session.commit()
+
+
+async def test_outcomes_a_database_error_kept_from_storing_are_stored_later(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """A transient database error while storing outcomes (a failover, a lock timeout): the
+    requests in flight finish rather than being cut, and every outcome is stored at the next
+    exchange — before, they were dropped and the rows, still leased, were sent again once the
+    lease ran out (a duplicate for each)."""
+    clock = Clock()
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(2):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(now=clock)
+        sessions = dispatcher._sessions
+        broken = False
+
+        def flaky() -> Any:
+            if broken:
+                raise ConnectionRefusedError("the database is away")
+            return sessions()
+
+        dispatcher._sessions = flaky  # type: ignore[assignment]
+        round_ = asyncio.create_task(dispatcher.run_once())
+        await arrived(receiver, 2)
+        broken = True
+        gate.set()
+        with pytest.raises(ConnectionRefusedError):
+            await round_
+        broken = False
+        clock.advance(3600)  # past the lease: the rows are due again unless their outcomes land
+        assert await dispatcher.run_once() == 0
+    assert len(receiver.requests) == 2  # each sent once
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
