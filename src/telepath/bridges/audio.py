@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from telepath.bridges.base import Codec
-from telepath.rtp.resample import SUPPORTED_RATES, Resampler
+from telepath.rtp.resample import RESAMPLED_RATES, Resampler
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -117,7 +117,7 @@ class _OneWay:
         self._filter = (
             Resampler(src.rate, dst.rate)
             if (src.rate > dst.rate or (filter_up and src.rate < dst.rate))
-            and {src.rate, dst.rate} <= set(SUPPORTED_RATES)
+            and {src.rate, dst.rate} <= set(RESAMPLED_RATES)
             else None
         )
 

@@ -1,4 +1,5 @@
-"""Low-delay streaming resampling between 8, 16 and 24 kHz (PCM16 mono) with a polyphase FIR.
+"""Low-delay streaming resampling between 8, 16 and 24 kHz (PCM16 mono) with a polyphase FIR —
+and from an ElevenLabs agent's other output rates, 22.05, 44.1 and 48 kHz.
 
 Why our own filter: soxr's streaming modes buffer 22-153 ms (or alias badly in QQ mode), and
 libsamplerate's ``sinc_fastest`` costs 23-40 µs per 20 ms frame with 2.5 ms lag
@@ -11,6 +12,10 @@ Design: cut-off at the Nyquist frequency of the lower rate, transition band 30 %
 (3.4-4.6 kHz around 4 kHz for 8 kHz), 80 dB Kaiser design. Energy between 4 and
 4.6 kHz that survives the transition folds back above 3.4 kHz, outside the telephone band.
 Each :class:`Resampler` is stateful (filter history and phase), one per stream direction.
+
+A ratio with a large interpolation factor (44.1 kHz -> 8 kHz is 80/441) computes only the
+outputs it needs — one window and one filter phase each — rather than every position on the
+upsampled grid (80 times the input rate): the same filter, for a few hundred µs per frame.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 SUPPORTED_RATES = (8000, 16000, 24000)
+# Also taken: an agent's other PCM rates (ElevenLabs pcm_22050 / pcm_44100 / pcm_48000).
+RESAMPLED_RATES = (*SUPPORTED_RATES, 22050, 44100, 48000)
+_GATHER_FROM_UP = 8  # an interpolation factor past which only the needed outputs are computed
 _STOPBAND_DB = 80.0
 _TRANSITION = 0.3  # fraction of the lower Nyquist frequency
 
@@ -43,7 +51,7 @@ def _design(up: int, down: int) -> npt.NDArray[np.float64]:
 
 
 class Resampler:
-    """Streaming PCM16 resampler between two of 8000, 16000 and 24000 Hz.
+    """Streaming PCM16 resampler between two of 8000, 16000, 22050, 24000, 44100, 48000 Hz.
 
     Args:
         from_rate: input sample rate in Hz.
@@ -54,8 +62,8 @@ class Resampler:
     """
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
-        if from_rate not in SUPPORTED_RATES or to_rate not in SUPPORTED_RATES:
-            raise ValueError("resampling supports only 8000, 16000 and 24000 Hz")
+        if from_rate not in RESAMPLED_RATES or to_rate not in RESAMPLED_RATES:
+            raise ValueError(f"resampling supports only {', '.join(map(str, RESAMPLED_RATES))} Hz")
         self.from_rate = from_rate
         self.to_rate = to_rate
         ratio = Fraction(to_rate, from_rate)
@@ -102,6 +110,9 @@ class Resampler:
         # input window p_n // up and filter phase p_n % up.
         if self._up == 1:
             y = windows[self._position :: self._down] @ self._phases[0]
+        elif self._up > _GATHER_FROM_UP:
+            grid = np.arange(self._position, len(x) * self._up, self._down)
+            y = np.einsum("ij,ij->i", windows[grid // self._up], self._phases[grid % self._up])
         else:
             full = (windows @ self._phases.T).ravel()  # every upsampled-grid position
             y = full[self._position :: self._down]

@@ -130,3 +130,20 @@ def test_registry_builds_each_bridge() -> None:
         create_bridge("retell", CustomConfig("wss://a"))
     with pytest.raises(ConfigurationError):
         create_bridge("openai", CustomConfig("wss://a"))
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 48000])
+def test_an_agent_s_22_44_or_48_khz_audio_does_not_fold_into_the_phone_band(rate: int) -> None:
+    """ElevenLabs' pcm_22050 / pcm_44100 / pcm_48000 agents: their audio goes to the call
+    through the low-pass filter like 16 and 24 kHz audio — through audioop.ratecv (no filter)
+    a 6 kHz sibilant came out near full level as a 2 kHz whistle."""
+    converter = AudioConverter("pcmu", WireFormat("pcm16", 8000), WireFormat("pcm16", rate))
+    speech = converter.from_agent(sine_pcm16(1000, 500, rate))
+    hiss = converter.from_agent(sine_pcm16(6000, 500, rate))
+    speech_pcm, hiss_pcm = g711_to_pcm16(speech, "pcmu"), g711_to_pcm16(hiss, "pcmu")
+    assert dominant_frequency(speech_pcm) == pytest.approx(1000, abs=8)
+
+    def rms(pcm: bytes) -> float:
+        return float(np.sqrt(np.mean(np.frombuffer(pcm, "<i2")[400:].astype(np.float64) ** 2)))
+
+    assert rms(hiss_pcm) < rms(speech_pcm) / 100  # > 40 dB down (μ-law's own floor is near)

@@ -10,6 +10,8 @@ from .audio import dominant_hz, samples, tone
 pytestmark = pytest.mark.unit
 
 PAIRS = [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (16000, 24000), (24000, 16000)]
+# An ElevenLabs agent's other output rates (pcm_22050 / pcm_44100 / pcm_48000), down to a call's
+PAIRS += [(22050, 8000), (44100, 8000), (48000, 8000), (22050, 16000), (44100, 16000)]
 
 
 def _run(resampler: Resampler, pcm: bytes, chunk_samples: int) -> bytes:
@@ -55,8 +57,12 @@ def test_output_does_not_depend_on_chunking(src: int, dst: int) -> None:
     assert int(diff.max()) <= 1
 
 
-def test_anti_aliasing_rejects_a_6khz_tone_going_to_8khz() -> None:
-    out = samples(_run(Resampler(24000, 8000), tone(6000, 24000, 0.5, amplitude=16000), 480))
+@pytest.mark.parametrize("src", [24000, 22050, 44100, 48000])
+def test_anti_aliasing_rejects_a_6khz_tone_going_to_8khz(src: int) -> None:
+    """Above the telephone band nothing folds back into it — from 22.05/44.1/48 kHz too, which
+    went through audioop.ratecv (interpolation, no filter: a 6 kHz tone came out near full
+    level, as a 2 kHz one)."""
+    out = samples(_run(Resampler(src, 8000), tone(6000, src, 0.5, amplitude=16000), src // 50))
     rms = np.sqrt(np.mean(out[200:] ** 2))
     assert 20 * np.log10(max(rms, 1e-3) / 32768) < -60
 
@@ -66,4 +72,4 @@ def test_same_rate_passes_through_and_bad_rates_are_refused() -> None:
     assert Resampler(8000, 8000).process(pcm) == pcm
     assert Resampler(8000, 8000).delay_ms == 0.0
     with pytest.raises(ValueError):
-        Resampler(8000, 44100)
+        Resampler(8000, 11025)
