@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # --- providers -----------------------------------------------------------------------
     openai_api_base: str = "https://api.openai.com/v1"
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
-    openai_model: str = "gpt-realtime"
+    openai_model: str = "gpt-realtime-2.1"
     elevenlabs_api_base: str = "https://api.elevenlabs.io"
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
     validate_provider_keys: bool = True

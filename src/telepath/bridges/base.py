@@ -137,7 +137,7 @@ class OpenAIConfig:
     """
 
     api_key: str = field(repr=False)
-    model: str = "gpt-realtime"
+    model: str = "gpt-realtime-2.1"
     voice: str = "marin"
     realtime_url: str = "wss://api.openai.com/v1/realtime"
     session_limit_s: float = 55 * 60

@@ -25,7 +25,7 @@ class CallControlConfig:
     jitter_min_ms: int = 20
     jitter_max_ms: int = 60
     openai_realtime_url: str = "wss://api.openai.com/v1/realtime"
-    openai_model: str = "gpt-realtime"
+    openai_model: str = "gpt-realtime-2.1"
     elevenlabs_api_base: str = "https://api.elevenlabs.io"
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
     hangup_drain_max_s: float = 10.0  # agent hang-up: let queued audio play up to this long

@@ -77,7 +77,7 @@ async def test_tone_agent_audio_both_ways_and_session_shape(fake: FakeOpenAIReal
     assert rest[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
 
     handshake = fake.handshakes[0]
-    assert handshake.path == "/v1/realtime?model=gpt-realtime"
+    assert handshake.path == "/v1/realtime?model=gpt-realtime-2.1"  # a current GA model
     assert handshake.headers["authorization"] == "Bearer sk-valid-test"
     update = fake.received[0]
     assert update["type"] == "session.update"
