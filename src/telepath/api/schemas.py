@@ -393,6 +393,7 @@ class MediaWarning(BaseModel):
         "srtp_authentication_failed",
         "caller_behind_nat",
         "caller_hears_nothing",
+        "private_address_advertised",
     ]
     message: str
 
