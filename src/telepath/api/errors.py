@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -152,6 +152,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return await _unexpected(req, exc)
 
     # Registered by class (not only as the catch-all above, which Starlette's outermost
-    # middleware serves and then re-raises): these are answered like any API error.
+    # middleware serves and then re-raises — to the server, which logs the whole traceback):
+    # these are answered like any API error, and a bug of any common kind too.
     for kind in (DBAPIError, OSError):
         app.add_exception_handler(kind, _database)
+    for bug in (
+        ArithmeticError,
+        AssertionError,
+        AttributeError,
+        LookupError,
+        RuntimeError,
+        SQLAlchemyError,
+        TypeError,
+        ValueError,
+    ):
+        app.add_exception_handler(bug, _unexpected)

@@ -34,8 +34,13 @@ def new_session(limit: int = 100, *, auto_decompress: bool = True) -> aiohttp.Cl
     connector = aiohttp.TCPConnector(
         limit=limit, ssl=client_context(), keepalive_timeout=KEEPALIVE_S
     )
+    # No cookies: one session serves every account's webhook deliveries (and key checks), so a
+    # cookie one account's receiver set would go to another account's endpoint on that host.
     return aiohttp.ClientSession(
-        connector=connector, trust_env=True, auto_decompress=auto_decompress
+        connector=connector,
+        trust_env=True,
+        auto_decompress=auto_decompress,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

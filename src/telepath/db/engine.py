@@ -59,7 +59,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> AsyncEngine:
-    """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout.
+    """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout. Errors never
+    show their statements' parameters (``hide_parameters``: phone numbers would reach logs).
 
     ``timeout_s`` (PostgreSQL): asyncpg's connection and statement timeouts, enforced by the
     client, so a server or network that goes silent (no refusal, no reset) fails a lookup or a
@@ -70,7 +71,7 @@ def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> Asyn
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _rec: ConnectionPoolEntry) -> None:
@@ -87,8 +88,14 @@ def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> Asyn
     connect_args: dict[str, float] = {}
     if timeout_s > 0 and make_url(url).get_driver_name() == "asyncpg":
         connect_args = {"timeout": timeout_s, "command_timeout": timeout_s}
+    # hide_parameters: a database error's text is logged (a failing trunk lookup, on every
+    # INVITE), and its parameters are called numbers and SIP usernames — never in the logs.
     return create_async_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, connect_args=connect_args
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        connect_args=connect_args,
+        hide_parameters=True,
     )
 
 

@@ -133,7 +133,8 @@ _TRACE_LIMIT_CALLS = 4096
 # Every parseable request is traced (challenged INVITEs, anyone's OPTIONS): the call and message
 # caps alone allowed 4096 x 64 x 4 KiB (~1 GiB) of traces under a flood.
 _TRACE_BUDGET_BYTES = 64 * 1024 * 1024
-_REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*)$")
+# the header's value with its continuation lines (§7.3.1 folding: CRLF then SP or HTAB)
+_REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*(?:\r?\n[ \t].*)*)$")
 # RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
 _REDACT_SDES = re.compile(r"(?i)(inline:)[A-Za-z0-9+/=]+")
 _DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*(1[0-6]|[0-9A-D*#])[ \t\r]*$")

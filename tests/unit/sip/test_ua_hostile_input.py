@@ -7,7 +7,7 @@ import pytest
 
 from telepath.clock import FakeClock
 from telepath.sip.message import make_response
-from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore
+from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore, redact_trace
 from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, request, sent
 
 pytestmark = pytest.mark.unit
@@ -190,3 +190,22 @@ def test_a_ringing_that_makes_an_early_dialog_has_a_contact(
     assert ringing.to.tag and ringing.headers.get("Contact") == "<sip:telepath@198.51.100.7:6060>"
     (trying,) = sent(ua.receive(request("OPTIONS", branch="z9hG4bK-o"), SRC))
     assert trying.status == 200
+
+
+def test_a_folded_authorization_header_is_redacted_whole() -> None:
+    """§7.3.1 allows a header folded over lines; the digest response on a continuation line
+    stayed in the trace (and the call record's sip_trace) — enough to guess the password
+    offline."""
+    trace = (
+        "INVITE sip:a@b SIP/2.0\r\n"
+        'Authorization: Digest username="alice", realm="r",\r\n'
+        ' nonce="n", response="0123456789abcdef0123456789abcdef"\r\n'
+        '\tcnonce="c"\r\n'
+        'Proxy-Authorization: Digest username="alice",\r\n'
+        ' response="fedcba9876543210fedcba9876543210"\r\n'
+        "Call-ID: x\r\n\r\n"
+    )
+    redacted = redact_trace(trace)
+    assert "0123456789abcdef" not in redacted and "fedcba98" not in redacted
+    assert 'cnonce="c"' not in redacted
+    assert "Call-ID: x" in redacted and redacted.count("Digest <redacted>") == 2
