@@ -304,3 +304,24 @@ def test_dispatch_tables_match_type_tags(table: dict[str, Any], field: str) -> N
     for tag, model in table.items():
         annotation = model.model_fields[field].annotation
         assert annotation is not None and tag in annotation.__args__
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"event":"mark","sequenceNumber":5,"streamSid":"MZ1","mark":{"name":"m1"}}',
+        '{"event":"media","streamSid":123,"media":{"payload":"AAAA"}}',
+        '{"event":"clear","streamSid":{"x":1}}',
+        '{"event":"mark","streamSid":null,"sequenceNumber":[1],"mark":{"name":"m2"}}',
+    ],
+)
+def test_fields_twilio_ignores_do_not_end_the_call(text: str) -> None:
+    """An agent built against Twilio may send a numeric sequenceNumber or any streamSid —
+    Twilio ignores both (providers.md §4.3); they ended the call as a protocol error."""
+    parsed = custom.parse_twilio_agent_event(text)
+    assert parsed is not None and parsed.event == json.loads(text)["event"]
+
+
+def test_what_twilio_needs_is_still_checked() -> None:
+    with pytest.raises(BridgeProtocolError):
+        custom.parse_twilio_agent_event('{"event":"mark","mark":{"name":5}}')

@@ -430,6 +430,11 @@ def parse_twilio_agent_event(text: str | bytes) -> TwAgentMedia | TwMark | TwCle
     model = TWILIO_AGENT_EVENTS.get(kind) if isinstance(kind, str) else None
     if model is None:
         return None
+    for ignored in ("streamSid", "sequenceNumber"):
+        # Twilio ignores both on what a stream sends it (providers.md §4.3): whatever their
+        # type, they must not end the call
+        if ignored in data and not isinstance(data[ignored], str):
+            del data[ignored]
     try:
         return model.model_validate(data)
     except ValidationError:
