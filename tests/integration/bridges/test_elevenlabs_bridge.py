@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 import typing
@@ -371,4 +372,23 @@ async def test_forwarded_sip_headers_are_dynamic_variables(fake: FakeElevenLabs)
     variables = fake.received[0]["dynamic_variables"]
     assert variables["sip_x_customer_id"] == "cust-42"
     assert variables["caller_number"] == META.caller
+    assert_sdk_valid(fake)
+
+
+async def test_a_caller_who_sends_no_audio_is_kept_active(fake: FakeElevenLabs) -> None:
+    """ElevenLabs closes a conversation after 60 s without user input (1002): a caller on hold,
+    or one whose RTP stopped, sends no frames — the bridge says ``user_activity`` meanwhile
+    (providers.md §3.6); the held call was torn down as an agent error."""
+    bridge = bridge_for(fake)
+    bridge.user_activity_s = 0.1
+    await bridge.start(META)
+
+    def said() -> int:
+        return sum(m.get("type") == "user_activity" for m in fake.received)
+
+    await wait_for(lambda: said() >= 2)
+    await bridge.close()
+    after = said()
+    await asyncio.sleep(0.3)
+    assert said() == after  # not after the call
     assert_sdk_valid(fake)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import json
 import logging
 from urllib.parse import urlencode
 
 import aiohttp
+from websockets.exceptions import ConnectionClosed
 
 from telepath import __version__
 from telepath.bridges.audio import AudioConverter, b64_decode, b64_encode
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 TRANSFER_TOOLS = frozenset({"transfer_call", "transfer"})
 HANGUP_TOOLS = frozenset({"end_call", "hangup"})
+# ElevenLabs ends a conversation after 60 s without user input (close 1002, providers.md §3.6);
+# a caller on hold sends no audio: ``user_activity`` after this long without a frame.
+USER_ACTIVITY_S = 20.0
 
 
 class ElevenLabsBridge(WebSocketBridge):
@@ -80,6 +85,9 @@ class ElevenLabsBridge(WebSocketBridge):
         self._meta_codec: Codec = "pcmu"
         self._wideband = False
         self.conversation_id: str | None = None
+        self.user_activity_s = USER_ACTIVITY_S
+        self._frames_sent = 0  # caller frames, counted for the user_activity keep-alive
+        self._activity: asyncio.Task[None] | None = None
 
     # --- AgentBridge -----------------------------------------------------------------------
 
@@ -103,11 +111,39 @@ class ElevenLabsBridge(WebSocketBridge):
         except BridgeError as err:
             await self._fail_start(err)
         self.conversation_id = conversation_id
+        self._activity = asyncio.get_running_loop().create_task(
+            self._keep_active(), name="elevenlabs-user-activity"
+        )
+
+    async def _keep_active(self) -> None:
+        """``user_activity`` whenever no caller frame went for ``user_activity_s`` (a hold, RTP
+        that stopped): without input for 60 s ElevenLabs would end the conversation."""
+        seen = self._frames_sent
+        while self._terminal is None and not self._closing:
+            await asyncio.sleep(self.user_activity_s)
+            if self._terminal is not None or self._closing or self._ws is None:
+                return
+            if self._frames_sent == seen:
+                try:
+                    await self._send(ev.UserActivity().to_json())
+                except (ConnectionClosed, OSError):
+                    return  # the read loop reports the close
+            seen = self._frames_sent
+
+    async def close(self, reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+        """As :meth:`WebSocketBridge.close`, the keep-alive stopped first."""
+        activity, self._activity = self._activity, None
+        if activity is not None:
+            activity.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await activity
+        await super().close(reason)
 
     def _audio_message(self, payload: bytes) -> str | None:
         """One caller frame as ``user_audio_chunk`` in the agent's input format."""
         if self._converter is None:
             return None
+        self._frames_sent += 1
         chunk = b64_encode(self._converter.to_agent(payload))
         return ev.user_audio_chunk_json(chunk)
 
