@@ -7,7 +7,7 @@ import json
 import re
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,24 +49,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def make_dispatcher(
-    api: Api,
-) -> AsyncIterator[Callable[..., WebhookDispatcher]]:
-    made: list[WebhookDispatcher] = []
-
-    def make(**kwargs: Any) -> WebhookDispatcher:
-        options: dict[str, Any] = {"timeout_s": 5.0, "backoff_base_s": 10.0}
-        options.update(kwargs)
-        dispatcher = WebhookDispatcher(api.state.sessions, api.state.keyring, **options)
-        made.append(dispatcher)
-        return dispatcher
-
-    yield make
-    for dispatcher in made:
-        await dispatcher.aclose()
 
 
 async def subscribe(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -31,22 +31,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"allow_insecure_webhook_urls": True}
-
-
-@pytest.fixture
-async def make_dispatcher(api: Api) -> AsyncIterator[Callable[..., WebhookDispatcher]]:
-    made: list[WebhookDispatcher] = []
-
-    def make(**kwargs: Any) -> WebhookDispatcher:
-        options: dict[str, Any] = {"timeout_s": 10.0, "backoff_base_s": 10.0}
-        options.update(kwargs)
-        dispatcher = WebhookDispatcher(api.state.sessions, api.state.keyring, **options)
-        made.append(dispatcher)
-        return dispatcher
-
-    yield make
-    for dispatcher in made:
-        await dispatcher.aclose()
 
 
 async def arrived(receiver: Receiver, count: int) -> None:

@@ -89,6 +89,25 @@ async def test_an_algorithm_not_offered_to_the_trunk_is_refused(
         assert gateway.manager.active_calls == 0 and agent.handshakes == []
 
 
+async def invite_with_credentials_for_another_number(
+    uac: Uac, user: str, password: str, status: int
+) -> None:
+    """An INVITE to ``user`` whose right credentials were computed for another number (the
+    digest uri's user part), answered ``status``."""
+    leg = CallLeg(uac, user)
+    await leg.challenge(MEDIA_PORT)
+    leg.cseq += 1
+    chosen = challenge_params(leg.challenges[-1])
+    probe = leg.build("INVITE", body=b"")
+    elsewhere = request_uri(probe).replace(f"sip:{user}@", "sip:+19005550100@")
+    auth = digest_authorization(
+        chosen, username=user, password=password, method="INVITE", uri=elsewhere
+    )
+    start = len(uac.received)
+    uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
+    await uac.response(status, leg.call_id, method="INVITE", after=start)
+
+
 async def test_credentials_for_another_number_are_refused(
     api: Api, gateway: Gateway, uac: Uac
 ) -> None:
@@ -101,18 +120,7 @@ async def test_credentials_for_another_number_are_refused(
         await create_trunk(
             api, "alice2", "alice2-pass-1", ai_provider="custom", custom_endpoint=agent.url
         )
-        leg = CallLeg(uac, "alice2")
-        await leg.challenge(MEDIA_PORT)
-        leg.cseq += 1
-        chosen = challenge_params(leg.challenges[-1])
-        probe = leg.build("INVITE", body=b"")
-        elsewhere = request_uri(probe).replace("sip:alice2@", "sip:+19005550100@")
-        auth = digest_authorization(
-            chosen, username="alice2", password="alice2-pass-1", method="INVITE", uri=elsewhere
-        )
-        start = len(uac.received)
-        uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
-        await uac.response(400, leg.call_id, method="INVITE", after=start)
+        await invite_with_credentials_for_another_number(uac, "alice2", "alice2-pass-1", 400)
         assert gateway.manager.active_calls == 0 and agent.handshakes == []
 
 
@@ -131,16 +139,5 @@ async def test_right_credentials_from_a_source_not_allowed_learn_nothing_more(
             custom_endpoint=agent.url,
             allowed_addresses=["10.0.0.0/8"],
         )
-        leg = CallLeg(uac, "fenced")
-        await leg.challenge(MEDIA_PORT)
-        leg.cseq += 1
-        chosen = challenge_params(leg.challenges[-1])
-        probe = leg.build("INVITE", body=b"")
-        elsewhere = request_uri(probe).replace("sip:fenced@", "sip:+19005550100@")
-        auth = digest_authorization(
-            chosen, username="fenced", password="fenced-pass-1", method="INVITE", uri=elsewhere
-        )
-        start = len(uac.received)
-        uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=sdp_offer(MEDIA_PORT)))
-        await uac.response(403, leg.call_id, method="INVITE", after=start)
+        await invite_with_credentials_for_another_number(uac, "fenced", "fenced-pass-1", 403)
         assert agent.handshakes == []

@@ -455,6 +455,18 @@ def test_a_crlf_keep_alive_datagram_is_a_keep_alive_not_a_parse_error(
 # ---------------------------------------------------------------- target refresh
 
 
+def _moving_offer(method: str, dialog: Dialog) -> bytes:
+    """A re-offer in ``dialog`` whose Contact moves the caller to 192.0.2.99:5072."""
+    return request(
+        method,
+        branch="z9hG4bK-tr",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        body=SDP,
+        extra="Content-Type: application/sdp\r\n",
+    ).replace(b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: <sip:bob@192.0.2.99:5072>")
+
+
 @pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
 def test_an_accepted_re_offer_s_contact_is_the_dialog_s_new_target(
     core: tuple[UserAgentCore, FakeClock], method: str
@@ -463,16 +475,7 @@ def test_an_accepted_re_offer_s_contact_is_the_dialog_s_new_target(
     remote target once accepted; our BYE then goes to it (it went to the INVITE's Contact)."""
     ua, _ = core
     dialog = _confirmed(ua)
-    assert isinstance(dialog, Dialog)
-    moved = request(
-        method,
-        branch="z9hG4bK-tr",
-        cseq=2,
-        to_tag=dialog.local_tag,
-        body=SDP,
-        extra="Content-Type: application/sdp\r\n",
-    ).replace(b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: <sip:bob@192.0.2.99:5072>")
-    (ev,) = events(ua.receive(moved, SRC))
+    (ev,) = events(ua.receive(_moving_offer(method, dialog), SRC))
     assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"  # not before the answer
     ua.respond(ev.tx, 200, body=b"v=0\r\n")  # type: ignore[attr-defined]
     assert str(dialog.remote_target) == "sip:bob@192.0.2.99:5072"
@@ -485,15 +488,6 @@ def test_an_accepted_re_offer_s_contact_is_the_dialog_s_new_target(
 def test_a_refused_re_offer_leaves_the_target(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, _ = core
     dialog = _confirmed(ua)
-    assert isinstance(dialog, Dialog)
-    moved = request(
-        "INVITE",
-        branch="z9hG4bK-tr",
-        cseq=2,
-        to_tag=dialog.local_tag,
-        body=SDP,
-        extra="Content-Type: application/sdp\r\n",
-    ).replace(b"Contact: <sip:bob@192.0.2.10:5070>", b"Contact: <sip:bob@192.0.2.99:5072>")
-    (ev,) = events(ua.receive(moved, SRC))
+    (ev,) = events(ua.receive(_moving_offer("INVITE", dialog), SRC))
     ua.respond(ev.tx, 488)  # type: ignore[attr-defined]
     assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"
