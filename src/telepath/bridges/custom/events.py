@@ -223,9 +223,8 @@ def twilio_media_payload(text: str) -> str | None:
         return None
     if type(data) is not dict or data.get("event") != "media":
         return None
-    sid = data.get("streamSid")
-    media = data.get("media")
-    if (sid is not None and type(sid) is not str) or type(media) is not dict:
+    media = data.get("media")  # streamSid is ignored whatever its type, as by the parser
+    if type(media) is not dict:
         return None
     payload = media.get("payload")
     return payload if type(payload) is str else None
