@@ -46,6 +46,7 @@ from tests.interop.calls.harness import (
     IN_DIALOG,
     INVITE,
     Phone,
+    SippResult,
     frame_tone,
     free_tcp_port,
     is_loud,
@@ -755,6 +756,17 @@ def _cancelled_call(user: str, media_port: int) -> str:
     )
 
 
+async def _place_and_cancel(gateway: Gateway, tmp_path: Path, phone: Phone) -> SippResult:
+    """SIPp calls alice from ``phone``'s port and cancels after the 180 (then ACKs the 487)."""
+    return await run_sipp(
+        _cancelled_call("alice", phone.port),
+        tmp_path,
+        gateway.server.bound["UDP"],
+        user="alice",
+        password=PASSWORD,
+    )
+
+
 async def test_cancel_while_the_agent_connects(
     api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -762,13 +774,7 @@ async def test_cancel_while_the_agent_connects(
     async with FakeTelepathAgent(handshake_delay_s=5) as agent:
         await _custom_trunk(api, agent.url)
         phone = await Phone().open()
-        result = await run_sipp(
-            _cancelled_call("alice", phone.port),
-            tmp_path,
-            gateway.server.bound["UDP"],
-            user="alice",
-            password=PASSWORD,
-        )
+        result = await _place_and_cancel(gateway, tmp_path, phone)
         await phone.close()
         await settled(gateway)
     assert result.returncode == 0, result.stdout + result.errors
@@ -797,13 +803,7 @@ async def test_cancel_while_the_call_s_ports_open_is_the_call_s_end(
     async with FakeTelepathAgent(agent="silent") as agent:
         await _custom_trunk(api, agent.url)
         phone = await Phone().open()
-        result = await run_sipp(
-            _cancelled_call("alice", phone.port),
-            tmp_path,
-            gateway.server.bound["UDP"],
-            user="alice",
-            password=PASSWORD,
-        )
+        result = await _place_and_cancel(gateway, tmp_path, phone)
         await settled(gateway)
         await phone.close()
     assert result.returncode == 0, result.stdout + result.errors

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -356,6 +357,27 @@ async def test_offerless_reinvite_answer_in_ack_moves_and_holds_the_media(
     await leg.bye()
 
 
+async def answered_call(gateway: Gateway, uac: Uac) -> tuple[CallLeg, Call]:
+    """A call to alice answered and ACKed, and the gateway's side of it."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    return leg, call
+
+
+async def reoffer(leg: CallLeg, body: bytes) -> bytes:
+    """A re-INVITE in ``leg`` with ``body``, its 200 ACKed; the 200's body."""
+    leg.cseq += 1
+    start = len(leg.uac.received)
+    leg.uac.send(leg.build("INVITE", body=body))
+    ok = await leg.uac.response(200, leg.call_id, method="INVITE", after=start)
+    leg.uac.send(leg.build("ACK", cseq_method="ACK"))
+    return ok.body
+
+
 async def test_an_old_style_hold_keeps_the_media_address_and_a_new_dtmf_type_is_followed(
     gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
 ) -> None:
@@ -363,25 +385,13 @@ async def test_an_old_style_hold_keeps_the_media_address_and_a_new_dtmf_type_is_
     media address (RTP latching stayed open to anyone for the hold, and RTCP went there);
     a re-offer that moves telephone-event to another payload type is applied, not only
     answered (DTMF on the new type was dropped as unnegotiated)."""
-    leg = CallLeg(uac, "alice")
-    await leg.challenge(MEDIA_PORT)
-    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
-    uac.send(leg.ack())
-    await until(lambda: bool(gateway.manager.calls))
-    (call,) = gateway.manager.calls.values()
+    leg, call = await answered_call(gateway, uac)
 
-    async def reoffer(body: bytes) -> None:
-        leg.cseq += 1
-        start = len(uac.received)
-        uac.send(leg.build("INVITE", body=body))
-        await uac.response(200, leg.call_id, method="INVITE", after=start)
-        uac.send(leg.build("ACK", cseq_method="ACK"))
-
-    await reoffer(sdp_offer(MEDIA_PORT).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 0.0.0.0"))
+    await reoffer(leg, sdp_offer(MEDIA_PORT).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 0.0.0.0"))
     await until(lambda: call.negotiated.on_hold)
     assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
     moved = sdp_offer(MEDIA_PORT).replace(b"101", b"96")
-    await reoffer(moved)
+    await reoffer(leg, moved)
     await until(lambda: not call.negotiated.on_hold)
     assert call.negotiated.dtmf_payload_type == 96
     assert call.media.dtmf_payload_type == 96
@@ -395,22 +405,9 @@ async def test_a_reinvite_disabling_audio_is_answered_with_port_zero_and_holds_t
     """RFC 3264 §8.2: a re-offer with m=audio 0 disables the stream; the answer has port 0 for
     it and the call goes on, its media held (it was answered 488 as "no active audio stream").
     A later re-offer with a port enables it again."""
-    leg = CallLeg(uac, "alice")
-    await leg.challenge(MEDIA_PORT)
-    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
-    uac.send(leg.ack())
-    await until(lambda: bool(gateway.manager.calls))
-    (call,) = gateway.manager.calls.values()
+    leg, call = await answered_call(gateway, uac)
 
-    async def reoffer(body: bytes) -> bytes:
-        leg.cseq += 1
-        start = len(uac.received)
-        uac.send(leg.build("INVITE", body=body))
-        ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
-        uac.send(leg.build("ACK", cseq_method="ACK"))
-        return ok.body
-
-    disabled = await reoffer(sdp_offer(MEDIA_PORT).replace(b"m=audio 40000", b"m=audio 0"))
+    disabled = await reoffer(leg, sdp_offer(MEDIA_PORT).replace(b"m=audio 40000", b"m=audio 0"))
     assert [line for line in disabled.split(b"\r\n") if line.startswith(b"m=")] == [
         b"m=audio 0 RTP/AVP 0 8 101"
     ]
@@ -420,7 +417,7 @@ async def test_a_reinvite_disabling_audio_is_answered_with_port_zero_and_holds_t
     assert call.media.stats().packets_sent == sent  # held: nothing sent
     assert gateway.manager.active_calls == 1
 
-    resumed = await reoffer(sdp_offer(MEDIA_PORT + 2))
+    resumed = await reoffer(leg, sdp_offer(MEDIA_PORT + 2))
     (m_line,) = [line for line in resumed.split(b"\r\n") if line.startswith(b"m=")]
     assert m_line.startswith(f"m=audio {call.media.local_port} ".encode())
     assert call.media.remote == ("127.0.0.1", MEDIA_PORT + 2)
