@@ -10,7 +10,7 @@ tables, write JSON.
   webhooks   CPU per outbox write and per delivery, vs a bare httpx POST
 
 Results go to ``bench/results/<date>.json`` (one file per day; a run replaces the sections it
-ran). The whole run takes about 10 minutes, ``--quick`` about 2. The machine's load average is
+ran). The whole run takes about 10 minutes, ``--quick`` a few minutes. The machine's load average is
 recorded around every step: re-run when the machine is quiet if it is high.
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
         default="all",
         choices=["all", "cps", "calls", "media", "frame", "tls", "providers", "webhooks"],
     )
-    parser.add_argument("--quick", action="store_true", help="a ~2 minute run")
+    parser.add_argument("--quick", action="store_true", help="a shorter run (a few minutes)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: by date)")
     args = parser.parse_args()
     everything = ["cps", "calls", "media", "frame", "tls", "providers", "webhooks"]

@@ -893,7 +893,7 @@ class CallManager:
             del self._source_refusals_logged[next(iter(self._source_refusals_logged))]
         log.warning(
             "trunk %s refused a request from a source outside its allowed_addresses "
-            "(the metric telepath_sip_auth_failures, reason source_not_allowed, counts each)",
+            "(the metric telepath_sip_auth_failures_total, reason source_not_allowed, counts each)",
             trunk_id,
         )
 
