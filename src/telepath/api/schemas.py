@@ -184,10 +184,12 @@ class TrunkCreate(_TrunkSettings):
     sip_password: str = Field(min_length=8, max_length=128, description="SIP digest password")
     openai_api_key: str | None = Field(None, description="Required when ai_provider is openai")
     openai_model: str | None = Field(
-        None, max_length=100, description="Realtime model (default gpt-realtime)"
+        None, max_length=100, description="Realtime model (default gpt-realtime-2.1)"
     )
     openai_voice: str | None = Field(
-        None, max_length=50, description="Realtime voice (provider default)"
+        None,
+        max_length=50,
+        description="Realtime voice: a built-in name (default marin) or a custom voice_... id",
     )
     elevenlabs_api_key: str | None = Field(
         None, description="Required when ai_provider is elevenlabs"

@@ -129,7 +129,7 @@ class OpenAIConfig:
     Attributes:
         api_key: the trunk's OpenAI key (sent as ``Authorization: Bearer``).
         model: realtime model id, e.g. ``gpt-realtime``.
-        voice: output voice (``marin``, ``cedar``, ``alloy`` ...).
+        voice: output voice (``marin``, ``cedar``, ``alloy`` ..., or a custom ``voice_...`` id).
         realtime_url: WebSocket base URL; ``?model=`` is appended
             (``TELEPATH_OPENAI_REALTIME_URL``).
         session_limit_s: when to end the call politely, before the provider's 60-minute cap.

@@ -16,6 +16,22 @@ Behaviour switches (constructor arguments):
   ``response.done`` (cancelled, ``turn_detected``).
 * ``end_call``: after the first response's audio, call the ``end_call`` function.
 * ``transfer_to``: after the first response's audio, call ``transfer_call`` with this target.
+* ``function``: after the first response's audio, call this ``(name, arguments)`` function.
+* ``cancel_after_function``: the caller talks right after that function call: the response
+  ends ``cancelled`` (``turn_detected``), as the service reports an interrupted tool call.
+* ``own_response_on_item``: a ``conversation.item.create`` starts a response of the service's
+  own at once (as server VAD does when the caller has just spoken), racing the client's next
+  ``response.create``.
+* ``chunk_delay_s``: wall-clock pause after each 100 ms of a tone response's audio (0: as
+  fast as the socket takes it), so a response stays active for a while.
+
+Responses run as the service runs them: one at a time, beside the client's events. A
+``response.create`` while one is active is answered with the service's
+``conversation_already_has_active_response`` error and counted in ``overlapping_creates``; a
+function call's response stays active for ``FUNCTION_DONE_DELAY_S`` after the call (the
+service sends ``response.output_item.done`` and the usage before ``response.done``), and its
+``response.done`` lists the call in ``output``. ``metadata`` of a ``response.create`` comes
+back on that response's ``response.created`` and ``response.done``.
 * ``after_setup``: once ``session.updated`` is sent: ``"error"`` (an ``error`` event),
   ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
   ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
@@ -29,11 +45,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from telepath.bridges.base import BridgeProtocolError
@@ -44,6 +62,7 @@ from telepath.testing.ws_server import FakeAgentServer, json_response
 __all__ = ["FakeOpenAIRealtime"]
 
 CHUNK_MS = 100
+FUNCTION_DONE_DELAY_S = 0.05
 
 
 class FakeOpenAIRealtime(FakeAgentServer):
@@ -60,6 +79,10 @@ class FakeOpenAIRealtime(FakeAgentServer):
         barge_in_after_ms: int | None = None,
         end_call: bool = False,
         transfer_to: str | None = None,
+        function: tuple[str, str] | None = None,
+        cancel_after_function: bool = False,
+        chunk_delay_s: float = 0.0,
+        own_response_on_item: bool = False,
         after_setup: str | None = None,
         setup: str | None = None,
         reject_status: int | None = None,
@@ -72,6 +95,11 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self.barge_in_after_ms = barge_in_after_ms
         self.end_call = end_call
         self.transfer_to = transfer_to
+        self.function = function
+        self.cancel_after_function = cancel_after_function
+        self.chunk_delay_s = chunk_delay_s
+        self.own_response_on_item = own_response_on_item
+        self.overlapping_creates = 0
         self.after_setup = after_setup
         self.setup = setup
         self.received: list[dict[str, Any]] = []
@@ -81,6 +109,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self.item_audio_ms: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._responses = 0
+        self._active: asyncio.Task[None] | None = None
 
     def check_handshake(self, request: Request) -> Response | None:
         """Require ``?model=`` and a Bearer token, refuse the retired beta header."""
@@ -138,6 +167,16 @@ class FakeOpenAIRealtime(FakeAgentServer):
         """Run one Realtime session."""
         session = {"type": "realtime", "object": "realtime.session", "id": self._id("sess")}
         await self._send(ws, {"type": "session.created", "session": session})
+        try:
+            await self._serve(ws)
+        finally:
+            active = self._active
+            if active is not None and not active.done():
+                active.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await active
+
+    async def _serve(self, ws: ServerConnection) -> None:
         echo_item: str | None = None
         async for message in ws:
             try:
@@ -158,9 +197,13 @@ class FakeOpenAIRealtime(FakeAgentServer):
                         echo_item = echo_item or self._id("item")
                         await self._delta(ws, "resp_echo", echo_item, chunk)
                 case ev.ResponseCreate():
-                    await self._respond(ws)
+                    await self._on_response_create(ws, event)
                 case ev.ConversationItemTruncate():
                     await self._on_truncate(ws, event)
+                case ev.ConversationItemCreate():
+                    idle = self._active is None or self._active.done()
+                    if self.own_response_on_item and idle:
+                        self._active = asyncio.create_task(self._run_response(ws, None))
                 case ev.ConversationItemDelete():
                     await self._send(
                         ws, {"type": "conversation.item.deleted", "item_id": event.item_id}
@@ -216,6 +259,24 @@ class FakeOpenAIRealtime(FakeAgentServer):
 
     # --- responses -------------------------------------------------------------------------
 
+    async def _on_response_create(self, ws: ServerConnection, event: ev.ResponseCreate) -> None:
+        if self._active is not None and not self._active.done():
+            self.overlapping_creates += 1
+            message = (
+                "Conversation already has an active response in progress. Wait until the "
+                "response is finished before creating a new one."
+            )
+            await self._error(
+                ws, "conversation_already_has_active_response", message, event.event_id
+            )
+            return
+        metadata = event.response.metadata if event.response is not None else None
+        self._active = asyncio.create_task(self._run_response(ws, metadata))
+
+    async def _run_response(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._respond(ws, metadata)
+
     async def _delta(self, ws: ServerConnection, response_id: str, item: str, audio: bytes) -> None:
         ms = len(audio) / self._bytes_per_ms
         self.item_audio_ms[item] = self.item_audio_ms.get(item, 0.0) + ms
@@ -231,10 +292,16 @@ class FakeOpenAIRealtime(FakeAgentServer):
             },
         )
 
-    async def _respond(self, ws: ServerConnection) -> None:
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
         self._responses += 1
         response_id, item = self._id("resp"), self._id("item")
-        response = {"object": "realtime.response", "id": response_id, "status": "in_progress"}
+        response: dict[str, Any] = {
+            "object": "realtime.response",
+            "id": response_id,
+            "status": "in_progress",
+        }
+        if metadata is not None:
+            response["metadata"] = metadata
         await self._send(ws, {"type": "response.created", "response": response})
         status, reason = "completed", None
         if self.agent == "tone":
@@ -244,8 +311,9 @@ class FakeOpenAIRealtime(FakeAgentServer):
                     status, reason = "cancelled", "turn_detected"
                     break
                 await self._delta(ws, response_id, item, self._tone(CHUNK_MS, sent_ms))
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.chunk_delay_s)
         ids = {"response_id": response_id, "item_id": item, "output_index": 0}
+        output: list[dict[str, Any]] = []
         if status == "completed":
             await self._send(ws, {"type": "response.output_audio.done", **ids, "content_index": 0})
             await self._send(
@@ -258,13 +326,25 @@ class FakeOpenAIRealtime(FakeAgentServer):
                 },
             )
             if self._responses == 1:
-                await self._maybe_call_function(ws, response_id)
+                output = await self._maybe_call_function(ws, response_id)
+            if output and self.cancel_after_function:
+                await self._send(
+                    ws,
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": self.response_ms,
+                        "item_id": self._id("item"),
+                    },
+                )
+                status, reason = "cancelled", "turn_detected"
         done: dict[str, Any] = {
             "object": "realtime.response",
             "id": response_id,
             "status": status,
-            "output": [],
+            "output": output,
         }
+        if metadata is not None:
+            done["metadata"] = metadata
         if reason is not None:
             done["status_details"] = {"type": status, "reason": reason}
         await self._send(ws, {"type": "response.done", "response": done})
@@ -284,25 +364,42 @@ class FakeOpenAIRealtime(FakeAgentServer):
             chunk = self._tone(CHUNK_MS, sent_ms + n * CHUNK_MS)
             await self._delta(ws, response_id, item, chunk)
 
-    async def _maybe_call_function(self, ws: ServerConnection, response_id: str) -> None:
+    async def _maybe_call_function(
+        self, ws: ServerConnection, response_id: str
+    ) -> list[dict[str, Any]]:
+        """Call the configured function; the response's ``output`` items for it."""
         if self.end_call:
             name, arguments = "end_call", "{}"
         elif self.transfer_to is not None:
             name, arguments = "transfer_call", json.dumps({"target": self.transfer_to})
+        elif self.function is not None:
+            name, arguments = self.function
         else:
-            return
+            return []
+        item_id, call_id = self._id("item"), self._id("call")
         await self._send(
             ws,
             {
                 "type": "response.function_call_arguments.done",
                 "response_id": response_id,
-                "item_id": self._id("item"),
+                "item_id": item_id,
                 "output_index": 1,
-                "call_id": self._id("call"),
+                "call_id": call_id,
                 "name": name,
                 "arguments": arguments,
             },
         )
+        await asyncio.sleep(FUNCTION_DONE_DELAY_S)
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+        }
+        return [item]
 
     async def _on_truncate(self, ws: ServerConnection, event: ev.ConversationItemTruncate) -> None:
         have = self.item_audio_ms.get(event.item_id)

@@ -340,3 +340,128 @@ async def test_session_limit_ends_politely(fake: FakeOpenAIRealtime) -> None:
     assert len(audio_of(events)) == 2 * 8000  # greeting and goodbye both delivered
     await bridge.close()
     assert_sdk_valid(fake)
+
+
+def created_responses(fake: FakeOpenAIRealtime) -> list[dict[str, Any]]:
+    """The ``response`` of every ``response.created`` the fake sent."""
+    return [e["response"] for e in fake.sent if e["type"] == "response.created"]
+
+
+def function_outputs(fake: FakeOpenAIRealtime) -> list[dict[str, Any]]:
+    """Every ``function_call_output`` item the bridge created."""
+    return [
+        e["item"] for e in fake.received if e.get("item", {}).get("type") == "function_call_output"
+    ]
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [
+        {"function": ("lookup_order", '{"order": 7}')},
+        {"transfer_to": "+14155550199"},  # not a sip:/tel: URI: refused without a transfer
+    ],
+    indirect=True,
+)
+async def test_a_refused_function_call_is_answered_once_its_response_is_done(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # providers.md §2.8: the output, then response.create so the model speaks about it — a
+    # response.create while the call's response is still active is refused by the service
+    # (conversation_already_has_active_response), and the model would say nothing.
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, audio_ms=2000)
+    assert not any(isinstance(e, AgentTransfer | AgentHangup) for e in events)
+    assert len(audio_of(events)) == 2 * 8000  # the greeting, then the answer to the output
+    (output,) = function_outputs(fake)
+    assert "ok" in output["output"] or "error" in output["output"]
+    assert fake.overlapping_creates == 0
+    assert len(created_responses(fake)) == 2
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [
+        {"end_call": True, "cancel_after_function": True},
+        {"transfer_to": "tel:+14155550199", "cancel_after_function": True},
+    ],
+    indirect=True,
+)
+async def test_a_tool_call_of_an_interrupted_response_is_not_acted_on(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # providers.md §2.8: function_call_arguments.done also comes for a response the caller
+    # interrupted; check response.done's status before a side-effecting tool.
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, AgentClear)
+    await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+    await bridge.send_audio(b"\xff" * 160)  # the bridge has read everything before this
+    await bridge.close()
+    events += await collect_until(bridge)
+    assert not any(isinstance(e, AgentTransfer | AgentHangup) for e in events)
+    assert events[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"chunk_delay_s": 0.03}], indirect=True)
+async def test_dtmf_while_the_agent_speaks_is_answered_after_its_response(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=100)  # the greeting is playing
+    await bridge.send_dtmf("7")
+    events = await collect_until(bridge, audio_ms=1900)
+    assert len(audio_of(events)) == 1900 * 8  # the rest of the greeting, then the answer
+    assert fake.overlapping_creates == 0
+    assert len(created_responses(fake)) == 2
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"chunk_delay_s": 0.05}], indirect=True)
+async def test_session_limit_goodbye_waits_for_the_answer_in_progress(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # The limit strikes while the greeting is still being generated: the goodbye follows it
+    # and the call ends after the goodbye, not after the greeting.
+    bridge = bridge_for(fake, session_limit_s=0.1, goodbye_timeout_s=5)
+    await bridge.start(META)
+    events = await collect_until(bridge)
+    assert events[-1] == AgentHangup(BridgeReason.SESSION_LIMIT)
+    assert len(audio_of(events)) == 2 * 8000  # greeting and goodbye both delivered
+    assert fake.overlapping_creates == 0
+    goodbye = created_responses(fake)[1]
+    assert goodbye["metadata"]  # the bridge recognises its goodbye by its metadata
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+async def test_a_custom_voice_is_sent_as_a_voice_object(fake: FakeOpenAIRealtime) -> None:
+    bridge = bridge_for(fake, voice="voice_1234")
+    await bridge.start(META)
+    assert fake.session is not None
+    assert fake.session["audio"]["output"]["voice"] == {"id": "voice_1234"}
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize("fake", [{"own_response_on_item": True}], indirect=True)
+async def test_a_response_create_refused_in_a_race_is_sent_after_the_other_response(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # The service started a response of its own (server VAD) as the digit's item arrived:
+    # the bridge's response.create is refused and goes again once that response is done.
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)  # the greeting
+    await bridge.send_dtmf("3")
+    events = await collect_until(bridge, audio_ms=2000)
+    assert len(audio_of(events)) == 2 * 8000  # the service's response, then ours
+    assert fake.overlapping_creates == 1
+    assert len(created_responses(fake)) == 3
+    await bridge.close()
+    assert_sdk_valid(fake)

@@ -16,8 +16,17 @@ the current assistant item with ``audio_end_ms`` = what the caller heard of that
 to the audio received for it (``conversation.item.delete`` when nothing was heard). Late deltas
 of an interrupted item are dropped.
 
-Errors: an ``error`` event answering one of our best-effort requests (truncate, delete, cancel,
-an extra ``response.create``) or a benign code is logged and ignored; any other ``error`` and a
+Responses (``reference/providers.md`` §2.8): the service runs one response at a time and
+refuses a ``response.create`` while one is active (``conversation_already_has_active_response``).
+The bridge follows ``response.created``/``response.done`` and holds a ``response.create`` it
+needs (a DTMF digit, a tool's result, the session-limit goodbye) until the active response is
+done; one refused in a race with a response the service started itself (server VAD) is sent
+again after that one. Function calls are acted on at their response's ``response.done``, and
+only when it completed: the service also completes the arguments of a call whose response the
+caller interrupted, and that hang-up or transfer was decided before the caller spoke.
+
+Errors: an ``error`` event answering one of our best-effort requests (truncate, delete) or a
+benign code is logged and ignored; any other ``error`` and a
 ``failed`` response end the session with ``ai_provider_error``. ``session_expired`` and the
 1001 close at the 60-minute cap end it with ``session_limit``; before that the bridge asks the
 agent to say goodbye at ``session_limit_s`` and then hangs up.
@@ -85,6 +94,8 @@ BENIGN_ERROR_CODES = frozenset(
 RETRYABLE_ERROR_TYPES = frozenset({"server_error", "rate_limit_exceeded", "tokens", "requests"})
 #: The session's format on a wideband call: ``audio/pcm`` takes only 24 kHz.
 PCM_24K = WireFormat("pcm16", 24000)
+#: ``metadata`` of the session-limit goodbye's response, to know its ``response.done``.
+GOODBYE_METADATA = {"telepath": "session_limit_goodbye"}
 GOODBYE_INSTRUCTIONS = (
     "The call has reached its maximum length. Tell the caller briefly that you have to end "
     "the call now and say goodbye."
@@ -121,6 +132,12 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         self._emitted_ms = 0.0  # agent audio emitted since the last clear
         self._interrupted: set[str] = set()
         self._goodbye_pending = False
+        self._response_id: str | None = None  # the service's active response
+        self._starting = False  # a response.create of ours not yet followed by response.created
+        self._creates: dict[str, ev.ResponseParams | None] = {}  # our creates, by event id
+        self._wanted: ev.ResponseParams | None = None  # a create held for the active response
+        self._want = False
+        self._calls: dict[str, list[ev.FunctionCallArgumentsDone]] = {}  # by response id
         self._timer: asyncio.Task[None] | None = None
 
     # --- AgentBridge -----------------------------------------------------------------------
@@ -150,7 +167,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             )
         except BridgeError as err:
             await self._fail_start(err)
-        await self._send_event(ev.ResponseCreate(event_id=self._next_id()))
+        await self._request_response()
         self._timer = asyncio.create_task(self._session_limit(), name="openai-session-limit")
 
     def _audio_message(self, payload: bytes) -> str | None:
@@ -167,7 +184,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         text = f"[The caller pressed the {digit} key on the phone keypad.]"
         item = ev.MessageItem(role="user", content=[ev.InputText(text=text)])
         await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
-        await self._send_event(ev.ResponseCreate(event_id=self._best_effort_id()))
+        await self._request_response()
 
     async def send_transfer_result(
         self, request_id: str, ok: bool, detail: str | None = None
@@ -176,7 +193,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         output = json.dumps({"ok": ok, "detail": detail or ("transferred" if ok else "failed")})
         item = ev.FunctionCallOutputItem(call_id=request_id, output=output)
         await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
-        await self._send_event(ev.ResponseCreate(event_id=self._best_effort_id()))
+        await self._request_response()
 
     async def close(self, reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
         """Stop the session timer and close the socket."""
@@ -200,6 +217,24 @@ class OpenAIRealtimeBridge(WebSocketBridge):
     async def _send_event(self, event: ev.ClientEvent) -> None:
         await self._send(event.to_json())
 
+    async def _request_response(self, params: ev.ResponseParams | None = None) -> None:
+        """Send ``response.create`` now, or once the active (or starting) response is done."""
+        if self._response_id is not None or self._starting:
+            self._want = True
+            self._wanted = params or self._wanted  # the goodbye's instructions win
+            return
+        event_id = self._next_id()
+        self._creates[event_id] = params
+        if len(self._creates) > 32:  # an error answers within moments: keep the latest only
+            del self._creates[next(iter(self._creates))]
+        self._starting = True
+        await self._send_event(ev.ResponseCreate(event_id=event_id, response=params))
+
+    async def _send_wanted(self) -> None:
+        if self._want and not self.finished:
+            params, self._want, self._wanted = self._wanted, False, None
+            await self._request_response(params)
+
     def _session_update(self, meta: CallMetadata) -> ev.SessionUpdate:
         fmt = _session_format(meta)
         self._session_update_id = self._next_id()
@@ -207,7 +242,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             instructions=meta.system_prompt,
             audio=ev.SessionAudio(
                 input=ev.AudioInput(format=fmt, noise_reduction=ev.NoiseReduction()),
-                output=ev.AudioOutput(format=fmt, voice=self.config.voice),
+                output=ev.AudioOutput(format=fmt, voice=ev.output_voice(self.config.voice)),
             ),
             tools=[END_CALL_TOOL, TRANSFER_CALL_TOOL],
         )
@@ -219,8 +254,8 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             return
         logger.info("openai bridge: session limit reached, asking the agent to say goodbye")
         self._goodbye_pending = True
-        params = ev.ResponseParams(instructions=GOODBYE_INSTRUCTIONS)
-        await self._send_event(ev.ResponseCreate(event_id=self._next_id(), response=params))
+        params = ev.ResponseParams(instructions=GOODBYE_INSTRUCTIONS, metadata=GOODBYE_METADATA)
+        await self._request_response(params)
         await asyncio.sleep(self.config.goodbye_timeout_s)
         self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
 
@@ -240,12 +275,14 @@ class OpenAIRealtimeBridge(WebSocketBridge):
                     self._item_done = True
             case ev.SessionUpdated():
                 await self._on_session_updated(event)
+            case ev.ResponseCreated():
+                self._on_response_created(event)
             case ev.FunctionCallArgumentsDone():
-                await self._on_function_call(event)
+                self._calls.setdefault(event.response_id, []).append(event)
             case ev.ResponseDone():
-                self._on_response_done(event)
+                await self._on_response_done(event)
             case ev.ErrorEvent():
-                self._on_error(event)
+                await self._on_error(event)
             case ev.ResponseOutputAudioTranscriptDone():
                 await self._emit(AgentTranscript("agent", event.transcript))
             case ev.InputTranscriptionCompleted():
@@ -330,9 +367,29 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         output = json.dumps({"error": f"unknown function {event.name}"})
         item = ev.FunctionCallOutputItem(call_id=event.call_id, output=output)
         await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
+        await self._request_response()
 
-    def _on_response_done(self, event: ev.ResponseDone) -> None:
+    def _on_response_created(self, event: ev.ResponseCreated) -> None:
+        response_id = event.response.get("id")
+        self._response_id = response_id if isinstance(response_id, str) else "unknown"
+        # Ours, or one the service started itself (server VAD) — then ours is refused as
+        # conversation_already_has_active_response and _on_error holds it for this one's end.
+        self._starting = False
+
+    async def _on_response_done(self, event: ev.ResponseDone) -> None:
         response = event.response
+        if response.id is None or response.id == self._response_id:
+            self._response_id = None
+        calls = self._calls.pop(response.id or "", [])
+        if response.status == "completed":
+            for call in calls:
+                await self._on_function_call(call)
+        elif calls:
+            logger.info(
+                "openai bridge: %d function call(s) of a %s response not acted on",
+                len(calls),
+                response.status,
+            )
         if response.status == "failed":
             error = response.status_details.error if response.status_details else None
             kind = error.type if error and error.type else None
@@ -340,14 +397,24 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             raise ProviderError(
                 "OpenAI response failed", retryable=kind in RETRYABLE_ERROR_TYPES, code=code
             )
-        if self._goodbye_pending and response.status in ("completed", "cancelled", "incomplete"):
+        if self._goodbye_pending and response.metadata == GOODBYE_METADATA:
             self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
+            return
+        await self._send_wanted()
 
-    def _on_error(self, event: ev.ErrorEvent) -> None:
+    async def _on_error(self, event: ev.ErrorEvent) -> None:
         error = event.error
         if error.code == "session_expired":
             self._finish(AgentHangup(BridgeReason.SESSION_LIMIT))
             return
+        if error.event_id is not None and error.event_id in self._creates:
+            params = self._creates[error.event_id]
+            self._starting = False
+            if error.code == "conversation_already_has_active_response":
+                # Raced a response the service started itself: send it again after that one.
+                self._want = True
+                self._wanted = params or self._wanted
+                return
         if error.event_id in self._best_effort_ids or error.code in BENIGN_ERROR_CODES:
             logger.debug("openai bridge: ignoring error %s", error.code)
             return

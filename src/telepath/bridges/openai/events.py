@@ -86,11 +86,24 @@ class AudioInput(_Client):
     noise_reduction: NoiseReduction | None = None
 
 
+class VoiceId(_Client):
+    """A custom voice (``{"id": "voice_..."}``); a bare ``voice_...`` string is refused."""
+
+    id: str
+
+
 class AudioOutput(_Client):
     """``session.audio.output``."""
 
     format: AudioFormat
-    voice: str | None = None
+    voice: str | VoiceId | None = None
+
+
+def output_voice(name: str | None) -> str | VoiceId | None:
+    """A trunk's voice setting on the wire: a custom voice id as a voice object."""
+    if name is not None and name.startswith("voice_"):
+        return VoiceId(id=name)
+    return name
 
 
 class SessionAudio(_Client):
@@ -200,6 +213,7 @@ class ResponseParams(_Client):
     """The optional ``response`` of ``response.create``."""
 
     instructions: str | None = None
+    metadata: dict[str, str] | None = None  # comes back on the response's events
 
 
 class ResponseCreate(_Client):
@@ -357,6 +371,7 @@ class ResponseObject(_Server):
     id: str | None = None
     status: Literal["completed", "cancelled", "failed", "incomplete", "in_progress"] | None = None
     status_details: StatusDetails | None = None
+    metadata: dict[str, str] | None = None  # as given to response.create
 
 
 class ResponseDone(_Server):
