@@ -406,6 +406,12 @@ class FakeOpenAIRealtime(FakeAgentServer):
         if have is None:
             await self._error(ws, "item_not_found", "Item not found", event.event_id)
             return
+        if event.audio_end_ms <= 0:
+            # providers.md §2.7: what the service answers to a truncate at 0 ms
+            message = "Only model output audio messages can be truncated"
+            await self._error(ws, "unsupported_content_type", message, event.event_id)
+            self.violation("truncate at 0 ms (delete the item instead)")
+            return
         if event.audio_end_ms > have:
             message = (
                 f"Audio content of {have:.0f}ms is already shorter than {event.audio_end_ms}ms"
