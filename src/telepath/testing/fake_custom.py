@@ -3,7 +3,9 @@
 Both are WebSocket *servers* (the gateway dials them). They validate what the gateway sends:
 ``FakeTelepathAgent`` parses every frame strictly with ``telepath.bridges.custom.events`` and
 requires ``start`` first; ``FakeTwilioAgent`` checks each message's keys against Twilio's
-documentation, ``connected`` then ``start`` first, and ``sequenceNumber`` counting from "1".
+documentation (and the keys and values inside them: SIDs, ``chunk`` counting from "1",
+string timestamps, tracks), ``connected`` then ``start`` first, and ``sequenceNumber`` counting
+from "1".
 Violations land in ``protocol_errors``.
 
 Recorded: ``received`` (decoded JSON), ``caller_audio`` (decoded to the negotiated format),
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection
@@ -54,6 +57,15 @@ TWILIO_KEYS = {
     "mark": {"event", "sequenceNumber", "streamSid", "mark"},
     "stop": {"event", "sequenceNumber", "stop", "streamSid"},
 }
+#: The keys inside each message's object (providers.md §4.2).
+TWILIO_INNER_KEYS = {
+    "start": {"accountSid", "streamSid", "callSid", "tracks", "customParameters", "mediaFormat"},
+    "media": {"track", "chunk", "timestamp", "payload"},
+    "dtmf": {"track", "digit"},
+    "mark": {"name"},
+    "stop": {"accountSid", "callSid"},
+}
+TWILIO_SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
 
 
 class _FakeCustom(FakeAgentServer):
@@ -235,6 +247,7 @@ class FakeTwilioAgent(_FakeCustom):
         super().__init__(**kwargs)
         self.stream_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
+        self.chunks = 0  # media messages received
 
     async def send_audio(self, ws: ServerConnection, data: bytes) -> None:
         """Send ``media`` exactly as Twilio documents it."""
@@ -271,6 +284,38 @@ class FakeTwilioAgent(_FakeCustom):
             model.model_validate(data)
         except ValueError:
             self.violation(f"{kind}: wrong shape")
+        inner = data.get(kind)
+        if kind in TWILIO_INNER_KEYS and (
+            not isinstance(inner, dict) or set(inner) != TWILIO_INNER_KEYS[kind]
+        ):
+            self.violation(f"{kind}: inner keys {sorted(inner or {})} != documented")
+        elif isinstance(inner, dict):
+            self._check_inner(kind, inner, data)
+
+    def _check_inner(self, kind: str, inner: dict[str, Any], data: dict[str, Any]) -> None:
+        """Values Twilio documents (providers.md §4.2): strings, SIDs, counters, tracks."""
+        sids = {k: v for k, v in inner.items() if k.endswith("Sid")}
+        if kind != "connected":
+            sids["streamSid"] = data.get("streamSid")
+        if not all(isinstance(v, str) and TWILIO_SID.fullmatch(v) for v in sids.values()):
+            self.violation(f"{kind}: SIDs are not two letters and 32 hex digits")
+        if kind == "start":
+            params = inner["customParameters"]
+            if inner["tracks"] != ["inbound"] or inner["streamSid"] != data["streamSid"]:
+                self.violation("start: tracks or streamSid")
+            if not isinstance(params, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+            ):
+                self.violation("start: customParameters are not strings")
+        elif kind == "media":
+            self.chunks += 1
+            if inner["track"] != "inbound" or inner["chunk"] != str(self.chunks):
+                self.violation(f"media: track {inner['track']!r} chunk {inner['chunk']!r}")
+            stamp = inner["timestamp"]
+            if not (isinstance(stamp, str) and stamp.isascii() and stamp.isdigit()):
+                self.violation(f"media: timestamp {stamp!r} is not a string of digits")
+        elif kind == "dtmf" and inner["track"] != "inbound_track":
+            self.violation(f"dtmf: track {inner['track']!r}")
 
     async def handle(self, ws: ServerConnection) -> None:
         """Run one stream."""
