@@ -199,6 +199,7 @@ class Call:
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.sip_call_id = ""
+        self.sip_caller_tag = ""  # the INVITE's From tag: with the Call-ID, the SIP trace's key
         self.answer_sdp = b""
         self.session_id = 1
         self.session_version = 1

@@ -1017,7 +1017,7 @@ class CallManager:
             )
             record.error_message = str(exc) or type(exc).__name__  # static, key-free texts
             self._reject(tx, 480, "agent_unreachable", headers=[("Retry-After", "10")])
-            record.sip_trace = self._trace(request.call_id)  # after the 480, so it shows
+            record.sip_trace = self._trace(request)  # after the 480, so it shows
             await self._record_failed(record)
             return
         if setup.cancelled.is_set() or tx.final_sent:
@@ -1089,6 +1089,7 @@ class CallManager:
         )
         call.invite_at = started
         call.sip_call_id = request.call_id
+        call.sip_caller_tag = dialog.remote_tag
         call.answer_sdp = local_sdp.to_bytes()
         dialog.local_sdp = call.answer_sdp  # what our own re-INVITE session refresh offers
         call.session_id = session_id
@@ -1239,7 +1240,7 @@ class CallManager:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await setup.sip_done.wait()
-        record.sip_trace = self._trace(dialog.call_id)
+        record.sip_trace = self._trace_of(dialog.call_id, dialog.remote_tag)
         if self.metrics is not None:
             self.metrics.record_call_ended(
                 record.id, outcome=reason.value, setup_ms=record.metrics.setup_ms
@@ -1373,14 +1374,17 @@ class CallManager:
             reconnect_s=c.agent_reconnect_s if trunk.custom_reconnect else 0.0,
         )
 
-    def _trace(self, sip_call_id: str) -> str:
+    def _trace(self, invite: Request) -> str:
+        return self._trace_of(invite.call_id, invite.from_.tag or "")
+
+    def _trace_of(self, sip_call_id: str, caller_tag: str) -> str:
         assert self.server is not None
-        return self.server.core.pop_trace(sip_call_id)
+        return self.server.core.pop_trace(sip_call_id, caller_tag)
 
     async def _finished(self, call: Call, end: CallEnd) -> None:
         record = call.record
         self.calls.pop(record.id, None)
-        record.sip_trace = self._trace(call.sip_call_id)
+        record.sip_trace = self._trace_of(call.sip_call_id, call.sip_caller_tag)
         log.info("call %s ended: %s", record.id, end.reason.value)
         record.media = self._media_report(call)
         if self.metrics is not None:

@@ -210,9 +210,11 @@ class UserAgentCore:
         ] = {}
         self._standalone: set[ClientTransaction] = set()  # send_request's (outbound REGISTER)
         self._dialogs: dict[tuple[str, str, str], Dialog] = {}
-        self._traces: OrderedDict[str, list[str]] = OrderedDict()
+        # Traces by (Call-ID, the caller's tag): a Call-ID is only as unique as the carrier
+        # makes it, and anyone can send one; the caller's tag makes it one caller's dialog.
+        self._traces: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
         self.trace_bytes = 0  # the size of what _traces holds (characters, ~bytes)
-        self._closed_traces: OrderedDict[str, None] = OrderedDict()
+        self._closed_traces: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._out: list[Output] = []
         self._pending_bye: set[Dialog] = set()
         self._tag_key = secrets.token_bytes(16)
@@ -245,7 +247,7 @@ class UserAgentCore:
             self.counters[f"request_{method}"] += 1
             if self._observe_request is not None:
                 self._observe_request(method)
-            self._trace(message.call_id, data, "in", source)
+            self._trace(message.call_id, _from_tag(message), data, "in", source)
             _stamp_received(message, source)
             self._on_request(message, source)
         return self._take()
@@ -278,13 +280,18 @@ class UserAgentCore:
         """Live server and client transactions."""
         return len(self._server_txs) + len(self._client_txs)
 
-    def pop_trace(self, call_id: str) -> str:
-        """The SIP messages of ``call_id`` seen so far, credentials redacted, then forgotten."""
+    def pop_trace(self, call_id: str, caller_tag: str) -> str:
+        """The SIP messages of one caller's call so far, credentials redacted, then forgotten.
+
+        ``caller_tag`` is the caller's From tag (our dialog's remote tag): messages of another
+        caller's call with the same Call-ID, or anyone's OPTIONS reusing it, are not in it.
+        """
+        key = (call_id, caller_tag)
         # Late retransmissions of a finished call must not start a new trace entry.
-        self._closed_traces[call_id] = None
+        self._closed_traces[key] = None
         if len(self._closed_traces) > _TRACE_LIMIT_CALLS:
             self._closed_traces.popitem(last=False)
-        trace = self._traces.pop(call_id, [])
+        trace = self._traces.pop(key, [])
         self.trace_bytes -= sum(map(len, trace))
         return "\n".join(trace)  # each message redacted as traced
 
@@ -352,7 +359,7 @@ class UserAgentCore:
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )
-        self._trace(tx.request.call_id, response.to_bytes(), "out")
+        self._trace(tx.request.call_id, _from_tag(tx.request), response.to_bytes(), "out")
         tx.respond(response, self.clock.now())
         if self._observe_response is not None:
             self._observe_response(status)
@@ -418,7 +425,7 @@ class UserAgentCore:
         response = make_response(
             request, 200, to_tag=local_tag, headers=self._common(extra), body=body
         )
-        self._trace(request.call_id, response.to_bytes(), "out")
+        self._trace(request.call_id, _from_tag(request), response.to_bytes(), "out")
         tx.respond(response, self.clock.now())
         if self._observe_response is not None:
             self._observe_response(200)
@@ -720,7 +727,8 @@ class UserAgentCore:
             self.counters["stray_responses"] += 1
             return
         if tx not in self._standalone:  # call traces only
-            self._trace(response.call_id, response.to_bytes(), "in")  # re-serialized: small
+            # to our in-dialog request: the caller is the To (re-serialized: small)
+            self._trace(response.call_id, _to_tag(response), response.to_bytes(), "in")
         tx.on_response(response, self.clock.now())
 
     # ---------------------------------------------------------------- dialogs
@@ -795,7 +803,7 @@ class UserAgentCore:
         request = self._in_dialog_request(
             dialog, method, dialog.next_cseq(), self._common(extra), body
         )
-        self._trace(dialog.call_id, request.to_bytes(), "out")
+        self._trace(dialog.call_id, dialog.remote_tag, request.to_bytes(), "out")
         kind = InviteClientTransaction if method == "INVITE" else ClientTransaction
         tx = kind(self, request, dialog.source, self.clock.now())
         self._client_txs[(tx.branch, method)] = tx
@@ -868,7 +876,7 @@ class UserAgentCore:
         retry = self._in_dialog_request(
             dialog, request.method, dialog.next_cseq(), headers, request.body
         )
-        self._trace(dialog.call_id, retry.to_bytes(), "out")
+        self._trace(dialog.call_id, dialog.remote_tag, retry.to_bytes(), "out")
         kind = InviteClientTransaction if request.method == "INVITE" else ClientTransaction
         again = kind(self, retry, dialog.source, self.clock.now())
         self._client_txs[(again.branch, request.method)] = again
@@ -979,7 +987,7 @@ class UserAgentCore:
             ]
             ack = self._in_dialog_request(dialog, "ACK", cseq, auth)
             dialog.last_ack = (cseq, ack.to_bytes())
-            self._trace(dialog.call_id, dialog.last_ack[1], "out")
+            self._trace(dialog.call_id, dialog.remote_tag, dialog.last_ack[1], "out")
             self.send_bytes(dialog.last_ack[1], dialog.source)
         if dialog.refresh_method != request.method:
             return  # a stale response (an earlier refresh)
@@ -1068,13 +1076,19 @@ class UserAgentCore:
             return  # too broken to answer at all
 
     def _trace(
-        self, call_id: str, data: bytes, direction: str, source: Source | None = None
+        self,
+        call_id: str,
+        caller_tag: str,
+        data: bytes,
+        direction: str,
+        source: Source | None = None,
     ) -> None:
-        if not call_id or call_id in self._closed_traces:
+        key = (call_id, caller_tag)
+        if not call_id or key in self._closed_traces:
             return
-        trace = self._traces.get(call_id)
+        trace = self._traces.get(key)
         if trace is None:
-            trace = self._traces[call_id] = []
+            trace = self._traces[key] = []
             if len(self._traces) > _TRACE_LIMIT_CALLS:
                 self._drop_oldest_trace()
         if len(trace) < _TRACE_LIMIT_MESSAGES:
@@ -1126,6 +1140,22 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _from_tag(message: Request | Response) -> str:
+    """The From tag ("" when there is none or the From does not parse)."""
+    try:
+        return message.from_.tag or ""
+    except SipParseError:
+        return ""
+
+
+def _to_tag(message: Request | Response) -> str:
+    """The To tag ("" when there is none or the To does not parse)."""
+    try:
+        return message.to.tag or ""
+    except SipParseError:
+        return ""
 
 
 def _record_route(request: Request) -> list[tuple[str, str]]:

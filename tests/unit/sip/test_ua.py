@@ -41,13 +41,14 @@ def request(
     body: bytes = b"",
     extra: str = "",
     cseq_method: str | None = None,
+    from_tag: str = "from1",
 ) -> bytes:
     to = "<sip:alice@gw.example>" + (f";tag={to_tag}" if to_tag else "")
     head = (
         f"{method} sip:alice@gw.example SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 192.0.2.10:5070;branch={branch};rport\r\n"
         "Max-Forwards: 70\r\n"
-        'From: "Bob" <sip:+15551230000@carrier.example>;tag=from1\r\n'
+        f'From: "Bob" <sip:+15551230000@carrier.example>;tag={from_tag}\r\n'
         f"To: {to}\r\n"
         f"Call-ID: {call_id}\r\n"
         f"CSeq: {cseq} {cseq_method or method}\r\n"
@@ -364,7 +365,7 @@ def test_trace_redacts_credentials(core: tuple[UserAgentCore, FakeClock], header
     ua, _ = core
     ua.receive(request("OPTIONS", branch="z9hG4bK-0"), SRC)  # a message without any
     ua.receive(request(extra=f'{header}: Digest username="alice", response="deadbeef"\r\n'), SRC)
-    trace = ua.pop_trace("call-1@192.0.2.10")
+    trace = ua.pop_trace("call-1@192.0.2.10", "from1")
     assert "OPTIONS sip:alice@gw.example" in trace and "INVITE sip:alice@gw.example" in trace
     assert "deadbeef" not in trace and "Digest <redacted>" in trace
 
@@ -384,7 +385,7 @@ def test_trace_redacts_srtp_keys_both_ways(core: tuple[UserAgentCore, FakeClock]
     (ev,) = events(out)
     assert isinstance(ev, InviteReceived)
     ua.accept(ev.tx, f"v=0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{ours}\r\n".encode())
-    trace = ua.pop_trace("call-1@192.0.2.10")
+    trace = ua.pop_trace("call-1@192.0.2.10", "from1")
     assert theirs not in trace and ours not in trace
     assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:<redacted>|2^20|1:4" in trace
     assert trace.count("<redacted>") == 4
@@ -403,12 +404,40 @@ def test_observers_see_every_request_and_response() -> None:
     assert statuses == [200, 501, 400]
 
 
+def test_calls_sharing_a_call_id_keep_their_own_traces(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    # Call-IDs are only as unique as the carrier makes them (SIPp's "1-<pid>@host"; a PBX's
+    # counter): two callers' calls with one Call-ID, or a stranger's OPTIONS reusing a live
+    # call's, must not show up in each other's records — a trace is one caller's dialog.
+    ua, _ = core
+    other = Source("UDP", ("198.51.100.7", 5060))
+    dialogs = []
+    for tag, source, marker in (("from1", SRC, "X-Mine: 1"), ("zz9", other, "X-Theirs: 2")):
+        raw = request(body=SDP, branch=f"z9hG4bK-{tag}", from_tag=tag, extra=f"{marker}\r\n")
+        out = ua.receive(raw, source)
+        (ev,) = events(out)
+        assert isinstance(ev, InviteReceived)
+        dialogs.append(ua.accept(ev.tx, b"v=0\r\n")[0])
+    ua.receive(request("OPTIONS", branch="z9hG4bK-o", from_tag="x", extra="X-Probe: 3\r\n"), other)
+    ack = request("ACK", branch="z9hG4bK-a", from_tag="zz9", to_tag=dialogs[1].local_tag)
+    ua.receive(ack, other)
+    (bye,) = requests(ua.hangup(dialogs[1]))  # our BYE in the second call, and its answer
+    ua.receive(reply(bye, 200), other)
+    mine = ua.pop_trace("call-1@192.0.2.10", "from1")
+    assert "X-Mine" in mine and mine.count("SIP/2.0 200 OK") == 1
+    assert "X-Theirs" not in mine and "X-Probe" not in mine and "BYE " not in mine
+    theirs = ua.pop_trace("call-1@192.0.2.10", "zz9")
+    assert "X-Theirs" in theirs and "BYE " in theirs and "X-Mine" not in theirs
+    assert theirs.count("SIP/2.0 200 OK") == 2  # the INVITE's and the BYE's
+
+
 def test_no_new_trace_after_a_call_is_popped(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, _ = core
     ua.receive(request("OPTIONS"), SRC)
-    assert "OPTIONS" in ua.pop_trace("call-1@192.0.2.10")
+    assert "OPTIONS" in ua.pop_trace("call-1@192.0.2.10", "from1")
     ua.receive(request("OPTIONS", branch="z9hG4bK-late"), SRC)  # a late retransmission
-    assert ua.pop_trace("call-1@192.0.2.10") == ""
+    assert ua.pop_trace("call-1@192.0.2.10", "from1") == ""
 
 
 def test_dialog_establishing_responses_copy_the_record_route(

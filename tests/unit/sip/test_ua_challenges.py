@@ -95,7 +95,7 @@ def test_a_challenged_bye_is_sent_again_with_credentials(
     assert events(ua.receive(make_response(again, 200).to_bytes(), SRC)) == [
         CallEnded(dialog, "local_bye")
     ]
-    trace = ua.pop_trace(dialog.call_id)  # both BYEs, the answer redacted
+    trace = ua.pop_trace(dialog.call_id, dialog.remote_tag)  # both BYEs, the answer redacted
     assert trace.count("BYE sip:") == 2 and f"{field}: Digest <redacted>" in trace
 
 

@@ -172,10 +172,12 @@ def test_traces_are_bounded_in_bytes_not_only_in_calls(
         raw = request("OPTIONS", branch=f"z9hG4bK-t{i}", call_id=f"t{i}@h", extra=padding)
         ua.receive(raw, SRC)
     assert ua.trace_bytes <= 200_000  # the budget set below, not 200 calls x 2 x 3 KB
-    assert ua.pop_trace("t0@h") == ""  # the oldest went
-    assert ua.pop_trace("t199@h").count("X-Pad") == 1  # the newest kept: request (+ answer)
+    assert ua.pop_trace("t0@h", "from1") == ""  # the oldest went
+    assert (
+        ua.pop_trace("t199@h", "from1").count("X-Pad") == 1
+    )  # the newest kept: request (+ answer)
     for i in range(200):
-        ua.pop_trace(f"t{i}@h")
+        ua.pop_trace(f"t{i}@h", "from1")
     assert ua.trace_bytes == 0  # popped traces are no longer counted
 
 
