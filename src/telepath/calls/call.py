@@ -16,6 +16,7 @@ through PCM16 both ways (A-law ↔ μ-law).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -70,7 +71,12 @@ class CallEnd:
 
 @dataclass
 class TurnTracker:
-    """Measures turns at the gateway: caller speech (by energy) and agent audio bursts."""
+    """Measures turns at the gateway: caller speech (by energy) and agent audio bursts.
+
+    Turns are numbered in the order they started, whatever the order they close in: a caller
+    turn closes after the turn gap, an agent turn only when the agent's next burst starts (or
+    at a barge-in, or at the end), so an agent turn may close after a later caller turn.
+    """
 
     turns: list[Turn] = field(default_factory=list)
     last_caller_voice: float | None = None
@@ -78,6 +84,7 @@ class TurnTracker:
     agent_turn_start: float | None = None
     agent_last_audio: float = 0.0
     agent_audio_ms: float = 0.0
+    _starts: list[float] = field(default_factory=list, repr=False)  # of ``turns``, in order
 
     def caller_frame(self, now: float, voiced: bool) -> None:
         """A caller frame arrived."""
@@ -90,8 +97,7 @@ class TurnTracker:
             and self.last_caller_voice is not None
             and now - self.last_caller_voice > _TURN_GAP_S
         ):
-            self._close("caller", self.last_caller_voice - self.caller_turn_start, 0)
-            self.caller_turn_start = None
+            self._close_caller_turn()
 
     def agent_audio(self, now: float, ms: float) -> None:
         """Agent audio arrived from the bridge."""
@@ -112,31 +118,35 @@ class TurnTracker:
         ``unplayed_ms``: audio of this turn still queued, never to be played (barge-in, hang-up):
         a turn lasts as long as the caller heard it, not as long as the agent sent.
         """
+        start = self.agent_turn_start
         heard_ms = self.agent_audio_ms - unplayed_ms
-        if self.agent_turn_start is not None and heard_ms > 0:
-            self._close("agent", heard_ms / 1000, getattr(self, "_pending_processing", 0))
+        if start is not None and heard_ms > 0:
+            processing = getattr(self, "_pending_processing", 0)
+            self._close("agent", start, heard_ms / 1000, processing)
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
 
     def finish(self, unplayed_ms: float = 0.0) -> None:
-        """The call ended: close the turns still open, in the order they started — a caller
-        still speaking (hanging up mid-sentence) keeps a turn up to its last voiced frame.
-        ``unplayed_ms`` as for :meth:`finish_agent_turn`."""
-        start = self.caller_turn_start
-        caller_first = start is not None and (
-            self.agent_turn_start is None or start <= self.agent_turn_start
-        )
-        if not caller_first:
-            self.finish_agent_turn(unplayed_ms)
-        if start is not None and self.last_caller_voice is not None:
-            self._close("caller", self.last_caller_voice - start, 0)
-            self.caller_turn_start = None
+        """The call ended: close the turns still open — a caller still speaking (hanging up
+        mid-sentence) keeps a turn up to its last voiced frame. ``unplayed_ms`` as for
+        :meth:`finish_agent_turn`."""
+        self._close_caller_turn()
         self.finish_agent_turn(unplayed_ms)
 
-    def _close(self, speaker: str, seconds: float, processing_ms: int) -> None:
-        self.turns.append(
-            Turn(len(self.turns) + 1, speaker, max(0, round(seconds * 1000)), processing_ms)
-        )
+    def _close_caller_turn(self) -> None:
+        start = self.caller_turn_start
+        if start is not None and self.last_caller_voice is not None:
+            self._close("caller", start, self.last_caller_voice - start, 0)
+        self.caller_turn_start = None
+
+    def _close(self, speaker: str, start: float, seconds: float, processing_ms: int) -> None:
+        # In start order (a turn that started at the same time as one closed before it goes
+        # after it); the numbers of the turns it goes before move up by one.
+        at = bisect.bisect_right(self._starts, start)
+        self._starts.insert(at, start)
+        self.turns.insert(at, Turn(at + 1, speaker, max(0, round(seconds * 1000)), processing_ms))
+        for number, turn in enumerate(self.turns[at + 1 :], start=at + 2):
+            turn.turn_number = number
 
     def ai_latency_ms(self) -> int | None:
         """Mean processing time of agent turns that followed caller speech."""
