@@ -65,3 +65,19 @@ def test_turns_come_out_in_time_order_when_an_agent_turn_is_still_open() -> None
         (3, "caller"),
         (4, "agent"),
     ]
+
+
+def test_a_second_agent_burst_without_new_caller_speech_has_no_latency() -> None:
+    """Caller 0-1 s, agent at 2.0 s and again at 3.5 s: only the first answers the caller."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    turns.caller_frame(last + 0.7, voiced=False)
+    turns.agent_audio(2.0, 500)
+    turns.agent_audio(3.5, 500)  # over the turn gap: a new agent turn, the caller said nothing
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "caller", 980, 0),
+        Turn(2, "agent", 500, 1020),
+        Turn(3, "agent", 500, 0),
+    ]
+    assert turns.ai_latency_ms() == 1020

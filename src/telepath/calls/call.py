@@ -84,6 +84,10 @@ class TurnTracker:
     agent_turn_start: float | None = None
     agent_last_audio: float = 0.0
     agent_audio_ms: float = 0.0
+    agent_processing_ms: int = 0  # of the open agent turn
+    # The caller's last voiced frame no agent turn has answered yet: a second agent burst with
+    # no caller speech since the first measures no response time.
+    unanswered_voice: float | None = None
     _starts: list[float] = field(default_factory=list, repr=False)  # of ``turns``, in order
 
     def caller_frame(self, now: float, voiced: bool) -> None:
@@ -92,6 +96,7 @@ class TurnTracker:
             if self.caller_turn_start is None:
                 self.caller_turn_start = now
             self.last_caller_voice = now
+            self.unanswered_voice = now
         elif (
             self.caller_turn_start is not None
             and self.last_caller_voice is not None
@@ -105,10 +110,11 @@ class TurnTracker:
             self.finish_agent_turn()
             self.agent_turn_start = now
             self.agent_audio_ms = 0.0
-            processing = 0
-            if self.last_caller_voice is not None and now > self.last_caller_voice:
-                processing = round((now - self.last_caller_voice) * 1000)
-            self._pending_processing = processing
+            voice = self.unanswered_voice
+            self.agent_processing_ms = 0
+            if voice is not None and now > voice:
+                self.agent_processing_ms = round((now - voice) * 1000)
+            self.unanswered_voice = None
         self.agent_last_audio = now
         self.agent_audio_ms += ms
 
@@ -121,8 +127,7 @@ class TurnTracker:
         start = self.agent_turn_start
         heard_ms = self.agent_audio_ms - unplayed_ms
         if start is not None and heard_ms > 0:
-            processing = getattr(self, "_pending_processing", 0)
-            self._close("agent", start, heard_ms / 1000, processing)
+            self._close("agent", start, heard_ms / 1000, self.agent_processing_ms)
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
 
