@@ -60,13 +60,19 @@ _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn 
 _TURN_GAP_S = 0.6  # silence that separates turns
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class CallEnd:
-    """Why and how the call ended."""
+    """Why and how the call ended, and when: the moment its end was decided (the record's end
+    time, which the billed duration runs to — not the end of the teardown that follows)."""
 
     reason: DisconnectReason
     error: str | None = None
     send_bye: bool = True
+    at: datetime = field(default_factory=_utcnow)
 
 
 @dataclass
@@ -337,7 +343,7 @@ class Call:
         stats = await self.media.close()
         self.turns.finish(unplayed_ms)
         record = self.record
-        record.end_time = datetime.now(UTC)
+        record.end_time = end.at
         record.status = CallStatus.DISCONNECTED
         record.disconnect_reason = end.reason
         record.error_message = end.error
