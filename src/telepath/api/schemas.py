@@ -348,10 +348,18 @@ class CallMetrics(BaseModel):
 
     carrier_lag_ms: int | None = Field(None, description="INVITE received to first caller RTP")
     ai_latency_ms: int | None = Field(None, description="Mean agent response time over turns")
-    gateway_processing_ms: float | None = Field(None, description="Mean per-packet gateway time")
-    gateway_processing_p99_ms: float | None = None
-    packet_loss_percent: float | None = None
-    jitter_ms: float | None = Field(None, description="RFC 3550 interarrival jitter")
+    gateway_processing_ms: float | None = Field(
+        None, description="Mean per-packet gateway time; null: no packet either way"
+    )
+    gateway_processing_p99_ms: float | None = Field(
+        None, description="p99 of the per-packet gateway time; null: no packet either way"
+    )
+    packet_loss_percent: float | None = Field(
+        None, description="RFC 3550 loss of the caller's RTP; null: none of it arrived"
+    )
+    jitter_ms: float | None = Field(
+        None, description="RFC 3550 interarrival jitter; null: no RTP from the caller arrived"
+    )
     codec_used: str | None = Field(None, examples=["PCMU", "PCMA", "G722"])
     setup_ms: int | None = Field(None, description="INVITE received to 200 OK sent")
 
@@ -381,7 +389,7 @@ class CallSummary(BaseModel):
     disconnect_reason: str | None = None
     carrier_lag_ms: int | None = None
     ai_latency_ms: int | None = None
-    gateway_processing_ms: float | None = None
+    gateway_processing_ms: float | None = Field(None, description="null: no packet either way")
 
 
 class MediaWarning(BaseModel):

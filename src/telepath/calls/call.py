@@ -348,12 +348,16 @@ class Call:
         record.disconnect_reason = end.reason
         record.error_message = end.error
         m = record.metrics
-        m.packet_loss_percent = round(stats.loss_percent, 2)
-        m.jitter_ms = round(stats.jitter_ms, 2)
+        # None where nothing was measured (no RTP from the caller; no packet either way)
+        m.packet_loss_percent = _rounded(stats.loss_percent, 2)
+        m.jitter_ms = _rounded(stats.jitter_ms, 2)
         # µs resolution, as the API reports it: the call.ended webhook and the record agree
-        m.gateway_processing_ms = round(stats.gateway_processing_ms, 3)
-        m.gateway_processing_p99_ms = round(
-            max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 3
+        processing = stats.gateway_processing_ms
+        m.gateway_processing_ms = _rounded(processing, 3)
+        m.gateway_processing_p99_ms = (
+            None
+            if processing is None
+            else round(max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 3)
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)
@@ -491,6 +495,10 @@ class Call:
 
     def _from_agent(self, payload: bytes) -> bytes:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _voiced(pcm: bytes) -> bool:

@@ -998,8 +998,13 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
         await placed.phone.close()
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
-    media = (await record(api, placed.call_id))["media"]
+    detail = await record(api, placed.call_id)
+    media = detail["media"]
     assert media["packets_received"] == 0 and media["packets_sent"] > 0
+    # nothing received, nothing measured: not a perfect line (0 % loss, 0 ms jitter)
+    assert detail["metrics"]["packet_loss_percent"] is None
+    assert detail["metrics"]["jitter_ms"] is None
+    assert detail["metrics"]["gateway_processing_ms"] is not None  # we did send
     assert media["remote_rtp_address"] is None
     assert media["remote_sdp_address"] == f"127.0.0.1:{placed.phone.port}"
     (warning,) = media["warnings"]
@@ -1008,6 +1013,7 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
     assert placed.phone.loud_frames() > 0  # our side was fine: the agent's tone got through
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
     assert ended["media_warnings"] == ["no_inbound_rtp"]
+    assert ended["metrics"]["packet_loss_percent"] is None and ended["metrics"]["jitter_ms"] is None
     # and Prometheus counts it, for an alert on the rate of one-way-audio calls
     assert _sample((await api.client.get("/metrics")).text, warned) - before == 1
 
