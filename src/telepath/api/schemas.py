@@ -380,8 +380,17 @@ class CallSummary(BaseModel):
 
     id: str = Field(examples=["call_01jdq3v7w5x8y9z0a1b2c3d4e5"])
     trunk_id: str
-    from_: str | None = Field(None, alias="from", description="Caller number (From user part)")
-    to: str | None = Field(None, description="Called number (To user part)")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Caller number: the From user part, as canonical E.164 when it is one "
+        "(as allowed_caller_numbers match it), else as sent",
+    )
+    to: str | None = Field(
+        None,
+        description="Called number as routing saw it (Request-URI, else To; canonical E.164), "
+        "else the Request-URI's user part as sent",
+    )
     status: CallStatus
     duration_seconds: int = Field(description="Answer to end, whole seconds")
     start_time: str = Field(description="ISO 8601, UTC")
