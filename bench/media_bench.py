@@ -203,7 +203,8 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
         row["in_p99"] = statistics.fmean(st.inbound.p99_us for st in stats)
         row["out_p50"] = statistics.fmean(st.outbound.p50_us for st in stats)
         row["out_p99"] = statistics.fmean(st.outbound.p99_us for st in stats)
-        row["gateway_processing_ms"] = statistics.fmean(st.gateway_processing_ms for st in stats)
+        measured = [st.gateway_processing_ms for st in stats]
+        row["gateway_processing_ms"] = statistics.fmean(ms for ms in measured if ms is not None)
         for s in sessions:
             await s.close()
     for t, _ in baselines:

@@ -45,6 +45,26 @@ def test_called_number(ruri: str, to: str, number: str | None) -> None:
     assert _called_number(invite(ruri, to)) == number
 
 
+@pytest.mark.parametrize(
+    ("uri", "recorded"),
+    [
+        ("sip:+1-415-555-0100@gw.test", "+14155550100"),  # as allowed_caller_numbers match it
+        ("sip:14155550100@gw.test", "+14155550100"),
+        ("sip:+14155550100;npdi@gw.test", "+14155550100"),
+        # a national trunk prefix is never E.164: kept as sent, not given a "+"
+        ("sip:02079460000@gw.test", "02079460000"),
+        ("sip:0014155550100@gw.test", "0014155550100"),
+        ("sip:4155550100@gw.test", "4155550100"),
+        ("sip:anonymous@gw.test", "anonymous"),
+        ("sip:gw.test", None),
+    ],
+)
+def test_a_recorded_number_is_the_one_routing_and_admission_saw(
+    uri: str, recorded: str | None
+) -> None:
+    assert _number(parse_uri(uri)) == recorded
+
+
 def test_digits_are_ascii_digits() -> None:
     """``str.isdigit`` also takes "²" (which ``int()`` refuses) and other scripts' digits: a
     REGISTER's ``expires`` of such is malformed (it raised), a user part of such no number."""

@@ -37,7 +37,14 @@ FLOWING = MediaStats(
 )
 LOCAL = ("203.0.113.5", 40000)
 SDP = ("198.51.100.9", 42000)
-SILENT = replace(FLOWING, packets_received=0, bytes_received=0, packets_lost=0)
+SILENT = replace(
+    FLOWING,
+    packets_received=0,
+    bytes_received=0,
+    packets_lost=0,
+    loss_percent=None,
+    jitter_ms=None,
+)
 
 
 def report(stats: MediaStats, **kw: Any) -> dict[str, Any]:
@@ -183,3 +190,9 @@ def test_no_private_address_warning_when_it_is_not_the_explanation() -> None:
     ipv6 = ("2a00:1450::1", 42000)
     ula = report(SILENT, local=("fd00::5", 40000), remote_sdp=ipv6, remote_rtp=None)
     assert codes(ula) == ["no_inbound_rtp", "private_address_advertised"]
+
+
+def test_gateway_processing_is_not_measured_without_packets_either_way() -> None:
+    assert replace(SILENT, packets_sent=0).gateway_processing_ms is None
+    sent_only = replace(SILENT, outbound=DirectionStats(100, 20.0, 18.0, 40.0, 60.0))
+    assert sent_only.gateway_processing_ms == pytest.approx(0.02)

@@ -46,3 +46,38 @@ def test_open_turns_close_in_the_order_they_started() -> None:
     turns.finish(unplayed_ms=500)
     assert [t.speaker for t in turns.turns] == ["caller", "agent"]
     assert turns.turns[1].duration_ms == 1500  # the unplayed part was never heard
+
+
+def test_turns_come_out_in_time_order_when_an_agent_turn_is_still_open() -> None:
+    """A caller turn closes after the turn gap, an agent turn only when more agent audio
+    comes: caller 0-2 s, agent 3 s, caller 8-10 s, agent 11 s is still that order."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 2.0)
+    turns.caller_frame(last + 0.7, voiced=False)
+    turns.agent_audio(3.0, 1000)
+    last = speak(turns, 8.0, 2.0)
+    turns.caller_frame(last + 0.7, voiced=False)  # closes while the first agent turn is open
+    turns.agent_audio(11.0, 1000)
+    turns.finish()
+    assert [(t.turn_number, t.speaker) for t in turns.turns] == [
+        (1, "caller"),
+        (2, "agent"),
+        (3, "caller"),
+        (4, "agent"),
+    ]
+
+
+def test_a_second_agent_burst_without_new_caller_speech_has_no_latency() -> None:
+    """Caller 0-1 s, agent at 2.0 s and again at 3.5 s: only the first answers the caller."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    turns.caller_frame(last + 0.7, voiced=False)
+    turns.agent_audio(2.0, 500)
+    turns.agent_audio(3.5, 500)  # over the turn gap: a new agent turn, the caller said nothing
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "caller", 980, 0),
+        Turn(2, "agent", 500, 1020),
+        Turn(3, "agent", 500, 0),
+    ]
+    assert turns.ai_latency_ms() == 1020

@@ -350,10 +350,18 @@ class CallMetrics(BaseModel):
 
     carrier_lag_ms: int | None = Field(None, description="INVITE received to first caller RTP")
     ai_latency_ms: int | None = Field(None, description="Mean agent response time over turns")
-    gateway_processing_ms: float | None = Field(None, description="Mean per-packet gateway time")
-    gateway_processing_p99_ms: float | None = None
-    packet_loss_percent: float | None = None
-    jitter_ms: float | None = Field(None, description="RFC 3550 interarrival jitter")
+    gateway_processing_ms: float | None = Field(
+        None, description="Mean per-packet gateway time; null: no packet either way"
+    )
+    gateway_processing_p99_ms: float | None = Field(
+        None, description="p99 of the per-packet gateway time; null: no packet either way"
+    )
+    packet_loss_percent: float | None = Field(
+        None, description="RFC 3550 loss of the caller's RTP; null: none of it arrived"
+    )
+    jitter_ms: float | None = Field(
+        None, description="RFC 3550 interarrival jitter; null: no RTP from the caller arrived"
+    )
     codec_used: str | None = Field(None, examples=["PCMU", "PCMA", "G722"])
     setup_ms: int | None = Field(None, description="INVITE received to 200 OK sent")
 
@@ -374,8 +382,17 @@ class CallSummary(BaseModel):
 
     id: str = Field(examples=["call_01jdq3v7w5x8y9z0a1b2c3d4e5"])
     trunk_id: str
-    from_: str | None = Field(None, alias="from", description="Caller number (From user part)")
-    to: str | None = Field(None, description="Called number (To user part)")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Caller number: the From user part, as canonical E.164 when it is one "
+        "(as allowed_caller_numbers match it), else as sent",
+    )
+    to: str | None = Field(
+        None,
+        description="Called number as routing saw it (Request-URI, else To; canonical E.164), "
+        "else the Request-URI's user part as sent",
+    )
     status: CallStatus
     duration_seconds: int = Field(description="Answer to end, whole seconds")
     start_time: str = Field(description="ISO 8601, UTC")
@@ -383,7 +400,7 @@ class CallSummary(BaseModel):
     disconnect_reason: str | None = None
     carrier_lag_ms: int | None = None
     ai_latency_ms: int | None = None
-    gateway_processing_ms: float | None = None
+    gateway_processing_ms: float | None = Field(None, description="null: no packet either way")
 
 
 class MediaWarning(BaseModel):

@@ -16,6 +16,7 @@ through PCM16 both ways (A-law ↔ μ-law).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -59,18 +60,29 @@ _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn 
 _TURN_GAP_S = 0.6  # silence that separates turns
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class CallEnd:
-    """Why and how the call ended."""
+    """Why and how the call ended, and when: the moment its end was decided (the record's end
+    time, which the billed duration runs to — not the end of the teardown that follows)."""
 
     reason: DisconnectReason
     error: str | None = None
     send_bye: bool = True
+    at: datetime = field(default_factory=_utcnow)
 
 
 @dataclass
 class TurnTracker:
-    """Measures turns at the gateway: caller speech (by energy) and agent audio bursts."""
+    """Measures turns at the gateway: caller speech (by energy) and agent audio bursts.
+
+    Turns are numbered in the order they started, whatever the order they close in: a caller
+    turn closes after the turn gap, an agent turn only when the agent's next burst starts (or
+    at a barge-in, or at the end), so an agent turn may close after a later caller turn.
+    """
 
     turns: list[Turn] = field(default_factory=list)
     last_caller_voice: float | None = None
@@ -78,6 +90,11 @@ class TurnTracker:
     agent_turn_start: float | None = None
     agent_last_audio: float = 0.0
     agent_audio_ms: float = 0.0
+    agent_processing_ms: int = 0  # of the open agent turn
+    # The caller's last voiced frame no agent turn has answered yet: a second agent burst with
+    # no caller speech since the first measures no response time.
+    unanswered_voice: float | None = None
+    _starts: list[float] = field(default_factory=list, repr=False)  # of ``turns``, in order
 
     def caller_frame(self, now: float, voiced: bool) -> None:
         """A caller frame arrived."""
@@ -85,13 +102,13 @@ class TurnTracker:
             if self.caller_turn_start is None:
                 self.caller_turn_start = now
             self.last_caller_voice = now
+            self.unanswered_voice = now
         elif (
             self.caller_turn_start is not None
             and self.last_caller_voice is not None
             and now - self.last_caller_voice > _TURN_GAP_S
         ):
-            self._close("caller", self.last_caller_voice - self.caller_turn_start, 0)
-            self.caller_turn_start = None
+            self._close_caller_turn()
 
     def agent_audio(self, now: float, ms: float) -> None:
         """Agent audio arrived from the bridge."""
@@ -99,10 +116,11 @@ class TurnTracker:
             self.finish_agent_turn()
             self.agent_turn_start = now
             self.agent_audio_ms = 0.0
-            processing = 0
-            if self.last_caller_voice is not None and now > self.last_caller_voice:
-                processing = round((now - self.last_caller_voice) * 1000)
-            self._pending_processing = processing
+            voice = self.unanswered_voice
+            self.agent_processing_ms = 0
+            if voice is not None and now > voice:
+                self.agent_processing_ms = round((now - voice) * 1000)
+            self.unanswered_voice = None
         self.agent_last_audio = now
         self.agent_audio_ms += ms
 
@@ -112,31 +130,34 @@ class TurnTracker:
         ``unplayed_ms``: audio of this turn still queued, never to be played (barge-in, hang-up):
         a turn lasts as long as the caller heard it, not as long as the agent sent.
         """
+        start = self.agent_turn_start
         heard_ms = self.agent_audio_ms - unplayed_ms
-        if self.agent_turn_start is not None and heard_ms > 0:
-            self._close("agent", heard_ms / 1000, getattr(self, "_pending_processing", 0))
+        if start is not None and heard_ms > 0:
+            self._close("agent", start, heard_ms / 1000, self.agent_processing_ms)
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
 
     def finish(self, unplayed_ms: float = 0.0) -> None:
-        """The call ended: close the turns still open, in the order they started — a caller
-        still speaking (hanging up mid-sentence) keeps a turn up to its last voiced frame.
-        ``unplayed_ms`` as for :meth:`finish_agent_turn`."""
-        start = self.caller_turn_start
-        caller_first = start is not None and (
-            self.agent_turn_start is None or start <= self.agent_turn_start
-        )
-        if not caller_first:
-            self.finish_agent_turn(unplayed_ms)
-        if start is not None and self.last_caller_voice is not None:
-            self._close("caller", self.last_caller_voice - start, 0)
-            self.caller_turn_start = None
+        """The call ended: close the turns still open — a caller still speaking (hanging up
+        mid-sentence) keeps a turn up to its last voiced frame. ``unplayed_ms`` as for
+        :meth:`finish_agent_turn`."""
+        self._close_caller_turn()
         self.finish_agent_turn(unplayed_ms)
 
-    def _close(self, speaker: str, seconds: float, processing_ms: int) -> None:
-        self.turns.append(
-            Turn(len(self.turns) + 1, speaker, max(0, round(seconds * 1000)), processing_ms)
-        )
+    def _close_caller_turn(self) -> None:
+        start = self.caller_turn_start
+        if start is not None and self.last_caller_voice is not None:
+            self._close("caller", start, self.last_caller_voice - start, 0)
+        self.caller_turn_start = None
+
+    def _close(self, speaker: str, start: float, seconds: float, processing_ms: int) -> None:
+        # In start order (a turn that started at the same time as one closed before it goes
+        # after it); the numbers of the turns it goes before move up by one.
+        at = bisect.bisect_right(self._starts, start)
+        self._starts.insert(at, start)
+        self.turns.insert(at, Turn(at + 1, speaker, max(0, round(seconds * 1000)), processing_ms))
+        for number, turn in enumerate(self.turns[at + 1 :], start=at + 2):
+            turn.turn_number = number
 
     def ai_latency_ms(self) -> int | None:
         """Mean processing time of agent turns that followed caller speech."""
@@ -323,17 +344,21 @@ class Call:
         stats = await self.media.close()
         self.turns.finish(unplayed_ms)
         record = self.record
-        record.end_time = datetime.now(UTC)
+        record.end_time = end.at
         record.status = CallStatus.DISCONNECTED
         record.disconnect_reason = end.reason
         record.error_message = end.error
         m = record.metrics
-        m.packet_loss_percent = round(stats.loss_percent, 2)
-        m.jitter_ms = round(stats.jitter_ms, 2)
+        # None where nothing was measured (no RTP from the caller; no packet either way)
+        m.packet_loss_percent = _rounded(stats.loss_percent, 2)
+        m.jitter_ms = _rounded(stats.jitter_ms, 2)
         # µs resolution, as the API reports it: the call.ended webhook and the record agree
-        m.gateway_processing_ms = round(stats.gateway_processing_ms, 3)
-        m.gateway_processing_p99_ms = round(
-            max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 3
+        processing = stats.gateway_processing_ms
+        m.gateway_processing_ms = _rounded(processing, 3)
+        m.gateway_processing_p99_ms = (
+            None
+            if processing is None
+            else round(max(stats.inbound.p99_us, stats.outbound.p99_us) / 1000, 3)
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)
@@ -471,6 +496,10 @@ class Call:
 
     def _from_agent(self, payload: bytes) -> bytes:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _voiced(pcm: bytes) -> bool:

@@ -96,7 +96,7 @@ from telepath.sip.dialog import Dialog
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import param_value, parse_name_addr
 from telepath.sip.message import Request
-from telepath.sip.numbers import number_of
+from telepath.sip.numbers import canonical_number, number_of
 from telepath.sip.transaction import ServerTransaction
 from telepath.sip.ua import (
     CallConfirmed,
@@ -1625,12 +1625,11 @@ def _called_number(request: Request) -> str | None:
 
 
 def _number(uri: SipUri) -> str | None:
-    """E.164 when the user part looks like a phone number, else the user part (§19.1.6)."""
+    """The user part as the canonical E.164 number that admission and routing see (so
+    ``+1-415-555-0100`` is recorded as ``+14155550100``, which ``allowed_caller_numbers``
+    matched), else the user part as sent, parameters dropped (a national ``020…``, a name:
+    §19.1.6)."""
     user = uri.user_unescaped
     if not user:
         return None
-    user = user.split(";", 1)[0]
-    digits = user.lstrip("+")
-    if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15:
-        return "+" + digits if user.startswith("+") or len(digits) > 10 else user
-    return user
+    return canonical_number(user) or user.split(";", 1)[0]

@@ -294,25 +294,36 @@ async def purge_call_details(
     sessions: async_sessionmaker[AsyncSession],
     older_than: timedelta,
     *,
+    open_after: timedelta | None,
     now: datetime | None = None,
 ) -> int:
-    """Drop ``sip_trace`` and ``turns`` of calls that ended more than ``older_than`` ago.
+    """Drop ``sip_trace``, ``turns`` and ``media`` of calls that ended more than ``older_than``
+    ago.
 
-    Calls that never recorded an end (the gateway stopped mid-call) age from their start.
+    A record without an end is a live call's — never purged, or its end could not write its
+    detail — until ``open_after`` (the longest call plus slack) has passed since its start:
+    then it is an orphan (its process stopped mid-call) and ages from its start, by the longer
+    of the two. ``open_after`` None (no cap on a call's length): open records are kept.
     Aggregates (times, duration, reason, metrics) are kept. Returns the number of records purged.
     """
     current = now or utcnow()
     cutoff = current - older_than
+    ended = CallRow.end_time < cutoff
+    expired = (
+        ended
+        if open_after is None  # no orphan: an open record never matches ``ended``
+        else or_(
+            ended,
+            and_(
+                CallRow.end_time.is_(None),
+                CallRow.start_time < current - max(older_than, open_after),
+            ),
+        )
+    )
     async with sessions() as session:
         result = await session.execute(
             update(CallRow)
-            .where(
-                CallRow.detail_purged_at.is_(None),
-                or_(
-                    CallRow.end_time < cutoff,
-                    and_(CallRow.end_time.is_(None), CallRow.start_time < cutoff),
-                ),
-            )
+            .where(CallRow.detail_purged_at.is_(None), expired)
             .values(turns=None, sip_trace=None, media=None, detail_purged_at=current)
             .execution_options(synchronize_session=False)
         )
@@ -457,7 +468,10 @@ async def retention_loop(
 
     ``TELEPATH_CALL_RETENTION_HOURS=0`` disables purging and pruning;
     ``TELEPATH_CALL_MAX_DURATION_S=0`` (no cap, so no age at which a call must have ended)
-    disables closing lost calls. Errors are logged and retried on the next round.
+    disables closing lost calls, and purging the detail of records left open. A record still
+    open is purged only once it is older than the longest call plus
+    ``LOST_AFTER_MAX_DURATION`` (and than the retention). Errors are logged and retried on the
+    next round.
     """
     older_than = timedelta(hours=settings.call_retention_hours)
     lost_after = timedelta(seconds=settings.call_max_duration_s) + LOST_AFTER_MAX_DURATION
@@ -472,7 +486,9 @@ async def retention_loop(
                 if lost:
                     logger.warning("closed %d call record(s) left open by a stopped process", lost)
             if purge:
-                purged = await purge_call_details(sessions, older_than)
+                purged = await purge_call_details(
+                    sessions, older_than, open_after=lost_after if sweep else None
+                )
                 if purged:
                     logger.info("purged call detail of %d record(s) past retention", purged)
                 # the webhook outbox's settled rows carry the same numbers: the same retention

@@ -493,8 +493,9 @@ class MediaSession:
             packets_received=self._packets_received,
             bytes_received=self._bytes_received,
             packets_lost=max(0, self._rx.lost),
-            loss_percent=self._rx.loss_percent,
-            jitter_ms=self._rx.jitter_ms,
+            # not measured before the first packet (0 % / 0 ms would read as a perfect line)
+            loss_percent=self._rx.loss_percent if self._packets_received else None,
+            jitter_ms=self._rx.jitter_ms if self._packets_received else None,
             late=self._jitter.stats.late,
             duplicates=self._jitter.stats.duplicates,
             concealed_frames=self._concealed,

@@ -94,8 +94,9 @@ class MediaStats:
         packets_received: valid RTP packets accepted from the peer.
         bytes_received: RTP payload octets accepted.
         packets_lost: RFC 3550 cumulative loss (expected minus received).
-        loss_percent: ``packets_lost`` as a percentage of expected packets.
-        jitter_ms: RFC 3550 interarrival jitter of the inbound stream.
+        loss_percent: ``packets_lost`` as a percentage of expected packets; None before any
+            packet was received (not measured: a one-way-audio call is no perfect line).
+        jitter_ms: RFC 3550 interarrival jitter of the inbound stream; None as ``loss_percent``.
         late: packets that arrived after their slot was concealed.
         duplicates: packets received twice.
         concealed_frames: frames synthesised for lost packets.
@@ -118,8 +119,8 @@ class MediaStats:
     packets_received: int
     bytes_received: int
     packets_lost: int
-    loss_percent: float
-    jitter_ms: float
+    loss_percent: float | None
+    jitter_ms: float | None
     late: int
     duplicates: int
     concealed_frames: int
@@ -136,11 +137,12 @@ class MediaStats:
     unauthenticated: int = 0
 
     @property
-    def gateway_processing_ms(self) -> float:
-        """Mean gateway processing time per packet over both directions, in ms (call records)."""
+    def gateway_processing_ms(self) -> float | None:
+        """Mean gateway processing time per packet over both directions, in ms (call records);
+        None when no packet went either way (not measured)."""
         packets = self.inbound.packets + self.outbound.packets
         if not packets:
-            return 0.0
+            return None
         total_us = (
             self.inbound.mean_us * self.inbound.packets
             + self.outbound.mean_us * self.outbound.packets

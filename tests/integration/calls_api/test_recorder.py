@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from tests.integration.calls_api.records import account_of, ended, started
 from tests.integration.conftest import Api
 
 pytestmark = pytest.mark.integration
+
+LONGEST_CALL = timedelta(hours=4, minutes=10)  # the default cap plus the slack
 
 
 async def count_rows(api: Api) -> int:
@@ -140,9 +143,14 @@ async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
         await recorder.call_ended(record)
     await recorder.call_started(stuck)
 
-    purged = await purge_call_details(api.state.sessions, timedelta(hours=72))
-    assert purged == 2
-    assert await purge_call_details(api.state.sessions, timedelta(hours=72)) == 0
+    purge = partial(
+        purge_call_details, api.state.sessions, timedelta(hours=72), open_after=LONGEST_CALL
+    )
+    # with no cap on a call's length an open record may be a live call: kept
+    no_cap = await purge_call_details(api.state.sessions, timedelta(hours=72), open_after=None)
+    assert no_cap == 1
+    assert await purge() == 1  # the stuck one: older than the retention and than any call
+    assert await purge() == 0
 
     gone = (await api.get(f"/v1/calls/{old.id}")).json()
     assert gone["sip_trace"] is None and gone["turns"] == [] and gone["media"] is None
@@ -288,6 +296,33 @@ async def test_retention_loop_closes_lost_calls_even_without_purging(
         return bool(await _field(api, stuck.id, "disconnect_reason") == "lost")
 
     await _run_retention_until(api, only_sweep, closed, "closed as lost")
+
+
+async def test_a_live_call_longer_than_the_retention_keeps_its_detail_when_it_ends(
+    api: Api, settings: Settings
+) -> None:
+    """Retention of 1 h and a call up for 2 h (calls may last 4 h): the sweep leaves the open
+    record alone, and the call's end writes its trace, turns and media. An open record older
+    than the longest call is an orphan: its detail ages like any other."""
+    short = settings.model_copy(update={"call_retention_hours": 1, "call_max_duration_s": 14400})
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    live = started(account, start=utcnow() - timedelta(hours=2))
+    orphan = started(account, start=utcnow() - timedelta(hours=5))
+    for record in (live, orphan):
+        await recorder.call_started(record)
+
+    async def orphan_purged() -> bool:
+        return await _field(api, orphan.id, "detail_purged_at") is not None
+
+    await _run_retention_until(api, short, orphan_purged, "orphan purged")
+    assert await _field(api, live.id, "detail_purged_at") is None
+
+    final = ended(live, seconds=7200)  # it ends now
+    await recorder.call_ended(final)
+    detail = (await api.get(f"/v1/calls/{live.id}")).json()
+    assert detail["sip_trace"] == final.sip_trace and len(detail["turns"]) == 2
+    assert detail["media"] == final.media and detail["detail_purged_at"] is None
 
 
 # --- group commit -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from telepath.bridges.base import BridgeReason
 from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
@@ -468,6 +470,34 @@ async def test_max_call_duration_ends_a_live_call(
     late = api.state.metrics.registry.get_sample_value("telepath_media_tick_lateness_seconds_count")
     assert late is not None and late >= 50  # 1.5 s of calls at one wake-up per 20 ms
     assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+
+
+async def test_the_end_time_is_when_the_call_ended_not_when_its_teardown_did(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller hangs up; closing the agent then takes a while (an agent that does not answer
+    the close frame holds it up to 5 s): the record's end, the billed duration's, is the
+    hang-up, not the end of the teardown."""
+    teardown_started: list[datetime] = []
+    async with FakeTelepathAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000)
+        bridge = placed.call.bridge
+        close = bridge.close
+
+        async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+            teardown_started.append(datetime.now(UTC))
+            await asyncio.sleep(0.3)
+            await close(reason)
+
+        monkeypatch.setattr(bridge, "close", slow_close)
+        result = await placed.tone_until_end(0.8)
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    assert (await record(api, placed.call_id))["disconnect_reason"] == "caller_hangup"
+    end_time = placed.call.record.end_time
+    assert end_time is not None and len(teardown_started) == 1
+    assert end_time <= teardown_started[0]
 
 
 # --- a trunk removed mid-call --------------------------------------------------------------
@@ -968,8 +998,13 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
         await placed.phone.close()
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
-    media = (await record(api, placed.call_id))["media"]
+    detail = await record(api, placed.call_id)
+    media = detail["media"]
     assert media["packets_received"] == 0 and media["packets_sent"] > 0
+    # nothing received, nothing measured: not a perfect line (0 % loss, 0 ms jitter)
+    assert detail["metrics"]["packet_loss_percent"] is None
+    assert detail["metrics"]["jitter_ms"] is None
+    assert detail["metrics"]["gateway_processing_ms"] is not None  # we did send
     assert media["remote_rtp_address"] is None
     assert media["remote_sdp_address"] == f"127.0.0.1:{placed.phone.port}"
     (warning,) = media["warnings"]
@@ -978,6 +1013,7 @@ async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
     assert placed.phone.loud_frames() > 0  # our side was fine: the agent's tone got through
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
     assert ended["media_warnings"] == ["no_inbound_rtp"]
+    assert ended["metrics"]["packet_loss_percent"] is None and ended["metrics"]["jitter_ms"] is None
     # and Prometheus counts it, for an alert on the rate of one-way-audio calls
     assert _sample((await api.client.get("/metrics")).text, warned) - before == 1
 

@@ -155,7 +155,8 @@ async def test_numbers_route_and_restrict(api: Api, gateway: Gateway, uac: Uac) 
 async def test_allowed_caller_numbers_refuse_other_callers_after_the_digest(
     api: Api, gateway: Gateway, uac: Uac
 ) -> None:
-    """The test UAC calls as +15551230000: a trunk allowing it answers; one allowing only
+    """A trunk allowing the caller answers — its From written with visual separators
+    (sip:+1-415-555-0100), recorded in the canonical form the list matched; one allowing only
     another caller refuses with 403 — after the challenge, so the list is no oracle."""
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(
@@ -164,7 +165,7 @@ async def test_allowed_caller_numbers_refuse_other_callers_after_the_digest(
             PASSWORD,
             ai_provider="custom",
             custom_endpoint=agent.url,
-            allowed_caller_numbers=["+1 555 123 0000"],
+            allowed_caller_numbers=["+1 415 555 0100"],
         )
         await create_trunk(
             api,
@@ -174,10 +175,13 @@ async def test_allowed_caller_numbers_refuse_other_callers_after_the_digest(
             custom_endpoint=agent.url,
             allowed_caller_numbers=["+15559990000"],
         )
-        leg = CallLeg(uac, "callers-ok")
+        leg = CallLeg(uac, "callers-ok", from_user="+1-415-555-0100")
         assert await invite(leg, 200) == 401
         await leg.bye()
-        assert await invite(CallLeg(uac, "callers-other"), 403) == 401
+        assert await invite(CallLeg(uac, "callers-other"), 403) == 401  # as +15551230000
         records = await ended_records(api, gateway)
     assert [r["disconnect_reason"] for r in records] == ["caller_hangup"]  # the 403: no call
+    assert records[0]["from"] == "+14155550100"  # as admission matched it
+    starts = [m for m in agent.received if m["type"] == "start"]
+    assert [m["call"]["caller"] for m in starts] == ["+14155550100"]  # the agent is told so
     assert len(agent.handshakes) == 1

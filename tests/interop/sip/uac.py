@@ -203,8 +203,10 @@ class Uac:
         to_uri: str | None = None,
         max_forwards: int = 70,
         cseq_method: str | None = None,
+        from_user: str = "+15551230000",
     ) -> bytes:
-        """A request from this client, sent-by its real address (so responses come back)."""
+        """A request from this client, sent-by its real address (so responses come back), from
+        ``from_user`` (the From URI's user part)."""
         host, port = self.target
         scheme = "sips" if self.transport_name == "TLS" else "sip"
         tp = "" if self.transport_name == "UDP" else f";transport={self.transport_name.lower()}"
@@ -218,7 +220,7 @@ class Uac:
             f"Via: SIP/2.0/{self.transport_name} {lhost}:{lport};branch={branch or new_branch()}"
             ";rport",
             f"Max-Forwards: {max_forwards}",
-            f'From: "Caller" <{scheme}:+15551230000@{lhost}:{lport}>;tag={from_tag}',
+            f'From: "Caller" <{scheme}:{from_user}@{lhost}:{lport}>;tag={from_tag}',
             f"To: {to}",
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} {cseq_method or method}",
@@ -301,6 +303,7 @@ class CallLeg:
     challenges: list[str] = field(default_factory=list)
     uri: str | None = None  # the Request-URI of its INVITEs (default: sip:<user>@<target>)
     to_uri: str | None = None  # the To URI of its requests (default: sip:<user>@<target>)
+    from_user: str | None = None  # the From URI's user part (default: +15551230000)
 
     def build(self, method: str, **kw: object) -> bytes:
         """A request in this call (the To tag once we have one)."""
@@ -309,6 +312,8 @@ class CallLeg:
             kw.setdefault("uri", self.uri)
         if self.to_uri is not None:
             kw.setdefault("to_uri", self.to_uri)
+        if self.from_user is not None:
+            kw.setdefault("from_user", self.from_user)
         return self.uac.request(
             method,
             self.user,
