@@ -1411,12 +1411,13 @@ class CallManager:
         announce = self._announcing.pop(record.id, None)
         if announce is not None:
             await asyncio.wait({announce})  # the start first (it never raises: ``_safe``)
-        if self.recorder is not None:
-            await self._safe(self.recorder.call_ended(record))
-        await self._emit(record, "agent.disconnected", agent_disconnected_payload)
+        events: list[tuple[str, Callable[[CallRecord], dict[str, Any]]]] = [
+            ("agent.disconnected", agent_disconnected_payload)
+        ]
         if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
-            await self._emit(record, "call.error", call_error_payload)
-        await self._emit(record, "call.ended", call_ended_payload)
+            events.append(("call.error", call_error_payload))
+        events.append(("call.ended", call_ended_payload))
+        await self._record_end(record, events)
 
     def _media_report(self, call: Call) -> dict[str, Any]:
         negotiated, media = call.negotiated, call.media
@@ -1437,9 +1438,28 @@ class CallManager:
         )
 
     async def _record_failed(self, record: CallRecord) -> None:
-        if self.recorder is not None:
-            await self._safe(self.recorder.call_ended(record))
-        await self._emit(record, "call.error", call_error_payload)
+        await self._record_end(record, [("call.error", call_error_payload)])
+
+    async def _record_end(
+        self,
+        record: CallRecord,
+        events: list[tuple[str, Callable[[CallRecord], dict[str, Any]]]],
+    ) -> None:
+        """The record's final state and the events that tell of it: one transaction when the
+        recorder can (the outbox is durable only if no crash falls between the two)."""
+        recorder, sink = self.recorder, self.sink
+        if recorder is not None and sink is not None and recorder.queues_events:
+            prepared = [
+                sink.prepare(record.account_id, event, payload(record))
+                for event, payload in events
+                if sink.wants(record.account_id, event)
+            ]
+            await self._safe(recorder.call_ended(record, prepared))
+            return
+        if recorder is not None:
+            await self._safe(recorder.call_ended(record))
+        for event, payload in events:
+            await self._emit(record, event, payload)
 
     async def _recorder_started(self, record: CallRecord) -> None:
         if self.recorder is not None:

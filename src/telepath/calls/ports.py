@@ -6,7 +6,7 @@ these implementations in. Dependencies only point inward.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -22,8 +22,14 @@ class CallRecorder(Protocol):
         """Store a new record (status ``connected``)."""
         ...
 
-    async def call_ended(self, record: CallRecord) -> None:
-        """Store the final state of a record (end time, reason, metrics, turns, trace)."""
+    @property
+    def queues_events(self) -> bool:
+        """Whether ``call_ended`` also writes the end's events, in the record's transaction."""
+        ...
+
+    async def call_ended(self, record: CallRecord, events: Sequence[dict[str, Any]] = ()) -> None:
+        """Store the final state of a record (end time, reason, metrics, turns, trace) and,
+        when ``queues_events``, the events ``EventSink.prepare`` made, in one transaction."""
         ...
 
 
@@ -38,6 +44,10 @@ class EventSink(Protocol):
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints; must not block on delivery."""
+        ...
+
+    def prepare(self, account_id: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``event`` made for ``CallRecorder.call_ended`` to write with the record."""
         ...
 
 

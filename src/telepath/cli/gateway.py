@@ -259,17 +259,18 @@ async def start_gateway(
         state.sessions, state.keyring, settings, metrics=state.metrics
     )
     journals = journal_dir(settings)
-    recorder = DbCallRecorder(
-        state.sessions,
-        state.metrics,
-        instance_id=instance_id,
-        journal=journal_path(journals, instance_id, RECORDS_JOURNAL) if instance_id else None,
-    )
     sink = DbEventSink(
         state.sessions,
         metrics=state.metrics,
         on_enqueued=dispatcher.wake if role is None else role.wake_front,
         journal=journal_path(journals, instance_id, EVENTS_JOURNAL) if instance_id else None,
+    )
+    recorder = DbCallRecorder(
+        state.sessions,
+        state.metrics,
+        instance_id=instance_id,
+        journal=journal_path(journals, instance_id, RECORDS_JOURNAL) if instance_id else None,
+        outbox=sink,  # a call's end and its events: one transaction
     )
     manager = CallManager(
         CallControlConfig.from_settings(settings, address),

@@ -10,6 +10,12 @@ Writes are group-committed (``db/group_commit.py``): at hundreds of calls a seco
 transactions a second instead of two per call, which is what kept the SIP loop busy (SQLAlchemy
 statement building, a session and a pool checkout per write). The upsert is the dialect's
 ``INSERT … ON CONFLICT`` (SQLite ≥ 3.24 and PostgreSQL).
+
+The webhook events that tell of a call's end (``agent.disconnected``, ``call.error``,
+``call.ended``) are written in the same transaction as the record's end, given an ``outbox``
+(``webhooks/sink.py``): the webhook outbox is durable only if no crash can fall between the two.
+If the events alone make that transaction fail for good (not a transient error), the record's
+end is written without them and the loss is logged and counted: the record matters more.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from sqlalchemy import Executable, Table, and_, case, insert, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,9 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import utcnow
+from telepath.db.engine import transient_error
 from telepath.db.group_commit import outage_proof
 from telepath.db.models import CallRow
-from telepath.db.webhook_store import prune_deliveries
+from telepath.db.webhook_store import WebhookRepository, prune_deliveries
 from telepath.db.write_journal import replay_journal
 from telepath.metrics import Metrics
 
@@ -84,6 +91,18 @@ def _final_fields(record: CallRecord) -> dict[str, Any]:
     }
 
 
+class Outbox(Protocol):
+    """The webhook outbox, for events written in a call record's transaction."""
+
+    async def outbox_rows(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The outbox rows of prepared events (raises when they cannot be made yet)."""
+        ...
+
+    def enqueued(self) -> None:
+        """Rows were committed."""
+        ...
+
+
 Kind = Literal["call_started", "call_ended"]
 _DETAIL = ("turns", "sip_trace", "media")  # never written back into a purged record's detail
 
@@ -92,17 +111,24 @@ _DETAIL = ("turns", "sip_trace", "media")  # never written back into a purged re
 class _Write:
     kind: Kind
     values: dict[str, Any]  # a snapshot: the record keeps changing after the call returns
+    events: list[dict[str, Any]] = field(default_factory=list)  # prepared webhook events
 
 
 def _journaled(write: _Write) -> dict[str, Any]:
-    return {"kind": write.kind, "values": write.values}
+    return {"kind": write.kind, "values": write.values, "events": write.events}
 
 
 def _from_journal(item: dict[str, Any]) -> _Write:
     kind = item["kind"]
-    if kind not in ("call_started", "call_ended") or not isinstance(item.get("values"), dict):
+    events = item.get("events", [])  # journals of earlier versions have none
+    if (
+        kind not in ("call_started", "call_ended")
+        or not isinstance(item.get("values"), dict)
+        or not isinstance(events, list)
+        or not all(isinstance(e, dict) for e in events)
+    ):
         raise ValueError("not a call record write")
-    return _Write(kind, item["values"])
+    return _Write(kind, item["values"], events)
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:
@@ -138,6 +164,7 @@ class DbCallRecorder:
             the records a dead process left open can be found and closed
             (:func:`close_instance_calls`).
         journal: where writes kept through an outage are copied (``db/write_journal.py``).
+        outbox: writes a call's end events in its record's transaction (``queues_events``).
     """
 
     def __init__(
@@ -148,9 +175,11 @@ class DbCallRecorder:
         timeout_s: float = WRITE_TIMEOUT_S,
         instance_id: str | None = None,
         journal: Path | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
+        self._outbox = outbox
         self._timeout_s = timeout_s
         self._instance_id = instance_id
         self.failures = 0
@@ -178,8 +207,14 @@ class DbCallRecorder:
             self._metrics.record_call_started(record.id)
         await self._submit("call_started", record)
 
-    async def call_ended(self, record: CallRecord) -> None:
-        """Write the final state, inserting the record if its start was never stored."""
+    @property
+    def queues_events(self) -> bool:
+        """Whether ``call_ended`` writes events (else call control emits them itself)."""
+        return self._outbox is not None
+
+    async def call_ended(self, record: CallRecord, events: Sequence[dict[str, Any]] = ()) -> None:
+        """Write the final state, inserting the record if its start was never stored, and in
+        the same transaction the prepared webhook ``events`` (``queues_events``)."""
         if self._metrics is not None:
             m = record.metrics
             self._metrics.record_call_ended(
@@ -189,9 +224,11 @@ class DbCallRecorder:
                 packet_loss_percent=m.packet_loss_percent,
                 jitter_ms=m.jitter_ms,
             )
-        await self._submit("call_ended", record)
+        await self._submit("call_ended", record, list(events))
 
-    async def _submit(self, kind: Kind, record: CallRecord) -> None:
+    async def _submit(
+        self, kind: Kind, record: CallRecord, events: list[dict[str, Any]] | None = None
+    ) -> None:
         values = {
             "id": record.id,
             "updated_at": utcnow(),
@@ -199,8 +236,9 @@ class DbCallRecorder:
             **_final_fields(record),
         }
         # until committed, failed (counted by ``_settled``: never into call control), or kept
+        write = _Write(kind, values, events or [])
         done = await self._group.write(
-            _Write(kind, values), self._timeout_s, functools.partial(self._settled, kind)
+            write, self._timeout_s, functools.partial(self._settled, kind)
         )
         if not done.done():  # kept: retried until the database takes it
             logger.debug("call record write (%s) kept for retry", kind)
@@ -228,24 +266,57 @@ class DbCallRecorder:
         """Write the records a dead process kept in its journal ``path``."""
         return await replay_journal(path, _from_journal, self._group.submit, timeout_s)
 
+    async def _outbox_rows(self, writes: list[_Write]) -> list[dict[str, Any]]:
+        events = [event for w in writes for event in w.events]
+        if not events or self._outbox is None:
+            return []
+        return await self._outbox.outbox_rows(events)  # before the session: it may read
+
+    def _enqueued(self, rows: list[dict[str, Any]]) -> None:
+        if rows and self._outbox is not None:
+            self._outbox.enqueued()
+
     async def _commit_batch(self, batch: list[_Write]) -> None:
         assert self._statements is not None
         start, end = self._statements
         starts = [w.values for w in batch if w.kind == "call_started"]
         ends = [w.values for w in batch if w.kind == "call_ended"]
-        async with self._sessions() as session:
-            # starts first: a start and an end of one call in one batch leave the end
-            if starts:
-                await session.execute(start, starts)
-            if ends:
-                await session.execute(end, ends)
-            await session.commit()
+        rows = await self._outbox_rows(batch)
+        try:
+            async with self._sessions() as session:
+                # starts first: a start and an end of one call in one batch leave the end
+                if starts:
+                    await session.execute(start, starts)
+                if ends:
+                    await session.execute(end, ends)
+                await WebhookRepository(session).enqueue(rows)
+                await session.commit()
+        except Exception as exc:
+            # A batch of several is retried item by item (GroupCommit); one alone goes through
+            # _commit_one here, which writes the record without its events if they fail.
+            if not rows or len(batch) > 1 or transient_error(exc):
+                raise
+            await self._commit_one(batch[0])
+            return
+        self._enqueued(rows)
 
     async def _commit_one(self, write: _Write) -> None:
         if write.kind == "call_started":
             await self._insert(write.values)
-        else:
-            await self._upsert(write.values)
+            return
+        rows = await self._outbox_rows([write])
+        try:
+            await self._upsert(write.values, rows)
+        except Exception as exc:
+            if not rows or transient_error(exc):
+                raise  # kept and retried whole (transient), or the record's own failure
+            # the events alone fail for good: the record's end goes without them
+            if self._metrics is not None:
+                self._metrics.webhook_enqueue_failures.inc(len(write.events))
+            logger.error("webhook events of a call's end not queued: %s", type(exc).__name__)
+            rows = []
+            await self._upsert(write.values, rows)
+        self._enqueued(rows)
 
     async def _insert(self, values: dict[str, Any]) -> None:
         async with self._sessions() as session:
@@ -257,7 +328,8 @@ class DbCallRecorder:
             except IntegrityError:
                 await session.rollback()
 
-    async def _upsert(self, values: dict[str, Any]) -> None:
+    async def _upsert(self, values: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """The record's final state, and the outbox ``rows`` in the same transaction."""
         call_id = values["id"]
         # Fast path: one UPDATE of a row whose detail was not purged (the usual case).
         fields = {k: v for k, v in values.items() if k not in ("id", "updated_at")}
@@ -267,9 +339,11 @@ class DbCallRecorder:
                 .where(CALLS.c.id == call_id, CALLS.c.detail_purged_at.is_(None))
                 .values(updated_at=utcnow(), **fields)
             )
-            await session.commit()
             if int(result.rowcount or 0) == 1:  # type: ignore[attr-defined]
+                await WebhookRepository(session).enqueue(rows)
+                await session.commit()
                 return
+            await session.rollback()
         for _ in range(2):  # a lost insert race turns into an update on the second pass
             async with self._sessions() as session:
                 row = await session.get(CallRow, call_id)
@@ -283,6 +357,8 @@ class DbCallRecorder:
                         setattr(row, name, value)
                     row.updated_at = utcnow()
                 try:
+                    await session.flush()  # the call's row before its events' rows
+                    await WebhookRepository(session).enqueue(rows)
                     await session.commit()
                     return
                 except IntegrityError:

@@ -2,7 +2,12 @@
 
 An event is kept whole until it is written: its outbox rows (one per subscribed endpoint) are
 made in the writer, so an event whose account's endpoints cannot be read yet — the database
-down before this process ever read them — is kept and retried like any write, not lost."""
+down before this process ever read them — is kept and retried like any write, not lost.
+
+The events that tell of a call's end are not written here but in the call record's own
+transaction (``prepare`` makes them, ``db/call_recorder.py`` writes them with
+``outbox_rows``): a crash between two commits cannot leave an ended call whose ``call.ended``
+was never queued."""
 
 from __future__ import annotations
 
@@ -147,6 +152,23 @@ class DbEventSink:
         """False when the account's endpoints are cached and none subscribes to ``event``."""
         known = self._cache.peek(account_id)
         return known is None or any(subscribed(events, event) for _, events in known)
+
+    def prepare(self, account_id: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """``event`` ready to be written in another writer's transaction (the call record's):
+        its identity and time are fixed now, and it can be journaled with that write."""
+        return _journaled(
+            _Event(account_id, event, new_id("evt"), normalize_payload(payload), utcnow())
+        )
+
+    async def outbox_rows(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The outbox rows of prepared events (none for an event nobody subscribes to). Raises
+        when the endpoints can be neither read nor served stale: the write is then kept."""
+        return [row for item in events for row in await self._rows(_from_journal(item))]
+
+    def enqueued(self) -> None:
+        """Another writer committed outbox rows: wake the dispatcher."""
+        if self._on_enqueued is not None:
+            self._on_enqueued()
 
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         """Queue ``event`` for the account's subscribed endpoints.

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from telepath.calls.model import CallStatus, DisconnectReason
 from telepath.config import Settings
@@ -25,8 +25,9 @@ from telepath.db.call_recorder import (
     retention_loop,
 )
 from telepath.db.engine import make_engine, sessionmaker_for
-from telepath.db.models import CallRow
+from telepath.db.models import CallRow, WebhookDelivery
 from telepath.metrics import Metrics
+from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of, ended, started
 from tests.integration.conftest import Api
 
@@ -170,7 +171,7 @@ async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
     # the same by the one-at-a-time path (a batch that failed, a database without ON CONFLICT)
     values = {"id": old.id, "updated_at": utcnow(), **_final_fields(ended(old, seconds=7))}
     assert values["media"] and values["sip_trace"]
-    await recorder._upsert(values)
+    await recorder._upsert(values, [])
     again = (await api.get(f"/v1/calls/{old.id}")).json()
     assert again["duration_seconds"] == 7
     assert (again["sip_trace"], again["turns"], again["media"]) == (None, [], None)
@@ -361,3 +362,73 @@ async def test_a_bad_row_in_a_batch_costs_no_other_row(api: Api) -> None:
     )
     assert recorder.failures == 1
     assert await count_rows(api) == 5
+
+
+async def _subscribed_sink(api: Api) -> tuple[str, DbEventSink]:
+    account = await account_of(api)
+    resp = await api.post("/v1/webhooks", {"url": "https://hooks.example.com/t", "events": ["*"]})
+    assert resp.status_code == 201, resp.text
+    return account, DbEventSink(api.state.sessions)
+
+
+async def _deliveries(api: Api) -> list[tuple[str, str]]:
+    async with api.state.sessions() as session:
+        rows = await session.execute(select(WebhookDelivery.event, WebhookDelivery.event_id))
+        return sorted((event, event_id) for event, event_id in rows.all())
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_call_s_end_and_its_events_land_together(api: Api, batched: bool) -> None:
+    account, sink = await _subscribed_sink(api)
+    recorder = DbCallRecorder(api.state.sessions, outbox=sink)
+    if not batched:  # the one-at-a-time path (a batch that failed; no ON CONFLICT)
+        recorder._group._batch = None
+    assert recorder.queues_events
+    call = started(account)
+    await recorder.call_started(call)
+    events = [sink.prepare(account, e, {"call_id": call.id}) for e in ("call.error", "call.ended")]
+    await recorder.call_ended(ended(call), events)
+    assert await _deliveries(api) == sorted((e["event"], e["event_id"]) for e in events)
+    assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
+
+
+async def test_events_that_fail_for_good_do_not_cost_the_record_its_end(api: Api) -> None:
+    account, sink = await _subscribed_sink(api)
+    metrics = Metrics()
+    recorder = DbCallRecorder(api.state.sessions, metrics, outbox=sink)
+    call = started(account)
+    await recorder.call_started(call)
+    postgres = api.state.engine.dialect.name == "postgresql"
+    refuse = (
+        [
+            "CREATE FUNCTION refuse_rows() RETURNS trigger AS "
+            "$$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse BEFORE INSERT ON webhook_deliveries "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_rows()",
+        ]
+        if postgres
+        else [
+            "CREATE TRIGGER refuse BEFORE INSERT ON webhook_deliveries "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+    )
+    async with api.state.engine.begin() as conn:
+        for statement in refuse:
+            await conn.execute(text(statement))
+    try:
+        await recorder.call_ended(ended(call), [sink.prepare(account, "call.ended", {})])
+    finally:
+        async with api.state.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "DROP TRIGGER refuse ON webhook_deliveries"
+                    if postgres
+                    else "DROP TRIGGER refuse"
+                )
+            )
+            if postgres:
+                await conn.execute(text("DROP FUNCTION refuse_rows()"))
+    assert recorder.failures == 0
+    assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
+    assert await _deliveries(api) == []
+    assert metrics.registry.get_sample_value("telepath_webhook_enqueue_failures_total") == 1

@@ -248,6 +248,39 @@ async def test_writes_kept_when_the_process_stops_are_replayed_from_its_journal(
     assert await _count(api, WebhookDelivery) == 2
 
 
+async def test_a_call_s_end_kept_with_its_events_is_replayed_with_them(
+    api: Api, tmp_path: Path
+) -> None:
+    """The events written in the record's transaction are journaled with it: a process that
+    dies before the database is back loses neither (replayed twice: nothing doubles)."""
+    account = await account_of(api)
+    resp = await api.post("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+    assert resp.status_code == 201, resp.text
+    records = tmp_path / "i1.call_records.jsonl"
+    async with _through_proxy(api, timeout_s=1.0) as (proxy, sessions):
+        sink = DbEventSink(sessions, timeout_s=0.3)
+        recorder = DbCallRecorder(sessions, timeout_s=0.3, journal=records, outbox=sink)
+        await sink.emit(account, "call.started", PAYLOAD)  # the endpoints, read and cached
+        call = started(account)
+        await recorder.call_started(call)
+        proxy.cut()
+        events = [sink.prepare(account, e, PAYLOAD) for e in ("agent.disconnected", "call.ended")]
+        await recorder.call_ended(ended(call), events)
+        await _until(lambda: recorder.parked == 1, "the write kept")
+        assert await recorder.close(timeout_s=0.3) == 1
+        await sink.close(timeout_s=0.3)
+    copy = records.read_bytes()
+    after = DbCallRecorder(api.state.sessions, outbox=DbEventSink(api.state.sessions))
+    for _ in range(2):
+        assert await after.replay(records) == 1
+        records.write_bytes(copy)
+    assert after.failures == 0
+    assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
+    async with api.state.sessions() as session:
+        kinds = (await session.scalars(select(WebhookDelivery.event))).all()
+    assert sorted(kinds) == ["agent.disconnected", "call.ended", "call.started"]
+
+
 async def test_a_connection_lost_after_the_answer_is_sent_is_not_an_error(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -32,6 +32,9 @@ class RecordingSink:
     async def emit(self, account_id: str, event: str, payload: dict[str, Any]) -> None:
         self.events.append((account_id, event, payload))
 
+    def prepare(self, account_id: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("recovery emits its events; it writes no record's end")
+
 
 async def _rows(api: Api) -> dict[str, GatewayInstance]:
     async with api.state.sessions() as session:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -655,6 +655,54 @@ async def test_webhooks_of_a_normal_call(
     assert ended["metrics"]["gateway_processing_ms"] == detail["metrics"]["gateway_processing_ms"]
     assert ended["duration_seconds"] == detail["duration_seconds"]
     assert len({r.headers["telepath-event-id"] for r in receiver.requests}) == 4
+
+
+class Transactions:
+    """The statements of every committed transaction on an engine, by connection (real DB)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine.sync_engine
+        self.open: dict[int, list[str]] = {}
+        self.committed: list[list[str]] = []
+
+    def __enter__(self) -> Transactions:
+        event.listen(self.engine, "before_cursor_execute", self._statement)
+        event.listen(self.engine, "commit", self._commit)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._statement)
+        event.remove(self.engine, "commit", self._commit)
+
+    def _statement(self, conn: Any, _c: Any, statement: str, params: Any, *_: Any) -> None:
+        self.open.setdefault(id(conn), []).append(f"{statement} {params!r}")
+
+    def _commit(self, conn: Any) -> None:
+        self.committed.append(self.open.pop(id(conn), []))
+
+
+async def test_a_call_s_end_and_its_events_are_one_transaction(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    # The outbox is what makes "a restart loses none" true: the record's end and the events
+    # that tell of it commit together, so no crash between two commits can leave a call ended
+    # in the database whose call.ended was never queued (nothing would ever send it: recovery
+    # closes only records left open).
+    hook = await subscribe(api, receiver.url, ["call.ended", "agent.disconnected"])
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=300) as agent:
+        await _custom_trunk(api, agent.url)
+        with Transactions(api.state.engine) as log:
+            placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000)
+            result = await placed.tone_until_end(0.9)
+            assert result.returncode == 0, result.stdout + result.errors
+            await settled(gateway)
+    with_events = [t for t in log.committed if any("'call.ended'" in s for s in t)]
+    assert len(with_events) == 1
+    (together,) = with_events
+    assert any(s.startswith(("UPDATE calls", "INSERT INTO calls")) for s in together)
+    assert any("'agent.disconnected'" in s for s in together)
+    events = await _delivered(receiver, hook["secret"], "call.ended", "agent.disconnected")
+    assert [e["call_id"] for e in events["call.ended"]] == [placed.call_id]
 
 
 # --- the same endings through the provider bridges --------------------------------------------
