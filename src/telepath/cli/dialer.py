@@ -226,7 +226,7 @@ class Dialer:
         branch: str | None = None,
         to_tag: str | None = None,
         body: bytes = b"",
-        auth: str | None = None,
+        auth: tuple[str, str] | None = None,
         cseq: int | None = None,
     ) -> Request:
         h = Headers()
@@ -240,8 +240,8 @@ class Dialer:
         h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")
         h.add("Contact", f"<{self._contact(local_port)}>")
         h.add("User-Agent", "telepath-dialer")
-        if auth:
-            h.add("Authorization", auth)
+        if auth is not None:  # (header, credentials)
+            h.add(*auth)
         if body:
             h.add("Content-Type", "application/sdp")
         return Request(h, body, method, uri or self.uri)
@@ -279,7 +279,7 @@ class Dialer:
                 srtp_suite=self.srtp_suite,
             )
             started = loop.time()
-            auth: str | None = None
+            auth: tuple[str, str] | None = None
             answer: Response | None = None
             for _attempt in range(3):
                 self.cseq += 1
@@ -310,7 +310,10 @@ class Dialer:
                     if answered is None:
                         result.log.append("the gateway's challenge uses no algorithm we support")
                         break
-                    auth = answered[0]
+                    # RFC 3261 §22.2: a 401 is answered in Authorization; §22.3: a 407 (a proxy's
+                    # challenge) in Proxy-Authorization, which is the header a proxy reads.
+                    header = "Authorization" if final.status == 401 else "Proxy-Authorization"
+                    auth = (header, answered[0])
                     continue
                 if 200 <= final.status < 300:
                     answer = final

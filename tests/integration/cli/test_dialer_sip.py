@@ -1,0 +1,34 @@
+"""``telepath call``'s dialler against a scripted SIP peer on a raw UDP socket: what it sends
+that the gateway would take either way (RFC 3261 §22, §13.2.2.4, §9.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from telepath.cli.dialer import Dialer
+from telepath.sip.message import Request, Response, make_response
+from tests.integration.cli.sip_peer import TAG, sip_peer
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "peer-pass-1"
+
+
+async def test_a_407_is_answered_in_proxy_authorization() -> None:
+    """RFC 3261 §22.3: a 407's Proxy-Authenticate is answered in Proxy-Authorization (a proxy
+    reads no Authorization: the call would be challenged again and fail)."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        if peer.answered(request, PASSWORD, "Proxy-Authorization"):
+            return [make_response(request, 486, to_tag=TAG)]
+        return [peer.challenge(request, 407)]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        challenged, retried = await peer.received("INVITE", 2)
+    assert result.status == 486
+    assert challenged.headers.get("Proxy-Authorization") is None
+    assert retried.headers.get("Authorization") is None
+    assert retried.cseq.seq == challenged.cseq.seq + 1
