@@ -324,7 +324,13 @@ class Dialer:
             to_tag = answer.to.tag
             contacts = answer.headers.get_all("Contact")
             target = parse_name_addr(contacts[0]).uri if contacts else self.uri
-            ack = self._request("ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq)
+            # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
+            # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
+            # request would refuse it otherwise). The ACK for a non-2xx above needs none: it is
+            # part of the INVITE's transaction, hop by hop (§17.1.1.3).
+            ack = self._request(
+                "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
+            )
             sip.send(ack.to_bytes())
             negotiated = negotiate_offer_answer(offer, parse(answer.body))
             result.codec = negotiated.codec.name
