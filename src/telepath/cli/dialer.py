@@ -24,22 +24,18 @@ import asyncio
 import contextlib
 import random
 import secrets
-import ssl
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
+from telepath.cli.sip_link import Link, open_link, transport_of
 from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.srtp_keys import SUITES
 from telepath.sdp import create_offer, negotiate_offer_answer, parse
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
-from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
-from telepath.sip.locate import Target
 from telepath.sip.message import Headers, Request, Response, make_response
-from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.uri import SipUri, parse_uri
 from telepath.testing.tones import sine_pcm16
 from telepath.transport.dns import SipLocator
@@ -60,100 +56,6 @@ class DialResult:
     ended_by: str = ""
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
-
-
-class _Link:
-    """Where the call's SIP messages go to and come from: a UDP socket or one connection."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name  # "UDP" | "TCP" | "TLS"
-        self.reliable = name != "UDP"
-        self.queue: asyncio.Queue[Request | Response] = asyncio.Queue()
-        self.transport: asyncio.BaseTransport | None = None
-        self.dest: tuple[str, int] = ("", 0)
-
-    def received(self, data: bytes) -> None:
-        with contextlib.suppress(SipParseError):
-            self.queue.put_nowait(parse_message(data))
-
-    def send(self, data: bytes) -> None:
-        # by name: uvloop's transports do not subclass asyncio's transport classes
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.name == "UDP":
-            cast(asyncio.DatagramTransport, self.transport).sendto(data, self.dest)
-        else:
-            cast(asyncio.Transport, self.transport).write(data)
-
-    @property
-    def local_port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.link.received(data)
-
-
-class _Stream(asyncio.Protocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.framer = StreamFramer()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.framer.feed(data)
-        except SipParseError:  # §18.3: a stream that cannot be framed is closed
-            self.link.close()
-            return
-        for message in messages:
-            self.link.received(message)
-        if self.framer.error is not None:
-            self.link.close()
-
-
-def transport_of(uri: SipUri) -> str:
-    """The transport a target URI asks for (§19.1.1, §26.2: ``sips`` means TLS)."""
-    requested = (uri.param("transport") or "").upper()
-    if uri.scheme == "sips" or requested == "TLS":
-        return "TLS"
-    return "TCP" if requested == "TCP" else "UDP"
-
-
-async def _open_link(
-    target: Target, server_name: str, local_ip: str, ca_file: Path | None
-) -> _Link:
-    """A socket for ``target`` (UDP), or a connection to it (TCP, TLS: the certificate checked
-    against ``server_name``, the URI's host — not an SRV target's, RFC 5922 §4.1)."""
-    link = _Link(target.transport)
-    host = server_name.strip("[]")
-    link.dest = (target.host, target.port)
-    loop = asyncio.get_running_loop()
-    if link.name == "UDP":
-        link.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(link), local_addr=(local_ip, 0)
-        )
-        return link
-    tls: ssl.SSLContext | None = None
-    if link.name == "TLS":
-        tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-    link.transport, _ = await loop.create_connection(
-        lambda: _Stream(link),
-        *link.dest,
-        ssl=tls,
-        server_hostname=host if tls is not None else None,
-        local_addr=(local_ip, 0),
-    )
-    return link
 
 
 class Dialer:
@@ -193,7 +95,7 @@ class Dialer:
         self.cseq = 0
         self.result = DialResult()
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         """The link to the gateway, located as RFC 3263 says (NAPTR, SRV, then the host's
         addresses; a literal address or an explicit port directly): over TCP or TLS the first
         server that takes the connection; over UDP the first server (one call: no failover on
@@ -209,7 +111,7 @@ class Dialer:
             if self.srtp and target.transport != "TLS":
                 continue  # SRTP keys go over TLS only
             try:
-                link = await _open_link(target, self.uri.host, self.local_ip, self.ca_file)
+                link = await open_link(target, self.uri.host, self.local_ip, self.ca_file)
             except OSError as exc:
                 failure = exc
                 continue
@@ -367,7 +269,7 @@ class Dialer:
                 lease.release()
             sip.close()
 
-    async def _transact(self, sip: _Link, request: Request, timeout_s: float) -> Response:
+    async def _transact(self, sip: Link, request: Request, timeout_s: float) -> Response:
         """Send until a final response: retransmitted over UDP (RFC 3261 Timer A/E style),
         once over a stream (§17.1.1.2)."""
         data = request.to_bytes()
@@ -398,7 +300,7 @@ class Dialer:
                 return msg
 
     async def _converse(
-        self, sip: _Link, media: MediaSession, recorded: bytearray, duration_s: float
+        self, sip: Link, media: MediaSession, recorded: bytearray, duration_s: float
     ) -> str:
         loop = asyncio.get_running_loop()
 
