@@ -2,8 +2,10 @@
 
 It places one call with digest authentication (SHA-256 when offered, else MD5), plays a tone or
 a WAV file as the caller, records what the agent says to a WAV file, hangs up after
-``duration`` seconds (or when the agent hangs up) and prints a summary. Built from the same pure
-SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it exercises real code.
+``duration`` seconds (or when the agent hangs up) and prints a summary. An INVITE that had a
+provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1).
+Built from the same pure SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it
+exercises real code.
 
 Transport from the target URI (RFC 3261 §19.1, §18): UDP by default, ``;transport=tcp`` for TCP,
 ``sips:`` or ``;transport=tls`` for TLS (port 5061 unless given; the gateway's certificate is
@@ -42,6 +44,17 @@ from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
 from telepath.transport.ports import RtpPortAllocator
 
+#: How long to wait for the answer once the gateway rings (a 1xx came), from the INVITE; the
+#: call is cancelled then (RFC 3261 §9.1). A person lets a phone ring about this long.
+RING_TIMEOUT_S = 60.0
+#: After a CANCEL, how long to wait for the INVITE's final response: 64*T1 (RFC 3261 §9.1:
+#: without one by then the client considers the INVITE cancelled, its transaction destroyed).
+CANCEL_WAIT_S = 64 * 0.5
+
+
+class RingTimeout(TimeoutError):
+    """The INVITE rang (a provisional response) but had no final response in time."""
+
 
 @dataclass
 class DialResult:
@@ -54,6 +67,7 @@ class DialResult:
     srtp: str | None = None  # the SRTP suite the call used, None for plain RTP
     received_ms: float = 0.0
     ended_by: str = ""
+    cancelled: bool = False  # rang past ring_timeout_s: CANCEL sent (§9.1)
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
 
@@ -161,8 +175,15 @@ class Dialer:
         tone_hz: float | None = 440.0,
         play: Path | None = None,
         timeout_s: float = 15.0,
+        ring_timeout_s: float = RING_TIMEOUT_S,
     ) -> DialResult:
-        """Place the call; returns when it has ended."""
+        """Place the call; returns when it has ended.
+
+        ``timeout_s`` bounds the connection and the wait for the gateway's first response to
+        the INVITE; once it has answered provisionally (1xx: it rings, the agent connects), the
+        wait for the answer is ``ring_timeout_s`` from the INVITE, after which the call is
+        cancelled (``result.cancelled``).
+        """
         loop = asyncio.get_running_loop()
         result = self.result
         sip = await asyncio.wait_for(self._connect(), timeout_s)
@@ -181,59 +202,28 @@ class Dialer:
                 srtp_suite=self.srtp_suite,
             )
             started = loop.time()
-            auth: tuple[str, str] | None = None
-            answer: Response | None = None
-            for _attempt in range(3):
-                self.cseq += 1
-                branch = "z9hG4bK" + secrets.token_hex(8)
-                invite = self._request(
-                    "INVITE", local_port, branch=branch, body=offer.to_bytes(), auth=auth
-                )
-                final = await self._transact(sip, invite, timeout_s)
-                result.status, result.reason = final.status, final.reason
-                result.log.append(f"INVITE → {final.status} {final.reason}")
-                if final.status >= 300:
-                    ack = self._request(
-                        "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
-                    )
-                    sip.send(ack.to_bytes())
-                if final.status in (401, 407) and auth is None:
-                    if self.password is None:  # e.g. meant for a trunk with sip_auth address
-                        result.log.append("the gateway asks for a digest password (--password)")
-                        break
-                    name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
-                    answered = answer_challenge(
-                        final.headers.get_all(name),
-                        method="INVITE",
-                        uri=str(self.uri),
-                        username=self.username,
-                        password=self.password,
-                    )
-                    if answered is None:
-                        result.log.append("the gateway's challenge uses no algorithm we support")
-                        break
-                    # RFC 3261 §22.2: a 401 is answered in Authorization; §22.3: a 407 (a proxy's
-                    # challenge) in Proxy-Authorization, which is the header a proxy reads.
-                    header = "Authorization" if final.status == 401 else "Proxy-Authorization"
-                    auth = (header, answered[0])
-                    continue
-                if 200 <= final.status < 300:
-                    answer = final
-                break
+            answer, auth = await self._place(
+                sip, local_port, offer.to_bytes(), timeout_s, ring_timeout_s
+            )
             if answer is None:
                 return result
-            result.setup_ms = (loop.time() - started) * 1000
             to_tag = answer.to.tag
             contacts = answer.headers.get_all("Contact")
             target = parse_name_addr(contacts[0]).uri if contacts else self.uri
             # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
             # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
-            # request would refuse it otherwise). The ACK for a non-2xx above needs none: it is
-            # part of the INVITE's transaction, hop by hop (§17.1.1.3).
+            # request would refuse it otherwise). The ACK for a non-2xx needs none: it is part
+            # of the INVITE's transaction, hop by hop (§17.1.1.3).
             ack = self._request(
                 "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
             )
             sip.send(ack.to_bytes())
+            if result.cancelled:
+                # A 200 that crossed our CANCEL (§9.1: a CANCEL does nothing to a request
+                # already answered): the call is up, acknowledged above; end it (§15).
+                await self._bye(sip, local_port, target, to_tag)
+                return result
+            result.setup_ms = (loop.time() - started) * 1000
             negotiated = negotiate_offer_answer(offer, parse(answer.body))
             result.codec = negotiated.codec.name
             result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
@@ -256,11 +246,7 @@ class Dialer:
             result.received_ms = len(recorded) / 16
             result.ended_by = ended_by
             if ended_by == "dialer":
-                self.cseq += 1
-                bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
-                with contextlib.suppress(TimeoutError):
-                    final = await self._transact(sip, bye, 5)
-                    result.log.append(f"BYE → {final.status} {final.reason}")
+                await self._bye(sip, local_port, target, to_tag)
             return result
         finally:
             if media is not None:
@@ -269,35 +255,124 @@ class Dialer:
                 lease.release()
             sip.close()
 
-    async def _transact(self, sip: Link, request: Request, timeout_s: float) -> Response:
-        """Send until a final response: retransmitted over UDP (RFC 3261 Timer A/E style),
-        once over a stream (§17.1.1.2)."""
+    async def _place(
+        self, sip: Link, local_port: int, sdp: bytes, timeout_s: float, ring_timeout_s: float
+    ) -> tuple[Response | None, tuple[str, str] | None]:
+        """Send the INVITE, answering one digest challenge, cancelling it when it rings too
+        long. The 2xx that answered it (None: the call failed, the result says why) and the
+        credentials the INVITE carried."""
+        result = self.result
+        auth: tuple[str, str] | None = None
+        for _attempt in range(3):
+            self.cseq += 1
+            branch = "z9hG4bK" + secrets.token_hex(8)
+            invite = self._request("INVITE", local_port, branch=branch, body=sdp, auth=auth)
+            try:
+                final = await self._transact(sip, invite, timeout_s, ring_timeout_s=ring_timeout_s)
+            except RingTimeout:
+                # RFC 3261 §9.1: the INVITE had a provisional response, so it is cancelled
+                # rather than abandoned (the gateway would answer a call nobody acknowledges);
+                # what ends the INVITE is its own final response: 487, or a 200 that crossed.
+                result.cancelled = True
+                result.log.append(f"no answer {ring_timeout_s:g} s after the INVITE: CANCEL")
+                final = await self._transact(
+                    sip, cancel_of(invite), CANCEL_WAIT_S, answer_to="INVITE"
+                )
+            result.status, result.reason = final.status, final.reason
+            result.log.append(f"INVITE → {final.status} {final.reason}")
+            if final.status >= 300:
+                ack = self._request(
+                    "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
+                )
+                sip.send(ack.to_bytes())
+            if 200 <= final.status < 300:
+                return final, auth
+            if final.status not in (401, 407) or auth is not None or result.cancelled:
+                break
+            if self.password is None:  # e.g. meant for a trunk with sip_auth address
+                result.log.append("the gateway asks for a digest password (--password)")
+                break
+            name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
+            answered = answer_challenge(
+                final.headers.get_all(name),
+                method="INVITE",
+                uri=str(self.uri),
+                username=self.username,
+                password=self.password,
+            )
+            if answered is None:
+                result.log.append("the gateway's challenge uses no algorithm we support")
+                break
+            # RFC 3261 §22.2: a 401 is answered in Authorization; §22.3: a 407 (a proxy's
+            # challenge) in Proxy-Authorization, which is the header a proxy reads.
+            header = "Authorization" if final.status == 401 else "Proxy-Authorization"
+            auth = (header, answered[0])
+        return None, auth
+
+    async def _bye(self, sip: Link, local_port: int, target: SipUri, to_tag: str | None) -> None:
+        """End the call (RFC 3261 §15.1.1); its answer is logged, waited for 5 s at most."""
+        self.cseq += 1
+        bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
+        with contextlib.suppress(TimeoutError):
+            final = await self._transact(sip, bye, 5)
+            self.result.log.append(f"BYE → {final.status} {final.reason}")
+
+    async def _transact(
+        self,
+        sip: Link,
+        request: Request,
+        timeout_s: float,
+        *,
+        ring_timeout_s: float | None = None,
+        answer_to: str | None = None,
+    ) -> Response:
+        """Send ``request`` until it is answered — retransmitted over UDP (RFC 3261 Timer A/E
+        style) until a response comes, sent once over a stream (§17.1.1.2) — and return the
+        final response to ``answer_to`` with the same CSeq number: the request's own method by
+        default, ``INVITE`` for a CANCEL (what ends the call is the INVITE's answer, §9.1).
+
+        Raises:
+            TimeoutError: no final response within ``timeout_s``.
+            RingTimeout: with ``ring_timeout_s``: a provisional response came, and no final one
+                ``ring_timeout_s`` after the request was sent.
+        """
+        wanted = answer_to or request.method
         data = request.to_bytes()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        sent = loop.time()
+        deadline = sent + timeout_s
+        rang = False
         interval = 0.5
-        provisional = sip.reliable  # nothing to retransmit over a stream
+        answered = sip.reliable  # nothing to retransmit over a stream
         sip.send(data)
-        next_retransmit = loop.time() + interval
+        next_retransmit = sent + interval
         while True:
             remaining = min(deadline, next_retransmit) - loop.time()
             try:
                 msg = await asyncio.wait_for(sip.queue.get(), max(0.01, remaining))
             except TimeoutError:
                 if loop.time() >= deadline:
+                    if rang:
+                        raise RingTimeout from None
                     raise
-                if not provisional:
+                if not answered:
                     sip.send(data)
                 interval = min(interval * 2, 4.0)
                 next_retransmit = loop.time() + interval
                 continue
-            if isinstance(msg, Response) and msg.call_id == self.call_id:
-                if msg.cseq.seq != request.cseq.seq:
-                    continue
-                if msg.status < 200:
-                    provisional = True
-                    continue
+            if not isinstance(msg, Response) or msg.call_id != self.call_id:
+                continue
+            if msg.cseq.seq != request.cseq.seq:
+                continue
+            if msg.cseq.method == request.method:
+                answered = True
+            if msg.cseq.method != wanted:
+                continue
+            if msg.status >= 200:
                 return msg
+            if ring_timeout_s is not None and not rang:
+                rang = True  # it rings: the answer may take as long as ring_timeout_s
+                deadline = sent + ring_timeout_s
 
     async def _converse(
         self, sip: Link, media: MediaSession, recorded: bytearray, duration_s: float
@@ -328,6 +403,20 @@ class Dialer:
             rec.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rec
+
+
+def cancel_of(invite: Request) -> Request:
+    """The CANCEL for ``invite`` (RFC 3261 §9.1): its Request-URI, Call-ID, To, From and CSeq
+    number, method CANCEL, and a single Via equal to its top Via — the same branch, by which
+    the server matches the CANCEL to the INVITE's transaction. No body, no Contact."""
+    h = Headers()
+    h.add("Via", invite.headers.get_all("Via")[0])
+    h.add("Max-Forwards", "70")
+    for name in ("From", "To", "Call-ID"):
+        h.add(name, invite.headers.get(name) or "")
+    h.add("CSeq", f"{invite.cseq.seq} CANCEL")
+    h.add("User-Agent", "telepath-dialer")
+    return Request(h, b"", "CANCEL", invite.uri)
 
 
 def _read_wav(path: Path) -> tuple[bytes, int]:

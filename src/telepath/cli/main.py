@@ -145,6 +145,14 @@ def call(
     tone: float = typer.Option(440.0, "--tone", help="Tone to play as the caller (Hz); 0: silence"),
     play: Path | None = typer.Option(None, "--play", help="Mono 16-bit WAV to play instead"),
     record: Path | None = typer.Option(None, "--record", help="Save the agent's audio as WAV"),
+    ring_timeout: float = typer.Option(
+        60.0,
+        "--ring-timeout",
+        min=0.1,
+        help="Seconds to wait for the answer once the gateway rings (a 1xx came), counted from "
+        "the INVITE; the call is then cancelled (CANCEL, RFC 3261 §9.1). Without any response "
+        "the dialler gives up after 15 s",
+    ),
     local_ip: str = typer.Option("127.0.0.1", "--local-ip", help="Our address for SIP and RTP"),
     ca_file: Path | None = typer.Option(
         None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
@@ -158,7 +166,7 @@ def call(
     ),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
-    from telepath.cli.dialer import Dialer, write_wav
+    from telepath.cli.dialer import Dialer, DialResult, write_wav
     from telepath.sip.errors import SipParseError
     from telepath.transport.dns import SipLocator
 
@@ -183,16 +191,18 @@ def call(
         made.username = username or made.uri.user or ""
         return made
 
-    try:
-        result = asyncio.run(
-            dialer_with(password).run(duration_s=duration, tone_hz=tone or None, play=play)
+    def place(secret: str | None) -> DialResult:
+        call = dialer_with(secret).run(
+            duration_s=duration, tone_hz=tone or None, play=play, ring_timeout_s=ring_timeout
         )
+        return asyncio.run(call)
+
+    try:
+        result = place(password)
         if password is None and result.status in (401, 407) and sys.stdin.isatty():
             # Challenged without a password: ask, and place the call again (a new one).
             secret = typer.prompt("Password", hide_input=True)
-            result = asyncio.run(
-                dialer_with(secret).run(duration_s=duration, tone_hz=tone or None, play=play)
-            )
+            result = place(secret)
     except TimeoutError:
         typer.echo("no answer from the gateway (timeout)", err=True)
         raise typer.Exit(1) from None
@@ -204,6 +214,9 @@ def call(
         raise typer.Exit(1) from None
     for line in result.log:
         typer.echo(line)
+    if result.cancelled:
+        typer.echo(f"no answer {ring_timeout:g} s after the INVITE: call cancelled", err=True)
+        raise typer.Exit(1)
     if result.setup_ms is None:
         typer.echo(f"call failed: {result.status} {result.reason}", err=True)
         raise typer.Exit(1)

@@ -121,11 +121,12 @@ def ok_with_sdp(peer: SipPeer, invite: Request) -> Response:
 
 
 @contextlib.asynccontextmanager
-async def sip_peer(script: Script) -> AsyncIterator[SipPeer]:
-    """A :class:`SipPeer` listening on a free loopback port."""
+async def sip_peer(script: Script | None = None) -> AsyncIterator[SipPeer]:
+    """A :class:`SipPeer` listening on a free loopback port (answering nothing but BYE until
+    a ``script`` is given or set)."""
     loop = asyncio.get_running_loop()
     transport, peer = await loop.create_datagram_endpoint(
-        lambda: SipPeer(script), local_addr=("127.0.0.1", 0)
+        lambda: SipPeer(script or (lambda _request: [])), local_addr=("127.0.0.1", 0)
     )
     try:
         yield peer

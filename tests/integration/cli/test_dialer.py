@@ -24,6 +24,7 @@ from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     database_url,
     gateway,
 )
+from tests.interop.calls.harness import settled
 
 pytestmark = pytest.mark.interop
 
@@ -226,3 +227,27 @@ async def test_a_domain_that_does_not_resolve_is_said_so() -> None:
         )
         with pytest.raises(OSError, match="cannot resolve nowhere.test"):
             await dialer.run(duration_s=1)
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+async def test_a_call_the_agent_takes_too_long_to_answer_is_cancelled(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    transport: str,
+) -> None:
+    """The gateway rings (180) while the agent is slow to connect; past ``ring_timeout_s`` the
+    dialler cancels (RFC 3261 §9.1) and acknowledges the 487: the gateway lets the call go at
+    once — no dialog, media ports or agent left waiting for an ACK that never comes."""
+    async with FakeTelepathAgent(handshake_delay_s=5) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(
+            _target(gateway, "bob", transport), username="bob", password="dialer-pass-1"
+        )
+        result = await dialer.run(duration_s=1, ring_timeout_s=0.5)
+        await settled(gateway)
+    assert result.status == 487 and result.cancelled and result.setup_ms is None
+    assert len(agent.handshakes) == 1  # the agent was being dialled when the dialler gave up
+    assert gateway.server.core.dialog_count == 0 and gateway.manager.active_calls == 0
+    assert gateway.manager.ports.in_use == 0

@@ -3,11 +3,13 @@ that the gateway would take either way (RFC 3261 §22, §13.2.2.4, §9.1)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from telepath.cli.dialer import Dialer
 from telepath.sip.message import Request, Response, make_response
-from tests.integration.cli.sip_peer import TAG, ok_with_sdp, sip_peer
+from tests.integration.cli.sip_peer import TAG, Script, SipPeer, ok_with_sdp, sip_peer
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +60,68 @@ async def test_the_ack_for_a_2xx_carries_the_invites_credentials(status: int, he
     assert result.status == 200 and result.ended_by == "dialer"
     (ack,) = [a for a in peer.of("ACK") if a.cseq.seq == invite.cseq.seq]
     assert ack.headers.get(header) == invite.headers.get(header) is not None
+
+
+def _ringing(peer: SipPeer, cancelled: Callable[[Request], Response]) -> Script:
+    """INVITE: 180 Ringing and nothing more; CANCEL: 200, then ``cancelled(invite)``."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method == "INVITE":
+            return [make_response(request, 180, to_tag=TAG)]
+        if request.method == "CANCEL":
+            invite = peer.of("INVITE")[0]
+            return [make_response(request, 200, to_tag=TAG), cancelled(invite)]
+        return []
+
+    return script
+
+
+async def test_giving_up_after_a_180_cancels_the_invite() -> None:
+    """The gateway rings longer than ``ring_timeout_s``: the dialler sends CANCEL (RFC 3261
+    §9.1) instead of leaving, and acknowledges the 487 the INVITE then gets (§17.1.1.3) — no
+    answered call is left for nobody to acknowledge."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(peer, lambda invite: make_response(invite, 487, to_tag=TAG))
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, ring_timeout_s=0.3
+        )
+        (ack,) = await peer.received("ACK")
+    invite, cancel = peer.of("INVITE")[0], peer.of("CANCEL")[0]
+    assert result.status == 487 and result.cancelled and result.setup_ms is None
+    # §9.1: the INVITE's Request-URI, Call-ID, From, To, CSeq number and (single) Via
+    assert cancel.uri == invite.uri
+    assert cancel.headers.get_all("Via") == invite.headers.get_all("Via")
+    for name in ("From", "To", "Call-ID"):
+        assert cancel.headers.get(name) == invite.headers.get(name)
+    assert (cancel.cseq.seq, cancel.cseq.method) == (invite.cseq.seq, "CANCEL")
+    # §17.1.1.3: the 487 is acknowledged within the INVITE's transaction
+    assert ack.top_via.branch == invite.top_via.branch
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+
+
+async def test_a_200_that_crosses_the_cancel_is_acknowledged_and_hung_up() -> None:
+    """The INVITE is answered just as the CANCEL goes (§9.1: a CANCEL has no effect on a
+    request already answered): the 200 is acknowledged (§13.2.2.4) and the call ended with BYE
+    (§15) instead of being left up."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(peer, lambda invite: ok_with_sdp(peer, invite))
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, ring_timeout_s=0.3
+        )
+        (ack,) = await peer.received("ACK")
+        (bye,) = await peer.received("BYE")
+    invite = peer.of("INVITE")[0]
+    assert result.cancelled and result.setup_ms is None
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+    assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+async def test_no_cancel_without_a_provisional_response() -> None:
+    """§9.1: "If no provisional response has been received, the CANCEL request MUST NOT be
+    sent": a peer that never answers is left as it is."""
+    async with sip_peer() as peer:
+        with pytest.raises(TimeoutError):
+            await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+                duration_s=1, timeout_s=0.3, ring_timeout_s=0.3
+            )
+    assert peer.of("INVITE") and not peer.of("CANCEL")
