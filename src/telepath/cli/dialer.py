@@ -30,19 +30,19 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from telepath.cli.call_audio import caller_audio
 from telepath.cli.sip_link import Link, open_link, transport_of
 from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.srtp_keys import SUITES
-from telepath.sdp import create_offer, negotiate_offer_answer, parse
+from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_offer_answer, parse
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.uri import SipUri, parse_uri
-from telepath.testing.tones import sine_pcm16
 from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
-from telepath.transport.ports import RtpPortAllocator
+from telepath.transport.ports import PortLease, RtpPortAllocator
 
 #: How long to wait for the answer once the gateway rings (a 1xx came), from the INVITE; the
 #: call is cancelled then (RFC 3261 §9.1). A person lets a phone ring about this long.
@@ -68,6 +68,7 @@ class DialResult:
     received_ms: float = 0.0
     ended_by: str = ""
     cancelled: bool = False  # rang past ring_timeout_s: CANCEL sent (§9.1)
+    error: str | None = None  # why an answered call could not go on (then hung up)
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
 
@@ -186,11 +187,11 @@ class Dialer:
         """
         loop = asyncio.get_running_loop()
         result = self.result
+        audio = caller_audio(duration_s, tone_hz, play)  # before dialling: raises CallOptionError
         sip = await asyncio.wait_for(self._connect(), timeout_s)
         local_port = sip.local_port
         allocator = RtpPortAllocator(*self.rtp_ports, host=self.local_ip)
         lease = allocator.allocate()
-        media: MediaSession | None = None
         try:
             offer = create_offer(
                 local_address=self.local_ip,
@@ -218,42 +219,65 @@ class Dialer:
                 "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
             )
             sip.send(ack.to_bytes())
-            if result.cancelled:
-                # A 200 that crossed our CANCEL (§9.1: a CANCEL does nothing to a request
-                # already answered): the call is up, acknowledged above; end it (§15).
+            try:
+                if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
+                    result.setup_ms = (loop.time() - started) * 1000
+                    await self._talk(sip, lease, offer, answer, audio, duration_s)
+            except SdpError as exc:
+                result.setup_ms = None
+                result.error = f"the gateway's SDP answer is unusable: {exc}"
+            except BaseException:
+                # An error or Ctrl-C while the call is up: it is ended all the same (RFC 3261
+                # §15), or the gateway keeps it, and its agent, until its media timeout.
                 await self._bye(sip, local_port, target, to_tag)
-                return result
-            result.setup_ms = (loop.time() - started) * 1000
-            negotiated = negotiate_offer_answer(offer, parse(answer.body))
-            result.codec = negotiated.codec.name
-            result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
-            media = await MediaSession.open(
-                lease,
-                remote=(negotiated.remote_address, negotiated.remote_port),
-                codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
-                dtmf_payload_type=negotiated.dtmf_payload_type,
-                inactivity_timeout_s=0,
-                srtp=negotiated.srtp,
-            )
-            if play is not None:
-                pcm, rate = _read_wav(play)
-                media.play_pcm(pcm, rate)
-            elif tone_hz:
-                media.play_pcm(sine_pcm16(tone_hz, int(duration_s * 1000)), 8000)
-            recorded = bytearray()
-            ended_by = await self._converse(sip, media, recorded, duration_s)
-            result.recorded = bytes(recorded)
-            result.received_ms = len(recorded) / 16
-            result.ended_by = ended_by
-            if ended_by == "dialer":
+                raise
+            if result.ended_by != "agent":
+                # RFC 3261 §15: we end the call — the duration is over, a 200 crossed our
+                # CANCEL (§9.1: a CANCEL does nothing to an answered request), or the SDP
+                # answer is unusable (§13.2.2.4: acknowledged, then BYE at once).
                 await self._bye(sip, local_port, target, to_tag)
             return result
         finally:
-            if media is not None:
-                await media.close()
-            else:
-                lease.release()
+            lease.release()  # idempotent: the media session, if one opened, released it
             sip.close()
+
+    async def _talk(
+        self,
+        sip: Link,
+        lease: PortLease,
+        offer: SessionDescription,
+        answer: Response,
+        audio: tuple[bytes, int] | None,
+        duration_s: float,
+    ) -> None:
+        """Media both ways until the duration is over or the gateway hangs up."""
+        result = self.result
+        media = await self._open_media(lease, offer, answer)
+        try:
+            if audio is not None:
+                media.play_pcm(*audio)
+            recorded = bytearray()
+            result.ended_by = await self._converse(sip, media, recorded, duration_s)
+            result.recorded = bytes(recorded)
+            result.received_ms = len(recorded) / 16
+        finally:
+            await media.close()
+
+    async def _open_media(
+        self, lease: PortLease, offer: SessionDescription, answer: Response
+    ) -> MediaSession:
+        """The call's media as the offer and the gateway's answer agree (raises SdpError)."""
+        negotiated = negotiate_offer_answer(offer, parse(answer.body))
+        self.result.codec = negotiated.codec.name
+        self.result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
+        return await MediaSession.open(
+            lease,
+            remote=(negotiated.remote_address, negotiated.remote_port),
+            codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
+            dtmf_payload_type=negotiated.dtmf_payload_type,
+            inactivity_timeout_s=0,
+            srtp=negotiated.srtp,
+        )
 
     async def _place(
         self, sip: Link, local_port: int, sdp: bytes, timeout_s: float, ring_timeout_s: float
@@ -417,13 +441,6 @@ def cancel_of(invite: Request) -> Request:
     h.add("CSeq", f"{invite.cseq.seq} CANCEL")
     h.add("User-Agent", "telepath-dialer")
     return Request(h, b"", "CANCEL", invite.uri)
-
-
-def _read_wav(path: Path) -> tuple[bytes, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError("play a mono 16-bit WAV file (8, 16 or 24 kHz)")
-        return w.readframes(w.getnframes()), w.getframerate()
 
 
 def write_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:

@@ -141,9 +141,16 @@ def call(
         "sip_auth address is called by number without one: sip:+14155550100@host)",
     ),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
-    duration: float = typer.Option(10.0, "--duration", help="Seconds to stay on the call"),
+    duration: float = typer.Option(
+        10.0, "--duration", help="Seconds to stay on the call (at most 120)"
+    ),
     tone: float = typer.Option(440.0, "--tone", help="Tone to play as the caller (Hz); 0: silence"),
-    play: Path | None = typer.Option(None, "--play", help="Mono 16-bit WAV to play instead"),
+    play: Path | None = typer.Option(
+        None,
+        "--play",
+        help="WAV to play instead: mono, 16-bit, 8 to 48 kHz, at most 120 s (checked before "
+        "dialling)",
+    ),
     record: Path | None = typer.Option(None, "--record", help="Save the agent's audio as WAV"),
     ring_timeout: float = typer.Option(
         60.0,
@@ -166,6 +173,7 @@ def call(
     ),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
+    from telepath.cli.call_audio import CallOptionError
     from telepath.cli.dialer import Dialer, DialResult, write_wav
     from telepath.sip.errors import SipParseError
     from telepath.transport.dns import SipLocator
@@ -203,6 +211,9 @@ def call(
             # Challenged without a password: ask, and place the call again (a new one).
             secret = typer.prompt("Password", hide_input=True)
             result = place(secret)
+    except CallOptionError as exc:  # found before dialling
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     except TimeoutError:
         typer.echo("no answer from the gateway (timeout)", err=True)
         raise typer.Exit(1) from None
@@ -216,6 +227,9 @@ def call(
         typer.echo(line)
     if result.cancelled:
         typer.echo(f"no answer {ring_timeout:g} s after the INVITE: call cancelled", err=True)
+        raise typer.Exit(1)
+    if result.error is not None:
+        typer.echo(f"call failed: {result.error} (hung up)", err=True)
         raise typer.Exit(1)
     if result.setup_ms is None:
         typer.echo(f"call failed: {result.status} {result.reason}", err=True)

@@ -3,6 +3,7 @@ UDP, TCP and TLS (the certificate verified against the test CA)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     database_url,
     gateway,
 )
-from tests.interop.calls.harness import settled
+from tests.interop.calls.harness import settled, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -251,3 +252,25 @@ async def test_a_call_the_agent_takes_too_long_to_answer_is_cancelled(
     assert len(agent.handshakes) == 1  # the agent was being dialled when the dialler gave up
     assert gateway.server.core.dialog_count == 0 and gateway.manager.active_calls == 0
     assert gateway.manager.ports.in_use == 0
+
+
+async def test_a_dialler_stopped_mid_call_hangs_up(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """The dialler is stopped while the call is up (Ctrl-C: its task cancelled): it sends BYE
+    on its way out (RFC 3261 §15), so the gateway ends the call as the caller's hang-up at
+    once instead of keeping it until the media timeout."""
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(_target(gateway, "bob", "UDP"), username="bob", password="dialer-pass-1")
+        call = asyncio.get_running_loop().create_task(dialer.run(duration_s=60, tone_hz=1000))
+        await wait_until(lambda: len(agent.caller_audio) > 0, what="the caller's audio")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await settled(gateway)
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]

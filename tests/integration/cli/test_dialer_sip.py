@@ -125,3 +125,25 @@ async def test_no_cancel_without_a_provisional_response() -> None:
                 duration_s=1, timeout_s=0.3, ring_timeout_s=0.3
             )
     assert peer.of("INVITE") and not peer.of("CANCEL")
+
+
+async def test_an_unusable_sdp_answer_is_hung_up() -> None:
+    """The 200's SDP takes no codec the dialler offered (G.722 for PCMU/PCMA): the call is up
+    all the same, so it is acknowledged and ended with BYE at once (RFC 3261 §13.2.2.4, §15)
+    — not left to the peer's media timeout — and the result says why."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.body = answer.body.replace(b"RTP/AVP 0", b"RTP/AVP 9").replace(
+            b"0 PCMU/8000", b"9 G722/8000"
+        )
+        return [answer]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        (bye,) = await peer.received("BYE")
+    assert result.status == 200 and result.setup_ms is None
+    assert result.error is not None and "SDP answer" in result.error
+    assert bye.to.tag == TAG
