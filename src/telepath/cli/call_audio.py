@@ -1,9 +1,11 @@
-"""What ``telepath call`` plays as the caller, checked before it dials.
+"""The audio of ``telepath call``: what it plays as the caller and where it saves the agent,
+both checked before it dials.
 
 The whole tone or file is queued on the call's media session at once, so what cannot be
 queued — more than the playout bound (:data:`~telepath.rtp.playout.MAX_QUEUED_MS`, two
 minutes), a file the resampler cannot take — is refused here, before the INVITE, rather than
-failing once the call is answered.
+failing once the call is answered; so is a ``--record`` path that cannot be written, rather
+than found so once the call, and its audio, are over.
 """
 
 from __future__ import annotations
@@ -72,3 +74,29 @@ def read_wav(path: Path) -> tuple[bytes, int]:
         raise CallOptionError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (wave.Error, EOFError) as exc:
         raise CallOptionError(f"{path} is not a WAV file --play can read ({exc})") from None
+
+
+def claim_record_path(path: Path) -> bool:
+    """Check that ``path`` can be written, before the call, without truncating what is there;
+    whether this created it (to be removed if the call fails: nothing was recorded).
+
+    Raises:
+        CallOptionError: it cannot be opened for writing (no such directory, a directory, no
+            permission).
+    """
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise CallOptionError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return not existed
+
+
+def write_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:
+    """Save PCM16 mono as a WAV file."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)

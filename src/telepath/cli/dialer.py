@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import random
 import secrets
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,12 +440,3 @@ def cancel_of(invite: Request) -> Request:
     h.add("CSeq", f"{invite.cseq.seq} CANCEL")
     h.add("User-Agent", "telepath-dialer")
     return Request(h, b"", "CANCEL", invite.uri)
-
-
-def write_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:
-    """Save PCM16 mono as a WAV file."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)

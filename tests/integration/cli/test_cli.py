@@ -211,3 +211,35 @@ def test_call_plays_the_rates_the_resampler_takes(tmp_path: Path) -> None:
     for rate in (8000, 16000, 22050, 24000, 44100, 48000):
         played = caller_audio(1.0, None, _wav(tmp_path / f"{rate}.wav", rate=rate))
         assert played == (b"\x00" * rate * 2, rate)
+
+
+@pytest.mark.parametrize("where", ["missing/agent.wav", "."])
+def test_call_checks_the_record_path_before_dialling(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_gateway: tuple[socket.socket, str],
+    where: str,
+) -> None:
+    """--record to a path that cannot be written (no such directory, a directory) is refused
+    before the call — not found when saving, after the call, its audio lost."""
+    monkeypatch.chdir(tmp_path)
+    sock, target = silent_gateway
+    options = ["--password", "any-pass-1", "--record", where]
+    result = CliRunner().invoke(app, ["call", target, *options])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {where}" in result.output and "Traceback" not in result.output
+    with pytest.raises(BlockingIOError):  # nothing was sent: no INVITE
+        sock.recv(65535)
+
+
+def test_a_call_that_fails_leaves_the_record_path_as_it_was(tmp_path: Path) -> None:
+    """Checking the path creates nothing that stays and truncates nothing: a call that fails
+    leaves no empty file behind, and an earlier recording intact."""
+    kept = tmp_path / "kept.wav"
+    kept.write_bytes(b"an earlier recording")
+    for path in (kept, tmp_path / "new.wav"):
+        options = ["--password", "any-pass-1", "--record", str(path)]
+        result = CliRunner().invoke(app, ["call", "sip:bob@127.0.0.1:1;transport=tcp", *options])
+        assert result.exit_code == 1 and "cannot reach the gateway" in result.output
+    assert kept.read_bytes() == b"an earlier recording"
+    assert not (tmp_path / "new.wav").exists()

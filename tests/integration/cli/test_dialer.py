@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import wave
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
+from telepath.cli.main import app
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from telepath.transport.dns import SipLocator
@@ -274,3 +277,25 @@ async def test_a_dialler_stopped_mid_call_hangs_up(
         await settled(gateway)
     calls = (await api.get("/v1/calls")).json()["calls"]
     assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
+
+
+async def test_the_cli_saves_the_agent_s_audio(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``telepath call --record``: the agent's tone, saved as an 8 kHz WAV file once the call
+    is over (the path was checked before dialling)."""
+    record = tmp_path / "agent.wav"
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        args = ["call", _target(gateway, "bob", "UDP"), "--password", "dialer-pass-1"]
+        args += ["--duration", "1.5", "--record", str(record)]
+        result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert f"agent audio saved to {record}" in result.output
+    with wave.open(str(record), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+        assert abs(dominant_frequency(w.readframes(w.getnframes())) - 440) < 15
