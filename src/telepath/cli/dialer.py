@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from telepath.cli.call_audio import caller_audio
-from telepath.cli.sip_link import Link, open_link, transport_of
+from telepath.cli.sip_link import Link, open_link, source_address, transport_of
 from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.srtp_keys import SUITES
 from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_offer_answer, parse
@@ -81,7 +81,7 @@ class Dialer:
         *,
         username: str,
         password: str | None,
-        local_ip: str = "127.0.0.1",
+        local_ip: str | None = None,
         caller: str = "+15550000000",
         rtp_ports: tuple[int, int] = (40000, 40998),
         ca_file: Path | None = None,
@@ -101,7 +101,11 @@ class Dialer:
         self.ca_file = ca_file
         self.username = username
         self.password = password
-        self.local_ip = local_ip
+        # Our address for SIP and RTP: as given, else the one the route to the gateway leaves
+        # by (found per server in _connect). Bound to loopback the dialler could not even send
+        # to a remote gateway, and its Via, Contact and SDP would send the answers nowhere.
+        self.local_ip_override = local_ip
+        self.local_ip = local_ip or "127.0.0.1"
         self.caller = caller
         self.rtp_ports = rtp_ports
         self.call_id = secrets.token_hex(12) + "@telepath-dialer"
@@ -125,8 +129,9 @@ class Dialer:
             if self.srtp and target.transport != "TLS":
                 continue  # SRTP keys go over TLS only
             try:
+                self.local_ip = self.local_ip_override or source_address(target.host)
                 link = await open_link(target, self.uri.host, self.local_ip, self.ca_file)
-            except OSError as exc:
+            except OSError as exc:  # no route, refused, TLS failed: the next server
                 failure = exc
                 continue
             self.transport = target.transport

@@ -167,7 +167,11 @@ def call(
         "the INVITE; the call is then cancelled (CANCEL, RFC 3261 §9.1). Without any response "
         "the dialler gives up after 15 s",
     ),
-    local_ip: str = typer.Option("127.0.0.1", "--local-ip", help="Our address for SIP and RTP"),
+    local_ip: str | None = typer.Option(
+        None,
+        "--local-ip",
+        help="Our address for SIP and RTP (default: the one the route to the gateway leaves by)",
+    ),
     ca_file: Path | None = typer.Option(
         None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
     ),

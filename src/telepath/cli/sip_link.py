@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from pathlib import Path
 from typing import cast
@@ -75,6 +76,16 @@ class _Stream(asyncio.Protocol):
             self.link.received(message)
         if self.framer.error is not None:
             self.link.close()
+
+
+def source_address(host: str) -> str:
+    """The local address the system would send to ``host`` (an address literal) from: what a
+    UDP socket connected to it is bound to — ``connect`` on a datagram socket only looks the
+    route up, nothing is sent. Raises OSError when there is no route."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))
+        return str(probe.getsockname()[0])
 
 
 def transport_of(uri: SipUri) -> str:

@@ -62,8 +62,8 @@ class SipPeer(asyncio.DatagramProtocol):
         assert self._transport is not None
         self._transport.sendto(message.to_bytes(), addr)
 
-    def uri(self, user: str) -> str:
-        return f"sip:{user}@127.0.0.1:{self.port}"
+    def uri(self, user: str, host: str = "127.0.0.1") -> str:
+        return f"sip:{user}@{host}:{self.port}"
 
     def of(self, method: str) -> list[Request]:
         return [r for r in self.requests if r.method == method]
@@ -121,12 +121,12 @@ def ok_with_sdp(peer: SipPeer, invite: Request) -> Response:
 
 
 @contextlib.asynccontextmanager
-async def sip_peer(script: Script | None = None) -> AsyncIterator[SipPeer]:
-    """A :class:`SipPeer` listening on a free loopback port (answering nothing but BYE until
-    a ``script`` is given or set)."""
+async def sip_peer(script: Script | None = None, host: str = "127.0.0.1") -> AsyncIterator[SipPeer]:
+    """A :class:`SipPeer` listening on a free port of ``host`` (loopback by default), answering
+    nothing but BYE until a ``script`` is given or set."""
     loop = asyncio.get_running_loop()
     transport, peer = await loop.create_datagram_endpoint(
-        lambda: SipPeer(script or (lambda _request: [])), local_addr=("127.0.0.1", 0)
+        lambda: SipPeer(script or (lambda _request: [])), local_addr=(host, 0)
     )
     try:
         yield peer

@@ -3,11 +3,14 @@ that the gateway would take either way (RFC 3261 §22, §13.2.2.4, §9.1)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import pytest
 
 from telepath.cli.dialer import Dialer
+from telepath.cli.sip_link import source_address
+from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Request, Response, make_response
 from tests.integration.cli.sip_peer import TAG, Script, SipPeer, ok_with_sdp, sip_peer
 
@@ -147,3 +150,55 @@ async def test_an_unusable_sdp_answer_is_hung_up() -> None:
     assert result.status == 200 and result.setup_ms is None
     assert result.error is not None and "SDP answer" in result.error
     assert bye.to.tag == TAG
+
+
+def _routed_address() -> str:
+    """This host's address on its default route (found as the route to TEST-NET-1, RFC 5737,
+    which ``connect`` on a UDP socket only looks up: nothing is sent); skipped without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no default route on this host")
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("the default route is loopback")
+    return address
+
+
+def _said_addresses(invite: Request) -> set[str]:
+    """The hosts the INVITE gives as ours: Via sent-by, Contact, SDP connection address."""
+    sdp = invite.body.decode()
+    connection = next(line for line in sdp.splitlines() if line.startswith("c=IN IP4 "))
+    contact = parse_name_addr(invite.headers.get("Contact") or "").uri
+    return {invite.top_via.host, contact.host, connection.removeprefix("c=IN IP4 ")}
+
+
+def test_the_source_address_is_the_route_s() -> None:
+    assert source_address("127.0.0.1") == "127.0.0.1"
+
+
+async def test_the_dialler_speaks_from_the_address_routed_to_the_gateway() -> None:
+    """No --local-ip: a gateway on another address than loopback is called from the address
+    the route to it leaves by, and the INVITE says so (Via, Contact, SDP). Bound to 127.0.0.1
+    it could not even send to a remote gateway (EINVAL, swallowed by asyncio: a 15 s
+    'timeout'), and its Via, Contact and SDP would send the gateway's answers and media
+    nowhere."""
+    address = _routed_address()
+    async with sip_peer(lambda r: [make_response(r, 486, to_tag=TAG)], host=address) as peer:
+        result = await Dialer(peer.uri("bob", address), username="bob", password=None).run(
+            duration_s=1
+        )
+        (invite,) = await peer.received("INVITE")
+    assert result.status == 486
+    assert _said_addresses(invite) == {address}
+
+
+async def test_local_ip_overrides_the_route() -> None:
+    address = _routed_address()
+    async with sip_peer(lambda r: [make_response(r, 486, to_tag=TAG)], host="0.0.0.0") as peer:
+        dialer = Dialer(peer.uri("bob"), username="bob", password=None, local_ip=address)
+        result = await dialer.run(duration_s=1)
+        (invite,) = await peer.received("INVITE")
+    assert result.status == 486
+    assert _said_addresses(invite) == {address}  # not 127.0.0.1, the route to the peer
