@@ -2,8 +2,10 @@
 
 It places one call with digest authentication (SHA-256 when offered, else MD5), plays a tone or
 a WAV file as the caller, records what the agent says to a WAV file, hangs up after
-``duration`` seconds (or when the agent hangs up) and prints a summary. Built from the same pure
-SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it exercises real code.
+``duration`` seconds (or when the agent hangs up) and prints a summary. An INVITE that had a
+provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1).
+Built from the same pure SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it
+exercises real code.
 
 Transport from the target URI (RFC 3261 §19.1, §18): UDP by default, ``;transport=tcp`` for TCP,
 ``sips:`` or ``;transport=tls`` for TLS (port 5061 unless given; the gateway's certificate is
@@ -24,27 +26,33 @@ import asyncio
 import contextlib
 import random
 import secrets
-import ssl
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
+from telepath.cli.call_audio import caller_audio
+from telepath.cli.sip_link import Link, open_link, source_address, transport_of
 from telepath.rtp.codecs import CodecSpec
 from telepath.rtp.srtp_keys import SUITES
-from telepath.sdp import create_offer, negotiate_offer_answer, parse
+from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_offer_answer, parse
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
-from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
-from telepath.sip.locate import Target
 from telepath.sip.message import Headers, Request, Response, make_response
-from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.uri import SipUri, parse_uri
-from telepath.testing.tones import sine_pcm16
 from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
-from telepath.transport.ports import RtpPortAllocator
+from telepath.transport.ports import PortLease, RtpPortAllocator
+
+#: How long to wait for the answer once the gateway rings (a 1xx came), from the INVITE; the
+#: call is cancelled then (RFC 3261 §9.1). A person lets a phone ring about this long.
+RING_TIMEOUT_S = 60.0
+#: After a CANCEL, how long to wait for the INVITE's final response: 64*T1 (RFC 3261 §9.1:
+#: without one by then the client considers the INVITE cancelled, its transaction destroyed).
+CANCEL_WAIT_S = 64 * 0.5
+
+
+class RingTimeout(TimeoutError):
+    """The INVITE rang (a provisional response) but had no final response in time."""
 
 
 @dataclass
@@ -58,102 +66,10 @@ class DialResult:
     srtp: str | None = None  # the SRTP suite the call used, None for plain RTP
     received_ms: float = 0.0
     ended_by: str = ""
+    cancelled: bool = False  # rang past ring_timeout_s: CANCEL sent (§9.1)
+    error: str | None = None  # why an answered call could not go on (then hung up)
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
-
-
-class _Link:
-    """Where the call's SIP messages go to and come from: a UDP socket or one connection."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name  # "UDP" | "TCP" | "TLS"
-        self.reliable = name != "UDP"
-        self.queue: asyncio.Queue[Request | Response] = asyncio.Queue()
-        self.transport: asyncio.BaseTransport | None = None
-        self.dest: tuple[str, int] = ("", 0)
-
-    def received(self, data: bytes) -> None:
-        with contextlib.suppress(SipParseError):
-            self.queue.put_nowait(parse_message(data))
-
-    def send(self, data: bytes) -> None:
-        # by name: uvloop's transports do not subclass asyncio's transport classes
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.name == "UDP":
-            cast(asyncio.DatagramTransport, self.transport).sendto(data, self.dest)
-        else:
-            cast(asyncio.Transport, self.transport).write(data)
-
-    @property
-    def local_port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.link.received(data)
-
-
-class _Stream(asyncio.Protocol):
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.framer = StreamFramer()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self.framer.feed(data)
-        except SipParseError:  # §18.3: a stream that cannot be framed is closed
-            self.link.close()
-            return
-        for message in messages:
-            self.link.received(message)
-        if self.framer.error is not None:
-            self.link.close()
-
-
-def transport_of(uri: SipUri) -> str:
-    """The transport a target URI asks for (§19.1.1, §26.2: ``sips`` means TLS)."""
-    requested = (uri.param("transport") or "").upper()
-    if uri.scheme == "sips" or requested == "TLS":
-        return "TLS"
-    return "TCP" if requested == "TCP" else "UDP"
-
-
-async def _open_link(
-    target: Target, server_name: str, local_ip: str, ca_file: Path | None
-) -> _Link:
-    """A socket for ``target`` (UDP), or a connection to it (TCP, TLS: the certificate checked
-    against ``server_name``, the URI's host — not an SRV target's, RFC 5922 §4.1)."""
-    link = _Link(target.transport)
-    host = server_name.strip("[]")
-    link.dest = (target.host, target.port)
-    loop = asyncio.get_running_loop()
-    if link.name == "UDP":
-        link.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(link), local_addr=(local_ip, 0)
-        )
-        return link
-    tls: ssl.SSLContext | None = None
-    if link.name == "TLS":
-        tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        tls.minimum_version = ssl.TLSVersion.TLSv1_2
-    link.transport, _ = await loop.create_connection(
-        lambda: _Stream(link),
-        *link.dest,
-        ssl=tls,
-        server_hostname=host if tls is not None else None,
-        local_addr=(local_ip, 0),
-    )
-    return link
 
 
 class Dialer:
@@ -165,7 +81,7 @@ class Dialer:
         *,
         username: str,
         password: str | None,
-        local_ip: str = "127.0.0.1",
+        local_ip: str | None = None,
         caller: str = "+15550000000",
         rtp_ports: tuple[int, int] = (40000, 40998),
         ca_file: Path | None = None,
@@ -185,7 +101,11 @@ class Dialer:
         self.ca_file = ca_file
         self.username = username
         self.password = password
-        self.local_ip = local_ip
+        # Our address for SIP and RTP: as given, else the one the route to the gateway leaves
+        # by (found per server in _connect). Bound to loopback the dialler could not even send
+        # to a remote gateway, and its Via, Contact and SDP would send the answers nowhere.
+        self.local_ip_override = local_ip
+        self.local_ip = local_ip or "127.0.0.1"
         self.caller = caller
         self.rtp_ports = rtp_ports
         self.call_id = secrets.token_hex(12) + "@telepath-dialer"
@@ -193,7 +113,7 @@ class Dialer:
         self.cseq = 0
         self.result = DialResult()
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         """The link to the gateway, located as RFC 3263 says (NAPTR, SRV, then the host's
         addresses; a literal address or an explicit port directly): over TCP or TLS the first
         server that takes the connection; over UDP the first server (one call: no failover on
@@ -209,8 +129,9 @@ class Dialer:
             if self.srtp and target.transport != "TLS":
                 continue  # SRTP keys go over TLS only
             try:
-                link = await _open_link(target, self.uri.host, self.local_ip, self.ca_file)
-            except OSError as exc:
+                self.local_ip = self.local_ip_override or source_address(target.host)
+                link = await open_link(target, self.uri.host, self.local_ip, self.ca_file)
+            except OSError as exc:  # no route, refused, TLS failed: the next server
                 failure = exc
                 continue
             self.transport = target.transport
@@ -226,7 +147,7 @@ class Dialer:
         branch: str | None = None,
         to_tag: str | None = None,
         body: bytes = b"",
-        auth: str | None = None,
+        auth: tuple[str, str] | None = None,
         cseq: int | None = None,
     ) -> Request:
         h = Headers()
@@ -240,8 +161,8 @@ class Dialer:
         h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")
         h.add("Contact", f"<{self._contact(local_port)}>")
         h.add("User-Agent", "telepath-dialer")
-        if auth:
-            h.add("Authorization", auth)
+        if auth is not None:  # (header, credentials)
+            h.add(*auth)
         if body:
             h.add("Content-Type", "application/sdp")
         return Request(h, body, method, uri or self.uri)
@@ -259,15 +180,22 @@ class Dialer:
         tone_hz: float | None = 440.0,
         play: Path | None = None,
         timeout_s: float = 15.0,
+        ring_timeout_s: float = RING_TIMEOUT_S,
     ) -> DialResult:
-        """Place the call; returns when it has ended."""
+        """Place the call; returns when it has ended.
+
+        ``timeout_s`` bounds the connection and the wait for the gateway's first response to
+        the INVITE; once it has answered provisionally (1xx: it rings, the agent connects), the
+        wait for the answer is ``ring_timeout_s`` from the INVITE, after which the call is
+        cancelled (``result.cancelled``).
+        """
         loop = asyncio.get_running_loop()
         result = self.result
+        audio = caller_audio(duration_s, tone_hz, play)  # before dialling: raises CallOptionError
         sip = await asyncio.wait_for(self._connect(), timeout_s)
         local_port = sip.local_port
         allocator = RtpPortAllocator(*self.rtp_ports, host=self.local_ip)
         lease = allocator.allocate()
-        media: MediaSession | None = None
         try:
             offer = create_offer(
                 local_address=self.local_ip,
@@ -279,117 +207,203 @@ class Dialer:
                 srtp_suite=self.srtp_suite,
             )
             started = loop.time()
-            auth: str | None = None
-            answer: Response | None = None
-            for _attempt in range(3):
-                self.cseq += 1
-                branch = "z9hG4bK" + secrets.token_hex(8)
-                invite = self._request(
-                    "INVITE", local_port, branch=branch, body=offer.to_bytes(), auth=auth
-                )
-                final = await self._transact(sip, invite, timeout_s)
-                result.status, result.reason = final.status, final.reason
-                result.log.append(f"INVITE → {final.status} {final.reason}")
-                if final.status >= 300:
-                    ack = self._request(
-                        "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
-                    )
-                    sip.send(ack.to_bytes())
-                if final.status in (401, 407) and auth is None:
-                    if self.password is None:  # e.g. meant for a trunk with sip_auth address
-                        result.log.append("the gateway asks for a digest password (--password)")
-                        break
-                    name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
-                    answered = answer_challenge(
-                        final.headers.get_all(name),
-                        method="INVITE",
-                        uri=str(self.uri),
-                        username=self.username,
-                        password=self.password,
-                    )
-                    if answered is None:
-                        result.log.append("the gateway's challenge uses no algorithm we support")
-                        break
-                    auth = answered[0]
-                    continue
-                if 200 <= final.status < 300:
-                    answer = final
-                break
+            answer, auth = await self._place(
+                sip, local_port, offer.to_bytes(), timeout_s, ring_timeout_s
+            )
             if answer is None:
                 return result
-            result.setup_ms = (loop.time() - started) * 1000
             to_tag = answer.to.tag
             contacts = answer.headers.get_all("Contact")
             target = parse_name_addr(contacts[0]).uri if contacts else self.uri
-            ack = self._request("ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq)
-            sip.send(ack.to_bytes())
-            negotiated = negotiate_offer_answer(offer, parse(answer.body))
-            result.codec = negotiated.codec.name
-            result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
-            media = await MediaSession.open(
-                lease,
-                remote=(negotiated.remote_address, negotiated.remote_port),
-                codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
-                dtmf_payload_type=negotiated.dtmf_payload_type,
-                inactivity_timeout_s=0,
-                srtp=negotiated.srtp,
+            # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
+            # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
+            # request would refuse it otherwise). The ACK for a non-2xx needs none: it is part
+            # of the INVITE's transaction, hop by hop (§17.1.1.3).
+            ack = self._request(
+                "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
             )
-            if play is not None:
-                pcm, rate = _read_wav(play)
-                media.play_pcm(pcm, rate)
-            elif tone_hz:
-                media.play_pcm(sine_pcm16(tone_hz, int(duration_s * 1000)), 8000)
-            recorded = bytearray()
-            ended_by = await self._converse(sip, media, recorded, duration_s)
-            result.recorded = bytes(recorded)
-            result.received_ms = len(recorded) / 16
-            result.ended_by = ended_by
-            if ended_by == "dialer":
-                self.cseq += 1
-                bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
-                with contextlib.suppress(TimeoutError):
-                    final = await self._transact(sip, bye, 5)
-                    result.log.append(f"BYE → {final.status} {final.reason}")
+            sip.send(ack.to_bytes())
+            try:
+                if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
+                    result.setup_ms = (loop.time() - started) * 1000
+                    await self._talk(sip, lease, offer, answer, audio, duration_s)
+            except SdpError as exc:
+                result.setup_ms = None
+                result.error = f"the gateway's SDP answer is unusable: {exc}"
+            except BaseException:
+                # An error or Ctrl-C while the call is up: it is ended all the same (RFC 3261
+                # §15), or the gateway keeps it, and its agent, until its media timeout.
+                await self._bye(sip, local_port, target, to_tag)
+                raise
+            if result.ended_by != "agent":
+                # RFC 3261 §15: we end the call — the duration is over, a 200 crossed our
+                # CANCEL (§9.1: a CANCEL does nothing to an answered request), or the SDP
+                # answer is unusable (§13.2.2.4: acknowledged, then BYE at once).
+                await self._bye(sip, local_port, target, to_tag)
             return result
         finally:
-            if media is not None:
-                await media.close()
-            else:
-                lease.release()
+            lease.release()  # idempotent: the media session, if one opened, released it
             sip.close()
 
-    async def _transact(self, sip: _Link, request: Request, timeout_s: float) -> Response:
-        """Send until a final response: retransmitted over UDP (RFC 3261 Timer A/E style),
-        once over a stream (§17.1.1.2)."""
+    async def _talk(
+        self,
+        sip: Link,
+        lease: PortLease,
+        offer: SessionDescription,
+        answer: Response,
+        audio: tuple[bytes, int] | None,
+        duration_s: float,
+    ) -> None:
+        """Media both ways until the duration is over or the gateway hangs up."""
+        result = self.result
+        media = await self._open_media(lease, offer, answer)
+        try:
+            if audio is not None:
+                media.play_pcm(*audio)
+            recorded = bytearray()
+            result.ended_by = await self._converse(sip, media, recorded, duration_s)
+            result.recorded = bytes(recorded)
+            result.received_ms = len(recorded) / 16
+        finally:
+            await media.close()
+
+    async def _open_media(
+        self, lease: PortLease, offer: SessionDescription, answer: Response
+    ) -> MediaSession:
+        """The call's media as the offer and the gateway's answer agree (raises SdpError)."""
+        negotiated = negotiate_offer_answer(offer, parse(answer.body))
+        self.result.codec = negotiated.codec.name
+        self.result.srtp = None if negotiated.srtp is None else negotiated.srtp.suite.name
+        return await MediaSession.open(
+            lease,
+            remote=(negotiated.remote_address, negotiated.remote_port),
+            codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
+            dtmf_payload_type=negotiated.dtmf_payload_type,
+            inactivity_timeout_s=0,
+            srtp=negotiated.srtp,
+        )
+
+    async def _place(
+        self, sip: Link, local_port: int, sdp: bytes, timeout_s: float, ring_timeout_s: float
+    ) -> tuple[Response | None, tuple[str, str] | None]:
+        """Send the INVITE, answering one digest challenge, cancelling it when it rings too
+        long. The 2xx that answered it (None: the call failed, the result says why) and the
+        credentials the INVITE carried."""
+        result = self.result
+        auth: tuple[str, str] | None = None
+        for _attempt in range(3):
+            self.cseq += 1
+            branch = "z9hG4bK" + secrets.token_hex(8)
+            invite = self._request("INVITE", local_port, branch=branch, body=sdp, auth=auth)
+            try:
+                final = await self._transact(sip, invite, timeout_s, ring_timeout_s=ring_timeout_s)
+            except RingTimeout:
+                # RFC 3261 §9.1: the INVITE had a provisional response, so it is cancelled
+                # rather than abandoned (the gateway would answer a call nobody acknowledges);
+                # what ends the INVITE is its own final response: 487, or a 200 that crossed.
+                result.cancelled = True
+                result.log.append(f"no answer {ring_timeout_s:g} s after the INVITE: CANCEL")
+                final = await self._transact(
+                    sip, cancel_of(invite), CANCEL_WAIT_S, answer_to="INVITE"
+                )
+            result.status, result.reason = final.status, final.reason
+            result.log.append(f"INVITE → {final.status} {final.reason}")
+            if final.status >= 300:
+                ack = self._request(
+                    "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
+                )
+                sip.send(ack.to_bytes())
+            if 200 <= final.status < 300:
+                return final, auth
+            if final.status not in (401, 407) or auth is not None or result.cancelled:
+                break
+            if self.password is None:  # e.g. meant for a trunk with sip_auth address
+                result.log.append("the gateway asks for a digest password (--password)")
+                break
+            name = "WWW-Authenticate" if final.status == 401 else "Proxy-Authenticate"
+            answered = answer_challenge(
+                final.headers.get_all(name),
+                method="INVITE",
+                uri=str(self.uri),
+                username=self.username,
+                password=self.password,
+            )
+            if answered is None:
+                result.log.append("the gateway's challenge uses no algorithm we support")
+                break
+            # RFC 3261 §22.2: a 401 is answered in Authorization; §22.3: a 407 (a proxy's
+            # challenge) in Proxy-Authorization, which is the header a proxy reads.
+            header = "Authorization" if final.status == 401 else "Proxy-Authorization"
+            auth = (header, answered[0])
+        return None, auth
+
+    async def _bye(self, sip: Link, local_port: int, target: SipUri, to_tag: str | None) -> None:
+        """End the call (RFC 3261 §15.1.1); its answer is logged, waited for 5 s at most."""
+        self.cseq += 1
+        bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
+        with contextlib.suppress(TimeoutError):
+            final = await self._transact(sip, bye, 5)
+            self.result.log.append(f"BYE → {final.status} {final.reason}")
+
+    async def _transact(
+        self,
+        sip: Link,
+        request: Request,
+        timeout_s: float,
+        *,
+        ring_timeout_s: float | None = None,
+        answer_to: str | None = None,
+    ) -> Response:
+        """Send ``request`` until it is answered — retransmitted over UDP (RFC 3261 Timer A/E
+        style) until a response comes, sent once over a stream (§17.1.1.2) — and return the
+        final response to ``answer_to`` with the same CSeq number: the request's own method by
+        default, ``INVITE`` for a CANCEL (what ends the call is the INVITE's answer, §9.1).
+
+        Raises:
+            TimeoutError: no final response within ``timeout_s``.
+            RingTimeout: with ``ring_timeout_s``: a provisional response came, and no final one
+                ``ring_timeout_s`` after the request was sent.
+        """
+        wanted = answer_to or request.method
         data = request.to_bytes()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        sent = loop.time()
+        deadline = sent + timeout_s
+        rang = False
         interval = 0.5
-        provisional = sip.reliable  # nothing to retransmit over a stream
+        answered = sip.reliable  # nothing to retransmit over a stream
         sip.send(data)
-        next_retransmit = loop.time() + interval
+        next_retransmit = sent + interval
         while True:
             remaining = min(deadline, next_retransmit) - loop.time()
             try:
                 msg = await asyncio.wait_for(sip.queue.get(), max(0.01, remaining))
             except TimeoutError:
                 if loop.time() >= deadline:
+                    if rang:
+                        raise RingTimeout from None
                     raise
-                if not provisional:
+                if not answered:
                     sip.send(data)
                 interval = min(interval * 2, 4.0)
                 next_retransmit = loop.time() + interval
                 continue
-            if isinstance(msg, Response) and msg.call_id == self.call_id:
-                if msg.cseq.seq != request.cseq.seq:
-                    continue
-                if msg.status < 200:
-                    provisional = True
-                    continue
+            if not isinstance(msg, Response) or msg.call_id != self.call_id:
+                continue
+            if msg.cseq.seq != request.cseq.seq:
+                continue
+            if msg.cseq.method == request.method:
+                answered = True
+            if msg.cseq.method != wanted:
+                continue
+            if msg.status >= 200:
                 return msg
+            if ring_timeout_s is not None and not rang:
+                rang = True  # it rings: the answer may take as long as ring_timeout_s
+                deadline = sent + ring_timeout_s
 
     async def _converse(
-        self, sip: _Link, media: MediaSession, recorded: bytearray, duration_s: float
+        self, sip: Link, media: MediaSession, recorded: bytearray, duration_s: float
     ) -> str:
         loop = asyncio.get_running_loop()
 
@@ -419,17 +433,15 @@ class Dialer:
                 await rec
 
 
-def _read_wav(path: Path) -> tuple[bytes, int]:
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError("play a mono 16-bit WAV file (8, 16 or 24 kHz)")
-        return w.readframes(w.getnframes()), w.getframerate()
-
-
-def write_wav(path: Path, pcm: bytes, rate: int = 8000) -> None:
-    """Save PCM16 mono as a WAV file."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
+def cancel_of(invite: Request) -> Request:
+    """The CANCEL for ``invite`` (RFC 3261 §9.1): its Request-URI, Call-ID, To, From and CSeq
+    number, method CANCEL, and a single Via equal to its top Via — the same branch, by which
+    the server matches the CANCEL to the INVITE's transaction. No body, no Contact."""
+    h = Headers()
+    h.add("Via", invite.headers.get_all("Via")[0])
+    h.add("Max-Forwards", "70")
+    for name in ("From", "To", "Call-ID"):
+        h.add(name, invite.headers.get(name) or "")
+    h.add("CSeq", f"{invite.cseq.seq} CANCEL")
+    h.add("User-Agent", "telepath-dialer")
+    return Request(h, b"", "CANCEL", invite.uri)

@@ -7,7 +7,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -17,6 +17,9 @@ from telepath.cli.calls import calls_app
 from telepath.cli.runtime import open_state
 from telepath.config import Settings
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
+
+if TYPE_CHECKING:
+    from telepath.cli.dialer import DialResult
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Telepath SIP-to-AI gateway")
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys")
@@ -141,11 +144,34 @@ def call(
         "sip_auth address is called by number without one: sip:+14155550100@host)",
     ),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
-    duration: float = typer.Option(10.0, "--duration", help="Seconds to stay on the call"),
+    duration: float = typer.Option(
+        10.0, "--duration", help="Seconds to stay on the call (at most 120)"
+    ),
     tone: float = typer.Option(440.0, "--tone", help="Tone to play as the caller (Hz); 0: silence"),
-    play: Path | None = typer.Option(None, "--play", help="Mono 16-bit WAV to play instead"),
-    record: Path | None = typer.Option(None, "--record", help="Save the agent's audio as WAV"),
-    local_ip: str = typer.Option("127.0.0.1", "--local-ip", help="Our address for SIP and RTP"),
+    play: Path | None = typer.Option(
+        None,
+        "--play",
+        help="WAV to play instead: mono, 16-bit, 8 to 48 kHz, at most 120 s (checked before "
+        "dialling)",
+    ),
+    record: Path | None = typer.Option(
+        None,
+        "--record",
+        help="Save the agent's audio as WAV (the path is checked before dialling)",
+    ),
+    ring_timeout: float = typer.Option(
+        60.0,
+        "--ring-timeout",
+        min=0.1,
+        help="Seconds to wait for the answer once the gateway rings (a 1xx came), counted from "
+        "the INVITE; the call is then cancelled (CANCEL, RFC 3261 §9.1). Without any response "
+        "the dialler gives up after 15 s",
+    ),
+    local_ip: str | None = typer.Option(
+        None,
+        "--local-ip",
+        help="Our address for SIP and RTP (default: the one the route to the gateway leaves by)",
+    ),
     ca_file: Path | None = typer.Option(
         None, "--ca-file", help="TLS: trust this CA (PEM) for the gateway's certificate"
     ),
@@ -158,7 +184,8 @@ def call(
     ),
 ) -> None:
     """Place a test call to a trunk: digest auth, play audio, record the agent, hang up."""
-    from telepath.cli.dialer import Dialer, write_wav
+    from telepath.cli.call_audio import write_wav
+    from telepath.cli.dialer import Dialer
     from telepath.sip.errors import SipParseError
     from telepath.transport.dns import SipLocator
 
@@ -183,16 +210,58 @@ def call(
         made.username = username or made.uri.user or ""
         return made
 
-    try:
-        result = asyncio.run(
-            dialer_with(password).run(duration_s=duration, tone_hz=tone or None, play=play)
+    def place(secret: str | None) -> DialResult:
+        call = dialer_with(secret).run(
+            duration_s=duration, tone_hz=tone or None, play=play, ring_timeout_s=ring_timeout
         )
+        return asyncio.run(call)
+
+    created = False
+    try:
+        if record is not None:
+            created = _claimed(record)
+        result = _placed(place, password)
+        _report(result, ring_timeout)
+    except BaseException:
+        if created and record is not None:
+            record.unlink(missing_ok=True)  # the call failed: no empty file left behind
+        raise
+    if record is not None:
+        try:
+            write_wav(record, result.recorded)
+        except OSError as exc:
+            typer.echo(
+                f"cannot save the agent's audio to {record}: {exc.strerror or exc}", err=True
+            )
+            raise typer.Exit(1) from None
+        typer.echo(f"agent audio saved to {record}")
+
+
+def _claimed(record: Path) -> bool:
+    """``--record``'s path checked before dialling (exit 2); whether the check created it."""
+    from telepath.cli.call_audio import CallOptionError, claim_record_path
+
+    try:
+        return claim_record_path(record)
+    except CallOptionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _placed(place: Callable[[str | None], DialResult], password: str | None) -> DialResult:
+    """The call placed (again with a password asked for, when challenged without one); why
+    it could not be, said and exited with (2: a bad option, found before dialling)."""
+    from telepath.cli.call_audio import CallOptionError
+
+    try:
+        result = place(password)
         if password is None and result.status in (401, 407) and sys.stdin.isatty():
             # Challenged without a password: ask, and place the call again (a new one).
             secret = typer.prompt("Password", hide_input=True)
-            result = asyncio.run(
-                dialer_with(secret).run(duration_s=duration, tone_hz=tone or None, play=play)
-            )
+            result = place(secret)
+    except CallOptionError as exc:  # found before dialling
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     except TimeoutError:
         typer.echo("no answer from the gateway (timeout)", err=True)
         raise typer.Exit(1) from None
@@ -202,8 +271,19 @@ def call(
     except OSError as exc:
         typer.echo(f"cannot reach the gateway: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+    return result
+
+
+def _report(result: DialResult, ring_timeout: float) -> None:
+    """Print how the call went; ``typer.Exit(1)`` when it failed."""
     for line in result.log:
         typer.echo(line)
+    if result.cancelled:
+        typer.echo(f"no answer {ring_timeout:g} s after the INVITE: call cancelled", err=True)
+        raise typer.Exit(1)
+    if result.error is not None:
+        typer.echo(f"call failed: {result.error} (hung up)", err=True)
+        raise typer.Exit(1)
     if result.setup_ms is None:
         typer.echo(f"call failed: {result.status} {result.reason}", err=True)
         raise typer.Exit(1)
@@ -212,9 +292,6 @@ def call(
         f"{f' over SRTP ({result.srtp})' if result.srtp else ''}, "
         f"received {result.received_ms / 1000:.1f} s of agent audio, ended by {result.ended_by}"
     )
-    if record is not None:
-        write_wav(record, result.recorded)
-        typer.echo(f"agent audio saved to {record}")
 
 
 def main() -> None:

@@ -5,9 +5,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from telepath.api.provider_checks import ProviderValidator
 from telepath.api.ratelimit import RateLimiter
@@ -63,6 +68,33 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
         await engine.dispose()
         if maintenance is not engine:
             await maintenance.dispose()
+
+
+@asynccontextmanager
+async def open_records(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions to read what is stored (``telepath calls``) with no side effect: no migration
+    (``telepath serve`` migrates as it starts), no master key (nothing read here is encrypted:
+    none is generated), and no SQLite file or data directory created where there is none.
+
+    Raises:
+        FileNotFoundError: the SQLite database does not exist.
+    """
+    engine = _existing_database(settings)
+    try:
+        yield sessionmaker_for(engine)
+    finally:
+        await engine.dispose()
+
+
+def _existing_database(settings: Settings) -> AsyncEngine:
+    """An engine for the configured database; for SQLite only if its file exists (connecting
+    would create it, ``make_engine`` its directory)."""
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        path = make_url(url).database or ""
+        if not Path(path).is_file():
+            raise FileNotFoundError(errno.ENOENT, "no database", path)
+    return make_engine(url, timeout_s=settings.database_timeout_s)
 
 
 async def bootstrap_first_key(state: ApiState) -> IssuedKey | None:

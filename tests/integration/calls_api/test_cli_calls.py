@@ -112,3 +112,51 @@ def test_secrets_rotate_reencrypts_webhook_secrets(env: Path) -> None:
     assert ring.active_kid != old_kid
     stored = asyncio.run(_stored_webhook_secret(Settings()))
     assert ring.decrypt(stored, webhook_secret_context("wh_x")) == "whsec_keep_me"
+
+
+@pytest.mark.parametrize("command", [["calls", "list"], ["calls", "show", "call_x"]])
+def test_calls_without_a_database_create_nothing(
+    env: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """Reading records where there is no database says so (exit 1, no traceback) and leaves
+    nothing behind: no data directory, no empty database, no master key."""
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert "no database" in result.output and "Traceback" not in result.output
+    assert not env.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["calls", "list"], ["calls", "show", "call_x"]])
+def test_calls_on_an_unreachable_database_say_so(
+    env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A database server that refuses the connection: a message and exit 1, no traceback, no
+    master key generated."""
+    monkeypatch.setenv("TELEPATH_DATABASE_URL", "postgresql+asyncpg://telepath:x@127.0.0.1:1/t")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert "cannot read the call records" in result.output
+    assert "Traceback" not in result.output
+    assert not env.exists()
+
+
+def test_calls_read_without_migrating_or_a_master_key(env: Path) -> None:
+    """The commands only read: a database of an older schema is not migrated by them (a
+    message, exit 1), and no master key is generated — call records have nothing encrypted."""
+    env.mkdir()
+    asyncio.run(_create_old_schema(env / "telepath.db"))
+    result = CliRunner().invoke(app, ["calls", "list"])
+    assert result.exit_code == 1, result.output
+    assert "cannot read the call records" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in env.iterdir()) == ["telepath.db"]  # no secret.key, no -wal
+
+
+async def _create_old_schema(path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE accounts (id TEXT PRIMARY KEY)"))
+    finally:
+        await engine.dispose()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from telepath.cli.call_audio import caller_audio
 from telepath.cli.main import app
 from telepath.config import Settings
 from telepath.db.engine import make_engine
@@ -141,3 +145,101 @@ def test_call_says_why_it_could_not_dial(target: str, message: str) -> None:
     assert result.exit_code in (1, 2), result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def _wav(
+    path: Path, *, rate: int = 8000, channels: int = 1, width: int = 2, seconds: float = 1
+) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(b"\x00" * int(rate * seconds) * channels * width)
+    return path
+
+
+@pytest.fixture
+def silent_gateway() -> Iterator[tuple[socket.socket, str]]:
+    """A UDP socket that never answers, and a target URI for it: whatever the CLI sends to
+    the gateway is left in its buffer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        yield sock, f"sip:bob@127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--duration", "121"], "--duration"),  # more than the 120 s the playout queue holds
+        (["--duration", "-1"], "--duration"),
+        (["--duration", "0"], "--duration"),
+        (["--play", "missing.wav"], "cannot read"),
+        (["--play", "stereo.wav"], "mono 16-bit"),
+        (["--play", "8bit.wav"], "mono 16-bit"),
+        (["--play", "11025.wav"], "11025 Hz"),
+        (["--play", "long.wav"], "longer than 120 s"),
+        (["--play", "text.wav"], "not a WAV file"),
+    ],
+)
+def test_call_checks_what_it_plays_before_dialling(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_gateway: tuple[socket.socket, str],
+    options: list[str],
+    message: str,
+) -> None:
+    """An option that would fail once the call is answered (the tone or file cannot be
+    queued, a negative duration) is refused before the INVITE goes: exit 2, a message, no
+    traceback, and no call left up at the gateway."""
+    monkeypatch.chdir(tmp_path)
+    _wav(tmp_path / "stereo.wav", channels=2)
+    _wav(tmp_path / "8bit.wav", width=1)
+    _wav(tmp_path / "11025.wav", rate=11025)
+    _wav(tmp_path / "long.wav", seconds=121)
+    (tmp_path / "text.wav").write_text("not audio")
+    sock, target = silent_gateway
+    result = CliRunner().invoke(app, ["call", target, "--password", "any-pass-1", *options])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    with pytest.raises(BlockingIOError):  # nothing was sent: no INVITE
+        sock.recv(65535)
+
+
+def test_call_plays_the_rates_the_resampler_takes(tmp_path: Path) -> None:
+    """44.1 and 48 kHz files play (resampled to the call's 8 kHz), as 8, 16 and 24 kHz do."""
+    for rate in (8000, 16000, 22050, 24000, 44100, 48000):
+        played = caller_audio(1.0, None, _wav(tmp_path / f"{rate}.wav", rate=rate))
+        assert played == (b"\x00" * rate * 2, rate)
+
+
+@pytest.mark.parametrize("where", ["missing/agent.wav", "."])
+def test_call_checks_the_record_path_before_dialling(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    silent_gateway: tuple[socket.socket, str],
+    where: str,
+) -> None:
+    """--record to a path that cannot be written (no such directory, a directory) is refused
+    before the call — not found when saving, after the call, its audio lost."""
+    monkeypatch.chdir(tmp_path)
+    sock, target = silent_gateway
+    options = ["--password", "any-pass-1", "--record", where]
+    result = CliRunner().invoke(app, ["call", target, *options])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {where}" in result.output and "Traceback" not in result.output
+    with pytest.raises(BlockingIOError):  # nothing was sent: no INVITE
+        sock.recv(65535)
+
+
+def test_a_call_that_fails_leaves_the_record_path_as_it_was(tmp_path: Path) -> None:
+    """Checking the path creates nothing that stays and truncates nothing: a call that fails
+    leaves no empty file behind, and an earlier recording intact."""
+    kept = tmp_path / "kept.wav"
+    kept.write_bytes(b"an earlier recording")
+    for path in (kept, tmp_path / "new.wav"):
+        options = ["--password", "any-pass-1", "--record", str(path)]
+        result = CliRunner().invoke(app, ["call", "sip:bob@127.0.0.1:1;transport=tcp", *options])
+        assert result.exit_code == 1 and "cannot reach the gateway" in result.output
+    assert kept.read_bytes() == b"an earlier recording"
+    assert not (tmp_path / "new.wav").exists()

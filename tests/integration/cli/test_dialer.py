@@ -3,15 +3,19 @@ UDP, TCP and TLS (the certificate verified against the test CA)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import wave
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
+from telepath.cli.main import app
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from telepath.transport.dns import SipLocator
@@ -24,6 +28,7 @@ from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     database_url,
     gateway,
 )
+from tests.interop.calls.harness import settled, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -226,3 +231,71 @@ async def test_a_domain_that_does_not_resolve_is_said_so() -> None:
         )
         with pytest.raises(OSError, match="cannot resolve nowhere.test"):
             await dialer.run(duration_s=1)
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+async def test_a_call_the_agent_takes_too_long_to_answer_is_cancelled(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    transport: str,
+) -> None:
+    """The gateway rings (180) while the agent is slow to connect; past ``ring_timeout_s`` the
+    dialler cancels (RFC 3261 §9.1) and acknowledges the 487: the gateway lets the call go at
+    once — no dialog, media ports or agent left waiting for an ACK that never comes."""
+    async with FakeTelepathAgent(handshake_delay_s=5) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(
+            _target(gateway, "bob", transport), username="bob", password="dialer-pass-1"
+        )
+        result = await dialer.run(duration_s=1, ring_timeout_s=0.5)
+        await settled(gateway)
+    assert result.status == 487 and result.cancelled and result.setup_ms is None
+    assert len(agent.handshakes) == 1  # the agent was being dialled when the dialler gave up
+    assert gateway.server.core.dialog_count == 0 and gateway.manager.active_calls == 0
+    assert gateway.manager.ports.in_use == 0
+
+
+async def test_a_dialler_stopped_mid_call_hangs_up(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """The dialler is stopped while the call is up (Ctrl-C: its task cancelled): it sends BYE
+    on its way out (RFC 3261 §15), so the gateway ends the call as the caller's hang-up at
+    once instead of keeping it until the media timeout."""
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(_target(gateway, "bob", "UDP"), username="bob", password="dialer-pass-1")
+        call = asyncio.get_running_loop().create_task(dialer.run(duration_s=60, tone_hz=1000))
+        await wait_until(lambda: len(agent.caller_audio) > 0, what="the caller's audio")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await settled(gateway)
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
+
+
+async def test_the_cli_saves_the_agent_s_audio(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``telepath call --record``: the agent's tone, saved as an 8 kHz WAV file once the call
+    is over (the path was checked before dialling)."""
+    record = tmp_path / "agent.wav"
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        args = ["call", _target(gateway, "bob", "UDP"), "--password", "dialer-pass-1"]
+        args += ["--duration", "1.5", "--record", str(record)]
+        result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert f"agent audio saved to {record}" in result.output
+    with wave.open(str(record), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+        assert abs(dominant_frequency(w.readframes(w.getnframes())) - 440) < 15

@@ -1,0 +1,204 @@
+"""``telepath call``'s dialler against a scripted SIP peer on a raw UDP socket: what it sends
+that the gateway would take either way (RFC 3261 §22, §13.2.2.4, §9.1)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from telepath.cli.dialer import Dialer
+from telepath.cli.sip_link import source_address
+from telepath.sip.headers import parse_name_addr
+from telepath.sip.message import Request, Response, make_response
+from tests.integration.cli.sip_peer import TAG, Script, SipPeer, ok_with_sdp, sip_peer
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "peer-pass-1"
+
+
+async def test_a_407_is_answered_in_proxy_authorization() -> None:
+    """RFC 3261 §22.3: a 407's Proxy-Authenticate is answered in Proxy-Authorization (a proxy
+    reads no Authorization: the call would be challenged again and fail)."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        if peer.answered(request, PASSWORD, "Proxy-Authorization"):
+            return [make_response(request, 486, to_tag=TAG)]
+        return [peer.challenge(request, 407)]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        challenged, retried = await peer.received("INVITE", 2)
+    assert result.status == 486
+    assert challenged.headers.get("Proxy-Authorization") is None
+    assert retried.headers.get("Authorization") is None
+    assert retried.cseq.seq == challenged.cseq.seq + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "header"), [(401, "Authorization"), (407, "Proxy-Authorization")]
+)
+async def test_the_ack_for_a_2xx_carries_the_invites_credentials(status: int, header: str) -> None:
+    """RFC 3261 §13.2.2.4: "The ACK MUST contain the same credentials as the INVITE" — a
+    proxy that authenticates every request would otherwise refuse the ACK and the UAS would
+    never learn the call was set up."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        if peer.answered(request, PASSWORD, header):
+            return [ok_with_sdp(peer, request)]
+        return [peer.challenge(request, status)]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=0.2, tone_hz=None
+        )
+        invite = (await peer.received("INVITE", 2))[1]
+        await peer.received("BYE")
+    assert result.status == 200 and result.ended_by == "dialer"
+    (ack,) = [a for a in peer.of("ACK") if a.cseq.seq == invite.cseq.seq]
+    assert ack.headers.get(header) == invite.headers.get(header) is not None
+
+
+def _ringing(peer: SipPeer, cancelled: Callable[[Request], Response]) -> Script:
+    """INVITE: 180 Ringing and nothing more; CANCEL: 200, then ``cancelled(invite)``."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method == "INVITE":
+            return [make_response(request, 180, to_tag=TAG)]
+        if request.method == "CANCEL":
+            invite = peer.of("INVITE")[0]
+            return [make_response(request, 200, to_tag=TAG), cancelled(invite)]
+        return []
+
+    return script
+
+
+async def test_giving_up_after_a_180_cancels_the_invite() -> None:
+    """The gateway rings longer than ``ring_timeout_s``: the dialler sends CANCEL (RFC 3261
+    §9.1) instead of leaving, and acknowledges the 487 the INVITE then gets (§17.1.1.3) — no
+    answered call is left for nobody to acknowledge."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(peer, lambda invite: make_response(invite, 487, to_tag=TAG))
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, ring_timeout_s=0.3
+        )
+        (ack,) = await peer.received("ACK")
+    invite, cancel = peer.of("INVITE")[0], peer.of("CANCEL")[0]
+    assert result.status == 487 and result.cancelled and result.setup_ms is None
+    # §9.1: the INVITE's Request-URI, Call-ID, From, To, CSeq number and (single) Via
+    assert cancel.uri == invite.uri
+    assert cancel.headers.get_all("Via") == invite.headers.get_all("Via")
+    for name in ("From", "To", "Call-ID"):
+        assert cancel.headers.get(name) == invite.headers.get(name)
+    assert (cancel.cseq.seq, cancel.cseq.method) == (invite.cseq.seq, "CANCEL")
+    # §17.1.1.3: the 487 is acknowledged within the INVITE's transaction
+    assert ack.top_via.branch == invite.top_via.branch
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+
+
+async def test_a_200_that_crosses_the_cancel_is_acknowledged_and_hung_up() -> None:
+    """The INVITE is answered just as the CANCEL goes (§9.1: a CANCEL has no effect on a
+    request already answered): the 200 is acknowledged (§13.2.2.4) and the call ended with BYE
+    (§15) instead of being left up."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(peer, lambda invite: ok_with_sdp(peer, invite))
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, ring_timeout_s=0.3
+        )
+        (ack,) = await peer.received("ACK")
+        (bye,) = await peer.received("BYE")
+    invite = peer.of("INVITE")[0]
+    assert result.cancelled and result.setup_ms is None
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+    assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+async def test_no_cancel_without_a_provisional_response() -> None:
+    """§9.1: "If no provisional response has been received, the CANCEL request MUST NOT be
+    sent": a peer that never answers is left as it is."""
+    async with sip_peer() as peer:
+        with pytest.raises(TimeoutError):
+            await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+                duration_s=1, timeout_s=0.3, ring_timeout_s=0.3
+            )
+    assert peer.of("INVITE") and not peer.of("CANCEL")
+
+
+async def test_an_unusable_sdp_answer_is_hung_up() -> None:
+    """The 200's SDP takes no codec the dialler offered (G.722 for PCMU/PCMA): the call is up
+    all the same, so it is acknowledged and ended with BYE at once (RFC 3261 §13.2.2.4, §15)
+    — not left to the peer's media timeout — and the result says why."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.body = answer.body.replace(b"RTP/AVP 0", b"RTP/AVP 9").replace(
+            b"0 PCMU/8000", b"9 G722/8000"
+        )
+        return [answer]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        (bye,) = await peer.received("BYE")
+    assert result.status == 200 and result.setup_ms is None
+    assert result.error is not None and "SDP answer" in result.error
+    assert bye.to.tag == TAG
+
+
+def _routed_address() -> str:
+    """This host's address on its default route (found as the route to TEST-NET-1, RFC 5737,
+    which ``connect`` on a UDP socket only looks up: nothing is sent); skipped without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no default route on this host")
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("the default route is loopback")
+    return address
+
+
+def _said_addresses(invite: Request) -> set[str]:
+    """The hosts the INVITE gives as ours: Via sent-by, Contact, SDP connection address."""
+    sdp = invite.body.decode()
+    connection = next(line for line in sdp.splitlines() if line.startswith("c=IN IP4 "))
+    contact = parse_name_addr(invite.headers.get("Contact") or "").uri
+    return {invite.top_via.host, contact.host, connection.removeprefix("c=IN IP4 ")}
+
+
+def test_the_source_address_is_the_route_s() -> None:
+    assert source_address("127.0.0.1") == "127.0.0.1"
+
+
+async def test_the_dialler_speaks_from_the_address_routed_to_the_gateway() -> None:
+    """No --local-ip: a gateway on another address than loopback is called from the address
+    the route to it leaves by, and the INVITE says so (Via, Contact, SDP). Bound to 127.0.0.1
+    it could not even send to a remote gateway (EINVAL, swallowed by asyncio: a 15 s
+    'timeout'), and its Via, Contact and SDP would send the gateway's answers and media
+    nowhere."""
+    address = _routed_address()
+    async with sip_peer(lambda r: [make_response(r, 486, to_tag=TAG)], host=address) as peer:
+        result = await Dialer(peer.uri("bob", address), username="bob", password=None).run(
+            duration_s=1
+        )
+        (invite,) = await peer.received("INVITE")
+    assert result.status == 486
+    assert _said_addresses(invite) == {address}
+
+
+async def test_local_ip_overrides_the_route() -> None:
+    address = _routed_address()
+    async with sip_peer(lambda r: [make_response(r, 486, to_tag=TAG)], host="0.0.0.0") as peer:
+        dialer = Dialer(peer.uri("bob"), username="bob", password=None, local_ip=address)
+        result = await dialer.run(duration_s=1)
+        (invite,) = await peer.received("INVITE")
+    assert result.status == 486
+    assert _said_addresses(invite) == {address}  # not 127.0.0.1, the route to the peer
