@@ -133,6 +133,12 @@ def echo_config(tmp_path: Path, port: int) -> Path:
     return cert
 
 
+#: libre (baresip's SRTP) tags SRTCP with the suite's SRTP tag length, 32 bits for these; RFC
+#: 4568 §6.2.2 and RFC 3711 §5.2 make SRTCP's 80 bits in every AES_CM suite, as libsrtp (ours,
+#: Asterisk's, FreeSWITCH's) does: libre refuses our RTCP in these suites, RTP goes through.
+LIBRE_SRTCP_32 = frozenset({"AES_CM_128_HMAC_SHA1_32"})
+
+
 async def test_our_srtp_offer_in_each_suite_is_taken_by_baresip(tmp_path: Path) -> None:
     """Interop of every suite we offer with another implementation (libre's SRTP): the dialler
     offers each suite to baresip; baresip's echo sends our 1000 Hz back, so the tone we record
@@ -173,7 +179,11 @@ async def test_our_srtp_offer_in_each_suite_is_taken_by_baresip(tmp_path: Path) 
     log = out.decode(errors="replace")
     for suite in SUITES:
         assert f"SRTP is Enabled (cryptosuite={suite})" in log, log
-    assert "failed to decrypt" not in log and "failed to encrypt" not in log, log
+    assert "failed to encrypt" not in log, log
+    for call in log.split("SRTP is Enabled (cryptosuite=")[1:]:
+        suite = call.split(")", 1)[0]
+        failures = call.replace("failed to decrypt RTCP", "") if suite in LIBRE_SRTCP_32 else call
+        assert "failed to decrypt" not in failures, (suite, log)
 
 
 async def until_listening(port: int) -> None:
