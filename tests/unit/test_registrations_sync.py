@@ -349,3 +349,23 @@ async def test_dns_is_asked_again_at_refreshes_not_at_failovers() -> None:
     await streams.next_register()
     assert last_dest(streams) == ("127.0.0.3", 5060)
     await registrations.close(timeout_s=0.1)
+
+
+async def test_a_lost_connection_seen_during_a_refresh_starts_no_second_registration() -> None:
+    """A refresh is still connecting (the old connection closed, the server slow) when the
+    keep-alive finds the connection closed: one registration attempt, not two — two would
+    each schedule their refresh, and the binding would REGISTER twice as often for good."""
+    streams = Streams()
+    registrations = await streams.start("sip:127.0.0.1:5999;transport=tcp", keepalive_s=0.01)
+    (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
+    assert isinstance(register, Request)
+    registrations.answered(RequestAnswered(register, make_response(register, 200)))
+    (binding,) = registrations._bindings.values()
+    assert binding.keepalive is not None  # TCP: kept alive
+    streams.closed.append(1)  # the registrar's side went away
+    streams.hanging.add(("127.0.0.1", 5999))  # and the new connection takes its time
+    registrations._refresh(binding)  # the refresh timer fires
+    for _ in range(50):  # the keep-alive fires meanwhile (every 10 ms)
+        await asyncio.sleep(0.01)
+    assert streams.opened == [("127.0.0.1", 5999)] * 2  # the first, and one attempt since
+    await registrations.close(timeout_s=0.1)

@@ -272,7 +272,18 @@ class Registrations:
 
     def _attempt(self, binding: _Binding, *, refresh: bool = False) -> None:
         """Resolve the registrar, then send a REGISTER (a first one, a retry, a failover or, with
-        ``refresh``, the refresh of a registered binding)."""
+        ``refresh``, the refresh of a registered binding).
+
+        One attempt at a time: another started meanwhile (the keep-alive finding the connection
+        closed while a refresh still connects) would send its own REGISTER, and each answer
+        schedules a refresh — the binding would register twice as often from then on. An
+        attempt's own failover (from inside it) goes on.
+        """
+        current = asyncio.current_task()
+        if any(t is not current and not t.done() for t in binding.resolving):
+            return
+        if binding.timer is not None:
+            binding.timer.cancel()
         binding.timer = None
         task = self._loop.create_task(self._resolve_and_register(binding, refresh))
         binding.resolving.add(task)
