@@ -387,17 +387,7 @@ class CallManager:
                 event.dialog.app_data.ended(event.reason)
             call = _call_of(event.dialog.app_data)
             if call is not None:
-                call.sip_ended()
-                reason = {
-                    "remote_bye": DisconnectReason.CALLER_HANGUP,
-                    "ack_timeout": DisconnectReason.CARRIER_ERROR,
-                    "session_expired": DisconnectReason.CARRIER_ERROR,
-                    "refresh_failed": DisconnectReason.CARRIER_ERROR,
-                    "bye_failed": DisconnectReason.CARRIER_ERROR,
-                }.get(event.reason)
-                if reason is not None:
-                    error = None if event.reason == "remote_bye" else f"SIP {event.reason}"
-                    call.end(reason, error, send_bye=False)
+                _dialog_ended(call, event.reason)
         elif isinstance(event, ReofferReceived):
             self._on_reoffer(event)
         elif isinstance(event, DtmfInfo):
@@ -1100,6 +1090,12 @@ class CallManager:
         # whole call alive, then leave it to a full collection (test_call_memory.py).
         dialog.app_data = weakref.ref(call)
         self.calls[call_id] = call
+        if setup.sip_end is not None:
+            # Delayed offer: the dialog ended (the caller's BYE right after its ACK) while the
+            # media opened, when its CallEnded still found the _Setup. The call comes up only
+            # to end at once, as that end says — else it talks to nobody until the media
+            # timeout. (The record, the agent and the webhooks follow the usual end.)
+            _dialog_ended(call, setup.sip_end)
         if self.load is not None:
             self.load.answered()
         for digit in setup.digits:  # pressed between our 200 and the call being up
@@ -1577,6 +1573,26 @@ def _same_srtp(call: Call, negotiated: NegotiatedMedia) -> bool:
     if before is None or after is None:
         return before is after
     return before.suite == after.suite and before.local_key == after.local_key
+
+
+# Why the SIP dialog of a call that is up ended, as the call's disconnect reason.
+_SIP_END_REASONS: dict[CallEndReason, DisconnectReason] = {
+    "remote_bye": DisconnectReason.CALLER_HANGUP,
+    "ack_timeout": DisconnectReason.CARRIER_ERROR,
+    "session_expired": DisconnectReason.CARRIER_ERROR,
+    "refresh_failed": DisconnectReason.CARRIER_ERROR,
+    "bye_failed": DisconnectReason.CARRIER_ERROR,
+}
+
+
+def _dialog_ended(call: Call, why: CallEndReason) -> None:
+    """The call's SIP dialog is over (``CallEnded``): end the call with the reason, and no
+    BYE of ours — the dialog it would go in is gone (RFC 3261 §15.1.2)."""
+    call.sip_ended()
+    reason = _SIP_END_REASONS.get(why)
+    if reason is not None:
+        error = None if why == "remote_bye" else f"SIP {why}"
+        call.end(reason, error, send_bye=False)
 
 
 def _call_of(data: object) -> Call | None:

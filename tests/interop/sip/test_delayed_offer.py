@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from telepath.cli.gateway import Gateway
 from telepath.sip.message import Request, Response, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from telepath.transport.media_session import MediaSession
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone
@@ -272,3 +274,36 @@ async def test_dtmf_info_before_the_ack_reaches_the_agent_once_the_call_is_up(
         await leg.bye()
         (record,) = await ended_records(api, gateway)
     assert record["disconnect_reason"] == "caller_hangup"
+
+
+async def test_bye_right_after_the_ack_while_the_media_opens_ends_the_call(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller ACKs (with its answer) and hangs up at once: its BYE lands while the call's
+    media opens, before the call is up. That BYE ended the dialog (RFC 3261 §15.1.2: answered
+    200, no BYE of ours after it); the call is ended with it, as a caller hang-up — it used to
+    come up on a dialog already over and talk to nobody until the media timeout."""
+    opening = MediaSession.open.__func__  # type: ignore[attr-defined]
+    entered: list[bool] = []
+
+    async def after_the_bye(cls: type[MediaSession], *args: Any, **kwargs: Any) -> Any:
+        entered.append(True)
+        await until(lambda: gateway.server.core.counters["request_BYE"] >= 1)
+        return await opening(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MediaSession, "open", classmethod(after_the_bye))
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+        await until(lambda: bool(agent.stops))  # the agent was told, not left talking
+    assert entered == [True]
+    assert record["status"] == "disconnected"
+    assert record["disconnect_reason"] == "caller_hangup"
+    assert agent.stops[0]["reason"] == "caller_hangup"
+    assert not [
+        r for r in uac.received if isinstance(r.message, Request) and r.message.method == "BYE"
+    ]
+    assert gateway.manager.ports.in_use == 0
+    assert gateway.server.core.dialog_count == 0
