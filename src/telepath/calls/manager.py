@@ -35,6 +35,7 @@ from telepath.addresses import is_private
 from telepath.bridges.base import (
     AgentBridge,
     BridgeError,
+    BridgeReason,
     CallMetadata,
     Codec,
     CustomConfig,
@@ -164,6 +165,7 @@ class _Setup:
         # A call its trunk's registrar sent: the registration's digest credentials, which
         # answer the registrar's challenges to our BYE, REFER or refresh in the dialog.
         self.credentials: tuple[str, str] | None = None
+        self.dialog: Dialog | None = None  # once our 200 OK went: the call's dialog
 
     @property
     def media_address(self) -> str | None:
@@ -944,7 +946,7 @@ class CallManager:
             called=called or "",
             codec=law,
             system_prompt=trunk.system_prompt,
-            sip_call_id=request.call_id,
+            sip_call_id=_valid_text(request.call_id),
             sip_headers=_forwarded_headers(request, trunk.forward_sip_headers),
         )
         record = CallRecord(
@@ -968,6 +970,46 @@ class CallManager:
         )
         if wideband:
             meta = dataclasses.replace(meta, wideband=True)
+        try:
+            await self._bring_up(
+                setup,
+                trunk,
+                lease,
+                local_sdp,
+                negotiated,
+                session_id,
+                started,
+                record,
+                bridge,
+                meta,
+                law,
+            )
+        except Exception:
+            if call_id not in self.calls:  # else the call owns the bridge, and ends it
+                await self._setup_failed(setup, record, bridge)
+            raise
+
+    async def _bring_up(
+        self,
+        setup: _Setup,
+        trunk: TrunkConfig,
+        lease: PortLease,
+        local_sdp: SessionDescription,
+        negotiated: NegotiatedMedia | None,
+        session_id: int,
+        started: float,
+        record: CallRecord,
+        bridge: AgentBridge,
+        meta: CallMetadata,
+        law: Codec,
+    ) -> None:
+        """Start the agent ``bridge``, answer and start the call (its agent's part of
+        :meth:`_connect_and_answer`); until the call owns the bridge, ``_setup_failed`` closes
+        it if this raises."""
+        tx = setup.tx
+        request = tx.request
+        call_id = record.id
+        wideband = meta.wideband
 
         def playout() -> int:
             # Looked up, not captured: the bridge holds this function, and a call captured here
@@ -1035,13 +1077,7 @@ class CallManager:
             if negotiated is None:
                 return  # ended cleanly: BYE sent, bridge closed, port released, record written
             record.metrics.codec_used = negotiated.codec.name
-            try:
-                media = await self._open_media(lease, negotiated, tx)
-            except BaseException:
-                server.dispatch(core.hangup(dialog))
-                with contextlib.suppress(Exception):
-                    await bridge.close()
-                raise
+            media = await self._open_media(lease, negotiated, tx)  # raising: _setup_failed
             # What a session refresh repeats (offerless re-INVITE, §14.2): our offer narrowed
             # to the codec in use, so a refresh cannot switch codec mid-call. It differs from
             # the offer we sent, hence version 2 (RFC 3264 §8).
@@ -1123,6 +1159,30 @@ class CallManager:
         self._tasks.add(announce)
         announce.add_done_callback(self._tasks.discard)
 
+    async def _setup_failed(self, setup: _Setup, record: CallRecord, bridge: AgentBridge) -> None:
+        """An unexpected error (a bug: not the agent's unavailability, which is a 480) between
+        the agent bridge's creation and the call taking it over: the INVITE is answered 500
+        (RFC 3261 §21.5.1) — or, once our 200 went (delayed offer), the call is ended with BYE
+        (§15) —, the bridge closed (bounded: it may have connected, and would stay open, pinged,
+        for ever) and a ``failed`` record written, reason ``unknown``."""
+        assert self.server is not None
+        tx = setup.tx
+        if setup.dialog is not None:
+            self.server.dispatch(self.server.core.hangup(setup.dialog))
+        elif not tx.final_sent:
+            self._reject(tx, 500, "internal_error")
+        await _close_bridge(bridge, BridgeReason.UNKNOWN)
+        record.status = CallStatus.FAILED
+        record.end_time = datetime.now(UTC)
+        record.disconnect_reason = DisconnectReason.UNKNOWN
+        record.error_message = "internal error"
+        record.sip_trace = self._trace(tx.request)
+        if self.metrics is not None and setup.dialog is not None:  # it was answered
+            self.metrics.record_call_ended(
+                record.id, outcome=DisconnectReason.UNKNOWN.value, setup_ms=record.metrics.setup_ms
+            )
+        await self._record_failed(record)
+
     async def _announce(self, record: CallRecord, agent_id: str | None) -> None:
         """A call is up: its record's first write, then ``call.started`` and
         ``agent.connected``."""
@@ -1165,6 +1225,7 @@ class CallManager:
         nat = None if setup.nat is None else f"{setup.nat[0]}:{setup.nat[1]}"
         dialog, outs = self.server.core.accept(setup.tx, sdp.to_bytes(), contact_address=nat)
         dialog.credentials = setup.credentials
+        setup.dialog = dialog
         self.server.dispatch(outs)
         record.answer_time = datetime.now(UTC)
         record.metrics.setup_ms = round((asyncio.get_running_loop().time() - started) * 1000)
@@ -1593,6 +1654,19 @@ def _dialog_ended(call: Call, why: CallEndReason) -> None:
     if reason is not None:
         error = None if why == "remote_bye" else f"SIP {why}"
         call.end(reason, error, send_bye=False)
+
+
+async def _close_bridge(bridge: AgentBridge, reason: BridgeReason) -> None:
+    """Close an agent bridge no call owns, bounded; its failure is not the caller's."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):  # not wait_for: no task for this
+            await bridge.close(reason)
+
+
+def _valid_text(text: str) -> str:
+    """Header text as valid Unicode: bytes that were not UTF-8, which the parser keeps as
+    surrogate escapes, become U+FFFD — an agent's JSON (or any UTF-8) cannot carry them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _call_of(data: object) -> Call | None:
