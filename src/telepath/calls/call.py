@@ -453,6 +453,16 @@ class Call:
             elif isinstance(event, AgentMark):
                 self.media.mark(event.name)
             elif isinstance(event, AgentTransfer):
+                if self._transfer_request is not None:
+                    # One REFER at a time: the NOTIFYs of several REFERs in a dialog are told
+                    # apart only by their Event header's id (RFC 3515 §2.4.6), which we do not
+                    # track — a second one's results would cross with the first's.
+                    self._side_task(
+                        self.bridge.send_transfer_result(
+                            event.request_id, False, "transfer in progress"
+                        )
+                    )
+                    continue
                 self._transfer_request = event.request_id
                 self._refer_sip(event.target)
             elif isinstance(event, AgentHangup):
