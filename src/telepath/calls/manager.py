@@ -545,6 +545,12 @@ class CallManager:
             log.exception("call setup failed")
             if not tx.final_sent:
                 self._reject(tx, 500, "internal_error")
+        except asyncio.CancelledError:
+            # The drain gave up on this set-up: refused as a new INVITE is then (RFC 3261
+            # §21.5.4), not left without a final response.
+            if not tx.final_sent:
+                self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+            raise
         finally:
             self._setups.pop(id(tx), None)
 
@@ -988,6 +994,10 @@ class CallManager:
             if call_id not in self.calls:  # else the call owns the bridge, and ends it
                 await self._setup_failed(setup, record, bridge)
             raise
+        except BaseException:  # cancelled: the gateway is stopping (``drain``)
+            if call_id not in self.calls:
+                await _close_bridge(bridge, BridgeReason.SHUTDOWN)
+            raise
 
     async def _bring_up(
         self,
@@ -1018,13 +1028,17 @@ class CallManager:
             return call.playout_ms() if call is not None else 0
 
         connect = asyncio.ensure_future(bridge.start(meta, playout))
+        connect.add_done_callback(_retrieve)  # read below, unless this set-up is cancelled
         cancel_wait = asyncio.ensure_future(setup.cancelled.wait())
-        done, _ = await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
-        cancel_wait.cancel()
-        if connect not in done:
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+        try:
+            await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Neither outlives the wait, whatever ends it (the caller's CANCEL, or the drain
+            # cancelling this set-up): a connect left running opens a WebSocket nobody closes.
+            cancel_wait.cancel()
+            connect.cancel()  # (done already: nothing)
+            await asyncio.wait({connect, cancel_wait})
+        if connect.cancelled():  # the caller's CANCEL came first
             with contextlib.suppress(Exception):
                 await bridge.close()
             lease.release()
@@ -1070,8 +1084,15 @@ class CallManager:
                 lease.release()
                 self._count("cancelled_during_setup")
                 return
+            if self.draining:  # the drain began while the ports opened
+                await media.close()
+                await self._refuse_draining(tx, bridge, lease)
+                return
             dialog = self._accept(setup, local_sdp, record, started)
         else:
+            if self.draining:  # the drain began while the agent connected
+                await self._refuse_draining(tx, bridge, lease)
+                return
             dialog = self._accept(setup, local_sdp, record, started)
             negotiated = await self._answer_in_ack(setup, dialog, local_sdp, record, bridge, lease)
             if negotiated is None:
@@ -1158,6 +1179,16 @@ class CallManager:
         self._announcing[call_id] = announce
         self._tasks.add(announce)
         announce.add_done_callback(self._tasks.discard)
+
+    async def _refuse_draining(
+        self, tx: ServerTransaction, bridge: AgentBridge, lease: PortLease
+    ) -> None:
+        """A set-up that completes once the gateway drains is refused like a new INVITE then
+        (503 with Retry-After, RFC 3261 §21.5.4), not answered: the drain may already have
+        ended the calls it found, and would not end this one. Its agent is told and let go."""
+        self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+        await _close_bridge(bridge, BridgeReason.SHUTDOWN)
+        lease.release()
 
     async def _setup_failed(self, setup: _Setup, record: CallRecord, bridge: AgentBridge) -> None:
         """An unexpected error (a bug: not the agent's unavailability, which is a 480) between
@@ -1579,22 +1610,33 @@ class CallManager:
 
     # ---------------------------------------------------------------- shutdown
 
+    async def _tasks_done(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every call and set-up task, those started meanwhile
+        too (a set-up that completes starts its call's)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+
     async def drain(self, timeout_s: float) -> None:
-        """Stop accepting calls (503), let live calls finish for ``timeout_s``, then end them."""
+        """Stop accepting calls (503), let live calls finish for ``timeout_s``, then end them;
+        set-ups still running then are cancelled (503), and awaited."""
         self.draining = True
-        if self._tasks and timeout_s > 0:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        if timeout_s > 0:
+            await self._tasks_done(timeout_s)
         for call in list(self.calls.values()):
             call.end(DisconnectReason.SHUTDOWN)
         for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
             setup.shutdown()
-        if self._tasks:
-            # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
-            # and write their records: cancelled before that, a call leaves no final record
-            # and no call.ended
-            await asyncio.wait(set(self._tasks), timeout=5 + self.config.bye_wait_s)
-        for task in list(self._tasks):
+        # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
+        # and write their records: cancelled before that, a call leaves no final record
+        # and no call.ended
+        await self._tasks_done(5 + self.config.bye_wait_s)
+        left = list(self._tasks)
+        for task in left:
             task.cancel()
+        if left:  # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
+            await asyncio.wait(left, timeout=5 + self.config.bye_wait_s)
         await self.lag.stop()
         if self._busy is not None:
             self._busy.close()
@@ -1654,6 +1696,12 @@ def _dialog_ended(call: Call, why: CallEndReason) -> None:
     if reason is not None:
         error = None if why == "remote_bye" else f"SIP {why}"
         call.end(reason, error, send_bye=False)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a task's failure as seen (it is read where it matters, or does not)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _close_bridge(bridge: AgentBridge, reason: BridgeReason) -> None:
