@@ -1502,7 +1502,7 @@ class CallManager:
         events: list[tuple[str, Callable[[CallRecord], dict[str, Any]]]] = [
             ("agent.disconnected", agent_disconnected_payload)
         ]
-        if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
+        if end.reason in _ERROR_REASONS:
             events.append(("call.error", call_error_payload))
         events.append(("call.ended", call_ended_payload))
         await self._record_end(record, events)
@@ -1526,7 +1526,10 @@ class CallManager:
         )
 
     async def _record_failed(self, record: CallRecord) -> None:
-        await self._record_end(record, [("call.error", call_error_payload)])
+        """The end of a call that never came up: ``call.error`` only when something went wrong
+        (``_ERROR_REASONS``) — a caller hanging up before the ACK, a shutdown, is none."""
+        errored = record.disconnect_reason in _ERROR_REASONS
+        await self._record_end(record, [("call.error", call_error_payload)] if errored else [])
 
     async def _record_end(
         self,
@@ -1677,6 +1680,12 @@ def _same_srtp(call: Call, negotiated: NegotiatedMedia) -> bool:
         return before is after
     return before.suite == after.suite and before.local_key == after.local_key
 
+
+# The reasons a call.error tells of (docs/webhooks.md): the agent unreachable or failing, the
+# call's process dead. Every other end — hang-ups, transfers, limits, shutdown — is none.
+_ERROR_REASONS = frozenset(
+    {DisconnectReason.CONNECTION_FAILED, DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.LOST}
+)
 
 # Why the SIP dialog of a call that is up ended, as the call's disconnect reason.
 _SIP_END_REASONS: dict[CallEndReason, DisconnectReason] = {

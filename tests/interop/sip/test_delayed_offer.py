@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from telepath.bridges.audio import WireFormat
 from telepath.cli.gateway import Gateway
+from telepath.db.models import WebhookDelivery
 from telepath.sip.message import Request, Response, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
 from telepath.transport.media_session import MediaSession
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk
+from tests.integration.webhooks.receiver import Receiver
+from tests.interop.calls.conftest import create_trunk, subscribe
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import check, offerless_call, run_sipp
@@ -307,3 +310,31 @@ async def test_bye_right_after_the_ack_while_the_media_opens_ends_the_call(
     ]
     assert gateway.manager.ports.in_use == 0
     assert gateway.server.core.dialog_count == 0
+
+
+async def _queued_events(api: Api, call_id: str) -> list[str]:
+    """The webhook events queued for ``call_id`` (the outbox rows: they commit with the
+    record's end, so they are all there once the record is final)."""
+    async with api.state.sessions() as session:
+        rows = (await session.execute(select(WebhookDelivery))).scalars().all()
+    return [row.event for row in rows if row.payload.get("call_id") == call_id]
+
+
+@pytest.mark.parametrize(("ending", "reason"), [("bye", "caller_hangup"), ("drain", "shutdown")])
+async def test_a_call_that_ends_before_its_ack_for_no_fault_is_no_call_error(
+    api: Api, gateway: Gateway, uac: Uac, receiver: Receiver, ending: str, reason: str
+) -> None:
+    """A caller who hangs up before ACKing, or a gateway stopping meanwhile, is no error:
+    call.error is for connection_failed, ai_provider_error and lost (docs/webhooks.md) — it
+    went out, severity critical, for these too."""
+    await subscribe(api, receiver.url)  # every event
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        if ending == "bye":
+            await leg.bye()
+        else:
+            await asyncio.wait_for(gateway.manager.drain(0), 10)
+        (record,) = await ended_records(api, gateway)
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == reason
+    assert "call.error" not in await _queued_events(api, record["id"])
