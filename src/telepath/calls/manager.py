@@ -46,7 +46,7 @@ from telepath.bridges.base import (
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
-from telepath.calls.call import Call, CallEnd
+from telepath.calls.call import Call, CallEnd, bridge_reason
 from telepath.calls.config import CallControlConfig
 from telepath.calls.diagnosis import media_report
 from telepath.calls.events import (
@@ -1316,9 +1316,7 @@ class CallManager:
         sent_bye = setup.sip_end is None
         if sent_bye:
             self.server.dispatch(core.hangup(dialog))
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await bridge.close()
+        await _close_bridge(bridge, bridge_reason(reason))  # stop.reason: the record's
         lease.release()
         record.status = CallStatus.FAILED
         record.end_time = datetime.now(UTC)

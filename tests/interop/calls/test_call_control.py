@@ -407,7 +407,8 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
     detail = await record(api, placed.call_id)
     assert detail["status"] == "disconnected"
     assert detail["disconnect_reason"] == "media_timeout"
-    assert agent.stops  # the agent was told the call ended
+    # the agent was told the call ended, and why: stop.reason is the record's reason
+    assert [stop["reason"] for stop in agent.stops] == ["media_timeout"]
     assert gateway.manager.ports.in_use == 0
 
 

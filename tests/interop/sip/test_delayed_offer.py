@@ -132,6 +132,7 @@ async def test_ack_without_usable_answer_gets_bye_and_a_failed_record(
     assert "BYE sip:caller@127.0.0.1" in result.messages
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "carrier_error"
+    assert [stop["reason"] for stop in agent.stops] == ["carrier_error"]  # as the record's
     detail = (await api.get(f"/v1/calls/{record['id']}")).json()
     assert "answer" in detail["error_message"]
     assert detail["metrics"]["codec_used"] is None
@@ -217,6 +218,7 @@ async def test_shutdown_while_waiting_for_the_ack_ends_the_call_cleanly(
         await _answer_bye(uac, after=start)
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "shutdown"
+    assert [stop["reason"] for stop in agent.stops] == ["shutdown"]
 
 
 async def test_update_before_the_ack_gets_491_with_an_offer_and_200_without(
