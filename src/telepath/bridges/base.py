@@ -104,7 +104,9 @@ BYTES_PER_MS = 8  # G.711 at 8 kHz: one byte per sample
 class BridgeReason(enum.StrEnum):
     """Why a bridge session ended; values are the product's disconnect-reason vocabulary.
 
-    Call control maps them 1:1 onto ``telepath.calls.model.DisconnectReason`` by value.
+    Call control maps them 1:1 onto ``telepath.calls.model.DisconnectReason`` by value, both
+    ways: every reason a call can end with is here (all but ``lost``, which only a sweep of a
+    dead process's calls gives), so the agent's ``stop`` says what the record says.
     """
 
     CONNECTION_FAILED = "connection_failed"  # never connected (timeout, refused, 401/403/404)
@@ -113,6 +115,8 @@ class BridgeReason(enum.StrEnum):
     SESSION_LIMIT = "session_limit"  # the provider's maximum session length was reached
     CALLER_HANGUP = "caller_hangup"  # call control closed the bridge because the caller left
     TRANSFERRED = "transferred"
+    MEDIA_TIMEOUT = "media_timeout"  # no RTP from the caller for the inactivity timeout
+    CARRIER_ERROR = "carrier_error"  # a SIP-level failure towards the carrier
     SHUTDOWN = "shutdown"
     MAX_DURATION = "max_duration"  # the gateway's call duration limit
     TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call

@@ -336,10 +336,9 @@ class Call:
     async def _close(self, end: CallEnd) -> None:
         if end.send_bye:
             self._hangup_sip()
-        bridge_reason = _bridge_reason(end.reason)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):  # not wait_for: no task per call for this
-                await self.bridge.close(bridge_reason)
+                await self.bridge.close(bridge_reason(end.reason))
         unplayed_ms = self.media.queued_ms
         stats = await self.media.close()
         self.turns.finish(unplayed_ms)
@@ -453,6 +452,16 @@ class Call:
             elif isinstance(event, AgentMark):
                 self.media.mark(event.name)
             elif isinstance(event, AgentTransfer):
+                if self._transfer_request is not None:
+                    # One REFER at a time: the NOTIFYs of several REFERs in a dialog are told
+                    # apart only by their Event header's id (RFC 3515 §2.4.6), which we do not
+                    # track — a second one's results would cross with the first's.
+                    self._side_task(
+                        self.bridge.send_transfer_result(
+                            event.request_id, False, "transfer in progress"
+                        )
+                    )
+                    continue
                 self._transfer_request = event.request_id
                 self._refer_sip(event.target)
             elif isinstance(event, AgentHangup):
@@ -509,12 +518,10 @@ def _voiced(pcm: bytes) -> bool:
     return g711.pcm16_rms(pcm) > _VOICE_RMS
 
 
-def _bridge_reason(reason: DisconnectReason) -> BridgeReason:
+def bridge_reason(reason: DisconnectReason) -> BridgeReason:
+    """A call's end as the agent is told it (custom agents' ``stop.reason``): the same value
+    (README: one vocabulary); ``unknown`` for ``lost``, which no live call ends with."""
     try:
         return BridgeReason(reason.value)
     except ValueError:
-        return (
-            BridgeReason.CALLER_HANGUP
-            if reason == DisconnectReason.MEDIA_TIMEOUT
-            else (BridgeReason.UNKNOWN)
-        )
+        return BridgeReason.UNKNOWN

@@ -35,6 +35,7 @@ from telepath.addresses import is_private
 from telepath.bridges.base import (
     AgentBridge,
     BridgeError,
+    BridgeReason,
     CallMetadata,
     Codec,
     CustomConfig,
@@ -45,7 +46,7 @@ from telepath.bridges.base import (
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
-from telepath.calls.call import Call, CallEnd
+from telepath.calls.call import Call, CallEnd, bridge_reason
 from telepath.calls.config import CallControlConfig
 from telepath.calls.diagnosis import media_report
 from telepath.calls.events import (
@@ -164,6 +165,7 @@ class _Setup:
         # A call its trunk's registrar sent: the registration's digest credentials, which
         # answer the registrar's challenges to our BYE, REFER or refresh in the dialog.
         self.credentials: tuple[str, str] | None = None
+        self.dialog: Dialog | None = None  # once our 200 OK went: the call's dialog
 
     @property
     def media_address(self) -> str | None:
@@ -387,17 +389,7 @@ class CallManager:
                 event.dialog.app_data.ended(event.reason)
             call = _call_of(event.dialog.app_data)
             if call is not None:
-                call.sip_ended()
-                reason = {
-                    "remote_bye": DisconnectReason.CALLER_HANGUP,
-                    "ack_timeout": DisconnectReason.CARRIER_ERROR,
-                    "session_expired": DisconnectReason.CARRIER_ERROR,
-                    "refresh_failed": DisconnectReason.CARRIER_ERROR,
-                    "bye_failed": DisconnectReason.CARRIER_ERROR,
-                }.get(event.reason)
-                if reason is not None:
-                    error = None if event.reason == "remote_bye" else f"SIP {event.reason}"
-                    call.end(reason, error, send_bye=False)
+                _dialog_ended(call, event.reason)
         elif isinstance(event, ReofferReceived):
             self._on_reoffer(event)
         elif isinstance(event, DtmfInfo):
@@ -553,6 +545,12 @@ class CallManager:
             log.exception("call setup failed")
             if not tx.final_sent:
                 self._reject(tx, 500, "internal_error")
+        except asyncio.CancelledError:
+            # The drain gave up on this set-up: refused as a new INVITE is then (RFC 3261
+            # §21.5.4), not left without a final response.
+            if not tx.final_sent:
+                self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+            raise
         finally:
             self._setups.pop(id(tx), None)
 
@@ -954,7 +952,7 @@ class CallManager:
             called=called or "",
             codec=law,
             system_prompt=trunk.system_prompt,
-            sip_call_id=request.call_id,
+            sip_call_id=_valid_text(request.call_id),
             sip_headers=_forwarded_headers(request, trunk.forward_sip_headers),
         )
         record = CallRecord(
@@ -978,6 +976,50 @@ class CallManager:
         )
         if wideband:
             meta = dataclasses.replace(meta, wideband=True)
+        try:
+            await self._bring_up(
+                setup,
+                trunk,
+                lease,
+                local_sdp,
+                negotiated,
+                session_id,
+                started,
+                record,
+                bridge,
+                meta,
+                law,
+            )
+        except Exception:
+            if call_id not in self.calls:  # else the call owns the bridge, and ends it
+                await self._setup_failed(setup, record, bridge)
+            raise
+        except BaseException:  # cancelled: the gateway is stopping (``drain``)
+            if call_id not in self.calls:
+                await _close_bridge(bridge, BridgeReason.SHUTDOWN)
+            raise
+
+    async def _bring_up(
+        self,
+        setup: _Setup,
+        trunk: TrunkConfig,
+        lease: PortLease,
+        local_sdp: SessionDescription,
+        negotiated: NegotiatedMedia | None,
+        session_id: int,
+        started: float,
+        record: CallRecord,
+        bridge: AgentBridge,
+        meta: CallMetadata,
+        law: Codec,
+    ) -> None:
+        """Start the agent ``bridge``, answer and start the call (its agent's part of
+        :meth:`_connect_and_answer`); until the call owns the bridge, ``_setup_failed`` closes
+        it if this raises."""
+        tx = setup.tx
+        request = tx.request
+        call_id = record.id
+        wideband = meta.wideband
 
         def playout() -> int:
             # Looked up, not captured: the bridge holds this function, and a call captured here
@@ -986,13 +1028,17 @@ class CallManager:
             return call.playout_ms() if call is not None else 0
 
         connect = asyncio.ensure_future(bridge.start(meta, playout))
+        connect.add_done_callback(_retrieve)  # read below, unless this set-up is cancelled
         cancel_wait = asyncio.ensure_future(setup.cancelled.wait())
-        done, _ = await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
-        cancel_wait.cancel()
-        if connect not in done:
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+        try:
+            await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Neither outlives the wait, whatever ends it (the caller's CANCEL, or the drain
+            # cancelling this set-up): a connect left running opens a WebSocket nobody closes.
+            cancel_wait.cancel()
+            connect.cancel()  # (done already: nothing)
+            await asyncio.wait({connect, cancel_wait})
+        if connect.cancelled():  # the caller's CANCEL came first
             with contextlib.suppress(Exception):
                 await bridge.close()
             lease.release()
@@ -1038,20 +1084,21 @@ class CallManager:
                 lease.release()
                 self._count("cancelled_during_setup")
                 return
+            if self.draining:  # the drain began while the ports opened
+                await media.close()
+                await self._refuse_draining(tx, bridge, lease)
+                return
             dialog = self._accept(setup, local_sdp, record, started)
         else:
+            if self.draining:  # the drain began while the agent connected
+                await self._refuse_draining(tx, bridge, lease)
+                return
             dialog = self._accept(setup, local_sdp, record, started)
             negotiated = await self._answer_in_ack(setup, dialog, local_sdp, record, bridge, lease)
             if negotiated is None:
                 return  # ended cleanly: BYE sent, bridge closed, port released, record written
             record.metrics.codec_used = negotiated.codec.name
-            try:
-                media = await self._open_media(lease, negotiated, tx)
-            except BaseException:
-                server.dispatch(core.hangup(dialog))
-                with contextlib.suppress(Exception):
-                    await bridge.close()
-                raise
+            media = await self._open_media(lease, negotiated, tx)  # raising: _setup_failed
             # What a session refresh repeats (offerless re-INVITE, §14.2): our offer narrowed
             # to the codec in use, so a refresh cannot switch codec mid-call. It differs from
             # the offer we sent, hence version 2 (RFC 3264 §8).
@@ -1100,6 +1147,12 @@ class CallManager:
         # whole call alive, then leave it to a full collection (test_call_memory.py).
         dialog.app_data = weakref.ref(call)
         self.calls[call_id] = call
+        if setup.sip_end is not None:
+            # Delayed offer: the dialog ended (the caller's BYE right after its ACK) while the
+            # media opened, when its CallEnded still found the _Setup. The call comes up only
+            # to end at once, as that end says — else it talks to nobody until the media
+            # timeout. (The record, the agent and the webhooks follow the usual end.)
+            _dialog_ended(call, setup.sip_end)
         if self.load is not None:
             self.load.answered()
         for digit in setup.digits:  # pressed between our 200 and the call being up
@@ -1126,6 +1179,40 @@ class CallManager:
         self._announcing[call_id] = announce
         self._tasks.add(announce)
         announce.add_done_callback(self._tasks.discard)
+
+    async def _refuse_draining(
+        self, tx: ServerTransaction, bridge: AgentBridge, lease: PortLease
+    ) -> None:
+        """A set-up that completes once the gateway drains is refused like a new INVITE then
+        (503 with Retry-After, RFC 3261 §21.5.4), not answered: the drain may already have
+        ended the calls it found, and would not end this one. Its agent is told and let go."""
+        self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
+        await _close_bridge(bridge, BridgeReason.SHUTDOWN)
+        lease.release()
+
+    async def _setup_failed(self, setup: _Setup, record: CallRecord, bridge: AgentBridge) -> None:
+        """An unexpected error (a bug: not the agent's unavailability, which is a 480) between
+        the agent bridge's creation and the call taking it over: the INVITE is answered 500
+        (RFC 3261 §21.5.1) — or, once our 200 went (delayed offer), the call is ended with BYE
+        (§15) —, the bridge closed (bounded: it may have connected, and would stay open, pinged,
+        for ever) and a ``failed`` record written, reason ``unknown``."""
+        assert self.server is not None
+        tx = setup.tx
+        if setup.dialog is not None:
+            self.server.dispatch(self.server.core.hangup(setup.dialog))
+        elif not tx.final_sent:
+            self._reject(tx, 500, "internal_error")
+        await _close_bridge(bridge, BridgeReason.UNKNOWN)
+        record.status = CallStatus.FAILED
+        record.end_time = datetime.now(UTC)
+        record.disconnect_reason = DisconnectReason.UNKNOWN
+        record.error_message = "internal error"
+        record.sip_trace = self._trace(tx.request)
+        if self.metrics is not None and setup.dialog is not None:  # it was answered
+            self.metrics.record_call_ended(
+                record.id, outcome=DisconnectReason.UNKNOWN.value, setup_ms=record.metrics.setup_ms
+            )
+        await self._record_failed(record)
 
     async def _announce(self, record: CallRecord, agent_id: str | None) -> None:
         """A call is up: its record's first write, then ``call.started`` and
@@ -1169,6 +1256,7 @@ class CallManager:
         nat = None if setup.nat is None else f"{setup.nat[0]}:{setup.nat[1]}"
         dialog, outs = self.server.core.accept(setup.tx, sdp.to_bytes(), contact_address=nat)
         dialog.credentials = setup.credentials
+        setup.dialog = dialog
         self.server.dispatch(outs)
         record.answer_time = datetime.now(UTC)
         record.metrics.setup_ms = round((asyncio.get_running_loop().time() - started) * 1000)
@@ -1228,9 +1316,7 @@ class CallManager:
         sent_bye = setup.sip_end is None
         if sent_bye:
             self.server.dispatch(core.hangup(dialog))
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await bridge.close()
+        await _close_bridge(bridge, bridge_reason(reason))  # stop.reason: the record's
         lease.release()
         record.status = CallStatus.FAILED
         record.end_time = datetime.now(UTC)
@@ -1414,7 +1500,7 @@ class CallManager:
         events: list[tuple[str, Callable[[CallRecord], dict[str, Any]]]] = [
             ("agent.disconnected", agent_disconnected_payload)
         ]
-        if end.reason in (DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.CONNECTION_FAILED):
+        if end.reason in _ERROR_REASONS:
             events.append(("call.error", call_error_payload))
         events.append(("call.ended", call_ended_payload))
         await self._record_end(record, events)
@@ -1438,7 +1524,10 @@ class CallManager:
         )
 
     async def _record_failed(self, record: CallRecord) -> None:
-        await self._record_end(record, [("call.error", call_error_payload)])
+        """The end of a call that never came up: ``call.error`` only when something went wrong
+        (``_ERROR_REASONS``) — a caller hanging up before the ACK, a shutdown, is none."""
+        errored = record.disconnect_reason in _ERROR_REASONS
+        await self._record_end(record, [("call.error", call_error_payload)] if errored else [])
 
     async def _record_end(
         self,
@@ -1522,22 +1611,33 @@ class CallManager:
 
     # ---------------------------------------------------------------- shutdown
 
+    async def _tasks_done(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every call and set-up task, those started meanwhile
+        too (a set-up that completes starts its call's)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+
     async def drain(self, timeout_s: float) -> None:
-        """Stop accepting calls (503), let live calls finish for ``timeout_s``, then end them."""
+        """Stop accepting calls (503), let live calls finish for ``timeout_s``, then end them;
+        set-ups still running then are cancelled (503), and awaited."""
         self.draining = True
-        if self._tasks and timeout_s > 0:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        if timeout_s > 0:
+            await self._tasks_done(timeout_s)
         for call in list(self.calls.values()):
             call.end(DisconnectReason.SHUTDOWN)
         for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
             setup.shutdown()
-        if self._tasks:
-            # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
-            # and write their records: cancelled before that, a call leaves no final record
-            # and no call.ended
-            await asyncio.wait(set(self._tasks), timeout=5 + self.config.bye_wait_s)
-        for task in list(self._tasks):
+        # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
+        # and write their records: cancelled before that, a call leaves no final record
+        # and no call.ended
+        await self._tasks_done(5 + self.config.bye_wait_s)
+        left = list(self._tasks)
+        for task in left:
             task.cancel()
+        if left:  # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
+            await asyncio.wait(left, timeout=5 + self.config.bye_wait_s)
         await self.lag.stop()
         if self._busy is not None:
             self._busy.close()
@@ -1577,6 +1677,51 @@ def _same_srtp(call: Call, negotiated: NegotiatedMedia) -> bool:
     if before is None or after is None:
         return before is after
     return before.suite == after.suite and before.local_key == after.local_key
+
+
+# The reasons a call.error tells of (docs/webhooks.md): the agent unreachable or failing, the
+# call's process dead. Every other end — hang-ups, transfers, limits, shutdown — is none.
+_ERROR_REASONS = frozenset(
+    {DisconnectReason.CONNECTION_FAILED, DisconnectReason.AI_PROVIDER_ERROR, DisconnectReason.LOST}
+)
+
+# Why the SIP dialog of a call that is up ended, as the call's disconnect reason.
+_SIP_END_REASONS: dict[CallEndReason, DisconnectReason] = {
+    "remote_bye": DisconnectReason.CALLER_HANGUP,
+    "ack_timeout": DisconnectReason.CARRIER_ERROR,
+    "session_expired": DisconnectReason.CARRIER_ERROR,
+    "refresh_failed": DisconnectReason.CARRIER_ERROR,
+    "bye_failed": DisconnectReason.CARRIER_ERROR,
+}
+
+
+def _dialog_ended(call: Call, why: CallEndReason) -> None:
+    """The call's SIP dialog is over (``CallEnded``): end the call with the reason, and no
+    BYE of ours — the dialog it would go in is gone (RFC 3261 §15.1.2)."""
+    call.sip_ended()
+    reason = _SIP_END_REASONS.get(why)
+    if reason is not None:
+        error = None if why == "remote_bye" else f"SIP {why}"
+        call.end(reason, error, send_bye=False)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a task's failure as seen (it is read where it matters, or does not)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _close_bridge(bridge: AgentBridge, reason: BridgeReason) -> None:
+    """Close an agent bridge no call owns, bounded; its failure is not the caller's."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):  # not wait_for: no task for this
+            await bridge.close(reason)
+
+
+def _valid_text(text: str) -> str:
+    """Header text as valid Unicode: bytes that were not UTF-8, which the parser keeps as
+    surrogate escapes, become U+FFFD — an agent's JSON (or any UTF-8) cannot carry them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _call_of(data: object) -> Call | None:

@@ -86,6 +86,8 @@ class FakeAgentServer:
             0,
             process_request=self._process_request,
             compression=None,
+            # websockets drops a handshake not done in 10 s: a longer delay must be honoured
+            open_timeout=10.0 + self.handshake_delay_s,
             max_size=16 * 1024 * 1024,
             ssl=self.tls,
         )

@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from telepath.bridges.base import BridgeReason
+from telepath.bridges.custom import events as ev
 from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
@@ -49,6 +50,7 @@ from tests.interop.calls.harness import (
     INVITE,
     Phone,
     SippResult,
+    connected_call,
     frame_tone,
     free_tcp_port,
     is_loud,
@@ -60,6 +62,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.sip.sipp_scenarios import SDP_BODY
+from tests.interop.sip.uac import CallLeg, Uac
 
 pytestmark = pytest.mark.interop
 
@@ -404,7 +407,8 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
     detail = await record(api, placed.call_id)
     assert detail["status"] == "disconnected"
     assert detail["disconnect_reason"] == "media_timeout"
-    assert agent.stops  # the agent was told the call ended
+    # the agent was told the call ended, and why: stop.reason is the record's reason
+    assert [stop["reason"] for stop in agent.stops] == ["media_timeout"]
     assert gateway.manager.ports.in_use == 0
 
 
@@ -894,6 +898,76 @@ async def test_cancel_while_the_call_s_ports_open_is_the_call_s_end(
     answers = [b for b in blocks if "CSeq: 2 INVITE" in b and "SIP/2.0 " in b]
     assert any("SIP/2.0 487" in b for b in answers)
     assert not any("SIP/2.0 200" in b for b in answers)  # no 200 to the cancelled INVITE
+
+
+async def test_a_call_id_that_is_not_utf8_reaches_the_agent_as_text(
+    api: Api, gateway: Gateway
+) -> None:
+    """A Call-ID with a byte that is not UTF-8 (RFC 3261 §25.1 allows any octet in a word):
+    the agent gets it as valid text, the byte as U+FFFD — its JSON cannot carry the raw byte,
+    and the call used to fail there (500) after the agent's socket had opened."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        try:
+            sip_port = gateway.server.bound["UDP"][1]
+            leg = await connected_call(sip_port, "alice", PASSWORD, "a\udcffb@x", phone.port)
+            await wait_until(lambda: agent.start_message is not None, what="the agent's start")
+            await leg.bye()
+            await leg.uac.close()
+        finally:
+            await phone.close()
+        await settled(gateway)
+    assert agent.start_message is not None
+    assert agent.start_message.call.sip_call_id == "a\ufffdb@x"
+    assert agent.protocol_errors == []
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    assert (call["status"], call["disconnect_reason"]) == ("disconnected", "caller_hangup")
+
+
+@pytest.mark.parametrize("where", ["agent_start", "media_open"])
+async def test_a_setup_that_fails_unexpectedly_lets_the_agent_go(
+    api: Api, gateway: Gateway, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A bug in a set-up once the agent's socket is open — in the bridge's start after it
+    connected (its ``start`` message cannot be serialized), or opening the call's media —
+    closes the agent's connection (it used to stay open for ever, pinged), answers the INVITE
+    500 (RFC 3261 §21.5.1) and leaves a ``failed`` record, reason ``unknown``."""
+
+    def unserializable(self: ev.Start) -> str:
+        raise ValueError("simulated serialization failure")
+
+    async def no_media(cls: type[MediaSession], *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    if where == "agent_start":
+        monkeypatch.setattr(ev.Start, "to_json", unserializable)
+    else:
+        monkeypatch.setattr(MediaSession, "open", classmethod(no_media))
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+        try:
+            leg = CallLeg(uac, "alice")
+            await leg.challenge(phone.port)
+            start = len(uac.received)
+            uac.send(leg.authenticated_invite(PASSWORD, phone.port))
+            await uac.response(500, leg.call_id, method="INVITE", after=start)
+            await wait_until(agent.sessions_ended.is_set, what="the agent's connection to close")
+            await settled(gateway)
+        finally:
+            await uac.close()
+            await phone.close()
+    assert len(agent.handshakes) == 1
+    assert agent.protocol_errors == []  # no stop without a start
+    assert gateway.manager.ports.in_use == 0
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert (detail["status"], detail["disconnect_reason"]) == ("failed", "unknown")
+    assert detail["error_message"] == "internal error"
+    assert detail["answer_time"] is None
+    assert "SIP/2.0 500" in detail["sip_trace"]
 
 
 # --- an internal failure ---------------------------------------------------------------------

@@ -1,18 +1,29 @@
-"""Graceful shutdown of a real ``telepath serve`` process: SIGTERM with a call up.
+"""Graceful shutdown: a real ``telepath serve`` process given SIGTERM with a call up, and the
+in-process gateway's drain with calls still being set up.
 
 New INVITEs get 503 while the gateway drains; the live call is ended with our BYE once the
 drain time (2 s) runs out; the process exits 0; after a restart the record says ``shutdown``.
+A set-up that completes while the gateway drains, or that the drain has to cancel, gets 503
+too, and its agent connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from telepath.bridges.base import AgentBridge, ProviderConfig
+from telepath.bridges.ws import WebSocketBridge
+from telepath.cli.gateway import Gateway
+from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
+from tests.integration.conftest import Api
 from tests.integration.live.conftest import (
     custom_trunk,
     free_sip_port,
@@ -20,6 +31,7 @@ from tests.integration.live.conftest import (
     start_server,
     stop_server,
 )
+from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
 from tests.interop.calls.harness import (
     Phone,
     authenticated_call,
@@ -28,6 +40,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.uac import CallLeg, Uac
 
 pytestmark = pytest.mark.interop
 
@@ -114,3 +127,98 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     assert call["status"] == "disconnected"
     assert call["disconnect_reason"] == "shutdown"
     assert call["duration_seconds"] >= DRAIN_S
+
+
+# --- set-ups in progress when the drain starts (in-process gateway) --------------------------
+
+
+def _keep_bridges(gateway: Gateway) -> list[WebSocketBridge]:
+    """Every agent bridge call control creates from now on."""
+    made: list[WebSocketBridge] = []
+    factory = gateway.manager.bridge_factory
+
+    def keeping(provider: str, config: ProviderConfig, timeout: float) -> AgentBridge:
+        bridge = factory(provider, config, timeout)
+        assert isinstance(bridge, WebSocketBridge)
+        made.append(bridge)
+        return bridge
+
+    gateway.manager.bridge_factory = keeping
+    return made
+
+
+@contextlib.asynccontextmanager
+async def _drain_while_the_agent_answers(
+    api: Api, gateway: Gateway, agent: FakeTelepathAgent, *, offer: bool = True
+) -> AsyncIterator[list[Response]]:
+    """An authenticated INVITE from a raw UAC (``offer``: with SDP, else a delayed offer); once
+    the agent is being dialled, the gateway drains (drain time 0). Yields the INVITE's final
+    responses."""
+    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+    phone = await Phone().open()
+    uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        leg = CallLeg(uac, "alice")
+        media_port = phone.port if offer else None
+        await leg.challenge(media_port)
+        start = len(uac.received)
+        uac.send(leg.authenticated_invite(PASSWORD, media_port))
+        await wait_until(lambda: len(agent.handshakes) == 1, what="the agent being dialled")
+        await asyncio.wait_for(gateway.manager.drain(0), 30)
+        assert not gateway.manager._tasks  # the drain returned once they were done
+        await uac.wait_for(
+            lambda m: isinstance(m, Response) and m.status >= 200 and m.cseq.method == "INVITE",
+            after=start,
+        )
+        yield [
+            r.message
+            for r in uac.received[start:]
+            if isinstance(r.message, Response)
+            and r.message.status >= 200
+            and r.message.cseq.method == "INVITE"
+        ]
+    finally:
+        await uac.close()
+        await phone.close()
+
+
+@pytest.mark.parametrize("offer", [True, False], ids=["offer", "delayed-offer"])
+async def test_a_set_up_that_completes_while_draining_gets_503(
+    api: Api, gateway: Gateway, offer: bool
+) -> None:
+    """The agent answers once the drain has begun (and ended the calls there were): no 200 —
+    a call answered then would never be ended properly — but 503 with Retry-After (RFC 3261
+    §21.5.4), the agent told (stop, reason shutdown) and let go."""
+    bridges = _keep_bridges(gateway)
+    async with FakeTelepathAgent(agent="silent", handshake_delay_s=1) as agent:
+        async with _drain_while_the_agent_answers(api, gateway, agent, offer=offer) as finals:
+            assert [r.status for r in finals] == [503]
+            assert finals[0].headers.get("Retry-After")
+        await wait_until(agent.sessions_ended.is_set, what="the agent's connection to close")
+    assert [s["reason"] for s in agent.stops] == ["shutdown"]
+    assert [b.finished for b in bridges] == [True]
+    assert gateway.manager.ports.in_use == 0 and gateway.manager.active_calls == 0
+    assert (await api.get("/v1/calls")).json()["calls"] == []  # never a call
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{**GATEWAY_SETTINGS, "provider_timeout_s": 60.0, "sip_bye_wait_s": 0.0}],
+    ids=["agent connect timeout 60 s"],
+)
+async def test_a_set_up_the_drain_cancels_gets_503_and_lets_the_agent_go(
+    api: Api, gateway: Gateway, settings_overrides: dict[str, Any]
+) -> None:
+    """The agent is still being dialled when the drain gives up waiting and cancels what is
+    left: the INVITE gets 503 (it used to get no final response), and the connect is cancelled
+    with the set-up, not left to open a WebSocket nobody closes; the drain returns only once
+    that is done."""
+    bridges = _keep_bridges(gateway)
+    async with FakeTelepathAgent(agent="silent", handshake_delay_s=60) as agent:
+        async with _drain_while_the_agent_answers(api, gateway, agent) as finals:
+            assert [r.status for r in finals] == [503]
+            assert finals[0].headers.get("Retry-After")
+            assert [b.finished for b in bridges] == [True]  # closed when the drain returned
+    assert agent.starts == []  # no session ever opened
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager._tasks
+    assert (await api.get("/v1/calls")).json()["calls"] == []

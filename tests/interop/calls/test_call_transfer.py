@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
+from telepath.bridges.custom import events as ev
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
@@ -85,3 +87,51 @@ async def test_refer_refused_is_reported_and_the_call_goes_on(
     assert agent.transfer_results and agent.transfer_results[0]["ok"] is False
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned
+
+
+class _TwoTransfersAgent(FakeTelepathAgent):
+    """Asks for a second transfer (``xfer-2``, elsewhere) right after its first (``xfer-1``),
+    before the carrier could answer the first REFER."""
+
+    async def _on_start(self, ws: ServerConnection, start: ev.Start) -> bool:
+        done = await super()._on_start(ws, start)  # the greeting, then xfer-1
+        await ws.send(ev.Transfer(target=OTHER_TARGET, request_id="xfer-2").to_json())
+        return done
+
+
+OTHER_TARGET = "sip:+15550002222@carrier.example"
+
+
+async def test_a_transfer_asked_for_while_one_is_pending_is_refused_at_once(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """One REFER at a time: the NOTIFYs of two REFERs in a dialog are told apart only by the
+    Event header's id (RFC 3515 §2.4.6), which we do not track — so the second request is
+    answered at once (ok false, "transfer in progress"), no second REFER goes, and the first
+    gets its own result (the results used to cross: the first's went to the second)."""
+    async with _TwoTransfersAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "xfer2", "xfer-pass-3", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = ANSWER_REFER % {"status": "202 Accepted"} + NOTIFY % {"user": "xfer2"}
+        placed = await place_call(
+            gateway, tmp_path, "xfer2", "xfer-pass-3", caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
+        await settled(gateway)
+    by_id = {r["request_id"]: r for r in agent.transfer_results}
+    assert len(agent.transfer_results) == 2
+    assert by_id["xfer-2"] == {
+        "type": "transfer_result",
+        "request_id": "xfer-2",
+        "ok": False,
+        "detail": "transfer in progress",
+    }
+    assert by_id["xfer-1"]["ok"] is True
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"
+    refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
+    assert refers == [f"Refer-To: <{TARGET}>"]  # one REFER, the first transfer's

@@ -15,7 +15,10 @@ import pytest
 
 from telepath.cli.gateway import Gateway, start_gateway
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
-from tests.interop.calls.conftest import database_url  # noqa: F401  (fixture: SQLite only)
+from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
+    database_url,  # SQLite only
+    receiver,  # a webhook receiver
+)
 from tests.interop.calls.harness import Phone
 from tests.interop.sip.uac import Uac
 

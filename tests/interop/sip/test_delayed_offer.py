@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from telepath.bridges.audio import WireFormat
 from telepath.cli.gateway import Gateway
+from telepath.db.models import WebhookDelivery
 from telepath.sip.message import Request, Response, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from telepath.transport.media_session import MediaSession
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk
+from tests.integration.webhooks.receiver import Receiver
+from tests.interop.calls.conftest import create_trunk, subscribe
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import check, offerless_call, run_sipp
@@ -127,6 +132,7 @@ async def test_ack_without_usable_answer_gets_bye_and_a_failed_record(
     assert "BYE sip:caller@127.0.0.1" in result.messages
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "carrier_error"
+    assert [stop["reason"] for stop in agent.stops] == ["carrier_error"]  # as the record's
     detail = (await api.get(f"/v1/calls/{record['id']}")).json()
     assert "answer" in detail["error_message"]
     assert detail["metrics"]["codec_used"] is None
@@ -212,6 +218,7 @@ async def test_shutdown_while_waiting_for_the_ack_ends_the_call_cleanly(
         await _answer_bye(uac, after=start)
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == "shutdown"
+    assert [stop["reason"] for stop in agent.stops] == ["shutdown"]
 
 
 async def test_update_before_the_ack_gets_491_with_an_offer_and_200_without(
@@ -272,3 +279,64 @@ async def test_dtmf_info_before_the_ack_reaches_the_agent_once_the_call_is_up(
         await leg.bye()
         (record,) = await ended_records(api, gateway)
     assert record["disconnect_reason"] == "caller_hangup"
+
+
+async def test_bye_right_after_the_ack_while_the_media_opens_ends_the_call(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller ACKs (with its answer) and hangs up at once: its BYE lands while the call's
+    media opens, before the call is up. That BYE ended the dialog (RFC 3261 §15.1.2: answered
+    200, no BYE of ours after it); the call is ended with it, as a caller hang-up — it used to
+    come up on a dialog already over and talk to nobody until the media timeout."""
+    opening = MediaSession.open.__func__  # type: ignore[attr-defined]
+    entered: list[bool] = []
+
+    async def after_the_bye(cls: type[MediaSession], *args: Any, **kwargs: Any) -> Any:
+        entered.append(True)
+        await until(lambda: gateway.server.core.counters["request_BYE"] >= 1)
+        return await opening(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MediaSession, "open", classmethod(after_the_bye))
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+        await until(lambda: bool(agent.stops))  # the agent was told, not left talking
+    assert entered == [True]
+    assert record["status"] == "disconnected"
+    assert record["disconnect_reason"] == "caller_hangup"
+    assert agent.stops[0]["reason"] == "caller_hangup"
+    assert not [
+        r for r in uac.received if isinstance(r.message, Request) and r.message.method == "BYE"
+    ]
+    assert gateway.manager.ports.in_use == 0
+    assert gateway.server.core.dialog_count == 0
+
+
+async def _queued_events(api: Api, call_id: str) -> list[str]:
+    """The webhook events queued for ``call_id`` (the outbox rows: they commit with the
+    record's end, so they are all there once the record is final)."""
+    async with api.state.sessions() as session:
+        rows = (await session.execute(select(WebhookDelivery))).scalars().all()
+    return [row.event for row in rows if row.payload.get("call_id") == call_id]
+
+
+@pytest.mark.parametrize(("ending", "reason"), [("bye", "caller_hangup"), ("drain", "shutdown")])
+async def test_a_call_that_ends_before_its_ack_for_no_fault_is_no_call_error(
+    api: Api, gateway: Gateway, uac: Uac, receiver: Receiver, ending: str, reason: str
+) -> None:
+    """A caller who hangs up before ACKing, or a gateway stopping meanwhile, is no error:
+    call.error is for connection_failed, ai_provider_error and lost (docs/webhooks.md) — it
+    went out, severity critical, for these too."""
+    await subscribe(api, receiver.url)  # every event
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        if ending == "bye":
+            await leg.bye()
+        else:
+            await asyncio.wait_for(gateway.manager.drain(0), 10)
+        (record,) = await ended_records(api, gateway)
+    assert record["status"] == "failed"
+    assert record["disconnect_reason"] == reason
+    assert "call.error" not in await _queued_events(api, record["id"])

@@ -230,7 +230,10 @@ class Uac:
         if body and not any(k.lower() == "content-type" for k, _ in headers or []):
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        # surrogateescape: a header may carry bytes that are not UTF-8, as the gateway's own
+        # parser keeps them (e.g. Call-ID "a\udcffb" is the byte 0xFF between a and b)
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + body
 
 
 def _summary(message: Message) -> str:

@@ -23,6 +23,7 @@ from telepath.bridges.custom.bridge import TelepathAgentBridge, TwilioStreamBrid
 from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
 from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.bridges.registry import create_bridge
+from telepath.calls.call import bridge_reason
 from telepath.calls.model import DisconnectReason
 from telepath.errors import ConfigurationError, TelepathError
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
@@ -33,6 +34,14 @@ pytestmark = pytest.mark.unit
 def test_reasons_are_the_call_record_vocabulary() -> None:
     for reason in BridgeReason:
         assert DisconnectReason(reason.value)
+
+
+def test_the_agent_is_told_the_reason_the_record_gets() -> None:
+    # README: the custom agent's stop.reason is the record's disconnect_reason, for every
+    # reason a call ends with (lost is only a dead process's calls, found by a sweep)
+    for reason in DisconnectReason:
+        told = bridge_reason(reason)
+        assert told.value == (reason.value if reason != DisconnectReason.LOST else "unknown")
 
 
 def test_errors_carry_reason_and_retryable() -> None:

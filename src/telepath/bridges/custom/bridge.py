@@ -123,8 +123,8 @@ class TelepathAgentBridge(_CustomBridge):
             sip_headers=meta.sip_headers or None,
         )
         start = ev.Start(call=call, system_prompt=meta.system_prompt, media_formats=self._offered)
-        self._start = start
         await self._send(start.to_json())
+        self._start = start  # sent: a stop may follow it
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
         except TimeoutError:
@@ -163,7 +163,8 @@ class TelepathAgentBridge(_CustomBridge):
         await self._send(result.to_json())
 
     async def _goodbye(self, reason: BridgeReason) -> None:
-        await self._send(ev.Stop(reason=reason.value).to_json())
+        if self._start is not None:  # never a stop without its start (the protocol's order)
+            await self._send(ev.Stop(reason=reason.value).to_json())
 
     async def _handle_text(self, text: str) -> None:
         message = ev.parse_agent_message(text)
