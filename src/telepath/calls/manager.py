@@ -495,8 +495,11 @@ class CallManager:
     def _challenge(
         self, tx: ServerTransaction, trunk: TrunkConfig | None, *, stale: bool = False
     ) -> None:
-        # A trunk may narrow the challenge (e.g. MD5 only, for UACs that abort on SHA-256).
-        algorithms = _algorithms(trunk)
+        # A trunk may narrow the challenge (e.g. MD5 only, for UACs that abort on SHA-256) —
+        # for the sources it allows only: a narrowed challenge tells its username from an
+        # unknown one, so elsewhere it gets the default, as unknown ones do.
+        allowed = trunk is not None and trunk.allows_source(tx.source.addr[0])
+        algorithms = _algorithms(trunk) if allowed else None
         values = self.auth.challenge_headers(stale=stale, algorithms=algorithms)
         self._respond(tx, 401, headers=[("WWW-Authenticate", v) for v in values])
 

@@ -64,6 +64,30 @@ async def test_md5_trunk_is_challenged_with_md5_only(api: Api, gateway: Gateway,
         uac.send(legacy.ack())
 
 
+async def test_a_trunk_s_own_challenge_is_given_only_to_its_allowed_sources(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """The narrowed challenge tells a trunk's username from an unknown one; a trunk with
+    ``allowed_addresses`` gives it only to those sources — any other gets the default challenge,
+    as an unknown username does (its credentials would get 403 there anyway)."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        for user, allowed in (("fenced", ["192.0.2.0/24"]), ("open", None)):
+            await create_trunk(
+                api,
+                user,
+                f"{user}-pass-1",
+                ai_provider="custom",
+                custom_endpoint=agent.url,
+                sip_digest_algorithms="MD5",
+                allowed_addresses=allowed,
+            )
+        fenced, open_ = CallLeg(uac, "fenced"), CallLeg(uac, "open")
+        for leg in (fenced, open_):
+            await leg.challenge(MEDIA_PORT)
+        assert algorithms(fenced) == ["SHA-256", "MD5"]  # from 127.0.0.1: not its carrier
+        assert algorithms(open_) == ["MD5"]
+
+
 async def test_an_algorithm_not_offered_to_the_trunk_is_refused(
     api: Api, gateway: Gateway, uac: Uac
 ) -> None:
