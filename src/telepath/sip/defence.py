@@ -219,6 +219,10 @@ class SourceGuard:
         if source is not None:
             source.failures.clear()
 
+    def is_allowlisted(self, source_ip: str) -> bool:
+        """Return whether ``source_ip`` is on the allowlist (never limited nor banned)."""
+        return self._allowlisted(source_ip)
+
     def is_banned(self, source_ip: str) -> bool:
         """Return whether ``source_ip`` is banned right now (allowlisted sources never are)."""
         if self._allowlisted(source_ip):

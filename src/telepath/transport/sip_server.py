@@ -42,6 +42,32 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Bounds on TCP/TLS connections, so that no peer can exhaust our descriptors or memory
+    (RFC 3261 §26.1.5). A descriptor spent on a connection is one an RTP socket cannot have.
+
+    Parameters:
+        max_connections: inbound connections at most; past it one is closed at accept.
+        max_per_source: inbound connections from one source IP at most (allowlisted sources,
+            e.g. a carrier opening a connection per call, are held to ``max_connections`` only).
+        idle_s: an inbound connection that brought no complete message nor CRLF keep-alive
+            (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
+            (:attr:`SipServer.in_use`); 0: never. A partial message is no activity: a header
+            trickled in a byte at a time does not hold the connection and its framer buffer.
+        tls_handshake_s: a TLS handshake not completed in this long closes the connection
+            (it is counted against the caps only once complete, when its peer is known).
+        write_buffer: bytes we may hold for a peer that does not read what we write; past
+            them the connection is closed (``asyncio``'s ``pause_writing``).
+    """
+
+    max_connections: int = 1024
+    max_per_source: int = 64
+    idle_s: float = 300.0
+    tls_handshake_s: float = 10.0
+    write_buffer: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class ListenAddress:
     """Where one transport listens."""
 
@@ -87,22 +113,44 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, server: SipServer, transport_name: str) -> None:
+    def __init__(self, server: SipServer, transport_name: str, *, inbound: bool = False) -> None:
         self.server = server
         self.name = transport_name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.conn_id = next(server.conn_ids)
         self.peer: tuple[str, int] = ("", 0)
+        self.inbound = inbound  # accepted (bounded by StreamLimits), not opened by us
+        self.counted = False  # holds a place under the caps
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.last_active = 0.0  # loop time of the last complete message or keep-alive
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        stream = cast(asyncio.Transport, transport)
+        if self.inbound and not self.server.admit(self):
+            stream.abort()  # refused: never served, never counted
+            return
+        self.transport = stream
+        self.transport.set_write_buffer_limits(high=self.server.limits.write_buffer)
         self.server.connections[self.conn_id] = self
+        if self.inbound:
+            self.server.watch_idle(self)
+
+    def pause_writing(self) -> None:
+        # RFC 3261 §26.1.5: a peer that does not read what we send must not grow our buffer
+        # without end: past the bound, the connection goes (what is buffered with it)
+        self.server.counters_inc("stream_write_overflow")
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # refused at accept
         pings = self.framer.pings
+        keepalives = self.framer.keepalives
         try:
             messages = self.framer.feed(data)
         except SipParseError:
@@ -115,6 +163,8 @@ class _Stream(asyncio.Protocol):
             # RFC 5626 §3.5.1: each double-CRLF ping gets a single-CRLF pong, so a client
             # keeping its flow alive sees it is (a pong is never answered: no ping-pong)
             self.transport.write(b"\r\n" * (self.framer.pings - pings))
+        if (messages or self.framer.keepalives != keepalives) and self.loop is not None:
+            self.last_active = self.loop.time()  # activity: what keeps the connection open
         source = Source(self.name, self.peer, self.conn_id)
         router = self.server.stream_router
         for message in messages:
@@ -128,6 +178,12 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.pop(self.conn_id, None)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.counted:
+            self.counted = False
+            self.server.release(self)
 
 
 class SipServer:
@@ -142,8 +198,14 @@ class SipServer:
         backlog: BacklogMonitor | None = None,
         on_receive_wait: Callable[[float], None] | None = None,
         router: Router | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.core = core
+        self.limits = limits or StreamLimits()
+        #: Whether a call still signals over a stream connection (its id): such a connection is
+        #: never closed for being idle. The core's dialogs and server transactions; with SIP
+        #: workers, the front adds the connections that carried a worker's call.
+        self.in_use: Callable[[int], bool] = core.uses_connection
         self.router = router
         self.stream_router: StreamRouter | None = None
         self.on_event = on_event
@@ -153,6 +215,9 @@ class SipServer:
         self.on_receive_wait = on_receive_wait
         self.conn_ids = itertools.count(1)
         self.connections: dict[int, _Stream] = {}
+        self._inbound = 0  # accepted connections holding a place under the caps
+        self._per_source: dict[str, int] = {}
+        self._refusal_logged = -60.0
         self._udp: _Udp | None = None
         self._udp_sender: UdpSender | None = None  # a worker: sends on the front's socket
         self._stream_out: OrderedSender | None = None  # a worker: the front writes for it
@@ -182,11 +247,13 @@ class SipServer:
                 name = addr.transport
                 if name == "TLS" and tls_context is None:
                     continue
+                tls = name == "TLS"
                 server = await loop.create_server(
-                    lambda name=name: _Stream(self, name),
+                    lambda name=name: _Stream(self, name, inbound=True),
                     addr.host,
                     addr.port,
-                    ssl=tls_context if name == "TLS" else None,
+                    ssl=tls_context if tls else None,
+                    ssl_handshake_timeout=self.limits.tls_handshake_s if tls else None,
                     reuse_address=True,
                 )
                 self._servers.append(server)
@@ -215,6 +282,73 @@ class SipServer:
             server_hostname=server_hostname if transport == "TLS" else None,
         )
         return protocol.conn_id
+
+    # ---------------------------------------------------------------- connection limits
+
+    def admit(self, conn: _Stream) -> bool:
+        """Whether an accepted connection may be served (a banned source, or one past the
+        caps, is closed at once: defence.py, RFC 3261 §26.1.5); if so it holds a place."""
+        ip = conn.peer[0]
+        guard = self.guard
+        if guard is not None and guard.is_banned(ip):
+            self.counters_inc("stream_refused_banned")
+            return False
+        limits = self.limits
+        if self._inbound >= limits.max_connections:
+            self.counters_inc("stream_refused_total")
+            now = time.monotonic()
+            if now - self._refusal_logged >= 60:  # the operator's to act on: once a minute
+                self._refusal_logged = now
+                log.warning(
+                    "SIP: %d TCP/TLS connections open, the most TELEPATH_SIP_TCP_MAX_CONNECTIONS"
+                    " allows: new ones are refused",
+                    self._inbound,
+                )
+            return False
+        count = self._per_source.get(ip, 0)
+        if count >= limits.max_per_source and not (guard is not None and guard.is_allowlisted(ip)):
+            self.counters_inc("stream_refused_per_source")
+            return False
+        self._inbound += 1
+        self._per_source[ip] = count + 1
+        conn.counted = True
+        return True
+
+    def release(self, conn: _Stream) -> None:
+        """An admitted connection is gone: its place is free."""
+        self._inbound -= 1
+        ip = conn.peer[0]
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
+
+    def watch_idle(self, conn: _Stream) -> None:
+        """Close ``conn`` once idle for :attr:`StreamLimits.idle_s` (one timer per connection,
+        re-armed lazily when it fires: nothing per message but a timestamp)."""
+        idle = self.limits.idle_s
+        if idle <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        conn.loop = loop
+        conn.last_active = loop.time()
+        conn.idle_timer = loop.call_at(conn.last_active + idle, self._idle_check, conn)
+
+    def _idle_check(self, conn: _Stream) -> None:
+        conn.idle_timer = None
+        transport, loop = conn.transport, conn.loop
+        if transport is None or loop is None or transport.is_closing():
+            return
+        now = loop.time()
+        due = conn.last_active + self.limits.idle_s
+        if due <= now and self.in_use(conn.conn_id):
+            due = now + self.limits.idle_s  # a call signals over it: kept, looked at again
+        if due > now:
+            conn.idle_timer = loop.call_at(due, self._idle_check, conn)
+            return
+        self.counters_inc("stream_idle_closed")
+        transport.close()
 
     def disconnect(self, conn_id: int) -> None:
         """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""

@@ -17,6 +17,7 @@ from telepath.cli.gateway import Gateway, start_gateway
 from tests.integration.conftest import Api, api, settings  # noqa: F401  (fixtures)
 from tests.interop.calls.conftest import database_url  # noqa: F401  (fixture: SQLite only)
 from tests.interop.calls.harness import Phone
+from tests.interop.sip.raw_streams import Stream
 from tests.interop.sip.uac import Uac
 
 
@@ -69,3 +70,12 @@ async def phone() -> AsyncIterator[Phone]:
         yield p
     finally:
         await p.close()
+
+
+@pytest.fixture
+async def streams() -> AsyncIterator[list[Stream]]:
+    """The raw connections a test opens (``raw_streams.connect``), closed at its end."""
+    opened: list[Stream] = []
+    yield opened
+    for _, writer in opened:
+        writer.close()
