@@ -40,6 +40,10 @@ StreamRouter = Callable[[bytes, str, tuple[str, int], int], bool]
 
 log = logging.getLogger(__name__)
 
+# What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
+# (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
+_NOT_COUNTED = (b"SIP/2.0 ", b"ACK ")
+
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
@@ -420,13 +424,38 @@ class SipServer:
 
     def feed(self, data: bytes, source: Source) -> None:
         """One message from the network."""
-        if self.guard is not None:
-            verdict = self.guard.check_request(source.addr[0])
-            if verdict != Verdict.ALLOW:
-                # defence.py: floods are dropped silently; answering amplifies them.
-                self.counters_inc(f"dropped_{verdict.value}")
+        guard = self.guard
+        if guard is not None:
+            # defence.py: requests are counted, not responses nor ACKs (they finish what was
+            # admitted, are never answered), which only meet the ban
+            if data.startswith(_NOT_COUNTED):
+                verdict = Verdict.BANNED if guard.is_banned(source.addr[0]) else Verdict.ALLOW
+            else:
+                verdict = guard.check_request(source.addr[0])
+            if verdict is not Verdict.ALLOW and not self._let_in(data, source, verdict):
                 return
         self.dispatch(self.core.receive(data, source))
+
+    def _let_in(self, data: bytes, source: Source, verdict: Verdict) -> bool:
+        """What defence.py says to do with a message the guard did not allow: True to handle
+        it all the same (a BYE over a stream), else it is dropped or answered here."""
+        if source.reliable:  # not spoofed, and never sent again (RFC 3261 §17.1.1.2)
+            if verdict is Verdict.BANNED:
+                conn = self.connections.get(source.conn or -1)
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
+            elif data.startswith(b"INVITE "):  # §21.5.4: the trunk fails over at once
+                self.counters_inc("rejected_rate_limited")
+                assert self.guard is not None
+                retry = [("Retry-After", str(self.guard.retry_after_s()))]
+                self.dispatch(self.core.reject(data, source, 503, retry))
+                return False
+            elif data.startswith(b"BYE "):  # dropped, the call would stay up on our side
+                self.counters_inc("rate_limited_bye_handled")
+                return True
+        # floods over UDP are dropped silently: answering amplifies them
+        self.counters_inc(f"dropped_{verdict.value}")
+        return False
 
     def dispatch(self, outputs: list[Output]) -> None:
         """Send what the core produced, deliver its events, re-arm the timer."""

@@ -484,3 +484,24 @@ def test_a_dialog_holds_the_connection_its_invite_came_on(
     clock.advance(64 * 0.5)  # the INVITE transaction's Accepted state ends (RFC 6026 Timer L)
     ua.poll()
     assert not ua.uses_connection(7)
+
+
+def test_reject_answers_a_request_statelessly(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """RFC 3261 §8.2.7: the transport's 503 to a rate-limited INVITE (defence.py) — a tagged
+    final answer to where it came from, with no transaction, dialog or trace left behind."""
+    ua, _ = core
+    tcp = Source("TCP", ("192.0.2.10", 40123), 7)
+    out = ua.reject(request(), tcp, 503, [("Retry-After", "1")])
+    (send,) = out
+    assert isinstance(send, Send) and send.dest == tcp
+    (resp,) = sent(out)
+    assert (resp.status, resp.headers.get("Retry-After"), resp.call_id) == (
+        503,
+        "1",
+        "call-1@192.0.2.10",
+    )
+    assert resp.to.tag and resp.top_via.received == "192.0.2.10"
+    assert (ua.transaction_count, ua.dialog_count) == (0, 0)
+    assert ua.pop_trace("call-1@192.0.2.10", "from1") == ""
+    for other in (request("ACK"), reply(parse_message(request()), 200), b"INVITE garbage"):
+        assert ua.reject(other, tcp, 503, []) == []
