@@ -302,6 +302,7 @@ async def start_gateway(
             tls_handshake_s=min(10.0, settings.sip_tcp_idle_s or 10.0),
         ),
     )
+    server.client_tls = client_context  # a dialog's connection gone: a new one over TLS
     if instance_id is not None:  # the row is there before the first call
         try:
             await instance_store.beat(state.sessions, instance_id)

@@ -625,6 +625,17 @@ class UserAgentCore:
             self._respond(tx, 500, "Out of Order CSeq")  # §12.2.2
             return
         dialog.remote_cseq = cseq
+        source = tx.source
+        if (
+            source.conn is not None
+            and source.conn != dialog.source.conn
+            and source.transport == dialog.source.transport
+            and source.addr[0] == dialog.source.addr[0]
+        ):
+            # The same peer on another connection (its proxy closed the first, or reconnected):
+            # our messages in the dialog go on the one it uses now (RFC 3261 §18.1.1: a
+            # connection open to the next hop), not on one that may be gone (§18.2.2).
+            dialog.source = source
         method = request.method
         if method == "BYE":
             self._respond(tx, 200)

@@ -20,7 +20,9 @@ from typing import cast
 
 from telepath.sip.defence import SourceGuard, Verdict
 from telepath.sip.errors import SipParseError
-from telepath.sip.parser import StreamFramer
+from telepath.sip.headers import parse_name_addr
+from telepath.sip.message import Response
+from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Event, Output, Send, UserAgentCore
 from telepath.transport.receive_backlog import BacklogMonitor, KernelReceiveTime
@@ -40,6 +42,11 @@ StreamRouter = Callable[[bytes, str, tuple[str, int], int], bool]
 
 log = logging.getLogger(__name__)
 
+#: A stream's next hop: transport ("TCP" | "TLS"), host, port.
+Hop = tuple[str, str, int]
+#: Messages held for a next hop while a connection to it is being opened.
+HELD_PER_HOP = 64
+
 # What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
 # (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
 _NOT_COUNTED = (b"SIP/2.0 ", b"ACK ")
@@ -50,11 +57,14 @@ class StreamLimits:
     """Bounds on TCP/TLS connections, so that no peer can exhaust our descriptors or memory
     (RFC 3261 §26.1.5). A descriptor spent on a connection is one an RTP socket cannot have.
 
+    Accepted connections are bounded, and those we open for a message whose own connection
+    is gone (:func:`next_hop`); those of outbound registrations are the registrations' to keep.
+
     Parameters:
-        max_connections: inbound connections at most; past it one is closed at accept.
-        max_per_source: inbound connections from one source IP at most (allowlisted sources,
-            e.g. a carrier opening a connection per call, are held to ``max_connections`` only).
-        idle_s: an inbound connection that brought no complete message nor CRLF keep-alive
+        max_connections: connections at most; past it one is closed at accept (not opened).
+        max_per_source: connections with one IP at most (allowlisted sources, e.g. a carrier
+            opening a connection per call, are held to ``max_connections`` only).
+        idle_s: a connection that brought no complete message nor CRLF keep-alive
             (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
             (:attr:`SipServer.in_use`); 0: never. A partial message is no activity: a header
             trickled in a byte at a time does not hold the connection and its framer buffer.
@@ -125,10 +135,11 @@ class _Stream(asyncio.Protocol):
         self.conn_id = next(server.conn_ids)
         self.peer: tuple[str, int] = ("", 0)
         self.inbound = inbound  # accepted (bounded by StreamLimits), not opened by us
-        self.counted = False  # holds a place under the caps
+        self.place: str | None = None  # the address it holds a place under the caps for
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_active = 0.0  # loop time of the last complete message or keep-alive
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.hop: Hop | None = None  # opened for messages whose own connection was gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -185,9 +196,11 @@ class _Stream(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
-        if self.counted:
-            self.counted = False
-            self.server.release(self)
+        if self.place is not None:
+            self.server.release(self.place)
+            self.place = None
+        if self.hop is not None and self.server.hops.get(self.hop) == self.conn_id:
+            del self.server.hops[self.hop]
 
 
 class SipServer:
@@ -219,9 +232,16 @@ class SipServer:
         self.on_receive_wait = on_receive_wait
         self.conn_ids = itertools.count(1)
         self.connections: dict[int, _Stream] = {}
-        self._inbound = 0  # accepted connections holding a place under the caps
+        self._inbound = 0  # connections holding a place under the caps
         self._per_source: dict[str, int] = {}
-        self._refusal_logged = -60.0
+        self._logged: dict[str, float] = {}  # warnings given at most once a minute
+        #: Connections we opened to a next hop for messages whose own connection was gone
+        #: (RFC 3261 §18.1.1, §18.2.2), and the messages held while one is being opened.
+        self.hops: dict[Hop, int] = {}
+        self._held: dict[Hop, list[bytes]] = {}
+        self._opening: set[asyncio.Task[None]] = set()
+        #: The client TLS context for such a connection over TLS (None: not opened).
+        self.client_tls: Callable[[], ssl.SSLContext] | None = None
         self._udp: _Udp | None = None
         self._udp_sender: UdpSender | None = None  # a worker: sends on the front's socket
         self._stream_out: OrderedSender | None = None  # a worker: the front writes for it
@@ -292,7 +312,15 @@ class SipServer:
     def admit(self, conn: _Stream) -> bool:
         """Whether an accepted connection may be served (a banned source, or one past the
         caps, is closed at once: defence.py, RFC 3261 §26.1.5); if so it holds a place."""
-        ip = conn.peer[0]
+        if not self.reserve(conn.peer[0]):
+            return False
+        conn.place = conn.peer[0]
+        return True
+
+    def reserve(self, ip: str) -> bool:
+        """Take a place under the caps for a connection with ``ip`` (one accepted from it, or
+        one we open to it for a message whose connection is gone); False if it may not have
+        one: banned, or past a cap."""
         guard = self.guard
         if guard is not None and guard.is_banned(ip):
             self.counters_inc("stream_refused_banned")
@@ -300,14 +328,12 @@ class SipServer:
         limits = self.limits
         if self._inbound >= limits.max_connections:
             self.counters_inc("stream_refused_total")
-            now = time.monotonic()
-            if now - self._refusal_logged >= 60:  # the operator's to act on: once a minute
-                self._refusal_logged = now
-                log.warning(
-                    "SIP: %d TCP/TLS connections open, the most TELEPATH_SIP_TCP_MAX_CONNECTIONS"
-                    " allows: new ones are refused",
-                    self._inbound,
-                )
+            self._warn(
+                "total",
+                "SIP: %d TCP/TLS connections open, the most TELEPATH_SIP_TCP_MAX_CONNECTIONS "
+                "allows: new ones are refused",
+                self._inbound,
+            )
             return False
         count = self._per_source.get(ip, 0)
         if count >= limits.max_per_source and not (guard is not None and guard.is_allowlisted(ip)):
@@ -315,18 +341,25 @@ class SipServer:
             return False
         self._inbound += 1
         self._per_source[ip] = count + 1
-        conn.counted = True
         return True
 
-    def release(self, conn: _Stream) -> None:
-        """An admitted connection is gone: its place is free."""
+    def release(self, ip: str) -> None:
+        """A connection that held a place for ``ip`` is gone: the place is free."""
         self._inbound -= 1
-        ip = conn.peer[0]
         left = self._per_source.get(ip, 1) - 1
         if left > 0:
             self._per_source[ip] = left
         else:
             self._per_source.pop(ip, None)
+
+    def _warn(self, key: str, message: str, *args: object) -> None:
+        """Log a warning, at most once a minute per ``key`` (an attacker can repeat its
+        cause at will; the operator needs to hear of it once)."""
+        now = time.monotonic()
+        last = self._logged.get(key)
+        if last is None or now - last >= 60:
+            self._logged[key] = now
+            log.warning(message, *args)
 
     def watch_idle(self, conn: _Stream) -> None:
         """Close ``conn`` once idle for :attr:`StreamLimits.idle_s` (one timer per connection,
@@ -395,6 +428,8 @@ class SipServer:
         """Close every listener and connection."""
         if self._timer is not None:
             self._timer.cancel()
+        for task in list(self._opening):
+            task.cancel()
         if self._inbox is not None:
             self._inbox.stop()
         if self._stream_out is not None:
@@ -488,11 +523,76 @@ class SipServer:
         """Write one message on stream connection ``conn_id`` (ours, or a worker's reply)."""
         conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
-            # §18.2.2: the connection is gone; a UAS would open a new one to the Via sent-by.
-            # Carriers keep their connection open, so we count and drop instead.
-            self.counters_inc("stream_send_no_connection")
+            self._elsewhere(data)  # the connection is gone
             return
         conn.transport.write(data)
+
+    def _elsewhere(self, data: bytes) -> None:
+        """Send ``data`` whose connection is gone (a carrier's proxy closed it during a long
+        call): on a connection open to its next hop, or a new one (RFC 3261 §18.1.1 for a
+        request, §18.2.2 for a response). One that cannot be opened costs the message: its
+        transaction times out as if it were lost."""
+        hop = next_hop(data)
+        if hop is None:
+            self.counters_inc("stream_send_no_connection")
+            return
+        conn = self.connections.get(self.hops.get(hop, -1))
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.write(data)
+            return
+        held = self._held.get(hop)
+        if held is not None:  # being opened: in order, after what came first
+            if len(held) < HELD_PER_HOP:
+                held.append(data)
+            else:
+                self.counters_inc("stream_send_no_connection")
+            return
+        if not self.reserve(hop[1]):  # bounded as accepted connections are, by its address
+            self.counters_inc("stream_send_no_connection")
+            return
+        self._held[hop] = [data]
+        task = asyncio.get_running_loop().create_task(self._open(hop))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open(self, hop: Hop) -> None:
+        transport, host, port = hop
+        tls = self.client_tls() if transport == "TLS" and self.client_tls is not None else None
+        try:
+            if transport == "TLS" and tls is None:
+                raise OSError("no client TLS context")
+            conn_id = await asyncio.wait_for(
+                self.connect(transport, (host, port), tls, host), self.limits.tls_handshake_s
+            )
+        except (OSError, TimeoutError) as exc:
+            self.release(host)
+            self.counters_inc("stream_reconnect_failed")
+            dropped = self._held.pop(hop, [])
+            self._warn(
+                "reconnect",
+                "SIP: no %s connection to %s:%d (%s): %d message(s) not sent",
+                transport,
+                host,
+                port,
+                type(exc).__name__,
+                len(dropped),
+            )
+            return
+        except BaseException:
+            self.release(host)  # cancelled (stop)
+            raise
+        self.counters_inc("stream_reconnects")
+        held = self._held.pop(hop, [])
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.transport is None:  # closed by its peer at once: not again
+            self.release(host)
+            self.core.counters["stream_send_no_connection"] += len(held)
+            return
+        conn.place, conn.hop = host, hop
+        self.hops[hop] = conn_id
+        self.watch_idle(conn)  # nothing holds it open for ever
+        for data in held:
+            conn.transport.write(data)
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()
@@ -510,3 +610,29 @@ class SipServer:
         self._timer = None
         self._timer_at = None
         self.dispatch(self.core.poll())
+
+
+def next_hop(data: bytes) -> Hop | None:
+    """Where a stream message goes when its own connection is gone; None if it cannot say.
+
+    A request (ours: in a dialog) goes to its first Route if that is a loose router, else to its
+    Request-URI (RFC 3261 §8.1.2, §12.2.1.1), over the transport of its Via; a response to the
+    address in its top Via's ``received`` (else its sent-by host) at the sent-by port
+    (§18.2.2). No port: 5060, or 5061 for TLS. Not on the hot path: only messages whose
+    connection is gone are parsed again here."""
+    try:
+        message = parse_message(data)
+        via = message.top_via
+        transport = via.transport.upper()
+        if isinstance(message, Response):
+            host, port = via.received or via.host, via.port
+        else:
+            routes = message.headers.get_all("Route")
+            first = parse_name_addr(routes[0]).uri if routes else None
+            uri = first if first is not None and first.param("lr") is not None else message.uri
+            host, port = uri.host, uri.port
+    except SipParseError:
+        return None
+    if transport not in ("TCP", "TLS") or not host:
+        return None
+    return transport, host.strip("[]"), port or (5061 if transport == "TLS" else 5060)
