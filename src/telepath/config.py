@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     sip_auth_failure_window_s: float = Field(default=60.0, gt=0)
     sip_ban_seconds: float = Field(default=300.0, ge=0)
     sip_allowlist: str = ""  # comma-separated IPs/CIDRs never rate-limited or banned
+    # inbound TCP/TLS connections (RFC 3261 §26.1.5): past either cap one is closed at accept
+    # (allowlisted sources are held to the total only); mind the open-files limit (ulimit -n)
+    sip_tcp_max_connections: int = Field(default=1024, ge=1)
+    sip_tcp_max_connections_per_source: int = Field(default=64, ge=1)
+    # an inbound connection with no complete message nor CRLF keep-alive (RFC 5626 §3.5.1) for
+    # this long is closed, unless a call still signals over it (0: never)
+    sip_tcp_idle_s: float = Field(default=300.0, ge=0)
 
     # --- media ---------------------------------------------------------------------------
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)

@@ -40,7 +40,7 @@ from telepath.transport import media_pacer
 from telepath.transport.dns import SipLocator
 from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.receive_backlog import BacklogMonitor
-from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer
+from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer, StreamLimits
 from telepath.transport.stun import StunClient
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import JOURNAL as EVENTS_JOURNAL
@@ -294,7 +294,15 @@ async def start_gateway(
         guard=guard,
         backlog=BacklogMonitor(threshold_s=settings.sip_overload_wait_ms / 1000),
         on_receive_wait=state.metrics.sip_receive_wait.observe,
+        limits=StreamLimits(
+            max_connections=settings.sip_tcp_max_connections,
+            max_per_source=settings.sip_tcp_max_connections_per_source,
+            idle_s=settings.sip_tcp_idle_s,
+            # a handshake never finished is a silent connection too
+            tls_handshake_s=min(10.0, settings.sip_tcp_idle_s or 10.0),
+        ),
     )
+    server.client_tls = client_context  # a dialog's connection gone: a new one over TLS
     if instance_id is not None:  # the row is there before the first call
         try:
             await instance_store.beat(state.sessions, instance_id)

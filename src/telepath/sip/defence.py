@@ -7,18 +7,28 @@ lazily when a source is seen.
 
 What the transport does with a verdict
 --------------------------------------
-* ``ALLOW``: hand the datagram to the SIP parser.
-* ``BANNED``: drop silently, before parsing, on every transport (close a TCP/TLS connection).
-  Answering would tell a scanner it found a SIP server and feed its loop.
+Only requests are counted (:meth:`SourceGuard.check_request`), and not ACKs: a response or an
+ACK finishes what was admitted (the answer to our BYE, the ACK our 200 OK waits for), is never
+answered (no reflection) and does no work beyond matching. They only meet the ban
+(:meth:`SourceGuard.is_banned`).
+
+* ``ALLOW``: hand the message to the SIP parser.
+* ``BANNED``: drop silently, before parsing, on every transport, and close a TCP/TLS connection
+  (one is refused at accept too). Answering would tell a scanner it found a SIP server and feed
+  its loop. (With SIP workers, a worker's ban drops the messages of a connection the first
+  process holds, without closing it.)
 * ``RATE_LIMITED`` over **UDP**: drop silently, INVITEs included. UDP sources are trivially
   spoofed, so any answer is traffic reflected at whoever's address was forged, and answering a
   flood costs us as much as the flood. A real client's INVITE is retransmitted by Timer A
   (RFC 3261 §17.1.1.2) at 0.5 s, 1 s, 2 s, ..., by which time its bucket has refilled. Carriers that
   legitimately burst above the limit belong on the allowlist, and real capacity limits are
   answered by call control (503/486), not here.
-* ``RATE_LIMITED`` over **TCP/TLS**: the source has completed a handshake, so it is not spoofed;
-  the UAS may answer an INVITE with ``503 Service Unavailable`` and ``Retry-After``
-  (RFC 3261 §21.5.4) so a trunk fails over instead of waiting; other requests are dropped.
+* ``RATE_LIMITED`` over **TCP/TLS**: the source has completed a handshake, so it is not spoofed,
+  and nothing sent over a stream is sent again (§17.1.1.2): an INVITE is answered
+  ``503 Service Unavailable`` with ``Retry-After`` (RFC 3261 §21.5.4; a token's refill time,
+  :meth:`SourceGuard.retry_after_s`) so a trunk fails over instead of waiting Timer B; a BYE is
+  handled (dropped, it would leave the call up on our side for good); other requests are
+  dropped.
 
 Feed :meth:`SourceGuard.record_auth_failure` with the digest outcomes ``FAILED`` and ``REPLAY``
 (:mod:`telepath.sip.auth`), not ``STALE`` (a correct password on an old nonce) nor a first
@@ -36,6 +46,7 @@ bans, then the ban closest to expiry.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -219,11 +230,20 @@ class SourceGuard:
         if source is not None:
             source.failures.clear()
 
+    def is_allowlisted(self, source_ip: str) -> bool:
+        """Return whether ``source_ip`` is on the allowlist (never limited nor banned)."""
+        return self._allowlisted(source_ip)
+
     def is_banned(self, source_ip: str) -> bool:
         """Return whether ``source_ip`` is banned right now (allowlisted sources never are)."""
-        if self._allowlisted(source_ip):
+        if not self._bans or self._allowlisted(source_ip):
             return False
         return self._ban_active(source_ip, self._clock.now())
+
+    def retry_after_s(self) -> int:
+        """Whole seconds after which a limited source has a token again: the ``Retry-After``
+        of a rate-limited INVITE's 503 (RFC 3261 §21.5.4)."""
+        return max(1, math.ceil(1 / self.policy.requests_per_second - _TOKEN_EPSILON))
 
     def banned(self) -> list[tuple[str, float]]:
         """Return ``(ip, seconds remaining)`` for every active ban, longest remaining first."""

@@ -252,6 +252,28 @@ class UserAgentCore:
             self._on_request(message, source)
         return self._take()
 
+    def reject(
+        self, data: bytes, source: Source, status: int, headers: list[tuple[str, str]]
+    ) -> list[Output]:
+        """Answer the request in ``data`` with ``status`` without handling it, statelessly
+        (RFC 3261 §8.2.7): the transport's answer to a request it does not let in (a
+        rate-limited INVITE over a stream, ``defence.py``). No transaction, no trace; what is
+        not a request (or is an ACK, or cannot be parsed) gets nothing."""
+        try:
+            request = parse_message(data)
+            if not isinstance(request, Request) or request.method == "ACK":
+                return []
+            _stamp_received(request, source)  # §18.2.1
+            response = make_response(
+                request, status, to_tag=new_tag(), headers=self._common(list(headers))
+            )
+        except SipParseError:
+            return []
+        self.send_bytes(response.to_bytes(), source)
+        if self._observe_response is not None:
+            self._observe_response(status)
+        return self._take()
+
     def poll(self) -> list[Output]:
         """Fire the timers due now."""
         self.timers.fire_due(self.clock.now())
@@ -603,6 +625,17 @@ class UserAgentCore:
             self._respond(tx, 500, "Out of Order CSeq")  # §12.2.2
             return
         dialog.remote_cseq = cseq
+        source = tx.source
+        if (
+            source.conn is not None
+            and source.conn != dialog.source.conn
+            and source.transport == dialog.source.transport
+            and source.addr[0] == dialog.source.addr[0]
+        ):
+            # The same peer on another connection (its proxy closed the first, or reconnected):
+            # our messages in the dialog go on the one it uses now (RFC 3261 §18.1.1: a
+            # connection open to the next hop), not on one that may be gone (§18.2.2).
+            dialog.source = source
         method = request.method
         if method == "BYE":
             self._respond(tx, 200)

@@ -20,7 +20,9 @@ from typing import cast
 
 from telepath.sip.defence import SourceGuard, Verdict
 from telepath.sip.errors import SipParseError
-from telepath.sip.parser import StreamFramer
+from telepath.sip.headers import parse_name_addr
+from telepath.sip.message import Response
+from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.transaction import Source
 from telepath.sip.ua import Event, Output, Send, UserAgentCore
 from telepath.transport.receive_backlog import BacklogMonitor, KernelReceiveTime
@@ -39,6 +41,44 @@ Router = Callable[[bytes, tuple[str, int], float], bool]
 StreamRouter = Callable[[bytes, str, tuple[str, int], int], bool]
 
 log = logging.getLogger(__name__)
+
+#: A stream's next hop: transport ("TCP" | "TLS"), host, port.
+Hop = tuple[str, str, int]
+#: Messages held for a next hop while a connection to it is being opened.
+HELD_PER_HOP = 64
+
+# What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
+# (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
+_NOT_COUNTED = (b"SIP/2.0 ", b"ACK ")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Bounds on TCP/TLS connections, so that no peer can exhaust our descriptors or memory
+    (RFC 3261 §26.1.5). A descriptor spent on a connection is one an RTP socket cannot have.
+
+    Accepted connections are bounded, and those we open for a message whose own connection
+    is gone (:func:`next_hop`); those of outbound registrations are the registrations' to keep.
+
+    Parameters:
+        max_connections: connections at most; past it one is closed at accept (not opened).
+        max_per_source: connections with one IP at most (allowlisted sources, e.g. a carrier
+            opening a connection per call, are held to ``max_connections`` only).
+        idle_s: a connection that brought no complete message nor CRLF keep-alive
+            (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
+            (:attr:`SipServer.in_use`); 0: never. A partial message is no activity: a header
+            trickled in a byte at a time does not hold the connection and its framer buffer.
+        tls_handshake_s: a TLS handshake not completed in this long closes the connection
+            (it is counted against the caps only once complete, when its peer is known).
+        write_buffer: bytes we may hold for a peer that does not read what we write; past
+            them the connection is closed (``asyncio``'s ``pause_writing``).
+    """
+
+    max_connections: int = 1024
+    max_per_source: int = 64
+    idle_s: float = 300.0
+    tls_handshake_s: float = 10.0
+    write_buffer: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +127,45 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, server: SipServer, transport_name: str) -> None:
+    def __init__(self, server: SipServer, transport_name: str, *, inbound: bool = False) -> None:
         self.server = server
         self.name = transport_name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.conn_id = next(server.conn_ids)
         self.peer: tuple[str, int] = ("", 0)
+        self.inbound = inbound  # accepted (bounded by StreamLimits), not opened by us
+        self.place: str | None = None  # the address it holds a place under the caps for
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.last_active = 0.0  # loop time of the last complete message or keep-alive
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.hop: Hop | None = None  # opened for messages whose own connection was gone
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        stream = cast(asyncio.Transport, transport)
+        if self.inbound and not self.server.admit(self):
+            stream.abort()  # refused: never served, never counted
+            return
+        self.transport = stream
+        self.transport.set_write_buffer_limits(high=self.server.limits.write_buffer)
         self.server.connections[self.conn_id] = self
+        if self.inbound:
+            self.server.watch_idle(self)
+
+    def pause_writing(self) -> None:
+        # RFC 3261 §26.1.5: a peer that does not read what we send must not grow our buffer
+        # without end: past the bound, the connection goes (what is buffered with it)
+        self.server.counters_inc("stream_write_overflow")
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # refused at accept
         pings = self.framer.pings
+        keepalives = self.framer.keepalives
         try:
             messages = self.framer.feed(data)
         except SipParseError:
@@ -115,6 +178,8 @@ class _Stream(asyncio.Protocol):
             # RFC 5626 §3.5.1: each double-CRLF ping gets a single-CRLF pong, so a client
             # keeping its flow alive sees it is (a pong is never answered: no ping-pong)
             self.transport.write(b"\r\n" * (self.framer.pings - pings))
+        if (messages or self.framer.keepalives != keepalives) and self.loop is not None:
+            self.last_active = self.loop.time()  # activity: what keeps the connection open
         source = Source(self.name, self.peer, self.conn_id)
         router = self.server.stream_router
         for message in messages:
@@ -128,6 +193,14 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.pop(self.conn_id, None)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.place is not None:
+            self.server.release(self.place)
+            self.place = None
+        if self.hop is not None and self.server.hops.get(self.hop) == self.conn_id:
+            del self.server.hops[self.hop]
 
 
 class SipServer:
@@ -142,8 +215,14 @@ class SipServer:
         backlog: BacklogMonitor | None = None,
         on_receive_wait: Callable[[float], None] | None = None,
         router: Router | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.core = core
+        self.limits = limits or StreamLimits()
+        #: Whether a call still signals over a stream connection (its id): such a connection is
+        #: never closed for being idle. The core's dialogs and server transactions; with SIP
+        #: workers, the front adds the connections that carried a worker's call.
+        self.in_use: Callable[[int], bool] = core.uses_connection
         self.router = router
         self.stream_router: StreamRouter | None = None
         self.on_event = on_event
@@ -153,6 +232,16 @@ class SipServer:
         self.on_receive_wait = on_receive_wait
         self.conn_ids = itertools.count(1)
         self.connections: dict[int, _Stream] = {}
+        self._inbound = 0  # connections holding a place under the caps
+        self._per_source: dict[str, int] = {}
+        self._logged: dict[str, float] = {}  # warnings given at most once a minute
+        #: Connections we opened to a next hop for messages whose own connection was gone
+        #: (RFC 3261 §18.1.1, §18.2.2), and the messages held while one is being opened.
+        self.hops: dict[Hop, int] = {}
+        self._held: dict[Hop, list[bytes]] = {}
+        self._opening: set[asyncio.Task[None]] = set()
+        #: The client TLS context for such a connection over TLS (None: not opened).
+        self.client_tls: Callable[[], ssl.SSLContext] | None = None
         self._udp: _Udp | None = None
         self._udp_sender: UdpSender | None = None  # a worker: sends on the front's socket
         self._stream_out: OrderedSender | None = None  # a worker: the front writes for it
@@ -182,11 +271,13 @@ class SipServer:
                 name = addr.transport
                 if name == "TLS" and tls_context is None:
                     continue
+                tls = name == "TLS"
                 server = await loop.create_server(
-                    lambda name=name: _Stream(self, name),
+                    lambda name=name: _Stream(self, name, inbound=True),
                     addr.host,
                     addr.port,
-                    ssl=tls_context if name == "TLS" else None,
+                    ssl=tls_context if tls else None,
+                    ssl_handshake_timeout=self.limits.tls_handshake_s if tls else None,
                     reuse_address=True,
                 )
                 self._servers.append(server)
@@ -215,6 +306,86 @@ class SipServer:
             server_hostname=server_hostname if transport == "TLS" else None,
         )
         return protocol.conn_id
+
+    # ---------------------------------------------------------------- connection limits
+
+    def admit(self, conn: _Stream) -> bool:
+        """Whether an accepted connection may be served (a banned source, or one past the
+        caps, is closed at once: defence.py, RFC 3261 §26.1.5); if so it holds a place."""
+        if not self.reserve(conn.peer[0]):
+            return False
+        conn.place = conn.peer[0]
+        return True
+
+    def reserve(self, ip: str) -> bool:
+        """Take a place under the caps for a connection with ``ip`` (one accepted from it, or
+        one we open to it for a message whose connection is gone); False if it may not have
+        one: banned, or past a cap."""
+        guard = self.guard
+        if guard is not None and guard.is_banned(ip):
+            self.counters_inc("stream_refused_banned")
+            return False
+        limits = self.limits
+        if self._inbound >= limits.max_connections:
+            self.counters_inc("stream_refused_total")
+            self._warn(
+                "total",
+                "SIP: %d TCP/TLS connections open, the most TELEPATH_SIP_TCP_MAX_CONNECTIONS "
+                "allows: new ones are refused",
+                self._inbound,
+            )
+            return False
+        count = self._per_source.get(ip, 0)
+        if count >= limits.max_per_source and not (guard is not None and guard.is_allowlisted(ip)):
+            self.counters_inc("stream_refused_per_source")
+            return False
+        self._inbound += 1
+        self._per_source[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """A connection that held a place for ``ip`` is gone: the place is free."""
+        self._inbound -= 1
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
+
+    def _warn(self, key: str, message: str, *args: object) -> None:
+        """Log a warning, at most once a minute per ``key`` (an attacker can repeat its
+        cause at will; the operator needs to hear of it once)."""
+        now = time.monotonic()
+        last = self._logged.get(key)
+        if last is None or now - last >= 60:
+            self._logged[key] = now
+            log.warning(message, *args)
+
+    def watch_idle(self, conn: _Stream) -> None:
+        """Close ``conn`` once idle for :attr:`StreamLimits.idle_s` (one timer per connection,
+        re-armed lazily when it fires: nothing per message but a timestamp)."""
+        idle = self.limits.idle_s
+        if idle <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        conn.loop = loop
+        conn.last_active = loop.time()
+        conn.idle_timer = loop.call_at(conn.last_active + idle, self._idle_check, conn)
+
+    def _idle_check(self, conn: _Stream) -> None:
+        conn.idle_timer = None
+        transport, loop = conn.transport, conn.loop
+        if transport is None or loop is None or transport.is_closing():
+            return
+        now = loop.time()
+        due = conn.last_active + self.limits.idle_s
+        if due <= now and self.in_use(conn.conn_id):
+            due = now + self.limits.idle_s  # a call signals over it: kept, looked at again
+        if due > now:
+            conn.idle_timer = loop.call_at(due, self._idle_check, conn)
+            return
+        self.counters_inc("stream_idle_closed")
+        transport.close()
 
     def disconnect(self, conn_id: int) -> None:
         """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""
@@ -257,6 +428,8 @@ class SipServer:
         """Close every listener and connection."""
         if self._timer is not None:
             self._timer.cancel()
+        for task in list(self._opening):
+            task.cancel()
         if self._inbox is not None:
             self._inbox.stop()
         if self._stream_out is not None:
@@ -286,13 +459,38 @@ class SipServer:
 
     def feed(self, data: bytes, source: Source) -> None:
         """One message from the network."""
-        if self.guard is not None:
-            verdict = self.guard.check_request(source.addr[0])
-            if verdict != Verdict.ALLOW:
-                # defence.py: floods are dropped silently; answering amplifies them.
-                self.counters_inc(f"dropped_{verdict.value}")
+        guard = self.guard
+        if guard is not None:
+            # defence.py: requests are counted, not responses nor ACKs (they finish what was
+            # admitted, are never answered), which only meet the ban
+            if data.startswith(_NOT_COUNTED):
+                verdict = Verdict.BANNED if guard.is_banned(source.addr[0]) else Verdict.ALLOW
+            else:
+                verdict = guard.check_request(source.addr[0])
+            if verdict is not Verdict.ALLOW and not self._let_in(data, source, verdict):
                 return
         self.dispatch(self.core.receive(data, source))
+
+    def _let_in(self, data: bytes, source: Source, verdict: Verdict) -> bool:
+        """What defence.py says to do with a message the guard did not allow: True to handle
+        it all the same (a BYE over a stream), else it is dropped or answered here."""
+        if source.reliable:  # not spoofed, and never sent again (RFC 3261 §17.1.1.2)
+            if verdict is Verdict.BANNED:
+                conn = self.connections.get(source.conn or -1)
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
+            elif data.startswith(b"INVITE "):  # §21.5.4: the trunk fails over at once
+                self.counters_inc("rejected_rate_limited")
+                assert self.guard is not None
+                retry = [("Retry-After", str(self.guard.retry_after_s()))]
+                self.dispatch(self.core.reject(data, source, 503, retry))
+                return False
+            elif data.startswith(b"BYE "):  # dropped, the call would stay up on our side
+                self.counters_inc("rate_limited_bye_handled")
+                return True
+        # floods over UDP are dropped silently: answering amplifies them
+        self.counters_inc(f"dropped_{verdict.value}")
+        return False
 
     def dispatch(self, outputs: list[Output]) -> None:
         """Send what the core produced, deliver its events, re-arm the timer."""
@@ -325,11 +523,76 @@ class SipServer:
         """Write one message on stream connection ``conn_id`` (ours, or a worker's reply)."""
         conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
-            # §18.2.2: the connection is gone; a UAS would open a new one to the Via sent-by.
-            # Carriers keep their connection open, so we count and drop instead.
-            self.counters_inc("stream_send_no_connection")
+            self._elsewhere(data)  # the connection is gone
             return
         conn.transport.write(data)
+
+    def _elsewhere(self, data: bytes) -> None:
+        """Send ``data`` whose connection is gone (a carrier's proxy closed it during a long
+        call): on a connection open to its next hop, or a new one (RFC 3261 §18.1.1 for a
+        request, §18.2.2 for a response). One that cannot be opened costs the message: its
+        transaction times out as if it were lost."""
+        hop = next_hop(data)
+        if hop is None:
+            self.counters_inc("stream_send_no_connection")
+            return
+        conn = self.connections.get(self.hops.get(hop, -1))
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.write(data)
+            return
+        held = self._held.get(hop)
+        if held is not None:  # being opened: in order, after what came first
+            if len(held) < HELD_PER_HOP:
+                held.append(data)
+            else:
+                self.counters_inc("stream_send_no_connection")
+            return
+        if not self.reserve(hop[1]):  # bounded as accepted connections are, by its address
+            self.counters_inc("stream_send_no_connection")
+            return
+        self._held[hop] = [data]
+        task = asyncio.get_running_loop().create_task(self._open(hop))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open(self, hop: Hop) -> None:
+        transport, host, port = hop
+        tls = self.client_tls() if transport == "TLS" and self.client_tls is not None else None
+        try:
+            if transport == "TLS" and tls is None:
+                raise OSError("no client TLS context")
+            conn_id = await asyncio.wait_for(
+                self.connect(transport, (host, port), tls, host), self.limits.tls_handshake_s
+            )
+        except (OSError, TimeoutError) as exc:
+            self.release(host)
+            self.counters_inc("stream_reconnect_failed")
+            dropped = self._held.pop(hop, [])
+            self._warn(
+                "reconnect",
+                "SIP: no %s connection to %s:%d (%s): %d message(s) not sent",
+                transport,
+                host,
+                port,
+                type(exc).__name__,
+                len(dropped),
+            )
+            return
+        except BaseException:
+            self.release(host)  # cancelled (stop)
+            raise
+        self.counters_inc("stream_reconnects")
+        held = self._held.pop(hop, [])
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.transport is None:  # closed by its peer at once: not again
+            self.release(host)
+            self.core.counters["stream_send_no_connection"] += len(held)
+            return
+        conn.place, conn.hop = host, hop
+        self.hops[hop] = conn_id
+        self.watch_idle(conn)  # nothing holds it open for ever
+        for data in held:
+            conn.transport.write(data)
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()
@@ -347,3 +610,29 @@ class SipServer:
         self._timer = None
         self._timer_at = None
         self.dispatch(self.core.poll())
+
+
+def next_hop(data: bytes) -> Hop | None:
+    """Where a stream message goes when its own connection is gone; None if it cannot say.
+
+    A request (ours: in a dialog) goes to its first Route if that is a loose router, else to its
+    Request-URI (RFC 3261 §8.1.2, §12.2.1.1), over the transport of its Via; a response to the
+    address in its top Via's ``received`` (else its sent-by host) at the sent-by port
+    (§18.2.2). No port: 5060, or 5061 for TLS. Not on the hot path: only messages whose
+    connection is gone are parsed again here."""
+    try:
+        message = parse_message(data)
+        via = message.top_via
+        transport = via.transport.upper()
+        if isinstance(message, Response):
+            host, port = via.received or via.host, via.port
+        else:
+            routes = message.headers.get_all("Route")
+            first = parse_name_addr(routes[0]).uri if routes else None
+            uri = first if first is not None and first.param("lr") is not None else message.uri
+            host, port = uri.host, uri.port
+    except SipParseError:
+        return None
+    if transport not in ("TCP", "TLS") or not host:
+        return None
+    return transport, host.strip("[]"), port or (5061 if transport == "TLS" else 5060)

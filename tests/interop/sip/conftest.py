@@ -20,6 +20,7 @@ from tests.interop.calls.conftest import (  # noqa: F401  (fixtures)
     receiver,  # a webhook receiver
 )
 from tests.interop.calls.harness import Phone
+from tests.interop.sip.raw_streams import Stream
 from tests.interop.sip.uac import Uac
 
 
@@ -72,3 +73,12 @@ async def phone() -> AsyncIterator[Phone]:
         yield p
     finally:
         await p.close()
+
+
+@pytest.fixture
+async def streams() -> AsyncIterator[list[Stream]]:
+    """The raw connections a test opens (``raw_streams.connect``), closed at its end."""
+    opened: list[Stream] = []
+    yield opened
+    for _, writer in opened:
+        writer.close()

@@ -73,6 +73,63 @@ class _Stream(asyncio.Protocol):
         self.closed.set()
 
 
+class _Incoming(_Stream):
+    """A connection the gateway opened to a :class:`Listener`: a :class:`Uac` of its own."""
+
+    def __init__(self, accepted: list[Uac], arrived: asyncio.Event) -> None:
+        super().__init__(Uac("TCP", ("127.0.0.1", 0)))
+        self.accepted, self.arrived = accepted, arrived
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        self.uac.target = (str(peer[0]), int(peer[1]))
+        self.uac.local = (str(local[0]), int(local[1]))
+        self.uac._transport, self.uac._stream = transport, self
+        self.accepted.append(self.uac)
+        self.arrived.set()
+
+
+@dataclass
+class Listener:
+    """A TCP port on the test's side that the gateway connects to — a carrier's listening
+    address (its Via sent-by, Contact or Record-Route); each connection the gateway opens to it
+    is a :class:`Uac` in :attr:`accepted`."""
+
+    server: asyncio.Server
+    accepted: list[Uac] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls) -> Listener:
+        """Listen on a free TCP port of 127.0.0.1."""
+        accepted: list[Uac] = []
+        arrived = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Incoming(accepted, arrived), "127.0.0.1", 0)
+        return cls(server, accepted, arrived)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens."""
+        sock = self.server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def connection(self, within_s: float = 10) -> Uac:
+        """The first connection the gateway opened (waits for it)."""
+        try:
+            await asyncio.wait_for(self.arrived.wait(), within_s)
+        except TimeoutError:
+            raise AssertionError(f"the gateway opened no connection within {within_s} s") from None
+        return self.accepted[0]
+
+    async def close(self) -> None:
+        """Stop listening and close what was accepted."""
+        self.server.close()
+        for uac in self.accepted:
+            await uac.close()
+        await self.server.wait_closed()
+
+
 @dataclass
 class Uac:
     """One client socket towards the gateway."""

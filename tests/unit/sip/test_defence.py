@@ -146,6 +146,14 @@ def test_allowlist_bypasses_everything() -> None:
     # Outside the networks (and non-IP strings) the limits apply.
     assert [g.check_request("10.2.0.1") for _ in range(2)][-1] is Verdict.RATE_LIMITED
     assert g.record_auth_failure("not-an-ip") is True
+    assert [g.is_allowlisted(ip) for ip in (A, "10.1.0.9", "10.2.0.1", B)] == [1, 1, 0, 0]
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(50.0, 1), (1.0, 1), (0.5, 2), (0.3, 4)])
+def test_retry_after_is_a_tokens_refill_in_whole_seconds(rate: float, seconds: int) -> None:
+    """The Retry-After of a rate-limited INVITE's 503 (RFC 3261 §21.5.4)."""
+    g, _ = guard(requests_per_second=rate)
+    assert g.retry_after_s() == seconds
 
 
 def test_source_memory_is_bounded_least_recent_first() -> None:

@@ -484,3 +484,54 @@ def test_a_dialog_holds_the_connection_its_invite_came_on(
     clock.advance(64 * 0.5)  # the INVITE transaction's Accepted state ends (RFC 6026 Timer L)
     ua.poll()
     assert not ua.uses_connection(7)
+
+
+def test_reject_answers_a_request_statelessly(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """RFC 3261 §8.2.7: the transport's 503 to a rate-limited INVITE (defence.py) — a tagged
+    final answer to where it came from, with no transaction, dialog or trace left behind."""
+    ua, _ = core
+    tcp = Source("TCP", ("192.0.2.10", 40123), 7)
+    out = ua.reject(request(), tcp, 503, [("Retry-After", "1")])
+    (send,) = out
+    assert isinstance(send, Send) and send.dest == tcp
+    (resp,) = sent(out)
+    assert (resp.status, resp.headers.get("Retry-After"), resp.call_id) == (
+        503,
+        "1",
+        "call-1@192.0.2.10",
+    )
+    assert resp.to.tag and resp.top_via.received == "192.0.2.10"
+    assert (ua.transaction_count, ua.dialog_count) == (0, 0)
+    assert ua.pop_trace("call-1@192.0.2.10", "from1") == ""
+    for other in (request("ACK"), reply(parse_message(request()), 200), b"INVITE garbage"):
+        assert ua.reject(other, tcp, 503, []) == []
+
+
+def test_the_dialog_follows_its_peer_to_a_new_connection(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §18.1.1/§18.2.2: a carrier whose proxy reconnected sends in the dialog on its
+    new connection; our BYE goes there, not on the first (which may be gone). Another host, or
+    another transport, does not move the dialog; nor does a request refused as out of order."""
+    ua, _ = core
+    first = Source("TCP", ("192.0.2.10", 40001), 1)
+    (ev,) = events(ua.receive(request(body=SDP, extra="Content-Type: application/sdp\r\n"), first))
+    assert isinstance(ev, InviteReceived)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), first)
+    elsewhere = Source("TCP", ("198.51.100.9", 40003), 3)
+    tls = Source("TLS", ("192.0.2.10", 40004), 4)
+    second = Source("TCP", ("192.0.2.10", 40002), 2)
+    for cseq, source in ((2, elsewhere), (3, tls), (3, second)):  # the last: out of order
+        branch = f"z9hG4bK-o{cseq}{source.conn}"
+        options = request("OPTIONS", branch=branch, cseq=cseq, to_tag=dialog.local_tag)
+        out = ua.receive(options, source)
+        assert dialog.source == first, source
+    assert [r.status for r in sent(out)] == [500]
+    out = ua.receive(
+        request("OPTIONS", branch="z9hG4bK-o4", cseq=4, to_tag=dialog.local_tag), second
+    )
+    assert [r.status for r in sent(out)] == [200] and dialog.source == second
+    (bye,) = [o for o in ua.hangup(dialog) if isinstance(o, Send)]
+    assert bye.dest == second
+    assert ua.uses_connection(2)
