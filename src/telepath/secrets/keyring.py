@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,10 +142,29 @@ def load_keyring(secret_key_setting: str, data_dir: Path) -> tuple[Keyring, bool
 
 
 def write_key_file(path: Path, keys: tuple[bytes, ...]) -> None:
-    """Write ``keys`` (newest first) to ``path`` atomically with mode 0600."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write("".join(encode_key(k) + "\n" for k in keys))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write ``keys`` (newest first) to ``path`` atomically and durably, mode 0600.
+
+    The keys go to a new file of the same directory, created exclusively (``mkstemp``: never a
+    file or link already there, 0600 from its creation), synced, renamed over ``path``; the
+    directory is synced after, so a power loss leaves the old file or the new one, whole.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".secret-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write("".join(encode_key(k) + "\n" for k in keys))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
