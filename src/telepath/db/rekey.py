@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from telepath.config import Settings
-from telepath.db.engine import make_engine, migrate, sessionmaker_for
-from telepath.db.models import (
-    REGISTRATION_PASSWORD,
-    TRUNK_SECRET_COLUMNS,
-    WebhookEndpoint,
-    trunk_secret_context,
-    webhook_secret_context,
-)
-from telepath.db.repository import TrunkRepository
+from telepath.db.engine import make_engine, migrate
+from telepath.db.reseal import reseal, stored_secrets
 from telepath.secrets.keyring import (
     Keyring,
     key_file,
@@ -25,39 +16,15 @@ from telepath.secrets.keyring import (
 
 async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
     """Re-seal every trunk secret (registration passwords included) and webhook secret not
-    under ``keyring``'s active key; count them."""
+    under ``keyring``'s active key, each by compare-and-set (``telepath.db.reseal``); count
+    those written."""
     engine = make_engine(settings.effective_database_url)
     try:
         await migrate(engine)
-        async with sessionmaker_for(engine)() as session:
-            count = 0
-            for trunk in await TrunkRepository(session).all_trunks():
-                for column, attr in TRUNK_SECRET_COLUMNS.items():
-                    envelope = getattr(trunk, attr)
-                    if envelope and keyring.needs_reencryption(envelope):
-                        context = trunk_secret_context(trunk.id, column)
-                        setattr(
-                            trunk,
-                            attr,
-                            keyring.encrypt(keyring.decrypt(envelope, context), context),
-                        )
-                        count += 1
-                registration = trunk.registration  # loaded with the trunk
-                if registration and keyring.needs_reencryption(registration.password_enc):
-                    context = trunk_secret_context(trunk.id, REGISTRATION_PASSWORD)
-                    registration.password_enc = keyring.encrypt(
-                        keyring.decrypt(registration.password_enc, context), context
-                    )
-                    count += 1
-            for endpoint in (await session.scalars(select(WebhookEndpoint))).all():
-                if keyring.needs_reencryption(endpoint.secret_enc):
-                    context = webhook_secret_context(endpoint.id)
-                    endpoint.secret_enc = keyring.encrypt(
-                        keyring.decrypt(endpoint.secret_enc, context), context
-                    )
-                    count += 1
-            await session.commit()
-            return count
+        count = 0
+        for secret in await stored_secrets(engine):
+            count += await reseal(engine, keyring, secret)
+        return count
     finally:
         await engine.dispose()
 
