@@ -8,7 +8,7 @@ again and re-encrypted if it still needs it; a row deleted meanwhile is skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
@@ -32,6 +32,14 @@ from telepath.secrets.keyring import Keyring
 #: Compare-and-set attempts for one value before giving up: each retry needs another writer to
 #: have changed that very value meanwhile.
 MAX_ATTEMPTS = 5
+
+
+@dataclass
+class Resealed:
+    """What a pass over every stored secret did."""
+
+    count: int = 0  # values re-encrypted
+    failed: list[str] = field(default_factory=list)  # "<context>: <why>", never a secret
 
 
 @dataclass(frozen=True)
@@ -103,3 +111,15 @@ async def reseal(engine: AsyncEngine, keyring: Keyring, secret: StoredSecret) ->
                 return True
             envelope = await conn.scalar(select(secret.column).where(secret.key == secret.row_id))
     raise TelepathError(f"{secret.context} kept changing during re-encryption: run it again")
+
+
+async def reseal_all(engine: AsyncEngine, keyring: Keyring) -> Resealed:
+    """Re-encrypt every stored value not under ``keyring``'s active key; one that cannot be
+    (not decryptable with ``keyring``, or changing all the time) is listed, not fatal."""
+    result = Resealed()
+    for secret in await stored_secrets(engine):
+        try:
+            result.count += await reseal(engine, keyring, secret)
+        except TelepathError as exc:  # SecretDecryptionError included
+            result.failed.append(f"{secret.context}: {exc}")
+    return result
