@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -119,14 +119,38 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id (key_...)")) 
 def secrets_rotate() -> None:
     """Re-encrypt every stored secret under a new master key.
 
-    With the generated key file: a new key is created, everything is re-encrypted, and the old
-    key is removed. With TELEPATH_SECRET_KEY: put the new key first (``new,old``), run this, then
-    drop the old key from the variable.
+    With the generated key file: a new key is put first in it and everything is re-encrypted;
+    the older keys stay in the file (decrypt-only) until 'telepath secrets prune'. A running
+    service follows the file: no restart needed. With TELEPATH_SECRET_KEY: restart the services
+    with the new key first (new,old), run this with the same value, then 'telepath secrets
+    prune', then drop the old key from the variable and restart.
     """
     from telepath.db.rekey import rotate_master_key
 
-    settings = _settings()
-    message = asyncio.run(rotate_master_key(settings))
+    _rekey(rotate_master_key)
+
+
+@secrets_app.command("prune")
+def secrets_prune() -> None:
+    """Re-encrypt what is still under an older master key, then remove the older keys.
+
+    With the generated key file: they are removed from it only once nothing needs them; if a
+    secret cannot be re-encrypted, nothing is removed and the exit status is 1. With
+    TELEPATH_SECRET_KEY: says whether the older keys can be dropped from the variable.
+    """
+    from telepath.db.rekey import prune_master_keys
+
+    _rekey(prune_master_keys)
+
+
+def _rekey(step: Callable[[Settings], Coroutine[Any, Any, str]]) -> None:
+    from telepath.db.rekey import RekeyError
+
+    try:
+        message = asyncio.run(step(_settings()))
+    except RekeyError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
     typer.echo(message)
 
 

@@ -21,7 +21,7 @@ from telepath.config import Settings
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.engine import migrate as migrate_schema
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository, IssuedKey
-from telepath.secrets.keyring import key_file, load_keyring
+from telepath.secrets.keyfile import key_file, load_keyring
 
 logger = logging.getLogger("telepath")
 

@@ -1,81 +1,124 @@
-"""Master-key rotation: re-encrypt every stored secret under the keyring's active key."""
+"""Master-key rotation: re-encrypt every stored secret under a new key, then drop the old ones.
+
+With the key file (``TELEPATH_SECRET_KEY`` unset), ``rotate`` writes the new key first and
+keeps the older ones in the file, decrypt-only: running services follow the file (see
+``telepath.secrets.keyfile``), so what they seal from then on uses the new key, and what one
+sealed with an older key meanwhile still decrypts. ``prune`` re-encrypts whatever is still
+under an older key and only then removes those keys from the file.
+
+With ``TELEPATH_SECRET_KEY`` nothing is written: the variable is the operator's to change.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from pathlib import Path
 
 from telepath.config import Settings
-from telepath.db.engine import make_engine, migrate, sessionmaker_for
-from telepath.db.models import (
-    REGISTRATION_PASSWORD,
-    TRUNK_SECRET_COLUMNS,
-    WebhookEndpoint,
-    trunk_secret_context,
-    webhook_secret_context,
-)
-from telepath.db.repository import TrunkRepository
-from telepath.secrets.keyring import (
-    Keyring,
-    key_file,
-    load_keyring,
-    new_key,
-    write_key_file,
-)
+from telepath.db.engine import make_engine, migrate
+from telepath.db.reseal import Resealed, reseal_all
+from telepath.errors import TelepathError
+from telepath.secrets.keyfile import key_file, load_keyring, read_key_file, write_key_file
+from telepath.secrets.keyring import Keyring, new_key, parse_keyring
 
 
-async def reencrypt_all(settings: Settings, keyring: Keyring) -> int:
-    """Re-seal every trunk secret (registration passwords included) and webhook secret not
-    under ``keyring``'s active key; count them."""
+class RekeyError(TelepathError):
+    """Rotation or pruning could not finish; the message says what is left and what to do."""
+
+
+async def reencrypt_all(settings: Settings, keyring: Keyring) -> Resealed:
+    """Re-encrypt every stored secret not under ``keyring``'s active key (compare-and-set per
+    value: ``telepath.db.reseal``)."""
     engine = make_engine(settings.effective_database_url)
     try:
         await migrate(engine)
-        async with sessionmaker_for(engine)() as session:
-            count = 0
-            for trunk in await TrunkRepository(session).all_trunks():
-                for column, attr in TRUNK_SECRET_COLUMNS.items():
-                    envelope = getattr(trunk, attr)
-                    if envelope and keyring.needs_reencryption(envelope):
-                        context = trunk_secret_context(trunk.id, column)
-                        setattr(
-                            trunk,
-                            attr,
-                            keyring.encrypt(keyring.decrypt(envelope, context), context),
-                        )
-                        count += 1
-                registration = trunk.registration  # loaded with the trunk
-                if registration and keyring.needs_reencryption(registration.password_enc):
-                    context = trunk_secret_context(trunk.id, REGISTRATION_PASSWORD)
-                    registration.password_enc = keyring.encrypt(
-                        keyring.decrypt(registration.password_enc, context), context
-                    )
-                    count += 1
-            for endpoint in (await session.scalars(select(WebhookEndpoint))).all():
-                if keyring.needs_reencryption(endpoint.secret_enc):
-                    context = webhook_secret_context(endpoint.id)
-                    endpoint.secret_enc = keyring.encrypt(
-                        keyring.decrypt(endpoint.secret_enc, context), context
-                    )
-                    count += 1
-            await session.commit()
-            return count
+        return await reseal_all(engine, keyring)
     finally:
         await engine.dispose()
 
 
+def _refuse(done: str, result: Resealed, then: str) -> RekeyError:
+    listed = "\n  ".join(result.failed)
+    return RekeyError(
+        f"{done}, but {len(result.failed)} secret(s) could not be decrypted with any of the keys:"
+        f"\n  {listed}\nSet them again through the API; {then}"
+    )
+
+
 async def rotate_master_key(settings: Settings) -> str:
-    """Rotate the master key and return a human-readable summary."""
+    """Rotate the master key and return a human-readable summary.
+
+    Raises:
+        RekeyError: some secrets could not be re-encrypted (every key kept).
+    """
     if settings.secret_key.strip():
-        keyring, _ = load_keyring(settings.secret_key, settings.data_dir)
-        count = await reencrypt_all(settings, keyring)
+        keyring = parse_keyring(settings.secret_key)
+        result = await reencrypt_all(settings, keyring)
+        done = f"Re-encrypted {result.count} secret(s) under key {keyring.active_kid}"
+        if result.failed:
+            raise _refuse(done, result, "keep every key in TELEPATH_SECRET_KEY meanwhile.")
         return (
-            f"Re-encrypted {count} secret(s) under key {keyring.active_kid}. "
-            "Older keys can now be removed from TELEPATH_SECRET_KEY."
+            f"{done}. Run `telepath secrets prune` (same TELEPATH_SECRET_KEY) to check nothing "
+            "is left under the older keys, then remove them from TELEPATH_SECRET_KEY."
         )
-    old, _ = load_keyring("", settings.data_dir)
     path = key_file(settings.data_dir)
+    old, _ = load_keyring("", settings.data_dir)
     rotated = Keyring((new_key(), *old.keys))
-    # Write both keys first: a crash mid-way leaves every secret decryptable.
+    # From now on running services seal with the new key; the older ones stay to decrypt.
     write_key_file(path, rotated.keys)
-    count = await reencrypt_all(settings, rotated)
-    write_key_file(path, rotated.keys[:1])
-    return f"Re-encrypted {count} secret(s) under new key {rotated.active_kid}; old key removed."
+    result = await reencrypt_all(settings, rotated)
+    done = f"Re-encrypted {result.count} secret(s) under new key {rotated.active_kid}"
+    if result.failed:
+        raise _refuse(done, result, f"the older keys stay in {path}.")
+    return (
+        f"{done}. The older key(s) stay in {path} to decrypt what a running service may still "
+        "have sealed with them: `telepath secrets prune` re-encrypts that and removes them."
+    )
+
+
+async def prune_master_keys(settings: Settings) -> str:
+    """Re-encrypt what is still under an older key, then drop the older keys from the key file
+    (with ``TELEPATH_SECRET_KEY``: say whether they can be dropped from it).
+
+    Raises:
+        RekeyError: some secrets could not be re-encrypted (no key removed), or there is no
+            key file.
+    """
+    if settings.secret_key.strip():
+        keyring = parse_keyring(settings.secret_key)
+        result = await reencrypt_all(settings, keyring)
+        done = f"Re-encrypted {result.count} secret(s) still under older keys"
+        if result.failed:
+            raise _refuse(done, result, "keep every key in TELEPATH_SECRET_KEY meanwhile.")
+        return (
+            f"{done}. Every secret is under key {keyring.active_kid}: the other keys can be "
+            "removed from TELEPATH_SECRET_KEY (then restart the services with it)."
+        )
+    path = key_file(settings.data_dir)
+    if not path.exists():
+        raise RekeyError(f"no key file at {path}: nothing to prune")
+    keyring = Keyring(read_key_file(path))
+    if len(keyring.keys) == 1:
+        return f"Nothing to prune: {path} holds one key ({keyring.active_kid})."
+    result = await reencrypt_all(settings, keyring)
+    done = f"Re-encrypted {result.count} secret(s) still under older keys"
+    if result.failed:
+        raise _refuse(done, result, f"no key was removed from {path}.")
+    count = result.count + await _drop_older_keys(settings, path, keyring)
+    return (
+        f"Re-encrypted {count} secret(s) still under older keys; removed "
+        f"{len(keyring.keys) - 1} older key(s) from {path}."
+    )
+
+
+async def _drop_older_keys(settings: Settings, path: Path, keyring: Keyring) -> int:
+    """Leave only the active key in the file, then re-encrypt once more what a service that
+    had not yet seen the rotation may have sealed with an older key meanwhile (``keyring``
+    still has it); put the older keys back if that fails."""
+    if read_key_file(path) != keyring.keys:
+        raise RekeyError(f"{path} changed meanwhile (another rotation?): run prune again")
+    write_key_file(path, keyring.keys[:1])
+    late = await reencrypt_all(settings, keyring)
+    if late.failed:
+        write_key_file(path, keyring.keys)
+        raise _refuse("Re-encrypted what was left", late, f"the older keys are back in {path}.")
+    return late.count

@@ -2,16 +2,16 @@
 
 A *keyring* is an ordered list of 32-byte master keys; the first one encrypts, all of them decrypt.
 Each ciphertext names the key that sealed it (``v1:<kid>:<base64(nonce || ciphertext || tag)>``),
-so ``telepath secrets rotate`` can put a new key first, re-encrypt every stored secret, and drop
-the old key afterwards. The associated data binds a ciphertext to its row and column, so a value
-copied into another trunk's row does not decrypt.
+so ``telepath secrets rotate`` can put a new key first and re-encrypt every stored secret, and
+``telepath secrets prune`` drop the older keys afterwards. The associated data binds a
+ciphertext to its row and column, so a value copied into another trunk's row does not decrypt.
 
-The keyring comes from ``TELEPATH_SECRET_KEY`` (comma-separated base64 keys, newest first) or, when
-that is unset, from ``<data_dir>/secret.key`` (one base64 key per line), generated with mode 0600
-on first start.
+A keyring may follow a *source* (the key file, ``telepath.secrets.keyfile``): before it
+encrypts, and before it gives up on a key id it does not know, it takes the source's keys if
+they changed, so a running service picks up a rotation without a restart.
 
 Why hand-written: the ``cryptography`` AEAD primitive does the cryptography; this module is only
-the small envelope format and keyring file handling, which no library provides in this shape.
+the small envelope format, which no library provides in this shape.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import secrets
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -32,7 +30,6 @@ from telepath.errors import ConfigurationError, TelepathError
 KEY_LENGTH = 32
 NONCE_LENGTH = 12
 ENVELOPE_VERSION = "v1"
-KEY_FILE_NAME = "secret.key"
 
 
 class SecretDecryptionError(TelepathError):
@@ -65,27 +62,53 @@ def new_key() -> bytes:
     return secrets.token_bytes(KEY_LENGTH)
 
 
-@dataclass(frozen=True)
+class KeySource(Protocol):
+    """Where a keyring's keys come from when they may change while it is in use."""
+
+    def changed(self) -> tuple[bytes, ...] | None:
+        """The keys, if they changed since the last call; None if they did not (or cannot be
+        read now: the keys in use stay)."""
+
+
 class Keyring:
-    """Ordered master keys: ``keys[0]`` encrypts, every key decrypts."""
+    """Ordered master keys: ``keys[0]`` encrypts, every key decrypts; following ``source``
+    (see the module's description) when there is one."""
 
-    keys: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        if not self.keys:
+    def __init__(self, keys: tuple[bytes, ...], source: KeySource | None = None) -> None:
+        if not keys:
             raise ConfigurationError("the keyring is empty")
+        self._keys = keys
+        self._source = source
+
+    def __repr__(self) -> str:  # never the keys themselves
+        return f"Keyring(active_kid={self.active_kid!r}, keys={len(self._keys)})"
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The keys now, newest first."""
+        return self._keys
 
     @property
     def active_kid(self) -> str:
         """The key id new ciphertexts are sealed with."""
-        return key_id(self.keys[0])
+        return key_id(self._keys[0])
+
+    def refresh(self) -> bool:
+        """Take the source's keys if they changed; whether they did."""
+        keys = self._source.changed() if self._source is not None else None
+        if not keys or keys == self._keys:
+            return False
+        self._keys = keys
+        return True
 
     def encrypt(self, plaintext: str, context: str) -> str:
         """Seal ``plaintext``, binding ``context`` (e.g. ``"trunk:conn_x:openai_api_key"``)."""
+        self.refresh()
+        key = self._keys[0]
         nonce = secrets.token_bytes(NONCE_LENGTH)
-        sealed = AESGCM(self.keys[0]).encrypt(nonce, plaintext.encode("utf-8"), context.encode())
+        sealed = AESGCM(key).encrypt(nonce, plaintext.encode("utf-8"), context.encode())
         body = base64.b64encode(nonce + sealed).decode("ascii")
-        return f"{ENVELOPE_VERSION}:{self.active_kid}:{body}"
+        return f"{ENVELOPE_VERSION}:{key_id(key)}:{body}"
 
     def decrypt(self, envelope: str, context: str) -> str:
         """Open an envelope sealed by any key of the ring, for the same ``context``."""
@@ -95,10 +118,10 @@ class Keyring:
             raise SecretDecryptionError("malformed secret envelope") from None
         if version != ENVELOPE_VERSION:
             raise SecretDecryptionError("unknown secret envelope version")
-        for key in self.keys:
-            if key_id(key) == kid:
-                break
-        else:
+        key = self._key(kid)
+        if key is None and self.refresh():
+            key = self._key(kid)
+        if key is None:
             raise SecretDecryptionError("secret sealed with a key that is not in the keyring")
         try:
             raw = base64.b64decode(body, validate=True)
@@ -106,6 +129,9 @@ class Keyring:
         except (binascii.Error, ValueError, InvalidTag):
             raise SecretDecryptionError("secret failed authentication") from None
         return plain.decode("utf-8")
+
+    def _key(self, kid: str) -> bytes | None:
+        return next((k for k in self._keys if key_id(k) == kid), None)
 
     def needs_reencryption(self, envelope: str) -> bool:
         """Whether ``envelope`` was sealed with a key other than the active one."""
@@ -117,34 +143,3 @@ def parse_keyring(text: str) -> Keyring:
     """Parse comma- or newline-separated base64 keys, newest first."""
     items = [t for t in text.replace(",", "\n").splitlines() if t.strip()]
     return Keyring(tuple(_decode_key(t) for t in items))
-
-
-def key_file(data_dir: Path) -> Path:
-    """Where the generated keyring lives when ``TELEPATH_SECRET_KEY`` is unset."""
-    return data_dir / KEY_FILE_NAME
-
-
-def load_keyring(secret_key_setting: str, data_dir: Path) -> tuple[Keyring, bool]:
-    """Load the keyring from the setting or the key file, generating the file if needed.
-
-    Returns:
-        The keyring, and whether a new key file was just generated (the caller says so).
-    """
-    if secret_key_setting.strip():
-        return parse_keyring(secret_key_setting), False
-    path = key_file(data_dir)
-    if path.exists():
-        return parse_keyring(path.read_text(encoding="ascii")), False
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_key_file(path, (new_key(),))
-    return parse_keyring(path.read_text(encoding="ascii")), True
-
-
-def write_key_file(path: Path, keys: tuple[bytes, ...]) -> None:
-    """Write ``keys`` (newest first) to ``path`` atomically with mode 0600."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write("".join(encode_key(k) + "\n" for k in keys))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)

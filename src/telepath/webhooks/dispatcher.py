@@ -367,15 +367,16 @@ class WebhookDispatcher:
 
     def _held(self, claimed: Claimed) -> Outcome:
         """A delivery whose signing secret this process cannot decrypt — re-encrypted by
-        ``telepath secrets rotate`` under a running gateway, whose keyring lacks the new key
-        until it restarts — is not sent and not counted as an attempt (it would end ``failed``
-        without ever being sent): it is looked at again after ``SECRET_HOLD_S``. Said once
-        until a secret can be decrypted again, not once per delivery."""
+        ``telepath secrets rotate`` under a new ``TELEPATH_SECRET_KEY`` this gateway was not
+        restarted with (the key file it follows by itself) — is not sent and not counted as an
+        attempt (it would end ``failed`` without ever being sent): it is looked at again after
+        ``SECRET_HOLD_S``. Said once until a secret can be decrypted again, not once per
+        delivery."""
         if not self._secrets_unreadable:
             self._secrets_unreadable = True
             logger.error(
                 "webhook signing secrets cannot be decrypted with the current master key "
-                "(rotated under a running gateway? restart it): deliveries held back"
+                "(TELEPATH_SECRET_KEY rotated? restart with the new value): deliveries held back"
             )
         return Outcome(
             delivery_id=claimed.delivery_id,

@@ -16,7 +16,8 @@ from telepath.config import Settings
 from telepath.db.call_recorder import DbCallRecorder
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.models import WebhookEndpoint, webhook_secret_context
-from telepath.secrets.keyring import load_keyring, parse_keyring
+from telepath.secrets.keyfile import load_keyring
+from telepath.secrets.keyring import parse_keyring
 from tests.integration.calls_api.records import T0, ended, started
 
 pytestmark = pytest.mark.integration

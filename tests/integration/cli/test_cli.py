@@ -18,7 +18,8 @@ from telepath.cli.main import app
 from telepath.config import Settings
 from telepath.db.engine import make_engine
 from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context
-from telepath.secrets.keyring import Keyring, encode_key, load_keyring, new_key, parse_keyring
+from telepath.secrets.keyfile import load_keyring
+from telepath.secrets.keyring import Keyring, encode_key, key_id, new_key, parse_keyring
 
 pytestmark = pytest.mark.integration
 
@@ -103,15 +104,47 @@ def test_secrets_rotate_with_key_file(env: Path) -> None:
     settings = Settings()
     before, old_kid = asyncio.run(_seed_secret(settings))
     out = run("secrets", "rotate")
-    assert "Re-encrypted 2 secret(s)" in out
+    assert "Re-encrypted 2 secret(s)" in out and "telepath secrets prune" in out
     ring = parse_keyring((env / "secret.key").read_text())
-    assert len(ring.keys) == 1 and ring.active_kid != old_kid
+    # The new key first; the old one kept, decrypt-only, until pruned.
+    assert len(ring.keys) == 2 and ring.active_kid != old_kid
+    assert key_id(ring.keys[1]) == old_kid
     after = asyncio.run(_stored(settings))
     assert after != before and after.startswith(f"v1:{ring.active_kid}:")
     assert ring.decrypt(after, trunk_secret_context("conn_x", "openai_api_key")) == "sk-rotate-me"
     # The registration password, in a table of its own, is re-sealed too.
     assert asyncio.run(_stored(settings, "password_enc")).startswith(f"v1:{ring.active_kid}:")
     assert _registration_password(ring, settings) == "reg-rotate-me"
+
+    assert "removed 1 older key(s)" in run("secrets", "prune")
+    pruned = parse_keyring((env / "secret.key").read_text())
+    assert pruned.keys == ring.keys[:1]
+    assert pruned.decrypt(after, trunk_secret_context("conn_x", "openai_api_key")) == (
+        "sk-rotate-me"
+    )
+    assert _registration_password(pruned, settings) == "reg-rotate-me"
+    assert "Nothing to prune" in run("secrets", "prune")
+
+
+def test_secrets_prune_refuses_while_a_secret_cannot_be_reencrypted(env: Path) -> None:
+    run("keys", "list")
+    settings = Settings()
+    asyncio.run(_seed_secret(settings))
+    run("secrets", "rotate")
+    keys = (env / "secret.key").read_text()
+    lost = Keyring((new_key(),)).encrypt("x", trunk_secret_context("conn_x", "openai_api_key"))
+    asyncio.run(_store(settings, lost))
+    result = CliRunner().invoke(app, ["secrets", "prune"])
+    assert result.exit_code == 1
+    assert "trunk:conn_x:openai_api_key" in result.output and "no key was removed" in result.output
+    assert (env / "secret.key").read_text() == keys
+
+
+async def _store(settings: Settings, envelope: str) -> None:
+    engine = make_engine(settings.effective_database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE trunks SET openai_api_key_enc = :e"), {"e": envelope})
+    await engine.dispose()
 
 
 def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +155,7 @@ def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch
     new = encode_key(new_key())
     monkeypatch.setenv("TELEPATH_SECRET_KEY", f"{new},{old}")
     assert "Re-encrypted 2 secret(s)" in run("secrets", "rotate")
+    assert "can be removed from TELEPATH_SECRET_KEY" in run("secrets", "prune")
     monkeypatch.setenv("TELEPATH_SECRET_KEY", new)
     stored = asyncio.run(_stored(Settings()))
     assert (

@@ -242,7 +242,8 @@ async def test_settled_deliveries_are_pruned_after_the_call_retention_period(
 async def test_a_secret_the_key_cannot_decrypt_holds_deliveries_back_uncounted(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After ``telepath secrets rotate`` under a running gateway, its keyring cannot decrypt the
+    """After ``telepath secrets rotate`` under a running gateway not restarted with the new
+    ``TELEPATH_SECRET_KEY`` (a key file it follows by itself), its keyring cannot decrypt the
     re-encrypted signing secrets. Before, each such delivery counted as an attempt and ended
     ``failed`` without ever being sent; now it is held back (no attempt counted, tried again
     later) and the condition is logged once, not once per delivery."""

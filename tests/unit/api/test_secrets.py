@@ -11,11 +11,11 @@ import pytest
 
 from telepath.errors import ConfigurationError
 from telepath.secrets.digest import compute_ha1
+from telepath.secrets.keyfile import load_keyring
 from telepath.secrets.keyring import (
     Keyring,
     SecretDecryptionError,
     encode_key,
-    load_keyring,
     new_key,
     parse_keyring,
 )

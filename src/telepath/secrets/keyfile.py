@@ -1,0 +1,119 @@
+"""The master key file, ``<data dir>/secret.key``: one base64 key per line, newest first.
+
+Used when ``TELEPATH_SECRET_KEY`` is unset: generated with mode 0600 on first start, rewritten
+by ``telepath secrets rotate`` (a new key first, the older ones kept to decrypt) and ``telepath
+secrets prune`` (the older ones dropped). A keyring loaded from it follows it (``KeyFile``):
+a running service sees a rotation at its next encryption, or at the first value sealed with a
+key it does not know, for the cost of a ``stat``. Keys from ``TELEPATH_SECRET_KEY`` never
+change under a running service: it must be restarted with the new value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from telepath.errors import ConfigurationError
+from telepath.secrets.keyring import Keyring, encode_key, new_key, parse_keyring
+
+logger = logging.getLogger("telepath")
+
+KEY_FILE_NAME = "secret.key"
+
+# What tells a rewritten file apart: a rewrite is a new file (inode) renamed into place.
+Stamp = tuple[int, int, int, int]
+
+
+def _stamp(path: Path) -> Stamp:
+    info = path.stat()
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def read_key_file(path: Path) -> tuple[bytes, ...]:
+    """The keys of the file at ``path``, newest first."""
+    return parse_keyring(path.read_text(encoding="ascii")).keys
+
+
+class KeyFile:
+    """The key file as a keyring's source: its keys again whenever it was rewritten."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: Stamp | None = None
+
+    def load(self) -> tuple[bytes, ...]:
+        """Read the keys now, remembering which version of the file they came from."""
+        stamp = _stamp(self.path)  # before reading: a rewrite meanwhile is seen next time
+        keys = read_key_file(self.path)
+        self._stamp = stamp
+        return keys
+
+    def changed(self) -> tuple[bytes, ...] | None:
+        """The keys, if the file was rewritten since they were last read; None otherwise, or
+        if it cannot be read now (logged once, until it can be read again)."""
+        try:
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return None
+            keys = read_key_file(self.path)
+        except (OSError, ConfigurationError) as exc:
+            if self._stamp is not None:
+                self._stamp = None
+                logger.warning("cannot read %s, keeping the master keys in use: %s", self.path, exc)
+            return None
+        self._stamp = stamp
+        logger.info("master key file %s changed: %d key(s) now", self.path, len(keys))
+        return keys
+
+
+def key_file(data_dir: Path) -> Path:
+    """Where the generated keyring lives when ``TELEPATH_SECRET_KEY`` is unset."""
+    return data_dir / KEY_FILE_NAME
+
+
+def load_keyring(secret_key_setting: str, data_dir: Path) -> tuple[Keyring, bool]:
+    """Load the keyring from the setting, or else the key file (followed: ``KeyFile``),
+    generating the file if needed.
+
+    Returns:
+        The keyring, and whether a new key file was just generated (the caller says so).
+    """
+    if secret_key_setting.strip():
+        return parse_keyring(secret_key_setting), False
+    source = KeyFile(key_file(data_dir))
+    generated = not source.path.exists()
+    if generated:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_key_file(source.path, (new_key(),))
+    return Keyring(source.load(), source), generated
+
+
+def write_key_file(path: Path, keys: tuple[bytes, ...]) -> None:
+    """Write ``keys`` (newest first) to ``path`` atomically and durably, mode 0600.
+
+    The keys go to a new file of the same directory, created exclusively (``mkstemp``: never a
+    file or link already there, 0600 from its creation), synced, renamed over ``path``; the
+    directory is synced after, so a power loss leaves the old file or the new one, whole.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".secret-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write("".join(encode_key(k) + "\n" for k in keys))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

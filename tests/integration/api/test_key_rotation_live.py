@@ -1,0 +1,245 @@
+"""``telepath secrets rotate`` (key file) while the service runs: nothing lost, nothing refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from tests.integration.api.seed import CUSTOM, OPENAI_EXAMPLE
+from tests.integration.conftest import Api
+
+from telepath.api.app import create_app
+from telepath.api.state import ApiState
+from telepath.cli.runtime import open_state
+from telepath.config import Settings
+from telepath.db import rekey
+from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context, webhook_secret_context
+from telepath.db.registration_store import DbRegistrationStore
+from telepath.db.rekey import RekeyError, prune_master_keys, rotate_master_key
+from telepath.db.reseal import Resealed
+from telepath.db.trunk_directory import DbTrunkDirectory
+from telepath.secrets.keyfile import write_key_file
+from telepath.secrets.keyring import Keyring, new_key, parse_keyring
+
+pytestmark = pytest.mark.integration
+
+REGISTRATION: dict[str, Any] = {"registrar": "sip:192.0.2.1", "username": "u", "password": "rp"}
+HEADERS = {"X-Tenant": "acme"}
+
+
+@asynccontextmanager
+async def restarted(settings: Settings, key: str) -> AsyncIterator[tuple[Api, ApiState]]:
+    """The service started again (the key file read afresh), with the same API key."""
+    async with open_state(settings) as state:
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(client=client, key=key, state=state), state
+
+
+async def envelopes(api: Api) -> dict[str, str]:
+    """Every stored envelope, by its context."""
+    found: dict[str, str] = {}
+    async with api.state.engine.connect() as conn:
+        trunks = await conn.execute(
+            text("SELECT id, openai_api_key_enc, custom_headers_enc FROM trunks")
+        )
+        for trunk_id, key, headers in trunks:
+            if key:
+                found[trunk_secret_context(trunk_id, "openai_api_key")] = key
+            if headers:
+                found[trunk_secret_context(trunk_id, "custom_headers")] = headers
+        registrations = await conn.execute(
+            text("SELECT trunk_id, password_enc FROM trunk_registrations")
+        )
+        for trunk_id, password in registrations:
+            found[trunk_secret_context(trunk_id, REGISTRATION_PASSWORD)] = password
+        for endpoint_id, secret in await conn.execute(
+            text("SELECT id, secret_enc FROM webhook_endpoints")
+        ):
+            found[webhook_secret_context(endpoint_id)] = secret
+    return found
+
+
+async def create(api: Api, body: dict[str, Any]) -> str:
+    resp = await api.post("/v1/trunks", body)
+    assert resp.status_code == 201, resp.text
+    trunk_id: str = resp.json()["id"]
+    return trunk_id
+
+
+async def test_rotating_the_key_file_under_a_running_service_loses_and_refuses_nothing(
+    api: Api,
+) -> None:
+    before = await create(api, {**OPENAI_EXAMPLE, "registration": REGISTRATION})
+    custom = await create(api, {**CUSTOM, "custom_headers": HEADERS})
+    hook = await api.post("/v1/webhooks", {"url": "https://h.example.com/", "events": ["*"]})
+    assert hook.status_code == 201, hook.text
+    settings = api.state.settings
+    old_kid = api.state.keyring.active_kid
+
+    await rotate_master_key(settings)
+    new_kid = parse_keyring((settings.data_dir / "secret.key").read_text()).active_kid
+    assert new_kid != old_kid
+    assert all(e.startswith(f"v1:{new_kid}:") for e in (await envelopes(api)).values())
+
+    # The service opened before the rotation reads what was re-encrypted, seals new values
+    # with the new key, and its gateway still takes the trunks' calls and registers.
+    got = await api.get(f"/v1/trunks/{custom}")
+    assert got.status_code == 200, got.text
+    assert got.json()["custom_header_names"] == ["X-Tenant"]
+    assert (await api.get("/v1/trunks")).status_code == 200
+    after = await create(
+        api, {**OPENAI_EXAMPLE, "sip_username": "after-rotation", "openai_api_key": "sk-after"}
+    )
+    patched = await api.patch(f"/v1/trunks/{before}", {"openai_api_key": "sk-patched"})
+    assert patched.status_code == 200, patched.text
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    config = await directory.find_by_sip_username(CUSTOM["sip_username"])
+    assert config is not None and config.custom_headers == HEADERS
+    [registration] = await DbRegistrationStore(
+        api.state.sessions, api.state.keyring
+    ).registrations()
+    assert registration.password == "rp"
+
+    # Started again: everything, from before the rotation and after, still decrypts.
+    async with restarted(settings, api.key) as (again, state):
+        for trunk_id in (before, custom, after):
+            resp = await again.get(f"/v1/trunks/{trunk_id}")
+            assert resp.status_code == 200, resp.text
+        stored = await envelopes(again)
+        assert {state.keyring.decrypt(e, c) for c, e in stored.items() if "openai" in c} == {
+            "sk-patched",
+            "sk-after",
+        }
+        for context, envelope in stored.items():
+            state.keyring.decrypt(envelope, context)
+        assert state.keyring.active_kid == new_kid
+
+
+async def test_prune_reencrypts_what_was_sealed_late_with_the_old_key_then_drops_it(
+    api: Api,
+) -> None:
+    """A value sealed with the old key after the rotation's pass (a service that read the file
+    just before it was rewritten) is re-encrypted by ``prune``, which then leaves one key."""
+    trunk = await create(api, {**OPENAI_EXAMPLE, "registration": REGISTRATION})
+    settings = api.state.settings
+    old = Keyring(api.state.keyring.keys)
+    await rotate_master_key(settings)
+    context = trunk_secret_context(trunk, "openai_api_key")
+    async with api.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE trunks SET openai_api_key_enc = :e"),
+            {"e": old.encrypt("sk-late", context)},
+        )
+
+    message = await prune_master_keys(settings)
+    assert "Re-encrypted 1 secret(s)" in message and "removed 1 older key(s)" in message
+    [key] = parse_keyring((settings.data_dir / "secret.key").read_text()).keys
+    pruned = Keyring((key,))
+    stored = await envelopes(api)
+    assert pruned.decrypt(stored[context], context) == "sk-late"
+    for where, envelope in stored.items():
+        pruned.decrypt(envelope, where)
+    # The service opened before all this goes on.
+    assert (await api.get(f"/v1/trunks/{trunk}")).status_code == 200
+    patched = await api.patch(f"/v1/trunks/{trunk}", {"openai_api_key": "sk-after-prune"})
+    assert patched.status_code == 200, patched.text
+    async with restarted(settings, api.key) as (again, state):
+        assert state.keyring.keys == (key,)
+        assert (await again.get(f"/v1/trunks/{trunk}")).status_code == 200
+        [envelope] = [e for c, e in (await envelopes(again)).items() if c == context]
+        assert state.keyring.decrypt(envelope, context) == "sk-after-prune"
+
+
+async def test_prune_keeps_every_key_while_a_secret_cannot_be_reencrypted(api: Api) -> None:
+    trunk = await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    await rotate_master_key(settings)
+    path = settings.data_dir / "secret.key"
+    keys = path.read_text()
+    context = trunk_secret_context(trunk, "openai_api_key")
+    async with api.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE trunks SET openai_api_key_enc = :e"),
+            {"e": Keyring((new_key(),)).encrypt("sk-lost", context)},
+        )
+    with pytest.raises(RekeyError, match=f"(?s){context}.*no key was removed"):
+        await prune_master_keys(settings)
+    assert path.read_text() == keys
+
+
+def after_prunes_first_pass(monkeypatch: pytest.MonkeyPatch, api: Api, envelope: str) -> list[int]:
+    """Store ``envelope`` as the trunk's provider key once prune's first pass is done (before
+    it rewrites the file); returns the count of each pass."""
+    original = rekey.reencrypt_all
+    passes: list[int] = []
+
+    async def reencrypt_all(settings: Settings, keyring: Keyring) -> Resealed:
+        result = await original(settings, keyring)
+        passes.append(result.count)
+        if len(passes) == 1:
+            async with api.state.engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE trunks SET openai_api_key_enc = :e"), {"e": envelope}
+                )
+        return result
+
+    monkeypatch.setattr(rekey, "reencrypt_all", reencrypt_all)
+    return passes
+
+
+async def test_prune_reencrypts_what_was_sealed_with_the_old_key_while_it_ran(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealed with the old key after prune's first pass, before the file lost that key: the
+    pass after the file was rewritten re-encrypts it (prune still holds the old key)."""
+    trunk = await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    old = Keyring(api.state.keyring.keys)
+    await rotate_master_key(settings)
+    context = trunk_secret_context(trunk, "openai_api_key")
+    passes = after_prunes_first_pass(monkeypatch, api, old.encrypt("sk-late", context))
+    await prune_master_keys(settings)
+    assert passes == [0, 1]
+    [key] = parse_keyring((settings.data_dir / "secret.key").read_text()).keys
+    assert Keyring((key,)).decrypt((await envelopes(api))[context], context) == "sk-late"
+
+
+async def test_prune_puts_the_keys_back_when_its_last_pass_fails(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trunk = await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    await rotate_master_key(settings)
+    path = settings.data_dir / "secret.key"
+    keys = path.read_text()
+    context = trunk_secret_context(trunk, "openai_api_key")
+    after_prunes_first_pass(monkeypatch, api, Keyring((new_key(),)).encrypt("sk-x", context))
+    with pytest.raises(RekeyError, match="the older keys are back"):
+        await prune_master_keys(settings)
+    assert parse_keyring(path.read_text()).keys == parse_keyring(keys).keys
+
+
+async def test_prune_leaves_a_key_file_rewritten_meanwhile_alone(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another rotation while prune runs: prune writes nothing (it would drop the newest key)."""
+    await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    await rotate_master_key(settings)
+    path = settings.data_dir / "secret.key"
+    original = rekey.reencrypt_all
+
+    async def rotated_meanwhile(settings: Settings, keyring: Keyring) -> Resealed:
+        result = await original(settings, keyring)
+        write_key_file(path, (new_key(), *keyring.keys))
+        return result
+
+    monkeypatch.setattr(rekey, "reencrypt_all", rotated_meanwhile)
+    with pytest.raises(RekeyError, match="changed meanwhile"):
+        await prune_master_keys(settings)
+    assert len(parse_keyring(path.read_text()).keys) == 3

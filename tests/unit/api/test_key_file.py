@@ -1,0 +1,161 @@
+"""The master key file: written never through a planted file or link, durable once written;
+followed by the keyring loaded from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from telepath.secrets import keyfile
+from telepath.secrets.keyfile import load_keyring, write_key_file
+from telepath.secrets.keyring import (
+    Keyring,
+    SecretDecryptionError,
+    encode_key,
+    key_id,
+    new_key,
+    parse_keyring,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_world_readable_temp_file_already_there_never_receives_the_key(tmp_path: Path) -> None:
+    """Someone who could create ``secret.tmp`` (0644) and keep it open must not read the key
+    through it: the key goes to a file that is 0600 from its creation, never that one."""
+    planted = tmp_path / "secret.tmp"
+    planted.write_text("junk\n")
+    planted.chmod(0o644)
+    key = new_key()
+    with planted.open("rb") as spy:
+        write_key_file(tmp_path / "secret.key", (key,))
+        spy.seek(0)
+        seen = spy.read()
+    assert encode_key(key).encode() not in seen
+    if planted.exists():
+        assert encode_key(key) not in planted.read_text()
+    written = tmp_path / "secret.key"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert parse_keyring(written.read_text()).keys == (key,)
+
+
+def test_a_symlink_named_like_the_temp_file_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "victim"
+    target.write_text("victim\n")
+    target.chmod(0o644)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret.tmp").symlink_to(target)
+    key = new_key()
+    write_key_file(data / "secret.key", (key,))
+    assert target.read_text() == "victim\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    written = data / "secret.key"
+    assert not written.is_symlink()
+    assert stat.S_IMODE(written.lstat().st_mode) == 0o600
+    assert parse_keyring(written.read_text()).keys == (key,)
+
+
+def test_the_file_and_its_directory_are_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power loss the file holds the new keys whole (synced before the rename) and the
+    rename itself survives (the directory synced after it)."""
+    path = tmp_path / "secret.key"
+    path.write_text(encode_key(new_key()) + "\n")  # an older key file, replaced
+    synced: list[tuple[bool, int, int]] = []  # (is a directory, its inode, secret.key's inode)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append((stat.S_ISDIR(info.st_mode), info.st_ino, path.stat().st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    key = new_key()
+    write_key_file(path, (key,))
+    final = path.stat().st_ino
+    files = [s for s in synced if not s[0]]
+    directories = [s for s in synced if s[0]]
+    # The file: synced while it was not yet secret.key (before the rename) and became it.
+    assert [ino for _, ino, _ in files] == [final]
+    assert files[0][2] != final
+    # The directory: synced after the rename.
+    assert [(ino, current) for _, ino, current in directories] == [(tmp_path.stat().st_ino, final)]
+    assert parse_keyring(path.read_text()).keys == (key,)
+
+
+# --- a keyring loaded from the file follows it --------------------------------------------------
+
+
+def test_a_keyring_from_the_key_file_follows_a_rotation(tmp_path: Path) -> None:
+    """What ``telepath secrets rotate`` writes is used at the next encryption, and a value
+    sealed with a key the keyring does not know yet is opened after one look at the file."""
+    ring, _ = load_keyring("", tmp_path)
+    old = ring.keys[0]
+    new = new_key()
+    sealed_elsewhere = Keyring((new,)).encrypt("v", "c")
+    write_key_file(tmp_path / "secret.key", (new, old))
+    assert ring.decrypt(sealed_elsewhere, "c") == "v"  # unknown key id: the file read again
+    assert ring.keys == (new, old)
+    write_key_file(tmp_path / "secret.key", (new,))
+    assert ring.encrypt("w", "c").startswith(f"v1:{key_id(new)}:")
+    assert list(ring.keys) == [new]
+
+
+def test_the_file_is_read_again_only_when_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring, _ = load_keyring("", tmp_path)
+    reads: list[Path] = []
+    real = keyfile.read_key_file
+
+    def counting(path: Path) -> tuple[bytes, ...]:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(keyfile, "read_key_file", counting)
+    for _ in range(3):
+        ring.decrypt(ring.encrypt("v", "c"), "c")
+    assert reads == []
+    write_key_file(tmp_path / "secret.key", (new_key(), *ring.keys))
+    ring.encrypt("v", "c")
+    ring.encrypt("v", "c")
+    assert len(reads) == 1
+
+
+def test_keys_from_the_setting_never_follow_the_file(tmp_path: Path) -> None:
+    setting = new_key()
+    write_key_file(tmp_path / "secret.key", (new_key(),))
+    ring, generated = load_keyring(encode_key(setting), tmp_path)
+    assert not generated
+    write_key_file(tmp_path / "secret.key", (new_key(),))
+    assert ring.encrypt("v", "c").startswith(f"v1:{key_id(setting)}:")
+    with pytest.raises(SecretDecryptionError):
+        ring.decrypt(Keyring((new_key(),)).encrypt("v", "c"), "c")
+    assert ring.keys == (setting,)
+
+
+def test_an_unreadable_file_keeps_the_keys_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file being edited by hand (not valid) or gone: the keys in use stay, said once."""
+    ring, _ = load_keyring("", tmp_path)
+    key = ring.keys[0]
+    path = tmp_path / "secret.key"
+    path.write_text("not a key\n")
+    with caplog.at_level(logging.WARNING, logger="telepath"):
+        for _ in range(3):
+            assert ring.encrypt("v", "c").startswith(f"v1:{key_id(key)}:")
+        path.unlink()
+        ring.encrypt("v", "c")
+    assert len([r for r in caplog.records if "keeping the master keys" in r.getMessage()]) == 1
+    newer = new_key()
+    write_key_file(path, (newer, key))
+    assert ring.encrypt("v", "c").startswith(f"v1:{key_id(newer)}:")
