@@ -44,6 +44,17 @@ def _refuse(done: str, result: Resealed, then: str) -> RekeyError:
     )
 
 
+async def _reencrypt_under_setting(settings: Settings, done: str, next_step: str) -> str:
+    """Re-encrypt under ``TELEPATH_SECRET_KEY``'s first key; ``done`` and ``next_step`` name
+    ``{count}`` and ``{kid}``. Raises RekeyError when some secrets could not be."""
+    keyring = parse_keyring(settings.secret_key)
+    result = await reencrypt_all(settings, keyring)
+    said = done.format(count=result.count, kid=keyring.active_kid)
+    if result.failed:
+        raise _refuse(said, result, "keep every key in TELEPATH_SECRET_KEY meanwhile.")
+    return f"{said}. {next_step.format(count=result.count, kid=keyring.active_kid)}"
+
+
 async def rotate_master_key(settings: Settings) -> str:
     """Rotate the master key and return a human-readable summary.
 
@@ -51,14 +62,11 @@ async def rotate_master_key(settings: Settings) -> str:
         RekeyError: some secrets could not be re-encrypted (every key kept).
     """
     if settings.secret_key.strip():
-        keyring = parse_keyring(settings.secret_key)
-        result = await reencrypt_all(settings, keyring)
-        done = f"Re-encrypted {result.count} secret(s) under key {keyring.active_kid}"
-        if result.failed:
-            raise _refuse(done, result, "keep every key in TELEPATH_SECRET_KEY meanwhile.")
-        return (
-            f"{done}. Run `telepath secrets prune` (same TELEPATH_SECRET_KEY) to check nothing "
-            "is left under the older keys, then remove them from TELEPATH_SECRET_KEY."
+        return await _reencrypt_under_setting(
+            settings,
+            "Re-encrypted {count} secret(s) under key {kid}",
+            "Run `telepath secrets prune` (same TELEPATH_SECRET_KEY) to check nothing is left "
+            "under the older keys, then remove them from TELEPATH_SECRET_KEY.",
         )
     path = key_file(settings.data_dir)
     old, _ = load_keyring("", settings.data_dir)
@@ -84,14 +92,11 @@ async def prune_master_keys(settings: Settings) -> str:
             key file.
     """
     if settings.secret_key.strip():
-        keyring = parse_keyring(settings.secret_key)
-        result = await reencrypt_all(settings, keyring)
-        done = f"Re-encrypted {result.count} secret(s) still under older keys"
-        if result.failed:
-            raise _refuse(done, result, "keep every key in TELEPATH_SECRET_KEY meanwhile.")
-        return (
-            f"{done}. Every secret is under key {keyring.active_kid}: the other keys can be "
-            "removed from TELEPATH_SECRET_KEY (then restart the services with it)."
+        return await _reencrypt_under_setting(
+            settings,
+            "Re-encrypted {count} secret(s) still under older keys",
+            "Every secret is under key {kid}: the other keys can be removed from "
+            "TELEPATH_SECRET_KEY (then restart the services with it).",
         )
     path = key_file(settings.data_dir)
     if not path.exists():
