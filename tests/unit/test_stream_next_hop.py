@@ -3,9 +3,14 @@ RFC 3261 §18.1.1 with §8.1.2/§12.2.1.1 for our requests, §18.2.2 for respons
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+
 import pytest
 
-from telepath.transport.sip_server import next_hop
+from telepath.clock import FakeClock
+from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport.sip_server import SipServer, next_hop
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +71,29 @@ def _response(via: str) -> bytes:
 )
 def test_next_hop(data: bytes, hop: tuple[str, str, int] | None) -> None:
     assert next_hop(data) == hop
+
+
+async def test_a_next_hop_that_cannot_even_be_looked_up_is_tried_again() -> None:
+    """A host no resolver takes (a label over 63 characters: ``UnicodeError``, not an OSError)
+    fails the attempt like a refused connection: its place under the caps and its held messages
+    are let go, and the next message to it tries again — they stayed held for ever, and the
+    remote-named hosts piled up outside the caps."""
+    server = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    tries: list[str] = []
+
+    async def connect(
+        transport: str,
+        addr: tuple[str, int],
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> int:
+        tries.append(addr[0])
+        raise UnicodeError("label too long")
+
+    server.connect = connect  # type: ignore[method-assign]
+    bye = _request("TCP", "sip:bob@" + "a" * 64 + ".example;transport=tcp")
+    for attempt in (1, 2):
+        server._elsewhere(bye)
+        await asyncio.gather(*server._opening)
+        assert len(tries) == attempt and server._held == {}
+    assert server._inbound == 0  # every place given back

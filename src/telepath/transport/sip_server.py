@@ -557,14 +557,14 @@ class SipServer:
 
     async def _open(self, hop: Hop) -> None:
         transport, host, port = hop
-        tls = self.client_tls() if transport == "TLS" and self.client_tls is not None else None
         try:
+            tls = self.client_tls() if transport == "TLS" and self.client_tls is not None else None
             if transport == "TLS" and tls is None:
                 raise OSError("no client TLS context")
             conn_id = await asyncio.wait_for(
                 self.connect(transport, (host, port), tls, host), self.limits.tls_handshake_s
             )
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # refused, timed out, or a name no resolver takes (UnicodeError)
             self.release(host)
             self.counters_inc("stream_reconnect_failed")
             dropped = self._held.pop(hop, [])
@@ -580,6 +580,7 @@ class SipServer:
             return
         except BaseException:
             self.release(host)  # cancelled (stop)
+            self._held.pop(hop, None)
             raise
         self.counters_inc("stream_reconnects")
         held = self._held.pop(hop, [])
