@@ -55,14 +55,26 @@ async def gateway(api: Api) -> AsyncIterator[Gateway]:  # noqa: F811
         await gw.stop(0)
 
 
-@pytest.fixture
-async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
-    """A raw UDP SIP client aimed at the gateway."""
-    client = await Uac.open("UDP", gateway.server.bound["UDP"])
+async def _client(gateway: Gateway, transport: str) -> AsyncIterator[Uac]:
+    client = await Uac.open(transport, gateway.server.bound[transport])
     try:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def uac(gateway: Gateway) -> AsyncIterator[Uac]:
+    """A raw UDP SIP client aimed at the gateway."""
+    async for client in _client(gateway, "UDP"):
+        yield client
+
+
+@pytest.fixture
+async def tcp(gateway: Gateway) -> AsyncIterator[Uac]:
+    """A raw SIP client over one TCP connection to the gateway."""
+    async for client in _client(gateway, "TCP"):
+        yield client
 
 
 @pytest.fixture

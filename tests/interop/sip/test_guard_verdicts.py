@@ -10,7 +10,6 @@ time), so where the limit bites is exact.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,15 +33,6 @@ RATE_PER_S = 0.001  # one token per 1000 s: what the burst gives is all a source
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "sip_rate_limit_per_s": RATE_PER_S, "sip_rate_burst": 2}
-
-
-@pytest.fixture
-async def tcp(gateway: Gateway) -> AsyncIterator[Uac]:
-    client = await Uac.open("TCP", gateway.server.bound["TCP"])
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def counter(gateway: Gateway, name: str) -> int:
