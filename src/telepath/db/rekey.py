@@ -11,13 +11,22 @@ With ``TELEPATH_SECRET_KEY`` nothing is written: the variable is the operator's 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from telepath.config import Settings
 from telepath.db.engine import make_engine, migrate
 from telepath.db.reseal import Resealed, reseal_all
 from telepath.errors import TelepathError
-from telepath.secrets.keyfile import key_file, load_keyring, read_key_file, write_key_file
+from telepath.secrets.keyfile import (
+    KeyFileBusy,
+    key_file,
+    key_file_lock,
+    load_keyring,
+    read_key_file,
+    write_key_file,
+)
 from telepath.secrets.keyring import Keyring, new_key, parse_keyring
 
 
@@ -34,6 +43,16 @@ async def reencrypt_all(settings: Settings, keyring: Keyring) -> Resealed:
         return await reseal_all(engine, keyring)
     finally:
         await engine.dispose()
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    """One rotation or pruning of a key file at a time (``key_file_lock``)."""
+    try:
+        with key_file_lock(settings.data_dir):
+            yield
+    except KeyFileBusy as exc:
+        raise RekeyError(str(exc)) from None
 
 
 def _refuse(done: str, result: Resealed, then: str) -> RekeyError:
@@ -68,6 +87,11 @@ async def rotate_master_key(settings: Settings) -> str:
             "Run `telepath secrets prune` (same TELEPATH_SECRET_KEY) to check nothing is left "
             "under the older keys, then remove them from TELEPATH_SECRET_KEY.",
         )
+    with _locked(settings):
+        return await _rotate_key_file(settings)
+
+
+async def _rotate_key_file(settings: Settings) -> str:
     path = key_file(settings.data_dir)
     old, _ = load_keyring("", settings.data_dir)
     rotated = Keyring((new_key(), *old.keys))
@@ -98,6 +122,11 @@ async def prune_master_keys(settings: Settings) -> str:
             "Every secret is under key {kid}: the other keys can be removed from "
             "TELEPATH_SECRET_KEY (then restart the services with it).",
         )
+    with _locked(settings):
+        return await _prune_key_file(settings)
+
+
+async def _prune_key_file(settings: Settings) -> str:
     path = key_file(settings.data_dir)
     if not path.exists():
         raise RekeyError(f"no key file at {path}: nothing to prune")

@@ -10,17 +10,40 @@ change under a running service: it must be restarted with the new value.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from telepath.errors import ConfigurationError
+from telepath.errors import ConfigurationError, TelepathError
 from telepath.secrets.keyring import Keyring, encode_key, new_key, parse_keyring
+
+__all__ = [
+    "KEY_FILE_NAME",
+    "LOCK_FILE_NAME",
+    "KeyFile",
+    "KeyFileBusy",
+    "create_key_file",
+    "key_file",
+    "key_file_lock",
+    "load_keyring",
+    "new_key",
+    "read_key_file",
+    "write_key_file",
+]
 
 logger = logging.getLogger("telepath")
 
 KEY_FILE_NAME = "secret.key"
+LOCK_FILE_NAME = "secret.key.lock"
+
+
+class KeyFileBusy(TelepathError):
+    """Another rotation or pruning holds the key file's lock."""
+
 
 # What tells a rewritten file apart: a rewrite is a new file (inode) renamed into place.
 Stamp = tuple[int, int, int, int]
@@ -83,10 +106,12 @@ def load_keyring(secret_key_setting: str, data_dir: Path) -> tuple[Keyring, bool
     if secret_key_setting.strip():
         return parse_keyring(secret_key_setting), False
     source = KeyFile(key_file(data_dir))
-    generated = not source.path.exists()
-    if generated:
+    generated = False
+    if not source.path.exists():
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_key_file(source.path, (new_key(),))
+        # Two processes starting together on a new data dir both get here: one creates the
+        # file, the other then loads that one (never overwriting a key already in use).
+        generated = create_key_file(source.path, (new_key(),))
     return Keyring(source.load(), source), generated
 
 
@@ -97,17 +122,64 @@ def write_key_file(path: Path, keys: tuple[bytes, ...]) -> None:
     file or link already there, 0600 from its creation), synced, renamed over ``path``; the
     directory is synced after, so a power loss leaves the old file or the new one, whole.
     """
+    _put_key_file(path, keys, replace=True)
+
+
+def create_key_file(path: Path, keys: tuple[bytes, ...]) -> bool:
+    """Write ``keys`` to ``path`` as ``write_key_file`` does, but only if there is no file
+    there yet (a hard link of the synced temporary file: it fails if the name exists).
+
+    Returns:
+        Whether this call created it (False: another process did first; its keys stand).
+    """
+    return _put_key_file(path, keys, replace=False)
+
+
+def _put_key_file(path: Path, keys: tuple[bytes, ...], *, replace: bool) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".secret-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write("".join(encode_key(k) + "\n" for k in keys))
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                Path(tmp).unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_directory(path.parent)
+    return True
+
+
+@contextmanager
+def key_file_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data dir's key-file lock (``secret.key.lock``, ``flock``) for a rotation or a
+    pruning: a second one started meanwhile is refused instead of interleaving its reads and
+    writes of the key file with the first's.
+
+    Raises:
+        KeyFileBusy: another process holds it.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KeyFileBusy(
+                f"another `telepath secrets rotate` or `prune` is running on {data_dir}: "
+                "wait for it to finish, then run this again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _sync_directory(directory: Path) -> None:

@@ -243,3 +243,32 @@ async def test_prune_leaves_a_key_file_rewritten_meanwhile_alone(
     with pytest.raises(RekeyError, match="changed meanwhile"):
         await prune_master_keys(settings)
     assert len(parse_keyring(path.read_text()).keys) == 3
+
+
+async def test_a_rotation_or_prune_started_while_a_rotation_runs_is_refused(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotations interleaving their reads and writes of the key file could each put their
+    own new key first and drop the other's (what the other re-encrypted under it then lost):
+    the second is refused with a message, the key file untouched, the first completes."""
+    await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    path = settings.data_dir / "secret.key"
+    original = rekey.reencrypt_all
+    refused: list[str] = []
+
+    async def reencrypt_all(settings: Settings, keyring: Keyring) -> Resealed:
+        before = path.read_text()
+        for step in (rotate_master_key, prune_master_keys):
+            with pytest.raises(RekeyError, match="another `telepath secrets rotate` or `prune`"):
+                await step(settings)
+            refused.append(step.__name__)
+        assert path.read_text() == before
+        return await original(settings, keyring)
+
+    monkeypatch.setattr(rekey, "reencrypt_all", reencrypt_all)
+    await rotate_master_key(settings)
+    assert refused == ["rotate_master_key", "prune_master_keys"]
+    assert len(parse_keyring(path.read_text()).keys) == 2
+    monkeypatch.setattr(rekey, "reencrypt_all", original)
+    assert "removed 1 older key(s)" in await prune_master_keys(settings)  # the lock was let go

@@ -159,3 +159,43 @@ def test_an_unreadable_file_keeps_the_keys_in_use(
     newer = new_key()
     write_key_file(path, (newer, key))
     assert ring.encrypt("v", "c").startswith(f"v1:{key_id(newer)}:")
+
+
+def test_a_key_file_another_process_created_meanwhile_is_kept_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting on a new data dir both find no key file: the second to write
+    must not replace the first's (whose key may already seal secrets) but load it."""
+    theirs = new_key()
+    real_new_key = keyfile.new_key
+
+    def racing_new_key() -> bytes:
+        write_key_file(tmp_path / "secret.key", (theirs,))  # the other process, meanwhile
+        return real_new_key()
+
+    monkeypatch.setattr(keyfile, "new_key", racing_new_key)  # the name load_keyring calls
+    ring, generated = load_keyring("", tmp_path)
+    assert ring.keys == (theirs,)
+    assert generated is False
+    assert parse_keyring((tmp_path / "secret.key").read_text()).keys == (theirs,)
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no temporary file left
+
+
+def test_a_new_key_file_is_created_whole_and_private(tmp_path: Path) -> None:
+    ring, generated = load_keyring("", tmp_path / "data")
+    written = tmp_path / "data" / "secret.key"
+    assert generated is True
+    assert parse_keyring(written.read_text()).keys == ring.keys
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert [p.name for p in written.parent.iterdir()] == ["secret.key"]
+    again, generated_again = load_keyring("", tmp_path / "data")
+    assert (again.keys, generated_again) == (ring.keys, False)
+
+
+def test_the_key_file_lock_admits_one_holder_at_a_time(tmp_path: Path) -> None:
+    with keyfile.key_file_lock(tmp_path):
+        with pytest.raises(keyfile.KeyFileBusy, match="another `telepath secrets rotate`"):
+            with keyfile.key_file_lock(tmp_path):
+                pass  # pragma: no cover - never entered
+    with keyfile.key_file_lock(tmp_path):  # released
+        pass
