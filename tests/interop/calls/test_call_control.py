@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -32,6 +32,7 @@ from telepath.transport import media_pacer
 from telepath.transport.media_session import MediaSession
 from telepath.webhooks.signing import verify_signature
 from tests.integration.conftest import Api
+from tests.integration.transactions import Transactions
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.conftest import (
     GATEWAY_SETTINGS,
@@ -659,30 +660,6 @@ async def test_webhooks_of_a_normal_call(
     assert ended["metrics"]["gateway_processing_ms"] == detail["metrics"]["gateway_processing_ms"]
     assert ended["duration_seconds"] == detail["duration_seconds"]
     assert len({r.headers["telepath-event-id"] for r in receiver.requests}) == 4
-
-
-class Transactions:
-    """The statements of every committed transaction on an engine, by connection (real DB)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine.sync_engine
-        self.open: dict[int, list[str]] = {}
-        self.committed: list[list[str]] = []
-
-    def __enter__(self) -> Transactions:
-        event.listen(self.engine, "before_cursor_execute", self._statement)
-        event.listen(self.engine, "commit", self._commit)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._statement)
-        event.remove(self.engine, "commit", self._commit)
-
-    def _statement(self, conn: Any, _c: Any, statement: str, params: Any, *_: Any) -> None:
-        self.open.setdefault(id(conn), []).append(f"{statement} {params!r}")
-
-    def _commit(self, conn: Any) -> None:
-        self.committed.append(self.open.pop(id(conn), []))
 
 
 async def test_a_call_s_end_and_its_events_are_one_transaction(
