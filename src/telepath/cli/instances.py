@@ -6,7 +6,9 @@ Each gateway process — ``telepath serve`` and every SIP worker it starts — h
 with calls up (SIGKILL, the OOM killer, a crash, a power cut) cannot end them: their records stay
 open. Three cases are detected — the first two at once, the third about a minute later — and those
 records are then closed as ``lost`` with an end at or just after the death, and
-``agent.disconnected``, ``call.error`` and ``call.ended`` are sent as for any failed call:
+``agent.disconnected``, ``call.error`` and ``call.ended`` are sent as for any failed call (each
+record is closed by one process only, however many notice the death at once, and its events are
+written in the transaction that closes it: ``close_instance_calls``):
 
 - a SIP worker exits: the front sees it (``cli/workers.py``) and closes that worker's records;
 - ``telepath serve`` itself died: the ids of the processes it ran are in
@@ -45,6 +47,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -53,10 +56,11 @@ from telepath.calls.events import (
     call_ended_payload,
     call_error_payload,
 )
+from telepath.calls.model import CallRecord
 from telepath.calls.ports import EventSink
 from telepath.db import instance_store
 from telepath.db.base import utcnow
-from telepath.db.call_recorder import close_instance_calls
+from telepath.db.call_recorder import Outbox, RecoveryCutShort, close_instance_calls
 from telepath.log import Streak
 from telepath.metrics import Metrics
 
@@ -174,6 +178,15 @@ class InstanceFile:
             self._fd = None
 
 
+def _lost_events(record: CallRecord) -> list[tuple[str, dict[str, Any]]]:
+    """The events of a call closed as lost: those of any failed call (``calls/events.py``)."""
+    return [
+        ("agent.disconnected", agent_disconnected_payload(record)),
+        ("call.error", call_error_payload(record)),
+        ("call.ended", call_ended_payload(record)),
+    ]
+
+
 async def close_calls_of(
     instance_ids: Collection[str],
     sessions: async_sessionmaker[AsyncSession],
@@ -184,8 +197,13 @@ async def close_calls_of(
     replay: Replay | None = None,
 ) -> int:
     """Close the open records of the dead processes ``instance_ids`` as ``lost`` (ending at
-    ``ended``, default now) and send each one's events; returns how many. Never raises (logged
-    instead).
+    ``ended``, default now) and send each one's events; returns how many this process closed
+    (another recovering the same process at once closes the rest: ``close_instance_calls``).
+    Never raises (logged instead).
+
+    With the database's outbox for a sink (``DbEventSink``), a record's events are written in
+    the transaction that closes it; with any other sink, or when they could not be written
+    there, they are emitted once it is closed.
 
     ``replay`` first writes what they kept through a database outage and left in their journals
     (``Gateway.replay_journals``): a call that ended meanwhile is then recorded with its real
@@ -195,30 +213,43 @@ async def close_calls_of(
             await replay(instance_ids)
         except Exception as exc:
             log.error("replaying a stopped process's journal failed: %s", type(exc).__name__)
+    outbox = sink if isinstance(sink, Outbox) else None
+
+    def prepared(record: CallRecord) -> list[dict[str, Any]]:
+        assert sink is not None  # the outbox is the sink
+        return [sink.prepare(record.account_id, e, data) for e, data in _lost_events(record)]
+
     try:
-        records = await close_instance_calls(sessions, instance_ids, now=ended)
-        await instance_store.forget(sessions, instance_ids)  # nothing of theirs is left open
+        closed = await close_instance_calls(
+            sessions,
+            instance_ids,
+            now=ended,
+            outbox=outbox,
+            events=prepared if outbox is not None else None,
+        )
+        # nothing of theirs is left open (else their heartbeat rows stay, and are taken again)
+        await instance_store.forget(sessions, instance_ids)
+    except RecoveryCutShort as exc:
+        cause = type(exc.__cause__).__name__
+        log.error("closing the call records of a stopped process failed midway: %s", cause)
+        closed = exc.closed
     except Exception as exc:
         log.error("closing the call records of a stopped process failed: %s", type(exc).__name__)
         return 0
-    for record in records:
+    for lost in closed:
+        record = lost.record
         if metrics is not None:
             metrics.record_call_ended(record.id, outcome=str(record.disconnect_reason))
-        if sink is None:
+        if sink is None or lost.queued:
             continue
-        events = {
-            "agent.disconnected": agent_disconnected_payload(record),
-            "call.error": call_error_payload(record),
-            "call.ended": call_ended_payload(record),
-        }
-        for event, data in events.items():
+        for event, data in _lost_events(record):
             try:
                 await sink.emit(record.account_id, event, data)
             except Exception as exc:
                 log.error("queueing %s failed: %s", event, type(exc).__name__)
-    if records:
-        log.warning("closed %d call record(s) of a stopped gateway process as lost", len(records))
-    return len(records)
+    if closed:
+        log.warning("closed %d call record(s) of a stopped gateway process as lost", len(closed))
+    return len(closed)
 
 
 async def claim_and_recover(

@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from sqlalchemy import Executable, Table, and_, case, insert, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -91,8 +91,10 @@ def _final_fields(record: CallRecord) -> dict[str, Any]:
     }
 
 
+@runtime_checkable
 class Outbox(Protocol):
-    """The webhook outbox, for events written in a call record's transaction."""
+    """The webhook outbox, for events written in a call record's transaction (``DbEventSink``;
+    checkable, so that recovery can tell it from another ``EventSink``)."""
 
     async def outbox_rows(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The outbox rows of prepared events (raises when they cannot be made yet)."""
@@ -484,19 +486,53 @@ def _record_of(row: CallRow) -> CallRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LostCall:
+    """A record :func:`close_instance_calls` closed (this process, not a concurrent closer)."""
+
+    record: CallRecord  # as closed: what its events are built from
+    queued: bool  # its events were written in its close's transaction (else: the caller's)
+
+
+class RecoveryCutShort(Exception):
+    """Closing a dead process's records stopped at one that failed (the database lost):
+    ``closed`` were closed before it, and their events are still the caller's to send."""
+
+    def __init__(self, closed: list[LostCall]) -> None:
+        super().__init__(f"{len(closed)} record(s) closed before a failure")
+        self.closed = closed
+
+
 async def close_instance_calls(
     sessions: async_sessionmaker[AsyncSession],
     instance_ids: Collection[str],
     *,
     now: datetime | None = None,
-) -> list[CallRecord]:
+    outbox: Outbox | None = None,
+    events: Callable[[CallRecord], list[dict[str, Any]]] | None = None,
+) -> list[LostCall]:
     """Close the open records of the gateway processes ``instance_ids``, which are known to be
     dead (a SIP worker that exited; the previous run of this installation, whose lock is now
     ours: ``cli/instances.py``). Their calls ended when the process did, so unlike
     :func:`close_lost_calls` the end is known, to within the detection delay: ``now`` (the time
     of death, or a bound on it; never before a call was set up). Status
-    ``disconnected`` (``failed`` if never answered), reason ``lost``. Returns the closed records,
-    for the caller to send ``call.ended`` for each.
+    ``disconnected`` (``failed`` if never answered), reason ``lost``.
+
+    Two processes may recover the same dead one at once (the restarted host and another host's
+    watcher; a front whose worker exited and a watcher), and a process taken for dead may still
+    end a call: each record is closed by a compare-and-set (an ``UPDATE`` of the record only
+    while it is open), so one closer wins it and the others neither change nor report it. The
+    open records are read in a transaction of their own: on SQLite a transaction that read
+    before another's commit cannot write (its snapshot is stale: ``SQLITE_BUSY`` at once).
+
+    With an ``outbox``, ``events`` (the record's end as prepared webhook events,
+    ``EventSink.prepare``) are written in the transaction that closes the record (one each: an
+    orphan's records are few), as for a call's normal end (``DbCallRecorder``): a crash between
+    two commits would leave the record closed and its ``call.ended`` never queued — never,
+    since recovery closes only records still open. When they cannot be written (the endpoints
+    unreadable, or the rows refused for good), the record is closed alone and its events are
+    the caller's (``LostCall.queued``). Returns the records this process closed; raises
+    :class:`RecoveryCutShort` when a close fails after others landed.
     """
     if not instance_ids:
         return []
@@ -511,22 +547,102 @@ async def close_instance_calls(
                 )
             )
         ).all()
-        records: list[CallRecord] = []
-        for row in rows:
-            row.status = (
-                CallStatus.FAILED if row.answer_time is None else CallStatus.DISCONNECTED
-            ).value
-            row.disconnect_reason = DisconnectReason.LOST.value
-            row.error_message = LOST_INSTANCE_MESSAGE
-            # never before the call was up (an end estimated from the process's last sign of
-            # life can precede a call set up just before it died)
-            row.end_time = max(current, row.answer_time or row.start_time)
-            record = _record_of(row)
-            row.duration_seconds = record.duration_seconds
-            row.updated_at = current
-            records.append(record)
+    closed: list[LostCall] = []
+    for row in rows:
+        try:
+            lost = await _close_lost(sessions, row, current, outbox, events)
+        except Exception as exc:
+            if closed:
+                raise RecoveryCutShort(closed) from exc
+            raise
+        if lost is not None:
+            closed.append(lost)
+    return closed
+
+
+async def _close_lost(
+    sessions: async_sessionmaker[AsyncSession],
+    row: CallRow,
+    now: datetime,
+    outbox: Outbox | None,
+    events: Callable[[CallRecord], list[dict[str, Any]]] | None,
+) -> LostCall | None:
+    """Close one open record as lost, with its events when they can be written; None when it
+    was not open any more (another closer, or its call's end, came first)."""
+    record = _record_of(row)
+    record.status = CallStatus.FAILED if row.answer_time is None else CallStatus.DISCONNECTED
+    record.disconnect_reason = DisconnectReason.LOST
+    record.error_message = LOST_INSTANCE_MESSAGE
+    # never before the call was up (an end estimated from the process's last sign of life can
+    # precede a call set up just before it died)
+    record.end_time = max(now, row.answer_time or row.start_time)
+    event_rows: list[dict[str, Any]] = []
+    if outbox is not None and events is not None:
+        try:
+            # before the session: it may read (the endpoints)
+            event_rows = await outbox.outbox_rows(events(record))
+        except Exception as exc:
+            logger.warning(
+                "a lost call's events not written with its close (%s): sent after it",
+                type(exc).__name__,
+            )
+            return await _close_lost_alone(sessions, record, now)
+    try:
+        closed = await _close_if_open(sessions, record, now, event_rows)
+    except Exception as exc:
+        if not event_rows or transient_error(exc):
+            raise  # the record's own failure, or a database outage: the recovery fails
+        logger.error(
+            "a lost call's events refused with its close (%s): sent after it", type(exc).__name__
+        )
+        return await _close_lost_alone(sessions, record, now)
+    if not closed:
+        return None
+    if event_rows and outbox is not None:
+        outbox.enqueued()
+    return LostCall(record, queued=outbox is not None and events is not None)
+
+
+async def _close_lost_alone(
+    sessions: async_sessionmaker[AsyncSession], record: CallRecord, now: datetime
+) -> LostCall | None:
+    """Close the record without its events (``emit`` journals and retries them)."""
+    closed = await _close_if_open(sessions, record, now, [])
+    return LostCall(record, queued=False) if closed else None
+
+
+async def _close_if_open(
+    sessions: async_sessionmaker[AsyncSession],
+    record: CallRecord,
+    now: datetime,
+    rows: list[dict[str, Any]],
+) -> bool:
+    """Write ``record``'s lost end if its row is still open, and the outbox ``rows`` in the
+    same transaction; False (nothing written) when it is not."""
+    async with sessions() as session:
+        result = await session.execute(
+            update(CALLS)
+            .where(
+                CALLS.c.id == record.id,
+                CALLS.c.end_time.is_(None),
+                CALLS.c.disconnect_reason.is_(None),
+            )
+            .values(
+                status=record.status.value,
+                disconnect_reason=DisconnectReason.LOST.value,
+                error_message=record.error_message,
+                end_time=record.end_time,
+                duration_seconds=record.duration_seconds,
+                updated_at=now,
+            )
+        )
+        if int(result.rowcount or 0) != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            return False
+        if rows:
+            await WebhookRepository(session).enqueue(rows)
         await session.commit()
-    return records
+    return True
 
 
 RETENTION_INTERVAL_S = 300.0

@@ -255,7 +255,9 @@ async def test_the_open_records_of_a_dead_process_are_closed_with_an_end(api: Ap
     await dead.call_ended(done)
     await alive.call_started(other)
 
-    closed = await close_instance_calls(api.state.sessions, ["gw_dead"], now=now)
+    closed = [
+        c.record for c in await close_instance_calls(api.state.sessions, ["gw_dead"], now=now)
+    ]
     assert sorted(r.id for r in closed) == sorted([answered.id, ringing.id])
     assert await close_instance_calls(api.state.sessions, ["gw_dead"], now=now) == []
     by_id = {r.id: r for r in closed}
@@ -277,9 +279,12 @@ async def test_the_open_records_of_a_dead_process_are_closed_with_an_end(api: Ap
     late = started(account, start=now - timedelta(seconds=5))
     late.answer_time = now - timedelta(seconds=4)
     await DbCallRecorder(api.state.sessions, instance_id="gw_late").call_started(late)
-    (closed_late,) = await close_instance_calls(
-        api.state.sessions, ["gw_late"], now=now - timedelta(seconds=20)
-    )
+    (closed_late,) = [
+        c.record
+        for c in await close_instance_calls(
+            api.state.sessions, ["gw_late"], now=now - timedelta(seconds=20)
+        )
+    ]
     assert closed_late.end_time == late.answer_time  # never before the call was up
     assert closed_late.duration_seconds == 0
 
