@@ -219,6 +219,15 @@ class ClientTransaction:
             return
         self._end(timed_out=name == "F")
 
+    def transport_failed(self) -> bool:
+        """The transport could not send the request (§17.1.4): straight to Terminated, the TU
+        told as for a timeout — only while no final response came (a retransmission failing
+        after the answer came another way reports nothing). Returns whether it ended."""
+        if self.state not in (TxState.TRYING, TxState.PROCEEDING, TxState.CALLING):
+            return False
+        self._end(timed_out=True)
+        return True
+
     def _end(self, *, timed_out: bool) -> None:
         self.state = TxState.TERMINATED
         for timer in list(self.timer_generation):

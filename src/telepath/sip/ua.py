@@ -274,6 +274,26 @@ class UserAgentCore:
             self._observe_response(status)
         return self._take()
 
+    def transport_failed(self, data: bytes) -> list[Output]:
+        """The transport could not send ``data``: no connection to its next hop could be
+        opened (a dialog's connection was gone and so is its peer). RFC 3261 §17.1.4: the
+        client transaction of a request learns it at once and ends, its TU told as for a
+        timeout (§8.1.3.1) — a BYE still ends the dialog, a REFER fails, a session refresh
+        fails — instead of waiting out Timer F (32 s) for an answer that cannot come. A
+        response's server transaction just lives out its timers (§17.2.4 leaves nothing
+        better to do); an ACK has no transaction."""
+        try:
+            message = parse_message(data)
+            if not isinstance(message, Request) or message.method == "ACK":
+                return self._take()
+            key = (message.top_via.branch or "", message.method)
+        except SipParseError:
+            return self._take()
+        tx = self._client_txs.get(key)
+        if tx is not None and tx.transport_failed():
+            self.counters["client_tx_transport_errors"] += 1
+        return self._take()
+
     def poll(self) -> list[Output]:
         """Fire the timers due now."""
         self.timers.fire_due(self.clock.now())

@@ -516,6 +516,7 @@ class SipServer:
         if self._stream_out is not None:  # a worker: the connection is the front's
             if not self._stream_out.send(pack_stream_reply(dest.conn or 0, send.data)):
                 self.counters_inc("stream_send_no_connection")
+                self._unsent([send.data])
             return
         self.write_stream(dest.conn or -1, send.data)
 
@@ -535,6 +536,7 @@ class SipServer:
         hop = next_hop(data)
         if hop is None:
             self.counters_inc("stream_send_no_connection")
+            self._unsent([data])
             return
         conn = self.connections.get(self.hops.get(hop, -1))
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
@@ -546,9 +548,11 @@ class SipServer:
                 held.append(data)
             else:
                 self.counters_inc("stream_send_no_connection")
+                self._unsent([data])
             return
         if not self.reserve(hop[1]):  # bounded as accepted connections are, by its address
             self.counters_inc("stream_send_no_connection")
+            self._unsent([data])
             return
         self._held[hop] = [data]
         task = asyncio.get_running_loop().create_task(self._open(hop))
@@ -577,6 +581,7 @@ class SipServer:
                 type(exc).__name__,
                 len(dropped),
             )
+            self._unsent(dropped)
             return
         except BaseException:
             self.release(host)  # cancelled (stop)
@@ -588,12 +593,25 @@ class SipServer:
         if conn is None or conn.transport is None:  # closed by its peer at once: not again
             self.release(host)
             self.core.counters["stream_send_no_connection"] += len(held)
+            self._unsent(held)
             return
         conn.place, conn.hop = host, hop
         self.hops[hop] = conn_id
         self.watch_idle(conn)  # nothing holds it open for ever
         for data in held:
             conn.transport.write(data)
+
+    def _unsent(self, messages: list[bytes]) -> None:
+        """Tell the core that ``messages`` could not be sent (RFC 3261 §17.1.4: their client
+        transactions end now, not at Timer F). On the next loop turn: this can be reached from
+        inside :meth:`dispatch`, whose events must go out in order first. A worker's message
+        that its front could not send is not reported back (its transaction times out)."""
+        if messages:
+            asyncio.get_running_loop().call_soon(self._report_unsent, messages)
+
+    def _report_unsent(self, messages: list[bytes]) -> None:
+        for data in messages:
+            self.dispatch(self.core.transport_failed(data))
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()

@@ -187,13 +187,17 @@ async def test_our_200_ok_opens_a_connection_to_the_via_when_the_invites_is_gone
 async def test_a_next_hop_that_cannot_be_reached_costs_the_message_not_the_gateway(
     gateway: Gateway, agent: CuedAgent, listener: Listener
 ) -> None:
-    """Nothing listens where the carrier's Contact points any more: the BYE is lost (its
-    transaction times out as for any lost request), counted, and nothing else is harmed."""
+    """Nothing listens where the carrier's Contact points any more: the BYE is lost, counted,
+    and nothing else is harmed. Its transaction learns it at once (RFC 3261 §17.1.4) and the
+    dialog ends then, not when Timer F (32 s) would have fired."""
     leg = await call_then_drop_the_connection(gateway, listener)
     await listener.close()
     agent.cue.set()
     counters = gateway.server.core.counters
     await until(lambda: counters["stream_reconnect_failed"] == 1)
+    await until(lambda: counters["client_tx_transport_errors"] == 1)
+    assert gateway.server.core.dialog_count == 0
+    assert counters["client_tx_timeouts"] == 1  # its TU told as for a timeout (§8.1.3.1)
     assert listener.accepted == [] and leg.to_tag is not None
     uac = await Uac.open("TCP", gateway.server.bound["TCP"])  # the listener is still served
     try:

@@ -535,3 +535,37 @@ def test_the_dialog_follows_its_peer_to_a_new_connection(
     (bye,) = [o for o in ua.hangup(dialog) if isinstance(o, Send)]
     assert bye.dest == second
     assert ua.uses_connection(2)
+
+
+def test_a_request_the_transport_could_not_send_ends_its_transaction_at_once(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §17.1.4: no connection to the BYE's next hop could be opened — the dialog
+    ends now (as on Timer F), not 32 s later; a REFER that could not be sent fails now. Bytes
+    that are not one of our pending requests change nothing."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.refer(dialog, "sip:+15550001111@carrier.example")  # type: ignore[arg-type]
+    (refer,) = [o for o in out if isinstance(o, Send)]
+    assert events(ua.transport_failed(refer.data)) == [ReferUpdate(dialog, 408, True)]  # type: ignore[arg-type]
+    assert ua.transport_failed(refer.data) == []  # its transaction is gone: once only
+    (bye,) = [o for o in ua.hangup(dialog) if isinstance(o, Send)]  # type: ignore[arg-type]
+    for other in (b"garbage", reply(parse_message(bye.data), 200), request("ACK")):
+        assert ua.transport_failed(other) == []
+    assert ua.dialog_count == 1
+    assert events(ua.transport_failed(bye.data)) == [CallEnded(dialog, "bye_failed")]  # type: ignore[arg-type]
+    assert (ua.dialog_count, ua.counters["client_tx_transport_errors"]) == (0, 2)
+
+
+def test_a_transport_failure_after_the_final_answer_changes_nothing(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """A retransmission failing after the peer answered (its answer already came on another
+    path) does not undo the answer."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.refer(dialog, "sip:+15550001111@carrier.example")  # type: ignore[arg-type]
+    (refer,) = [o for o in out if isinstance(o, Send)]
+    ua.receive(reply(parse_message(refer.data), 202), SRC)
+    assert ua.transport_failed(refer.data) == []
+    assert (ua.dialog_count, ua.counters["client_tx_transport_errors"]) == (1, 0)
