@@ -1,5 +1,6 @@
 """TrunkConfig: a trunk's allowed_addresses against a request's source, its inbound_numbers
-against the called number, and when it authenticates by address."""
+against the called number, and when it authenticates by address; which Request-URI users may
+name a trunk."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from telepath.calls.ports import TrunkConfig
+from telepath.calls.ports import TrunkConfig, may_be_sip_username
 
 pytestmark = pytest.mark.unit
 
@@ -79,3 +80,24 @@ def test_a_trunk_takes_its_allowed_callers_or_any_when_it_lists_none() -> None:
     assert listed.allows_caller("+15551230000")
     assert not listed.allows_caller("+15551230001")
     assert not listed.allows_caller(None)  # anonymous, or not a number: refused by a list
+
+
+@pytest.mark.parametrize(
+    ("user", "may_be"),
+    [
+        ("b-support", True),
+        ("B-Support", True),  # usernames are case-insensitive
+        ("14155550100", True),  # a number without "+" may be a username too: looked up
+        ("tpr-0123456789abcdef0123", True),
+        ("abc", True),
+        ("a" * 30, True),
+        ("+14155550100", False),  # the number itself: no username has a "+"
+        ("ab", False),
+        ("a" * 31, False),
+        ("b.support", False),
+        ("", False),
+    ],
+)
+def test_which_request_uri_users_may_name_a_trunk(user: str, may_be: bool) -> None:
+    """The API's sip_username rule: call control looks up only what could be one."""
+    assert may_be_sip_username(user) is may_be

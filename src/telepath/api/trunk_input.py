@@ -24,14 +24,13 @@ from fastapi import Request
 
 from telepath.api.errors import ApiError
 from telepath.api.registration_input import parse_registration
+from telepath.calls.ports import SIP_USERNAME_CHARS, SIP_USERNAME_MAX, SIP_USERNAME_MIN
 from telepath.sip.numbers import canonical_number
 
 PROVIDERS: Final = ("openai", "elevenlabs", "custom")
 CUSTOM_PROTOCOLS: Final = ("telepath", "twilio")
 SETTABLE_STATUSES: Final = ("active", "inactive")
 
-SIP_USERNAME_CHARS = re.compile(r"[A-Za-z0-9-]+")
-SIP_USERNAME_MIN, SIP_USERNAME_MAX = 3, 30
 SIP_PASSWORD_MIN, SIP_PASSWORD_MAX = 8, 128
 NAME_MAX = 200
 # The widths of their columns (VARCHAR(100) and VARCHAR(50)): PostgreSQL refuses longer values.

@@ -64,6 +64,7 @@ from telepath.calls.ports import (
     EventSink,
     TrunkConfig,
     TrunkDirectory,
+    may_be_sip_username,
 )
 from telepath.calls.registrations import Registrations
 from telepath.errors import TelepathError
@@ -728,7 +729,14 @@ class CallManager:
         with ``sip_auth`` "address" from one of its allowed sources, or of a trunk with a
         registration from its registrar — by address; otherwise it is challenged or refused
         (counted as a rejected call unless ``call`` is False: a REGISTER is none, and always
-        authenticates by digest)."""
+        authenticates by digest).
+
+        Decision: a Request-URI whose user is a trunk's ``sip_username`` is that trunk's call,
+        which only its own credentials (or its own number and sources) admit — a number routes
+        the call by address only when it names no other trunk (``_names_another_trunk``).
+        Numbers are claimed by any account, first come, first served, and the called number
+        may come from To alone: else an account listing another's number would take, with no
+        challenge, the calls a carrier sends to that other account's username."""
         request = tx.request
         value = request.headers.get("Authorization")
         source_ip = tx.source.addr[0]
@@ -746,8 +754,6 @@ class CallManager:
             # signalling addresses are shared by all its customers. From any other source the
             # INVITE is challenged like every unknown one (no oracle for which numbers exist),
             # and its credentials, right or wrong, end in the same 403.
-            if routed is not None and routed.address_auth and routed.allows_source(source_ip):
-                return routed
             # A registrar that puts the dialled number in the Request-URI instead of our
             # contact user (many carriers do, to the contact's address): the trunk it
             # registered for, from the registrar, answers no challenge either.
@@ -755,8 +761,15 @@ class CallManager:
             # over the connection, and a UDP source address can be forged.)
             if (
                 routed is not None
-                and not (routed.registration_streamed and tx.source.transport == "UDP")
-                and await self._from_registrar(routed, source_ip)
+                and (
+                    (routed.address_auth and routed.allows_source(source_ip))
+                    or (
+                        not (routed.registration_streamed and tx.source.transport == "UDP")
+                        and await self._from_registrar(routed, source_ip)
+                    )
+                )
+                # Last, so only an INVITE that would be admitted by address pays for it
+                and not await self._names_another_trunk(request, routed)
             ):
                 return routed
         if value is None:
@@ -820,13 +833,41 @@ class CallManager:
         refuse(tx, 403, "auth_failed")
         return None
 
+    async def _names_another_trunk(self, request: Request, routed: TrunkConfig) -> bool:
+        """Whether the Request-URI's user is the ``sip_username`` (in any case) of a trunk
+        other than ``routed``, the trunk serving the called number.
+
+        Then the number — read from To, or from a Request-URI user that is both a username
+        and a number (``14155550100``) — only says what was dialled: the named trunk's own
+        ``inbound_numbers`` judge it after its digest, and ``routed`` is not admitted by
+        address. A Request-URI carrying the number itself (``+14155550100``, which no
+        username can be) or naming no trunk is routed by the number as before — with no
+        lookup at all for the former, so number-routed calls pay nothing for this and are
+        still taken from a stale cache while the database is down. Otherwise it is one
+        lookup served from the directory's cache — the one ``_trunk_of`` makes anyway when
+        the INVITE is then challenged.
+        """
+        user = request.uri.user_unescaped
+        name = user.split(";", 1)[0] if user else ""
+        if not may_be_sip_username(name):
+            return False
+        named = await self.directory.find_by_sip_username(name)
+        return named is not None and named.trunk_id != routed.trunk_id
+
     async def _registered_trunk(self, request: Request, source_ip: str) -> TrunkConfig | None:
         """The trunk whose registered contact an INVITE is sent to, when it comes from where
         that trunk's calls may: its ``allowed_addresses`` if it has any, else its registrar's
         addresses. Decision: the carrier learnt the contact from our REGISTER and sends to it
         without answering challenges (a phone's registrar does not expect to be challenged),
         so the random contact user and the source admit the call; from anywhere else the
-        INVITE is challenged like every unknown one."""
+        INVITE is challenged like every unknown one.
+
+        Keyed on the Request-URI's user being exactly a registration's contact user (80
+        random bits that the gateway draws, never an account), and never on the called
+        number: so a registration cannot take an INVITE whose Request-URI names another
+        trunk's username, and a number in To only has ``serves`` check it against this
+        trunk's own ``inbound_numbers``. (A call from its registrar to one of its numbers
+        is routed in ``_authenticate``, which lets a named trunk win.)"""
         user = request.uri.user_unescaped
         if not user or not user.startswith(CONTACT_USER_PREFIX):
             return None

@@ -6,6 +6,7 @@ these implementations in. Dependencies only point inward.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -196,6 +197,21 @@ class RegistrationStore(Protocol):
         e.g. ``403 Forbidden`` or ``no response``) or ``unregistered``. A trunk or
         registration deleted meanwhile is ignored."""
         ...
+
+
+#: What a trunk's ``sip_username`` may be (the API refuses anything else with these,
+#: ``api/trunk_input.py``): call control need not look up a Request-URI user that cannot be
+#: one (``+14155550100``) to know that it names no trunk.
+SIP_USERNAME_CHARS = re.compile(r"[A-Za-z0-9-]+")
+SIP_USERNAME_MIN, SIP_USERNAME_MAX = 3, 30
+
+
+def may_be_sip_username(text: str) -> bool:
+    """Whether ``text`` has the form of a trunk's ``sip_username`` (any case)."""
+    return (
+        SIP_USERNAME_MIN <= len(text) <= SIP_USERNAME_MAX
+        and SIP_USERNAME_CHARS.fullmatch(text) is not None
+    )
 
 
 class DirectoryUnavailable(Exception):

@@ -4,6 +4,8 @@ A trunk with ``sip_auth`` "address" takes INVITEs for its numbers from its allow
 without a challenge — a carrier that answers none (SIPp plays one). From anywhere else, or for
 another number, the INVITE is challenged like any unknown one. A digest trunk with
 ``inbound_numbers`` is reached by its number in the Request-URI and refuses other numbers.
+A Request-URI naming a trunk's username is that trunk's call, whatever number another
+account's trunk claims and the To header carries.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ async def test_a_carrier_that_answers_no_challenge_reaches_its_number(
     assert record["to"] == "+14155550100"
     assert record["disconnect_reason"] == "caller_hangup"
     assert len(agent.handshakes) == 1
+
+
+async def trunk_of_account(api: Api, key: str, user: str, **fields: Any) -> dict[str, Any]:
+    """A trunk created by the account whose API key is ``key`` (``create_trunk``: the default
+    account's)."""
+    body = {"name": f"trunk {user}", "sip_username": user, "sip_password": PASSWORD, **fields}
+    resp = await api.post("/v1/trunks", body, key=key)
+    assert resp.status_code == 201, resp.text
+    data: dict[str, Any] = resp.json()
+    return data
 
 
 async def invite(
@@ -185,3 +197,117 @@ async def test_allowed_caller_numbers_refuse_other_callers_after_the_digest(
     starts = [m for m in agent.received if m["type"] == "start"]
     assert [m["call"]["caller"] for m in starts] == ["+14155550100"]  # the agent is told so
     assert len(agent.handshakes) == 1
+
+
+async def test_a_number_in_to_never_takes_another_account_s_named_trunk(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """Account B's trunk set up the Quickstart way (digest, no numbers), its carrier sending to
+    ``sip:<B's username>@gw`` with the dialled number in To; account A's address-auth trunk
+    claims that number for the carrier's addresses. B's calls stay B's: challenged with B's
+    own challenge (SHA-256 only here), answered by B's agent with B's credentials, and A's
+    agent never hears of them."""
+    host, port = uac.target
+    number = "+14155550100"
+    async with (
+        FakeTelepathAgent(agent="silent") as b_agent,
+        FakeTelepathAgent(agent="silent") as a_agent,
+    ):
+        b_trunk = await create_trunk(
+            api,
+            "b-support",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=b_agent.url,
+            sip_digest_algorithms="SHA-256",
+        )
+        a_key = await api.new_account_key("tenant-a")
+        await trunk_of_account(
+            api,
+            a_key,
+            "a-squatter",
+            ai_provider="custom",
+            custom_endpoint=a_agent.url,
+            sip_auth="address",
+            allowed_addresses=["127.0.0.0/8"],  # the carrier's (shared) addresses
+            inbound_numbers=[number],
+        )
+        # B's carrier: the Request-URI names B's trunk (in any case), the number only in To
+        for named in ("b-support", "B-Support"):
+            uri, to = f"sip:{named}@{host}:{port}", f"sip:{number}@{host}:{port}"
+            leg = CallLeg(uac, "b-support", uri=uri, to_uri=to)
+            assert await invite(leg, 200, algorithm="SHA-256") == 401
+            assert [challenge_params(c).get("algorithm") for c in leg.challenges] == ["SHA-256"]
+            await leg.bye()
+        records = await ended_records(api, gateway, count=2)
+        assert [(r["trunk_id"], r["to"]) for r in records] == [(b_trunk["id"], number)] * 2
+        assert len(b_agent.handshakes) == 2
+        assert a_agent.handshakes == []
+        # The number itself in the Request-URI is still A's, unchallenged: numbers are claimed
+        # first come, first served (README, "Security"); so is A's own username with its own
+        # number in To
+        await answered_unchallenged(CallLeg(uac, "a-caller", uri=f"sip:{number}@{host}:{port}"))
+        own = CallLeg(uac, "a-squatter", to_uri=f"sip:{number}@{host}:{port}")
+        await answered_unchallenged(own)
+        assert len(a_agent.handshakes) == 2
+
+
+async def answered_unchallenged(leg: CallLeg) -> None:
+    """``leg``'s INVITE answered 200 at once (no challenge); ACKed, then hung up."""
+    assert await invite(leg, 200, password=None) == 200
+    leg.to_tag = (await leg.uac.response(200, leg.call_id, method="INVITE")).to.tag
+    leg.uac.send(leg.ack())
+    await leg.bye()
+
+
+async def test_a_registrar_s_number_in_to_never_takes_another_account_s_named_trunk(
+    api: Api, gateway: Gateway
+) -> None:
+    """The same through a registration: A's trunk registers with the carrier's shared
+    registrar (127.0.0.2) and lists B's number; an INVITE from that registrar to B's username
+    with the number in To is challenged for B, not admitted as A's registrar's call — while
+    the number in the Request-URI from the registrar is still A's, unchallenged."""
+    gw = gateway.server.bound["UDP"]
+    registrar = await Uac.open("UDP", gw, host="127.0.0.2")  # never answers: not needed
+    number = "+14155550177"
+    try:
+        async with (
+            FakeTelepathAgent(agent="silent") as b_agent,
+            FakeTelepathAgent(agent="silent") as a_agent,
+        ):
+            b_trunk = await create_trunk(
+                api,
+                "b-registrar",
+                PASSWORD,
+                ai_provider="custom",
+                custom_endpoint=b_agent.url,
+                sip_digest_algorithms="SHA-256",
+            )
+            a_key = await api.new_account_key("tenant-a")
+            await trunk_of_account(
+                api,
+                a_key,
+                "a-registered",
+                ai_provider="custom",
+                custom_endpoint=a_agent.url,
+                registration={
+                    "registrar": f"sip:127.0.0.2:{registrar.local[1]}",
+                    "username": "a-account",
+                    "password": "carrier-secret-7",
+                },
+                inbound_numbers=[number],
+            )
+            to = f"sip:{number}@127.0.0.1:{gw[1]}"
+            leg = CallLeg(registrar, "b-registrar", to_uri=to)
+            assert await invite(leg, 200, algorithm="SHA-256") == 401
+            assert [challenge_params(c).get("algorithm") for c in leg.challenges] == ["SHA-256"]
+            await leg.bye()
+            (record,) = await ended_records(api, gateway)
+            assert record["trunk_id"] == b_trunk["id"]
+            assert len(b_agent.handshakes) == 1
+            assert a_agent.handshakes == []
+            # the number itself in the Request-URI, from the registrar: A's, unchallenged
+            await answered_unchallenged(CallLeg(registrar, "a-caller", uri=to, to_uri=to))
+            assert len(a_agent.handshakes) == 1
+    finally:
+        await registrar.close()
