@@ -8,6 +8,7 @@ from typing import Literal
 
 import pytest
 import websockets
+from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges import ws as ws_module
 from telepath.bridges.base import (
@@ -115,6 +116,31 @@ async def test_telepath_clear_hangup_transfer() -> None:
                 == [{"type": "transfer_result", "request_id": "xfer-1", "ok": True}]
             )
         )
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
+class OddChunkThenClear(FakeTelepathAgent):
+    """A sample and a half of audio, ``clear`` (a barge-in), then the usual tone: the next
+    turn's audio starts on a whole sample of its own (docs: agent ``audio`` of any length)."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        await self.send_audio(ws, b"\x10\x20\x30")
+        await self.send_clear(ws)
+        return await super()._greet(ws)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_a_pcm16_agent_s_next_turn_after_clear_is_not_shifted_by_a_byte(rate: int) -> None:
+    pcm16 = MediaFormat(encoding="pcm16", sample_rate=rate)
+    async with OddChunkThenClear(media_format=pcm16) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        after = events[events.index(AgentClear()) :]
+        audio = g711_to_pcm16(audio_of(after))
+        assert len(audio) == 1000 * 16  # the whole second of tone, as 8 kHz PCM16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)  # not 840 Hz (a byte off)
         await bridge.close()
         assert fake.protocol_errors == []
 
@@ -311,6 +337,31 @@ async def test_a_dropped_agent_is_reconnected_and_nothing_sent_meanwhile_is_lost
         and abs(dominant_frequency(g711_to_pcm16(audio_of(after), "pcmu")) - 1000) < 15
     )
     assert isinstance(events[-1], AgentDisconnected) and fake.protocol_errors == []
+
+
+class OddChunkThenDrop(FakeTelepathAgent):
+    """On its first connection a sample and a half of audio, then (``drop_after_ms``) the
+    drop; on the next one the tone: the new connection's audio starts on a whole sample."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        if len(self.starts) == 1:
+            await self.send_audio(ws, b"\x10\x20\x30")
+            return True  # no mark, no hangup: the drop comes next
+        return await super()._greet(ws)
+
+
+async def test_a_reconnected_pcm16_agent_s_audio_is_not_shifted_by_a_byte() -> None:
+    pcm16 = MediaFormat(encoding="pcm16", sample_rate=8000)
+    async with OddChunkThenDrop(media_format=pcm16, drop_after_ms=100) as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        after = events[[type(e) for e in events].index(AgentReconnected) :]
+        audio = g711_to_pcm16(audio_of(after))
+        assert len(audio) == 1000 * 16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)
+        await bridge.close()
+        assert fake.protocol_errors == []
 
 
 async def test_no_reconnect_within_the_budget_ends_the_session() -> None:

@@ -16,6 +16,7 @@ from elevenlabs.types.client_event import ClientEvent
 from elevenlabs.types.conversation_initiation_client_data_request_input import (
     ConversationInitiationClientDataRequestInput,
 )
+from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
     AgentClear,
@@ -177,6 +178,34 @@ async def test_interruption_clears_and_drops_late_audio(fake: FakeElevenLabs) ->
     assert {e.segment for e in after if hasattr(e, "segment")} == {"2"}
     await bridge.close()
     assert_sdk_valid(fake)
+
+
+class OddChunkThenInterruption(FakeElevenLabs):
+    """A sample and a half of the turn's audio just before its ``interruption``."""
+
+    async def _interrupt(self, ws: ServerConnection, turn: int) -> None:
+        await self._audio(ws, b"\x10\x20\x30", turn)
+        await super()._interrupt(ws, turn)
+
+
+async def test_a_pcm16_agent_s_turn_after_an_interruption_is_not_shifted_by_a_byte() -> None:
+    """The half sample the interrupted turn left is dropped with it: the new turn's 440 Hz
+    stays 440 Hz (one byte off, every sample is misread)."""
+    async with OddChunkThenInterruption(
+        formats=("ulaw_8000", "pcm_16000"),
+        tone_hz=1000,
+        barge_in_after_ms=300,
+        reply_hz=440,
+        reply_ms=500,
+    ) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        await collect_until(bridge, AgentClear)
+        audio = g711_to_pcm16(audio_of(await collect_until(bridge, audio_ms=500)))
+        assert len(audio) == 500 * 16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)
+        await bridge.close()
+        assert_sdk_valid(fake)
 
 
 @pytest.mark.parametrize("fake", [{"agent": "silent"}], indirect=True)

@@ -68,6 +68,11 @@ class _CustomBridge(WebSocketBridge):
             return AgentHangup(BridgeReason.AGENT_HANGUP)
         return super()._on_remote_close(code, reason)
 
+    def _clear(self) -> None:
+        """A barge-in: the audio after it is a new turn, begun on a whole sample of its own."""
+        if self._converter is not None:
+            self._converter.restart_from_agent()
+
     def _decode_audio(self, payload_b64: str | None) -> bytes | None:
         """Fast path: agent audio in the call's codec, or None to leave it to the parser."""
         if payload_b64 is None or self._converter is None:
@@ -180,6 +185,7 @@ class TelepathAgentBridge(_CustomBridge):
             case ev.Mark():
                 await self._emit(AgentMark(message.name))
             case ev.Clear():
+                self._clear()
                 await self._emit(AgentClear())
             case ev.Hangup():
                 self._finish(AgentHangup(BridgeReason.AGENT_HANGUP))
@@ -216,6 +222,7 @@ class TelepathAgentBridge(_CustomBridge):
             raise BridgeProtocolError("the agent's first message after reconnecting is not ready")
         if message.media_format != self._format:
             raise BridgeProtocolError("the agent changed its media format on reconnecting")
+        self._clear()  # the old connection's last audio may have ended mid-sample
 
     def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
         if self._ready is not None and not self._ready.done():
@@ -344,6 +351,7 @@ class TwilioStreamBridge(_CustomBridge):
             case ev.TwMark():
                 await self._emit(AgentMark(message.mark.name))
             case ev.TwClear():
+                self._clear()
                 await self._emit(AgentClear())
             case None:
                 pass

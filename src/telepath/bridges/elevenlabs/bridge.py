@@ -235,6 +235,8 @@ class ElevenLabsBridge(WebSocketBridge):
                 self._last_interrupt = max(
                     self._last_interrupt, message.interruption_event.event_id
                 )
+                if self._converter is not None:  # the next turn starts on a whole sample
+                    self._converter.restart_from_agent()
                 await self._emit(AgentClear())
             case ev.Ping():
                 await self._send(ev.Pong(event_id=message.ping_event.event_id).to_json())
