@@ -230,6 +230,29 @@ async def test_system_end_call_closes_with_1000_and_hangs_up(fake: FakeElevenLab
     await bridge.close()
 
 
+@pytest.mark.parametrize("goodbye_ms", [500, 0])
+async def test_max_duration_ends_as_session_limit_after_the_goodbye(goodbye_ms: int) -> None:
+    """At ``max_duration_seconds`` ElevenLabs sends ``error`` ``max_duration_exceeded`` (code
+    1000), maybe after the agent's ``max_conversation_duration_message``, then closes 1000
+    (providers.md §3.6). That is the provider's session limit, not a failure: its goodbye is
+    delivered and the session ends ``AgentHangup(SESSION_LIMIT)``, which call control drains
+    (as an ``ai_provider_error`` it ended at once, cutting the goodbye)."""
+    async with FakeElevenLabs(
+        response_ms=300, max_duration=True, goodbye_ms=goodbye_ms, reply_hz=1000
+    ) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge)
+        assert events[-1] == AgentHangup(BridgeReason.SESSION_LIMIT)
+        audio = audio_of(events)
+        assert len(audio) == (300 + goodbye_ms) * 8
+        if goodbye_ms:
+            assert dominant_frequency(g711_to_pcm16(audio[300 * 8 :])) == pytest.approx(1000, abs=8)
+        await bridge.close()
+        assert [m["type"] for m in fake.sent][-1] == "error"
+        assert_sdk_valid(fake)
+
+
 @pytest.mark.parametrize("fake", [{"hangup_tool": True}], indirect=True)
 async def test_client_end_call_tool_hangs_up(fake: FakeElevenLabs) -> None:
     bridge = bridge_for(fake)
