@@ -27,6 +27,7 @@ from telepath.bridges.base import (
     BridgeReason,
     CustomConfig,
 )
+from telepath.bridges.custom.bridge import TwilioStreamBridge
 from telepath.bridges.custom.events import MediaFormat
 from telepath.bridges.registry import create_bridge
 from telepath.testing.fake_custom import GREETING_MARK, FakeTelepathAgent, FakeTwilioAgent
@@ -187,6 +188,8 @@ async def test_connect_failures() -> None:
 async def test_twilio_agent_works_unchanged() -> None:
     async with FakeTwilioAgent() as fake:
         bridge = bridge_for(fake)
+        assert isinstance(bridge, TwilioStreamBridge)
+        bridge.clock = lambda: 0.0  # time stands still: the timestamps count the audio
         await bridge.start(META)
         events = await collect_until(bridge, AgentMark)
         assert dominant_frequency(g711_to_pcm16(audio_of(events))) == pytest.approx(440, abs=8)
@@ -209,6 +212,34 @@ async def test_twilio_agent_works_unchanged() -> None:
         assert all(m["media"]["track"] == "inbound" for m in media)
         start = fake.received[1]["start"]
         assert start["streamSid"].startswith("MZ") and len(start["streamSid"]) == 34
+
+
+async def test_twilio_media_timestamps_are_ms_since_the_stream_started() -> None:
+    """providers.md §4.2: ``media.timestamp`` is the presentation time, ms since the stream
+    started, not the audio sent so far: after a 30 s hold (no RTP) it is 30 s on. Within
+    ``MEDIA_CLOCK_SLACK_MS`` of the clock it counts the audio, so frames stay 20 ms apart
+    whatever their jitter; a burst after a stall runs at most that far ahead; it never goes
+    back."""
+    now = [0.0]
+    arrivals = [0.0, 0.02, 0.045, 0.058, 0.08]  # jitter: the audio is counted
+    arrivals += [30.1, 30.12, 30.14]  # after a 30 s hold: back on the clock
+    arrivals += [30.4] * 7 + [30.42]  # a 240 ms stall, then its frames at once
+    async with FakeTwilioAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        assert isinstance(bridge, TwilioStreamBridge)
+        bridge.clock = lambda: now[0]
+        await bridge.start(META)
+        frame = sine_g711(1000, 20)
+        for at in arrivals:
+            now[0] = at
+            await bridge.send_audio(frame)
+        await wait_for(lambda: fake.chunks == len(arrivals))
+        await bridge.close()
+    stamps = [int(m["media"]["timestamp"]) for m in fake.received if m["event"] == "media"]
+    assert stamps[:5] == [0, 20, 40, 60, 80]
+    assert stamps[5:8] == [30100, 30120, 30140]
+    assert stamps[8:] == [30400, 30420, 30440, 30460, 30480, 30500, 30500, 30520]
+    assert fake.protocol_errors == []
 
 
 async def test_twilio_clear_hangup_and_alaw_conversion() -> None:

@@ -15,6 +15,8 @@ import binascii
 import json
 import logging
 import secrets
+import time
+from collections.abc import Callable
 
 from telepath.bridges.audio import WIDEBAND, AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
@@ -45,6 +47,10 @@ __all__ = ["TelepathAgentBridge", "TwilioStreamBridge"]
 logger = logging.getLogger(__name__)
 
 FRAME_MS = 20
+#: How far a Twilio ``media.timestamp`` may stray from the clock before it follows the clock
+#: (``TwilioStreamBridge._audio_message``): more than network jitter and the odd loop stall,
+#: less than a hold or RTP that stopped.
+MEDIA_CLOCK_SLACK_MS = 100
 
 
 def _b64decode(text: str) -> bytes:
@@ -263,6 +269,9 @@ class TwilioStreamBridge(_CustomBridge):
         self.account_sid = _sid("AC")
         self._sequence = 0
         self._chunk = 0
+        #: Monotonic seconds (replaceable in tests); the stream starts when ``start`` is sent.
+        self.clock: Callable[[], float] = time.monotonic
+        self._started_at = self.clock()
 
     def _next_sequence(self) -> str:
         self._sequence += 1
@@ -290,6 +299,7 @@ class TwilioStreamBridge(_CustomBridge):
         await self._send(ev.TwConnected().to_json())
         sequence = self._next_sequence()
         start = ev.TwStart(sequenceNumber=sequence, start=info, streamSid=self.stream_sid)
+        self._started_at = self.clock()
         await self._send(start.to_json())
 
     def _audio_message(self, payload: bytes) -> str | None:
@@ -298,8 +308,17 @@ class TwilioStreamBridge(_CustomBridge):
             return None
         self._chunk += 1
         data = b64_encode(self._converter.to_agent(payload))
+        # media.timestamp is ms since the stream started (presentation time, providers.md
+        # §4.2). The audio counted so far gives exact 20 ms steps through jitter, but not the
+        # time nothing came (a hold): it follows the clock once it falls more than the slack
+        # behind, and waits (equal stamps) once a burst puts it that far ahead. Never back.
         timestamp = self._sent_ms
-        self._sent_ms += round(len(payload) / 8)
+        elapsed_ms = int((self.clock() - self._started_at) * 1000)
+        if timestamp < elapsed_ms - MEDIA_CLOCK_SLACK_MS:
+            timestamp = elapsed_ms
+        elif timestamp > elapsed_ms + MEDIA_CLOCK_SLACK_MS:
+            timestamp = elapsed_ms + MEDIA_CLOCK_SLACK_MS
+        self._sent_ms = timestamp + round(len(payload) / 8)
         # TwMedia(...).to_json() byte for byte, without a model per frame (a unit test holds
         # them together); the stream SID is ours and JSON-escaped once.
         return (
