@@ -121,6 +121,18 @@ class _OneWay:
             else None
         )
 
+    def reset(self) -> None:
+        """Start a new stream: drop the half sample carried over and the resampler state.
+
+        Kept across a cut, the half sample would pair with the next stream's first byte and
+        shift every later sample by one byte (noise), and the filter would play the old
+        stream's last milliseconds into the new one.
+        """
+        self._odd = b""
+        self._state = None
+        if self._filter is not None:
+            self._filter = Resampler(self.src.rate, self.dst.rate)
+
     def __call__(self, data: bytes) -> bytes:
         if self.src.encoding == "pcm16" and (self._odd or len(data) % _SAMPLE_WIDTH):
             # A sample split across two messages: whole samples only, even unconverted.
@@ -181,3 +193,10 @@ class AudioConverter:
     def from_agent(self, data: bytes) -> bytes:
         """Agent output audio -> call G.711 payload (16 kHz PCM16 when wideband)."""
         return self._down(data)
+
+    def restart_from_agent(self) -> None:
+        """The agent's next audio begins a new stream: after a barge-in's clear (the call's
+        playout dropped the rest of the turn, half sample and all) or on a new connection to
+        the agent (the old one's last message may have ended mid-sample). The caller's
+        direction goes on untouched."""
+        self._down.reset()

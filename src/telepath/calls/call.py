@@ -466,7 +466,9 @@ class Call:
                 self._refer_sip(event.target)
             elif isinstance(event, AgentHangup):
                 await self._drain_playout()
-                self.end(DisconnectReason.AGENT_HANGUP)
+                # the bridge's reason, by value as for AgentError: agent_hangup, or
+                # session_limit when the provider's own maximum session length ended it
+                self.end(DisconnectReason(event.reason.value))
                 return
             elif isinstance(event, AgentError):
                 self.end(DisconnectReason(event.reason.value), event.message)

@@ -26,6 +26,10 @@ Behaviour switches:
   ``SPEECH_RMS``, counted in ``caller_speech_ms``) has arrived; then the same late chunks and
   new turn (announced by its ``agent_response``) as above.
 * ``end_call``: after the first message, report the system ``end_call`` tool and close 1000.
+* ``max_duration``: after the first message, the conversation's ``max_duration_seconds`` runs
+  out (providers.md §3.6): ``goodbye_ms`` of ``reply_hz`` as a new turn (the agent's
+  ``max_conversation_duration_message``; none for 0), then ``error`` ``max_duration_exceeded``
+  (code 1000) and close 1000.
 * ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
 * ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
   ``"close"`` (1011).
@@ -77,6 +81,8 @@ class FakeElevenLabs(FakeAgentServer):
         reply_ms: int = 200,
         reply_hz: float | None = None,
         end_call: bool = False,
+        max_duration: bool = False,
+        goodbye_ms: int = 0,
         transfer_to: str | None = None,
         hangup_tool: bool = False,
         after_setup: str | None = None,
@@ -95,6 +101,8 @@ class FakeElevenLabs(FakeAgentServer):
         self.reply_ms = reply_ms
         self.reply_hz = tone_hz if reply_hz is None else reply_hz
         self.end_call = end_call
+        self.max_duration = max_duration
+        self.goodbye_ms = goodbye_ms
         self.transfer_to = transfer_to
         self.hangup_tool = hangup_tool
         self.after_setup = after_setup
@@ -263,6 +271,9 @@ class FakeElevenLabs(FakeAgentServer):
             await self._send(ws, {"type": "agent_tool_response", "agent_tool_response": tool})
             await ws.close(1000, "end_call")
             return True
+        if self.max_duration:
+            await self._max_duration_exceeded(ws)
+            return True
         call: dict[str, Any] | None = None
         if self.transfer_to is not None:
             call = {"tool_name": "transfer_call", "parameters": {"target": self.transfer_to}}
@@ -272,6 +283,26 @@ class FakeElevenLabs(FakeAgentServer):
             call.update(tool_call_id="tool_call_1", event_id=next(self._event_ids))
             await self._send(ws, {"type": "client_tool_call", "client_tool_call": call})
         return False
+
+    async def _max_duration_exceeded(self, ws: ServerConnection) -> None:
+        """The goodbye (if any), the ``error``, close 1000. The error has the keys providers.md
+        §3.4 documents; its texts are ours (ElevenLabs' are not documented)."""
+        if self.goodbye_ms:
+            turn = next(self._event_ids)
+            out = ev.wire_format(self.formats[1])
+            for sent_ms in range(0, self.goodbye_ms, CHUNK_MS):
+                ms = min(CHUNK_MS, self.goodbye_ms - sent_ms)
+                await self._audio(ws, _tone(self.reply_hz, ms, out, sent_ms), turn)
+        error: dict[str, Any] = {
+            "code": 1000,
+            "message": "Conversation ended: maximum duration exceeded",
+            "error_type": "max_duration_exceeded",
+            "reason": "max_duration_exceeded",
+            "debug_message": "max_duration_seconds reached",
+            "details": {},
+        }
+        await self._send(ws, {"type": "error", "error_event": error})
+        await ws.close(1000, "max_duration_exceeded")
 
 
 def _tone(hz: float, ms: int, out: WireFormat, start_ms: int = 0) -> bytes:

@@ -8,6 +8,7 @@ from typing import Literal
 
 import pytest
 import websockets
+from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges import ws as ws_module
 from telepath.bridges.base import (
@@ -26,6 +27,7 @@ from telepath.bridges.base import (
     BridgeReason,
     CustomConfig,
 )
+from telepath.bridges.custom.bridge import TwilioStreamBridge
 from telepath.bridges.custom.events import MediaFormat
 from telepath.bridges.registry import create_bridge
 from telepath.testing.fake_custom import GREETING_MARK, FakeTelepathAgent, FakeTwilioAgent
@@ -119,6 +121,31 @@ async def test_telepath_clear_hangup_transfer() -> None:
         assert fake.protocol_errors == []
 
 
+class OddChunkThenClear(FakeTelepathAgent):
+    """A sample and a half of audio, ``clear`` (a barge-in), then the usual tone: the next
+    turn's audio starts on a whole sample of its own (docs: agent ``audio`` of any length)."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        await self.send_audio(ws, b"\x10\x20\x30")
+        await self.send_clear(ws)
+        return await super()._greet(ws)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_a_pcm16_agent_s_next_turn_after_clear_is_not_shifted_by_a_byte(rate: int) -> None:
+    pcm16 = MediaFormat(encoding="pcm16", sample_rate=rate)
+    async with OddChunkThenClear(media_format=pcm16) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        after = events[events.index(AgentClear()) :]
+        audio = g711_to_pcm16(audio_of(after))
+        assert len(audio) == 1000 * 16  # the whole second of tone, as 8 kHz PCM16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)  # not 840 Hz (a byte off)
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
 @pytest.mark.parametrize(
     ("after_start", "code", "retryable"),
     [
@@ -161,6 +188,8 @@ async def test_connect_failures() -> None:
 async def test_twilio_agent_works_unchanged() -> None:
     async with FakeTwilioAgent() as fake:
         bridge = bridge_for(fake)
+        assert isinstance(bridge, TwilioStreamBridge)
+        bridge.clock = lambda: 0.0  # time stands still: the timestamps count the audio
         await bridge.start(META)
         events = await collect_until(bridge, AgentMark)
         assert dominant_frequency(g711_to_pcm16(audio_of(events))) == pytest.approx(440, abs=8)
@@ -183,6 +212,34 @@ async def test_twilio_agent_works_unchanged() -> None:
         assert all(m["media"]["track"] == "inbound" for m in media)
         start = fake.received[1]["start"]
         assert start["streamSid"].startswith("MZ") and len(start["streamSid"]) == 34
+
+
+async def test_twilio_media_timestamps_are_ms_since_the_stream_started() -> None:
+    """providers.md §4.2: ``media.timestamp`` is the presentation time, ms since the stream
+    started, not the audio sent so far: after a 30 s hold (no RTP) it is 30 s on. Within
+    ``MEDIA_CLOCK_SLACK_MS`` of the clock it counts the audio, so frames stay 20 ms apart
+    whatever their jitter; a burst after a stall runs at most that far ahead; it never goes
+    back."""
+    now = [0.0]
+    arrivals = [0.0, 0.02, 0.045, 0.058, 0.08]  # jitter: the audio is counted
+    arrivals += [30.1, 30.12, 30.14]  # after a 30 s hold: back on the clock
+    arrivals += [30.4] * 7 + [30.42]  # a 240 ms stall, then its frames at once
+    async with FakeTwilioAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        assert isinstance(bridge, TwilioStreamBridge)
+        bridge.clock = lambda: now[0]
+        await bridge.start(META)
+        frame = sine_g711(1000, 20)
+        for at in arrivals:
+            now[0] = at
+            await bridge.send_audio(frame)
+        await wait_for(lambda: fake.chunks == len(arrivals))
+        await bridge.close()
+    stamps = [int(m["media"]["timestamp"]) for m in fake.received if m["event"] == "media"]
+    assert stamps[:5] == [0, 20, 40, 60, 80]
+    assert stamps[5:8] == [30100, 30120, 30140]
+    assert stamps[8:] == [30400, 30420, 30440, 30460, 30480, 30500, 30500, 30520]
+    assert fake.protocol_errors == []
 
 
 async def test_twilio_clear_hangup_and_alaw_conversion() -> None:
@@ -311,6 +368,31 @@ async def test_a_dropped_agent_is_reconnected_and_nothing_sent_meanwhile_is_lost
         and abs(dominant_frequency(g711_to_pcm16(audio_of(after), "pcmu")) - 1000) < 15
     )
     assert isinstance(events[-1], AgentDisconnected) and fake.protocol_errors == []
+
+
+class OddChunkThenDrop(FakeTelepathAgent):
+    """On its first connection a sample and a half of audio, then (``drop_after_ms``) the
+    drop; on the next one the tone: the new connection's audio starts on a whole sample."""
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        if len(self.starts) == 1:
+            await self.send_audio(ws, b"\x10\x20\x30")
+            return True  # no mark, no hangup: the drop comes next
+        return await super()._greet(ws)
+
+
+async def test_a_reconnected_pcm16_agent_s_audio_is_not_shifted_by_a_byte() -> None:
+    pcm16 = MediaFormat(encoding="pcm16", sample_rate=8000)
+    async with OddChunkThenDrop(media_format=pcm16, drop_after_ms=100) as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        after = events[[type(e) for e in events].index(AgentReconnected) :]
+        audio = g711_to_pcm16(audio_of(after))
+        assert len(audio) == 1000 * 16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)
+        await bridge.close()
+        assert fake.protocol_errors == []
 
 
 async def test_no_reconnect_within_the_budget_ends_the_session() -> None:

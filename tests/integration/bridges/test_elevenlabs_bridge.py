@@ -16,6 +16,7 @@ from elevenlabs.types.client_event import ClientEvent
 from elevenlabs.types.conversation_initiation_client_data_request_input import (
     ConversationInitiationClientDataRequestInput,
 )
+from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
     AgentClear,
@@ -179,6 +180,34 @@ async def test_interruption_clears_and_drops_late_audio(fake: FakeElevenLabs) ->
     assert_sdk_valid(fake)
 
 
+class OddChunkThenInterruption(FakeElevenLabs):
+    """A sample and a half of the turn's audio just before its ``interruption``."""
+
+    async def _interrupt(self, ws: ServerConnection, turn: int) -> None:
+        await self._audio(ws, b"\x10\x20\x30", turn)
+        await super()._interrupt(ws, turn)
+
+
+async def test_a_pcm16_agent_s_turn_after_an_interruption_is_not_shifted_by_a_byte() -> None:
+    """The half sample the interrupted turn left is dropped with it: the new turn's 440 Hz
+    stays 440 Hz (one byte off, every sample is misread)."""
+    async with OddChunkThenInterruption(
+        formats=("ulaw_8000", "pcm_16000"),
+        tone_hz=1000,
+        barge_in_after_ms=300,
+        reply_hz=440,
+        reply_ms=500,
+    ) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        await collect_until(bridge, AgentClear)
+        audio = g711_to_pcm16(audio_of(await collect_until(bridge, audio_ms=500)))
+        assert len(audio) == 500 * 16
+        assert dominant_frequency(audio) == pytest.approx(440, abs=8)
+        await bridge.close()
+        assert_sdk_valid(fake)
+
+
 @pytest.mark.parametrize("fake", [{"agent": "silent"}], indirect=True)
 async def test_dtmf_is_a_contextual_update(fake: FakeElevenLabs) -> None:
     bridge = bridge_for(fake)
@@ -199,6 +228,29 @@ async def test_system_end_call_closes_with_1000_and_hangs_up(fake: FakeElevenLab
     assert len(audio_of(events)) == 8000
     assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
     await bridge.close()
+
+
+@pytest.mark.parametrize("goodbye_ms", [500, 0])
+async def test_max_duration_ends_as_session_limit_after_the_goodbye(goodbye_ms: int) -> None:
+    """At ``max_duration_seconds`` ElevenLabs sends ``error`` ``max_duration_exceeded`` (code
+    1000), maybe after the agent's ``max_conversation_duration_message``, then closes 1000
+    (providers.md §3.6). That is the provider's session limit, not a failure: its goodbye is
+    delivered and the session ends ``AgentHangup(SESSION_LIMIT)``, which call control drains
+    (as an ``ai_provider_error`` it ended at once, cutting the goodbye)."""
+    async with FakeElevenLabs(
+        response_ms=300, max_duration=True, goodbye_ms=goodbye_ms, reply_hz=1000
+    ) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge)
+        assert events[-1] == AgentHangup(BridgeReason.SESSION_LIMIT)
+        audio = audio_of(events)
+        assert len(audio) == (300 + goodbye_ms) * 8
+        if goodbye_ms:
+            assert dominant_frequency(g711_to_pcm16(audio[300 * 8 :])) == pytest.approx(1000, abs=8)
+        await bridge.close()
+        assert [m["type"] for m in fake.sent][-1] == "error"
+        assert_sdk_valid(fake)
 
 
 @pytest.mark.parametrize("fake", [{"hangup_tool": True}], indirect=True)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
+from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
     AgentClear,
@@ -180,6 +181,33 @@ async def test_barge_in_clears_and_truncates_at_played_audio(
         rest = await collect_until(bridge)
         assert audio_of(rest) == b""
         assert_sdk_valid(fake)
+
+
+class OddDeltaThenBargeIn(FakeOpenAIRealtime):
+    """A sample and a half of audio just before ``speech_started``; after the late deltas, a
+    new item's 500 ms of tone at 440 Hz."""
+
+    async def _barge_in(
+        self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
+    ) -> None:
+        await self._delta(ws, response_id, item, b"\x10\x20\x30")
+        await super()._barge_in(ws, response_id, item, sent_ms)
+        self.tone_hz = 440
+        await self._delta(ws, response_id, self._id("item"), self._tone(500, 0))
+
+
+async def test_the_turn_after_a_barge_in_is_not_shifted_by_a_byte() -> None:
+    """On a wideband call (24 kHz PCM from the model) the half sample and the filter history
+    the cut item left go with it: the next item's 440 Hz stays 440 Hz."""
+    async with OddDeltaThenBargeIn(response_ms=2000, barge_in_after_ms=300, tone_hz=1000) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, wideband=True))
+        await collect_until(bridge, AgentClear)
+        events = await collect_until(bridge, audio_ms=500, bytes_per_ms=32)
+        audio = audio_of(events)
+        assert abs(len(audio) - 500 * 32) <= 2
+        assert dominant_frequency(audio, 16000) == pytest.approx(440, abs=16)
+        await bridge.close()
 
 
 async def test_barge_in_without_playout_callback_uses_real_time_estimate() -> None:

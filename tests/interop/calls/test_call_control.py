@@ -750,6 +750,46 @@ async def test_provider_end_call_hangs_up_after_playout(
     assert detail["disconnect_reason"] == "agent_hangup"
 
 
+@pytest.mark.parametrize("provider", ["openai", "elevenlabs"])
+async def test_the_provider_s_session_limit_is_recorded_as_session_limit(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver, provider: str
+) -> None:
+    """The provider ending the session at its maximum length — OpenAI's ``session_expired``,
+    ElevenLabs' ``max_duration_exceeded`` after the agent's goodbye — ends the call as
+    ``session_limit`` (the README's reason), not ``agent_hangup`` or ``ai_provider_error``: in
+    the record, ``call.ended``, ``agent.disconnected`` and the calls' metrics outcome, after
+    the goodbye played. A limit is no failure: no ``call.error`` and no error message."""
+    hook = await subscribe(api, receiver.url)
+    outcome = 'telepath_calls_total{outcome="session_limit"}'
+    before = _sample((await api.client.get("/metrics")).text, outcome)
+    fake: FakeOpenAIRealtime | FakeElevenLabs = (
+        FakeOpenAIRealtime(agent="silent", after_setup="session_expired")
+        if provider == "openai"
+        else FakeElevenLabs(tone_hz=AGENT_HZ, response_ms=200, max_duration=True, goodbye_ms=800)
+    )
+    async with fake:
+        await provider_trunk(api, gateway, fake, PASSWORD)
+        skipped = media_pacer.skipped_frames()
+        placed = await place_call(
+            gateway, tmp_path, "alice", PASSWORD, hold_ms=3000, caller_hangs_up=False
+        )
+        result = await placed.tone_until_end(3.0)  # our BYE, answered
+    assert result.returncode == 0, result.stdout + result.errors
+    assert fake.protocol_errors == []
+    if provider == "elevenlabs":  # the first message and the whole goodbye were heard
+        heard_all_but_stalls(placed.phone, skipped, 1000 // FRAME_MS)
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "session_limit")
+    assert detail["error_message"] is None
+    events = await _delivered(receiver, hook["secret"], "agent.disconnected", "call.ended")
+    assert events["call.ended"][0]["disconnect_reason"] == "session_limit"
+    assert events["agent.disconnected"][0]["reason"] == "session_limit"
+    assert "call.error" not in events
+    after = _sample((await api.client.get("/metrics")).text, outcome)
+    assert after - before == 1
+
+
 # --- DTMF by SIP INFO, CANCEL while the agent connects ----------------------------------------
 
 

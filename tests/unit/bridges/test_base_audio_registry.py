@@ -91,6 +91,29 @@ def test_g711_passthrough_and_conversion(codec: str) -> None:
     assert dominant_frequency(g711_to_pcm16(back, codec)) == pytest.approx(440, abs=8)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_a_restarted_agent_stream_starts_on_a_whole_sample_with_a_fresh_filter(rate: int) -> None:
+    """After a barge-in's clear (or on a new agent connection) the agent's audio starts afresh:
+    half a sample kept from the cut turn would shift every later sample by a byte (a 440 Hz
+    tone came out dominated by 840 Hz), and the resampler's history would play the cut turn's
+    tail into the new one. The caller's direction is not touched."""
+    converter = AudioConverter("pcmu", WireFormat("pcm16", rate))
+    converter.from_agent(b"\x10\x20\x30")  # a sample and a half: half of one is kept
+    converter.restart_from_agent()
+    tone = converter.from_agent(sine_pcm16(440, 500, rate))
+    assert len(tone) == 500 * 8
+    assert dominant_frequency(g711_to_pcm16(tone)) == pytest.approx(440, abs=8)
+    if rate != 8000:  # the 16 -> 8 kHz low-pass filter's history goes too
+        converter.from_agent(sine_pcm16(1000, 100, rate, amplitude=0.9))
+        converter.restart_from_agent()
+        assert converter.from_agent(bytes(640)) == b"\xff" * 160  # μ-law silence, no tail
+    caller = sine_g711(1000, 40)
+    whole = AudioConverter("pcmu", WireFormat("pcm16", rate)).to_agent(caller)
+    first = converter.to_agent(caller[:160])
+    converter.restart_from_agent()
+    assert first + converter.to_agent(caller[160:]) == whole
+
+
 def _level_db(pcm: bytes, rate: int, hz: float) -> float:
     """Spectral level at ``hz`` relative to the strongest component, in dB (Hann window)."""
     samples = np.frombuffer(pcm, "<i2").astype(np.float64)[rate // 10 :]  # past the filter's start

@@ -15,6 +15,8 @@ import binascii
 import json
 import logging
 import secrets
+import time
+from collections.abc import Callable
 
 from telepath.bridges.audio import WIDEBAND, AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
@@ -45,6 +47,10 @@ __all__ = ["TelepathAgentBridge", "TwilioStreamBridge"]
 logger = logging.getLogger(__name__)
 
 FRAME_MS = 20
+#: How far a Twilio ``media.timestamp`` may stray from the clock before it follows the clock
+#: (``TwilioStreamBridge._audio_message``): more than network jitter and the odd loop stall,
+#: less than a hold or RTP that stopped.
+MEDIA_CLOCK_SLACK_MS = 100
 
 
 def _b64decode(text: str) -> bytes:
@@ -67,6 +73,11 @@ class _CustomBridge(WebSocketBridge):
         if code == 1000:
             return AgentHangup(BridgeReason.AGENT_HANGUP)
         return super()._on_remote_close(code, reason)
+
+    def _clear(self) -> None:
+        """A barge-in: the audio after it is a new turn, begun on a whole sample of its own."""
+        if self._converter is not None:
+            self._converter.restart_from_agent()
 
     def _decode_audio(self, payload_b64: str | None) -> bytes | None:
         """Fast path: agent audio in the call's codec, or None to leave it to the parser."""
@@ -180,6 +191,7 @@ class TelepathAgentBridge(_CustomBridge):
             case ev.Mark():
                 await self._emit(AgentMark(message.name))
             case ev.Clear():
+                self._clear()
                 await self._emit(AgentClear())
             case ev.Hangup():
                 self._finish(AgentHangup(BridgeReason.AGENT_HANGUP))
@@ -216,6 +228,7 @@ class TelepathAgentBridge(_CustomBridge):
             raise BridgeProtocolError("the agent's first message after reconnecting is not ready")
         if message.media_format != self._format:
             raise BridgeProtocolError("the agent changed its media format on reconnecting")
+        self._clear()  # the old connection's last audio may have ended mid-sample
 
     def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
         if self._ready is not None and not self._ready.done():
@@ -256,6 +269,9 @@ class TwilioStreamBridge(_CustomBridge):
         self.account_sid = _sid("AC")
         self._sequence = 0
         self._chunk = 0
+        #: Monotonic seconds (replaceable in tests); the stream starts when ``start`` is sent.
+        self.clock: Callable[[], float] = time.monotonic
+        self._started_at = self.clock()
 
     def _next_sequence(self) -> str:
         self._sequence += 1
@@ -283,6 +299,7 @@ class TwilioStreamBridge(_CustomBridge):
         await self._send(ev.TwConnected().to_json())
         sequence = self._next_sequence()
         start = ev.TwStart(sequenceNumber=sequence, start=info, streamSid=self.stream_sid)
+        self._started_at = self.clock()
         await self._send(start.to_json())
 
     def _audio_message(self, payload: bytes) -> str | None:
@@ -291,8 +308,17 @@ class TwilioStreamBridge(_CustomBridge):
             return None
         self._chunk += 1
         data = b64_encode(self._converter.to_agent(payload))
+        # media.timestamp is ms since the stream started (presentation time, providers.md
+        # §4.2). The audio counted so far gives exact 20 ms steps through jitter, but not the
+        # time nothing came (a hold): it follows the clock once it falls more than the slack
+        # behind, and waits (equal stamps) once a burst puts it that far ahead. Never back.
         timestamp = self._sent_ms
-        self._sent_ms += round(len(payload) / 8)
+        elapsed_ms = int((self.clock() - self._started_at) * 1000)
+        if timestamp < elapsed_ms - MEDIA_CLOCK_SLACK_MS:
+            timestamp = elapsed_ms
+        elif timestamp > elapsed_ms + MEDIA_CLOCK_SLACK_MS:
+            timestamp = elapsed_ms + MEDIA_CLOCK_SLACK_MS
+        self._sent_ms = timestamp + round(len(payload) / 8)
         # TwMedia(...).to_json() byte for byte, without a model per frame (a unit test holds
         # them together); the stream SID is ours and JSON-escaped once.
         return (
@@ -344,6 +370,7 @@ class TwilioStreamBridge(_CustomBridge):
             case ev.TwMark():
                 await self._emit(AgentMark(message.mark.name))
             case ev.TwClear():
+                self._clear()
                 await self._emit(AgentClear())
             case None:
                 pass

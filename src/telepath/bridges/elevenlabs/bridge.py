@@ -11,6 +11,11 @@ audio formats come from ``conversation_initiation_metadata``: ``ulaw_8000`` pass
 Barge-in: ``interruption`` emits ``AgentClear`` and drops every later ``audio`` whose
 ``event_id`` is not newer than the interruption's. ``ping`` is answered with ``pong``.
 
+Max duration: at the conversation's ``max_duration_seconds`` ElevenLabs sends ``error``
+``max_duration_exceeded`` (code 1000), maybe after the agent's goodbye, then closes 1000
+(providers.md §3.6). That error is no failure: the close after it is ``AgentHangup`` with
+``SESSION_LIMIT``, and call control plays the goodbye out first.
+
 Tools: client tools ``transfer_call`` (``{"target": "tel:..."}``) and ``end_call`` are run by
 the gateway; the agent's system ``end_call`` tool closes the socket with 1000, reported as
 ``AgentHangup``. DTMF is sent as a ``contextual_update``.
@@ -60,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 TRANSFER_TOOLS = frozenset({"transfer_call", "transfer"})
 HANGUP_TOOLS = frozenset({"end_call", "hangup"})
+#: ``error_type`` of the error that ends a conversation at ``max_duration_seconds``.
+MAX_DURATION_ERROR = "max_duration_exceeded"
 # ElevenLabs ends a conversation after 60 s without user input (close 1002, providers.md §3.6);
 # a caller on hold sends no audio: ``user_activity`` after this long without a frame.
 USER_ACTIVITY_S = 20.0
@@ -82,6 +89,7 @@ class ElevenLabsBridge(WebSocketBridge):
         self._converter: AudioConverter | None = None
         self._ready: asyncio.Future[str] | None = None
         self._last_interrupt = -1
+        self._max_duration = False  # error max_duration_exceeded seen: the close ends the session
         self._meta_codec: Codec = "pcmu"
         self._wideband = False
         self.conversation_id: str | None = None
@@ -235,6 +243,8 @@ class ElevenLabsBridge(WebSocketBridge):
                 self._last_interrupt = max(
                     self._last_interrupt, message.interruption_event.event_id
                 )
+                if self._converter is not None:  # the next turn starts on a whole sample
+                    self._converter.restart_from_agent()
                 await self._emit(AgentClear())
             case ev.Ping():
                 await self._send(ev.Pong(event_id=message.ping_event.event_id).to_json())
@@ -251,6 +261,10 @@ class ElevenLabsBridge(WebSocketBridge):
                 await self._on_tool_call(message.client_tool_call)
             case ev.Error():
                 detail = message.error_event
+                if detail.error_type == MAX_DURATION_ERROR:
+                    logger.info("elevenlabs bridge: conversation reached its maximum duration")
+                    self._max_duration = True  # the close that follows ends it
+                    return
                 raise ProviderError(
                     "ElevenLabs reported an error",
                     retryable=detail.code == 1011,
@@ -310,8 +324,10 @@ class ElevenLabsBridge(WebSocketBridge):
                 code in (None, 1002, 1011),
                 str(code) if code is not None else "1006",
             )
+        if self._max_duration:  # the close after max_duration_exceeded (1000; a drop ends it too)
+            return AgentHangup(BridgeReason.SESSION_LIMIT)
         if code == 1000:
-            return AgentHangup(BridgeReason.AGENT_HANGUP)  # end_call tool or max duration
+            return AgentHangup(BridgeReason.AGENT_HANGUP)  # the system end_call tool
         if code == 1008:
             return AgentError(BridgeReason.AI_PROVIDER_ERROR, "ElevenLabs refused", False, "1008")
         return super()._on_remote_close(code, reason)

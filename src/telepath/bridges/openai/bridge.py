@@ -327,6 +327,8 @@ class OpenAIRealtimeBridge(WebSocketBridge):
 
     async def _on_speech_started(self) -> None:
         played_total = self._playout()
+        if self._converter is not None:  # the next item starts on a whole sample, no filter tail
+            self._converter.restart_from_agent()
         await self._emit(AgentClear())
         item = self._item
         self._item = None
