@@ -273,9 +273,10 @@ class Call:
 
     def update_media(self, negotiated: NegotiatedMedia) -> None:
         """A re-INVITE/UPDATE changed the media: follow address, hold state, whether the peer
-        sends, its telephone-event payload type and its SRTP key. An old-style hold's
-        ``c=0.0.0.0`` (RFC 3264 §8.4) keeps the address we know: media stays latched to it, and
-        it resumes there."""
+        sends, the payload types each way (the codec's on received packets too: RFC 3264 §5.1,
+        our SDP's numbers, which a new offer/answer may change) and the peer's SRTP key. An
+        old-style hold's ``c=0.0.0.0`` (RFC 3264 §8.4) keeps the address we know: media stays
+        latched to it, and it resumes there."""
         self.negotiated = negotiated
         if negotiated.srtp is not None:
             self.media.rekey(negotiated.srtp)
@@ -288,7 +289,10 @@ class Call:
             self.media.update_remote((negotiated.remote_address, negotiated.remote_port), rtcp)
         self.media.hold(negotiated.on_hold or negotiated.remote_port == 0)
         self.media.expect_inbound(negotiated.may_receive)  # not from an a=recvonly peer
-        self.media.set_dtmf_payload_type(negotiated.dtmf_payload_type)
+        self.media.set_dtmf_payload_type(
+            negotiated.dtmf_payload_type, negotiated.recv_dtmf_payload_type
+        )
+        self.media.set_recv_payload_type(negotiated.recv_payload_type)
 
     # ---------------------------------------------------------------- the call's life
 

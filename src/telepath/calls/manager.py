@@ -1280,6 +1280,9 @@ class CallManager:
             remote=remote,
             codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
             dtmf_payload_type=negotiated.dtmf_payload_type,
+            # when we offered, the caller sends with our offer's numbers (RFC 3264 §5.1)
+            recv_payload_type=negotiated.recv_payload_type,
+            recv_dtmf_payload_type=negotiated.recv_dtmf_payload_type,
             srtp=negotiated.srtp,
             signalling_ip=tx.source.addr[0],
             inactivity_timeout_s=self.config.rtp_inactivity_timeout_s,

@@ -279,6 +279,9 @@ class Dialer:
             remote=(negotiated.remote_address, negotiated.remote_port),
             codec=CodecSpec(negotiated.codec.name, negotiated.codec.payload_type),
             dtmf_payload_type=negotiated.dtmf_payload_type,
+            # we offered: the gateway sends with our offer's numbers (RFC 3264 §5.1)
+            recv_payload_type=negotiated.recv_payload_type,
+            recv_dtmf_payload_type=negotiated.recv_dtmf_payload_type,
             inactivity_timeout_s=0,
             srtp=negotiated.srtp,
         )

@@ -20,6 +20,12 @@ CodecName = Literal["PCMU", "PCMA", "G722"]
 #: RFC 3551 §6 static payload types.
 STATIC_PAYLOAD_TYPES: dict[CodecName, int] = {"PCMU": 0, "PCMA": 8, "G722": 9}
 
+#: The default of a receive-side payload type: "the number we send with". RFC 3264 §5.1/§6.1:
+#: each side's SDP numbers are what it receives, so the two directions' numbers coincide when we
+#: answer (we reuse the offer's) but may differ when we offer. RTP payload types are 7 bits (RFC
+#: 3550 §5.1): no real one is negative.
+SAME_AS_SEND = -1
+
 
 @dataclass(frozen=True, slots=True)
 class CodecSpec:

@@ -9,6 +9,11 @@ timestamp ends it, and further E packets with that timestamp are counted as retr
 ignored (§2.5.2.2). When the end packets are all lost, the press is still reported once: when a
 new event timestamp starts, or when the caller tells the decoder the stream went quiet
 (:meth:`DtmfDecoder.expire`).
+
+A press longer than the 16-bit duration field holds (0xFFFF units, 8.19 s at 8 kHz) is sent in
+segments (§2.5.1.3): the sender reports duration 0xFFFF, then goes on with the same event code
+at timestamp previous + 0xFFFF, its duration counting from zero again. The decoder joins them
+into one press that started at the first segment's timestamp.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from telepath.rtp.errors import RtpError
+from telepath.rtp.seq import ts_add
 
 TELEPHONE_EVENT_CLOCK_RATE = 8000
 MAX_VOLUME = 63
@@ -132,6 +138,8 @@ class DtmfDecoder:
     def __init__(self, clock_rate: int = TELEPHONE_EVENT_CLOCK_RATE) -> None:
         self._clock_rate = clock_rate
         self._current: tuple[int, TelephoneEvent] | None = None  # (timestamp, latest block)
+        self._start = 0  # the current press's first timestamp (its first segment's, §2.5.1.3)
+        self._carried = 0  # the current press's earlier segments, in timestamp units
         self._finished: list[int] = []  # recent event timestamps already reported
         self.retransmissions = 0
         self.ignored = 0
@@ -140,7 +148,8 @@ class DtmfDecoder:
         """Process one telephone-event RTP packet.
 
         Args:
-            timestamp: the packet's RTP timestamp (the event's start time).
+            timestamp: the packet's RTP timestamp (the start of the event, or of its segment:
+                §2.5.1.3).
             payload: the RTP payload.
 
         Returns:
@@ -155,13 +164,24 @@ class DtmfDecoder:
             self.retransmissions += 1
             return []
         out: list[DtmfDigit] = []
-        if self._current is not None and self._current[0] != timestamp:
+        current = self._current
+        if current is not None and current[0] != timestamp:
+            if block.event == current[1].event and timestamp == ts_add(current[0], MAX_DURATION):
+                # §2.5.1.3: the same press goes on in a new segment. Its timestamp alone proves
+                # the previous one spanned 0xFFFF units, so that packet may have been lost.
+                self._remember(current[0])  # a late packet of it is no new press
+                self._carried += MAX_DURATION
+                self._current = (timestamp, block)  # durations count from zero again
+                return self._finish(clean=True) if block.end else []
             out.extend(self._finish(clean=False))
         if key_for_event(block.event) is None:
             self.ignored += 1
             return out
         current = self._current
-        if current is None or block.duration >= current[1].duration:
+        if current is None:
+            self._start, self._carried = timestamp, 0
+            self._current = (timestamp, block)
+        elif block.duration >= current[1].duration:
             self._current = (timestamp, block)
         if block.end:
             out.extend(self._finish(clean=True))
@@ -181,12 +201,16 @@ class DtmfDecoder:
         assert self._current is not None
         timestamp, block = self._current
         self._current = None
-        self._finished.append(timestamp)
-        del self._finished[:-8]
+        self._remember(timestamp)
         key = key_for_event(block.event)
         assert key is not None
-        duration_ms = block.duration * 1000 / self._clock_rate
-        return [DtmfDigit(key, timestamp, duration_ms, block.volume, clean)]
+        duration_ms = (self._carried + block.duration) * 1000 / self._clock_rate
+        return [DtmfDigit(key, self._start, duration_ms, block.volume, clean)]
+
+    def _remember(self, timestamp: int) -> None:
+        """Ignore further packets at ``timestamp``: its event (or segment) is over."""
+        self._finished.append(timestamp)
+        del self._finished[:-8]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,12 @@ peer omits the rtpmap. We choose by *our* preference order among what the offer 
 answer with the offer's payload type numbers (RFC 3264 §6.1: for sendrecv streams the answer
 uses the offer's payload type numbers). We always send 20 ms packets (``a=ptime:20``).
 
+Payload type numbers per direction (RFC 3264 §5.1, §6.1): the numbers in each side's SDP are
+those it expects to *receive*. As the answerer we reuse the offer's, so one number per format
+serves both ways; as the offerer the answer SHOULD, not MUST, keep ours, so we send with the
+answer's numbers and receive with our offer's (``NegotiatedMedia.recv_payload_type``,
+``recv_dtmf_payload_type``).
+
 Session versions (RFC 3264 §8): the caller owns ``o=`` session id and version. For a new
 dialog pass any id and a starting version; for a re-INVITE/UPDATE, build the answer with the
 previous version and call :func:`next_session_version` to learn whether it must be bumped
@@ -30,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from telepath.rtp.codecs import STATIC_PAYLOAD_TYPES, CodecName, CodecSpec
+from telepath.rtp.codecs import SAME_AS_SEND, STATIC_PAYLOAD_TYPES, CodecName, CodecSpec
 from telepath.rtp.srtp_keys import SUITES, SrtpKeys, SrtpSuite
 from telepath.sdp.crypto import format_crypto, usable_crypto
 from telepath.sdp.errors import (
@@ -111,8 +117,9 @@ class NegotiatedMedia:
     """What an offer/answer exchange settled for the call's audio stream.
 
     Attributes:
-        codec: the codec and payload type both sides use.
-        dtmf_payload_type: the telephone-event/8000 payload type (RFC 4733), None if absent.
+        codec: the codec, and the payload type we SEND it with (the peer's SDP number).
+        dtmf_payload_type: the telephone-event/8000 payload type (RFC 4733) we send events
+            with, None if absent.
         remote_address: where to send RTP (the stream's effective ``c=`` address).
         remote_port: where to send RTP; 0 means the stream is disabled.
         remote_rtcp_port: where to send RTCP: ``a=rtcp`` (RFC 3605) or else RTP port + 1
@@ -122,6 +129,12 @@ class NegotiatedMedia:
         on_hold: the peer put us on hold (it will not receive: sendonly/inactive, or the
             RFC 2543 ``c=0.0.0.0`` form, RFC 3264 §8.4).
         srtp: the SRTP keys when the stream is ``RTP/SAVP``; None for plain RTP.
+        recv_payload_type: the payload type the peer sends the codec with: the number in OUR
+            SDP (RFC 3264 §5.1). It differs from ``codec.payload_type`` only when we offered
+            and the answer renumbered the codec (§6.1: SHOULD, not MUST, keep ours). Default
+            (:data:`SAME_AS_SEND`): ``codec.payload_type``.
+        recv_dtmf_payload_type: likewise for telephone-event (None: the peer sends no
+            events). Default: ``dtmf_payload_type``.
     """
 
     codec: CodecSpec
@@ -133,6 +146,15 @@ class NegotiatedMedia:
     ptime: int
     on_hold: bool
     srtp: SrtpKeys | None = None
+    recv_payload_type: int = SAME_AS_SEND
+    recv_dtmf_payload_type: int | None = SAME_AS_SEND
+
+    def __post_init__(self) -> None:
+        """Resolve :data:`SAME_AS_SEND` once, so readers (and equality) see plain numbers."""
+        if self.recv_payload_type == SAME_AS_SEND:
+            object.__setattr__(self, "recv_payload_type", self.codec.payload_type)
+        if self.recv_dtmf_payload_type == SAME_AS_SEND:
+            object.__setattr__(self, "recv_dtmf_payload_type", self.dtmf_payload_type)
 
     @property
     def may_send(self) -> bool:
@@ -592,7 +614,9 @@ def negotiate_offer_answer(
 
     The first stream that we offered as RTP audio and the peer accepted (port != 0) is
     used, with the first payload type in the answer that is one of our codecs (RFC 3264
-    §6.1: the answer lists formats in the answerer's preference order). An ``RTP/SAVP``
+    §6.1: the answer lists formats in the answerer's preference order). We send the codec and
+    telephone-event with the answer's numbers and receive them with our offer's (§5.1: each
+    side's numbers are what it receives; §6.1: the answer need not reuse ours). An ``RTP/SAVP``
     stream's answer must keep the profile and name one of our ``a=crypto`` tags with the same
     suite and a key of its own (RFC 4568 §6.1, §7.1.3).
 
@@ -624,9 +648,14 @@ def negotiate_offer_answer(
         caps = _CAPS[offer_we_sent.media_direction(ours)] & _reverse(answer_direction)
         if hold_address:
             caps -= {"send"}
+        dtmf_pt = _telephone_event(theirs, ours)
         return NegotiatedMedia(
             codec=codec,
-            dtmf_payload_type=_telephone_event(theirs, ours),
+            dtmf_payload_type=dtmf_pt,
+            # RFC 3264 §5.1: the peer sends with the numbers of our offer. An answer without
+            # telephone-event means no events from it either (RFC 4733 §7.1.1).
+            recv_payload_type=_our_number(ours, codec.name),
+            recv_dtmf_payload_type=None if dtmf_pt is None else _telephone_event(ours),
             remote_address=remote_address,
             remote_port=theirs.port,
             remote_rtcp_port=_rtcp_port(theirs),
@@ -656,6 +685,13 @@ def _answered_keys(ours: MediaDescription, theirs: MediaDescription) -> SrtpKeys
                 raise SdpError("the SRTP answer changed the crypto suite of its tag")
             return SrtpKeys(answered.suite, answered.tag, offered.key, answered.key)
     raise SdpError("the SRTP answer names a crypto tag we did not offer")
+
+
+def _our_number(ours: MediaDescription, name: CodecName) -> int:
+    """The payload type our offer gave codec ``name`` (one the answer chose, so offered)."""
+    codec = _find_codec(ours, [name])
+    assert codec is not None  # _first_answered_codec only returns codecs of our offer
+    return codec.payload_type
 
 
 def _offered_codecs(m: MediaDescription) -> list[CodecSpec]:

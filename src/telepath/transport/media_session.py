@@ -10,6 +10,7 @@ API for call control
         remote=("203.0.113.5", 40000),                             # from the SDP c=/m= lines
         codec=CodecSpec.static("PCMU"),                            # negotiated codec
         dtmf_payload_type=101, ptime_ms=20,
+        recv_payload_type=0, recv_dtmf_payload_type=101,           # only if ours differ
         signalling_ip="203.0.113.5",                               # source IP of the INVITE
     )
     session.play(ulaw_bytes)               # pass-through: audio already in the call's codec
@@ -71,7 +72,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from time import perf_counter_ns
 
-from telepath.rtp.codecs import CodecSpec, make_codec
+from telepath.rtp.codecs import SAME_AS_SEND, CodecSpec, make_codec
 from telepath.rtp.demux import is_stun
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
 from telepath.rtp.errors import RtpError
@@ -181,6 +182,8 @@ class MediaSession:
         codec: CodecSpec,
         *,
         dtmf_payload_type: int | None,
+        recv_payload_type: int,
+        recv_dtmf_payload_type: int | None,
         ptime_ms: int,
         signalling_ip: str | None,
         inactivity_timeout_s: float,
@@ -197,6 +200,12 @@ class MediaSession:
         self.codec = codec
         self.ptime_ms = ptime_ms
         self.dtmf_payload_type = dtmf_payload_type
+        # What the peer sends with: the numbers of OUR SDP (RFC 3264 §5.1), which differ from
+        # the send side's only after an answer that renumbered our offer (§6.1). Plain ints,
+        # fixed here, so classifying a packet costs what it did with one number per format.
+        self.recv_dtmf_payload_type = (
+            dtmf_payload_type if recv_dtmf_payload_type == SAME_AS_SEND else recv_dtmf_payload_type
+        )
         self.inactivity_timeout_s = inactivity_timeout_s
         self._signalling_ip = signalling_ip
         self._codec = make_codec(codec)
@@ -204,7 +213,9 @@ class MediaSession:
         # stateful codec: G.722 is ADPCM) each lost inbound packet would put a frame into the
         # state of the caller's stream.
         self._conceal_codec = make_codec(codec)
-        self._codec_pt = codec.payload_type
+        self._codec_pt = (  # the codec's number on RECEIVED packets
+            codec.payload_type if recv_payload_type == SAME_AS_SEND else recv_payload_type
+        )
         self._rate = codec.sample_rate
         self.ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
@@ -273,6 +284,8 @@ class MediaSession:
         remote: Address | None,
         codec: CodecSpec,
         dtmf_payload_type: int | None = 101,
+        recv_payload_type: int = SAME_AS_SEND,
+        recv_dtmf_payload_type: int | None = SAME_AS_SEND,
         ptime_ms: int = 20,
         signalling_ip: str | None = None,
         inactivity_timeout_s: float = DEFAULT_INACTIVITY_TIMEOUT_S,
@@ -291,8 +304,14 @@ class MediaSession:
             lease: the ports; owned by the session from now on (released on every exit path).
             remote: the peer's RTP address from SDP; None to wait for an offer (nothing is sent
                 until :meth:`update_remote`).
-            codec: the negotiated audio codec.
-            dtmf_payload_type: negotiated telephone-event payload type, None if not offered.
+            codec: the negotiated audio codec, with the payload type we send it with.
+            dtmf_payload_type: the telephone-event payload type we send with, None if not
+                negotiated.
+            recv_payload_type: the codec's payload type on packets we receive: our SDP's
+                number (RFC 3264 §5.1); by default ``codec.payload_type``. It differs only
+                when we offered and the answer renumbered the codec (§6.1).
+            recv_dtmf_payload_type: likewise for telephone-event (None: the peer sends no
+                events); by default ``dtmf_payload_type``.
             ptime_ms: packet time (20 unless SDP says otherwise).
             signalling_ip: source IP of the SIP request, trusted for latching.
             inactivity_timeout_s: end the session when no RTP arrives for this long (not on
@@ -316,6 +335,8 @@ class MediaSession:
                 remote,
                 codec,
                 dtmf_payload_type=dtmf_payload_type,
+                recv_payload_type=recv_payload_type,
+                recv_dtmf_payload_type=recv_dtmf_payload_type,
                 ptime_ms=ptime_ms,
                 signalling_ip=signalling_ip,
                 inactivity_timeout_s=inactivity_timeout_s,
@@ -439,10 +460,20 @@ class MediaSession:
         if not held:
             self._last_rx = self._loop.time()  # the peer may have been silent while held
 
-    def set_dtmf_payload_type(self, payload_type: int | None) -> None:
-        """Follow a re-offer's telephone-event payload type, both ways (None: not offered)."""
+    def set_dtmf_payload_type(
+        self, payload_type: int | None, recv: int | None = SAME_AS_SEND
+    ) -> None:
+        """Follow a new offer/answer's telephone-event payload type (None: not negotiated):
+        ``payload_type`` to send with, ``recv`` on received packets (by default the same, as
+        when we answer an offer: RFC 3264 §6.1)."""
         self.dtmf_payload_type = payload_type
+        self.recv_dtmf_payload_type = payload_type if recv == SAME_AS_SEND else recv
         self._playout.set_dtmf_payload_type(payload_type)
+
+    def set_recv_payload_type(self, payload_type: int) -> None:
+        """Follow a new offer/answer's payload type for the codec on received packets (our
+        SDP's number, RFC 3264 §5.1); the codec itself, and the number we send it with, stay."""
+        self._codec_pt = payload_type
 
     def expect_inbound(self, expected: bool) -> None:
         """Whether the peer is to send RTP: False for an ``a=recvonly`` peer (RFC 3264 §6.1),
@@ -588,7 +619,7 @@ class MediaSession:
             return
         pt = packet.payload_type
         is_audio = pt == self._codec_pt
-        is_dtmf = pt == self.dtmf_payload_type
+        is_dtmf = pt == self.recv_dtmf_payload_type
         if is_audio or is_dtmf:
             if not known or (not self._seen_sdp and addr == self._sdp):
                 self._latch(addr)

@@ -3,6 +3,8 @@ that the gateway would take either way (RFC 3261 §22, §13.2.2.4, §9.1)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
 from collections.abc import Callable
 
@@ -10,9 +12,20 @@ import pytest
 
 from telepath.cli.dialer import Dialer
 from telepath.cli.sip_link import source_address
+from telepath.rtp import g711
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Request, Response, make_response
-from tests.integration.cli.sip_peer import TAG, Script, SipPeer, ok_with_sdp, sip_peer
+from tests.integration.cli.sip_peer import (
+    TAG,
+    Script,
+    SipPeer,
+    answer_sdp,
+    ok_with_sdp,
+    sip_peer,
+)
+from tests.integration.media.peer import UdpPeer, rtp_stream
+from tests.unit.rtp.audio import dominant_hz
+from tests.unit.rtp.audio import tone as tone_pcm
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +215,44 @@ async def test_local_ip_overrides_the_route() -> None:
         (invite,) = await peer.received("INVITE")
     assert result.status == 486
     assert _said_addresses(invite) == {address}  # not 127.0.0.1, the route to the peer
+
+
+async def test_an_answer_renumbering_pcmu_is_sent_its_number_and_heard_on_ours() -> None:
+    """The dialler offers PCMU as 0; an answer may map it to 96 (RFC 3264 §6.1: SHOULD, not
+    MUST, keep the offer's numbers). Each side's numbers are what it receives (§5.1): the
+    dialler sends 96, the peer sends 0 — which was dropped as an unnegotiated type."""
+    rtp = await UdpPeer.bind()
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.body = answer_sdp(rtp.address[1]).replace(b"RTP/AVP 0", b"RTP/AVP 96")
+        answer.body = answer.body.replace(b"rtpmap:0 PCMU", b"rtpmap:96 PCMU")
+        return [answer]
+
+    async def talk() -> None:
+        (invite,) = await peer.received("INVITE")
+        match = re.search(rb"m=audio ([0-9]+) ", invite.body)
+        assert match is not None
+        dest = ("127.0.0.1", int(match.group(1)))
+        tone = g711.pcm16_to_ulaw(tone_pcm(1000, 8000, 1.0))
+        frames = [tone[i : i + 160] for i in range(0, len(tone), 160)]
+        for data in rtp_stream(frames):  # PT 0: the number of the dialler's offer
+            rtp.send(data, dest)
+            await asyncio.sleep(0.02)
+
+    try:
+        async with sip_peer(script) as peer:
+            sender = asyncio.get_running_loop().create_task(talk())
+            result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+                duration_s=1.5, tone_hz=440
+            )
+            await sender
+            await peer.received("BYE")
+    finally:
+        rtp.close()
+    assert result.status == 200 and result.error is None
+    assert result.received_ms >= 800
+    assert dominant_hz(result.recorded, 8000) == pytest.approx(1000, abs=10)
+    assert {p.payload_type for p in rtp.packets()} == {96}

@@ -670,3 +670,79 @@ async def test_a_lost_30_ms_packet_is_concealed_with_30_ms_of_faded_audio(
     finally:
         await session.close()
         peer.close()
+
+
+async def test_received_packets_are_read_with_our_numbers_and_sent_with_the_peer_s(
+    allocator: RtpPortAllocator,
+) -> None:
+    """We offered PCMU as 0 and telephone-event as 101; the answer renumbered them 96 and 97
+    (RFC 3264 §6.1 lets it). Each side's SDP numbers are what it receives (§5.1), so the peer
+    sends 0 and 101, and we send 96 and 97: its audio and its key press both get through."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await MediaSession.open(
+        allocator.allocate(),
+        remote=peer.address,
+        codec=CodecSpec("PCMU", 96),
+        recv_payload_type=0,
+        dtmf_payload_type=97,
+        recv_dtmf_payload_type=101,
+        on_event=got.append,
+    )
+    port = ("127.0.0.1", session.local_port)
+    tone_frames = ulaw_frames(1000, 0.6)
+    packets = rtp_stream(tone_frames)  # PT 0, seq 1000.., ts 0..
+    seq, ts = 1000 + len(tone_frames), 160 * len(tone_frames)
+    for dtmf in encode_dtmf("5", 100):
+        packets.append(pack_rtp(101, seq, ts, 0x5EED, dtmf.payload, dtmf.marker))
+        seq += 1
+    try:
+        for data in packets:
+            peer.send(data, port)
+        await until(lambda: session.stats().packets_received == len(packets))
+        await until(lambda: any(isinstance(e, DtmfReceived) for e in got))
+        assert [e.digit.key for e in got if isinstance(e, DtmfReceived)] == [DtmfKey.D5]
+        session.send_dtmf("7")
+        await until(lambda: any(p.payload_type == 97 for p in peer.packets()))
+        stats = session.stats()
+        assert (stats.rejected_source, stats.malformed, stats.packets_lost) == (0, 0, 0)
+        assert {p.payload_type for p in peer.packets()} == {96, 97}
+    finally:
+        await session.close()
+        peer.close()
+    frames = [e for e in got if isinstance(e, AudioReceived) and not e.lost]
+    assert len(frames) >= len(tone_frames) - 3  # the jitter buffer's last few may be unplayed
+    pcm = b"".join(f.pcm for f in frames)
+    assert dominant_hz(pcm, 8000) == pytest.approx(1000, abs=10)
+
+
+async def test_a_re_offer_moves_the_numbers_we_receive_with(allocator: RtpPortAllocator) -> None:
+    """A later offer from the peer, answered with its own numbers (RFC 3264 §6.1), is what it
+    then sends with: ``set_recv_payload_type`` and ``set_dtmf_payload_type`` follow it."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await MediaSession.open(
+        allocator.allocate(),
+        remote=peer.address,
+        codec=CodecSpec("PCMU", 96),
+        recv_payload_type=0,
+        dtmf_payload_type=97,
+        recv_dtmf_payload_type=101,
+        on_event=got.append,
+    )
+    session.set_recv_payload_type(96)
+    session.set_dtmf_payload_type(97)  # both ways, as when we answer
+    port = ("127.0.0.1", session.local_port)
+    packets = rtp_stream(ulaw_frames(1000, 0.2), pt=96)
+    for i, dtmf in enumerate(encode_dtmf("9", 100)):
+        packets.append(pack_rtp(97, 1010 + i, 1600, 0x5EED, dtmf.payload, dtmf.marker))
+    try:
+        for data in packets:
+            peer.send(data, port)
+        await until(lambda: any(isinstance(e, DtmfReceived) for e in got))
+        assert [e.digit.key for e in got if isinstance(e, DtmfReceived)] == [DtmfKey.D9]
+        await until(lambda: sum(isinstance(e, AudioReceived) and not e.lost for e in got) >= 8)
+        assert session.recv_dtmf_payload_type == session.dtmf_payload_type == 97
+    finally:
+        await session.close()
+        peer.close()

@@ -14,11 +14,14 @@ import pytest
 from sqlalchemy import select
 
 from telepath.bridges.audio import WireFormat
+from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.db.models import WebhookDelivery
+from telepath.rtp.dtmf import encode_dtmf
+from telepath.rtp.packet import pack_rtp
 from telepath.sip.message import Request, Response, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
-from telepath.testing.tones import dominant_frequency, g711_to_pcm16
+from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
 from telepath.transport.media_session import MediaSession
 from tests.integration.conftest import Api
 from tests.integration.webhooks.receiver import Receiver
@@ -340,3 +343,83 @@ async def test_a_call_that_ends_before_its_ack_for_no_fault_is_no_call_error(
     assert record["status"] == "failed"
     assert record["disconnect_reason"] == reason
     assert "call.error" not in await _queued_events(api, record["id"])
+
+
+#: An answer (or offer) numbering PCMU 96 and telephone-event 97, where our offer had 0 and 101.
+RENUMBERED = (
+    "v=0\r\no=caller 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 96 97\r\na=rtpmap:96 PCMU/8000\r\n"
+    "a=rtpmap:97 telephone-event/8000\r\na=fmtp:97 0-16\r\na=ptime:20\r\n"
+)
+
+
+async def _renumbered_call(
+    uac: Uac, api: Api, gateway: Gateway, agent: FakeTelepathAgent, phone: Phone
+) -> tuple[CallLeg, Call]:
+    """A delayed-offer call whose answer in the ACK renumbers our PCMU and telephone-event."""
+    leg, _ = await _offered(uac, api, agent)
+    answer = RENUMBERED.format(version=1, port=phone.port).encode()
+    uac.send(leg.build("ACK", cseq_method="ACK", body=answer))
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    return leg, call
+
+
+async def test_an_answer_renumbering_our_types_still_gets_the_caller_s_audio_and_keys(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """Our offer (in the 200) has PCMU as 0 and telephone-event as 101; the ACK's answer maps
+    PCMU to 96 and telephone-event to 97, as RFC 3264 §6.1 allows (SHOULD, not MUST, reuse the
+    offer's numbers). Each side's numbers are what it receives (§5.1): the caller sends 0 and
+    101 and we send 96 — its audio and its key press were dropped as unnegotiated types."""
+    async with FakeTelepathAgent(agent="tone", tone_hz=AGENT_HZ, response_ms=200) as agent:
+        leg, call = await _renumbered_call(uac, api, gateway, agent, phone)
+        phone.dtmf_pt = 101
+        phone.start_tone(("127.0.0.1", call.media.local_port), CALLER_HZ, 1.0, pt=0)
+        phone.press("5")
+        await until(lambda: agent.digits == ["5"])
+        await until(lambda: len(agent.caller_audio) > 4000)  # > 0.5 s of μ-law
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"
+    heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
+    assert abs(dominant_frequency(heard) - CALLER_HZ) < 15
+    assert {t for t, _ in phone.received} == {96}  # we send with the answer's number
+    sent = g711_to_pcm16(phone.audio(96), "pcmu")  # PCMU, whatever its number
+    assert abs(dominant_frequency(sent) - AGENT_HZ) < 15
+    assert gateway.manager.ports.in_use == 0
+
+
+async def test_a_re_offer_with_the_answer_s_numbers_is_then_received_with_them(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """After that answer, the caller re-offers with its numbers (96, 97) and we answer with
+    them (RFC 3264 §6.1): now it sends 96 and 97, and those are what we must read (the media
+    follows the re-offer's numbers, not only the first answer's)."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, call = await _renumbered_call(uac, api, gateway, agent, phone)
+        leg.cseq += 1
+        start = len(uac.received)
+        offer = RENUMBERED.format(version=2, port=phone.port).encode()
+        uac.send(leg.build("INVITE", body=offer))
+        ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        assert b"m=audio" in ok.body and b" RTP/AVP 96 97\r\n" in ok.body
+        assert phone.transport is not None  # raw: the Phone encodes PT 96 as A-law
+        dest = ("127.0.0.1", call.media.local_port)
+        seq = 100
+        for i in range(25):  # 0.5 s of PCMU as 96, paced
+            payload = sine_g711(CALLER_HZ, 20, "pcmu", phase=i * 160)
+            phone.transport.sendto(pack_rtp(96, seq, i * 160, 0x5EED, payload, i == 0), dest)
+            seq += 1
+            await asyncio.sleep(0.02)
+        for dtmf in encode_dtmf("6", 100):
+            packet = pack_rtp(97, seq, 25 * 160, 0x5EED, dtmf.payload, dtmf.marker)
+            phone.transport.sendto(packet, dest)
+            seq += 1
+        await until(lambda: agent.digits == ["6"])
+        await until(lambda: len(agent.caller_audio) > 3200)  # > 0.4 s of μ-law
+        await leg.bye()
+        await ended_records(api, gateway)
+    heard = g711_to_pcm16(bytes(agent.caller_audio), "pcmu")
+    assert abs(dominant_frequency(heard) - CALLER_HZ) < 15

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 
 from telepath.rtp.dtmf import (
+    MAX_DURATION,
     DtmfDecoder,
+    DtmfDigit,
     DtmfKey,
     TelephoneEvent,
     encode_dtmf,
@@ -111,3 +113,79 @@ def test_key_mapping() -> None:
         event_for_key("x")
     with pytest.raises(ValueError, match="at least one packet time"):
         encode_dtmf("1", duration_ms=10)
+
+
+def _segment(
+    decoder: DtmfDecoder, timestamp: int, event: int, durations: list[int]
+) -> list[DtmfDigit]:
+    """Feed one event segment's updates (no E bit) at ``timestamp``; the digits that came out."""
+    out: list[DtmfDigit] = []
+    for duration in durations:
+        out += decoder.feed(timestamp, bytes(TelephoneEvent(event, False, 10, duration)))
+    return out
+
+
+FULL_SEGMENT = [*range(160, MAX_DURATION, 160), MAX_DURATION]  # 8.19 s, ending at 0xFFFF
+
+
+@pytest.mark.parametrize("start", [1000, 0xFFFFFFFF - 100], ids=["plain", "timestamp-wraps"])
+def test_a_press_longer_than_the_duration_field_is_one_digit(start: int) -> None:
+    """RFC 4733 §2.5.1.3: past 0xFFFF units the sender sends duration 0xFFFF, then goes on with
+    the same event in a new segment whose timestamp is the previous one plus 0xFFFF. That is
+    one press, its duration the sum: it was reported as two (the first "not ended cleanly")."""
+    decoder = DtmfDecoder()
+    assert _segment(decoder, start, 5, FULL_SEGMENT) == []
+    second = (start + MAX_DURATION) & 0xFFFFFFFF
+    assert _segment(decoder, second, 5, [160, 320, 480]) == []
+    assert decoder.active == DtmfKey.D5
+    # a copy of the first segment's last packet, arriving late: not a new press either
+    assert _segment(decoder, start, 5, [MAX_DURATION]) == []
+    end = bytes(TelephoneEvent(5, True, 10, 800))
+    (digit,) = decoder.feed(second, end)
+    assert decoder.feed(second, end) == decoder.feed(second, end) == []
+    assert (digit.key, digit.timestamp, digit.ended_cleanly) == (DtmfKey.D5, start, True)
+    assert digit.duration_ms == (MAX_DURATION + 800) / 8
+    assert decoder.expire() == []
+
+
+def test_a_press_of_three_segments_and_no_end_packet_is_one_digit_on_expiry() -> None:
+    decoder = DtmfDecoder()
+    for i in range(3):
+        assert (
+            _segment(decoder, 1000 + i * MAX_DURATION, 1, FULL_SEGMENT[: 410 if i < 2 else 5]) == []
+        )
+    (digit,) = decoder.expire()
+    assert (digit.key, digit.timestamp, digit.ended_cleanly) == (DtmfKey.D1, 1000, False)
+    assert digit.duration_ms == (2 * MAX_DURATION + 800) / 8
+
+
+@pytest.mark.parametrize(
+    ("event", "offset"),
+    [(6, MAX_DURATION), (5, MAX_DURATION - 160), (5, MAX_DURATION + 160)],
+    ids=["other-key", "earlier", "later"],
+)
+def test_only_the_same_key_at_exactly_plus_0xffff_continues_a_press(
+    event: int, offset: int
+) -> None:
+    """Anything else after a press whose end packets were lost is a new press."""
+    decoder = DtmfDecoder()
+    _segment(decoder, 1000, 5, FULL_SEGMENT)
+    (first,) = _segment(decoder, 1000 + offset, event, [160])
+    assert (first.key, first.duration_ms, first.ended_cleanly) == (
+        DtmfKey.D5,
+        MAX_DURATION / 8,
+        False,
+    )
+    (second,) = decoder.expire()
+    assert (second.timestamp, second.duration_ms) == (1000 + offset, 20.0)
+
+
+def test_a_new_segment_s_first_packet_may_end_the_press_and_the_next_press_starts_afresh() -> None:
+    """The end packet may be the first of the new segment that arrives; the press after the long
+    one carries none of its duration."""
+    decoder = DtmfDecoder()
+    _segment(decoder, 1000, 2, FULL_SEGMENT)
+    (long,) = decoder.feed(1000 + MAX_DURATION, bytes(TelephoneEvent(2, True, 10, 320)))
+    assert (long.key, long.duration_ms, long.ended_cleanly) == (DtmfKey.D2, 8231.875, True)
+    (short,) = decoder.feed(90000, bytes(TelephoneEvent(2, True, 10, 800)))
+    assert (short.key, short.timestamp, short.duration_ms) == (DtmfKey.D2, 90000, 100.0)

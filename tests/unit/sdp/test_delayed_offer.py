@@ -3,6 +3,8 @@ SDP, and how the caller's answer in the ACK is read (RFC 3264 §5 offer, §6 ans
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from telepath.rtp.codecs import CodecSpec
@@ -92,9 +94,48 @@ def test_answer_may_pick_any_offered_codec_and_its_own_dtmf_payload_type() -> No
     )
     media = negotiate_offer_answer(our_offer(), answer)
     assert media.codec == CodecSpec("G722", 9)
-    assert media.dtmf_payload_type == 96  # RFC 4733: send events with the receiver's PT
+    assert media.recv_payload_type == 9
+    # RFC 3264 §5.1/§6.1: each side's numbers are what it receives. We send events with the
+    # answer's 96; the caller sends them with our offer's 101.
+    assert (media.dtmf_payload_type, media.recv_dtmf_payload_type) == (96, 101)
     assert media.remote_address == "198.51.100.77"  # media-level c= wins (RFC 4566 §5.7)
     assert (media.remote_port, media.remote_rtcp_port) == (42000, 42005)
+
+
+def test_an_answer_that_renumbers_our_codec_receives_it_with_our_number() -> None:
+    """RFC 3264 §6.1: the answerer SHOULD, not MUST, keep the offer's numbers. An answer that
+    maps PCMU to 96 gets PCMU sent as 96, and still sends it to us as our offer's 0."""
+    answer = parse(
+        HEAD + "m=audio 5000 RTP/AVP 96 97\r\n"
+        "a=rtpmap:96 PCMU/8000\r\na=rtpmap:97 telephone-event/8000\r\n"
+    )
+    media = negotiate_offer_answer(our_offer(), answer)
+    assert (media.codec, media.recv_payload_type) == (CodecSpec("PCMU", 96), 0)
+    assert (media.dtmf_payload_type, media.recv_dtmf_payload_type) == (97, 101)
+
+
+def test_an_answer_without_telephone_event_sends_us_none() -> None:
+    """RFC 4733 §7.1.1: the answer leaving telephone-event out means no events either way, though
+    our offer had it."""
+    media = negotiate_offer_answer(our_offer(), parse(HEAD + "m=audio 5000 RTP/AVP 0\r\n"))
+    assert (media.dtmf_payload_type, media.recv_dtmf_payload_type) == (None, None)
+    assert media.recv_payload_type == 0
+
+
+def test_negotiated_media_receives_with_its_send_numbers_unless_told() -> None:
+    """When we answer we mirror the offer's numbers (RFC 3264 §6.1): one number per format."""
+    media = NegotiatedMedia(
+        codec=CodecSpec("PCMA", 8),
+        dtmf_payload_type=101,
+        remote_address="198.51.100.9",
+        remote_port=5000,
+        remote_rtcp_port=5001,
+        direction="sendrecv",
+        ptime=20,
+        on_hold=False,
+    )
+    assert (media.recv_payload_type, media.recv_dtmf_payload_type) == (8, 101)
+    assert dataclasses.replace(media, recv_dtmf_payload_type=None).recv_dtmf_payload_type is None
 
 
 def test_answer_on_hold_is_accepted_without_sending() -> None:
