@@ -86,6 +86,7 @@ from telepath.rtp.rtcp import (
     RtcpSdes,
     RtcpSenderReport,
     RtcpSourceDescription,
+    last_sr_fields,
     ntp_from_unix,
     ntp_middle32,
     parse_compound,
@@ -703,9 +704,8 @@ class MediaSession:
 
     def _report(self) -> list[RtcpPacket]:
         lsr = dlsr = 0
-        if self._last_sr is not None:
-            lsr = self._last_sr[0]
-            dlsr = int((self._loop.time() - self._last_sr[1]) * 65536)
+        if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
+            lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
         block = self._rx.report_block(lsr, dlsr)
         blocks = [block] if block is not None else []
         head: RtcpPacket

@@ -16,6 +16,7 @@ from telepath.rtp.rtcp import (
     RtcpReceiverReport,
     RtcpReportBlock,
     RtcpSenderReport,
+    ntp_from_unix,
     ntp_middle32,
     parse_compound,
 )
@@ -363,6 +364,43 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         await peer_rtcp.wait_for(before + 1)
         bye = parse_compound(peer_rtcp.recorder.received[-1][0])[-1]
         assert isinstance(bye, RtcpBye) and bye.sources == [session.ssrc]
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
+async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.4.1: DLSR is 32 bits of 1/65536 s (about 18.2 h). A peer's last SR older
+    than that (a long call, the peer stopped sending) is reported as none, LSR = DLSR = 0: the
+    closing RTCP BYE's report packed the delay as it was, and struct.error ended close()
+    before the ports went back."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer, rtcp_interval_s=3600.0)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 0.1)):  # a report block needs a source
+            peer.send(data, ("127.0.0.1", session.local_port))
+        await collect(session, 3)
+        sr = RtcpSenderReport(0x5EED, ntp_from_unix(1.7e9), 0, 5, 800)
+        peer_rtcp.send(bytes(sr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session._last_sr is not None)
+        # The session reads the event loop's clock, which a test cannot move on 19 hours:
+        # the SR's arrival is moved back instead.
+        assert session._last_sr is not None
+        lsr, arrived = session._last_sr
+        assert lsr == ntp_middle32(sr.ntp_timestamp)
+        session._last_sr = (lsr, arrived - 70_000)
+        await session.close()
+        assert allocator.in_use == 0
+        await peer_rtcp.wait_for(1)
+        report, *_, bye = parse_compound(peer_rtcp.recorder.received[-1][0])
+        assert isinstance(bye, RtcpBye)
+        assert isinstance(report, RtcpReceiverReport | RtcpSenderReport)
+        (block,) = report.reports
+        assert (block.ssrc, block.lsr, block.dlsr) == (0x5EED, 0, 0)
     finally:
         await session.close()
         peer.close()
