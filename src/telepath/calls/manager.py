@@ -1235,7 +1235,7 @@ class CallManager:
         remote = rtcp = None
         if negotiated.remote_port:
             remote = (negotiated.remote_address, negotiated.remote_port)
-        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1
+        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1 if any
             rtcp = (negotiated.remote_address, negotiated.remote_rtcp_port)
         media = await MediaSession.open(
             lease,

@@ -571,6 +571,35 @@ async def test_rtcp_goes_on_while_held_and_to_the_a_rtcp_port_from_the_start(
         peer_rtcp.close()
 
 
+@pytest.mark.parametrize("when", ["open", "re-INVITE"])
+async def test_an_rtp_port_of_65535_has_no_rtcp_port_and_gets_no_rtcp(
+    allocator: RtpPortAllocator, when: str
+) -> None:
+    """RFC 3550 §11: RTCP goes to the RTP port + 1, and m=audio 65535 has none (only an a=rtcp
+    line, RFC 3605, could name one): no RTCP is sent. It went to port 65536 — with asyncio an
+    OverflowError that closed the RTCP socket, so the caller's reports went unread; uvloop
+    sent to port 0. The caller's own RTCP is still read, and answered where it came from."""
+    peer, peer_rtcp = await UdpPeer.bind(), await UdpPeer.bind()
+    no_rtcp_port = ("127.0.0.1", 65535)
+    first = no_rtcp_port if when == "open" else peer.address
+    session = await MediaSession.open(
+        allocator.allocate(), remote=first, codec=PCMU, rtcp_interval_s=0.05
+    )
+    try:
+        if when == "re-INVITE":
+            session.update_remote(no_rtcp_port)
+        await asyncio.sleep(0.3)  # six report intervals
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        peer_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        await peer_rtcp.wait_for(1)  # symmetric RTCP: ours now goes where the caller's came from
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+    assert allocator.in_use == 0
+
+
 async def test_no_rtcp_goes_to_an_old_style_hold_address(allocator: RtpPortAllocator) -> None:
     """c=0.0.0.0 (RFC 3264 §8.4) is no address: Linux would deliver there locally."""
     local = await UdpPeer.bind("0.0.0.0")
