@@ -78,6 +78,7 @@ from telepath.sdp import (
     SdpError,
     SessionDescription,
     create_offer,
+    create_reoffer,
     negotiate_answer,
     negotiate_offer_answer,
     negotiate_reoffer,
@@ -414,9 +415,13 @@ class CallManager:
                 call.offer_in_2xx = False
                 self._on_answer_in_reinvite_ack(call, event.body)
         elif isinstance(event, SessionRefreshed):
-            # our re-INVITE refresh offered the SDP we last sent: same handling as above
+            # Our re-INVITE refresh offered the dialog's local_sdp (staged by _sent_sdp): now
+            # the last SDP we sent, the base of the next o= version (RFC 3264 §8). A refused
+            # refresh changed nothing (RFC 3261 §14.1), so only a 2xx makes it so.
             call = _call_of(event.dialog.app_data)
             if call is not None:
+                call.answer_sdp = event.dialog.local_sdp
+                call.session_version = parse(call.answer_sdp).origin.session_version
                 self._on_answer_in_reinvite_ack(call, event.body)
 
     def _admit_new_call(self) -> bool:
@@ -1181,10 +1186,8 @@ class CallManager:
         call.invite_at = started
         call.sip_call_id = request.call_id
         call.sip_caller_tag = dialog.remote_tag
-        call.answer_sdp = local_sdp.to_bytes()
-        dialog.local_sdp = call.answer_sdp  # what our own re-INVITE session refresh offers
         call.session_id = session_id
-        call.session_version = session_version
+        self._sent_sdp(call, dialog, local_sdp)
         call.media_address = setup.media_address
         # Weakly: the call's SIP callbacks close over the dialog, and a dialog outlives its
         # call for a while (our BYE's transaction): a strong reference back would keep the
@@ -1273,7 +1276,7 @@ class CallManager:
         remote = rtcp = None
         if negotiated.remote_port:
             remote = (negotiated.remote_address, negotiated.remote_port)
-        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1
+        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1 if any
             rtcp = (negotiated.remote_address, negotiated.remote_rtcp_port)
         media = await MediaSession.open(
             lease,
@@ -1421,10 +1424,14 @@ class CallManager:
                 # without SDP (there is no ACK that could carry an answer to ours).
                 self._respond(event.tx, 200)
                 return
-            # RFC 3261 §14.2 (a session refresh, typically): our 2xx carries an offer — the
-            # SDP we last sent — and the caller's answer comes in the ACK (ReinviteAcked).
+            # RFC 3261 §14.2 (a session refresh, or a PBX resuming the call): our 2xx carries
+            # an offer and the caller's answer comes in the ACK (ReinviteAcked). The offer says
+            # what we want now, sendrecv, even when the SDP we last sent answered a hold
+            # (RFC 6337 §5.1; create_reoffer).
             call.offer_in_2xx = True
-            self._respond(event.tx, 200, body=call.answer_sdp)
+            offer = create_reoffer(parse(call.answer_sdp))
+            self._respond(event.tx, 200, body=offer.to_bytes())
+            self._sent_sdp(call, event.dialog, offer)
             return
         call.offer_in_2xx = False
         current = call.negotiated.srtp
@@ -1469,14 +1476,27 @@ class CallManager:
                 headers=[("Warning", '302 telepath "SRTP crypto suite change not supported"')],
             )
             return
-        body = answer.to_bytes()
-        if body != call.answer_sdp:
-            call.session_version += 1
-            answer.origin.session_version = call.session_version
-            body = answer.to_bytes()
-        call.answer_sdp = body
+        if answer.to_bytes() != call.answer_sdp:
+            answer.origin.session_version = call.session_version + 1  # RFC 3264 §8
         call.update_media(negotiated)
-        self._respond(event.tx, 200, body=body)
+        self._respond(event.tx, 200, body=answer.to_bytes())
+        self._sent_sdp(call, event.dialog, answer)
+
+    @staticmethod
+    def _sent_sdp(call: Call, dialog: Dialog, sdp: SessionDescription) -> None:
+        """``sdp`` went out in the call's dialog (our answer, or our offer in a 2xx): it is the
+        SDP the next one's ``o=`` version counts from (RFC 3264 §8: one more if it differs).
+
+        It also stages what our own re-INVITE session refresh will offer (RFC 4028 §10): not
+        ``sdp`` as such — an answer to a hold says ``a=recvonly`` — but what we want now,
+        sendrecv (:func:`~telepath.sdp.create_reoffer`, RFC 6337 §5.1). The SIP core offers
+        the dialog's ``local_sdp``; it sets it to the SDP of each 2xx it sends, so this runs
+        after the response. The staged offer counts as sent only once a 2xx accepts it
+        (``SessionRefreshed``).
+        """
+        call.answer_sdp = sdp.to_bytes()
+        call.session_version = sdp.origin.session_version
+        dialog.local_sdp = create_reoffer(sdp).to_bytes()
 
     # ---------------------------------------------------------------- records and events
 

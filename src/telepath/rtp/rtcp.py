@@ -43,6 +43,22 @@ def ntp_middle32(ntp: int) -> int:
     return (ntp >> 16) & 0xFFFFFFFF
 
 
+def last_sr_fields(lsr: int, delay_s: float) -> tuple[int, int]:
+    """The LSR and DLSR fields of a report block (RFC 3550 §6.4.1), ``delay_s`` seconds after
+    the SR whose middle 32 NTP bits are ``lsr`` arrived.
+
+    DLSR is 32 bits of 1/65536 s, so it says at most 65536 s (about 18.2 h). §6.4.1 has both
+    fields 0 when no SR has been received; an SR older than DLSR can express (a long call whose
+    peer stopped sending) is treated the same way — the sender then computes no round trip from
+    this block, rather than one from a wrapped delay. A negative delay (impossible on a
+    monotonic clock) gives 0 too.
+    """
+    dlsr = int(delay_s * 65536)
+    if not 0 <= dlsr <= 0xFFFFFFFF:
+        return 0, 0
+    return lsr, dlsr
+
+
 @dataclass(slots=True)
 class RtcpReportBlock:
     """One reception report block (RFC 3550 §6.4.1).

@@ -123,7 +123,8 @@ class NegotiatedMedia:
         remote_address: where to send RTP (the stream's effective ``c=`` address).
         remote_port: where to send RTP; 0 means the stream is disabled.
         remote_rtcp_port: where to send RTCP: ``a=rtcp`` (RFC 3605) or else RTP port + 1
-            (RFC 3550 §11); None when the stream is disabled.
+            (RFC 3550 §11); None when the stream is disabled, or on RTP port 65535 without
+            ``a=rtcp`` (there is no next port: no RTCP is sent).
         direction: OUR direction (``sendonly``: we send but do not expect media, ...).
         ptime: the packetization time we send, always 20 ms.
         on_hold: the peer put us on hold (it will not receive: sendonly/inactive, or the

@@ -87,6 +87,7 @@ from telepath.rtp.rtcp import (
     RtcpSdes,
     RtcpSenderReport,
     RtcpSourceDescription,
+    last_sr_fields,
     ntp_from_unix,
     ntp_middle32,
     parse_compound,
@@ -324,7 +325,7 @@ class MediaSession:
             rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
             srtp: the SRTP keys of an ``RTP/SAVP`` stream; None for plain RTP.
             rtcp: the peer's RTCP address from SDP (``a=rtcp``, RFC 3605); None: the RTP
-                port + 1 (RFC 3550 §11).
+                port + 1 (RFC 3550 §11), and no RTCP is sent when the RTP port is 65535.
 
         Returns:
             The running session.
@@ -483,7 +484,7 @@ class MediaSession:
         self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
-        """Follow a re-INVITE's new media address (and optional a=rtcp address)."""
+        """Follow a re-INVITE's new media address and a=rtcp address (None: as in open)."""
         self._set_remote(remote, rtcp)
 
     @property
@@ -548,8 +549,8 @@ class MediaSession:
     def _set_remote(self, remote: Address | None, rtcp: Address | None) -> None:
         self._sdp = remote
         self._dest = remote
-        if remote is not None and rtcp is None:
-            rtcp = (remote[0], remote[1] + 1)
+        if remote is not None and rtcp is None and remote[1] < 0xFFFF:
+            rtcp = (remote[0], remote[1] + 1)  # RFC 3550 §11; RTP on 65535 has none: no RTCP
         self._rtcp_sdp = rtcp
         self._rtcp_dest = rtcp
         self._seen_sdp = False
@@ -734,9 +735,8 @@ class MediaSession:
 
     def _report(self) -> list[RtcpPacket]:
         lsr = dlsr = 0
-        if self._last_sr is not None:
-            lsr = self._last_sr[0]
-            dlsr = int((self._loop.time() - self._last_sr[1]) * 65536)
+        if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
+            lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
         block = self._rx.report_block(lsr, dlsr)
         blocks = [block] if block is not None else []
         head: RtcpPacket

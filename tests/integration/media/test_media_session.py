@@ -16,6 +16,7 @@ from telepath.rtp.rtcp import (
     RtcpReceiverReport,
     RtcpReportBlock,
     RtcpSenderReport,
+    ntp_from_unix,
     ntp_middle32,
     parse_compound,
 )
@@ -369,6 +370,43 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         peer_rtcp.close()
 
 
+async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.4.1: DLSR is 32 bits of 1/65536 s (about 18.2 h). A peer's last SR older
+    than that (a long call, the peer stopped sending) is reported as none, LSR = DLSR = 0: the
+    closing RTCP BYE's report packed the delay as it was, and struct.error ended close()
+    before the ports went back."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer, rtcp_interval_s=3600.0)
+    try:
+        for data in rtp_stream(ulaw_frames(1000, 0.1)):  # a report block needs a source
+            peer.send(data, ("127.0.0.1", session.local_port))
+        await collect(session, 3)
+        sr = RtcpSenderReport(0x5EED, ntp_from_unix(1.7e9), 0, 5, 800)
+        peer_rtcp.send(bytes(sr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session._last_sr is not None)
+        # The session reads the event loop's clock, which a test cannot move on 19 hours:
+        # the SR's arrival is moved back instead.
+        assert session._last_sr is not None
+        lsr, arrived = session._last_sr
+        assert lsr == ntp_middle32(sr.ntp_timestamp)
+        session._last_sr = (lsr, arrived - 70_000)
+        await session.close()
+        assert allocator.in_use == 0
+        await peer_rtcp.wait_for(1)
+        report, *_, bye = parse_compound(peer_rtcp.recorder.received[-1][0])
+        assert isinstance(bye, RtcpBye)
+        assert isinstance(report, RtcpReceiverReport | RtcpSenderReport)
+        (block,) = report.reports
+        assert (block.ssrc, block.lsr, block.dlsr) == (0x5EED, 0, 0)
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
 async def test_inactivity_timeout_ends_with_reason_and_releases_ports(
     allocator: RtpPortAllocator,
 ) -> None:
@@ -531,6 +569,35 @@ async def test_rtcp_goes_on_while_held_and_to_the_a_rtcp_port_from_the_start(
         await session.close()
         peer.close()
         peer_rtcp.close()
+
+
+@pytest.mark.parametrize("when", ["open", "re-INVITE"])
+async def test_an_rtp_port_of_65535_has_no_rtcp_port_and_gets_no_rtcp(
+    allocator: RtpPortAllocator, when: str
+) -> None:
+    """RFC 3550 §11: RTCP goes to the RTP port + 1, and m=audio 65535 has none (only an a=rtcp
+    line, RFC 3605, could name one): no RTCP is sent. It went to port 65536 — with asyncio an
+    OverflowError that closed the RTCP socket, so the caller's reports went unread; uvloop
+    sent to port 0. The caller's own RTCP is still read, and answered where it came from."""
+    peer, peer_rtcp = await UdpPeer.bind(), await UdpPeer.bind()
+    no_rtcp_port = ("127.0.0.1", 65535)
+    first = no_rtcp_port if when == "open" else peer.address
+    session = await MediaSession.open(
+        allocator.allocate(), remote=first, codec=PCMU, rtcp_interval_s=0.05
+    )
+    try:
+        if when == "re-INVITE":
+            session.update_remote(no_rtcp_port)
+        await asyncio.sleep(0.3)  # six report intervals
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        peer_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        await peer_rtcp.wait_for(1)  # symmetric RTCP: ours now goes where the caller's came from
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+    assert allocator.in_use == 0
 
 
 async def test_no_rtcp_goes_to_an_old_style_hold_address(allocator: RtpPortAllocator) -> None:

@@ -20,6 +20,7 @@ from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
+from tests.interop.calls.harness import Phone
 from tests.interop.sip.uac import (
     CallLeg,
     Uac,
@@ -354,6 +355,50 @@ async def test_offerless_reinvite_answer_in_ack_moves_and_holds_the_media(
     updated = await uac.response(200, leg.call_id, method="UPDATE", after=start)
     assert not updated.body
     assert gateway.manager.active_calls == 1
+    await leg.bye()
+
+
+def _origin_version(sdp: bytes) -> int:
+    """The session version of an SDP's ``o=`` line (RFC 4566 §5.2)."""
+    match = re.search(rb"^o=\S+ \S+ ([0-9]+) ", sdp, re.M)
+    assert match is not None, sdp
+    return int(match.group(1))
+
+
+async def test_an_offerless_reinvite_after_a_hold_offers_sendrecv_and_resumes_the_media(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent, phone: Phone
+) -> None:
+    """The caller holds us (a=sendonly, our answer a=recvonly), then resumes with a re-INVITE
+    without SDP, as PBXs and B2BUAs do. Our 200's offer says what WE want, a=sendrecv, with the
+    next o= version (RFC 6337 §5.1, RFC 3264 §8) — it repeated our a=recvonly answer, to which
+    the only valid answers are sendonly/inactive (§6.1): the agent went unheard for good. The
+    caller's sendrecv answer in the ACK brings the agent's audio back to it."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(phone.port)
+    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    await until(lambda: len(phone.received) > 3)  # the agent's (silent) audio reaches us
+
+    held = await reoffer(leg, sdp_offer(phone.port, "sendonly"))
+    assert b"a=recvonly" in held
+    await until(lambda: call.negotiated.on_hold)
+    await asyncio.sleep(0.1)
+    quiet = len(phone.received)
+    await asyncio.sleep(0.2)  # ten packet times
+    assert len(phone.received) == quiet  # held: nothing sent
+
+    leg.cseq += 1
+    start = len(uac.received)
+    uac.send(leg.build("INVITE", body=b""))
+    ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+    assert b"a=sendrecv" in ok.body and b"a=recvonly" not in ok.body, ok.body
+    assert _origin_version(ok.body) == _origin_version(held) + 1  # it differs: RFC 3264 §8
+    uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port, "sendrecv")))
+    await until(lambda: not call.negotiated.on_hold)
+    assert call.negotiated.direction == "sendrecv"
+    await until(lambda: len(phone.received) > quiet + 3)  # the agent is heard again
     await leg.bye()
 
 

@@ -8,6 +8,7 @@ running UA core's floor (only its ``min_se``) and asks for a 6 s interval: refre
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import SDP_BODY, call, check, run_sipp
 from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
-from tests.interop.sip.waits import ended_records
+from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
 
@@ -165,3 +166,77 @@ async def test_delayed_offer_refresh_offers_only_the_codec_in_use(
     assert record["disconnect_reason"] == "caller_hangup"
     detail = (await api.get(f"/v1/calls/{record['id']}")).json()
     assert detail["metrics"]["codec_used"] == "PCMA"
+
+
+async def test_a_refresh_after_the_caller_held_us_offers_sendrecv_and_resumes_the_media(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """The caller holds us (a=sendonly; our answer a=recvonly); our next re-INVITE refresh offers
+    what WE want, a=sendrecv, with the next o= version (RFC 6337 §5.1, RFC 3264 §8) — it
+    offered our a=recvonly answer again, which a resuming caller can only answer sendonly or
+    inactive (§6.1). The caller's sendrecv answer brings the agent's audio back."""
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    timer = [
+        ("Supported", "timer"),
+        ("Session-Expires", f"{INTERVAL};refresher=uas"),
+        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
+    ]
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        leg = CallLeg(uac, "alice")
+        await leg.challenge(phone.port, timer)
+        await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, headers=timer))
+        uac.send(leg.ack())
+        await until(lambda: bool(gateway.manager.calls))
+        (call,) = gateway.manager.calls.values()
+
+        leg.cseq += 1
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", headers=timer, body=sdp_offer(phone.port, "sendonly")))
+        held = (await uac.response(200, leg.call_id, method="INVITE", after=start)).body
+        assert b"a=recvonly" in held
+        start = len(uac.received)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        await until(lambda: call.negotiated.on_hold)
+        await asyncio.sleep(0.1)
+        quiet = len(phone.received)
+
+        got = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
+        )
+        refresh = got.message
+        assert isinstance(refresh, Request)
+        assert len(phone.received) == quiet  # held until now: nothing sent
+        assert b"a=sendrecv" in refresh.body and b"a=recvonly" not in refresh.body, refresh.body
+        assert _origin_version(refresh.body) == _origin_version(held) + 1  # RFC 3264 §8
+        uac.send(
+            make_response(
+                refresh,
+                200,
+                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
+                body=sdp_offer(phone.port, "sendrecv"),
+            ).to_bytes()
+        )
+        await until(lambda: not call.negotiated.on_hold)
+        assert call.negotiated.direction == "sendrecv"
+        await until(lambda: len(phone.received) > quiet + 3)  # the agent is heard again
+
+        # The accepted refresh is the last SDP we sent: the next one counts from it (§8).
+        leg.cseq += 1
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", headers=timer, body=sdp_offer(phone.port, "sendonly")))
+        again = (await uac.response(200, leg.call_id, method="INVITE", after=start)).body
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        assert b"a=recvonly" in again
+        assert _origin_version(again) == _origin_version(refresh.body) + 1
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"
+
+
+def _origin_version(sdp: bytes) -> int:
+    """The session version of an SDP's ``o=`` line (RFC 4566 §5.2)."""
+    match = re.search(rb"^o=\S+ \S+ ([0-9]+) ", sdp, re.M)
+    assert match is not None, sdp
+    return int(match.group(1))

@@ -13,6 +13,7 @@ from telepath.rtp.rtcp import (
     RtcpSenderReport,
     RtcpSourceDescription,
     RtcpUnknown,
+    last_sr_fields,
     ntp_from_unix,
     ntp_middle32,
     parse_compound,
@@ -95,6 +96,28 @@ def test_ntp_helpers() -> None:
     assert ntp >> 32 == 2_208_988_800
     assert ntp & 0xFFFFFFFF == 1 << 31
     assert ntp_middle32(0x1122334455667788) == 0x33445566
+
+
+@pytest.mark.parametrize(
+    ("delay_s", "expected"),
+    [
+        (0.0, (0x12345678, 0)),
+        (1.5, (0x12345678, 98304)),  # 1.5 s in 1/65536 s
+        (65535.99998, (0x12345678, 0xFFFFFFFE)),  # the longest delay DLSR can say
+        (65536.0, (0, 0)),  # 2^32 units: no longer fits the 32-bit field
+        (10 * 86400.0, (0, 0)),  # a peer silent for days
+        (-0.5, (0, 0)),  # no delay can be negative
+    ],
+)
+def test_lsr_and_dlsr_are_zero_when_the_delay_does_not_fit(
+    delay_s: float, expected: tuple[int, int]
+) -> None:
+    # RFC 3550 §6.4.1: DLSR is 32 bits of 1/65536 s; an SR older than that is as good as none,
+    # LSR and DLSR 0 (it raised struct.error at packing, and the session's close with it).
+    lsr, dlsr = last_sr_fields(0x12345678, delay_s)
+    assert (lsr, dlsr) == expected
+    block = RtcpReportBlock(ssrc=1, lsr=lsr, dlsr=dlsr)
+    assert RtcpReportBlock.parse(bytes(block)) == block
 
 
 @pytest.mark.parametrize(

@@ -558,3 +558,12 @@ def test_rtcp_apart_from_rtp_is_announced_and_the_next_port_is_not() -> None:
         rtcp_port=52013,
     )
     assert re_sd.media[0].rtcp_port == 52013
+
+
+def test_the_peer_s_rtcp_port_is_a_rtcp_else_the_next_port_if_there_is_one() -> None:
+    """RFC 3550 §11: RTCP on the RTP port + 1; RFC 3605: a=rtcp names another. On RTP port
+    65535 without a=rtcp there is no RTCP port: None (the media session then sends none)."""
+    assert answer(offer_text())[1].remote_rtcp_port == 5001
+    last = offer_text().replace("m=audio 5000", "m=audio 65535")
+    assert answer(last)[1].remote_rtcp_port is None
+    assert answer(last + "a=rtcp:40001\r\n")[1].remote_rtcp_port == 40001
