@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import typing
 from collections.abc import AsyncIterator
@@ -11,11 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from elevenlabs.types.client_event import ClientEvent
 from elevenlabs.types.conversation_initiation_client_data_request_input import (
     ConversationInitiationClientDataRequestInput,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from telepath.bridges.base import (
     AgentClear,
@@ -35,7 +39,7 @@ from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
-from telepath.testing.fake_provider_http import FakeProviderHttp
+from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHttp
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
@@ -53,9 +57,15 @@ def bridge_for(
     return ElevenLabsBridge(cfg, connect_timeout_s=2.0)
 
 
+# META carries a system prompt, sent as the prompt override: the agent must enable it (a real
+# agent's default is not to; test_an_agent_refuses_a_prompt_override_it_does_not_enable)
+PROMPT_ENABLED = frozenset({PROMPT_OVERRIDE})
+
+
 @pytest.fixture
 async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeElevenLabs]:
-    async with FakeElevenLabs(**getattr(request, "param", {})) as server:
+    params = {"allowed_overrides": PROMPT_ENABLED, **getattr(request, "param", {})}
+    async with FakeElevenLabs(**params) as server:
         yield server
 
 
@@ -267,7 +277,7 @@ async def test_websocket_rejection(status: int) -> None:
     ("setup", "code"), [("override_error", "override_error"), ("silent", "timeout")]
 )
 async def test_setup_failures(setup: str, code: str) -> None:
-    async with FakeElevenLabs(setup=setup) as fake:
+    async with FakeElevenLabs(setup=setup, allowed_overrides=PROMPT_ENABLED) as fake:
         bridge = ElevenLabsBridge(
             ElevenLabsConfig(api_key="sk-valid", agent_id="a", api_base=fake.base_http),
             connect_timeout_s=0.5,
@@ -288,7 +298,9 @@ async def test_setup_failures(setup: str, code: str) -> None:
     ],
 )
 async def test_mid_call_failures(after_setup: str, retryable: bool, code: str | None) -> None:
-    async with FakeElevenLabs(agent="silent", after_setup=after_setup) as fake:
+    async with FakeElevenLabs(
+        agent="silent", after_setup=after_setup, allowed_overrides=PROMPT_ENABLED
+    ) as fake:
         bridge = bridge_for(fake)
         await bridge.start(META)
         terminal = (await collect_until(bridge))[-1]
@@ -392,3 +404,58 @@ async def test_a_caller_who_sends_no_audio_is_kept_active(fake: FakeElevenLabs) 
     await asyncio.sleep(0.3)
     assert said() == after  # not after the call
     assert_sdk_valid(fake)
+
+
+async def test_an_agent_refuses_a_prompt_override_it_does_not_enable() -> None:
+    """ElevenLabs takes an override only for fields enabled in the agent's Security settings
+    (none is by default): otherwise an ``error`` event (``override_error``, code 1008) and close
+    1008 (providers.md §3.3). The fake accepted any; a trunk's system prompt then worked in
+    every test and failed every real call. The bridge reports a provider error, not retryable
+    (every new session is refused alike)."""
+    async with FakeElevenLabs() as fake:
+        async with httpx.AsyncClient() as client:  # the fake serves on this loop
+            answer = await client.get(
+                f"{fake.base_http}/v1/convai/agents/agent_1", headers={"xi-api-key": "sk-valid"}
+            )
+        agent = answer.json()
+        overrides = agent["platform_settings"]["overrides"]["conversation_config_override"]
+        assert overrides["agent"]["prompt"] == {"prompt": False}
+        bridge = bridge_for(fake)
+        with pytest.raises(BridgeError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.retryable, info.value.code) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            False,
+            "override_error",
+        )
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert terminal.reason == BridgeReason.AI_PROVIDER_ERROR
+        await bridge.close()
+        assert [m["type"] for m in fake.sent] == ["error"]  # no metadata, no audio
+
+
+async def test_the_fake_refuses_an_override_not_enabled_on_the_wire() -> None:
+    """The refusal as ElevenLabs sends it: the error event's documented keys, then close 1008;
+    the same override on an agent that enables it starts the conversation."""
+    init = {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": {"agent": {"prompt": {"prompt": "Be brief."}}},
+    }
+    async with FakeElevenLabs(public=True) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            error = json.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        assert ws.close_code == 1008
+    assert error["type"] == "error"
+    detail = error["error_event"]
+    assert (detail["code"], detail["error_type"]) == (1008, "override_error")
+    assert {"message", "reason", "debug_message", "details"} <= set(detail)
+    assert "agent.prompt.prompt" in detail["message"]
+    async with FakeElevenLabs(public=True, allowed_overrides={PROMPT_OVERRIDE}) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            first = json.loads(await ws.recv())
+    assert first["type"] == "conversation_initiation_metadata"

@@ -391,6 +391,41 @@ async def test_unreachable_agent_is_refused_with_480(
     assert "call.started" not in events
 
 
+async def test_a_prompt_the_elevenlabs_agent_does_not_allow_refuses_the_call_with_480(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """An ElevenLabs trunk's system prompt goes as the prompt override, which an agent that
+    does not enable it refuses at set-up (``override_error``, close 1008) — its setting changed
+    after the trunk was made, or key checks are off, as here. The caller gets the 480 a carrier
+    can fail over on; the record says why: ``ai_provider_error``, not an unreachable agent."""
+    async with FakeElevenLabs() as fake:  # no override enabled, as a new agent
+        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="elevenlabs",
+            elevenlabs_agent_id="agent_fake",
+            elevenlabs_api_key="sk-valid-el-key",
+            system_prompt="You are a test agent.",
+        )
+        phone = await Phone().open()
+        scenario = rejected_call("alice", phone.port, 480)
+        result = await run_sipp(
+            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+        )
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert [m["type"] for m in fake.sent] == ["error"]
+    await settled(gateway)
+    assert gateway.manager.ports.in_use == 0
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert (detail["status"], detail["disconnect_reason"]) == ("failed", "ai_provider_error")
+    assert detail["answer_time"] is None
+    assert "SIP/2.0 480" in detail["sip_trace"]
+
+
 # --- media timeout -------------------------------------------------------------------------
 
 

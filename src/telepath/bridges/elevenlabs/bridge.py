@@ -3,10 +3,12 @@
 Start: with an API key, ``GET {api_base}/v1/convai/conversation/get-signed-url?agent_id=...``
 (header ``xi-api-key``) and dial the signed URL; without one (public agent) dial
 ``{ws_url}?agent_id=...``. The first frame is ``conversation_initiation_client_data`` with the
-system prompt as ``agent.prompt.prompt`` override (only when the trunk sets one) and the call's
-numbers as dynamic variables ``caller_number``, ``called_number``, ``call_id``. The agent's
-audio formats come from ``conversation_initiation_metadata``: ``ulaw_8000`` passes through for
-μ-law calls, anything else is converted (``bridges.audio``).
+system prompt as ``agent.prompt.prompt`` override (only when the trunk sets one; ElevenLabs
+refuses it unless the agent enables that override, which ``api/provider_checks.py`` checks when
+the trunk is saved) and the call's numbers as dynamic variables ``caller_number``,
+``called_number``, ``call_id``. The agent's audio formats come from
+``conversation_initiation_metadata``: ``ulaw_8000`` passes through for μ-law calls, anything else
+is converted (``bridges.audio``).
 
 Barge-in: ``interruption`` emits ``AgentClear`` and drops every later ``audio`` whose
 ``event_id`` is not newer than the interruption's. ``ping`` is answered with ``pong``.
