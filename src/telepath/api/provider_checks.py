@@ -36,11 +36,13 @@ import aiohttp
 import yarl
 
 from telepath.api.errors import ApiError
-from telepath.bridges.http_client import new_session
+from telepath.bridges.http_client import new_session, read_body
 
 logger = logging.getLogger(__name__)
 
-MAX_ANSWER_BYTES = 64 * 1024  # of a provider's answer: only its error detail is read
+# Of a provider's answer: an error's detail, or an ElevenLabs agent's settings (its prompt and
+# tools included, so allow for long ones). One longer is read as no body: its overrides unknown.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 def _invalid(field: str) -> ApiError:
@@ -82,7 +84,8 @@ class ProviderValidator:
         headers: dict[str, str],
         params: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        """Status and (the start of) the body; unreachable, a timeout or a bad URL -> 502."""
+        """Status and body (empty when longer than ``MAX_ANSWER_BYTES``: nothing of it is then
+        read); unreachable, a timeout or a bad URL -> 502."""
         if self._session is None:
             self._session = new_session(limit=16)
         try:
@@ -93,7 +96,7 @@ class ProviderValidator:
                     params=params,
                     allow_redirects=False,
                 ) as resp:
-                    return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+                    return resp.status, await read_body(resp, MAX_ANSWER_BYTES) or b""
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             logger.warning(
                 "provider check failed: %s unreachable (%s)", provider, type(exc).__name__

@@ -48,7 +48,9 @@ enabled in the agent's Security settings, or a conversation that sends it is ref
 
 Every request is appended to ``requests`` (method, path, query, headers, the client's address)
 for assertions. ``hold_answers()`` makes it a slow provider: requests are recorded, then
-answered only once the event it returns is set.
+answered only once the event it returns is set. ``split_body_pause_s`` makes each answer's body
+arrive in two parts that long apart (as through a proxy, or in two TLS records): a client must
+read to the end of the body, not take what the first read returns.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -283,6 +286,7 @@ class _Config:
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold: threading.Event | None = None
+    split_body_pause_s: float | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -301,7 +305,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        pause = self.server.config.split_body_pause_s
+        if pause is None or len(data) < 2:
+            self.wfile.write(data)
+            return
+        half = len(data) // 2  # two writes, each sent at once (no Nagle): two segments
+        self.wfile.write(data[:half])
+        self.wfile.flush()
+        time.sleep(pause)
+        self.wfile.write(data[half:])
 
     def do_GET(self) -> None:
         cfg = self.server.config
@@ -357,6 +369,8 @@ class FakeProviderHttp:
         tls: a server context to serve ``https://`` (each connection's handshake runs in its
             own thread). Connections are kept alive between requests (HTTP/1.1), as the
             providers' APIs do.
+        split_body_pause_s: send each answer's body in two parts this long apart (``None``:
+            at once); settable while running.
     """
 
     def __init__(
@@ -368,11 +382,13 @@ class FakeProviderHttp:
         agent_formats: dict[str, tuple[str, str]] | None = None,
         agent_overrides: Mapping[str, Collection[str]] | None = None,
         tls: ssl.SSLContext | None = None,
+        split_body_pause_s: float | None = None,
     ) -> None:
         self._tls = tls
         self._address = (host, port)
         overrides = {agent: frozenset(paths) for agent, paths in (agent_overrides or {}).items()}
         self._config = _Config(elevenlabs_ws_url, dict(agent_formats or {}), overrides)
+        self._config.split_body_pause_s = split_body_pause_s
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -442,6 +458,16 @@ class FakeProviderHttp:
         with self._config.lock:
             self._config.hold = hold
         return hold
+
+    @property
+    def split_body_pause_s(self) -> float | None:
+        """The pause between the two parts of each answer's body (``None``: sent at once)."""
+        return self._config.split_body_pause_s
+
+    @split_body_pause_s.setter
+    def split_body_pause_s(self, pause_s: float | None) -> None:
+        with self._config.lock:
+            self._config.split_body_pause_s = pause_s
 
     @property
     def requests(self) -> list[RecordedRequest]:

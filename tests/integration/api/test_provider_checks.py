@@ -234,3 +234,20 @@ async def test_no_database_connection_is_held_while_a_key_is_checked(
     changed = (await api.get(path)).json()
     assert changed["name"] == "Renamed"
     assert changed["openai_api_key_hint"] != created["openai_api_key_hint"]
+
+
+@pytest.mark.parametrize(
+    ("key", "prompt", "status"),
+    [
+        ("sk-valid-1", PROMPT, 400),  # the agent's overrides are read whole, and show it off
+        ("sk-restricted-1", None, 201),  # the 401's detail is read whole: signed-URL fallback
+    ],
+)
+async def test_answers_in_two_parts_are_read_whole(
+    api: Api, fake: FakeProviderHttp, key: str, prompt: str | None, status: int
+) -> None:
+    """aiohttp's ``content.read(n)`` returns what has arrived, not ``n`` bytes: an answer whose
+    body came in two TCP segments (through a proxy, on a slow link) was read in part."""
+    fake.split_body_pause_s = 0.05
+    resp = await api.post("/v1/trunks", elevenlabs_trunk(key, system_prompt=prompt))
+    assert resp.status_code == status, resp.text

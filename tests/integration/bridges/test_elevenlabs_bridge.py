@@ -459,3 +459,42 @@ async def test_the_fake_refuses_an_override_not_enabled_on_the_wire() -> None:
             await ws.send(json.dumps(init))
             first = json.loads(await ws.recv())
     assert first["type"] == "conversation_initiation_metadata"
+
+
+@pytest.mark.parametrize("https", [False, True])
+async def test_a_signed_url_answer_in_two_parts_is_read_whole(
+    fake: FakeElevenLabs, https: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's ``content.read(n)`` returns what has arrived, not ``n`` bytes: a signed-URL
+    answer whose body came in two TCP segments or TLS records (through a proxy, on a slow link)
+    was read in part, "malformed", and the call failed (480). It is read to its end now."""
+    tls = None
+    if https:
+        cert, key = self_signed(tmp_path)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with FakeProviderHttp(elevenlabs_ws_url=fake.url, tls=tls, split_body_pause_s=0.05) as api:
+        cfg = ElevenLabsConfig(
+            api_key="sk-valid-el", agent_id="agent_1", api_base=api.elevenlabs_api_base
+        )
+        bridge = ElevenLabsBridge(cfg, connect_timeout_s=2.0)
+        await bridge.start(META)
+        events = await collect_until(bridge, audio_ms=20)
+        await bridge.close()
+    assert events[0] == AgentConnected("elevenlabs", "conv_fake_1")
+    assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 1
+
+
+async def test_a_signed_url_answer_over_the_cap_is_refused(
+    fake: FakeElevenLabs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is read to its end, but no further than a bound: one longer is refused, not
+    cut short and parsed."""
+    monkeypatch.setattr("telepath.bridges.elevenlabs.bridge.MAX_ANSWER_BYTES", 40)
+    bridge = bridge_for(fake)
+    with pytest.raises(BridgeConnectError) as info:
+        await bridge.start(META)
+    assert not info.value.retryable
+    assert "too long" in str(info.value)
+    assert fake.handshakes == []

@@ -53,7 +53,7 @@ from telepath.bridges.base import (
     ProviderError,
 )
 from telepath.bridges.elevenlabs import events as ev
-from telepath.bridges.http_client import new_session
+from telepath.bridges.http_client import new_session, read_body
 from telepath.bridges.ws import WebSocketBridge
 
 __all__ = ["ElevenLabsBridge"]
@@ -196,6 +196,10 @@ class ElevenLabsBridge(WebSocketBridge):
                     f"signed URL failed (HTTP {status})", retryable=retryable, code=str(status)
                 )
             logger.warning("elevenlabs bridge: signed URL request failed (HTTP %d)", status)
+            self._finish(err.to_event())
+            raise err
+        if body is None:
+            err = BridgeConnectError("signed URL response too long", retryable=False)
             self._finish(err.to_event())
             raise err
         try:
@@ -341,7 +345,8 @@ MAX_ANSWER_BYTES = 64 * 1024  # a signed-URL answer is ~300 bytes
 
 async def _get(
     session: aiohttp.ClientSession, url: str, params: dict[str, str], headers: dict[str, str]
-) -> tuple[int, bytes]:
-    """Status and (the start of) the body of one GET; redirects are not followed."""
+) -> tuple[int, bytes | None]:
+    """Status and body of one GET (``None``: longer than ``MAX_ANSWER_BYTES``); redirects are
+    not followed."""
     async with session.get(url, params=params, headers=headers, allow_redirects=False) as resp:
-        return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+        return resp.status, await read_body(resp, MAX_ANSWER_BYTES)
