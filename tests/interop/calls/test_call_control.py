@@ -812,21 +812,30 @@ async def test_provider_end_call_hangs_up_after_playout(
 
 
 async def test_sip_info_digit_reaches_the_agent(api: Api, gateway: Gateway, tmp_path: Path) -> None:
-    info = IN_DIALOG % {
-        "user": "alice",
-        "method": "INFO",
-        "cseq": 5,
-        "extra": "Content-Type: application/dtmf-relay",
-        "body": "\n      Signal=7\n      Duration=160",
-    }
-    middle = '  <pause milliseconds="500"/>\n' + info + '  <recv response="200"/>\n'
+    """Each INFO is answered 200; a key reaches the agent as the key (``signal=a`` as ``A``,
+    which the agent's ``dtmf`` takes; as ``a`` it was dropped), a flash (16) is no key and is
+    not passed on (it went unanswered: an IndexError)."""
+    infos = [
+        IN_DIALOG
+        % {
+            "user": "alice",
+            "method": "INFO",
+            "cseq": cseq,
+            "extra": "Content-Type: application/dtmf-relay",
+            "body": f"\n      {signal}\n      Duration=160",
+        }
+        + '  <recv response="200"/>\n'
+        for cseq, signal in [(5, "Signal=7"), (6, "Signal=16"), (7, "signal=a")]
+    ]
+    middle = '  <pause milliseconds="500"/>\n' + "".join(infos)
     async with FakeTelepathAgent(agent="silent") as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000, middle=middle)
         result = await placed.tone_until_end(2.0)
-    assert result.returncode == 0, result.stdout + result.errors
-    await settled(gateway)
-    assert agent.digits == ["7"]
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert agent.digits == ["7", "A"]
+    assert agent.protocol_errors == []
 
 
 CANCEL = """  <send>
