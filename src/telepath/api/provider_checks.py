@@ -13,6 +13,12 @@ ElevenLabs ``GET {TELEPATH_ELEVENLABS_API_BASE}/v1/convai/agents/{agent_id}`` wi
   ``missing_permissions`` is a scoped key without ``convai_read``: we then ask for a signed URL
   (``/v1/convai/conversation/get-signed-url``), the exact capability a call needs; 200 there is
   valid. 404/422 -> 400 ``invalid_elevenlabs_agent_id``. 5xx or unreachable -> 502.
+  A trunk with a system prompt sends it as the conversation's prompt override, which ElevenLabs
+  refuses (close 1008, ``override_error``: every call fails at set-up) unless the agent enables
+  it in its Security settings: when the agent's 200 shows
+  ``platform_settings.overrides.conversation_config_override.agent.prompt.prompt`` not ``true``
+  -> 400 ``invalid_system_prompt``. When the overrides cannot be read (the signed-URL fallback,
+  an answer without them), the trunk is not refused: that is not known to be wrong.
 
 No key, URL query or provider response body is ever logged or echoed. The HTTP client is the
 gateway's (aiohttp, ``bridges/http_client.py``: the same TLS trust and proxy settings).
@@ -23,17 +29,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import yarl
 
 from telepath.api.errors import ApiError
-from telepath.bridges.http_client import new_session
+from telepath.bridges.http_client import new_session, read_body
 
 logger = logging.getLogger(__name__)
 
-MAX_ANSWER_BYTES = 64 * 1024  # of a provider's answer: only its error detail is read
+# Of a provider's answer: an error's detail, or an ElevenLabs agent's settings (its prompt and
+# tools included, so allow for long ones). One longer is read as no body: its overrides unknown.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 def _invalid(field: str) -> ApiError:
@@ -75,7 +84,8 @@ class ProviderValidator:
         headers: dict[str, str],
         params: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        """Status and (the start of) the body; unreachable, a timeout or a bad URL -> 502."""
+        """Status and body (empty when longer than ``MAX_ANSWER_BYTES``: nothing of it is then
+        read); unreachable, a timeout or a bad URL -> 502."""
         if self._session is None:
             self._session = new_session(limit=16)
         try:
@@ -86,7 +96,7 @@ class ProviderValidator:
                     params=params,
                     allow_redirects=False,
                 ) as resp:
-                    return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+                    return resp.status, await read_body(resp, MAX_ANSWER_BYTES) or b""
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             logger.warning(
                 "provider check failed: %s unreachable (%s)", provider, type(exc).__name__
@@ -112,13 +122,30 @@ class ProviderValidator:
         logger.warning("provider check: OpenAI answered HTTP %d", status)
         raise _unavailable("OpenAI")
 
-    async def check_elevenlabs(self, api_key: str, agent_id: str) -> None:
-        """Raise the documented ApiError unless ``api_key`` can start ``agent_id`` conversations."""
+    async def check_elevenlabs(
+        self, api_key: str, agent_id: str, *, system_prompt: bool = False
+    ) -> None:
+        """Raise the documented ApiError unless ``api_key`` can start ``agent_id`` conversations.
+
+        Args:
+            api_key: the trunk's ElevenLabs key.
+            agent_id: the trunk's agent.
+            system_prompt: the trunk has a system prompt, sent as the prompt override: the
+                agent must not show that override disabled.
+        """
         if not self.enabled:
             return
         headers = {"xi-api-key": api_key}
         url = f"{self.elevenlabs_api_base}/v1/convai/agents/{quote(agent_id, safe='')}"
         status, body = await self._get("ElevenLabs", url, headers)
+        if status == 200 and system_prompt and _prompt_override(body) is False:
+            raise ApiError(
+                400,
+                "invalid_system_prompt",
+                f"Agent '{agent_id}' does not allow its system prompt to be overridden, so every "
+                'call would be refused: enable "System prompt" under Overrides in the agent\'s '
+                "Security settings on ElevenLabs, or remove system_prompt",
+            )
         if status == 401 and _detail_status(body) == "missing_permissions":
             signed = f"{self.elevenlabs_api_base}/v1/convai/conversation/get-signed-url"
             status, _ = await self._get("ElevenLabs", signed, headers, {"agent_id": agent_id})
@@ -136,11 +163,31 @@ class ProviderValidator:
         raise _unavailable("ElevenLabs")
 
 
-def _detail_status(raw: bytes) -> str | None:
+def _json(raw: bytes) -> Any:
+    """The parsed answer, or ``None`` if it is not JSON (or nested too deep to parse)."""
     try:
-        body = json.loads(raw)
-    except ValueError:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
         return None
+
+
+def _prompt_override(raw: bytes) -> bool | None:
+    """Whether an agent's answer enables the prompt override
+    (``platform_settings.overrides.conversation_config_override.agent.prompt.prompt``);
+    ``None`` when it has no ``overrides`` object to read. Within one, a field left out is not
+    enabled: each must be turned on (providers.md §3.3)."""
+    node = _json(raw)
+    for key in ("platform_settings", "overrides"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return None
+    for key in ("conversation_config_override", "agent", "prompt", "prompt"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node is True
+
+
+def _detail_status(raw: bytes) -> str | None:
+    body = _json(raw)
     detail = body.get("detail") if isinstance(body, dict) else None
     status = detail.get("status") if isinstance(detail, dict) else None
     return status if isinstance(status, str) else None

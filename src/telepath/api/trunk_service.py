@@ -247,7 +247,8 @@ class TrunkService:
             ) from None
 
     async def _validate_provider(self, trunk: Trunk, changed: dict[str, Any]) -> None:
-        """Check credentials that are new or changed, using the stored values for the rest.
+        """Check credentials that are new or changed, using the stored values for the rest,
+        and that an ElevenLabs agent takes the trunk's system prompt (set or kept).
 
         The provider may take up to ``provider_timeout_s`` to answer; the request's read-only
         transaction is ended first (``_release_connection``), so no pooled connection waits
@@ -263,15 +264,22 @@ class TrunkService:
             model = changed.get("openai_model", trunk.openai_model)
             await self._release_connection()
             await validator.check_openai(key, model or self.state.settings.openai_model)
-        elif trunk.ai_provider == "elevenlabs" and (
-            "elevenlabs_api_key" in changed or "elevenlabs_agent_id" in changed
-        ):
+        elif trunk.ai_provider == "elevenlabs":
+            # the prompt goes to the agent as an override, which the agent must enable: checked
+            # when it is set, and when the agent (or the key reading it) changes under one
+            prompt = changed["system_prompt"] if "system_prompt" in changed else trunk.system_prompt
+            if not (
+                "elevenlabs_api_key" in changed
+                or "elevenlabs_agent_id" in changed
+                or ("system_prompt" in changed and prompt)
+            ):
+                return
             key = changed.get("elevenlabs_api_key") or open_secret(
                 keyring, trunk.id, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc or ""
             )
             agent = changed.get("elevenlabs_agent_id") or trunk.elevenlabs_agent_id or ""
             await self._release_connection()
-            await validator.check_elevenlabs(key, agent)
+            await validator.check_elevenlabs(key, agent, system_prompt=bool(prompt))
 
     async def _release_connection(self) -> None:
         """End the session's transaction, which has only read so far, returning its connection

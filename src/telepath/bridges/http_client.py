@@ -23,7 +23,7 @@ import aiohttp
 
 from telepath.bridges.tls import client_context
 
-__all__ = ["SharedHttpClient", "new_session"]
+__all__ = ["SharedHttpClient", "new_session", "read_body"]
 
 KEEPALIVE_S = 60.0  # idle connections kept this long (the APIs' own idle timeouts are longer)
 
@@ -42,6 +42,23 @@ def new_session(limit: int = 100, *, auto_decompress: bool = True) -> aiohttp.Cl
         auto_decompress=auto_decompress,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body of ``resp``, or ``None`` when it is longer than ``limit`` bytes.
+
+    ``resp.content.read(n)`` returns what has arrived so far, up to ``n`` bytes, not ``n``
+    bytes: a body that came in two TCP segments or TLS records (through a proxy, on a slow link)
+    was read in part. This reads until the end of the body, and no more than ``limit + 1``
+    bytes of it, so an answer cannot make the gateway hold more. The caller bounds the time.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await resp.content.read(limit + 1 - len(body))
+        if not chunk:  # the end of the body
+            return bytes(body)
+        body += chunk
+    return None
 
 
 class SharedHttpClient:

@@ -137,10 +137,14 @@ _TRACE_BUDGET_BYTES = 64 * 1024 * 1024
 _REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*(?:\r?\n[ \t].*)*)$")
 # RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
 _REDACT_SDES = re.compile(r"(?i)(inline:)[A-Za-z0-9+/=]+")
-_DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*(1[0-6]|[0-9A-D*#])[ \t\r]*$")
+_DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*([^ \t\r\n]+)[ \t\r]*$")
 _DTMF_RELAY_DURATION = re.compile(r"(?im)^duration[ \t]*=[ \t]*([0-9]{1,6})")
 _SIPFRAG_STATUS = re.compile(r"SIP/2\.0[ \t]+([1-6][0-9]{2})")
-_EVENT_CODES = "0123456789*#ABCD"
+_EVENT_CODES = "0123456789*#ABCD"  # RFC 4733 §3.2: events 0-15 are these keys
+# A DTMF INFO's signal: an RFC 4733 event code (8 bits), a key in either case, or "!" (a flash,
+# as Asterisk writes it in application/dtmf-relay)
+_DTMF_SIGNAL = re.compile(r"[0-9]{1,3}|[0-9A-Da-d*#!]")
+_MAX_EVENT_CODE = 255
 
 
 @dataclass(frozen=True)
@@ -692,36 +696,37 @@ class UserAgentCore:
             self._respond(tx, _not_allowed(request.method))
 
     def _on_info(self, dialog: Dialog, tx: ServerTransaction) -> None:
+        """DTMF by SIP INFO (``application/dtmf-relay``, ``application/dtmf``): a key press is
+        passed on as its key. A signal that is no key (a flash, 16 or ``!``; another RFC 4733
+        event) is answered 200 and dropped: the request is well-formed and understood, we only
+        relay nothing for it — a 4xx would tell the peer its INFO was wrong, and some end the
+        call on a failed in-dialog request. A body that names no signal is a 400."""
         request = tx.request
         ctype = request.content_type
         text = request.body.decode("utf-8", "replace")
-        digit: str | None = None
         duration = 250
+        signal: str | None = None
         if ctype == "application/dtmf-relay":
             m = _DTMF_RELAY_SIGNAL.search(text)
-            if m:
-                sig = m.group(1)
-                digit = _EVENT_CODES[int(sig)] if sig.isdigit() and int(sig) > 9 else sig
+            signal = m.group(1) if m else None
             d = _DTMF_RELAY_DURATION.search(text)
             if d:
                 duration = int(d.group(1))
         elif ctype == "application/dtmf":
-            value = text.strip()
-            if value.isascii() and value.isdigit() and int(value) <= 15:
-                digit = _EVENT_CODES[int(value)]
-            elif len(value) == 1 and value.upper() in _EVENT_CODES:
-                digit = value.upper()
+            signal = text.strip()
         elif not request.body:
             self._respond(tx, 200)  # an empty INFO is a keep-alive probe (RFC 6086 §4.2.1)
             return
         else:
             self._respond(tx, 415, headers=[("Accept", "application/dtmf-relay, application/dtmf")])
             return
-        if digit is None:
+        if signal is None or not _is_dtmf_signal(signal):
             self._respond(tx, 400, "Bad DTMF Body")
             return
         self._respond(tx, 200)
-        self._out.append(DtmfInfo(dialog, digit, duration))
+        digit = _dtmf_key(signal)
+        if digit is not None:
+            self._out.append(DtmfInfo(dialog, digit, duration))
 
     def _on_ack(self, request: Request) -> None:
         tx = self._server_txs.get(server_key(request))
@@ -1254,6 +1259,23 @@ def _allows(request: Request, method: str) -> bool:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')[:120]
+
+
+def _is_dtmf_signal(value: str) -> bool:
+    """Whether a DTMF INFO names a signal: a key, a flash, or another RFC 4733 event (0-255)."""
+    return _DTMF_SIGNAL.fullmatch(value) is not None and (
+        not value.isdigit() or int(value) <= _MAX_EVENT_CODE
+    )
+
+
+def _dtmf_key(signal: str) -> str | None:
+    """The key a DTMF INFO's signal (``_is_dtmf_signal``) names, as the bridges send it (0-9,
+    ``*``, ``#``, A-D upper-case); ``None`` for a flash or another event that is no key."""
+    if signal.isdigit():
+        code = int(signal)
+        return _EVENT_CODES[code] if code < len(_EVENT_CODES) else None
+    key = signal.upper()
+    return key if key in _EVENT_CODES else None
 
 
 def _not_allowed(method: str) -> int:

@@ -4,13 +4,20 @@ One port serves both. HTTP ``GET`` routes (answers as in ``fake_provider_http``,
 ``xi-api-key`` prefix, e.g. ``sk-valid...``):
 
 * ``/v1/convai/conversation/get-signed-url?agent_id=...`` -> a signed URL to this server;
-* ``/v1/convai/agents/{agent_id}`` -> the agent, announcing this fake's audio formats.
+* ``/v1/convai/agents/{agent_id}`` -> the agent, announcing this fake's audio formats and the
+  override fields it enables.
 
 The WebSocket ``/v1/convai/conversation?agent_id=...`` requires a ``conversation_signature``
 unless ``public=True``. Every client frame is validated strictly against
 ``telepath.bridges.elevenlabs.events`` and the first one must be
 ``conversation_initiation_client_data``; violations land in ``protocol_errors``. Received
 frames are kept in ``received``, sent ones in ``sent``; ``pongs`` holds answered ping ids.
+
+Overrides: as ElevenLabs, a conversation whose initiation overrides a field the agent does not
+enable (in its Security settings; none is by default) is refused: an ``error`` event with
+``error_type`` ``override_error`` and code 1008, then close 1008 (providers.md §3.3).
+``allowed_overrides`` enables fields, dotted paths under ``conversation_config_override``
+(``PROMPT_OVERRIDE`` for the system prompt).
 
 Behaviour switches:
 
@@ -33,7 +40,7 @@ Behaviour switches:
 * ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
 * ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
   ``"close"`` (1011).
-* ``setup``: ``"override_error"`` (error + close 1008 after the initiation) or ``"silent"``.
+* ``setup``: ``"override_error"`` (error + close 1008 after any initiation) or ``"silent"``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import asyncio
 import base64
 import itertools
 import json
+from collections.abc import Collection
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -90,8 +98,10 @@ class FakeElevenLabs(FakeAgentServer):
         public: bool = False,
         reject_status: int | None = None,
         handshake_delay_s: float = 0.0,
+        allowed_overrides: Collection[str] = (),
     ) -> None:
         super().__init__(reject_status=reject_status, handshake_delay_s=handshake_delay_s)
+        self.allowed_overrides = frozenset(allowed_overrides)
         self.formats = formats
         self.agent = agent
         self.tone_hz = tone_hz
@@ -128,7 +138,8 @@ class FakeElevenLabs(FakeAgentServer):
 
     def _agent(self, request: Request) -> tuple[int, Any]:
         agent_id = urlsplit(request.path).path.rsplit("/", 1)[-1]
-        return elevenlabs_agent_answer(request.headers.get("xi-api-key"), agent_id, self.formats)
+        key = request.headers.get("xi-api-key")
+        return elevenlabs_agent_answer(key, agent_id, self.formats, self.allowed_overrides)
 
     def check_handshake(self, request: Request) -> Response | None:
         """Require ``agent_id`` and (unless public) a signature."""
@@ -165,6 +176,10 @@ class FakeElevenLabs(FakeAgentServer):
             first = False
             match parsed:
                 case ev.ConversationInitiationClientData():
+                    refused = sorted(_override_paths(parsed) - self.allowed_overrides)
+                    if refused:
+                        await self._refuse_override(ws, refused[0])
+                        return
                     if await self._start_conversation(ws):
                         return
                 case ev.UserAudioChunk():
@@ -179,6 +194,20 @@ class FakeElevenLabs(FakeAgentServer):
                     self.tool_results.append(parsed.model_dump())
                 case _:
                     pass
+
+    async def _refuse_override(self, ws: ServerConnection, path: str) -> None:
+        """ElevenLabs' answer to an override the agent does not enable: an ``error`` event with
+        the documented keys (the texts are this fake's), then close 1008."""
+        error = {
+            "code": 1008,
+            "message": f"Override for field '{path}' is not allowed by the agent's config.",
+            "error_type": "override_error",
+            "reason": "override_not_allowed",
+            "debug_message": f"Enable the '{path}' override in the agent's Security settings.",
+            "details": {"field": path},
+        }
+        await self._send(ws, {"type": "error", "error_event": error})
+        await ws.close(1008, "override_error")
 
     async def _start_conversation(self, ws: ServerConnection) -> bool:
         if self.setup == "silent":
@@ -303,6 +332,21 @@ class FakeElevenLabs(FakeAgentServer):
         }
         await self._send(ws, {"type": "error", "error_event": error})
         await ws.close(1000, "max_duration_exceeded")
+
+
+def _override_paths(init: ev.ConversationInitiationClientData) -> set[str]:
+    """Every field ``init`` overrides, as a dotted path under ``conversation_config_override``."""
+    if init.conversation_config_override is None:
+        return set()
+    paths: set[str] = set()
+    pending: list[tuple[str, Any]] = [("", init.conversation_config_override.model_dump())]
+    while pending:
+        prefix, node = pending.pop()
+        if isinstance(node, dict):
+            pending.extend((f"{prefix}{key}.", value) for key, value in node.items())
+        elif node is not None:
+            paths.add(prefix.removesuffix("."))
+    return paths
 
 
 def _tone(hz: float, ms: int, out: WireFormat, start_ms: int = 0) -> bytes:

@@ -40,11 +40,17 @@ anything else / none    401 ``invalid_api_key``
 
 The signed URL points at ``elevenlabs_ws_url`` (a constructor argument; defaults to an
 unreachable ``ws://127.0.0.1:9/...``) with ``agent_id`` and a ``conversation_signature``. The
-200 agent body announces ``ulaw_8000`` both ways unless ``agent_formats`` says otherwise.
+200 agent body announces ``ulaw_8000`` both ways unless ``agent_formats`` says otherwise, and
+``platform_settings.overrides`` with every override field off — ElevenLabs' default: each must be
+enabled in the agent's Security settings, or a conversation that sends it is refused
+(providers.md §3.3) — but those ``agent_overrides`` enables for that agent (dotted paths under
+``conversation_config_override``, e.g. ``PROMPT_OVERRIDE``).
 
 Every request is appended to ``requests`` (method, path, query, headers, the client's address)
 for assertions. ``hold_answers()`` makes it a slow provider: requests are recorded, then
-answered only once the event it returns is set.
+answered only once the event it returns is set. ``split_body_pause_s`` makes each answer's body
+arrive in two parts that long apart (as through a proxy, or in two TLS records): a client must
+read to the end of the body, not take what the first read returns.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -59,15 +67,30 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 __all__ = [
+    "PROMPT_OVERRIDE",
     "FakeProviderHttp",
     "RecordedRequest",
     "elevenlabs_agent_answer",
+    "elevenlabs_overrides",
     "elevenlabs_signed_url_answer",
     "openai_model_answer",
 ]
 
 JsonBody = dict[str, Any]
 Answer = tuple[int, JsonBody]
+
+PROMPT_OVERRIDE = "agent.prompt.prompt"
+"""The system prompt's override, as a dotted path under ``conversation_config_override``."""
+
+# The override fields the agent body lists (those the gateway could send and a few more), each a
+# dotted path under ``platform_settings.overrides.conversation_config_override``.
+_OVERRIDE_FIELDS = (
+    PROMPT_OVERRIDE,
+    "agent.first_message",
+    "agent.language",
+    "tts.voice_id",
+    "conversation.text_only",
+)
 
 HOLD_MAX_S = 30.0  # a held answer is sent anyway after this long (a test that forgot to set it)
 
@@ -164,8 +187,32 @@ def _el_agent_id_problem(agent_id: str) -> Answer | None:
     return None
 
 
+def elevenlabs_overrides(allowed: Collection[str] = ()) -> JsonBody:
+    """An agent's ``platform_settings.overrides``: which fields a conversation may override.
+
+    Args:
+        allowed: the enabled fields, dotted paths under ``conversation_config_override`` (e.g.
+            ``PROMPT_OVERRIDE``); every other field is ``false``, as on a new agent.
+    """
+    fields: JsonBody = {}
+    for path in (*_OVERRIDE_FIELDS, *sorted(set(allowed) - set(_OVERRIDE_FIELDS))):
+        *parents, leaf = path.split(".")
+        node = fields
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = path in allowed
+    return {
+        "conversation_config_override": fields,
+        "custom_llm_extra_body": False,
+        "enable_conversation_initiation_client_data_from_webhook": False,
+    }
+
+
 def elevenlabs_agent_answer(
-    key: str | None, agent_id: str, formats: tuple[str, str] = ("ulaw_8000", "ulaw_8000")
+    key: str | None,
+    agent_id: str,
+    formats: tuple[str, str] = ("ulaw_8000", "ulaw_8000"),
+    allowed_overrides: Collection[str] = (),
 ) -> Answer:
     """Status and body of ElevenLabs' ``GET /v1/convai/agents/{agent_id}``.
 
@@ -173,6 +220,7 @@ def elevenlabs_agent_answer(
         key: the ``xi-api-key`` header value, or ``None``.
         agent_id: the agent id from the path.
         formats: ``(user_input_audio_format, agent_output_audio_format)`` to announce.
+        allowed_overrides: the override fields the agent enables (see ``elevenlabs_overrides``).
 
     Returns:
         ``(status, json_body)`` as described in the module docstring.
@@ -197,7 +245,7 @@ def elevenlabs_agent_answer(
         },
         "platform_settings": {
             "auth": {"enable_auth": True},
-            "overrides": {"conversation_config_override": {"agent": {"prompt": {"prompt": True}}}},
+            "overrides": elevenlabs_overrides(allowed_overrides),
         },
     }
 
@@ -234,9 +282,11 @@ def elevenlabs_signed_url_answer(key: str | None, agent_id: str | None, ws_url: 
 class _Config:
     elevenlabs_ws_url: str
     agent_formats: dict[str, tuple[str, str]] = field(default_factory=dict)
+    agent_overrides: dict[str, frozenset[str]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold: threading.Event | None = None
+    split_body_pause_s: float | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -255,7 +305,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        pause = self.server.config.split_body_pause_s
+        if pause is None or len(data) < 2:
+            self.wfile.write(data)
+            return
+        half = len(data) // 2  # two writes, each sent at once (no Nagle): two segments
+        self.wfile.write(data[:half])
+        self.wfile.flush()
+        time.sleep(pause)
+        self.wfile.write(data[half:])
 
     def do_GET(self) -> None:
         cfg = self.server.config
@@ -277,7 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/v1/convai/agents/"):
             agent_id = unquote(path.removeprefix("/v1/convai/agents/"))
             formats = cfg.agent_formats.get(agent_id, ("ulaw_8000", "ulaw_8000"))
-            self._send(*elevenlabs_agent_answer(headers.get("xi-api-key"), agent_id, formats))
+            allowed = cfg.agent_overrides.get(agent_id, frozenset())
+            key = headers.get("xi-api-key")
+            self._send(*elevenlabs_agent_answer(key, agent_id, formats, allowed))
         elif path == "/v1/convai/conversation/get-signed-url":
             self._send(
                 *elevenlabs_signed_url_answer(
@@ -304,9 +364,13 @@ class FakeProviderHttp:
         port: the port to bind; 0 picks a free one.
         elevenlabs_ws_url: where signed URLs point (e.g. a ``FakeElevenLabs`` WebSocket URL).
         agent_formats: per-agent ``(input, output)`` audio formats for the agent body.
+        agent_overrides: per-agent override fields enabled (dotted paths, e.g.
+            ``PROMPT_OVERRIDE``); none for an agent not named, as ElevenLabs' default.
         tls: a server context to serve ``https://`` (each connection's handshake runs in its
             own thread). Connections are kept alive between requests (HTTP/1.1), as the
             providers' APIs do.
+        split_body_pause_s: send each answer's body in two parts this long apart (``None``:
+            at once); settable while running.
     """
 
     def __init__(
@@ -316,11 +380,15 @@ class FakeProviderHttp:
         *,
         elevenlabs_ws_url: str = "ws://127.0.0.1:9/v1/convai/conversation",
         agent_formats: dict[str, tuple[str, str]] | None = None,
+        agent_overrides: Mapping[str, Collection[str]] | None = None,
         tls: ssl.SSLContext | None = None,
+        split_body_pause_s: float | None = None,
     ) -> None:
         self._tls = tls
         self._address = (host, port)
-        self._config = _Config(elevenlabs_ws_url, dict(agent_formats or {}))
+        overrides = {agent: frozenset(paths) for agent, paths in (agent_overrides or {}).items()}
+        self._config = _Config(elevenlabs_ws_url, dict(agent_formats or {}), overrides)
+        self._config.split_body_pause_s = split_body_pause_s
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -390,6 +458,16 @@ class FakeProviderHttp:
         with self._config.lock:
             self._config.hold = hold
         return hold
+
+    @property
+    def split_body_pause_s(self) -> float | None:
+        """The pause between the two parts of each answer's body (``None``: sent at once)."""
+        return self._config.split_body_pause_s
+
+    @split_body_pause_s.setter
+    def split_body_pause_s(self, pause_s: float | None) -> None:
+        with self._config.lock:
+            self._config.split_body_pause_s = pause_s
 
     @property
     def requests(self) -> list[RecordedRequest]:

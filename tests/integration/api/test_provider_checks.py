@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from tests.integration.conftest import Api
 
-from telepath.testing.fake_provider_http import FakeProviderHttp
+from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHttp
 
 pytestmark = pytest.mark.integration
+
+PROMPT = "You are a helpful sales agent."
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeProviderHttp]:
-    with FakeProviderHttp() as server:
+    # "agent_prompt" enables the system prompt override; the others do not (ElevenLabs' default)
+    with FakeProviderHttp(agent_overrides={"agent_prompt": {PROMPT_OVERRIDE}}) as server:
         yield server
 
 
@@ -41,7 +44,7 @@ def openai_trunk(key: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def elevenlabs_trunk(key: str, agent: str = "agent_ok") -> dict[str, Any]:
+def elevenlabs_trunk(key: str, agent: str = "agent_ok", **extra: Any) -> dict[str, Any]:
     return {
         "name": "sales line",
         "ai_provider": "elevenlabs",
@@ -49,6 +52,7 @@ def elevenlabs_trunk(key: str, agent: str = "agent_ok") -> dict[str, Any]:
         "sip_password": "s3cur3P@ssw0rd!",
         "elevenlabs_api_key": key,
         "elevenlabs_agent_id": agent,
+        **extra,
     }
 
 
@@ -108,6 +112,64 @@ async def test_elevenlabs_key_check(
         assert await trunk_count(api) == 0
     agent_reads = [r for r in fake.requests if r.path.startswith("/v1/convai/agents/")]
     assert agent_reads and agent_reads[-1].headers.get("xi-api-key") == key
+
+
+def assert_prompt_refused(resp: Any) -> None:
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["code"], error["status"]) == ("invalid_system_prompt", 400)
+    assert '"System prompt"' in error["message"] and "Security settings" in error["message"]
+    assert "system_prompt" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("key", "agent", "prompt", "status"),
+    [
+        ("sk-valid-1", "agent_ok", PROMPT, 400),  # the agent does not enable the override
+        ("sk-valid-1", "agent_prompt", PROMPT, 201),
+        ("sk-valid-1", "agent_ok", None, 201),  # no prompt, no override sent
+        ("sk-valid-1", "agent_ok", "", 201),
+        ("sk-restricted-1", "agent_ok", PROMPT, 201),  # overrides unreadable: not refused
+    ],
+)
+async def test_an_elevenlabs_system_prompt_needs_the_agents_prompt_override(
+    api: Api, key: str, agent: str, prompt: str | None, status: int
+) -> None:
+    """The system prompt is sent as ElevenLabs' prompt override, which the service refuses
+    (close 1008, ``override_error``) unless the agent enables it: every call on such a trunk
+    failed at set-up. The create is refused at once instead, when the agent shows it off."""
+    resp = await api.post("/v1/trunks", elevenlabs_trunk(key, agent, system_prompt=prompt))
+    if status == 400:
+        assert_prompt_refused(resp)
+        assert await trunk_count(api) == 0
+    else:
+        assert resp.status_code == status, resp.text
+
+
+async def test_a_patch_is_checked_against_the_agents_prompt_override(
+    api: Api, fake: FakeProviderHttp
+) -> None:
+    """A prompt set on a trunk whose agent does not enable the override, or an agent changed
+    to one that does not while the trunk has a prompt, is refused; nothing is changed."""
+    created = await api.post("/v1/trunks", elevenlabs_trunk("sk-valid-1", "agent_ok"))
+    assert created.status_code == 201, created.text
+    path = f"/v1/trunks/{created.json()['id']}"
+    assert_prompt_refused(await api.patch(path, {"system_prompt": PROMPT}))
+    assert (await api.get(path)).json()["system_prompt"] is None
+    reads = len(fake.requests)
+    ok = await api.patch(path, {"system_prompt": PROMPT, "elevenlabs_agent_id": "agent_prompt"})
+    assert ok.status_code == 200, ok.text
+    assert fake.requests[reads].path == "/v1/convai/agents/agent_prompt"
+    assert fake.requests[reads].headers.get("xi-api-key") == "sk-valid-1"  # the stored key
+    assert_prompt_refused(await api.patch(path, {"elevenlabs_agent_id": "agent_ok"}))
+    kept = (await api.get(path)).json()
+    assert (kept["elevenlabs_agent_id"], kept["system_prompt"]) == ("agent_prompt", PROMPT)
+    cleared = await api.patch(path, {"system_prompt": None, "elevenlabs_agent_id": "agent_ok"})
+    assert cleared.status_code == 200, cleared.text
+    reads = len(fake.requests)
+    assert (await api.patch(path, {"system_prompt": ""})).status_code == 200
+    assert (await api.patch(path, {"name": "Renamed"})).status_code == 200
+    assert len(fake.requests) == reads  # nothing to check: no key, agent or prompt set
 
 
 async def test_patch_revalidates_changed_key(api: Api) -> None:
@@ -172,3 +234,20 @@ async def test_no_database_connection_is_held_while_a_key_is_checked(
     changed = (await api.get(path)).json()
     assert changed["name"] == "Renamed"
     assert changed["openai_api_key_hint"] != created["openai_api_key_hint"]
+
+
+@pytest.mark.parametrize(
+    ("key", "prompt", "status"),
+    [
+        ("sk-valid-1", PROMPT, 400),  # the agent's overrides are read whole, and show it off
+        ("sk-restricted-1", None, 201),  # the 401's detail is read whole: signed-URL fallback
+    ],
+)
+async def test_answers_in_two_parts_are_read_whole(
+    api: Api, fake: FakeProviderHttp, key: str, prompt: str | None, status: int
+) -> None:
+    """aiohttp's ``content.read(n)`` returns what has arrived, not ``n`` bytes: an answer whose
+    body came in two TCP segments (through a proxy, on a slow link) was read in part."""
+    fake.split_body_pause_s = 0.05
+    resp = await api.post("/v1/trunks", elevenlabs_trunk(key, system_prompt=prompt))
+    assert resp.status_code == status, resp.text

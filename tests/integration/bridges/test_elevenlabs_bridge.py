@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 import typing
 from collections.abc import AsyncIterator
@@ -11,12 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from elevenlabs.types.client_event import ClientEvent
 from elevenlabs.types.conversation_initiation_client_data_request_input import (
     ConversationInitiationClientDataRequestInput,
 )
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from telepath.bridges.base import (
     AgentClear,
@@ -36,7 +40,7 @@ from telepath.bridges.elevenlabs.bridge import ElevenLabsBridge
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
-from telepath.testing.fake_provider_http import FakeProviderHttp
+from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHttp
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
@@ -54,9 +58,15 @@ def bridge_for(
     return ElevenLabsBridge(cfg, connect_timeout_s=2.0)
 
 
+# META carries a system prompt, sent as the prompt override: the agent must enable it (a real
+# agent's default is not to; test_an_agent_refuses_a_prompt_override_it_does_not_enable)
+PROMPT_ENABLED = frozenset({PROMPT_OVERRIDE})
+
+
 @pytest.fixture
 async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeElevenLabs]:
-    async with FakeElevenLabs(**getattr(request, "param", {})) as server:
+    params = {"allowed_overrides": PROMPT_ENABLED, **getattr(request, "param", {})}
+    async with FakeElevenLabs(**params) as server:
         yield server
 
 
@@ -197,6 +207,7 @@ async def test_a_pcm16_agent_s_turn_after_an_interruption_is_not_shifted_by_a_by
         barge_in_after_ms=300,
         reply_hz=440,
         reply_ms=500,
+        allowed_overrides=PROMPT_ENABLED,
     ) as fake:
         bridge = bridge_for(fake)
         await bridge.start(META)
@@ -238,7 +249,11 @@ async def test_max_duration_ends_as_session_limit_after_the_goodbye(goodbye_ms: 
     delivered and the session ends ``AgentHangup(SESSION_LIMIT)``, which call control drains
     (as an ``ai_provider_error`` it ended at once, cutting the goodbye)."""
     async with FakeElevenLabs(
-        response_ms=300, max_duration=True, goodbye_ms=goodbye_ms, reply_hz=1000
+        response_ms=300,
+        max_duration=True,
+        goodbye_ms=goodbye_ms,
+        reply_hz=1000,
+        allowed_overrides=PROMPT_ENABLED,
     ) as fake:
         bridge = bridge_for(fake)
         await bridge.start(META)
@@ -319,7 +334,7 @@ async def test_websocket_rejection(status: int) -> None:
     ("setup", "code"), [("override_error", "override_error"), ("silent", "timeout")]
 )
 async def test_setup_failures(setup: str, code: str) -> None:
-    async with FakeElevenLabs(setup=setup) as fake:
+    async with FakeElevenLabs(setup=setup, allowed_overrides=PROMPT_ENABLED) as fake:
         bridge = ElevenLabsBridge(
             ElevenLabsConfig(api_key="sk-valid", agent_id="a", api_base=fake.base_http),
             connect_timeout_s=0.5,
@@ -340,7 +355,9 @@ async def test_setup_failures(setup: str, code: str) -> None:
     ],
 )
 async def test_mid_call_failures(after_setup: str, retryable: bool, code: str | None) -> None:
-    async with FakeElevenLabs(agent="silent", after_setup=after_setup) as fake:
+    async with FakeElevenLabs(
+        agent="silent", after_setup=after_setup, allowed_overrides=PROMPT_ENABLED
+    ) as fake:
         bridge = bridge_for(fake)
         await bridge.start(META)
         terminal = (await collect_until(bridge))[-1]
@@ -444,3 +461,97 @@ async def test_a_caller_who_sends_no_audio_is_kept_active(fake: FakeElevenLabs) 
     await asyncio.sleep(0.3)
     assert said() == after  # not after the call
     assert_sdk_valid(fake)
+
+
+async def test_an_agent_refuses_a_prompt_override_it_does_not_enable() -> None:
+    """ElevenLabs takes an override only for fields enabled in the agent's Security settings
+    (none is by default): otherwise an ``error`` event (``override_error``, code 1008) and close
+    1008 (providers.md §3.3). The fake accepted any; a trunk's system prompt then worked in
+    every test and failed every real call. The bridge reports a provider error, not retryable
+    (every new session is refused alike)."""
+    async with FakeElevenLabs() as fake:
+        async with httpx.AsyncClient() as client:  # the fake serves on this loop
+            answer = await client.get(
+                f"{fake.base_http}/v1/convai/agents/agent_1", headers={"xi-api-key": "sk-valid"}
+            )
+        agent = answer.json()
+        overrides = agent["platform_settings"]["overrides"]["conversation_config_override"]
+        assert overrides["agent"]["prompt"] == {"prompt": False}
+        bridge = bridge_for(fake)
+        with pytest.raises(BridgeError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.retryable, info.value.code) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            False,
+            "override_error",
+        )
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert terminal.reason == BridgeReason.AI_PROVIDER_ERROR
+        await bridge.close()
+        assert [m["type"] for m in fake.sent] == ["error"]  # no metadata, no audio
+
+
+async def test_the_fake_refuses_an_override_not_enabled_on_the_wire() -> None:
+    """The refusal as ElevenLabs sends it: the error event's documented keys, then close 1008;
+    the same override on an agent that enables it starts the conversation."""
+    init = {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": {"agent": {"prompt": {"prompt": "Be brief."}}},
+    }
+    async with FakeElevenLabs(public=True) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            error = json.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        assert ws.close_code == 1008
+    assert error["type"] == "error"
+    detail = error["error_event"]
+    assert (detail["code"], detail["error_type"]) == (1008, "override_error")
+    assert {"message", "reason", "debug_message", "details"} <= set(detail)
+    assert "agent.prompt.prompt" in detail["message"]
+    async with FakeElevenLabs(public=True, allowed_overrides={PROMPT_OVERRIDE}) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            first = json.loads(await ws.recv())
+    assert first["type"] == "conversation_initiation_metadata"
+
+
+@pytest.mark.parametrize("https", [False, True])
+async def test_a_signed_url_answer_in_two_parts_is_read_whole(
+    fake: FakeElevenLabs, https: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's ``content.read(n)`` returns what has arrived, not ``n`` bytes: a signed-URL
+    answer whose body came in two TCP segments or TLS records (through a proxy, on a slow link)
+    was read in part, "malformed", and the call failed (480). It is read to its end now."""
+    tls = None
+    if https:
+        cert, key = self_signed(tmp_path)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with FakeProviderHttp(elevenlabs_ws_url=fake.url, tls=tls, split_body_pause_s=0.05) as api:
+        cfg = ElevenLabsConfig(
+            api_key="sk-valid-el", agent_id="agent_1", api_base=api.elevenlabs_api_base
+        )
+        bridge = ElevenLabsBridge(cfg, connect_timeout_s=2.0)
+        await bridge.start(META)
+        events = await collect_until(bridge, audio_ms=20)
+        await bridge.close()
+    assert events[0] == AgentConnected("elevenlabs", "conv_fake_1")
+    assert len([h for h in fake.handshakes if "conversation_signature" in h.path]) == 1
+
+
+async def test_a_signed_url_answer_over_the_cap_is_refused(
+    fake: FakeElevenLabs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is read to its end, but no further than a bound: one longer is refused, not
+    cut short and parsed."""
+    monkeypatch.setattr("telepath.bridges.elevenlabs.bridge.MAX_ANSWER_BYTES", 40)
+    bridge = bridge_for(fake)
+    with pytest.raises(BridgeConnectError) as info:
+        await bridge.start(META)
+    assert not info.value.retryable
+    assert "too long" in str(info.value)
+    assert fake.handshakes == []

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from telepath.testing.fake_provider_http import FakeProviderHttp
+from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHttp
 
 
 @pytest.fixture
@@ -102,3 +102,27 @@ def test_agent_formats_and_restart() -> None:
     fake.stop()  # idempotent
     with pytest.raises(RuntimeError):
         _ = fake.url
+
+
+def test_agent_overrides_are_off_unless_enabled() -> None:
+    """The agent's ``platform_settings.overrides``, as ElevenLabs answers it: every override
+    field off (its default: each must be enabled in the agent's Security settings), but those
+    the fake was told to allow for that agent."""
+    with FakeProviderHttp(agent_overrides={"open": {PROMPT_OVERRIDE}}) as fake:
+        answers = {
+            agent: httpx.get(
+                f"{fake.url}/v1/convai/agents/{agent}", headers={"xi-api-key": "sk-valid"}
+            ).json()["platform_settings"]["overrides"]["conversation_config_override"]
+            for agent in ("open", "closed")
+        }
+    assert answers["open"]["agent"] == {
+        "prompt": {"prompt": True},
+        "first_message": False,
+        "language": False,
+    }
+    assert answers["closed"]["agent"] == {
+        "prompt": {"prompt": False},
+        "first_message": False,
+        "language": False,
+    }
+    assert answers["closed"]["tts"] == {"voice_id": False}

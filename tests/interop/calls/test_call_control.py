@@ -392,6 +392,41 @@ async def test_unreachable_agent_is_refused_with_480(
     assert "call.started" not in events
 
 
+async def test_a_prompt_the_elevenlabs_agent_does_not_allow_refuses_the_call_with_480(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """An ElevenLabs trunk's system prompt goes as the prompt override, which an agent that
+    does not enable it refuses at set-up (``override_error``, close 1008) — its setting changed
+    after the trunk was made, or key checks are off, as here. The caller gets the 480 a carrier
+    can fail over on; the record says why: ``ai_provider_error``, not an unreachable agent."""
+    async with FakeElevenLabs() as fake:  # no override enabled, as a new agent
+        configure(gateway, elevenlabs_api_base=fake.base_http, elevenlabs_ws_url=fake.url)
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="elevenlabs",
+            elevenlabs_agent_id="agent_fake",
+            elevenlabs_api_key="sk-valid-el-key",
+            system_prompt="You are a test agent.",
+        )
+        phone = await Phone().open()
+        scenario = rejected_call("alice", phone.port, 480)
+        result = await run_sipp(
+            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+        )
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    assert [m["type"] for m in fake.sent] == ["error"]
+    await settled(gateway)
+    assert gateway.manager.ports.in_use == 0
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert (detail["status"], detail["disconnect_reason"]) == ("failed", "ai_provider_error")
+    assert detail["answer_time"] is None
+    assert "SIP/2.0 480" in detail["sip_trace"]
+
+
 # --- media timeout -------------------------------------------------------------------------
 
 
@@ -794,21 +829,30 @@ async def test_the_provider_s_session_limit_is_recorded_as_session_limit(
 
 
 async def test_sip_info_digit_reaches_the_agent(api: Api, gateway: Gateway, tmp_path: Path) -> None:
-    info = IN_DIALOG % {
-        "user": "alice",
-        "method": "INFO",
-        "cseq": 5,
-        "extra": "Content-Type: application/dtmf-relay",
-        "body": "\n      Signal=7\n      Duration=160",
-    }
-    middle = '  <pause milliseconds="500"/>\n' + info + '  <recv response="200"/>\n'
+    """Each INFO is answered 200; a key reaches the agent as the key (``signal=a`` as ``A``,
+    which the agent's ``dtmf`` takes; as ``a`` it was dropped), a flash (16) is no key and is
+    not passed on (it went unanswered: an IndexError)."""
+    infos = [
+        IN_DIALOG
+        % {
+            "user": "alice",
+            "method": "INFO",
+            "cseq": cseq,
+            "extra": "Content-Type: application/dtmf-relay",
+            "body": f"\n      {signal}\n      Duration=160",
+        }
+        + '  <recv response="200"/>\n'
+        for cseq, signal in [(5, "Signal=7"), (6, "Signal=16"), (7, "signal=a")]
+    ]
+    middle = '  <pause milliseconds="500"/>\n' + "".join(infos)
     async with FakeTelepathAgent(agent="silent") as agent:
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1000, middle=middle)
         result = await placed.tone_until_end(2.0)
-    assert result.returncode == 0, result.stdout + result.errors
-    await settled(gateway)
-    assert agent.digits == ["7"]
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert agent.digits == ["7", "A"]
+    assert agent.protocol_errors == []
 
 
 CANCEL = """  <send>

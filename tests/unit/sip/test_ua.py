@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from telepath.bridges.custom.events import Dtmf as CustomDtmf
 from telepath.clock import FakeClock
 from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import parse_message
@@ -250,6 +251,83 @@ def test_info_dtmf_relay_and_dtmf(core: tuple[UserAgentCore, FakeClock]) -> None
         SRC,
     )
     assert events(out) == [DtmfInfo(dialog, "#", 250)]  # type: ignore[arg-type]
+
+
+RELAY, DTMF = "application/dtmf-relay", "application/dtmf"
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "key"),
+    [
+        (RELAY, b"Signal=16\r\nDuration=250\r\n", None),  # flash (RFC 4733 event 16)
+        (RELAY, b"Signal=!\r\nDuration=250\r\n", None),  # flash, as Asterisk writes it
+        (RELAY, b"Signal=17\r\n", None),  # an RFC 4733 event that is no key
+        (RELAY, b"Signal=255\r\n", None),
+        (DTMF, b"16", None),
+        (DTMF, b"!", None),
+        (RELAY, b"signal=a\r\nduration=100\r\n", "A"),  # a letter in either case
+        (RELAY, b"Signal= d\r\n", "D"),
+        (RELAY, b"Signal=12\r\n", "A"),  # event codes 0-15 are the keys
+        (RELAY, b"Signal=15\r\n", "D"),
+        (RELAY, b"Signal=010\r\n", "*"),
+        (RELAY, b"Signal=#\r\n", "#"),
+        (DTMF, b"a", "A"),
+        (DTMF, b"10", "*"),
+    ],
+)
+def test_info_dtmf_signals(
+    core: tuple[UserAgentCore, FakeClock], ctype: str, body: bytes, key: str | None
+) -> None:
+    """A key press reaches the application as the key the bridges send (0-9, *, #, A-D in
+    upper case: a custom agent's ``dtmf`` allows only those, and ``a`` was dropped there).
+    Flash (16) raised IndexError: the INFO was never answered. A signal that is no key is
+    answered 200 and not passed on: the request is well-formed, only nothing we relay — a 4xx
+    would tell the peer its INFO was wrong (some end the call on that)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    info = request(
+        "INFO",
+        branch="z9hG4bK-i1",
+        cseq=2,
+        to_tag=tag,
+        body=body,
+        extra=f"Content-Type: {ctype}\r\n",
+    )
+    out = ua.receive(info, SRC)
+    assert [r.status for r in sent(out)] == [200]
+    assert [e.digit for e in events(out) if isinstance(e, DtmfInfo)] == ([key] if key else [])
+    if key is not None:
+        assert CustomDtmf(digit=key).digit == key  # what the custom bridge sends
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body"),
+    [
+        (RELAY, b"Duration=250\r\n"),  # no signal at all
+        (RELAY, b"Signal=\r\n"),
+        (RELAY, b"Signal=256\r\n"),  # past RFC 4733's 8-bit event code
+        (RELAY, b"Signal=ab\r\n"),
+        (DTMF, b"x"),
+    ],
+)
+def test_an_info_that_names_no_signal_is_a_bad_dtmf_body(
+    core: tuple[UserAgentCore, FakeClock], ctype: str, body: bytes
+) -> None:
+    ua, _ = core
+    dialog = _confirmed(ua)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    info = request(
+        "INFO",
+        branch="z9hG4bK-i1",
+        cseq=2,
+        to_tag=tag,
+        body=body,
+        extra=f"Content-Type: {ctype}\r\n",
+    )
+    out = ua.receive(info, SRC)
+    assert [(r.status, r.reason) for r in sent(out)] == [(400, "Bad DTMF Body")]
+    assert events(out) == []
 
 
 def test_reinvite_hold_is_offered_to_the_application(core: tuple[UserAgentCore, FakeClock]) -> None:

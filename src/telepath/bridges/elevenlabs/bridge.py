@@ -3,10 +3,12 @@
 Start: with an API key, ``GET {api_base}/v1/convai/conversation/get-signed-url?agent_id=...``
 (header ``xi-api-key``) and dial the signed URL; without one (public agent) dial
 ``{ws_url}?agent_id=...``. The first frame is ``conversation_initiation_client_data`` with the
-system prompt as ``agent.prompt.prompt`` override (only when the trunk sets one) and the call's
-numbers as dynamic variables ``caller_number``, ``called_number``, ``call_id``. The agent's
-audio formats come from ``conversation_initiation_metadata``: ``ulaw_8000`` passes through for
-μ-law calls, anything else is converted (``bridges.audio``).
+system prompt as ``agent.prompt.prompt`` override (only when the trunk sets one; ElevenLabs
+refuses it unless the agent enables that override, which ``api/provider_checks.py`` checks when
+the trunk is saved) and the call's numbers as dynamic variables ``caller_number``,
+``called_number``, ``call_id``. The agent's audio formats come from
+``conversation_initiation_metadata``: ``ulaw_8000`` passes through for μ-law calls, anything else
+is converted (``bridges.audio``).
 
 Barge-in: ``interruption`` emits ``AgentClear`` and drops every later ``audio`` whose
 ``event_id`` is not newer than the interruption's. ``ping`` is answered with ``pong``.
@@ -56,7 +58,7 @@ from telepath.bridges.base import (
     ProviderError,
 )
 from telepath.bridges.elevenlabs import events as ev
-from telepath.bridges.http_client import new_session
+from telepath.bridges.http_client import new_session, read_body
 from telepath.bridges.ws import WebSocketBridge
 
 __all__ = ["ElevenLabsBridge"]
@@ -202,6 +204,10 @@ class ElevenLabsBridge(WebSocketBridge):
                     f"signed URL failed (HTTP {status})", retryable=retryable, code=str(status)
                 )
             logger.warning("elevenlabs bridge: signed URL request failed (HTTP %d)", status)
+            self._finish(err.to_event())
+            raise err
+        if body is None:
+            err = BridgeConnectError("signed URL response too long", retryable=False)
             self._finish(err.to_event())
             raise err
         try:
@@ -355,7 +361,8 @@ MAX_ANSWER_BYTES = 64 * 1024  # a signed-URL answer is ~300 bytes
 
 async def _get(
     session: aiohttp.ClientSession, url: str, params: dict[str, str], headers: dict[str, str]
-) -> tuple[int, bytes]:
-    """Status and (the start of) the body of one GET; redirects are not followed."""
+) -> tuple[int, bytes | None]:
+    """Status and body of one GET (``None``: longer than ``MAX_ANSWER_BYTES``); redirects are
+    not followed."""
     async with session.get(url, params=params, headers=headers, allow_redirects=False) as resp:
-        return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+        return resp.status, await read_body(resp, MAX_ANSWER_BYTES)
