@@ -11,6 +11,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import InstrumentedAttribute
 
 from telepath.api import registration_input, trunk_input
+from telepath.calls.ports import SIP_USERNAME_MAX
 from telepath.db.models import Trunk, TrunkRegistration
 
 IDENT_MAX = 200  # trunk_input.IDENT: 1 + 199 characters
@@ -20,7 +21,7 @@ IDENT_MAX = 200  # trunk_input.IDENT: 1 + 199 characters
     ("column", "limit"),
     [
         (Trunk.name, trunk_input.NAME_MAX),
-        (Trunk.sip_username, trunk_input.SIP_USERNAME_MAX),
+        (Trunk.sip_username, SIP_USERNAME_MAX),
         (Trunk.openai_model, trunk_input.OPENAI_MODEL_MAX),
         (Trunk.openai_voice, trunk_input.OPENAI_VOICE_MAX),
         (Trunk.elevenlabs_agent_id, IDENT_MAX),
