@@ -191,12 +191,12 @@ async def get_webhook(
     summary="Delete a webhook endpoint",
 )
 async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: SessionDep) -> Response:
-    """Delete an endpoint; its undelivered events are dropped."""
+    """Delete an endpoint; its undelivered events are dropped. When two requests delete it at
+    once, the one whose DELETE finds it gone answers the documented 404."""
     repo = WebhookRepository(session)
-    endpoint = await repo.get_endpoint(principal.account_id, webhook_id)
-    if endpoint is None:
+    if not await repo.delete_endpoint(principal.account_id, webhook_id):
+        await session.rollback()
         raise not_found("Webhook", webhook_id[:64])
-    await repo.delete_endpoint(endpoint)
     await session.commit()
     endpoints_changed()
     return Response(status_code=204)
