@@ -33,8 +33,12 @@ async def get_session(
 ) -> AsyncIterator[AsyncSession]:
     """One session per request; committed by the handler that writes.
 
-    The session is closed once the answer is on its way: a connection that dies just then (a
-    failover) is logged, not raised — the error handler cannot answer a second time."""
+    Used with ``scope="function"`` (``SessionDep``): the session is closed, and its pooled
+    connection given back, as soon as the handler returns or raises — before the answer is
+    sent, not after. Closed after, a client reading a large answer slowly (a call record with
+    its SIP trace) held a connection of the pool the gateway shares for as long as it liked
+    (found by review). A connection that dies just then (a failover) is logged, not raised:
+    the handler's answer stands."""
     session = state.sessions()
     try:
         yield session
@@ -57,12 +61,22 @@ class Principal:
     account_id: str
 
 
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
 async def authenticate(
     request: Request,
     state: Annotated[ApiState, Depends(get_state)],
-    session: Annotated[AsyncSession, Depends(get_session)],
+    session: SessionDep,
 ) -> Principal:
-    """Resolve ``Authorization: Bearer <key>`` to a principal and apply the rate limit."""
+    """Resolve ``Authorization: Bearer <key>`` to a principal and apply the rate limit.
+
+    The key's transaction is ended here, always, giving its connection back to the pool: the
+    handler may next read a request body, which a client can send as slowly as it likes (up
+    to ``ApiState.body_timeout_s``), and the key's connection was held all that time — a
+    handful of slow uploads with one valid key took the whole pool the gateway shares (found
+    by review). The cost is one COMMIT per request, and the handler's first query takes a
+    connection from the pool again."""
     header = request.headers.get("authorization")
     if not header or not header.strip():
         raise ApiError(
@@ -93,10 +107,9 @@ async def authenticate(
     if state.key_touch.get(key.id) != minute:
         state.key_touch[key.id] = minute
         await repo.touch(key.id, utcnow())
-        await session.commit()
+    await session.commit()
     return Principal(key_id=key.id, account_id=key.account_id)
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 StateDep = Annotated[ApiState, Depends(get_state)]

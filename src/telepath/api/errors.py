@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -154,7 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
     # Registered by class (not only as the catch-all above, which Starlette's outermost
     # middleware serves and then re-raises — to the server, which logs the whole traceback):
     # these are answered like any API error, and a bug of any common kind too.
-    for kind in (DBAPIError, OSError):
+    # (A pool timeout is a SQLAlchemyError, not a DBAPIError: named, it is served as an outage.)
+    for kind in (DBAPIError, OSError, PoolTimeout):
         app.add_exception_handler(kind, _database)
     for bug in (
         ArithmeticError,

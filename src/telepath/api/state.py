@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from telepath.api.provider_checks import ProviderValidator
 from telepath.api.ratelimit import RateLimiter
+from telepath.api.trunk_input import BODY_TIMEOUT_S
 from telepath.config import Settings
 from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring
@@ -37,3 +38,5 @@ class ApiState:
     # For long maintenance statements (the retention sweep): no statement timeout. None: as
     # ``sessions`` (SQLite, or no timeout configured).
     maintenance_sessions: async_sessionmaker[AsyncSession] | None = None
+    # Seconds to receive a request body (``trunk_input.read_body``; 408 past it).
+    body_timeout_s: float = BODY_TIMEOUT_S

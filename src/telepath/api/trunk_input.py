@@ -12,6 +12,7 @@ Order of checks: body is a JSON object -> no unknown fields -> types -> required
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import deque
@@ -41,6 +42,9 @@ URL_MAX = 2048
 MAX_CUSTOM_HEADERS = 20
 HEADER_VALUE_MAX = 4096
 MAX_BODY_BYTES = 256 * 1024  # a 32,000-character prompt, \uXXXX-escaped, still fits
+#: Seconds to receive a whole request body (``ApiState.body_timeout_s``): 256 KiB at a slow
+#: 10 KB/s takes 26 s, while a client stalling on purpose is cut off.
+BODY_TIMEOUT_S: Final = 30.0
 
 IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
@@ -153,20 +157,37 @@ def _too_large() -> ApiError:
     return ApiError(413, "payload_too_large", f"Request body exceeds {MAX_BODY_BYTES} bytes")
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, *, timeout_s: float) -> bytes:
     """The request body, at most ``MAX_BODY_BYTES`` of it: a larger declared Content-Length is
     refused before reading, and a streamed (chunked) body no further than past the limit
-    (413 ``payload_too_large`` either way; found by review: bodies were read whole first)."""
+    (413 ``payload_too_large`` either way; found by review: bodies were read whole first).
+
+    All of it within ``timeout_s`` (408 ``request_timeout``, and the connection closed): the
+    server sets no limit of its own, so a client sending a byte a second kept its request,
+    and whatever it held, for as long as it liked (found by review). Callers read the body
+    holding no database connection."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
+    deadline = asyncio.timeout(timeout_s)
+    try:
+        async with deadline:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _too_large()
+                chunks.append(chunk)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"The request body was not received within {timeout_s:g} s",
+            {"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 

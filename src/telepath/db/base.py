@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import DateTime, MetaData, String, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -51,3 +55,44 @@ def utcnow() -> datetime:
     """Return the current UTC time, truncated to whole milliseconds."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+# What no text column takes: NUL (PostgreSQL refuses it in any text) and unpaired surrogates
+# (no UTF-8 encoding: neither driver can send them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str, length: int | None = None) -> str:
+    """``text`` as a text column takes it: NUL and unpaired surrogates replaced by U+FFFD (as
+    undecodable bytes are elsewhere), then cut to ``length`` characters (PostgreSQL's
+    VARCHAR(n) counts characters, as Python does once no surrogate is left)."""
+    if "\x00" in text or not text.isascii():
+        text = _UNSTORABLE.sub("\ufffd", text)
+    return text if length is None else text[:length]
+
+
+@functools.cache
+def _text_columns(table: Table) -> dict[str, int | None]:
+    """Name -> length (None: unbounded) of ``table``'s text columns. Keys (a primary or a
+    foreign key) are left out: ids are ours and exact — one cut would be filed under another."""
+    return {
+        column.name: column.type.length
+        for column in table.columns
+        if isinstance(column.type, String) and not column.primary_key and not column.foreign_keys
+    }
+
+
+def fit_row(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` for a row of ``table`` with every string made to fit its column
+    (:func:`storable_text`), lengths read from the table's own definition.
+
+    For values that come from outside — a caller's From and To, a SIP trace, an agent's error
+    text: a value the database refuses fails the whole write, and with it what shares the
+    transaction (found by review: a 150-character From user lost the call record and its
+    ``call.ended`` on PostgreSQL, which enforces VARCHAR lengths where SQLite does not)."""
+    columns = _text_columns(table)
+    fitted = dict(values)
+    for name, value in values.items():
+        if isinstance(value, str) and name in columns:
+            fitted[name] = storable_text(value, columns[name])
+    return fitted

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
-from telepath.db.base import utcnow
+from telepath.db.base import fit_row, utcnow
 from telepath.db.engine import transient_error
 from telepath.db.group_commit import outage_proof
 from telepath.db.models import CallRow
@@ -58,37 +58,42 @@ CALLS = cast(Table, CallRow.__table__)
 
 
 def _final_fields(record: CallRecord) -> dict[str, Any]:
+    """The record as column values, each string made to fit its column (``fit_row``): the
+    numbers, trace and error text are what a caller or an agent sent."""
     m = record.metrics
     trace = record.sip_trace or None
     if trace is not None and len(trace) > SIP_TRACE_MAX_CHARS:
         trace = trace[:SIP_TRACE_MAX_CHARS] + "\n[trace truncated]\n"
-    return {
-        "account_id": record.account_id,
-        "trunk_id": record.trunk_id,
-        "from_number": record.from_number,
-        "to_number": record.to_number,
-        "status": str(record.status),
-        "ai_provider": record.ai_provider,
-        "start_time": record.start_time,
-        "answer_time": record.answer_time,
-        "end_time": record.end_time,
-        "duration_seconds": record.duration_seconds,
-        "disconnect_reason": (
-            str(record.disconnect_reason) if record.disconnect_reason is not None else None
-        ),
-        "error_message": record.error_message,
-        "carrier_lag_ms": m.carrier_lag_ms,
-        "ai_latency_ms": m.ai_latency_ms,
-        "gateway_processing_ms": m.gateway_processing_ms,
-        "gateway_processing_p99_ms": m.gateway_processing_p99_ms,
-        "packet_loss_percent": m.packet_loss_percent,
-        "jitter_ms": m.jitter_ms,
-        "codec_used": m.codec_used,
-        "setup_ms": m.setup_ms,
-        "turns": [asdict(t) for t in record.turns],
-        "sip_trace": trace,
-        "media": record.media,
-    }
+    return fit_row(
+        CALLS,
+        {
+            "account_id": record.account_id,
+            "trunk_id": record.trunk_id,
+            "from_number": record.from_number,
+            "to_number": record.to_number,
+            "status": str(record.status),
+            "ai_provider": record.ai_provider,
+            "start_time": record.start_time,
+            "answer_time": record.answer_time,
+            "end_time": record.end_time,
+            "duration_seconds": record.duration_seconds,
+            "disconnect_reason": (
+                str(record.disconnect_reason) if record.disconnect_reason is not None else None
+            ),
+            "error_message": record.error_message,
+            "carrier_lag_ms": m.carrier_lag_ms,
+            "ai_latency_ms": m.ai_latency_ms,
+            "gateway_processing_ms": m.gateway_processing_ms,
+            "gateway_processing_p99_ms": m.gateway_processing_p99_ms,
+            "packet_loss_percent": m.packet_loss_percent,
+            "jitter_ms": m.jitter_ms,
+            "codec_used": m.codec_used,
+            "setup_ms": m.setup_ms,
+            "turns": [asdict(t) for t in record.turns],
+            "sip_trace": trace,
+            "media": record.media,
+        },
+    )
 
 
 @runtime_checkable
@@ -130,7 +135,8 @@ def _from_journal(item: dict[str, Any]) -> _Write:
         or not all(isinstance(e, dict) for e in events)
     ):
         raise ValueError("not a call record write")
-    return _Write(kind, item["values"], events)
+    # written by a version that did not make the values fit (``_final_fields``)
+    return _Write(kind, fit_row(CALLS, item["values"]), events)
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:

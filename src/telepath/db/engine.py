@@ -9,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, event, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -21,9 +22,13 @@ _PERMANENT = ("no such table", "no such column", "has no column")
 def transient_error(exc: BaseException) -> bool:
     """Whether a failed write may succeed later as it is: the server unreachable, restarting or
     failing over (a refused or reset connection, ``OperationalError``), a connection lost
-    mid-transaction, a lock held past SQLite's busy timeout. Constraint, data and SQL errors
-    (``IntegrityError``, ``DataError``, ``ProgrammingError``) are not."""
+    mid-transaction, a lock held past SQLite's busy timeout, no connection free in the pool
+    within its timeout (SQLAlchemy's ``TimeoutError``: every connection busy, the database or
+    its clients slow — found by review, the API answered it 500). Constraint, data and SQL
+    errors (``IntegrityError``, ``DataError``, ``ProgrammingError``) are not."""
     if isinstance(exc, OSError):  # refused, reset, TimeoutError: asyncpg raises them as they are
+        return True
+    if isinstance(exc, PoolTimeout):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.ports import DirectoryUnavailable, RegistrationConfig
-from telepath.db.base import utcnow
+from telepath.db.base import fit_row, utcnow
 from telepath.db.engine import transient_error
 from telepath.db.models import REGISTRATION_PASSWORD, Trunk, TrunkRegistration, trunk_secret_context
 from telepath.secrets.keyring import Keyring, SecretDecryptionError
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 #: The states call control reports (``pending`` is the API's, for a new or changed one).
 REPORTED_STATUSES = frozenset({"registered", "failed", "unregistered"})
-STATUS_DETAIL_MAX = 200  # trunk_registrations.status_detail
+REGISTRATIONS = cast(Table, TrunkRegistration.__table__)
 
 
 class DbRegistrationStore:
@@ -89,8 +90,9 @@ class DbRegistrationStore:
         registered_until: datetime | None,
         contact_address: str | None = None,
     ) -> None:
-        """Record what call control last saw of a registration (``detail`` cut to 200
-        characters); nothing when the trunk or its registration is gone.
+        """Record what call control last saw of a registration (``detail`` cut to its column,
+        200 characters, a NUL in it replaced); nothing when the trunk or its registration is
+        gone.
 
         Raises:
             ValueError: ``status`` is not ``registered``, ``failed`` or ``unregistered``.
@@ -104,11 +106,19 @@ class DbRegistrationStore:
                     update(TrunkRegistration)
                     .where(TrunkRegistration.trunk_id == trunk_id)
                     .values(
-                        status=status,
-                        status_detail=None if detail is None else detail[:STATUS_DETAIL_MAX],
-                        registered_until=registered_until,
-                        contact_address=contact_address if status == "registered" else None,
-                        updated_at=utcnow(),
+                        # the registrar's reason phrase as it sent it: made to fit its column
+                        **fit_row(
+                            REGISTRATIONS,
+                            {
+                                "status": status,
+                                "status_detail": detail,
+                                "registered_until": registered_until,
+                                "contact_address": (
+                                    contact_address if status == "registered" else None
+                                ),
+                                "updated_at": utcnow(),
+                            },
+                        )
                     )
                 )
                 await session.commit()

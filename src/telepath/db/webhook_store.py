@@ -135,12 +135,25 @@ class WebhookRepository:
         """Stage a new endpoint."""
         self.session.add(endpoint)
 
-    async def delete_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        """Delete an endpoint; its undelivered outbox rows go with it."""
-        await self.session.execute(
-            delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
+    async def delete_endpoint(self, account_id: str, endpoint_id: str) -> bool:
+        """Delete the account's endpoint, and its undelivered outbox rows with it; False when
+        there was none, e.g. another request deleted it meanwhile.
+
+        One DELETE whose matched count is the answer (as ``TrunkRepository.delete``): the
+        ORM's delete of a loaded endpoint that another request had just deleted matched no
+        row, warned, and both requests answered 204 (found by review).
+        """
+        result = await self.session.execute(
+            delete(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.account_id == account_id)
+            .execution_options(synchronize_session=False)
         )
-        await self.session.delete(endpoint)
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        await self.session.execute(
+            delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+        )
+        return True
 
     async def active_endpoints(self, account_id: str) -> Sequence[WebhookEndpoint]:
         """The account's active endpoints (event filtering is done by the caller)."""

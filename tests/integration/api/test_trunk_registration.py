@@ -482,6 +482,14 @@ async def test_store_reports_state_through_the_api(api: Api) -> None:
         await reports.set_registration_status(trunk_id, "pending", None, None)
 
 
+async def test_store_keeps_a_registrar_s_text_the_database_refuses(api: Api) -> None:
+    """The registrar's reason phrase is what it sent: a NUL in it (PostgreSQL refuses one in
+    any text) failed the write, and the state was not stored (found by review)."""
+    trunk_id = await create(api)
+    await store(api).set_registration_status(trunk_id, "failed", "403 Forb\x00idden", None)
+    assert (await read(api, trunk_id))["status_detail"] == "403 Forb\ufffdidden"
+
+
 async def test_store_skips_a_password_it_cannot_open(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:

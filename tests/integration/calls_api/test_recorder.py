@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import String, func, select, text
 
 from telepath.calls.model import CallStatus, DisconnectReason
 from telepath.config import Settings
@@ -19,6 +19,7 @@ from telepath.db.base import utcnow
 from telepath.db.call_recorder import (
     DbCallRecorder,
     _final_fields,
+    _from_journal,
     close_instance_calls,
     close_lost_calls,
     purge_call_details,
@@ -437,3 +438,82 @@ async def test_events_that_fail_for_good_do_not_cost_the_record_its_end(api: Api
     assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
     assert await _deliveries(api) == []
     assert metrics.registry.get_sample_value("telepath_webhook_enqueue_failures_total") == 1
+
+
+# Found by review: what a caller sends is written into columns the database bounds or refuses.
+# The From/To user part is kept as sent when it is not an E.164 number, with no length limit
+# (the SIP parser caps only the whole message, 64 KB) — VARCHAR(128) on PostgreSQL refused a
+# longer one (22001, not transient); a NUL (``sip:a%00b@...``, a NUL in an INVITE's body in the
+# trace, in an agent's error text) PostgreSQL refuses in any text; an unpaired surrogate no
+# driver can encode. The record's start and its end (retried without its events) both failed:
+# no record, no ``call.ended``. SQLite enforces no lengths, so only PostgreSQL showed the first.
+LONG_NUMBER = "1" * 200
+
+
+def _cut(name: str) -> int:
+    """The column's width, as the model defines it."""
+    kind = CallRow.__table__.c[name].type
+    assert isinstance(kind, String) and isinstance(kind.length, int)
+    return kind.length
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_number_longer_than_its_column_is_stored_cut_with_its_events(
+    api: Api, batched: bool
+) -> None:
+    account, sink = await _subscribed_sink(api)
+    recorder = DbCallRecorder(api.state.sessions, outbox=sink)
+    if not batched:
+        recorder._group._batch = None
+    call = started(account, from_number=LONG_NUMBER, to_number="sip-user-" + "x" * 300)
+    await recorder.call_started(call)
+    assert (await api.get(f"/v1/calls/{call.id}")).status_code == 200  # the start landed
+    events = [sink.prepare(account, "call.ended", {"call_id": call.id})]
+    await recorder.call_ended(ended(call), events)
+    assert recorder.failures == 0
+    stored = (await api.get(f"/v1/calls/{call.id}")).json()
+    assert stored["from"] == LONG_NUMBER[: _cut("from_number")]
+    assert stored["to"] == ("sip-user-" + "x" * 300)[: _cut("to_number")]
+    assert stored["duration_seconds"] == 342
+    assert await _deliveries(api) == [("call.ended", events[0]["event_id"])]
+
+
+@pytest.mark.parametrize(
+    ("field", "sent", "stored"),
+    [
+        ("from_number", "a\x00b", "a\ufffdb"),
+        ("to_number", "\udcff1", "\ufffd1"),
+        ("error_message", "agent said \x00", "agent said \ufffd"),
+        (
+            "sip_trace",
+            "INVITE sip:x SIP/2.0\r\n\r\nv=0\x00",
+            "INVITE sip:x SIP/2.0\r\n\r\nv=0\ufffd",
+        ),
+    ],
+    ids=["nul-in-number", "surrogate-in-number", "nul-in-error", "nul-in-trace"],
+)
+async def test_text_the_database_refuses_is_stored_replaced(
+    api: Api, field: str, sent: str, stored: str
+) -> None:
+    account, sink = await _subscribed_sink(api)
+    recorder = DbCallRecorder(api.state.sessions, outbox=sink)
+    call = started(account)
+    final = ended(call)
+    setattr(final, field, sent)
+    await recorder.call_started(final)
+    events = [sink.prepare(account, "call.ended", {"call_id": call.id})]
+    await recorder.call_ended(final, events)
+    assert recorder.failures == 0
+    async with api.state.sessions() as session:
+        row = await session.get(CallRow, call.id)
+        assert row is not None and getattr(row, field) == stored
+    assert await _deliveries(api) == [("call.ended", events[0]["event_id"])]
+
+
+def test_a_journal_of_an_earlier_version_is_made_to_fit() -> None:
+    """A write kept through an outage by a version without the cut is cut when replayed."""
+    write = _from_journal(
+        {"kind": "call_ended", "values": {"id": "call_1", "from_number": LONG_NUMBER + "\x00"}}
+    )
+    assert write.values["from_number"] == LONG_NUMBER[: _cut("from_number")]
+    assert write.values["id"] == "call_1"

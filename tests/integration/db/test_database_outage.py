@@ -125,10 +125,12 @@ async def test_what_the_database_never_takes_is_reported_lost_at_close(api: Api)
 
 def test_which_errors_are_worth_retrying() -> None:
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     assert transient_error(ConnectionRefusedError())
     assert transient_error(TimeoutError())
     assert transient_error(OperationalError("INSERT", {}, Exception("database is locked")))
+    assert transient_error(PoolTimeout("QueuePool limit of size 5 overflow 10 reached"))
     assert not transient_error(OperationalError("INSERT", {}, Exception("no such table: calls")))
     assert not transient_error(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not transient_error(ProgrammingError("INSERT", {}, Exception("syntax error")))

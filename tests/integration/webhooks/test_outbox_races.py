@@ -112,10 +112,7 @@ async def test_an_endpoint_deleted_behind_the_sinks_cache_costs_only_its_own_row
     sink = DbEventSink(api.state.sessions)
     await sink.emit(account, "call.started", PAYLOAD)  # caches both endpoints
     async with api.state.sessions() as session:  # another process deletes one
-        repo = WebhookRepository(session)
-        endpoint = await repo.get_endpoint(account, gone["id"])
-        assert endpoint is not None
-        await repo.delete_endpoint(endpoint)
+        assert await WebhookRepository(session).delete_endpoint(account, gone["id"])
         await session.commit()
     await sink.emit(account, "call.ended", PAYLOAD)
     assert [(r.endpoint_id, r.event) for r in await rows(api)] == [

@@ -135,6 +135,36 @@ async def test_tenancy_and_delete(api: Api) -> None:
     err(await api.delete(f"/v1/webhooks/{created['id']}"), 404, "not_found")
 
 
+async def test_delete_racing_a_delete_is_not_found(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the loser of two deletes at once (both had read the endpoint) deleted
+    it again through the ORM, which matched no row — SQLAlchemy warned (a 500 with warnings as
+    errors) and both answered 204. As for trunks (``test_trunk_races.py``), the loser answers
+    the documented 404. The other delete runs to its end right before this one's write."""
+    created = await create(api)
+    path = f"/v1/webhooks/{created['id']}"
+    original = WebhookRepository.delete_endpoint
+    ran: list[int] = []
+
+    async def delete_endpoint(self: WebhookRepository, *args: Any) -> Any:
+        if not ran:  # once: the other delete goes through here too
+            ran.append(0)
+            ran[0] = (await api.delete(path)).status_code
+        return await original(self, *args)
+
+    monkeypatch.setattr(WebhookRepository, "delete_endpoint", delete_endpoint)
+    err(await api.delete(path), 404, "not_found", f"Webhook '{created['id']}' not found")
+    assert ran == [204]
+    err(await api.get(path), 404, "not_found")
+
+
+async def test_two_deletes_at_once_are_one_204_and_one_404(api: Api) -> None:
+    path = f"/v1/webhooks/{(await create(api))['id']}"
+    answers = await asyncio.gather(api.delete(path), api.delete(path))
+    assert sorted(a.status_code for a in answers) == [204, 404]
+
+
 async def test_webhooks_require_a_key(api: Api) -> None:
     err(await api.client.get("/v1/webhooks"), 401, "missing_api_key")
     err(await api.client.post("/v1/webhooks", json={}), 401, "missing_api_key")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,22 +66,67 @@ def test_timestamp_is_signed() -> None:
     assert not verify_signature(SECRET, f"t={T + 5},v1={sig}", BODY, now=T + 5)
 
 
-@pytest.mark.parametrize(
-    "header",
-    [
-        "",
-        "garbage",
-        f"v1={compute_signature(SECRET, T, BODY)}",  # no timestamp
-        f"t={T}",  # no signature
-        f"t=abc,v1={compute_signature(SECRET, T, BODY)}",
-        f"t=\u00b2,v1={compute_signature(SECRET, T, BODY)}",  # a digit to isdigit, not to int
-        f"t=-{T},v1={compute_signature(SECRET, T, BODY)}",
-        f"t={T},v1=",
-        f"t={T};v1={compute_signature(SECRET, T, BODY)}",
-    ],
+FULL_WIDTH = str.maketrans(
+    "0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
 )
+MALFORMED = [
+    "",
+    "garbage",
+    f"v1={compute_signature(SECRET, T, BODY)}",  # no timestamp
+    f"t={T}",  # no signature
+    f"t=abc,v1={compute_signature(SECRET, T, BODY)}",
+    f"t=\u00b2,v1={compute_signature(SECRET, T, BODY)}",  # a digit to isdigit, not to int
+    f"t=-{T},v1={compute_signature(SECRET, T, BODY)}",
+    f"t={T},v1=",
+    f"t={T};v1={compute_signature(SECRET, T, BODY)}",
+    # Found by review: hmac.compare_digest takes str of ASCII only and raised TypeError on
+    # anything else — a crafted header crashed the receiver instead of failing the check.
+    f"t={T},v1=\u00e9",
+    f"t={T},v1=\u00e9{compute_signature(SECRET, T, BODY)[1:]}",  # as long as a good one
+    f"t={T},v1=\udcff",
+    f"t={T},v1=\uff11\uff12",  # full-width digits
+    f"t={str(T).translate(FULL_WIDTH)},v1={compute_signature(SECRET, T, BODY)}",
+    f"t=\u0661,v1={compute_signature(SECRET, T, BODY)}",  # an Arabic-Indic digit: int() takes
+    f"t={'9' * 5000},v1={compute_signature(SECRET, T, BODY)}",  # past int()'s digit limit
+]
+
+
+@pytest.mark.parametrize("header", MALFORMED)
 def test_malformed_headers(header: str) -> None:
     assert not verify_signature(SECRET, header, BODY, now=T)
+
+
+def _documented_verify() -> Callable[[str, str, bytes], bool]:
+    """The standalone ``verify`` of docs/webhooks.md ("without Telepath installed"), run as
+    a receiver would paste it."""
+    doc = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text()
+    after = doc.split("without Telepath installed", 1)[1]
+    snippet = after.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "docs/webhooks.md", "exec"), namespace)
+    verify: Callable[[str, str, bytes], bool] = namespace["verify"]
+    return verify
+
+
+def test_the_documented_snippet_verifies_a_good_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    verify = _documented_verify()
+    monkeypatch.setattr(time, "time", lambda: T + 10)
+    assert verify(SECRET, signature_header(SECRET, BODY, T), BODY)
+    other = compute_signature("whsec_old", T, BODY)
+    assert verify(SECRET, f"t={T}, v1={other}, v1={compute_signature(SECRET, T, BODY)}", BODY)
+    assert not verify(SECRET, signature_header(SECRET, BODY, T), BODY + b" ")
+    assert not verify(SECRET, signature_header(SECRET, BODY, T - 400), BODY)
+
+
+@pytest.mark.parametrize("header", MALFORMED)
+def test_the_documented_snippet_refuses_malformed_headers(
+    header: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the snippet raised (TypeError for a non-ASCII ``v1``, ValueError for a
+    ``t`` that ``str.isdigit`` takes and ``int`` does not) where it must answer False."""
+    verify = _documented_verify()
+    monkeypatch.setattr(time, "time", lambda: T)
+    assert not verify(SECRET, header, BODY)
 
 
 def test_any_of_several_signatures_matches() -> None:

@@ -21,6 +21,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (see error.code)",
         401: "Missing or invalid API key, or provider credentials rejected",
         404: "Trunk not found in this account",
+        408: "The request body was not received in time (request_timeout)",
         409: "sip_username already exists, or an inbound number is another trunk's",
         413: "Request body too large",
         429: "Rate limit exceeded",
@@ -58,7 +59,7 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     "",
     status_code=201,
     response_model=schemas.TrunkCreated,
-    responses=_errors(400, 401, 409, 413, 429, 502),
+    responses=_errors(400, 401, 408, 409, 413, 429, 502),
     openapi_extra=_body_doc(schemas.TrunkCreate),
     summary="Create a trunk",
 )
@@ -66,9 +67,8 @@ async def create_trunk(
     request: Request, principal: PrincipalDep, state: StateDep, session: SessionDep
 ) -> schemas.TrunkCreated:
     """Create a SIP trunk linking a SIP identity to an AI agent."""
-    data = parse_create(
-        await read_body(request), allow_insecure=state.settings.allow_insecure_agent_urls
-    )
+    raw = await read_body(request, timeout_s=state.body_timeout_s)
+    data = parse_create(raw, allow_insecure=state.settings.allow_insecure_agent_urls)
     service = TrunkService(state, session, principal.account_id)
     return service.created_view(await service.create(data))
 
@@ -117,7 +117,7 @@ async def get_trunk(
 @router.patch(
     "/{trunk_id}",
     response_model=schemas.Trunk,
-    responses=_errors(400, 401, 404, 409, 413, 429, 502),
+    responses=_errors(400, 401, 404, 408, 409, 413, 429, 502),
     openapi_extra=_body_doc(schemas.TrunkUpdate),
     summary="Update a trunk",
 )
@@ -129,10 +129,13 @@ async def update_trunk(
     session: SessionDep,
 ) -> schemas.Trunk:
     """Change only the fields present in the body; changed provider keys are re-validated."""
+    # The body first: reading it after the trunk kept that query's database connection for as
+    # long as the client took to send it (found by review).
+    raw = await read_body(request, timeout_s=state.body_timeout_s)
     service = TrunkService(state, session, principal.account_id)
     trunk = await service.get(trunk_id)
     fields = parse_update(
-        await read_body(request),
+        raw,
         provider=trunk.ai_provider,
         allow_insecure=state.settings.allow_insecure_agent_urls,
     )

@@ -38,6 +38,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request (see error.code)",
         401: "Missing or invalid API key",
         404: "Webhook not found in this account",
+        408: "The request body was not received in time (request_timeout)",
         413: "Request body too large",
         429: "Rate limit exceeded",
     }
@@ -103,7 +104,7 @@ def _view(endpoint: WebhookEndpoint) -> schemas.Webhook:
     "",
     status_code=201,
     response_model=schemas.WebhookCreated,
-    responses=_errors(400, 401, 413, 429),
+    responses=_errors(400, 401, 408, 413, 429),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -116,9 +117,8 @@ async def create_webhook(
     request: Request, principal: PrincipalDep, state: StateDep, session: SessionDep
 ) -> schemas.WebhookCreated:
     """Subscribe a URL to events; the response holds the signing secret, shown only once."""
-    url, events = parse_create(
-        await read_body(request), allow_insecure=state.settings.allow_insecure_webhook_urls
-    )
+    raw = await read_body(request, timeout_s=state.body_timeout_s)
+    url, events = parse_create(raw, allow_insecure=state.settings.allow_insecure_webhook_urls)
     repo = WebhookRepository(session)
     # Count and insert as the account's only writer: concurrent creates must not all count
     # below the limit and all insert (found by review).
@@ -191,12 +191,12 @@ async def get_webhook(
     summary="Delete a webhook endpoint",
 )
 async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: SessionDep) -> Response:
-    """Delete an endpoint; its undelivered events are dropped."""
+    """Delete an endpoint; its undelivered events are dropped. When two requests delete it at
+    once, the one whose DELETE finds it gone answers the documented 404."""
     repo = WebhookRepository(session)
-    endpoint = await repo.get_endpoint(principal.account_id, webhook_id)
-    if endpoint is None:
+    if not await repo.delete_endpoint(principal.account_id, webhook_id):
+        await session.rollback()
         raise not_found("Webhook", webhook_id[:64])
-    await repo.delete_endpoint(endpoint)
     await session.commit()
     endpoints_changed()
     return Response(status_code=204)
