@@ -81,3 +81,32 @@ def test_a_second_agent_burst_without_new_caller_speech_has_no_latency() -> None
         Turn(3, "agent", 500, 0),
     ]
     assert turns.ai_latency_ms() == 1020
+
+
+def test_a_caller_who_stops_sending_in_pauses_still_takes_separate_turns() -> None:
+    """Silence suppression (comfort noise, which is not played, or nothing at all): no frame
+    arrives in the caller's pauses, so no unvoiced frame closes the turn. Caller 0-1 s, agent
+    at 1.8 s for 2 s, caller 6-7 s are two caller turns, not one from 0 to 7 s spanning the
+    agent's; the agent's latency is still from the caller's end of speech."""
+    turns = TurnTracker()
+    first = speak(turns, 0.0, 1.0)
+    turns.agent_audio(1.8, 2000)
+    second = speak(turns, 6.0, 1.0)
+    turns.agent_audio(second + 0.5, 1000)
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "caller", 980, 0),
+        Turn(2, "agent", 2000, round((1.8 - first) * 1000)),
+        Turn(3, "caller", 980, 0),
+        Turn(4, "agent", 1000, 500),
+    ]
+    assert turns.ai_latency_ms() == round((820 + 500) / 2)
+
+
+def test_a_pause_within_the_turn_gap_without_frames_keeps_one_turn() -> None:
+    """A gap in the caller's packets no longer than the turn gap is a pause inside the turn."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    last = speak(turns, last + 0.5, 1.0)
+    turns.finish()
+    assert turns.turns == [Turn(1, "caller", round(last * 1000), 0)]

@@ -97,8 +97,17 @@ class TurnTracker:
     _starts: list[float] = field(default_factory=list, repr=False)  # of ``turns``, in order
 
     def caller_frame(self, now: float, voiced: bool) -> None:
-        """A caller frame arrived."""
+        """A caller frame arrived.
+
+        A pause over the turn gap ends the caller's turn whether or not frames arrive in it: a
+        caller with silence suppression sends nothing, or only comfort noise (RFC 3389, which
+        is not played and so never reaches here), while it is quiet (RFC 3551 §4.1), so the
+        next voiced frame, not an unvoiced one, may be the first to see the pause.
+        """
         if voiced:
+            last = self.last_caller_voice
+            if self.caller_turn_start is not None and last is not None and now - last > _TURN_GAP_S:
+                self._close_caller_turn()  # at its last voiced frame, before this pause
             if self.caller_turn_start is None:
                 self.caller_turn_start = now
             self.last_caller_voice = now
