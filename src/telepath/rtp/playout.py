@@ -6,10 +6,22 @@ rule below is unit-tested without sockets or sleeps.
 
 * Audio is queued already encoded in the call's codec (pass-through for an agent that speaks
   μ-law: zero transcoding), or as PCM16 that is resampled and encoded on entry.
-* When the queue is empty a silence frame is sent, so carriers never see the stream stop; the
-  first frame of agent audio after silence carries the RTP marker bit (RFC 3551 §4.1). The
+* When the queue is empty a silence frame is sent, so carriers never see the stream stop. The
   timestamp advances by one frame per tick whatever is sent, held or not (RFC 3550 §5.1: it
   follows the sampling clock), so it stays continuous across silence, DTMF and hold.
+* The RTP marker bit (RFC 3551 §4.1: the first packet of a talkspurt, "the first packet after
+  a silence period during which packets have not been transmitted contiguously"): the first
+  packet sent after packet times in which none was (hold, a sender stall) carries it, whatever
+  it holds — silence too: it is the packet whose timestamp jumps, where a receiver may adjust
+  its playout delay (RFC 3550 §5.1 leaves the bit's meaning to the profile). Decision: the
+  first frame of agent audio after silence keeps a marker too, although that silence was sent
+  (§4.1 asks a sender without silence suppression for none). The gateway stands in for an
+  agent that does suppress its silence, the bit marks where its speech starts, and a receiver
+  that resynchronises its jitter buffer on it does so after silence, where nothing is lost.
+  The stream's first packet is not marked unless packet times went unsent before it (no
+  address to send to yet). Telephone-event packets follow RFC 4733's own rule (the event's
+  first packet, §2.5.1.2); the audio packet after a press is marked when it is agent audio, or
+  when a gap came before or during the press.
 * :meth:`Playout.flush` empties the queue at once (barge-in) and reports how much of the
   agent's audio was really played since the previous flush, in ms, so the agent can truncate
   its transcript. Marks still ahead of the playout point are returned as cleared.
@@ -90,6 +102,9 @@ class Playout:
         self._played_since_flush = 0
         self._played_total = 0
         self._talkspurt = True  # next agent-audio frame starts a talkspurt
+        # Packet times passed without a send (hold, stall): the next audio-codec packet sent,
+        # silence or not, is the first after a gap in transmission (RFC 3551 §4.1).
+        self._gap = False
         self._dtmf: deque[DtmfPacket] = deque()
         self._dtmf_started = False  # the press's start is set: its first packet was skipped
         self._dtmf_timestamp = 0
@@ -201,6 +216,7 @@ class Playout:
         self._timestamp = ts_add(timestamp, self.samples_per_frame)
         if not send:
             self._talkspurt = True
+            self._gap = True
             return None, []
         if self._dtmf:
             assert self.dtmf_payload_type is not None
@@ -222,11 +238,13 @@ class Playout:
             )
         if not self._queue:
             self._talkspurt = True
+            marker = self._gap  # the first packet after a gap, even though it is silence
+            self._gap = False
             return (
                 OutboundFrame(
                     self._codec.spec.payload_type,
                     self._codec.silence(self.frame_bytes),
-                    False,
+                    marker,
                     timestamp,
                     False,
                 ),
@@ -240,8 +258,8 @@ class Playout:
         self._played_total += len(payload)
         if len(payload) < size:
             payload += self._codec.silence(size - len(payload))
-        marker = self._talkspurt
-        self._talkspurt = False
+        marker = self._talkspurt  # set by every gap too
+        self._talkspurt = self._gap = False
         frame = OutboundFrame(self._codec.spec.payload_type, payload, marker, timestamp, True)
         return frame, self._reached()
 
@@ -253,6 +271,7 @@ class Playout:
         timestamp = self._timestamp
         self._timestamp = ts_add(timestamp, self.samples_per_frame)
         self._talkspurt = True
+        self._gap = True
         if self._dtmf:
             packet = self._dtmf.popleft()
             if packet.marker:

@@ -293,9 +293,12 @@ async def test_latching_accepts_signalling_ip_with_new_port(allocator: RtpPortAl
         rewritten.close()
 
 
+@pytest.mark.parametrize("queued", [True, False], ids=["agent-audio", "nothing-queued"])
 async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
-    allocator: RtpPortAllocator,
+    allocator: RtpPortAllocator, queued: bool
 ) -> None:
+    """The first packet after the hold marks the new talkspurt (RFC 3551 §4.1) whatever it
+    carries: the agent's queued audio, or silence when nothing is queued."""
     peer = await UdpPeer.bind()
     session = await open_session(allocator, peer)
     try:
@@ -306,11 +309,13 @@ async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
         assert session.stats().packets_sent == held_at
         before = len(peer.recorder.received)
         last = peer.packets()[-1]
-        session.play(b"".join(ulaw_frames(440, 0.1)))
+        if queued:
+            session.play(b"".join(ulaw_frames(440, 0.1)))
         session.hold(False)
         await peer.wait_for(before + 1)
         resumed = peer.packets()[before]
         assert resumed.marker
+        assert (resumed.payload != b"\xff" * 160) is queued
         assert (resumed.sequence_number - last.sequence_number) & 0xFFFF == 1
         gap = (resumed.timestamp - last.timestamp) & 0xFFFFFFFF
         assert gap % 160 == 0 and gap > 160

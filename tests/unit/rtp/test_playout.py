@@ -173,3 +173,60 @@ def test_a_re_offer_without_telephone_event_drops_the_queued_press() -> None:
     playout.set_dtmf_payload_type(None)
     frame, _ = playout.next_frame()
     assert frame is not None and frame.payload_type == 0  # audio (silence), no event on None
+
+
+def test_the_first_packet_after_hold_has_the_marker_whatever_it_carries() -> None:
+    """RFC 3551 §4.1: the first packet after a time in which packets were not sent marks the
+    new talkspurt — with nothing queued it is silence, and it still carries the timestamp jump
+    and the marker; the packets after it do not, nor the agent's audio that follows."""
+    playout = make()
+    playout.next_frame()
+    before = playout.timestamp
+    for _ in range(3):
+        assert playout.next_frame(send=False) == (None, [])
+    first, _ = playout.next_frame()
+    second, _ = playout.next_frame()
+    assert first and first.payload == SILENCE and first.marker
+    assert first.timestamp == (before + 3 * 160) & 0xFFFFFFFF
+    assert second and not second.marker
+
+
+def test_the_first_packet_after_a_stall_has_the_marker_whatever_it_carries() -> None:
+    playout = make()
+    playout.next_frame()
+    playout.skip_frame()
+    first, _ = playout.next_frame()
+    second, _ = playout.next_frame()
+    assert first and first.payload == SILENCE and first.marker
+    assert second and not second.marker
+
+
+def test_one_marker_for_a_gap_that_ends_in_agent_audio() -> None:
+    """The gap's marker and the talkspurt's are one: agent audio after a stall is marked once,
+    and the silence before it after a hold takes the gap's, leaving the agent's own to it."""
+    playout = make()
+    playout.skip_frame()
+    playout.enqueue(b"\x01" * 320)
+    frames = [playout.next_frame()[0] for _ in range(3)]
+    assert [f.marker for f in frames if f] == [True, False, False]
+    playout.next_frame(send=False)
+    resumed, _ = playout.next_frame()
+    playout.enqueue(b"\x02" * 160)
+    spoken, _ = playout.next_frame()
+    assert resumed and resumed.payload == SILENCE and resumed.marker
+    assert spoken and spoken.agent_audio and spoken.marker  # speech after sent silence
+
+
+def test_a_key_press_over_a_hold_keeps_its_own_markers_and_the_audio_after_it_is_marked() -> None:
+    """Telephone-event packets follow RFC 4733's marker rule (the event's first packet only);
+    the audio stream resumes after the press with the gap's marker, silence or not."""
+    playout = make()
+    playout.send_dtmf("5", duration_ms=60)
+    first, _ = playout.next_frame()
+    playout.next_frame(send=False)
+    rest = [playout.next_frame()[0] for _ in range(4)]
+    audio, _ = playout.next_frame()
+    assert first and first.payload_type == 101 and first.marker
+    assert [f.payload_type for f in rest if f] == [101] * 4
+    assert not any(f.marker for f in rest if f)
+    assert audio and audio.payload_type == 0 and audio.payload == SILENCE and audio.marker
