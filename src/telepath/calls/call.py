@@ -226,6 +226,8 @@ class Call:
         self._wideband_bridge = self._wideband and wideband
         self._agent_bytes_per_ms = 32 if self._wideband_bridge else 8  # PCM16 or G.711
         self.ended: CallEnd | None = None
+        # Agent audio still queued when the call's end was decided: never heard (None: not yet).
+        self._unplayed_at_end_ms: float | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.sip_call_id = ""
@@ -242,9 +244,23 @@ class Call:
     def end(
         self, reason: DisconnectReason, error: str | None = None, send_bye: bool = True
     ) -> None:
-        """Ask the call to end (idempotent; the first reason wins)."""
+        """Ask the call to end (idempotent; the first reason wins). The caller stops hearing
+        the agent now, not after the teardown (see :meth:`_stop_playout`)."""
         if not self._end.done():
+            self._stop_playout()
             self._end.set_result(CallEnd(reason, error, send_bye))
+
+    def _stop_playout(self) -> None:
+        """The call's end is decided: stop sending RTP and keep the agent audio still queued
+        as never heard (README: audio cut off by a hang-up is not counted). The teardown that
+        follows takes up to seconds (the agent's close is bounded at 5 s) and must not go on
+        playing: after the caller's BYE, or ours, the session is over (RFC 3261 §15) and the
+        caller has left; after a transfer the caller is someone else's. An agent's hang-up has
+        let its queued audio play out before it ends the call (``_drain_playout``).
+        Idempotent: the first sample stands."""
+        if self._unplayed_at_end_ms is None:
+            self._unplayed_at_end_ms = self.media.queued_ms
+            self.media.hold(True)  # no RTP (RTCP goes on, for the BYE at close)
 
     def playout_ms(self) -> int:
         """Agent audio played since the last flush (the bridges' ``PlayoutProgress``)."""
@@ -326,6 +342,7 @@ class Call:
         except asyncio.CancelledError:
             end = CallEnd(DisconnectReason.SHUTDOWN)
         finally:
+            self._stop_playout()  # cancelled without end(): stop it here
             if limit is not None:
                 limit.cancel()
             self.media.set_audio_sink(None)
@@ -352,7 +369,7 @@ class Call:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):  # not wait_for: no task per call for this
                 await self.bridge.close(bridge_reason(end.reason))
-        unplayed_ms = self.media.queued_ms
+        unplayed_ms = self._unplayed_at_end_ms or 0.0  # sampled when the end was decided
         stats = await self.media.close()
         self.turns.finish(unplayed_ms)
         record = self.record

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from telepath.bridges.base import BridgeReason
 from telepath.bridges.custom import events as ev
 from telepath.calls.call import Call
+from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -538,6 +539,56 @@ async def test_the_end_time_is_when_the_call_ended_not_when_its_teardown_did(
     end_time = placed.call.record.end_time
     assert end_time is not None and len(teardown_started) == 1
     assert end_time <= teardown_started[0]
+
+
+async def test_audio_cut_off_by_the_hang_up_is_neither_sent_nor_counted_while_the_agent_closes(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller hangs up in the middle of a long answer and closing the agent then takes a
+    second: from the BYE on no RTP goes to the caller (it has left), and the agent's turn lasts
+    what the caller heard up to its BYE, not that plus the second the close took (README: audio
+    cut off by a hang-up is not counted)."""
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=6000) as agent:
+        await _custom_trunk(api, agent.url)
+        skipped_before = media_pacer.skipped_frames()
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
+        call, phone = placed.call, placed.phone
+        sent_at_bye: list[int] = []
+        end = call.end
+        close = call.bridge.close
+
+        def end_noting_the_packets_sent(
+            reason: DisconnectReason, error: str | None = None, send_bye: bool = True
+        ) -> None:
+            if not sent_at_bye:
+                sent_at_bye.append(call.media.stats().packets_sent)
+            end(reason, error, send_bye)
+
+        async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+            await asyncio.sleep(1.0)
+            await close(reason)
+
+        monkeypatch.setattr(call, "end", end_noting_the_packets_sent)
+        monkeypatch.setattr(call.bridge, "close", slow_close)
+        phone.start_tone(placed.rtp, 1000, 1.0)
+        result = await placed.sipp
+        await settled(gateway)  # the teardown, with the agent's slow close
+        await asyncio.sleep(0.1)  # a packet still on its way
+        await phone.close()
+    stalled = media_pacer.skipped_frames() - skipped_before  # skipped audio: played, not heard
+    assert result.returncode == 0, result.stdout + result.errors
+    detail = await record(api, placed.call_id)
+    assert detail["disconnect_reason"] == "caller_hangup"
+    (before_bye,) = sent_at_bye
+    assert len(phone.received) <= before_bye, (len(phone.received), before_bye)
+    heard_ms = FRAME_MS * sum(1 for pt, p in phone.received[:before_bye] if pt == 0 and is_loud(p))
+    (answer,) = [t for t in detail["turns"] if t["speaker"] == "agent"]
+    assert heard_ms >= 500, heard_ms
+    assert -FRAME_MS <= answer["duration_ms"] - heard_ms <= (3 + stalled) * FRAME_MS, (
+        answer,
+        heard_ms,
+        stalled,
+    )
 
 
 # --- a trunk removed mid-call --------------------------------------------------------------
