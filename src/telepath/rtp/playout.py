@@ -11,17 +11,14 @@ rule below is unit-tested without sockets or sleeps.
   follows the sampling clock), so it stays continuous across silence, DTMF and hold.
 * The RTP marker bit (RFC 3551 §4.1: the first packet of a talkspurt, "the first packet after
   a silence period during which packets have not been transmitted contiguously"): the first
-  packet sent after packet times in which none was (hold, a sender stall) carries it, whatever
-  it holds — silence too: it is the packet whose timestamp jumps, where a receiver may adjust
-  its playout delay (RFC 3550 §5.1 leaves the bit's meaning to the profile). Decision: the
-  first frame of agent audio after silence keeps a marker too, although that silence was sent
-  (§4.1 asks a sender without silence suppression for none). The gateway stands in for an
-  agent that does suppress its silence, the bit marks where its speech starts, and a receiver
-  that resynchronises its jitter buffer on it does so after silence, where nothing is lost.
-  The stream's first packet is not marked unless packet times went unsent before it (no
-  address to send to yet). Telephone-event packets follow RFC 4733's own rule (the event's
-  first packet, §2.5.1.2); the audio packet after a press is marked when it is agent audio, or
-  when a gap came before or during the press.
+  audio-codec packet sent after packet times in which none was (hold, a sender stall, a key
+  press's telephone-event packets) carries it, whatever it holds — silence too: it is the
+  packet whose timestamp jumps, where a receiver may adjust its playout delay. No other packet
+  does: the silence between the agent's turns is sent packet for packet, so the agent's speech
+  after it starts no talkspurt in RTP's sense ("Applications without silence suppression MUST
+  set the marker bit to zero", §4.1). The stream's first packet is not marked unless packet
+  times went unsent before it (no address to send to yet). Telephone-event packets follow
+  RFC 4733's own rule (the event's first packet, §2.5.1.2).
 * :meth:`Playout.flush` empties the queue at once (barge-in) and reports how much of the
   agent's audio was really played since the previous flush, in ms, so the agent can truncate
   its transcript. Marks still ahead of the playout point are returned as cleared.
@@ -101,9 +98,9 @@ class Playout:
         self.skipped_bytes = 0  # agent audio dropped because the sender stalled
         self._played_since_flush = 0
         self._played_total = 0
-        self._talkspurt = True  # next agent-audio frame starts a talkspurt
-        # Packet times passed without a send (hold, stall): the next audio-codec packet sent,
-        # silence or not, is the first after a gap in transmission (RFC 3551 §4.1).
+        # Packet times passed without an audio-codec packet (hold, stall, a key press): the
+        # next one sent, silence or not, is the first after a gap in transmission and the only
+        # kind that carries the marker (RFC 3551 §4.1).
         self._gap = False
         self._dtmf: deque[DtmfPacket] = deque()
         self._dtmf_started = False  # the press's start is set: its first packet was skipped
@@ -190,7 +187,7 @@ class Playout:
         if payload_type is None:
             self._dtmf.clear()
             self._dtmf_started = False
-            self._talkspurt = True
+            self._gap = True
 
     def send_dtmf(self, key: str, duration_ms: int = 100, volume: int = 10) -> None:
         """Queue an RFC 4733 key press; it starts on the next frame.
@@ -215,7 +212,6 @@ class Playout:
         timestamp = self._timestamp
         self._timestamp = ts_add(timestamp, self.samples_per_frame)
         if not send:
-            self._talkspurt = True
             self._gap = True
             return None, []
         if self._dtmf:
@@ -224,8 +220,7 @@ class Playout:
             if packet.marker and not self._dtmf_started:
                 self._dtmf_timestamp = timestamp
             self._dtmf_started = False
-            if not self._dtmf:
-                self._talkspurt = True
+            self._gap = True  # the audio stream paused for the press
             return (
                 OutboundFrame(
                     self.dtmf_payload_type,
@@ -236,10 +231,9 @@ class Playout:
                 ),
                 [],
             )
+        marker = self._gap  # the first packet after a gap, silence or agent audio alike
+        self._gap = False
         if not self._queue:
-            self._talkspurt = True
-            marker = self._gap  # the first packet after a gap, even though it is silence
-            self._gap = False
             return (
                 OutboundFrame(
                     self._codec.spec.payload_type,
@@ -258,8 +252,6 @@ class Playout:
         self._played_total += len(payload)
         if len(payload) < size:
             payload += self._codec.silence(size - len(payload))
-        marker = self._talkspurt  # set by every gap too
-        self._talkspurt = self._gap = False
         frame = OutboundFrame(self._codec.spec.payload_type, payload, marker, timestamp, True)
         return frame, self._reached()
 
@@ -270,7 +262,6 @@ class Playout:
         will never hear it). Returns the marks passed."""
         timestamp = self._timestamp
         self._timestamp = ts_add(timestamp, self.samples_per_frame)
-        self._talkspurt = True
         self._gap = True
         if self._dtmf:
             packet = self._dtmf.popleft()

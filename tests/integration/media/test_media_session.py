@@ -89,7 +89,7 @@ async def test_tone_from_peer_arrives_decoded_at_the_right_frequency(
     assert allocator.in_use == 0
 
 
-async def test_played_audio_reaches_peer_paced_with_marker_and_continuous_timestamps(
+async def test_played_audio_reaches_peer_paced_without_marker_and_continuous_timestamps(
     allocator: RtpPortAllocator,
 ) -> None:
     peer = await UdpPeer.bind()
@@ -103,7 +103,8 @@ async def test_played_audio_reaches_peer_paced_with_marker_and_continuous_timest
         packets = peer.packets()
         audio = [p for p in packets if p.payload != b"\xff" * 160]
         assert len(audio) == 25
-        assert audio[0].marker and not any(p.marker for p in audio[1:])
+        # sent after contiguous silence: no talkspurt marker (RFC 3551 §4.1)
+        assert not any(p.marker for p in packets)
         for a, b in zip(packets, packets[1:], strict=False):
             assert (b.sequence_number - a.sequence_number) & 0xFFFF == 1
             assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160

@@ -25,20 +25,23 @@ def test_idle_sends_silence_with_continuous_timestamps_across_wrap() -> None:
     assert not any(f.marker for f in frames if f)
 
 
-def test_marker_on_first_audio_after_silence_and_partial_frame_padding() -> None:
+def test_no_marker_on_agent_audio_after_sent_silence_and_partial_frame_padding() -> None:
+    """RFC 3551 §4.1: "Applications without silence suppression MUST set the marker bit to
+    zero" — the silence between the agent's turns is sent, packet for packet, so the agent's
+    speech after it is no talkspurt start in the RTP sense: no marker."""
     playout = make()
     playout.next_frame()
     playout.enqueue(b"\x01" * 200)
     first, _ = playout.next_frame()
     second, _ = playout.next_frame()
     third, _ = playout.next_frame()
-    assert first and first.marker and first.agent_audio
+    assert first and not first.marker and first.agent_audio
     assert second and not second.marker and second.payload == b"\x01" * 40 + b"\xff" * 120
     assert third and third.payload == SILENCE and not third.agent_audio
     assert playout.played_ms == 25
     playout.enqueue(b"\x02" * 160)
     fourth, _ = playout.next_frame()
-    assert fourth and fourth.marker  # new talkspurt after silence
+    assert fourth and fourth.agent_audio and not fourth.marker
 
 
 def test_marks_fire_when_playout_passes_them() -> None:
@@ -203,7 +206,8 @@ def test_the_first_packet_after_a_stall_has_the_marker_whatever_it_carries() -> 
 
 def test_one_marker_for_a_gap_that_ends_in_agent_audio() -> None:
     """The gap's marker and the talkspurt's are one: agent audio after a stall is marked once,
-    and the silence before it after a hold takes the gap's, leaving the agent's own to it."""
+    and the silence before it after a hold takes the gap's; the agent's speech after that
+    silence, sent contiguously, gets none."""
     playout = make()
     playout.skip_frame()
     playout.enqueue(b"\x01" * 320)
@@ -214,7 +218,7 @@ def test_one_marker_for_a_gap_that_ends_in_agent_audio() -> None:
     playout.enqueue(b"\x02" * 160)
     spoken, _ = playout.next_frame()
     assert resumed and resumed.payload == SILENCE and resumed.marker
-    assert spoken and spoken.agent_audio and spoken.marker  # speech after sent silence
+    assert spoken and spoken.agent_audio and not spoken.marker  # after sent silence: none
 
 
 def test_a_key_press_over_a_hold_keeps_its_own_markers_and_the_audio_after_it_is_marked() -> None:
