@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -128,3 +131,164 @@ async def test_a_late_metrics_answer_is_not_taken_for_the_next(
     finally:
         writer.close()
         worker.writer.close()
+
+
+# ---------------------------------------------------------------- a pool of fake worker processes
+
+
+class FakeWorker:
+    """Stands in for a ``telepath sip-worker`` process started by the pool: on the control
+    channel it answers the hello with ``ready``, then each ``metrics <n>`` with ``text``."""
+
+    pids = iter(range(10_000, 20_000))
+
+    def __init__(self, inbox_fd: int, ctl_fd: int) -> None:
+        # the pool closes its copies of the worker's ends once the process is started
+        self.inbox = socket.socket(fileno=os.dup(inbox_fd))
+        self.ctl = socket.socket(fileno=os.dup(ctl_fd))
+        self.pid = next(self.pids)
+        self.returncode: int | None = None
+        self.text = b""  # what it answers to "metrics <n>"
+        self.silent = False  # does not answer (a busy worker)
+        self.lines: list[str] = []  # every control line after the hello
+        self._exited = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._task = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.ctl)
+        await reader.readline()  # the hello
+        self._writer.write(b"ready\n")
+        while line := await reader.readline():
+            self.lines.append(line.decode().strip())
+            command, _, number = line.decode().strip().partition(" ")
+            if command == "metrics" and not self.silent:
+                self._writer.write(struct.pack("!II", int(number), len(self.text)) + self.text)
+
+    def exit(self, code: int) -> None:
+        """The process ends: its descriptors close, ``wait()`` returns ``code``."""
+        if self.returncode is not None:
+            return
+        self.returncode = code
+        self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        self.ctl.close()
+        self.inbox.close()
+        self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.exit(0)  # SIGTERM: it drains and exits cleanly
+
+    def kill(self) -> None:
+        self.exit(-9)
+
+
+class FakeExec:
+    """``asyncio.create_subprocess_exec`` for the pool: each start is a :class:`FakeWorker`;
+    ``failures`` starts in a row raise ``OSError`` first (fork's EAGAIN)."""
+
+    def __init__(self) -> None:
+        self.started: list[FakeWorker] = []
+        self.failures = 0
+        self.attempts = 0
+
+    async def __call__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> FakeWorker:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        _udp, inbox, ctl = (int(a) for a in args[-3:])
+        self.started.append(FakeWorker(inbox, ctl))
+        return self.started[-1]
+
+
+@pytest.fixture
+def fake_exec(monkeypatch: pytest.MonkeyPatch) -> FakeExec:
+    fake = FakeExec()
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", fake)
+    monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.05)
+    return fake
+
+
+def _pool(
+    metrics: Metrics | None = None, on_exit: Callable[[str], Awaitable[object]] | None = None
+) -> workers.WorkerPool:
+    return workers.WorkerPool(
+        _settings(sip_workers=2), -1, ("127.0.0.1", 5060), {}, [b"k"] * 2, metrics, on_exit=on_exit
+    )
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not condition():  # noqa: ASYNC110 - the pool exposes states, not events
+            await asyncio.sleep(0.01)
+
+
+def _exposition(ended: int, active: int) -> bytes:
+    """A worker's metrics: ``ended`` calls ended (set-up 20 ms each), ``active`` still up."""
+    metrics = Metrics()
+    for i in range(ended):
+        metrics.record_call_started(f"ended-{i}")
+        metrics.record_call_ended(f"ended-{i}", outcome="caller_hangup", setup_ms=20)
+    for i in range(active):
+        metrics.record_call_started(f"up-{i}")
+    return metrics.render()
+
+
+async def _scrape(pool: workers.WorkerPool) -> dict[str, float]:
+    """What ``GET /metrics`` shows (the front has no calls of its own here)."""
+    merged = _samples(merge_expositions([Metrics().render(), *await pool.metrics()]))
+    return {
+        "calls": merged.get(("telepath_calls_total", (("outcome", "caller_hangup"),)), 0.0),
+        "setups": merged[("telepath_call_setup_seconds_count", ())],
+        "fast_setups": merged[("telepath_call_setup_seconds_bucket", (("le", "0.025"),))],
+        "active": merged[("telepath_active_calls", ())],
+    }
+
+
+async def test_merged_counters_never_go_back_when_a_worker_is_slow_or_restarted(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter that falls is a reset to Prometheus: ``increase()`` would invent calls."""
+    monkeypatch.setattr(workers, "METRICS_TIMEOUT_S", 0.1)
+    closing = asyncio.Event()  # the front closing the dead process's call records
+
+    async def exited(instance_id: str) -> None:
+        await closing.wait()
+
+    pool = _pool(on_exit=exited)
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        first.text = _exposition(ended=5, active=2)
+        before = await _scrape(pool)
+        assert before == {"calls": 5, "setups": 5, "fast_setups": 5, "active": 2}
+        first.silent = True  # a round it misses: its last answer stands in
+        assert await _scrape(pool) == before
+        first.silent = False
+
+        monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.3)
+        first.exit(1)  # it dies; its calls end (lost): no active call of it is left
+        await _until(lambda: not pool.all_up())
+        gone = {"calls": 5, "setups": 5, "fast_setups": 5, "active": 0}
+        assert await _scrape(pool) == gone  # its control channel dead, not yet closed
+        closing.set()
+        await asyncio.sleep(0.1)  # the exit handled, the new process not yet started
+        assert await _scrape(pool) == gone
+
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        second = fake_exec.started[1]
+        second.text = _exposition(ended=1, active=1)  # its own counters start at 0
+        after = await _scrape(pool)
+        assert after == {"calls": 6, "setups": 6, "fast_setups": 6, "active": 1}
+        second.silent = True
+        assert await _scrape(pool) == after  # and a missed round after the restart
+    finally:
+        closing.set()
+        await pool.stop(0)

@@ -8,7 +8,9 @@ another worker owns to that worker (:mod:`telepath.transport.sip_fanout`). Each 
 own calls end to end — SIP dialogs, media, agent connections, call records and webhook events
 in the database — so nothing about a call crosses processes after its datagrams.
 
-What stays in the front: the HTTP API (``/metrics`` merges every worker's metrics), the webhook
+What stays in the front: the HTTP API (``/metrics`` merges every worker's metrics, its counters
+never falling: a worker late to answer is shown by its last answer, and one started again adds
+its earlier processes' last counts to its own — :meth:`WorkerPool.metrics`), the webhook
 dispatcher (the outbox is in the database; a worker that adds an event writes one byte the other
 way on its inbox pair, which wakes the dispatcher as the front's own events do), retention, and
 the TCP and TLS connections: their messages are handed to the worker that owns each call like
@@ -51,7 +53,7 @@ from dataclasses import dataclass, field
 
 from telepath.cli.instances import InstanceFile, new_instance_id
 from telepath.config import Settings
-from telepath.metrics import Metrics
+from telepath.metrics import Metrics, merge_expositions, monotonic_part
 from telepath.transport.sip_fanout import MAX_MESSAGE, Forwarder, unpack_stream_reply
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class _Worker:
     asked: int = 0  # metrics requests sent; answers carry the number
     up: bool = False  # started and answered "ready", not exited since
     instance_id: str = ""  # this start's (cli/instances.py); its call records carry it
+    last: bytes | None = None  # this process's last metrics answer (stands in when it is late)
+    carried: bytes | None = None  # the counters its earlier processes ended with, summed
 
 
 class WorkerPool:
@@ -201,10 +205,12 @@ class WorkerPool:
                 await self._on_exit(worker.instance_id)
             if self._instances is not None:
                 self._instances.discard(worker.instance_id)
+            async with worker.lock:  # after a metrics request in flight: its answer is the last
+                self._retire(worker)
+                self._close_control(worker)
             if self._stopping:
                 return
             self._metrics_of_front.sip_worker_restarts.inc()
-            self._close_control(worker)
             await asyncio.sleep(RESPAWN_DELAY_S)
             if self._stopping:
                 return
@@ -245,14 +251,22 @@ class WorkerPool:
         worker.reader = worker.writer = None
 
     async def metrics(self) -> list[bytes]:
-        """Every live worker's metrics (Prometheus text); one that does not answer is left out."""
-        answers = await asyncio.gather(*(self._metrics(w) for w in self._workers.values()))
-        return [a for a in answers if a is not None]
+        """Every worker's metrics (Prometheus texts, to add up), counters never falling.
 
-    async def _metrics(self, worker: _Worker) -> bytes | None:
+        ``/metrics`` adds these to the front's own. Whatever a worker does, what it contributes
+        to a counter or a histogram never goes down (Prometheus would read a reset): one that
+        does not answer in time is shown by its last answer, and each worker's counters
+        include the last ones of its earlier processes (a process started again counts from
+        0). A dead process's gauges (its active calls) are not shown: its calls are gone.
+        """
+        answers = await asyncio.gather(*(self._metrics(w) for w in self._workers.values()))
+        return [text for texts in answers for text in texts]
+
+    async def _metrics(self, worker: _Worker) -> list[bytes]:
         async with worker.lock:
+            carried = [worker.carried] if worker.carried is not None else []
             if worker.reader is None or worker.writer is None:
-                return None
+                return carried  # none running (its last answer was retired)
             worker.asked += 1
             try:
                 async with asyncio.timeout(METRICS_TIMEOUT_S):
@@ -263,12 +277,27 @@ class WorkerPool:
                         number, length = _ANSWER.unpack(head)
                         body = await worker.reader.readexactly(length)
                         if number == worker.asked:
-                            return body
+                            worker.last = body
+                            return [body, *carried]
             except TimeoutError:  # a busy worker: its answer is skipped when it comes
                 log.warning("SIP worker %d did not report its metrics in time", worker.index)
-                return None
+                return [worker.last, *carried] if worker.last is not None else carried
             except (OSError, asyncio.IncompleteReadError):
-                return None  # the worker is gone; its watcher starts it again
+                # the worker is gone (its watcher starts it again): its counts, not its gauges
+                if worker.last is None:
+                    return carried
+                return [monotonic_part(worker.last), *carried]
+
+    @staticmethod
+    def _retire(worker: _Worker) -> None:
+        """The worker's process is gone: its last counts carry over to its next processes."""
+        if worker.last is None:
+            return
+        ended = monotonic_part(worker.last)
+        worker.carried = (
+            ended if worker.carried is None else merge_expositions([worker.carried, ended])
+        )
+        worker.last = None
 
     def trunk_removed(self, trunk_id: str) -> None:
         """Tell every worker a trunk was deleted or deactivated: its live calls end."""
