@@ -292,3 +292,42 @@ async def test_merged_counters_never_go_back_when_a_worker_is_slow_or_restarted(
     finally:
         closing.set()
         await pool.stop(0)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_worker_that_could_not_be_started_is_tried_again_and_leaks_nothing(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process for the moment (fork's EAGAIN, EMFILE): its calls would have nowhere to go
+    for good if the pool gave up; each attempt's socket pairs must not stay open."""
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def timed(delay: float) -> None:
+        if delay >= workers.RESPAWN_DELAY_S:  # the pool's waits, not this test's polling
+            waits.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", timed)
+    pool = _pool()
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        serving = _open_fds()  # the pool's ends and the fake process's
+        fake_exec.failures = 2
+        first.exit(-9)
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        assert fake_exec.attempts == 4  # the first start, two refused, the one that worked
+        assert _open_fds() == serving  # nothing of the refused attempts left open
+        assert waits == [0.05, 0.1, 0.2]  # RESPAWN_DELAY_S, then doubled for each failure
+    finally:
+        await pool.stop(0)
+
+
+def test_starts_that_keep_failing_wait_longer_each_time() -> None:
+    delays = [workers.respawn_delay(failed) for failed in range(8)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert workers.respawn_delay(10_000) == 30

@@ -22,10 +22,12 @@ the Call-ID, hence the worker); each knows its siblings' nonce secrets, so a non
 call another worker owns is answered ``stale=true`` there, not counted as a failed login.
 
 A worker that exits unexpectedly is started again after a second (its live calls are lost:
-their datagrams reach the new process, which answers ``481``). Each start of a worker has its own
-instance id, stored with its call records: when a worker exits, the front closes the records it
-left open as ``lost`` at once and sends their ``call.ended`` (``cli/instances.py``). On shutdown
-the front sends every worker SIGTERM, and each drains its calls as ``telepath serve`` does.
+their datagrams reach the new process, which answers ``481``); starts that fail in a row wait
+2, 4 … up to 30 s (:func:`respawn_delay`), and are tried for as long as the front runs. Each
+start of a worker has its own instance id, stored with its call records: when a worker exits,
+the front closes the records it left open as ``lost`` at once and sends their ``call.ended``
+(``cli/instances.py``). On shutdown the front sends every worker SIGTERM, and each drains its
+calls as ``telepath serve`` does.
 
 Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
@@ -58,11 +60,18 @@ from telepath.transport.sip_fanout import MAX_MESSAGE, Forwarder, unpack_stream_
 
 log = logging.getLogger(__name__)
 
-RESPAWN_DELAY_S = 1.0
+RESPAWN_DELAY_S = 1.0  # after a worker's exit; doubled for each start in a row that failed
+RESPAWN_MAX_DELAY_S = 30.0
 READY_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
 _ANSWER = struct.Struct("!II")  # the request's number, the length of the text that follows
+
+
+def respawn_delay(failed: int) -> float:
+    """Seconds before starting a worker again after ``failed`` starts in a row that failed:
+    1, 2, 4 … up to 30."""
+    return min(RESPAWN_DELAY_S * 2.0 ** min(failed, 16), RESPAWN_MAX_DELAY_S)
 
 
 def worker_settings(settings: Settings, index: int, count: int) -> Settings:
@@ -140,8 +149,45 @@ class WorkerPool:
             self._watchers.append(asyncio.create_task(self._watch(worker)))
 
     async def _spawn(self, worker: _Worker) -> None:
-        inbox_front, inbox_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        ctl_front, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Start a process for ``worker`` and wait until it serves.
+
+        Raises ``OSError`` when no process could be started (socket pairs or fork refused:
+        EMFILE, ENOMEM, EAGAIN), with nothing of the attempt left open. A process that starts
+        but does not come to serve is killed: its watcher sees it exit, as any other.
+        """
+        inbox_front, ctl_front = await self._start_process(worker)
+        assert worker.process is not None
+        inbox_front.setblocking(False)
+        self._close_outbox(worker.index)
+        self.forwarder.attach(worker.index, inbox_front)  # closed when the process exits
+        asyncio.get_running_loop().add_reader(inbox_front.fileno(), self._woken, inbox_front)
+        try:
+            ready = await self._greet(worker, ctl_front)
+        except OSError as exc:  # it died at once (the hello's write failed)
+            log.error("SIP worker %d did not start: %s", worker.index, exc)
+            ready = False
+        if not ready:
+            log.error("SIP worker %d did not start (pid %d)", worker.index, worker.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            return
+        worker.up = True
+        self._count_up()
+        log.info("SIP worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    async def _start_process(self, worker: _Worker) -> tuple[socket.socket, socket.socket]:
+        """The new process's socket pairs' front ends (inbox, control); ``OSError`` if it could
+        not be started, every descriptor of the attempt closed and its instance id dropped."""
+        worker.process = None
+        ends: list[socket.socket] = []
+        try:
+            ends += socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            ends += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            for end in ends:
+                end.close()
+            raise
+        inbox_front, inbox_worker, ctl_front, ctl_worker = ends
         fds = (self._udp_fd, inbox_worker.fileno(), ctl_worker.fileno())
         # the instances file's lock is held by every worker too, for as long as it lives
         lock = self._instances.fileno() if self._instances is not None else None
@@ -157,14 +203,25 @@ class WorkerPool:
                 *(str(fd) for fd in fds),
                 pass_fds=fds if lock is None else (*fds, lock),
             )
-        finally:
+        except OSError:
+            inbox_front.close()
+            ctl_front.close()
+            if self._instances is not None:
+                self._instances.discard(worker.instance_id)
+            raise
+        finally:  # the worker's ends are the child's now (or nobody's)
             inbox_worker.close()
             ctl_worker.close()
-        inbox_front.setblocking(False)
-        self._close_outbox(worker.index)
-        self.forwarder.attach(worker.index, inbox_front)
-        asyncio.get_running_loop().add_reader(inbox_front.fileno(), self._woken, inbox_front)
-        worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl_front)
+        return inbox_front, ctl_front
+
+    async def _greet(self, worker: _Worker, ctl: socket.socket) -> bool:
+        """Send the worker its settings on ``ctl`` and wait until it serves (the front's HTTP
+        API, readiness, waits for it): True once it answered ``ready``."""
+        try:
+            worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ctl)
+        except OSError:
+            ctl.close()
+            raise
         hello = {
             "index": worker.index,
             "instance_id": worker.instance_id,
@@ -177,48 +234,61 @@ class WorkerPool:
         }
         worker.writer.write(json.dumps(hello).encode() + b"\n")
         await worker.writer.drain()
-        try:  # until the worker serves: the front's HTTP API (readiness) waits for it
+        try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                ready = await worker.reader.readline()
+                return await worker.reader.readline() == b"ready\n"
         except TimeoutError:
-            ready = b""
-        if ready != b"ready\n":
-            log.error("SIP worker %d did not start (pid %d)", worker.index, worker.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
-            return
-        worker.up = True
-        self._count_up()
-        log.info("SIP worker %d started (pid %d)", worker.index, worker.process.pid)
+            return False
 
     async def _watch(self, worker: _Worker) -> None:
+        """Start ``worker`` again whenever its process exits, until the pool stops.
+
+        Starts that fail in a row (no process, or one that never served) wait longer each
+        time (:func:`respawn_delay`): a machine out of processes or descriptors is not
+        hammered, nor the log flooded, and the worker comes back once it can.
+        """
+        failed = 0  # starts in a row that did not get a process serving
         while True:
-            assert worker.process is not None
-            code = await worker.process.wait()
-            worker.up = False
-            self._count_up()
-            self._close_outbox(worker.index)  # its TCP/TLS messages wait for the next process
-            if not self._stopping:
-                log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
-            # its records still open (none after a clean drain) can no longer be ended by it
-            if self._on_exit is not None:
-                await self._on_exit(worker.instance_id)
-            if self._instances is not None:
-                self._instances.discard(worker.instance_id)
-            async with worker.lock:  # after a metrics request in flight: its answer is the last
-                self._retire(worker)
-                self._close_control(worker)
-            if self._stopping:
-                return
-            self._metrics_of_front.sip_worker_restarts.inc()
-            await asyncio.sleep(RESPAWN_DELAY_S)
+            if worker.process is not None:
+                served = worker.up
+                await self._exited(worker)
+                failed = 0 if served else failed + 1
+                if self._stopping:
+                    return
+                self._metrics_of_front.sip_worker_restarts.inc()
+            delay = respawn_delay(failed)
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
             try:
                 await self._spawn(worker)
-            except OSError:
-                log.exception("SIP worker %d could not be started", worker.index)
-                return
+            except OSError as exc:
+                failed += 1
+                log.error(
+                    "SIP worker %d could not be started (%s): trying again in %.0f s",
+                    worker.index,
+                    exc,
+                    respawn_delay(failed),
+                )
+
+    async def _exited(self, worker: _Worker) -> None:
+        """Wait until the worker's process exits, then close what it leaves."""
+        assert worker.process is not None
+        code = await worker.process.wait()
+        worker.up = False
+        self._count_up()
+        self._close_outbox(worker.index)  # its TCP/TLS messages wait for the next process
+        if not self._stopping:
+            log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
+        # its records still open (none after a clean drain) can no longer be ended by it
+        if self._on_exit is not None:
+            await self._on_exit(worker.instance_id)
+        if self._instances is not None:
+            self._instances.discard(worker.instance_id)
+        async with worker.lock:  # after a metrics request in flight: its answer is the last
+            self._retire(worker)
+            self._close_control(worker)
+        worker.process = None
 
     def _woken(self, sock: socket.socket) -> None:
         """The worker wrote on its inbox pair the other way: webhook events are waiting, or
