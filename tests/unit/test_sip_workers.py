@@ -331,3 +331,24 @@ def test_starts_that_keep_failing_wait_longer_each_time() -> None:
     delays = [workers.respawn_delay(failed) for failed in range(8)]
     assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
     assert workers.respawn_delay(10_000) == 30
+
+
+async def test_a_worker_stops_when_its_control_channel_fails() -> None:
+    """The front gone while it waits for metrics: the answer's write fails (EPIPE), not a
+    read's end of file. The worker must stop all the same, else it lives on for ever,
+    holding the SIP port and the instances file's lock."""
+    front, worker_end = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=worker_end)
+    stop = asyncio.Event()
+    control = asyncio.create_task(
+        workers._serve_control(reader, writer, lambda: b"x" * 1_000_000, lambda _: None, stop)
+    )
+    front.sendall(b"metrics 1\n")
+    front.close()
+    try:
+        async with asyncio.timeout(5):
+            await stop.wait()
+    finally:
+        control.cancel()
+        await asyncio.gather(control, return_exceptions=True)
+        writer.close()

@@ -33,7 +33,8 @@ Control channel (a stream socket pair per worker): the front sends one JSON line
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
 API only then); then the front sends lines ``metrics <n>`` (answered with ``n`` and the length
 as two 4-byte integers, then the Prometheus text; an answer to an earlier ``n`` that timed out is
-skipped) and ``trunk_removed <id>``. End of file tells the worker the front is gone.
+skipped) and ``trunk_removed <id>``. End of file, or a failed write, tells the worker the front
+is gone: it drains its calls and exits.
 
 Hand-written over ``asyncio`` subprocesses: ``multiprocessing`` would fork an event loop or pickle
 sockets; here the socket file descriptors are passed with ``pass_fds`` and nothing else is shared.
@@ -419,19 +420,29 @@ async def _serve_control(
     trunk_removed: Callable[[str], object],
     stop: asyncio.Event,
 ) -> None:
-    while True:
-        line = await reader.readline()
-        if not line:
-            log.warning("the front process is gone: stopping")
-            stop.set()
-            return
-        command, _, arg = line.decode().strip().partition(" ")
-        if command == "metrics" and arg.isdigit():
-            body = render()
-            writer.write(_ANSWER.pack(int(arg), len(body)) + body)
-            await writer.drain()
-        elif command == "trunk_removed" and arg:
-            trunk_removed(arg)
+    """Serve the front's requests until the channel ends; then set ``stop``, however it ended.
+
+    The front gone shows as an end of file, or — when it dies while a ``metrics`` answer is
+    being written — as a failed write: either way nobody will stop this worker any more, and
+    it would live on holding the SIP port and the instances file's lock.
+    """
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                log.warning("the front process is gone: stopping")
+                return
+            command, _, arg = line.decode().strip().partition(" ")
+            if command == "metrics" and arg.isdigit():
+                body = render()
+                writer.write(_ANSWER.pack(int(arg), len(body)) + body)
+                await writer.drain()
+            elif command == "trunk_removed" and arg:
+                trunk_removed(arg)
+    except Exception as exc:  # whatever broke the channel, the front cannot reach us: stop
+        log.warning("the control channel to the front failed (%s): stopping", type(exc).__name__)
+    finally:
+        stop.set()
 
 
 async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
