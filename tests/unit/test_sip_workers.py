@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from telepath.cli import workers
@@ -352,3 +354,70 @@ async def test_a_worker_stops_when_its_control_channel_fails() -> None:
         control.cancel()
         await asyncio.gather(control, return_exceptions=True)
         writer.close()
+
+
+def _restarts(metrics: Metrics) -> float:
+    return _samples(metrics.render())[("telepath_sip_worker_restarts_total", ())]
+
+
+async def test_a_worker_that_stops_cleanly_as_the_front_stops_is_no_crash(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the whole process group (systemd's KillMode=control-group, Ctrl-C): the
+    worker drains and exits 0 before the front gets to stop() — no restart, none counted."""
+    monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.3)
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    (first,) = fake_exec.started
+    first.exit(0)
+    await _until(lambda: not pool.all_up())
+    await asyncio.sleep(0.1)
+    await pool.stop(0)  # the front's HTTP server took a while to finish
+    await asyncio.sleep(0.3)
+    assert len(fake_exec.started) == 1
+    assert _restarts(metrics) == 0
+
+
+async def test_a_signalled_front_starts_no_worker_again(
+    fake_exec: FakeExec, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The front marks the pool stopping as the signal arrives (``serve``), before its HTTP
+    server has finished: a worker exiting meanwhile, however, is not started again."""
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    (first,) = fake_exec.started
+    pool.stopping()
+    first.exit(1)
+    await _until(lambda: not pool.all_up())
+    await asyncio.sleep(0.2)
+    assert len(fake_exec.started) == 1
+    assert _restarts(metrics) == 0
+    assert "starting it again" not in caplog.text
+    await pool.stop(0)
+
+
+async def test_a_worker_stopped_alone_is_started_again(fake_exec: FakeExec) -> None:
+    """SIGTERM to one worker only: it exits 0, but its calls must not stay without a process."""
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        first.exit(0)
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        assert _restarts(metrics) == 1
+    finally:
+        await pool.stop(0)
+
+
+def test_the_front_tells_the_pool_of_a_signal_at_once() -> None:
+    """uvicorn's handler takes SIGINT/SIGTERM while it serves; the workers may get the same
+    signal (a process group) and exit before uvicorn has finished."""
+    from telepath.cli.serve import HttpServer
+
+    told: list[bool] = []
+    server = HttpServer(uvicorn.Config(app=lambda: None), on_signal=lambda: told.append(True))
+    server.handle_exit(signal.SIGTERM, None)
+    assert told == [True] and server.should_exit

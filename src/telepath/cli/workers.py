@@ -247,20 +247,31 @@ class WorkerPool:
         Starts that fail in a row (no process, or one that never served) wait longer each
         time (:func:`respawn_delay`): a machine out of processes or descriptors is not
         hammered, nor the log flooded, and the worker comes back once it can.
+
+        A worker exits 0 only when told to stop: by a signal (SIGTERM/SIGINT) or by its
+        control channel's end. When the front is signalled too — a process group's signal,
+        from systemd's ``KillMode=control-group`` or Ctrl-C — :meth:`stopping` was called
+        at once and nothing is started again; a clean exit is therefore no crash (no error
+        logged). It is still started again after the delay if the front goes on serving
+        (one worker signalled alone): its calls would have no process for good otherwise.
+        A restart is counted when the new process is started, not at the exit.
         """
         failed = 0  # starts in a row that did not get a process serving
+        exited = False  # since the last restart counted
         while True:
             if worker.process is not None:
                 served = worker.up
                 await self._exited(worker)
+                exited = True
                 failed = 0 if served else failed + 1
                 if self._stopping:
                     return
-                self._metrics_of_front.sip_worker_restarts.inc()
-            delay = respawn_delay(failed)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(respawn_delay(failed))
             if self._stopping:
                 return
+            if exited:
+                self._metrics_of_front.sip_worker_restarts.inc()
+                exited = False
             try:
                 await self._spawn(worker)
             except OSError as exc:
@@ -279,7 +290,11 @@ class WorkerPool:
         worker.up = False
         self._count_up()
         self._close_outbox(worker.index)  # its TCP/TLS messages wait for the next process
-        if not self._stopping:
+        if not self._stopping and code == 0:  # told to stop, not by this process: see _watch
+            log.warning(
+                "SIP worker %d was stopped (not by this process): starting it again", worker.index
+            )
+        elif not self._stopping:
             log.error("SIP worker %d exited (code %s): starting it again", worker.index, code)
         # its records still open (none after a clean drain) can no longer be ended by it
         if self._on_exit is not None:
@@ -375,6 +390,15 @@ class WorkerPool:
         for worker in self._workers.values():
             if worker.writer is not None and not worker.writer.is_closing():
                 worker.writer.write(f"trunk_removed {trunk_id}\n".encode())
+
+    def stopping(self) -> None:
+        """The front is stopping: a worker that exits from now on is not started again.
+
+        Called as soon as the front receives SIGTERM/SIGINT (``cli/serve.py``), before its HTTP
+        server has finished and :meth:`stop` runs: the workers may have the signal too (it
+        went to the process group) and exit meanwhile.
+        """
+        self._stopping = True
 
     async def stop(self, drain_s: float) -> None:
         """SIGTERM every worker (each drains its calls), then wait; kill what is left."""
