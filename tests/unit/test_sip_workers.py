@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import uvicorn
@@ -16,8 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from telepath.cli import workers
 from telepath.cli.workers import worker_settings
+from telepath.clock import FakeClock
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions
+from telepath.sip.defence import DefencePolicy, SourceGuard
 
 
 def _settings(**kw: object) -> Settings:
@@ -153,13 +157,14 @@ class FakeWorker:
         self.text = b""  # what it answers to "metrics <n>"
         self.silent = False  # does not answer (a busy worker)
         self.lines: list[str] = []  # every control line after the hello
+        self.hello: dict[str, Any] = {}
         self._exited = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._task = asyncio.create_task(self._serve())
 
     async def _serve(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.ctl)
-        await reader.readline()  # the hello
+        self.hello = json.loads(await reader.readline())
         self._writer.write(b"ready\n")
         while line := await reader.readline():
             self.lines.append(line.decode().strip())
@@ -219,10 +224,19 @@ def fake_exec(monkeypatch: pytest.MonkeyPatch) -> FakeExec:
 
 
 def _pool(
-    metrics: Metrics | None = None, on_exit: Callable[[str], Awaitable[object]] | None = None
+    metrics: Metrics | None = None,
+    on_exit: Callable[[str], Awaitable[object]] | None = None,
+    guard: SourceGuard | None = None,
 ) -> workers.WorkerPool:
     return workers.WorkerPool(
-        _settings(sip_workers=2), -1, ("127.0.0.1", 5060), {}, [b"k"] * 2, metrics, on_exit=on_exit
+        _settings(sip_workers=2),
+        -1,
+        ("127.0.0.1", 5060),
+        {},
+        [b"k"] * 2,
+        metrics,
+        on_exit=on_exit,
+        guard=guard,
     )
 
 
@@ -342,9 +356,11 @@ async def test_a_worker_stops_when_its_control_channel_fails() -> None:
     front, worker_end = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=worker_end)
     stop = asyncio.Event()
-    control = asyncio.create_task(
-        workers._serve_control(reader, writer, lambda: b"x" * 1_000_000, lambda _: None, stop)
-    )
+
+    def big() -> bytes:
+        return b"x" * 1_000_000
+
+    control = asyncio.create_task(workers._serve_control(reader, writer, big, {}, stop))
     front.sendall(b"metrics 1\n")
     front.close()
     try:
@@ -421,3 +437,98 @@ def test_the_front_tells_the_pool_of_a_signal_at_once() -> None:
     server = HttpServer(uvicorn.Config(app=lambda: None), on_signal=lambda: told.append(True))
     server.handle_exit(signal.SIGTERM, None)
     assert told == [True] and server.should_exit
+
+
+# ---------------------------------------------------------------- auth-failure bans, all workers
+
+SOURCE = "203.0.113.9"
+
+
+def _policy(**kw: object) -> DefencePolicy:
+    return DefencePolicy(auth_failures_before_ban=3, ban_seconds=300, **kw)  # type: ignore[arg-type]
+
+
+async def test_auth_failures_are_counted_across_workers_and_a_ban_reaches_every_worker(
+    fake_exec: FakeExec,
+) -> None:
+    """Calls, hence failed logins, spread over the workers by Call-ID: counted in each, a
+    guesser would get N times the allowed guesses, and one worker's ban would not stop the
+    others. The front counts them all; its ban is every worker's and refuses connections."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    try:
+        (worker,) = fake_exec.started
+        own = workers.FrontCountedGuard(_policy(), clock, report=worker.inbox.send)
+        assert not front.record_auth_failure(SOURCE)  # on a call the front owns
+        assert not own.record_auth_failure(SOURCE)  # two on calls the worker owns
+        assert not own.record_auth_failure(SOURCE)
+        await _until(lambda: front.is_banned(SOURCE))  # three in all: as one process would
+        assert not own.is_banned(SOURCE)  # the worker does not decide alone
+        await _until(lambda: any(line.startswith("ban ") for line in worker.lines))
+        (ban,) = [line.split() for line in worker.lines if line.startswith("ban ")]
+        assert ban[:2] == ["ban", SOURCE] and float(ban[2]) == pytest.approx(300)
+
+        clock.advance(100)
+        worker.exit(-9)  # its next process knows the bans in force
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        ((ip, remaining),) = fake_exec.started[1].hello["bans"]
+        assert ip == SOURCE and remaining == pytest.approx(200)
+    finally:
+        await pool.stop(0)
+
+
+async def test_a_good_login_on_any_worker_clears_the_count(fake_exec: FakeExec) -> None:
+    """As in one process: a bad password, then the right one, is no guessing."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    try:
+        (worker,) = fake_exec.started
+        own = workers.FrontCountedGuard(_policy(), clock, report=worker.inbox.send)
+        front.record_auth_failure(SOURCE)
+        own.record_auth_failure(SOURCE)
+        own.record_auth_success(SOURCE)
+        own.record_auth_failure(SOURCE)
+        await asyncio.sleep(0.1)  # the reports reach the front
+        front.record_auth_failure(SOURCE)
+        assert not front.is_banned(SOURCE)
+        own.record_auth_failure(SOURCE)  # the third in a row
+        await _until(lambda: front.is_banned(SOURCE))
+    finally:
+        await pool.stop(0)
+
+
+def test_a_worker_reports_no_allowlisted_source() -> None:
+    sent: list[bytes] = []
+    own = workers.FrontCountedGuard(
+        _policy(allowlist=frozenset({"192.0.2.0/24"})), FakeClock(0.0), report=sent.append
+    )
+    own.record_auth_failure("192.0.2.7")
+    own.record_auth_success("192.0.2.7")
+    assert sent == []
+    own.record_auth_failure(SOURCE)
+    own.record_auth_success(SOURCE)
+    assert [workers.unpack_auth_report(m) for m in sent] == [(SOURCE, False), (SOURCE, True)]
+
+
+async def test_a_worker_applies_the_bans_the_front_sends() -> None:
+    own = workers.FrontCountedGuard(_policy(), FakeClock(100.0), report=lambda _: None)
+    front, worker_end = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=worker_end)
+    stop = asyncio.Event()
+    commands = workers.worker_commands(own, trunk_removed=lambda _: None)
+    control = asyncio.create_task(
+        workers._serve_control(reader, writer, Metrics().render, commands, stop)
+    )
+    try:
+        front.sendall(f"ban {SOURCE} 30.000\n".encode())
+        await _until(lambda: own.is_banned(SOURCE))
+        ((ip, remaining),) = own.banned()
+        assert ip == SOURCE and remaining == pytest.approx(30)
+    finally:
+        front.close()
+        await control
+        writer.close()

@@ -101,6 +101,7 @@ async def start_workers(
         instances=instances,
         on_exit=exited,
         on_stream_reply=gateway.server.write_stream,
+        guard=gateway.manager.guard,  # counts every worker's auth failures, bans for all
     )
     # Route first: until a worker serves, datagrams of its calls are dropped (the caller
     # retransmits), not answered here — the dialog would then live in the wrong process.

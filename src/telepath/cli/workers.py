@@ -33,8 +33,14 @@ Control channel (a stream socket pair per worker): the front sends one JSON line
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
 API only then); then the front sends lines ``metrics <n>`` (answered with ``n`` and the length
 as two 4-byte integers, then the Prometheus text; an answer to an earlier ``n`` that timed out is
-skipped) and ``trunk_removed <id>``. End of file, or a failed write, tells the worker the front
-is gone: it drains its calls and exits.
+skipped), ``trunk_removed <id>`` and ``ban <ip> <seconds>``. End of file, or a failed write,
+tells the worker the front is gone: it drains its calls and exits.
+
+Authentication-failure bans are global: a worker reports each digest outcome to the front on
+its inbox pair (:class:`FrontCountedGuard`), the front's guard counts them with its own, as one
+process would, and sends every ban it decides to every worker (a new one gets those in force
+in its settings line). The front's guard then also refuses the banned source's TCP/TLS
+connections at accept.
 
 Hand-written over ``asyncio`` subprocesses: ``multiprocessing`` would fork an event loop or pickle
 sockets; here the socket file descriptors are passed with ``pass_fds`` and nothing else is shared.
@@ -51,12 +57,14 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from telepath.cli.instances import InstanceFile, new_instance_id
+from telepath.clock import Clock
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions, monotonic_part
+from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.transport.sip_fanout import MAX_MESSAGE, Forwarder, unpack_stream_reply
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,52 @@ READY_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 2.0
 STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
 _ANSWER = struct.Struct("!II")  # the request's number, the length of the text that follows
+# A worker's authentication outcome, for the front to count (on the inbox pair, the other way;
+# sip_fanout's messages start with b"w" or b"s"): b"a-" + source IP failed, b"a+" succeeded.
+_AUTH_FAILED = b"a-"
+_AUTH_OK = b"a+"
+
+
+def pack_auth_report(source_ip: str, ok: bool) -> bytes:
+    """A worker's report of one digest outcome from ``source_ip`` (:class:`FrontCountedGuard`)."""
+    return (_AUTH_OK if ok else _AUTH_FAILED) + source_ip.encode()
+
+
+def unpack_auth_report(message: bytes) -> tuple[str, bool] | None:
+    """``(source IP, succeeded)``, or None for any other message on the inbox pair."""
+    kind = message[:2]
+    if kind not in (_AUTH_FAILED, _AUTH_OK):
+        return None
+    return message[2:].decode(errors="replace"), kind == _AUTH_OK
+
+
+class FrontCountedGuard(SourceGuard):
+    """A SIP worker's guard: its rate limit is its own, its authentication failures are not.
+
+    Calls — hence failed logins — spread over the workers by Call-ID: counted in each, a guesser
+    would get ``N`` times ``TELEPATH_SIP_AUTH_FAILURES_BEFORE_BAN`` guesses, and a worker's ban
+    would leave the others answering. So each outcome is reported to the front (``report``, one
+    datagram), whose guard counts every process's, as one process would, successes clearing
+    the count too; its bans come back to every worker (:meth:`SourceGuard.impose_ban`).
+    Allowlisted sources are never counted, so not reported.
+    """
+
+    def __init__(
+        self, policy: DefencePolicy, clock: Clock, report: Callable[[bytes], object]
+    ) -> None:
+        super().__init__(policy, clock)
+        self._report = report
+
+    def record_auth_failure(self, source_ip: str) -> bool:
+        """Report the failure to the front, which decides the ban: never banned here."""
+        if not self.is_allowlisted(source_ip):
+            self._report(pack_auth_report(source_ip, ok=False))
+        return False
+
+    def record_auth_success(self, source_ip: str) -> None:
+        """Report the success to the front: the source's failures are forgotten there."""
+        if not self.is_allowlisted(source_ip):
+            self._report(pack_auth_report(source_ip, ok=True))
 
 
 def respawn_delay(failed: int) -> float:
@@ -124,8 +178,14 @@ class WorkerPool:
         instances: InstanceFile | None = None,
         on_exit: Callable[[str], Awaitable[object]] | None = None,
         on_stream_reply: Callable[[int, bytes], None] | None = None,
+        guard: SourceGuard | None = None,
     ) -> None:
         self.settings = settings
+        # The front's guard counts the workers' authentication failures too (they report
+        # them: FrontCountedGuard); every ban it decides is sent to every worker.
+        self._guard = guard
+        if guard is not None:
+            guard.on_ban = self._ban_everywhere
         self._nonce_secrets = nonce_secrets  # one per worker, 0 (the front) included
         self.count = settings.sip_workers
         self._udp_fd = udp_fd  # the front's bound SIP UDP socket, inherited by every worker
@@ -232,6 +292,7 @@ class WorkerPool:
             "ports": self._ports,
             "nonce_secrets": [secret.hex() for secret in self._nonce_secrets],
             "udp": list(self._udp_bound),
+            "bans": self._guard.banned() if self._guard is not None else [],
         }
         worker.writer.write(json.dumps(hello).encode() + b"\n")
         await worker.writer.drain()
@@ -307,14 +368,18 @@ class WorkerPool:
         worker.process = None
 
     def _woken(self, sock: socket.socket) -> None:
-        """The worker wrote on its inbox pair the other way: webhook events are waiting, or
-        messages for the front's TCP/TLS connections."""
+        """The worker wrote on its inbox pair the other way: webhook events are waiting,
+        messages for the front's TCP/TLS connections, or authentication outcomes."""
         wake = False
         for _ in range(64):  # bounded: the loop's other callbacks (media) must not starve
             try:
                 message = sock.recv(MAX_MESSAGE)
             except OSError:  # drained
                 break
+            auth = unpack_auth_report(message)
+            if auth is not None:
+                self._auth_reported(*auth)
+                continue
             reply = unpack_stream_reply(message)
             if reply is None:
                 wake = True  # one wake-up stands for any number of events
@@ -322,6 +387,22 @@ class WorkerPool:
                 self._on_stream_reply(*reply)
         if wake and self._on_wake is not None:
             self._on_wake()
+
+    def _auth_reported(self, source_ip: str, ok: bool) -> None:
+        """A worker's digest outcome, counted as if the front's own call had it."""
+        if self._guard is None:
+            return
+        if ok:
+            self._guard.record_auth_success(source_ip)
+        elif self._guard.record_auth_failure(source_ip):  # _ban_everywhere was told
+            log.warning("banned a SIP source after repeated authentication failures")
+
+    def _ban_everywhere(self, source_ip: str, seconds: float) -> None:
+        """The front's guard banned a source: every worker bans it too."""
+        line = f"ban {source_ip} {seconds:.3f}\n".encode()
+        for worker in self._workers.values():
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write(line)
 
     def _count_up(self) -> None:
         self._metrics_of_front.sip_workers_up.set(sum(w.up for w in self._workers.values()))
@@ -437,11 +518,25 @@ class WorkerPool:
 # ---------------------------------------------------------------- the worker process
 
 
+def worker_commands(
+    guard: SourceGuard | None, trunk_removed: Callable[[str], object]
+) -> dict[str, Callable[[str], object]]:
+    """What a worker does with the front's lines besides ``metrics``: ``trunk_removed <id>``
+    (its calls on that trunk end) and ``ban <ip> <seconds>`` (a ban the front decided)."""
+
+    def ban(arg: str) -> None:
+        source_ip, _, seconds = arg.partition(" ")
+        if guard is not None:
+            guard.impose_ban(source_ip, float(seconds or 0))
+
+    return {"trunk_removed": trunk_removed, "ban": ban}
+
+
 async def _serve_control(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     render: Callable[[], bytes],
-    trunk_removed: Callable[[str], object],
+    commands: Mapping[str, Callable[[str], object]],
     stop: asyncio.Event,
 ) -> None:
     """Serve the front's requests until the channel ends; then set ``stop``, however it ended.
@@ -461,8 +556,8 @@ async def _serve_control(
                 body = render()
                 writer.write(_ANSWER.pack(int(arg), len(body)) + body)
                 await writer.drain()
-            elif command == "trunk_removed" and arg:
-                trunk_removed(arg)
+            elif command in commands and arg:
+                commands[command](arg)
     except Exception as exc:  # whatever broke the channel, the front cannot reach us: stop
         log.warning("the control channel to the front failed (%s): stopping", type(exc).__name__)
     finally:
@@ -502,13 +597,17 @@ async def run_worker(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
             NonceKeys.split(secrets, role.index),
             instance_id=str(hello["instance_id"]),
         )
+        guard = gateway.manager.guard
+        if guard is not None:  # the bans in force when this process started
+            for source_ip, seconds in hello.get("bans", []):
+                guard.impose_ban(str(source_ip), float(seconds))
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()
         writer.write(b"ready\n")
         await writer.drain()
-        ended = gateway.manager.trunk_removed
+        commands = worker_commands(guard, gateway.manager.trunk_removed)
         control = asyncio.create_task(
-            _serve_control(reader, writer, state.metrics.render, ended, stop)
+            _serve_control(reader, writer, state.metrics.render, commands, stop)
         )
         await stop.wait()
         log.info("SIP worker %d: draining calls", role.index)
