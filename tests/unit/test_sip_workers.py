@@ -56,7 +56,17 @@ def test_port_ranges_are_disjoint_even_and_inside_the_configured_one() -> None:
 def test_limits_are_split() -> None:
     s = _settings()
     part = worker_settings(s, 1, 3)
-    assert part.sip_max_calls == 167  # ceil(501 / 3): the total is never below the setting
+    assert part.sip_max_calls == 167  # 501 / 3
+    # the total is the setting, never above it (nor below): 500 = 167 + 167 + 166
+    shares = [worker_settings(_settings(sip_max_calls=500), i, 3).sip_max_calls for i in range(3)]
+    assert shares == [167, 167, 166]
+    # fewer calls than workers: each still takes one (else its share of calls would all be
+    # refused, whatever the load); the total is then the number of workers
+    assert [worker_settings(_settings(sip_max_calls=2), i, 3).sip_max_calls for i in range(3)] == [
+        1,
+        1,
+        1,
+    ]
     assert part.sip_max_cps == pytest.approx(100.0)
     assert part.sip_rate_limit_per_s == pytest.approx(50 / 3)
     assert part.sip_rate_burst == 67

@@ -52,7 +52,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import signal
 import socket
 import struct
@@ -137,11 +136,14 @@ def worker_settings(settings: Settings, index: int, count: int) -> Settings:
     span -= span % 2  # RTP even, RTCP the odd port above (RFC 3550 §11); Settings: span >= 2
     low = settings.rtp_port_min + index * span
     high = settings.rtp_port_max if index == count - 1 else low + span - 1
+    # shares that add up to the setting (not ceil(max / count) each: up to count - 1 more);
+    # at least one each, or a worker would refuse every call its Call-IDs bring
+    calls, rest = divmod(settings.sip_max_calls, count)
     return settings.model_copy(
         update={
             "rtp_port_min": low,
             "rtp_port_max": high,
-            "sip_max_calls": max(1, math.ceil(settings.sip_max_calls / count)),
+            "sip_max_calls": max(1, calls + (index < rest)),
             "sip_max_cps": settings.sip_max_cps / count,
             "sip_rate_limit_per_s": settings.sip_rate_limit_per_s / count,
             "sip_rate_burst": max(1, settings.sip_rate_burst // count),
