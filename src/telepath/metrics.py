@@ -365,3 +365,25 @@ def merge_expositions(texts: Sequence[bytes]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(list(families.values())))
     return generate_latest(registry)
+
+
+# What only ever grows while its process lives: counts, histogram buckets, counts and sums.
+_MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
+def monotonic_part(text: bytes) -> bytes:
+    """The counters and histograms of an exposition, without its gauges.
+
+    A SIP worker that is started again counts from 0: the front adds its earlier processes'
+    last counts to the new one's (``cli/workers.py``), else the merged counters would fall, which
+    Prometheus takes for a reset (``increase()`` would then count the whole total again). Gauges
+    are not carried over: a dead process's active calls, backlog and load are 0.
+    """
+    families = [
+        family
+        for family in text_string_to_metric_families(text.decode())
+        if family.type in _MONOTONIC_TYPES
+    ]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families))
+    return generate_latest(registry)

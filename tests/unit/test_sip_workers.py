@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
+import signal
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from telepath.cli import workers
 from telepath.cli.workers import worker_settings
+from telepath.clock import FakeClock
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions
+from telepath.sip.defence import DefencePolicy, SourceGuard
 
 
 def _settings(**kw: object) -> Settings:
@@ -47,7 +56,17 @@ def test_port_ranges_are_disjoint_even_and_inside_the_configured_one() -> None:
 def test_limits_are_split() -> None:
     s = _settings()
     part = worker_settings(s, 1, 3)
-    assert part.sip_max_calls == 167  # ceil(501 / 3): the total is never below the setting
+    assert part.sip_max_calls == 167  # 501 / 3
+    # the total is the setting, never above it (nor below): 500 = 167 + 167 + 166
+    shares = [worker_settings(_settings(sip_max_calls=500), i, 3).sip_max_calls for i in range(3)]
+    assert shares == [167, 167, 166]
+    # fewer calls than workers: each still takes one (else its share of calls would all be
+    # refused, whatever the load); the total is then the number of workers
+    assert [worker_settings(_settings(sip_max_calls=2), i, 3).sip_max_calls for i in range(3)] == [
+        1,
+        1,
+        1,
+    ]
     assert part.sip_max_cps == pytest.approx(100.0)
     assert part.sip_rate_limit_per_s == pytest.approx(50 / 3)
     assert part.sip_rate_burst == 67
@@ -128,3 +147,398 @@ async def test_a_late_metrics_answer_is_not_taken_for_the_next(
     finally:
         writer.close()
         worker.writer.close()
+
+
+# ---------------------------------------------------------------- a pool of fake worker processes
+
+
+class FakeWorker:
+    """Stands in for a ``telepath sip-worker`` process started by the pool: on the control
+    channel it answers the hello with ``ready``, then each ``metrics <n>`` with ``text``."""
+
+    pids = iter(range(10_000, 20_000))
+
+    def __init__(self, inbox_fd: int, ctl_fd: int) -> None:
+        # the pool closes its copies of the worker's ends once the process is started
+        self.inbox = socket.socket(fileno=os.dup(inbox_fd))
+        self.ctl = socket.socket(fileno=os.dup(ctl_fd))
+        self.pid = next(self.pids)
+        self.returncode: int | None = None
+        self.text = b""  # what it answers to "metrics <n>"
+        self.silent = False  # does not answer (a busy worker)
+        self.lines: list[str] = []  # every control line after the hello
+        self.hello: dict[str, Any] = {}
+        self._exited = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._task = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.ctl)
+        self.hello = json.loads(await reader.readline())
+        self._writer.write(b"ready\n")
+        while line := await reader.readline():
+            self.lines.append(line.decode().strip())
+            command, _, number = line.decode().strip().partition(" ")
+            if command == "metrics" and not self.silent:
+                self._writer.write(struct.pack("!II", int(number), len(self.text)) + self.text)
+
+    def exit(self, code: int) -> None:
+        """The process ends: its descriptors close, ``wait()`` returns ``code``."""
+        if self.returncode is not None:
+            return
+        self.returncode = code
+        self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        self.ctl.close()
+        self.inbox.close()
+        self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.exit(0)  # SIGTERM: it drains and exits cleanly
+
+    def kill(self) -> None:
+        self.exit(-9)
+
+
+class FakeExec:
+    """``asyncio.create_subprocess_exec`` for the pool: each start is a :class:`FakeWorker`;
+    ``failures`` starts in a row raise ``OSError`` first (fork's EAGAIN)."""
+
+    def __init__(self) -> None:
+        self.started: list[FakeWorker] = []
+        self.failures = 0
+        self.attempts = 0
+
+    async def __call__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> FakeWorker:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        _udp, inbox, ctl = (int(a) for a in args[-3:])
+        self.started.append(FakeWorker(inbox, ctl))
+        return self.started[-1]
+
+
+@pytest.fixture
+def fake_exec(monkeypatch: pytest.MonkeyPatch) -> FakeExec:
+    fake = FakeExec()
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", fake)
+    monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.05)
+    return fake
+
+
+def _pool(
+    metrics: Metrics | None = None,
+    on_exit: Callable[[str], Awaitable[object]] | None = None,
+    guard: SourceGuard | None = None,
+) -> workers.WorkerPool:
+    return workers.WorkerPool(
+        _settings(sip_workers=2),
+        -1,
+        ("127.0.0.1", 5060),
+        {},
+        [b"k"] * 2,
+        metrics,
+        on_exit=on_exit,
+        guard=guard,
+    )
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not condition():  # noqa: ASYNC110 - the pool exposes states, not events
+            await asyncio.sleep(0.01)
+
+
+def _exposition(ended: int, active: int) -> bytes:
+    """A worker's metrics: ``ended`` calls ended (set-up 20 ms each), ``active`` still up."""
+    metrics = Metrics()
+    for i in range(ended):
+        metrics.record_call_started(f"ended-{i}")
+        metrics.record_call_ended(f"ended-{i}", outcome="caller_hangup", setup_ms=20)
+    for i in range(active):
+        metrics.record_call_started(f"up-{i}")
+    return metrics.render()
+
+
+async def _scrape(pool: workers.WorkerPool) -> dict[str, float]:
+    """What ``GET /metrics`` shows (the front has no calls of its own here)."""
+    merged = _samples(merge_expositions([Metrics().render(), *await pool.metrics()]))
+    return {
+        "calls": merged.get(("telepath_calls_total", (("outcome", "caller_hangup"),)), 0.0),
+        "setups": merged[("telepath_call_setup_seconds_count", ())],
+        "fast_setups": merged[("telepath_call_setup_seconds_bucket", (("le", "0.025"),))],
+        "active": merged[("telepath_active_calls", ())],
+    }
+
+
+async def test_merged_counters_never_go_back_when_a_worker_is_slow_or_restarted(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter that falls is a reset to Prometheus: ``increase()`` would invent calls."""
+    monkeypatch.setattr(workers, "METRICS_TIMEOUT_S", 0.1)
+    closing = asyncio.Event()  # the front closing the dead process's call records
+
+    async def exited(instance_id: str) -> None:
+        await closing.wait()
+
+    pool = _pool(on_exit=exited)
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        first.text = _exposition(ended=5, active=2)
+        before = await _scrape(pool)
+        assert before == {"calls": 5, "setups": 5, "fast_setups": 5, "active": 2}
+        first.silent = True  # a round it misses: its last answer stands in
+        assert await _scrape(pool) == before
+        first.silent = False
+
+        monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.3)
+        first.exit(1)  # it dies; its calls end (lost): no active call of it is left
+        await _until(lambda: not pool.all_up())
+        gone = {"calls": 5, "setups": 5, "fast_setups": 5, "active": 0}
+        assert await _scrape(pool) == gone  # its control channel dead, not yet closed
+        closing.set()
+        await asyncio.sleep(0.1)  # the exit handled, the new process not yet started
+        assert await _scrape(pool) == gone
+
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        second = fake_exec.started[1]
+        second.text = _exposition(ended=1, active=1)  # its own counters start at 0
+        after = await _scrape(pool)
+        assert after == {"calls": 6, "setups": 6, "fast_setups": 6, "active": 1}
+        second.silent = True
+        assert await _scrape(pool) == after  # and a missed round after the restart
+    finally:
+        closing.set()
+        await pool.stop(0)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_worker_that_could_not_be_started_is_tried_again_and_leaks_nothing(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process for the moment (fork's EAGAIN, EMFILE): its calls would have nowhere to go
+    for good if the pool gave up; each attempt's socket pairs must not stay open."""
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def timed(delay: float) -> None:
+        if delay >= workers.RESPAWN_DELAY_S:  # the pool's waits, not this test's polling
+            waits.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", timed)
+    pool = _pool()
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        serving = _open_fds()  # the pool's ends and the fake process's
+        fake_exec.failures = 2
+        first.exit(-9)
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        assert fake_exec.attempts == 4  # the first start, two refused, the one that worked
+        assert _open_fds() == serving  # nothing of the refused attempts left open
+        assert waits == [0.05, 0.1, 0.2]  # RESPAWN_DELAY_S, then doubled for each failure
+    finally:
+        await pool.stop(0)
+
+
+def test_starts_that_keep_failing_wait_longer_each_time() -> None:
+    delays = [workers.respawn_delay(failed) for failed in range(8)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert workers.respawn_delay(10_000) == 30
+
+
+async def test_a_worker_stops_when_its_control_channel_fails() -> None:
+    """The front gone while it waits for metrics: the answer's write fails (EPIPE), not a
+    read's end of file. The worker must stop all the same, else it lives on for ever,
+    holding the SIP port and the instances file's lock."""
+    front, worker_end = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=worker_end)
+    stop = asyncio.Event()
+
+    def big() -> bytes:
+        return b"x" * 1_000_000
+
+    control = asyncio.create_task(workers._serve_control(reader, writer, big, {}, stop))
+    front.sendall(b"metrics 1\n")
+    front.close()
+    try:
+        async with asyncio.timeout(5):
+            await stop.wait()
+    finally:
+        control.cancel()
+        await asyncio.gather(control, return_exceptions=True)
+        writer.close()
+
+
+def _restarts(metrics: Metrics) -> float:
+    return _samples(metrics.render())[("telepath_sip_worker_restarts_total", ())]
+
+
+async def test_a_worker_that_stops_cleanly_as_the_front_stops_is_no_crash(
+    fake_exec: FakeExec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the whole process group (systemd's KillMode=control-group, Ctrl-C): the
+    worker drains and exits 0 before the front gets to stop() — no restart, none counted."""
+    monkeypatch.setattr(workers, "RESPAWN_DELAY_S", 0.3)
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    (first,) = fake_exec.started
+    first.exit(0)
+    await _until(lambda: not pool.all_up())
+    await asyncio.sleep(0.1)
+    await pool.stop(0)  # the front's HTTP server took a while to finish
+    await asyncio.sleep(0.3)
+    assert len(fake_exec.started) == 1
+    assert _restarts(metrics) == 0
+
+
+async def test_a_signalled_front_starts_no_worker_again(
+    fake_exec: FakeExec, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The front marks the pool stopping as the signal arrives (``serve``), before its HTTP
+    server has finished: a worker exiting meanwhile, however, is not started again."""
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    (first,) = fake_exec.started
+    pool.stopping()
+    first.exit(1)
+    await _until(lambda: not pool.all_up())
+    await asyncio.sleep(0.2)
+    assert len(fake_exec.started) == 1
+    assert _restarts(metrics) == 0
+    assert "starting it again" not in caplog.text
+    await pool.stop(0)
+
+
+async def test_a_worker_stopped_alone_is_started_again(fake_exec: FakeExec) -> None:
+    """SIGTERM to one worker only: it exits 0, but its calls must not stay without a process."""
+    metrics = Metrics()
+    pool = _pool(metrics)
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        first.exit(0)
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        assert _restarts(metrics) == 1
+    finally:
+        await pool.stop(0)
+
+
+def test_the_front_tells_the_pool_of_a_signal_at_once() -> None:
+    """uvicorn's handler takes SIGINT/SIGTERM while it serves; the workers may get the same
+    signal (a process group) and exit before uvicorn has finished."""
+    from telepath.cli.serve import HttpServer
+
+    told: list[bool] = []
+    server = HttpServer(uvicorn.Config(app=lambda: None), on_signal=lambda: told.append(True))
+    server.handle_exit(signal.SIGTERM, None)
+    assert told == [True] and server.should_exit
+
+
+# ---------------------------------------------------------------- auth-failure bans, all workers
+
+SOURCE = "203.0.113.9"
+
+
+def _policy(**kw: object) -> DefencePolicy:
+    return DefencePolicy(auth_failures_before_ban=3, ban_seconds=300, **kw)  # type: ignore[arg-type]
+
+
+async def test_auth_failures_are_counted_across_workers_and_a_ban_reaches_every_worker(
+    fake_exec: FakeExec,
+) -> None:
+    """Calls, hence failed logins, spread over the workers by Call-ID: counted in each, a
+    guesser would get N times the allowed guesses, and one worker's ban would not stop the
+    others. The front counts them all; its ban is every worker's and refuses connections."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    try:
+        (worker,) = fake_exec.started
+        own = workers.FrontCountedGuard(_policy(), clock, report=worker.inbox.send)
+        assert not front.record_auth_failure(SOURCE)  # on a call the front owns
+        assert not own.record_auth_failure(SOURCE)  # two on calls the worker owns
+        assert not own.record_auth_failure(SOURCE)
+        await _until(lambda: front.is_banned(SOURCE))  # three in all: as one process would
+        assert not own.is_banned(SOURCE)  # the worker does not decide alone
+        await _until(lambda: any(line.startswith("ban ") for line in worker.lines))
+        (ban,) = [line.split() for line in worker.lines if line.startswith("ban ")]
+        assert ban[:2] == ["ban", SOURCE] and float(ban[2]) == pytest.approx(300)
+
+        clock.advance(100)
+        worker.exit(-9)  # its next process knows the bans in force
+        await _until(lambda: len(fake_exec.started) == 2 and pool.all_up())
+        ((ip, remaining),) = fake_exec.started[1].hello["bans"]
+        assert ip == SOURCE and remaining == pytest.approx(200)
+    finally:
+        await pool.stop(0)
+
+
+async def test_a_good_login_on_any_worker_clears_the_count(fake_exec: FakeExec) -> None:
+    """As in one process: a bad password, then the right one, is no guessing."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    try:
+        (worker,) = fake_exec.started
+        own = workers.FrontCountedGuard(_policy(), clock, report=worker.inbox.send)
+        front.record_auth_failure(SOURCE)
+        own.record_auth_failure(SOURCE)
+        own.record_auth_success(SOURCE)
+        own.record_auth_failure(SOURCE)
+        await asyncio.sleep(0.1)  # the reports reach the front
+        front.record_auth_failure(SOURCE)
+        assert not front.is_banned(SOURCE)
+        own.record_auth_failure(SOURCE)  # the third in a row
+        await _until(lambda: front.is_banned(SOURCE))
+    finally:
+        await pool.stop(0)
+
+
+def test_a_worker_reports_no_allowlisted_source() -> None:
+    sent: list[bytes] = []
+    own = workers.FrontCountedGuard(
+        _policy(allowlist=frozenset({"192.0.2.0/24"})), FakeClock(0.0), report=sent.append
+    )
+    own.record_auth_failure("192.0.2.7")
+    own.record_auth_success("192.0.2.7")
+    assert sent == []
+    own.record_auth_failure(SOURCE)
+    own.record_auth_success(SOURCE)
+    assert [workers.unpack_auth_report(m) for m in sent] == [(SOURCE, False), (SOURCE, True)]
+
+
+async def test_a_worker_applies_the_bans_the_front_sends() -> None:
+    own = workers.FrontCountedGuard(_policy(), FakeClock(100.0), report=lambda _: None)
+    front, worker_end = socket.socketpair()
+    reader, writer = await asyncio.open_unix_connection(sock=worker_end)
+    stop = asyncio.Event()
+    commands = workers.worker_commands(own, trunk_removed=lambda _: None)
+    control = asyncio.create_task(
+        workers._serve_control(reader, writer, Metrics().render, commands, stop)
+    )
+    try:
+        front.sendall(f"ban {SOURCE} 30.000\n".encode())
+        await _until(lambda: own.is_banned(SOURCE))
+        ((ip, remaining),) = own.banned()
+        assert ip == SOURCE and remaining == pytest.approx(30)
+    finally:
+        front.close()
+        await control
+        writer.close()

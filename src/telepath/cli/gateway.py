@@ -25,6 +25,7 @@ from telepath.calls.config import CallControlConfig
 from telepath.calls.manager import CallManager
 from telepath.calls.registrations import Registrations
 from telepath.cli import instances
+from telepath.cli.workers import FrontCountedGuard
 from telepath.clock import MonotonicClock
 from telepath.config import Settings
 from telepath.db import instance_store
@@ -100,6 +101,11 @@ class WorkerRole:
         """An event is in the outbox: the front's webhook dispatcher should look now."""
         with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
             self.inbox.send(b"w")  # the socket pair's other way (cli/workers.py)
+
+    def report_auth(self, message: bytes) -> None:
+        """A digest outcome for the front to count (``FrontCountedGuard``)."""
+        with contextlib.suppress(OSError):  # full (the front stalled): this one is not counted
+            self.inbox.send(message)
 
 
 @dataclass
@@ -232,16 +238,18 @@ async def start_gateway(
         on_request=lambda method: state.metrics.sip_request_by(method).inc(),
         on_response=lambda status: state.metrics.sip_response_by(str(status)).inc(),
     )
-    guard = SourceGuard(
-        DefencePolicy(
-            requests_per_second=settings.sip_rate_limit_per_s,
-            burst=settings.sip_rate_burst,
-            auth_failures_before_ban=settings.sip_auth_failures_before_ban,
-            auth_failure_window_s=settings.sip_auth_failure_window_s,
-            ban_seconds=settings.sip_ban_seconds,
-            allowlist=frozenset(a.strip() for a in settings.sip_allowlist.split(",") if a.strip()),
-        ),
-        MonotonicClock(),
+    policy = DefencePolicy(
+        requests_per_second=settings.sip_rate_limit_per_s,
+        burst=settings.sip_rate_burst,
+        auth_failures_before_ban=settings.sip_auth_failures_before_ban,
+        auth_failure_window_s=settings.sip_auth_failure_window_s,
+        ban_seconds=settings.sip_ban_seconds,
+        allowlist=frozenset(a.strip() for a in settings.sip_allowlist.split(",") if a.strip()),
+    )
+    guard = (
+        SourceGuard(policy, MonotonicClock())
+        if role is None  # a worker's failures are counted by the front, with every other's
+        else FrontCountedGuard(policy, MonotonicClock(), report=role.report_auth)
     )
     algorithms = tuple(
         a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -27,6 +28,26 @@ from telepath.config import Settings
 from telepath.log import configure_logging
 
 logger = logging.getLogger("telepath")
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_signal`` as soon as SIGINT/SIGTERM arrives.
+
+    uvicorn takes those signals while it serves and only returns once its connections are done
+    (no bound). With SIP workers, the signal often went to the whole process group (systemd's
+    ``KillMode=control-group``, Ctrl-C): the workers drain and exit meanwhile, and the pool must
+    already know the front is stopping, else it would take their exits for crashes and start
+    them again in the middle of the shutdown.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler, told first."""
+        self._on_signal()
+        super().handle_exit(sig, frame)
 
 
 def install_event_loop() -> str:
@@ -80,6 +101,7 @@ async def start_workers(
         instances=instances,
         on_exit=exited,
         on_stream_reply=gateway.server.write_stream,
+        guard=gateway.manager.guard,  # counts every worker's auth failures, bans for all
     )
     # Route first: until a worker serves, datagrams of its calls are dropped (the caller
     # retransmits), not answered here — the dialog would then live in the wrong process.
@@ -165,7 +187,7 @@ async def serve(settings: Settings) -> None:
             access_log=False,
             lifespan="off",
         )
-        server = uvicorn.Server(config)
+        server = HttpServer(config, on_signal=pool.stopping if pool is not None else lambda: None)
         logger.info(
             "HTTP API on http://%s:%d (database: %s)",
             settings.http_host,
@@ -178,6 +200,8 @@ async def serve(settings: Settings) -> None:
             # uvicorn handles the signal while it runs and re-raises it after shutting down;
             # we take it here instead of dying, so the gateway can drain.
             signals.append(sig)
+            if pool is not None:
+                pool.stopping()
 
         previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -15,8 +15,10 @@ answered (no reflection) and does no work beyond matching. They only meet the ba
 * ``ALLOW``: hand the message to the SIP parser.
 * ``BANNED``: drop silently, before parsing, on every transport, and close a TCP/TLS connection
   (one is refused at accept too). Answering would tell a scanner it found a SIP server and feed
-  its loop. (With SIP workers, a worker's ban drops the messages of a connection the first
-  process holds, without closing it.)
+  its loop. (With SIP workers, the first process counts every process's authentication
+  failures and decides the bans, which every worker applies (:meth:`SourceGuard.impose_ban`,
+  ``cli/workers.py``); a ban drops the messages of a connection the first process holds for a
+  worker's call without closing it, and refuses new connections at accept.)
 * ``RATE_LIMITED`` over **UDP**: drop silently, INVITEs included. UDP sources are trivially
   spoofed, so any answer is traffic reflected at whoever's address was forged, and answering a
   flood costs us as much as the flood. A real client's INVITE is retransmitted by Timer A
@@ -48,6 +50,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -144,6 +147,8 @@ class SourceGuard:
         self.rate_limited = 0
         self.banned_requests = 0
         self.bans = 0
+        # told of each ban this guard decides (ip, seconds): SIP workers share it (cli/workers.py)
+        self.on_ban: Callable[[str, float], None] | None = None
 
     def _allowlisted(self, ip: str) -> bool:
         if ip in self._allow_exact:
@@ -212,16 +217,31 @@ class SourceGuard:
         if len(failures) < self.policy.auth_failures_before_ban:
             return False
         failures.clear()
-        self._ban(source_ip, now)
+        self._ban(source_ip, now, self.policy.ban_seconds)
+        if self.on_ban is not None:
+            self.on_ban(source_ip, self.policy.ban_seconds)
         return True
 
-    def _ban(self, ip: str, now: float) -> None:
+    def impose_ban(self, source_ip: str, seconds: float) -> None:
+        """Ban ``source_ip`` for ``seconds`` on another guard's decision (``on_ban`` is not told).
+
+        With SIP workers the first process counts every process's failures and tells the
+        others of its bans (``cli/workers.py``). Allowlisted sources are never banned.
+        """
+        if seconds <= 0 or self._allowlisted(source_ip):
+            return
+        source = self._sources.get(source_ip)
+        if source is not None:
+            source.failures.clear()
+        self._ban(source_ip, self._clock.now(), seconds)
+
+    def _ban(self, ip: str, now: float, seconds: float) -> None:
         if ip not in self._bans and len(self._bans) >= self.policy.max_tracked_sources:
             for expired in [b for b, until in self._bans.items() if until <= now]:
                 del self._bans[expired]
             if len(self._bans) >= self.policy.max_tracked_sources:
                 del self._bans[min(self._bans, key=self._bans.__getitem__)]
-        self._bans[ip] = now + self.policy.ban_seconds
+        self._bans[ip] = now + seconds
         self.bans += 1
 
     def record_auth_success(self, source_ip: str) -> None:

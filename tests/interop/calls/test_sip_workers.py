@@ -16,11 +16,13 @@ import re
 import signal
 import sqlite3
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from telepath.sip.message import Response
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
@@ -48,7 +50,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.uac import CallLeg, Message, Uac
 
 pytestmark = pytest.mark.interop
 
@@ -499,3 +501,41 @@ async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_
         finally:
             await phone.close()
             await asyncio.to_thread(stop_server, server)
+
+
+def _answering(call_id: str) -> Callable[[Message], bool]:
+    return lambda m: isinstance(m, Response) and m.call_id == call_id
+
+
+async def test_auth_failure_bans_count_every_workers_failures(tmp_path: Path) -> None:
+    """Failed logins spread over the workers by Call-ID: they add up to one ban, as in one
+    process, and the ban holds in every worker (before: each counted its own — N times the
+    guesses — and a worker's ban left the others answering)."""
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_AUTH_FAILURES_BEFORE_BAN": "3"}
+    sip_port = int(env["TELEPATH_SIP_PORT"])
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    try:
+        await _worker_serving(server)
+        await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, "ws://x"))
+        uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
+        try:
+            # one wrong password on a call of the front, two on calls of the worker
+            for owner, tag in ((0, "guess-a"), (1, "guess-b"), (1, "guess-c")):
+                leg = CallLeg(uac, "bob", call_id=_call_id(owner, tag))
+                await leg.challenge(None)
+                uac.send(leg.authenticated_invite("wrong-password", None))
+                refused = await uac.response(403, leg.call_id)
+                uac.send(leg.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
+            await wait_until(
+                lambda: "banned a SIP source" in server.log(), within_s=5, what="the ban"
+            )
+            await asyncio.sleep(0.2)  # the ban on its way to the worker
+            for owner in (0, 1):  # neither process answers the banned source any more
+                probe = CallLeg(uac, "bob", call_id=_call_id(owner, "after-ban"))
+                uac.send(probe.build("INVITE", body=b""))
+                with pytest.raises(AssertionError, match="nothing matched"):
+                    await uac.wait_for(_answering(probe.call_id), within_s=1.5)
+        finally:
+            await uac.close()
+    finally:
+        await asyncio.to_thread(stop_server, server)

@@ -205,3 +205,20 @@ def test_ban_memory_is_bounded() -> None:
 def test_invalid_policy_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         DefencePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_ban_decided_here_is_told_one_imposed_from_elsewhere_is_not() -> None:
+    """SIP workers: the first process's guard decides the bans and tells the workers'
+    (``on_ban``); theirs impose them, telling nobody (no echo)."""
+    g, clock = guard(auth_failures_before_ban=2, ban_seconds=60, allowlist=frozenset({B}))
+    told: list[tuple[str, float]] = []
+    g.on_ban = lambda ip, seconds: told.append((ip, seconds))
+    g.record_auth_failure(A)
+    assert g.record_auth_failure(A)
+    assert told == [(A, 60)]
+    g.impose_ban("203.0.113.5", 30)
+    assert g.is_banned("203.0.113.5") and told == [(A, 60)]
+    clock.advance(30)
+    assert not g.is_banned("203.0.113.5")
+    g.impose_ban(B, 30)  # allowlisted: never banned
+    assert not g.is_banned(B)
