@@ -499,3 +499,45 @@ async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_
         finally:
             await phone.close()
             await asyncio.to_thread(stop_server, server)
+
+
+async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_uses_it(
+    tmp_path: Path,
+) -> None:
+    """``TELEPATH_SIP_TCP_IDLE_S`` with workers: a connection that once carried a message of a
+    worker's Call-ID, then went silent, is closed like any idle one (it was kept for ever: 64
+    such connections per source address, 16 addresses, and the 1,024 places were gone); one
+    that carries a live call of the worker's is kept past the idle time, both ways — the
+    caller's BYE reaches the worker and the worker's 200 comes back on it."""
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_TCP_IDLE_S": "1"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await _worker_serving(server)
+        port = _sip_port(server, "TCP")
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            silent = await Uac.open("TCP", ("127.0.0.1", port))
+            uac = await Uac.open("TCP", ("127.0.0.1", port))
+            try:
+                call_id = _call_id(1, "attack").encode()
+                silent.send(b"OPTIONS sip:x SIP/2.0\r\ni: " + call_id + b"\r\nl: 0\r\n\r\n")
+                leg = CallLeg(uac, "bob", call_id=_call_id(1, "kept"))
+                await leg.challenge(phone.port)
+                await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                uac.send(leg.ack())
+                assert silent._stream is not None and uac._stream is not None
+                # closed after the idle time and the workers' time to answer (1 s here)
+                await asyncio.wait_for(silent._stream.closed.wait(), 10)
+                await asyncio.sleep(3)  # three idle times without a message on the call's
+                assert not uac._stream.closed.is_set()
+                await leg.bye()  # both ways over the connection kept
+            finally:
+                await silent.close()
+                await uac.close()
+        calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
+        assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
+        assert re.search(rf"manager w1 \[{calls[0]['id']}\] .*ended", server.log())
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
