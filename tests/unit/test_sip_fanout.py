@@ -13,6 +13,7 @@ from telepath.clock import FakeClock
 from telepath.sip.routing import owner_of
 from telepath.sip.ua import UaConfig, UserAgentCore
 from telepath.transport import sip_server
+from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_fanout import (
     Forwarded,
     Forwarder,
@@ -337,3 +338,57 @@ async def test_without_a_worker_to_ask_an_idle_connection_is_closed_at_once() ->
         assert open_after_asking == [False]  # closed in the same turn
     finally:
         await server.stop()
+
+
+class _CountingBacklog(BacklogMonitor):
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        super().__init__(threshold_s=0.025)
+        self.samples: list[float] = []
+
+    def sample(self, waited_s: float, now: float) -> None:
+        self.samples.append(waited_s)
+        super().sample(waited_s, now)
+
+
+async def test_a_datagram_handed_to_a_worker_is_one_receive_wait_there_not_two() -> None:
+    """The front's backlog monitor samples every datagram it reads (its own loop's queue);
+    the wait histogram is observed once per datagram, by the process that serves it: the
+    front for its own, the worker — with the hand-over in the wait — for the others."""
+    mine, theirs = _owned_by(0, 2), _owned_by(1, 2)
+    front_waits: list[float] = []
+    front_backlog = _CountingBacklog()
+    front = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        backlog=front_backlog,
+        on_receive_wait=front_waits.append,
+    )
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    front.router = Forwarder(2, {1: near})
+    worker_waits: list[float] = []
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    worker = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        on_receive_wait=worker_waits.append,
+    )
+    await front.start([ListenAddress("UDP", "127.0.0.1", 0)])
+    worker.adopt(udp, far, front.bound["UDP"])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for call_id in (theirs, theirs, theirs, mine):
+                peer.sendto(_invite(call_id), front.bound["UDP"])
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if len(front_backlog.samples) == 4 and len(worker_waits) == 3:
+                    break
+        await asyncio.sleep(0.05)  # a second observation of any would have come by now
+        assert len(front_backlog.samples) == 4  # the front's own queue: every datagram
+        assert (len(front_waits), len(worker_waits)) == (1, 3)
+    finally:
+        await worker.stop()
+        await front.stop()
+        near.close()
+        far.close()

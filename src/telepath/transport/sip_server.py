@@ -122,14 +122,19 @@ class _Udp(asyncio.DatagramProtocol):
         self.stamp = KernelReceiveTime(transport.get_extra_info("socket").fileno())
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        waited = 0.0
-        if self.stamp is not None:
-            waited = self.stamp.waited_s()
-            self.server.received_after(waited)
-        router = self.server.router
+        server = self.server
+        waited = 0.0 if self.stamp is None else self.stamp.waited_s()
+        router = server.router
         if router is not None and router(data, addr, waited):
-            return  # another worker process owns this call (sip_fanout)
-        self.server.feed(data, Source("UDP", (addr[0], addr[1])))
+            # another worker process owns this call (sip_fanout). This loop's own queue is
+            # still sampled (it sheds on it); the wait is observed by the worker, from the
+            # same arrival stamp to its own read: once per datagram, hand-over included.
+            if self.stamp is not None:
+                server.backlog.sample(waited, time.monotonic())
+            return
+        if self.stamp is not None:
+            server.received_after(waited)
+        server.feed(data, Source("UDP", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         self.server.counters_inc("udp_errors")
@@ -483,7 +488,9 @@ class SipServer:
     # ---------------------------------------------------------------- data path
 
     def received_after(self, waited_s: float) -> None:
-        """A UDP datagram was read ``waited_s`` after it arrived (``receive_backlog``)."""
+        """A UDP datagram this process serves was read ``waited_s`` after it arrived
+        (``receive_backlog``); a worker's is the wait from the front's socket to its inbox
+        read. Observed here once per datagram: not by the front for one it hands over."""
         self.backlog.sample(waited_s, time.monotonic())
         if self.on_receive_wait is not None:
             self.on_receive_wait(waited_s)

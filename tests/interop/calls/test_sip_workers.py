@@ -541,3 +541,32 @@ async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_us
     finally:
         await phone.close()
         await asyncio.to_thread(stop_server, server)
+
+
+def _receive_waits(metrics: str) -> float:
+    """``telepath_sip_receive_wait_seconds_count`` in a ``/metrics`` text (every process's)."""
+    (count,) = re.findall(r"^telepath_sip_receive_wait_seconds_count (\S+)$", metrics, re.M)
+    return float(count)
+
+
+async def test_each_datagram_a_worker_serves_is_one_receive_wait(tmp_path: Path) -> None:
+    """``telepath_sip_receive_wait_seconds`` observes each datagram once, whichever process
+    serves it: the front read each datagram of a worker's call and observed its wait, then the
+    worker observed it again (``_count`` rose by 2 for 1)."""
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(free_sip_port()))
+    try:
+        await _worker_serving(server)
+        before = _receive_waits((await live_api(server, "GET", "/metrics")).text)
+        uac = await Uac.open("UDP", ("127.0.0.1", _sip_port(server, "UDP")))
+        try:
+            owners = (1, 1, 1, 1, 1, 1, 0, 0)  # six of the worker's, two of the front's
+            for i, owner in enumerate(owners):
+                call_id = _call_id(owner, f"wait{i}")
+                uac.send(uac.request("OPTIONS", "bob", call_id=call_id, cseq=1))
+                await uac.response(200, call_id)
+        finally:
+            await uac.close()
+        after = _receive_waits((await live_api(server, "GET", "/metrics")).text)
+        assert after - before == len(owners)
+    finally:
+        await asyncio.to_thread(stop_server, server)
