@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -392,3 +393,23 @@ async def test_a_datagram_handed_to_a_worker_is_one_receive_wait_there_not_two()
         await front.stop()
         near.close()
         far.close()
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda call_id: b"\r\n\r\n" + _invite(call_id),  # RFC 3261 §7.5: leading CRLFs
+        lambda call_id: _invite(call_id).replace(b"Call-ID: ", b"Call-ID:\r\n "),  # §7.3.1
+    ],
+)
+def test_a_message_of_a_workers_call_reaches_it_however_it_is_spelled(
+    spelling: Callable[[bytes], bytes],
+) -> None:
+    """The front handled these itself (no Call-ID found): a BYE of the worker's call got 481
+    there and the call stayed up."""
+    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with front, worker:
+        forward = Forwarder(2, {1: front})
+        data = spelling(_owned_by(1, 2))
+        assert forward(data, ("10.0.0.1", 5060), 0.0) is True
+        assert [unpack(m).data for m in _drain(worker)] == [data]
