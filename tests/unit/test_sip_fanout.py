@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
+from telepath.clock import FakeClock
 from telepath.sip.routing import owner_of
+from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport import sip_server
+from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_fanout import (
     Forwarded,
     Forwarder,
     Inbox,
     OrderedSender,
     pack,
+    pack_claim,
+    pack_query,
     pack_stream_reply,
     unpack,
     unpack_stream_reply,
 )
+from telepath.transport.sip_server import ListenAddress, SipServer, StreamLimits
 
 
 def _owned_by(owner: int, workers: int, prefix: str = "c") -> bytes:
@@ -199,3 +208,208 @@ async def test_forwarder_hands_stream_messages_over_and_holds_them_for_a_restart
             forward.attach(1, new_front)
             assert [unpack(m).data for m in _drain(new_worker)] == later
         assert forward.forwarded == 4 and forward.dropped == 1
+
+
+def test_a_question_about_a_connection_and_its_claim_are_no_sip_message() -> None:
+    query = unpack(pack_query(9))
+    assert query.is_query and query.conn == 9 and query.transport in ("TCP", "TLS")
+    assert not unpack(pack(_invite(b"x@y"), ("10.0.0.1", 5060), 0.0, "TCP", 9)).is_query
+    assert not unpack(pack(b"", ("10.0.0.1", 5060), 0.0)).is_query  # an empty UDP datagram
+    assert unpack_stream_reply(pack_claim(9)) == (9, b"")  # handed on as any reply
+
+
+async def test_the_front_asks_every_worker_after_what_it_forwarded_on_the_connection() -> None:
+    front1, worker1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    front2, worker2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with front1, worker1, front2, worker2:
+        forward = Forwarder(3, {})
+        assert forward.ask(5) is False  # no worker serves: nobody to keep it for
+        forward.attach(1, front1)
+        forward.attach(2, front2)
+        theirs = _invite(_owned_by(1, 3))
+        assert forward.stream(theirs, "TCP", ("198.51.100.9", 40000), 5) is True
+        assert forward.ask(5) is True
+        first = [unpack(m) for m in _drain(worker1)]
+        assert [(m.data, m.is_query, m.conn) for m in first] == [(theirs, False, 5), (b"", True, 5)]
+        assert [(m.is_query, m.conn) for m in map(unpack, _drain(worker2))] == [(True, 5)]
+        assert forward.forwarded == 1  # a question is not a forwarded message
+
+
+def _full_invite(call_id: str) -> bytes:
+    return (
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 198.51.100.9:40000;branch=z9hG4bK-q1\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:alice@198.51.100.9>;tag=a1\r\n"
+        f"To: <sip:bob@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:alice@198.51.100.9:40000;transport=tcp>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_a_worker_claims_only_the_connections_its_calls_use() -> None:
+    """The worker answers the front's question from its core: a connection a request of its
+    calls came on (still being answered) is claimed; any other gets no answer."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    server.adopt(udp, inbox, ("127.0.0.1", 5060))
+    try:
+        front.send(pack(_full_invite("q1@x"), ("198.51.100.9", 40000), time.time(), "TCP", 7))
+        front.send(pack_query(7))
+        front.send(pack_query(8))
+        claims: list[int] = []
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            for message in _drain(front):
+                reply = unpack_stream_reply(message)
+                if reply is not None and reply[1] == b"":
+                    claims.append(reply[0])
+            if claims:
+                break
+        await asyncio.sleep(0.05)  # an answer about connection 8 would have come by now
+        claims += [r[0] for r in map(unpack_stream_reply, _drain(front)) if r and not r[1]]
+        assert claims == [7]
+    finally:
+        await server.stop()
+        front.close()
+        inbox.close()
+
+
+@pytest.mark.parametrize("claim", [False, True])
+async def test_the_front_closes_an_idle_connection_unless_a_worker_claims_it(
+    claim: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle for ``idle_s``: the workers are asked; unclaimed, the connection is closed once they
+    had the time to answer; claimed, it is kept (and asked about again an idle time later)."""
+    monkeypatch.setattr(sip_server, "WORKER_ANSWER_S", 0.05)
+    server = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        limits=StreamLimits(idle_s=0.2),
+    )
+    asked: list[float] = []
+    open_after_asking: list[bool] = []
+    loop = asyncio.get_running_loop()
+
+    def ask(conn: int) -> bool:
+        asked.append(loop.time())
+        loop.call_soon(lambda: open_after_asking.append(server.is_open(conn)))
+        if claim and len(asked) <= 3:
+            loop.call_later(0.02, server.write_stream, conn, b"")  # the worker's answer
+        return True
+
+    server.ask_workers = ask
+    await server.start([ListenAddress("TCP", "127.0.0.1", 0)])
+    try:
+        reader, writer = await asyncio.open_connection(*server.bound["TCP"])
+        opened = loop.time()
+        await asyncio.wait_for(reader.read(), 10)  # until the server closes it
+        closed = loop.time()
+        writer.close()
+        assert server.core.counters["stream_idle_closed"] == 1
+        assert open_after_asking == [True] * len(asked)  # each time, waiting for the answers
+        assert asked[0] - opened >= 0.19  # first asked once idle
+        assert closed - asked[-1] >= 0.045  # closed once the workers had the time to answer
+        # claimed three times, asked a fourth time, closed; a claim is activity: the next
+        # question comes an idle time later, not as soon as the answer time is over
+        assert len(asked) == (4 if claim else 1)
+        assert all(b - a >= 0.19 for a, b in itertools.pairwise(asked))
+    finally:
+        await server.stop()
+
+
+async def test_without_a_worker_to_ask_an_idle_connection_is_closed_at_once() -> None:
+    server = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        limits=StreamLimits(idle_s=0.2),
+    )
+    loop = asyncio.get_running_loop()
+    open_after_asking: list[bool] = []
+
+    def ask(conn: int) -> bool:  # every worker is being started again
+        loop.call_soon(lambda: open_after_asking.append(server.is_open(conn)))
+        return False
+
+    server.ask_workers = ask
+    await server.start([ListenAddress("TCP", "127.0.0.1", 0)])
+    try:
+        reader, writer = await asyncio.open_connection(*server.bound["TCP"])
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert open_after_asking == [False]  # closed in the same turn
+    finally:
+        await server.stop()
+
+
+class _CountingBacklog(BacklogMonitor):
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        super().__init__(threshold_s=0.025)
+        self.samples: list[float] = []
+
+    def sample(self, waited_s: float, now: float) -> None:
+        self.samples.append(waited_s)
+        super().sample(waited_s, now)
+
+
+async def test_a_datagram_handed_to_a_worker_is_one_receive_wait_there_not_two() -> None:
+    """The front's backlog monitor samples every datagram it reads (its own loop's queue);
+    the wait histogram is observed once per datagram, by the process that serves it: the
+    front for its own, the worker — with the hand-over in the wait — for the others."""
+    mine, theirs = _owned_by(0, 2), _owned_by(1, 2)
+    front_waits: list[float] = []
+    front_backlog = _CountingBacklog()
+    front = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        backlog=front_backlog,
+        on_receive_wait=front_waits.append,
+    )
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    front.router = Forwarder(2, {1: near})
+    worker_waits: list[float] = []
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    worker = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        on_receive_wait=worker_waits.append,
+    )
+    await front.start([ListenAddress("UDP", "127.0.0.1", 0)])
+    worker.adopt(udp, far, front.bound["UDP"])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for call_id in (theirs, theirs, theirs, mine):
+                peer.sendto(_invite(call_id), front.bound["UDP"])
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if len(front_backlog.samples) == 4 and len(worker_waits) == 3:
+                    break
+        await asyncio.sleep(0.05)  # a second observation of any would have come by now
+        assert len(front_backlog.samples) == 4  # the front's own queue: every datagram
+        assert (len(front_waits), len(worker_waits)) == (1, 3)
+    finally:
+        await worker.stop()
+        await front.stop()
+        near.close()
+        far.close()
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda call_id: b"\r\n\r\n" + _invite(call_id),  # RFC 3261 §7.5: leading CRLFs
+        lambda call_id: _invite(call_id).replace(b"Call-ID: ", b"Call-ID:\r\n "),  # §7.3.1
+    ],
+)
+def test_a_message_of_a_workers_call_reaches_it_however_it_is_spelled(
+    spelling: Callable[[bytes], bytes],
+) -> None:
+    """The front handled these itself (no Call-ID found): a BYE of the worker's call got 481
+    there and the call stayed up."""
+    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with front, worker:
+        forward = Forwarder(2, {1: front})
+        data = spelling(_owned_by(1, 2))
+        assert forward(data, ("10.0.0.1", 5060), 0.0) is True
+        assert [unpack(m).data for m in _drain(worker)] == [data]

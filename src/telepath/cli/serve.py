@@ -107,10 +107,9 @@ async def start_workers(
     # retransmits), not answered here — the dialog would then live in the wrong process.
     gateway.server.router = pool.forwarder
     gateway.server.stream_router = pool.forwarder.stream
-    # A connection that carried a worker's call may still carry it (this process holds no
-    # dialog of it): never closed for being idle, as for its own calls.
-    in_use, carried = gateway.server.in_use, pool.forwarder.carried
-    gateway.server.in_use = lambda conn: in_use(conn) or carried(conn)
+    # An idle connection a worker's call signals over is kept (this process holds no dialog
+    # of it): the workers are asked, and one that uses it claims it.
+    gateway.server.ask_workers = pool.forwarder.ask
     if gateway.registrations is not None:
         # A connection a registration lets go may carry a worker's call, of which this
         # process holds no dialog: kept open then, as for its own calls.

@@ -95,6 +95,25 @@ def parse_message(data: bytes) -> Request | Response:
     return _parse_request(start, lines[1:], body)
 
 
+def read_call_id(data: bytes) -> str:
+    """The Call-ID :func:`parse_message` reads from ``data`` (``call_id``: its first Call-ID
+    field, unfolded and stripped), or "" when it has none; nothing else is parsed or checked.
+
+    For the router of SIP worker processes (:mod:`telepath.sip.routing`), whose fast path
+    leaves it the messages whose Call-ID is not a plain word: it must read the Call-ID as the
+    parser does, or messages of one call would reach two processes. Same steps, same helpers:
+    CRLFs before the start line skipped (§7.5), the header section split and unfolded
+    (§7.3.1), a field name compared in its canonical form (§7.3.3 compact ``i``).
+    """
+    head, _ = _split_head_body(data.lstrip(b"\r\n"))
+    lines = _header_lines(head.decode("utf-8", "surrogateescape"))
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon and canonical_name(name.rstrip(" \t")) == "Call-ID":
+            return value.strip()
+    return ""
+
+
 def _bounded_body(headers: Headers, body: bytes, request: Request | None) -> bytes:
     try:
         length = _content_length(headers)

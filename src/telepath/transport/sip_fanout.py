@@ -15,6 +15,15 @@ other way on the pair (``s`` + the id + the message) and the front writes it. A 
 reliable — a peer does not retransmit over it (§17.1.1.2) — so unlike datagrams these messages
 are never dropped when a socket pair is full: they wait, in order (:class:`OrderedSender`).
 
+The front closes a connection idle for ``TELEPATH_SIP_TCP_IDLE_S`` unless a call signals over
+it (RFC 3261 §26.1.5: connections are a resource a peer must not hold at will) — and only the
+worker that holds a call's dialog knows whether it does. So at that moment the front asks every
+worker (:meth:`Forwarder.ask`: a stream message with no SIP message in it, behind what was
+forwarded before) and a worker whose core uses the connection — a dialog's, or a request on it
+still being answered — claims it (:func:`pack_claim`: a reply with no message to write); the
+front keeps what is claimed and closes what is not once the workers had time to answer.
+Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one.
+
 The arrival time travels as wall-clock seconds (``SIOCGSTAMP`` is ``CLOCK_REALTIME``), so the
 worker's :class:`~telepath.transport.receive_backlog.BacklogMonitor` sees the whole wait: in the
 front's socket and in its own inbox.
@@ -46,6 +55,8 @@ __all__ = [
     "OrderedSender",
     "UdpSender",
     "pack",
+    "pack_claim",
+    "pack_query",
     "pack_stream_reply",
     "unpack",
     "unpack_stream_reply",
@@ -72,6 +83,12 @@ class Forwarded(NamedTuple):
     arrival: float
     transport: str = "UDP"
     conn: int = 0
+
+    @property
+    def is_query(self) -> bool:
+        """The front asks whether a call uses stream connection :attr:`conn`
+        (:func:`pack_query`): no SIP message is empty, so no message is taken for one."""
+        return not self.data and self.conn != 0
 
 
 def pack(
@@ -102,6 +119,19 @@ def unpack(message: bytes) -> Forwarded:
 def pack_stream_reply(conn: int, data: bytes) -> bytes:
     """A worker's message for the front to write on stream connection ``conn``."""
     return _STREAM_REPLY.pack(b"s", conn) + data
+
+
+def pack_query(conn: int) -> bytes:
+    """The front's question to a worker: does a call of yours signal over stream connection
+    ``conn`` (:attr:`Forwarded.is_query`)? Answered only when it does (:func:`pack_claim`)."""
+    return pack(b"", ("", 0), 0.0, "TCP", conn)
+
+
+def pack_claim(conn: int) -> bytes:
+    """A worker's answer to :func:`pack_query`: a call of mine uses ``conn``, keep it open.
+    A stream reply with nothing to write, so the front's reader hands it on as any reply
+    (``SipServer.write_stream`` takes an empty message for a claim)."""
+    return pack_stream_reply(conn, b"")
 
 
 def unpack_stream_reply(message: bytes) -> tuple[int, bytes] | None:
@@ -190,8 +220,9 @@ class Forwarder:
         # stream messages for a worker that is not there (being started again): a peer does not
         # retransmit over a stream, so they wait for the next process (bounded)
         self._held: dict[int, deque[bytes]] = {}
-        # stream connections that carried a worker's call (oldest first, bounded): the front
-        # holds no dialog of those calls, so only this says a connection may still be in use
+        # stream connections that carried a message of a worker's Call-ID (oldest first,
+        # bounded): what a registration letting a connection go asks (:meth:`carried`); an idle
+        # connection is kept only if a worker claims it when asked (:meth:`ask`)
         self._carried: dict[int, None] = {}
 
     def attach(self, index: int, outbox: socket.socket) -> None:
@@ -265,15 +296,34 @@ class Forwarder:
             else:
                 self._drop()
             return True
-        sender = self._streams.get(owner)
-        if sender is None:
-            sender = self._streams[owner] = OrderedSender(outbox)
-        self._count(sender.send(message))
+        self._count(self._sender(owner, outbox).send(message))
         return True
 
+    def _sender(self, index: int, outbox: socket.socket) -> OrderedSender:
+        """What carries stream messages (and questions about them) to worker ``index``, in
+        order: one per worker."""
+        sender = self._streams.get(index)
+        if sender is None:
+            sender = self._streams[index] = OrderedSender(outbox)
+        return sender
+
+    def ask(self, conn: int) -> bool:
+        """Ask every worker whether a call of its signals over stream connection ``conn``
+        (idle: closed unless one does). The question goes behind the stream messages already
+        on their way, so a worker answers after taking the last one in. A worker that uses
+        the connection claims it (:func:`pack_claim`). False when no worker could be asked
+        (every one being started again: their calls are lost, nothing of theirs to keep)."""
+        asked = False
+        for index, outbox in self.outboxes.items():
+            if self._sender(index, outbox).send(pack_query(conn)):
+                asked = True
+        return asked
+
     def carried(self, conn: int) -> bool:
-        """Whether stream connection ``conn`` carried a message of a worker's call: it may
-        still be that call's signalling path, whatever the front's own dialogs say."""
+        """Whether stream connection ``conn`` carried a message of a worker's Call-ID: it may
+        be that call's signalling path, whatever the front's own dialogs say. Sent before any
+        parsing or authentication, so it is no reason to keep an accepted connection open
+        (:meth:`ask` is); a registration letting its own connection go leaves it open."""
         return conn in self._carried
 
 

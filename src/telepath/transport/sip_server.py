@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import socket
 import ssl
 import time
@@ -31,6 +32,7 @@ from telepath.transport.sip_fanout import (
     Inbox,
     OrderedSender,
     UdpSender,
+    pack_claim,
     pack_stream_reply,
 )
 
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 Hop = tuple[str, str, int]
 #: Messages held for a next hop while a connection to it is being opened.
 HELD_PER_HOP = 64
+#: How long the front waits for SIP workers to claim an idle connection before closing it
+#: (at most the idle time itself). A worker answers from its event loop, behind what that loop
+#: is doing: milliseconds, a few hundred when saturated. One later than this costs its call the
+#: connection, not the call: the next message either way goes on a new one (:func:`next_hop`).
+WORKER_ANSWER_S = 2.0
 
 # What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
 # (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
@@ -66,8 +73,10 @@ class StreamLimits:
             opening a connection per call, are held to ``max_connections`` only).
         idle_s: a connection that brought no complete message nor CRLF keep-alive
             (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
-            (:attr:`SipServer.in_use`); 0: never. A partial message is no activity: a header
-            trickled in a byte at a time does not hold the connection and its framer buffer.
+            (:attr:`SipServer.in_use`, or with SIP workers one of theirs:
+            :attr:`SipServer.ask_workers`); 0: never. A partial message is no activity: a
+            header trickled in a byte at a time does not hold the connection and its framer
+            buffer.
         tls_handshake_s: a TLS handshake not completed in this long closes the connection
             (it is counted against the caps only once complete, when its peer is known).
         write_buffer: bytes we may hold for a peer that does not read what we write; past
@@ -113,14 +122,19 @@ class _Udp(asyncio.DatagramProtocol):
         self.stamp = KernelReceiveTime(transport.get_extra_info("socket").fileno())
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        waited = 0.0
-        if self.stamp is not None:
-            waited = self.stamp.waited_s()
-            self.server.received_after(waited)
-        router = self.server.router
+        server = self.server
+        waited = 0.0 if self.stamp is None else self.stamp.waited_s()
+        router = server.router
         if router is not None and router(data, addr, waited):
-            return  # another worker process owns this call (sip_fanout)
-        self.server.feed(data, Source("UDP", (addr[0], addr[1])))
+            # another worker process owns this call (sip_fanout). This loop's own queue is
+            # still sampled (it sheds on it); the wait is observed by the worker, from the
+            # same arrival stamp to its own read: once per datagram, hand-over included.
+            if self.stamp is not None:
+                server.backlog.sample(waited, time.monotonic())
+            return
+        if self.stamp is not None:
+            server.received_after(waited)
+        server.feed(data, Source("UDP", (addr[0], addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         self.server.counters_inc("udp_errors")
@@ -138,6 +152,7 @@ class _Stream(asyncio.Protocol):
         self.place: str | None = None  # the address it holds a place under the caps for
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_active = 0.0  # loop time of the last complete message or keep-alive
+        self.asked_at = -math.inf  # when SIP workers were last asked to claim it (idle)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.hop: Hop | None = None  # opened for messages whose own connection was gone
 
@@ -220,9 +235,12 @@ class SipServer:
         self.core = core
         self.limits = limits or StreamLimits()
         #: Whether a call still signals over a stream connection (its id): such a connection is
-        #: never closed for being idle. The core's dialogs and server transactions; with SIP
-        #: workers, the front adds the connections that carried a worker's call.
+        #: never closed for being idle. The core's dialogs and server transactions.
         self.in_use: Callable[[int], bool] = core.uses_connection
+        #: The front with SIP workers: asks them whether a call of theirs signals over an idle
+        #: connection (``sip_fanout``; False when none could be asked). One that does claims
+        #: it within :data:`WORKER_ANSWER_S` (an empty :meth:`write_stream`), or it is closed.
+        self.ask_workers: Callable[[int], bool] | None = None
         self.router = router
         self.stream_router: StreamRouter | None = None
         self.on_event = on_event
@@ -378,14 +396,29 @@ class SipServer:
         if transport is None or loop is None or transport.is_closing():
             return
         now = loop.time()
-        due = conn.last_active + self.limits.idle_s
+        idle = self.limits.idle_s
+        due = conn.last_active + idle
         if due <= now and self.in_use(conn.conn_id):
-            due = now + self.limits.idle_s  # a call signals over it: kept, looked at again
+            due = now + idle  # a call signals over it: kept, looked at again
+        elif due <= now and conn.asked_at < conn.last_active and self.ask_workers is not None:
+            # a worker's call may signal over it: kept if one claims it (:meth:`_claimed`
+            # makes it active), closed if none has once they had the time to answer
+            if self.ask_workers(conn.conn_id):
+                conn.asked_at = now
+                due = now + min(idle, WORKER_ANSWER_S)
         if due > now:
             conn.idle_timer = loop.call_at(due, self._idle_check, conn)
             return
         self.counters_inc("stream_idle_closed")
         transport.close()
+
+    def _claimed(self, conn_id: int) -> None:
+        """A SIP worker answered :attr:`ask_workers`: a call of its signals over ``conn_id``.
+        Counted as activity: the connection is kept for another idle time, then asked again."""
+        conn = self.connections.get(conn_id)
+        if conn is not None and conn.loop is not None:
+            conn.last_active = conn.loop.time()
+            conn.asked_at = -math.inf
 
     def disconnect(self, conn_id: int) -> None:
         """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""
@@ -421,6 +454,9 @@ class SipServer:
         if message.transport == "UDP":
             self.received_after(waited_s)
             self.feed(message.data, Source("UDP", message.addr))
+        elif message.is_query:  # the front asks before closing the connection as idle
+            if self._stream_out is not None and self.core.uses_connection(message.conn):
+                self._stream_out.send(pack_claim(message.conn))
         else:  # framed off a connection the front holds; replies go back through the front
             self.feed(message.data, Source(message.transport, message.addr, message.conn))
 
@@ -452,7 +488,9 @@ class SipServer:
     # ---------------------------------------------------------------- data path
 
     def received_after(self, waited_s: float) -> None:
-        """A UDP datagram was read ``waited_s`` after it arrived (``receive_backlog``)."""
+        """A UDP datagram this process serves was read ``waited_s`` after it arrived
+        (``receive_backlog``); a worker's is the wait from the front's socket to its inbox
+        read. Observed here once per datagram: not by the front for one it hands over."""
         self.backlog.sample(waited_s, time.monotonic())
         if self.on_receive_wait is not None:
             self.on_receive_wait(waited_s)
@@ -521,7 +559,11 @@ class SipServer:
         self.write_stream(dest.conn or -1, send.data)
 
     def write_stream(self, conn_id: int, data: bytes) -> None:
-        """Write one message on stream connection ``conn_id`` (ours, or a worker's reply)."""
+        """Write one message on stream connection ``conn_id`` (ours, or a worker's reply); a
+        worker's empty one claims the connection (``sip_fanout.pack_claim``)."""
+        if not data:
+            self._claimed(conn_id)
+            return
         conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
             self._elsewhere(data)  # the connection is gone

@@ -539,3 +539,74 @@ async def test_auth_failure_bans_count_every_workers_failures(tmp_path: Path) ->
             await uac.close()
     finally:
         await asyncio.to_thread(stop_server, server)
+
+
+async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_uses_it(
+    tmp_path: Path,
+) -> None:
+    """``TELEPATH_SIP_TCP_IDLE_S`` with workers: a connection that once carried a message of a
+    worker's Call-ID, then went silent, is closed like any idle one (it was kept for ever: 64
+    such connections per source address, 16 addresses, and the 1,024 places were gone); one
+    that carries a live call of the worker's is kept past the idle time, both ways — the
+    caller's BYE reaches the worker and the worker's 200 comes back on it."""
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_TCP_IDLE_S": "1"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await _worker_serving(server)
+        port = _sip_port(server, "TCP")
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            silent = await Uac.open("TCP", ("127.0.0.1", port))
+            uac = await Uac.open("TCP", ("127.0.0.1", port))
+            try:
+                call_id = _call_id(1, "attack").encode()
+                silent.send(b"OPTIONS sip:x SIP/2.0\r\ni: " + call_id + b"\r\nl: 0\r\n\r\n")
+                leg = CallLeg(uac, "bob", call_id=_call_id(1, "kept"))
+                await leg.challenge(phone.port)
+                await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                uac.send(leg.ack())
+                assert silent._stream is not None and uac._stream is not None
+                # closed after the idle time and the workers' time to answer (1 s here)
+                await asyncio.wait_for(silent._stream.closed.wait(), 10)
+                await asyncio.sleep(3)  # three idle times without a message on the call's
+                assert not uac._stream.closed.is_set()
+                await leg.bye()  # both ways over the connection kept
+            finally:
+                await silent.close()
+                await uac.close()
+        calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
+        assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
+        assert re.search(rf"manager w1 \[{calls[0]['id']}\] .*ended", server.log())
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
+
+
+def _receive_waits(metrics: str) -> float:
+    """``telepath_sip_receive_wait_seconds_count`` in a ``/metrics`` text (every process's)."""
+    (count,) = re.findall(r"^telepath_sip_receive_wait_seconds_count (\S+)$", metrics, re.M)
+    return float(count)
+
+
+async def test_each_datagram_a_worker_serves_is_one_receive_wait(tmp_path: Path) -> None:
+    """``telepath_sip_receive_wait_seconds`` observes each datagram once, whichever process
+    serves it: the front read each datagram of a worker's call and observed its wait, then the
+    worker observed it again (``_count`` rose by 2 for 1)."""
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(free_sip_port()))
+    try:
+        await _worker_serving(server)
+        before = _receive_waits((await live_api(server, "GET", "/metrics")).text)
+        uac = await Uac.open("UDP", ("127.0.0.1", _sip_port(server, "UDP")))
+        try:
+            owners = (1, 1, 1, 1, 1, 1, 0, 0)  # six of the worker's, two of the front's
+            for i, owner in enumerate(owners):
+                call_id = _call_id(owner, f"wait{i}")
+                uac.send(uac.request("OPTIONS", "bob", call_id=call_id, cseq=1))
+                await uac.response(200, call_id)
+        finally:
+            await uac.close()
+        after = _receive_waits((await live_api(server, "GET", "/metrics")).text)
+        assert after - before == len(owners)
+    finally:
+        await asyncio.to_thread(stop_server, server)
