@@ -10,8 +10,24 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TELEPATH_"
+
+
+def config_errors(exc: ValidationError) -> list[str]:
+    """``exc``'s problems, one line each: ``TELEPATH_X: reason``, never the value.
+
+    A value may be a secret (``TELEPATH_SECRET_KEY``, a database URL's password), and pydantic
+    gives a model-level check the whole input as its value: only the variable and the reason
+    are said. Model-level messages name their variables themselves (they have no field)."""
+    lines: list[str] = []
+    for error in exc.errors():
+        reason = error["msg"].removeprefix("Value error, ")
+        field = error["loc"][0] if error["loc"] else None
+        lines.append(reason if field is None else f"{ENV_PREFIX}{str(field).upper()}: {reason}")
+    return lines
 
 
 def parse_servers(value: str) -> list[tuple[str, int]]:
@@ -45,7 +61,11 @@ def parse_servers(value: str) -> list[tuple[str, int]]:
 class Settings(BaseSettings):
     """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="TELEPATH_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a refusal's text never carries the input, which for a model-level
+    # check is every setting, TELEPATH_SECRET_KEY included (it reached stderr, the journal)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- storage -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
@@ -154,16 +174,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
         if self.rtp_port_min >= self.rtp_port_max:
-            raise ValueError("TELEPATH_RTP_PORT_MIN must be below TELEPATH_RTP_PORT_MAX")
+            raise ValueError("TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX")
         if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
-            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
+            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX: too small for TELEPATH_SIP_WORKERS")
         try:
             parse_servers(self.dns_servers)
         except ValueError as exc:
             raise ValueError(f"TELEPATH_DNS_SERVERS: {exc}") from None
         if self.stun_server and self.stun_server_address is None:
             raise ValueError(
-                "TELEPATH_STUN_SERVER must be host or host:port (an IPv4 address or a DNS name)"
+                "TELEPATH_STUN_SERVER: must be host or host:port (an IPv4 address or a DNS name)"
             )
         return self
 

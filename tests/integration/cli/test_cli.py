@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import wave
@@ -277,3 +278,31 @@ def test_a_call_that_fails_leaves_the_record_path_as_it_was(tmp_path: Path) -> N
         assert result.exit_code == 1 and "cannot reach the gateway" in result.output
     assert kept.read_bytes() == b"an earlier recording"
     assert not (tmp_path / "new.wav").exists()
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No TELEPATH_* variable set, run in an empty directory: the default data directory,
+    ``./data``, is returned (it must not exist after a refused start)."""
+    for name in list(os.environ):
+        if name.startswith("TELEPATH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["keys", "list"], ["calls", "list"]])
+def test_a_configuration_error_names_the_variable_never_the_secret_key(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A refusal that pydantic reports with the whole input (a model-level check) printed the
+    start of TELEPATH_SECRET_KEY to stderr, i.e. to the journal."""
+    secret = encode_key(new_key())
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", secret)
+    monkeypatch.setenv("TELEPATH_STUN_SERVER", "a b")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert secret[:6] not in result.output
+    assert result.stderr.startswith("configuration error: TELEPATH_STUN_SERVER: "), result.stderr
+    assert "Traceback" not in result.output
+    assert not bare_env.exists()
