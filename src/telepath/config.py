@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     sip_enabled: bool = True
     # processes serving SIP and media (one UDP port, calls spread by Call-ID; TCP/TLS: the first)
     sip_workers: int = Field(default=1, ge=1, le=64)
-    sip_codecs: str = "G722,PCMU,PCMA"  # SDP answer preference order
+    # SDP answer preference order; names checked by `telepath serve` (cli/preflight.py)
+    sip_codecs: str = "G722,PCMU,PCMA"
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit
     sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
@@ -177,6 +178,10 @@ class Settings(BaseSettings):
             raise ValueError("TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX")
         if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
             raise ValueError("TELEPATH_RTP_PORT_MIN..MAX: too small for TELEPATH_SIP_WORKERS")
+        if self.rtp_jitter_min_ms > self.rtp_jitter_max_ms:  # rtp/jitter.py: at a call's media
+            raise ValueError(
+                "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
+            )
         try:
             parse_servers(self.dns_servers)
         except ValueError as exc:

@@ -49,3 +49,11 @@ def test_model_level_refusals_name_their_variables() -> None:
     ]
     (line,) = refusal(dns_servers="10.0.0.2:x")
     assert line.startswith("TELEPATH_DNS_SERVERS: '10.0.0.2:x' is not a DNS server")
+
+
+def test_jitter_bounds_the_wrong_way_round_are_refused() -> None:
+    # rtp/jitter.py refused them when a call's media opened, after the agent had connected
+    assert refusal(rtp_jitter_min_ms=100, rtp_jitter_max_ms=60) == [
+        "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
+    ]
+    assert Settings(rtp_jitter_min_ms=60, rtp_jitter_max_ms=60).rtp_jitter_max_ms == 60

@@ -51,9 +51,16 @@ def _with_state(fn: Callable[[ApiState], Awaitable[T]]) -> T:
 @app.command()
 def serve() -> None:
     """Run the HTTP API, SIP and media servers in one process (configured by TELEPATH_*)."""
+    from telepath.cli.preflight import problems
     from telepath.cli.serve import run_serve
 
-    run_serve(_settings())
+    settings = _settings()
+    refused = problems(settings)  # before the database is opened or a key generated
+    for line in refused:
+        typer.echo(f"configuration error: {line}", err=True)
+    if refused:
+        raise typer.Exit(2)
+    run_serve(settings)
 
 
 @app.command("sip-worker", hidden=True)

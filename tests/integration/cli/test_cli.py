@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from telepath.calls.config import CallControlConfig
 from telepath.cli.call_audio import caller_audio
 from telepath.cli.main import app
 from telepath.config import Settings
@@ -306,3 +307,60 @@ def test_a_configuration_error_names_the_variable_never_the_secret_key(
     assert result.stderr.startswith("configuration error: TELEPATH_STUN_SERVER: "), result.stderr
     assert "Traceback" not in result.output
     assert not bare_env.exists()
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """``run_serve`` replaced: the settings ``telepath serve`` got as far as starting with."""
+    runs: list[Settings] = []
+    monkeypatch.setattr("telepath.cli.serve.run_serve", runs.append)
+    return runs
+
+
+SUPPORTED_CODECS = "(supported: G722, PCMU, PCMA)"
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        # the README's prose spelling; G722 is the SDP name (RFC 3551), as the trunk API has it
+        ({"SIP_CODECS": "G.722,PCMU"}, f"SIP_CODECS: unsupported codec 'G.722' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": "PCMU,OPUS"}, f"SIP_CODECS: unsupported codec 'OPUS' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": "G729"}, f"SIP_CODECS: unsupported codec 'G729' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": " , "}, f"SIP_CODECS: no codec listed {SUPPORTED_CODECS}"),
+        (
+            {"RTP_JITTER_MIN_MS": "100", "RTP_JITTER_MAX_MS": "60"},
+            "RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS",
+        ),
+    ],
+)
+def test_serve_refuses_what_every_call_would_fail_on(
+    bare_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started: list[Settings],
+    variables: dict[str, str],
+    message: str,
+) -> None:
+    """Accepted, these failed each call instead: an unknown codec name raised in the SDP
+    code on every INVITE (500), jitter bounds the wrong way round once the agent had
+    connected. Now ``telepath serve`` exits 2 saying so, before it opens anything."""
+    for name, value in variables.items():
+        monkeypatch.setenv(f"TELEPATH_{name}", value)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert f"configuration error: TELEPATH_{message}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert started == []
+    assert not bare_env.exists()
+
+
+def test_serve_takes_codec_names_in_any_case(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    monkeypatch.setenv("TELEPATH_SIP_CODECS", "pcma, PCMU")
+    monkeypatch.setenv("TELEPATH_RTP_JITTER_MIN_MS", "60")
+    monkeypatch.setenv("TELEPATH_RTP_JITTER_MAX_MS", "60")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    (settings,) = started
+    assert CallControlConfig.from_settings(settings, "127.0.0.1").codecs == ("PCMA", "PCMU")
