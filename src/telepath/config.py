@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TELEPATH_"
@@ -58,6 +58,18 @@ def parse_servers(value: str) -> list[tuple[str, int]]:
     return servers
 
 
+def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``value`` (spaces around it dropped) as a plain IP address: None for anything else — a
+    name, a port, brackets, a network, an IPv6 zone (``%eth0``)."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return address
+
+
 class Settings(BaseSettings):
     """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
 
@@ -87,12 +99,12 @@ class Settings(BaseSettings):
 
     # --- SIP -----------------------------------------------------------------------------
     sip_domain: str = "sip.telepath.local"
-    sip_host: str = "0.0.0.0"
+    sip_host: str = "0.0.0.0"  # an IP address: bound for SIP and RTP
     sip_port: int = Field(default=5060, ge=0, le=65535)
     sip_tls_port: int = Field(default=5061, ge=0, le=65535)
     sip_tls_cert: Path | None = None
     sip_tls_key: Path | None = None
-    public_address: str = ""  # advertised in Contact and SDP when behind NAT
+    public_address: str = ""  # an IP address, advertised in Contact and SDP when behind NAT
     # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): IP addresses with
     # an optional ":port", comma-separated; empty: the system's (/etc/resolv.conf, and
     # getaddrinfo for addresses)
@@ -171,6 +183,36 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
     webhook_poll_s: float = Field(default=10.0, gt=0)  # outbox check when nothing woke it
+
+    @field_validator("public_address")
+    @classmethod
+    def _public_address(cls, value: str) -> str:
+        """The address callers are told to reach: in SDP ``c=`` and ``o=`` (an address, IP4 or
+        IP6 by its form: RFC 4566 §5.7) and, bracketed when IPv6, in Contact and Via. A port,
+        a name or a wildcard there broke every call (found by review)."""
+        if not value.strip():
+            return ""
+        address = ip_address(value)
+        if address is None or address.is_unspecified:
+            raise ValueError(
+                "must be the IP address callers reach this gateway at, such as 203.0.113.5 or "
+                "2001:db8::5 (no port, brackets, name or wildcard: it is written into SDP c= "
+                "lines and SIP Contact headers)"
+            )
+        return str(address)
+
+    @field_validator("sip_host")
+    @classmethod
+    def _sip_host(cls, value: str) -> str:
+        """SIP and RTP sockets bind it, and unless it is a wildcard it is the advertised
+        address too (``cli/gateway.py``): an address, not a name."""
+        address = ip_address(value)
+        if address is None:
+            raise ValueError(
+                "must be an IP address to listen on, such as 0.0.0.0 (every IPv4 interface), "
+                ":: (every interface) or 10.0.0.5 (no port: that is TELEPATH_SIP_PORT; no name)"
+            )
+        return str(address)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:

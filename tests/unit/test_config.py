@@ -57,3 +57,52 @@ def test_jitter_bounds_the_wrong_way_round_are_refused() -> None:
         "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
     ]
     assert Settings(rtp_jitter_min_ms=60, rtp_jitter_max_ms=60).rtp_jitter_max_ms == 60
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("", ""),  # unset: the bound address, else this host's primary one
+        (" 203.0.113.5 ", "203.0.113.5"),  # a trailing space made every call's SDP fail
+        ("2001:DB8::5", "2001:db8::5"),
+    ],
+)
+def test_the_public_address_is_an_ip_address(value: str, kept: str) -> None:
+    assert Settings(public_address=value).public_address == kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "203.0.113.5:5060",  # gave c=IN IP6 203.0.113.5:5060 and a Contact with two ports
+        "[2001:db8::5]",
+        "[2001:db8::5]:5060",
+        "gw.example.com",  # SDP c= needs the address; and one per instance anyway
+        "0.0.0.0",  # c=IN IP4 0.0.0.0 is "on hold" (RFC 3264 §8.4)
+        "::",
+        "fe80::1%eth0",
+        "203.0.113.5, 203.0.113.6",
+    ],
+)
+def test_a_public_address_with_a_port_or_no_address_is_refused(value: str) -> None:
+    (line,) = refusal(public_address=value)
+    assert line.startswith("TELEPATH_PUBLIC_ADDRESS: must be the IP address callers reach")
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("0.0.0.0", "0.0.0.0"), (" 10.0.0.5 ", "10.0.0.5"), ("::", "::"), ("::1", "::1")],
+)
+def test_the_sip_host_is_an_ip_address(value: str, kept: str) -> None:
+    assert Settings(sip_host=value).sip_host == kept
+
+
+@pytest.mark.parametrize("value", ["", "localhost", "10.0.0.5:5060", "[::1]", "0.0.0.0/0"])
+def test_a_sip_host_that_is_no_ip_address_is_refused(value: str) -> None:
+    # bound for SIP and RTP, and advertised in Contact and SDP c= when not a wildcard
+    (line,) = refusal(sip_host=value)
+    assert line.startswith("TELEPATH_SIP_HOST: must be an IP address to listen on")
+
+
+def test_a_stun_server_with_spaces_around_it_is_taken() -> None:
+    assert Settings(stun_server=" 127.0.0.1:3479 ").stun_server_address == ("127.0.0.1", 3479)

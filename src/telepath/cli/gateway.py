@@ -224,7 +224,8 @@ async def start_gateway(
         ports = dict(role.ports)
     core = UserAgentCore(
         UaConfig(
-            contact_host=address,
+            # Contact, Via: an IPv6 address in brackets (RFC 3261 §25.1 IPv6reference)
+            contact_host=f"[{address}]" if ":" in address else address,
             contact_ports=ports,
             session_expires=settings.sip_session_expires,
         ),

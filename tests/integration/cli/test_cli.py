@@ -332,6 +332,12 @@ SUPPORTED_CODECS = "(supported: G722, PCMU, PCMA)"
             {"RTP_JITTER_MIN_MS": "100", "RTP_JITTER_MAX_MS": "60"},
             "RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS",
         ),
+        (
+            {"PUBLIC_ADDRESS": "203.0.113.5:5060"},
+            "PUBLIC_ADDRESS: must be the IP address callers reach this gateway at, such as "
+            "203.0.113.5 or 2001:db8::5 (no port, brackets, name or wildcard: it is written "
+            "into SDP c= lines and SIP Contact headers)",
+        ),
     ],
 )
 def test_serve_refuses_what_every_call_would_fail_on(
