@@ -12,8 +12,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 ENV_PREFIX = "TELEPATH_"
+
+#: The SQLAlchemy dialect+driver names of TELEPATH_DATABASE_URL: the async drivers Telepath
+#: ships (db/engine.py; its timeouts and transient-error rules are asyncpg's).
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
 
 
 def config_errors(exc: ValidationError) -> list[str]:
@@ -81,7 +87,8 @@ class Settings(BaseSettings):
 
     # --- storage -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
-    database_url: str = ""  # empty: sqlite+aiosqlite:///{data_dir}/telepath.db
+    # empty: sqlite+aiosqlite:///{data_dir}/telepath.db; else one of DATABASE_DRIVERS
+    database_url: str = ""
     # PostgreSQL: the longest a connection attempt or a statement may take before the database
     # counts as unavailable (a server or network gone silent); 0: no limit. Migrations and the
     # retention sweep run without it.
@@ -139,7 +146,7 @@ class Settings(BaseSettings):
     sip_rate_burst: int = Field(default=200, ge=1)
     sip_auth_failures_before_ban: int = Field(default=10, ge=1)
     sip_auth_failure_window_s: float = Field(default=60.0, gt=0)
-    sip_ban_seconds: float = Field(default=300.0, ge=0)
+    sip_ban_seconds: float = Field(default=300.0, gt=0)  # sip/defence.py: a ban lasts a while
     sip_allowlist: str = ""  # comma-separated IPs/CIDRs never rate-limited or banned
     # inbound TCP/TLS connections (RFC 3261 §26.1.5): past either cap one is closed at accept
     # (allowlisted sources are held to the total only); mind the open-files limit (ulimit -n)
@@ -183,6 +190,27 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
     webhook_poll_s: float = Field(default=10.0, gt=0)  # outbox check when nothing woke it
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """One of :data:`DATABASE_DRIVERS`, checked here rather than when the engine is made —
+        after a master key was generated, with a ModuleNotFoundError for libpq's
+        ``postgresql://`` (psycopg). Not rewritten to asyncpg: libpq's query parameters
+        (``sslmode``) are not asyncpg's. The URL itself is never repeated (its password)."""
+        if not value:
+            return value
+        forms = (
+            "write postgresql+asyncpg://user:password@host/database (asyncpg's parameters, "
+            "not libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+        )
+        try:
+            driver = make_url(value).drivername
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+            raise ValueError(f"not a database URL; {forms}") from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(f"{driver!r} is not a driver Telepath has; {forms}")
+        return value
 
     @field_validator("public_address")
     @classmethod

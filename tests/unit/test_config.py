@@ -106,3 +106,43 @@ def test_a_sip_host_that_is_no_ip_address_is_refused(value: str) -> None:
 
 def test_a_stun_server_with_spaces_around_it_is_taken() -> None:
     assert Settings(stun_server=" 127.0.0.1:3479 ").stun_server_address == ("127.0.0.1", 3479)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",  # SQLite in the data directory
+        "sqlite+aiosqlite:///var/lib/telepath/telepath.db",
+        "postgresql+asyncpg://telepath:pw@db.example:5432/telepath?ssl=require",
+    ],
+)
+def test_database_urls_of_the_drivers_telepath_has_are_taken(url: str) -> None:
+    assert Settings(database_url=url).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://telepath:pw-secret@db/telepath", "'postgresql' is not a driver"),
+        ("postgres://telepath:pw-secret@db/telepath", "'postgres' is not a driver"),
+        ("postgresql+psycopg://telepath:pw-secret@db/t", "'postgresql+psycopg' is not a driver"),
+        ("sqlite:///telepath.db", "'sqlite' is not a driver"),
+        ("postgresql+asyncpg://telepath:pw-secret@db:port/t", "not a database URL"),
+        ("pw-secret", "not a database URL"),
+    ],
+)
+def test_other_database_urls_are_refused_without_being_repeated(url: str, reason: str) -> None:
+    (line,) = refusal(database_url=url)
+    assert line.startswith(f"TELEPATH_DATABASE_URL: {reason}")
+    assert line.endswith(
+        "write postgresql+asyncpg://user:password@host/database (asyncpg's "
+        "parameters, not libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+    )
+    assert "pw-secret" not in line
+
+
+def test_a_ban_lasts_a_while() -> None:
+    # sip/defence.py refuses 0, and did so only when the gateway started, after migrations
+    assert refusal(sip_ban_seconds=0) == [
+        "TELEPATH_SIP_BAN_SECONDS: Input should be greater than 0"
+    ]

@@ -6,6 +6,8 @@ import asyncio
 import os
 import re
 import socket
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+import telepath
 from telepath.calls.config import CallControlConfig
 from telepath.cli.call_audio import caller_audio
 from telepath.cli.main import app
@@ -22,6 +25,7 @@ from telepath.db.engine import make_engine
 from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context
 from telepath.secrets.keyfile import load_keyring
 from telepath.secrets.keyring import Keyring, encode_key, key_id, new_key, parse_keyring
+from tests.certs import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -370,3 +374,121 @@ def test_serve_takes_codec_names_in_any_case(
     assert result.exit_code == 0, result.output
     (settings,) = started
     assert CallControlConfig.from_settings(settings, "127.0.0.1").codecs == ("PCMA", "PCMU")
+
+
+def _serve_process(cwd: Path, variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``telepath serve`` as its own process (a start that got further would set up logging
+    and the event loop policy: not in this one), with only ``variables`` set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPATH_")}
+    env["PYTHONPATH"] = str(Path(telepath.__file__).resolve().parents[1])
+    env |= {"TELEPATH_HTTP_PORT": "0", "TELEPATH_SIP_PORT": "0", "TELEPATH_SIP_TLS_PORT": "0"}
+    env |= {f"TELEPATH_{name}": value for name, value in variables.items()}
+    code = "from telepath.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "serve"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "messages"),
+    [
+        # 0 contradicted sip/defence.py, which refuses it: a ban lasts a while
+        ({"SIP_BAN_SECONDS": "0"}, ["SIP_BAN_SECONDS: Input should be greater than 0"]),
+        (
+            {"SIP_ALLOWLIST": "192.0.2.7, 10.0.0.0/33"},
+            ["SIP_ALLOWLIST: allowlist entry '10.0.0.0/33' is not an IP or network"],
+        ),
+        (
+            {"SIP_DIGEST_ALGORITHMS": "SHA256,MD5"},
+            ["SIP_DIGEST_ALGORITHMS: algorithms must be a non-empty subset of ('SHA-256', 'MD5')"],
+        ),
+        (
+            {"DATABASE_URL": "postgresql://telepath:pw-not-shown@db.example/telepath"},
+            [
+                "DATABASE_URL: 'postgresql' is not a driver Telepath has; write "
+                "postgresql+asyncpg://user:password@host/database (asyncpg's parameters, not "
+                "libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+            ],
+        ),
+        (
+            {"DATABASE_URL": "sqlite:///telepath.db"},
+            ["DATABASE_URL: 'sqlite' is not a driver Telepath has; write"],
+        ),
+        ({"DATABASE_URL": "not a url"}, ["DATABASE_URL: not a database URL; write"]),
+        (
+            {"SIP_TLS_CERT": "missing/sip.crt", "SIP_TLS_KEY": "missing/sip.key"},
+            [
+                "SIP_TLS_CERT: missing/sip.crt is not a file",
+                "SIP_TLS_KEY: missing/sip.key is not a file",
+            ],
+        ),
+        (
+            {"RTP_PORT_MIN": "20001", "RTP_PORT_MAX": "20002"},
+            ["RTP_PORT_MIN..MAX: 20001..20002 holds no even port with the odd one above it"],
+        ),
+        (
+            {"RTP_PORT_MIN": "20001", "RTP_PORT_MAX": "20004", "SIP_WORKERS": "2"},
+            [
+                "RTP_PORT_MIN..MAX: 20001..20002 (SIP worker 1 of 2's share) holds no even "
+                "port with the odd one above it"
+            ],
+        ),
+    ],
+)
+def test_serve_refuses_what_the_gateway_refuses_before_it_opens_the_database(
+    tmp_path: Path, variables: dict[str, str], messages: list[str]
+) -> None:
+    """These passed Settings, and the gateway's own parts refused them only as it started:
+    a traceback (exit 1) after the database was migrated and the first API key printed —
+    or, for the database URL, after a master key was generated."""
+    done = _serve_process(tmp_path, variables)
+    assert done.returncode == 2, done.stdout + done.stderr
+    for message in messages:
+        assert f"configuration error: TELEPATH_{message}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pw-not-shown" not in done.stderr
+    assert done.stdout == ""  # no API key printed
+    assert list(tmp_path.iterdir()) == []  # no data directory, database or key
+
+
+def test_serve_refuses_a_certificate_that_does_not_load(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    (bare_env.parent / "one").mkdir()
+    (bare_env.parent / "other").mkdir()
+    cert, _ = self_signed(bare_env.parent / "one")
+    _, key = self_signed(bare_env.parent / "other")
+    monkeypatch.setenv("TELEPATH_SIP_TLS_CERT", str(cert))
+    monkeypatch.setenv("TELEPATH_SIP_TLS_KEY", str(key))
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    prefix = "configuration error: TELEPATH_SIP_TLS_CERT, TELEPATH_SIP_TLS_KEY: not a "
+    assert result.stderr.startswith(prefix + "certificate chain and its private key ("), (
+        result.stderr
+    )
+    assert started == []
+
+
+def test_serve_takes_what_the_gateway_takes(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    cert, key = self_signed(bare_env.parent)
+    for name, value in {
+        "SIP_TLS_CERT": str(cert),
+        "SIP_TLS_KEY": str(key),
+        "SIP_ALLOWLIST": "192.0.2.7, 10.0.0.0/8, 2001:db8::/32",
+        "SIP_DIGEST_ALGORITHMS": "md5, sha-256",
+        "DATABASE_URL": "postgresql+asyncpg://telepath@127.0.0.1:1/telepath",
+        "RTP_PORT_MIN": "20001",
+        "RTP_PORT_MAX": "20008",  # odd: each of the 2 shares holds one pair
+        "SIP_WORKERS": "2",
+    }.items():
+        monkeypatch.setenv(f"TELEPATH_{name}", value)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1
