@@ -10,8 +10,30 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "TELEPATH_"
+
+#: The SQLAlchemy dialect+driver names of TELEPATH_DATABASE_URL: the async drivers Telepath
+#: ships (db/engine.py; its timeouts and transient-error rules are asyncpg's).
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+
+
+def config_errors(exc: ValidationError) -> list[str]:
+    """``exc``'s problems, one line each: ``TELEPATH_X: reason``, never the value.
+
+    A value may be a secret (``TELEPATH_SECRET_KEY``, a database URL's password), and pydantic
+    gives a model-level check the whole input as its value: only the variable and the reason
+    are said. Model-level messages name their variables themselves (they have no field)."""
+    lines: list[str] = []
+    for error in exc.errors():
+        reason = error["msg"].removeprefix("Value error, ")
+        field = error["loc"][0] if error["loc"] else None
+        lines.append(reason if field is None else f"{ENV_PREFIX}{str(field).upper()}: {reason}")
+    return lines
 
 
 def parse_servers(value: str) -> list[tuple[str, int]]:
@@ -42,14 +64,31 @@ def parse_servers(value: str) -> list[tuple[str, int]]:
     return servers
 
 
+def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``value`` (spaces around it dropped) as a plain IP address: None for anything else — a
+    name, a port, brackets, a network, an IPv6 zone (``%eth0``)."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return address
+
+
 class Settings(BaseSettings):
     """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="TELEPATH_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a refusal's text never carries the input, which for a model-level
+    # check is every setting, TELEPATH_SECRET_KEY included (it reached stderr, the journal)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- storage -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
-    database_url: str = ""  # empty: sqlite+aiosqlite:///{data_dir}/telepath.db
+    # empty: sqlite+aiosqlite:///{data_dir}/telepath.db; else one of DATABASE_DRIVERS
+    database_url: str = ""
     # PostgreSQL: the longest a connection attempt or a statement may take before the database
     # counts as unavailable (a server or network gone silent); 0: no limit. Migrations and the
     # retention sweep run without it.
@@ -67,12 +106,12 @@ class Settings(BaseSettings):
 
     # --- SIP -----------------------------------------------------------------------------
     sip_domain: str = "sip.telepath.local"
-    sip_host: str = "0.0.0.0"
+    sip_host: str = "0.0.0.0"  # an IP address: bound for SIP and RTP
     sip_port: int = Field(default=5060, ge=0, le=65535)
     sip_tls_port: int = Field(default=5061, ge=0, le=65535)
     sip_tls_cert: Path | None = None
     sip_tls_key: Path | None = None
-    public_address: str = ""  # advertised in Contact and SDP when behind NAT
+    public_address: str = ""  # an IP address, advertised in Contact and SDP when behind NAT
     # DNS servers for locating registrars (RFC 3263 NAPTR/SRV, then A/AAAA): IP addresses with
     # an optional ":port", comma-separated; empty: the system's (/etc/resolv.conf, and
     # getaddrinfo for addresses)
@@ -85,7 +124,8 @@ class Settings(BaseSettings):
     sip_enabled: bool = True
     # processes serving SIP and media (one UDP port, calls spread by Call-ID; TCP/TLS: the first)
     sip_workers: int = Field(default=1, ge=1, le=64)
-    sip_codecs: str = "G722,PCMU,PCMA"  # SDP answer preference order
+    # SDP answer preference order; names checked by `telepath serve` (cli/preflight.py)
+    sip_codecs: str = "G722,PCMU,PCMA"
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit
     sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
@@ -106,7 +146,7 @@ class Settings(BaseSettings):
     sip_rate_burst: int = Field(default=200, ge=1)
     sip_auth_failures_before_ban: int = Field(default=10, ge=1)
     sip_auth_failure_window_s: float = Field(default=60.0, gt=0)
-    sip_ban_seconds: float = Field(default=300.0, ge=0)
+    sip_ban_seconds: float = Field(default=300.0, gt=0)  # sip/defence.py: a ban lasts a while
     sip_allowlist: str = ""  # comma-separated IPs/CIDRs never rate-limited or banned
     # inbound TCP/TLS connections (RFC 3261 §26.1.5): past either cap one is closed at accept
     # (allowlisted sources are held to the total only); mind the open-files limit (ulimit -n)
@@ -151,19 +191,74 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
     webhook_poll_s: float = Field(default=10.0, gt=0)  # outbox check when nothing woke it
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """One of :data:`DATABASE_DRIVERS`, checked here rather than when the engine is made —
+        after a master key was generated, with a ModuleNotFoundError for libpq's
+        ``postgresql://`` (psycopg). Not rewritten to asyncpg: libpq's query parameters
+        (``sslmode``) are not asyncpg's. The URL itself is never repeated (its password)."""
+        if not value:
+            return value
+        forms = (
+            "write postgresql+asyncpg://user:password@host/database (asyncpg's parameters, "
+            "not libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+        )
+        try:
+            driver = make_url(value).drivername
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+            raise ValueError(f"not a database URL; {forms}") from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(f"{driver!r} is not a driver Telepath has; {forms}")
+        return value
+
+    @field_validator("public_address")
+    @classmethod
+    def _public_address(cls, value: str) -> str:
+        """The address callers are told to reach: in SDP ``c=`` and ``o=`` (an address, IP4 or
+        IP6 by its form: RFC 4566 §5.7) and, bracketed when IPv6, in Contact and Via. A port,
+        a name or a wildcard there broke every call (found by review)."""
+        if not value.strip():
+            return ""
+        address = ip_address(value)
+        if address is None or address.is_unspecified:
+            raise ValueError(
+                "must be the IP address callers reach this gateway at, such as 203.0.113.5 or "
+                "2001:db8::5 (no port, brackets, name or wildcard: it is written into SDP c= "
+                "lines and SIP Contact headers)"
+            )
+        return str(address)
+
+    @field_validator("sip_host")
+    @classmethod
+    def _sip_host(cls, value: str) -> str:
+        """SIP and RTP sockets bind it, and unless it is a wildcard it is the advertised
+        address too (``cli/gateway.py``): an address, not a name."""
+        address = ip_address(value)
+        if address is None:
+            raise ValueError(
+                "must be an IP address to listen on, such as 0.0.0.0 (every IPv4 interface), "
+                ":: (every interface) or 10.0.0.5 (no port: that is TELEPATH_SIP_PORT; no name)"
+            )
+        return str(address)
+
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
         if self.rtp_port_min >= self.rtp_port_max:
-            raise ValueError("TELEPATH_RTP_PORT_MIN must be below TELEPATH_RTP_PORT_MAX")
+            raise ValueError("TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX")
         if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
-            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX is too small for TELEPATH_SIP_WORKERS")
+            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX: too small for TELEPATH_SIP_WORKERS")
+        if self.rtp_jitter_min_ms > self.rtp_jitter_max_ms:  # rtp/jitter.py: at a call's media
+            raise ValueError(
+                "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
+            )
         try:
             parse_servers(self.dns_servers)
         except ValueError as exc:
             raise ValueError(f"TELEPATH_DNS_SERVERS: {exc}") from None
         if self.stun_server and self.stun_server_address is None:
             raise ValueError(
-                "TELEPATH_STUN_SERVER must be host or host:port (an IPv4 address or a DNS name)"
+                "TELEPATH_STUN_SERVER: must be host or host:port (an IPv4 address or a DNS name)"
             )
         return self
 

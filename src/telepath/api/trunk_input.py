@@ -26,6 +26,7 @@ from fastapi import Request
 from telepath.api.errors import ApiError
 from telepath.api.registration_input import parse_registration
 from telepath.calls.ports import SIP_USERNAME_CHARS, SIP_USERNAME_MAX, SIP_USERNAME_MIN
+from telepath.sdp.negotiate import SUPPORTED_CODECS
 from telepath.sip.numbers import canonical_number
 
 PROVIDERS: Final = ("openai", "elevenlabs", "custom")
@@ -145,8 +146,8 @@ MAX_FORWARDED_HEADERS: Final = 20
 UNFORWARDABLE_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "via", "route", "record-route", "max-forwards"}
 )
-#: The codecs a trunk may list (``TELEPATH_SIP_CODECS``'s names).
-CODECS: Final = ("G722", "PCMU", "PCMA")
+#: The codecs a trunk may list: the SDP code's, as ``TELEPATH_SIP_CODECS`` may.
+CODECS: Final = SUPPORTED_CODECS
 
 
 def _bad(code: str, message: str) -> ApiError:
@@ -418,7 +419,8 @@ def normalize_codecs(values: list[str]) -> str | None:
     """``["pcma", "PCMU"]`` → ``"PCMA,PCMU"`` (preferred first); an empty list clears."""
     names = [value.strip().upper() for value in values]
     if any(n not in CODECS for n in names) or len(set(names)) != len(names):
-        raise _bad("invalid_field", "codecs must list G722, PCMU and/or PCMA, each once")
+        listed = f"{', '.join(CODECS[:-1])} and/or {CODECS[-1]}"
+        raise _bad("invalid_field", f"codecs must list {listed}, each once")
     return ",".join(names) or None
 
 

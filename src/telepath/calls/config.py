@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from telepath.config import Settings
+from telepath.sdp.negotiate import codec_preference
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +36,18 @@ class CallControlConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, media_address: str) -> CallControlConfig:
-        """Build from ``TELEPATH_*`` settings."""
-        codecs = tuple(c.strip().upper() for c in settings.sip_codecs.split(",") if c.strip())
+        """Build from ``TELEPATH_*`` settings.
+
+        Raises:
+            ValueError: ``TELEPATH_SIP_CODECS`` names a codec we lack, or none (``telepath
+                serve`` builds this before it starts, ``cli/preflight.py``: every INVITE
+                would otherwise fail on it).
+        """
+        names = [name.strip() for name in settings.sip_codecs.split(",") if name.strip()]
         return cls(
             realm=settings.sip_domain,
             media_address=media_address,
-            codecs=codecs or ("PCMU",),
+            codecs=tuple(codec_preference(names)),
             srtp=settings.sip_srtp,
             max_calls=settings.sip_max_calls,
             max_cps=settings.sip_max_cps,

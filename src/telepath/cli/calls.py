@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from telepath.cli.runtime import open_records
-from telepath.config import Settings
+from telepath.config import Settings, config_errors
 from telepath.db.calls_repository import CallRepository, call_detail, call_summary
 
 calls_app = typer.Typer(no_args_is_help=True, help="Inspect call records")
@@ -25,7 +25,8 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
+        for line in config_errors(exc):  # never str(exc): it may show a secret
+            typer.echo(f"configuration error: {line}", err=True)
         raise typer.Exit(2) from None
 
 

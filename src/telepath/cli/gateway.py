@@ -74,6 +74,45 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def defence_policy(settings: Settings) -> DefencePolicy:
+    """The per-source rate limit and auth-failure bans (``TELEPATH_SIP_RATE_*``,
+    ``_AUTH_FAILURE*``, ``_BAN_SECONDS``, ``_ALLOWLIST``). Also built by ``telepath serve``
+    before it starts (``cli/preflight.py``).
+
+    Raises:
+        ConfigurationError: an allowlist entry is no IP address or network (Settings' ranges
+            for the other values are the policy's).
+    """
+    return DefencePolicy(
+        requests_per_second=settings.sip_rate_limit_per_s,
+        burst=settings.sip_rate_burst,
+        auth_failures_before_ban=settings.sip_auth_failures_before_ban,
+        auth_failure_window_s=settings.sip_auth_failure_window_s,
+        ban_seconds=settings.sip_ban_seconds,
+        allowlist=frozenset(a.strip() for a in settings.sip_allowlist.split(",") if a.strip()),
+    )
+
+
+def digest_authenticator(settings: Settings, keys: NonceKeys) -> DigestAuthenticator:
+    """The digest challenger and checker (``TELEPATH_SIP_DOMAIN``, ``_NONCE_TTL_S``,
+    ``_DIGEST_ALGORITHMS``). Also built by ``telepath serve`` before it starts.
+
+    Raises:
+        ValueError: TELEPATH_SIP_DIGEST_ALGORITHMS names an algorithm we do not offer, or none.
+    """
+    algorithms = tuple(
+        a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()
+    )
+    return DigestAuthenticator(
+        settings.sip_domain,
+        keys.own,
+        MonotonicClock(),
+        nonce_ttl_s=settings.sip_nonce_ttl_s,
+        algorithms=cast(tuple[Algorithm, ...], algorithms),
+        sibling_secrets=keys.siblings,
+    )
+
+
 @dataclass(frozen=True)
 class NonceKeys:
     """This process's digest nonce secret and its sibling SIP workers' (``sip/auth.py``)."""
@@ -230,7 +269,8 @@ async def start_gateway(
         ports = dict(role.ports)
     core = UserAgentCore(
         UaConfig(
-            contact_host=address,
+            # Contact, Via: an IPv6 address in brackets (RFC 3261 §25.1 IPv6reference)
+            contact_host=f"[{address}]" if ":" in address else address,
             contact_ports=ports,
             session_expires=settings.sip_session_expires,
         ),
@@ -238,31 +278,13 @@ async def start_gateway(
         on_request=lambda method: state.metrics.sip_request_by(method).inc(),
         on_response=lambda status: state.metrics.sip_response_by(str(status)).inc(),
     )
-    policy = DefencePolicy(
-        requests_per_second=settings.sip_rate_limit_per_s,
-        burst=settings.sip_rate_burst,
-        auth_failures_before_ban=settings.sip_auth_failures_before_ban,
-        auth_failure_window_s=settings.sip_auth_failure_window_s,
-        ban_seconds=settings.sip_ban_seconds,
-        allowlist=frozenset(a.strip() for a in settings.sip_allowlist.split(",") if a.strip()),
-    )
+    policy = defence_policy(settings)
     guard = (
         SourceGuard(policy, MonotonicClock())
         if role is None  # a worker's failures are counted by the front, with every other's
         else FrontCountedGuard(policy, MonotonicClock(), report=role.report_auth)
     )
-    algorithms = tuple(
-        a.strip().upper() for a in settings.sip_digest_algorithms.split(",") if a.strip()
-    )
-    keys = nonce_keys or NonceKeys(os.urandom(32))
-    authenticator = DigestAuthenticator(
-        settings.sip_domain,
-        keys.own,
-        MonotonicClock(),
-        nonce_ttl_s=settings.sip_nonce_ttl_s,
-        algorithms=cast(tuple[Algorithm, ...], algorithms),
-        sibling_secrets=keys.siblings,
-    )
+    authenticator = digest_authenticator(settings, nonce_keys or NonceKeys(os.urandom(32)))
     dispatcher = WebhookDispatcher.from_settings(
         state.sessions, state.keyring, settings, metrics=state.metrics
     )

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from telepath.api.state import ApiState
 from telepath.cli.calls import calls_app
 from telepath.cli.runtime import open_state
-from telepath.config import Settings
+from telepath.config import Settings, config_errors
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
+        for line in config_errors(exc):  # never str(exc): it may show a secret
+            typer.echo(f"configuration error: {line}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -50,9 +51,16 @@ def _with_state(fn: Callable[[ApiState], Awaitable[T]]) -> T:
 @app.command()
 def serve() -> None:
     """Run the HTTP API, SIP and media servers in one process (configured by TELEPATH_*)."""
+    from telepath.cli.preflight import problems
     from telepath.cli.serve import run_serve
 
-    run_serve(_settings())
+    settings = _settings()
+    refused = problems(settings)  # before the database is opened or a key generated
+    for line in refused:
+        typer.echo(f"configuration error: {line}", err=True)
+    if refused:
+        raise typer.Exit(2)
+    run_serve(settings)
 
 
 @app.command("sip-worker", hidden=True)

@@ -55,8 +55,12 @@ from telepath.sdp.model import (
     is_hold_address,
 )
 
+#: Every codec we negotiate, by its SDP encoding name (RFC 3551): the names
+#: ``TELEPATH_SIP_CODECS`` and a trunk's ``codecs`` may list, in any case.
+SUPPORTED_CODECS: tuple[CodecName, ...] = ("G722", "PCMU", "PCMA")
+
 #: Our codec order when the caller configures none: wideband first.
-DEFAULT_PREFERENCE: tuple[str, ...] = ("G722", "PCMU", "PCMA")
+DEFAULT_PREFERENCE: tuple[str, ...] = SUPPORTED_CODECS
 
 #: The packetization time we send (and announce with a=ptime, RFC 4566 §6).
 PTIME_MS = 20
@@ -67,7 +71,7 @@ _CLOCK_RATE = 8000
 #: RFC 4733 §3.2: the DTMF events 0-9, *, #, A-D (0-15) and flash (16).
 DTMF_EVENTS = "0-16"
 
-_SUPPORTED: dict[str, CodecName] = {"PCMU": "PCMU", "PCMA": "PCMA", "G722": "G722"}
+_SUPPORTED: dict[str, CodecName] = {name: name for name in SUPPORTED_CODECS}
 _PLAIN_RTP = "RTP/AVP"
 _SECURE_RTP = "RTP/SAVP"  # RFC 3711 §12; the feedback profiles (SAVPF) are WebRTC's, not ours
 #: The suite we offer (RFC 4568 §6.2.1; every SDES implementation has it).
@@ -168,16 +172,24 @@ class NegotiatedMedia:
         return "recv" in _CAPS[self.direction]
 
 
-def _codec_names(preference: Sequence[str]) -> list[CodecName]:
+def codec_preference(preference: Sequence[str]) -> list[CodecName]:
+    """``["pcma", "PCMU", "PCMA"]`` → ``["PCMA", "PCMU"]``: codec names in any case, first
+    mention kept. The one check of a configured preference: ``telepath serve`` refuses to
+    start on what it raises (``cli/preflight.py``), so no call meets it.
+
+    Raises:
+        ValueError: a name is not one of :data:`SUPPORTED_CODECS`, or none is given.
+    """
+    supported = f"(supported: {', '.join(SUPPORTED_CODECS)})"
     names: list[CodecName] = []
     for raw in preference:
         name = _SUPPORTED.get(raw.upper())
         if name is None:
-            raise ValueError(f"unsupported codec in preference: {raw!r}")
+            raise ValueError(f"unsupported codec {raw!r} {supported}")
         if name not in names:
             names.append(name)
     if not names:
-        raise ValueError("codec preference is empty")
+        raise ValueError(f"no codec listed {supported}")
     return names
 
 
@@ -455,7 +467,7 @@ def negotiate_answer(
         local_port=local_port,
         session_id=session_id,
         session_version=session_version,
-        names=_codec_names(preference),
+        names=codec_preference(preference),
         username=username,
         security=security,
         rtcp_port=rtcp_port,
@@ -497,7 +509,7 @@ def negotiate_reoffer(
             (RFC 3261 §14.2).
         SdpError: the accepted stream has no ``c=`` address.
     """
-    names = _codec_names(preference)
+    names = codec_preference(preference)
     names = [current.codec.name, *(n for n in names if n != current.codec.name)]
     if any(_is_rtp_audio(m) for m in offer.media) and not any(
         m.port for m in offer.media if m.media.lower() == "audio"
@@ -589,7 +601,7 @@ def create_offer(
     _check_port(local_port)
     if not 96 <= dtmf_payload_type <= 127:
         raise ValueError(f"telephone-event payload type must be 96-127: {dtmf_payload_type}")
-    codecs = [CodecSpec(n, STATIC_PAYLOAD_TYPES[n]) for n in _codec_names(preference)]
+    codecs = [CodecSpec(n, STATIC_PAYLOAD_TYPES[n]) for n in codec_preference(preference)]
     return _session(
         local_address=local_address,
         session_id=session_id,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,8 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+import telepath
+from telepath.calls.config import CallControlConfig
 from telepath.cli.call_audio import caller_audio
 from telepath.cli.main import app
 from telepath.config import Settings
@@ -20,6 +25,7 @@ from telepath.db.engine import make_engine
 from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context
 from telepath.secrets.keyfile import load_keyring
 from telepath.secrets.keyring import Keyring, encode_key, key_id, new_key, parse_keyring
+from tests.certs import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -277,3 +283,212 @@ def test_a_call_that_fails_leaves_the_record_path_as_it_was(tmp_path: Path) -> N
         assert result.exit_code == 1 and "cannot reach the gateway" in result.output
     assert kept.read_bytes() == b"an earlier recording"
     assert not (tmp_path / "new.wav").exists()
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No TELEPATH_* variable set, run in an empty directory: the default data directory,
+    ``./data``, is returned (it must not exist after a refused start)."""
+    for name in list(os.environ):
+        if name.startswith("TELEPATH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["keys", "list"], ["calls", "list"]])
+def test_a_configuration_error_names_the_variable_never_the_secret_key(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A refusal that pydantic reports with the whole input (a model-level check) printed the
+    start of TELEPATH_SECRET_KEY to stderr, i.e. to the journal."""
+    secret = encode_key(new_key())
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", secret)
+    monkeypatch.setenv("TELEPATH_STUN_SERVER", "a b")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert secret[:6] not in result.output
+    assert result.stderr.startswith("configuration error: TELEPATH_STUN_SERVER: "), result.stderr
+    assert "Traceback" not in result.output
+    assert not bare_env.exists()
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """``run_serve`` replaced: the settings ``telepath serve`` got as far as starting with."""
+    runs: list[Settings] = []
+    monkeypatch.setattr("telepath.cli.serve.run_serve", runs.append)
+    return runs
+
+
+SUPPORTED_CODECS = "(supported: G722, PCMU, PCMA)"
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        # the README's prose spelling; G722 is the SDP name (RFC 3551), as the trunk API has it
+        ({"SIP_CODECS": "G.722,PCMU"}, f"SIP_CODECS: unsupported codec 'G.722' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": "PCMU,OPUS"}, f"SIP_CODECS: unsupported codec 'OPUS' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": "G729"}, f"SIP_CODECS: unsupported codec 'G729' {SUPPORTED_CODECS}"),
+        ({"SIP_CODECS": " , "}, f"SIP_CODECS: no codec listed {SUPPORTED_CODECS}"),
+        (
+            {"RTP_JITTER_MIN_MS": "100", "RTP_JITTER_MAX_MS": "60"},
+            "RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS",
+        ),
+        (
+            {"PUBLIC_ADDRESS": "203.0.113.5:5060"},
+            "PUBLIC_ADDRESS: must be the IP address callers reach this gateway at, such as "
+            "203.0.113.5 or 2001:db8::5 (no port, brackets, name or wildcard: it is written "
+            "into SDP c= lines and SIP Contact headers)",
+        ),
+    ],
+)
+def test_serve_refuses_what_every_call_would_fail_on(
+    bare_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    started: list[Settings],
+    variables: dict[str, str],
+    message: str,
+) -> None:
+    """Accepted, these failed each call instead: an unknown codec name raised in the SDP
+    code on every INVITE (500), jitter bounds the wrong way round once the agent had
+    connected. Now ``telepath serve`` exits 2 saying so, before it opens anything."""
+    for name, value in variables.items():
+        monkeypatch.setenv(f"TELEPATH_{name}", value)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert f"configuration error: TELEPATH_{message}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert started == []
+    assert not bare_env.exists()
+
+
+def test_serve_takes_codec_names_in_any_case(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    monkeypatch.setenv("TELEPATH_SIP_CODECS", "pcma, PCMU")
+    monkeypatch.setenv("TELEPATH_RTP_JITTER_MIN_MS", "60")
+    monkeypatch.setenv("TELEPATH_RTP_JITTER_MAX_MS", "60")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    (settings,) = started
+    assert CallControlConfig.from_settings(settings, "127.0.0.1").codecs == ("PCMA", "PCMU")
+
+
+def _serve_process(cwd: Path, variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``telepath serve`` as its own process (a start that got further would set up logging
+    and the event loop policy: not in this one), with only ``variables`` set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPATH_")}
+    env["PYTHONPATH"] = str(Path(telepath.__file__).resolve().parents[1])
+    env |= {"TELEPATH_HTTP_PORT": "0", "TELEPATH_SIP_PORT": "0", "TELEPATH_SIP_TLS_PORT": "0"}
+    env |= {f"TELEPATH_{name}": value for name, value in variables.items()}
+    code = "from telepath.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "serve"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "messages"),
+    [
+        # 0 contradicted sip/defence.py, which refuses it: a ban lasts a while
+        ({"SIP_BAN_SECONDS": "0"}, ["SIP_BAN_SECONDS: Input should be greater than 0"]),
+        (
+            {"SIP_ALLOWLIST": "192.0.2.7, 10.0.0.0/33"},
+            ["SIP_ALLOWLIST: allowlist entry '10.0.0.0/33' is not an IP or network"],
+        ),
+        (
+            {"SIP_DIGEST_ALGORITHMS": "SHA256,MD5"},
+            ["SIP_DIGEST_ALGORITHMS: algorithms must be a non-empty subset of ('SHA-256', 'MD5')"],
+        ),
+        (
+            {"DATABASE_URL": "postgresql://telepath:pw-not-shown@db.example/telepath"},
+            [
+                "DATABASE_URL: 'postgresql' is not a driver Telepath has; write "
+                "postgresql+asyncpg://user:password@host/database (asyncpg's parameters, not "
+                "libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+            ],
+        ),
+        (
+            {"DATABASE_URL": "sqlite:///telepath.db"},
+            ["DATABASE_URL: 'sqlite' is not a driver Telepath has; write"],
+        ),
+        ({"DATABASE_URL": "not a url"}, ["DATABASE_URL: not a database URL; write"]),
+        (
+            {"SIP_TLS_CERT": "missing/sip.crt", "SIP_TLS_KEY": "missing/sip.key"},
+            [
+                "SIP_TLS_CERT: missing/sip.crt is not a file",
+                "SIP_TLS_KEY: missing/sip.key is not a file",
+            ],
+        ),
+        (
+            {"RTP_PORT_MIN": "20001", "RTP_PORT_MAX": "20002"},
+            ["RTP_PORT_MIN..MAX: 20001..20002 holds no even port with the odd one above it"],
+        ),
+        (
+            {"RTP_PORT_MIN": "20001", "RTP_PORT_MAX": "20004", "SIP_WORKERS": "2"},
+            [
+                "RTP_PORT_MIN..MAX: 20001..20002 (SIP worker 1 of 2's share) holds no even "
+                "port with the odd one above it"
+            ],
+        ),
+    ],
+)
+def test_serve_refuses_what_the_gateway_refuses_before_it_opens_the_database(
+    tmp_path: Path, variables: dict[str, str], messages: list[str]
+) -> None:
+    """These passed Settings, and the gateway's own parts refused them only as it started:
+    a traceback (exit 1) after the database was migrated and the first API key printed —
+    or, for the database URL, after a master key was generated."""
+    done = _serve_process(tmp_path, variables)
+    assert done.returncode == 2, done.stdout + done.stderr
+    for message in messages:
+        assert f"configuration error: TELEPATH_{message}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pw-not-shown" not in done.stderr
+    assert done.stdout == ""  # no API key printed
+    assert list(tmp_path.iterdir()) == []  # no data directory, database or key
+
+
+def test_serve_refuses_a_certificate_that_does_not_load(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    (bare_env.parent / "one").mkdir()
+    (bare_env.parent / "other").mkdir()
+    cert, _ = self_signed(bare_env.parent / "one")
+    _, key = self_signed(bare_env.parent / "other")
+    monkeypatch.setenv("TELEPATH_SIP_TLS_CERT", str(cert))
+    monkeypatch.setenv("TELEPATH_SIP_TLS_KEY", str(key))
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    prefix = "configuration error: TELEPATH_SIP_TLS_CERT, TELEPATH_SIP_TLS_KEY: not a "
+    assert result.stderr.startswith(prefix + "certificate chain and its private key ("), (
+        result.stderr
+    )
+    assert started == []
+
+
+def test_serve_takes_what_the_gateway_takes(
+    bare_env: Path, monkeypatch: pytest.MonkeyPatch, started: list[Settings]
+) -> None:
+    cert, key = self_signed(bare_env.parent)
+    for name, value in {
+        "SIP_TLS_CERT": str(cert),
+        "SIP_TLS_KEY": str(key),
+        "SIP_ALLOWLIST": "192.0.2.7, 10.0.0.0/8, 2001:db8::/32",
+        "SIP_DIGEST_ALGORITHMS": "md5, sha-256",
+        "DATABASE_URL": "postgresql+asyncpg://telepath@127.0.0.1:1/telepath",
+        "RTP_PORT_MIN": "20001",
+        "RTP_PORT_MAX": "20008",  # odd: each of the 2 shares holds one pair
+        "SIP_WORKERS": "2",
+    }.items():
+        monkeypatch.setenv(f"TELEPATH_{name}", value)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert len(started) == 1

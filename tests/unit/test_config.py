@@ -1,0 +1,148 @@
+"""``Settings`` (telepath/config.py): what it refuses, and how a refusal reads."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from telepath.config import Settings, config_errors
+
+pytestmark = pytest.mark.unit
+
+# 32 bytes, urlsafe base64: a master key's form (TELEPATH_SECRET_KEY).
+SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1kby1ub3Qtc2hvdw=="
+
+
+def refusal(**values: object) -> list[str]:
+    """The lines ``telepath`` prints after ``configuration error:`` for these settings."""
+    with pytest.raises(ValidationError) as caught:
+        Settings(**values)  # type: ignore[arg-type]
+    return config_errors(caught.value)
+
+
+def test_a_model_level_refusal_never_shows_the_secret_key() -> None:
+    # pydantic gives a model validator's error the whole input as input_value: the key's start
+    with pytest.raises(ValidationError) as caught:
+        Settings(stun_server="a b", secret_key=SECRET_KEY)
+    assert SECRET_KEY[:6] not in str(caught.value)
+    (line,) = config_errors(caught.value)
+    assert line.startswith("TELEPATH_STUN_SERVER: ")
+    assert SECRET_KEY[:6] not in line
+
+
+def test_a_field_refusal_names_the_variable_and_the_reason_not_the_value() -> None:
+    (line,) = refusal(sip_port=70000, secret_key=SECRET_KEY)
+    assert line == "TELEPATH_SIP_PORT: Input should be less than or equal to 65535"
+    assert refusal(log_level="LOUD") == [
+        "TELEPATH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
+    ]
+
+
+def test_every_refusal_is_listed() -> None:
+    lines = refusal(sip_port=-1, http_port=-1)
+    assert [line.split(":")[0] for line in lines] == ["TELEPATH_HTTP_PORT", "TELEPATH_SIP_PORT"]
+
+
+def test_model_level_refusals_name_their_variables() -> None:
+    assert refusal(rtp_port_min=30000, rtp_port_max=20000) == [
+        "TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX"
+    ]
+    (line,) = refusal(dns_servers="10.0.0.2:x")
+    assert line.startswith("TELEPATH_DNS_SERVERS: '10.0.0.2:x' is not a DNS server")
+
+
+def test_jitter_bounds_the_wrong_way_round_are_refused() -> None:
+    # rtp/jitter.py refused them when a call's media opened, after the agent had connected
+    assert refusal(rtp_jitter_min_ms=100, rtp_jitter_max_ms=60) == [
+        "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
+    ]
+    assert Settings(rtp_jitter_min_ms=60, rtp_jitter_max_ms=60).rtp_jitter_max_ms == 60
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("", ""),  # unset: the bound address, else this host's primary one
+        (" 203.0.113.5 ", "203.0.113.5"),  # a trailing space made every call's SDP fail
+        ("2001:DB8::5", "2001:db8::5"),
+    ],
+)
+def test_the_public_address_is_an_ip_address(value: str, kept: str) -> None:
+    assert Settings(public_address=value).public_address == kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "203.0.113.5:5060",  # gave c=IN IP6 203.0.113.5:5060 and a Contact with two ports
+        "[2001:db8::5]",
+        "[2001:db8::5]:5060",
+        "gw.example.com",  # SDP c= needs the address; and one per instance anyway
+        "0.0.0.0",  # c=IN IP4 0.0.0.0 is "on hold" (RFC 3264 §8.4)
+        "::",
+        "fe80::1%eth0",
+        "203.0.113.5, 203.0.113.6",
+    ],
+)
+def test_a_public_address_with_a_port_or_no_address_is_refused(value: str) -> None:
+    (line,) = refusal(public_address=value)
+    assert line.startswith("TELEPATH_PUBLIC_ADDRESS: must be the IP address callers reach")
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [("0.0.0.0", "0.0.0.0"), (" 10.0.0.5 ", "10.0.0.5"), ("::", "::"), ("::1", "::1")],
+)
+def test_the_sip_host_is_an_ip_address(value: str, kept: str) -> None:
+    assert Settings(sip_host=value).sip_host == kept
+
+
+@pytest.mark.parametrize("value", ["", "localhost", "10.0.0.5:5060", "[::1]", "0.0.0.0/0"])
+def test_a_sip_host_that_is_no_ip_address_is_refused(value: str) -> None:
+    # bound for SIP and RTP, and advertised in Contact and SDP c= when not a wildcard
+    (line,) = refusal(sip_host=value)
+    assert line.startswith("TELEPATH_SIP_HOST: must be an IP address to listen on")
+
+
+def test_a_stun_server_with_spaces_around_it_is_taken() -> None:
+    assert Settings(stun_server=" 127.0.0.1:3479 ").stun_server_address == ("127.0.0.1", 3479)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",  # SQLite in the data directory
+        "sqlite+aiosqlite:///var/lib/telepath/telepath.db",
+        "postgresql+asyncpg://telepath:pw@db.example:5432/telepath?ssl=require",
+    ],
+)
+def test_database_urls_of_the_drivers_telepath_has_are_taken(url: str) -> None:
+    assert Settings(database_url=url).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://telepath:pw-secret@db/telepath", "'postgresql' is not a driver"),
+        ("postgres://telepath:pw-secret@db/telepath", "'postgres' is not a driver"),
+        ("postgresql+psycopg://telepath:pw-secret@db/t", "'postgresql+psycopg' is not a driver"),
+        ("sqlite:///telepath.db", "'sqlite' is not a driver"),
+        ("postgresql+asyncpg://telepath:pw-secret@db:port/t", "not a database URL"),
+        ("pw-secret", "not a database URL"),
+    ],
+)
+def test_other_database_urls_are_refused_without_being_repeated(url: str, reason: str) -> None:
+    (line,) = refusal(database_url=url)
+    assert line.startswith(f"TELEPATH_DATABASE_URL: {reason}")
+    assert line.endswith(
+        "write postgresql+asyncpg://user:password@host/database (asyncpg's "
+        "parameters, not libpq's: ?ssl=require) or sqlite+aiosqlite:///path"
+    )
+    assert "pw-secret" not in line
+
+
+def test_a_ban_lasts_a_while() -> None:
+    # sip/defence.py refuses 0, and did so only when the gateway started, after migrations
+    assert refusal(sip_ban_seconds=0) == [
+        "TELEPATH_SIP_BAN_SECONDS: Input should be greater than 0"
+    ]
