@@ -161,7 +161,13 @@ async def serve(settings: Settings) -> None:
             app,
             host=settings.http_host,
             port=settings.http_port,
+            # None: uvicorn's own loggers ("Uvicorn running on", a port it cannot bind) keep
+            # no handler of their own and reach the root one of configure_logging, in
+            # TELEPATH_LOG_FORMAT with a call id field, like every other line.
+            log_config=None,
             log_level=settings.log_level.lower(),
+            # No access log: a request line's path and query may carry phone numbers, which
+            # never appear at INFO (README, Observability).
             access_log=False,
             lifespan="off",
         )
