@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Telepath needs on a fresh machine, and nothing twice:
-#   - a Python venv in .venv with the package (editable) and, with --test, its dev extras;
+#   - a Python venv in .venv with the package (editable) and, with --test, its dev extras
+#     (python3.X-venv via apt-get first when Python cannot make a venv without it);
 #   - with --test, the Debian packages the interop tests drive as real peers (SIPp, baresip,
 #     linphone, kamailio as a record-routing proxy, dnsmasq as a DNS server with SRV/NAPTR,
 #     coturn as a STUN server),
@@ -11,6 +12,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
+# Root, or passwordless sudo when there is one (never a password prompt); else as we are.
+sudo=""
+[ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
+
 pick_python() {
   for py in python3.13 python3.12 python3.11 python3; do
     if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -20,8 +25,35 @@ pick_python() {
   echo "Telepath needs Python >= 3.11" >&2; return 1
 }
 
-if [ ! -x .venv/bin/python ]; then
-  "$(pick_python)" -m venv .venv
+# A venv is one whose pip runs: stock Debian ships venv's ensurepip apart (python3.X-venv), and
+# there 'python3 -m venv' makes bin/python, then fails. Taken for a venv, that half-made one
+# failed every later run ("No module named pip"), even once the package was installed.
+venv_works() {
+  [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1
+}
+
+make_venv() {
+  rm -rf .venv
+  "$1" -m venv .venv || { rm -rf .venv; return 1; }
+}
+
+if ! venv_works; then
+  [ -e .venv ] && echo "bootstrap: .venv has no working pip (made half-way?): making it again" >&2
+  py="$(pick_python)"
+  if ! make_venv "$py"; then
+    venv_pkg="python$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "bootstrap: '$py -m venv' failed; installing $venv_pkg with apt-get" >&2
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$venv_pkg" >/dev/null || true
+    fi
+    if ! make_venv "$py"; then
+      echo "bootstrap: ERROR '$py -m venv .venv' failed: Python's venv module is missing." >&2
+      echo "bootstrap: install it (Debian/Ubuntu: sudo apt-get install -y $venv_pkg), then run" \
+        "this again" >&2
+      exit 1
+    fi
+  fi
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 
@@ -42,8 +74,6 @@ if [ $want_test = 1 ]; then
   command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
   if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
     if command -v apt-get >/dev/null 2>&1; then
       echo "bootstrap: installing ${missing[*]} with apt-get" >&2
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true

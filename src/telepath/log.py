@@ -2,8 +2,10 @@
 
 The call id lives in a context variable that call control sets when it starts handling an
 INVITE; asyncio copies context into the tasks a call spawns, so every line those tasks log is
-tagged without passing the id around. Phone numbers, audio, transcripts and secrets are never
-logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``).
+tagged without passing the id around. What serves every call (the media clock,
+``transport/media_pacer.py``) must not be registered from inside one call's context, or all it
+logs carries that call's id: it runs in an empty one. Phone numbers, audio, transcripts and
+secrets are never logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``).
 """
 
 from __future__ import annotations

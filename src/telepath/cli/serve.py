@@ -1,20 +1,31 @@
 """``telepath serve``: the HTTP API, the SIP/media gateway, webhooks and retention in one process.
 
-SIGTERM/SIGINT: the HTTP server stops, then the gateway drains — new INVITEs get 503 while live
-calls may finish for ``TELEPATH_SIP_DRAIN_TIMEOUT_S``; the rest are ended with BYE and recorded
-with reason ``shutdown``. A run that died instead (SIGKILL, crash) left its live calls' records
-open: the next run on the same data directory closes them as ``lost`` (``cli/instances.py``).
+SIGTERM/SIGINT: the HTTP server stops (requests in progress get ``HTTP_SHUTDOWN_GRACE_S``), then
+the gateway drains — new INVITEs get 503 while live calls may finish for
+``TELEPATH_SIP_DRAIN_TIMEOUT_S``; the rest are ended with BYE and recorded with reason
+``shutdown``; outbound registrations are removed. The signals are taken from before the gateway
+starts, not only once the HTTP server runs: the SIP listener answers calls while the start goes
+on (journal replay, closing a dead run's calls, SIP workers coming up — up to
+``READY_TIMEOUT_S``), and a signal then used to kill the process with those calls up (SIGTERM)
+or cancel the start without stopping the gateway (SIGINT). Now the start stops after the step
+under way (the wait for the workers at once; the previous run's recovery is finished first) and
+the same graceful stop follows.
+
+A run that died instead (SIGKILL, crash) left its live calls' records open: the next run on the
+same data directory closes them as ``lost`` (``cli/instances.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
-from collections.abc import Callable
-from types import FrameType
+from collections.abc import Awaitable, Callable
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -28,6 +39,15 @@ from telepath.config import Settings
 from telepath.log import configure_logging
 
 logger = logging.getLogger("telepath")
+
+T = TypeVar("T")
+
+# On a stop, how long the HTTP server waits for requests in progress before cancelling them. The
+# API's requests are short (no streaming, no long polls); one whose client stalls (a body that
+# never finishes arriving) used to hold up server.serve() for ever, and the gateway's drain,
+# which comes after it, never began. A fixed bound, not the drain time: until it is over, the
+# gateway still takes new calls.
+HTTP_SHUTDOWN_GRACE_S = 5  # uvicorn takes whole seconds
 
 
 class HttpServer(uvicorn.Server):
@@ -71,14 +91,77 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def start_workers(
+class StopSignals:
+    """SIGINT and SIGTERM for as long as ``serve`` holds the gateway: remembered, not fatal.
+
+    A signal wakes what the start is waiting for (:meth:`unless_requested`) and, once there is an
+    HTTP server, tells it too. While that server runs, uvicorn takes the signals itself, and
+    re-raises them after shutting down: they land here then.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.server: uvicorn.Server | None = None
+        self.on_stop: Callable[[], None] | None = None  # called at the first signal too
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return bool(self.received)
+
+    def _handle(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+        if self.on_stop is not None:  # the SIP workers' exits from now on are no crashes
+            self.on_stop()
+        if self.server is not None:  # made, but its own handlers are not in place yet
+            self.server.should_exit = True
+        # a signal handler runs between two bytecodes of the loop's thread: the loop is woken
+        # through its self-pipe, as from another thread
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def unless_requested(self, step: Awaitable[T]) -> T | None:
+        """``step``'s result, or None if a stop is asked for first (``step`` is cancelled)."""
+        task = asyncio.ensure_future(step)
+        stopped = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return None if task.cancelled() else task.result()
+
+
+def worker_pool(
     settings: Settings,
     state: ApiState,
     gateway: Gateway,
     nonce_secrets: list[bytes],
     instances: InstanceFile | None = None,
 ) -> WorkerPool:
-    """Start SIP workers 1 .. N-1 beside this process's gateway (``cli/workers.py``)."""
+    """SIP workers 1 .. N-1 beside this process's gateway (``cli/workers.py``), wired to it but
+    not started: the caller holds the pool before waiting for it, so that a stop during that
+    wait can stop the workers already started."""
     udp = gateway.server.udp_fileno()
     if udp is None:
         raise RuntimeError("TELEPATH_SIP_WORKERS needs the SIP UDP listener")
@@ -116,12 +199,16 @@ async def start_workers(
         own = gateway.registrations.in_use
         forwarder = pool.forwarder
         gateway.registrations.in_use = lambda conn: own(conn) or forwarder.carried(conn)
+    return pool
+
+
+async def start_workers(settings: Settings, state: ApiState, pool: WorkerPool) -> None:
+    """Start ``pool``'s workers, wait until each serves, then let the API see them."""
     await pool.start()
     state.trunk_removed.append(pool.trunk_removed)
     state.more_metrics = pool.metrics
     state.workers_ready = pool.all_up
     logger.info("SIP: %d worker processes share the UDP port", settings.sip_workers)
-    return pool
 
 
 async def serve(settings: Settings) -> None:
@@ -137,11 +224,22 @@ async def serve(settings: Settings) -> None:
                 "Use it as 'Authorization: Bearer <key>'. More keys: telepath keys create\n",
                 flush=True,
             )
-        gateway: Gateway | None = None
-        pool: WorkerPool | None = None
-        instances = InstanceFile(settings.data_dir)
-        recovery: asyncio.Task[None] | None = None
-        heartbeat: asyncio.Task[None] | None = None
+        # From before the SIP listener takes its first call (module docstring).
+        with StopSignals() as stop:
+            await _serve(settings, state, stop)
+
+
+async def _serve(settings: Settings, state: ApiState, stop: StopSignals) -> None:
+    """Start step by step (none after a stop is asked for), serve, then stop: the gateway's
+    graceful stop runs on every way out once it has started — a signal, the HTTP server failing
+    to start (uvicorn exits on a port it cannot bind), an error in a later step."""
+    gateway: Gateway | None = None
+    pool: WorkerPool | None = None
+    instances = InstanceFile(settings.data_dir)
+    recovery: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    unwatch_gc: Callable[[], None] | None = None
+    try:
         if settings.sip_enabled:
             instance_id = new_instance_id()
             instances.add(instance_id)
@@ -167,14 +265,22 @@ async def serve(settings: Settings) -> None:
                 )
             else:
                 # Every journal a stopped process left here, first: a clean stop during a
-                # database outage leaves one, with no id left in the instances file.
+                # database outage leaves one, with no id left in the instances file. Finished
+                # even after a stop is asked for: the claim has replaced the previous run's ids
+                # in the instances file with ours, and a record not closed now would stay open.
                 await gateway.replay_journals()
                 if left:
                     ended = instances.lost_calls_end()
                     await close_calls_of(left, state.sessions, sink, state.metrics, ended=ended)
             heartbeat = asyncio.create_task(instances.beat_forever())
-            if settings.sip_workers > 1:
-                pool = await start_workers(settings, state, gateway, nonce_secrets, instances)
+            if settings.sip_workers > 1 and not stop.requested:
+                pool = worker_pool(settings, state, gateway, nonce_secrets, instances)
+                stop.on_stop = pool.stopping
+                # up to READY_TIMEOUT_S: given up at once on a stop (pool.stop ends them)
+                await stop.unless_requested(start_workers(settings, state, pool))
+        if stop.requested:
+            logger.info("stop requested while starting: the rest of the start is skipped")
+            return
         app = create_app(state)
         settle_heap()
         unwatch_gc = state.metrics.watch_gc()
@@ -182,40 +288,37 @@ async def serve(settings: Settings) -> None:
             app,
             host=settings.http_host,
             port=settings.http_port,
+            # None: uvicorn's own loggers ("Uvicorn running on", a port it cannot bind) keep
+            # no handler of their own and reach the root one of configure_logging, in
+            # TELEPATH_LOG_FORMAT with a call id field, like every other line.
+            log_config=None,
             log_level=settings.log_level.lower(),
+            # No access log: a request line's path and query may carry phone numbers, which
+            # never appear at INFO (README, Observability).
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_S,
         )
         server = HttpServer(config, on_signal=pool.stopping if pool is not None else lambda: None)
+        stop.server = server
         logger.info(
             "HTTP API on http://%s:%d (database: %s)",
             settings.http_host,
             settings.http_port,
             settings.effective_database_url.split("://", 1)[0],
         )
-        signals: list[int] = []
-
-        def remember(sig: int, frame: FrameType | None) -> None:
-            # uvicorn handles the signal while it runs and re-raises it after shutting down;
-            # we take it here instead of dying, so the gateway can drain.
-            signals.append(sig)
-            if pool is not None:
-                pool.stopping()
-
-        previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        if not stop.requested:
             await server.serve()
-        finally:
-            if gateway is not None:
-                logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
-                workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
-                await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
-            for task in (recovery, heartbeat):
-                if task is not None:
-                    task.cancel()
-            instances.close()  # every call was ended: the next run has nothing to close
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    finally:
+        if gateway is not None:
+            logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
+            workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
+            await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
+        for task in (recovery, heartbeat):
+            if task is not None:
+                task.cancel()
+        instances.close()  # every call was ended: the next run has nothing to close
+        if unwatch_gc is not None:
             unwatch_gc()
 
 

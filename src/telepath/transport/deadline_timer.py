@@ -16,11 +16,17 @@ those are missing (not Linux) the timer falls back to ``loop.call_at``, as befor
 One difference to ``call_at``: the callback runs with the loop's other I/O callbacks rather
 than in its timer phase, i.e. possibly after some of the datagrams that arrived at the same
 moment.
+
+The callback runs in an empty ``contextvars`` context, not in the one ``arm`` was called from:
+the timer serves every call (the media pacer's) yet is first armed from inside one call's set-up,
+and a callback registered there would carry that call's context — its id on every line logged
+from it, for every call (``log.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import logging
 import math
@@ -90,6 +96,7 @@ class DeadlineTimer:
         self._armed = False
         self._reading = False
         self._spec = _Itimerspec()
+        self._no_call = contextvars.Context()  # what the callback runs in (module docstring)
         if precise and _LIBC is not None:
             fd = _LIBC.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
             if fd >= 0:
@@ -108,7 +115,7 @@ class DeadlineTimer:
         if self._fd < 0:
             if self._handle is not None:
                 self._handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._fire)
+            self._handle = self._loop.call_at(deadline, self._fire, context=self._no_call)
             return
         spec = self._spec
         frac, whole = math.modf(max(deadline, 1e-9))
@@ -127,7 +134,9 @@ class DeadlineTimer:
             return
         self._armed = True
         if not self._reading:
-            self._loop.add_reader(self._fd, self._readable)
+            # add_reader takes no context: it copies the current one, so register from inside
+            # an empty one (a fresh one: this may run from inside the callback itself)
+            contextvars.Context().run(self._loop.add_reader, self._fd, self._readable)
             self._reading = True
 
     def disarm(self) -> None:

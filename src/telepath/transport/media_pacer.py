@@ -19,11 +19,17 @@ with no streams costs no wake-up: with few calls one wake-up per ``ptime`` serve
 misses are most of the cost), while past ``SLOT_CAPACITY`` streams each burst stays bounded, so
 the lateness of the last stream in a burst stays small. A stream never changes slot, so its
 packets always leave exactly one ``ptime`` apart.
+
+The clock serves every call, so it runs in no call's ``contextvars`` context (``log.py``'s call
+id), wherever it was started or served from (its timer: ``deadline_timer.py``; ``serve_due``:
+whichever call's packet came in): its own lines carry no call id, and a subscriber's failure is
+logged in the context that subscriber subscribed from — its own call's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import weakref
@@ -80,7 +86,8 @@ def serve_due() -> None:
                 if pacer._loop.is_closed():  # left running when its loop ended (tests)
                     _live.remove(pacer)
                     return
-                pacer._tick()
+                # not in the context of the call whose packet this is (module docstring)
+                contextvars.Context().run(pacer._tick)
 
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] = (
@@ -106,6 +113,7 @@ class Pacer:
         self._slot_time = self.ptime / self.slots
         self._subscribers: list[dict[int, TickCallback]] = [{} for _ in range(self.slots)]
         self._slot_of: dict[int, int] = {}
+        self._context_of: dict[int, contextvars.Context] = {}  # where each subscribed from
         self._timer = DeadlineTimer(loop, self._tick, precise=precise)
         self._running = False
         self._deadline = 0.0
@@ -135,6 +143,7 @@ class Pacer:
             slot = min(range(self.slots), key=lambda i: len(slots[i]))
         self._subscribers[slot][handle] = callback
         self._slot_of[handle] = slot
+        self._context_of[handle] = contextvars.copy_context()  # its failures are logged there
         if not self._running:
             self._start()
         return handle
@@ -144,6 +153,7 @@ class Pacer:
         slot = self._slot_of.pop(handle, None)
         if slot is not None:
             self._subscribers[slot].pop(handle, None)
+        self._context_of.pop(handle, None)
 
     @property
     def subscriber_count(self) -> int:
@@ -172,6 +182,17 @@ class Pacer:
             self._last[self._slot] = self._deadline
             self._slot = (self._slot + 1) % self.slots
         self._timer.arm(self._deadline)
+
+    def _failed(self, slot: int, callback: TickCallback) -> None:
+        """Log a subscriber's failure (in ``except``) in the context it subscribed from: its
+        call's id on the line. Its handle is looked up here, not carried through the tick's
+        loop, which runs for every stream every ``ptime``."""
+        handle = next((h for h, c in self._subscribers[slot].items() if c is callback), None)
+        context = self._context_of.get(handle) if handle is not None else None
+        if context is None:  # it unsubscribed itself, then failed
+            logger.exception("media session tick failed")
+        else:
+            context.run(logger.exception, "media session tick failed")
 
     def _tick(self) -> None:
         """One slot's wake-up."""
@@ -206,7 +227,7 @@ class Pacer:
                 try:
                     callback(now, frames)
                 except Exception:  # one broken session must not stop every call's audio
-                    logger.exception("media session tick failed")
+                    self._failed(slot, callback)
         finally:
             self._in_tick = False
         self._slot = (slot + 1) % self.slots

@@ -58,11 +58,18 @@ deliver; events and the latched source's packets of other types (comfort noise) 
 received and keep their slots in the buffer, unplayed, and only audio is a jitter sample.
 Outbound path, per tick of the shared deadline pacer: one frame from
 :class:`telepath.rtp.playout.Playout` (agent audio, silence, or DTMF), one ``sendto``.
+
+Ticks run in the shared pacer's context, which is no call's (``media_pacer.py``); the session
+keeps the ``contextvars`` context it was opened in — its call's, with the call id every log line
+carries (``log.py``) — and what a tick does for this call alone that may log (the inactivity
+timeout and the session's end) runs in it. Only then: entering a context costs, and a tick is
+on the media path of every call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import secrets
@@ -238,6 +245,7 @@ class MediaSession:
         self._cname = cname.encode()
         self._rtcp_interval = rtcp_interval_s
         self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()  # the call's (module docstring)
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
         self._pacer = Pacer.for_loop(ptime_ms, self._loop)
@@ -730,8 +738,11 @@ class MediaSession:
             self._send_rtcp([])
         timeout = self.inactivity_timeout_s
         if timeout and not self._held and self._inbound_expected and now - self._last_rx > timeout:
-            logger.info("media inactivity timeout")
-            self._end(MediaEndReason.MEDIA_TIMEOUT)
+            self._context.run(self._timed_out)
+
+    def _timed_out(self) -> None:
+        logger.info("media inactivity timeout")
+        self._end(MediaEndReason.MEDIA_TIMEOUT)
 
     def _report(self) -> list[RtcpPacket]:
         lsr = dlsr = 0

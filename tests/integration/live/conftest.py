@@ -59,9 +59,10 @@ class LiveServer:
 
 
 def start_server(
-    data_dir: Path, extra_env: dict[str, str], api_key: str | None = None
+    data_dir: Path, extra_env: dict[str, str], api_key: str | None = None, *, wait: bool = True
 ) -> LiveServer:
-    """Start the service; wait for its first key (or, given ``api_key``, for health only)."""
+    """Start the service; wait for its first key (or, given ``api_key``, for health only);
+    ``wait`` False: not at all (a test of the start itself)."""
     port = free_port()
     env = {
         **os.environ,
@@ -89,6 +90,8 @@ def start_server(
             text=True,
         )
     base = f"http://127.0.0.1:{port}"
+    if not wait:
+        return LiveServer(base, api_key or "", proc, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

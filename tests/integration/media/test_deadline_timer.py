@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from telepath.log import call_id_var
 from telepath.transport.deadline_timer import DeadlineTimer
 from telepath.transport.media_pacer import Pacer
 
@@ -161,3 +162,32 @@ def test_finding_libc_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(subprocess, "Popen", no_process)
     libc = deadline_timer._load_libc()
     assert libc is not None and hasattr(libc, "timerfd_create")
+
+
+@pytest.mark.parametrize("precise", [True, False])
+@on_both_loops
+async def test_the_callback_runs_in_no_calls_context(precise: bool) -> None:
+    """The timer serves every call (the media pacer's): armed first from inside one call's
+    set-up, its callback used to run in that call's context, and everything logged from it
+    carried that call's id."""
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    fired = asyncio.Event()
+
+    def callback() -> None:
+        seen.append(call_id_var.get())
+        if len(seen) < 3:
+            timer.arm(loop.time() + 0.002)  # re-armed from inside: still no call's
+        else:
+            fired.set()
+
+    timer = DeadlineTimer(loop, callback, precise=precise)
+
+    async def call_setup() -> None:
+        call_id_var.set("call_first")
+        timer.arm(loop.time() + 0.002)
+
+    await loop.create_task(call_setup())
+    await asyncio.wait_for(fired.wait(), 5)
+    timer.disarm()
+    assert seen == ["-", "-", "-"]

@@ -4,9 +4,12 @@ hold, re-INVITE, RTCP, inactivity and port release."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 
 import pytest
 
+from telepath.log import call_id_var
 from telepath.rtp import g711
 from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey, encode_dtmf
@@ -32,6 +35,7 @@ from telepath.transport.media_session import (
 )
 from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
 from tests.coturn import binding_response
+from tests.integration.media.logged import call_ids_logged, drop_clocks_of_closed_loops
 from tests.unit.rtp.audio import dominant_hz, tone
 from tests.unit.rtp.captures import load_capture
 
@@ -423,6 +427,40 @@ async def test_inactivity_timeout_ends_with_reason_and_releases_ports(
     assert session.lease.released
     assert allocator.in_use == 0
     await session.close()  # idempotent
+
+
+@pytest.mark.parametrize("served_by", ["clock", "first call's packet"])
+async def test_an_inactivity_timeout_is_logged_with_its_own_calls_id(
+    allocator: RtpPortAllocator, served_by: str
+) -> None:
+    """Two calls share the media clock; the first call's set-up started it. The second call's
+    timeout, whether the clock's timer or the first call's RTP (``serve_due``) served the
+    tick, is logged with the second call's id (it used to carry the first's)."""
+    loop = asyncio.get_running_loop()
+    sessions: list[MediaSession] = []
+    drop_clocks_of_closed_loops()
+
+    async def call(call_id: str, timeout_s: float) -> None:
+        call_id_var.set(call_id)  # as call control does for a call's set-up task
+        sessions.append(await open_session(allocator, None, inactivity_timeout_s=timeout_s))
+
+    with call_ids_logged("telepath.transport.media_session") as lines:
+        await loop.create_task(call("call_first", 0))
+        await loop.create_task(call("call_second", 0.1))
+        first, second = sessions
+        try:
+            if served_by == "clock":
+                await collect(second, 1, MediaEnded)
+            else:
+                in_first = contextvars.copy_context()  # its socket's receive callbacks' context
+                in_first.run(call_id_var.set, "call_first")
+                time.sleep(0.15)  # noqa: ASYNC251  (no wake-up of the clock meanwhile)
+                in_first.run(media_pacer.serve_due)
+            assert second.ended == MediaEndReason.MEDIA_TIMEOUT
+        finally:
+            await first.close()
+            await second.close()
+    assert [c for m, c in lines if m == "media inactivity timeout"] == ["call_second"]
 
 
 async def test_on_event_callback_receives_frames(allocator: RtpPortAllocator) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import time
 from collections.abc import Callable
 
 import pytest
 
+from telepath.log import call_id_var
 from telepath.transport import media_pacer
 from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness, serve_due
+from tests.integration.media.logged import call_ids_logged, drop_clocks_of_closed_loops
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +206,57 @@ async def test_the_timers_pending_wakeup_does_not_serve_a_slot_served_just_befor
         tx.close()
     assert sum(by_datagram) >= 3  # the datagram's callback served the due slot
     assert early == []
+
+
+async def test_lines_logged_from_a_tick_name_the_right_call_or_none() -> None:
+    """The clock serves every call: a subscriber's failure names that subscriber's call, and
+    the clock's own lines none — whichever call's set-up started the clock, and whichever
+    call's packet served it (``serve_due``)."""
+    loop = asyncio.get_running_loop()
+    drop_clocks_of_closed_loops()
+    pacer = Pacer(20, loop)
+    handles: list[int] = []
+    fail = False
+
+    ticked_in: set[str] = set()
+
+    def quiet(now: float, frames: int) -> None:
+        ticked_in.add(call_id_var.get())
+
+    def broken(now: float, frames: int) -> None:
+        if fail:
+            raise RuntimeError("a bug in one session")
+
+    async def call(call_id: str, tick: Callable[[float, int], None]) -> None:
+        call_id_var.set(call_id)
+        handles.append(pacer.subscribe(tick))
+
+    with call_ids_logged("telepath.transport.media_pacer") as lines:
+        await loop.create_task(call("call_first", quiet))  # starts the clock
+        await loop.create_task(call("call_second", broken))
+        await asyncio.sleep(0.05)
+        fail = True
+        await asyncio.sleep(0.05)  # failures from the timer's wake-ups
+        fail = False
+        time.sleep(0.1)  # noqa: ASYNC251  (a stall: the clock says so, for no call)
+        await asyncio.sleep(0.05)
+
+        def packet_of_first_call(late_s: float = 0.001) -> None:
+            time.sleep(max(0.0, pacer._deadline - time.monotonic()) + late_s)
+            serve_due()
+
+        first = contextvars.copy_context()  # what its socket's receive callback runs in
+        first.run(call_id_var.set, "call_first")
+        fail = True
+        for _ in range(4):  # failures served from inside the first call's receive path
+            first.run(packet_of_first_call)
+        fail = False
+        first.run(packet_of_first_call, 0.1)  # and a stall found there
+        for h in handles:
+            pacer.unsubscribe(h)
+    failures = [c for m, c in lines if m == "media session tick failed"]
+    assert len(failures) >= 5
+    assert set(failures) == {"call_second"}, lines
+    stalls = [c for m, c in lines if m.startswith("media pacer stalled")]
+    assert len(stalls) >= 2 and set(stalls) == {"-"}, lines
+    assert ticked_in == {"-"}  # what subscribers run in: no call's

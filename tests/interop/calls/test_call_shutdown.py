@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from telepath.bridges.base import AgentBridge, ProviderConfig
 from telepath.bridges.ws import WebSocketBridge
 from telepath.cli.gateway import Gateway
 from telepath.sip.message import Response
+from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.integration.live.conftest import (
@@ -129,6 +132,122 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     assert call["duration_seconds"] >= DRAIN_S
 
 
+def _front_owned_call_id(tag: str) -> str:
+    """A Call-ID the front process owns (of two SIP workers): its calls need no worker."""
+    for i in range(1000):
+        call_id = f"{tag}-{i}@127.0.0.1"
+        if owner_of(call_id.encode(), 2) == 0:
+            return call_id
+    raise AssertionError("no call id")
+
+
+def _sip_worker(pid: int) -> int | None:
+    """The ``telepath sip-worker`` child of ``pid`` once it runs (not another short-lived child,
+    nor the worker's fork before it execs)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"sip-worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_while_starting_drains_the_calls_already_up(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The SIP listener takes calls while the start goes on: here it waits for a SIP worker
+    that is slow to come up (held with SIGSTOP), the HTTP API not up yet. A signal then used to
+    kill the process outright (SIGTERM) or cancel the start (SIGINT): the call got no BYE. Now
+    the start stops there and the usual graceful stop follows: drain, BYE, a clean exit, the
+    worker stopped too, the record ``shutdown``."""
+    require_sipp()
+    data_dir = tmp_path / "data"
+    async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+        first = await asyncio.to_thread(start_server, data_dir, _env(free_sip_port()))
+        try:
+            await live_json(first, "POST", "/v1/trunks", custom_trunk("alice", PASSWORD, agent.url))
+        finally:
+            await asyncio.to_thread(stop_server, first)
+
+        sip_port = free_sip_port()
+        env = {**_env(sip_port), "TELEPATH_SIP_WORKERS": "2"}
+        before = len(first.log())  # the same file: this run's lines come after
+        server = await asyncio.to_thread(start_server, data_dir, env, first.api_key, wait=False)
+
+        def log() -> str:
+            return server.log()[before:]
+
+        worker: int | None = None
+        phone = await Phone().open()
+        try:
+            await wait_until(
+                lambda: _sip_worker(server.process.pid) or server.process.poll() is not None,
+                within_s=30,
+                what="the SIP worker process",
+            )
+            worker = _sip_worker(server.process.pid)
+            assert worker is not None, log()
+            os.kill(worker, signal.SIGSTOP)  # it cannot say it serves: the start waits for it
+            assert "SIP worker 1 started" not in log()  # caught in time
+            assert "SIP listening on" in log()
+
+            scenario = authenticated_call("alice", phone.port, caller_hangs_up=False)
+            (tmp_path / "call").mkdir()
+            sipp = asyncio.create_task(
+                run_sipp(
+                    scenario,
+                    tmp_path / "call",
+                    ("127.0.0.1", sip_port),
+                    user="alice",
+                    password=PASSWORD,
+                    extra=("-cid_str", _front_owned_call_id("starting")),
+                    timeout_s=30,
+                )
+            )
+            await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+            assert phone.source is not None, (await sipp).stdout
+            phone.start_tone(phone.source, 1000, 30)
+            await wait_until(lambda: len(agent.caller_audio) > 1600, what="audio at the agent")
+            with pytest.raises(httpx.ConnectError):  # still starting
+                async with httpx.AsyncClient() as client:
+                    await client.get(f"{server.base_url}/healthz", timeout=2)
+
+            server.process.send_signal(sig)
+            await wait_until(lambda: "draining calls" in log(), what="the drain to start")
+            os.kill(worker, signal.SIGCONT)  # slow, not dead: it is told to stop, and does
+            result = await sipp  # ends when our BYE was answered
+            assert result.returncode == 0, result.stdout + result.errors + log()
+            code = await asyncio.to_thread(server.process.wait, 30)
+            assert code == 0, log()
+            await wait_until(lambda: not _alive(worker or 0), what="the worker to exit")
+            assert agent.stops  # the agent was told too
+        finally:
+            await phone.close()
+            if worker is not None and _alive(worker):
+                os.kill(worker, signal.SIGCONT)
+            if server.process.poll() is None:
+                await asyncio.to_thread(stop_server, server)
+
+    restarted = await asyncio.to_thread(
+        start_server, data_dir, _env(free_sip_port()), first.api_key
+    )
+    try:
+        calls = (await live_json(restarted, "GET", "/v1/calls"))["calls"]
+    finally:
+        await asyncio.to_thread(stop_server, restarted)
+    [call] = calls
+    assert call["disconnect_reason"] == "shutdown"
+
+
 # --- set-ups in progress when the drain starts (in-process gateway) --------------------------
 
 
@@ -222,3 +341,31 @@ async def test_a_set_up_the_drain_cancels_gets_503_and_lets_the_agent_go(
     assert agent.starts == []  # no session ever opened
     assert gateway.manager.ports.in_use == 0 and not gateway.manager._tasks
     assert (await api.get("/v1/calls")).json()["calls"] == []
+
+
+async def test_a_stuck_http_client_does_not_hold_up_the_drain(tmp_path: Path) -> None:
+    """A request whose body never finishes arriving: on SIGTERM the HTTP server waits for it a
+    few seconds (``HTTP_SHUTDOWN_GRACE_S``), not for ever — the gateway's drain, which comes
+    after, used to never start, and the process never exited."""
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(free_sip_port()))
+    host, port = server.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/trunks HTTP/1.1\r\nHost: telepath\r\n"
+            + f"Authorization: Bearer {server.api_key}\r\n".encode()
+            + b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"name": '
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the request is being read: its body never completes
+        server.process.send_signal(signal.SIGTERM)
+        await wait_until(
+            lambda: "draining calls" in server.log(), within_s=15, what="the drain to start"
+        )
+        code = await asyncio.to_thread(server.process.wait, 20)
+        assert code == 0, server.log()
+    finally:
+        writer.close()
+        if server.process.poll() is None:
+            server.process.kill()
+            await asyncio.to_thread(server.process.wait)
