@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from contextvars import Context
 from dataclasses import dataclass
 from typing import cast
 
@@ -388,7 +389,9 @@ class SipServer:
         loop = asyncio.get_running_loop()
         conn.loop = loop
         conn.last_active = loop.time()
-        conn.idle_timer = loop.call_at(conn.last_active + idle, self._idle_check, conn)
+        conn.idle_timer = loop.call_at(
+            conn.last_active + idle, self._idle_check, conn, context=Context()
+        )
 
     def _idle_check(self, conn: _Stream) -> None:
         conn.idle_timer = None
@@ -407,7 +410,7 @@ class SipServer:
                 conn.asked_at = now
                 due = now + min(idle, WORKER_ANSWER_S)
         if due > now:
-            conn.idle_timer = loop.call_at(due, self._idle_check, conn)
+            conn.idle_timer = loop.call_at(due, self._idle_check, conn, context=Context())
             return
         self.counters_inc("stream_idle_closed")
         transport.close()
@@ -597,7 +600,7 @@ class SipServer:
             self._unsent([data])
             return
         self._held[hop] = [data]
-        task = asyncio.get_running_loop().create_task(self._open(hop))
+        task = asyncio.get_running_loop().create_task(self._open(hop), context=Context())
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
 
@@ -649,7 +652,7 @@ class SipServer:
         inside :meth:`dispatch`, whose events must go out in order first. A worker's message
         that its front could not send is not reported back (its transaction times out)."""
         if messages:
-            asyncio.get_running_loop().call_soon(self._report_unsent, messages)
+            asyncio.get_running_loop().call_soon(self._report_unsent, messages, context=Context())
 
     def _report_unsent(self, messages: list[bytes]) -> None:
         for data in messages:
@@ -665,7 +668,8 @@ class SipServer:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._on_timer)
+        # in no call's context: armed from whichever call's task sent last, it fires for any
+        self._timer = loop.call_at(deadline, self._on_timer, context=Context())
 
     def _on_timer(self) -> None:
         self._timer = None
