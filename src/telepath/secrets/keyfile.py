@@ -10,6 +10,7 @@ change under a running service: it must be restarted with the new value.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -135,6 +136,12 @@ def create_key_file(path: Path, keys: tuple[bytes, ...]) -> bool:
     return _put_key_file(path, keys, replace=False)
 
 
+# What os.link raises where the file system has no hard links.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
+)
+
+
 def _put_key_file(path: Path, keys: tuple[bytes, ...], *, replace: bool) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".secret-", suffix=".tmp", dir=path.parent)
     try:
@@ -149,6 +156,14 @@ def _put_key_file(path: Path, keys: tuple[bytes, ...], *, replace: bool) -> bool
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                # A volume without hard links (vfat, some FUSE and network file systems):
+                # renamed into place as before, exclusive only against a file already there.
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
             finally:
                 Path(tmp).unlink(missing_ok=True)
     except BaseException:

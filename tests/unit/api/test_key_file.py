@@ -3,6 +3,7 @@ followed by the keyring loaded from it."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -199,3 +200,22 @@ def test_the_key_file_lock_admits_one_holder_at_a_time(tmp_path: Path) -> None:
                 pass  # pragma: no cover - never entered
     with keyfile.key_file_lock(tmp_path):  # released
         pass
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_a_data_dir_without_hard_links_still_gets_its_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Some volumes refuse hard links (vfat, some FUSE and network file systems): the first
+    start there must still create the key file (renamed into place, as before links were
+    used), not fail."""
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    ring, generated = load_keyring("", tmp_path)
+    assert generated is True
+    assert parse_keyring((tmp_path / "secret.key").read_text()).keys == ring.keys
+    assert stat.S_IMODE((tmp_path / "secret.key").stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]
