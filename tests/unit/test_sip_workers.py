@@ -130,6 +130,7 @@ async def test_a_late_metrics_answer_is_not_taken_for_the_next(
     front, worker_end = socket.socketpair()
     worker = pool._workers[1]
     worker.reader, worker.writer = await asyncio.open_connection(sock=front)
+    worker.up = True  # it said "ready"
     reader, writer = await asyncio.open_connection(sock=worker_end)
     try:
         assert await pool.metrics() == []  # the worker is slow: nothing, and no error
@@ -158,7 +159,7 @@ class FakeWorker:
 
     pids = iter(range(10_000, 20_000))
 
-    def __init__(self, inbox_fd: int, ctl_fd: int) -> None:
+    def __init__(self, inbox_fd: int, ctl_fd: int, ready_delay_s: float = 0.0) -> None:
         # the pool closes its copies of the worker's ends once the process is started
         self.inbox = socket.socket(fileno=os.dup(inbox_fd))
         self.ctl = socket.socket(fileno=os.dup(ctl_fd))
@@ -168,6 +169,7 @@ class FakeWorker:
         self.silent = False  # does not answer (a busy worker)
         self.lines: list[str] = []  # every control line after the hello
         self.hello: dict[str, Any] = {}
+        self.ready_delay_s = ready_delay_s  # how long it takes to start serving
         self._exited = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._task = asyncio.create_task(self._serve())
@@ -175,6 +177,7 @@ class FakeWorker:
     async def _serve(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.ctl)
         self.hello = json.loads(await reader.readline())
+        await asyncio.sleep(self.ready_delay_s)
         self._writer.write(b"ready\n")
         while line := await reader.readline():
             self.lines.append(line.decode().strip())
@@ -214,6 +217,7 @@ class FakeExec:
         self.started: list[FakeWorker] = []
         self.failures = 0
         self.attempts = 0
+        self.ready_delay_s = 0.0  # of the workers started from now on
 
     async def __call__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> FakeWorker:
         self.attempts += 1
@@ -221,7 +225,7 @@ class FakeExec:
             self.failures -= 1
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
         _udp, inbox, ctl = (int(a) for a in args[-3:])
-        self.started.append(FakeWorker(inbox, ctl))
+        self.started.append(FakeWorker(inbox, ctl, self.ready_delay_s))
         return self.started[-1]
 
 
@@ -317,6 +321,29 @@ async def test_merged_counters_never_go_back_when_a_worker_is_slow_or_restarted(
         assert await _scrape(pool) == after  # and a missed round after the restart
     finally:
         closing.set()
+        await pool.stop(0)
+
+
+async def test_metrics_while_a_worker_is_being_started_again_do_not_fail(
+    fake_exec: FakeExec,
+) -> None:
+    """A scrape while a restarted worker has not said ``ready`` yet: the start is reading its
+    control channel, and a second reader there raised RuntimeError (``GET /metrics`` 500)."""
+    pool = _pool()
+    await pool.start()
+    try:
+        (first,) = fake_exec.started
+        first.text = _exposition(ended=3, active=0)
+        assert (await _scrape(pool))["calls"] == 3
+        fake_exec.ready_delay_s = 0.5
+        first.exit(1)
+        await _until(lambda: len(fake_exec.started) == 2 and bool(fake_exec.started[1].hello))
+        assert not pool.all_up()  # greeted, its "ready" not come yet
+        assert (await _scrape(pool))["calls"] == 3  # its counts carried, nothing raised
+        await _until(pool.all_up)
+        fake_exec.started[1].text = _exposition(ended=1, active=0)
+        assert (await _scrape(pool))["calls"] == 4
+    finally:
         await pool.stop(0)
 
 

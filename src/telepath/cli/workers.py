@@ -434,8 +434,10 @@ class WorkerPool:
     async def _metrics(self, worker: _Worker) -> list[bytes]:
         async with worker.lock:
             carried = [worker.carried] if worker.carried is not None else []
-            if worker.reader is None or worker.writer is None:
-                return carried  # none running (its last answer was retired)
+            if not worker.up or worker.reader is None or worker.writer is None:
+                # none serving: gone (its counts, until carried over), or being started, its
+                # control channel read by the start (a second reader there raises)
+                return _counts_only(worker.last, carried)
             worker.asked += 1
             try:
                 async with asyncio.timeout(METRICS_TIMEOUT_S):
@@ -453,9 +455,7 @@ class WorkerPool:
                 return [worker.last, *carried] if worker.last is not None else carried
             except (OSError, asyncio.IncompleteReadError):
                 # the worker is gone (its watcher starts it again): its counts, not its gauges
-                if worker.last is None:
-                    return carried
-                return [monotonic_part(worker.last), *carried]
+                return _counts_only(worker.last, carried)
 
     @staticmethod
     def _retire(worker: _Worker) -> None:
@@ -627,3 +627,9 @@ def main(udp_fd: int, inbox_fd: int, ctl_fd: int) -> None:
 
     install_event_loop()
     asyncio.run(run_worker(udp_fd, inbox_fd, ctl_fd))
+
+
+def _counts_only(last: bytes | None, carried: list[bytes]) -> list[bytes]:
+    """A worker process that does not serve: its last counters (not its gauges: its calls are
+    gone), until they are carried over to the next process, beside those carried already."""
+    return carried if last is None else [monotonic_part(last), *carried]
