@@ -184,7 +184,7 @@ class Playout:
         """A re-offer's telephone-event payload type; None (no longer offered) drops the
         press being sent."""
         self.dtmf_payload_type = payload_type
-        if payload_type is None:
+        if payload_type is None and self._dtmf:  # a press cut short: the audio resumes
             self._dtmf.clear()
             self._dtmf_started = False
             self._gap = True

@@ -234,3 +234,15 @@ def test_a_key_press_over_a_hold_keeps_its_own_markers_and_the_audio_after_it_is
     assert [f.payload_type for f in rest if f] == [101] * 4
     assert not any(f.marker for f in rest if f)
     assert audio and audio.payload_type == 0 and audio.payload == SILENCE and audio.marker
+
+
+@pytest.mark.parametrize("negotiated", [None, 101])
+def test_a_renegotiation_without_telephone_event_sets_no_marker(negotiated: int | None) -> None:
+    """Every re-INVITE passes its telephone-event payload type on; without a press in
+    progress the audio stream has no gap, and a marker mid-stream would be against RFC 3551
+    §4.1 (some receivers reset their jitter buffer on it)."""
+    playout = make(dtmf=negotiated)
+    playout.next_frame()
+    playout.set_dtmf_payload_type(None)
+    frames = [playout.next_frame()[0] for _ in range(3)]
+    assert not any(f.marker for f in frames if f)
