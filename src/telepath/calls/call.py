@@ -312,7 +312,10 @@ class Call:
                 else None
             )
             self.media.update_remote((negotiated.remote_address, negotiated.remote_port), rtcp)
-        self.media.hold(negotiated.on_hold or negotiated.remote_port == 0)
+        # Held for good once the end is decided (_stop_playout): a re-INVITE or an ACK's
+        # answer crossing our BYE must not send the caller, who has left, the queued audio.
+        ended = self._unplayed_at_end_ms is not None
+        self.media.hold(ended or negotiated.on_hold or negotiated.remote_port == 0)
         self.media.expect_inbound(negotiated.may_receive)  # not from an a=recvonly peer
         self.media.set_dtmf_payload_type(
             negotiated.dtmf_payload_type, negotiated.recv_dtmf_payload_type

@@ -591,6 +591,44 @@ async def test_audio_cut_off_by_the_hang_up_is_neither_sent_nor_counted_while_th
     )
 
 
+async def test_a_re_offer_handled_after_the_end_sends_no_more_audio(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the end is decided the media is held; a re-INVITE (or an ACK's answer) crossing
+    our BYE ends in ``update_media`` with a sendrecv SDP, which un-held it: the queued agent
+    audio went on to a caller who had left, until the agent's close was done."""
+    async with FakeTelepathAgent(tone_hz=AGENT_HZ, response_ms=6000) as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
+        call, phone = placed.call, placed.phone
+        sent_at_end: list[int] = []
+        end = call.end
+        close = call.bridge.close
+
+        def end_then_a_crossing_re_offer(
+            reason: DisconnectReason, error: str | None = None, send_bye: bool = True
+        ) -> None:
+            if not sent_at_end:
+                sent_at_end.append(call.media.stats().packets_sent)
+            end(reason, error, send_bye)
+            call.update_media(call.negotiated)  # sendrecv, as the crossing re-offer's
+
+        async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+            await asyncio.sleep(1.0)
+            await close(reason)
+
+        monkeypatch.setattr(call, "end", end_then_a_crossing_re_offer)
+        monkeypatch.setattr(call.bridge, "close", slow_close)
+        phone.start_tone(placed.rtp, 1000, 1.0)
+        result = await placed.sipp
+        await settled(gateway)
+        await asyncio.sleep(0.1)  # a packet still on its way
+        await phone.close()
+    assert result.returncode == 0, result.stdout + result.errors
+    (at_end,) = sent_at_end
+    assert len(phone.received) <= at_end, (len(phone.received), at_end)
+
+
 # --- a trunk removed mid-call --------------------------------------------------------------
 
 
