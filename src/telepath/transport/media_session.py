@@ -33,19 +33,24 @@ synchronously from the protocol callback instead of through the bounded queue.
 
 Latching policy (symmetric RTP without RTP Bleed)
 -------------------------------------------------
-We send to the SDP address until media from the peer tells us otherwise. A datagram from
-another address is accepted, and becomes the destination ("latched"), only when:
+We send to the SDP address until media from the peer tells us otherwise: the peer sends from
+where it receives (symmetric RTP, RFC 4961), so the source of its packets is where a NAT lets
+ours through. A datagram with a negotiated payload type from another address is accepted, and
+becomes the destination ("latched"), only when:
 
-1. it comes from the SDP address itself (always preferred; seeing it ends first-packet latching),
-2. its IP equals the SDP address's IP or the signalling source IP (a NAT rewrote only the port),
-3. or no packet has yet come from the SDP address and nothing has latched yet: the first valid
-   RTP packet with a negotiated payload type wins, once (an endpoint behind NAT that put its
-   private address in SDP).
+1. it comes from the SDP address itself (always: what the signalling named; our audio then
+   goes where the call's own SDP said, which a third party cannot receive),
+2. its IP equals the SDP address's IP or the signalling source IP (a NAT rewrote only the port;
+   both IPs come from the call's signalling, so a later NAT rebinding there is followed too),
+3. or nothing has latched yet: the first valid RTP packet with a negotiated payload type wins,
+   once (an endpoint behind NAT that put its private address in SDP).
 
-Anything else is dropped and counted in ``rejected_source``; it never redirects our audio, so
-a third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
-caller's audio nor inject its own once the call's media is flowing. ``update_remote`` (a
-re-INVITE) resets the policy for the new address.
+The first latch, by whichever rule, closes rule 3 for the rest of the offer/answer ("latch once,
+early", as SBCs do): from then on anything else is dropped and counted in ``rejected_source``.
+It never redirects our audio, so a third party spraying packets at our port (the "RTP Bleed"
+attack) can neither steal the caller's audio nor inject its own once the call's media is
+flowing. Only a re-INVITE/UPDATE that changes the SDP address (``update_remote``) opens the
+window again, for the new address.
 
 SRTP (``srtp=`` keys from SDES, RFC 4568): every datagram is authenticated and decrypted
 first, and one that fails (forged, corrupted, replayed, or plain) is dropped and counted in
@@ -251,8 +256,9 @@ class MediaSession:
         self._rtcp_sdp: Address | None = None
         self._dest: Address | None = None
         self._rtcp_dest: Address | None = None
-        self._seen_sdp = False
-        self._latched_foreign = False
+        # A packet from an accepted source set the destination since the SDP address was set:
+        # first-packet latching (rule 3) is over until the next one (module docstring).
+        self._latched = False
         self._set_remote(remote, None)
         # counters
         now = self._loop.time()
@@ -553,8 +559,7 @@ class MediaSession:
             rtcp = (remote[0], remote[1] + 1)  # RFC 3550 §11; RTP on 65535 has none: no RTCP
         self._rtcp_sdp = rtcp
         self._rtcp_dest = rtcp
-        self._seen_sdp = False
-        self._latched_foreign = False
+        self._latched = False
 
     def _accept_source(self, addr: Address) -> bool:
         """The latching policy from the module docstring; True if ``addr`` may be latched."""
@@ -564,13 +569,13 @@ class MediaSession:
         ip = addr[0]
         if (sdp is not None and ip == sdp[0]) or ip == self._signalling_ip:
             return True
-        return not self._seen_sdp and not self._latched_foreign
+        # Rule 3 only until the first latch, whichever rule made it: a latch by rule 2 (the
+        # commonest NAT case: the SDP gives a private address, RTP comes from the signalling
+        # IP) left it open for the whole call, so one packet from anyone took the media.
+        return not self._latched
 
     def _latch(self, addr: Address) -> None:
-        if self._sdp is not None and addr == self._sdp:
-            self._seen_sdp = True
-        elif (self._sdp is None or addr[0] != self._sdp[0]) and addr[0] != self._signalling_ip:
-            self._latched_foreign = True
+        self._latched = True
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
             self._dest = addr
@@ -592,7 +597,7 @@ class MediaSession:
                     self._unauthenticated += 1
                 return
         known = addr == self._dest
-        if known and self._seen_sdp and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
+        if known and self._latched and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
             # The steady state: the next packet of the negotiated codec from the latched source,
             # with a plain header (RFC 3550 §5.1) and nothing waiting in the jitter buffer. The
             # same accounting as below, without the general path's packet and frame objects.
@@ -622,7 +627,7 @@ class MediaSession:
         is_audio = pt == self._codec_pt
         is_dtmf = pt == self.recv_dtmf_payload_type
         if is_audio or is_dtmf:
-            if not known or (not self._seen_sdp and addr == self._sdp):
+            if not known or not self._latched:  # known: the SDP address's first packet
                 self._latch(addr)
         elif not known:
             self._rejected += 1

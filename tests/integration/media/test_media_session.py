@@ -293,6 +293,38 @@ async def test_latching_accepts_signalling_ip_with_new_port(allocator: RtpPortAl
         rewritten.close()
 
 
+@pytest.mark.parametrize("natted_ip", ["127.0.0.4", "127.0.0.1"], ids=["signalling-ip", "sdp-ip"])
+async def test_a_latch_by_a_trusted_ip_closes_the_first_packet_window(
+    allocator: RtpPortAllocator, natted_ip: str
+) -> None:
+    """The commonest NAT case: the phone's SDP gives its private address (silent from here),
+    and its RTP comes from the signalling IP — or the SDP IP — on a port the NAT chose (rule
+    2). That latch ends the first-packet window like any other: it stayed open for the whole
+    call, so one packet from anyone took the caller's media (and fed the agent) until the
+    caller's next packet took it back."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the SDP address; never speaks
+    natted = await UdpPeer.bind(natted_ip)  # the phone, through its NAT
+    attacker = await UdpPeer.bind("127.0.0.3")
+    session = await open_session(allocator, sdp, signalling_ip="127.0.0.4")
+    port = ("127.0.0.1", session.local_port)
+    try:
+        natted.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        assert session.remote == natted.address  # rule 2
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], port)
+        # the attacker's packet either counted as rejected or received (and latched)
+        await until(lambda: session.stats().rejected_source + session.stats().packets_received > 1)
+        assert session.remote == natted.address
+        assert (session.stats().rejected_source, session.stats().packets_received) == (1, 1)
+        sent = len(natted.recorder.received)
+        await natted.wait_for(sent + 2)  # our audio still goes to the phone
+        assert attacker.recorder.received == []
+    finally:
+        await session.close()
+        for p in (sdp, natted, attacker):
+            p.close()
+
+
 async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
     allocator: RtpPortAllocator,
 ) -> None:
