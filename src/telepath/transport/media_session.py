@@ -52,6 +52,15 @@ attack) can neither steal the caller's audio nor inject its own once the call's 
 flowing. Only a re-INVITE/UPDATE that changes the SDP address (``update_remote``) opens the
 window again, for the new address.
 
+Addresses: the SDP gives IP addresses; each is written once (at :meth:`MediaSession.open`
+and :meth:`MediaSession.update_remote`) as the RTP socket sends to and reports peers
+(:meth:`~telepath.transport.ports.PortLease.peer_host`): on a dual-stack AF_INET6 socket an
+IPv4 caller is ``('::ffff:a.b.c.d', port, 0, 0)``, the tuple its datagrams arrive with, so the
+latching rules compare like with like and the per-packet check stays one tuple compare. An
+address the socket cannot send to (the other IP version; a name, which call control refuses
+with 488 before it gets here) is no destination: nothing is sent until the peer's RTP latches
+one. And whatever a send raises, the rest of the tick and of :meth:`close` still runs.
+
 SRTP (``srtp=`` keys from SDES, RFC 4568): every datagram is authenticated and decrypted
 first, and one that fails (forged, corrupted, replayed, or plain) is dropped and counted in
 ``unauthenticated`` before it can latch, so with SRTP only the holder of the peer's key can
@@ -71,6 +80,7 @@ import asyncio
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -111,6 +121,9 @@ logger = logging.getLogger(__name__)
 _PLAIN = bytes((PLAIN_V2,))  # the first octet of a plain RTP packet
 
 Address = tuple[str, int]
+# What the RTP socket reports and takes: (host, port) for AF_INET, (host, port, flowinfo,
+# scope_id) for AF_INET6 (also what it takes; a 2-tuple is taken too).
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
 DEFAULT_EVENT_QUEUE = 100  # 2 s of 20 ms frames
 DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
 RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
@@ -170,7 +183,7 @@ MediaEvent = AudioReceived | DtmfReceived | MarkPlayed | MediaEnded
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: Callable[[bytes, Address], None]) -> None:
+    def __init__(self, handler: Callable[[bytes, SockAddr], None]) -> None:
         self.datagram_received = handler  # type: ignore[method-assign,assignment]
 
     def error_received(self, exc: Exception) -> None:
@@ -214,6 +227,11 @@ class MediaSession:
         )
         self.inactivity_timeout_s = inactivity_timeout_s
         self._signalling_ip = signalling_ip
+        self._six = lease.family == socket.AF_INET6  # peers are 4-tuples
+        # the signalling IP as the RTP socket reports it (a dual-stack SIP socket's
+        # ::ffff:a.b.c.d on an IPv4 RTP socket, or the other way round)
+        self._trusted_ip = None if signalling_ip is None else lease.peer_host(signalling_ip)
+        self._send_errors = 0
         self._codec = make_codec(codec)
         # A concealed frame's payload gets an encoder of its own: through the outbound one (a
         # stateful codec: G.722 is ADPCM) each lost inbound packet would put a frame into the
@@ -252,10 +270,10 @@ class MediaSession:
         self._ended: MediaEndReason | None = None
         self._final: MediaStats | None = None
         # addressing
-        self._sdp: Address | None = None
-        self._rtcp_sdp: Address | None = None
-        self._dest: Address | None = None
-        self._rtcp_dest: Address | None = None
+        self._sdp: SockAddr | None = None
+        self._rtcp_sdp: SockAddr | None = None
+        self._dest: SockAddr | None = None
+        self._rtcp_dest: SockAddr | None = None
         # A packet from an accepted source set the destination since the SDP address was set:
         # first-packet latching (rule 3) is over until the next one (module docstring).
         self._latched = False
@@ -384,8 +402,7 @@ class MediaSession:
         """
         self._end(MediaEndReason.CLOSED)
         await asyncio.sleep(0)  # let the transports finish closing
-        assert self._final is not None
-        return self._final
+        return self.stats()  # the final snapshot
 
     async def __aenter__(self) -> MediaSession:
         return self
@@ -415,8 +432,15 @@ class MediaSession:
 
     @property
     def remote(self) -> Address | None:
-        """Where RTP is being sent now (the SDP address or the latched one)."""
-        return self._dest
+        """Where RTP is being sent now (the SDP address or the latched one), written as SDP
+        writes it (an IPv4 peer of a dual-stack socket as ``a.b.c.d``); None: nowhere yet."""
+        dest = self._dest
+        if dest is None:
+            return None
+        host = dest[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return host, dest[1]
 
     # ---- outbound API ----------------------------------------------------------------------
 
@@ -552,29 +576,46 @@ class MediaSession:
 
     # ---- internals: addressing ---------------------------------------------------------------
 
+    def _peer(self, address: Address | None) -> SockAddr | None:
+        """An SDP address as the RTP socket reports peers (module docstring); None for None
+        and for one it cannot send to."""
+        if address is None:
+            return None
+        host = self.lease.peer_host(address[0])
+        if host is None:
+            # The other IP version (linphone gives its IPv6 address with IPv6 off and sends
+            # over IPv4; call control refuses only names): no destination rather than a send
+            # that raises; the caller's RTP latches one (rules 2 and 3).
+            logger.info("SDP media address not reachable from the RTP socket; latching instead")
+            return None
+        return (host, address[1], 0, 0) if self._six else (host, address[1])
+
     def _set_remote(self, remote: Address | None, rtcp: Address | None) -> None:
-        self._sdp = remote
-        self._dest = remote
-        if remote is not None and rtcp is None and remote[1] < 0xFFFF:
-            rtcp = (remote[0], remote[1] + 1)  # RFC 3550 §11; RTP on 65535 has none: no RTCP
-        self._rtcp_sdp = rtcp
-        self._rtcp_dest = rtcp
+        sdp = self._peer(remote)
+        rtcp_sdp: SockAddr | None
+        if rtcp is None and sdp is not None and sdp[1] < 0xFFFF:
+            # RFC 3550 §11: the next port; RTP on 65535 has none: no RTCP
+            rtcp_sdp = (sdp[0], sdp[1] + 1, 0, 0) if self._six else (sdp[0], sdp[1] + 1)
+        else:
+            rtcp_sdp = self._peer(rtcp)
+        self._sdp = self._dest = sdp
+        self._rtcp_sdp = self._rtcp_dest = rtcp_sdp
         self._latched = False
 
-    def _accept_source(self, addr: Address) -> bool:
+    def _accept_source(self, addr: SockAddr) -> bool:
         """The latching policy from the module docstring; True if ``addr`` may be latched."""
         sdp = self._sdp
         if sdp is not None and addr == sdp:
             return True
         ip = addr[0]
-        if (sdp is not None and ip == sdp[0]) or ip == self._signalling_ip:
+        if (sdp is not None and ip == sdp[0]) or ip == self._trusted_ip:
             return True
         # Rule 3 only until the first latch, whichever rule made it: a latch by rule 2 (the
         # commonest NAT case: the SDP gives a private address, RTP comes from the signalling
         # IP) left it open for the whole call, so one packet from anyone took the media.
         return not self._latched
 
-    def _latch(self, addr: Address) -> None:
+    def _latch(self, addr: SockAddr) -> None:
         self._latched = True
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
@@ -584,7 +625,7 @@ class MediaSession:
 
     # ---- internals: inbound --------------------------------------------------------------------
 
-    def _on_rtp(self, data: bytes, addr: Address) -> None:
+    def _on_rtp(self, data: bytes, addr: SockAddr) -> None:
         media_pacer.serve_due()  # a send that is due goes before this packet (serve_due)
         started = perf_counter_ns()
         if self._ended is not None:
@@ -715,10 +756,14 @@ class MediaSession:
             self._seq = (self._seq + 1) & 0xFFFF
             if self._srtp is not None:
                 data = self._srtp.protect(data)
-            self._rtp.sendto(data, self._dest)
-            self._packets_sent += 1
-            self._octets_sent += len(frame.payload)
-            self._sent_since_report = True
+            try:
+                self._rtp.sendto(data, self._dest)
+            except Exception as exc:  # the rest of the tick must run (the inactivity check)
+                self._send_failed(exc)
+            else:
+                self._packets_sent += 1
+                self._octets_sent += len(frame.payload)
+                self._sent_since_report = True
             self._out_timer.record(perf_counter_ns() - started)
         for name in reached:
             self._emit(MarkPlayed(name))
@@ -768,13 +813,25 @@ class MediaSession:
         data = serialize_compound(self._report() + extra)
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
-        self._rtcp.sendto(data, dest)
+        try:
+            self._rtcp.sendto(data, dest)
+        except Exception as exc:  # a tick, or close(), goes on
+            self._send_failed(exc)
 
-    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+    def _send_failed(self, exc: Exception) -> None:
+        """A send raised: an OSError the loop did not pass to ``error_received``, or uvloop's
+        ValueError for an address of the other family or a name. Logged once per session
+        (50 a second otherwise); its text names the address, so only at DEBUG."""
+        self._send_errors += 1
+        if self._send_errors == 1:
+            logger.warning("media send failed: %s", type(exc).__name__)
+            logger.debug("media send failure", exc_info=exc)
+
+    def _on_rtcp(self, data: bytes, addr: SockAddr) -> None:
         if self._ended is not None:
             return
         dest = self._dest
-        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._signalling_ip
+        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._trusted_ip
         if not trusted:
             if not is_stun(data):
                 self._rejected += 1
@@ -818,17 +875,17 @@ class MediaSession:
         if self._ended is not None:
             return
         self._ended = reason
-        if self._tick_handle is not None:
-            self._pacer.unsubscribe(self._tick_handle)
         try:
+            self._final = self.stats()  # first: sending the BYE changes no counter
+            if self._tick_handle is not None:
+                self._pacer.unsubscribe(self._tick_handle)
             self._send_rtcp([RtcpBye([self.ssrc])])
-        except OSError:
-            logger.debug("RTCP BYE not sent")
-        self._final = self.stats()
-        for transport in (self._rtp, self._rtcp):
-            if transport is not None:
-                transport.close()
-        self.lease.release()
+        finally:
+            # Whatever the above raised, the sockets close and the ports go back.
+            for transport in (self._rtp, self._rtcp):
+                if transport is not None:
+                    transport.close()
+            self.lease.release()
         _, cleared = self._playout.flush()
         for name in cleared:
             self._emit(MarkPlayed(name, cleared=True))
