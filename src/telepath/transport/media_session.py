@@ -49,8 +49,9 @@ The first latch, by whichever rule, closes rule 3 for the rest of the offer/answ
 early", as SBCs do): from then on anything else is dropped and counted in ``rejected_source``.
 It never redirects our audio, so a third party spraying packets at our port (the "RTP Bleed"
 attack) can neither steal the caller's audio nor inject its own once the call's media is
-flowing. Only a re-INVITE/UPDATE that changes the SDP address (``update_remote``) opens the
-window again, for the new address.
+flowing. Only a re-INVITE/UPDATE that changes the SDP address or its RTCP address
+(``update_remote``) opens the window again, for the new address; one that repeats them (a
+session-timer refresh, RFC 4028) changes nothing.
 
 Addresses: the SDP gives IP addresses; each is written once (at :meth:`MediaSession.open`
 and :meth:`MediaSession.update_remote`) as the RTP socket sends to and reports peers
@@ -514,7 +515,9 @@ class MediaSession:
         self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
-        """Follow a re-INVITE's new media address and a=rtcp address (None: as in open)."""
+        """Follow a re-INVITE's or UPDATE's media address and a=rtcp address (None: as in
+        open). Only a change of either (RFC 3264 §8.3.1) moves the media and starts latching
+        afresh; the same ones again (a session refresh) keep it where it latched."""
         self._set_remote(remote, rtcp)
 
     @property
@@ -598,6 +601,12 @@ class MediaSession:
             rtcp_sdp = (sdp[0], sdp[1] + 1, 0, 0) if self._six else (sdp[0], sdp[1] + 1)
         else:
             rtcp_sdp = self._peer(rtcp)
+        if sdp == self._sdp and rtcp_sdp == self._rtcp_sdp:
+            # The same SDP addresses (a session refresh, RFC 4028; a hold or resume in place):
+            # media stays where it latched — behind a NAT the SDP address is its unreachable
+            # inside — and first-packet latching stays over. Compared with the SDP's previous
+            # values, not with where media goes now.
+            return
         self._sdp = self._dest = sdp
         self._rtcp_sdp = self._rtcp_dest = rtcp_sdp
         self._latched = False

@@ -373,6 +373,41 @@ async def test_update_remote_moves_outbound_media(allocator: RtpPortAllocator) -
         second.close()
 
 
+async def test_a_re_offer_with_the_same_address_keeps_the_latch(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A session-timer refresh (RFC 4028) or any re-INVITE/UPDATE repeating the SDP address:
+    media stays where it was latched (the caller behind NAT) and the first-packet window stays
+    shut. It went back to the raw SDP address — the NAT's unreachable inside — and reopened the
+    window to anyone. A new address (RFC 3264 §8.3.1) does move the media, and reopens it."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the SDP address: silent, as a private one would be
+    natted = await UdpPeer.bind("127.0.0.2")
+    attacker = await UdpPeer.bind("127.0.0.3")
+    moved = await UdpPeer.bind("127.0.0.1")
+    session = await open_session(allocator, sdp, rtcp_interval_s=0.05)
+    port = ("127.0.0.1", session.local_port)
+    try:
+        natted.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        assert session.remote == natted.address  # rule 3
+        session.update_remote(sdp.address)  # the refresh: same SDP
+        session.update_remote(sdp.address, (sdp.address[0], sdp.address[1] + 1))  # a=rtcp: same
+        assert session.remote == natted.address
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], port)
+        await until(lambda: session.stats().rejected_source + session.stats().packets_received > 1)
+        assert session.remote == natted.address
+        assert session.stats().rejected_source == 1
+        sent = len(natted.recorder.received)
+        await natted.wait_for(sent + 2)  # still where the caller is
+        session.update_remote(moved.address)  # a new address: media moves there
+        assert session.remote == moved.address
+        await moved.wait_for(2)
+    finally:
+        await session.close()
+        for p in (sdp, natted, attacker, moved):
+            p.close()
+
+
 async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> None:
     peer = await UdpPeer.bind()
     peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
