@@ -168,7 +168,7 @@ async def _telepath(rounds: int, srtp: bool = False) -> tuple[dict[str, float], 
         return caller.protect(packet) if srtp else packet
 
     session._rtp = _Sink()  # type: ignore[assignment]
-    session._seen_sdp = True
+    session._latched = True
     client, server = _open_protocols()
     sock = AgentSocket(client, ping_interval_s=0)
     sock._transport = _Sink()  # type: ignore[assignment]

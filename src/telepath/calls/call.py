@@ -373,7 +373,14 @@ class Call:
             async with asyncio.timeout(5):  # not wait_for: no task per call for this
                 await self.bridge.close(bridge_reason(end.reason))
         unplayed_ms = self._unplayed_at_end_ms or 0.0  # sampled when the end was decided
-        stats = await self.media.close()
+        try:
+            stats = await self.media.close()
+        except Exception as exc:
+            # A bug in the media's close (its ports are released whatever it raises) must not
+            # stop the call's end here: the call would stay listed and its record open for good.
+            log.error("call %s: media close failed: %s", self.record.id, type(exc).__name__)
+            log.debug("call %s: media close failure", self.record.id, exc_info=exc)
+            stats = self.media.stats()
         self.turns.finish(unplayed_ms)
         record = self.record
         record.end_time = end.at

@@ -84,7 +84,7 @@ from telepath.sdp import (
     negotiate_reoffer,
     parse,
 )
-from telepath.sdp.errors import WARN_INCOMPATIBLE_TRANSPORT
+from telepath.sdp.errors import WARN_INCOMPATIBLE_ADDRESS_FORMAT, WARN_INCOMPATIBLE_TRANSPORT
 from telepath.sdp.negotiate import OFFER_SUITE, NegotiatedMedia
 from telepath.secrets.tokens import new_id
 from telepath.sip.auth import (
@@ -646,7 +646,12 @@ class CallManager:
                 )
             except NoCommonCodec as exc:
                 warning = exc.warning_header("telepath")
-                self._reject(tx, 488, "no_common_codec", headers=[("Warning", warning)])
+                why = (
+                    "unusable_media_address"  # a name in c= (sdp/negotiate.py)
+                    if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
+                    else "no_common_codec"
+                )
+                self._reject(tx, 488, why, headers=[("Warning", warning)])
                 lease.release()
                 return
             except SdpError as exc:
@@ -1354,8 +1359,12 @@ class CallManager:
         else:
             try:
                 return negotiate_offer_answer(offer, parse(setup.ack_body))
-            except NoCommonCodec:
-                error = "the SDP answer in the ACK has no codec in common with our offer"
+            except NoCommonCodec as exc:
+                error = (
+                    "the SDP answer in the ACK gives a name, not an IP address, for its media"
+                    if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
+                    else "the SDP answer in the ACK has no codec in common with our offer"
+                )
             except SdpError as exc:
                 log.debug("SDP answer in ACK rejected: %s", exc)  # may quote addresses: DEBUG
                 error = "the SDP answer in the ACK is malformed"

@@ -9,11 +9,13 @@ from __future__ import annotations
 from telepath.errors import ProtocolError
 
 #: RFC 3261 §20.43 warn-codes used for media negotiation failures.
+WARN_INCOMPATIBLE_ADDRESS_FORMAT = 301  # "Incompatible network address formats" (IPv6, a name)
 WARN_INCOMPATIBLE_TRANSPORT = 302  # "Incompatible transport protocol" (e.g. RTP/SAVP only)
 WARN_MEDIA_TYPE_NOT_AVAILABLE = 304  # "Media type not available" (e.g. no audio stream at all)
 WARN_INCOMPATIBLE_MEDIA_FORMAT = 305  # "Incompatible media format" (no common codec)
 
 _WARN_TEXT: dict[int, str] = {
+    WARN_INCOMPATIBLE_ADDRESS_FORMAT: "Incompatible network address formats",
     WARN_INCOMPATIBLE_TRANSPORT: "Incompatible transport protocol",
     WARN_MEDIA_TYPE_NOT_AVAILABLE: "Media type not available",
     WARN_INCOMPATIBLE_MEDIA_FORMAT: "Incompatible media format",
@@ -36,7 +38,7 @@ class NoCommonCodec(SdpError):
 
     Attributes:
         status_hint: always 488 (Not Acceptable Here, RFC 3261 §21.4.26).
-        warn_code: the RFC 3261 §20.43 warn-code: 302, 304 or 305.
+        warn_code: the RFC 3261 §20.43 warn-code: 301, 302, 304 or 305.
         agent: the warn-agent used for :attr:`warning`.
         detail: what to change, appended to the warn-text (SRTP refusals), or None.
         warning: a ready-to-use SIP ``Warning`` header value, e.g.

@@ -25,6 +25,15 @@ serves both ways; as the offerer the answer SHOULD, not MUST, keep ours, so we s
 answer's numbers and receive with our offer's (``NegotiatedMedia.recv_payload_type``,
 ``recv_dtmf_payload_type``).
 
+Media addresses: the accepted stream's ``c=`` address must be an IP address; a name (RFC 4566
+§5.7 allows an FQDN) raises :class:`NoCommonCodec` with warn-code 301, "Incompatible network
+address formats" (RFC 3261 §20.43). Decision: refused, not resolved, as rtpengine does —
+resolving would put a DNS query of the caller's choosing, its failures and its delays, into
+call set-up and into every re-offer; SIP trunks give addresses. An IP address of a version
+the call's RTP socket cannot send to is accepted: the media layer sends nothing there and
+latches onto the caller's RTP (linphone 5.1 gives its IPv6 address in ``c=`` even with IPv6
+off, and sends its RTP over IPv4).
+
 Session versions (RFC 3264 §8): the caller owns ``o=`` session id and version. For a new
 dialog pass any id and a starting version; for a re-INVITE/UPDATE, build the answer with the
 previous version and call :func:`next_session_version` to learn whether it must be bumped
@@ -33,6 +42,7 @@ previous version and call :func:`next_session_version` to learn whether it must 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -40,6 +50,7 @@ from telepath.rtp.codecs import SAME_AS_SEND, STATIC_PAYLOAD_TYPES, CodecName, C
 from telepath.rtp.srtp_keys import SUITES, SrtpKeys, SrtpSuite
 from telepath.sdp.crypto import format_crypto, usable_crypto
 from telepath.sdp.errors import (
+    WARN_INCOMPATIBLE_ADDRESS_FORMAT,
     WARN_INCOMPATIBLE_MEDIA_FORMAT,
     WARN_INCOMPATIBLE_TRANSPORT,
     WARN_MEDIA_TYPE_NOT_AVAILABLE,
@@ -76,6 +87,23 @@ _PLAIN_RTP = "RTP/AVP"
 _SECURE_RTP = "RTP/SAVP"  # RFC 3711 §12; the feedback profiles (SAVPF) are WebRTC's, not ours
 #: The suite we offer (RFC 4568 §6.2.1; every SDES implementation has it).
 OFFER_SUITE = SUITES["AES_CM_128_HMAC_SHA1_80"]
+
+
+def _check_media_address(address: str) -> None:
+    """Refuse a ``c=`` address that is a name (module docstring).
+
+    Raises:
+        NoCommonCodec: warn-code 301 (answer 488, RFC 3261 §21.4.26). The message names no
+            address (it is logged).
+    """
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise NoCommonCodec(
+            "the media address is a name, not an IP address",
+            warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
+            detail="a media address must be an IP address",
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +413,7 @@ def _answer(
     remote_address = offer.media_connection_address(offered)
     if remote_address is None:
         raise SdpError("offered audio stream has no c= line (RFC 4566 §5.7)")
+    _check_media_address(remote_address)
     dtmf_pt = _telephone_event(offered)
     offer_direction = offer.media_direction(offered)
     hold_address = is_hold_address(remote_address)
@@ -457,7 +486,7 @@ def negotiate_answer(
 
     Raises:
         NoCommonCodec: nothing acceptable (no audio, no acceptable profile or crypto line, no
-            common codec): answer 488.
+            common codec; a name for the media address, warn-code 301): answer 488.
         SdpError: the accepted stream has no ``c=`` address: answer 400.
         ValueError: ``preference``, ``local_address`` or ``local_port`` is invalid (our bug).
     """
@@ -505,8 +534,8 @@ def negotiate_reoffer(
     set ``answer.origin.session_version`` to it (RFC 3264 §8: bump only if anything changed).
 
     Raises:
-        NoCommonCodec: the re-offer is unacceptable; answer 488 and keep the current session
-            (RFC 3261 §14.2).
+        NoCommonCodec: the re-offer is unacceptable (a name for the media address among the
+            reasons); answer 488 and keep the current session (RFC 3261 §14.2).
         SdpError: the accepted stream has no ``c=`` address.
     """
     names = codec_preference(preference)
@@ -636,7 +665,8 @@ def negotiate_offer_answer(
     Raises:
         SdpError: the answer does not match the offer's ``m=`` lines (RFC 3264 §6) or the
             accepted stream has no ``c=`` address.
-        NoCommonCodec: the peer rejected every audio stream or answered none of our codecs.
+        NoCommonCodec: the peer rejected every audio stream or answered none of our codecs,
+            or gave a name for the media address (warn-code 301).
     """
     if len(answer.media) != len(offer_we_sent.media):
         raise SdpError(
@@ -656,6 +686,7 @@ def negotiate_offer_answer(
         remote_address = answer.media_connection_address(theirs)
         if remote_address is None:
             raise SdpError("answered audio stream has no c= line (RFC 4566 §5.7)")
+        _check_media_address(remote_address)
         hold_address = is_hold_address(remote_address)
         answer_direction = answer.media_direction(theirs)
         caps = _CAPS[offer_we_sent.media_direction(ours)] & _reverse(answer_direction)

@@ -33,19 +33,34 @@ synchronously from the protocol callback instead of through the bounded queue.
 
 Latching policy (symmetric RTP without RTP Bleed)
 -------------------------------------------------
-We send to the SDP address until media from the peer tells us otherwise. A datagram from
-another address is accepted, and becomes the destination ("latched"), only when:
+We send to the SDP address until media from the peer tells us otherwise: the peer sends from
+where it receives (symmetric RTP, RFC 4961), so the source of its packets is where a NAT lets
+ours through. A datagram with a negotiated payload type from another address is accepted, and
+becomes the destination ("latched"), only when:
 
-1. it comes from the SDP address itself (always preferred; seeing it ends first-packet latching),
-2. its IP equals the SDP address's IP or the signalling source IP (a NAT rewrote only the port),
-3. or no packet has yet come from the SDP address and nothing has latched yet: the first valid
-   RTP packet with a negotiated payload type wins, once (an endpoint behind NAT that put its
-   private address in SDP).
+1. it comes from the SDP address itself (always: what the signalling named; our audio then
+   goes where the call's own SDP said, which a third party cannot receive),
+2. its IP equals the SDP address's IP or the signalling source IP (a NAT rewrote only the port;
+   both IPs come from the call's signalling, so a later NAT rebinding there is followed too),
+3. or nothing has latched yet: the first valid RTP packet with a negotiated payload type wins,
+   once (an endpoint behind NAT that put its private address in SDP).
 
-Anything else is dropped and counted in ``rejected_source``; it never redirects our audio, so
-a third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
-caller's audio nor inject its own once the call's media is flowing. ``update_remote`` (a
-re-INVITE) resets the policy for the new address.
+The first latch, by whichever rule, closes rule 3 for the rest of the offer/answer ("latch once,
+early", as SBCs do): from then on anything else is dropped and counted in ``rejected_source``.
+It never redirects our audio, so a third party spraying packets at our port (the "RTP Bleed"
+attack) can neither steal the caller's audio nor inject its own once the call's media is
+flowing. Only a re-INVITE/UPDATE that changes the SDP address or its RTCP address
+(``update_remote``) opens the window again, for the new address; one that repeats them (a
+session-timer refresh, RFC 4028) changes nothing.
+
+Addresses: the SDP gives IP addresses; each is written once (at :meth:`MediaSession.open`
+and :meth:`MediaSession.update_remote`) as the RTP socket sends to and reports peers
+(:meth:`~telepath.transport.ports.PortLease.peer_host`): on a dual-stack AF_INET6 socket an
+IPv4 caller is ``('::ffff:a.b.c.d', port, 0, 0)``, the tuple its datagrams arrive with, so the
+latching rules compare like with like and the per-packet check stays one tuple compare. An
+address the socket cannot send to (the other IP version; a name, which call control refuses
+with 488 before it gets here) is no destination: nothing is sent until the peer's RTP latches
+one. And whatever a send raises, the rest of the tick and of :meth:`close` still runs.
 
 SRTP (``srtp=`` keys from SDES, RFC 4568): every datagram is authenticated and decrypted
 first, and one that fails (forged, corrupted, replayed, or plain) is dropped and counted in
@@ -73,6 +88,7 @@ import contextvars
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -113,6 +129,9 @@ logger = logging.getLogger(__name__)
 _PLAIN = bytes((PLAIN_V2,))  # the first octet of a plain RTP packet
 
 Address = tuple[str, int]
+# What the RTP socket reports and takes: (host, port) for AF_INET, (host, port, flowinfo,
+# scope_id) for AF_INET6 (also what it takes; a 2-tuple is taken too).
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
 DEFAULT_EVENT_QUEUE = 100  # 2 s of 20 ms frames
 DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
 RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
@@ -172,7 +191,7 @@ MediaEvent = AudioReceived | DtmfReceived | MarkPlayed | MediaEnded
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: Callable[[bytes, Address], None]) -> None:
+    def __init__(self, handler: Callable[[bytes, SockAddr], None]) -> None:
         self.datagram_received = handler  # type: ignore[method-assign,assignment]
 
     def error_received(self, exc: Exception) -> None:
@@ -216,6 +235,11 @@ class MediaSession:
         )
         self.inactivity_timeout_s = inactivity_timeout_s
         self._signalling_ip = signalling_ip
+        self._six = lease.family == socket.AF_INET6  # peers are 4-tuples
+        # the signalling IP as the RTP socket reports it (a dual-stack SIP socket's
+        # ::ffff:a.b.c.d on an IPv4 RTP socket, or the other way round)
+        self._trusted_ip = None if signalling_ip is None else lease.peer_host(signalling_ip)
+        self._send_errors = 0
         self._codec = make_codec(codec)
         # A concealed frame's payload gets an encoder of its own: through the outbound one (a
         # stateful codec: G.722 is ADPCM) each lost inbound packet would put a frame into the
@@ -255,12 +279,13 @@ class MediaSession:
         self._ended: MediaEndReason | None = None
         self._final: MediaStats | None = None
         # addressing
-        self._sdp: Address | None = None
-        self._rtcp_sdp: Address | None = None
-        self._dest: Address | None = None
-        self._rtcp_dest: Address | None = None
-        self._seen_sdp = False
-        self._latched_foreign = False
+        self._sdp: SockAddr | None = None
+        self._rtcp_sdp: SockAddr | None = None
+        self._dest: SockAddr | None = None
+        self._rtcp_dest: SockAddr | None = None
+        # A packet from an accepted source set the destination since the SDP address was set:
+        # first-packet latching (rule 3) is over until the next one (module docstring).
+        self._latched = False
         self._set_remote(remote, None)
         # counters
         now = self._loop.time()
@@ -386,8 +411,7 @@ class MediaSession:
         """
         self._end(MediaEndReason.CLOSED)
         await asyncio.sleep(0)  # let the transports finish closing
-        assert self._final is not None
-        return self._final
+        return self.stats()  # the final snapshot
 
     async def __aenter__(self) -> MediaSession:
         return self
@@ -417,8 +441,15 @@ class MediaSession:
 
     @property
     def remote(self) -> Address | None:
-        """Where RTP is being sent now (the SDP address or the latched one)."""
-        return self._dest
+        """Where RTP is being sent now (the SDP address or the latched one), written as SDP
+        writes it (an IPv4 peer of a dual-stack socket as ``a.b.c.d``); None: nowhere yet."""
+        dest = self._dest
+        if dest is None:
+            return None
+        host = dest[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return host, dest[1]
 
     # ---- outbound API ----------------------------------------------------------------------
 
@@ -492,7 +523,9 @@ class MediaSession:
         self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
-        """Follow a re-INVITE's new media address and a=rtcp address (None: as in open)."""
+        """Follow a re-INVITE's or UPDATE's media address and a=rtcp address (None: as in
+        open). Only a change of either (RFC 3264 §8.3.1) moves the media and starts latching
+        afresh; the same ones again (a session refresh) keep it where it latched."""
         self._set_remote(remote, rtcp)
 
     @property
@@ -554,31 +587,53 @@ class MediaSession:
 
     # ---- internals: addressing ---------------------------------------------------------------
 
-    def _set_remote(self, remote: Address | None, rtcp: Address | None) -> None:
-        self._sdp = remote
-        self._dest = remote
-        if remote is not None and rtcp is None and remote[1] < 0xFFFF:
-            rtcp = (remote[0], remote[1] + 1)  # RFC 3550 §11; RTP on 65535 has none: no RTCP
-        self._rtcp_sdp = rtcp
-        self._rtcp_dest = rtcp
-        self._seen_sdp = False
-        self._latched_foreign = False
+    def _peer(self, address: Address | None) -> SockAddr | None:
+        """An SDP address as the RTP socket reports peers (module docstring); None for None
+        and for one it cannot send to."""
+        if address is None:
+            return None
+        host = self.lease.peer_host(address[0])
+        if host is None:
+            # The other IP version (linphone gives its IPv6 address with IPv6 off and sends
+            # over IPv4; call control refuses only names): no destination rather than a send
+            # that raises; the caller's RTP latches one (rules 2 and 3).
+            logger.info("SDP media address not reachable from the RTP socket; latching instead")
+            return None
+        return (host, address[1], 0, 0) if self._six else (host, address[1])
 
-    def _accept_source(self, addr: Address) -> bool:
+    def _set_remote(self, remote: Address | None, rtcp: Address | None) -> None:
+        sdp = self._peer(remote)
+        rtcp_sdp: SockAddr | None
+        if rtcp is None and sdp is not None and sdp[1] < 0xFFFF:
+            # RFC 3550 §11: the next port; RTP on 65535 has none: no RTCP
+            rtcp_sdp = (sdp[0], sdp[1] + 1, 0, 0) if self._six else (sdp[0], sdp[1] + 1)
+        else:
+            rtcp_sdp = self._peer(rtcp)
+        if sdp == self._sdp and rtcp_sdp == self._rtcp_sdp:
+            # The same SDP addresses (a session refresh, RFC 4028; a hold or resume in place):
+            # media stays where it latched — behind a NAT the SDP address is its unreachable
+            # inside — and first-packet latching stays over. Compared with the SDP's previous
+            # values, not with where media goes now.
+            return
+        self._sdp = self._dest = sdp
+        self._rtcp_sdp = self._rtcp_dest = rtcp_sdp
+        self._latched = False
+
+    def _accept_source(self, addr: SockAddr) -> bool:
         """The latching policy from the module docstring; True if ``addr`` may be latched."""
         sdp = self._sdp
         if sdp is not None and addr == sdp:
             return True
         ip = addr[0]
-        if (sdp is not None and ip == sdp[0]) or ip == self._signalling_ip:
+        if (sdp is not None and ip == sdp[0]) or ip == self._trusted_ip:
             return True
-        return not self._seen_sdp and not self._latched_foreign
+        # Rule 3 only until the first latch, whichever rule made it: a latch by rule 2 (the
+        # commonest NAT case: the SDP gives a private address, RTP comes from the signalling
+        # IP) left it open for the whole call, so one packet from anyone took the media.
+        return not self._latched
 
-    def _latch(self, addr: Address) -> None:
-        if self._sdp is not None and addr == self._sdp:
-            self._seen_sdp = True
-        elif (self._sdp is None or addr[0] != self._sdp[0]) and addr[0] != self._signalling_ip:
-            self._latched_foreign = True
+    def _latch(self, addr: SockAddr) -> None:
+        self._latched = True
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
             self._dest = addr
@@ -587,7 +642,7 @@ class MediaSession:
 
     # ---- internals: inbound --------------------------------------------------------------------
 
-    def _on_rtp(self, data: bytes, addr: Address) -> None:
+    def _on_rtp(self, data: bytes, addr: SockAddr) -> None:
         media_pacer.serve_due()  # a send that is due goes before this packet (serve_due)
         started = perf_counter_ns()
         if self._ended is not None:
@@ -600,7 +655,7 @@ class MediaSession:
                     self._unauthenticated += 1
                 return
         known = addr == self._dest
-        if known and self._seen_sdp and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
+        if known and self._latched and data[:1] == _PLAIN and len(data) > RTP_HEADER_LENGTH:
             # The steady state: the next packet of the negotiated codec from the latched source,
             # with a plain header (RFC 3550 §5.1) and nothing waiting in the jitter buffer. The
             # same accounting as below, without the general path's packet and frame objects.
@@ -630,7 +685,7 @@ class MediaSession:
         is_audio = pt == self._codec_pt
         is_dtmf = pt == self.recv_dtmf_payload_type
         if is_audio or is_dtmf:
-            if not known or (not self._seen_sdp and addr == self._sdp):
+            if not known or not self._latched:  # known: the SDP address's first packet
                 self._latch(addr)
         elif not known:
             self._rejected += 1
@@ -718,10 +773,14 @@ class MediaSession:
             self._seq = (self._seq + 1) & 0xFFFF
             if self._srtp is not None:
                 data = self._srtp.protect(data)
-            self._rtp.sendto(data, self._dest)
-            self._packets_sent += 1
-            self._octets_sent += len(frame.payload)
-            self._sent_since_report = True
+            try:
+                self._rtp.sendto(data, self._dest)
+            except Exception as exc:  # the rest of the tick must run (the inactivity check)
+                self._send_failed(exc)
+            else:
+                self._packets_sent += 1
+                self._octets_sent += len(frame.payload)
+                self._sent_since_report = True
             self._out_timer.record(perf_counter_ns() - started)
         for name in reached:
             self._emit(MarkPlayed(name))
@@ -774,13 +833,25 @@ class MediaSession:
         data = serialize_compound(self._report() + extra)
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
-        self._rtcp.sendto(data, dest)
+        try:
+            self._rtcp.sendto(data, dest)
+        except Exception as exc:  # a tick, or close(), goes on
+            self._send_failed(exc)
 
-    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+    def _send_failed(self, exc: Exception) -> None:
+        """A send raised: an OSError the loop did not pass to ``error_received``, or uvloop's
+        ValueError for an address of the other family or a name. Logged once per session
+        (50 a second otherwise); its text names the address, so only at DEBUG."""
+        self._send_errors += 1
+        if self._send_errors == 1:
+            logger.warning("media send failed: %s", type(exc).__name__)
+            logger.debug("media send failure", exc_info=exc)
+
+    def _on_rtcp(self, data: bytes, addr: SockAddr) -> None:
         if self._ended is not None:
             return
         dest = self._dest
-        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._signalling_ip
+        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._trusted_ip
         if not trusted:
             if not is_stun(data):
                 self._rejected += 1
@@ -824,17 +895,17 @@ class MediaSession:
         if self._ended is not None:
             return
         self._ended = reason
-        if self._tick_handle is not None:
-            self._pacer.unsubscribe(self._tick_handle)
         try:
+            self._final = self.stats()  # first: sending the BYE changes no counter
+            if self._tick_handle is not None:
+                self._pacer.unsubscribe(self._tick_handle)
             self._send_rtcp([RtcpBye([self.ssrc])])
-        except OSError:
-            logger.debug("RTCP BYE not sent")
-        self._final = self.stats()
-        for transport in (self._rtp, self._rtcp):
-            if transport is not None:
-                transport.close()
-        self.lease.release()
+        finally:
+            # Whatever the above raised, the sockets close and the ports go back.
+            for transport in (self._rtp, self._rtcp):
+                if transport is not None:
+                    transport.close()
+            self.lease.release()
         _, cleared = self._playout.flush()
         for name in cleared:
             self._emit(MarkPlayed(name, cleared=True))

@@ -9,10 +9,18 @@ packets from the previous call would otherwise reach the next one).
 
 When every pair is taken, :class:`RtpPortsExhausted` is raised: call control answers the new
 INVITE with 503 (``status_hint``) and existing calls are untouched.
+
+Which peers a pair reaches follows from its sockets: an IPv4 host binds AF_INET sockets (IPv4
+peers only); ``::`` binds AF_INET6 sockets that Linux makes dual-stack (``IPV6_V6ONLY`` off, the
+default ``net.ipv6.bindv6only=0``), which reach IPv4 peers as IPv4-mapped addresses
+(``::ffff:a.b.c.d``, RFC 4291 §2.5.5.2) and report them that way; any other IPv6 host reaches
+IPv6 peers only. :meth:`PortLease.peer_host` writes an address as the sockets take and report
+it, or says they cannot reach it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 
@@ -56,6 +64,33 @@ class PortLease:
         self.public_rtcp: tuple[str, int] | None = None
         self._allocator = allocator
         self._released = False
+        self.family = rtp_socket.family
+        self.dual_stack = self.family == socket.AF_INET6 and _dual_stack(rtp_socket)
+
+    def peer_host(self, host: str) -> str | None:
+        """``host``, an IP address, in the form these sockets send to and report peers in;
+        None for one they cannot reach, and for a name (never resolved here).
+
+        An AF_INET6 socket reports an IPv4 peer as ``::ffff:a.b.c.d`` (dual-stack) and uvloop
+        sends to nothing else there; an IPv4-mapped address is an IPv4 one on an AF_INET
+        socket. The unspecified address (a hold, RFC 3264 §8.4) stays unspecified, of the
+        sockets' family: nothing is sent there.
+        """
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self.family != socket.AF_INET6:
+            if ip.version == 4:
+                return str(ip)
+            return "0.0.0.0" if ip.is_unspecified else None
+        if ip.version == 6:
+            return socket.inet_ntop(socket.AF_INET6, ip.packed)  # as the kernel writes it
+        if ip.is_unspecified:
+            return "::"
+        return f"::ffff:{ip}" if self.dual_stack else None
 
     @property
     def sdp_port(self) -> int:
@@ -95,6 +130,17 @@ class PortLease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _dual_stack(sock: socket.socket) -> bool:
+    """Whether an AF_INET6 socket reaches IPv4 peers too: bound to ``::`` with
+    ``IPV6_V6ONLY`` off (a socket bound to one IPv6 address has no IPv4 route)."""
+    try:
+        v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        host = sock.getsockname()[0]
+    except OSError:
+        return False
+    return not v6only and host == "::"
 
 
 class RtpPortAllocator:

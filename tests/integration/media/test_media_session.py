@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import socket
 import time
+import warnings
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 
 from telepath.log import call_id_var
 from telepath.rtp import g711
@@ -34,6 +40,7 @@ from telepath.transport.media_session import (
     MediaSession,
 )
 from telepath.transport.ports import RtpPortAllocator, RtpPortsExhausted
+from tests.conftest import skip_loudly
 from tests.coturn import binding_response
 from tests.integration.media.logged import call_ids_logged, drop_clocks_of_closed_loops
 from tests.unit.rtp.audio import dominant_hz, tone
@@ -298,6 +305,38 @@ async def test_latching_accepts_signalling_ip_with_new_port(allocator: RtpPortAl
         rewritten.close()
 
 
+@pytest.mark.parametrize("natted_ip", ["127.0.0.4", "127.0.0.1"], ids=["signalling-ip", "sdp-ip"])
+async def test_a_latch_by_a_trusted_ip_closes_the_first_packet_window(
+    allocator: RtpPortAllocator, natted_ip: str
+) -> None:
+    """The commonest NAT case: the phone's SDP gives its private address (silent from here),
+    and its RTP comes from the signalling IP — or the SDP IP — on a port the NAT chose (rule
+    2). That latch ends the first-packet window like any other: it stayed open for the whole
+    call, so one packet from anyone took the caller's media (and fed the agent) until the
+    caller's next packet took it back."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the SDP address; never speaks
+    natted = await UdpPeer.bind(natted_ip)  # the phone, through its NAT
+    attacker = await UdpPeer.bind("127.0.0.3")
+    session = await open_session(allocator, sdp, signalling_ip="127.0.0.4")
+    port = ("127.0.0.1", session.local_port)
+    try:
+        natted.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        assert session.remote == natted.address  # rule 2
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], port)
+        # the attacker's packet either counted as rejected or received (and latched)
+        await until(lambda: session.stats().rejected_source + session.stats().packets_received > 1)
+        assert session.remote == natted.address
+        assert (session.stats().rejected_source, session.stats().packets_received) == (1, 1)
+        sent = len(natted.recorder.received)
+        await natted.wait_for(sent + 2)  # our audio still goes to the phone
+        assert attacker.recorder.received == []
+    finally:
+        await session.close()
+        for p in (sdp, natted, attacker):
+            p.close()
+
+
 @pytest.mark.parametrize("queued", [True, False], ids=["agent-audio", "nothing-queued"])
 async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
     allocator: RtpPortAllocator, queued: bool
@@ -342,6 +381,41 @@ async def test_update_remote_moves_outbound_media(allocator: RtpPortAllocator) -
         await session.close()
         first.close()
         second.close()
+
+
+async def test_a_re_offer_with_the_same_address_keeps_the_latch(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A session-timer refresh (RFC 4028) or any re-INVITE/UPDATE repeating the SDP address:
+    media stays where it was latched (the caller behind NAT) and the first-packet window stays
+    shut. It went back to the raw SDP address — the NAT's unreachable inside — and reopened the
+    window to anyone. A new address (RFC 3264 §8.3.1) does move the media, and reopens it."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the SDP address: silent, as a private one would be
+    natted = await UdpPeer.bind("127.0.0.2")
+    attacker = await UdpPeer.bind("127.0.0.3")
+    moved = await UdpPeer.bind("127.0.0.1")
+    session = await open_session(allocator, sdp, rtcp_interval_s=0.05)
+    port = ("127.0.0.1", session.local_port)
+    try:
+        natted.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)
+        assert session.remote == natted.address  # rule 3
+        session.update_remote(sdp.address)  # the refresh: same SDP
+        session.update_remote(sdp.address, (sdp.address[0], sdp.address[1] + 1))  # a=rtcp: same
+        assert session.remote == natted.address
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], port)
+        await until(lambda: session.stats().rejected_source + session.stats().packets_received > 1)
+        assert session.remote == natted.address
+        assert session.stats().rejected_source == 1
+        sent = len(natted.recorder.received)
+        await natted.wait_for(sent + 2)  # still where the caller is
+        session.update_remote(moved.address)  # a new address: media moves there
+        assert session.remote == moved.address
+        await moved.wait_for(2)
+    finally:
+        await session.close()
+        for p in (sdp, natted, attacker, moved):
+            p.close()
 
 
 async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> None:
@@ -857,3 +931,188 @@ async def test_a_re_offer_moves_the_numbers_we_receive_with(allocator: RtpPortAl
     finally:
         await session.close()
         peer.close()
+
+
+# --- SDP addresses the RTP socket cannot send to -----------------------------------------------
+
+
+def on_uvloop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test under uvloop, the production loop: its ``sendto`` raises ValueError
+    (not OSError, which asyncio's hands to ``error_received``) for an address of the other
+    family or a name, before any system call.
+
+    A socket left open fails the test, as everywhere (``filterwarnings = error``), but from a
+    record of the ResourceWarnings: raised inside uvloop's ``loop.close()``, one hangs it."""
+
+    @functools.wraps(test)  # the test's signature: pytest's fixtures and parameters
+    def run(*args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("error")
+            warnings.simplefilter("always", ResourceWarning)
+            uvloop.run(test(*args, **kwargs))
+        leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert not leaked
+
+    return run
+
+
+@pytest.mark.parametrize("host", ["::1", "media.example.com"], ids=["ipv6", "name"])
+@on_uvloop
+async def test_an_sdp_address_the_socket_cannot_send_to_still_times_out_and_frees_the_ports(
+    allocator: RtpPortAllocator, host: str
+) -> None:
+    """An IPv6 c= on an IPv4 socket (call control accepts it: linphone gives one and sends
+    over IPv4), or a name (which it refuses, 488): every tick raised before the jitter poll,
+    the RTCP and the inactivity check (no media timeout, a traceback 50 times a second), and
+    close() raised from the RTCP BYE before releasing the ports. Such an address is no
+    destination: nothing is sent until the peer's RTP latches one."""
+    session = await MediaSession.open(
+        allocator.allocate(),
+        remote=(host, 40000),
+        codec=PCMU,
+        inactivity_timeout_s=0.2,
+        rtcp_interval_s=0.05,
+    )
+    try:
+        assert session.remote is None
+        (ended,) = await collect(session, 1, MediaEnded)
+        assert ended == MediaEnded(MediaEndReason.MEDIA_TIMEOUT)
+    finally:
+        await session.close()
+    assert session.lease.released
+    assert allocator.in_use == 0
+
+
+class _FailingSends:
+    """A datagram transport whose every send raises, as uvloop's does for an address it
+    cannot take; closing it closes the real one."""
+
+    def __init__(self, real: asyncio.DatagramTransport) -> None:
+        self.real = real
+        self.sends = 0
+
+    def sendto(self, data: bytes, addr: object = None) -> None:
+        self.sends += 1
+        raise ValueError("socket family mismatch or a DNS lookup is required")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+@on_uvloop
+async def test_a_failing_send_skips_nothing_else_and_close_still_frees_the_ports(
+    allocator: RtpPortAllocator,
+) -> None:
+    """Defence in depth: whatever a send raises, the rest of the tick (the inactivity check
+    among it) runs, and close() releases the ports and closes the sockets though its RTCP BYE
+    raises too."""
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer, inactivity_timeout_s=0.2, rtcp_interval_s=0.05)
+    assert session._rtp is not None and session._rtcp is not None
+    rtp, rtcp = _FailingSends(session._rtp), _FailingSends(session._rtcp)
+    session._rtp, session._rtcp = rtp, rtcp  # type: ignore[assignment]
+    try:
+        (ended,) = await collect(session, 1, MediaEnded)
+        assert ended == MediaEnded(MediaEndReason.MEDIA_TIMEOUT)
+        assert rtp.sends > 1 and rtcp.sends >= 1
+    finally:
+        await session.close()
+        peer.close()
+    assert session.lease.released
+    assert rtp.real.is_closing() and rtcp.real.is_closing()
+    assert allocator.in_use == 0
+
+
+async def test_close_frees_the_ports_whatever_its_rtcp_bye_raises(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A send error no longer leaves the RTCP code, but anything else raised while the BYE is
+    built (a bug) still closes the sockets and releases the ports before it propagates."""
+    session = await open_session(allocator, None)
+
+    def broken(extra: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    session._send_rtcp = broken  # type: ignore[method-assign]
+    rtp, rtcp = session._rtp, session._rtcp
+    assert rtp is not None and rtcp is not None
+    with pytest.raises(RuntimeError):
+        await session.close()
+    assert session.lease.released and allocator.in_use == 0
+    assert rtp.is_closing() and rtcp.is_closing()
+    await session.close()  # idempotent
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("peer_host", ["127.0.0.1", "::1"], ids=["ipv4-peer", "ipv6-peer"])
+@on_uvloop
+async def test_dual_stack_sockets_reach_and_latch_ipv4_and_ipv6_callers(
+    dual_stack_allocator: RtpPortAllocator, peer_host: str
+) -> None:
+    """TELEPATH_SIP_HOST=:: binds the RTP ports dual-stack (AF_INET6): an IPv4 caller's packets
+    arrive from ``('::ffff:a.b.c.d', port, 0, 0)``, and its SDP's ``a.b.c.d`` had to be sent
+    to and compared in that form — uvloop refused to send to it, and no packet ever matched the
+    SDP address (rule 1), so the first-packet window never closed."""
+    if not _ipv6_loopback():
+        skip_loudly("IPv6 loopback", "cannot bind ::1 on this machine")
+    peer = await UdpPeer.bind(peer_host)
+    attacker = await UdpPeer.bind("127.0.0.3")
+    session = await MediaSession.open(
+        dual_stack_allocator.allocate(),
+        remote=peer.address,
+        codec=PCMU,
+        signalling_ip=peer_host,
+    )
+    port = (peer_host, session.local_port)
+    try:
+        await peer.wait_for(2)  # our RTP reaches it
+        assert session.remote == peer.address  # as the SDP writes it
+        for data in rtp_stream(ulaw_frames(500, 0.1)):
+            peer.send(data, port)
+        await collect(session, 3)
+        attacker.send(rtp_stream(ulaw_frames(500, 0.02), ssrc=666)[0], ("127.0.0.1", port[1]))
+        await until(lambda: session.stats().rejected_source == 1)
+        assert session.remote == peer.address
+        assert session.stats().packets_received == 5
+    finally:
+        await session.close()
+        peer.close()
+        attacker.close()
+    assert dual_stack_allocator.in_use == 0
+
+
+@pytest.mark.parametrize("signalling_ip", ["127.0.0.4", "::ffff:127.0.0.4"])
+@on_uvloop
+async def test_dual_stack_sockets_trust_the_signalling_ip_in_either_form(
+    dual_stack_allocator: RtpPortAllocator, signalling_ip: str
+) -> None:
+    """Rule 2 on a dual-stack socket: the INVITE's source IP, as an IPv4 SIP socket gives it
+    or as a dual-stack one does, is the IP the RTP socket reports the caller's packets from."""
+    if not _ipv6_loopback():
+        skip_loudly("IPv6 loopback", "cannot bind ::1 on this machine")
+    sdp = await UdpPeer.bind("127.0.0.1")
+    rewritten = await UdpPeer.bind("127.0.0.4")
+    session = await MediaSession.open(
+        dual_stack_allocator.allocate(), remote=sdp.address, codec=PCMU, signalling_ip=signalling_ip
+    )
+    port = ("127.0.0.1", session.local_port)
+    try:
+        sdp.send(rtp_stream(ulaw_frames(500, 0.02))[0], port)
+        await collect(session, 1)  # rule 1: the window is closed from here
+        rewritten.send(rtp_stream(ulaw_frames(500, 0.02), seq=1001)[0], port)
+        await until(lambda: session.stats().packets_received + session.stats().rejected_source > 1)
+        assert session.remote == rewritten.address  # rule 2: the signalling IP
+    finally:
+        await session.close()
+        sdp.close()
+        rewritten.close()

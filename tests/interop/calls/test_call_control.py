@@ -1184,6 +1184,31 @@ async def test_a_failing_part_of_a_call_ends_the_call_cleanly(
     assert gateway.manager.ports.in_use == 0
 
 
+async def test_a_media_close_that_raises_still_ends_the_call_and_writes_its_record(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The media's close raising (uvloop's ValueError from a send to an address of the other
+    # family was one way) stopped the call's teardown there: the call stayed in the manager
+    # for good and its record was never closed. Its end must go on whatever the close did.
+    close = MediaSession.close
+
+    async def raising_close(self: MediaSession) -> Any:
+        await close(self)  # the ports go back; then it raises, as a bug would
+        raise ValueError("socket family mismatch or a DNS lookup is required")
+
+    monkeypatch.setattr(MediaSession, "close", raising_close)
+    async with RealTimeAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=500)
+        result = await placed.tone_until_end(1.0)
+    assert result.returncode == 0, result.stdout + result.errors
+    await settled(gateway)
+    detail = await record(api, placed.call_id)
+    assert detail["status"] == "disconnected"
+    assert detail["disconnect_reason"] == "caller_hangup"
+    assert gateway.manager.ports.in_use == 0
+
+
 # --- a lossy, jittery caller ------------------------------------------------------------------
 
 

@@ -326,6 +326,58 @@ async def test_no_common_codec_is_488_with_warning_and_releases_the_port(
     assert len(agent.handshakes) == 0  # the agent was never dialled
 
 
+async def test_a_media_address_that_is_a_name_is_488_with_warning_301(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    """A name in c= (RFC 4566 allows an FQDN; we do not resolve one): refused before the call
+    exists, 488 with RFC 3261 §20.43 warn-code 301. Answered, under uvloop every send to it
+    raised: no media timeout, and a call that never ended. A re-INVITE moving an answered call
+    there gets the same 488, and the call keeps its media (RFC 3261 §14.2)."""
+    named = sdp_offer(MEDIA_PORT).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 media.example.com")
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    start = len(uac.received)
+    uac.send(leg.authenticated_invite(PASSWORD, MEDIA_PORT, body=named))
+    resp = await uac.response(488, leg.call_id, after=start)
+    assert (resp.headers.get("Warning") or "").startswith(
+        '301 telepath "Incompatible network address formats'
+    )
+    assert gateway.manager.ports.in_use == 0
+    assert len(agent.handshakes) == 0
+
+    leg, call = await answered_call(gateway, uac)
+    leg.cseq += 1
+    start = len(uac.received)
+    branch = new_branch()
+    uac.send(leg.build("INVITE", branch=branch, body=named))
+    refused = await uac.response(488, leg.call_id, method="INVITE", after=start)
+    assert (refused.headers.get("Warning") or "").startswith("301 ")
+    uac.send(leg.build("ACK", branch=branch, cseq_method="ACK"))  # §17.1.1.3
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
+    assert gateway.manager.active_calls == 1
+    await leg.bye()
+
+
+async def test_an_ipv6_media_address_on_ipv4_rtp_latches_onto_the_caller_s_rtp(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent, phone: Phone
+) -> None:
+    """What linphone does (it gives its IPv6 address in c= with IPv6 off): an IPv6 c= to a
+    gateway whose RTP sockets are IPv4. Nothing is sent there — under uvloop every send raised
+    — and the caller's IPv4 RTP latches the media, both ways."""
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(phone.port)
+    ipv6 = sdp_offer(phone.port).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP6 ::1")
+    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, body=ipv6))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    assert call.media.remote is None
+    phone.start_tone(("127.0.0.1", call.media.local_port), 440, 1.0)
+    await until(lambda: call.media.remote == ("127.0.0.1", phone.port))
+    await until(lambda: len(phone.received) > 3)  # the agent's audio reaches the caller
+    await leg.bye()
+
+
 async def test_offerless_reinvite_answer_in_ack_moves_and_holds_the_media(
     gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
 ) -> None:

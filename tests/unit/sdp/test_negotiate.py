@@ -333,6 +333,51 @@ def test_ipv6_answer() -> None:
     assert media.ptime == 20  # we always send 20 ms even if the peer asks for 30
 
 
+def test_a_media_address_that_is_a_name_is_488_with_warning_301() -> None:
+    """RFC 3261 §20.43 warn-code 301, "Incompatible network address formats": RFC 4566 allows
+    an FQDN in c=, which we do not resolve. Accepted, under uvloop every send to it raised
+    (no media timeout, a call that never ended); under asyncio each was a blocking lookup."""
+    text = offer_text(address="media.example.com")
+    with pytest.raises(NoCommonCodec) as info:
+        answer(text)
+    assert info.value.status_hint == 488
+    assert info.value.warn_code == 301
+    assert info.value.warning == (
+        '301 telepath "Incompatible network address formats: a media address must be an IP address"'
+    )
+    assert "media.example.com" not in str(info.value)  # logged: no caller addresses in it
+
+
+@pytest.mark.parametrize("address", ["2001:db8::10", "::ffff:198.51.100.1", "0.0.0.0"])
+def test_an_ip_address_of_either_version_is_accepted(address: str) -> None:
+    """Whether our RTP socket reaches it is the media layer's question: it latches onto the
+    caller's RTP instead (linphone gives its IPv6 address in c= with IPv6 off)."""
+    _, media = answer(offer_text(address=address))
+    assert media.remote_address == address
+
+
+def test_a_re_offer_or_an_answer_naming_its_media_host_is_refused_too() -> None:
+    current = answer(offer_text())[1]
+    with pytest.raises(NoCommonCodec) as info:
+        negotiate_reoffer(
+            parse(offer_text(address="media.example.com")),
+            current=current,
+            local_address=LOCAL,
+            local_port=40000,
+            session_id=777,
+            session_version=1,
+        )
+    assert info.value.warn_code == 301
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    named = parse(
+        "v=0\r\no=- 1 1 IN IP4 198.51.100.9\r\ns=-\r\nc=IN IP4 media.example.com\r\n"
+        "t=0 0\r\nm=audio 42000 RTP/AVP 0\r\n"
+    )
+    with pytest.raises(NoCommonCodec) as info:
+        negotiate_offer_answer(offer, named)
+    assert info.value.warn_code == 301
+
+
 def test_answer_validates_local_parameters() -> None:
     offer = parse(load_sample("twilio"))
     with pytest.raises(ValueError):
