@@ -541,6 +541,34 @@ async def test_the_end_time_is_when_the_call_ended_not_when_its_teardown_did(
     assert end_time <= teardown_started[0]
 
 
+def _end_noted_and_agent_slow_to_close(
+    monkeypatch: pytest.MonkeyPatch, call: Call, then: Callable[[], None] | None = None
+) -> list[int]:
+    """The packets sent when the call's end is first decided (the list filled then; ``then``
+    runs just after the end), and the agent's close taking a second (the window in which the
+    media must stay quiet)."""
+    sent_at_end: list[int] = []
+    end = call.end
+    close = call.bridge.close
+
+    def end_noting_the_packets_sent(
+        reason: DisconnectReason, error: str | None = None, send_bye: bool = True
+    ) -> None:
+        if not sent_at_end:
+            sent_at_end.append(call.media.stats().packets_sent)
+        end(reason, error, send_bye)
+        if then is not None:
+            then()
+
+    async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+        await asyncio.sleep(1.0)
+        await close(reason)
+
+    monkeypatch.setattr(call, "end", end_noting_the_packets_sent)
+    monkeypatch.setattr(call.bridge, "close", slow_close)
+    return sent_at_end
+
+
 async def test_audio_cut_off_by_the_hang_up_is_neither_sent_nor_counted_while_the_agent_closes(
     api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -553,23 +581,7 @@ async def test_audio_cut_off_by_the_hang_up_is_neither_sent_nor_counted_while_th
         skipped_before = media_pacer.skipped_frames()
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
         call, phone = placed.call, placed.phone
-        sent_at_bye: list[int] = []
-        end = call.end
-        close = call.bridge.close
-
-        def end_noting_the_packets_sent(
-            reason: DisconnectReason, error: str | None = None, send_bye: bool = True
-        ) -> None:
-            if not sent_at_bye:
-                sent_at_bye.append(call.media.stats().packets_sent)
-            end(reason, error, send_bye)
-
-        async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
-            await asyncio.sleep(1.0)
-            await close(reason)
-
-        monkeypatch.setattr(call, "end", end_noting_the_packets_sent)
-        monkeypatch.setattr(call.bridge, "close", slow_close)
+        sent_at_bye = _end_noted_and_agent_slow_to_close(monkeypatch, call)
         phone.start_tone(placed.rtp, 1000, 1.0)
         result = await placed.sipp
         await settled(gateway)  # the teardown, with the agent's slow close
@@ -601,24 +613,11 @@ async def test_a_re_offer_handled_after_the_end_sends_no_more_audio(
         await _custom_trunk(api, agent.url)
         placed = await place_call(gateway, tmp_path, "alice", PASSWORD, hold_ms=1500)
         call, phone = placed.call, placed.phone
-        sent_at_end: list[int] = []
-        end = call.end
-        close = call.bridge.close
-
-        def end_then_a_crossing_re_offer(
-            reason: DisconnectReason, error: str | None = None, send_bye: bool = True
-        ) -> None:
-            if not sent_at_end:
-                sent_at_end.append(call.media.stats().packets_sent)
-            end(reason, error, send_bye)
-            call.update_media(call.negotiated)  # sendrecv, as the crossing re-offer's
-
-        async def slow_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
-            await asyncio.sleep(1.0)
-            await close(reason)
-
-        monkeypatch.setattr(call, "end", end_then_a_crossing_re_offer)
-        monkeypatch.setattr(call.bridge, "close", slow_close)
+        sent_at_end = _end_noted_and_agent_slow_to_close(
+            monkeypatch,
+            call,
+            then=lambda: call.update_media(call.negotiated),  # sendrecv, as the re-offer's
+        )
         phone.start_tone(placed.rtp, 1000, 1.0)
         result = await placed.sipp
         await settled(gateway)
