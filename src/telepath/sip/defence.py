@@ -140,7 +140,10 @@ class SourceGuard:
         self._clock = clock
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._bans: dict[str, float] = {}  # ip -> banned until (clock time)
-        self._allow_exact = frozenset(e for e in policy.allowlist if "/" not in e)
+        # as the socket layer writes addresses (lower case, zeros compressed)
+        self._allow_exact = frozenset(
+            str(ipaddress.ip_address(e)) for e in policy.allowlist if "/" not in e
+        )
         self._allow_nets = tuple(
             ipaddress.ip_network(e, strict=False) for e in policy.allowlist if "/" in e
         )
@@ -153,13 +156,15 @@ class SourceGuard:
     def _allowlisted(self, ip: str) -> bool:
         if ip in self._allow_exact:
             return True
-        if not self._allow_nets:
+        if not self._allow_nets and not self._allow_exact:
             return False
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
-        return any(address in net for net in self._allow_nets)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 caller on a dual-stack socket
+        return str(address) in self._allow_exact or any(address in net for net in self._allow_nets)
 
     def _ban_active(self, ip: str, now: float) -> bool:
         until = self._bans.get(ip)

@@ -222,3 +222,15 @@ def test_a_ban_decided_here_is_told_one_imposed_from_elsewhere_is_not() -> None:
     assert not g.is_banned("203.0.113.5")
     g.impose_ban(B, 30)  # allowlisted: never banned
     assert not g.is_banned(B)
+
+
+def test_allowlist_entries_match_however_the_address_is_written() -> None:
+    """An IPv6 entry in another spelling (upper case, zeros written out) is the same address
+    the socket reports; an IPv4 caller on a dual-stack (``::``) socket arrives as
+    ``::ffff:a.b.c.d`` and is the IPv4 entry or network (they were matched as text: never)."""
+    g, _ = guard(allowlist=frozenset({"2001:DB8:0:0::1", A, "10.1.0.0/16"}))
+    assert g.is_allowlisted("2001:db8::1")
+    assert g.is_allowlisted(f"::ffff:{A}")
+    assert g.is_allowlisted("::ffff:10.1.2.3")
+    assert not g.is_allowlisted("2001:db8::2")
+    assert not g.is_allowlisted(f"::ffff:{B}")
