@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from telepath.db.group_commit import GroupCommit
+from telepath.log import call_id_var
 
 pytestmark = pytest.mark.unit
 
@@ -189,3 +190,24 @@ async def test_a_writer_waits_until_its_write_lands_or_is_kept_not_for_the_outag
     assert kept.done() and joined.done() and store.transactions == [[1, 2]]
     landed = await group.write(3, 60)  # the database answering: waited for, as before
     assert landed.done() and landed.exception() is None
+
+
+async def test_the_writer_runs_in_no_call_s_context() -> None:
+    """The writer commits many calls' items: started from one call's task, it carried that
+    call's id onto every log line of every later batch (README: a call's id on its lines)."""
+    seen: list[str] = []
+
+    async def batch(items: list[int]) -> None:
+        seen.append(call_id_var.get())
+
+    async def single(item: int) -> None:
+        await batch([item])
+
+    group = GroupCommit(batch, single, name="t")
+
+    async def a_call() -> None:
+        call_id_var.set("call_A")
+        await group.submit(1)
+
+    await asyncio.get_running_loop().create_task(a_call())
+    assert seen == ["-"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from contextvars import Context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -160,7 +161,10 @@ class GroupCommit(Generic[T]):
 
     def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
+            # in no call's context: it commits every call's items (its log lines name none)
+            self._writer = asyncio.get_running_loop().create_task(
+                self._drain(), name=self._name, context=Context()
+            )
 
     async def _drain(self) -> None:
         """Commit queued items, a batch per transaction, until the queue is empty; then exit."""
@@ -209,7 +213,7 @@ class GroupCommit(Generic[T]):
         self._bound()
         if self._retrier is None or self._retrier.done():
             self._retrier = asyncio.get_running_loop().create_task(
-                self._retry(), name=f"{self._name}-retry"
+                self._retry(), name=f"{self._name}-retry", context=Context()
             )
 
     def _keep(self, pending: _Pending[T]) -> None:
