@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from telepath.clock import FakeClock
+from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.routing import owner_of
 from telepath.sip.ua import UaConfig, UserAgentCore
 from telepath.transport import sip_server
@@ -413,3 +414,37 @@ def test_a_message_of_a_workers_call_reaches_it_however_it_is_spelled(
         data = spelling(_owned_by(1, 2))
         assert forward(data, ("10.0.0.1", 5060), 0.0) is True
         assert [unpack(m).data for m in _drain(worker)] == [data]
+
+
+async def test_a_banned_source_s_connection_carrying_a_worker_s_calls_is_closed() -> None:
+    """The front holds every worker's bans (cli/workers.py): a banned source's message on a
+    connection is closed there, as in one process — it was forwarded to the worker, which
+    dropped it, and the connection stayed open for as long as the peer liked."""
+    guard = SourceGuard(DefencePolicy(), FakeClock(0.0))
+    server = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None, guard=guard)
+    forwarded: list[bytes] = []
+
+    def stream_router(message: bytes, transport: str, peer: object, conn: int) -> bool:
+        forwarded.append(message)
+        return True  # a worker's call
+
+    server.stream_router = stream_router
+    await server.start([ListenAddress("TCP", "127.0.0.1", 0)])
+    try:
+        reader, writer = await asyncio.open_connection(*server.bound["TCP"])
+        options = b"OPTIONS sip:x SIP/2.0\r\nCall-ID: w1\r\nContent-Length: 0\r\n\r\n"
+        writer.write(options)
+        await _until_true(lambda: len(forwarded) == 1)
+        guard.impose_ban("127.0.0.1", 60.0)
+        writer.write(options)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the front
+        writer.close()
+        assert len(forwarded) == 1  # the banned source's message went to no worker
+    finally:
+        await server.stop()
+
+
+async def _until_true(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - a state, not an event
+            await asyncio.sleep(0.01)

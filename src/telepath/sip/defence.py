@@ -17,8 +17,8 @@ answered (no reflection) and does no work beyond matching. They only meet the ba
   (one is refused at accept too). Answering would tell a scanner it found a SIP server and feed
   its loop. (With SIP workers, the first process counts every process's authentication
   failures and decides the bans, which every worker applies (:meth:`SourceGuard.impose_ban`,
-  ``cli/workers.py``); a ban drops the messages of a connection the first process holds for a
-  worker's call without closing it, and refuses new connections at accept.)
+  ``cli/workers.py``); the first process closes a banned source's connection at its next
+  message, whichever process's call it carries, and refuses new ones at accept.)
 * ``RATE_LIMITED`` over **UDP**: drop silently, INVITEs included. UDP sources are trivially
   spoofed, so any answer is traffic reflected at whoever's address was forged, and answering a
   flood costs us as much as the flood. A real client's INVITE is retransmitted by Timer A

@@ -198,6 +198,15 @@ class _Stream(asyncio.Protocol):
             self.last_active = self.loop.time()  # activity: what keeps the connection open
         source = Source(self.name, self.peer, self.conn_id)
         router = self.server.stream_router
+        guard = self.server.guard
+        if router is not None and messages and guard is not None and guard.is_banned(self.peer[0]):
+            # With SIP workers this process holds every ban (cli/workers.py): a banned source's
+            # connection is closed here, as feed() does in one process, before any of its
+            # messages reaches a worker (which would only drop it, the connection left open).
+            self.server.counters_inc("banned_stream_closed")
+            if self.transport is not None:
+                self.transport.close()
+            return
         for message in messages:
             if router is not None and router(message, self.name, self.peer, self.conn_id):
                 continue  # another worker process owns this call (sip_fanout)
