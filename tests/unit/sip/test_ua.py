@@ -283,7 +283,15 @@ def test_info_dtmf_signals(
     Flash (16) raised IndexError: the INFO was never answered. A signal that is no key is
     answered 200 and not passed on: the request is well-formed, only nothing we relay — a 4xx
     would tell the peer its INFO was wrong (some end the call on that)."""
-    ua, _ = core
+    out = _info_in_dialog(core[0], ctype, body)
+    assert [r.status for r in sent(out)] == [200]
+    assert [e.digit for e in events(out) if isinstance(e, DtmfInfo)] == ([key] if key else [])
+    if key is not None:
+        assert CustomDtmf(digit=key).digit == key  # what the custom bridge sends
+
+
+def _info_in_dialog(ua: UserAgentCore, ctype: str, body: bytes) -> list[Output]:
+    """An INFO with ``body`` of type ``ctype`` in a confirmed call's dialog; what it produced."""
     dialog = _confirmed(ua)
     tag = dialog.local_tag  # type: ignore[attr-defined]
     info = request(
@@ -294,11 +302,7 @@ def test_info_dtmf_signals(
         body=body,
         extra=f"Content-Type: {ctype}\r\n",
     )
-    out = ua.receive(info, SRC)
-    assert [r.status for r in sent(out)] == [200]
-    assert [e.digit for e in events(out) if isinstance(e, DtmfInfo)] == ([key] if key else [])
-    if key is not None:
-        assert CustomDtmf(digit=key).digit == key  # what the custom bridge sends
+    return ua.receive(info, SRC)
 
 
 @pytest.mark.parametrize(
@@ -314,18 +318,7 @@ def test_info_dtmf_signals(
 def test_an_info_that_names_no_signal_is_a_bad_dtmf_body(
     core: tuple[UserAgentCore, FakeClock], ctype: str, body: bytes
 ) -> None:
-    ua, _ = core
-    dialog = _confirmed(ua)
-    tag = dialog.local_tag  # type: ignore[attr-defined]
-    info = request(
-        "INFO",
-        branch="z9hG4bK-i1",
-        cseq=2,
-        to_tag=tag,
-        body=body,
-        extra=f"Content-Type: {ctype}\r\n",
-    )
-    out = ua.receive(info, SRC)
+    out = _info_in_dialog(core[0], ctype, body)
     assert [(r.status, r.reason) for r in sent(out)] == [(400, "Bad DTMF Body")]
     assert events(out) == []
 
