@@ -7,6 +7,7 @@ the frozen ``Settings`` object (or the values it needs); nothing reads the envir
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,10 @@ def config_errors(exc: ValidationError) -> list[str]:
     for error in exc.errors():
         reason = error["msg"].removeprefix("Value error, ")
         field = error["loc"][0] if error["loc"] else None
-        lines.append(reason if field is None else f"{ENV_PREFIX}{str(field).upper()}: {reason}")
+        if field is None:  # the model-level check: every problem it found, one per line
+            lines.extend(reason.split("\n"))
+        else:
+            lines.append(f"{ENV_PREFIX}{str(field).upper()}: {reason}")
     return lines
 
 
@@ -62,6 +66,24 @@ def parse_servers(value: str) -> list[tuple[str, int]]:
             )
         servers.append((str(address), number))
     return servers
+
+
+# RFC 3261 §25.1: hostname = *( domainlabel "." ) toplabel [ "." ]; a domainlabel is
+# alphanumerics with inner hyphens, a toplabel starts with a letter
+_HOSTNAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?"
+)
+
+
+def sip_host(value: str) -> bool:
+    """Whether ``value`` is a SIP URI's host as written (RFC 3261 §25.1: hostname,
+    IPv4address or a bracketed IPv6reference) — no port, user, scheme or space."""
+    if value.startswith("[") and value.endswith("]"):
+        address = ip_address(value[1:-1])
+        return isinstance(address, ipaddress.IPv6Address) and value == value.strip()
+    if isinstance(ip_address(value), ipaddress.IPv4Address):
+        return value == value.strip()
+    return _HOSTNAME.fullmatch(value) is not None
 
 
 def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -229,6 +251,20 @@ class Settings(BaseSettings):
             )
         return str(address)
 
+    @field_validator("sip_domain")
+    @classmethod
+    def _sip_domain(cls, value: str) -> str:
+        """The host of every trunk's ``sip_endpoint`` (``sip:user@domain``) and the digest
+        realm, which every stored HA1 was computed with: checked, never rewritten (a changed
+        case or a dropped dot would fail every trunk's password)."""
+        if not sip_host(value):
+            raise ValueError(
+                "must be a host name or IP address, such as sip.example.com, 203.0.113.5 or "
+                "[2001:db8::5] (no port, user, scheme or space: it is the host of every "
+                "trunk's sip: address and the digest realm)"
+            )
+        return value
+
     @field_validator("sip_host")
     @classmethod
     def _sip_host(cls, value: str) -> str:
@@ -244,22 +280,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> Settings:
+        """Checks of several settings together. Every problem is raised at once, one per line
+        (``config_errors`` splits them): one at a time, an operator fixed one, restarted, and
+        met the next."""
+        found: list[str] = []
         if self.rtp_port_min >= self.rtp_port_max:
-            raise ValueError("TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX")
-        if (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
-            raise ValueError("TELEPATH_RTP_PORT_MIN..MAX: too small for TELEPATH_SIP_WORKERS")
+            found.append("TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX")
+        elif (self.rtp_port_max - self.rtp_port_min + 1) // self.sip_workers < 2:
+            found.append("TELEPATH_RTP_PORT_MIN..MAX: too small for TELEPATH_SIP_WORKERS")
         if self.rtp_jitter_min_ms > self.rtp_jitter_max_ms:  # rtp/jitter.py: at a call's media
-            raise ValueError(
-                "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS"
-            )
+            found.append("TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS")
         try:
             parse_servers(self.dns_servers)
         except ValueError as exc:
-            raise ValueError(f"TELEPATH_DNS_SERVERS: {exc}") from None
+            found.append(f"TELEPATH_DNS_SERVERS: {exc}")
         if self.stun_server and self.stun_server_address is None:
-            raise ValueError(
+            found.append(
                 "TELEPATH_STUN_SERVER: must be host or host:port (an IPv4 address or a DNS name)"
             )
+        if found:
+            raise ValueError("\n".join(found))
         return self
 
     @property

@@ -51,6 +51,40 @@ def test_model_level_refusals_name_their_variables() -> None:
     assert line.startswith("TELEPATH_DNS_SERVERS: '10.0.0.2:x' is not a DNS server")
 
 
+def test_every_model_level_refusal_is_listed() -> None:
+    # each was raised on its own: an operator fixed one, restarted, and met the next
+    assert refusal(
+        rtp_port_min=30000, rtp_port_max=20000, rtp_jitter_min_ms=100, stun_server="a b"
+    ) == [
+        "TELEPATH_RTP_PORT_MIN: must be below TELEPATH_RTP_PORT_MAX",
+        "TELEPATH_RTP_JITTER_MIN_MS: must not be above TELEPATH_RTP_JITTER_MAX_MS",
+        "TELEPATH_STUN_SERVER: must be host or host:port (an IPv4 address or a DNS name)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["sip.example.com", "localhost", "SIP.Example.COM", "sip.example.com.", "203.0.113.5"]
+    + ["[2001:db8::5]", "a-b.example", "x1.example"],
+)
+def test_the_sip_domain_is_kept_as_written(domain: str) -> None:
+    # it is the digest realm every stored HA1 was computed with: never rewritten
+    assert Settings(sip_domain=domain).sip_domain == domain
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["", "sip example.com", "sip.example.com:5060", "alice@sip.example.com", "2001:db8::5"]
+    + ["-sip.example.com", "sip-.example.com", "sip..example.com", "sip.example.com ", "[bad]"]
+    + ['sip"example', "sip.example.123", "sip://example.com"],
+)
+def test_a_sip_domain_that_is_no_host_is_refused(domain: str) -> None:
+    # it is the host of every trunk's sip_endpoint (sip:user@domain, RFC 3261 §25.1): a port,
+    # a space or a bare IPv6 address there made an address no carrier could dial
+    (line,) = refusal(sip_domain=domain)
+    assert line.startswith("TELEPATH_SIP_DOMAIN: must be a host name or IP address"), line
+
+
 def test_jitter_bounds_the_wrong_way_round_are_refused() -> None:
     # rtp/jitter.py refused them when a call's media opened, after the agent had connected
     assert refusal(rtp_jitter_min_ms=100, rtp_jitter_max_ms=60) == [
