@@ -251,6 +251,20 @@ class Settings(BaseSettings):
             )
         return str(address)
 
+    @field_validator("http_host")
+    @classmethod
+    def _http_host(cls, value: str) -> str:
+        """What uvicorn binds: an address or a name it resolves. A port or a scheme there
+        failed only once the database was migrated and the first API key printed."""
+        if not (ip_address(value) is not None and value == value.strip()) and (
+            _HOSTNAME.fullmatch(value) is None
+        ):
+            raise ValueError(
+                "must be an IP address or a host name to listen on, such as 127.0.0.1, "
+                "0.0.0.0, :: or localhost (no port: that is TELEPATH_HTTP_PORT; no scheme)"
+            )
+        return value
+
     @field_validator("sip_domain")
     @classmethod
     def _sip_domain(cls, value: str) -> str:
