@@ -14,6 +14,7 @@ lack the generation check or add a backend abstraction we do not need.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -98,8 +99,12 @@ class LookupCache(Generic[K, V]):
             self._flights[flight] = pending
             if stale is None or self._stale_wait_s is None:
                 return await self._read(key, load, flight, pending, stale, now)
-            # read apart from this lookup, which may stop waiting for it (below)
-            read = asyncio.create_task(self._read(key, load, flight, pending, stale, now))
+            # read apart from this lookup, which may stop waiting for it (below); in no call's
+            # context: it outlives this lookup and answers every call that joins it, so its
+            # log lines must not carry the id of the call that happened to start it
+            read = asyncio.create_task(
+                self._read(key, load, flight, pending, stale, now), context=contextvars.Context()
+            )
             self._background.add(read)
             read.add_done_callback(self._reaped)
         if stale is not None and self._stale_wait_s is not None:

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from telepath.log import call_id_var
 from telepath.lookup_cache import LookupCache
 
 pytestmark = pytest.mark.unit
@@ -207,3 +208,26 @@ async def test_without_a_stale_value_a_slow_source_is_waited_for() -> None:
     assert not lookup.done()
     src.gate.set()
     assert await lookup == 1
+
+
+async def test_a_read_apart_from_its_lookup_runs_in_no_call_s_context() -> None:
+    """The background read outlives the lookup that started it and answers every call that
+    joins it: its log lines (a database error, a slow query) carried the id of whichever call
+    happened to start it."""
+    cache: LookupCache[str, int] = LookupCache(
+        0.05, stale_if_error_s=600, stale_on=_down, stale_wait_s=0.01, retry_after_error_s=60
+    )
+    src = await _loaded(cache)
+    await asyncio.sleep(0.1)  # expired: the next lookup reads in the background
+    seen: list[str] = []
+
+    async def load() -> int:
+        seen.append(call_id_var.get())
+        return await src.load()
+
+    async def lookup() -> int:
+        call_id_var.set("call_started_it")
+        return await cache.get("k", load)
+
+    assert await asyncio.wait_for(asyncio.create_task(lookup()), 5) == 2
+    assert seen == ["-"]
