@@ -135,10 +135,17 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rtp_send_errors = Counter(
+            "telepath_rtp_send_errors",
+            "RTP/RTCP datagrams of ours a call's media socket refused to send (an address of "
+            "the other IP family, a network error), counted as the call ends: audio the caller "
+            "never got",
+            registry=r,
+        )
         self.media_warnings = Counter(
             "telepath_call_media_warnings",
             "Ended calls whose media report warned, by warning code (no_inbound_rtp, "
-            "private_address_advertised, srtp_authentication_failed, "
+            "private_address_advertised, srtp_authentication_failed, media_send_failed, "
             "rtp_from_unexpected_address, caller_behind_nat, caller_hears_nothing): alert on "
             "the rate of one-way-audio calls",
             ["code"],

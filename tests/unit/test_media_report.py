@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from telepath.api.schemas import CallMedia
 from telepath.calls.diagnosis import media_report
 from telepath.transport.media_stats import DirectionStats, MediaStats
 
@@ -196,3 +197,22 @@ def test_gateway_processing_is_not_measured_without_packets_either_way() -> None
     assert replace(SILENT, packets_sent=0).gateway_processing_ms is None
     sent_only = replace(SILENT, outbound=DirectionStats(100, 20.0, 18.0, 40.0, 60.0))
     assert sent_only.gateway_processing_ms == pytest.approx(0.02)
+
+
+def test_sends_the_socket_refused_are_counted_and_warned_about() -> None:
+    # logged once per call at WARNING, they were in no record: a caller who heard nothing
+    # left a report saying all was sent
+    found = report(replace(FLOWING, send_errors=120))
+    assert found["send_errors"] == 120
+    (warning,) = found["warnings"]
+    assert warning["code"] == "media_send_failed"
+    assert "120" in warning["message"]
+    assert report(FLOWING)["send_errors"] == 0
+
+
+def test_the_report_is_what_the_api_serves_and_older_ones_still_read() -> None:
+    found = report(replace(FLOWING, send_errors=3))
+    served = CallMedia.model_validate(found).model_dump()
+    assert served == found
+    del found["send_errors"]  # a record made before it was counted
+    assert CallMedia.model_validate(found).send_errors == 0

@@ -413,6 +413,7 @@ class MediaWarning(BaseModel):
         "caller_behind_nat",
         "caller_hears_nothing",
         "private_address_advertised",
+        "media_send_failed",
     ]
     message: str
 
@@ -442,6 +443,11 @@ class CallMedia(BaseModel):
     concealed_frames: int
     dropped: MediaDropped
     dtmf_received: int
+    send_errors: int = Field(
+        0,
+        description="Our RTP/RTCP datagrams to the caller the socket refused to send (0 in "
+        "records made before it was counted)",
+    )
     remote_loss_percent: float | None = Field(
         description="Loss of our stream as the caller's RTCP last reported it"
     )

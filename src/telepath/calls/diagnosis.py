@@ -109,6 +109,15 @@ def media_report(
                 "a NAT on its side; Telepath sent its audio back to where the caller's came from",
             }
         )
+    if stats.send_errors:
+        warnings.append(
+            {
+                "code": "media_send_failed",
+                "message": f"{stats.send_errors} of our RTP/RTCP datagrams to the caller were "
+                "refused by the socket (an address of the other IP family in its SDP, or a "
+                "network error): the caller did not get that audio",
+            }
+        )
     if stats.packets_sent and stats.rtt_ms is not None and stats.remote_loss_fraction >= 0.99:
         warnings.append(
             {
@@ -134,6 +143,7 @@ def media_report(
             "malformed": stats.malformed,
         },
         "dtmf_received": stats.dtmf_received,
+        "send_errors": stats.send_errors,
         "remote_loss_percent": (
             round(stats.remote_loss_fraction * 100, 2) if stats.rtt_ms is not None else None
         ),

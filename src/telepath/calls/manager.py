@@ -1564,6 +1564,7 @@ class CallManager:
                 unauthenticated=stats.unauthenticated,
                 malformed=stats.malformed,
             )
+            self.metrics.rtp_send_errors.inc(stats.send_errors)
             if call.agent_reconnects:
                 self.metrics.agent_reconnects.inc(call.agent_reconnects)
             for warning in record.media["warnings"]:

@@ -577,6 +577,7 @@ class MediaSession:
             rejected_source=self._rejected,
             malformed=self._malformed,
             unauthenticated=self._unauthenticated,
+            send_errors=self._send_errors,
             audio_played_ms=self._playout.played_ms,
             remote_loss_fraction=self._remote_loss,
             remote_jitter_ms=self._remote_jitter_ms,
@@ -896,7 +897,7 @@ class MediaSession:
             return
         self._ended = reason
         try:
-            self._final = self.stats()  # first: sending the BYE changes no counter
+            self._final = self.stats()  # first: the BYE counts no packet or byte (nor its failure)
             if self._tick_handle is not None:
                 self._pacer.unsubscribe(self._tick_handle)
             self._send_rtcp([RtcpBye([self.ssrc])])

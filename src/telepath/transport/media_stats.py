@@ -107,6 +107,8 @@ class MediaStats:
         malformed: datagrams that failed to parse.
         unauthenticated: SRTP/SRTCP datagrams dropped by the SRTP check (forged, corrupted,
             replayed, or sent in the clear), RFC 3711 §3.3.
+        send_errors: RTP/RTCP datagrams of ours the socket refused to send (an address of the
+            other family, a network error): audio the caller never got.
         audio_played_ms: agent audio actually sent to the caller.
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
@@ -135,6 +137,7 @@ class MediaStats:
     inbound: DirectionStats
     outbound: DirectionStats
     unauthenticated: int = 0
+    send_errors: int = 0
 
     @property
     def gateway_processing_ms(self) -> float | None:

@@ -1018,6 +1018,9 @@ async def test_a_failing_send_skips_nothing_else_and_close_still_frees_the_ports
     finally:
         await session.close()
         peer.close()
+    # every failure counted (the call record's media report and /metrics say so), not only
+    # logged once; all but the closing RTCP BYE's, sent after the final snapshot
+    assert session.stats().send_errors == rtp.sends + rtcp.sends - 1
     assert session.lease.released
     assert rtp.real.is_closing() and rtcp.real.is_closing()
     assert allocator.in_use == 0

@@ -1274,7 +1274,7 @@ async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_
     assert media["remote_sdp_address"] == f"127.0.0.1:{placed.phone.port}"
     assert media["remote_rtp_address"] == media["remote_sdp_address"]
     assert media["local_address"].startswith("127.0.0.1:") and media["srtp"] is None
-    assert media["warnings"] == []
+    assert media["warnings"] == [] and media["send_errors"] == 0
 
 
 async def test_a_caller_whose_rtp_never_arrives_is_reported_as_no_inbound_rtp(
