@@ -21,7 +21,7 @@ from ipaddress import ip_network
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.ports import DirectoryUnavailable, TrunkConfig
+from telepath.calls.ports import DirectoryUnavailable, TrunkConfig, may_be_sip_username
 from telepath.db.engine import transient_error
 from telepath.db.models import REGISTRATION_PASSWORD, Trunk, trunk_secret_context
 from telepath.db.repository import TrunkRepository
@@ -104,8 +104,12 @@ class DbTrunkDirectory:
         """The trunk owning ``sip_username`` with its secrets decrypted, or None.
 
         Cached for ``cache_ttl_s`` (1 s): a change made through this process's API is seen at
-        once (:func:`trunks_changed`); one made by another process within a second.
+        once (:func:`trunks_changed`); one made by another process within a second. A name no
+        trunk can have (the API's rule) is not looked up: a Request-URI user is anyone's to
+        write, and a NUL in it made PostgreSQL refuse the query (SIP 500, per packet).
         """
+        if not may_be_sip_username(sip_username):
+            return None
         return await self._cached(("user", sip_username.lower()), lambda: self._load(sip_username))
 
     async def find_by_number(self, number: str) -> TrunkConfig | None:
@@ -122,6 +126,8 @@ class DbTrunkDirectory:
     async def _cached(
         self, key: tuple[str, str], load: Callable[[], Awaitable[TrunkConfig | None]]
     ) -> TrunkConfig | None:
+        if "\x00" in key[1]:  # no stored text has one (PostgreSQL refuses it in a query)
+            return None
         try:
             return await self._cache.get(key, load)
         except Exception as exc:

@@ -151,3 +151,15 @@ async def test_lookup_by_contact_follows_changes_and_is_not_a_username(api: Api)
     assert readded is not None and readded.registrar_host == "registrar.example"
     await api.delete(f"/v1/trunks/{trunk_id}")
     assert await directory.find_by_contact(again.contact_user) is None
+
+
+@pytest.mark.parametrize("key", ["ab\x00cd", "tpr-\x00"])
+async def test_a_name_no_trunk_can_have_is_not_looked_up(api: Api, key: str) -> None:
+    """A NUL (``sip:ab%00cd@gw``, any unauthenticated INVITE) made PostgreSQL refuse the
+    query: SIP 500 and a traceback per packet. No trunk can have such a name: none found."""
+    directory = DbTrunkDirectory(api.state.sessions, api.state.keyring)
+    assert await directory.find_by_sip_username(key) is None
+    assert await directory.find_by_contact(key) is None
+    assert await directory.find_by_number(key) is None
+    assert await directory.find_by_sip_username("x" * 300) is None
+    assert directory.loads == 0  # nor is a name no trunk can have read from the database
