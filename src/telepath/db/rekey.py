@@ -147,11 +147,16 @@ async def _prune_key_file(settings: Settings) -> str:
 async def _drop_older_keys(settings: Settings, path: Path, keyring: Keyring) -> int:
     """Leave only the active key in the file, then re-encrypt once more what a service that
     had not yet seen the rotation may have sealed with an older key meanwhile (``keyring``
-    still has it); put the older keys back if that fails."""
+    still has it); put the older keys back if that fails, or raises (the database gone,
+    Ctrl-C): such a value could otherwise be opened by no one once this process exits."""
     if read_key_file(path) != keyring.keys:
         raise RekeyError(f"{path} changed meanwhile (another rotation?): run prune again")
     write_key_file(path, keyring.keys[:1])
-    late = await reencrypt_all(settings, keyring)
+    try:
+        late = await reencrypt_all(settings, keyring)
+    except BaseException:
+        write_key_file(path, keyring.keys)
+        raise
     if late.failed:
         write_key_file(path, keyring.keys)
         raise _refuse("Re-encrypted what was left", late, f"the older keys are back in {path}.")

@@ -224,6 +224,32 @@ async def test_prune_puts_the_keys_back_when_its_last_pass_fails(
     assert parse_keyring(path.read_text()).keys == parse_keyring(keys).keys
 
 
+async def test_prune_puts_the_keys_back_when_its_last_pass_raises(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database gone (or Ctrl-C) during the pass after the file lost the older keys: a
+    value sealed late with one of them could be opened by no one once prune had exited."""
+    await create(api, OPENAI_EXAMPLE)
+    settings = api.state.settings
+    await rotate_master_key(settings)
+    path = settings.data_dir / "secret.key"
+    keys = path.read_text()
+    original = rekey.reencrypt_all
+    passes: list[int] = []
+
+    async def fails_the_second_time(settings: Settings, keyring: Keyring) -> Resealed:
+        passes.append(len(passes))
+        if len(passes) == 2:
+            raise ConnectionRefusedError("the database went away")
+        return await original(settings, keyring)
+
+    monkeypatch.setattr(rekey, "reencrypt_all", fails_the_second_time)
+    with pytest.raises(ConnectionRefusedError):
+        await prune_master_keys(settings)
+    assert passes == [0, 1]
+    assert parse_keyring(path.read_text()).keys == parse_keyring(keys).keys
+
+
 async def test_prune_leaves_a_key_file_rewritten_meanwhile_alone(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
