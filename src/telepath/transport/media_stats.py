@@ -107,7 +107,8 @@ class MediaStats:
         malformed: datagrams that failed to parse.
         unauthenticated: SRTP/SRTCP datagrams dropped by the SRTP check (forged, corrupted,
             replayed, or sent in the clear), RFC 3711 §3.3.
-        audio_played_ms: agent audio actually sent to the caller.
+        audio_played_ms: agent audio sent to the caller, or dropped in a sender stall (its
+            time has passed: it counts as played for the barge-in cut, ``Playout.played_ms``).
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
         rtt_ms: round-trip time from RTCP LSR/DLSR, None until measured.
