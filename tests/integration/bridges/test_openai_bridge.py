@@ -31,7 +31,7 @@ from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 
-from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
+from .helpers import META, assert_no_extra, audio_of, collect_until, log_everything, wait_for
 
 CLIENT = TypeAdapter[Any](RealtimeClientEvent)
 SERVER = TypeAdapter[Any](RealtimeServerEvent)
@@ -91,6 +91,20 @@ async def test_tone_agent_audio_both_ways_and_session_shape(fake: FakeOpenAIReal
     assert [t["name"] for t in session["tools"]] == ["end_call", "transfer_call"]
     assert fake.received[1]["type"] == "response.create"
     assert_sdk_valid(fake)
+
+
+async def test_the_api_key_is_not_logged_at_debug(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # websockets' own client logger prints every handshake header at DEBUG, Authorization too
+    log_everything(caplog)
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)
+    await bridge.close()
+    await collect_until(bridge)
+    assert fake.handshakes[0].headers["authorization"] == "Bearer sk-valid-test"
+    assert "sk-valid-test" not in caplog.text
 
 
 async def test_pcma_call_uses_pcma_both_ways(fake: FakeOpenAIRealtime) -> None:
