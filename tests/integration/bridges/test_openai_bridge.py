@@ -197,6 +197,44 @@ async def test_barge_in_clears_and_truncates_at_played_audio(
         assert_sdk_valid(fake)
 
 
+class BargeInDuringTheSecondResponse(FakeOpenAIRealtime):
+    """The greeting plays out; the second response's first 500 ms, then the caller speaks."""
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        self.barge_in_after_ms = 500 if self._responses == 1 else None
+        await super()._respond(ws, metadata)
+
+
+def cuts(fake: FakeOpenAIRealtime) -> list[tuple[str, str, int | None]]:
+    """Every truncate and delete the bridge sent: (type, item, audio_end_ms)."""
+    return [
+        (e["type"], e["item_id"], e.get("audio_end_ms"))
+        for e in fake.received
+        if e["type"] in ("conversation.item.truncate", "conversation.item.delete")
+    ]
+
+
+async def test_barge_in_cuts_the_item_still_playing_not_only_the_newest() -> None:
+    """A digit's answer (item B) arrives while the greeting (item A, fully received) is still
+    being played: the caller who speaks 300 ms into A cuts A there (providers.md §2.7: clamp
+    to what was played of *that* item) and B, of which nothing was heard, goes."""
+    async with BargeInDuringTheSecondResponse(response_ms=1000) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META, playout=lambda: 300)
+        await collect_until(bridge, audio_ms=1000)  # A, queued for playout
+        await bridge.send_dtmf("5")
+        await collect_until(bridge, AgentClear)
+        await wait_for(lambda: any(cut[0] == "conversation.item.delete" for cut in cuts(fake)))
+        items = list(fake.item_audio_ms)
+        assert cuts(fake) == [
+            ("conversation.item.truncate", items[0], 300),
+            ("conversation.item.delete", items[1], None),
+        ]
+        assert fake.item_audio_ms[items[0]] == 1000
+        await bridge.close()
+        assert_sdk_valid(fake)
+
+
 class OddDeltaThenBargeIn(FakeOpenAIRealtime):
     """A sample and a half of audio just before ``speech_started``; after the late deltas, a
     new item's 500 ms of tone at 440 Hz."""
