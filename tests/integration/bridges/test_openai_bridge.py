@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
+    AgentAudio,
     AgentClear,
     AgentConnected,
     AgentDisconnected,
@@ -235,17 +236,55 @@ async def test_barge_in_cuts_the_item_still_playing_not_only_the_newest() -> Non
         assert_sdk_valid(fake)
 
 
+class SpeechBeforeTheGreetingsFirstDelta(FakeOpenAIRealtime):
+    """The caller speaks between the greeting's ``response.created`` and its first delta: the
+    service cancels it (interrupt_response) but the deltas it had made still come, then
+    ``response.done`` (cancelled). Later responses play normally."""
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        self.barge_in_after_ms = 0 if self._responses == 0 else None
+        await super()._respond(ws, metadata)
+
+
+async def test_audio_of_the_response_active_at_barge_in_is_dropped_even_its_first() -> None:
+    async with SpeechBeforeTheGreetingsFirstDelta(response_ms=500) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentClear)
+        assert audio_of(events) == b""
+        await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+        await bridge.send_dtmf("5")  # the next response is heard
+        events = await collect_until(bridge, audio_ms=500)
+        items = {
+            e["response_id"]: e["item_id"]
+            for e in fake.sent
+            if e["type"] == "response.output_audio.delta"
+        }
+        _, answer = created_responses(fake)
+        assert len(items) == 2  # the cancelled greeting's late audio, and the answer
+        assert {e.segment for e in events if isinstance(e, AgentAudio)} == {items[answer["id"]]}
+        assert len(audio_of(events)) == 500 * 8
+        await bridge.close()
+        assert audio_of(await collect_until(bridge)) == b""
+        assert_sdk_valid(fake)
+
+
 class OddDeltaThenBargeIn(FakeOpenAIRealtime):
-    """A sample and a half of audio just before ``speech_started``; after the late deltas, a
-    new item's 500 ms of tone at 440 Hz."""
+    """A sample and a half of audio just before ``speech_started``; once the interrupted
+    response is done, the answer to the caller's turn — a new response, as server VAD starts
+    one — with 500 ms of tone at 440 Hz."""
 
     async def _barge_in(
         self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
     ) -> None:
         await self._delta(ws, response_id, item, b"\x10\x20\x30")
         await super()._barge_in(ws, response_id, item, sent_ms)
-        self.tone_hz = 440
-        await self._delta(ws, response_id, self._id("item"), self._tone(500, 0))
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        await super()._respond(ws, metadata)
+        if self._responses == 1:
+            self.barge_in_after_ms, self.tone_hz, self.response_ms = None, 440, 500
+            await super()._respond(ws, None)
 
 
 async def test_the_turn_after_a_barge_in_is_not_shifted_by_a_byte() -> None:

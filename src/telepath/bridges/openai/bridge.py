@@ -16,7 +16,10 @@ each assistant item the clear cut short with ``audio_end_ms`` = what the caller 
 item, clamped to the audio received for it (``conversation.item.delete`` when nothing was
 heard). That is not only the newest item: audio comes faster than real time, so a digit's or a
 tool's answer can arrive while an earlier item is still playing, and that one is where the
-caller stopped listening. Late deltas of an interrupted item are dropped.
+caller stopped listening. Late deltas are dropped: those of an interrupted item, and any of
+the response active at the barge-in (server VAD's ``interrupt_response`` cancels it), even one
+whose first delta comes only after ``speech_started`` — no item of it was cut, yet it is as
+stale as the rest.
 
 Responses (``reference/providers.md`` §2.8): the service runs one response at a time and
 refuses a ``response.create`` while one is active (``conversation_already_has_active_response``).
@@ -145,7 +148,8 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         self._best_effort_ids: set[str] = set()
         self._items: deque[_Item] = deque(maxlen=MAX_TRACKED_ITEMS)  # since the last clear
         self._emitted_ms = 0.0  # agent audio emitted since the last clear
-        self._interrupted: set[str] = set()
+        self._interrupted: set[str] = set()  # items cut at a barge-in
+        self._cut_responses: set[str] = set()  # active at a barge-in, until their response.done
         self._goodbye_pending = False
         self._response_id: str | None = None  # the service's active response
         self._starting = False  # a response.create of ours not yet followed by response.created
@@ -319,7 +323,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._emit(AgentConnected(self.provider))
 
     async def _on_audio(self, event: ev.ResponseOutputAudioDelta) -> None:
-        if event.item_id in self._interrupted:
+        if event.item_id in self._interrupted or event.response_id in self._cut_responses:
             return  # late audio of an answer the caller already talked over
         try:
             payload = b64_decode(event.delta)
@@ -343,6 +347,8 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         if self._converter is not None:  # the next item starts on a whole sample, no filter tail
             self._converter.restart_from_agent()
         await self._emit(AgentClear())
+        if self._response_id is not None:
+            self._cut_responses.add(self._response_id)
         items = list(self._items)
         self._items.clear()
         self._emitted_ms = 0.0
@@ -398,6 +404,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         response = event.response
         if response.id is None or response.id == self._response_id:
             self._response_id = None
+        self._cut_responses.discard(response.id or "")  # its last event: no more deltas
         calls = self._calls.pop(response.id or "", [])
         if response.status == "completed":
             for call in calls:
