@@ -5,7 +5,9 @@ INVITE; asyncio copies context into the tasks a call spawns, so every line those
 tagged without passing the id around. What serves every call (the media clock,
 ``transport/media_pacer.py``) must not be registered from inside one call's context, or all it
 logs carries that call's id: it runs in an empty one. Phone numbers, audio, transcripts and
-secrets are never logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``).
+secrets are never logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``),
+and secrets not at DEBUG either: the agent WebSockets' library logs its handshakes and frames
+at DEBUG, so it gets a logger that stays at INFO (``bridges/ws_socket.py``).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from telepath.bridges.base import (
     is_terminal,
 )
 from telepath.bridges.tls import client_context
-from telepath.bridges.ws_socket import AgentSocket, MessageSocket
+from telepath.bridges.ws_socket import WIRE_LOGGER, AgentSocket, MessageSocket
 
 __all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
 
@@ -156,6 +156,7 @@ class WebSocketBridge(AgentBridge):
             user_agent_header="telepath",
             proxy=proxy,
             ssl=client_context() if parse_uri(url).secure else None,
+            logger=WIRE_LOGGER,  # never the headers, at any level (ws_socket.py)
         )
 
     async def _open(self, url: str, headers: Mapping[str, str] | None = None) -> None:

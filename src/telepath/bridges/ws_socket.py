@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import struct
 from collections.abc import Callable, Mapping
@@ -64,7 +65,7 @@ try:
 except ImportError:  # pragma: no cover - the library ships the C extension for CPython
     from websockets.utils import apply_mask
 
-__all__ = ["AgentSocket", "MessageSocket"]
+__all__ = ["WIRE_LOGGER", "AgentSocket", "MessageSocket"]
 
 READ_HIGH_WATER = 64  # whole messages buffered before the socket stops reading
 READ_LOW_WATER = 16
@@ -73,6 +74,24 @@ CLOSE_TIMEOUT_S = 2.0
 BURST = 16  # messages ``recv`` hands out back to back before it lets the event loop run
 _MASK_POOL_BYTES = 4096  # os.urandom read per 1,024 frames instead of one syscall per frame
 _FIN_TEXT = 0x81  # FIN + opcode 0x1 (RFC 6455 §5.2)
+
+
+class _NoDebug(logging.LoggerAdapter[logging.Logger]):
+    """A logger adapter that is never enabled below INFO, whatever the levels configured."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        """Only INFO and above, and only as far as the logger itself allows."""
+        return level >= logging.INFO and self.logger.isEnabledFor(level)
+
+
+#: The logger every agent WebSocket connection hands ``websockets`` (``logger=``). At DEBUG the
+#: library logs the request line (a signed URL's token, a custom endpoint's query), every
+#: handshake header (OpenAI's ``Authorization: Bearer`` key, a custom agent's headers) and every
+#: frame (caller audio, transcripts): with its default ``websockets.client`` logger, all of it
+#: under ``TELEPATH_LOG_LEVEL=DEBUG``. This one never goes below INFO, whatever is configured.
+WIRE_LOGGER: logging.LoggerAdapter[logging.Logger] = _NoDebug(
+    logging.getLogger("telepath.bridges.websocket"), {}
+)
 
 
 class MessageSocket(Protocol):
@@ -141,7 +160,7 @@ class AgentSocket(asyncio.Protocol):
         answer), ``InvalidHandshake``, ``TimeoutError``, ``OSError``.
         """
         uri = parse_uri(url)
-        protocol = ClientProtocol(uri, max_size=max_size)
+        protocol = ClientProtocol(uri, max_size=max_size, logger=WIRE_LOGGER)
         context = client_context() if uri.secure else None
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):

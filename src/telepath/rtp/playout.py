@@ -115,7 +115,14 @@ class Playout:
 
     @property
     def played_ms(self) -> float:
-        """Agent audio played since the session started, in ms."""
+        """Agent audio played since the session started, in ms.
+
+        Audio a sender stall dropped (:meth:`skip_frame`) counts as played, as in
+        :meth:`flush`: its time has passed, so it is behind the caller like audio sent. The
+        bridges' barge-in cut is read from this total (``MediaStats.audio_played_ms``, its only
+        reader, through ``Call.playout_ms``); without the dropped audio every cut after a stall
+        fell that much short. The call's turn timing counts it as heard too: it works from what
+        is still queued."""
         return self._played_total / self._bytes_per_ms
 
     @property
@@ -278,6 +285,7 @@ class Playout:
         del self._queue[:dropped]
         self._sent_total += dropped
         self._played_since_flush += dropped
+        self._played_total += dropped
         self.skipped_bytes += dropped
         return self._reached()
 

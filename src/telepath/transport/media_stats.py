@@ -109,7 +109,8 @@ class MediaStats:
             replayed, or sent in the clear), RFC 3711 §3.3.
         send_errors: RTP/RTCP datagrams of ours the socket refused to send (an address of the
             other family, a network error): audio the caller never got.
-        audio_played_ms: agent audio actually sent to the caller.
+        audio_played_ms: agent audio sent to the caller, or dropped in a sender stall (its
+            time has passed: it counts as played for the barge-in cut, ``Playout.played_ms``).
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
         rtt_ms: round-trip time from RTCP LSR/DLSR, None until measured.

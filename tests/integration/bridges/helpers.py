@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from telepath.bridges.base import AgentAudio, AgentBridge, AgentEvent, CallMetadata, is_terminal
@@ -75,3 +77,11 @@ def assert_no_extra(model: BaseModel, path: str = "") -> None:
         for item in values:
             if isinstance(item, BaseModel):
                 assert_no_extra(item, f"{path}.{name}")
+
+
+def log_everything(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture every logger at DEBUG (``TELEPATH_LOG_LEVEL=DEBUG``) but the fake's own: the
+    fake server's websockets logger prints the request it received, and it is not the gateway."""
+    caplog.set_level(logging.INFO, logger="websockets.server")
+    caplog.set_level(logging.DEBUG)  # last: set_level also sets the capturing handler's level
+    assert caplog.handler.level == logging.DEBUG

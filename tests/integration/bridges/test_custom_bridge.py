@@ -33,7 +33,7 @@ from telepath.bridges.registry import create_bridge
 from telepath.testing.fake_custom import GREETING_MARK, FakeTelepathAgent, FakeTwilioAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711
 
-from .helpers import META, audio_of, collect_until, wait_for
+from .helpers import META, audio_of, collect_until, log_everything, wait_for
 
 HEADERS = {"Authorization": "Bearer agent-token", "X-Tenant": "acme"}
 
@@ -44,6 +44,26 @@ def bridge_for(fake: FakeTelepathAgent | FakeTwilioAgent, timeout_s: float = 2.0
     )
     config = CustomConfig(endpoint=fake.url, protocol=protocol, headers=HEADERS)
     return create_bridge("custom", config, connect_timeout_s=timeout_s)
+
+
+async def test_the_agent_s_headers_and_url_token_are_not_logged_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # websockets' own client logger prints the request line and every header at DEBUG
+    log_everything(caplog)
+    async with FakeTelepathAgent() as fake:
+        config = CustomConfig(
+            endpoint=f"{fake.url}?token=url-secret", protocol="telepath", headers=HEADERS
+        )
+        bridge = create_bridge("custom", config, connect_timeout_s=2.0)
+        await bridge.start(META)
+        await collect_until(bridge, AgentMark)
+        await bridge.close()
+        await collect_until(bridge)
+        assert fake.handshakes[0].headers["authorization"] == "Bearer agent-token"
+        assert fake.handshakes[0].path.endswith("?token=url-secret")
+    assert "agent-token" not in caplog.text
+    assert "url-secret" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -44,7 +45,7 @@ from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHtt
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
-from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
+from .helpers import META, assert_no_extra, audio_of, collect_until, log_everything, wait_for
 
 SERVER_TYPES = set(typing.get_args(typing.get_args(ClientEvent)[0])) | {"error"}
 
@@ -110,6 +111,24 @@ async def test_ulaw_agent_passes_audio_through_both_ways(fake: FakeElevenLabs) -
         "call_id": "call_test1",
     }
     assert_sdk_valid(fake)
+
+
+async def test_neither_the_key_nor_the_signed_url_is_logged_at_debug(
+    fake: FakeElevenLabs, caplog: pytest.LogCaptureFixture
+) -> None:
+    # websockets' own client logger prints the request line (the signed URL's query) and
+    # every header at DEBUG; the REST request carries the key as xi-api-key
+    log_everything(caplog)
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)
+    await bridge.close()
+    await collect_until(bridge)
+    (signed,) = [h.path for h in fake.handshakes if "conversation_signature" in h.path]
+    signature = parse_qs(urlsplit(signed).query)["conversation_signature"][0]
+    assert signature
+    assert "sk-valid-el" not in caplog.text
+    assert signature not in caplog.text
 
 
 @pytest.mark.parametrize("fake", [{"formats": ("pcm_16000", "pcm_16000")}], indirect=True)

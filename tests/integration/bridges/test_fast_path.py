@@ -24,8 +24,8 @@ from telepath.bridges.ws_socket import AgentSocket
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import sine_g711
 
-from .helpers import META, TIMEOUT_S, collect_until, wait_for
-from .test_custom_bridge import bridge_for
+from .helpers import META, TIMEOUT_S, collect_until, log_everything, wait_for
+from .test_custom_bridge import HEADERS, bridge_for
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +164,30 @@ async def test_through_an_http_proxy_frames_still_leave_in_order(
             await asyncio.wait_for(_events_until_terminal(bridge), TIMEOUT_S)
         finally:
             ws_module._proxy_for.cache_clear()
+
+
+async def test_through_an_http_proxy_no_header_is_logged_at_debug(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the proxied client is websockets' own connect, whose logger prints every header at DEBUG
+    log_everything(caplog)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    async with connect_proxy() as (port, targets), FakeTelepathAgent() as fake:
+        monkeypatch.setenv("ws_proxy", f"http://127.0.0.1:{port}")
+        ws_module._proxy_for.cache_clear()
+        try:
+            bridge = bridge_for(fake)
+            await bridge.start(META)
+            assert not isinstance(bridge._ws, AgentSocket)  # type: ignore[attr-defined]
+            await collect_until(bridge, AgentMark)
+            assert targets == [f"127.0.0.1:{fake.port}"]
+            await bridge.close()
+            await asyncio.wait_for(_events_until_terminal(bridge), TIMEOUT_S)
+        finally:
+            ws_module._proxy_for.cache_clear()
+    assert fake.handshakes[0].headers["authorization"] == HEADERS["Authorization"]
+    assert HEADERS["Authorization"] not in caplog.text
 
 
 def test_audio_messages_from_the_fake_are_what_the_shortcut_takes() -> None:

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
+    AgentAudio,
     AgentClear,
     AgentConnected,
     AgentDisconnected,
@@ -31,7 +32,7 @@ from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 
-from .helpers import META, assert_no_extra, audio_of, collect_until, wait_for
+from .helpers import META, assert_no_extra, audio_of, collect_until, log_everything, wait_for
 
 CLIENT = TypeAdapter[Any](RealtimeClientEvent)
 SERVER = TypeAdapter[Any](RealtimeServerEvent)
@@ -91,6 +92,20 @@ async def test_tone_agent_audio_both_ways_and_session_shape(fake: FakeOpenAIReal
     assert [t["name"] for t in session["tools"]] == ["end_call", "transfer_call"]
     assert fake.received[1]["type"] == "response.create"
     assert_sdk_valid(fake)
+
+
+async def test_the_api_key_is_not_logged_at_debug(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # websockets' own client logger prints every handshake header at DEBUG, Authorization too
+    log_everything(caplog)
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)
+    await bridge.close()
+    await collect_until(bridge)
+    assert fake.handshakes[0].headers["authorization"] == "Bearer sk-valid-test"
+    assert "sk-valid-test" not in caplog.text
 
 
 async def test_pcma_call_uses_pcma_both_ways(fake: FakeOpenAIRealtime) -> None:
@@ -183,17 +198,93 @@ async def test_barge_in_clears_and_truncates_at_played_audio(
         assert_sdk_valid(fake)
 
 
+class BargeInDuringTheSecondResponse(FakeOpenAIRealtime):
+    """The greeting plays out; the second response's first 500 ms, then the caller speaks."""
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        self.barge_in_after_ms = 500 if self._responses == 1 else None
+        await super()._respond(ws, metadata)
+
+
+def cuts(fake: FakeOpenAIRealtime) -> list[tuple[str, str, int | None]]:
+    """Every truncate and delete the bridge sent: (type, item, audio_end_ms)."""
+    return [
+        (e["type"], e["item_id"], e.get("audio_end_ms"))
+        for e in fake.received
+        if e["type"] in ("conversation.item.truncate", "conversation.item.delete")
+    ]
+
+
+async def test_barge_in_cuts_the_item_still_playing_not_only_the_newest() -> None:
+    """A digit's answer (item B) arrives while the greeting (item A, fully received) is still
+    being played: the caller who speaks 300 ms into A cuts A there (providers.md §2.7: clamp
+    to what was played of *that* item) and B, of which nothing was heard, goes."""
+    async with BargeInDuringTheSecondResponse(response_ms=1000) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META, playout=lambda: 300)
+        await collect_until(bridge, audio_ms=1000)  # A, queued for playout
+        await bridge.send_dtmf("5")
+        await collect_until(bridge, AgentClear)
+        await wait_for(lambda: any(cut[0] == "conversation.item.delete" for cut in cuts(fake)))
+        items = list(fake.item_audio_ms)
+        assert cuts(fake) == [
+            ("conversation.item.truncate", items[0], 300),
+            ("conversation.item.delete", items[1], None),
+        ]
+        assert fake.item_audio_ms[items[0]] == 1000
+        await bridge.close()
+        assert_sdk_valid(fake)
+
+
+class SpeechBeforeTheGreetingsFirstDelta(FakeOpenAIRealtime):
+    """The caller speaks between the greeting's ``response.created`` and its first delta: the
+    service cancels it (interrupt_response) but the deltas it had made still come, then
+    ``response.done`` (cancelled). Later responses play normally."""
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        self.barge_in_after_ms = 0 if self._responses == 0 else None
+        await super()._respond(ws, metadata)
+
+
+async def test_audio_of_the_response_active_at_barge_in_is_dropped_even_its_first() -> None:
+    async with SpeechBeforeTheGreetingsFirstDelta(response_ms=500) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentClear)
+        assert audio_of(events) == b""
+        await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+        await bridge.send_dtmf("5")  # the next response is heard
+        events = await collect_until(bridge, audio_ms=500)
+        items = {
+            e["response_id"]: e["item_id"]
+            for e in fake.sent
+            if e["type"] == "response.output_audio.delta"
+        }
+        _, answer = created_responses(fake)
+        assert len(items) == 2  # the cancelled greeting's late audio, and the answer
+        assert {e.segment for e in events if isinstance(e, AgentAudio)} == {items[answer["id"]]}
+        assert len(audio_of(events)) == 500 * 8
+        await bridge.close()
+        assert audio_of(await collect_until(bridge)) == b""
+        assert_sdk_valid(fake)
+
+
 class OddDeltaThenBargeIn(FakeOpenAIRealtime):
-    """A sample and a half of audio just before ``speech_started``; after the late deltas, a
-    new item's 500 ms of tone at 440 Hz."""
+    """A sample and a half of audio just before ``speech_started``; once the interrupted
+    response is done, the answer to the caller's turn — a new response, as server VAD starts
+    one — with 500 ms of tone at 440 Hz."""
 
     async def _barge_in(
         self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
     ) -> None:
         await self._delta(ws, response_id, item, b"\x10\x20\x30")
         await super()._barge_in(ws, response_id, item, sent_ms)
-        self.tone_hz = 440
-        await self._delta(ws, response_id, self._id("item"), self._tone(500, 0))
+
+    async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
+        await super()._respond(ws, metadata)
+        if self._responses == 1:
+            self.barge_in_after_ms, self.tone_hz, self.response_ms = None, 440, 500
+            await super()._respond(ws, None)
 
 
 async def test_the_turn_after_a_barge_in_is_not_shifted_by_a_byte() -> None:

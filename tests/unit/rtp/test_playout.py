@@ -145,6 +145,19 @@ def test_a_stall_drops_the_audio_it_should_have_played() -> None:
     assert playout.skipped_bytes == 320
 
 
+def test_audio_dropped_in_a_stall_counts_as_played_for_the_truncation_point() -> None:
+    """``played_ms`` is what ``Call.playout_ms`` (the bridges' barge-in cut) reads: audio a
+    stall passed over is behind the caller as much as audio sent, and ``flush`` already counts
+    it — a total without it put every later cut that much too early."""
+    playout = make()
+    playout.enqueue(b"\x01" * 480)  # 60 ms
+    playout.skip_frame()
+    playout.next_frame()
+    playout.next_frame()
+    assert playout.played_ms == 60
+    assert playout.flush()[0] == 60
+
+
 def test_a_stall_at_a_key_press_s_first_packet_keeps_the_press_its_own_timestamp() -> None:
     """The stall drops the press's first packet; the rest must still carry the press's own
     start (RFC 4733 §2.5.1.2) and a marker — with the previous press's timestamp they were

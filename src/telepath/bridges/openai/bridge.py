@@ -12,9 +12,14 @@ of G.711 on the provider's wire (48 against 8 kB/s each way).
 
 Barge-in (``reference/providers.md`` §2.7): on ``input_audio_buffer.speech_started`` the bridge
 reads the playout progress, emits ``AgentClear`` and sends ``conversation.item.truncate`` for
-the current assistant item with ``audio_end_ms`` = what the caller heard of that item, clamped
-to the audio received for it (``conversation.item.delete`` when nothing was heard). Late deltas
-of an interrupted item are dropped.
+each assistant item the clear cut short with ``audio_end_ms`` = what the caller heard of that
+item, clamped to the audio received for it (``conversation.item.delete`` when nothing was
+heard). That is not only the newest item: audio comes faster than real time, so a digit's or a
+tool's answer can arrive while an earlier item is still playing, and that one is where the
+caller stopped listening. Late deltas are dropped: those of an interrupted item, and any of
+the response active at the barge-in (server VAD's ``interrupt_response`` cancels it), even one
+whose first delta comes only after ``speech_started`` — no item of it was cut, yet it is as
+stale as the rest.
 
 Responses (``reference/providers.md`` §2.8): the service runs one response at a time and
 refuses a ``response.create`` while one is active (``conversation_already_has_active_response``).
@@ -39,6 +44,8 @@ import binascii
 import contextlib
 import json
 import logging
+from collections import deque
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from telepath.bridges.audio import AudioConverter, WireFormat, b64_decode, b64_encode
@@ -100,6 +107,20 @@ GOODBYE_INSTRUCTIONS = (
     "The call has reached its maximum length. Tell the caller briefly that you have to end "
     "the call now and say goodbye."
 )
+#: Assistant items since the last clear whose place in the playout is kept. The service runs
+#: one response at a time and the bridge asks for the next only when one is done, so more
+#: still queued at once would be minutes of speech; an older one has long been played.
+MAX_TRACKED_ITEMS = 16
+
+
+@dataclass(slots=True)
+class _Item:
+    """An assistant item's audio: where it starts in the playout and how much came."""
+
+    id: str
+    offset_ms: float  # agent audio emitted (since the last clear) before it began
+    received_ms: float = 0.0
+    done: bool = False  # response.output_audio.done seen for it
 
 
 class OpenAIRealtimeBridge(WebSocketBridge):
@@ -125,12 +146,10 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         self._seq = 0
         self._session_update_id = ""
         self._best_effort_ids: set[str] = set()
-        self._item: str | None = None  # assistant item currently playing
-        self._item_offset_ms = 0.0  # emitted ms (since last clear) when that item began
-        self._item_received_ms = 0.0
-        self._item_done = False  # response.output_audio.done seen for that item
+        self._items: deque[_Item] = deque(maxlen=MAX_TRACKED_ITEMS)  # since the last clear
         self._emitted_ms = 0.0  # agent audio emitted since the last clear
-        self._interrupted: set[str] = set()
+        self._interrupted: set[str] = set()  # items cut at a barge-in
+        self._cut_responses: set[str] = set()  # active at a barge-in, until their response.done
         self._goodbye_pending = False
         self._response_id: str | None = None  # the service's active response
         self._starting = False  # a response.create of ours not yet followed by response.created
@@ -271,8 +290,9 @@ class OpenAIRealtimeBridge(WebSocketBridge):
             case ev.SpeechStarted():
                 await self._on_speech_started()
             case ev.ResponseOutputAudioDone():
-                if event.item_id == self._item:
-                    self._item_done = True
+                for item in self._items:
+                    if item.id == event.item_id:
+                        item.done = True
             case ev.SessionUpdated():
                 await self._on_session_updated(event)
             case ev.ResponseCreated():
@@ -303,19 +323,16 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._emit(AgentConnected(self.provider))
 
     async def _on_audio(self, event: ev.ResponseOutputAudioDelta) -> None:
-        if event.item_id in self._interrupted:
+        if event.item_id in self._interrupted or event.response_id in self._cut_responses:
             return  # late audio of an answer the caller already talked over
         try:
             payload = b64_decode(event.delta)
         except binascii.Error:
             raise BridgeProtocolError("malformed audio delta: not base64") from None
-        if event.item_id != self._item:
-            self._item = event.item_id
-            self._item_offset_ms = self._emitted_ms
-            self._item_received_ms = 0.0
-            self._item_done = False
+        if not self._items or self._items[-1].id != event.item_id:
+            self._items.append(_Item(event.item_id, self._emitted_ms))
         ms = len(payload) / self._bytes_per_ms
-        self._item_received_ms += ms
+        self._items[-1].received_ms += ms
         self._emitted_ms += ms
         if self._estimator is not None:
             self._estimator.emitted(ms)
@@ -330,26 +347,31 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         if self._converter is not None:  # the next item starts on a whole sample, no filter tail
             self._converter.restart_from_agent()
         await self._emit(AgentClear())
-        item = self._item
-        self._item = None
+        if self._response_id is not None:
+            self._cut_responses.add(self._response_id)
+        items = list(self._items)
+        self._items.clear()
         self._emitted_ms = 0.0
         if self._estimator is not None:
             self._estimator.cleared()
-        if item is None:
-            return
-        heard = min(max(0.0, played_total - self._item_offset_ms), self._item_received_ms)
-        if self._item_done and heard >= self._item_received_ms:
+        for item in items:
+            await self._cut(item, played_total)
+
+    async def _cut(self, item: _Item, played_total: float) -> None:
+        """Truncate ``item`` at what the caller heard of it, or delete it if nothing was."""
+        heard = min(max(0.0, played_total - item.offset_ms), item.received_ms)
+        if item.done and heard >= item.received_ms:
             return  # complete and fully played before the caller spoke: nothing to cut
-        self._interrupted.add(item)
+        self._interrupted.add(item.id)
         if heard < 1:
             # truncating at 0 ms is rejected by the service; drop the unheard item instead
             await self._send_event(
-                ev.ConversationItemDelete(event_id=self._best_effort_id(), item_id=item)
+                ev.ConversationItemDelete(event_id=self._best_effort_id(), item_id=item.id)
             )
             return
         await self._send_event(
             ev.ConversationItemTruncate(
-                event_id=self._best_effort_id(), item_id=item, audio_end_ms=int(heard)
+                event_id=self._best_effort_id(), item_id=item.id, audio_end_ms=int(heard)
             )
         )
 
@@ -382,6 +404,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         response = event.response
         if response.id is None or response.id == self._response_id:
             self._response_id = None
+        self._cut_responses.discard(response.id or "")  # its last event: no more deltas
         calls = self._calls.pop(response.id or "", [])
         if response.status == "completed":
             for call in calls:
