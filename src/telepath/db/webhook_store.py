@@ -308,6 +308,22 @@ class WebhookRepository:
             ],
         )
 
+    async def release(self, claims: Sequence[Claimed], now: datetime) -> None:
+        """Make claimed deliveries due at ``now`` (their attempts cut off: a stop), those whose
+        row still carries the claim's lease — as ``record_attempts``, never another claim's."""
+        if not claims:
+            return
+        await self.session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.id == bindparam("b_id"),
+                DELIVERIES.c.status == PENDING,
+                DELIVERIES.c.next_attempt_at == bindparam("b_leased_until"),
+            )
+            .values(next_attempt_at=now),
+            [{"b_id": c.delivery_id, "b_leased_until": c.leased_until} for c in claims],
+        )
+
     async def prune(self, settled_before: datetime) -> int:
         """Delete delivered and failed deliveries whose last attempt was before
         ``settled_before``; pending ones are kept however old. Returns how many were deleted."""

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from telepath.cli import gateway as gateway_module
+from telepath.cli.gateway import start_gateway
+from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.models import WebhookDelivery
@@ -231,6 +234,70 @@ async def test_a_crashed_claim_is_retried_after_its_lease(
         clock.advance(71)
         assert await dispatcher.run_once() == 1
     assert len(receiver.requests) == 1
+
+
+async def _first_request(receiver: Receiver) -> None:
+    for _ in range(500):
+        if receiver.requests:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("no request")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_delivery_in_flight_at_a_gateway_stop_finishes_and_its_outcome_is_stored(
+    api: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop let the dispatcher finish for 5 s, as any background task, then cancelled it:
+    a delivery to an endpoint taking longer was cut off, its row stayed leased (2 × timeout +
+    30 s), and it was sent again after a restart though the receiver had processed it. It
+    may take up to the webhook timeout."""
+    monkeypatch.setattr(gateway_module, "TASK_STOP_S", 0.1)  # every other task's bound
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        gateway = await start_gateway(
+            settings.model_copy(update={"sip_host": "127.0.0.1", "sip_port": 0}), api.state
+        )
+        await _first_request(receiver)
+
+        async def answer_late() -> None:
+            await gateway.stop_event.wait()
+            await asyncio.sleep(0.3)  # past TASK_STOP_S, well within the webhook timeout
+            gate.set()
+
+        answering = asyncio.create_task(answer_late())
+        await gateway.stop(0)
+        await answering
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 200)
+    assert len(receiver.requests) == 1
+
+
+async def test_a_delivery_cut_off_at_a_stop_is_due_again_at_once(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """One still in flight when the stop's grace runs out is cancelled and its lease released:
+    the next start sends it at once rather than after the lease (at least once)."""
+    gate = threading.Event()  # the endpoint does not answer until the end
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(stop_grace_s=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        await _first_request(receiver)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        [row] = await rows(api)
+        assert (row.status, row.attempts) == ("pending", 0)  # not counted: its outcome unknown
+        assert row.next_attempt_at <= utcnow()
+        gate.set()
+        assert await make_dispatcher().run_once() == 1  # a new process: no lease to wait out
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 200)
+    assert len(receiver.requests) == 2
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # several instances
