@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from telepath.cli import gateway as gateway_module
@@ -320,6 +321,46 @@ async def test_two_instances_claiming_at_once_take_disjoint_deliveries(api: Api)
         await second.commit()
     assert len(mine) == 4 and len(theirs) == 2
     assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
+
+
+async def test_a_claim_racing_another_never_takes_its_deliveries(api: Api) -> None:
+    """Two claims at once, the second begun before the first commits: it takes none of the
+    first's deliveries. On SQLite its read of the due rows ran outside its transaction, before
+    the first's lease was committed, and its lease then re-leased the same rows: sent twice
+    (two processes on one SQLite file, e.g. an old run still draining beside a new one)."""
+    await subscribe(api, "http://127.0.0.1:9/hook", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    account = await account_of(api)
+    for _ in range(3):
+        await sink.emit(account, "call.ended", PAYLOAD)
+    now = utcnow()
+    leasing = asyncio.Event()
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE webhook_deliveries"):
+            leasing.set()  # the second has read the due rows and waits to lease them
+
+    engine = api.state.engine.sync_engine
+    async with api.state.sessions() as first, api.state.sessions() as second:
+        mine = await WebhookRepository(first).claim_due(now, limit=10, lease=timedelta(seconds=70))
+        sa_event.listen(engine, "before_cursor_execute", on_statement)
+        try:
+            theirs_task = asyncio.create_task(
+                WebhookRepository(second).claim_due(now, limit=10, lease=timedelta(seconds=70))
+            )
+            # SQLite: its lease waits for the first's write lock; PostgreSQL: SKIP LOCKED
+            waiting = asyncio.ensure_future(leasing.wait())
+            async with asyncio.timeout(10):
+                await asyncio.wait({theirs_task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            await first.commit()
+            async with asyncio.timeout(10):
+                theirs = await theirs_task
+            await second.commit()
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", on_statement)
+    assert len(mine) == 3
+    assert theirs == []
 
 
 async def test_only_subscribed_endpoints_of_the_account_get_events(
