@@ -49,6 +49,7 @@ from telepath.webhooks.sink import DbEventSink
 
 log = logging.getLogger(__name__)
 
+TASK_STOP_S = 5.0  # at shutdown: how long a background task may take to end once told to
 WRITERS_CLOSE_S = 5.0  # at shutdown: the last attempt for writes kept through a database outage
 
 
@@ -158,6 +159,7 @@ class Gateway:
     instance_id: str | None = None  # its heartbeat row goes once its calls have ended
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    delivering: asyncio.Task[None] | None = None  # the webhook dispatcher's, one of ``tasks``
     beats: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at the end
     # call records and webhook events, with the writes they keep through a database outage
     writers: tuple[DbCallRecorder, DbEventSink] | None = None
@@ -203,8 +205,13 @@ class Gateway:
         await self.server.stop()
         self.stop_event.set()
         for task in self.tasks:
+            limit = TASK_STOP_S
+            if task is self.delivering:
+                # deliveries in flight may finish (and their outcomes be stored): one cut off
+                # stays leased, and a restart sends it again though the receiver may have it
+                limit += self.dispatcher.stop_grace_s
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, 5)
+                await asyncio.wait_for(task, limit)
         for task in self.beats:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -378,7 +385,8 @@ async def start_gateway(
     if role is not None:
         log.info("SIP worker %d serving its calls", role.index)
         return gateway
-    gateway.tasks.append(loop.create_task(dispatcher.run(gateway.stop_event)))
+    gateway.delivering = loop.create_task(dispatcher.run(gateway.stop_event))
+    gateway.tasks.append(gateway.delivering)
     registrations = Registrations(
         DbRegistrationStore(state.sessions, state.keyring),
         core,

@@ -374,12 +374,19 @@ class DbCallRecorder:
         raise RuntimeError("call record upsert lost twice")
 
 
+PURGE_BATCH = 500  # records purged per transaction
+# SQLite's longest wait between two tries of a writer waiting for the lock (its default busy
+# handler): a pause this long lets any waiting writer in.
+PURGE_PAUSE_MAX_S = 0.1
+
+
 async def purge_call_details(
     sessions: async_sessionmaker[AsyncSession],
     older_than: timedelta,
     *,
     open_after: timedelta | None,
     now: datetime | None = None,
+    batch_size: int = PURGE_BATCH,
 ) -> int:
     """Drop ``sip_trace``, ``turns`` and ``media`` of calls that ended more than ``older_than``
     ago.
@@ -389,6 +396,11 @@ async def purge_call_details(
     then it is an orphan (its process stopped mid-call) and ages from its start, by the longer
     of the two. ``open_after`` None (no cap on a call's length): open records are kept.
     Aggregates (times, duration, reason, metrics) are kept. Returns the number of records purged.
+
+    ``batch_size`` records at a time, each batch its own transaction, with a pause as long as
+    the batch took (at most ``PURGE_PAUSE_MAX_S``) after it: on SQLite a transaction holds the
+    database's write lock, and a backlog (the first sweep after a long stop, a lowered
+    retention) purged at once would hold up every call record write past its timeout.
     """
     current = now or utcnow()
     cutoff = current - older_than
@@ -404,15 +416,27 @@ async def purge_call_details(
             ),
         )
     )
-    async with sessions() as session:
-        result = await session.execute(
-            update(CallRow)
-            .where(CallRow.detail_purged_at.is_(None), expired)
-            .values(turns=None, sip_trace=None, media=None, detail_purged_at=current)
-            .execution_options(synchronize_session=False)
-        )
-        await session.commit()
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    unpurged = CallRow.detail_purged_at.is_(None)  # ``ix_calls_unpurged_end``'s condition
+    batch = select(CallRow.id).where(unpurged, expired).limit(batch_size)
+    purge = (
+        update(CallRow)
+        # ``unpurged`` again: rechecked on a row another sweep purged meanwhile (PostgreSQL)
+        .where(unpurged, CallRow.id.in_(batch))
+        .values(turns=None, sip_trace=None, media=None, detail_purged_at=current)
+        .execution_options(synchronize_session=False)
+    )
+    loop = asyncio.get_running_loop()
+    total = 0
+    while True:
+        began = loop.time()
+        async with sessions() as session:
+            result = await session.execute(purge)
+            await session.commit()
+        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        total += count
+        if count < batch_size:
+            return total
+        await asyncio.sleep(min(loop.time() - began, PURGE_PAUSE_MAX_S))
 
 
 LOST_AFTER_MAX_DURATION = timedelta(minutes=10)  # set-up, drain and clock slack past the cap

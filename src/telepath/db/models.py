@@ -213,6 +213,15 @@ class CallRow(Base):
         # today (GET /v1/trunks metrics: one range scan per trunk).
         Index("ix_calls_account_trunk_start", "account_id", "trunk_id", "start_time"),
         Index("ix_calls_end_time", "end_time"),
+        # The records whose detail the retention sweep may still purge, by end. Partial: a
+        # purged record stays past the cutoff for good (its aggregates are kept), and the sweep
+        # must not read all past calls every round to skip them.
+        Index(
+            "ix_calls_unpurged_end",
+            "end_time",
+            sqlite_where=text("detail_purged_at IS NULL"),
+            postgresql_where=text("detail_purged_at IS NULL"),
+        ),
         # Open records by the process that holds them: a process that died leaves some, which
         # its successor closes at once (``close_instance_calls``). Partial: ended calls are
         # the bulk of the table and are never looked up this way.

@@ -3,9 +3,10 @@
 The outbox is claimed with a lease: a claimed row's ``next_attempt_at`` moves past the delivery
 timeout, so a process that dies mid-delivery leaves the row to be retried after a restart (at
 least once; receivers de-duplicate on the event id). PostgreSQL claims with ``SKIP LOCKED`` so
-several dispatchers never claim the same row. An outcome is stored only if the row still carries
-the lease its claim set: a late one, after the lease ran out and the row was claimed again, is
-dropped rather than written over the newer claim.
+several dispatchers never claim the same row; a lease is taken only on a row still due, so two
+claims at once on one SQLite file never take the same row either. An outcome is stored only if
+the row still carries the lease its claim set: a late one, after the lease ran out and the row
+was claimed again, is dropped rather than written over the newer claim.
 """
 
 from __future__ import annotations
@@ -250,16 +251,42 @@ class WebhookRepository:
                     )
                 )
             if picked:  # leased: no longer due, so not found again by the next query
-                await self.session.execute(
-                    update(WebhookDelivery)
-                    .where(WebhookDelivery.id.in_([c.delivery_id for c in picked]))
-                    .values(next_attempt_at=now + lease)
-                    .execution_options(synchronize_session=False)
-                )
-                claimed.extend(picked)
+                leased = await self._lease(picked, now, lease)
+                ours = {c.delivery_id for c in leased}
+                for c in picked:
+                    if c.delivery_id not in ours:  # another claimer's: not in our share
+                        taken[c.endpoint_id] -= 1
+                claimed.extend(leased)
             if len(found) < window:
                 break  # nothing more is due
         return claimed
+
+    async def _lease(
+        self, picked: Sequence[Claimed], now: datetime, lease: timedelta
+    ) -> list[Claimed]:
+        """Lease the ``picked`` rows that are still due; returns those leased.
+
+        Still due: on SQLite the rows were read outside this transaction (the driver begins
+        one at the first write), so another process's claim may have leased them since; this
+        one statement, taking the write lock, checks and leases at once, and RETURNING says
+        which were ours. PostgreSQL locked them as they were read (``FOR UPDATE``): all are.
+        A SQLite older than 3.35 (no RETURNING) leases as before, taking all as its own —
+        SQLite is for one instance, with one dispatcher."""
+        statement = (
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.id.in_([c.delivery_id for c in picked]),
+                DELIVERIES.c.status == PENDING,
+                DELIVERIES.c.next_attempt_at <= now,
+            )
+            .values(next_attempt_at=now + lease)
+        )
+        if not self.session.get_bind().dialect.update_returning:
+            await self.session.execute(statement)
+            return list(picked)
+        result = await self.session.execute(statement.returning(DELIVERIES.c.id))
+        leased = set(result.scalars().all())
+        return [c for c in picked if c.delivery_id in leased]
 
     async def record_attempts(self, outcomes: Sequence[Outcome]) -> None:
         """Store the outcomes of attempts: one Core UPDATE by id, executed for each row. A row
@@ -306,6 +333,22 @@ class WebhookRepository:
                 }
                 for o in outcomes
             ],
+        )
+
+    async def release(self, claims: Sequence[Claimed], now: datetime) -> None:
+        """Make claimed deliveries due at ``now`` (their attempts cut off: a stop), those whose
+        row still carries the claim's lease — as ``record_attempts``, never another claim's."""
+        if not claims:
+            return
+        await self.session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.id == bindparam("b_id"),
+                DELIVERIES.c.status == PENDING,
+                DELIVERIES.c.next_attempt_at == bindparam("b_leased_until"),
+            )
+            .values(next_attempt_at=now),
+            [{"b_id": c.delivery_id, "b_leased_until": c.leased_until} for c in claims],
         )
 
     async def prune(self, settled_before: datetime) -> int:

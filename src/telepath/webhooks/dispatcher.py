@@ -64,6 +64,7 @@ ERROR_MAX_CHARS = 200
 # of a receiver's answer, read (and ignored) to keep the connection for the next delivery
 MAX_ANSWER_BYTES = 64 * 1024
 ANSWER_READ_S = 1.0
+RELEASE_S = 5.0  # at a stop: the longest the leases of cut-off deliveries are waited on
 SECRET_HOLD_S = 60.0  # a delivery whose signing secret cannot be decrypted: looked at again
 UNDECRYPTABLE = "signing secret cannot be decrypted with the current master key"
 RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
@@ -114,6 +115,9 @@ class WebhookDispatcher:
         concurrency: requests in flight at once.
         endpoint_concurrency: requests in flight at once to one endpoint, so that one that
             answers slowly or never cannot take every slot.
+        stop_grace_s: at a stop, how long the deliveries in flight may still take (default
+            ``timeout_s``: each ends within it anyway); those cut off after it are due again
+            at once.
         now: the wall clock (UTC, aware), replaceable in tests.
     """
 
@@ -131,6 +135,7 @@ class WebhookDispatcher:
         poll_interval_s: float = 1.0,
         concurrency: int = 16,
         endpoint_concurrency: int = 4,
+        stop_grace_s: float | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
@@ -147,6 +152,7 @@ class WebhookDispatcher:
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._poll_interval_s = poll_interval_s
+        self.stop_grace_s = timeout_s if stop_grace_s is None else stop_grace_s
         self._now = now
         self._wakeup = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest pending delivery's due time
@@ -214,16 +220,25 @@ class WebhookDispatcher:
         share of the slots and no more; the rest go on. Since a claimed delivery is sent at
         once, its lease (``2 * timeout_s + 30`` s) covers its send (at most ``timeout_s``) and
         the storing of its outcome. Returns when nothing is in flight and nothing more could
-        be claimed (or ``stop_event`` is set: then no more is claimed).
+        be claimed.
+
+        Once ``stop_event`` is set nothing more is claimed, and the deliveries in flight get
+        ``stop_grace_s`` to finish and have their outcomes stored: one cut off would stay
+        leased, and be sent again after a restart though the receiver may have processed it.
+        Those still in flight after it (or when this is cancelled) are cancelled and their
+        leases released (:meth:`_release`).
         """
+        loop = asyncio.get_running_loop()
         total = 0
+        cutoff: float | None = None  # once stopping: when the deliveries in flight are cut off
         in_flight: dict[asyncio.Task[Outcome], Claimed] = {}
         # outcomes not stored yet: a database error kept them (from this round or the last)
         finished, self._unstored = self._unstored, []
         try:
             while True:
-                stopping = stop_event is not None and stop_event.is_set()
-                free = 0 if stopping else self._concurrency - len(in_flight)
+                if cutoff is None and stop_event is not None and stop_event.is_set():
+                    cutoff = loop.time() + self.stop_grace_s
+                free = 0 if cutoff is not None else self._concurrency - len(in_flight)
                 claimed: list[Claimed] = []
                 if free > 0 or finished:
                     try:
@@ -247,7 +262,10 @@ class WebhookDispatcher:
                 total += len(claimed)
                 if not in_flight:
                     return total
-                for task in await self._until_next(in_flight, stopping):
+                ended = await self._until_next(in_flight, stop_event, cutoff)
+                if not ended and cutoff is not None and loop.time() >= cutoff:
+                    return total  # the grace is over: the rest are cut off below
+                for task in ended:
                     del in_flight[task]
                     finished.append(task.result())
         finally:
@@ -255,29 +273,62 @@ class WebhookDispatcher:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+                await self._release(list(in_flight.values()))
 
     async def _until_next(
-        self, in_flight: dict[asyncio.Task[Outcome], Claimed], stopping: bool
+        self,
+        in_flight: dict[asyncio.Task[Outcome], Claimed],
+        stop_event: asyncio.Event | None,
+        cutoff: float | None,
     ) -> set[asyncio.Task[Outcome]]:
-        """Wait until a delivery in flight ends — or, with a slot free, until a wake (an
-        event written) or the poll interval: deliveries held by a slow endpoint must not
-        hold up the claim of new ones for the free slots. Returns the deliveries ended."""
-        if stopping or len(in_flight) >= self._concurrency:
-            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        """Wait until a delivery in flight ends — or a stop (the grace then starts at once),
+        or, with a slot free, until a wake (an event written) or the poll interval:
+        deliveries held by a slow endpoint must not hold up the claim of new ones for the
+        free slots. Stopping (``cutoff`` set), only until ``cutoff``. Returns the deliveries
+        ended."""
+        if cutoff is not None:
+            timeout = max(0.0, cutoff - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait(
+                in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             return done
-        wake = asyncio.ensure_future(self._wakeup.wait())
-        waiting: set[asyncio.Future[Any]] = {*in_flight, wake}
+        signals: list[asyncio.Future[Any]] = []
+        if stop_event is not None:
+            signals.append(asyncio.ensure_future(stop_event.wait()))
+        slot_free = len(in_flight) < self._concurrency
+        if slot_free:
+            signals.append(asyncio.ensure_future(self._wakeup.wait()))
         try:
             ready, _ = await asyncio.wait(
-                waiting,
-                timeout=self._poll_interval_s,
+                {*in_flight, *signals},
+                timeout=self._poll_interval_s if slot_free else None,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            wake.cancel()
-            await asyncio.gather(wake, return_exceptions=True)
-        self._wakeup.clear()
+            for signal in signals:
+                signal.cancel()
+            await asyncio.gather(*signals, return_exceptions=True)
+        if slot_free:
+            self._wakeup.clear()
         return {task for task in in_flight if task in ready}
+
+    async def _release(self, cut: Sequence[Claimed]) -> None:
+        """Make deliveries cut off mid-request due again at once, rather than when their lease
+        runs out (``2 * timeout_s + 30`` s after the claim): the next start, or another
+        instance, sends them again without waiting — at least once, as the receiver may have
+        processed them. Not counted as attempts (their outcome is unknown). Best effort: an
+        error leaves the leases to run out."""
+        try:
+            async with asyncio.timeout(RELEASE_S):
+                async with self._sessions() as session:
+                    await WebhookRepository(session).release(cut, self._now())
+                    await session.commit()
+        except Exception as exc:
+            logger.warning(
+                "%d webhook delivery lease(s) not released (%s): retried when they run out",
+                len(cut),
+                type(exc).__name__,
+            )
 
     async def _exchange(
         self, finished: Sequence[Outcome], free: int, in_flight: Iterable[Claimed]

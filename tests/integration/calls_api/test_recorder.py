@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import String, func, select, text
+from sqlalchemy import String, event, func, select, text
 
 from telepath.calls.model import CallStatus, DisconnectReason
 from telepath.config import Settings
@@ -176,6 +176,71 @@ async def test_purge_drops_detail_and_keeps_aggregates(api: Api) -> None:
     again = (await api.get(f"/v1/calls/{old.id}")).json()
     assert again["duration_seconds"] == 7
     assert (again["sip_trace"], again["turns"], again["media"]) == (None, [], None)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_purge_reads_only_records_not_purged_yet(api: Api) -> None:
+    """Purged records stay past the cutoff for good (their aggregates are kept): a sweep that
+    read them by ``end_time`` alone would read every past call, every round."""
+    plans: list[list[str]] = []
+
+    def explain(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith("UPDATE calls"):
+            cursor = conn.connection.cursor()
+            cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.append([str(row[3]) for row in cursor.fetchall()])
+            cursor.close()
+
+    engine = api.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        for open_after in (None, LONGEST_CALL):
+            await purge_call_details(api.state.sessions, timedelta(hours=72), open_after=open_after)
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    ended_only, with_orphans = plans
+    by_end = "SEARCH calls USING INDEX ix_calls_unpurged_end (end_time<?)"
+    assert by_end in ended_only
+    assert by_end in with_orphans
+    assert "SEARCH calls USING INDEX ix_calls_unpurged_end (end_time=?)" in with_orphans
+    assert not [step for plan in plans for step in plan if step.startswith("SCAN")]
+    assert not [step for plan in plans for step in plan if "ix_calls_end_time" in step]
+
+
+async def test_a_backlog_is_purged_in_batches_each_its_own_transaction(api: Api) -> None:
+    """On SQLite the purge holds the database's write lock: one batch at a time, so the call
+    records written meanwhile wait for a batch, never for the whole backlog."""
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    old = [ended(started(account, start=utcnow() - timedelta(hours=100))) for _ in range(5)]
+    for record in old:
+        await recorder.call_ended(record)
+    steps: list[str] = []
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE calls"):
+            steps.append("update")
+
+    def on_commit(_conn: Any) -> None:
+        steps.append("commit")
+
+    engine = api.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "commit", on_commit)
+    try:
+        purged = await purge_call_details(
+            api.state.sessions, timedelta(hours=72), open_after=None, batch_size=2
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "commit", on_commit)
+    assert purged == 5
+    assert steps == ["update", "commit"] * 3  # 2, 2, then the last 1
+    async with api.state.sessions() as session:
+        kept = await session.scalar(
+            select(func.count()).select_from(CallRow).where(CallRow.detail_purged_at.is_(None))
+        )
+    assert kept == 0
 
 
 async def test_retention_loop_purges_and_stops(api: Api, settings: Settings) -> None:

@@ -27,9 +27,8 @@ def _differences(conn: Connection) -> list[Any]:
         return list(compare_metadata(context, Base.metadata))
 
 
-def _open_instance_index(conn: Connection) -> dict[str, Any]:
-    indexes = {i["name"]: i for i in inspect(conn).get_indexes("calls")}
-    return dict(indexes["ix_calls_open_instance"])
+def _calls_indexes(conn: Connection) -> dict[str, dict[str, Any]]:
+    return {str(i["name"]): dict(i) for i in inspect(conn).get_indexes("calls")}
 
 
 async def test_migrated_schema_matches_the_models(settings: Settings) -> None:
@@ -38,9 +37,14 @@ async def test_migrated_schema_matches_the_models(settings: Settings) -> None:
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            index = await conn.run_sync(_open_instance_index)
+            indexes = await conn.run_sync(_calls_indexes)
+        index = indexes["ix_calls_open_instance"]
         assert index["column_names"] == ["instance_id"]
-        if engine.dialect.name == "postgresql":  # partial: only open records are indexed
+        unpurged = indexes["ix_calls_unpurged_end"]
+        assert unpurged["column_names"] == ["end_time"]
+        if engine.dialect.name == "postgresql":  # partial: only open / unpurged records
             assert "end_time IS NULL" in str(index["dialect_options"]["postgresql_where"])
+            where = str(unpurged["dialect_options"]["postgresql_where"])
+            assert "detail_purged_at IS NULL" in where
     finally:
         await engine.dispose()

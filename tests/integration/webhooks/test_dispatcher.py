@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
+from telepath.cli import gateway as gateway_module
+from telepath.cli.gateway import start_gateway
+from telepath.config import Settings
 from telepath.db.base import utcnow
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.models import WebhookDelivery
@@ -233,6 +237,70 @@ async def test_a_crashed_claim_is_retried_after_its_lease(
     assert len(receiver.requests) == 1
 
 
+async def _first_request(receiver: Receiver) -> None:
+    for _ in range(500):
+        if receiver.requests:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("no request")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_delivery_in_flight_at_a_gateway_stop_finishes_and_its_outcome_is_stored(
+    api: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop let the dispatcher finish for 5 s, as any background task, then cancelled it:
+    a delivery to an endpoint taking longer was cut off, its row stayed leased (2 × timeout +
+    30 s), and it was sent again after a restart though the receiver had processed it. It
+    may take up to the webhook timeout."""
+    monkeypatch.setattr(gateway_module, "TASK_STOP_S", 0.1)  # every other task's bound
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        gateway = await start_gateway(
+            settings.model_copy(update={"sip_host": "127.0.0.1", "sip_port": 0}), api.state
+        )
+        await _first_request(receiver)
+
+        async def answer_late() -> None:
+            await gateway.stop_event.wait()
+            await asyncio.sleep(0.3)  # past TASK_STOP_S, well within the webhook timeout
+            gate.set()
+
+        answering = asyncio.create_task(answer_late())
+        await gateway.stop(0)
+        await answering
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 200)
+    assert len(receiver.requests) == 1
+
+
+async def test_a_delivery_cut_off_at_a_stop_is_due_again_at_once(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """One still in flight when the stop's grace runs out is cancelled and its lease released:
+    the next start sends it at once rather than after the lease (at least once)."""
+    gate = threading.Event()  # the endpoint does not answer until the end
+    with running(Receiver(gate=gate)) as receiver:
+        await subscribe(api, receiver.url, ["*"])
+        await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(stop_grace_s=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        await _first_request(receiver)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        [row] = await rows(api)
+        assert (row.status, row.attempts) == ("pending", 0)  # not counted: its outcome unknown
+        assert row.next_attempt_at <= utcnow()
+        gate.set()
+        assert await make_dispatcher().run_once() == 1  # a new process: no lease to wait out
+    [row] = await rows(api)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 200)
+    assert len(receiver.requests) == 2
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # several instances
 async def test_two_instances_claiming_at_once_take_disjoint_deliveries(api: Api) -> None:
     """Several instances on one PostgreSQL database: a dispatcher's claim skips the rows another
@@ -253,6 +321,46 @@ async def test_two_instances_claiming_at_once_take_disjoint_deliveries(api: Api)
         await second.commit()
     assert len(mine) == 4 and len(theirs) == 2
     assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
+
+
+async def test_a_claim_racing_another_never_takes_its_deliveries(api: Api) -> None:
+    """Two claims at once, the second begun before the first commits: it takes none of the
+    first's deliveries. On SQLite its read of the due rows ran outside its transaction, before
+    the first's lease was committed, and its lease then re-leased the same rows: sent twice
+    (two processes on one SQLite file, e.g. an old run still draining beside a new one)."""
+    await subscribe(api, "http://127.0.0.1:9/hook", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    account = await account_of(api)
+    for _ in range(3):
+        await sink.emit(account, "call.ended", PAYLOAD)
+    now = utcnow()
+    leasing = asyncio.Event()
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE webhook_deliveries"):
+            leasing.set()  # the second has read the due rows and waits to lease them
+
+    engine = api.state.engine.sync_engine
+    async with api.state.sessions() as first, api.state.sessions() as second:
+        mine = await WebhookRepository(first).claim_due(now, limit=10, lease=timedelta(seconds=70))
+        sa_event.listen(engine, "before_cursor_execute", on_statement)
+        try:
+            theirs_task = asyncio.create_task(
+                WebhookRepository(second).claim_due(now, limit=10, lease=timedelta(seconds=70))
+            )
+            # SQLite: its lease waits for the first's write lock; PostgreSQL: SKIP LOCKED
+            waiting = asyncio.ensure_future(leasing.wait())
+            async with asyncio.timeout(10):
+                await asyncio.wait({theirs_task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            await first.commit()
+            async with asyncio.timeout(10):
+                theirs = await theirs_task
+            await second.commit()
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", on_statement)
+    assert len(mine) == 3
+    assert theirs == []
 
 
 async def test_only_subscribed_endpoints_of_the_account_get_events(
