@@ -2,11 +2,12 @@
 events out. Pure: the transport feeds bytes and time, and sends what comes back.
 
 What the core decides on its own: transaction matching and retransmissions, 100 Trying, CANCEL
-(§9.2), in-dialog routing and CSeq checks (§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards,
-``Require`` (§8.2.2.3), RFC 4028 session timers and 405/481 answers. What it hands to the
-application (call control) as events: a new INVITE (authenticate, route, answer or reject), a
-REGISTER (authenticate and answer, §10.3), re-offers (re-INVITE/UPDATE, to be answered with
-SDP), call confirmation and ends, DTMF, and the progress of a transfer we asked for.
+(§9.2) and a BYE on the early dialog of our 1xx (§15.1.2), in-dialog routing and CSeq checks
+(§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards, ``Require`` (§8.2.2.3), RFC 4028 session
+timers and 405/481 answers. What it hands to the application (call control) as events: a new
+INVITE (authenticate, route, answer or reject), a REGISTER (authenticate and answer, §10.3),
+re-offers (re-INVITE/UPDATE, to be answered with SDP), call confirmation and ends, DTMF, and
+the progress of a transfer we asked for.
 
 Session timers (RFC 4028): the caller refreshes unless it asks us to (``refresher=uas``) or
 cannot (no ``Supported: timer`` behind a proxy that asked for a timer); then we refresh at half
@@ -227,6 +228,9 @@ class UserAgentCore:
         self._ack_fallback: dict[tuple[str, str, int, str], ServerTransaction] = {}
         # INVITE server transactions by (Call-ID, From tag, CSeq): merged requests (§8.2.2.2)
         self._invites: dict[tuple[str, str, int], ServerTransaction] = {}
+        # Early dialogs (§12.1.1: a 1xx with our To tag) by dialog id, each its INVITE's server
+        # transaction: the caller may end one with BYE (§15), which matches no dialog yet.
+        self._early: dict[tuple[str, str, str], ServerTransaction] = {}
 
     # ---------------------------------------------------------------- transport-facing API
 
@@ -402,6 +406,8 @@ class UserAgentCore:
             extra = _record_route(tx.request) + self._with_contact(
                 extra, tx.source, _secure(tx.request), contact_address
             )
+            assert to_tag is not None
+            self._early[(tx.request.call_id, to_tag, _from_tag(tx.request))] = tx
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )
@@ -529,6 +535,8 @@ class UserAgentCore:
                 self._ack_fallback.pop(_ack_key(tx.request, tx.to_tag), None)
             if tx.is_invite and self._invites.get(_merge_key(tx.request)) is tx:
                 del self._invites[_merge_key(tx.request)]
+            if tx.is_invite and tx.to_tag is not None:
+                self._early.pop((tx.request.call_id, tx.to_tag, _from_tag(tx.request)), None)
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
         if tx in self._standalone:
@@ -641,6 +649,8 @@ class UserAgentCore:
     def _on_in_dialog(self, tx: ServerTransaction) -> None:
         request = tx.request
         dialog = self._dialog_of(request)
+        if dialog is None and request.method == "BYE" and self._on_early_bye(tx):
+            return
         if dialog is None or dialog.state == DialogState.TERMINATED:
             self._respond(tx, 481)
             return
@@ -694,6 +704,21 @@ class UserAgentCore:
                 self._out.append(ReferUpdate(dialog, status, status >= 200))
         else:
             self._respond(tx, _not_allowed(request.method))
+
+    def _on_early_bye(self, tx: ServerTransaction) -> bool:
+        """A BYE on the early dialog of an INVITE still unanswered (RFC 3261 §15: the caller
+        MAY end an early dialog with BYE): 200 to the BYE, then 487 to the INVITE (§15.1.2:
+        the UAS MUST still answer the dialog's pending requests, RECOMMENDED 487), and the
+        set-up is abandoned as for a CANCEL. False when it names no early dialog."""
+        request = tx.request
+        key = (request.call_id, request.to.tag or "", _from_tag(request))
+        invite_tx = self._early.pop(key, None)
+        if invite_tx is None or invite_tx.final_sent:
+            return False
+        self._respond(tx, 200)
+        self._respond(invite_tx, 487)
+        self._out.append(InviteCancelled(invite_tx))
+        return True
 
     def _on_info(self, dialog: Dialog, tx: ServerTransaction) -> None:
         """DTMF by SIP INFO (``application/dtmf-relay``, ``application/dtmf``): a key press is
