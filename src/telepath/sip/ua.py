@@ -37,16 +37,15 @@ from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.session_timer import (
-    SESSION_EXPIRES,
     Timer,
     after_refresh,
     expiry_margin,
     min_se_of,
     negotiate_as_uas,
-    parse_session_expires,
     refresh_at,
     refresh_headers,
     response_headers,
+    too_short,
 )
 from telepath.sip.timers import SipTimers, TimerQueue
 from telepath.sip.transaction import (
@@ -632,8 +631,7 @@ class UserAgentCore:
             if request.body and request.content_type not in ("application/sdp", None):
                 self._respond(tx, 415, headers=[("Accept", "application/sdp")])
                 return
-            parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
-            if parsed is not None and parsed[0] < self.config.min_se:
+            if too_short(request, self.config.min_se):
                 self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
                 return
             self._out.append(InviteReceived(tx))
@@ -687,6 +685,10 @@ class UserAgentCore:
             if dialog.refresh_method == "INVITE" and (method == "INVITE" or request.body):
                 # §14.2, RFC 3311 §5.2: our re-INVITE's offer is outstanding: glare
                 self._respond(tx, 491)
+                return
+            if too_short(request, self.config.min_se):
+                # RFC 4028 §9-§10: a refresh is negotiated as the INVITE was
+                self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
                 return
             if method == "INVITE":
                 self._respond(tx, 100)

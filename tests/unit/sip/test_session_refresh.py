@@ -241,3 +241,67 @@ def test_callers_reinvite_while_our_reinvite_refresh_is_pending_is_491(
         extra="Content-Type: application/sdp\r\n",
     )
     assert [r.status for r in sent(ua.receive(reinvite, SRC))] == [491]  # RFC 3261 §14.2
+
+
+@pytest.mark.parametrize(
+    ("timer", "expected"),
+    [
+        ("Supported: timer\r\nMin-SE: 3600\r\n", "3600;refresher=uac"),
+        ("Supported: timer\r\nMin-SE: 600\r\n", "1800;refresher=uac"),  # ours is above it
+        ("Supported: timer\r\nMin-SE: 3600;lr\r\n", "3600;refresher=uac"),  # a parameter
+    ],
+)
+def test_the_interval_we_choose_is_not_below_the_requests_min_se(
+    core: tuple[UserAgentCore, FakeClock], timer: str, expected: str
+) -> None:
+    """RFC 4028 §9: a UAS that asks for a timer the request did not (Supported: timer, no
+    Session-Expires) MUST NOT choose an interval below the request's Min-SE. We chose our
+    1800 s under a Min-SE of 3600."""
+    ua, _ = core
+    _, ok = call(ua, timer)
+    assert ok.headers.get("Session-Expires") == expected
+
+
+def test_a_callers_refresh_keeps_the_interval_above_its_min_se(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """The same in a dialog (§9 applied to a session refresh request, §10)."""
+    ua, _ = core
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 1800\r\n")
+    upd = request(
+        "UPDATE",
+        branch="z9hG4bK-u",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        extra="Supported: timer\r\nMin-SE: 2400\r\n",
+    )
+    (ev,) = events(ua.receive(upd, SRC))
+    assert isinstance(ev, ReofferReceived)
+    (ok,) = sent(ua.respond(ev.tx, 200))
+    assert ok.headers.get("Session-Expires") == "2400;refresher=uac"
+
+
+@pytest.mark.parametrize("method", ["UPDATE", "INVITE"])
+def test_a_refresh_in_the_dialog_below_our_min_se_is_422(
+    core: tuple[UserAgentCore, FakeClock], method: str
+) -> None:
+    """RFC 4028 §9 and §10: a session refresh asking for less than our Min-SE (90 s) gets 422
+    with our Min-SE, in a dialog as out of one; the UAS MUST NOT increase an interval it
+    accepts. We answered 200 and silently raised 30 s to 90 s."""
+    ua, clock = core
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 1800\r\n")
+    refresh = request(
+        method,
+        branch="z9hG4bK-u",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        extra="Supported: timer\r\nSession-Expires: 30;refresher=uac\r\n",
+    )
+    out = ua.receive(refresh, SRC)
+    assert events(out) == []
+    (refused,) = [r for r in sent(out) if r.status >= 200]
+    assert refused.status == 422 and refused.headers.get("Min-SE") == "90"
+    assert refused.headers.get("Session-Expires") is None
+    # the session keeps its 1800 s: no end at the refused interval
+    assert events(advance(ua, clock, 60)) == []
+    assert dialog.session_timer is not None and dialog.session_timer.interval == 1800
