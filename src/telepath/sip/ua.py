@@ -1056,11 +1056,10 @@ class UserAgentCore:
         self._send_in_dialog(dialog, method, headers, contact=True, body=body)
 
     def _on_refresh_response(self, dialog: Dialog, request: Request, response: Response) -> None:
-        if dialog.state != DialogState.CONFIRMED:
-            return
         status = response.status
         cseq = request.cseq.seq
         if request.method == "INVITE" and status < 300:
+            # §13.2.2.4: every 2xx is ACKed, also once we have sent BYE (the dialog ending)
             if dialog.last_ack is not None and dialog.last_ack[0] == cseq:
                 self.send_bytes(dialog.last_ack[1], dialog.source)  # a retransmitted 2xx
                 return
@@ -1074,6 +1073,8 @@ class UserAgentCore:
             dialog.last_ack = (cseq, ack.to_bytes())
             self._trace(dialog.call_id, dialog.remote_tag, dialog.last_ack[1], "out")
             self.send_bytes(dialog.last_ack[1], dialog.source)
+        if dialog.state != DialogState.CONFIRMED:
+            return  # no refresh of a session that is ending
         if dialog.refresh_method != request.method:
             return  # a stale response (an earlier refresh)
         dialog.refresh_method = None

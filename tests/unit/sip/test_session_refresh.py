@@ -305,3 +305,25 @@ def test_a_refresh_in_the_dialog_below_our_min_se_is_422(
     # the session keeps its 1800 s: no end at the refused interval
     assert events(advance(ua, clock, 60)) == []
     assert dialog.session_timer is not None and dialog.session_timer.interval == 1800
+
+
+def test_a_2xx_to_our_reinvite_after_our_bye_is_still_acknowledged(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §13.2.2.4: the UAC core MUST ACK every 2xx to its INVITE — also one that comes
+    after we hung up (our BYE in flight, or answered), else the peer retransmits it for 32 s
+    and may end the dialog its own way. It was dropped once the dialog left CONFIRMED."""
+    ua, clock = core
+    dialog, invite = first_refresh(ua, clock, WITHOUT_UPDATE)
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE"
+    ok = answer(invite, 200, [("Session-Expires", "90;refresher=uac")], body=SDP)
+    out = ua.receive(ok, SRC)
+    (ack,) = requests(out)
+    assert ack.method == "ACK" and ack.cseq.seq == invite.cseq.seq
+    assert events(out) == []  # no refresh of a session that is ending
+    # our BYE answered (the dialog over), then the 2xx again: ACKed again
+    ended = events(ua.receive(answer(bye, 200, []), SRC))
+    assert ended == [CallEnded(dialog, "local_bye")]
+    (again,) = requests(ua.receive(ok, SRC))
+    assert again.method == "ACK" and again.cseq.seq == invite.cseq.seq
