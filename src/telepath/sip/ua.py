@@ -1058,6 +1058,8 @@ class UserAgentCore:
     def _on_refresh_response(self, dialog: Dialog, request: Request, response: Response) -> None:
         status = response.status
         cseq = request.cseq.seq
+        if status < 300:
+            self._refresh_target(dialog, response)
         if request.method == "INVITE" and status < 300:
             # §13.2.2.4: every 2xx is ACKed, also once we have sent BYE (the dialog ending)
             if dialog.last_ack is not None and dialog.last_ack[0] == cseq:
@@ -1104,6 +1106,19 @@ class UserAgentCore:
         elif status in (408, 481):
             self._refresh_failed(dialog)
         # any other failure: the session still ends at its expiry unless refreshed (§10)
+
+    @staticmethod
+    def _refresh_target(dialog: Dialog, response: Response) -> None:
+        """§12.2.1.2 (RFC 3311 §5.1 for UPDATE): a 2xx to our target refresh request (a
+        refresh carries our Contact) replaces the remote target with its Contact, before the
+        ACK is built; a Contact that does not parse leaves the target as it was."""
+        contacts = response.headers.get_all("Contact")
+        if not contacts:
+            return
+        try:
+            dialog.remote_target = parse_name_addr(contacts[0]).uri
+        except SipParseError:
+            return
 
     def _refresh_failed(self, dialog: Dialog) -> None:
         """§10: a refresh that timed out or got 408/481 ends the session with a BYE."""

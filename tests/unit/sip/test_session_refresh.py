@@ -327,3 +327,33 @@ def test_a_2xx_to_our_reinvite_after_our_bye_is_still_acknowledged(
     assert ended == [CallEnded(dialog, "local_bye")]
     (again,) = requests(ua.receive(ok, SRC))
     assert again.method == "ACK" and again.cseq.seq == invite.cseq.seq
+
+
+@pytest.mark.parametrize("allow", [WITH_UPDATE, WITHOUT_UPDATE])
+def test_a_2xx_to_our_refresh_moves_the_remote_target_to_its_contact(
+    core: tuple[UserAgentCore, FakeClock], allow: str
+) -> None:
+    """RFC 3261 §12.2.1.2 and RFC 3311 §5.1: on a 2xx to a target refresh request of ours
+    (our UPDATE or re-INVITE refresh), the UAC MUST take the Contact as the remote target: the
+    ACK (for a re-INVITE) and later requests go there. They kept the INVITE's Contact."""
+    ua, clock = core
+    dialog, refresh = first_refresh(ua, clock, allow)
+    moved = "<sip:bob@198.51.100.7:5080;transport=udp>"
+    body = SDP if refresh.method == "INVITE" else b""
+    ok = answer(refresh, 200, [("Contact", moved), ("Session-Expires", "90;refresher=uac")], body)
+    acks = requests(ua.receive(ok, SRC))
+    assert [str(a.uri) for a in acks] == (
+        ["sip:bob@198.51.100.7:5080;transport=udp"] if refresh.method == "INVITE" else []
+    )
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE" and str(bye.uri) == "sip:bob@198.51.100.7:5080;transport=udp"
+
+
+def test_a_2xx_to_our_refresh_with_a_contact_that_does_not_parse_keeps_the_target(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, update = first_refresh(ua, clock)
+    ua.receive(answer(update, 200, [("Contact", "<>"), ("Session-Expires", "90")]), SRC)
+    (bye,) = requests(ua.hangup(dialog))
+    assert str(bye.uri) == "sip:bob@192.0.2.10:5070"
