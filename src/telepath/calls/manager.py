@@ -1427,9 +1427,13 @@ class CallManager:
         call = _call_of(event.dialog.app_data)
         request = event.request
         if call is None and isinstance(event.dialog.app_data, _Setup):
-            # Delayed offer, our offer in the 200 still unanswered (no ACK yet): RFC 3311 §5.2,
-            # an UPDATE with an offer gets 491; without one (a session refresh) 200.
-            self._respond(event.tx, 491 if request.body else 200)
+            # Delayed offer, the call not up yet: our offer in the 200 unanswered (no ACK yet:
+            # RFC 3311 §5.2, an UPDATE with an offer gets 491), or answered in the ACK while
+            # the media opens. An UPDATE without one (a session refresh) gets 200; a re-INVITE
+            # without one 491 too: its 2xx would carry our offer (RFC 3261 §14.2), and no call
+            # is there yet to take the answer in its ACK — the UAC asks again later (§14.1).
+            offerless_update = request.method == "UPDATE" and not request.body
+            self._respond(event.tx, 200 if offerless_update else 491)
             return
         if call is None:
             self._respond(event.tx, 481)
