@@ -801,16 +801,18 @@ class CallManager:
             return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
+        right = outcome.result in (AuthResult.OK, AuthResult.REPLAY)
+        if right and trunk is not None and not trunk.allows_source(source_ip):
+            # The trunk's allowed_addresses: right credentials from elsewhere get the same
+            # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
+            # that is for guessing, and this is usually a carrier's new address. A right answer
+            # sent again too: the stale=true challenge below would tell that it was right.
+            self._warn_source_refused(trunk.trunk_id)
+            if self.metrics is not None:
+                self.metrics.sip_auth_failures.labels(reason="source_not_allowed").inc()
+            (self._reject if call else self._refuse)(tx, 403, "source_not_allowed")
+            return None
         if outcome.result == AuthResult.OK and trunk is not None:
-            if not trunk.allows_source(source_ip):
-                # The trunk's allowed_addresses: right credentials from elsewhere get the same
-                # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
-                # that is for guessing, and this is usually a carrier's new address.
-                self._warn_source_refused(trunk.trunk_id)
-                if self.metrics is not None:
-                    self.metrics.sip_auth_failures.labels(reason="source_not_allowed").inc()
-                (self._reject if call else self._refuse)(tx, 403, "source_not_allowed")
-                return None
             if not _same_user(creds.uri, request.uri):
                 # RFC 7616 §3.4.6: the digest's uri is what was authorised — credentials
                 # computed for another dialled number place no call to this one. Only the
@@ -829,7 +831,12 @@ class CallManager:
                 self._reject(tx, 404, "number_not_served")
                 return None
             return trunk
-        if outcome.result == AuthResult.STALE:
+        if outcome.result in (AuthResult.STALE, AuthResult.REPLAY):
+            # A right digest on a nonce that is no longer good — expired, or spent (a qop-less
+            # answer reused, a nonce count repeated): the nonce is invalid, the credentials
+            # are not, so a fresh nonce with stale=true (RFC 7616 §3.3), no failure counted:
+            # the client knows the password, and a captured answer replayed from a forged
+            # source must not ban the address it names.
             self._challenge(tx, trunk, stale=True)
             return None
         refuse = self._reject if call else self._refuse
@@ -1420,9 +1427,13 @@ class CallManager:
         call = _call_of(event.dialog.app_data)
         request = event.request
         if call is None and isinstance(event.dialog.app_data, _Setup):
-            # Delayed offer, our offer in the 200 still unanswered (no ACK yet): RFC 3311 §5.2,
-            # an UPDATE with an offer gets 491; without one (a session refresh) 200.
-            self._respond(event.tx, 491 if request.body else 200)
+            # Delayed offer, the call not up yet: our offer in the 200 unanswered (no ACK yet:
+            # RFC 3311 §5.2, an UPDATE with an offer gets 491), or answered in the ACK while
+            # the media opens. An UPDATE without one (a session refresh) gets 200; a re-INVITE
+            # without one 491 too: its 2xx would carry our offer (RFC 3261 §14.2), and no call
+            # is there yet to take the answer in its ACK — the UAC asks again later (§14.1).
+            offerless_update = request.method == "UPDATE" and not request.body
+            self._respond(event.tx, 200 if offerless_update else 491)
             return
         if call is None:
             self._respond(event.tx, 481)

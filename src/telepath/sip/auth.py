@@ -13,10 +13,10 @@ The caller owns the SIP messages; this module only sees header *values*:
    value (an :class:`AuthHeaderError` means "answer 400") and hands the result to
    :meth:`DigestAuthenticator.verify`, with a function returning the stored HA1 for
    ``(username, algorithm)`` (the trunk store keeps HA1s, see ``telepath.secrets.digest``).
-3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` re-challenge
-   with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3); ``FAILED`` and ``REPLAY``
-   re-challenge without ``stale`` (and count a failure in :mod:`telepath.sip.defence`);
-   ``MALFORMED`` answer 400.
+3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` and ``REPLAY``
+   re-challenge with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3: the nonce is
+   invalid, the digest for it right); ``FAILED`` is refused and counts a failure in
+   :mod:`telepath.sip.defence`; ``MALFORMED`` answer 400.
 
 Nonces are stateless (no table of issued nonces, so challenges cost no memory and a flood of
 unauthenticated requests cannot grow state)::
@@ -338,8 +338,10 @@ class AuthResult(StrEnum):
         STALE: the response is correct but the nonce expired: re-challenge with ``stale=true``.
         FAILED: wrong password, unknown user, wrong realm or a forged nonce: re-challenge (401/407)
             and count an authentication failure.
-        REPLAY: a correct response reusing a nonce count already seen: re-challenge and count a
-            failure (a legitimate client never does this).
+        REPLAY: a correct response reusing a nonce (count) already seen: re-challenge with
+            ``stale=true``, as for ``STALE`` — the nonce is spent, the digest right (RFC 7616
+            §3.3). A qop-less client reusing its last answer for the next call does this; a
+            replayed capture proves nothing about a password, so it is no failure.
         MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
             a qop without nc/cnonce: answer 400.
     """

@@ -32,10 +32,10 @@ answered (no reflection) and does no work beyond matching. They only meet the ba
   handled (dropped, it would leave the call up on our side for good); other requests are
   dropped.
 
-Feed :meth:`SourceGuard.record_auth_failure` with the digest outcomes ``FAILED`` and ``REPLAY``
-(:mod:`telepath.sip.auth`), not ``STALE`` (a correct password on an old nonce) nor a first
-request without credentials (every client sends one), and :meth:`SourceGuard.record_auth_success`
-with ``OK``.
+Feed :meth:`SourceGuard.record_auth_failure` with the digest outcome ``FAILED``
+(:mod:`telepath.sip.auth`), not ``STALE`` or ``REPLAY`` (a correct digest on an old or spent
+nonce) nor a first request without credentials (every client sends one), and
+:meth:`SourceGuard.record_auth_success` with ``OK``.
 
 Caveat: with UDP, a forged source can get an innocent address banned (any challenge gives the
 forger a valid nonce). Allowlist the addresses that matter (trunk providers, monitoring).

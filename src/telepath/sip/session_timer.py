@@ -61,23 +61,34 @@ def negotiate_as_uas(
 
     Without ``Supported: timer`` and without ``Session-Expires`` (no proxy asked for one) there is
     no timer, unless one was already running in this dialog (``current``), which then keeps
-    its interval with us refreshing. An interval below ``min_se`` was refused with 422 before we
-    get here (§9); we still never go below it.
+    its interval with us refreshing. An interval we choose ourselves is at least ``min_se`` and
+    the request's Min-SE (§9: the UAS MUST NOT set one below it). The request's Session-Expires
+    is taken as it is (§9: the UAS MUST NOT increase it): one below ``min_se`` was refused with
+    422 before we get here (§9, :func:`too_short`); we still never go below it.
     """
     peer = supports_timer(request)
     parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
     if parsed is None:
+        floor = max(min_se, min_se_of(request) or 0)
         if not peer:
             if current is None:
                 return None
-            return Timer(current.interval, True, False)
+            return Timer(max(floor, current.interval), True, False)
         interval = current.interval if current is not None else default_interval
-        return Timer(max(min_se, interval), False, True)
+        return Timer(max(floor, interval), False, True)
     interval, refresher = parsed
     interval = max(min_se, interval)
     if not peer:
         return Timer(interval, True, False)
     return Timer(interval, refresher == "uas", True)
+
+
+def too_short(request: Request, min_se: int) -> bool:
+    """Whether ``request`` asks for a session interval below ``min_se``: answered 422 with our
+    Min-SE (§9), be it an INVITE or a session refresh in a dialog (a re-INVITE or UPDATE,
+    §10) — accepting it, the UAS could only increase it, which §9 forbids."""
+    parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
+    return parsed is not None and parsed[0] < min_se
 
 
 def response_headers(timer: Timer) -> list[tuple[str, str]]:
@@ -118,7 +129,7 @@ def expiry_margin(interval: int) -> float:
     return interval - min(32.0, interval / 3)
 
 
-def min_se_of(response: Response) -> int | None:
-    """The Min-SE of a 422 (§6), or ``None`` when missing or malformed."""
-    value = (response.headers.get("Min-SE") or "").split(";", 1)[0].strip()
+def min_se_of(message: Request | Response) -> int | None:
+    """The Min-SE of a 422 (§6) or of a request (§5), or ``None`` when missing or malformed."""
+    value = (message.headers.get("Min-SE") or "").split(";", 1)[0].strip()
     return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None

@@ -2,11 +2,12 @@
 events out. Pure: the transport feeds bytes and time, and sends what comes back.
 
 What the core decides on its own: transaction matching and retransmissions, 100 Trying, CANCEL
-(§9.2), in-dialog routing and CSeq checks (§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards,
-``Require`` (§8.2.2.3), RFC 4028 session timers and 405/481 answers. What it hands to the
-application (call control) as events: a new INVITE (authenticate, route, answer or reject), a
-REGISTER (authenticate and answer, §10.3), re-offers (re-INVITE/UPDATE, to be answered with
-SDP), call confirmation and ends, DTMF, and the progress of a transfer we asked for.
+(§9.2) and a BYE on the early dialog of our 1xx (§15.1.2), in-dialog routing and CSeq checks
+(§12.2.2), BYE, OPTIONS, INFO DTMF, Max-Forwards, ``Require`` (§8.2.2.3), RFC 4028 session
+timers and 405/481 answers. What it hands to the application (call control) as events: a new
+INVITE (authenticate, route, answer or reject), a REGISTER (authenticate and answer, §10.3),
+re-offers (re-INVITE/UPDATE, to be answered with SDP), call confirmation and ends, DTMF, and
+the progress of a transfer we asked for.
 
 Session timers (RFC 4028): the caller refreshes unless it asks us to (``refresher=uas``) or
 cannot (no ``Supported: timer`` behind a proxy that asked for a timer); then we refresh at half
@@ -36,16 +37,15 @@ from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.session_timer import (
-    SESSION_EXPIRES,
     Timer,
     after_refresh,
     expiry_margin,
     min_se_of,
     negotiate_as_uas,
-    parse_session_expires,
     refresh_at,
     refresh_headers,
     response_headers,
+    too_short,
 )
 from telepath.sip.timers import SipTimers, TimerQueue
 from telepath.sip.transaction import (
@@ -227,6 +227,9 @@ class UserAgentCore:
         self._ack_fallback: dict[tuple[str, str, int, str], ServerTransaction] = {}
         # INVITE server transactions by (Call-ID, From tag, CSeq): merged requests (§8.2.2.2)
         self._invites: dict[tuple[str, str, int], ServerTransaction] = {}
+        # Early dialogs (§12.1.1: a 1xx with our To tag) by dialog id, each its INVITE's server
+        # transaction: the caller may end one with BYE (§15), which matches no dialog yet.
+        self._early: dict[tuple[str, str, str], ServerTransaction] = {}
 
     # ---------------------------------------------------------------- transport-facing API
 
@@ -402,6 +405,8 @@ class UserAgentCore:
             extra = _record_route(tx.request) + self._with_contact(
                 extra, tx.source, _secure(tx.request), contact_address
             )
+            assert to_tag is not None
+            self._early[(tx.request.call_id, to_tag, _from_tag(tx.request))] = tx
         response = make_response(
             tx.request, status, reason, to_tag=to_tag, headers=self._common(extra), body=body
         )
@@ -529,6 +534,8 @@ class UserAgentCore:
                 self._ack_fallback.pop(_ack_key(tx.request, tx.to_tag), None)
             if tx.is_invite and self._invites.get(_merge_key(tx.request)) is tx:
                 del self._invites[_merge_key(tx.request)]
+            if tx.is_invite and tx.to_tag is not None:
+                self._early.pop((tx.request.call_id, tx.to_tag, _from_tag(tx.request)), None)
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
         if tx in self._standalone:
@@ -624,8 +631,7 @@ class UserAgentCore:
             if request.body and request.content_type not in ("application/sdp", None):
                 self._respond(tx, 415, headers=[("Accept", "application/sdp")])
                 return
-            parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
-            if parsed is not None and parsed[0] < self.config.min_se:
+            if too_short(request, self.config.min_se):
                 self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
                 return
             self._out.append(InviteReceived(tx))
@@ -641,6 +647,8 @@ class UserAgentCore:
     def _on_in_dialog(self, tx: ServerTransaction) -> None:
         request = tx.request
         dialog = self._dialog_of(request)
+        if dialog is None and request.method == "BYE" and self._on_early_bye(tx):
+            return
         if dialog is None or dialog.state == DialogState.TERMINATED:
             self._respond(tx, 481)
             return
@@ -678,6 +686,10 @@ class UserAgentCore:
                 # §14.2, RFC 3311 §5.2: our re-INVITE's offer is outstanding: glare
                 self._respond(tx, 491)
                 return
+            if too_short(request, self.config.min_se):
+                # RFC 4028 §9-§10: a refresh is negotiated as the INVITE was
+                self._respond(tx, 422, headers=[("Min-SE", str(self.config.min_se))])
+                return
             if method == "INVITE":
                 self._respond(tx, 100)
             dialog.reoffer_pending = True
@@ -694,6 +706,21 @@ class UserAgentCore:
                 self._out.append(ReferUpdate(dialog, status, status >= 200))
         else:
             self._respond(tx, _not_allowed(request.method))
+
+    def _on_early_bye(self, tx: ServerTransaction) -> bool:
+        """A BYE on the early dialog of an INVITE still unanswered (RFC 3261 §15: the caller
+        MAY end an early dialog with BYE): 200 to the BYE, then 487 to the INVITE (§15.1.2:
+        the UAS MUST still answer the dialog's pending requests, RECOMMENDED 487), and the
+        set-up is abandoned as for a CANCEL. False when it names no early dialog."""
+        request = tx.request
+        key = (request.call_id, request.to.tag or "", _from_tag(request))
+        invite_tx = self._early.pop(key, None)
+        if invite_tx is None or invite_tx.final_sent:
+            return False
+        self._respond(tx, 200)
+        self._respond(invite_tx, 487)
+        self._out.append(InviteCancelled(invite_tx))
+        return True
 
     def _on_info(self, dialog: Dialog, tx: ServerTransaction) -> None:
         """DTMF by SIP INFO (``application/dtmf-relay``, ``application/dtmf``): a key press is
@@ -1029,11 +1056,12 @@ class UserAgentCore:
         self._send_in_dialog(dialog, method, headers, contact=True, body=body)
 
     def _on_refresh_response(self, dialog: Dialog, request: Request, response: Response) -> None:
-        if dialog.state != DialogState.CONFIRMED:
-            return
         status = response.status
         cseq = request.cseq.seq
+        if status < 300:
+            self._refresh_target(dialog, response)
         if request.method == "INVITE" and status < 300:
+            # §13.2.2.4: every 2xx is ACKed, also once we have sent BYE (the dialog ending)
             if dialog.last_ack is not None and dialog.last_ack[0] == cseq:
                 self.send_bytes(dialog.last_ack[1], dialog.source)  # a retransmitted 2xx
                 return
@@ -1047,6 +1075,8 @@ class UserAgentCore:
             dialog.last_ack = (cseq, ack.to_bytes())
             self._trace(dialog.call_id, dialog.remote_tag, dialog.last_ack[1], "out")
             self.send_bytes(dialog.last_ack[1], dialog.source)
+        if dialog.state != DialogState.CONFIRMED:
+            return  # no refresh of a session that is ending
         if dialog.refresh_method != request.method:
             return  # a stale response (an earlier refresh)
         dialog.refresh_method = None
@@ -1076,6 +1106,19 @@ class UserAgentCore:
         elif status in (408, 481):
             self._refresh_failed(dialog)
         # any other failure: the session still ends at its expiry unless refreshed (§10)
+
+    @staticmethod
+    def _refresh_target(dialog: Dialog, response: Response) -> None:
+        """§12.2.1.2 (RFC 3311 §5.1 for UPDATE): a 2xx to our target refresh request (a
+        refresh carries our Contact) replaces the remote target with its Contact, before the
+        ACK is built; a Contact that does not parse leaves the target as it was."""
+        contacts = response.headers.get_all("Contact")
+        if not contacts:
+            return
+        try:
+            dialog.remote_target = parse_name_addr(contacts[0]).uri
+        except SipParseError:
+            return
 
     def _refresh_failed(self, dialog: Dialog) -> None:
         """§10: a refresh that timed out or got 408/481 ends the session with a BYE."""

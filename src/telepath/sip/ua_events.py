@@ -37,7 +37,8 @@ class InviteReceived:
 
 @dataclass(frozen=True, slots=True)
 class InviteCancelled:
-    """The caller sent CANCEL before our final answer; 487 has been sent (§9.2)."""
+    """The caller sent CANCEL (§9.2), or BYE on the early dialog of our 1xx (§15.1.2), before
+    our final answer; 487 has been sent."""
 
     tx: ServerTransaction
 

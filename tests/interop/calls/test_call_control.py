@@ -1016,6 +1016,65 @@ async def test_cancel_while_the_agent_connects(
     assert receiver.requests == [] and hook["id"]
 
 
+def _early_bye_call(user: str, media_port: int) -> str:
+    """As ``_cancelled_call``, but the caller gives up with BYE on the 180's early dialog."""
+    common = {
+        "user": user,
+        "media_port": media_port,
+        "formats": "0 101",
+        "rtpmaps": rtpmaps("0 101"),
+    }
+    bye = IN_DIALOG % {"user": user, "method": "BYE", "cseq": 3, "extra": "", "body": ""}
+    return "".join(
+        [
+            HEADER,
+            INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
+            '  <recv response="100" optional="true" response_txn="inv1"/>\n',
+            '  <recv response="401" auth="true" response_txn="inv1"/>\n',
+            ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
+            INVITE
+            % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"},
+            '  <recv response="100" optional="true" response_txn="inv2"/>\n',
+            '  <recv response="180" rrs="true" response_txn="inv2"/>\n',
+            '  <pause milliseconds="300"/>\n',
+            bye,
+            '  <recv response="200"/>\n',
+            '  <recv response="487" response_txn="inv2"/>\n',
+            ACK_TXN % {**common, "txn": "inv2", "cseq": 2},
+            "</scenario>\n",
+        ]
+    )
+
+
+async def test_a_bye_on_the_early_dialog_while_the_agent_connects_ends_the_set_up(
+    api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
+) -> None:
+    """RFC 3261 §15: the caller may end the early dialog of our 180 with BYE. It gets 200,
+    the INVITE 487 (§15.1.2), and the set-up ends as a CANCEL's does: the agent's connection
+    closed, the port let go, no call. The BYE used to get 481, and the call was answered."""
+    hook = await subscribe(api, receiver.url)
+    async with FakeTelepathAgent(handshake_delay_s=5) as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        result = await run_sipp(
+            _early_bye_call("alice", phone.port),
+            tmp_path,
+            gateway.server.bound["UDP"],
+            user="alice",
+            password=PASSWORD,
+        )
+        await phone.close()
+        await settled(gateway)
+    assert result.returncode == 0, result.stdout + result.errors
+    assert len(agent.handshakes) == 1  # the agent was being dialled when the caller gave up
+    assert gateway.manager.counters.get("cancelled_during_setup") == 1
+    assert gateway.manager.ports.in_use == 0 and gateway.manager.active_calls == 0
+    assert gateway.server.core.dialog_count == 0
+    assert phone.received == []
+    assert (await api.get("/v1/calls")).json()["calls"] == []
+    assert receiver.requests == [] and hook["id"]
+
+
 async def test_cancel_while_the_call_s_ports_open_is_the_call_s_end(
     api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

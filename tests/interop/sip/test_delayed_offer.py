@@ -29,7 +29,7 @@ from tests.interop.calls.conftest import create_trunk, subscribe
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import check, offerless_call, run_sipp
-from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
+from tests.interop.sip.uac import CallLeg, Uac, new_branch, sdp_offer
 from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
@@ -315,6 +315,52 @@ async def test_bye_right_after_the_ack_while_the_media_opens_ends_the_call(
     ]
     assert gateway.manager.ports.in_use == 0
     assert gateway.server.core.dialog_count == 0
+
+
+async def test_an_offerless_re_invite_while_the_media_opens_gets_491_then_our_offer(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-INVITE without SDP (a session refresh) right after the ACK, while the call's
+    media opens: its 2xx would have to carry our offer (RFC 3261 §14.2), and there is no call
+    yet to take the answer in its ACK, so it gets 491 (§14.1: the UAC tries again a little
+    later) — it got 200 without SDP. Once the call is up, the same re-INVITE gets our offer."""
+    opening = MediaSession.open.__func__  # type: ignore[attr-defined]
+    released = asyncio.Event()
+
+    async def after_the_reinvite(cls: type[MediaSession], *args: Any, **kwargs: Any) -> Any:
+        await released.wait()
+        return await opening(cls, *args, **kwargs)
+
+    monkeypatch.setattr(MediaSession, "open", classmethod(after_the_reinvite))
+
+    async def reinvite() -> Response:
+        leg.cseq += 1
+        branch = new_branch()
+        start = len(uac.received)
+        uac.send(leg.build("INVITE", branch=branch, body=b""))
+        got = await uac.wait_for(
+            lambda m: isinstance(m, Response) and m.cseq.method == "INVITE" and m.status >= 200,
+            after=start,
+        )
+        assert isinstance(got.message, Response)
+        return got.message
+
+    async with FakeTelepathAgent(agent="silent") as agent:
+        leg, _ = await _offered(uac, api, agent)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        pending = await reinvite()
+        assert (pending.status, pending.body) == (491, b"")
+        uac.send(leg.build("ACK", branch=pending.top_via.branch, cseq_method="ACK"))
+        released.set()
+        await until(lambda: gateway.manager.active_calls == 1)
+        offered = await reinvite()
+        assert offered.status == 200 and offered.content_type == "application/sdp"
+        assert re.search(rb"m=audio [0-9]+ RTP/AVP", offered.body)
+        uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["status"] == "disconnected"
+    assert record["disconnect_reason"] == "caller_hangup"
 
 
 async def _queued_events(api: Api, call_id: str) -> list[str]:

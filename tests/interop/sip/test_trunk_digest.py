@@ -5,6 +5,7 @@ only the first one (SIPp 3.6) can authenticate; other trunks and unknown users k
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -164,4 +165,88 @@ async def test_right_credentials_from_a_source_not_allowed_learn_nothing_more(
             allowed_addresses=["10.0.0.0/8"],
         )
         await invite_with_credentials_for_another_number(uac, "fenced", "fenced-pass-1", 403)
+        assert agent.handshakes == []
+
+
+async def test_a_reused_qop_less_answer_is_challenged_again_as_stale_and_bans_no_one(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """A UAC answering without qop (RFC 2069 style) that reuses its last nonce and answer for
+    the next call: without a nonce count, a nonce authenticates one request, so the second
+    INVITE is challenged again — 401 with ``stale=true`` (RFC 7616 §3.3: the nonce is spent,
+    the digest right, so the client re-signs without asking for a password), not counted as an
+    authentication failure (a right password is no guess). It got 403 and a ban strike."""
+    guard = gateway.manager.guard
+    assert guard is not None
+    guard.policy = dataclasses.replace(guard.policy, auth_failures_before_ban=1)  # one strike
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api, "plain", "plain-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        first = CallLeg(uac, "plain")
+        await first.challenge(MEDIA_PORT)
+        chosen = challenge_params(first.challenges[0])
+        auth = digest_authorization(
+            chosen,
+            username="plain",
+            password="plain-pass-1",
+            method="INVITE",
+            uri=request_uri(first.build("INVITE")),
+            qop=False,
+        )
+        first.cseq += 1
+        headers = [("Authorization", auth)]
+        await first.answered(first.build("INVITE", headers=headers, body=sdp_offer(MEDIA_PORT)))
+        uac.send(first.ack())
+        await first.bye()
+
+        second = CallLeg(uac, "plain")
+        start = len(uac.received)
+        uac.send(second.build("INVITE", headers=headers, body=sdp_offer(MEDIA_PORT)))
+        again = await uac.response(401, second.call_id, method="INVITE", after=start)
+        challenges = again.headers.get_all("WWW-Authenticate")
+        assert challenges and all("stale=true" in c for c in challenges)
+        assert all(challenge_params(c)["nonce"] != chosen["nonce"] for c in challenges)
+        uac.send(second.build("ACK", to_tag=again.to.tag, cseq_method="ACK"))
+        assert guard.bans == 0 and not guard.is_banned("127.0.0.1")
+        assert gateway.manager.counters.get("rejected_auth_failed") is None
+        # it re-signs with the fresh nonce and is let in
+        second.challenges = challenges
+        ok = await second.answered(second.authenticated_invite("plain-pass-1", MEDIA_PORT))
+        assert ok.status == 200
+        uac.send(second.ack())
+        await second.bye()
+
+
+async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_more(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    """From an address the trunk does not allow, a right answer sent twice gets the 403 of a
+    wrong one both times: a ``stale=true`` challenge to the second would tell a password
+    guesser that its guess was right."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "fenced",
+            "fenced-pass-1",
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            allowed_addresses=["10.0.0.0/8"],
+        )
+        leg = CallLeg(uac, "fenced")
+        await leg.challenge(MEDIA_PORT)
+        auth = digest_authorization(
+            challenge_params(leg.challenges[0]),
+            username="fenced",
+            password="fenced-pass-1",
+            method="INVITE",
+            uri=request_uri(leg.build("INVITE")),
+            qop=False,
+        )
+        for _ in range(2):
+            leg.cseq += 1
+            start = len(uac.received)
+            uac.send(leg.build("INVITE", headers=[("Authorization", auth)], body=b""))
+            refused = await uac.response(403, leg.call_id, method="INVITE", after=start)
+            uac.send(leg.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
         assert agent.handshakes == []

@@ -323,8 +323,10 @@ def digest_authorization(
     method: str,
     uri: str,
     nc: int = 1,
+    qop: bool = True,
 ) -> str:
-    """An ``Authorization`` value answering ``challenge`` (RFC 7616 §3.4.1, qop=auth)."""
+    """An ``Authorization`` value answering ``challenge`` (RFC 7616 §3.4.1, qop=auth; without
+    ``qop``, the RFC 2069 form some phones still send: no nc, no cnonce)."""
     algorithm = challenge.get("algorithm", "MD5")
     hash_name = {"MD5": "md5", "SHA-256": "sha256"}[algorithm.upper()]
 
@@ -336,6 +338,11 @@ def digest_authorization(
     nc_text = f"{nc:08x}"
     ha1 = h(f"{username}:{realm}:{password}")
     ha2 = h(f"{method}:{uri}")
+    if not qop:
+        return (
+            f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{h(f"{ha1}:{nonce}:{ha2}")}", algorithm={algorithm}'
+        )
     response = h(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
     return (
         f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '

@@ -241,3 +241,119 @@ def test_callers_reinvite_while_our_reinvite_refresh_is_pending_is_491(
         extra="Content-Type: application/sdp\r\n",
     )
     assert [r.status for r in sent(ua.receive(reinvite, SRC))] == [491]  # RFC 3261 §14.2
+
+
+@pytest.mark.parametrize(
+    ("timer", "expected"),
+    [
+        ("Supported: timer\r\nMin-SE: 3600\r\n", "3600;refresher=uac"),
+        ("Supported: timer\r\nMin-SE: 600\r\n", "1800;refresher=uac"),  # ours is above it
+        ("Supported: timer\r\nMin-SE: 3600;lr\r\n", "3600;refresher=uac"),  # a parameter
+    ],
+)
+def test_the_interval_we_choose_is_not_below_the_requests_min_se(
+    core: tuple[UserAgentCore, FakeClock], timer: str, expected: str
+) -> None:
+    """RFC 4028 §9: a UAS that asks for a timer the request did not (Supported: timer, no
+    Session-Expires) MUST NOT choose an interval below the request's Min-SE. We chose our
+    1800 s under a Min-SE of 3600."""
+    ua, _ = core
+    _, ok = call(ua, timer)
+    assert ok.headers.get("Session-Expires") == expected
+
+
+def test_a_callers_refresh_keeps_the_interval_above_its_min_se(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """The same in a dialog (§9 applied to a session refresh request, §10)."""
+    ua, _ = core
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 1800\r\n")
+    upd = request(
+        "UPDATE",
+        branch="z9hG4bK-u",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        extra="Supported: timer\r\nMin-SE: 2400\r\n",
+    )
+    (ev,) = events(ua.receive(upd, SRC))
+    assert isinstance(ev, ReofferReceived)
+    (ok,) = sent(ua.respond(ev.tx, 200))
+    assert ok.headers.get("Session-Expires") == "2400;refresher=uac"
+
+
+@pytest.mark.parametrize("method", ["UPDATE", "INVITE"])
+def test_a_refresh_in_the_dialog_below_our_min_se_is_422(
+    core: tuple[UserAgentCore, FakeClock], method: str
+) -> None:
+    """RFC 4028 §9 and §10: a session refresh asking for less than our Min-SE (90 s) gets 422
+    with our Min-SE, in a dialog as out of one; the UAS MUST NOT increase an interval it
+    accepts. We answered 200 and silently raised 30 s to 90 s."""
+    ua, clock = core
+    dialog, _ = call(ua, "Supported: timer\r\nSession-Expires: 1800\r\n")
+    refresh = request(
+        method,
+        branch="z9hG4bK-u",
+        cseq=2,
+        to_tag=dialog.local_tag,
+        extra="Supported: timer\r\nSession-Expires: 30;refresher=uac\r\n",
+    )
+    out = ua.receive(refresh, SRC)
+    assert events(out) == []
+    (refused,) = [r for r in sent(out) if r.status >= 200]
+    assert refused.status == 422 and refused.headers.get("Min-SE") == "90"
+    assert refused.headers.get("Session-Expires") is None
+    # the session keeps its 1800 s: no end at the refused interval
+    assert events(advance(ua, clock, 60)) == []
+    assert dialog.session_timer is not None and dialog.session_timer.interval == 1800
+
+
+def test_a_2xx_to_our_reinvite_after_our_bye_is_still_acknowledged(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §13.2.2.4: the UAC core MUST ACK every 2xx to its INVITE — also one that comes
+    after we hung up (our BYE in flight, or answered), else the peer retransmits it for 32 s
+    and may end the dialog its own way. It was dropped once the dialog left CONFIRMED."""
+    ua, clock = core
+    dialog, invite = first_refresh(ua, clock, WITHOUT_UPDATE)
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE"
+    ok = answer(invite, 200, [("Session-Expires", "90;refresher=uac")], body=SDP)
+    out = ua.receive(ok, SRC)
+    (ack,) = requests(out)
+    assert ack.method == "ACK" and ack.cseq.seq == invite.cseq.seq
+    assert events(out) == []  # no refresh of a session that is ending
+    # our BYE answered (the dialog over), then the 2xx again: ACKed again
+    ended = events(ua.receive(answer(bye, 200, []), SRC))
+    assert ended == [CallEnded(dialog, "local_bye")]
+    (again,) = requests(ua.receive(ok, SRC))
+    assert again.method == "ACK" and again.cseq.seq == invite.cseq.seq
+
+
+@pytest.mark.parametrize("allow", [WITH_UPDATE, WITHOUT_UPDATE])
+def test_a_2xx_to_our_refresh_moves_the_remote_target_to_its_contact(
+    core: tuple[UserAgentCore, FakeClock], allow: str
+) -> None:
+    """RFC 3261 §12.2.1.2 and RFC 3311 §5.1: on a 2xx to a target refresh request of ours
+    (our UPDATE or re-INVITE refresh), the UAC MUST take the Contact as the remote target: the
+    ACK (for a re-INVITE) and later requests go there. They kept the INVITE's Contact."""
+    ua, clock = core
+    dialog, refresh = first_refresh(ua, clock, allow)
+    moved = "<sip:bob@198.51.100.7:5080;transport=udp>"
+    body = SDP if refresh.method == "INVITE" else b""
+    ok = answer(refresh, 200, [("Contact", moved), ("Session-Expires", "90;refresher=uac")], body)
+    acks = requests(ua.receive(ok, SRC))
+    assert [str(a.uri) for a in acks] == (
+        ["sip:bob@198.51.100.7:5080;transport=udp"] if refresh.method == "INVITE" else []
+    )
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE" and str(bye.uri) == "sip:bob@198.51.100.7:5080;transport=udp"
+
+
+def test_a_2xx_to_our_refresh_with_a_contact_that_does_not_parse_keeps_the_target(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    dialog, update = first_refresh(ua, clock)
+    ua.receive(answer(update, 200, [("Contact", "<>"), ("Session-Expires", "90")]), SRC)
+    (bye,) = requests(ua.hangup(dialog))
+    assert str(bye.uri) == "sip:bob@192.0.2.10:5070"

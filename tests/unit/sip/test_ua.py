@@ -180,6 +180,38 @@ def test_cancel_before_answer(core: tuple[UserAgentCore, FakeClock]) -> None:
     assert events(out) == [InviteCancelled(ev.tx)]
 
 
+def test_bye_on_the_early_dialog_ends_the_invite_with_487(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3261 §15: the caller may send BYE on the early dialog our 180 made (its To tag);
+    §15.1.2: the BYE gets 200 and the pending INVITE 487, and the set-up is abandoned as a
+    CANCEL abandons it — it matched no dialog and got 481, and the call was answered after."""
+    ua, _ = core
+    ev, _ = answered(ua)
+    (ringing,) = sent(ua.respond(ev.tx, 180))
+    tag = ringing.to.tag
+    assert tag is not None
+    out = ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag=tag), SRC)
+    assert [r.status for r in sent(out)] == [200, 487]
+    assert all(r.to.tag == tag for r in sent(out))
+    assert events(out) == [InviteCancelled(ev.tx)]
+    with pytest.raises(ValueError, match="already answered"):
+        ua.accept(ev.tx, b"v=0\r\n")
+    again = ua.receive(request("BYE", branch="z9hG4bK-bye2", cseq=3, to_tag=tag), SRC)
+    assert [r.status for r in sent(again)] == [481]  # the early dialog is over
+
+
+def test_a_bye_with_another_to_tag_than_the_180_s_is_481(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, _ = core
+    ev, _ = answered(ua)
+    ua.respond(ev.tx, 180)
+    out = ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag="other"), SRC)
+    assert [r.status for r in sent(out)] == [481]
+    assert events(out) == [] and not ev.tx.final_sent
+
+
 def test_cancel_without_invite_is_481(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, _ = core
     out = ua.receive(request("CANCEL", branch="z9hG4bK-none"), SRC)
