@@ -3,7 +3,9 @@
 It places one call with digest authentication (SHA-256 when offered, else MD5), plays a tone or
 a WAV file as the caller, records what the agent says to a WAV file, hangs up after
 ``duration`` seconds (or when the agent hangs up) and prints a summary. An INVITE that had a
-provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1).
+provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1). The
+ACK and the BYE follow the 2xx's route set (§12.1.2), so a record-routing proxy in front of the
+gateway stays on their path.
 Built from the same pure SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it
 exercises real code.
 
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from telepath.rtp.srtp_keys import SUITES
 from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_offer_answer, parse
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
+from telepath.sip.dialog import request_target
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.uri import SipUri, parse_uri
@@ -70,6 +74,28 @@ class DialResult:
     error: str | None = None  # why an answered call could not go on (then hung up)
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Dialog:
+    """Where the call's requests go once a 2xx has set it up: the ACK and the BYE."""
+
+    to_tag: str | None
+    target: SipUri  # their Request-URI
+    routes: list[str]  # their Route values
+
+    @classmethod
+    def of(cls, answer: Response, fallback: SipUri) -> _Dialog:
+        """The dialog ``answer`` (a 2xx) sets up (RFC 3261 §12.1.2): its To tag, its Contact as
+        the remote target, and its Record-Route reversed as the route set — a proxy in front of
+        the gateway record-routes to stay on the dialog's path, and one routing by Route
+        (loose routing) refuses or misroutes requests without it. The Request-URI and Route
+        follow §12.2.1.1 as the gateway's own do (a strict router becomes the URI)."""
+        contacts = answer.headers.get_all("Contact")
+        remote_target = parse_name_addr(contacts[0]).uri if contacts else fallback
+        route_set = answer.headers.get_all("Record-Route")[::-1]
+        target, routes = request_target(remote_target, route_set)
+        return cls(answer.to.tag, target, routes)
 
 
 class Dialer:
@@ -149,11 +175,14 @@ class Dialer:
         body: bytes = b"",
         auth: tuple[str, str] | None = None,
         cseq: int | None = None,
+        routes: Sequence[str] = (),
     ) -> Request:
         h = Headers()
         branch = branch or "z9hG4bK" + secrets.token_hex(8)
         h.add("Via", f"SIP/2.0/{self.transport} {self.local_ip}:{local_port};branch={branch};rport")
         h.add("Max-Forwards", "70")
+        for route in routes:
+            h.add("Route", route)
         h.add("From", f"<sip:{self.caller}@{self.local_ip}>;tag={self.from_tag}")
         to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
         h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
@@ -212,15 +241,19 @@ class Dialer:
             )
             if answer is None:
                 return result
-            to_tag = answer.to.tag
-            contacts = answer.headers.get_all("Contact")
-            target = parse_name_addr(contacts[0]).uri if contacts else self.uri
+            dialog = _Dialog.of(answer, self.uri)
             # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
             # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
             # request would refuse it otherwise). The ACK for a non-2xx needs none: it is part
             # of the INVITE's transaction, hop by hop (§17.1.1.3).
             ack = self._request(
-                "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
+                "ACK",
+                local_port,
+                uri=dialog.target,
+                to_tag=dialog.to_tag,
+                cseq=self.cseq,
+                auth=auth,
+                routes=dialog.routes,
             )
             sip.send(ack.to_bytes())
             try:
@@ -233,13 +266,13 @@ class Dialer:
             except BaseException:
                 # An error or Ctrl-C while the call is up: it is ended all the same (RFC 3261
                 # §15), or the gateway keeps it, and its agent, until its media timeout.
-                await self._bye(sip, local_port, target, to_tag)
+                await self._bye(sip, local_port, dialog)
                 raise
             if result.ended_by != "agent":
                 # RFC 3261 §15: we end the call — the duration is over, a 200 crossed our
                 # CANCEL (§9.1: a CANCEL does nothing to an answered request), or the SDP
                 # answer is unusable (§13.2.2.4: acknowledged, then BYE at once).
-                await self._bye(sip, local_port, target, to_tag)
+                await self._bye(sip, local_port, dialog)
             return result
         finally:
             lease.release()  # idempotent: the media session, if one opened, released it
@@ -340,10 +373,12 @@ class Dialer:
             auth = (header, answered[0])
         return None, auth
 
-    async def _bye(self, sip: Link, local_port: int, target: SipUri, to_tag: str | None) -> None:
+    async def _bye(self, sip: Link, local_port: int, dialog: _Dialog) -> None:
         """End the call (RFC 3261 §15.1.1); its answer is logged, waited for 5 s at most."""
         self.cseq += 1
-        bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
+        bye = self._request(
+            "BYE", local_port, uri=dialog.target, to_tag=dialog.to_tag, routes=dialog.routes
+        )
         with contextlib.suppress(TimeoutError):
             final = await self._transact(sip, bye, 5)
             self.result.log.append(f"BYE → {final.status} {final.reason}")

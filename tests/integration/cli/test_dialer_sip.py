@@ -78,6 +78,37 @@ async def test_the_ack_for_a_2xx_carries_the_invites_credentials(status: int, he
     assert ack.headers.get(header) == invite.headers.get(header) is not None
 
 
+@pytest.mark.parametrize("proxies", [1, 2])
+async def test_the_ack_and_the_bye_follow_the_route_set(proxies: int) -> None:
+    """A record-routing proxy in front of the gateway (RFC 3261 §12.1.2): the route set is the
+    2xx's Record-Route reversed, and the ACK (§13.2.2.4) and the BYE carry it as Route headers
+    to the remote target, the 2xx's Contact (§12.2.1.1, loose routing). Without them a proxy
+    that routes in-dialog requests by their Route (Kamailio's ``loose_route``) refuses the BYE,
+    and the ACK never reaches the gateway, which then ends the call unacknowledged."""
+    record_route: list[str] = []
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.headers.add("Record-Route", ", ".join(record_route))  # one line, a comma list
+        return [answer]
+
+    async with sip_peer(script) as peer:
+        # the proxy nearest the gateway first: the dialler's own proxy (the peer) is last
+        record_route += [f"<sip:198.51.100.{n}:5060;lr;ftag=x>" for n in range(1, proxies)]
+        record_route.append(f"<sip:127.0.0.1:{peer.port};lr>")
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=0.2, tone_hz=None
+        )
+        (ack,) = await peer.received("ACK")
+        (bye,) = await peer.received("BYE")
+    assert result.status == 200 and result.ended_by == "dialer"
+    for request in (ack, bye):
+        assert request.headers.get_all("Route") == record_route[::-1]
+        assert str(request.uri) == f"sip:peer@127.0.0.1:{peer.port}"  # the 2xx's Contact
+
+
 def _ringing(peer: SipPeer, cancelled: Callable[[Request], Response]) -> Script:
     """INVITE: 180 Ringing and nothing more; CANCEL: 200, then ``cancelled(invite)``."""
 
