@@ -259,7 +259,7 @@ class Dialer:
             try:
                 if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
                     result.setup_ms = (loop.time() - started) * 1000
-                    await self._talk(sip, lease, offer, answer, audio, duration_s)
+                    await self._talk(sip, lease, offer, answer, audio, duration_s, ack)
             except SdpError as exc:
                 result.setup_ms = None
                 result.error = f"the gateway's SDP answer is unusable: {exc}"
@@ -286,15 +286,17 @@ class Dialer:
         answer: Response,
         audio: tuple[bytes, int] | None,
         duration_s: float,
+        ack: Request,
     ) -> None:
-        """Media both ways until the duration is over or the gateway hangs up."""
+        """Media both ways until the duration is over or the gateway hangs up; ``ack`` is
+        sent again for each retransmission of the 2xx it acknowledged."""
         result = self.result
         media = await self._open_media(lease, offer, answer)
         try:
             if audio is not None:
                 media.play_pcm(*audio)
             recorded = bytearray()
-            result.ended_by = await self._converse(sip, media, recorded, duration_s)
+            result.ended_by = await self._converse(sip, media, recorded, duration_s, ack)
             result.recorded = bytes(recorded)
             result.received_ms = len(recorded) / 16
         finally:
@@ -441,7 +443,12 @@ class Dialer:
                 deadline = sent + ring_timeout_s
 
     async def _converse(
-        self, sip: Link, media: MediaSession, recorded: bytearray, duration_s: float
+        self,
+        sip: Link,
+        media: MediaSession,
+        recorded: bytearray,
+        duration_s: float,
+        ack: Request,
     ) -> str:
         loop = asyncio.get_running_loop()
 
@@ -458,6 +465,11 @@ class Dialer:
                 if isinstance(msg, Request) and msg.method == "BYE":
                     sip.send(make_response(msg, 200).to_bytes())
                     return "agent"
+                if isinstance(msg, Response) and acknowledges(ack, msg):
+                    # RFC 3261 §13.2.2.4: an ACK for each 2xx received. The gateway sends its
+                    # 200 again until an ACK comes (§13.3.1.4): ours was lost, so the same
+                    # again — unanswered, the gateway ends the call at 64*T1.
+                    sip.send(ack.to_bytes())
 
         rec = loop.create_task(record())
         bye = loop.create_task(watch_bye())
@@ -469,6 +481,17 @@ class Dialer:
             rec.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rec
+
+
+def acknowledges(ack: Request, response: Response) -> bool:
+    """Whether ``response`` is a 2xx that ``ack`` acknowledges: the INVITE's answer (its Call-ID
+    and CSeq number) from the same dialog (its To tag) — a retransmission of the 2xx."""
+    return (
+        200 <= response.status < 300
+        and response.call_id == ack.call_id
+        and (response.cseq.seq, response.cseq.method) == (ack.cseq.seq, "INVITE")
+        and response.to.tag == ack.to.tag
+    )
 
 
 def cancel_of(invite: Request) -> Request:

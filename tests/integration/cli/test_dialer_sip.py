@@ -109,6 +109,29 @@ async def test_the_ack_and_the_bye_follow_the_route_set(proxies: int) -> None:
         assert str(request.uri) == f"sip:peer@127.0.0.1:{peer.port}"  # the 2xx's Contact
 
 
+async def test_a_retransmitted_2xx_is_acknowledged_again() -> None:
+    """The ACK is lost (UDP): the gateway sends its 200 again (RFC 3261 §13.3.1.4), and "the
+    UAC core MUST generate an ACK request for each 2xx received" (§13.2.2.4) — the same ACK.
+    Unanswered, the gateway would end the call at 64*T1 for want of one."""
+    answers: list[Response] = []
+
+    def script(request: Request) -> list[Response]:
+        if request.method == "INVITE":
+            answers.append(ok_with_sdp(peer, request))
+            return answers[:1]
+        if request.method == "ACK" and len(peer.of("ACK")) == 1:
+            return answers[:1]  # as if the first ACK had been lost: the 200 again
+        return []
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, tone_hz=None
+        )
+        first, again = await peer.received("ACK", 2)
+    assert result.status == 200 and result.ended_by == "dialer"
+    assert again.to_bytes() == first.to_bytes()
+
+
 def _ringing(peer: SipPeer, cancelled: Callable[[Request], Response]) -> Script:
     """INVITE: 180 Ringing and nothing more; CANCEL: 200, then ``cancelled(invite)``."""
 
