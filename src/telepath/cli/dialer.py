@@ -53,6 +53,9 @@ RING_TIMEOUT_S = 60.0
 #: After a CANCEL, how long to wait for the INVITE's final response: 64*T1 (RFC 3261 §9.1:
 #: without one by then the client considers the INVITE cancelled, its transaction destroyed).
 CANCEL_WAIT_S = 64 * 0.5
+#: Stopped (Ctrl-C) while the INVITE rings, how long to wait for its final response after the
+#: CANCEL: long enough for a gateway that answers at once, short for someone leaving.
+STOP_WAIT_S = 5.0
 
 
 class RingTimeout(TimeoutError):
@@ -138,6 +141,8 @@ class Dialer:
         self.from_tag = secrets.token_hex(6)
         self.cseq = 0
         self.result = DialResult()
+        # The INVITE in progress had a provisional response: it may be cancelled (§9.1).
+        self.rang = False
 
     async def _connect(self) -> Link:
         """The link to the gateway, located as RFC 3263 says (NAPTR, SRV, then the host's
@@ -241,21 +246,7 @@ class Dialer:
             )
             if answer is None:
                 return result
-            dialog = _Dialog.of(answer, self.uri)
-            # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
-            # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
-            # request would refuse it otherwise). The ACK for a non-2xx needs none: it is part
-            # of the INVITE's transaction, hop by hop (§17.1.1.3).
-            ack = self._request(
-                "ACK",
-                local_port,
-                uri=dialog.target,
-                to_tag=dialog.to_tag,
-                cseq=self.cseq,
-                auth=auth,
-                routes=dialog.routes,
-            )
-            sip.send(ack.to_bytes())
+            dialog, ack = self._acknowledge(sip, local_port, answer, auth)
             try:
                 if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
                     result.setup_ms = (loop.time() - started) * 1000
@@ -277,6 +268,36 @@ class Dialer:
         finally:
             lease.release()  # idempotent: the media session, if one opened, released it
             sip.close()
+
+    def _acknowledge(
+        self, sip: Link, local_port: int, answer: Response, auth: tuple[str, str] | None
+    ) -> tuple[_Dialog, Request]:
+        """Send the ACK for ``answer``, the INVITE's 2xx; the dialog it set up and the ACK.
+
+        RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and "MUST
+        contain the same credentials as the INVITE" (a proxy authenticating every request would
+        refuse it otherwise). The ACK for a non-2xx needs none: it is part of the INVITE's
+        transaction, hop by hop (§17.1.1.3).
+        """
+        dialog = _Dialog.of(answer, self.uri)
+        ack = self._request(
+            "ACK",
+            local_port,
+            uri=dialog.target,
+            to_tag=dialog.to_tag,
+            cseq=self.cseq,
+            auth=auth,
+            routes=dialog.routes,
+        )
+        sip.send(ack.to_bytes())
+        return dialog, ack
+
+    def _acknowledge_failure(
+        self, sip: Link, local_port: int, branch: str, final: Response
+    ) -> None:
+        """Send the ACK for the INVITE's non-2xx ``final``, in its transaction (§17.1.1.3)."""
+        ack = self._request("ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq)
+        sip.send(ack.to_bytes())
 
     async def _talk(
         self,
@@ -333,8 +354,13 @@ class Dialer:
             self.cseq += 1
             branch = "z9hG4bK" + secrets.token_hex(8)
             invite = self._request("INVITE", local_port, branch=branch, body=sdp, auth=auth)
+            self.rang = False
             try:
                 final = await self._transact(sip, invite, timeout_s, ring_timeout_s=ring_timeout_s)
+            except asyncio.CancelledError:
+                if self.rang:  # §9.1: no CANCEL before a provisional response
+                    await self._stop_ringing(sip, local_port, invite, branch, auth)
+                raise
             except RingTimeout:
                 # RFC 3261 §9.1: the INVITE had a provisional response, so it is cancelled
                 # rather than abandoned (the gateway would answer a call nobody acknowledges);
@@ -347,10 +373,7 @@ class Dialer:
             result.status, result.reason = final.status, final.reason
             result.log.append(f"INVITE → {final.status} {final.reason}")
             if final.status >= 300:
-                ack = self._request(
-                    "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
-                )
-                sip.send(ack.to_bytes())
+                self._acknowledge_failure(sip, local_port, branch, final)
             if 200 <= final.status < 300:
                 return final, auth
             if final.status not in (401, 407) or auth is not None or result.cancelled:
@@ -374,6 +397,33 @@ class Dialer:
             header = "Authorization" if final.status == 401 else "Proxy-Authorization"
             auth = (header, answered[0])
         return None, auth
+
+    async def _stop_ringing(
+        self,
+        sip: Link,
+        local_port: int,
+        invite: Request,
+        branch: str,
+        auth: tuple[str, str] | None,
+    ) -> None:
+        """Stopped (Ctrl-C) while ``invite`` rings: cancel it (RFC 3261 §9.1) on the way out, as
+        the ring timeout does, or the gateway answers a call nobody acknowledges and keeps it,
+        and its agent, until it gives up on the ACK. Its final response is waited for
+        :data:`STOP_WAIT_S` at most and acknowledged: a 487 in its transaction, a 200 that
+        crossed the CANCEL end to end, then hung up (§15)."""
+        self.result.cancelled = True
+        self.result.log.append("stopped while the INVITE rang: CANCEL")
+        try:
+            final = await self._transact(sip, cancel_of(invite), STOP_WAIT_S, answer_to="INVITE")
+        except TimeoutError:
+            return
+        self.result.status, self.result.reason = final.status, final.reason
+        self.result.log.append(f"INVITE → {final.status} {final.reason}")
+        if final.status >= 300:
+            self._acknowledge_failure(sip, local_port, branch, final)
+        else:
+            dialog, _ack = self._acknowledge(sip, local_port, final, auth)
+            await self._bye(sip, local_port, dialog)
 
     async def _bye(self, sip: Link, local_port: int, dialog: _Dialog) -> None:
         """End the call (RFC 3261 §15.1.1); its answer is logged, waited for 5 s at most."""
@@ -438,6 +488,8 @@ class Dialer:
                 continue
             if msg.status >= 200:
                 return msg
+            if request.method == "INVITE":
+                self.rang = True
             if ring_timeout_s is not None and not rang:
                 rang = True  # it rings: the answer may take as long as ring_timeout_s
                 deadline = sent + ring_timeout_s

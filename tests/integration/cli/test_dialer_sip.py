@@ -23,7 +23,7 @@ from tests.integration.cli.sip_peer import (
     ok_with_sdp,
     sip_peer,
 )
-from tests.integration.media.peer import UdpPeer, rtp_stream
+from tests.integration.media.peer import UdpPeer, rtp_stream, until
 from tests.unit.rtp.audio import dominant_hz
 from tests.unit.rtp.audio import tone as tone_pcm
 
@@ -184,6 +184,53 @@ async def test_a_200_that_crosses_the_cancel_is_acknowledged_and_hung_up() -> No
     assert result.cancelled and result.setup_ms is None
     assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
     assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+@pytest.mark.parametrize("final", [487, 200])
+async def test_a_dialler_stopped_while_ringing_cancels_the_invite(final: int) -> None:
+    """The dialler is stopped (Ctrl-C: its task cancelled) after the 180: it cancels the INVITE
+    (RFC 3261 §9.1) on its way out, as it does when the ring timeout passes, instead of leaving
+    the gateway to answer a call nobody acknowledges. The INVITE's final response is
+    acknowledged — a 487 in its transaction (§17.1.1.3), a 200 that crossed the CANCEL end to
+    end and then hung up (§13.2.2.4, §15) — and the cancellation goes on."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(
+            peer,
+            lambda invite: (
+                ok_with_sdp(peer, invite)
+                if final == 200
+                else make_response(invite, 487, to_tag=TAG)
+            ),
+        )
+        dialer = Dialer(peer.uri("bob"), username="bob", password=PASSWORD)
+        call = asyncio.get_running_loop().create_task(dialer.run(duration_s=60))
+        await until(lambda: dialer.rang)  # the 180 has come
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (ack,) = await peer.received("ACK")
+    invite, (cancel,) = peer.of("INVITE")[0], peer.of("CANCEL")
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+    if final == 487:
+        assert ack.top_via.branch == invite.top_via.branch and not peer.of("BYE")
+    else:
+        (bye,) = peer.of("BYE")
+        assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+async def test_a_dialler_stopped_before_a_provisional_response_sends_no_cancel() -> None:
+    """§9.1: "If no provisional response has been received, the CANCEL request MUST NOT be
+    sent" — stopped then, the dialler just leaves."""
+    async with sip_peer() as peer:
+        call = asyncio.get_running_loop().create_task(
+            Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        )
+        await peer.received("INVITE")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert not peer.of("CANCEL")
 
 
 async def test_no_cancel_without_a_provisional_response() -> None:
