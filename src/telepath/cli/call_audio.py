@@ -3,9 +3,9 @@ both checked before it dials.
 
 The whole tone or file is queued on the call's media session at once, so what cannot be
 queued — more than the playout bound (:data:`~telepath.rtp.playout.MAX_QUEUED_MS`, two
-minutes), a file the resampler cannot take — is refused here, before the INVITE, rather than
-failing once the call is answered; so is a ``--record`` path that cannot be written, rather
-than found so once the call, and its audio, are over.
+minutes), a file the resampler cannot take, a file cut short — is refused here, before the
+INVITE, rather than failing once the call is answered; so is a ``--record`` path that cannot
+be written, rather than found so once the call, and its audio, are over.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from telepath.testing.tones import sine_pcm16
 
 #: The longest call (and the longest file): what the playout queue holds.
 MAX_DURATION_S = MAX_QUEUED_MS / 1000
+#: The data size of a WAV file written as a stream, its length unknown when the header went.
+_STREAMED_DATA_SIZE = 0xFFFFFFFF
 
 
 class CallOptionError(ValueError):
@@ -67,13 +69,39 @@ def read_wav(path: Path) -> tuple[bytes, int]:
                 )
             if rate not in RESAMPLED_RATES:
                 raise CallOptionError(f"{path}: {rate} Hz; --play takes {rates} Hz")
-            if w.getnframes() > MAX_DURATION_S * rate:
-                raise CallOptionError(f"{path} is longer than {MAX_DURATION_S:g} s")
-            return w.readframes(w.getnframes()), rate
+            return _samples(path, w), rate
     except OSError as exc:
         raise CallOptionError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (wave.Error, EOFError) as exc:
         raise CallOptionError(f"{path} is not a WAV file --play can read ({exc})") from None
+
+
+def _samples(path: Path, w: wave.Wave_read) -> bytes:
+    """The samples of ``w`` (mono, 16-bit), checked whole: a file cut short (a copy or a
+    download that stopped) gives fewer bytes than its header says, perhaps an odd number, which
+    the call's media could only refuse once the call is answered.
+
+    A data size of 0xFFFFFFFF is a stream's (a recorder writing to a pipe cannot go back to
+    write the length): what the file holds is read, up to the longest call. A data size of 0 is
+    refused: a file asked to be played that plays nothing is a mistake.
+    """
+    limit = int(MAX_DURATION_S * w.getframerate())
+    streamed = w.getnframes() == _STREAMED_DATA_SIZE // 2
+    if not streamed and w.getnframes() > limit:
+        raise CallOptionError(f"{path} is longer than {MAX_DURATION_S:g} s")
+    pcm = w.readframes(limit + 1 if streamed else w.getnframes())
+    if len(pcm) > 2 * limit:
+        raise CallOptionError(f"{path} is longer than {MAX_DURATION_S:g} s")
+    if not streamed and len(pcm) != 2 * w.getnframes():
+        raise CallOptionError(
+            f"{path} is cut short: {len(pcm)} of the {2 * w.getnframes()} bytes of audio its "
+            "header gives"
+        )
+    if len(pcm) % 2:
+        raise CallOptionError(f"{path} is cut short: it ends within a 16-bit sample")
+    if not pcm:
+        raise CallOptionError(f"{path} holds no audio")
+    return pcm
 
 
 def claim_record_path(path: Path) -> bool:

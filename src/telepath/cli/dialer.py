@@ -3,7 +3,9 @@
 It places one call with digest authentication (SHA-256 when offered, else MD5), plays a tone or
 a WAV file as the caller, records what the agent says to a WAV file, hangs up after
 ``duration`` seconds (or when the agent hangs up) and prints a summary. An INVITE that had a
-provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1).
+provisional response but no answer within ``ring_timeout_s`` is cancelled (RFC 3261 §9.1). The
+ACK and the BYE follow the 2xx's route set (§12.1.2), so a record-routing proxy in front of the
+gateway stays on their path.
 Built from the same pure SIP/SDP cores and the same :class:`MediaSession` as the gateway, so it
 exercises real code.
 
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from telepath.rtp.srtp_keys import SUITES
 from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_offer_answer, parse
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
+from telepath.sip.dialog import request_target
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.uri import SipUri, parse_uri
@@ -49,6 +53,9 @@ RING_TIMEOUT_S = 60.0
 #: After a CANCEL, how long to wait for the INVITE's final response: 64*T1 (RFC 3261 §9.1:
 #: without one by then the client considers the INVITE cancelled, its transaction destroyed).
 CANCEL_WAIT_S = 64 * 0.5
+#: Stopped (Ctrl-C) while the INVITE rings, how long to wait for its final response after the
+#: CANCEL: long enough for a gateway that answers at once, short for someone leaving.
+STOP_WAIT_S = 5.0
 
 
 class RingTimeout(TimeoutError):
@@ -70,6 +77,28 @@ class DialResult:
     error: str | None = None  # why an answered call could not go on (then hung up)
     recorded: bytes = b""
     log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Dialog:
+    """Where the call's requests go once a 2xx has set it up: the ACK and the BYE."""
+
+    to_tag: str | None
+    target: SipUri  # their Request-URI
+    routes: list[str]  # their Route values
+
+    @classmethod
+    def of(cls, answer: Response, fallback: SipUri) -> _Dialog:
+        """The dialog ``answer`` (a 2xx) sets up (RFC 3261 §12.1.2): its To tag, its Contact as
+        the remote target, and its Record-Route reversed as the route set — a proxy in front of
+        the gateway record-routes to stay on the dialog's path, and one routing by Route
+        (loose routing) refuses or misroutes requests without it. The Request-URI and Route
+        follow §12.2.1.1 as the gateway's own do (a strict router becomes the URI)."""
+        contacts = answer.headers.get_all("Contact")
+        remote_target = parse_name_addr(contacts[0]).uri if contacts else fallback
+        route_set = answer.headers.get_all("Record-Route")[::-1]
+        target, routes = request_target(remote_target, route_set)
+        return cls(answer.to.tag, target, routes)
 
 
 class Dialer:
@@ -112,6 +141,8 @@ class Dialer:
         self.from_tag = secrets.token_hex(6)
         self.cseq = 0
         self.result = DialResult()
+        # The INVITE in progress had a provisional response: it may be cancelled (§9.1).
+        self.rang = False
 
     async def _connect(self) -> Link:
         """The link to the gateway, located as RFC 3263 says (NAPTR, SRV, then the host's
@@ -149,11 +180,14 @@ class Dialer:
         body: bytes = b"",
         auth: tuple[str, str] | None = None,
         cseq: int | None = None,
+        routes: Sequence[str] = (),
     ) -> Request:
         h = Headers()
         branch = branch or "z9hG4bK" + secrets.token_hex(8)
         h.add("Via", f"SIP/2.0/{self.transport} {self.local_ip}:{local_port};branch={branch};rport")
         h.add("Max-Forwards", "70")
+        for route in routes:
+            h.add("Route", route)
         h.add("From", f"<sip:{self.caller}@{self.local_ip}>;tag={self.from_tag}")
         to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
         h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
@@ -212,38 +246,58 @@ class Dialer:
             )
             if answer is None:
                 return result
-            to_tag = answer.to.tag
-            contacts = answer.headers.get_all("Contact")
-            target = parse_name_addr(contacts[0]).uri if contacts else self.uri
-            # RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and
-            # "MUST contain the same credentials as the INVITE" (a proxy authenticating every
-            # request would refuse it otherwise). The ACK for a non-2xx needs none: it is part
-            # of the INVITE's transaction, hop by hop (§17.1.1.3).
-            ack = self._request(
-                "ACK", local_port, uri=target, to_tag=to_tag, cseq=self.cseq, auth=auth
-            )
-            sip.send(ack.to_bytes())
+            dialog, ack = self._acknowledge(sip, local_port, answer, auth)
             try:
                 if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
                     result.setup_ms = (loop.time() - started) * 1000
-                    await self._talk(sip, lease, offer, answer, audio, duration_s)
+                    await self._talk(sip, lease, offer, answer, audio, duration_s, ack)
             except SdpError as exc:
                 result.setup_ms = None
                 result.error = f"the gateway's SDP answer is unusable: {exc}"
             except BaseException:
                 # An error or Ctrl-C while the call is up: it is ended all the same (RFC 3261
                 # §15), or the gateway keeps it, and its agent, until its media timeout.
-                await self._bye(sip, local_port, target, to_tag)
+                await self._bye(sip, local_port, dialog)
                 raise
             if result.ended_by != "agent":
                 # RFC 3261 §15: we end the call — the duration is over, a 200 crossed our
                 # CANCEL (§9.1: a CANCEL does nothing to an answered request), or the SDP
                 # answer is unusable (§13.2.2.4: acknowledged, then BYE at once).
-                await self._bye(sip, local_port, target, to_tag)
+                await self._bye(sip, local_port, dialog)
             return result
         finally:
             lease.release()  # idempotent: the media session, if one opened, released it
             sip.close()
+
+    def _acknowledge(
+        self, sip: Link, local_port: int, answer: Response, auth: tuple[str, str] | None
+    ) -> tuple[_Dialog, Request]:
+        """Send the ACK for ``answer``, the INVITE's 2xx; the dialog it set up and the ACK.
+
+        RFC 3261 §13.2.2.4: the ACK for a 2xx is a request of its own, end to end, and "MUST
+        contain the same credentials as the INVITE" (a proxy authenticating every request would
+        refuse it otherwise). The ACK for a non-2xx needs none: it is part of the INVITE's
+        transaction, hop by hop (§17.1.1.3).
+        """
+        dialog = _Dialog.of(answer, self.uri)
+        ack = self._request(
+            "ACK",
+            local_port,
+            uri=dialog.target,
+            to_tag=dialog.to_tag,
+            cseq=self.cseq,
+            auth=auth,
+            routes=dialog.routes,
+        )
+        sip.send(ack.to_bytes())
+        return dialog, ack
+
+    def _acknowledge_failure(
+        self, sip: Link, local_port: int, branch: str, final: Response
+    ) -> None:
+        """Send the ACK for the INVITE's non-2xx ``final``, in its transaction (§17.1.1.3)."""
+        ack = self._request("ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq)
+        sip.send(ack.to_bytes())
 
     async def _talk(
         self,
@@ -253,15 +307,17 @@ class Dialer:
         answer: Response,
         audio: tuple[bytes, int] | None,
         duration_s: float,
+        ack: Request,
     ) -> None:
-        """Media both ways until the duration is over or the gateway hangs up."""
+        """Media both ways until the duration is over or the gateway hangs up; ``ack`` is
+        sent again for each retransmission of the 2xx it acknowledged."""
         result = self.result
         media = await self._open_media(lease, offer, answer)
         try:
             if audio is not None:
                 media.play_pcm(*audio)
             recorded = bytearray()
-            result.ended_by = await self._converse(sip, media, recorded, duration_s)
+            result.ended_by = await self._converse(sip, media, recorded, duration_s, ack)
             result.recorded = bytes(recorded)
             result.received_ms = len(recorded) / 16
         finally:
@@ -298,8 +354,13 @@ class Dialer:
             self.cseq += 1
             branch = "z9hG4bK" + secrets.token_hex(8)
             invite = self._request("INVITE", local_port, branch=branch, body=sdp, auth=auth)
+            self.rang = False
             try:
                 final = await self._transact(sip, invite, timeout_s, ring_timeout_s=ring_timeout_s)
+            except asyncio.CancelledError:
+                if self.rang:  # §9.1: no CANCEL before a provisional response
+                    await self._stop_ringing(sip, local_port, invite, branch, auth)
+                raise
             except RingTimeout:
                 # RFC 3261 §9.1: the INVITE had a provisional response, so it is cancelled
                 # rather than abandoned (the gateway would answer a call nobody acknowledges);
@@ -312,10 +373,7 @@ class Dialer:
             result.status, result.reason = final.status, final.reason
             result.log.append(f"INVITE → {final.status} {final.reason}")
             if final.status >= 300:
-                ack = self._request(
-                    "ACK", local_port, branch=branch, to_tag=final.to.tag, cseq=self.cseq
-                )
-                sip.send(ack.to_bytes())
+                self._acknowledge_failure(sip, local_port, branch, final)
             if 200 <= final.status < 300:
                 return final, auth
             if final.status not in (401, 407) or auth is not None or result.cancelled:
@@ -340,10 +398,39 @@ class Dialer:
             auth = (header, answered[0])
         return None, auth
 
-    async def _bye(self, sip: Link, local_port: int, target: SipUri, to_tag: str | None) -> None:
+    async def _stop_ringing(
+        self,
+        sip: Link,
+        local_port: int,
+        invite: Request,
+        branch: str,
+        auth: tuple[str, str] | None,
+    ) -> None:
+        """Stopped (Ctrl-C) while ``invite`` rings: cancel it (RFC 3261 §9.1) on the way out, as
+        the ring timeout does, or the gateway answers a call nobody acknowledges and keeps it,
+        and its agent, until it gives up on the ACK. Its final response is waited for
+        :data:`STOP_WAIT_S` at most and acknowledged: a 487 in its transaction, a 200 that
+        crossed the CANCEL end to end, then hung up (§15)."""
+        self.result.cancelled = True
+        self.result.log.append("stopped while the INVITE rang: CANCEL")
+        try:
+            final = await self._transact(sip, cancel_of(invite), STOP_WAIT_S, answer_to="INVITE")
+        except TimeoutError:
+            return
+        self.result.status, self.result.reason = final.status, final.reason
+        self.result.log.append(f"INVITE → {final.status} {final.reason}")
+        if final.status >= 300:
+            self._acknowledge_failure(sip, local_port, branch, final)
+        else:
+            dialog, _ack = self._acknowledge(sip, local_port, final, auth)
+            await self._bye(sip, local_port, dialog)
+
+    async def _bye(self, sip: Link, local_port: int, dialog: _Dialog) -> None:
         """End the call (RFC 3261 §15.1.1); its answer is logged, waited for 5 s at most."""
         self.cseq += 1
-        bye = self._request("BYE", local_port, uri=target, to_tag=to_tag)
+        bye = self._request(
+            "BYE", local_port, uri=dialog.target, to_tag=dialog.to_tag, routes=dialog.routes
+        )
         with contextlib.suppress(TimeoutError):
             final = await self._transact(sip, bye, 5)
             self.result.log.append(f"BYE → {final.status} {final.reason}")
@@ -401,12 +488,19 @@ class Dialer:
                 continue
             if msg.status >= 200:
                 return msg
+            if request.method == "INVITE":
+                self.rang = True
             if ring_timeout_s is not None and not rang:
                 rang = True  # it rings: the answer may take as long as ring_timeout_s
                 deadline = sent + ring_timeout_s
 
     async def _converse(
-        self, sip: Link, media: MediaSession, recorded: bytearray, duration_s: float
+        self,
+        sip: Link,
+        media: MediaSession,
+        recorded: bytearray,
+        duration_s: float,
+        ack: Request,
     ) -> str:
         loop = asyncio.get_running_loop()
 
@@ -423,6 +517,11 @@ class Dialer:
                 if isinstance(msg, Request) and msg.method == "BYE":
                     sip.send(make_response(msg, 200).to_bytes())
                     return "agent"
+                if isinstance(msg, Response) and acknowledges(ack, msg):
+                    # RFC 3261 §13.2.2.4: an ACK for each 2xx received. The gateway sends its
+                    # 200 again until an ACK comes (§13.3.1.4): ours was lost, so the same
+                    # again — unanswered, the gateway ends the call at 64*T1.
+                    sip.send(ack.to_bytes())
 
         rec = loop.create_task(record())
         bye = loop.create_task(watch_bye())
@@ -434,6 +533,17 @@ class Dialer:
             rec.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await rec
+
+
+def acknowledges(ack: Request, response: Response) -> bool:
+    """Whether ``response`` is a 2xx that ``ack`` acknowledges: the INVITE's answer (its Call-ID
+    and CSeq number) from the same dialog (its To tag) — a retransmission of the 2xx."""
+    return (
+        200 <= response.status < 300
+        and response.call_id == ack.call_id
+        and (response.cseq.seq, response.cseq.method) == (ack.cseq.seq, "INVITE")
+        and response.to.tag == ack.to.tag
+    )
 
 
 def cancel_of(invite: Request) -> Request:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from telepath.sip.headers import parse_name_addr
 from telepath.sip.session_timer import Timer
 from telepath.sip.transaction import Source
 from telepath.sip.uri import SipUri
@@ -67,3 +68,18 @@ class Dialog:
         """The CSeq for our next request in this dialog (§12.2.1.1)."""
         self.local_cseq += 1
         return self.local_cseq
+
+
+def request_target(remote_target: SipUri, route_set: list[str]) -> tuple[SipUri, list[str]]:
+    """The Request-URI and the Route values of a request inside a dialog (RFC 3261 §12.2.1.1),
+    the UAS's (the gateway's BYE) and the UAC's (the test dialler's ACK and BYE) alike.
+
+    ``route_set`` is in the order the request passes the proxies: the INVITE's Record-Route
+    for a UAS, the 2xx's reversed for a UAC (§12.1.1, §12.1.2). A loose router first (``lr``):
+    the request goes to the remote target, the route set as Route. A strict router first: it
+    becomes the Request-URI, and the remote target is appended to the rest as the last Route.
+    """
+    routes = list(route_set)
+    if routes and ";lr" not in routes[0].lower():
+        return parse_name_addr(routes[0]).uri, routes[1:] + [f"<{remote_target}>"]
+    return remote_target, routes

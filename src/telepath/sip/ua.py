@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from telepath.clock import Clock
 from telepath.sip.client_auth import Challenge, answer, answer_challenge
-from telepath.sip.dialog import Dialog, DialogState
+from telepath.sip.dialog import Dialog, DialogState, request_target
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr, parse_via
 from telepath.sip.message import Headers, Request, Response, make_response
@@ -74,7 +74,6 @@ from telepath.sip.ua_events import (
     Send,
     SessionRefreshed,
 )
-from telepath.sip.uri import SipUri
 
 __all__ = [
     "ALLOW",
@@ -979,12 +978,7 @@ class UserAgentCore:
         body: bytes = b"",
     ) -> Request:
         """A request inside ``dialog`` (§12.2.1.1): target, Route set, tags, a fresh branch."""
-        route_set = list(dialog.route_set)
-        target: SipUri = dialog.remote_target
-        if route_set and ";lr" not in route_set[0].lower():
-            # strict router (§12.2.1.1): first route becomes the Request-URI
-            target = parse_name_addr(route_set[0]).uri
-            route_set = route_set[1:] + [f"<{dialog.remote_target}>"]
+        target, route_set = request_target(dialog.remote_target, dialog.route_set)
         transport = dialog.source.transport
         port = self.config.contact_ports.get(transport, 5060)
         h = Headers()

@@ -198,6 +198,24 @@ def _wav(
     return path
 
 
+def _cut(path: Path, size: int) -> Path:
+    """``path`` without its last ``size`` bytes: a file whose copy or download stopped short."""
+    path.write_bytes(path.read_bytes()[:-size])
+    return path
+
+
+def _data_size(path: Path, size: int) -> Path:
+    """``path`` with ``size`` as its data chunk's (and, for 0xFFFFFFFF, the RIFF chunk's) size:
+    0xFFFFFFFF is what a recorder writing to a pipe puts there, not knowing the length."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at : at + 4] = size.to_bytes(4, "little")
+    if size == 0xFFFFFFFF:
+        data[4:8] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.fixture
 def silent_gateway() -> Iterator[tuple[socket.socket, str]]:
     """A UDP socket that never answers, and a target URI for it: whatever the CLI sends to
@@ -220,6 +238,11 @@ def silent_gateway() -> Iterator[tuple[socket.socket, str]]:
         (["--play", "11025.wav"], "11025 Hz"),
         (["--play", "long.wav"], "longer than 120 s"),
         (["--play", "text.wav"], "not a WAV file"),
+        (["--play", "cut.wav"], "cut short"),  # a byte short: not whole samples
+        (["--play", "short.wav"], "cut short"),  # whole samples, fewer than the header's
+        (["--play", "empty.wav"], "holds no audio"),
+        (["--play", "streamed-cut.wav"], "cut short"),
+        (["--play", "streamed-long.wav"], "longer than 120 s"),
     ],
 )
 def test_call_checks_what_it_plays_before_dialling(
@@ -238,6 +261,11 @@ def test_call_checks_what_it_plays_before_dialling(
     _wav(tmp_path / "11025.wav", rate=11025)
     _wav(tmp_path / "long.wav", seconds=121)
     (tmp_path / "text.wav").write_text("not audio")
+    _cut(_wav(tmp_path / "cut.wav"), 1)
+    _cut(_wav(tmp_path / "short.wav"), 2)
+    _data_size(_wav(tmp_path / "empty.wav"), 0)
+    _cut(_data_size(_wav(tmp_path / "streamed-cut.wav"), 0xFFFFFFFF), 1)
+    _data_size(_wav(tmp_path / "streamed-long.wav", seconds=121), 0xFFFFFFFF)
     sock, target = silent_gateway
     result = CliRunner().invoke(app, ["call", target, "--password", "any-pass-1", *options])
     assert result.exit_code == 2, result.output
@@ -251,6 +279,13 @@ def test_call_plays_the_rates_the_resampler_takes(tmp_path: Path) -> None:
     for rate in (8000, 16000, 22050, 24000, 44100, 48000):
         played = caller_audio(1.0, None, _wav(tmp_path / f"{rate}.wav", rate=rate))
         assert played == (b"\x00" * rate * 2, rate)
+
+
+def test_call_plays_a_streamed_wav_as_far_as_it_goes(tmp_path: Path) -> None:
+    """A WAV file written to a pipe gives 0xFFFFFFFF as its data size: what it holds is
+    played (it was refused as longer than 120 s)."""
+    played = caller_audio(1.0, None, _data_size(_wav(tmp_path / "s.wav"), 0xFFFFFFFF))
+    assert played == (b"\x00" * 8000 * 2, 8000)
 
 
 @pytest.mark.parametrize("where", ["missing/agent.wav", "."])

@@ -279,6 +279,30 @@ async def test_a_dialler_stopped_mid_call_hangs_up(
     assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
 
 
+async def test_a_dialler_stopped_while_ringing_cancels(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """The dialler is stopped (Ctrl-C: its task cancelled) while the gateway rings, the agent
+    slow to connect: it cancels the INVITE on its way out (RFC 3261 §9.1) and acknowledges the
+    487, so the gateway lets the call go at once — it answered once the agent connected, and
+    kept the call, its agent and its ports for an ACK that never came."""
+    async with FakeTelepathAgent(handshake_delay_s=2) as agent:
+        await create_trunk(
+            api, "bob", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        dialer = Dialer(_target(gateway, "bob", "UDP"), username="bob", password="dialer-pass-1")
+        call = asyncio.get_running_loop().create_task(dialer.run(duration_s=60))
+        await wait_until(lambda: dialer.rang and agent.handshakes, what="the call to ring")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await settled(gateway)
+    assert dialer.result.status == 487 and dialer.result.cancelled
+    assert gateway.server.core.dialog_count == 0 and gateway.manager.active_calls == 0
+    assert gateway.manager.ports.in_use == 0
+
+
 async def test_the_cli_saves_the_agent_s_audio(
     api: Api,  # noqa: F811
     gateway: Gateway,  # noqa: F811

@@ -23,7 +23,7 @@ from tests.integration.cli.sip_peer import (
     ok_with_sdp,
     sip_peer,
 )
-from tests.integration.media.peer import UdpPeer, rtp_stream
+from tests.integration.media.peer import UdpPeer, rtp_stream, until
 from tests.unit.rtp.audio import dominant_hz
 from tests.unit.rtp.audio import tone as tone_pcm
 
@@ -78,6 +78,60 @@ async def test_the_ack_for_a_2xx_carries_the_invites_credentials(status: int, he
     assert ack.headers.get(header) == invite.headers.get(header) is not None
 
 
+@pytest.mark.parametrize("proxies", [1, 2])
+async def test_the_ack_and_the_bye_follow_the_route_set(proxies: int) -> None:
+    """A record-routing proxy in front of the gateway (RFC 3261 §12.1.2): the route set is the
+    2xx's Record-Route reversed, and the ACK (§13.2.2.4) and the BYE carry it as Route headers
+    to the remote target, the 2xx's Contact (§12.2.1.1, loose routing). Without them a proxy
+    that routes in-dialog requests by their Route (Kamailio's ``loose_route``) refuses the BYE,
+    and the ACK never reaches the gateway, which then ends the call unacknowledged."""
+    record_route: list[str] = []
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.headers.add("Record-Route", ", ".join(record_route))  # one line, a comma list
+        return [answer]
+
+    async with sip_peer(script) as peer:
+        # the proxy nearest the gateway first: the dialler's own proxy (the peer) is last
+        record_route += [f"<sip:198.51.100.{n}:5060;lr;ftag=x>" for n in range(1, proxies)]
+        record_route.append(f"<sip:127.0.0.1:{peer.port};lr>")
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=0.2, tone_hz=None
+        )
+        (ack,) = await peer.received("ACK")
+        (bye,) = await peer.received("BYE")
+    assert result.status == 200 and result.ended_by == "dialer"
+    for request in (ack, bye):
+        assert request.headers.get_all("Route") == record_route[::-1]
+        assert str(request.uri) == f"sip:peer@127.0.0.1:{peer.port}"  # the 2xx's Contact
+
+
+async def test_a_retransmitted_2xx_is_acknowledged_again() -> None:
+    """The ACK is lost (UDP): the gateway sends its 200 again (RFC 3261 §13.3.1.4), and "the
+    UAC core MUST generate an ACK request for each 2xx received" (§13.2.2.4) — the same ACK.
+    Unanswered, the gateway would end the call at 64*T1 for want of one."""
+    answers: list[Response] = []
+
+    def script(request: Request) -> list[Response]:
+        if request.method == "INVITE":
+            answers.append(ok_with_sdp(peer, request))
+            return answers[:1]
+        if request.method == "ACK" and len(peer.of("ACK")) == 1:
+            return answers[:1]  # as if the first ACK had been lost: the 200 again
+        return []
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(
+            duration_s=1, tone_hz=None
+        )
+        first, again = await peer.received("ACK", 2)
+    assert result.status == 200 and result.ended_by == "dialer"
+    assert again.to_bytes() == first.to_bytes()
+
+
 def _ringing(peer: SipPeer, cancelled: Callable[[Request], Response]) -> Script:
     """INVITE: 180 Ringing and nothing more; CANCEL: 200, then ``cancelled(invite)``."""
 
@@ -130,6 +184,53 @@ async def test_a_200_that_crosses_the_cancel_is_acknowledged_and_hung_up() -> No
     assert result.cancelled and result.setup_ms is None
     assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
     assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+@pytest.mark.parametrize("final", [487, 200])
+async def test_a_dialler_stopped_while_ringing_cancels_the_invite(final: int) -> None:
+    """The dialler is stopped (Ctrl-C: its task cancelled) after the 180: it cancels the INVITE
+    (RFC 3261 §9.1) on its way out, as it does when the ring timeout passes, instead of leaving
+    the gateway to answer a call nobody acknowledges. The INVITE's final response is
+    acknowledged — a 487 in its transaction (§17.1.1.3), a 200 that crossed the CANCEL end to
+    end and then hung up (§13.2.2.4, §15) — and the cancellation goes on."""
+    async with sip_peer() as peer:
+        peer.script = _ringing(
+            peer,
+            lambda invite: (
+                ok_with_sdp(peer, invite)
+                if final == 200
+                else make_response(invite, 487, to_tag=TAG)
+            ),
+        )
+        dialer = Dialer(peer.uri("bob"), username="bob", password=PASSWORD)
+        call = asyncio.get_running_loop().create_task(dialer.run(duration_s=60))
+        await until(lambda: dialer.rang)  # the 180 has come
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (ack,) = await peer.received("ACK")
+    invite, (cancel,) = peer.of("INVITE")[0], peer.of("CANCEL")
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert (ack.cseq.seq, ack.to.tag) == (invite.cseq.seq, TAG)
+    if final == 487:
+        assert ack.top_via.branch == invite.top_via.branch and not peer.of("BYE")
+    else:
+        (bye,) = peer.of("BYE")
+        assert bye.to.tag == TAG and bye.cseq.seq > invite.cseq.seq
+
+
+async def test_a_dialler_stopped_before_a_provisional_response_sends_no_cancel() -> None:
+    """§9.1: "If no provisional response has been received, the CANCEL request MUST NOT be
+    sent" — stopped then, the dialler just leaves."""
+    async with sip_peer() as peer:
+        call = asyncio.get_running_loop().create_task(
+            Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        )
+        await peer.received("INVITE")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert not peer.of("CANCEL")
 
 
 async def test_no_cancel_without_a_provisional_response() -> None:

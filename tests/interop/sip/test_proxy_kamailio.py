@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from telepath.cli.dialer import Dialer
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
@@ -105,4 +106,22 @@ async def test_gateway_bye_follows_the_route_set_through_the_proxy(
     head = bye.split("\r\n\r\n", 1)[0]
     assert re.search(rf"^Route: <sip:127\.0\.0\.1:{proxy};lr[^>]*>", head, re.M), head
     assert "SIP/2.0 200 OK" in bye  # the caller answered our BYE, through the proxy
+    assert gateway.server.core.dialog_count == 0
+
+
+async def test_the_dialler_through_a_record_routing_proxy(
+    api: Api, gateway: Gateway, proxy: int
+) -> None:
+    """``telepath call`` in front of the same proxy: its ACK and BYE carry the route set as
+    Route headers (RFC 3261 §12.1.2, §12.2.1.1), so the proxy relays them (``loose_route``).
+    Without it the BYE was refused (404 from the proxy) and the ACK never reached the gateway,
+    which ended the call for want of it instead of as the caller's hang-up."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        dialer = Dialer(f"sip:alice@127.0.0.1:{proxy}", username="alice", password=PASSWORD)
+        result = await dialer.run(duration_s=1, tone_hz=None)
+        (record,) = await ended_records(api, gateway)
+    assert result.status == 200 and result.ended_by == "dialer", result.log
+    assert "BYE → 200 OK" in result.log, result.log
+    assert record["disconnect_reason"] == "caller_hangup"
     assert gateway.server.core.dialog_count == 0
