@@ -351,6 +351,17 @@ async def test_dns_is_asked_again_at_refreshes_not_at_failovers() -> None:
     await registrations.close(timeout_s=0.1)
 
 
+async def test_a_huge_granted_interval_still_schedules_the_refresh() -> None:
+    """A registrar granting 10**12 s: the answer is taken (as the 300 s asked for) and the
+    refresh scheduled — ``registered_until`` overflowed a datetime, the answer was lost to an
+    OverflowError and the binding was never refreshed again."""
+    streams = Streams()
+    registrations, _ = await registered_with(Draining(), streams, expires=10**12)
+    (binding,) = registrations._bindings.values()
+    assert binding.status == ("registered", None) and binding.timer is not None
+    await registrations.close(timeout_s=0.1)
+
+
 async def test_a_lost_connection_seen_during_a_refresh_starts_no_second_registration() -> None:
     """A refresh is still connecting (the old connection closed, the server slow) when the
     keep-alive finds the connection closed: one registration attempt, not two — two would

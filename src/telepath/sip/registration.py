@@ -17,8 +17,9 @@ Decisions, where RFC 3261 leaves a choice:
   fault). An outbound proxy's 407 and then the registrar's 401 are both answered (§22.3), the
   resend carrying the two, the earlier with its nonce's next count; at most four per request.
 - The interval granted is the ``expires`` parameter of our contact in the 2xx, else its
-  ``Expires`` header, else the one asked for (§10.2.4); the refresh is due 60 s before it ends
-  or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
+  ``Expires`` header, else the one asked for (§10.2.4) — and never more than that: a registrar
+  may only shorten it (§10.3 step 7). The refresh is due 60 s before it ends or half-way for
+  intervals under two minutes — time for Timer F's 32 s of retransmissions.
 - 423 Interval Too Brief: once more with its ``Min-Expires`` (§10.3 step 7), up to a day.
 - NAT (RFC 3581): every REGISTER asks for ``rport``. When a 2xx's top Via says the registrar saw
   the request come from another address (``received``) or, over UDP, port (``rport``) than our
@@ -58,6 +59,7 @@ USER_AGENT = "Telepath"
 # Challenges answered per request, stale ones included: a registrar that keeps saying
 # "stale" is not answered forever (two realms, each once stale, fit).
 _MAX_ANSWERS = 4
+_MAX_DELTA = 2**32 - 1  # the largest delta-seconds (RFC 3261 §20.19)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +327,13 @@ class Registration:
                     exact = (contact.uri.host, contact.uri.port) == (mine.host, mine.port)
                     candidates.append((exact, granted))
         if candidates:  # a binding just moved away from may still be listed: ours first
-            return max(candidates, key=lambda c: c[0])[1]
-        header = _int(response.headers.get("Expires"))
-        return header if header is not None else asked
+            granted = max(candidates, key=lambda c: c[0])[1]
+        else:
+            header = _int(response.headers.get("Expires"))
+            granted = header if header is not None else asked
+        # §10.3 step 7: the registrar MAY choose less than asked, not more; an interval longer
+        # than asked (10**12 s) would also put the refresh past any date the driver can hold
+        return min(granted, asked)
 
     def _fail(self, detail: str) -> Failed:
         self.failures += 1
@@ -346,9 +352,13 @@ def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> fl
 
 
 def _int(text: str | None) -> int | None:
+    """A decimal number of a header (delta-seconds, a port), or None. Past 2**32-1 it is
+    2**32-1 (RFC 3261 §10.2 allows that for ``expires``; §20.19, §20.23: no more is valid), so
+    no registrar's value of thousands of digits reaches ``int()``, which refuses them."""
     if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         return None  # str.isdigit takes "²", which int() does not
-    return int(text.strip())
+    digits = text.strip().lstrip("0") or "0"
+    return min(int(digits), _MAX_DELTA) if len(digits) <= 10 else _MAX_DELTA
 
 
 def _contact_uri(contact: str) -> SipUri:

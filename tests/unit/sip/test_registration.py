@@ -212,6 +212,25 @@ def test_the_interval_granted(headers: list[tuple[str, str]], granted: int) -> N
     assert outcome == Registered(granted, refresh_delay(granted))
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Contact", f"<{CONTACT}>;expires=1000000000000")],
+        [("Contact", f"<{CONTACT}>;expires={'9' * 5000}")],  # past int()'s 4,300 digits
+        [("Expires", "1000000000000")],
+    ],
+)
+def test_a_registrar_granting_more_than_asked_is_taken_at_what_was_asked(
+    headers: list[tuple[str, str]],
+) -> None:
+    """RFC 3261 §10.3 step 7: a registrar may shorten the interval asked for, never lengthen
+    it. 10**12 s made the driver's ``registered_until`` overflow, and 5,000 digits made
+    ``int()`` raise: the answer was lost and the binding never refreshed again."""
+    reg = registration()
+    outcome = reg.on_response(answer(reg.register(), 200, headers))
+    assert outcome == Registered(300, refresh_delay(300))
+
+
 def test_refresh_comes_a_minute_early_or_half_way() -> None:
     assert refresh_delay(3600) == 3540
     assert refresh_delay(300) == 240
