@@ -216,6 +216,25 @@ async def test_before_a_first_success_failover_crosses_transports() -> None:
     await registrations.close(timeout_s=0.1)
 
 
+async def test_before_a_first_success_the_back_off_grows_across_transports() -> None:
+    """Never registered, the binding goes down its NAPTR list each time (a TLS server that
+    fails, then a UDP one that does not answer); each pass is one more failure, so the wait
+    grows (RFC 5626 §4.5) — each move to another transport started its count again, and the
+    list was tried every 15-30 s for ever."""
+    streams = Streams(refusing={("127.0.0.2", 5061)})
+    registrations = await streams.start("sip:carrier.example", locator=TlsThenUdp())
+    (binding,) = registrations._bindings.values()
+    (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
+    for failures in (1, 2, 3):
+        assert isinstance(register, Request) and register.top_via.transport == "UDP"
+        registrations.answered(RequestAnswered(register, None))  # Timer F
+        assert binding.machine.failures == failures and binding.timer is not None
+        registrations._attempt(binding)  # the back-off's timer fires
+        register = await streams.next_register()  # TLS refused again, then UDP
+    assert streams.opened == [("127.0.0.2", 5061)] * 4
+    await registrations.close(timeout_s=0.1)
+
+
 async def test_once_registered_failover_keeps_the_transport() -> None:
     """Registered over TLS (the first of a NAPTR list of TLS then UDP): when that server stops
     answering, no other TLS server is left, so the list is resolved again after the back-off —

@@ -329,9 +329,12 @@ class Registrations:
         transport, addr = target.transport, (target.host, target.port)
         if transport != _transport_of(binding.machine):
             # never registered (else the list holds its transport only): the Contact and Via
-            # follow the transport, under a new Call-ID (its CSeq starts again, §10.2.4)
+            # follow the transport, under a new Call-ID (its CSeq starts again, §10.2.4); the
+            # failures go on counting, so that the back-off over the list grows (RFC 5626 §4.5)
+            failures = binding.machine.failures
             self._by_call_id.pop(binding.machine.call_id, None)
             binding.machine = self._machine(binding.config, registrar, transport, self._call_id())
+            binding.machine.failures = failures
             self._by_call_id[binding.machine.call_id] = binding
         dest = Source("UDP", addr)
         if transport != "UDP":

@@ -208,7 +208,6 @@ class Registration:
         if 200 <= status < 300:
             if self._unregistering:
                 return Unregistered()
-            self.failures = 0
             public = _seen_at(response)
             if public is not None and self._moved_from(public):
                 self.behind_nat = True
@@ -217,8 +216,9 @@ class Registration:
                     old, self.contact = self.contact, _moved_to(self.contact, *public)
                     return Resend(self._new(expires, None, remove=old))
             granted = self._granted(response, expires)
-            if granted <= 0:
+            if granted <= 0:  # a failure like any other: the back-off grows (RFC 5626 §4.5)
                 return self._fail("the registrar granted no time")
+            self.failures = 0
             return Registered(granted, refresh_delay(granted))
         if status in (401, 407):
             return self._on_challenge(response, expires)

@@ -272,6 +272,21 @@ def test_failures_back_off_and_retry_after_is_honoured() -> None:
     assert isinstance(outcome, Failed)
 
 
+def test_a_registrar_granting_no_time_is_backed_off_like_any_failure() -> None:
+    """A 2xx that grants 0 s is a failure, and the back-off grows (RFC 5626 §4.5): failures
+    are reset once registered only — reset at every 2xx, such a registrar was asked again
+    every 15-30 s for ever."""
+    reg = registration()
+    delays = []
+    for _ in range(3):
+        outcome = reg.on_response(answer(reg.register(), 200, [("Expires", "0")]))
+        assert isinstance(outcome, Failed) and outcome.detail == "the registrar granted no time"
+        delays.append(outcome.retry_in)
+    assert delays == [15, 30, 60]
+    assert isinstance(reg.on_response(answer(reg.register(), 200)), Registered)
+    assert reg.failures == 0
+
+
 def test_unregistering_sends_expires_zero_and_ends_whatever_the_answer() -> None:
     auth = server()
     reg = registration()
