@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from telepath.sip.client_auth import Challenge, answer_challenge
 from telepath.sip.client_auth import answer as client_answer
 from telepath.sip.errors import SipParseError
-from telepath.sip.headers import param_value, parse_name_addr, split_list
+from telepath.sip.headers import (
+    delta_seconds,
+    param_value,
+    parse_name_addr,
+    parse_retry_after,
+    split_list,
+)
 from telepath.sip.message import Headers, Request, Response
 from telepath.sip.uri import SipUri
 
@@ -59,7 +65,6 @@ USER_AGENT = "Telepath"
 # Challenges answered per request, stale ones included: a registrar that keeps saying
 # "stale" is not answered forever (two realms, each once stale, fit).
 _MAX_ANSWERS = 4
-_MAX_DELTA = 2**32 - 1  # the largest delta-seconds (RFC 3261 §20.19)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,7 @@ class Registration:
                 return Resend(self._new(minimum, None))
         if self._unregistering:
             return Unregistered()
-        retry_after = _int((response.headers.get("Retry-After") or "").split(";")[0].strip())
+        retry_after = _retry_after(response)
         if status in (500, 503) and retry_after is not None and retry_after > 0:
             self.failures += 1
             return Failed(f"{status} {response.reason}", float(min(retry_after, 3600)))
@@ -352,13 +357,21 @@ def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> fl
 
 
 def _int(text: str | None) -> int | None:
-    """A decimal number of a header (delta-seconds, a port), or None. Past 2**32-1 it is
-    2**32-1 (RFC 3261 §10.2 allows that for ``expires``; §20.19, §20.23: no more is valid), so
-    no registrar's value of thousands of digits reaches ``int()``, which refuses them."""
+    """A decimal number of a header (delta-seconds, a port), or None; 2**32-1 at most."""
     if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         return None  # str.isdigit takes "²", which int() does not
-    digits = text.strip().lstrip("0") or "0"
-    return min(int(digits), _MAX_DELTA) if len(digits) <= 10 else _MAX_DELTA
+    return delta_seconds(text.strip())
+
+
+def _retry_after(response: Response) -> int | None:
+    """The seconds of ``response``'s Retry-After, or None (none, or not one)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return parse_retry_after(value)
+    except SipParseError:
+        return None
 
 
 def _contact_uri(contact: str) -> SipUri:

@@ -272,6 +272,27 @@ def test_failures_back_off_and_retry_after_is_honoured() -> None:
     assert isinstance(outcome, Failed)
 
 
+@pytest.mark.parametrize(
+    ("value", "retry_in"),
+    [
+        ("20 (busy)", 20.0),  # RFC 3261 §20.33: delta-seconds [ comment ] *( SEMI retry-param )
+        ("20(busy)", 20.0),
+        ("20 (a (nested) \\) comment);duration=3600", 20.0),
+        ("20;duration=3600", 20.0),
+        (" 20 ", 20.0),
+        ("20 (unclosed", 15.0),  # not a Retry-After: the back-off's first step
+        ("20 busy", 15.0),
+        ("0", 15.0),
+    ],
+)
+def test_retry_after_with_a_comment_or_parameters_is_honoured(value: str, retry_in: float) -> None:
+    """A 503's ``Retry-After: 120 (I'm in a meeting)`` — §20.33's own example — was taken for
+    no Retry-After, and the registrar asked again after 15-30 s instead."""
+    reg = registration()
+    outcome = reg.on_response(answer(reg.register(), 503, [("Retry-After", value)]))
+    assert outcome == Failed("503 Service Unavailable", retry_in)
+
+
 def test_a_registrar_granting_no_time_is_backed_off_like_any_failure() -> None:
     """A 2xx that grants 0 s is a failure, and the back-off grows (RFC 5626 §4.5): failures
     are reset once registered only — reset at every 2xx, such a registrar was asked again
