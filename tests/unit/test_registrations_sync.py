@@ -5,6 +5,7 @@ times out on a connection closes it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.unit
 class Store:
     def __init__(self, configs: list[RegistrationConfig]) -> None:
         self.configs = configs
+        self.reported: list[tuple[str, str]] = []  # (trunk id, status)
 
     async def registrations(self) -> list[RegistrationConfig]:
         return self.configs
@@ -40,7 +42,7 @@ class Store:
         until: datetime | None,
         contact_address: str | None = None,
     ) -> None:
-        return None
+        self.reported.append((trunk_id, status))
 
 
 def config(trunk_id: str, registrar: str) -> RegistrationConfig:
@@ -399,3 +401,35 @@ async def test_a_lost_connection_seen_during_a_refresh_starts_no_second_registra
         await asyncio.sleep(0.01)
     assert streams.opened == [("127.0.0.1", 5999)] * 2  # the first, and one attempt since
     await registrations.close(timeout_s=0.1)
+
+
+async def test_a_changed_registration_is_sent_only_once_the_old_one_is_removed() -> None:
+    """A trunk's registration changed (its interval, say): the old binding is removed with
+    ``Expires: 0``, and the new one — another Call-ID, the same Contact — is sent once that
+    removal is answered (RFC 3261 §10.2: no new registration before the previous one's final
+    response or timeout). Sent at once, a registrar that took the ``Expires: 0`` last removed
+    the new binding (§10.3 step 7: another Call-ID's zero expiry removes the contact), and
+    the gateway showed it registered, refreshing only at its expiry."""
+    streams = Streams()
+    store = Store([config("udp", "sip:127.0.0.1:5999")])
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    registrations = Registrations(store, core, streams.send, poll_s=3600)
+    stop = asyncio.Event()
+    running = asyncio.create_task(registrations.run(stop))
+    first = await streams.next_register()
+    registrations.answered(granted(first, 300))
+    store.configs = [dataclasses.replace(store.configs[0], expires=600)]
+    registrations.trunks_changed()
+    removal = await streams.next_register()
+    assert removal.headers.get("Expires") == "0" and removal.call_id == first.call_id
+    for binding in list(registrations._bindings.values()):  # any attempt started meanwhile
+        await asyncio.gather(*binding.resolving)
+    last = parse_message([o for o in streams.sent if isinstance(o, Send)][-1].data)
+    assert isinstance(last, Request) and last.headers.get("Expires") == "0"  # nothing since
+    registrations.answered(RequestAnswered(removal, make_response(removal, 200)))
+    new = await streams.next_register()  # at once, not at the next poll
+    assert new.headers.get("Expires") == "600" and new.call_id != first.call_id
+    assert new.headers.get("Contact") == first.headers.get("Contact")
+    assert ("udp", "unregistered") not in store.reported  # replaced, not gone
+    stop.set()
+    await running

@@ -6,7 +6,10 @@ replaces or removes bindings to match; each binding sends its REGISTERs through 
 SIP socket — so the NAT binding they open is the one the carrier's INVITEs come back through —
 refreshes before expiry, retries failures with back-off, and reports its state to the store
 (``GET /v1/trunks`` shows it). On shutdown, and when a trunk or its registration goes, the
-binding is removed with ``Expires: 0`` (bounded wait).
+binding is removed with ``Expires: 0`` (bounded wait). A registration changed is removed so too,
+and its new binding — a new Call-ID, often the same Contact — sent only once that removal is
+answered or has timed out (RFC 3261 §10.2): a registrar taking the ``Expires: 0`` last would
+remove the new binding (§10.3 step 7: another Call-ID's zero expiry removes the contact).
 
 Decisions: the registrar URI is located as RFC 3263 says (``transport/dns.py``: NAPTR, then SRV,
 then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts,
@@ -89,6 +92,7 @@ class _Binding:
     keepalive: asyncio.TimerHandle | None = None
     status: tuple[str, str | None] | None = None  # last reported (status, detail)
     leaving: asyncio.Future[None] | None = None  # set once it is being removed
+    replaced: bool = False  # removed for a changed registration of its trunk
     resolve_failures: int = 0
     resolving: set[asyncio.Task[None]] = field(default_factory=set)
     # RFC 3263: where the registrar's domain said to go, best first, and the one in use; a
@@ -196,9 +200,17 @@ class Registrations:
         for trunk_id, binding in list(self._bindings.items()):
             config = wanted.get(trunk_id)
             if config != binding.config:
+                binding.replaced = config is not None
                 self._remove(binding)
+        # §10.2: a new registration waits for the final response (or the timeout) of the one
+        # removing the old binding; its answer reads the store again (``_forget``)
+        leaving = set()
+        for binding in self._by_call_id.values():
+            if binding.leaving is not None:
+                leaving.add(binding.config.trunk_id)
+                binding.replaced = binding.replaced and binding.config.trunk_id in wanted
         for trunk_id, config in wanted.items():
-            if trunk_id not in self._bindings:
+            if trunk_id not in self._bindings and trunk_id not in leaving:
                 try:
                     self._start(config)
                 except Exception:  # one bad row must not keep the others from registering
@@ -448,6 +460,7 @@ class Registrations:
             self._release(binding.dest.conn)  # the connection was the binding's own
         if binding.leaving is not None and not binding.leaving.done():
             binding.leaving.set_result(None)
+            self._changed.set()  # its trunk's new binding, if any, may start now (``sync``)
 
     def _release(self, conn: int) -> None:
         """Close a connection the binding no longer uses — unless a call signals over it (the
@@ -513,7 +526,7 @@ class Registrations:
             self._send(self.core.send_request(outcome.request, binding.dest))
         elif isinstance(outcome, Unregistered):
             self._forget(binding)
-            if binding.config.trunk_id not in self._bindings:  # not replaced by a new one
+            if not binding.replaced:  # a new one follows (and reports) when replaced
                 self._report(binding, "unregistered", None, None)
         elif binding.leaving is not None:
             return  # a late answer to a register sent before the removal
