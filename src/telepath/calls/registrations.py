@@ -587,7 +587,7 @@ class Registrations:
             log.info("trunk %s: registered", binding.config.trunk_id)
         binding.status = (status, detail)
         address = None
-        if status == "registered":
+        if status in ("registered", "unregistered"):  # the binding shown, or the one removed
             uri = parse_uri(binding.machine.contact)
             address = f"{uri.host}:{uri.port or 5060}"
         task = self._loop.create_task(
