@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from telepath.calls.ports import RegistrationConfig
-from telepath.calls.registrations import Registrations
+from telepath.calls.registrations import KEEPALIVE, Registrations
 from telepath.clock import FakeClock
 from telepath.sip.locate import Target
-from telepath.sip.message import Request, make_response
+from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.ua import Output, RequestAnswered, Send, UaConfig, UserAgentCore
 from telepath.sip.uri import SipUri
@@ -433,3 +433,48 @@ async def test_a_changed_registration_is_sent_only_once_the_old_one_is_removed()
     assert ("udp", "unregistered") not in store.reported  # replaced, not gone
     stop.set()
     await running
+
+
+def seen_from(register: Request, ip: str, port: int) -> RequestAnswered:
+    """The registrar's 200 to ``register``, which came from ``ip:port`` (a NAT's, RFC 3581)."""
+    answer = granted(register, 300).response
+    assert answer is not None
+    answer.headers.set("Via", str(answer.top_via.with_received(ip, port)))
+    parsed = parse_message(answer.to_bytes())
+    assert isinstance(parsed, Response)
+    return RequestAnswered(register, parsed)
+
+
+async def test_a_drain_removes_the_bindings_and_keeps_the_nat_open_for_the_calls() -> None:
+    """A gateway stopping removes its bindings as the drain begins (no new calls are sent
+    here), while its calls go on: behind a NAT the keep-alives go on too, or the carrier's
+    BYE for such a call could find the NAT's mapping gone; the last close ends them."""
+    streams = Streams()
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    store = Store([config("udp", "sip:127.0.0.1:5999")])
+    registrations = Registrations(store, core, streams.send, keepalive_s=0.01)
+    await registrations.sync()
+    first = await streams.next_register()
+    registrations.answered(seen_from(first, "198.51.100.9", 40001))
+    moved = await streams.next_register()  # the contact moved to the NAT's address
+    registrations.answered(seen_from(moved, "198.51.100.9", 40001))
+    assert registrations.contact_of("udp") == "sip:tpr-udp@198.51.100.9:40001"
+    withdrawing = asyncio.create_task(registrations.close(keep_alive=True))
+    removal = await streams.next_register()
+    assert removal.headers.get("Expires") == "0"
+    registrations.answered(RequestAnswered(removal, make_response(removal, 200)))
+    await withdrawing
+    assert registrations.count == 0 and ("udp", "unregistered") in store.reported
+
+    def keepalives() -> int:
+        return sum(1 for o in streams.sent if isinstance(o, Send) and o.data == KEEPALIVE)
+
+    before = keepalives()
+    async with asyncio.timeout(5):
+        while keepalives() < before + 2:  # to the registrar, every keepalive_s
+            streams.arrived.clear()
+            await streams.arrived.wait()
+    await registrations.close()
+    after = keepalives()
+    await asyncio.sleep(0.05)
+    assert keepalives() == after

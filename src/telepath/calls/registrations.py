@@ -82,7 +82,7 @@ CONNECT_TIMEOUT_S = 10.0
 RELOCATE_S = 60.0
 
 
-@dataclass
+@dataclass(eq=False)  # one binding is itself only (kept in sets)
 class _Binding:
     config: RegistrationConfig
     machine: Registration
@@ -160,6 +160,7 @@ class Registrations:
         self._writes: set[asyncio.Task[None]] = set()  # state being stored
         self._closed = False
         self._lingering: set[int] = set()  # connections let go while a call still used them
+        self._kept_open: set[_Binding] = set()  # removed, NAT kept open: close(keep_alive=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -216,11 +217,17 @@ class Registrations:
                 except Exception:  # one bad row must not keep the others from registering
                     log.exception("trunk %s: its registration cannot be started", trunk_id)
 
-    async def close(self, timeout_s: float = 2.0) -> None:
+    async def close(self, timeout_s: float = 2.0, *, keep_alive: bool = False) -> None:
         """Remove every binding (``Expires: 0``), waiting up to ``timeout_s`` for the answers
-        and for the state to be stored. Nothing is registered after this."""
+        and for the state to be stored. Nothing is registered after this.
+
+        ``keep_alive`` (as a drain begins: the registrar sends no new calls, those up go on):
+        a binding behind a NAT over UDP goes on sending its keep-alives until the next close,
+        since the carrier's requests in those calls' dialogs (a BYE) come back through the
+        NAT's mapping that they hold open. Connections that calls use stay open anyway."""
         self._closed = True
-        leaving = [f for f in (self._remove(b) for b in list(self._bindings.values())) if f]
+        removed = list(self._bindings.values())
+        leaving = [f for f in (self._remove(b) for b in removed) if f]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 if leaving:
@@ -229,6 +236,17 @@ class Registrations:
                     await asyncio.gather(*self._writes, return_exceptions=True)
         for binding in list(self._by_call_id.values()):
             self._forget(binding)
+        for binding in self._kept_open:
+            if binding.keepalive is not None:
+                binding.keepalive.cancel()
+                binding.keepalive = None
+        self._kept_open = set()
+        if keep_alive and self.keepalive_s > 0:
+            for binding in removed:
+                dest = binding.dest
+                if binding.machine.behind_nat and dest is not None and dest.transport == "UDP":
+                    self._kept_open.add(binding)
+                    binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
 
     @property
     def count(self) -> int:
@@ -557,6 +575,10 @@ class Registrations:
         TCP connection found closed is replaced at once, with a REGISTER on the new one."""
         binding.keepalive = None
         dest = binding.dest
+        if binding in self._kept_open and dest is not None:  # removed: the NAT's mapping only
+            self._send([Send(KEEPALIVE, dest)])
+            binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
+            return
         if not self._kept(binding) or dest is None:
             return
         if dest.conn is not None and not self._is_open(dest.conn):
