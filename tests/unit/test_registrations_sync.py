@@ -5,6 +5,7 @@ times out on a connection closes it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,10 +14,10 @@ from typing import Any
 import pytest
 
 from telepath.calls.ports import RegistrationConfig
-from telepath.calls.registrations import Registrations
+from telepath.calls.registrations import KEEPALIVE, Registrations
 from telepath.clock import FakeClock
 from telepath.sip.locate import Target
-from telepath.sip.message import Request, make_response
+from telepath.sip.message import Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.ua import Output, RequestAnswered, Send, UaConfig, UserAgentCore
 from telepath.sip.uri import SipUri
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.unit
 class Store:
     def __init__(self, configs: list[RegistrationConfig]) -> None:
         self.configs = configs
+        self.reported: list[tuple[str, str]] = []  # (trunk id, status)
 
     async def registrations(self) -> list[RegistrationConfig]:
         return self.configs
@@ -40,7 +42,7 @@ class Store:
         until: datetime | None,
         contact_address: str | None = None,
     ) -> None:
-        return None
+        self.reported.append((trunk_id, status))
 
 
 def config(trunk_id: str, registrar: str) -> RegistrationConfig:
@@ -216,6 +218,25 @@ async def test_before_a_first_success_failover_crosses_transports() -> None:
     await registrations.close(timeout_s=0.1)
 
 
+async def test_before_a_first_success_the_back_off_grows_across_transports() -> None:
+    """Never registered, the binding goes down its NAPTR list each time (a TLS server that
+    fails, then a UDP one that does not answer); each pass is one more failure, so the wait
+    grows (RFC 5626 §4.5) — each move to another transport started its count again, and the
+    list was tried every 15-30 s for ever."""
+    streams = Streams(refusing={("127.0.0.2", 5061)})
+    registrations = await streams.start("sip:carrier.example", locator=TlsThenUdp())
+    (binding,) = registrations._bindings.values()
+    (register,) = [parse_message(o.data) for o in streams.sent if isinstance(o, Send)]
+    for failures in (1, 2, 3):
+        assert isinstance(register, Request) and register.top_via.transport == "UDP"
+        registrations.answered(RequestAnswered(register, None))  # Timer F
+        assert binding.machine.failures == failures and binding.timer is not None
+        registrations._attempt(binding)  # the back-off's timer fires
+        register = await streams.next_register()  # TLS refused again, then UDP
+    assert streams.opened == [("127.0.0.2", 5061)] * 4
+    await registrations.close(timeout_s=0.1)
+
+
 async def test_once_registered_failover_keeps_the_transport() -> None:
     """Registered over TLS (the first of a NAPTR list of TLS then UDP): when that server stops
     answering, no other TLS server is left, so the list is resolved again after the back-off —
@@ -351,6 +372,17 @@ async def test_dns_is_asked_again_at_refreshes_not_at_failovers() -> None:
     await registrations.close(timeout_s=0.1)
 
 
+async def test_a_huge_granted_interval_still_schedules_the_refresh() -> None:
+    """A registrar granting 10**12 s: the answer is taken (as the 300 s asked for) and the
+    refresh scheduled — ``registered_until`` overflowed a datetime, the answer was lost to an
+    OverflowError and the binding was never refreshed again."""
+    streams = Streams()
+    registrations, _ = await registered_with(Draining(), streams, expires=10**12)
+    (binding,) = registrations._bindings.values()
+    assert binding.status == ("registered", None) and binding.timer is not None
+    await registrations.close(timeout_s=0.1)
+
+
 async def test_a_lost_connection_seen_during_a_refresh_starts_no_second_registration() -> None:
     """A refresh is still connecting (the old connection closed, the server slow) when the
     keep-alive finds the connection closed: one registration attempt, not two — two would
@@ -369,3 +401,80 @@ async def test_a_lost_connection_seen_during_a_refresh_starts_no_second_registra
         await asyncio.sleep(0.01)
     assert streams.opened == [("127.0.0.1", 5999)] * 2  # the first, and one attempt since
     await registrations.close(timeout_s=0.1)
+
+
+async def test_a_changed_registration_is_sent_only_once_the_old_one_is_removed() -> None:
+    """A trunk's registration changed (its interval, say): the old binding is removed with
+    ``Expires: 0``, and the new one — another Call-ID, the same Contact — is sent once that
+    removal is answered (RFC 3261 §10.2: no new registration before the previous one's final
+    response or timeout). Sent at once, a registrar that took the ``Expires: 0`` last removed
+    the new binding (§10.3 step 7: another Call-ID's zero expiry removes the contact), and
+    the gateway showed it registered, refreshing only at its expiry."""
+    streams = Streams()
+    store = Store([config("udp", "sip:127.0.0.1:5999")])
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    registrations = Registrations(store, core, streams.send, poll_s=3600)
+    stop = asyncio.Event()
+    running = asyncio.create_task(registrations.run(stop))
+    first = await streams.next_register()
+    registrations.answered(granted(first, 300))
+    store.configs = [dataclasses.replace(store.configs[0], expires=600)]
+    registrations.trunks_changed()
+    removal = await streams.next_register()
+    assert removal.headers.get("Expires") == "0" and removal.call_id == first.call_id
+    for binding in list(registrations._bindings.values()):  # any attempt started meanwhile
+        await asyncio.gather(*binding.resolving)
+    last = parse_message([o for o in streams.sent if isinstance(o, Send)][-1].data)
+    assert isinstance(last, Request) and last.headers.get("Expires") == "0"  # nothing since
+    registrations.answered(RequestAnswered(removal, make_response(removal, 200)))
+    new = await streams.next_register()  # at once, not at the next poll
+    assert new.headers.get("Expires") == "600" and new.call_id != first.call_id
+    assert new.headers.get("Contact") == first.headers.get("Contact")
+    assert ("udp", "unregistered") not in store.reported  # replaced, not gone
+    stop.set()
+    await running
+
+
+def seen_from(register: Request, ip: str, port: int) -> RequestAnswered:
+    """The registrar's 200 to ``register``, which came from ``ip:port`` (a NAT's, RFC 3581)."""
+    answer = granted(register, 300).response
+    assert answer is not None
+    answer.headers.set("Via", str(answer.top_via.with_received(ip, port)))
+    parsed = parse_message(answer.to_bytes())
+    assert isinstance(parsed, Response)
+    return RequestAnswered(register, parsed)
+
+
+async def test_a_drain_removes_the_bindings_and_keeps_the_nat_open_for_the_calls() -> None:
+    """A gateway stopping removes its bindings as the drain begins (no new calls are sent
+    here), while its calls go on: behind a NAT the keep-alives go on too, or the carrier's
+    BYE for such a call could find the NAT's mapping gone; the last close ends them."""
+    streams = Streams()
+    core = UserAgentCore(UaConfig(contact_host="127.0.0.1"), FakeClock(100.0))
+    store = Store([config("udp", "sip:127.0.0.1:5999")])
+    registrations = Registrations(store, core, streams.send, keepalive_s=0.01)
+    await registrations.sync()
+    first = await streams.next_register()
+    registrations.answered(seen_from(first, "198.51.100.9", 40001))
+    moved = await streams.next_register()  # the contact moved to the NAT's address
+    registrations.answered(seen_from(moved, "198.51.100.9", 40001))
+    assert registrations.contact_of("udp") == "sip:tpr-udp@198.51.100.9:40001"
+    withdrawing = asyncio.create_task(registrations.close(keep_alive=True))
+    removal = await streams.next_register()
+    assert removal.headers.get("Expires") == "0"
+    registrations.answered(RequestAnswered(removal, make_response(removal, 200)))
+    await withdrawing
+    assert registrations.count == 0 and ("udp", "unregistered") in store.reported
+
+    def keepalives() -> int:
+        return sum(1 for o in streams.sent if isinstance(o, Send) and o.data == KEEPALIVE)
+
+    before = keepalives()
+    async with asyncio.timeout(5):
+        while keepalives() < before + 2:  # to the registrar, every keepalive_s
+            streams.arrived.clear()
+            await streams.arrived.wait()
+    await registrations.close()
+    after = keepalives()
+    await asyncio.sleep(0.05)
+    assert keepalives() == after

@@ -194,8 +194,9 @@ class RegistrationStore(Protocol):
     ) -> None:
         """Record a registration's state: ``registered`` (until ``registered_until``, with
         ``contact_address``, the ``host:port`` registered), ``failed`` (``detail`` says why,
-        e.g. ``403 Forbidden`` or ``no response``) or ``unregistered``. A trunk or
-        registration deleted meanwhile is ignored."""
+        e.g. ``403 Forbidden`` or ``no response``) or ``unregistered`` (``contact_address``:
+        the binding removed; not stored while another instance's binding is shown). A trunk
+        or registration deleted meanwhile is ignored."""
         ...
 
 

@@ -6,7 +6,10 @@ replaces or removes bindings to match; each binding sends its REGISTERs through 
 SIP socket — so the NAT binding they open is the one the carrier's INVITEs come back through —
 refreshes before expiry, retries failures with back-off, and reports its state to the store
 (``GET /v1/trunks`` shows it). On shutdown, and when a trunk or its registration goes, the
-binding is removed with ``Expires: 0`` (bounded wait).
+binding is removed with ``Expires: 0`` (bounded wait). A registration changed is removed so too,
+and its new binding — a new Call-ID, often the same Contact — sent only once that removal is
+answered or has timed out (RFC 3261 §10.2): a registrar taking the ``Expires: 0`` last would
+remove the new binding (§10.3 step 7: another Call-ID's zero expiry removes the contact).
 
 Decisions: the registrar URI is located as RFC 3263 says (``transport/dns.py``: NAPTR, then SRV,
 then A/AAAA — literal addresses and explicit ports skip the first two), when a binding starts,
@@ -79,7 +82,7 @@ CONNECT_TIMEOUT_S = 10.0
 RELOCATE_S = 60.0
 
 
-@dataclass
+@dataclass(eq=False)  # one binding is itself only (kept in sets)
 class _Binding:
     config: RegistrationConfig
     machine: Registration
@@ -89,6 +92,7 @@ class _Binding:
     keepalive: asyncio.TimerHandle | None = None
     status: tuple[str, str | None] | None = None  # last reported (status, detail)
     leaving: asyncio.Future[None] | None = None  # set once it is being removed
+    replaced: bool = False  # removed for a changed registration of its trunk
     resolve_failures: int = 0
     resolving: set[asyncio.Task[None]] = field(default_factory=set)
     # RFC 3263: where the registrar's domain said to go, best first, and the one in use; a
@@ -156,6 +160,7 @@ class Registrations:
         self._writes: set[asyncio.Task[None]] = set()  # state being stored
         self._closed = False
         self._lingering: set[int] = set()  # connections let go while a call still used them
+        self._kept_open: set[_Binding] = set()  # removed, NAT kept open: close(keep_alive=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -196,19 +201,33 @@ class Registrations:
         for trunk_id, binding in list(self._bindings.items()):
             config = wanted.get(trunk_id)
             if config != binding.config:
+                binding.replaced = config is not None
                 self._remove(binding)
+        # §10.2: a new registration waits for the final response (or the timeout) of the one
+        # removing the old binding; its answer reads the store again (``_forget``)
+        leaving = set()
+        for binding in self._by_call_id.values():
+            if binding.leaving is not None:
+                leaving.add(binding.config.trunk_id)
+                binding.replaced = binding.replaced and binding.config.trunk_id in wanted
         for trunk_id, config in wanted.items():
-            if trunk_id not in self._bindings:
+            if trunk_id not in self._bindings and trunk_id not in leaving:
                 try:
                     self._start(config)
                 except Exception:  # one bad row must not keep the others from registering
                     log.exception("trunk %s: its registration cannot be started", trunk_id)
 
-    async def close(self, timeout_s: float = 2.0) -> None:
+    async def close(self, timeout_s: float = 2.0, *, keep_alive: bool = False) -> None:
         """Remove every binding (``Expires: 0``), waiting up to ``timeout_s`` for the answers
-        and for the state to be stored. Nothing is registered after this."""
+        and for the state to be stored. Nothing is registered after this.
+
+        ``keep_alive`` (as a drain begins: the registrar sends no new calls, those up go on):
+        a binding behind a NAT over UDP goes on sending its keep-alives until the next close,
+        since the carrier's requests in those calls' dialogs (a BYE) come back through the
+        NAT's mapping that they hold open. Connections that calls use stay open anyway."""
         self._closed = True
-        leaving = [f for f in (self._remove(b) for b in list(self._bindings.values())) if f]
+        removed = list(self._bindings.values())
+        leaving = [f for f in (self._remove(b) for b in removed) if f]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 if leaving:
@@ -217,6 +236,17 @@ class Registrations:
                     await asyncio.gather(*self._writes, return_exceptions=True)
         for binding in list(self._by_call_id.values()):
             self._forget(binding)
+        for binding in self._kept_open:
+            if binding.keepalive is not None:
+                binding.keepalive.cancel()
+                binding.keepalive = None
+        self._kept_open = set()
+        if keep_alive and self.keepalive_s > 0:
+            for binding in removed:
+                dest = binding.dest
+                if binding.machine.behind_nat and dest is not None and dest.transport == "UDP":
+                    self._kept_open.add(binding)
+                    binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
 
     @property
     def count(self) -> int:
@@ -329,9 +359,12 @@ class Registrations:
         transport, addr = target.transport, (target.host, target.port)
         if transport != _transport_of(binding.machine):
             # never registered (else the list holds its transport only): the Contact and Via
-            # follow the transport, under a new Call-ID (its CSeq starts again, §10.2.4)
+            # follow the transport, under a new Call-ID (its CSeq starts again, §10.2.4); the
+            # failures go on counting, so that the back-off over the list grows (RFC 5626 §4.5)
+            failures = binding.machine.failures
             self._by_call_id.pop(binding.machine.call_id, None)
             binding.machine = self._machine(binding.config, registrar, transport, self._call_id())
+            binding.machine.failures = failures
             self._by_call_id[binding.machine.call_id] = binding
         dest = Source("UDP", addr)
         if transport != "UDP":
@@ -445,6 +478,7 @@ class Registrations:
             self._release(binding.dest.conn)  # the connection was the binding's own
         if binding.leaving is not None and not binding.leaving.done():
             binding.leaving.set_result(None)
+            self._changed.set()  # its trunk's new binding, if any, may start now (``sync``)
 
     def _release(self, conn: int) -> None:
         """Close a connection the binding no longer uses — unless a call signals over it (the
@@ -510,7 +544,7 @@ class Registrations:
             self._send(self.core.send_request(outcome.request, binding.dest))
         elif isinstance(outcome, Unregistered):
             self._forget(binding)
-            if binding.config.trunk_id not in self._bindings:  # not replaced by a new one
+            if not binding.replaced:  # a new one follows (and reports) when replaced
                 self._report(binding, "unregistered", None, None)
         elif binding.leaving is not None:
             return  # a late answer to a register sent before the removal
@@ -541,6 +575,10 @@ class Registrations:
         TCP connection found closed is replaced at once, with a REGISTER on the new one."""
         binding.keepalive = None
         dest = binding.dest
+        if binding in self._kept_open and dest is not None:  # removed: the NAT's mapping only
+            self._send([Send(KEEPALIVE, dest)])
+            binding.keepalive = self._loop.call_later(self.keepalive_s, self._ping, binding)
+            return
         if not self._kept(binding) or dest is None:
             return
         if dest.conn is not None and not self._is_open(dest.conn):
@@ -571,7 +609,7 @@ class Registrations:
             log.info("trunk %s: registered", binding.config.trunk_id)
         binding.status = (status, detail)
         address = None
-        if status == "registered":
+        if status in ("registered", "unregistered"):  # the binding shown, or the one removed
             uri = parse_uri(binding.machine.contact)
             address = f"{uri.host}:{uri.port or 5060}"
         task = self._loop.create_task(

@@ -186,21 +186,28 @@ class Gateway:
             log.error("replaying a stopped process's journal failed: %s", type(exc).__name__)
 
     async def stop(self, drain_s: float, alongside: Awaitable[None] | None = None) -> None:
-        """Refuse new calls, let live ones finish for ``drain_s``, end the rest, stop.
+        """Refuse new calls and remove the outbound registrations, let live calls finish for
+        ``drain_s``, end the rest, stop.
 
         ``alongside`` (the SIP workers stopping) runs with the drain, and the listeners stay
         open until it is done too: the workers' calls still get their datagrams through them.
         """
         if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
             self.state.trunk_removed.remove(self.manager.trunk_removed)
-        if alongside is None:
-            await self.manager.drain(drain_s)
-        else:
-            await asyncio.gather(self.manager.drain(drain_s), alongside)
+        stopping: list[Awaitable[None]] = [self.manager.drain(drain_s)]
+        if alongside is not None:
+            stopping.append(alongside)
+        if self.registrations is not None:
+            # Expires: 0 as the drain begins, not after it: registered, this gateway would be
+            # sent every new call meanwhile to refuse it (503) — in a multi-instance
+            # installation, calls that another instance could take. Behind a NAT the
+            # keep-alives go on for the calls still up.
+            stopping.append(self.registrations.close(keep_alive=True))
+        await asyncio.gather(*stopping)
         await asyncio.sleep(0.2)  # BYE retransmissions and final records
         for unlisten in self.unlisten:
             unlisten()
-        if self.registrations is not None:  # Expires: 0 while the SIP socket is still open
+        if self.registrations is not None:  # the keep-alives end, while the socket is open
             await self.registrations.close()
         await self.server.stop()
         self.stop_event.set()

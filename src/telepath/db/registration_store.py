@@ -11,7 +11,7 @@ import logging
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.ports import DirectoryUnavailable, RegistrationConfig
@@ -92,7 +92,10 @@ class DbRegistrationStore:
     ) -> None:
         """Record what call control last saw of a registration (``detail`` cut to its column,
         200 characters, a NUL in it replaced); nothing when the trunk or its registration is
-        gone.
+        gone. ``unregistered`` with a ``contact_address`` (the binding removed) is stored only
+        while the row shows that address or none: every instance of a multi-instance
+        installation registers the trunk at its own address and shares this one row, so one
+        stopping must not hide another's binding (a compare-and-set, no row per instance).
 
         Raises:
             ValueError: ``status`` is not ``registered``, ``failed`` or ``unregistered``.
@@ -100,12 +103,14 @@ class DbRegistrationStore:
         """
         if status not in REPORTED_STATUSES:
             raise ValueError(f"not a registration status: {status!r}")
+        statement = update(TrunkRegistration).where(TrunkRegistration.trunk_id == trunk_id)
+        if status == "unregistered" and contact_address is not None:
+            shown = TrunkRegistration.contact_address
+            statement = statement.where(or_(shown.is_(None), shown == contact_address))
         try:
             async with self._sessions() as session:
                 await session.execute(
-                    update(TrunkRegistration)
-                    .where(TrunkRegistration.trunk_id == trunk_id)
-                    .values(
+                    statement.values(
                         # the registrar's reason phrase as it sent it: made to fit its column
                         **fit_row(
                             REGISTRATIONS,

@@ -1,5 +1,5 @@
 """Typed views of the header values the UAS reads: Via, name-addr (From/To/Contact/Route),
-CSeq and generic parameter lists (RFC 3261 §20, grammar in §25.1).
+CSeq, Retry-After and generic parameter lists (RFC 3261 §20, grammar in §25.1).
 
 Values arrive already unfolded (the parser replaces CRLF + WSP by a single space). Every parser
 here raises only :class:`SipParseError`, so a bad header becomes a 400, never a crash.
@@ -271,3 +271,48 @@ def parse_cseq(value: str) -> CSeq:
     if seq >= 2**31:
         raise SipParseError("CSeq number out of range")
     return CSeq(seq, m.group(2))
+
+
+_DELTA_SECONDS = re.compile(r"[ \t]*([0-9]+)[ \t]*")
+MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19, §20.23: no delta-seconds is larger
+
+
+def parse_retry_after(value: str) -> int:
+    """The seconds of a Retry-After value (RFC 3261 §20.33; §25.1: ``delta-seconds
+    [ comment ] *( SEMI retry-param )``): ``120 (I'm in a meeting);duration=3600`` is 120.
+    The comment is skipped, the parameters only checked."""
+    m = _DELTA_SECONDS.match(value)
+    if not m:
+        raise SipParseError("malformed Retry-After")
+    rest = value[m.end() :]
+    if rest.startswith("("):
+        rest = rest[_comment_end(rest) :]
+    parse_params(rest)
+    return delta_seconds(m.group(1))
+
+
+def delta_seconds(digits: str) -> int:
+    """ASCII ``digits`` as seconds, 2**32-1 at most (RFC 3261 §10.2 allows that for larger
+    ones): thousands of digits from a peer never reach ``int()``, which refuses them."""
+    digits = digits.lstrip("0") or "0"
+    return min(int(digits), MAX_DELTA_SECONDS) if len(digits) <= 10 else MAX_DELTA_SECONDS
+
+
+def _comment_end(text: str) -> int:
+    """Where the comment at ``text[0] == "("`` ends (§25.1: ``comment`` nests, and takes
+    quoted pairs)."""
+    depth = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise SipParseError("unterminated comment")

@@ -17,8 +17,9 @@ Decisions, where RFC 3261 leaves a choice:
   fault). An outbound proxy's 407 and then the registrar's 401 are both answered (§22.3), the
   resend carrying the two, the earlier with its nonce's next count; at most four per request.
 - The interval granted is the ``expires`` parameter of our contact in the 2xx, else its
-  ``Expires`` header, else the one asked for (§10.2.4); the refresh is due 60 s before it ends
-  or half-way for intervals under two minutes — time for Timer F's 32 s of retransmissions.
+  ``Expires`` header, else the one asked for (§10.2.4) — and never more than that: a registrar
+  may only shorten it (§10.3 step 7). The refresh is due 60 s before it ends or half-way for
+  intervals under two minutes — time for Timer F's 32 s of retransmissions.
 - 423 Interval Too Brief: once more with its ``Min-Expires`` (§10.3 step 7), up to a day.
 - NAT (RFC 3581): every REGISTER asks for ``rport``. When a 2xx's top Via says the registrar saw
   the request come from another address (``received``) or, over UDP, port (``rport``) than our
@@ -45,7 +46,13 @@ from dataclasses import dataclass
 from telepath.sip.client_auth import Challenge, answer_challenge
 from telepath.sip.client_auth import answer as client_answer
 from telepath.sip.errors import SipParseError
-from telepath.sip.headers import param_value, parse_name_addr, split_list
+from telepath.sip.headers import (
+    delta_seconds,
+    param_value,
+    parse_name_addr,
+    parse_retry_after,
+    split_list,
+)
 from telepath.sip.message import Headers, Request, Response
 from telepath.sip.uri import SipUri
 
@@ -206,7 +213,6 @@ class Registration:
         if 200 <= status < 300:
             if self._unregistering:
                 return Unregistered()
-            self.failures = 0
             public = _seen_at(response)
             if public is not None and self._moved_from(public):
                 self.behind_nat = True
@@ -215,8 +221,9 @@ class Registration:
                     old, self.contact = self.contact, _moved_to(self.contact, *public)
                     return Resend(self._new(expires, None, remove=old))
             granted = self._granted(response, expires)
-            if granted <= 0:
+            if granted <= 0:  # a failure like any other: the back-off grows (RFC 5626 §4.5)
                 return self._fail("the registrar granted no time")
+            self.failures = 0
             return Registered(granted, refresh_delay(granted))
         if status in (401, 407):
             return self._on_challenge(response, expires)
@@ -227,7 +234,7 @@ class Registration:
                 return Resend(self._new(minimum, None))
         if self._unregistering:
             return Unregistered()
-        retry_after = _int((response.headers.get("Retry-After") or "").split(";")[0].strip())
+        retry_after = _retry_after(response)
         if status in (500, 503) and retry_after is not None and retry_after > 0:
             self.failures += 1
             return Failed(f"{status} {response.reason}", float(min(retry_after, 3600)))
@@ -325,9 +332,13 @@ class Registration:
                     exact = (contact.uri.host, contact.uri.port) == (mine.host, mine.port)
                     candidates.append((exact, granted))
         if candidates:  # a binding just moved away from may still be listed: ours first
-            return max(candidates, key=lambda c: c[0])[1]
-        header = _int(response.headers.get("Expires"))
-        return header if header is not None else asked
+            granted = max(candidates, key=lambda c: c[0])[1]
+        else:
+            header = _int(response.headers.get("Expires"))
+            granted = header if header is not None else asked
+        # §10.3 step 7: the registrar MAY choose less than asked, not more; an interval longer
+        # than asked (10**12 s) would also put the refresh past any date the driver can hold
+        return min(granted, asked)
 
     def _fail(self, detail: str) -> Failed:
         self.failures += 1
@@ -346,9 +357,21 @@ def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> fl
 
 
 def _int(text: str | None) -> int | None:
+    """A decimal number of a header (delta-seconds, a port), or None; 2**32-1 at most."""
     if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         return None  # str.isdigit takes "²", which int() does not
-    return int(text.strip())
+    return delta_seconds(text.strip())
+
+
+def _retry_after(response: Response) -> int | None:
+    """The seconds of ``response``'s Retry-After, or None (none, or not one)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return parse_retry_after(value)
+    except SipParseError:
+        return None
 
 
 def _contact_uri(contact: str) -> SipUri:

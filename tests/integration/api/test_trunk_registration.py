@@ -3,6 +3,7 @@ reads (``DbRegistrationStore``), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from datetime import UTC, datetime
@@ -14,9 +15,14 @@ from tests.integration.api.seed import CREATE_RESPONSE_FIELDS, CUSTOM, OPENAI_EX
 from tests.integration.api.test_trunk_create import err
 from tests.integration.conftest import Api
 
+from telepath.calls.registrations import Registrations
+from telepath.clock import FakeClock
 from telepath.db.models import trunk_secret_context
 from telepath.db.registration_store import DbRegistrationStore
 from telepath.secrets.keyring import SecretDecryptionError
+from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import parse_message
+from telepath.sip.ua import Output, RequestAnswered, Send, UaConfig, UserAgentCore
 
 pytestmark = pytest.mark.integration
 
@@ -480,6 +486,64 @@ async def test_store_reports_state_through_the_api(api: Api) -> None:
     assert await registration_rows(api) == []
     with pytest.raises(ValueError):
         await reports.set_registration_status(trunk_id, "pending", None, None)
+
+
+async def test_an_instance_stopping_leaves_another_instance_s_registration_shown(
+    api: Api,
+) -> None:
+    """Every instance of a multi-instance installation registers a trunk's contact at its own
+    address, and they share the trunk's one state row: an instance stopping removes its own
+    binding and stores ``unregistered`` only while the row shows that binding (or none) — it
+    overwrote another instance's ``registered``, and a rolling restart showed the trunk
+    unregistered while it was."""
+    trunk_id = await create(api, {**REGISTRATION, "registrar": "sip:127.0.0.1:5999"})
+    reports = store(api)
+    sent: list[Output] = []
+    arrived = asyncio.Event()
+
+    def send(outputs: list[Output]) -> None:
+        sent.extend(outputs)
+        arrived.set()
+
+    async def next_register() -> Request:
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        arrived.clear()
+        register = parse_message([o for o in sent if isinstance(o, Send)][-1].data)
+        assert isinstance(register, Request)
+        return register
+
+    async def answered(driver: Registrations, register: Request, ok: Response) -> None:
+        driver.answered(RequestAnswered(register, ok))
+        await asyncio.gather(*driver._writes)  # the state stored
+
+    def granted(register: Request) -> Response:
+        contact = register.headers.get("Contact") or ""
+        return make_response(register, 200, headers=[("Contact", f"{contact};expires=300")])
+
+    drivers = []
+    for host in ("192.0.2.2", "192.0.2.1"):  # B registers, then A
+        core = UserAgentCore(UaConfig(contact_host=host), FakeClock(100.0))
+        driver = Registrations(reports, core, send)
+        await driver.sync()
+        register = await next_register()
+        await answered(driver, register, granted(register))
+        drivers.append(driver)
+    b, a = drivers
+    assert (await read(api, trunk_id))["contact_address"] == "192.0.2.1:5060"
+    closing = asyncio.create_task(b.close())
+    removal = await next_register()
+    assert removal.headers.get("Expires") == "0"
+    await answered(b, removal, make_response(removal, 200))
+    await closing
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("registered", "192.0.2.1:5060")
+    closing = asyncio.create_task(a.close())  # the last instance: its own binding is shown
+    removal = await next_register()
+    await answered(a, removal, make_response(removal, 200))
+    await closing
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("unregistered", None)
 
 
 async def test_store_keeps_a_registrar_s_text_the_database_refuses(api: Api) -> None:

@@ -212,6 +212,25 @@ def test_the_interval_granted(headers: list[tuple[str, str]], granted: int) -> N
     assert outcome == Registered(granted, refresh_delay(granted))
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Contact", f"<{CONTACT}>;expires=1000000000000")],
+        [("Contact", f"<{CONTACT}>;expires={'9' * 5000}")],  # past int()'s 4,300 digits
+        [("Expires", "1000000000000")],
+    ],
+)
+def test_a_registrar_granting_more_than_asked_is_taken_at_what_was_asked(
+    headers: list[tuple[str, str]],
+) -> None:
+    """RFC 3261 §10.3 step 7: a registrar may shorten the interval asked for, never lengthen
+    it. 10**12 s made the driver's ``registered_until`` overflow, and 5,000 digits made
+    ``int()`` raise: the answer was lost and the binding never refreshed again."""
+    reg = registration()
+    outcome = reg.on_response(answer(reg.register(), 200, headers))
+    assert outcome == Registered(300, refresh_delay(300))
+
+
 def test_refresh_comes_a_minute_early_or_half_way() -> None:
     assert refresh_delay(3600) == 3540
     assert refresh_delay(300) == 240
@@ -251,6 +270,42 @@ def test_failures_back_off_and_retry_after_is_honoured() -> None:
     zero = registration()
     outcome = zero.on_response(answer(zero.register(), 200, [("Expires", "0")]))
     assert isinstance(outcome, Failed)
+
+
+@pytest.mark.parametrize(
+    ("value", "retry_in"),
+    [
+        ("20 (busy)", 20.0),  # RFC 3261 §20.33: delta-seconds [ comment ] *( SEMI retry-param )
+        ("20(busy)", 20.0),
+        ("20 (a (nested) \\) comment);duration=3600", 20.0),
+        ("20;duration=3600", 20.0),
+        (" 20 ", 20.0),
+        ("20 (unclosed", 15.0),  # not a Retry-After: the back-off's first step
+        ("20 busy", 15.0),
+        ("0", 15.0),
+    ],
+)
+def test_retry_after_with_a_comment_or_parameters_is_honoured(value: str, retry_in: float) -> None:
+    """A 503's ``Retry-After: 120 (I'm in a meeting)`` — §20.33's own example — was taken for
+    no Retry-After, and the registrar asked again after 15-30 s instead."""
+    reg = registration()
+    outcome = reg.on_response(answer(reg.register(), 503, [("Retry-After", value)]))
+    assert outcome == Failed("503 Service Unavailable", retry_in)
+
+
+def test_a_registrar_granting_no_time_is_backed_off_like_any_failure() -> None:
+    """A 2xx that grants 0 s is a failure, and the back-off grows (RFC 5626 §4.5): failures
+    are reset once registered only — reset at every 2xx, such a registrar was asked again
+    every 15-30 s for ever."""
+    reg = registration()
+    delays = []
+    for _ in range(3):
+        outcome = reg.on_response(answer(reg.register(), 200, [("Expires", "0")]))
+        assert isinstance(outcome, Failed) and outcome.detail == "the registrar granted no time"
+        delays.append(outcome.retry_in)
+    assert delays == [15, 30, 60]
+    assert isinstance(reg.on_response(answer(reg.register(), 200)), Registered)
+    assert reg.failures == 0
 
 
 def test_unregistering_sends_expires_zero_and_ends_whatever_the_answer() -> None:
