@@ -801,12 +801,13 @@ class CallManager:
             return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
-        right = outcome.result in (AuthResult.OK, AuthResult.REPLAY)
+        right = outcome.result in (AuthResult.OK, AuthResult.REPLAY, AuthResult.STALE)
         if right and trunk is not None and not trunk.allows_source(source_ip):
             # The trunk's allowed_addresses: right credentials from elsewhere get the same
             # 403 as wrong ones (no oracle), are counted, and do not count toward a ban —
             # that is for guessing, and this is usually a carrier's new address. A right answer
-            # sent again too: the stale=true challenge below would tell that it was right.
+            # sent again, or on an expired nonce, too: the stale=true challenge below would
+            # tell that it was right.
             self._warn_source_refused(trunk.trunk_id)
             if self.metrics is not None:
                 self.metrics.sip_auth_failures.labels(reason="source_not_allowed").inc()

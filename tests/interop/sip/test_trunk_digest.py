@@ -5,6 +5,7 @@ only the first one (SIPp 3.6) can authenticate; other trunks and unknown users k
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -218,12 +219,13 @@ async def test_a_reused_qop_less_answer_is_challenged_again_as_stale_and_bans_no
         await second.bye()
 
 
+@pytest.mark.parametrize("nonce", ["reused", "expired"])
 async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_more(
-    api: Api, gateway: Gateway, uac: Uac
+    api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch, nonce: str
 ) -> None:
-    """From an address the trunk does not allow, a right answer sent twice gets the 403 of a
-    wrong one both times: a ``stale=true`` challenge to the second would tell a password
-    guesser that its guess was right."""
+    """From an address the trunk does not allow, a right answer sent twice — or once, on a
+    nonce that has expired — gets the 403 of a wrong one every time: a ``stale=true``
+    challenge would tell a password guesser that its guess was right."""
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(
             api,
@@ -243,6 +245,9 @@ async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_mo
             uri=request_uri(leg.build("INVITE")),
             qop=False,
         )
+        if nonce == "expired":
+            monkeypatch.setattr(gateway.manager.auth, "_ttl_ms", 0)
+            await asyncio.sleep(0.01)  # older than that
         for _ in range(2):
             leg.cseq += 1
             start = len(uac.received)
