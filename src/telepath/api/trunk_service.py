@@ -8,6 +8,7 @@ the trunk id and column.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -28,11 +29,14 @@ from telepath.db.models import Trunk, TrunkRegistration, trunk_secret_context
 from telepath.db.repository import TrunkRepository
 from telepath.db.trunk_directory import trunks_changed
 from telepath.secrets.digest import compute_ha1
-from telepath.secrets.keyring import Keyring
+from telepath.secrets.keyring import Keyring, SecretDecryptionError
 from telepath.secrets.tokens import mask_secret, new_id, new_sip_password
 
 #: Trunk fields that decide how its INVITEs are routed and authenticated (``_set_routing``).
 ROUTING_FIELDS = ("sip_auth", "inbound_numbers")
+
+
+log = logging.getLogger(__name__)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -97,6 +101,25 @@ def open_secret(keyring: Keyring, trunk_id: str, column: str, envelope: str) -> 
     return keyring.decrypt(envelope, trunk_secret_context(trunk_id, column))
 
 
+def stored_secret(keyring: Keyring, trunk_id: str, column: str, envelope: str) -> str:
+    """Decrypt one trunk secret a change is checked with.
+
+    Raises:
+        ApiError: 409 ``stored_secret_unreadable`` when no key of the installation opens it (a
+            database restored without its key file, a wrong ``TELEPATH_SECRET_KEY``): the
+            value is to be sent again — not a 500.
+    """
+    try:
+        return open_secret(keyring, trunk_id, column, envelope)
+    except SecretDecryptionError:
+        raise ApiError(
+            409,
+            "stored_secret_unreadable",
+            f"The stored {column} cannot be decrypted with this installation's master key "
+            f"(a database restored without its key file?): send {column} again with this change",
+        ) from None
+
+
 def set_password(trunk: Trunk, password: str) -> None:
     """Store the digest HA1 values of ``password`` for the trunk's username and realm."""
     trunk.ha1_md5 = compute_ha1("MD5", trunk.sip_username, trunk.sip_realm, password)
@@ -152,10 +175,16 @@ class TrunkService:
         """The full read view (secrets masked), with ``stats`` as its ``metrics``."""
         header_names: list[str] | None = None
         if trunk.custom_headers_enc:
-            raw = open_secret(
-                self.state.keyring, trunk.id, "custom_headers", trunk.custom_headers_enc
-            )
-            header_names = sorted(json.loads(raw))
+            try:
+                raw = open_secret(
+                    self.state.keyring, trunk.id, "custom_headers", trunk.custom_headers_enc
+                )
+            except SecretDecryptionError:
+                # no key of ours opens them: unknown (null), and the rest of the account still
+                # reads (one such trunk made the whole list a 500); calls to it are refused
+                log.warning("trunk %s: its custom headers cannot be decrypted", trunk.id)
+            else:
+                header_names = sorted(json.loads(raw))
         base = self.created_view(trunk).model_dump()
         return schemas.Trunk(
             **base,
@@ -258,7 +287,7 @@ class TrunkService:
         if trunk.ai_provider == "openai" and (
             "openai_api_key" in changed or "openai_model" in changed
         ):
-            key = changed.get("openai_api_key") or open_secret(
+            key = changed.get("openai_api_key") or stored_secret(
                 keyring, trunk.id, "openai_api_key", trunk.openai_api_key_enc or ""
             )
             model = changed.get("openai_model", trunk.openai_model)
@@ -274,7 +303,7 @@ class TrunkService:
                 or ("system_prompt" in changed and prompt)
             ):
                 return
-            key = changed.get("elevenlabs_api_key") or open_secret(
+            key = changed.get("elevenlabs_api_key") or stored_secret(
                 keyring, trunk.id, "elevenlabs_api_key", trunk.elevenlabs_api_key_enc or ""
             )
             agent = changed.get("elevenlabs_agent_id") or trunk.elevenlabs_agent_id or ""

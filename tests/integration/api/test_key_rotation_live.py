@@ -298,3 +298,50 @@ async def test_a_rotation_or_prune_started_while_a_rotation_runs_is_refused(
     assert len(parse_keyring(path.read_text()).keys) == 2
     monkeypatch.setattr(rekey, "reencrypt_all", original)
     assert "removed 1 older key(s)" in await prune_master_keys(settings)  # the lock was let go
+
+
+async def test_a_secret_no_key_opens_leaves_the_trunks_readable(api: Api) -> None:
+    """A database restored without its key file, a wrong TELEPATH_SECRET_KEY, tampering: one
+    trunk's custom headers that no key opens made ``GET /v1/trunks`` answer 500 for the whole
+    account, and a PATCH of that trunk 500 after committing. Read, its header names are
+    unknown (null); the rest of the account reads as ever."""
+    custom = await create(api, {**CUSTOM, "custom_headers": HEADERS})
+    other = await create(api, OPENAI_EXAMPLE)
+    context = trunk_secret_context(custom, "custom_headers")
+    async with api.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE trunks SET custom_headers_enc = :e WHERE id = :id"),
+            {"e": Keyring((new_key(),)).encrypt("{}", context), "id": custom},
+        )
+    listed = await api.get("/v1/trunks")
+    assert listed.status_code == 200, listed.text
+    names = {t["id"]: t["custom_header_names"] for t in listed.json()["trunks"]}
+    assert names == {custom: None, other: None}
+    got = await api.get(f"/v1/trunks/{custom}")
+    assert got.status_code == 200 and got.json()["custom_header_names"] is None
+    patched = await api.patch(f"/v1/trunks/{custom}", {"system_prompt": "Be brief."})
+    assert patched.status_code == 200, patched.text
+    # set again, they read as ever
+    patched = await api.patch(f"/v1/trunks/{custom}", {"custom_headers": HEADERS})
+    assert patched.status_code == 200 and patched.json()["custom_header_names"] == ["X-Tenant"]
+
+
+async def test_a_change_checked_against_a_stored_key_no_key_opens_is_refused(api: Api) -> None:
+    """A new model is checked with the stored provider key: one no key opens made the PATCH
+    a 500. It is refused saying so (409), and accepted with the key sent again."""
+    trunk = await create(api, OPENAI_EXAMPLE)
+    context = trunk_secret_context(trunk, "openai_api_key")
+    async with api.state.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE trunks SET openai_api_key_enc = :e WHERE id = :id"),
+            {"e": Keyring((new_key(),)).encrypt("sk-lost", context), "id": trunk},
+        )
+    refused = await api.patch(f"/v1/trunks/{trunk}", {"openai_model": "gpt-realtime-2.1"})
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "stored_secret_unreadable" and error["status"] == 409
+    assert "openai_api_key" in error["message"]
+    taken = await api.patch(
+        f"/v1/trunks/{trunk}", {"openai_model": "gpt-realtime-2.1", "openai_api_key": "sk-new"}
+    )
+    assert taken.status_code == 200, taken.text
