@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from alembic import command
@@ -63,6 +65,22 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _owner_only(path: Path) -> None:
+    """Create the SQLite file ``path`` readable by its owner only, or make it so: it holds every
+    trunk's HA1, enough to answer its digest challenges. ``mkdir``'s 0700 does nothing to a
+    data directory that exists (a volume, typically 0755), and SQLite creates files by the
+    umask (0644). Its ``-wal`` and ``-shm`` files take the database file's mode; those left
+    by an older run are made owner-only too."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError:
+        return  # not ours to create (read-only, a bad path): SQLite says what is wrong
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):  # gone, or not ours to change
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
 def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> AsyncEngine:
     """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout. Errors never
     show their statements' parameters (``hide_parameters``: phone numbers would reach logs).
@@ -76,6 +94,7 @@ def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> Asyn
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(Path(path.split("?", 1)[0]))
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
