@@ -10,6 +10,7 @@ change under a running service: it must be restarted with the new value.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -142,9 +143,30 @@ _NO_HARD_LINKS = frozenset(
 )
 
 
+def _owner_of(path: Path) -> tuple[int, int] | None:
+    """``path``'s (uid, gid) when it is another user's than ours, else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    owner = (info.st_uid, info.st_gid)
+    return None if owner == (os.geteuid(), os.getegid()) else owner
+
+
+def _give(fd: int, owner: tuple[int, int] | None) -> None:
+    """Give the file open as ``fd`` to ``owner`` — a rotation run as root (``sudo telepath
+    secrets rotate``) beside a service running as its own user: the service must still read
+    the key file (0600), or it goes on encrypting with the old key and, restarted, reads none.
+    Only root may; anyone else keeps the file as before."""
+    if owner is not None:
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, *owner)
+
+
 def _put_key_file(path: Path, keys: tuple[bytes, ...], *, replace: bool) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".secret-", suffix=".tmp", dir=path.parent)
     try:
+        _give(fd, _owner_of(path) if replace else None)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write("".join(encode_key(k) + "\n" for k in keys))
             fh.flush()
@@ -185,6 +207,7 @@ def key_file_lock(data_dir: Path) -> Iterator[None]:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
+        _give(fd, _owner_of(data_dir / KEY_FILE_NAME))  # the next rotation may be the service's
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from telepath.secrets import keyfile
-from telepath.secrets.keyfile import load_keyring, write_key_file
+from telepath.secrets.keyfile import key_file_lock, load_keyring, write_key_file
 from telepath.secrets.keyring import (
     Keyring,
     SecretDecryptionError,
@@ -219,3 +219,23 @@ def test_a_data_dir_without_hard_links_still_gets_its_key_file(
     assert parse_keyring((tmp_path / "secret.key").read_text()).keys == ring.keys
     assert stat.S_IMODE((tmp_path / "secret.key").stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_a_rotation_run_as_root_leaves_the_key_file_to_its_owner(tmp_path: Path) -> None:
+    """``sudo telepath secrets rotate`` next to a service running as its own user: the new
+    file was root's (0600), which the service could no longer read — it went on encrypting
+    with the old key while everything had been re-encrypted under the new one. The file and
+    the lock keep the key file's owner."""
+    service = (4242, 4343)
+    path = tmp_path / "secret.key"
+    path.write_text(encode_key(new_key()) + "\n")
+    os.chown(path, *service)
+    key = new_key()
+    write_key_file(path, (key,))
+    assert (path.stat().st_uid, path.stat().st_gid) == service
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with key_file_lock(tmp_path):
+        pass
+    lock = tmp_path / "secret.key.lock"
+    assert (lock.stat().st_uid, lock.stat().st_gid) == service
