@@ -64,7 +64,8 @@ def negotiate_as_uas(
     its interval with us refreshing. An interval we choose ourselves is at least ``min_se`` and
     the request's Min-SE (§9: the UAS MUST NOT set one below it). The request's Session-Expires
     is taken as it is (§9: the UAS MUST NOT increase it): one below ``min_se`` was refused with
-    422 before we get here (§9, :func:`too_short`); we still never go below it.
+    422 before we get here (§9, :func:`too_short`) — unless the UAC does not support timers,
+    whose interval is raised to ``min_se``, with us refreshing.
     """
     peer = supports_timer(request)
     parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
@@ -84,11 +85,14 @@ def negotiate_as_uas(
 
 
 def too_short(request: Request, min_se: int) -> bool:
-    """Whether ``request`` asks for a session interval below ``min_se``: answered 422 with our
-    Min-SE (§9), be it an INVITE or a session refresh in a dialog (a re-INVITE or UPDATE,
-    §10) — accepting it, the UAS could only increase it, which §9 forbids."""
+    """Whether ``request`` asks for a session interval below ``min_se`` and is to be answered
+    422 with our Min-SE (§9), be it an INVITE or a session refresh in a dialog (a re-INVITE or
+    UPDATE, §10) — accepting it, the UAS could only increase it, which §9 forbids. Only from
+    a UAC that supports timers: another cannot retry with our Min-SE, so a 422 would fail the
+    call; its interval (a proxy's) is raised to ours instead, and we refresh (§8.1 for a
+    proxy, RFC 4028 erratum 1687 for the UAS; :func:`negotiate_as_uas`)."""
     parsed = parse_session_expires(request.headers.get(SESSION_EXPIRES))
-    return parsed is not None and parsed[0] < min_se
+    return parsed is not None and parsed[0] < min_se and supports_timer(request)
 
 
 def response_headers(timer: Timer) -> list[tuple[str, str]]:

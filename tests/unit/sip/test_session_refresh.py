@@ -357,3 +357,18 @@ def test_a_2xx_to_our_refresh_with_a_contact_that_does_not_parse_keeps_the_targe
     ua.receive(answer(update, 200, [("Contact", "<>"), ("Session-Expires", "90")]), SRC)
     (bye,) = requests(ua.hangup(dialog))
     assert str(bye.uri) == "sip:bob@192.0.2.10:5070"
+
+
+def test_a_too_short_interval_from_a_uac_without_timers_is_raised_not_refused(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """A proxy put Session-Expires: 30 on the INVITE of a UAC that does not support timers: a
+    422 would fail the call (the UAC cannot retry with Min-SE). RFC 4028 §8.1 (a proxy "cannot
+    usefully reject the request"), and erratum 1687 for the UAS: raised to our Min-SE, and we
+    refresh."""
+    ua, _ = core
+    dialog, ok = call(ua, "Session-Expires: 30\r\n")
+    assert ok.status == 200
+    assert ok.headers.get("Session-Expires") == "90;refresher=uas"
+    assert "timer" not in (ok.headers.get("Require") or "")
+    assert dialog.session_timer is not None and dialog.session_timer.we_refresh
