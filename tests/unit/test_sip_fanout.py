@@ -13,7 +13,7 @@ import pytest
 from telepath.clock import FakeClock
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.routing import owner_of
-from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.sip.ua import CallEnded, Event, InviteReceived, UaConfig, UserAgentCore
 from telepath.transport import sip_server
 from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_fanout import (
@@ -25,10 +25,11 @@ from telepath.transport.sip_fanout import (
     pack_claim,
     pack_query,
     pack_stream_reply,
+    pack_unsent,
     unpack,
     unpack_stream_reply,
 )
-from telepath.transport.sip_server import ListenAddress, SipServer, StreamLimits
+from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer, StreamLimits
 
 
 def _owned_by(owner: int, workers: int, prefix: str = "c") -> bytes:
@@ -448,3 +449,55 @@ async def _until_true(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 - a state, not an event
             await asyncio.sleep(0.01)
+
+
+def _ack(call_id: str, to_tag: str) -> bytes:
+    return (
+        "ACK sip:bob@127.0.0.1 SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 198.51.100.9:40000;branch=z9hG4bK-ack1\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:alice@198.51.100.9>;tag=a1\r\n"
+        f"To: <sip:bob@127.0.0.1>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_a_worker_told_its_message_was_not_sent_ends_its_transaction_at_once() -> None:
+    """RFC 3261 §17.1.4 in a worker: the front could not send the worker's BYE (the call's
+    connection gone, its next hop refusing a new one) and says so: the dialog ends now, as in
+    one process, not when Timer F (32 s) fires."""
+    loop = asyncio.get_running_loop()
+    events: list[Event] = []
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server = SipServer(UserAgentCore(UaConfig(), LoopClock(loop)), events.append)
+    server.adopt(udp, inbox, ("127.0.0.1", 5060))
+    peer = ("198.51.100.9", 40000)
+    try:
+        front.send(pack(_full_invite("u1@x"), peer, time.time(), "TCP", 7))
+        await _until_true(lambda: bool(events))
+        (invite,) = events
+        assert isinstance(invite, InviteReceived)
+        dialog, outputs = server.core.accept(invite.tx, b"v=0\r\n")
+        server.dispatch(outputs)
+        front.send(pack(_ack("u1@x", dialog.local_tag), peer, time.time(), "TCP", 7))
+        await _until_true(lambda: dialog.acked)
+        _drain(front)  # the 200 OK
+        server.dispatch(server.core.hangup(dialog))
+        (reply,) = [unpack_stream_reply(m) for m in _drain(front)]
+        assert reply is not None and reply[0] == 7 and reply[1].startswith(b"BYE ")
+        front.send(pack_unsent(reply[1]))
+        await _until_true(lambda: isinstance(events[-1], CallEnded))
+        assert events[-1] == CallEnded(dialog, "bye_failed")
+        assert server.core.counters["client_tx_transport_errors"] == 1
+    finally:
+        await server.stop()
+        front.close()
+        inbox.close()
+
+
+def test_a_report_of_a_message_not_sent_is_no_message_from_a_peer() -> None:
+    report = unpack(pack_unsent(_invite(b"x@y")))
+    assert report.is_unsent and not report.is_query and report.data == _invite(b"x@y")
+    assert not unpack(pack(_invite(b"x@y"), ("10.0.0.1", 5060), 0.0, "TCP", 9)).is_unsent
+    assert not unpack(pack(_invite(b"x@y"), ("10.0.0.1", 5060), 0.0)).is_unsent  # UDP
+    assert not unpack(pack_query(9)).is_unsent

@@ -22,6 +22,9 @@ from telepath.clock import FakeClock
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions
 from telepath.sip.defence import DefencePolicy, SourceGuard
+from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport.sip_fanout import pack_stream_reply, unpack
+from telepath.transport.sip_server import SipServer
 
 
 def _settings(**kw: object) -> Settings:
@@ -569,3 +572,69 @@ async def test_a_worker_applies_the_bans_the_front_sends() -> None:
         front.close()
         await control
         writer.close()
+
+
+# ---------------------------------------------------------------- a worker's messages not sent
+
+
+def _bye_to(port: int, call_id: str) -> bytes:
+    """A worker's BYE in a dialog over TCP whose remote target is 127.0.0.1:``port``."""
+    return (
+        f"BYE sip:alice@127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-w1bye\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=w1\r\n"
+        f"To: <sip:alice@127.0.0.1>;tag=c1\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _reports(sock: socket.socket) -> list[bytes]:
+    """The messages the front could not send that it reported on a worker's inbox."""
+    found: list[bytes] = []
+    while True:
+        try:
+            message = unpack(sock.recv(70_000))
+        except BlockingIOError:
+            return found
+        if message.is_unsent:
+            found.append(message.data)
+
+
+async def test_a_workers_message_the_front_cannot_send_is_reported_to_that_worker(
+    fake_exec: FakeExec,
+) -> None:
+    """RFC 3261 §17.1.4 across processes: a worker's BYE whose connection the carrier closed,
+    to a next hop that refuses a new connection, is lost — and the front tells the worker that
+    sent it, whose transaction then ends at once; it waited Timer F (32 s) for an answer that
+    could not come, the front having told only its own core (where no such transaction is)."""
+    front = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    pool = workers.WorkerPool(
+        _settings(sip_workers=2),
+        -1,
+        ("127.0.0.1", 5060),
+        {},
+        [b"k"] * 2,
+        on_stream_reply=front.write_stream,  # as cli/serve.py wires it
+    )
+    with socket.socket() as refusing:  # bound, not listening: a connection to it is refused
+        refusing.bind(("127.0.0.1", 0))
+        bye = _bye_to(refusing.getsockname()[1], "gone-1@127.0.0.1")
+        await pool.start()
+        try:
+            (worker,) = fake_exec.started
+            worker.inbox.setblocking(False)
+            worker.inbox.send(pack_stream_reply(4242, bye))  # its connection is gone
+            reported: list[bytes] = []
+
+            def told() -> bool:
+                reported.extend(_reports(worker.inbox))
+                return bool(reported)
+
+            await _until(told)
+            await asyncio.sleep(0.05)  # a second report would have come by now
+            assert reported + _reports(worker.inbox) == [bye]
+            assert front.core.counters["stream_reconnect_failed"] == 1
+            assert front.core.counters["client_tx_transport_errors"] == 0  # not the front's
+        finally:
+            await pool.stop(0)
+            await front.stop()

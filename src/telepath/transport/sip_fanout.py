@@ -24,6 +24,11 @@ still being answered — claims it (:func:`pack_claim`: a reply with no message 
 front keeps what is claimed and closes what is not once the workers had time to answer.
 Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one.
 
+A worker's message the front cannot write — its connection gone and none to its next hop
+could be opened (``SipServer._elsewhere``) — is reported back to that worker
+(:func:`pack_unsent`: the message, on no connection), whose core ends its client transaction
+at once (RFC 3261 §17.1.4) as in one process; only the worker holds that transaction.
+
 The arrival time travels as wall-clock seconds (``SIOCGSTAMP`` is ``CLOCK_REALTIME``), so the
 worker's :class:`~telepath.transport.receive_backlog.BacklogMonitor` sees the whole wait: in the
 front's socket and in its own inbox.
@@ -58,6 +63,7 @@ __all__ = [
     "pack_claim",
     "pack_query",
     "pack_stream_reply",
+    "pack_unsent",
     "unpack",
     "unpack_stream_reply",
 ]
@@ -89,6 +95,13 @@ class Forwarded(NamedTuple):
         """The front asks whether a call uses stream connection :attr:`conn`
         (:func:`pack_query`): no SIP message is empty, so no message is taken for one."""
         return not self.data and self.conn != 0
+
+    @property
+    def is_unsent(self) -> bool:
+        """The front could not send :attr:`data`, a message of this worker's
+        (:func:`pack_unsent`): on a stream transport, yet on no connection (their ids start
+        at 1)."""
+        return self.conn == 0 and self.transport != "UDP"
 
 
 def pack(
@@ -132,6 +145,13 @@ def pack_claim(conn: int) -> bytes:
     A stream reply with nothing to write, so the front's reader hands it on as any reply
     (``SipServer.write_stream`` takes an empty message for a claim)."""
     return pack_stream_reply(conn, b"")
+
+
+def pack_unsent(data: bytes) -> bytes:
+    """The front's report to a worker: your message ``data`` for a stream connection could
+    not be sent (:attr:`Forwarded.is_unsent`); the worker's transaction ends now, not at
+    Timer F (RFC 3261 §17.1.4)."""
+    return pack(data, ("", 0), 0.0, "TCP", 0)
 
 
 def unpack_stream_reply(message: bytes) -> tuple[int, bytes] | None:
@@ -318,6 +338,14 @@ class Forwarder:
             if self._sender(index, outbox).send(pack_query(conn)):
                 asked = True
         return asked
+
+    def unsent(self, index: int, data: bytes) -> None:
+        """Tell worker ``index`` that its message ``data`` could not be sent
+        (:func:`pack_unsent`), behind what went to it before. Not held for a worker being
+        started again: the transaction waiting for it died with the process that sent it."""
+        outbox = self.outboxes.get(index)
+        if outbox is not None:
+            self._sender(index, outbox).send(pack_unsent(data))
 
     def carried(self, conn: int) -> bool:
         """Whether stream connection ``conn`` carried a message of a worker's Call-ID: it may

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 Hop = tuple[str, str, int]
 #: Messages held for a next hop while a connection to it is being opened.
 HELD_PER_HOP = 64
+#: Who is told of a message that could not be sent (RFC 3261 §17.1.4): None for this process's
+#: core; with SIP workers, for a worker's message, that worker (``sip_fanout.pack_unsent``).
+TellUnsent = Callable[[bytes], object] | None
 #: How long the front waits for SIP workers to claim an idle connection before closing it
 #: (at most the idle time itself). A worker answers from its event loop, behind what that loop
 #: is doing: milliseconds, a few hundred when saturated. One later than this costs its call the
@@ -266,7 +269,7 @@ class SipServer:
         #: Connections we opened to a next hop for messages whose own connection was gone
         #: (RFC 3261 §18.1.1, §18.2.2), and the messages held while one is being opened.
         self.hops: dict[Hop, int] = {}
-        self._held: dict[Hop, list[bytes]] = {}
+        self._held: dict[Hop, list[tuple[bytes, TellUnsent]]] = {}
         self._opening: set[asyncio.Task[None]] = set()
         #: The client TLS context for such a connection over TLS (None: not opened).
         self.client_tls: Callable[[], ssl.SSLContext] | None = None
@@ -469,6 +472,8 @@ class SipServer:
         elif message.is_query:  # the front asks before closing the connection as idle
             if self._stream_out is not None and self.core.uses_connection(message.conn):
                 self._stream_out.send(pack_claim(message.conn))
+        elif message.is_unsent:  # the front could not send this message of ours (§17.1.4)
+            self._report_unsent([message.data])
         else:  # framed off a connection the front holds; replies go back through the front
             self.feed(message.data, Source(message.transport, message.addr, message.conn))
 
@@ -566,31 +571,32 @@ class SipServer:
         if self._stream_out is not None:  # a worker: the connection is the front's
             if not self._stream_out.send(pack_stream_reply(dest.conn or 0, send.data)):
                 self.counters_inc("stream_send_no_connection")
-                self._unsent([send.data])
+                self._unsent([(send.data, None)])
             return
         self.write_stream(dest.conn or -1, send.data)
 
-    def write_stream(self, conn_id: int, data: bytes) -> None:
+    def write_stream(self, conn_id: int, data: bytes, tell: TellUnsent = None) -> None:
         """Write one message on stream connection ``conn_id`` (ours, or a worker's reply); a
-        worker's empty one claims the connection (``sip_fanout.pack_claim``)."""
+        worker's empty one claims the connection (``sip_fanout.pack_claim``). ``tell``: whom
+        to tell if it cannot be sent (a worker's message: that worker; None: our core)."""
         if not data:
             self._claimed(conn_id)
             return
         conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
-            self._elsewhere(data)  # the connection is gone
+            self._elsewhere(data, tell)  # the connection is gone
             return
         conn.transport.write(data)
 
-    def _elsewhere(self, data: bytes) -> None:
+    def _elsewhere(self, data: bytes, tell: TellUnsent = None) -> None:
         """Send ``data`` whose connection is gone (a carrier's proxy closed it during a long
         call): on a connection open to its next hop, or a new one (RFC 3261 §18.1.1 for a
-        request, §18.2.2 for a response). One that cannot be opened costs the message: its
-        transaction times out as if it were lost."""
+        request, §18.2.2 for a response). One that cannot be opened costs the message, and
+        its client transaction learns it at once (:meth:`_unsent`)."""
         hop = next_hop(data)
         if hop is None:
             self.counters_inc("stream_send_no_connection")
-            self._unsent([data])
+            self._unsent([(data, tell)])
             return
         conn = self.connections.get(self.hops.get(hop, -1))
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
@@ -599,16 +605,16 @@ class SipServer:
         held = self._held.get(hop)
         if held is not None:  # being opened: in order, after what came first
             if len(held) < HELD_PER_HOP:
-                held.append(data)
+                held.append((data, tell))
             else:
                 self.counters_inc("stream_send_no_connection")
-                self._unsent([data])
+                self._unsent([(data, tell)])
             return
         if not self.reserve(hop[1]):  # bounded as accepted connections are, by its address
             self.counters_inc("stream_send_no_connection")
-            self._unsent([data])
+            self._unsent([(data, tell)])
             return
-        self._held[hop] = [data]
+        self._held[hop] = [(data, tell)]
         task = asyncio.get_running_loop().create_task(self._open(hop), context=Context())
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
@@ -652,16 +658,20 @@ class SipServer:
         conn.place, conn.hop = host, hop
         self.hops[hop] = conn_id
         self.watch_idle(conn)  # nothing holds it open for ever
-        for data in held:
+        for data, _ in held:
             conn.transport.write(data)
 
-    def _unsent(self, messages: list[bytes]) -> None:
-        """Tell the core that ``messages`` could not be sent (RFC 3261 §17.1.4: their client
-        transactions end now, not at Timer F). On the next loop turn: this can be reached from
-        inside :meth:`dispatch`, whose events must go out in order first. A worker's message
-        that its front could not send is not reported back (its transaction times out)."""
-        if messages:
-            asyncio.get_running_loop().call_soon(self._report_unsent, messages, context=Context())
+    def _unsent(self, messages: list[tuple[bytes, TellUnsent]]) -> None:
+        """Tell whoever sent ``messages`` that they could not be sent (RFC 3261 §17.1.4: their
+        client transactions end now, not at Timer F). Our core's on the next loop turn: this
+        can be reached from inside :meth:`dispatch`, whose events must go out in order first.
+        A worker's goes back to that worker, whose core holds the transaction."""
+        ours = [data for data, tell in messages if tell is None]
+        for data, tell in messages:
+            if tell is not None:
+                tell(data)
+        if ours:
+            asyncio.get_running_loop().call_soon(self._report_unsent, ours, context=Context())
 
     def _report_unsent(self, messages: list[bytes]) -> None:
         for data in messages:

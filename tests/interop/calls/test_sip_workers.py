@@ -14,10 +14,12 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -50,6 +52,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.test_dialog_connections import CuedAgent
 from tests.interop.sip.uac import CallLeg, Message, Uac
 
 pytestmark = pytest.mark.interop
@@ -578,6 +581,55 @@ async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_us
         calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
         assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
         assert re.search(rf"manager w1 \[{calls[0]['id']}\] .*ended", server.log())
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
+
+
+async def _record_when_ended(server: LiveServer, call_id: str, within_s: float) -> Any:
+    """The call's record once it is ``disconnected`` (as it is after ``within_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        record = await live_json(server, "GET", f"/v1/calls/{call_id}")
+        if record["status"] == "disconnected" or loop.time() > deadline:
+            return record
+        await asyncio.sleep(0.05)
+
+
+async def test_a_workers_bye_the_front_cannot_send_ends_its_dialog_at_once(tmp_path: Path) -> None:
+    """RFC 3261 §17.1.4 across processes: the carrier closed the connection of a worker's call
+    and refuses a new one to its Contact, so the worker's BYE cannot be sent; the front tells
+    the worker, whose BYE transaction ends at once. With ``TELEPATH_SIP_BYE_WAIT_S`` 32 the
+    call's record waits for that end: it waited for Timer F (32 s), the front having told only
+    its own core."""
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_BYE_WAIT_S": "32"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await _worker_serving(server)
+        port = _sip_port(server, "TCP")
+        async with CuedAgent() as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            with socket.socket() as refusing:  # bound, not listening: connections refused
+                refusing.bind(("127.0.0.1", 0))
+                uac = await Uac.open("TCP", ("127.0.0.1", port))
+                uac.local = ("127.0.0.1", int(refusing.getsockname()[1]))  # Via, Contact
+                try:
+                    leg = CallLeg(uac, "bob", call_id=_call_id(1, "refused"))
+                    await leg.challenge(phone.port)
+                    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                    uac.send(leg.ack())
+                    (call,) = await live_calls(server, 1)
+                finally:
+                    await uac.close()
+                agent.cue.set()  # the worker's BYE, on a connection that is gone
+                await wait_until(
+                    lambda: "message(s) not sent" in server.log(), what="the BYE refused"
+                )
+                ended = await _record_when_ended(server, call["id"], within_s=10)
+        assert (ended["status"], ended["disconnect_reason"]) == ("disconnected", "agent_hangup")
+        assert re.search(rf"manager w1 \[{call['id']}\] .*ended", server.log())
     finally:
         await phone.close()
         await asyncio.to_thread(stop_server, server)
