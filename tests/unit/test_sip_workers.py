@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from telepath.cli import workers
+from telepath.cli.gateway import WorkerRole
 from telepath.cli.workers import worker_settings
 from telepath.clock import FakeClock
 from telepath.config import Settings
@@ -539,6 +541,33 @@ async def test_a_good_login_on_any_worker_clears_the_count(fake_exec: FakeExec) 
         await _until(lambda: front.is_banned(SOURCE))
     finally:
         await pool.stop(0)
+
+
+async def test_a_burst_of_failed_logins_is_counted_whole_when_the_front_is_behind(
+    fake_exec: FakeExec,
+) -> None:
+    """Reports wait in order, as the worker's stream messages on the same pair do, when the
+    front has not read the pair for a while: they were dropped once it was full — exactly in
+    a burst of guesses, the failures the front's guard is there to count."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        (worker,) = fake_exec.started
+        role = WorkerRole(1, udp, worker.inbox, ("127.0.0.1", 5060), {})
+        own = workers.FrontCountedGuard(_policy(), clock, report=role.report_auth)
+        worker.inbox.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the front has not read for a while: the pair is full
+                worker.inbox.send(b"w" * 1000)
+        for _ in range(3):  # before the front reads again
+            own.record_auth_failure(SOURCE)
+        await _until(lambda: front.is_banned(SOURCE))
+    finally:
+        await pool.stop(0)
+        udp.close()
 
 
 def test_a_worker_reports_no_allowlisted_source() -> None:

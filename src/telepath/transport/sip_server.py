@@ -452,15 +452,22 @@ class SipServer:
             return None
         return int(self._udp.transport.get_extra_info("socket").fileno())
 
-    def adopt(self, udp: socket.socket, inbox: socket.socket, bound: tuple[str, int]) -> None:
+    def adopt(
+        self,
+        udp: socket.socket,
+        inbox: socket.socket,
+        bound: tuple[str, int],
+        to_front: OrderedSender | None = None,
+    ) -> None:
         """Serve as a worker: datagrams come from ``inbox``, replies go out on ``udp``.
 
         ``udp`` is the front's bound SIP socket (inherited; never read here) and ``bound`` its
         address, ``inbox`` this worker's end of the socket pair the front forwards on
-        (:mod:`telepath.transport.sip_fanout`).
+        (:mod:`telepath.transport.sip_fanout`); ``to_front`` what sends on it the other way,
+        if the process sends the front other things too (one sender: one order, one queue).
         """
         self._udp_sender = UdpSender(udp, lambda: self.counters_inc("udp_errors"))
-        self._stream_out = OrderedSender(inbox)
+        self._stream_out = to_front or OrderedSender(inbox)
         self._inbox = Inbox(inbox, self._forwarded)
         self._inbox.start()
         self.bound["UDP"] = bound
