@@ -188,11 +188,7 @@ async def test_forwarder_hands_stream_messages_over_and_holds_them_for_a_restart
         mine, theirs = _invite(_owned_by(0, 2)), _invite(_owned_by(1, 2))
         assert forward.stream(mine, "TCP", peer, 3) is False
         assert forward.stream(b"\r\n\r\n", "TCP", peer, 3) is False  # no Call-ID
-        assert not forward.carried(3)  # nothing of a worker's on it yet
         assert forward.stream(theirs, "TLS", peer, 3) is True
-        # a worker's call signals over connection 3: the front, which holds no dialog of it,
-        # must not close it (a registration letting it go asks this)
-        assert forward.carried(3) and not forward.carried(4)
         (message,) = [unpack(m) for m in _drain(worker)]
         assert (message.data, message.transport, message.addr, message.conn) == (
             theirs,
@@ -341,6 +337,75 @@ async def test_without_a_worker_to_ask_an_idle_connection_is_closed_at_once() ->
         assert open_after_asking == [False]  # closed in the same turn
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("idle_s", [0.3, 0.0])  # 0: idle connections are otherwise kept
+@pytest.mark.parametrize("claim", [False, True])
+async def test_a_connection_its_opener_lets_go_is_closed_unless_a_worker_claims_it(
+    claim: bool, idle_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outbound registration lets its connection go (``SipServer.let_go``): the workers are
+    asked at once, as for an idle connection, and it is closed unless one claims it (a call of
+    theirs the registrar sent on it) — then it is asked about again once idle. To the
+    registration it is gone at once either way: it does not take it up again."""
+    monkeypatch.setattr(sip_server, "WORKER_ANSWER_S", 0.05)
+    monkeypatch.setattr(sip_server, "LET_GO_IDLE_S", 0.3)
+    server = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        limits=StreamLimits(idle_s=idle_s),
+    )
+    loop = asyncio.get_running_loop()
+    asked: list[int] = []
+
+    def ask(conn: int) -> bool:
+        asked.append(conn)
+        if claim and len(asked) == 1:
+            loop.call_later(0.02, server.write_stream, conn, b"")  # the worker's answer
+        return True
+
+    server.ask_workers = ask
+    closed = asyncio.Event()
+
+    async def registrar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the gateway closes its connection
+        closed.set()
+        writer.close()
+
+    listening = await asyncio.start_server(registrar, "127.0.0.1", 0)
+    try:
+        conn = await server.connect("TCP", listening.sockets[0].getsockname()[:2])
+        server.let_go(conn)
+        assert asked == [conn] and not server.is_open(conn)
+        await asyncio.sleep(0.15)  # past the time the workers have to answer
+        assert closed.is_set() is not claim
+        await asyncio.wait_for(closed.wait(), 5)
+        assert asked == [conn] * (2 if claim else 1)  # claimed: asked again once idle
+    finally:
+        await server.stop()
+        listening.close()
+
+
+async def test_a_connection_let_go_without_workers_is_closed_at_once() -> None:
+    """One process: nobody to ask (the registration asked the core before letting go)."""
+    server = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    closed = asyncio.Event()
+
+    async def registrar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        closed.set()
+        writer.close()
+
+    listening = await asyncio.start_server(registrar, "127.0.0.1", 0)
+    try:
+        conn = await server.connect("TCP", listening.sockets[0].getsockname()[:2])
+        transport = server.connections[conn].transport
+        server.let_go(conn)
+        assert transport is not None and transport.is_closing()
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        await server.stop()
+        listening.close()
 
 
 class _CountingBacklog(BacklogMonitor):

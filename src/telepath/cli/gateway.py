@@ -400,7 +400,7 @@ async def start_gateway(
             transport, addr, client_context() if transport == "TLS" else None, host
         ),
         is_open=server.is_open,
-        disconnect=server.disconnect,
+        disconnect=server.let_go,  # with SIP workers, kept if a worker's call claims it
         workers=settings.sip_workers,
         locator=locator,
         in_use=core.uses_connection,

@@ -22,7 +22,9 @@ worker (:meth:`Forwarder.ask`: a stream message with no SIP message in it, behin
 forwarded before) and a worker whose core uses the connection — a dialog's, or a request on it
 still being answered — claims it (:func:`pack_claim`: a reply with no message to write); the
 front keeps what is claimed and closes what is not once the workers had time to answer.
-Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one.
+Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one. A
+connection an outbound registration lets go (the registrar may have sent a worker's call on it)
+is asked about the same way, at once (``SipServer.let_go``).
 
 A worker's message the front cannot write — its connection gone and none to its next hop
 could be opened (``SipServer._elsewhere``) — is reported back to that worker
@@ -78,7 +80,6 @@ WAKE = b"w"
 _STREAM_REPLY = struct.Struct("!cI")
 MAX_MESSAGE = 70_000  # a forwarded SIP message with its header fits (the framer's cap is 64 KiB)
 HOLD_LIMIT = 1024  # stream messages kept for a worker being started again
-CARRIED_LIMIT = 65536  # stream connections remembered as having carried a worker's call
 
 
 class Forwarded(NamedTuple):
@@ -240,10 +241,6 @@ class Forwarder:
         # stream messages for a worker that is not there (being started again): a peer does not
         # retransmit over a stream, so they wait for the next process (bounded)
         self._held: dict[int, deque[bytes]] = {}
-        # stream connections that carried a message of a worker's Call-ID (oldest first,
-        # bounded): what a registration letting a connection go asks (:meth:`carried`); an idle
-        # connection is kept only if a worker claims it when asked (:meth:`ask`)
-        self._carried: dict[int, None] = {}
 
     def attach(self, index: int, outbox: socket.socket) -> None:
         """Worker ``index`` (started again) reads ``outbox`` now; what waited for it goes."""
@@ -303,10 +300,6 @@ class Forwarder:
         owner = self._owner(data)
         if owner == 0:
             return False
-        if conn not in self._carried:
-            if len(self._carried) >= CARRIED_LIMIT:
-                del self._carried[next(iter(self._carried))]
-            self._carried[conn] = None
         message = pack(data, addr, time.time(), transport, conn)
         outbox = self.outboxes.get(owner)
         if outbox is None:  # until attach()
@@ -346,13 +339,6 @@ class Forwarder:
         outbox = self.outboxes.get(index)
         if outbox is not None:
             self._sender(index, outbox).send(pack_unsent(data))
-
-    def carried(self, conn: int) -> bool:
-        """Whether stream connection ``conn`` carried a message of a worker's Call-ID: it may
-        be that call's signalling path, whatever the front's own dialogs say. Sent before any
-        parsing or authentication, so it is no reason to keep an accepted connection open
-        (:meth:`ask` is); a registration letting its own connection go leaves it open."""
-        return conn in self._carried
 
 
 class Inbox:

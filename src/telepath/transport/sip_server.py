@@ -57,6 +57,10 @@ TellUnsent = Callable[[bytes], object] | None
 #: is doing: milliseconds, a few hundred when saturated. One later than this costs its call the
 #: connection, not the call: the next message either way goes on a new one (:func:`next_hop`).
 WORKER_ANSWER_S = 2.0
+#: How long a connection let go by its opener (:meth:`SipServer.let_go`) and kept for a call
+#: may then sit idle when ``TELEPATH_SIP_TCP_IDLE_S`` is 0: idle connections are kept then, but
+#: this one is no one's to keep once no call uses it.
+LET_GO_IDLE_S = 300.0
 
 # What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
 # (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
@@ -78,9 +82,9 @@ class StreamLimits:
         idle_s: a connection that brought no complete message nor CRLF keep-alive
             (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
             (:attr:`SipServer.in_use`, or with SIP workers one of theirs:
-            :attr:`SipServer.ask_workers`); 0: never. A partial message is no activity: a
-            header trickled in a byte at a time does not hold the connection and its framer
-            buffer.
+            :attr:`SipServer.ask_workers`); 0: never (one let go by its opener:
+            :data:`LET_GO_IDLE_S`). A partial message is no activity: a header trickled in a
+            byte at a time does not hold the connection and its framer buffer.
         tls_handshake_s: a TLS handshake not completed in this long closes the connection
             (it is counted against the caps only once complete, when its peer is known).
         write_buffer: bytes we may hold for a peer that does not read what we write; past
@@ -159,6 +163,7 @@ class _Stream(asyncio.Protocol):
         self.asked_at = -math.inf  # when SIP workers were last asked to claim it (idle)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.hop: Hop | None = None  # opened for messages whose own connection was gone
+        self.released = False  # let go by its opener (SipServer.let_go): closed once unused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -392,6 +397,11 @@ class SipServer:
             self._logged[key] = now
             log.warning(message, *args)
 
+    def _idle_s(self, conn: _Stream) -> float:
+        """How long ``conn`` may be idle before it is looked at: one let go, never for ever."""
+        idle = self.limits.idle_s
+        return idle if idle > 0 or not conn.released else LET_GO_IDLE_S
+
     def watch_idle(self, conn: _Stream) -> None:
         """Close ``conn`` once idle for :attr:`StreamLimits.idle_s` (one timer per connection,
         re-armed lazily when it fires: nothing per message but a timestamp)."""
@@ -411,7 +421,7 @@ class SipServer:
         if transport is None or loop is None or transport.is_closing():
             return
         now = loop.time()
-        idle = self.limits.idle_s
+        idle = self._idle_s(conn)
         due = conn.last_active + idle
         if due <= now and self.in_use(conn.conn_id):
             due = now + idle  # a call signals over it: kept, looked at again
@@ -435,16 +445,37 @@ class SipServer:
             conn.last_active = conn.loop.time()
             conn.asked_at = -math.inf
 
-    def disconnect(self, conn_id: int) -> None:
-        """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""
+    def let_go(self, conn_id: int) -> None:
+        """Close connection ``conn_id``, which the one that opened it (:meth:`connect`: an
+        outbound registration) no longer needs — unless a call signals over it: the registrar
+        sends calls on it (RFC 5923), and with SIP workers the call may be a worker's, of which
+        this process holds no dialog. So it is idle from now on and goes as an idle connection
+        does (:meth:`_idle_check`, RFC 3261 §26.1.5): kept while our core uses it, else the
+        workers are asked and it is closed unless one claims it within
+        :data:`WORKER_ANSWER_S`; claimed, it is asked about again once idle. Without workers
+        to ask, closed now. Either way it is no longer :meth:`is_open` to its opener, which
+        takes it up no more."""
         conn = self.connections.get(conn_id)
-        if conn is not None and conn.transport is not None:
-            conn.transport.close()
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return
+        conn.released = True
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        conn.loop = loop
+        conn.last_active = loop.time() - self._idle_s(conn)
+        conn.asked_at = -math.inf
+        self._idle_check(conn)
 
     def is_open(self, conn_id: int) -> bool:
-        """True while connection ``conn_id`` is up."""
+        """True while connection ``conn_id`` is up (and not let go: :meth:`let_go`)."""
         conn = self.connections.get(conn_id)
-        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+        return (
+            conn is not None
+            and not conn.released
+            and conn.transport is not None
+            and not conn.transport.is_closing()
+        )
 
     def udp_fileno(self) -> int | None:
         """The bound UDP socket's descriptor (handed to SIP worker processes), if any."""
