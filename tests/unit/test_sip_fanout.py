@@ -13,7 +13,7 @@ import pytest
 from telepath.clock import FakeClock
 from telepath.sip.defence import DefencePolicy, SourceGuard
 from telepath.sip.routing import owner_of
-from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.sip.ua import CallEnded, Event, InviteReceived, UaConfig, UserAgentCore
 from telepath.transport import sip_server
 from telepath.transport.receive_backlog import BacklogMonitor
 from telepath.transport.sip_fanout import (
@@ -25,10 +25,11 @@ from telepath.transport.sip_fanout import (
     pack_claim,
     pack_query,
     pack_stream_reply,
+    pack_unsent,
     unpack,
     unpack_stream_reply,
 )
-from telepath.transport.sip_server import ListenAddress, SipServer, StreamLimits
+from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer, StreamLimits
 
 
 def _owned_by(owner: int, workers: int, prefix: str = "c") -> bytes:
@@ -187,11 +188,7 @@ async def test_forwarder_hands_stream_messages_over_and_holds_them_for_a_restart
         mine, theirs = _invite(_owned_by(0, 2)), _invite(_owned_by(1, 2))
         assert forward.stream(mine, "TCP", peer, 3) is False
         assert forward.stream(b"\r\n\r\n", "TCP", peer, 3) is False  # no Call-ID
-        assert not forward.carried(3)  # nothing of a worker's on it yet
         assert forward.stream(theirs, "TLS", peer, 3) is True
-        # a worker's call signals over connection 3: the front, which holds no dialog of it,
-        # must not close it (a registration letting it go asks this)
-        assert forward.carried(3) and not forward.carried(4)
         (message,) = [unpack(m) for m in _drain(worker)]
         assert (message.data, message.transport, message.addr, message.conn) == (
             theirs,
@@ -342,6 +339,75 @@ async def test_without_a_worker_to_ask_an_idle_connection_is_closed_at_once() ->
         await server.stop()
 
 
+@pytest.mark.parametrize("idle_s", [0.3, 0.0])  # 0: idle connections are otherwise kept
+@pytest.mark.parametrize("claim", [False, True])
+async def test_a_connection_its_opener_lets_go_is_closed_unless_a_worker_claims_it(
+    claim: bool, idle_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outbound registration lets its connection go (``SipServer.let_go``): the workers are
+    asked at once, as for an idle connection, and it is closed unless one claims it (a call of
+    theirs the registrar sent on it) — then it is asked about again once idle. To the
+    registration it is gone at once either way: it does not take it up again."""
+    monkeypatch.setattr(sip_server, "WORKER_ANSWER_S", 0.05)
+    monkeypatch.setattr(sip_server, "LET_GO_IDLE_S", 0.3)
+    server = SipServer(
+        UserAgentCore(UaConfig(), FakeClock(0.0)),
+        lambda event: None,
+        limits=StreamLimits(idle_s=idle_s),
+    )
+    loop = asyncio.get_running_loop()
+    asked: list[int] = []
+
+    def ask(conn: int) -> bool:
+        asked.append(conn)
+        if claim and len(asked) == 1:
+            loop.call_later(0.02, server.write_stream, conn, b"")  # the worker's answer
+        return True
+
+    server.ask_workers = ask
+    closed = asyncio.Event()
+
+    async def registrar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the gateway closes its connection
+        closed.set()
+        writer.close()
+
+    listening = await asyncio.start_server(registrar, "127.0.0.1", 0)
+    try:
+        conn = await server.connect("TCP", listening.sockets[0].getsockname()[:2])
+        server.let_go(conn)
+        assert asked == [conn] and not server.is_open(conn)
+        await asyncio.sleep(0.15)  # past the time the workers have to answer
+        assert closed.is_set() is not claim
+        await asyncio.wait_for(closed.wait(), 5)
+        assert asked == [conn] * (2 if claim else 1)  # claimed: asked again once idle
+    finally:
+        await server.stop()
+        listening.close()
+
+
+async def test_a_connection_let_go_without_workers_is_closed_at_once() -> None:
+    """One process: nobody to ask (the registration asked the core before letting go)."""
+    server = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    closed = asyncio.Event()
+
+    async def registrar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        closed.set()
+        writer.close()
+
+    listening = await asyncio.start_server(registrar, "127.0.0.1", 0)
+    try:
+        conn = await server.connect("TCP", listening.sockets[0].getsockname()[:2])
+        transport = server.connections[conn].transport
+        server.let_go(conn)
+        assert transport is not None and transport.is_closing()
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        await server.stop()
+        listening.close()
+
+
 class _CountingBacklog(BacklogMonitor):
     __slots__ = ("samples",)
 
@@ -448,3 +514,55 @@ async def _until_true(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 - a state, not an event
             await asyncio.sleep(0.01)
+
+
+def _ack(call_id: str, to_tag: str) -> bytes:
+    return (
+        "ACK sip:bob@127.0.0.1 SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 198.51.100.9:40000;branch=z9hG4bK-ack1\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:alice@198.51.100.9>;tag=a1\r\n"
+        f"To: <sip:bob@127.0.0.1>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_a_worker_told_its_message_was_not_sent_ends_its_transaction_at_once() -> None:
+    """RFC 3261 §17.1.4 in a worker: the front could not send the worker's BYE (the call's
+    connection gone, its next hop refusing a new one) and says so: the dialog ends now, as in
+    one process, not when Timer F (32 s) fires."""
+    loop = asyncio.get_running_loop()
+    events: list[Event] = []
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server = SipServer(UserAgentCore(UaConfig(), LoopClock(loop)), events.append)
+    server.adopt(udp, inbox, ("127.0.0.1", 5060))
+    peer = ("198.51.100.9", 40000)
+    try:
+        front.send(pack(_full_invite("u1@x"), peer, time.time(), "TCP", 7))
+        await _until_true(lambda: bool(events))
+        (invite,) = events
+        assert isinstance(invite, InviteReceived)
+        dialog, outputs = server.core.accept(invite.tx, b"v=0\r\n")
+        server.dispatch(outputs)
+        front.send(pack(_ack("u1@x", dialog.local_tag), peer, time.time(), "TCP", 7))
+        await _until_true(lambda: dialog.acked)
+        _drain(front)  # the 200 OK
+        server.dispatch(server.core.hangup(dialog))
+        (reply,) = [unpack_stream_reply(m) for m in _drain(front)]
+        assert reply is not None and reply[0] == 7 and reply[1].startswith(b"BYE ")
+        front.send(pack_unsent(reply[1]))
+        await _until_true(lambda: isinstance(events[-1], CallEnded))
+        assert events[-1] == CallEnded(dialog, "bye_failed")
+        assert server.core.counters["client_tx_transport_errors"] == 1
+    finally:
+        await server.stop()
+        front.close()
+        inbox.close()
+
+
+def test_a_report_of_a_message_not_sent_is_no_message_from_a_peer() -> None:
+    report = unpack(pack_unsent(_invite(b"x@y")))
+    assert report.is_unsent and not report.is_query and report.data == _invite(b"x@y")
+    assert not unpack(pack(_invite(b"x@y"), ("10.0.0.1", 5060), 0.0, "TCP", 9)).is_unsent
+    assert not unpack(pack(_invite(b"x@y"), ("10.0.0.1", 5060), 0.0)).is_unsent  # UDP
+    assert not unpack(pack_query(9)).is_unsent

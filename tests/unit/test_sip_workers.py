@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -17,11 +18,15 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from telepath.cli import workers
+from telepath.cli.gateway import WorkerRole
 from telepath.cli.workers import worker_settings
 from telepath.clock import FakeClock
 from telepath.config import Settings
 from telepath.metrics import Metrics, merge_expositions
 from telepath.sip.defence import DefencePolicy, SourceGuard
+from telepath.sip.ua import UaConfig, UserAgentCore
+from telepath.transport.sip_fanout import pack_stream_reply, unpack
+from telepath.transport.sip_server import SipServer
 
 
 def _settings(**kw: object) -> Settings:
@@ -538,6 +543,33 @@ async def test_a_good_login_on_any_worker_clears_the_count(fake_exec: FakeExec) 
         await pool.stop(0)
 
 
+async def test_a_burst_of_failed_logins_is_counted_whole_when_the_front_is_behind(
+    fake_exec: FakeExec,
+) -> None:
+    """Reports wait in order, as the worker's stream messages on the same pair do, when the
+    front has not read the pair for a while: they were dropped once it was full — exactly in
+    a burst of guesses, the failures the front's guard is there to count."""
+    clock = FakeClock(100.0)
+    front = SourceGuard(_policy(), clock)
+    pool = _pool(guard=front)
+    await pool.start()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        (worker,) = fake_exec.started
+        role = WorkerRole(1, udp, worker.inbox, ("127.0.0.1", 5060), {})
+        own = workers.FrontCountedGuard(_policy(), clock, report=role.report_auth)
+        worker.inbox.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the front has not read for a while: the pair is full
+                worker.inbox.send(b"w" * 1000)
+        for _ in range(3):  # before the front reads again
+            own.record_auth_failure(SOURCE)
+        await _until(lambda: front.is_banned(SOURCE))
+    finally:
+        await pool.stop(0)
+        udp.close()
+
+
 def test_a_worker_reports_no_allowlisted_source() -> None:
     sent: list[bytes] = []
     own = workers.FrontCountedGuard(
@@ -569,3 +601,69 @@ async def test_a_worker_applies_the_bans_the_front_sends() -> None:
         front.close()
         await control
         writer.close()
+
+
+# ---------------------------------------------------------------- a worker's messages not sent
+
+
+def _bye_to(port: int, call_id: str) -> bytes:
+    """A worker's BYE in a dialog over TCP whose remote target is 127.0.0.1:``port``."""
+    return (
+        f"BYE sip:alice@127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-w1bye\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:bob@127.0.0.1>;tag=w1\r\n"
+        f"To: <sip:alice@127.0.0.1>;tag=c1\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _reports(sock: socket.socket) -> list[bytes]:
+    """The messages the front could not send that it reported on a worker's inbox."""
+    found: list[bytes] = []
+    while True:
+        try:
+            message = unpack(sock.recv(70_000))
+        except BlockingIOError:
+            return found
+        if message.is_unsent:
+            found.append(message.data)
+
+
+async def test_a_workers_message_the_front_cannot_send_is_reported_to_that_worker(
+    fake_exec: FakeExec,
+) -> None:
+    """RFC 3261 §17.1.4 across processes: a worker's BYE whose connection the carrier closed,
+    to a next hop that refuses a new connection, is lost — and the front tells the worker that
+    sent it, whose transaction then ends at once; it waited Timer F (32 s) for an answer that
+    could not come, the front having told only its own core (where no such transaction is)."""
+    front = SipServer(UserAgentCore(UaConfig(), FakeClock(0.0)), lambda event: None)
+    pool = workers.WorkerPool(
+        _settings(sip_workers=2),
+        -1,
+        ("127.0.0.1", 5060),
+        {},
+        [b"k"] * 2,
+        on_stream_reply=front.write_stream,  # as cli/serve.py wires it
+    )
+    with socket.socket() as refusing:  # bound, not listening: a connection to it is refused
+        refusing.bind(("127.0.0.1", 0))
+        bye = _bye_to(refusing.getsockname()[1], "gone-1@127.0.0.1")
+        await pool.start()
+        try:
+            (worker,) = fake_exec.started
+            worker.inbox.setblocking(False)
+            worker.inbox.send(pack_stream_reply(4242, bye))  # its connection is gone
+            reported: list[bytes] = []
+
+            def told() -> bool:
+                reported.extend(_reports(worker.inbox))
+                return bool(reported)
+
+            await _until(told)
+            await asyncio.sleep(0.05)  # a second report would have come by now
+            assert reported + _reports(worker.inbox) == [bye]
+            assert front.core.counters["stream_reconnect_failed"] == 1
+            assert front.core.counters["client_tx_transport_errors"] == 0  # not the front's
+        finally:
+            await pool.stop(0)
+            await front.stop()

@@ -41,6 +41,7 @@ from telepath.transport import media_pacer
 from telepath.transport.dns import SipLocator
 from telepath.transport.ports import RtpPortAllocator
 from telepath.transport.receive_backlog import BacklogMonitor
+from telepath.transport.sip_fanout import OrderedSender
 from telepath.transport.sip_server import ListenAddress, LoopClock, SipServer, StreamLimits
 from telepath.transport.stun import StunClient
 from telepath.webhooks.dispatcher import WebhookDispatcher
@@ -136,16 +137,27 @@ class WorkerRole:
     inbox: socket.socket  # datagrams of this worker's calls, forwarded by the front
     udp_bound: tuple[str, int]
     ports: dict[str, int]  # the front's bound SIP ports (Via, Contact)
+    #: What goes to the front the other way on ``inbox``, in order and kept (bounded) while
+    #: the front is behind: the messages of this worker's calls for the front's TCP/TLS
+    #: connections (``SipServer.adopt``) and the digest outcomes it counts (:meth:`report_auth`).
+    to_front: OrderedSender = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "to_front", OrderedSender(self.inbox))
 
     def wake_front(self) -> None:
-        """An event is in the outbox: the front's webhook dispatcher should look now."""
-        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+        """An event is in the outbox: the front's webhook dispatcher should look now. Not
+        queued behind :attr:`to_front`: one a full pair refuses is lost, the dispatcher finds
+        the event at its next poll (``TELEPATH_WEBHOOK_POLL_S``); a wake-up queued per event
+        would take places that stream messages, which nothing sends again, must have."""
+        with contextlib.suppress(OSError):
             self.inbox.send(b"w")  # the socket pair's other way (cli/workers.py)
 
     def report_auth(self, message: bytes) -> None:
-        """A digest outcome for the front to count (``FrontCountedGuard``)."""
-        with contextlib.suppress(OSError):  # full (the front stalled): this one is not counted
-            self.inbox.send(message)
+        """A digest outcome for the front to count (``FrontCountedGuard``): queued when the
+        front is behind, or a burst of failed logins — what its guard is for — would be
+        counted short."""
+        self.to_front.send(message)
 
 
 @dataclass
@@ -358,7 +370,7 @@ async def start_gateway(
         for name, (_, port) in server.bound.items():
             core.config.contact_ports[name] = port
     else:
-        server.adopt(role.udp, role.inbox, role.udp_bound)
+        server.adopt(role.udp, role.inbox, role.udp_bound, role.to_front)
     manager.attach(server)
     gateway = Gateway(
         server,
@@ -403,7 +415,7 @@ async def start_gateway(
             transport, addr, client_context() if transport == "TLS" else None, host
         ),
         is_open=server.is_open,
-        disconnect=server.disconnect,
+        disconnect=server.let_go,  # with SIP workers, kept if a worker's call claims it
         workers=settings.sip_workers,
         locator=locator,
         in_use=core.uses_connection,

@@ -191,14 +191,9 @@ def worker_pool(
     gateway.server.router = pool.forwarder
     gateway.server.stream_router = pool.forwarder.stream
     # An idle connection a worker's call signals over is kept (this process holds no dialog
-    # of it): the workers are asked, and one that uses it claims it.
+    # of it): the workers are asked, and one that uses it claims it. So is one an outbound
+    # registration lets go (``SipServer.let_go``): the registrar may send calls on it.
     gateway.server.ask_workers = pool.forwarder.ask
-    if gateway.registrations is not None:
-        # A connection a registration lets go may carry a worker's call, of which this
-        # process holds no dialog: kept open then, as for its own calls.
-        own = gateway.registrations.in_use
-        forwarder = pool.forwarder
-        gateway.registrations.in_use = lambda conn: own(conn) or forwarder.carried(conn)
     return pool
 
 

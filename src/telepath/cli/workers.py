@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -179,7 +180,7 @@ class WorkerPool:
         on_wake: Callable[[], None] | None = None,
         instances: InstanceFile | None = None,
         on_exit: Callable[[str], Awaitable[object]] | None = None,
-        on_stream_reply: Callable[[int, bytes], None] | None = None,
+        on_stream_reply: Callable[[int, bytes, Callable[[bytes], object]], None] | None = None,
         guard: SourceGuard | None = None,
     ) -> None:
         self.settings = settings
@@ -196,7 +197,9 @@ class WorkerPool:
         self._on_wake = on_wake  # a worker put a webhook event in the outbox
         self._instances = instances
         self._on_exit = on_exit  # a worker's process is gone: close what it left (its id)
-        self._on_stream_reply = on_stream_reply  # a worker's message for a TCP/TLS connection
+        # a worker's message for a TCP/TLS connection, and how to tell that worker it could not
+        # be sent (``SipServer.write_stream``)
+        self._on_stream_reply = on_stream_reply
         self._metrics_of_front = metrics or Metrics()
         self.forwarder = Forwarder(
             self.count, {}, on_drop=self._metrics_of_front.sip_forward_dropped.inc
@@ -223,7 +226,9 @@ class WorkerPool:
         inbox_front.setblocking(False)
         self._close_outbox(worker.index)
         self.forwarder.attach(worker.index, inbox_front)  # closed when the process exits
-        asyncio.get_running_loop().add_reader(inbox_front.fileno(), self._woken, inbox_front)
+        asyncio.get_running_loop().add_reader(
+            inbox_front.fileno(), self._woken, worker.index, inbox_front
+        )
         try:
             ready = await self._greet(worker, ctl_front)
         except OSError as exc:  # it died at once (the hello's write failed)
@@ -369,10 +374,11 @@ class WorkerPool:
             self._close_control(worker)
         worker.process = None
 
-    def _woken(self, sock: socket.socket) -> None:
-        """The worker wrote on its inbox pair the other way: webhook events are waiting,
+    def _woken(self, index: int, sock: socket.socket) -> None:
+        """Worker ``index`` wrote on its inbox pair the other way: webhook events are waiting,
         messages for the front's TCP/TLS connections, or authentication outcomes."""
         wake = False
+        tell = functools.partial(self.forwarder.unsent, index)  # one of its messages not sent
         for _ in range(64):  # bounded: the loop's other callbacks (media) must not starve
             try:
                 message = sock.recv(MAX_MESSAGE)
@@ -386,7 +392,7 @@ class WorkerPool:
             if reply is None:
                 wake = True  # one wake-up stands for any number of events
             elif self._on_stream_reply is not None:
-                self._on_stream_reply(*reply)
+                self._on_stream_reply(*reply, tell)
         if wake and self._on_wake is not None:
             self._on_wake()
 

@@ -22,7 +22,14 @@ worker (:meth:`Forwarder.ask`: a stream message with no SIP message in it, behin
 forwarded before) and a worker whose core uses the connection — a dialog's, or a request on it
 still being answered — claims it (:func:`pack_claim`: a reply with no message to write); the
 front keeps what is claimed and closes what is not once the workers had time to answer.
-Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one.
+Merely having carried a message of a worker's Call-ID keeps nothing: anyone can send one. A
+connection an outbound registration lets go (the registrar may have sent a worker's call on it)
+is asked about the same way, at once (``SipServer.let_go``).
+
+A worker's message the front cannot write — its connection gone and none to its next hop
+could be opened (``SipServer._elsewhere``) — is reported back to that worker
+(:func:`pack_unsent`: the message, on no connection), whose core ends its client transaction
+at once (RFC 3261 §17.1.4) as in one process; only the worker holds that transaction.
 
 The arrival time travels as wall-clock seconds (``SIOCGSTAMP`` is ``CLOCK_REALTIME``), so the
 worker's :class:`~telepath.transport.receive_backlog.BacklogMonitor` sees the whole wait: in the
@@ -58,6 +65,7 @@ __all__ = [
     "pack_claim",
     "pack_query",
     "pack_stream_reply",
+    "pack_unsent",
     "unpack",
     "unpack_stream_reply",
 ]
@@ -72,7 +80,6 @@ WAKE = b"w"
 _STREAM_REPLY = struct.Struct("!cI")
 MAX_MESSAGE = 70_000  # a forwarded SIP message with its header fits (the framer's cap is 64 KiB)
 HOLD_LIMIT = 1024  # stream messages kept for a worker being started again
-CARRIED_LIMIT = 65536  # stream connections remembered as having carried a worker's call
 
 
 class Forwarded(NamedTuple):
@@ -89,6 +96,13 @@ class Forwarded(NamedTuple):
         """The front asks whether a call uses stream connection :attr:`conn`
         (:func:`pack_query`): no SIP message is empty, so no message is taken for one."""
         return not self.data and self.conn != 0
+
+    @property
+    def is_unsent(self) -> bool:
+        """The front could not send :attr:`data`, a message of this worker's
+        (:func:`pack_unsent`): on a stream transport, yet on no connection (their ids start
+        at 1)."""
+        return self.conn == 0 and self.transport != "UDP"
 
 
 def pack(
@@ -132,6 +146,13 @@ def pack_claim(conn: int) -> bytes:
     A stream reply with nothing to write, so the front's reader hands it on as any reply
     (``SipServer.write_stream`` takes an empty message for a claim)."""
     return pack_stream_reply(conn, b"")
+
+
+def pack_unsent(data: bytes) -> bytes:
+    """The front's report to a worker: your message ``data`` for a stream connection could
+    not be sent (:attr:`Forwarded.is_unsent`); the worker's transaction ends now, not at
+    Timer F (RFC 3261 §17.1.4)."""
+    return pack(data, ("", 0), 0.0, "TCP", 0)
 
 
 def unpack_stream_reply(message: bytes) -> tuple[int, bytes] | None:
@@ -220,10 +241,6 @@ class Forwarder:
         # stream messages for a worker that is not there (being started again): a peer does not
         # retransmit over a stream, so they wait for the next process (bounded)
         self._held: dict[int, deque[bytes]] = {}
-        # stream connections that carried a message of a worker's Call-ID (oldest first,
-        # bounded): what a registration letting a connection go asks (:meth:`carried`); an idle
-        # connection is kept only if a worker claims it when asked (:meth:`ask`)
-        self._carried: dict[int, None] = {}
 
     def attach(self, index: int, outbox: socket.socket) -> None:
         """Worker ``index`` (started again) reads ``outbox`` now; what waited for it goes."""
@@ -283,10 +300,6 @@ class Forwarder:
         owner = self._owner(data)
         if owner == 0:
             return False
-        if conn not in self._carried:
-            if len(self._carried) >= CARRIED_LIMIT:
-                del self._carried[next(iter(self._carried))]
-            self._carried[conn] = None
         message = pack(data, addr, time.time(), transport, conn)
         outbox = self.outboxes.get(owner)
         if outbox is None:  # until attach()
@@ -319,12 +332,13 @@ class Forwarder:
                 asked = True
         return asked
 
-    def carried(self, conn: int) -> bool:
-        """Whether stream connection ``conn`` carried a message of a worker's Call-ID: it may
-        be that call's signalling path, whatever the front's own dialogs say. Sent before any
-        parsing or authentication, so it is no reason to keep an accepted connection open
-        (:meth:`ask` is); a registration letting its own connection go leaves it open."""
-        return conn in self._carried
+    def unsent(self, index: int, data: bytes) -> None:
+        """Tell worker ``index`` that its message ``data`` could not be sent
+        (:func:`pack_unsent`), behind what went to it before. Not held for a worker being
+        started again: the transaction waiting for it died with the process that sent it."""
+        outbox = self.outboxes.get(index)
+        if outbox is not None:
+            self._sender(index, outbox).send(pack_unsent(data))
 
 
 class Inbox:

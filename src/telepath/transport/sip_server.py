@@ -49,11 +49,18 @@ log = logging.getLogger(__name__)
 Hop = tuple[str, str, int]
 #: Messages held for a next hop while a connection to it is being opened.
 HELD_PER_HOP = 64
+#: Who is told of a message that could not be sent (RFC 3261 §17.1.4): None for this process's
+#: core; with SIP workers, for a worker's message, that worker (``sip_fanout.pack_unsent``).
+TellUnsent = Callable[[bytes], object] | None
 #: How long the front waits for SIP workers to claim an idle connection before closing it
 #: (at most the idle time itself). A worker answers from its event loop, behind what that loop
 #: is doing: milliseconds, a few hundred when saturated. One later than this costs its call the
 #: connection, not the call: the next message either way goes on a new one (:func:`next_hop`).
 WORKER_ANSWER_S = 2.0
+#: How long a connection let go by its opener (:meth:`SipServer.let_go`) and kept for a call
+#: may then sit idle when ``TELEPATH_SIP_TCP_IDLE_S`` is 0: idle connections are kept then, but
+#: this one is no one's to keep once no call uses it.
+LET_GO_IDLE_S = 300.0
 
 # What the guard does not count (defence.py): responses and ACKs. Methods are case-sensitive
 # (RFC 3261 §7.1), and a stream's framer starts each message at its start-line.
@@ -75,9 +82,9 @@ class StreamLimits:
         idle_s: a connection that brought no complete message nor CRLF keep-alive
             (RFC 5626 §3.5.1) for this long is closed — unless a call signals over it
             (:attr:`SipServer.in_use`, or with SIP workers one of theirs:
-            :attr:`SipServer.ask_workers`); 0: never. A partial message is no activity: a
-            header trickled in a byte at a time does not hold the connection and its framer
-            buffer.
+            :attr:`SipServer.ask_workers`); 0: never (one let go by its opener:
+            :data:`LET_GO_IDLE_S`). A partial message is no activity: a header trickled in a
+            byte at a time does not hold the connection and its framer buffer.
         tls_handshake_s: a TLS handshake not completed in this long closes the connection
             (it is counted against the caps only once complete, when its peer is known).
         write_buffer: bytes we may hold for a peer that does not read what we write; past
@@ -156,6 +163,7 @@ class _Stream(asyncio.Protocol):
         self.asked_at = -math.inf  # when SIP workers were last asked to claim it (idle)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.hop: Hop | None = None  # opened for messages whose own connection was gone
+        self.released = False  # let go by its opener (SipServer.let_go): closed once unused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -266,7 +274,7 @@ class SipServer:
         #: Connections we opened to a next hop for messages whose own connection was gone
         #: (RFC 3261 §18.1.1, §18.2.2), and the messages held while one is being opened.
         self.hops: dict[Hop, int] = {}
-        self._held: dict[Hop, list[bytes]] = {}
+        self._held: dict[Hop, list[tuple[bytes, TellUnsent]]] = {}
         self._opening: set[asyncio.Task[None]] = set()
         #: The client TLS context for such a connection over TLS (None: not opened).
         self.client_tls: Callable[[], ssl.SSLContext] | None = None
@@ -389,6 +397,11 @@ class SipServer:
             self._logged[key] = now
             log.warning(message, *args)
 
+    def _idle_s(self, conn: _Stream) -> float:
+        """How long ``conn`` may be idle before it is looked at: one let go, never for ever."""
+        idle = self.limits.idle_s
+        return idle if idle > 0 or not conn.released else LET_GO_IDLE_S
+
     def watch_idle(self, conn: _Stream) -> None:
         """Close ``conn`` once idle for :attr:`StreamLimits.idle_s` (one timer per connection,
         re-armed lazily when it fires: nothing per message but a timestamp)."""
@@ -408,7 +421,7 @@ class SipServer:
         if transport is None or loop is None or transport.is_closing():
             return
         now = loop.time()
-        idle = self.limits.idle_s
+        idle = self._idle_s(conn)
         due = conn.last_active + idle
         if due <= now and self.in_use(conn.conn_id):
             due = now + idle  # a call signals over it: kept, looked at again
@@ -432,16 +445,37 @@ class SipServer:
             conn.last_active = conn.loop.time()
             conn.asked_at = -math.inf
 
-    def disconnect(self, conn_id: int) -> None:
-        """Close connection ``conn_id`` (one :meth:`connect` opened and no longer needs)."""
+    def let_go(self, conn_id: int) -> None:
+        """Close connection ``conn_id``, which the one that opened it (:meth:`connect`: an
+        outbound registration) no longer needs — unless a call signals over it: the registrar
+        sends calls on it (RFC 5923), and with SIP workers the call may be a worker's, of which
+        this process holds no dialog. So it is idle from now on and goes as an idle connection
+        does (:meth:`_idle_check`, RFC 3261 §26.1.5): kept while our core uses it, else the
+        workers are asked and it is closed unless one claims it within
+        :data:`WORKER_ANSWER_S`; claimed, it is asked about again once idle. Without workers
+        to ask, closed now. Either way it is no longer :meth:`is_open` to its opener, which
+        takes it up no more."""
         conn = self.connections.get(conn_id)
-        if conn is not None and conn.transport is not None:
-            conn.transport.close()
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return
+        conn.released = True
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        conn.loop = loop
+        conn.last_active = loop.time() - self._idle_s(conn)
+        conn.asked_at = -math.inf
+        self._idle_check(conn)
 
     def is_open(self, conn_id: int) -> bool:
-        """True while connection ``conn_id`` is up."""
+        """True while connection ``conn_id`` is up (and not let go: :meth:`let_go`)."""
         conn = self.connections.get(conn_id)
-        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+        return (
+            conn is not None
+            and not conn.released
+            and conn.transport is not None
+            and not conn.transport.is_closing()
+        )
 
     def udp_fileno(self) -> int | None:
         """The bound UDP socket's descriptor (handed to SIP worker processes), if any."""
@@ -449,15 +483,22 @@ class SipServer:
             return None
         return int(self._udp.transport.get_extra_info("socket").fileno())
 
-    def adopt(self, udp: socket.socket, inbox: socket.socket, bound: tuple[str, int]) -> None:
+    def adopt(
+        self,
+        udp: socket.socket,
+        inbox: socket.socket,
+        bound: tuple[str, int],
+        to_front: OrderedSender | None = None,
+    ) -> None:
         """Serve as a worker: datagrams come from ``inbox``, replies go out on ``udp``.
 
         ``udp`` is the front's bound SIP socket (inherited; never read here) and ``bound`` its
         address, ``inbox`` this worker's end of the socket pair the front forwards on
-        (:mod:`telepath.transport.sip_fanout`).
+        (:mod:`telepath.transport.sip_fanout`); ``to_front`` what sends on it the other way,
+        if the process sends the front other things too (one sender: one order, one queue).
         """
         self._udp_sender = UdpSender(udp, lambda: self.counters_inc("udp_errors"))
-        self._stream_out = OrderedSender(inbox)
+        self._stream_out = to_front or OrderedSender(inbox)
         self._inbox = Inbox(inbox, self._forwarded)
         self._inbox.start()
         self.bound["UDP"] = bound
@@ -469,6 +510,8 @@ class SipServer:
         elif message.is_query:  # the front asks before closing the connection as idle
             if self._stream_out is not None and self.core.uses_connection(message.conn):
                 self._stream_out.send(pack_claim(message.conn))
+        elif message.is_unsent:  # the front could not send this message of ours (§17.1.4)
+            self._report_unsent([message.data])
         else:  # framed off a connection the front holds; replies go back through the front
             self.feed(message.data, Source(message.transport, message.addr, message.conn))
 
@@ -566,31 +609,32 @@ class SipServer:
         if self._stream_out is not None:  # a worker: the connection is the front's
             if not self._stream_out.send(pack_stream_reply(dest.conn or 0, send.data)):
                 self.counters_inc("stream_send_no_connection")
-                self._unsent([send.data])
+                self._unsent([(send.data, None)])
             return
         self.write_stream(dest.conn or -1, send.data)
 
-    def write_stream(self, conn_id: int, data: bytes) -> None:
+    def write_stream(self, conn_id: int, data: bytes, tell: TellUnsent = None) -> None:
         """Write one message on stream connection ``conn_id`` (ours, or a worker's reply); a
-        worker's empty one claims the connection (``sip_fanout.pack_claim``)."""
+        worker's empty one claims the connection (``sip_fanout.pack_claim``). ``tell``: whom
+        to tell if it cannot be sent (a worker's message: that worker; None: our core)."""
         if not data:
             self._claimed(conn_id)
             return
         conn = self.connections.get(conn_id)
         if conn is None or conn.transport is None or conn.transport.is_closing():
-            self._elsewhere(data)  # the connection is gone
+            self._elsewhere(data, tell)  # the connection is gone
             return
         conn.transport.write(data)
 
-    def _elsewhere(self, data: bytes) -> None:
+    def _elsewhere(self, data: bytes, tell: TellUnsent = None) -> None:
         """Send ``data`` whose connection is gone (a carrier's proxy closed it during a long
         call): on a connection open to its next hop, or a new one (RFC 3261 §18.1.1 for a
-        request, §18.2.2 for a response). One that cannot be opened costs the message: its
-        transaction times out as if it were lost."""
+        request, §18.2.2 for a response). One that cannot be opened costs the message, and
+        its client transaction learns it at once (:meth:`_unsent`)."""
         hop = next_hop(data)
         if hop is None:
             self.counters_inc("stream_send_no_connection")
-            self._unsent([data])
+            self._unsent([(data, tell)])
             return
         conn = self.connections.get(self.hops.get(hop, -1))
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
@@ -599,16 +643,16 @@ class SipServer:
         held = self._held.get(hop)
         if held is not None:  # being opened: in order, after what came first
             if len(held) < HELD_PER_HOP:
-                held.append(data)
+                held.append((data, tell))
             else:
                 self.counters_inc("stream_send_no_connection")
-                self._unsent([data])
+                self._unsent([(data, tell)])
             return
         if not self.reserve(hop[1]):  # bounded as accepted connections are, by its address
             self.counters_inc("stream_send_no_connection")
-            self._unsent([data])
+            self._unsent([(data, tell)])
             return
-        self._held[hop] = [data]
+        self._held[hop] = [(data, tell)]
         task = asyncio.get_running_loop().create_task(self._open(hop), context=Context())
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
@@ -652,16 +696,20 @@ class SipServer:
         conn.place, conn.hop = host, hop
         self.hops[hop] = conn_id
         self.watch_idle(conn)  # nothing holds it open for ever
-        for data in held:
+        for data, _ in held:
             conn.transport.write(data)
 
-    def _unsent(self, messages: list[bytes]) -> None:
-        """Tell the core that ``messages`` could not be sent (RFC 3261 §17.1.4: their client
-        transactions end now, not at Timer F). On the next loop turn: this can be reached from
-        inside :meth:`dispatch`, whose events must go out in order first. A worker's message
-        that its front could not send is not reported back (its transaction times out)."""
-        if messages:
-            asyncio.get_running_loop().call_soon(self._report_unsent, messages, context=Context())
+    def _unsent(self, messages: list[tuple[bytes, TellUnsent]]) -> None:
+        """Tell whoever sent ``messages`` that they could not be sent (RFC 3261 §17.1.4: their
+        client transactions end now, not at Timer F). Our core's on the next loop turn: this
+        can be reached from inside :meth:`dispatch`, whose events must go out in order first.
+        A worker's goes back to that worker, whose core holds the transaction."""
+        ours = [data for data, tell in messages if tell is None]
+        for data, tell in messages:
+            if tell is not None:
+                tell(data)
+        if ours:
+            asyncio.get_running_loop().call_soon(self._report_unsent, ours, context=Context())
 
     def _report_unsent(self, messages: list[bytes]) -> None:
         for data in messages:

@@ -14,15 +14,20 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from telepath.sip.message import Response
+from telepath.sdp import create_offer
+from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import StreamFramer, parse_message
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16
@@ -50,6 +55,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
+from tests.interop.sip.test_dialog_connections import CuedAgent
 from tests.interop.sip.uac import CallLeg, Message, Uac
 
 pytestmark = pytest.mark.interop
@@ -579,6 +585,189 @@ async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_us
         assert [c["disconnect_reason"] for c in calls] == ["caller_hangup"]
         assert re.search(rf"manager w1 \[{calls[0]['id']}\] .*ended", server.log())
     finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
+
+
+async def _record_when_ended(server: LiveServer, call_id: str, within_s: float) -> Any:
+    """The call's record once it is ``disconnected`` (as it is after ``within_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        record = await live_json(server, "GET", f"/v1/calls/{call_id}")
+        if record["status"] == "disconnected" or loop.time() > deadline:
+            return record
+        await asyncio.sleep(0.05)
+
+
+async def test_a_workers_bye_the_front_cannot_send_ends_its_dialog_at_once(tmp_path: Path) -> None:
+    """RFC 3261 §17.1.4 across processes: the carrier closed the connection of a worker's call
+    and refuses a new one to its Contact, so the worker's BYE cannot be sent; the front tells
+    the worker, whose BYE transaction ends at once. With ``TELEPATH_SIP_BYE_WAIT_S`` 32 the
+    call's record waits for that end: it waited for Timer F (32 s), the front having told only
+    its own core."""
+    env = {**_env(free_sip_port()), "TELEPATH_SIP_BYE_WAIT_S": "32"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    try:
+        await _worker_serving(server)
+        port = _sip_port(server, "TCP")
+        async with CuedAgent() as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            with socket.socket() as refusing:  # bound, not listening: connections refused
+                refusing.bind(("127.0.0.1", 0))
+                uac = await Uac.open("TCP", ("127.0.0.1", port))
+                uac.local = ("127.0.0.1", int(refusing.getsockname()[1]))  # Via, Contact
+                try:
+                    leg = CallLeg(uac, "bob", call_id=_call_id(1, "refused"))
+                    await leg.challenge(phone.port)
+                    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port))
+                    uac.send(leg.ack())
+                    (call,) = await live_calls(server, 1)
+                finally:
+                    await uac.close()
+                agent.cue.set()  # the worker's BYE, on a connection that is gone
+                await wait_until(
+                    lambda: "message(s) not sent" in server.log(), what="the BYE refused"
+                )
+                ended = await _record_when_ended(server, call["id"], within_s=10)
+        assert (ended["status"], ended["disconnect_reason"]) == ("disconnected", "agent_hangup")
+        assert re.search(rf"manager w1 \[{call['id']}\] .*ended", server.log())
+    finally:
+        await phone.close()
+        await asyncio.to_thread(stop_server, server)
+
+
+@dataclass
+class _Link:
+    """One connection the gateway opened to :class:`_Registrar`."""
+
+    writer: asyncio.StreamWriter
+    contact: str = ""  # the contact its REGISTER bound
+    messages: list[Message] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def final(self, call_id: str, method: str) -> Response | None:
+        """The final answer to our ``method`` of ``call_id`` on this connection, once here."""
+        found = [
+            m
+            for m in self.messages
+            if isinstance(m, Response)
+            and m.call_id == call_id
+            and m.cseq.method == method
+            and m.status >= 200
+        ]
+        return found[-1] if found else None
+
+
+@dataclass
+class _Registrar:
+    """A registrar over TCP on a raw socket: grants every REGISTER and keeps each connection
+    (:class:`_Link`), to send requests back on it (RFC 5923) and to see it closed."""
+
+    port: int = 0
+    links: list[_Link] = field(default_factory=list)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = _Link(writer)
+        self.links.append(link)
+        framer = StreamFramer()
+        try:
+            while data := await reader.read(65536):
+                for raw in framer.feed(data):
+                    message = parse_message(raw)
+                    link.messages.append(message)
+                    if isinstance(message, Request) and message.method == "REGISTER":
+                        contact = (message.headers.get("Contact") or "").split(">")[0] + ">"
+                        link.contact = link.contact or contact.strip("<>")
+                        granted = [("Contact", f"{contact};expires=60")]
+                        response = make_response(message, 200, to_tag="reg", headers=granted)
+                        writer.write(response.to_bytes())
+        finally:
+            link.closed.set()
+
+
+async def test_a_registrations_connection_stays_open_only_while_a_workers_call_uses_it(
+    tmp_path: Path,
+) -> None:
+    """A registration lets its connection go (its trunk's registration changed): closed, unless
+    a call signals over it — here a worker's, of which the front holds no dialog. The front
+    asks the workers, as for an idle connection: one that carried only a message of a worker's
+    Call-ID (anyone can send one) is closed — it was kept for ever —, one a worker's call
+    uses is kept, and the call goes on over it."""
+    registrar = _Registrar()
+    listening = await asyncio.start_server(registrar.serve, "127.0.0.1", 0)
+    registrar.port = int(listening.sockets[0].getsockname()[1])
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(free_sip_port()))
+    phone = await Phone().open()
+    try:
+        await _worker_serving(server)
+        sip_port = _sip_port(server, "TCP")
+        async with FakeTelepathAgent(agent="silent") as agent:
+            registration = {
+                "registrar": f"sip:127.0.0.1:{registrar.port};transport=tcp",
+                "username": "alice",
+                "password": "carrier-secret-7",
+                "expires": 60,
+            }
+            trunks = [
+                await live_json(
+                    server,
+                    "POST",
+                    "/v1/trunks",
+                    {**custom_trunk(user, PASSWORD, agent.url), "registration": registration},
+                )
+                for user in ("idle", "busy")
+            ]
+            await wait_until(
+                lambda: [bool(link.contact) for link in registrar.links] == [True, True],
+                what="both registered",
+            )
+            idle, busy = registrar.links
+            caller = Uac("TCP", target=("127.0.0.1", sip_port), local=("127.0.0.1", registrar.port))
+            probe = _call_id(1, "probe")  # a message of the worker's, nothing more
+            idle.writer.write(
+                caller.request("OPTIONS", "x", call_id=probe, cseq=1, uri=idle.contact)
+            )
+            await wait_until(lambda: idle.final(probe, "OPTIONS"), what="the worker's answer")
+            call_id = _call_id(1, "on-registration")
+            offer = create_offer(
+                local_address="127.0.0.1", local_port=phone.port, session_id=1, session_version=1
+            )
+            user = busy.contact[4:].split("@")[0]
+            busy.writer.write(
+                caller.request(
+                    "INVITE", user, call_id=call_id, cseq=1, uri=busy.contact, body=offer.to_bytes()
+                )
+            )
+            await wait_until(lambda: busy.final(call_id, "INVITE"), what="the call answered")
+            ok = busy.final(call_id, "INVITE")
+            assert ok is not None and ok.status == 200, ok
+            tag = ok.to.tag
+            busy.writer.write(
+                caller.request("ACK", user, call_id=call_id, cseq=1, to_tag=tag, uri=busy.contact)
+            )
+            for trunk in trunks:  # a new registration, on a new connection: the old let go
+                changed = {**registration, "expires": 120}
+                await live_json(
+                    server, "PATCH", f"/v1/trunks/{trunk['id']}", {"registration": changed}
+                )
+            await asyncio.wait_for(idle.closed.wait(), 10)
+            await asyncio.sleep(3)  # longer than the workers have to claim it
+            assert not busy.closed.is_set()
+            busy.writer.write(
+                caller.request("BYE", user, call_id=call_id, cseq=2, to_tag=tag, uri=busy.contact)
+            )
+            await wait_until(lambda: busy.final(call_id, "BYE"), what="the BYE answered")
+            bye = busy.final(call_id, "BYE")
+            assert bye is not None and bye.status == 200
+            assert len(agent.handshakes) == 1
+        (call,) = await live_calls(server, 1)
+        assert re.search(rf"manager w1 \[{call['id']}\] .*ended", server.log())
+    finally:
+        for link in registrar.links:
+            link.writer.close()
+        listening.close()
         await phone.close()
         await asyncio.to_thread(stop_server, server)
 
