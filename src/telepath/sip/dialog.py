@@ -13,7 +13,9 @@ from telepath.sip.uri import SipUri
 
 
 class DialogState(StrEnum):
-    """§12: early (not used by this UAS: we never send 1xx with a To tag and SDP) or confirmed."""
+    """§12: a confirmed dialog's states. An early one (our 180 carries our To tag, §12.1.1) has
+    no :class:`Dialog`, made only at the 2xx: the UA ends the INVITE (487) on a BYE sent in it
+    (§15, ``ua.py``)."""
 
     CONFIRMED = "confirmed"
     TERMINATING = "terminating"  # our BYE is in flight
