@@ -42,14 +42,36 @@ def _split_head_body(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _header_lines(head: str) -> list[str]:
-    """Split and unfold (§7.3.1: a line starting with SP/HT continues the previous one)."""
+    """Split and unfold (§7.3.1: a line starting with SP/HT continues the previous one; the
+    line break and the whitespace around it read as one SP).
+
+    A field's lines are gathered and joined once: adding each to the line unfolded so far
+    copied it, and a 64 KB datagram of 21,000 folds cost ~70 ms (the front reads every
+    datagram's Call-ID this way, before any rate limit).
+    """
+    raws = head.replace("\r\n", "\n").split("\n")
+    if "\n " not in head and "\n\t" not in head:
+        return raws  # nothing folded: the usual message
     lines: list[str] = []
-    for raw in head.replace("\r\n", "\n").split("\n"):
-        if raw[:1] in (" ", "\t") and lines:
-            lines[-1] = lines[-1].rstrip(" \t") + " " + raw.strip(" \t")
+    field: list[str] = []  # the field being read: its first line, then its continuations
+    for raw in raws:
+        if raw[:1] in (" ", "\t") and field:
+            field.append(raw.strip(" \t"))
         else:
-            lines.append(raw)
+            if field:
+                lines.append(_unfold(field))
+            field = [raw]
+    if field:
+        lines.append(_unfold(field))
     return lines
+
+
+def _unfold(field: list[str]) -> str:
+    """One field from its lines (continuations stripped): a whitespace-only continuation adds
+    nothing but, as the last one, the SP of its fold."""
+    if len(field) == 1:
+        return field[0]
+    return " ".join([field[0].rstrip(" \t"), *filter(None, field[1:-1]), field[-1]])
 
 
 def _parse_headers(lines: list[str]) -> Headers:
