@@ -17,8 +17,10 @@ import pytest
 from telepath.errors import ProtocolError
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
-from telepath.sip.message import Request, Response
+from telepath.sip.message import Request, Response, _canonical_name_cached
 from telepath.sip.parser import StreamFramer, parse_message
+from telepath.sip.routing import call_id_of
+from telepath.sip.uri import _parse_uri_cached
 
 pytestmark = pytest.mark.unit
 
@@ -210,6 +212,32 @@ def test_longreq_long_values() -> None:
     (contact,) = req.headers.get_all("Contact")
     assert "amazinglylongcallername" * 5 + "@host5.example.net" in contact
     assert len(req.body) == 150
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        b"OPTIONS sip:%s@example.com SIP/2.0\r\nCall-ID: a b\r\n\r\n",
+        b"OPTIONS sip:a@example.com SIP/2.0\r\nX-%s: 1\r\nCall-ID: a b\r\n\r\n",
+    ],
+    ids=["request-uri", "header-name"],
+)
+def test_long_uris_and_header_names_are_not_kept_in_the_parse_caches(template: bytes) -> None:
+    """A 60 KB Request-URI or header name parses (the size limit is the message's), but the
+    caches of parsed URIs (4,096) and canonical names (1,024) kept every key whole — of a
+    request then rejected too, and of names the router reads (a Call-ID that is not one word)
+    in messages never parsed: ~690 MB a process once full. Only short keys are cached: the
+    ones a carrier repeats."""
+    _parse_uri_cached.cache_clear()
+    _canonical_name_cached.cache_clear()
+    sizes = []
+    for data in (template % b"u", template % (b"u" * 60_000)):  # short, then long
+        with pytest.raises(SipParseError, match="missing Via"):
+            parse_message(data)
+        assert call_id_of(data) == b"a b"
+        uris, names = _parse_uri_cached.cache_info(), _canonical_name_cached.cache_info()
+        sizes.append((uris.currsize, names.currsize))
+    assert sizes[1] == sizes[0]  # what the short one cached, nothing more
 
 
 def test_dblreq_trailing_octets_ignored() -> None:
