@@ -3,6 +3,8 @@ with the status RFC 3261 gives, never raises, and keeps no transaction beyond it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from telepath.clock import FakeClock
@@ -12,6 +14,7 @@ from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, reque
 
 pytestmark = pytest.mark.unit
 
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 LATIN1_FROM = b'From: "M\xfcller" <sip:+15551230000@carrier.example>;tag=from1\r\n'
 
 
@@ -211,3 +214,46 @@ def test_a_folded_authorization_header_is_redacted_whole() -> None:
     assert "0123456789abcdef" not in redacted and "fedcba98" not in redacted
     assert 'cnonce="c"' not in redacted
     assert "Call-ID: x" in redacted and redacted.count("Digest <redacted>") == 2
+
+
+VIA = b"Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1;rport\r\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "instead"),
+    [
+        (VIA, b""),
+        (VIA, b"Via: \r\n"),
+        (b"Call-ID: call-1@192.0.2.10\r\n", b""),
+        (b"Call-ID: call-1@192.0.2.10\r\n", b"Call-ID: \r\n"),
+        (b"CSeq: 1 OPTIONS\r\n", b""),
+        (b'From: "Bob" <sip:+15551230000@carrier.example>;tag=from1\r\n', b""),
+        (b"To: <sip:alice@gw.example>\r\n", b""),
+    ],
+    ids=["no-via", "empty-via", "no-call-id", "empty-call-id", "no-cseq", "no-from", "no-to"],
+)
+def test_a_request_that_cannot_be_answered_is_dropped(
+    core: tuple[UserAgentCore, FakeClock], line: bytes, instead: bytes
+) -> None:
+    """§8.2.6.2: a response copies the request's Via, From, To, Call-ID and CSeq — what the
+    UAC matches it by (§17.1.3, §8.1.3.3); §18.2.2: it is sent where the top Via says. Without
+    them the 400 went out with no Via or an empty Call-ID: a message no UAC can match, which
+    any parser (ours too) drops. Nothing is sent; the request is counted."""
+    ua, _ = core
+    raw = request("OPTIONS")
+    assert line in raw
+    assert ua.receive(raw.replace(line, instead), SRC) == []
+    assert ua.counters["parse_errors"] == ua.counters["unanswerable_requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "status"), [("badinv01", 400), ("badvers", 505), ("mismatch01", 400)]
+)
+def test_a_request_with_the_fields_to_answer_by_is_answered_even_with_a_bad_via(
+    core: tuple[UserAgentCore, FakeClock], name: str, status: int
+) -> None:
+    """RFC 4475 §3.1.2.1 and §3.1.2.16: a Via with empty parameters, or of SIP/7.0, gets its
+    400 or 505 — copied as received, the UAC matches the answer by it; sent to the source."""
+    ua, _ = core
+    (resp,) = sent(ua.receive((CORPUS / "invalid" / f"{name}.dat").read_bytes(), SRC))
+    assert resp.status == status and ua.counters["unanswerable_requests"] == 0
