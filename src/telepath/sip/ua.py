@@ -1276,7 +1276,9 @@ def _allows(request: Request, method: str) -> bool:
 
 
 def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')[:120]
+    """``text`` cut to 120 characters and escaped for a quoted-string (§25.1) — cut first: a
+    cut after escaping could fall inside a quoted-pair and escape the closing quote."""
+    return text[:120].replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _is_dtmf_signal(value: str) -> bool:

@@ -3,6 +3,7 @@ with the status RFC 3261 gives, never raises, and keeps no transaction beyond it
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,21 @@ def test_a_request_with_the_fields_to_answer_by_is_answered_even_with_a_bad_via(
     ua, _ = core
     (resp,) = sent(ua.receive((CORPUS / "invalid" / f"{name}.dat").read_bytes(), SRC))
     assert resp.status == status and ua.counters["unanswerable_requests"] == 0
+
+
+# RFC 3261 §25.1: quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE
+_WARNING = re.compile(r'399 203\.0\.113\.5 "(?:[^"\\]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"')
+
+
+@pytest.mark.parametrize("user", [b"ab" + b"\xff" * 20, b"ab" + b"\\" * 99, b'a"' * 50])
+def test_the_warning_of_a_400_is_one_quoted_string_however_it_is_cut(
+    core: tuple[UserAgentCore, FakeClock], user: bytes
+) -> None:
+    """§20.43: warn-text is a quoted-string. It was escaped, then cut at 120 characters — a
+    cut between a backslash and what it escapes left the closing quote escaped: a Warning that
+    never ends. Cut first, then escaped."""
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"sip:alice@gw.example", b"sip:" + user + b"@gw.example", 1)
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400
+    assert _WARNING.fullmatch(resp.headers.get("Warning") or "")
