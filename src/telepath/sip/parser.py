@@ -74,9 +74,14 @@ def _unfold(field: list[str]) -> str:
     return " ".join([field[0].rstrip(" \t"), *filter(None, field[1:-1]), field[-1]])
 
 
-def _parse_headers(lines: list[str]) -> Headers:
+def _parse_headers(lines: list[str]) -> tuple[Headers, SipParseError | None]:
+    """The header fields, and the first fault found in them (None: none). A request with a
+    fault is still answered (§8.2, §21): the fields read — of the first
+    :data:`MAX_HEADER_FIELDS` lines, bad lines left out — are what its answer copies."""
+    fault = None
     if len(lines) > MAX_HEADER_FIELDS:
-        raise SipParseError("too many header fields", 513)
+        fault = SipParseError("too many header fields", 513)
+        lines = lines[:MAX_HEADER_FIELDS]
     items: list[tuple[str, str]] = []
     for line in lines:
         if not line:
@@ -84,9 +89,10 @@ def _parse_headers(lines: list[str]) -> Headers:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not TOKEN.fullmatch(name):
-            raise SipParseError(f"malformed header line {line[:40]!r}")
+            fault = fault or SipParseError(f"malformed header line {line[:40]!r}")
+            continue
         items.append((name, value.strip(" \t")))
-    return Headers(items)
+    return Headers(items), fault
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -153,7 +159,9 @@ def _parse_response(start: str, lines: list[str], body: bytes) -> Response:
     m = _STATUS_LINE.fullmatch(start)
     if not m:
         raise SipParseError("malformed Status-Line")  # `bigcode`, bad versions
-    headers = _parse_headers(lines)
+    headers, fault = _parse_headers(lines)
+    if fault is not None:
+        raise fault
     body = _bounded_body(headers, body, None)
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if headers.get(name) is None:
@@ -167,9 +175,12 @@ def _parse_request(start: str, lines: list[str], body: bytes) -> Request:
     if not m:
         raise SipParseError("malformed Request-Line")
     method, uri_text, version = m.groups()
-    headers = _parse_headers(lines)
+    headers, fault = _parse_headers(lines)
     # Keep what we read so far: the transport answers with the status, §8.2 / §21.
     placeholder = Request(headers, b"", method, SipUri("sip", None, "invalid"))
+    if fault is not None:
+        fault.request = placeholder
+        raise fault
     if not _SIP_VERSION.fullmatch(version):
         raise SipParseError(f"unsupported version {version}", 505, placeholder)  # `badvers`
     try:

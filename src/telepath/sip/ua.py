@@ -1123,6 +1123,7 @@ class UserAgentCore:
         if not _answerable(request):
             self.counters["unanswerable_requests"] += 1
             return
+        _stamp_received(request, source)  # RFC 3581 §4: its answer too (a Via not parsed: as is)
         try:
             response = make_response(
                 request,

@@ -10,6 +10,7 @@ import pytest
 
 from telepath.clock import FakeClock
 from telepath.sip.message import make_response
+from telepath.sip.transaction import Source
 from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore, redact_trace
 from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, request, sent
 
@@ -276,3 +277,37 @@ def test_the_warning_of_a_400_is_one_quoted_string_however_it_is_cut(
     (resp,) = sent(ua.receive(raw, SRC))
     assert resp.status == 400
     assert _WARNING.fullmatch(resp.headers.get("Warning") or "")
+
+
+def test_the_400_to_a_malformed_request_tells_a_nated_caller_where_it_was_seen(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3581 §4 / RFC 3261 §18.2.1: the top Via of every answer carries ``received`` and the
+    filled ``rport`` — the 400s to malformed requests had neither."""
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"Max-Forwards: 70", b"Max-Forwards: many")
+    (resp,) = sent(ua.receive(raw, Source("UDP", ("198.51.100.7", 6000))))
+    assert resp.status == 400
+    assert (resp.top_via.received, resp.top_via.rport) == ("198.51.100.7", "6000")
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "warning"),
+    [
+        ("Max Forwards: 70\r\n", 400, "malformed header line"),
+        ("Subject\r\n", 400, "malformed header line"),
+        ("X-Pad: p\r\n" * 260, 513, "too many header fields"),
+    ],
+    ids=["space-in-name", "no-colon", "too-many-fields"],
+)
+def test_a_request_with_one_bad_header_line_is_answered(
+    core: tuple[UserAgentCore, FakeClock], extra: str, status: int, warning: str
+) -> None:
+    """A bad line, or too many, among the fields an answer needs was found before the request
+    that carries them existed: the request was dropped, its sender left to retransmit it for
+    32 s. §8.2 / §21.4.1: it gets its 400 (or 513, §21.5.9) like any other malformed one."""
+    ua, _ = core
+    (resp,) = sent(ua.receive(request("OPTIONS", extra=extra), SRC))
+    assert resp.status == status and resp.call_id == "call-1@192.0.2.10"
+    assert resp.cseq.method == "OPTIONS" and resp.top_via.branch == "z9hG4bK-1"
+    assert warning in (resp.headers.get("Warning") or "")
