@@ -20,8 +20,8 @@ MAX_MESSAGE_SIZE = 65_535
 MAX_HEADER_FIELDS = 256
 
 # RFC 3261 §25.1: Request-Line = Method SP Request-URI SP SIP-Version CRLF — exactly one SP
-# (RFC 4475 §3.1.2.8 `lwsstart`, §3.1.2.9 `trws`).
-_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) (SIP/[0-9]+\.[0-9]+)")
+# (RFC 4475 §3.1.2.8 `lwsstart`, §3.1.2.9 `trws`); §7.1: the SIP-Version is case-insensitive.
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) ((?i:SIP)/[0-9]+\.[0-9]+)")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (reason may be empty, `noreason`).
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.DOTALL)
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)

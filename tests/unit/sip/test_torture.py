@@ -287,6 +287,20 @@ def test_noreason_empty_reason_phrase() -> None:
     assert resp.call_id == "noreason.asndj203insdf99223ndf"
 
 
+@pytest.mark.parametrize("version", ["sip/2.0", "Sip/2.0", "sIP/2.0"])
+def test_the_sip_version_of_a_request_line_is_case_insensitive(version: str) -> None:
+    """RFC 3261 §7.1: "The SIP-Version string is case-insensitive" (we send it upper-case). A
+    Request-Line in lower case was no Request-Line: dropped unanswered; a Status-Line was not."""
+    data = load("valid", "dblreq")
+    data = data[: data.index(b"\r\n\r\n") + 4].replace(b" SIP/2.0\r\n", f" {version}\r\n".encode())
+    req = parse_message(data)
+    assert isinstance(req, Request) and req.method == "REGISTER"
+    assert req.to_bytes().startswith(b"REGISTER sip:example.com SIP/2.0\r\n")
+    with pytest.raises(SipParseError) as exc:
+        parse_message(data.replace(version.encode(), version.replace("2", "7").encode(), 1))
+    assert exc.value.status_hint == 505 and exc.value.request is not None
+
+
 # --- §3.1.2 invalid messages -----------------------------------------------------------------
 
 # The status a UAS answers with (RFC 4475 §3.1.2 text): 400 unless said otherwise. The two
