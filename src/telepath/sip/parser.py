@@ -26,6 +26,7 @@ _REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) ((?i:SIP)/[0-9]
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.DOTALL)
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
+_CRLF_RUN = re.compile(rb"[\r\n]+")
 _CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
 
 _SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
@@ -260,6 +261,8 @@ class StreamFramer:
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buffer = bytearray()
         self._max = max_size
+        self._searched = 0  # how far the buffer is known to hold no CRLFCRLF (less 3 octets)
+        self._length: int | None = None  # the length of the message being read, once known
         self.keepalives = 0
         self.pings = 0
         # Set when the stream broke after messages were framed from the same data: those are
@@ -289,31 +292,51 @@ class StreamFramer:
 
     def _frame(self, out: list[bytes]) -> None:
         while True:
-            stripped = self._buffer.lstrip(b"\r\n")
-            run = len(self._buffer) - len(stripped)
-            if run:
-                self.keepalives += 1
-                if b"\r\n\r\n" in self._buffer[:run]:
-                    self.pings += 1
-                self._buffer = bytearray(stripped)
-            if not self._buffer:
+            if self._length is None:
+                self._skip_keepalive()
+                if not self._buffer:
+                    return
+                self._length = self._message_length()
+                if self._length is None:
+                    return
+            if len(self._buffer) < self._length:
                 return
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > self._max:
-                    raise SipParseError("header block too large", 513)
-                return
-            head = bytes(self._buffer[:end])
-            m = _CONTENT_LENGTH.search(head)
-            if m is None:
-                raise SipParseError("Content-Length is required on stream transports")
-            value = m.group(1).strip()
-            if not value.isdigit() or len(value) > 10:
-                raise SipParseError("invalid Content-Length")
-            total = end + 4 + int(value)
-            if total > self._max:
-                raise SipParseError("message too large", 513)
-            if len(self._buffer) < total:
-                return
-            out.append(bytes(self._buffer[:total]))
-            del self._buffer[:total]
+            out.append(bytes(self._buffer[: self._length]))
+            del self._buffer[: self._length]
+            self._length = None
+            self._searched = 0
+
+    def _skip_keepalive(self) -> None:
+        """Drop the CRLFs before a message (§7.5), counting a keep-alive and any ping in them.
+        Only those: stripping the buffer copied all of it, once an octet while a message came
+        an octet at a time."""
+        run = _CRLF_RUN.match(self._buffer)
+        if run is None:
+            return
+        self.keepalives += 1
+        if b"\r\n\r\n" in run.group():
+            self.pings += 1
+        del self._buffer[: run.end()]
+
+    def _message_length(self) -> int | None:
+        """The length of the message the buffer starts with (head, CRLFCRLF, Content-Length
+        octets), or None while its head is incomplete. The search for the head's end resumes
+        where the last one stopped: a message sent an octet at a time is read once, not once
+        an octet (quadratic: ~2.6 s of CPU for 64 KB)."""
+        end = self._buffer.find(b"\r\n\r\n", self._searched)
+        if end < 0:
+            if len(self._buffer) > self._max:
+                raise SipParseError("header block too large", 513)
+            self._searched = max(0, len(self._buffer) - 3)  # CRLFCRLF may straddle the next
+            return None
+        head = bytes(self._buffer[:end])
+        m = _CONTENT_LENGTH.search(head)
+        if m is None:
+            raise SipParseError("Content-Length is required on stream transports")
+        value = m.group(1).strip()
+        if not value.isdigit() or len(value) > 10:
+            raise SipParseError("invalid Content-Length")
+        total = end + 4 + int(value)
+        if total > self._max:
+            raise SipParseError("message too large", 513)
+        return total

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -443,6 +444,56 @@ def test_stream_framer_valid_corpus_roundtrip() -> None:
     framer = StreamFramer()
     out = framer.feed(stream)
     assert out == [load("valid", n) for n in names]
+
+
+class _CountedBuffer(bytearray):
+    """A framer's buffer that counts the octets its searches, strips and copies go over."""
+
+    work = 0
+
+    def find(self, sub: Any, *where: Any) -> int:
+        start = where[0] if where else 0
+        self.work += len(self) - start
+        return super().find(sub, *where)
+
+    def lstrip(self, chars: Any = None) -> bytearray:
+        self.work += len(self)
+        return super().lstrip(chars)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            self.work += len(range(*key.indices(len(self))))
+        return super().__getitem__(key)
+
+
+def _trickled_work(message: bytes) -> int:
+    """The octets gone over to frame ``message`` fed one octet at a time."""
+    framer = StreamFramer()
+    buffer = framer._buffer = _CountedBuffer()
+    out = [m for i in range(len(message)) for m in framer.feed(message[i : i + 1])]
+    assert out == [message] and framer._buffer is buffer
+    return buffer.work
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_stream_framer_work_is_linear_in_a_trickled_message(part: str) -> None:
+    """§18.3 over TCP/TLS: a peer may send a message an octet at a time. Every octet copied the
+    whole buffer (a strip of CRLFs not there) and searched it again from its start for the end
+    of the head — then, head found, read the head again for each octet of the body: quadratic,
+    ~2.6 s of CPU for one connection's 64 KB. Counted, not timed: the octets the framer goes
+    over at most double when the message does."""
+    size = {"head": (8_000, 0), "body": (200, 8_000)}[part]
+
+    def message(scale: int) -> bytes:
+        head, body = (n * scale for n in size)
+        pad = f"X-Pad: {'p' * head}\r\n"
+        start = f"OPTIONS sip:a@b SIP/2.0\r\n{pad}Content-Length: {body}\r\n\r\n"
+        return start.encode() + b"b" * body
+
+    octets = len(message(1))
+    small, large = _trickled_work(message(1)), _trickled_work(message(2))
+    assert small <= 8 * octets  # a few per octet fed (it was ~8,000 per octet)
+    assert large <= 2 * small + 64
 
 
 def test_stream_framer_hands_over_what_it_framed_before_a_broken_message() -> None:
