@@ -27,7 +27,6 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.D
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
 _CRLF_RUN = re.compile(rb"[\r\n]+")
-_CONTENT_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
 
 _SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
 
@@ -135,12 +134,18 @@ def read_call_id(data: bytes) -> str:
     (§7.3.1), a field name compared in its canonical form (§7.3.3 compact ``i``).
     """
     head, _ = _split_head_body(data.lstrip(b"\r\n"))
+    return _first_field(head, "Call-ID") or ""
+
+
+def _first_field(head: bytes, name: str) -> str | None:
+    """The value of the first ``name`` field (canonical) in a header section, stripped, as
+    :func:`parse_message` reads it: unfolded (§7.3.1), its name in any form (§7.3.3)."""
     lines = _header_lines(head.decode("utf-8", "surrogateescape"))
     for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon and canonical_name(name.rstrip(" \t")) == "Call-ID":
+        field, colon, value = line.partition(":")
+        if colon and canonical_name(field.rstrip(" \t")) == name:
             return value.strip()
-    return ""
+    return None
 
 
 def _bounded_body(headers: Headers, body: bytes, request: Request | None) -> bytes:
@@ -329,12 +334,11 @@ class StreamFramer:
                 raise SipParseError("header block too large", 513)
             self._searched = max(0, len(self._buffer) - 3)  # CRLFCRLF may straddle the next
             return None
-        head = bytes(self._buffer[:end])
-        m = _CONTENT_LENGTH.search(head)
-        if m is None:
+        # read as the parser reads it: a folded one (§7.3.1) closed the connection
+        value = _first_field(bytes(self._buffer[:end]), "Content-Length")
+        if value is None:
             raise SipParseError("Content-Length is required on stream transports")
-        value = m.group(1).strip()
-        if not value.isdigit() or len(value) > 10:
+        if not _DIGITS.fullmatch(value) or len(value) > 10:
             raise SipParseError("invalid Content-Length")
         total = end + 4 + int(value)
         if total > self._max:

@@ -446,6 +446,21 @@ def test_stream_framer_valid_corpus_roundtrip() -> None:
     assert out == [load("valid", n) for n in names]
 
 
+@pytest.mark.parametrize(
+    "field", [b"Content-Length:\r\n 3", b"Content-Length\r\n\t: 3", b"l:\r\n  \r\n 3", b"l: 3"]
+)
+def test_stream_framer_reads_a_folded_content_length_as_the_parser_does(field: bytes) -> None:
+    """§7.3.1: any field may be folded, Content-Length too. The parser read it; the framer
+    found no length (or an empty one) and closed the connection."""
+    message = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n" + field + b"\r\n\r\nabc"
+    framer = StreamFramer()
+    assert framer.feed(message + b"OPTIONS") == [message]
+    assert framer.pending == len(b"OPTIONS")
+    with pytest.raises(SipParseError) as exc:
+        parse_message(message)  # no Via: what matters is the body it was read with
+    assert exc.value.request is not None and exc.value.request.body == b"abc"
+
+
 class _CountedBuffer(bytearray):
     """A framer's buffer that counts the octets its searches, strips and copies go over."""
 
