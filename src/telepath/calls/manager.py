@@ -801,6 +801,12 @@ class CallManager:
             return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
 
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
+        if outcome.result == AuthResult.UNKNOWN_NONCE:
+            # Not a guess (the sender saw no challenge of ours): challenged as if it had no
+            # credentials, and not counted toward a ban — forgeries from a carrier's address
+            # would get the carrier banned.
+            self._challenge(tx, await self._trunk_of(request, called))
+            return None
         right = outcome.result in (AuthResult.OK, AuthResult.REPLAY, AuthResult.STALE)
         if right and trunk is not None and not trunk.allows_source(source_ip):
             # The trunk's allowed_addresses: right credentials from elsewhere get the same

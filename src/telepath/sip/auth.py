@@ -16,7 +16,8 @@ The caller owns the SIP messages; this module only sees header *values*:
 3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` and ``REPLAY``
    re-challenge with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3: the nonce is
    invalid, the digest for it right); ``FAILED`` is refused and counts a failure in
-   :mod:`telepath.sip.defence`; ``MALFORMED`` answer 400.
+   :mod:`telepath.sip.defence`; ``UNKNOWN_NONCE`` re-challenge, not counted; ``MALFORMED``
+   answer 400.
 
 Nonces are stateless (no table of issued nonces, so challenges cost no memory and a flood of
 unauthenticated requests cannot grow state)::
@@ -336,12 +337,16 @@ class AuthResult(StrEnum):
     Parameters:
         OK: credentials valid; proceed.
         STALE: the response is correct but the nonce expired: re-challenge with ``stale=true``.
-        FAILED: wrong password, unknown user, wrong realm or a forged nonce: re-challenge (401/407)
-            and count an authentication failure.
+        FAILED: a wrong response to a nonce of ours (wrong password, unknown user, wrong realm):
+            refused (403) and counted as an authentication failure.
         REPLAY: a correct response reusing a nonce (count) already seen: re-challenge with
             ``stale=true``, as for ``STALE`` — the nonce is spent, the digest right (RFC 7616
             §3.3). A qop-less client reusing its last answer for the next call does this; a
             replayed capture proves nothing about a password, so it is no failure.
+        UNKNOWN_NONCE: a nonce we never issued (forged, tampered, another server's): re-challenge
+            and count nothing. No guess was made: the sender saw no challenge of ours — a
+            spoofed UDP source cannot — and learns nothing from the answer; counted, forgeries
+            in a carrier's name got the carrier banned.
         MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
             a qop without nc/cnonce: answer 400.
     """
@@ -349,6 +354,7 @@ class AuthResult(StrEnum):
     OK = "ok"
     STALE = "stale"
     FAILED = "failed"
+    UNKNOWN_NONCE = "unknown_nonce"
     REPLAY = "replay"
     MALFORMED = "malformed"
 
@@ -523,13 +529,12 @@ class DigestAuthenticator:
                 # RFC 7616 §3.4: cnonce and nc MUST be sent with qop.
                 return AuthOutcome(AuthResult.MALFORMED, None, None)
             qop = creds.qop
+        issued_ms = self._nonce_issued_ms(creds.nonce)
+        if issued_ms is None:  # forged, truncated or another server's nonce
+            return AuthOutcome(AuthResult.UNKNOWN_NONCE, creds.username, algorithm)
         failed = AuthOutcome(AuthResult.FAILED, creds.username, algorithm)
-
         if creds.realm != self.realm:
             return failed  # HA1 is bound to our realm; another realm can never verify
-        issued_ms = self._nonce_issued_ms(creds.nonce)
-        if issued_ms is None:
-            return failed  # forged, truncated or another server's nonce
 
         stored = ha1_lookup(creds.username, algorithm)
         # Unknown user: same hashing work against an HA1 nobody knows, then the same outcome.

@@ -1157,6 +1157,10 @@ class UserAgentCore:
         request = exc.request
         if not isinstance(request, Request) or request.method == "ACK":
             return  # responses and ACKs are never answered (§17.2.3, §18.1.2)
+        if not _answerable(request):
+            self.counters["unanswerable_requests"] += 1
+            return
+        _stamp_received(request, source)  # RFC 3581 §4: its answer too (a Via not parsed: as is)
         try:
             response = make_response(
                 request,
@@ -1272,6 +1276,21 @@ def _ack_key(request: Request, to_tag: str) -> tuple[str, str, int, str]:
     return (request.call_id, request.from_.tag or "", request.cseq.seq, to_tag)
 
 
+def _answerable(request: Request) -> bool:
+    """Whether a response to ``request`` can be made at all. §8.2.6.2: it copies the Via,
+    From, To, Call-ID and CSeq — what the UAC matches it by (§17.1.3, §8.1.3.3). Without one
+    the response is no SIP message (§7.3, §20), one any parser drops, ours too: RFC 4475
+    §3.3.1 hopes for a 400 to ``insuf`` (no From, To, Call-ID), which cannot be made. A Via
+    that does not parse is copied as received (``badinv01`` and ``badvers`` of RFC 4475
+    §3.1.2 are answered): the UAC matches by it, and the answer goes to the source."""
+    headers = request.headers
+    return (
+        bool(request.call_id)
+        and bool(headers.get_all("Via"))
+        and all(headers.get(name) is not None for name in ("From", "To", "CSeq"))
+    )
+
+
 def _stamp_received(request: Request, source: Source) -> None:
     """RFC 3261 §18.2.1 and RFC 3581 §4: the top Via gets ``received`` (when the sent-by host
     differs from the source, or rport was asked for) and ``rport`` filled with the source
@@ -1295,7 +1314,9 @@ def _allows(request: Request, method: str) -> bool:
 
 
 def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')[:120]
+    """``text`` cut to 120 characters and escaped for a quoted-string (§25.1) — cut first: a
+    cut after escaping could fall inside a quoted-pair and escape the closing quote."""
+    return text[:120].replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _is_dtmf_signal(value: str) -> bool:

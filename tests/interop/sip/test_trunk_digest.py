@@ -20,6 +20,7 @@ from tests.interop.sip.uac import (
     Uac,
     challenge_params,
     digest_authorization,
+    new_branch,
     request_uri,
     sdp_offer,
 )
@@ -255,3 +256,52 @@ async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_mo
             refused = await uac.response(403, leg.call_id, method="INVITE", after=start)
             uac.send(leg.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
         assert agent.handshakes == []
+
+
+async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban(
+    api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response over a nonce we never issued guesses no password: a spoofed UDP source never
+    sees our challenge. It was counted as a failure — more INVITEs than the ban threshold with
+    a carrier's source address and ``nonce="x"`` banned the carrier for 300 s without its ever
+    being challenged. Now each is challenged again, and only a wrong answer to a nonce of ours
+    counts toward a ban."""
+    guard = gateway.manager.guard
+    assert guard is not None
+    counted: list[str] = []
+    record = guard.record_auth_failure
+
+    def counting(source_ip: str) -> bool:
+        counted.append(source_ip)
+        return record(source_ip)
+
+    monkeypatch.setattr(guard, "record_auth_failure", counting)
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        real = CallLeg(uac, "carrier")
+        await real.challenge(MEDIA_PORT)
+        forged = challenge_params(real.challenges[-1]) | {"nonce": "x"}  # the realm is public
+        for _ in range(api.state.settings.sip_auth_failures_before_ban + 1):
+            leg = CallLeg(uac, "carrier")
+            uri = request_uri(leg.build("INVITE", body=b""))
+            auth = digest_authorization(
+                forged, username="carrier", password="guess", method="INVITE", uri=uri
+            )
+            branch = new_branch()
+            uac.send(leg.build("INVITE", branch=branch, headers=[("Authorization", auth)]))
+            again = await uac.response(401, leg.call_id, method="INVITE")
+            assert again.headers.get_all("WWW-Authenticate")  # challenged, as with none
+            uac.send(leg.build("ACK", branch=branch, to_tag=again.to.tag, cseq_method="ACK"))
+        assert counted == [] and not guard.is_banned("127.0.0.1")
+        start = len(uac.received)
+        uac.send(real.authenticated_invite("guess", MEDIA_PORT))  # a wrong one to our nonce
+        await uac.response(403, real.call_id, method="INVITE", after=start)
+        assert counted == ["127.0.0.1"]
+        leg = CallLeg(uac, "carrier")
+        await leg.challenge(MEDIA_PORT)
+        ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+        assert ok.status == 200
+        uac.send(leg.ack())
+        await leg.bye()

@@ -300,18 +300,35 @@ def test_unknown_user_never_passes_even_against_the_dummy_ha1() -> None:
     assert outcome == AuthOutcome(AuthResult.FAILED, "mallory", "SHA-256")
 
 
-def test_nonce_from_another_secret_or_realm_fails() -> None:
+def test_nonce_from_another_secret_or_realm_is_unknown() -> None:
     auth, clock = make()
     other_secret = DigestAuthenticator(REALM, b"another-secret-of-16+", clock)
-    assert verify(auth, answer(other_secret)).result is AuthResult.FAILED
+    assert verify(auth, answer(other_secret)) == AuthOutcome(
+        AuthResult.UNKNOWN_NONCE, "alice", "SHA-256"
+    )
     other_realm = DigestAuthenticator("other.realm", SECRET, clock)
     # Correct password for our realm, but the nonce was minted for another realm.
     header = answer(other_realm, realm=REALM)
-    assert verify(auth, header).result is AuthResult.FAILED
+    assert verify(auth, header).result is AuthResult.UNKNOWN_NONCE
+
+
+def test_only_a_response_to_a_nonce_of_ours_can_fail() -> None:
+    """A response over a nonce we never issued is no password guess: whoever sent it saw no
+    challenge of ours (a spoofed UDP source cannot), and could learn nothing from the answer.
+    It is UNKNOWN_NONCE — re-challenged, not counted: ten forged INVITEs with a carrier's
+    source address banned the carrier. A wrong response to one of ours is still FAILED,
+    whatever its realm."""
+    auth, _ = make()
+    forged = answer(auth, password="guess").replace('nonce="', 'nonce="x', 1)
+    assert verify(auth, forged).result is AuthResult.UNKNOWN_NONCE
+    elsewhere = forged.replace(f'realm="{REALM}"', 'realm="evil.example"')
+    assert verify(auth, elsewhere).result is AuthResult.UNKNOWN_NONCE
+    assert verify(auth, answer(auth, password="guess")).result is AuthResult.FAILED
+    assert verify(auth, answer(auth, realm="evil.example")).result is AuthResult.FAILED
 
 
 @pytest.mark.parametrize("position", [0, 5, 11, 20, 30, 47])
-def test_tampered_nonce_fails(position: int) -> None:
+def test_tampered_nonce_is_unknown(position: int) -> None:
     auth, _ = make()
     challenge = auth.challenge_headers()[0]
     nonce = challenge_params(challenge)["nonce"]
@@ -325,14 +342,15 @@ def test_tampered_nonce_fails(position: int) -> None:
         method="REGISTER",
         uri="sip:x",
     )
-    assert verify(auth, header).result is AuthResult.FAILED
+    assert verify(auth, header).result is AuthResult.UNKNOWN_NONCE
 
 
 @pytest.mark.parametrize("nonce", ["", "abc", "!" * 48, "é" * 48, "A" * 47 + "=", "A" * 64])
-def test_garbage_nonce_fails(nonce: str) -> None:
+def test_garbage_nonce_is_unknown(nonce: str) -> None:
     auth, _ = make()
     creds = DigestCredentials("alice", REALM, nonce, "sip:x", "0" * 64, "SHA-256", "c", 1, "auth")
-    assert auth.verify(creds, method="REGISTER", ha1_lookup=ha1_lookup).result is AuthResult.FAILED
+    outcome = auth.verify(creds, method="REGISTER", ha1_lookup=ha1_lookup)
+    assert outcome.result is AuthResult.UNKNOWN_NONCE
 
 
 # -- nonce lifetime ------------------------------------------------------------------------
@@ -370,7 +388,7 @@ def test_a_sibling_workers_nonce_is_stale_never_accepted_or_a_failure() -> None:
     assert verify(worker, good) == AuthOutcome(AuthResult.STALE, "alice", "SHA-256")
     assert verify(worker, good).result is AuthResult.STALE  # and again: nothing was recorded
     assert verify(worker, answer(sibling, password="guess")).result is AuthResult.FAILED
-    assert verify(alone, good).result is AuthResult.FAILED
+    assert verify(alone, good).result is AuthResult.UNKNOWN_NONCE
     assert verify(sibling, good).result is AuthResult.OK  # the issuer accepts it, once
     assert verify(sibling, good).result is AuthResult.REPLAY
     assert verify(worker, answer(worker)).result is AuthResult.OK  # its own nonces still work
@@ -598,7 +616,7 @@ def _parse_or_header_error(value: str) -> None:
     assert isinstance(creds, DigestCredentials)
     auth = DigestAuthenticator(REALM, SECRET, FakeClock())
     outcome = auth.verify(creds, method="INVITE", ha1_lookup=ha1_lookup)
-    assert outcome.result in (AuthResult.FAILED, AuthResult.MALFORMED)
+    assert outcome.result in (AuthResult.FAILED, AuthResult.UNKNOWN_NONCE, AuthResult.MALFORMED)
     assert isinstance(redact_authorization(value), str)
 
 

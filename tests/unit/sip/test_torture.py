@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from telepath.errors import ProtocolError
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
-from telepath.sip.message import Request, Response
+from telepath.sip.message import Request, Response, _canonical_name_cached
 from telepath.sip.parser import StreamFramer, parse_message
+from telepath.sip.routing import call_id_of
+from telepath.sip.uri import _parse_uri_cached
 
 pytestmark = pytest.mark.unit
 
@@ -212,6 +215,32 @@ def test_longreq_long_values() -> None:
     assert len(req.body) == 150
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        b"OPTIONS sip:%s@example.com SIP/2.0\r\nCall-ID: a b\r\n\r\n",
+        b"OPTIONS sip:a@example.com SIP/2.0\r\nX-%s: 1\r\nCall-ID: a b\r\n\r\n",
+    ],
+    ids=["request-uri", "header-name"],
+)
+def test_long_uris_and_header_names_are_not_kept_in_the_parse_caches(template: bytes) -> None:
+    """A 60 KB Request-URI or header name parses (the size limit is the message's), but the
+    caches of parsed URIs (4,096) and canonical names (1,024) kept every key whole — of a
+    request then rejected too, and of names the router reads (a Call-ID that is not one word)
+    in messages never parsed: ~690 MB a process once full. Only short keys are cached: the
+    ones a carrier repeats."""
+    _parse_uri_cached.cache_clear()
+    _canonical_name_cached.cache_clear()
+    sizes = []
+    for data in (template % b"u", template % (b"u" * 60_000)):  # short, then long
+        with pytest.raises(SipParseError, match="missing Via"):
+            parse_message(data)
+        assert call_id_of(data) == b"a b"
+        uris, names = _parse_uri_cached.cache_info(), _canonical_name_cached.cache_info()
+        sizes.append((uris.currsize, names.currsize))
+    assert sizes[1] == sizes[0]  # what the short one cached, nothing more
+
+
 def test_dblreq_trailing_octets_ignored() -> None:
     req = request("dblreq")
     assert req.method == "REGISTER"
@@ -257,6 +286,20 @@ def test_noreason_empty_reason_phrase() -> None:
     assert resp.status == 100
     assert resp.reason == ""
     assert resp.call_id == "noreason.asndj203insdf99223ndf"
+
+
+@pytest.mark.parametrize("version", ["sip/2.0", "Sip/2.0", "sIP/2.0"])
+def test_the_sip_version_of_a_request_line_is_case_insensitive(version: str) -> None:
+    """RFC 3261 §7.1: "The SIP-Version string is case-insensitive" (we send it upper-case). A
+    Request-Line in lower case was no Request-Line: dropped unanswered; a Status-Line was not."""
+    data = load("valid", "dblreq")
+    data = data[: data.index(b"\r\n\r\n") + 4].replace(b" SIP/2.0\r\n", f" {version}\r\n".encode())
+    req = parse_message(data)
+    assert isinstance(req, Request) and req.method == "REGISTER"
+    assert req.to_bytes().startswith(b"REGISTER sip:example.com SIP/2.0\r\n")
+    with pytest.raises(SipParseError) as exc:
+        parse_message(data.replace(version.encode(), version.replace("2", "7").encode(), 1))
+    assert exc.value.status_hint == 505 and exc.value.request is not None
 
 
 # --- §3.1.2 invalid messages -----------------------------------------------------------------
@@ -401,6 +444,71 @@ def test_stream_framer_valid_corpus_roundtrip() -> None:
     framer = StreamFramer()
     out = framer.feed(stream)
     assert out == [load("valid", n) for n in names]
+
+
+@pytest.mark.parametrize(
+    "field", [b"Content-Length:\r\n 3", b"Content-Length\r\n\t: 3", b"l:\r\n  \r\n 3", b"l: 3"]
+)
+def test_stream_framer_reads_a_folded_content_length_as_the_parser_does(field: bytes) -> None:
+    """§7.3.1: any field may be folded, Content-Length too. The parser read it; the framer
+    found no length (or an empty one) and closed the connection."""
+    message = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n" + field + b"\r\n\r\nabc"
+    framer = StreamFramer()
+    assert framer.feed(message + b"OPTIONS") == [message]
+    assert framer.pending == len(b"OPTIONS")
+    with pytest.raises(SipParseError) as exc:
+        parse_message(message)  # no Via: what matters is the body it was read with
+    assert exc.value.request is not None and exc.value.request.body == b"abc"
+
+
+class _CountedBuffer(bytearray):
+    """A framer's buffer that counts the octets its searches, strips and copies go over."""
+
+    work = 0
+
+    def find(self, sub: Any, *where: Any) -> int:
+        start = where[0] if where else 0
+        self.work += len(self) - start
+        return super().find(sub, *where)
+
+    def lstrip(self, chars: Any = None) -> bytearray:
+        self.work += len(self)
+        return super().lstrip(chars)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            self.work += len(range(*key.indices(len(self))))
+        return super().__getitem__(key)
+
+
+def _trickled_work(message: bytes) -> int:
+    """The octets gone over to frame ``message`` fed one octet at a time."""
+    framer = StreamFramer()
+    buffer = framer._buffer = _CountedBuffer()
+    out = [m for i in range(len(message)) for m in framer.feed(message[i : i + 1])]
+    assert out == [message] and framer._buffer is buffer
+    return buffer.work
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_stream_framer_work_is_linear_in_a_trickled_message(part: str) -> None:
+    """§18.3 over TCP/TLS: a peer may send a message an octet at a time. Every octet copied the
+    whole buffer (a strip of CRLFs not there) and searched it again from its start for the end
+    of the head — then, head found, read the head again for each octet of the body: quadratic,
+    ~2.6 s of CPU for one connection's 64 KB. Counted, not timed: the octets the framer goes
+    over at most double when the message does."""
+    size = {"head": (8_000, 0), "body": (200, 8_000)}[part]
+
+    def message(scale: int) -> bytes:
+        head, body = (n * scale for n in size)
+        pad = f"X-Pad: {'p' * head}\r\n"
+        start = f"OPTIONS sip:a@b SIP/2.0\r\n{pad}Content-Length: {body}\r\n\r\n"
+        return start.encode() + b"b" * body
+
+    octets = len(message(1))
+    small, large = _trickled_work(message(1)), _trickled_work(message(2))
+    assert small <= 8 * octets  # a few per octet fed (it was ~8,000 per octet)
+    assert large <= 2 * small + 64
 
 
 def test_stream_framer_hands_over_what_it_framed_before_a_broken_message() -> None:

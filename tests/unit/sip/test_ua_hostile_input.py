@@ -3,15 +3,20 @@ with the status RFC 3261 gives, never raises, and keeps no transaction beyond it
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from telepath.clock import FakeClock
 from telepath.sip.message import make_response
+from telepath.sip.transaction import Source
 from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore, redact_trace
 from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, request, sent
 
 pytestmark = pytest.mark.unit
 
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 LATIN1_FROM = b'From: "M\xfcller" <sip:+15551230000@carrier.example>;tag=from1\r\n'
 
 
@@ -211,3 +216,98 @@ def test_a_folded_authorization_header_is_redacted_whole() -> None:
     assert "0123456789abcdef" not in redacted and "fedcba98" not in redacted
     assert 'cnonce="c"' not in redacted
     assert "Call-ID: x" in redacted and redacted.count("Digest <redacted>") == 2
+
+
+VIA = b"Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1;rport\r\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "instead"),
+    [
+        (VIA, b""),
+        (VIA, b"Via: \r\n"),
+        (b"Call-ID: call-1@192.0.2.10\r\n", b""),
+        (b"Call-ID: call-1@192.0.2.10\r\n", b"Call-ID: \r\n"),
+        (b"CSeq: 1 OPTIONS\r\n", b""),
+        (b'From: "Bob" <sip:+15551230000@carrier.example>;tag=from1\r\n', b""),
+        (b"To: <sip:alice@gw.example>\r\n", b""),
+    ],
+    ids=["no-via", "empty-via", "no-call-id", "empty-call-id", "no-cseq", "no-from", "no-to"],
+)
+def test_a_request_that_cannot_be_answered_is_dropped(
+    core: tuple[UserAgentCore, FakeClock], line: bytes, instead: bytes
+) -> None:
+    """§8.2.6.2: a response copies the request's Via, From, To, Call-ID and CSeq — what the
+    UAC matches it by (§17.1.3, §8.1.3.3); §18.2.2: it is sent where the top Via says. Without
+    them the 400 went out with no Via or an empty Call-ID: a message no UAC can match, which
+    any parser (ours too) drops. Nothing is sent; the request is counted."""
+    ua, _ = core
+    raw = request("OPTIONS")
+    assert line in raw
+    assert ua.receive(raw.replace(line, instead), SRC) == []
+    assert ua.counters["parse_errors"] == ua.counters["unanswerable_requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "status"), [("badinv01", 400), ("badvers", 505), ("mismatch01", 400)]
+)
+def test_a_request_with_the_fields_to_answer_by_is_answered_even_with_a_bad_via(
+    core: tuple[UserAgentCore, FakeClock], name: str, status: int
+) -> None:
+    """RFC 4475 §3.1.2.1 and §3.1.2.16: a Via with empty parameters, or of SIP/7.0, gets its
+    400 or 505 — copied as received, the UAC matches the answer by it; sent to the source."""
+    ua, _ = core
+    (resp,) = sent(ua.receive((CORPUS / "invalid" / f"{name}.dat").read_bytes(), SRC))
+    assert resp.status == status and ua.counters["unanswerable_requests"] == 0
+
+
+# RFC 3261 §25.1: quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE
+_WARNING = re.compile(r'399 203\.0\.113\.5 "(?:[^"\\]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"')
+
+
+@pytest.mark.parametrize("user", [b"ab" + b"\xff" * 20, b"ab" + b"\\" * 99, b'a"' * 50])
+def test_the_warning_of_a_400_is_one_quoted_string_however_it_is_cut(
+    core: tuple[UserAgentCore, FakeClock], user: bytes
+) -> None:
+    """§20.43: warn-text is a quoted-string. It was escaped, then cut at 120 characters — a
+    cut between a backslash and what it escapes left the closing quote escaped: a Warning that
+    never ends. Cut first, then escaped."""
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"sip:alice@gw.example", b"sip:" + user + b"@gw.example", 1)
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400
+    assert _WARNING.fullmatch(resp.headers.get("Warning") or "")
+
+
+def test_the_400_to_a_malformed_request_tells_a_nated_caller_where_it_was_seen(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 3581 §4 / RFC 3261 §18.2.1: the top Via of every answer carries ``received`` and the
+    filled ``rport`` — the 400s to malformed requests had neither."""
+    ua, _ = core
+    raw = request("OPTIONS").replace(b"Max-Forwards: 70", b"Max-Forwards: many")
+    (resp,) = sent(ua.receive(raw, Source("UDP", ("198.51.100.7", 6000))))
+    assert resp.status == 400
+    assert (resp.top_via.received, resp.top_via.rport) == ("198.51.100.7", "6000")
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "warning"),
+    [
+        ("Max Forwards: 70\r\n", 400, "malformed header line"),
+        ("Subject\r\n", 400, "malformed header line"),
+        ("X-Pad: p\r\n" * 260, 513, "too many header fields"),
+    ],
+    ids=["space-in-name", "no-colon", "too-many-fields"],
+)
+def test_a_request_with_one_bad_header_line_is_answered(
+    core: tuple[UserAgentCore, FakeClock], extra: str, status: int, warning: str
+) -> None:
+    """A bad line, or too many, among the fields an answer needs was found before the request
+    that carries them existed: the request was dropped, its sender left to retransmit it for
+    32 s. §8.2 / §21.4.1: it gets its 400 (or 513, §21.5.9) like any other malformed one."""
+    ua, _ = core
+    (resp,) = sent(ua.receive(request("OPTIONS", extra=extra), SRC))
+    assert resp.status == status and resp.call_id == "call-1@192.0.2.10"
+    assert resp.cseq.method == "OPTIONS" and resp.top_via.branch == "z9hG4bK-1"
+    assert warning in (resp.headers.get("Warning") or "")
