@@ -503,7 +503,16 @@ class Call:
                     )
                     continue
                 self._transfer_request = event.request_id
-                self._refer_sip(event.target)
+                try:
+                    self._refer_sip(event.target)
+                except ValueError:  # no sip/sips/tel URI (ua.refer): the agent's to fix
+                    self._transfer_request = None
+                    self._side_task(
+                        self.bridge.send_transfer_result(
+                            event.request_id, False, "invalid transfer target"
+                        )
+                    )
+                    continue
             elif isinstance(event, AgentHangup):
                 await self._drain_playout()
                 # the bridge's reason, by value as for AgentError: agent_hangup, or

@@ -74,6 +74,7 @@ from telepath.sip.ua_events import (
     Send,
     SessionRefreshed,
 )
+from telepath.sip.uri import transfer_target
 
 __all__ = [
     "ALLOW",
@@ -507,7 +508,16 @@ class UserAgentCore:
         return self._take()
 
     def refer(self, dialog: Dialog, target: str) -> list[Output]:
-        """Ask the carrier to transfer the caller to ``target`` (RFC 3515)."""
+        """Ask the carrier to transfer the caller to ``target`` (RFC 3515).
+
+        Raises:
+            ValueError: ``target`` is no sip, sips or tel URI (:func:`transfer_target`: the
+                agent chose it; nothing is sent).
+        """
+        try:
+            transfer_target(target)
+        except SipParseError:
+            raise ValueError("not a transfer target: a sip, sips or tel URI") from None
         if dialog.state == DialogState.CONFIRMED:
             local = parse_name_addr(dialog.local_uri)
             self._send_in_dialog(

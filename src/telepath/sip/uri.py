@@ -183,3 +183,20 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
     if port > 65535:
         raise SipParseError("port out of range")
     return host, port
+
+
+def transfer_target(text: str) -> SipUri:
+    """``text`` as the target of a transfer (a REFER's Refer-To, RFC 3515 §2.1): a sip, sips or
+    tel URI, parsed whole.
+
+    It comes from an agent — a language model a caller can talk into anything: nothing of it
+    may be written into a request unparsed (a CR LF in it added headers of its choosing, or a
+    whole second request on a stream connection).
+
+    Raises:
+        SipParseError: not such a URI.
+    """
+    uri = parse_uri(text)
+    if uri.scheme not in ("sip", "sips", "tel") or (uri.scheme != "tel" and not uri.host):
+        raise SipParseError(f"not a sip, sips or tel URI: {uri.scheme}")
+    return uri

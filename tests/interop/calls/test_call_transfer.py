@@ -135,3 +135,25 @@ async def test_a_transfer_asked_for_while_one_is_pending_is_refused_at_once(
     assert rec["disconnect_reason"] == "transferred"
     refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
     assert refers == [f"Refer-To: <{TARGET}>"]  # one REFER, the first transfer's
+
+
+async def test_a_transfer_target_that_is_no_uri_is_refused_and_nothing_is_sent(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The agent's target, written into Refer-To as it came, let a caller who talked the model
+    into it add headers of its choosing to our REFER (a CR LF in the target). It is refused to
+    the agent, no REFER goes out, and the call goes on."""
+    forged = "sip:a@b>\r\nX-Injected: 1\r\nContact: <sip:x"
+    async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=forged) as agent:
+        await create_trunk(
+            api, "badxfer", "xfer-pass-3", ai_provider="custom", custom_endpoint=agent.url
+        )
+        placed = await place_call(gateway, tmp_path, "badxfer", "xfer-pass-3", hold_ms=1500)
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert agent.transfer_results and agent.transfer_results[0]["ok"] is False
+    assert "X-Injected" not in result.messages and "REFER " not in result.messages
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned

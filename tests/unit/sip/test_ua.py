@@ -672,3 +672,26 @@ def test_a_transport_failure_after_the_final_answer_changes_nothing(
     ua.receive(reply(parse_message(refer.data), 202), SRC)
     assert ua.transport_failed(refer.data) == []
     assert (ua.dialog_count, ua.counters["client_tx_transport_errors"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "sip:a@b>\r\nX-Injected: 1",  # a header of the caller's (or the model's) choosing
+        "sip:a@b\r\nContent-Length: 0\r\n\r\nBYE sip:x SIP/2.0",  # a second request (TCP)
+        "sip:a b@c",
+        "https://evil.example/",
+        "sip:",
+    ],
+)
+def test_a_transfer_target_that_is_no_sip_or_tel_uri_is_refused(
+    core: tuple[UserAgentCore, FakeClock], target: str
+) -> None:
+    """The target comes from the agent — an LLM a caller can talk into anything: written into
+    Refer-To as it was, a CR LF in it added headers of its choosing to our REFER, or a whole
+    request after it on a stream connection."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    with pytest.raises(ValueError, match="transfer target"):
+        ua.refer(dialog, target)  # type: ignore[arg-type]
+    assert [o for o in ua.refer(dialog, "tel:+15550001111") if isinstance(o, Send)]  # type: ignore[arg-type]
