@@ -544,7 +544,11 @@ class UserAgentCore:
             if tx.is_invite and self._invites.get(_merge_key(tx.request)) is tx:
                 del self._invites[_merge_key(tx.request)]
             if tx.is_invite and tx.to_tag is not None:
-                self._early.pop((tx.request.call_id, tx.to_tag, _from_tag(tx.request)), None)
+                # only its own: every INVITE of a call has the same To tag (``_tag_for``), and
+                # a challenged one ends after the authenticated one rang
+                early = (tx.request.call_id, tx.to_tag, _from_tag(tx.request))
+                if self._early.get(early) is tx:
+                    del self._early[early]
             return
         self._client_txs.pop((tx.branch, tx.request.method), None)
         if tx in self._standalone:

@@ -201,6 +201,30 @@ def test_bye_on_the_early_dialog_ends_the_invite_with_487(
     assert [r.status for r in sent(again)] == [481]  # the early dialog is over
 
 
+def test_bye_on_the_early_dialog_of_a_challenged_call_still_ends_the_invite(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """Every INVITE of a call gets the same To tag: when the challenged INVITE's transaction
+    ended (Timer I, T4 = 5 s after the ACK of its 401), it removed the early dialog of the
+    authenticated one — a caller hanging up after that got 481, and the call was answered."""
+    ua, clock = core
+    ev, _ = answered(ua)
+    ua.respond(ev.tx, 401)
+    ua.receive(request("ACK", to_tag=ev.tx.to_tag), SRC)
+    out = ua.receive(
+        request(branch="z9hG4bK-2", cseq=2, body=SDP, extra="Content-Type: application/sdp\r\n"),
+        SRC,
+    )
+    (second,) = events(out)
+    assert isinstance(second, InviteReceived)
+    (ringing,) = sent(ua.respond(second.tx, 180))
+    clock.advance(6)
+    ua.poll()  # Timer I of the challenged INVITE
+    tag = ringing.to.tag
+    out = ua.receive(request("BYE", branch="z9hG4bK-bye", cseq=3, to_tag=tag), SRC)
+    assert [r.status for r in sent(out)] == [200, 487]
+
+
 def test_a_bye_with_another_to_tag_than_the_180_s_is_481(
     core: tuple[UserAgentCore, FakeClock],
 ) -> None:
