@@ -12,7 +12,14 @@ import re
 
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import TOKEN, parse_cseq, parse_name_addr, parse_via
-from telepath.sip.message import SINGLE_HEADERS, Headers, Request, Response, canonical_name
+from telepath.sip.message import (
+    COMPACT_FORMS,
+    SINGLE_HEADERS,
+    Headers,
+    Request,
+    Response,
+    canonical_name,
+)
 from telepath.sip.uri import SipUri, parse_uri
 
 #: Largest message accepted on any transport (a UDP datagram's payload cannot exceed 65,507).
@@ -139,13 +146,29 @@ def read_call_id(data: bytes) -> str:
 
 def _first_field(head: bytes, name: str) -> str | None:
     """The value of the first ``name`` field (canonical) in a header section, stripped, as
-    :func:`parse_message` reads it: unfolded (§7.3.1), its name in any form (§7.3.3)."""
+    :func:`parse_message` reads it: unfolded (§7.3.1), its name in any form (§7.3.3).
+
+    A name is compared in lower case with ``name``'s and its compact form's — what
+    ``canonical_name`` maps to ``name``, without canonicalising each: the framer reads every
+    head a stream brings, before any rate limit, and one of 5,000 distinct names cost 5,000
+    cache misses (and filled the cache of the parser's names with the sender's)."""
+    wanted = _SPELLINGS.get(name) or _spellings(name)
     lines = _header_lines(head.decode("utf-8", "surrogateescape"))
     for line in lines[1:]:
         field, colon, value = line.partition(":")
-        if colon and canonical_name(field.rstrip(" \t")) == name:
+        if colon and field.rstrip(" \t").lower() in wanted:
             return value.strip()
     return None
+
+
+def _spellings(name: str) -> frozenset[str]:
+    """The lower-case names ``canonical_name`` maps to ``name``: its own and its compact form."""
+    return frozenset(
+        {name.lower()} | {short for short, full in COMPACT_FORMS.items() if full == name}
+    )
+
+
+_SPELLINGS = {name: _spellings(name) for name in ("Call-ID", "Content-Length")}
 
 
 def _bounded_body(headers: Headers, body: bytes, request: Request | None) -> bytes:

@@ -521,3 +521,25 @@ def test_stream_framer_hands_over_what_it_framed_before_a_broken_message() -> No
     assert isinstance(framer.error, SipParseError)
     with pytest.raises(SipParseError):
         framer.feed(b"")  # broken for good: the connection is to be closed
+
+
+def test_framing_a_head_of_many_distinct_names_does_not_canonicalise_each() -> None:
+    """The framer reads Content-Length as the parser does, but canonicalised every field name
+    of a head to find it: 5,000 distinct ``X-n`` names (64 KB, any unauthenticated TCP peer,
+    before any rate limit) cost 5,000 cache misses per message — ~20x the framing before —
+    and filled the name cache with the sender's names."""
+    fields = "".join(f"X-{i}: v\r\n" for i in range(5000))
+    message = (
+        "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n"
+        f"{fields}Content-Length: 0\r\n\r\n"
+    ).encode()
+    framer = StreamFramer()
+    before = _canonical_name_cached.cache_info()
+    assert framer.feed(message) == [message]
+    after = _canonical_name_cached.cache_info()
+    assert after.misses - before.misses < 10 and after.currsize - before.currsize < 10
+    # a folded or compact Content-Length is still read as the parser reads it
+    for spelled in ("l: 0", "content-length:\r\n 0", "CONTENT-LENGTH : 0"):
+        head = f"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n{spelled}"
+        framed = (head + "\r\n\r\n").encode()
+        assert StreamFramer().feed(framed) == [framed]
