@@ -191,12 +191,22 @@ MediaEvent = AudioReceived | DtmfReceived | MarkPlayed | MediaEnded
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: Callable[[bytes, SockAddr], None]) -> None:
+    def __init__(
+        self,
+        handler: Callable[[bytes, SockAddr], None],
+        send_failed: Callable[[Exception], None],
+    ) -> None:
         self.datagram_received = handler  # type: ignore[method-assign,assignment]
+        self._send_failed = send_failed
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the peer is not yet listening: expected, not fatal.
-        logger.debug("media socket error: %s", type(exc).__name__)
+        if isinstance(exc, ConnectionRefusedError):
+            logger.debug("media socket error: %s", type(exc).__name__)
+            return
+        # Anything else is a send the kernel refused (EACCES, ENETUNREACH, EPERM …): asyncio
+        # and uvloop both hand sendto's OSError here instead of raising it.
+        self._send_failed(exc)
 
 
 class MediaSession:
@@ -390,10 +400,10 @@ class MediaSession:
         loop = session._loop
         try:
             session._rtp, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(session._on_rtp), sock=lease.rtp_socket
+                lambda: _Protocol(session._on_rtp, session._send_failed), sock=lease.rtp_socket
             )
             session._rtcp, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(session._on_rtcp), sock=lease.rtcp_socket
+                lambda: _Protocol(session._on_rtcp, session._send_failed), sock=lease.rtcp_socket
             )
         except BaseException:
             if session._rtp is not None:
@@ -840,8 +850,8 @@ class MediaSession:
             self._send_failed(exc)
 
     def _send_failed(self, exc: Exception) -> None:
-        """A send raised: an OSError the loop did not pass to ``error_received``, or uvloop's
-        ValueError for an address of the other family or a name. Logged once per session
+        """A send failed: an OSError the loop passed to ``error_received`` (or raised), or
+        uvloop's ValueError for an address of the other family or a name. Logged once per session
         (50 a second otherwise); its text names the address, so only at DEBUG."""
         self._send_errors += 1
         if self._send_errors == 1:

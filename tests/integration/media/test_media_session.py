@@ -1119,3 +1119,32 @@ async def test_dual_stack_sockets_trust_the_signalling_ip_in_either_form(
         await session.close()
         sdp.close()
         rewritten.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_send_the_kernel_refuses_is_counted_on_either_loop(
+    allocator: RtpPortAllocator, loop: str
+) -> None:
+    """A send error of the system call (EACCES: a broadcast address without SO_BROADCAST, as
+    ENETUNREACH, EPERM from a firewall) is not raised: asyncio and uvloop both hand it to the
+    protocol's ``error_received``, which only logged it at DEBUG — send_errors said 0 while
+    no packet left."""
+
+    async def run() -> None:
+        session = await MediaSession.open(
+            allocator.allocate(),
+            remote=("255.255.255.255", 40000),
+            codec=PCMU,
+            inactivity_timeout_s=0.2,
+            rtcp_interval_s=0.05,
+        )
+        try:
+            await collect(session, 1, MediaEnded)
+        finally:
+            await session.close()
+        assert session.stats().send_errors > 0
+
+    if loop == "uvloop":
+        on_uvloop(run)()
+    else:
+        asyncio.run(run())
