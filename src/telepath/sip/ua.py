@@ -137,6 +137,20 @@ _TRACE_BUDGET_BYTES = 64 * 1024 * 1024
 _REDACT = re.compile(r"(?im)^((?:proxy-)?authorization[ \t]*:[ \t]*)(.*(?:\r?\n[ \t].*)*)$")
 # RFC 4568 §9.1: a=crypto:<tag> <suite> inline:<key||salt>[|lifetime][|MKI:len][;inline:...]
 _REDACT_SDES = re.compile(r"(?i)(inline:)[A-Za-z0-9+/=]+")
+# RFC 3261 §19.1.1: sip:user:password@host (NOT RECOMMENDED, allowed): a transfer target's, a
+# PBX's Contact. A host's port is followed by ;, > or the end, never by @.
+_URI_PASSWORD = r"(sips?:[^:@\s<>;,\"]+:)[^@\s<>;,\"]*(@)"
+_REDACT_URI_PASSWORD = re.compile("(?i)" + _URI_PASSWORD)
+_HAS_URI_PASSWORD = re.compile(_URI_PASSWORD.encode())  # on the lower-cased message
+# Extension headers that carry credentials by their name (X-Api-Key, X-Auth-Token, …):
+# their values, whole (folded lines too); not the challenges (WWW-/Proxy-Authenticate,
+# Authentication-Info: a realm and a nonce, what a trace of a failed login is read for)
+_CREDENTIAL_WORDS = (b"key", b"token", b"secret", b"passw", b"auth", b"credential", b"cookie")
+_REDACT_CREDENTIAL_HEADER = re.compile(
+    r"(?im)^((?!(?:proxy-)?authorization[ \t]*:)(?!(?:proxy-|www-)?authenticat)[!-9;-~]*"
+    r"(?:key|token|secret|passw|auth|credential|cookie)[!-9;-~]*[ \t]*:[ \t]*)"
+    r"(.*(?:\r?\n[ \t].*)*)$"
+)
 _DTMF_RELAY_SIGNAL = re.compile(r"(?im)^signal[ \t]*=[ \t]*([^ \t\r\n]+)[ \t\r]*$")
 _DTMF_RELAY_DURATION = re.compile(r"(?im)^duration[ \t]*=[ \t]*([0-9]{1,6})")
 _SIPFRAG_STATUS = re.compile(r"SIP/2\.0[ \t]+([1-6][0-9]{2})")
@@ -172,9 +186,12 @@ def new_branch() -> str:
 
 
 def redact_trace(text: str) -> str:
-    """Remove digest credentials and SRTP master keys from a SIP trace (usernames are kept;
-    responses and keys are not)."""
+    """Remove digest credentials, SRTP master keys, URI passwords and the values of headers
+    named for credentials (``X-Api-Key``, ``X-Auth-Token``…) from a SIP trace (usernames are
+    kept; responses, keys, passwords and tokens are not)."""
     text = _REDACT.sub(lambda m: m.group(1) + "Digest <redacted>", text)
+    text = _REDACT_CREDENTIAL_HEADER.sub(r"\1<redacted>", text)
+    text = _REDACT_URI_PASSWORD.sub(r"\1<redacted>\2", text)
     return _REDACT_SDES.sub(r"\1<redacted>", text)
 
 
@@ -1210,7 +1227,12 @@ class UserAgentCore:
             # credentials are redacted here, per message and only where a header could carry
             # them (one C scan): the whole trace through the regex cost ~2.5 % of call set-up
             lower = head.lower()
-            if b"uthorization" in lower or b"inline:" in lower:  # digest; SDES keys in SDP
+            if (
+                b"uthorization" in lower  # digest
+                or b"inline:" in lower  # SDES keys in SDP
+                or any(word in lower for word in _CREDENTIAL_WORDS)
+                or _HAS_URI_PASSWORD.search(lower) is not None
+            ):
                 text = redact_trace(text)
             via = f" {source.transport} {source.addr[0]}:{source.addr[1]}" if source else ""
             entry = f"--- {direction}{via}\n{text}"

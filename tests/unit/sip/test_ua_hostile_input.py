@@ -218,6 +218,44 @@ def test_a_folded_authorization_header_is_redacted_whole() -> None:
     assert "Call-ID: x" in redacted and redacted.count("Digest <redacted>") == 2
 
 
+def test_passwords_in_uris_and_credential_headers_are_redacted() -> None:
+    """A transfer target with ``user:password@`` (RFC 3261 §19.1.1 allows it, NOT RECOMMENDED)
+    or a PBX's token header stayed in the call record's sip_trace as sent."""
+    trace = (
+        "REFER sip:a@b SIP/2.0\r\n"
+        "Refer-To: <sip:bob:s3cret@pbx.example;transport=tcp>\r\n"
+        "Contact: <sips:carol:pa55@10.0.0.1:5061>\r\n"
+        "X-Api-Key: abcdef123456\r\n"
+        "X-Auth-Token: tok-987\r\n"
+        "X-Client-Secret: sh\r\n"
+        'WWW-Authenticate: Digest realm="gw", nonce="n1", algorithm=SHA-256\r\n'
+        "From: <sip:+15551230000@carrier.example:5060>;tag=1\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\n"
+        "Call-ID: x\r\n\r\n"
+    )
+    redacted = redact_trace(trace)
+    for secret in ("s3cret", "pa55", "abcdef123456", "tok-987", ": sh"):
+        assert secret not in redacted, secret
+    assert "sip:bob:<redacted>@pbx.example;transport=tcp" in redacted
+    assert "X-Api-Key: <redacted>" in redacted
+    assert 'WWW-Authenticate: Digest realm="gw", nonce="n1", algorithm=SHA-256' in redacted
+    # nothing else touched: a host's port is no password
+    assert "<sip:+15551230000@carrier.example:5060>;tag=1" in redacted
+    assert "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1" in redacted
+
+
+def test_a_uri_password_in_a_message_is_kept_out_of_its_trace(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, _ = core
+    ev, _ = answered(ua)
+    dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=dialog.local_tag), SRC)
+    ua.refer(dialog, "sip:bob:s3cret@pbx.example")
+    trace = ua.pop_trace(dialog.call_id, dialog.remote_tag)
+    assert "REFER " in trace and "s3cret" not in trace
+
+
 VIA = b"Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1;rport\r\n"
 
 
