@@ -77,13 +77,34 @@ _HOSTNAME = re.compile(
 
 def sip_host(value: str) -> bool:
     """Whether ``value`` is a SIP URI's host as written (RFC 3261 §25.1: hostname,
-    IPv4address or a bracketed IPv6reference) — no port, user, scheme or space."""
+    IPv4address or a bracketed IPv6reference) — no port, user, scheme or whitespace (none
+    inside the brackets either: ``ip_address`` would strip it)."""
+    if any(c.isspace() for c in value):
+        return False
     if value.startswith("[") and value.endswith("]"):
-        address = ip_address(value[1:-1])
-        return isinstance(address, ipaddress.IPv6Address) and value == value.strip()
+        return isinstance(ip_address(value[1:-1]), ipaddress.IPv6Address)
     if isinstance(ip_address(value), ipaddress.IPv4Address):
-        return value == value.strip()
+        return True
     return _HOSTNAME.fullmatch(value) is not None
+
+
+def sip_hostport(value: str) -> bool:
+    """Whether ``value`` is a SIP URI's host with an optional port as written (RFC 3261
+    §25.1: hostport = host [ ":" port ]), the port 1 to 65535 in ASCII digits: what follows
+    the ``@`` of ``sip:user@host:5080``."""
+    host, port = value, None
+    if value.startswith("["):  # the IPv6reference's own colons are inside its brackets
+        close = value.find("]")
+        if close != -1 and close + 1 < len(value):
+            host, rest = value[: close + 1], value[close + 1 :]
+            if not rest.startswith(":"):
+                return False
+            port = rest[1:]
+    elif value.count(":") == 1:  # a bare IPv6 address has more, and is no host
+        host, _, port = value.partition(":")
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return False
+    return sip_host(host)
 
 
 def ip_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -268,14 +289,15 @@ class Settings(BaseSettings):
     @field_validator("sip_domain")
     @classmethod
     def _sip_domain(cls, value: str) -> str:
-        """The host of every trunk's ``sip_endpoint`` (``sip:user@domain``) and the digest
-        realm, which every stored HA1 was computed with: checked, never rewritten (a changed
-        case or a dropped dot would fail every trunk's password)."""
-        if not sip_host(value):
+        """The host (and port, if one is given) of every trunk's ``sip_endpoint``
+        (``sip:user@domain``) and the digest realm, which every stored HA1 was computed with:
+        checked, never rewritten (a changed case or a dropped dot would fail every trunk's
+        password)."""
+        if not sip_hostport(value):
             raise ValueError(
                 "must be a host name or IP address, such as sip.example.com, 203.0.113.5 or "
-                "[2001:db8::5] (no port, user, scheme or space: it is the host of every "
-                "trunk's sip: address and the digest realm)"
+                "[2001:db8::5], optionally with a port (sip.example.com:5080); no user, scheme "
+                "or space: it is the host of every trunk's sip: address and the digest realm"
             )
         return value
 

@@ -65,7 +65,10 @@ def test_every_model_level_refusal_is_listed() -> None:
 @pytest.mark.parametrize(
     "domain",
     ["sip.example.com", "localhost", "SIP.Example.COM", "sip.example.com.", "203.0.113.5"]
-    + ["[2001:db8::5]", "a-b.example", "x1.example"],
+    + ["[2001:db8::5]", "a-b.example", "x1.example"]
+    # a SIP hostport (RFC 3261 §25.1): sip:user@host:5080 is a dialable address, and an
+    # installation may have used it as the realm of its stored HA1s
+    + ["sip.example.com:5080", "203.0.113.5:5060", "[2001:db8::5]:5061", "localhost:65535"],
 )
 def test_the_sip_domain_is_kept_as_written(domain: str) -> None:
     # it is the digest realm every stored HA1 was computed with: never rewritten
@@ -74,9 +77,15 @@ def test_the_sip_domain_is_kept_as_written(domain: str) -> None:
 
 @pytest.mark.parametrize(
     "domain",
-    ["", "sip example.com", "sip.example.com:5060", "alice@sip.example.com", "2001:db8::5"]
+    ["", "sip example.com", "alice@sip.example.com", "2001:db8::5"]
     + ["-sip.example.com", "sip-.example.com", "sip..example.com", "sip.example.com ", "[bad]"]
-    + ['sip"example', "sip.example.123", "sip://example.com"],
+    + ['sip"example', "sip.example.123", "sip://example.com"]
+    # whitespace anywhere, even inside the brackets (ip_address would strip it)
+    + ["[ ::1]", "[::1 ]", "[\t2001:db8::5]", " 203.0.113.5", "203.0.113.5\n"]
+    # a port that is no port
+    + ["sip.example.com:", "sip.example.com:0", "sip.example.com:65536", "sip.example.com:+5"]
+    + ["sip.example.com:5060:5060", "sip.example.com: 5060", "sip.example.com:\u00b2"]
+    + ["[2001:db8::5]:", "[2001:db8::5]5060", "2001:db8::5:5060", "[::1%eth0]:5060"],
 )
 def test_a_sip_domain_that_is_no_host_is_refused(domain: str) -> None:
     # it is the host of every trunk's sip_endpoint (sip:user@domain, RFC 3261 §25.1): a port,

@@ -570,6 +570,32 @@ async def test_a_burst_of_failed_logins_is_counted_whole_when_the_front_is_behin
         udp.close()
 
 
+async def test_a_flood_of_auth_reports_leaves_room_for_the_stream_replies() -> None:
+    """Reports share the pair with the worker's messages for the front's TCP/TLS connections,
+    which nothing sends again; while the front is behind, a flood of failed logins (an
+    attacker's) must not fill the queue so that a reply to a carrier is dropped. Reports are
+    counts: past their own bound they are the ones dropped."""
+    worker_end, front_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    role = WorkerRole(1, udp, worker_end, ("127.0.0.1", 5060), {})
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the front has not read for a while: the pair is full
+                worker_end.send(b"w" * 1000)  # (WorkerRole made it non-blocking)
+        report = workers.pack_auth_report(SOURCE, False)
+        for _ in range(2 * role.to_front.limit):
+            role.report_auth(report)
+        assert 0 < role.to_front.dropped < 2 * role.to_front.limit  # some kept, then dropped
+        reply = pack_stream_reply(3, b"SIP/2.0 200 OK\r\n\r\n")
+        assert role.to_front.send(reply) is True
+        assert role.to_front._waiting[-1] == reply
+    finally:
+        role.to_front.close()
+        udp.close()
+        worker_end.close()
+        front_end.close()
+
+
 def test_a_worker_reports_no_allowlisted_source() -> None:
     sent: list[bytes] = []
     own = workers.FrontCountedGuard(

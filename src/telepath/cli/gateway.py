@@ -156,8 +156,9 @@ class WorkerRole:
     def report_auth(self, message: bytes) -> None:
         """A digest outcome for the front to count (``FrontCountedGuard``): queued when the
         front is behind, or a burst of failed logins — what its guard is for — would be
-        counted short."""
-        self.to_front.send(message)
+        counted short; but only up to the sender's bound for reports, below its bound for
+        stream messages, so that a flood of them never crowds out a reply to a carrier."""
+        self.to_front.send(message, report=True)
 
 
 @dataclass

@@ -25,10 +25,12 @@ written in the transaction that closes it: ``close_instance_calls``):
   (``db/instance_store.py``); the front of each ``telepath serve`` watches the rows, and one
   whose beat counter has not moved for ``TELEPATH_LOST_INSTANCE_AFTER_S`` (60 s) of its own
   clock is taken (a conditional ``DELETE``: one taker) and that process's records are closed,
-  ending one heartbeat after its last. Trade-off: a process that stops beating that long while
-  alive (its database out of reach, the process frozen) gets its calls closed by another; its
-  row comes back with its next beat (an error is logged) and each call's record is rewritten
-  with its real end when the call ends — ``call.ended`` is then sent a second time.
+  ending one heartbeat after its last (time in which the watcher itself could not read the
+  database does not count: a shared outage is no death). Trade-off: a process that stops
+  beating that long while alive (its database out of reach, the process frozen) gets its calls
+  closed by another; its row comes back with its next beat (an error is logged) and each
+  call's record is rewritten with its real end when the call ends — ``call.ended`` is then
+  sent a second time.
 
 Anything else (a process of an older version, which has no heartbeat row) is closed by the
 retention sweep once no call can still be up (``close_lost_calls``: the end then stays unknown).
@@ -331,6 +333,7 @@ async def reap_forever(
                         close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
                     )
         except Exception as exc:
+            watch.read_failed()  # a shared outage kept the others from beating too
             failures.failed(exc)
         else:
             failures.worked()

@@ -99,7 +99,10 @@ class StaleWatch:
     """Which rows have not beaten for ``after_s`` of this process's monotonic time.
 
     A row is stale once its counter has stayed the same over ``after_s`` between two reads;
-    a process that just started must watch that long before it calls anything stale.
+    a process that just started must watch that long before it calls anything stale. Time in
+    which the watcher itself could not read the database does not count either (``read_failed``):
+    an outage that both shared — a PostgreSQL failover — kept the others from beating too, and
+    on the first read after it no one's beat has landed yet; that is no dead process.
     """
 
     def __init__(self, after_s: float) -> None:
@@ -123,3 +126,8 @@ class StaleWatch:
                 stale.append(row)
         self._seen = current  # rows that are gone are forgotten
         return stale
+
+    def read_failed(self) -> None:
+        """The watcher could not read (or claim) the rows: every row is watched from scratch
+        at the next read, as by a process that just started."""
+        self._seen = {}

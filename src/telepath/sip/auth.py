@@ -344,9 +344,11 @@ class AuthResult(StrEnum):
             §3.3). A qop-less client reusing its last answer for the next call does this; a
             replayed capture proves nothing about a password, so it is no failure.
         UNKNOWN_NONCE: a nonce we never issued (forged, tampered, another server's): re-challenge
-            and count nothing. No guess was made: the sender saw no challenge of ours — a
-            spoofed UDP source cannot — and learns nothing from the answer; counted, forgeries
-            in a carrier's name got the carrier banned.
+            and count nothing. No guess was made: the sender saw no challenge of ours and
+            learns nothing from the answer; counted, a made-up nonce under a carrier's forged
+            UDP source got the carrier banned. Only that: a nonce is not bound to the address
+            it was sent to, so a forger can fetch a real one from its own address and answer
+            it wrongly under the carrier's — ``FAILED``, counted (``defence.py``'s caveat).
         MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
             a qop without nc/cnonce: answer 400.
     """

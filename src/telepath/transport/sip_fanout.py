@@ -166,18 +166,27 @@ def unpack_stream_reply(message: bytes) -> tuple[int, bytes] | None:
 class OrderedSender:
     """Sends on a non-blocking datagram socket without losing or reordering anything: what
     the socket will not take now waits (up to ``limit`` messages) and goes when it is writable.
-    Past ``limit`` (the other process stopped reading) messages are dropped and counted."""
+    Past ``limit`` (the other process stopped reading) messages are dropped and counted.
 
-    def __init__(self, sock: socket.socket, limit: int = 4096) -> None:
+    A *report* (a worker's digest outcome, a count for the front's guard) waits only while
+    fewer than ``report_limit`` messages do: reports come as fast as an attacker sends failed
+    logins, and must not take the places of stream messages, which nothing sends again.
+    """
+
+    def __init__(
+        self, sock: socket.socket, limit: int = 4096, report_limit: int | None = None
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.limit = limit
+        self.report_limit = limit // 4 if report_limit is None else report_limit
         self.dropped = 0
         self._waiting: deque[bytes] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def send(self, message: bytes) -> bool:
-        """Send or queue ``message``; False when it had to be dropped."""
+    def send(self, message: bytes, *, report: bool = False) -> bool:
+        """Send or queue ``message`` (a report: see the class); False when it had to be
+        dropped."""
         if not self._waiting:
             try:
                 self.sock.send(message)
@@ -187,7 +196,7 @@ class OrderedSender:
             except OSError:  # the other end is gone (a worker restarting): like a lost packet
                 self.dropped += 1
                 return False
-        if len(self._waiting) >= self.limit:
+        if len(self._waiting) >= (self.report_limit if report else self.limit):
             self.dropped += 1
             return False
         self._waiting.append(message)

@@ -247,12 +247,18 @@ class SpeechBeforeTheGreetingsFirstDelta(FakeOpenAIRealtime):
 
 
 async def test_audio_of_the_response_active_at_barge_in_is_dropped_even_its_first() -> None:
+    """Its item, never played, goes from the model's conversation too (once, at its first
+    dropped delta): else the model remembers saying what the caller never heard."""
     async with SpeechBeforeTheGreetingsFirstDelta(response_ms=500) as fake:
         bridge = bridge_for(fake)
         await bridge.start(META)
         events = await collect_until(bridge, AgentClear)
         assert audio_of(events) == b""
         await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+        greeting_item = next(
+            e["item_id"] for e in fake.sent if e["type"] == "response.output_audio.delta"
+        )
+        await wait_for(lambda: bool(cuts(fake)))
         await bridge.send_dtmf("5")  # the next response is heard
         events = await collect_until(bridge, audio_ms=500)
         items = {
@@ -266,6 +272,7 @@ async def test_audio_of_the_response_active_at_barge_in_is_dropped_even_its_firs
         assert len(audio_of(events)) == 500 * 8
         await bridge.close()
         assert audio_of(await collect_until(bridge)) == b""
+        assert cuts(fake) == [("conversation.item.delete", greeting_item, None)]
         assert_sdk_valid(fake)
 
 

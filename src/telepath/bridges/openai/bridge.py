@@ -19,7 +19,7 @@ tool's answer can arrive while an earlier item is still playing, and that one is
 caller stopped listening. Late deltas are dropped: those of an interrupted item, and any of
 the response active at the barge-in (server VAD's ``interrupt_response`` cancels it), even one
 whose first delta comes only after ``speech_started`` — no item of it was cut, yet it is as
-stale as the rest.
+stale as the rest: such an item is deleted at its first dropped delta, as any unheard one.
 
 Responses (``reference/providers.md`` §2.8): the service runs one response at a time and
 refuses a ``response.create`` while one is active (``conversation_already_has_active_response``).
@@ -323,8 +323,17 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._emit(AgentConnected(self.provider))
 
     async def _on_audio(self, event: ev.ResponseOutputAudioDelta) -> None:
-        if event.item_id in self._interrupted or event.response_id in self._cut_responses:
+        if event.item_id in self._interrupted:
             return  # late audio of an answer the caller already talked over
+        if event.response_id in self._cut_responses:
+            # An item of the response the caller talked over that began only after it: none
+            # of it is played, so it goes from the conversation too (providers.md §2.7: an
+            # unheard item is deleted), or the model would remember saying it.
+            self._interrupted.add(event.item_id)
+            await self._send_event(
+                ev.ConversationItemDelete(event_id=self._best_effort_id(), item_id=event.item_id)
+            )
+            return
         try:
             payload = b64_decode(event.delta)
         except binascii.Error:
