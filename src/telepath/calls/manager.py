@@ -803,8 +803,9 @@ class CallManager:
         outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
         if outcome.result == AuthResult.UNKNOWN_NONCE:
             # Not a guess (the sender saw no challenge of ours): challenged as if it had no
-            # credentials, and not counted toward a ban — forgeries from a carrier's address
-            # would get the carrier banned.
+            # credentials, and not counted toward a ban — such forgeries from a carrier's
+            # address would get the carrier banned (a forger that fetched a nonce of ours from
+            # its own address still can: nonces are not bound to it, sip/defence.py).
             self._challenge(tx, await self._trunk_of(request, called))
             return None
         right = outcome.result in (AuthResult.OK, AuthResult.REPLAY, AuthResult.STALE)
