@@ -958,14 +958,22 @@ CANCEL = """  <send>
 """
 
 
-def _cancelled_call(user: str, media_port: int) -> str:
+ROUTE_SET = ' rrs="true"'
+
+
+def _cancelled_call(user: str, media_port: int, *, by_bye: bool = False) -> str:
+    """An authenticated call given up after the 180: with CANCEL, or (``by_bye``) with BYE on
+    the 180's early dialog; the caller then ACKs the INVITE's 487."""
     common = {
         "user": user,
         "media_port": media_port,
         "formats": "0 101",
         "rtpmaps": rtpmaps("0 101"),
     }
-    cancel = CANCEL % {"user": user}
+    if by_bye:  # the route set of the 180 kept for the BYE
+        give_up = IN_DIALOG % {"user": user, "method": "BYE", "cseq": 3, "extra": "", "body": ""}
+    else:
+        give_up = CANCEL % {"user": user}
     return "".join(
         [
             HEADER,
@@ -976,9 +984,9 @@ def _cancelled_call(user: str, media_port: int) -> str:
             INVITE
             % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"},
             '  <recv response="100" optional="true" response_txn="inv2"/>\n',
-            '  <recv response="180" response_txn="inv2"/>\n',
+            f'  <recv response="180"{ROUTE_SET if by_bye else ""} response_txn="inv2"/>\n',
             '  <pause milliseconds="300"/>\n',
-            cancel,
+            give_up,
             '  <recv response="200"/>\n',
             '  <recv response="487" response_txn="inv2"/>\n',
             ACK_TXN % {**common, "txn": "inv2", "cseq": 2},
@@ -1016,36 +1024,6 @@ async def test_cancel_while_the_agent_connects(
     assert receiver.requests == [] and hook["id"]
 
 
-def _early_bye_call(user: str, media_port: int) -> str:
-    """As ``_cancelled_call``, but the caller gives up with BYE on the 180's early dialog."""
-    common = {
-        "user": user,
-        "media_port": media_port,
-        "formats": "0 101",
-        "rtpmaps": rtpmaps("0 101"),
-    }
-    bye = IN_DIALOG % {"user": user, "method": "BYE", "cseq": 3, "extra": "", "body": ""}
-    return "".join(
-        [
-            HEADER,
-            INVITE % {**common, "txn": ' start_txn="inv1"', "cseq": 1, "auth": ""},
-            '  <recv response="100" optional="true" response_txn="inv1"/>\n',
-            '  <recv response="401" auth="true" response_txn="inv1"/>\n',
-            ACK_TXN % {**common, "txn": "inv1", "cseq": 1},
-            INVITE
-            % {**common, "txn": ' start_txn="inv2"', "cseq": 2, "auth": "\n      [authentication]"},
-            '  <recv response="100" optional="true" response_txn="inv2"/>\n',
-            '  <recv response="180" rrs="true" response_txn="inv2"/>\n',
-            '  <pause milliseconds="300"/>\n',
-            bye,
-            '  <recv response="200"/>\n',
-            '  <recv response="487" response_txn="inv2"/>\n',
-            ACK_TXN % {**common, "txn": "inv2", "cseq": 2},
-            "</scenario>\n",
-        ]
-    )
-
-
 async def test_a_bye_on_the_early_dialog_while_the_agent_connects_ends_the_set_up(
     api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -1057,7 +1035,7 @@ async def test_a_bye_on_the_early_dialog_while_the_agent_connects_ends_the_set_u
         await _custom_trunk(api, agent.url)
         phone = await Phone().open()
         result = await run_sipp(
-            _early_bye_call("alice", phone.port),
+            _cancelled_call("alice", phone.port, by_bye=True),
             tmp_path,
             gateway.server.bound["UDP"],
             user="alice",
