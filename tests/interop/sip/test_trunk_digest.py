@@ -151,6 +151,19 @@ async def test_credentials_for_another_number_are_refused(
         assert gateway.manager.active_calls == 0 and agent.handshakes == []
 
 
+async def _fenced_trunk(api: Api, agent_url: str) -> None:
+    """Trunk ``fenced`` (password ``fenced-pass-1``), which takes calls from 10.0.0.0/8 only:
+    never from the tests' 127.0.0.1."""
+    await create_trunk(
+        api,
+        "fenced",
+        "fenced-pass-1",
+        ai_provider="custom",
+        custom_endpoint=agent_url,
+        allowed_addresses=["10.0.0.0/8"],
+    )
+
+
 async def test_right_credentials_from_a_source_not_allowed_learn_nothing_more(
     api: Api, gateway: Gateway, uac: Uac
 ) -> None:
@@ -158,14 +171,7 @@ async def test_right_credentials_from_a_source_not_allowed_learn_nothing_more(
     ones (no oracle) — whatever else is wrong with the request, its digest uri included (a
     400 for the uri told a password-guesser its guess was right)."""
     async with FakeTelepathAgent(agent="silent") as agent:
-        await create_trunk(
-            api,
-            "fenced",
-            "fenced-pass-1",
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            allowed_addresses=["10.0.0.0/8"],
-        )
+        await _fenced_trunk(api, agent.url)
         await invite_with_credentials_for_another_number(uac, "fenced", "fenced-pass-1", 403)
         assert agent.handshakes == []
 
@@ -228,14 +234,7 @@ async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_mo
     nonce that has expired — gets the 403 of a wrong one every time: a ``stale=true``
     challenge would tell a password guesser that its guess was right."""
     async with FakeTelepathAgent(agent="silent") as agent:
-        await create_trunk(
-            api,
-            "fenced",
-            "fenced-pass-1",
-            ai_provider="custom",
-            custom_endpoint=agent.url,
-            allowed_addresses=["10.0.0.0/8"],
-        )
+        await _fenced_trunk(api, agent.url)
         leg = CallLeg(uac, "fenced")
         await leg.challenge(MEDIA_PORT)
         auth = digest_authorization(
