@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
 _TURN_GAP_S = 0.6  # silence that separates turns
+#: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
+#: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
+AGENT_CLOSE_S = 5.0
 
 
 def _utcnow() -> datetime:
@@ -367,11 +370,32 @@ class Call:
             self._internal_error(f"{task.get_name().split('-')[0]} task", exc)
 
     async def _close(self, end: CallEnd) -> None:
+        """Let the agent and the carrier go, then release the media and write the record.
+
+        Bounded to fit the drain's wait for the calls it ends (5 s plus ``bye_wait_s``): the
+        agent's close gets ``AGENT_CLOSE_S``, and the wait for the answer to our BYE runs from
+        the BYE, beside it. A drain that gives up all the same cancels this task: that cuts
+        those two waits short, never the rest — the media is released and the record written
+        (reason ``shutdown``) whatever, out of the cancel's reach (``_to_the_end``); cancelled
+        there, the record stayed open until the next start closed it as ``lost``.
+        """
         if end.send_bye:
             self._hangup_sip()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):  # not wait_for: no task per call for this
-                await self.bridge.close(bridge_reason(end.reason))
+        bye_answered_by = self._loop.time() + self._bye_wait_s
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(AGENT_CLOSE_S):  # not wait_for: no task for this
+                    await self.bridge.close(bridge_reason(end.reason))
+            if end.send_bye:
+                # Let the carrier answer our BYE so the SIP trace in the record is complete.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(bye_answered_by):
+                        await self.sip_done.wait()
+        finally:
+            await _to_the_end(self._finish(end))
+
+    async def _finish(self, end: CallEnd) -> None:
+        """Release the media and write the call's record (``_on_finished``)."""
         unplayed_ms = self._unplayed_at_end_ms or 0.0  # sampled when the end was decided
         try:
             stats = await self.media.close()
@@ -401,11 +425,6 @@ class Call:
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)
-        if end.send_bye:
-            # Let the carrier answer our BYE so the SIP trace in the record is complete.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._bye_wait_s):
-                    await self.sip_done.wait()
         await self._on_finished(self, end)
 
     async def _media_pump(self) -> None:
@@ -547,6 +566,17 @@ class Call:
 
     def _from_agent(self, payload: bytes) -> bytes:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
+
+
+async def _to_the_end(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the awaiting task is cancelled meanwhile (once: the
+    drain cancels a call's task once, then waits for it), and raise the cancellation after."""
+    task = asyncio.get_running_loop().create_task(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -46,7 +46,7 @@ from telepath.bridges.base import (
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
-from telepath.calls.call import Call, CallEnd, bridge_reason
+from telepath.calls.call import AGENT_CLOSE_S, Call, CallEnd, bridge_reason
 from telepath.calls.config import CallControlConfig
 from telepath.calls.diagnosis import media_report
 from telepath.calls.events import (
@@ -1724,14 +1724,22 @@ class CallManager:
             call.end(DisconnectReason.SHUTDOWN)
         for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
             setup.shutdown()
-        # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
-        # and write their records: cancelled before that, a call leaves no final record
-        # and no call.ended
-        await self._tasks_done(5 + self.config.bye_wait_s)
+        # let the calls close their agents (up to AGENT_CLOSE_S), send BYE, wait for its
+        # answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s, beside the agent's close) and write
+        # their records; a call still closing after that is cancelled, which cuts its waits
+        # short but not its record and call.ended (Call._close)
+        await self._tasks_done(AGENT_CLOSE_S + self.config.bye_wait_s)
         left = list(self._tasks)
         for task in left:
             task.cancel()
-        if left:  # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
+        if left:
+            log.warning(
+                "%d call or set-up task(s) still running %g s after the drain ended them: "
+                "cancelled (a call still writes its record)",
+                len(left),
+                AGENT_CLOSE_S + self.config.bye_wait_s,
+            )
+            # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
             await asyncio.wait(left, timeout=5 + self.config.bye_wait_s)
         await self.lag.stop()
         if self._busy is not None:
