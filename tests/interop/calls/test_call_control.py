@@ -25,6 +25,7 @@ from telepath.calls.call import Call
 from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
+from telepath.sip.message import Request, Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
@@ -64,7 +65,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.sip.sipp_scenarios import SDP_BODY
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
 
 pytestmark = pytest.mark.interop
 
@@ -105,7 +106,11 @@ def _first_lines(trace: str) -> list[str]:
 
 
 async def _custom_trunk(api: Api, url: str) -> None:
-    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=url)
+    await _custom_trunk_of(api, "alice", url)
+
+
+async def _custom_trunk_of(api: Api, user: str, url: str) -> dict[str, Any]:
+    return await create_trunk(api, user, PASSWORD, ai_provider="custom", custom_endpoint=url)
 
 
 # --- barge-in ------------------------------------------------------------------------------
@@ -686,6 +691,18 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
     assert "BYE" in _first_lines(gone["sip_trace"])
 
 
+async def _delete_elsewhere(api: Api, trunk_id: str) -> None:
+    """Delete a trunk as another process would: this process's API never hears of it."""
+    engine = create_async_engine(api.state.settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            statement = text("DELETE FROM trunks WHERE id = :id")
+            deleted = await conn.execute(statement, {"id": trunk_id})
+            assert deleted.rowcount == 1
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.parametrize(
     "settings_overrides", [{**GATEWAY_SETTINGS, "trunk_recheck_s": 0.5}], ids=["recheck 0.5 s"]
 )
@@ -711,6 +728,81 @@ async def test_a_trunk_removed_by_another_process_ends_its_live_calls(
             await engine.dispose()
 
     await _two_calls_one_trunk_removed(api, gateway, tmp_path, outside_the_api)
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "removal"),
+    [
+        ({**GATEWAY_SETTINGS, "trunk_recheck_s": 0}, "api"),
+        ({**GATEWAY_SETTINGS, "trunk_recheck_s": 0.2}, "database"),
+    ],
+    ids=["through the API, recheck off", "by another process, recheck 0.2 s"],
+)
+@pytest.mark.parametrize("stage", ["agent_connecting", "awaiting_ack"])
+async def test_removing_a_trunk_stops_its_calls_still_being_set_up(
+    api: Api, gateway: Gateway, tmp_path: Path, stage: str, removal: str
+) -> None:
+    """A call of the trunk still being set up when the trunk is deleted used to finish its
+    set-up, 200 OK, and — without the recheck (off for the API's removal) — run until the
+    caller hung up, up to the 4 h limit; the recheck looked only at live calls. Now one whose
+    agent is still being dialled gets 480, as an INVITE to an inactive trunk does, and its
+    agent's connection is closed: no record (never answered, as after a CANCEL). One answered
+    with our offer and awaiting its ACK (a delayed offer) gets BYE once the ACK is in (RFC 3261
+    §15), its agent a ``stop`` and its record ``trunk_deleted``. Another trunk's call goes on."""
+    slow = stage == "agent_connecting"
+    async with (
+        FakeTelepathAgent(agent="silent", handshake_delay_s=1.5 if slow else 0) as agent,
+        FakeTelepathAgent() as other,
+    ):
+        doomed = await _custom_trunk_of(api, "alice", agent.url)
+        await _custom_trunk_of(api, "bob", other.url)
+        kept = await place_call(gateway, tmp_path, "bob", PASSWORD, hold_ms=3000)
+        phone = await Phone().open()
+        uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+        try:
+            leg = CallLeg(uac, "alice")
+            media_port = None if stage == "awaiting_ack" else phone.port
+            await leg.challenge(media_port)
+            start = len(uac.received)
+            uac.send(leg.authenticated_invite(PASSWORD, media_port))
+            if slow:
+                await wait_until(lambda: len(agent.handshakes) == 1, what="the agent dialled")
+            else:
+                await leg.uac.response(200, leg.call_id, method="INVITE", after=start)
+            if removal == "api":
+                assert (await api.delete(f"/v1/trunks/{doomed['id']}")).status_code == 204
+            else:
+                await _delete_elsewhere(api, doomed["id"])
+            if slow:
+                final = await uac.wait_for(
+                    lambda m: isinstance(m, Response) and m.status >= 200, after=start
+                )
+                assert isinstance(final.message, Response) and final.message.status == 480
+            else:
+                ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+                leg.to_tag = ok.to.tag
+                uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+                bye = await uac.wait_for(
+                    lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+                )
+                assert bye.message.call_id == leg.call_id
+            kept_result = await kept.tone_until_end(3.0)
+            await settled(gateway)
+        finally:
+            await uac.close()
+            await phone.close()
+    assert kept_result.returncode == 0, kept_result.stdout + kept_result.errors
+    assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    if slow:
+        assert agent.starts == []  # its connection closed before it started
+        assert [c["id"] for c in calls] == [kept.call_id]
+    else:
+        assert [s["reason"] for s in agent.stops] == ["trunk_deleted"]
+        [gone] = [c for c in calls if c["id"] != kept.call_id]
+        assert gone["disconnect_reason"] == "trunk_deleted"
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+    assert not agent.protocol_errors and not other.protocol_errors
 
 
 @pytest.mark.parametrize(
