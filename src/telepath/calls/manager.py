@@ -1861,8 +1861,7 @@ def _dialog_ended(call: Call, why: CallEndReason) -> None:
     call.sip_ended()
     reason = _SIP_END_REASONS.get(why)
     if reason is not None:
-        error = None if why == "remote_bye" else f"SIP {why}"
-        call.end(reason, error, send_bye=False)
+        call.sip_hangup(reason, None if why == "remote_bye" else f"SIP {why}")
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
