@@ -615,7 +615,10 @@ class Call:
                 reason = event.reason
                 if reason == BridgeReason.CALLER_HANGUP:
                     return  # we closed it
-                self.end(DisconnectReason(reason.value))
+                # The agent closed without a word of why (no error event): the record and
+                # call.error say at least that much, not nothing.
+                code = "" if event.code is None else f" ({event.code})"
+                self.end(DisconnectReason(reason.value), f"the agent closed the connection{code}")
                 return
             elif isinstance(event, AgentTranscript):
                 log.debug("transcript %s: %s", event.role, event.text)  # PII: DEBUG only
