@@ -244,6 +244,7 @@ class Call:
         self._unplayed_at_end_ms: float | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._tearing_down = False  # ``run`` has cancelled (and awaits) its tasks
         self.sip_call_id = ""
         self.sip_caller_tag = ""  # the INVITE's From tag: with the Call-ID, the SIP trace's key
         self.answer_sdp = b""
@@ -289,7 +290,13 @@ class Call:
         self.sip_done.set()
 
     def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a short bridge call owned by this call: cancelled when the call ends."""
+        """Run a short bridge call owned by this call: cancelled when the call ends. Once the
+        teardown began (it cancelled and awaited the set), none starts: it would belong to no
+        one and could reach the agent after its ``stop`` (a digit by INFO during the wait for
+        our BYE's answer)."""
+        if self._tearing_down:
+            coro.close()  # never started: no "never awaited" warning
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_done)
@@ -422,6 +429,7 @@ class Call:
             self._stop_refer_timer()
             self.media.set_audio_sink(None)
             self.bridge.set_audio_sink(None)
+            self._tearing_down = True
             tasks = [*pumps, *self._side_tasks]
             for task in tasks:
                 task.cancel()

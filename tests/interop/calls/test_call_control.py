@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from telepath.bridges.base import BridgeReason
 from telepath.bridges.custom import events as ev
+from telepath.bridges.custom.bridge import TelepathAgentBridge
 from telepath.calls.call import Call
 from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
@@ -1542,3 +1543,61 @@ async def test_a_call_that_ends_while_its_first_write_is_stalled_keeps_the_order
         "call.started",
         "call.ended",
     ]
+
+
+async def test_a_key_press_during_the_teardown_starts_no_send_to_the_agent(
+    api: Api, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digit by SIP INFO while the call is ending — our BYE sent, its answer awaited, the
+    agent let go: its send to the agent used to start a task after the teardown had cancelled
+    and awaited the call's own, a task nothing cancelled, which ran after the agent's ``stop``.
+    Once the teardown began no new one starts; a digit before it still reaches the agent."""
+    closing: set[int] = set()
+    after_close: list[str] = []
+    close, send_dtmf = TelepathAgentBridge.close, TelepathAgentBridge.send_dtmf
+
+    async def noting_close(
+        self: TelepathAgentBridge, reason: BridgeReason = BridgeReason.CALLER_HANGUP
+    ) -> None:
+        closing.add(id(self))
+        await close(self, reason)
+
+    async def noting_dtmf(self: TelepathAgentBridge, digit: str) -> None:
+        if id(self) in closing:
+            after_close.append(digit)
+        await send_dtmf(self, digit)
+
+    monkeypatch.setattr(TelepathAgentBridge, "close", noting_close)
+    monkeypatch.setattr(TelepathAgentBridge, "send_dtmf", noting_dtmf)
+
+    async def press(leg: CallLeg, digit: str) -> None:
+        leg.cseq += 1
+        start = len(leg.uac.received)
+        body = f"Signal={digit}\r\nDuration=160\r\n".encode()
+        headers = [("Content-Type", "application/dtmf-relay")]
+        leg.uac.send(leg.build("INFO", headers=headers, body=body))
+        await leg.uac.response(200, leg.call_id, method="INFO", after=start)
+
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        sip_port = gateway.server.bound["UDP"][1]
+        leg = await connected_call(sip_port, "alice", PASSWORD, "keys@teardown", phone.port)
+        try:
+            await press(leg, "1")
+            await wait_until(lambda: agent.digits == ["1"], what="the first digit")
+            [call] = gateway.manager.calls.values()
+            start = len(leg.uac.received)
+            call.end(DisconnectReason.MAX_DURATION, "ended by the test")
+            await leg.uac.wait_for(
+                lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+            )  # left unanswered: the call waits for its answer
+            await wait_until(lambda: bool(closing), what="the agent's close")
+            await press(leg, "2")
+            await settled(gateway)
+        finally:
+            await leg.uac.close()
+            await phone.close()
+    assert after_close == []
+    assert agent.digits == ["1"]
+    assert [s["reason"] for s in agent.stops] == ["max_duration"]
