@@ -58,6 +58,14 @@ log = logging.getLogger(__name__)
 
 _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
 _TURN_GAP_S = 0.6  # silence that separates turns
+#: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
+#: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
+AGENT_CLOSE_S = 5.0
+#: How long our REFER, once accepted (2xx), waits for its first NOTIFY before the transfer
+#: counts as failed: 64*T1, as a subscriber's Timer N after which a subscription that never got
+#: a NOTIFY is taken as failed (RFC 6665 §4.1.2.4); a REFER's is implicit (RFC 3515 §2.4.4).
+#: Once a NOTIFY came, the subscription lives and the outcome is awaited (a target may ring).
+REFER_NOTIFY_WAIT_S = 32.0
 
 
 def _utcnow() -> datetime:
@@ -210,7 +218,13 @@ class Call:
         self.agent_reconnects = 0  # the agent's connection dropped and was replaced
         self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
         self._played_base_ms = 0.0
-        self._transfer_request: str | None = None
+        self._transfer_request: str | None = None  # the agent's pending transfer
+        self._referred = False  # a REFER of ours went out in this call
+        self._refer_accepted = False  # the pending REFER got its 2xx, no final NOTIFY yet
+        self._refer_notified = False  # the pending REFER got a NOTIFY
+        self._refer_timer: asyncio.TimerHandle | None = None  # REFER_NOTIFY_WAIT_S
+        # A transfer's result decided as the call ends: said to the agent before its stop.
+        self._transfer_outcome: tuple[str, bool, str] | None = None
         self.turns = TurnTracker()
         self.first_rtp_at: float | None = None
         self.invite_at: float = 0.0
@@ -230,6 +244,7 @@ class Call:
         self._unplayed_at_end_ms: float | None = None
         self.sip_done = asyncio.Event()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._tearing_down = False  # ``run`` has cancelled (and awaits) its tasks
         self.sip_call_id = ""
         self.sip_caller_tag = ""  # the INVITE's From tag: with the Call-ID, the SIP trace's key
         self.answer_sdp = b""
@@ -275,7 +290,13 @@ class Call:
         self.sip_done.set()
 
     def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a short bridge call owned by this call: cancelled when the call ends."""
+        """Run a short bridge call owned by this call: cancelled when the call ends. Once the
+        teardown began (it cancelled and awaited the set), none starts: it would belong to no
+        one and could reach the agent after its ``stop`` (a digit by INFO during the wait for
+        our BYE's answer)."""
+        if self._tearing_down:
+            coro.close()  # never started: no "never awaited" warning
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_done)
@@ -285,16 +306,73 @@ class Call:
         if not task.cancelled() and task.exception() is not None:
             log.warning("bridge call failed: %s", type(task.exception()).__name__)
 
-    def refer_update(self, status: int, final: bool) -> None:
-        """Progress of our REFER: a 2xx final NOTIFY means the carrier took the caller."""
-        request = self._transfer_request
-        if request is None or not final:
+    def sip_hangup(self, reason: DisconnectReason, error: str | None = None) -> None:
+        """The dialog ended from the carrier's side: end with ``reason``, no BYE of ours.
+
+        Decision: a BYE after the carrier accepted our REFER (2xx) and before the transfer's
+        final NOTIFY ends the call as ``transferred``, and the agent is told it worked. The
+        carrier has taken the caller off our leg: a blind transfer's transferee may end our
+        dialog before the outcome is known, and the final NOTIFY may trail the BYE — the BYE
+        ends only the dialog's INVITE usage, the REFER's subscription may go on reporting (RFC
+        5057 §3.1, §4.1), but we keep no subscription past the call, so it can no longer reach
+        us. A caller who hangs up while the target rings reads so too: the agent's part ended
+        with the hand-over."""
+        if reason == DisconnectReason.CALLER_HANGUP and self._refer_accepted:
+            request = self._finish_transfer()
+            if request is not None:
+                detail = "the carrier accepted the transfer (SIP 202) and ended our call"
+                self._transfer_outcome = (request, True, detail)
+            self.end(DisconnectReason.TRANSFERRED, send_bye=False)
             return
-        self._transfer_request = None
+        self.end(reason, error, send_bye=False)
+
+    def refer_update(self, status: int, final: bool) -> None:
+        """Progress of our REFER (RFC 3515): its own 2xx (accepted; not final), then its
+        NOTIFYs' sipfrag statuses. A 2xx final NOTIFY means the carrier took the caller."""
+        if not final:
+            if 200 <= status < 300:  # the REFER's 2xx (a NOTIFY's 2xx is final)
+                self._refer_accepted = True
+                if not self._refer_notified and self._refer_timer is None:
+                    self._refer_timer = self._loop.call_later(
+                        REFER_NOTIFY_WAIT_S, self._refer_unanswered
+                    )
+            else:  # a 1xx NOTIFY: the subscription lives, the outcome will come
+                self._refer_notified = True
+                self._stop_refer_timer()
+            return
+        request = self._finish_transfer()
         ok = 200 <= status < 300
-        self._side_task(self.bridge.send_transfer_result(request, ok, f"SIP {status}"))
-        if ok:
+        if ok and self._referred:
+            # The result goes to the agent before its stop (``_close``); a success after the
+            # wait ran out (the agent was told it failed) still means the caller has gone.
+            if request is not None:
+                self._transfer_outcome = (request, True, f"SIP {status}")
             self.end(DisconnectReason.TRANSFERRED)
+        elif request is not None:
+            self._side_task(self.bridge.send_transfer_result(request, ok, f"SIP {status}"))
+
+    def _finish_transfer(self) -> str | None:
+        """The pending transfer is decided: forget it; returns its request id, if any."""
+        request, self._transfer_request = self._transfer_request, None
+        self._refer_accepted = self._refer_notified = False
+        self._stop_refer_timer()
+        return request
+
+    def _stop_refer_timer(self) -> None:
+        if self._refer_timer is not None:
+            self._refer_timer.cancel()
+            self._refer_timer = None
+
+    def _refer_unanswered(self) -> None:
+        """``REFER_NOTIFY_WAIT_S`` after the carrier accepted our REFER, and no NOTIFY: the
+        transfer failed (else it would stay pending, and every later transfer of the call be
+        refused as "transfer in progress"). A BYE after this is the caller's own."""
+        self._refer_timer = None
+        request = self._finish_transfer()
+        log.warning("call %s: no NOTIFY for our REFER: transfer taken as failed", self.record.id)
+        if request is not None:
+            detail = f"no NOTIFY from the carrier within {REFER_NOTIFY_WAIT_S:g} s"
+            self._side_task(self.bridge.send_transfer_result(request, False, detail))
 
     def update_media(self, negotiated: NegotiatedMedia) -> None:
         """A re-INVITE/UPDATE changed the media: follow address, hold state, whether the peer
@@ -348,8 +426,10 @@ class Call:
             self._stop_playout()  # cancelled without end(): stop it here
             if limit is not None:
                 limit.cancel()
+            self._stop_refer_timer()
             self.media.set_audio_sink(None)
             self.bridge.set_audio_sink(None)
+            self._tearing_down = True
             tasks = [*pumps, *self._side_tasks]
             for task in tasks:
                 task.cancel()
@@ -367,11 +447,41 @@ class Call:
             self._internal_error(f"{task.get_name().split('-')[0]} task", exc)
 
     async def _close(self, end: CallEnd) -> None:
+        """Let the agent and the carrier go, then release the media and write the record.
+
+        Bounded to fit the drain's wait for the calls it ends (5 s plus ``bye_wait_s``): the
+        agent's close gets ``AGENT_CLOSE_S``, and the wait for the answer to our BYE runs from
+        the BYE, beside it. A drain that gives up all the same cancels this task: that cuts
+        those two waits short, never the rest — the media is released and the record written
+        (reason ``shutdown``) whatever, out of the cancel's reach (``_to_the_end``); cancelled
+        there, the record stayed open until the next start closed it as ``lost``.
+        """
         if end.send_bye:
             self._hangup_sip()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):  # not wait_for: no task per call for this
-                await self.bridge.close(bridge_reason(end.reason))
+        bye_answered_by = self._loop.time() + self._bye_wait_s
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(AGENT_CLOSE_S):  # not wait_for: no task for this
+                    await self._tell_transfer_outcome()
+                    await self.bridge.close(bridge_reason(end.reason))
+            if end.send_bye:
+                # Let the carrier answer our BYE so the SIP trace in the record is complete.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(bye_answered_by):
+                        await self.sip_done.wait()
+        finally:
+            await _to_the_end(self._finish(end))
+
+    async def _tell_transfer_outcome(self) -> None:
+        """The result of the transfer that ended the call, to the agent before its ``stop``
+        (a side task for it would be cancelled by the teardown)."""
+        outcome = self._transfer_outcome
+        if outcome is not None:
+            with contextlib.suppress(Exception):  # its failure must not skip the close
+                await self.bridge.send_transfer_result(*outcome)
+
+    async def _finish(self, end: CallEnd) -> None:
+        """Release the media and write the call's record (``_on_finished``)."""
         unplayed_ms = self._unplayed_at_end_ms or 0.0  # sampled when the end was decided
         try:
             stats = await self.media.close()
@@ -401,11 +511,6 @@ class Call:
         )
         m.ai_latency_ms = self.turns.ai_latency_ms()
         record.turns = list(self.turns.turns)
-        if end.send_bye:
-            # Let the carrier answer our BYE so the SIP trace in the record is complete.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._bye_wait_s):
-                    await self.sip_done.wait()
         await self._on_finished(self, end)
 
     async def _media_pump(self) -> None:
@@ -513,6 +618,7 @@ class Call:
                         )
                     )
                     continue
+                self._referred = True
             elif isinstance(event, AgentHangup):
                 await self._drain_playout()
                 # the bridge's reason, by value as for AgentError: agent_hangup, or
@@ -526,7 +632,10 @@ class Call:
                 reason = event.reason
                 if reason == BridgeReason.CALLER_HANGUP:
                     return  # we closed it
-                self.end(DisconnectReason(reason.value))
+                # The agent closed without a word of why (no error event): the record and
+                # call.error say at least that much, not nothing.
+                code = "" if event.code is None else f" ({event.code})"
+                self.end(DisconnectReason(reason.value), f"the agent closed the connection{code}")
                 return
             elif isinstance(event, AgentTranscript):
                 log.debug("transcript %s: %s", event.role, event.text)  # PII: DEBUG only
@@ -556,6 +665,17 @@ class Call:
 
     def _from_agent(self, payload: bytes) -> bytes:
         return g711.ulaw_to_pcm16(payload) if self._law == "pcmu" else g711.alaw_to_pcm16(payload)
+
+
+async def _to_the_end(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to its end even if the awaiting task is cancelled meanwhile (once: the
+    drain cancels a call's task once, then waits for it), and raise the cancellation after."""
+    task = asyncio.get_running_loop().create_task(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -46,7 +46,7 @@ from telepath.bridges.base import (
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.registry import create_bridge
 from telepath.calls.admission import LoadAdmission, TokenBucket
-from telepath.calls.call import Call, CallEnd, bridge_reason
+from telepath.calls.call import AGENT_CLOSE_S, Call, CallEnd, bridge_reason
 from telepath.calls.config import CallControlConfig
 from telepath.calls.diagnosis import media_report
 from telepath.calls.events import (
@@ -130,6 +130,8 @@ log = logging.getLogger(__name__)
 # to a 250/s gateway, 0.5 s let the queue build (set-up 128 ms, 60 retransmissions), 0.25 s
 # did not (74-104 ms, 1-5 retransmissions).
 LOAD_PERIOD_S = 0.25
+TRUNK_GONE = "trunk deleted or deactivated"  # the error text of its calls' end
+
 # REGISTER (RFC 3261 §10.3 step 7): the lifetime when none is asked for, the shortest we take
 # (shorter gets 423 with Min-Expires), and the longest we grant
 REGISTER_DEFAULT_S = 3600
@@ -168,6 +170,11 @@ class _Setup:
         # answer the registrar's challenges to our BYE, REFER or refresh in the dialog.
         self.credentials: tuple[str, str] | None = None
         self.dialog: Dialog | None = None  # once our 200 OK went: the call's dialog
+        self.trunk_id: str | None = None  # once authenticated
+        # Its trunk was deleted or deactivated meanwhile (``CallManager.trunk_removed``); set
+        # with ``stopped``, which a CANCEL sets too: what the agent's connect is raced against.
+        self.trunk_gone = False
+        self.stopped = asyncio.Event()
 
     @property
     def media_address(self) -> str | None:
@@ -184,6 +191,18 @@ class _Setup:
     def shutdown(self) -> None:
         """The gateway is stopping while this call waits for its ACK."""
         self.shutting_down = True
+        self.acked_or_ended.set()
+
+    def cancel(self) -> None:
+        """The caller's CANCEL arrived (the SIP core has answered the INVITE 487)."""
+        self.cancelled.set()
+        self.stopped.set()
+
+    def trunk_removed(self) -> None:
+        """Its trunk was deleted or deactivated: not to be answered — or, answered already
+        (a delayed offer's ACK awaited), to be ended."""
+        self.trunk_gone = True
+        self.stopped.set()
         self.acked_or_ended.set()
 
     def ended(self, reason: CallEndReason) -> None:
@@ -385,7 +404,7 @@ class CallManager:
         elif isinstance(event, InviteCancelled):
             pending = self._setups.get(id(event.tx))
             if pending is not None:
-                pending.cancelled.set()
+                pending.cancel()
         elif isinstance(event, CallEnded):
             if isinstance(event.dialog.app_data, _Setup):
                 event.dialog.app_data.ended(event.reason)
@@ -570,6 +589,7 @@ class CallManager:
         trunk = await self._authenticate(tx)
         if trunk is None or setup.cancelled.is_set():
             return
+        setup.trunk_id = trunk.trunk_id
         if not trunk.active:
             self._reject(tx, 480, "trunk_inactive")
             return
@@ -1098,15 +1118,19 @@ class CallManager:
 
         connect = asyncio.ensure_future(bridge.start(meta, playout))
         connect.add_done_callback(_retrieve)  # read below, unless this set-up is cancelled
-        cancel_wait = asyncio.ensure_future(setup.cancelled.wait())
+        cancel_wait = asyncio.ensure_future(setup.stopped.wait())
         try:
             await asyncio.wait({connect, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # Neither outlives the wait, whatever ends it (the caller's CANCEL, or the drain
-            # cancelling this set-up): a connect left running opens a WebSocket nobody closes.
+            # Neither outlives the wait, whatever ends it (the caller's CANCEL, the trunk's
+            # removal, or the drain cancelling this set-up): a connect left running opens a
+            # WebSocket nobody closes.
             cancel_wait.cancel()
             connect.cancel()  # (done already: nothing)
             await asyncio.wait({connect, cancel_wait})
+        if setup.trunk_gone:  # before the agent answered, or after
+            await self._refuse_trunk_gone(tx, bridge, lease)
+            return
         if connect.cancelled():  # the caller's CANCEL came first
             with contextlib.suppress(Exception):
                 await bridge.close()
@@ -1156,6 +1180,10 @@ class CallManager:
             if self.draining:  # the drain began while the ports opened
                 await media.close()
                 await self._refuse_draining(tx, bridge, lease)
+                return
+            if setup.trunk_gone:  # the trunk was removed while the ports opened
+                await media.close()
+                await self._refuse_trunk_gone(tx, bridge, lease)
                 return
             dialog = self._accept(setup, local_sdp, record, started)
         else:
@@ -1220,6 +1248,10 @@ class CallManager:
             # to end at once, as that end says — else it talks to nobody until the media
             # timeout. (The record, the agent and the webhooks follow the usual end.)
             _dialog_ended(call, setup.sip_end)
+        elif setup.trunk_gone:
+            # Removed after its delayed offer's ACK came in, while the media opened: it ends at
+            # once, as the trunk's live calls did (``trunk_removed``).
+            call.end(DisconnectReason.TRUNK_DELETED, TRUNK_GONE)
         if self.load is not None:
             self.load.answered()
         for digit in setup.digits:  # pressed between our 200 and the call being up
@@ -1255,6 +1287,18 @@ class CallManager:
         ended the calls it found, and would not end this one. Its agent is told and let go."""
         self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
         await _close_bridge(bridge, BridgeReason.SHUTDOWN)
+        lease.release()
+
+    async def _refuse_trunk_gone(
+        self, tx: ServerTransaction, bridge: AgentBridge, lease: PortLease
+    ) -> None:
+        """A set-up whose trunk was deleted or deactivated before its answer is refused as an
+        INVITE to an inactive trunk is (480), not answered (leaked credentials: nothing more
+        may go through that trunk); its agent is let go, and no record is written — never
+        answered, as a set-up the caller cancelled."""
+        if not tx.final_sent:  # (a CANCEL's 487 may have gone first)
+            self._reject(tx, 480, "trunk_inactive")
+        await _close_bridge(bridge, BridgeReason.TRUNK_DELETED)
         lease.release()
 
     async def _setup_failed(self, setup: _Setup, record: CallRecord, bridge: AgentBridge) -> None:
@@ -1368,6 +1412,8 @@ class CallManager:
             error = f"SIP {setup.sip_end}"  # no ACK: the core has already sent BYE
         elif setup.shutting_down and setup.ack_body is None:
             reason = DisconnectReason.SHUTDOWN  # drain: BYE, bridge closed, record written
+        elif setup.trunk_gone and setup.ack_body is None:
+            reason, error = DisconnectReason.TRUNK_DELETED, TRUNK_GONE  # as the drain's
         elif not setup.ack_body:
             # RFC 3261 §13.2.1: the answer MUST be in the ACK; without one there is no media.
             error = "the ACK carried no SDP answer to our offer"
@@ -1667,13 +1713,23 @@ class CallManager:
 
     def trunk_removed(self, trunk_id: str) -> int:
         """The trunk was deleted or deactivated: end its live calls with BYE and the reason
-        ``trunk_deleted`` (e.g. its credentials leaked); returns how many. Calls still being
-        set up were admitted a moment earlier and finish normally."""
+        ``trunk_deleted`` (e.g. its credentials leaked); returns how many. Its calls still
+        being set up are stopped too (``_Setup.trunk_removed``): refused with 480 if not yet
+        answered — a call answered once its agent connects would otherwise run on, with the
+        recheck off, until the caller hangs up."""
         doomed = [c for c in self.calls.values() if c.record.trunk_id == trunk_id]
         for call in doomed:
-            call.end(DisconnectReason.TRUNK_DELETED, "trunk deleted or deactivated")
-        if doomed:
-            log.info("trunk %s removed: ending %d live call(s)", trunk_id, len(doomed))
+            call.end(DisconnectReason.TRUNK_DELETED, TRUNK_GONE)
+        setups = [s for s in self._setups.values() if s.trunk_id == trunk_id]
+        for setup in setups:
+            setup.trunk_removed()
+        if doomed or setups:
+            log.info(
+                "trunk %s removed: ending %d live call(s), stopping %d set-up(s)",
+                trunk_id,
+                len(doomed),
+                len(setups),
+            )
         return len(doomed)
 
     async def recheck_trunks(self) -> int:
@@ -1685,6 +1741,7 @@ class CallManager:
         A directory that cannot answer ends nothing: only a trunk known to be gone does.
         """
         live = {call.record.trunk_id for call in self.calls.values()}
+        live.update(s.trunk_id for s in self._setups.values() if s.trunk_id is not None)
         if not live:
             return 0
         try:
@@ -1725,14 +1782,22 @@ class CallManager:
             call.end(DisconnectReason.SHUTDOWN)
         for setup in list(self._awaiting_ack):  # answered with our offer, no ACK yet
             setup.shutdown()
-        # let the calls send BYE, wait for its answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s)
-        # and write their records: cancelled before that, a call leaves no final record
-        # and no call.ended
-        await self._tasks_done(5 + self.config.bye_wait_s)
+        # let the calls close their agents (up to AGENT_CLOSE_S), send BYE, wait for its
+        # answer (TELEPATH_SIP_BYE_WAIT_S, up to 32 s, beside the agent's close) and write
+        # their records; a call still closing after that is cancelled, which cuts its waits
+        # short but not its record and call.ended (Call._close)
+        await self._tasks_done(AGENT_CLOSE_S + self.config.bye_wait_s)
         left = list(self._tasks)
         for task in left:
             task.cancel()
-        if left:  # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
+        if left:
+            log.warning(
+                "%d call or set-up task(s) still running %g s after the drain ended them: "
+                "cancelled (a call still writes its record)",
+                len(left),
+                AGENT_CLOSE_S + self.config.bye_wait_s,
+            )
+            # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
             await asyncio.wait(left, timeout=5 + self.config.bye_wait_s)
         await self.lag.stop()
         if self._busy is not None:
@@ -1797,8 +1862,7 @@ def _dialog_ended(call: Call, why: CallEndReason) -> None:
     call.sip_ended()
     reason = _SIP_END_REASONS.get(why)
     if reason is not None:
-        error = None if why == "remote_bye" else f"SIP {why}"
-        call.end(reason, error, send_bye=False)
+        call.sip_hangup(reason, None if why == "remote_bye" else f"SIP {why}")
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -210,11 +210,16 @@ class FakeTelepathAgent(_FakeCustom):
                 case ev.Mark():
                     self.mark_echoes.append(message.name)
                 case ev.TransferResult():
-                    self.transfer_results.append(message.model_dump(exclude_none=True))
-                    if self.hangup:
-                        await ws.send(ev.Hangup(reason="transferred").to_json())
+                    result = message.model_dump(exclude_none=True)
+                    self.transfer_results.append(result)
+                    await self._on_transfer_result(ws, result)
                 case ev.Stop():
                     self.stops.append(message.model_dump())
+
+    async def _on_transfer_result(self, ws: ServerConnection, result: dict[str, Any]) -> None:
+        """The gateway's answer to a ``transfer`` (with ``hangup``: hang up)."""
+        if self.hangup:
+            await ws.send(ev.Hangup(reason="transferred").to_json())
 
     async def _on_start(self, ws: ServerConnection, start: ev.Start) -> bool:
         if self.no_ready:

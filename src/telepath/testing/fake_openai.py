@@ -35,7 +35,7 @@ back on that response's ``response.created`` and ``response.done``.
 * ``after_setup``: once ``session.updated`` is sent: ``"error"`` (an ``error`` event),
   ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
   ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
-  (close 1011).
+  (close 1011), ``"close-normal"`` (close 1000, no word of why).
 * ``setup``: ``"reject_session"`` answers ``session.update`` with an ``error``; ``"silent"``
   never answers it.
 * ``reject_status`` / ``handshake_delay_s``: see ``FakeAgentServer``.
@@ -254,6 +254,9 @@ class FakeOpenAIRealtime(FakeAgentServer):
                 return True
             case "close":
                 await ws.close(1011, "internal error")
+                return True
+            case "close-normal":
+                await ws.close(1000)
                 return True
         return False
 

@@ -21,10 +21,12 @@ from websockets.exceptions import ConnectionClosed
 
 from telepath.bridges.base import BridgeReason
 from telepath.bridges.custom import events as ev
+from telepath.bridges.custom.bridge import TelepathAgentBridge
 from telepath.calls.call import Call
 from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
 from telepath.db.call_recorder import DbCallRecorder
+from telepath.sip.message import Request, Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from telepath.testing.fake_elevenlabs import FakeElevenLabs
 from telepath.testing.fake_openai import FakeOpenAIRealtime
@@ -64,7 +66,7 @@ from tests.interop.calls.harness import (
     wait_until,
 )
 from tests.interop.sip.sipp_scenarios import SDP_BODY
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
 
 pytestmark = pytest.mark.interop
 
@@ -105,7 +107,11 @@ def _first_lines(trace: str) -> list[str]:
 
 
 async def _custom_trunk(api: Api, url: str) -> None:
-    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=url)
+    await _custom_trunk_of(api, "alice", url)
+
+
+async def _custom_trunk_of(api: Api, user: str, url: str) -> dict[str, Any]:
+    return await create_trunk(api, user, PASSWORD, ai_provider="custom", custom_endpoint=url)
 
 
 # --- barge-in ------------------------------------------------------------------------------
@@ -686,6 +692,18 @@ async def test_removing_a_trunk_ends_its_live_calls_and_no_others(
     assert "BYE" in _first_lines(gone["sip_trace"])
 
 
+async def _delete_elsewhere(api: Api, trunk_id: str) -> None:
+    """Delete a trunk as another process would: this process's API never hears of it."""
+    engine = create_async_engine(api.state.settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            statement = text("DELETE FROM trunks WHERE id = :id")
+            deleted = await conn.execute(statement, {"id": trunk_id})
+            assert deleted.rowcount == 1
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.parametrize(
     "settings_overrides", [{**GATEWAY_SETTINGS, "trunk_recheck_s": 0.5}], ids=["recheck 0.5 s"]
 )
@@ -711,6 +729,81 @@ async def test_a_trunk_removed_by_another_process_ends_its_live_calls(
             await engine.dispose()
 
     await _two_calls_one_trunk_removed(api, gateway, tmp_path, outside_the_api)
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "removal"),
+    [
+        ({**GATEWAY_SETTINGS, "trunk_recheck_s": 0}, "api"),
+        ({**GATEWAY_SETTINGS, "trunk_recheck_s": 0.2}, "database"),
+    ],
+    ids=["through the API, recheck off", "by another process, recheck 0.2 s"],
+)
+@pytest.mark.parametrize("stage", ["agent_connecting", "awaiting_ack"])
+async def test_removing_a_trunk_stops_its_calls_still_being_set_up(
+    api: Api, gateway: Gateway, tmp_path: Path, stage: str, removal: str
+) -> None:
+    """A call of the trunk still being set up when the trunk is deleted used to finish its
+    set-up, 200 OK, and — without the recheck (off for the API's removal) — run until the
+    caller hung up, up to the 4 h limit; the recheck looked only at live calls. Now one whose
+    agent is still being dialled gets 480, as an INVITE to an inactive trunk does, and its
+    agent's connection is closed: no record (never answered, as after a CANCEL). One answered
+    with our offer and awaiting its ACK (a delayed offer) gets BYE once the ACK is in (RFC 3261
+    §15), its agent a ``stop`` and its record ``trunk_deleted``. Another trunk's call goes on."""
+    slow = stage == "agent_connecting"
+    async with (
+        FakeTelepathAgent(agent="silent", handshake_delay_s=1.5 if slow else 0) as agent,
+        FakeTelepathAgent() as other,
+    ):
+        doomed = await _custom_trunk_of(api, "alice", agent.url)
+        await _custom_trunk_of(api, "bob", other.url)
+        kept = await place_call(gateway, tmp_path, "bob", PASSWORD, hold_ms=3000)
+        phone = await Phone().open()
+        uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+        try:
+            leg = CallLeg(uac, "alice")
+            media_port = None if stage == "awaiting_ack" else phone.port
+            await leg.challenge(media_port)
+            start = len(uac.received)
+            uac.send(leg.authenticated_invite(PASSWORD, media_port))
+            if slow:
+                await wait_until(lambda: len(agent.handshakes) == 1, what="the agent dialled")
+            else:
+                await leg.uac.response(200, leg.call_id, method="INVITE", after=start)
+            if removal == "api":
+                assert (await api.delete(f"/v1/trunks/{doomed['id']}")).status_code == 204
+            else:
+                await _delete_elsewhere(api, doomed["id"])
+            if slow:
+                final = await uac.wait_for(
+                    lambda m: isinstance(m, Response) and m.status >= 200, after=start
+                )
+                assert isinstance(final.message, Response) and final.message.status == 480
+            else:
+                ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+                leg.to_tag = ok.to.tag
+                uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+                bye = await uac.wait_for(
+                    lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+                )
+                assert bye.message.call_id == leg.call_id
+            kept_result = await kept.tone_until_end(3.0)
+            await settled(gateway)
+        finally:
+            await uac.close()
+            await phone.close()
+    assert kept_result.returncode == 0, kept_result.stdout + kept_result.errors
+    assert (await record(api, kept.call_id))["disconnect_reason"] == "caller_hangup"
+    calls = (await api.get("/v1/calls")).json()["calls"]
+    if slow:
+        assert agent.starts == []  # its connection closed before it started
+        assert [c["id"] for c in calls] == [kept.call_id]
+    else:
+        assert [s["reason"] for s in agent.stops] == ["trunk_deleted"]
+        [gone] = [c for c in calls if c["id"] != kept.call_id]
+        assert gone["disconnect_reason"] == "trunk_deleted"
+    assert gateway.manager.ports.in_use == 0 and not gateway.manager.calls
+    assert not agent.protocol_errors and not other.protocol_errors
 
 
 @pytest.mark.parametrize(
@@ -818,6 +911,7 @@ async def test_a_call_s_end_and_its_events_are_one_transaction(
         ("openai", "drop"),
         ("openai", "error"),
         ("openai", "failed_response"),
+        ("openai", "close-normal"),  # 1000 mid-session: the record says so (it said nothing)
         ("elevenlabs", "error"),
         ("elevenlabs", "close"),
     ],
@@ -1427,3 +1521,61 @@ async def test_a_call_that_ends_while_its_first_write_is_stalled_keeps_the_order
         "call.started",
         "call.ended",
     ]
+
+
+async def test_a_key_press_during_the_teardown_starts_no_send_to_the_agent(
+    api: Api, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digit by SIP INFO while the call is ending — our BYE sent, its answer awaited, the
+    agent let go: its send to the agent used to start a task after the teardown had cancelled
+    and awaited the call's own, a task nothing cancelled, which ran after the agent's ``stop``.
+    Once the teardown began no new one starts; a digit before it still reaches the agent."""
+    closing: set[int] = set()
+    after_close: list[str] = []
+    close, send_dtmf = TelepathAgentBridge.close, TelepathAgentBridge.send_dtmf
+
+    async def noting_close(
+        self: TelepathAgentBridge, reason: BridgeReason = BridgeReason.CALLER_HANGUP
+    ) -> None:
+        closing.add(id(self))
+        await close(self, reason)
+
+    async def noting_dtmf(self: TelepathAgentBridge, digit: str) -> None:
+        if id(self) in closing:
+            after_close.append(digit)
+        await send_dtmf(self, digit)
+
+    monkeypatch.setattr(TelepathAgentBridge, "close", noting_close)
+    monkeypatch.setattr(TelepathAgentBridge, "send_dtmf", noting_dtmf)
+
+    async def press(leg: CallLeg, digit: str) -> None:
+        leg.cseq += 1
+        start = len(leg.uac.received)
+        body = f"Signal={digit}\r\nDuration=160\r\n".encode()
+        headers = [("Content-Type", "application/dtmf-relay")]
+        leg.uac.send(leg.build("INFO", headers=headers, body=body))
+        await leg.uac.response(200, leg.call_id, method="INFO", after=start)
+
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        sip_port = gateway.server.bound["UDP"][1]
+        leg = await connected_call(sip_port, "alice", PASSWORD, "keys@teardown", phone.port)
+        try:
+            await press(leg, "1")
+            await wait_until(lambda: agent.digits == ["1"], what="the first digit")
+            [call] = gateway.manager.calls.values()
+            start = len(leg.uac.received)
+            call.end(DisconnectReason.MAX_DURATION, "ended by the test")
+            await leg.uac.wait_for(
+                lambda m: isinstance(m, Request) and m.method == "BYE", after=start
+            )  # left unanswered: the call waits for its answer
+            await wait_until(lambda: bool(closing), what="the agent's close")
+            await press(leg, "2")
+            await settled(gateway)
+        finally:
+            await leg.uac.close()
+            await phone.close()
+    assert after_close == []
+    assert agent.digits == ["1"]
+    assert [s["reason"] for s in agent.stops] == ["max_duration"]

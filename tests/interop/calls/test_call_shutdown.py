@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from telepath.bridges.base import AgentBridge, ProviderConfig
+from telepath.bridges.base import AgentBridge, BridgeReason, ProviderConfig
 from telepath.bridges.ws import WebSocketBridge
+from telepath.calls.model import CallRecord
 from telepath.cli.gateway import Gateway
-from telepath.sip.message import Response
+from telepath.sip.message import Request, Response
 from telepath.sip.routing import owner_of
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
@@ -34,16 +35,19 @@ from tests.integration.live.conftest import (
     start_server,
     stop_server,
 )
-from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk
+from tests.integration.webhooks.receiver import Receiver
+from tests.interop.calls.conftest import GATEWAY_SETTINGS, create_trunk, record, subscribe
 from tests.interop.calls.harness import (
     Phone,
     authenticated_call,
+    connected_call,
+    events_of,
     refused_call,
     run_sipp,
     wait_until,
 )
 from tests.interop.media.sipp import require_sipp
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.uac import CallLeg, Uac, new_call_id
 
 pytestmark = pytest.mark.interop
 
@@ -369,3 +373,70 @@ async def test_a_stuck_http_client_does_not_hold_up_the_drain(tmp_path: Path) ->
         if server.process.poll() is None:
             server.process.kill()
             await asyncio.to_thread(server.process.wait)
+
+
+@pytest.mark.parametrize("slow", ["agent_close", "record_start"])
+async def test_a_call_whose_close_outlasts_the_drain_still_ends_as_shutdown(
+    api: Api,
+    gateway: Gateway,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    slow: str,
+) -> None:
+    """A carrier that never answers our BYE, and an agent whose close hangs (the call gives it
+    5 s: ``agent_close``) or a database that stalls on the call's first record write
+    (``record_start``; the end waits for it). The call's close used to outlast the drain's wait
+    for it (5 s plus the BYE wait), and the drain cancelled it before its record was written —
+    left open, closed as ``lost`` with a critical ``call.error`` at the next start, no
+    ``call.ended``. Now the agent's close and the BYE's wait overlap, so the first close fits
+    the wait (nothing is cancelled); the second is cut short, but its record says
+    ``shutdown`` with its end all the same, ``call.ended`` goes out and the media is released."""
+    await subscribe(api, receiver.url)
+    bridges = _keep_bridges(gateway)
+    if slow == "record_start":
+        recorder = gateway.manager.recorder
+        assert recorder is not None
+
+        async def stalled(record: CallRecord) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(recorder, "call_started", stalled)
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        phone = await Phone().open()
+        uac: Uac | None = None
+        try:
+            sip_port = gateway.server.bound["UDP"][1]
+            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            uac = leg.uac  # answers nothing: our BYE goes unanswered
+            await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
+            [bridge] = bridges
+            close = bridge.close
+
+            async def hung_close(reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
+                await close(reason)  # the agent is sent its stop...
+                await asyncio.Event().wait()  # ...but the close never returns
+
+            if slow == "agent_close":
+                monkeypatch.setattr(bridge, "close", hung_close)
+            start = len(uac.received)
+            await asyncio.wait_for(gateway.manager.drain(0), 60)
+            assert any(
+                isinstance(r.message, Request) and r.message.method == "BYE"
+                for r in uac.received[start:]
+            )
+        finally:
+            if uac is not None:
+                await uac.close()
+            await phone.close()
+    cut_short = [r for r in caplog.records if "cancelled" in r.getMessage()]
+    assert bool(cut_short) == (slow == "record_start"), cut_short
+    assert [s["reason"] for s in agent.stops] == ["shutdown"]
+    assert not gateway.manager.calls and gateway.manager.ports.in_use == 0
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "shutdown")
+    assert detail["end_time"] is not None
+    await wait_until(lambda: "call.ended" in events_of(receiver, call["id"]), what="call.ended")
+    assert events_of(receiver, call["id"])["call.ended"]["disconnect_reason"] == "shutdown"

@@ -6,11 +6,13 @@ to the agent as a failure and the call goes on."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.custom import events as ev
+from telepath.calls import call as call_module
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
@@ -157,3 +159,73 @@ async def test_a_transfer_target_that_is_no_uri_is_refused_and_nothing_is_sent(
     assert "X-Injected" not in result.messages and "REFER " not in result.messages
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned
+
+
+async def test_a_carrier_bye_after_accepting_the_refer_ends_the_call_as_transferred(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """A blind transfer whose carrier answers our REFER 202 and then ends our leg with BYE,
+    before any final NOTIFY (or with the NOTIFY lost or behind the BYE): the call used to end
+    as ``caller_hangup`` and the agent never heard how its transfer went. The carrier accepted
+    the transfer and took the caller off our leg (RFC 3515 lets the dialog end before the
+    subscription's outcome): the record says ``transferred`` and the agent gets ok true."""
+    async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "xferbye", "xfer-pass-4", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = ANSWER_REFER % {"status": "202 Accepted"}
+        placed = await place_call(
+            gateway, tmp_path, "xferbye", "xfer-pass-4", hold_ms=100, middle=middle
+        )
+        result = await placed.sipp  # REFER → 202, then the carrier's BYE → 200
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert [(r["request_id"], r["ok"]) for r in agent.transfer_results] == [("xfer-1", True)]
+    assert [s["reason"] for s in agent.stops] == ["transferred"]
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"
+
+
+class _RetryingAgent(FakeTelepathAgent):
+    """Asks for a second transfer (``xfer-2``, elsewhere) once its first one failed."""
+
+    async def _on_transfer_result(self, ws: ServerConnection, result: dict[str, Any]) -> None:
+        if result["request_id"] == "xfer-1" and result["ok"] is False:
+            await ws.send(ev.Transfer(target=OTHER_TARGET, request_id="xfer-2").to_json())
+
+
+async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carrier that answers our REFER 202 and then never sends a NOTIFY: the transfer used
+    to stay pending for the rest of the call, and every later transfer was refused with
+    "transfer in progress". After ``REFER_NOTIFY_WAIT_S`` (32 s, Timer N of RFC 6665 §4.1.2.4;
+    1 s here) it counts as failed: the agent is told (ok false), and its next transfer goes
+    out as a REFER of its own."""
+    monkeypatch.setattr(call_module, "REFER_NOTIFY_WAIT_S", 1.0)
+    async with _RetryingAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "xferlost", "xfer-pass-5", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = (
+            ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1: no NOTIFY ever
+            + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
+            + NOTIFY % {"user": "xferlost"}
+        )
+        placed = await place_call(
+            gateway, tmp_path, "xferlost", "xfer-pass-5", caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
+        await settled(gateway)
+    first, second = agent.transfer_results
+    assert (first["request_id"], first["ok"]) == ("xfer-1", False)
+    assert "NOTIFY" in first["detail"]
+    assert (second["request_id"], second["ok"]) == ("xfer-2", True)
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"
+    refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
+    assert refers == [f"Refer-To: <{TARGET}>", f"Refer-To: <{OTHER_TARGET}>"]
