@@ -68,6 +68,17 @@ def _env(sip_port: int) -> dict[str, str]:
     }
 
 
+async def _calls_after_restart(data_dir: Path, api_key: str) -> list[dict[str, Any]]:
+    """The call records a new ``telepath serve`` on ``data_dir`` lists (it closes a stopped
+    run's calls first), then stops it."""
+    restarted = await asyncio.to_thread(start_server, data_dir, _env(free_sip_port()), api_key)
+    try:
+        calls: list[dict[str, Any]] = (await live_json(restarted, "GET", "/v1/calls"))["calls"]
+    finally:
+        await asyncio.to_thread(stop_server, restarted)
+    return calls
+
+
 async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     require_sipp()
     data_dir = tmp_path / "data"
@@ -122,13 +133,7 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
         if server.process.poll() is None:
             await asyncio.to_thread(stop_server, server)
 
-    restarted = await asyncio.to_thread(
-        start_server, data_dir, _env(free_sip_port()), server.api_key
-    )
-    try:
-        calls = (await live_json(restarted, "GET", "/v1/calls"))["calls"]
-    finally:
-        await asyncio.to_thread(stop_server, restarted)
+    calls = await _calls_after_restart(data_dir, server.api_key)
     assert len(calls) == 1  # the refused INVITE never became a call
     [call] = calls
     assert call["status"] == "disconnected"
@@ -241,13 +246,7 @@ async def test_a_stop_while_starting_drains_the_calls_already_up(
             if server.process.poll() is None:
                 await asyncio.to_thread(stop_server, server)
 
-    restarted = await asyncio.to_thread(
-        start_server, data_dir, _env(free_sip_port()), first.api_key
-    )
-    try:
-        calls = (await live_json(restarted, "GET", "/v1/calls"))["calls"]
-    finally:
-        await asyncio.to_thread(stop_server, restarted)
+    calls = await _calls_after_restart(data_dir, first.api_key)
     [call] = calls
     assert call["disconnect_reason"] == "shutdown"
 
