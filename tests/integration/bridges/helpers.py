@@ -85,3 +85,12 @@ def log_everything(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="websockets.server")
     caplog.set_level(logging.DEBUG)  # last: set_level also sets the capturing handler's level
     assert caplog.handler.level == logging.DEBUG
+
+
+async def a_second_of_a_call(bridge: AgentBridge, meta: CallMetadata) -> None:
+    """Start ``bridge``, take a second of the agent's audio, close it and drain its events:
+    what a call does with everything the bridge may log."""
+    await bridge.start(meta)
+    await collect_until(bridge, audio_ms=1000)
+    await bridge.close()
+    await collect_until(bridge)

@@ -45,7 +45,15 @@ from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHtt
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
-from .helpers import META, assert_no_extra, audio_of, collect_until, log_everything, wait_for
+from .helpers import (
+    META,
+    a_second_of_a_call,
+    assert_no_extra,
+    audio_of,
+    collect_until,
+    log_everything,
+    wait_for,
+)
 
 SERVER_TYPES = set(typing.get_args(typing.get_args(ClientEvent)[0])) | {"error"}
 
@@ -120,10 +128,7 @@ async def test_neither_the_key_nor_the_signed_url_is_logged_at_debug(
     # every header at DEBUG; the REST request carries the key as xi-api-key
     log_everything(caplog)
     bridge = bridge_for(fake)
-    await bridge.start(META)
-    await collect_until(bridge, audio_ms=1000)
-    await bridge.close()
-    await collect_until(bridge)
+    await a_second_of_a_call(bridge, META)
     (signed,) = [h.path for h in fake.handshakes if "conversation_signature" in h.path]
     signature = parse_qs(urlsplit(signed).query)["conversation_signature"][0]
     assert signature

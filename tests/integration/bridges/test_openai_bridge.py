@@ -32,7 +32,15 @@ from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 
-from .helpers import META, assert_no_extra, audio_of, collect_until, log_everything, wait_for
+from .helpers import (
+    META,
+    a_second_of_a_call,
+    assert_no_extra,
+    audio_of,
+    collect_until,
+    log_everything,
+    wait_for,
+)
 
 CLIENT = TypeAdapter[Any](RealtimeClientEvent)
 SERVER = TypeAdapter[Any](RealtimeServerEvent)
@@ -100,10 +108,7 @@ async def test_the_api_key_is_not_logged_at_debug(
     # websockets' own client logger prints every handshake header at DEBUG, Authorization too
     log_everything(caplog)
     bridge = bridge_for(fake)
-    await bridge.start(META)
-    await collect_until(bridge, audio_ms=1000)
-    await bridge.close()
-    await collect_until(bridge)
+    await a_second_of_a_call(bridge, META)
     assert fake.handshakes[0].headers["authorization"] == "Bearer sk-valid-test"
     assert "sk-valid-test" not in caplog.text
 
