@@ -66,6 +66,11 @@ AGENT_CLOSE_S = 5.0
 #: a NOTIFY is taken as failed (RFC 6665 §4.1.2.4); a REFER's is implicit (RFC 3515 §2.4.4).
 #: Once a NOTIFY came, the subscription lives and the outcome is awaited (a target may ring).
 REFER_NOTIFY_WAIT_S = 32.0
+#: How long a transfer whose NOTIFYs said only "trying"/"ringing" waits for its outcome when
+#: the NOTIFY gave no ``expires`` (RFC 6665 §8.2.3 has the notifier say how long its
+#: subscription lives; with it, we wait that long and ``REFER_NOTIFY_WAIT_S`` more for the
+#: NOTIFY that ends it). Decision: three minutes, longer than carriers let a target ring.
+REFER_OUTCOME_WAIT_S = 180.0
 
 
 def _utcnow() -> datetime:
@@ -326,9 +331,15 @@ class Call:
             return
         self.end(reason, error, send_bye=False)
 
-    def refer_update(self, status: int, final: bool) -> None:
+    def refer_update(self, status: int, final: bool, expires: int | None = None) -> None:
         """Progress of our REFER (RFC 3515): its own 2xx (accepted; not final), then its
-        NOTIFYs' sipfrag statuses. A 2xx final NOTIFY means the carrier took the caller."""
+        NOTIFYs' sipfrag statuses. A 2xx final NOTIFY means the carrier took the caller; a 1xx
+        one (the subscription terminated before an outcome) that the transfer failed.
+
+        A 1xx NOTIFY keeps the transfer pending for as long as its subscription lives
+        (``expires``, else ``REFER_OUTCOME_WAIT_S``): a subscription that runs out without the
+        NOTIFY that ends it has no outcome to report (RFC 6665 §4.1.2.4), and the transfer
+        counts as failed rather than blocking every later one."""
         if not final:
             if 200 <= status < 300:  # the REFER's 2xx (a NOTIFY's 2xx is final)
                 self._refer_accepted = True
@@ -339,6 +350,13 @@ class Call:
             else:  # a 1xx NOTIFY: the subscription lives, the outcome will come
                 self._refer_notified = True
                 self._stop_refer_timer()
+                if self._transfer_request is not None:
+                    wait = REFER_OUTCOME_WAIT_S
+                    if expires is not None:
+                        wait = expires + REFER_NOTIFY_WAIT_S
+                    self._refer_timer = self._loop.call_later(
+                        wait, self._refer_unanswered, f"SIP {status}"
+                    )
             return
         request = self._finish_transfer()
         ok = 200 <= status < 300
@@ -349,7 +367,10 @@ class Call:
                 self._transfer_outcome = (request, True, f"SIP {status}")
             self.end(DisconnectReason.TRANSFERRED)
         elif request is not None:
-            self._side_task(self.bridge.send_transfer_result(request, ok, f"SIP {status}"))
+            detail = f"SIP {status}"
+            if status < 200:
+                detail = f"the carrier's subscription ended with no outcome (last {detail})"
+            self._side_task(self.bridge.send_transfer_result(request, ok, detail))
 
     def _finish_transfer(self) -> str | None:
         """The pending transfer is decided: forget it; returns its request id, if any."""
@@ -363,15 +384,20 @@ class Call:
             self._refer_timer.cancel()
             self._refer_timer = None
 
-    def _refer_unanswered(self) -> None:
-        """``REFER_NOTIFY_WAIT_S`` after the carrier accepted our REFER, and no NOTIFY: the
-        transfer failed (else it would stay pending, and every later transfer of the call be
-        refused as "transfer in progress"). A BYE after this is the caller's own."""
+    def _refer_unanswered(self, last: str | None = None) -> None:
+        """``REFER_NOTIFY_WAIT_S`` after the carrier accepted our REFER and no NOTIFY (or, with
+        ``last``, the sipfrag of the last progress NOTIFY, its subscription's life after it and
+        no outcome): the transfer failed (else it would stay pending, and every later transfer
+        of the call be refused as "transfer in progress"). A BYE after this is the caller's
+        own."""
         self._refer_timer = None
         request = self._finish_transfer()
-        log.warning("call %s: no NOTIFY for our REFER: transfer taken as failed", self.record.id)
+        log.warning("call %s: no outcome for our REFER: transfer taken as failed", self.record.id)
         if request is not None:
-            detail = f"no NOTIFY from the carrier within {REFER_NOTIFY_WAIT_S:g} s"
+            if last is None:
+                detail = f"no NOTIFY from the carrier within {REFER_NOTIFY_WAIT_S:g} s"
+            else:
+                detail = f"the carrier's subscription ran out with no outcome (last {last})"
             self._side_task(self.bridge.send_transfer_result(request, False, detail))
 
     def update_media(self, negotiated: NegotiatedMedia) -> None:

@@ -422,9 +422,9 @@ class CallManager:
         elif isinstance(event, ReferUpdate):
             call = _call_of(event.dialog.app_data)
             if call is not None:
-                if event.final and event.status >= 300:
+                if event.final and not 200 <= event.status < 300:
                     self._count("transfer_failed")
-                call.refer_update(event.status, event.final)
+                call.refer_update(event.status, event.final, event.expires)
         elif isinstance(event, CallConfirmed):
             if isinstance(event.dialog.app_data, _Setup):
                 event.dialog.app_data.confirmed(event.body)

@@ -1,5 +1,5 @@
 """Typed views of the header values the UAS reads: Via, name-addr (From/To/Contact/Route),
-CSeq, Retry-After and generic parameter lists (RFC 3261 §20, grammar in §25.1).
+CSeq, Retry-After, Subscription-State and generic parameter lists (RFC 3261 §20, grammar in §25.1).
 
 Values arrive already unfolded (the parser replaces CRLF + WSP by a single space). Every parser
 here raises only :class:`SipParseError`, so a bad header becomes a 400, never a crash.
@@ -289,6 +289,25 @@ def parse_retry_after(value: str) -> int:
         rest = rest[_comment_end(rest) :]
     parse_params(rest)
     return delta_seconds(m.group(1))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """A Subscription-State value (RFC 6665 §8.2.3, grammar §8.4): ``active;expires=60``."""
+
+    state: str  # lower-cased: active, pending, terminated or an extension
+    expires: int | None  # seconds the subscription has left, when given
+
+
+def parse_subscription_state(value: str) -> SubscriptionState:
+    """``substate-value *( SEMI subexp-params )``; a malformed ``expires`` counts as absent."""
+    m = TOKEN.match(value.strip(" \t"))
+    if not m:
+        raise SipParseError("malformed Subscription-State")
+    rest = value.strip(" \t")[m.end() :]
+    expires = param_value(parse_params(rest), "expires")
+    digits = _DELTA_SECONDS.fullmatch(expires) if expires else None
+    return SubscriptionState(m.group(0).lower(), delta_seconds(digits.group(1)) if digits else None)
 
 
 def delta_seconds(digits: str) -> int:

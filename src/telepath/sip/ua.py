@@ -33,7 +33,12 @@ from telepath.clock import Clock
 from telepath.sip.client_auth import Challenge, answer, answer_challenge
 from telepath.sip.dialog import Dialog, DialogState, request_target
 from telepath.sip.errors import SipParseError
-from telepath.sip.headers import parse_name_addr, parse_via
+from telepath.sip.headers import (
+    SubscriptionState,
+    parse_name_addr,
+    parse_subscription_state,
+    parse_via,
+)
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.parser import parse_message
 from telepath.sip.session_timer import (
@@ -733,7 +738,11 @@ class UserAgentCore:
             m = _SIPFRAG_STATUS.search(request.body.decode("utf-8", "replace"))
             if m and (request.headers.get("Event") or "").lower().startswith("refer"):
                 status = int(m.group(1))
-                self._out.append(ReferUpdate(dialog, status, status >= 200))
+                sub = _subscription_state(request)
+                # RFC 6665 §4.1.3: "terminated" ends the subscription, no NOTIFY follows: a 1xx
+                # in it is the last word of a transfer that never got an outcome.
+                final = status >= 200 or sub.state == "terminated"
+                self._out.append(ReferUpdate(dialog, status, final, None if final else sub.expires))
         else:
             self._respond(tx, _not_allowed(request.method))
 
@@ -1275,6 +1284,16 @@ class _DialogTimers:
 
     def on_timer(self, name: str, now: float) -> None:
         self.core.on_dialog_timer(self.dialog, name, now)
+
+
+def _subscription_state(request: Request) -> SubscriptionState:
+    """A NOTIFY's Subscription-State (RFC 6665 §8.2.3); one that is missing or does not parse
+    reads as ``active`` with no expiry (the NOTIFY is answered 200 either way: its sipfrag is
+    what we act on)."""
+    try:
+        return parse_subscription_state(request.headers.get("Subscription-State") or "")
+    except SipParseError:
+        return SubscriptionState("active", None)
 
 
 def _from_tag(message: Request | Response) -> str:

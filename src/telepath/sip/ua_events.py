@@ -116,11 +116,14 @@ class DtmfInfo:
 
 @dataclass(frozen=True, slots=True)
 class ReferUpdate:
-    """Progress of a transfer we asked for: the REFER's response, then NOTIFY sipfrag status."""
+    """Progress of a transfer we asked for: the REFER's response, then NOTIFY sipfrag status.
+    ``final`` when the sipfrag is a final status, or the subscription ended (no outcome follows)."""
 
     dialog: Dialog
     status: int
     final: bool
+    #: A NOTIFY's ``expires`` (RFC 6665 §8.2.3): how long its subscription lives, when given.
+    expires: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

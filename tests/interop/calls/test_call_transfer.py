@@ -25,25 +25,36 @@ TARGET = "sip:+15550001111@carrier.example"
 
 ANSWER_REFER = '  <recv request="REFER" crlf="true"/>\n' + ANSWER_REQUEST
 
-NOTIFY = """  <send retrans="500">
+_NOTIFY = """  <send retrans="500">
     <![CDATA[
       NOTIFY [next_url] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
       From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:%(user)s@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 5 NOTIFY
+      CSeq: %(cseq)d NOTIFY
       Max-Forwards: 70
       Event: refer
-      Subscription-State: terminated;reason=noresource
+      Subscription-State: %(state)s
       Content-Type: message/sipfrag
       Content-Length: [len]
 
-      SIP/2.0 200 OK
+      %(frag)s
     ]]>
   </send>
   <recv response="200"/>
 """
+
+
+def notify(
+    user: str,
+    *,
+    cseq: int = 5,
+    state: str = "terminated;reason=noresource",
+    frag: str = "SIP/2.0 200 OK",
+) -> str:
+    """The carrier's NOTIFY of our REFER's subscription (RFC 3515 §2.4.4), a sipfrag body."""
+    return _NOTIFY % {"user": user, "cseq": cseq, "state": state, "frag": frag}
 
 
 async def test_refer_accepted_ends_the_call_as_transferred(
@@ -53,7 +64,7 @@ async def test_refer_accepted_ends_the_call_as_transferred(
         await create_trunk(
             api, "xfer", "xfer-pass-1", ai_provider="custom", custom_endpoint=agent.url
         )
-        middle = ANSWER_REFER % {"status": "202 Accepted"} + NOTIFY % {"user": "xfer"}
+        middle = ANSWER_REFER % {"status": "202 Accepted"} + notify("xfer")
         placed = await place_call(
             gateway, tmp_path, "xfer", "xfer-pass-1", caller_hangs_up=False, middle=middle
         )
@@ -115,7 +126,7 @@ async def test_a_transfer_asked_for_while_one_is_pending_is_refused_at_once(
         await create_trunk(
             api, "xfer2", "xfer-pass-3", ai_provider="custom", custom_endpoint=agent.url
         )
-        middle = ANSWER_REFER % {"status": "202 Accepted"} + NOTIFY % {"user": "xfer2"}
+        middle = ANSWER_REFER % {"status": "202 Accepted"} + notify("xfer2")
         placed = await place_call(
             gateway, tmp_path, "xfer2", "xfer-pass-3", caller_hangs_up=False, middle=middle
         )
@@ -211,7 +222,7 @@ async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
         middle = (
             ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1: no NOTIFY ever
             + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
-            + NOTIFY % {"user": "xferlost"}
+            + notify("xferlost")
         )
         placed = await place_call(
             gateway, tmp_path, "xferlost", "xfer-pass-5", caller_hangs_up=False, middle=middle
@@ -229,3 +240,39 @@ async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
     assert rec["disconnect_reason"] == "transferred"
     refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
     assert refers == [f"Refer-To: <{TARGET}>", f"Refer-To: <{OTHER_TARGET}>"]
+
+
+async def test_a_refer_whose_subscription_runs_out_after_a_trying_fails(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carrier that accepts our REFER, sends one NOTIFY ``100 Trying`` (its subscription
+    ``active;expires=1``) and then nothing: the transfer used to stay pending for the rest of
+    the call (the first NOTIFY stopped the only timer), every later transfer refused as
+    "transfer in progress". A subscription that ran out with no final NOTIFY ended without an
+    outcome (RFC 6665 §4.1.2.4 / §4.4.1): after its ``expires`` and a grace (Timer N's 32 s;
+    1 s here) the agent is told it failed, and its next transfer goes out."""
+    monkeypatch.setattr(call_module, "REFER_NOTIFY_WAIT_S", 1.0)
+    async with _RetryingAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(
+            api, "xfertry", "xfer-pass-6", ai_provider="custom", custom_endpoint=agent.url
+        )
+        middle = (
+            ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1: Trying, then silence
+            + notify("xfertry", state="active;expires=1", frag="SIP/2.0 100 Trying")
+            + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
+            + notify("xfertry", cseq=6)
+        )
+        placed = await place_call(
+            gateway, tmp_path, "xfertry", "xfer-pass-6", caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
+        await settled(gateway)
+    first, second = agent.transfer_results
+    assert (first["request_id"], first["ok"]) == ("xfer-1", False)
+    assert "subscription" in first["detail"]
+    assert (second["request_id"], second["ok"]) == ("xfer-2", True)
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"

@@ -449,6 +449,41 @@ def test_refer_reports_progress(core: tuple[UserAgentCore, FakeClock]) -> None:
     assert events(out) == [ReferUpdate(dialog, 200, True)]  # type: ignore[arg-type]
 
 
+def _refer_notify(tag: str, cseq: int, state: str, frag: bytes) -> bytes:
+    return request(
+        "NOTIFY",
+        branch=f"z9hG4bK-n{cseq}",
+        cseq=cseq,
+        to_tag=tag,
+        body=frag,
+        extra=f"Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag\r\n",
+    )
+
+
+def test_a_refer_notify_carries_its_subscriptions_expiry_and_its_end(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """RFC 6665 §8.2.3 / RFC 3515 §2.4.5: a NOTIFY's Subscription-State says how long the
+    implicit subscription lives (``expires``) and when it ended (``terminated``). A 1xx sipfrag
+    in an active subscription is progress with the time left; one in a terminated subscription
+    is the last word (no outcome will follow): final, so the transfer is not left pending."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    out = ua.refer(dialog, "sip:+15550001111@carrier.example")  # type: ignore[arg-type]
+    (send,) = [o for o in out if isinstance(o, Send)]
+    ua.receive(reply(parse_message(send.data), 202), SRC)
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    out = ua.receive(_refer_notify(tag, 2, "active;expires=60", b"SIP/2.0 100 Trying\r\n"), SRC)
+    assert events(out) == [ReferUpdate(dialog, 100, False, 60)]  # type: ignore[arg-type]
+    out = ua.receive(_refer_notify(tag, 3, "pending", b"SIP/2.0 180 Ringing\r\n"), SRC)
+    assert events(out) == [ReferUpdate(dialog, 180, False, None)]  # type: ignore[arg-type]
+    out = ua.receive(
+        _refer_notify(tag, 4, "terminated;reason=noresource", b"SIP/2.0 180 Ringing\r\n"), SRC
+    )
+    assert [r.status for r in sent(out)] == [200]
+    assert events(out) == [ReferUpdate(dialog, 180, True)]  # type: ignore[arg-type]
+
+
 def test_malformed_request_gets_400_with_warning(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, _ = core
     raw = request("OPTIONS", extra="Call-ID: another@192.0.2.10\r\n")  # RFC 4475 multi01
