@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
 from telepath.config import Settings
 from telepath.db.base import fit_row, utcnow
+from telepath.db.batches import BATCH_SIZE, in_batches
 from telepath.db.engine import transient_error
 from telepath.db.group_commit import outage_proof
 from telepath.db.models import CallRow
@@ -374,10 +375,7 @@ class DbCallRecorder:
         raise RuntimeError("call record upsert lost twice")
 
 
-PURGE_BATCH = 500  # records purged per transaction
-# SQLite's longest wait between two tries of a writer waiting for the lock (its default busy
-# handler): a pause this long lets any waiting writer in.
-PURGE_PAUSE_MAX_S = 0.1
+PURGE_BATCH = BATCH_SIZE  # records purged per transaction
 
 
 async def purge_call_details(
@@ -397,10 +395,10 @@ async def purge_call_details(
     of the two. ``open_after`` None (no cap on a call's length): open records are kept.
     Aggregates (times, duration, reason, metrics) are kept. Returns the number of records purged.
 
-    ``batch_size`` records at a time, each batch its own transaction, with a pause as long as
-    the batch took (at most ``PURGE_PAUSE_MAX_S``) after it: on SQLite a transaction holds the
-    database's write lock, and a backlog (the first sweep after a long stop, a lowered
-    retention) purged at once would hold up every call record write past its timeout.
+    ``batch_size`` records at a time, each batch its own transaction, with a pause between
+    batches (``db/batches.py``): on SQLite a transaction holds the database's write lock, and a
+    backlog (the first sweep after a long stop, a lowered retention) purged at once would hold
+    up every call record write past its timeout.
     """
     current = now or utcnow()
     cutoff = current - older_than
@@ -425,18 +423,12 @@ async def purge_call_details(
         .values(turns=None, sip_trace=None, media=None, detail_purged_at=current)
         .execution_options(synchronize_session=False)
     )
-    loop = asyncio.get_running_loop()
-    total = 0
-    while True:
-        began = loop.time()
-        async with sessions() as session:
-            result = await session.execute(purge)
-            await session.commit()
-        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
-        total += count
-        if count < batch_size:
-            return total
-        await asyncio.sleep(min(loop.time() - began, PURGE_PAUSE_MAX_S))
+
+    async def one_batch(session: AsyncSession) -> int:
+        result = await session.execute(purge)
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    return await in_batches(sessions, one_batch, batch_size)
 
 
 LOST_AFTER_MAX_DURATION = timedelta(minutes=10)  # set-up, drain and clock slack past the cap

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.db.base import utcnow
+from telepath.db.batches import BATCH_SIZE, in_batches
 from telepath.db.models import WebhookDelivery, WebhookEndpoint
 from telepath.secrets.tokens import new_id
 
@@ -351,15 +352,25 @@ class WebhookRepository:
             [{"b_id": c.delivery_id, "b_leased_until": c.leased_until} for c in claims],
         )
 
-    async def prune(self, settled_before: datetime) -> int:
-        """Delete delivered and failed deliveries whose last attempt was before
-        ``settled_before``; pending ones are kept however old. Returns how many were deleted."""
-        result = await self.session.execute(
-            delete(WebhookDelivery)
+    async def prune(self, settled_before: datetime, *, limit: int) -> int:
+        """Delete up to ``limit`` delivered and failed deliveries whose last attempt was before
+        ``settled_before``; pending ones are kept however old. Returns how many were deleted.
+
+        ``DELETE ... WHERE id IN (SELECT id ... LIMIT n)``: SQLite (as built by default) and
+        PostgreSQL have no ``DELETE ... LIMIT``. A settled row is never written again (every
+        outcome and lease is taken on a pending row only), so the subquery's condition needs
+        no second look in the DELETE: a row it found is gone or still to be pruned."""
+        batch = (
+            select(WebhookDelivery.id)
             .where(
                 WebhookDelivery.status.in_([DELIVERED, FAILED]),
                 WebhookDelivery.last_attempt_at < settled_before,
             )
+            .limit(limit)
+        )
+        result = await self.session.execute(
+            delete(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(batch))
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -390,16 +401,28 @@ class WebhookRepository:
         return rows.all()
 
 
+PRUNE_BATCH = BATCH_SIZE  # deliveries deleted per transaction
+
+
 async def prune_deliveries(
     sessions: async_sessionmaker[AsyncSession],
     older_than: timedelta,
     *,
     now: datetime | None = None,
+    batch_size: int = PRUNE_BATCH,
 ) -> int:
     """Delete outbox rows delivered or given up more than ``older_than`` ago (their payloads
     carry phone numbers; the retention sweep, ``db/call_recorder.py``, calls this with the call
-    detail retention). Returns how many were deleted."""
-    async with sessions() as session:
-        pruned = await WebhookRepository(session).prune((now or utcnow()) - older_than)
-        await session.commit()
-        return pruned
+    detail retention). Returns how many were deleted.
+
+    ``batch_size`` rows at a time, each batch its own transaction, with a pause between
+    batches (``db/batches.py``): on SQLite a transaction holds the database's write lock, and a
+    backlog (the first sweep after a long stop, a lowered retention, a busy endpoint's
+    thousands of deliveries) deleted at once would hold up every call record write and outbox
+    claim past its timeout."""
+    settled_before = (now or utcnow()) - older_than
+
+    async def one_batch(session: AsyncSession) -> int:
+        return await WebhookRepository(session).prune(settled_before, limit=batch_size)
+
+    return await in_batches(sessions, one_batch, batch_size)

@@ -1,0 +1,71 @@
+"""Pruning settled outbox rows: in batches, each its own transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from telepath.db.base import utcnow
+from telepath.db.webhook_store import prune_deliveries
+from telepath.webhooks.sink import DbEventSink
+from tests.integration.calls_api.records import account_of
+from tests.integration.conftest import Api
+from tests.integration.webhooks.test_dispatcher import PAYLOAD, rows, subscribe
+
+pytestmark = pytest.mark.integration
+
+RETENTION = timedelta(hours=72)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"allow_insecure_webhook_urls": True}
+
+
+async def outbox(api: Api, fates: list[tuple[str, datetime | None]]) -> None:
+    """One delivery per ``(status, last attempt)``, stored as the dispatcher stores an outcome
+    (a settled row's next attempt is its last)."""
+    await subscribe(api, "http://127.0.0.1:9/hook", ["*"])
+    sink = DbEventSink(api.state.sessions)
+    for _ in fates:
+        await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+    async with api.state.sessions() as session:
+        for row, (status, at) in zip(await rows(api), fates, strict=True):
+            row.status, row.last_attempt_at = status, at
+            if at is not None:
+                row.next_attempt_at = at
+            session.add(row)
+        await session.commit()
+
+
+async def test_a_backlog_is_pruned_in_batches_each_its_own_transaction(api: Api) -> None:
+    """On SQLite the prune holds the database's write lock: one batch at a time, so the call
+    records and outbox claims written meanwhile wait for a batch, never for the whole backlog."""
+    old = utcnow() - RETENTION - timedelta(hours=1)
+    recent = utcnow() - RETENTION + timedelta(hours=1)
+    settled = [("delivered", old)] * 3 + [("failed", old)] * 2
+    await outbox(api, [*settled, ("pending", old), ("delivered", recent)])
+    steps: list[str] = []
+
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("DELETE FROM webhook_deliveries"):
+            steps.append("delete")
+
+    def on_commit(_conn: Any) -> None:
+        steps.append("commit")
+
+    engine = api.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "commit", on_commit)
+    try:
+        pruned = await prune_deliveries(api.state.sessions, RETENTION, batch_size=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "commit", on_commit)
+    assert pruned == 5
+    assert steps == ["delete", "commit"] * 3  # 2, 2, then the last 1
+    left = sorted((r.status, r.last_attempt_at) for r in await rows(api))
+    assert left == [("delivered", recent), ("pending", old)]
