@@ -299,6 +299,8 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        # settled rows by their last attempt: the retention sweep's prune (one range a status)
+        Index("ix_webhook_deliveries_settled", "status", "last_attempt_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -69,3 +69,29 @@ async def test_a_backlog_is_pruned_in_batches_each_its_own_transaction(api: Api)
     assert steps == ["delete", "commit"] * 3  # 2, 2, then the last 1
     left = sorted((r.status, r.last_attempt_at) for r in await rows(api))
     assert left == [("delivered", recent), ("pending", old)]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_prune_reads_only_rows_settled_before_the_cutoff(api: Api) -> None:
+    """Settled rows younger than the retention are most of the outbox, there for 72 h: a batch
+    that found its rows by status alone read them all, every batch of every sweep."""
+    plans: list[list[str]] = []
+
+    def explain(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith("DELETE FROM webhook_deliveries"):
+            cursor = conn.connection.cursor()
+            cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.append([str(row[3]) for row in cursor.fetchall()])
+            cursor.close()
+
+    engine = api.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        await prune_deliveries(api.state.sessions, RETENTION)
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+    [plan] = plans
+    settled = "ix_webhook_deliveries_settled (status=? AND last_attempt_at<?)"
+    assert [step for step in plan if step.endswith(settled)], plan
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    assert not [step for step in plan if "ix_webhook_deliveries_due" in step], plan
