@@ -151,6 +151,37 @@ async def test_an_endpoint_that_never_answers_holds_up_nobody_else(
     assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
 
 
+async def test_an_account_whose_endpoints_never_answer_leaves_slots_to_other_accounts(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """docs/webhooks.md: a slow endpoint delays its own deliveries, not other accounts'. The
+    per-endpoint cap alone did not keep that: an account with several endpoints on one host
+    that holds every request (until the timeout) took every slot, each endpoint its share,
+    and every other account's events waited behind those timeouts. An account now gets at
+    most half the slots."""
+    other_key = await api.new_account_key("other")
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck, running(Receiver()) as fine:
+        for name in ("one", "two"):
+            await subscribe(api, f"{stuck.url}/{name}", ["*"])
+        await subscribe(api, fine.url, ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(3):  # first in the outbox: six deliveries, claimed first
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        await sink.emit(await account_of(api, other_key), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(concurrency=4, endpoint_concurrency=2, timeout_s=60.0)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(fine, 1)  # while the stuck account still holds its share
+            await arrived(stuck, 2)
+            assert len(stuck.requests) == 2
+        finally:
+            gate.set()
+        assert await round_ == 7
+    assert len(stuck.requests) == 6
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
 async def test_events_that_come_while_an_endpoint_holds_its_requests_go_out_at_once(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
 ) -> None:
