@@ -67,6 +67,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 ANSWER_READ_S = 1.0
 RELEASE_S = 5.0  # at a stop: the longest the leases of cut-off deliveries are waited on
 SECRET_HOLD_S = 60.0  # a delivery whose signing secret cannot be decrypted: looked at again
+BACKLOG_EVERY_S = 5.0  # while deliveries go on: how often the backlog gauge is read again
 UNDECRYPTABLE = "signing secret cannot be decrypted with the current master key"
 RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
 
@@ -165,6 +166,7 @@ class WebhookDispatcher:
         self._wakeup = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest pending delivery's due time
         self._claimed_at: datetime | None = None  # the last claim's clock
+        self._backlog_read_at: float | None = None  # the loop's clock when the gauge was set
 
     @classmethod
     def from_settings(
@@ -365,6 +367,8 @@ class WebhookDispatcher:
                 )
             if not claimed and not busy:
                 await self._look_ahead(repo)  # idle after this: the gauge, when to look again
+            elif self._backlog_stale():
+                await self._read_backlog(repo)  # busy: the gauge is not left at its idle value
             await session.commit()
         self._count(finished)
         return claimed
@@ -384,6 +388,25 @@ class WebhookDispatcher:
     async def _look_ahead(self, repo: WebhookRepository) -> None:
         """After the last claim of a round: the backlog gauge, and when to look again."""
         backlog, self._next_due = await repo.pending()
+        self._set_backlog(backlog)
+
+    def _backlog_stale(self) -> bool:
+        """Whether the gauge is to be read again while deliveries go on: at the first claim
+        (after a start with a backlog it read 0), then every ``BACKLOG_EVERY_S`` (one COUNT on
+        the indexed status, not one per exchange)."""
+        if self._metrics is None:
+            return False
+        read_at = self._backlog_read_at
+        now = asyncio.get_running_loop().time()
+        return read_at is None or now - read_at >= BACKLOG_EVERY_S
+
+    async def _read_backlog(self, repo: WebhookRepository) -> None:
+        self._set_backlog(await repo.pending_count())
+
+    def _set_backlog(self, backlog: int) -> None:
+        """``telepath_webhook_backlog``: deliveries neither delivered nor given up, those in
+        flight (leased) included."""
+        self._backlog_read_at = asyncio.get_running_loop().time()
         if self._metrics is not None:
             self._metrics.webhook_backlog.set(backlog)
 

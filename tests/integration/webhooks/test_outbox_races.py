@@ -17,7 +17,9 @@ from telepath.db.base import utcnow
 from telepath.db.call_recorder import retention_loop
 from telepath.db.models import WebhookEndpoint
 from telepath.db.webhook_store import WebhookRepository
+from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring, new_key
+from telepath.webhooks import dispatcher as dispatcher_module
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
@@ -180,6 +182,45 @@ async def test_an_account_whose_endpoints_never_answer_leaves_slots_to_other_acc
         assert await round_ == 7
     assert len(stuck.requests) == 6
     assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
+async def test_the_backlog_gauge_shows_the_pending_deliveries_while_some_are_in_flight(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``telepath_webhook_backlog`` (docs/webhooks.md: pending deliveries, those in flight
+    included) is read while deliveries go on, not only once the dispatcher is idle: behind an
+    endpoint that holds its requests (or under a steady flow) it kept its last idle value,
+    often 0, while thousands waited — and after a restart with a backlog it read 0 until
+    that backlog was drained."""
+    metrics = Metrics()
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck:
+        await subscribe(api, stuck.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(10):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(metrics=metrics, concurrency=4, timeout_s=60.0)  # 2 each
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(stuck, 2)
+            assert backlog(metrics) == 10  # read at the first claim
+            monkeypatch.setattr(dispatcher_module, "BACKLOG_EVERY_S", 0.0)  # at every exchange
+            for _ in range(5):
+                await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+            dispatcher.wake()  # an exchange; nothing claimed, the account's share is taken
+            for _ in range(1000):
+                if backlog(metrics) == 15:
+                    break
+                await asyncio.sleep(0.01)
+            assert backlog(metrics) == 15
+        finally:
+            gate.set()
+        assert await round_ == 15
+    assert backlog(metrics) == 0
+
+
+def backlog(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("telepath_webhook_backlog")
 
 
 async def test_events_that_come_while_an_endpoint_holds_its_requests_go_out_at_once(
