@@ -203,3 +203,51 @@ def test_a_ban_lasts_a_while() -> None:
     assert refusal(sip_ban_seconds=0) == [
         "TELEPATH_SIP_BAN_SECONDS: Input should be greater than 0"
     ]
+
+
+# Every float setting; the durations among them (seconds, milliseconds, hours) also have an
+# upper bound. An infinite one passed: TELEPATH_WEBHOOK_TIMEOUT_S=inf made the dispatcher's
+# lease a timedelta overflow every round (no webhook ever delivered), and
+# TELEPATH_CALL_RETENTION_HOURS=inf or TELEPATH_CALL_MAX_DURATION_S=inf killed the retention
+# sweep at start.
+RATES = ["sip_max_cps", "sip_max_loop_load", "sip_rate_limit_per_s"]
+DURATIONS = [
+    "database_timeout_s",
+    "sip_keepalive_s",
+    "sip_overload_lag_ms",
+    "sip_overload_wait_ms",
+    "sip_drain_timeout_s",
+    "sip_bye_wait_s",
+    "sip_nonce_ttl_s",
+    "sip_auth_failure_window_s",
+    "sip_ban_seconds",
+    "sip_tcp_idle_s",
+    "rtp_inactivity_timeout_s",
+    "call_max_duration_s",
+    "trunk_recheck_s",
+    "provider_timeout_s",
+    "agent_reconnect_s",
+    "call_retention_hours",
+    "lost_instance_after_s",
+    "webhook_timeout_s",
+    "webhook_backoff_base_s",
+    "webhook_poll_s",
+]
+
+
+def test_every_float_setting_is_checked_below() -> None:
+    floats = {name for name, field in Settings.model_fields.items() if field.annotation is float}
+    assert floats == {*RATES, *DURATIONS}
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("name", RATES + DURATIONS)
+def test_a_float_setting_must_be_finite(name: str, value: str) -> None:
+    (line,) = refusal(**{name: value})
+    assert line.startswith(f"TELEPATH_{name.upper()}: ")
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_duration_has_an_upper_bound(name: str) -> None:
+    (line,) = refusal(**{name: "1e11"})
+    assert line.startswith(f"TELEPATH_{name.upper()}: Input should be less than or equal to ")
