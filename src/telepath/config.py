@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from telepath.errors import ConfigurationError
+from telepath.secrets.keyring import parse_keyring
+
 ENV_PREFIX = "TELEPATH_"
 
 #: The SQLAlchemy dialect+driver names of TELEPATH_DATABASE_URL: the async drivers Telepath
@@ -265,6 +268,20 @@ class Settings(BaseSettings):
             raise ValueError(f"not a database URL; {forms}") from None
         if driver not in DATABASE_DRIVERS:
             raise ValueError(f"{driver!r} is not a driver Telepath has; {forms}")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: str) -> str:
+        """Master keys as the keyring reads them (``secrets/keyring.py``), checked here so a
+        bad one is a configuration error of every command before anything is opened — it was
+        a traceback once the keyring was loaded, for ``telepath serve`` after the database
+        was. The reason never carries the value (``hide_input_in_errors`` drops the input)."""
+        if value.strip():
+            try:
+                parse_keyring(value)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("public_address")

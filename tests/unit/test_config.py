@@ -10,7 +10,7 @@ from telepath.config import Settings, config_errors
 pytestmark = pytest.mark.unit
 
 # 32 bytes, urlsafe base64: a master key's form (TELEPATH_SECRET_KEY).
-SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1kby1ub3Qtc2hvdw=="
+SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1ub3Qtc2hvd24="  # "secret-key-of-the-test-not-shown"
 
 
 def refusal(**values: object) -> list[str]:
@@ -36,6 +36,21 @@ def test_a_field_refusal_names_the_variable_and_the_reason_not_the_value() -> No
     assert refusal(log_level="LOUD") == [
         "TELEPATH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
     ]
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", SECRET_KEY[:-8], f"{SECRET_KEY},{SECRET_KEY[:-8]}", "!!!!"]
+)
+def test_a_master_key_that_is_not_32_bytes_is_refused_unshown(value: str) -> None:
+    # it was a traceback once the keyring was loaded (telepath serve: after the settings passed)
+    (line,) = refusal(secret_key=value)
+    assert line.startswith("TELEPATH_SECRET_KEY: a master key ")
+    assert SECRET_KEY[:6] not in line and "abc" not in line
+
+
+def test_master_keys_as_the_keyring_reads_them_are_taken() -> None:
+    for value in ("", SECRET_KEY, f" {SECRET_KEY} , {SECRET_KEY}\n"):
+        assert Settings(secret_key=value).secret_key == value
 
 
 def test_every_refusal_is_listed() -> None:
