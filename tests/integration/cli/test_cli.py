@@ -370,6 +370,39 @@ def test_a_configuration_error_names_the_variable_never_the_secret_key(
     assert not bare_env.exists()
 
 
+KEY_FILE_REFUSED = "secret.key: a master key must decode to 32 bytes"
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["keys", "create", "--name", "x"], ["secrets", "rotate"]]
+)
+def test_a_master_key_file_that_does_not_read_is_a_configuration_error(
+    env: Path, command: list[str]
+) -> None:
+    """``<data dir>/secret.key`` edited by hand into something that is no key: a traceback
+    (exit 1) from the keyring's ConfigurationError, naming neither the file nor a variable."""
+    env.mkdir()
+    (env / "secret.key").write_text("abc\n")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("configuration error: "), result.stderr
+    assert f"{env / KEY_FILE_REFUSED}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert not (env / "telepath.db").exists()  # no database opened
+
+
+def test_serve_says_the_master_key_file_does_not_read(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret.key").write_text("abc\n")
+    done = _serve_process(tmp_path, {"DATA_DIR": str(data)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"configuration error: {data / KEY_FILE_REFUSED}\n" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert [p.name for p in data.iterdir()] == ["secret.key"]
+
+
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """``run_serve`` replaced: the settings ``telepath serve`` got as far as starting with."""
