@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from telepath.errors import ConfigurationError
+from telepath.secrets.keyring import parse_keyring
+
 ENV_PREFIX = "TELEPATH_"
 
 #: The SQLAlchemy dialect+driver names of TELEPATH_DATABASE_URL: the async drivers Telepath
@@ -123,9 +126,16 @@ class Settings(BaseSettings):
     """All runtime configuration. Field ``x`` is read from ``TELEPATH_X``."""
 
     # hide_input_in_errors: a refusal's text never carries the input, which for a model-level
-    # check is every setting, TELEPATH_SECRET_KEY included (it reached stderr, the journal)
+    # check is every setting, TELEPATH_SECRET_KEY included (it reached stderr, the journal).
+    # allow_inf_nan=False: no float setting may be inf (or nan) — TELEPATH_WEBHOOK_TIMEOUT_S=inf
+    # overflowed the dispatcher's lease every round, TELEPATH_CALL_RETENTION_HOURS=inf killed
+    # the retention sweep; each duration also has an upper bound (le), documented in the README.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
 
     # --- storage -------------------------------------------------------------------------
@@ -135,7 +145,7 @@ class Settings(BaseSettings):
     # PostgreSQL: the longest a connection attempt or a statement may take before the database
     # counts as unavailable (a server or network gone silent); 0: no limit. Migrations and the
     # retention sweep run without it.
-    database_timeout_s: float = Field(default=10.0, ge=0)
+    database_timeout_s: float = Field(default=10.0, ge=0, le=3600)
 
     # --- HTTP API ------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
@@ -163,7 +173,7 @@ class Settings(BaseSettings):
     # that mapping goes in the SDP. Empty: none (TELEPATH_PUBLIC_ADDRESS and the RTP port).
     stun_server: str = ""
     # outbound registrations found behind a NAT, and over TCP: a keep-alive this often (0: off)
-    sip_keepalive_s: float = Field(default=20.0, ge=0)
+    sip_keepalive_s: float = Field(default=20.0, ge=0, le=3600)
     sip_enabled: bool = True
     # processes serving SIP and media (one UDP port, calls spread by Call-ID; TCP/TLS: the first)
     sip_workers: int = Field(default=1, ge=1, le=64)
@@ -171,15 +181,17 @@ class Settings(BaseSettings):
     sip_codecs: str = "G722,PCMU,PCMA"
     sip_max_calls: int = Field(default=500, ge=1)  # admission limit; past it INVITE gets 503
     sip_max_cps: float = Field(default=0.0, ge=0)  # new calls per second; 0: no rate limit
-    sip_overload_lag_ms: float = Field(default=200.0, gt=0)  # loop lag that sheds new calls
+    # loop lag that sheds new calls
+    sip_overload_lag_ms: float = Field(default=200.0, gt=0, le=60000)
     # the event-loop thread's CPU share past which new attempts are rate-limited (0: off)
     sip_max_loop_load: float = Field(default=0.97, ge=0, le=1)
     # SIP datagrams waiting this long to be read, for 100 ms on end, shed new calls (503)
-    sip_overload_wait_ms: float = Field(default=25.0, gt=0)
-    sip_drain_timeout_s: float = Field(default=30.0, ge=0)  # SIGTERM: live calls may finish
+    sip_overload_wait_ms: float = Field(default=25.0, gt=0, le=60000)
+    # SIGTERM: live calls may finish
+    sip_drain_timeout_s: float = Field(default=30.0, ge=0, le=86400)
     # a call we end waits this long for the answer to its BYE, so its record's trace has it
     sip_bye_wait_s: float = Field(default=2.0, ge=0, le=32)
-    sip_nonce_ttl_s: float = Field(default=300.0, gt=0)
+    sip_nonce_ttl_s: float = Field(default=300.0, gt=0, le=86400)
     sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)
     sip_session_expires: int = Field(default=1800, ge=90)  # RFC 4028, when the UAC supports it
     # SRTP (SDES, RFC 4568): "allow" answers RTP/SAVP offers that arrive over TLS, "require"
@@ -188,8 +200,9 @@ class Settings(BaseSettings):
     sip_rate_limit_per_s: float = Field(default=50.0, gt=0)  # per source IP
     sip_rate_burst: int = Field(default=200, ge=1)
     sip_auth_failures_before_ban: int = Field(default=10, ge=1)
-    sip_auth_failure_window_s: float = Field(default=60.0, gt=0)
-    sip_ban_seconds: float = Field(default=300.0, gt=0)  # sip/defence.py: a ban lasts a while
+    sip_auth_failure_window_s: float = Field(default=60.0, gt=0, le=86400)
+    # sip/defence.py: a ban lasts a while (30 days at most)
+    sip_ban_seconds: float = Field(default=300.0, gt=0, le=2592000)
     sip_allowlist: str = ""  # comma-separated IPs/CIDRs never rate-limited or banned
     # inbound TCP/TLS connections (RFC 3261 §26.1.5): past either cap one is closed at accept
     # (allowlisted sources are held to the total only); mind the open-files limit (ulimit -n)
@@ -197,19 +210,19 @@ class Settings(BaseSettings):
     sip_tcp_max_connections_per_source: int = Field(default=64, ge=1)
     # an inbound connection with no complete message nor CRLF keep-alive (RFC 5626 §3.5.1) for
     # this long is closed, unless a call still signals over it (0: never)
-    sip_tcp_idle_s: float = Field(default=300.0, ge=0)
+    sip_tcp_idle_s: float = Field(default=300.0, ge=0, le=86400)
 
     # --- media ---------------------------------------------------------------------------
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
     rtp_port_max: int = Field(default=30000, ge=1025, le=65535)
-    rtp_inactivity_timeout_s: float = Field(default=30.0, ge=0)  # 0 disables
+    rtp_inactivity_timeout_s: float = Field(default=30.0, ge=0, le=86400)  # 0 disables
     rtp_jitter_min_ms: int = Field(default=20, ge=1, le=500)
     rtp_jitter_max_ms: int = Field(default=60, ge=1, le=1000)
     # the longest a call may stay up, from the answer (0: no limit); Twilio's cap is also 4 h
-    call_max_duration_s: float = Field(default=14400.0, ge=0)
+    call_max_duration_s: float = Field(default=14400.0, ge=0, le=604800)
     # how often the gateway asks the database whether the trunks of its live calls still exist
     # and are active (0: never; a change through the API of the same process acts at once)
-    trunk_recheck_s: float = Field(default=5.0, ge=0)
+    trunk_recheck_s: float = Field(default=5.0, ge=0, le=3600)
 
     # --- providers -----------------------------------------------------------------------
     openai_api_base: str = "https://api.openai.com/v1"
@@ -218,21 +231,23 @@ class Settings(BaseSettings):
     elevenlabs_api_base: str = "https://api.elevenlabs.io"
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
     validate_provider_keys: bool = True
-    provider_timeout_s: float = Field(default=10.0, gt=0)
+    provider_timeout_s: float = Field(default=10.0, gt=0, le=300)
     allow_insecure_agent_urls: bool = False
     # a custom agent with custom_reconnect whose connection dropped is dialled again this long
     agent_reconnect_s: float = Field(default=10.0, gt=0, le=60)
 
     # --- call records, webhooks ------------------------------------------------------------
-    call_retention_hours: float = Field(default=72.0, ge=0)  # sip_trace/turns kept this long
+    # sip_trace/turns kept this long (10 years at most)
+    call_retention_hours: float = Field(default=72.0, ge=0, le=87600)
     # a gateway process whose database heartbeat stopped this long is dead: another closes the
     # records of its calls as lost (cli/instances.py)
-    lost_instance_after_s: float = Field(default=60.0, gt=0)
+    lost_instance_after_s: float = Field(default=60.0, gt=0, le=86400)
     allow_insecure_webhook_urls: bool = False  # allow http:// webhook endpoints (testing only)
-    webhook_timeout_s: float = Field(default=30.0, gt=0)
+    webhook_timeout_s: float = Field(default=30.0, gt=0, le=300)
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
-    webhook_backoff_base_s: float = Field(default=30.0, gt=0)  # doubles after every failure
-    webhook_poll_s: float = Field(default=10.0, gt=0)  # outbox check when nothing woke it
+    # doubles after every failure (up to the 6 h cap between attempts, its upper bound)
+    webhook_backoff_base_s: float = Field(default=30.0, gt=0, le=21600)
+    webhook_poll_s: float = Field(default=10.0, gt=0, le=3600)  # outbox check when nothing woke it
 
     @field_validator("database_url")
     @classmethod
@@ -253,6 +268,20 @@ class Settings(BaseSettings):
             raise ValueError(f"not a database URL; {forms}") from None
         if driver not in DATABASE_DRIVERS:
             raise ValueError(f"{driver!r} is not a driver Telepath has; {forms}")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: str) -> str:
+        """Master keys as the keyring reads them (``secrets/keyring.py``), checked here so a
+        bad one is a configuration error of every command before anything is opened — it was
+        a traceback once the keyring was loaded, for ``telepath serve`` after the database
+        was. The reason never carries the value (``hide_input_in_errors`` drops the input)."""
+        if value.strip():
+            try:
+                parse_keyring(value)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("public_address")

@@ -10,7 +10,7 @@ from telepath.config import Settings, config_errors
 pytestmark = pytest.mark.unit
 
 # 32 bytes, urlsafe base64: a master key's form (TELEPATH_SECRET_KEY).
-SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1kby1ub3Qtc2hvdw=="
+SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdC1ub3Qtc2hvd24="  # "secret-key-of-the-test-not-shown"
 
 
 def refusal(**values: object) -> list[str]:
@@ -36,6 +36,21 @@ def test_a_field_refusal_names_the_variable_and_the_reason_not_the_value() -> No
     assert refusal(log_level="LOUD") == [
         "TELEPATH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
     ]
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", SECRET_KEY[:-8], f"{SECRET_KEY},{SECRET_KEY[:-8]}", "!!!!"]
+)
+def test_a_master_key_that_is_not_32_bytes_is_refused_unshown(value: str) -> None:
+    # it was a traceback once the keyring was loaded (telepath serve: after the settings passed)
+    (line,) = refusal(secret_key=value)
+    assert line.startswith("TELEPATH_SECRET_KEY: a master key ")
+    assert SECRET_KEY[:6] not in line and "abc" not in line
+
+
+def test_master_keys_as_the_keyring_reads_them_are_taken() -> None:
+    for value in ("", SECRET_KEY, f" {SECRET_KEY} , {SECRET_KEY}\n"):
+        assert Settings(secret_key=value).secret_key == value
 
 
 def test_every_refusal_is_listed() -> None:
@@ -203,3 +218,51 @@ def test_a_ban_lasts_a_while() -> None:
     assert refusal(sip_ban_seconds=0) == [
         "TELEPATH_SIP_BAN_SECONDS: Input should be greater than 0"
     ]
+
+
+# Every float setting; the durations among them (seconds, milliseconds, hours) also have an
+# upper bound. An infinite one passed: TELEPATH_WEBHOOK_TIMEOUT_S=inf made the dispatcher's
+# lease a timedelta overflow every round (no webhook ever delivered), and
+# TELEPATH_CALL_RETENTION_HOURS=inf or TELEPATH_CALL_MAX_DURATION_S=inf killed the retention
+# sweep at start.
+RATES = ["sip_max_cps", "sip_max_loop_load", "sip_rate_limit_per_s"]
+DURATIONS = [
+    "database_timeout_s",
+    "sip_keepalive_s",
+    "sip_overload_lag_ms",
+    "sip_overload_wait_ms",
+    "sip_drain_timeout_s",
+    "sip_bye_wait_s",
+    "sip_nonce_ttl_s",
+    "sip_auth_failure_window_s",
+    "sip_ban_seconds",
+    "sip_tcp_idle_s",
+    "rtp_inactivity_timeout_s",
+    "call_max_duration_s",
+    "trunk_recheck_s",
+    "provider_timeout_s",
+    "agent_reconnect_s",
+    "call_retention_hours",
+    "lost_instance_after_s",
+    "webhook_timeout_s",
+    "webhook_backoff_base_s",
+    "webhook_poll_s",
+]
+
+
+def test_every_float_setting_is_checked_below() -> None:
+    floats = {name for name, field in Settings.model_fields.items() if field.annotation is float}
+    assert floats == {*RATES, *DURATIONS}
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("name", RATES + DURATIONS)
+def test_a_float_setting_must_be_finite(name: str, value: str) -> None:
+    (line,) = refusal(**{name: value})
+    assert line.startswith(f"TELEPATH_{name.upper()}: ")
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_duration_has_an_upper_bound(name: str) -> None:
+    (line,) = refusal(**{name: "1e11"})
+    assert line.startswith(f"TELEPATH_{name.upper()}: Input should be less than or equal to ")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +18,7 @@ from telepath.cli.calls import calls_app
 from telepath.cli.runtime import open_state
 from telepath.config import Settings, config_errors
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
+from telepath.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from telepath.cli.dialer import DialResult
@@ -40,12 +42,25 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """What only shows once the configuration is used — the master key file
+    (``<data dir>/secret.key``) holding something that is no key — said as a configuration
+    error (exit 2) rather than a traceback. The reason names the file, never a key."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _with_state(fn: Callable[[ApiState], Awaitable[T]]) -> T:
     async def run() -> T:
         async with open_state(_settings()) as state:
             return await fn(state)
 
-    return asyncio.run(run())
+    with _refused():
+        return asyncio.run(run())
 
 
 @app.command()
@@ -60,7 +75,8 @@ def serve() -> None:
         typer.echo(f"configuration error: {line}", err=True)
     if refused:
         raise typer.Exit(2)
-    run_serve(settings)
+    with _refused():
+        run_serve(settings)
 
 
 @app.command("sip-worker", hidden=True)
@@ -155,7 +171,8 @@ def _rekey(step: Callable[[Settings], Coroutine[Any, Any, str]]) -> None:
     from telepath.db.rekey import RekeyError
 
     try:
-        message = asyncio.run(step(_settings()))
+        with _refused():
+            message = asyncio.run(step(_settings()))
     except RekeyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None

@@ -11,6 +11,8 @@ once they were, nor at every call.
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +42,28 @@ def problems(settings: Settings) -> list[str]:
     )
     check("TELEPATH_RTP_PORT_MIN..MAX", lambda: _rtp_ports(settings))
     found.extend(_tls(settings))
+    if settings.sip_enabled:
+        check("TELEPATH_SIP_HOST", lambda: _local_address(settings.sip_host))
     return found
+
+
+def _local_address(host: str) -> None:
+    """``host`` (an IP address: ``Settings``) can be bound here, as the SIP listeners and the
+    RTP ports bind it: one not of this host was a traceback from the listener, after the
+    database was migrated and the first API key printed. Any free port (0): the address is
+    what is checked, and nothing stays bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ValueError(
+                f"{host} is not an address of this host ({why}): use one of its addresses, "
+                "or 0.0.0.0 / :: for every interface"
+            ) from None
+        raise ValueError(f"{host} cannot be bound here ({why})") from None
 
 
 def _rtp_ports(settings: Settings) -> None:

@@ -41,6 +41,7 @@ class Claimed:
     created_at: datetime
     attempts: int  # attempts made before this one
     endpoint_id: str
+    account_id: str  # the endpoint's account
     url: str
     secret_enc: str
     leased_until: datetime  # the claim's lease: its outcome is stored only while it still holds
@@ -208,18 +209,26 @@ class WebhookRepository:
         lease: timedelta,
         per_endpoint: int | None = None,
         busy: Mapping[str, int] | None = None,
+        per_account: int | None = None,
+        account_busy: Mapping[str, int] | None = None,
     ) -> list[Claimed]:
         """Take up to ``limit`` due deliveries, oldest first, leasing them until ``now + lease``.
 
         With ``per_endpoint``, at most that many per endpoint, counting ``busy`` (deliveries
         per endpoint the caller has in flight): the rows of an endpoint at its share are passed
-        over for the next ones, so one endpoint's backlog cannot fill the claim.
+        over for the next ones, so one endpoint's backlog cannot fill the claim. Likewise
+        ``per_account`` and ``account_busy`` per account: an account with several endpoints
+        that all hold their requests cannot take every slot either.
         """
         taken: dict[str, int] = dict(busy or {})
+        account_taken: dict[str, int] = dict(account_busy or {})
         claimed: list[Claimed] = []
         while len(claimed) < limit:
             window = limit - len(claimed)
             full = [e for e, n in taken.items() if per_endpoint is not None and n >= per_endpoint]
+            full_accounts = [
+                a for a, n in account_taken.items() if per_account is not None and n >= per_account
+            ]
             query = (
                 select(WebhookDelivery, WebhookEndpoint)
                 .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
@@ -229,6 +238,8 @@ class WebhookRepository:
             )
             if full:
                 query = query.where(WebhookDelivery.endpoint_id.not_in(full))
+            if full_accounts:
+                query = query.where(WebhookEndpoint.account_id.not_in(full_accounts))
             if self.session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(of=WebhookDelivery, skip_locked=True)
             found = (await self.session.execute(query)).all()
@@ -236,7 +247,11 @@ class WebhookRepository:
             for delivery, endpoint in found:
                 if per_endpoint is not None and taken.get(endpoint.id, 0) >= per_endpoint:
                     continue  # its share is taken: excluded from the next query
+                account = endpoint.account_id
+                if per_account is not None and account_taken.get(account, 0) >= per_account:
+                    continue  # the account's share is taken: likewise
                 taken[endpoint.id] = taken.get(endpoint.id, 0) + 1
+                account_taken[account] = account_taken.get(account, 0) + 1
                 picked.append(
                     Claimed(
                         delivery_id=delivery.id,
@@ -246,6 +261,7 @@ class WebhookRepository:
                         created_at=delivery.created_at,
                         attempts=delivery.attempts,
                         endpoint_id=endpoint.id,
+                        account_id=account,
                         url=endpoint.url,
                         secret_enc=endpoint.secret_enc,
                         leased_until=now + lease,
@@ -257,6 +273,7 @@ class WebhookRepository:
                 for c in picked:
                     if c.delivery_id not in ours:  # another claimer's: not in our share
                         taken[c.endpoint_id] -= 1
+                        account_taken[c.account_id] -= 1
                 claimed.extend(leased)
             if len(found) < window:
                 break  # nothing more is due

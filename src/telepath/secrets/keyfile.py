@@ -57,8 +57,17 @@ def _stamp(path: Path) -> Stamp:
 
 
 def read_key_file(path: Path) -> tuple[bytes, ...]:
-    """The keys of the file at ``path``, newest first."""
-    return parse_keyring(path.read_text(encoding="ascii")).keys
+    """The keys of the file at ``path``, newest first.
+
+    Raises:
+        ConfigurationError: the file holds no key, or one that is not one (the file named:
+            the CLI prints it as a configuration error, not a traceback).
+        OSError, UnicodeDecodeError: it cannot be read as text.
+    """
+    try:
+        return parse_keyring(path.read_text(encoding="ascii")).keys
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
 
 
 class KeyFile:

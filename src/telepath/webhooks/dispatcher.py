@@ -1,7 +1,8 @@
 """``WebhookDispatcher``: delivers the outbox with signatures, retries and backoff.
 
 Due rows are claimed (leased, see ``telepath.db.webhook_store``) as request slots free up, at
-most ``endpoint_concurrency`` per endpoint, POSTed at once, and each outcome is stored with the
+most ``endpoint_concurrency`` per endpoint and ``account_concurrency`` per account (half the
+slots by default), POSTed at once, and each outcome is stored with the
 next claim: a 2xx answer means delivered; anything else (another
 status, a timeout, a refused connection, a redirect) schedules a retry after
 ``backoff_base_s * 2**(attempts - 1)`` (capped at ``backoff_max_s``) until ``max_attempts``
@@ -66,6 +67,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 ANSWER_READ_S = 1.0
 RELEASE_S = 5.0  # at a stop: the longest the leases of cut-off deliveries are waited on
 SECRET_HOLD_S = 60.0  # a delivery whose signing secret cannot be decrypted: looked at again
+BACKLOG_EVERY_S = 5.0  # while deliveries go on: how often the backlog gauge is read again
 UNDECRYPTABLE = "signing secret cannot be decrypted with the current master key"
 RESULTS = {DELIVERED: "delivered", FAILED: "failed", PENDING: "retry"}  # the metric's label
 
@@ -115,6 +117,9 @@ class WebhookDispatcher:
         concurrency: requests in flight at once.
         endpoint_concurrency: requests in flight at once to one endpoint, so that one that
             answers slowly or never cannot take every slot.
+        account_concurrency: requests in flight at once to one account's endpoints (default
+            half of ``concurrency``, at least 1), so that an account with several endpoints
+            that answer slowly or never cannot take every slot either.
         stop_grace_s: at a stop, how long the deliveries in flight may still take (default
             ``timeout_s``: each ends within it anyway); those cut off after it are due again
             at once.
@@ -135,6 +140,7 @@ class WebhookDispatcher:
         poll_interval_s: float = 1.0,
         concurrency: int = 16,
         endpoint_concurrency: int = 4,
+        account_concurrency: int | None = None,
         stop_grace_s: float | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -145,6 +151,9 @@ class WebhookDispatcher:
         self._session = session
         self._concurrency = concurrency
         self._endpoint_concurrency = endpoint_concurrency
+        self._account_concurrency = (
+            max(1, concurrency // 2) if account_concurrency is None else account_concurrency
+        )
         self._secrets_unreadable = False  # said once, until a secret decrypts again
         self._unstored: list[Outcome] = []  # outcomes a database error kept from being stored
         self._timeout_s = timeout_s
@@ -157,6 +166,7 @@ class WebhookDispatcher:
         self._wakeup = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest pending delivery's due time
         self._claimed_at: datetime | None = None  # the last claim's clock
+        self._backlog_read_at: float | None = None  # the loop's clock when the gauge was set
 
     @classmethod
     def from_settings(
@@ -214,13 +224,14 @@ class WebhookDispatcher:
         """Attempt every due delivery; return how many were attempted.
 
         A rolling pipeline, not rounds: only as many deliveries are claimed as can be sent at
-        once (``concurrency`` in flight, ``endpoint_concurrency`` of them per endpoint), and
-        whenever some finish their outcomes are stored and more are claimed, in one
-        transaction. An endpoint that answers slowly or never (until ``timeout_s``) takes its
-        share of the slots and no more; the rest go on. Since a claimed delivery is sent at
-        once, its lease (``2 * timeout_s + 30`` s) covers its send (at most ``timeout_s``) and
-        the storing of its outcome. Returns when nothing is in flight and nothing more could
-        be claimed.
+        once (``concurrency`` in flight, ``endpoint_concurrency`` of them per endpoint and
+        ``account_concurrency`` per account), and whenever some finish their outcomes are
+        stored and more are claimed, in one transaction. An endpoint that answers slowly or
+        never (until ``timeout_s``) takes its share of the slots and no more, and an account's
+        endpoints together their account's share; the rest go on. Since a claimed delivery is
+        sent at once, its lease (``2 * timeout_s + 30`` s) covers its send (at most
+        ``timeout_s``) and the storing of its outcome. Returns when nothing is in flight and
+        nothing more could be claimed.
 
         Once ``stop_event`` is set nothing more is claimed, and the deliveries in flight get
         ``stop_grace_s`` to finish and have their outcomes stored: one cut off would stay
@@ -338,7 +349,8 @@ class WebhookDispatcher:
         them, which the idempotency id lets the receiver recognise."""
         now = self._claimed_at = self._now()
         lease = timedelta(seconds=self._timeout_s * 2 + 30)
-        busy = Counter(c.endpoint_id for c in in_flight)
+        flying = list(in_flight)
+        busy = Counter(c.endpoint_id for c in flying)
         async with self._sessions() as session:
             repo = WebhookRepository(session)
             await repo.record_attempts(finished)
@@ -350,9 +362,13 @@ class WebhookDispatcher:
                     lease=lease,
                     per_endpoint=self._endpoint_concurrency,
                     busy=busy,
+                    per_account=self._account_concurrency,
+                    account_busy=Counter(c.account_id for c in flying),
                 )
             if not claimed and not busy:
                 await self._look_ahead(repo)  # idle after this: the gauge, when to look again
+            elif self._backlog_stale():
+                await self._read_backlog(repo)  # busy: the gauge is not left at its idle value
             await session.commit()
         self._count(finished)
         return claimed
@@ -372,6 +388,25 @@ class WebhookDispatcher:
     async def _look_ahead(self, repo: WebhookRepository) -> None:
         """After the last claim of a round: the backlog gauge, and when to look again."""
         backlog, self._next_due = await repo.pending()
+        self._set_backlog(backlog)
+
+    def _backlog_stale(self) -> bool:
+        """Whether the gauge is to be read again while deliveries go on: at the first claim
+        (after a start with a backlog it read 0), then every ``BACKLOG_EVERY_S`` (one COUNT on
+        the indexed status, not one per exchange)."""
+        if self._metrics is None:
+            return False
+        read_at = self._backlog_read_at
+        now = asyncio.get_running_loop().time()
+        return read_at is None or now - read_at >= BACKLOG_EVERY_S
+
+    async def _read_backlog(self, repo: WebhookRepository) -> None:
+        self._set_backlog(await repo.pending_count())
+
+    def _set_backlog(self, backlog: int) -> None:
+        """``telepath_webhook_backlog``: deliveries neither delivered nor given up, those in
+        flight (leased) included."""
+        self._backlog_read_at = asyncio.get_running_loop().time()
         if self._metrics is not None:
             self._metrics.webhook_backlog.set(backlog)
 

@@ -331,21 +331,76 @@ def bare_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "data"
 
 
+GOOD_KEY = encode_key(new_key())
+SHORT_KEY = encode_key(new_key()[:16])  # valid base64, 16 bytes
+
+
+@pytest.mark.parametrize(
+    ("secret", "variables", "refused"),
+    [
+        # a refusal that pydantic reports with the whole input (a model-level check) printed
+        # the start of TELEPATH_SECRET_KEY to stderr, i.e. to the journal
+        (GOOD_KEY, {"TELEPATH_STUN_SERVER": "a b"}, "TELEPATH_STUN_SERVER"),
+        # a master key that does not decode to 32 bytes was a traceback (exit 1) once the
+        # keyring was loaded — for 'telepath serve' after the settings were all accepted
+        ("abc", {}, "TELEPATH_SECRET_KEY"),
+        (SHORT_KEY, {}, "TELEPATH_SECRET_KEY"),
+        (f"{GOOD_KEY},{SHORT_KEY}", {}, "TELEPATH_SECRET_KEY"),
+    ],
+    ids=["another variable", "abc", "16 bytes", "the older key of two"],
+)
 @pytest.mark.parametrize("command", [["serve"], ["keys", "list"], ["calls", "list"]])
 def test_a_configuration_error_names_the_variable_never_the_secret_key(
-    bare_env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+    bare_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    secret: str,
+    variables: dict[str, str],
+    refused: str,
 ) -> None:
-    """A refusal that pydantic reports with the whole input (a model-level check) printed the
-    start of TELEPATH_SECRET_KEY to stderr, i.e. to the journal."""
-    secret = encode_key(new_key())
     monkeypatch.setenv("TELEPATH_SECRET_KEY", secret)
-    monkeypatch.setenv("TELEPATH_STUN_SERVER", "a b")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 2, result.output
-    assert secret[:6] not in result.output
-    assert result.stderr.startswith("configuration error: TELEPATH_STUN_SERVER: "), result.stderr
+    for key in secret.split(","):
+        assert key[:6] not in result.output
+    assert result.stderr.startswith(f"configuration error: {refused}: "), result.stderr
     assert "Traceback" not in result.output
     assert not bare_env.exists()
+
+
+KEY_FILE_REFUSED = "secret.key: a master key must decode to 32 bytes"
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["keys", "create", "--name", "x"], ["secrets", "rotate"]]
+)
+def test_a_master_key_file_that_does_not_read_is_a_configuration_error(
+    env: Path, command: list[str]
+) -> None:
+    """``<data dir>/secret.key`` edited by hand into something that is no key: a traceback
+    (exit 1) from the keyring's ConfigurationError, naming neither the file nor a variable."""
+    env.mkdir()
+    (env / "secret.key").write_text("abc\n")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("configuration error: "), result.stderr
+    assert f"{env / KEY_FILE_REFUSED}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert not (env / "telepath.db").exists()  # no database opened
+
+
+def test_serve_says_the_master_key_file_does_not_read(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret.key").write_text("abc\n")
+    done = _serve_process(tmp_path, {"DATA_DIR": str(data)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"configuration error: {data / KEY_FILE_REFUSED}\n" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert [p.name for p in data.iterdir()] == ["secret.key"]
 
 
 @pytest.fixture
@@ -487,6 +542,29 @@ def test_serve_refuses_what_the_gateway_refuses_before_it_opens_the_database(
         assert f"configuration error: TELEPATH_{message}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert "pw-not-shown" not in done.stderr
+    assert done.stdout == ""  # no API key printed
+    assert list(tmp_path.iterdir()) == []  # no data directory, database or key
+
+
+NOT_HERE = "192.0.2.55"  # TEST-NET-1 (RFC 5737): an address of no host
+
+
+def test_serve_refuses_a_sip_host_that_is_not_an_address_of_this_host(tmp_path: Path) -> None:
+    """A valid IP address that is not this host's was a traceback (exit 1) from the SIP
+    listener's bind — after the database was migrated, a master key generated and the first
+    API key printed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((NOT_HERE, 0))
+        except OSError:
+            pass
+        else:  # net.ipv4.ip_nonlocal_bind: the gateway would start on it
+            pytest.skip(f"this host binds {NOT_HERE}")
+    done = _serve_process(tmp_path, {"SIP_HOST": NOT_HERE})
+    assert done.returncode == 2, done.stdout + done.stderr
+    prefix = f"configuration error: TELEPATH_SIP_HOST: {NOT_HERE} is not an address of this host"
+    assert done.stderr.startswith(prefix), done.stderr
+    assert "Traceback" not in done.stderr
     assert done.stdout == ""  # no API key printed
     assert list(tmp_path.iterdir()) == []  # no data directory, database or key
 

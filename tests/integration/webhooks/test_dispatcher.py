@@ -526,7 +526,9 @@ async def test_outcomes_finished_together_are_recorded_together(
         account = await account_of(api)
         for _ in range(12):
             await sink.emit(account, "call.started", PAYLOAD)
-        dispatcher = make_dispatcher(endpoint_concurrency=12, poll_interval_s=60.0)  # no poll
+        dispatcher = make_dispatcher(  # no poll; the one account may take twelve slots
+            endpoint_concurrency=12, account_concurrency=12, poll_interval_s=60.0
+        )
         dispatcher._sessions = counting_sessions  # type: ignore[assignment]
         round_ = asyncio.create_task(dispatcher.run_once())
         for _ in range(1000):

@@ -17,7 +17,9 @@ from telepath.db.base import utcnow
 from telepath.db.call_recorder import retention_loop
 from telepath.db.models import WebhookEndpoint
 from telepath.db.webhook_store import WebhookRepository
+from telepath.metrics import Metrics
 from telepath.secrets.keyring import Keyring, new_key
+from telepath.webhooks import dispatcher as dispatcher_module
 from telepath.webhooks.dispatcher import WebhookDispatcher
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
@@ -149,6 +151,76 @@ async def test_an_endpoint_that_never_answers_holds_up_nobody_else(
         assert await round_ == 13
     assert len(stuck.requests) == 10
     assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
+async def test_an_account_whose_endpoints_never_answer_leaves_slots_to_other_accounts(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """docs/webhooks.md: a slow endpoint delays its own deliveries, not other accounts'. The
+    per-endpoint cap alone did not keep that: an account with several endpoints on one host
+    that holds every request (until the timeout) took every slot, each endpoint its share,
+    and every other account's events waited behind those timeouts. An account now gets at
+    most half the slots."""
+    other_key = await api.new_account_key("other")
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck, running(Receiver()) as fine:
+        for name in ("one", "two"):
+            await subscribe(api, f"{stuck.url}/{name}", ["*"])
+        await subscribe(api, fine.url, ["*"], key=other_key)
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(3):  # first in the outbox: six deliveries, claimed first
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        await sink.emit(await account_of(api, other_key), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(concurrency=4, endpoint_concurrency=2, timeout_s=60.0)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(fine, 1)  # while the stuck account still holds its share
+            await arrived(stuck, 2)
+            assert len(stuck.requests) == 2
+        finally:
+            gate.set()
+        assert await round_ == 7
+    assert len(stuck.requests) == 6
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
+
+
+async def test_the_backlog_gauge_shows_the_pending_deliveries_while_some_are_in_flight(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``telepath_webhook_backlog`` (docs/webhooks.md: pending deliveries, those in flight
+    included) is read while deliveries go on, not only once the dispatcher is idle: behind an
+    endpoint that holds its requests (or under a steady flow) it kept its last idle value,
+    often 0, while thousands waited — and after a restart with a backlog it read 0 until
+    that backlog was drained."""
+    metrics = Metrics()
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck:
+        await subscribe(api, stuck.url, ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(10):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(metrics=metrics, concurrency=4, timeout_s=60.0)  # 2 each
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(stuck, 2)
+            assert backlog(metrics) == 10  # read at the first claim
+            monkeypatch.setattr(dispatcher_module, "BACKLOG_EVERY_S", 0.0)  # at every exchange
+            for _ in range(5):
+                await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+            dispatcher.wake()  # an exchange; nothing claimed, the account's share is taken
+            for _ in range(1000):
+                if backlog(metrics) == 15:
+                    break
+                await asyncio.sleep(0.01)
+            assert backlog(metrics) == 15
+        finally:
+            gate.set()
+        assert await round_ == 15
+    assert backlog(metrics) == 0
+
+
+def backlog(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("telepath_webhook_backlog")
 
 
 async def test_events_that_come_while_an_endpoint_holds_its_requests_go_out_at_once(
