@@ -203,11 +203,11 @@ class Gateway:
         """Refuse new calls and remove the outbound registrations, let live calls finish for
         ``drain_s``, end the rest, stop.
 
-        ``alongside`` (the SIP workers stopping) runs with the drain, and the listeners stay
-        open until it is done too: the workers' calls still get their datagrams through them.
+        ``alongside`` (the SIP workers stopping, the HTTP server finishing its requests) runs
+        with the drain, and the listeners stay open until it is done too: the workers' calls
+        still get their datagrams through them, and a request still served reaches a gateway
+        that still runs (a trunk it deletes ends its calls at once).
         """
-        if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
-            self.state.trunk_removed.remove(self.manager.trunk_removed)
         stopping: list[Awaitable[None]] = [self.manager.drain(drain_s)]
         if alongside is not None:
             stopping.append(alongside)
@@ -219,6 +219,9 @@ class Gateway:
             stopping.append(self.registrations.close(keep_alive=True))
         await asyncio.gather(*stopping)
         await asyncio.sleep(SETTLE_S)
+        # the API (done by now: ``alongside``) may delete a trunk during the drain: its calls end
+        if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
+            self.state.trunk_removed.remove(self.manager.trunk_removed)
         for unlisten in self.unlisten:
             unlisten()
         if self.registrations is not None:  # the keep-alives end, while the socket is open
