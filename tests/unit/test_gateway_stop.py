@@ -1,9 +1,11 @@
 """The order of a gateway's stop: the outbound registrations are removed as the drain begins,
-not after it (the registrar would go on sending new calls here, each refused with 503)."""
+not after it (the registrar would go on sending new calls here, each refused with 503); what
+runs beside the drain (the HTTP server finishing its requests) still reaches the gateway."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -27,6 +29,9 @@ class Manager:
     def __init__(self, registrations: Registrations) -> None:
         self.registrations = registrations
         self.closes_during_drain: list[bool] | None = None
+
+    def trunk_removed(self, trunk_id: str) -> int:
+        return 0
 
     async def drain(self, timeout_s: float) -> None:
         for _ in range(10):  # the drain's time: live calls go on
@@ -58,3 +63,27 @@ async def test_registrations_are_removed_as_the_drain_begins() -> None:
     await gateway.stop(30.0)
     assert manager.closes_during_drain == [True]
     assert registrations.closes == [True, False]
+
+
+async def test_a_trunk_the_api_removes_during_the_drain_still_ends_its_calls() -> None:
+    """The drain begins at the signal, while the HTTP server still finishes its requests
+    (``cli/serve.py``): a trunk one of them deletes meanwhile still ends its calls at once."""
+    registrations = Registrations()
+    manager = Manager(registrations)
+    state = SimpleNamespace(trunk_removed=[manager.trunk_removed])
+    gateway = Gateway(
+        server=cast(Any, Stoppable()),
+        manager=cast(Any, manager),
+        dispatcher=cast(Any, Stoppable()),
+        state=cast(Any, state),
+    )
+    heard: list[bool] = []
+
+    async def http_server_finishing() -> None:
+        for _ in range(10):  # past the drain's start
+            await asyncio.sleep(0)
+        heard.append(manager.trunk_removed in state.trunk_removed)
+
+    await gateway.stop(0.0, alongside=http_server_finishing())
+    assert heard == [True]
+    assert state.trunk_removed == []  # then let go

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -175,6 +175,7 @@ class FakeWorker:
         self.lines: list[str] = []  # every control line after the hello
         self.hello: dict[str, Any] = {}
         self.ready_delay_s = ready_delay_s  # how long it takes to start serving
+        self.stops_after_s = 0.0  # how long it takes to exit once sent SIGTERM
         self._exited = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._task = asyncio.create_task(self._serve())
@@ -208,7 +209,11 @@ class FakeWorker:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        self.exit(0)  # SIGTERM: it drains and exits cleanly
+        # SIGTERM: it drains (taking ``stops_after_s``) and exits cleanly
+        if self.stops_after_s:
+            asyncio.get_running_loop().call_later(self.stops_after_s, self.exit, 0)
+        else:
+            self.exit(0)
 
     def kill(self) -> None:
         self.exit(-9)
@@ -246,9 +251,10 @@ def _pool(
     metrics: Metrics | None = None,
     on_exit: Callable[[str], Awaitable[object]] | None = None,
     guard: SourceGuard | None = None,
+    **settings: object,
 ) -> workers.WorkerPool:
     return workers.WorkerPool(
-        _settings(sip_workers=2),
+        _settings(sip_workers=2, **settings),
         -1,
         ("127.0.0.1", 5060),
         {},
@@ -468,6 +474,63 @@ async def test_a_worker_stopped_alone_is_started_again(fake_exec: FakeExec) -> N
         assert _restarts(metrics) == 1
     finally:
         await pool.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def _time_flies(step_s: float) -> AsyncIterator[None]:
+    """The running loop's clock moves ``step_s`` ahead at each turn of the loop (and the loop
+    never sleeps): its timers fire in the order of their times, tens of seconds apart in a
+    fraction of a second. Nothing but timers on this loop may be told apart by time."""
+    loop = asyncio.get_running_loop()
+    real = loop.time
+    ahead = 0.0
+
+    async def tick() -> None:
+        nonlocal ahead
+        while True:
+            ahead += step_s
+            await asyncio.sleep(0)
+
+    loop.time = lambda: real() + ahead  # type: ignore[method-assign]
+    ticking = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+        del loop.time  # the class's own again
+
+
+async def test_a_worker_is_given_its_calls_bye_wait_before_it_is_killed(
+    fake_exec: FakeExec, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's calls ended at the drain's end get 5 s plus TELEPATH_SIP_BYE_WAIT_S to send
+    BYE and write their records (README), those that overran that are cancelled and awaited
+    as long again, then its writers get 5 s: a worker that takes all of it, and a second
+    more, to exit is not killed."""
+    bye_wait_s = 20.0
+    pool = _pool(sip_drain_timeout_s=3, sip_bye_wait_s=bye_wait_s)
+    await pool.start()
+    (worker,) = fake_exec.started
+    worker.stops_after_s = 3 + 2 * (5 + bye_wait_s) + 5 + 1
+    async with _time_flies(0.05):
+        await pool.stop(3)
+    assert worker.returncode == 0  # it exited: not killed (-9)
+    assert "did not stop" not in caplog.text
+
+
+async def test_a_worker_that_does_not_exit_is_killed_in_the_end(
+    fake_exec: FakeExec, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = _pool(sip_drain_timeout_s=3, sip_bye_wait_s=32)
+    await pool.start()
+    (worker,) = fake_exec.started
+    worker.stops_after_s = 3600.0  # stuck
+    async with _time_flies(0.05):
+        await pool.stop(3)
+    assert worker.returncode == -9
+    assert "did not stop: killed" in caplog.text
 
 
 def test_the_front_tells_the_pool_of_a_signal_at_once() -> None:

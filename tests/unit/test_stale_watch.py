@@ -79,10 +79,10 @@ async def test_the_reaper_tells_the_watch_when_its_reads_fail(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """reap_forever's failed reads reach the watch: a sibling whose counter did not move across
-    the watcher's own outage is not claimed on the first read after it."""
+    the watcher's own outage is not taken for dead on the first read after it."""
     clock = [0.0]
     reads = iter([True, False, False, True, True])  # read, two failures, recovered
-    claimed: list[InstanceBeat] = []
+    taken: list[InstanceBeat] = []
     done = asyncio.Event()
 
     async def read_all(sessions: Any) -> list[InstanceBeat]:
@@ -95,12 +95,12 @@ async def test_the_reaper_tells_the_watch_when_its_reads_fail(
             raise ConnectionRefusedError
         return [row("gw_sibling", 5)]
 
-    async def claim(sessions: Any, stale: InstanceBeat) -> bool:
-        claimed.append(stale)
+    async def unchanged(sessions: Any, stale: InstanceBeat) -> bool:
+        taken.append(stale)
         return False
 
     monkeypatch.setattr(instance_store, "read_all", read_all)
-    monkeypatch.setattr(instance_store, "claim", claim)
+    monkeypatch.setattr(instance_store, "unchanged", unchanged)
     monkeypatch.setattr(instances, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     task = asyncio.create_task(instances.reap_forever(cast(Any, None), None, None, "gw_self", 0.6))
     try:
@@ -109,4 +109,4 @@ async def test_the_reaper_tells_the_watch_when_its_reads_fail(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert claimed == []  # 0.9 s since the first read, 0.3 s since the watcher could read
+    assert taken == []  # 0.9 s since the first read, 0.3 s since the watcher could read

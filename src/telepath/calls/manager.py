@@ -131,6 +131,17 @@ log = logging.getLogger(__name__)
 # did not (74-104 ms, 1-5 retransmissions).
 LOAD_PERIOD_S = 0.25
 TRUNK_GONE = "trunk deleted or deactivated"  # the error text of its calls' end
+# at the drain's end: how long call and set-up tasks still running after their close's own
+# bound are awaited once cancelled, besides the BYE wait (a set-up answers 503, closes its bridge)
+CANCELLED_WAIT_S = 5.0
+
+
+def drain_overrun_s(bye_wait_s: float) -> float:
+    """The longest :meth:`CallManager.drain` runs past its drain time: the calls it ends
+    close (their agent, and the answer to their BYE beside it), then those still running are
+    cancelled and awaited."""
+    return (AGENT_CLOSE_S + bye_wait_s) + (CANCELLED_WAIT_S + bye_wait_s)
+
 
 # REGISTER (RFC 3261 §10.3 step 7): the lifetime when none is asked for, the shortest we take
 # (shorter gets 423 with Min-Expires), and the longest we grant
@@ -1798,7 +1809,7 @@ class CallManager:
                 AGENT_CLOSE_S + self.config.bye_wait_s,
             )
             # a cancelled set-up answers 503 and closes its agent's bridge (bounded)
-            await asyncio.wait(left, timeout=5 + self.config.bye_wait_s)
+            await asyncio.wait(left, timeout=CANCELLED_WAIT_S + self.config.bye_wait_s)
         await self.lag.stop()
         if self._busy is not None:
             self._busy.close()

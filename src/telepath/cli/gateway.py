@@ -22,7 +22,7 @@ from telepath.api.state import ApiState
 from telepath.bridges.http_client import SharedHttpClient
 from telepath.bridges.tls import client_context
 from telepath.calls.config import CallControlConfig
-from telepath.calls.manager import CallManager
+from telepath.calls.manager import CallManager, drain_overrun_s
 from telepath.calls.registrations import Registrations
 from telepath.cli import instances
 from telepath.cli.workers import FrontCountedGuard
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 TASK_STOP_S = 5.0  # at shutdown: how long a background task may take to end once told to
 WRITERS_CLOSE_S = 5.0  # at shutdown: the last attempt for writes kept through a database outage
+SETTLE_S = 0.2  # at shutdown, after the drain: BYE retransmissions and final records
 
 
 def advertised_address(settings: Settings) -> str:
@@ -202,11 +203,11 @@ class Gateway:
         """Refuse new calls and remove the outbound registrations, let live calls finish for
         ``drain_s``, end the rest, stop.
 
-        ``alongside`` (the SIP workers stopping) runs with the drain, and the listeners stay
-        open until it is done too: the workers' calls still get their datagrams through them.
+        ``alongside`` (the SIP workers stopping, the HTTP server finishing its requests) runs
+        with the drain, and the listeners stay open until it is done too: the workers' calls
+        still get their datagrams through them, and a request still served reaches a gateway
+        that still runs (a trunk it deletes ends its calls at once).
         """
-        if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
-            self.state.trunk_removed.remove(self.manager.trunk_removed)
         stopping: list[Awaitable[None]] = [self.manager.drain(drain_s)]
         if alongside is not None:
             stopping.append(alongside)
@@ -217,7 +218,10 @@ class Gateway:
             # keep-alives go on for the calls still up.
             stopping.append(self.registrations.close(keep_alive=True))
         await asyncio.gather(*stopping)
-        await asyncio.sleep(0.2)  # BYE retransmissions and final records
+        await asyncio.sleep(SETTLE_S)
+        # the API (done by now: ``alongside``) may delete a trunk during the drain: its calls end
+        if self.state is not None and self.manager.trunk_removed in self.state.trunk_removed:
+            self.state.trunk_removed.remove(self.manager.trunk_removed)
         for unlisten in self.unlisten:
             unlisten()
         if self.registrations is not None:  # the keep-alives end, while the socket is open
@@ -258,6 +262,13 @@ class Gateway:
         if self.manager.http is not None:
             await self.manager.http.aclose()
         media_pacer.observe_lateness(None)  # the media clocks stopped with the calls
+
+
+def worker_stop_s(bye_wait_s: float) -> float:
+    """The longest a SIP worker's :meth:`Gateway.stop` runs past its drain time: its calls'
+    close, and the cancel of those that overran it (``drain_overrun_s``); then its one
+    background task (``watch_trunks``) and its writers' last attempt."""
+    return drain_overrun_s(bye_wait_s) + SETTLE_S + TASK_STOP_S + WRITERS_CLOSE_S
 
 
 def journal_dir(settings: Settings) -> Path:

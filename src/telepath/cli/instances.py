@@ -24,13 +24,15 @@ written in the transaction that closes it: ``close_instance_calls``):
   every process beats its own row in ``gateway_instances`` every ``heartbeat_s``
   (``db/instance_store.py``); the front of each ``telepath serve`` watches the rows, and one
   whose beat counter has not moved for ``TELEPATH_LOST_INSTANCE_AFTER_S`` (60 s) of its own
-  clock is taken (a conditional ``DELETE``: one taker) and that process's records are closed,
-  ending one heartbeat after its last (time in which the watcher itself could not read the
-  database does not count: a shared outage is no death). Trade-off: a process that stops
-  beating that long while alive (its database out of reach, the process frozen) gets its calls
-  closed by another; its row comes back with its next beat (an error is logged) and each
-  call's record is rewritten with its real end when the call ends — ``call.ended`` is then
-  sent a second time.
+  clock is taken for dead and that process's records are closed, ending one heartbeat after
+  its last (time in which the watcher itself could not read the database does not count: a
+  shared outage is no death). Its row is removed once all are closed: a close cut short (the
+  database lost midway, the watcher stopped) is taken up again at a later check, by this
+  watcher or another (two at once close each record once, as above). Trade-off: a process
+  that stops beating that long while alive (its database out of reach, the process frozen)
+  gets its calls closed by another; its row comes back with its next beat (an error is logged)
+  and each call's record is rewritten with its real end when the call ends — ``call.ended`` is
+  then sent a second time.
 
 Anything else (a process of an older version, which has no heartbeat row) is closed by the
 retention sweep once no call can still be up (``close_lost_calls``: the end then stays unknown).
@@ -326,12 +328,11 @@ async def reap_forever(
             rows = await instance_store.read_all(sessions)
             stale = watch.observe(rows, time.monotonic(), exclude=(own_id,))
             for row in stale:
-                if await instance_store.claim(sessions, row):
+                if await instance_store.unchanged(sessions, row):  # not beaten since the read
                     ended = min(utcnow(), row.last_seen_at + timedelta(seconds=interval))
-                    # taken: no other process will close them, so a stop must not cut this short
-                    await asyncio.shield(
-                        close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
-                    )
+                    # its row goes once all its calls are closed: a close cut short (a failure,
+                    # or this process stopping) leaves it, and the next check takes it again
+                    await close_calls_of([row.instance_id], sessions, sink, metrics, ended=ended)
         except Exception as exc:
             watch.read_failed()  # a shared outage kept the others from beating too
             failures.failed(exc)

@@ -1,9 +1,10 @@
 """``telepath serve``: the HTTP API, the SIP/media gateway, webhooks and retention in one process.
 
-SIGTERM/SIGINT: the HTTP server stops (requests in progress get ``HTTP_SHUTDOWN_GRACE_S``), then
-the gateway drains — new INVITEs get 503 while live calls may finish for
+SIGTERM/SIGINT: the HTTP server stops (requests in progress get ``HTTP_SHUTDOWN_GRACE_S``) and,
+from the signal on, the gateway drains — new INVITEs get 503 while live calls may finish for
 ``TELEPATH_SIP_DRAIN_TIMEOUT_S``; the rest are ended with BYE and recorded with reason
-``shutdown``; outbound registrations are removed. The signals are taken from before the gateway
+``shutdown``; outbound registrations are removed. The SIP listeners and the gateway's tasks
+stay until the HTTP server is done too. The signals are taken from before the gateway
 starts, not only once the HTTP server runs: the SIP listener answers calls while the start goes
 on (journal replay, closing a dead run's calls, SIP workers coming up — up to
 ``READY_TIMEOUT_S``), and a signal then used to kill the process with those calls up (SIGTERM)
@@ -44,17 +45,18 @@ T = TypeVar("T")
 
 # On a stop, how long the HTTP server waits for requests in progress before cancelling them. The
 # API's requests are short (no streaming, no long polls); one whose client stalls (a body that
-# never finishes arriving) used to hold up server.serve() for ever, and the gateway's drain,
-# which comes after it, never began. A fixed bound, not the drain time: until it is over, the
-# gateway still takes new calls.
+# never finishes arriving) used to hold up server.serve() for ever. A fixed bound, not the drain
+# time; the gateway's drain does not wait for it (it begins at the signal: ``_serve``).
 HTTP_SHUTDOWN_GRACE_S = 5  # uvicorn takes whole seconds
 
 
 class HttpServer(uvicorn.Server):
     """uvicorn's server, calling ``on_signal`` as soon as SIGINT/SIGTERM arrives.
 
-    uvicorn takes those signals while it serves and only returns once its connections are done
-    (no bound). With SIP workers, the signal often went to the whole process group (systemd's
+    uvicorn takes those signals while it serves and only returns once its requests in progress
+    are done (up to ``HTTP_SHUTDOWN_GRACE_S``): the gateway's drain begins from ``on_signal``
+    instead, else the gateway would take new calls and keep its registrations meanwhile. With
+    SIP workers, the signal often went to the whole process group (systemd's
     ``KillMode=control-group``, Ctrl-C): the workers drain and exit meanwhile, and the pool must
     already know the front is stopping, else it would take their exits for crashes and start
     them again in the middle of the shutdown.
@@ -234,6 +236,33 @@ async def _serve(settings: Settings, state: ApiState, stop: StopSignals) -> None
     recovery: asyncio.Task[None] | None = None
     heartbeat: asyncio.Task[None] | None = None
     unwatch_gc: Callable[[], None] | None = None
+    loop = asyncio.get_running_loop()
+    http_done = asyncio.Event()  # the HTTP server has returned (or never ran)
+    stopping: asyncio.Task[None] | None = None
+
+    def stop_gateway() -> asyncio.Task[None] | None:
+        """Begin the gateway's graceful stop (once), the SIP workers' beside it: new INVITEs
+        get 503 and the registrations go from now on. Its listeners and tasks stay until the
+        HTTP server is done too (a request in progress may still reach the gateway)."""
+        nonlocal stopping
+        if stopping is None and gateway is not None:
+            logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
+            workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
+            stopping = asyncio.create_task(
+                gateway.stop(
+                    settings.sip_drain_timeout_s, alongside=_both(workers, http_done.wait())
+                )
+            )
+        return stopping
+
+    def signalled() -> None:
+        """SIGINT/SIGTERM while the HTTP server runs (in the signal handler, between two
+        bytecodes of the loop's thread): the drain begins now, not once uvicorn has waited
+        for the requests in progress (up to ``HTTP_SHUTDOWN_GRACE_S``)."""
+        if pool is not None:
+            pool.stopping()
+        loop.call_soon_threadsafe(stop_gateway)
+
     try:
         if settings.sip_enabled:
             instance_id = new_instance_id()
@@ -294,7 +323,7 @@ async def _serve(settings: Settings, state: ApiState, stop: StopSignals) -> None
             lifespan="off",
             timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_S,
         )
-        server = HttpServer(config, on_signal=pool.stopping if pool is not None else lambda: None)
+        server = HttpServer(config, on_signal=signalled)
         stop.server = server
         logger.info(
             "HTTP API on http://%s:%d (database: %s)",
@@ -305,16 +334,21 @@ async def _serve(settings: Settings, state: ApiState, stop: StopSignals) -> None
         if not stop.requested:
             await server.serve()
     finally:
-        if gateway is not None:
-            logger.info("draining calls (up to %.0f s)", settings.sip_drain_timeout_s)
-            workers = pool.stop(settings.sip_drain_timeout_s) if pool is not None else None
-            await gateway.stop(settings.sip_drain_timeout_s, alongside=workers)
+        http_done.set()
+        draining = stop_gateway()  # begun at the signal, or now (any other way out)
+        if draining is not None:
+            await draining
         for task in (recovery, heartbeat):
             if task is not None:
                 task.cancel()
         instances.close()  # every call was ended: the next run has nothing to close
         if unwatch_gc is not None:
             unwatch_gc()
+
+
+async def _both(first: Awaitable[object] | None, second: Awaitable[object]) -> None:
+    """``first`` (if any) and ``second``, at once."""
+    await asyncio.gather(*(a for a in (first, second) if a is not None))
 
 
 def run_serve(settings: Settings) -> None:

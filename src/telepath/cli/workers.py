@@ -27,7 +27,8 @@ their datagrams reach the new process, which answers ``481``); starts that fail 
 start of a worker has its own instance id, stored with its call records: when a worker exits,
 the front closes the records it left open as ``lost`` at once and sends their ``call.ended``
 (``cli/instances.py``). On shutdown the front sends every worker SIGTERM, and each drains its
-calls as ``telepath serve`` does.
+calls as ``telepath serve`` does; one still running :func:`stop_grace_s` after the drain time
+(its calls' BYE wait counted) is killed.
 
 Control channel (a stream socket pair per worker): the front sends one JSON line (the worker's
 settings, the SIP ports), the worker answers ``ready`` once it serves (the front starts its HTTP
@@ -73,12 +74,21 @@ RESPAWN_DELAY_S = 1.0  # after a worker's exit; doubled for each start in a row 
 RESPAWN_MAX_DELAY_S = 30.0
 READY_TIMEOUT_S = 60.0
 METRICS_TIMEOUT_S = 2.0
-STOP_GRACE_S = 15.0  # after the drain time, before a worker that has not exited is killed
+EXIT_MARGIN_S = 5.0  # a worker's exit after its gateway stopped: heartbeat row, engine closed
 _ANSWER = struct.Struct("!II")  # the request's number, the length of the text that follows
 # A worker's authentication outcome, for the front to count (on the inbox pair, the other way;
 # sip_fanout's messages start with b"w" or b"s"): b"a-" + source IP failed, b"a+" succeeded.
 _AUTH_FAILED = b"a-"
 _AUTH_OK = b"a+"
+
+
+def stop_grace_s(bye_wait_s: float) -> float:
+    """How long past the drain time a worker sent SIGTERM may take to exit before it is killed:
+    what its gateway's stop may take past the drain, with ``TELEPATH_SIP_BYE_WAIT_S`` (its
+    calls' BYEs answered and records written), and a margin for the process's exit."""
+    from telepath.cli.gateway import worker_stop_s  # that module imports this one
+
+    return worker_stop_s(bye_wait_s) + EXIT_MARGIN_S
 
 
 def pack_auth_report(source_ip: str, ok: bool) -> bytes:
@@ -490,7 +500,8 @@ class WorkerPool:
         self._stopping = True
 
     async def stop(self, drain_s: float) -> None:
-        """SIGTERM every worker (each drains its calls), then wait; kill what is left."""
+        """SIGTERM every worker (each drains its calls for ``drain_s``), then wait; kill what
+        is left ``stop_grace_s`` after the drain time."""
         self._stopping = True
         procs = [w.process for w in self._workers.values() if w.process is not None]
         for proc in procs:
@@ -499,7 +510,8 @@ class WorkerPool:
                     proc.send_signal(signal.SIGTERM)
         waits = [asyncio.ensure_future(p.wait()) for p in procs]
         if waits:
-            _, pending = await asyncio.wait(waits, timeout=drain_s + STOP_GRACE_S)
+            grace_s = stop_grace_s(self.settings.sip_bye_wait_s)
+            _, pending = await asyncio.wait(waits, timeout=drain_s + grace_s)
             for proc in procs:
                 if proc.returncode is None:
                     log.error("SIP worker (pid %d) did not stop: killed", proc.pid)

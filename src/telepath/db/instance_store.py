@@ -3,9 +3,11 @@
 Every gateway process beats its own row (``beat``); a process that dies stops beating. Whether
 a row stopped is decided by its beat *counter* as another process sees it change over time
 (:class:`StaleWatch`, with that process's monotonic clock), never by comparing the dead host's
-timestamps with the living one's: hosts sharing a database may disagree about the time. Whoever
-deletes a stale row (``claim``: a conditional ``DELETE``) owns closing that process's calls, so
-two processes that see it at once never close them twice.
+timestamps with the living one's: hosts sharing a database may disagree about the time. A stale
+row is removed (``forget``) only once all of that process's calls are closed: a close cut short
+(the database lost midway, the watcher stopped) leaves it, still stale, for the next check of
+this or another watcher. Two watchers may close the same process's calls at once: each record
+is closed by one conditional ``UPDATE`` (``close_instance_calls``), so its events are sent once.
 
 Hand-written: a few statements over SQLAlchemy Core; no library keeps process liveness in a
 database we already have (a lease service or Redis would be a new dependency to run).
@@ -82,17 +84,14 @@ async def read_all(sessions: async_sessionmaker[AsyncSession]) -> list[InstanceB
         return [InstanceBeat(r.id, r.beats, r.last_seen_at) for r in rows]
 
 
-async def claim(sessions: async_sessionmaker[AsyncSession], row: InstanceBeat) -> bool:
-    """Delete ``row`` if it has not beaten since it was read: True for the one caller that
-    did (it now owns closing that process's calls)."""
+async def unchanged(sessions: async_sessionmaker[AsyncSession], row: InstanceBeat) -> bool:
+    """Whether ``row``'s process has not beaten since ``row`` was read (its row is there with
+    the same count): checked just before its calls are closed."""
     async with sessions() as session:
-        result: Any = await session.execute(
-            delete(INSTANCES).where(
-                INSTANCES.c.id == row.instance_id, INSTANCES.c.beats == row.beats
-            )
+        beats = await session.scalar(
+            select(INSTANCES.c.beats).where(INSTANCES.c.id == row.instance_id)
         )
-        await session.commit()
-    return bool(result.rowcount)
+    return beats == row.beats
 
 
 class StaleWatch:

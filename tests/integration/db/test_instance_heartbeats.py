@@ -41,7 +41,7 @@ async def _rows(api: Api) -> dict[str, GatewayInstance]:
         return {r.id: r for r in (await session.scalars(select(GatewayInstance))).all()}
 
 
-async def test_beat_claim_and_forget(api: Api) -> None:
+async def test_beat_unchanged_and_forget(api: Api) -> None:
     sessions = api.state.sessions
     assert await instance_store.beat(sessions, "gw_a") is False  # first beat: inserted
     assert await instance_store.beat(sessions, "gw_a") is True
@@ -51,10 +51,12 @@ async def test_beat_claim_and_forget(api: Api) -> None:
     assert stored.host and stored.pid > 0 and stored.started_at <= stored.last_seen_at
 
     await instance_store.beat(sessions, "gw_a")  # it beat after the read: not dead after all
-    assert await instance_store.claim(sessions, row) is False
+    assert await instance_store.unchanged(sessions, row) is False
     (row,) = await instance_store.read_all(sessions)
-    assert await instance_store.claim(sessions, row) is True
-    assert await instance_store.claim(sessions, row) is False  # one taker only
+    assert await instance_store.unchanged(sessions, row) is True
+    assert await instance_store.unchanged(sessions, row) is True  # a check, not a take
+    await instance_store.forget(sessions, ["gw_a"])  # its calls closed
+    assert await instance_store.unchanged(sessions, row) is False
     assert await _rows(api) == {}
     assert await instance_store.beat(sessions, "gw_a") is False  # taken: it says so
 

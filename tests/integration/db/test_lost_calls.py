@@ -7,6 +7,7 @@ so no crash between two commits can leave a call closed whose ``call.ended`` was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import Select, event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telepath.calls.model import CallRecord
-from telepath.cli.instances import close_calls_of
+from telepath.cli.instances import close_calls_of, heartbeat_s, reap_forever
 from telepath.db import instance_store
 from telepath.db.base import utcnow
 from telepath.db.call_recorder import DbCallRecorder
@@ -245,3 +246,90 @@ async def test_a_recovery_cut_short_keeps_what_it_closed_and_its_process_s_row(a
     (closed,) = [c for c, reason in zip(calls, reasons, strict=True) if reason == "lost"]
     assert await _events(api, [sink]) == sorted((e, closed.id) for e in LOST_EVENTS)
     assert _lost(metrics) == 1
+
+
+async def _reasons(api: Api, calls: list[CallRecord]) -> list[str | None]:
+    return [(await _detail(api, c))["disconnect_reason"] for c in calls]
+
+
+async def _until(check: Callable[[], Awaitable[bool]], interval: float) -> bool:
+    """Whether ``check`` comes true within 100 ``interval``s (a bound, not a measure)."""
+    for _ in range(100):
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+async def test_a_watcher_s_recovery_cut_short_is_taken_up_again(api: Api) -> None:
+    # the heartbeat row of a dead process goes only once all its calls are closed: a close
+    # that failed midway (the database lost) is retried at a later check, not left to the
+    # retention sweep (never, with TELEPATH_CALL_MAX_DURATION_S=0)
+    calls = await _open_calls(api, "gw_dead", 2)
+    await instance_store.beat(api.state.sessions, "gw_dead")  # then it died
+    sink = RecordingSink()
+    metrics = Metrics()
+    lost_after = 0.3
+    interval = heartbeat_s(lost_after)
+    engine = api.state.engine.sync_engine
+    seen = 0
+
+    def fail(_conn: Any, _c: Any, statement: str, *_: Any) -> None:
+        nonlocal seen
+        if statement.startswith("UPDATE calls"):
+            seen += 1
+            if seen == 2:
+                raise ConnectionResetError  # the database lost mid-recovery
+
+    async def one_lost() -> bool:
+        return "lost" in await _reasons(api, calls)
+
+    async def both_lost() -> bool:
+        return await _reasons(api, calls) == ["lost", "lost"]
+
+    event.listen(engine, "before_cursor_execute", fail)
+    watcher = asyncio.create_task(
+        reap_forever(api.state.sessions, sink, metrics, "gw_watcher", lost_after)
+    )
+    try:
+        assert await _until(one_lost, interval)
+        event.remove(engine, "before_cursor_execute", fail)
+        assert await _until(both_lost, interval)
+        left = [r.instance_id for r in await instance_store.read_all(api.state.sessions)]
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if event.contains(engine, "before_cursor_execute", fail):
+            event.remove(engine, "before_cursor_execute", fail)
+        await instance_store.forget(api.state.sessions, ["gw_dead"])  # the database is shared
+    assert "gw_dead" not in left  # all closed: its row is gone
+    assert await _events(api, [sink]) == sorted((e, c.id) for c in calls for e in LOST_EVENTS)
+    assert _lost(metrics) == 2
+
+
+async def test_a_watcher_stopped_while_it_recovers_leaves_the_process_s_row(api: Api) -> None:
+    # the watcher's task is cancelled at a stop: its close goes with it (none left running once
+    # the database engine is disposed), and the row stays for the next check of another watcher
+    calls = await _open_calls(api, "gw_dead", 2)
+    await instance_store.beat(api.state.sessions, "gw_dead")  # then it died
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def read() -> None:
+        reading.set()
+        await release.wait()  # the stop comes meanwhile
+
+    sessions = _paused(api, read)
+    watcher = asyncio.create_task(reap_forever(sessions, RecordingSink(), None, "gw_w", 0.3))
+    try:
+        await asyncio.wait_for(reading.wait(), 10)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        left = [r.instance_id for r in await instance_store.read_all(api.state.sessions)]
+    finally:
+        watcher.cancel()
+        release.set()  # a close left running (shielded) would go on now
+        await instance_store.forget(api.state.sessions, ["gw_dead"])  # the database is shared
+    assert "gw_dead" in left
+    assert await _reasons(api, calls) == [None, None]

@@ -348,11 +348,15 @@ async def test_a_set_up_the_drain_cancels_gets_503_and_lets_the_agent_go(
 
 async def test_a_stuck_http_client_does_not_hold_up_the_drain(tmp_path: Path) -> None:
     """A request whose body never finishes arriving: on SIGTERM the HTTP server waits for it a
-    few seconds (``HTTP_SHUTDOWN_GRACE_S``), not for ever — the gateway's drain, which comes
-    after, used to never start, and the process never exited."""
-    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(free_sip_port()))
+    few seconds (``HTTP_SHUTDOWN_GRACE_S``), not for ever — the gateway's drain, which came
+    after, used to never start, and the process never exited. The drain begins at the signal,
+    not once the HTTP server is done: new INVITEs get 503 (and the registrations go) at once,
+    while the HTTP server still waits for that request."""
+    sip_port = free_sip_port()
+    server = await asyncio.to_thread(start_server, tmp_path / "data", _env(sip_port))
     host, port = server.base_url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
+    uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
     try:
         writer.write(
             b"POST /v1/trunks HTTP/1.1\r\nHost: telepath\r\n"
@@ -365,9 +369,20 @@ async def test_a_stuck_http_client_does_not_hold_up_the_drain(tmp_path: Path) ->
         await wait_until(
             lambda: "draining calls" in server.log(), within_s=15, what="the drain to start"
         )
+        call_id = new_call_id()
+        uac.send(uac.request("INVITE", "alice", call_id=call_id, cseq=1, body=b"v=0\r\n"))
+        refused = await uac.response(503, call_id)
+        assert refused.headers.get("Retry-After")
         code = await asyncio.to_thread(server.process.wait, 20)
-        assert code == 0, server.log()
+        log = server.log()
+        assert code == 0, log
+        # in the server's own order: the drain began, and that INVITE was refused, before
+        # the HTTP server gave up waiting for the stuck request
+        gave_up = log.index("timeout graceful shutdown exceeded")
+        assert log.index("draining calls") < gave_up, log
+        assert log.index("INVITE refused with 503: draining") < gave_up, log
     finally:
+        await uac.close()
         writer.close()
         if server.process.poll() is None:
             server.process.kill()
