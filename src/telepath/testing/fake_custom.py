@@ -239,7 +239,9 @@ class FakeTelepathAgent(_FakeCustom):
         if self.agent != "tone" or await self._greet(ws):
             return False
         if self.transfer_to is not None:  # hangs up (if asked to) once the result arrives
-            await ws.send(ev.Transfer(target=self.transfer_to, request_id="xfer-1").to_json())
+            # unvalidated: the gateway, not the fake, is the one to judge the target
+            transfer = ev.Transfer.model_construct(target=self.transfer_to, request_id="xfer-1")
+            await ws.send(transfer.to_json())
         elif self.hangup:
             await ws.send(ev.Hangup(reason="done").to_json())
         return False

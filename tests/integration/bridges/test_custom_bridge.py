@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import websockets
@@ -137,6 +138,37 @@ async def test_telepath_clear_hangup_transfer() -> None:
                 == [{"type": "transfer_result", "request_id": "xfer-1", "ok": True}]
             )
         )
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
+class SpelledTransfers(FakeTelepathAgent):
+    """After ``ready``, a ``transfer`` to each of ``targets`` (as JSON of its own: the fake's
+    model is not the judge of a target), then the greeting's mark."""
+
+    def __init__(self, targets: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.targets = targets
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        for n, target in enumerate(self.targets, 1):
+            await ws.send(json.dumps({"type": "transfer", "target": target, "request_id": f"x{n}"}))
+        await self.send_mark(ws, GREETING_MARK)
+        return True
+
+
+async def test_a_transfer_target_reaches_call_control_as_the_agent_spelled_it() -> None:
+    """Upper-case schemes (case-insensitive: RFC 3986 §3.1, RFC 3261 §19.1.4) and a bare
+    number used to be "malformed agent message": the call ended as ai_provider_error. They
+    reach call control, whose URI check decides (a bare number: "invalid transfer target")."""
+    targets = ["TEL:+14155550123", "Sip:alice@example.com", "+14155550123"]
+    async with SpelledTransfers(targets) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        assert not any(isinstance(e, AgentError) for e in events)
+        transfers = [e for e in events if isinstance(e, AgentTransfer)]
+        assert transfers == [AgentTransfer(t, f"x{n}") for n, t in enumerate(targets, 1)]
         await bridge.close()
         assert fake.protocol_errors == []
 

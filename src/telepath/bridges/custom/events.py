@@ -132,11 +132,20 @@ class Hangup(_Strict):
     reason: str | None = None
 
 
+#: The longest ``transfer.target`` taken (far past any phone number or SIP URI in use).
+MAX_TRANSFER_TARGET = 2048
+
+
 class Transfer(_Strict):
-    """Agent -> gateway: transfer the caller (``sip:``/``sips:``/``tel:`` URI)."""
+    """Agent -> gateway: transfer the caller to a sip, sips or tel URI; a target that is no
+    such URI gets a failed transfer_result and the call goes on."""
 
     type: Literal["transfer"] = "transfer"
-    target: str = Field(pattern=r"^(sips?|tel):.+")
+    # Any string: whether it is such a URI is call control's check (sip.uri.transfer_target,
+    # schemes case-insensitive as RFC 3986 §3.1 and RFC 3261 §19.1.4 have them), which refuses
+    # it with "invalid transfer target". A pattern here made "TEL:…" or a bare number a
+    # malformed message, and that ended the call.
+    target: str = Field(max_length=MAX_TRANSFER_TARGET)
     request_id: str | None = None
 
 
