@@ -61,6 +61,22 @@ MAX_BACKLOG = 500
 #: Close codes after which reconnecting makes sense (RFC 6455 §7.4.1: going away, internal
 #: error; IANA: service restart, try again later); None is a drop without a close frame.
 RECONNECTABLE: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013})
+#: Close codes with which our side fails a connection over what the peer sent (RFC 6455
+#: §7.1.7, §7.4.1): a frame that breaks the protocol, text that is no UTF-8 (§8.1), a message
+#: over the size limit. The peer's close frame is not read after that (§7.1.7), so without
+#: this the close looked like a drop.
+PEER_FAULTS: dict[int, str] = {
+    1002: "agent broke the WebSocket protocol",
+    1007: "agent sent a text frame that is not UTF-8",
+    1009: "agent sent a message over the size limit",
+}
+
+
+def _peer_fault(closed: ConnectionClosed) -> int | None:
+    """The close code if our side failed the connection over a frame the peer sent, else None."""
+    if closed.rcvd is None and closed.sent is not None and closed.sent.code in PEER_FAULTS:
+        return closed.sent.code
+    return None
 
 
 def connect_error(exc: BaseException) -> BridgeConnectError:
@@ -286,6 +302,7 @@ class WebSocketBridge(AgentBridge):
         code = closed.rcvd.code if closed.rcvd is not None else None
         if (
             self.reconnect_s <= 0
+            or _peer_fault(closed) is not None
             or not self._established
             or code not in RECONNECTABLE
             or self._closing
@@ -335,6 +352,15 @@ class WebSocketBridge(AgentBridge):
                     return False
         except ConnectionClosed as exc:
             if self._closing or self._terminal is not None:
+                return False
+            fault = _peer_fault(exc)
+            if fault is not None:  # a malformed frame, not a drop: never reconnected
+                logger.warning("%s bridge: %s", self.provider, PEER_FAULTS[fault])
+                self._finish(
+                    AgentError(
+                        BridgeReason.AI_PROVIDER_ERROR, PEER_FAULTS[fault], False, str(fault)
+                    )
+                )
                 return False
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = exc.rcvd.reason if exc.rcvd is not None else ""

@@ -204,6 +204,7 @@ async def test_a_pcm16_agent_s_next_turn_after_clear_is_not_shifted_by_a_byte(ra
         ("error", "quota", False),
         ("drop", "1006", True),
         ("malformed", None, False),
+        ("invalid-utf8", "1007", False),
         ("close", "1011", True),
     ],
 )
@@ -465,6 +466,24 @@ async def test_an_agents_error_is_not_a_reason_to_reconnect(after_start: str) ->
         bridge = reconnecting(fake, 5.0)
         await bridge.start(META)
         assert isinstance((await collect_until(bridge))[-1], AgentError)
+        assert len(fake.handshakes) == 1
+        await bridge.close()
+
+
+async def test_a_frame_the_websocket_layer_refuses_is_not_a_reason_to_reconnect() -> None:
+    """A text frame that is no UTF-8 fails the connection with 1007 (RFC 6455 §8.1); it used
+    to look like a drop (no close frame received), so the bridge dialled again and resumed. A
+    malformed frame ends the call (docs/custom-agent-protocol.md, "Reconnect policy")."""
+    async with FakeTelepathAgent(agent="silent", after_start="invalid-utf8") as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert (terminal.reason, terminal.code, terminal.retryable) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            "1007",
+            False,
+        )
         assert len(fake.handshakes) == 1
         await bridge.close()
 
