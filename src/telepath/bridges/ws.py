@@ -8,6 +8,10 @@ agent audio message synchronously from the socket's receive callback. Everything
 wrong on the socket ends up here as exactly one terminal event, so call control never waits on
 a dead session.
 
+Behind an HTTP proxy the socket is websockets' own client, which sends only from a coroutine:
+every message to the agent then goes through one sender task, in the order they were made
+(``_enqueue``), and caller audio that finds :data:`MAX_QUEUED_SENDS` waiting is dropped.
+
 A bridge that sets ``reconnect_s`` (custom agents that opt in) survives a dropped connection:
 the read loop dials again for up to that long, ``_resume`` re-opens the session on the new
 socket, and what the gateway sent meanwhile — kept in order, the last :data:`MAX_BACKLOG`
@@ -58,6 +62,10 @@ CLOSE_TIMEOUT_S = 2.0
 #: Messages to the agent kept while it reconnects (the oldest go first past it): 10 s of
 #: caller audio at 50 frames/s, as Twilio's applicationReconnect keeps 500 events.
 MAX_BACKLOG = 500
+#: Messages waiting for websockets' own client (the proxy path: ``_enqueue``) before caller
+#: audio is dropped, not queued. They wait only while that client's write buffer is full (the
+#: agent is not reading) or for a burst of RTP handed over at once: 1 s of caller audio.
+MAX_QUEUED_SENDS = 50
 #: Close codes after which reconnecting makes sense (RFC 6455 §7.4.1: going away, internal
 #: error; IANA: service restart, try again later); None is a drop without a close frame.
 RECONNECTABLE: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013})
@@ -137,7 +145,12 @@ class WebSocketBridge(AgentBridge):
         self._closing = False
         self._audio_sink: Callable[[AgentAudio], None] | None = None
         self._handling = False  # the read loop is inside a handler (it may await)
-        self._sends: set[asyncio.Task[None]] = set()  # send_audio_nowait behind a proxy
+        # Behind a proxy (websockets' own client, which sends only from a coroutine): every
+        # message to the agent, in order, and the one task sending them (``_enqueue``).
+        self._outbox: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
+            collections.deque()
+        )
+        self._sender: asyncio.Task[None] | None = None
         # Reconnecting (see the module docstring): the budget (0: never), whether the session
         # is far enough along to resume, and what waits for the new socket meanwhile.
         self.reconnect_s = 0.0
@@ -234,21 +247,22 @@ class WebSocketBridge(AgentBridge):
         text = self._audio_message(payload)
         if text is None:
             return True
+        if not isinstance(ws, AgentSocket):
+            # websockets' own client (proxy configured) sends only from a coroutine: the frame
+            # joins the sender's queue, behind everything handed over before it — unless the
+            # queue is full (the agent is not reading): then it is dropped, as below.
+            if len(self._outbox) >= MAX_QUEUED_SENDS:
+                return False
+            self._enqueue(text, None)
+            return True
         if self._backlog is not None:
             self._keep(text)
             return True
-        if isinstance(ws, AgentSocket):
-            try:
-                return ws.send_nowait(text)
-            except ConnectionClosed as exc:
-                self._hold(text, exc)  # the read loop reports the close
-                return True
-        # websockets' own client (proxy configured) can only send from a coroutine; tasks
-        # start in creation order, so frames still leave in order.
-        task = asyncio.get_running_loop().create_task(self._send(text))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-        return True
+        try:
+            return ws.send_nowait(text)
+        except ConnectionClosed as exc:
+            self._hold(text, exc)  # the read loop reports the close
+            return True
 
     # --- agent audio fast path -------------------------------------------------------------
 
@@ -283,6 +297,49 @@ class WebSocketBridge(AgentBridge):
 
     async def _send(self, text: str) -> None:
         """Send one text frame; a closed socket is reported by the read loop, not here."""
+        ws = self._ws
+        if ws is None or self._terminal is not None:
+            return
+        if not isinstance(ws, AgentSocket):
+            sent = asyncio.get_running_loop().create_future()
+            self._enqueue(text, sent)
+            await sent
+            return
+        await self._deliver(text)
+
+    def _enqueue(self, text: str, sent: asyncio.Future[None] | None) -> None:
+        """Queue ``text`` for the sender task (started if idle); ``sent`` resolves once it is
+        sent, kept or dropped. One task sending in order keeps the wire in the order messages
+        were made: Twilio's sequenceNumber counts them."""
+        self._outbox.append((text, sent))
+        sender = self._sender
+        if sender is None or sender.done():
+            name = f"{self.provider}-bridge-send"
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued(), name=name)
+
+    async def _send_queued(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            text, sent = outbox.popleft()
+            try:
+                await self._deliver(text)
+            except Exception as exc:  # not the session's end (the read loop reports that)
+                logger.warning("%s bridge: send failed (%s)", self.provider, type(exc).__name__)
+            finally:
+                if sent is not None and not sent.done():
+                    sent.set_result(None)
+
+    def _stop_sender(self) -> None:
+        """End the sender (the session is closing); nobody is left waiting on a send."""
+        if self._sender is not None:
+            self._sender.cancel()
+        while self._outbox:
+            _, sent = self._outbox.popleft()
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _deliver(self, text: str) -> None:
+        """Send ``text`` on the current socket now, or keep it while the agent reconnects."""
         ws = self._ws
         if ws is None or self._terminal is not None:
             return
@@ -549,6 +606,7 @@ class WebSocketBridge(AgentBridge):
             # Set even if this close is cancelled while saying goodbye (the call gives it a
             # few seconds): a drop seen after it must not reconnect the ended call.
             self._closing = True
+            self._stop_sender()  # what the goodbye left queued is not sent any more
         await self._shutdown_socket()
         reader = self._reader
         if reader is not None and reader is not asyncio.current_task():
