@@ -179,7 +179,7 @@ _AGENT: TypeAdapter[Any] = TypeAdapter(AgentMessage)
 def _load(text: str | bytes) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise BridgeProtocolError("malformed frame: not JSON") from None
 
 
@@ -212,7 +212,7 @@ def agent_audio_payload(text: str) -> str | None:
             return compact
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the parser's path reports it
         return None
     if type(data) is not dict or len(data) != 2 or data.get("type") != "audio":
         return None
@@ -228,7 +228,7 @@ def twilio_media_payload(text: str) -> str | None:
     """
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the parser's path reports it
         return None
     if type(data) is not dict or data.get("event") != "media":
         return None

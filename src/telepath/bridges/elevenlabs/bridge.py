@@ -212,7 +212,7 @@ class ElevenLabsBridge(WebSocketBridge):
             raise err
         try:
             signed = json.loads(body)["signed_url"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # (nested too deep)
             signed = None
         if not isinstance(signed, str):
             err = BridgeConnectError("signed URL response malformed", retryable=False)

@@ -499,7 +499,7 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 def _transfer_target(arguments: str) -> str | None:
     try:
         args = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
     target = args.get("target") if isinstance(args, dict) else None
     if isinstance(target, str) and target.startswith(("sip:", "sips:", "tel:")):
