@@ -106,6 +106,16 @@ async def test_telepath_audio_both_ways_marks_dtmf_stop(fmt: MediaFormat | None,
         assert [m["timestamp_ms"] for m in audio_msgs] == list(range(0, 200, 20))
 
 
+async def test_a_trunk_without_a_prompt_sends_a_null_one() -> None:
+    async with FakeTelepathAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, system_prompt=None))
+        await bridge.close()
+        await wait_for(lambda: fake.stops)
+        assert "system_prompt" in fake.received[0] and fake.received[0]["system_prompt"] is None
+        assert fake.protocol_errors == []
+
+
 async def test_telepath_pcma_call_offers_alaw_first() -> None:
     async with FakeTelepathAgent(agent="echo") as fake:
         bridge = bridge_for(fake)

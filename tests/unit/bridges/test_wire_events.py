@@ -275,6 +275,7 @@ def test_twilio_ignores_unknown_events() -> None:
 def test_telepath_protocol_round_trip_and_schema_in_sync() -> None:
     start = custom.Start(
         call=custom.CallInfo(call_id="c", trunk_id="t", caller="+1", called="+2", codec="pcmu"),
+        system_prompt="Be brief.",
         media_formats=[custom.MediaFormat(encoding="ulaw")],
     )
     assert custom.parse_gateway_message(start.to_json()) == start
@@ -303,6 +304,25 @@ def test_a_transfer_target_is_left_to_call_control(target: str) -> None:
 def test_a_transfer_target_must_be_a_string_of_bounded_length(target: object) -> None:
     with pytest.raises(BridgeProtocolError):
         custom.parse_agent_message(json.dumps({"type": "transfer", "target": target}))
+
+
+def test_start_says_null_when_there_is_no_system_prompt() -> None:
+    """docs/custom-agent-protocol.md lists ``system_prompt: string|null`` — always there, unlike
+    the optional fields (``?``) — but a trunk without a prompt sent a start without the key."""
+    call = custom.CallInfo(call_id="c", trunk_id="t", caller="+1", called="+2", codec="pcmu")
+    start = custom.Start(
+        call=call, system_prompt=None, media_formats=[custom.MediaFormat(encoding="ulaw")]
+    )
+    sent = json.loads(start.to_json())
+    assert "system_prompt" in sent and sent["system_prompt"] is None
+    assert "reconnect" not in sent and "sip_call_id" not in sent["call"]  # optional: left out
+    assert custom.parse_gateway_message(start.to_json()) == start
+    # and the fake agent's strict reading holds the gateway to it
+    del sent["system_prompt"]
+    with pytest.raises(BridgeProtocolError):
+        custom.parse_gateway_message(json.dumps(sent))
+    schema = custom.protocol_schema()["$defs"]["GatewayToAgent"]["$defs"]["Start"]
+    assert "system_prompt" in schema["required"]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,15 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from telepath.bridges.base import BridgeProtocolError
 
@@ -59,11 +67,22 @@ class Start(_Strict):
     type: Literal["start"] = "start"
     version: Literal["1"] = "1"
     call: CallInfo
-    system_prompt: str | None = None
+    # Always sent, null when the trunk has none: the protocol lists it as string|null, not as
+    # an optional field (docs/custom-agent-protocol.md).
+    system_prompt: str | None
     media_formats: list[MediaFormat]
     # On a new connection after a drop (the trunk's custom_reconnect): how many times this
     # call has reconnected, this one included; absent on the call's first connection.
     reconnect: int | None = Field(None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _prompt_even_if_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)  # exclude_none (to_json) left a null prompt out
+        return {
+            name: data.get(name)
+            for name in type(self).model_fields
+            if name in data or name == "system_prompt"
+        }
 
 
 class GatewayAudio(_Strict):
