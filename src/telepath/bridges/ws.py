@@ -52,7 +52,7 @@ from telepath.bridges.base import (
 from telepath.bridges.tls import client_context
 from telepath.bridges.ws_socket import WIRE_LOGGER, AgentSocket, MessageSocket
 
-__all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
+__all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error", "stop_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,26 @@ def connect_error(exc: BaseException) -> BridgeConnectError:
     if isinstance(exc, OSError):
         return BridgeConnectError("agent unreachable", retryable=True, code="unreachable")
     return BridgeConnectError("agent connect failed", retryable=False, code=type(exc).__name__)
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    Not ``await task`` inside ``except CancelledError: pass``: there the task's cancellation
+    and our own (the caller cancelling whatever awaits this) look alike, and swallowing ours
+    let a cancelled teardown carry on. ``asyncio.wait`` raises only ours.
+    """
+    task.cancel()
+    await asyncio.wait({task})
+    # Its end taken out of it, as ``await task`` would: a cancelled task keeps its
+    # CancelledError, whose traceback holds the task's frames and the bridge in them (a cycle
+    # only a full collection frees, test_call_memory.py). Raised here, it can only be its own.
+    try:
+        task.result()
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # its failure was its own to report
+        logger.debug("%s ended with %s", task.get_name(), type(exc).__name__)
 
 
 @functools.lru_cache(maxsize=256)
@@ -609,10 +629,9 @@ class WebSocketBridge(AgentBridge):
             self._stop_sender()  # what the goodbye left queued is not sent any more
         await self._shutdown_socket()
         reader = self._reader
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
-        self._finish(AgentDisconnected(reason, 1000))
+        try:
+            if reader is not None and reader is not asyncio.current_task():
+                await stop_task(reader)
+        finally:
+            # also when this close is cancelled meanwhile: events() must still end
+            self._finish(AgentDisconnected(reason, 1000))
