@@ -351,8 +351,11 @@ class WebSocketBridge(AgentBridge):
 
     def _stop_sender(self) -> None:
         """End the sender (the session is closing); nobody is left waiting on a send."""
-        if self._sender is not None:
-            self._sender.cancel()
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            # and let it go: cancelled, it keeps its CancelledError, whose traceback holds its
+            # frames and this bridge in them — held here too, that was a cycle
+            sender.cancel()
         while self._outbox:
             _, sent = self._outbox.popleft()
             if sent is not None and not sent.done():

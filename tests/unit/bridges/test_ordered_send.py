@@ -10,6 +10,8 @@ it. Now every message joins one queue, in order; caller audio finding it full is
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -116,3 +118,22 @@ async def test_close_ends_a_sender_held_by_an_agent_that_stopped_reading() -> No
     await settle()
     assert dtmf.done() and socket.sent == []  # its caller is not left waiting
     assert len(asyncio.all_tasks()) == len(tasks_before) - 2  # neither the sender nor dtmf
+
+
+async def test_a_bridge_whose_sender_close_ended_is_freed_without_a_collection() -> None:
+    """A cancelled task keeps its CancelledError, whose traceback holds the task's frames and
+    the bridge in them: the bridge must not hold the task too (a cycle per call behind a
+    proxy, freed only by a full collection; test_call_memory.py has the same rule)."""
+    socket = Gated(open_=False)
+    bridge = bridge_on(socket)
+    bridge.send_audio_nowait(b"a0")
+    await settle()  # the sender is waiting on the socket
+    await bridge.close()
+    await settle()
+    freed = weakref.ref(bridge)
+    gc.disable()
+    try:
+        del bridge
+        assert freed() is None
+    finally:
+        gc.enable()
