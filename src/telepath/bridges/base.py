@@ -284,7 +284,8 @@ class AgentTranscript:
 
 @dataclass(frozen=True, slots=True)
 class AgentTransfer:
-    """The agent asks to transfer the caller to ``target`` (``sip:`` or ``tel:`` URI)."""
+    """The agent asks to transfer the caller to ``target``, as the agent wrote it (call
+    control checks that it is a ``sip:``, ``sips:`` or ``tel:`` URI)."""
 
     target: str
     request_id: str

@@ -8,6 +8,10 @@ agent audio message synchronously from the socket's receive callback. Everything
 wrong on the socket ends up here as exactly one terminal event, so call control never waits on
 a dead session.
 
+Behind an HTTP proxy the socket is websockets' own client, which sends only from a coroutine:
+every message to the agent then goes through one sender task, in the order they were made
+(``_enqueue``), and caller audio that finds :data:`MAX_QUEUED_SENDS` waiting is dropped.
+
 A bridge that sets ``reconnect_s`` (custom agents that opt in) survives a dropped connection:
 the read loop dials again for up to that long, ``_resume`` re-opens the session on the new
 socket, and what the gateway sent meanwhile — kept in order, the last :data:`MAX_BACKLOG`
@@ -48,7 +52,7 @@ from telepath.bridges.base import (
 from telepath.bridges.tls import client_context
 from telepath.bridges.ws_socket import WIRE_LOGGER, AgentSocket, MessageSocket
 
-__all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error"]
+__all__ = ["MAX_EVENT_QUEUE", "MAX_FRAME_BYTES", "WebSocketBridge", "connect_error", "stop_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +62,29 @@ CLOSE_TIMEOUT_S = 2.0
 #: Messages to the agent kept while it reconnects (the oldest go first past it): 10 s of
 #: caller audio at 50 frames/s, as Twilio's applicationReconnect keeps 500 events.
 MAX_BACKLOG = 500
+#: Messages waiting for websockets' own client (the proxy path: ``_enqueue``) before caller
+#: audio is dropped, not queued. They wait only while that client's write buffer is full (the
+#: agent is not reading) or for a burst of RTP handed over at once: 1 s of caller audio.
+MAX_QUEUED_SENDS = 50
 #: Close codes after which reconnecting makes sense (RFC 6455 §7.4.1: going away, internal
 #: error; IANA: service restart, try again later); None is a drop without a close frame.
 RECONNECTABLE: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013})
+#: Close codes with which our side fails a connection over what the peer sent (RFC 6455
+#: §7.1.7, §7.4.1): a frame that breaks the protocol, text that is no UTF-8 (§8.1), a message
+#: over the size limit. The peer's close frame is not read after that (§7.1.7), so without
+#: this the close looked like a drop.
+PEER_FAULTS: dict[int, str] = {
+    1002: "agent broke the WebSocket protocol",
+    1007: "agent sent a text frame that is not UTF-8",
+    1009: "agent sent a message over the size limit",
+}
+
+
+def _peer_fault(closed: ConnectionClosed) -> int | None:
+    """The close code if our side failed the connection over a frame the peer sent, else None."""
+    if closed.rcvd is None and closed.sent is not None and closed.sent.code in PEER_FAULTS:
+        return closed.sent.code
+    return None
 
 
 def connect_error(exc: BaseException) -> BridgeConnectError:
@@ -88,6 +112,26 @@ def connect_error(exc: BaseException) -> BridgeConnectError:
     if isinstance(exc, OSError):
         return BridgeConnectError("agent unreachable", retryable=True, code="unreachable")
     return BridgeConnectError("agent connect failed", retryable=False, code=type(exc).__name__)
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    Not ``await task`` inside ``except CancelledError: pass``: there the task's cancellation
+    and our own (the caller cancelling whatever awaits this) look alike, and swallowing ours
+    let a cancelled teardown carry on. ``asyncio.wait`` raises only ours.
+    """
+    task.cancel()
+    await asyncio.wait({task})
+    # Its end taken out of it, as ``await task`` would: a cancelled task keeps its
+    # CancelledError, whose traceback holds the task's frames and the bridge in them (a cycle
+    # only a full collection frees, test_call_memory.py). Raised here, it can only be its own.
+    try:
+        task.result()
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # its failure was its own to report
+        logger.debug("%s ended with %s", task.get_name(), type(exc).__name__)
 
 
 @functools.lru_cache(maxsize=256)
@@ -121,7 +165,12 @@ class WebSocketBridge(AgentBridge):
         self._closing = False
         self._audio_sink: Callable[[AgentAudio], None] | None = None
         self._handling = False  # the read loop is inside a handler (it may await)
-        self._sends: set[asyncio.Task[None]] = set()  # send_audio_nowait behind a proxy
+        # Behind a proxy (websockets' own client, which sends only from a coroutine): every
+        # message to the agent, in order, and the one task sending them (``_enqueue``).
+        self._outbox: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
+            collections.deque()
+        )
+        self._sender: asyncio.Task[None] | None = None
         # Reconnecting (see the module docstring): the budget (0: never), whether the session
         # is far enough along to resume, and what waits for the new socket meanwhile.
         self.reconnect_s = 0.0
@@ -218,21 +267,22 @@ class WebSocketBridge(AgentBridge):
         text = self._audio_message(payload)
         if text is None:
             return True
+        if not isinstance(ws, AgentSocket):
+            # websockets' own client (proxy configured) sends only from a coroutine: the frame
+            # joins the sender's queue, behind everything handed over before it — unless the
+            # queue is full (the agent is not reading): then it is dropped, as below.
+            if len(self._outbox) >= MAX_QUEUED_SENDS:
+                return False
+            self._enqueue(text, None)
+            return True
         if self._backlog is not None:
             self._keep(text)
             return True
-        if isinstance(ws, AgentSocket):
-            try:
-                return ws.send_nowait(text)
-            except ConnectionClosed as exc:
-                self._hold(text, exc)  # the read loop reports the close
-                return True
-        # websockets' own client (proxy configured) can only send from a coroutine; tasks
-        # start in creation order, so frames still leave in order.
-        task = asyncio.get_running_loop().create_task(self._send(text))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-        return True
+        try:
+            return ws.send_nowait(text)
+        except ConnectionClosed as exc:
+            self._hold(text, exc)  # the read loop reports the close
+            return True
 
     # --- agent audio fast path -------------------------------------------------------------
 
@@ -270,6 +320,52 @@ class WebSocketBridge(AgentBridge):
         ws = self._ws
         if ws is None or self._terminal is not None:
             return
+        if not isinstance(ws, AgentSocket):
+            sent = asyncio.get_running_loop().create_future()
+            self._enqueue(text, sent)
+            await sent
+            return
+        await self._deliver(text)
+
+    def _enqueue(self, text: str, sent: asyncio.Future[None] | None) -> None:
+        """Queue ``text`` for the sender task (started if idle); ``sent`` resolves once it is
+        sent, kept or dropped. One task sending in order keeps the wire in the order messages
+        were made: Twilio's sequenceNumber counts them."""
+        self._outbox.append((text, sent))
+        sender = self._sender
+        if sender is None or sender.done():
+            name = f"{self.provider}-bridge-send"
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued(), name=name)
+
+    async def _send_queued(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            text, sent = outbox.popleft()
+            try:
+                await self._deliver(text)
+            except Exception as exc:  # not the session's end (the read loop reports that)
+                logger.warning("%s bridge: send failed (%s)", self.provider, type(exc).__name__)
+            finally:
+                if sent is not None and not sent.done():
+                    sent.set_result(None)
+
+    def _stop_sender(self) -> None:
+        """End the sender (the session is closing); nobody is left waiting on a send."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            # and let it go: cancelled, it keeps its CancelledError, whose traceback holds its
+            # frames and this bridge in them — held here too, that was a cycle
+            sender.cancel()
+        while self._outbox:
+            _, sent = self._outbox.popleft()
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _deliver(self, text: str) -> None:
+        """Send ``text`` on the current socket now, or keep it while the agent reconnects."""
+        ws = self._ws
+        if ws is None or self._terminal is not None:
+            return
         if self._backlog is not None:
             self._keep(text)
             return
@@ -286,6 +382,7 @@ class WebSocketBridge(AgentBridge):
         code = closed.rcvd.code if closed.rcvd is not None else None
         if (
             self.reconnect_s <= 0
+            or _peer_fault(closed) is not None
             or not self._established
             or code not in RECONNECTABLE
             or self._closing
@@ -335,6 +432,15 @@ class WebSocketBridge(AgentBridge):
                     return False
         except ConnectionClosed as exc:
             if self._closing or self._terminal is not None:
+                return False
+            fault = _peer_fault(exc)
+            if fault is not None:  # a malformed frame, not a drop: never reconnected
+                logger.warning("%s bridge: %s", self.provider, PEER_FAULTS[fault])
+                self._finish(
+                    AgentError(
+                        BridgeReason.AI_PROVIDER_ERROR, PEER_FAULTS[fault], False, str(fault)
+                    )
+                )
                 return False
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
@@ -523,12 +629,12 @@ class WebSocketBridge(AgentBridge):
             # Set even if this close is cancelled while saying goodbye (the call gives it a
             # few seconds): a drop seen after it must not reconnect the ended call.
             self._closing = True
+            self._stop_sender()  # what the goodbye left queued is not sent any more
         await self._shutdown_socket()
         reader = self._reader
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
-        self._finish(AgentDisconnected(reason, 1000))
+        try:
+            if reader is not None and reader is not asyncio.current_task():
+                await stop_task(reader)
+        finally:
+            # also when this close is cancelled meanwhile: events() must still end
+            self._finish(AgentDisconnected(reason, 1000))

@@ -61,6 +61,9 @@ _TURN_GAP_S = 0.6  # silence that separates turns
 #: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
 #: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
 AGENT_CLOSE_S = 5.0
+#: The share of it that telling the agent how the transfer that ended the call went may take:
+#: an agent that stopped reading holds that send, and the bridge's close must still run.
+TRANSFER_RESULT_S = 1.0
 #: How long our REFER, once accepted (2xx), waits for its first NOTIFY before the transfer
 #: counts as failed: 64*T1, as a subscriber's Timer N after which a subscription that never got
 #: a NOTIFY is taken as failed (RFC 6665 §4.1.2.4); a REFER's is implicit (RFC 3515 §2.4.4).
@@ -476,7 +479,8 @@ class Call:
         """Let the agent and the carrier go, then release the media and write the record.
 
         Bounded to fit the drain's wait for the calls it ends (5 s plus ``bye_wait_s``): the
-        agent's close gets ``AGENT_CLOSE_S``, and the wait for the answer to our BYE runs from
+        agent's close gets ``AGENT_CLOSE_S`` (a transfer's result, sent first, at most
+        ``TRANSFER_RESULT_S`` of it), and the wait for the answer to our BYE runs from
         the BYE, beside it. A drain that gives up all the same cancels this task: that cuts
         those two waits short, never the rest — the media is released and the record written
         (reason ``shutdown``) whatever, out of the cancel's reach (``_to_the_end``); cancelled
@@ -488,7 +492,9 @@ class Call:
         try:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(AGENT_CLOSE_S):  # not wait_for: no task for this
-                    await self._tell_transfer_outcome()
+                    with contextlib.suppress(TimeoutError):  # the close runs whatever
+                        async with asyncio.timeout(TRANSFER_RESULT_S):
+                            await self._tell_transfer_outcome()
                     await self.bridge.close(bridge_reason(end.reason))
             if end.send_bye:
                 # Let the carrier answer our BYE so the SIP trace in the record is complete.

@@ -20,8 +20,9 @@ Behaviour switches (both unless noted):
 * ``transfer_to`` (telepath): after the greeting, a ``transfer`` request (with ``hangup``,
   the agent hangs up when the ``transfer_result`` arrives).
 * ``media_format`` (telepath): the format chosen in ``ready``; ``no_ready=True`` never answers.
-* ``after_start``: ``"error"`` (telepath ``error`` message), ``"drop"``, ``"malformed"``,
-  ``"close"`` (1011), ``"close-normal"`` (1000).
+* ``after_start``: ``"error"`` (telepath ``error`` message), ``"drop"``, ``"malformed"``
+  (not JSON), ``"invalid-utf8"`` (a text frame that is no UTF-8), ``"close"`` (1011),
+  ``"close-normal"`` (1000).
 * ``drop_after_ms`` (telepath): the first connection is aborted that long after ``ready``
   (later ones, a reconnect's, are not): ``starts`` keeps every ``start``.
 * ``max_sessions``: handshakes past that many are answered 503.
@@ -112,6 +113,9 @@ class _FakeCustom(FakeAgentServer):
                 return True
             case "malformed":
                 await ws.send("{oops")
+            case "invalid-utf8":  # a text frame that is no UTF-8 (RFC 6455 §8.1: fail, 1007)
+                ws.protocol.send_text(b'{"type":"mark","name":"\xff"}')
+                ws.send_data()
             case "close":
                 await ws.close(1011, "internal error")
                 return True
@@ -239,7 +243,9 @@ class FakeTelepathAgent(_FakeCustom):
         if self.agent != "tone" or await self._greet(ws):
             return False
         if self.transfer_to is not None:  # hangs up (if asked to) once the result arrives
-            await ws.send(ev.Transfer(target=self.transfer_to, request_id="xfer-1").to_json())
+            # unvalidated: the gateway, not the fake, is the one to judge the target
+            transfer = ev.Transfer.model_construct(target=self.transfer_to, request_id="xfer-1")
+            await ws.send(transfer.to_json())
         elif self.hangup:
             await ws.send(ev.Hangup(reason="done").to_json())
         return False

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import websockets
@@ -105,6 +106,16 @@ async def test_telepath_audio_both_ways_marks_dtmf_stop(fmt: MediaFormat | None,
         assert [m["timestamp_ms"] for m in audio_msgs] == list(range(0, 200, 20))
 
 
+async def test_a_trunk_without_a_prompt_sends_a_null_one() -> None:
+    async with FakeTelepathAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, system_prompt=None))
+        await bridge.close()
+        await wait_for(lambda: fake.stops)
+        assert "system_prompt" in fake.received[0] and fake.received[0]["system_prompt"] is None
+        assert fake.protocol_errors == []
+
+
 async def test_telepath_pcma_call_offers_alaw_first() -> None:
     async with FakeTelepathAgent(agent="echo") as fake:
         bridge = bridge_for(fake)
@@ -141,6 +152,37 @@ async def test_telepath_clear_hangup_transfer() -> None:
         assert fake.protocol_errors == []
 
 
+class SpelledTransfers(FakeTelepathAgent):
+    """After ``ready``, a ``transfer`` to each of ``targets`` (as JSON of its own: the fake's
+    model is not the judge of a target), then the greeting's mark."""
+
+    def __init__(self, targets: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.targets = targets
+
+    async def _greet(self, ws: ServerConnection) -> bool:
+        for n, target in enumerate(self.targets, 1):
+            await ws.send(json.dumps({"type": "transfer", "target": target, "request_id": f"x{n}"}))
+        await self.send_mark(ws, GREETING_MARK)
+        return True
+
+
+async def test_a_transfer_target_reaches_call_control_as_the_agent_spelled_it() -> None:
+    """Upper-case schemes (case-insensitive: RFC 3986 §3.1, RFC 3261 §19.1.4) and a bare
+    number used to be "malformed agent message": the call ended as ai_provider_error. They
+    reach call control, whose URI check decides (a bare number: "invalid transfer target")."""
+    targets = ["TEL:+14155550123", "Sip:alice@example.com", "+14155550123"]
+    async with SpelledTransfers(targets) as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(META)
+        events = await collect_until(bridge, AgentMark)
+        assert not any(isinstance(e, AgentError) for e in events)
+        transfers = [e for e in events if isinstance(e, AgentTransfer)]
+        assert transfers == [AgentTransfer(t, f"x{n}") for n, t in enumerate(targets, 1)]
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
 class OddChunkThenClear(FakeTelepathAgent):
     """A sample and a half of audio, ``clear`` (a barge-in), then the usual tone: the next
     turn's audio starts on a whole sample of its own (docs: agent ``audio`` of any length)."""
@@ -172,6 +214,7 @@ async def test_a_pcm16_agent_s_next_turn_after_clear_is_not_shifted_by_a_byte(ra
         ("error", "quota", False),
         ("drop", "1006", True),
         ("malformed", None, False),
+        ("invalid-utf8", "1007", False),
         ("close", "1011", True),
     ],
 )
@@ -433,6 +476,24 @@ async def test_an_agents_error_is_not_a_reason_to_reconnect(after_start: str) ->
         bridge = reconnecting(fake, 5.0)
         await bridge.start(META)
         assert isinstance((await collect_until(bridge))[-1], AgentError)
+        assert len(fake.handshakes) == 1
+        await bridge.close()
+
+
+async def test_a_frame_the_websocket_layer_refuses_is_not_a_reason_to_reconnect() -> None:
+    """A text frame that is no UTF-8 fails the connection with 1007 (RFC 6455 §8.1); it used
+    to look like a drop (no close frame received), so the bridge dialled again and resumed. A
+    malformed frame ends the call (docs/custom-agent-protocol.md, "Reconnect policy")."""
+    async with FakeTelepathAgent(agent="silent", after_start="invalid-utf8") as fake:
+        bridge = reconnecting(fake, 5.0)
+        await bridge.start(META)
+        terminal = (await collect_until(bridge))[-1]
+        assert isinstance(terminal, AgentError)
+        assert (terminal.reason, terminal.code, terminal.retryable) == (
+            BridgeReason.AI_PROVIDER_ERROR,
+            "1007",
+            False,
+        )
         assert len(fake.handshakes) == 1
         await bridge.close()
 

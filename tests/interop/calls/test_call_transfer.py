@@ -172,6 +172,36 @@ async def test_a_transfer_target_that_is_no_uri_is_refused_and_nothing_is_sent(
     assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned
 
 
+async def test_a_bare_number_as_target_is_refused_and_the_call_goes_on(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """A target with no scheme (a bare number, as a model may well say it) used to fail the
+    bridge's own pattern: "malformed agent message", and the caller was dropped as
+    ai_provider_error. It reaches call control's URI check (docs/custom-agent-protocol.md):
+    ok false, "invalid transfer target", no REFER, and the call goes on."""
+    bare = "+14155550123"
+    async with FakeTelepathAgent(agent="tone", response_ms=400, transfer_to=bare) as agent:
+        await create_trunk(
+            api, "barexfer", "xfer-pass-7", ai_provider="custom", custom_endpoint=agent.url
+        )
+        placed = await place_call(gateway, tmp_path, "barexfer", "xfer-pass-7", hold_ms=1500)
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert agent.transfer_results == [
+        {
+            "type": "transfer_result",
+            "request_id": "xfer-1",
+            "ok": False,
+            "detail": "invalid transfer target",
+        }
+    ]
+    assert "REFER " not in result.messages
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "caller_hangup"  # the caller hung up later, as planned
+
+
 async def test_a_carrier_bye_after_accepting_the_refer_ends_the_call_as_transferred(
     api: Api, gateway: Gateway, tmp_path: Path
 ) -> None:

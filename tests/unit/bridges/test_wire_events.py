@@ -275,18 +275,54 @@ def test_twilio_ignores_unknown_events() -> None:
 def test_telepath_protocol_round_trip_and_schema_in_sync() -> None:
     start = custom.Start(
         call=custom.CallInfo(call_id="c", trunk_id="t", caller="+1", called="+2", codec="pcmu"),
+        system_prompt="Be brief.",
         media_formats=[custom.MediaFormat(encoding="ulaw")],
     )
     assert custom.parse_gateway_message(start.to_json()) == start
     assert custom.parse_agent_message('{"type":"clear"}') == custom.Clear()
-    with pytest.raises(BridgeProtocolError):
-        custom.parse_agent_message('{"type":"transfer","target":"http://x"}')
     with pytest.raises(BridgeProtocolError):
         custom.parse_agent_message('{"type":"audio","payload":"AA","extra":1}')
     path = Path(__file__).parents[3] / "docs" / "custom-agent-protocol.v1.schema.json"
     assert json.loads(path.read_text()) == json.loads(
         json.dumps(custom.protocol_schema(), sort_keys=True)
     )
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["TEL:+14155550123", "Sip:alice@example.com", "SIPS:bob@example.com", "+14155550123", "x y"],
+)
+def test_a_transfer_target_is_left_to_call_control(target: str) -> None:
+    """Schemes are case-insensitive (RFC 3986 §3.1, RFC 3261 §19.1.4) and a target that is no
+    URI at all is call control's to refuse ("invalid transfer target", the call goes on): the
+    parser used to call all of these a malformed message, which ended the call."""
+    text = json.dumps({"type": "transfer", "target": target})
+    assert custom.parse_agent_message(text) == custom.Transfer(target=target)
+
+
+@pytest.mark.parametrize("target", [5, None, ["sip:a@b"], "sip:" + "a" * 2045])
+def test_a_transfer_target_must_be_a_string_of_bounded_length(target: object) -> None:
+    with pytest.raises(BridgeProtocolError):
+        custom.parse_agent_message(json.dumps({"type": "transfer", "target": target}))
+
+
+def test_start_says_null_when_there_is_no_system_prompt() -> None:
+    """docs/custom-agent-protocol.md lists ``system_prompt: string|null`` — always there, unlike
+    the optional fields (``?``) — but a trunk without a prompt sent a start without the key."""
+    call = custom.CallInfo(call_id="c", trunk_id="t", caller="+1", called="+2", codec="pcmu")
+    start = custom.Start(
+        call=call, system_prompt=None, media_formats=[custom.MediaFormat(encoding="ulaw")]
+    )
+    sent = json.loads(start.to_json())
+    assert "system_prompt" in sent and sent["system_prompt"] is None
+    assert "reconnect" not in sent and "sip_call_id" not in sent["call"]  # optional: left out
+    assert custom.parse_gateway_message(start.to_json()) == start
+    # and the fake agent's strict reading holds the gateway to it
+    del sent["system_prompt"]
+    with pytest.raises(BridgeProtocolError):
+        custom.parse_gateway_message(json.dumps(sent))
+    schema = custom.protocol_schema()["$defs"]["GatewayToAgent"]["$defs"]["Start"]
+    assert "system_prompt" in schema["required"]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,15 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from telepath.bridges.base import BridgeProtocolError
 
@@ -59,11 +67,22 @@ class Start(_Strict):
     type: Literal["start"] = "start"
     version: Literal["1"] = "1"
     call: CallInfo
-    system_prompt: str | None = None
+    # Always sent, null when the trunk has none: the protocol lists it as string|null, not as
+    # an optional field (docs/custom-agent-protocol.md).
+    system_prompt: str | None
     media_formats: list[MediaFormat]
     # On a new connection after a drop (the trunk's custom_reconnect): how many times this
     # call has reconnected, this one included; absent on the call's first connection.
     reconnect: int | None = Field(None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _prompt_even_if_null(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)  # exclude_none (to_json) left a null prompt out
+        return {
+            name: data.get(name)
+            for name in type(self).model_fields
+            if name in data or name == "system_prompt"
+        }
 
 
 class GatewayAudio(_Strict):
@@ -132,11 +151,20 @@ class Hangup(_Strict):
     reason: str | None = None
 
 
+#: The longest ``transfer.target`` taken (far past any phone number or SIP URI in use).
+MAX_TRANSFER_TARGET = 2048
+
+
 class Transfer(_Strict):
-    """Agent -> gateway: transfer the caller (``sip:``/``sips:``/``tel:`` URI)."""
+    """Agent -> gateway: transfer the caller to a sip, sips or tel URI; a target that is no
+    such URI gets a failed transfer_result and the call goes on."""
 
     type: Literal["transfer"] = "transfer"
-    target: str = Field(pattern=r"^(sips?|tel):.+")
+    # Any string: whether it is such a URI is call control's check (sip.uri.transfer_target,
+    # schemes case-insensitive as RFC 3986 §3.1 and RFC 3261 §19.1.4 have them), which refuses
+    # it with "invalid transfer target". A pattern here made "TEL:…" or a bare number a
+    # malformed message, and that ended the call.
+    target: str = Field(max_length=MAX_TRANSFER_TARGET)
     request_id: str | None = None
 
 
@@ -170,7 +198,7 @@ _AGENT: TypeAdapter[Any] = TypeAdapter(AgentMessage)
 def _load(text: str | bytes) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise BridgeProtocolError("malformed frame: not JSON") from None
 
 
@@ -203,7 +231,7 @@ def agent_audio_payload(text: str) -> str | None:
             return compact
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the parser's path reports it
         return None
     if type(data) is not dict or len(data) != 2 or data.get("type") != "audio":
         return None
@@ -219,7 +247,7 @@ def twilio_media_payload(text: str) -> str | None:
     """
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # the parser's path reports it
         return None
     if type(data) is not dict or data.get("event") != "media":
         return None

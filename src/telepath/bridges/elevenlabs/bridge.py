@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import json
 import logging
 from urllib.parse import urlencode
@@ -59,7 +58,7 @@ from telepath.bridges.base import (
 )
 from telepath.bridges.elevenlabs import events as ev
 from telepath.bridges.http_client import new_session, read_body
-from telepath.bridges.ws import WebSocketBridge
+from telepath.bridges.ws import WebSocketBridge, stop_task
 
 __all__ = ["ElevenLabsBridge"]
 
@@ -144,9 +143,7 @@ class ElevenLabsBridge(WebSocketBridge):
         """As :meth:`WebSocketBridge.close`, the keep-alive stopped first."""
         activity, self._activity = self._activity, None
         if activity is not None:
-            activity.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await activity
+            await stop_task(activity)
         await super().close(reason)
 
     def _audio_message(self, payload: bytes) -> str | None:
@@ -212,7 +209,7 @@ class ElevenLabsBridge(WebSocketBridge):
             raise err
         try:
             signed = json.loads(body)["signed_url"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # (nested too deep)
             signed = None
         if not isinstance(signed, str):
             err = BridgeConnectError("signed URL response malformed", retryable=False)

@@ -286,7 +286,7 @@ SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
 def _load(text: str | bytes) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise BridgeProtocolError("malformed frame: not JSON") from None
     if not isinstance(data, dict):
         raise BridgeProtocolError("malformed frame: not an object")

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import json
 import logging
 from collections import deque
@@ -70,7 +69,7 @@ from telepath.bridges.base import (
     RealTimePlayout,
 )
 from telepath.bridges.openai import events as ev
-from telepath.bridges.ws import WebSocketBridge
+from telepath.bridges.ws import WebSocketBridge, stop_task
 
 __all__ = ["END_CALL_TOOL", "TRANSFER_CALL_TOOL", "OpenAIRealtimeBridge"]
 
@@ -217,9 +216,7 @@ class OpenAIRealtimeBridge(WebSocketBridge):
     async def close(self, reason: BridgeReason = BridgeReason.CALLER_HANGUP) -> None:
         """Stop the session timer and close the socket."""
         if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            await stop_task(self._timer)
         await super().close(reason)
 
     # --- outgoing helpers ------------------------------------------------------------------
@@ -499,7 +496,7 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
 def _transfer_target(arguments: str) -> str | None:
     try:
         args = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
     target = args.get("target") if isinstance(args, dict) else None
     if isinstance(target, str) and target.startswith(("sip:", "sips:", "tel:")):

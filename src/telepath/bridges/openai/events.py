@@ -445,7 +445,7 @@ SERVER_EVENTS: dict[str, type[ServerEvent]] = {
 def _load(text: str | bytes) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise BridgeProtocolError("malformed frame: not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise BridgeProtocolError("malformed frame: no event type")
