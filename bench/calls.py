@@ -8,16 +8,23 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
 
   CPU %/call     gateway process CPU (all threads) as % of one core, divided by N
   RSS/call       (RSS with N calls up - RSS before the step) / N
-  gw proc        gateway's own per-packet time from the call records (GET /v1/calls/{id}):
-                 mean of gateway_processing_ms and p99 of gateway_processing_p99_ms
+  proc/pkt       gateway's own per-packet time from the call records (GET /v1/calls/{id}):
+                 mean of gateway_processing_ms and p99 of gateway_processing_p99_ms — the CPU
+                 time inside the callbacks only (informational: no verdict reads it)
   in/out p50     per-direction per-call p50 from /metrics telepath_gateway_latency_seconds
   →agent p50/p99 phone send → agent receive (wire, jitter buffer, WebSocket, both loops)
-  agent→ p50/p95 agent send → phone receive (WebSocket, playout queue and pacing, wire)
+  agent→ p50/p99 agent send → phone receive (WebSocket, playout queue and pacing, wire);
+                 the p95 is in the JSON too
+  RTT p50/p99    phone send → phone receive of the echoed frame (the baselines' only latency)
   1st audio p95  per call, the agent's first audio message → its arrival at the phone
   jitter p50/p99/max  |inter-arrival − 20 ms| of the gateway's RTP at the phones
   loss           gateway RTP lost at the phone (sequence gaps) / echo frames never returned
 
   kernel %       the system (kernel) share of that process's CPU
+
+Goals (``step_goals``): CPU per call, RTP send jitter p99 and the p99 added latency, judged per
+direction on the wall-clock →agent and agent→ p99: an upper bound of what the gateway adds
+(the phones', the agent's and loopback's share included; see ``step_goals``).
 
 With ``BENCH_PROBE=1`` the gateway also times its per-frame callbacks in situ (thread CPU
 clock; ``bench/probe/sitecustomize.py``) and each step prints µs per call and per frame pair
@@ -399,6 +406,42 @@ def _g(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _at_most(value: float | None, goal: float) -> str:
+    return verdict(None if value is None else value <= goal)
+
+
+def step_goals(r: dict[str, Any]) -> dict[str, str]:
+    """The issue's goals for one ``telepath`` step.
+
+    Added latency is judged per direction on the wall clock, phone → agent and agent → phone
+    (``_merge``): an upper bound of what the gateway adds, as it also holds the phones' and the
+    echo agent's sends and receives and loopback. It is not taken net of the relay floor: the
+    relay stamps no per-direction times, and a difference of two p99s is not the p99 of the
+    difference. So a PASS proves the goal; a FAIL may be the host's, which the round trip of
+    the same run's relay floor (same phones, same N) shows. agent→caller includes the wait for
+    the call's pacer slot (0–20 ms, RTP leaves on the call's own 20 ms clock) and the playout
+    queue. The per-packet processing time of the call records (``gw_proc``) times only the
+    callbacks: no socket buffer, event-loop queue, late wake-up or playout queue, i.e. none of
+    what grows with N; it is shown, not judged.
+    """
+    return {
+        f"<= {GOAL_CPU_PCT_PER_CALL} % of a core per call": verdict(
+            r["cpu_pct_per_call"] <= GOAL_CPU_PCT_PER_CALL
+        ),
+        f"p99 added latency caller→agent <= {GOAL_P99_ADDED_MS} ms "
+        "(wall clock phone→agent, an upper bound)": _at_most(
+            r.get("to_agent_p99_ms"), GOAL_P99_ADDED_MS
+        ),
+        f"p99 added latency agent→caller <= {GOAL_P99_ADDED_MS} ms "
+        "(wall clock agent→phone, an upper bound)": _at_most(
+            r.get("from_agent_p99_ms"), GOAL_P99_ADDED_MS
+        ),
+        f"RTP send jitter p99 <= {GOAL_JITTER_P99_MS} ms": _at_most(
+            r.get("jitter_p99_ms"), GOAL_JITTER_P99_MS
+        ),
+    }
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     headers = [
         "server",
@@ -408,10 +451,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "CPU % tot",
         "kernel %",
         "RSS MB/call",
-        "gw proc mean/p99 ms",
+        "proc/pkt mean/p99 ms",
         "in/out p50 ms",
         "→agent p50/p99",
-        "agent→ p50/p95",
+        "agent→ p50/p99",
+        "RTT p50/p99",
         "1st audio p95",
         "jitter p50/p99/max",
         "clock late p99/>2ms%",
@@ -435,7 +479,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             pair(r.get("gw_proc_mean_ms"), r.get("gw_proc_p99_ms")),
             pair(r.get("in_p50_ms_metrics"), r.get("out_p50_ms_metrics")),
             pair(r.get("to_agent_p50_ms"), r.get("to_agent_p99_ms")),
-            pair(r.get("from_agent_p50_ms"), r.get("from_agent_p95_ms")),
+            pair(r.get("from_agent_p50_ms"), r.get("from_agent_p99_ms")),
+            pair(r.get("rtt_p50_ms"), r.get("rtt_p99_ms")),
             r.get("first_audio_p95_ms"),
             pair(r.get("jitter_p50_ms"), r.get("jitter_p99_ms")) + f"/{r.get('jitter_max_ms')}",
             pair(r.get("tick_late_p99_ms"), r.get("tick_late_over_2ms_pct")),
@@ -449,17 +494,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     tp = [r for r in rows if r["kind"] == "telepath"]
     goals: dict[str, dict[str, str]] = {}
     for r in tp:
-        goals[f"N={r['calls']}"] = {
-            f"<= {GOAL_CPU_PCT_PER_CALL} % of a core per call": verdict(
-                r["cpu_pct_per_call"] <= GOAL_CPU_PCT_PER_CALL
-            ),
-            f"p99 added latency (gateway per-packet p99) <= {GOAL_P99_ADDED_MS} ms": verdict(
-                None if r["gw_proc_p99_ms"] is None else r["gw_proc_p99_ms"] <= GOAL_P99_ADDED_MS
-            ),
-            f"RTP send jitter p99 <= {GOAL_JITTER_P99_MS} ms": verdict(
-                None if r.get("jitter_p99_ms") is None else r["jitter_p99_ms"] <= GOAL_JITTER_P99_MS
-            ),
-        }
+        goals[f"N={r['calls']}"] = step_goals(r)
     for r in rows:
         if r["kind"] == "telepath+churn":
             jitter = r.get("jitter_p99_ms")
