@@ -273,6 +273,9 @@ class Phones:
             return round(devs[min(len(devs) - 1, int(len(devs) * v))], 3) if devs else None
 
         echoed = sum(1 for k in self.sent if k in self.recv)
+        # a call is bridged in the window when a frame its phone sent then came back through
+        # the gateway and the agent: the calls the gateway really carried
+        bridged = len({k.split(":")[0] for k in self.sent if k in self.recv})
         rtt = sorted(self.recv[k] - t for k, t in self.sent.items() if k in self.recv)
         return {
             "phones": len(self.phones),
@@ -285,6 +288,7 @@ class Phones:
             "rx_loss_pct": round(100 * lost / expected, 3) if expected else None,
             "rx_seq_jumps": jumps,
             "rx_phones_with_two_sources": odd_sources,
+            "calls_bridged": bridged,
             "echo_sent": len(self.sent),
             "echo_returned": echoed,
             "echo_loss_pct": round(100 * (1 - echoed / len(self.sent)), 3) if self.sent else None,

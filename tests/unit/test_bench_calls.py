@@ -89,3 +89,57 @@ def test_the_table_shows_p50_and_p99_of_each_direction(capsys: pytest.CaptureFix
     calls.summarize([telepath_row(10, from_agent_p95_ms=7.25, from_agent_p99_ms=9.75)])
     out = capsys.readouterr().out
     assert "agent→ p50/p99" in out and "9.75" in out
+
+
+def test_cpu_per_call_divides_by_the_calls_bridged_in_the_window() -> None:
+    # 200 calls asked for, 170 came up: the gateway's 68 % of a core is 0.4 % per call
+    assert calls.cpu_pct_per_call(cpu_s=6.8, wall_s=10.0, bridged=170) == 0.4
+    assert calls.cpu_pct_per_call(cpu_s=6.8, wall_s=10.0, bridged=0) is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"calls_up": 170},
+        {"calls_bridged": 190},
+        {"sipp_completed": 199},
+        {"sipp_failed": 1},
+        {"sipp_shed_503": 3, "sipp_completed": 197},
+        {"echo_loss_pct": 0.5},
+        {"echo_loss_pct": None},
+    ],
+)
+def test_a_step_short_of_its_calls_or_its_echo_has_no_verdict_but_invalid(
+    changes: dict[str, Any],
+) -> None:
+    # cpu 0.39 % per call, latency and jitter within the goals: all PASS were it valid
+    row = telepath_row(200, cpu_pct_per_call=0.39, **changes)
+    summary = calls.summarize([row])["summary"]
+    assert set(summary["goals"]["N=200"].values()) == {"INVALID"}
+    assert summary["invalid_steps"]["N=200"]
+    assert summary["first_failing_step"].startswith("N=200")
+
+
+def test_echo_loss_within_the_tolerance_is_a_valid_step() -> None:
+    row = telepath_row(100, echo_loss_pct=calls.ECHO_LOSS_TOLERANCE_PCT)
+    assert set(goals_of([row])["N=100"].values()) == {"PASS"}
+
+
+def test_the_churn_step_is_held_to_the_same_validity() -> None:
+    churn = telepath_row(
+        50,
+        kind="telepath+churn",
+        calls_up=45,
+        churn_cps=100,
+        churn_attempted=1000,
+        churn_completed=1000,
+        churn_failed=0,
+    )
+    goals = goals_of([telepath_row(10), churn])
+    assert set(goals["N=50 + 100 calls/s churn"].values()) == {"INVALID"}
+
+
+def test_the_gateway_of_this_suite_sheds_nothing_by_admission() -> None:
+    # a shed call would make a step INVALID; the suite's own ramp and churn must not be shed
+    assert calls.GATEWAY_ENV["TELEPATH_SIP_MAX_LOOP_LOAD"] == "0"
+    assert calls.GATEWAY_ENV["TELEPATH_SIP_MAX_CPS"] == "0"
