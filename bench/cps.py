@@ -12,11 +12,15 @@ caller).
    The same steps again with ``TELEPATH_SIP_WORKERS=2`` (two processes share the SIP port; the
    CPU is the sum of both), from the single process's capacity up.
 2. Shedding: a second gateway with ``TELEPATH_SIP_MAX_CPS`` at 80 % of that capacity (headroom
-   for the retransmissions and records of a saturated second), offered 1.5x and 2x the limit:
-   the calls past the limit must get 503 + Retry-After, none may time out. Steps 1 and 2 run
-   without the load admission (``TELEPATH_SIP_MAX_LOOP_LOAD=0``).
+   for the retransmissions and records of a saturated second), offered 1.5x and 2x the limit.
+   Clean shedding (``clean_shedding``): the calls past the limit get 503 + Retry-After, none
+   times out, fails or meets an unexpected message, and the calls admitted still reach the
+   limit: completed per second >= ``LIMIT_ADMITTED_SHARE`` x the limit (shedding every call
+   is not clean). Steps 1 and 2 run without the load admission
+   (``TELEPATH_SIP_MAX_LOOP_LOAD=0``).
 3. Default settings: a third gateway as installed (no rate limit; the load admission on),
-   offered 1.5x and 2x the capacity: the same rule, with no limit configured.
+   offered 1.5x and 2x the capacity: the same rule, with completed per second >=
+   ``DEFAULT_ADMITTED_SHARE`` x the capacity of step 1 (no verdict without one).
 4. Baseline: SIPp's built-in ``uac`` against ``sipp -sn uas`` at the same rates (no auth, no
    agent), so the CPU ratio survives a noisy machine.
 """
@@ -41,6 +45,12 @@ MAX_SETUP_MS = 100  # mean INVITE → 200 OK past which calls are queueing, not 
 # default: TELEPATH_SIP_MAX_LOOP_LOAD); the default settings get their own step
 NO_LOAD_ADMISSION = {"TELEPATH_SIP_MAX_LOOP_LOAD": "0"}
 LIMIT_SHARE = 0.8  # the shedding step's admission limit, as a share of the measured capacity
+# Clean shedding admits what it can carry and refuses the rest: past a configured limit the
+# calls completed per second must reach this share of the limit, with the default settings
+# this share of the capacity measured without admission (the load admission sheds on a
+# loop-load estimate, and a refused attempt costs CPU too, so it admits somewhat less).
+LIMIT_ADMITTED_SHARE = 0.9
+DEFAULT_ADMITTED_SHARE = 0.8
 CAPACITY_RULE = f"no admission limit; every call completed, mean set-up <= {MAX_SETUP_MS} ms"
 WORKERS = 2  # SIP worker processes of the second capacity series (TELEPATH_SIP_WORKERS)
 WORKERS_KIND = f"telepath-{WORKERS}-workers"
@@ -262,6 +272,26 @@ def _capacity(rows: list[dict[str, Any]], kind: str = "telepath") -> int:
     return capacity
 
 
+def admitted_cps(row: dict[str, Any]) -> float:
+    """Calls completed per second of the step's offered duration."""
+    return float(row["completed"] * row["target_cps"] / max(row["attempted"], 1))
+
+
+def clean_shedding(row: dict[str, Any], capacity: int) -> bool | None:
+    """Past capacity: every call either completed or was refused with a 503 (none timed out,
+    failed or met an unexpected message), and those admitted reach the limit (or, with no
+    limit configured, the capacity); None when there is no capacity to judge against."""
+    if "limit_cps" in row:
+        floor = LIMIT_ADMITTED_SHARE * row["limit_cps"]
+    elif capacity:
+        floor = DEFAULT_ADMITTED_SHARE * capacity
+    else:
+        return None
+    refused_or_completed = int(row["shed_503"]) >= row["attempted"] - row["completed"]
+    nothing_else = row["timeouts"] == row["failed"] == row["unexpected"] == 0
+    return bool(nothing_else and refused_or_completed and admitted_cps(row) >= floor)
+
+
 def _brief(r: dict[str, Any]) -> str:
     return (
         f"{r['completed']}/{r['attempted']} ok, {r['shed_503']} x 503, {r['timeouts']} timeouts, "
@@ -291,14 +321,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for p in rows:
         if p["kind"] not in clean_shed or p.get("sipp_crashed"):
             continue
-        lost = p["attempted"] - p["completed"]
-        clean = p["timeouts"] == 0 and p["shed_503"] >= lost
+        clean = clean_shedding(p, capacity)
         before = clean_shed[p["kind"]]
-        clean_shed[p["kind"]] = clean if before is None else before and clean
-        how = f"limit {p['limit_cps']}/s" if "limit_cps" in p else "default settings"
+        if clean is not None:
+            clean_shed[p["kind"]] = clean if before is None else before and clean
+        how = (
+            f"limit {p['limit_cps']}/s (admitted >= {LIMIT_ADMITTED_SHARE:.0%} of it)"
+            if "limit_cps" in p
+            else f"default settings (admitted >= {DEFAULT_ADMITTED_SHARE:.0%} of {capacity}/s)"
+        )
         shedding.append(
-            f"{how}, offered {p['target_cps']}/s: {p['completed']} completed, "
-            f"{p['shed_503']} x 503, {p['timeouts']} timeouts, {p['unexpected']} unexpected, "
+            f"{how}, offered {p['target_cps']}/s: {p['completed']} completed "
+            f"({admitted_cps(p):.0f}/s), {p['shed_503']} x 503, {p['timeouts']} timeouts, "
+            f"{p['failed']} failed, {p['unexpected']} unexpected, "
             f"{p['retransmissions']} retransmissions, set-up {p['setup_ms_mean']} ms"
         )
     at_cap = next((r for r in tp if r["target_cps"] == capacity), None)
