@@ -14,7 +14,10 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
   proc/pkt       gateway's own per-packet time from the call records (GET /v1/calls/{id}):
                  mean of gateway_processing_ms and p99 of gateway_processing_p99_ms — the CPU
                  time inside the callbacks only (informational: no verdict reads it)
-  in/out p50     per-direction per-call p50 from /metrics telepath_gateway_latency_seconds
+  proc in/out p50  per direction, the median of the step's calls' per-packet p50s (the same
+                 callback time as proc/pkt) from /metrics telepath_gateway_latency_seconds:
+                 the delta of two scrapes bracketing the step, as its bucket's upper bound
+                 (informational)
   →agent p50/p99 phone send → agent receive (wire, jitter buffer, WebSocket, both loops)
   agent→ p50/p99 agent send → phone receive (WebSocket, playout queue and pacing, wire);
                  the p95 is in the JSON too
@@ -127,23 +130,31 @@ def step_validity(r: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def _histogram_p50(metrics: str, direction: str) -> float | None:
-    """Median (bucket upper bound, ms) of telepath_gateway_latency_seconds for a direction."""
-    buckets: list[tuple[float, float]] = []
+def _latency_buckets(metrics: str, direction: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound s, count) of ``telepath_gateway_latency_seconds`` for a
+    direction."""
     pat = re.compile(
         r'telepath_gateway_latency_seconds_bucket\{direction="' + direction + r'",le="([^"]+)"\}'
         r" ([0-9.e+]+)"
     )
-    for m in pat.finditer(metrics):
-        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
-        buckets.append((le, float(m.group(2))))
-    if not buckets or buckets[-1][1] == 0:
+    return [
+        (float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+        for m in pat.finditer(metrics)
+    ]
+
+
+def _histogram_p50(before: str, after: str, direction: str) -> float | None:
+    """The median (its bucket's upper bound, ms) of the per-call p50s that
+    ``telepath_gateway_latency_seconds`` observed between two scrapes: the calls that ended
+    in between (the gateway observes a call's per-packet p50 when it ends). The histogram is
+    cumulative since the gateway started, so one scrape would mix in every earlier step."""
+    b0 = dict(_latency_buckets(before, direction))
+    delta = [(le, count - b0.get(le, 0.0)) for le, count in _latency_buckets(after, direction)]
+    if not delta or delta[-1][1] <= 0:
         return None
-    total = buckets[-1][1]
-    for le, count in buckets:
-        if count >= total / 2:
-            return round(le * 1000, 3)
-    return None
+    total = delta[-1][1]
+    le = next(le for le, count in delta if count >= total / 2)
+    return None if le == float("inf") else round(le * 1000, 3)
 
 
 def _lateness_buckets(metrics: str) -> list[tuple[float, float]]:
@@ -234,6 +245,7 @@ def _step(
         phones.send(f"open {n}")
         ports = phones.recv_json()
         rss0 = proc_rss_mb(gw.pid)
+        metrics_before = gw.metrics()  # the step's calls are observed in /metrics as they end
         started = datetime.now(UTC).isoformat()
         ramp_s = n / SETUP_RATE
         latch_s = ramp_s + 5  # every phone has heard the gateway, or we go on without it
@@ -328,8 +340,8 @@ def _step(
         "gw_proc_mean_ms": round(statistics.fmean(proc_mean), 4) if proc_mean else None,
         "gw_proc_p99_ms": pct(proc_p99, 99),
         "records": len(records),
-        "in_p50_ms_metrics": _histogram_p50(metrics, "caller_to_agent"),
-        "out_p50_ms_metrics": _histogram_p50(metrics, "agent_to_caller"),
+        "in_p50_ms_metrics": _histogram_p50(metrics_before, metrics, "caller_to_agent"),
+        "out_p50_ms_metrics": _histogram_p50(metrics_before, metrics, "agent_to_caller"),
         **_merge(phones_file, agent_file),
         **_lateness(metrics_t0, metrics_t1),
         **ph,
@@ -504,7 +516,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "kernel %",
         "RSS MB/call",
         "proc/pkt mean/p99 ms",
-        "in/out p50 ms",
+        "proc in/out p50 ≤ms",
         "→agent p50/p99",
         "agent→ p50/p99",
         "RTT p50/p99",

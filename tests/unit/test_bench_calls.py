@@ -3,6 +3,7 @@ no gateway, no phones, no SIPp."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -143,3 +144,38 @@ def test_the_gateway_of_this_suite_sheds_nothing_by_admission() -> None:
     # a shed call would make a step INVALID; the suite's own ramp and churn must not be shed
     assert calls.GATEWAY_ENV["TELEPATH_SIP_MAX_LOOP_LOAD"] == "0"
     assert calls.GATEWAY_ENV["TELEPATH_SIP_MAX_CPS"] == "0"
+
+
+def scrape(in_s: Sequence[float], out_s: Sequence[float] = ()) -> str:
+    """A /metrics text with these per-call p50s observed, as the gateway exposes them."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from telepath.metrics import GATEWAY_LATENCY_BUCKETS_S
+
+    registry = CollectorRegistry()
+    h = Histogram(
+        "telepath_gateway_latency_seconds",
+        "Time one audio packet spends inside the gateway",
+        ["direction"],
+        buckets=GATEWAY_LATENCY_BUCKETS_S,
+        registry=registry,
+    )
+    for v in in_s:
+        h.labels("caller_to_agent").observe(v)
+    for v in out_s:
+        h.labels("agent_to_caller").observe(v)
+    return generate_latest(registry).decode()
+
+
+def test_the_per_direction_p50_is_of_this_steps_calls_only() -> None:
+    # 100 calls of the earlier steps at 30 µs, then this step's 10 calls at 400 µs: the
+    # cumulative histogram's median is the earlier steps' bucket, this step's is 0.5 ms
+    before = scrape([0.00003] * 100, [0.00003] * 100)
+    after = scrape([0.00003] * 100 + [0.0004] * 10, [0.00003] * 100 + [0.002] * 10)
+    assert calls._histogram_p50(before, after, "caller_to_agent") == 0.5
+    assert calls._histogram_p50(before, after, "agent_to_caller") == 2.5
+
+
+def test_no_call_ended_in_the_step_is_no_p50() -> None:
+    before = scrape([0.00003] * 100)
+    assert calls._histogram_p50(before, before, "caller_to_agent") is None
