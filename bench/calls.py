@@ -10,7 +10,9 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
                  frames came back through the gateway and the agent inside the window
   CPU %/call     gateway process CPU (all threads) as % of one core, divided by the calls
                  bridged in the window
-  RSS/call       (RSS with N calls up - RSS before the step) / N
+  RSS MB/call    the slope of the gateway's RSS (median over the window) from the step before:
+                 (RSS at this N - RSS at the previous N) / (calls bridged more); the first
+                 step has none (``rss_per_call``)
   proc/pkt       gateway's own per-packet time from the call records (GET /v1/calls/{id}):
                  mean of gateway_processing_ms and p99 of gateway_processing_p99_ms — the CPU
                  time inside the callbacks only (informational: no verdict reads it)
@@ -336,7 +338,7 @@ def _step(
         "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1),
         "phones_cpu_pct": round(100 * cpu["phones"] / wall, 1),
         "rss_mb": round(rss, 1),
-        "rss_mb_per_call": round((rss - rss0) / n, 3),
+        "rss_mb_before": round(rss0, 1),
         "gw_proc_mean_ms": round(statistics.fmean(proc_mean), 4) if proc_mean else None,
         "gw_proc_p99_ms": pct(proc_p99, 99),
         "records": len(records),
@@ -506,7 +508,35 @@ def _unless_invalid(r: dict[str, Any], goals: dict[str, str]) -> dict[str, str]:
     return dict.fromkeys(goals, "INVALID") if step_validity(r) else goals
 
 
+def rss_per_call(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Set each ``telepath`` step's ``rss_mb_per_call`` to the slope of the gateway's RSS
+    from the step before (MiB per call carried), and return them by step.
+
+    One gateway serves every step, and its memory is not handed back between them: RSS at a
+    step's start is the high-water mark of the steps before, so RSS with N calls up minus RSS
+    at the step's start mostly measured what earlier calls had not already left allocated.
+    The slope between successive steps is what each further call adds. The first step has
+    no step before it (its RSS holds the first call's imports and caches): None.
+    """
+    slopes: dict[str, float] = {}
+    previous: dict[str, Any] | None = None
+    for r in rows:
+        if r["kind"] != "telepath":
+            continue
+        r["rss_mb_per_call"] = None
+        if previous is not None:
+            calls = r.get("calls_bridged", r["calls"]) - previous.get(
+                "calls_bridged", previous["calls"]
+            )
+            if calls > 0:
+                r["rss_mb_per_call"] = round((r["rss_mb"] - previous["rss_mb"]) / calls, 3)
+                slopes[_step_name(r)] = r["rss_mb_per_call"]
+        previous = r
+    return slopes
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    rss_slopes = rss_per_call(rows)
     headers = [
         "server",
         "N",
@@ -602,6 +632,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "invalid_steps": invalid,
             "first_failing_step": broken,
             "cpu_vs_relay_floor": vs_floor,
+            "rss_mb_per_call": rss_slopes,
         },
     }
 

@@ -179,3 +179,24 @@ def test_the_per_direction_p50_is_of_this_steps_calls_only() -> None:
 def test_no_call_ended_in_the_step_is_no_p50() -> None:
     before = scrape([0.00003] * 100)
     assert calls._histogram_p50(before, before, "caller_to_agent") is None
+
+
+def test_rss_per_call_is_the_slope_between_steps() -> None:
+    # one gateway across the steps: RSS with N calls up, each step adding its calls' memory
+    rows = [
+        telepath_row(10, rss_mb=100.0, rss_mb_per_call=0.4),
+        telepath_row(50, rss_mb=104.0, rss_mb_per_call=0.02),
+        telepath_row(100, rss_mb=109.0, rss_mb_per_call=0.01),
+        telepath_row(200, rss_mb=121.0, rss_mb_per_call=0.0),
+    ]
+    out = calls.summarize(rows)
+    assert [r["rss_mb_per_call"] for r in out["rows"]] == [None, 0.1, 0.1, 0.12]
+    assert out["summary"]["rss_mb_per_call"] == {"N=50": 0.1, "N=100": 0.1, "N=200": 0.12}
+
+
+def test_rss_slope_counts_the_calls_bridged() -> None:
+    rows = [
+        telepath_row(100, rss_mb=110.0),
+        telepath_row(200, rss_mb=118.0, calls_up=180, calls_bridged=180),
+    ]
+    assert calls.summarize(rows)["rows"][1]["rss_mb_per_call"] == 0.1
