@@ -26,7 +26,9 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
   RTT p50/p99    phone send → phone receive of the echoed frame (the baselines' only latency)
   1st audio p95  per call, the agent's first audio message → its arrival at the phone
   jitter p50/p99/max  |inter-arrival − 20 ms| of the gateway's RTP at the phones
-  loss           gateway RTP lost at the phone (sequence gaps) / echo frames never returned
+  loss           gateway RTP lost at the phones — each phone that latched is owed 50 packets/s
+                 for the whole window, so a silent or stopped stream counts, and gaps inside a
+                 stream count too — / marked frames sent in the window never echoed back
 
   kernel %       the system (kernel) share of that process's CPU
 

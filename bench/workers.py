@@ -151,6 +151,7 @@ class _Phone(asyncio.DatagramProtocol):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
         self.dest: tuple[str, int] | None = None
+        self.latched = False  # has a destination: the gateway owes it a stream from now on
         self.seq = random.randrange(1 << 16)
         self.ssrc = random.randrange(1 << 32)
         # (time, rtp seq, ssrc, source port) of each packet received inside the window
@@ -172,6 +173,7 @@ class _Phone(asyncio.DatagramProtocol):
             return
         if self.dest is None and self.owner.latching:
             self.dest = addr
+            self.latched = True
             self.owner.latched += 1
         if self.owner.in_window:
             seq, ssrc = struct.unpack_from("!H4xI", data, 2)
@@ -221,6 +223,8 @@ class Phones:
         self.latching = False
         self.latched = 0
         self.in_window = False
+        self.window_started = 0.0
+        self.window_s: float | None = None  # how long the window was open, once closed
         self.sent: dict[str, float] = {}  # markers sent inside the window
         self.recv: dict[str, float] = {}  # every marker received back
         self.tick = 0
@@ -259,10 +263,16 @@ class Phones:
     def summary(self) -> dict[str, Any]:
         devs: list[float] = []
         lost = expected = jumps = odd_sources = 0
+        # a latched phone is owed a packet per PTIME for the whole window: counting only the
+        # gaps between the first and last packet heard would make a silent stream 0 % lost
+        owed = int(self.window_s / PTIME) if self.window_s else 0
         for p in self.phones:
             a = p.arrivals
             devs += [abs((b[0] - c[0]) - PTIME) * 1000 for c, b in zip(a, a[1:], strict=False)]
             e, lo, j = stream_loss(a)
+            if p.latched and owed > e:
+                lo += owed - e
+                e = owed
             expected += e
             lost += lo
             jumps += j
@@ -321,13 +331,16 @@ async def phones_main() -> None:
         elif cmd == "target":  # baseline: fixed destinations
             for p, port in zip(ph.phones, json.loads(arg), strict=True):
                 p.dest = ("127.0.0.1", port)
+                p.latched = True
             ph.latched = len(ph.phones)
             _say({"latched": ph.latched})
         elif cmd == "mark":
             ph.in_window = True
+            ph.window_started = time.monotonic()
             _say("ok")
         elif cmd == "end":
             ph.in_window = False
+            ph.window_s = time.monotonic() - ph.window_started
             ph.latching = False
             for p in ph.phones:
                 p.dest = None  # stop sending; in-flight echoes may still arrive
