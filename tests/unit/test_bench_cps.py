@@ -94,3 +94,39 @@ def test_the_default_settings_must_admit_four_fifths_of_the_capacity() -> None:
 def test_a_failed_call_or_an_unexpected_message_is_not_clean(changes: dict[str, Any]) -> None:
     rows = [shed("telepath-limited", 240, 155, limit_cps=160, **changes)]
     assert shedding_goals(rows)[LIMITED] == "FAIL"
+
+
+def test_a_rate_sipp_did_not_reach_is_not_within_capacity() -> None:
+    # every call completed quickly, but SIPp started only 420 calls/s of the 500 asked
+    assert not cps._within_capacity(step("telepath", 500, achieved_invite_cps=420.0))
+    assert not cps._within_capacity(step("telepath", 500, achieved_invite_cps=None))
+    assert cps._within_capacity(step("telepath", 500, achieved_invite_cps=480.0))
+
+
+def test_the_capacity_search_stops_at_a_step_in_which_sipp_crashed() -> None:
+    rows = [
+        step("telepath", 100),
+        step("telepath", 200, sipp_crashed=True, completed=700),
+        step("telepath", 300),
+    ]
+    assert cps._capacity(rows) == 100
+
+
+def sipp_stats(rows: list[tuple[int, float]]) -> list[dict[str, str]]:
+    """SIPp's periodic statistics rows: (OutgoingCall(C), CallRate(C)) each second."""
+    return [
+        {"ElapsedTime(C)": f"00:00:{i:02d}", "OutgoingCall(C)": str(n), "CallRate(C)": str(r)}
+        for i, (n, r) in enumerate(rows)
+    ]
+
+
+def test_the_invite_rate_is_sipps_while_it_was_still_starting_calls() -> None:
+    from bench.sipp import SippRun
+
+    # 300 calls asked at 100/s: SIPp's cumulative rate while starting them, not the final
+    # row's, which the last calls' hold and BYE dilute
+    series = sipp_stats([(0, 0.0), (96, 95.5), (190, 94.8), (300, 88.0), (300, 80.1)])
+    run = SippRun(300, series[-1], {}, 3.8, 0, series=series)
+    assert run.invite_rate == 94.8
+    short = SippRun(300, {}, {}, 0.5, 0, series=sipp_stats([(0, 0.0), (300, 70.0)]))
+    assert short.invite_rate is None
