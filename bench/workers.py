@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any, TypeVar
 
+from bench.common import pct
+
 _T = TypeVar("_T")
 
 MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
@@ -277,24 +279,24 @@ class Phones:
             lost += lo
             jumps += j
             odd_sources += len({x[2:] for x in a}) > 1
-        devs.sort()
 
-        def q(v: float) -> float | None:
-            return round(devs[min(len(devs) - 1, int(len(devs) * v))], 3) if devs else None
+        def q(values: list[float], percent: float, scale: float = 1.0) -> float | None:
+            v = pct(values, percent)
+            return None if v is None else round(v * scale, 3)
 
         echoed = sum(1 for k in self.sent if k in self.recv)
         # a call is bridged in the window when a frame its phone sent then came back through
         # the gateway and the agent: the calls the gateway really carried
         bridged = len({k.split(":")[0] for k in self.sent if k in self.recv})
-        rtt = sorted(self.recv[k] - t for k, t in self.sent.items() if k in self.recv)
+        rtt = [self.recv[k] - t for k, t in self.sent.items() if k in self.recv]
         return {
             "phones": len(self.phones),
             "latched": self.latched,
             "rx_packets": sum(len(p.arrivals) for p in self.phones),
             "rx_rtcp_packets": self.rtcp_received,
-            "jitter_p50_ms": q(0.5),
-            "jitter_p99_ms": q(0.99),
-            "jitter_max_ms": round(devs[-1], 3) if devs else None,
+            "jitter_p50_ms": q(devs, 50),
+            "jitter_p99_ms": q(devs, 99),
+            "jitter_max_ms": round(max(devs), 3) if devs else None,
             "rx_loss_pct": round(100 * lost / expected, 3) if expected else None,
             "rx_seq_jumps": jumps,
             "rx_phones_with_two_sources": odd_sources,
@@ -302,8 +304,8 @@ class Phones:
             "echo_sent": len(self.sent),
             "echo_returned": echoed,
             "echo_loss_pct": round(100 * (1 - echoed / len(self.sent)), 3) if self.sent else None,
-            "rtt_p50_ms": round(1000 * rtt[len(rtt) // 2], 3) if rtt else None,
-            "rtt_p99_ms": round(1000 * rtt[int(len(rtt) * 0.99)], 3) if rtt else None,
+            "rtt_p50_ms": q(rtt, 50, 1000),
+            "rtt_p99_ms": q(rtt, 99, 1000),
         }
 
 

@@ -61,3 +61,17 @@ def test_phones_that_never_latched_are_not_expected_to_hear_anything() -> None:
     ph.phones[0].latched = True
     ph.phones[0].arrivals = stream(250)
     assert ph.summary()["rx_loss_pct"] == 0.0
+
+
+def test_jitter_and_round_trip_percentiles_are_nearest_rank() -> None:
+    ph = phones(1)
+    t, arrivals = 0.0, [(0.0, 1, 0xABCD, 40000)]
+    for i in range(1, 101):  # deviations of 0.01, 0.02 .. 1.00 ms from 20 ms
+        t += 0.020 + i * 1e-5
+        arrivals.append((t, 1 + i, 0xABCD, 40000))
+    ph.phones[0].arrivals = arrivals
+    ph.sent = {f"0:{i}": 0.0 for i in range(1, 101)}
+    ph.recv = {f"0:{i}": i / 1000 for i in range(1, 101)}  # round trips 1 .. 100 ms
+    summary = ph.summary()
+    assert (summary["jitter_p50_ms"], summary["jitter_p99_ms"]) == (0.5, 0.99)
+    assert (summary["rtt_p50_ms"], summary["rtt_p99_ms"]) == (50.0, 99.0)
