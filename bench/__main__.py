@@ -13,18 +13,22 @@ Results go to ``bench/results/<date>.json`` (one file per day; a run replaces th
 ran, each section carrying its own ``started_at``, ``machine`` and ``git`` commit with a dirty
 flag, since the sections of one file may come from different runs). The whole run takes
 about 10 minutes, ``--quick`` a few minutes. The machine's load average is recorded around
-every step: re-run when the machine is quiet if it is high.
+every step: re-run when the machine is quiet if it is high. Every suite runs on the event loop
+``telepath serve`` uses (uvloop when installed), whatever ran before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,20 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+@contextlib.contextmanager
+def gateway_event_loop() -> Iterator[str]:
+    """Run a suite on the event loop ``telepath serve`` installs (uvloop when installed) and put
+    the previous policy back after it, so that no suite's figures depend on which suite ran
+    before it in the same process (``media`` used to leave uvloop set for every later one)."""
+    from telepath.cli.serve import install_event_loop
+
+    previous = asyncio.get_event_loop_policy()
+    try:
+        yield install_event_loop()
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -119,7 +137,9 @@ def main() -> None:
         else:
             from bench import media as mod  # type: ignore[no-redef]
         print(f"\n== {name} ==", flush=True)
-        section = mod.run(quick=args.quick)
+        with gateway_event_loop() as event_loop:
+            section = mod.run(quick=args.quick)
+        section["event_loop"] = event_loop
         section["load_before"] = load_before
         section["load_after"] = loadavg()
         section["seconds"] = round(time.monotonic() - started, 1)

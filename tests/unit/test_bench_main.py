@@ -52,3 +52,48 @@ def test_git_state_names_the_checkouts_commit() -> None:
     state = bench_main.git_state()
     assert re.fullmatch(r"[0-9a-f]{40}", state["commit"] or "")
     assert isinstance(state["dirty"], bool)
+
+
+def test_every_suite_runs_on_the_gateways_event_loop_whatever_ran_before(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import uvloop
+    from bench import frame_path
+
+    seen: list[asyncio.AbstractEventLoopPolicy] = []
+
+    def run(quick: bool) -> dict[str, Any]:
+        seen.append(asyncio.get_event_loop_policy())
+        return {}
+
+    monkeypatch.setattr(frame_path, "run", run)
+    before = asyncio.get_event_loop_policy()
+    try:
+        doc = run_main(monkeypatch, tmp_path / "results.json", suite="frame")
+        assert isinstance(seen[0], uvloop.EventLoopPolicy)  # as `telepath serve` runs
+        assert doc["frame"]["event_loop"] == "uvloop"
+        assert asyncio.get_event_loop_policy() is before  # and nothing leaks past the suite
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+def test_the_media_suite_leaves_the_event_loop_policy_as_it_found_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from bench import media, media_bench, media_codecs
+
+    async def rows(streams: list[int], seconds: float) -> list[dict[str, Any]]:
+        return [{"mode": "session", "streams": streams[-1], "dev_p99": 0.5}]
+
+    monkeypatch.setattr(media_bench, "_main", rows)
+    monkeypatch.setattr(media_codecs, "main", lambda: {})
+    before = asyncio.get_event_loop_policy()
+    try:
+        media.run(quick=True)
+        assert asyncio.get_event_loop_policy() is before
+    finally:
+        asyncio.set_event_loop_policy(before)
