@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -103,11 +104,14 @@ def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0-100, nearest rank) or None for no data."""
+    """The ``q`` percentile (0-100) by nearest rank — the smallest value with at least q % of
+    the values at or below it, rank ceil(q/100 x n) — or None for no data. (The epsilon keeps
+    a product such as 99.9 x 1000 / 100 = 999.0000000000001 from moving a rank up.)"""
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
+    rank = math.ceil(q * len(s) / 100 - 1e-9)
+    return s[min(len(s) - 1, max(0, rank - 1))]
 
 
 def fmt(value: Any, digits: int = 2) -> str:

@@ -14,9 +14,13 @@ GOAL_DEV_P99_MS = 2.0  # issue 4: p99 pacing deviation at 250 sessions on one co
 def run(quick: bool = False) -> dict[str, Any]:
     streams = [50] if quick else [50, 250]
     seconds = 5.0 if quick else 10.0
-    loop = media_bench._loop_policy()
-    print(f"\nMediaSession vs raw-socket baseline ({loop}; {streams} streams, {seconds} s)")
-    rows = asyncio.run(media_bench._main(streams, seconds))
+    previous = asyncio.get_event_loop_policy()
+    try:
+        loop = media_bench._loop_policy()
+        print(f"\nMediaSession vs raw-socket baseline ({loop}; {streams} streams, {seconds} s)")
+        rows = asyncio.run(media_bench._main(streams, seconds))
+    finally:
+        asyncio.set_event_loop_policy(previous)  # the process's later suites are not ours
     load = loadavg()
     print("\nCodecs and resamplers (µs per 20 ms frame)")
     codecs = media_codecs.main()

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,6 +70,16 @@ class Worker:
             self.proc.wait()
 
 
+def gateway_env(base: Mapping[str, str], settings: Mapping[str, str]) -> dict[str, str]:
+    """The bench gateway's environment: ``base`` (the bench's own) without any ``TELEPATH_*``
+    variable, then ``settings``. A setting exported in the shell that runs the bench would
+    otherwise change what is measured, or reach outside the machine (an exported
+    ``TELEPATH_STUN_SERVER`` would have the gateway query that host)."""
+    env = {k: v for k, v in base.items() if not k.startswith("TELEPATH_")}
+    env.update(settings)
+    return env
+
+
 class Gateway:
     """``telepath serve`` as a subprocess with its own data dir, ports and an API key."""
 
@@ -77,8 +88,7 @@ class Gateway:
         self.sip_port = free_port(both=True)
         self.http_port = free_port(__import__("socket").SOCK_STREAM)
         rtp_min = random.randrange(40000, 60000 - rtp_span, 2)
-        env = {
-            **os.environ,
+        settings = {
             "TELEPATH_DATA_DIR": str(self.tmp),
             "TELEPATH_HTTP_HOST": "127.0.0.1",
             "TELEPATH_HTTP_PORT": str(self.http_port),
@@ -100,6 +110,7 @@ class Gateway:
             "TELEPATH_RTP_PORT_MAX": str(rtp_min + rtp_span),
             **(extra_env or {}),
         }
+        env = gateway_env(os.environ, settings)
         # BENCH_PROBE=1: time the per-frame callbacks in situ (bench/probe/sitecustomize.py)
         self.probe_file: Path | None = None
         if os.environ.get("BENCH_PROBE") == "1":

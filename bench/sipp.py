@@ -71,6 +71,7 @@ class SippRun:
     returncode: int
     errors: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    series: list[dict[str, str]] = field(default_factory=list)  # every statistics row, in order
 
     def stat(self, name: str) -> int:
         try:
@@ -109,6 +110,24 @@ class SippRun:
     def completed(self) -> int:
         """Calls that went all the way (BYE answered), i.e. successful and not shed."""
         return self.successful - self.shed_503
+
+    @property
+    def invite_rate(self) -> float | None:
+        """Calls SIPp started per second (its first INVITEs) while it was still starting them:
+        SIPp's own cumulative ``CallRate(C)`` in the last periodic statistics row before every
+        call had been started. A later row's includes the tail (the last calls' hold and BYE),
+        and so would read low; a run shorter than one statistics period has no such row
+        (None)."""
+        rate = None
+        for row in self.series:
+            try:
+                started = int(row.get("OutgoingCall(C)") or 0)
+                value = float(row.get("CallRate(C)") or 0)
+            except ValueError:
+                continue
+            if 0 < started < self.attempted:
+                rate = value
+        return rate
 
     @property
     def response_time_ms(self) -> float | None:
@@ -201,12 +220,12 @@ def collect(proc: subprocess.Popen[bytes], timeout_s: float) -> SippRun:
         rc = proc.wait()
     wall = time.perf_counter() - proc.bench_t0  # type: ignore[attr-defined]
     work: Path = proc.bench_work  # type: ignore[attr-defined]
-    stats: dict[str, str] = {}
+    series: list[dict[str, str]] = []
     stat_file = work / "stat.csv"
     if stat_file.exists():
         rows = list(csv.reader(stat_file.read_text(errors="replace").splitlines(), delimiter=";"))
-        if len(rows) >= 2:
-            stats = dict(zip(rows[0], rows[-1], strict=False))
+        series = [dict(zip(rows[0], row, strict=False)) for row in rows[1:]]
+    stats = series[-1] if series else {}
     counts: dict[str, int] = {}
     for path in glob.glob(str(work / "*_counts.csv")):
         rows = list(csv.reader(Path(path).read_text().splitlines(), delimiter=";"))
@@ -219,7 +238,8 @@ def collect(proc: subprocess.Popen[bytes], timeout_s: float) -> SippRun:
         if (work / "errors.log").exists()
         else ""
     )
-    return SippRun(proc.bench_attempted, stats, counts, wall, rc, errors)  # type: ignore[attr-defined]
+    attempted: int = proc.bench_attempted  # type: ignore[attr-defined]
+    return SippRun(attempted, stats, counts, wall, rc, errors, series=series)
 
 
 def start_uas() -> tuple[subprocess.Popen[bytes], int]:

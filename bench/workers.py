@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Any, TypeVar
 
+from bench.common import pct
+
 _T = TypeVar("_T")
 
 MAGIC = b"\x1b\x2c"  # μ-law bytes that survive decode/encode unchanged
@@ -151,6 +153,7 @@ class _Phone(asyncio.DatagramProtocol):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
         self.dest: tuple[str, int] | None = None
+        self.latched = False  # has a destination: the gateway owes it a stream from now on
         self.seq = random.randrange(1 << 16)
         self.ssrc = random.randrange(1 << 32)
         # (time, rtp seq, ssrc, source port) of each packet received inside the window
@@ -172,6 +175,7 @@ class _Phone(asyncio.DatagramProtocol):
             return
         if self.dest is None and self.owner.latching:
             self.dest = addr
+            self.latched = True
             self.owner.latched += 1
         if self.owner.in_window:
             seq, ssrc = struct.unpack_from("!H4xI", data, 2)
@@ -221,6 +225,8 @@ class Phones:
         self.latching = False
         self.latched = 0
         self.in_window = False
+        self.window_started = 0.0
+        self.window_s: float | None = None  # how long the window was open, once closed
         self.sent: dict[str, float] = {}  # markers sent inside the window
         self.recv: dict[str, float] = {}  # every marker received back
         self.tick = 0
@@ -259,37 +265,47 @@ class Phones:
     def summary(self) -> dict[str, Any]:
         devs: list[float] = []
         lost = expected = jumps = odd_sources = 0
+        # a latched phone is owed a packet per PTIME for the whole window: counting only the
+        # gaps between the first and last packet heard would make a silent stream 0 % lost
+        owed = int(self.window_s / PTIME) if self.window_s else 0
         for p in self.phones:
             a = p.arrivals
             devs += [abs((b[0] - c[0]) - PTIME) * 1000 for c, b in zip(a, a[1:], strict=False)]
             e, lo, j = stream_loss(a)
+            if p.latched and owed > e:
+                lo += owed - e
+                e = owed
             expected += e
             lost += lo
             jumps += j
             odd_sources += len({x[2:] for x in a}) > 1
-        devs.sort()
 
-        def q(v: float) -> float | None:
-            return round(devs[min(len(devs) - 1, int(len(devs) * v))], 3) if devs else None
+        def q(values: list[float], percent: float, scale: float = 1.0) -> float | None:
+            v = pct(values, percent)
+            return None if v is None else round(v * scale, 3)
 
         echoed = sum(1 for k in self.sent if k in self.recv)
-        rtt = sorted(self.recv[k] - t for k, t in self.sent.items() if k in self.recv)
+        # a call is bridged in the window when a frame its phone sent then came back through
+        # the gateway and the agent: the calls the gateway really carried
+        bridged = len({k.split(":")[0] for k in self.sent if k in self.recv})
+        rtt = [self.recv[k] - t for k, t in self.sent.items() if k in self.recv]
         return {
             "phones": len(self.phones),
             "latched": self.latched,
             "rx_packets": sum(len(p.arrivals) for p in self.phones),
             "rx_rtcp_packets": self.rtcp_received,
-            "jitter_p50_ms": q(0.5),
-            "jitter_p99_ms": q(0.99),
-            "jitter_max_ms": round(devs[-1], 3) if devs else None,
+            "jitter_p50_ms": q(devs, 50),
+            "jitter_p99_ms": q(devs, 99),
+            "jitter_max_ms": round(max(devs), 3) if devs else None,
             "rx_loss_pct": round(100 * lost / expected, 3) if expected else None,
             "rx_seq_jumps": jumps,
             "rx_phones_with_two_sources": odd_sources,
+            "calls_bridged": bridged,
             "echo_sent": len(self.sent),
             "echo_returned": echoed,
             "echo_loss_pct": round(100 * (1 - echoed / len(self.sent)), 3) if self.sent else None,
-            "rtt_p50_ms": round(1000 * rtt[len(rtt) // 2], 3) if rtt else None,
-            "rtt_p99_ms": round(1000 * rtt[int(len(rtt) * 0.99)], 3) if rtt else None,
+            "rtt_p50_ms": q(rtt, 50, 1000),
+            "rtt_p99_ms": q(rtt, 99, 1000),
         }
 
 
@@ -317,13 +333,16 @@ async def phones_main() -> None:
         elif cmd == "target":  # baseline: fixed destinations
             for p, port in zip(ph.phones, json.loads(arg), strict=True):
                 p.dest = ("127.0.0.1", port)
+                p.latched = True
             ph.latched = len(ph.phones)
             _say({"latched": ph.latched})
         elif cmd == "mark":
             ph.in_window = True
+            ph.window_started = time.monotonic()
             _say("ok")
         elif cmd == "end":
             ph.in_window = False
+            ph.window_s = time.monotonic() - ph.window_started
             ph.latching = False
             for p in ph.phones:
                 p.dest = None  # stop sending; in-flight echoes may still arrive
