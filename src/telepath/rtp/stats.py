@@ -85,6 +85,11 @@ class ReceiverStats:
                 self._jitter += (d - self._jitter) / 16
         self._transit = transit
 
+    def continues(self, ssrc: int, sequence_number: int, window: int) -> bool:
+        """Whether a packet continues the current stream: its SSRC, and a sequence number at
+        most ``window`` after the highest seen (RFC 3550 §A.1's in-order test, narrowed)."""
+        return ssrc == self.ssrc and 0 < seq_diff(sequence_number, self._max_seq) <= window
+
     def _restart(self, ssrc: int, sequence_number: int) -> None:
         if self.ssrc is not None:
             self.prior_expected += self.expected

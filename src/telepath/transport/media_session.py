@@ -46,12 +46,21 @@ becomes the destination ("latched"), only when:
    once (an endpoint behind NAT that put its private address in SDP).
 
 The first latch, by whichever rule, closes rule 3 for the rest of the offer/answer ("latch once,
-early", as SBCs do): from then on anything else is dropped and counted in ``rejected_source``.
-It never redirects our audio, so a third party spraying packets at our port (the "RTP Bleed"
-attack) can neither steal the caller's audio nor inject its own once the call's media is
-flowing. Only a re-INVITE/UPDATE that changes the SDP address or its RTCP address
-(``update_remote``) opens the window again, for the new address; one that repeats them (a
-session-timer refresh, RFC 4028) changes nothing.
+early", as SBCs do), and narrows rule 2: a carrier's SBC relays many calls from one IP, so
+another port on it may be another call's relay, a spoofed source or a previous call's tail.
+Once latched, a packet from a new port on those IPs moves the media only when it
+
+* continues the latched stream: its SSRC, and a sequence number at most
+  ``REBIND_SEQ_WINDOW`` after the highest seen (a NAT that rebound the caller's mapping), or
+* comes after the latched source has been silent ``LATCH_SILENCE_S`` (a genuine move: a new
+  mapping or relay port with a new stream; a caller back from hold),
+
+as Asterisk's strictrtp and rtpengine do. Everything else is dropped and counted in
+``rejected_source``: it is neither delivered nor latched, and never redirects our audio, so a
+third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
+caller's audio nor inject its own while the call's media is flowing. Only a re-INVITE/UPDATE
+that changes the SDP address or its RTCP address (``update_remote``) opens the window again,
+for the new address; one that repeats them (a session-timer refresh, RFC 4028) changes nothing.
 
 Addresses: the SDP gives IP addresses; each is written once (at :meth:`MediaSession.open`
 and :meth:`MediaSession.update_remote`) as the RTP socket sends to and reports peers
@@ -137,6 +146,13 @@ DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
 RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
 DTMF_EXPIRE_S = 0.3
 _UNSPECIFIED = frozenset(("0.0.0.0", "::"))  # an SDP connection address meaning "none"
+# Latching (module docstring): how long the latched source must have sent nothing before a new
+# port on a trusted IP may take the media over. Ten 20 ms packets: far longer than the jitter
+# of a flowing stream, short enough that a genuine move loses a fraction of a second.
+LATCH_SILENCE_S = 0.2
+# ... and how far past the highest sequence number a packet of the latched SSRC from a new port
+# continues its stream (a NAT rebinding): 32 packets (640 ms at 20 ms), longer than the silence.
+REBIND_SEQ_WINDOW = 32
 
 
 class MediaEndReason(StrEnum):
@@ -631,7 +647,8 @@ class MediaSession:
         self._latched = False
 
     def _accept_source(self, addr: SockAddr) -> bool:
-        """The latching policy from the module docstring; True if ``addr`` may be latched."""
+        """The latching policy's address rules from the module docstring; True if ``addr`` may
+        be latched (once latched, a port of rule 2 only as :meth:`_may_move` says)."""
         sdp = self._sdp
         if sdp is not None and addr == sdp:
             return True
@@ -642,6 +659,19 @@ class MediaSession:
         # commonest NAT case: the SDP gives a private address, RTP comes from the signalling
         # IP) left it open for the whole call, so one packet from anyone took the media.
         return not self._latched
+
+    def _may_move(self, addr: SockAddr, packet: RtpPacket) -> bool:
+        """Whether a packet of a negotiated type from an accepted source other than the latched
+        one may move the media there, once latched (module docstring): the SDP address itself
+        (rule 1), a continuation of the latched stream, or a source after the latched one's
+        silence. Only on the path of a source not yet known: the steady state never gets here."""
+        if addr == self._sdp:
+            return True
+        if self._rx.continues(packet.ssrc, packet.sequence_number, REBIND_SEQ_WINDOW):
+            return True
+        # _last_rx: the latched source's last packet (every other one latched or was refused),
+        # or a resume from hold, after which the silence is counted afresh.
+        return self._loop.time() - self._last_rx >= LATCH_SILENCE_S
 
     def _latch(self, addr: SockAddr) -> None:
         self._latched = True
@@ -696,6 +726,9 @@ class MediaSession:
         is_audio = pt == self._codec_pt
         is_dtmf = pt == self.recv_dtmf_payload_type
         if is_audio or is_dtmf:
+            if not known and self._latched and not self._may_move(addr, packet):
+                self._rejected += 1
+                return  # another port on a trusted IP while the latched source flows
             if not known or not self._latched:  # known: the SDP address's first packet
                 self._latch(addr)
         elif not known:

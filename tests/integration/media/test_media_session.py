@@ -71,6 +71,17 @@ async def collect(
     return out
 
 
+async def taken_in(session: MediaSession, count: int) -> None:
+    """Wait until the session has taken in ``count`` datagrams: received or refused for their
+    source."""
+
+    def counted() -> bool:
+        stats = session.stats()
+        return stats.packets_received + stats.rejected_source == count
+
+    await until(counted)
+
+
 async def open_session(
     allocator: RtpPortAllocator, peer: UdpPeer | None, **kwargs: object
 ) -> MediaSession:
@@ -335,6 +346,77 @@ async def test_a_latch_by_a_trusted_ip_closes_the_first_packet_window(
         await session.close()
         for p in (sdp, natted, attacker):
             p.close()
+
+
+async def test_a_second_sender_on_the_trusted_ip_can_neither_take_nor_feed_a_flowing_call(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A carrier's SBC relays many calls from one IP, the signalling IP (rule 2): another
+    call's relay port on it — or a spoofed source, or a previous call's tail — sending to our
+    port while the caller's media flows is neither latched nor delivered. Rule 2 let any port
+    on that IP move our audio there and feed the agent, packet by packet."""
+    caller = await UdpPeer.bind("127.0.0.5")  # the SBC's relay port of this call
+    other = await UdpPeer.bind("127.0.0.5")  # the same SBC, another call's relay port
+    session = await open_session(allocator, caller, signalling_ip="127.0.0.5")
+    port = ("127.0.0.1", session.local_port)
+    heard: list[bytes] = []
+    session.set_audio_sink(lambda event: heard.append(event.payload))
+    ours = rtp_stream([b"\x11" * 160] * 12, ssrc=1)
+    theirs = rtp_stream([b"\x99" * 160] * 24, ssrc=2, seq=5000)
+    try:
+        caller.send(ours[0], port)
+        await until(lambda: session.stats().packets_received == 1)
+        session.play(b"\x55" * 160 * 50)
+        for i in range(1, 12):
+            caller.send(ours[i], port)  # the caller still flows: each just before the other's
+            other.send(theirs[2 * i], port)
+            other.send(theirs[2 * i + 1], port)
+            await taken_in(session, 3 * i + 1)
+        stats = session.stats()
+        assert (stats.packets_received, stats.rejected_source) == (12, 22)
+        assert session.remote == caller.address
+        assert heard == [b"\x11" * 160] * 12  # the agent heard the caller only
+        sent = len(caller.recorder.received)
+        await caller.wait_for(sent + 2)  # our audio still goes to the caller,
+        assert other.recorder.received == []  # and never went anywhere else
+    finally:
+        await session.close()
+        caller.close()
+        other.close()
+
+
+async def test_a_new_port_on_the_trusted_ip_takes_over_once_the_latched_one_fell_silent(
+    allocator: RtpPortAllocator,
+) -> None:
+    """The other side of the rule above: a genuine move (a NAT's new mapping with a new SSRC,
+    an SBC that switched relay ports without a re-INVITE) is followed once the latched source
+    has been silent for LATCH_SILENCE_S — not while it still sends."""
+    caller = await UdpPeer.bind("127.0.0.5")
+    moved = await UdpPeer.bind("127.0.0.5")
+    session = await open_session(allocator, caller, signalling_ip="127.0.0.5")
+    port = ("127.0.0.1", session.local_port)
+    heard: list[bytes] = []
+    session.set_audio_sink(lambda event: heard.append(event.payload))
+    new = rtp_stream([b"\x99" * 160] * 200, ssrc=2, seq=5000)
+    try:
+        for data in rtp_stream([b"\x11" * 160] * 3, ssrc=1):
+            caller.send(data, port)
+        await until(lambda: session.stats().packets_received == 3)
+        for sent, data in enumerate(new, 1):  # the caller stopped; the new source streams
+            moved.send(data, port)
+            await taken_in(session, 3 + sent)
+            if session.remote == moved.address:
+                break
+            await asyncio.sleep(0.02)
+        assert session.remote == moved.address
+        assert session.stats().rejected_source == sent - 1  # until the silence was long enough
+        before = len(moved.recorder.received)
+        await moved.wait_for(before + 2)  # our audio follows it
+        await until(lambda: b"\x99" * 160 in heard)  # and its audio reaches the agent
+    finally:
+        await session.close()
+        caller.close()
+        moved.close()
 
 
 @pytest.mark.parametrize("queued", [True, False], ids=["agent-audio", "nothing-queued"])

@@ -133,3 +133,17 @@ def test_a_packet_without_arrival_time_counts_but_is_no_jitter_sample() -> None:
         stats.update(1, i, 5 * 160 if event else i * 160, None if event else i * 0.02)
     assert (stats.expected, stats.received, stats.lost) == (20, 20, 0)
     assert stats.jitter_ms == pytest.approx(0, abs=1e-6)
+
+
+def test_continues_takes_the_same_ssrc_a_little_past_the_highest_sequence_only() -> None:
+    """What lets a NAT rebinding move the media (transport/media_session.py's latching): the
+    latched SSRC, up to ``window`` packets past the highest sequence seen, across the wrap."""
+    stats = ReceiverStats()
+    assert not stats.continues(1, 0, 32)  # nothing seen yet
+    stats.update(1, 0xFFFE, 0, 0.0)
+    assert stats.continues(1, 0xFFFF, 32)
+    assert stats.continues(1, 30, 32)  # 32 after, past the wrap
+    assert not stats.continues(1, 31, 32)  # 33 after
+    assert not stats.continues(1, 0xFFFE, 32)  # the highest itself: a replay
+    assert not stats.continues(1, 0xFFF0, 32)  # behind
+    assert not stats.continues(2, 0xFFFF, 32)  # another stream
