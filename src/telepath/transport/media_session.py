@@ -76,7 +76,8 @@ first, and one that fails (forged, corrupted, replayed, or plain) is dropped and
 ``unauthenticated`` before it can latch, so with SRTP only the holder of the peer's key can
 move our media; every packet we send, RTCP included, is protected last.
 
-Inbound path, per datagram: source check, parse, RFC 4733 events straight to the DTMF decoder,
+Inbound path, per datagram: source check, RTCP refused (RFC 5761 §4: we do not multiplex, so
+it is malformed RTP), parse, RFC 4733 events straight to the DTMF decoder,
 audio through the jitter buffer (reorder, loss and duplicate detection, concealment), decode,
 deliver; events and the latched source's packets of other types (comfort noise) count as
 received and keep their slots in the buffer, unplayed, and only audio is a jitter sample.
@@ -109,7 +110,14 @@ from telepath.rtp.demux import is_stun
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
 from telepath.rtp.errors import RtpError
 from telepath.rtp.jitter import Concealer, JitterBuffer, JitterFrame
-from telepath.rtp.packet import FIXED_HEADER, PLAIN_V2, RTP_HEADER_LENGTH, RtpPacket, pack_rtp
+from telepath.rtp.packet import (
+    FIXED_HEADER,
+    PLAIN_V2,
+    RTP_HEADER_LENGTH,
+    RtpPacket,
+    is_rtcp,
+    pack_rtp,
+)
 from telepath.rtp.playout import Playout
 from telepath.rtp.rtcp import (
     SDES_CNAME,
@@ -715,6 +723,12 @@ class MediaSession:
         if not known and not self._accept_source(addr):
             if not is_stun(data):
                 self._rejected += 1
+            return
+        if is_rtcp(data):
+            # RFC 5761 §4: RTCP (a marker bit and payload type 64-95 as RTP), which belongs on
+            # the RTCP port: we never answer a=rtcp-mux (sdp/negotiate.py). Not RTP; read as
+            # RTP, its SSRC restarted the stream's statistics and its jitter buffer.
+            self._malformed += 1
             return
         try:
             packet = RtpPacket.parse(data)

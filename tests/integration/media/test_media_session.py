@@ -21,13 +21,17 @@ from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey, encode_dtmf
 from telepath.rtp.packet import RtpPacket, pack_rtp
 from telepath.rtp.rtcp import (
+    SDES_CNAME,
     RtcpBye,
     RtcpReceiverReport,
     RtcpReportBlock,
+    RtcpSdes,
     RtcpSenderReport,
+    RtcpSourceDescription,
     ntp_from_unix,
     ntp_middle32,
     parse_compound,
+    serialize_compound,
 )
 from telepath.transport import media_pacer
 from telepath.transport.media_session import (
@@ -872,6 +876,40 @@ async def test_comfort_noise_keeps_its_slot_and_counts_as_received(
         await session.close()
         peer.close()
         other.close()
+
+
+async def test_rtcp_on_the_rtp_port_is_not_rtp(allocator: RtpPortAllocator) -> None:
+    """RFC 5761 §4: a datagram whose second octet is 192-223 is RTCP (a marker bit and payload
+    type 64-95 as RTP), and we never answer a=rtcp-mux: one the peer sends to our RTP port is
+    dropped and counted malformed. Read as RTP (payload type 73, its report block's SSRC as
+    the stream's) it counted as received, and its SSRC flushed the jitter buffer and restarted
+    the receiver statistics — twice, with the caller's next packet."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    port = ("127.0.0.1", session.local_port)
+    frames = [bytes([0x10 + i]) * 160 for i in range(10)]
+    stream = rtp_stream(frames, ssrc=0xABC)
+    report = serialize_compound(
+        [
+            RtcpReceiverReport(0xABC, [RtcpReportBlock(session.ssrc)]),
+            RtcpSdes([RtcpSourceDescription(0xABC, [(SDES_CNAME, b"peer")])]),
+        ]
+    )
+    try:
+        for data in [*stream[:5], report, *stream[5:]]:
+            peer.send(data, port)
+            await asyncio.sleep(0.005)  # arrive in this order
+        await until(lambda: len(got) >= 10)
+        await until(lambda: session.stats().packets_received + session.stats().malformed == 11)
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.payload for e in audio] == frames
+        stats = session.stats()
+        assert (stats.packets_received, stats.malformed, stats.packets_lost) == (10, 1, 0)
+        assert session._jitter.stats.resyncs == 0
+    finally:
+        await session.close()
+        peer.close()
 
 
 async def test_telephone_events_count_but_are_no_jitter_samples(
