@@ -416,7 +416,8 @@ async def test_a_new_port_on_the_trusted_ip_takes_over_once_the_latched_one_fell
         assert session.stats().rejected_source == sent - 1  # until the silence was long enough
         before = len(moved.recorder.received)
         await moved.wait_for(before + 2)  # our audio follows it
-        await until(lambda: b"\x99" * 160 in heard)  # and its audio reaches the agent
+        moved.send(new[sent], port)  # (a new SSRC's first packet waits for its second: §A.1)
+        await until(lambda: heard.count(b"\x99" * 160) == 2)  # and its audio reaches the agent
     finally:
         await session.close()
         caller.close()

@@ -69,6 +69,27 @@ def test_new_ssrc_keeps_prior_totals() -> None:
     assert ReceiverStats().loss_percent == 0.0
 
 
+def test_one_packet_of_another_ssrc_is_not_a_new_source() -> None:
+    """RFC 3550 §A.1: a new source is on probation until MIN_SEQUENTIAL (2) packets of it
+    follow each other. One packet with another SSRC (a stray, RTCP read as RTP) restarted the
+    statistics on itself, and the stream's next packet restarted them again: the report's
+    cumulative loss and highest sequence started over."""
+    stats = ReceiverStats()
+    for seq in range(1000, 1005):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    stats.update(2, 5000, 7, 1.0)
+    stats.update(1, 9000, 0, 1.02)  # a jump of the stream is not its confirmation either
+    for seq in range(1005, 1010):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    assert stats.ssrc == 1
+    assert (stats.prior_expected, stats.expected, stats.received, stats.lost) == (0, 10, 10, 0)
+    stats.update(2, 5001, 167, 1.2)  # not after 5000: another packet on probation
+    stats.update(2, 5002, 327, 1.22)  # confirms: both count
+    assert stats.ssrc == 2
+    assert (stats.prior_expected, stats.prior_received) == (10, 10)
+    assert (stats.expected, stats.received, stats.lost) == (2, 2, 0)
+
+
 def perfect_stream_with_stray(stray_offset: int) -> list[tuple[int, int]]:
     """(sequence number, timestamp) of 500 packets from 65100 (wrapping at 65536), and after
     65400 one stray packet ``stray_offset`` away from it (from another stream, or a wild
