@@ -320,6 +320,9 @@ class MediaSession:
         # A packet from an accepted source set the destination since the SDP address was set:
         # first-packet latching (rule 3) is over until the next one (module docstring).
         self._latched = False
+        # _rtcp_dest is where the peer's RTCP came from (symmetric RTCP, RFC 4961), not derived
+        # from the SDP or a latch: a latch to that IP keeps it.
+        self._rtcp_learned = False
         self._set_remote(remote, None)
         # counters
         now = self._loop.time()
@@ -652,6 +655,7 @@ class MediaSession:
             return
         self._sdp = self._dest = sdp
         self._rtcp_sdp = self._rtcp_dest = rtcp_sdp
+        self._rtcp_learned = False
         self._latched = False
 
     def _accept_source(self, addr: SockAddr) -> bool:
@@ -686,8 +690,12 @@ class MediaSession:
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
             self._dest = addr
+            rtcp = self._rtcp_dest
+            if self._rtcp_learned and rtcp is not None and rtcp[0] == addr[0]:
+                return  # where the peer's own RTCP comes from (RFC 4961): its NAT's mapping
             rtcp_port = self._rtcp_sdp[1] if self._rtcp_sdp is not None else addr[1] + 1
             self._rtcp_dest = (addr[0], rtcp_port)
+            self._rtcp_learned = False
 
     # ---- internals: inbound --------------------------------------------------------------------
 
@@ -927,7 +935,8 @@ class MediaSession:
             if not is_stun(data):
                 self._malformed += 1
             return
-        self._rtcp_dest = addr  # symmetric RTCP
+        self._rtcp_dest = addr  # symmetric RTCP (RFC 4961)
+        self._rtcp_learned = True
         now = self._loop.time()
         for packet in packets:
             if isinstance(packet, RtcpSenderReport):

@@ -541,6 +541,41 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         peer_rtcp.close()
 
 
+async def test_an_rtcp_address_learned_from_the_peer_s_rtcp_survives_the_rtp_latch(
+    allocator: RtpPortAllocator,
+) -> None:
+    """Symmetric RTCP (RFC 4961): behind a NAT the caller's RTCP comes from the NAT's mapping
+    for its RTCP port, which is where ours must go. Its RTP then latched the media to the same
+    IP, and that put our RTCP back on the SDP's RTCP port — the inside port, which the NAT
+    does not forward. A latch to the IP our RTCP already goes to keeps the learned port."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the phone's private address: silent
+    nat_rtp = await UdpPeer.bind("127.0.0.4")
+    nat_rtcp = await UdpPeer.bind("127.0.0.4")  # not the RTP port + 1: the NAT's choice
+    session = await open_session(allocator, sdp, signalling_ip="127.0.0.4", rtcp_interval_s=0.05)
+    try:
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        nat_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        nat_rtp.send(rtp_stream(ulaw_frames(500, 0.02))[0], ("127.0.0.1", session.local_port))
+        await until(lambda: session.remote == nat_rtp.address)
+
+        def reported_on_rtp() -> bool:  # a report sent after the latch: it has a block on it
+            reports = [p for d, _ in nat_rtcp.recorder.received for p in parse_compound(d)]
+            blocks = [
+                b
+                for r in reports
+                if isinstance(r, RtcpReceiverReport | RtcpSenderReport)
+                for b in r.reports
+            ]
+            return any(b.ssrc == 0x5EED for b in blocks)
+
+        await until(reported_on_rtp)
+    finally:
+        await session.close()
+        for p in (sdp, nat_rtp, nat_rtcp):
+            p.close()
+
+
 async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
     allocator: RtpPortAllocator,
 ) -> None:
