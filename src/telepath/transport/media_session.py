@@ -860,7 +860,7 @@ class MediaSession:
         if now >= self._next_rtcp:
             self._next_rtcp = now + self._rtcp_interval * random.uniform(0.5, 1.5)
             self._jitter.adapt(self._rx.jitter_ms)
-            self._send_rtcp([])
+            self._send_rtcp([], now)
         timeout = self.inactivity_timeout_s
         if timeout and not self._held and self._inbound_expected and now - self._last_rx > timeout:
             self._context.run(self._timed_out)
@@ -869,7 +869,7 @@ class MediaSession:
         logger.info("media inactivity timeout")
         self._end(MediaEndReason.MEDIA_TIMEOUT)
 
-    def _report(self) -> list[RtcpPacket]:
+    def _report(self, tick_at: float | None) -> list[RtcpPacket]:
         lsr = dlsr = 0
         if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
             lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
@@ -877,10 +877,16 @@ class MediaSession:
         blocks = [block] if block is not None else []
         head: RtcpPacket
         if self._sent_since_report:
+            # RFC 3550 §6.4.1: the RTP timestamp of the NTP timestamp's instant, on the clock
+            # the packets' come from: the playout's, which has moved on to the next frame; the
+            # last tick's frame, plus the time since that tick (tick_at, loop time).
+            elapsed = 0.0 if tick_at is None else max(0.0, self._loop.time() - tick_at)
+            clock = self._playout.timestamp - self._playout.samples_per_frame
+            clock += round(elapsed * self.codec.clock_rate)
             head = RtcpSenderReport(
                 self.ssrc,
                 ntp_from_unix(time.time()),  # NTP is wall time by definition (RFC 3550 §4)
-                self._playout.timestamp,
+                clock & 0xFFFFFFFF,
                 self._packets_sent & 0xFFFFFFFF,
                 self._octets_sent & 0xFFFFFFFF,
                 blocks,
@@ -890,13 +896,15 @@ class MediaSession:
         self._sent_since_report = False
         return [head, RtcpSdes([RtcpSourceDescription(self.ssrc, [(SDES_CNAME, self._cname)])])]
 
-    def _send_rtcp(self, extra: list[RtcpPacket]) -> None:
+    def _send_rtcp(self, extra: list[RtcpPacket], tick_at: float | None) -> None:
+        """Send a report (and ``extra``); ``tick_at``: when the playout's last frame was due
+        (the loop time of the last tick), None before any."""
         # On hold too: RTCP goes on whatever the stream's direction (RFC 3264 §5.1) — but not
         # to an old-style hold's c=0.0.0.0 (RFC 3264 §8.4), which Linux would deliver locally.
         dest = self._rtcp_dest
         if self._rtcp is None or dest is None or dest[0] in _UNSPECIFIED:
             return
-        data = serialize_compound(self._report() + extra)
+        data = serialize_compound(self._report(tick_at) + extra)
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
         try:
@@ -964,9 +972,11 @@ class MediaSession:
         self._ended = reason
         try:
             self._final = self.stats()  # first: the BYE counts no packet or byte (nor its failure)
+            tick_at = None
             if self._tick_handle is not None:
+                tick_at = self._pacer.last_tick(self._tick_handle)
                 self._pacer.unsubscribe(self._tick_handle)
-            self._send_rtcp([RtcpBye([self.ssrc])])
+            self._send_rtcp([RtcpBye([self.ssrc])], tick_at)
         finally:
             # Whatever the above raised, the sockets close and the ports go back.
             for transport in (self._rtp, self._rtcp):

@@ -576,6 +576,34 @@ async def test_an_rtcp_address_learned_from_the_peer_s_rtcp_survives_the_rtp_lat
             p.close()
 
 
+async def test_a_sender_report_s_rtp_timestamp_is_that_of_its_ntp_instant(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.4.1: an SR's RTP timestamp corresponds to the same instant as its NTP
+    timestamp. A report goes out in the tick that just sent a packet, so its RTP timestamp is
+    that packet's, give or take the microseconds between the two: it was the next frame's,
+    a whole packet time (160 samples) ahead, which a receiver's lip-sync and RTT-free clock
+    mapping take at face value."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer, rtcp_interval_s=0.05)
+    try:
+        await peer_rtcp.wait_for(3)
+        reports = [p for d, _ in peer_rtcp.recorder.received[:3] for p in parse_compound(d)]
+        srs = [p for p in reports if isinstance(p, RtcpSenderReport)]
+        assert len(srs) >= 2
+        await peer.wait_for(max(sr.packet_count for sr in srs))
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+    sent = peer.packets()
+    for sr in srs:
+        last = sent[sr.packet_count - 1]  # the packet the report's tick sent, just before it
+        ahead = (sr.rtp_timestamp - last.timestamp + 0x80000000) % 0x100000000 - 0x80000000
+        assert 0 <= ahead < 80  # within half a frame
+
+
 async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
     allocator: RtpPortAllocator,
 ) -> None:
@@ -1189,7 +1217,7 @@ async def test_close_frees_the_ports_whatever_its_rtcp_bye_raises(
     built (a bug) still closes the sockets and releases the ports before it propagates."""
     session = await open_session(allocator, None)
 
-    def broken(extra: object) -> None:
+    def broken(extra: object, tick_at: object) -> None:
         raise RuntimeError("simulated bug")
 
     session._send_rtcp = broken  # type: ignore[method-assign]
