@@ -94,6 +94,7 @@ on the media path of every call.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import logging
 import random
@@ -252,7 +253,7 @@ class MediaSession:
         jitter_max_ms: int,
         event_queue_size: int,
         on_event: Callable[[MediaEvent], None] | None,
-        cname: str,
+        cname: str | None,
         rtcp_interval_s: float,
         srtp: SrtpKeys | None,
     ) -> None:
@@ -300,7 +301,9 @@ class MediaSession:
         self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(event_queue_size)
         self._on_event = on_event
         self._audio_sink: Callable[[AudioReceived], None] | None = None
-        self._cname = cname.encode()
+        # RFC 3550 §6.5.1: unique per session; RFC 7022 §4.2, §5: a short-term persistent one,
+        # 96 random bits in base64, unless the caller of open gives one.
+        self._cname = base64.b64encode(secrets.token_bytes(12)) if cname is None else cname.encode()
         self._rtcp_interval = rtcp_interval_s
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()  # the call's (module docstring)
@@ -364,7 +367,7 @@ class MediaSession:
         jitter_max_ms: int = 60,
         event_queue_size: int = DEFAULT_EVENT_QUEUE,
         on_event: Callable[[MediaEvent], None] | None = None,
-        cname: str = "telepath",
+        cname: str | None = None,
         rtcp_interval_s: float = RTCP_INTERVAL_S,
         srtp: SrtpKeys | None = None,
         rtcp: Address | None = None,
@@ -391,7 +394,7 @@ class MediaSession:
             jitter_max_ms: greatest jitter-buffer depth.
             event_queue_size: bound of the inbound event queue (oldest audio is dropped).
             on_event: receive events synchronously instead of through :meth:`events`.
-            cname: RTCP SDES CNAME.
+            cname: RTCP SDES CNAME; None: a random one of this session's (RFC 7022 §5).
             rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
             srtp: the SRTP keys of an ``RTP/SAVP`` stream; None for plain RTP.
             rtcp: the peer's RTCP address from SDP (``a=rtcp``, RFC 3605); None: the RTP

@@ -604,6 +604,41 @@ async def test_a_sender_report_s_rtp_timestamp_is_that_of_its_ntp_instant(
         assert 0 <= ahead < 80  # within half a frame
 
 
+async def test_each_session_has_its_own_rtcp_cname_unless_given_one(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.5.1: the CNAME is unique among the participants of a session; RFC 7022
+    §4.2, §5: generated per session (96 random bits, base64) when there is no persistent one.
+    Every call's was "telepath"."""
+    peers = [await UdpPeer.bind() for _ in range(3)]
+    rtcp = [await UdpPeer.bind(port=p.address[1] + 1) for p in peers]
+    given = {"cname": "agent@gw.example"}
+    sessions = [
+        await open_session(allocator, p, rtcp_interval_s=0.05, **kwargs)
+        for p, kwargs in zip(peers, [{}, {}, given], strict=True)
+    ]
+
+    def cname(received: UdpPeer) -> bytes:
+        packets = parse_compound(received.recorder.received[0][0])
+        (sdes,) = [p for p in packets if isinstance(p, RtcpSdes)]
+        ((kind, value),) = sdes.chunks[0].items
+        assert kind == SDES_CNAME
+        return value
+
+    try:
+        for p in rtcp:
+            await p.wait_for(1)
+        first, second, third = (cname(p) for p in rtcp)
+    finally:
+        for s in sessions:
+            await s.close()
+        for p in peers + rtcp:
+            p.close()
+    assert first != second
+    assert len(first) == len(second) == 16  # base64 of 12 octets
+    assert third == b"agent@gw.example"
+
+
 async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
     allocator: RtpPortAllocator,
 ) -> None:
