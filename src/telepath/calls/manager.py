@@ -667,7 +667,7 @@ class CallManager:
             except NoCommonCodec as exc:
                 warning = exc.warning_header("telepath")
                 why = (
-                    "unusable_media_address"  # a name in c= (sdp/negotiate.py)
+                    "unusable_media_address"  # a name, multicast... in c= (sdp/negotiate.py)
                     if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
                     else "no_common_codec"
                 )
@@ -1422,7 +1422,7 @@ class CallManager:
                 return negotiate_offer_answer(offer, parse(setup.ack_body))
             except NoCommonCodec as exc:
                 error = (
-                    "the SDP answer in the ACK gives a name, not an IP address, for its media"
+                    "the SDP answer in the ACK gives no unicast IP address for its media"
                     if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
                     else "the SDP answer in the ACK has no codec in common with our offer"
                 )

@@ -32,7 +32,12 @@ resolving would put a DNS query of the caller's choosing, its failures and its d
 call set-up and into every re-offer; SIP trunks give addresses. An IP address of a version
 the call's RTP socket cannot send to is accepted: the media layer sends nothing there and
 latches onto the caller's RTP (linphone 5.1 gives its IPv6 address in ``c=`` even with IPv6
-off, and sends its RTP over IPv4).
+off, and sends its RTP over IPv4). An address that is not one host's is refused the same
+way (301), since the agent's audio goes there until the caller's RTP latches: a multicast
+group (224.0.0.0/4, ff00::/8; we do no multicast RTP), the limited broadcast address, and an
+unspecified address other than the hold address ``0.0.0.0``/``::`` (RFC 3264 §8.4), which
+Linux delivers locally — IPv4-mapped IPv6 spellings included. Loopback, private and
+link-local addresses are unicast, and accepted (tests, LANs).
 
 Session versions (RFC 3264 §8): the caller owns ``o=`` session id and version. For a new
 dialog pass any id and a starting version; for a re-INVITE/UPDATE, build the answer with the
@@ -83,6 +88,8 @@ _CLOCK_RATE = 8000
 DTMF_EVENTS = "0-16"
 
 _SUPPORTED: dict[str, CodecName] = {name: name for name in SUPPORTED_CODECS}
+#: RFC 919 §7: the limited broadcast address, which no c= line may give us to send to.
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _PLAIN_RTP = "RTP/AVP"
 _SECURE_RTP = "RTP/SAVP"  # RFC 3711 §12; the feedback profiles (SAVPF) are WebRTC's, not ours
 #: The suite we offer (RFC 4568 §6.2.1; every SDES implementation has it).
@@ -90,20 +97,28 @@ OFFER_SUITE = SUITES["AES_CM_128_HMAC_SHA1_80"]
 
 
 def _check_media_address(address: str) -> None:
-    """Refuse a ``c=`` address that is a name (module docstring).
+    """Refuse a ``c=`` address that is a name, or no unicast address (module docstring).
 
     Raises:
         NoCommonCodec: warn-code 301 (answer 488, RFC 3261 §21.4.26). The message names no
             address (it is logged).
     """
     try:
-        ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         raise NoCommonCodec(
             "the media address is a name, not an IP address",
             warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
             detail="a media address must be an IP address",
         ) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # the IPv4 address a dual-stack socket sends to
+    if ip.is_multicast or ip == _BROADCAST or (ip.is_unspecified and not is_hold_address(address)):
+        raise NoCommonCodec(
+            "the media address is multicast, broadcast or unspecified",
+            warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
+            detail="a media address must be a unicast IP address",
+        )
 
 
 @dataclass(frozen=True, slots=True)
