@@ -1337,11 +1337,10 @@ class CallManager:
     async def _open_media(
         self, lease: PortLease, negotiated: NegotiatedMedia, tx: ServerTransaction
     ) -> MediaSession:
-        remote = rtcp = None
+        remote = None
         if negotiated.remote_port:
             remote = (negotiated.remote_address, negotiated.remote_port)
-        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1 if any
-            rtcp = (negotiated.remote_address, negotiated.remote_rtcp_port)
+        rtcp = negotiated.rtcp_destination  # a=rtcp (RFC 3605 §2.1), else remote_port + 1
         media = await MediaSession.open(
             lease,
             remote=remote,

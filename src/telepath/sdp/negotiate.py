@@ -111,14 +111,33 @@ def _check_media_address(address: str) -> None:
             warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
             detail="a media address must be an IP address",
         ) from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # the IPv4 address a dual-stack socket sends to
-    if ip.is_multicast or ip == _BROADCAST or (ip.is_unspecified and not is_hold_address(address)):
+    if not _unicast(ip) and not is_hold_address(address):
         raise NoCommonCodec(
             "the media address is multicast, broadcast or unspecified",
             warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
             detail="a media address must be a unicast IP address",
         )
+
+
+def _unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is one host's address: not multicast, broadcast or unspecified (an
+    IPv4-mapped IPv6 address judged by its IPv4 address, where a dual-stack socket sends)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (ip.is_multicast or ip.is_unspecified or ip == _BROADCAST)
+
+
+def _rtcp_address(m: MediaDescription) -> str | None:
+    """The ``a=rtcp`` line's address (RFC 3605 §2.1) when it names a unicast IP address; None
+    — RTCP goes to the RTP address — when it gives none, ``0.0.0.0`` (no address), or one we
+    cannot use (a name is not resolved, module docstring; no multicast or broadcast)."""
+    address = m.rtcp_address
+    if address is None:
+        return None
+    try:
+        return address if _unicast(ipaddress.ip_address(address)) else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +202,8 @@ class NegotiatedMedia:
             (:data:`SAME_AS_SEND`): ``codec.payload_type``.
         recv_dtmf_payload_type: likewise for telephone-event (None: the peer sends no
             events). Default: ``dtmf_payload_type``.
+        remote_rtcp_address: the address ``a=rtcp`` names (RFC 3605 §2.1), None for the RTP
+            address (:attr:`rtcp_destination` pairs them).
     """
 
     codec: CodecSpec
@@ -196,6 +217,15 @@ class NegotiatedMedia:
     srtp: SrtpKeys | None = None
     recv_payload_type: int = SAME_AS_SEND
     recv_dtmf_payload_type: int | None = SAME_AS_SEND
+    remote_rtcp_address: str | None = None
+
+    @property
+    def rtcp_destination(self) -> tuple[str, int] | None:
+        """Where to send RTCP: the ``a=rtcp`` address, else the RTP address, with
+        :attr:`remote_rtcp_port`; None when there is no RTCP port."""
+        if not self.remote_rtcp_port:
+            return None
+        return (self.remote_rtcp_address or self.remote_address, self.remote_rtcp_port)
 
     def __post_init__(self) -> None:
         """Resolve :data:`SAME_AS_SEND` once, so readers (and equality) see plain numbers."""
@@ -462,6 +492,7 @@ def _answer(
         remote_address=remote_address,
         remote_port=offered.port,
         remote_rtcp_port=_rtcp_port(offered),
+        remote_rtcp_address=_rtcp_address(offered),
         direction=direction,
         ptime=PTIME_MS,
         on_hold=offer_direction in ("sendonly", "inactive") or hold_address,
@@ -602,7 +633,12 @@ def _disabled(
         ],
     )
     negotiated = replace(
-        current, remote_port=0, remote_rtcp_port=None, direction="inactive", on_hold=True
+        current,
+        remote_port=0,
+        remote_rtcp_port=None,
+        remote_rtcp_address=None,
+        direction="inactive",
+        on_hold=True,
     )
     return answer, negotiated
 
@@ -718,6 +754,7 @@ def negotiate_offer_answer(
             remote_address=remote_address,
             remote_port=theirs.port,
             remote_rtcp_port=_rtcp_port(theirs),
+            remote_rtcp_address=_rtcp_address(theirs),
             direction=_from_caps(caps),
             ptime=PTIME_MS,
             on_hold=answer_direction in ("sendonly", "inactive") or hold_address,

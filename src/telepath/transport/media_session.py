@@ -927,8 +927,13 @@ class MediaSession:
     def _on_rtcp(self, data: bytes, addr: SockAddr) -> None:
         if self._ended is not None:
             return
-        dest = self._dest
-        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._trusted_ip
+        # From where RTP goes, the signalling IP, or the IP a=rtcp named (RFC 3605 §2.1).
+        ip, dest, named = addr[0], self._dest, self._rtcp_sdp
+        trusted = (
+            (dest is not None and ip == dest[0])
+            or ip == self._trusted_ip
+            or (named is not None and ip == named[0])
+        )
         if not trusted:
             if not is_stun(data):
                 self._rejected += 1

@@ -874,6 +874,25 @@ async def test_rtcp_goes_on_while_held_and_to_the_a_rtcp_port_from_the_start(
         peer_rtcp.close()
 
 
+async def test_rtcp_from_the_sdp_s_rtcp_address_is_read(allocator: RtpPortAllocator) -> None:
+    """RFC 3605 §2.1: a=rtcp may put the peer's RTCP on another IP than its RTP. We send our
+    reports there, and its own reports come from there (symmetric RTCP, RFC 4961): they were
+    refused as a stranger's, since only the RTP address's IP and the signalling IP were."""
+    peer = await UdpPeer.bind("127.0.0.1")
+    peer_rtcp = await UdpPeer.bind("127.0.0.6")
+    session = await open_session(allocator, peer, rtcp_interval_s=0.05, rtcp=peer_rtcp.address)
+    try:
+        await peer_rtcp.wait_for(1)  # ours go there
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        peer_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        assert session.stats().rejected_source == 0
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
 @pytest.mark.parametrize("when", ["open", "re-INVITE"])
 async def test_an_rtp_port_of_65535_has_no_rtcp_port_and_gets_no_rtcp(
     allocator: RtpPortAllocator, when: str

@@ -665,6 +665,53 @@ def test_rtcp_apart_from_rtp_is_announced_and_the_next_port_is_not() -> None:
     assert re_sd.media[0].rtcp_port == 52013
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("a=rtcp:53020 IN IP4 198.51.100.7", ("198.51.100.7", 53020)),  # RFC 3605 §2.1
+        ("a=rtcp:53020 IN IP6 2001:db8::7", ("2001:db8::7", 53020)),
+        ("a=rtcp:53020", ("198.51.100.1", 53020)),  # a port alone: the RTP address
+        ("a=rtcp:53020 IN IP4 0.0.0.0", ("198.51.100.1", 53020)),  # no address: likewise
+        ("a=rtcp:53020 IN IP4 rtcp.example.com", ("198.51.100.1", 53020)),  # not resolved
+        ("a=rtcp:53020 IN IP4 224.2.1.1", ("198.51.100.1", 53020)),  # no unicast address
+        (None, ("198.51.100.1", 5001)),  # RFC 3550 §11
+    ],
+)
+def test_the_peer_s_rtcp_goes_to_the_a_rtcp_address_when_it_names_one(
+    line: str | None, expected: tuple[str, int]
+) -> None:
+    """RFC 3605 §2.1: a=rtcp may name the RTCP address as well as its port; it was read for
+    its port only, and RTCP went to that port on the RTP address. In an offer, a re-offer
+    and an answer alike."""
+    text = offer_text() + (f"{line}\r\n" if line else "")
+    assert answer(text)[1].rtcp_destination == expected
+    current = answer(offer_text())[1]
+    reoffered = negotiate_reoffer(
+        parse(text),
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+    )[1]
+    assert reoffered.rtcp_destination == expected
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    assert negotiate_offer_answer(offer, parse(text)).rtcp_destination == expected
+
+
+def test_a_disabled_stream_has_no_rtcp_destination() -> None:
+    current = answer(offer_text() + "a=rtcp:53020 IN IP4 198.51.100.7\r\n")[1]
+    _, media = negotiate_reoffer(
+        parse(offer_text().replace("m=audio 5000", "m=audio 0")),  # RFC 3264 §8.2
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+    )
+    assert media.rtcp_destination is None
+
+
 def test_the_peer_s_rtcp_port_is_a_rtcp_else_the_next_port_if_there_is_one() -> None:
     """RFC 3550 §11: RTCP on the RTP port + 1; RFC 3605: a=rtcp names another. On RTP port
     65535 without a=rtcp there is no RTCP port: None (the media session then sends none)."""
