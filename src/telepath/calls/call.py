@@ -413,11 +413,7 @@ class Call:
         if negotiated.srtp is not None:
             self.media.rekey(negotiated.srtp)
         if negotiated.remote_port and not is_hold_address(negotiated.remote_address):
-            rtcp = (
-                (negotiated.remote_address, negotiated.remote_rtcp_port)
-                if negotiated.remote_rtcp_port
-                else None
-            )
+            rtcp = negotiated.rtcp_destination  # a=rtcp's address and port (RFC 3605 §2.1)
             self.media.update_remote((negotiated.remote_address, negotiated.remote_port), rtcp)
         # Held for good once the end is decided (_stop_playout): a re-INVITE or an ACK's
         # answer crossing our BYE must not send the caller, who has left, the queued audio.

@@ -678,7 +678,7 @@ class CallManager:
             except NoCommonCodec as exc:
                 warning = exc.warning_header("telepath")
                 why = (
-                    "unusable_media_address"  # a name in c= (sdp/negotiate.py)
+                    "unusable_media_address"  # a name, multicast... in c= (sdp/negotiate.py)
                     if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
                     else "no_common_codec"
                 )
@@ -1348,11 +1348,10 @@ class CallManager:
     async def _open_media(
         self, lease: PortLease, negotiated: NegotiatedMedia, tx: ServerTransaction
     ) -> MediaSession:
-        remote = rtcp = None
+        remote = None
         if negotiated.remote_port:
             remote = (negotiated.remote_address, negotiated.remote_port)
-        if negotiated.remote_rtcp_port:  # a=rtcp (RFC 3605), else remote_port + 1 if any
-            rtcp = (negotiated.remote_address, negotiated.remote_rtcp_port)
+        rtcp = negotiated.rtcp_destination  # a=rtcp (RFC 3605 §2.1), else remote_port + 1
         media = await MediaSession.open(
             lease,
             remote=remote,
@@ -1433,7 +1432,7 @@ class CallManager:
                 return negotiate_offer_answer(offer, parse(setup.ack_body))
             except NoCommonCodec as exc:
                 error = (
-                    "the SDP answer in the ACK gives a name, not an IP address, for its media"
+                    "the SDP answer in the ACK gives no unicast IP address for its media"
                     if exc.warn_code == WARN_INCOMPATIBLE_ADDRESS_FORMAT
                     else "the SDP answer in the ACK has no codec in common with our offer"
                 )

@@ -25,10 +25,11 @@ packet.
 Packets older than the playout point are *duplicates* when they were already played, else
 *late*. A new SSRC flushes what is buffered and resynchronises on the new stream instead of
 concealing thousands of frames. So does a sequence jump beyond ``MAX_DROPOUT`` ahead or
-``MAX_MISORDER`` behind (re-INVITE, carrier switchover, a restarted sender), but only once the
-packet after it follows (RFC 3550 §A.1's ``bad_seq``): until then the packet that jumped is held
-aside, and if the stream goes on instead it was a *stray* (another stream's packet, a wild
-duplicate), dropped without touching the stream; confirmed, it plays first on the new stream.
+``MAX_MISORDER`` behind (re-INVITE, carrier switchover, a restarted sender). Either only once
+the packet after it, of its SSRC, follows (RFC 3550 §A.1: a new source's probation, with
+its MIN_SEQUENTIAL of 2, and a jump's ``bad_seq``): until then the packet is held aside, and if
+the stream goes on instead it was a *stray* (another stream's packet, a wild duplicate),
+dropped without touching the stream; confirmed, it plays first on the new stream.
 Ordering uses sequence numbers only, so timestamp jumps (silence suppression, a new timestamp
 base) never count as loss. Time (``now``) is passed in by the caller, in seconds.
 """
@@ -128,8 +129,9 @@ class JitterBuffer:
             int, tuple[int, bytes, bool, int, float]
         ] = {}  # seq -> (ts, data, M, PT, t)
         self._played: list[int] = []  # recent released sequence numbers (real packets)
-        # RFC 3550 §A.1: the packet of a large jump, held until the next one confirms it
-        self._stray: tuple[int, int, bytes, bool, int] | None = None  # (seq, ts, data, M, PT)
+        # RFC 3550 §A.1: the packet of a new SSRC or a large jump, held until the next one
+        # confirms it: (SSRC, seq, ts, data, M, PT)
+        self._stray: tuple[int, int, int, bytes, bool, int] | None = None
 
     @property
     def depth_ms(self) -> int:
@@ -162,11 +164,16 @@ class JitterBuffer:
         """
         self.stats.received += 1
         out: list[JitterFrame] = []
-        if self._ssrc != ssrc or self._next_seq is None:
-            if self._ssrc is not None:
-                out = self.flush()
-                self.stats.resyncs += 1
-            self._reset(ssrc, sequence_number)
+        if self._ssrc != ssrc:
+            if self._ssrc is None:  # the first packet
+                self._reset(ssrc, sequence_number)
+            else:  # another source: on probation (RFC 3550 §A.1)
+                restarted = self._restart(
+                    ssrc, sequence_number, timestamp, payload, marker, payload_type
+                )
+                if restarted is None:
+                    return out
+                out = restarted
         assert self._next_seq is not None
         delta = seq_diff(sequence_number, self._next_seq)
         if delta < 0 and -delta <= MAX_MISORDER:
@@ -182,16 +189,12 @@ class JitterBuffer:
         if delta < 0 or delta > MAX_DROPOUT:
             # RFC 3550 §A.1: a very large jump is a restarted sender only if the next packet
             # follows it; a lone one is dropped (it resynchronised us onto a stray packet).
-            stray = self._stray
-            if stray is None or sequence_number != (stray[0] + 1) & 0xFFFF:
-                self._stray = (sequence_number, timestamp, payload, marker, payload_type)
-                self.stats.strays += 1
+            restarted = self._restart(
+                ssrc, sequence_number, timestamp, payload, marker, payload_type
+            )
+            if restarted is None:
                 return out
-            self.stats.strays -= 1  # it was the new stream's first packet after all
-            out += self.flush()
-            self.stats.resyncs += 1
-            self._reset(ssrc, stray[0])
-            out.append(self._played_now(*stray))
+            out += restarted
             delta = 0
         if not delta and not self._slots:  # the expected packet, nothing waiting: play it
             out.append(self._played_now(sequence_number, timestamp, payload, marker, payload_type))
@@ -227,6 +230,26 @@ class JitterBuffer:
         for seq in sorted(self._slots, key=lambda s: seq_diff(s, base)):
             out.append(self._emit(seq))
         self._slots.clear()
+        return out
+
+    def _restart(
+        self, ssrc: int, seq: int, ts: int, payload: bytes, marker: bool, pt: int
+    ) -> list[JitterFrame] | None:
+        """A packet that does not continue the stream (another SSRC, a large jump) starts a new
+        one only when it follows the packet held aside, of its SSRC: MIN_SEQUENTIAL (2) in a
+        row (RFC 3550 §A.1). Otherwise it is held aside in the last one's place (a stray until
+        then), and None returned. Confirmed: what was buffered and the held packet, in order,
+        and the buffer expects this one."""
+        stray = self._stray
+        if stray is None or stray[0] != ssrc or seq != (stray[1] + 1) & 0xFFFF:
+            self._stray = (ssrc, seq, ts, payload, marker, pt)
+            self.stats.strays += 1
+            return None
+        self.stats.strays -= 1  # it was the new stream's first packet after all
+        out = self.flush()
+        self.stats.resyncs += 1
+        self._reset(ssrc, stray[1])
+        out.append(self._played_now(*stray[1:]))
         return out
 
     def _reset(self, ssrc: int, sequence_number: int) -> None:

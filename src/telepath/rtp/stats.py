@@ -4,9 +4,10 @@ Tracks the extended highest sequence number (with wrap cycles), packets expected
 cumulative and interval loss for RTCP report blocks, and the interarrival jitter estimate
 ``J += (|D| - J) / 16`` in timestamp units. Arrival times are passed in (seconds, monotonic).
 A new SSRC restarts the counters for the new stream and keeps the totals of the previous one in
-``prior_*``. A sequence jump more than ``MAX_DROPOUT`` ahead or ``MAX_MISORDER`` behind does so
-only when the next packet follows the one that jumped (RFC 3550 §A.1's ``bad_seq``): a single
-stray packet (another stream's, a wild duplicate) is not counted at all.
+``prior_*``. So does a sequence jump more than ``MAX_DROPOUT`` ahead or ``MAX_MISORDER`` behind.
+Either only when the next packet of that SSRC follows (RFC 3550 §A.1: a new source's probation,
+with its MIN_SEQUENTIAL of 2, and a jump's ``bad_seq``): a single stray packet (another
+stream's, RTCP read as RTP, a wild duplicate) is not counted at all.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class ReceiverStats:
         self._received_prior = 0
         self._transit: float | None = None
         self._jitter = 0.0  # timestamp units
-        self._bad_seq: int | None = None  # §A.1: the packet that would confirm a large jump
+        # §A.1: (SSRC, sequence number) of the packet that would confirm a new source or a jump
+        self._bad: tuple[int, int] | None = None
         self.prior_expected = 0
         self.prior_received = 0
 
@@ -54,25 +56,19 @@ class ReceiverStats:
                 event's start timestamp (RFC 4733 §2.5.1.2), or one of another clock.
         """
         if ssrc != self.ssrc:
-            self._restart(ssrc, sequence_number)
+            if self.ssrc is None:  # the first packet
+                self._restart(ssrc, sequence_number)
+            elif not self._confirmed(ssrc, sequence_number):  # another source: on probation
+                return
         delta = seq_diff(sequence_number, self._max_seq)
         if 0 < delta <= MAX_DROPOUT:
             if sequence_number < self._max_seq:
                 self._cycles += SEQ_MODULUS
             self._max_seq = sequence_number
-        elif delta > MAX_DROPOUT or -delta > MAX_MISORDER:
-            # RFC 3550 §A.1: a very large jump. Two sequential packets mean the sender
-            # restarted without telling us: re-sync, counting the first of them too (§A.1
-            # counts only the second). A lone one is not counted, not even for jitter.
-            if sequence_number != self._bad_seq:
-                self._bad_seq = (sequence_number + 1) & 0xFFFF
-                return
-            stray = (sequence_number - 1) & 0xFFFF
-            self._restart(ssrc, stray)
-            self._received = 1
-            if sequence_number < stray:
-                self._cycles += SEQ_MODULUS
-            self._max_seq = sequence_number
+        elif (delta > MAX_DROPOUT or -delta > MAX_MISORDER) and not self._confirmed(
+            ssrc, sequence_number
+        ):
+            return  # RFC 3550 §A.1: a very large jump, not (yet) a restarted sender
         self._received += 1
         if arrival is None:
             return
@@ -84,6 +80,28 @@ class ReceiverStats:
             if d < self.clock_rate * 10:  # a timestamp jump is not jitter
                 self._jitter += (d - self._jitter) / 16
         self._transit = transit
+
+    def continues(self, ssrc: int, sequence_number: int, window: int) -> bool:
+        """Whether a packet continues the current stream: its SSRC, and a sequence number at
+        most ``window`` after the highest seen (RFC 3550 §A.1's in-order test, narrowed)."""
+        return ssrc == self.ssrc and 0 < seq_diff(sequence_number, self._max_seq) <= window
+
+    def _confirmed(self, ssrc: int, sequence_number: int) -> bool:
+        """RFC 3550 §A.1: a packet of a new SSRC or a very large jump starts a new stream only
+        when it follows the previous such packet of its SSRC (MIN_SEQUENTIAL, 2, in a row): the
+        sender changed or restarted without telling us. Then re-sync, counting the first of
+        them too (§A.1 counts only the last), and True. A lone one is not counted, not even for
+        jitter: False."""
+        if (ssrc, sequence_number) != self._bad:
+            self._bad = (ssrc, (sequence_number + 1) & 0xFFFF)
+            return False
+        first = (sequence_number - 1) & 0xFFFF
+        self._restart(ssrc, first)
+        self._received = 1
+        if sequence_number < first:
+            self._cycles += SEQ_MODULUS
+        self._max_seq = sequence_number
+        return True
 
     def _restart(self, ssrc: int, sequence_number: int) -> None:
         if self.ssrc is not None:
@@ -97,7 +115,7 @@ class ReceiverStats:
         self._expected_prior = 0
         self._received_prior = 0
         self._transit = None
-        self._bad_seq = None
+        self._bad = None
 
     @property
     def extended_highest_sequence(self) -> int:

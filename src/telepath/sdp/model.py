@@ -47,7 +47,7 @@ Attribute = tuple[str, str | None]
 # a=rtpmap:<payload type> <encoding name>/<clock rate>[/<encoding parameters>] (RFC 4566 §6)
 _RTPMAP = re.compile(r"([0-9]{1,3})[ \t]+([^ \t/]+)/([0-9]{1,9})(?:/([0-9]{1,3}))?")
 # a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
-_RTCP = re.compile(r"([0-9]{1,5})(?:[ \t]+\S+[ \t]+\S+[ \t]+\S+)?")
+_RTCP = re.compile(r"([0-9]{1,5})(?:[ \t]+\S+[ \t]+\S+[ \t]+(\S+))?")
 _FMTP = re.compile(r"([0-9]{1,3})(?:[ \t]+(.*))?")
 _PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")
 
@@ -69,11 +69,18 @@ def parse_rtpmap(value: str) -> tuple[int, str, int, int] | None:
 
 def parse_rtcp(value: str) -> int | None:
     """Parse an ``a=rtcp`` value (RFC 3605) into its port, or None if malformed."""
+    parsed = parse_rtcp_address(value)
+    return None if parsed is None else parsed[0]
+
+
+def parse_rtcp_address(value: str) -> tuple[int, str | None] | None:
+    """Parse an ``a=rtcp`` value (RFC 3605 §2.1) into its port and connection address (None
+    when it gives only the port), or None if malformed."""
     match = _RTCP.fullmatch(value.strip(" \t"))
     if match is None:
         return None
     port = int(match.group(1))
-    return port if port <= 65535 else None
+    return (port, match.group(2)) if port <= 65535 else None
 
 
 def address_type(address: str) -> str:
@@ -242,6 +249,16 @@ class MediaDescription:
             port = parse_rtcp(value)
             if port is not None:
                 return port
+        return None
+
+    @property
+    def rtcp_address(self) -> str | None:
+        """The connection address of that ``a=rtcp`` line (RFC 3605 §2.1), None if it gives
+        only a port (the RTCP address is then the RTP one) or is absent."""
+        for value in self.attribute_values("rtcp"):
+            parsed = parse_rtcp_address(value)
+            if parsed is not None:
+                return parsed[1]
         return None
 
     @property

@@ -32,7 +32,12 @@ resolving would put a DNS query of the caller's choosing, its failures and its d
 call set-up and into every re-offer; SIP trunks give addresses. An IP address of a version
 the call's RTP socket cannot send to is accepted: the media layer sends nothing there and
 latches onto the caller's RTP (linphone 5.1 gives its IPv6 address in ``c=`` even with IPv6
-off, and sends its RTP over IPv4).
+off, and sends its RTP over IPv4). An address that is not one host's is refused the same
+way (301), since the agent's audio goes there until the caller's RTP latches: a multicast
+group (224.0.0.0/4, ff00::/8; we do no multicast RTP), the limited broadcast address, and an
+unspecified address other than the hold address ``0.0.0.0``/``::`` (RFC 3264 §8.4), which
+Linux delivers locally — IPv4-mapped IPv6 spellings included. Loopback, private and
+link-local addresses are unicast, and accepted (tests, LANs).
 
 Session versions (RFC 3264 §8): the caller owns ``o=`` session id and version. For a new
 dialog pass any id and a starting version; for a re-INVITE/UPDATE, build the answer with the
@@ -83,6 +88,8 @@ _CLOCK_RATE = 8000
 DTMF_EVENTS = "0-16"
 
 _SUPPORTED: dict[str, CodecName] = {name: name for name in SUPPORTED_CODECS}
+#: RFC 919 §7: the limited broadcast address, which no c= line may give us to send to.
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _PLAIN_RTP = "RTP/AVP"
 _SECURE_RTP = "RTP/SAVP"  # RFC 3711 §12; the feedback profiles (SAVPF) are WebRTC's, not ours
 #: The suite we offer (RFC 4568 §6.2.1; every SDES implementation has it).
@@ -90,20 +97,47 @@ OFFER_SUITE = SUITES["AES_CM_128_HMAC_SHA1_80"]
 
 
 def _check_media_address(address: str) -> None:
-    """Refuse a ``c=`` address that is a name (module docstring).
+    """Refuse a ``c=`` address that is a name, or no unicast address (module docstring).
 
     Raises:
         NoCommonCodec: warn-code 301 (answer 488, RFC 3261 §21.4.26). The message names no
             address (it is logged).
     """
     try:
-        ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         raise NoCommonCodec(
             "the media address is a name, not an IP address",
             warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
             detail="a media address must be an IP address",
         ) from None
+    if not _unicast(ip) and not is_hold_address(address):
+        raise NoCommonCodec(
+            "the media address is multicast, broadcast or unspecified",
+            warn_code=WARN_INCOMPATIBLE_ADDRESS_FORMAT,
+            detail="a media address must be a unicast IP address",
+        )
+
+
+def _unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is one host's address: not multicast, broadcast or unspecified (an
+    IPv4-mapped IPv6 address judged by its IPv4 address, where a dual-stack socket sends)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (ip.is_multicast or ip.is_unspecified or ip == _BROADCAST)
+
+
+def _rtcp_address(m: MediaDescription) -> str | None:
+    """The ``a=rtcp`` line's address (RFC 3605 §2.1) when it names a unicast IP address; None
+    — RTCP goes to the RTP address — when it gives none, ``0.0.0.0`` (no address), or one we
+    cannot use (a name is not resolved, module docstring; no multicast or broadcast)."""
+    address = m.rtcp_address
+    if address is None:
+        return None
+    try:
+        return address if _unicast(ipaddress.ip_address(address)) else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +202,8 @@ class NegotiatedMedia:
             (:data:`SAME_AS_SEND`): ``codec.payload_type``.
         recv_dtmf_payload_type: likewise for telephone-event (None: the peer sends no
             events). Default: ``dtmf_payload_type``.
+        remote_rtcp_address: the address ``a=rtcp`` names (RFC 3605 §2.1), None for the RTP
+            address (:attr:`rtcp_destination` pairs them).
     """
 
     codec: CodecSpec
@@ -181,6 +217,15 @@ class NegotiatedMedia:
     srtp: SrtpKeys | None = None
     recv_payload_type: int = SAME_AS_SEND
     recv_dtmf_payload_type: int | None = SAME_AS_SEND
+    remote_rtcp_address: str | None = None
+
+    @property
+    def rtcp_destination(self) -> tuple[str, int] | None:
+        """Where to send RTCP: the ``a=rtcp`` address, else the RTP address, with
+        :attr:`remote_rtcp_port`; None when there is no RTCP port."""
+        if not self.remote_rtcp_port:
+            return None
+        return (self.remote_rtcp_address or self.remote_address, self.remote_rtcp_port)
 
     def __post_init__(self) -> None:
         """Resolve :data:`SAME_AS_SEND` once, so readers (and equality) see plain numbers."""
@@ -447,6 +492,7 @@ def _answer(
         remote_address=remote_address,
         remote_port=offered.port,
         remote_rtcp_port=_rtcp_port(offered),
+        remote_rtcp_address=_rtcp_address(offered),
         direction=direction,
         ptime=PTIME_MS,
         on_hold=offer_direction in ("sendonly", "inactive") or hold_address,
@@ -587,7 +633,12 @@ def _disabled(
         ],
     )
     negotiated = replace(
-        current, remote_port=0, remote_rtcp_port=None, direction="inactive", on_hold=True
+        current,
+        remote_port=0,
+        remote_rtcp_port=None,
+        remote_rtcp_address=None,
+        direction="inactive",
+        on_hold=True,
     )
     return answer, negotiated
 
@@ -703,6 +754,7 @@ def negotiate_offer_answer(
             remote_address=remote_address,
             remote_port=theirs.port,
             remote_rtcp_port=_rtcp_port(theirs),
+            remote_rtcp_address=_rtcp_address(theirs),
             direction=_from_caps(caps),
             ptime=PTIME_MS,
             on_hold=answer_direction in ("sendonly", "inactive") or hold_address,

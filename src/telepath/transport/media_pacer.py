@@ -155,6 +155,13 @@ class Pacer:
             self._subscribers[slot].pop(handle, None)
         self._context_of.pop(handle, None)
 
+    def last_tick(self, handle: int) -> float | None:
+        """The deadline (loop time) a subscriber was last called for, which the frame it then
+        produced belongs to; None once unsubscribed. Before its first call: a time before it
+        subscribed."""
+        slot = self._slot_of.get(handle)
+        return None if slot is None else self._last[slot]
+
     @property
     def subscriber_count(self) -> int:
         """How many sessions are subscribed."""

@@ -46,12 +46,21 @@ becomes the destination ("latched"), only when:
    once (an endpoint behind NAT that put its private address in SDP).
 
 The first latch, by whichever rule, closes rule 3 for the rest of the offer/answer ("latch once,
-early", as SBCs do): from then on anything else is dropped and counted in ``rejected_source``.
-It never redirects our audio, so a third party spraying packets at our port (the "RTP Bleed"
-attack) can neither steal the caller's audio nor inject its own once the call's media is
-flowing. Only a re-INVITE/UPDATE that changes the SDP address or its RTCP address
-(``update_remote``) opens the window again, for the new address; one that repeats them (a
-session-timer refresh, RFC 4028) changes nothing.
+early", as SBCs do), and narrows rule 2: a carrier's SBC relays many calls from one IP, so
+another port on it may be another call's relay, a spoofed source or a previous call's tail.
+Once latched, a packet from a new port on those IPs moves the media only when it
+
+* continues the latched stream: its SSRC, and a sequence number at most
+  ``REBIND_SEQ_WINDOW`` after the highest seen (a NAT that rebound the caller's mapping), or
+* comes after the latched source has been silent ``LATCH_SILENCE_S`` (a genuine move: a new
+  mapping or relay port with a new stream; a caller back from hold),
+
+as Asterisk's strictrtp and rtpengine do. Everything else is dropped and counted in
+``rejected_source``: it is neither delivered nor latched, and never redirects our audio, so a
+third party spraying packets at our port (the "RTP Bleed" attack) can neither steal the
+caller's audio nor inject its own while the call's media is flowing. Only a re-INVITE/UPDATE
+that changes the SDP address or its RTCP address (``update_remote``) opens the window again,
+for the new address; one that repeats them (a session-timer refresh, RFC 4028) changes nothing.
 
 Addresses: the SDP gives IP addresses; each is written once (at :meth:`MediaSession.open`
 and :meth:`MediaSession.update_remote`) as the RTP socket sends to and reports peers
@@ -67,7 +76,8 @@ first, and one that fails (forged, corrupted, replayed, or plain) is dropped and
 ``unauthenticated`` before it can latch, so with SRTP only the holder of the peer's key can
 move our media; every packet we send, RTCP included, is protected last.
 
-Inbound path, per datagram: source check, parse, RFC 4733 events straight to the DTMF decoder,
+Inbound path, per datagram: source check, RTCP refused (RFC 5761 §4: we do not multiplex, so
+it is malformed RTP), parse, RFC 4733 events straight to the DTMF decoder,
 audio through the jitter buffer (reorder, loss and duplicate detection, concealment), decode,
 deliver; events and the latched source's packets of other types (comfort noise) count as
 received and keep their slots in the buffer, unplayed, and only audio is a jitter sample.
@@ -84,6 +94,7 @@ on the media path of every call.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import logging
 import random
@@ -100,7 +111,14 @@ from telepath.rtp.demux import is_stun
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit
 from telepath.rtp.errors import RtpError
 from telepath.rtp.jitter import Concealer, JitterBuffer, JitterFrame
-from telepath.rtp.packet import FIXED_HEADER, PLAIN_V2, RTP_HEADER_LENGTH, RtpPacket, pack_rtp
+from telepath.rtp.packet import (
+    FIXED_HEADER,
+    PLAIN_V2,
+    RTP_HEADER_LENGTH,
+    RtpPacket,
+    is_rtcp,
+    pack_rtp,
+)
 from telepath.rtp.playout import Playout
 from telepath.rtp.rtcp import (
     SDES_CNAME,
@@ -137,6 +155,13 @@ DEFAULT_INACTIVITY_TIMEOUT_S = 30.0
 RTCP_INTERVAL_S = 5.0  # RFC 3550 §6.2 minimum; randomised x[0.5, 1.5] (§6.3.1)
 DTMF_EXPIRE_S = 0.3
 _UNSPECIFIED = frozenset(("0.0.0.0", "::"))  # an SDP connection address meaning "none"
+# Latching (module docstring): how long the latched source must have sent nothing before a new
+# port on a trusted IP may take the media over. Ten 20 ms packets: far longer than the jitter
+# of a flowing stream, short enough that a genuine move loses a fraction of a second.
+LATCH_SILENCE_S = 0.2
+# ... and how far past the highest sequence number a packet of the latched SSRC from a new port
+# continues its stream (a NAT rebinding): 32 packets (640 ms at 20 ms), longer than the silence.
+REBIND_SEQ_WINDOW = 32
 
 
 class MediaEndReason(StrEnum):
@@ -228,7 +253,7 @@ class MediaSession:
         jitter_max_ms: int,
         event_queue_size: int,
         on_event: Callable[[MediaEvent], None] | None,
-        cname: str,
+        cname: str | None,
         rtcp_interval_s: float,
         srtp: SrtpKeys | None,
     ) -> None:
@@ -276,7 +301,9 @@ class MediaSession:
         self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(event_queue_size)
         self._on_event = on_event
         self._audio_sink: Callable[[AudioReceived], None] | None = None
-        self._cname = cname.encode()
+        # RFC 3550 §6.5.1: unique per session; RFC 7022 §4.2, §5: a short-term persistent one,
+        # 96 random bits in base64, unless the caller of open gives one.
+        self._cname = base64.b64encode(secrets.token_bytes(12)) if cname is None else cname.encode()
         self._rtcp_interval = rtcp_interval_s
         self._loop = asyncio.get_running_loop()
         self._context = contextvars.copy_context()  # the call's (module docstring)
@@ -296,6 +323,9 @@ class MediaSession:
         # A packet from an accepted source set the destination since the SDP address was set:
         # first-packet latching (rule 3) is over until the next one (module docstring).
         self._latched = False
+        # _rtcp_dest is where the peer's RTCP came from (symmetric RTCP, RFC 4961), not derived
+        # from the SDP or a latch: a latch to that IP keeps it.
+        self._rtcp_learned = False
         self._set_remote(remote, None)
         # counters
         now = self._loop.time()
@@ -337,7 +367,7 @@ class MediaSession:
         jitter_max_ms: int = 60,
         event_queue_size: int = DEFAULT_EVENT_QUEUE,
         on_event: Callable[[MediaEvent], None] | None = None,
-        cname: str = "telepath",
+        cname: str | None = None,
         rtcp_interval_s: float = RTCP_INTERVAL_S,
         srtp: SrtpKeys | None = None,
         rtcp: Address | None = None,
@@ -364,7 +394,7 @@ class MediaSession:
             jitter_max_ms: greatest jitter-buffer depth.
             event_queue_size: bound of the inbound event queue (oldest audio is dropped).
             on_event: receive events synchronously instead of through :meth:`events`.
-            cname: RTCP SDES CNAME.
+            cname: RTCP SDES CNAME; None: a random one of this session's (RFC 7022 §5).
             rtcp_interval_s: mean RTCP report interval (randomised x[0.5, 1.5], §6.3.1).
             srtp: the SRTP keys of an ``RTP/SAVP`` stream; None for plain RTP.
             rtcp: the peer's RTCP address from SDP (``a=rtcp``, RFC 3605); None: the RTP
@@ -628,10 +658,12 @@ class MediaSession:
             return
         self._sdp = self._dest = sdp
         self._rtcp_sdp = self._rtcp_dest = rtcp_sdp
+        self._rtcp_learned = False
         self._latched = False
 
     def _accept_source(self, addr: SockAddr) -> bool:
-        """The latching policy from the module docstring; True if ``addr`` may be latched."""
+        """The latching policy's address rules from the module docstring; True if ``addr`` may
+        be latched (once latched, a port of rule 2 only as :meth:`_may_move` says)."""
         sdp = self._sdp
         if sdp is not None and addr == sdp:
             return True
@@ -643,13 +675,30 @@ class MediaSession:
         # IP) left it open for the whole call, so one packet from anyone took the media.
         return not self._latched
 
+    def _may_move(self, addr: SockAddr, packet: RtpPacket) -> bool:
+        """Whether a packet of a negotiated type from an accepted source other than the latched
+        one may move the media there, once latched (module docstring): the SDP address itself
+        (rule 1), a continuation of the latched stream, or a source after the latched one's
+        silence. Only on the path of a source not yet known: the steady state never gets here."""
+        if addr == self._sdp:
+            return True
+        if self._rx.continues(packet.ssrc, packet.sequence_number, REBIND_SEQ_WINDOW):
+            return True
+        # _last_rx: the latched source's last packet (every other one latched or was refused),
+        # or a resume from hold, after which the silence is counted afresh.
+        return self._loop.time() - self._last_rx >= LATCH_SILENCE_S
+
     def _latch(self, addr: SockAddr) -> None:
         self._latched = True
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
             self._dest = addr
+            rtcp = self._rtcp_dest
+            if self._rtcp_learned and rtcp is not None and rtcp[0] == addr[0]:
+                return  # where the peer's own RTCP comes from (RFC 4961): its NAT's mapping
             rtcp_port = self._rtcp_sdp[1] if self._rtcp_sdp is not None else addr[1] + 1
             self._rtcp_dest = (addr[0], rtcp_port)
+            self._rtcp_learned = False
 
     # ---- internals: inbound --------------------------------------------------------------------
 
@@ -686,6 +735,12 @@ class MediaSession:
             if not is_stun(data):
                 self._rejected += 1
             return
+        if is_rtcp(data):
+            # RFC 5761 §4: RTCP (a marker bit and payload type 64-95 as RTP), which belongs on
+            # the RTCP port: we never answer a=rtcp-mux (sdp/negotiate.py). Not RTP; read as
+            # RTP, its SSRC restarted the stream's statistics and its jitter buffer.
+            self._malformed += 1
+            return
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -696,6 +751,9 @@ class MediaSession:
         is_audio = pt == self._codec_pt
         is_dtmf = pt == self.recv_dtmf_payload_type
         if is_audio or is_dtmf:
+            if not known and self._latched and not self._may_move(addr, packet):
+                self._rejected += 1
+                return  # another port on a trusted IP while the latched source flows
             if not known or not self._latched:  # known: the SDP address's first packet
                 self._latch(addr)
         elif not known:
@@ -805,7 +863,7 @@ class MediaSession:
         if now >= self._next_rtcp:
             self._next_rtcp = now + self._rtcp_interval * random.uniform(0.5, 1.5)
             self._jitter.adapt(self._rx.jitter_ms)
-            self._send_rtcp([])
+            self._send_rtcp([], now)
         timeout = self.inactivity_timeout_s
         if timeout and not self._held and self._inbound_expected and now - self._last_rx > timeout:
             self._context.run(self._timed_out)
@@ -814,7 +872,7 @@ class MediaSession:
         logger.info("media inactivity timeout")
         self._end(MediaEndReason.MEDIA_TIMEOUT)
 
-    def _report(self) -> list[RtcpPacket]:
+    def _report(self, tick_at: float | None) -> list[RtcpPacket]:
         lsr = dlsr = 0
         if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
             lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
@@ -822,10 +880,16 @@ class MediaSession:
         blocks = [block] if block is not None else []
         head: RtcpPacket
         if self._sent_since_report:
+            # RFC 3550 §6.4.1: the RTP timestamp of the NTP timestamp's instant, on the clock
+            # the packets' come from: the playout's, which has moved on to the next frame; the
+            # last tick's frame, plus the time since that tick (tick_at, loop time).
+            elapsed = 0.0 if tick_at is None else max(0.0, self._loop.time() - tick_at)
+            clock = self._playout.timestamp - self._playout.samples_per_frame
+            clock += round(elapsed * self.codec.clock_rate)
             head = RtcpSenderReport(
                 self.ssrc,
                 ntp_from_unix(time.time()),  # NTP is wall time by definition (RFC 3550 §4)
-                self._playout.timestamp,
+                clock & 0xFFFFFFFF,
                 self._packets_sent & 0xFFFFFFFF,
                 self._octets_sent & 0xFFFFFFFF,
                 blocks,
@@ -835,13 +899,15 @@ class MediaSession:
         self._sent_since_report = False
         return [head, RtcpSdes([RtcpSourceDescription(self.ssrc, [(SDES_CNAME, self._cname)])])]
 
-    def _send_rtcp(self, extra: list[RtcpPacket]) -> None:
+    def _send_rtcp(self, extra: list[RtcpPacket], tick_at: float | None) -> None:
+        """Send a report (and ``extra``); ``tick_at``: when the playout's last frame was due
+        (the loop time of the last tick), None before any."""
         # On hold too: RTCP goes on whatever the stream's direction (RFC 3264 §5.1) — but not
         # to an old-style hold's c=0.0.0.0 (RFC 3264 §8.4), which Linux would deliver locally.
         dest = self._rtcp_dest
         if self._rtcp is None or dest is None or dest[0] in _UNSPECIFIED:
             return
-        data = serialize_compound(self._report() + extra)
+        data = serialize_compound(self._report(tick_at) + extra)
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
         try:
@@ -861,8 +927,13 @@ class MediaSession:
     def _on_rtcp(self, data: bytes, addr: SockAddr) -> None:
         if self._ended is not None:
             return
-        dest = self._dest
-        trusted = dest is not None and addr[0] == dest[0] or addr[0] == self._trusted_ip
+        # From where RTP goes, the signalling IP, or the IP a=rtcp named (RFC 3605 §2.1).
+        ip, dest, named = addr[0], self._dest, self._rtcp_sdp
+        trusted = (
+            (dest is not None and ip == dest[0])
+            or ip == self._trusted_ip
+            or (named is not None and ip == named[0])
+        )
         if not trusted:
             if not is_stun(data):
                 self._rejected += 1
@@ -880,7 +951,8 @@ class MediaSession:
             if not is_stun(data):
                 self._malformed += 1
             return
-        self._rtcp_dest = addr  # symmetric RTCP
+        self._rtcp_dest = addr  # symmetric RTCP (RFC 4961)
+        self._rtcp_learned = True
         now = self._loop.time()
         for packet in packets:
             if isinstance(packet, RtcpSenderReport):
@@ -908,9 +980,11 @@ class MediaSession:
         self._ended = reason
         try:
             self._final = self.stats()  # first: the BYE counts no packet or byte (nor its failure)
+            tick_at = None
             if self._tick_handle is not None:
+                tick_at = self._pacer.last_tick(self._tick_handle)
                 self._pacer.unsubscribe(self._tick_handle)
-            self._send_rtcp([RtcpBye([self.ssrc])])
+            self._send_rtcp([RtcpBye([self.ssrc])], tick_at)
         finally:
             # Whatever the above raised, the sockets close and the ports go back.
             for transport in (self._rtp, self._rtcp):

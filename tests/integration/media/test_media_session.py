@@ -21,13 +21,17 @@ from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, DtmfDigit, DtmfKey, encode_dtmf
 from telepath.rtp.packet import RtpPacket, pack_rtp
 from telepath.rtp.rtcp import (
+    SDES_CNAME,
     RtcpBye,
     RtcpReceiverReport,
     RtcpReportBlock,
+    RtcpSdes,
     RtcpSenderReport,
+    RtcpSourceDescription,
     ntp_from_unix,
     ntp_middle32,
     parse_compound,
+    serialize_compound,
 )
 from telepath.transport import media_pacer
 from telepath.transport.media_session import (
@@ -69,6 +73,17 @@ async def collect(
                 if len(out) >= count:
                     return out
     return out
+
+
+async def taken_in(session: MediaSession, count: int) -> None:
+    """Wait until the session has taken in ``count`` datagrams: received or refused for their
+    source."""
+
+    def counted() -> bool:
+        stats = session.stats()
+        return stats.packets_received + stats.rejected_source == count
+
+    await until(counted)
 
 
 async def open_session(
@@ -337,6 +352,78 @@ async def test_a_latch_by_a_trusted_ip_closes_the_first_packet_window(
             p.close()
 
 
+async def test_a_second_sender_on_the_trusted_ip_can_neither_take_nor_feed_a_flowing_call(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A carrier's SBC relays many calls from one IP, the signalling IP (rule 2): another
+    call's relay port on it — or a spoofed source, or a previous call's tail — sending to our
+    port while the caller's media flows is neither latched nor delivered. Rule 2 let any port
+    on that IP move our audio there and feed the agent, packet by packet."""
+    caller = await UdpPeer.bind("127.0.0.5")  # the SBC's relay port of this call
+    other = await UdpPeer.bind("127.0.0.5")  # the same SBC, another call's relay port
+    session = await open_session(allocator, caller, signalling_ip="127.0.0.5")
+    port = ("127.0.0.1", session.local_port)
+    heard: list[bytes] = []
+    session.set_audio_sink(lambda event: heard.append(event.payload))
+    ours = rtp_stream([b"\x11" * 160] * 12, ssrc=1)
+    theirs = rtp_stream([b"\x99" * 160] * 24, ssrc=2, seq=5000)
+    try:
+        caller.send(ours[0], port)
+        await until(lambda: session.stats().packets_received == 1)
+        session.play(b"\x55" * 160 * 50)
+        for i in range(1, 12):
+            caller.send(ours[i], port)  # the caller still flows: each just before the other's
+            other.send(theirs[2 * i], port)
+            other.send(theirs[2 * i + 1], port)
+            await taken_in(session, 3 * i + 1)
+        stats = session.stats()
+        assert (stats.packets_received, stats.rejected_source) == (12, 22)
+        assert session.remote == caller.address
+        assert heard == [b"\x11" * 160] * 12  # the agent heard the caller only
+        sent = len(caller.recorder.received)
+        await caller.wait_for(sent + 2)  # our audio still goes to the caller,
+        assert other.recorder.received == []  # and never went anywhere else
+    finally:
+        await session.close()
+        caller.close()
+        other.close()
+
+
+async def test_a_new_port_on_the_trusted_ip_takes_over_once_the_latched_one_fell_silent(
+    allocator: RtpPortAllocator,
+) -> None:
+    """The other side of the rule above: a genuine move (a NAT's new mapping with a new SSRC,
+    an SBC that switched relay ports without a re-INVITE) is followed once the latched source
+    has been silent for LATCH_SILENCE_S — not while it still sends."""
+    caller = await UdpPeer.bind("127.0.0.5")
+    moved = await UdpPeer.bind("127.0.0.5")
+    session = await open_session(allocator, caller, signalling_ip="127.0.0.5")
+    port = ("127.0.0.1", session.local_port)
+    heard: list[bytes] = []
+    session.set_audio_sink(lambda event: heard.append(event.payload))
+    new = rtp_stream([b"\x99" * 160] * 200, ssrc=2, seq=5000)
+    try:
+        for data in rtp_stream([b"\x11" * 160] * 3, ssrc=1):
+            caller.send(data, port)
+        await until(lambda: session.stats().packets_received == 3)
+        for sent, data in enumerate(new, 1):  # the caller stopped; the new source streams
+            moved.send(data, port)
+            await taken_in(session, 3 + sent)
+            if session.remote == moved.address:
+                break
+            await asyncio.sleep(0.02)
+        assert session.remote == moved.address
+        assert session.stats().rejected_source == sent - 1  # until the silence was long enough
+        before = len(moved.recorder.received)
+        await moved.wait_for(before + 2)  # our audio follows it
+        moved.send(new[sent], port)  # (a new SSRC's first packet waits for its second: §A.1)
+        await until(lambda: heard.count(b"\x99" * 160) == 2)  # and its audio reaches the agent
+    finally:
+        await session.close()
+        caller.close()
+        moved.close()
+
+
 @pytest.mark.parametrize("queued", [True, False], ids=["agent-audio", "nothing-queued"])
 async def test_hold_stops_sending_and_resume_has_marker_and_later_timestamp(
     allocator: RtpPortAllocator, queued: bool
@@ -452,6 +539,104 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         await session.close()
         peer.close()
         peer_rtcp.close()
+
+
+async def test_an_rtcp_address_learned_from_the_peer_s_rtcp_survives_the_rtp_latch(
+    allocator: RtpPortAllocator,
+) -> None:
+    """Symmetric RTCP (RFC 4961): behind a NAT the caller's RTCP comes from the NAT's mapping
+    for its RTCP port, which is where ours must go. Its RTP then latched the media to the same
+    IP, and that put our RTCP back on the SDP's RTCP port — the inside port, which the NAT
+    does not forward. A latch to the IP our RTCP already goes to keeps the learned port."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the phone's private address: silent
+    nat_rtp = await UdpPeer.bind("127.0.0.4")
+    nat_rtcp = await UdpPeer.bind("127.0.0.4")  # not the RTP port + 1: the NAT's choice
+    session = await open_session(allocator, sdp, signalling_ip="127.0.0.4", rtcp_interval_s=0.05)
+    try:
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        nat_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        nat_rtp.send(rtp_stream(ulaw_frames(500, 0.02))[0], ("127.0.0.1", session.local_port))
+        await until(lambda: session.remote == nat_rtp.address)
+
+        def reported_on_rtp() -> bool:  # a report sent after the latch: it has a block on it
+            reports = [p for d, _ in nat_rtcp.recorder.received for p in parse_compound(d)]
+            blocks = [
+                b
+                for r in reports
+                if isinstance(r, RtcpReceiverReport | RtcpSenderReport)
+                for b in r.reports
+            ]
+            return any(b.ssrc == 0x5EED for b in blocks)
+
+        await until(reported_on_rtp)
+    finally:
+        await session.close()
+        for p in (sdp, nat_rtp, nat_rtcp):
+            p.close()
+
+
+async def test_a_sender_report_s_rtp_timestamp_is_that_of_its_ntp_instant(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.4.1: an SR's RTP timestamp corresponds to the same instant as its NTP
+    timestamp. A report goes out in the tick that just sent a packet, so its RTP timestamp is
+    that packet's, give or take the microseconds between the two: it was the next frame's,
+    a whole packet time (160 samples) ahead, which a receiver's lip-sync and RTT-free clock
+    mapping take at face value."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer, rtcp_interval_s=0.05)
+    try:
+        await peer_rtcp.wait_for(3)
+        reports = [p for d, _ in peer_rtcp.recorder.received[:3] for p in parse_compound(d)]
+        srs = [p for p in reports if isinstance(p, RtcpSenderReport)]
+        assert len(srs) >= 2
+        await peer.wait_for(max(sr.packet_count for sr in srs))
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+    sent = peer.packets()
+    for sr in srs:
+        last = sent[sr.packet_count - 1]  # the packet the report's tick sent, just before it
+        ahead = (sr.rtp_timestamp - last.timestamp + 0x80000000) % 0x100000000 - 0x80000000
+        assert 0 <= ahead < 80  # within half a frame
+
+
+async def test_each_session_has_its_own_rtcp_cname_unless_given_one(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3550 §6.5.1: the CNAME is unique among the participants of a session; RFC 7022
+    §4.2, §5: generated per session (96 random bits, base64) when there is no persistent one.
+    Every call's was "telepath"."""
+    peers = [await UdpPeer.bind() for _ in range(3)]
+    rtcp = [await UdpPeer.bind(port=p.address[1] + 1) for p in peers]
+    given = {"cname": "agent@gw.example"}
+    sessions = [
+        await open_session(allocator, p, rtcp_interval_s=0.05, **kwargs)
+        for p, kwargs in zip(peers, [{}, {}, given], strict=True)
+    ]
+
+    def cname(received: UdpPeer) -> bytes:
+        packets = parse_compound(received.recorder.received[0][0])
+        (sdes,) = [p for p in packets if isinstance(p, RtcpSdes)]
+        ((kind, value),) = sdes.chunks[0].items
+        assert kind == SDES_CNAME
+        return value
+
+    try:
+        for p in rtcp:
+            await p.wait_for(1)
+        first, second, third = (cname(p) for p in rtcp)
+    finally:
+        for s in sessions:
+            await s.close()
+        for p in peers + rtcp:
+            p.close()
+    assert first != second
+    assert len(first) == len(second) == 16  # base64 of 12 octets
+    assert third == b"agent@gw.example"
 
 
 async def test_a_sender_report_too_old_for_dlsr_is_none_and_close_releases_the_ports(
@@ -689,6 +874,25 @@ async def test_rtcp_goes_on_while_held_and_to_the_a_rtcp_port_from_the_start(
         peer_rtcp.close()
 
 
+async def test_rtcp_from_the_sdp_s_rtcp_address_is_read(allocator: RtpPortAllocator) -> None:
+    """RFC 3605 §2.1: a=rtcp may put the peer's RTCP on another IP than its RTP. We send our
+    reports there, and its own reports come from there (symmetric RTCP, RFC 4961): they were
+    refused as a stranger's, since only the RTP address's IP and the signalling IP were."""
+    peer = await UdpPeer.bind("127.0.0.1")
+    peer_rtcp = await UdpPeer.bind("127.0.0.6")
+    session = await open_session(allocator, peer, rtcp_interval_s=0.05, rtcp=peer_rtcp.address)
+    try:
+        await peer_rtcp.wait_for(1)  # ours go there
+        rr = RtcpReceiverReport(0x5EED, [RtcpReportBlock(session.ssrc, 64)])
+        peer_rtcp.send(bytes(rr), ("127.0.0.1", session.local_port + 1))
+        await until(lambda: session.stats().remote_loss_fraction == 0.25)
+        assert session.stats().rejected_source == 0
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
 @pytest.mark.parametrize("when", ["open", "re-INVITE"])
 async def test_an_rtp_port_of_65535_has_no_rtcp_port_and_gets_no_rtcp(
     allocator: RtpPortAllocator, when: str
@@ -790,6 +994,40 @@ async def test_comfort_noise_keeps_its_slot_and_counts_as_received(
         await session.close()
         peer.close()
         other.close()
+
+
+async def test_rtcp_on_the_rtp_port_is_not_rtp(allocator: RtpPortAllocator) -> None:
+    """RFC 5761 §4: a datagram whose second octet is 192-223 is RTCP (a marker bit and payload
+    type 64-95 as RTP), and we never answer a=rtcp-mux: one the peer sends to our RTP port is
+    dropped and counted malformed. Read as RTP (payload type 73, its report block's SSRC as
+    the stream's) it counted as received, and its SSRC flushed the jitter buffer and restarted
+    the receiver statistics — twice, with the caller's next packet."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    port = ("127.0.0.1", session.local_port)
+    frames = [bytes([0x10 + i]) * 160 for i in range(10)]
+    stream = rtp_stream(frames, ssrc=0xABC)
+    report = serialize_compound(
+        [
+            RtcpReceiverReport(0xABC, [RtcpReportBlock(session.ssrc)]),
+            RtcpSdes([RtcpSourceDescription(0xABC, [(SDES_CNAME, b"peer")])]),
+        ]
+    )
+    try:
+        for data in [*stream[:5], report, *stream[5:]]:
+            peer.send(data, port)
+            await asyncio.sleep(0.005)  # arrive in this order
+        await until(lambda: len(got) >= 10)
+        await until(lambda: session.stats().packets_received + session.stats().malformed == 11)
+        audio = [e for e in got if isinstance(e, AudioReceived)]
+        assert [e.payload for e in audio] == frames
+        stats = session.stats()
+        assert (stats.packets_received, stats.malformed, stats.packets_lost) == (10, 1, 0)
+        assert session._jitter.stats.resyncs == 0
+    finally:
+        await session.close()
+        peer.close()
 
 
 async def test_telephone_events_count_but_are_no_jitter_samples(
@@ -1033,7 +1271,7 @@ async def test_close_frees_the_ports_whatever_its_rtcp_bye_raises(
     built (a bug) still closes the sockets and releases the ports before it propagates."""
     session = await open_session(allocator, None)
 
-    def broken(extra: object) -> None:
+    def broken(extra: object, tick_at: object) -> None:
         raise RuntimeError("simulated bug")
 
     session._send_rtcp = broken  # type: ignore[method-assign]

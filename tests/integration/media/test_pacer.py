@@ -260,3 +260,30 @@ async def test_lines_logged_from_a_tick_name_the_right_call_or_none() -> None:
     stalls = [c for m, c in lines if m.startswith("media pacer stalled")]
     assert len(stalls) >= 2 and set(stalls) == {"-"}, lines
     assert ticked_in == {"-"}  # what subscribers run in: no call's
+
+
+async def test_last_tick_is_the_deadline_each_call_was_for() -> None:
+    """What a session's final sender report reads (its RTP timestamp is the last frame's plus
+    the time since, RFC 3550 §6.4.1): the deadline of the subscriber's last call, one ptime
+    after the one before (frames counted), and None once unsubscribed."""
+    loop = asyncio.get_running_loop()
+    pacer = Pacer(20, loop)
+    seen: list[tuple[float | None, int]] = []
+    enough = asyncio.Event()
+    handle = 0
+
+    def tick(now: float, frames: int) -> None:
+        seen.append((pacer.last_tick(handle), frames))
+        if len(seen) >= 5:
+            enough.set()
+
+    handle = pacer.subscribe(tick)
+    try:
+        async with asyncio.timeout(10):
+            await enough.wait()
+    finally:
+        pacer.unsubscribe(handle)
+    assert pacer.last_tick(handle) is None
+    for (before, _), (after, frames) in zip(seen, seen[1:], strict=False):
+        assert before is not None and after is not None
+        assert after - before == pytest.approx(frames * pacer.ptime)

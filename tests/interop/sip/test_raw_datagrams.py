@@ -496,6 +496,32 @@ async def test_an_old_style_hold_keeps_the_media_address_and_a_new_dtmf_type_is_
     await leg.bye()
 
 
+async def test_rtcp_goes_to_the_address_an_offer_s_a_rtcp_names(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
+) -> None:
+    """RFC 3605 §2.1: a=rtcp may give the RTCP address with its port, in an offer and a
+    re-offer; ``IN IP4 0.0.0.0`` there keeps the RTP address. Only the port was read, and
+    RTCP went to it on the RTP address."""
+
+    def offer(rtcp: str) -> bytes:
+        return sdp_offer(MEDIA_PORT) + f"a=rtcp:{rtcp}\r\n".encode()
+
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(MEDIA_PORT)
+    body = offer("40011 IN IP4 127.0.0.6")
+    await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT, body=body))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    assert call.media._rtcp_dest == ("127.0.0.6", 40011)
+    await reoffer(leg, offer("40013 IN IP4 127.0.0.7"))
+    await until(lambda: call.media._rtcp_dest == ("127.0.0.7", 40013))
+    await reoffer(leg, offer("40015 IN IP4 0.0.0.0"))
+    await until(lambda: call.media._rtcp_dest == ("127.0.0.1", 40015))
+    assert call.media.remote == ("127.0.0.1", MEDIA_PORT)
+    await leg.bye()
+
+
 async def test_a_reinvite_disabling_audio_is_answered_with_port_zero_and_holds_the_call(
     gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
 ) -> None:

@@ -106,15 +106,35 @@ def test_sequence_wrap_is_seamless() -> None:
 
 
 def test_ssrc_change_flushes_and_resynchronises() -> None:
+    # RFC 3550 §A.1 (MIN_SEQUENTIAL = 2): once its second packet follows the first.
     buffer = JitterBuffer()
     feed = Feeder(buffer)
     feed.push(100)
     feed.push(102)  # held behind a hole
     other = Feeder(buffer, ssrc=0x9999)
-    frames = other.push(5000, ts=7)
-    assert feed.seqs(frames) == [(102, False), (5000, False)]
-    assert buffer.stats.resyncs == 1
-    assert buffer.stats.lost == 0
+    assert other.push(5000, ts=7) == []  # on probation: held aside
+    frames = other.push(5001, ts=167)
+    assert feed.seqs(frames) == [(102, False), (5000, False), (5001, False)]
+    assert (buffer.stats.resyncs, buffer.stats.strays, buffer.stats.lost) == (1, 0, 0)
+
+
+def test_one_packet_of_another_ssrc_is_a_stray_not_a_new_stream() -> None:
+    """RFC 3550 §A.1: a new source is on probation until MIN_SEQUENTIAL (2) packets of it
+    follow each other. One packet with another SSRC (a stray of another stream, RTCP read as
+    RTP) flushed the buffer — a hole's packets played without waiting for it — and restarted
+    it on itself; the stream's next packet then restarted it again."""
+    buffer = JitterBuffer()
+    feed, other = Feeder(buffer), Feeder(buffer, ssrc=0x9999)
+    out = feed.push(100) + feed.push(102)  # 102 waits for 101
+    assert other.push(5000) == []
+    out += feed.push(101) + feed.push(103)
+    assert feed.seqs(out) == [(100, False), (101, False), (102, False), (103, False)]
+    assert (buffer.stats.resyncs, buffer.stats.strays, buffer.stats.lost) == (0, 1, 0)
+    # nor does a packet of the current stream confirm another SSRC's held packet
+    assert other.push(7000) == []
+    assert feed.seqs(feed.push(104)) == [(104, False)]
+    assert Feeder(buffer, ssrc=0x7777).push(7001) == []
+    assert (buffer.stats.resyncs, buffer.stats.strays) == (0, 3)
 
 
 def test_sequence_jump_resynchronises_instead_of_concealing() -> None:

@@ -69,6 +69,27 @@ def test_new_ssrc_keeps_prior_totals() -> None:
     assert ReceiverStats().loss_percent == 0.0
 
 
+def test_one_packet_of_another_ssrc_is_not_a_new_source() -> None:
+    """RFC 3550 §A.1: a new source is on probation until MIN_SEQUENTIAL (2) packets of it
+    follow each other. One packet with another SSRC (a stray, RTCP read as RTP) restarted the
+    statistics on itself, and the stream's next packet restarted them again: the report's
+    cumulative loss and highest sequence started over."""
+    stats = ReceiverStats()
+    for seq in range(1000, 1005):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    stats.update(2, 5000, 7, 1.0)
+    stats.update(1, 9000, 0, 1.02)  # a jump of the stream is not its confirmation either
+    for seq in range(1005, 1010):
+        stats.update(1, seq, seq * 160, seq * 0.02)
+    assert stats.ssrc == 1
+    assert (stats.prior_expected, stats.expected, stats.received, stats.lost) == (0, 10, 10, 0)
+    stats.update(2, 5001, 167, 1.2)  # not after 5000: another packet on probation
+    stats.update(2, 5002, 327, 1.22)  # confirms: both count
+    assert stats.ssrc == 2
+    assert (stats.prior_expected, stats.prior_received) == (10, 10)
+    assert (stats.expected, stats.received, stats.lost) == (2, 2, 0)
+
+
 def perfect_stream_with_stray(stray_offset: int) -> list[tuple[int, int]]:
     """(sequence number, timestamp) of 500 packets from 65100 (wrapping at 65536), and after
     65400 one stray packet ``stray_offset`` away from it (from another stream, or a wild
@@ -133,3 +154,17 @@ def test_a_packet_without_arrival_time_counts_but_is_no_jitter_sample() -> None:
         stats.update(1, i, 5 * 160 if event else i * 160, None if event else i * 0.02)
     assert (stats.expected, stats.received, stats.lost) == (20, 20, 0)
     assert stats.jitter_ms == pytest.approx(0, abs=1e-6)
+
+
+def test_continues_takes_the_same_ssrc_a_little_past_the_highest_sequence_only() -> None:
+    """What lets a NAT rebinding move the media (transport/media_session.py's latching): the
+    latched SSRC, up to ``window`` packets past the highest sequence seen, across the wrap."""
+    stats = ReceiverStats()
+    assert not stats.continues(1, 0, 32)  # nothing seen yet
+    stats.update(1, 0xFFFE, 0, 0.0)
+    assert stats.continues(1, 0xFFFF, 32)
+    assert stats.continues(1, 30, 32)  # 32 after, past the wrap
+    assert not stats.continues(1, 31, 32)  # 33 after
+    assert not stats.continues(1, 0xFFFE, 32)  # the highest itself: a replay
+    assert not stats.continues(1, 0xFFF0, 32)  # behind
+    assert not stats.continues(2, 0xFFFF, 32)  # another stream

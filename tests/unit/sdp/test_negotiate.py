@@ -348,7 +348,67 @@ def test_a_media_address_that_is_a_name_is_488_with_warning_301() -> None:
     assert "media.example.com" not in str(info.value)  # logged: no caller addresses in it
 
 
-@pytest.mark.parametrize("address", ["2001:db8::10", "::ffff:198.51.100.1", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "224.2.1.1/127",  # multicast (RFC 4566 §5.7: an IPv4 one carries a TTL)
+        "239.255.255.250/1",
+        "ff02::1",
+        "ff0e::1:2",
+        "::ffff:224.0.0.1",  # the same, as an IPv4-mapped IPv6 address
+        "255.255.255.255",  # the limited broadcast address
+        "::ffff:255.255.255.255",
+        "::0",  # unspecified, but not the hold address's spelling (RFC 3264 §8.4)
+        "0:0:0:0:0:0:0:0",
+        "::ffff:0.0.0.0",
+    ],
+)
+def test_a_multicast_broadcast_or_unspecified_media_address_is_488_with_warning_301(
+    address: str,
+) -> None:
+    """We send the agent's audio to the c= address until the caller's RTP latches: to a
+    multicast group or the broadcast address it would reach every host there, and an
+    unspecified address that is not the hold address ``0.0.0.0``/``::`` is delivered locally
+    (Linux). Refused like a name, in an offer, a re-offer or an answer."""
+    with pytest.raises(NoCommonCodec) as info:
+        answer(offer_text(address=address))
+    assert info.value.status_hint == 488
+    assert info.value.warn_code == 301
+    assert info.value.warning == (
+        '301 telepath "Incompatible network address formats: '
+        'a media address must be a unicast IP address"'
+    )
+    assert address not in str(info.value)
+    current = answer(offer_text())[1]
+    with pytest.raises(NoCommonCodec):
+        negotiate_reoffer(
+            parse(offer_text(address=address)),
+            current=current,
+            local_address=LOCAL,
+            local_port=40000,
+            session_id=777,
+            session_version=1,
+        )
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    with pytest.raises(NoCommonCodec):
+        negotiate_offer_answer(offer, parse(offer_text(address=address)))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2001:db8::10",
+        "::ffff:198.51.100.1",
+        "0.0.0.0",  # hold (RFC 3264 §8.4)
+        "::",
+        "127.0.0.1",  # loopback and private addresses: tests, LANs
+        "10.1.2.3",
+        "192.168.0.10",
+        "169.254.1.1",
+        "::1",
+        "fd00::1",
+    ],
+)
 def test_an_ip_address_of_either_version_is_accepted(address: str) -> None:
     """Whether our RTP socket reaches it is the media layer's question: it latches onto the
     caller's RTP instead (linphone gives its IPv6 address in c= with IPv6 off)."""
@@ -603,6 +663,53 @@ def test_rtcp_apart_from_rtp_is_announced_and_the_next_port_is_not() -> None:
         rtcp_port=52013,
     )
     assert re_sd.media[0].rtcp_port == 52013
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("a=rtcp:53020 IN IP4 198.51.100.7", ("198.51.100.7", 53020)),  # RFC 3605 §2.1
+        ("a=rtcp:53020 IN IP6 2001:db8::7", ("2001:db8::7", 53020)),
+        ("a=rtcp:53020", ("198.51.100.1", 53020)),  # a port alone: the RTP address
+        ("a=rtcp:53020 IN IP4 0.0.0.0", ("198.51.100.1", 53020)),  # no address: likewise
+        ("a=rtcp:53020 IN IP4 rtcp.example.com", ("198.51.100.1", 53020)),  # not resolved
+        ("a=rtcp:53020 IN IP4 224.2.1.1", ("198.51.100.1", 53020)),  # no unicast address
+        (None, ("198.51.100.1", 5001)),  # RFC 3550 §11
+    ],
+)
+def test_the_peer_s_rtcp_goes_to_the_a_rtcp_address_when_it_names_one(
+    line: str | None, expected: tuple[str, int]
+) -> None:
+    """RFC 3605 §2.1: a=rtcp may name the RTCP address as well as its port; it was read for
+    its port only, and RTCP went to that port on the RTP address. In an offer, a re-offer
+    and an answer alike."""
+    text = offer_text() + (f"{line}\r\n" if line else "")
+    assert answer(text)[1].rtcp_destination == expected
+    current = answer(offer_text())[1]
+    reoffered = negotiate_reoffer(
+        parse(text),
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+    )[1]
+    assert reoffered.rtcp_destination == expected
+    offer = create_offer(local_address=LOCAL, local_port=41000, session_id=5, session_version=6)
+    assert negotiate_offer_answer(offer, parse(text)).rtcp_destination == expected
+
+
+def test_a_disabled_stream_has_no_rtcp_destination() -> None:
+    current = answer(offer_text() + "a=rtcp:53020 IN IP4 198.51.100.7\r\n")[1]
+    _, media = negotiate_reoffer(
+        parse(offer_text().replace("m=audio 5000", "m=audio 0")),  # RFC 3264 §8.2
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=1,
+    )
+    assert media.rtcp_destination is None
 
 
 def test_the_peer_s_rtcp_port_is_a_rtcp_else_the_next_port_if_there_is_one() -> None:

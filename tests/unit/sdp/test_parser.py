@@ -49,6 +49,8 @@ def test_parse_twilio_fields() -> None:
 def test_parse_rtcp_attribute_with_address() -> None:
     m = parse(load_sample("telnyx")).media[0]
     assert m.rtcp_port == 30125
+    assert m.rtcp_address == "192.76.120.10"  # RFC 3605 §2.1
+    assert parse(load_sample("twilio")).media[0].rtcp_address is None  # a port alone
 
 
 def test_static_payload_types_filled_from_rfc3551() -> None:
