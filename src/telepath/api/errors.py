@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from telepath.db.engine import transient_error
@@ -140,6 +141,18 @@ def install_error_handlers(app: FastAPI) -> None:
         # Log the type only: a message or traceback could carry request data (keys, numbers).
         logger.error("unhandled error in API request: %s", type(exc).__name__)
         return error_response(500, "internal_error", "Internal server error")
+
+    async def _client_gone(_req: Request, _exc: Exception) -> JSONResponse:
+        # The client closed its connection before its body was complete: no one is left to
+        # answer and nothing is wrong here (it was an ERROR and a 500, and the server logged
+        # the traceback). Some response must still be returned; the server drops it. An
+        # incomplete message is a client's error (RFC 9112 §8).
+        logger.debug("API request abandoned: the client disconnected before its body ended")
+        return error_response(
+            400, "bad_request", "The connection was closed before the request body was complete"
+        )
+
+    app.add_exception_handler(ClientDisconnect, _client_gone)
 
     async def _database(req: Request, exc: Exception) -> JSONResponse:
         if transient_error(exc):  # the database restarting or unreachable: not our bug
