@@ -73,9 +73,14 @@ def documented_errors(descriptions: dict[int, str], *codes: int) -> dict[int | s
     return {c: {"model": ErrorEnvelope, "description": described[c]} for c in (*codes, 503)}
 
 
+#: At most this much of an id from the path is repeated in a 404's message: ours are shorter,
+#: and a client's 8,000-character one is not echoed whole (found by review).
+ID_ECHOED_MAX = 64
+
+
 def not_found(kind: str, ident: str) -> ApiError:
-    """The documented 404: ``Trunk 'conn_x' not found``."""
-    return ApiError(404, "not_found", f"{kind} '{ident}' not found")
+    """The documented 404: ``Trunk 'conn_x' not found`` (the id cut to ``ID_ECHOED_MAX``)."""
+    return ApiError(404, "not_found", f"{kind} '{ident[:ID_ECHOED_MAX]}' not found")
 
 
 _QUERY_RULES = {

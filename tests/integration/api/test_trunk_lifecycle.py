@@ -118,6 +118,30 @@ async def test_unknown_id(api: Api) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/v1/trunks/{id}", "Trunk"),
+        ("PATCH", "/v1/trunks/{id}", "Trunk"),
+        ("DELETE", "/v1/trunks/{id}", "Trunk"),
+        ("POST", "/v1/trunks/{id}/rotate-password", "Trunk"),
+        ("GET", "/v1/calls/{id}", "Call"),
+        ("GET", "/v1/webhooks/{id}", "Webhook"),
+        ("DELETE", "/v1/webhooks/{id}", "Webhook"),
+    ],
+)
+async def test_a_long_unknown_id_is_cut_in_the_message(
+    api: Api, method: str, path: str, kind: str
+) -> None:
+    """The trunk routes' 404 repeated the whole id of the path, 8,000 characters of it (found
+    by review); the call and webhook routes already cut it to 64."""
+    long_id = "conn_" + "x" * 8_000
+    resp = await api.client.request(
+        method, path.format(id=long_id), json={"name": "x"}, headers=api.auth()
+    )
+    err(resp, 404, "not_found", f"{kind} '{long_id[:64]}' not found")
+
+
 # --- list ------------------------------------------------------------------------------------
 
 

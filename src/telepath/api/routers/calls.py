@@ -142,5 +142,5 @@ async def get_call(
     """One call of the caller's account, with metrics, turns and the SIP trace."""
     row = await CallRepository(session).get(principal.account_id, call_id)
     if row is None:
-        raise not_found("Call", call_id[:64])
+        raise not_found("Call", call_id)
     return schemas.CallDetail.model_validate(call_detail(row))

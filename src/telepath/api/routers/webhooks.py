@@ -179,7 +179,7 @@ async def get_webhook(
     """One webhook endpoint of the caller's account."""
     endpoint = await WebhookRepository(session).get_endpoint(principal.account_id, webhook_id)
     if endpoint is None:
-        raise not_found("Webhook", webhook_id[:64])
+        raise not_found("Webhook", webhook_id)
     return _view(endpoint)
 
 
@@ -196,7 +196,7 @@ async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: Sess
     repo = WebhookRepository(session)
     if not await repo.delete_endpoint(principal.account_id, webhook_id):
         await session.rollback()
-        raise not_found("Webhook", webhook_id[:64])
+        raise not_found("Webhook", webhook_id)
     await session.commit()
     endpoints_changed()
     return Response(status_code=204)
