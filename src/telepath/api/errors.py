@@ -83,9 +83,14 @@ def not_found(kind: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"{kind} '{ident[:ID_ECHOED_MAX]}' not found")
 
 
+#: The range of every list's ``limit`` and ``offset`` (``Query(ge=..., le=...)``), stated
+#: as such in the error: an offset past the top was told "of at least 0" (found by review).
+LIMIT_MAX = 100
+OFFSET_MAX = 2**31 - 1
+
 _QUERY_RULES = {
-    "limit": "limit must be an integer between 1 and 100",
-    "offset": "offset must be an integer of at least 0",
+    "limit": f"limit must be an integer between 1 and {LIMIT_MAX}",
+    "offset": f"offset must be an integer between 0 and {OFFSET_MAX}",
     "status": "status must be one of: active, inactive, error",
 }
 

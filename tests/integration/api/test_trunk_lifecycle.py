@@ -167,12 +167,45 @@ async def test_list_pagination_and_filter(api: Api) -> None:
         ({"limit": 0}, "limit must be an integer between 1 and 100"),
         ({"limit": 101}, "limit must be an integer between 1 and 100"),
         ({"limit": "ten"}, "limit must be an integer between 1 and 100"),
-        ({"offset": -1}, "offset must be an integer of at least 0"),
+        ({"offset": -1}, "offset must be an integer between 0 and 2147483647"),
         ({"status": "deleted"}, "status must be one of: active, inactive, error"),
     ],
 )
 async def test_list_bad_params(api: Api, params: dict[str, Any], message: str) -> None:
     err(await api.get("/v1/trunks", **params), 400, "invalid_parameter", message)
+
+
+LIMIT_RULE = "limit must be an integer between 1 and 100"
+OFFSET_RULE = "offset must be an integer between 0 and 2147483647"
+
+
+@pytest.mark.parametrize("path", ["/v1/trunks", "/v1/calls", "/v1/webhooks"])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"offset": 2**31}, OFFSET_RULE),  # was "of at least 0" (found by review)
+        ({"offset": 2**63}, OFFSET_RULE),
+        ({"offset": -1}, OFFSET_RULE),
+        ({"offset": "1e3"}, OFFSET_RULE),
+        ({"limit": 0}, LIMIT_RULE),
+        ({"limit": 101}, LIMIT_RULE),
+        ({"limit": 2**31}, LIMIT_RULE),
+        ({"limit": "ten"}, LIMIT_RULE),
+    ],
+)
+async def test_paging_params_are_refused_with_their_real_range(
+    api: Api, path: str, params: dict[str, Any], message: str
+) -> None:
+    err(await api.get(path, **params), 400, "invalid_parameter", message)
+
+
+@pytest.mark.parametrize("path", ["/v1/trunks", "/v1/calls", "/v1/webhooks"])
+async def test_paging_params_at_the_ends_of_their_range_are_taken(api: Api, path: str) -> None:
+    ends: list[dict[str, Any]] = [{"offset": 2**31 - 1, "limit": 100}, {"offset": 0, "limit": 1}]
+    for params in ends:
+        resp = await api.get(path, **params)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["pagination"] == {**params, "total": 0}
 
 
 # --- update ----------------------------------------------------------------------------------

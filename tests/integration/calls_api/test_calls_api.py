@@ -208,7 +208,7 @@ async def test_a_date_covers_the_whole_day_in_any_iso_form(api: Api, day: str, w
         ({"limit": "0"}, "limit must be an integer between 1 and 100"),
         ({"limit": "101"}, "limit must be an integer between 1 and 100"),
         ({"limit": "ten"}, "limit must be an integer between 1 and 100"),
-        ({"offset": "-1"}, "offset must be an integer of at least 0"),
+        ({"offset": "-1"}, "offset must be an integer between 0 and 2147483647"),
         ({"status": "active"}, "status must be one of: connected, disconnected, failed"),
         ({"start_date": "yesterday"}, "start_date must be an ISO 8601 date or date-time"),
         ({"end_date": "2026-13-01"}, "end_date must be an ISO 8601 date or date-time"),

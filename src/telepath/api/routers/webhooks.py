@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
-from telepath.api.errors import ApiError, documented_errors, not_found
+from telepath.api.errors import LIMIT_MAX, OFFSET_MAX, ApiError, documented_errors, not_found
 from telepath.api.trunk_input import check_url as check_absolute_url
 from telepath.api.trunk_input import parse_json_object, read_body
 from telepath.db.base import utcnow
@@ -154,8 +154,8 @@ async def create_webhook(
 async def list_webhooks(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 20,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ) -> schemas.WebhookList:
     """The account's webhook endpoints, newest first (secrets are never listed)."""
     rows, total = await WebhookRepository(session).list_endpoints(
