@@ -275,15 +275,21 @@ class TrunkMetrics(BaseModel):
     )
 
 
+KEY_HINT = (
+    "The stored key, masked to at most a quarter of it: its first 3 and last 4 characters "
+    "(sk-...c123) when it has 28 or more, its last 4 (...c123) from 16, else ****"
+)
+
+
 class Trunk(TrunkCreated):
     """A trunk as read back. Secrets appear only as masked hints."""
 
     updated_at: str
     system_prompt: str | None = None
-    openai_api_key_hint: str | None = None
+    openai_api_key_hint: str | None = Field(None, description=KEY_HINT, examples=["sk-...c123"])
     openai_model: str | None = None
     openai_voice: str | None = None
-    elevenlabs_api_key_hint: str | None = None
+    elevenlabs_api_key_hint: str | None = Field(None, description=KEY_HINT, examples=["sk_...9f3e"])
     elevenlabs_agent_id: str | None = None
     custom_endpoint: str | None = None
     custom_protocol: CustomProtocol | None = None

@@ -228,10 +228,13 @@ async def test_patch_changes_only_given_fields(api: Api) -> None:
     assert cleared["system_prompt"] is None and cleared["name"] == after["name"]
 
 
+NEW_KEY = "sk-new-key-0123456789abcdef-9876"
+
+
 async def test_patch_status_and_key(api: Api) -> None:
     trunk_id = await create(api)
     resp = await api.patch(
-        f"/v1/trunks/{trunk_id}", {"status": "inactive", "openai_api_key": "sk-new-key-9876"}
+        f"/v1/trunks/{trunk_id}", {"status": "inactive", "openai_api_key": NEW_KEY}
     )
     assert resp.status_code == 200
     assert resp.json()["status"] == "inactive"
@@ -240,7 +243,7 @@ async def test_patch_status_and_key(api: Api) -> None:
     plain = api.state.keyring.decrypt(
         row["openai_api_key_enc"], trunk_secret_context(trunk_id, "openai_api_key")
     )
-    assert plain == "sk-new-key-9876"
+    assert plain == NEW_KEY
 
 
 @pytest.mark.parametrize(
