@@ -9,7 +9,7 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
   CPU %/call     gateway process CPU (all threads) as % of one core, divided by N
   RSS/call       (RSS with N calls up - RSS before the step) / N
   gw proc        gateway's own per-packet time from the call records (GET /v1/calls/{id}):
-                 mean of gateway_processing_ms and p99 of gateway_processing_p99_ms
+                 mean of gateway_processing_us (in ms) and p99 of gateway_processing_p99_ms
   in/out p50     per-direction per-call p50 from /metrics telepath_gateway_latency_seconds
   →agent p50/p99 phone send → agent receive (wire, jitter buffer, WebSocket, both loops)
   agent→ p50/p95 agent send → phone receive (WebSocket, playout queue and pacing, wire)
@@ -247,10 +247,10 @@ def _step(
     time.sleep(1.0)  # last call records
     records = gw.calls_since(started)
     metrics = gw.metrics()
-    proc_mean = [
-        c["metrics"]["gateway_processing_ms"]
+    proc_mean = [  # the API's gateway_processing_ms is whole ms: the µs field, in ms
+        c["metrics"]["gateway_processing_us"] / 1000
         for c in records
-        if c.get("metrics", {}).get("gateway_processing_ms") is not None
+        if c.get("metrics", {}).get("gateway_processing_us") is not None
     ]
     proc_p99 = [
         c["metrics"]["gateway_processing_p99_ms"]
