@@ -14,8 +14,8 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
                  (RSS at this N - RSS at the previous N) / (calls bridged more); the first
                  step has none (``rss_per_call``)
   proc/pkt       gateway's own per-packet time from the call records (GET /v1/calls/{id}):
-                 mean of gateway_processing_ms and p99 of gateway_processing_p99_ms — the CPU
-                 time inside the callbacks only (informational: no verdict reads it)
+                 mean of gateway_processing_us (in ms) and p99 of gateway_processing_p99_ms —
+                 the CPU time inside the callbacks only (informational: no verdict reads it)
   proc in/out p50  per direction, the median of the step's calls' per-packet p50s (the same
                  callback time as proc/pkt) from /metrics telepath_gateway_latency_seconds:
                  the delta of two scrapes bracketing the step, as its bucket's upper bound
@@ -314,10 +314,10 @@ def _step(
     time.sleep(1.0)  # last call records
     records = gw.calls_since(started)
     metrics = gw.metrics()
-    proc_mean = [
-        c["metrics"]["gateway_processing_ms"]
+    proc_mean = [  # the API's gateway_processing_ms is whole ms: the µs field, in ms
+        c["metrics"]["gateway_processing_us"] / 1000
         for c in records
-        if c.get("metrics", {}).get("gateway_processing_ms") is not None
+        if c.get("metrics", {}).get("gateway_processing_us") is not None
     ]
     proc_p99 = [
         c["metrics"]["gateway_processing_p99_ms"]

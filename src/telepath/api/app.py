@@ -64,6 +64,10 @@ def create_app(state: ApiState) -> FastAPI:
         title="Telepath API",
         version=__version__,
         description="Manage SIP trunks that bridge phone calls to AI voice agents.",
+        # A path with a trailing slash is an unknown path (404 envelope), not Starlette's bare
+        # 307 to the slashless one: sent before authentication, with a Location built from the
+        # Host header, and a client following it re-sent its body (passwords, keys) to it.
+        redirect_slashes=False,
     )
     app.state.telepath = state
     install_error_handlers(app)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from telepath.db.engine import transient_error
@@ -72,14 +73,24 @@ def documented_errors(descriptions: dict[int, str], *codes: int) -> dict[int | s
     return {c: {"model": ErrorEnvelope, "description": described[c]} for c in (*codes, 503)}
 
 
-def not_found(kind: str, ident: str) -> ApiError:
-    """The documented 404: ``Trunk 'conn_x' not found``."""
-    return ApiError(404, "not_found", f"{kind} '{ident}' not found")
+#: At most this much of an id from the path is repeated in a 404's message: ours are shorter,
+#: and a client's 8,000-character one is not echoed whole (found by review).
+ID_ECHOED_MAX = 64
 
+
+def not_found(kind: str, ident: str) -> ApiError:
+    """The documented 404: ``Trunk 'conn_x' not found`` (the id cut to ``ID_ECHOED_MAX``)."""
+    return ApiError(404, "not_found", f"{kind} '{ident[:ID_ECHOED_MAX]}' not found")
+
+
+#: The range of every list's ``limit`` and ``offset`` (``Query(ge=..., le=...)``), stated
+#: as such in the error: an offset past the top was told "of at least 0" (found by review).
+LIMIT_MAX = 100
+OFFSET_MAX = 2**31 - 1
 
 _QUERY_RULES = {
-    "limit": "limit must be an integer between 1 and 100",
-    "offset": "offset must be an integer of at least 0",
+    "limit": f"limit must be an integer between 1 and {LIMIT_MAX}",
+    "offset": f"offset must be an integer between 0 and {OFFSET_MAX}",
     "status": "status must be one of: active, inactive, error",
 }
 
@@ -140,6 +151,18 @@ def install_error_handlers(app: FastAPI) -> None:
         # Log the type only: a message or traceback could carry request data (keys, numbers).
         logger.error("unhandled error in API request: %s", type(exc).__name__)
         return error_response(500, "internal_error", "Internal server error")
+
+    async def _client_gone(_req: Request, _exc: Exception) -> JSONResponse:
+        # The client closed its connection before its body was complete: no one is left to
+        # answer and nothing is wrong here (it was an ERROR and a 500, and the server logged
+        # the traceback). Some response must still be returned; the server drops it. An
+        # incomplete message is a client's error (RFC 9112 §8).
+        logger.debug("API request abandoned: the client disconnected before its body ended")
+        return error_response(
+            400, "bad_request", "The connection was closed before the request body was complete"
+        )
+
+    app.add_exception_handler(ClientDisconnect, _client_gone)
 
     async def _database(req: Request, exc: Exception) -> JSONResponse:
         if transient_error(exc):  # the database restarting or unreachable: not our bug

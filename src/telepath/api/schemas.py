@@ -275,15 +275,21 @@ class TrunkMetrics(BaseModel):
     )
 
 
+KEY_HINT = (
+    "The stored key, masked to at most a quarter of it: its first 3 and last 4 characters "
+    "(sk-...c123) when it has 28 or more, its last 4 (...c123) from 16, else ****"
+)
+
+
 class Trunk(TrunkCreated):
     """A trunk as read back. Secrets appear only as masked hints."""
 
     updated_at: str
     system_prompt: str | None = None
-    openai_api_key_hint: str | None = None
+    openai_api_key_hint: str | None = Field(None, description=KEY_HINT, examples=["sk-...c123"])
     openai_model: str | None = None
     openai_voice: str | None = None
-    elevenlabs_api_key_hint: str | None = None
+    elevenlabs_api_key_hint: str | None = Field(None, description=KEY_HINT, examples=["sk_...9f3e"])
     elevenlabs_agent_id: str | None = None
     custom_endpoint: str | None = None
     custom_protocol: CustomProtocol | None = None
@@ -350,17 +356,37 @@ class CallMetrics(BaseModel):
 
     carrier_lag_ms: int | None = Field(None, description="INVITE received to first caller RTP")
     ai_latency_ms: int | None = Field(None, description="Mean agent response time over turns")
-    gateway_processing_ms: float | None = Field(
-        None, description="Mean per-packet gateway time; null: no packet either way"
+    gateway_processing_ms: int | None = Field(
+        None,
+        description="Mean per-packet gateway time, rounded to whole milliseconds (usually 0: "
+        "see gateway_processing_us); null: no packet either way",
+        examples=[0],
+    )
+    gateway_processing_us: int | None = Field(
+        None,
+        description="The same mean in whole microseconds (an extension: the precise value)",
+        examples=[187],
     )
     gateway_processing_p99_ms: float | None = Field(
-        None, description="p99 of the per-packet gateway time; null: no packet either way"
+        None,
+        description="p99 of the per-packet gateway time, in milliseconds to 3 decimals (an "
+        "extension); null: no packet either way",
+        examples=[0.31],
     )
     packet_loss_percent: float | None = Field(
         None, description="RFC 3550 loss of the caller's RTP; null: none of it arrived"
     )
-    jitter_ms: float | None = Field(
-        None, description="RFC 3550 interarrival jitter; null: no RTP from the caller arrived"
+    jitter_ms: int | None = Field(
+        None,
+        description="RFC 3550 interarrival jitter, rounded to whole milliseconds; null: no RTP "
+        "from the caller arrived",
+        examples=[12],
+    )
+    jitter_us: int | None = Field(
+        None,
+        description="The same jitter in microseconds (an extension: the precise value, "
+        "measured to 10 µs)",
+        examples=[12480],
     )
     codec_used: str | None = Field(None, examples=["PCMU", "PCMA", "G722"])
     setup_ms: int | None = Field(None, description="INVITE received to 200 OK sent")
@@ -400,7 +426,12 @@ class CallSummary(BaseModel):
     disconnect_reason: str | None = None
     carrier_lag_ms: int | None = None
     ai_latency_ms: int | None = None
-    gateway_processing_ms: float | None = Field(None, description="null: no packet either way")
+    gateway_processing_ms: int | None = Field(
+        None, description="Whole milliseconds (see gateway_processing_us); null: no packet"
+    )
+    gateway_processing_us: int | None = Field(
+        None, description="The same mean per-packet gateway time in whole microseconds"
+    )
 
 
 class MediaWarning(BaseModel):

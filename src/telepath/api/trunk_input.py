@@ -25,6 +25,7 @@ from fastapi import Request
 
 from telepath.api.errors import ApiError
 from telepath.api.registration_input import parse_registration
+from telepath.api.url_hosts import connectable_host
 from telepath.calls.ports import SIP_USERNAME_CHARS, SIP_USERNAME_MAX, SIP_USERNAME_MIN
 from telepath.sdp.negotiate import SUPPORTED_CODECS
 from telepath.sip.numbers import canonical_number
@@ -303,7 +304,8 @@ def check_url(
     value: str, *, field: str, code: str, schemes: tuple[str, str], allow_insecure: bool
 ) -> str:
     """An absolute URL with the secure scheme ``schemes[0]`` (also ``schemes[1]`` when insecure
-    URLs are allowed), a host, a valid port and no credentials; else 400 ``code``."""
+    URLs are allowed), a host to connect to (``connectable_host``), a port from 1 to 65535 (or
+    none) and no credentials; else 400 ``code``."""
     allowed = schemes if allow_insecure else schemes[:1]
     article = "an" if schemes[0][0] in "aeiouh" else "a"  # "an https://", "a wss://"
     message = (
@@ -319,6 +321,8 @@ def check_url(
     except ValueError:
         raise _bad(code, message) from None
     if parts.scheme.lower() not in allowed or not parts.hostname or parts.username is not None:
+        raise _bad(code, message)
+    if parts.port == 0 or not connectable_host(parts):  # port 0: reserved, nothing listens
         raise _bad(code, message)
     return value
 

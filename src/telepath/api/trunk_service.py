@@ -20,6 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from telepath.api import schemas
 from telepath.api.errors import ApiError, not_found
+from telepath.api.registration_input import RegistrationInput
 from telepath.api.state import ApiState
 from telepath.api.trunk_input import TrunkCreateInput
 from telepath.api.trunk_registration import check_registration, set_registration
@@ -89,6 +90,19 @@ def _check_reconnect(trunk: Trunk, changed: dict[str, Any]) -> None:
             "custom_reconnect needs custom_protocol telepath: a Twilio Media Streams agent "
             "cannot resume a call on a new connection",
         )
+
+
+def _check_combination(
+    trunk: Trunk,
+    changed: dict[str, Any],
+    registering: bool,
+    registration: RegistrationInput | None,
+) -> None:
+    """The checks of a change that depend on the trunk's other settings (``sip_auth``'s, which
+    needs the numbers applied, is ``TrunkService._set_routing``'s)."""
+    if registering:
+        check_registration(trunk, registration)
+    _check_reconnect(trunk, changed)
 
 
 def seal(keyring: Keyring, trunk_id: str, column: str, value: str) -> str:
@@ -236,19 +250,23 @@ class TrunkService:
         if "sip_auth" in fields:
             trunk.sip_auth = "address" if fields["sip_auth"] == "address" else None
         if "inbound_numbers" in fields:
-            numbers: list[str] = fields["inbound_numbers"] or []
-            taken = await self.repo.numbers_taken(numbers, trunk.id)
-            if taken:
-                raise ApiError(
-                    409, "conflict", f"Number '{taken[0]}' is already served by another trunk"
-                )
-            await self.repo.set_numbers(trunk, numbers)
+            await self.repo.set_numbers(trunk, fields["inbound_numbers"] or [])
         if trunk.sip_auth == "address" and not (trunk.allowed_addresses and trunk.inbound_numbers):
             raise ApiError(
                 400,
                 "invalid_field",
                 "sip_auth 'address' needs allowed_addresses and inbound_numbers: calls are taken "
                 "without a challenge only for those numbers from those sources",
+            )
+
+    async def _check_numbers_free(self, trunk_id: str, fields: dict[str, Any]) -> None:
+        """409 when another trunk serves one of the ``inbound_numbers`` in ``fields``: asked
+        before this request writes or locks anything (the unique key still has the last word,
+        at the commit: ``_save``)."""
+        taken = await self.repo.numbers_taken(fields.get("inbound_numbers") or [], trunk_id)
+        if taken:
+            raise ApiError(
+                409, "conflict", f"Number '{taken[0]}' is already served by another trunk"
             )
 
     async def _save(self, trunk: Trunk, routing: dict[str, Any]) -> None:
@@ -360,6 +378,7 @@ class TrunkService:
         check_registration(trunk, registration)
         _check_reconnect(trunk, data.options)
         await self._validate_provider(trunk, data.options)
+        await self._check_numbers_free(trunk.id, data.options)
         routing = {k: data.options.pop(k) for k in ROUTING_FIELDS if k in data.options}
         self._apply(trunk, data.options)
         if registration is not None:
@@ -381,10 +400,15 @@ class TrunkService:
         trunk = await self.get(trunk_id)
         registering = "registration" in fields  # null: remove it
         registration = fields.pop("registration", None)
-        if registering:
-            check_registration(trunk, registration)
-        _check_reconnect(trunk, fields)
+        # Checked on the trunk as read, for a quick answer before a provider is asked; then
+        # again on the trunk as last committed, locked until this change is saved (found by
+        # review: {"custom_reconnect": true} and {"custom_protocol": "twilio"} at once each
+        # passed against its own read and together stored what one request is refused).
+        _check_combination(trunk, fields, registering, registration)
         await self._validate_provider(trunk, fields)
+        await self._check_numbers_free(trunk.id, fields)
+        trunk = await self._locked(trunk_id)
+        _check_combination(trunk, fields, registering, registration)
         was_active = trunk.status == "active"
         routing = {k: fields.pop(k) for k in ROUTING_FIELDS if k in fields}
         self._apply(trunk, fields)
@@ -395,6 +419,15 @@ class TrunkService:
         trunks_changed()
         if was_active and trunk.status != "active":
             self._removed(trunk.id)
+        return trunk
+
+    async def _locked(self, trunk_id: str) -> Trunk:
+        """The trunk as last committed, this transaction its only writer until it ends
+        (``TrunkRepository.get_locked``); one deleted meanwhile is the documented 404."""
+        trunk = await self.repo.get_locked(self.account_id, trunk_id)
+        if trunk is None:
+            await self.session.rollback()
+            raise not_found("Trunk", trunk_id)
         return trunk
 
     async def delete(self, trunk_id: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from telepath.calls.model import CallRecord, CallStatus, DisconnectReason
+from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, whole_ms, whole_us
 
 
 def iso_ms(ts: datetime) -> str:
@@ -52,9 +52,11 @@ def call_ended_payload(record: CallRecord) -> dict[str, Any]:
         "metrics": {
             "carrier_lag_ms": m.carrier_lag_ms,
             "ai_latency_ms": m.ai_latency_ms,
-            "gateway_processing_ms": m.gateway_processing_ms,
+            "gateway_processing_ms": whole_ms(m.gateway_processing_ms),
+            "gateway_processing_us": whole_us(m.gateway_processing_ms),
             "packet_loss_percent": m.packet_loss_percent,
-            "jitter_ms": m.jitter_ms,
+            "jitter_ms": whole_ms(m.jitter_ms),
+            "jitter_us": whole_us(m.jitter_ms),
             "codec_used": m.codec_used,
         },
         "media_warnings": (

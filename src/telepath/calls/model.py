@@ -6,6 +6,7 @@ The call-control layer fills a ``CallRecord`` as the call progresses and hands i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -60,6 +61,18 @@ class CallMetrics:
     codec_used: str | None = None  # "PCMU" | "PCMA" | "G722"
     gateway_processing_p99_ms: float | None = None
     setup_ms: int | None = None  # INVITE received -> 200 OK sent
+
+
+def whole_ms(value_ms: float | None) -> int | None:
+    """A measurement in whole milliseconds, rounded half up: the contract's ``int`` fields
+    (``gateway_processing_ms``, ``jitter_ms``; a typed client cannot decode ``0.187``)."""
+    return None if value_ms is None else math.floor(value_ms + 0.5)
+
+
+def whole_us(value_ms: float | None) -> int | None:
+    """The same measurement in whole microseconds, rounded half up: the ``_us`` field served
+    beside each such ``_ms`` one, so that a sub-millisecond mean is not lost."""
+    return None if value_ms is None else math.floor(value_ms * 1000 + 0.5)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from telepath.calls.model import CallStatus, DisconnectReason
+from telepath.calls.model import CallStatus, DisconnectReason, whole_ms, whole_us
 from telepath.db.models import CallRow
 
 #: Reasons an answered call ends on that make it a failure for a trunk's success rate: the
@@ -159,10 +159,12 @@ def call_metrics(row: CallRow) -> dict[str, Any]:
     return {
         "carrier_lag_ms": row.carrier_lag_ms,
         "ai_latency_ms": row.ai_latency_ms,
-        "gateway_processing_ms": _round(row.gateway_processing_ms, 3),
+        "gateway_processing_ms": whole_ms(row.gateway_processing_ms),
+        "gateway_processing_us": whole_us(row.gateway_processing_ms),
         "gateway_processing_p99_ms": _round(row.gateway_processing_p99_ms, 3),
         "packet_loss_percent": _round(row.packet_loss_percent, 3),
-        "jitter_ms": _round(row.jitter_ms, 2),
+        "jitter_ms": whole_ms(row.jitter_ms),
+        "jitter_us": whole_us(row.jitter_ms),
         "codec_used": row.codec_used,
         "setup_ms": row.setup_ms,
     }
@@ -182,7 +184,8 @@ def call_summary(row: CallRow) -> dict[str, Any]:
         "disconnect_reason": row.disconnect_reason,
         "carrier_lag_ms": row.carrier_lag_ms,
         "ai_latency_ms": row.ai_latency_ms,
-        "gateway_processing_ms": _round(row.gateway_processing_ms, 3),
+        "gateway_processing_ms": whole_ms(row.gateway_processing_ms),
+        "gateway_processing_us": whole_us(row.gateway_processing_ms),
     }
 
 

@@ -178,6 +178,21 @@ class TrunkRepository:
             .execution_options(synchronize_session=False)
         )
 
+    async def get_locked(self, account_id: str, trunk_id: str) -> Trunk | None:
+        """The account's trunk as last committed, with this transaction its only writer until
+        it ends (``lock``), or None when it is gone: a change checked against it is checked
+        against what it will be saved over, not a read another change committed over since.
+
+        The session's copy of the trunk (and its registration) is overwritten with the row
+        (``populate_existing``), so nothing may be staged on it yet.
+        """
+        await self.lock(trunk_id)
+        return await self.session.scalar(
+            select(Trunk)
+            .where(Trunk.id == trunk_id, Trunk.account_id == account_id)
+            .execution_options(populate_existing=True)
+        )
+
     async def numbers_of(self, trunk_id: str) -> set[str]:
         """The numbers the routing index holds for the trunk."""
         rows = await self.session.scalars(

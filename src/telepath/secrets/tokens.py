@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import string
 import time
+from typing import Final
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 API_KEY_PREFIX = "sk_live_"
@@ -53,9 +54,17 @@ def new_sip_password(length: int = 24) -> str:
             return pw
 
 
+#: A key hint shows at most this share of the key: the first 3 and last 4 characters of a
+#: short key were most of it (``sk-...1234`` of ``sk-abc1234``, found by review).
+HINT_SHARE_MAX: Final = 4  # a quarter
+
+
 def mask_secret(value: str) -> str:
-    """Return a hint that identifies a secret without revealing it: ``sk-...c123``."""
-    if len(value) <= 8:
-        return "****"
-    head = value[:3]
-    return f"{head}...{value[-4:]}"
+    """Return a hint that identifies a secret without revealing it, showing at most a quarter
+    of it: ``sk-...c123`` (its first 3 and last 4 characters) from 28 characters on, which
+    real provider keys have; ``...c123`` (the last 4) from 16; ``****`` below."""
+    if len(value) >= 7 * HINT_SHARE_MAX:
+        return f"{value[:3]}...{value[-4:]}"
+    if len(value) >= 4 * HINT_SHARE_MAX:
+        return f"...{value[-4:]}"
+    return "****"

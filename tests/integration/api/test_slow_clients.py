@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -170,3 +171,61 @@ async def test_an_exhausted_pool_is_a_503(api: Api) -> None:
         err(answer, 503, "service_unavailable")
         assert answer.headers["retry-after"] == "5"
         assert (await client.get("/v1/trunks", headers=api.auth())).status_code == 200
+
+
+def _raw_scope(api: Api, method: str, path: str) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", api.auth()["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
+@pytest.mark.parametrize(("method", "path", "payload", "status"), UPLOADS)
+async def test_a_client_gone_mid_body_is_no_error(
+    api: Api,
+    method: str,
+    path: str,
+    payload: dict[str, Any],
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that closed its connection while sending the body (starlette's
+    ``ClientDisconnect``) was an ERROR "unhandled error in API request" and a 500, and the
+    exception went on to the server, which logged its traceback: nobody is left to answer."""
+    target = path.format(trunk=await _other_trunk(api))
+    part: list[Message] = [
+        {"type": "http.request", "body": json.dumps(payload).encode()[:10], "more_body": True}
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        # the first part of the body, then gone (and a server says so again if asked again)
+        return part.pop() if part else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.DEBUG):
+        await asyncio.wait_for(
+            create_app(api.state)(_raw_scope(api, method, target), receive, send), 10
+        )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [m for m in sent if m.get("status") == 500]
+    # nothing was created or changed
+    listed = (await api.get("/v1/trunks")).json()["trunks"]
+    assert [t["name"] for t in listed] == ["Custom WebSocket Agent"]
+    assert (await api.get("/v1/webhooks")).json()["webhooks"] == []

@@ -20,6 +20,34 @@ from tests.integration.conftest import Api
 pytestmark = pytest.mark.integration
 
 
+#: Hosts no connection can be made to (found by review: taken, every delivery then failed):
+#: port 0, a host that is neither a DNS host name nor an IP address.
+UNREACHABLE_HOSTS = [
+    "//h.example.com:0/",
+    "//%zz/",
+    "//h%2Eexample.com/",
+    "//h_1.example.com/",
+    "//-h.example.com/",
+    "//h..example.com/",
+    "//" + "a" * 64 + ".example.com/",
+    "//" + "a." * 127 + "com/",
+    "//1.2.3/",  # neither an IPv4 address nor a name (RFC 1123 §2.1: the top label has a letter)
+    "//256.1.1.1/",
+    "//[v1.x]/",
+    "//[fe80::1%25eth0]/",
+]
+#: Hosts that are: names (IDN ones too, connected to in their IDNA form), addresses.
+REACHABLE_HOSTS = [
+    "//localhost/",
+    "//h.example.com.:8443/x",
+    "//H-1.Example.COM/",
+    "//exämple.com/",
+    "//192.0.2.1:443/",
+    "//[2001:db8::1]:8443/",
+    "//h.example.com:/",
+]
+
+
 def err(resp: Any, status: int, code: str, message: str | None = None) -> None:
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -171,6 +199,22 @@ async def test_custom_endpoint_must_be_wss(api: Api, url: str) -> None:
         "invalid_custom_endpoint",
         "custom_endpoint must be a wss:// URL",
     )
+
+
+@pytest.mark.parametrize("url", UNREACHABLE_HOSTS)
+async def test_custom_endpoint_host_must_be_one_to_connect_to(api: Api, url: str) -> None:
+    err(
+        await api.post("/v1/trunks", {**CUSTOM, "custom_endpoint": "wss:" + url}),
+        400,
+        "invalid_custom_endpoint",
+        "custom_endpoint must be a wss:// URL",
+    )
+
+
+@pytest.mark.parametrize("url", REACHABLE_HOSTS)
+async def test_custom_endpoint_hosts_taken(api: Api, url: str) -> None:
+    resp = await api.post("/v1/trunks", {**CUSTOM, "custom_endpoint": "wss:" + url})
+    assert resp.status_code == 201, resp.text
 
 
 @pytest.mark.parametrize("settings_overrides", [{"allow_insecure_agent_urls": True}])

@@ -118,6 +118,30 @@ async def test_unknown_id(api: Api) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/v1/trunks/{id}", "Trunk"),
+        ("PATCH", "/v1/trunks/{id}", "Trunk"),
+        ("DELETE", "/v1/trunks/{id}", "Trunk"),
+        ("POST", "/v1/trunks/{id}/rotate-password", "Trunk"),
+        ("GET", "/v1/calls/{id}", "Call"),
+        ("GET", "/v1/webhooks/{id}", "Webhook"),
+        ("DELETE", "/v1/webhooks/{id}", "Webhook"),
+    ],
+)
+async def test_a_long_unknown_id_is_cut_in_the_message(
+    api: Api, method: str, path: str, kind: str
+) -> None:
+    """The trunk routes' 404 repeated the whole id of the path, 8,000 characters of it (found
+    by review); the call and webhook routes already cut it to 64."""
+    long_id = "conn_" + "x" * 8_000
+    resp = await api.client.request(
+        method, path.format(id=long_id), json={"name": "x"}, headers=api.auth()
+    )
+    err(resp, 404, "not_found", f"{kind} '{long_id[:64]}' not found")
+
+
 # --- list ------------------------------------------------------------------------------------
 
 
@@ -143,12 +167,45 @@ async def test_list_pagination_and_filter(api: Api) -> None:
         ({"limit": 0}, "limit must be an integer between 1 and 100"),
         ({"limit": 101}, "limit must be an integer between 1 and 100"),
         ({"limit": "ten"}, "limit must be an integer between 1 and 100"),
-        ({"offset": -1}, "offset must be an integer of at least 0"),
+        ({"offset": -1}, "offset must be an integer between 0 and 2147483647"),
         ({"status": "deleted"}, "status must be one of: active, inactive, error"),
     ],
 )
 async def test_list_bad_params(api: Api, params: dict[str, Any], message: str) -> None:
     err(await api.get("/v1/trunks", **params), 400, "invalid_parameter", message)
+
+
+LIMIT_RULE = "limit must be an integer between 1 and 100"
+OFFSET_RULE = "offset must be an integer between 0 and 2147483647"
+
+
+@pytest.mark.parametrize("path", ["/v1/trunks", "/v1/calls", "/v1/webhooks"])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"offset": 2**31}, OFFSET_RULE),  # was "of at least 0" (found by review)
+        ({"offset": 2**63}, OFFSET_RULE),
+        ({"offset": -1}, OFFSET_RULE),
+        ({"offset": "1e3"}, OFFSET_RULE),
+        ({"limit": 0}, LIMIT_RULE),
+        ({"limit": 101}, LIMIT_RULE),
+        ({"limit": 2**31}, LIMIT_RULE),
+        ({"limit": "ten"}, LIMIT_RULE),
+    ],
+)
+async def test_paging_params_are_refused_with_their_real_range(
+    api: Api, path: str, params: dict[str, Any], message: str
+) -> None:
+    err(await api.get(path, **params), 400, "invalid_parameter", message)
+
+
+@pytest.mark.parametrize("path", ["/v1/trunks", "/v1/calls", "/v1/webhooks"])
+async def test_paging_params_at_the_ends_of_their_range_are_taken(api: Api, path: str) -> None:
+    ends: list[dict[str, Any]] = [{"offset": 2**31 - 1, "limit": 100}, {"offset": 0, "limit": 1}]
+    for params in ends:
+        resp = await api.get(path, **params)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["pagination"] == {**params, "total": 0}
 
 
 # --- update ----------------------------------------------------------------------------------
@@ -171,10 +228,13 @@ async def test_patch_changes_only_given_fields(api: Api) -> None:
     assert cleared["system_prompt"] is None and cleared["name"] == after["name"]
 
 
+NEW_KEY = "sk-new-key-0123456789abcdef-9876"
+
+
 async def test_patch_status_and_key(api: Api) -> None:
     trunk_id = await create(api)
     resp = await api.patch(
-        f"/v1/trunks/{trunk_id}", {"status": "inactive", "openai_api_key": "sk-new-key-9876"}
+        f"/v1/trunks/{trunk_id}", {"status": "inactive", "openai_api_key": NEW_KEY}
     )
     assert resp.status_code == 200
     assert resp.json()["status"] == "inactive"
@@ -183,7 +243,7 @@ async def test_patch_status_and_key(api: Api) -> None:
     plain = api.state.keyring.decrypt(
         row["openai_api_key_enc"], trunk_secret_context(trunk_id, "openai_api_key")
     )
-    assert plain == "sk-new-key-9876"
+    assert plain == NEW_KEY
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Requests on one trunk that overlap (found by review): a change racing a delete, two
-password rotations at once, two changes of its inbound numbers at once, on SQLite and
-PostgreSQL.
+password rotations at once, two changes of its inbound numbers at once, two changes valid
+alone but not together, on SQLite and PostgreSQL.
 
 The overlap is made deterministic: the other request runs, to completion, right after this
 request has read the trunk and before it writes (``between_read_and_write``), or starts while
@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 from tests.integration.api.seed import CUSTOM
 from tests.integration.api.test_trunk_create import err
+from tests.integration.api.test_trunk_registration import REGISTRATION
 from tests.integration.conftest import Api
 
 from telepath.db.models import Trunk
@@ -220,3 +222,96 @@ async def test_two_trunks_claiming_one_number_at_once_is_a_conflict(
     assert ran == [200]
     assert await _numbers(api, first.rsplit("/", 1)[1]) == ([], None)
     assert await _numbers(api, second.rsplit("/", 1)[1]) == (["+14155550100"], "+14155550100")
+
+
+def _refused_combination(trunk: dict[str, Any]) -> str | None:
+    """What a single request is refused (400) for, if ``trunk`` as read holds it."""
+    if trunk["custom_reconnect"] and trunk["custom_protocol"] == "twilio":
+        return "custom_reconnect with custom_protocol twilio"
+    if trunk["sip_auth"] == "address" and not (
+        trunk["allowed_addresses"] and trunk["inbound_numbers"]
+    ):
+        return "sip_auth address without allowed_addresses and inbound_numbers"
+    if trunk["registration"] is not None and trunk["registration"]["username"] == "changed":
+        return "a registration without a password"
+    return None
+
+
+ROUTED = {**CUSTOM, "allowed_addresses": ["192.0.2.1"], "inbound_numbers": ["+14155550100"]}
+REGISTERED = {**CUSTOM, "registration": REGISTRATION}
+NO_PASSWORD = {"registration": {k: v for k, v in REGISTRATION.items() if k != "password"}}
+
+# (the trunk, the change checked against a stale read, the change made meanwhile, the code)
+CROSS_FIELD_RACES = [
+    (CUSTOM, {"custom_reconnect": True}, {"custom_protocol": "twilio"}, "invalid_field"),
+    (CUSTOM, {"custom_protocol": "twilio"}, {"custom_reconnect": True}, "invalid_field"),
+    (ROUTED, {"sip_auth": "address"}, {"allowed_addresses": None}, "invalid_field"),
+    (ROUTED, {"sip_auth": "address"}, {"inbound_numbers": None}, "invalid_field"),
+    (
+        {**ROUTED, "allowed_addresses": None},
+        {"allowed_addresses": None},
+        {"allowed_addresses": ["192.0.2.1"], "sip_auth": "address"},
+        "invalid_field",
+    ),
+    (
+        {**ROUTED, "inbound_numbers": None},
+        {"inbound_numbers": None},
+        {"inbound_numbers": ["+14155550100"], "sip_auth": "address"},
+        "invalid_field",
+    ),
+    (
+        REGISTERED,
+        {"registration": {**NO_PASSWORD["registration"], "username": "changed"}},
+        {"registration": None},
+        "missing_required_field",
+    ),
+]
+
+
+@pytest.mark.parametrize(("created", "change", "meanwhile", "code"), CROSS_FIELD_RACES)
+async def test_a_change_checked_against_a_stale_read_is_refused(
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+    created: dict[str, Any],
+    change: dict[str, Any],
+    meanwhile: dict[str, Any],
+    code: str,
+) -> None:
+    """Two PATCHes at once, each valid alone, e.g. ``{"custom_reconnect": true}`` and
+    ``{"custom_protocol": "twilio"}``: each checked its change against the trunk it had read,
+    both passed, and together they stored a trunk a single request is refused (found by
+    review). The other change commits right after this one's read of the trunk: this one is
+    checked against it now, under the trunk's lock, and refused."""
+    trunk = await _trunk(api, created)
+    answers: list[httpx.Response] = []
+
+    async def other() -> None:
+        answers.append(await api.patch(trunk, meanwhile))
+
+    between_read_and_write(monkeypatch, 2, other)  # the route's read, then the service's
+    err(await api.patch(trunk, change), 400, code)
+    assert [a.status_code for a in answers] == [200], answers[0].text
+    stored = (await api.get(trunk)).json()
+    assert _refused_combination(stored) is None, stored
+    assert stored == {**answers[0].json(), "metrics": stored["metrics"]}
+
+
+@pytest.mark.parametrize(
+    ("created", "one", "other"),
+    [
+        (CUSTOM, {"custom_reconnect": True}, {"custom_protocol": "twilio"}),
+        (ROUTED, {"sip_auth": "address"}, {"allowed_addresses": None}),
+    ],
+)
+async def test_two_changes_at_once_never_store_a_refused_combination(
+    api: Api, created: dict[str, Any], one: dict[str, Any], other: dict[str, Any]
+) -> None:
+    """The same two changes sent at once, as a client would, interleaved as they happen to
+    be: one of them is refused, and the trunk is one a single request may make."""
+    for _ in range(5):
+        trunk = await _trunk(api, created)
+        answers = await asyncio.gather(api.patch(trunk, one), api.patch(trunk, other))
+        assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
+        stored = (await api.get(trunk)).json()
+        assert _refused_combination(stored) is None, stored
+        assert (await api.delete(trunk)).status_code == 204

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from telepath.db.models import webhook_secret_context
 from telepath.db.webhook_store import WebhookRepository
 from tests.integration.api.seed import ISO_UTC
-from tests.integration.api.test_trunk_create import err
+from tests.integration.api.test_trunk_create import REACHABLE_HOSTS, UNREACHABLE_HOSTS, err
 from tests.integration.conftest import Api
 
 pytestmark = pytest.mark.integration
@@ -109,6 +109,17 @@ async def test_star_subscribes_to_everything(api: Api) -> None:
 )
 async def test_create_validation(api: Api, body: dict[str, Any], code: str, message: str) -> None:
     err(await api.post("/v1/webhooks", body), 400, code, message)
+
+
+@pytest.mark.parametrize("url", UNREACHABLE_HOSTS)
+async def test_url_host_must_be_one_to_connect_to(api: Api, url: str) -> None:
+    resp = await api.post("/v1/webhooks", {"url": "https:" + url, "events": ["*"]})
+    err(resp, 400, "invalid_url", "url must be an https:// URL")
+
+
+@pytest.mark.parametrize("url", REACHABLE_HOSTS)
+async def test_url_hosts_taken(api: Api, url: str) -> None:
+    assert (await create(api, url="https:" + url))["url"] == "https:" + url
 
 
 async def test_body_must_be_a_json_object(api: Api) -> None:

@@ -873,7 +873,8 @@ async def test_webhooks_of_a_normal_call(
     assert ended["disconnect_reason"] == detail["disconnect_reason"] == "caller_hangup"
     assert ended["metrics"]["codec_used"] == "PCMU"
     assert ended["metrics"]["packet_loss_percent"] == 0
-    assert ended["metrics"]["gateway_processing_ms"] == detail["metrics"]["gateway_processing_ms"]
+    for name in ("gateway_processing_ms", "gateway_processing_us"):
+        assert ended["metrics"][name] == detail["metrics"][name], name
     assert ended["duration_seconds"] == detail["duration_seconds"]
     assert len({r.headers["telepath-event-id"] for r in receiver.requests}) == 4
 
@@ -1378,16 +1379,18 @@ async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_
     detail = await record(api, placed.call_id)
     metrics = detail["metrics"]
     assert metrics["packet_loss_percent"] == 10.0
-    assert metrics["jitter_ms"] == pytest.approx(expected_jitter, abs=1.0)
+    assert metrics["jitter_us"] / 1000 == pytest.approx(expected_jitter, abs=1.0)
+    assert metrics["jitter_ms"] == (metrics["jitter_us"] + 500) // 1000
     ended = (await _delivered(receiver, hook["secret"], "call.ended"))["call.ended"][0]
     assert ended["metrics"]["packet_loss_percent"] == 10.0
     assert ended["metrics"]["jitter_ms"] == metrics["jitter_ms"]
+    assert ended["metrics"]["jitter_us"] == metrics["jitter_us"]
     assert ended["media_warnings"] == []
 
     after = (await api.client.get("/metrics")).text
     for name, value in (
         ("telepath_rtp_packet_loss_percent", 10.0),
-        ("telepath_rtp_jitter_ms", metrics["jitter_ms"]),
+        ("telepath_rtp_jitter_ms", metrics["jitter_us"] / 1000),
     ):
         count = _sample(after, f"{name}_count") - _sample(before, f"{name}_count")
         total = _sample(after, f"{name}_sum") - _sample(before, f"{name}_sum")

@@ -67,7 +67,11 @@ async def test_tone_both_ways_and_record(api: Api, gateway: Gateway, tmp_path: P
     detail = (await api.get(f"/v1/calls/{call['id']}")).json()
     print(detail)
     assert detail["metrics"]["codec_used"] == "PCMU"
-    assert 0 < detail["metrics"]["gateway_processing_ms"] < 5
+    assert 0 < detail["metrics"]["gateway_processing_us"] < 5000
+    assert (
+        detail["metrics"]["gateway_processing_ms"]
+        == (detail["metrics"]["gateway_processing_us"] + 500) // 1000
+    )
     assert detail["metrics"]["packet_loss_percent"] == 0
     assert detail["duration_seconds"] >= 2
     assert "INVITE sip:alice@" in detail["sip_trace"]

@@ -109,5 +109,29 @@ def test_tokens() -> None:
     pw = new_sip_password()
     assert len(pw) == 24
     assert any(c.isupper() for c in pw) and any(c.isdigit() for c in pw)
-    assert mask_secret("sk-openai-abc123") == "sk-...c123"
+    assert mask_secret("sk-proj-" + "x" * 40 + "c123") == "sk-...c123"
     assert mask_secret("short") == "****"
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("", "****"),
+        ("sk-abc1234", "****"),  # was sk-...1234: 7 of its 10 characters (found by review)
+        ("sk-openai-abc12", "****"),
+        ("sk-openai-abc123", "...c123"),
+        ("sk-openai-abc12345678", "...5678"),
+        ("sk-" + "a" * 23 + "9", "...aaa9"),
+        ("sk-" + "a" * 24 + "9", "sk-...aaa9"),
+        ("sk-" + "a" * 44 + "wxyz", "sk-...wxyz"),  # a classic OpenAI key, as before
+    ],
+)
+def test_key_hint_by_length(key: str, hint: str) -> None:
+    assert mask_secret(key) == hint
+
+
+def test_key_hint_shows_at_most_a_quarter() -> None:
+    for length in range(200):
+        key = "".join(chr(ord("A") + i % 26) for i in range(length))
+        shown = mask_secret(key).replace("...", "").replace("****", "")
+        assert len(shown) * 4 <= length, (length, mask_secret(key))

@@ -68,6 +68,33 @@ def test_call_ended_payload_has_no_detail() -> None:
     assert "sip_trace" not in json.dumps(data) and "INVITE" not in json.dumps(data)
 
 
+def test_call_ended_metrics_are_the_documented_integers() -> None:
+    """``gateway_processing_ms`` and ``jitter_ms`` are ints in the contract (found by review:
+    0.1875 and 12.5 were sent); the same means in whole microseconds beside them."""
+    rec = record()
+    rec.metrics.gateway_processing_ms = 0.1875
+    rec.metrics.jitter_ms = 12.5
+    rec.metrics.packet_loss_percent = 0.25
+    metrics = call_ended_payload(rec)["metrics"]
+    assert metrics == {
+        "carrier_lag_ms": 82,
+        "ai_latency_ms": 187,
+        "gateway_processing_ms": 0,
+        "gateway_processing_us": 188,
+        "packet_loss_percent": 0.25,
+        "jitter_ms": 13,
+        "jitter_us": 12500,
+        "codec_used": "G722",
+    }
+    assert all(type(metrics[k]) is int for k in ("gateway_processing_ms", "jitter_us"))
+
+
+def test_call_ended_metrics_not_measured_are_null() -> None:
+    metrics = call_ended_payload(record())["metrics"]
+    for name in ("gateway_processing_ms", "gateway_processing_us", "jitter_ms", "jitter_us"):
+        assert metrics[name] is None
+
+
 def test_normalize_payload() -> None:
     data = normalize_payload(
         {"when": START, "reason": DisconnectReason.SHUTDOWN, "nested": {"n": [1, 2.5, None]}}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep
-from telepath.api.errors import ApiError, documented_errors, not_found
+from telepath.api.errors import LIMIT_MAX, OFFSET_MAX, ApiError, documented_errors, not_found
 from telepath.db.calls_repository import CallRepository, call_detail, call_summary
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"])
@@ -89,8 +89,8 @@ def parse_date(name: str, value: str, *, inclusive_end: bool) -> datetime:
 async def list_calls(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 20,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     trunk_id: Annotated[str | None, Query(max_length=64)] = None,
     status: Annotated[
         str | None,
@@ -142,5 +142,5 @@ async def get_call(
     """One call of the caller's account, with metrics, turns and the SIP trace."""
     row = await CallRepository(session).get(principal.account_id, call_id)
     if row is None:
-        raise not_found("Call", call_id[:64])
+        raise not_found("Call", call_id)
     return schemas.CallDetail.model_validate(call_detail(row))

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
-from telepath.api.errors import documented_errors
+from telepath.api.errors import LIMIT_MAX, OFFSET_MAX, documented_errors
 from telepath.api.trunk_input import parse_create, parse_update, read_body
 from telepath.api.trunk_service import TrunkService, iso
 
@@ -83,8 +83,8 @@ async def list_trunks(
     principal: PrincipalDep,
     state: StateDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 20,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
     status: Annotated[Literal["active", "inactive", "error"] | None, Query()] = None,
 ) -> schemas.TrunkList:
     """Trunks of the caller's account, newest first, each with today's call ``metrics``

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from telepath.api import schemas
 from telepath.api.deps import PrincipalDep, SessionDep, StateDep
-from telepath.api.errors import ApiError, documented_errors, not_found
+from telepath.api.errors import LIMIT_MAX, OFFSET_MAX, ApiError, documented_errors, not_found
 from telepath.api.trunk_input import check_url as check_absolute_url
 from telepath.api.trunk_input import parse_json_object, read_body
 from telepath.db.base import utcnow
@@ -154,8 +154,8 @@ async def create_webhook(
 async def list_webhooks(
     principal: PrincipalDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 20,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ) -> schemas.WebhookList:
     """The account's webhook endpoints, newest first (secrets are never listed)."""
     rows, total = await WebhookRepository(session).list_endpoints(
@@ -179,7 +179,7 @@ async def get_webhook(
     """One webhook endpoint of the caller's account."""
     endpoint = await WebhookRepository(session).get_endpoint(principal.account_id, webhook_id)
     if endpoint is None:
-        raise not_found("Webhook", webhook_id[:64])
+        raise not_found("Webhook", webhook_id)
     return _view(endpoint)
 
 
@@ -196,7 +196,7 @@ async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: Sess
     repo = WebhookRepository(session)
     if not await repo.delete_endpoint(principal.account_id, webhook_id):
         await session.rollback()
-        raise not_found("Webhook", webhook_id[:64])
+        raise not_found("Webhook", webhook_id)
     await session.commit()
     endpoints_changed()
     return Response(status_code=204)
