@@ -343,6 +343,11 @@ class PasswordRotated(BaseModel):
 
 
 CallStatus = Literal["connected", "disconnected", "failed"]
+CALL_STATUS_DESCRIPTION = (
+    "The call's final status: 'connected' (Completed) answered, and still up (no end_time) or "
+    "ended normally; 'disconnected' (Dropped) answered, then cut by a failure "
+    "(ai_provider_error, carrier_error, lost, unknown); 'failed' never answered"
+)
 
 
 class CallMetrics(BaseModel):
@@ -393,7 +398,7 @@ class CallSummary(BaseModel):
         description="Called number as routing saw it (Request-URI, else To; canonical E.164), "
         "else the Request-URI's user part as sent",
     )
-    status: CallStatus
+    status: CallStatus = Field(description=CALL_STATUS_DESCRIPTION)
     duration_seconds: int = Field(description="Answer to end, whole seconds")
     start_time: str = Field(description="ISO 8601, UTC")
     end_time: str | None = None
@@ -468,7 +473,7 @@ class CallDetail(BaseModel):
     trunk_id: str
     from_: str | None = Field(None, alias="from")
     to: str | None = None
-    status: CallStatus
+    status: CallStatus = Field(description=CALL_STATUS_DESCRIPTION)
     ai_provider: str
     duration_seconds: int
     start_time: str

@@ -34,7 +34,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
+from telepath.calls.model import (
+    CallMetrics,
+    CallRecord,
+    CallStatus,
+    DisconnectReason,
+    final_status,
+)
 from telepath.config import Settings
 from telepath.db.base import fit_row, utcnow
 from telepath.db.engine import transient_error
@@ -439,6 +445,8 @@ async def purge_call_details(
         await asyncio.sleep(min(loop.time() - began, PURGE_PAUSE_MAX_S))
 
 
+_LOST_ANSWERED = final_status(DisconnectReason.LOST, answered=True)  # disconnected
+_LOST_UNANSWERED = final_status(DisconnectReason.LOST, answered=False)  # failed
 LOST_AFTER_MAX_DURATION = timedelta(minutes=10)  # set-up, drain and clock slack past the cap
 LOST_MESSAGE = "the gateway process handling the call stopped without ending it"
 
@@ -455,8 +463,9 @@ async def close_lost_calls(
     open past it belongs to a process that stopped without ending its calls — killed, crashed —
     on this or any instance sharing the database, and that no later run closed at once
     (:func:`close_instance_calls`: e.g. its data directory was lost). Its status becomes
-    ``disconnected`` (``failed`` if it was never answered), its reason ``lost``; the end time and
-    duration stay unknown, and no ``call.ended`` is sent. Returns the number of records closed.
+    ``disconnected`` (``failed`` if it was never answered: ``final_status``), its reason
+    ``lost``; the end time and duration stay unknown, and no ``call.ended`` is sent. Returns the
+    number of records closed.
     """
     current = now or utcnow()
     async with sessions() as session:
@@ -469,8 +478,8 @@ async def close_lost_calls(
             )
             .values(
                 status=case(
-                    (CallRow.answer_time.is_(None), CallStatus.FAILED.value),
-                    else_=CallStatus.DISCONNECTED.value,
+                    (CallRow.answer_time.is_(None), _LOST_UNANSWERED.value),
+                    else_=_LOST_ANSWERED.value,
                 ),
                 disconnect_reason=DisconnectReason.LOST.value,
                 error_message=LOST_MESSAGE,
@@ -546,7 +555,7 @@ async def close_instance_calls(
     ours: ``cli/instances.py``). Their calls ended when the process did, so unlike
     :func:`close_lost_calls` the end is known, to within the detection delay: ``now`` (the time
     of death, or a bound on it; never before a call was set up). Status
-    ``disconnected`` (``failed`` if never answered), reason ``lost``.
+    ``disconnected`` (``failed`` if never answered: ``final_status``), reason ``lost``.
 
     Two processes may recover the same dead one at once (the restarted host and another host's
     watcher; a front whose worker exited and a watcher), and a process taken for dead may still
@@ -600,7 +609,7 @@ async def _close_lost(
     """Close one open record as lost, with its events when they can be written; None when it
     was not open any more (another closer, or its call's end, came first)."""
     record = _record_of(row)
-    record.status = CallStatus.FAILED if row.answer_time is None else CallStatus.DISCONNECTED
+    record.status = final_status(DisconnectReason.LOST, answered=row.answer_time is not None)
     record.disconnect_reason = DisconnectReason.LOST
     record.error_message = LOST_INSTANCE_MESSAGE
     # never before the call was up (an end estimated from the process's last sign of life can

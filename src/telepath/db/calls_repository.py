@@ -95,7 +95,9 @@ class CallRepository:
         such calls is absent from the result (``NO_CALLS``)."""
         if not trunk_ids:
             return {}
-        ended = CallRow.status != CallStatus.CONNECTED.value
+        # closed by its call's end or by a sweep (which leaves the end time unknown): the
+        # status cannot tell, a completed call stays ``connected`` as while it was up
+        ended = or_(CallRow.end_time.is_not(None), CallRow.disconnect_reason.is_not(None))
         failed = or_(
             CallRow.status == CallStatus.FAILED.value,
             and_(ended, CallRow.disconnect_reason.in_([r.value for r in FAILURE_REASONS])),
@@ -131,7 +133,7 @@ class TrunkCallStats:
     """Aggregates of one trunk's calls over a period (``CallRepository.trunk_stats``)."""
 
     calls: int  # every call that started in the period
-    ended: int  # of which ended (status not ``connected``)
+    ended: int  # of which ended (an end time or a disconnect reason: not in progress)
     failed: int  # of which failed: status ``failed``, or ended on one of FAILURE_REASONS
     mean_ai_latency_ms: float | None  # mean ai_latency_ms of the calls that measured one
 

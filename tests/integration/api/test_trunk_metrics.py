@@ -48,9 +48,10 @@ async def _call(
     *,
     latency: int | None = None,
     reason: DisconnectReason | None = DisconnectReason.CALLER_HANGUP,
-    status: CallStatus = CallStatus.DISCONNECTED,
+    status: CallStatus = CallStatus.CONNECTED,
 ) -> None:
-    """A record of a call that started at ``start`` and, unless ``reason`` is None, ended."""
+    """A record of a call that started at ``start`` and, unless ``reason`` is None, ended
+    (by default answered and completed: ``connected``)."""
     record: CallRecord = started(account, trunk_id=trunk_id, start=start)
     await recorder.call_started(record)
     if reason is None:
@@ -87,7 +88,13 @@ async def test_list_shows_todays_calls_success_rate_and_latency(api: Api) -> Non
         status=CallStatus.FAILED,
     )
     await _call(
-        recorder, account, busy, today, latency=402, reason=DisconnectReason.AI_PROVIDER_ERROR
+        recorder,
+        account,
+        busy,
+        today,
+        latency=402,
+        reason=DisconnectReason.AI_PROVIDER_ERROR,
+        status=CallStatus.DISCONNECTED,
     )
     await _call(recorder, account, busy, today, reason=None)  # in progress: no outcome yet
     # Not busy's today: yesterday's call, and another account's record naming busy's id.
@@ -125,7 +132,15 @@ async def test_success_rate_is_rounded_to_one_decimal(api: Api) -> None:
     today = max(_midnight(), NOW - timedelta(minutes=5))
     for reason in (DisconnectReason.CALLER_HANGUP, DisconnectReason.CALLER_HANGUP):
         await _call(recorder, account, trunk, today, latency=101, reason=reason)
-    await _call(recorder, account, trunk, today, latency=100, reason=DisconnectReason.LOST)
+    await _call(
+        recorder,
+        account,
+        trunk,
+        today,
+        latency=100,
+        reason=DisconnectReason.LOST,
+        status=CallStatus.DISCONNECTED,
+    )
 
     metrics = _by_id((await api.get("/v1/trunks")).json())[trunk]
     assert metrics == {"calls_today": 3, "success_rate": 66.7, "avg_latency_ms": 101}
