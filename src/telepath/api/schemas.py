@@ -261,10 +261,11 @@ class TrunkMetrics(BaseModel):
         ge=0,
         le=100,
         description="Percentage (0-100, one decimal) of today's ended calls that did not fail. "
-        "A call failed when its status is 'failed' (the caller never got the agent) or it ended "
-        "on an error: disconnect_reason 'ai_provider_error' (the agent failed mid-call), "
-        "'carrier_error' (SIP failure) or 'lost' (the gateway process died with it). Calls "
-        "still in progress are not counted yet. 100 when no call has ended today (none failed)",
+        "A call failed when its status is 'failed' (the caller never got the agent) or "
+        "'disconnected' (answered, then cut by a failure: disconnect_reason "
+        "'ai_provider_error', 'carrier_error', 'lost' or 'unknown'); one that ended normally "
+        "is 'connected'. Calls still in progress are not counted yet. 100 when no call has "
+        "ended today (none failed)",
         examples=[97.2],
     )
     avg_latency_ms: int = Field(

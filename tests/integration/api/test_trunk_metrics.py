@@ -146,6 +146,25 @@ async def test_success_rate_is_rounded_to_one_decimal(api: Api) -> None:
     assert metrics == {"calls_today": 3, "success_rate": 66.7, "avg_latency_ms": 101}
 
 
+async def test_a_dropped_call_failed_and_a_completed_one_did_not(api: Api) -> None:
+    """The success rate reads the status as the call log does: a call failed when it is
+    ``failed`` or ``disconnected`` (Dropped) — an answered call cut by an internal error
+    (``unknown``) too, which used to count as a success —, while an answered call that ended
+    normally is ``connected`` (Completed) and ended, unlike one still up."""
+    trunk = await _trunk(api, "metrics-status")
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    today = max(_midnight(), NOW - timedelta(minutes=5))
+    await _call(recorder, account, trunk, today)  # completed: connected, caller_hangup
+    await _call(recorder, account, trunk, today, reason=None)  # up: connected, no outcome yet
+    for reason in (DisconnectReason.UNKNOWN, DisconnectReason.CARRIER_ERROR):
+        await _call(recorder, account, trunk, today, reason=reason, status=CallStatus.DISCONNECTED)
+
+    metrics = _by_id((await api.get("/v1/trunks")).json())[trunk]
+    # 3 ended, 1 of them completed
+    assert metrics == {"calls_today": 4, "success_rate": 33.3, "avg_latency_ms": 0}
+
+
 async def test_a_trunk_without_calls(api: Api) -> None:
     trunk = await _trunk(api, "metrics-none")
     body = (await api.get("/v1/trunks")).json()
