@@ -21,6 +21,7 @@ end is written without them and the loss is logged and counted: the record matte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
@@ -142,7 +143,22 @@ def _from_journal(item: dict[str, Any]) -> _Write:
     ):
         raise ValueError("not a call record write")
     # written by a version that did not make the values fit (``_final_fields``)
-    return _Write(kind, fit_row(CALLS, item["values"]), events)
+    values = fit_row(CALLS, item["values"])
+    if kind == "call_ended":
+        _to_final_status(values)
+    return _Write(kind, values, events)
+
+
+def _to_final_status(values: dict[str, Any]) -> None:
+    """A call's end journaled by a version that closed every answered call ``disconnected``
+    (the records already stored are fixed by a migration, not a journal): the status of its reason
+    (``final_status``), ``connected`` for a normal end. Its webhook events, prepared then, are
+    sent as they were."""
+    reason = values.get("disconnect_reason")
+    if values.get("status") != CallStatus.DISCONNECTED.value or reason is None:
+        return
+    with contextlib.suppress(ValueError):  # a reason unknown here: left as it was
+        values["status"] = final_status(DisconnectReason(reason), answered=True).value
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:

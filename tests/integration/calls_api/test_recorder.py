@@ -587,3 +587,25 @@ def test_a_journal_of_an_earlier_version_is_made_to_fit() -> None:
     )
     assert write.values["from_number"] == LONG_NUMBER[: _cut("from_number")]
     assert write.values["id"] == "call_1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "reason", "replayed"),
+    [
+        ("call_ended", "disconnected", "caller_hangup", "connected"),
+        ("call_ended", "disconnected", "shutdown", "connected"),
+        ("call_ended", "disconnected", "ai_provider_error", "disconnected"),
+        ("call_ended", "disconnected", "unknown", "disconnected"),
+        ("call_ended", "failed", "connection_failed", "failed"),
+        ("call_ended", "connected", "caller_hangup", "connected"),
+        ("call_started", "connected", None, "connected"),
+    ],
+)
+def test_a_journal_of_an_earlier_version_gets_the_final_status(
+    kind: str, status: str, reason: str | None, replayed: str
+) -> None:
+    """A call's end kept through an outage by a version that made every answered call's end
+    ``disconnected`` (then stopped, upgraded: the rows already stored were migrated) is
+    replayed with the status of its reason: ``connected`` for a normal end."""
+    values = {"id": "call_1", "status": status, "disconnect_reason": reason}
+    assert _from_journal({"kind": kind, "values": values}).values["status"] == replayed
