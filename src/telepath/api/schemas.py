@@ -261,10 +261,11 @@ class TrunkMetrics(BaseModel):
         ge=0,
         le=100,
         description="Percentage (0-100, one decimal) of today's ended calls that did not fail. "
-        "A call failed when its status is 'failed' (the caller never got the agent) or it ended "
-        "on an error: disconnect_reason 'ai_provider_error' (the agent failed mid-call), "
-        "'carrier_error' (SIP failure) or 'lost' (the gateway process died with it). Calls "
-        "still in progress are not counted yet. 100 when no call has ended today (none failed)",
+        "A call failed when its status is 'failed' (the caller never got the agent) or "
+        "'disconnected' (answered, then cut by a failure: disconnect_reason "
+        "'ai_provider_error', 'carrier_error', 'lost' or 'unknown'); one that ended normally "
+        "is 'connected'. Calls still in progress are not counted yet. 100 when no call has "
+        "ended today (none failed)",
         examples=[97.2],
     )
     avg_latency_ms: int = Field(
@@ -349,6 +350,11 @@ class PasswordRotated(BaseModel):
 
 
 CallStatus = Literal["connected", "disconnected", "failed"]
+CALL_STATUS_DESCRIPTION = (
+    "The call's final status: 'connected' (Completed) answered, and still up (no end_time) or "
+    "ended normally; 'disconnected' (Dropped) answered, then cut by a failure "
+    "(ai_provider_error, carrier_error, lost, unknown); 'failed' never answered"
+)
 
 
 class CallMetrics(BaseModel):
@@ -419,7 +425,7 @@ class CallSummary(BaseModel):
         description="Called number as routing saw it (Request-URI, else To; canonical E.164), "
         "else the Request-URI's user part as sent",
     )
-    status: CallStatus
+    status: CallStatus = Field(description=CALL_STATUS_DESCRIPTION)
     duration_seconds: int = Field(description="Answer to end, whole seconds")
     start_time: str = Field(description="ISO 8601, UTC")
     end_time: str | None = None
@@ -499,7 +505,7 @@ class CallDetail(BaseModel):
     trunk_id: str
     from_: str | None = Field(None, alias="from")
     to: str | None = None
-    status: CallStatus
+    status: CallStatus = Field(description=CALL_STATUS_DESCRIPTION)
     ai_provider: str
     duration_seconds: int
     start_time: str

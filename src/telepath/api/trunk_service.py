@@ -170,11 +170,13 @@ class TrunkService:
 
         Decision (``reference/telepath-product.md`` §1.2 gives only the field names and types):
         "today" is the current UTC day, the trunk's call records that started since 00:00 UTC.
-        ``success_rate`` is the share of those that ended without failing (see
-        ``calls_repository.FAILURE_REASONS``: an operator reads it as "did callers get a working
-        agent", so an agent dropping mid-call is a failure although the call was answered);
-        calls in progress have no outcome yet and are left out. With none ended it is 100 (no
-        call failed), keeping the documented number type; ``calls_today`` tells the two apart.
+        ``success_rate`` is the share of those that ended without failing: a call failed when
+        the call log shows it Failed or Dropped, status ``failed`` or ``disconnected``
+        (``calls_repository.FAILURE_STATUSES``: an operator reads it as "did callers get a
+        working agent", so an agent dropping mid-call is a failure although the call was
+        answered); calls in progress have no outcome yet and are left out. With none ended it
+        is 100 (no call failed), keeping the documented number type; ``calls_today`` tells the
+        two apart.
         ``avg_latency_ms`` is the mean of the calls' ``ai_latency_ms`` (the agent's response
         time: what a voice agent's "latency" means to its operator), over those that measured
         one; 0 when none did, keeping the documented integer type. One grouped query for the

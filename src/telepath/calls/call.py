@@ -39,7 +39,7 @@ from telepath.bridges.base import (
     BridgeReason,
     Codec,
 )
-from telepath.calls.model import CallRecord, CallStatus, DisconnectReason, Turn
+from telepath.calls.model import CallRecord, DisconnectReason, Turn, final_status
 from telepath.rtp import g711
 from telepath.rtp.playout import PlayoutOverflow
 from telepath.rtp.resample import Resampler
@@ -522,7 +522,10 @@ class Call:
         self.turns.finish(unplayed_ms)
         record = self.record
         record.end_time = end.at
-        record.status = CallStatus.DISCONNECTED
+        # its final status (the API's, the call.ended webhook's): a Call exists only once
+        # answered (CallManager._accept), so ``connected`` when it ended normally (the
+        # dashboard's Completed), ``disconnected`` when a failure cut it (Dropped)
+        record.status = final_status(end.reason, answered=True)
         record.disconnect_reason = end.reason
         record.error_message = end.error
         m = record.metrics

@@ -10,14 +10,17 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 
 class CallStatus(StrEnum):
-    """The API's call status vocabulary (``reference/telepath-product.md`` §1.6)."""
+    """The API's call status vocabulary (``reference/telepath-product.md`` §1.6-1.7): a
+    call's *final* status once it ended — both documented examples are finished calls reading
+    ``connected`` —, which the dashboard shows as Completed, Dropped and Failed (§7 row 12).
+    ``final_status`` decides it from how the call ended."""
 
-    CONNECTED = "connected"  # answered and in progress
-    DISCONNECTED = "disconnected"  # answered, then ended
+    CONNECTED = "connected"  # answered: in progress, or ended normally (Completed)
+    DISCONNECTED = "disconnected"  # answered, then ended abnormally: DROPPED_REASONS (Dropped)
     FAILED = "failed"  # never got both legs up (agent unreachable, no media, ...)
 
 
@@ -37,6 +40,34 @@ class DisconnectReason(StrEnum):
     TRUNK_DELETED = "trunk_deleted"  # the trunk was deleted or deactivated mid-call
     LOST = "lost"  # its process stopped without ending it (killed, crashed): found by a sweep
     UNKNOWN = "unknown"
+
+
+#: The ends that make an answered call ``disconnected`` (the dashboard's "Dropped"): the call
+#: was cut by a failure — the agent failed, or could not be reached again, mid-call; SIP failed
+#: towards the carrier; the gateway process died with it; an internal error (``unknown``).
+#: Every other end of an answered call is a normal one and leaves it ``connected``
+#: ("Completed"): a hang-up of either side, a transfer, the inactivity, duration and session
+#: limits, a shutdown, a deleted trunk. One set for every close of a record (a call's end, a
+#: dead process's calls, a replayed journal) and so for the ``call.ended`` webhook built from it
+#: and the trunks' ``success_rate``. Migration 0018 gave the records stored before it their
+#: status with a copy of this set as it was then: changing it calls for a migration of its own.
+DROPPED_REASONS: Final = frozenset(
+    {
+        DisconnectReason.CONNECTION_FAILED,
+        DisconnectReason.AI_PROVIDER_ERROR,
+        DisconnectReason.CARRIER_ERROR,
+        DisconnectReason.LOST,
+        DisconnectReason.UNKNOWN,
+    }
+)
+
+
+def final_status(reason: DisconnectReason, *, answered: bool) -> CallStatus:
+    """The status of a call that ended on ``reason``: ``failed`` if it was never answered,
+    else ``disconnected`` for one of ``DROPPED_REASONS`` and ``connected`` for any other."""
+    if not answered:
+        return CallStatus.FAILED
+    return CallStatus.DISCONNECTED if reason in DROPPED_REASONS else CallStatus.CONNECTED
 
 
 @dataclass

@@ -21,6 +21,7 @@ end is written without them and the loss is logged and counted: the record matte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
@@ -34,7 +35,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from telepath.calls.model import CallMetrics, CallRecord, CallStatus, DisconnectReason
+from telepath.calls.model import (
+    CallMetrics,
+    CallRecord,
+    CallStatus,
+    DisconnectReason,
+    final_status,
+)
 from telepath.config import Settings
 from telepath.db.base import fit_row, utcnow
 from telepath.db.batches import BATCH_SIZE, in_batches
@@ -137,7 +144,22 @@ def _from_journal(item: dict[str, Any]) -> _Write:
     ):
         raise ValueError("not a call record write")
     # written by a version that did not make the values fit (``_final_fields``)
-    return _Write(kind, fit_row(CALLS, item["values"]), events)
+    values = fit_row(CALLS, item["values"])
+    if kind == "call_ended":
+        _to_final_status(values)
+    return _Write(kind, values, events)
+
+
+def _to_final_status(values: dict[str, Any]) -> None:
+    """A call's end journaled by a version that closed every answered call ``disconnected``
+    (the records already stored are fixed by a migration, not a journal): the status of its reason
+    (``final_status``), ``connected`` for a normal end. Its webhook events, prepared then, are
+    sent as they were."""
+    reason = values.get("disconnect_reason")
+    if values.get("status") != CallStatus.DISCONNECTED.value or reason is None:
+        return
+    with contextlib.suppress(ValueError):  # a reason unknown here: left as it was
+        values["status"] = final_status(DisconnectReason(reason), answered=True).value
 
 
 def _batch_statements(dialect: str) -> tuple[Executable, Executable] | None:
@@ -431,6 +453,8 @@ async def purge_call_details(
     return await in_batches(sessions, one_batch, batch_size)
 
 
+_LOST_ANSWERED = final_status(DisconnectReason.LOST, answered=True)  # disconnected
+_LOST_UNANSWERED = final_status(DisconnectReason.LOST, answered=False)  # failed
 LOST_AFTER_MAX_DURATION = timedelta(minutes=10)  # set-up, drain and clock slack past the cap
 LOST_MESSAGE = "the gateway process handling the call stopped without ending it"
 
@@ -447,8 +471,9 @@ async def close_lost_calls(
     open past it belongs to a process that stopped without ending its calls — killed, crashed —
     on this or any instance sharing the database, and that no later run closed at once
     (:func:`close_instance_calls`: e.g. its data directory was lost). Its status becomes
-    ``disconnected`` (``failed`` if it was never answered), its reason ``lost``; the end time and
-    duration stay unknown, and no ``call.ended`` is sent. Returns the number of records closed.
+    ``disconnected`` (``failed`` if it was never answered: ``final_status``), its reason
+    ``lost``; the end time and duration stay unknown, and no ``call.ended`` is sent. Returns the
+    number of records closed.
     """
     current = now or utcnow()
     async with sessions() as session:
@@ -461,8 +486,8 @@ async def close_lost_calls(
             )
             .values(
                 status=case(
-                    (CallRow.answer_time.is_(None), CallStatus.FAILED.value),
-                    else_=CallStatus.DISCONNECTED.value,
+                    (CallRow.answer_time.is_(None), _LOST_UNANSWERED.value),
+                    else_=_LOST_ANSWERED.value,
                 ),
                 disconnect_reason=DisconnectReason.LOST.value,
                 error_message=LOST_MESSAGE,
@@ -538,7 +563,7 @@ async def close_instance_calls(
     ours: ``cli/instances.py``). Their calls ended when the process did, so unlike
     :func:`close_lost_calls` the end is known, to within the detection delay: ``now`` (the time
     of death, or a bound on it; never before a call was set up). Status
-    ``disconnected`` (``failed`` if never answered), reason ``lost``.
+    ``disconnected`` (``failed`` if never answered: ``final_status``), reason ``lost``.
 
     Two processes may recover the same dead one at once (the restarted host and another host's
     watcher; a front whose worker exited and a watcher), and a process taken for dead may still
@@ -592,7 +617,7 @@ async def _close_lost(
     """Close one open record as lost, with its events when they can be written; None when it
     was not open any more (another closer, or its call's end, came first)."""
     record = _record_of(row)
-    record.status = CallStatus.FAILED if row.answer_time is None else CallStatus.DISCONNECTED
+    record.status = final_status(DisconnectReason.LOST, answered=row.answer_time is not None)
     record.disconnect_reason = DisconnectReason.LOST
     record.error_message = LOST_INSTANCE_MESSAGE
     # never before the call was up (an end estimated from the process's last sign of life can

@@ -11,22 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from telepath.calls.model import CallStatus, DisconnectReason, whole_ms, whole_us
+from telepath.calls.model import CallStatus, whole_ms, whole_us
 from telepath.db.models import CallRow
 
-#: Reasons an answered call ends on that make it a failure for a trunk's success rate: the
-#: agent failed mid-call, SIP failed, the gateway process died with it. A hang-up (either side),
-#: a transfer, the inactivity or duration limits, a shutdown or a deleted trunk are not failures
-#: of the call. A call never answered has status ``failed`` (``connection_failed`` and the
-#: like) whatever its reason.
-FAILURE_REASONS = (
-    DisconnectReason.AI_PROVIDER_ERROR,
-    DisconnectReason.CARRIER_ERROR,
-    DisconnectReason.LOST,
-)
+#: The statuses of a failure for a trunk's success rate, as the call log shows them: Failed
+#: (never answered) and Dropped (answered, then cut by a failure: ``calls.model.DROPPED_REASONS``).
+#: A call that ended normally is ``connected`` (Completed), as is one still up.
+FAILURE_STATUSES = (CallStatus.FAILED.value, CallStatus.DISCONNECTED.value)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -95,11 +89,10 @@ class CallRepository:
         such calls is absent from the result (``NO_CALLS``)."""
         if not trunk_ids:
             return {}
-        ended = CallRow.status != CallStatus.CONNECTED.value
-        failed = or_(
-            CallRow.status == CallStatus.FAILED.value,
-            and_(ended, CallRow.disconnect_reason.in_([r.value for r in FAILURE_REASONS])),
-        )
+        # closed by its call's end or by a sweep (which leaves the end time unknown): the
+        # status cannot tell, a completed call stays ``connected`` as while it was up
+        ended = or_(CallRow.end_time.is_not(None), CallRow.disconnect_reason.is_not(None))
+        failed = CallRow.status.in_(FAILURE_STATUSES)  # closed, all of them
         rows = await self.session.execute(
             select(
                 CallRow.trunk_id,
@@ -131,8 +124,8 @@ class TrunkCallStats:
     """Aggregates of one trunk's calls over a period (``CallRepository.trunk_stats``)."""
 
     calls: int  # every call that started in the period
-    ended: int  # of which ended (status not ``connected``)
-    failed: int  # of which failed: status ``failed``, or ended on one of FAILURE_REASONS
+    ended: int  # of which ended (an end time or a disconnect reason: not in progress)
+    failed: int  # of which failed: status ``failed`` or ``disconnected`` (FAILURE_STATUSES)
     mean_ai_latency_ms: float | None  # mean ai_latency_ms of the calls that measured one
 
     @property

@@ -48,9 +48,10 @@ async def _call(
     *,
     latency: int | None = None,
     reason: DisconnectReason | None = DisconnectReason.CALLER_HANGUP,
-    status: CallStatus = CallStatus.DISCONNECTED,
+    status: CallStatus = CallStatus.CONNECTED,
 ) -> None:
-    """A record of a call that started at ``start`` and, unless ``reason`` is None, ended."""
+    """A record of a call that started at ``start`` and, unless ``reason`` is None, ended
+    (by default answered and completed: ``connected``)."""
     record: CallRecord = started(account, trunk_id=trunk_id, start=start)
     await recorder.call_started(record)
     if reason is None:
@@ -87,7 +88,13 @@ async def test_list_shows_todays_calls_success_rate_and_latency(api: Api) -> Non
         status=CallStatus.FAILED,
     )
     await _call(
-        recorder, account, busy, today, latency=402, reason=DisconnectReason.AI_PROVIDER_ERROR
+        recorder,
+        account,
+        busy,
+        today,
+        latency=402,
+        reason=DisconnectReason.AI_PROVIDER_ERROR,
+        status=CallStatus.DISCONNECTED,
     )
     await _call(recorder, account, busy, today, reason=None)  # in progress: no outcome yet
     # Not busy's today: yesterday's call, and another account's record naming busy's id.
@@ -125,10 +132,37 @@ async def test_success_rate_is_rounded_to_one_decimal(api: Api) -> None:
     today = max(_midnight(), NOW - timedelta(minutes=5))
     for reason in (DisconnectReason.CALLER_HANGUP, DisconnectReason.CALLER_HANGUP):
         await _call(recorder, account, trunk, today, latency=101, reason=reason)
-    await _call(recorder, account, trunk, today, latency=100, reason=DisconnectReason.LOST)
+    await _call(
+        recorder,
+        account,
+        trunk,
+        today,
+        latency=100,
+        reason=DisconnectReason.LOST,
+        status=CallStatus.DISCONNECTED,
+    )
 
     metrics = _by_id((await api.get("/v1/trunks")).json())[trunk]
     assert metrics == {"calls_today": 3, "success_rate": 66.7, "avg_latency_ms": 101}
+
+
+async def test_a_dropped_call_failed_and_a_completed_one_did_not(api: Api) -> None:
+    """The success rate reads the status as the call log does: a call failed when it is
+    ``failed`` or ``disconnected`` (Dropped) — an answered call cut by an internal error
+    (``unknown``) too, which used to count as a success —, while an answered call that ended
+    normally is ``connected`` (Completed) and ended, unlike one still up."""
+    trunk = await _trunk(api, "metrics-status")
+    account = await account_of(api)
+    recorder = DbCallRecorder(api.state.sessions)
+    today = max(_midnight(), NOW - timedelta(minutes=5))
+    await _call(recorder, account, trunk, today)  # completed: connected, caller_hangup
+    await _call(recorder, account, trunk, today, reason=None)  # up: connected, no outcome yet
+    for reason in (DisconnectReason.UNKNOWN, DisconnectReason.CARRIER_ERROR):
+        await _call(recorder, account, trunk, today, reason=reason, status=CallStatus.DISCONNECTED)
+
+    metrics = _by_id((await api.get("/v1/trunks")).json())[trunk]
+    # 3 ended, 1 of them completed
+    assert metrics == {"calls_today": 4, "success_rate": 33.3, "avg_latency_ms": 0}
 
 
 async def test_a_trunk_without_calls(api: Api) -> None:

@@ -48,9 +48,11 @@ def ended(
     *,
     seconds: float = 342,
     reason: DisconnectReason = DisconnectReason.CALLER_HANGUP,
-    status: CallStatus = CallStatus.DISCONNECTED,
+    status: CallStatus = CallStatus.CONNECTED,
 ) -> CallRecord:
-    """The same record as call control hands it over when the call ends."""
+    """The same record as call control hands it over when the call ends (by default answered
+    and hung up by the caller: ``connected``, the status of a call that ended normally; pass
+    ``status`` with a ``reason`` that is not a normal end)."""
     record.answer_time = record.start_time + timedelta(milliseconds=250)
     record.end_time = record.answer_time + timedelta(seconds=seconds)
     record.status = status

@@ -53,7 +53,9 @@ async def test_record_appears_in_list_and_details(api: Api) -> None:
     }
     assert item["id"] == record.id and item["trunk_id"] == "conn_a"
     assert item["from"] == "+14155550100" and item["to"] == "+18005551234"
-    assert item["status"] == "disconnected" and item["duration_seconds"] == 342
+    # ended normally (caller_hangup): connected, the final status (reference §1.6)
+    assert item["status"] == "connected" and item["duration_seconds"] == 342
+    assert item["end_time"] is not None and item["disconnect_reason"] == "caller_hangup"
     assert item["start_time"] == "2026-03-05T10:30:00Z"
     assert item["carrier_lag_ms"] == 85 and item["ai_latency_ms"] == 215
     # the documented int (found by review: 0.042, which a Go or Java int cannot decode), and
@@ -117,11 +119,15 @@ async def test_filters(api: Api) -> None:
     a1 = started(account, trunk_id="conn_a", start=T0)
     a2 = started(account, trunk_id="conn_a", start=T0 + timedelta(days=1))
     b1 = started(account, trunk_id="conn_b", start=T0 + timedelta(days=2))
-    await recorder.call_ended(ended(a1))
+    c1 = started(account, trunk_id="conn_c", start=T0 - timedelta(days=1))
+    await recorder.call_ended(ended(a1))  # completed
     await recorder.call_ended(
         ended(a2, status=CallStatus.FAILED, reason=DisconnectReason.CONNECTION_FAILED)
     )
-    await recorder.call_started(b1)
+    await recorder.call_started(b1)  # up
+    await recorder.call_ended(
+        ended(c1, status=CallStatus.DISCONNECTED, reason=DisconnectReason.AI_PROVIDER_ERROR)
+    )  # dropped
 
     async def ids(**params: str) -> set[str]:
         resp = await api.get("/v1/calls", **params)
@@ -133,12 +139,12 @@ async def test_filters(api: Api) -> None:
     assert await ids(trunk_id="conn_a") == {a1.id, a2.id}
     assert await ids(trunk_id="conn_zzz") == set()
     assert await ids(status="failed") == {a2.id}
-    assert await ids(status="connected") == {b1.id}
-    assert await ids(status="disconnected") == {a1.id}
+    assert await ids(status="connected") == {a1.id, b1.id}  # completed, and still up
+    assert await ids(status="disconnected") == {c1.id}
     assert await ids(trunk_id="conn_a", status="failed") == {a2.id}
     # Inclusive bounds, date-times with any offset, bare dates covering the whole day.
     assert await ids(start_date="2026-03-06T10:30:00Z") == {a2.id, b1.id}
-    assert await ids(end_date="2026-03-06T10:30:00Z") == {a1.id, a2.id}
+    assert await ids(end_date="2026-03-06T10:30:00Z") == {c1.id, a1.id, a2.id}
     assert await ids(start_date="2026-03-06", end_date="2026-03-06") == {a2.id}
     assert await ids(start_date="2026-03-06T12:30:00+02:00", end_date="2026-03-07") == {
         a2.id,

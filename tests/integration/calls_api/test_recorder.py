@@ -54,7 +54,8 @@ async def test_started_twice_and_ended_twice_is_one_record(api: Api) -> None:
     assert await count_rows(api) == 1
     assert recorder.failures == 0
     detail = (await api.get(f"/v1/calls/{record.id}")).json()
-    assert detail["status"] == "disconnected" and detail["duration_seconds"] == 342
+    assert detail["status"] == "connected" and detail["duration_seconds"] == 342
+    assert detail["disconnect_reason"] == "caller_hangup"  # completed: the final status
 
 
 async def test_ended_without_started_inserts_the_full_record(api: Api) -> None:
@@ -74,7 +75,8 @@ async def test_late_start_does_not_undo_the_end(api: Api) -> None:
     await recorder.call_ended(ended(record))
     await recorder.call_started(snapshot)
     detail = (await api.get(f"/v1/calls/{record.id}")).json()
-    assert detail["status"] == "disconnected" and detail["end_time"] is not None
+    assert detail["status"] == "connected" and detail["end_time"] is not None
+    assert detail["disconnect_reason"] == "caller_hangup"
 
 
 async def test_failed_call_is_recorded(api: Api) -> None:
@@ -417,8 +419,11 @@ async def test_concurrent_writes_share_transactions_and_all_land(api: Api) -> No
     assert recorder.transactions < 90 / 4
     for r in records[:3]:
         detail = (await api.get(f"/v1/calls/{r.id}")).json()
-        assert detail["duration_seconds"] == 7 and detail["status"] == "disconnected"
-    assert (await api.get(f"/v1/calls/{late[0].id}")).json()["status"] == "connected"
+        assert detail["duration_seconds"] == 7 and detail["disconnect_reason"] == "caller_hangup"
+        assert detail["status"] == "connected" and detail["end_time"] is not None  # completed
+    still_up = (await api.get(f"/v1/calls/{late[0].id}")).json()
+    assert still_up["status"] == "connected" and still_up["end_time"] is None
+    assert still_up["disconnect_reason"] is None
 
 
 async def test_a_bad_row_in_a_batch_costs_no_other_row(api: Api) -> None:
@@ -582,3 +587,25 @@ def test_a_journal_of_an_earlier_version_is_made_to_fit() -> None:
     )
     assert write.values["from_number"] == LONG_NUMBER[: _cut("from_number")]
     assert write.values["id"] == "call_1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "reason", "replayed"),
+    [
+        ("call_ended", "disconnected", "caller_hangup", "connected"),
+        ("call_ended", "disconnected", "shutdown", "connected"),
+        ("call_ended", "disconnected", "ai_provider_error", "disconnected"),
+        ("call_ended", "disconnected", "unknown", "disconnected"),
+        ("call_ended", "failed", "connection_failed", "failed"),
+        ("call_ended", "connected", "caller_hangup", "connected"),
+        ("call_started", "connected", None, "connected"),
+    ],
+)
+def test_a_journal_of_an_earlier_version_gets_the_final_status(
+    kind: str, status: str, reason: str | None, replayed: str
+) -> None:
+    """A call's end kept through an outage by a version that made every answered call's end
+    ``disconnected`` (then stopped, upgraded: the rows already stored were migrated) is
+    replayed with the status of its reason: ``connected`` for a normal end."""
+    values = {"id": "call_1", "status": status, "disconnect_reason": reason}
+    assert _from_journal({"kind": kind, "values": values}).values["status"] == replayed

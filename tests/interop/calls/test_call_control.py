@@ -266,7 +266,7 @@ async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
     assert not any(map(answer, after[replied[0] :]))  # and the old one never came back
     assert not any(map(reply, before))
     detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
+    assert detail["status"] == "connected"
     assert detail["disconnect_reason"] == "caller_hangup"
     assert detail["error_message"] is None
     assert [t["speaker"] for t in detail["turns"]] == ["agent", "caller", "agent"]
@@ -280,7 +280,7 @@ async def test_barge_in_elevenlabs_flushes_the_interrupted_turn(
     assert events["agent.connected"][0]["agent_id"] == "agent_fake"
     ended = events["call.ended"][0]
     assert ended["call_id"] == placed.call_id
-    assert ended["status"] == "disconnected"
+    assert ended["status"] == "connected"
     assert ended["disconnect_reason"] == "caller_hangup"
 
 
@@ -325,7 +325,7 @@ async def test_agent_hangup_plays_queued_audio_then_bye(
     assert abs(placed.phone.dominant(0, voiced_only=True) - AGENT_HZ) < 15
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
+    assert detail["status"] == "connected"
     assert detail["disconnect_reason"] == "agent_hangup"
     assert detail["error_message"] is None
     assert agent.protocol_errors == []
@@ -359,7 +359,78 @@ async def test_provider_failure_mid_call(
     assert error["error_code"] == "ai_provider_error"
     assert error["severity"] == "warning"  # answered; the agent failed mid-call
     assert events["call.ended"][0]["disconnect_reason"] == "ai_provider_error"
+    assert events["call.ended"][0]["status"] == "disconnected"  # Dropped, as the record
     assert gateway.manager.ports.in_use == 0
+
+
+# --- final status --------------------------------------------------------------------------
+
+
+async def test_a_call_that_ended_normally_stays_connected_one_whose_agent_failed_is_dropped(
+    api: Api, gateway: Gateway, receiver: Receiver
+) -> None:
+    """``status`` is the call's final status (reference §1.6-1.7, §7 row 12): a call answered
+    and hung up is ``connected`` (the dashboard's Completed), as while it was up; one whose
+    agent failed mid-call is ``disconnected`` (Dropped). Every answered call's end used to be
+    ``disconnected``, so ``?status=connected`` listed only the calls still up."""
+    hook = await subscribe(api, receiver.url, ["call.ended"])
+    phone = await Phone().open()
+    legs: list[CallLeg] = []
+    try:
+        async with (
+            FakeTelepathAgent(agent="silent") as agent,
+            FakeTelepathAgent(agent="silent", after_start="error") as failing,
+        ):
+            await _custom_trunk_of(api, "alice", agent.url)
+            await _custom_trunk_of(api, "bob", failing.url)
+            sip_port = gateway.server.bound["UDP"][1]
+            for user, call_id in (("alice", "up"), ("alice", "done"), ("bob", "drop")):
+                legs.append(await connected_call(sip_port, user, PASSWORD, call_id, phone.port))
+                if call_id == "done":
+                    await legs[-1].bye()
+            await wait_until(lambda: gateway.manager.active_calls == 1, what="two calls ended")
+            await wait_until(lambda: len(_ended(receiver, hook)) == 2, what="two call.ended")
+            calls = (await api.get("/v1/calls")).json()["calls"]
+            dropped_id, done_id, up_id = (c["id"] for c in calls)  # newest first
+
+            completed = await record(api, done_id)
+            assert (completed["status"], completed["disconnect_reason"]) == (
+                "connected",
+                "caller_hangup",
+            )
+            assert completed["end_time"] is not None
+            failed = await record(api, dropped_id)
+            assert (failed["status"], failed["disconnect_reason"]) == (
+                "disconnected",
+                "ai_provider_error",
+            )
+            assert (await record(api, up_id))["end_time"] is None
+
+            async def listed(status: str) -> set[str]:
+                resp = await api.get("/v1/calls", status=status)
+                assert resp.status_code == 200, resp.text
+                return {c["id"] for c in resp.json()["calls"]}
+
+            # the completed call beside the one still up; the dropped one alone
+            assert await listed("connected") == {done_id, up_id}
+            assert await listed("disconnected") == {dropped_id}
+            assert await listed("failed") == set()
+            ended = _ended(receiver, hook)
+            assert ended[done_id]["status"] == "connected"
+            assert ended[dropped_id]["status"] == "disconnected"
+            await legs[0].bye()
+    finally:
+        for leg in legs:
+            await leg.uac.close()
+        await phone.close()
+    await settled(gateway)
+    assert (await record(api, up_id))["status"] == "connected"
+
+
+def _ended(receiver: Receiver, hook: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The delivered ``call.ended`` events, by call."""
+    ended = _events(receiver, hook["secret"]).get("call.ended", [])
+    return {e["call_id"]: e for e in ended}
 
 
 # --- agent unreachable ---------------------------------------------------------------------
@@ -448,7 +519,7 @@ async def test_media_timeout_ends_the_call(api: Api, gateway: Gateway, tmp_path:
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
+    assert detail["status"] == "connected"
     assert detail["disconnect_reason"] == "media_timeout"
     # the agent was told the call ended, and why: stop.reason is the record's reason
     assert [stop["reason"] for stop in agent.stops] == ["media_timeout"]
@@ -503,7 +574,7 @@ async def test_max_call_duration_ends_a_live_call(
     assert result.returncode == 0, result.stdout + result.errors  # SIPp got our BYE
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
+    assert detail["status"] == "connected"
     assert detail["disconnect_reason"] == "max_duration"
     kept = placed.call.record  # the API's times are whole seconds; the record's are not
     assert kept.answer_time is not None and kept.end_time is not None
@@ -998,7 +1069,7 @@ async def test_the_provider_s_session_limit_is_recorded_as_session_limit(
         heard_all_but_stalls(placed.phone, skipped, 1000 // FRAME_MS)
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "session_limit")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "session_limit")
     assert detail["error_message"] is None
     events = await _delivered(receiver, hook["secret"], "agent.disconnected", "call.ended")
     assert events["call.ended"][0]["disconnect_reason"] == "session_limit"
@@ -1203,7 +1274,7 @@ async def test_a_call_id_that_is_not_utf8_reaches_the_agent_as_text(
     assert agent.start_message.call.sip_call_id == "a\ufffdb@x"
     assert agent.protocol_errors == []
     [call] = (await api.get("/v1/calls")).json()["calls"]
-    assert (call["status"], call["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert (call["status"], call["disconnect_reason"]) == ("connected", "caller_hangup")
 
 
 @pytest.mark.parametrize("where", ["agent_start", "media_open"])
@@ -1335,7 +1406,7 @@ async def test_a_media_close_that_raises_still_ends_the_call_and_writes_its_reco
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert detail["status"] == "disconnected"
+    assert detail["status"] == "connected"
     assert detail["disconnect_reason"] == "caller_hangup"
     assert gateway.manager.ports.in_use == 0
 
@@ -1516,7 +1587,7 @@ async def test_a_call_that_ends_while_its_first_write_is_stalled_keeps_the_order
     assert result.returncode == 0, result.stdout + result.errors
     await settled(gateway)
     detail = await record(api, placed.call_id)
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "caller_hangup")
     assert detail["end_time"] is not None
     await _delivered(receiver, hook["secret"], "call.started", "call.ended")
     order = [json.loads(r.body) for r in receiver.requests]

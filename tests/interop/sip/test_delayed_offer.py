@@ -89,7 +89,7 @@ async def test_answer_in_ack_starts_media_both_ways(
         (record,) = await ended_records(api, gateway)
 
     assert _offered_port(result.messages) == media_port  # the leased port went in the offer
-    assert record["status"] == "disconnected"
+    assert record["status"] == "connected"
     assert record["disconnect_reason"] == "caller_hangup"
     detail = (await api.get(f"/v1/calls/{record['id']}")).json()
     assert detail["metrics"]["codec_used"] == codec
@@ -252,7 +252,7 @@ async def test_update_before_the_ack_gets_491_with_an_offer_and_200_without(
         await until(lambda: gateway.manager.active_calls == 1 and bool(gateway.manager.calls))
         await leg.bye()
         (record,) = await ended_records(api, gateway)
-    assert record["status"] == "disconnected"
+    assert record["status"] == "connected"
     assert record["disconnect_reason"] == "caller_hangup"
 
 
@@ -307,7 +307,7 @@ async def test_bye_right_after_the_ack_while_the_media_opens_ends_the_call(
         (record,) = await ended_records(api, gateway)
         await until(lambda: bool(agent.stops))  # the agent was told, not left talking
     assert entered == [True]
-    assert record["status"] == "disconnected"
+    assert record["status"] == "connected"
     assert record["disconnect_reason"] == "caller_hangup"
     assert agent.stops[0]["reason"] == "caller_hangup"
     assert not [
@@ -359,7 +359,7 @@ async def test_an_offerless_re_invite_while_the_media_opens_gets_491_then_our_of
         uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
         await leg.bye()
         (record,) = await ended_records(api, gateway)
-    assert record["status"] == "disconnected"
+    assert record["status"] == "connected"
     assert record["disconnect_reason"] == "caller_hangup"
 
 

@@ -23,12 +23,13 @@ async def until(predicate: Callable[[], bool], within_s: float = 5) -> None:
 async def ended_records(
     api: Api, gateway: Gateway, count: int = 1, within_s: float = 5
 ) -> list[dict[str, Any]]:
-    """The call records once no call is live and ``count`` of them are final."""
+    """The call records once no call is live and ``count`` of them are closed (an end, or a
+    reason: a completed call stays ``connected``, its status cannot tell)."""
     await until(lambda: gateway.manager.active_calls == 0, within_s)
     calls: list[dict[str, Any]] = []
     for _ in range(int(within_s / 0.02)):
         calls = (await api.get("/v1/calls")).json()["calls"]
-        final = [c for c in calls if c["status"] in ("disconnected", "failed")]
+        final = [c for c in calls if c["end_time"] or c["disconnect_reason"]]
         if len(final) >= count:
             return calls
         await asyncio.sleep(0.02)

@@ -58,11 +58,11 @@ def test_call_ended_payload_has_no_detail() -> None:
     rec = record()
     rec.answer_time = START
     rec.end_time = START + timedelta(seconds=196)
-    rec.status = CallStatus.DISCONNECTED
+    rec.status = CallStatus.CONNECTED  # answered, ended normally
     rec.disconnect_reason = DisconnectReason.CALLER_HANGUP
     rec.sip_trace = "INVITE ..."
     data = call_ended_payload(rec)
-    assert data["duration_seconds"] == 196
+    assert data["duration_seconds"] == 196 and data["status"] == "connected"
     assert data["disconnect_reason"] == data["reason"] == "caller_hangup"
     assert data["metrics"]["carrier_lag_ms"] == 82
     assert "sip_trace" not in json.dumps(data) and "INVITE" not in json.dumps(data)

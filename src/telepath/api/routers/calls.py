@@ -95,7 +95,8 @@ async def list_calls(
     status: Annotated[
         str | None,
         Query(
-            description="connected, disconnected or failed",
+            description="connected (answered: up, or ended normally), disconnected (answered, "
+            "then cut by a failure) or failed (never answered)",
             json_schema_extra={"enum": list(CALL_STATUSES)},
         ),
     ] = None,
