@@ -340,9 +340,10 @@ class Call:
         one (the subscription terminated before an outcome) that the transfer failed.
 
         A 1xx NOTIFY keeps the transfer pending for as long as its subscription lives
-        (``expires``, else ``REFER_OUTCOME_WAIT_S``): a subscription that runs out without the
-        NOTIFY that ends it has no outcome to report (RFC 6665 §4.1.2.4), and the transfer
-        counts as failed rather than blocking every later one."""
+        (``expires``, at most ``REFER_OUTCOME_WAIT_S``, and that when it gives none): a
+        subscription that runs out without the NOTIFY that ends it has no outcome to report
+        (RFC 6665 §4.1.2.4), and the transfer counts as failed rather than blocking every later
+        one."""
         if not final:
             if 200 <= status < 300:  # the REFER's 2xx (a NOTIFY's 2xx is final)
                 self._refer_accepted = True
@@ -350,16 +351,19 @@ class Call:
                     self._refer_timer = self._loop.call_later(
                         REFER_NOTIFY_WAIT_S, self._refer_unanswered
                     )
-            else:  # a 1xx NOTIFY: the subscription lives, the outcome will come
+            elif self._transfer_request is not None and not self._end.done():
+                # a 1xx NOTIFY of the pending transfer: the subscription lives, the outcome
+                # will come. (A late one of a transfer already decided, or one arriving while
+                # the call ends, changes nothing: it would disarm the next transfer's wait, or
+                # keep the ended call alive on a timer.)
                 self._refer_notified = True
                 self._stop_refer_timer()
-                if self._transfer_request is not None:
-                    wait = REFER_OUTCOME_WAIT_S
-                    if expires is not None:
-                        wait = expires + REFER_NOTIFY_WAIT_S
-                    self._refer_timer = self._loop.call_later(
-                        wait, self._refer_unanswered, f"SIP {status}"
-                    )
+                wait = REFER_OUTCOME_WAIT_S
+                if expires is not None:  # as the notifier says, within our own bound
+                    wait = min(expires, REFER_OUTCOME_WAIT_S) + REFER_NOTIFY_WAIT_S
+                self._refer_timer = self._loop.call_later(
+                    wait, self._refer_unanswered, f"SIP {status}"
+                )
             return
         request = self._finish_transfer()
         ok = 200 <= status < 300

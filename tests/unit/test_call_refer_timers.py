@@ -1,0 +1,97 @@
+"""The bounds on a pending transfer (``Call.refer_update``): every transfer the carrier accepts
+gets its wait, whatever came before it; a call that is ending arms nothing; a subscription's
+``expires`` cannot hold a transfer pending longer than ``REFER_OUTCOME_WAIT_S``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from telepath.calls.call import REFER_NOTIFY_WAIT_S, REFER_OUTCOME_WAIT_S, Call
+from telepath.calls.model import DisconnectReason
+
+pytestmark = pytest.mark.unit
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.results: list[tuple[str, bool, str | None]] = []
+
+    async def send_transfer_result(
+        self, request_id: str, ok: bool, detail: str | None = None
+    ) -> None:
+        self.results.append((request_id, ok, detail))
+
+
+async def _never(*args: object) -> None:
+    raise AssertionError("not expected")
+
+
+def _call(agent: Agent) -> Call:
+    negotiated = SimpleNamespace(codec=SimpleNamespace(name="PCMU"))
+    record = SimpleNamespace(id="call_test")
+    media = SimpleNamespace(queued_ms=0, hold=lambda held: None)
+    return Call(
+        cast(Any, record),
+        cast(Any, media),
+        cast(Any, agent),
+        cast(Any, negotiated),
+        hangup_sip=lambda: None,
+        refer_sip=lambda target: None,
+        on_finished=_never,
+    )
+
+
+def _remaining(call: Call) -> float:
+    timer = call._refer_timer
+    assert timer is not None
+    return timer.when() - asyncio.get_running_loop().time()
+
+
+async def test_a_late_progress_notify_does_not_disarm_the_next_transfers_wait() -> None:
+    """Transfer 1 timed out (no NOTIFY in 32 s); its late ``100 Trying`` NOTIFY then marked the
+    call as notified, and transfer 2's 202 armed no wait: with no NOTIFY ever, it stayed
+    pending for the rest of the call, every later transfer refused."""
+    agent = Agent()
+    call = _call(agent)
+    call._transfer_request = "xfer-1"
+    call.refer_update(202, False)
+    assert call._refer_timer is not None
+    call._refer_timer.cancel()
+    call._refer_unanswered()  # its 32 s ran out
+    await asyncio.sleep(0)
+    assert [r[:2] for r in agent.results] == [("xfer-1", False)]
+    call.refer_update(100, False, 60)  # transfer 1's NOTIFY, late: nothing pending
+    assert call._refer_timer is None
+    call._transfer_request = "xfer-2"
+    call.refer_update(202, False)
+    assert call._refer_timer is not None  # transfer 2's own wait for its first NOTIFY
+    assert _remaining(call) == pytest.approx(REFER_NOTIFY_WAIT_S, abs=1.0)
+    call._stop_refer_timer()
+
+
+async def test_a_call_that_is_ending_arms_no_transfer_wait() -> None:
+    """A NOTIFY arriving while the call ends (its BYE's answer awaited) armed a wait of minutes
+    that kept the ended call in memory and later told its gone agent the transfer failed."""
+    agent = Agent()
+    call = _call(agent)
+    call._transfer_request = "xfer-1"
+    call.end(DisconnectReason.AGENT_HANGUP)
+    call.refer_update(100, False, 60)
+    assert call._refer_timer is None
+
+
+async def test_a_subscriptions_expires_is_capped() -> None:
+    """``Subscription-State: active;expires=86400`` held the transfer pending for a day."""
+    agent = Agent()
+    call = _call(agent)
+    call._transfer_request = "xfer-1"
+    call.refer_update(202, False)
+    call.refer_update(100, False, 86400)
+    assert _remaining(call) <= REFER_OUTCOME_WAIT_S + REFER_NOTIFY_WAIT_S + 1
+    call.refer_update(180, False, 20)  # a shorter one is kept as given
+    assert _remaining(call) == pytest.approx(20 + REFER_NOTIFY_WAIT_S, abs=1.0)
+    call._stop_refer_timer()
