@@ -193,7 +193,8 @@ class Settings(BaseSettings):
     sip_bye_wait_s: float = Field(default=2.0, ge=0, le=32)
     sip_nonce_ttl_s: float = Field(default=300.0, gt=0, le=86400)
     sip_digest_algorithms: str = "SHA-256,MD5"  # challenge order (RFC 8760 §2.4: preferred first)
-    sip_session_expires: int = Field(default=1800, ge=90)  # RFC 4028, when the UAC supports it
+    # RFC 4028, when the UAC supports it (§4 allows up to 2**32-1 s; a day is plenty)
+    sip_session_expires: int = Field(default=1800, ge=90, le=86400)
     # SRTP (SDES, RFC 4568): "allow" answers RTP/SAVP offers that arrive over TLS, "require"
     # refuses plain RTP (488), "off" refuses SRTP (488)
     sip_srtp: Literal["off", "allow", "require"] = "allow"

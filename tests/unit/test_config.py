@@ -266,3 +266,10 @@ def test_a_float_setting_must_be_finite(name: str, value: str) -> None:
 def test_a_duration_has_an_upper_bound(name: str) -> None:
     (line,) = refusal(**{name: "1e11"})
     assert line.startswith(f"TELEPATH_{name.upper()}: Input should be less than or equal to ")
+
+
+def test_the_session_interval_has_an_upper_bound() -> None:
+    # an int, so not among DURATIONS: RFC 4028 §4 allows up to 2**32-1 s; a day is plenty
+    assert Settings(sip_session_expires=86400).sip_session_expires == 86400
+    (line,) = refusal(sip_session_expires="86401")
+    assert line.startswith("TELEPATH_SIP_SESSION_EXPIRES: Input should be less than or equal to ")

@@ -127,6 +127,7 @@ class StaleWatch:
         return stale
 
     def read_failed(self) -> None:
-        """The watcher could not read (or claim) the rows: every row is watched from scratch
-        at the next read, as by a process that just started."""
+        """The watcher's check failed (reading the rows, or rechecking a stale one or closing
+        its calls): every row is watched from scratch at the next read, as by a process that
+        just started."""
         self._seen = {}

@@ -60,12 +60,20 @@ def read_key_file(path: Path) -> tuple[bytes, ...]:
     """The keys of the file at ``path``, newest first.
 
     Raises:
-        ConfigurationError: the file holds no key, or one that is not one (the file named:
-            the CLI prints it as a configuration error, not a traceback).
-        OSError, UnicodeDecodeError: it cannot be read as text.
+        ConfigurationError: the file is not ASCII text, holds no key, or one that is not one
+            (the file named, never its content: the CLI prints it as a configuration error,
+            not a traceback).
+        OSError: it cannot be read.
     """
     try:
-        return parse_keyring(path.read_text(encoding="ascii")).keys
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError:
+        # a byte-order mark or any non-ASCII byte; the error's text would show the content
+        raise ConfigurationError(
+            f"{path}: not ASCII text (a byte-order mark or a character past ASCII?)"
+        ) from None
+    try:
+        return parse_keyring(text).keys
     except ConfigurationError as exc:
         raise ConfigurationError(f"{path}: {exc}") from None
 

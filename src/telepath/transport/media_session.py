@@ -693,9 +693,11 @@ class MediaSession:
         if addr != self._dest:
             logger.info("RTP latched to the observed source address")
             self._dest = addr
-            rtcp = self._rtcp_dest
+            rtcp, named, sdp = self._rtcp_dest, self._rtcp_sdp, self._sdp
             if self._rtcp_learned and rtcp is not None and rtcp[0] == addr[0]:
                 return  # where the peer's own RTCP comes from (RFC 4961): its NAT's mapping
+            if named is not None and sdp is not None and named[0] != sdp[0]:
+                return  # a=rtcp named an IP of its own (RFC 3605 §2.1): RTP's says nothing of it
             rtcp_port = self._rtcp_sdp[1] if self._rtcp_sdp is not None else addr[1] + 1
             self._rtcp_dest = (addr[0], rtcp_port)
             self._rtcp_learned = False

@@ -138,6 +138,14 @@ async def test_two_rotations_at_once_never_both_succeed(
     assert ha1 == compute_ha1("SHA-256", username, realm, again.json()["sip_password"])
 
 
+@pytest.mark.parametrize("path", ["rotate-password", "rotate-sip-password"])
+async def test_a_rotation_s_conflict_is_documented(api: Api, path: str) -> None:
+    """The 409 above was missing from the rotate routes' OpenAPI responses (401/404/429)."""
+    spec = (await api.client.get("/openapi.json")).json()
+    responses = spec["paths"][f"/v1/trunks/{{trunk_id}}/{path}"]["post"]["responses"]
+    assert "rotated by another request" in responses["409"]["description"]
+
+
 async def _numbers(api: Api, trunk_id: str) -> tuple[list[str], str | None]:
     """The trunk's routing rows and its ``inbound_numbers`` column."""
     async with api.state.engine.connect() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import socket
@@ -387,6 +388,21 @@ def test_a_master_key_file_that_does_not_read_is_a_configuration_error(
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("configuration error: "), result.stderr
     assert f"{env / KEY_FILE_REFUSED}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert not (env / "telepath.db").exists()  # no database opened
+
+
+def test_a_master_key_file_that_is_not_ascii_is_a_configuration_error(env: Path) -> None:
+    """A key file saved with a UTF-8 byte-order mark (or any byte past ASCII): a configuration
+    error naming the file, not a UnicodeDecodeError traceback; its content never shown."""
+    env.mkdir()
+    key = base64.b64encode(bytes(range(32))).decode()
+    (env / "secret.key").write_bytes(b"\xef\xbb\xbf" + key.encode() + b"\n")
+    result = CliRunner().invoke(app, ["keys", "list"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"configuration error: {env / 'secret.key'}: "), result.stderr
+    assert "not ASCII text" in result.stderr, result.stderr
+    assert key[:6] not in result.output and "\ufeff" not in result.output
     assert "Traceback" not in result.output
     assert not (env / "telepath.db").exists()  # no database opened
 

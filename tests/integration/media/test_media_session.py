@@ -893,6 +893,29 @@ async def test_rtcp_from_the_sdp_s_rtcp_address_is_read(allocator: RtpPortAlloca
         peer_rtcp.close()
 
 
+async def test_an_a_rtcp_address_on_another_ip_survives_the_rtp_latch(
+    allocator: RtpPortAllocator,
+) -> None:
+    """RFC 3605 §2.1: a=rtcp named another IP than the c= line's. RTP latching to a source
+    other than the SDP's (here the signalling IP) moved our RTCP to that source's IP, with
+    the a=rtcp port: somewhere the peer never said its RTCP is. The named address stays."""
+    sdp = await UdpPeer.bind("127.0.0.1")  # the c= address: silent
+    peer_rtcp = await UdpPeer.bind("127.0.0.6")
+    rtp = await UdpPeer.bind("127.0.0.4")
+    session = await open_session(
+        allocator, sdp, signalling_ip="127.0.0.4", rtcp_interval_s=0.05, rtcp=peer_rtcp.address
+    )
+    try:
+        await peer_rtcp.wait_for(1)
+        rtp.send(rtp_stream(ulaw_frames(500, 0.02))[0], ("127.0.0.1", session.local_port))
+        await until(lambda: session.remote == rtp.address)
+        await peer_rtcp.wait_for(len(peer_rtcp.recorder.received) + 2)  # reports after it
+    finally:
+        await session.close()
+        for p in (sdp, peer_rtcp, rtp):
+            p.close()
+
+
 @pytest.mark.parametrize("when", ["open", "re-INVITE"])
 async def test_an_rtp_port_of_65535_has_no_rtcp_port_and_gets_no_rtcp(
     allocator: RtpPortAllocator, when: str

@@ -16,7 +16,8 @@ from telepath.api.trunk_service import TrunkService, iso
 router = APIRouter(prefix="/v1/trunks", tags=["trunks"])
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*codes: int, conflict: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """``codes`` documented; ``conflict``: this route's own wording of its 409."""
     descriptions = {
         400: "Invalid request (see error.code)",
         401: "Missing or invalid API key, or provider credentials rejected",
@@ -27,6 +28,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Rate limit exceeded",
         502: "The AI provider could not be reached to validate credentials",
     }
+    if conflict is not None:
+        descriptions[409] = conflict
     return documented_errors(descriptions, *codes)
 
 
@@ -178,7 +181,13 @@ for _path in ("/{trunk_id}/rotate-password", "/{trunk_id}/rotate-sip-password"):
         _rotate,
         methods=["POST"],
         response_model=schemas.PasswordRotated,
-        responses=_errors(401, 404, 429),
+        responses=_errors(
+            401,
+            404,
+            409,
+            429,
+            conflict="The SIP password was rotated by another request at the same time",
+        ),
         summary="Rotate the SIP password",
         description="Generate a new SIP password, returned only in this response. "
         "The old password stops working immediately.",
