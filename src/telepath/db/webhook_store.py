@@ -218,10 +218,40 @@ class WebhookRepository:
         per endpoint the caller has in flight): the rows of an endpoint at its share are passed
         over for the next ones, so one endpoint's backlog cannot fill the claim. Likewise
         ``per_account`` and ``account_busy`` per account: an account with several endpoints
-        that all hold their requests cannot take every slot either.
+        that all hold their requests cannot take every slot either — while another account
+        needs them. The cap holds slots back only for an account under its share with
+        deliveries in flight or due: when all that is left due belongs to accounts at their
+        share and no other account is in flight (one account alone, the usual self-hosted
+        install), a second pass fills the free slots without it, still per endpoint.
         """
         taken: dict[str, int] = dict(busy or {})
         account_taken: dict[str, int] = dict(account_busy or {})
+        claimed = await self._claim_pass(
+            now, limit, lease, per_endpoint, per_account, taken, account_taken
+        )
+        if per_account is not None and len(claimed) < limit:
+            # Fewer than asked: all still due is at a full endpoint or a full account. An
+            # account in flight under its share (its endpoints answering, or at their own
+            # share) may claim again soon; otherwise the held-back slots would stay idle.
+            counts = [n for n in account_taken.values() if n > 0]
+            if any(n >= per_account for n in counts) and all(n >= per_account for n in counts):
+                claimed += await self._claim_pass(
+                    now, limit - len(claimed), lease, per_endpoint, None, taken, account_taken
+                )
+        return claimed
+
+    async def _claim_pass(
+        self,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        per_endpoint: int | None,
+        per_account: int | None,
+        taken: dict[str, int],
+        account_taken: dict[str, int],
+    ) -> list[Claimed]:
+        """One pass of :meth:`claim_due` under the given caps; ``taken`` and ``account_taken``
+        (in flight per endpoint and per account) are updated with what it leases."""
         claimed: list[Claimed] = []
         while len(claimed) < limit:
             window = limit - len(claimed)

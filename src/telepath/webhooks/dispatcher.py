@@ -2,8 +2,8 @@
 
 Due rows are claimed (leased, see ``telepath.db.webhook_store``) as request slots free up, at
 most ``endpoint_concurrency`` per endpoint and ``account_concurrency`` per account (half the
-slots by default), POSTed at once, and each outcome is stored with the
-next claim: a 2xx answer means delivered; anything else (another
+slots by default, while other accounts need them), POSTed at once, and each outcome is stored
+with the next claim: a 2xx answer means delivered; anything else (another
 status, a timeout, a refused connection, a redirect) schedules a retry after
 ``backoff_base_s * 2**(attempts - 1)`` (capped at ``backoff_max_s``) until ``max_attempts``
 attempts were made, when the row is marked ``failed``. Rows live in the database, so a restarted
@@ -118,8 +118,9 @@ class WebhookDispatcher:
         endpoint_concurrency: requests in flight at once to one endpoint, so that one that
             answers slowly or never cannot take every slot.
         account_concurrency: requests in flight at once to one account's endpoints (default
-            half of ``concurrency``, at least 1), so that an account with several endpoints
-            that answer slowly or never cannot take every slot either.
+            half of ``concurrency``, at least 1) while another account has deliveries due or
+            in flight, so that an account with several endpoints that answer slowly or never
+            cannot take every slot either; alone, an account may use the free slots too.
         stop_grace_s: at a stop, how long the deliveries in flight may still take (default
             ``timeout_s``: each ends within it anyway); those cut off after it are due again
             at once.
@@ -228,7 +229,8 @@ class WebhookDispatcher:
         ``account_concurrency`` per account), and whenever some finish their outcomes are
         stored and more are claimed, in one transaction. An endpoint that answers slowly or
         never (until ``timeout_s``) takes its share of the slots and no more, and an account's
-        endpoints together their account's share; the rest go on. Since a claimed delivery is
+        endpoints together their account's share while other accounts need slots; the rest go
+        on. Since a claimed delivery is
         sent at once, its lease (``2 * timeout_s + 30`` s) covers its send (at most
         ``timeout_s``) and the storing of its outcome. Returns when nothing is in flight and
         nothing more could be claimed.

@@ -160,10 +160,11 @@ async def test_an_account_whose_endpoints_never_answer_leaves_slots_to_other_acc
     per-endpoint cap alone did not keep that: an account with several endpoints on one host
     that holds every request (until the timeout) took every slot, each endpoint its share,
     and every other account's events waited behind those timeouts. An account now gets at
-    most half the slots."""
+    most half the slots while another account's deliveries are due or in flight (B's is held
+    too, so that the count is not made as it ends: then A may fill the free slots)."""
     other_key = await api.new_account_key("other")
     gate = threading.Event()
-    with running(Receiver(gate=gate)) as stuck, running(Receiver()) as fine:
+    with running(Receiver(gate=gate)) as stuck, running(Receiver(gate=gate)) as fine:
         for name in ("one", "two"):
             await subscribe(api, f"{stuck.url}/{name}", ["*"])
         await subscribe(api, fine.url, ["*"], key=other_key)
@@ -199,7 +200,9 @@ async def test_the_backlog_gauge_shows_the_pending_deliveries_while_some_are_in_
         sink = DbEventSink(api.state.sessions)
         for _ in range(10):
             await sink.emit(await account_of(api), "call.ended", PAYLOAD)
-        dispatcher = make_dispatcher(metrics=metrics, concurrency=4, timeout_s=60.0)  # 2 each
+        dispatcher = make_dispatcher(  # the endpoint's share is 2: two slots stay free
+            metrics=metrics, concurrency=4, endpoint_concurrency=2, timeout_s=60.0
+        )
         round_ = asyncio.create_task(dispatcher.run_once())
         try:
             await arrived(stuck, 2)
@@ -207,7 +210,7 @@ async def test_the_backlog_gauge_shows_the_pending_deliveries_while_some_are_in_
             monkeypatch.setattr(dispatcher_module, "BACKLOG_EVERY_S", 0.0)  # at every exchange
             for _ in range(5):
                 await sink.emit(await account_of(api), "call.ended", PAYLOAD)
-            dispatcher.wake()  # an exchange; nothing claimed, the account's share is taken
+            dispatcher.wake()  # an exchange; nothing claimed, the endpoint's share is taken
             for _ in range(1000):
                 if backlog(metrics) == 15:
                     break
@@ -221,6 +224,32 @@ async def test_the_backlog_gauge_shows_the_pending_deliveries_while_some_are_in_
 
 def backlog(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value("telepath_webhook_backlog")
+
+
+async def test_an_account_alone_may_take_more_than_its_share_of_the_slots(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """The account cap holds slots back only for other accounts: with no other account's
+    deliveries due or in flight (a one-account install), an account whose endpoints all hold
+    their requests fills every endpoint's share, though that is more than half the slots.
+    Before, it got half (four of eight here) and the rest stayed idle."""
+    gate = threading.Event()
+    with running(Receiver(gate=gate)) as stuck:
+        for name in ("one", "two", "three"):
+            await subscribe(api, f"{stuck.url}/{name}", ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(3):  # nine deliveries: three per endpoint, one more than its share
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        dispatcher = make_dispatcher(concurrency=8, endpoint_concurrency=2, timeout_s=60.0)
+        round_ = asyncio.create_task(dispatcher.run_once())
+        try:
+            await arrived(stuck, 6)  # each endpoint its share of two, all at once
+            assert paths(stuck) == [f"/hook/{n}" for n in ("one", "three", "two") for _ in "ab"]
+        finally:
+            gate.set()
+        assert await round_ == 9
+    assert len(stuck.requests) == 9
+    assert {(r.status, r.attempts) for r in await rows(api)} == {("delivered", 1)}
 
 
 async def test_events_that_come_while_an_endpoint_holds_its_requests_go_out_at_once(
