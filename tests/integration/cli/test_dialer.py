@@ -77,6 +77,7 @@ async def test_dialer_call_both_ways(
             srtp_suite=srtp or "AES_CM_128_HMAC_SHA1_80",
         )
         result = await dialer.run(duration_s=2.5, tone_hz=1000)
+        await settled(gateway)  # the record is closed after our BYE's 200, not before it
     assert result.status == 200 and result.setup_ms is not None
     assert result.codec == "PCMU"
     assert result.srtp == srtp
@@ -177,6 +178,7 @@ async def test_a_custom_agent_that_drops_is_reconnected_and_the_call_goes_on(
             _target(gateway, "robin", "UDP"), username="robin", password="dialer-pass-1"
         )
         result = await dialer.run(duration_s=3.0, tone_hz=1000)
+        await settled(gateway)  # the record is closed after our BYE's 200, not before it
     assert result.status == 200 and result.ended_by == "dialer"
     assert [s.reconnect for s in agent.starts] == [None, 1]
     # the echo came back after the reconnect: the last second of what the caller heard
