@@ -4,15 +4,14 @@ telling it the result of the transfer that ended the call is held up."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any, cast
 
 import pytest
 
 from telepath.bridges.base import BridgeReason
 from telepath.calls import call as call_module
-from telepath.calls.call import Call, CallEnd
+from telepath.calls.call import CallEnd
 from telepath.calls.model import DisconnectReason
+from tests.unit.call_stubs import stub_call
 
 pytestmark = pytest.mark.unit
 
@@ -34,10 +33,6 @@ class NotReading:
         self.closed_with.append(reason)
 
 
-async def _never(*args: object) -> None:
-    raise AssertionError("not expected")
-
-
 async def test_a_transfer_result_the_agent_does_not_take_still_lets_the_bridge_close(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -46,16 +41,7 @@ async def test_a_transfer_result_the_agent_does_not_take_still_lets_the_bridge_c
     monkeypatch.setattr(call_module, "AGENT_CLOSE_S", 0.5)
     monkeypatch.setattr(call_module, "TRANSFER_RESULT_S", 0.05, raising=False)
     bridge = NotReading()
-    negotiated = SimpleNamespace(codec=SimpleNamespace(name="PCMU"))
-    call = Call(
-        cast(Any, None),
-        cast(Any, None),
-        cast(Any, bridge),
-        cast(Any, negotiated),
-        hangup_sip=lambda: None,
-        refer_sip=lambda target: None,
-        on_finished=_never,
-    )
+    call = stub_call(bridge)
     finished: list[CallEnd] = []
 
     async def finish(end: CallEnd) -> None:

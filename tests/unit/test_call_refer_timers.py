@@ -5,13 +5,12 @@ gets its wait, whatever came before it; a call that is ending arms nothing; a su
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any, cast
 
 import pytest
 
 from telepath.calls.call import REFER_NOTIFY_WAIT_S, REFER_OUTCOME_WAIT_S, Call
 from telepath.calls.model import DisconnectReason
+from tests.unit.call_stubs import stub_call
 
 pytestmark = pytest.mark.unit
 
@@ -26,25 +25,6 @@ class Agent:
         self.results.append((request_id, ok, detail))
 
 
-async def _never(*args: object) -> None:
-    raise AssertionError("not expected")
-
-
-def _call(agent: Agent) -> Call:
-    negotiated = SimpleNamespace(codec=SimpleNamespace(name="PCMU"))
-    record = SimpleNamespace(id="call_test")
-    media = SimpleNamespace(queued_ms=0, hold=lambda held: None)
-    return Call(
-        cast(Any, record),
-        cast(Any, media),
-        cast(Any, agent),
-        cast(Any, negotiated),
-        hangup_sip=lambda: None,
-        refer_sip=lambda target: None,
-        on_finished=_never,
-    )
-
-
 def _remaining(call: Call) -> float:
     timer = call._refer_timer
     assert timer is not None
@@ -56,7 +36,7 @@ async def test_a_late_progress_notify_does_not_disarm_the_next_transfers_wait() 
     call as notified, and transfer 2's 202 armed no wait: with no NOTIFY ever, it stayed
     pending for the rest of the call, every later transfer refused."""
     agent = Agent()
-    call = _call(agent)
+    call = stub_call(agent)
     call._transfer_request = "xfer-1"
     call.refer_update(202, False)
     assert call._refer_timer is not None
@@ -77,7 +57,7 @@ async def test_a_call_that_is_ending_arms_no_transfer_wait() -> None:
     """A NOTIFY arriving while the call ends (its BYE's answer awaited) armed a wait of minutes
     that kept the ended call in memory and later told its gone agent the transfer failed."""
     agent = Agent()
-    call = _call(agent)
+    call = stub_call(agent)
     call._transfer_request = "xfer-1"
     call.end(DisconnectReason.AGENT_HANGUP)
     call.refer_update(100, False, 60)
@@ -87,7 +67,7 @@ async def test_a_call_that_is_ending_arms_no_transfer_wait() -> None:
 async def test_a_subscriptions_expires_is_capped() -> None:
     """``Subscription-State: active;expires=86400`` held the transfer pending for a day."""
     agent = Agent()
-    call = _call(agent)
+    call = stub_call(agent)
     call._transfer_request = "xfer-1"
     call.refer_update(202, False)
     call.refer_update(100, False, 86400)

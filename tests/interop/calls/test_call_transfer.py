@@ -236,6 +236,31 @@ class _RetryingAgent(FakeTelepathAgent):
             await ws.send(ev.Transfer(target=OTHER_TARGET, request_id="xfer-2").to_json())
 
 
+async def _first_fails_then_second_succeeds(
+    api: Api, gateway: Gateway, tmp_path: Path, user: str, password: str, after_first: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A call whose carrier accepts transfer ``xfer-1`` (then ``after_first``: what it sends
+    next, or nothing) and ``xfer-2`` (then a final 200 NOTIFY), the agent asking for the second
+    once told the first failed: the agent's transfer results and the call's record."""
+    async with _RetryingAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
+        await create_trunk(api, user, password, ai_provider="custom", custom_endpoint=agent.url)
+        middle = (
+            ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1
+            + after_first
+            + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
+            + notify(user, cseq=6)
+        )
+        placed = await place_call(
+            gateway, tmp_path, user, password, caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
+        await settled(gateway)
+    return agent.transfer_results, await record(api, placed.call_id)
+
+
 async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
     api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,28 +270,18 @@ async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
     1 s here) it counts as failed: the agent is told (ok false), and its next transfer goes
     out as a REFER of its own."""
     monkeypatch.setattr(call_module, "REFER_NOTIFY_WAIT_S", 1.0)
-    async with _RetryingAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
-        await create_trunk(
-            api, "xferlost", "xfer-pass-5", ai_provider="custom", custom_endpoint=agent.url
-        )
-        middle = (
-            ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1: no NOTIFY ever
-            + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
-            + notify("xferlost")
-        )
-        placed = await place_call(
-            gateway, tmp_path, "xferlost", "xfer-pass-5", caller_hangs_up=False, middle=middle
-        )
-        result = await placed.sipp
-        await placed.phone.close()
-        assert result.returncode == 0, result.stdout + result.errors
-        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
-        await settled(gateway)
-    first, second = agent.transfer_results
+    results, rec = await _first_fails_then_second_succeeds(
+        api,
+        gateway,
+        tmp_path,
+        "xferlost",
+        "xfer-pass-5",
+        after_first="",  # no NOTIFY ever
+    )
+    first, second = results
     assert (first["request_id"], first["ok"]) == ("xfer-1", False)
     assert "NOTIFY" in first["detail"]
     assert (second["request_id"], second["ok"]) == ("xfer-2", True)
-    rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
     refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
     assert refers == [f"Refer-To: <{TARGET}>", f"Refer-To: <{OTHER_TARGET}>"]
@@ -282,27 +297,17 @@ async def test_a_refer_whose_subscription_runs_out_after_a_trying_fails(
     outcome (RFC 6665 §4.1.2.4 / §4.4.1): after its ``expires`` and a grace (Timer N's 32 s;
     1 s here) the agent is told it failed, and its next transfer goes out."""
     monkeypatch.setattr(call_module, "REFER_NOTIFY_WAIT_S", 1.0)
-    async with _RetryingAgent(agent="tone", response_ms=400, transfer_to=TARGET) as agent:
-        await create_trunk(
-            api, "xfertry", "xfer-pass-6", ai_provider="custom", custom_endpoint=agent.url
-        )
-        middle = (
-            ANSWER_REFER % {"status": "202 Accepted"}  # xfer-1: Trying, then silence
-            + notify("xfertry", state="active;expires=1", frag="SIP/2.0 100 Trying")
-            + ANSWER_REFER % {"status": "202 Accepted"}  # xfer-2
-            + notify("xfertry", cseq=6)
-        )
-        placed = await place_call(
-            gateway, tmp_path, "xfertry", "xfer-pass-6", caller_hangs_up=False, middle=middle
-        )
-        result = await placed.sipp
-        await placed.phone.close()
-        assert result.returncode == 0, result.stdout + result.errors
-        await wait_until(lambda: len(agent.transfer_results) >= 2, what="both transfer results")
-        await settled(gateway)
-    first, second = agent.transfer_results
+    trying = notify("xfertry", state="active;expires=1", frag="SIP/2.0 100 Trying")
+    results, rec = await _first_fails_then_second_succeeds(
+        api,
+        gateway,
+        tmp_path,
+        "xfertry",
+        "xfer-pass-6",
+        after_first=trying,  # then silence
+    )
+    first, second = results
     assert (first["request_id"], first["ok"]) == ("xfer-1", False)
     assert "subscription" in first["detail"]
     assert (second["request_id"], second["ok"]) == ("xfer-2", True)
-    rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
