@@ -31,6 +31,7 @@ from telepath.metrics import Metrics
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of, ended, started
 from tests.integration.conftest import Api
+from tests.integration.transactions import Transactions
 
 pytestmark = pytest.mark.integration
 
@@ -217,27 +218,13 @@ async def test_a_backlog_is_purged_in_batches_each_its_own_transaction(api: Api)
     old = [ended(started(account, start=utcnow() - timedelta(hours=100))) for _ in range(5)]
     for record in old:
         await recorder.call_ended(record)
-    steps: list[str] = []
-
-    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("UPDATE calls"):
-            steps.append("update")
-
-    def on_commit(_conn: Any) -> None:
-        steps.append("commit")
-
-    engine = api.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine, "commit", on_commit)
-    try:
+    with Transactions(api.state.engine) as log:
         purged = await purge_call_details(
             api.state.sessions, timedelta(hours=72), open_after=None, batch_size=2
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine, "commit", on_commit)
     assert purged == 5
-    assert steps == ["update", "commit"] * 3  # 2, 2, then the last 1
+    updates = [sum(s.startswith("UPDATE calls") for s in t) for t in log.committed]
+    assert updates == [1, 1, 1]  # one UPDATE per transaction: 2, 2, then the last 1
     async with api.state.sessions() as session:
         kept = await session.scalar(
             select(func.count()).select_from(CallRow).where(CallRow.detail_purged_at.is_(None))

@@ -13,6 +13,7 @@ from telepath.db.webhook_store import prune_deliveries
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of
 from tests.integration.conftest import Api
+from tests.integration.transactions import Transactions
 from tests.integration.webhooks.test_dispatcher import PAYLOAD, rows, subscribe
 
 pytestmark = pytest.mark.integration
@@ -48,25 +49,13 @@ async def test_a_backlog_is_pruned_in_batches_each_its_own_transaction(api: Api)
     recent = utcnow() - RETENTION + timedelta(hours=1)
     settled = [("delivered", old)] * 3 + [("failed", old)] * 2
     await outbox(api, [*settled, ("pending", old), ("delivered", recent)])
-    steps: list[str] = []
-
-    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("DELETE FROM webhook_deliveries"):
-            steps.append("delete")
-
-    def on_commit(_conn: Any) -> None:
-        steps.append("commit")
-
-    engine = api.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine, "commit", on_commit)
-    try:
+    with Transactions(api.state.engine) as log:
         pruned = await prune_deliveries(api.state.sessions, RETENTION, batch_size=2)
-    finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine, "commit", on_commit)
     assert pruned == 5
-    assert steps == ["delete", "commit"] * 3  # 2, 2, then the last 1
+    deletes = [
+        sum(s.startswith("DELETE FROM webhook_deliveries") for s in t) for t in log.committed
+    ]
+    assert deletes == [1, 1, 1]  # one DELETE per transaction: 2, 2, then the last 1
     left = sorted((r.status, r.last_attempt_at) for r in await rows(api))
     assert left == [("delivered", recent), ("pending", old)]
 
