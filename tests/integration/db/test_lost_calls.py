@@ -214,6 +214,21 @@ async def test_events_refused_for_good_do_not_cost_the_record_its_close(
     assert sink.failures == len(LOST_EVENTS)  # then tried through emit: refused too, counted
 
 
+def _second_update_fails() -> Callable[..., None]:
+    """A ``before_cursor_execute`` listener: the database is lost at the second ``UPDATE
+    calls`` of a recovery (it raises there), the first has gone through."""
+    seen = 0
+
+    def fail(_conn: Any, _c: Any, statement: str, *_: Any) -> None:
+        nonlocal seen
+        if statement.startswith("UPDATE calls"):
+            seen += 1
+            if seen == 2:
+                raise ConnectionResetError  # the database lost mid-recovery
+
+    return fail
+
+
 async def test_a_recovery_cut_short_keeps_what_it_closed_and_its_process_s_row(api: Api) -> None:
     # a record closed before the failure still gets its events (here through emit: the
     # endpoints were unreadable); the dead process's heartbeat row stays, so that a watcher
@@ -223,14 +238,7 @@ async def test_a_recovery_cut_short_keeps_what_it_closed_and_its_process_s_row(a
     sink = RecordingSink()
     metrics = Metrics()
     engine = api.state.engine.sync_engine
-    seen = 0
-
-    def fail(_conn: Any, _c: Any, statement: str, *_: Any) -> None:
-        nonlocal seen
-        if statement.startswith("UPDATE calls"):
-            seen += 1
-            if seen == 2:
-                raise ConnectionResetError  # the database lost mid-recovery
+    fail = _second_update_fails()
 
     event.listen(engine, "before_cursor_execute", fail)
     try:
@@ -272,14 +280,7 @@ async def test_a_watcher_s_recovery_cut_short_is_taken_up_again(api: Api) -> Non
     lost_after = 0.3
     interval = heartbeat_s(lost_after)
     engine = api.state.engine.sync_engine
-    seen = 0
-
-    def fail(_conn: Any, _c: Any, statement: str, *_: Any) -> None:
-        nonlocal seen
-        if statement.startswith("UPDATE calls"):
-            seen += 1
-            if seen == 2:
-                raise ConnectionResetError  # the database lost mid-recovery
+    fail = _second_update_fails()
 
     async def one_lost() -> bool:
         return "lost" in await _reasons(api, calls)
