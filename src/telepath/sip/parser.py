@@ -259,6 +259,9 @@ def validate_request(request: Request) -> None:
             parse_name_addr(contact)
         elif request.method != "REGISTER":
             raise SipParseError("Contact: * is a REGISTER's only")  # §10.2.2, §20.10
+    if request.method == "INVITE":
+        for route in headers.get_all("Record-Route"):
+            _check_record_route(route)
     max_forwards = headers.get("Max-Forwards")
     if max_forwards is not None and (
         not _DIGITS.fullmatch(max_forwards) or int(max_forwards) > 255
@@ -274,6 +277,20 @@ def validate_request(request: Request) -> None:
         for item in headers.get_all(name):
             if not TOKEN.fullmatch(item):
                 raise SipParseError(f"malformed {name}")
+
+
+def _check_record_route(value: str) -> None:
+    """Raise :class:`SipParseError` unless ``value`` is a rec-route (RFC 3261 §20.30: a
+    name-addr, in ``<>``, then rr-params). An INVITE's Record-Route becomes the route set of its
+    dialog (§12.1.1), which each of our requests in it follows (§12.2.1.1): one that does not
+    parse could never route our BYE, so the INVITE is refused (§16.12.1 keeps the values as
+    the proxies wrote them; a UAS cannot repair one)."""
+    try:
+        rec_route = parse_name_addr(value)
+    except SipParseError as exc:
+        raise SipParseError(f"malformed Record-Route: {exc}") from None
+    if not rec_route.bracketed:
+        raise SipParseError("malformed Record-Route: its URI must be in <>")
 
 
 class StreamFramer:

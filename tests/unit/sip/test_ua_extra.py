@@ -491,3 +491,55 @@ def test_a_refused_re_offer_leaves_the_target(core: tuple[UserAgentCore, FakeClo
     (ev,) = events(ua.receive(_moving_offer("INVITE", dialog), SRC))
     ua.respond(ev.tx, 488)  # type: ignore[attr-defined]
     assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"
+
+
+@dataclass(eq=False)
+class FailingOwner(Owner):
+    def on_timer(self, name: str, now: float) -> None:
+        super().on_timer(name, now)
+        raise RuntimeError("a bug in one timer's handler")
+
+
+def test_a_timer_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    # One call's timer whose handler fails (a bug, or input no check caught) must not take
+    # every other call's timers down with it: the queue logs it and goes on (the transport
+    # re-arms from next_deadline, which the exception would have skipped).
+    q = TimerQueue()
+    before, bad, after = Owner(), FailingOwner(), Owner()
+    q.schedule(before, "t", 1.0)
+    q.schedule(bad, "t", 2.0)
+    q.schedule(after, "t", 3.0)
+    q.schedule(after, "later", 10.0)
+    with caplog.at_level("ERROR", logger="telepath.sip.timers"):
+        assert q.fire_due(5.0) == 3
+    assert before.fired == [("t", 5.0)] and bad.fired == [("t", 5.0)]
+    assert after.fired == [("t", 5.0)]
+    assert q.next_deadline() == 10.0 and bad.timer_generation == {}
+    assert "a bug in one timer's handler" in caplog.text
+
+
+def test_a_dialog_whose_bye_cannot_be_built_leaves_the_other_calls_timers(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    extra = CT + "Supported: timer\r\nSession-Expires: 120\r\n"
+    first = ua.receive(request(body=SDP, extra=extra), SRC)
+    (ev,) = events(first)
+    assert isinstance(ev, InviteReceived)
+    broken, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=broken.local_tag), SRC)
+    broken.route_set = ["garbage"]  # what no check may ever let through: the BYE raises
+    second = ua.receive(request(body=SDP, extra=extra, call_id="call-2@x", branch="z9hG4bK-2"), SRC)
+    (ev2,) = events(second)
+    assert isinstance(ev2, InviteReceived)
+    clock.advance(10.0)
+    dialog, _ = ua.accept(ev2.tx, b"v=0\r\n")
+    ua.receive(
+        request("ACK", branch="z9hG4bK-ack2", call_id="call-2@x", to_tag=dialog.local_tag), SRC
+    )
+    clock.advance(120 - 32 + 0.1 - 10.0)  # 32 s before the first call's session expiry
+    assert events(ua.poll()) == []  # the first call's expires: its BYE fails, and is logged
+    clock.advance(10.0)
+    out = ua.poll()
+    assert CallEnded(dialog, "session_expired") in events(out)
+    assert any(b.method == "BYE" and b.call_id == "call-2@x" for b in requests(out))

@@ -349,3 +349,26 @@ def test_a_request_with_one_bad_header_line_is_answered(
     assert resp.status == status and resp.call_id == "call-1@192.0.2.10"
     assert resp.cseq.method == "OPTIONS" and resp.top_via.branch == "z9hG4bK-1"
     assert warning in (resp.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize(
+    "record_route",
+    [
+        "garbage",
+        "<sip:p1.example;lr>, garbage",
+        "sip:p1.example;lr",  # §20.30: a rec-route is a name-addr, never a bare addr-spec
+        "<sip:p1.example;lr",
+    ],
+)
+def test_an_invite_with_a_malformed_record_route_is_a_bad_request(
+    core: tuple[UserAgentCore, FakeClock], record_route: str
+) -> None:
+    """RFC 3261 §12.1.1, §20.30: the Record-Route of an INVITE becomes the dialog's route set,
+    which every request we send in it follows; one that does not parse could never route our
+    BYE, so the INVITE is refused before a dialog is made of it."""
+    ua, _ = core
+    extra = f"Content-Type: application/sdp\r\nRecord-Route: {record_route}\r\n"
+    out = ua.receive(request(body=SDP, extra=extra), SRC)
+    (resp,) = sent(out)
+    assert resp.status == 400 and events(out) == []
+    assert "Record-Route" in (resp.headers.get("Warning") or "")
