@@ -262,13 +262,16 @@ def validate_request(request: Request) -> None:
     if request.method == "INVITE":
         for route in headers.get_all("Record-Route"):
             _check_record_route(route)
+    # The length first: past 4,300 digits int() raises ValueError, which no caller catches.
     max_forwards = headers.get("Max-Forwards")
     if max_forwards is not None and (
-        not _DIGITS.fullmatch(max_forwards) or int(max_forwards) > 255
+        not _DIGITS.fullmatch(max_forwards) or len(max_forwards) > 10 or int(max_forwards) > 255
     ):
         raise SipParseError("invalid Max-Forwards")  # §20.22: 0-255 (`scalarlg`)
     expires = headers.get("Expires")
-    if expires is not None and (not _DIGITS.fullmatch(expires) or int(expires) >= 2**32):
+    if expires is not None and (
+        not _DIGITS.fullmatch(expires) or len(expires) > 10 or int(expires) >= 2**32
+    ):
         raise SipParseError("invalid Expires")  # §20.19 (`scalarlg`)
     date = headers.get("Date")
     if date is not None and not date.rstrip().endswith("GMT"):

@@ -372,3 +372,20 @@ def test_an_invite_with_a_malformed_record_route_is_a_bad_request(
     (resp,) = sent(out)
     assert resp.status == 400 and events(out) == []
     assert "Record-Route" in (resp.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize("header", ["Max-Forwards", "Expires"])
+@pytest.mark.parametrize("digits", [4301, 5000, 11])
+def test_a_number_of_thousands_of_digits_is_a_bad_request(
+    core: tuple[UserAgentCore, FakeClock], header: str, digits: int
+) -> None:
+    """RFC 3261 §20.22 (Max-Forwards: 0-255), §20.19 (Expires: delta-seconds, below 2**32),
+    RFC 4475 §3.1.2.4 ``scalarlg``: too large is a 400. Past 4,300 digits ``int()`` refuses the
+    text itself (ValueError): it must not escape the core, which catches SipParseError only (a
+    traceback per datagram, a stream connection torn down)."""
+    ua, _ = core
+    raw = request("OPTIONS", extra=f"{header}: 1{'0' * (digits - 1)}\r\n")
+    if header == "Max-Forwards":
+        raw = raw.replace(b"Max-Forwards: 70\r\n", b"")
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400 and header in (resp.headers.get("Warning") or "")
