@@ -173,6 +173,31 @@ def test_ack_of_a_reinvite_2xx_carries_its_answer_up(
     assert events(ua.receive(ack, SRC)) == []
 
 
+def test_a_reinvite_2xx_never_acknowledged_ends_the_call_with_a_bye(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§13.3.1.4: no ACK for a 2xx within 64*T1: the UAS SHOULD end the session with a BYE.
+    That holds for a re-INVITE's 2xx as for the first INVITE's: the call ends as that one's
+    does (a BYE, then CallEnded "ack_timeout"), not only the retransmissions."""
+    ua, clock = core
+    dialog = _confirmed(ua)
+    out = ua.receive(
+        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived)
+    ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    ended: list[object] = []
+    byes: list[str] = []
+    while clock.now() < 100 + 64 * 0.5 + 1:
+        clock.advance(0.25)
+        out = ua.poll()
+        ended += events(out)
+        byes += [r.call_id for r in requests(out) if r.method == "BYE"]
+    assert ended == [CallEnded(dialog, "ack_timeout")]
+    assert byes and ua.dialog_count == 0
+
+
 def test_new_invite_while_the_first_is_pending(core: tuple[UserAgentCore, FakeClock]) -> None:
     """A second out-of-dialog INVITE (new branch, higher CSeq) while the first is unanswered is
     its own transaction: both are handed up, and answering one leaves the other intact."""
@@ -543,3 +568,29 @@ def test_a_dialog_whose_bye_cannot_be_built_leaves_the_other_calls_timers(
     out = ua.poll()
     assert CallEnded(dialog, "session_expired") in events(out)
     assert any(b.method == "BYE" and b.call_id == "call-2@x" for b in requests(out))
+
+
+def test_an_unacknowledged_reinvite_2xx_after_our_bye_sends_no_second_bye(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """Our BYE is already out (§15) when the re-INVITE's 2xx gives up: the call ends as that
+    BYE's transaction says, with no second BYE."""
+    ua, clock = core
+    dialog = _confirmed(ua)
+    out = ua.receive(
+        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived)
+    ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    clock.advance(10.0)
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE"
+    branches = {bye.top_via.branch}
+    ended: list[object] = []
+    while clock.now() < 100 + 64 * 0.5 + 5:  # past the 2xx's give-up, before the BYE's Timer F
+        clock.advance(0.25)
+        out = ua.poll()
+        ended += events(out)
+        branches |= {r.top_via.branch for r in requests(out) if r.method == "BYE"}
+    assert ended == [] and len(branches) == 1
