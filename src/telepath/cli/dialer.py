@@ -40,6 +40,7 @@ from telepath.sdp import SdpError, SessionDescription, create_offer, negotiate_o
 from telepath.sdp.negotiate import OFFER_SUITE
 from telepath.sip.client_auth import answer_challenge
 from telepath.sip.dialog import request_target
+from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
 from telepath.sip.uri import SipUri, parse_uri
@@ -248,7 +249,8 @@ class Dialer:
                 return result
             dialog, ack = self._acknowledge(sip, local_port, answer, auth)
             try:
-                if not result.cancelled:  # a 200 that crossed our CANCEL is only ended, below
+                # a 200 that crossed our CANCEL, or one we cannot route in, is only ended, below
+                if not result.cancelled and result.error is None:
                     result.setup_ms = (loop.time() - started) * 1000
                     await self._talk(sip, lease, offer, answer, audio, duration_s, ack)
             except SdpError as exc:
@@ -279,7 +281,14 @@ class Dialer:
         refuse it otherwise). The ACK for a non-2xx needs none: it is part of the INVITE's
         transaction, hop by hop (§17.1.1.3).
         """
-        dialog = _Dialog.of(answer, self.uri)
+        try:
+            dialog = _Dialog.of(answer, self.uri)
+        except SipParseError as exc:
+            # §12.1.2: no route set (nor remote target) can be made of a Contact or Record-Route
+            # that does not parse (§20.10, §20.30); the 2xx is acknowledged all the same, to the
+            # INVITE's URI, and the call ended at once (run: no media, then BYE).
+            dialog = _Dialog(answer.to.tag, self.uri, [])
+            self.result.error = f"the gateway's 2xx has no usable Contact or Record-Route: {exc}"
         ack = self._request(
             "ACK",
             local_port,

@@ -82,6 +82,9 @@ def request_target(remote_target: SipUri, route_set: list[str]) -> tuple[SipUri,
     becomes the Request-URI, and the remote target is appended to the rest as the last Route.
     """
     routes = list(route_set)
-    if routes and ";lr" not in routes[0].lower():
-        return parse_name_addr(routes[0]).uri, routes[1:] + [f"<{remote_target}>"]
+    if not routes:
+        return remote_target, routes
+    first = parse_name_addr(routes[0]).uri
+    if first.param("lr") is None:  # §19.1.1: lr is a URI parameter (not `;lrx`, nor an rr-param)
+        return first, routes[1:] + [f"<{remote_target}>"]
     return remote_target, routes

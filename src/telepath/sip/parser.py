@@ -34,6 +34,7 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.D
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
 _CRLF_RUN = re.compile(rb"[\r\n]+")
+_PING_STARTS = (b"\r\n\r", b"\r\n", b"\r")  # what begins a double CRLF, longest first
 
 _SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
 
@@ -259,13 +260,19 @@ def validate_request(request: Request) -> None:
             parse_name_addr(contact)
         elif request.method != "REGISTER":
             raise SipParseError("Contact: * is a REGISTER's only")  # §10.2.2, §20.10
+    if request.method == "INVITE":
+        for route in headers.get_all("Record-Route"):
+            _check_record_route(route)
+    # The length first: past 4,300 digits int() raises ValueError, which no caller catches.
     max_forwards = headers.get("Max-Forwards")
     if max_forwards is not None and (
-        not _DIGITS.fullmatch(max_forwards) or int(max_forwards) > 255
+        not _DIGITS.fullmatch(max_forwards) or len(max_forwards) > 10 or int(max_forwards) > 255
     ):
         raise SipParseError("invalid Max-Forwards")  # §20.22: 0-255 (`scalarlg`)
     expires = headers.get("Expires")
-    if expires is not None and (not _DIGITS.fullmatch(expires) or int(expires) >= 2**32):
+    if expires is not None and (
+        not _DIGITS.fullmatch(expires) or len(expires) > 10 or int(expires) >= 2**32
+    ):
         raise SipParseError("invalid Expires")  # §20.19 (`scalarlg`)
     date = headers.get("Date")
     if date is not None and not date.rstrip().endswith("GMT"):
@@ -274,6 +281,20 @@ def validate_request(request: Request) -> None:
         for item in headers.get_all(name):
             if not TOKEN.fullmatch(item):
                 raise SipParseError(f"malformed {name}")
+
+
+def _check_record_route(value: str) -> None:
+    """Raise :class:`SipParseError` unless ``value`` is a rec-route (RFC 3261 §20.30: a
+    name-addr, in ``<>``, then rr-params). An INVITE's Record-Route becomes the route set of its
+    dialog (§12.1.1), which each of our requests in it follows (§12.2.1.1): one that does not
+    parse could never route our BYE, so the INVITE is refused (§16.12.1 keeps the values as
+    the proxies wrote them; a UAS cannot repair one)."""
+    try:
+        rec_route = parse_name_addr(value)
+    except SipParseError as exc:
+        raise SipParseError(f"malformed Record-Route: {exc}") from None
+    if not rec_route.bracketed:
+        raise SipParseError("malformed Record-Route: its URI must be in <>")
 
 
 class StreamFramer:
@@ -293,6 +314,7 @@ class StreamFramer:
         self._length: int | None = None  # the length of the message being read, once known
         self.keepalives = 0
         self.pings = 0
+        self._ping_start = b""  # the CRLFs a read ended with that may begin a ping (§4.4.1)
         # Set when the stream broke after messages were framed from the same data: those are
         # returned first (the caller handles them, then closes); any later feed raises it.
         self.error: SipParseError | None = None
@@ -335,15 +357,23 @@ class StreamFramer:
             self._searched = 0
 
     def _skip_keepalive(self) -> None:
-        """Drop the CRLFs before a message (§7.5), counting a keep-alive and any ping in them.
+        """Drop the CRLFs before a message (§7.5), counting a keep-alive and the pings in them.
         Only those: stripping the buffer copied all of it, once an octet while a message came
-        an octet at a time."""
+        an octet at a time.
+
+        RFC 5626 §4.4.1: each double CRLF is a ping owed one pong — two in one read are two,
+        and one that TCP split across reads (a CRLF, then another) is one: the start of a
+        ping left at the end of the buffer waits in :attr:`_ping_start` for the next read,
+        until a message begins."""
         run = _CRLF_RUN.match(self._buffer)
         if run is None:
+            if self._buffer:
+                self._ping_start = b""  # a message begins: no ping spans it
             return
         self.keepalives += 1
-        if b"\r\n\r\n" in run.group():
-            self.pings += 1
+        *pings, rest = (self._ping_start + run.group()).split(b"\r\n\r\n")
+        self.pings += len(pings)
+        self._ping_start = next((p for p in _PING_STARTS if rest.endswith(p)), b"")
         del self._buffer[: run.end()]
 
     def _message_length(self) -> int | None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,9 @@ class TimerQueue:
         return heap[0][0] if heap else None
 
     def fire_due(self, now: float) -> int:
-        """Fire every timer due at ``now``; return how many fired."""
+        """Fire every timer due at ``now``; return how many fired. A handler that raises is
+        logged and counted as fired: the timers after it still fire, and the caller still
+        re-arms from :meth:`next_deadline` (one call's bug must not stall every call's)."""
         fired = 0
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -103,6 +108,9 @@ class TimerQueue:
             if owner.timer_generation.get(name) != gen:
                 continue  # disarmed behind our back
             del owner.timer_generation[name]
-            owner.on_timer(name, now)
             fired += 1
+            try:
+                owner.on_timer(name, now)
+            except Exception:  # one owner's failure must not stop every other timer
+                log.exception("SIP timer %s failed", name)
         return fired

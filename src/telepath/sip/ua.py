@@ -886,13 +886,15 @@ class UserAgentCore:
         elif name == "2xx-timeout" and dialog.pending_2xx is not None:
             dialog.pending_2xx = None
             self.timers.cancel(dialog, "2xx")
-            if not dialog.acked:
-                # §13.3.1.4: no ACK: the UAS SHOULD end the session with a BYE.
-                dialog.acked = True
-                self._pending_bye.discard(dialog)
-                dialog.state = DialogState.TERMINATING
-                self._send_in_dialog(dialog, "BYE")
-                self._end_dialog(dialog, "ack_timeout")
+            # §13.3.1.4: no ACK: the UAS SHOULD end the session with a BYE — a re-INVITE's 2xx
+            # (the dialog acknowledged once already) as the first INVITE's.
+            if dialog.acked and dialog.state != DialogState.CONFIRMED:
+                return  # a re-INVITE's, and our BYE is already out (§15)
+            dialog.acked = True
+            self._pending_bye.discard(dialog)
+            dialog.state = DialogState.TERMINATING
+            self._send_in_dialog(dialog, "BYE")
+            self._end_dialog(dialog, "ack_timeout")
         elif name == "refresh" and dialog.state == DialogState.CONFIRMED:
             self._send_refresh(dialog)
         elif name == "session" and dialog.state == DialogState.CONFIRMED:

@@ -266,6 +266,28 @@ async def test_an_unusable_sdp_answer_is_hung_up() -> None:
     assert bye.to.tag == TAG
 
 
+async def test_a_2xx_whose_record_route_does_not_parse_is_acknowledged_and_hung_up() -> None:
+    """The 200's Record-Route is no rec-route (RFC 3261 §20.30): no route set can be made of
+    it (§12.1.2), but the 2xx is acknowledged all the same (§13.2.2.4) and the call ended at
+    once, over the connection the INVITE went on, with the result saying why — not an
+    exception out of the dialler with the call left to the peer's ACK timeout."""
+
+    def script(request: Request) -> list[Response]:
+        if request.method != "INVITE":
+            return []
+        answer = ok_with_sdp(peer, request)
+        answer.headers.add("Record-Route", "garbage")
+        return [answer]
+
+    async with sip_peer(script) as peer:
+        result = await Dialer(peer.uri("bob"), username="bob", password=PASSWORD).run(duration_s=1)
+        (ack,) = await peer.received("ACK")
+        (bye,) = await peer.received("BYE")
+    assert result.status == 200 and result.setup_ms is None
+    assert result.error is not None and "Record-Route" in result.error
+    assert ack.to.tag == bye.to.tag == TAG and bye.headers.get_all("Route") == []
+
+
 def _routed_address() -> str:
     """This host's address on its default route (found as the route to TEST-NET-1, RFC 5737,
     which ``connect`` on a UDP socket only looks up: nothing is sent); skipped without one."""

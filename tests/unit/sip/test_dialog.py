@@ -28,3 +28,23 @@ def test_a_strict_router_first_becomes_the_uri() -> None:
     uri, routes = request_target(TARGET, ["<sip:strict.example:5080>", "<sip:p2.example;lr>"])
     assert uri == parse_uri("sip:strict.example:5080")
     assert routes == ["<sip:p2.example;lr>", "<sip:bob@192.0.2.10:5070>"]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "<sip:p1.example;lrx=1>",  # another parameter whose name starts with "lr"
+        "<sip:p1.example>;lr",  # an rr-param, not the URI's: §19.1.1 makes lr a URI parameter
+        "<sip:p1.example;transport=tcp;lr-x>",
+    ],
+)
+def test_only_an_lr_uri_parameter_makes_a_loose_router(first: str) -> None:
+    """§12.2.1.1, §19.1.1: loose routing is the ``lr`` parameter of the route's URI."""
+    uri, routes = request_target(TARGET, [first])
+    assert uri == parse_uri(first[1 : first.index(">")])
+    assert routes == ["<sip:bob@192.0.2.10:5070>"]
+
+
+def test_lr_is_found_whatever_its_case_and_place() -> None:
+    routes = ["<sip:p1.example;transport=tcp;LR>"]
+    assert request_target(TARGET, routes) == (TARGET, routes)

@@ -242,3 +242,43 @@ def test_the_framer_counts_double_crlf_pings_apart_from_single_crlf_pongs() -> N
     message = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
     assert framer.feed(b"\r\n\r\n" + message + b"\r\n\r\n") == [message]
     assert framer.pings == 3
+
+
+@pytest.mark.parametrize(
+    ("reads", "pings"),
+    [
+        ([b"\r\n\r\n\r\n\r\n"], 2),  # two pings in one read: two pongs
+        ([b"\r\n\r\n\r\n"], 1),
+        ([b"\r\n", b"\r\n"], 1),  # one ping split across reads
+        ([b"\r\n\r", b"\n"], 1),
+        ([b"\r", b"\n\r\n\r\n"], 1),
+        ([b"\r\n\r\n\r\n", b"\r\n"], 2),
+        ([b"\r\n", b"\r\n\r\n\r\n\r\n"], 2),
+        ([b"\r\n", b"\n"], 0),  # no double CRLF
+        ([b"\n\n\n\n"], 0),
+    ],
+)
+def test_each_double_crlf_of_the_stream_is_one_ping_however_it_is_read(
+    reads: list[bytes], pings: int
+) -> None:
+    """RFC 5626 §4.4.1: each double CRLF between messages gets one single-CRLF pong — however
+    TCP cut the stream into reads, and however many pings one read holds."""
+    framer = StreamFramer()
+    for data in reads:
+        assert framer.feed(data) == []
+    assert framer.pings == pings
+
+
+def test_a_crlf_before_a_message_pairs_with_none_after_it() -> None:
+    """The CRLFs §7.5 allows before a message, then one after it: no double CRLF between
+    messages, so no ping."""
+    framer = StreamFramer()
+    message = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(message[:5]) == []
+    assert framer.feed(message[5:]) == [message]
+    assert framer.feed(b"\r\n") == []
+    assert framer.pings == 0
+    assert framer.feed(message + b"\r\n") == [message]
+    assert framer.feed(b"\r\n") == []
+    assert framer.pings == 1

@@ -173,6 +173,31 @@ def test_ack_of_a_reinvite_2xx_carries_its_answer_up(
     assert events(ua.receive(ack, SRC)) == []
 
 
+def test_a_reinvite_2xx_never_acknowledged_ends_the_call_with_a_bye(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§13.3.1.4: no ACK for a 2xx within 64*T1: the UAS SHOULD end the session with a BYE.
+    That holds for a re-INVITE's 2xx as for the first INVITE's: the call ends as that one's
+    does (a BYE, then CallEnded "ack_timeout"), not only the retransmissions."""
+    ua, clock = core
+    dialog = _confirmed(ua)
+    out = ua.receive(
+        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived)
+    ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    ended: list[object] = []
+    byes: list[str] = []
+    while clock.now() < 100 + 64 * 0.5 + 1:
+        clock.advance(0.25)
+        out = ua.poll()
+        ended += events(out)
+        byes += [r.call_id for r in requests(out) if r.method == "BYE"]
+    assert ended == [CallEnded(dialog, "ack_timeout")]
+    assert byes and ua.dialog_count == 0
+
+
 def test_new_invite_while_the_first_is_pending(core: tuple[UserAgentCore, FakeClock]) -> None:
     """A second out-of-dialog INVITE (new branch, higher CSeq) while the first is unanswered is
     its own transaction: both are handed up, and answering one leaves the other intact."""
@@ -491,3 +516,81 @@ def test_a_refused_re_offer_leaves_the_target(core: tuple[UserAgentCore, FakeClo
     (ev,) = events(ua.receive(_moving_offer("INVITE", dialog), SRC))
     ua.respond(ev.tx, 488)  # type: ignore[attr-defined]
     assert str(dialog.remote_target) == "sip:bob@192.0.2.10:5070"
+
+
+@dataclass(eq=False)
+class FailingOwner(Owner):
+    def on_timer(self, name: str, now: float) -> None:
+        super().on_timer(name, now)
+        raise RuntimeError("a bug in one timer's handler")
+
+
+def test_a_timer_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    # One call's timer whose handler fails (a bug, or input no check caught) must not take
+    # every other call's timers down with it: the queue logs it and goes on (the transport
+    # re-arms from next_deadline, which the exception would have skipped).
+    q = TimerQueue()
+    before, bad, after = Owner(), FailingOwner(), Owner()
+    q.schedule(before, "t", 1.0)
+    q.schedule(bad, "t", 2.0)
+    q.schedule(after, "t", 3.0)
+    q.schedule(after, "later", 10.0)
+    with caplog.at_level("ERROR", logger="telepath.sip.timers"):
+        assert q.fire_due(5.0) == 3
+    assert before.fired == [("t", 5.0)] and bad.fired == [("t", 5.0)]
+    assert after.fired == [("t", 5.0)]
+    assert q.next_deadline() == 10.0 and bad.timer_generation == {}
+    assert "a bug in one timer's handler" in caplog.text
+
+
+def test_a_dialog_whose_bye_cannot_be_built_leaves_the_other_calls_timers(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    ua, clock = core
+    extra = CT + "Supported: timer\r\nSession-Expires: 120\r\n"
+    first = ua.receive(request(body=SDP, extra=extra), SRC)
+    (ev,) = events(first)
+    assert isinstance(ev, InviteReceived)
+    broken, _ = ua.accept(ev.tx, b"v=0\r\n")
+    ua.receive(request("ACK", branch="z9hG4bK-ack", to_tag=broken.local_tag), SRC)
+    broken.route_set = ["garbage"]  # what no check may ever let through: the BYE raises
+    second = ua.receive(request(body=SDP, extra=extra, call_id="call-2@x", branch="z9hG4bK-2"), SRC)
+    (ev2,) = events(second)
+    assert isinstance(ev2, InviteReceived)
+    clock.advance(10.0)
+    dialog, _ = ua.accept(ev2.tx, b"v=0\r\n")
+    ua.receive(
+        request("ACK", branch="z9hG4bK-ack2", call_id="call-2@x", to_tag=dialog.local_tag), SRC
+    )
+    clock.advance(120 - 32 + 0.1 - 10.0)  # 32 s before the first call's session expiry
+    assert events(ua.poll()) == []  # the first call's expires: its BYE fails, and is logged
+    clock.advance(10.0)
+    out = ua.poll()
+    assert CallEnded(dialog, "session_expired") in events(out)
+    assert any(b.method == "BYE" and b.call_id == "call-2@x" for b in requests(out))
+
+
+def test_an_unacknowledged_reinvite_2xx_after_our_bye_sends_no_second_bye(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """Our BYE is already out (§15) when the re-INVITE's 2xx gives up: the call ends as that
+    BYE's transaction says, with no second BYE."""
+    ua, clock = core
+    dialog = _confirmed(ua)
+    out = ua.receive(
+        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
+    )
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived)
+    ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    clock.advance(10.0)
+    (bye,) = requests(ua.hangup(dialog))
+    assert bye.method == "BYE"
+    branches = {bye.top_via.branch}
+    ended: list[object] = []
+    while clock.now() < 100 + 64 * 0.5 + 5:  # past the 2xx's give-up, before the BYE's Timer F
+        clock.advance(0.25)
+        out = ua.poll()
+        ended += events(out)
+        branches |= {r.top_via.branch for r in requests(out) if r.method == "BYE"}
+    assert ended == [] and len(branches) == 1

@@ -349,3 +349,43 @@ def test_a_request_with_one_bad_header_line_is_answered(
     assert resp.status == status and resp.call_id == "call-1@192.0.2.10"
     assert resp.cseq.method == "OPTIONS" and resp.top_via.branch == "z9hG4bK-1"
     assert warning in (resp.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize(
+    "record_route",
+    [
+        "garbage",
+        "<sip:p1.example;lr>, garbage",
+        "sip:p1.example;lr",  # §20.30: a rec-route is a name-addr, never a bare addr-spec
+        "<sip:p1.example;lr",
+    ],
+)
+def test_an_invite_with_a_malformed_record_route_is_a_bad_request(
+    core: tuple[UserAgentCore, FakeClock], record_route: str
+) -> None:
+    """RFC 3261 §12.1.1, §20.30: the Record-Route of an INVITE becomes the dialog's route set,
+    which every request we send in it follows; one that does not parse could never route our
+    BYE, so the INVITE is refused before a dialog is made of it."""
+    ua, _ = core
+    extra = f"Content-Type: application/sdp\r\nRecord-Route: {record_route}\r\n"
+    out = ua.receive(request(body=SDP, extra=extra), SRC)
+    (resp,) = sent(out)
+    assert resp.status == 400 and events(out) == []
+    assert "Record-Route" in (resp.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize("header", ["Max-Forwards", "Expires"])
+@pytest.mark.parametrize("digits", [4301, 5000, 11])
+def test_a_number_of_thousands_of_digits_is_a_bad_request(
+    core: tuple[UserAgentCore, FakeClock], header: str, digits: int
+) -> None:
+    """RFC 3261 §20.22 (Max-Forwards: 0-255), §20.19 (Expires: delta-seconds, below 2**32),
+    RFC 4475 §3.1.2.4 ``scalarlg``: too large is a 400. Past 4,300 digits ``int()`` refuses the
+    text itself (ValueError): it must not escape the core, which catches SipParseError only (a
+    traceback per datagram, a stream connection torn down)."""
+    ua, _ = core
+    raw = request("OPTIONS", extra=f"{header}: 1{'0' * (digits - 1)}\r\n")
+    if header == "Max-Forwards":
+        raw = raw.replace(b"Max-Forwards: 70\r\n", b"")
+    (resp,) = sent(ua.receive(raw, SRC))
+    assert resp.status == 400 and header in (resp.headers.get("Warning") or "")
