@@ -508,11 +508,12 @@ class Call:
 
     async def _tell_transfer_outcome(self) -> None:
         """The result of the transfer that ended the call, to the agent before its ``stop``
-        (a side task for it would be cancelled by the teardown)."""
+        (a side task for it would be cancelled by the teardown) — as the call's last word:
+        ``ending``, so the agent is asked for no reply (one nobody would hear)."""
         outcome = self._transfer_outcome
         if outcome is not None:
             with contextlib.suppress(Exception):  # its failure must not skip the close
-                await self.bridge.send_transfer_result(*outcome)
+                await self.bridge.send_transfer_result(*outcome, ending=True)
 
     async def _finish(self, end: CallEnd) -> None:
         """Release the media and write the call's record (``_on_finished``)."""

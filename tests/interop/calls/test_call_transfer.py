@@ -103,6 +103,11 @@ async def test_the_agents_words_before_a_transfer_are_heard_before_the_refer(
     assert placed.phone.loud_frames(0) >= 3000 // 20 - 5  # the whole response, 20 ms frames
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
+    # The transfer ended the call: no response asked of the model after it (billed, unheard).
+    assert [e["type"] for e in fake.received if e["type"] != "input_audio_buffer.append"] == [
+        "session.update",
+        "response.create",  # the greeting, whose end called transfer_call: nothing after it
+    ]
 
 
 async def test_a_caller_who_hangs_up_while_the_announcement_plays_gets_no_refer(
