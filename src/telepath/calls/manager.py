@@ -1178,7 +1178,10 @@ class CallManager:
         if setup.trunk_gone:  # before the agent answered, or after
             await self._refuse_trunk_gone(tx, bridge, lease)
             return
-        if connect.cancelled():  # the caller's CANCEL came first
+        if connect.cancelled() or setup.cancelled.is_set():
+            # The caller's CANCEL came first, or in the same turn as the connect's end (both
+            # done): the INVITE has its 487 (RFC 3261 §9.2), the call ends as cancelled, and a
+            # failure to reach the agent is then no one's to hear — no 480, no failed record.
             with contextlib.suppress(Exception):
                 await bridge.close()
             lease.release()
