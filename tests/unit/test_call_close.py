@@ -24,7 +24,7 @@ class NotReading:
         self.closed_with: list[BridgeReason] = []
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
         self.results.append((request_id, ok, detail))
         await asyncio.Event().wait()

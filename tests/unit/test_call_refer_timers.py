@@ -20,7 +20,7 @@ class Agent:
         self.results: list[tuple[str, bool, str | None]] = []
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
         self.results.append((request_id, ok, detail))
 

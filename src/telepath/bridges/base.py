@@ -498,9 +498,13 @@ class AgentBridge(ABC):
         return None
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
-        """Report the outcome of an ``AgentTransfer`` (REFER accepted or failed)."""
+        """Report the outcome of an ``AgentTransfer`` (REFER accepted or failed).
+
+        ``ending``: the transfer succeeded and the call ends with it (the bridge's ``close``
+        follows at once): the agent is told, but not asked to say anything more.
+        """
         return None
 
     @abstractmethod

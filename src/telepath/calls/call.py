@@ -45,6 +45,8 @@ from telepath.rtp.playout import PlayoutOverflow
 from telepath.rtp.resample import Resampler
 from telepath.sdp.model import is_hold_address
 from telepath.sdp.negotiate import NegotiatedMedia
+from telepath.sip.errors import SipParseError
+from telepath.sip.uri import transfer_target
 from telepath.transport.media_session import (
     AudioReceived,
     DtmfReceived,
@@ -278,8 +280,8 @@ class Call:
         as never heard (README: audio cut off by a hang-up is not counted). The teardown that
         follows takes up to seconds (the agent's close is bounded at 5 s) and must not go on
         playing: after the caller's BYE, or ours, the session is over (RFC 3261 §15) and the
-        caller has left; after a transfer the caller is someone else's. An agent's hang-up has
-        let its queued audio play out before it ends the call (``_drain_playout``).
+        caller has left; after a transfer the caller is someone else's. An agent's hang-up, or
+        its transfer's REFER, has let its queued audio play out first (``_drain_playout``).
         Idempotent: the first sample stands."""
         if self._unplayed_at_end_ms is None:
             self._unplayed_at_end_ms = self.media.queued_ms
@@ -506,11 +508,12 @@ class Call:
 
     async def _tell_transfer_outcome(self) -> None:
         """The result of the transfer that ended the call, to the agent before its ``stop``
-        (a side task for it would be cancelled by the teardown)."""
+        (a side task for it would be cancelled by the teardown) — as the call's last word:
+        ``ending``, so the agent is asked for no reply (one nobody would hear)."""
         outcome = self._transfer_outcome
         if outcome is not None:
             with contextlib.suppress(Exception):  # its failure must not skip the close
-                await self.bridge.send_transfer_result(*outcome)
+                await self.bridge.send_transfer_result(*outcome, ending=True)
 
     async def _finish(self, end: CallEnd) -> None:
         """Release the media and write the call's record (``_on_finished``)."""
@@ -642,18 +645,17 @@ class Call:
                         )
                     )
                     continue
-                self._transfer_request = event.request_id
                 try:
-                    self._refer_sip(event.target)
-                except ValueError:  # no sip/sips/tel URI (ua.refer): the agent's to fix
-                    self._transfer_request = None
+                    transfer_target(event.target)  # as ua.refer will parse it
+                except SipParseError:  # no sip/sips/tel URI: the agent's to fix
                     self._side_task(
                         self.bridge.send_transfer_result(
                             event.request_id, False, "invalid transfer target"
                         )
                     )
                     continue
-                self._referred = True
+                self._transfer_request = event.request_id
+                self._side_task(self._refer_after_playout(event.target))
             elif isinstance(event, AgentHangup):
                 await self._drain_playout()
                 # the bridge's reason, by value as for AgentError: agent_hangup, or
@@ -685,8 +687,29 @@ class Call:
             elif isinstance(event, AgentConnected):
                 continue
 
+    async def _refer_after_playout(self, target: str) -> None:
+        """Send the REFER of the pending transfer once the agent's queued audio has played.
+
+        The agent asks for the transfer at the end of its announcement ("I'll put you
+        through"), whose audio may still be queued, seconds of it: played first, as before a
+        hang-up, so the REFER does not hand the caller over mid-sentence. Beside the agent's
+        events, which go on meanwhile (another transfer is refused as in progress). A call
+        that ends meanwhile (the caller's BYE) cancels this with the call's other side tasks:
+        no REFER then.
+        """
+        await self._drain_playout()
+        if self._end.done():
+            return  # ended as the wait did: its teardown has yet to cancel this
+        try:
+            self._refer_sip(target)
+        except Exception as exc:  # a bug: the call ends, as it did when the pump sent it
+            self._internal_error("transfer", exc)
+            return
+        self._referred = True
+
     async def _drain_playout(self) -> None:
-        # Queued audio plays out in real time: wait that long (bounded), plus two frames.
+        # Queued audio plays out in real time: wait that long (bounded: hangup_drain_max_s,
+        # before an agent's hang-up or transfer), plus two frames.
         if self.media.queued_ms > 0:
             await asyncio.sleep(min(self.media.queued_ms / 1000 + 0.04, self._hangup_drain_max_s))
 

@@ -29,7 +29,7 @@ class CallControlConfig:
     openai_model: str = "gpt-realtime-2.1"
     elevenlabs_api_base: str = "https://api.elevenlabs.io"
     elevenlabs_ws_url: str = "wss://api.elevenlabs.io/v1/convai/conversation"
-    hangup_drain_max_s: float = 10.0  # agent hang-up: let queued audio play up to this long
+    hangup_drain_max_s: float = 10.0  # agent hang-up, transfer: let queued audio play this long
     bye_wait_s: float = 2.0  # a call we end waits this long for the answer to its BYE
     max_call_duration_s: float = 14400.0  # from the answer; then BYE, ``max_duration`` (0: off)
     trunk_recheck_s: float = 5.0  # live calls' trunks still active? (0: only same-process news)

@@ -26,6 +26,7 @@ import random
 import secrets
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -134,6 +135,10 @@ TRUNK_GONE = "trunk deleted or deactivated"  # the error text of its calls' end
 # at the drain's end: how long call and set-up tasks still running after their close's own
 # bound are awaited once cancelled, besides the BYE wait (a set-up answers 503, closes its bridge)
 CANCELLED_WAIT_S = 5.0
+# The challenges to admitted INVITEs remembered for their retries (_is_retry): as many as the
+# digest replay table holds by default. Past it the oldest is forgotten, and its retry is then
+# admitted (or refused) like a new attempt.
+_CHALLENGED_MAX = 100_000
 
 
 def drain_overrun_s(bye_wait_s: float) -> float:
@@ -379,6 +384,9 @@ class CallManager:
         self._shed_unlogged = 0
         # TELEPATH_SIP_MAX_CPS: new attempts a second, a second's worth of burst
         self._rate = TokenBucket(config.max_cps, 1.0, 0.0) if config.max_cps > 0 else None
+        # nonce -> monotonic expiry, of the challenges sent to admitted INVITEs: their retries
+        # skip admission, once each (_is_retry)
+        self._challenged: OrderedDict[str, float] = OrderedDict()
         self.load: LoadAdmission | None = None
         if config.max_loop_load > 0:
             high = config.max_loop_load
@@ -536,8 +544,35 @@ class CallManager:
         # unknown one, so elsewhere it gets the default, as unknown ones do.
         allowed = trunk is not None and trunk.allows_source(tx.source.addr[0])
         algorithms = _algorithms(trunk) if allowed else None
-        values = self.auth.challenge_headers(stale=stale, algorithms=algorithms)
+        nonce = self.auth.new_nonce()
+        if tx.request.method == "INVITE":
+            self._challenged_invite(nonce)
+        values = self.auth.challenge_headers(stale=stale, algorithms=algorithms, nonce=nonce)
         self._respond(tx, 401, headers=[("WWW-Authenticate", v) for v in values])
+
+    def _challenged_invite(self, nonce: str) -> None:
+        """Remember the nonce of a challenge to an admitted INVITE: the retry answering it
+        (RFC 3261 §22.2) is that attempt going on, not a new one (``_is_retry``)."""
+        now = time.monotonic()
+        challenged = self._challenged
+        while challenged and (
+            next(iter(challenged.values())) <= now or len(challenged) >= _CHALLENGED_MAX
+        ):
+            challenged.popitem(last=False)  # oldest first: expired, or past the bound
+        challenged[nonce] = now + self.auth.nonce_ttl_s
+
+    def _is_retry(self, value: str) -> bool:
+        """Whether ``value`` (an INVITE's Authorization) answers a challenge we sent an admitted
+        INVITE, within its nonce's lifetime — once: credentials that are made up, carry
+        another request's nonce (a REGISTER's), or answer a challenge again for a new call
+        (nc 2, RFC 7616 §3.4) are a new attempt. Stateless nonces alone would not do: any nonce
+        fetched once would let a flood of INVITEs past admission for minutes."""
+        try:
+            nonce = parse_authorization(value).nonce
+        except AuthHeaderError:
+            return False
+        expires = self._challenged.pop(nonce, None)
+        return expires is not None and time.monotonic() < expires
 
     # ---------------------------------------------------------------- setup
 
@@ -554,11 +589,12 @@ class CallManager:
             why = "overload" if self.lag.overloaded else "capacity"
             self._reject(tx, 503, why, headers=[("Retry-After", "5")])
             return True
-        if tx.request.headers.get("Authorization") is not None:
+        credentials = tx.request.headers.get("Authorization")
+        if credentials is not None and self._is_retry(credentials):
             return False  # an admitted attempt's authenticated retry goes on
-        # A new attempt (not yet challenged) past the configured rate, while SIP datagrams
-        # queue before being read, or while the loop thread is saturated: refused before any
-        # work, so shedding stays cheap and the queue drains.
+        # A new attempt (not the retry of an admitted one) past the configured rate, while SIP
+        # datagrams queue before being read, or while the loop thread is saturated: refused
+        # before any work, so shedding stays cheap and the queue drains.
         if self.server is not None and self.server.backlog.overloaded:
             self._reject(tx, 503, "backlog", headers=[("Retry-After", "1")])
             return True
@@ -1142,7 +1178,10 @@ class CallManager:
         if setup.trunk_gone:  # before the agent answered, or after
             await self._refuse_trunk_gone(tx, bridge, lease)
             return
-        if connect.cancelled():  # the caller's CANCEL came first
+        if connect.cancelled() or setup.cancelled.is_set():
+            # The caller's CANCEL came first, or in the same turn as the connect's end (both
+            # done): the INVITE has its 487 (RFC 3261 §9.2), the call ends as cancelled, and a
+            # failure to reach the agent is then no one's to hear — no 480, no failed record.
             with contextlib.suppress(Exception):
                 await bridge.close()
             lease.release()

@@ -484,18 +484,32 @@ class DigestAuthenticator:
 
     # -- public API -------------------------------------------------------------------------
 
+    @property
+    def nonce_ttl_s(self) -> float:
+        """How long a nonce of ours stays good (then ``STALE``)."""
+        return self._ttl_ms / 1000
+
+    def new_nonce(self) -> str:
+        """Return a fresh nonce, for :meth:`challenge_headers` when the caller keeps it."""
+        return self._new_nonce()
+
     def challenge_headers(
-        self, *, stale: bool = False, algorithms: Sequence[Algorithm] | None = None
+        self,
+        *,
+        stale: bool = False,
+        algorithms: Sequence[Algorithm] | None = None,
+        nonce: str | None = None,
     ) -> list[str]:
         """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
 
         One challenge per algorithm, in the configured order of preference — by default SHA-256
         first then MD5 (RFC 8760 §2.4) — sharing a fresh
-        nonce, each offering ``qop="auth"`` (RFC 7616 §3.3). ``stale=True`` tells the client its
+        nonce (``nonce``, from :meth:`new_nonce`, when given), each offering ``qop="auth"``
+        (RFC 7616 §3.3). ``stale=True`` tells the client its
         previous credentials were right but the nonce expired, so it can retry without asking
         the user (RFC 7616 §3.3).
         """
-        nonce = self._new_nonce()
+        nonce = self._new_nonce() if nonce is None else nonce
         values = []
         for algorithm in algorithms or self.algorithms:
             value = (

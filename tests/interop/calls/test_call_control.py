@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from telepath.bridges.base import BridgeReason
+from telepath.bridges.base import BridgeError, BridgeReason
 from telepath.bridges.custom import events as ev
 from telepath.bridges.custom.bridge import TelepathAgentBridge
+from telepath.calls import manager as manager_module
 from telepath.calls.call import Call
 from telepath.calls.model import DisconnectReason
 from telepath.cli.gateway import Gateway
@@ -1188,6 +1189,43 @@ async def test_cancel_while_the_agent_connects(
     assert phone.received == []
     assert (await api.get("/v1/calls")).json()["calls"] == []
     assert receiver.requests == [] and hook["id"]
+
+
+async def test_a_cancel_as_the_agent_s_connect_fails_is_a_cancel(
+    api: Api, gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's CANCEL and the agent's connection failing in the same turn of the loop:
+    both done when the set-up looks. It read the failure first — a 480 after the 487 (dropped),
+    ``rejected_agent_unreachable`` and a failed ``connection_failed`` record for a call the
+    caller had given up, where a CANCEL leaves no record. The CANCEL is read first now."""
+    refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def failing_with_the_cancel(self: TelepathAgentBridge, *args: Any) -> None:
+        await refused  # fails as the CANCEL arrives
+
+    cancel = manager_module._Setup.cancel
+
+    def cancel_and_fail(setup: Any) -> None:
+        cancel(setup)
+        if not refused.done():
+            refused.set_exception(
+                BridgeError("refused", reason=BridgeReason.CONNECTION_FAILED, retryable=True)
+            )
+
+    monkeypatch.setattr(TelepathAgentBridge, "start", failing_with_the_cancel)
+    monkeypatch.setattr(manager_module._Setup, "cancel", cancel_and_fail)
+    async with FakeTelepathAgent() as agent:
+        await _custom_trunk(api, agent.url)
+        phone = await Phone().open()
+        result = await _place_and_cancel(gateway, tmp_path, phone)
+        await phone.close()
+        await settled(gateway)
+    assert result.returncode == 0, result.stdout + result.errors
+    assert refused.done()
+    assert gateway.manager.counters.get("cancelled_during_setup") == 1
+    assert "rejected_agent_unreachable" not in gateway.manager.counters
+    assert gateway.manager.ports.in_use == 0
+    assert (await api.get("/v1/calls")).json()["calls"] == []
 
 
 async def test_a_bye_on_the_early_dialog_while_the_agent_connects_ends_the_set_up(

@@ -15,8 +15,9 @@ from telepath.bridges.custom import events as ev
 from telepath.calls import call as call_module
 from telepath.cli.gateway import Gateway
 from telepath.testing.fake_custom import FakeTelepathAgent
+from telepath.testing.fake_openai import FakeOpenAIRealtime
 from tests.integration.conftest import Api
-from tests.interop.calls.conftest import create_trunk, record
+from tests.interop.calls.conftest import create_trunk, provider_trunk, record
 from tests.interop.calls.harness import ANSWER_REQUEST, place_call, settled, wait_until
 
 pytestmark = pytest.mark.interop
@@ -80,6 +81,50 @@ async def test_refer_accepted_ends_the_call_as_transferred(
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
     assert "REFER " in rec["sip_trace"] and "NOTIFY " in rec["sip_trace"]
+
+
+async def test_the_agents_words_before_a_transfer_are_heard_before_the_refer(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """OpenAI Realtime calls ``transfer_call`` at the end of its response while seconds of
+    that response's audio (sent faster than real time) still wait to be played: the REFER went
+    out at once, the carrier took the caller and the announcement was cut. The REFER now waits
+    for the queued audio to play, as an agent's hang-up does."""
+    async with FakeOpenAIRealtime(agent="tone", response_ms=3000, transfer_to=TARGET) as fake:
+        await provider_trunk(api, gateway, fake, "xfer-pass-6")
+        middle = ANSWER_REFER % {"status": "202 Accepted"} + notify("alice")
+        placed = await place_call(
+            gateway, tmp_path, "alice", "xfer-pass-6", caller_hangs_up=False, middle=middle
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert placed.phone.loud_frames(0) >= 3000 // 20 - 5  # the whole response, 20 ms frames
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "transferred"
+    # The transfer ended the call: no response asked of the model after it (billed, unheard).
+    assert [e["type"] for e in fake.received if e["type"] != "input_audio_buffer.append"] == [
+        "session.update",
+        "response.create",  # the greeting, whose end called transfer_call: nothing after it
+    ]
+
+
+async def test_a_caller_who_hangs_up_while_the_announcement_plays_gets_no_refer(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The caller's BYE during the wait for the announcement to play ends the call there: no
+    REFER after it (SIPp would fail on the unexpected request), the record says so."""
+    async with FakeOpenAIRealtime(agent="tone", response_ms=4000, transfer_to=TARGET) as fake:
+        await provider_trunk(api, gateway, fake, "xfer-pass-7")
+        placed = await place_call(gateway, tmp_path, "alice", "xfer-pass-7", hold_ms=1000)
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert "REFER " not in result.messages
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "caller_hangup"
 
 
 async def test_refer_refused_is_reported_and_the_call_goes_on(

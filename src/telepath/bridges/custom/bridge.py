@@ -167,9 +167,9 @@ class TelepathAgentBridge(_CustomBridge):
         await self._send(ev.Mark(name=name).to_json())
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
-        """Send ``transfer_result``."""
+        """Send ``transfer_result`` (``ending`` or not: the agent decides what it does next)."""
         result = ev.TransferResult(request_id=request_id, ok=ok, detail=detail)
         await self._send(result.to_json())
 

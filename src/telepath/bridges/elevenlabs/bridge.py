@@ -160,9 +160,10 @@ class ElevenLabsBridge(WebSocketBridge):
         await self._send(ev.ContextualUpdate(text=text).to_json())
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
-        """Answer the ``transfer_call`` client tool."""
+        """Answer the ``transfer_call`` client tool (``ending`` too: the conversation's
+        ``stop`` follows, and a tool result asks for no separately billed response)."""
         result = detail or ("transferred" if ok else "transfer failed")
         message = ev.ClientToolResult(tool_call_id=request_id, result=result, is_error=not ok)
         await self._send(message.to_json())

@@ -205,9 +205,17 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         await self._request_response()
 
     async def send_transfer_result(
-        self, request_id: str, ok: bool, detail: str | None = None
+        self, request_id: str, ok: bool, detail: str | None = None, *, ending: bool = False
     ) -> None:
-        """Answer the ``transfer_call`` function call and let the model speak about it."""
+        """Answer the ``transfer_call`` function call and let the model speak about it.
+
+        Decision: ``ending`` (the transfer worked, the call ends and the session closes next)
+        sends nothing. A ``response.create`` would be a billed response nobody hears, and the
+        function's output alone is read by no later response: the session and its
+        conversation end with the socket.
+        """
+        if ending:
+            return
         output = json.dumps({"ok": ok, "detail": detail or ("transferred" if ok else "failed")})
         item = ev.FunctionCallOutputItem(call_id=request_id, output=output)
         await self._send_event(ev.ConversationItemCreate(event_id=self._next_id(), item=item))
