@@ -5,12 +5,17 @@ runs beside the drain (the HTTP server finishing its requests) still reaches the
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from telepath.cli import gateway as gateway_module
 from telepath.cli.gateway import Gateway
+from telepath.db import instance_store
+from telepath.db.group_commit import GroupCommit
+from telepath.db.write_journal import WriteJournal, read_journal
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +92,65 @@ async def test_a_trunk_the_api_removes_during_the_drain_still_ends_its_calls() -
     await gateway.stop(0.0, alongside=http_server_finishing())
     assert heard == [True]
     assert state.trunk_removed == []  # then let go
+
+
+class HangingWriter:
+    """A gateway writer whose one write was first refused (the database restarting), then
+    retried into a database that stopped answering: still in flight at shutdown."""
+
+    def __init__(self, journal: Path) -> None:
+        self.attempts = 0
+        self.group: GroupCommit[int] = GroupCommit(
+            None,
+            self._single,
+            name="t",
+            retryable=lambda exc: isinstance(exc, ConnectionError),
+            first_retry_s=0.01,
+            journal=WriteJournal(journal, lambda item: {"item": item}),
+        )
+
+    async def _single(self, item: int) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("database unreachable")
+        await asyncio.Event().wait()
+
+    async def close(self, timeout_s: float) -> int:
+        return await self.group.close(timeout_s)
+
+
+class ClosedWriter:
+    async def close(self, timeout_s: float) -> int:
+        return 0
+
+
+async def test_a_write_in_flight_at_shutdown_keeps_the_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the last attempt still holds is not known written: the heartbeat row stays
+    (counting only the parked writes said none was left, the row went, and the write with it)."""
+    monkeypatch.setattr(gateway_module, "WRITERS_CLOSE_S", 0.1)
+    forgotten: list[list[str]] = []
+
+    async def forget(sessions: object, instance_ids: list[str]) -> None:
+        forgotten.append(instance_ids)
+
+    monkeypatch.setattr(instance_store, "forget", forget)
+    writer = HangingWriter(tmp_path / "gw_a.records.jsonl")
+    writer.group.submit(1)
+    for _ in range(500):
+        if writer.attempts == 2:
+            break
+        await asyncio.sleep(0.005)
+    gateway = Gateway(
+        server=cast(Any, Stoppable()),
+        manager=cast(Any, Manager(Registrations())),
+        dispatcher=cast(Any, Stoppable()),
+        state=cast(Any, SimpleNamespace(trunk_removed=[], sessions=None)),
+        instance_id="gw_a",
+        writers=cast(Any, (writer, ClosedWriter())),
+        journals=tmp_path,
+    )
+    await gateway.stop(0.0)
+    assert forgotten == []
+    assert read_journal(tmp_path / "gw_a.records.jsonl") == [{"item": 1}]

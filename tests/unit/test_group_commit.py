@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from telepath.db.group_commit import GroupCommit
+from telepath.db.write_journal import WriteJournal, read_journal
 from telepath.log import call_id_var
 
 pytestmark = pytest.mark.unit
@@ -211,3 +213,41 @@ async def test_the_writer_runs_in_no_call_s_context() -> None:
 
     await asyncio.get_running_loop().create_task(a_call())
     assert seen == ["-"]
+
+
+class Hangs:
+    """The first attempt fails on a transient error (if ``fail_first``); every later one hangs,
+    as a write to a database that stopped answering mid-transaction does."""
+
+    def __init__(self, *, fail_first: bool) -> None:
+        self.fail_first = fail_first
+        self.attempts = 0
+
+    async def single(self, item: int) -> None:
+        self.attempts += 1
+        if self.fail_first and self.attempts == 1:
+            raise ConnectionError("database unreachable")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("fail_first", [True, False], ids=["parked", "first-attempt"])
+async def test_close_counts_a_write_still_in_flight_as_not_taken(
+    tmp_path: Path, fail_first: bool
+) -> None:
+    """The last attempt still hangs when ``close`` stops waiting: the write is neither landed
+    nor failed, so it is counted (the gateway's heartbeat stays), its future fails and it stays
+    in the journal for the next start; counting the parked ones alone said 0 and lost it."""
+    store = Hangs(fail_first=fail_first)
+    journal: WriteJournal[int] = WriteJournal(tmp_path / "t.jsonl", lambda item: {"item": item})
+    group = GroupCommit(
+        None, store.single, name="t", retryable=transient, first_retry_s=0.01, journal=journal
+    )
+    future = group.submit(7)
+    for _ in range(500):
+        if store.attempts == (2 if fail_first else 1):  # in flight, in the writer's hands
+            break
+        await asyncio.sleep(0.005)
+    assert await group.close(0.1) == 1
+    assert future.done() and isinstance(future.exception(), Exception)
+    assert group.parked == 0 and group.dropped == 1
+    assert read_journal(journal.path) == [{"item": 7}]  # not removed: the next start replays it

@@ -14,8 +14,9 @@ statement building, a session and a pool checkout per write). The upsert is the 
 The webhook events that tell of a call's end (``agent.disconnected``, ``call.error``,
 ``call.ended``) are written in the same transaction as the record's end, given an ``outbox``
 (``webhooks/sink.py``): the webhook outbox is durable only if no crash can fall between the two.
-If the events alone make that transaction fail for good (not a transient error), the record's
-end is written without them and the loss is logged and counted: the record matters more.
+If the events alone make that transaction fail for good (not a transient error), or their rows
+cannot be made at all (an event journaled by another version), the record's end is written
+without them and the loss is logged and counted: the record matters more.
 """
 
 from __future__ import annotations
@@ -312,8 +313,9 @@ class DbCallRecorder:
         start, end = self._statements
         starts = [w.values for w in batch if w.kind == "call_started"]
         ends = [w.values for w in batch if w.kind == "call_ended"]
-        rows = await self._outbox_rows(batch)
+        rows: list[dict[str, Any]] | None = None  # None: the events' rows could not be made
         try:
+            rows = await self._outbox_rows(batch)
             async with self._sessions() as session:
                 # starts first: a start and an end of one call in one batch leave the end
                 if starts:
@@ -325,7 +327,7 @@ class DbCallRecorder:
         except Exception as exc:
             # A batch of several is retried item by item (GroupCommit); one alone goes through
             # _commit_one here, which writes the record without its events if they fail.
-            if not rows or len(batch) > 1 or transient_error(exc):
+            if rows == [] or len(batch) > 1 or transient_error(exc):
                 raise
             await self._commit_one(batch[0])
             return
@@ -335,13 +337,15 @@ class DbCallRecorder:
         if write.kind == "call_started":
             await self._insert(write.values)
             return
-        rows = await self._outbox_rows([write])
+        rows: list[dict[str, Any]] | None = None  # None: the events' rows could not be made
         try:
+            rows = await self._outbox_rows([write])
             await self._upsert(write.values, rows)
         except Exception as exc:
-            if not rows or transient_error(exc):
+            if rows == [] or transient_error(exc):
                 raise  # kept and retried whole (transient), or the record's own failure
-            # the events alone fail for good: the record's end goes without them
+            # the events alone fail for good — their rows refused, or not even made (an event
+            # journaled by another version): the record's end goes without them
             if self._metrics is not None:
                 self._metrics.webhook_enqueue_failures.inc(len(write.events))
             logger.error("webhook events of a call's end not queued: %s", type(exc).__name__)

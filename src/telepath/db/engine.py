@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, make_url
+from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -141,7 +141,26 @@ def _upgrade(conn: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+# The key of the PostgreSQL advisory lock the migrations run under: any fixed number, the same in
+# every version ("telepath" in ASCII).
+MIGRATION_LOCK = 0x74656C6570617468
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent; runs at service start)."""
+    """Apply every pending migration (idempotent; runs at service start).
+
+    Processes starting together on one database (hosts sharing a PostgreSQL, or processes on one
+    SQLite file) take turns: each holds a lock for its whole transaction, taken before Alembic
+    reads the revision, so the next one finds the schema up to date. Without it they all read
+    the same revision and ran its migration, and all but the first failed to start (a table
+    that already exists). PostgreSQL: a transaction-level advisory lock, released at commit or
+    when the connection drops. SQLite: ``BEGIN IMMEDIATE`` (the write lock; the others wait in
+    the busy timeout), which also makes the migrations' DDL one transaction — the driver
+    otherwise runs each DDL statement on its own.
+    """
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        elif conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
         await conn.run_sync(_upgrade)

@@ -95,6 +95,7 @@ class GroupCommit(Generic[T]):
         self._journal = journal
         self._queue: list[_Pending[T]] = []
         self._parked: list[_Pending[T]] = []
+        self._writing: list[_Pending[T]] = []  # the writer's batch in flight
         self._writer: asyncio.Task[None] | None = None
         self._retrier: asyncio.Task[None] | None = None
         self.transactions = 0  # committed: fewer than the items under load
@@ -170,7 +171,9 @@ class GroupCommit(Generic[T]):
         """Commit queued items, a batch per transaction, until the queue is empty; then exit."""
         while self._queue:
             batch, self._queue = self._queue, []
+            self._writing = batch
             await self._commit(batch)
+        self._writing = []
 
     async def _commit(self, batch: list[_Pending[T]]) -> None:
         if self._batch is not None:
@@ -247,7 +250,8 @@ class GroupCommit(Generic[T]):
 
     async def close(self, timeout_s: float) -> int:
         """Stop retrying: one last attempt for parked items within ``timeout_s``; the ones that
-        still fail are given up (their futures fail). Returns how many were given up."""
+        still fail, and those still being written (or queued) when it is up, are given up:
+        their futures fail and, with a journal, they stay on disk. Returns how many."""
         if self._retrier is not None:
             self._retrier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,11 +264,19 @@ class GroupCommit(Generic[T]):
         if self._writer is not None and not self._writer.done():
             await asyncio.wait({self._writer}, timeout=timeout_s)
         lost, self._parked = self._parked, []
+        if self._writer is not None and not self._writer.done():
+            # still writing (the database not answering): neither landed nor failed, so not
+            # known written — counted, or the caller would take this stop as clean and lose them
+            lost += [p for p in self._writing if not p.done.done()] + self._queue
+            self._queue = []
+            self._writer.cancel()
         if self._retrier is not None:  # a failure of the last attempt parked them again
             self._retrier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retrier
             self._retrier = None
+        for pending in lost:
+            self._keep(pending)  # on disk too if it was first tried just now
         if lost and self._journal is not None:
             self._journal.detach()  # given up here, but on disk for the next start
         for pending in lost:

@@ -20,6 +20,8 @@ from telepath.db.call_recorder import (
     DbCallRecorder,
     _final_fields,
     _from_journal,
+    _journaled,
+    _Write,
     close_instance_calls,
     close_lost_calls,
     purge_call_details,
@@ -27,6 +29,7 @@ from telepath.db.call_recorder import (
 )
 from telepath.db.engine import make_engine, sessionmaker_for
 from telepath.db.models import CallRow, WebhookDelivery
+from telepath.db.write_journal import WriteJournal
 from telepath.metrics import Metrics
 from telepath.webhooks.sink import DbEventSink
 from tests.integration.calls_api.records import account_of, ended, started
@@ -491,6 +494,34 @@ async def test_events_that_fail_for_good_do_not_cost_the_record_its_end(api: Api
             )
             if postgres:
                 await conn.execute(text("DROP FUNCTION refuse_rows()"))
+    assert recorder.failures == 0
+    assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
+    assert await _deliveries(api) == []
+    assert metrics.registry.get_sample_value("telepath_webhook_enqueue_failures_total") == 1
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_replayed_end_whose_events_cannot_be_read_is_still_written(
+    api: Api, tmp_path: Path, batched: bool
+) -> None:
+    """A call's end journaled by another version, its event carrying a key this one does not
+    know: making the event's rows raised (TypeError) before the fallback that writes the record
+    without its events, and the record was never closed. The record matters more."""
+    account, sink = await _subscribed_sink(api)
+    metrics = Metrics()
+    recorder = DbCallRecorder(api.state.sessions, metrics, outbox=sink)
+    if not batched:
+        recorder._group._batch = None
+    call = started(account)
+    await recorder.call_started(call)
+    event = sink.prepare(account, "call.ended", {"call_id": call.id}) | {"channel": "sip"}
+    values = {"id": call.id, "updated_at": utcnow(), "instance_id": None}
+    values |= _final_fields(ended(call))
+    path = tmp_path / "gw_old.call_records.jsonl"
+    journal = WriteJournal(path, _journaled)
+    journal.kept(_Write("call_ended", values, [event]))
+    journal.detach()  # that process stopped
+    assert await recorder.replay(path) == 1
     assert recorder.failures == 0
     assert (await api.get(f"/v1/calls/{call.id}")).json()["duration_seconds"] == 342
     assert await _deliveries(api) == []

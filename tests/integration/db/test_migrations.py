@@ -3,7 +3,11 @@ their data migrations change the stored records as they say."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import warnings
+from asyncio.subprocess import PIPE
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -13,9 +17,11 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import SAWarning
 
+import telepath
 from telepath.config import Settings
 from telepath.db.base import Base
 from telepath.db.engine import alembic_config, make_engine, migrate
@@ -155,5 +161,81 @@ async def test_records_that_ended_normally_become_connected(empty_database_url: 
             await conn.run_sync(_to_revision("0017", down=True))
             before = {call_id: status for call_id, _, _, status, _ in _OLD_RECORDS}
             assert await conn.run_sync(_statuses) == before
+    finally:
+        await engine.dispose()
+
+
+# one process's start, up to its migrations: ready, then all at once on "go" (the imports alone
+# take longer than the migrations, so processes simply started together rarely overlap)
+_MIGRATE = """
+import asyncio, sys, time
+from pathlib import Path
+from telepath.db.engine import make_engine, migrate
+
+async def main(url: str, ready: Path, go: Path) -> None:
+    engine = make_engine(url)
+    try:
+        ready.touch()
+        while not go.exists():
+            time.sleep(0.001)
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+asyncio.run(main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])))
+"""
+_SOURCES = str(Path(telepath.__file__).resolve().parents[1])
+
+
+async def _migrate_together(url: str, directory: Path, processes: int) -> list[tuple[int, str]]:
+    """Run ``migrate`` in ``processes`` processes at once; each one's exit code and stderr."""
+    env = dict(os.environ, PYTHONPATH=_SOURCES)
+    go = directory / "go"
+    ready = [directory / f"ready{i}" for i in range(processes)]
+    started = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _MIGRATE, url, str(r), str(go), env=env, stderr=PIPE
+        )
+        for r in ready
+    ]
+    for _ in range(3000):
+        if all(r.exists() for r in ready):
+            break
+        await asyncio.sleep(0.01)
+    go.touch()
+    outcomes = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in started)), 120)
+    return [
+        (p.returncode or 0, err.decode()) for p, (_, err) in zip(started, outcomes, strict=True)
+    ]
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+@pytest.mark.parametrize("start", [None, "0001"], ids=["empty", "upgrade"])
+async def test_processes_starting_together_migrate_once(
+    empty_database_url: str, start: str | None, tmp_path: Path
+) -> None:
+    """Every ``telepath serve`` migrates at start: two hosts on one database (or processes on
+    one SQLite file) started together read the same revision and all ran its migration; all
+    but the first failed (a table or column that already exists) and did not start. They take
+    turns now, and the later ones find nothing left to do."""
+    engine = make_engine(empty_database_url)
+    try:
+        if start is not None:
+            async with engine.begin() as conn:
+                await conn.run_sync(_to_revision(start))
+        outcomes = await _migrate_together(empty_database_url, tmp_path, 3)
+        assert [code for code, _ in outcomes] == [0, 0, 0], [err[-600:] for _, err in outcomes]
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_revision) == _head()
+            assert await conn.run_sync(_differences) == []
     finally:
         await engine.dispose()
