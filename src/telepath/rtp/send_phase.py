@@ -8,29 +8,22 @@ nothing to a whole packet time, the same for the whole call, set by where the tw
 to fall. That wait was most of what the gateway added from agent to caller (issue 6's benchmark,
 2026-12-07: 13.9 ms p50, 21.9 ms p99 at 10 calls, while caller to agent took 0.27 / 0.85 ms).
 
-:class:`SendPhase` watches the *wait* of the frames that reach a queue holding at most one frame:
-how long from their arrival until they are sent (until the stream's next send, plus a packet
-time if a frame stands before them). Over a window of :data:`WINDOW` such arrivals, if even the
-one that waited least waited more than :data:`MARGIN_S` plus :data:`MIN_SHIFT_S`, the sends can
-all come that least wait less :data:`MARGIN_S` earlier and every frame of the window would still
-have made its send. The window's minimum, not its mean, so that moving costs no frame a late send;
-the margin keeps room for arrivals a little later than any seen in the window.
+:class:`SendPhase` watches the *slack* of the frames that reach an empty queue: how long from
+their arrival until the stream's next send. Over a window of :data:`WINDOW` such arrivals, if even
+the one with least slack waited more than :data:`MARGIN_S` plus :data:`MIN_SHIFT_S`, the sends can
+all move earlier by that least slack less :data:`MARGIN_S` and every frame of the window would
+still have made its send. The window's minimum, not its mean, so that moving costs no frame a
+late send (a frame that misses its send waits a whole packet time more); the margin keeps room for
+arrivals a little later than any seen in the window.
 
-A frame that arrives just after its send (the agent's timing varies by more than the margin)
-finds the queue empty at that send: silence goes out instead, and from then on every frame waits
-behind the one before it, a packet time more. Counting a queue of one frame as the agent's
-phase too lets the next window see that standing frame and take it back: a move of more than a
-packet time is one extra frame sent at once at the next send, then the phase move for the rest.
+Only arrivals to an empty queue count: that wait is the phase's. An agent that sends faster
+than real time (OpenAI Realtime, ElevenLabs: a reply arrives in bursts) queues its audio, and
+its frames' wait is the queue's, which moving the phase would not shorten; such an agent reaches
+an empty queue only at the start of a reply, at phases that vary from reply to reply, so the
+window's minimum stays small and the phase stays where it is.
 
-Only arrivals to a queue of at most a frame count: that wait is the phase's. An agent that sends
-faster than real time (OpenAI Realtime, ElevenLabs: a reply arrives in bursts) queues its audio,
-and its frames' wait is the queue's, which moving the phase would not shorten; such an agent
-reaches a short queue only at the start of a reply, at phases that vary from reply to reply, so
-the window's minimum stays small and the phase stays where it is.
-
-A move makes one send interval shorter than a packet time, or two packets leave together (the RTP
-timestamps still advance by one frame per packet): the receiver sees that packet early, once,
-and keeps it in its jitter buffer. Pure
+A move makes one send interval shorter than a packet time (the RTP timestamps still advance by
+one frame): the receiver sees that packet early, once, and keeps it in its jitter buffer. Pure
 and synchronous; the media session feeds it and applies the move (``media_session.py``).
 """
 
@@ -38,8 +31,8 @@ from __future__ import annotations
 
 import math
 
-#: Arrivals to a short queue per decision (25: half a second of a real-time agent at 20 ms).
-WINDOW = 25
+#: Arrivals to an empty queue per decision (50: a second of a real-time agent at 20 ms).
+WINDOW = 50
 #: Slack kept after a move, for arrivals later than any in the window (loopback at 100 calls:
 #: caller→agent p99 − p50 ≈ 1.4 ms, issue 6's benchmark).
 MARGIN_S = 0.002
@@ -48,8 +41,8 @@ MIN_SHIFT_S = 0.002
 
 
 class SendPhase:
-    """Decides, from the wait of agent frames arriving to a queue of at most one frame, when a
-    stream's sends should come earlier, and by how much."""
+    """Decides, from the slack of agent frames arriving to an empty queue, when a stream's
+    sends should come earlier, and by how much."""
 
     __slots__ = ("_count", "_least")
 
@@ -57,16 +50,15 @@ class SendPhase:
         self._count = 0
         self._least = math.inf
 
-    def arrival(self, wait: float) -> float:
-        """A frame reached a queue of at most one frame; it will be sent in ``wait`` seconds.
+    def arrival(self, slack: float) -> float:
+        """A frame reached an empty queue ``slack`` seconds before the stream's next send.
 
         Returns:
-            How much earlier, in seconds, the stream's sends should come from now on (more
-            than a packet time: one frame more at the next send): 0.0 to stay (the window is
-            not full, or the least wait in it leaves no room).
+            How much earlier, in seconds, the stream's sends should come from now on: 0.0 to
+            stay (the window is not full, or the least slack in it leaves no room).
         """
-        if wait < self._least:
-            self._least = wait
+        if slack < self._least:
+            self._least = slack
         self._count += 1
         if self._count < WINDOW:
             return 0.0

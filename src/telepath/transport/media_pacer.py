@@ -18,10 +18,10 @@ with no streams costs no wake-up: with few calls one wake-up per ``ptime`` serve
 (fewer wake-ups, and each finds the code it runs still in cache — at small N, per-event cache
 misses are most of the cost), while past ``SLOT_CAPACITY`` streams each burst stays bounded, so
 the lateness of the last stream in a burst stays small. A stream keeps its slot, so its packets
-leave exactly one ``ptime`` apart, until :meth:`Pacer.move` moves it to another phase
+leave exactly one ``ptime`` apart, until :meth:`Pacer.shift` moves it to an earlier phase
 (``rtp/send_phase.py``: to follow an agent that speaks in real time); that one interval is
-shorter or longer. The slots are 1 ms apart so that a moved stream's phase lands within 1 ms of
-where it was asked to be (with 5 ms slots a frame waited up to 5 ms more).
+shorter. The slots are 1 ms apart so that a moved stream's phase lands within 1 ms of where it
+was asked to be (with 5 ms slots a frame waited up to 5 ms more).
 
 The clock serves every call, so it runs in no call's ``contextvars`` context (``log.py``'s call
 id), wherever it was started or served from (its timer: ``deadline_timer.py``; ``serve_due``:
@@ -171,20 +171,21 @@ class Pacer:
         slot = self._slot_of.get(handle)
         return None if slot is None else self._last[slot] + self.ptime
 
-    def move(self, handle: int, at: float) -> None:
-        """Make a subscriber's next call the first slot at or after ``at`` (loop time; not
-        before now, at most a ``ptime`` after the slot the clock is armed for), and every
-        ``ptime`` from there: it moves to that slot, whatever the slot's load. That next call
-        counts one frame, however long since its last."""
+    def shift(self, handle: int, earlier: float) -> None:
+        """Call a subscriber ``earlier`` seconds sooner from now on (at most one ``ptime``, and
+        not before now), rounded to the first slot at or after that time; it moves to that
+        slot, whatever the slot's load. Its next call then comes less than ``ptime`` after its
+        last, for one frame, as any other call."""
         slot = self._slot_of.get(handle)
-        if slot is None or not self._running or self._in_tick:
+        if slot is None or not self._running or self._in_tick or earlier <= 0:
             return  # in a tick: the tick itself re-arms the clock after its slot
         slot_time = self._slot_time
-        at = max(at, time.monotonic())
+        target = self._last[slot] + self.ptime - min(earlier, self.ptime)
+        target = max(target, time.monotonic())
         # The slot the clock is armed for is due at self._deadline, the one k slots after it at
         # self._deadline + k slots. A slot before it (k < 0) that is due at or after now was not
         # served this round: the clock passed over it, empty, when it armed for this one.
-        k = math.ceil((at - self._deadline) / slot_time - 1e-6)
+        k = math.ceil((target - self._deadline) / slot_time - 1e-6)
         k = max(-(self.slots - 1), min(self.slots - 1, k))
         new = (self._slot + k) % self.slots
         if new == slot:

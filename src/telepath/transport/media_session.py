@@ -119,7 +119,7 @@ from telepath.rtp.packet import (
     is_rtcp,
     pack_rtp,
 )
-from telepath.rtp.playout import OutboundFrame, Playout
+from telepath.rtp.playout import Playout
 from telepath.rtp.rtcp import (
     SDES_CNAME,
     RtcpBye,
@@ -313,7 +313,6 @@ class MediaSession:
         self._pacer = Pacer.for_loop(ptime_ms, self._loop)
         self._tick_handle: int | None = None
         self._phase = SendPhase()
-        self._catch_up = False  # the next send sends a second frame (SendPhase)
         self._held = False
         self._inbound_expected = True  # False: the peer said it sends nothing (recvonly)
         self._ended: MediaEndReason | None = None
@@ -502,35 +501,30 @@ class MediaSession:
         Raises:
             PlayoutOverflow: more than two minutes of audio would be queued.
         """
-        queued = self._playout.queued_ms
+        empty = not self._playout.queued_ms
         self._playout.enqueue(payload)
-        if queued <= self.ptime_ms:
-            self._follow_agent(queued)
+        if empty:
+            self._follow_agent()
 
     def play_pcm(self, pcm: bytes, sample_rate: int = 8000) -> None:
         """Queue agent audio as PCM16 at 8, 16 or 24 kHz (resampled and encoded here)."""
-        queued = self._playout.queued_ms
+        empty = not self._playout.queued_ms
         self._playout.enqueue_pcm(pcm, sample_rate)
-        if queued <= self.ptime_ms:
-            self._follow_agent(queued)
+        if empty:
+            self._follow_agent()
 
-    def _follow_agent(self, queued_ms: float) -> None:
-        """Agent audio reached a queue of ``queued_ms`` (at most a frame): let the send phase
-        follow an agent that speaks in real time (``rtp/send_phase.py``)."""
+    def _follow_agent(self) -> None:
+        """Agent audio reached an empty queue: let the send phase follow an agent that speaks
+        in real time (``rtp/send_phase.py``)."""
         handle = self._tick_handle
         if handle is None or self._held:
             return
         next_send = self._pacer.next_send(handle)
         if next_send is None:
             return
-        now = time.monotonic()
-        sent_at = next_send + queued_ms / 1000  # when this frame would go (behind a standing one)
-        earlier = self._phase.arrival(sent_at - now)
+        earlier = self._phase.arrival(next_send - time.monotonic())
         if earlier:
-            # Its send, and every one after it, that much earlier: the stream's next send moves
-            # there, and a frame standing before it goes in the same send (one packet more).
-            self._catch_up = queued_ms > 0
-            self._pacer.move(handle, sent_at - earlier)
+            self._pacer.shift(handle, earlier)
 
     def mark(self, name: str) -> None:
         """Emit ``MarkPlayed(name)`` once everything queued so far has been sent."""
@@ -860,14 +854,25 @@ class MediaSession:
         frame, reached = playout.next_frame(send=send)
         reached = skipped_marks + reached
         if frame is not None and self._rtp is not None and self._dest is not None:
-            self._send_frame(frame, self._rtp, self._dest)
-            if self._catch_up:  # a frame stood in the queue: it goes now too (SendPhase)
-                self._catch_up = False
-                if frame.agent_audio and playout.queued_ms >= self.ptime_ms:
-                    extra, more = playout.next_frame()
-                    if extra is not None:
-                        self._send_frame(extra, self._rtp, self._dest)
-                        reached += more
+            data = pack_rtp(
+                frame.payload_type,
+                self._seq,
+                frame.timestamp,
+                self.ssrc,
+                frame.payload,
+                frame.marker,
+            )
+            self._seq = (self._seq + 1) & 0xFFFF
+            if self._srtp is not None:
+                data = self._srtp.protect(data)
+            try:
+                self._rtp.sendto(data, self._dest)
+            except Exception as exc:  # the rest of the tick must run (the inactivity check)
+                self._send_failed(exc)
+            else:
+                self._packets_sent += 1
+                self._octets_sent += len(frame.payload)
+                self._sent_since_report = True
             self._out_timer.record(perf_counter_ns() - started)
         for name in reached:
             self._emit(MarkPlayed(name))
@@ -885,29 +890,6 @@ class MediaSession:
         timeout = self.inactivity_timeout_s
         if timeout and not self._held and self._inbound_expected and now - self._last_rx > timeout:
             self._context.run(self._timed_out)
-
-    def _send_frame(
-        self, frame: OutboundFrame, rtp: asyncio.DatagramTransport, dest: SockAddr
-    ) -> None:
-        data = pack_rtp(
-            frame.payload_type,
-            self._seq,
-            frame.timestamp,
-            self.ssrc,
-            frame.payload,
-            frame.marker,
-        )
-        self._seq = (self._seq + 1) & 0xFFFF
-        if self._srtp is not None:
-            data = self._srtp.protect(data)
-        try:
-            rtp.sendto(data, dest)
-        except Exception as exc:  # the rest of the tick must run (the inactivity check)
-            self._send_failed(exc)
-        else:
-            self._packets_sent += 1
-            self._octets_sent += len(frame.payload)
-            self._sent_since_report = True
 
     def _timed_out(self) -> None:
         logger.info("media inactivity timeout")

@@ -7,25 +7,25 @@ import pytest
 from telepath.rtp.send_phase import MARGIN_S, MIN_SHIFT_S, WINDOW, SendPhase
 
 
-def feed(phase: SendPhase, waits: list[float]) -> list[float]:
-    return [phase.arrival(wait) for wait in waits]
+def feed(phase: SendPhase, slacks: list[float]) -> list[float]:
+    return [phase.arrival(slack) for slack in slacks]
 
 
-def test_a_real_time_agent_far_from_the_send_moves_it_to_the_least_wait_less_the_margin() -> None:
+def test_a_real_time_agent_far_from_the_send_moves_it_to_the_least_slack_less_the_margin() -> None:
     phase = SendPhase()
-    waits = [0.0125 + 0.0001 * (i % 7) for i in range(WINDOW)]
-    decisions = feed(phase, waits)
+    slacks = [0.0125 + 0.0001 * (i % 7) for i in range(WINDOW)]
+    decisions = feed(phase, slacks)
     assert decisions[:-1] == [0.0] * (WINDOW - 1)  # nothing before the window is full
-    assert decisions[-1] == pytest.approx(min(waits) - MARGIN_S)
+    assert decisions[-1] == pytest.approx(min(slacks) - MARGIN_S)
     # every frame of the window would still have made the earlier send
-    assert all(wait - decisions[-1] >= MARGIN_S - 1e-12 for wait in waits)
+    assert all(slack - decisions[-1] >= MARGIN_S - 1e-12 for slack in slacks)
 
 
-def test_one_frame_with_little_wait_in_the_window_keeps_the_phase() -> None:
+def test_one_frame_with_little_slack_in_the_window_keeps_the_phase() -> None:
     phase = SendPhase()
-    waits = [0.015] * WINDOW
-    waits[17] = MARGIN_S + MIN_SHIFT_S / 2  # replies starting at varying phases: one near
-    assert feed(phase, waits) == [0.0] * WINDOW
+    slacks = [0.015] * WINDOW
+    slacks[17] = MARGIN_S + MIN_SHIFT_S / 2  # replies starting at varying phases: one near
+    assert feed(phase, slacks) == [0.0] * WINDOW
 
 
 def test_each_window_is_decided_on_its_own_arrivals() -> None:
