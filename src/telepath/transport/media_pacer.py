@@ -12,16 +12,13 @@ wake-up). The timer is a kernel ``timerfd`` (``deadline_timer.py``): uvloop's ow
 whole milliseconds, which put up to a millisecond of error into every send interval; where
 there is no timerfd it is ``loop.call_at``.
 
-Subscribers are placed in ``ptime / SLOT_MS`` slots (20 for 20 ms), each woken on its own 1 ms
+Subscribers are placed in ``ptime / SLOT_MS`` slots (4 for 20 ms), each woken on its own 5 ms
 phase. A slot takes up to ``SLOT_CAPACITY`` streams before the next one is opened, and a slot
 with no streams costs no wake-up: with few calls one wake-up per ``ptime`` serves them all
 (fewer wake-ups, and each finds the code it runs still in cache — at small N, per-event cache
 misses are most of the cost), while past ``SLOT_CAPACITY`` streams each burst stays bounded, so
-the lateness of the last stream in a burst stays small. A stream keeps its slot, so its packets
-leave exactly one ``ptime`` apart, until :meth:`Pacer.shift` moves it to an earlier phase
-(``rtp/send_phase.py``: to follow an agent that speaks in real time); that one interval is
-shorter. The slots are 1 ms apart so that a moved stream's phase lands within 1 ms of where it
-was asked to be (with 5 ms slots a frame waited up to 5 ms more).
+the lateness of the last stream in a burst stays small. A stream never changes slot, so its
+packets always leave exactly one ``ptime`` apart.
 
 The clock serves every call, so it runs in no call's ``contextvars`` context (``log.py``'s call
 id), wherever it was started or served from (its timer: ``deadline_timer.py``; ``serve_due``:
@@ -34,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable
@@ -46,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 TickCallback = Callable[[float, int], None]
 MAX_CATCH_UP = 3
-SLOT_MS = 1
+SLOT_MS = 5
 SLOT_CAPACITY = 16  # streams a slot takes before the next one is opened (~0.3 ms of sends)
 
 _observe_lateness: Callable[[float], None] | None = None
@@ -165,39 +161,6 @@ class Pacer:
         subscribed."""
         slot = self._slot_of.get(handle)
         return None if slot is None else self._last[slot]
-
-    def next_send(self, handle: int) -> float | None:
-        """The deadline (loop time) of a subscriber's next call; None once unsubscribed."""
-        slot = self._slot_of.get(handle)
-        return None if slot is None else self._last[slot] + self.ptime
-
-    def shift(self, handle: int, earlier: float) -> None:
-        """Call a subscriber ``earlier`` seconds sooner from now on (at most one ``ptime``, and
-        not before now), rounded to the first slot at or after that time; it moves to that
-        slot, whatever the slot's load. Its next call then comes less than ``ptime`` after its
-        last, for one frame, as any other call."""
-        slot = self._slot_of.get(handle)
-        if slot is None or not self._running or self._in_tick or earlier <= 0:
-            return  # in a tick: the tick itself re-arms the clock after its slot
-        slot_time = self._slot_time
-        target = self._last[slot] + self.ptime - min(earlier, self.ptime)
-        target = max(target, time.monotonic())
-        # The slot the clock is armed for is due at self._deadline, the one k slots after it at
-        # self._deadline + k slots. A slot before it (k < 0) that is due at or after now was not
-        # served this round: the clock passed over it, empty, when it armed for this one.
-        k = math.ceil((target - self._deadline) / slot_time - 1e-6)
-        k = max(-(self.slots - 1), min(self.slots - 1, k))
-        new = (self._slot + k) % self.slots
-        if new == slot:
-            return
-        self._subscribers[new][handle] = self._subscribers[slot].pop(handle)
-        self._slot_of[handle] = new
-        if k < 0:  # serve the passed-over slot first: arm the clock for it
-            deadline = self._deadline + k * slot_time
-            self._last[new] = deadline - self.ptime
-            self._slot = new
-            self._deadline = deadline
-            self._timer.arm(deadline)
 
     @property
     def subscriber_count(self) -> int:

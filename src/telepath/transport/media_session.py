@@ -134,7 +134,6 @@ from telepath.rtp.rtcp import (
     parse_compound,
     serialize_compound,
 )
-from telepath.rtp.send_phase import SendPhase
 from telepath.rtp.srtp import SrtpContext, SrtpError
 from telepath.rtp.srtp_keys import SrtpKeys
 from telepath.rtp.stats import ReceiverStats
@@ -312,7 +311,6 @@ class MediaSession:
         self._rtcp: asyncio.DatagramTransport | None = None
         self._pacer = Pacer.for_loop(ptime_ms, self._loop)
         self._tick_handle: int | None = None
-        self._phase = SendPhase()
         self._held = False
         self._inbound_expected = True  # False: the peer said it sends nothing (recvonly)
         self._ended: MediaEndReason | None = None
@@ -501,30 +499,11 @@ class MediaSession:
         Raises:
             PlayoutOverflow: more than two minutes of audio would be queued.
         """
-        empty = not self._playout.queued_ms
         self._playout.enqueue(payload)
-        if empty:
-            self._follow_agent()
 
     def play_pcm(self, pcm: bytes, sample_rate: int = 8000) -> None:
         """Queue agent audio as PCM16 at 8, 16 or 24 kHz (resampled and encoded here)."""
-        empty = not self._playout.queued_ms
         self._playout.enqueue_pcm(pcm, sample_rate)
-        if empty:
-            self._follow_agent()
-
-    def _follow_agent(self) -> None:
-        """Agent audio reached an empty queue: let the send phase follow an agent that speaks
-        in real time (``rtp/send_phase.py``)."""
-        handle = self._tick_handle
-        if handle is None or self._held:
-            return
-        next_send = self._pacer.next_send(handle)
-        if next_send is None:
-            return
-        earlier = self._phase.arrival(next_send - time.monotonic())
-        if earlier:
-            self._pacer.shift(handle, earlier)
 
     def mark(self, name: str) -> None:
         """Emit ``MarkPlayed(name)`` once everything queued so far has been sent."""

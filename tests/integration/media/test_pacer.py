@@ -21,9 +21,8 @@ pytestmark = pytest.mark.integration
 async def test_slots_fill_before_the_next_opens_and_streams_are_paced() -> None:
     loop = asyncio.get_running_loop()
     pacer = Pacer(20, loop)
-    assert pacer.slots == 20
-    total = 20 * SLOT_CAPACITY + 10
-    calls: dict[int, list[float]] = {i: [] for i in range(total)}
+    assert pacer.slots == 4
+    calls: dict[int, list[float]] = {i: [] for i in range(70)}
     frames_seen: list[int] = []
 
     def make(i: int) -> Callable[[float, int], None]:
@@ -38,10 +37,9 @@ async def test_slots_fill_before_the_next_opens_and_streams_are_paced() -> None:
     def sizes() -> list[int]:
         return [list(pacer._slot_of.values()).count(slot) for slot in range(pacer.slots)]
 
-    assert sizes() == [SLOT_CAPACITY, SLOT_CAPACITY, 40 - 2 * SLOT_CAPACITY] + [0] * 17
-    handles += [pacer.subscribe(make(i)) for i in range(40, total)]
-    # all full: then the least loaded, bursts stay even
-    assert sizes() == [SLOT_CAPACITY + 1] * 10 + [SLOT_CAPACITY] * 10
+    assert sizes() == [SLOT_CAPACITY, SLOT_CAPACITY, 40 - 2 * SLOT_CAPACITY, 0]
+    handles += [pacer.subscribe(make(i)) for i in range(40, 70)]
+    assert sizes() == [18, 18, 17, 17]  # all full: then the least loaded, bursts stay even
     await asyncio.sleep(0.5)
     for h in handles:
         pacer.unsubscribe(h)
@@ -62,7 +60,7 @@ async def test_with_few_streams_one_wakeup_serves_them_all() -> None:
         pacer.unsubscribe(h)
     per_stream = len(ticks) / 5
     assert per_stream >= 1
-    # one wake-up per 20 ms for all five (empty slots are passed over), not one per 1 ms slot;
+    # one wake-up per 20 ms for all five (empty slots are passed over), not one per 5 ms slot;
     # +1: the wake-up that finds nobody left and stops the clock
     assert pacer.wakeups <= per_stream + 1
 
@@ -71,7 +69,7 @@ async def test_a_stream_joining_a_passed_over_slot_counts_one_frame() -> None:
     loop = asyncio.get_running_loop()
     pacer = Pacer(20, loop)
     handles = [pacer.subscribe(lambda now, frames: None) for _ in range(SLOT_CAPACITY)]
-    await asyncio.sleep(0.15)  # slots 1-19 empty all along: passed over ~7 times each
+    await asyncio.sleep(0.15)  # slots 1-3 empty all along: passed over ~7 times each
     late: list[int] = []
     handles.append(pacer.subscribe(lambda now, frames: late.append(frames)))
     assert pacer._slot_of[handles[-1]] == 1
@@ -289,90 +287,3 @@ async def test_last_tick_is_the_deadline_each_call_was_for() -> None:
     for (before, _), (after, frames) in zip(seen, seen[1:], strict=False):
         assert before is not None and after is not None
         assert after - before == pytest.approx(frames * pacer.ptime)
-
-
-async def _shifted_deadlines(earlier: float) -> tuple[list[float], list[float], float, float]:
-    """Two streams in one slot; right after one of A's calls, A is shifted ``earlier``. Returns
-    the deadlines A and B were called for (frames always 1), and A's next send before and after
-    the shift."""
-    loop = asyncio.get_running_loop()
-    pacer = Pacer(20, loop)
-    a_calls: list[float] = []
-    b_calls: list[float] = []
-    frames_seen: set[int] = set()
-    done = asyncio.Event()
-    moved: list[float] = []
-    ha = hb = 0
-
-    def shift() -> None:
-        before = pacer.next_send(ha)
-        assert before is not None
-        pacer.shift(ha, earlier)
-        after = pacer.next_send(ha)
-        assert after is not None
-        moved.extend([before, after])
-
-    def tick_a(now: float, frames: int) -> None:
-        frames_seen.add(frames)
-        deadline = pacer.last_tick(ha)
-        assert deadline is not None
-        a_calls.append(deadline)
-        if len(a_calls) == 5:
-            loop.call_soon(shift)  # just after this tick, a whole ptime before A's next
-        if len(a_calls) == 12:
-            done.set()
-
-    def tick_b(now: float, frames: int) -> None:
-        frames_seen.add(frames)
-        deadline = pacer.last_tick(hb)
-        assert deadline is not None
-        b_calls.append(deadline)
-
-    ha = pacer.subscribe(tick_a)
-    hb = pacer.subscribe(tick_b)
-    try:
-        async with asyncio.timeout(10):
-            await done.wait()
-    finally:
-        pacer.unsubscribe(ha)
-        pacer.unsubscribe(hb)
-    assert frames_seen == {1}
-    return a_calls, b_calls, moved[0], moved[1]
-
-
-def _intervals_ms(deadlines: list[float]) -> list[int]:
-    return [round((b - a) * 1000) for a, b in zip(deadlines, deadlines[1:], strict=False)]
-
-
-async def test_a_shifted_stream_sends_earlier_from_then_on_rounded_up_to_a_slot() -> None:
-    """12.3 ms earlier: to the first slot at or after that time, 12 ms earlier; one interval
-    of 8 ms, then every ptime again; the stream it shared its slot with is untouched."""
-    a_calls, b_calls, before, after = await _shifted_deadlines(0.0123)
-    assert after == pytest.approx(before - 0.012, abs=1e-6)
-    assert _intervals_ms(a_calls) == [20] * 4 + [8] + [20] * 6
-    assert a_calls[5] == pytest.approx(after, abs=1e-6)
-    assert set(_intervals_ms(b_calls)) == {20}
-
-
-async def test_a_stream_shifted_into_the_empty_slots_before_the_armed_one_is_served_first() -> None:
-    """3 ms earlier: the slot 3 ms before the armed one stood empty and was passed over; the
-    clock is armed for it, then serves the armed slot as before (its other stream once)."""
-    a_calls, b_calls, before, after = await _shifted_deadlines(0.003)
-    assert after == pytest.approx(before - 0.003, abs=1e-6)
-    assert _intervals_ms(a_calls) == [20] * 4 + [17] + [20] * 6
-    assert set(_intervals_ms(b_calls)) == {20}
-    assert len(b_calls) >= 11  # B served once per ptime all along, never twice
-
-
-async def test_shift_does_nothing_for_no_time_or_a_stream_gone() -> None:
-    loop = asyncio.get_running_loop()
-    pacer = Pacer(20, loop)
-    handle = pacer.subscribe(lambda now, frames: None)
-    try:
-        before = pacer.next_send(handle)
-        pacer.shift(handle, 0.0)
-        assert pacer.next_send(handle) == before
-    finally:
-        pacer.unsubscribe(handle)
-    pacer.shift(handle, 0.01)
-    assert pacer.next_send(handle) is None
