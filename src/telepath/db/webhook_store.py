@@ -158,6 +158,26 @@ class WebhookRepository:
         )
         return True
 
+    async def delete_deliveries_of(self, account_id: str, endpoint_id: str, *, limit: int) -> int:
+        """Delete up to ``limit`` of the account's outbox rows for one endpoint, whatever their
+        status; returns how many were deleted (``DELETE ... WHERE id IN (SELECT ... LIMIT)``,
+        as :meth:`prune`). An endpoint's rows are all its account's; the account is in the
+        condition all the same, so that no id can reach another account's rows."""
+        batch = (
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint_id,
+                WebhookDelivery.account_id == account_id,
+            )
+            .limit(limit)
+        )
+        result = await self.session.execute(
+            delete(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(batch))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def active_endpoints(self, account_id: str) -> Sequence[WebhookEndpoint]:
         """The account's active endpoints (event filtering is done by the caller)."""
         rows = await self.session.scalars(
@@ -449,6 +469,28 @@ class WebhookRepository:
 
 
 PRUNE_BATCH = BATCH_SIZE  # deliveries deleted per transaction
+
+
+async def delete_endpoint_deliveries(
+    sessions: async_sessionmaker[AsyncSession],
+    account_id: str,
+    endpoint_id: str,
+    *,
+    batch_size: int = PRUNE_BATCH,
+) -> int:
+    """Delete every outbox row of one of the account's endpoints, ``batch_size`` at a time,
+    each batch its own transaction (``db/batches.py``), before the endpoint itself is deleted:
+    its foreign key's cascade would take a busy endpoint's thousands of rows in the DELETE's one
+    transaction, holding SQLite's write lock from every call record write meanwhile. Rows an
+    event adds meanwhile (another process's endpoint cache is up to a second old) go with the
+    endpoint row's cascade. Returns how many were deleted here."""
+
+    async def one_batch(session: AsyncSession) -> int:
+        return await WebhookRepository(session).delete_deliveries_of(
+            account_id, endpoint_id, limit=batch_size
+        )
+
+    return await in_batches(sessions, one_batch, batch_size)
 
 
 async def prune_deliveries(

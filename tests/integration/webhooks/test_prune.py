@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from telepath.api.routers import webhooks as webhooks_router
 from telepath.db.base import utcnow
 from telepath.db.webhook_store import prune_deliveries
 from telepath.webhooks.sink import DbEventSink
@@ -84,3 +85,30 @@ async def test_the_prune_reads_only_rows_settled_before_the_cutoff(api: Api) -> 
     assert [step for step in plan if step.endswith(settled)], plan
     assert not [step for step in plan if step.startswith("SCAN")], plan
     assert not [step for step in plan if "ix_webhook_deliveries_due" in step], plan
+
+
+async def test_deleting_an_endpoint_removes_its_backlog_in_batches_each_its_own_transaction(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy endpoint's thousands of deliveries went in the DELETE's one transaction (the
+    foreign key's cascade): on SQLite the write lock held for all of them. Now they go a batch
+    at a time before the endpoint row; another account's outbox is untouched."""
+    monkeypatch.setattr(webhooks_router, "DELETE_BATCH", 2)
+    await outbox(api, [("pending", None)] * 4 + [("delivered", utcnow())])
+    doomed = {row.endpoint_id for row in await rows(api)}
+    assert len(doomed) == 1
+    other_key = await api.new_account_key("other")
+    await subscribe(api, "http://127.0.0.1:9/other", ["*"], key=other_key)
+    other = await account_of(api, other_key)
+    await DbEventSink(api.state.sessions).emit(other, "call.ended", PAYLOAD)
+    with Transactions(api.state.engine) as log:
+        response = await api.delete(f"/v1/webhooks/{doomed.pop()}")
+    assert response.status_code == 204
+    deletes = [
+        sum(s.startswith("DELETE FROM webhook_deliveries") for s in t) for t in log.committed
+    ]
+    # 2, 2, then the last 1, each batch its own transaction; then the endpoint's own (none left)
+    assert [count for count in deletes if count] == [1, 1, 1, 1]
+    assert sum(s.startswith("DELETE FROM webhook_endpoints") for s in log.committed[-1]) == 1
+    left = await rows(api)
+    assert len(left) == 1 and left[0].account_id == other

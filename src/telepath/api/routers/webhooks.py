@@ -19,7 +19,7 @@ from telepath.db.base import utcnow
 from telepath.db.calls_repository import iso
 from telepath.db.models import WebhookEndpoint, webhook_secret_context
 from telepath.db.repository import AccountRepository
-from telepath.db.webhook_store import WebhookRepository
+from telepath.db.webhook_store import PRUNE_BATCH, WebhookRepository, delete_endpoint_deliveries
 from telepath.secrets.tokens import new_id
 from telepath.webhooks.events import ALL_EVENTS, EVENT_TYPES
 from telepath.webhooks.signing import new_secret
@@ -29,6 +29,7 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 MAX_ENDPOINTS_PER_ACCOUNT = 20
 MAX_EVENTS_LISTED = 50  # duplicates allowed, then removed
+DELETE_BATCH = PRUNE_BATCH  # outbox rows deleted per transaction when an endpoint is deleted
 _FIELDS = ("url", "events")
 _EVENTS_MESSAGE = "events must be a non-empty list of: " + ", ".join((*EVENT_TYPES, ALL_EVENTS))
 
@@ -190,10 +191,19 @@ async def get_webhook(
     responses=_errors(401, 404, 429),
     summary="Delete a webhook endpoint",
 )
-async def delete_webhook(webhook_id: str, principal: PrincipalDep, session: SessionDep) -> Response:
-    """Delete an endpoint; its undelivered events are dropped. When two requests delete it at
-    once, the one whose DELETE finds it gone answers the documented 404."""
+async def delete_webhook(
+    webhook_id: str, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> Response:
+    """Delete an endpoint; its undelivered events are dropped, a batch at a time first
+    (``delete_endpoint_deliveries``). When two requests delete it at once, the one whose
+    DELETE finds it gone answers the documented 404."""
     repo = WebhookRepository(session)
+    if await repo.get_endpoint(principal.account_id, webhook_id) is None:
+        raise not_found("Webhook", webhook_id)
+    await session.rollback()  # nothing of this request's own is open while the batches run
+    await delete_endpoint_deliveries(
+        state.sessions, principal.account_id, webhook_id, batch_size=DELETE_BATCH
+    )
     if not await repo.delete_endpoint(principal.account_id, webhook_id):
         await session.rollback()
         raise not_found("Webhook", webhook_id)
