@@ -44,26 +44,36 @@ def problems(settings: Settings) -> list[str]:
     found.extend(_tls(settings))
     if settings.sip_enabled:
         check("TELEPATH_SIP_HOST", lambda: _local_address(settings.sip_host))
+    check("TELEPATH_HTTP_HOST", lambda: _local_address(settings.http_host))
     return found
 
 
 def _local_address(host: str) -> None:
-    """``host`` (an IP address: ``Settings``) can be bound here, as the SIP listeners and the
-    RTP ports bind it: one not of this host was a traceback from the listener, after the
-    database was migrated and the first API key printed. Any free port (0): the address is
-    what is checked, and nothing stays bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """``host`` (an IP address, or for the HTTP API a name too: ``Settings``) can be bound
+    here, as the SIP listeners, the RTP ports and the HTTP server bind it: one not of this host
+    was a traceback from the SIP listener, after the database was migrated and the first API
+    key printed, and for the HTTP API uvicorn's bind error once SIP was up. Any free port (0):
+    the address is what is checked, and nothing stays bound. A name is bound as it resolves
+    (each of its addresses is tried, as the HTTP server does)."""
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.bind((host, 0))
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)
     except OSError as exc:
-        why = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ValueError(
-                f"{host} is not an address of this host ({why}): use one of its addresses, "
-                "or 0.0.0.0 / :: for every interface"
-            ) from None
-        raise ValueError(f"{host} cannot be bound here ({why})") from None
+        raise ValueError(f"{host} does not resolve here ({exc.strerror or exc})") from None
+    refused = OSError(errno.EADDRNOTAVAIL, "no address")
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+            return
+        except OSError as exc:
+            refused = exc
+    why = refused.strerror or str(refused)
+    if refused.errno == errno.EADDRNOTAVAIL:
+        raise ValueError(
+            f"{host} is not an address of this host ({why}): use one of its addresses, "
+            "or 0.0.0.0 / :: for every interface"
+        )
+    raise ValueError(f"{host} cannot be bound here ({why})")
 
 
 def _rtp_ports(settings: Settings) -> None:

@@ -565,10 +565,14 @@ def test_serve_refuses_what_the_gateway_refuses_before_it_opens_the_database(
 NOT_HERE = "192.0.2.55"  # TEST-NET-1 (RFC 5737): an address of no host
 
 
-def test_serve_refuses_a_sip_host_that_is_not_an_address_of_this_host(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", ["SIP_HOST", "HTTP_HOST"])
+def test_serve_refuses_a_host_that_is_not_an_address_of_this_host(
+    tmp_path: Path, variable: str
+) -> None:
     """A valid IP address that is not this host's was a traceback (exit 1) from the SIP
     listener's bind — after the database was migrated, a master key generated and the first
-    API key printed."""
+    API key printed; for the HTTP API, uvicorn's bind error once the SIP listeners were up,
+    then a drain and exit 3."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((NOT_HERE, 0))
@@ -576,9 +580,9 @@ def test_serve_refuses_a_sip_host_that_is_not_an_address_of_this_host(tmp_path: 
             pass
         else:  # net.ipv4.ip_nonlocal_bind: the gateway would start on it
             pytest.skip(f"this host binds {NOT_HERE}")
-    done = _serve_process(tmp_path, {"SIP_HOST": NOT_HERE})
+    done = _serve_process(tmp_path, {variable: NOT_HERE})
     assert done.returncode == 2, done.stdout + done.stderr
-    prefix = f"configuration error: TELEPATH_SIP_HOST: {NOT_HERE} is not an address of this host"
+    prefix = f"configuration error: TELEPATH_{variable}: {NOT_HERE} is not an address of this host"
     assert done.stderr.startswith(prefix), done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""  # no API key printed
