@@ -259,7 +259,9 @@ def validate_request(request: Request) -> None:
             parse_name_addr(contact)
         elif request.method != "REGISTER":
             raise SipParseError("Contact: * is a REGISTER's only")  # §10.2.2, §20.10
-    if request.method == "INVITE":
+    if request.method == "INVITE" and request.to.tag is None:
+        # Only a dialog-creating INVITE's Record-Route makes a route set (§12.1.1); a
+        # re-INVITE's (To tag: in-dialog) does not change it and is ignored (§12.2).
         for route in headers.get_all("Record-Route"):
             _check_record_route(route)
     # The length first: past 4,300 digits int() raises ValueError, which no caller catches.
