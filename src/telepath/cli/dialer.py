@@ -120,6 +120,8 @@ class Dialer:
         locator: SipLocator | None = None,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
+        if not self.uri.is_sip:  # http:, tel: … parse (opaque, or a number): no host to call
+            raise SipParseError(f"not a sip: or sips: URI: {target[:80]!r}")
         self.locator = locator or SipLocator()
         self.transport = transport_of(self.uri)
         if srtp and self.transport != "TLS":
@@ -191,7 +193,9 @@ class Dialer:
         for route in routes:
             h.add("Route", route)
         h.add("From", f"<sip:{self.caller}@{host}>;tag={self.from_tag}")
-        to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
+        # §19.1.1: userinfo is optional; a target without one is called at its host
+        user = f"{self.uri.user}@" if self.uri.user is not None else ""
+        to = f"<sip:{user}{self.uri.host_port}>"
         h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
         h.add("Call-ID", self.call_id)
         h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")

@@ -417,3 +417,14 @@ async def test_a_call_to_an_ipv6_peer_is_answered() -> None:
     assert result.status == 486
     validate_request(invite)
     assert invite.top_via.host == "[::1]"
+
+
+def test_a_target_without_a_user_part_is_called_at_its_host() -> None:
+    """A target URI may have no user part (RFC 3261 §19.1.1: userinfo is optional): the To is
+    the target's host — it was ``<sip:None@host>``."""
+    dialer = Dialer("sip:127.0.0.1:5060", username="", password=None, local_ip="127.0.0.1")
+    request = parse_message(dialer._request("INVITE", 40000).to_bytes())
+    assert isinstance(request, Request)
+    validate_request(request)
+    assert request.headers.get("To") == "<sip:127.0.0.1:5060>"
+    assert request.to.uri.user is None
