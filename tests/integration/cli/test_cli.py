@@ -235,6 +235,8 @@ def silent_gateway() -> Iterator[tuple[socket.socket, str]]:
         (["--duration", "121"], "--duration"),  # more than the 120 s the playout queue holds
         (["--duration", "-1"], "--duration"),
         (["--duration", "0"], "--duration"),
+        (["--ring-timeout", "nan"], "--ring-timeout"),  # passed min=0.1: no ring timeout at all
+        (["--ring-timeout", "inf"], "--ring-timeout"),
         (["--play", "missing.wav"], "cannot read"),
         (["--play", "stereo.wav"], "mono 16-bit"),
         (["--play", "8bit.wav"], "mono 16-bit"),
