@@ -43,7 +43,7 @@ from telepath.sip.dialog import request_target
 from telepath.sip.errors import SipParseError
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Headers, Request, Response, make_response
-from telepath.sip.uri import SipUri, parse_uri
+from telepath.sip.uri import SipUri, parse_uri, uri_host
 from telepath.transport.dns import SipLocator
 from telepath.transport.media_session import AudioReceived, MediaEnded, MediaSession
 from telepath.transport.ports import PortLease, RtpPortAllocator
@@ -120,6 +120,8 @@ class Dialer:
         locator: SipLocator | None = None,
     ) -> None:
         self.uri: SipUri = parse_uri(target)
+        if not self.uri.is_sip:  # http:, tel: … parse (opaque, or a number): no host to call
+            raise SipParseError(f"not a sip: or sips: URI: {target[:80]!r}")
         self.locator = locator or SipLocator()
         self.transport = transport_of(self.uri)
         if srtp and self.transport != "TLS":
@@ -185,12 +187,15 @@ class Dialer:
     ) -> Request:
         h = Headers()
         branch = branch or "z9hG4bK" + secrets.token_hex(8)
-        h.add("Via", f"SIP/2.0/{self.transport} {self.local_ip}:{local_port};branch={branch};rport")
+        host = uri_host(self.local_ip)  # §25.1: an IPv6 address in brackets
+        h.add("Via", f"SIP/2.0/{self.transport} {host}:{local_port};branch={branch};rport")
         h.add("Max-Forwards", "70")
         for route in routes:
             h.add("Route", route)
-        h.add("From", f"<sip:{self.caller}@{self.local_ip}>;tag={self.from_tag}")
-        to = f"<sip:{self.uri.user}@{self.uri.host_port}>"
+        h.add("From", f"<sip:{self.caller}@{host}>;tag={self.from_tag}")
+        # §19.1.1: userinfo is optional; a target without one is called at its host
+        user = f"{self.uri.user}@" if self.uri.user is not None else ""
+        to = f"<sip:{user}{self.uri.host_port}>"
         h.add("To", to + (f";tag={to_tag}" if to_tag else ""))
         h.add("Call-ID", self.call_id)
         h.add("CSeq", f"{cseq if cseq is not None else self.cseq} {method}")
@@ -203,10 +208,11 @@ class Dialer:
         return Request(h, body, method, uri or self.uri)
 
     def _contact(self, local_port: int) -> str:
+        host = uri_host(self.local_ip)  # §25.1: an IPv6 address in brackets
         if self.transport == "TLS":
-            return f"sips:dialer@{self.local_ip}:{local_port}"
+            return f"sips:dialer@{host}:{local_port}"
         suffix = ";transport=tcp" if self.transport == "TCP" else ""
-        return f"sip:dialer@{self.local_ip}:{local_port}{suffix}"
+        return f"sip:dialer@{host}:{local_port}{suffix}"
 
     async def run(
         self,

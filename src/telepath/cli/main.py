@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -179,6 +180,14 @@ def _rekey(step: Callable[[Settings], Coroutine[Any, Any, str]]) -> None:
     typer.echo(message)
 
 
+def _finite(value: float) -> float:
+    """``value`` if it is a finite number: ``min=`` lets infinity through (NaN too, in some
+    Click versions), and an infinite timeout is none — exit 2 like a value below the minimum."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number of seconds, not {value:g}")
+    return value
+
+
 @app.command("call")
 def call(
     target: str = typer.Argument(
@@ -212,6 +221,7 @@ def call(
         60.0,
         "--ring-timeout",
         min=0.1,
+        callback=_finite,
         help="Seconds to wait for the answer once the gateway rings (a 1xx came), counted from "
         "the INVITE; the call is then cancelled (CANCEL, RFC 3261 §9.1). Without any response "
         "the dialler gives up after 15 s",

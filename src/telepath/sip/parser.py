@@ -34,7 +34,6 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.D
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
 _CRLF_RUN = re.compile(rb"[\r\n]+")
-_PING_STARTS = (b"\r\n\r", b"\r\n", b"\r")  # what begins a double CRLF, longest first
 
 _SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
 
@@ -260,7 +259,9 @@ def validate_request(request: Request) -> None:
             parse_name_addr(contact)
         elif request.method != "REGISTER":
             raise SipParseError("Contact: * is a REGISTER's only")  # §10.2.2, §20.10
-    if request.method == "INVITE":
+    if request.method == "INVITE" and request.to.tag is None:
+        # Only a dialog-creating INVITE's Record-Route makes a route set (§12.1.1); a
+        # re-INVITE's (To tag: in-dialog) does not change it and is ignored (§12.2).
         for route in headers.get_all("Record-Route"):
             _check_record_route(route)
     # The length first: past 4,300 digits int() raises ValueError, which no caller catches.
@@ -314,7 +315,6 @@ class StreamFramer:
         self._length: int | None = None  # the length of the message being read, once known
         self.keepalives = 0
         self.pings = 0
-        self._ping_start = b""  # the CRLFs a read ended with that may begin a ping (§4.4.1)
         # Set when the stream broke after messages were framed from the same data: those are
         # returned first (the caller handles them, then closes); any later feed raises it.
         self.error: SipParseError | None = None
@@ -361,19 +361,16 @@ class StreamFramer:
         Only those: stripping the buffer copied all of it, once an octet while a message came
         an octet at a time.
 
-        RFC 5626 §4.4.1: each double CRLF is a ping owed one pong — two in one read are two,
-        and one that TCP split across reads (a CRLF, then another) is one: the start of a
-        ping left at the end of the buffer waits in :attr:`_ping_start` for the next read,
-        until a message begins."""
+        RFC 5626 §4.4.1: each double CRLF is a ping owed one pong — two in one read are two.
+        CRLFs are not paired across reads: the single-CRLF pongs a registrar sends to our own
+        pings (calls/registrations.py) may come a read each, and two read as one ping would be
+        answered — a pong answered is a protocol error (§4.4.1). A double CRLF TCP split across
+        reads goes unanswered instead: rare, and harmless (the next ping is answered)."""
         run = _CRLF_RUN.match(self._buffer)
         if run is None:
-            if self._buffer:
-                self._ping_start = b""  # a message begins: no ping spans it
             return
         self.keepalives += 1
-        *pings, rest = (self._ping_start + run.group()).split(b"\r\n\r\n")
-        self.pings += len(pings)
-        self._ping_start = next((p for p in _PING_STARTS if rest.endswith(p)), b"")
+        self.pings += run.group().count(b"\r\n\r\n")
         del self._buffer[: run.end()]
 
     def _message_length(self) -> int | None:

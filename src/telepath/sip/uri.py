@@ -164,6 +164,12 @@ def _parse_uri(text: str) -> SipUri:
 _parse_uri_cached = lru_cache(maxsize=4096)(_parse_uri)
 
 
+def uri_host(host: str) -> str:
+    """``host`` (a name or an address, as sockets give it) as a SIP URI or a Via sent-by
+    writes it: an IPv6 address in brackets (RFC 3261 §25.1 IPv6reference)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _split_hostport(hostport: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         end = hostport.find("]")

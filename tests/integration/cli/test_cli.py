@@ -179,11 +179,13 @@ def test_secrets_rotate_with_env_keys(env: Path, monkeypatch: pytest.MonkeyPatch
         ("sip:bob@127.0.0.1:1;transport=tcp", "cannot reach the gateway"),
         ("sips:bob@127.0.0.1:1", "cannot reach the gateway"),
         ("sip:bob@[not an address", "bad SIP URI"),
+        ("http://x", "bad SIP URI"),  # parsed as an opaque URI: it ended as 'cannot resolve '
+        ("tel:+14155550100", "bad SIP URI"),  # a number, no host to send it to
     ],
 )
 def test_call_says_why_it_could_not_dial(target: str, message: str) -> None:
     result = CliRunner().invoke(app, ["call", target, "--password", "any-pass-1"])
-    assert result.exit_code in (1, 2), result.output
+    assert result.exit_code == (2 if message == "bad SIP URI" else 1), result.output
     assert message in result.output
     assert "Traceback" not in result.output
 
@@ -233,6 +235,8 @@ def silent_gateway() -> Iterator[tuple[socket.socket, str]]:
         (["--duration", "121"], "--duration"),  # more than the 120 s the playout queue holds
         (["--duration", "-1"], "--duration"),
         (["--duration", "0"], "--duration"),
+        (["--ring-timeout", "nan"], "--ring-timeout"),  # passed min=0.1: no ring timeout at all
+        (["--ring-timeout", "inf"], "--ring-timeout"),
         (["--play", "missing.wav"], "cannot read"),
         (["--play", "stereo.wav"], "mono 16-bit"),
         (["--play", "8bit.wav"], "mono 16-bit"),

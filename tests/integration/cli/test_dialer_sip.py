@@ -15,6 +15,7 @@ from telepath.cli.sip_link import source_address
 from telepath.rtp import g711
 from telepath.sip.headers import parse_name_addr
 from telepath.sip.message import Request, Response, make_response
+from telepath.sip.parser import parse_message, validate_request
 from tests.integration.cli.sip_peer import (
     TAG,
     Script,
@@ -379,3 +380,51 @@ async def test_an_answer_renumbering_pcmu_is_sent_its_number_and_heard_on_ours()
     assert result.received_ms >= 800
     assert dominant_hz(result.recorded, 8000) == pytest.approx(1000, abs=10)
     assert {p.payload_type for p in rtp.packets()} == {96}
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_the_dialler_writes_an_ipv6_address_of_its_own_in_brackets(transport: str) -> None:
+    """RFC 3261 §25.1: an IPv6 address in a URI or a Via sent-by is an IPv6reference, in
+    brackets. Its own address bare (``Via: SIP/2.0/UDP ::1:40000``, ``<sip:dialer@::1:40000>``)
+    made an INVITE the gateway's parser refuses."""
+    scheme = "sips" if transport == "tls" else "sip"
+    dialer = Dialer(
+        f"{scheme}:bob@[::1]:5060;transport={transport}",
+        username="bob",
+        password=None,
+        local_ip="::1",
+    )
+    for method in ("INVITE", "ACK", "BYE"):
+        request = parse_message(dialer._request(method, 40000, body=b"v=0\r\n").to_bytes())
+        assert isinstance(request, Request)
+        validate_request(request)  # raises SipParseError on a malformed one
+        assert (request.top_via.host, request.top_via.port) == ("[::1]", 40000)
+        assert request.from_.uri.host == "[::1]"
+        assert parse_name_addr(request.headers.get("Contact") or "").uri.host_port == "[::1]:40000"
+        assert request.to.uri.host_port == "[::1]:5060"
+
+
+async def test_a_call_to_an_ipv6_peer_is_answered() -> None:
+    """The whole call over IPv6 loopback: the peer parses what the dialler sends and answers."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError:
+        pytest.skip("no IPv6")
+    async with sip_peer(lambda r: [make_response(r, 486, to_tag=TAG)], host="::1") as peer:
+        dialer = Dialer(f"sip:bob@[::1]:{peer.port}", username="bob", password=None)
+        result = await dialer.run(duration_s=1, timeout_s=3)
+        (invite,) = await peer.received("INVITE")
+    assert result.status == 486
+    validate_request(invite)
+    assert invite.top_via.host == "[::1]"
+
+
+def test_a_target_without_a_user_part_is_called_at_its_host() -> None:
+    """A target URI may have no user part (RFC 3261 §19.1.1: userinfo is optional): the To is
+    the target's host — it was ``<sip:None@host>``."""
+    dialer = Dialer("sip:127.0.0.1:5060", username="", password=None, local_ip="127.0.0.1")
+    request = parse_message(dialer._request("INVITE", 40000).to_bytes())
+    assert isinstance(request, Request)
+    validate_request(request)
+    assert request.headers.get("To") == "<sip:127.0.0.1:5060>"
+    assert request.to.uri.user is None

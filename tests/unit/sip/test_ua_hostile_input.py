@@ -11,7 +11,14 @@ import pytest
 from telepath.clock import FakeClock
 from telepath.sip.message import make_response
 from telepath.sip.transaction import Source
-from telepath.sip.ua import DtmfInfo, InviteReceived, UaConfig, UserAgentCore, redact_trace
+from telepath.sip.ua import (
+    DtmfInfo,
+    InviteReceived,
+    ReofferReceived,
+    UaConfig,
+    UserAgentCore,
+    redact_trace,
+)
 from tests.unit.sip.test_ua import SDP, SRC, _confirmed, answered, events, request, sent
 
 pytestmark = pytest.mark.unit
@@ -389,3 +396,27 @@ def test_a_number_of_thousands_of_digits_is_a_bad_request(
         raw = raw.replace(b"Max-Forwards: 70\r\n", b"")
     (resp,) = sent(ua.receive(raw, SRC))
     assert resp.status == 400 and header in (resp.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize("record_route", ["garbage", "sip:p1.example;lr"])
+def test_a_re_invite_with_a_malformed_record_route_is_not_refused(
+    core: tuple[UserAgentCore, FakeClock], record_route: str
+) -> None:
+    """RFC 3261 §12.2: the route set is made once, by the dialog-creating INVITE; the
+    Record-Route of a re-INVITE (a To tag: in-dialog) does not change it and is ignored, so a
+    session refresh that carries a malformed one is not a 400 (§12.2.2)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    extra = f"Content-Type: application/sdp\r\nRecord-Route: {record_route}\r\n"
+    raw = request(
+        body=SDP,
+        extra=extra,
+        branch="z9hG4bK-re",
+        cseq=2,
+        to_tag=dialog.local_tag,  # type: ignore[attr-defined]
+    )
+    out = ua.receive(raw, SRC)
+    assert [r.status for r in sent(out)] == [100]
+    (ev,) = events(out)
+    assert isinstance(ev, ReofferReceived) and ev.dialog is dialog
+    assert ev.dialog.route_set == []  # unchanged (§12.2)
