@@ -237,6 +237,7 @@ class Call:
         self._announcement_mark: str | None = None
         self._announcement_over = asyncio.Event()
         self._own_marks = 0
+        self._refer_due = False  # the pending transfer's REFER waits for its announcement
         self._referred = False  # a REFER of ours went out in this call
         self._refer_accepted = False  # the pending REFER got its 2xx, no final NOTIFY yet
         self._refer_notified = False  # the pending REFER got a NOTIFY
@@ -667,9 +668,20 @@ class Call:
                     )
                     continue
                 self._transfer_request = event.request_id
+                self._refer_due = True
                 self._mark_announcement()
                 self._side_task(self._refer_after_playout(event.target))
             elif isinstance(event, AgentHangup):
+                # Decision: a hang-up asked for while a transfer waits for its announcement
+                # (no REFER yet) cancels the transfer: the agent's later word wins, as its
+                # hang-up ends a call whatever else it asked before. No REFER goes (else the
+                # carrier got a REFER and then our BYE, or the BYE alone, as the two waits
+                # raced); the call ends as the hang-up, after the audio as ever. The agent gets
+                # no transfer result: nothing is sent to it after its hang-up (the bridge is
+                # finished). A REFER already sent is left to the call's end.
+                if self._refer_due:
+                    self._refer_due = False
+                    self._finish_transfer()
                 await self._drain_playout()
                 # the bridge's reason, by value as for AgentError: agent_hangup, or
                 # session_limit when the provider's own maximum session length ended it
@@ -722,13 +734,15 @@ class Call:
         flush clears the mark, and the REFER goes at once rather than over the agent's reply
         to the caller; bounded by ``hangup_drain_max_s``. Beside the agent's events, which go
         on meanwhile (another transfer is refused as in progress). A call that ends meanwhile
-        (the caller's BYE) cancels this with the call's other side tasks: no REFER then.
+        (the caller's BYE) cancels this with the call's other side tasks, and the agent's
+        hang-up cancels the transfer (``_refer_due``): no REFER then.
         """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._hangup_drain_max_s):
                 await self._announcement_over.wait()
-        if self._end.done():
-            return  # ended as the wait did: its teardown has yet to cancel this
+        if self._end.done() or not self._refer_due:
+            return  # ended as the wait did (its teardown has yet to cancel this), or cancelled
+        self._refer_due = False
         try:
             self._refer_sip(target)
         except Exception as exc:  # a bug: the call ends, as it did when the pump sent it

@@ -185,6 +185,33 @@ async def test_a_barge_in_during_the_announcement_sends_the_refer_at_once(
     assert rec["disconnect_reason"] == "transferred"
 
 
+async def test_an_agent_hang_up_while_the_transfer_waits_cancels_it(
+    api: Api, gateway: Gateway, tmp_path: Path
+) -> None:
+    """The agent hangs up while its transfer waits for the announcement to play: the REFER
+    and the hang-up raced (a REFER then our BYE, or the BYE alone). The later word wins: no
+    REFER (SIPp would fail on it), and the call ends as the agent's hang-up once the
+    announcement has played (no transfer result: nothing follows an agent's hang-up)."""
+    async with _InterruptedAnnouncementAgent(
+        agent="tone", response_ms=2000, transfer_to=TARGET, after_s=0.5, hangup_instead=True
+    ) as agent:
+        await create_trunk(
+            api, "xferhup", "xfer-pass-9", ai_provider="custom", custom_endpoint=agent.url
+        )
+        placed = await place_call(
+            gateway, tmp_path, "xferhup", "xfer-pass-9", caller_hangs_up=False
+        )
+        result = await placed.sipp
+        await placed.phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+    assert "REFER " not in result.messages
+    assert agent.transfer_results == []
+    assert placed.phone.loud_frames(0) >= 50  # the announcement played before the hang-up
+    rec = await record(api, placed.call_id)
+    assert rec["disconnect_reason"] == "agent_hangup"
+
+
 async def test_refer_refused_is_reported_and_the_call_goes_on(
     api: Api, gateway: Gateway, tmp_path: Path
 ) -> None:
