@@ -101,7 +101,9 @@ async def test_the_agents_words_before_a_transfer_are_heard_before_the_refer(
         await placed.phone.close()
         assert result.returncode == 0, result.stdout + result.errors
         await settled(gateway)
-    assert placed.phone.loud_frames(0) >= 3000 // 20 - 5  # the whole response, 20 ms frames
+    # Most of the 150 frames (20 ms) of the response: not all, as a pacer stall past 60 ms
+    # under load drops frames (skip_frame); the REFER at once let the caller hear ~4.
+    assert placed.phone.loud_frames(0) >= 100
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
     # The transfer ended the call: no response asked of the model after it (billed, unheard).
