@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
 _TURN_GAP_S = 0.6  # silence that separates turns
+#: The prefix of the media marks call control places itself (a pending transfer's end of
+#: announcement): never passed to the agent. A NUL, which no agent's mark name has in practice.
+_OWN_MARK = "\x00telepath-"
 #: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
 #: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
 AGENT_CLOSE_S = 5.0
@@ -229,6 +232,12 @@ class Call:
         self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None  # the agent's pending transfer
+        # The mark at the end of the announcement the pending transfer's REFER waits for, and
+        # the event its MarkPlayed (played, or cleared by a flush) sets.
+        self._announcement_mark: str | None = None
+        self._announcement_over = asyncio.Event()
+        self._own_marks = 0
+        self._refer_due = False  # the pending transfer's REFER waits for its announcement
         self._referred = False  # a REFER of ours went out in this call
         self._refer_accepted = False  # the pending REFER got its 2xx, no final NOTIFY yet
         self._refer_notified = False  # the pending REFER got a NOTIFY
@@ -281,7 +290,8 @@ class Call:
         follows takes up to seconds (the agent's close is bounded at 5 s) and must not go on
         playing: after the caller's BYE, or ours, the session is over (RFC 3261 §15) and the
         caller has left; after a transfer the caller is someone else's. An agent's hang-up, or
-        its transfer's REFER, has let its queued audio play out first (``_drain_playout``).
+        its transfer's REFER, has let its queued audio play out first (``_drain_playout``,
+        ``_refer_after_playout``).
         Idempotent: the first sample stands."""
         if self._unplayed_at_end_ms is None:
             self._unplayed_at_end_ms = self.media.queued_ms
@@ -562,7 +572,10 @@ class Call:
             elif isinstance(event, DtmfReceived):
                 await self.bridge.send_dtmf(event.digit.key)
             elif isinstance(event, MarkPlayed):
-                await self.bridge.notify_mark(event.name)
+                if not event.name.startswith(_OWN_MARK):
+                    await self.bridge.notify_mark(event.name)
+                elif event.name == self._announcement_mark:  # played, or flushed: over
+                    self._announcement_over.set()
             elif isinstance(event, MediaEnded):
                 if event.reason == MediaEndReason.MEDIA_TIMEOUT:
                     self.end(DisconnectReason.MEDIA_TIMEOUT, "no RTP from the caller")
@@ -655,8 +668,20 @@ class Call:
                     )
                     continue
                 self._transfer_request = event.request_id
+                self._refer_due = True
+                self._mark_announcement()
                 self._side_task(self._refer_after_playout(event.target))
             elif isinstance(event, AgentHangup):
+                # Decision: a hang-up asked for while a transfer waits for its announcement
+                # (no REFER yet) cancels the transfer: the agent's later word wins, as its
+                # hang-up ends a call whatever else it asked before. No REFER goes (else the
+                # carrier got a REFER and then our BYE, or the BYE alone, as the two waits
+                # raced); the call ends as the hang-up, after the audio as ever. The agent gets
+                # no transfer result: nothing is sent to it after its hang-up (the bridge is
+                # finished). A REFER already sent is left to the call's end.
+                if self._refer_due:
+                    self._refer_due = False
+                    self._finish_transfer()
                 await self._drain_playout()
                 # the bridge's reason, by value as for AgentError: agent_hangup, or
                 # session_limit when the provider's own maximum session length ended it
@@ -687,19 +712,37 @@ class Call:
             elif isinstance(event, AgentConnected):
                 continue
 
+    def _mark_announcement(self) -> None:
+        """Place a mark of ours at the end of the agent's queued audio (its announcement of
+        the transfer just asked for): its ``MarkPlayed`` sets ``_announcement_over``."""
+        self._announcement_over.clear()
+        self._announcement_mark = None
+        if self.media.queued_ms > 0:
+            self._own_marks += 1
+            self._announcement_mark = f"{_OWN_MARK}{self._own_marks}"
+            self.media.mark(self._announcement_mark)
+        else:
+            self._announcement_over.set()  # nothing to play
+
     async def _refer_after_playout(self, target: str) -> None:
-        """Send the REFER of the pending transfer once the agent's queued audio has played.
+        """Send the REFER of the pending transfer once the agent's announcement is over.
 
         The agent asks for the transfer at the end of its announcement ("I'll put you
         through"), whose audio may still be queued, seconds of it: played first, as before a
-        hang-up, so the REFER does not hand the caller over mid-sentence. Beside the agent's
-        events, which go on meanwhile (another transfer is refused as in progress). A call
-        that ends meanwhile (the caller's BYE) cancels this with the call's other side tasks:
-        no REFER then.
+        hang-up, so the REFER does not hand the caller over mid-sentence. Waited for as the
+        mark at its end (``_mark_announcement``), not as the time it would take: a barge-in's
+        flush clears the mark, and the REFER goes at once rather than over the agent's reply
+        to the caller; bounded by ``hangup_drain_max_s``. Beside the agent's events, which go
+        on meanwhile (another transfer is refused as in progress). A call that ends meanwhile
+        (the caller's BYE) cancels this with the call's other side tasks, and the agent's
+        hang-up cancels the transfer (``_refer_due``): no REFER then.
         """
-        await self._drain_playout()
-        if self._end.done():
-            return  # ended as the wait did: its teardown has yet to cancel this
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._hangup_drain_max_s):
+                await self._announcement_over.wait()
+        if self._end.done() or not self._refer_due:
+            return  # ended as the wait did (its teardown has yet to cancel this), or cancelled
+        self._refer_due = False
         try:
             self._refer_sip(target)
         except Exception as exc:  # a bug: the call ends, as it did when the pump sent it
@@ -709,7 +752,7 @@ class Call:
 
     async def _drain_playout(self) -> None:
         # Queued audio plays out in real time: wait that long (bounded: hangup_drain_max_s,
-        # before an agent's hang-up or transfer), plus two frames.
+        # before an agent's hang-up), plus two frames.
         if self.media.queued_ms > 0:
             await asyncio.sleep(min(self.media.queued_ms / 1000 + 0.04, self._hangup_drain_max_s))
 
