@@ -629,3 +629,22 @@ async def test_an_instance_failing_leaves_another_instance_s_registration_shown(
     await reports.set_registration_status(trunk_id, "failed", "403", None, "192.0.2.2:5060")
     shown = await read(api, trunk_id)
     assert (shown["status"], shown["contact_address"]) == ("failed", None)
+
+
+async def test_a_registration_past_its_expiry_is_read_as_unregistered(api: Api) -> None:
+    """The row says ``registered`` until the gateway reports otherwise: after a kill -9, or
+    read through an API-only deployment, it said so for ever. Past ``registered_until`` the
+    API shows ``unregistered`` (no ``contact_address``: nothing is registered there)."""
+    trunk_id = await create(api)
+    reports = store(api)
+    past = datetime(2001, 1, 1, tzinfo=UTC)
+    await reports.set_registration_status(trunk_id, "registered", None, past, "203.0.113.5:1")
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("unregistered", None)
+    assert shown["registered_until"] == "2001-01-01T00:00:00Z"  # when it ran out
+    listed = (await api.get("/v1/trunks")).json()["trunks"][0]["registration"]
+    assert listed == shown
+    future = datetime(2031, 1, 1, tzinfo=UTC)
+    await reports.set_registration_status(trunk_id, "registered", None, future, "203.0.113.5:1")
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("registered", "203.0.113.5:1")
