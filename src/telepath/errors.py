@@ -26,3 +26,7 @@ class ProtocolError(TelepathError):
 
 class ConfigurationError(TelepathError):
     """The service cannot start with the configuration it was given."""
+
+
+class DatabaseUnavailable(TelepathError):
+    """The database cannot be reached or opened; the message says why, never a password."""

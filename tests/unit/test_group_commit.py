@@ -190,7 +190,8 @@ async def test_a_writer_waits_until_its_write_lands_or_is_kept_not_for_the_outag
     store.up = True
     await group.close(1)
     assert kept.done() and joined.done() and store.transactions == [[1, 2]]
-    landed = await group.write(3, 60)  # the database answering: waited for, as before
+    again = GroupCommit(store.batch, store.single, name="t", retryable=transient)
+    landed = await again.write(3, 60)  # the database answering: waited for, as before
     assert landed.done() and landed.exception() is None
 
 
@@ -251,3 +252,43 @@ async def test_close_counts_a_write_still_in_flight_as_not_taken(
     assert future.done() and isinstance(future.exception(), Exception)
     assert group.parked == 0 and group.dropped == 1
     assert read_journal(journal.path) == [{"item": 7}]  # not removed: the next start replays it
+
+
+class HangsThenUnwinds:
+    """Every attempt hangs; cancelled, it takes a moment to unwind, as a session rolling back
+    its connection does."""
+
+    async def single(self, item: int) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_write_submitted_once_close_gave_up_fails_at_once(tmp_path: Path) -> None:
+    """``close`` cancels the writer and returns before it has unwound: a write submitted then
+    saw a writer still running, started none, and its future never resolved. It now fails at
+    once, and stays in the journal like the writes ``close`` gave up."""
+    journal: WriteJournal[int] = WriteJournal(tmp_path / "t.jsonl", lambda item: {"item": item})
+    group = GroupCommit(
+        None, HangsThenUnwinds().single, name="t", retryable=transient, journal=journal
+    )
+    group.submit(7)
+    assert await group.close(0.05) == 1
+    late = group.submit(8)
+    await asyncio.wait({late}, timeout=1)
+    assert late.done() and isinstance(late.exception(), RuntimeError)
+    assert group.parked == 0 and group.dropped == 2
+    assert read_journal(journal.path) == [{"item": 7}, {"item": 8}]
+    await asyncio.sleep(0.1)  # the writer has unwound
+
+
+async def test_a_write_submitted_while_close_gives_up_is_counted(tmp_path: Path) -> None:
+    """A write submitted once ``close`` gave up the writer, before it returned (a future's
+    callback, say), is counted among the lost: the gateway keeps its heartbeat."""
+    group = GroupCommit(None, HangsThenUnwinds().single, name="t", retryable=transient)
+    late: list[asyncio.Future[None]] = []
+    group.submit(7).add_done_callback(lambda _: late.append(group.submit(8)))
+    assert await group.close(0.05) == 2
+    assert late and late[0].done() and isinstance(late[0].exception(), RuntimeError)
+    await asyncio.sleep(0.1)

@@ -81,7 +81,8 @@ class Registration(BaseModel):
     expires: int
     status: RegistrationStatus = Field(
         description="'pending' (new or changed, not yet reported), 'registered', 'failed' "
-        "(status_detail says why) or 'unregistered'"
+        "(status_detail says why) or 'unregistered' (also a registration past its "
+        "registered_until that no gateway refreshed)"
     )
     status_detail: str | None = Field(None, examples=["403 Forbidden", "no response"])
     registered_until: str | None = Field(

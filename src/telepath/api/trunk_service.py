@@ -61,9 +61,15 @@ def metrics_view(stats: TrunkCallStats) -> schemas.TrunkMetrics:
 
 def registration_view(row: TrunkRegistration | None) -> schemas.Registration | None:
     """A trunk's outbound registration as read: its settings and last reported state, never
-    the password or the contact user."""
+    the password or the contact user. A ``registered`` past its ``registered_until`` is read
+    as ``unregistered``: the gateway that reported it stopped refreshing it without saying so
+    (killed), or none runs (an API-only deployment), and the registrar has dropped it."""
     if row is None:
         return None
+    status, contact_address = row.status, row.contact_address
+    expired = row.registered_until is not None and row.registered_until < utcnow()
+    if status == "registered" and expired:
+        status, contact_address = "unregistered", None
     return schemas.Registration(
         registrar=row.registrar,
         username=row.username,
@@ -71,10 +77,10 @@ def registration_view(row: TrunkRegistration | None) -> schemas.Registration | N
         domain=row.domain,
         outbound_proxy=row.outbound_proxy,
         expires=row.expires,
-        status=row.status,
+        status=status,
         status_detail=row.status_detail,
         registered_until=iso(row.registered_until),
-        contact_address=row.contact_address,
+        contact_address=contact_address,
     )
 
 

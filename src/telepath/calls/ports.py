@@ -195,8 +195,8 @@ class RegistrationStore(Protocol):
         """Record a registration's state: ``registered`` (until ``registered_until``, with
         ``contact_address``, the ``host:port`` registered), ``failed`` (``detail`` says why,
         e.g. ``403 Forbidden`` or ``no response``) or ``unregistered`` (``contact_address``:
-        the binding removed; not stored while another instance's binding is shown). A trunk
-        or registration deleted meanwhile is ignored."""
+        the binding refused or removed; neither is stored while another instance's unexpired
+        binding is shown). A trunk or registration deleted meanwhile is ignored."""
         ...
 
 

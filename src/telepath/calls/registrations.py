@@ -608,10 +608,9 @@ class Registrations:
         if binding.status != (status, detail) and status == "registered":
             log.info("trunk %s: registered", binding.config.trunk_id)
         binding.status = (status, detail)
-        address = None
-        if status in ("registered", "unregistered"):  # the binding shown, or the one removed
-            uri = parse_uri(binding.machine.contact)
-            address = f"{uri.host}:{uri.port or 5060}"
+        # the binding shown, or the one removed or refused (not shown over another's)
+        uri = parse_uri(binding.machine.contact)
+        address = f"{uri.host}:{uri.port or 5060}"
         task = self._loop.create_task(
             self._store(binding.config.trunk_id, status, detail, until, address)
         )

@@ -19,7 +19,7 @@ from telepath.cli.calls import calls_app
 from telepath.cli.runtime import open_state
 from telepath.config import Settings, config_errors
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository
-from telepath.errors import ConfigurationError
+from telepath.errors import ConfigurationError, DatabaseUnavailable
 
 if TYPE_CHECKING:
     from telepath.cli.dialer import DialResult
@@ -47,12 +47,16 @@ def _settings() -> Settings:
 def _refused() -> Iterator[None]:
     """What only shows once the configuration is used — the master key file
     (``<data dir>/secret.key``) holding something that is no key — said as a configuration
-    error (exit 2) rather than a traceback. The reason names the file, never a key."""
+    error (exit 2) rather than a traceback. The reason names the file, never a key. A database
+    that cannot be reached or opened is said in one line too (exit 1), never its password."""
     try:
         yield
     except ConfigurationError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 def _with_state(fn: Callable[[ApiState], Awaitable[T]]) -> T:

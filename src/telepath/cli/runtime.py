@@ -18,10 +18,10 @@ from telepath.api.provider_checks import ProviderValidator
 from telepath.api.ratelimit import RateLimiter
 from telepath.api.state import ApiState
 from telepath.config import Settings
-from telepath.db.engine import make_engine, sessionmaker_for
-from telepath.db.engine import migrate as migrate_schema
+from telepath.db.engine import make_engine, migrate_or_refuse, sessionmaker_for
 from telepath.db.repository import DEFAULT_ACCOUNT_NAME, AccountRepository, IssuedKey
 from telepath.secrets.keyfile import key_file, load_keyring
+from telepath.secrets.keyring import Keyring
 
 logger = logging.getLogger("telepath")
 
@@ -29,14 +29,15 @@ logger = logging.getLogger("telepath")
 @asynccontextmanager
 async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[ApiState]:
     """Open the database (migrated, unless ``migrate`` is off: a SIP worker, started after the
-    front migrated), keyring and provider client; close them on exit."""
-    keyring, generated = load_keyring(settings.secret_key, settings.data_dir)
-    if generated:
-        logger.warning(
-            "generated a new master key in %s (mode 0600): back it up, or set "
-            "TELEPATH_SECRET_KEY; without it stored provider keys cannot be decrypted",
-            key_file(settings.data_dir),
-        )
+    front migrated), keyring and provider client; close them on exit.
+
+    Raises:
+        DatabaseUnavailable: the database cannot be reached or opened (no master key is
+            generated then).
+    """
+    # A key that is there is read first: one that does not read is refused before the database
+    # is opened. One still to generate is generated once the database has been reached.
+    keyring = _keyring(settings) if _has_key(settings) else None
     url = settings.effective_database_url
     engine = make_engine(url, timeout_s=settings.database_timeout_s)
     # Migrations and the retention sweep may run long on a big database: without the timeout.
@@ -45,7 +46,9 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
         maintenance = make_engine(url, pool_size=1)
     try:
         if migrate:
-            await migrate_schema(maintenance)
+            await migrate_or_refuse(maintenance)
+        if keyring is None:
+            keyring = _keyring(settings)
         validator = ProviderValidator(
             openai_api_base=settings.openai_api_base,
             elevenlabs_api_base=settings.elevenlabs_api_base,
@@ -68,6 +71,21 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
         await engine.dispose()
         if maintenance is not engine:
             await maintenance.dispose()
+
+
+def _has_key(settings: Settings) -> bool:
+    return bool(settings.secret_key.strip()) or key_file(settings.data_dir).exists()
+
+
+def _keyring(settings: Settings) -> Keyring:
+    keyring, generated = load_keyring(settings.secret_key, settings.data_dir)
+    if generated:
+        logger.warning(
+            "generated a new master key in %s (mode 0600): back it up, or set "
+            "TELEPATH_SECRET_KEY; without it stored provider keys cannot be decrypted",
+            key_file(settings.data_dir),
+        )
+    return keyring
 
 
 @asynccontextmanager

@@ -15,6 +15,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from telepath.errors import DatabaseUnavailable
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # SQLite reports a missing schema as an OperationalError too: that one will not pass by itself.
@@ -164,3 +166,17 @@ async def migrate(engine: AsyncEngine) -> None:
         elif conn.dialect.name == "sqlite":
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
         await conn.run_sync(_upgrade)
+
+
+async def migrate_or_refuse(engine: AsyncEngine) -> None:
+    """``migrate``, as a command's first use of the database: one that cannot be reached or
+    opened (refused, unknown host, wrong credentials) raises ``DatabaseUnavailable`` with the
+    driver's reason, the URL's password blanked out if the reason quotes it."""
+    try:
+        await migrate(engine)
+    except (OSError, DBAPIError) as exc:
+        reason = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
+        password = engine.url.password
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise DatabaseUnavailable(f"cannot open the database: {reason}") from None

@@ -101,6 +101,8 @@ class GroupCommit(Generic[T]):
         self.transactions = 0  # committed: fewer than the items under load
         self.dropped = 0  # parked items given up (the backlog overflowed, or closed)
         self._kept = 0
+        self._closed = False  # ``close`` gave the writer up: a submit fails at once
+        self._late = 0  # submitted since then
 
     @property
     def parked(self) -> int:
@@ -149,6 +151,13 @@ class GroupCommit(Generic[T]):
 
     def _submit(self, item: T) -> _Pending[T]:
         pending = _Pending(item)
+        if self._closed:
+            # ``close`` cancelled the writer, which may not have unwound yet: queued, this would
+            # wait for it for ever. Given up at once, like the writes ``close`` gave up.
+            self._late += 1
+            pending.error = RuntimeError(f"{self._name} closed")
+            self._lose([pending])
+            return pending
         if self._parked:
             # An outage is under way: wait with the others for the next attempt (one per
             # back-off) rather than fail against the database once per write.
@@ -251,7 +260,8 @@ class GroupCommit(Generic[T]):
     async def close(self, timeout_s: float) -> int:
         """Stop retrying: one last attempt for parked items within ``timeout_s``; the ones that
         still fail, and those still being written (or queued) when it is up, are given up:
-        their futures fail and, with a journal, they stay on disk. Returns how many."""
+        their futures fail and, with a journal, they stay on disk. Returns how many. So are the
+        writes submitted from then on (counted while this runs)."""
         if self._retrier is not None:
             self._retrier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +273,8 @@ class GroupCommit(Generic[T]):
             self._start_writer()
         if self._writer is not None and not self._writer.done():
             await asyncio.wait({self._writer}, timeout=timeout_s)
+        self._closed = True
+        self._late = 0
         lost, self._parked = self._parked, []
         if self._writer is not None and not self._writer.done():
             # still writing (the database not answering): neither landed nor failed, so not
@@ -275,15 +287,18 @@ class GroupCommit(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retrier
             self._retrier = None
+        self._lose(lost)
+        if lost:
+            await asyncio.sleep(0)  # their futures' callbacks (the writers' failure counts) run
+        return len(lost) + self._late
+
+    def _lose(self, lost: list[_Pending[T]]) -> None:
         for pending in lost:
             self._keep(pending)  # on disk too if it was first tried just now
         if lost and self._journal is not None:
             self._journal.detach()  # given up here, but on disk for the next start
         for pending in lost:
             self._give_up(pending)
-        if lost:
-            await asyncio.sleep(0)  # their futures' callbacks (the writers' failure counts) run
-        return len(lost)
 
 
 def outage_proof(

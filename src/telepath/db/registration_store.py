@@ -92,10 +92,12 @@ class DbRegistrationStore:
     ) -> None:
         """Record what call control last saw of a registration (``detail`` cut to its column,
         200 characters, a NUL in it replaced); nothing when the trunk or its registration is
-        gone. ``unregistered`` with a ``contact_address`` (the binding removed) is stored only
-        while the row shows that address or none: every instance of a multi-instance
-        installation registers the trunk at its own address and shares this one row, so one
-        stopping must not hide another's binding (a compare-and-set, no row per instance).
+        gone. ``unregistered`` or ``failed`` with a ``contact_address`` (the binding removed,
+        or the one that failed) is stored only while the row shows that address, none, or a
+        registration expired: every instance of a multi-instance installation (hosts sharing
+        the database) registers the trunk at its own address and shares this one row, so one
+        stopping or refused must not hide another's live binding (a compare-and-set, no row
+        per instance).
 
         Raises:
             ValueError: ``status`` is not ``registered``, ``failed`` or ``unregistered``.
@@ -104,9 +106,11 @@ class DbRegistrationStore:
         if status not in REPORTED_STATUSES:
             raise ValueError(f"not a registration status: {status!r}")
         statement = update(TrunkRegistration).where(TrunkRegistration.trunk_id == trunk_id)
-        if status == "unregistered" and contact_address is not None:
-            shown = TrunkRegistration.contact_address
-            statement = statement.where(or_(shown.is_(None), shown == contact_address))
+        if status != "registered" and contact_address is not None:
+            shown, until = TrunkRegistration.contact_address, TrunkRegistration.registered_until
+            statement = statement.where(
+                or_(shown.is_(None), shown == contact_address, until.is_(None), until < utcnow())
+            )
         try:
             async with self._sessions() as session:
                 await session.execute(

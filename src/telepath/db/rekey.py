@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from telepath.config import Settings
-from telepath.db.engine import make_engine, migrate
+from telepath.db.engine import make_engine, migrate_or_refuse
 from telepath.db.reseal import Resealed, reseal_all
 from telepath.errors import TelepathError
 from telepath.secrets.keyfile import (
@@ -39,7 +39,7 @@ async def reencrypt_all(settings: Settings, keyring: Keyring) -> Resealed:
     value: ``telepath.db.reseal``)."""
     engine = make_engine(settings.effective_database_url)
     try:
-        await migrate(engine)
+        await migrate_or_refuse(engine)
         return await reseal_all(engine, keyring)
     finally:
         await engine.dispose()

@@ -145,6 +145,8 @@ class WriteJournal(Generic[T]):
             self._file.flush()  # in the kernel's hands: survives the process
             self._bytes += size
             self.lines += 1
+            if self._detached:  # a write given up after shutdown began: closed again
+                self._close()
         except (OSError, TypeError, ValueError) as exc:
             self._broken = True
             logger.error(
@@ -168,9 +170,10 @@ class WriteJournal(Generic[T]):
             logger.warning("journal %s: removing failed (%s)", self.path.name, type(exc).__name__)
 
     def detach(self) -> None:
-        """Shutting down with writes still kept: leave the file for the next start."""
+        """Shutting down with writes still kept: leave the file for the next start (a write
+        kept later is still appended)."""
         self._close()
-        self._broken = self._detached = True  # what is given up now stays in the file
+        self._detached = True  # what is given up now stays in the file
 
     def _close(self) -> None:
         if self._file is not None:

@@ -473,7 +473,9 @@ async def test_store_reports_state_through_the_api(api: Api) -> None:
     listed = (await api.get("/v1/trunks")).json()["trunks"][0]["registration"]
     assert listed == registered
     # no address is kept past the registration: failed, or unregistered
-    await reports.set_registration_status(trunk_id, "failed", "no response", None, "x:1")
+    await reports.set_registration_status(
+        trunk_id, "failed", "no response", None, "203.0.113.5:40001"
+    )
     assert (await read(api, trunk_id))["contact_address"] is None
     await reports.set_registration_status(trunk_id, "registered", None, until, "203.0.113.5:1")
     await reports.set_registration_status(trunk_id, "unregistered", None, None)
@@ -575,3 +577,74 @@ async def test_store_skips_a_password_it_cannot_open(
     assert record.levelno == logging.ERROR and bad in record.getMessage()
     assert PASSWORD not in record.getMessage() and foreign not in record.getMessage()
     assert (await read(api, bad))["status"] == "pending"  # the API still reads it
+
+
+async def test_an_instance_failing_leaves_another_instance_s_registration_shown(
+    api: Api,
+) -> None:
+    """Hosts sharing the database each register the trunk at their own address: one whose
+    registrar refuses it (403) stored ``failed`` over the other's live ``registered``, its
+    ``registered_until`` and ``contact_address`` nulled. A failure is now stored only while the
+    row shows that instance's binding, none, or one expired."""
+    trunk_id = await create(api, {**REGISTRATION, "registrar": "sip:127.0.0.1:5999"})
+    reports = store(api)
+    sent: list[Output] = []
+    arrived = asyncio.Event()
+
+    def send(outputs: list[Output]) -> None:
+        sent.extend(outputs)
+        arrived.set()
+
+    async def next_register() -> Request:
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        arrived.clear()
+        register = parse_message([o for o in sent if isinstance(o, Send)][-1].data)
+        assert isinstance(register, Request)
+        return register
+
+    async def answered(driver: Registrations, register: Request, response: Response) -> None:
+        driver.answered(RequestAnswered(register, response))
+        await asyncio.gather(*driver._writes)  # the state stored
+
+    drivers = []
+    for host in ("192.0.2.1", "192.0.2.2"):  # A registers, then B is refused
+        core = UserAgentCore(UaConfig(contact_host=host), FakeClock(100.0))
+        driver = Registrations(reports, core, send)
+        await driver.sync()
+        register = await next_register()
+        contact = register.headers.get("Contact") or ""
+        granted = make_response(register, 200, headers=[("Contact", f"{contact};expires=300")])
+        refused = make_response(register, 403)
+        await answered(driver, register, granted if host == "192.0.2.1" else refused)
+        drivers.append(driver)
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("registered", "192.0.2.1:5060")
+    assert shown["registered_until"] is not None
+    for driver in drivers:
+        await driver.close(0.01)  # A's removal unanswered: A's binding stays shown
+    # A's binding expired (A killed): B's failure is what there is to show
+    past = datetime(2001, 1, 1, tzinfo=UTC)
+    await reports.set_registration_status(trunk_id, "registered", None, past, "192.0.2.1:5060")
+    await reports.set_registration_status(trunk_id, "failed", "403", None, "192.0.2.2:5060")
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("failed", None)
+
+
+async def test_a_registration_past_its_expiry_is_read_as_unregistered(api: Api) -> None:
+    """The row says ``registered`` until the gateway reports otherwise: after a kill -9, or
+    read through an API-only deployment, it said so for ever. Past ``registered_until`` the
+    API shows ``unregistered`` (no ``contact_address``: nothing is registered there)."""
+    trunk_id = await create(api)
+    reports = store(api)
+    past = datetime(2001, 1, 1, tzinfo=UTC)
+    await reports.set_registration_status(trunk_id, "registered", None, past, "203.0.113.5:1")
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("unregistered", None)
+    assert shown["registered_until"] == "2001-01-01T00:00:00Z"  # when it ran out
+    listed = (await api.get("/v1/trunks")).json()["trunks"][0]["registration"]
+    assert listed == shown
+    future = datetime(2031, 1, 1, tzinfo=UTC)
+    await reports.set_registration_status(trunk_id, "registered", None, future, "203.0.113.5:1")
+    shown = await read(api, trunk_id)
+    assert (shown["status"], shown["contact_address"]) == ("registered", "203.0.113.5:1")

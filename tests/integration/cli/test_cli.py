@@ -629,3 +629,54 @@ def test_serve_takes_what_the_gateway_takes(
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 0, result.output
     assert len(started) == 1
+
+
+UNREACHABLE = "postgresql+asyncpg://u:s3cr3t-pw@127.0.0.1:1/db"  # nothing listens on port 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        ["keys", "create", "--name", "ci"],
+        ["keys", "list"],
+        ["keys", "revoke", "key_x"],
+        ["secrets", "rotate"],
+        ["secrets", "prune"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_a_database_that_cannot_be_reached_is_said_in_one_line(
+    env: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """It was a Typer traceback (exit 1), the URL's password a frame away; ``keys list``
+    generated a master key first. Now one line, exit 1, as ``telepath calls`` does."""
+    monkeypatch.setenv("TELEPATH_DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", GOOD_KEY if "secrets" in command else "")
+    # serve as it runs, but on this test's loop policy and logging
+    monkeypatch.setattr("telepath.cli.serve.install_event_loop", lambda: "asyncio")
+    monkeypatch.setattr("telepath.cli.serve.configure_logging", lambda *_: None)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("cannot open the database: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert isinstance(result.exception, SystemExit)  # typer.Exit: no error escaped
+    assert "s3cr3t-pw" not in result.output
+    if command[0] != "secrets":
+        assert not (env / "secret.key").exists()  # no master key made for nothing
+
+
+def test_a_password_the_driver_quotes_is_blanked_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reason that quotes the URL's password (a driver may) never shows it."""
+    from telepath.db import engine as db_engine
+    from telepath.errors import DatabaseUnavailable
+
+    async def refuses(_: object) -> None:
+        raise ConnectionRefusedError(f"no route to {UNREACHABLE}")
+
+    monkeypatch.setattr(db_engine, "migrate", refuses)
+    engine = make_engine(UNREACHABLE)
+    with pytest.raises(DatabaseUnavailable) as refused:
+        asyncio.run(db_engine.migrate_or_refuse(engine))
+    asyncio.run(engine.dispose())
+    assert "s3cr3t-pw" not in str(refused.value) and "u:***@" in str(refused.value)
