@@ -320,6 +320,9 @@ async def _serve(settings: Settings, state: ApiState, stop: StopSignals) -> None
             # No access log: a request line's path and query may carry phone numbers, which
             # never appear at INFO (README, Observability).
             access_log=False,
+            # No WebSocket protocol: the API serves none, and uvicorn logged each upgrade it
+            # refused at INFO with the request's path and query, access log or not.
+            ws="none",
             lifespan="off",
             timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE_S,
         )

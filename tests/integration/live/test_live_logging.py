@@ -79,6 +79,18 @@ def test_every_line_of_a_run_is_json(tmp_path: Path) -> None:
             time.sleep(0.1)
         # a request with a query string: no access log line either way (it could carry a number)
         httpx.get(f"http://127.0.0.1:{port}/healthz?to=%2B15551230000", timeout=5)
+        # nor a WebSocket upgrade's, which uvicorn logged at INFO (path and query) when it
+        # refused one, access log or not: the API serves no WebSocket
+        upgrade = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        refused = httpx.get(
+            f"http://127.0.0.1:{port}/v1/calls?to=%2B15551230001", headers=upgrade, timeout=5
+        )
+        assert refused.status_code != 101
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, stderr.read_text()
     finally:
@@ -92,6 +104,7 @@ def test_every_line_of_a_run_is_json(tmp_path: Path) -> None:
     assert any(line["logger"].startswith("uvicorn") for line in lines), messages
     assert any(m.startswith("draining calls") for m in messages), messages
     assert not any("15551230000" in m for m in messages), messages
+    assert not any("15551230001" in m for m in messages), messages
 
 
 def test_a_port_taken_is_said_in_json(tmp_path: Path) -> None:
