@@ -7,7 +7,9 @@ tagged without passing the id around. What serves every call (the media clock,
 logs carries that call's id: it runs in an empty one. Phone numbers, audio, transcripts and
 secrets are never logged at INFO or above (transcripts go to DEBUG only, see ``calls/call.py``),
 and secrets not at DEBUG either: the agent WebSockets' library logs its handshakes and frames
-at DEBUG, so it gets a logger that stays at INFO (``bridges/ws_socket.py``).
+at DEBUG, so it gets a logger that stays at INFO (``bridges/ws_socket.py``), and aiosqlite,
+which logs every statement with its parameters (HA1 hashes, numbers, transcripts) at DEBUG, is
+kept at INFO (``configure_logging``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # every statement with its parameters at DEBUG (module docstring)
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
 
 
 class Streak:
