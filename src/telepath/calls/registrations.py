@@ -564,7 +564,7 @@ class Registrations:
                 log.warning(
                     "trunk %s: registration failed (%s); retrying in %.0f s",
                     binding.config.trunk_id,
-                    outcome.detail,
+                    outcome.safe_detail,  # the registrar's own words may hold a number
                     outcome.retry_in,
                 )
             self._report(binding, "failed", outcome.detail, None)

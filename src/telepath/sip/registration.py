@@ -41,7 +41,7 @@ import ipaddress
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telepath.sip.client_auth import Challenge, answer_challenge
 from telepath.sip.client_auth import answer as client_answer
@@ -84,10 +84,21 @@ class Registered:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The attempt failed (``detail`` says why, e.g. ``403 Forbidden``); retry in ``retry_in`` s."""
+    """The attempt failed (``detail`` says why, e.g. ``403 Forbidden``); retry in ``retry_in`` s.
+
+    ``reason_phrase``: the registrar's own words within ``detail`` (any text: some carriers put
+    the account's user, often its number, there), left out of :attr:`safe_detail`."""
 
     detail: str
     retry_in: float
+    reason_phrase: str = field(default="", compare=False)
+
+    @property
+    def safe_detail(self) -> str:
+        """``detail`` without the registrar's reason phrase: what logs at INFO and above get."""
+        if not self.reason_phrase:
+            return self.detail
+        return self.detail.replace(self.reason_phrase, "(reason phrase)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +248,10 @@ class Registration:
         retry_after = _retry_after(response)
         if status in (500, 503) and retry_after is not None and retry_after > 0:
             self.failures += 1
-            return Failed(f"{status} {response.reason}", float(min(retry_after, 3600)))
-        return self._fail(f"{status} {response.reason}")
+            return Failed(
+                f"{status} {response.reason}", float(min(retry_after, 3600)), response.reason
+            )
+        return self._fail(f"{status} {response.reason}", response.reason)
 
     def on_timeout(self) -> Outcome:
         """No final answer within Timer F."""
@@ -264,11 +277,12 @@ class Registration:
         field = "Proxy-Authorization" if proxy else "Authorization"
         if field in self._answered and not challenge.stale:
             return self._after_unregister() or self._fail(
-                f"{response.status} {response.reason} (credentials refused)"
+                f"{response.status} {response.reason} (credentials refused)", response.reason
             )
         if self._answers >= _MAX_ANSWERS:
             return self._after_unregister() or self._fail(
-                f"{response.status} {response.reason} (challenged {self._answers} times)"
+                f"{response.status} {response.reason} (challenged {self._answers} times)",
+                response.reason,
             )
         # RFC 3261 §22.3: a 401 after an answered 407 (or the reverse) is the next hop's own
         # challenge; the resend carries both answers, the earlier with its nonce's next count
@@ -340,9 +354,9 @@ class Registration:
         # than asked (10**12 s) would also put the refresh past any date the driver can hold
         return min(granted, asked)
 
-    def _fail(self, detail: str) -> Failed:
+    def _fail(self, detail: str, reason_phrase: str = "") -> Failed:
         self.failures += 1
-        return Failed(detail, backoff_delay(self.failures, self._rng))
+        return Failed(detail, backoff_delay(self.failures, self._rng), reason_phrase)
 
 
 def refresh_delay(granted: int) -> float:

@@ -517,3 +517,18 @@ def test_a_realm_that_is_not_utf_8_is_answered_over_its_bytes() -> None:
     ha1 = hashlib.md5(b"u:M\xfcller GmbH:p").hexdigest()
     ha2 = hashlib.md5(b"REGISTER:sip:r").hexdigest()
     assert creds.response == hashlib.md5(f"{ha1}:n1:{ha2}".encode()).hexdigest()
+
+
+def test_the_registrar_s_reason_phrase_is_kept_out_of_the_detail_for_logs() -> None:
+    """A registrar's reason phrase is its own text, and some put the account's user (often the
+    number) in it: the API shows the detail to the trunk's owner, the log gets it without."""
+    reg = registration()
+    request = reg.register()
+    refused = make_response(request, 403, "User +4930123456 unknown", to_tag="reg1")
+    parsed = parse_message(refused.to_bytes())
+    assert isinstance(parsed, Response)
+    failed = reg.on_response(parsed)
+    assert isinstance(failed, Failed)
+    assert failed.detail == "403 User +4930123456 unknown"
+    assert "4930123456" not in failed.safe_detail
+    assert failed.safe_detail.startswith("403")
