@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # --- storage -------------------------------------------------------------------------
     data_dir: Path = Path("./data")
     # empty: sqlite+aiosqlite:///{data_dir}/telepath.db; else one of DATABASE_DRIVERS
-    database_url: str = ""
+    database_url: str = Field(default="", repr=False)  # may hold a password
     # PostgreSQL: the longest a connection attempt or a statement may take before the database
     # counts as unavailable (a server or network gone silent); 0: no limit. Migrations and the
     # retention sweep run without it.
@@ -155,7 +155,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with call_id
 
     # --- secrets -------------------------------------------------------------------------
-    secret_key: str = ""  # base64 (urlsafe or std) of 32 bytes; empty: generated into data_dir
+    # base64 (urlsafe or std) of 32 bytes; empty: generated into data_dir. Never in the repr.
+    secret_key: str = Field(default="", repr=False)
 
     # --- SIP -----------------------------------------------------------------------------
     sip_domain: str = "sip.telepath.local"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from pydantic import ValidationError
 
@@ -273,3 +275,16 @@ def test_the_session_interval_has_an_upper_bound() -> None:
     assert Settings(sip_session_expires=86400).sip_session_expires == 86400
     (line,) = refusal(sip_session_expires="86401")
     assert line.startswith("TELEPATH_SIP_SESSION_EXPIRES: Input should be less than or equal to ")
+
+
+def test_the_settings_repr_shows_neither_the_master_key_nor_the_database_password() -> None:
+    """A Settings in a traceback's locals or an asyncio 'Exception in callback' line is printed
+    by its repr: the master key (every stored secret's key) and the database URL's password were
+    in it."""
+    key = base64.b64encode(b"k" * 32).decode()
+    shown = repr(
+        Settings(secret_key=key, database_url="postgresql+asyncpg://u:Pw-Secret-9@db/telepath")
+    )
+    assert key not in shown
+    assert "Pw-Secret-9" not in shown
+    assert "http_port" in shown  # the rest is still there
