@@ -202,7 +202,10 @@ def call(
     password: str | None = typer.Option(
         None,
         "--password",
-        help="Digest password; asked for when omitted and the gateway challenges (a trunk with "
+        envvar="TELEPATH_CALL_PASSWORD",
+        show_envvar=True,
+        help="Digest password (or TELEPATH_CALL_PASSWORD, which keeps it out of ps and the "
+        "shell's history); asked for when omitted and the gateway challenges (a trunk with "
         "sip_auth address is called by number without one: sip:+14155550100@host)",
     ),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),

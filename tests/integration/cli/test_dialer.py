@@ -325,3 +325,21 @@ async def test_the_cli_saves_the_agent_s_audio(
     with wave.open(str(record), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
         assert abs(dominant_frequency(w.readframes(w.getnframes())) - 440) < 15
+
+
+async def test_the_cli_takes_the_password_from_the_environment(
+    api: Api,  # noqa: F811
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """``--password`` on the command line is in ``ps`` and the shell's history for everyone on
+    the machine: ``TELEPATH_CALL_PASSWORD`` gives it without either."""
+    async with FakeTelepathAgent(agent="tone", tone_hz=440, response_ms=300) as agent:
+        await create_trunk(
+            api, "erin", "dialer-pass-1", ai_provider="custom", custom_endpoint=agent.url
+        )
+        args = ["call", _target(gateway, "erin", "UDP"), "--duration", "1"]
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, args, env={"TELEPATH_CALL_PASSWORD": "dialer-pass-1"}
+        )
+    assert result.exit_code == 0, result.output
+    assert "dialer-pass-1" not in result.output
