@@ -75,3 +75,28 @@ async def test_a_subscriptions_expires_is_capped() -> None:
     call.refer_update(180, False, 20)  # a shorter one is kept as given
     assert _remaining(call) == pytest.approx(20 + REFER_NOTIFY_WAIT_S, abs=1.0)
     call._stop_refer_timer()
+
+
+async def test_every_failed_transfer_is_counted_the_timed_out_ones_too() -> None:
+    """The manager counted ``transfer_failed`` only for a final NOTIFY or REFER response that
+    was not a 2xx: a transfer whose NOTIFY never came, or whose subscription ran out, failed
+    uncounted."""
+    failed: list[str] = []
+    call = stub_call(Agent())
+    call._on_transfer_failed = lambda: failed.append("x")
+    call._transfer_request = "xfer-1"
+    call.refer_update(202, False)
+    call._stop_refer_timer()
+    call._refer_unanswered()  # no NOTIFY within its wait
+    call._transfer_request = "xfer-2"
+    call.refer_update(202, False)
+    call.refer_update(100, False, 30)
+    call._stop_refer_timer()
+    call._refer_unanswered("SIP 100")  # the subscription ran out with no outcome
+    call._transfer_request = "xfer-3"
+    call.refer_update(603, True)  # refused
+    await asyncio.sleep(0)
+    assert len(failed) == 3
+    call.refer_update(100, False, 60)  # late progress of a decided transfer: no failure more
+    call._refer_unanswered()  # a stray timer with nothing pending: none either
+    assert len(failed) == 3

@@ -214,8 +214,11 @@ class Call:
         max_duration_s: float = 0.0,
         agent_law: Codec | None = None,
         wideband: bool = False,
+        on_transfer_failed: Callable[[], None] | None = None,
     ) -> None:
         self.record = record
+        # told of each transfer that failed, whichever way (the manager's transfer_failed)
+        self._on_transfer_failed = on_transfer_failed
         self.media = media
         self.bridge = bridge
         self.negotiated = negotiated
@@ -386,6 +389,7 @@ class Call:
                 self._transfer_outcome = (request, True, f"SIP {status}")
             self.end(DisconnectReason.TRANSFERRED)
         elif request is not None:
+            self._transfer_failed()
             detail = f"SIP {status}"
             if status < 200:
                 detail = f"the carrier's subscription ended with no outcome (last {detail})"
@@ -397,6 +401,10 @@ class Call:
         self._refer_accepted = self._refer_notified = False
         self._stop_refer_timer()
         return request
+
+    def _transfer_failed(self) -> None:
+        if self._on_transfer_failed is not None:
+            self._on_transfer_failed()
 
     def _stop_refer_timer(self) -> None:
         if self._refer_timer is not None:
@@ -413,6 +421,7 @@ class Call:
         request = self._finish_transfer()
         log.warning("call %s: no outcome for our REFER: transfer taken as failed", self.record.id)
         if request is not None:
+            self._transfer_failed()
             if last is None:
                 detail = f"no NOTIFY from the carrier within {REFER_NOTIFY_WAIT_S:g} s"
             else:

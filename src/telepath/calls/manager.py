@@ -440,9 +440,7 @@ class CallManager:
                 event.dialog.app_data.digits.append(event.digit)  # delivered once the call is up
         elif isinstance(event, ReferUpdate):
             call = _call_of(event.dialog.app_data)
-            if call is not None:
-                if event.final and not 200 <= event.status < 300:
-                    self._count("transfer_failed")
+            if call is not None:  # a failed transfer is counted by the call (_transfer_failed)
                 call.refer_update(event.status, event.final, event.expires)
         elif isinstance(event, CallConfirmed):
             if isinstance(event.dialog.app_data, _Setup):
@@ -1280,6 +1278,7 @@ class CallManager:
             max_duration_s=self.config.max_call_duration_s,
             agent_law=law,
             wideband=wideband,
+            on_transfer_failed=lambda: self._count("transfer_failed"),
         )
         call.invite_at = started
         call.sip_call_id = request.call_id

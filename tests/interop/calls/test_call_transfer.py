@@ -413,6 +413,7 @@ async def test_a_refer_whose_notify_never_comes_fails_after_a_bounded_wait(
     first, second = results
     assert (first["request_id"], first["ok"]) == ("xfer-1", False)
     assert "NOTIFY" in first["detail"]
+    assert gateway.manager.counters.get("transfer_failed") == 1  # the timed-out one counts
     assert (second["request_id"], second["ok"]) == ("xfer-2", True)
     assert rec["disconnect_reason"] == "transferred"
     refers = [line for line in rec["sip_trace"].splitlines() if line.startswith("Refer-To:")]
