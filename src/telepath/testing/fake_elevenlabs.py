@@ -294,9 +294,10 @@ class FakeElevenLabs(FakeAgentServer):
 
     async def _after_first_message(self, ws: ServerConnection) -> bool:
         if self.end_call:
+            # [EL-SPEC] AgentToolResponseData: all six fields are required
             tool: dict[str, Any] = {"tool_name": "end_call", "tool_call_id": "tool_1"}
-            tool["tool_type"] = "system"
-            tool["is_error"] = False
+            tool.update(tool_type="system", is_error=False, is_called=True)
+            tool["event_id"] = next(self._event_ids)
             await self._send(ws, {"type": "agent_tool_response", "agent_tool_response": tool})
             await ws.close(1000, "end_call")
             return True
