@@ -38,8 +38,8 @@ Behaviour switches:
   ``max_conversation_duration_message``; none for 0), then ``error`` ``max_duration_exceeded``
   (code 1000) and close 1000.
 * ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
-* ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
-  ``"close"`` (1011).
+* ``after_setup``: ``"error"`` (error event ``llm_error`` + close 1002), ``"drop"``,
+  ``"malformed"``, ``"close"`` (1011).
 * ``setup``: ``"override_error"`` (error + close 1008 after any initiation) or ``"silent"``.
 """
 
@@ -206,8 +206,13 @@ class FakeElevenLabs(FakeAgentServer):
             "debug_message": f"Enable the '{path}' override in the agent's Security settings.",
             "details": {"field": path},
         }
+        await self._close_with_error(ws, error)
+
+    async def _close_with_error(self, ws: ServerConnection, error: dict[str, Any]) -> None:
+        """The ``error`` event, then the close: [EL-SPEC] ``ErrorData.code`` is the
+        ``WebSocketCloseCode`` the conversation closes with; the reason is the error type."""
         await self._send(ws, {"type": "error", "error_event": error})
-        await ws.close(1008, "override_error")
+        await ws.close(error["code"], error["error_type"])
 
     async def _start_conversation(self, ws: ServerConnection) -> bool:
         if self.setup == "silent":
@@ -215,8 +220,7 @@ class FakeElevenLabs(FakeAgentServer):
         if self.setup == "override_error":
             error = {"code": 1008, "message": "Override not allowed"}
             error["error_type"] = "override_error"
-            await self._send(ws, {"type": "error", "error_event": error})
-            await ws.close(1008, "override_error")
+            await self._close_with_error(ws, error)
             return True
         metadata = {
             "conversation_id": "conv_fake_1",
@@ -241,8 +245,7 @@ class FakeElevenLabs(FakeAgentServer):
         match self.after_setup:
             case "error":
                 error = {"code": 1002, "message": "LLM failed", "error_type": "llm_error"}
-                await self._send(ws, {"type": "error", "error_event": error})
-                await ws.close(1008, "error")
+                await self._close_with_error(ws, error)
                 return True
             case "drop":
                 self.drop(ws)
@@ -331,8 +334,7 @@ class FakeElevenLabs(FakeAgentServer):
             "debug_message": "max_duration_seconds reached",
             "details": {},
         }
-        await self._send(ws, {"type": "error", "error_event": error})
-        await ws.close(1000, "max_duration_exceeded")
+        await self._close_with_error(ws, error)
 
 
 def _override_paths(init: ev.ConversationInitiationClientData) -> set[str]:

@@ -552,6 +552,37 @@ async def test_the_fake_refuses_an_override_not_enabled_on_the_wire() -> None:
     assert first["type"] == "conversation_initiation_metadata"
 
 
+@pytest.mark.parametrize(
+    ("params", "error_type"),
+    [
+        ({"after_setup": "error", "agent": "silent"}, "llm_error"),
+        ({"setup": "override_error"}, "override_error"),
+        ({"max_duration": True, "response_ms": 100}, "max_duration_exceeded"),
+        ({"allowed_overrides": ()}, "override_error"),  # the prompt override not enabled
+    ],
+)
+async def test_the_fake_closes_with_its_error_s_code(
+    params: dict[str, Any], error_type: str
+) -> None:
+    """[EL-SPEC] ``ErrorData.code`` is the ``WebSocketCloseCode`` the conversation closes with:
+    the fake's ``llm_error`` (code 1002) was followed by a close 1008."""
+    init = {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": {"agent": {"prompt": {"prompt": "Be brief."}}},
+    }
+    async with FakeElevenLabs(
+        **{"public": True, "allowed_overrides": PROMPT_ENABLED, **params}
+    ) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+    errors = [m["error_event"] for m in fake.sent if m["type"] == "error"]
+    assert [e["error_type"] for e in errors] == [error_type]
+    assert ws.close_code == errors[0]["code"]
+
+
 @pytest.mark.parametrize("https", [False, True])
 async def test_a_signed_url_answer_in_two_parts_is_read_whole(
     fake: FakeElevenLabs, https: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
