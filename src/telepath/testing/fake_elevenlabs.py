@@ -37,7 +37,8 @@ Behaviour switches:
   out (providers.md §3.6): ``goodbye_ms`` of ``reply_hz`` as a new turn (the agent's
   ``max_conversation_duration_message``; none for 0), then ``error`` ``max_duration_exceeded``
   (code 1000) and close 1000.
-* ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
+* ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call`` (as an
+  agent with ``client_tool_call`` among its client events sends it; see the README).
 * ``after_setup``: ``"error"`` (error event ``llm_error`` + close 1002), ``"drop"``,
   ``"malformed"``, ``"close"`` (1011).
 * ``setup``: ``"override_error"`` (error + close 1008 after any initiation) or ``"silent"``.
