@@ -37,9 +37,10 @@ Behaviour switches:
   out (providers.md §3.6): ``goodbye_ms`` of ``reply_hz`` as a new turn (the agent's
   ``max_conversation_duration_message``; none for 0), then ``error`` ``max_duration_exceeded``
   (code 1000) and close 1000.
-* ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call``.
-* ``after_setup``: ``"error"`` (error event + close 1008), ``"drop"``, ``"malformed"``,
-  ``"close"`` (1011).
+* ``transfer_to`` / ``hangup_tool``: after the first message, a ``client_tool_call`` (as an
+  agent with ``client_tool_call`` among its client events sends it; see the README).
+* ``after_setup``: ``"error"`` (error event ``llm_error`` + close 1002), ``"drop"``,
+  ``"malformed"``, ``"close"`` (1011).
 * ``setup``: ``"override_error"`` (error + close 1008 after any initiation) or ``"silent"``.
 """
 
@@ -206,8 +207,13 @@ class FakeElevenLabs(FakeAgentServer):
             "debug_message": f"Enable the '{path}' override in the agent's Security settings.",
             "details": {"field": path},
         }
+        await self._close_with_error(ws, error)
+
+    async def _close_with_error(self, ws: ServerConnection, error: dict[str, Any]) -> None:
+        """The ``error`` event, then the close: [EL-SPEC] ``ErrorData.code`` is the
+        ``WebSocketCloseCode`` the conversation closes with; the reason is the error type."""
         await self._send(ws, {"type": "error", "error_event": error})
-        await ws.close(1008, "override_error")
+        await ws.close(error["code"], error["error_type"])
 
     async def _start_conversation(self, ws: ServerConnection) -> bool:
         if self.setup == "silent":
@@ -215,8 +221,7 @@ class FakeElevenLabs(FakeAgentServer):
         if self.setup == "override_error":
             error = {"code": 1008, "message": "Override not allowed"}
             error["error_type"] = "override_error"
-            await self._send(ws, {"type": "error", "error_event": error})
-            await ws.close(1008, "override_error")
+            await self._close_with_error(ws, error)
             return True
         metadata = {
             "conversation_id": "conv_fake_1",
@@ -241,8 +246,7 @@ class FakeElevenLabs(FakeAgentServer):
         match self.after_setup:
             case "error":
                 error = {"code": 1002, "message": "LLM failed", "error_type": "llm_error"}
-                await self._send(ws, {"type": "error", "error_event": error})
-                await ws.close(1008, "error")
+                await self._close_with_error(ws, error)
                 return True
             case "drop":
                 self.drop(ws)
@@ -294,9 +298,10 @@ class FakeElevenLabs(FakeAgentServer):
 
     async def _after_first_message(self, ws: ServerConnection) -> bool:
         if self.end_call:
+            # [EL-SPEC] AgentToolResponseData: all six fields are required
             tool: dict[str, Any] = {"tool_name": "end_call", "tool_call_id": "tool_1"}
-            tool["tool_type"] = "system"
-            tool["is_error"] = False
+            tool.update(tool_type="system", is_error=False, is_called=True)
+            tool["event_id"] = next(self._event_ids)
             await self._send(ws, {"type": "agent_tool_response", "agent_tool_response": tool})
             await ws.close(1000, "end_call")
             return True
@@ -330,8 +335,7 @@ class FakeElevenLabs(FakeAgentServer):
             "debug_message": "max_duration_seconds reached",
             "details": {},
         }
-        await self._send(ws, {"type": "error", "error_event": error})
-        await ws.close(1000, "max_duration_exceeded")
+        await self._close_with_error(ws, error)
 
 
 def _override_paths(init: ev.ConversationInitiationClientData) -> set[str]:

@@ -45,6 +45,7 @@ from telepath.testing.fake_provider_http import PROMPT_OVERRIDE, FakeProviderHtt
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
 from tests.certs import self_signed
 
+from .elevenlabs_spec import validate_client, validate_server
 from .helpers import (
     META,
     a_second_of_a_call,
@@ -80,13 +81,18 @@ async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeElevenLabs]:
 
 
 def assert_sdk_valid(fake: FakeElevenLabs) -> None:
-    """Both directions match the official elevenlabs SDK's types."""
+    """Both directions match the official elevenlabs SDK's types and, message by message, the
+    AsyncAPI contract (``elevenlabs_spec``): every message the fake sent and every one the
+    bridge sent."""
     assert fake.protocol_errors == []
     init = dict(fake.received[0])
     assert init.pop("type") == "conversation_initiation_client_data"
     assert_no_extra(ConversationInitiationClientDataRequestInput.model_validate(init))
     for message in fake.sent:
         assert message["type"] in SERVER_TYPES
+        validate_server(message)
+    for message in fake.received:
+        validate_client(message)
 
 
 async def test_ulaw_agent_passes_audio_through_both_ways(fake: FakeElevenLabs) -> None:
@@ -263,6 +269,7 @@ async def test_system_end_call_closes_with_1000_and_hangs_up(fake: FakeElevenLab
     assert len(audio_of(events)) == 8000
     assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
     await bridge.close()
+    assert_sdk_valid(fake)
 
 
 @pytest.mark.parametrize("goodbye_ms", [500, 0])
@@ -300,6 +307,7 @@ async def test_client_end_call_tool_hangs_up(fake: FakeElevenLabs) -> None:
     assert events[-1] == AgentHangup(BridgeReason.AGENT_HANGUP)
     await wait_for(lambda: len(fake.tool_results) == 1)
     await bridge.close()
+    assert_sdk_valid(fake)
 
 
 @pytest.mark.parametrize("fake", [{"transfer_to": "sip:desk@example.com"}], indirect=True)
@@ -367,6 +375,7 @@ async def test_setup_failures(setup: str, code: str) -> None:
             await bridge.start(META)
         assert info.value.code == code
         assert isinstance((await collect_until(bridge))[-1], AgentError)
+        assert_sdk_valid(fake)
 
 
 @pytest.mark.parametrize(
@@ -392,6 +401,7 @@ async def test_mid_call_failures(after_setup: str, retryable: bool, code: str | 
             code,
         )
         await bridge.close()
+        assert_sdk_valid(fake)
 
 
 async def test_the_signed_url_request_builds_no_tls_context(
@@ -540,6 +550,37 @@ async def test_the_fake_refuses_an_override_not_enabled_on_the_wire() -> None:
             await ws.send(json.dumps(init))
             first = json.loads(await ws.recv())
     assert first["type"] == "conversation_initiation_metadata"
+
+
+@pytest.mark.parametrize(
+    ("params", "error_type"),
+    [
+        ({"after_setup": "error", "agent": "silent"}, "llm_error"),
+        ({"setup": "override_error"}, "override_error"),
+        ({"max_duration": True, "response_ms": 100}, "max_duration_exceeded"),
+        ({"allowed_overrides": ()}, "override_error"),  # the prompt override not enabled
+    ],
+)
+async def test_the_fake_closes_with_its_error_s_code(
+    params: dict[str, Any], error_type: str
+) -> None:
+    """[EL-SPEC] ``ErrorData.code`` is the ``WebSocketCloseCode`` the conversation closes with:
+    the fake's ``llm_error`` (code 1002) was followed by a close 1008."""
+    init = {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": {"agent": {"prompt": {"prompt": "Be brief."}}},
+    }
+    async with FakeElevenLabs(
+        **{"public": True, "allowed_overrides": PROMPT_ENABLED, **params}
+    ) as fake:
+        async with connect(f"{fake.url}?agent_id=agent_1") as ws:
+            await ws.send(json.dumps(init))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+    errors = [m["error_event"] for m in fake.sent if m["type"] == "error"]
+    assert [e["error_type"] for e in errors] == [error_type]
+    assert ws.close_code == errors[0]["code"]
 
 
 @pytest.mark.parametrize("https", [False, True])
