@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -171,9 +171,13 @@ class WebhookRepository:
             )
             .limit(limit)
         )
+        return await self._delete_ids(batch)
+
+    async def _delete_ids(self, ids: Select[str]) -> int:
+        """Delete the deliveries whose ids ``ids`` selects (a batch: ``LIMIT``); how many."""
         result = await self.session.execute(
             delete(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(batch))
+            .where(WebhookDelivery.id.in_(ids))
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -435,12 +439,7 @@ class WebhookRepository:
             )
             .limit(limit)
         )
-        result = await self.session.execute(
-            delete(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(batch))
-            .execution_options(synchronize_session=False)
-        )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return await self._delete_ids(batch)
 
     async def pending_count(self) -> int:
         """Deliveries not yet delivered nor given up."""
