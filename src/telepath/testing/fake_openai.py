@@ -36,6 +36,8 @@ back on that response's ``response.created`` and ``response.done``.
   ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
   ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
   (close 1011), ``"close-normal"`` (close 1000, no word of why).
+* ``echo_rate``: ``session.updated`` shows this ``rate`` in both audio formats, G.711 too
+  (whose GA format objects have no ``rate``).
 * ``setup``: ``"reject_session"`` answers ``session.update`` with an ``error``; ``"silent"``
   never answers it.
 * ``reject_status`` / ``handshake_delay_s``: see ``FakeAgentServer``.
@@ -85,6 +87,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
         own_response_on_item: bool = False,
         after_setup: str | None = None,
         setup: str | None = None,
+        echo_rate: int | None = None,
         reject_status: int | None = None,
         handshake_delay_s: float = 0.0,
     ) -> None:
@@ -102,6 +105,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self.overlapping_creates = 0
         self.after_setup = after_setup
         self.setup = setup
+        self.echo_rate = echo_rate
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.caller_audio = bytearray()
@@ -223,6 +227,9 @@ class FakeOpenAIRealtime(FakeAgentServer):
             await self._error(ws, "invalid_value", "Invalid session", event.event_id)
             return False
         self.session = session.model_dump(exclude_none=True)
+        if self.echo_rate is not None:
+            for direction in ("input", "output"):
+                self.session["audio"][direction]["format"]["rate"] = self.echo_rate
         await self._send(ws, {"type": "session.updated", "session": self.session})
         return await self._after_setup(ws)
 

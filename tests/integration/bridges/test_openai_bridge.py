@@ -155,6 +155,27 @@ async def test_a_wideband_call_speaks_24_khz_pcm_both_ways(fake: FakeOpenAIRealt
     assert_sdk_valid(fake)
 
 
+@pytest.mark.parametrize(
+    ("wideband", "rate", "connects"),
+    [(False, 8000, True), (True, 8000, False), (True, 16000, False), (True, 24000, True)],
+)
+async def test_only_audio_pcm_must_echo_24_khz(wideband: bool, rate: int, connects: bool) -> None:
+    """G.711 formats have no rate in the GA types (providers.md §2.3): an 8 kHz ``rate`` echoed
+    for ``audio/pcmu`` is the format the call wants; ``audio/pcm`` at anything but 24 kHz is
+    not."""
+    async with FakeOpenAIRealtime(echo_rate=rate) as fake:
+        bridge = bridge_for(fake)
+        if connects:
+            await bridge.start(replace(META, wideband=wideband))
+            events = await collect_until(bridge, audio_ms=100, bytes_per_ms=32 if wideband else 8)
+            assert isinstance(events[0], AgentConnected)
+        else:
+            with pytest.raises(BridgeError):
+                await bridge.start(replace(META, wideband=wideband))
+        await bridge.close()
+        assert fake.protocol_errors == []
+
+
 @pytest.mark.parametrize("fake", [{"agent": "echo"}], indirect=True)
 async def test_echo_agent_returns_caller_audio(fake: FakeOpenAIRealtime) -> None:
     bridge = bridge_for(fake)
