@@ -31,7 +31,9 @@ Responses run as the service runs them: one at a time, beside the client's event
 function call's response stays active for ``FUNCTION_DONE_DELAY_S`` after the call (the
 service sends ``response.output_item.done`` and the usage before ``response.done``), and its
 ``response.done`` lists the call in ``output``. ``metadata`` of a ``response.create`` comes
-back on that response's ``response.created`` and ``response.done``.
+back on that response's ``response.created`` and ``response.done``. A ``response.cancel``
+ends the active response with ``response.done`` (cancelled, ``client_cancelled``) after the
+chunk in flight; with none active it is answered with ``response_cancel_not_active``.
 * ``after_setup``: once ``session.updated`` is sent: ``"error"`` (an ``error`` event),
   ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
   ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
@@ -114,6 +116,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self._ids = itertools.count(1)
         self._responses = 0
         self._active: asyncio.Task[None] | None = None
+        self._cancel = False  # a response.cancel for the active response
 
     def check_handshake(self, request: Request) -> Response | None:
         """Require ``?model=`` and a Bearer token, refuse the retired beta header."""
@@ -213,7 +216,10 @@ class FakeOpenAIRealtime(FakeAgentServer):
                         ws, {"type": "conversation.item.deleted", "item_id": event.item_id}
                     )
                 case ev.ResponseCancel():
-                    await self._error(ws, "response_cancel_not_active", "no active response")
+                    if self._active is not None and not self._active.done():
+                        self._cancel = True  # it ends cancelled (client_cancelled) at once
+                    else:
+                        await self._error(ws, "response_cancel_not_active", "no active response")
                 case _:
                     pass
 
@@ -304,6 +310,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
 
     async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
         self._responses += 1
+        self._cancel = False
         response_id, item = self._id("resp"), self._id("item")
         response: dict[str, Any] = {
             "object": "realtime.response",
@@ -322,6 +329,9 @@ class FakeOpenAIRealtime(FakeAgentServer):
                     break
                 await self._delta(ws, response_id, item, self._tone(CHUNK_MS, sent_ms))
                 await asyncio.sleep(self.chunk_delay_s)
+                if self._cancel:
+                    status, reason = "cancelled", "client_cancelled"
+                    break
         ids = {"response_id": response_id, "item_id": item, "output_index": 0}
         output: list[dict[str, Any]] = []
         if status == "completed":
@@ -347,6 +357,8 @@ class FakeOpenAIRealtime(FakeAgentServer):
                     },
                 )
                 status, reason = "cancelled", "turn_detected"
+        if status == "completed" and self._cancel:  # cancelled during a function call
+            status, reason = "cancelled", "client_cancelled"
         done: dict[str, Any] = {
             "object": "realtime.response",
             "id": response_id,

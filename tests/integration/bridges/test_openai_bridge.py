@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
@@ -28,6 +29,7 @@ from telepath.bridges.base import (
     BridgeReason,
     OpenAIConfig,
 )
+from telepath.bridges.openai import events as ev
 from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
@@ -623,4 +625,46 @@ async def test_a_response_create_refused_in_a_race_is_sent_after_the_other_respo
     assert fake.overlapping_creates == 1
     assert len(created_responses(fake)) == 3
     await bridge.close()
+    assert_sdk_valid(fake)
+
+
+async def fake_session(fake: FakeOpenAIRealtime) -> ClientConnection:
+    """A raw client of ``fake``: connected, its G.711 session configured."""
+    ws = await connect(f"{fake.url}?model=m", additional_headers={"Authorization": "Bearer k"})
+    fmt = ev.PcmuFormat()
+    audio = ev.SessionAudio(input=ev.AudioInput(format=fmt), output=ev.AudioOutput(format=fmt))
+    await ws.send(ev.SessionUpdate(session=ev.Session(audio=audio)).to_json())
+    await next_event(ws, "session.updated")
+    return ws
+
+
+async def next_event(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """Read server events until one of type ``kind``; an ``error`` on the way fails."""
+    async with asyncio.timeout(5):
+        while True:
+            event: dict[str, Any] = json.loads(await ws.recv())
+            assert event["type"] != "error" or kind == "error", event
+            if event["type"] == kind:
+                return event
+
+
+@pytest.mark.parametrize("fake", [{"chunk_delay_s": 0.05, "response_ms": 5000}], indirect=True)
+async def test_fake_cancels_an_active_response_on_response_cancel(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    """providers.md §2.5: response.cancel stops the active response, which ends with
+    response.done ``cancelled`` (client_cancelled); with none active it is
+    ``response_cancel_not_active``."""
+    async with await fake_session(fake) as ws:
+        await ws.send(json.dumps({"type": "response.create"}))
+        created = await next_event(ws, "response.created")
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        done = (await next_event(ws, "response.done"))["response"]
+        assert done["id"] == created["response"]["id"]
+        assert done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert fake.item_audio_ms[next(iter(fake.item_audio_ms))] < 5000
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        error = (await next_event(ws, "error"))["error"]
+        assert error["code"] == "response_cancel_not_active"
     assert_sdk_valid(fake)
