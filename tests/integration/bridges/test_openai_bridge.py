@@ -668,3 +668,88 @@ async def test_fake_cancels_an_active_response_on_response_cancel(
         error = (await next_event(ws, "error"))["error"]
         assert error["code"] == "response_cancel_not_active"
     assert_sdk_valid(fake)
+
+
+def kinds(fake: FakeOpenAIRealtime) -> list[str]:
+    """The types of the events the fake sent, a run of one type as one."""
+    out: list[str] = []
+    for event in fake.sent:
+        if not out or out[-1] != event["type"]:
+            out.append(event["type"])
+    return out
+
+
+RESPONSE_EVENTS = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "response.output_audio.delta",
+    "response.output_audio_transcript.delta",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+
+
+async def test_the_fake_sends_a_response_as_the_service_does(fake: FakeOpenAIRealtime) -> None:
+    """providers.md §2.4: the events around a response's audio, and its usage at the end."""
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)
+    await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+    await bridge.close()
+    assert kinds(fake) == ["session.created", "session.updated", *RESPONSE_EVENTS]
+    done = next(e for e in fake.sent if e["type"] == "response.done")["response"]
+    (item,) = done["output"]
+    assert (item["type"], item["role"], item["status"]) == ("message", "assistant", "completed")
+    assert done["usage"]["total_tokens"] > 0
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    "fake", [{"barge_in_after_ms": 500, "vad_turn": True, "chunk_delay_s": 0.01}], indirect=True
+)
+async def test_the_answer_server_vad_starts_after_a_barge_in_is_played(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    """Server VAD (create_response) answers the caller's turn with a response of its own:
+    it is played, the cut one stays dropped, and the bridge asks for no response itself."""
+    bridge = bridge_for(fake)
+    await bridge.start(META, playout=lambda: 300)
+    events = await collect_until(bridge, AgentClear)
+    greeting = {e.segment for e in events if isinstance(e, AgentAudio)}
+    events = await collect_until(bridge, audio_ms=1000)
+    await wait_for(lambda: len([e for e in fake.sent if e["type"] == "response.done"]) == 2)
+    await bridge.send_audio(b"\xff" * 160)  # the bridge has read everything before this
+    await bridge.close()
+    events += await collect_until(bridge)
+    cut, answer = created_responses(fake)
+    answer_items = {
+        e["item_id"]
+        for e in fake.sent
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == answer["id"]
+    }
+    assert {e.segment for e in events if isinstance(e, AgentAudio)} == answer_items
+    assert not greeting & answer_items
+    assert len(audio_of(events)) == 1000 * 8
+    assert not any(isinstance(e, AgentError) for e in events)
+    assert events[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
+    assert [e["type"] for e in fake.received].count("response.create") == 1  # the greeting's
+    assert fake.overlapping_creates == 0
+    replies = ("conversation.item.truncated", "conversation.item.deleted")  # to the cut
+    sent = [e["type"] for e in fake.sent if e["type"] not in replies]
+    turn = sent[sent.index("response.done") :]
+    assert turn[:6] == [
+        "response.done",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+    ]
+    assert_sdk_valid(fake)
