@@ -22,20 +22,34 @@ Behaviour switches (constructor arguments):
 * ``own_response_on_item``: a ``conversation.item.create`` starts a response of the service's
   own at once (as server VAD does when the caller has just spoken), racing the client's next
   ``response.create``.
+* ``vad_turn``: after a barge-in's ``speech_started`` and the cut response's ``response.done``,
+  the caller's turn ends as server VAD (``create_response``) ends it: ``speech_stopped``,
+  ``committed``, ``conversation.item.added``/``.done`` of the user's audio item, then a response
+  of the service's own (once: ``barge_in_after_ms`` is cleared for it).
 * ``chunk_delay_s``: wall-clock pause after each 100 ms of a tone response's audio (0: as
   fast as the socket takes it), so a response stays active for a while.
 
 Responses run as the service runs them: one at a time, beside the client's events. A
 ``response.create`` while one is active is answered with the service's
 ``conversation_already_has_active_response`` error and counted in ``overlapping_creates``; a
-function call's response stays active for ``FUNCTION_DONE_DELAY_S`` after the call (the
-service sends ``response.output_item.done`` and the usage before ``response.done``), and its
-``response.done`` lists the call in ``output``. ``metadata`` of a ``response.create`` comes
-back on that response's ``response.created`` and ``response.done``.
+function call's response stays active for ``FUNCTION_DONE_DELAY_S`` after the call, then
+the call's ``response.output_item.done``; its ``response.done`` lists the call in ``output``.
+Each response carries the events of ``reference/providers.md`` §2.4: ``response.created``,
+``rate_limits.updated``, ``response.output_item.added``, ``conversation.item.added``,
+``response.content_part.added``, the audio deltas, ``response.output_audio_transcript.delta``,
+``response.output_audio.done``, ``response.output_audio_transcript.done``,
+``response.content_part.done``, ``response.output_item.done``, ``conversation.item.done`` and
+``response.done`` with ``usage`` (a cut response: no transcript, its item ``incomplete``).
+``metadata`` of a ``response.create`` comes back on that response's ``response.created`` and
+``response.done``. A ``response.cancel`` ends the active response with ``response.done``
+(cancelled, ``client_cancelled``) after the chunk in flight; with none active it is answered
+with ``response_cancel_not_active``.
 * ``after_setup``: once ``session.updated`` is sent: ``"error"`` (an ``error`` event),
   ``"failed_response"`` (``response.done`` with status ``failed``), ``"drop"`` (abort TCP),
   ``"malformed"`` (a non-JSON frame), ``"session_expired"`` (error + close 1001), ``"close"``
   (close 1011), ``"close-normal"`` (close 1000, no word of why).
+* ``echo_rate``: ``session.updated`` shows this ``rate`` in both audio formats, G.711 too
+  (whose GA format objects have no ``rate``).
 * ``setup``: ``"reject_session"`` answers ``session.update`` with an ``error``; ``"silent"``
   never answers it.
 * ``reject_status`` / ``handshake_delay_s``: see ``FakeAgentServer``.
@@ -63,6 +77,12 @@ __all__ = ["FakeOpenAIRealtime"]
 
 CHUNK_MS = 100
 FUNCTION_DONE_DELAY_S = 0.05
+TURN_MS = 600  # how long the caller talks in a replayed server-VAD turn (vad_turn)
+TRANSCRIPT = "Hello from the fake agent."
+RATE_LIMITS = [
+    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+]
 
 
 class FakeOpenAIRealtime(FakeAgentServer):
@@ -83,8 +103,10 @@ class FakeOpenAIRealtime(FakeAgentServer):
         cancel_after_function: bool = False,
         chunk_delay_s: float = 0.0,
         own_response_on_item: bool = False,
+        vad_turn: bool = False,
         after_setup: str | None = None,
         setup: str | None = None,
+        echo_rate: int | None = None,
         reject_status: int | None = None,
         handshake_delay_s: float = 0.0,
     ) -> None:
@@ -99,9 +121,11 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self.cancel_after_function = cancel_after_function
         self.chunk_delay_s = chunk_delay_s
         self.own_response_on_item = own_response_on_item
+        self.vad_turn = vad_turn
         self.overlapping_creates = 0
         self.after_setup = after_setup
         self.setup = setup
+        self.echo_rate = echo_rate
         self.received: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.caller_audio = bytearray()
@@ -110,6 +134,8 @@ class FakeOpenAIRealtime(FakeAgentServer):
         self._ids = itertools.count(1)
         self._responses = 0
         self._active: asyncio.Task[None] | None = None
+        self._cancel = False  # a response.cancel for the active response
+        self._turn: tuple[str, int] | None = None  # vad_turn: (user item, audio_start_ms)
 
     def check_handshake(self, request: Request) -> Response | None:
         """Require ``?model=`` and a Bearer token, refuse the retired beta header."""
@@ -209,7 +235,10 @@ class FakeOpenAIRealtime(FakeAgentServer):
                         ws, {"type": "conversation.item.deleted", "item_id": event.item_id}
                     )
                 case ev.ResponseCancel():
-                    await self._error(ws, "response_cancel_not_active", "no active response")
+                    if self._active is not None and not self._active.done():
+                        self._cancel = True  # it ends cancelled (client_cancelled) at once
+                    else:
+                        await self._error(ws, "response_cancel_not_active", "no active response")
                 case _:
                     pass
 
@@ -223,6 +252,9 @@ class FakeOpenAIRealtime(FakeAgentServer):
             await self._error(ws, "invalid_value", "Invalid session", event.event_id)
             return False
         self.session = session.model_dump(exclude_none=True)
+        if self.echo_rate is not None:
+            for direction in ("input", "output"):
+                self.session["audio"][direction]["format"]["rate"] = self.echo_rate
         await self._send(ws, {"type": "session.updated", "session": self.session})
         return await self._after_setup(ws)
 
@@ -279,6 +311,46 @@ class FakeOpenAIRealtime(FakeAgentServer):
     async def _run_response(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._respond(ws, metadata)
+            turn, self._turn = self._turn, None
+            if turn is not None:  # vad_turn: the caller's turn ends, server VAD answers it
+                await self._caller_turn(ws, *turn)
+                self.barge_in_after_ms = None  # the turn is replayed once
+                await self._respond(ws, None)
+
+    async def _speech_started(self, ws: ServerConnection, audio_start_ms: int) -> None:
+        item = self._id("item")
+        if self.vad_turn:
+            self._turn = (item, audio_start_ms)
+        await self._send(
+            ws,
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": audio_start_ms,
+                "item_id": item,
+            },
+        )
+
+    async def _caller_turn(self, ws: ServerConnection, item_id: str, start_ms: int) -> None:
+        """The end of the caller's turn as server VAD reports it (providers.md §2.4)."""
+        await self._send(
+            ws,
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": start_ms + TURN_MS,
+                "item_id": item_id,
+            },
+        )
+        await self._send(ws, {"type": "input_audio_buffer.committed", "item_id": item_id})
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            item = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "user",
+                "status": "completed",
+                "content": [{"type": "input_audio", "transcript": None}],
+            }
+            await self._send(ws, {"type": kind, "item": item})
 
     async def _delta(self, ws: ServerConnection, response_id: str, item: str, audio: bytes) -> None:
         ms = len(audio) / self._bytes_per_ms
@@ -297,6 +369,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
 
     async def _respond(self, ws: ServerConnection, metadata: dict[str, str] | None) -> None:
         self._responses += 1
+        self._cancel = False
         response_id, item = self._id("resp"), self._id("item")
         response: dict[str, Any] = {
             "object": "realtime.response",
@@ -306,6 +379,29 @@ class FakeOpenAIRealtime(FakeAgentServer):
         if metadata is not None:
             response["metadata"] = metadata
         await self._send(ws, {"type": "response.created", "response": response})
+        await self._send(ws, {"type": "rate_limits.updated", "rate_limits": RATE_LIMITS})
+        ids = {"response_id": response_id, "item_id": item, "output_index": 0}
+        part = {**ids, "content_index": 0}
+        if self.agent == "tone":
+            added = _message(item, "in_progress", None)
+            await self._send(
+                ws,
+                {
+                    "type": "response.output_item.added",
+                    "response_id": response_id,
+                    "output_index": 0,
+                    "item": added,
+                },
+            )
+            await self._send(ws, {"type": "conversation.item.added", "item": dict(added)})
+            await self._send(
+                ws,
+                {
+                    "type": "response.content_part.added",
+                    **part,
+                    "part": {"type": "audio", "transcript": ""},
+                },
+            )
         status, reason = "completed", None
         if self.agent == "tone":
             for sent_ms in range(0, self.response_ms, CHUNK_MS):
@@ -315,36 +411,48 @@ class FakeOpenAIRealtime(FakeAgentServer):
                     break
                 await self._delta(ws, response_id, item, self._tone(CHUNK_MS, sent_ms))
                 await asyncio.sleep(self.chunk_delay_s)
-        ids = {"response_id": response_id, "item_id": item, "output_index": 0}
+                if self._cancel:
+                    status, reason = "cancelled", "client_cancelled"
+                    break
         output: list[dict[str, Any]] = []
-        if status == "completed":
-            await self._send(ws, {"type": "response.output_audio.done", **ids, "content_index": 0})
+        transcript = TRANSCRIPT if status == "completed" else ""
+        if status == "completed" and self.agent == "tone":
+            await self._send(
+                ws, {"type": "response.output_audio_transcript.delta", **part, "delta": transcript}
+            )
+            await self._send(ws, {"type": "response.output_audio.done", **part})
+            await self._send(
+                ws,
+                {"type": "response.output_audio_transcript.done", **part, "transcript": transcript},
+            )
+        if self.agent == "tone":
             await self._send(
                 ws,
                 {
-                    "type": "response.output_audio_transcript.done",
-                    **ids,
-                    "content_index": 0,
-                    "transcript": "Hello from the fake agent.",
+                    "type": "response.content_part.done",
+                    **part,
+                    "part": {"type": "audio", "transcript": transcript},
                 },
             )
-            if self._responses == 1:
-                output = await self._maybe_call_function(ws, response_id)
-            if output and self.cancel_after_function:
-                await self._send(
-                    ws,
-                    {
-                        "type": "input_audio_buffer.speech_started",
-                        "audio_start_ms": self.response_ms,
-                        "item_id": self._id("item"),
-                    },
-                )
+            message = _message(
+                item, "completed" if status == "completed" else "incomplete", transcript
+            )
+            output.append(message)
+            await self._output_item_done(ws, response_id, 0, message)
+        if status == "completed":
+            calls = await self._maybe_call_function(ws, response_id) if self._responses == 1 else []
+            output += calls
+            if calls and self.cancel_after_function:
+                await self._speech_started(ws, self.response_ms)
                 status, reason = "cancelled", "turn_detected"
+        if status == "completed" and self._cancel:  # cancelled during a function call
+            status, reason = "cancelled", "client_cancelled"
         done: dict[str, Any] = {
             "object": "realtime.response",
             "id": response_id,
             "status": status,
             "output": output,
+            "usage": {"total_tokens": 60, "input_tokens": 20, "output_tokens": 40},
         }
         if metadata is not None:
             done["metadata"] = metadata
@@ -355,14 +463,7 @@ class FakeOpenAIRealtime(FakeAgentServer):
     async def _barge_in(
         self, ws: ServerConnection, response_id: str, item: str, sent_ms: int
     ) -> None:
-        await self._send(
-            ws,
-            {
-                "type": "input_audio_buffer.speech_started",
-                "audio_start_ms": sent_ms,
-                "item_id": self._id("item"),
-            },
-        )
+        await self._speech_started(ws, sent_ms)
         for n in range(2):  # late audio the gateway must drop
             chunk = self._tone(CHUNK_MS, sent_ms + n * CHUNK_MS)
             await self._delta(ws, response_id, item, chunk)
@@ -380,6 +481,25 @@ class FakeOpenAIRealtime(FakeAgentServer):
         else:
             return []
         item_id, call_id = self._id("item"), self._id("call")
+        added = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": call_id,
+            "name": name,
+            "arguments": "",
+        }
+        await self._send(
+            ws,
+            {
+                "type": "response.output_item.added",
+                "response_id": response_id,
+                "output_index": 1,
+                "item": added,
+            },
+        )
+        await self._send(ws, {"type": "conversation.item.added", "item": dict(added)})
         await self._send(
             ws,
             {
@@ -402,7 +522,23 @@ class FakeOpenAIRealtime(FakeAgentServer):
             "name": name,
             "arguments": arguments,
         }
+        await self._output_item_done(ws, response_id, 1, item)
         return [item]
+
+    async def _output_item_done(
+        self, ws: ServerConnection, response_id: str, index: int, item: dict[str, Any]
+    ) -> None:
+        """``response.output_item.done`` then ``conversation.item.done`` for ``item``."""
+        await self._send(
+            ws,
+            {
+                "type": "response.output_item.done",
+                "response_id": response_id,
+                "output_index": index,
+                "item": item,
+            },
+        )
+        await self._send(ws, {"type": "conversation.item.done", "item": dict(item)})
 
     async def _on_truncate(self, ws: ServerConnection, event: ev.ConversationItemTruncate) -> None:
         have = self.item_audio_ms.get(event.item_id)
@@ -431,3 +567,16 @@ class FakeOpenAIRealtime(FakeAgentServer):
                 "audio_end_ms": event.audio_end_ms,
             },
         )
+
+
+def _message(item_id: str, status: str, transcript: str | None) -> dict[str, Any]:
+    """The assistant's audio message item; ``transcript`` None: no content yet."""
+    content = [] if transcript is None else [{"type": "output_audio", "transcript": transcript}]
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 
 from telepath.bridges.base import (
@@ -28,6 +29,7 @@ from telepath.bridges.base import (
     BridgeReason,
     OpenAIConfig,
 )
+from telepath.bridges.openai import events as ev
 from telepath.bridges.openai.bridge import OpenAIRealtimeBridge
 from telepath.testing.fake_openai import FakeOpenAIRealtime
 from telepath.testing.tones import dominant_frequency, g711_to_pcm16, sine_g711, sine_pcm16
@@ -44,6 +46,10 @@ from .helpers import (
 
 CLIENT = TypeAdapter[Any](RealtimeClientEvent)
 SERVER = TypeAdapter[Any](RealtimeServerEvent)
+#: What the real service sends that the SDK's models lack: the session object's own id and
+#: ``object: "realtime.session"`` in ``session.created`` (the SDK types the session as the
+#: create *request*).
+SERVER_EXTRA = {".session": frozenset({"id", "object"})}
 
 
 def bridge_for(fake: FakeOpenAIRealtime, **config: Any) -> OpenAIRealtimeBridge:
@@ -64,7 +70,7 @@ def assert_sdk_valid(fake: FakeOpenAIRealtime) -> None:
     for raw in fake.received:
         assert_no_extra(CLIENT.validate_python(raw))
     for raw in fake.sent:
-        SERVER.validate_python(raw)
+        assert_no_extra(SERVER.validate_python(raw), allow=SERVER_EXTRA)
 
 
 async def test_tone_agent_audio_both_ways_and_session_shape(fake: FakeOpenAIRealtime) -> None:
@@ -149,6 +155,27 @@ async def test_a_wideband_call_speaks_24_khz_pcm_both_ways(fake: FakeOpenAIRealt
     assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    ("wideband", "rate", "connects"),
+    [(False, 8000, True), (True, 8000, False), (True, 16000, False), (True, 24000, True)],
+)
+async def test_only_audio_pcm_must_echo_24_khz(wideband: bool, rate: int, connects: bool) -> None:
+    """G.711 formats have no rate in the GA types (providers.md §2.3): an 8 kHz ``rate`` echoed
+    for ``audio/pcmu`` is the format the call wants; ``audio/pcm`` at anything but 24 kHz is
+    not."""
+    async with FakeOpenAIRealtime(echo_rate=rate) as fake:
+        bridge = bridge_for(fake)
+        if connects:
+            await bridge.start(replace(META, wideband=wideband))
+            events = await collect_until(bridge, audio_ms=100, bytes_per_ms=32 if wideband else 8)
+            assert isinstance(events[0], AgentConnected)
+        else:
+            with pytest.raises(BridgeError):
+                await bridge.start(replace(META, wideband=wideband))
+        await bridge.close()
+        assert fake.protocol_errors == []
 
 
 @pytest.mark.parametrize("fake", [{"agent": "echo"}], indirect=True)
@@ -598,4 +625,131 @@ async def test_a_response_create_refused_in_a_race_is_sent_after_the_other_respo
     assert fake.overlapping_creates == 1
     assert len(created_responses(fake)) == 3
     await bridge.close()
+    assert_sdk_valid(fake)
+
+
+async def fake_session(fake: FakeOpenAIRealtime) -> ClientConnection:
+    """A raw client of ``fake``: connected, its G.711 session configured."""
+    ws = await connect(f"{fake.url}?model=m", additional_headers={"Authorization": "Bearer k"})
+    fmt = ev.PcmuFormat()
+    audio = ev.SessionAudio(input=ev.AudioInput(format=fmt), output=ev.AudioOutput(format=fmt))
+    await ws.send(ev.SessionUpdate(session=ev.Session(audio=audio)).to_json())
+    await next_event(ws, "session.updated")
+    return ws
+
+
+async def next_event(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """Read server events until one of type ``kind``; an ``error`` on the way fails."""
+    async with asyncio.timeout(5):
+        while True:
+            event: dict[str, Any] = json.loads(await ws.recv())
+            assert event["type"] != "error" or kind == "error", event
+            if event["type"] == kind:
+                return event
+
+
+@pytest.mark.parametrize("fake", [{"chunk_delay_s": 0.05, "response_ms": 5000}], indirect=True)
+async def test_fake_cancels_an_active_response_on_response_cancel(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    """providers.md §2.5: response.cancel stops the active response, which ends with
+    response.done ``cancelled`` (client_cancelled); with none active it is
+    ``response_cancel_not_active``."""
+    async with await fake_session(fake) as ws:
+        await ws.send(json.dumps({"type": "response.create"}))
+        created = await next_event(ws, "response.created")
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        done = (await next_event(ws, "response.done"))["response"]
+        assert done["id"] == created["response"]["id"]
+        assert done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert fake.item_audio_ms[next(iter(fake.item_audio_ms))] < 5000
+        await ws.send(json.dumps({"type": "response.cancel"}))
+        error = (await next_event(ws, "error"))["error"]
+        assert error["code"] == "response_cancel_not_active"
+    assert_sdk_valid(fake)
+
+
+def kinds(fake: FakeOpenAIRealtime) -> list[str]:
+    """The types of the events the fake sent, a run of one type as one."""
+    out: list[str] = []
+    for event in fake.sent:
+        if not out or out[-1] != event["type"]:
+            out.append(event["type"])
+    return out
+
+
+RESPONSE_EVENTS = [
+    "response.created",
+    "rate_limits.updated",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "response.output_audio.delta",
+    "response.output_audio_transcript.delta",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+
+
+async def test_the_fake_sends_a_response_as_the_service_does(fake: FakeOpenAIRealtime) -> None:
+    """providers.md §2.4: the events around a response's audio, and its usage at the end."""
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    await collect_until(bridge, audio_ms=1000)
+    await wait_for(lambda: any(e["type"] == "response.done" for e in fake.sent))
+    await bridge.close()
+    assert kinds(fake) == ["session.created", "session.updated", *RESPONSE_EVENTS]
+    done = next(e for e in fake.sent if e["type"] == "response.done")["response"]
+    (item,) = done["output"]
+    assert (item["type"], item["role"], item["status"]) == ("message", "assistant", "completed")
+    assert done["usage"]["total_tokens"] > 0
+    assert_sdk_valid(fake)
+
+
+@pytest.mark.parametrize(
+    "fake", [{"barge_in_after_ms": 500, "vad_turn": True, "chunk_delay_s": 0.01}], indirect=True
+)
+async def test_the_answer_server_vad_starts_after_a_barge_in_is_played(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    """Server VAD (create_response) answers the caller's turn with a response of its own:
+    it is played, the cut one stays dropped, and the bridge asks for no response itself."""
+    bridge = bridge_for(fake)
+    await bridge.start(META, playout=lambda: 300)
+    events = await collect_until(bridge, AgentClear)
+    greeting = {e.segment for e in events if isinstance(e, AgentAudio)}
+    events = await collect_until(bridge, audio_ms=1000)
+    await wait_for(lambda: len([e for e in fake.sent if e["type"] == "response.done"]) == 2)
+    await bridge.send_audio(b"\xff" * 160)  # the bridge has read everything before this
+    await bridge.close()
+    events += await collect_until(bridge)
+    cut, answer = created_responses(fake)
+    answer_items = {
+        e["item_id"]
+        for e in fake.sent
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == answer["id"]
+    }
+    assert {e.segment for e in events if isinstance(e, AgentAudio)} == answer_items
+    assert not greeting & answer_items
+    assert len(audio_of(events)) == 1000 * 8
+    assert not any(isinstance(e, AgentError) for e in events)
+    assert events[-1] == AgentDisconnected(BridgeReason.CALLER_HANGUP, 1000)
+    assert [e["type"] for e in fake.received].count("response.create") == 1  # the greeting's
+    assert fake.overlapping_creates == 0
+    replies = ("conversation.item.truncated", "conversation.item.deleted")  # to the cut
+    sent = [e["type"] for e in fake.sent if e["type"] not in replies]
+    turn = sent[sent.index("response.done") :]
+    assert turn[:6] == [
+        "response.done",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+    ]
     assert_sdk_valid(fake)

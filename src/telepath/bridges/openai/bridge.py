@@ -322,7 +322,10 @@ class OpenAIRealtimeBridge(WebSocketBridge):
         audio = event.session.get("audio") or {}
         for direction in ("input", "output"):
             fmt = (audio.get(direction) or {}).get("format") or {}
-            if fmt.get("type") != expected.type or fmt.get("rate", 24000) != 24000:
+            # providers.md §2.3: only audio/pcm has a rate (24 kHz only); a G.711 format has
+            # none, so a rate echoed for one (8000) says nothing against it.
+            wrong_rate = expected.type == "audio/pcm" and fmt.get("rate", 24000) != 24000
+            if fmt.get("type") != expected.type or wrong_rate:
                 raise BridgeProtocolError("OpenAI session does not use the call's audio format")
         self._ready.set_result(None)
         await self._emit(AgentConnected(self.provider))
