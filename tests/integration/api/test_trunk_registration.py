@@ -490,6 +490,32 @@ async def test_store_reports_state_through_the_api(api: Api) -> None:
         await reports.set_registration_status(trunk_id, "pending", None, None)
 
 
+class _Registrar:
+    """What instances' registration drivers send, in one place (as one registrar would see it):
+    each REGISTER in turn, and a way to answer one and wait until its state is stored."""
+
+    def __init__(self) -> None:
+        self.sent: list[Output] = []
+        self.arrived = asyncio.Event()
+
+    def send(self, outputs: list[Output]) -> None:
+        self.sent.extend(outputs)
+        self.arrived.set()
+
+    async def next_register(self) -> Request:
+        async with asyncio.timeout(5):
+            await self.arrived.wait()
+        self.arrived.clear()
+        register = parse_message([o for o in self.sent if isinstance(o, Send)][-1].data)
+        assert isinstance(register, Request)
+        return register
+
+    @staticmethod
+    async def answered(driver: Registrations, register: Request, response: Response) -> None:
+        driver.answered(RequestAnswered(register, response))
+        await asyncio.gather(*driver._writes)  # the state stored
+
+
 async def test_an_instance_stopping_leaves_another_instance_s_registration_shown(
     api: Api,
 ) -> None:
@@ -500,24 +526,8 @@ async def test_an_instance_stopping_leaves_another_instance_s_registration_shown
     unregistered while it was."""
     trunk_id = await create(api, {**REGISTRATION, "registrar": "sip:127.0.0.1:5999"})
     reports = store(api)
-    sent: list[Output] = []
-    arrived = asyncio.Event()
-
-    def send(outputs: list[Output]) -> None:
-        sent.extend(outputs)
-        arrived.set()
-
-    async def next_register() -> Request:
-        async with asyncio.timeout(5):
-            await arrived.wait()
-        arrived.clear()
-        register = parse_message([o for o in sent if isinstance(o, Send)][-1].data)
-        assert isinstance(register, Request)
-        return register
-
-    async def answered(driver: Registrations, register: Request, ok: Response) -> None:
-        driver.answered(RequestAnswered(register, ok))
-        await asyncio.gather(*driver._writes)  # the state stored
+    registrar = _Registrar()
+    send, next_register, answered = registrar.send, registrar.next_register, registrar.answered
 
     def granted(register: Request) -> Response:
         contact = register.headers.get("Contact") or ""
@@ -588,24 +598,8 @@ async def test_an_instance_failing_leaves_another_instance_s_registration_shown(
     row shows that instance's binding, none, or one expired."""
     trunk_id = await create(api, {**REGISTRATION, "registrar": "sip:127.0.0.1:5999"})
     reports = store(api)
-    sent: list[Output] = []
-    arrived = asyncio.Event()
-
-    def send(outputs: list[Output]) -> None:
-        sent.extend(outputs)
-        arrived.set()
-
-    async def next_register() -> Request:
-        async with asyncio.timeout(5):
-            await arrived.wait()
-        arrived.clear()
-        register = parse_message([o for o in sent if isinstance(o, Send)][-1].data)
-        assert isinstance(register, Request)
-        return register
-
-    async def answered(driver: Registrations, register: Request, response: Response) -> None:
-        driver.answered(RequestAnswered(register, response))
-        await asyncio.gather(*driver._writes)  # the state stored
+    registrar = _Registrar()
+    send, next_register, answered = registrar.send, registrar.next_register, registrar.answered
 
     drivers = []
     for host in ("192.0.2.1", "192.0.2.2"):  # A registers, then B is refused

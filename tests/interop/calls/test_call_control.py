@@ -1173,16 +1173,25 @@ async def _place_and_cancel(gateway: Gateway, tmp_path: Path, phone: Phone) -> S
     )
 
 
+async def _set_up_and_cancel(
+    api: Api, gateway: Gateway, tmp_path: Path, agent_url: str
+) -> tuple[SippResult, Phone]:
+    """A call to a custom trunk on ``agent_url`` cancelled while it sets up, the gateway settled
+    after it: the dialler's result and the caller's phone (closed)."""
+    await _custom_trunk(api, agent_url)
+    phone = await Phone().open()
+    result = await _place_and_cancel(gateway, tmp_path, phone)
+    await phone.close()
+    await settled(gateway)
+    return result, phone
+
+
 async def test_cancel_while_the_agent_connects(
     api: Api, gateway: Gateway, tmp_path: Path, receiver: Receiver
 ) -> None:
     hook = await subscribe(api, receiver.url)
     async with FakeTelepathAgent(handshake_delay_s=5) as agent:
-        await _custom_trunk(api, agent.url)
-        phone = await Phone().open()
-        result = await _place_and_cancel(gateway, tmp_path, phone)
-        await phone.close()
-        await settled(gateway)
+        result, phone = await _set_up_and_cancel(api, gateway, tmp_path, agent.url)
     assert result.returncode == 0, result.stdout + result.errors
     assert len(agent.handshakes) == 1  # the agent was being dialled when the caller gave up
     assert gateway.manager.ports.in_use == 0
@@ -1215,11 +1224,7 @@ async def test_a_cancel_as_the_agent_s_connect_fails_is_a_cancel(
     monkeypatch.setattr(TelepathAgentBridge, "start", failing_with_the_cancel)
     monkeypatch.setattr(manager_module._Setup, "cancel", cancel_and_fail)
     async with FakeTelepathAgent() as agent:
-        await _custom_trunk(api, agent.url)
-        phone = await Phone().open()
-        result = await _place_and_cancel(gateway, tmp_path, phone)
-        await phone.close()
-        await settled(gateway)
+        result, phone = await _set_up_and_cancel(api, gateway, tmp_path, agent.url)
     assert result.returncode == 0, result.stdout + result.errors
     assert refused.done()
     assert gateway.manager.counters.get("cancelled_during_setup") == 1

@@ -27,6 +27,22 @@ Message = Request | Response
 pytestmark = pytest.mark.interop
 
 
+async def _finals(uac: Uac, legs: list[CallLeg]) -> list[int]:
+    """Each leg's final status (>= 300), in the legs' order; each 503 says Retry-After 1."""
+    statuses = []
+    for leg in legs:
+
+        def is_final(m: Message, cid: str = leg.call_id) -> bool:
+            return isinstance(m, Response) and m.status >= 300 and m.call_id == cid
+
+        final = (await uac.wait_for(is_final)).message
+        assert isinstance(final, Response)
+        statuses.append(final.status)
+        if final.status == 503:
+            assert final.headers.get("Retry-After") == "1"
+    return statuses
+
+
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**settings_overrides, "sip_max_cps": 2}
@@ -42,16 +58,7 @@ async def test_attempts_past_the_rate_get_503_admitted_ones_complete(
         legs = [CallLeg(uac, "rated") for _ in range(5)]
         for leg in legs:
             uac.send(leg.build("INVITE", branch=new_branch(), body=sdp_offer(40006)))
-        statuses = []
-        for leg in legs:
-
-            def is_final(m: Message, cid: str = leg.call_id) -> bool:
-                return isinstance(m, Response) and m.status >= 300 and m.call_id == cid
-
-            final = await uac.wait_for(is_final)
-            statuses.append(final.message.status)  # type: ignore[union-attr]
-            if final.message.status == 503:  # type: ignore[union-attr]
-                assert final.message.headers.get("Retry-After") == "1"
+        statuses = await _finals(uac, legs)
         assert sorted(statuses) == [401, 401, 503, 503, 503]
         # an admitted attempt completes: its authenticated INVITE is not counted again
         admitted = legs[statuses.index(401)]
@@ -88,15 +95,7 @@ async def test_made_up_credentials_are_no_retry_and_get_the_rate_limit(
                 body=sdp_offer(40006),
             )
         )
-    statuses = []
-    for leg in legs:
-
-        def is_final(m: Message, cid: str = leg.call_id) -> bool:
-            return isinstance(m, Response) and m.status >= 300 and m.call_id == cid
-
-        final = await uac.wait_for(is_final)
-        statuses.append(final.message.status)  # type: ignore[union-attr]
-    assert sorted(statuses) == [401, 401, 503, 503, 503]
+    assert sorted(await _finals(uac, legs)) == [401, 401, 503, 503, 503]
     assert gateway.manager.counters.get("rejected_rate") == 3
 
 

@@ -173,13 +173,8 @@ def test_ack_of_a_reinvite_2xx_carries_its_answer_up(
     assert events(ua.receive(ack, SRC)) == []
 
 
-def test_a_reinvite_2xx_never_acknowledged_ends_the_call_with_a_bye(
-    core: tuple[UserAgentCore, FakeClock],
-) -> None:
-    """§13.3.1.4: no ACK for a 2xx within 64*T1: the UAS SHOULD end the session with a BYE.
-    That holds for a re-INVITE's 2xx as for the first INVITE's: the call ends as that one's
-    does (a BYE, then CallEnded "ack_timeout"), not only the retransmissions."""
-    ua, clock = core
+def _reinvite_answered(ua: UserAgentCore) -> Dialog:
+    """A confirmed call whose re-INVITE (with an offer) we answered 200, not yet ACKed."""
     dialog = _confirmed(ua)
     out = ua.receive(
         request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
@@ -187,6 +182,17 @@ def test_a_reinvite_2xx_never_acknowledged_ends_the_call_with_a_bye(
     (ev,) = events(out)
     assert isinstance(ev, ReofferReceived)
     ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    return dialog
+
+
+def test_a_reinvite_2xx_never_acknowledged_ends_the_call_with_a_bye(
+    core: tuple[UserAgentCore, FakeClock],
+) -> None:
+    """§13.3.1.4: no ACK for a 2xx within 64*T1: the UAS SHOULD end the session with a BYE.
+    That holds for a re-INVITE's 2xx as for the first INVITE's: the call ends as that one's
+    does (a BYE, then CallEnded "ack_timeout"), not only the retransmissions."""
+    ua, clock = core
+    dialog = _reinvite_answered(ua)
     ended: list[object] = []
     byes: list[str] = []
     while clock.now() < 100 + 64 * 0.5 + 1:
@@ -576,13 +582,7 @@ def test_an_unacknowledged_reinvite_2xx_after_our_bye_sends_no_second_bye(
     """Our BYE is already out (§15) when the re-INVITE's 2xx gives up: the call ends as that
     BYE's transaction says, with no second BYE."""
     ua, clock = core
-    dialog = _confirmed(ua)
-    out = ua.receive(
-        request(branch="z9hG4bK-r1", cseq=2, to_tag=dialog.local_tag, body=SDP, extra=CT), SRC
-    )
-    (ev,) = events(out)
-    assert isinstance(ev, ReofferReceived)
-    ua.respond(ev.tx, 200, body=b"v=0\r\n")
+    dialog = _reinvite_answered(ua)
     clock.advance(10.0)
     (bye,) = requests(ua.hangup(dialog))
     assert bye.method == "BYE"
