@@ -91,9 +91,21 @@ async def rotate_master_key(settings: Settings) -> str:
         return await _rotate_key_file(settings)
 
 
+async def _reachable(settings: Settings) -> None:
+    """The database answers (and is migrated), or :class:`DatabaseUnavailable` is raised."""
+    engine = make_engine(settings.effective_database_url)
+    try:
+        await migrate_or_refuse(engine)
+    finally:
+        await engine.dispose()
+
+
 async def _rotate_key_file(settings: Settings) -> str:
     path = key_file(settings.data_dir)
     old, _ = load_keyring("", settings.data_dir)
+    # Before the key file changes: a database that cannot be reached left a new key in it at
+    # every try, which running services then sealed with.
+    await _reachable(settings)
     rotated = Keyring((new_key(), *old.keys))
     # From now on running services seal with the new key; the older ones stay to decrypt.
     write_key_file(path, rotated.keys)

@@ -666,6 +666,21 @@ def test_a_database_that_cannot_be_reached_is_said_in_one_line(
         assert not (env / "secret.key").exists()  # no master key made for nothing
 
 
+def test_a_rotation_that_cannot_reach_the_database_leaves_the_key_file_as_it_was(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``secrets rotate`` on the key file wrote the new key into it before it found the
+    database down: each retry added a key, which running services then sealed with."""
+    monkeypatch.setenv("TELEPATH_DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("TELEPATH_SECRET_KEY", "")
+    load_keyring("", env)  # the key file, with its one key
+    before = (env / "secret.key").read_bytes()
+    result = CliRunner().invoke(app, ["secrets", "rotate"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("cannot open the database: "), result.stderr
+    assert (env / "secret.key").read_bytes() == before
+
+
 def test_a_password_the_driver_quotes_is_blanked_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reason that quotes the URL's password (a driver may) never shows it."""
     from telepath.db import engine as db_engine
