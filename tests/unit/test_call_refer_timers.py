@@ -5,11 +5,14 @@ gets its wait, whatever came before it; a call that is ending arms nothing; a su
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 
 from telepath.calls.call import REFER_NOTIFY_WAIT_S, REFER_OUTCOME_WAIT_S, Call
 from telepath.calls.model import DisconnectReason
+from telepath.transport.media_session import MarkPlayed, MediaEvent
 from tests.unit.call_stubs import stub_call
 
 pytestmark = pytest.mark.unit
@@ -100,3 +103,53 @@ async def test_every_failed_transfer_is_counted_the_timed_out_ones_too() -> None
     call.refer_update(100, False, 60)  # late progress of a decided transfer: no failure more
     call._refer_unanswered()  # a stray timer with nothing pending: none either
     assert len(failed) == 3
+
+
+class _Media:
+    """The media session as the call's media pump reads it: events from a queue, marks kept."""
+
+    def __init__(self, queued_ms: float) -> None:
+        self.queued_ms = queued_ms
+        self.marks: list[str] = []
+        self.events_in: asyncio.Queue[MediaEvent] = asyncio.Queue()
+
+    def mark(self, name: str) -> None:
+        self.marks.append(name)
+
+    def set_audio_sink(self, sink: object) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[MediaEvent]:
+        while True:
+            yield await self.events_in.get()
+
+
+async def _turns(count: int = 10) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_flushed_announcement_lets_the_refer_go_at_once() -> None:
+    """The REFER waited as long as the audio queued when the transfer was asked for (5 s
+    here) whatever happened meanwhile: a barge-in's flush now ends the wait — the mark at the
+    announcement's end comes back cleared and the REFER goes in the next turns of the loop, no
+    clock involved."""
+    refers: list[str] = []
+    media = _Media(queued_ms=5000.0)
+    call = stub_call(Agent())
+    call.media = cast(Any, media)
+    call._refer_sip = refers.append
+    call._transfer_request, call._refer_due = "xfer-1", True
+    call._mark_announcement()
+    pump = asyncio.create_task(call._media_pump())
+    waiting = asyncio.create_task(call._refer_after_playout("sip:desk@example.com"))
+    try:
+        await _turns()
+        assert refers == [] and len(media.marks) == 1  # the announcement plays
+        media.events_in.put_nowait(MarkPlayed(media.marks[0], cleared=True))  # barge-in
+        await _turns()
+        assert refers == ["sip:desk@example.com"]
+    finally:
+        waiting.cancel()
+        pump.cancel()
+        await asyncio.gather(waiting, pump, return_exceptions=True)

@@ -162,7 +162,8 @@ async def test_a_barge_in_during_the_announcement_sends_the_refer_at_once(
     """The REFER waited for as long as the audio queued when the transfer was asked for (5 s
     here), whatever happened meanwhile: a barge-in 0.5 s in flushed the announcement, and the
     REFER still came seconds later, cutting off whatever the agent said next. It waits for the
-    announcement itself: flushed, it is over, and the REFER goes at once."""
+    announcement itself: flushed, it is over, and the REFER goes at once (the unit test
+    ``test_a_flushed_announcement_lets_the_refer_go_at_once`` shows the at once)."""
     async with _InterruptedAnnouncementAgent(
         agent="tone", response_ms=5000, transfer_to=TARGET, after_s=0.5
     ) as agent:
@@ -179,9 +180,10 @@ async def test_a_barge_in_during_the_announcement_sends_the_refer_at_once(
         assert result.returncode == 0, result.stdout + result.errors
         await wait_until(lambda: agent.result_at is not None, what="the transfer result")
         await settled(gateway)
+    # that the REFER went at the flush, not after the dropped audio's time, is the unit test's
+    # (test_call_refer_timers: no clock in a test); here the whole exchange, end to end
     assert agent.acted_at is not None and agent.result_at is not None
-    # REFER, 202, NOTIFY, 200 and the result: well under the 4.5 s of audio the clear dropped
-    assert agent.result_at - agent.acted_at < 2.0
+    assert agent.result_at > agent.acted_at  # the result came after the barge-in
     assert [(r["request_id"], r["ok"]) for r in agent.transfer_results] == [("xfer-1", True)]
     rec = await record(api, placed.call_id)
     assert rec["disconnect_reason"] == "transferred"
