@@ -1549,9 +1549,10 @@ class CallManager:
             # RFC 3261 §14.2 (a session refresh, or a PBX resuming the call): our 2xx carries
             # an offer and the caller's answer comes in the ACK (ReinviteAcked). The offer says
             # what we want now, sendrecv, even when the SDP we last sent answered a hold
-            # (RFC 6337 §5.1; create_reoffer).
+            # (RFC 6337 §5.1), and the call's stream live again when the caller had disabled
+            # it with port 0 (RFC 3264 §8.1, §8.2; create_reoffer).
             call.offer_in_2xx = True
-            offer = create_reoffer(parse(call.answer_sdp))
+            offer = _our_reoffer(call, parse(call.answer_sdp))
             self._respond(event.tx, 200, body=offer.to_bytes())
             self._sent_sdp(call, event.dialog, offer)
             return
@@ -1611,14 +1612,15 @@ class CallManager:
 
         It also stages what our own re-INVITE session refresh will offer (RFC 4028 §10): not
         ``sdp`` as such — an answer to a hold says ``a=recvonly`` — but what we want now,
-        sendrecv (:func:`~telepath.sdp.create_reoffer`, RFC 6337 §5.1). The SIP core offers
-        the dialog's ``local_sdp``; it sets it to the SDP of each 2xx it sends, so this runs
-        after the response. The staged offer counts as sent only once a 2xx accepts it
-        (``SessionRefreshed``).
+        sendrecv (:func:`~telepath.sdp.create_reoffer`, RFC 6337 §5.1), and live even when
+        ``sdp`` answered the caller disabling the audio with port 0 (RFC 3264 §8.1, §8.2). The
+        SIP core offers the dialog's ``local_sdp``; it sets it to the SDP of each 2xx it sends,
+        so this runs after the response. The staged offer counts as sent only once a 2xx
+        accepts it (``SessionRefreshed``).
         """
         call.answer_sdp = sdp.to_bytes()
         call.session_version = sdp.origin.session_version
-        dialog.local_sdp = create_reoffer(sdp).to_bytes()
+        dialog.local_sdp = _our_reoffer(call, sdp).to_bytes()
 
     # ---------------------------------------------------------------- records and events
 
@@ -1877,6 +1879,18 @@ def _agent_law(codecs: tuple[str, ...]) -> Codec:
         if name in ("PCMU", "PCMA"):
             return "pcma" if name == "PCMA" else "pcmu"
     return "pcmu"
+
+
+def _our_reoffer(call: Call, last_sent: SessionDescription) -> SessionDescription:
+    """Our offer in the call's dialog (:func:`~telepath.sdp.create_reoffer`) from the SDP we
+    last sent: a disabled audio stream comes back live with the call's codec, keys and RTP
+    ports (RFC 3264 §8.1), so the caller's answer can resume the media."""
+    return create_reoffer(
+        last_sent,
+        current=call.negotiated,
+        local_port=call.media.local_port,
+        rtcp_port=call.media.local_rtcp_port,
+    )
 
 
 def _same_srtp(call: Call, negotiated: NegotiatedMedia) -> bool:

@@ -573,7 +573,9 @@ def negotiate_reoffer(
     An offer that disables the audio stream (§8.2: its port 0, and no audio stream live) is
     answered with port 0 on every ``m=`` line, same count and order (§6); the result has
     ``remote_port`` 0 and direction ``inactive`` and keeps the current codec, telephone-event
-    type and SRTP keys, so the call keeps its media held until a later offer gives a port.
+    type and SRTP keys, so the call keeps its media held until a later offer gives a port —
+    the caller's, or ours: :func:`~telepath.sdp.create_reoffer` offers the stream live again
+    from them (§8.1).
 
     Pass the *previous* answer's ``session_version``; then call
     :func:`next_session_version` with the previous and new answers and, when it differs,
@@ -697,6 +699,35 @@ def create_offer(
                 rtcp_port,
             )
         ],
+    )
+
+
+def negotiated_stream(
+    current: NegotiatedMedia,
+    *,
+    local_port: int,
+    rtcp_port: int | None = None,
+    direction: Direction = "sendrecv",
+) -> MediaDescription:
+    """The ``m=audio`` section offering the call's negotiated stream again (RFC 3264 §8.1:
+    e.g. in the slot of a stream disabled with port 0): its codec and telephone-event with the
+    numbers we receive them with (§5.1: an SDP's numbers are those its sender receives, so the
+    answer can keep the call's codec), ``local_port``, ``direction``, and for SRTP the call's
+    ``a=crypto`` line — its tag, suite and our key, which stay for the call (RFC 4568 §7.1.4).
+    ``rtcp_port``: as for :func:`negotiate_answer`.
+
+    Raises:
+        ValueError: ``local_port`` is not a port (our bug).
+    """
+    _check_port(local_port)
+    srtp = current.srtp
+    return _audio_section(
+        local_port,
+        [CodecSpec(current.codec.name, current.recv_payload_type)],
+        current.recv_dtmf_payload_type,
+        direction,
+        None if srtp is None else format_crypto(srtp.tag, srtp.suite, srtp.local_key),
+        rtcp_port,
     )
 
 

@@ -547,3 +547,34 @@ async def test_a_reinvite_disabling_audio_is_answered_with_port_zero_and_holds_t
     await until(lambda: call.media.stats().packets_sent > sent + 2)  # sending again
     assert gateway.manager.active_calls == 1
     await leg.bye()
+
+
+async def test_after_audio_is_disabled_an_offerless_reinvite_gets_a_live_offer_and_resumes(
+    gateway: Gateway, uac: Uac, agent: FakeTelepathAgent, phone: Phone
+) -> None:
+    """The caller disables the audio (m=audio 0, RFC 3264 §8.2), then resumes with a re-INVITE
+    without SDP, as PBXs and B2BUAs do (RFC 3261 §14.2). Our 2xx repeated the port-0 answer as
+    its offer, so the caller's answer had to keep port 0 too (§6) and the audio never came
+    back. It now offers the call's stream live again in the disabled slot (§8.1): our RTP port,
+    the call's codec and telephone-event, sendrecv; the caller's answer in the ACK gives a new
+    port, and the agent's audio flows there."""
+    leg, call = await answered_call(gateway, uac)  # its media to MEDIA_PORT, where none listens
+
+    disabled = await reoffer(leg, sdp_offer(MEDIA_PORT).replace(b"m=audio 40000", b"m=audio 0"))
+    assert b"m=audio 0 " in disabled
+    await until(lambda: call.negotiated.remote_port == 0)
+
+    leg.cseq += 1
+    start = len(uac.received)
+    uac.send(leg.build("INVITE", body=b""))
+    ok = await uac.response(200, leg.call_id, method="INVITE", after=start)
+    (m_line,) = [line for line in ok.body.split(b"\r\n") if line.startswith(b"m=")]
+    assert m_line == f"m=audio {call.media.local_port} RTP/AVP 0 101".encode(), ok.body
+    assert b"a=sendrecv" in ok.body
+    assert _origin_version(ok.body) == _origin_version(disabled) + 1  # RFC 3264 §8
+    uac.send(leg.build("ACK", cseq_method="ACK", body=sdp_offer(phone.port)))
+    await until(lambda: call.media.remote == ("127.0.0.1", phone.port))
+    assert call.negotiated.direction == "sendrecv" and not call.negotiated.on_hold
+    await until(lambda: len(phone.received) > 3)  # the agent is heard again, at the new port
+    assert gateway.manager.active_calls == 1
+    await leg.bye()

@@ -235,6 +235,66 @@ async def test_a_refresh_after_the_caller_held_us_offers_sendrecv_and_resumes_th
     assert record["disconnect_reason"] == "caller_hangup"
 
 
+async def test_a_refresh_after_the_caller_disabled_the_audio_offers_it_live_and_resumes_it(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone
+) -> None:
+    """The caller disables the audio (m=audio 0, RFC 3264 §8.2; our answer has port 0). Our
+    next re-INVITE refresh (RFC 4028 §10) offers the call's stream live again in its slot
+    (§8.1): our RTP port, the call's codec, a=sendrecv — it offered port 0 again, which the
+    caller must answer with port 0 (§6), so the audio could never come back. The caller's
+    answer with a port brings the agent's audio back."""
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    timer = [
+        ("Supported", "timer"),
+        ("Session-Expires", f"{INTERVAL};refresher=uas"),
+        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
+    ]
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        leg = CallLeg(uac, "alice")
+        await leg.challenge(phone.port, timer)
+        await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, headers=timer))
+        uac.send(leg.ack())
+        await until(lambda: bool(gateway.manager.calls))
+        (call,) = gateway.manager.calls.values()
+
+        leg.cseq += 1
+        start = len(uac.received)
+        disabling = sdp_offer(phone.port).replace(f"m=audio {phone.port} ".encode(), b"m=audio 0 ")
+        uac.send(leg.build("INVITE", headers=timer, body=disabling))
+        disabled = (await uac.response(200, leg.call_id, method="INVITE", after=start)).body
+        assert b"m=audio 0 " in disabled
+        start = len(uac.received)
+        uac.send(leg.build("ACK", cseq_method="ACK"))
+        await until(lambda: call.negotiated.remote_port == 0)
+
+        got = await uac.wait_for(
+            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
+        )
+        refresh = got.message
+        assert isinstance(refresh, Request)
+        quiet = len(phone.received)
+        (m_line,) = [line for line in refresh.body.split(b"\r\n") if line.startswith(b"m=")]
+        assert m_line == f"m=audio {call.media.local_port} RTP/AVP 0 101".encode(), refresh.body
+        assert b"a=sendrecv" in refresh.body
+        assert _origin_version(refresh.body) == _origin_version(disabled) + 1  # RFC 3264 §8
+        uac.send(
+            make_response(
+                refresh,
+                200,
+                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
+                body=sdp_offer(phone.port, "sendrecv"),
+            ).to_bytes()
+        )
+        await until(lambda: call.negotiated.remote_port == phone.port)
+        assert call.negotiated.direction == "sendrecv" and not call.negotiated.on_hold
+        await until(lambda: len(phone.received) > quiet + 3)  # the agent is heard again
+        await leg.bye()
+        (record,) = await ended_records(api, gateway)
+    assert record["disconnect_reason"] == "caller_hangup"
+
+
 def _origin_version(sdp: bytes) -> int:
     """The session version of an SDP's ``o=`` line (RFC 4566 §5.2)."""
     match = re.search(rb"^o=\S+ \S+ ([0-9]+) ", sdp, re.M)

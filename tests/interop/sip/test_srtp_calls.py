@@ -351,3 +351,51 @@ async def test_a_trunks_media_encryption_overrides_the_installations(
         tls_uac.send(leg.ack())
         await leg.bye()
     await ended_records(api, gateway, count=3)
+
+
+async def test_a_disabled_srtp_stream_comes_back_through_our_offer_with_the_call_s_key(
+    api: Api, gateway: Gateway, agent: FakeTelepathAgent, tls_uac: Uac, peer: UdpPeer
+) -> None:
+    """The caller disables the audio (m=audio 0, RFC 3264 §8.2), then sends a re-INVITE
+    without SDP: the 2xx offers the stream live again in its slot (§8.1), RTP/SAVP with the
+    call's suite and the gateway's key (RFC 4568 §7.1.4), and the caller's answer in the ACK
+    resumes the media, encrypted both ways. It offered port 0 again, and the audio was lost."""
+    mine = os.urandom(30)
+    leg, _, negotiated = await srtp_call(tls_uac, peer, mine)
+    assert negotiated.srtp is not None
+    gateway_key = negotiated.srtp.remote_key
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+
+    port = peer.address[1]
+    disabling = (
+        offer(port, mine, version=2).to_bytes().replace(f"m=audio {port} ".encode(), b"m=audio 0 ")
+    )
+    ok = await reinvite(leg, disabling)
+    assert [m.port for m in parse(ok.body).media] == [0]
+    await until(lambda: call.negotiated.remote_port == 0)
+
+    leg.cseq += 1
+    start = len(tls_uac.received)
+    tls_uac.send(leg.build("INVITE", body=b""))
+    ok = await tls_uac.response(200, leg.call_id, method="INVITE", after=start)
+    (audio,) = parse(ok.body).media
+    assert (audio.port, audio.proto) == (call.media.local_port, "RTP/SAVP")
+    assert audio.attribute_values("crypto") == [
+        format_crypto(1, SUITES["AES_CM_128_HMAC_SHA1_80"], gateway_key)
+    ]
+    reply, resumed = negotiate_answer(
+        parse(ok.body),
+        local_address="127.0.0.1",
+        local_port=port,
+        session_id=4242,
+        session_version=3,
+        security=MediaSecurity(key=mine),
+    )
+    tls_uac.send(leg.build("ACK", cseq_method="ACK", body=reply.to_bytes()))
+    await until(lambda: call.negotiated.remote_port == port)
+    assert resumed.srtp is not None and resumed.srtp.remote_key == gateway_key
+    ours = SrtpContext(resumed.srtp)
+    heard = await echo_heard(peer, ours, gateway_media(negotiated), seq=100)
+    assert heard == pytest.approx(1000, abs=15)
+    await leg.bye()

@@ -8,10 +8,12 @@ import pytest
 
 from telepath.sdp import (
     MediaSecurity,
+    NegotiatedMedia,
     SessionDescription,
     create_reoffer,
     negotiate_answer,
     negotiate_offer_answer,
+    negotiate_reoffer,
     parse,
 )
 
@@ -123,10 +125,97 @@ def test_the_srtp_line_and_rejected_streams_are_kept() -> None:
     assert offer.media[0].direction == "sendrecv"
 
 
-def test_a_disabled_stream_stays_disabled() -> None:
-    # RFC 3264 §8.2: the caller removed the stream (port 0); nothing live to give a direction
+def test_a_disabled_stream_stays_disabled_without_the_call_s_stream() -> None:
+    # RFC 3264 §8.2: the caller removed the stream (port 0); with no port and codec to offer
+    # it with, nothing live to give a direction
     last = parse(
         f"v=0\r\no=telepath 777 2 IN IP4 {LOCAL}\r\ns=Telepath\r\nc=IN IP4 {LOCAL}\r\nt=0 0\r\n"
         "m=audio 0 RTP/AVP 0 8 101\r\n"
     )
     assert create_reoffer(last) == last
+
+
+CRYPTO = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0\r\n"
+
+
+def disabled_call(text: str, **kwargs: object) -> tuple[SessionDescription, NegotiatedMedia]:
+    """A call answered with ``text`` then re-offered with its audio port 0 (RFC 3264 §8.2):
+    our port-0 answer (version 3) and what the call keeps, held."""
+    answer, current = negotiate_answer(
+        parse(text),
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=2,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    disabled, held = negotiate_reoffer(
+        parse(text.replace("m=audio 5000 ", "m=audio 0 ")),
+        current=current,
+        local_address=LOCAL,
+        local_port=40000,
+        session_id=777,
+        session_version=3,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert [m.port for m in disabled.media] == [0] * len(disabled.media)
+    assert held.remote_port == 0
+    return disabled, held
+
+
+def test_a_disabled_stream_is_offered_live_again_with_the_call_s_port_and_codec() -> None:
+    # The caller disabled the audio (m=audio 0); our next offer (the 2xx to an offerless
+    # re-INVITE, a session refresh) must not repeat port 0: the caller's answer would have to
+    # keep it (RFC 3264 §6) and the call's audio could never come back. §8.1 lets an offerer
+    # reuse a disabled stream's slot: it offers the call's stream again, sendrecv (RFC 6337
+    # §5.1), with the call's port, codec and telephone-event numbers.
+    text = offer_text("sendrecv").replace("RTP/AVP 0 8 101", "RTP/AVP 8 101")  # PCMA
+    text += "m=video 6000 RTP/AVP 96\r\n"
+    disabled, held = disabled_call(text, rtcp_port=40011)
+    kept = copy.deepcopy(disabled)
+    offer = create_reoffer(disabled, current=held, local_port=40000, rtcp_port=40011)
+    assert disabled == kept  # the SDP we sent is left as it was
+    assert offer.origin.session_version == 4  # it differs: RFC 3264 §8
+    audio, video = offer.media
+    assert (audio.media, audio.port, audio.proto, audio.formats) == (
+        "audio",
+        40000,
+        "RTP/AVP",
+        ["8", "101"],
+    )
+    assert audio.rtpmap() == {8: ("PCMA", 8000, 1), 101: ("telephone-event", 8000, 1)}
+    assert audio.attribute_values("rtcp") == ["40011"]
+    assert offer.media_direction(audio) == "sendrecv"
+    assert offer.media_connection_address(audio) == LOCAL
+    assert (video.media, video.port) == ("video", 0)  # still rejected
+    # the caller's answer giving a port resumes the stream, with the codec the call has
+    answer = offer_text("sendrecv") + "m=video 0 RTP/AVP 96\r\n"
+    resumed = negotiate_offer_answer(offer, parse(answer))
+    assert (resumed.remote_port, resumed.direction, resumed.on_hold) == (5000, "sendrecv", False)
+    assert resumed.codec == held.codec
+    assert resumed.dtmf_payload_type == held.dtmf_payload_type == 101
+    # and offered again, it stays as it is (a session refresh repeats it: RFC 4028 §10)
+    assert create_reoffer(offer, current=resumed, local_port=40000, rtcp_port=40011) == offer
+
+
+def test_a_disabled_srtp_stream_is_offered_again_with_the_call_s_key() -> None:
+    # RFC 4568 §7.1.4: the call keeps its key and suite; the revived stream is RTP/SAVP with
+    # the a=crypto line of the call (tag, suite, our key), as create_reoffer keeps it live
+    text = offer_text("sendrecv").replace("RTP/AVP", "RTP/SAVP") + CRYPTO
+    key = bytes(range(30))
+    live = our_answer(text, security=MediaSecurity(key=key))
+    disabled, held = disabled_call(text, security=MediaSecurity(key=key, required=True))
+    assert held.srtp is not None
+    offer = create_reoffer(disabled, current=held, local_port=40000)
+    (audio,) = offer.media
+    assert (audio.port, audio.proto) == (40000, "RTP/SAVP")
+    assert audio.attribute_values("crypto") == live.media[0].attribute_values("crypto")
+    resumed = negotiate_offer_answer(offer, parse(text))
+    assert resumed.srtp is not None
+    assert (resumed.srtp.suite, resumed.srtp.local_key) == (held.srtp.suite, held.srtp.local_key)
+
+
+def test_a_disabled_stream_is_revived_only_with_a_port() -> None:
+    disabled, held = disabled_call(offer_text("sendrecv"))
+    with pytest.raises(ValueError, match="port"):
+        create_reoffer(disabled, current=held, local_port=0)
