@@ -26,8 +26,11 @@ def connectable_host(parts: SplitResult) -> bool:
     labels of letters, digits and inner hyphens, up to 63 characters, the top one not all
     digits — so ``1.2.3`` is neither), non-ASCII ones in their IDNA form (RFC 5890)."""
     host = parts.hostname or ""  # lower case, without the brackets
-    if parts.netloc.rpartition("@")[2].startswith("["):
-        if "%" in host:
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        # RFC 3986 §3.2: host [":" port]. Python 3.11's urlsplit ignores anything else after
+        # the "]" (found by review: "https://[::1]x/" was taken, every delivery then failed).
+        if "%" in host or not re.fullmatch(r":[0-9]*|", hostport.partition("]")[2]):
             return False
         try:
             IPv6Address(host)

@@ -100,6 +100,19 @@ def backoff_delay(attempts: int, base_s: float, max_s: float) -> float:
     return float(min(base_s * (2 ** max(0, attempts - 1)), max_s))
 
 
+def connect_url(url: str) -> yarl.URL:
+    """``url`` as registered (not re-quoted), with a non-ASCII host in the IDNA form it was
+    validated in (``api/url_hosts.py``: Python's ``idna`` codec, as ``websockets`` converts an
+    agent's ``custom_endpoint``): the name looked up, sent in ``Host`` and as the TLS server name
+    (RFC 5891 §4, RFC 6066 §3). Found by review: an encoded URL's host is taken as is, and every
+    delivery to ``https://bücher.example/`` failed though the URL was taken."""
+    target = yarl.URL(url, encoded=True)
+    host = target.raw_host
+    if host is not None and not host.isascii():
+        target = target.with_host(host.encode("idna").decode("ascii"))
+    return target
+
+
 class WebhookDispatcher:
     """Polls the outbox and delivers it.
 
@@ -511,7 +524,7 @@ class WebhookDispatcher:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         async with self._client().post(
-            yarl.URL(url, encoded=True),  # as registered: not re-quoted
+            connect_url(url),
             data=body,
             headers=headers,
             allow_redirects=False,  # a redirect is an answer like any other: retried

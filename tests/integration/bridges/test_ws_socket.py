@@ -9,6 +9,7 @@ import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -111,6 +112,37 @@ async def test_handshake_refusal_and_unreachable_and_bad_url() -> None:
         await open_socket(url)  # the server is gone: connection refused
     with pytest.raises(InvalidURI):
         await open_socket("http://127.0.0.1:1/not-a-websocket")
+
+
+async def test_an_idn_host_is_connected_to_in_its_idna_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A custom_endpoint may have a non-ASCII host (docs/webhooks.md, api/url_hosts.py): the name
+    looked up and the Host header (RFC 9110 §7.2) are its IDNA form (RFC 5891 §4), converted
+    with Python's ``idna`` codec as the validation does (``websockets``' ``parse_uri``)."""
+    hosts: list[str] = []
+    asked: list[object] = []
+    loop = asyncio.get_running_loop()
+    real_getaddrinfo = loop.getaddrinfo
+
+    async def loopback(host: object, port: str | int | None, **kwargs: Any) -> Any:
+        asked.append(host)  # resolved as a DNS server would the agent's name
+        return await real_getaddrinfo("127.0.0.1", port, **kwargs)
+
+    async def record(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        hosts.append(ws.request.headers["Host"])
+        await ws.send("hi")
+        await ws.wait_closed()
+
+    async with server(record) as url:
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        monkeypatch.setattr(loop, "getaddrinfo", loopback)
+        sock = await open_socket(f"ws://B\u00fccher.example:{port}/agent")
+        assert await sock.recv() == "hi"
+        await sock.close()
+    assert asked == ["xn--bcher-kva.example"]
+    assert hosts == [f"xn--bcher-kva.example:{port}"]
 
 
 def _client_protocols() -> int:

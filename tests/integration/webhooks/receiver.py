@@ -94,6 +94,10 @@ class Receiver:
         )
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         scheme = "https" if self.tls is not None else "http"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -12,7 +13,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
@@ -670,3 +673,82 @@ async def test_concurrent_events_share_transactions_and_a_bad_one_costs_no_other
     assert len([r for r in await rows(api) if r.account_id == good]) == 1 + 60 * 4  # all landed
     assert [r for r in await rows(api) if r.account_id == bad] == []  # nobody to send to
     assert sink.failures == 0
+
+
+class LoopbackResolver(AbstractResolver):
+    """Resolves every name to 127.0.0.1 (as a DNS server would the receiver's name), recording
+    the names asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("host", "ascii_host"),
+    [("bücher.example", "xn--bcher-kva.example"), ("\uff41.com", "a.com")],  # full-width a
+)
+async def test_an_idn_host_is_connected_to_in_its_idna_form(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], host: str, ascii_host: str
+) -> None:
+    """Found by review: a URL with a non-ASCII host was taken (docs/webhooks.md: "connected to
+    in its IDNA form") but never delivered to, the URL handed to aiohttp as encoded: its host
+    was never converted (RFC 5891 §4), and every attempt failed as invalid_url. The name looked
+    up and the Host header (RFC 9110 §7.2) are the IDNA form; the API still shows the URL as
+    entered."""
+    resolver = LoopbackResolver()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+    try:
+        with running(Receiver()) as receiver:
+            url = f"http://{host}:{receiver.port}/hook?q=%41"
+            assert (await subscribe(api, url, ["*"]))["url"] == url
+            await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+            assert await make_dispatcher(session=session).run_once() == 1
+    finally:
+        await session.close()
+    [row] = await rows(api)
+    assert (row.status, row.last_status_code, row.last_error) == ("delivered", 200, None)
+    assert resolver.asked == [ascii_host]
+    [req] = receiver.requests
+    assert req.headers["host"] == f"{ascii_host}:{receiver.port}"
+    assert req.path == "/hook?q=%41"  # the rest as registered: not re-quoted
+
+
+async def test_an_idn_host_is_named_in_idna_form_to_tls(
+    api: Api, make_dispatcher: Callable[..., WebhookDispatcher], tmp_path: Path
+) -> None:
+    """The TLS server name (RFC 6066 §3: "the A-label") is the IDNA form too (the ssl module
+    converted it even before the URL's host was)."""
+    names: list[str | None] = []
+    cert, key = self_signed(tmp_path)  # for 127.0.0.1 only: the handshake then fails
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LoopbackResolver()))
+    try:
+        with running(Receiver(tls=context)) as receiver:
+            await subscribe(api, f"https://bücher.example:{receiver.port}/hook", ["*"])
+            await DbEventSink(api.state.sessions).emit(await account_of(api), "call.ended", PAYLOAD)
+            await make_dispatcher(session=session).run_once()
+    finally:
+        await session.close()
+    assert names == ["xn--bcher-kva.example"]
+    [row] = await rows(api)
+    assert row.last_error == "tls_error"
