@@ -540,9 +540,10 @@ class CallManager:
         # A trunk may narrow the challenge (e.g. MD5 only, for UACs that abort on SHA-256) —
         # for the sources it allows only: a narrowed challenge tells its username from an
         # unknown one, so elsewhere it gets the default, as unknown ones do.
-        allowed = trunk is not None and trunk.allows_source(tx.source.addr[0])
+        source_ip = tx.source.addr[0]
+        allowed = trunk is not None and trunk.allows_source(source_ip)
         algorithms = _algorithms(trunk) if allowed else None
-        nonce = self.auth.new_nonce()
+        nonce = self.auth.new_nonce(source=source_ip)  # good from this IP only (sip/auth.py)
         if tx.request.method == "INVITE":
             self._challenged_invite(nonce)
         values = self.auth.challenge_headers(stale=stale, algorithms=algorithms, nonce=nonce)
@@ -865,13 +866,22 @@ class CallManager:
                 return None  # not offered to it (a downgrade to MD5): like a wrong password
             return trunk.ha1_sha256 if algorithm == "SHA-256" else trunk.ha1_md5
 
-        outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1)
+        outcome = self.auth.verify(creds, method=request.method, ha1_lookup=ha1, source=source_ip)
         if outcome.result == AuthResult.UNKNOWN_NONCE:
             # Not a guess (the sender saw no challenge of ours): challenged as if it had no
             # credentials, and not counted toward a ban — such forgeries from a carrier's
-            # address would get the carrier banned (a forger that fetched a nonce of ours from
-            # its own address still can: nonces are not bound to it, sip/defence.py).
+            # address would get the carrier banned.
             self._challenge(tx, await self._trunk_of(request, called))
+            return None
+        if outcome.result == AuthResult.WRONG_ADDRESS:
+            # A nonce of ours sent to another address (nonces are bound to the source IP,
+            # sip/auth.py): a carrier's retry from another node of its SBC cluster, or a forger
+            # answering a nonce it fetched from its own address under a carrier's UDP source.
+            # The nonce is not good here, so a fresh one for this address with stale=true
+            # (RFC 7616 §3.3, RFC 3261 §22.4), right digest or wrong (it is not checked: no
+            # oracle), counted nowhere; the re-signed retry counts as usual (and meets the
+            # trunk's allowed-source check).
+            self._challenge(tx, await self._trunk_of(request, called), stale=True)
             return None
         right = outcome.result in (AuthResult.OK, AuthResult.REPLAY, AuthResult.STALE)
         if right and trunk is not None and not trunk.allows_source(source_ip):

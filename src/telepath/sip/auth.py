@@ -16,13 +16,33 @@ The caller owns the SIP messages; this module only sees header *values*:
 3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` and ``REPLAY``
    re-challenge with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3: the nonce is
    invalid, the digest for it right); ``FAILED`` is refused and counts a failure in
-   :mod:`telepath.sip.defence`; ``UNKNOWN_NONCE`` re-challenge, not counted; ``MALFORMED``
-   answer 400.
+   :mod:`telepath.sip.defence`; ``UNKNOWN_NONCE`` re-challenge, not counted; ``WRONG_ADDRESS``
+   re-challenge with ``stale=true``, not counted; ``MALFORMED`` answer 400.
 
 Nonces are stateless (no table of issued nonces, so challenges cost no memory and a flood of
 unauthenticated requests cannot grow state)::
 
-    nonce = base64url(ts_ms[8] || random[12] || HMAC-SHA256(secret, ts_ms || random || realm)[:16])
+    head  = ts_ms[8] || random[8]
+    tag   = HMAC-SHA256(secret, head || 0xff || realm)[:4]
+    mac   = HMAC-SHA256(secret, head || len(ip)[1] || ip || realm)[:16]
+    nonce = base64url(head || tag || mac)
+
+``ip`` is the packed source address the challenge was sent to (IPv4-mapped IPv6 as IPv4, so a
+dual-stack socket changes nothing; not the port, which NATs and SBCs change between requests;
+empty when the caller gives none). Bound to it, a nonce is good only from that address: over UDP
+a forger could otherwise fetch a challenge from its own address and answer it wrongly under a
+carrier's source address, each answer a ``FAILED`` counted toward the carrier's ban. From another
+address the MAC does not verify, but the ``tag`` (bound to no address) still tells a nonce of
+ours — issued elsewhere — from one we never issued: ``WRONG_ADDRESS``, whatever the digest.
+
+Decision: the digest is not consulted for ``WRONG_ADDRESS``. A right one is a carrier whose retry
+left from another node of its SBC cluster; it gets a fresh nonce for its new address with
+``stale=true`` (RFC 7616 §3.3: the nonce is invalid, so the client re-signs without asking for a
+password). A wrong one gets exactly the same answer, and neither is counted: were only a right
+one answered ``stale=true``, anyone with two addresses could test passwords over a nonce fetched
+from one, from the other, without a single failure counted. The client's re-signed retry, over a
+nonce bound to where it really is, counts as usual. The 4-byte ``tag`` only ever selects between
+two uncounted re-challenges, so forging one gains nothing; the ``mac`` is what authenticates.
 
 ``ts_ms`` is the injected :class:`~telepath.clock.Clock` in milliseconds (monotonic, so it is only
 meaningful within one process; a nonce with a valid MAC but a timestamp in the future, e.g. issued
@@ -57,6 +77,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import struct
@@ -95,10 +116,13 @@ _HASH_NAMES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
 
 # Nonce layout (see module docstring).
 _TS_LEN = 8
-_RAND_LEN = 12
+_RAND_LEN = 8  # with the millisecond timestamp: unique, and the MAC makes it unforgeable
+_HEAD_LEN = _TS_LEN + _RAND_LEN
+_TAG_LEN = 4  # "ours, for some address": selects between two uncounted re-challenges only
 _SIBLING = -(1 << 62)  # "issued" time of a sibling worker's nonce: never ours to accept
+_ELSEWHERE = -(1 << 61)  # "issued" time of a nonce of ours (or a sibling's) for another address
 _MAC_LEN = 16  # 128 bits of HMAC-SHA256 is plenty against forgery (RFC 2104 §5 truncation)
-_NONCE_RAW_LEN = _TS_LEN + _RAND_LEN + _MAC_LEN  # 36 bytes -> 48 base64url chars, no padding
+_NONCE_RAW_LEN = _HEAD_LEN + _TAG_LEN + _MAC_LEN  # 36 bytes -> 48 base64url chars, no padding
 _NONCE_TEXT_LEN = 48
 
 # RFC 7230 §3.2.6 token (RFC 7616 §3.4 auth-param names and unquoted values use it), ASCII only.
@@ -346,9 +370,13 @@ class AuthResult(StrEnum):
         UNKNOWN_NONCE: a nonce we never issued (forged, tampered, another server's): re-challenge
             and count nothing. No guess was made: the sender saw no challenge of ours and
             learns nothing from the answer; counted, a made-up nonce under a carrier's forged
-            UDP source got the carrier banned. Only that: a nonce is not bound to the address
-            it was sent to, so a forger can fetch a real one from its own address and answer
-            it wrongly under the carrier's — ``FAILED``, counted (``defence.py``'s caveat).
+            UDP source got the carrier banned.
+        WRONG_ADDRESS: a nonce of ours (or a sibling's) sent to another address: re-challenge
+            with ``stale=true`` (a fresh nonce for this address; RFC 7616 §3.3) and count
+            nothing, whether the digest is right or wrong — it is not consulted, so the answer
+            is no password oracle (see the module docstring). A forger answering a nonce
+            fetched from its own address under a carrier's UDP source gets this, not
+            ``FAILED``.
         MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
             a qop without nc/cnonce: answer 400.
     """
@@ -358,6 +386,7 @@ class AuthResult(StrEnum):
     FAILED = "failed"
     UNKNOWN_NONCE = "unknown_nonce"
     REPLAY = "replay"
+    WRONG_ADDRESS = "wrong_address"
     MALFORMED = "malformed"
 
 
@@ -393,6 +422,20 @@ def quote_string(text: str) -> str:
 
 # Marks a nonce used qop-less: any further use of it is a replay, whatever its nc.
 _NONCE_SPENT = 1 << 32
+
+
+def _packed_ip(source: str | None) -> bytes:
+    """The address a nonce is bound to: packed, an IPv4-mapped IPv6 address as IPv4 (an IPv4
+    caller on a dual-stack socket); text that is no IP address as its bytes; ``None`` empty."""
+    if source is None:
+        return b""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return _b(source)[:254]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.packed
 
 
 class DigestAuthenticator:
@@ -448,18 +491,26 @@ class DigestAuthenticator:
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 
-    def _mac(self, head: bytes, secret: bytes | None = None) -> bytes:
-        key = self._secret if secret is None else secret
-        return hmac.new(key, head + _b(self.realm), hashlib.sha256).digest()[:_MAC_LEN]
+    def _tag(self, head: bytes, key: bytes) -> bytes:
+        # 0xff: no address is 255 bytes long, so this input is never a _mac input.
+        return hmac.new(key, head + b"\xff" + _b(self.realm), hashlib.sha256).digest()[:_TAG_LEN]
 
-    def _new_nonce(self) -> str:
+    def _mac(self, head: bytes, ip: bytes, key: bytes) -> bytes:
+        data = head + bytes([len(ip)]) + ip + _b(self.realm)
+        return hmac.new(key, data, hashlib.sha256).digest()[:_MAC_LEN]
+
+    def _new_nonce(self, source: str | None) -> str:
         head = struct.pack(">q", self._now_ms()) + secrets.token_bytes(_RAND_LEN)
-        return base64.urlsafe_b64encode(head + self._mac(head)).decode("ascii")
+        key = self._secret
+        raw = head + self._tag(head, key) + self._mac(head, _packed_ip(source), key)
+        return base64.urlsafe_b64encode(raw).decode("ascii")
 
-    def _nonce_issued_ms(self, nonce: str) -> int | None:
-        """Return the issue time of a nonce we minted, or ``None`` if it is not ours/tampered.
+    def _nonce_issued_ms(self, nonce: str, source: str | None) -> int | None:
+        """Return the issue time of a nonce we minted for ``source``, or ``None`` if it is not
+        ours/tampered.
 
-        A sibling's nonce (``sibling_secrets``) gives ``-1``.
+        A sibling's nonce (``sibling_secrets``) for ``source`` gives ``_SIBLING``; one of ours
+        or a sibling's for another address ``_ELSEWHERE``.
         """
         if len(nonce) != _NONCE_TEXT_LEN:
             return None
@@ -469,14 +520,18 @@ class DigestAuthenticator:
             return None
         if len(raw) != _NONCE_RAW_LEN:
             return None
-        head, mac = raw[: _TS_LEN + _RAND_LEN], raw[_TS_LEN + _RAND_LEN :]
-        if not hmac.compare_digest(mac, self._mac(head)):
-            for sibling in self._siblings:
-                if hmac.compare_digest(mac, self._mac(head, sibling)):
-                    return _SIBLING
-            return None
-        (issued_ms,) = struct.unpack(">q", head[:_TS_LEN])
-        return int(issued_ms)
+        head, tag, mac = raw[:_HEAD_LEN], raw[_HEAD_LEN:-_MAC_LEN], raw[-_MAC_LEN:]
+        ip = _packed_ip(source)
+        for key in (self._secret, *self._siblings):
+            if not hmac.compare_digest(tag, self._tag(head, key)):
+                continue
+            if not hmac.compare_digest(mac, self._mac(head, ip, key)):
+                return _ELSEWHERE
+            if key is not self._secret:
+                return _SIBLING
+            (issued_ms,) = struct.unpack(">q", head[:_TS_LEN])
+            return int(issued_ms)
+        return None
 
     def _is_expired(self, issued_ms: int, now_ms: int) -> bool:
         age = now_ms - issued_ms
@@ -489,9 +544,11 @@ class DigestAuthenticator:
         """How long a nonce of ours stays good (then ``STALE``)."""
         return self._ttl_ms / 1000
 
-    def new_nonce(self) -> str:
-        """Return a fresh nonce, for :meth:`challenge_headers` when the caller keeps it."""
-        return self._new_nonce()
+    def new_nonce(self, *, source: str | None = None) -> str:
+        """Return a fresh nonce for the IP address ``source`` (the request's source, where the
+        challenge goes; ``None`` binds it to no address), for :meth:`challenge_headers` when the
+        caller keeps it. It is good only in :meth:`verify` with the same ``source``."""
+        return self._new_nonce(source)
 
     def challenge_headers(
         self,
@@ -499,17 +556,18 @@ class DigestAuthenticator:
         stale: bool = False,
         algorithms: Sequence[Algorithm] | None = None,
         nonce: str | None = None,
+        source: str | None = None,
     ) -> list[str]:
         """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
 
         One challenge per algorithm, in the configured order of preference — by default SHA-256
-        first then MD5 (RFC 8760 §2.4) — sharing a fresh
-        nonce (``nonce``, from :meth:`new_nonce`, when given), each offering ``qop="auth"``
+        first then MD5 (RFC 8760 §2.4) — sharing a fresh nonce for the IP address ``source``
+        (``nonce``, from :meth:`new_nonce`, when given), each offering ``qop="auth"``
         (RFC 7616 §3.3). ``stale=True`` tells the client its
         previous credentials were right but the nonce expired, so it can retry without asking
         the user (RFC 7616 §3.3).
         """
-        nonce = self._new_nonce() if nonce is None else nonce
+        nonce = self._new_nonce(source) if nonce is None else nonce
         values = []
         for algorithm in algorithms or self.algorithms:
             value = (
@@ -527,8 +585,10 @@ class DigestAuthenticator:
         *,
         method: str,
         ha1_lookup: Callable[[str, Algorithm], str | None],
+        source: str | None = None,
     ) -> AuthOutcome:
-        """Check ``creds`` for a request with ``method`` (RFC 3261 §22.4, RFC 7616 §3.4).
+        """Check ``creds`` for a request with ``method`` (RFC 3261 §22.4, RFC 7616 §3.4) from
+        the IP address ``source`` (as given to :meth:`new_nonce`; any port is left out).
 
         ``ha1_lookup(username, algorithm)`` returns the stored lower-case hex HA1
         (``H(username:realm:password)`` with the same algorithm) or ``None`` for an unknown
@@ -545,9 +605,11 @@ class DigestAuthenticator:
                 # RFC 7616 §3.4: cnonce and nc MUST be sent with qop.
                 return AuthOutcome(AuthResult.MALFORMED, None, None)
             qop = creds.qop
-        issued_ms = self._nonce_issued_ms(creds.nonce)
+        issued_ms = self._nonce_issued_ms(creds.nonce, source)
         if issued_ms is None:  # forged, truncated or another server's nonce
             return AuthOutcome(AuthResult.UNKNOWN_NONCE, creds.username, algorithm)
+        if issued_ms == _ELSEWHERE:  # the digest is not consulted: see the module docstring
+            return AuthOutcome(AuthResult.WRONG_ADDRESS, creds.username, algorithm)
         failed = AuthOutcome(AuthResult.FAILED, creds.username, algorithm)
         if creds.realm != self.realm:
             return failed  # HA1 is bound to our realm; another realm can never verify

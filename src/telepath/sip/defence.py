@@ -37,11 +37,12 @@ Feed :meth:`SourceGuard.record_auth_failure` with the digest outcome ``FAILED``
 nonce) nor a first request without credentials (every client sends one), and
 :meth:`SourceGuard.record_auth_success` with ``OK``.
 
-Caveat: with UDP, a forged source can get an innocent address banned. Answers over a nonce we
-never issued are not counted (``UNKNOWN_NONCE``), but nonces are not bound to an address: a
-forger fetches a real challenge with a request from its own address, then sends wrong answers
-over that nonce from the innocent address, and each is a ``FAILED`` like a guess. Allowlist the
-addresses that matter (trunk providers, monitoring).
+Caveat: with UDP, a source address can be forged. Answers over a nonce we never issued are not
+counted (``UNKNOWN_NONCE``), nor answers over a nonce of ours sent to another address
+(``WRONG_ADDRESS``: nonces are bound to the IP they were sent to, so a forger that fetched one
+from its own address cannot spend it under an innocent one). Only an answer over a nonce sent
+to the source itself counts, and a forger cannot read that one — unless it is on the path to
+the innocent address. Allowlist the addresses that matter (trunk providers, monitoring).
 
 Memory is bounded by :attr:`DefencePolicy.max_tracked_sources`, for sources and for bans
 separately: the least recently seen source is forgotten first, and a full ban table drops expired

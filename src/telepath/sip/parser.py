@@ -34,6 +34,7 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2}) (.*)", re.IGNORECASE | re.D
 _SIP_VERSION = re.compile(r"SIP/2\.0", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
 _CRLF_RUN = re.compile(rb"[\r\n]+")
+_PING = re.compile(rb"\r\n\r\n")
 
 _SCHEMES_WE_ROUTE = frozenset({"sip", "sips", "tel"})
 
@@ -306,11 +307,21 @@ class StreamFramer:
     in :attr:`pings` (the transport answers each with a single-CRLF pong). A missing
     Content-Length or an oversized message raises :class:`SipParseError`: the connection cannot
     be resynchronised and must be closed.
+
+    ``pair_across_reads``: a double CRLF split between two reads is a ping too. Only for a
+    connection on which we send no pings (one accepted from a client), so no single-CRLF pongs
+    can come on it: see :meth:`_skip_keepalive`.
     """
 
-    def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_size: int = MAX_MESSAGE_SIZE, *, pair_across_reads: bool = False
+    ) -> None:
         self._buffer = bytearray()
         self._max = max_size
+        self._pair = pair_across_reads
+        # The end of the last read's CRLF run that a ping may still complete (at most 3
+        # octets, none of a counted ping); empty once anything else came.
+        self._tail = b""
         self._searched = 0  # how far the buffer is known to hold no CRLFCRLF (less 3 octets)
         self._length: int | None = None  # the length of the message being read, once known
         self.keepalives = 0
@@ -362,15 +373,25 @@ class StreamFramer:
         an octet at a time.
 
         RFC 5626 §4.4.1: each double CRLF is a ping owed one pong — two in one read are two.
-        CRLFs are not paired across reads: the single-CRLF pongs a registrar sends to our own
-        pings (calls/registrations.py) may come a read each, and two read as one ping would be
-        answered — a pong answered is a protocol error (§4.4.1). A double CRLF TCP split across
-        reads goes unanswered instead: rare, and harmless (the next ping is answered)."""
+        By default CRLFs are not paired across reads: on a connection we ping ourselves (an
+        outbound registration's, calls/registrations.py) the registrar's single-CRLF pongs may
+        come a read each, and two read as one ping would be answered — a pong answered is a
+        protocol error (§4.4.1). With ``pair_across_reads`` (a connection accepted from a
+        client, which we never ping, so it sends no pongs) the CRLFs that end a read pair with
+        those that start the next, so a ping TCP split across reads is answered: unanswered,
+        a client keeping its flow alive (§4.4.1) takes it for dead."""
+        tail, self._tail = self._tail, b""
         run = _CRLF_RUN.match(self._buffer)
         if run is None:
             return
         self.keepalives += 1
-        self.pings += run.group().count(b"\r\n\r\n")
+        text = tail + run.group()
+        counted = 0  # where the last ping ends: what is before it is spent
+        for ping in _PING.finditer(text):
+            self.pings += 1
+            counted = ping.end()
+        if self._pair and run.end() == len(self._buffer):  # nothing after it yet
+            self._tail = text[max(counted, len(text) - 3) :]
         del self._buffer[: run.end()]
 
     def _message_length(self) -> int | None:

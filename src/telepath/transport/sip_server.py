@@ -152,7 +152,9 @@ class _Stream(asyncio.Protocol):
     def __init__(self, server: SipServer, transport_name: str, *, inbound: bool = False) -> None:
         self.server = server
         self.name = transport_name
-        self.framer = StreamFramer()
+        # RFC 5626 §4.4.1: a ping split across reads is one, on a connection we never ping
+        # (an accepted one); on ours a registrar's pongs may come a read each (sip/parser.py)
+        self.framer = StreamFramer(pair_across_reads=inbound)
         self.transport: asyncio.Transport | None = None
         self.conn_id = next(server.conn_ids)
         self.peer: tuple[str, int] = ("", 0)

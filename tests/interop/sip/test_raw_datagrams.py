@@ -255,6 +255,31 @@ async def test_a_tcp_ping_gets_a_pong_and_a_pong_nothing(gateway: Gateway, uac: 
     assert (counters["parse_errors"], counters["keepalives"]) == (errors, keepalives + 1)
 
 
+async def test_a_tcp_ping_split_across_reads_gets_one_pong(gateway: Gateway) -> None:
+    """RFC 5626 §4.4.1: a double-CRLF ping TCP delivers in two reads is still one ping, owed
+    one single-CRLF pong. It got none: CRLFs were never paired across reads, which only matters
+    on connections we ping ourselves (a registrar's single-CRLF pongs, one a read), never on one
+    accepted from a client."""
+    reader, writer = await asyncio.open_connection(*gateway.server.bound["TCP"])
+    try:
+        local = writer.get_extra_info("sockname")
+        conns = gateway.server.connections.values()
+        await until(lambda: any(c.peer == local for c in conns))
+        (conn,) = [c for c in conns if c.peer == local]
+        writer.write(b"\r\n")
+        await until(lambda: conn.framer.keepalives == 1)  # read on its own
+        writer.write(b"\r\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"  # the pong
+        call_id = new_call_id()
+        options = Uac("TCP", gateway.server.bound["TCP"], local=local)
+        writer.write(options.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line == b"SIP/2.0 200 OK\r\n"  # one pong only, nothing before this
+        assert conn.framer.pings == 1
+    finally:
+        writer.close()
+
+
 async def test_unknown_user_is_challenged_like_a_known_one(
     gateway: Gateway, uac: Uac, agent: FakeTelepathAgent
 ) -> None:

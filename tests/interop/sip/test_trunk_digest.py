@@ -304,3 +304,63 @@ async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban
         assert ok.status == 200
         uac.send(leg.ack())
         await leg.bye()
+
+
+async def test_a_nonce_answered_from_another_address_is_challenged_again_as_stale(
+    api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nonces are bound to the IP they were sent to. A forger fetched a challenge from its own
+    address and sent wrong answers over that nonce under a carrier's source address: each
+    counted toward the carrier's ban. Now, from another address, right or wrong, the answer
+    is a fresh ``stale=true`` challenge for that address (RFC 7616 §3.3) — the same either
+    way, counted nowhere — and a carrier whose retry leaves from another node of its cluster
+    re-signs with it and is let in."""
+    guard = gateway.manager.guard
+    assert guard is not None
+    counted: list[str] = []
+    record = guard.record_auth_failure
+
+    def counting(source_ip: str) -> bool:
+        counted.append(source_ip)
+        return record(source_ip)
+
+    monkeypatch.setattr(guard, "record_auth_failure", counting)
+    other = await Uac.open("UDP", gateway.server.bound["UDP"], host="127.0.0.2")
+    try:
+        async with FakeTelepathAgent(agent="silent") as agent:
+            await create_trunk(
+                api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
+            )
+            fetched = CallLeg(uac, "carrier")  # from 127.0.0.1
+            await fetched.challenge(MEDIA_PORT)
+            for password in ("guess", "carrier-pass-1"):
+                leg = CallLeg(other, "carrier", challenges=fetched.challenges)  # 127.0.0.2
+                start = len(other.received)
+                other.send(leg.authenticated_invite(password, MEDIA_PORT))
+                again = await other.response(401, leg.call_id, method="INVITE", after=start)
+                other.send(leg.build("ACK", to_tag=again.to.tag, cseq_method="ACK"))
+                challenges = again.headers.get_all("WWW-Authenticate")
+                assert challenges and all("stale=true" in c for c in challenges)
+                old = challenge_params(fetched.challenges[0])["nonce"]
+                assert all(challenge_params(c)["nonce"] != old for c in challenges)
+            assert counted == [] and not guard.is_banned("127.0.0.2")
+            assert gateway.manager.counters.get("rejected_auth_failed") is None
+            leg.challenges = challenges  # the carrier re-signs with the fresh nonce
+            ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+            assert ok.status == 200
+            other.send(leg.ack())
+            await leg.bye()
+            # the fresh nonce is bound to 127.0.0.2; a wrong answer over it from there counts
+            start = len(other.received)
+            wrong = CallLeg(other, "carrier", challenges=challenges)
+            other.send(wrong.authenticated_invite("guess", MEDIA_PORT))
+            await other.response(403, wrong.call_id, method="INVITE", after=start)
+            assert counted == ["127.0.0.2"]
+            # and the nonce still works from where it was sent
+            assert (
+                await fetched.answered(fetched.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+            ).status == 200
+            uac.send(fetched.ack())
+            await fetched.bye()
+    finally:
+        await other.close()

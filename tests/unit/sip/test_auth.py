@@ -91,14 +91,21 @@ def make(
     return DigestAuthenticator(REALM, SECRET, clock, **kwargs), clock  # type: ignore[arg-type]
 
 
-def verify(auth: DigestAuthenticator, header: str, method: str = "REGISTER") -> AuthOutcome:
-    return auth.verify(parse_authorization(header), method=method, ha1_lookup=ha1_lookup)
+def verify(
+    auth: DigestAuthenticator, header: str, method: str = "REGISTER", source: str | None = None
+) -> AuthOutcome:
+    return auth.verify(
+        parse_authorization(header), method=method, ha1_lookup=ha1_lookup, source=source
+    )
 
 
 def answer(
-    auth: DigestAuthenticator, algorithm: Algorithm = "SHA-256", **kwargs: str | int | bool
+    auth: DigestAuthenticator,
+    algorithm: Algorithm = "SHA-256",
+    source: str | None = None,
+    **kwargs: str | int | bool,
 ) -> str:
-    challenge = auth.challenge_headers()[0 if algorithm == "SHA-256" else 1]
+    challenge = auth.challenge_headers(source=source)[0 if algorithm == "SHA-256" else 1]
     options: dict[str, str | int | bool] = {
         "username": "alice",
         "password": USERS["alice"],
@@ -327,8 +334,11 @@ def test_only_a_response_to_a_nonce_of_ours_can_fail() -> None:
     assert verify(auth, answer(auth, realm="evil.example")).result is AuthResult.FAILED
 
 
-@pytest.mark.parametrize("position", [0, 5, 11, 20, 30, 47])
-def test_tampered_nonce_is_unknown(position: int) -> None:
+@pytest.mark.parametrize("position", [0, 5, 11, 20, 26, 27, 30, 47])
+def test_tampered_nonce_is_never_accepted(position: int) -> None:
+    """A change to the timestamp, the random part or the tag (characters 0-26) makes it a
+    nonce we never issued; one to the address-bound MAC alone (27-47) one we issued to
+    another address. Both are re-challenged and counted nowhere; neither consults the digest."""
     auth, _ = make()
     challenge = auth.challenge_headers()[0]
     nonce = challenge_params(challenge)["nonce"]
@@ -342,7 +352,8 @@ def test_tampered_nonce_is_unknown(position: int) -> None:
         method="REGISTER",
         uri="sip:x",
     )
-    assert verify(auth, header).result is AuthResult.UNKNOWN_NONCE
+    expected = AuthResult.UNKNOWN_NONCE if position <= 26 else AuthResult.WRONG_ADDRESS
+    assert verify(auth, header).result is expected
 
 
 @pytest.mark.parametrize("nonce", ["", "abc", "!" * 48, "é" * 48, "A" * 47 + "=", "A" * 64])
@@ -392,6 +403,72 @@ def test_a_sibling_workers_nonce_is_stale_never_accepted_or_a_failure() -> None:
     assert verify(sibling, good).result is AuthResult.OK  # the issuer accepts it, once
     assert verify(sibling, good).result is AuthResult.REPLAY
     assert verify(worker, answer(worker)).result is AuthResult.OK  # its own nonces still work
+
+
+# -- nonces bound to the address they were sent to ------------------------------------------
+
+CARRIER, FORGER = "192.0.2.10", "198.51.100.66"
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_sent_to() -> None:
+    """Over UDP a forger fetched a challenge from its own address and sent wrong answers over
+    that nonce under a carrier's source address: each was FAILED, counted toward the carrier's
+    ban. A nonce is now bound to the IP it was issued to (the MAC covers it), so from another
+    address it is WRONG_ADDRESS — a fresh ``stale=true`` challenge, counted nowhere — whether
+    the digest is right (a carrier's retry leaving from another node of its SBC cluster) or
+    wrong: the same answer either way, so it is no uncounted password oracle."""
+    auth, _ = make()
+    right = answer(auth, source=FORGER)
+    wrong = answer(auth, source=FORGER, password="guess")
+    moved = AuthOutcome(AuthResult.WRONG_ADDRESS, "alice", "SHA-256")
+    assert verify(auth, right, source=CARRIER) == moved
+    assert verify(auth, wrong, source=CARRIER) == moved
+    assert auth.tracked_nonces() == 0  # nothing recorded: the issuee can still use it
+    assert verify(auth, wrong, source=FORGER).result is AuthResult.FAILED
+    assert verify(auth, right, source=FORGER).result is AuthResult.OK
+    assert verify(auth, right, source=FORGER).result is AuthResult.REPLAY
+    # One made up is still UNKNOWN_NONCE from anywhere.
+    forged = right.replace('nonce="', 'nonce="x', 1)
+    assert verify(auth, forged, source=FORGER).result is AuthResult.UNKNOWN_NONCE
+    assert verify(auth, forged, source=CARRIER).result is AuthResult.UNKNOWN_NONCE
+
+
+@pytest.mark.parametrize(
+    ("issued_to", "answered_from"),
+    [
+        ("192.0.2.10", "192.0.2.10"),
+        ("192.0.2.10", "::ffff:192.0.2.10"),  # an IPv4 caller on a dual-stack socket
+        ("::ffff:192.0.2.10", "192.0.2.10"),
+        ("2001:db8::1", "2001:DB8:0::1"),  # the address, not its spelling
+    ],
+)
+def test_the_same_address_in_any_spelling_is_the_same_address(
+    issued_to: str, answered_from: str
+) -> None:
+    auth, _ = make()
+    header = answer(auth, source=issued_to)
+    assert verify(auth, header, source=answered_from).result is AuthResult.OK
+
+
+def test_a_nonce_issued_with_no_address_is_not_good_from_one() -> None:
+    auth, _ = make()
+    assert verify(auth, answer(auth), source=CARRIER).result is AuthResult.WRONG_ADDRESS
+    assert verify(auth, answer(auth, source=CARRIER)).result is AuthResult.WRONG_ADDRESS
+    assert verify(auth, answer(auth)).result is AuthResult.OK
+
+
+def test_a_sibling_workers_nonce_is_bound_to_its_address_too() -> None:
+    clock = FakeClock(1000.0)
+    other_secret = b"another-worker-secret-0123456789"
+    sibling = DigestAuthenticator(REALM, other_secret, clock)
+    worker = DigestAuthenticator(REALM, SECRET, clock, sibling_secrets=(other_secret,))
+    good = answer(sibling, source=CARRIER)
+    assert verify(worker, good, source=CARRIER).result is AuthResult.STALE
+    assert verify(worker, good, source=FORGER).result is AuthResult.WRONG_ADDRESS
+    bad = answer(sibling, source=CARRIER, password="guess")
+    assert verify(worker, bad, source=CARRIER).result is AuthResult.FAILED
+    assert verify(worker, bad, source=FORGER).result is AuthResult.WRONG_ADDRESS
+    assert verify(sibling, good, source=CARRIER).result is AuthResult.OK
 
 
 # -- replay ----------------------------------------------------------------------------------

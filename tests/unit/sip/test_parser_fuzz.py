@@ -270,6 +270,44 @@ def test_each_double_crlf_of_the_stream_is_one_ping_however_it_is_read(
     assert framer.pings == pings
 
 
+@pytest.mark.parametrize(
+    ("reads", "pings"),
+    [
+        ([b"\r\n", b"\r\n"], 1),  # a ping TCP split between two reads: answered
+        ([b"\r\n\r", b"\n"], 1),
+        ([b"\r", b"\n", b"\r", b"\n"], 1),  # an octet a read
+        ([b"\r\n\r\n\r\n", b"\r\n"], 2),
+        ([b"\r\n\r\n", b"\r\n"], 1),  # a ping, then a lone CRLF: no second one
+        ([b"\r\n", b"\r\n", b"\r\n"], 1),
+        ([b"\r\n", b"\r\n", b"\r\n", b"\r\n"], 2),
+        ([b"\r\n", b"\n"], 0),  # no double CRLF
+    ],
+)
+def test_crlfs_pair_across_reads_on_a_connection_we_never_ping(
+    reads: list[bytes], pings: int
+) -> None:
+    """On a connection accepted from a client (``pair_across_reads``) we send no pings, so no
+    single-CRLF pong can come: a double-CRLF ping split across TCP reads is one ping, owed one
+    pong (RFC 5626 §4.4.1). It went unanswered, so a client keeping its flow alive thought it
+    dead."""
+    framer = StreamFramer(pair_across_reads=True)
+    for data in reads:
+        assert framer.feed(data) == []
+    assert framer.pings == pings
+
+
+def test_a_crlf_pairs_across_reads_only_up_to_a_message() -> None:
+    framer = StreamFramer(pair_across_reads=True)
+    message = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(message) == [message]
+    assert framer.feed(b"\r\n") == []
+    assert framer.pings == 0
+    assert framer.feed(message + b"\r\n") == [message]
+    assert framer.feed(b"\r\n") == []
+    assert framer.pings == 1
+
+
 def test_a_crlf_before_a_message_pairs_with_none_after_it() -> None:
     """The CRLFs §7.5 allows before a message, then one after it: no double CRLF between
     messages, so no ping."""
