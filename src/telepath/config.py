@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     api_rate_limit_per_minute: int = Field(default=600, ge=1)
+    # failed API key lookups per client address per minute; past it 429 before the lookup
+    api_auth_failures_per_minute: int = Field(default=60, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with call_id
 

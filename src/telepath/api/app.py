@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from telepath import __version__
 from telepath.api.errors import error_response, install_error_handlers
@@ -56,6 +57,32 @@ def _link_created_trunk(spec: dict[str, Any]) -> None:
                 "operationId": op["operationId"],
                 "parameters": {"trunk_id": "$response.body#/id"},
             }
+
+
+class HeadAsGet:
+    """Serve ``HEAD`` as ``GET`` without the content (RFC 9110 §9.3.2), on every route.
+
+    RFC 9110 §9.1: a general-purpose server MUST support GET and HEAD; FastAPI routes a method
+    only where it is declared, so every HEAD was a 405 (found by review: a load balancer or an
+    uptime monitor probing ``HEAD /healthz`` marked the service down). The request goes on as a
+    GET, so it is authenticated, rate-limited and answered exactly as one (status and header
+    fields, ``Content-Length`` included, as §9.3.2 allows); only the body is dropped. Where GET
+    is not allowed neither is HEAD (405, ``Allow`` from ``errors._allowed_methods``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
 def create_app(state: ApiState) -> FastAPI:
@@ -124,6 +151,9 @@ def create_app(state: ApiState) -> FastAPI:
         merged = merge_expositions([own, *await state.more_metrics()])
         return Response(merged, media_type=METRICS_CONTENT_TYPE)
 
+    # Added last: outside the middlewares above, so they, routing and the error handlers all
+    # see a GET.
+    app.add_middleware(HeadAsGet)
     app.include_router(trunks.router)
     app.include_router(calls.router)
     app.include_router(webhooks.router)

@@ -90,10 +90,24 @@ async def authenticate(
     invalid = ApiError(401, "invalid_api_key", "The API key provided is invalid", BEARER_CHALLENGE)
     if scheme.lower() != "bearer" or not token or len(token) > 200:
         raise invalid
+    # Failed lookups are limited per client address, checked before the lookup: each costs a
+    # query from the pool the gateway shares (found by review). See AuthFailureLimiter.
+    address = request.client.host if request.client else ""
+    wait = state.auth_failures.retry_after(address, token)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Too many failed authentications from this address; retry after the time in "
+            "Retry-After",
+            {"Retry-After": str(wait)},
+        )
     repo = AccountRepository(session)
     key = await repo.authenticate(token)
     if key is None:
+        state.auth_failures.failed(address)
         raise invalid
+    state.auth_failures.succeeded(token)
     decision = state.limiter.hit(key.id)
     request.state.rate_headers = decision.headers()
     if not decision.allowed:

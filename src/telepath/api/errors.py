@@ -109,10 +109,12 @@ _HTTP_CODES = {
 
 def _allowed_methods(req: Request) -> list[str]:
     allowed = []
-    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         scope = {**req.scope, "method": method}
         if any(route.matches(scope)[0] == Match.FULL for route in req.app.router.routes):
             allowed.append(method)
+            if method == "GET":  # served as GET by app.HeadAsGet (RFC 9110 §9.3.2)
+                allowed.append("HEAD")
     return allowed
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from telepath.api.provider_checks import ProviderValidator
-from telepath.api.ratelimit import RateLimiter
+from telepath.api.ratelimit import AuthFailureLimiter, RateLimiter
 from telepath.api.trunk_input import BODY_TIMEOUT_S
 from telepath.config import Settings
 from telepath.metrics import Metrics
@@ -25,6 +25,8 @@ class ApiState:
     keyring: Keyring
     validator: ProviderValidator
     limiter: RateLimiter
+    # failed authentications per client address (deps.authenticate)
+    auth_failures: AuthFailureLimiter
     # key id -> last time (monotonic minute) its last_used_at was written; throttles writes.
     key_touch: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)

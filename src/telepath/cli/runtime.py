@@ -15,7 +15,7 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from telepath.api.provider_checks import ProviderValidator
-from telepath.api.ratelimit import RateLimiter
+from telepath.api.ratelimit import AuthFailureLimiter, RateLimiter
 from telepath.api.state import ApiState
 from telepath.config import Settings
 from telepath.db.engine import make_engine, migrate_or_refuse, sessionmaker_for
@@ -63,6 +63,7 @@ async def open_state(settings: Settings, migrate: bool = True) -> AsyncIterator[
                 keyring=keyring,
                 validator=validator,
                 limiter=RateLimiter(settings.api_rate_limit_per_minute),
+                auth_failures=AuthFailureLimiter(settings.api_auth_failures_per_minute),
                 maintenance_sessions=sessionmaker_for(maintenance),
             )
         finally:

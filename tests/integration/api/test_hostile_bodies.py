@@ -64,7 +64,12 @@ def _raw(body: dict[str, Any]) -> bytes:
         ("POST", "/v1/trunks", {**OPENAI_EXAMPLE, "x{c}": 1}),
         ("PATCH", "{trunk}", {"name": "a{c}b"}),
         ("PATCH", "{trunk}", {"system_prompt": "{c}"}),
+        # A URL is no exception, a trunk's or a webhook's alike: invalid_field, as documented
+        # (README's API table, docs/webhooks.md), not invalid_custom_endpoint / invalid_url.
+        ("POST", "/v1/trunks", {**CUSTOM, "custom_endpoint": "wss://agent.example.com/{c}"}),
+        ("PATCH", "{trunk}", {"custom_endpoint": "wss://agent.example.com/{c}"}),
         ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/{c}", "events": ["*"]}),
+        ("POST", "/v1/webhooks", {"url": "https://hooks{c}.example.com/", "events": ["*"]}),
         ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/", "events": ["{c}"]}),
     ],
 )

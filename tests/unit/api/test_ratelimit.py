@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from telepath.api.ratelimit import RateLimiter
+from telepath.api.ratelimit import AuthFailureLimiter, RateLimiter
 
 pytestmark = pytest.mark.unit
 
@@ -21,3 +21,53 @@ def test_window_counts_and_resets() -> None:
     fresh = limiter.hit("k")
     assert fresh.allowed and fresh.remaining == 1 and fresh.reset_at == 240
     assert "Retry-After" in third.headers() and "Retry-After" not in fresh.headers()
+
+
+def test_auth_failures_limit_an_address_until_the_window_ends() -> None:
+    now = [125.0]
+    limiter = AuthFailureLimiter(2, now=lambda: now[0])
+    assert limiter.retry_after("192.0.2.1", "sk_bad") is None
+    limiter.failed("192.0.2.1")
+    assert limiter.retry_after("192.0.2.1", "sk_bad") is None  # one failure: under the limit
+    limiter.failed("192.0.2.1")
+    assert limiter.retry_after("192.0.2.1", "sk_bad") == 55  # to the end of the minute
+    assert limiter.retry_after("192.0.2.2", "sk_bad") is None  # another address
+    now[0] = 179.5
+    assert limiter.retry_after("192.0.2.1", "sk_bad") == 1  # never 0
+    now[0] = 180.0
+    assert limiter.retry_after("192.0.2.1", "sk_bad") is None
+
+
+def test_a_recently_authenticated_key_passes_a_limited_address() -> None:
+    """Clients behind one NAT or proxy share an address: one guessing keys does not lock out
+    another whose key authenticated recently."""
+    limiter = AuthFailureLimiter(1, now=lambda: 60.0)
+    limiter.succeeded("sk_good")
+    limiter.failed("192.0.2.1")
+    assert limiter.retry_after("192.0.2.1", "sk_good") is None
+    assert limiter.retry_after("192.0.2.1", "sk_other") is not None
+
+
+def test_auth_failure_memory_is_bounded() -> None:
+    limiter = AuthFailureLimiter(1, max_addresses=3, max_trusted=2, now=lambda: 60.0)
+    for n in range(10):
+        limiter.failed(f"192.0.2.{n}")
+        limiter.succeeded(f"sk_{n}")
+    assert limiter.tracked() == (3, 2)
+    # the first addresses are held to their limit; those past the table's size are not counted
+    assert limiter.retry_after("192.0.2.0", "sk_x") is not None
+    assert limiter.retry_after("192.0.2.9", "sk_x") is None
+    # the keys most recently authenticated are the ones kept
+    assert limiter.retry_after("192.0.2.0", "sk_9") is None
+    assert limiter.retry_after("192.0.2.0", "sk_0") is not None
+
+
+def test_a_key_in_use_stays_remembered() -> None:
+    limiter = AuthFailureLimiter(1, max_trusted=2, now=lambda: 60.0)
+    limiter.succeeded("sk_busy")
+    limiter.succeeded("sk_once")
+    limiter.succeeded("sk_busy")  # used again: now the most recent
+    limiter.succeeded("sk_new")
+    limiter.failed("192.0.2.1")
+    assert limiter.retry_after("192.0.2.1", "sk_busy") is None
+    assert limiter.retry_after("192.0.2.1", "sk_once") is not None
