@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import IntegrityError, SAWarning
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import telepath
@@ -283,11 +283,43 @@ def _children(conn: Connection) -> dict[str, int]:
     }
 
 
-@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection:sqlalchemy.exc.SAWarning")
-async def test_a_rebuilt_trunks_table_keeps_its_children(tmp_path: Path) -> None:
+def _username_index(conn: Connection) -> str | None:
+    """The SQL of the case-insensitive username index, read by name from the catalogue: Alembic
+    (``compare_metadata``) skips expression indexes on SQLite and would not miss it."""
+    if conn.dialect.name == "sqlite":
+        query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+    else:
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+    found = conn.execute(text(query), {"name": "uq_trunks_sip_username_ci"}).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+async def test_migrated_schema_has_the_case_insensitive_username_index(
+    empty_database_url: str,
+) -> None:
+    """``uq_trunks_sip_username_ci`` (on ``lower(sip_username)``) is there by name after the
+    migrations: the schema comparison above cannot see an expression index on SQLite."""
+    engine = make_engine(empty_database_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            index = await conn.run_sync(_username_index)
+        assert index is not None
+        assert "UNIQUE" in index.upper()
+        assert "lower(" in index
+        assert "sip_username" in index
+    finally:
+        await engine.dispose()
+
+
+async def test_a_rebuilt_trunks_table_keeps_its_children_and_username_index(
+    tmp_path: Path,
+) -> None:
     """SQLite rebuilds ``trunks`` to drop a column (0012's downgrade, and 0010, 0008, 0007,
     0006, 0003's): a copy, ``DROP TABLE trunks``, a rename. With foreign keys on, that DROP ran
-    the ON DELETE CASCADE and emptied ``trunk_numbers`` and ``trunk_registrations``."""
+    the ON DELETE CASCADE and emptied ``trunk_numbers`` and ``trunk_registrations``; and the
+    copy lost the username index, an expression SQLAlchemy cannot reflect, so "ABC" could join
+    "abc" once upgraded again."""
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}")
     try:
         await migrate(engine)
@@ -299,6 +331,7 @@ async def test_a_rebuilt_trunks_table_keeps_its_children(tmp_path: Path) -> None
                 "trunk_numbers": 1,
                 "trunk_registrations": 1,
             }
+            assert await conn.run_sync(_username_index) is not None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_revision) == _head()
@@ -306,8 +339,12 @@ async def test_a_rebuilt_trunks_table_keeps_its_children(tmp_path: Path) -> None
                 "trunk_numbers": 1,
                 "trunk_registrations": 1,
             }
+            assert await conn.run_sync(_username_index) is not None
             # foreign keys are on again for the pooled connection the migrations ran on
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            async with engine.begin() as conn:
+                await conn.run_sync(_insert_trunk, "conn_n", "ABC")
     finally:
         await engine.dispose()
 
