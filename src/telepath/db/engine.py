@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -137,10 +138,13 @@ def alembic_config() -> Config:
     return cfg
 
 
-def _upgrade(conn: Connection) -> None:
-    cfg = alembic_config()
-    cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "head")
+def _to_revision(revision: str, *, down: bool) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+    return run
 
 
 # The key of the PostgreSQL advisory lock the migrations run under: any fixed number, the same in
@@ -148,8 +152,9 @@ def _upgrade(conn: Connection) -> None:
 MIGRATION_LOCK = 0x74656C6570617468
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent; runs at service start).
+async def migrate(engine: AsyncEngine, revision: str = "head", *, down: bool = False) -> None:
+    """Apply every pending migration (idempotent; runs at service start), or those up to
+    ``revision``, or (``down``) undo those after it.
 
     Processes starting together on one database (hosts sharing a PostgreSQL, or processes on one
     SQLite file) take turns: each holds a lock for its whole transaction, taken before Alembic
@@ -160,12 +165,30 @@ async def migrate(engine: AsyncEngine) -> None:
     the busy timeout), which also makes the migrations' DDL one transaction — the driver
     otherwise runs each DDL statement on its own.
     """
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
-        elif conn.dialect.name == "sqlite":
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
-        await conn.run_sync(_upgrade)
+    async with engine.connect() as conn:
+        foreign_keys = False
+        if conn.dialect.name == "sqlite":
+            # Off for the migrations, as SQLite's procedure for schema changes says
+            # (https://www.sqlite.org/lang_altertable.html#otheralter): batch mode rebuilds a
+            # table (copy, DROP, rename), and with foreign keys on, that DROP runs the ON DELETE
+            # CASCADE of the rows that reference it (rebuilding ``trunks`` emptied
+            # ``trunk_numbers`` and ``trunk_registrations``). Before the transaction: in one, the
+            # pragma does nothing. migrations/env.py runs ``PRAGMA foreign_key_check`` after.
+            found = await conn.exec_driver_sql("PRAGMA foreign_keys")
+            foreign_keys = bool(found.scalar_one())
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            elif conn.dialect.name == "sqlite":
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            await conn.run_sync(_to_revision(revision, down=down))
+            await conn.commit()
+        finally:
+            if foreign_keys:  # on again for whoever takes this connection from the pool next
+                await conn.rollback()  # a failed migration's transaction; none after the commit
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await conn.commit()
 
 
 async def migrate_or_refuse(engine: AsyncEngine) -> None:

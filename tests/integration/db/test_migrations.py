@@ -19,7 +19,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.exc import SAWarning
+from sqlalchemy.exc import IntegrityError, SAWarning
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import telepath
 from telepath.config import Settings
@@ -98,11 +99,13 @@ _MIGRATED = {
 }
 
 
-def _to_revision(revision: str, *, down: bool = False) -> Callable[[Connection], None]:
+def _upgrade_directly(revision: str) -> Callable[[Connection], None]:
+    """Alembic's upgrade on a connection, without ``migrate``."""
+
     def run(conn: Connection) -> None:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
+        command.upgrade(cfg, revision)
 
     return run
 
@@ -151,14 +154,14 @@ async def test_records_that_ended_normally_become_connected(empty_database_url: 
     records their old ``disconnected`` back."""
     engine = make_engine(empty_database_url)
     try:
+        await migrate(engine, "0017")
         async with engine.begin() as conn:
-            await conn.run_sync(_to_revision("0017"))
             await conn.run_sync(_insert_old_records)
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_statuses) == _MIGRATED
-        async with engine.begin() as conn:
-            await conn.run_sync(_to_revision("0017", down=True))
+        await migrate(engine, "0017", down=True)
+        async with engine.connect() as conn:
             before = {call_id: status for call_id, _, _, status, _ in _OLD_RECORDS}
             assert await conn.run_sync(_statuses) == before
     finally:
@@ -230,12 +233,160 @@ async def test_processes_starting_together_migrate_once(
     engine = make_engine(empty_database_url)
     try:
         if start is not None:
-            async with engine.begin() as conn:
-                await conn.run_sync(_to_revision(start))
+            await migrate(engine, start)
         outcomes = await _migrate_together(empty_database_url, tmp_path, 3)
         assert [code for code, _ in outcomes] == [0, 0, 0], [err[-600:] for _, err in outcomes]
         async with engine.connect() as conn:
             assert await conn.run_sync(_revision) == _head()
             assert await conn.run_sync(_differences) == []
     finally:
+        await engine.dispose()
+
+
+_AT = datetime(2026, 3, 5, 10, 30)
+
+
+def _insert_trunk(conn: Connection, trunk_id: str, sip_username: str) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO trunks (id, account_id, name, status, ai_provider, sip_username,"
+            " sip_realm, ha1_md5, ha1_sha256, created_at, updated_at) VALUES (:id, 'acct_m',"
+            " :id, 'active', 'custom', :username, 'sip.example.test', '', '', :at, :at)"
+        ),
+        {"id": trunk_id, "username": sip_username, "at": _AT},
+    )
+
+
+def _insert_trunk_with_children(conn: Connection) -> None:
+    conn.execute(
+        text("INSERT INTO accounts (id, name, created_at) VALUES ('acct_m', 'm', :at)"),
+        {"at": _AT},
+    )
+    _insert_trunk(conn, "conn_m", "abc")
+    conn.execute(text("INSERT INTO trunk_numbers VALUES ('+14155550100', 'conn_m')"))
+    conn.execute(
+        text(
+            "INSERT INTO trunk_registrations (trunk_id, registrar, username, expires,"
+            " password_enc, contact_user, status, updated_at) VALUES ('conn_m',"
+            " 'sip:registrar.example.test', 'abc', 3600, 'sealed', 'tpr-m', 'pending', :at)"
+        ),
+        {"at": _AT},
+    )
+
+
+def _children(conn: Connection) -> dict[str, int]:
+    return {
+        table: conn.execute(
+            text(f"SELECT count(*) FROM {table} WHERE trunk_id = 'conn_m'")
+        ).scalar_one()
+        for table in ("trunk_numbers", "trunk_registrations")
+    }
+
+
+def _username_index(conn: Connection) -> str | None:
+    """The SQL of the case-insensitive username index, read by name from the catalogue: Alembic
+    (``compare_metadata``) skips expression indexes on SQLite and would not miss it."""
+    if conn.dialect.name == "sqlite":
+        query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+    else:
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+    found = conn.execute(text(query), {"name": "uq_trunks_sip_username_ci"}).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+async def test_migrated_schema_has_the_case_insensitive_username_index(
+    empty_database_url: str,
+) -> None:
+    """``uq_trunks_sip_username_ci`` (on ``lower(sip_username)``) is there by name after the
+    migrations: the schema comparison above cannot see an expression index on SQLite."""
+    engine = make_engine(empty_database_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            index = await conn.run_sync(_username_index)
+        assert index is not None
+        assert "UNIQUE" in index.upper()
+        assert "lower(" in index
+        assert "sip_username" in index
+    finally:
+        await engine.dispose()
+
+
+async def test_a_rebuilt_trunks_table_keeps_its_children_and_username_index(
+    tmp_path: Path,
+) -> None:
+    """SQLite rebuilds ``trunks`` to drop a column (0012's downgrade, and 0010, 0008, 0007,
+    0006, 0003's): a copy, ``DROP TABLE trunks``, a rename. With foreign keys on, that DROP ran
+    the ON DELETE CASCADE and emptied ``trunk_numbers`` and ``trunk_registrations``; and the
+    copy lost the username index, an expression SQLAlchemy cannot reflect, so "ABC" could join
+    "abc" once upgraded again."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}")
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(_insert_trunk_with_children)
+        await migrate(engine, "0011", down=True)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_children) == {
+                "trunk_numbers": 1,
+                "trunk_registrations": 1,
+            }
+            assert await conn.run_sync(_username_index) is not None
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_revision) == _head()
+            assert await conn.run_sync(_children) == {
+                "trunk_numbers": 1,
+                "trunk_registrations": 1,
+            }
+            assert await conn.run_sync(_username_index) is not None
+            # foreign keys are on again for the pooled connection the migrations ran on
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            async with engine.begin() as conn:
+                await conn.run_sync(_insert_trunk, "conn_n", "ABC")
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_refuse_an_sqlite_connection_with_foreign_keys_on(
+    tmp_path: Path,
+) -> None:
+    """A table rebuild on such a connection would cascade-delete the rows that reference the
+    table: Alembic run on one directly (not through ``migrate``, which turns them off before
+    its transaction) refuses before changing anything."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}")
+    try:
+        await migrate(engine, "0011")
+        with pytest.raises(RuntimeError, match="foreign keys"):
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade_directly("head"))
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_revision) == "0011"
+    finally:
+        await engine.dispose()
+
+
+def _insert_orphan_number(conn: Connection) -> None:
+    conn.execute(text("INSERT INTO trunk_numbers VALUES ('+14155550199', 'conn_gone')"))
+
+
+async def test_migrations_that_leave_a_broken_foreign_key_fail(tmp_path: Path) -> None:
+    """Foreign keys are off while the migrations run (SQLite's procedure for schema changes,
+    https://www.sqlite.org/lang_altertable.html#otheralter): ``PRAGMA foreign_key_check``
+    after them finds a row whose parent is gone, and the migration fails and is rolled back
+    rather than committing it."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'telepath.db'}"
+    engine = make_engine(url)
+    plain = create_async_engine(url)  # no pragmas: foreign keys off, as SQLite's default
+    try:
+        await migrate(engine, "0011")
+        async with plain.begin() as conn:
+            await conn.run_sync(_insert_orphan_number)
+        with pytest.raises(RuntimeError, match="trunk_numbers"):
+            await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_revision) == "0011"
+    finally:
+        await plain.dispose()
         await engine.dispose()

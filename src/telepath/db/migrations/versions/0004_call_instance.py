@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from telepath.db.migrations.batch import batch_alter_table
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -17,7 +19,7 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``calls.instance_id`` and a partial index of the open records by it."""
-    with op.batch_alter_table("calls") as batch:
+    with batch_alter_table("calls") as batch:
         batch.add_column(sa.Column("instance_id", sa.String(40), nullable=True))
     op.create_index(
         "ix_calls_open_instance",
@@ -31,5 +33,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop the index and the column."""
     op.drop_index("ix_calls_open_instance", table_name="calls")
-    with op.batch_alter_table("calls") as batch:
+    with batch_alter_table("calls") as batch:
         batch.drop_column("instance_id")

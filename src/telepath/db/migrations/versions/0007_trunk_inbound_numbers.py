@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from telepath.db.migrations.batch import batch_alter_table
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -18,7 +20,7 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``trunks.sip_auth`` and ``trunks.inbound_numbers``, and the ``trunk_numbers`` index."""
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.add_column(sa.Column("sip_auth", sa.String(16), nullable=True))
         batch.add_column(sa.Column("inbound_numbers", sa.Text(), nullable=True))
     op.create_table(
@@ -38,6 +40,6 @@ def downgrade() -> None:
     """Drop them."""
     op.drop_index("ix_trunk_numbers_trunk_id", "trunk_numbers")
     op.drop_table("trunk_numbers")
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.drop_column("inbound_numbers")
         batch.drop_column("sip_auth")

@@ -8,7 +8,8 @@ Revises: 0007
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from telepath.db.migrations.batch import batch_alter_table
 
 revision = "0008"
 down_revision = "0007"
@@ -20,7 +21,7 @@ def upgrade() -> None:
     """Add ``trunks.media_encryption`` and ``trunks.codecs`` (NULL: the installation's
     TELEPATH_SIP_SRTP and TELEPATH_SIP_CODECS) and ``trunks.forward_sip_headers`` (header
     names, comma-separated; NULL: none)."""
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.add_column(sa.Column("media_encryption", sa.String(16), nullable=True))
         batch.add_column(sa.Column("codecs", sa.String(32), nullable=True))
         batch.add_column(sa.Column("forward_sip_headers", sa.Text(), nullable=True))
@@ -28,7 +29,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop the columns."""
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.drop_column("forward_sip_headers")
         batch.drop_column("codecs")
         batch.drop_column("media_encryption")

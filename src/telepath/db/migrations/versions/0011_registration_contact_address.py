@@ -8,7 +8,8 @@ Revises: 0010
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from telepath.db.migrations.batch import batch_alter_table
 
 revision = "0011"
 down_revision = "0010"
@@ -18,11 +19,11 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``trunk_registrations.contact_address`` (``host:port``; NULL unless registered)."""
-    with op.batch_alter_table("trunk_registrations") as batch:
+    with batch_alter_table("trunk_registrations") as batch:
         batch.add_column(sa.Column("contact_address", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the column."""
-    with op.batch_alter_table("trunk_registrations") as batch:
+    with batch_alter_table("trunk_registrations") as batch:
         batch.drop_column("contact_address")

@@ -7,7 +7,8 @@ Revises: 0011
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from telepath.db.migrations.batch import batch_alter_table
 
 revision = "0012"
 down_revision = "0011"
@@ -17,11 +18,11 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``trunks.custom_reconnect`` (NULL: no, as for every existing trunk)."""
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.add_column(sa.Column("custom_reconnect", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the column."""
-    with op.batch_alter_table("trunks") as batch:
+    with batch_alter_table("trunks") as batch:
         batch.drop_column("custom_reconnect")

@@ -8,7 +8,8 @@ Revises: 0012
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from telepath.db.migrations.batch import batch_alter_table
 
 revision = "0013"
 down_revision = "0012"
@@ -18,11 +19,11 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``calls.media`` (JSON; NULL while a call is up, for older records, and purged)."""
-    with op.batch_alter_table("calls") as batch:
+    with batch_alter_table("calls") as batch:
         batch.add_column(sa.Column("media", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the column."""
-    with op.batch_alter_table("calls") as batch:
+    with batch_alter_table("calls") as batch:
         batch.drop_column("media")

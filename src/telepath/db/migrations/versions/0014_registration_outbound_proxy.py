@@ -7,7 +7,8 @@ Revises: 0013
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from telepath.db.migrations.batch import batch_alter_table
 
 revision = "0014"
 down_revision = "0013"
@@ -17,11 +18,11 @@ depends_on = None
 
 def upgrade() -> None:
     """Add ``trunk_registrations.outbound_proxy`` (a SIP URI; NULL: the registrar itself)."""
-    with op.batch_alter_table("trunk_registrations") as batch:
+    with batch_alter_table("trunk_registrations") as batch:
         batch.add_column(sa.Column("outbound_proxy", sa.String(255), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the column."""
-    with op.batch_alter_table("trunk_registrations") as batch:
+    with batch_alter_table("trunk_registrations") as batch:
         batch.drop_column("outbound_proxy")
