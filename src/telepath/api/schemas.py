@@ -385,8 +385,8 @@ class CallMetrics(BaseModel):
     )
     jitter_ms: int | None = Field(
         None,
-        description="RFC 3550 interarrival jitter, rounded to whole milliseconds; null: no RTP "
-        "from the caller arrived",
+        description="Average RTP jitter: the mean over the call of the RFC 3550 interarrival "
+        "jitter estimate, rounded to whole milliseconds; null: no RTP from the caller arrived",
         examples=[12],
     )
     jitter_us: int | None = Field(

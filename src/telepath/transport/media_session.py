@@ -608,7 +608,9 @@ class MediaSession:
             packets_lost=max(0, self._rx.lost),
             # not measured before the first packet (0 % / 0 ms would read as a perfect line)
             loss_percent=self._rx.loss_percent if self._packets_received else None,
-            jitter_ms=self._rx.jitter_ms if self._packets_received else None,
+            # the call's mean of the RFC 3550 estimate (§1.7 "Average RTP jitter"); RTCP
+            # report blocks carry the running one
+            jitter_ms=(self._rx.mean_jitter_ms or 0.0) if self._packets_received else None,
             late=self._jitter.stats.late,
             duplicates=self._jitter.stats.duplicates,
             concealed_frames=self._concealed,

@@ -96,7 +96,10 @@ class MediaStats:
         packets_lost: RFC 3550 cumulative loss (expected minus received).
         loss_percent: ``packets_lost`` as a percentage of expected packets; None before any
             packet was received (not measured: a one-way-audio call is no perfect line).
-        jitter_ms: RFC 3550 interarrival jitter of the inbound stream; None as ``loss_percent``.
+        jitter_ms: the mean, over the call, of the inbound stream's RFC 3550 interarrival
+            jitter estimate (§A.8; the "Average RTP jitter" of telepath-product.md §1.7 — the
+            running estimate, about the last 16 packets, goes in RTCP); None as
+            ``loss_percent``.
         late: packets that arrived after their slot was concealed.
         duplicates: packets received twice.
         concealed_frames: frames synthesised for lost packets.
