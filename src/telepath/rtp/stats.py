@@ -154,6 +154,18 @@ class ReceiverStats:
         expected = self.prior_expected + self.expected
         return max(0.0, 100.0 * self.lost / expected) if expected else 0.0
 
+    def lost_without(self, duplicates: int) -> int:
+        """Packets lost with ``duplicates`` (the jitter buffer's count of packets received
+        twice) taken out of the received ones: RFC 3550's :attr:`lost` counts each duplicate as
+        a packet received (§A.3), so 5 % lost and 5 % duplicated read 0. The call's "percentage
+        of RTP packets lost" (telepath-product.md §1.7) is this; report blocks keep §A.3's."""
+        return max(0, self.lost + duplicates)
+
+    def loss_percent_without(self, duplicates: int) -> float:
+        """:meth:`lost_without` as a percentage of expected packets (0 when none expected)."""
+        expected = self.prior_expected + self.expected
+        return 100.0 * self.lost_without(duplicates) / expected if expected else 0.0
+
     @property
     def jitter(self) -> int:
         """Interarrival jitter in timestamp units, as carried in report blocks."""

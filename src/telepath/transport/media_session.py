@@ -601,13 +601,18 @@ class MediaSession:
         """Live statistics (the final snapshot once closed)."""
         if self._final is not None:
             return self._final
+        duplicates = self._jitter.stats.duplicates
         return MediaStats(
             packets_sent=self._packets_sent,
             packets_received=self._packets_received,
             bytes_received=self._bytes_received,
-            packets_lost=max(0, self._rx.lost),
+            # duplicates taken out: RFC 3550 counts them as received (§A.3), which hid loss;
+            # RTCP report blocks keep its count
+            packets_lost=self._rx.lost_without(duplicates),
             # not measured before the first packet (0 % / 0 ms would read as a perfect line)
-            loss_percent=self._rx.loss_percent if self._packets_received else None,
+            loss_percent=(
+                self._rx.loss_percent_without(duplicates) if self._packets_received else None
+            ),
             # the call's mean of the RFC 3550 estimate (§1.7 "Average RTP jitter"); RTCP
             # report blocks carry the running one
             jitter_ms=(self._rx.mean_jitter_ms or 0.0) if self._packets_received else None,

@@ -93,7 +93,8 @@ class MediaStats:
         packets_sent: RTP packets sent (audio, silence and DTMF).
         packets_received: valid RTP packets accepted from the peer.
         bytes_received: RTP payload octets accepted.
-        packets_lost: RFC 3550 cumulative loss (expected minus received).
+        packets_lost: cumulative loss: expected minus received, duplicates not counted as
+            received (RFC 3550 §A.3 counts them, which hid loss: its count goes in RTCP only).
         loss_percent: ``packets_lost`` as a percentage of expected packets; None before any
             packet was received (not measured: a one-way-audio call is no perfect line).
         jitter_ms: the mean, over the call, of the inbound stream's RFC 3550 interarrival

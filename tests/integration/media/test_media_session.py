@@ -826,6 +826,32 @@ async def test_in_order_packets_and_the_general_path_give_one_stream(
         peer.close()
 
 
+async def test_duplicated_packets_do_not_hide_lost_ones_in_the_calls_loss(
+    allocator: RtpPortAllocator,
+) -> None:
+    """2 of 40 packets lost and 2 others duplicated: RFC 3550's cumulative loss reads 0 (its
+    duplicates count as received); the call's loss (telepath-product.md §1.7) is 5 %."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    plain = rtp_stream([bytes([i]) * 160 for i in range(40)])
+    try:
+        for i in range(40):
+            if i in (10, 30):
+                continue  # lost
+            peer.send(plain[i], ("127.0.0.1", session.local_port))
+            if i in (15, 35):
+                peer.send(plain[i], ("127.0.0.1", session.local_port))  # duplicated
+        await until(lambda: session.stats().packets_received == 40)
+        stats = session.stats()
+        assert stats.duplicates == 2
+        assert stats.packets_lost == 2
+        assert stats.loss_percent == pytest.approx(5.0)
+    finally:
+        await session.close()
+        peer.close()
+
+
 async def test_concealing_lost_g722_keeps_the_outbound_encoder_s_state(
     allocator: RtpPortAllocator,
 ) -> None:

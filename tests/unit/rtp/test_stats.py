@@ -205,3 +205,22 @@ def test_the_mean_jitter_is_none_before_a_sample_and_spans_a_new_source() -> Non
         stats.update(2, 500 + i, 9000 + i * 160, 10.0 + i * 0.020)
     mean = stats.mean_jitter_ms
     assert mean is not None and mean > 3
+
+
+def test_duplicates_do_not_hide_loss_from_the_loss_without_them() -> None:
+    """5 % lost and 5 % duplicated: RFC 3550's cumulative loss counts each duplicate as a
+    packet received (§A.3), so it reads 0 — as report blocks must say; the record's
+    "percentage of RTP packets lost" (telepath-product.md §1.7) takes the duplicates out."""
+    stats = ReceiverStats()
+    for seq in range(100):
+        if seq % 20 == 10:
+            continue  # lost: 5 of 100
+        stats.update(1, seq, seq * 160, seq * 0.020)
+        if seq % 20 == 15:
+            stats.update(1, seq, seq * 160, seq * 0.020 + 0.001)  # duplicated: 5 of 100
+    assert (stats.expected, stats.received, stats.lost, stats.loss_percent) == (100, 100, 0, 0.0)
+    block = stats.report_block()
+    assert block is not None and block.packets_lost == 0  # RFC 3550 semantics kept
+    assert stats.lost_without(duplicates=5) == 5
+    assert stats.loss_percent_without(duplicates=5) == pytest.approx(5.0)
+    assert ReceiverStats().loss_percent_without(duplicates=0) == 0.0
