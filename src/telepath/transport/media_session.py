@@ -328,7 +328,7 @@ class MediaSession:
         self._rtcp_learned = False
         self._set_remote(remote, None)
         # counters
-        now = self._loop.time()
+        now = time.monotonic()
         self._last_rx = now
         self._last_dtmf_rx = now
         self._packets_sent = 0
@@ -343,7 +343,7 @@ class MediaSession:
         self._unauthenticated = 0
         self._events_dropped = 0
         self._next_rtcp = now + rtcp_interval_s * random.uniform(0.5, 1.5)
-        self._last_sr: tuple[int, float] | None = None  # (LSR, loop time received)
+        self._last_sr: tuple[int, float] | None = None  # (LSR, monotonic time received)
         self._remote_loss = 0.0
         self._remote_jitter_ms = 0.0
         self._rtt_ms: float | None = None
@@ -538,7 +538,7 @@ class MediaSession:
         """
         self._held = held
         if not held:
-            self._last_rx = self._loop.time()  # the peer may have been silent while held
+            self._last_rx = time.monotonic()  # the peer may have been silent while held
 
     def set_dtmf_payload_type(
         self, payload_type: int | None, recv: int | None = SAME_AS_SEND
@@ -559,7 +559,7 @@ class MediaSession:
         """Whether the peer is to send RTP: False for an ``a=recvonly`` peer (RFC 3264 §6.1),
         whose silence is then no media timeout; True again restarts the timeout's clock."""
         if expected and not self._inbound_expected:
-            self._last_rx = self._loop.time()
+            self._last_rx = time.monotonic()
         self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
@@ -693,7 +693,7 @@ class MediaSession:
             return True
         # _last_rx: the latched source's last packet (every other one latched or was refused),
         # or a resume from hold, after which the silence is counted afresh.
-        return self._loop.time() - self._last_rx >= LATCH_SILENCE_S
+        return time.monotonic() - self._last_rx >= LATCH_SILENCE_S
 
     def _latch(self, addr: SockAddr) -> None:
         self._latched = True
@@ -731,7 +731,10 @@ class MediaSession:
             _, second, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
             if second & 0x7F == self._codec_pt and self._jitter.take_next(ssrc, seq, ts):
                 payload = data[RTP_HEADER_LENGTH:]
-                now = self._loop.time()
+                # the arrival, to the µs: uvloop's loop.time() is whole ms, frozen for a batch
+                # of callbacks (quantisation noise in the RFC 3550 §A.8 jitter); the pacer's
+                # ticks, which compare with it, read this clock too (media_pacer.py)
+                now = time.monotonic()
                 self._last_rx = now
                 self._packets_received += 1
                 self._bytes_received += len(payload)
@@ -771,7 +774,7 @@ class MediaSession:
         # From here on comfort noise (RFC 3389) or another unnegotiated type from the latched
         # source too: it takes a sequence number and counts as received (RFC 3550 §A.3), and
         # keeps its slot in the jitter buffer (not played: _deliver), or it would be a loss.
-        now = self._loop.time()
+        now = time.monotonic()
         self._last_rx = now
         self._packets_received += 1
         self._bytes_received += len(packet.payload)
@@ -884,15 +887,15 @@ class MediaSession:
     def _report(self, tick_at: float | None) -> list[RtcpPacket]:
         lsr = dlsr = 0
         if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
-            lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
+            lsr, dlsr = last_sr_fields(self._last_sr[0], time.monotonic() - self._last_sr[1])
         block = self._rx.report_block(lsr, dlsr)
         blocks = [block] if block is not None else []
         head: RtcpPacket
         if self._sent_since_report:
             # RFC 3550 §6.4.1: the RTP timestamp of the NTP timestamp's instant, on the clock
             # the packets' come from: the playout's, which has moved on to the next frame; the
-            # last tick's frame, plus the time since that tick (tick_at, loop time).
-            elapsed = 0.0 if tick_at is None else max(0.0, self._loop.time() - tick_at)
+            # last tick's frame, plus the time since that tick (tick_at, time.monotonic).
+            elapsed = 0.0 if tick_at is None else max(0.0, time.monotonic() - tick_at)
             clock = self._playout.timestamp - self._playout.samples_per_frame
             clock += round(elapsed * self.codec.clock_rate)
             head = RtcpSenderReport(
@@ -910,7 +913,7 @@ class MediaSession:
 
     def _send_rtcp(self, extra: list[RtcpPacket], tick_at: float | None) -> None:
         """Send a report (and ``extra``); ``tick_at``: when the playout's last frame was due
-        (the loop time of the last tick), None before any."""
+        (the monotonic time of the last tick), None before any."""
         # On hold too: RTCP goes on whatever the stream's direction (RFC 3264 §5.1) — but not
         # to an old-style hold's c=0.0.0.0 (RFC 3264 §8.4), which Linux would deliver locally.
         dest = self._rtcp_dest
@@ -962,7 +965,7 @@ class MediaSession:
             return
         self._rtcp_dest = addr  # symmetric RTCP (RFC 4961)
         self._rtcp_learned = True
-        now = self._loop.time()
+        now = time.monotonic()
         for packet in packets:
             if isinstance(packet, RtcpSenderReport):
                 self._last_sr = (ntp_middle32(packet.ntp_timestamp), now)

@@ -33,7 +33,7 @@ from telepath.rtp.rtcp import (
     parse_compound,
     serialize_compound,
 )
-from telepath.transport import media_pacer
+from telepath.transport import media_pacer, media_session
 from telepath.transport.media_session import (
     AudioReceived,
     DtmfReceived,
@@ -848,6 +848,46 @@ async def test_duplicated_packets_do_not_hide_lost_ones_in_the_calls_loss(
         assert stats.packets_lost == 2
         assert stats.loss_percent == pytest.approx(5.0)
     finally:
+        await session.close()
+        peer.close()
+
+
+class PreciseClock:
+    """Stands in for the ``time`` module in media_session: ``monotonic`` is set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+async def test_arrival_times_are_read_from_the_precise_clock_not_the_loops(
+    allocator: RtpPortAllocator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop's ``loop.time()`` is whole milliseconds, frozen for a batch of callbacks: jitter
+    below about a millisecond read through it is quantisation noise, yet ``jitter_us`` claims
+    10 µs. Arrivals are read from ``time.monotonic``: packets 20 ms apart, every other one
+    0.4 ms late, handed over in one batch (the loop's clock does not move), read 0.4 ms."""
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    clock = PreciseClock(time.monotonic())
+    monkeypatch.setattr(media_session, "time", clock)
+    start = clock.now
+    try:
+        for i, data in enumerate(rtp_stream(ulaw_frames(1000, 4.0))):
+            clock.now = start + i * 0.020 + (0.0004 if i % 2 else 0.0)
+            session._on_rtp(data, session._dest)  # type: ignore[arg-type]  # one batch
+        assert session.stats().packets_received == 200
+        assert session._rx.jitter_ms == pytest.approx(0.4, abs=0.05)
+        # the inactivity timeout measures from the same clock's last arrival
+        assert session._last_rx == clock.now
+    finally:
+        monkeypatch.undo()
         await session.close()
         peer.close()
 
