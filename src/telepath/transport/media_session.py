@@ -347,6 +347,9 @@ class MediaSession:
         self._remote_loss = 0.0
         self._remote_jitter_ms = 0.0
         self._rtt_ms: float | None = None
+        self._remote_reports = 0  # the peer's SR/RR compounds
+        self._reports_without_us = 0  # the latest of them in a row without our block, sending
+        self._sent_at_report = 0  # our packets sent when its previous report came
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -629,6 +632,8 @@ class MediaSession:
             remote_loss_fraction=self._remote_loss,
             remote_jitter_ms=self._remote_jitter_ms,
             rtt_ms=self._rtt_ms,
+            remote_reports=self._remote_reports,
+            remote_reports_without_us=self._reports_without_us,
             inbound=DirectionStats.of(self._in_timer),
             outbound=DirectionStats.of(self._out_timer),
         )
@@ -966,15 +971,33 @@ class MediaSession:
         self._rtcp_dest = addr  # symmetric RTCP (RFC 4961)
         self._rtcp_learned = True
         now = time.monotonic()
+        reported = ours = False
         for packet in packets:
             if isinstance(packet, RtcpSenderReport):
                 self._last_sr = (ntp_middle32(packet.ntp_timestamp), now)
             if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
+                reported = True
                 for block in packet.reports:
                     if block.ssrc == self.ssrc:
+                        ours = True
                         self._on_report_block(
                             block.fraction_lost, block.jitter, block.lsr, block.dlsr
                         )
+        if reported:
+            self._count_report(ours)
+
+    def _count_report(self, ours: bool) -> None:
+        """A report of the peer's: with a block for our stream (``ours``) or without. RFC 3550
+        §6.4: a receiver reports the sources it heard since its last report, so one without
+        ours, after an interval in which we sent RTP — and had sent before it began, or our
+        first packets may not have reached the peer yet — says none of ours arrived."""
+        self._remote_reports += 1
+        sent = self._packets_sent
+        if ours:
+            self._reports_without_us = 0
+        elif self._sent_at_report and sent > self._sent_at_report:
+            self._reports_without_us += 1
+        self._sent_at_report = sent
 
     def _on_report_block(self, fraction: int, jitter: int, lsr: int, dlsr: int) -> None:
         self._remote_loss = fraction / 256

@@ -118,6 +118,12 @@ class MediaStats:
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
         rtt_ms: round-trip time from RTCP LSR/DLSR, None until measured.
+        remote_reports: the peer's RTCP reports (SR or RR compounds) received.
+        remote_reports_without_us: the peer's latest reports in a row with no report block for
+            our SSRC, each received after an interval in which we sent RTP (and we had sent
+            before the interval began). A receiver reports only the sources it heard since its
+            last report (RFC 3550 §6.4): a peer that gets none of our RTP sends no block for
+            it — no loss figure to read — so this is how one-way audio shows.
         inbound: gateway processing per received packet.
         outbound: gateway processing per sent packet.
     """
@@ -143,6 +149,8 @@ class MediaStats:
     outbound: DirectionStats
     unauthenticated: int = 0
     send_errors: int = 0
+    remote_reports: int = 0
+    remote_reports_without_us: int = 0
 
     @property
     def gateway_processing_ms(self) -> float | None:

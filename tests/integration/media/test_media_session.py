@@ -541,6 +541,39 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         peer_rtcp.close()
 
 
+async def test_peer_reports_without_a_block_for_our_stream_are_counted_while_we_send(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A caller that hears none of our RTP reports no block for it (RFC 3550 §6.4): its
+    reports without one, each after an interval in which we sent RTP, are counted in a row
+    (the first, which may have come before our audio could arrive, not); one naming our
+    stream starts the count afresh."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer)
+    rtcp_port = ("127.0.0.1", session.local_port + 1)
+
+    async def report(blocks: list[RtcpReportBlock]) -> None:
+        sent = session.stats().packets_sent
+        await until(lambda: session.stats().packets_sent > sent)  # we sent in this interval
+        reports = session.stats().remote_reports
+        peer_rtcp.send(bytes(RtcpReceiverReport(0x5EED, blocks)), rtcp_port)
+        await until(lambda: session.stats().remote_reports > reports)
+
+    try:
+        for _ in range(4):
+            await report([])
+        assert session.stats().remote_reports_without_us == 3
+        await report([RtcpReportBlock(0x1234)])  # another source's block: still not ours
+        assert session.stats().remote_reports_without_us == 4
+        await report([RtcpReportBlock(session.ssrc)])
+        assert session.stats().remote_reports_without_us == 0
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
 async def test_an_rtcp_address_learned_from_the_peer_s_rtcp_survives_the_rtp_latch(
     allocator: RtpPortAllocator,
 ) -> None:
