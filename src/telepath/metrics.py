@@ -123,7 +123,7 @@ class Metrics:
         )
         self.rtp_jitter = Histogram(
             "telepath_rtp_jitter_ms",
-            "Per-call RFC 3550 interarrival jitter, milliseconds",
+            "Per-call mean of the RFC 3550 interarrival jitter, milliseconds",
             buckets=JITTER_BUCKETS_MS,
             registry=r,
         )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from telepath.api.schemas import CallMedia
-from telepath.calls.diagnosis import media_report
+from telepath.calls.diagnosis import CALLER_SILENT_REPORTS, media_report
 from telepath.transport.media_stats import DirectionStats, MediaStats
 
 pytestmark = pytest.mark.unit
@@ -125,6 +125,21 @@ def test_rtcp_saying_the_caller_hears_nothing_is_one_way_audio() -> None:
     assert codes(found) == ["caller_hears_nothing"]
     assert (found["remote_loss_percent"], found["rtt_ms"]) == (100.0, 42.0)
     assert report(replace(deaf, remote_loss_fraction=0.5))["warnings"] == []
+
+
+def test_caller_reports_that_never_name_our_stream_are_one_way_audio() -> None:
+    """Genuine one-way audio: the caller hears none of our RTP, so its RTCP carries no report
+    block for our stream at all (RFC 3550 §6.4: a receiver reports the sources it heard) —
+    no loss or round trip to read. Its reports arriving without one, interval after interval
+    while we send, are the sign."""
+    deaf = replace(FLOWING, remote_reports_without_us=CALLER_SILENT_REPORTS)
+    found = report(deaf)
+    assert codes(found) == ["caller_hears_nothing"]
+    assert f"{CALLER_SILENT_REPORTS} RTCP reports" in found["warnings"][0]["message"]
+    assert found["rtt_ms"] is None
+    not_yet = replace(deaf, remote_reports_without_us=CALLER_SILENT_REPORTS - 1)
+    assert report(not_yet)["warnings"] == []
+    assert report(replace(deaf, packets_sent=0))["warnings"] == []
 
 
 def test_ipv6_addresses_are_bracketed() -> None:

@@ -110,3 +110,62 @@ def test_a_pause_within_the_turn_gap_without_frames_keeps_one_turn() -> None:
     last = speak(turns, last + 0.5, 1.0)
     turns.finish()
     assert turns.turns == [Turn(1, "caller", round(last * 1000), 0)]
+
+
+def test_agent_audio_the_caller_hears_back_to_back_is_one_turn_however_it_arrives() -> None:
+    """Caller 0-1 s; 3 s of agent audio arrives at 1.5 s and 3 s more at 2.3 s: 0.8 s apart
+    on arrival (over the turn gap), yet the second plays right after the first — the caller
+    hears 6 s without a pause, one turn (README: as long as the caller heard it)."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    turns.agent_audio(1.5, 3000)
+    turns.agent_audio(2.3, 3000)
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "caller", 980, 0),
+        Turn(2, "agent", 6000, round((1.5 - last) * 1000)),
+    ]
+
+
+def test_a_barge_in_takes_the_unplayed_audio_from_the_turn_that_owns_it() -> None:
+    """5 s of agent audio arrives at 1.5 s, 1 s more at 2.3 s, and the caller barges in with
+    4.9 s of it unplayed: the caller heard 1.1 s of one turn (not 5 s of a first turn and a
+    second that vanished)."""
+    turns = TurnTracker()
+    last = speak(turns, 0.0, 1.0)
+    turns.agent_audio(1.5, 5000)
+    turns.agent_audio(2.3, 1000)
+    turns.finish_agent_turn(unplayed_ms=4900)  # the clear at 2.6 s
+    turns.finish()
+    assert turns.turns == [
+        Turn(1, "caller", 980, 0),
+        Turn(2, "agent", 1100, round((1.5 - last) * 1000)),
+    ]
+
+
+def test_unplayed_audio_beyond_the_open_turn_comes_off_the_turns_before_it() -> None:
+    """The playout fell behind the estimate (audio kept while held): a second agent turn
+    opened while 300 ms of the first were still queued. A flush with 800 ms unplayed takes
+    the second's 500 ms (it was never heard: no turn) and 300 ms off the first."""
+    turns = TurnTracker()
+    turns.agent_audio(0.0, 1000)
+    turns.agent_audio(5.0, 500)  # closes the first turn (1000 ms sent)
+    turns.finish_agent_turn(unplayed_ms=800)
+    speak(turns, 6.0, 0.5)
+    turns.finish()
+    assert [(t.turn_number, t.speaker, t.duration_ms) for t in turns.turns] == [
+        (1, "agent", 700),
+        (2, "caller", 480),
+    ]
+
+
+def test_after_a_barge_in_the_agents_next_audio_is_a_turn_of_its_own() -> None:
+    """The flushed audio never plays: the agent's next audio, however soon, opens a turn
+    whose length is its own."""
+    turns = TurnTracker()
+    turns.agent_audio(0.0, 5000)
+    turns.finish_agent_turn(unplayed_ms=4000)  # at 1 s
+    turns.agent_audio(1.2, 500)
+    turns.agent_audio(1.5, 500)  # plays right after the previous: the same turn
+    turns.finish()
+    assert [t.duration_ms for t in turns.turns] == [1000, 1000]

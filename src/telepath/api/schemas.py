@@ -381,12 +381,14 @@ class CallMetrics(BaseModel):
         examples=[0.31],
     )
     packet_loss_percent: float | None = Field(
-        None, description="RFC 3550 loss of the caller's RTP; null: none of it arrived"
+        None,
+        description="Loss of the caller's RTP, percent of expected packets (RFC 3550's, "
+        "duplicates not counted as received); null: none of it arrived",
     )
     jitter_ms: int | None = Field(
         None,
-        description="RFC 3550 interarrival jitter, rounded to whole milliseconds; null: no RTP "
-        "from the caller arrived",
+        description="Average RTP jitter: the mean over the call of the RFC 3550 interarrival "
+        "jitter estimate, rounded to whole milliseconds; null: no RTP from the caller arrived",
         examples=[12],
     )
     jitter_us: int | None = Field(

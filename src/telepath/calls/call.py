@@ -109,7 +109,10 @@ class TurnTracker:
     last_caller_voice: float | None = None
     caller_turn_start: float | None = None
     agent_turn_start: float | None = None
-    agent_last_audio: float = 0.0
+    # When the agent audio sent so far ends playing (estimated: each chunk plays after the one
+    # before it, or at once when the queue ran dry): turns are as the caller hears them, not
+    # as the audio arrives, which runs ahead of the playout.
+    agent_playout_end: float = 0.0
     agent_audio_ms: float = 0.0
     agent_processing_ms: int = 0  # of the open agent turn
     # The caller's last voiced frame no agent turn has answered yet: a second agent burst with
@@ -141,8 +144,14 @@ class TurnTracker:
             self._close_caller_turn()
 
     def agent_audio(self, now: float, ms: float) -> None:
-        """Agent audio arrived from the bridge."""
-        if self.agent_turn_start is None or now - self.agent_last_audio > _TURN_GAP_S:
+        """Agent audio arrived from the bridge (``ms`` of it, queued behind what is queued).
+
+        A new turn starts when the caller hears a pause over the turn gap: this audio plays at
+        once, over the gap after the previous audio's playout end. Audio that arrives while
+        earlier audio is still playing plays right after it: the same turn, however long after
+        the previous chunk it arrived.
+        """
+        if self.agent_turn_start is None or now - self.agent_playout_end > _TURN_GAP_S:
             self.finish_agent_turn()
             self.agent_turn_start = now
             self.agent_audio_ms = 0.0
@@ -151,7 +160,12 @@ class TurnTracker:
             if voice is not None and now > voice:
                 self.agent_processing_ms = round((now - voice) * 1000)
             self.unanswered_voice = None
-        self.agent_last_audio = now
+            end = now  # the queue ran dry or was flushed: this plays at once
+        else:
+            end = self.agent_playout_end
+            if now > end:
+                end = now
+        self.agent_playout_end = end + ms / 1000
         self.agent_audio_ms += ms
 
     def finish_agent_turn(self, unplayed_ms: float = 0.0) -> None:
@@ -166,6 +180,29 @@ class TurnTracker:
             self._close("agent", start, heard_ms / 1000, self.agent_processing_ms)
         self.agent_turn_start = None
         self.agent_audio_ms = 0.0
+        if heard_ms < 0:
+            # More unplayed than this turn sent (or no turn open): the playout ran behind the
+            # estimate (audio kept while held), so the queue's head is the tail of the turns
+            # before it — the queue plays in order, so the latest audio is the unplayed one.
+            self._unplay_closed(-heard_ms)
+
+    def _unplay_closed(self, ms: float) -> None:
+        """Take ``ms`` of audio never heard off the closed agent turns, latest first; a turn
+        left with none was never heard and goes."""
+        for at in range(len(self.turns) - 1, -1, -1):
+            if ms <= 0:
+                return
+            turn = self.turns[at]
+            if turn.speaker != "agent":
+                continue
+            if turn.duration_ms > ms:
+                turn.duration_ms -= round(ms)
+                return
+            ms -= turn.duration_ms
+            del self.turns[at]
+            del self._starts[at]
+            for number, later in enumerate(self.turns[at:], start=at + 1):
+                later.turn_number = number
 
     def finish(self, unplayed_ms: float = 0.0) -> None:
         """The call ended: close the turns still open — a caller still speaking (hanging up

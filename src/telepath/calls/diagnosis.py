@@ -14,10 +14,14 @@ from typing import Any
 from telepath.addresses import is_private, is_public
 from telepath.transport.media_stats import MediaStats
 
-__all__ = ["MIN_SECONDS_FOR_SILENCE", "media_report"]
+__all__ = ["CALLER_SILENT_REPORTS", "MIN_SECONDS_FOR_SILENCE", "media_report"]
 
 #: A call answered for less than this may end before the caller's first packet: no warning.
 MIN_SECONDS_FOR_SILENCE = 1.0
+
+#: The caller's RTCP reports in a row, while we send RTP, without a block for our stream that
+#: say it hears none of it (RFC 3550 §6.4; one may just precede our first packet's arrival).
+CALLER_SILENT_REPORTS = 3
 
 
 def _hostport(addr: tuple[str, int] | None) -> str | None:
@@ -124,6 +128,17 @@ def media_report(
                 "code": "caller_hears_nothing",
                 "message": "the caller's RTCP reports that none of our RTP arrives (one-way "
                 "audio): a firewall or NAT on its side drops it",
+            }
+        )
+    elif stats.packets_sent and stats.remote_reports_without_us >= CALLER_SILENT_REPORTS:
+        # The commoner form: a receiver that hears nothing of a source reports no block for it
+        # (RFC 3550 §6.4), so there is no loss to read, only reports that leave us out.
+        warnings.append(
+            {
+                "code": "caller_hears_nothing",
+                "message": f"the caller's last {stats.remote_reports_without_us} RTCP reports, "
+                "sent while we sent RTP, carry no reception report for our stream: none of "
+                "our RTP arrives (one-way audio): a firewall or NAT on its side drops it",
             }
         )
     return {

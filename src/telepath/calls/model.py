@@ -88,7 +88,7 @@ class CallMetrics:
     ai_latency_ms: int | None = None  # mean of agent turns' processing_time_ms
     gateway_processing_ms: float | None = None  # mean per-packet time inside the gateway
     packet_loss_percent: float | None = None
-    jitter_ms: float | None = None  # RFC 3550 interarrival jitter, ms
+    jitter_ms: float | None = None  # mean of the RFC 3550 interarrival jitter over the call, ms
     codec_used: str | None = None  # "PCMU" | "PCMA" | "G722"
     gateway_processing_p99_ms: float | None = None
     setup_ms: int | None = None  # INVITE received -> 200 OK sent

@@ -3,6 +3,9 @@
 Tracks the extended highest sequence number (with wrap cycles), packets expected and received,
 cumulative and interval loss for RTCP report blocks, and the interarrival jitter estimate
 ``J += (|D| - J) / 16`` in timestamp units. Arrival times are passed in (seconds, monotonic).
+That estimate, with its gain of 1/16, follows about the last 16 packets: report blocks carry it
+(§6.4.1), while the call's ``jitter_ms`` is its mean over every sample of the call
+(:attr:`ReceiverStats.mean_jitter_ms`; telepath-product.md §1.7: "Average RTP jitter").
 A new SSRC restarts the counters for the new stream and keeps the totals of the previous one in
 ``prior_*``. So does a sequence jump more than ``MAX_DROPOUT`` ahead or ``MAX_MISORDER`` behind.
 Either only when the next packet of that SSRC follows (RFC 3550 §A.1: a new source's probation,
@@ -35,6 +38,10 @@ class ReceiverStats:
         self._received_prior = 0
         self._transit: float | None = None
         self._jitter = 0.0  # timestamp units
+        # The estimate summed after each sample, and the samples: the call's mean (across
+        # sources too), a sum and a count per packet rather than a list
+        self._jitter_sum = 0.0
+        self._jitter_samples = 0
         # §A.1: (SSRC, sequence number) of the packet that would confirm a new source or a jump
         self._bad: tuple[int, int] | None = None
         self.prior_expected = 0
@@ -79,6 +86,8 @@ class ReceiverStats:
             d = abs(transit - self._transit)
             if d < self.clock_rate * 10:  # a timestamp jump is not jitter
                 self._jitter += (d - self._jitter) / 16
+                self._jitter_sum += self._jitter
+                self._jitter_samples += 1
         self._transit = transit
 
     def continues(self, ssrc: int, sequence_number: int, window: int) -> bool:
@@ -145,6 +154,18 @@ class ReceiverStats:
         expected = self.prior_expected + self.expected
         return max(0.0, 100.0 * self.lost / expected) if expected else 0.0
 
+    def lost_without(self, duplicates: int) -> int:
+        """Packets lost with ``duplicates`` (the jitter buffer's count of packets received
+        twice) taken out of the received ones: RFC 3550's :attr:`lost` counts each duplicate as
+        a packet received (§A.3), so 5 % lost and 5 % duplicated read 0. The call's "percentage
+        of RTP packets lost" (telepath-product.md §1.7) is this; report blocks keep §A.3's."""
+        return max(0, self.lost + duplicates)
+
+    def loss_percent_without(self, duplicates: int) -> float:
+        """:meth:`lost_without` as a percentage of expected packets (0 when none expected)."""
+        expected = self.prior_expected + self.expected
+        return 100.0 * self.lost_without(duplicates) / expected if expected else 0.0
+
     @property
     def jitter(self) -> int:
         """Interarrival jitter in timestamp units, as carried in report blocks."""
@@ -154,6 +175,14 @@ class ReceiverStats:
     def jitter_ms(self) -> float:
         """Interarrival jitter in milliseconds."""
         return self._jitter * 1000 / self.clock_rate
+
+    @property
+    def mean_jitter_ms(self) -> float | None:
+        """The mean of the §A.8 estimate over every sample of the call, in milliseconds (the
+        record's "Average RTP jitter", telepath-product.md §1.7); None before the first."""
+        if not self._jitter_samples:
+            return None
+        return self._jitter_sum / self._jitter_samples * 1000 / self.clock_rate
 
     def report_block(self, lsr: int = 0, dlsr: int = 0) -> RtcpReportBlock | None:
         """Build a reception report block and start a new reporting interval (§A.3).

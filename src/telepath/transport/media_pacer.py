@@ -96,7 +96,8 @@ _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Pacer]] 
 
 
 class Pacer:
-    """Calls every subscriber once per ``ptime_ms`` with ``(loop_time, frames_elapsed)``.
+    """Calls every subscriber once per ``ptime_ms`` with ``(now, frames_elapsed)``; ``now`` is
+    ``time.monotonic()``: the clock ``loop.time()`` reads (both loops'), to the microsecond.
 
     Args:
         ptime_ms: the tick interval.
@@ -156,9 +157,9 @@ class Pacer:
         self._context_of.pop(handle, None)
 
     def last_tick(self, handle: int) -> float | None:
-        """The deadline (loop time) a subscriber was last called for, which the frame it then
-        produced belongs to; None once unsubscribed. Before its first call: a time before it
-        subscribed."""
+        """The deadline (monotonic time, the clock ``loop.time()`` reads) a subscriber was last
+        called for, which the frame it then produced belongs to; None once unsubscribed. Before
+        its first call: a time before it subscribed."""
         slot = self._slot_of.get(handle)
         return None if slot is None else self._last[slot]
 
@@ -212,13 +213,13 @@ class Pacer:
             gc_schedule.clock_stopped()
             return  # nobody left: stop; the next subscribe starts again
         ptime = self.ptime
-        now = self._loop.time()
+        # time.monotonic, not loop.time: uvloop's clock is the same one in whole ms, frozen for
+        # a batch of callbacks; subscribers compare this with RTP arrival times read from it
+        now = time.monotonic()
         behind = now - self._deadline
         observe = _observe_lateness
         if observe is not None:
-            # time.monotonic, not loop.time: uvloop's clock is the same one in whole ms
-            late = time.monotonic() - self._deadline
-            observe(late if late > 0 else 0.0)
+            observe(behind if behind > 0 else 0.0)
         if behind > MAX_CATCH_UP * ptime:
             global _skipped
             skipped = int(behind / ptime)

@@ -328,7 +328,7 @@ class MediaSession:
         self._rtcp_learned = False
         self._set_remote(remote, None)
         # counters
-        now = self._loop.time()
+        now = time.monotonic()
         self._last_rx = now
         self._last_dtmf_rx = now
         self._packets_sent = 0
@@ -343,10 +343,13 @@ class MediaSession:
         self._unauthenticated = 0
         self._events_dropped = 0
         self._next_rtcp = now + rtcp_interval_s * random.uniform(0.5, 1.5)
-        self._last_sr: tuple[int, float] | None = None  # (LSR, loop time received)
+        self._last_sr: tuple[int, float] | None = None  # (LSR, monotonic time received)
         self._remote_loss = 0.0
         self._remote_jitter_ms = 0.0
         self._rtt_ms: float | None = None
+        self._remote_reports = 0  # the peer's SR/RR compounds
+        self._reports_without_us = 0  # the latest of them in a row without our block, sending
+        self._sent_at_report = 0  # our packets sent when its previous report came
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -538,7 +541,7 @@ class MediaSession:
         """
         self._held = held
         if not held:
-            self._last_rx = self._loop.time()  # the peer may have been silent while held
+            self._last_rx = time.monotonic()  # the peer may have been silent while held
 
     def set_dtmf_payload_type(
         self, payload_type: int | None, recv: int | None = SAME_AS_SEND
@@ -559,7 +562,7 @@ class MediaSession:
         """Whether the peer is to send RTP: False for an ``a=recvonly`` peer (RFC 3264 §6.1),
         whose silence is then no media timeout; True again restarts the timeout's clock."""
         if expected and not self._inbound_expected:
-            self._last_rx = self._loop.time()
+            self._last_rx = time.monotonic()
         self._inbound_expected = expected
 
     def update_remote(self, remote: Address, rtcp: Address | None = None) -> None:
@@ -601,14 +604,21 @@ class MediaSession:
         """Live statistics (the final snapshot once closed)."""
         if self._final is not None:
             return self._final
+        duplicates = self._jitter.stats.duplicates
         return MediaStats(
             packets_sent=self._packets_sent,
             packets_received=self._packets_received,
             bytes_received=self._bytes_received,
-            packets_lost=max(0, self._rx.lost),
+            # duplicates taken out: RFC 3550 counts them as received (§A.3), which hid loss;
+            # RTCP report blocks keep its count
+            packets_lost=self._rx.lost_without(duplicates),
             # not measured before the first packet (0 % / 0 ms would read as a perfect line)
-            loss_percent=self._rx.loss_percent if self._packets_received else None,
-            jitter_ms=self._rx.jitter_ms if self._packets_received else None,
+            loss_percent=(
+                self._rx.loss_percent_without(duplicates) if self._packets_received else None
+            ),
+            # the call's mean of the RFC 3550 estimate (§1.7 "Average RTP jitter"); RTCP
+            # report blocks carry the running one
+            jitter_ms=(self._rx.mean_jitter_ms or 0.0) if self._packets_received else None,
             late=self._jitter.stats.late,
             duplicates=self._jitter.stats.duplicates,
             concealed_frames=self._concealed,
@@ -622,6 +632,8 @@ class MediaSession:
             remote_loss_fraction=self._remote_loss,
             remote_jitter_ms=self._remote_jitter_ms,
             rtt_ms=self._rtt_ms,
+            remote_reports=self._remote_reports,
+            remote_reports_without_us=self._reports_without_us,
             inbound=DirectionStats.of(self._in_timer),
             outbound=DirectionStats.of(self._out_timer),
         )
@@ -686,7 +698,7 @@ class MediaSession:
             return True
         # _last_rx: the latched source's last packet (every other one latched or was refused),
         # or a resume from hold, after which the silence is counted afresh.
-        return self._loop.time() - self._last_rx >= LATCH_SILENCE_S
+        return time.monotonic() - self._last_rx >= LATCH_SILENCE_S
 
     def _latch(self, addr: SockAddr) -> None:
         self._latched = True
@@ -724,7 +736,10 @@ class MediaSession:
             _, second, seq, ts, ssrc = FIXED_HEADER.unpack_from(data)
             if second & 0x7F == self._codec_pt and self._jitter.take_next(ssrc, seq, ts):
                 payload = data[RTP_HEADER_LENGTH:]
-                now = self._loop.time()
+                # the arrival, to the µs: uvloop's loop.time() is whole ms, frozen for a batch
+                # of callbacks (quantisation noise in the RFC 3550 §A.8 jitter); the pacer's
+                # ticks, which compare with it, read this clock too (media_pacer.py)
+                now = time.monotonic()
                 self._last_rx = now
                 self._packets_received += 1
                 self._bytes_received += len(payload)
@@ -764,7 +779,7 @@ class MediaSession:
         # From here on comfort noise (RFC 3389) or another unnegotiated type from the latched
         # source too: it takes a sequence number and counts as received (RFC 3550 §A.3), and
         # keeps its slot in the jitter buffer (not played: _deliver), or it would be a loss.
-        now = self._loop.time()
+        now = time.monotonic()
         self._last_rx = now
         self._packets_received += 1
         self._bytes_received += len(packet.payload)
@@ -877,15 +892,15 @@ class MediaSession:
     def _report(self, tick_at: float | None) -> list[RtcpPacket]:
         lsr = dlsr = 0
         if self._last_sr is not None:  # 0 and 0 once too old for DLSR's 32 bits (§6.4.1)
-            lsr, dlsr = last_sr_fields(self._last_sr[0], self._loop.time() - self._last_sr[1])
+            lsr, dlsr = last_sr_fields(self._last_sr[0], time.monotonic() - self._last_sr[1])
         block = self._rx.report_block(lsr, dlsr)
         blocks = [block] if block is not None else []
         head: RtcpPacket
         if self._sent_since_report:
             # RFC 3550 §6.4.1: the RTP timestamp of the NTP timestamp's instant, on the clock
             # the packets' come from: the playout's, which has moved on to the next frame; the
-            # last tick's frame, plus the time since that tick (tick_at, loop time).
-            elapsed = 0.0 if tick_at is None else max(0.0, self._loop.time() - tick_at)
+            # last tick's frame, plus the time since that tick (tick_at, time.monotonic).
+            elapsed = 0.0 if tick_at is None else max(0.0, time.monotonic() - tick_at)
             clock = self._playout.timestamp - self._playout.samples_per_frame
             clock += round(elapsed * self.codec.clock_rate)
             head = RtcpSenderReport(
@@ -903,7 +918,7 @@ class MediaSession:
 
     def _send_rtcp(self, extra: list[RtcpPacket], tick_at: float | None) -> None:
         """Send a report (and ``extra``); ``tick_at``: when the playout's last frame was due
-        (the loop time of the last tick), None before any."""
+        (the monotonic time of the last tick), None before any."""
         # On hold too: RTCP goes on whatever the stream's direction (RFC 3264 §5.1) — but not
         # to an old-style hold's c=0.0.0.0 (RFC 3264 §8.4), which Linux would deliver locally.
         dest = self._rtcp_dest
@@ -955,16 +970,34 @@ class MediaSession:
             return
         self._rtcp_dest = addr  # symmetric RTCP (RFC 4961)
         self._rtcp_learned = True
-        now = self._loop.time()
+        now = time.monotonic()
+        reported = ours = False
         for packet in packets:
             if isinstance(packet, RtcpSenderReport):
                 self._last_sr = (ntp_middle32(packet.ntp_timestamp), now)
             if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
+                reported = True
                 for block in packet.reports:
                     if block.ssrc == self.ssrc:
+                        ours = True
                         self._on_report_block(
                             block.fraction_lost, block.jitter, block.lsr, block.dlsr
                         )
+        if reported:
+            self._count_report(ours)
+
+    def _count_report(self, ours: bool) -> None:
+        """A report of the peer's: with a block for our stream (``ours``) or without. RFC 3550
+        §6.4: a receiver reports the sources it heard since its last report, so one without
+        ours, after an interval in which we sent RTP — and had sent before it began, or our
+        first packets may not have reached the peer yet — says none of ours arrived."""
+        self._remote_reports += 1
+        sent = self._packets_sent
+        if ours:
+            self._reports_without_us = 0
+        elif self._sent_at_report and sent > self._sent_at_report:
+            self._reports_without_us += 1
+        self._sent_at_report = sent
 
     def _on_report_block(self, fraction: int, jitter: int, lsr: int, dlsr: int) -> None:
         self._remote_loss = fraction / 256

@@ -93,10 +93,14 @@ class MediaStats:
         packets_sent: RTP packets sent (audio, silence and DTMF).
         packets_received: valid RTP packets accepted from the peer.
         bytes_received: RTP payload octets accepted.
-        packets_lost: RFC 3550 cumulative loss (expected minus received).
+        packets_lost: cumulative loss: expected minus received, duplicates not counted as
+            received (RFC 3550 §A.3 counts them, which hid loss: its count goes in RTCP only).
         loss_percent: ``packets_lost`` as a percentage of expected packets; None before any
             packet was received (not measured: a one-way-audio call is no perfect line).
-        jitter_ms: RFC 3550 interarrival jitter of the inbound stream; None as ``loss_percent``.
+        jitter_ms: the mean, over the call, of the inbound stream's RFC 3550 interarrival
+            jitter estimate (§A.8; the "Average RTP jitter" of telepath-product.md §1.7 — the
+            running estimate, about the last 16 packets, goes in RTCP); None as
+            ``loss_percent``.
         late: packets that arrived after their slot was concealed.
         duplicates: packets received twice.
         concealed_frames: frames synthesised for lost packets.
@@ -114,6 +118,12 @@ class MediaStats:
         remote_loss_fraction: loss of *our* stream as last reported by the peer's RTCP (0-1).
         remote_jitter_ms: jitter of our stream as reported by the peer's RTCP.
         rtt_ms: round-trip time from RTCP LSR/DLSR, None until measured.
+        remote_reports: the peer's RTCP reports (SR or RR compounds) received.
+        remote_reports_without_us: the peer's latest reports in a row with no report block for
+            our SSRC, each received after an interval in which we sent RTP (and we had sent
+            before the interval began). A receiver reports only the sources it heard since its
+            last report (RFC 3550 §6.4): a peer that gets none of our RTP sends no block for
+            it — no loss figure to read — so this is how one-way audio shows.
         inbound: gateway processing per received packet.
         outbound: gateway processing per sent packet.
     """
@@ -139,6 +149,8 @@ class MediaStats:
     outbound: DirectionStats
     unauthenticated: int = 0
     send_errors: int = 0
+    remote_reports: int = 0
+    remote_reports_without_us: int = 0
 
     @property
     def gateway_processing_ms(self) -> float | None:

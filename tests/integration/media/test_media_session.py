@@ -33,7 +33,7 @@ from telepath.rtp.rtcp import (
     parse_compound,
     serialize_compound,
 )
-from telepath.transport import media_pacer
+from telepath.transport import media_pacer, media_session
 from telepath.transport.media_session import (
     AudioReceived,
     DtmfReceived,
@@ -541,6 +541,39 @@ async def test_rtcp_reports_both_ways_and_rtt(allocator: RtpPortAllocator) -> No
         peer_rtcp.close()
 
 
+async def test_peer_reports_without_a_block_for_our_stream_are_counted_while_we_send(
+    allocator: RtpPortAllocator,
+) -> None:
+    """A caller that hears none of our RTP reports no block for it (RFC 3550 §6.4): its
+    reports without one, each after an interval in which we sent RTP, are counted in a row
+    (the first, which may have come before our audio could arrive, not); one naming our
+    stream starts the count afresh."""
+    peer = await UdpPeer.bind()
+    peer_rtcp = await UdpPeer.bind(port=peer.address[1] + 1)
+    session = await open_session(allocator, peer)
+    rtcp_port = ("127.0.0.1", session.local_port + 1)
+
+    async def report(blocks: list[RtcpReportBlock]) -> None:
+        sent = session.stats().packets_sent
+        await until(lambda: session.stats().packets_sent > sent)  # we sent in this interval
+        reports = session.stats().remote_reports
+        peer_rtcp.send(bytes(RtcpReceiverReport(0x5EED, blocks)), rtcp_port)
+        await until(lambda: session.stats().remote_reports > reports)
+
+    try:
+        for _ in range(4):
+            await report([])
+        assert session.stats().remote_reports_without_us == 3
+        await report([RtcpReportBlock(0x1234)])  # another source's block: still not ours
+        assert session.stats().remote_reports_without_us == 4
+        await report([RtcpReportBlock(session.ssrc)])
+        assert session.stats().remote_reports_without_us == 0
+    finally:
+        await session.close()
+        peer.close()
+        peer_rtcp.close()
+
+
 async def test_an_rtcp_address_learned_from_the_peer_s_rtcp_survives_the_rtp_latch(
     allocator: RtpPortAllocator,
 ) -> None:
@@ -822,6 +855,72 @@ async def test_in_order_packets_and_the_general_path_give_one_stream(
         assert stats.duplicates == 1 and stats.late == 0 and stats.packets_lost == 0
         assert stats.inbound.packets == 13
     finally:
+        await session.close()
+        peer.close()
+
+
+async def test_duplicated_packets_do_not_hide_lost_ones_in_the_calls_loss(
+    allocator: RtpPortAllocator,
+) -> None:
+    """2 of 40 packets lost and 2 others duplicated: RFC 3550's cumulative loss reads 0 (its
+    duplicates count as received); the call's loss (telepath-product.md §1.7) is 5 %."""
+    peer = await UdpPeer.bind()
+    got: list[MediaEvent] = []
+    session = await open_session(allocator, peer, on_event=got.append)
+    plain = rtp_stream([bytes([i]) * 160 for i in range(40)])
+    try:
+        for i in range(40):
+            if i in (10, 30):
+                continue  # lost
+            peer.send(plain[i], ("127.0.0.1", session.local_port))
+            if i in (15, 35):
+                peer.send(plain[i], ("127.0.0.1", session.local_port))  # duplicated
+        await until(lambda: session.stats().packets_received == 40)
+        stats = session.stats()
+        assert stats.duplicates == 2
+        assert stats.packets_lost == 2
+        assert stats.loss_percent == pytest.approx(5.0)
+    finally:
+        await session.close()
+        peer.close()
+
+
+class PreciseClock:
+    """Stands in for the ``time`` module in media_session: ``monotonic`` is set by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+async def test_arrival_times_are_read_from_the_precise_clock_not_the_loops(
+    allocator: RtpPortAllocator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop's ``loop.time()`` is whole milliseconds, frozen for a batch of callbacks: jitter
+    below about a millisecond read through it is quantisation noise, yet ``jitter_us`` claims
+    10 µs. Arrivals are read from ``time.monotonic``: packets 20 ms apart, every other one
+    0.4 ms late, handed over in one batch (the loop's clock does not move), read 0.4 ms."""
+    peer = await UdpPeer.bind()
+    session = await open_session(allocator, peer)
+    clock = PreciseClock(time.monotonic())
+    monkeypatch.setattr(media_session, "time", clock)
+    start = clock.now
+    try:
+        for i, data in enumerate(rtp_stream(ulaw_frames(1000, 4.0))):
+            clock.now = start + i * 0.020 + (0.0004 if i % 2 else 0.0)
+            session._on_rtp(data, session._dest)  # type: ignore[arg-type]  # one batch
+        assert session.stats().packets_received == 200
+        assert session._rx.jitter_ms == pytest.approx(0.4, abs=0.05)
+        # the inactivity timeout measures from the same clock's last arrival
+        assert session._last_rx == clock.now
+    finally:
+        monkeypatch.undo()
         await session.close()
         peer.close()
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import uvloop
 
 from telepath.log import call_id_var
 from telepath.transport import media_pacer
@@ -287,3 +288,33 @@ async def test_last_tick_is_the_deadline_each_call_was_for() -> None:
     for (before, _), (after, frames) in zip(seen, seen[1:], strict=False):
         assert before is not None and after is not None
         assert after - before == pytest.approx(frames * pacer.ptime)
+
+
+def test_ticks_pass_the_precise_clock_on_uvloop_too() -> None:
+    """Sessions compare the tick's time with RTP arrival times (the jitter buffer's release,
+    the inactivity timeout), which are read from ``time.monotonic`` to the microsecond: the
+    tick passes that clock, not uvloop's ``loop.time()`` — the same clock in whole
+    milliseconds, a millisecond and more behind it."""
+    seen: list[tuple[float, float, float]] = []
+
+    async def run() -> None:
+        done = asyncio.Event()
+
+        def tick(now: float, frames: int) -> None:
+            seen.append((before, now, time.monotonic()))
+            if len(seen) >= 10:
+                done.set()
+
+        pacer = Pacer(20, asyncio.get_running_loop())
+        before = time.monotonic()
+        handle = pacer.subscribe(tick)
+        try:
+            async with asyncio.timeout(10):
+                await done.wait()
+        finally:
+            pacer.unsubscribe(handle)
+            await asyncio.sleep(0.05)  # the clock's last wake-up stops it
+
+    uvloop.run(run())
+    assert all(before <= now <= after for before, now, after in seen)
+    assert not all(abs(now * 1000 - round(now * 1000)) < 1e-6 for _, now, _ in seen)

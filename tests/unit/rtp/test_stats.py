@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from telepath.rtp.stats import ReceiverStats
@@ -168,3 +170,57 @@ def test_continues_takes_the_same_ssrc_a_little_past_the_highest_sequence_only()
     assert not stats.continues(1, 0xFFFE, 32)  # the highest itself: a replay
     assert not stats.continues(1, 0xFFF0, 32)  # behind
     assert not stats.continues(2, 0xFFFF, 32)  # another stream
+
+
+def test_the_calls_jitter_is_the_mean_of_the_estimate_not_its_last_value() -> None:
+    """§1.7's ``jitter_ms`` is the call's "Average RTP jitter": 60 s of 20 ms packets delayed
+    0-60 ms at random, then two clean seconds. The RFC 3550 §A.8 estimate (gain 1/16, about
+    the last 16 packets) has forgotten the minute by then; the call's mean has not."""
+    rng = random.Random(7)
+    stats = ReceiverStats()
+    for i in range(3000):  # 60 s of 20 ms packets, 0-60 ms of random delay
+        stats.update(1, i, i * 160, i * 0.020 + rng.uniform(0, 0.060))
+    noisy_mean = stats.mean_jitter_ms
+    assert noisy_mean is not None and 15 < noisy_mean < 25
+    for i in range(3000, 3100):  # two clean seconds (a constant delay is no jitter)
+        stats.update(1, i, i * 160, i * 0.020 + 0.1)
+    assert stats.jitter_ms < 1  # the RTCP report block's running value: RFC 3550 unchanged
+    block = stats.report_block()
+    assert block is not None and block.jitter == stats.jitter
+    mean = stats.mean_jitter_ms
+    assert mean is not None and mean > 15  # the record's: about the minute's, not < 1
+    assert mean == pytest.approx(noisy_mean * 3000 / 3100, rel=0.05)
+
+
+def test_the_mean_jitter_is_none_before_a_sample_and_spans_a_new_source() -> None:
+    stats = ReceiverStats()
+    assert stats.mean_jitter_ms is None
+    stats.update(1, 0, 0, 0.0)  # one packet: no difference yet, no sample
+    assert stats.mean_jitter_ms is None
+    for i in range(1, 200):
+        stats.update(1, i, i * 160, i * 0.020 + (0.004 if i % 2 else 0.0))
+    first = stats.mean_jitter_ms
+    assert first is not None and first > 3
+    for i in range(2):  # a new SSRC, confirmed by its second packet: the call's mean goes on
+        stats.update(2, 500 + i, 9000 + i * 160, 10.0 + i * 0.020)
+    mean = stats.mean_jitter_ms
+    assert mean is not None and mean > 3
+
+
+def test_duplicates_do_not_hide_loss_from_the_loss_without_them() -> None:
+    """5 % lost and 5 % duplicated: RFC 3550's cumulative loss counts each duplicate as a
+    packet received (§A.3), so it reads 0 — as report blocks must say; the record's
+    "percentage of RTP packets lost" (telepath-product.md §1.7) takes the duplicates out."""
+    stats = ReceiverStats()
+    for seq in range(100):
+        if seq % 20 == 10:
+            continue  # lost: 5 of 100
+        stats.update(1, seq, seq * 160, seq * 0.020)
+        if seq % 20 == 15:
+            stats.update(1, seq, seq * 160, seq * 0.020 + 0.001)  # duplicated: 5 of 100
+    assert (stats.expected, stats.received, stats.lost, stats.loss_percent) == (100, 100, 0, 0.0)
+    block = stats.report_block()
+    assert block is not None and block.packets_lost == 0  # RFC 3550 semantics kept
+    assert stats.lost_without(duplicates=5) == 5
+    assert stats.loss_percent_without(duplicates=5) == pytest.approx(5.0)
+    assert ReceiverStats().loss_percent_without(duplicates=0) == 0.0
