@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from telepath.bridges.base import AgentEvent, AgentMark, AgentTransfer
 from telepath.calls.call import REFER_NOTIFY_WAIT_S, REFER_OUTCOME_WAIT_S, Call
 from telepath.calls.model import DisconnectReason
 from telepath.transport.media_session import MarkPlayed, MediaEvent
@@ -153,3 +154,55 @@ async def test_a_flushed_announcement_lets_the_refer_go_at_once() -> None:
         waiting.cancel()
         pump.cancel()
         await asyncio.gather(waiting, pump, return_exceptions=True)
+
+
+class _MarkingAgent(Agent):
+    """An agent whose events the test feeds; the mark echoes it gets are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_in: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self.echoes: list[str] = []
+
+    def set_audio_sink(self, sink: object) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        while True:
+            yield await self.events_in.get()
+
+    async def notify_mark(self, name: str) -> None:
+        self.echoes.append(name)
+
+
+@pytest.mark.parametrize("name", ["\x00telepath-1", "\x00telepath-2", "o1", "x", ""])
+async def test_an_agent_mark_named_like_ours_is_echoed_and_ends_no_announcement(
+    name: str,
+) -> None:
+    """Our own marks were told from the agent's by a name prefix ("\\x00telepath-"), which an
+    agent's mark (any JSON string) could carry: such a mark was never echoed (every mark is,
+    providers.md §4.3) and, named as the announcement's, let the REFER go mid-announcement. An
+    agent mark placed in the announcement (queued before the transfer) is now its own."""
+    refers: list[str] = []
+    media = _Media(queued_ms=5000.0)
+    agent = _MarkingAgent()
+    call = stub_call(agent)
+    call.media = cast(Any, media)
+    call._refer_sip = refers.append
+    pumps = [asyncio.create_task(call._media_pump()), asyncio.create_task(call._agent_pump())]
+    try:
+        agent.events_in.put_nowait(AgentMark(name))  # mid-announcement
+        agent.events_in.put_nowait(AgentTransfer("sip:desk@example.com", "xfer-1"))
+        await _turns()
+        assert len(media.marks) == 2  # the agent's, then the announcement's end
+        media.events_in.put_nowait(MarkPlayed(media.marks[0]))  # the agent's mark plays
+        await _turns()
+        assert agent.echoes == [name]
+        assert refers == []  # the announcement plays on
+        media.events_in.put_nowait(MarkPlayed(media.marks[1]))  # the announcement is over
+        await _turns(30)
+        assert refers == ["sip:desk@example.com"] and agent.echoes == [name]
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)

@@ -60,9 +60,13 @@ log = logging.getLogger(__name__)
 
 _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
 _TURN_GAP_S = 0.6  # silence that separates turns
-#: The prefix of the media marks call control places itself (a pending transfer's end of
-#: announcement): never passed to the agent. A NUL, which no agent's mark name has in practice.
-_OWN_MARK = "\x00telepath-"
+#: Every media mark's name starts with whose it is: the agent's (its own name follows, echoed
+#: to it as it was) or call control's own (a pending transfer's end of announcement, never
+#: passed to the agent). Both are tagged, so no agent mark name — any JSON string, a NUL or
+#: our own tag included — can pass for one of ours (the agent's is echoed whatever its name,
+#: providers.md §4.3).
+_AGENT_MARK = "a"
+_OWN_MARK = "o"
 #: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
 #: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
 AGENT_CLOSE_S = 5.0
@@ -581,8 +585,8 @@ class Call:
             elif isinstance(event, DtmfReceived):
                 await self.bridge.send_dtmf(event.digit.key)
             elif isinstance(event, MarkPlayed):
-                if not event.name.startswith(_OWN_MARK):
-                    await self.bridge.notify_mark(event.name)
+                if event.name.startswith(_AGENT_MARK):
+                    await self.bridge.notify_mark(event.name[len(_AGENT_MARK) :])
                 elif event.name == self._announcement_mark:  # played, or flushed: over
                     self._announcement_over.set()
             elif isinstance(event, MediaEnded):
@@ -655,7 +659,7 @@ class Call:
                 self._played_base_ms = self.media.stats().audio_played_ms
                 self.turns.finish_agent_turn(unplayed_ms)
             elif isinstance(event, AgentMark):
-                self.media.mark(event.name)
+                self.media.mark(_AGENT_MARK + event.name)
             elif isinstance(event, AgentTransfer):
                 if self._transfer_request is not None:
                     # One REFER at a time: the NOTIFYs of several REFERs in a dialog are told
