@@ -26,6 +26,7 @@ from telepath.bridges.base import (
     BridgeAuthError,
     BridgeConnectError,
     BridgeReason,
+    Codec,
     CustomConfig,
 )
 from telepath.bridges.custom.bridge import TwilioStreamBridge
@@ -126,6 +127,29 @@ async def test_telepath_pcma_call_offers_alaw_first() -> None:
         assert audio_of(events) == frame
         assert fake.received[0]["media_formats"][0] == {"encoding": "alaw", "sample_rate": 8000}
         await bridge.close()
+
+
+@pytest.mark.parametrize(
+    ("codec", "wideband", "offered"),
+    [
+        ("pcmu", False, [("ulaw", 8000), ("pcm16", 8000), ("pcm16", 16000), ("alaw", 8000)]),
+        ("pcma", False, [("alaw", 8000), ("pcm16", 8000), ("pcm16", 16000), ("ulaw", 8000)]),
+        # G.722: the call's audio is 16 kHz PCM16 (no G.711 law of its own); pcm16/16k needs no
+        # conversion and keeps 50-7,000 Hz, pcm16/8k a resample, a law a resample and coding
+        ("pcmu", True, [("pcm16", 16000), ("pcm16", 8000), ("ulaw", 8000), ("alaw", 8000)]),
+    ],
+)
+async def test_telepath_media_formats_are_offered_best_first(
+    codec: Codec, wideband: bool, offered: list[tuple[str, int]]
+) -> None:
+    """docs/custom-agent-protocol.md: ``media_formats`` lists the formats best first."""
+    async with FakeTelepathAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, codec=codec, wideband=wideband))
+        formats = fake.received[0]["media_formats"]
+        assert [(f["encoding"], f["sample_rate"]) for f in formats] == offered
+        await bridge.close()
+    assert fake.protocol_errors == []
 
 
 async def test_telepath_clear_hangup_transfer() -> None:

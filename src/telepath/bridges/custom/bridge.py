@@ -112,12 +112,16 @@ class TelepathAgentBridge(_CustomBridge):
         """Connect, send ``start`` and wait for the agent's ``ready``."""
         law = "ulaw" if meta.codec == "pcmu" else "alaw"
         other = "alaw" if law == "ulaw" else "ulaw"
-        self._offered = [
-            ev.MediaFormat(encoding=law),
-            ev.MediaFormat(encoding="pcm16", sample_rate=8000),
-            ev.MediaFormat(encoding="pcm16", sample_rate=16000),
-            ev.MediaFormat(encoding=other),
-        ]
+        # Best first (docs/custom-agent-protocol.md): the call's own audio needs no conversion.
+        # A G.711 call's is its law; a wideband (G.722) call's is 16 kHz PCM16, which also
+        # keeps its 50-7,000 Hz, then 8 kHz PCM16 (a resample), then a law (and its coding).
+        narrow = ev.MediaFormat(encoding="pcm16", sample_rate=8000)
+        wide = ev.MediaFormat(encoding="pcm16", sample_rate=16000)
+        laws = [ev.MediaFormat(encoding=law), ev.MediaFormat(encoding=other)]
+        if meta.wideband:
+            self._offered = [wide, narrow, *laws]
+        else:
+            self._offered = [laws[0], narrow, wide, laws[1]]
         self._codec_name = meta.codec
         self._wideband = meta.wideband
         self._caller_bytes_per_ms = WIDEBAND.bytes_per_ms if meta.wideband else 8.0
