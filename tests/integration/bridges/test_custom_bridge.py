@@ -44,8 +44,27 @@ def bridge_for(fake: FakeTelepathAgent | FakeTwilioAgent, timeout_s: float = 2.0
     protocol: Literal["telepath", "twilio"] = (
         "twilio" if isinstance(fake, FakeTwilioAgent) else "telepath"
     )
-    config = CustomConfig(endpoint=fake.url, protocol=protocol, headers=HEADERS)
+    # the fakes listen on loopback ws:// (TELEPATH_ALLOW_INSECURE_AGENT_URLS on)
+    config = CustomConfig(
+        endpoint=fake.url, protocol=protocol, headers=HEADERS, allow_insecure=True
+    )
     return create_bridge("custom", config, connect_timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("upper", [False, True])
+async def test_a_ws_endpoint_is_not_dialled_unless_insecure_urls_are_allowed(upper: bool) -> None:
+    """TELEPATH_ALLOW_INSECURE_AGENT_URLS holds at every dial, not only when the trunk was
+    saved: off, a ws:// endpoint (the scheme in any case, RFC 3986 §3.1) fails as an
+    unreachable agent (``connection_failed``, not retried) without a connection."""
+    async with FakeTelepathAgent(agent="silent") as fake:
+        url = fake.url.replace("ws://", "WS://") if upper else fake.url
+        bridge = create_bridge("custom", CustomConfig(endpoint=url, headers=HEADERS))
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.retryable) == (BridgeReason.CONNECTION_FAILED, False)
+        assert info.value.code == "insecure_url"
+        assert await collect_until(bridge) == [info.value.to_event()]
+        assert fake.handshakes == []
 
 
 async def test_the_agent_s_headers_and_url_token_are_not_logged_at_debug(
@@ -55,7 +74,10 @@ async def test_the_agent_s_headers_and_url_token_are_not_logged_at_debug(
     log_everything(caplog)
     async with FakeTelepathAgent() as fake:
         config = CustomConfig(
-            endpoint=f"{fake.url}?token=url-secret", protocol="telepath", headers=HEADERS
+            endpoint=f"{fake.url}?token=url-secret",
+            protocol="telepath",
+            headers=HEADERS,
+            allow_insecure=True,
         )
         bridge = create_bridge("custom", config, connect_timeout_s=2.0)
         await bridge.start(META)
@@ -410,7 +432,9 @@ async def test_no_forwarded_headers_no_field() -> None:
 
 
 def reconnecting(fake: FakeTelepathAgent, within_s: float) -> AgentBridge:
-    config = CustomConfig(endpoint=fake.url, headers=HEADERS, reconnect_s=within_s)
+    config = CustomConfig(
+        endpoint=fake.url, headers=HEADERS, reconnect_s=within_s, allow_insecure=True
+    )
     return create_bridge("custom", config, connect_timeout_s=2.0)
 
 

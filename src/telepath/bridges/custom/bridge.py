@@ -16,7 +16,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from telepath.bridges.audio import WIDEBAND, AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
@@ -41,6 +42,7 @@ from telepath.bridges.base import (
 )
 from telepath.bridges.custom import events as ev
 from telepath.bridges.ws import WebSocketBridge
+from telepath.bridges.ws_socket import MessageSocket
 
 __all__ = ["TelepathAgentBridge", "TwilioStreamBridge"]
 
@@ -68,6 +70,26 @@ class _CustomBridge(WebSocketBridge):
         self.config = config
         self._converter: AudioConverter | None = None
         self._sent_ms = 0
+
+    async def _connect(
+        self, url: str, headers: Mapping[str, str] | None, timeout_s: float
+    ) -> MessageSocket:
+        """Every dial, the first and a reconnect's: a ``ws://`` endpoint only while insecure
+        agent URLs are allowed. The setting was checked only when the trunk was saved, and a
+        trunk made while it was on went on being dialled in cleartext, its custom headers
+        (an ``Authorization``) and all, after it was turned off."""
+        if not self.config.allow_insecure and urlsplit(url).scheme.lower() == "ws":
+            # Not the URL (its path or query may hold a token), nor the headers.
+            logger.warning(
+                "custom bridge: the agent endpoint is ws:// (cleartext) and "
+                "TELEPATH_ALLOW_INSECURE_AGENT_URLS is off: not dialled"
+            )
+            raise BridgeConnectError(
+                "agent URL is ws:// and insecure agent URLs are not allowed",
+                retryable=False,
+                code="insecure_url",
+            )
+        return await super()._connect(url, headers, timeout_s)
 
     def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
         if code == 1000:
