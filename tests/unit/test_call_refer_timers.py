@@ -10,8 +10,10 @@ from typing import Any, cast
 
 import pytest
 
+from telepath.bridges.base import AgentEvent, AgentMark, AgentTransfer
 from telepath.calls.call import REFER_NOTIFY_WAIT_S, REFER_OUTCOME_WAIT_S, Call
 from telepath.calls.model import DisconnectReason
+from telepath.rtp.playout import PlayoutOverflow
 from telepath.transport.media_session import MarkPlayed, MediaEvent
 from tests.unit.call_stubs import stub_call
 
@@ -111,9 +113,12 @@ class _Media:
     def __init__(self, queued_ms: float) -> None:
         self.queued_ms = queued_ms
         self.marks: list[str] = []
+        self.marks_full = False  # the playout's bound on marks reached (MAX_QUEUED_MARKS)
         self.events_in: asyncio.Queue[MediaEvent] = asyncio.Queue()
 
-    def mark(self, name: str) -> None:
+    def mark(self, name: str, *, bounded: bool = True) -> None:
+        if bounded and self.marks_full:
+            raise PlayoutOverflow("outbound mark queue is full")
         self.marks.append(name)
 
     def set_audio_sink(self, sink: object) -> None:
@@ -153,3 +158,84 @@ async def test_a_flushed_announcement_lets_the_refer_go_at_once() -> None:
         waiting.cancel()
         pump.cancel()
         await asyncio.gather(waiting, pump, return_exceptions=True)
+
+
+class _MarkingAgent(Agent):
+    """An agent whose events the test feeds; the mark echoes it gets are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_in: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self.echoes: list[str] = []
+
+    def set_audio_sink(self, sink: object) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        while True:
+            yield await self.events_in.get()
+
+    async def notify_mark(self, name: str) -> None:
+        self.echoes.append(name)
+
+
+@pytest.mark.parametrize("name", ["\x00telepath-1", "\x00telepath-2", "o1", "x", ""])
+async def test_an_agent_mark_named_like_ours_is_echoed_and_ends_no_announcement(
+    name: str,
+) -> None:
+    """Our own marks were told from the agent's by a name prefix ("\\x00telepath-"), which an
+    agent's mark (any JSON string) could carry: such a mark was never echoed (every mark is,
+    providers.md §4.3) and, named as the announcement's, let the REFER go mid-announcement. An
+    agent mark placed in the announcement (queued before the transfer) is now its own."""
+    refers: list[str] = []
+    media = _Media(queued_ms=5000.0)
+    agent = _MarkingAgent()
+    call = stub_call(agent)
+    call.media = cast(Any, media)
+    call._refer_sip = refers.append
+    pumps = [asyncio.create_task(call._media_pump()), asyncio.create_task(call._agent_pump())]
+    try:
+        agent.events_in.put_nowait(AgentMark(name))  # mid-announcement
+        agent.events_in.put_nowait(AgentTransfer("sip:desk@example.com", "xfer-1"))
+        await _turns()
+        assert len(media.marks) == 2  # the agent's, then the announcement's end
+        media.events_in.put_nowait(MarkPlayed(media.marks[0]))  # the agent's mark plays
+        await _turns()
+        assert agent.echoes == [name]
+        assert refers == []  # the announcement plays on
+        media.events_in.put_nowait(MarkPlayed(media.marks[1]))  # the announcement is over
+        await _turns(30)
+        assert refers == ["sip:desk@example.com"] and agent.echoes == [name]
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def test_an_agent_mark_past_the_playout_bound_is_echoed_at_once() -> None:
+    """Past the bound on pending marks (playout.MAX_QUEUED_MARKS) an agent's mark is dropped
+    as excess audio is, the call going on; it is echoed at once, as a clear's dropped marks are
+    (providers.md §4.3: every mark is echoed), so the agent never waits for it in vain. Our own
+    announcement mark is not bounded: the REFER still waits for the announcement."""
+    refers: list[str] = []
+    media = _Media(queued_ms=5000.0)
+    media.marks_full = True
+    agent = _MarkingAgent()
+    call = stub_call(agent)
+    call.media = cast(Any, media)
+    call._refer_sip = refers.append
+    pumps = [asyncio.create_task(call._media_pump()), asyncio.create_task(call._agent_pump())]
+    try:
+        agent.events_in.put_nowait(AgentMark("m1"))
+        agent.events_in.put_nowait(AgentMark("m2"))
+        agent.events_in.put_nowait(AgentTransfer("sip:desk@example.com", "xfer-1"))
+        await _turns(30)
+        assert agent.echoes == ["m1", "m2"] and call.agent_marks_dropped == 2
+        assert len(media.marks) == 1 and refers == []  # the announcement's, placed; it plays
+        media.events_in.put_nowait(MarkPlayed(media.marks[0]))
+        await _turns(30)
+        assert refers == ["sip:desk@example.com"] and agent.echoes == ["m1", "m2"]
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)

@@ -179,12 +179,16 @@ class CustomConfig:
         reconnect_s: how long to dial the agent again after a dropped connection (the
             telepath protocol's ``start.reconnect``; the trunk's ``custom_reconnect``); 0: a
             drop ends the call.
+        allow_insecure: a ``ws://`` endpoint may be dialled (TELEPATH_ALLOW_INSECURE_AGENT_URLS,
+            as it is when the call is placed, not as it was when the trunk was saved); else
+            such a connection fails, never attempted (``connection_failed``).
     """
 
     endpoint: str
     protocol: Literal["telepath", "twilio"] = "telepath"
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     reconnect_s: float = 0.0
+    allow_insecure: bool = False
 
 
 ProviderConfig = OpenAIConfig | ElevenLabsConfig | CustomConfig

@@ -93,6 +93,8 @@ def connect_error(exc: BaseException) -> BridgeConnectError:
     401/403/404 are permanent (``BridgeAuthError``); 408/429/5xx, timeouts and refused
     connections are retryable; anything else about the handshake is permanent.
     """
+    if isinstance(exc, BridgeConnectError):  # classified already (an insecure URL refused)
+        return exc
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         if status in (401, 403, 404):

@@ -175,7 +175,11 @@ class AgentSocket(asyncio.Protocol):
                 request = protocol.connect()
                 for name, value in (headers or {}).items():
                     request.headers[name] = value
-                request.headers["User-Agent"] = user_agent
+                # The tenant's User-Agent, if it set one, is the only one: Headers.__setitem__
+                # appends, and one User-Agent line it must be (RFC 9110 §5.3, §10.1.5) — as
+                # websockets' connect(user_agent_header=…) has it on the proxy path (ws.py).
+                if "User-Agent" not in request.headers:
+                    request.headers["User-Agent"] = user_agent
                 protocol.send_request(request)
                 conn._flush()
                 await conn._handshake

@@ -60,9 +60,13 @@ log = logging.getLogger(__name__)
 
 _VOICE_RMS = 500  # PCM16 RMS above which a caller frame counts as speech (turn detection)
 _TURN_GAP_S = 0.6  # silence that separates turns
-#: The prefix of the media marks call control places itself (a pending transfer's end of
-#: announcement): never passed to the agent. A NUL, which no agent's mark name has in practice.
-_OWN_MARK = "\x00telepath-"
+#: Every media mark's name starts with whose it is: the agent's (its own name follows, echoed
+#: to it as it was) or call control's own (a pending transfer's end of announcement, never
+#: passed to the agent). Both are tagged, so no agent mark name — any JSON string, a NUL or
+#: our own tag included — can pass for one of ours (the agent's is echoed whatever its name,
+#: providers.md §4.3).
+_AGENT_MARK = "a"
+_OWN_MARK = "o"
 #: How long a call's end waits for the agent's close (a hung agent, or a bridge of a custom
 #: factory, may never finish it): the "5 s" the drain gives the calls it ends (manager.py).
 AGENT_CLOSE_S = 5.0
@@ -270,6 +274,7 @@ class Call:
         self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
         self.agent_reconnects = 0  # the agent's connection dropped and was replaced
         self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
+        self.agent_marks_dropped = 0  # agent marks beyond it (echoed at once)
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None  # the agent's pending transfer
         # The mark at the end of the announcement the pending transfer's REFER waits for, and
@@ -618,8 +623,8 @@ class Call:
             elif isinstance(event, DtmfReceived):
                 await self.bridge.send_dtmf(event.digit.key)
             elif isinstance(event, MarkPlayed):
-                if not event.name.startswith(_OWN_MARK):
-                    await self.bridge.notify_mark(event.name)
+                if event.name.startswith(_AGENT_MARK):
+                    await self.bridge.notify_mark(event.name[len(_AGENT_MARK) :])
                 elif event.name == self._announcement_mark:  # played, or flushed: over
                     self._announcement_over.set()
             elif isinstance(event, MediaEnded):
@@ -679,6 +684,19 @@ class Call:
             return
         self.turns.agent_audio(self._loop.time(), len(event.payload) / self._agent_bytes_per_ms)
 
+    def _on_agent_mark(self, name: str) -> None:
+        try:
+            self.media.mark(_AGENT_MARK + name)
+        except PlayoutOverflow:
+            # Decision: past the bound on pending marks (playout.MAX_QUEUED_MARKS: thousands
+            # waiting) the mark is dropped as excess audio is, and the call goes on. It is
+            # echoed at once, as a clear's dropped marks are: every mark is echoed
+            # (providers.md §4.3), and an agent waiting for this one must not wait for good.
+            if not self.agent_marks_dropped:
+                log.warning("call %s: agent marks beyond the playout bound", self.record.id)
+            self.agent_marks_dropped += 1
+            self._side_task(self.bridge.notify_mark(name))
+
     async def _agent_pump(self) -> None:
         # Agent audio may come straight from the socket's receive path (the bridge keeps the
         # order with the events below); events queued before this point come through here.
@@ -692,7 +710,7 @@ class Call:
                 self._played_base_ms = self.media.stats().audio_played_ms
                 self.turns.finish_agent_turn(unplayed_ms)
             elif isinstance(event, AgentMark):
-                self.media.mark(event.name)
+                self._on_agent_mark(event.name)
             elif isinstance(event, AgentTransfer):
                 if self._transfer_request is not None:
                     # One REFER at a time: the NOTIFYs of several REFERs in a dialog are told
@@ -766,7 +784,7 @@ class Call:
         if self.media.queued_ms > 0:
             self._own_marks += 1
             self._announcement_mark = f"{_OWN_MARK}{self._own_marks}"
-            self.media.mark(self._announcement_mark)
+            self.media.mark(self._announcement_mark, bounded=False)  # not crowded out
         else:
             self._announcement_over.set()  # nothing to play
 

@@ -22,6 +22,8 @@ class CallControlConfig:
     max_loop_load: float = 0.0  # loop thread CPU share that limits new attempts (0: off)
     provider_timeout_s: float = 10.0
     agent_reconnect_s: float = 10.0
+    # ws:// custom agents may be dialled (TELEPATH_ALLOW_INSECURE_AGENT_URLS), checked per call
+    allow_insecure_agent_urls: bool = False
     rtp_inactivity_timeout_s: float = 30.0
     jitter_min_ms: int = 20
     jitter_max_ms: int = 60
@@ -55,6 +57,7 @@ class CallControlConfig:
             max_loop_load=settings.sip_max_loop_load,
             provider_timeout_s=settings.provider_timeout_s,
             agent_reconnect_s=settings.agent_reconnect_s,
+            allow_insecure_agent_urls=settings.allow_insecure_agent_urls,
             rtp_inactivity_timeout_s=settings.rtp_inactivity_timeout_s,
             jitter_min_ms=settings.rtp_jitter_min_ms,
             jitter_max_ms=settings.rtp_jitter_max_ms,

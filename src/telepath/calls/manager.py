@@ -1659,6 +1659,7 @@ class CallManager:
             protocol=protocol,
             headers=trunk.custom_headers,
             reconnect_s=c.agent_reconnect_s if trunk.custom_reconnect else 0.0,
+            allow_insecure=c.allow_insecure_agent_urls,
         )
 
     def _trace(self, invite: Request) -> str:

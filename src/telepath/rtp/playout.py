@@ -41,10 +41,17 @@ from telepath.rtp.seq import ts_add
 
 #: Bound on queued agent audio (a runaway producer cannot grow memory without limit).
 MAX_QUEUED_MS = 120_000
+#: Bounds on the agent's marks waiting for playout to reach them, for the same reason: their
+#: number (more than one per 20 ms frame of MAX_QUEUED_MS, so an agent marking every audio
+#: message stays far below it) and the characters of their names (a name may be as long as a
+#: WebSocket message, 16 MiB).
+MAX_QUEUED_MARKS = 10_000
+MAX_QUEUED_MARK_CHARS = 1 << 20
 
 
 class PlayoutOverflow(TelepathError):
-    """More agent audio was queued than :data:`MAX_QUEUED_MS` allows."""
+    """More agent audio was queued than :data:`MAX_QUEUED_MS` allows, or more marks than
+    :data:`MAX_QUEUED_MARKS` / :data:`MAX_QUEUED_MARK_CHARS`."""
 
 
 @dataclass(slots=True)  # not frozen: built per 20 ms frame (frozen costs 3x)
@@ -94,7 +101,9 @@ class Playout:
         self._queue = bytearray()
         self._queued_total = 0  # bytes ever enqueued (absolute offsets for marks)
         self._sent_total = 0  # bytes ever consumed
-        self._marks: deque[tuple[int, str]] = deque()
+        self._marks: deque[tuple[int, str, bool]] = deque()  # (offset, name, bounded)
+        self._bounded_marks = 0  # of ``_marks``, those under the bounds
+        self._bounded_chars = 0  # and their names' characters
         self.skipped_bytes = 0  # agent audio dropped because the sender stalled
         self._played_since_flush = 0
         self._played_total = 0
@@ -163,9 +172,26 @@ class Playout:
             pcm, self._odd_sample = pcm[:cut], pcm[cut:]
         self.enqueue(self._codec.encode(pcm))
 
-    def mark(self, name: str) -> None:
-        """Place a mark at the current end of the queued audio."""
-        self._marks.append((self._queued_total, name))
+    def mark(self, name: str, *, bounded: bool = True) -> None:
+        """Place a mark at the current end of the queued audio.
+
+        Args:
+            bounded: False for a mark of call control's own (one per transfer), which the
+                agent's cannot crowd out.
+
+        Raises:
+            PlayoutOverflow: ``bounded`` and more than :data:`MAX_QUEUED_MARKS` marks, or
+                :data:`MAX_QUEUED_MARK_CHARS` of their names, would wait.
+        """
+        if bounded:
+            if (
+                self._bounded_marks >= MAX_QUEUED_MARKS
+                or self._bounded_chars + len(name) > MAX_QUEUED_MARK_CHARS
+            ):
+                raise PlayoutOverflow("outbound mark queue is full")
+            self._bounded_marks += 1
+            self._bounded_chars += len(name)
+        self._marks.append((self._queued_total, name, bounded))
 
     def flush(self) -> tuple[float, list[str]]:
         """Discard queued audio now (barge-in).
@@ -183,8 +209,9 @@ class Playout:
             self._resamplers[resampler_rate] = Resampler(
                 resampler_rate, self._codec.spec.sample_rate
             )
-        cleared = [name for _, name in self._marks]
+        cleared = [name for _, name, _ in self._marks]
         self._marks.clear()
+        self._bounded_marks = self._bounded_chars = 0
         return played, cleared
 
     def set_dtmf_payload_type(self, payload_type: int | None) -> None:
@@ -292,5 +319,9 @@ class Playout:
     def _reached(self) -> list[str]:
         reached: list[str] = []
         while self._marks and self._marks[0][0] <= self._sent_total:
-            reached.append(self._marks.popleft()[1])
+            _, name, bounded = self._marks.popleft()
+            if bounded:
+                self._bounded_marks -= 1
+                self._bounded_chars -= len(name)
+            reached.append(name)
         return reached

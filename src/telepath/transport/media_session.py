@@ -508,9 +508,13 @@ class MediaSession:
         """Queue agent audio as PCM16 at 8, 16 or 24 kHz (resampled and encoded here)."""
         self._playout.enqueue_pcm(pcm, sample_rate)
 
-    def mark(self, name: str) -> None:
-        """Emit ``MarkPlayed(name)`` once everything queued so far has been sent."""
-        self._playout.mark(name)
+    def mark(self, name: str, *, bounded: bool = True) -> None:
+        """Emit ``MarkPlayed(name)`` once everything queued so far has been sent.
+
+        Raises:
+            PlayoutOverflow: ``bounded`` and too many marks wait (:meth:`Playout.mark`).
+        """
+        self._playout.mark(name, bounded=bounded)
 
     def flush(self) -> float:
         """Barge-in: drop queued agent audio now; the next frame is silence.

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
@@ -138,6 +139,9 @@ class WebhookDispatcher:
             ``timeout_s``: each ends within it anyway); those cut off after it are due again
             at once.
         now: the wall clock (UTC, aware), replaceable in tests.
+        allow_insecure: ``http://`` endpoints are sent to (TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS,
+            as it is at delivery, not as it was when the endpoint was saved); else a delivery
+            to one is an attempt that failed, ``insecure_url``, with no request.
     """
 
     def __init__(
@@ -157,8 +161,11 @@ class WebhookDispatcher:
         account_concurrency: int | None = None,
         stop_grace_s: float | None = None,
         now: Callable[[], datetime] = utcnow,
+        allow_insecure: bool = False,
     ) -> None:
         self._sessions = sessions
+        self._allow_insecure = allow_insecure
+        self._insecure_warned: set[str] = set()  # endpoints whose http:// URL was refused
         self._keyring = keyring
         self._metrics = metrics
         self._own_session = session is None
@@ -200,6 +207,7 @@ class WebhookDispatcher:
             max_attempts=settings.webhook_max_attempts,
             backoff_base_s=settings.webhook_backoff_base_s,
             poll_interval_s=settings.webhook_poll_s,
+            allow_insecure=settings.allow_insecure_webhook_urls,
         )
 
     def wake(self) -> None:
@@ -493,6 +501,18 @@ class WebhookDispatcher:
 
     async def _send(self, claimed: Claimed, secret: str) -> tuple[int | None, str | None]:
         """POST one delivery; return (HTTP status or None, error summary or None)."""
+        if not self._allow_insecure and urlsplit(claimed.url).scheme.lower() == "http":
+            # The setting was checked only when the endpoint was saved: one saved while it was
+            # on got signed call data in cleartext after it was turned off. Refused as an
+            # endpoint that cannot be reached is: retried, then failed.
+            if claimed.endpoint_id not in self._insecure_warned:
+                self._insecure_warned.add(claimed.endpoint_id)
+                logger.warning(  # not the URL: its path or query may hold a token
+                    "webhook endpoint %s is http:// and TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS is "
+                    "off: its deliveries are not sent",
+                    claimed.endpoint_id,
+                )
+            return None, "insecure_url"
         body = event_body(claimed)
         headers = {
             "Content-Type": "application/json",

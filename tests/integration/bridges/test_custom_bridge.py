@@ -26,6 +26,7 @@ from telepath.bridges.base import (
     BridgeAuthError,
     BridgeConnectError,
     BridgeReason,
+    Codec,
     CustomConfig,
 )
 from telepath.bridges.custom.bridge import TwilioStreamBridge
@@ -43,8 +44,27 @@ def bridge_for(fake: FakeTelepathAgent | FakeTwilioAgent, timeout_s: float = 2.0
     protocol: Literal["telepath", "twilio"] = (
         "twilio" if isinstance(fake, FakeTwilioAgent) else "telepath"
     )
-    config = CustomConfig(endpoint=fake.url, protocol=protocol, headers=HEADERS)
+    # the fakes listen on loopback ws:// (TELEPATH_ALLOW_INSECURE_AGENT_URLS on)
+    config = CustomConfig(
+        endpoint=fake.url, protocol=protocol, headers=HEADERS, allow_insecure=True
+    )
     return create_bridge("custom", config, connect_timeout_s=timeout_s)
+
+
+@pytest.mark.parametrize("upper", [False, True])
+async def test_a_ws_endpoint_is_not_dialled_unless_insecure_urls_are_allowed(upper: bool) -> None:
+    """TELEPATH_ALLOW_INSECURE_AGENT_URLS holds at every dial, not only when the trunk was
+    saved: off, a ws:// endpoint (the scheme in any case, RFC 3986 §3.1) fails as an
+    unreachable agent (``connection_failed``, not retried) without a connection."""
+    async with FakeTelepathAgent(agent="silent") as fake:
+        url = fake.url.replace("ws://", "WS://") if upper else fake.url
+        bridge = create_bridge("custom", CustomConfig(endpoint=url, headers=HEADERS))
+        with pytest.raises(BridgeConnectError) as info:
+            await bridge.start(META)
+        assert (info.value.reason, info.value.retryable) == (BridgeReason.CONNECTION_FAILED, False)
+        assert info.value.code == "insecure_url"
+        assert await collect_until(bridge) == [info.value.to_event()]
+        assert fake.handshakes == []
 
 
 async def test_the_agent_s_headers_and_url_token_are_not_logged_at_debug(
@@ -54,7 +74,10 @@ async def test_the_agent_s_headers_and_url_token_are_not_logged_at_debug(
     log_everything(caplog)
     async with FakeTelepathAgent() as fake:
         config = CustomConfig(
-            endpoint=f"{fake.url}?token=url-secret", protocol="telepath", headers=HEADERS
+            endpoint=f"{fake.url}?token=url-secret",
+            protocol="telepath",
+            headers=HEADERS,
+            allow_insecure=True,
         )
         bridge = create_bridge("custom", config, connect_timeout_s=2.0)
         await bridge.start(META)
@@ -126,6 +149,29 @@ async def test_telepath_pcma_call_offers_alaw_first() -> None:
         assert audio_of(events) == frame
         assert fake.received[0]["media_formats"][0] == {"encoding": "alaw", "sample_rate": 8000}
         await bridge.close()
+
+
+@pytest.mark.parametrize(
+    ("codec", "wideband", "offered"),
+    [
+        ("pcmu", False, [("ulaw", 8000), ("pcm16", 8000), ("pcm16", 16000), ("alaw", 8000)]),
+        ("pcma", False, [("alaw", 8000), ("pcm16", 8000), ("pcm16", 16000), ("ulaw", 8000)]),
+        # G.722: the call's audio is 16 kHz PCM16 (no G.711 law of its own); pcm16/16k needs no
+        # conversion and keeps 50-7,000 Hz, pcm16/8k a resample, a law a resample and coding
+        ("pcmu", True, [("pcm16", 16000), ("pcm16", 8000), ("ulaw", 8000), ("alaw", 8000)]),
+    ],
+)
+async def test_telepath_media_formats_are_offered_best_first(
+    codec: Codec, wideband: bool, offered: list[tuple[str, int]]
+) -> None:
+    """docs/custom-agent-protocol.md: ``media_formats`` lists the formats best first."""
+    async with FakeTelepathAgent(agent="silent") as fake:
+        bridge = bridge_for(fake)
+        await bridge.start(replace(META, codec=codec, wideband=wideband))
+        formats = fake.received[0]["media_formats"]
+        assert [(f["encoding"], f["sample_rate"]) for f in formats] == offered
+        await bridge.close()
+    assert fake.protocol_errors == []
 
 
 async def test_telepath_clear_hangup_transfer() -> None:
@@ -386,7 +432,9 @@ async def test_no_forwarded_headers_no_field() -> None:
 
 
 def reconnecting(fake: FakeTelepathAgent, within_s: float) -> AgentBridge:
-    config = CustomConfig(endpoint=fake.url, headers=HEADERS, reconnect_s=within_s)
+    config = CustomConfig(
+        endpoint=fake.url, headers=HEADERS, reconnect_s=within_s, allow_insecure=True
+    )
     return create_bridge("custom", config, connect_timeout_s=2.0)
 
 

@@ -329,6 +329,25 @@ async def test_transfer_client_tool_and_result(fake: FakeElevenLabs) -> None:
     assert_sdk_valid(fake)
 
 
+# URI schemes are case-insensitive (RFC 3986 §3.1, RFC 3261 §19.1.4): "TEL:" and "Sip:" are
+# transfer targets as call control's sip.uri.transfer_target takes them, and whether a target
+# is such a URI at all is that check's (it answers "invalid transfer target"), as with the
+# custom bridge (custom/events.py Transfer) — the bridge passes any string target on.
+@pytest.mark.parametrize(
+    "fake",
+    [{"transfer_to": t} for t in ("TEL:+15550100", "Sip:desk@example.com", "SIPS:d@x", "desk")],
+    indirect=True,
+)
+async def test_transfer_target_is_call_controls_to_check(fake: FakeElevenLabs) -> None:
+    bridge = bridge_for(fake)
+    await bridge.start(META)
+    events = await collect_until(bridge, AgentTransfer)
+    assert events[-1] == AgentTransfer(typing.cast(str, fake.transfer_to), "tool_call_1")
+    assert fake.tool_results == []  # no failed result from the bridge
+    await bridge.close()
+    assert_sdk_valid(fake)
+
+
 @pytest.mark.parametrize(
     ("key", "agent_id", "retryable"),
     [("bad-key", "agent_1", False), ("sk-valid", "agent_missing", False), ("sk-outage", "a", True)],

@@ -379,14 +379,20 @@ async def test_end_call_tool_hangs_up_after_the_goodbye_audio(fake: FakeOpenAIRe
     assert_sdk_valid(fake)
 
 
-@pytest.mark.parametrize("fake", [{"transfer_to": "tel:+14155550199"}], indirect=True)
+# URI schemes are case-insensitive (RFC 3986 §3.1, RFC 3261 §19.1.4), as call control's
+# sip.uri.transfer_target has them: "TEL:" and "Sip:" are transfer targets too
+@pytest.mark.parametrize(
+    "fake",
+    [{"transfer_to": t} for t in ("tel:+14155550199", "TEL:+14155550199", "Sip:d@example.com")],
+    indirect=True,
+)
 async def test_transfer_request_and_result(fake: FakeOpenAIRealtime) -> None:
     bridge = bridge_for(fake)
     await bridge.start(META)
     events = await collect_until(bridge, AgentTransfer)
     transfer = events[-1]
     assert isinstance(transfer, AgentTransfer)
-    assert transfer.target == "tel:+14155550199"
+    assert transfer.target == fake.transfer_to
     await bridge.send_transfer_result(transfer.request_id, ok=False, detail="486 Busy Here")
     await wait_for(
         lambda: any(e.get("item", {}).get("type") == "function_call_output" for e in fake.received)

@@ -70,6 +70,25 @@ async def test_messages_both_ways_headers_and_a_clean_close() -> None:
     assert headers["X-Tenant"] == "acme" and headers["User-Agent"] == "telepath"
 
 
+async def test_a_tenant_user_agent_wins_and_is_sent_once() -> None:
+    """A custom header User-Agent is the one User-Agent line (RFC 9110 §10.1.5: one product
+    list; §5.3: a field not defined as a list must not repeat), as websockets' connect
+    (user_agent_header, the proxy path in ws.py) has it: Headers.__setitem__ appends."""
+    seen: list[list[str]] = []
+
+    async def record(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        seen.append(ws.request.headers.get_all("User-Agent"))
+        await ws.send("seen")
+
+    async with server(record) as url:
+        for headers in ({"user-agent": "acme-bot/1"}, {"X-Tenant": "acme"}):
+            sock = await AgentSocket.open(url, headers, timeout_s=2, max_size=1 << 10)
+            assert await sock.recv() == "seen"
+            await sock.close()
+    assert seen == [["acme-bot/1"], ["telepath"]]
+
+
 async def test_fragmented_messages_are_reassembled() -> None:
     async def fragments(ws: ServerConnection) -> None:
         await ws.send(["par", "ti", "al"])

@@ -196,6 +196,33 @@ async def test_unreachable_endpoint_is_retried(
     assert (row.status, row.attempts, row.last_error) == ("pending", 1, "connection_failed")
 
 
+async def test_an_http_endpoint_gets_nothing_once_insecure_webhook_urls_are_off(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS was checked only when an endpoint was saved: one
+    made while it was on was sent signed call data in cleartext after it was turned off. It now
+    holds at delivery: no request, a failed attempt ``insecure_url`` (retried, then ``failed``,
+    as for any endpoint that cannot be reached), one warning naming the endpoint, not its URL."""
+    with running(Receiver()) as receiver:
+        hook = await subscribe(api, f"{receiver.url}?token=url-s3cret", ["*"])
+        sink = DbEventSink(api.state.sessions)
+        for _ in range(2):
+            await sink.emit(await account_of(api), "call.ended", PAYLOAD)
+        off = api.state.settings.model_copy(update={"allow_insecure_webhook_urls": False})
+        dispatcher = WebhookDispatcher.from_settings(api.state.sessions, api.state.keyring, off)
+        try:
+            await dispatcher.run_once()
+        finally:
+            await dispatcher.aclose()
+    assert receiver.requests == []
+    assert [(r.status, r.attempts, r.last_error) for r in await rows(api)] == [
+        ("pending", 1, "insecure_url")
+    ] * 2
+    said = [r for r in caplog.records if "TELEPATH_ALLOW_INSECURE_WEBHOOK_URLS" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]  # once for the endpoint
+    assert hook["id"] in said[0].getMessage() and "s3cret" not in caplog.text
+
+
 async def test_pending_rows_survive_a_restart(
     api: Api, make_dispatcher: Callable[..., WebhookDispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -471,6 +471,44 @@ async def test_unreachable_agent_is_refused_with_480(
     assert "call.started" not in events
 
 
+async def test_a_ws_agent_is_not_dialled_once_insecure_agent_urls_are_off(
+    api: Api, gateway: Gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TELEPATH_ALLOW_INSECURE_AGENT_URLS was checked only when a trunk was saved: a ws://
+    trunk made while it was on was dialled in cleartext (its Authorization header and all)
+    after it was turned off. The setting now holds when the call is placed: the call fails as
+    an unreachable agent's does (480, ``connection_failed``), the agent never contacted, and
+    the warning names neither the URL (a token in it) nor the headers."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(
+            api,
+            "alice",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=f"{agent.url}?token=url-s3cret",
+            custom_headers={"Authorization": "Bearer hdr-s3cret"},
+        )
+        configure(gateway, allow_insecure_agent_urls=False)  # the operator turned it off
+        phone = await Phone().open()
+        scenario = rejected_call("alice", phone.port, 480)
+        result = await run_sipp(
+            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+        )
+        await phone.close()
+        assert result.returncode == 0, result.stdout + result.errors
+        await settled(gateway)
+        assert agent.handshakes == []
+        port = str(agent.port)
+    [call] = (await api.get("/v1/calls")).json()["calls"]
+    detail = await record(api, call["id"])
+    assert (detail["status"], detail["disconnect_reason"]) == ("failed", "connection_failed")
+    assert "SIP/2.0 480" in detail["sip_trace"]
+    said = [r for r in caplog.records if "TELEPATH_ALLOW_INSECURE_AGENT_URLS" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]
+    logged = caplog.text + detail["error_message"]
+    assert "s3cret" not in logged and port not in said[0].getMessage()
+
+
 async def test_a_prompt_the_elevenlabs_agent_does_not_allow_refuses_the_call_with_480(
     api: Api, gateway: Gateway, tmp_path: Path
 ) -> None:

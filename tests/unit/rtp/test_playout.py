@@ -4,7 +4,12 @@ import pytest
 
 from telepath.rtp.codecs import CodecSpec, make_codec
 from telepath.rtp.dtmf import DtmfDecoder, TelephoneEvent
-from telepath.rtp.playout import Playout, PlayoutOverflow
+from telepath.rtp.playout import (
+    MAX_QUEUED_MARK_CHARS,
+    MAX_QUEUED_MARKS,
+    Playout,
+    PlayoutOverflow,
+)
 
 from .audio import tone
 
@@ -125,6 +130,31 @@ def test_queue_is_bounded() -> None:
     playout = make()
     with pytest.raises(PlayoutOverflow):
         playout.enqueue(b"\x00" * (8 * 120_001))
+
+
+def test_pending_marks_are_bounded_as_the_audio_is() -> None:
+    """Agent marks queued without bound (the audio had MAX_QUEUED_MS): past MAX_QUEUED_MARKS
+    pending, or MAX_QUEUED_MARK_CHARS of their names, a mark is refused as excess audio is
+    (PlayoutOverflow); room comes back as marks are reached or flushed. An unbounded mark
+    (call control's own, one per transfer) is always placed."""
+    playout = make()
+    playout.enqueue(b"\x01" * 320)
+    for i in range(MAX_QUEUED_MARKS):
+        playout.mark(str(i))
+    with pytest.raises(PlayoutOverflow):
+        playout.mark("one too many")
+    playout.mark("ours", bounded=False)
+    playout.next_frame()
+    assert len(playout.next_frame()[1]) == MAX_QUEUED_MARKS + 1  # all reached: room again
+    playout.enqueue(b"\x01" * 320)
+    playout.mark("x" * (MAX_QUEUED_MARK_CHARS - 1))
+    with pytest.raises(PlayoutOverflow):
+        playout.mark("yz")
+    playout.mark("y")  # the names' length, to the character
+    assert [len(n) for n in playout.flush()[1]] == [MAX_QUEUED_MARK_CHARS - 1, 1]
+    playout.mark("x" * MAX_QUEUED_MARK_CHARS)  # a flush makes room too
+    with pytest.raises(PlayoutOverflow):
+        playout.mark("y")
 
 
 def test_a_stall_drops_the_audio_it_should_have_played() -> None:

@@ -16,7 +16,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from telepath.bridges.audio import WIDEBAND, AudioConverter, WireFormat, b64_decode, b64_encode
 from telepath.bridges.base import (
@@ -41,6 +42,7 @@ from telepath.bridges.base import (
 )
 from telepath.bridges.custom import events as ev
 from telepath.bridges.ws import WebSocketBridge
+from telepath.bridges.ws_socket import MessageSocket
 
 __all__ = ["TelepathAgentBridge", "TwilioStreamBridge"]
 
@@ -68,6 +70,26 @@ class _CustomBridge(WebSocketBridge):
         self.config = config
         self._converter: AudioConverter | None = None
         self._sent_ms = 0
+
+    async def _connect(
+        self, url: str, headers: Mapping[str, str] | None, timeout_s: float
+    ) -> MessageSocket:
+        """Every dial, the first and a reconnect's: a ``ws://`` endpoint only while insecure
+        agent URLs are allowed. The setting was checked only when the trunk was saved, and a
+        trunk made while it was on went on being dialled in cleartext, its custom headers
+        (an ``Authorization``) and all, after it was turned off."""
+        if not self.config.allow_insecure and urlsplit(url).scheme.lower() == "ws":
+            # Not the URL (its path or query may hold a token), nor the headers.
+            logger.warning(
+                "custom bridge: the agent endpoint is ws:// (cleartext) and "
+                "TELEPATH_ALLOW_INSECURE_AGENT_URLS is off: not dialled"
+            )
+            raise BridgeConnectError(
+                "agent URL is ws:// and insecure agent URLs are not allowed",
+                retryable=False,
+                code="insecure_url",
+            )
+        return await super()._connect(url, headers, timeout_s)
 
     def _on_remote_close(self, code: int | None, reason: str) -> AgentEvent:
         if code == 1000:
@@ -112,12 +134,16 @@ class TelepathAgentBridge(_CustomBridge):
         """Connect, send ``start`` and wait for the agent's ``ready``."""
         law = "ulaw" if meta.codec == "pcmu" else "alaw"
         other = "alaw" if law == "ulaw" else "ulaw"
-        self._offered = [
-            ev.MediaFormat(encoding=law),
-            ev.MediaFormat(encoding="pcm16", sample_rate=8000),
-            ev.MediaFormat(encoding="pcm16", sample_rate=16000),
-            ev.MediaFormat(encoding=other),
-        ]
+        # Best first (docs/custom-agent-protocol.md): the call's own audio needs no conversion.
+        # A G.711 call's is its law; a wideband (G.722) call's is 16 kHz PCM16, which also
+        # keeps its 50-7,000 Hz, then 8 kHz PCM16 (a resample), then a law (and its coding).
+        narrow = ev.MediaFormat(encoding="pcm16", sample_rate=8000)
+        wide = ev.MediaFormat(encoding="pcm16", sample_rate=16000)
+        laws = [ev.MediaFormat(encoding=law), ev.MediaFormat(encoding=other)]
+        if meta.wideband:
+            self._offered = [wide, narrow, *laws]
+        else:
+            self._offered = [laws[0], narrow, wide, laws[1]]
         self._codec_name = meta.codec
         self._wideband = meta.wideband
         self._caller_bytes_per_ms = WIDEBAND.bytes_per_ms if meta.wideband else 8.0

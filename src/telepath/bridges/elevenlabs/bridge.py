@@ -305,7 +305,11 @@ class ElevenLabsBridge(WebSocketBridge):
     async def _on_tool_call(self, call: ev.ClientToolCallEvent) -> None:
         if call.tool_name in TRANSFER_TOOLS:
             target = call.parameters.get("target") or call.parameters.get("number")
-            if isinstance(target, str) and target.startswith(("sip:", "sips:", "tel:")):
+            # Any string: whether it is a sip, sips or tel URI is call control's check
+            # (sip.uri.transfer_target, schemes case-insensitive as RFC 3986 §3.1 and RFC 3261
+            # §19.1.4 have them: "TEL:…", "Sip:…"), which answers "invalid transfer target",
+            # as for the custom bridge (custom/events.py Transfer).
+            if isinstance(target, str):
                 await self._emit(AgentTransfer(target, call.tool_call_id))
                 return
             await self.send_transfer_result(call.tool_call_id, False, "target must be a URI")

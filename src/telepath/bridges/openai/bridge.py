@@ -510,6 +510,8 @@ def _transfer_target(arguments: str) -> str | None:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
     target = args.get("target") if isinstance(args, dict) else None
-    if isinstance(target, str) and target.startswith(("sip:", "sips:", "tel:")):
+    # The scheme in any case (RFC 3986 §3.1, RFC 3261 §19.1.4): "TEL:…" and "Sip:…" are what
+    # call control's sip.uri.transfer_target takes (it parses the whole URI).
+    if isinstance(target, str) and target[:5].lower().startswith(("sip:", "sips:", "tel:")):
         return target
     return None
