@@ -64,6 +64,19 @@ def test_a_new_data_directory_has_nothing_to_recover(tmp_path: Path) -> None:
     instances.close()
 
 
+def test_a_data_directory_it_creates_is_the_owners_only(tmp_path: Path) -> None:
+    # With PostgreSQL and TELEPATH_SECRET_KEY set, nothing else creates the data directory:
+    # it must be 0700 as the README says and as the key file and SQLite paths make it.
+    old = os.umask(0o022)
+    try:
+        instances = InstanceFile(tmp_path / "data")
+        assert instances.claim() == []
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "data").stat().st_mode & 0o777) == "0o700"
+    instances.close()
+
+
 def test_a_live_run_holds_the_file_and_a_killed_one_leaves_its_ids(tmp_path: Path) -> None:
     proc, _ = _run(tmp_path, "alone")
     try:

@@ -117,7 +117,9 @@ class InstanceFile:
         if self._fd is not None:
             return []
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0700 as the README says: with PostgreSQL and TELEPATH_SECRET_KEY set this is the
+            # only thing that creates the data dir (mkdir's mode applies to the leaf only).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # e.g. a read-only data directory (PostgreSQL deployments)
             log.warning(
