@@ -59,3 +59,41 @@ async def test_a_trunks_codecs_decide(api: Api, gateway: Gateway, uac: Uac) -> N
     assert chosen == {"alaw-only": "PCMA", "default": "PCMU"}
     assert offered == ["PCMA", "telephone-event"]
     assert (final.headers.get("Warning") or "").startswith("305 ")  # incompatible media format
+
+
+async def test_a_call_refused_before_its_agent_is_dialled_leaves_no_record(
+    api: Api, gateway: Gateway, uac: Uac
+) -> None:
+    # README "Calls": a refusal before the agent is dialled (here 488, no common codec: RFC 3264
+    # §6) is counted in telepath_calls_rejected_total, not recorded — no call record, no webhook.
+    async with FakeTelepathAgent(agent="silent") as agent:
+        refused_trunk = await create_trunk(
+            api,
+            "g722-only",
+            PASSWORD,
+            ai_provider="custom",
+            custom_endpoint=agent.url,
+            codecs=["G722"],
+        )
+        answered_trunk = await create_trunk(
+            api, "any-codec", PASSWORD, ai_provider="custom", custom_endpoint=agent.url
+        )
+        refused = CallLeg(uac, "g722-only")
+        await refused.challenge(MEDIA_PORT)  # the UAC offers PCMU and PCMA only
+        start = len(uac.received)
+        uac.send(refused.authenticated_invite(PASSWORD, MEDIA_PORT))
+        await uac.response(488, refused.call_id, after=start)
+        assert agent.handshakes == []  # the agent was never dialled
+        # A call answered after it: its record is written after any the refusal would have left.
+        leg = CallLeg(uac, "any-codec")
+        await leg.challenge(MEDIA_PORT)
+        await leg.answered(leg.authenticated_invite(PASSWORD, MEDIA_PORT))
+        uac.send(leg.ack())
+        await leg.bye()
+        calls = await ended_records(api, gateway, count=1)
+    assert [c["trunk_id"] for c in calls] == [answered_trunk["id"]]
+    assert refused_trunk["id"] != answered_trunk["id"]
+    rejected = api.state.metrics.registry.get_sample_value(
+        "telepath_calls_rejected_total", {"reason": "no_common_codec"}
+    )
+    assert rejected == 1
