@@ -216,8 +216,10 @@ def call(
     play: Path | None = typer.Option(
         None,
         "--play",
-        help="WAV to play instead: mono, 16-bit, 8 to 48 kHz, at most 120 s (checked before "
-        "dialling)",
+        # The rates of rtp/resample.py's RESAMPLED_RATES, written out so that the CLI starts
+        # without numpy (test_cli.py keeps them in step).
+        help="WAV to play instead: mono, 16-bit, 8, 16, 22.05, 24, 44.1 or 48 kHz, at most 120 s "
+        "(checked before dialling)",
     ),
     record: Path | None = typer.Option(
         None,

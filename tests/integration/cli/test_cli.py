@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 import re
 import socket
@@ -20,10 +21,11 @@ from typer.testing import CliRunner
 import telepath
 from telepath.calls.config import CallControlConfig
 from telepath.cli.call_audio import caller_audio
-from telepath.cli.main import app
+from telepath.cli.main import app, call
 from telepath.config import Settings
 from telepath.db.engine import make_engine
 from telepath.db.models import REGISTRATION_PASSWORD, trunk_secret_context
+from telepath.rtp.resample import RESAMPLED_RATES
 from telepath.secrets.keyfile import load_keyring
 from telepath.secrets.keyring import Keyring, encode_key, key_id, new_key, parse_keyring
 from tests.certs import self_signed
@@ -284,6 +286,15 @@ def test_call_plays_the_rates_the_resampler_takes(tmp_path: Path) -> None:
     for rate in (8000, 16000, 22050, 24000, 44100, 48000):
         played = caller_audio(1.0, None, _wav(tmp_path / f"{rate}.wav", rate=rate))
         assert played == (b"\x00" * rate * 2, rate)
+
+
+def test_call_help_names_the_rates_play_takes() -> None:
+    """``--play``'s help lists the rates the check takes (not "8 to 48 kHz": 11025 and 32000
+    are refused), written out so that the CLI starts without numpy — this keeps them in step."""
+    rates = [f"{rate / 1000:g}" for rate in sorted(RESAMPLED_RATES)]
+    listed = f"{', '.join(rates[:-1])} or {rates[-1]} kHz"
+    option = inspect.signature(call).parameters["play"].default
+    assert listed in option.help
 
 
 def test_call_plays_a_streamed_wav_as_far_as_it_goes(tmp_path: Path) -> None:
