@@ -205,8 +205,9 @@ def call(
         envvar="TELEPATH_CALL_PASSWORD",
         show_envvar=True,
         help="Digest password (or TELEPATH_CALL_PASSWORD, which keeps it out of ps and the "
-        "shell's history); asked for when omitted and the gateway challenges (a trunk with "
-        "sip_auth address is called by number without one: sip:+14155550100@host)",
+        "shell's history); when omitted, asked for if the gateway challenges and stdin is a "
+        "terminal, else the call fails (401) (a trunk with sip_auth address is called by "
+        "number without one: sip:+14155550100@host)",
     ),
     username: str | None = typer.Option(None, "--username", help="Digest user (default: URI user)"),
     duration: float = typer.Option(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -706,3 +707,31 @@ def test_a_password_the_driver_quotes_is_blanked_out(monkeypatch: pytest.MonkeyP
         asyncio.run(db_engine.migrate_or_refuse(engine))
     asyncio.run(engine.dispose())
     assert "s3cr3t-pw" not in str(refused.value) and "u:***@" in str(refused.value)
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_challenge_without_a_password_asks_only_at_a_terminal(
+    tty: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: without --password or TELEPATH_CALL_PASSWORD the password is asked for when the
+    gateway challenges and stdin is a terminal; otherwise the call fails with the 401."""
+    from telepath.cli.dialer import DialResult
+    from telepath.cli.main import _placed, _report
+
+    placed: list[str | None] = []
+
+    def place(password: str | None) -> DialResult:
+        placed.append(password)
+        return DialResult(status=401, reason="Unauthorized") if password is None else DialResult()
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: tty)
+    monkeypatch.setattr("typer.prompt", lambda *a, **kw: "typed-pass-1")
+    result = _placed(place, None)
+    if tty:
+        assert placed == [None, "typed-pass-1"]
+        return
+    assert placed == [None]
+    with pytest.raises(typer.Exit) as ended:
+        _report(result, 60.0)
+    assert ended.value.exit_code == 1
+    assert "call failed: 401 Unauthorized" in capsys.readouterr().err
