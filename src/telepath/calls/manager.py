@@ -807,9 +807,11 @@ class CallManager:
         (counted as a rejected call unless ``call`` is False: a REGISTER is none, and always
         authenticates by digest).
 
-        Decision: a Request-URI whose user is a trunk's ``sip_username`` is that trunk's call,
-        which only its own credentials (or its own number and sources) admit — a number routes
-        the call by address only when it names no other trunk (``_names_another_trunk``).
+        Decision: by address, a Request-URI whose user is a trunk's ``sip_username`` is only
+        that trunk's call (its own number and sources) — a number routes the call by address
+        only when it names no other trunk (``_names_another_trunk``). By digest, the call is
+        the trunk of the ``Authorization`` username (carriers often put the DID in the
+        Request-URI); the Request-URI user only picks the challenge (``_trunk_of``).
         Numbers are claimed by any account, first come, first served, and the called number
         may come from To alone: else an account listing another's number would take, with no
         challenge, the calls a carrier sends to that other account's username."""
