@@ -498,11 +498,12 @@ class WorkerPool:
         went to the process group) and exit meanwhile.
         """
         self._stopping = True
+        self.forwarder.stopping = True  # what a worker gone now owned, the front answers
 
     async def stop(self, drain_s: float) -> None:
         """SIGTERM every worker (each drains its calls for ``drain_s``), then wait; kill what
         is left ``stop_grace_s`` after the drain time."""
-        self._stopping = True
+        self.stopping()
         procs = [w.process for w in self._workers.values() if w.process is not None]
         for proc in procs:
             if proc.returncode is None:
