@@ -208,6 +208,25 @@ async def test_forwarder_hands_stream_messages_over_and_holds_them_for_a_restart
         assert forward.forwarded == 4 and forward.dropped == 1
 
 
+def test_once_stopping_a_gone_workers_messages_are_left_to_the_front() -> None:
+    """In the shutdown no worker comes back: what one that exited owned is not dropped nor held
+    (nobody would answer it) but left to the front's draining core (503 / 481)."""
+    front, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with front, worker:
+        forward = Forwarder(2, {1: front})
+        forward.stopping = True
+        theirs, peer = _invite(_owned_by(1, 2)), ("198.51.100.9", 40000)
+        assert forward(theirs, peer, 0.0) is True  # still serving its calls: forwarded
+        assert forward.stream(theirs, "TCP", peer, 3) is True
+        assert len(_drain(worker)) == 2
+        forward.detach(1)
+        assert forward(theirs, peer, 0.0) is False
+        assert forward.stream(theirs, "TLS", peer, 3) is False
+        assert (forward.forwarded, forward.dropped) == (2, 0)
+        forward.attach(1, front)
+        assert _drain(worker) == []  # nothing was held for it
+
+
 def test_a_question_about_a_connection_and_its_claim_are_no_sip_message() -> None:
     query = unpack(pack_query(9))
     assert query.is_query and query.conn == 9 and query.transport in ("TCP", "TLS")

@@ -228,9 +228,14 @@ class FakeExec:
         self.failures = 0
         self.attempts = 0
         self.ready_delay_s = 0.0  # of the workers started from now on
+        self.gate: asyncio.Event | None = None  # set: each start waits for it
+        self.starting = asyncio.Event()  # a start has begun
 
     async def __call__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> FakeWorker:
         self.attempts += 1
+        self.starting.set()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.failures:
             self.failures -= 1
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -460,6 +465,27 @@ async def test_a_signalled_front_starts_no_worker_again(
     assert _restarts(metrics) == 0
     assert "starting it again" not in caplog.text
     await pool.stop(0)
+
+
+async def test_a_worker_started_again_while_the_pool_stops_is_stopped_too(
+    fake_exec: FakeExec, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() signals the processes it knows of: one being started again at that moment (its
+    process not there yet) must get SIGTERM too once it is, not serve on alone."""
+    pool = _pool()
+    await pool.start()
+    (first,) = fake_exec.started
+    fake_exec.gate = asyncio.Event()
+    fake_exec.starting.clear()
+    first.exit(1)  # crashed: started again after the delay
+    await fake_exec.starting.wait()  # the new process is being started
+    stop = asyncio.create_task(pool.stop(0))
+    await asyncio.sleep(0)  # stop() has signalled what it knew of
+    fake_exec.gate.set()
+    await stop
+    (_, second) = fake_exec.started
+    assert second.returncode == 0  # sent SIGTERM: it drained and exited (not killed, -9)
+    assert "did not start" not in caplog.text
 
 
 async def test_a_worker_stopped_alone_is_started_again(fake_exec: FakeExec) -> None:

@@ -398,6 +398,7 @@ class CallManager:
     def attach(self, server: SipServer) -> None:
         """Use ``server`` for SIP I/O."""
         self.server = server
+        server.core.refusing = self._refusing_retry_after  # OPTIONS as an INVITE (§11.2)
         if self.load is not None:
             self._watch_load()
         self.lag.start()
@@ -575,18 +576,32 @@ class CallManager:
 
     # ---------------------------------------------------------------- setup
 
+    def _refusing(self) -> tuple[str, str] | None:
+        """Why every new INVITE is refused now, whatever it is, and the Retry-After of its 503:
+        draining, or full (capacity, loop lag). The shedding that is per attempt (rate,
+        backlog, load admission: an attempt a moment later may pass) is not counted here."""
+        if self.draining:
+            return "draining", "30"
+        if len(self.calls) + len(self._setups) >= self.config.max_calls or self.lag.overloaded:
+            return ("overload" if self.lag.overloaded else "capacity"), "5"
+        return None
+
+    def _refusing_retry_after(self) -> str | None:
+        """The SIP core's :attr:`~telepath.sip.ua.UserAgentCore.refusing`: OPTIONS outside a
+        dialog gets the 503 an INVITE would (RFC 3261 §11.2)."""
+        refused = self._refusing()
+        return None if refused is None else refused[1]
+
     def _refused_at_once(self, tx: ServerTransaction) -> bool:
         """Refuse an INVITE that cannot be taken now, before any per-call object or task.
 
         Past capacity most INVITEs end here, so this path must stay cheap: the queue behind it
         drains only as fast as it runs.
         """
-        if self.draining:
-            self._reject(tx, 503, "draining", headers=[("Retry-After", "30")])
-            return True
-        if len(self.calls) + len(self._setups) >= self.config.max_calls or self.lag.overloaded:
-            why = "overload" if self.lag.overloaded else "capacity"
-            self._reject(tx, 503, why, headers=[("Retry-After", "5")])
+        refused = self._refusing()
+        if refused is not None:
+            why, retry_after = refused
+            self._reject(tx, 503, why, headers=[("Retry-After", retry_after)])
             return True
         credentials = tx.request.headers.get("Authorization")
         if credentials is not None and self._is_retry(credentials):

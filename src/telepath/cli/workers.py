@@ -233,6 +233,12 @@ class WorkerPool:
         """
         inbox_front, ctl_front = await self._start_process(worker)
         assert worker.process is not None
+        if self._stopping:  # stop() signalled the processes there were while this one started
+            inbox_front.close()
+            ctl_front.close()
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+            return  # not greeted: it exits, its watcher waits for that and ends
         inbox_front.setblocking(False)
         self._close_outbox(worker.index)
         self.forwarder.attach(worker.index, inbox_front)  # closed when the process exits
@@ -498,11 +504,13 @@ class WorkerPool:
         went to the process group) and exit meanwhile.
         """
         self._stopping = True
+        self.forwarder.stopping = True  # what a worker gone now owned, the front answers
 
     async def stop(self, drain_s: float) -> None:
         """SIGTERM every worker (each drains its calls for ``drain_s``), then wait; kill what
-        is left ``stop_grace_s`` after the drain time."""
-        self._stopping = True
+        is left ``stop_grace_s`` after the drain time. A worker whose process was being
+        started meanwhile gets SIGTERM once it is (:meth:`_spawn`)."""
+        self.stopping()
         procs = [w.process for w in self._workers.values() if w.process is not None]
         for proc in procs:
             if proc.returncode is None:

@@ -207,6 +207,11 @@ _REBUILT_IN_DIALOG = frozenset(
 )
 
 
+def _accepting() -> str | None:
+    """:attr:`UserAgentCore.refusing` with no application: new INVITEs are not refused."""
+    return None
+
+
 class UserAgentCore:
     """All SIP state of the gateway: transactions, dialogs and timers."""
 
@@ -223,6 +228,10 @@ class UserAgentCore:
         self._observe_request = on_request
         self._observe_response = on_response
         self.clock = clock
+        #: Whether the application refuses every new INVITE at once now (draining, full): the
+        #: Retry-After of its 503, else None. OPTIONS outside a dialog gets that 503 too: its
+        #: answer MUST be the one an INVITE would get (RFC 3261 §11.2).
+        self.refusing: Callable[[], str | None] = _accepting
         self.sip_timers = config.timers
         self.timers = TimerQueue()
         self.counters: Counter[str] = Counter()
@@ -671,7 +680,11 @@ class UserAgentCore:
                 return
             self._out.append(InviteReceived(tx))
         elif method == "OPTIONS":
-            self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+            retry_after = self.refusing()
+            if retry_after is not None:  # §11.2: as an INVITE would be (probes mark us down)
+                self._respond(tx, 503, headers=[("Retry-After", retry_after)])
+            else:
+                self._respond(tx, 200, headers=[("Accept", "application/sdp")])
         elif method == "REGISTER":
             self._out.append(RegisterReceived(tx))  # the application authenticates it
         elif method in ("BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
@@ -732,7 +745,11 @@ class UserAgentCore:
         elif method == "INFO":
             self._on_info(dialog, tx)
         elif method == "OPTIONS":
-            self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+            retry_after = self.refusing()
+            if retry_after is not None:  # §11.2: as an INVITE would be (probes mark us down)
+                self._respond(tx, 503, headers=[("Retry-After", retry_after)])
+            else:
+                self._respond(tx, 200, headers=[("Accept", "application/sdp")])
         elif method == "NOTIFY":
             self._respond(tx, 200)
             m = _SIPFRAG_STATUS.search(request.body.decode("utf-8", "replace"))

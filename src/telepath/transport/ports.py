@@ -183,7 +183,9 @@ class RtpPortAllocator:
         """Bind and return the next free pair.
 
         Raises:
-            RtpPortsExhausted: every pair is leased or held by another process.
+            RtpPortsExhausted: every pair is leased or held by another process, or the process
+                may open no more sockets (out of descriptors): either way call control answers
+                ``503`` with ``Retry-After``.
         """
         count = len(self._ports)
         for _ in range(count):
@@ -191,7 +193,11 @@ class RtpPortAllocator:
             self._cursor = (self._cursor + 1) % count
             if port in self._in_use:
                 continue
-            pair = self._bind_pair(port)
+            try:
+                pair = self._bind_pair(port)
+            except OSError as exc:  # no socket at all (EMFILE, ENFILE, ENOBUFS): no port helps
+                logger.warning("no socket for RTP: %s", exc)
+                raise RtpPortsExhausted(f"no socket for RTP: {exc}") from exc
             if pair is None:
                 continue
             self._in_use.add(port)
@@ -202,7 +208,11 @@ class RtpPortAllocator:
     def _bind_pair(self, port: int) -> tuple[socket.socket, socket.socket] | None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         rtp = socket.socket(family, socket.SOCK_DGRAM)
-        rtcp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            rtp.close()  # at once, not when the garbage collector comes to it
+            raise
         try:
             rtp.bind((self.host, port))
             rtcp.bind((self.host, port + 1))

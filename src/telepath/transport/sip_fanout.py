@@ -233,6 +233,12 @@ class Forwarder:
 
     Call it with every datagram read; it returns True when the datagram was taken (forwarded,
     or dropped because that worker's inbox is full or gone — the sender retransmits, §17.1.1.2).
+
+    Once :attr:`stopping` is set (the front is shutting down: no worker is started again), a
+    message whose worker has exited is not taken: the front's own core answers it, draining —
+    ``503`` with ``Retry-After`` to a new INVITE (README "Graceful shutdown"), ``481`` to a
+    request in one of that worker's dialogs (they ended with it) — where dropping or holding
+    it would leave the sender waiting for a process that never comes back.
     """
 
     def __init__(
@@ -250,6 +256,7 @@ class Forwarder:
         # stream messages for a worker that is not there (being started again): a peer does not
         # retransmit over a stream, so they wait for the next process (bounded)
         self._held: dict[int, deque[bytes]] = {}
+        self.stopping = False  # no worker that exits is started again (WorkerPool.stopping)
 
     def attach(self, index: int, outbox: socket.socket) -> None:
         """Worker ``index`` (started again) reads ``outbox`` now; what waited for it goes."""
@@ -293,6 +300,8 @@ class Forwarder:
             return False
         outbox = self.outboxes.get(owner)
         if outbox is None:
+            if self.stopping:  # gone for good: the front's draining core answers
+                return False
             self._drop()
             return True
         try:
@@ -305,12 +314,14 @@ class Forwarder:
 
     def stream(self, data: bytes, transport: str, addr: tuple[str, int], conn: int) -> bool:
         """A message framed off stream connection ``conn``: True when another worker owns its
-        call and it was handed over (or, that worker gone, dropped)."""
+        call and it was handed over (or, that worker being started again, held for it)."""
         owner = self._owner(data)
         if owner == 0:
             return False
-        message = pack(data, addr, time.time(), transport, conn)
         outbox = self.outboxes.get(owner)
+        if outbox is None and self.stopping:  # gone for good: the front's core answers
+            return False
+        message = pack(data, addr, time.time(), transport, conn)
         if outbox is None:  # until attach()
             held = self._held.setdefault(owner, deque())
             if len(held) < HOLD_LIMIT:

@@ -9,9 +9,11 @@ handed to the application callback synchronously; the application schedules its 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
+import os
 import socket
 import ssl
 import time
@@ -86,7 +88,8 @@ class StreamLimits:
             :data:`LET_GO_IDLE_S`). A partial message is no activity: a header trickled in a
             byte at a time does not hold the connection and its framer buffer.
         tls_handshake_s: a TLS handshake not completed in this long closes the connection
-            (it is counted against the caps only once complete, when its peer is known).
+            (which holds its place under the caps from its TCP accept, before the handshake:
+            a banned source's is closed there, with no handshake).
         write_buffer: bytes we may hold for a peer that does not read what we write; past
             them the connection is closed (``asyncio``'s ``pause_writing``).
     """
@@ -168,12 +171,22 @@ class _Stream(asyncio.Protocol):
         self.released = False  # let go by its opener (SipServer.let_go): closed once unused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.admitted(transport):
+            self.serve(cast(asyncio.Transport, transport))
+
+    def admitted(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether the connection may be served (:meth:`SipServer.admit`: an accepted one
+        takes a place under the caps, unless refused — or holds one already, taken at its TCP
+        accept before its TLS handshake: :class:`_TlsAccept`); a refused one is aborted."""
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        stream = cast(asyncio.Transport, transport)
-        if self.inbound and not self.server.admit(self):
-            stream.abort()  # refused: never served, never counted
-            return
+        if self.inbound and self.place is None and not self.server.admit(self):
+            cast(asyncio.Transport, transport).abort()  # refused: never served, never counted
+            return False
+        return True
+
+    def serve(self, stream: asyncio.Transport) -> None:
+        """Read and write SIP on ``stream`` (for TLS: once its handshake is done)."""
         self.transport = stream
         self.transport.set_write_buffer_limits(high=self.server.limits.write_buffer)
         self.server.connections[self.conn_id] = self
@@ -238,6 +251,34 @@ class _Stream(asyncio.Protocol):
             del self.server.hops[self.hop]
 
 
+class _TlsAccept(asyncio.Protocol):
+    """A TLS listener's connection at its TCP accept: admitted under the caps (and the ban)
+    there, before any handshake, then handed with its socket to the handshake
+    (:meth:`SipServer.handshake`) for its :class:`_Stream`.
+
+    ``create_server(ssl=...)`` calls the protocol only once the handshake is done (asyncio and
+    uvloop alike): a source opening connections and sending no ClientHello would hold a
+    descriptor each for ``tls_handshake_s`` past every cap, and a banned one would get a full
+    handshake (RFC 3261 §26.1.5). Not ``loop.start_tls`` on this transport: uvloop starts
+    reading it as soon as this returns, and the ClientHello would come here, before the TLS
+    layer took over (``pause_reading`` has no effect before that).
+    """
+
+    def __init__(self, server: SipServer, context: ssl.SSLContext) -> None:
+        self.server = server
+        self.context = context
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        conn = _Stream(self.server, "TLS", inbound=True)
+        if not conn.admitted(transport):
+            return  # closed at accept: no handshake
+        # The socket goes on (a duplicate descriptor) for the handshake; this transport, which
+        # has read nothing yet, lets go of its own descriptor (the connection stays open).
+        accepted = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        cast(asyncio.Transport, transport).abort()
+        self.server.handshake(accepted, conn, self.context)
+
+
 class SipServer:
     """Runs the UA core on real sockets."""
 
@@ -278,6 +319,7 @@ class SipServer:
         self.hops: dict[Hop, int] = {}
         self._held: dict[Hop, list[tuple[bytes, TellUnsent]]] = {}
         self._opening: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()  # accepted TLS connections' (_TlsAccept)
         #: The client TLS context for such a connection over TLS (None: not opened).
         self.client_tls: Callable[[], ssl.SSLContext] | None = None
         self._udp: _Udp | None = None
@@ -309,15 +351,12 @@ class SipServer:
                 name = addr.transport
                 if name == "TLS" and tls_context is None:
                     continue
-                tls = name == "TLS"
-                server = await loop.create_server(
-                    lambda name=name: _Stream(self, name, inbound=True),
-                    addr.host,
-                    addr.port,
-                    ssl=tls_context if tls else None,
-                    ssl_handshake_timeout=self.limits.tls_handshake_s if tls else None,
-                    reuse_address=True,
-                )
+                factory: Callable[[], asyncio.Protocol]
+                if name == "TLS" and tls_context is not None:  # admitted before the handshake
+                    factory = functools.partial(_TlsAccept, self, tls_context)
+                else:
+                    factory = functools.partial(_Stream, self, name, inbound=True)
+                server = await loop.create_server(factory, addr.host, addr.port, reuse_address=True)
                 self._servers.append(server)
                 sock = server.sockets[0].getsockname()
             self.bound[addr.transport] = (str(sock[0]), int(sock[1]))
@@ -354,6 +393,26 @@ class SipServer:
             return False
         conn.place = conn.peer[0]
         return True
+
+    def handshake(self, sock: socket.socket, conn: _Stream, context: ssl.SSLContext) -> None:
+        """Run the TLS handshake of ``conn`` on ``sock``, accepted and admitted already
+        (:class:`_TlsAccept`): served once it completes, closed and its place freed if it
+        fails or takes ``tls_handshake_s``."""
+        task = asyncio.get_running_loop().create_task(self._handshake(sock, conn, context))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket, conn: _Stream, context: ssl.SSLContext) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=context, ssl_handshake_timeout=self.limits.tls_handshake_s
+            )
+        except Exception as exc:  # failed, timed out (ConnectionAbortedError), the peer gone
+            log.debug("SIP: TLS handshake with %s failed: %r", conn.peer[0], exc)
+        finally:
+            if conn.transport is None:  # never served (or we stop): its place is free
+                sock.close()
+                conn.connection_lost(None)
 
     def reserve(self, ip: str) -> bool:
         """Take a place under the caps for a connection with ``ip`` (one accepted from it, or
@@ -521,7 +580,7 @@ class SipServer:
         """Close every listener and connection."""
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._opening):
+        for task in list(self._opening) + list(self._handshakes):
             task.cancel()
         if self._inbox is not None:
             self._inbox.stop()

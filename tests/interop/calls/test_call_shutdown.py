@@ -304,6 +304,56 @@ async def _drain_while_the_agent_answers(
         await phone.close()
 
 
+async def test_options_gets_the_drains_503_as_an_invite_does(gateway: Gateway) -> None:
+    """RFC 3261 §11.2: OPTIONS outside a dialog is answered as an INVITE would be — while the
+    gateway drains, 503 with the same Retry-After, so that a carrier's or a dispatcher's
+    OPTIONS probe marks it down instead of up."""
+    uac = await Uac.open("UDP", gateway.server.bound["UDP"])
+    try:
+        before = new_call_id()
+        uac.send(uac.request("OPTIONS", "alice", call_id=before, cseq=1))
+        await uac.response(200, before)
+        await asyncio.wait_for(gateway.manager.drain(0), 30)
+        probe, invite = new_call_id(), new_call_id()
+        uac.send(uac.request("OPTIONS", "alice", call_id=probe, cseq=1))
+        uac.send(uac.request("INVITE", "alice", call_id=invite, cseq=1, body=b"v=0\r\n"))
+        refused = await uac.response(503, probe)
+        retry = (await uac.response(503, invite)).headers.get("Retry-After")
+        assert retry and refused.headers.get("Retry-After") == retry
+    finally:
+        await uac.close()
+
+
+@pytest.mark.parametrize("settings_overrides", [{**GATEWAY_SETTINGS, "sip_max_calls": 1}])
+async def test_options_gets_503_while_the_gateway_is_full(api: Api, gateway: Gateway) -> None:
+    """The same at capacity (TELEPATH_SIP_MAX_CALLS): 503 with the INVITE's Retry-After."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        phone = await Phone().open()
+        leg: CallLeg | None = None
+        try:
+            sip_port = gateway.server.bound["UDP"][1]
+            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
+            probe, invite = new_call_id(), new_call_id()
+            leg.uac.send(leg.uac.request("OPTIONS", "alice", call_id=probe, cseq=1))
+            leg.uac.send(
+                leg.uac.request("INVITE", "alice", call_id=invite, cseq=1, body=b"v=0\r\n")
+            )
+            refused = await leg.uac.response(503, probe)
+            retry = (await leg.uac.response(503, invite)).headers.get("Retry-After")
+            assert retry and refused.headers.get("Retry-After") == retry
+            await leg.bye()
+            await wait_until(lambda: gateway.manager.active_calls == 0, what="the call's end")
+            after = new_call_id()
+            leg.uac.send(leg.uac.request("OPTIONS", "alice", call_id=after, cseq=1))
+            await leg.uac.response(200, after)
+        finally:
+            if leg is not None:
+                await leg.uac.close()
+            await phone.close()
+
+
 @pytest.mark.parametrize("offer", [True, False], ids=["offer", "delayed-offer"])
 async def test_a_set_up_that_completes_while_draining_gets_503(
     api: Api, gateway: Gateway, offer: bool

@@ -292,6 +292,63 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
             await asyncio.to_thread(stop_server, server)
 
 
+async def test_an_invite_for_a_worker_gone_in_the_drain_gets_503(tmp_path: Path) -> None:
+    """SIGTERM: the idle worker exits at once while the front's call keeps the front draining.
+    A new INVITE whose Call-ID that worker owned must get the drain's 503 with Retry-After
+    (README "Graceful shutdown", RFC 3261 §21.5.4) from the front — not be dropped for a
+    worker that will never come back, leaving the caller to its 32 s Timer B."""
+    require_sipp()
+    sip_port = free_sip_port()
+    env = {**_env(sip_port), "TELEPATH_SIP_DRAIN_TIMEOUT_S": "8"}
+    server = await asyncio.to_thread(start_server, tmp_path / "data", env)
+    phone = await Phone().open()
+    uac = await Uac.open("UDP", ("127.0.0.1", sip_port))
+    try:
+        await _worker_serving(server)
+        (worker,) = _worker_pids(server.process.pid)
+        async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
+            await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
+            (tmp_path / "call").mkdir()
+            sipp = asyncio.create_task(
+                run_sipp(
+                    authenticated_call("bob", phone.port, hold_ms=6000),
+                    tmp_path / "call",
+                    ("127.0.0.1", sip_port),
+                    user="bob",
+                    password=PASSWORD,
+                    extra=("-cid_str", _call_id(0, "front")),  # the front's own call
+                )
+            )
+            await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+            assert phone.source is not None, (await sipp).stdout
+            server.process.send_signal(signal.SIGTERM)
+            await wait_until(lambda: not _alive(worker), within_s=15, what="the worker to exit")
+            call_id = _call_id(1, "late")
+            invite = uac.request("INVITE", "bob", call_id=call_id, cseq=1, body=b"v=0\r\n")
+
+            async def retransmitted() -> None:  # as a UAC's Timer A would (RFC 3261 §17.1.1.2)
+                while True:
+                    uac.send(invite)
+                    await asyncio.sleep(0.5)
+
+            resend = asyncio.create_task(retransmitted())
+            try:
+                refused = await uac.response(503, call_id)
+            finally:
+                resend.cancel()
+            assert refused.headers.get("Retry-After")
+            assert sipp.done() is False  # the front was still draining its own call
+            result = await sipp
+            assert result.returncode == 0, result.stdout + result.errors
+            code = await asyncio.to_thread(server.process.wait, 30)
+            assert code == 0, server.log()
+    finally:
+        await uac.close()
+        await phone.close()
+        if server.process.poll() is None:
+            await asyncio.to_thread(stop_server, server)
+
+
 async def test_a_killed_workers_calls_are_recorded_as_lost_at_once(
     tmp_path: Path, receiver: Receiver
 ) -> None:

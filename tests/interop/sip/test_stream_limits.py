@@ -196,3 +196,30 @@ async def test_a_tls_handshake_never_started_does_not_hold_the_connection(
     gateway: Gateway, streams: list[Stream]
 ) -> None:
     await closed_by_gateway(await connect(gateway, streams, transport="TLS"))
+
+
+@pytest.mark.parametrize("settings_overrides", [{**CAPS, "tls": True}], indirect=True)
+async def test_tls_connections_are_bounded_at_accept_before_their_handshake(
+    gateway: Gateway, streams: list[Stream]
+) -> None:
+    """RFC 3261 §26.1.5: a connection to the TLS port holds a descriptor from its accept, not
+    from its handshake's end — one source opening many and sending no ClientHello must meet
+    the per-source cap at once (not after ``tls_handshake_s`` each)."""
+    held = [await connect(gateway, streams, transport="TLS") for _ in range(2)]
+    refused = [await connect(gateway, streams, transport="TLS") for _ in range(3)]
+    for stream in refused:
+        await closed_by_gateway(stream)
+    assert counter(gateway, "stream_refused_per_source") == 3
+    assert not any(reader.at_eof() for reader, _ in held)  # their handshakes may still come
+
+
+@pytest.mark.parametrize("settings_overrides", [{"tls": True}], indirect=True)
+async def test_a_banned_source_is_refused_at_the_tls_accept_without_a_handshake(
+    gateway: Gateway, streams: list[Stream]
+) -> None:
+    guard = gateway.manager.guard
+    assert guard is not None
+    while not guard.record_auth_failure("127.0.0.3"):
+        pass
+    await closed_by_gateway(await connect(gateway, streams, "127.0.0.3", transport="TLS"))
+    assert counter(gateway, "stream_refused_banned") == 1

@@ -271,6 +271,18 @@ def test_options_advertises_capabilities(core: tuple[UserAgentCore, FakeClock]) 
     assert resp.headers.get("Supported") == "timer"
 
 
+def test_options_is_refused_as_an_invite_would_be(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """RFC 3261 §11.2: the response to OPTIONS MUST be the one an INVITE would get — a
+    draining or full gateway answers 503 with its Retry-After (probes mark it down), else 200."""
+    ua, _ = core
+    ua.refusing = lambda: "30"  # the application refuses every new INVITE now
+    (refused,) = sent(ua.receive(request("OPTIONS"), SRC))
+    assert refused.status == 503 and refused.headers.get("Retry-After") == "30"
+    ua.refusing = lambda: None
+    (ok,) = sent(ua.receive(request("OPTIONS", branch="z9hG4bK-o2", cseq=2), SRC))
+    assert ok.status == 200
+
+
 def _confirmed(ua: UserAgentCore) -> object:
     ev, _ = answered(ua)
     dialog, _ = ua.accept(ev.tx, b"v=0\r\n")
