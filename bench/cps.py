@@ -86,7 +86,11 @@ def _wait_no_calls(gw: Gateway, max_s: float = 60) -> None:
     _wait_idle(gw.pids)
 
 
-def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float]) -> dict[str, Any]:
+def _row(
+    kind: str, rate: int, run: SippRun, cpu_wall: float, cpu: dict[str, float]
+) -> dict[str, Any]:
+    """One step's row; ``cpu`` holds CPU seconds over a window of ``cpu_wall`` seconds (the
+    CPU % columns are over that window, which may outlast SIPp's ``run.wall_s``)."""
     gateway = [v for k, v in cpu.items() if k.startswith("gateway")]  # and its SIP workers
     server = sum(gateway) if gateway else cpu.get("uas", 0.0)
     return {
@@ -102,9 +106,10 @@ def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float])
         "achieved_invite_cps": None if run.invite_rate is None else round(run.invite_rate, 1),
         "setup_ms_mean": run.response_time_ms,
         "server_cpu_ms_per_call": round(1000 * server / max(run.attempted, 1), 3),
-        "server_cpu_pct": round(100 * server / wall, 1),
-        "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1) if "agent" in cpu else None,
-        "wall_s": round(wall, 2),
+        "server_cpu_pct": round(100 * server / cpu_wall, 1),
+        "agent_cpu_pct": round(100 * cpu["agent"] / cpu_wall, 1) if "agent" in cpu else None,
+        "wall_s": round(run.wall_s, 2),
+        "cpu_wall_s": round(cpu_wall, 2),
         "sipp_crashed": run.crashed,
         "load": loadavg(),
         "errors_tail": run.errors[-300:] if run.failed else "",
@@ -133,8 +138,8 @@ def _measure(
         assert not isinstance(proc, SippRun)
         result = collect(proc, seconds + 45)
         _wait_idle(gw.pids, 5)  # the tail of the work (call records) belongs to the step
-        wall, cpu = window.stop()
-        row = _row(kind, rate, result, result.wall_s, cpu)
+        wall, cpu = window.stop()  # the tail included: the CPU % is over this window
+        row = _row(kind, rate, result, wall, cpu)
         if not result.crashed or attempt == CRASH_RETRIES:
             break
         # SIPp 3.6 sometimes aborts under load (its bug, not the server's): once more
@@ -252,7 +257,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 )
                 assert isinstance(result, SippRun)
                 wall, cpu = window.stop()
-                row = _row("sipp-uas", rate, result, result.wall_s, cpu)
+                row = _row("sipp-uas", rate, result, wall, cpu)
                 row["completed"] = result.successful
                 rows.append(row)
                 print(f"  cps baseline {rate}/s: {_brief(row)}", flush=True)

@@ -130,3 +130,33 @@ def test_the_invite_rate_is_sipps_while_it_was_still_starting_calls() -> None:
     assert run.invite_rate == 94.8
     short = SippRun(300, {}, {}, 0.5, 0, series=sipp_stats([(0, 0.0), (300, 70.0)]))
     assert short.invite_rate is None
+
+
+def test_cpu_percent_is_over_the_cpu_windows_own_wall_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from bench.sipp import SippRun
+
+    # SIPp ran 6 s; the CPU window also held the tail after it (records, _wait_idle): 8 s
+    class Window:
+        def __init__(self, pids: dict[str, int]) -> None:
+            self.pids = pids
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> tuple[float, dict[str, float]]:
+            return 8.0, {"gateway0": 4.0, "agent": 0.8}
+
+    monkeypatch.setattr(cps, "CpuWindow", Window)
+    monkeypatch.setattr(cps, "run_sipp", lambda *a, **k: object())
+    monkeypatch.setattr(cps, "collect", lambda *a: SippRun(600, {}, {}, 6.0, 0))
+    monkeypatch.setattr(cps, "_wait_idle", lambda *a: None)
+    gw, agent = SimpleNamespace(pids=[1], sip_port=5060), SimpleNamespace(pid=2)
+    row = cps._measure(gw, agent, "telepath", 100, 6.0, "scenario.xml")  # type: ignore[arg-type]
+    assert row["server_cpu_pct"] == 50.0  # 4 CPU s over the window's 8 s, not SIPp's 6
+    assert row["agent_cpu_pct"] == 10.0
+    assert row["server_cpu_ms_per_call"] == round(1000 * 4.0 / 600, 3)  # per call: unchanged
+    assert row["wall_s"] == 6.0  # SIPp's own
