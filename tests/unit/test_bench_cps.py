@@ -40,8 +40,10 @@ def step(kind: str, rate: int, **changes: Any) -> dict[str, Any]:
 
 
 def shed(kind: str, rate: int, admitted: int, **changes: Any) -> dict[str, Any]:
-    """Offered ``rate``/s, ``admitted``/s completed and the rest answered 503."""
-    completed = admitted * SECONDS
+    """Offered ``rate``/s, ``admitted``/s completed and the rest answered 503. A configured
+    limit's token bucket starts full (calls/manager.py: one second of the limit), so it
+    admits that burst on top."""
+    completed = admitted * SECONDS + int(changes.get("limit_cps", 0) * cps.LIMIT_BURST_S)
     return step(kind, rate, completed=completed, shed_503=rate * SECONDS - completed, **changes)
 
 
@@ -130,6 +132,44 @@ def test_the_invite_rate_is_sipps_while_it_was_still_starting_calls() -> None:
     assert run.invite_rate == 94.8
     short = SippRun(300, {}, {}, 0.5, 0, series=sipp_stats([(0, 0.0), (300, 70.0)]))
     assert short.invite_rate is None
+
+
+def test_the_admitted_rate_is_over_the_time_sipp_spent_starting_calls() -> None:
+    # default settings, capacity 250: 500/s asked for 6 s, but SIPp started only 400/s (the
+    # 3000 calls took 7.5 s) and the gateway admitted 170/s of them: 1275 completed. Per
+    # second of the planned 6 s that read 212.5/s, over 0.8 x 250: clean. It is 170/s.
+    row = step("telepath-default", 500, completed=1275, shed_503=1725, achieved_invite_cps=400.0)
+    assert cps.admitted_cps(row) == 170.0
+    assert cps.clean_shedding(row, 250) is False
+    # and at 210/s admitted over the same 7.5 s it holds
+    row = step("telepath-default", 500, completed=1575, shed_503=1425, achieved_invite_cps=400.0)
+    assert cps.clean_shedding(row, 250) is True
+
+
+def test_a_configured_limits_first_burst_is_not_credited_as_a_sustained_rate() -> None:
+    # limit 160/s, offered 320/s for 6 s: the bucket's first second (160 calls) at once, then
+    # 130/s: 940 completed, 156.7/s per second of the step, over 0.9 x 160; sustained 130/s
+    row = step("telepath-limited", 320, completed=940, shed_503=980, limit_cps=160)
+    assert cps.admitted_cps(row) == 130.0
+    assert cps.clean_shedding(row, 200) is False
+
+
+def test_no_sipp_rate_no_shedding_verdict() -> None:
+    row = shed("telepath-default", 400, 170, achieved_invite_cps=None)
+    assert cps.admitted_cps(row) is None
+    assert cps.clean_shedding(row, 200) is None
+
+
+def test_a_step_without_data_keeps_the_other_from_passing_the_goal() -> None:
+    rows = [
+        shed("telepath-limited", 240, 155, limit_cps=160),
+        shed("telepath-limited", 320, 150, limit_cps=160, achieved_invite_cps=None),
+        shed("telepath-default", 300, 190),
+        shed("telepath-default", 400, 170, sipp_crashed=True),
+    ]
+    assert shedding_goals(rows) == {LIMITED: "n/a", DEFAULT: "n/a"}
+    rows.append(shed("telepath-default", 500, 0))  # a step that failed outright still fails
+    assert shedding_goals(rows)[DEFAULT] == "FAIL"
 
 
 def test_cpu_percent_is_over_the_cpu_windows_own_wall_time(
