@@ -33,9 +33,11 @@ each marked frame arrives and when it echoes it. Over a steady window with all N
   kernel %       the system (kernel) share of that process's CPU
 
 A step stands only if it measured N calls (``step_validity``): N calls up and bridged, N SIPp
-calls completed, none failed or shed (503), echo loss within ``ECHO_LOSS_TOLERANCE_PCT``;
-otherwise every verdict of the step reads INVALID, with the reasons. The gateway runs with no
-admission (``GATEWAY_ENV``), so its load admission cannot shed this suite's calls.
+calls completed, none failed or shed (503), echo loss within ``ECHO_LOSS_TOLERANCE_PCT``, and
+in the churn step no churn call shed and the churn SIPp at ``CHURN_MIN_ACHIEVED_SHARE`` of its
+rate at least; otherwise every verdict of the step reads INVALID, with the reasons. The
+gateway runs with no admission (``GATEWAY_ENV``), so its load admission cannot shed this
+suite's calls.
 
 Goals (``step_goals``): CPU per call, RTP send jitter p99 and the p99 added latency, judged per
 direction on the wall-clock →agent and agent→ p99: an upper bound of what the gateway adds
@@ -106,6 +108,10 @@ ECHO_LOSS_TOLERANCE_PCT = 0.1
 # make it INVALID, not measure N. Load shedding has its own figures in ``bench cps``; a call
 # shed anyway (the receive-backlog guard) still makes the step INVALID.
 GATEWAY_ENV = {"TELEPATH_SIP_MAX_LOOP_LOAD": "0", "TELEPATH_SIP_MAX_CPS": "0"}
+# The churn step's SIPp must start its calls at this share of CHURN_CPS (its own CallRate while
+# starting them, as ``bench cps`` requires of its steps), or the step did not carry the churn it
+# is named after.
+CHURN_MIN_ACHIEVED_SHARE = 0.95
 
 
 def cpu_pct_per_call(cpu_s: float, wall_s: float, bridged: int) -> float | None:
@@ -131,7 +137,33 @@ def step_validity(r: dict[str, Any]) -> list[str]:
     echo_loss = r.get("echo_loss_pct")
     if echo_loss is None or echo_loss > ECHO_LOSS_TOLERANCE_PCT:
         reasons.append(f"echo loss {echo_loss} % (tolerance {ECHO_LOSS_TOLERANCE_PCT} %)")
+    if r.get("kind") == "telepath+churn":
+        # the churn's own calls: one shed makes the step INVALID as a held call's would
+        # (README, "How the benchmark computes and judges its figures"), and SIPp must have
+        # started them at the rate the step is named after
+        shed = r.get("churn_shed_503")
+        if shed is None or shed:
+            reasons.append(f"{shed} churn calls shed (503)")
+        asked = r.get("churn_cps") or 0
+        reached = r.get("churn_invite_cps")
+        if reached is None or reached < CHURN_MIN_ACHIEVED_SHARE * asked:
+            reasons.append(
+                f"churn SIPp started {reached} calls/s of {asked} asked "
+                f"(at least {CHURN_MIN_ACHIEVED_SHARE:.0%})"
+            )
     return reasons
+
+
+def churn_fields(churn: SippRun, churn_cps: int) -> dict[str, Any]:
+    """The churn step's SIPp run, as its row records it (``step_validity`` reads them)."""
+    return {
+        "churn_cps": churn_cps,
+        "churn_attempted": churn.attempted,
+        "churn_completed": churn.completed,
+        "churn_failed": churn.failed,
+        "churn_shed_503": churn.shed_503,
+        "churn_invite_cps": churn.invite_rate,
+    }
 
 
 def _latency_buckets(metrics: str, direction: str) -> list[tuple[float, float]]:
@@ -352,10 +384,7 @@ def _step(
         "load": load,
     }
     if churn is not None:
-        row["churn_cps"] = churn_cps
-        row["churn_attempted"] = churn.attempted
-        row["churn_completed"] = churn.completed
-        row["churn_failed"] = churn.failed
+        row.update(churn_fields(churn, churn_cps))
     probe = _probe(gw.probe_file, probe_t0, probe_t1)
     if probe:
         row["probe"] = probe

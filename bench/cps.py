@@ -18,8 +18,9 @@ caller).
    for the retransmissions and records of a saturated second), offered 1.5x and 2x the limit.
    Clean shedding (``clean_shedding``): the calls past the limit get 503 + Retry-After, none
    times out, fails or meets an unexpected message, and the calls admitted still reach the
-   limit: completed per second >= ``LIMIT_ADMITTED_SHARE`` x the limit (shedding every call
-   is not clean). Steps 1 and 2 run without the load admission
+   limit: completed per second (``admitted_cps``: over the time SIPp spent starting them,
+   the limit's first full second left out) >= ``LIMIT_ADMITTED_SHARE`` x the limit (shedding
+   every call is not clean). Steps 1 and 2 run without the load admission
    (``TELEPATH_SIP_MAX_LOOP_LOAD=0``).
 3. Default settings: a third gateway as installed (no rate limit; the load admission on),
    offered 1.5x and 2x the capacity: the same rule, with completed per second >=
@@ -57,6 +58,10 @@ LIMIT_SHARE = 0.8  # the shedding step's admission limit, as a share of the meas
 # loop-load estimate, and a refused attempt costs CPU too, so it admits somewhat less).
 LIMIT_ADMITTED_SHARE = 0.9
 DEFAULT_ADMITTED_SHARE = 0.8
+# TELEPATH_SIP_MAX_CPS's token bucket starts full with one second of the limit
+# (calls/manager.py: TokenBucket(config.max_cps, 1.0, 0.0)): admitted at once, on top of the
+# sustained rate, so it is left out of the rate admitted past a configured limit
+LIMIT_BURST_S = 1.0
 CAPACITY_RULE = (
     f"no admission limit; SIPp started >= {MIN_ACHIEVED_SHARE:.0%} of the rate, every call "
     f"completed, mean set-up <= {MAX_SETUP_MS} ms"
@@ -86,7 +91,11 @@ def _wait_no_calls(gw: Gateway, max_s: float = 60) -> None:
     _wait_idle(gw.pids)
 
 
-def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float]) -> dict[str, Any]:
+def _row(
+    kind: str, rate: int, run: SippRun, cpu_wall: float, cpu: dict[str, float]
+) -> dict[str, Any]:
+    """One step's row; ``cpu`` holds CPU seconds over a window of ``cpu_wall`` seconds (the
+    CPU % columns are over that window, which may outlast SIPp's ``run.wall_s``)."""
     gateway = [v for k, v in cpu.items() if k.startswith("gateway")]  # and its SIP workers
     server = sum(gateway) if gateway else cpu.get("uas", 0.0)
     return {
@@ -102,9 +111,10 @@ def _row(kind: str, rate: int, run: SippRun, wall: float, cpu: dict[str, float])
         "achieved_invite_cps": None if run.invite_rate is None else round(run.invite_rate, 1),
         "setup_ms_mean": run.response_time_ms,
         "server_cpu_ms_per_call": round(1000 * server / max(run.attempted, 1), 3),
-        "server_cpu_pct": round(100 * server / wall, 1),
-        "agent_cpu_pct": round(100 * cpu["agent"] / wall, 1) if "agent" in cpu else None,
-        "wall_s": round(wall, 2),
+        "server_cpu_pct": round(100 * server / cpu_wall, 1),
+        "agent_cpu_pct": round(100 * cpu["agent"] / cpu_wall, 1) if "agent" in cpu else None,
+        "wall_s": round(run.wall_s, 2),
+        "cpu_wall_s": round(cpu_wall, 2),
         "sipp_crashed": run.crashed,
         "load": loadavg(),
         "errors_tail": run.errors[-300:] if run.failed else "",
@@ -133,8 +143,8 @@ def _measure(
         assert not isinstance(proc, SippRun)
         result = collect(proc, seconds + 45)
         _wait_idle(gw.pids, 5)  # the tail of the work (call records) belongs to the step
-        wall, cpu = window.stop()
-        row = _row(kind, rate, result, result.wall_s, cpu)
+        wall, cpu = window.stop()  # the tail included: the CPU % is over this window
+        row = _row(kind, rate, result, wall, cpu)
         if not result.crashed or attempt == CRASH_RETRIES:
             break
         # SIPp 3.6 sometimes aborts under load (its bug, not the server's): once more
@@ -252,7 +262,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 )
                 assert isinstance(result, SippRun)
                 wall, cpu = window.stop()
-                row = _row("sipp-uas", rate, result, result.wall_s, cpu)
+                row = _row("sipp-uas", rate, result, wall, cpu)
                 row["completed"] = result.successful
                 rows.append(row)
                 print(f"  cps baseline {rate}/s: {_brief(row)}", flush=True)
@@ -285,24 +295,40 @@ def _capacity(rows: list[dict[str, Any]], kind: str = "telepath") -> int:
     return capacity
 
 
-def admitted_cps(row: dict[str, Any]) -> float:
-    """Calls completed per second of the step's offered duration."""
-    return float(row["completed"] * row["target_cps"] / max(row["attempted"], 1))
+def admitted_cps(row: dict[str, Any]) -> float | None:
+    """Calls completed per second SIPp spent starting them (``attempted`` over its achieved
+    rate ``achieved_invite_cps``), less a configured limit's first burst (``LIMIT_BURST_S``
+    of the limit, admitted at once); None without SIPp's rate.
+
+    Per second of the step's planned length (``completed x target / attempted``, until
+    2026-12-08) it read high: SIPp falling behind stretches the step (400/s reached of 500/s
+    asked: 7.5 s, not 6), and the bucket's full first second counted as sustained rate.
+    """
+    achieved = row.get("achieved_invite_cps")
+    if not achieved or not row["attempted"]:
+        return None
+    starting_s = row["attempted"] / achieved
+    burst = LIMIT_BURST_S * row["limit_cps"] if "limit_cps" in row else 0.0
+    return float(max(0.0, row["completed"] - burst) / starting_s)
 
 
 def clean_shedding(row: dict[str, Any], capacity: int) -> bool | None:
     """Past capacity: every call either completed or was refused with a 503 (none timed out,
     failed or met an unexpected message), and those admitted reach the limit (or, with no
-    limit configured, the capacity); None when there is no capacity to judge against."""
+    limit configured, the capacity); None when there is no capacity to judge against, or no
+    admitted rate (``admitted_cps``: SIPp's rate unknown)."""
     if "limit_cps" in row:
         floor = LIMIT_ADMITTED_SHARE * row["limit_cps"]
     elif capacity:
         floor = DEFAULT_ADMITTED_SHARE * capacity
     else:
         return None
+    admitted = admitted_cps(row)
+    if admitted is None:
+        return None
     refused_or_completed = int(row["shed_503"]) >= row["attempted"] - row["completed"]
     nothing_else = row["timeouts"] == row["failed"] == row["unexpected"] == 0
-    return bool(nothing_else and refused_or_completed and admitted_cps(row) >= floor)
+    return bool(nothing_else and refused_or_completed and admitted >= floor)
 
 
 def _brief(r: dict[str, Any]) -> str:
@@ -330,25 +356,33 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         None,
     )
     shedding: list[str] = []
-    clean_shed: dict[str, bool | None] = {"telepath-limited": None, "telepath-default": None}
+    # each goal over its steps: FAIL if one failed, else n/a if one has no verdict (SIPp
+    # crashed, or its rate is unknown) or none ran, else PASS — never a PASS on missing data
+    judged: dict[str, list[bool | None]] = {"telepath-limited": [], "telepath-default": []}
     for p in rows:
-        if p["kind"] not in clean_shed or p.get("sipp_crashed"):
+        if p["kind"] not in judged:
             continue
-        clean = clean_shedding(p, capacity)
-        before = clean_shed[p["kind"]]
-        if clean is not None:
-            clean_shed[p["kind"]] = clean if before is None else before and clean
+        if p.get("sipp_crashed"):
+            judged[p["kind"]].append(None)
+            continue
+        judged[p["kind"]].append(clean_shedding(p, capacity))
         how = (
             f"limit {p['limit_cps']}/s (admitted >= {LIMIT_ADMITTED_SHARE:.0%} of it)"
             if "limit_cps" in p
             else f"default settings (admitted >= {DEFAULT_ADMITTED_SHARE:.0%} of {capacity}/s)"
         )
+        admitted = admitted_cps(p)
         shedding.append(
             f"{how}, offered {p['target_cps']}/s: {p['completed']} completed "
-            f"({admitted_cps(p):.0f}/s), {p['shed_503']} x 503, {p['timeouts']} timeouts, "
+            f"({'?' if admitted is None else f'{admitted:.0f}'}/s admitted), "
+            f"{p['shed_503']} x 503, {p['timeouts']} timeouts, "
             f"{p['failed']} failed, {p['unexpected']} unexpected, "
             f"{p['retransmissions']} retransmissions, set-up {p['setup_ms_mean']} ms"
         )
+    clean_shed: dict[str, bool | None] = {
+        kind: (False if False in verdicts else None if None in verdicts or not verdicts else True)
+        for kind, verdicts in judged.items()
+    }
     at_cap = next((r for r in tp if r["target_cps"] == capacity), None)
     ratio = None
     if at_cap is not None and capacity in base and base[capacity]["server_cpu_ms_per_call"]:

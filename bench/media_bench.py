@@ -12,7 +12,7 @@ Reported per configuration:
   send |dev| p99 deviation of the gateway's inter-packet interval from ptime, at the receiver (ms)
   drift          max over streams of |(last - first arrival) - (n - 1) * ptime| (ms)
 
-Usage:  .venv/bin/python bench/media_bench.py --streams 50 250 --seconds 10
+Usage:  .venv/bin/python -m bench.media_bench --streams 50 250 --seconds 10
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from bench.common import ROOT, fmt, pct
 
 PTIME = 0.020
 PORT_BASE = 52000
@@ -80,26 +82,28 @@ async def _generator(streams: int, seconds: float) -> None:
             t.sendto(header + i.to_bytes(4, "big") + payload, ("127.0.0.1", targets[i]))
         seq = (seq + 1) & 0xFFFF
     await asyncio.sleep(0.3)
+    print(json.dumps(pacing([p.arrivals for _, p in endpoints])), flush=True)
+
+
+def pacing(streams: list[list[float]]) -> dict[str, Any]:
+    """The gateway's pacing at the receiver, from each stream's arrival times (s): |dev| p50
+    and p99 (ms) of the intervals from ptime, nearest rank (``bench.common.pct``; until
+    2026-12-08 ``devs[int(n x 0.99)]``, one rank high), the largest drift (ms) and the
+    packets received. The first second of each stream is left out (sessions start and
+    settle). No interval: None, not 0 (no data is no figure, and no PASS)."""
     devs: list[float] = []
     drifts: list[float] = []
-    for _, p in endpoints:
-        # Skip the first second (sessions start and settle) for the steady-state figures.
-        a = [x for x in p.arrivals if x >= p.arrivals[0] + 1.0] if p.arrivals else []
+    for arrivals in streams:
+        a = [x for x in arrivals if x >= arrivals[0] + 1.0] if arrivals else []
         if len(a) > 2:
             devs += [abs((b - c) - PTIME) * 1000 for c, b in zip(a, a[1:], strict=False)]
             drifts.append(abs((a[-1] - a[0]) - (len(a) - 1) * PTIME) * 1000)
-    devs.sort()
-    print(
-        json.dumps(
-            {
-                "dev_p50": devs[len(devs) // 2] if devs else 0,
-                "dev_p99": devs[int(len(devs) * 0.99)] if devs else 0,
-                "drift_max": max(drifts) if drifts else 0,
-                "received": sum(len(p.arrivals) for _, p in endpoints),
-            }
-        ),
-        flush=True,
-    )
+    return {
+        "dev_p50": pct(devs, 50),
+        "dev_p99": pct(devs, 99),
+        "drift_max": max(drifts) if drifts else None,
+        "received": sum(len(a) for a in streams),
+    }
 
 
 # ---------------------------------------------------------------------------- gateway side
@@ -137,7 +141,8 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
     gen = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured window
         [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.media_bench",  # from ROOT: it imports bench.common
             "--role",
             "generator",
             "--streams",
@@ -148,6 +153,7 @@ async def _run_config(mode: str, streams: int, seconds: float) -> dict[str, Any]
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=ROOT,
     )
     assert gen.stdin is not None and gen.stdout is not None
     remotes = json.loads(gen.stdout.readline())
@@ -228,7 +234,7 @@ async def _main(streams: list[int], seconds: float) -> list[dict[str, Any]]:
         print(
             f"{r['mode']:9} {r['streams']:>7} {r['cpu_pct_per_stream']:>9.3f} "
             f"{r['cpu_pct_total']:>8.1f} {inp:>14} {out:>15} "
-            f"{r['dev_p50']:>9.2f}/{r['dev_p99']:<11.2f} {r['drift_max']:>8.2f}"
+            f"{fmt(r['dev_p50']):>9}/{fmt(r['dev_p99']):<11} {fmt(r['drift_max']):>8}"
         )
     return rows
 

@@ -74,8 +74,18 @@ def gateway_env(base: Mapping[str, str], settings: Mapping[str, str]) -> dict[st
     """The bench gateway's environment: ``base`` (the bench's own) without any ``TELEPATH_*``
     variable, then ``settings``. A setting exported in the shell that runs the bench would
     otherwise change what is measured, or reach outside the machine (an exported
-    ``TELEPATH_STUN_SERVER`` would have the gateway query that host)."""
-    env = {k: v for k, v in base.items() if not k.startswith("TELEPATH_")}
+    ``TELEPATH_STUN_SERVER`` would have the gateway query that host). The prefix is matched
+    in any case, as pydantic-settings reads the names (``telepath_stun_server`` is the same
+    setting). Every ``*_proxy`` variable goes too, in any case (``http_proxy``, ``HTTPS_PROXY``,
+    ``all_proxy``, ``ws_proxy``, ``no_proxy``...: urllib's ``getproxies_environment`` reads any
+    name ending in ``_proxy``): websockets' ``get_proxy`` and aiohttp's ``trust_env`` would
+    route the gateway's agent and webhook traffic through the shell's proxy, not to the fakes
+    on loopback."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if not k.upper().startswith("TELEPATH_") and not k.lower().endswith("_proxy")
+    }
     env.update(settings)
     return env
 

@@ -24,6 +24,13 @@ from bench.sipp import bench_scenario, run_sipp
 RATE = 50  # calls/s: well under capacity, so CPU per call is the set-up's own cost
 
 
+def agent_process(kind: str, agent: Worker, fake: Worker) -> Worker:
+    """The process a row's calls talk to, whose CPU is the row's ``agent_cpu_pct``: the echo
+    agent for ``custom``, the provider's fake otherwise (the echo agent sits idle then; until
+    2026-12-08 the OpenAI and ElevenLabs rows showed its CPU)."""
+    return agent if kind == "custom" else fake
+
+
 def _trunk(gw: Gateway, kind: str, url: str) -> None:
     body: dict[str, Any] = {
         "name": f"bench {kind}",
@@ -79,7 +86,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                     run_sipp(warm_up, 10, 10, scenario=scenario, user=USER, password=PASSWORD)
                     _wait_idle(gw.pids)
                     label = f"{kind} ({'TLS' if tls else 'plain'})"
-                    row = _measure(gw, agent, label, RATE, seconds, scenario)
+                    peer = agent_process(kind, agent, fake)
+                    row = _measure(gw, peer, label, RATE, seconds, scenario)
                     row["provider"], row["tls"] = kind, tls
                     rows.append(row)
                 finally:

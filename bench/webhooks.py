@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy import select
 
 from bench.common import print_table
@@ -62,9 +63,33 @@ CONCURRENCY = 16  # the dispatcher's default
 CALL_EVENTS = ("call.started", "agent.connected", "agent.disconnected", "call.ended")
 
 
+class _OwnSettings(Settings):
+    """``Settings`` from the values passed alone: no environment variable, no file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def bench_settings(data_dir: Path) -> Settings:
+    """The bench's own state in ``data_dir``, whatever the shell exported. ``Settings()`` reads
+    every ``TELEPATH_*`` variable (in any case): an exported ``TELEPATH_DATABASE_URL`` would
+    have this suite migrate that database, add a ``*`` endpoint to its account and deliver
+    some 2000 fake events to that account's real endpoints (``bench.procs.gateway_env`` keeps
+    them from the gateways the other suites start)."""
+    return _OwnSettings(data_dir=data_dir)
+
+
 async def _measure(url: str, n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as data:
-        async with open_state(Settings(data_dir=Path(data))) as state:
+        async with open_state(bench_settings(Path(data))) as state:
             await bootstrap_first_key(state)
             async with state.sessions() as session:
                 account = (await session.scalars(select(Account))).one().id

@@ -28,7 +28,8 @@ import random
 import struct
 import sys
 import time
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from bench.common import pct
 
@@ -88,6 +89,29 @@ def _say(obj: Any) -> None:
 # ------------------------------------------------------------------------------- echo agent
 
 
+class _Sends(Protocol):
+    async def send(self, message: str) -> None: ...
+
+
+async def echo_frame(
+    ws: _Sends,
+    payload: str,
+    received: float,
+    stamps: dict[str, list[float]],
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Echo one caller audio frame (``payload``: base64) and, if it is marked, stamp it
+    [received, sent] in ``stamps``. The send is stamped before ``ws.send``, which may wait
+    for the socket to drain: the agent → phone figure starts when the agent sends (until
+    2026-12-08 it was stamped after, so the drain counted to the agent, not the path)."""
+    m = read_marker(base64.b64decode(payload))
+    sent = clock()
+    # the same frame the parent's echo sends: AgentAudioMessage(payload=...)
+    await ws.send('{"type":"audio","payload":"' + payload + '"}')
+    if m is not None:
+        stamps[f"{m[0]}:{m[1]}"] = [received, sent]
+
+
 async def agent_main() -> None:
     from websockets.asyncio.server import ServerConnection
 
@@ -109,12 +133,7 @@ async def agent_main() -> None:
                 t = time.monotonic()
                 data = json.loads(raw)
                 if data.get("type") == "audio":
-                    payload = data["payload"]
-                    m = read_marker(base64.b64decode(payload))
-                    # the same frame the parent's echo sends: AgentAudioMessage(payload=...)
-                    await ws.send('{"type":"audio","payload":"' + payload + '"}')
-                    if m is not None:
-                        stamps[f"{m[0]}:{m[1]}"] = [t, time.monotonic()]
+                    await echo_frame(ws, data["payload"], t, stamps)
                     continue
                 try:
                     message = ev.parse_gateway_message(raw)

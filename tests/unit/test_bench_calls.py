@@ -126,18 +126,71 @@ def test_echo_loss_within_the_tolerance_is_a_valid_step() -> None:
     assert set(goals_of([row])["N=100"].values()) == {"PASS"}
 
 
-def test_the_churn_step_is_held_to_the_same_validity() -> None:
-    churn = telepath_row(
+def churn_row(**changes: Any) -> dict[str, Any]:
+    """A churn step in which every call came up and every churn call completed at the rate."""
+    row = telepath_row(
         50,
         kind="telepath+churn",
-        calls_up=45,
         churn_cps=100,
         churn_attempted=1000,
         churn_completed=1000,
         churn_failed=0,
+        churn_shed_503=0,
+        churn_invite_cps=99.0,
     )
-    goals = goals_of([telepath_row(10), churn])
-    assert set(goals["N=50 + 100 calls/s churn"].values()) == {"INVALID"}
+    row.update(changes)
+    return row
+
+
+CHURN = "N=50 + 100 calls/s churn"
+
+
+def test_the_churn_step_is_held_to_the_same_validity() -> None:
+    assert set(goals_of([telepath_row(10), churn_row()])[CHURN].values()) == {"PASS"}
+    goals = goals_of([telepath_row(10), churn_row(calls_up=45)])
+    assert set(goals[CHURN].values()) == {"INVALID"}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # README: "a call shed anyway makes the step INVALID" — churn calls too
+        {"churn_shed_503": 12, "churn_completed": 988},
+        {"churn_shed_503": None},  # not recorded
+        # the churn SIPp started only 90/s of the 100/s asked: not the load it says
+        {"churn_invite_cps": 90.0},
+        {"churn_invite_cps": None},
+    ],
+)
+def test_shed_churn_calls_or_a_churn_rate_not_reached_make_the_churn_step_invalid(
+    changes: dict[str, Any],
+) -> None:
+    row = churn_row(**changes)
+    assert calls.step_validity(row)
+    summary = calls.summarize([telepath_row(10), row])["summary"]
+    assert set(summary["goals"][CHURN].values()) == {"INVALID"}
+    assert CHURN in summary["invalid_steps"]
+
+
+def test_the_churn_sipp_run_is_recorded_with_its_shed_calls_and_rate() -> None:
+    from bench.sipp import SippRun
+
+    series = [
+        {"OutgoingCall(C)": "0", "CallRate(C)": "0"},
+        {"OutgoingCall(C)": "480", "CallRate(C)": "96.5"},
+        {"OutgoingCall(C)": "1000", "CallRate(C)": "90.0"},
+    ]
+    stats = {"SuccessfulCall(C)": "1000", "FailedCall(C)": "0"}
+    counts = {"3_503_Recv": 7}
+    run = SippRun(1000, stats, counts, 10.5, 0, series=series)
+    assert calls.churn_fields(run, 100) == {
+        "churn_cps": 100,
+        "churn_attempted": 1000,
+        "churn_completed": 993,
+        "churn_failed": 0,
+        "churn_shed_503": 7,
+        "churn_invite_cps": 96.5,
+    }
 
 
 def test_the_gateway_of_this_suite_sheds_nothing_by_admission() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from bench.workers import Phones, _Phone
+from bench.workers import FILL, Phones, _Phone
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +75,29 @@ def test_jitter_and_round_trip_percentiles_are_nearest_rank() -> None:
     summary = ph.summary()
     assert (summary["jitter_p50_ms"], summary["jitter_p99_ms"]) == (0.5, 0.99)
     assert (summary["rtt_p50_ms"], summary["rtt_p99_ms"]) == (50.0, 99.0)
+
+
+async def test_the_echo_agents_send_stamp_is_taken_before_the_send() -> None:
+    import base64
+
+    from bench.workers import echo_frame, marker
+
+    now = [10.0]
+
+    class SlowSocket:
+        """A send that takes a while to drain (the clock moves on inside it)."""
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send(self, message: str) -> None:
+            now[0] += 0.5
+            self.sent.append(message)
+
+    ws = SlowSocket()
+    stamps: dict[str, list[float]] = {}
+    payload = base64.b64encode(marker(3, 7) + FILL).decode()
+    await echo_frame(ws, payload, 9.9, stamps, clock=lambda: now[0])
+    assert ws.sent == ['{"type":"audio","payload":"' + payload + '"}']
+    # the agent → phone figure starts when the agent sends, not after its send drained
+    assert stamps == {"3:7": [9.9, 10.0]}
