@@ -116,6 +116,9 @@ class _Media:
         self.marks_full = False  # the playout's bound on marks reached (MAX_QUEUED_MARKS)
         self.events_in: asyncio.Queue[MediaEvent] = asyncio.Queue()
 
+    def hold(self, held: bool) -> None:
+        pass
+
     def mark(self, name: str, *, bounded: bool = True) -> None:
         if bounded and self.marks_full:
             raise PlayoutOverflow("outbound mark queue is full")
@@ -212,30 +215,40 @@ async def test_an_agent_mark_named_like_ours_is_echoed_and_ends_no_announcement(
         await asyncio.gather(*pumps, return_exceptions=True)
 
 
-async def test_an_agent_mark_past_the_playout_bound_is_echoed_at_once() -> None:
-    """Past the bound on pending marks (playout.MAX_QUEUED_MARKS) an agent's mark is dropped
-    as excess audio is, the call going on; it is echoed at once, as a clear's dropped marks are
-    (providers.md §4.3: every mark is echoed), so the agent never waits for it in vain. Our own
-    announcement mark is not bounded: the REFER still waits for the announcement."""
-    refers: list[str] = []
+async def test_an_agent_mark_past_the_playout_bound_ends_the_call() -> None:
+    """Past the bound on pending marks (playout.MAX_QUEUED_MARKS, MAX_QUEUED_MARK_CHARS) the
+    agent is broken: the call ends as a provider protocol error (ai_provider_error). The mark
+    used to be echoed at once — ahead of the earlier marks still waiting, out of the FIFO order
+    agents rely on (providers.md §4.3) — with one task per mark. Nothing is echoed out of
+    order, and the agent's later marks are not taken. Our own announcement mark is not bounded:
+    a transfer asked for at the bound is still placed."""
     media = _Media(queued_ms=5000.0)
-    media.marks_full = True
     agent = _MarkingAgent()
     call = stub_call(agent)
     call.media = cast(Any, media)
-    call._refer_sip = refers.append
-    pumps = [asyncio.create_task(call._media_pump()), asyncio.create_task(call._agent_pump())]
+    call._refer_sip = lambda target: None
+    media_pump = asyncio.create_task(call._media_pump())
+    agent_pump = asyncio.create_task(call._agent_pump())
     try:
         agent.events_in.put_nowait(AgentMark("m1"))
-        agent.events_in.put_nowait(AgentMark("m2"))
+        await _turns()
+        media.marks_full = True  # m1 is the last mark the bound has room for
         agent.events_in.put_nowait(AgentTransfer("sip:desk@example.com", "xfer-1"))
+        await _turns()
+        assert len(media.marks) == 2 and not call._end.done()  # the announcement's, placed
+        agent.events_in.put_nowait(AgentMark("m2-secret"))  # one past the bound
+        agent.events_in.put_nowait(AgentMark("m3"))
         await _turns(30)
-        assert agent.echoes == ["m1", "m2"] and call.agent_marks_dropped == 2
-        assert len(media.marks) == 1 and refers == []  # the announcement's, placed; it plays
-        media.events_in.put_nowait(MarkPlayed(media.marks[0]))
+        assert call._end.done()
+        end = call._end.result()
+        assert end.reason == DisconnectReason.AI_PROVIDER_ERROR
+        assert end.error and "marks" in end.error and "m2-secret" not in end.error
+        assert agent_pump.done()  # the agent's later events are not taken
+        assert agent.echoes == []  # nothing echoed ahead of m1
+        media.events_in.put_nowait(MarkPlayed(media.marks[0]))  # m1 plays
         await _turns(30)
-        assert refers == ["sip:desk@example.com"] and agent.echoes == ["m1", "m2"]
+        assert agent.echoes == ["m1"]  # and never m2 or m3
     finally:
-        for task in pumps:
+        for task in (media_pump, agent_pump):
             task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(media_pump, agent_pump, return_exceptions=True)

@@ -105,7 +105,7 @@ async def authenticate(
     repo = AccountRepository(session)
     key = await repo.authenticate(token)
     if key is None:
-        state.auth_failures.failed(address)
+        state.auth_failures.failed(address, token)  # and a revoked key is no longer trusted
         raise invalid
     state.auth_failures.succeeded(token)
     decision = state.limiter.hit(key.id)

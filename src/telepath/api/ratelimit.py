@@ -81,8 +81,9 @@ class AuthFailureLimiter:
     Each bogus key cost a database lookup, from the pool the gateway's trunk lookups share,
     and a client could send them without end (found by review). Past ``limit_per_minute``
     failures an address is refused (429) before the lookup until the window ends — except
-    with a key that authenticated recently (remembered by its hash): clients behind one NAT
-    or one proxy share an address, and one guessing keys must not lock out the others. A
+    with a key that authenticated recently (remembered by its hash, forgotten when a lookup
+    of it fails: revoked): clients behind one NAT or one proxy share an address, and one
+    guessing keys must not lock out the others. A
     valid key not seen since the process started is refused with the guesses until the
     window ends: it cannot be told from one without the lookup.
 
@@ -119,8 +120,11 @@ class AuthFailureLimiter:
             return None
         return max(1, (window + 1) * WINDOW_S - int(self._now()))
 
-    def failed(self, address: str) -> None:
-        """Count a key lookup from ``address`` that found no live key."""
+    def failed(self, address: str, token: str) -> None:
+        """Count a lookup of ``token`` from ``address`` that found no live key. ``token`` is
+        no longer trusted: a key revoked (leaked, say) after it authenticated would otherwise
+        pass a limited address for ever, each request costing the lookup this limit saves."""
+        self._trusted.pop(_digest(token), None)
         self._current()
         if address in self._failures or len(self._failures) < self._max_addresses:
             self._failures[address] = self._failures.get(address, 0) + 1

@@ -41,7 +41,7 @@ from telepath.bridges.base import (
 )
 from telepath.calls.model import CallRecord, DisconnectReason, Turn, final_status
 from telepath.rtp import g711
-from telepath.rtp.playout import PlayoutOverflow
+from telepath.rtp.playout import MAX_QUEUED_MARK_CHARS, MAX_QUEUED_MARKS, PlayoutOverflow
 from telepath.rtp.resample import Resampler
 from telepath.sdp.model import is_hold_address
 from telepath.sdp.negotiate import NegotiatedMedia
@@ -274,7 +274,6 @@ class Call:
         self.agent_frames_dropped = 0  # caller frames the agent was too slow to take
         self.agent_reconnects = 0  # the agent's connection dropped and was replaced
         self.agent_audio_dropped_ms = 0.0  # agent audio beyond the playout bound
-        self.agent_marks_dropped = 0  # agent marks beyond it (echoed at once)
         self._played_base_ms = 0.0
         self._transfer_request: str | None = None  # the agent's pending transfer
         # The mark at the end of the announcement the pending transfer's REFER waits for, and
@@ -684,18 +683,29 @@ class Call:
             return
         self.turns.agent_audio(self._loop.time(), len(event.payload) / self._agent_bytes_per_ms)
 
-    def _on_agent_mark(self, name: str) -> None:
+    def _on_agent_mark(self, name: str) -> bool:
+        """Place an agent's mark; False when that ended the call (past the bound)."""
         try:
             self.media.mark(_AGENT_MARK + name)
         except PlayoutOverflow:
-            # Decision: past the bound on pending marks (playout.MAX_QUEUED_MARKS: thousands
-            # waiting) the mark is dropped as excess audio is, and the call goes on. It is
-            # echoed at once, as a clear's dropped marks are: every mark is echoed
-            # (providers.md §4.3), and an agent waiting for this one must not wait for good.
-            if not self.agent_marks_dropped:
-                log.warning("call %s: agent marks beyond the playout bound", self.record.id)
-            self.agent_marks_dropped += 1
-            self._side_task(self.bridge.notify_mark(name))
+            # Decision: an agent with that many marks pending (playout.MAX_QUEUED_MARKS,
+            # 10,000, or MAX_QUEUED_MARK_CHARS of their names) is broken: the call ends as a
+            # provider protocol error, as for a malformed message. Not dropped and echoed at
+            # once: that echo would pass the marks still waiting, out of the order the agent
+            # relies on (providers.md §4.3). The mark names (the agent's data) stay out of the
+            # message; ending the call logs it once.
+            log.warning(
+                "call %s: the agent left more marks pending than the playout bound allows: "
+                "ending the call",
+                self.record.id,
+            )
+            self.end(
+                DisconnectReason.AI_PROVIDER_ERROR,
+                f"the agent left more than {MAX_QUEUED_MARKS:,} marks (or "
+                f"{MAX_QUEUED_MARK_CHARS:,} characters of their names) waiting for playout",
+            )
+            return False
+        return True
 
     async def _agent_pump(self) -> None:
         # Agent audio may come straight from the socket's receive path (the bridge keeps the
@@ -710,7 +720,8 @@ class Call:
                 self._played_base_ms = self.media.stats().audio_played_ms
                 self.turns.finish_agent_turn(unplayed_ms)
             elif isinstance(event, AgentMark):
-                self._on_agent_mark(event.name)
+                if not self._on_agent_mark(event.name):
+                    return  # the call ends: the agent's later events are not taken
             elif isinstance(event, AgentTransfer):
                 if self._transfer_request is not None:
                     # One REFER at a time: the NOTIFYs of several REFERs in a dialog are told

@@ -230,7 +230,8 @@ class UserAgentCore:
         self.clock = clock
         #: Whether the application refuses every new INVITE at once now (draining, full): the
         #: Retry-After of its 503, else None. OPTIONS outside a dialog gets that 503 too: its
-        #: answer MUST be the one an INVITE would get (RFC 3261 §11.2).
+        #: answer MUST be the one an INVITE would get (RFC 3261 §11.2). Inside a dialog it is
+        #: answered as the dialog's re-INVITE would be: 200.
         self.refusing: Callable[[], str | None] = _accepting
         self.sip_timers = config.timers
         self.timers = TimerQueue()
@@ -745,11 +746,10 @@ class UserAgentCore:
         elif method == "INFO":
             self._on_info(dialog, tx)
         elif method == "OPTIONS":
-            retry_after = self.refusing()
-            if retry_after is not None:  # §11.2: as an INVITE would be (probes mark us down)
-                self._respond(tx, 503, headers=[("Retry-After", retry_after)])
-            else:
-                self._respond(tx, 200, headers=[("Accept", "application/sdp")])
+            # In a dialog OPTIONS is answered as a re-INVITE would be (§11.2), and a live call's
+            # re-INVITE is served while we drain or are full: 200, never the 503 a new INVITE
+            # gets then — SBCs end a session whose in-dialog keep-alive gets a non-2xx.
+            self._respond(tx, 200, headers=[("Accept", "application/sdp")])
         elif method == "NOTIFY":
             self._respond(tx, 200)
             m = _SIPFRAG_STATUS.search(request.body.decode("utf-8", "replace"))

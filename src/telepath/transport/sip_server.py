@@ -274,7 +274,26 @@ class _TlsAccept(asyncio.Protocol):
             return  # closed at accept: no handshake
         # The socket goes on (a duplicate descriptor) for the handshake; this transport, which
         # has read nothing yet, lets go of its own descriptor (the connection stays open).
-        accepted = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        fd: int | None = None
+        try:
+            fd = os.dup(transport.get_extra_info("socket").fileno())
+            accepted = socket.socket(fileno=fd)
+        except Exception as exc:  # EMFILE/ENFILE most likely: just when descriptors run out
+            if fd is not None:
+                os.close(fd)  # a half-made duplicate: socket() never took it
+            # Closed, and its place under the caps freed (§26.1.5): an exception escaping here
+            # would leave the connection open and its place taken for good — past
+            # TELEPATH_SIP_TCP_MAX_CONNECTIONS such leaks, every TCP/TLS accept refused.
+            cast(asyncio.Transport, transport).abort()
+            conn.connection_lost(None)
+            self.server.counters_inc("stream_accept_errors")
+            self.server._warn(
+                "tls_accept",
+                "SIP: a TLS connection from %s could not be handed to its handshake (%r): closed",
+                conn.peer[0],
+                exc,
+            )
+            return
         cast(asyncio.Transport, transport).abort()
         self.server.handshake(accepted, conn, self.context)
 

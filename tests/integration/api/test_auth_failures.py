@@ -78,3 +78,23 @@ async def test_a_missing_or_malformed_key_is_not_looked_up(api: Api, lookups: li
             "invalid_api_key",
         )
     assert lookups == []
+
+
+async def test_a_revoked_key_is_limited_with_the_guesses(api: Api, lookups: list[str]) -> None:
+    """A key that authenticated, then was revoked (leaked): its first failed lookup forgets it,
+    so from a limited address it is refused before the lookup like any guess — not looked up
+    for ever on the strength of having once been good."""
+    leaked = await api.new_account_key("leaky")
+    assert (await api.get("/v1/trunks", key=leaked)).status_code == 200  # trusted now
+    async with api.state.sessions() as session:
+        repo = AccountRepository(session)
+        live = await repo.authenticate(leaked)
+        assert live is not None
+        assert await repo.revoke(live.id)
+        await session.commit()
+    for _ in range(LIMIT - 1):
+        err(await api.client.get("/v1/trunks", headers=BOGUS), 401, "invalid_api_key")
+    err(await api.get("/v1/trunks", key=leaked), 401, "invalid_api_key")  # the LIMITth failure
+    looked_up = lookups.count(leaked)
+    err(await api.get("/v1/trunks", key=leaked), 429, "rate_limited")
+    assert lookups.count(leaked) == looked_up  # refused without a database query

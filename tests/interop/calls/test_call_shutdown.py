@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -349,6 +349,56 @@ async def test_options_gets_503_while_the_gateway_is_full(api: Api, gateway: Gat
             leg.uac.send(leg.uac.request("OPTIONS", "alice", call_id=after, cseq=1))
             await leg.uac.response(200, after)
         finally:
+            if leg is not None:
+                await leg.uac.close()
+            await phone.close()
+
+
+async def _options_in_dialog(leg: CallLeg) -> Response:
+    """Send OPTIONS in ``leg``'s dialog (its Call-ID, tags, next CSeq); its final response."""
+    leg.cseq += 1
+    start = len(leg.uac.received)
+    leg.uac.send(leg.build("OPTIONS"))
+    item = await leg.uac.wait_for(
+        lambda m: (
+            isinstance(m, Response)
+            and m.status >= 200
+            and m.call_id == leg.call_id
+            and m.cseq.method == "OPTIONS"
+        ),
+        after=start,
+    )
+    return cast(Response, item.message)
+
+
+@pytest.mark.parametrize("settings_overrides", [{**GATEWAY_SETTINGS, "sip_max_calls": 1}])
+async def test_options_in_a_dialog_gets_200_while_full_or_draining(
+    api: Api, gateway: Gateway
+) -> None:
+    """RFC 3261 §11.2 is about OPTIONS outside a dialog: inside one it is what a re-INVITE
+    would get, and a live call's re-INVITE is still served at capacity and while draining.
+    An in-dialog OPTIONS keep-alive must stay 200 there — SBCs that take a non-2xx keep-alive
+    for a dead session would tear the live calls down."""
+    async with FakeTelepathAgent(agent="silent") as agent:
+        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
+        phone = await Phone().open()
+        leg: CallLeg | None = None
+        drain: asyncio.Task[None] | None = None
+        try:
+            sip_port = gateway.server.bound["UDP"][1]
+            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
+            full = await _options_in_dialog(leg)  # at TELEPATH_SIP_MAX_CALLS
+            assert full.status == 200
+            drain = asyncio.create_task(gateway.manager.drain(60))
+            await wait_until(lambda: gateway.manager.draining, what="the drain")
+            draining = await _options_in_dialog(leg)
+            assert draining.status == 200
+            await leg.bye()
+            await asyncio.wait_for(drain, 30)
+        finally:
+            if drain is not None and not drain.done():
+                drain.cancel()
             if leg is not None:
                 await leg.uac.close()
             await phone.close()

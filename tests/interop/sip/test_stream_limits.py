@@ -6,6 +6,8 @@ loopback source addresses against the running gateway."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +21,8 @@ from tests.certs import tls_listener
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.raw_streams import Stream, answered, closed_by_gateway, connect
-from tests.interop.sip.uac import CallLeg, Uac
+from tests.interop.sip.test_tls_sha256 import client_context
+from tests.interop.sip.uac import CallLeg, Uac, new_call_id
 from tests.interop.sip.waits import until
 
 pytestmark = pytest.mark.interop
@@ -223,3 +226,35 @@ async def test_a_banned_source_is_refused_at_the_tls_accept_without_a_handshake(
         pass
     await closed_by_gateway(await connect(gateway, streams, "127.0.0.3", transport="TLS"))
     assert counter(gateway, "stream_refused_banned") == 1
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"sip_tcp_max_connections": 1, "tls": True}], indirect=True
+)
+async def test_a_tls_accept_that_cannot_duplicate_its_socket_frees_its_place(
+    gateway: Gateway, streams: list[Stream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket of a connection admitted at the TLS accept is duplicated for its handshake:
+    when that fails (EMFILE — exactly when descriptors run out) the connection is closed and
+    its place under the caps freed, not leaked until every TCP/TLS accept is refused
+    (RFC 3261 §26.1.5: the caps bound descriptors, they must not eat the listener)."""
+    real_dup = os.dup
+    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+
+    def dup_failing_once(fd: int) -> int:
+        if failures:
+            raise failures.pop()
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", dup_failing_once)  # what sip_server calls
+    await closed_by_gateway(await connect(gateway, streams, transport="TLS"))
+    assert not failures  # the failure was met
+    assert gateway.server._inbound == 0 and not gateway.server._per_source
+    # the one place (TELEPATH_SIP_TCP_MAX_CONNECTIONS=1) is free: a real TLS client is served
+    uac = await Uac.open("TLS", gateway.server.bound["TLS"], client_context(tmp_path / "sip.crt"))
+    try:
+        call_id = new_call_id()
+        uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
+        await uac.response(200, call_id)
+    finally:
+        await uac.close()

@@ -27,9 +27,9 @@ def test_auth_failures_limit_an_address_until_the_window_ends() -> None:
     now = [125.0]
     limiter = AuthFailureLimiter(2, now=lambda: now[0])
     assert limiter.retry_after("192.0.2.1", "sk_bad") is None
-    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1", "sk_bad")
     assert limiter.retry_after("192.0.2.1", "sk_bad") is None  # one failure: under the limit
-    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1", "sk_bad")
     assert limiter.retry_after("192.0.2.1", "sk_bad") == 55  # to the end of the minute
     assert limiter.retry_after("192.0.2.2", "sk_bad") is None  # another address
     now[0] = 179.5
@@ -43,15 +43,27 @@ def test_a_recently_authenticated_key_passes_a_limited_address() -> None:
     another whose key authenticated recently."""
     limiter = AuthFailureLimiter(1, now=lambda: 60.0)
     limiter.succeeded("sk_good")
-    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1", "sk_guess")
     assert limiter.retry_after("192.0.2.1", "sk_good") is None
     assert limiter.retry_after("192.0.2.1", "sk_other") is not None
+
+
+def test_a_key_whose_lookup_fails_is_no_longer_trusted() -> None:
+    """A key once authenticated, then revoked (leaked): its failed lookup forgets it, or it
+    would pass a limited address for ever, each request costing the lookup the limit saves."""
+    limiter = AuthFailureLimiter(1, now=lambda: 60.0)
+    limiter.succeeded("k")
+    limiter.failed("192.0.2.1", "sk_guess")
+    assert limiter.retry_after("192.0.2.1", "k") is None  # still trusted: looked up
+    limiter.failed("192.0.2.1", "k")  # that lookup found no live key: revoked
+    assert limiter.retry_after("192.0.2.1", "k") is not None
+    assert limiter.tracked() == (1, 0)
 
 
 def test_auth_failure_memory_is_bounded() -> None:
     limiter = AuthFailureLimiter(1, max_addresses=3, max_trusted=2, now=lambda: 60.0)
     for n in range(10):
-        limiter.failed(f"192.0.2.{n}")
+        limiter.failed(f"192.0.2.{n}", "sk_x")
         limiter.succeeded(f"sk_{n}")
     assert limiter.tracked() == (3, 2)
     # the first addresses are held to their limit; those past the table's size are not counted
@@ -68,6 +80,6 @@ def test_a_key_in_use_stays_remembered() -> None:
     limiter.succeeded("sk_once")
     limiter.succeeded("sk_busy")  # used again: now the most recent
     limiter.succeeded("sk_new")
-    limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.1", "sk_guess")
     assert limiter.retry_after("192.0.2.1", "sk_busy") is None
     assert limiter.retry_after("192.0.2.1", "sk_once") is not None

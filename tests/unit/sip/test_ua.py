@@ -290,6 +290,18 @@ def _confirmed(ua: UserAgentCore) -> object:
     return dialog
 
 
+def test_options_in_a_dialog_is_not_refused(core: tuple[UserAgentCore, FakeClock]) -> None:
+    """§11.2 is about OPTIONS outside a dialog; inside one it is answered as a re-INVITE would
+    be, and a live call's re-INVITE is still served while the gateway drains or is full: an
+    in-dialog OPTIONS keep-alive gets 200 (SBCs end a session whose keep-alive gets a non-2xx)."""
+    ua, _ = core
+    dialog = _confirmed(ua)
+    ua.refusing = lambda: "5"  # new INVITEs refused: full, or draining
+    tag = dialog.local_tag  # type: ignore[attr-defined]
+    (ok,) = sent(ua.receive(request("OPTIONS", branch="z9hG4bK-o3", cseq=2, to_tag=tag), SRC))
+    assert ok.status == 200 and ok.headers.get("Accept") == "application/sdp"
+
+
 def test_info_dtmf_relay_and_dtmf(core: tuple[UserAgentCore, FakeClock]) -> None:
     ua, _ = core
     dialog = _confirmed(ua)
