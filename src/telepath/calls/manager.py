@@ -544,7 +544,8 @@ class CallManager:
         source_ip = tx.source.addr[0]
         allowed = trunk is not None and trunk.allows_source(source_ip)
         algorithms = _algorithms(trunk) if allowed else None
-        nonce = self.auth.new_nonce(source=source_ip)  # good from this IP only (sip/auth.py)
+        # carries this IP: a wrong answer over it counts toward its ban (sip/auth.py)
+        nonce = self.auth.new_nonce(source=source_ip)
         if tx.request.method == "INVITE":
             self._challenged_invite(nonce)
         values = self.auth.challenge_headers(stale=stale, algorithms=algorithms, nonce=nonce)
@@ -890,16 +891,6 @@ class CallManager:
             # address would get the carrier banned.
             self._challenge(tx, await self._trunk_of(request, called))
             return None
-        if outcome.result == AuthResult.WRONG_ADDRESS:
-            # A nonce of ours sent to another address (nonces are bound to the source IP,
-            # sip/auth.py): a carrier's retry from another node of its SBC cluster, or a forger
-            # answering a nonce it fetched from its own address under a carrier's UDP source.
-            # The nonce is not good here, so a fresh one for this address with stale=true
-            # (RFC 7616 §3.3, RFC 3261 §22.4), right digest or wrong (it is not checked: no
-            # oracle), counted nowhere; the re-signed retry counts as usual (and meets the
-            # trunk's allowed-source check).
-            self._challenge(tx, await self._trunk_of(request, called), stale=True)
-            return None
         right = outcome.result in (AuthResult.OK, AuthResult.REPLAY, AuthResult.STALE)
         if right and trunk is not None and not trunk.allows_source(source_ip):
             # The trunk's allowed_addresses: right credentials from elsewhere get the same
@@ -945,7 +936,12 @@ class CallManager:
             return None
         if self.metrics is not None:
             self.metrics.sip_auth_failures.labels(reason=outcome.result.value.lower()).inc()
-        if self.guard is not None and self.guard.record_auth_failure(source_ip):
+        # Counted toward the ban of the address the nonce was sent to, which need not be the
+        # source (sip/auth.py): over UDP a forger answering, under a carrier's source, a nonce
+        # it fetched from its own address bans its own, and a guesser gains nothing by sending
+        # from elsewhere. The 403 carries no fresh challenge, so no retry of it skips admission.
+        counted = outcome.issuer or source_ip
+        if self.guard is not None and self.guard.record_auth_failure(counted):
             log.warning("banned a SIP source after repeated authentication failures")
         refuse(tx, 403, "auth_failed")
         return None

@@ -16,33 +16,32 @@ The caller owns the SIP messages; this module only sees header *values*:
 3. The :class:`AuthResult` tells the caller what to do: ``OK`` proceed; ``STALE`` and ``REPLAY``
    re-challenge with ``stale=true`` (the client re-signs silently, RFC 7616 §3.3: the nonce is
    invalid, the digest for it right); ``FAILED`` is refused and counts a failure in
-   :mod:`telepath.sip.defence`; ``UNKNOWN_NONCE`` re-challenge, not counted; ``WRONG_ADDRESS``
-   re-challenge with ``stale=true``, not counted; ``MALFORMED`` answer 400.
+   :mod:`telepath.sip.defence` — toward the address the nonce was sent to
+   (:attr:`AuthOutcome.issuer`); ``UNKNOWN_NONCE`` re-challenge, not counted; ``MALFORMED``
+   answer 400.
 
 Nonces are stateless (no table of issued nonces, so challenges cost no memory and a flood of
 unauthenticated requests cannot grow state)::
 
-    head  = ts_ms[8] || random[8]
-    tag   = HMAC-SHA256(secret, head || 0xff || realm)[:4]
-    mac   = HMAC-SHA256(secret, head || len(ip)[1] || ip || realm)[:16]
-    nonce = base64url(head || tag || mac)
+    head  = ts_ms[8] || random[8] || ip[16]
+    nonce = base64url(head || HMAC-SHA256(secret, head || realm)[:16])
 
-``ip`` is the packed source address the challenge was sent to (IPv4-mapped IPv6 as IPv4, so a
-dual-stack socket changes nothing; not the port, which NATs and SBCs change between requests;
-empty when the caller gives none). Bound to it, a nonce is good only from that address: over UDP
-a forger could otherwise fetch a challenge from its own address and answer it wrongly under a
-carrier's source address, each answer a ``FAILED`` counted toward the carrier's ban. From another
-address the MAC does not verify, but the ``tag`` (bound to no address) still tells a nonce of
-ours — issued elsewhere — from one we never issued: ``WRONG_ADDRESS``, whatever the digest.
+``ip`` is the IP address the challenge was sent to (the request's source; not the port, which
+NATs and SBCs change between requests), packed in 16 bytes so the nonce has one length: an
+IPv4 address as IPv4-mapped IPv6, so an IPv4 caller on a dual-stack socket is the same address
+on an IPv4 one; all zeros when the caller gives none. The MAC covers it, so it cannot be
+changed.
 
-Decision: the digest is not consulted for ``WRONG_ADDRESS``. A right one is a carrier whose retry
-left from another node of its SBC cluster; it gets a fresh nonce for its new address with
-``stale=true`` (RFC 7616 §3.3: the nonce is invalid, so the client re-signs without asking for a
-password). A wrong one gets exactly the same answer, and neither is counted: were only a right
-one answered ``stale=true``, anyone with two addresses could test passwords over a nonce fetched
-from one, from the other, without a single failure counted. The client's re-signed retry, over a
-nonce bound to where it really is, counts as usual. The 4-byte ``tag`` only ever selects between
-two uncounted re-challenges, so forging one gains nothing; the ``mac`` is what authenticates.
+A nonce is good from any address: a carrier's SBC cluster may send each request from another
+node. (Were it good from its address only, the retry from another node would be re-challenged
+with a nonce for that node, the next retry would leave from yet another, and the client would
+never get in — nor a wrong password ever get its 403.) The digest is checked wherever the
+answer comes from, and :attr:`AuthOutcome.issuer` names the address the nonce was sent to: a
+``FAILED`` counts toward *its* ban, not the packet's source's. Over UDP a forger could
+otherwise fetch a challenge from its own address and answer it wrongly under a carrier's source
+address, each answer counted toward the carrier's ban; now each counts toward the forger's own
+address. Nor is this an oracle: every wrong guess over a nonce counts toward the address that
+fetched it, wherever it is sent from, so a guesser gains nothing over guessing from there.
 
 ``ts_ms`` is the injected :class:`~telepath.clock.Clock` in milliseconds (monotonic, so it is only
 meaningful within one process; a nonce with a valid MAC but a timestamp in the future, e.g. issued
@@ -53,7 +52,8 @@ authenticated peers can grow it, and it is bounded (see :class:`DigestAuthentica
 With several SIP worker processes, each mints nonces with its own secret and also knows its
 siblings' (``sibling_secrets``): a correct answer to a sibling's nonce — a client re-using a
 nonce on a call another worker owns — is ``STALE``, so the client re-signs with a nonce of
-this worker, instead of a failure that would count towards a ban.
+this worker, instead of a failure that would count towards a ban. A sibling's nonce names the
+address it was sent to in the same way.
 
 Decisions
 ---------
@@ -117,13 +117,12 @@ _HASH_NAMES: dict[Algorithm, str] = {"MD5": "md5", "SHA-256": "sha256"}
 # Nonce layout (see module docstring).
 _TS_LEN = 8
 _RAND_LEN = 8  # with the millisecond timestamp: unique, and the MAC makes it unforgeable
-_HEAD_LEN = _TS_LEN + _RAND_LEN
-_TAG_LEN = 4  # "ours, for some address": selects between two uncounted re-challenges only
+_IP_LEN = 16  # the address it was sent to, IPv4 as IPv4-mapped IPv6: one nonce length
+_HEAD_LEN = _TS_LEN + _RAND_LEN + _IP_LEN
 _SIBLING = -(1 << 62)  # "issued" time of a sibling worker's nonce: never ours to accept
-_ELSEWHERE = -(1 << 61)  # "issued" time of a nonce of ours (or a sibling's) for another address
 _MAC_LEN = 16  # 128 bits of HMAC-SHA256 is plenty against forgery (RFC 2104 §5 truncation)
-_NONCE_RAW_LEN = _HEAD_LEN + _TAG_LEN + _MAC_LEN  # 36 bytes -> 48 base64url chars, no padding
-_NONCE_TEXT_LEN = 48
+_NONCE_RAW_LEN = _HEAD_LEN + _MAC_LEN  # 48 bytes -> 64 base64url chars, no padding
+_NONCE_TEXT_LEN = 64
 
 # RFC 7230 §3.2.6 token (RFC 7616 §3.4 auth-param names and unquoted values use it), ASCII only.
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -370,13 +369,9 @@ class AuthResult(StrEnum):
         UNKNOWN_NONCE: a nonce we never issued (forged, tampered, another server's): re-challenge
             and count nothing. No guess was made: the sender saw no challenge of ours and
             learns nothing from the answer; counted, a made-up nonce under a carrier's forged
-            UDP source got the carrier banned.
-        WRONG_ADDRESS: a nonce of ours (or a sibling's) sent to another address: re-challenge
-            with ``stale=true`` (a fresh nonce for this address; RFC 7616 §3.3) and count
-            nothing, whether the digest is right or wrong — it is not consulted, so the answer
-            is no password oracle (see the module docstring). A forger answering a nonce
-            fetched from its own address under a carrier's UDP source gets this, not
-            ``FAILED``.
+            UDP source got the carrier banned. (A nonce of ours answered wrongly from another
+            address is ``FAILED``, counted toward the address it was sent to: see
+            :attr:`AuthOutcome.issuer`.)
         MALFORMED: credentials we never offered (``-sess``, unknown algorithm, ``auth-int``) or
             a qop without nc/cnonce: answer 400.
     """
@@ -386,7 +381,6 @@ class AuthResult(StrEnum):
     FAILED = "failed"
     UNKNOWN_NONCE = "unknown_nonce"
     REPLAY = "replay"
-    WRONG_ADDRESS = "wrong_address"
     MALFORMED = "malformed"
 
 
@@ -399,11 +393,19 @@ class AuthOutcome:
         username: the username the client claimed (the same for unknown users and wrong
             passwords), ``None`` only for ``MALFORMED``.
         algorithm: the algorithm used, ``None`` only for ``MALFORMED``.
+        issuer: the IP address the nonce was sent to (the module docstring), for ``OK``,
+            ``STALE``, ``REPLAY`` and ``FAILED``: a ``FAILED`` counts toward its ban, not the
+            request's source's. Spelt as the ``source`` given to
+            :meth:`DigestAuthenticator.verify` is: that very string for the same address, else
+            as the socket it came through writes addresses (an IPv4 one ``::ffff:``-mapped when
+            ``source`` is IPv6: a dual-stack socket). ``None`` when the nonce was sent to no
+            address, and for ``UNKNOWN_NONCE`` and ``MALFORMED``.
     """
 
     result: AuthResult
     username: str | None
     algorithm: Algorithm | None
+    issuer: str | None = None
 
 
 def _normalise_algorithm(name: str) -> Algorithm | None:
@@ -424,18 +426,39 @@ def quote_string(text: str) -> str:
 _NONCE_SPENT = 1 << 32
 
 
+# The address of a nonce sent to none (``::``, never a request's source).
+_NO_ADDRESS = bytes(_IP_LEN)
+
+
 def _packed_ip(source: str | None) -> bytes:
-    """The address a nonce is bound to: packed, an IPv4-mapped IPv6 address as IPv4 (an IPv4
-    caller on a dual-stack socket); text that is no IP address as its bytes; ``None`` empty."""
+    """The address a nonce carries: 16 bytes, an IPv4 address IPv4-mapped (so an IPv4 caller
+    on a dual-stack socket is the same address); ``None`` and text that is no IP address
+    :data:`_NO_ADDRESS`."""
     if source is None:
-        return b""
+        return _NO_ADDRESS
     try:
         address = ipaddress.ip_address(source)
     except ValueError:
-        return _b(source)[:254]
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        return _NO_ADDRESS
+    if isinstance(address, ipaddress.IPv4Address):
+        return bytes(10) + b"\xff\xff" + address.packed  # IPv4-mapped, RFC 4291 §2.5.5.2
     return address.packed
+
+
+def _issuer(ip: bytes, source: str | None) -> str | None:
+    """The address a nonce carries, spelt as ``source`` (the request's source) is: that very
+    string for the same address, so the guard's key for it is unchanged; otherwise as the
+    socket ``source`` came through writes addresses — an IPv4 one ``::ffff:``-mapped when
+    ``source`` is IPv6 text (a dual-stack socket), plain otherwise."""
+    if ip == _NO_ADDRESS:
+        return None
+    if source is not None and _packed_ip(source) == ip:
+        return source
+    address = ipaddress.IPv6Address(ip)
+    mapped = address.ipv4_mapped
+    if mapped is None:
+        return str(address)
+    return f"::ffff:{mapped}" if source is not None and ":" in source else str(mapped)
 
 
 class DigestAuthenticator:
@@ -491,26 +514,21 @@ class DigestAuthenticator:
     def _now_ms(self) -> int:
         return int(self._clock.now() * 1000)
 
-    def _tag(self, head: bytes, key: bytes) -> bytes:
-        # 0xff: no address is 255 bytes long, so this input is never a _mac input.
-        return hmac.new(key, head + b"\xff" + _b(self.realm), hashlib.sha256).digest()[:_TAG_LEN]
-
-    def _mac(self, head: bytes, ip: bytes, key: bytes) -> bytes:
-        data = head + bytes([len(ip)]) + ip + _b(self.realm)
-        return hmac.new(key, data, hashlib.sha256).digest()[:_MAC_LEN]
+    def _mac(self, head: bytes, key: bytes) -> bytes:
+        # head holds the address: a nonce moved to another one is a nonce we never issued
+        return hmac.new(key, head + _b(self.realm), hashlib.sha256).digest()[:_MAC_LEN]
 
     def _new_nonce(self, source: str | None) -> str:
-        head = struct.pack(">q", self._now_ms()) + secrets.token_bytes(_RAND_LEN)
-        key = self._secret
-        raw = head + self._tag(head, key) + self._mac(head, _packed_ip(source), key)
+        ts = struct.pack(">q", self._now_ms())
+        head = ts + secrets.token_bytes(_RAND_LEN) + _packed_ip(source)
+        raw = head + self._mac(head, self._secret)
         return base64.urlsafe_b64encode(raw).decode("ascii")
 
-    def _nonce_issued_ms(self, nonce: str, source: str | None) -> int | None:
-        """Return the issue time of a nonce we minted for ``source``, or ``None`` if it is not
-        ours/tampered.
+    def _open_nonce(self, nonce: str) -> tuple[int, bytes] | None:
+        """Return the issue time and the packed address of a nonce we minted, or ``None`` if
+        it is not ours/tampered.
 
-        A sibling's nonce (``sibling_secrets``) for ``source`` gives ``_SIBLING``; one of ours
-        or a sibling's for another address ``_ELSEWHERE``.
+        A sibling's nonce (``sibling_secrets``) gives ``_SIBLING`` for its issue time.
         """
         if len(nonce) != _NONCE_TEXT_LEN:
             return None
@@ -520,17 +538,15 @@ class DigestAuthenticator:
             return None
         if len(raw) != _NONCE_RAW_LEN:
             return None
-        head, tag, mac = raw[:_HEAD_LEN], raw[_HEAD_LEN:-_MAC_LEN], raw[-_MAC_LEN:]
-        ip = _packed_ip(source)
+        head, mac = raw[:_HEAD_LEN], raw[_HEAD_LEN:]
+        ip = head[_TS_LEN + _RAND_LEN :]
         for key in (self._secret, *self._siblings):
-            if not hmac.compare_digest(tag, self._tag(head, key)):
+            if not hmac.compare_digest(mac, self._mac(head, key)):
                 continue
-            if not hmac.compare_digest(mac, self._mac(head, ip, key)):
-                return _ELSEWHERE
             if key is not self._secret:
-                return _SIBLING
+                return _SIBLING, ip
             (issued_ms,) = struct.unpack(">q", head[:_TS_LEN])
-            return int(issued_ms)
+            return int(issued_ms), ip
         return None
 
     def _is_expired(self, issued_ms: int, now_ms: int) -> bool:
@@ -545,9 +561,10 @@ class DigestAuthenticator:
         return self._ttl_ms / 1000
 
     def new_nonce(self, *, source: str | None = None) -> str:
-        """Return a fresh nonce for the IP address ``source`` (the request's source, where the
-        challenge goes; ``None`` binds it to no address), for :meth:`challenge_headers` when the
-        caller keeps it. It is good only in :meth:`verify` with the same ``source``."""
+        """Return a fresh nonce sent to the IP address ``source`` (the request's source, where
+        the challenge goes; ``None`` for none), for :meth:`challenge_headers` when the caller
+        keeps it. It is good from any address; :meth:`verify` names ``source`` as its
+        :attr:`~AuthOutcome.issuer`."""
         return self._new_nonce(source)
 
     def challenge_headers(
@@ -561,8 +578,8 @@ class DigestAuthenticator:
         """Return ``WWW-Authenticate``/``Proxy-Authenticate`` values for a 401/407.
 
         One challenge per algorithm, in the configured order of preference — by default SHA-256
-        first then MD5 (RFC 8760 §2.4) — sharing a fresh nonce for the IP address ``source``
-        (``nonce``, from :meth:`new_nonce`, when given), each offering ``qop="auth"``
+        first then MD5 (RFC 8760 §2.4) — sharing a fresh nonce sent to the IP address
+        ``source`` (``nonce``, from :meth:`new_nonce`, when given), each offering ``qop="auth"``
         (RFC 7616 §3.3). ``stale=True`` tells the client its
         previous credentials were right but the nonce expired, so it can retry without asking
         the user (RFC 7616 §3.3).
@@ -588,11 +605,13 @@ class DigestAuthenticator:
         source: str | None = None,
     ) -> AuthOutcome:
         """Check ``creds`` for a request with ``method`` (RFC 3261 §22.4, RFC 7616 §3.4) from
-        the IP address ``source`` (as given to :meth:`new_nonce`; any port is left out).
+        the IP address ``source`` (any port left out).
 
         ``ha1_lookup(username, algorithm)`` returns the stored lower-case hex HA1
         (``H(username:realm:password)`` with the same algorithm) or ``None`` for an unknown
-        user. Only a correct response ever changes state (the replay table).
+        user. Only a correct response ever changes state (the replay table). The nonce is good
+        from any ``source``; it only spells :attr:`AuthOutcome.issuer`, the address the nonce
+        was sent to.
         """
         algorithm = _normalise_algorithm(creds.algorithm)
         if algorithm is None:
@@ -605,12 +624,12 @@ class DigestAuthenticator:
                 # RFC 7616 §3.4: cnonce and nc MUST be sent with qop.
                 return AuthOutcome(AuthResult.MALFORMED, None, None)
             qop = creds.qop
-        issued_ms = self._nonce_issued_ms(creds.nonce, source)
-        if issued_ms is None:  # forged, truncated or another server's nonce
+        opened = self._open_nonce(creds.nonce)
+        if opened is None:  # forged, truncated or another server's nonce
             return AuthOutcome(AuthResult.UNKNOWN_NONCE, creds.username, algorithm)
-        if issued_ms == _ELSEWHERE:  # the digest is not consulted: see the module docstring
-            return AuthOutcome(AuthResult.WRONG_ADDRESS, creds.username, algorithm)
-        failed = AuthOutcome(AuthResult.FAILED, creds.username, algorithm)
+        issued_ms, ip = opened
+        issuer = _issuer(ip, source)
+        failed = AuthOutcome(AuthResult.FAILED, creds.username, algorithm, issuer)
         if creds.realm != self.realm:
             return failed  # HA1 is bound to our realm; another realm can never verify
 
@@ -633,10 +652,10 @@ class DigestAuthenticator:
 
         now_ms = self._now_ms()
         if issued_ms == _SIBLING or self._is_expired(issued_ms, now_ms):
-            return AuthOutcome(AuthResult.STALE, creds.username, algorithm)
+            return AuthOutcome(AuthResult.STALE, creds.username, algorithm, issuer)
         if not self._record_use(creds.nonce, issued_ms, creds.nc if qop else None, now_ms):
-            return AuthOutcome(AuthResult.REPLAY, creds.username, algorithm)
-        return AuthOutcome(AuthResult.OK, creds.username, algorithm)
+            return AuthOutcome(AuthResult.REPLAY, creds.username, algorithm, issuer)
+        return AuthOutcome(AuthResult.OK, creds.username, algorithm, issuer)
 
     def _dummy_ha1(self, username: str, algorithm: Algorithm) -> str:
         digest = hmac.new(self._dummy_key, _b(f"{algorithm}:{username}"), hashlib.sha256)

@@ -33,16 +33,17 @@ answered (no reflection) and does no work beyond matching. They only meet the ba
   dropped.
 
 Feed :meth:`SourceGuard.record_auth_failure` with the digest outcome ``FAILED``
-(:mod:`telepath.sip.auth`), not ``STALE`` or ``REPLAY`` (a correct digest on an old or spent
-nonce) nor a first request without credentials (every client sends one), and
-:meth:`SourceGuard.record_auth_success` with ``OK``.
+(:mod:`telepath.sip.auth`), for the address its nonce was sent to, not ``STALE`` or ``REPLAY``
+(a correct digest on an old or spent nonce) nor a first request without credentials (every
+client sends one), and :meth:`SourceGuard.record_auth_success` with ``OK``.
 
 Caveat: with UDP, a source address can be forged. Answers over a nonce we never issued are not
-counted (``UNKNOWN_NONCE``), nor answers over a nonce of ours sent to another address
-(``WRONG_ADDRESS``: nonces are bound to the IP they were sent to, so a forger that fetched one
-from its own address cannot spend it under an innocent one). Only an answer over a nonce sent
-to the source itself counts, and a forger cannot read that one — unless it is on the path to
-the innocent address. Allowlist the addresses that matter (trunk providers, monitoring).
+counted (``UNKNOWN_NONCE``), and a ``FAILED`` one is counted toward the address its nonce was
+sent to (:attr:`~telepath.sip.auth.AuthOutcome.issuer`), not the request's source: a forger
+that fetched a nonce from its own address and spends it under an innocent one counts toward its
+own ban. Only a nonce sent to the innocent address counts toward that address, and a forger
+cannot read one — unless it is on the path to the innocent address. Allowlist the addresses
+that matter (trunk providers, monitoring).
 
 Memory is bounded by :attr:`DefencePolicy.max_tracked_sources`, for sources and for bans
 separately: the least recently seen source is forgotten first, and a full ban table drops expired

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from telepath.cli.gateway import Gateway
+from telepath.sip.defence import SourceGuard
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
@@ -257,6 +258,19 @@ async def test_a_reused_right_answer_from_a_source_not_allowed_learns_nothing_mo
         assert agent.handshakes == []
 
 
+def count_failures(guard: SourceGuard, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addresses the manager counts authentication failures toward, in order."""
+    counted: list[str] = []
+    record = guard.record_auth_failure
+
+    def counting(source_ip: str) -> bool:
+        counted.append(source_ip)
+        return record(source_ip)
+
+    monkeypatch.setattr(guard, "record_auth_failure", counting)
+    return counted
+
+
 async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban(
     api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,14 +281,7 @@ async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban
     counts toward a ban."""
     guard = gateway.manager.guard
     assert guard is not None
-    counted: list[str] = []
-    record = guard.record_auth_failure
-
-    def counting(source_ip: str) -> bool:
-        counted.append(source_ip)
-        return record(source_ip)
-
-    monkeypatch.setattr(guard, "record_auth_failure", counting)
+    counted = count_failures(guard, monkeypatch)
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(
             api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
@@ -306,61 +313,81 @@ async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban
         await leg.bye()
 
 
-async def test_a_nonce_answered_from_another_address_is_challenged_again_as_stale(
+async def test_a_client_whose_requests_leave_from_alternating_addresses_gets_in(
     api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nonces are bound to the IP they were sent to. A forger fetched a challenge from its own
-    address and sent wrong answers over that nonce under a carrier's source address: each
-    counted toward the carrier's ban. Now, from another address, right or wrong, the answer
-    is a fresh ``stale=true`` challenge for that address (RFC 7616 §3.3) — the same either
-    way, counted nowhere — and a carrier whose retry leaves from another node of its cluster
-    re-signs with it and is let in."""
+    """A carrier's SBC cluster may send each request from another node. With nonces good only
+    from the address they were sent to, its retry from the other node got a stale=true
+    challenge bound to that node, its next retry left from the first again, and so on: it
+    never got in, and a wrong password never got its 403 (RFC 7616 §3.3: stale=true is for a
+    right digest only). A nonce is good from anywhere now, and its digest checked as usual."""
     guard = gateway.manager.guard
     assert guard is not None
-    counted: list[str] = []
-    record = guard.record_auth_failure
-
-    def counting(source_ip: str) -> bool:
-        counted.append(source_ip)
-        return record(source_ip)
-
-    monkeypatch.setattr(guard, "record_auth_failure", counting)
+    counted = count_failures(guard, monkeypatch)
     other = await Uac.open("UDP", gateway.server.bound["UDP"], host="127.0.0.2")
     try:
         async with FakeTelepathAgent(agent="silent") as agent:
             await create_trunk(
                 api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
             )
-            fetched = CallLeg(uac, "carrier")  # from 127.0.0.1
+            for first, second in ((uac, other), (other, uac)):
+                fetched = CallLeg(first, "carrier")
+                await fetched.challenge(MEDIA_PORT)
+                # the same call, its retry leaving from the other node
+                retry = dataclasses.replace(fetched, uac=second)
+                ok = await retry.answered(retry.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+                assert ok.status == 200
+                second.send(retry.ack())
+                await retry.bye()
+            assert counted == []
+            # A wrong password so sent gets its 403, not stale=true again and again.
+            fetched = CallLeg(uac, "carrier")
             await fetched.challenge(MEDIA_PORT)
-            for password in ("guess", "carrier-pass-1"):
-                leg = CallLeg(other, "carrier", challenges=fetched.challenges)  # 127.0.0.2
-                start = len(other.received)
-                other.send(leg.authenticated_invite(password, MEDIA_PORT))
-                again = await other.response(401, leg.call_id, method="INVITE", after=start)
-                other.send(leg.build("ACK", to_tag=again.to.tag, cseq_method="ACK"))
-                challenges = again.headers.get_all("WWW-Authenticate")
-                assert challenges and all("stale=true" in c for c in challenges)
-                old = challenge_params(fetched.challenges[0])["nonce"]
-                assert all(challenge_params(c)["nonce"] != old for c in challenges)
-            assert counted == [] and not guard.is_banned("127.0.0.2")
-            assert gateway.manager.counters.get("rejected_auth_failed") is None
-            leg.challenges = challenges  # the carrier re-signs with the fresh nonce
-            ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
-            assert ok.status == 200
-            other.send(leg.ack())
-            await leg.bye()
-            # the fresh nonce is bound to 127.0.0.2; a wrong answer over it from there counts
+            retry = dataclasses.replace(fetched, uac=other)
             start = len(other.received)
-            wrong = CallLeg(other, "carrier", challenges=challenges)
-            other.send(wrong.authenticated_invite("guess", MEDIA_PORT))
-            await other.response(403, wrong.call_id, method="INVITE", after=start)
-            assert counted == ["127.0.0.2"]
-            # and the nonce still works from where it was sent
-            assert (
-                await fetched.answered(fetched.authenticated_invite("carrier-pass-1", MEDIA_PORT))
-            ).status == 200
-            uac.send(fetched.ack())
-            await fetched.bye()
+            other.send(retry.authenticated_invite("carrier-pass-2", MEDIA_PORT))
+            refused = await other.response(403, retry.call_id, method="INVITE", after=start)
+            other.send(retry.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
+            assert counted == ["127.0.0.1"]
     finally:
         await other.close()
+
+
+async def test_wrong_answers_count_toward_the_address_that_fetched_the_nonce(
+    api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over UDP a forger can fetch a challenge from its own address and answer it wrongly under
+    a carrier's source address. Each wrong answer counts toward the ban of the address the
+    nonce was sent to — the forger's — not of the packet's source, so the carrier is never
+    banned, and a guesser gains nothing over guessing from its own address: each answer is
+    refused (403, no fresh challenge whose retry would skip admission again)."""
+    guard = gateway.manager.guard
+    assert guard is not None
+    counted = count_failures(guard, monkeypatch)
+    threshold = api.state.settings.sip_auth_failures_before_ban
+    carrier = await Uac.open("UDP", gateway.server.bound["UDP"], host="127.0.0.2")
+    try:
+        async with FakeTelepathAgent(agent="silent") as agent:
+            await create_trunk(
+                api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
+            )
+            for attempt in range(threshold):
+                fetched = CallLeg(uac, "carrier")  # the forger, 127.0.0.1
+                await fetched.challenge(MEDIA_PORT)
+                forged = dataclasses.replace(fetched, uac=carrier)  # "from" 127.0.0.2
+                start = len(carrier.received)
+                carrier.send(forged.authenticated_invite(f"guess-{attempt}", MEDIA_PORT))
+                refused = await carrier.response(403, forged.call_id, method="INVITE", after=start)
+                assert not refused.headers.get_all("WWW-Authenticate")
+                carrier.send(forged.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
+            assert counted == ["127.0.0.1"] * threshold
+            assert guard.is_banned("127.0.0.1") and not guard.is_banned("127.0.0.2")
+            # the carrier is still served
+            leg = CallLeg(carrier, "carrier")
+            await leg.challenge(MEDIA_PORT)
+            ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+            assert ok.status == 200
+            carrier.send(leg.ack())
+            await leg.bye()
+    finally:
+        await carrier.close()

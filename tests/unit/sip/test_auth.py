@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import random
 import re
 import string
@@ -186,7 +188,7 @@ def test_challenges_sha256_first_then_md5_sharing_a_nonce() -> None:
     auth, _ = make()
     sha, md5 = auth.challenge_headers()
     assert re.fullmatch(
-        r'Digest realm="sip\.telepath\.local", nonce="[A-Za-z0-9_-]{48}", '
+        r'Digest realm="sip\.telepath\.local", nonce="[A-Za-z0-9_-]{64}", '
         r'algorithm=SHA-256, qop="auth"',
         sha,
     )
@@ -334,13 +336,12 @@ def test_only_a_response_to_a_nonce_of_ours_can_fail() -> None:
     assert verify(auth, answer(auth, realm="evil.example")).result is AuthResult.FAILED
 
 
-@pytest.mark.parametrize("position", [0, 5, 11, 20, 26, 27, 30, 47])
-def test_tampered_nonce_is_never_accepted(position: int) -> None:
-    """A change to the timestamp, the random part or the tag (characters 0-26) makes it a
-    nonce we never issued; one to the address-bound MAC alone (27-47) one we issued to
-    another address. Both are re-challenged and counted nowhere; neither consults the digest."""
+@pytest.mark.parametrize("position", [0, 5, 11, 20, 21, 30, 42, 43, 50, 63])
+def test_tampered_nonce_is_unknown(position: int) -> None:
+    """Timestamp (characters 0-10), random part, issuing address (21-42) or MAC: any change
+    makes it a nonce we never issued."""
     auth, _ = make()
-    challenge = auth.challenge_headers()[0]
+    challenge = auth.challenge_headers(source="192.0.2.10")[0]
     nonce = challenge_params(challenge)["nonce"]
     flipped = "A" if nonce[position] != "A" else "B"
     tampered = nonce[:position] + flipped + nonce[position + 1 :]
@@ -352,11 +353,13 @@ def test_tampered_nonce_is_never_accepted(position: int) -> None:
         method="REGISTER",
         uri="sip:x",
     )
-    expected = AuthResult.UNKNOWN_NONCE if position <= 26 else AuthResult.WRONG_ADDRESS
-    assert verify(auth, header).result is expected
+    for source in ("192.0.2.10", "198.51.100.66"):
+        assert verify(auth, header, source=source).result is AuthResult.UNKNOWN_NONCE
 
 
-@pytest.mark.parametrize("nonce", ["", "abc", "!" * 48, "é" * 48, "A" * 47 + "=", "A" * 64])
+@pytest.mark.parametrize(
+    "nonce", ["", "abc", "!" * 64, "é" * 64, "A" * 63 + "=", "A" * 48, "A" * 64, "A" * 88]
+)
 def test_garbage_nonce_is_unknown(nonce: str) -> None:
     auth, _ = make()
     creds = DigestCredentials("alice", REALM, nonce, "sip:x", "0" * 64, "SHA-256", "c", 1, "auth")
@@ -405,70 +408,124 @@ def test_a_sibling_workers_nonce_is_stale_never_accepted_or_a_failure() -> None:
     assert verify(worker, answer(worker)).result is AuthResult.OK  # its own nonces still work
 
 
-# -- nonces bound to the address they were sent to ------------------------------------------
+# -- the address a nonce was issued to -------------------------------------------------------
 
-CARRIER, FORGER = "192.0.2.10", "198.51.100.66"
+FETCHER, ANSWERER = "192.0.2.10", "198.51.100.66"
 
 
-def test_a_nonce_is_good_only_from_the_address_it_was_sent_to() -> None:
-    """Over UDP a forger fetched a challenge from its own address and sent wrong answers over
-    that nonce under a carrier's source address: each was FAILED, counted toward the carrier's
-    ban. A nonce is now bound to the IP it was issued to (the MAC covers it), so from another
-    address it is WRONG_ADDRESS — a fresh ``stale=true`` challenge, counted nowhere — whether
-    the digest is right (a carrier's retry leaving from another node of its SBC cluster) or
-    wrong: the same answer either way, so it is no uncounted password oracle."""
-    auth, _ = make()
-    right = answer(auth, source=FORGER)
-    wrong = answer(auth, source=FORGER, password="guess")
-    moved = AuthOutcome(AuthResult.WRONG_ADDRESS, "alice", "SHA-256")
-    assert verify(auth, right, source=CARRIER) == moved
-    assert verify(auth, wrong, source=CARRIER) == moved
-    assert auth.tracked_nonces() == 0  # nothing recorded: the issuee can still use it
-    assert verify(auth, wrong, source=FORGER).result is AuthResult.FAILED
-    assert verify(auth, right, source=FORGER).result is AuthResult.OK
-    assert verify(auth, right, source=FORGER).result is AuthResult.REPLAY
-    # One made up is still UNKNOWN_NONCE from anywhere.
+def raw_nonce(header: str) -> bytes:
+    nonce = parse_authorization(header).nonce
+    return base64.urlsafe_b64decode(nonce.encode("ascii"))
+
+
+def with_raw_nonce(header: str, raw: bytes) -> str:
+    nonce = parse_authorization(header).nonce
+    return header.replace(nonce, base64.urlsafe_b64encode(raw).decode("ascii"))
+
+
+def test_a_nonce_answered_from_another_address_is_checked_and_names_where_it_was_sent() -> None:
+    """Nonces carry the IP address they were sent to (MAC'd), and are good from anywhere: a
+    carrier's SBC cluster may send each request from another node. Bound to that address
+    instead, a retry from another node was re-challenged with a nonce for the node it came
+    from, the next retry left from yet another, and the client never got in (a wrong password
+    never got its 403 either). The digest is checked as from the address itself, and the
+    outcome names the address the nonce was sent to: a wrong answer counts toward *its* ban
+    (a forger answering a nonce it fetched under a carrier's UDP source bans itself)."""
+    auth, clock = make(nonce_ttl_s=30.0)
+    right = answer(auth, source=FETCHER)
+    wrong = answer(auth, source=FETCHER, password="guess")
+    failed = AuthOutcome(AuthResult.FAILED, "alice", "SHA-256", issuer=FETCHER)
+    assert verify(auth, wrong, source=ANSWERER) == failed
+    assert verify(auth, wrong, source=FETCHER) == failed
+    ok = AuthOutcome(AuthResult.OK, "alice", "SHA-256", issuer=FETCHER)
+    assert verify(auth, right, source=ANSWERER) == ok
+    # the nonce count is the nonce's, wherever its answers come from
+    replay = AuthOutcome(AuthResult.REPLAY, "alice", "SHA-256", issuer=FETCHER)
+    assert verify(auth, right, source=FETCHER) == replay
+    assert verify(auth, right, source=ANSWERER) == replay
+    late = answer(auth, source=FETCHER)
+    clock.advance(30.001)
+    stale = AuthOutcome(AuthResult.STALE, "alice", "SHA-256", issuer=FETCHER)
+    assert verify(auth, late, source=ANSWERER) == stale
+    # one made up names no address, from anywhere
     forged = right.replace('nonce="', 'nonce="x', 1)
-    assert verify(auth, forged, source=FORGER).result is AuthResult.UNKNOWN_NONCE
-    assert verify(auth, forged, source=CARRIER).result is AuthResult.UNKNOWN_NONCE
+    assert verify(auth, forged, source=ANSWERER) == AuthOutcome(
+        AuthResult.UNKNOWN_NONCE, "alice", "SHA-256"
+    )
+
+
+def test_the_address_in_a_nonce_cannot_be_changed() -> None:
+    """The MAC covers the address: a nonce moved to another address (a guesser shifting its
+    failures onto a carrier) is one we never issued, from the old address or the new."""
+    auth, _ = make()
+    header = answer(auth, source=FETCHER)
+    raw = raw_nonce(header)
+    assert raw[16:32] == ipaddress.IPv6Address(f"::ffff:{FETCHER}").packed
+    moved = raw[:16] + ipaddress.IPv6Address(f"::ffff:{ANSWERER}").packed + raw[32:]
+    # (its digest is over the nonce as issued: were the move not caught, a FAILED for ANSWERER)
+    for source in (FETCHER, ANSWERER):
+        outcome = verify(auth, with_raw_nonce(header, moved), source=source)
+        assert outcome == AuthOutcome(AuthResult.UNKNOWN_NONCE, "alice", "SHA-256")
+    assert verify(auth, header, source=ANSWERER).issuer == FETCHER
 
 
 @pytest.mark.parametrize(
-    ("issued_to", "answered_from"),
+    ("issued_to", "answered_from", "issuer"),
     [
-        ("192.0.2.10", "192.0.2.10"),
-        ("192.0.2.10", "::ffff:192.0.2.10"),  # an IPv4 caller on a dual-stack socket
-        ("::ffff:192.0.2.10", "192.0.2.10"),
-        ("2001:db8::1", "2001:DB8:0::1"),  # the address, not its spelling
+        ("192.0.2.10", "192.0.2.10", "192.0.2.10"),
+        # the same address: named as the source spells it (the guard's key)
+        ("192.0.2.10", "::ffff:192.0.2.10", "::ffff:192.0.2.10"),  # a dual-stack socket
+        ("::ffff:192.0.2.10", "192.0.2.10", "192.0.2.10"),
+        ("2001:db8::1", "2001:DB8:0::1", "2001:DB8:0::1"),
+        # another: spelt as the socket the source came through writes addresses
+        ("192.0.2.10", "198.51.100.66", "192.0.2.10"),
+        ("192.0.2.10", "::ffff:198.51.100.66", "::ffff:192.0.2.10"),
+        ("::ffff:192.0.2.10", "2001:db8::1", "::ffff:192.0.2.10"),
+        ("2001:DB8:0::1", "2001:db8::2", "2001:db8::1"),
+        ("2001:db8::1", "198.51.100.66", "2001:db8::1"),
     ],
 )
-def test_the_same_address_in_any_spelling_is_the_same_address(
-    issued_to: str, answered_from: str
+def test_an_ipv4_address_is_one_in_any_spelling(
+    issued_to: str, answered_from: str, issuer: str
 ) -> None:
+    """An IPv4 address is carried IPv4-mapped (16 bytes, fixed length): an IPv4 caller on a
+    dual-stack socket is the same address as on an IPv4 one."""
     auth, _ = make()
     header = answer(auth, source=issued_to)
-    assert verify(auth, header, source=answered_from).result is AuthResult.OK
+    if "." in issued_to:
+        v4 = issued_to.removeprefix("::ffff:")
+        assert raw_nonce(header)[16:32] == raw_nonce(answer(auth, source=v4))[16:32]
+    assert verify(auth, header, source=answered_from) == AuthOutcome(
+        AuthResult.OK, "alice", "SHA-256", issuer=issuer
+    )
 
 
-def test_a_nonce_issued_with_no_address_is_not_good_from_one() -> None:
+@pytest.mark.parametrize("issued_to", [None, "not-an-address"])
+def test_a_nonce_issued_to_no_address_names_none(issued_to: str | None) -> None:
     auth, _ = make()
-    assert verify(auth, answer(auth), source=CARRIER).result is AuthResult.WRONG_ADDRESS
-    assert verify(auth, answer(auth, source=CARRIER)).result is AuthResult.WRONG_ADDRESS
-    assert verify(auth, answer(auth)).result is AuthResult.OK
+    header = answer(auth, source=issued_to)
+    assert verify(auth, header, source=FETCHER) == AuthOutcome(AuthResult.OK, "alice", "SHA-256")
+    assert verify(auth, answer(auth, source=FETCHER)).issuer == FETCHER
 
 
-def test_a_sibling_workers_nonce_is_bound_to_its_address_too() -> None:
+def test_a_sibling_workers_nonce_names_where_it_was_sent_too() -> None:
     clock = FakeClock(1000.0)
     other_secret = b"another-worker-secret-0123456789"
     sibling = DigestAuthenticator(REALM, other_secret, clock)
     worker = DigestAuthenticator(REALM, SECRET, clock, sibling_secrets=(other_secret,))
-    good = answer(sibling, source=CARRIER)
-    assert verify(worker, good, source=CARRIER).result is AuthResult.STALE
-    assert verify(worker, good, source=FORGER).result is AuthResult.WRONG_ADDRESS
-    bad = answer(sibling, source=CARRIER, password="guess")
-    assert verify(worker, bad, source=CARRIER).result is AuthResult.FAILED
-    assert verify(worker, bad, source=FORGER).result is AuthResult.WRONG_ADDRESS
-    assert verify(sibling, good, source=CARRIER).result is AuthResult.OK
+    alone = DigestAuthenticator(REALM, SECRET, clock)
+    good = answer(sibling, source=FETCHER)
+    for source in (FETCHER, ANSWERER):
+        outcome = verify(worker, good, source=source)
+        assert outcome == AuthOutcome(AuthResult.STALE, "alice", "SHA-256", issuer=FETCHER)
+    bad = answer(sibling, source=FETCHER, password="guess")
+    outcome = verify(worker, bad, source=ANSWERER)
+    assert outcome == AuthOutcome(AuthResult.FAILED, "alice", "SHA-256", issuer=FETCHER)
+    raw = raw_nonce(good)
+    moved = with_raw_nonce(good, raw[:16] + ipaddress.IPv6Address("::1").packed + raw[32:])
+    assert verify(worker, moved, source=FETCHER).result is AuthResult.UNKNOWN_NONCE
+    assert verify(alone, good, source=FETCHER).result is AuthResult.UNKNOWN_NONCE
+    assert verify(sibling, good, source=ANSWERER).result is AuthResult.OK
 
 
 # -- replay ----------------------------------------------------------------------------------
