@@ -107,6 +107,18 @@ def _first_lines(trace: str) -> list[str]:
     return [f"{a} {b}" if a == "SIP/2.0" else a for a, b in found]
 
 
+async def _refused_with_480(gateway: Gateway, tmp_path: Path) -> tuple[SippResult, Phone]:
+    """SIPp calls as ``alice``, expecting the 480 of a call whose agent could not be had; the
+    result and the (closed) phone whose RTP port it offered."""
+    phone = await Phone().open()
+    scenario = rejected_call("alice", phone.port, 480)
+    result = await run_sipp(
+        scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
+    )
+    await phone.close()
+    return result, phone
+
+
 async def _custom_trunk(api: Api, url: str) -> None:
     await _custom_trunk_of(api, "alice", url)
 
@@ -445,12 +457,7 @@ async def test_unreachable_agent_is_refused_with_480(
     async with FakeTelepathAgent(reject_status=401) as agent:
         url = agent.url if how == "http_401" else f"ws://127.0.0.1:{free_tcp_port()}/agent"
         await _custom_trunk(api, url)
-        phone = await Phone().open()
-        scenario = rejected_call("alice", phone.port, 480)
-        result = await run_sipp(
-            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
-        )
-        await phone.close()
+        result, phone = await _refused_with_480(gateway, tmp_path)
     assert result.returncode == 0, result.stdout + result.errors
     assert "SIP/2.0 200 OK" not in result.messages
     await settled(gateway)
@@ -489,12 +496,7 @@ async def test_a_ws_agent_is_not_dialled_once_insecure_agent_urls_are_off(
             custom_headers={"Authorization": "Bearer hdr-s3cret"},
         )
         configure(gateway, allow_insecure_agent_urls=False)  # the operator turned it off
-        phone = await Phone().open()
-        scenario = rejected_call("alice", phone.port, 480)
-        result = await run_sipp(
-            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
-        )
-        await phone.close()
+        result, phone = await _refused_with_480(gateway, tmp_path)
         assert result.returncode == 0, result.stdout + result.errors
         await settled(gateway)
         assert agent.handshakes == []
@@ -527,12 +529,7 @@ async def test_a_prompt_the_elevenlabs_agent_does_not_allow_refuses_the_call_wit
             elevenlabs_api_key="sk-valid-el-key",
             system_prompt="You are a test agent.",
         )
-        phone = await Phone().open()
-        scenario = rejected_call("alice", phone.port, 480)
-        result = await run_sipp(
-            scenario, tmp_path, gateway.server.bound["UDP"], user="alice", password=PASSWORD
-        )
-        await phone.close()
+        result, phone = await _refused_with_480(gateway, tmp_path)
     assert result.returncode == 0, result.stdout + result.errors
     assert [m["type"] for m in fake.sent] == ["error"]
     await settled(gateway)

@@ -324,6 +324,12 @@ async def test_options_gets_the_drains_503_as_an_invite_does(gateway: Gateway) -
         await uac.close()
 
 
+async def _alices_call(gateway: Gateway, phone: Phone) -> CallLeg:
+    """A call on ``alice``'s trunk over the gateway's UDP port, answered and ACKed."""
+    sip_port = gateway.server.bound["UDP"][1]
+    return await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+
+
 @pytest.mark.parametrize("settings_overrides", [{**GATEWAY_SETTINGS, "sip_max_calls": 1}])
 async def test_options_gets_503_while_the_gateway_is_full(api: Api, gateway: Gateway) -> None:
     """The same at capacity (TELEPATH_SIP_MAX_CALLS): 503 with the INVITE's Retry-After."""
@@ -332,8 +338,7 @@ async def test_options_gets_503_while_the_gateway_is_full(api: Api, gateway: Gat
         phone = await Phone().open()
         leg: CallLeg | None = None
         try:
-            sip_port = gateway.server.bound["UDP"][1]
-            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            leg = await _alices_call(gateway, phone)
             await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
             probe, invite = new_call_id(), new_call_id()
             leg.uac.send(leg.uac.request("OPTIONS", "alice", call_id=probe, cseq=1))
@@ -385,8 +390,7 @@ async def test_options_in_a_dialog_gets_200_while_full_or_draining(
         leg: CallLeg | None = None
         drain: asyncio.Task[None] | None = None
         try:
-            sip_port = gateway.server.bound["UDP"][1]
-            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            leg = await _alices_call(gateway, phone)
             await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
             full = await _options_in_dialog(leg)  # at TELEPATH_SIP_MAX_CALLS
             assert full.status == 200
@@ -521,8 +525,7 @@ async def test_a_call_whose_close_outlasts_the_drain_still_ends_as_shutdown(
         phone = await Phone().open()
         uac: Uac | None = None
         try:
-            sip_port = gateway.server.bound["UDP"][1]
-            leg = await connected_call(sip_port, "alice", PASSWORD, new_call_id(), phone.port)
+            leg = await _alices_call(gateway, phone)
             uac = leg.uac  # answers nothing: our BYE goes unanswered
             await wait_until(lambda: gateway.manager.active_calls == 1, what="the call")
             [bridge] = bridges

@@ -46,6 +46,7 @@ from tests.integration.live.conftest import (
 from tests.integration.webhooks.receiver import Receiver
 from tests.interop.calls.harness import (
     Phone,
+    SippResult,
     authenticated_call,
     connected_call,
     events_of,
@@ -254,6 +255,26 @@ async def test_two_workers_share_the_port_and_the_work(tmp_path: Path, receiver:
             await asyncio.to_thread(stop_server, server)
 
 
+async def _bobs_call_heard(
+    tmp_path: Path, sip_port: int, phone: Phone, hold_ms: int, call_id: str
+) -> asyncio.Task[SippResult]:
+    """SIPp calls ``bob`` (hanging up after ``hold_ms``), offering ``phone``'s port: its run,
+    once the gateway's RTP reaches the phone (or SIPp is done without it)."""
+    (tmp_path / "call").mkdir()
+    sipp = asyncio.create_task(
+        run_sipp(
+            authenticated_call("bob", phone.port, hold_ms=hold_ms),
+            tmp_path / "call",
+            ("127.0.0.1", sip_port),
+            user="bob",
+            password=PASSWORD,
+            extra=("-cid_str", call_id),
+        )
+    )
+    await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+    return sipp
+
+
 async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> None:
     """A worker's call outlives the front's own drain: its caller's BYE must still get through."""
     require_sipp()
@@ -265,18 +286,7 @@ async def test_sigterm_keeps_forwarding_while_workers_drain(tmp_path: Path) -> N
         await _worker_serving(server)
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
-            (tmp_path / "call").mkdir()
-            sipp = asyncio.create_task(
-                run_sipp(
-                    authenticated_call("bob", phone.port, hold_ms=2500),
-                    tmp_path / "call",
-                    ("127.0.0.1", sip_port),
-                    user="bob",
-                    password=PASSWORD,
-                    extra=("-cid_str", _call_id(1, "drain")),
-                )
-            )
-            await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+            sipp = await _bobs_call_heard(tmp_path, sip_port, phone, 2500, _call_id(1, "drain"))
             assert phone.source is not None, (await sipp).stdout
             assert _heartbeats(tmp_path / "data") == 2  # the front and the worker beat
             server.process.send_signal(signal.SIGTERM)
@@ -308,18 +318,8 @@ async def test_an_invite_for_a_worker_gone_in_the_drain_gets_503(tmp_path: Path)
         (worker,) = _worker_pids(server.process.pid)
         async with FakeTelepathAgent(tone_hz=440, response_ms=500) as agent:
             await live_json(server, "POST", "/v1/trunks", custom_trunk("bob", PASSWORD, agent.url))
-            (tmp_path / "call").mkdir()
-            sipp = asyncio.create_task(
-                run_sipp(
-                    authenticated_call("bob", phone.port, hold_ms=6000),
-                    tmp_path / "call",
-                    ("127.0.0.1", sip_port),
-                    user="bob",
-                    password=PASSWORD,
-                    extra=("-cid_str", _call_id(0, "front")),  # the front's own call
-                )
-            )
-            await wait_until(lambda: phone.source is not None or sipp.done(), what="gateway RTP")
+            front = _call_id(0, "front")  # the front's own call
+            sipp = await _bobs_call_heard(tmp_path, sip_port, phone, 6000, front)
             assert phone.source is not None, (await sipp).stdout
             server.process.send_signal(signal.SIGTERM)
             await wait_until(lambda: not _alive(worker), within_s=15, what="the worker to exit")

@@ -186,9 +186,7 @@ async def test_garbage_never_crashes_the_listener(gateway: Gateway, uac: Uac) ->
     junk += [valid.replace(b"Content-Length: 0", b"Content-Length: 99999")]
     for data in junk:
         uac.send(data)
-    call_id = new_call_id()
-    uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
-    ok = await uac.response(200, call_id)
+    ok = await uac.answered_options()
     assert "INVITE" in ok.headers.get_all("Allow")
     assert gateway.server.core.counters["parse_errors"] >= 40
     assert gateway.manager.active_calls == 0
@@ -201,9 +199,7 @@ async def test_garbage_on_tcp_closes_only_that_connection(gateway: Gateway) -> N
     await bad.close()
     good = await Uac.open("TCP", target)
     try:
-        call_id = new_call_id()
-        good.send(good.request("OPTIONS", "alice", call_id=call_id, cseq=1))
-        await good.response(200, call_id)
+        await good.answered_options()
     finally:
         await good.close()
 
@@ -249,9 +245,7 @@ async def test_a_tcp_ping_gets_a_pong_and_a_pong_nothing(gateway: Gateway, uac: 
     counters = gateway.server.core.counters
     errors, keepalives = counters["parse_errors"], counters["keepalives"]
     uac.send(b"\r\n\r\n")
-    call_id = new_call_id()
-    uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
-    await uac.response(200, call_id)  # after the keep-alive: it has been read
+    await uac.answered_options()  # after the keep-alive: it has been read
     assert (counters["parse_errors"], counters["keepalives"]) == (errors, keepalives + 1)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from telepath.calls.call import Call
 from telepath.cli.gateway import Gateway
 from telepath.sip.message import Request, make_response
 from telepath.testing.fake_custom import FakeTelepathAgent
@@ -24,7 +25,7 @@ from tests.interop.calls.conftest import create_trunk
 from tests.interop.calls.harness import Phone
 from tests.interop.media.sipp import require_sipp
 from tests.interop.sip.sipp_scenarios import SDP_BODY, call, check, run_sipp
-from tests.interop.sip.uac import CallLeg, Uac, sdp_offer
+from tests.interop.sip.uac import CallLeg, Message, Uac, sdp_offer
 from tests.interop.sip.waits import ended_records, until
 
 pytestmark = pytest.mark.interop
@@ -125,13 +126,7 @@ async def test_delayed_offer_refresh_offers_only_the_codec_in_use(
 ) -> None:
     """After an offerless INVITE our 200 offered every codec; the re-INVITE refresh must offer
     only the one the caller's answer chose, or a refresh could switch codec mid-call."""
-    core = gateway.server.core
-    core.config = dataclasses.replace(core.config, min_se=2)
-    timer = [
-        ("Supported", "timer"),
-        ("Session-Expires", f"{INTERVAL};refresher=uas"),
-        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
-    ]
+    timer = _we_refresh(gateway)
     async with FakeTelepathAgent(agent="silent") as agent:
         await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
         leg = CallLeg(uac, "alice")
@@ -141,21 +136,11 @@ async def test_delayed_offer_refresh_offers_only_the_codec_in_use(
         answer = sdp_offer(phone.port).replace(b"RTP/AVP 0 8 101", b"RTP/AVP 8 101")
         start = len(uac.received)
         uac.send(leg.build("ACK", cseq_method="ACK", body=answer))  # the caller picks PCMA
-        got = await uac.wait_for(
-            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
-        )
-        refresh = got.message
+        refresh = await _our_refresh(uac, start)
         assert isinstance(refresh, Request)
         assert re.search(rb"m=audio [0-9]+ RTP/AVP 8 101\r\n", refresh.body), refresh.body
         start = len(uac.received)
-        uac.send(
-            make_response(
-                refresh,
-                200,
-                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
-                body=answer,
-            ).to_bytes()
-        )
+        _accept_refresh(uac, refresh, answer)
         ack = await uac.wait_for(
             lambda m: isinstance(m, Request) and m.method == "ACK", after=start
         )
@@ -175,21 +160,9 @@ async def test_a_refresh_after_the_caller_held_us_offers_sendrecv_and_resumes_th
     what WE want, a=sendrecv, with the next o= version (RFC 6337 §5.1, RFC 3264 §8) — it
     offered our a=recvonly answer again, which a resuming caller can only answer sendonly or
     inactive (§6.1). The caller's sendrecv answer brings the agent's audio back."""
-    core = gateway.server.core
-    core.config = dataclasses.replace(core.config, min_se=2)
-    timer = [
-        ("Supported", "timer"),
-        ("Session-Expires", f"{INTERVAL};refresher=uas"),
-        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
-    ]
+    timer = _we_refresh(gateway)
     async with FakeTelepathAgent(agent="silent") as agent:
-        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
-        leg = CallLeg(uac, "alice")
-        await leg.challenge(phone.port, timer)
-        await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, headers=timer))
-        uac.send(leg.ack())
-        await until(lambda: bool(gateway.manager.calls))
-        (call,) = gateway.manager.calls.values()
+        leg, call = await _answered(api, gateway, uac, phone, agent.url, timer)
 
         leg.cseq += 1
         start = len(uac.received)
@@ -202,22 +175,12 @@ async def test_a_refresh_after_the_caller_held_us_offers_sendrecv_and_resumes_th
         await asyncio.sleep(0.1)
         quiet = len(phone.received)
 
-        got = await uac.wait_for(
-            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
-        )
-        refresh = got.message
+        refresh = await _our_refresh(uac, start)
         assert isinstance(refresh, Request)
         assert len(phone.received) == quiet  # held until now: nothing sent
         assert b"a=sendrecv" in refresh.body and b"a=recvonly" not in refresh.body, refresh.body
         assert _origin_version(refresh.body) == _origin_version(held) + 1  # RFC 3264 §8
-        uac.send(
-            make_response(
-                refresh,
-                200,
-                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
-                body=sdp_offer(phone.port, "sendrecv"),
-            ).to_bytes()
-        )
+        _accept_refresh(uac, refresh, sdp_offer(phone.port, "sendrecv"))
         await until(lambda: not call.negotiated.on_hold)
         assert call.negotiated.direction == "sendrecv"
         await until(lambda: len(phone.received) > quiet + 3)  # the agent is heard again
@@ -243,21 +206,9 @@ async def test_a_refresh_after_the_caller_disabled_the_audio_offers_it_live_and_
     (§8.1): our RTP port, the call's codec, a=sendrecv — it offered port 0 again, which the
     caller must answer with port 0 (§6), so the audio could never come back. The caller's
     answer with a port brings the agent's audio back."""
-    core = gateway.server.core
-    core.config = dataclasses.replace(core.config, min_se=2)
-    timer = [
-        ("Supported", "timer"),
-        ("Session-Expires", f"{INTERVAL};refresher=uas"),
-        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
-    ]
+    timer = _we_refresh(gateway)
     async with FakeTelepathAgent(agent="silent") as agent:
-        await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent.url)
-        leg = CallLeg(uac, "alice")
-        await leg.challenge(phone.port, timer)
-        await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, headers=timer))
-        uac.send(leg.ack())
-        await until(lambda: bool(gateway.manager.calls))
-        (call,) = gateway.manager.calls.values()
+        leg, call = await _answered(api, gateway, uac, phone, agent.url, timer)
 
         leg.cseq += 1
         start = len(uac.received)
@@ -269,30 +220,66 @@ async def test_a_refresh_after_the_caller_disabled_the_audio_offers_it_live_and_
         uac.send(leg.build("ACK", cseq_method="ACK"))
         await until(lambda: call.negotiated.remote_port == 0)
 
-        got = await uac.wait_for(
-            lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
-        )
-        refresh = got.message
+        refresh = await _our_refresh(uac, start)
         assert isinstance(refresh, Request)
         quiet = len(phone.received)
         (m_line,) = [line for line in refresh.body.split(b"\r\n") if line.startswith(b"m=")]
         assert m_line == f"m=audio {call.media.local_port} RTP/AVP 0 101".encode(), refresh.body
         assert b"a=sendrecv" in refresh.body
         assert _origin_version(refresh.body) == _origin_version(disabled) + 1  # RFC 3264 §8
-        uac.send(
-            make_response(
-                refresh,
-                200,
-                headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
-                body=sdp_offer(phone.port, "sendrecv"),
-            ).to_bytes()
-        )
+        _accept_refresh(uac, refresh, sdp_offer(phone.port, "sendrecv"))
         await until(lambda: call.negotiated.remote_port == phone.port)
         assert call.negotiated.direction == "sendrecv" and not call.negotiated.on_hold
         await until(lambda: len(phone.received) > quiet + 3)  # the agent is heard again
         await leg.bye()
         (record,) = await ended_records(api, gateway)
     assert record["disconnect_reason"] == "caller_hangup"
+
+
+def _we_refresh(gateway: Gateway) -> list[tuple[str, str]]:
+    """Lowers the running core's Min-SE floor (RFC 4028 §4) and returns the caller's headers
+    that leave the refreshing to us, by re-INVITE (no UPDATE in its Allow)."""
+    core = gateway.server.core
+    core.config = dataclasses.replace(core.config, min_se=2)
+    return [
+        ("Supported", "timer"),
+        ("Session-Expires", f"{INTERVAL};refresher=uas"),
+        ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
+    ]
+
+
+async def _answered(
+    api: Api, gateway: Gateway, uac: Uac, phone: Phone, agent_url: str, timer: list[tuple[str, str]]
+) -> tuple[CallLeg, Call]:
+    """A call from ``alice``, with an offer, answered and ACKed: its leg and the gateway's call."""
+    await create_trunk(api, "alice", PASSWORD, ai_provider="custom", custom_endpoint=agent_url)
+    leg = CallLeg(uac, "alice")
+    await leg.challenge(phone.port, timer)
+    await leg.answered(leg.authenticated_invite(PASSWORD, phone.port, headers=timer))
+    uac.send(leg.ack())
+    await until(lambda: bool(gateway.manager.calls))
+    (call,) = gateway.manager.calls.values()
+    return leg, call
+
+
+async def _our_refresh(uac: Uac, start: int) -> Message:
+    """Our next re-INVITE refresh (RFC 4028 §10) after the caller's message ``start``."""
+    got = await uac.wait_for(
+        lambda m: isinstance(m, Request) and m.method == "INVITE", after=start, within_s=8
+    )
+    return got.message
+
+
+def _accept_refresh(uac: Uac, refresh: Request, body: bytes) -> None:
+    """The caller's 200 to our refresh: it keeps the interval and leaves refreshing to us."""
+    uac.send(
+        make_response(
+            refresh,
+            200,
+            headers=[("Session-Expires", f"{INTERVAL};refresher=uac")],
+            body=body,
+        ).to_bytes()
+    )
 
 
 def _origin_version(sdp: bytes) -> int:

@@ -22,7 +22,7 @@ from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
 from tests.interop.sip.raw_streams import Stream, answered, closed_by_gateway, connect
 from tests.interop.sip.test_tls_sha256 import client_context
-from tests.interop.sip.uac import CallLeg, Uac, new_call_id
+from tests.interop.sip.uac import CallLeg, Uac
 from tests.interop.sip.waits import until
 
 pytestmark = pytest.mark.interop
@@ -253,8 +253,6 @@ async def test_a_tls_accept_that_cannot_duplicate_its_socket_frees_its_place(
     # the one place (TELEPATH_SIP_TCP_MAX_CONNECTIONS=1) is free: a real TLS client is served
     uac = await Uac.open("TLS", gateway.server.bound["TLS"], client_context(tmp_path / "sip.crt"))
     try:
-        call_id = new_call_id()
-        uac.send(uac.request("OPTIONS", "alice", call_id=call_id, cseq=1))
-        await uac.response(200, call_id)
+        await uac.answered_options()
     finally:
         await uac.close()

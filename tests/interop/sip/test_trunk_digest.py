@@ -13,6 +13,7 @@ import pytest
 
 from telepath.cli.gateway import Gateway
 from telepath.sip.defence import SourceGuard
+from telepath.sip.message import Response
 from telepath.testing.fake_custom import FakeTelepathAgent
 from tests.integration.conftest import Api
 from tests.interop.calls.conftest import create_trunk
@@ -271,6 +272,29 @@ def count_failures(guard: SourceGuard, monkeypatch: pytest.MonkeyPatch) -> list[
     return counted
 
 
+async def _carrier_call(uac: Uac) -> Response:
+    """A call on the ``carrier`` trunk with its password, answered, ACKed and hung up: the 200."""
+    leg = CallLeg(uac, "carrier")
+    await leg.challenge(MEDIA_PORT)
+    ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+    uac.send(leg.ack())
+    await leg.bye()
+    return ok
+
+
+async def _refused_from_elsewhere(fetcher: Uac, sender: Uac, password: str) -> Response:
+    """``fetcher`` gets the ``carrier`` trunk's challenge; ``sender``, another address, answers
+    it with a wrong ``password`` and ACKs the 403 it must get (RFC 3261 §17.1.1.3): the 403."""
+    fetched = CallLeg(fetcher, "carrier")
+    await fetched.challenge(MEDIA_PORT)
+    retry = dataclasses.replace(fetched, uac=sender)
+    start = len(sender.received)
+    sender.send(retry.authenticated_invite(password, MEDIA_PORT))
+    refused = await sender.response(403, retry.call_id, method="INVITE", after=start)
+    sender.send(retry.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
+    return refused
+
+
 async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban(
     api: Api, gateway: Gateway, uac: Uac, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,12 +329,8 @@ async def test_a_forged_nonce_is_challenged_again_and_never_counted_toward_a_ban
         uac.send(real.authenticated_invite("guess", MEDIA_PORT))  # a wrong one to our nonce
         await uac.response(403, real.call_id, method="INVITE", after=start)
         assert counted == ["127.0.0.1"]
-        leg = CallLeg(uac, "carrier")
-        await leg.challenge(MEDIA_PORT)
-        ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+        ok = await _carrier_call(uac)
         assert ok.status == 200
-        uac.send(leg.ack())
-        await leg.bye()
 
 
 async def test_a_client_whose_requests_leave_from_alternating_addresses_gets_in(
@@ -341,13 +361,7 @@ async def test_a_client_whose_requests_leave_from_alternating_addresses_gets_in(
                 await retry.bye()
             assert counted == []
             # A wrong password so sent gets its 403, not stale=true again and again.
-            fetched = CallLeg(uac, "carrier")
-            await fetched.challenge(MEDIA_PORT)
-            retry = dataclasses.replace(fetched, uac=other)
-            start = len(other.received)
-            other.send(retry.authenticated_invite("carrier-pass-2", MEDIA_PORT))
-            refused = await other.response(403, retry.call_id, method="INVITE", after=start)
-            other.send(retry.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
+            await _refused_from_elsewhere(uac, other, "carrier-pass-2")
             assert counted == ["127.0.0.1"]
     finally:
         await other.close()
@@ -372,22 +386,13 @@ async def test_wrong_answers_count_toward_the_address_that_fetched_the_nonce(
                 api, "carrier", "carrier-pass-1", ai_provider="custom", custom_endpoint=agent.url
             )
             for attempt in range(threshold):
-                fetched = CallLeg(uac, "carrier")  # the forger, 127.0.0.1
-                await fetched.challenge(MEDIA_PORT)
-                forged = dataclasses.replace(fetched, uac=carrier)  # "from" 127.0.0.2
-                start = len(carrier.received)
-                carrier.send(forged.authenticated_invite(f"guess-{attempt}", MEDIA_PORT))
-                refused = await carrier.response(403, forged.call_id, method="INVITE", after=start)
+                # the forger, 127.0.0.1, fetches; its answer goes "from" 127.0.0.2
+                refused = await _refused_from_elsewhere(uac, carrier, f"guess-{attempt}")
                 assert not refused.headers.get_all("WWW-Authenticate")
-                carrier.send(forged.build("ACK", to_tag=refused.to.tag, cseq_method="ACK"))
             assert counted == ["127.0.0.1"] * threshold
             assert guard.is_banned("127.0.0.1") and not guard.is_banned("127.0.0.2")
             # the carrier is still served
-            leg = CallLeg(carrier, "carrier")
-            await leg.challenge(MEDIA_PORT)
-            ok = await leg.answered(leg.authenticated_invite("carrier-pass-1", MEDIA_PORT))
+            ok = await _carrier_call(carrier)
             assert ok.status == 200
-            carrier.send(leg.ack())
-            await leg.bye()
     finally:
         await carrier.close()

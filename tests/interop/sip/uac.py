@@ -232,6 +232,13 @@ class Uac:
         )
         return cast(Response, item.message)
 
+    async def answered_options(self, user: str = "alice") -> Response:
+        """Send an out-of-dialog OPTIONS (RFC 3261 §11) and wait for its 200: the gateway serves
+        this client."""
+        call_id = new_call_id()
+        self.send(self.request("OPTIONS", user, call_id=call_id, cseq=1))
+        return await self.response(200, call_id)
+
     def responses(self, call_id: str, method: str | None = None) -> list[Received]:
         """Every response received in ``call_id`` (for ``method``), in order."""
         return [
