@@ -15,6 +15,7 @@ from telepath.log import call_id_var
 from telepath.transport import media_pacer
 from telepath.transport.media_pacer import SLOT_CAPACITY, Pacer, observe_lateness, serve_due
 from tests.integration.media.logged import call_ids_logged, drop_clocks_of_closed_loops
+from tests.integration.media.peer import until
 
 pytestmark = pytest.mark.integration
 
@@ -313,7 +314,7 @@ def test_ticks_pass_the_precise_clock_on_uvloop_too() -> None:
                 await done.wait()
         finally:
             pacer.unsubscribe(handle)
-            await asyncio.sleep(0.05)  # the clock's last wake-up stops it
+            await until(lambda: not pacer._running)  # the clock's last wake-up stops it
 
     uvloop.run(run())
     assert all(before <= now <= after for before, now, after in seen)
