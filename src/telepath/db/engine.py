@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -84,6 +86,29 @@ def _owner_only(path: Path) -> None:
                 file.chmod(0o600)
 
 
+# Tries at switching a new SQLite file to WAL while other processes open it too (below).
+WAL_TRIES = 100
+WAL_RETRY_S = 0.05
+
+
+def _wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL`` on a connection's cursor: once a file is in WAL mode it stays
+    so (the mode is kept in the file), so only a new file switches. Processes opening a new file
+    together (instances started at once) race for that switch, and SQLite answers the losers
+    "database is locked" at once, busy timeout or not (seen in
+    ``test_processes_starting_together_migrate_once``, about one run in six): they try again,
+    briefly — a file in WAL mode answers at once, so this waits only at a new file's first
+    opening."""
+    for attempt in range(WAL_TRIES):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, through the aiosqlite adapter
+            if "database is locked" not in str(exc) or attempt == WAL_TRIES - 1:
+                raise
+            time.sleep(WAL_RETRY_S)
+
+
 def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> AsyncEngine:
     """Create the async engine; SQLite gets foreign keys, WAL and a busy timeout. Errors never
     show their statements' parameters (``hide_parameters``: phone numbers would reach logs).
@@ -104,7 +129,7 @@ def make_engine(url: str, *, timeout_s: float = 0.0, pool_size: int = 5) -> Asyn
         def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _rec: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _wal(cur)
             # WAL + NORMAL: no fsync per commit, still never corrupt (a power cut may lose the
             # last transactions). Call records are written twice per call: this halves setup cost.
             cur.execute("PRAGMA synchronous=NORMAL")
