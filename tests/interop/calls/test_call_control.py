@@ -1493,15 +1493,20 @@ async def test_a_media_close_that_raises_still_ends_the_call_and_writes_its_reco
 
 
 def _rfc3550_jitter_ms(sent: list[tuple[int, float]], clock_rate: int = 8000) -> float:
-    """The interarrival jitter (RFC 3550 §6.4.1, §A.8) of packets that arrive as they left."""
+    """The call's mean of the interarrival jitter estimate (RFC 3550 §6.4.1, §A.8) of packets
+    that arrive as they left: the record's ``jitter_ms`` (telepath-product.md §1.7, "Average RTP
+    jitter"), the estimate averaged over every packet after the first — not its last value, which
+    the estimate's ramp from 0 puts ~20 % above the mean over these 90 packets."""
     jitter = 0.0
+    samples: list[float] = []
     previous: float | None = None
     for timestamp, at in sent:
         transit = at * clock_rate - timestamp
         if previous is not None:
             jitter += (abs(transit - previous) - jitter) / 16
+            samples.append(jitter)
         previous = transit
-    return jitter * 1000 / clock_rate
+    return sum(samples) / len(samples) * 1000 / clock_rate
 
 
 async def test_loss_and_jitter_of_the_callers_line_reach_the_record_webhook_and_metrics(
